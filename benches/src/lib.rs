@@ -1,0 +1,1 @@
+//! Satsuma benchmarks and load harness.

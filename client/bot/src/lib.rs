@@ -1,0 +1,1 @@
+//! Satsuma bot: a headless native participant for tests and benchmarks.

@@ -1,0 +1,1 @@
+//! The designated-committer state machine: ordered room events in, actions out.

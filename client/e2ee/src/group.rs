@@ -1,0 +1,1 @@
+//! The openmls wrapper: one MLS group per room, identities are participant ids.

@@ -1,0 +1,9 @@
+//! Satsuma E2EE core: the MLS group with a designated committer, DAVE-format
+//! per-frame encryption and safety numbers. Sans-IO: no sockets, no clocks
+//! (time is passed in); builds for native and `wasm32-unknown-unknown`.
+
+pub mod frame;
+pub mod safety;
+
+pub mod committer;
+pub mod group;

@@ -1,0 +1,1 @@
+//! Safety numbers: the MLS epoch authenticator shown as 30 digits.

@@ -1,0 +1,1 @@
+//! Satsuma coordinator: rooms, ordered MLS relay, auth, SFU access.

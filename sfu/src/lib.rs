@@ -1,0 +1,1 @@
+//! Satsuma SFU: forwards RTP between WebRTC sessions without touching payloads.
