@@ -1,0 +1,1 @@
+//! wasm-bindgen bindings of `satsuma-e2ee` for the web client's E2EE worker.
