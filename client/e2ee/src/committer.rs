@@ -1,1 +1,802 @@
 //! The designated-committer state machine: ordered room events in, actions out.
+//!
+//! This module is the *decision logic* of Satsuma's MLS group management and nothing
+//! else: it never touches MLS bytes, sockets or clocks. A driver feeds it the
+//! coordinator's log entries in `seq` order (see `docs/e2ee-relay.md`), already
+//! interpreted by an MLS layer (for a commit entry: "I applied it and it added X and
+//! removed Y", "it welcomed me", "not for me", "it failed"), plus timer ticks with the
+//! current time in milliseconds. It answers with [`Action`]s for the driver to carry
+//! out (announce a KeyPackage, build a commit, send `ready`, drop the group, reset the
+//! signing identity, ...).
+//!
+//! Two drivers use the very same functions: [`crate::member::Member`] (backed by
+//! openmls) and the stateright model in `tests/model_committer.rs` (backed by an
+//! abstract group), so what the model checks is what ships.
+//!
+//! # Rules
+//!
+//! * Only the participant the coordinator names in a `creator` entry creates a group;
+//!   everybody else waits and announces a KeyPackage. A `creator` entry discards every
+//!   older group and every KeyPackage logged before it: non-creators re-announce.
+//! * The committer is the *oldest surviving member in welcome order*. Each member
+//!   remembers who was already in the group when it was welcomed (`older`); it is the
+//!   committer when all of those have left the room or are rejoining (they announced a
+//!   KeyPackage under a new signature key). Removed members drop out of `older`, so a
+//!   member that is removed and re-added becomes the youngest.
+//! * Every participant tracks the pending work (KeyPackages in arrival order, departed
+//!   members), so a successor finishes what a departed committer started.
+//! * The committer adds joiners **one per commit, in arrival order** (Commit and Welcome
+//!   travel in one log entry), then removes all departed members in **one** commit.
+//!   A KeyPackage from a participant already in the group under a *different*
+//!   signature key means that participant reset: its old leaf is removed and the new
+//!   KeyPackage added in the same commit. A KeyPackage under the *same* key as its
+//!   leaf is a stale duplicate and ignored.
+//! * One commit in flight at a time; the coordinator logs only the first commit per
+//!   epoch, so a commit that lost the race is simply superseded by the winner.
+//! * A joiner that is not welcomed within [`Config::welcome_timeout_ms`] re-announces.
+//!   A member that sees its own `left` stops and asks to rejoin the room; a member hit
+//!   by any unexpected MLS failure, or removed from the group, drops the group and
+//!   re-announces (after a failure under a fresh signature key).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A participant id, assigned by the coordinator; also the MLS credential identity.
+pub type ParticipantId = u64;
+
+/// A short fingerprint of the signature key behind a KeyPackage or a group leaf
+/// (first 8 bytes of the Ed25519 public key in the openmls driver). Two KeyPackages
+/// of one participant with the same tag come from the same, un-reset identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyTag(pub u64);
+
+/// Timers of the state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Config {
+    /// A joiner not welcomed this long after announcing re-announces a KeyPackage.
+    pub welcome_timeout_ms: u64,
+    /// A commit not seen in the log this long after it was sent is given up.
+    pub commit_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            welcome_timeout_ms: 10_000,
+            commit_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// A KeyPackage announced in the log that has not been consumed yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PendingKeyPackage {
+    /// Who announced it.
+    pub from: ParticipantId,
+    /// Its signature key fingerprint.
+    pub key: KeyTag,
+    /// The log position of the announcement.
+    pub seq: u64,
+}
+
+/// The abstract view of the MLS group this participant is a member of.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GroupView {
+    /// The group id named by the coordinator's `creator` entry.
+    pub group_id: Vec<u8>,
+    /// The current MLS epoch.
+    pub epoch: u64,
+    /// Members and the key fingerprint of their leaf.
+    pub members: BTreeMap<ParticipantId, KeyTag>,
+    /// Members that were already in the group when this participant was welcomed
+    /// and have not been removed since.
+    pub older: BTreeSet<ParticipantId>,
+}
+
+/// Where this participant stands.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// In the room, not in a group; `announced_at` is when the last KeyPackage went out.
+    Joining {
+        /// Time (ms) of the last announcement, `None` before the first one.
+        announced_at: Option<u64>,
+    },
+    /// A group member.
+    Member(GroupView),
+    /// This participant saw its own `left`: it is out of the room and must rejoin as a
+    /// new participant. Terminal.
+    Detached,
+}
+
+/// What the MLS layer made of a `commit` log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CommitOutcome {
+    /// I am a member, processed the commit (someone else's, or merged my own) and am
+    /// still a member at `epoch` (the new epoch).
+    Applied {
+        /// The epoch after the commit.
+        epoch: u64,
+        /// Added participants and their key fingerprints.
+        adds: Vec<(ParticipantId, KeyTag)>,
+        /// Participants whose leaf was removed.
+        removes: Vec<ParticipantId>,
+    },
+    /// I joined from the Welcome carried by the entry (possibly right after being
+    /// removed by the same commit).
+    Welcomed {
+        /// The group id.
+        group_id: Vec<u8>,
+        /// The epoch joined.
+        epoch: u64,
+        /// The full member list of the new epoch.
+        members: BTreeMap<ParticipantId, KeyTag>,
+    },
+    /// The commit removed me and its Welcome (if any) was not for me.
+    RemovedMe,
+    /// Not a member of this group and the Welcome (if any) was not for me.
+    NotForMe,
+    /// A commit for an epoch I already left behind (ignored).
+    Stale,
+    /// Processing failed unexpectedly (the driver must not have changed its group).
+    Failed,
+}
+
+/// An input to the state machine. Log entries carry their `seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// The live participants of the room, as of the driver's first log position
+    /// (from the coordinator's room snapshot on connect).
+    Roster {
+        /// Live participant ids.
+        live: Vec<ParticipantId>,
+    },
+    /// `joined {id}`.
+    Joined {
+        /// Log position.
+        seq: u64,
+        /// Who joined.
+        id: ParticipantId,
+    },
+    /// `left {id}`.
+    Left {
+        /// Log position.
+        seq: u64,
+        /// Who left.
+        id: ParticipantId,
+    },
+    /// `creator {id, group_id}`.
+    Creator {
+        /// Log position.
+        seq: u64,
+        /// The named creator.
+        id: ParticipantId,
+        /// The new group's id.
+        group_id: Vec<u8>,
+    },
+    /// A valid `key_package` entry (invalid ones are dropped by the driver).
+    KeyPackage {
+        /// Log position.
+        seq: u64,
+        /// Who announced it.
+        from: ParticipantId,
+        /// Its signature key fingerprint.
+        key: KeyTag,
+    },
+    /// A `commit` entry, as interpreted by the MLS layer.
+    Commit {
+        /// Log position.
+        seq: u64,
+        /// Who committed.
+        from: ParticipantId,
+        /// What processing it did.
+        outcome: CommitOutcome,
+    },
+    /// Some other MLS operation failed unexpectedly (e.g. building a commit).
+    MlsFailure,
+    /// The driver could not use `from`'s KeyPackage in a commit (e.g. it expired):
+    /// forget it; its sender re-announces after its welcome timeout.
+    DropKeyPackage {
+        /// Whose KeyPackage.
+        from: ParticipantId,
+    },
+}
+
+/// What the driver must do. Execute in order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Build a KeyPackage under the current signature key and send it (binary kind 1).
+    AnnounceKeyPackage,
+    /// Forget the group and every pending commit, generate a new signature key, then
+    /// call [`Committer::rekeyed`] with its fingerprint (which announces it).
+    ResetIdentity,
+    /// Create a new MLS group with this id at epoch 0 (I am its only member).
+    CreateGroup {
+        /// Group id from the `creator` entry.
+        group_id: Vec<u8>,
+    },
+    /// Build a commit at `epoch` and send it with its Welcome (binary kind 2).
+    Commit {
+        /// The epoch the commit is created in.
+        epoch: u64,
+        /// Add this KeyPackage (one per commit); if its sender is already a member,
+        /// its old leaf is listed in `removes` too.
+        add: Option<PendingKeyPackage>,
+        /// Remove these members' leaves.
+        removes: Vec<ParticipantId>,
+    },
+    /// The last commit was not seen in the log in time: forget it.
+    DiscardCommit,
+    /// Forget the current group (a newer group replaced it, or I was removed).
+    DropGroup,
+    /// Tell the coordinator `ready {epoch}`.
+    Ready {
+        /// The epoch now reached.
+        epoch: u64,
+    },
+    /// The group moved to a new epoch (new media keys, new safety number).
+    EpochChanged {
+        /// The group id.
+        group_id: Vec<u8>,
+        /// The new epoch.
+        epoch: u64,
+        /// Members in the new epoch.
+        members: Vec<ParticipantId>,
+    },
+    /// I saw my own `left`: reconnect to the room as a new participant.
+    Rejoin,
+}
+
+/// A commit that was sent and not yet seen in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct InFlight {
+    epoch: u64,
+    sent_at: u64,
+}
+
+/// The designated-committer state machine of one participant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Committer {
+    me: ParticipantId,
+    key: KeyTag,
+    config: Config,
+    live: BTreeSet<ParticipantId>,
+    /// Unconsumed KeyPackages, one per participant, in arrival order.
+    key_packages: Vec<PendingKeyPackage>,
+    phase: Phase,
+    in_flight: Option<InFlight>,
+    /// Whether this participant saw its own `joined` or a roster listing it.
+    in_room: bool,
+}
+
+impl Committer {
+    /// A participant `me` whose current signature key has fingerprint `key`.
+    pub fn new(me: ParticipantId, key: KeyTag, config: Config) -> Self {
+        Self {
+            me,
+            key,
+            config,
+            live: BTreeSet::new(),
+            key_packages: Vec::new(),
+            phase: Phase::Joining { announced_at: None },
+            in_flight: None,
+            in_room: false,
+        }
+    }
+
+    /// This participant's id.
+    pub fn me(&self) -> ParticipantId {
+        self.me
+    }
+
+    /// The current signature key fingerprint.
+    pub fn key(&self) -> KeyTag {
+        self.key
+    }
+
+    /// Where this participant stands.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The group view if a member.
+    pub fn group(&self) -> Option<&GroupView> {
+        match &self.phase {
+            Phase::Member(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// Live participants of the room as far as the log told us.
+    pub fn live(&self) -> &BTreeSet<ParticipantId> {
+        &self.live
+    }
+
+    /// Unconsumed KeyPackages in arrival order.
+    pub fn pending_key_packages(&self) -> &[PendingKeyPackage] {
+        &self.key_packages
+    }
+
+    /// Whether a commit is in flight.
+    pub fn commit_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Feed one event; returns the actions to carry out, in order.
+    pub fn handle(&mut self, now: u64, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.phase == Phase::Detached {
+            return out;
+        }
+        match event {
+            Event::Roster { live } => {
+                self.live = live.into_iter().collect();
+                if self.live.contains(&self.me) {
+                    self.in_room = true;
+                }
+                let live = &self.live;
+                self.key_packages.retain(|k| live.contains(&k.from));
+            }
+            Event::Joined { id, .. } => {
+                self.live.insert(id);
+                if id == self.me {
+                    self.in_room = true;
+                }
+            }
+            Event::Left { id, .. } => {
+                if id == self.me {
+                    if self.group().is_some() {
+                        out.push(Action::DropGroup);
+                    }
+                    self.phase = Phase::Detached;
+                    self.in_flight = None;
+                    out.push(Action::Rejoin);
+                    return out;
+                }
+                self.live.remove(&id);
+                self.key_packages.retain(|k| k.from != id);
+            }
+            Event::Creator { id, group_id, .. } => {
+                self.key_packages.clear();
+                self.in_flight = None;
+                if self.group().is_some() {
+                    out.push(Action::DropGroup);
+                }
+                if id == self.me {
+                    self.in_room = true;
+                    self.live.insert(id);
+                    let mut members = BTreeMap::new();
+                    members.insert(self.me, self.key);
+                    out.push(Action::CreateGroup {
+                        group_id: group_id.clone(),
+                    });
+                    self.enter_group(group_id, 0, members, &mut out);
+                } else {
+                    self.phase = Phase::Joining { announced_at: None };
+                }
+            }
+            Event::KeyPackage { seq, from, key } => {
+                if self.live.contains(&from) {
+                    self.key_packages.retain(|k| k.from != from);
+                    self.key_packages.push(PendingKeyPackage { from, key, seq });
+                    self.prune_consumed();
+                }
+            }
+            Event::Commit { outcome, .. } => self.on_commit(outcome, &mut out),
+            Event::MlsFailure => {
+                self.fail(&mut out);
+                return out;
+            }
+            Event::DropKeyPackage { from } => {
+                self.in_flight = None;
+                self.key_packages.retain(|k| k.from != from);
+            }
+        }
+        self.plan(now, &mut out);
+        out
+    }
+
+    /// A timer tick: re-announce when not welcomed in time, give up a lost commit.
+    pub fn tick(&mut self, now: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        match &self.phase {
+            Phase::Joining {
+                announced_at: Some(at),
+            } if self.in_room && now.saturating_sub(*at) >= self.config.welcome_timeout_ms => {
+                self.phase = Phase::Joining {
+                    announced_at: Some(now),
+                };
+                out.push(Action::AnnounceKeyPackage);
+            }
+            Phase::Member(_) => {
+                if let Some(f) = self.in_flight {
+                    if now.saturating_sub(f.sent_at) >= self.config.commit_timeout_ms {
+                        self.in_flight = None;
+                        out.push(Action::DiscardCommit);
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.plan(now, &mut out);
+        out
+    }
+
+    /// The driver generated a new signature key after [`Action::ResetIdentity`].
+    pub fn rekeyed(&mut self, now: u64, key: KeyTag) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.phase == Phase::Detached {
+            return out;
+        }
+        self.key = key;
+        self.phase = Phase::Joining { announced_at: None };
+        self.in_flight = None;
+        self.plan(now, &mut out);
+        out
+    }
+
+    /// Whether this participant is the designated committer right now.
+    pub fn is_committer(&self) -> bool {
+        match &self.phase {
+            Phase::Member(g) => g.older.iter().all(|o| !self.is_active_member(g, *o)),
+            _ => false,
+        }
+    }
+
+    /// Whether `id` is a member that still acts as one: in the room, and not
+    /// rejoining under a new key.
+    fn is_active_member(&self, g: &GroupView, id: ParticipantId) -> bool {
+        match g.members.get(&id) {
+            None => false,
+            Some(key) => self.live.contains(&id) && !self.is_rejoining(id, *key),
+        }
+    }
+
+    fn is_rejoining(&self, id: ParticipantId, leaf_key: KeyTag) -> bool {
+        self.key_packages
+            .iter()
+            .any(|k| k.from == id && k.key != leaf_key)
+    }
+
+    /// The work the committer has to do, in order: adds (arrival order), then the
+    /// batch of removes. Every participant can compute it.
+    pub fn pending_work(&self) -> (Vec<PendingKeyPackage>, Vec<ParticipantId>) {
+        let Phase::Member(g) = &self.phase else {
+            return (Vec::new(), Vec::new());
+        };
+        let adds = self
+            .key_packages
+            .iter()
+            .filter(|k| {
+                k.from != self.me
+                    && self.live.contains(&k.from)
+                    && g.members.get(&k.from) != Some(&k.key)
+            })
+            .copied()
+            .collect();
+        let removes = g
+            .members
+            .keys()
+            .filter(|id| **id != self.me && !self.live.contains(id))
+            .copied()
+            .collect();
+        (adds, removes)
+    }
+
+    fn plan(&mut self, now: u64, out: &mut Vec<Action>) {
+        match &self.phase {
+            Phase::Detached => {}
+            Phase::Joining { announced_at } => {
+                if announced_at.is_none() && self.in_room && self.live.contains(&self.me) {
+                    self.phase = Phase::Joining {
+                        announced_at: Some(now),
+                    };
+                    out.push(Action::AnnounceKeyPackage);
+                }
+            }
+            Phase::Member(g) => {
+                if self.in_flight.is_some() || !self.is_committer() {
+                    return;
+                }
+                let epoch = g.epoch;
+                let members = g.members.clone();
+                let (adds, removes) = self.pending_work();
+                let action = if let Some(add) = adds.first() {
+                    let removes = if members.contains_key(&add.from) {
+                        vec![add.from]
+                    } else {
+                        Vec::new()
+                    };
+                    Action::Commit {
+                        epoch,
+                        add: Some(*add),
+                        removes,
+                    }
+                } else if !removes.is_empty() {
+                    Action::Commit {
+                        epoch,
+                        add: None,
+                        removes,
+                    }
+                } else {
+                    return;
+                };
+                self.in_flight = Some(InFlight {
+                    epoch,
+                    sent_at: now,
+                });
+                out.push(action);
+            }
+        }
+    }
+
+    fn enter_group(
+        &mut self,
+        group_id: Vec<u8>,
+        epoch: u64,
+        members: BTreeMap<ParticipantId, KeyTag>,
+        out: &mut Vec<Action>,
+    ) {
+        let older = members
+            .keys()
+            .copied()
+            .filter(|id| *id != self.me)
+            .collect();
+        let list = members.keys().copied().collect();
+        self.phase = Phase::Member(GroupView {
+            group_id: group_id.clone(),
+            epoch,
+            members,
+            older,
+        });
+        self.in_flight = None;
+        self.prune_consumed();
+        out.push(Action::Ready { epoch });
+        out.push(Action::EpochChanged {
+            group_id,
+            epoch,
+            members: list,
+        });
+    }
+
+    fn on_commit(&mut self, outcome: CommitOutcome, out: &mut Vec<Action>) {
+        match outcome {
+            CommitOutcome::Applied {
+                epoch,
+                adds,
+                removes,
+            } => {
+                let Phase::Member(g) = &mut self.phase else {
+                    // The driver applied a commit we do not know a group for.
+                    self.fail(out);
+                    return;
+                };
+                for id in &removes {
+                    g.members.remove(id);
+                    g.older.remove(id);
+                }
+                for (id, key) in &adds {
+                    g.members.insert(*id, *key);
+                }
+                g.epoch = epoch;
+                let group_id = g.group_id.clone();
+                let list = g.members.keys().copied().collect();
+                self.in_flight = None;
+                self.prune_consumed();
+                out.push(Action::Ready { epoch });
+                out.push(Action::EpochChanged {
+                    group_id,
+                    epoch,
+                    members: list,
+                });
+            }
+            CommitOutcome::Welcomed {
+                group_id,
+                epoch,
+                members,
+            } => {
+                if !members.contains_key(&self.me) {
+                    self.fail(out);
+                    return;
+                }
+                // The MLS layer already replaced any old group with the new one.
+                self.enter_group(group_id, epoch, members, out);
+            }
+            CommitOutcome::RemovedMe => {
+                if self.group().is_some() {
+                    out.push(Action::DropGroup);
+                }
+                self.in_flight = None;
+                self.phase = Phase::Joining { announced_at: None };
+            }
+            CommitOutcome::NotForMe | CommitOutcome::Stale => {}
+            CommitOutcome::Failed => self.fail(out),
+        }
+    }
+
+    fn fail(&mut self, out: &mut Vec<Action>) {
+        self.in_flight = None;
+        self.phase = Phase::Joining { announced_at: None };
+        out.push(Action::ResetIdentity);
+    }
+
+    /// Forget KeyPackages whose key already sits in the group.
+    fn prune_consumed(&mut self) {
+        if let Phase::Member(g) = &self.phase {
+            let members = &g.members;
+            self.key_packages
+                .retain(|k| members.get(&k.from) != Some(&k.key));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(me: u64) -> Committer {
+        Committer::new(me, KeyTag(me * 100), Config::default())
+    }
+
+    #[test]
+    fn creator_creates_and_others_announce() {
+        let mut a = c(1);
+        let out = a.handle(0, Event::Joined { seq: 1, id: 1 });
+        assert_eq!(out, vec![Action::AnnounceKeyPackage]);
+        let out = a.handle(
+            0,
+            Event::Creator {
+                seq: 2,
+                id: 1,
+                group_id: vec![7],
+            },
+        );
+        assert!(out.contains(&Action::CreateGroup { group_id: vec![7] }));
+        assert!(a.is_committer());
+        // Its own stale KeyPackage (same key) is ignored.
+        let out = a.handle(
+            0,
+            Event::KeyPackage {
+                seq: 3,
+                from: 1,
+                key: KeyTag(100),
+            },
+        );
+        assert!(out.is_empty());
+        a.handle(0, Event::Joined { seq: 4, id: 2 });
+        let out = a.handle(
+            0,
+            Event::KeyPackage {
+                seq: 5,
+                from: 2,
+                key: KeyTag(200),
+            },
+        );
+        assert_eq!(
+            out,
+            vec![Action::Commit {
+                epoch: 0,
+                add: Some(PendingKeyPackage {
+                    from: 2,
+                    key: KeyTag(200),
+                    seq: 5
+                }),
+                removes: vec![]
+            }]
+        );
+    }
+
+    #[test]
+    fn successor_takes_over_and_removes_in_one_batch() {
+        let mut b = c(2);
+        b.handle(0, Event::Roster { live: vec![1, 3] });
+        b.handle(0, Event::Joined { seq: 5, id: 2 });
+        let mut members = BTreeMap::new();
+        members.insert(1, KeyTag(100));
+        members.insert(3, KeyTag(300));
+        members.insert(2, KeyTag(200));
+        let out = b.handle(
+            0,
+            Event::Commit {
+                seq: 7,
+                from: 1,
+                outcome: CommitOutcome::Welcomed {
+                    group_id: vec![1],
+                    epoch: 3,
+                    members,
+                },
+            },
+        );
+        assert!(out.contains(&Action::Ready { epoch: 3 }));
+        assert!(!b.is_committer());
+        b.handle(0, Event::Left { seq: 8, id: 1 });
+        assert!(!b.is_committer(), "3 is older and alive");
+        let out = b.handle(0, Event::Left { seq: 9, id: 3 });
+        assert!(b.is_committer());
+        assert_eq!(
+            out,
+            vec![Action::Commit {
+                epoch: 3,
+                add: None,
+                removes: vec![1, 3]
+            }]
+        );
+    }
+
+    #[test]
+    fn own_leave_detaches_and_failure_resets() {
+        let mut a = c(1);
+        a.handle(0, Event::Joined { seq: 1, id: 1 });
+        let out = a.handle(0, Event::MlsFailure);
+        assert_eq!(out, vec![Action::ResetIdentity]);
+        let out = a.rekeyed(5, KeyTag(101));
+        assert_eq!(out, vec![Action::AnnounceKeyPackage]);
+        let out = a.handle(6, Event::Left { seq: 2, id: 1 });
+        assert_eq!(out, vec![Action::Rejoin]);
+        assert_eq!(a.phase(), &Phase::Detached);
+        assert!(a.handle(7, Event::Joined { seq: 3, id: 9 }).is_empty());
+    }
+
+    #[test]
+    fn joiner_reannounces_after_timeout() {
+        let mut j = c(4);
+        j.handle(100, Event::Joined { seq: 1, id: 4 });
+        assert!(j.tick(5_000).is_empty());
+        assert_eq!(j.tick(10_100), vec![Action::AnnounceKeyPackage]);
+        assert!(j.tick(10_200).is_empty());
+    }
+
+    #[test]
+    fn reset_member_is_removed_and_readded() {
+        let mut a = c(1);
+        a.handle(0, Event::Joined { seq: 1, id: 1 });
+        a.handle(
+            0,
+            Event::Creator {
+                seq: 2,
+                id: 1,
+                group_id: vec![1],
+            },
+        );
+        a.handle(0, Event::Joined { seq: 3, id: 2 });
+        a.handle(
+            0,
+            Event::KeyPackage {
+                seq: 4,
+                from: 2,
+                key: KeyTag(200),
+            },
+        );
+        a.handle(
+            0,
+            Event::Commit {
+                seq: 5,
+                from: 1,
+                outcome: CommitOutcome::Applied {
+                    epoch: 1,
+                    adds: vec![(2, KeyTag(200))],
+                    removes: vec![],
+                },
+            },
+        );
+        assert!(!a.commit_in_flight());
+        let out = a.handle(
+            0,
+            Event::KeyPackage {
+                seq: 6,
+                from: 2,
+                key: KeyTag(201),
+            },
+        );
+        assert_eq!(
+            out,
+            vec![Action::Commit {
+                epoch: 1,
+                add: Some(PendingKeyPackage {
+                    from: 2,
+                    key: KeyTag(201),
+                    seq: 6
+                }),
+                removes: vec![2]
+            }]
+        );
+    }
+}

@@ -1,1 +1,616 @@
 //! The openmls wrapper: one MLS group per room, identities are participant ids.
+//!
+//! [`Group`] holds one participant's MLS state: its signing identity (a basic
+//! credential whose identity is the participant id, 8 bytes big-endian, and an
+//! Ed25519 key), the KeyPackages it announced, and at most one [`MlsGroup`]. It turns
+//! the relay's opaque bytes into the abstract facts the designated committer
+//! ([`crate::committer`]) reasons about: who a KeyPackage is from and under which key,
+//! what a commit added and removed, whether a Welcome was for us.
+//!
+//! Ciphersuite `MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519`; Welcomes carry the
+//! ratchet tree inline; handshake messages go out as `PublicMessage` (the
+//! coordinator reads `group_id` and `epoch` from the framing either way). Per-sender
+//! media base secrets are `MLS-Exporter("Discord Secure Frames v0", LE64(sender), 16)`.
+//!
+//! Every input here is hostile: nothing panics, malformed bytes give a
+//! [`GroupError`], and a commit that cannot be applied leaves the group untouched and
+//! reports [`CommitOutcome::Failed`].
+
+use std::collections::BTreeMap;
+
+use openmls::prelude::{
+    BasicCredential, Ciphersuite, Credential, CredentialWithKey, GroupId, KeyPackage, KeyPackageIn,
+    LeafNodeIndex, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig,
+    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent,
+    ProtocolMessage, ProtocolVersion, StagedWelcome,
+    tls_codec::{Deserialize as _, Serialize as _},
+};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_traits::OpenMlsProvider as _;
+
+use crate::committer::{CommitOutcome, KeyTag, ParticipantId};
+
+/// The one ciphersuite Satsuma uses.
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+/// Exporter label of the per-sender media base secret (DAVE).
+pub const MEDIA_EXPORTER_LABEL: &str = "Discord Secure Frames v0";
+
+/// Length of a per-sender media base secret.
+pub const MEDIA_SECRET_LEN: usize = 16;
+
+/// Why an MLS operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// Bytes that do not decode as the expected MLS structure.
+    #[error("malformed {what}: {detail}")]
+    Malformed {
+        /// What was being decoded.
+        what: &'static str,
+        /// Decoder message.
+        detail: String,
+    },
+    /// A KeyPackage that fails validation or does not belong to its sender.
+    #[error("invalid KeyPackage: {0}")]
+    InvalidKeyPackage(String),
+    /// The operation needs a group and there is none.
+    #[error("not a group member")]
+    NoGroup,
+    /// The operation names a participant that is not a member.
+    #[error("participant {0} is not a group member")]
+    NotAMember(ParticipantId),
+    /// openmls refused the operation.
+    #[error("MLS operation {op} failed: {detail}")]
+    Mls {
+        /// The operation.
+        op: &'static str,
+        /// openmls's error message.
+        detail: String,
+    },
+}
+
+fn mls_err(op: &'static str) -> impl FnOnce(String) -> GroupError {
+    move |detail| GroupError::Mls { op, detail }
+}
+
+/// The fingerprint the committer uses for a signature public key.
+pub fn key_tag(signature_key: &[u8]) -> KeyTag {
+    let mut b = [0u8; 8];
+    for (d, s) in b.iter_mut().zip(signature_key.iter()) {
+        *d = *s;
+    }
+    KeyTag(u64::from_be_bytes(b))
+}
+
+/// The participant id a credential names (basic credential, 8 bytes big-endian).
+pub fn credential_id(credential: &Credential) -> Option<ParticipantId> {
+    let basic = BasicCredential::try_from(credential.clone()).ok()?;
+    let bytes: [u8; 8] = basic.identity().try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// A validated KeyPackage from the relay.
+#[derive(Debug, Clone)]
+pub struct ValidKeyPackage {
+    /// The participant id in its credential.
+    pub id: ParticipantId,
+    /// Its signature key fingerprint.
+    pub key: KeyTag,
+    /// The KeyPackage.
+    pub key_package: KeyPackage,
+}
+
+/// Per-epoch secrets handed to the media layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochSecrets {
+    /// The epoch.
+    pub epoch: u64,
+    /// Per-sender media base secrets, one per member.
+    pub senders: Vec<(ParticipantId, [u8; MEDIA_SECRET_LEN])>,
+    /// The MLS epoch authenticator (for the safety number).
+    pub epoch_authenticator: Vec<u8>,
+}
+
+/// A commit this participant sent and has not seen in the log yet.
+#[derive(Debug, Clone)]
+struct PendingCommit {
+    epoch: u64,
+    commit: Vec<u8>,
+    adds: Vec<(ParticipantId, KeyTag)>,
+    removes: Vec<ParticipantId>,
+}
+
+/// One participant's MLS state.
+pub struct Group {
+    me: ParticipantId,
+    provider: OpenMlsRustCrypto,
+    signer: SignatureKeyPair,
+    credential: CredentialWithKey,
+    group: Option<MlsGroup>,
+    pending: Option<PendingCommit>,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("me", &self.me)
+            .field("key", &self.key_tag())
+            .field("epoch", &self.epoch())
+            .finish_non_exhaustive()
+    }
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .build()
+}
+
+impl Group {
+    /// A fresh identity for participant `me`, with no group.
+    pub fn new(me: ParticipantId) -> Result<Self, GroupError> {
+        let provider = OpenMlsRustCrypto::default();
+        let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm())
+            .map_err(|e| mls_err("signature key")(format!("{e:?}")))?;
+        signer
+            .store(provider.storage())
+            .map_err(|e| mls_err("store signature key")(format!("{e:?}")))?;
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(me.to_be_bytes().to_vec()).into(),
+            signature_key: signer.public().into(),
+        };
+        Ok(Self {
+            me,
+            provider,
+            signer,
+            credential,
+            group: None,
+            pending: None,
+        })
+    }
+
+    /// Throw everything away (group, announced KeyPackages, signature key) and start
+    /// over with a fresh identity.
+    pub fn reset(&mut self) -> Result<(), GroupError> {
+        *self = Self::new(self.me)?;
+        Ok(())
+    }
+
+    /// This participant's id.
+    pub fn me(&self) -> ParticipantId {
+        self.me
+    }
+
+    /// Fingerprint of the current signature key.
+    pub fn key_tag(&self) -> KeyTag {
+        key_tag(self.signer.public())
+    }
+
+    /// The current epoch, if a member.
+    pub fn epoch(&self) -> Option<u64> {
+        self.group.as_ref().map(|g| g.epoch().as_u64())
+    }
+
+    /// The current group id, if a member.
+    pub fn group_id(&self) -> Option<Vec<u8>> {
+        self.group
+            .as_ref()
+            .map(|g| g.group_id().as_slice().to_vec())
+    }
+
+    /// Members (participant id → key fingerprint) of the current epoch.
+    pub fn members(&self) -> BTreeMap<ParticipantId, KeyTag> {
+        let mut out = BTreeMap::new();
+        if let Some(g) = &self.group {
+            for m in g.members() {
+                if let Some(id) = credential_id(&m.credential) {
+                    out.insert(id, key_tag(&m.signature_key));
+                }
+            }
+        }
+        out
+    }
+
+    /// Build a new KeyPackage under the current identity, serialized as an
+    /// `MLSMessage` (what binary relay frame kind 1 carries).
+    pub fn key_package(&mut self) -> Result<Vec<u8>, GroupError> {
+        let bundle = KeyPackage::builder()
+            .build(
+                CIPHERSUITE,
+                &self.provider,
+                &self.signer,
+                self.credential.clone(),
+            )
+            .map_err(|e| mls_err("build KeyPackage")(e.to_string()))?;
+        let msg: MlsMessageOut = bundle.key_package().clone().into();
+        msg.tls_serialize_detached()
+            .map_err(|e| mls_err("serialize KeyPackage")(e.to_string()))
+    }
+
+    /// Decode and validate a KeyPackage announced by `from`.
+    pub fn parse_key_package(
+        &self,
+        from: ParticipantId,
+        bytes: &[u8],
+    ) -> Result<ValidKeyPackage, GroupError> {
+        let msg =
+            MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| GroupError::Malformed {
+                what: "KeyPackage message",
+                detail: e.to_string(),
+            })?;
+        let MlsMessageBodyIn::KeyPackage(kp_in) = msg.extract() else {
+            return Err(GroupError::Malformed {
+                what: "KeyPackage message",
+                detail: "not a KeyPackage".into(),
+            });
+        };
+        let kp_in: KeyPackageIn = kp_in;
+        let kp = kp_in
+            .validate(self.provider.crypto(), ProtocolVersion::Mls10)
+            .map_err(|e| GroupError::InvalidKeyPackage(e.to_string()))?;
+        if kp.ciphersuite() != CIPHERSUITE {
+            return Err(GroupError::InvalidKeyPackage("wrong ciphersuite".into()));
+        }
+        let leaf = kp.leaf_node();
+        let id = credential_id(leaf.credential()).ok_or_else(|| {
+            GroupError::InvalidKeyPackage("not an 8-byte basic credential".into())
+        })?;
+        if id != from {
+            return Err(GroupError::InvalidKeyPackage(format!(
+                "credential names {id}, sent by {from}"
+            )));
+        }
+        Ok(ValidKeyPackage {
+            id,
+            key: key_tag(leaf.signature_key().as_slice()),
+            key_package: kp,
+        })
+    }
+
+    /// Create the room's group (epoch 0, only member: me). An older group is dropped.
+    pub fn create(&mut self, group_id: &[u8]) -> Result<(), GroupError> {
+        self.drop_group();
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(CIPHERSUITE)
+            .use_ratchet_tree_extension(true)
+            .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .build();
+        let group = MlsGroup::new_with_group_id(
+            &self.provider,
+            &self.signer,
+            &config,
+            GroupId::from_slice(group_id),
+            self.credential.clone(),
+        )
+        .map_err(|e| mls_err("create group")(e.to_string()))?;
+        self.group = Some(group);
+        Ok(())
+    }
+
+    /// Forget the group (and any pending commit).
+    pub fn drop_group(&mut self) {
+        self.pending = None;
+        if let Some(mut g) = self.group.take() {
+            // Best effort: a storage error only leaves garbage in memory storage.
+            let _ = g.delete(self.provider.storage());
+        }
+    }
+
+    /// Build a commit adding `add` (removing its old leaf first if it is a member)
+    /// and removing `removes`; returns `(commit, welcome)` as serialized MLSMessages
+    /// (welcome empty when nobody is added). The commit stays pending until it is
+    /// seen in the log ([`Group::process_commit`]) or discarded.
+    pub fn commit(
+        &mut self,
+        add: Option<&ValidKeyPackage>,
+        removes: &[ParticipantId],
+    ) -> Result<(Vec<u8>, Vec<u8>), GroupError> {
+        self.discard_commit();
+        let me = self.me;
+        let group = self.group.as_mut().ok_or(GroupError::NoGroup)?;
+        let mut leaves: Vec<LeafNodeIndex> = Vec::new();
+        let mut removed_ids = Vec::new();
+        for id in removes {
+            if *id == me {
+                return Err(GroupError::Mls {
+                    op: "commit",
+                    detail: "cannot remove myself".into(),
+                });
+            }
+            let idx = group
+                .members()
+                .find(|m| credential_id(&m.credential) == Some(*id))
+                .map(|m| m.index)
+                .ok_or(GroupError::NotAMember(*id))?;
+            leaves.push(idx);
+            removed_ids.push(*id);
+        }
+        let epoch = group.epoch().as_u64();
+        let bundle = group
+            .commit_builder()
+            .propose_removals(leaves)
+            .propose_adds(add.map(|a| a.key_package.clone()))
+            .load_psks(self.provider.storage())
+            .map_err(|e| mls_err("commit")(e.to_string()))?
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &self.signer,
+                |_| true,
+            )
+            .map_err(|e| mls_err("commit")(e.to_string()))?
+            .stage_commit(&self.provider)
+            .map_err(|e| mls_err("stage commit")(e.to_string()))?;
+        let welcome = match bundle.to_welcome_msg() {
+            Some(w) => w
+                .tls_serialize_detached()
+                .map_err(|e| mls_err("serialize welcome")(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let commit = bundle
+            .into_commit()
+            .tls_serialize_detached()
+            .map_err(|e| mls_err("serialize commit")(e.to_string()))?;
+        self.pending = Some(PendingCommit {
+            epoch,
+            commit: commit.clone(),
+            adds: add.map(|a| (a.id, a.key)).into_iter().collect(),
+            removes: removed_ids,
+        });
+        Ok((commit, welcome))
+    }
+
+    /// Forget the pending commit, if any.
+    pub fn discard_commit(&mut self) {
+        self.pending = None;
+        if let Some(g) = self.group.as_mut() {
+            if g.pending_commit().is_some() {
+                let _ = g.clear_pending_commit(self.provider.storage());
+            }
+        }
+    }
+
+    /// Process a `commit` log entry: apply it if a member, or join from its Welcome.
+    pub fn process_commit(
+        &mut self,
+        from: ParticipantId,
+        commit: &[u8],
+        welcome: &[u8],
+    ) -> CommitOutcome {
+        if self.group.is_none() {
+            return self.try_welcome(welcome);
+        }
+        match self.apply_commit(from, commit) {
+            Ok(Applied::Still(outcome)) => outcome,
+            Ok(Applied::RemovedMe) => match self.try_welcome(welcome) {
+                CommitOutcome::NotForMe => CommitOutcome::RemovedMe,
+                other => other,
+            },
+            Ok(Applied::OtherGroup) => CommitOutcome::NotForMe,
+            Err(e) => {
+                tracing::warn!(error = %e, from, "commit could not be applied");
+                CommitOutcome::Failed
+            }
+        }
+    }
+
+    fn apply_commit(&mut self, from: ParticipantId, commit: &[u8]) -> Result<Applied, GroupError> {
+        let me = self.me;
+        let msg =
+            MlsMessageIn::tls_deserialize_exact(commit).map_err(|e| GroupError::Malformed {
+                what: "commit",
+                detail: e.to_string(),
+            })?;
+        let protocol: ProtocolMessage =
+            msg.try_into_protocol_message()
+                .map_err(|e| GroupError::Malformed {
+                    what: "commit",
+                    detail: e.to_string(),
+                })?;
+        let group = self.group.as_mut().ok_or(GroupError::NoGroup)?;
+        if protocol.group_id() != group.group_id() {
+            return Ok(Applied::OtherGroup);
+        }
+        let epoch = protocol.epoch().as_u64();
+        let current = group.epoch().as_u64();
+        if epoch < current {
+            return Ok(Applied::Still(CommitOutcome::Stale));
+        }
+        if epoch > current {
+            return Err(GroupError::Mls {
+                op: "process commit",
+                detail: format!("commit for epoch {epoch}, I am at {current}"),
+            });
+        }
+        if from == me {
+            // Only my own pending commit can be merged; anything else under my name
+            // (a discarded commit that still made it) cannot be processed.
+            let pending = self.pending.take();
+            match pending {
+                Some(p) if p.commit == commit && p.epoch == epoch => {
+                    group
+                        .merge_pending_commit(&self.provider)
+                        .map_err(|e| mls_err("merge own commit")(e.to_string()))?;
+                    return Ok(Applied::Still(CommitOutcome::Applied {
+                        epoch: group.epoch().as_u64(),
+                        adds: p.adds,
+                        removes: p.removes,
+                    }));
+                }
+                _ => {
+                    return Err(GroupError::Mls {
+                        op: "process commit",
+                        detail: "a commit of mine that is not pending".into(),
+                    });
+                }
+            }
+        }
+        if group.pending_commit().is_some() {
+            let _ = group.clear_pending_commit(self.provider.storage());
+        }
+        self.pending = None;
+        let processed = group
+            .process_message(&self.provider, protocol)
+            .map_err(|e| mls_err("process commit")(e.to_string()))?;
+        let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
+            return Err(GroupError::Malformed {
+                what: "commit",
+                detail: "not a commit".into(),
+            });
+        };
+        let mut removes = Vec::new();
+        for r in staged.remove_proposals() {
+            let idx = r.remove_proposal().removed();
+            let id =
+                group
+                    .member(idx)
+                    .and_then(credential_id)
+                    .ok_or_else(|| GroupError::Malformed {
+                        what: "commit",
+                        detail: "removes an unknown leaf".into(),
+                    })?;
+            removes.push(id);
+        }
+        let members = {
+            let mut m = BTreeMap::new();
+            for x in group.members() {
+                if let Some(id) = credential_id(&x.credential) {
+                    m.insert(id, ());
+                }
+            }
+            m
+        };
+        let mut adds: Vec<(ParticipantId, KeyTag)> = Vec::new();
+        for a in staged.add_proposals() {
+            let leaf = a.add_proposal().key_package().leaf_node();
+            let id = credential_id(leaf.credential()).ok_or_else(|| GroupError::Malformed {
+                what: "commit",
+                detail: "adds a credential that is not a participant id".into(),
+            })?;
+            // Nobody may be in the group twice: an add of a member must come with the
+            // removal of its old leaf, and one commit adds an id at most once.
+            if (members.contains_key(&id) && !removes.contains(&id))
+                || adds.iter().any(|(x, _)| *x == id)
+            {
+                return Err(GroupError::Mls {
+                    op: "process commit",
+                    detail: format!("commit adds {id} twice"),
+                });
+            }
+            adds.push((id, key_tag(leaf.signature_key().as_slice())));
+        }
+        let self_removed = staged.self_removed();
+        group
+            .merge_staged_commit(&self.provider, *staged)
+            .map_err(|e| mls_err("merge commit")(e.to_string()))?;
+        if self_removed {
+            self.drop_group();
+            return Ok(Applied::RemovedMe);
+        }
+        Ok(Applied::Still(CommitOutcome::Applied {
+            epoch: group.epoch().as_u64(),
+            adds,
+            removes,
+        }))
+    }
+
+    fn try_welcome(&mut self, welcome: &[u8]) -> CommitOutcome {
+        if welcome.is_empty() {
+            return CommitOutcome::NotForMe;
+        }
+        let Ok(msg) = MlsMessageIn::tls_deserialize_exact(welcome) else {
+            return CommitOutcome::NotForMe;
+        };
+        let MlsMessageBodyIn::Welcome(w) = msg.extract() else {
+            return CommitOutcome::NotForMe;
+        };
+        let staged = match StagedWelcome::build_from_welcome(&self.provider, &join_config(), w) {
+            Ok(b) => b.replace_old_group().build(),
+            Err(e) => Err(e),
+        };
+        let staged = match staged {
+            Ok(s) => s,
+            Err(openmls::prelude::WelcomeError::NoMatchingKeyPackage) => {
+                return CommitOutcome::NotForMe;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "welcome for me could not be staged");
+                return CommitOutcome::Failed;
+            }
+        };
+        match staged.into_group(&self.provider) {
+            Ok(g) => {
+                self.group = Some(g);
+                self.pending = None;
+                let members = self.members();
+                match (self.group_id(), self.epoch()) {
+                    (Some(group_id), Some(epoch)) => CommitOutcome::Welcomed {
+                        group_id,
+                        epoch,
+                        members,
+                    },
+                    _ => CommitOutcome::Failed,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "welcome for me could not be joined");
+                CommitOutcome::Failed
+            }
+        }
+    }
+
+    /// Media base secrets of every member and the epoch authenticator.
+    pub fn epoch_secrets(&self) -> Result<EpochSecrets, GroupError> {
+        let g = self.group.as_ref().ok_or(GroupError::NoGroup)?;
+        let mut senders = Vec::new();
+        for id in self.members().keys() {
+            senders.push((*id, self.media_secret(*id)?));
+        }
+        Ok(EpochSecrets {
+            epoch: g.epoch().as_u64(),
+            senders,
+            epoch_authenticator: g.epoch_authenticator().as_slice().to_vec(),
+        })
+    }
+
+    /// `MLS-Exporter("Discord Secure Frames v0", LE64(sender), 16)` of the current epoch.
+    pub fn media_secret(
+        &self,
+        sender: ParticipantId,
+    ) -> Result<[u8; MEDIA_SECRET_LEN], GroupError> {
+        let g = self.group.as_ref().ok_or(GroupError::NoGroup)?;
+        let v = g
+            .export_secret(
+                self.provider.crypto(),
+                MEDIA_EXPORTER_LABEL,
+                &sender.to_le_bytes(),
+                MEDIA_SECRET_LEN,
+            )
+            .map_err(|e| mls_err("export secret")(e.to_string()))?;
+        v.as_slice().try_into().map_err(|_| GroupError::Mls {
+            op: "export secret",
+            detail: "wrong length".into(),
+        })
+    }
+
+    /// Any exporter output of the current epoch (tests and diagnostics).
+    pub fn export_secret(
+        &self,
+        label: &str,
+        context: &[u8],
+        len: usize,
+    ) -> Result<Vec<u8>, GroupError> {
+        let g = self.group.as_ref().ok_or(GroupError::NoGroup)?;
+        g.export_secret(self.provider.crypto(), label, context, len)
+            .map(|v| v.to_vec())
+            .map_err(|e| mls_err("export secret")(e.to_string()))
+    }
+}
+
+enum Applied {
+    Still(CommitOutcome),
+    RemovedMe,
+    OtherGroup,
+}

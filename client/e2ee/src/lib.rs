@@ -7,3 +7,5 @@ pub mod safety;
 
 pub mod committer;
 pub mod group;
+pub mod member;
+pub mod relay;

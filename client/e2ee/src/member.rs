@@ -1,0 +1,494 @@
+//! The member facade: everything a client (the web client's E2EE worker through WASM
+//! bindings, or the native bot) needs from this crate, behind one sans-IO type.
+//!
+//! A [`Member`] is one participant in one room. Feed it
+//! * the coordinator's room snapshot on connect ([`Member::handle_roster`]),
+//! * every log entry in `seq` order: binary frames as they arrive
+//!   ([`Member::handle_binary`]) and JSON entries decoded into [`Entry`]
+//!   ([`Member::handle_entry`]),
+//! * timer ticks ([`Member::tick`], every ~250 ms is plenty),
+//!
+//! then drain [`Member::poll_outbound`] (binary frames and `ready` messages to send)
+//! and [`Member::poll_event`] (epoch changes with the safety number, key switches,
+//! "rejoin the room"). Media goes through [`Member::encrypt`] / [`Member::decrypt`],
+//! which delegate to [`crate::frame`]. Time is always passed in as a [`Duration`]
+//! since an origin of the caller's choosing.
+//!
+//! # Epoch transitions (DAVE's prepare → ready → execute)
+//! When a commit lands (or a Welcome / group creation), the member installs every
+//! other member's new key into the decryptor at once (receivers try the newest key
+//! first and keep older ones ~10 s), sends `ready {epoch}`, and keeps *sending* under
+//! the previous epoch's key until the coordinator's `execute {epoch}`. A participant
+//! without a sending key yet (the creator, a joiner) starts sending right away.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use crate::committer::{Action, Committer, Config as CommitterConfig, Event, ParticipantId, Phase};
+use crate::frame::{
+    BaseSecret, Codec, Decrypted, Decryptor, DecryptorConfig, DropReason, EncryptError, Encryptor,
+};
+use crate::group::{Group, GroupError, ValidKeyPackage};
+use crate::relay::{Entry, Handshake, RelayError, ServerFrame};
+use crate::safety::SafetyNumber;
+
+/// Settings of a [`Member`].
+#[derive(Debug, Clone, Default)]
+pub struct MemberConfig {
+    /// Committer timers.
+    pub committer: CommitterConfig,
+    /// Frame receiver settings.
+    pub decryptor: DecryptorConfig,
+}
+
+/// Something to send to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// A binary client → server frame (`u8 kind ‖ payload`), ready to send as is.
+    Binary(Vec<u8>),
+    /// The JSON message `ready {epoch}`.
+    Ready {
+        /// The epoch reached.
+        epoch: u64,
+    },
+}
+
+/// Something the application should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEvent {
+    /// The group moved to a new epoch: show the new safety number.
+    EpochChanged {
+        /// The new epoch.
+        epoch: u64,
+        /// Members in the new epoch.
+        members: Vec<ParticipantId>,
+        /// The epoch authenticator as 30 digits.
+        safety_number: SafetyNumber,
+    },
+    /// This participant now sends under `epoch`'s key: force a keyframe on video.
+    SendKeyChanged {
+        /// The epoch of the new sending key.
+        epoch: u64,
+    },
+    /// Receivers got new keys: ask for keyframes on inbound video.
+    ReceiveKeysChanged {
+        /// The epoch of the new keys.
+        epoch: u64,
+    },
+    /// Left the group (removed, reset after an error, or the group was replaced);
+    /// E2EE media stops until the next [`MemberEvent::EpochChanged`].
+    GroupLost {
+        /// Why.
+        reason: String,
+    },
+    /// This participant saw its own `left`: reconnect to the room as a new
+    /// participant (a new [`Member`]).
+    RejoinRoom,
+}
+
+/// Why the facade refused an input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemberError {
+    /// A malformed binary relay frame.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    /// An MLS failure that could not be recovered from by resetting.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+}
+
+/// Counters of dropped or failed inputs (every hostile input is counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberStats {
+    /// Entries ignored because their `seq` was not newer than the last one.
+    pub duplicate_entries: u64,
+    /// KeyPackages that failed validation.
+    pub invalid_key_packages: u64,
+    /// Commits that could not be processed (each caused a reset).
+    pub failed_commits: u64,
+    /// Resets after an MLS error.
+    pub resets: u64,
+}
+
+/// One participant's E2EE state for one room.
+pub struct Member {
+    committer: Committer,
+    group: Group,
+    /// Latest valid KeyPackage per participant, with its log position.
+    key_packages: BTreeMap<ParticipantId, (u64, ValidKeyPackage)>,
+    encryptor: Encryptor,
+    decryptor: Decryptor,
+    /// My sending key for a new epoch, waiting for `execute`.
+    next_send_key: Option<(u64, BaseSecret)>,
+    members: Vec<ParticipantId>,
+    safety_number: Option<SafetyNumber>,
+    last_seq: u64,
+    outbound: VecDeque<Outbound>,
+    events: VecDeque<MemberEvent>,
+    stats: MemberStats,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("me", &self.committer.me())
+            .field("phase", self.committer.phase())
+            .field("last_seq", &self.last_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ms(now: Duration) -> u64 {
+    u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Member {
+    /// Participant `me` (the id the coordinator assigned) with a fresh identity.
+    pub fn new(me: ParticipantId, config: MemberConfig) -> Result<Self, MemberError> {
+        let group = Group::new(me)?;
+        Ok(Self {
+            committer: Committer::new(me, group.key_tag(), config.committer),
+            group,
+            key_packages: BTreeMap::new(),
+            encryptor: Encryptor::new(),
+            decryptor: Decryptor::new(config.decryptor),
+            next_send_key: None,
+            members: Vec::new(),
+            safety_number: None,
+            last_seq: 0,
+            outbound: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: MemberStats::default(),
+        })
+    }
+
+    /// This participant's id.
+    pub fn id(&self) -> ParticipantId {
+        self.committer.me()
+    }
+
+    /// The committer state (phase, group view, pending work).
+    pub fn committer(&self) -> &Committer {
+        &self.committer
+    }
+
+    /// The current epoch, if a group member.
+    pub fn epoch(&self) -> Option<u64> {
+        self.group.epoch()
+    }
+
+    /// The current group id, if a group member.
+    pub fn group_id(&self) -> Option<Vec<u8>> {
+        self.group.group_id()
+    }
+
+    /// Members of the current epoch (empty if not a member).
+    pub fn members(&self) -> &[ParticipantId] {
+        &self.members
+    }
+
+    /// The current safety number, if a group member.
+    pub fn safety_number(&self) -> Option<&SafetyNumber> {
+        self.safety_number.as_ref()
+    }
+
+    /// Whether this participant is the designated committer.
+    pub fn is_committer(&self) -> bool {
+        self.committer.is_committer()
+    }
+
+    /// The epoch this participant currently sends under.
+    pub fn send_epoch(&self) -> Option<u64> {
+        self.encryptor.epoch()
+    }
+
+    /// Counters of dropped inputs.
+    pub fn stats(&self) -> MemberStats {
+        self.stats
+    }
+
+    /// The last log position processed.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The MLS state (tests and diagnostics).
+    pub fn mls(&self) -> &Group {
+        &self.group
+    }
+
+    /// Next message to send to the coordinator.
+    pub fn poll_outbound(&mut self) -> Option<Outbound> {
+        self.outbound.pop_front()
+    }
+
+    /// Next event for the application.
+    pub fn poll_event(&mut self) -> Option<MemberEvent> {
+        self.events.pop_front()
+    }
+
+    /// The room's live participants as of the connection's first log position
+    /// (the coordinator's snapshot). Call before feeding entries.
+    pub fn handle_roster(&mut self, now: Duration, live: &[ParticipantId]) {
+        let live = live.to_vec();
+        self.key_packages.retain(|id, _| live.contains(id));
+        let actions = self.committer.handle(ms(now), Event::Roster { live });
+        self.run(now, actions);
+    }
+
+    /// A binary server → client frame (KeyPackage or Commit entry).
+    pub fn handle_binary(&mut self, now: Duration, frame: &[u8]) -> Result<(), MemberError> {
+        let frame = ServerFrame::decode(frame)?;
+        self.handle_entry(now, frame.into_entry());
+        Ok(())
+    }
+
+    /// One log entry, in `seq` order. Entries not newer than the last one are ignored
+    /// (replays after a reconnect).
+    pub fn handle_entry(&mut self, now: Duration, entry: Entry) {
+        let seq = entry.seq();
+        if seq <= self.last_seq {
+            self.stats.duplicate_entries += 1;
+            return;
+        }
+        self.last_seq = seq;
+        let t = ms(now);
+        let actions = match entry {
+            Entry::Joined { seq, id } => self.committer.handle(t, Event::Joined { seq, id }),
+            Entry::Left { seq, id } => {
+                self.key_packages.remove(&id);
+                self.committer.handle(t, Event::Left { seq, id })
+            }
+            Entry::Creator { seq, id, group_id } => {
+                self.key_packages.clear();
+                self.committer
+                    .handle(t, Event::Creator { seq, id, group_id })
+            }
+            Entry::KeyPackage {
+                seq,
+                from,
+                key_package,
+            } => match self.group.parse_key_package(from, &key_package) {
+                Ok(kp) => {
+                    let key = kp.key;
+                    if self.committer.live().contains(&from) {
+                        self.key_packages.insert(from, (seq, kp));
+                    }
+                    self.committer
+                        .handle(t, Event::KeyPackage { seq, from, key })
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, from, seq, "KeyPackage dropped");
+                    self.stats.invalid_key_packages += 1;
+                    Vec::new()
+                }
+            },
+            Entry::Commit {
+                seq,
+                from,
+                commit,
+                welcome,
+            } => {
+                if *self.committer.phase() == Phase::Detached {
+                    Vec::new()
+                } else {
+                    let outcome = self.group.process_commit(from, &commit, &welcome);
+                    if outcome == crate::committer::CommitOutcome::Failed {
+                        self.stats.failed_commits += 1;
+                    }
+                    self.committer
+                        .handle(t, Event::Commit { seq, from, outcome })
+                }
+            }
+            Entry::Execute { epoch, .. } => {
+                self.execute(epoch);
+                Vec::new()
+            }
+        };
+        self.run(now, actions);
+    }
+
+    /// A timer tick.
+    pub fn tick(&mut self, now: Duration) {
+        let actions = self.committer.tick(ms(now));
+        self.run(now, actions);
+        self.decryptor.expire(now);
+    }
+
+    /// Encrypt one outgoing encoded frame under the current sending key.
+    pub fn encrypt(&mut self, codec: Codec, frame: &[u8]) -> Result<Vec<u8>, EncryptError> {
+        self.encryptor.encrypt(codec, frame)
+    }
+
+    /// Decrypt one incoming frame from `sender`.
+    pub fn decrypt(
+        &mut self,
+        sender: ParticipantId,
+        frame: &[u8],
+        now: Duration,
+    ) -> Result<Decrypted, DropReason> {
+        self.decryptor.decrypt(sender, frame, now)
+    }
+
+    fn execute(&mut self, epoch: u64) {
+        if let Some((e, _)) = &self.next_send_key {
+            if *e == epoch {
+                if let Some((e, key)) = self.next_send_key.take() {
+                    self.encryptor.set_key(e, &key);
+                    self.events
+                        .push_back(MemberEvent::SendKeyChanged { epoch: e });
+                }
+                // Senders that are no longer members: forget their keys.
+                let gone: Vec<u64> = self
+                    .decryptor
+                    .senders()
+                    .filter(|s| !self.members.contains(s))
+                    .collect();
+                for s in gone {
+                    self.decryptor.remove_sender(s);
+                }
+            }
+        }
+    }
+
+    fn reset(&mut self, now: Duration, reason: String) -> Vec<Action> {
+        self.stats.resets += 1;
+        self.lose_group(reason);
+        match self.group.reset() {
+            Ok(()) => self.committer.rekeyed(ms(now), self.group.key_tag()),
+            Err(e) => {
+                // Generating a key pair failed: nothing sensible is left to do but
+                // wait for the next tick's retry through another failure report.
+                tracing::error!(error = %e, "could not generate a fresh identity");
+                Vec::new()
+            }
+        }
+    }
+
+    fn lose_group(&mut self, reason: String) {
+        self.encryptor.clear_key();
+        self.next_send_key = None;
+        self.members.clear();
+        self.safety_number = None;
+        self.events.push_back(MemberEvent::GroupLost { reason });
+    }
+
+    fn run(&mut self, now: Duration, actions: Vec<Action>) {
+        let t = ms(now);
+        let mut queue: VecDeque<Action> = actions.into();
+        // Every action is finite work; the bound only guards against a logic loop.
+        let mut budget = 1_000usize;
+        while let Some(action) = queue.pop_front() {
+            budget = budget.saturating_sub(1);
+            if budget == 0 {
+                tracing::error!("committer action loop did not settle");
+                break;
+            }
+            match action {
+                Action::AnnounceKeyPackage => match self.group.key_package() {
+                    Ok(kp) => self.outbound.push_back(Outbound::Binary(
+                        Handshake::KeyPackage(kp).encode_client_frame(),
+                    )),
+                    Err(e) => tracing::error!(error = %e, "could not build a KeyPackage"),
+                },
+                Action::ResetIdentity => {
+                    queue.extend(self.reset(now, "MLS error: reset".into()));
+                }
+                Action::CreateGroup { group_id } => {
+                    if let Err(e) = self.group.create(&group_id) {
+                        tracing::warn!(error = %e, "could not create the group");
+                        queue.extend(self.committer.handle(t, Event::MlsFailure));
+                    }
+                }
+                Action::Commit { add, removes, .. } => {
+                    let kp = add.and_then(|a| {
+                        self.key_packages
+                            .get(&a.from)
+                            .filter(|(seq, _)| *seq == a.seq)
+                            .map(|(_, kp)| kp.clone())
+                    });
+                    if let (Some(a), None) = (add, &kp) {
+                        // We never saw a usable KeyPackage for it; forget it.
+                        queue.extend(
+                            self.committer
+                                .handle(t, Event::DropKeyPackage { from: a.from }),
+                        );
+                        continue;
+                    }
+                    match self.group.commit(kp.as_ref(), &removes) {
+                        Ok((commit, welcome)) => self.outbound.push_back(Outbound::Binary(
+                            Handshake::Commit { commit, welcome }.encode_client_frame(),
+                        )),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not build a commit");
+                            let ev = match add {
+                                Some(a) => {
+                                    self.key_packages.remove(&a.from);
+                                    Event::DropKeyPackage { from: a.from }
+                                }
+                                None => Event::MlsFailure,
+                            };
+                            queue.extend(self.committer.handle(t, ev));
+                        }
+                    }
+                }
+                Action::DiscardCommit => self.group.discard_commit(),
+                Action::DropGroup => {
+                    self.group.drop_group();
+                    self.lose_group("left the group".into());
+                }
+                Action::Ready { epoch } => self.outbound.push_back(Outbound::Ready { epoch }),
+                Action::EpochChanged { epoch, members, .. } => {
+                    if let Err(e) = self.install_epoch(now, epoch, members) {
+                        tracing::warn!(error = %e, "could not derive epoch secrets");
+                        queue.extend(self.committer.handle(t, Event::MlsFailure));
+                    }
+                }
+                Action::Rejoin => self.events.push_back(MemberEvent::RejoinRoom),
+            }
+        }
+    }
+
+    fn install_epoch(
+        &mut self,
+        now: Duration,
+        epoch: u64,
+        members: Vec<ParticipantId>,
+    ) -> Result<(), GroupError> {
+        let secrets = self.group.epoch_secrets()?;
+        let me = self.id();
+        let mut mine = None;
+        for (id, secret) in &secrets.senders {
+            let key = BaseSecret::new(*secret);
+            if *id == me {
+                mine = Some(key);
+            } else {
+                self.decryptor.install_key(*id, epoch, &key, now);
+            }
+        }
+        if let Some(key) = mine {
+            if self.encryptor.epoch().is_none() {
+                self.encryptor.set_key(epoch, &key);
+                self.next_send_key = None;
+                self.events.push_back(MemberEvent::SendKeyChanged { epoch });
+            } else {
+                self.next_send_key = Some((epoch, key));
+            }
+        }
+        let safety_number = SafetyNumber::from_epoch_authenticator(&secrets.epoch_authenticator)
+            .map_err(|e| GroupError::Mls {
+                op: "safety number",
+                detail: e.to_string(),
+            })?;
+        self.members = members.clone();
+        self.safety_number = Some(safety_number.clone());
+        self.events
+            .push_back(MemberEvent::ReceiveKeysChanged { epoch });
+        self.events.push_back(MemberEvent::EpochChanged {
+            epoch,
+            members,
+            safety_number,
+        });
+        Ok(())
+    }
+}
