@@ -308,6 +308,13 @@ impl Member {
         self.run(now, actions);
     }
 
+    /// Drop the group and all MLS state, and rejoin the group under a fresh identity
+    /// (what happens automatically after an unexpected MLS error).
+    pub fn reset(&mut self, now: Duration) {
+        let actions = self.committer.handle(ms(now), Event::MlsFailure);
+        self.run(now, actions);
+    }
+
     /// A timer tick.
     pub fn tick(&mut self, now: Duration) {
         let actions = self.committer.tick(ms(now));
@@ -351,7 +358,7 @@ impl Member {
         }
     }
 
-    fn reset(&mut self, now: Duration, reason: String) -> Vec<Action> {
+    fn reset_identity(&mut self, now: Duration, reason: String) -> Vec<Action> {
         self.stats.resets += 1;
         self.lose_group(reason);
         match self.group.reset() {
@@ -392,7 +399,7 @@ impl Member {
                     Err(e) => tracing::error!(error = %e, "could not build a KeyPackage"),
                 },
                 Action::ResetIdentity => {
-                    queue.extend(self.reset(now, "MLS error: reset".into()));
+                    queue.extend(self.reset_identity(now, "MLS error: reset".into()));
                 }
                 Action::CreateGroup { group_id } => {
                     if let Err(e) = self.group.create(&group_id) {
