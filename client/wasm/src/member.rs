@@ -1,0 +1,410 @@
+//! The MLS group member and frame crypto of one participant, for the worker.
+
+use satsuma_e2ee::committer::Phase;
+use satsuma_e2ee::frame::Codec;
+use satsuma_e2ee::member::{Member, MemberConfig, MemberEvent, Outbound};
+use satsuma_e2ee::relay::Entry;
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+
+use crate::ids::{BindingError, millis, to_f64, to_u64};
+use crate::inbound::InboundTrack;
+
+/// The JSON log entries the MLS layer reads; every other type is ignored.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum LogEntry {
+    Joined { seq: u64, id: u64 },
+    Left { seq: u64, id: u64 },
+    Creator { seq: u64, id: u64, group_id: String },
+    Execute { seq: u64, epoch: u64 },
+    #[serde(other)]
+    Other,
+}
+
+/// The parts of the coordinator's `welcome` the MLS layer reads.
+#[derive(Debug, Deserialize)]
+struct Welcome {
+    snapshot: Snapshot,
+}
+
+#[derive(Debug, Deserialize)]
+struct Snapshot {
+    participants: Vec<RosterEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RosterEntry {
+    id: u64,
+}
+
+/// What the worker shows: `status_json()`.
+#[derive(Debug, serde::Serialize)]
+struct Status<'a> {
+    phase: &'static str,
+    epoch: Option<u64>,
+    safety_number: Option<&'a str>,
+    members: &'a [u64],
+    committer: bool,
+    send_epoch: Option<u64>,
+    group_lost: Option<&'a str>,
+    resets: u64,
+    failed_commits: u64,
+    invalid_key_packages: u64,
+    bad_inputs: u64,
+    last_error: Option<&'a str>,
+}
+
+/// One participant's E2EE state in one room: the MLS member (designated
+/// committer, ready/execute) and the frame encryptor/decryptor keyed by it.
+/// Feed it the coordinator's log in `seq` order and ticks; drain
+/// [`GroupMember::poll_binary`] and [`GroupMember::poll_json`] to the
+/// coordinator; encrypt and decrypt frames.
+#[wasm_bindgen]
+pub struct GroupMember {
+    member: Member,
+    send_key_changed: bool,
+    receive_keys_changed: bool,
+    rejoin: bool,
+    group_lost: Option<String>,
+    json_out: std::collections::VecDeque<String>,
+    binary_out: std::collections::VecDeque<Vec<u8>>,
+    bad_inputs: u64,
+    last_error: Option<String>,
+    encrypted: u64,
+    encrypt_failed: u64,
+}
+
+#[wasm_bindgen]
+impl GroupMember {
+    /// Participant `me` (the id from the coordinator's `welcome`) with a fresh
+    /// MLS identity.
+    ///
+    /// # Errors
+    /// A bad id, or the MLS identity could not be generated.
+    #[wasm_bindgen(constructor)]
+    pub fn new(me: f64) -> Result<GroupMember, JsError> {
+        Ok(Self::try_new(me)?)
+    }
+
+    /// The coordinator's `welcome` message (JSON): its snapshot's roster.
+    /// Call before any entry.
+    pub fn on_welcome(&mut self, welcome_json: &str, now_ms: f64) {
+        match serde_json::from_str::<Welcome>(welcome_json) {
+            Ok(w) => {
+                let live: Vec<u64> = w.snapshot.participants.iter().map(|p| p.id).collect();
+                self.member.handle_roster(millis(now_ms), &live);
+            }
+            Err(e) => self.bad_input(format!("welcome: {e}")),
+        }
+        self.drain();
+    }
+
+    /// One JSON log entry (`{"seq":N,"type":...}`); types other than
+    /// `joined`, `left`, `creator` and `execute` are ignored.
+    pub fn on_event(&mut self, entry_json: &str, now_ms: f64) {
+        match parse_entry(entry_json) {
+            Ok(Some(entry)) => self.member.handle_entry(millis(now_ms), entry),
+            Ok(None) => {}
+            Err(e) => self.bad_input(e),
+        }
+        self.drain();
+    }
+
+    /// One binary log entry exactly as received
+    /// (`u64 seq ‖ u8 kind ‖ u64 from ‖ payload`).
+    pub fn on_mls(&mut self, frame: &[u8], now_ms: f64) {
+        if let Err(e) = self.member.handle_binary(millis(now_ms), frame) {
+            self.bad_input(format!("MLS frame: {e}"));
+        }
+        self.drain();
+    }
+
+    /// A timer tick (every ~200 ms).
+    pub fn tick(&mut self, now_ms: f64) {
+        self.member.tick(millis(now_ms));
+        self.drain();
+    }
+
+    /// Next binary frame for the coordinator (`kind ‖ payload`).
+    pub fn poll_binary(&mut self) -> Option<Vec<u8>> {
+        self.binary_out.pop_front()
+    }
+
+    /// Next JSON message for the coordinator (`ready`).
+    pub fn poll_json(&mut self) -> Option<String> {
+        self.json_out.pop_front()
+    }
+
+    /// `true` once after this participant's sending key changed: video
+    /// senders should generate a keyframe.
+    pub fn take_send_key_changed(&mut self) -> bool {
+        std::mem::take(&mut self.send_key_changed)
+    }
+
+    /// `true` once after other members' keys changed: inbound video should
+    /// ask for keyframes.
+    pub fn take_receive_keys_changed(&mut self) -> bool {
+        std::mem::take(&mut self.receive_keys_changed)
+    }
+
+    /// `true` once when this participant saw its own `left`: the page must
+    /// rejoin the room as a new participant.
+    pub fn take_rejoin(&mut self) -> bool {
+        std::mem::take(&mut self.rejoin)
+    }
+
+    /// The 30-digit safety number of the current epoch.
+    #[must_use]
+    pub fn safety_number(&self) -> Option<String> {
+        self.member.safety_number().map(|s| s.digits().to_owned())
+    }
+
+    /// The current epoch.
+    #[must_use]
+    pub fn epoch(&self) -> Option<f64> {
+        self.member.epoch().map(to_f64)
+    }
+
+    /// Everything the UI shows, as JSON.
+    #[must_use]
+    pub fn status_json(&self) -> String {
+        let phase = match self.member.committer().phase() {
+            Phase::Joining { .. } => "joining",
+            Phase::Member(_) => "member",
+            Phase::Detached => "detached",
+        };
+        let stats = self.member.stats();
+        let status = Status {
+            phase,
+            epoch: self.member.epoch(),
+            safety_number: self.member.safety_number().map(|s| s.digits()),
+            members: self.member.members(),
+            committer: self.member.is_committer(),
+            send_epoch: self.member.send_epoch(),
+            group_lost: self.group_lost.as_deref(),
+            resets: stats.resets,
+            failed_commits: stats.failed_commits,
+            invalid_key_packages: stats.invalid_key_packages,
+            bad_inputs: self.bad_inputs,
+            last_error: self.last_error.as_deref(),
+        };
+        serde_json::to_string(&status).unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    /// Encrypts one outbound frame whose codec has MIME type `mime`
+    /// (`video/VP8`, `audio/opus`, …). `undefined`: drop the frame (no key
+    /// yet, or not encryptable); never send it in the clear.
+    pub fn encrypt(&mut self, mime: &str, frame: &[u8]) -> Option<Vec<u8>> {
+        match self.member.encrypt(Codec::from_mime_type(mime), frame) {
+            Ok(out) => {
+                self.encrypted += 1;
+                Some(out)
+            }
+            Err(e) => {
+                self.encrypt_failed += 1;
+                self.last_error = Some(format!("encrypt: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Decrypts one frame received on `track` at `now_ms`. `undefined`: drop
+    /// it; `track.last_drop()` says why.
+    pub fn decrypt(&mut self, track: &mut InboundTrack, frame: &[u8], now_ms: f64) -> Option<Vec<u8>> {
+        let now = millis(now_ms);
+        track.observe(frame);
+        match self.member.decrypt(track.sender, frame, now) {
+            Ok(d) => {
+                track.record_decrypted(&d.origin, now);
+                Some(d.frame)
+            }
+            Err(reason) => {
+                track.record_dropped(&reason, now);
+                None
+            }
+        }
+    }
+
+    /// Frames encrypted so far.
+    #[must_use]
+    pub fn encrypted(&self) -> f64 {
+        to_f64(self.encrypted)
+    }
+
+    /// Outbound frames dropped so far.
+    #[must_use]
+    pub fn encrypt_failed(&self) -> f64 {
+        to_f64(self.encrypt_failed)
+    }
+}
+
+impl GroupMember {
+    pub(crate) fn try_new(me: f64) -> Result<Self, BindingError> {
+        let me = to_u64(me).ok_or(BindingError::NotAnId("participant id"))?;
+        let member = Member::new(me, MemberConfig::default()).map_err(BindingError::Member)?;
+        Ok(Self {
+            member,
+            send_key_changed: false,
+            receive_keys_changed: false,
+            rejoin: false,
+            group_lost: None,
+            json_out: Default::default(),
+            binary_out: Default::default(),
+            bad_inputs: 0,
+            last_error: None,
+            encrypted: 0,
+            encrypt_failed: 0,
+        })
+    }
+
+    fn bad_input(&mut self, what: String) {
+        self.bad_inputs += 1;
+        self.last_error = Some(what);
+    }
+
+    /// Moves the member's outputs into the queues and flags the worker reads.
+    fn drain(&mut self) {
+        while let Some(out) = self.member.poll_outbound() {
+            match out {
+                Outbound::Binary(bytes) => self.binary_out.push_back(bytes),
+                Outbound::Ready { epoch } => {
+                    let group_id = self.member.group_id().map(hex::encode);
+                    let msg = serde_json::json!({ "type": "ready", "epoch": epoch, "group_id": group_id });
+                    self.json_out.push_back(msg.to_string());
+                }
+            }
+        }
+        while let Some(event) = self.member.poll_event() {
+            match event {
+                MemberEvent::EpochChanged { .. } => self.group_lost = None,
+                MemberEvent::SendKeyChanged { .. } => self.send_key_changed = true,
+                MemberEvent::ReceiveKeysChanged { .. } => self.receive_keys_changed = true,
+                MemberEvent::GroupLost { reason } => self.group_lost = Some(reason),
+                MemberEvent::RejoinRoom => self.rejoin = true,
+            }
+        }
+    }
+}
+
+/// Decodes a JSON log entry into the MLS layer's [`Entry`]; `Ok(None)` for
+/// entries it does not read.
+fn parse_entry(json: &str) -> Result<Option<Entry>, String> {
+    let entry: LogEntry = serde_json::from_str(json).map_err(|e| format!("entry: {e}"))?;
+    Ok(match entry {
+        LogEntry::Joined { seq, id } => Some(Entry::Joined { seq, id }),
+        LogEntry::Left { seq, id } => Some(Entry::Left { seq, id }),
+        LogEntry::Creator { seq, id, group_id } => {
+            let group_id = hex::decode(&group_id).map_err(|e| format!("creator group_id: {e}"))?;
+            Some(Entry::Creator { seq, id, group_id })
+        }
+        LogEntry::Execute { seq, epoch } => Some(Entry::Execute { seq, epoch }),
+        LogEntry::Other => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn at(ms: u64) -> f64 {
+        ms as f64
+    }
+
+    #[test]
+    fn entries_parse_and_unknown_types_are_ignored() {
+        assert_eq!(
+            parse_entry(r#"{"seq":3,"type":"joined","id":2,"name":"x","joined_at_ms":1,"host":false}"#),
+            Ok(Some(Entry::Joined { seq: 3, id: 2 }))
+        );
+        assert_eq!(
+            parse_entry(r#"{"seq":4,"type":"creator","id":1,"group_id":"0aff"}"#),
+            Ok(Some(Entry::Creator { seq: 4, id: 1, group_id: vec![0x0a, 0xff] }))
+        );
+        assert_eq!(parse_entry(r#"{"seq":5,"type":"hand","id":1,"raised":true}"#), Ok(None));
+        assert!(parse_entry(r#"{"seq":6,"type":"creator","id":1,"group_id":"zz"}"#).is_err());
+        assert!(parse_entry("not json").is_err());
+    }
+
+    /// Two members through a simulated coordinator log: creator, KeyPackage,
+    /// commit with Welcome, execute; then frames cross in both directions.
+    #[test]
+    fn two_members_agree_and_exchange_frames() {
+        let mut a = GroupMember::try_new(1.0).unwrap();
+        let mut b = GroupMember::try_new(2.0).unwrap();
+        let mut seq = 0u64;
+        let mut log: Vec<Result<String, Vec<u8>>> = Vec::new();
+        let push_json = |log: &mut Vec<Result<String, Vec<u8>>>, seq: &mut u64, body: String| {
+            *seq += 1;
+            log.push(Ok(format!(r#"{{"seq":{seq},{body}}}"#)));
+        };
+        a.on_welcome(r#"{"snapshot":{"participants":[{"id":1}]}}"#, at(0));
+        push_json(&mut log, &mut seq, r#""type":"joined","id":1"#.into());
+        push_json(&mut log, &mut seq, r#""type":"creator","id":1,"group_id":"00112233"#.to_owned() + "\"");
+        b.on_welcome(r#"{"snapshot":{"participants":[{"id":1}]}}"#, at(0));
+        push_json(&mut log, &mut seq, r#""type":"joined","id":2"#.into());
+        let mut delivered = [0usize; 2];
+        let mut t = 0u64;
+        for _round in 0..20 {
+            t += 100;
+            for (i, m) in [&mut a, &mut b].into_iter().enumerate() {
+                while delivered[i] < log.len() {
+                    match &log[delivered[i]] {
+                        Ok(json) => m.on_event(json, at(t)),
+                        Err(bin) => m.on_mls(bin, at(t)),
+                    }
+                    delivered[i] += 1;
+                }
+                m.tick(at(t));
+                let from = if i == 0 { 1u64 } else { 2 };
+                while let Some(frame) = m.poll_binary() {
+                    // Coordinator: `seq ‖ kind ‖ from ‖ payload`.
+                    seq += 1;
+                    let mut out = seq.to_be_bytes().to_vec();
+                    out.push(frame[0]);
+                    out.extend_from_slice(&from.to_be_bytes());
+                    out.extend_from_slice(&frame[1..]);
+                    log.push(Err(out));
+                }
+                while let Some(json) = m.poll_json() {
+                    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+                    assert_eq!(v["type"], "ready");
+                    if from == 2 {
+                        push_json(&mut log, &mut seq, format!(r#""type":"execute","epoch":{}"#, v["epoch"]));
+                    }
+                }
+            }
+        }
+        let sa = a.safety_number().expect("a has a safety number");
+        assert_eq!(Some(sa.clone()), b.safety_number());
+        assert_eq!(sa.len(), 30);
+        assert!(a.status_json().contains(r#""phase":"member""#));
+
+        let frame = [0x10u8, 2, 0, 0x9d, 1, 0x2a, 0x80, 2, 0xe0, 1, 5, 6, 7, 8, 9, 10, 11, 12];
+        let sealed = a.encrypt("video/VP8", &frame).expect("a can send");
+        assert_eq!(&sealed[sealed.len() - 2..], &[0xFA, 0xFA]);
+        let mut track = InboundTrack::try_new(1.0, true).unwrap();
+        assert_eq!(b.decrypt(&mut track, &sealed, at(t)), Some(frame.to_vec()));
+        assert_eq!(b.decrypt(&mut track, &sealed, at(t)), None, "replay refused");
+        assert_eq!(track.last_drop().as_deref(), Some("replay"));
+        let mut wrong = InboundTrack::try_new(3.0, true).unwrap();
+        assert_eq!(b.decrypt(&mut wrong, &sealed, at(t)), None);
+        assert_eq!(b.decrypt(&mut track, &[0xFF; 40], at(t)), None);
+        assert_eq!(track.dropped(), 2.0);
+        assert_eq!(track.protocol_frames(), 2.0);
+    }
+
+    #[test]
+    fn hostile_inputs_are_counted_not_fatal() {
+        let mut m = GroupMember::try_new(7.0).unwrap();
+        m.on_welcome("{}", 0.0);
+        m.on_event(r#"{"seq":1}"#, 0.0);
+        m.on_mls(&[1, 2, 3], 0.0);
+        m.on_mls(&[0; 40], 0.0);
+        assert!(m.status_json().contains(r#""bad_inputs":4"#), "{}", m.status_json());
+        assert_eq!(m.encrypt("audio/opus", &[1, 2, 3]), None);
+        assert!(GroupMember::try_new(-1.0).is_err());
+        assert!(InboundTrack::try_new(f64::NAN, false).is_err());
+    }
+}

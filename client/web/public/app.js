@@ -1,0 +1,555 @@
+// Satsuma web client: lobby, call, and the glue between the coordinator link
+// (room-link.js), the SFU link (sfu-link.js), the E2EE worker (e2ee-link.js)
+// and the view (call-view.js).
+//
+// Plain ES modules served as-is by the coordinator: no bundler, no CDN, no
+// request to any other origin. The only build step is the WebAssembly E2EE
+// core (scripts/build-web.sh writes ./pkg/).
+//
+// URL parameters: room, name, codec (VP8|VP9|H264), autojoin=1, and for tests
+// decrypt=0 (receive without decrypting), keyless=1 (never join the MLS
+// group), transform=legacy (use createEncodedStreams).
+
+import { RoomLink } from './room-link.js';
+import { SfuLink } from './sfu-link.js';
+import { E2eeLink } from './e2ee-link.js';
+import { CallView } from './call-view.js';
+import { LocalMedia } from './local-media.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const STATS_INTERVAL_MS = 1000;
+
+/** Where the coordinator serves things (same origin as this page). */
+export const endpoints = {
+  ws: (room) => `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws/${encodeURIComponent(room)}`,
+  token: '/token',
+  sfu: '/sfu',
+};
+
+/** Asks the coordinator (dev mode) for a join token. */
+async function fetchToken(room, name) {
+  const res = await fetch(endpoints.token, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ room, name }),
+  });
+  if (!res.ok) throw new Error(`token: HTTP ${res.status}`);
+  const json = await res.json();
+  if (typeof json.token !== 'string') throw new Error('token: no token in reply');
+  return json.token;
+}
+
+class Call {
+  constructor({ room, name, codec, local, view, flags }) {
+    this.room = room;
+    this.name = name;
+    this.codec = codec;
+    this.local = local;
+    this.view = view;
+    this.flags = flags;
+    this.me = null;
+    this.participants = new Map(); // id -> {id, name, host, hand, speaking, tracks: Map(trackName -> info)}
+    this.pulled = new Map(); // trackName -> {mid, participantId, kind}
+    this.pushed = new Map(); // kind -> trackName
+    this.sfu = null;
+    this.mediaEpoch = 0;
+    this.e2ee = new E2eeLink({ decrypt: flags.decrypt, mls: flags.mls, legacy: flags.legacy });
+    this.link = new RoomLink({ url: endpoints.ws(room), getToken: () => fetchToken(room, name), room });
+    this.problems = [];
+    this.lastDecoded = new Map();
+    this.wire();
+  }
+
+  wire() {
+    const { link, e2ee, view } = this;
+    link.addEventListener('welcome', (ev) => this.onWelcome(ev.detail));
+    link.addEventListener('resumed', () => {
+      view.banner(null);
+      this.syncPulls();
+    });
+    link.addEventListener('entry', (ev) => {
+      this.applyEntry(ev.detail);
+      e2ee.entry(ev.detail);
+    });
+    link.addEventListener('mls', (ev) => e2ee.mls(ev.detail));
+    link.addEventListener('direct', (ev) => {
+      const msg = ev.detail;
+      if (msg.type === 'error') this.note(`coordinator refused ${msg.refused ?? 'a message'}: ${msg.message}`);
+      e2ee.direct(msg);
+    });
+    link.addEventListener('problem', (ev) => this.note(ev.detail));
+    link.addEventListener('reset', () => this.resetParticipant());
+    link.addEventListener('state', (ev) => this.onLinkState(ev.detail));
+    e2ee.addEventListener('send-binary', (ev) => link.sendBinary(ev.detail));
+    e2ee.addEventListener('send-json', (ev) => link.send(ev.detail));
+    e2ee.addEventListener('status', (ev) => {
+      view.safety(ev.detail);
+      this.renderPeople();
+    });
+    e2ee.addEventListener('problem', (ev) => this.note(ev.detail));
+    e2ee.addEventListener('rejoin', () => {
+      // The room announced our own departure: come back as a new participant.
+      this.note('The server dropped us from the room: joining again');
+      link.dropConnection();
+    });
+    e2ee.addEventListener('stalled', (ev) => {
+      if (ev.detail.stalled) view.banner('Encryption worker is not responding: media is paused until it recovers.', 'bad');
+      else view.banner(null);
+    });
+  }
+
+  async start() {
+    this.view.show('call');
+    $('room-title').textContent = this.room;
+    const me = this.view.tile('local', { name: `${this.name} (you)`, local: true });
+    if (this.local.video) me.stream.addTrack(this.local.video);
+    this.view.updateTile('local', { camOn: Boolean(this.local.video), conn: ['you', 'ok'] });
+    if (this.local.problem) this.view.banner(this.local.problem, 'warn');
+    this.local.watchVoice((speaking) => this.link.send({ type: 'speaking', speaking }));
+    this.statsTimer = setInterval(() => this.refreshStats(), STATS_INTERVAL_MS);
+    await this.link.start();
+  }
+
+  onLinkState({ state, attempt, why }) {
+    if (state === 'open') this.view.linkStatus('connected', 'ok');
+    else if (state === 'reconnecting') {
+      this.view.linkStatus(`reconnecting (${attempt})`, 'warn');
+      this.view.banner(`Connection to the server lost${why ? ` (${why})` : ''}: reconnecting…`, 'warn');
+    } else if (state === 'closed') {
+      this.end(why);
+    } else this.view.linkStatus(state, 'warn');
+  }
+
+  onWelcome(welcome) {
+    this.me = welcome.participant_id;
+    this.participants.clear();
+    for (const p of welcome.snapshot?.participants ?? []) this.addParticipant(p);
+    this.lockState = welcome.snapshot?.locked ?? false;
+    $('lock-room').checked = this.lockState;
+    this.view.banner(this.local.problem ?? null, 'warn');
+    this.e2ee.start(this.me);
+    this.e2ee.welcome(welcome);
+    this.renderPeople();
+    this.startMedia();
+  }
+
+  addParticipant(p) {
+    const tracks = new Map((p.tracks ?? []).map((t) => [t.track_name, t]));
+    this.participants.set(p.id, {
+      id: p.id, name: p.name, host: Boolean(p.host), hand: Boolean(p.hand_raised), speaking: Boolean(p.speaking), tracks,
+    });
+    if (p.id !== this.me) {
+      this.view.tile(String(p.id), { name: p.name });
+      this.view.updateTile(String(p.id), { conn: ['joining', 'warn'], e2ee: ['no media yet', 'warn'], camOn: false });
+    }
+  }
+
+  applyEntry(e) {
+    const p = this.participants.get(e.id);
+    switch (e.type) {
+      case 'joined':
+        if (!this.participants.has(e.id)) this.addParticipant({ id: e.id, name: e.name, host: e.host });
+        break;
+      case 'left':
+        this.participants.delete(e.id);
+        this.view.removeTile(String(e.id));
+        this.view.removeTile(`${e.id}:screen`);
+        this.syncPulls();
+        break;
+      case 'published':
+        p?.tracks.set(e.track.track_name, e.track);
+        this.syncPulls();
+        break;
+      case 'unpublished':
+        p?.tracks.delete(e.track_name);
+        this.syncPulls();
+        break;
+      case 'track_enabled': {
+        const t = p?.tracks.get(e.track_name);
+        if (t) t.enabled = e.enabled;
+        break;
+      }
+      case 'muted':
+        if (e.id === this.me) {
+          this.setEnabled(e.kind === 'screenshare' ? 'screenshare' : e.kind, false);
+          const by = this.participants.get(e.by)?.name ?? 'a host';
+          this.note(`${by} muted your ${e.kind === 'audio' ? 'microphone' : e.kind}`);
+        }
+        break;
+      case 'hand':
+        if (p) p.hand = e.raised;
+        break;
+      case 'speaking':
+        if (p) p.speaking = e.speaking;
+        break;
+      case 'host':
+        if (p) p.host = true;
+        break;
+      case 'locked':
+        $('lock-room').checked = e.locked;
+        break;
+      default:
+        break;
+    }
+    if (['joined', 'left', 'hand', 'speaking', 'host', 'track_enabled', 'published', 'unpublished'].includes(e.type)) this.renderPeople();
+  }
+
+  renderPeople() {
+    const people = [...this.participants.values()].map((p) => ({ ...p, me: p.id === this.me }));
+    const meIsHost = Boolean(this.participants.get(this.me)?.host);
+    this.view.people(people, { meIsHost });
+    for (const p of people) {
+      const key = p.me ? 'local' : String(p.id);
+      const camTrack = [...p.tracks.values()].find((t) => t.kind === 'video');
+      this.view.updateTile(key, {
+        speaking: p.speaking, hand: p.hand,
+        camOn: p.me ? Boolean(this.local.video?.enabled) : Boolean(camTrack?.enabled),
+      });
+    }
+    const meP = this.participants.get(this.me);
+    $('toggle-hand').setAttribute('aria-pressed', String(Boolean(meP?.hand)));
+    $('toggle-hand').textContent = meP?.hand ? 'Lower hand' : 'Raise hand';
+  }
+
+  // ---- media ---------------------------------------------------------------
+
+  async startMedia() {
+    const epoch = ++this.mediaEpoch;
+    this.sfu?.close();
+    this.pulled.clear();
+    this.pushed.clear();
+    const sfu = new SfuLink({
+      base: endpoints.sfu,
+      auth: () => this.link.resumeToken,
+      onTransceiver: (direction, transceiver, info) => this.e2ee.attach(direction, transceiver, {
+        kind: info.kind === 'audio' ? 'audio' : 'video',
+        trackId: info.trackName ?? `mid-${transceiver.mid}`,
+        sender: info.participantId,
+        codec: info.kind === 'audio' ? 'audio/opus' : `video/${info.codec ?? this.codec}`,
+      }),
+    });
+    this.sfu = sfu;
+    sfu.addEventListener('track', (ev) => this.onRemoteTrack(ev.detail));
+    sfu.addEventListener('failed', () => this.mediaFailed('media connection failed'));
+    sfu.addEventListener('problem', (ev) => this.note(ev.detail));
+    sfu.addEventListener('pull-error', (ev) => this.note(`cannot receive ${ev.detail.trackName}: ${ev.detail.error}`));
+    sfu.addEventListener('state', (ev) => this.view.updateTile('local', { conn: [`media ${ev.detail}`, ev.detail === 'connected' ? 'ok' : 'warn'] }));
+    try {
+      const sessionId = await sfu.start();
+      if (epoch !== this.mediaEpoch) return;
+      await this.pushLocal('audio', this.local.audio, sessionId);
+      await this.pushLocal('video', this.local.video, sessionId);
+      if (this.local.screen) await this.pushLocal('screenshare', this.local.screen, sessionId);
+      await this.syncPulls();
+    } catch (err) {
+      if (epoch === this.mediaEpoch) this.mediaFailed(err.message);
+    }
+  }
+
+  async pushLocal(kind, track, sessionId) {
+    if (!track || this.flags.receiveOnly) return;
+    const trackName = await this.sfu.push(track, { kind, codec: this.codec, participantId: this.me });
+    this.pushed.set(kind, trackName);
+    this.link.send({ type: 'publish', session_id: sessionId, track_name: trackName, kind, enabled: track.enabled });
+  }
+
+  mediaFailed(why) {
+    this.note(`Media: ${why}; reconnecting`);
+    for (const [kind, trackName] of this.pushed) this.link.send({ type: 'unpublish', track_name: trackName });
+    for (const p of this.participants.values()) {
+      if (p.id !== this.me) this.view.updateTile(String(p.id), { conn: ['reconnecting', 'warn'] });
+    }
+    this.detachRemote();
+    const delay = Math.min(10000, 1000 * 2 ** Math.min(this.mediaRetries = (this.mediaRetries ?? 0) + 1, 4));
+    clearTimeout(this.mediaTimer);
+    this.mediaTimer = setTimeout(() => {
+      if (this.link.state === 'open') this.startMedia();
+      else this.mediaFailed('waiting for the server');
+    }, delay);
+  }
+
+  detachRemote() {
+    for (const [trackName] of this.pulled) this.e2ee.detach(trackName);
+    this.pulled.clear();
+    for (const [key, t] of this.view.tiles) {
+      if (key === 'local') continue;
+      for (const tr of t.stream.getTracks()) t.stream.removeTrack(tr);
+    }
+  }
+
+  /** Pulls every track other participants publish that is not pulled yet; drops pulls of gone tracks. */
+  async syncPulls() {
+    const sfu = this.sfu;
+    if (!sfu?.sessionId) return;
+    const wanted = [];
+    const live = new Set();
+    for (const p of this.participants.values()) {
+      if (p.id === this.me) continue;
+      for (const t of p.tracks.values()) {
+        live.add(t.track_name);
+        if (this.pulled.has(t.track_name)) continue;
+        this.pulled.set(t.track_name, { mid: null, participantId: p.id, kind: t.kind });
+        wanted.push({ sessionId: t.session_id, trackName: t.track_name, info: { participantId: p.id, kind: t.kind } });
+      }
+    }
+    const gone = [...this.pulled].filter(([name]) => !live.has(name));
+    for (const [name] of gone) {
+      this.pulled.delete(name);
+      this.e2ee.detach(name);
+    }
+    try {
+      const goneMids = gone.map(([, v]) => v.mid).filter(Boolean);
+      if (goneMids.length) await sfu.unpull(goneMids);
+      if (wanted.length) {
+        const mids = await sfu.pull(wanted);
+        wanted.forEach((w, i) => {
+          const entry = this.pulled.get(w.trackName);
+          if (!entry) return;
+          if (mids[i]) entry.mid = mids[i];
+          else this.pulled.delete(w.trackName); // retried on the next change
+        });
+      }
+    } catch (err) {
+      for (const w of wanted) this.pulled.delete(w.trackName);
+      if (sfu === this.sfu) this.note(`receiving: ${err.message}`);
+    }
+  }
+
+  onRemoteTrack({ track, info }) {
+    if (info.participantId === undefined) return;
+    const p = this.participants.get(info.participantId);
+    const key = info.kind === 'screenshare' ? `${info.participantId}:screen` : String(info.participantId);
+    const tile = this.view.tile(key, { name: info.kind === 'screenshare' ? `${p?.name ?? '?'} (screen)` : p?.name ?? '?' });
+    for (const old of tile.stream.getTracks()) if (old.kind === track.kind) tile.stream.removeTrack(old);
+    tile.stream.addTrack(track);
+    tile.video.play().catch(() => {});
+    track.addEventListener('ended', () => tile.stream.removeTrack(track));
+  }
+
+  // ---- controls ------------------------------------------------------------
+
+  setEnabled(kind, enabled) {
+    const track = kind === 'audio' ? this.local.audio : kind === 'video' ? this.local.video : this.local.screen;
+    if (!track) return;
+    track.enabled = enabled;
+    const name = this.pushed.get(kind);
+    if (name) this.link.send({ type: 'set_track', track_name: name, enabled });
+    const button = kind === 'audio' ? $('toggle-mic') : kind === 'video' ? $('toggle-cam') : null;
+    if (button) {
+      button.setAttribute('aria-pressed', String(enabled));
+      button.textContent = `${kind === 'audio' ? 'Mic' : 'Camera'} ${enabled ? 'on' : 'off'}`;
+    }
+    if (kind === 'video') this.view.updateTile('local', { camOn: enabled });
+  }
+
+  async toggleScreen() {
+    if (this.local.screen) {
+      const name = this.pushed.get('screenshare');
+      this.local.stopScreen();
+      this.view.removeTile('local:screen');
+      if (name) {
+        this.pushed.delete('screenshare');
+        this.link.send({ type: 'unpublish', track_name: name });
+        await this.sfu?.unpush(name).catch(() => {});
+      }
+      $('toggle-screen').setAttribute('aria-pressed', 'false');
+      return;
+    }
+    const track = await this.local.startScreen();
+    if (!track) {
+      this.note(this.local.problem);
+      return;
+    }
+    $('toggle-screen').setAttribute('aria-pressed', 'true');
+    const tile = this.view.tile('local:screen', { name: 'Your screen', local: true });
+    tile.stream.addTrack(track);
+    track.addEventListener('ended', () => { if (this.local.screen === track) this.toggleScreen(); });
+    try {
+      await this.pushLocal('screenshare', track, this.sfu.sessionId);
+    } catch (err) {
+      this.note(`screen share: ${err.message}`);
+    }
+  }
+
+  hostAction(action, target) {
+    if (action === 'mute') this.link.send({ type: 'mute', target, kind: 'audio' });
+    if (action === 'remove') this.link.send({ type: 'remove', target });
+  }
+
+  /** Resume impossible: we come back as a new participant. */
+  resetParticipant() {
+    this.note('Session expired on the server: joining again');
+    this.mediaEpoch += 1;
+    this.sfu?.close();
+    this.sfu = null;
+    this.detachRemote();
+    for (const key of [...this.view.tiles.keys()]) if (!key.startsWith('local')) this.view.removeTile(key);
+    this.participants.clear();
+    this.me = null;
+  }
+
+  leave() {
+    this.link.leave();
+  }
+
+  end(why) {
+    clearInterval(this.statsTimer);
+    clearTimeout(this.mediaTimer);
+    this.mediaEpoch += 1;
+    this.sfu?.close();
+    this.e2ee.stop();
+    this.local.stop();
+    for (const key of [...this.view.tiles.keys()]) this.view.removeTile(key);
+    const reasons = {
+      left: 'You left the call.', removed: 'A host removed you from the call.', 'room-locked': 'The room is locked.',
+      'room-full': 'The room is full.', unauthorized: 'The server refused the join token.', replaced: 'You joined from another tab.',
+    };
+    $('left-reason').textContent = reasons[why] ?? `The call ended (${why}).`;
+    this.view.show('left');
+    this.view.banner(null);
+    this.ended = true;
+  }
+
+  note(message) {
+    if (!message) return;
+    this.problems.push({ at: Date.now(), message });
+    if (this.problems.length > 50) this.problems.shift();
+    this.view.banner(message, 'warn');
+    clearTimeout(this.noteTimer);
+    this.noteTimer = setTimeout(() => this.view.banner(null), 6000);
+  }
+
+  // ---- status --------------------------------------------------------------
+
+  /** Everything the page knows about media per remote track (UI badges and tests). */
+  async snapshotStats() {
+    const rtp = this.sfu ? await this.sfu.stats().catch(() => ({ tracks: {} })) : { tracks: {} };
+    const remote = [];
+    for (const [trackName, pull] of this.pulled) {
+      const s = (pull.mid && rtp.tracks[pull.mid]) || {};
+      const w = this.e2ee.trackStats.get(trackName) ?? {};
+      remote.push({
+        participantId: pull.participantId, name: this.participants.get(pull.participantId)?.name, kind: pull.kind, trackName, mid: pull.mid,
+        packetsReceived: s.packetsReceived ?? 0, framesReceived: s.framesReceived ?? 0, framesDecoded: s.framesDecoded ?? 0,
+        totalSamplesReceived: s.totalSamplesReceived ?? 0, audioLevel: s.audioLevel ?? 0, codec: s.codec ?? null,
+        decrypted: w.decrypted ?? 0, dropped: w.dropped ?? 0, protocolFrames: w.protocolFrames ?? 0,
+        workerFrames: w.frames ?? 0, lastDrop: w.lastDrop ?? null, lastBytes: w.lastBytes ?? null, epoch: w.epoch ?? null,
+      });
+    }
+    const outbound = Object.values(rtp.tracks).filter((t) => t.type === 'outbound-rtp');
+    return {
+      me: this.me, room: this.room, link: this.link.state, media: this.sfu?.connectionState ?? 'none',
+      e2ee: this.e2ee.status, encrypt: this.e2ee.encryptStats ?? null, transform: this.e2ee.mode,
+      workerStalled: this.e2ee.stalled, remote, outbound, problems: this.problems.map((p) => p.message),
+      participants: [...this.participants.values()].map((p) => ({ id: p.id, name: p.name, host: p.host, hand: p.hand })),
+    };
+  }
+
+  async refreshStats() {
+    if (this.ended) return;
+    const snap = await this.snapshotStats();
+    this.lastSnapshot = snap;
+    const byParticipant = new Map();
+    for (const r of snap.remote) {
+      if (!byParticipant.has(r.participantId)) byParticipant.set(r.participantId, []);
+      byParticipant.get(r.participantId).push(r);
+    }
+    for (const p of this.participants.values()) {
+      if (p.id === this.me) continue;
+      const rs = byParticipant.get(p.id) ?? [];
+      const video = rs.find((r) => r.kind === 'video');
+      const key = `${p.id}`;
+      const before = this.lastDecoded.get(key) ?? 0;
+      const decoded = video?.framesDecoded ?? 0;
+      this.lastDecoded.set(key, decoded);
+      let conn;
+      if (rs.length === 0) conn = ['no tracks', 'warn'];
+      else if (decoded > before) conn = ['live', 'ok'];
+      else if (rs.some((r) => r.packetsReceived > 0)) conn = ['receiving', 'warn'];
+      else conn = [snap.media === 'connected' ? 'waiting for media' : `media ${snap.media}`, 'warn'];
+      let e2ee;
+      const drops = rs.filter((r) => r.lastDrop && r.dropped > 0);
+      if (!this.flags.decrypt || !this.flags.mls) e2ee = ['not decrypting', 'bad'];
+      else if (rs.some((r) => r.decrypted > 0) && !(video && video.framesDecoded === before && drops.length)) {
+        const ep = rs.find((r) => r.epoch !== null)?.epoch;
+        e2ee = [`🔒 encrypted${ep !== undefined && ep !== null ? ` · epoch ${ep}` : ''}`, 'ok'];
+      } else if (drops.length) e2ee = [`cannot decrypt: ${drops[0].lastDrop}`, 'bad'];
+      else e2ee = ['waiting for keys', 'warn'];
+      this.view.updateTile(key, { conn, e2ee });
+    }
+  }
+}
+
+// ---- lobby -------------------------------------------------------------------
+
+async function lobby() {
+  const view = new CallView({ onHostAction: (a, t) => window.satsuma.call?.hostAction(a, t) });
+  const local = new LocalMedia();
+  const flags = {
+    decrypt: params.get('decrypt') !== '0',
+    mls: params.get('keyless') !== '1',
+    legacy: params.get('transform') === 'legacy',
+    receiveOnly: params.get('send') === '0',
+  };
+  window.satsuma = {
+    call: null, local, flags,
+    stats: () => window.satsuma.call?.snapshotStats() ?? null,
+    safetyNumber: () => $('safety-number').dataset.digits || null,
+    drill: {
+      dropSocket: () => window.satsuma.call?.link.dropConnection(),
+      stallWorker: (ms) => window.satsuma.call?.e2ee.drill('stall', ms),
+      garbage: (on) => window.satsuma.call?.e2ee.drill('garbage', on),
+      failMedia: () => window.satsuma.call?.sfu?.pc.close() ?? null,
+    },
+  };
+  $('name').value = params.get('name') ?? localStorage.getItem('satsuma.name') ?? '';
+  $('room').value = params.get('room') ?? (location.hash.slice(1) || 'lobby');
+  const codec = params.get('codec');
+  if (codec && ['VP8', 'VP9', 'H264'].includes(codec)) $('codec-select').value = codec;
+
+  const preview = async () => {
+    await local.open({ cameraId: $('camera-select').value || undefined, micId: $('mic-select').value || undefined });
+    $('preview').srcObject = local.video ? new MediaStream([local.video]) : null;
+    $('preview-note').hidden = !local.problem;
+    $('preview-note').textContent = local.problem ?? '';
+  };
+  const fillDevices = async () => {
+    const { cameras, mics } = await local.devices();
+    for (const [select, list] of [[$('camera-select'), cameras], [$('mic-select'), mics]]) {
+      const current = select.value;
+      select.replaceChildren(...list.map((d) => Object.assign(document.createElement('option'), { value: d.id, textContent: d.label })));
+      if (list.some((d) => d.id === current)) select.value = current;
+    }
+  };
+  await preview();
+  await fillDevices();
+  $('camera-select').onchange = preview;
+  $('mic-select').onchange = preview;
+
+  const join = async () => {
+    const name = $('name').value.trim() || 'Guest';
+    const room = $('room').value.trim();
+    localStorage.setItem('satsuma.name', name);
+    $('preview').srcObject = null;
+    const call = new Call({ room, name, codec: $('codec-select').value, local, view, flags });
+    window.satsuma.call = call;
+    $('toggle-mic').onclick = () => call.setEnabled('audio', !(local.audio?.enabled));
+    $('toggle-cam').onclick = () => call.setEnabled('video', !(local.video?.enabled));
+    $('toggle-screen').onclick = () => call.toggleScreen();
+    $('toggle-hand').onclick = () => call.link.send({ type: 'hand', raised: !call.participants.get(call.me)?.hand });
+    $('leave').onclick = () => call.leave();
+    $('lock-room').onchange = (ev) => call.link.send({ type: 'lock', locked: ev.target.checked });
+    if (!local.audio) $('toggle-mic').disabled = true;
+    if (!local.video) $('toggle-cam').disabled = true;
+    await call.start();
+  };
+  $('lobby-form').onsubmit = (ev) => {
+    ev.preventDefault();
+    join().catch((err) => view.banner(`Could not join: ${err.message}`, 'bad'));
+  };
+  $('rejoin').onclick = () => location.reload();
+  if (params.get('autojoin') === '1') join().catch((err) => view.banner(`Could not join: ${err.message}`, 'bad'));
+}
+
+lobby();

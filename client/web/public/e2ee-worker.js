@@ -1,0 +1,258 @@
+// The E2EE worker: holds all MLS state and does all frame crypto, in
+// WebAssembly built from client/wasm (satsuma-wasm over satsuma-e2ee).
+//
+// - MLS: the room's log (JSON entries and binary MLS entries, in `seq` order)
+//   goes into `GroupMember`; what it wants sent (KeyPackages, commits,
+//   `ready`) goes back to the main thread for the coordinator. Keys never
+//   leave WebAssembly: the same object encrypts and decrypts the frames.
+// - Frames: every RTP sender's frames are encrypted, every receiver's frames
+//   decrypted; a frame that cannot be handled is dropped, never passed on.
+//   After a key change video senders generate a keyframe and receivers ask
+//   for one (throttled by `InboundTrack`).
+// - A keyless observer (`mls: false`) or a participant with decryption
+//   disabled passes inbound frames on untouched and only counts how many
+//   carry the DAVE trailer (`... FA FA`): the negative control of the tests.
+
+import * as wasm from './pkg/satsuma_wasm.js';
+
+const TICK_MS = 200;
+const STATS_MS = 1000;
+
+let ready = false;
+let config = { participantId: null, decrypt: true, mls: true };
+let member = null;
+let loaded = false;
+const backlog = [];
+const tracks = new Map(); // trackId -> {options, inbound?, transformer?, frames, bytes}
+const drills = { garbage: false };
+let lastStatus = '';
+
+function post(message, transfer) {
+  self.postMessage(message, transfer ?? []);
+}
+
+function problem(message) {
+  post({ type: 'problem', message });
+}
+
+async function boot(init) {
+  config = { ...config, ...init };
+  try {
+    await wasm.default({ module_or_path: new URL('./pkg/satsuma_wasm_bg.wasm', import.meta.url) });
+  } catch (err) {
+    problem(`cannot load the E2EE module: ${err.message}`);
+    return;
+  }
+  loaded = true;
+  if (config.mls) startMember();
+  ready = true;
+  for (const m of backlog.splice(0)) handle(m);
+  setInterval(tick, TICK_MS);
+  setInterval(reportStats, STATS_MS);
+  publishStatus();
+}
+
+function startMember() {
+  if (typeof wasm.GroupMember !== 'function') {
+    problem('this build has no MLS group support (GroupMember missing)');
+    return;
+  }
+  try {
+    member?.free();
+    member = new wasm.GroupMember(config.participantId);
+  } catch (err) {
+    problem(`MLS start failed: ${err.message ?? err}`);
+  }
+}
+
+self.onmessage = (ev) => {
+  const msg = ev.data;
+  if (msg?.type === 'init') {
+    boot(msg);
+    return;
+  }
+  if (msg?.type === 'ping') {
+    post({ type: 'pong', id: msg.id });
+    return;
+  }
+  if (msg?.type === 'stream') {
+    // Legacy createEncodedStreams path: streams are usable before the module loads.
+    runTransform(msg.readable, msg.writable, msg.options, null);
+    return;
+  }
+  if (!ready) {
+    backlog.push(msg);
+    return;
+  }
+  handle(msg);
+};
+
+// RTCRtpScriptTransform path.
+self.onrtctransform = (event) => {
+  const t = event.transformer;
+  runTransform(t.readable, t.writable, t.options, t);
+};
+
+function handle(msg) {
+  try {
+    switch (msg.type) {
+      case 'welcome':
+        if (msg.rejoin && config.mls) startMember();
+        member?.on_welcome(JSON.stringify(msg.welcome), performance.now());
+        break;
+      case 'entry':
+        member?.on_event(JSON.stringify(msg.entry), performance.now());
+        break;
+      case 'mls':
+        member?.on_mls(new Uint8Array(msg.raw), performance.now());
+        break;
+      case 'direct':
+        break;
+      case 'forget':
+        tracks.delete(msg.trackId);
+        break;
+      case 'drill':
+        if (msg.name === 'garbage') drills.garbage = Boolean(msg.value);
+        if (msg.name === 'stall') {
+          const end = Date.now() + Number(msg.value ?? 0);
+          while (Date.now() < end) { /* deliberately blocked */ }
+        }
+        break;
+      default:
+        break;
+    }
+  } catch (err) {
+    problem(`E2EE: ${msg.type}: ${err.message ?? err}`);
+  }
+  pump();
+}
+
+function tick() {
+  if (!member) return;
+  try {
+    member.tick(performance.now());
+  } catch (err) {
+    problem(`E2EE tick: ${err.message ?? err}`);
+  }
+  pump();
+}
+
+// Drains what the MLS member wants done.
+function pump() {
+  if (!member) return;
+  for (;;) {
+    const bytes = member.poll_binary();
+    if (bytes === undefined) break;
+    post({ type: 'send-binary', bytes }, [bytes.buffer]);
+  }
+  for (;;) {
+    const json = member.poll_json();
+    if (json === undefined) break;
+    post({ type: 'send-json', message: JSON.parse(json) });
+  }
+  if (member.take_send_key_changed()) {
+    // Our sender key changed: start every video stream with a keyframe.
+    for (const t of tracks.values()) {
+      if (t.options.operation === 'encrypt' && t.options.kind !== 'audio' && t.transformer?.generateKeyFrame) {
+        t.transformer.generateKeyFrame().catch(() => {});
+      }
+    }
+  }
+  if (member.take_receive_keys_changed()) {
+    // Other members' keys changed: inbound video asks for keyframes (throttled per track).
+    for (const t of tracks.values()) t.inbound?.want_keyframe();
+  }
+  if (member.take_rejoin()) post({ type: 'rejoin' });
+  publishStatus();
+}
+
+function publishStatus() {
+  const status = member
+    ? JSON.parse(member.status_json())
+    : { phase: config.mls ? 'unavailable' : 'observer', epoch: null, safety_number: null };
+  status.decrypt = config.decrypt;
+  const text = JSON.stringify(status);
+  if (text !== lastStatus) {
+    lastStatus = text;
+    post({ type: 'status', status });
+  }
+}
+
+function reportStats() {
+  const list = [];
+  for (const [trackId, t] of tracks) {
+    const entry = { trackId, operation: t.options.operation, kind: t.options.kind, sender: t.options.sender ?? null, frames: t.frames, bytes: t.bytes, lastBytes: t.lastBytes };
+    if (t.inbound) {
+      entry.decrypted = t.inbound.decrypted();
+      entry.dropped = t.inbound.dropped();
+      entry.protocolFrames = t.inbound.protocol_frames();
+      entry.lastDrop = t.inbound.last_drop() ?? null;
+      entry.epoch = t.inbound.epoch() ?? null;
+    }
+    list.push(entry);
+  }
+  post({
+    type: 'track-stats',
+    tracks: list,
+    encrypt: member ? { encrypted: member.encrypted(), failed: member.encrypt_failed() } : null,
+  });
+}
+
+function defaultMime(kind) {
+  return kind === 'audio' ? 'audio/opus' : 'video/VP8';
+}
+
+function runTransform(readable, writable, options, transformer) {
+  const t = { options, transformer, inbound: null, frames: 0, bytes: 0, lastBytes: null };
+  tracks.set(options.trackId, t);
+  const encrypt = options.operation === 'encrypt';
+  const stream = new TransformStream({
+    transform(frame, controller) {
+      t.frames += 1;
+      if (!loaded) return; // module not loaded yet: drop
+      const data = new Uint8Array(frame.data);
+      t.bytes += data.byteLength;
+      if (encrypt) {
+        if (drills.garbage) {
+          const junk = new Uint8Array(Math.max(16, data.byteLength));
+          crypto.getRandomValues(junk);
+          junk.set(data.subarray(0, 10)); // keep the codec header so it is forwarded
+          frame.data = junk.buffer;
+          controller.enqueue(frame);
+          return;
+        }
+        const mime = frame.getMetadata?.().mimeType || options.codec || defaultMime(options.kind);
+        const out = member?.encrypt(mime, data);
+        if (out === undefined) return; // no key yet: drop, never send in the clear
+        frame.data = out.buffer;
+        controller.enqueue(frame);
+        return;
+      }
+      if (!t.inbound) {
+        try {
+          t.inbound = new wasm.InboundTrack(options.sender ?? -1, options.kind !== 'audio');
+        } catch {
+          t.inbound = new wasm.InboundTrack(0, options.kind !== 'audio');
+        }
+      }
+      t.lastBytes = Array.from(data.subarray(Math.max(0, data.byteLength - 2)));
+      if (!config.decrypt || !member) {
+        t.inbound.inspect(data);
+        controller.enqueue(frame); // undecrypted: the decoder must fail on it
+        return;
+      }
+      const now = performance.now();
+      const out = member.decrypt(t.inbound, data, now);
+      if (out !== undefined) {
+        frame.data = out.buffer;
+        controller.enqueue(frame);
+      }
+      if (t.inbound.take_keyframe_request(now) && transformer?.sendKeyFrameRequest) {
+        transformer.sendKeyFrameRequest().catch(() => {});
+      }
+    },
+  });
+  readable.pipeThrough(stream).pipeTo(writable).catch((err) => {
+    if (tracks.get(options.trackId) === t) problem(`transform ${options.operation} ${options.kind} ended: ${err.message ?? err}`);
+  });
+}

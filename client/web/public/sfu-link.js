@@ -1,0 +1,238 @@
+// The media link: one RTCPeerConnection to the SFU that pushes this
+// participant's tracks and pulls everyone else's. The SFU speaks the
+// Cloudflare-Realtime-compatible sessions/tracks API; the page reaches it only
+// through the coordinator's proxy, which ties the SFU session to this
+// participant (Authorization: Bearer <resume token>).
+//
+// Every negotiation goes through one queue: the API is offer/answer based and
+// two overlapping negotiations on one connection would glare.
+
+export class SfuLink extends EventTarget {
+  /**
+   * @param {object} opts
+   * @param {string} opts.base proxy URL prefix (e.g. `/sfu`) standing for `/v1/apps/{appId}`.
+   * @param {() => string} opts.auth returns the current bearer token.
+   * @param {(direction: 'send'|'recv', transceiver: RTCRtpTransceiver, info: object) => void} opts.onTransceiver
+   *   called as soon as a transceiver exists, before negotiation (E2EE transforms go on here).
+   */
+  constructor({ base, auth, onTransceiver }) {
+    super();
+    this.base = base.replace(/\/$/, '');
+    this.auth = auth;
+    this.onTransceiver = onTransceiver;
+    this.sessionId = null;
+    this.queue = Promise.resolve();
+    this.pulls = new Map(); // mid -> info
+    this.pushes = new Map(); // trackName -> {transceiver, info}
+    this.closed = false;
+    this.pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: [] });
+    this.pc.addEventListener('track', (ev) => this.#onTrack(ev));
+    this.pc.addEventListener('connectionstatechange', () => this.#onConnectionState());
+  }
+
+  get connectionState() {
+    return this.pc.connectionState;
+  }
+
+  /** Creates the SFU session. */
+  async start() {
+    const res = await this.#api('POST', '/sessions/new');
+    if (!res.sessionId) throw new Error('SFU returned no sessionId');
+    this.sessionId = res.sessionId;
+    return this.sessionId;
+  }
+
+  /**
+   * Pushes a local track; returns its SFU track name.
+   * @param {MediaStreamTrack} track
+   * @param {{kind: 'audio'|'video'|'screenshare', codec?: string}} info
+   */
+  push(track, info) {
+    return this.#serial(async () => {
+      const transceiver = this.pc.addTransceiver(track, {
+        direction: 'sendonly',
+        sendEncodings: track.kind === 'video' ? [{ maxBitrate: info.kind === 'screenshare' ? 1_500_000 : 1_000_000 }] : undefined,
+      });
+      if (track.kind === 'video') preferCodec(transceiver, info.codec ?? 'VP8');
+      const trackName = `${info.kind}-${crypto.randomUUID()}`;
+      this.onTransceiver('send', transceiver, { ...info, trackName });
+      await this.pc.setLocalDescription(await this.pc.createOffer());
+      const res = await this.#api('POST', `/sessions/${this.sessionId}/tracks/new`, {
+        sessionDescription: { type: 'offer', sdp: this.pc.localDescription.sdp },
+        tracks: [{ location: 'local', mid: transceiver.mid, trackName }],
+      });
+      const entry = res.tracks?.[0];
+      if (!entry || entry.errorCode) throw new Error(`push refused: ${entry?.errorDescription ?? entry?.errorCode ?? 'no track in reply'}`);
+      await this.pc.setRemoteDescription(res.sessionDescription);
+      this.pushes.set(trackName, { transceiver, info });
+      return trackName;
+    });
+  }
+
+  /** Swaps the media of a pushed track (device change) without renegotiating. */
+  async replace(trackName, track) {
+    const p = this.pushes.get(trackName);
+    if (p) await p.transceiver.sender.replaceTrack(track);
+  }
+
+  /** Stops pushing a track. */
+  unpush(trackName) {
+    return this.#serial(async () => {
+      const p = this.pushes.get(trackName);
+      if (!p) return;
+      this.pushes.delete(trackName);
+      await this.#closeMids([p.transceiver.mid], [p.transceiver]);
+    });
+  }
+
+  /**
+   * Pulls remote tracks; resolves with their mids. `info` is passed back in
+   * the `track` event and to `onTransceiver` (who and what the track is).
+   * @param {{sessionId: string, trackName: string, info: object}[]} wanted
+   */
+  pull(wanted) {
+    return this.#serial(async () => {
+      if (wanted.length === 0) return [];
+      const res = await this.#api('POST', `/sessions/${this.sessionId}/tracks/new`, {
+        tracks: wanted.map((w) => ({ location: 'remote', sessionId: w.sessionId, trackName: w.trackName })),
+      });
+      const mids = [];
+      for (const [i, entry] of (res.tracks ?? []).entries()) {
+        const want = wanted.find((w) => w.trackName === entry.trackName) ?? wanted[i];
+        if (entry.errorCode || !entry.mid) {
+          this.dispatchEvent(new CustomEvent('pull-error', { detail: { ...want, error: entry.errorDescription ?? entry.errorCode } }));
+          mids.push(null);
+          continue;
+        }
+        this.pulls.set(entry.mid, { ...want.info, trackName: want.trackName, mid: entry.mid });
+        mids.push(entry.mid);
+      }
+      if (res.requiresImmediateRenegotiation && res.sessionDescription) {
+        await this.pc.setRemoteDescription(res.sessionDescription);
+        await this.pc.setLocalDescription(await this.pc.createAnswer());
+        const reneg = await this.#api('PUT', `/sessions/${this.sessionId}/renegotiate`, {
+          sessionDescription: { type: 'answer', sdp: this.pc.localDescription.sdp },
+        });
+        if (reneg?.errorCode) throw new Error(`renegotiate: ${reneg.errorDescription ?? reneg.errorCode}`);
+      }
+      return mids;
+    });
+  }
+
+  /** Stops pulling the tracks with these mids. */
+  unpull(mids) {
+    return this.#serial(async () => {
+      const live = mids.filter((m) => this.pulls.has(m));
+      if (live.length === 0) return;
+      for (const m of live) this.pulls.delete(m);
+      const transceivers = this.pc.getTransceivers().filter((t) => live.includes(t.mid));
+      await this.#closeMids(live, transceivers);
+    });
+  }
+
+  /** Per-mid RTP statistics: `{mid: {kind, direction, framesDecoded, ...}}`. */
+  async stats() {
+    const report = await this.pc.getStats();
+    const out = {};
+    let pair = null;
+    report.forEach((s) => {
+      if (s.type === 'inbound-rtp' || s.type === 'outbound-rtp') {
+        out[s.mid ?? s.id] = {
+          type: s.type, kind: s.kind, mid: s.mid,
+          packetsReceived: s.packetsReceived ?? 0, bytesReceived: s.bytesReceived ?? 0,
+          framesReceived: s.framesReceived ?? 0, framesDecoded: s.framesDecoded ?? 0,
+          framesDropped: s.framesDropped ?? 0, keyFramesDecoded: s.keyFramesDecoded ?? 0,
+          totalSamplesReceived: s.totalSamplesReceived ?? 0, audioLevel: s.audioLevel ?? 0,
+          packetsSent: s.packetsSent ?? 0, bytesSent: s.bytesSent ?? 0, framesEncoded: s.framesEncoded ?? 0,
+          pliCount: s.pliCount ?? 0, codecId: s.codecId,
+        };
+      } else if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
+        pair = { rtt: s.currentRoundTripTime };
+      }
+    });
+    report.forEach((s) => {
+      if (s.type === 'codec') {
+        for (const v of Object.values(out)) if (v.codecId === s.id) v.codec = s.mimeType;
+      }
+    });
+    return { tracks: out, pair };
+  }
+
+  close() {
+    this.closed = true;
+    this.pc.close();
+  }
+
+  async #closeMids(mids, transceivers) {
+    for (const t of transceivers) {
+      try { t.stop(); } catch { /* already stopped */ }
+    }
+    try {
+      await this.pc.setLocalDescription(await this.pc.createOffer());
+      const res = await this.#api('PUT', `/sessions/${this.sessionId}/tracks/close`, {
+        tracks: mids.map((mid) => ({ mid })),
+        sessionDescription: { type: 'offer', sdp: this.pc.localDescription.sdp },
+        force: false,
+      });
+      if (res.sessionDescription) await this.pc.setRemoteDescription(res.sessionDescription);
+    } catch (err) {
+      // The SFU collects tracks without media anyway; keep the connection usable.
+      if (this.pc.signalingState === 'have-local-offer') {
+        await this.pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
+      }
+      this.dispatchEvent(new CustomEvent('problem', { detail: `closing tracks: ${err.message}` }));
+    }
+  }
+
+  #onTrack(ev) {
+    const mid = ev.transceiver.mid;
+    const info = this.pulls.get(mid) ?? { mid };
+    // Chromium answers here, so attaching the receiver transform in `track` works
+    // (see docs: attach as early as the transceiver exists).
+    this.onTransceiver('recv', ev.transceiver, info);
+    this.dispatchEvent(new CustomEvent('track', { detail: { track: ev.track, transceiver: ev.transceiver, info } }));
+  }
+
+  #onConnectionState() {
+    const state = this.pc.connectionState;
+    this.dispatchEvent(new CustomEvent('state', { detail: state }));
+    if (state === 'failed') this.dispatchEvent(new CustomEvent('failed'));
+  }
+
+  #serial(fn) {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  async #api(method, path, body) {
+    if (this.closed) throw new Error('media link closed');
+    const res = await fetch(`${this.base}${path}`, {
+      method,
+      headers: { Authorization: `Bearer ${this.auth()}`, 'Content-Type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    let json = {};
+    const text = await res.text();
+    if (text) {
+      try { json = JSON.parse(text); } catch { json = { errorDescription: text.slice(0, 200) }; }
+    }
+    if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${json.errorCode ?? ''} ${json.errorDescription ?? ''}`.trim());
+    return json;
+  }
+}
+
+/** Puts `codec` (VP8, VP9, H264) first and drops the other video codecs, keeping rtx/red/ulpfec. */
+export function preferCodec(transceiver, codec) {
+  const caps = RTCRtpSender.getCapabilities?.('video');
+  if (!caps || !transceiver.setCodecPreferences) return;
+  const wanted = `video/${codec}`.toLowerCase();
+  let chosen = caps.codecs.filter((c) => c.mimeType.toLowerCase() === wanted);
+  if (codec === 'H264') {
+    // Packetization mode 1 first: what every browser decodes.
+    chosen.sort((a, b) => Number(/packetization-mode=1/.test(b.sdpFmtpLine ?? '')) - Number(/packetization-mode=1/.test(a.sdpFmtpLine ?? '')));
+  }
+  if (chosen.length === 0) return;
+  const extras = caps.codecs.filter((c) => /\/(rtx|red|ulpfec)$/i.test(c.mimeType));
+  transceiver.setCodecPreferences([...chosen, ...extras]);
+}

@@ -1,0 +1,201 @@
+// Test harness for the browser suite: starts satsuma-sfu and
+// satsuma-coordinator on 127.0.0.1 ephemeral ports, launches Debian's
+// headless Chromium through playwright-core, and opens participant pages.
+//
+// Environment: SATSUMA_BIN_DIR (where the two binaries are; default
+// target/debug), CHROMIUM (default /usr/bin/chromium), ARTIFACTS (default
+// artifacts/ at the repository root).
+
+import { spawn } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const repoRoot = path.resolve(here, '../../..');
+export const artifacts = process.env.ARTIFACTS ?? path.join(repoRoot, 'artifacts');
+const binDir = process.env.SATSUMA_BIN_DIR ?? path.join(repoRoot, 'target/debug');
+const APP_SECRET = 'browser-test-secret';
+
+// Flags measured in docs (browser-testing): fake devices, auto-accepted
+// permission prompts, loopback ICE candidates (a runner may only have `lo`).
+export const CHROMIUM_ARGS = [
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+  '--no-sandbox',
+  '--disable-background-networking',
+  '--disable-gpu',
+  '--autoplay-policy=no-user-gesture-required',
+  '--disable-renderer-backgrounding',
+  '--disable-background-timer-throttling',
+  '--disable-backgrounding-occluded-windows',
+  '--auto-select-desktop-capture-source=Entire screen',
+];
+
+/** Starts a process and resolves once a stdout line matches `ready`. */
+function startProcess(name, bin, args, ready, logs) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_BACKTRACE: '1' } });
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`${name} did not start in 20 s:\n${out}`)), 20000);
+    const onData = (chunk) => {
+      const text = chunk.toString();
+      out += text;
+      logs.push(...text.split('\n').filter(Boolean).map((l) => `[${name}] ${l}`));
+      const m = out.match(ready);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ child, match: m });
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', (c) => logs.push(...c.toString().split('\n').filter(Boolean).map((l) => `[${name}] ${l}`)));
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${name} exited with ${code}:\n${out}`));
+    });
+    child.on('error', reject);
+  });
+}
+
+/** Starts SFU + coordinator; returns `{base, stop(), logs, panicked()}`. */
+export async function startServers() {
+  const logs = [];
+  const sfu = await startProcess('sfu', path.join(binDir, 'satsuma-sfu'), [
+    '--app', `satsuma:${APP_SECRET}`, '--http-bind', '127.0.0.1:0', '--udp-bind', '127.0.0.1:0', '--log', 'warn',
+  ], /satsuma-sfu listening http=(\S+) udp=(\S+)/, logs);
+  const sfuHttp = sfu.match[1];
+  let coord;
+  try {
+    coord = await startProcess('coordinator', path.join(binDir, 'satsuma-coordinator'), [
+      '--dev', '--listen', '127.0.0.1:0', '--web-dir', path.join(repoRoot, 'client/web/public'),
+      '--sfu-node', `http://${sfuHttp}`, '--sfu-app-id', 'satsuma', '--sfu-app-secret', APP_SECRET, '--log', 'warn',
+    ], /satsuma-coordinator listening http=(\S+)/, logs);
+  } catch (err) {
+    sfu.child.kill('SIGTERM');
+    throw err;
+  }
+  const base = `http://${coord.match[1]}`;
+  return {
+    base,
+    logs,
+    panicked: () => logs.filter((l) => /panicked/.test(l)),
+    async stop() {
+      for (const c of [coord.child, sfu.child]) {
+        if (c.exitCode === null) c.kill('SIGTERM');
+      }
+    },
+  };
+}
+
+export async function launchBrowser() {
+  return chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: CHROMIUM_ARGS, headless: true });
+}
+
+/**
+ * Opens a participant page (its own browser context, so its own camera and
+ * storage) and joins `room`. `params` adds URL parameters (decrypt, keyless...);
+ * `initScript` runs before the page's scripts (used to deny the camera).
+ */
+export async function joinPage(browser, base, { room, name, params = {}, initScript } = {}) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 720 } });
+  const page = await context.newPage();
+  page.consoleLines = [];
+  page.on('console', (m) => page.consoleLines.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => page.consoleLines.push(`pageerror: ${e.message}`));
+  if (initScript) await page.addInitScript(initScript);
+  const q = new URLSearchParams({ room, name, autojoin: '1', ...params });
+  await page.goto(`${base}/?${q}`);
+  await page.waitForFunction(() => window.satsuma?.call?.me !== null && window.satsuma?.call?.me !== undefined, null, { timeout: 15000 });
+  page.participantId = await page.evaluate(() => window.satsuma.call.me);
+  page.label = name;
+  return page;
+}
+
+export async function stats(page) {
+  return page.evaluate(() => window.satsuma.stats());
+}
+
+export async function safetyNumber(page) {
+  return page.evaluate(() => window.satsuma.safetyNumber());
+}
+
+/** Polls `fn` until it returns a truthy value; throws with `what` after `timeout` ms. */
+export async function waitFor(what, fn, { timeout = 20000, interval = 250 } = {}) {
+  const end = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; last: ${last instanceof Error ? last.stack : JSON.stringify(last)}`);
+    await new Promise((r) => setTimeout(r, interval));
+  }
+}
+
+/** The page's remote track entries of participant `from` and `kind`. */
+export async function remoteTrack(page, from, kind) {
+  const s = await stats(page);
+  return s?.remote.find((r) => r.participantId === from && r.kind === kind) ?? null;
+}
+
+/** Waits until `page` decodes `from`'s video and the count keeps increasing. */
+export async function assertDecodes(page, from, { timeout = 25000 } = {}) {
+  const first = await waitFor(`${page.label} to decode video of ${from}`, async () => {
+    const t = await remoteTrack(page, from, 'video');
+    return t && t.framesDecoded > 0 ? t : null;
+  }, { timeout });
+  await waitFor(`${page.label}: framesDecoded of ${from} to keep increasing`, async () => {
+    const t = await remoteTrack(page, from, 'video');
+    return t && t.framesDecoded > first.framesDecoded + 5 ? t : null;
+  }, { timeout: 10000 });
+}
+
+/** Waits until `page` receives `from`'s audio samples and the count keeps increasing. */
+export async function assertHears(page, from, { timeout = 25000 } = {}) {
+  const first = await waitFor(`${page.label} to receive audio of ${from}`, async () => {
+    const t = await remoteTrack(page, from, 'audio');
+    return t && t.totalSamplesReceived > 0 && t.decrypted > 0 ? t : null;
+  }, { timeout });
+  await waitFor(`${page.label}: audio of ${from} to keep flowing`, async () => {
+    const t = await remoteTrack(page, from, 'audio');
+    return t && t.decrypted > first.decrypted + 10 && t.totalSamplesReceived > first.totalSamplesReceived ? t : null;
+  }, { timeout: 10000 });
+}
+
+/** Waits until every page shows the same 30-digit safety number (different from `not`, if given). */
+export async function sameSafetyNumber(pages, { not = null, timeout = 25000 } = {}) {
+  return waitFor(`one safety number on ${pages.map((p) => p.label).join(', ')}${not ? ` other than ${not}` : ''}`, async () => {
+    const numbers = await Promise.all(pages.map(safetyNumber));
+    const first = numbers[0];
+    if (!first || !/^\d{30}$/.test(first) || first === not) return null;
+    return numbers.every((n) => n === first) ? first : null;
+  }, { timeout });
+}
+
+export async function screenshot(page, name) {
+  mkdirSync(artifacts, { recursive: true });
+  const file = path.join(artifacts, `${name}.png`);
+  await page.screenshot({ path: file });
+  return file;
+}
+
+/** Leaves the call and closes the page's context. */
+export async function leave(page) {
+  await page.evaluate(() => window.satsuma.call?.leave()).catch(() => {});
+  await page.context().close();
+}
+
+/** Dumps page console lines (for failures). */
+export function dumpConsole(pages) {
+  for (const p of pages) {
+    if (!p || p.isClosed?.()) continue;
+    console.log(`--- console of ${p.label}`);
+    for (const l of p.consoleLines.slice(-40)) console.log(l);
+  }
+}

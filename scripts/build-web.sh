@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds the web client's WebAssembly E2EE core (crate satsuma-wasm) into
+# client/web/public/pkg/ (gitignored), installing what is missing: the
+# wasm32-unknown-unknown target and wasm-bindgen-cli 0.2.130 (the exact
+# version of the `wasm-bindgen` crate pinned in client/wasm/Cargo.toml).
+# Idempotent; does nothing but a no-op cargo check when up to date.
+#
+# Environment: CARGO_TARGET_DIR (default: target/), WEB_PROFILE=release|dev
+# (default release: openmls is 10-100x slower unoptimised).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WASM_BINDGEN_VERSION=0.2.130
+PROFILE="${WEB_PROFILE:-release}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+OUT_DIR=client/web/public/pkg
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  echo "build-web: installing the wasm32-unknown-unknown target"
+  rustup target add wasm32-unknown-unknown
+fi
+
+if [ "$(wasm-bindgen --version 2>/dev/null || true)" != "wasm-bindgen $WASM_BINDGEN_VERSION" ]; then
+  echo "build-web: installing wasm-bindgen-cli $WASM_BINDGEN_VERSION"
+  # Not --locked: its lockfile pins a webpki-roots release missing from some
+  # registry mirrors (see docs), and the CLI resolves fine without it.
+  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
+fi
+
+if [ "$PROFILE" = release ]; then
+  cargo build -p satsuma-wasm --target wasm32-unknown-unknown --release
+  WASM="$TARGET_DIR/wasm32-unknown-unknown/release/satsuma_wasm.wasm"
+else
+  cargo build -p satsuma-wasm --target wasm32-unknown-unknown
+  WASM="$TARGET_DIR/wasm32-unknown-unknown/debug/satsuma_wasm.wasm"
+fi
+
+# Re-run wasm-bindgen only when the module changed.
+STAMP="$OUT_DIR/.source-stamp"
+SOURCE_STAMP="$(stat -c '%s %Y' "$WASM") $PROFILE"
+if [ -f "$OUT_DIR/satsuma_wasm_bg.wasm" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$SOURCE_STAMP" ]; then
+  echo "build-web: $OUT_DIR is up to date"
+  exit 0
+fi
+mkdir -p "$OUT_DIR"
+wasm-bindgen --target web --no-typescript --out-dir "$OUT_DIR" "$WASM"
+echo "$SOURCE_STAMP" > "$STAMP"
+echo "build-web: wrote $OUT_DIR ($(stat -c %s "$OUT_DIR/satsuma_wasm_bg.wasm") bytes of wasm)"

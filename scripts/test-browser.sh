@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The browser test suite: the web client in headless Chromium against a real
+# satsuma-sfu and satsuma-coordinator on 127.0.0.1. Installs what is missing
+# (Debian's chromium, playwright-core, the wasm toolchain), builds the WASM
+# E2EE core and the two server binaries, then runs client/web/tests/*.test.mjs
+# with `node --test`. Screenshots land in artifacts/ (gitignored).
+#
+#   UPDATE_SCREENSHOT=1 scripts/test-browser.sh   # also refresh docs/screenshot-call.png
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+
+if [ ! -x /usr/bin/chromium ]; then
+  echo "== installing chromium (Debian package)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y chromium
+fi
+
+echo "== playwright-core"
+(
+  cd client/web
+  if [ ! -d node_modules/playwright-core ]; then
+    if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+  fi
+)
+
+echo "== WASM E2EE core"
+./scripts/build-web.sh
+
+echo "== server binaries"
+cargo build -p satsuma-sfu -p satsuma-coordinator
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+export SATSUMA_BIN_DIR="$TARGET_DIR/debug"
+export ARTIFACTS="${ARTIFACTS:-$ROOT/artifacts}"
+mkdir -p "$ARTIFACTS"
+
+echo "== browser tests"
+cd client/web
+node --test --test-concurrency=1 tests/*.test.mjs
