@@ -48,9 +48,7 @@ pub mod trailer;
 
 pub use aead::TAG_LEN;
 pub use codec::{Codec, FrameLayout};
-pub use decryptor::{
-    Decrypted, Decryptor, DecryptorConfig, DropReason, FrameOrigin, OPUS_SILENCE,
-};
+pub use decryptor::{Decrypted, Decryptor, DecryptorConfig, DropReason, FrameOrigin, OPUS_SILENCE};
 pub use encryptor::{EncryptError, Encryptor, GENERATION_SHIFT, MAX_START_CODE_ATTEMPTS};
 pub use keyframe::KeyframeRequester;
 pub use ratchet::{
@@ -59,4 +57,3 @@ pub use ratchet::{
 };
 pub use replay::REPLAY_WINDOW;
 pub use trailer::{ClearRange, ProtocolFrame, TrailerError};
-

@@ -42,7 +42,7 @@ pub fn displayable_code(
     code_len: usize,
     group_len: usize,
 ) -> Result<String, SafetyNumberError> {
-    if group_len == 0 || group_len > 8 || code_len % group_len != 0 || code_len == 0 {
+    if group_len == 0 || group_len > 8 || !code_len.is_multiple_of(group_len) || code_len == 0 {
         return Err(SafetyNumberError::BadShape {
             code_len,
             group_len,
@@ -57,9 +57,7 @@ pub fn displayable_code(
     let modulus = 10u64.pow(group_len as u32);
     let mut out = String::with_capacity(code_len);
     for group in data[..code_len].chunks_exact(group_len) {
-        let value = group
-            .iter()
-            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+        let value = group.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
         out.push_str(&format!("{:0width$}", value % modulus, width = group_len));
     }
     Ok(out)

@@ -260,13 +260,23 @@ mod tests {
             let mut step = 1;
             while pos < len {
                 let end = (pos + step).min(len);
-                if clear { aad.push((pos, end)) } else { text.push((pos, end)) }
+                if clear {
+                    aad.push((pos, end))
+                } else {
+                    text.push((pos, end))
+                }
                 clear = !clear;
                 step = step * 3 % 23 + 1;
                 pos = end;
             }
-            let aad_bytes: Vec<u8> = aad.iter().flat_map(|&(s, e)| frame[s..e].to_vec()).collect();
-            let pt_bytes: Vec<u8> = text.iter().flat_map(|&(s, e)| frame[s..e].to_vec()).collect();
+            let aad_bytes: Vec<u8> = aad
+                .iter()
+                .flat_map(|&(s, e)| frame[s..e].to_vec())
+                .collect();
+            let pt_bytes: Vec<u8> = text
+                .iter()
+                .flat_map(|&(s, e)| frame[s..e].to_vec())
+                .collect();
             let (ct, full_tag) = reference(key, 0x0102_0304, &aad_bytes, &pt_bytes);
 
             let mut buf = frame.clone();
@@ -275,7 +285,9 @@ mod tests {
             let ct_mine: Vec<u8> = text.iter().flat_map(|&(s, e)| buf[s..e].to_vec()).collect();
             assert_eq!(ct_mine, ct);
 
-            cipher.open(0x0102_0304, &mut buf, &aad, &text, &tag).unwrap();
+            cipher
+                .open(0x0102_0304, &mut buf, &aad, &text, &tag)
+                .unwrap();
             assert_eq!(buf, frame);
         }
     }

@@ -374,7 +374,10 @@ mod tests {
 
     #[test]
     fn h264_without_leading_start_code_is_encrypted_whole() {
-        assert_eq!(ranges(Codec::H264, &[0x65, 0, 0, 1, 0x65, 0x88]), (vec![], false));
+        assert_eq!(
+            ranges(Codec::H264, &[0x65, 0, 0, 1, 0x65, 0x88]),
+            (vec![], false)
+        );
         assert_eq!(ranges(Codec::H264, &[0, 0, 1]), (vec![], false));
     }
 
@@ -396,7 +399,10 @@ mod tests {
         assert_eq!(layout.bytes, vec![0x32, 0x01, 0x11, 0x30, 0x22]);
         assert_eq!(
             layout.clear,
-            vec![ClearRange { offset: 0, len: 2 }, ClearRange { offset: 3, len: 1 }]
+            vec![
+                ClearRange { offset: 0, len: 2 },
+                ClearRange { offset: 3, len: 1 }
+            ]
         );
         // Size overflowing the frame: encrypted whole.
         assert_eq!(ranges(Codec::Av1, &[0x32, 0x05, 0x00]), (vec![], false));

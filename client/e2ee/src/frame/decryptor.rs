@@ -195,8 +195,7 @@ struct SenderKeys {
 impl SenderKeys {
     fn expire(&mut self, now: Duration) {
         let before = self.epochs.len();
-        self.epochs
-            .retain(|e| e.expires_at.is_none_or(|t| now < t));
+        self.epochs.retain(|e| e.expires_at.is_none_or(|t| now < t));
         if self.epochs.len() != before {
             self.had_expired = true;
         }
@@ -305,9 +304,22 @@ impl Decryptor {
         true
     }
 
-    /// Forgets every key of `sender_id` (the member left the group).
+    /// Forgets every key of `sender_id` at once.
     pub fn remove_sender(&mut self, sender_id: u64) {
         self.senders.remove(&sender_id);
+    }
+
+    /// The member left the group at `now`: its frames still in flight decrypt
+    /// for [`DecryptorConfig::previous_epoch_retention`], after which all its
+    /// keys expire and its frames are dropped with
+    /// [`DropReason::EpochExpired`]. Installing a new key revives the sender.
+    pub fn retire_sender(&mut self, sender_id: u64, now: Duration) {
+        let limit = now.saturating_add(self.config.previous_epoch_retention);
+        if let Some(sender) = self.senders.get_mut(&sender_id) {
+            for epoch in &mut sender.epochs {
+                epoch.expires_at = Some(epoch.expires_at.map_or(limit, |t| t.min(limit)));
+            }
+        }
     }
 
     /// Senders with at least one live key.
@@ -519,13 +531,15 @@ fn try_epoch(
 
     if freshness != Freshness::Fresh {
         // Confirm it is this key's frame before calling it a replay.
-        return Err(match cipher.verify(parsed.nonce, out, aad, text, &parsed.tag) {
-            Ok(()) => DropReason::Replay {
-                epoch: epoch.epoch,
-                nonce: parsed.nonce,
+        return Err(
+            match cipher.verify(parsed.nonce, out, aad, text, &parsed.tag) {
+                Ok(()) => DropReason::Replay {
+                    epoch: epoch.epoch,
+                    nonce: parsed.nonce,
+                },
+                Err(_) => DropReason::AuthenticationFailed,
             },
-            Err(_) => DropReason::AuthenticationFailed,
-        });
+        );
     }
     match cipher.open(parsed.nonce, out, aad, text, &parsed.tag) {
         Ok(()) => {}
@@ -568,6 +582,106 @@ fn try_epoch(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    use crate::frame::{BaseSecret, Codec, Encryptor};
+
+    const GEN: u64 = 1 << GENERATION_SHIFT;
+
+    fn setup() -> (Encryptor, Decryptor) {
+        let secret = BaseSecret::new([9u8; 16]);
+        let mut enc = Encryptor::new();
+        enc.set_key(3, &secret);
+        let mut dec = Decryptor::default();
+        dec.install_key(1, 3, &secret, Duration::ZERO);
+        (enc, dec)
+    }
+
+    #[test]
+    fn generation_advance_expiry_and_plausibility() {
+        let (mut enc, mut dec) = setup();
+        enc.set_frame_counter(GEN - 2);
+        let a = enc.encrypt(Codec::Opus, b"gen0").unwrap(); // nonce 2^24-1, gen 0
+        let b = enc.encrypt(Codec::Opus, b"gen1").unwrap(); // nonce 2^24, gen 1
+        let c = enc.encrypt(Codec::Opus, b"gen1b").unwrap();
+
+        // Too early for 2^24 frames at 170 frames/s.
+        assert_eq!(
+            dec.decrypt(1, &b, Duration::from_secs(1_000)),
+            Err(DropReason::GenerationOutOfRange(1))
+        );
+        let t = Duration::from_secs(200_000);
+        let opened = dec.decrypt(1, &b, t).unwrap();
+        assert_eq!(opened.frame, b"gen1");
+        assert!(matches!(
+            opened.origin,
+            FrameOrigin::Encrypted { generation: 1, .. }
+        ));
+        // The older generation still works within its retention…
+        assert_eq!(
+            dec.decrypt(1, &a, t + Duration::from_secs(5))
+                .unwrap()
+                .frame,
+            b"gen0"
+        );
+        // …and is erased after it.
+        assert_eq!(
+            dec.decrypt(1, &c, t + Duration::from_secs(11))
+                .unwrap()
+                .frame,
+            b"gen1b"
+        );
+        let mut enc2 = Encryptor::new();
+        enc2.set_key(3, &BaseSecret::new([9u8; 16]));
+        enc2.set_frame_counter(GEN - 10);
+        let late = enc2.encrypt(Codec::Opus, b"late").unwrap();
+        // With generation 0 erased, its byte unwraps past the oldest held
+        // generation (1) to 256, which is beyond the allowed gap.
+        assert_eq!(
+            dec.decrypt(1, &late, t + Duration::from_secs(12)),
+            Err(DropReason::GenerationOutOfRange(256))
+        );
+    }
+
+    #[test]
+    fn generation_gap_is_bounded() {
+        let (mut enc, mut dec) = setup();
+        enc.set_frame_counter(251 * GEN);
+        let far = enc.encrypt(Codec::Opus, b"far").unwrap();
+        let now = Duration::from_secs(100_000_000);
+        assert_eq!(
+            dec.decrypt(1, &far, now),
+            Err(DropReason::GenerationOutOfRange(251))
+        );
+        let (mut enc2, _) = setup();
+        enc2.set_frame_counter(250 * GEN);
+        let edge = enc2.encrypt(Codec::Opus, b"edge").unwrap();
+        assert_eq!(dec.decrypt(1, &edge, now).unwrap().frame, b"edge");
+        // Now 251 is within the gap of the newest generation (250).
+        assert_eq!(dec.decrypt(1, &far, now).unwrap().frame, b"far");
+    }
+
+    #[test]
+    fn nonce_wrap_continues_generations_past_255() {
+        let (mut enc, mut dec) = setup();
+        let now = Duration::from_secs(40_000_000);
+        for (counter, expected_generation) in
+            [(200 * GEN, 200), (255 * GEN + 5, 255), (1u64 << 32, 256)]
+        {
+            enc.set_frame_counter(counter - 1);
+            let sealed = enc.encrypt(Codec::Opus, b"wrap").unwrap();
+            let opened = dec.decrypt(1, &sealed, now).unwrap();
+            assert_eq!(opened.frame, b"wrap");
+            match opened.origin {
+                FrameOrigin::Encrypted {
+                    generation, nonce, ..
+                } => {
+                    assert_eq!(generation, expected_generation);
+                    assert_eq!(nonce, counter as u32);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn unwrap_generation_matches_libdave() {

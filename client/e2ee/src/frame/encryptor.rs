@@ -143,10 +143,11 @@ impl Encryptor {
     /// case the caller should force a keyframe on its video tracks.
     /// Re-installing the same epoch and secret keeps the nonce sequence.
     pub fn set_key(&mut self, epoch: u64, secret: &BaseSecret) -> bool {
-        if let Some(current) = &self.key {
-            if current.epoch == epoch && current.secret == *secret {
-                return false;
-            }
+        if let Some(current) = &self.key
+            && current.epoch == epoch
+            && current.secret == *secret
+        {
+            return false;
         }
         self.key = Some(SenderKey {
             epoch,
@@ -161,6 +162,14 @@ impl Encryptor {
     /// Removes the key; later frames fail with [`EncryptError::NoKey`].
     pub fn clear_key(&mut self) {
         self.key = None;
+    }
+
+    /// Test hook: pretend `frames` frames were already sent with this key.
+    #[cfg(test)]
+    pub(crate) fn set_frame_counter(&mut self, frames: u64) {
+        if let Some(key) = self.key.as_mut() {
+            key.frame_counter = frames;
+        }
     }
 
     /// The epoch of the installed key.
@@ -269,13 +278,31 @@ mod tests {
         let parsed = super::super::trailer::ProtocolFrame::parse(&first).unwrap();
         assert_eq!(parsed.nonce, 1);
         let second = enc.encrypt(Codec::Opus, b"hello").unwrap();
-        assert_eq!(super::super::trailer::ProtocolFrame::parse(&second).unwrap().nonce, 2);
-        assert!(!enc.set_key(1, &BaseSecret::new([1; 16])), "same key keeps counter");
+        assert_eq!(
+            super::super::trailer::ProtocolFrame::parse(&second)
+                .unwrap()
+                .nonce,
+            2
+        );
+        assert!(
+            !enc.set_key(1, &BaseSecret::new([1; 16])),
+            "same key keeps counter"
+        );
         let third = enc.encrypt(Codec::Opus, b"hello").unwrap();
-        assert_eq!(super::super::trailer::ProtocolFrame::parse(&third).unwrap().nonce, 3);
+        assert_eq!(
+            super::super::trailer::ProtocolFrame::parse(&third)
+                .unwrap()
+                .nonce,
+            3
+        );
         assert!(enc.set_key(2, &BaseSecret::new([2; 16])));
         let fresh = enc.encrypt(Codec::Opus, b"hello").unwrap();
-        assert_eq!(super::super::trailer::ProtocolFrame::parse(&fresh).unwrap().nonce, 1);
+        assert_eq!(
+            super::super::trailer::ProtocolFrame::parse(&fresh)
+                .unwrap()
+                .nonce,
+            1
+        );
     }
 
     #[test]
@@ -284,8 +311,14 @@ mod tests {
         assert!(!has_stray_start_code(&[0, 0, 0, 1, 0x65, 9, 9, 9], &clear));
         assert!(has_stray_start_code(&[0, 0, 0, 1, 0x65, 0, 0, 1], &clear));
         // Straddling the clear/encrypted edge.
-        assert!(has_stray_start_code(&[0, 0, 0, 1, 0, 0, 1, 9], &[ClearRange { offset: 0, len: 5 }]));
-        assert!(!has_stray_start_code(&[0, 0, 1], &[ClearRange { offset: 0, len: 3 }]));
+        assert!(has_stray_start_code(
+            &[0, 0, 0, 1, 0, 0, 1, 9],
+            &[ClearRange { offset: 0, len: 5 }]
+        ));
+        assert!(!has_stray_start_code(
+            &[0, 0, 1],
+            &[ClearRange { offset: 0, len: 3 }]
+        ));
     }
 
     #[test]
@@ -293,7 +326,10 @@ mod tests {
         let mut aad = Vec::new();
         let mut text = Vec::new();
         split_spans(
-            [ClearRange { offset: 2, len: 3 }, ClearRange { offset: 5, len: 1 }],
+            [
+                ClearRange { offset: 2, len: 3 },
+                ClearRange { offset: 5, len: 1 },
+            ],
             10,
             &mut aad,
             &mut text,

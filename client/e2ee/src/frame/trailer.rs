@@ -284,7 +284,16 @@ mod tests {
 
     #[test]
     fn leb128_round_trip_and_minimality() {
-        for value in [0u64, 1, 127, 128, 300, 1 << 21, u64::from(u32::MAX), u64::MAX] {
+        for value in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            1 << 21,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             write_leb128(value, &mut out);
             assert_eq!(out.len(), leb128_len(value));
@@ -294,13 +303,22 @@ mod tests {
         assert_eq!(read_leb128(&[0x81, 0x80, 0x00]), None, "padded");
         assert_eq!(read_leb128(&[0x80]), None, "truncated");
         assert_eq!(read_leb128(&[]), None);
-        assert_eq!(read_leb128(&[0xFF; 9].iter().chain(&[0x02]).copied().collect::<Vec<_>>()), None);
+        assert_eq!(
+            read_leb128(&[0xFF; 9].iter().chain(&[0x02]).copied().collect::<Vec<_>>()),
+            None
+        );
     }
 
     #[test]
     fn write_then_parse() {
         let mut frame = vec![1u8; 30];
-        let ranges = [ClearRange { offset: 0, len: 3 }, ClearRange { offset: 10, len: 20 }];
+        let ranges = [
+            ClearRange { offset: 0, len: 3 },
+            ClearRange {
+                offset: 10,
+                len: 20,
+            },
+        ];
         write_trailer(&mut frame, &[7u8; 8], 0x0100_0001, &ranges).unwrap();
         let parsed = ProtocolFrame::parse(&frame).unwrap();
         assert_eq!(parsed.payload.len(), 30);
@@ -312,9 +330,15 @@ mod tests {
     #[test]
     fn rejects_overlap_and_out_of_bounds() {
         for ranges in [
-            vec![ClearRange { offset: 5, len: 5 }, ClearRange { offset: 8, len: 1 }],
+            vec![
+                ClearRange { offset: 5, len: 5 },
+                ClearRange { offset: 8, len: 1 },
+            ],
             vec![ClearRange { offset: 25, len: 6 }],
-            vec![ClearRange { offset: 5, len: 1 }, ClearRange { offset: 2, len: 1 }],
+            vec![
+                ClearRange { offset: 5, len: 1 },
+                ClearRange { offset: 2, len: 1 },
+            ],
         ] {
             let mut frame = vec![0u8; 30];
             write_trailer(&mut frame, &[0u8; 8], 1, &ranges).unwrap();
@@ -324,8 +348,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_shapes() {
-        assert_eq!(ProtocolFrame::parse(&[0xFA; 5]), Err(TrailerError::TooShort));
-        assert_eq!(ProtocolFrame::parse(&[0u8; 20]), Err(TrailerError::NoMarker));
+        assert_eq!(
+            ProtocolFrame::parse(&[0xFA; 5]),
+            Err(TrailerError::TooShort)
+        );
+        assert_eq!(
+            ProtocolFrame::parse(&[0u8; 20]),
+            Err(TrailerError::NoMarker)
+        );
         let mut frame = vec![0u8; 20];
         frame.extend_from_slice(&[10, 0xFA, 0xFA]);
         assert_eq!(
