@@ -46,10 +46,12 @@ pub struct MemberConfig {
 pub enum Outbound {
     /// A binary client → server frame (`u8 kind ‖ payload`), ready to send as is.
     Binary(Vec<u8>),
-    /// The JSON message `ready {epoch}`.
+    /// The JSON message `ready {epoch, group_id}` (group id hex-encoded on the wire).
     Ready {
         /// The epoch reached.
         epoch: u64,
+        /// The group it was reached in.
+        group_id: Vec<u8>,
     },
 }
 
@@ -444,7 +446,11 @@ impl Member {
                     self.group.drop_group();
                     self.lose_group("left the group".into());
                 }
-                Action::Ready { epoch } => self.outbound.push_back(Outbound::Ready { epoch }),
+                Action::Ready { epoch } => {
+                    if let Some(group_id) = self.group.group_id() {
+                        self.outbound.push_back(Outbound::Ready { epoch, group_id });
+                    }
+                }
                 Action::EpochChanged { epoch, members, .. } => {
                     if let Err(e) = self.install_epoch(now, epoch, members) {
                         tracing::warn!(error = %e, "could not derive epoch secrets");

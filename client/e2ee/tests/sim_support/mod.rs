@@ -112,6 +112,10 @@ impl Coordinator {
                         self.rejected_commits += 1;
                         return;
                     };
+                    if !self.group_members.contains(&from) {
+                        self.rejected_commits += 1;
+                        return;
+                    }
                     match &mut self.group {
                         Some((g, e)) if *g == gid && *e == epoch => *e += 1,
                         _ => {
@@ -137,10 +141,16 @@ impl Coordinator {
                     self.maybe_execute(None);
                 }
             }
-            Outbound::Ready { epoch } => {
-                if self.epoch() == Some(epoch) {
-                    self.ready.insert(from);
+            Outbound::Ready { epoch, group_id } => {
+                if self
+                    .group
+                    .as_ref()
+                    .is_some_and(|(g, e)| *g == group_id && epoch <= *e)
+                {
                     self.group_members.insert(from);
+                    if self.epoch() == Some(epoch) {
+                        self.ready.insert(from);
+                    }
                     self.maybe_execute(None);
                 }
             }

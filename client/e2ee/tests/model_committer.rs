@@ -1,0 +1,751 @@
+//! Model check (stateright) of the designated-committer decision logic.
+//!
+//! The participants run the real [`Committer`] from `satsuma_e2ee::committer`; only
+//! MLS is abstracted: a group is a map participant → key generation, a commit is
+//! (adds, removes) applied to it, a Welcome carries the resulting member map and is
+//! usable only by the KeyPackage's holder under its current key. The coordinator is
+//! `docs/e2ee-relay.md`: one ordered log, `creator` naming of the oldest live
+//! participant when no live group member exists, first commit per epoch wins.
+//!
+//! Every step is its own transition, so everything interleaves: joins, log delivery
+//! to each participant, delivery of each participant's messages to the coordinator,
+//! crashes (losing or keeping unsent messages: a committer can die right after
+//! creating a commit and before it is logged, or after it is logged and before it
+//! merges it), the presence timeout that logs a crashed participant's `left`, and in
+//! the deep configuration also a participant seeing its own `left` while alive, MLS
+//! failures (reset under a fresh key), and welcome-timeout re-announcements.
+//!
+//! Properties:
+//! * `no fork`: live members at the same group and epoch agree on the member map,
+//!   and the one at the coordinator's current epoch matches the log's reference;
+//! * `no double add`: no logged commit adds somebody already in the group (without
+//!   removing the old leaf in the same commit), removes a non-member or its author,
+//!   and every Welcome matches the group it joins;
+//! * `converged when quiescent`: once nothing but churn can happen, every live
+//!   participant is in the same group at the same epoch and the members are exactly
+//!   the live participants.
+//!
+//! `SATSUMA_MODEL_DEEP=1` runs a larger configuration.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use satsuma_e2ee::committer::{
+    Action, CommitOutcome, Committer, Config, Event, KeyTag, ParticipantId, Phase,
+};
+use stateright::{Checker, Model, Property};
+
+type Id = ParticipantId;
+
+const WELCOME_TIMEOUT: u64 = 10_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct CommitRec {
+    from: Id,
+    gid: u8,
+    epoch: u64,
+    adds: Vec<(Id, KeyTag)>,
+    removes: Vec<Id>,
+    /// The member map a Welcome carries (only when something is added).
+    welcome: Option<BTreeMap<Id, KeyTag>>,
+    /// Distinguishes two commits of one author (real commits differ in bytes).
+    nonce: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum LogEntry {
+    Joined(Id),
+    Left(Id),
+    Creator(Id, u8),
+    KeyPackage(Id, KeyTag),
+    Commit(CommitRec),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Msg {
+    KeyPackage(KeyTag),
+    Commit(CommitRec),
+    Ready(u8, u64),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct AbsGroup {
+    gid: u8,
+    epoch: u64,
+    members: BTreeMap<Id, KeyTag>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Status {
+    Active,
+    Crashed,
+    Gone,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Part {
+    id: Id,
+    status: Status,
+    cursor: usize,
+    committer: Committer,
+    group: Option<AbsGroup>,
+    key_gen: u64,
+    pending: Option<CommitRec>,
+    outbox: VecDeque<Msg>,
+    commits_made: u32,
+    retries_left: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Coord {
+    live: Vec<Id>,
+    group: Option<(u8, u64)>,
+    group_members: BTreeSet<Id>,
+    next_gid: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct State {
+    log: Vec<LogEntry>,
+    coord: Coord,
+    parts: Vec<Part>,
+    joins_left: u8,
+    crashes_left: u8,
+    false_timeouts_left: u8,
+    failures_left: u8,
+    clock: u64,
+    /// The group state the log implies, per group id (None until created).
+    reference: BTreeMap<u8, Option<BTreeMap<Id, KeyTag>>>,
+    violation: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Act {
+    Join,
+    Step(Id),
+    Deliver(Id),
+    Crash(Id, bool),
+    Expire(Id),
+    FalseTimeout(Id),
+    Failure(Id),
+    Tick(Id),
+}
+
+struct RoomModel {
+    participants: u8,
+    crashes: u8,
+    false_timeouts: u8,
+    failures: u8,
+    retries: u8,
+}
+
+fn key(generation: u64) -> KeyTag {
+    KeyTag(generation)
+}
+
+impl State {
+    fn part(&mut self, id: Id) -> &mut Part {
+        self.parts.iter_mut().find(|p| p.id == id).unwrap()
+    }
+
+    fn coord_log(&mut self, e: LogEntry) {
+        self.log.push(e);
+    }
+
+    fn coord_join(&mut self, id: Id) {
+        self.coord.live.push(id);
+        self.coord_log(LogEntry::Joined(id));
+        self.maybe_creator();
+    }
+
+    fn coord_leave(&mut self, id: Id) {
+        if !self.coord.live.contains(&id) {
+            return;
+        }
+        self.coord.live.retain(|x| *x != id);
+        self.coord.group_members.remove(&id);
+        self.coord_log(LogEntry::Left(id));
+        self.maybe_creator();
+    }
+
+    fn maybe_creator(&mut self) {
+        let c = &self.coord;
+        if c.live.is_empty() || c.live.iter().any(|x| c.group_members.contains(x)) {
+            return;
+        }
+        let id = c.live[0];
+        self.coord.next_gid += 1;
+        let gid = self.coord.next_gid;
+        self.coord.group = Some((gid, 0));
+        self.coord.group_members = [id].into_iter().collect();
+        self.reference.insert(gid, None);
+        self.coord_log(LogEntry::Creator(id, gid));
+    }
+
+    fn violate(&mut self, what: String) {
+        if self.violation.is_none() {
+            self.violation = Some(what);
+        }
+    }
+
+    /// The coordinator receives the head of `id`'s outbox.
+    fn deliver(&mut self, id: Id) {
+        let Some(msg) = self.part(id).outbox.pop_front() else {
+            return;
+        };
+        if !self.coord.live.contains(&id) {
+            return;
+        }
+        match msg {
+            Msg::KeyPackage(k) => self.coord_log(LogEntry::KeyPackage(id, k)),
+            Msg::Ready(gid, epoch) => {
+                if self
+                    .coord
+                    .group
+                    .is_some_and(|(g, e)| g == gid && epoch <= e)
+                {
+                    self.coord.group_members.insert(id);
+                }
+            }
+            Msg::Commit(rec) => {
+                if self.coord.group != Some((rec.gid, rec.epoch))
+                    || !self.coord.group_members.contains(&id)
+                {
+                    return; // commit_rejected
+                }
+                self.coord.group = Some((rec.gid, rec.epoch + 1));
+                self.check_commit(&rec);
+                self.coord_log(LogEntry::Commit(rec));
+            }
+        }
+    }
+
+    /// Check a commit the log accepts against the reference group and advance it.
+    fn check_commit(&mut self, rec: &CommitRec) {
+        let Some(Some(members)) = self.reference.get(&rec.gid).cloned() else {
+            self.violate(format!("commit {rec:?} for a group that was never created"));
+            return;
+        };
+        let mut post = members.clone();
+        if !members.contains_key(&rec.from) {
+            self.violate(format!("commit by non-member: {rec:?}"));
+        }
+        for r in &rec.removes {
+            if *r == rec.from {
+                self.violate(format!("committer removes itself: {rec:?}"));
+            }
+            if post.remove(r).is_none() {
+                self.violate(format!("removes a non-member: {rec:?}"));
+            }
+        }
+        for (a, k) in &rec.adds {
+            if post.insert(*a, *k).is_some() {
+                self.violate(format!("adds {a} twice into group {}: {rec:?}", rec.gid));
+            }
+        }
+        if let Some(w) = &rec.welcome {
+            if *w != post {
+                self.violate(format!("welcome {w:?} differs from the group {post:?}"));
+            }
+        }
+        self.reference.insert(rec.gid, Some(post));
+    }
+
+    /// Run the committer's actions through the abstract MLS layer of `id`.
+    fn run(&mut self, id: Id, actions: Vec<Action>) {
+        let clock = self.clock;
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            let p = self.part(id);
+            match a {
+                Action::AnnounceKeyPackage => {
+                    let k = key(p.key_gen);
+                    p.outbox.push_back(Msg::KeyPackage(k));
+                }
+                Action::ResetIdentity => {
+                    p.key_gen += 1;
+                    p.group = None;
+                    p.pending = None;
+                    let k = key(p.key_gen);
+                    let more = p.committer.rekeyed(clock, k);
+                    queue.extend(more);
+                }
+                Action::CreateGroup { group_id } => {
+                    let gid = group_id[0];
+                    let members: BTreeMap<Id, KeyTag> =
+                        [(p.id, key(p.key_gen))].into_iter().collect();
+                    p.group = Some(AbsGroup {
+                        gid,
+                        epoch: 0,
+                        members: members.clone(),
+                    });
+                    p.pending = None;
+                    if let Some(r) = self.reference.get_mut(&gid) {
+                        if r.is_none() {
+                            *r = Some(members);
+                        }
+                    }
+                }
+                Action::Commit {
+                    epoch,
+                    add,
+                    removes,
+                } => {
+                    let Some(g) = p.group.clone() else {
+                        self.violate(format!("{id} commits without a group"));
+                        continue;
+                    };
+                    if g.epoch != epoch {
+                        self.violate(format!("{id} commits at {epoch}, group at {}", g.epoch));
+                    }
+                    let mut post = g.members.clone();
+                    let mut bad = None;
+                    for r in &removes {
+                        if post.remove(r).is_none() {
+                            bad = Some(format!("{id} removes non-member {r}"));
+                        }
+                    }
+                    let adds: Vec<(Id, KeyTag)> = add.iter().map(|a| (a.from, a.key)).collect();
+                    for (a, k) in &adds {
+                        if post.insert(*a, *k).is_some() {
+                            bad = Some(format!("{id} adds {a} twice"));
+                        }
+                    }
+                    if let Some(b) = bad {
+                        self.violate(b);
+                        continue;
+                    }
+                    let p = self.part(id);
+                    let rec = CommitRec {
+                        from: id,
+                        gid: g.gid,
+                        epoch: g.epoch,
+                        welcome: (!adds.is_empty()).then_some(post),
+                        adds,
+                        removes,
+                        nonce: p.commits_made,
+                    };
+                    p.commits_made += 1;
+                    p.pending = Some(rec.clone());
+                    p.outbox.push_back(Msg::Commit(rec));
+                }
+                Action::DiscardCommit => p.pending = None,
+                Action::DropGroup => {
+                    p.group = None;
+                    p.pending = None;
+                }
+                Action::Ready { epoch } => {
+                    if let Some(g) = &p.group {
+                        let gid = g.gid;
+                        p.outbox.push_back(Msg::Ready(gid, epoch));
+                    }
+                }
+                Action::EpochChanged { epoch, members, .. } => {
+                    let same = match (&p.group, p.committer.group()) {
+                        (Some(g), Some(v)) => {
+                            g.epoch == epoch
+                                && v.epoch == epoch
+                                && g.members == v.members
+                                && members == g.members.keys().copied().collect::<Vec<_>>()
+                        }
+                        _ => false,
+                    };
+                    if !same {
+                        self.violate(format!("{id}: committer view and MLS group diverge"));
+                    }
+                }
+                Action::Rejoin => p.status = Status::Gone,
+            }
+        }
+    }
+
+    /// Participant `id` processes its next log entry.
+    fn step(&mut self, id: Id) {
+        let clock = self.clock;
+        let cursor = self.part(id).cursor;
+        let Some(entry) = self.log.get(cursor).cloned() else {
+            return;
+        };
+        let seq = cursor as u64 + 1;
+        self.part(id).cursor += 1;
+        let ev = match entry {
+            LogEntry::Joined(x) => Event::Joined { seq, id: x },
+            LogEntry::Left(x) => Event::Left { seq, id: x },
+            LogEntry::Creator(x, gid) => Event::Creator {
+                seq,
+                id: x,
+                group_id: vec![gid],
+            },
+            LogEntry::KeyPackage(from, k) => Event::KeyPackage { seq, from, key: k },
+            LogEntry::Commit(rec) => {
+                let outcome = self.mls_commit(id, &rec);
+                Event::Commit {
+                    seq,
+                    from: rec.from,
+                    outcome,
+                }
+            }
+        };
+        let p = self.part(id);
+        let actions = p.committer.handle(clock, ev);
+        self.run(id, actions);
+    }
+
+    /// The abstract MLS layer's processing of a commit entry.
+    fn mls_commit(&mut self, id: Id, rec: &CommitRec) -> CommitOutcome {
+        let p = self.part(id);
+        let my_key = key(p.key_gen);
+        let welcome_for_me = rec.adds.contains(&(id, my_key));
+        let join = |p: &mut Part| -> CommitOutcome {
+            match (&rec.welcome, welcome_for_me) {
+                (Some(m), true) => {
+                    p.group = Some(AbsGroup {
+                        gid: rec.gid,
+                        epoch: rec.epoch + 1,
+                        members: m.clone(),
+                    });
+                    p.pending = None;
+                    CommitOutcome::Welcomed {
+                        group_id: vec![rec.gid],
+                        epoch: rec.epoch + 1,
+                        members: m.clone(),
+                    }
+                }
+                _ => CommitOutcome::NotForMe,
+            }
+        };
+        let Some(g) = p.group.clone() else {
+            return join(p);
+        };
+        if g.gid != rec.gid {
+            return CommitOutcome::NotForMe;
+        }
+        if rec.epoch < g.epoch {
+            return CommitOutcome::Stale;
+        }
+        if rec.epoch > g.epoch {
+            return CommitOutcome::Failed;
+        }
+        if rec.from == id && p.pending.as_ref() != Some(rec) {
+            return CommitOutcome::Failed;
+        }
+        let mut post = g.members.clone();
+        for r in &rec.removes {
+            if post.remove(r).is_none() {
+                return CommitOutcome::Failed;
+            }
+        }
+        for (a, k) in &rec.adds {
+            if post.insert(*a, *k).is_some() {
+                return CommitOutcome::Failed;
+            }
+        }
+        p.pending = None;
+        if rec.removes.contains(&id) {
+            p.group = None;
+            return match join(p) {
+                CommitOutcome::NotForMe => CommitOutcome::RemovedMe,
+                o => o,
+            };
+        }
+        p.group = Some(AbsGroup {
+            gid: g.gid,
+            epoch: g.epoch + 1,
+            members: post,
+        });
+        CommitOutcome::Applied {
+            epoch: g.epoch + 1,
+            adds: rec.adds.clone(),
+            removes: rec.removes.clone(),
+        }
+    }
+
+    fn live_active(&self) -> Vec<&Part> {
+        self.parts
+            .iter()
+            .filter(|p| p.status == Status::Active)
+            .collect()
+    }
+
+    fn progress_possible(&self) -> bool {
+        self.parts.iter().any(|p| {
+            (p.status == Status::Active && p.cursor < self.log.len())
+                || (p.status != Status::Gone && !p.outbox.is_empty())
+                || (p.status == Status::Crashed && self.coord.live.contains(&p.id))
+                || tick_enabled(self, p)
+        })
+    }
+}
+
+fn tick_enabled(s: &State, p: &Part) -> bool {
+    p.status == Status::Active
+        && p.retries_left > 0
+        && p.cursor == s.log.len()
+        && p.outbox.is_empty()
+        && matches!(p.committer.phase(), Phase::Joining { .. })
+}
+
+impl Model for RoomModel {
+    type State = State;
+    type Action = Act;
+
+    fn init_states(&self) -> Vec<State> {
+        vec![State {
+            log: Vec::new(),
+            coord: Coord {
+                live: Vec::new(),
+                group: None,
+                group_members: BTreeSet::new(),
+                next_gid: 0,
+            },
+            parts: Vec::new(),
+            joins_left: self.participants,
+            crashes_left: self.crashes,
+            false_timeouts_left: self.false_timeouts,
+            failures_left: self.failures,
+            clock: 0,
+            reference: BTreeMap::new(),
+            violation: None,
+        }]
+    }
+
+    fn actions(&self, s: &State, actions: &mut Vec<Act>) {
+        if s.violation.is_some() {
+            return;
+        }
+        if s.joins_left > 0 {
+            actions.push(Act::Join);
+        }
+        for p in &s.parts {
+            let id = p.id;
+            if p.status == Status::Active && p.cursor < s.log.len() {
+                actions.push(Act::Step(id));
+            }
+            if p.status != Status::Gone && !p.outbox.is_empty() {
+                actions.push(Act::Deliver(id));
+            }
+            if p.status == Status::Active && s.crashes_left > 0 {
+                actions.push(Act::Crash(id, true));
+                if !p.outbox.is_empty() {
+                    actions.push(Act::Crash(id, false));
+                }
+            }
+            if p.status == Status::Crashed && s.coord.live.contains(&id) {
+                actions.push(Act::Expire(id));
+            }
+            if p.status == Status::Active && s.false_timeouts_left > 0 && s.coord.live.contains(&id)
+            {
+                actions.push(Act::FalseTimeout(id));
+            }
+            if p.status == Status::Active
+                && s.failures_left > 0
+                && p.group.as_ref().is_some_and(|g| g.members.len() >= 2)
+            {
+                actions.push(Act::Failure(id));
+            }
+            if tick_enabled(s, p) {
+                actions.push(Act::Tick(id));
+            }
+        }
+    }
+
+    fn next_state(&self, last: &State, action: Act) -> Option<State> {
+        let mut s = last.clone();
+        match action {
+            Act::Join => {
+                s.joins_left -= 1;
+                let id = s.parts.len() as Id + 1;
+                let roster: Vec<Id> = s.coord.live.clone();
+                let cursor = s.log.len();
+                s.coord_join(id);
+                let mut committer = Committer::new(
+                    id,
+                    key(0),
+                    Config {
+                        welcome_timeout_ms: WELCOME_TIMEOUT,
+                        commit_timeout_ms: u64::MAX,
+                    },
+                );
+                let actions = committer.handle(s.clock, Event::Roster { live: roster });
+                s.parts.push(Part {
+                    id,
+                    status: Status::Active,
+                    cursor,
+                    committer,
+                    group: None,
+                    key_gen: 0,
+                    pending: None,
+                    outbox: VecDeque::new(),
+                    commits_made: 0,
+                    retries_left: self.retries,
+                });
+                s.run(id, actions);
+            }
+            Act::Step(id) => s.step(id),
+            Act::Deliver(id) => s.deliver(id),
+            Act::Crash(id, sent) => {
+                s.crashes_left -= 1;
+                let p = s.part(id);
+                p.status = Status::Crashed;
+                if !sent {
+                    p.outbox.clear();
+                }
+            }
+            Act::Expire(id) => {
+                s.coord_leave(id);
+                s.part(id).outbox.clear();
+            }
+            Act::FalseTimeout(id) => {
+                s.false_timeouts_left -= 1;
+                s.coord_leave(id);
+            }
+            Act::Failure(id) => {
+                s.failures_left -= 1;
+                let clock = s.clock;
+                let actions = s.part(id).committer.handle(clock, Event::MlsFailure);
+                s.run(id, actions);
+            }
+            Act::Tick(id) => {
+                s.clock += WELCOME_TIMEOUT;
+                let clock = s.clock;
+                let p = s.part(id);
+                p.retries_left -= 1;
+                let actions = p.committer.tick(clock);
+                s.run(id, actions);
+            }
+        }
+        Some(s)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            Property::always(
+                "no violation (no double add, welcome = group)",
+                |_, s: &State| s.violation.is_none(),
+            ),
+            Property::always("no fork", |_, s: &State| {
+                let active = s.live_active();
+                for a in &active {
+                    let Some(ga) = &a.group else { continue };
+                    for b in &active {
+                        if let Some(gb) = &b.group {
+                            if ga.gid == gb.gid && ga.epoch == gb.epoch && ga.members != gb.members
+                            {
+                                return false;
+                            }
+                        }
+                    }
+                    if s.coord.group == Some((ga.gid, ga.epoch)) {
+                        if let Some(Some(r)) = s.reference.get(&ga.gid) {
+                            if *r != ga.members {
+                                return false;
+                            }
+                        }
+                    }
+                }
+                true
+            }),
+            Property::always("converged when quiescent", |_, s: &State| {
+                if s.progress_possible() {
+                    return true;
+                }
+                let active = s.live_active();
+                if active.is_empty() {
+                    return true;
+                }
+                let live: BTreeSet<Id> = active.iter().map(|p| p.id).collect();
+                let first = &active[0].group;
+                active.iter().all(|p| {
+                    p.group.is_some()
+                        && p.group == *first
+                        && p.group.as_ref().is_some_and(|g| {
+                            g.members.keys().copied().collect::<BTreeSet<_>>() == live
+                        })
+                        && matches!(p.committer.phase(), Phase::Member(_))
+                })
+            }),
+            Property::sometimes("a committer handed over to a successor", |_, s: &State| {
+                s.coord.live.len() >= 2
+                    && s.parts.iter().any(|p| {
+                        p.status == Status::Active && p.committer.is_committer() && p.id > 1
+                    })
+            }),
+            Property::sometimes("everyone converged in a group of 3", |_, s: &State| {
+                !s.progress_possible()
+                    && s.live_active().len() >= 3
+                    && s.live_active()
+                        .iter()
+                        .all(|p| p.group.as_ref().is_some_and(|g| g.members.len() >= 3))
+            }),
+        ]
+    }
+}
+
+fn check(model: RoomModel) {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(2);
+    let checker = model.checker().threads(threads).spawn_bfs().join();
+    println!(
+        "states: {} unique, max depth {}",
+        checker.unique_state_count(),
+        checker.max_depth()
+    );
+    checker.assert_properties();
+}
+
+fn parse_config(v: &str) -> Option<RoomModel> {
+    let n: Vec<u8> = v
+        .split(',')
+        .map(|x| x.trim().parse().ok())
+        .collect::<Option<_>>()?;
+    match n[..] {
+        [participants, crashes, false_timeouts, failures, retries] => Some(RoomModel {
+            participants,
+            crashes,
+            false_timeouts,
+            failures,
+            retries,
+        }),
+        _ => None,
+    }
+}
+
+/// Default: 3 participants, one crash anywhere. `SATSUMA_MODEL_DEEP=1`: also every
+/// fault kind with 3 participants, and 4 participants with a crash.
+/// `SATSUMA_MODEL_CONFIG=participants,crashes,false_timeouts,failures,retries` runs
+/// exactly one configuration.
+#[test]
+fn designated_committer_model() {
+    if let Some(m) = std::env::var("SATSUMA_MODEL_CONFIG")
+        .ok()
+        .and_then(|v| parse_config(&v))
+    {
+        check(m);
+        return;
+    }
+    check(RoomModel {
+        participants: 3,
+        crashes: 1,
+        false_timeouts: 0,
+        failures: 0,
+        retries: 0,
+    });
+    if std::env::var("SATSUMA_MODEL_DEEP").is_ok_and(|v| v == "1") {
+        check(RoomModel {
+            participants: 3,
+            crashes: 1,
+            false_timeouts: 1,
+            failures: 1,
+            retries: 1,
+        });
+        check(RoomModel {
+            participants: 4,
+            crashes: 1,
+            false_timeouts: 0,
+            failures: 0,
+            retries: 0,
+        });
+    }
+}
