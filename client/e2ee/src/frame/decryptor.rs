@@ -494,7 +494,8 @@ fn try_epoch(
         return Err(DropReason::GenerationOutOfRange(generation));
     }
     let age = now.saturating_sub(epoch.installed_at);
-    let max_frames = u128::from(config.max_frames_per_second) * age.as_millis() / 1000;
+    let max_frames =
+        u128::from(config.max_frames_per_second).saturating_mul(age.as_millis()) / 1000;
     let max_generation = max_frames >> GENERATION_SHIFT;
     if u128::from(generation) > max_generation && generation > oldest {
         return Err(DropReason::GenerationOutOfRange(generation));
