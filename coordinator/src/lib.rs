@@ -1,1 +1,47 @@
-//! Satsuma coordinator: rooms, ordered MLS relay, auth, SFU access.
+//! Satsuma coordinator: server-owned rooms, an ordered relay for E2EE handshakes,
+//! join tokens, presence, and access to the SFU.
+//!
+//! The coordinator knows rooms, not media (the SFU knows media, not rooms), and it
+//! never holds a key: MLS handshake messages pass through it as opaque bytes.
+//!
+//! # Shape
+//!
+//! - [`room::Room`] is the whole logic of one room as a sans-IO state machine:
+//!   feed it joins, resumes, client messages and timeouts with an injected
+//!   `Instant`, then drain [`room::Room::poll_output`] for replies, broadcasts of
+//!   new log entries, replays and departures. Every entry gets the next per-room
+//!   `seq`, so all members see one total order (what the designated-committer
+//!   algorithm of `docs/e2ee-relay.md` needs). The room names the MLS group
+//!   creator, arbitrates commits per epoch by reading the clear MLS header
+//!   ([`mls_framing`]) and announces `execute` once members are `ready`.
+//! - [`protocol`] holds the WebSocket wire types shared with clients; see
+//!   `coordinator/PROTOCOL.md` for every message.
+//! - [`auth`] signs and checks HS256 join tokens.
+//! - The drivers are thin: `hub` (rooms behind mutexes and the connection queues
+//!   their outputs go to), `connection` (per-WebSocket reader/writer with size and
+//!   rate limits), `sfu_proxy` (`/sfu/...`, binding SFU sessions to participants,
+//!   choosing a healthy node per room) and `server` (routes, timers, static files).
+//!
+//! # Embedding
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let handle = satsuma_coordinator::Server::bind(satsuma_coordinator::Config::dev()).await?;
+//! println!("satsuma-coordinator listening http={}", handle.local_addr());
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+pub mod config;
+mod connection;
+mod hub;
+pub mod metrics;
+pub mod mls_framing;
+pub mod protocol;
+pub mod room;
+mod server;
+mod sfu_proxy;
+
+pub use config::{Cli, Config, ConfigError};
+pub use server::{MAX_ROOM_NAME_LEN, Server, ServerError, ServerHandle, valid_room_name};

@@ -1,0 +1,447 @@
+//! Configuration: defaults, then a TOML file, then `SATSUMA_COORD_*` environment
+//! variables, then command-line flags (later wins).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::protocol::Limits;
+use crate::room::RoomConfig;
+
+/// Everything the coordinator needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP/WebSocket listen address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// HS256 secret for join tokens.
+    pub jwt_secret: String,
+    /// Accepted clock skew on token expiry, seconds.
+    pub jwt_leeway_s: u64,
+    /// Dev mode: enables `POST /token`.
+    pub dev: bool,
+    /// Lifetime of tokens minted by `POST /token`, seconds.
+    pub dev_token_ttl_s: u64,
+    /// Directory of the web client's static files.
+    pub web_dir: PathBuf,
+    /// SFU base URLs (e.g. `http://10.0.0.5:8787`); the API lives under `/v1/apps/{app_id}`.
+    pub sfu_nodes: Vec<String>,
+    /// SFU app id.
+    pub sfu_app_id: String,
+    /// SFU app secret (sent as `Authorization: Bearer`).
+    pub sfu_app_secret: String,
+    /// Interval between SFU health checks.
+    pub sfu_health_interval: Duration,
+    /// Timeout of one SFU API call.
+    pub sfu_timeout: Duration,
+    /// Largest proxied request body.
+    pub sfu_max_body_bytes: usize,
+    /// Silence after which a participant is announced as left.
+    pub presence_timeout: Duration,
+    /// Heartbeat interval advertised to clients.
+    pub heartbeat_interval: Duration,
+    /// Wait for missing `ready`s before `execute`.
+    pub execute_timeout: Duration,
+    /// Time a new connection has to send `hello`.
+    pub hello_timeout: Duration,
+    /// Log entries kept per room for resume.
+    pub replay_window: usize,
+    /// Log bytes kept per room for resume.
+    pub replay_window_bytes: usize,
+    /// Largest accepted text frame.
+    pub max_text_bytes: usize,
+    /// Largest accepted binary frame.
+    pub max_binary_bytes: usize,
+    /// Sustained messages per second per connection.
+    pub rate_per_second: u32,
+    /// Burst allowance per connection.
+    pub rate_burst: u32,
+    /// Dropped (rate-limited) messages in a row before the connection is closed.
+    pub flood_close_after: u32,
+    /// Refused messages in a row before the connection is closed.
+    pub max_consecutive_errors: u32,
+    /// Cap of a new room.
+    pub default_max_participants: u32,
+    /// Highest cap a host may set.
+    pub hard_max_participants: u32,
+    /// First joiner of an empty room becomes host.
+    pub first_joiner_is_host: bool,
+    /// Most rooms at once.
+    pub max_rooms: usize,
+    /// How often room timers are checked.
+    pub timer_tick: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            jwt_secret: String::new(),
+            jwt_leeway_s: 5,
+            dev: false,
+            dev_token_ttl_s: 3600,
+            web_dir: PathBuf::from("client/web/dist"),
+            sfu_nodes: Vec::new(),
+            sfu_app_id: "satsuma".to_owned(),
+            sfu_app_secret: String::new(),
+            sfu_health_interval: Duration::from_secs(5),
+            sfu_timeout: Duration::from_secs(10),
+            sfu_max_body_bytes: 1 << 20,
+            presence_timeout: Duration::from_secs(15),
+            heartbeat_interval: Duration::from_secs(5),
+            execute_timeout: Duration::from_secs(2),
+            hello_timeout: Duration::from_secs(10),
+            replay_window: 4096,
+            replay_window_bytes: 16 << 20,
+            max_text_bytes: 16 << 10,
+            max_binary_bytes: 1 << 20,
+            rate_per_second: 50,
+            rate_burst: 200,
+            flood_close_after: 200,
+            max_consecutive_errors: 100,
+            default_max_participants: 100,
+            hard_max_participants: 1000,
+            first_joiner_is_host: true,
+            max_rooms: 10_000,
+            timer_tick: Duration::from_millis(20),
+        }
+    }
+}
+
+impl Config {
+    /// A dev-mode config on 127.0.0.1 port 0 with a fixed secret (tests, quick start).
+    pub fn dev() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            jwt_secret: "satsuma-dev-secret".to_owned(),
+            dev: true,
+            ..Self::default()
+        }
+    }
+
+    /// The room settings derived from this config.
+    pub fn room_config(&self) -> RoomConfig {
+        RoomConfig {
+            presence_timeout: self.presence_timeout,
+            execute_timeout: self.execute_timeout,
+            replay_max_entries: self.replay_window,
+            replay_max_bytes: self.replay_window_bytes,
+            default_max_participants: self.default_max_participants,
+            hard_max_participants: self.hard_max_participants,
+            first_joiner_is_host: self.first_joiner_is_host,
+            max_tracks_per_participant: 16,
+            max_sfu_sessions_per_participant: 4,
+            limits: Limits {
+                heartbeat_interval_ms: millis(self.heartbeat_interval),
+                presence_timeout_ms: millis(self.presence_timeout),
+                max_text_bytes: self.max_text_bytes,
+                max_binary_bytes: self.max_binary_bytes,
+                messages_per_second: self.rate_per_second,
+                replay_window: self.replay_window,
+            },
+        }
+    }
+
+    /// Checks consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.jwt_secret.is_empty() {
+            return Err(ConfigError::Invalid(
+                "jwt_secret is required (or run with --dev)".to_owned(),
+            ));
+        }
+        if self.rate_per_second == 0 || self.rate_burst == 0 {
+            return Err(ConfigError::Invalid("rate limits must be > 0".to_owned()));
+        }
+        if self.default_max_participants == 0
+            || self.default_max_participants > self.hard_max_participants
+        {
+            return Err(ConfigError::Invalid(
+                "need 0 < default_max_participants <= hard_max_participants".to_owned(),
+            ));
+        }
+        if self.replay_window == 0 {
+            return Err(ConfigError::Invalid("replay_window must be > 0".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A configuration problem.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this config.
+    #[error("bad config file {path}: {source}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: Box<toml::de::Error>,
+    },
+    /// Inconsistent values.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Command line (each flag also reads `SATSUMA_COORD_<FLAG>`).
+#[derive(Debug, Clone, Default, Parser, Deserialize)]
+#[command(
+    name = "satsuma-coordinator",
+    version,
+    about = "Satsuma coordinator: rooms, ordered E2EE handshake relay, join tokens, SFU access"
+)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cli {
+    /// TOML config file; its keys are the long flag names with `_` for `-`.
+    #[arg(long, env = "SATSUMA_COORD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// HTTP/WebSocket listen address, e.g. 0.0.0.0:8080 (port 0 picks a free port).
+    #[arg(long, env = "SATSUMA_COORD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// HS256 secret for join tokens (required unless --dev).
+    #[arg(long, env = "SATSUMA_COORD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Accepted clock skew on token expiry, in seconds.
+    #[arg(long, env = "SATSUMA_COORD_JWT_LEEWAY_S")]
+    pub jwt_leeway_s: Option<u64>,
+    /// Dev mode: enables POST /token and a default secret. Never in production.
+    #[arg(long, env = "SATSUMA_COORD_DEV", num_args = 0..=1, default_missing_value = "true")]
+    pub dev: Option<bool>,
+    /// Lifetime of tokens minted by POST /token, in seconds.
+    #[arg(long, env = "SATSUMA_COORD_DEV_TOKEN_TTL_S")]
+    pub dev_token_ttl_s: Option<u64>,
+    /// Directory with the web client's static files.
+    #[arg(long, env = "SATSUMA_COORD_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+    /// SFU node base URL (repeat, or comma-separate in the env variable).
+    #[arg(long = "sfu-node", env = "SATSUMA_COORD_SFU_NODES", value_delimiter = ',')]
+    pub sfu_nodes: Option<Vec<String>>,
+    /// SFU app id (path segment /v1/apps/{app_id}).
+    #[arg(long, env = "SATSUMA_COORD_SFU_APP_ID")]
+    pub sfu_app_id: Option<String>,
+    /// SFU app secret, sent as Authorization: Bearer.
+    #[arg(long, env = "SATSUMA_COORD_SFU_APP_SECRET", hide_env_values = true)]
+    pub sfu_app_secret: Option<String>,
+    /// Interval between SFU health checks (GET /healthz), in milliseconds.
+    #[arg(long, env = "SATSUMA_COORD_SFU_HEALTH_INTERVAL_MS")]
+    pub sfu_health_interval_ms: Option<u64>,
+    /// Timeout of one proxied SFU call, in milliseconds.
+    #[arg(long, env = "SATSUMA_COORD_SFU_TIMEOUT_MS")]
+    pub sfu_timeout_ms: Option<u64>,
+    /// Silence (no message at all) after which a participant is announced as left, in milliseconds.
+    #[arg(long, env = "SATSUMA_COORD_PRESENCE_TIMEOUT_MS")]
+    pub presence_timeout_ms: Option<u64>,
+    /// Heartbeat interval advertised to clients, in milliseconds.
+    #[arg(long, env = "SATSUMA_COORD_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// How long `execute` waits for missing `ready`s after a commit, in milliseconds.
+    #[arg(long, env = "SATSUMA_COORD_EXECUTE_TIMEOUT_MS")]
+    pub execute_timeout_ms: Option<u64>,
+    /// Time a new connection has to send `hello`, in milliseconds.
+    #[arg(long, env = "SATSUMA_COORD_HELLO_TIMEOUT_MS")]
+    pub hello_timeout_ms: Option<u64>,
+    /// Log entries kept per room for resume.
+    #[arg(long, env = "SATSUMA_COORD_REPLAY_WINDOW")]
+    pub replay_window: Option<usize>,
+    /// Log bytes kept per room for resume.
+    #[arg(long, env = "SATSUMA_COORD_REPLAY_WINDOW_BYTES")]
+    pub replay_window_bytes: Option<usize>,
+    /// Largest accepted text (JSON) frame, in bytes.
+    #[arg(long, env = "SATSUMA_COORD_MAX_TEXT_BYTES")]
+    pub max_text_bytes: Option<usize>,
+    /// Largest accepted binary (MLS) frame, in bytes.
+    #[arg(long, env = "SATSUMA_COORD_MAX_BINARY_BYTES")]
+    pub max_binary_bytes: Option<usize>,
+    /// Sustained messages per second per connection.
+    #[arg(long, env = "SATSUMA_COORD_RATE_PER_SECOND")]
+    pub rate_per_second: Option<u32>,
+    /// Burst of messages allowed above the sustained rate.
+    #[arg(long, env = "SATSUMA_COORD_RATE_BURST")]
+    pub rate_burst: Option<u32>,
+    /// Rate-limited messages in a row before the connection is closed (4429).
+    #[arg(long, env = "SATSUMA_COORD_FLOOD_CLOSE_AFTER")]
+    pub flood_close_after: Option<u32>,
+    /// Refused messages in a row before the connection is closed (4002).
+    #[arg(long, env = "SATSUMA_COORD_MAX_CONSECUTIVE_ERRORS")]
+    pub max_consecutive_errors: Option<u32>,
+    /// Participant cap of a new room.
+    #[arg(long, env = "SATSUMA_COORD_DEFAULT_MAX_PARTICIPANTS")]
+    pub default_max_participants: Option<u32>,
+    /// Highest participant cap a host may set.
+    #[arg(long, env = "SATSUMA_COORD_HARD_MAX_PARTICIPANTS")]
+    pub hard_max_participants: Option<u32>,
+    /// Whether the first joiner of an empty room becomes host.
+    #[arg(long, env = "SATSUMA_COORD_FIRST_JOINER_IS_HOST", num_args = 0..=1, default_missing_value = "true")]
+    pub first_joiner_is_host: Option<bool>,
+    /// Most rooms at once.
+    #[arg(long, env = "SATSUMA_COORD_MAX_ROOMS")]
+    pub max_rooms: Option<usize>,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or satsuma_coordinator=debug.
+    #[arg(long, env = "SATSUMA_COORD_LOG")]
+    pub log: Option<String>,
+}
+
+impl Cli {
+    /// Reads the file named by `--config` (if any) beneath the flags and env.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<Cli>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?
+            }
+            None => Cli::default(),
+        };
+        let c = self.over(file);
+        let base = Config::default();
+        let dev = c.dev.unwrap_or(false);
+        let jwt_secret = match c.jwt_secret {
+            Some(s) => s,
+            None if dev => Config::dev().jwt_secret,
+            None => String::new(),
+        };
+        let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+        let config = Config {
+            listen: c.listen.unwrap_or(base.listen),
+            jwt_secret,
+            jwt_leeway_s: c.jwt_leeway_s.unwrap_or(base.jwt_leeway_s),
+            dev,
+            dev_token_ttl_s: c.dev_token_ttl_s.unwrap_or(base.dev_token_ttl_s),
+            web_dir: c.web_dir.unwrap_or(base.web_dir),
+            sfu_nodes: c.sfu_nodes.unwrap_or(base.sfu_nodes),
+            sfu_app_id: c.sfu_app_id.unwrap_or(base.sfu_app_id),
+            sfu_app_secret: c.sfu_app_secret.unwrap_or(base.sfu_app_secret),
+            sfu_health_interval: ms(c.sfu_health_interval_ms, base.sfu_health_interval),
+            sfu_timeout: ms(c.sfu_timeout_ms, base.sfu_timeout),
+            sfu_max_body_bytes: base.sfu_max_body_bytes,
+            presence_timeout: ms(c.presence_timeout_ms, base.presence_timeout),
+            heartbeat_interval: ms(c.heartbeat_interval_ms, base.heartbeat_interval),
+            execute_timeout: ms(c.execute_timeout_ms, base.execute_timeout),
+            hello_timeout: ms(c.hello_timeout_ms, base.hello_timeout),
+            replay_window: c.replay_window.unwrap_or(base.replay_window),
+            replay_window_bytes: c.replay_window_bytes.unwrap_or(base.replay_window_bytes),
+            max_text_bytes: c.max_text_bytes.unwrap_or(base.max_text_bytes),
+            max_binary_bytes: c.max_binary_bytes.unwrap_or(base.max_binary_bytes),
+            rate_per_second: c.rate_per_second.unwrap_or(base.rate_per_second),
+            rate_burst: c.rate_burst.unwrap_or(base.rate_burst),
+            flood_close_after: c.flood_close_after.unwrap_or(base.flood_close_after),
+            max_consecutive_errors: c
+                .max_consecutive_errors
+                .unwrap_or(base.max_consecutive_errors),
+            default_max_participants: c
+                .default_max_participants
+                .unwrap_or(base.default_max_participants),
+            hard_max_participants: c.hard_max_participants.unwrap_or(base.hard_max_participants),
+            first_joiner_is_host: c.first_joiner_is_host.unwrap_or(base.first_joiner_is_host),
+            max_rooms: c.max_rooms.unwrap_or(base.max_rooms),
+            timer_tick: base.timer_tick,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// `self` where set, else `file`.
+    fn over(self, file: Cli) -> Cli {
+        macro_rules! pick {
+            ($($f:ident),*) => { Cli { config: self.config, $($f: self.$f.or(file.$f)),* } };
+        }
+        pick!(
+            listen,
+            jwt_secret,
+            jwt_leeway_s,
+            dev,
+            dev_token_ttl_s,
+            web_dir,
+            sfu_nodes,
+            sfu_app_id,
+            sfu_app_secret,
+            sfu_health_interval_ms,
+            sfu_timeout_ms,
+            presence_timeout_ms,
+            heartbeat_interval_ms,
+            execute_timeout_ms,
+            hello_timeout_ms,
+            replay_window,
+            replay_window_bytes,
+            max_text_bytes,
+            max_binary_bytes,
+            rate_per_second,
+            rate_burst,
+            flood_close_after,
+            max_consecutive_errors,
+            default_max_participants,
+            hard_max_participants,
+            first_joiner_is_host,
+            max_rooms,
+            log
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let dir = std::env::temp_dir().join(format!("coord-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "jwt_secret = \"file\"\npresence_timeout_ms = 1000\nsfu_nodes = [\"http://a\", \"http://b\"]\nrate_per_second = 7\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "x",
+            "--config",
+            path.to_str().unwrap(),
+            "--rate-per-second",
+            "9",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        let c = cli.resolve().unwrap();
+        assert_eq!(c.jwt_secret, "file");
+        assert_eq!(c.presence_timeout, Duration::from_secs(1));
+        assert_eq!(c.sfu_nodes, vec!["http://a", "http://b"]);
+        assert_eq!(c.rate_per_second, 9);
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.execute_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn secret_required_outside_dev() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert!(cli.resolve().is_err());
+        let cli = Cli::try_parse_from(["x", "--dev"]).unwrap();
+        assert!(cli.resolve().unwrap().dev);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        assert!(toml::from_str::<Cli>("nope = 1").is_err());
+    }
+}

@@ -1,0 +1,399 @@
+//! The hub: live rooms, the connections attached to their participants, and the
+//! credentials that let a participant call the SFU proxy.
+//!
+//! Each room's [`Room`] state machine sits behind its own mutex together with the
+//! senders of its participants' connections. Every input is applied and its
+//! outputs are handed to the connections' queues under that lock, so every member
+//! receives the room's entries in `seq` order. Lock order: hub map, then a room,
+//! then the credential map (a leaf).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::protocol::{ServerMessage, close};
+use crate::room::{Input, JoinError, JoinRequest, Output, ResumeError, Room, RoomConfig, Wire};
+
+/// What a connection's writer task sends.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A frame.
+    Frame(Message),
+    /// Close the connection with this code and reason, after the queued frames.
+    Close(u16, &'static str),
+}
+
+/// The room's handle on one connection.
+#[derive(Debug)]
+pub(crate) struct ConnHandle {
+    pub(crate) conn_id: u64,
+    pub(crate) tx: mpsc::Sender<Outbound>,
+    /// Closes the connection at once (its queue is full).
+    pub(crate) kill: oneshot::Sender<(u16, &'static str)>,
+}
+
+impl ConnHandle {
+    /// Queues a frame; false if the connection cannot keep up (it was killed).
+    fn send(&self, msg: Message) -> bool {
+        self.tx.try_send(Outbound::Frame(msg)).is_ok()
+    }
+
+    /// Closes after queued frames, or at once if the queue is full.
+    fn close(self, code: u16, reason: &'static str) {
+        if self.tx.try_send(Outbound::Close(code, reason)).is_err() {
+            let _ = self.kill.send((code, reason));
+        }
+    }
+}
+
+/// A room and the connections of its participants.
+#[derive(Debug)]
+pub(crate) struct RoomState {
+    pub(crate) room: Room,
+    conns: HashMap<u64, ConnHandle>,
+    next_deadline: Option<Instant>,
+    /// Index of the SFU node new sessions of this room go to.
+    pub(crate) sfu_node: Option<usize>,
+    /// SFU session id → node index.
+    pub(crate) sfu_sessions: HashMap<String, usize>,
+}
+
+/// One live room.
+#[derive(Debug)]
+pub(crate) struct RoomSlot {
+    pub(crate) name: String,
+    pub(crate) state: Mutex<RoomState>,
+}
+
+/// Why a fresh join failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HubJoinError {
+    Room(JoinError),
+    TooManyRooms,
+}
+
+/// Why a resume failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HubResumeError {
+    Room(ResumeError),
+    UnknownRoom,
+}
+
+/// Where a credential points.
+#[derive(Debug, Clone)]
+pub(crate) struct Credential {
+    pub(crate) room: String,
+    pub(crate) participant: u64,
+}
+
+/// Result of applying one input.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Handled {
+    /// The input was refused with an `error`.
+    pub(crate) refused: bool,
+    /// The connection no longer represents a participant.
+    pub(crate) detached: bool,
+}
+
+/// All rooms.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    rooms: Mutex<HashMap<String, Arc<RoomSlot>>>,
+    credentials: Mutex<HashMap<String, Credential>>,
+    room_config: RoomConfig,
+    max_rooms: usize,
+    pub(crate) metrics: Metrics,
+    next_conn: AtomicU64,
+}
+
+impl Hub {
+    pub(crate) fn new(room_config: RoomConfig, max_rooms: usize, metrics: Metrics) -> Self {
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            credentials: Mutex::new(HashMap::new()),
+            room_config,
+            max_rooms,
+            metrics,
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn room(&self, name: &str) -> Option<Arc<RoomSlot>> {
+        self.rooms.lock().get(name).cloned()
+    }
+
+    /// How many rooms send new SFU sessions to `node`.
+    pub(crate) fn rooms_on_node(&self, node: usize) -> usize {
+        let slots: Vec<Arc<RoomSlot>> = self.rooms.lock().values().cloned().collect();
+        slots
+            .iter()
+            .filter(|s| s.state.lock().sfu_node == Some(node))
+            .count()
+    }
+
+    pub(crate) fn credential(&self, token: &str) -> Option<Credential> {
+        self.credentials.lock().get(token).cloned()
+    }
+
+    /// A fresh join: creates the room if needed.
+    pub(crate) fn join(
+        &self,
+        room_name: &str,
+        req: JoinRequest,
+        conn: ConnHandle,
+    ) -> Result<(Arc<RoomSlot>, u64), HubJoinError> {
+        let mut rooms = self.rooms.lock();
+        let slot = match rooms.get(room_name) {
+            Some(s) => s.clone(),
+            None => {
+                if rooms.len() >= self.max_rooms {
+                    return Err(HubJoinError::TooManyRooms);
+                }
+                let slot = Arc::new(RoomSlot {
+                    name: room_name.to_owned(),
+                    state: Mutex::new(RoomState {
+                        room: Room::new(room_name, self.room_config.clone(), rand::random()),
+                        conns: HashMap::new(),
+                        next_deadline: None,
+                        sfu_node: None,
+                        sfu_sessions: HashMap::new(),
+                    }),
+                });
+                rooms.insert(room_name.to_owned(), slot.clone());
+                self.metrics.rooms.inc();
+                slot
+            }
+        };
+        let mut state = slot.state.lock();
+        let token = req.resume_token.clone();
+        match state.room.join(Instant::now(), req) {
+            Ok(id) => {
+                self.credentials.lock().insert(
+                    token,
+                    Credential {
+                        room: room_name.to_owned(),
+                        participant: id,
+                    },
+                );
+                self.metrics.participants.inc();
+                state.conns.insert(id, conn);
+                self.dispatch(&mut state);
+                drop(state);
+                Ok((slot, id))
+            }
+            Err(e) => {
+                if state.room.is_empty() {
+                    drop(state);
+                    rooms.remove(room_name);
+                    self.metrics.rooms.dec();
+                }
+                Err(HubJoinError::Room(e))
+            }
+        }
+    }
+
+    /// Resume on a new connection.
+    pub(crate) fn resume(
+        &self,
+        room_name: &str,
+        id: u64,
+        token: &str,
+        last_seq: u64,
+        conn: ConnHandle,
+    ) -> Result<Arc<RoomSlot>, HubResumeError> {
+        let slot = self.room(room_name).ok_or(HubResumeError::UnknownRoom)?;
+        let mut state = slot.state.lock();
+        match state.room.resume(Instant::now(), id, token, last_seq) {
+            Ok(()) => {
+                if let Some(old) = state.conns.insert(id, conn) {
+                    old.close(close::REPLACED, "resumed on another connection");
+                }
+                self.dispatch(&mut state);
+                drop(state);
+                Ok(slot)
+            }
+            Err(e) => {
+                self.dispatch(&mut state);
+                let empty = state.room.is_empty();
+                drop(state);
+                if empty {
+                    self.drop_if_empty(&slot);
+                }
+                Err(HubResumeError::Room(e))
+            }
+        }
+    }
+
+    /// Applies an input from connection `conn_id` of participant `id`.
+    pub(crate) fn handle(&self, slot: &Arc<RoomSlot>, id: u64, conn_id: u64, input: Input) -> Handled {
+        let mut state = slot.state.lock();
+        if state.conns.get(&id).is_none_or(|c| c.conn_id != conn_id) {
+            return Handled {
+                refused: false,
+                detached: true,
+            };
+        }
+        state.room.handle(Instant::now(), id, input);
+        let refused = self.dispatch_for(&mut state, Some(id));
+        let detached = !state.conns.contains_key(&id);
+        let empty = state.room.is_empty();
+        drop(state);
+        if empty {
+            self.drop_if_empty(slot);
+        }
+        Handled { refused, detached }
+    }
+
+    /// A sign of life without a message.
+    pub(crate) fn touch(&self, slot: &Arc<RoomSlot>, id: u64, conn_id: u64) {
+        let mut state = slot.state.lock();
+        if state.conns.get(&id).is_some_and(|c| c.conn_id == conn_id) {
+            state.room.touch(Instant::now(), id);
+            state.next_deadline = state.room.poll_timeout();
+        }
+    }
+
+    /// The connection ended; the participant stays until its presence timeout.
+    pub(crate) fn detach(&self, slot: &Arc<RoomSlot>, id: u64, conn_id: u64) {
+        let mut state = slot.state.lock();
+        if state.conns.get(&id).is_some_and(|c| c.conn_id == conn_id) {
+            state.conns.remove(&id);
+        }
+    }
+
+    /// Runs due room timers.
+    pub(crate) fn tick(&self) {
+        let now = Instant::now();
+        let slots: Vec<Arc<RoomSlot>> = self.rooms.lock().values().cloned().collect();
+        for slot in slots {
+            let mut state = slot.state.lock();
+            if state.next_deadline.is_some_and(|d| d <= now) {
+                state.room.handle_timeout(now);
+                self.dispatch(&mut state);
+            }
+            let empty = state.room.is_empty();
+            drop(state);
+            if empty {
+                self.drop_if_empty(&slot);
+            }
+        }
+    }
+
+    /// Applies `f` to a room under its lock and delivers the outputs.
+    pub(crate) fn with_room<R>(&self, slot: &Arc<RoomSlot>, f: impl FnOnce(&mut RoomState) -> R) -> R {
+        let mut state = slot.state.lock();
+        let r = f(&mut state);
+        self.dispatch(&mut state);
+        r
+    }
+
+    /// Closes every connection (shutdown).
+    pub(crate) fn close_all(&self) {
+        let slots: Vec<Arc<RoomSlot>> = self.rooms.lock().drain().map(|(_, s)| s).collect();
+        for slot in slots {
+            let mut state = slot.state.lock();
+            state.room.close_all(close::GOING_AWAY, "server shutting down");
+            self.dispatch(&mut state);
+            self.metrics.rooms.dec();
+        }
+    }
+
+    fn drop_if_empty(&self, slot: &Arc<RoomSlot>) {
+        let mut rooms = self.rooms.lock();
+        let same = rooms.get(&slot.name).is_some_and(|s| Arc::ptr_eq(s, slot));
+        if same && slot.state.lock().room.is_empty() {
+            rooms.remove(&slot.name);
+            self.metrics.rooms.dec();
+        }
+    }
+
+    fn dispatch(&self, state: &mut RoomState) {
+        self.dispatch_for(state, None);
+    }
+
+    /// Delivers the room's outputs; returns whether `watch` got an `error`.
+    fn dispatch_for(&self, state: &mut RoomState, watch: Option<u64>) -> bool {
+        let mut refused = false;
+        let mut slow = Vec::new();
+        while let Some(out) = state.room.poll_output() {
+            match out {
+                Output::Reply { to, msg } => {
+                    if let ServerMessage::Error { code, .. } = &msg {
+                        self.metrics.error(code);
+                        refused |= watch == Some(to);
+                    }
+                    if let Some(c) = state.conns.get(&to)
+                        && !c.send(encode_reply(&msg))
+                    {
+                        slow.push(to);
+                    }
+                }
+                Output::Broadcast(entry) => {
+                    self.metrics
+                        .entries
+                        .with_label_values(&[entry.type_name()])
+                        .inc();
+                    let msg = wire_message(&entry.wire);
+                    for (id, c) in &state.conns {
+                        if !c.send(msg.clone()) {
+                            slow.push(*id);
+                        }
+                    }
+                }
+                Output::Deliver { to, entry } => {
+                    if let Some(c) = state.conns.get(&to)
+                        && !c.send(wire_message(&entry.wire))
+                    {
+                        slow.push(to);
+                    }
+                }
+                Output::Gone {
+                    id,
+                    resume_token,
+                    code,
+                    reason,
+                } => {
+                    self.credentials.lock().remove(&resume_token);
+                    self.metrics.participants.dec();
+                    if let Some(c) = state.conns.remove(&id) {
+                        c.close(code, reason);
+                    }
+                }
+            }
+        }
+        for id in slow {
+            if let Some(c) = state.conns.remove(&id) {
+                self.metrics.error("slow_consumer");
+                let _ = c.kill.send((close::SLOW_CONSUMER, "not reading fast enough; resume"));
+            }
+        }
+        state.next_deadline = state.room.poll_timeout();
+        refused
+    }
+}
+
+fn wire_message(wire: &Wire) -> Message {
+    match wire {
+        Wire::Text(b) => Message::Text(Utf8Bytes::try_from(b.clone()).unwrap_or_default()),
+        Wire::Binary(b) => Message::Binary(b.clone()),
+    }
+}
+
+/// Encodes a direct reply.
+pub(crate) fn encode_reply(msg: &ServerMessage) -> Message {
+    Message::Text(
+        serde_json::to_string(msg)
+            .unwrap_or_else(|_| "{}".to_owned())
+            .into(),
+    )
+}

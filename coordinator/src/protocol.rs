@@ -1,0 +1,765 @@
+//! Wire types of the coordinator's WebSocket protocol, version [`PROTOCOL_VERSION`].
+//!
+//! Shared with clients (the bot, tests): JSON control messages in text frames,
+//! MLS payloads in binary frames. `coordinator/PROTOCOL.md` documents every
+//! message; this module is the normative encoding.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version spoken by this coordinator (`hello.v`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Binary frame kind: a KeyPackage `MLSMessage`.
+pub const KIND_KEY_PACKAGE: u8 = 1;
+/// Binary frame kind: `u32 BE commit_len ‖ commit MLSMessage ‖ welcome MLSMessage (may be empty)`.
+pub const KIND_COMMIT: u8 = 2;
+
+/// WebSocket close codes the coordinator uses (all other connections carry on).
+pub mod close {
+    /// The participant sent `leave`.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame exceeded the hard transport limit (sent by the WebSocket layer itself).
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The first message was not a valid `hello`, or it did not come in time.
+    pub const BAD_HELLO: u16 = 4000;
+    /// `hello.v` is not a supported protocol version.
+    pub const UNSUPPORTED_VERSION: u16 = 4001;
+    /// Too many protocol errors on this connection.
+    pub const PROTOCOL_VIOLATION: u16 = 4002;
+    /// The join token is invalid, expired, or for another room.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// A host removed this participant (it may not rejoin this room while it exists).
+    pub const REMOVED: u16 = 4403;
+    /// No message arrived within the presence timeout; the participant has left.
+    pub const PRESENCE_TIMEOUT: u16 = 4408;
+    /// Another connection resumed this participant.
+    pub const REPLACED: u16 = 4409;
+    /// Resume impossible (unknown participant, bad token, or missed entries no
+    /// longer retained): join fresh with a join token.
+    pub const RESUME_FAILED: u16 = 4410;
+    /// The room is locked.
+    pub const ROOM_LOCKED: u16 = 4423;
+    /// The room is at its participant cap.
+    pub const ROOM_FULL: u16 = 4424;
+    /// The connection kept sending faster than its rate limit.
+    pub const FLOOD: u16 = 4429;
+    /// The connection did not read its messages fast enough (resume to catch up).
+    pub const SLOW_CONSUMER: u16 = 4430;
+}
+
+/// Error codes carried by [`ServerMessage::Error`].
+pub mod error_code {
+    /// Not JSON, wrong fields, or a binary frame that does not parse.
+    pub const MALFORMED: &str = "malformed";
+    /// A JSON message with an unknown `type`.
+    pub const UNKNOWN_TYPE: &str = "unknown_type";
+    /// The frame is larger than the configured limit.
+    pub const TOO_LARGE: &str = "too_large";
+    /// The participant lacks the permission for this message.
+    pub const FORBIDDEN: &str = "forbidden";
+    /// The target participant or track does not exist.
+    pub const NOT_FOUND: &str = "not_found";
+    /// A field value is out of range or inconsistent with room state.
+    pub const INVALID: &str = "invalid";
+    /// Over the per-connection rate limit; the message was dropped.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// A binary MLS payload whose MLS framing is not what the kind requires.
+    pub const MLS_FRAMING: &str = "mls_framing";
+    /// `hello` sent twice.
+    pub const ALREADY_JOINED: &str = "already_joined";
+}
+
+/// What a participant may do; carried in the join token's `perms` claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Permissions {
+    /// May create SFU sessions, push tracks and announce them, report speaking.
+    pub publish: bool,
+    /// May create SFU sessions and pull other members' tracks.
+    pub subscribe: bool,
+    /// Is a host: may mute others, remove participants, lock the room and set its cap.
+    pub host: bool,
+}
+
+impl Permissions {
+    /// Parses the `perms` claim (`["publish","subscribe","host"]`); unknown names are ignored.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Self {
+        let mut p = Self::default();
+        for n in names {
+            match n.as_ref() {
+                "publish" => p.publish = true,
+                "subscribe" => p.subscribe = true,
+                "host" => p.host = true,
+                _ => {}
+            }
+        }
+        p
+    }
+
+    /// The claim form of these permissions.
+    pub fn to_names(self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.publish {
+            v.push("publish".to_owned());
+        }
+        if self.subscribe {
+            v.push("subscribe".to_owned());
+        }
+        if self.host {
+            v.push("host".to_owned());
+        }
+        v
+    }
+}
+
+/// Kind of a published track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackKind {
+    /// Microphone.
+    Audio,
+    /// Camera.
+    Video,
+    /// Screen share.
+    Screenshare,
+}
+
+/// `hello.resume`: continue an earlier participant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The participant id from `welcome`.
+    pub participant_id: u64,
+    /// The `resume_token` from `welcome`.
+    pub resume_token: String,
+    /// The highest `seq` the client has processed (0 if none).
+    pub last_seq: u64,
+}
+
+/// Client → server JSON messages (text frames), tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// First message on a connection: join with `token`, or resume with `resume`.
+    Hello {
+        /// Protocol version, must be [`PROTOCOL_VERSION`].
+        v: u32,
+        /// Join token (JWT) for a fresh join.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// Resume an earlier participant instead of joining fresh.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Resume>,
+    },
+    /// Heartbeat; answered with `pong`. Any message counts as a sign of life.
+    Ping {
+        /// Echoed back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        t: Option<u64>,
+    },
+    /// Leave the room now.
+    Leave {},
+    /// Announce a track pushed to one of this participant's SFU sessions.
+    Publish {
+        /// The SFU session (must have been created by this participant through the proxy).
+        session_id: String,
+        /// The SFU track name.
+        track_name: String,
+        /// Audio, video or screenshare.
+        kind: TrackKind,
+        /// Whether it is currently enabled (unmuted).
+        #[serde(default = "yes")]
+        enabled: bool,
+    },
+    /// Withdraw a published track.
+    Unpublish {
+        /// The track name.
+        track_name: String,
+    },
+    /// Enable or disable (mute) one of this participant's tracks.
+    SetTrack {
+        /// The track name.
+        track_name: String,
+        /// New state.
+        enabled: bool,
+    },
+    /// Raise or lower this participant's hand.
+    Hand {
+        /// Raised?
+        raised: bool,
+    },
+    /// Voice activity of this participant.
+    Speaking {
+        /// Speaking?
+        speaking: bool,
+    },
+    /// Disable all of `target`'s tracks of `kind` (host, or `target` is self).
+    Mute {
+        /// Participant id.
+        target: u64,
+        /// Which tracks (default audio).
+        #[serde(default = "audio")]
+        kind: TrackKind,
+    },
+    /// Remove `target` from the room (host only).
+    Remove {
+        /// Participant id.
+        target: u64,
+    },
+    /// Lock or unlock the room (host only). A locked room refuses joins by non-hosts.
+    Lock {
+        /// Locked?
+        locked: bool,
+    },
+    /// Set or clear the participant cap (host only).
+    SetCap {
+        /// New cap; `null` = the server default.
+        max_participants: Option<u32>,
+    },
+    /// This member processed the commit (or Welcome, or group creation) to `epoch`.
+    Ready {
+        /// The epoch the member is now in.
+        epoch: u64,
+        /// The group (hex); a ready for another group is ignored.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group_id: Option<String>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn audio() -> TrackKind {
+    TrackKind::Audio
+}
+
+impl ClientMessage {
+    /// The `type` tag, for metrics and errors.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "hello",
+            Self::Ping { .. } => "ping",
+            Self::Leave {} => "leave",
+            Self::Publish { .. } => "publish",
+            Self::Unpublish { .. } => "unpublish",
+            Self::SetTrack { .. } => "set_track",
+            Self::Hand { .. } => "hand",
+            Self::Speaking { .. } => "speaking",
+            Self::Mute { .. } => "mute",
+            Self::Remove { .. } => "remove",
+            Self::Lock { .. } => "lock",
+            Self::SetCap { .. } => "set_cap",
+            Self::Ready { .. } => "ready",
+        }
+    }
+
+    /// The JSON `type` names this version accepts.
+    pub const TYPES: &'static [&'static str] = &[
+        "hello",
+        "ping",
+        "leave",
+        "publish",
+        "unpublish",
+        "set_track",
+        "hand",
+        "speaking",
+        "mute",
+        "remove",
+        "lock",
+        "set_cap",
+        "ready",
+    ];
+}
+
+/// Why a participant left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// It sent `leave`.
+    Left,
+    /// Nothing heard from it within the presence timeout.
+    Timeout,
+    /// A host removed it.
+    Removed,
+    /// It tried to resume but missed entries no longer retained; it rejoins fresh.
+    ResumeFailed,
+}
+
+/// A published track as the room knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    /// SFU track name.
+    pub track_name: String,
+    /// SFU session that carries it.
+    pub session_id: String,
+    /// Audio, video or screenshare.
+    pub kind: TrackKind,
+    /// Unmuted?
+    pub enabled: bool,
+}
+
+/// A participant as seen in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    /// Participant id (per room, in join order).
+    pub id: u64,
+    /// Display name (from the token).
+    pub name: String,
+    /// Join time, Unix milliseconds.
+    pub joined_at_ms: u64,
+    /// Host?
+    pub host: bool,
+    /// SFU sessions it created (through the proxy).
+    pub sfu_sessions: Vec<String>,
+    /// Published tracks.
+    pub tracks: Vec<TrackInfo>,
+    /// Hand raised?
+    pub hand_raised: bool,
+    /// Speaking?
+    pub speaking: bool,
+}
+
+/// The MLS group the room currently relays for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// Group id, hex.
+    pub group_id: String,
+    /// Current epoch (after the last accepted commit).
+    pub epoch: u64,
+    /// Participant named creator.
+    pub creator: u64,
+}
+
+/// Room state at a given `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Participants in join order.
+    pub participants: Vec<ParticipantInfo>,
+    /// Locked?
+    pub locked: bool,
+    /// Participant cap.
+    pub max_participants: u32,
+    /// The MLS group, if one has been named.
+    pub group: Option<GroupInfo>,
+}
+
+/// Limits the client must respect, sent in `welcome`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Send something (e.g. `ping`) at least this often.
+    pub heartbeat_interval_ms: u64,
+    /// Silence longer than this is a leave.
+    pub presence_timeout_ms: u64,
+    /// Largest accepted text frame.
+    pub max_text_bytes: usize,
+    /// Largest accepted binary frame.
+    pub max_binary_bytes: usize,
+    /// Sustained messages per second allowed.
+    pub messages_per_second: u32,
+    /// How many entries are kept for resume.
+    pub replay_window: usize,
+}
+
+/// Server → client JSON messages that are replies to one connection (no `seq`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Reply to a fresh `hello`.
+    Welcome {
+        /// Protocol version.
+        v: u32,
+        /// Room name.
+        room: String,
+        /// This participant's id.
+        participant_id: u64,
+        /// Secret for `hello.resume` and for `/sfu` calls (`Authorization: Bearer`).
+        resume_token: String,
+        /// The snapshot reflects every entry up to and including this `seq`;
+        /// entries with a higher `seq` follow on the socket, starting with this
+        /// participant's own `joined`.
+        seq: u64,
+        /// Room state at `seq`.
+        snapshot: Snapshot,
+        /// Limits.
+        limits: Limits,
+    },
+    /// Reply to a resuming `hello`; the missed entries follow.
+    Resumed {
+        /// Participant id.
+        participant_id: u64,
+        /// Entries after this `seq` follow (the client's `last_seq`).
+        from_seq: u64,
+        /// The room's current `seq` at resume time.
+        seq: u64,
+        /// Limits.
+        limits: Limits,
+    },
+    /// Reply to `ping`.
+    Pong {
+        /// Echo of `ping.t`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        t: Option<u64>,
+    },
+    /// A message from this connection was refused; nothing else changed.
+    Error {
+        /// Machine-readable code (see [`error_code`]).
+        code: String,
+        /// Human-readable detail.
+        message: String,
+        /// The `type` (or binary kind) of the refused message, if known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refused: Option<String>,
+    },
+    /// A commit was not accepted into the log.
+    CommitRejected {
+        /// Epoch the commit was created at (from its MLS framing).
+        epoch: u64,
+        /// The room's current epoch (`null` if no group).
+        current_epoch: Option<u64>,
+        /// `stale_epoch`, `wrong_group`, `no_group`, `not_member`.
+        reason: String,
+    },
+}
+
+/// Entries of the room log (JSON ones); each goes out as `{"seq":N,"type":...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RoomEvent {
+    /// A participant entered the room.
+    Joined {
+        /// Participant id.
+        id: u64,
+        /// Display name.
+        name: String,
+        /// Unix ms.
+        joined_at_ms: u64,
+        /// Host?
+        host: bool,
+    },
+    /// A participant left.
+    Left {
+        /// Participant id.
+        id: u64,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// `id` creates MLS group `group_id` at epoch 0.
+    Creator {
+        /// Participant id.
+        id: u64,
+        /// Group id, hex.
+        group_id: String,
+    },
+    /// Senders switch their media keys to `epoch` now.
+    Execute {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// Participant `id` owns SFU session `session_id`.
+    Session {
+        /// Participant id.
+        id: u64,
+        /// SFU session id.
+        session_id: String,
+    },
+    /// A track was announced.
+    Published {
+        /// Participant id.
+        id: u64,
+        /// The track.
+        track: TrackInfo,
+    },
+    /// A track was withdrawn.
+    Unpublished {
+        /// Participant id.
+        id: u64,
+        /// Track name.
+        track_name: String,
+    },
+    /// A track was enabled or disabled by its owner.
+    TrackEnabled {
+        /// Participant id.
+        id: u64,
+        /// Track name.
+        track_name: String,
+        /// New state.
+        enabled: bool,
+    },
+    /// `by` muted `id`'s tracks of `kind`: `id` must stop sending them.
+    Muted {
+        /// Target participant.
+        id: u64,
+        /// Who muted.
+        by: u64,
+        /// Which tracks.
+        kind: TrackKind,
+    },
+    /// Hand raised or lowered.
+    Hand {
+        /// Participant id.
+        id: u64,
+        /// Raised?
+        raised: bool,
+    },
+    /// Voice activity.
+    Speaking {
+        /// Participant id.
+        id: u64,
+        /// Speaking?
+        speaking: bool,
+    },
+    /// `id` became a host (the previous host left).
+    Host {
+        /// Participant id.
+        id: u64,
+    },
+    /// The room was locked or unlocked.
+    Locked {
+        /// Locked?
+        locked: bool,
+        /// By whom.
+        by: u64,
+    },
+    /// The participant cap changed.
+    Cap {
+        /// The cap now in force.
+        max_participants: u32,
+        /// By whom.
+        by: u64,
+    },
+}
+
+impl RoomEvent {
+    /// The `type` tag.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Joined { .. } => "joined",
+            Self::Left { .. } => "left",
+            Self::Creator { .. } => "creator",
+            Self::Execute { .. } => "execute",
+            Self::Session { .. } => "session",
+            Self::Published { .. } => "published",
+            Self::Unpublished { .. } => "unpublished",
+            Self::TrackEnabled { .. } => "track_enabled",
+            Self::Muted { .. } => "muted",
+            Self::Hand { .. } => "hand",
+            Self::Speaking { .. } => "speaking",
+            Self::Host { .. } => "host",
+            Self::Locked { .. } => "locked",
+            Self::Cap { .. } => "cap",
+        }
+    }
+}
+
+/// A JSON log entry as sent: `seq` plus the flattened event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventFrame {
+    /// Per-room sequence number.
+    pub seq: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: RoomEvent,
+}
+
+/// A binary log entry as sent: `u64 BE seq ‖ u8 kind ‖ u64 BE from ‖ payload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MlsFrame {
+    /// Per-room sequence number.
+    pub seq: u64,
+    /// [`KIND_KEY_PACKAGE`] or [`KIND_COMMIT`].
+    pub kind: u8,
+    /// Sending participant.
+    pub from: u64,
+    /// The client's payload, unchanged.
+    pub payload: Vec<u8>,
+}
+
+impl MlsFrame {
+    /// Header length of a server → client binary frame.
+    pub const HEADER_LEN: usize = 17;
+
+    /// Encodes the frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::HEADER_LEN + self.payload.len());
+        encode_mls_header(self.seq, self.kind, self.from, &mut out);
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    /// Decodes a server → client binary frame.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < Self::HEADER_LEN {
+            return None;
+        }
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&bytes[0..8]);
+        let mut from = [0u8; 8];
+        from.copy_from_slice(&bytes[9..17]);
+        Some(Self {
+            seq: u64::from_be_bytes(seq),
+            kind: bytes[8],
+            from: u64::from_be_bytes(from),
+            payload: bytes[17..].to_vec(),
+        })
+    }
+}
+
+/// Writes `seq ‖ kind ‖ from`.
+pub fn encode_mls_header(seq: u64, kind: u8, from: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.push(kind);
+    out.extend_from_slice(&from.to_be_bytes());
+}
+
+/// Builds a client → server commit frame: `2 ‖ u32 BE len ‖ commit ‖ welcome`.
+pub fn client_commit_frame(commit: &[u8], welcome: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + commit.len() + welcome.len());
+    out.push(KIND_COMMIT);
+    out.extend_from_slice(&(commit.len() as u32).to_be_bytes());
+    out.extend_from_slice(commit);
+    out.extend_from_slice(welcome);
+    out
+}
+
+/// Builds a client → server KeyPackage frame: `1 ‖ key_package`.
+pub fn client_key_package_frame(key_package: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + key_package.len());
+    out.push(KIND_KEY_PACKAGE);
+    out.extend_from_slice(key_package);
+    out
+}
+
+/// Splits a commit payload (`u32 BE len ‖ commit ‖ welcome`) into (commit, welcome).
+pub fn split_commit_payload(payload: &[u8]) -> Option<(&[u8], &[u8])> {
+    if payload.len() < 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) as usize;
+    let rest = &payload[4..];
+    if len > rest.len() {
+        return None;
+    }
+    Some(rest.split_at(len))
+}
+
+/// Any text frame the server sends, decoded (for clients).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerText {
+    /// A log entry.
+    Event(EventFrame),
+    /// A direct reply.
+    Direct(ServerMessage),
+}
+
+impl ServerText {
+    /// Decodes a server text frame: entries have a `seq` field, replies do not.
+    pub fn decode(text: &str) -> Result<Self, serde_json::Error> {
+        let value: serde_json::Value = serde_json::from_str(text)?;
+        if is_direct(&value) {
+            Ok(Self::Direct(serde_json::from_value(value)?))
+        } else {
+            Ok(Self::Event(serde_json::from_value(value)?))
+        }
+    }
+}
+
+fn is_direct(v: &serde_json::Value) -> bool {
+    matches!(
+        v.get("type").and_then(|t| t.as_str()),
+        Some("welcome" | "resumed" | "pong" | "error" | "commit_rejected")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn client_messages_parse() {
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"hello","v":1,"token":"abc"}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Hello {
+                v: 1,
+                token: Some("abc".into()),
+                resume: None
+            }
+        );
+        let m: ClientMessage = serde_json::from_str(r#"{"type":"leave"}"#).unwrap();
+        assert_eq!(m, ClientMessage::Leave {});
+        let m: ClientMessage = serde_json::from_str(r#"{"type":"mute","target":3}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Mute {
+                target: 3,
+                kind: TrackKind::Audio
+            }
+        );
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"hand","raised":true,"x":1}"#).is_err());
+    }
+
+    #[test]
+    fn type_names_match_serde_tags() {
+        let samples = [
+            r#"{"type":"ping"}"#,
+            r#"{"type":"leave"}"#,
+            r#"{"type":"hand","raised":true}"#,
+            r#"{"type":"ready","epoch":3}"#,
+            r#"{"type":"set_cap","max_participants":null}"#,
+        ];
+        for s in samples {
+            let m: ClientMessage = serde_json::from_str(s).unwrap();
+            let tag = serde_json::to_value(&m).unwrap()["type"].as_str().unwrap().to_owned();
+            assert_eq!(tag, m.type_name());
+            assert!(ClientMessage::TYPES.contains(&m.type_name()));
+        }
+    }
+
+    #[test]
+    fn event_frames_flatten_seq() {
+        let f = EventFrame {
+            seq: 9,
+            event: RoomEvent::Left {
+                id: 4,
+                reason: LeaveReason::Timeout,
+            },
+        };
+        let s = serde_json::to_string(&f).unwrap();
+        assert_eq!(s, r#"{"seq":9,"type":"left","id":4,"reason":"timeout"}"#);
+        assert_eq!(ServerText::decode(&s).unwrap(), ServerText::Event(f));
+        let pong = serde_json::to_string(&ServerMessage::Pong { t: Some(1) }).unwrap();
+        assert_eq!(
+            ServerText::decode(&pong).unwrap(),
+            ServerText::Direct(ServerMessage::Pong { t: Some(1) })
+        );
+    }
+
+    #[test]
+    fn mls_frames_round_trip() {
+        let f = MlsFrame {
+            seq: 0x0102030405060708,
+            kind: KIND_COMMIT,
+            from: 42,
+            payload: vec![1, 2, 3],
+        };
+        let bytes = f.encode();
+        assert_eq!(bytes.len(), 20);
+        assert_eq!(MlsFrame::decode(&bytes), Some(f));
+        assert_eq!(MlsFrame::decode(&bytes[..16]), None);
+    }
+
+    #[test]
+    fn commit_payload_split() {
+        let frame = client_commit_frame(b"commit", b"welcome");
+        assert_eq!(
+            split_commit_payload(&frame[1..]),
+            Some((&b"commit"[..], &b"welcome"[..]))
+        );
+        assert_eq!(split_commit_payload(&[0, 0, 0, 9, 1]), None);
+        assert_eq!(split_commit_payload(&[0, 0]), None);
+    }
+}

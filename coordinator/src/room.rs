@@ -1,0 +1,1090 @@
+//! The room: a pure state machine, fed events with injected time, returning outputs.
+//!
+//! A [`Room`] owns everything the server knows about one call: participants, their
+//! SFU sessions and published tracks, host rights, lock and cap, the ordered log
+//! every member receives (each entry has the next per-room `seq`), and the MLS
+//! relay state of `docs/e2ee-relay.md` (group id, epoch, group members, ready
+//! set, pending `execute`). It does no I/O and reads no clock: the driver calls
+//! [`Room::join`], [`Room::resume`], [`Room::handle`], [`Room::bind_sfu_session`]
+//! and [`Room::handle_timeout`], then drains [`Room::poll_output`] and delivers
+//! what comes out, in order. [`Room::poll_timeout`] says when to call back.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use crate::mls_framing::{self, WireFormat};
+use crate::protocol::{
+    self, ClientMessage, GroupInfo, KIND_COMMIT, KIND_KEY_PACKAGE, LeaveReason, Limits,
+    ParticipantInfo, Permissions, RoomEvent, ServerMessage, Snapshot, TrackInfo, TrackKind, close,
+    error_code,
+};
+
+/// Longest accepted track name or SFU session id.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Tunables of a room.
+#[derive(Debug, Clone)]
+pub struct RoomConfig {
+    /// Silence after which a participant is announced as left.
+    pub presence_timeout: Duration,
+    /// How long `execute` waits for missing `ready`s after a commit.
+    pub execute_timeout: Duration,
+    /// Log entries kept for resume.
+    pub replay_max_entries: usize,
+    /// Log bytes kept for resume.
+    pub replay_max_bytes: usize,
+    /// Cap of a new room.
+    pub default_max_participants: u32,
+    /// The highest cap a host may set.
+    pub hard_max_participants: u32,
+    /// The first joiner of an empty room (and, when the last host leaves, the
+    /// oldest participant) becomes host.
+    pub first_joiner_is_host: bool,
+    /// Tracks one participant may announce.
+    pub max_tracks_per_participant: usize,
+    /// SFU sessions one participant may own.
+    pub max_sfu_sessions_per_participant: usize,
+    /// Limits advertised to clients (not enforced by the room itself).
+    pub limits: Limits,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        Self {
+            presence_timeout: Duration::from_secs(15),
+            execute_timeout: Duration::from_secs(2),
+            replay_max_entries: 4096,
+            replay_max_bytes: 16 << 20,
+            default_max_participants: 100,
+            hard_max_participants: 1000,
+            first_joiner_is_host: true,
+            max_tracks_per_participant: 16,
+            max_sfu_sessions_per_participant: 4,
+            limits: Limits {
+                heartbeat_interval_ms: 5000,
+                presence_timeout_ms: 15000,
+                max_text_bytes: 16 << 10,
+                max_binary_bytes: 1 << 20,
+                messages_per_second: 50,
+                replay_window: 4096,
+            },
+        }
+    }
+}
+
+/// A verified join request (the driver checked the token).
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    /// Token subject (identity).
+    pub subject: String,
+    /// Display name.
+    pub name: String,
+    /// Permissions from the token.
+    pub permissions: Permissions,
+    /// A fresh random secret for resume and `/sfu` calls.
+    pub resume_token: String,
+    /// Wall clock, Unix ms.
+    pub wall_ms: u64,
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The room is locked and the joiner is no host.
+    #[error("room is locked")]
+    Locked,
+    /// The room is at its cap.
+    #[error("room is full")]
+    Full,
+    /// A host removed this identity.
+    #[error("removed from this room")]
+    Removed,
+}
+
+impl JoinError {
+    /// The close code for this refusal.
+    pub fn close_code(self) -> u16 {
+        match self {
+            Self::Locked => close::ROOM_LOCKED,
+            Self::Full => close::ROOM_FULL,
+            Self::Removed => close::REMOVED,
+        }
+    }
+}
+
+/// Why a resume was refused (close [`close::RESUME_FAILED`]; join fresh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeError {
+    /// No such participant (it timed out, left, or never existed).
+    #[error("unknown participant")]
+    UnknownParticipant,
+    /// The resume token does not match.
+    #[error("bad resume token")]
+    BadToken,
+    /// `last_seq` is ahead of the room.
+    #[error("last_seq {last_seq} is ahead of the room ({seq})")]
+    FutureSeq {
+        /// Client's value.
+        last_seq: u64,
+        /// Room's value.
+        seq: u64,
+    },
+    /// Entries after `last_seq` are no longer retained; the participant was removed.
+    #[error("entries after seq {last_seq} are no longer retained (oldest kept: {oldest})")]
+    Gap {
+        /// Client's value.
+        last_seq: u64,
+        /// Oldest retained seq.
+        oldest: u64,
+    },
+}
+
+/// An input from a participant's connection.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A parsed JSON message.
+    Message(ClientMessage),
+    /// A binary frame (`u8 kind ‖ payload`).
+    Binary(Bytes),
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EntryBody {
+    /// A JSON event.
+    Event(RoomEvent),
+    /// A relayed MLS payload; the bytes are in the wire frame.
+    Mls {
+        /// [`KIND_KEY_PACKAGE`] or [`KIND_COMMIT`].
+        kind: u8,
+        /// Sender.
+        from: u64,
+    },
+}
+
+/// An encoded frame, ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wire {
+    /// UTF-8 JSON.
+    Text(Bytes),
+    /// Binary.
+    Binary(Bytes),
+}
+
+impl Wire {
+    /// Encoded length.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Text(b) | Self::Binary(b) => b.len(),
+        }
+    }
+
+    /// Never empty in practice.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One log entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Its per-room sequence number.
+    pub seq: u64,
+    /// What it is.
+    pub body: EntryBody,
+    /// How it goes on the wire (encoded once, sent to everyone).
+    pub wire: Wire,
+}
+
+impl Entry {
+    /// Short name for metrics.
+    pub fn type_name(&self) -> &'static str {
+        match &self.body {
+            EntryBody::Event(e) => e.type_name(),
+            EntryBody::Mls { kind, .. } if *kind == KIND_COMMIT => "commit",
+            EntryBody::Mls { .. } => "key_package",
+        }
+    }
+}
+
+/// What the driver must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send a direct message to one participant's connection.
+    Reply {
+        /// Participant.
+        to: u64,
+        /// Message.
+        msg: ServerMessage,
+    },
+    /// Send a new entry to every participant's connection.
+    Broadcast(Arc<Entry>),
+    /// Send an existing entry to one participant (resume replay).
+    Deliver {
+        /// Participant.
+        to: u64,
+        /// Entry.
+        entry: Arc<Entry>,
+    },
+    /// The participant is no longer in the room: close its connection (if any)
+    /// with this code and forget its credentials.
+    Gone {
+        /// Participant.
+        id: u64,
+        /// Its resume token (the driver may index credentials by it).
+        resume_token: String,
+        /// Close code.
+        code: u16,
+        /// Close reason.
+        reason: &'static str,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Participant {
+    id: u64,
+    subject: String,
+    name: String,
+    permissions: Permissions,
+    host: bool,
+    joined_at_ms: u64,
+    resume_token: String,
+    last_seen: Instant,
+    sfu_sessions: Vec<String>,
+    tracks: Vec<TrackInfo>,
+    hand_raised: bool,
+    speaking: bool,
+}
+
+impl Participant {
+    fn info(&self) -> ParticipantInfo {
+        ParticipantInfo {
+            id: self.id,
+            name: self.name.clone(),
+            joined_at_ms: self.joined_at_ms,
+            host: self.host,
+            sfu_sessions: self.sfu_sessions.clone(),
+            tracks: self.tracks.clone(),
+            hand_raised: self.hand_raised,
+            speaking: self.speaking,
+        }
+    }
+}
+
+/// The MLS group the room relays for.
+#[derive(Debug, Clone)]
+struct Group {
+    id: Vec<u8>,
+    epoch: u64,
+    creator: u64,
+    /// Live participants the coordinator knows are in the group: the creator and
+    /// everyone who reported `ready` for an epoch of this group.
+    members: BTreeSet<u64>,
+    /// Members that reported `ready` for the current epoch.
+    ready: BTreeSet<u64>,
+    /// When `execute {epoch}` is due if not everyone reported.
+    execute_deadline: Option<Instant>,
+}
+
+#[derive(Serialize)]
+struct EventFrameRef<'a> {
+    seq: u64,
+    #[serde(flatten)]
+    event: &'a RoomEvent,
+}
+
+/// One room's state machine.
+#[derive(Debug)]
+pub struct Room {
+    name: String,
+    config: RoomConfig,
+    seq: u64,
+    log: VecDeque<Arc<Entry>>,
+    log_bytes: usize,
+    next_id: u64,
+    participants: BTreeMap<u64, Participant>,
+    locked: bool,
+    max_participants: u32,
+    removed_subjects: HashSet<String>,
+    group: Option<Group>,
+    group_seed: u64,
+    groups_created: u64,
+    outputs: VecDeque<Output>,
+}
+
+impl Room {
+    /// A new, empty room. `group_seed` makes its MLS group ids unique (random from the driver).
+    pub fn new(name: impl Into<String>, config: RoomConfig, group_seed: u64) -> Self {
+        let max_participants = config.default_max_participants;
+        Self {
+            name: name.into(),
+            config,
+            seq: 0,
+            log: VecDeque::new(),
+            log_bytes: 0,
+            next_id: 1,
+            participants: BTreeMap::new(),
+            locked: false,
+            max_participants,
+            removed_subjects: HashSet::new(),
+            group: None,
+            group_seed,
+            groups_created: 0,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// Room name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The last assigned `seq`.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Number of participants.
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    /// No participants left: the driver drops the room.
+    pub fn is_empty(&self) -> bool {
+        self.participants.is_empty()
+    }
+
+    /// Is `id` in the room?
+    pub fn contains(&self, id: u64) -> bool {
+        self.participants.contains_key(&id)
+    }
+
+    /// Permissions of `id`.
+    pub fn permissions(&self, id: u64) -> Option<Permissions> {
+        self.participants.get(&id).map(|p| p.permissions)
+    }
+
+    /// Which participant created SFU session `session_id`.
+    pub fn sfu_session_owner(&self, session_id: &str) -> Option<u64> {
+        self.participants
+            .values()
+            .find(|p| p.sfu_sessions.iter().any(|s| s == session_id))
+            .map(|p| p.id)
+    }
+
+    /// Current MLS group id and epoch.
+    pub fn group_epoch(&self) -> Option<(&[u8], u64)> {
+        self.group.as_ref().map(|g| (g.id.as_slice(), g.epoch))
+    }
+
+    /// The room state now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            participants: self.participants.values().map(Participant::info).collect(),
+            locked: self.locked,
+            max_participants: self.max_participants,
+            group: self.group.as_ref().map(|g| GroupInfo {
+                group_id: hex::encode(&g.id),
+                epoch: g.epoch,
+                creator: g.creator,
+            }),
+        }
+    }
+
+    /// Next output for the driver.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Room::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let presence = self
+            .participants
+            .values()
+            .map(|p| p.last_seen + self.config.presence_timeout)
+            .min();
+        let execute = self.group.as_ref().and_then(|g| g.execute_deadline);
+        match (presence, execute) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A fresh participant joins. On success the outputs start with its `welcome`.
+    pub fn join(&mut self, now: Instant, req: JoinRequest) -> Result<u64, JoinError> {
+        if self.removed_subjects.contains(&req.subject) {
+            return Err(JoinError::Removed);
+        }
+        let count = self.participants.len();
+        if count >= self.config.hard_max_participants as usize {
+            return Err(JoinError::Full);
+        }
+        if !req.permissions.host {
+            if self.locked {
+                return Err(JoinError::Locked);
+            }
+            if count >= self.max_participants as usize {
+                return Err(JoinError::Full);
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let host = req.permissions.host
+            || (self.config.first_joiner_is_host && !self.participants.values().any(|p| p.host));
+        self.outputs.push_back(Output::Reply {
+            to: id,
+            msg: ServerMessage::Welcome {
+                v: protocol::PROTOCOL_VERSION,
+                room: self.name.clone(),
+                participant_id: id,
+                resume_token: req.resume_token.clone(),
+                seq: self.seq,
+                snapshot: self.snapshot(),
+                limits: self.config.limits.clone(),
+            },
+        });
+        let p = Participant {
+            id,
+            subject: req.subject,
+            name: req.name,
+            permissions: req.permissions,
+            host,
+            joined_at_ms: req.wall_ms,
+            resume_token: req.resume_token,
+            last_seen: now,
+            sfu_sessions: Vec::new(),
+            tracks: Vec::new(),
+            hand_raised: false,
+            speaking: false,
+        };
+        let event = RoomEvent::Joined {
+            id,
+            name: p.name.clone(),
+            joined_at_ms: p.joined_at_ms,
+            host,
+        };
+        self.participants.insert(id, p);
+        self.append_event(event);
+        self.ensure_group(now);
+        Ok(id)
+    }
+
+    /// A participant resumes on a new connection; on success the outputs are its
+    /// `resumed` followed by every entry after `last_seq`.
+    pub fn resume(
+        &mut self,
+        now: Instant,
+        id: u64,
+        resume_token: &str,
+        last_seq: u64,
+    ) -> Result<(), ResumeError> {
+        let Some(p) = self.participants.get(&id) else {
+            return Err(ResumeError::UnknownParticipant);
+        };
+        if !bool::from(p.resume_token.as_bytes().ct_eq(resume_token.as_bytes())) {
+            return Err(ResumeError::BadToken);
+        }
+        if last_seq > self.seq {
+            return Err(ResumeError::FutureSeq {
+                last_seq,
+                seq: self.seq,
+            });
+        }
+        let oldest = self.log.front().map_or(self.seq + 1, |e| e.seq);
+        if last_seq + 1 < oldest {
+            self.remove_participant(now, id, LeaveReason::ResumeFailed);
+            return Err(ResumeError::Gap { last_seq, oldest });
+        }
+        if let Some(p) = self.participants.get_mut(&id) {
+            p.last_seen = now;
+        }
+        self.outputs.push_back(Output::Reply {
+            to: id,
+            msg: ServerMessage::Resumed {
+                participant_id: id,
+                from_seq: last_seq,
+                seq: self.seq,
+                limits: self.config.limits.clone(),
+            },
+        });
+        for entry in self.log.iter().filter(|e| e.seq > last_seq) {
+            self.outputs.push_back(Output::Deliver {
+                to: id,
+                entry: entry.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The proxy created SFU session `session_id` for participant `id`.
+    /// Returns false if the participant is gone or owns too many sessions.
+    pub fn bind_sfu_session(&mut self, now: Instant, id: u64, session_id: &str) -> bool {
+        let max = self.config.max_sfu_sessions_per_participant;
+        let Some(p) = self.participants.get_mut(&id) else {
+            return false;
+        };
+        if p.sfu_sessions.len() >= max || session_id.is_empty() || session_id.len() > MAX_NAME_LEN
+        {
+            return false;
+        }
+        p.last_seen = now;
+        p.sfu_sessions.push(session_id.to_owned());
+        self.append_event(RoomEvent::Session {
+            id,
+            session_id: session_id.to_owned(),
+        });
+        true
+    }
+
+    /// A sign of life from `id` that carries no message (e.g. a WebSocket ping).
+    pub fn touch(&mut self, now: Instant, id: u64) {
+        if let Some(p) = self.participants.get_mut(&id) {
+            p.last_seen = now;
+        }
+    }
+
+    /// Time passed: presence timeouts and overdue `execute`s.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .participants
+            .values()
+            .filter(|p| now >= p.last_seen + self.config.presence_timeout)
+            .map(|p| p.id)
+            .collect();
+        for id in expired {
+            self.remove_participant(now, id, LeaveReason::Timeout);
+        }
+        let due = self
+            .group
+            .as_ref()
+            .and_then(|g| g.execute_deadline)
+            .is_some_and(|d| now >= d);
+        if due {
+            self.execute();
+        }
+    }
+
+    /// Removes every participant (server shutdown); no entries are logged.
+    pub fn close_all(&mut self, code: u16, reason: &'static str) {
+        for (id, p) in std::mem::take(&mut self.participants) {
+            self.outputs.push_back(Output::Gone {
+                id,
+                resume_token: p.resume_token,
+                code,
+                reason,
+            });
+        }
+    }
+
+    /// A message from participant `from`. Messages from unknown ids are ignored.
+    pub fn handle(&mut self, now: Instant, from: u64, input: Input) {
+        let Some(p) = self.participants.get_mut(&from) else {
+            return;
+        };
+        p.last_seen = now;
+        match input {
+            Input::Message(msg) => self.handle_message(now, from, msg),
+            Input::Binary(bytes) => self.handle_binary(now, from, bytes),
+        }
+    }
+
+    fn handle_message(&mut self, now: Instant, from: u64, msg: ClientMessage) {
+        let refused = msg.type_name();
+        let result = match msg {
+            ClientMessage::Hello { .. } => Err((
+                error_code::ALREADY_JOINED,
+                "hello may only be the first message".to_owned(),
+            )),
+            ClientMessage::Ping { t } => {
+                self.reply(from, ServerMessage::Pong { t });
+                Ok(())
+            }
+            ClientMessage::Leave {} => {
+                self.remove_participant(now, from, LeaveReason::Left);
+                Ok(())
+            }
+            ClientMessage::Publish {
+                session_id,
+                track_name,
+                kind,
+                enabled,
+            } => self.publish(from, session_id, track_name, kind, enabled),
+            ClientMessage::Unpublish { track_name } => self.unpublish(from, &track_name),
+            ClientMessage::SetTrack {
+                track_name,
+                enabled,
+            } => self.set_track(from, &track_name, enabled),
+            ClientMessage::Hand { raised } => {
+                if let Some(p) = self.participants.get_mut(&from)
+                    && p.hand_raised != raised
+                {
+                    p.hand_raised = raised;
+                    self.append_event(RoomEvent::Hand { id: from, raised });
+                }
+                Ok(())
+            }
+            ClientMessage::Speaking { speaking } => self.speaking(from, speaking),
+            ClientMessage::Mute { target, kind } => self.mute(from, target, kind),
+            ClientMessage::Remove { target } => self.remove(now, from, target),
+            ClientMessage::Lock { locked } => self.lock(from, locked),
+            ClientMessage::SetCap { max_participants } => self.set_cap(from, max_participants),
+            ClientMessage::Ready { epoch, group_id } => self.ready(from, epoch, group_id),
+        };
+        if let Err((code, message)) = result {
+            self.error(from, code, message, Some(refused));
+        }
+    }
+
+    fn handle_binary(&mut self, now: Instant, from: u64, bytes: Bytes) {
+        let Some((&kind, payload)) = bytes.split_first() else {
+            self.error(
+                from,
+                error_code::MALFORMED,
+                "empty binary frame".to_owned(),
+                None,
+            );
+            return;
+        };
+        match kind {
+            KIND_KEY_PACKAGE => {
+                if let Err(e) = mls_framing::expect_wire_format(payload, WireFormat::KeyPackage) {
+                    self.error(
+                        from,
+                        error_code::MLS_FRAMING,
+                        e.to_string(),
+                        Some("key_package"),
+                    );
+                    return;
+                }
+                self.append_mls(KIND_KEY_PACKAGE, from, payload);
+            }
+            KIND_COMMIT => self.commit(now, from, payload),
+            other => self.error(
+                from,
+                error_code::UNKNOWN_TYPE,
+                format!("unknown binary kind {other}"),
+                None,
+            ),
+        }
+    }
+
+    fn commit(&mut self, now: Instant, from: u64, payload: &[u8]) {
+        let refused = Some("commit");
+        let Some((commit, welcome)) = protocol::split_commit_payload(payload) else {
+            self.error(
+                from,
+                error_code::MALFORMED,
+                "commit payload: u32 length exceeds the frame".to_owned(),
+                refused,
+            );
+            return;
+        };
+        let header = match mls_framing::parse_commit(commit) {
+            Ok(h) => h,
+            Err(e) => {
+                self.error(from, error_code::MLS_FRAMING, e.to_string(), refused);
+                return;
+            }
+        };
+        if !welcome.is_empty()
+            && let Err(e) = mls_framing::expect_wire_format(welcome, WireFormat::Welcome)
+        {
+            self.error(
+                from,
+                error_code::MLS_FRAMING,
+                format!("welcome: {e}"),
+                refused,
+            );
+            return;
+        }
+        let verdict = match &self.group {
+            None => Err("no_group"),
+            Some(g) if g.id != header.group_id => Err("wrong_group"),
+            Some(g) if !g.members.contains(&from) => Err("not_member"),
+            Some(g) if g.epoch != header.epoch => Err("stale_epoch"),
+            Some(_) => Ok(()),
+        };
+        if let Err(reason) = verdict {
+            let current_epoch = self.group.as_ref().map(|g| g.epoch);
+            self.reply(
+                from,
+                ServerMessage::CommitRejected {
+                    epoch: header.epoch,
+                    current_epoch,
+                    reason: reason.to_owned(),
+                },
+            );
+            return;
+        }
+        let timeout = self.config.execute_timeout;
+        if let Some(g) = self.group.as_mut() {
+            g.epoch += 1;
+            g.ready.clear();
+            g.execute_deadline = Some(now + timeout);
+        }
+        self.append_mls(KIND_COMMIT, from, payload);
+    }
+
+    fn ready(
+        &mut self,
+        from: u64,
+        epoch: u64,
+        group_id: Option<String>,
+    ) -> Result<(), (&'static str, String)> {
+        let Some(g) = self.group.as_mut() else {
+            return Err((error_code::INVALID, "no MLS group yet".to_owned()));
+        };
+        if let Some(gid) = group_id
+            && hex::decode(&gid).ok().as_deref() != Some(g.id.as_slice())
+        {
+            // A ready for an older group: harmless, ignored.
+            return Ok(());
+        }
+        if epoch > g.epoch {
+            return Err((
+                error_code::INVALID,
+                format!("epoch {epoch} is ahead of the group ({})", g.epoch),
+            ));
+        }
+        g.members.insert(from);
+        if epoch == g.epoch && g.execute_deadline.is_some() {
+            g.ready.insert(from);
+            self.check_execute();
+        }
+        Ok(())
+    }
+
+    fn check_execute(&mut self) {
+        let all_ready = self.group.as_ref().is_some_and(|g| {
+            g.execute_deadline.is_some() && g.members.iter().all(|m| g.ready.contains(m))
+        });
+        if all_ready {
+            self.execute();
+        }
+    }
+
+    fn execute(&mut self) {
+        let Some(g) = self.group.as_mut() else {
+            return;
+        };
+        g.execute_deadline = None;
+        let epoch = g.epoch;
+        self.append_event(RoomEvent::Execute { epoch });
+    }
+
+    /// Names a creator when no live group member exists.
+    fn ensure_group(&mut self, now: Instant) {
+        let needs_group = self.group.as_ref().is_none_or(|g| g.members.is_empty());
+        if !needs_group {
+            return;
+        }
+        let Some(&creator) = self.participants.keys().next() else {
+            self.group = None;
+            return;
+        };
+        self.groups_created += 1;
+        let mut id = Vec::with_capacity(16);
+        id.extend_from_slice(&self.group_seed.to_be_bytes());
+        id.extend_from_slice(&self.groups_created.to_be_bytes());
+        let group_id = hex::encode(&id);
+        self.group = Some(Group {
+            id,
+            epoch: 0,
+            creator,
+            members: BTreeSet::from([creator]),
+            ready: BTreeSet::new(),
+            execute_deadline: Some(now + self.config.execute_timeout),
+        });
+        self.append_event(RoomEvent::Creator {
+            id: creator,
+            group_id,
+        });
+    }
+
+    fn remove_participant(&mut self, now: Instant, id: u64, reason: LeaveReason) {
+        let Some(p) = self.participants.remove(&id) else {
+            return;
+        };
+        let (code, why) = match reason {
+            LeaveReason::Left => (close::NORMAL, "left"),
+            LeaveReason::Timeout => (close::PRESENCE_TIMEOUT, "presence timeout"),
+            LeaveReason::Removed => (close::REMOVED, "removed by a host"),
+            LeaveReason::ResumeFailed => (close::RESUME_FAILED, "resume failed; join fresh"),
+        };
+        self.outputs.push_back(Output::Gone {
+            id,
+            resume_token: p.resume_token,
+            code,
+            reason: why,
+        });
+        self.append_event(RoomEvent::Left { id, reason });
+        if p.host
+            && self.config.first_joiner_is_host
+            && !self.participants.values().any(|q| q.host)
+            && let Some(next) = self.participants.values_mut().next()
+        {
+            next.host = true;
+            let next_id = next.id;
+            self.append_event(RoomEvent::Host { id: next_id });
+        }
+        if let Some(g) = self.group.as_mut() {
+            g.members.remove(&id);
+            g.ready.remove(&id);
+        }
+        if self.group.as_ref().is_some_and(|g| g.members.is_empty()) {
+            self.ensure_group(now);
+        } else {
+            self.check_execute();
+        }
+    }
+
+    fn publish(
+        &mut self,
+        from: u64,
+        session_id: String,
+        track_name: String,
+        kind: TrackKind,
+        enabled: bool,
+    ) -> Result<(), (&'static str, String)> {
+        let max = self.config.max_tracks_per_participant;
+        let p = self.participant_mut(from)?;
+        if !p.permissions.publish {
+            return Err((error_code::FORBIDDEN, "no publish permission".to_owned()));
+        }
+        if !p.sfu_sessions.contains(&session_id) {
+            return Err((
+                error_code::FORBIDDEN,
+                "session was not created by this participant".to_owned(),
+            ));
+        }
+        if track_name.is_empty() || track_name.len() > MAX_NAME_LEN {
+            return Err((error_code::INVALID, "track_name length".to_owned()));
+        }
+        if p.tracks.iter().any(|t| t.track_name == track_name) {
+            return Err((error_code::INVALID, "track already published".to_owned()));
+        }
+        if p.tracks.len() >= max {
+            return Err((error_code::INVALID, format!("at most {max} tracks")));
+        }
+        let track = TrackInfo {
+            track_name,
+            session_id,
+            kind,
+            enabled,
+        };
+        p.tracks.push(track.clone());
+        self.append_event(RoomEvent::Published { id: from, track });
+        Ok(())
+    }
+
+    fn unpublish(&mut self, from: u64, track_name: &str) -> Result<(), (&'static str, String)> {
+        let p = self.participant_mut(from)?;
+        let Some(i) = p.tracks.iter().position(|t| t.track_name == track_name) else {
+            return Err((error_code::NOT_FOUND, "no such track".to_owned()));
+        };
+        p.tracks.remove(i);
+        self.append_event(RoomEvent::Unpublished {
+            id: from,
+            track_name: track_name.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn set_track(
+        &mut self,
+        from: u64,
+        track_name: &str,
+        enabled: bool,
+    ) -> Result<(), (&'static str, String)> {
+        let p = self.participant_mut(from)?;
+        let Some(t) = p.tracks.iter_mut().find(|t| t.track_name == track_name) else {
+            return Err((error_code::NOT_FOUND, "no such track".to_owned()));
+        };
+        if t.enabled != enabled {
+            t.enabled = enabled;
+            self.append_event(RoomEvent::TrackEnabled {
+                id: from,
+                track_name: track_name.to_owned(),
+                enabled,
+            });
+        }
+        Ok(())
+    }
+
+    fn speaking(&mut self, from: u64, speaking: bool) -> Result<(), (&'static str, String)> {
+        let p = self.participant_mut(from)?;
+        if !p.permissions.publish {
+            return Err((error_code::FORBIDDEN, "no publish permission".to_owned()));
+        }
+        if p.speaking != speaking {
+            p.speaking = speaking;
+            self.append_event(RoomEvent::Speaking { id: from, speaking });
+        }
+        Ok(())
+    }
+
+    fn is_host(&self, id: u64) -> bool {
+        self.participants.get(&id).is_some_and(|p| p.host)
+    }
+
+    fn mute(
+        &mut self,
+        from: u64,
+        target: u64,
+        kind: TrackKind,
+    ) -> Result<(), (&'static str, String)> {
+        if target != from && !self.is_host(from) {
+            return Err((
+                error_code::FORBIDDEN,
+                "only a host may mute others".to_owned(),
+            ));
+        }
+        let t = self.participant_mut(target)?;
+        for track in t.tracks.iter_mut().filter(|tr| tr.kind == kind) {
+            track.enabled = false;
+        }
+        self.append_event(RoomEvent::Muted {
+            id: target,
+            by: from,
+            kind,
+        });
+        Ok(())
+    }
+
+    fn remove(
+        &mut self,
+        now: Instant,
+        from: u64,
+        target: u64,
+    ) -> Result<(), (&'static str, String)> {
+        if !self.is_host(from) {
+            return Err((
+                error_code::FORBIDDEN,
+                "only a host may remove participants".to_owned(),
+            ));
+        }
+        if target == from {
+            return Err((error_code::INVALID, "use leave to leave".to_owned()));
+        }
+        let t = self.participant_mut(target)?;
+        if t.host {
+            return Err((
+                error_code::FORBIDDEN,
+                "a host cannot be removed".to_owned(),
+            ));
+        }
+        let subject = t.subject.clone();
+        self.removed_subjects.insert(subject);
+        self.remove_participant(now, target, LeaveReason::Removed);
+        Ok(())
+    }
+
+    fn lock(&mut self, from: u64, locked: bool) -> Result<(), (&'static str, String)> {
+        if !self.is_host(from) {
+            return Err((
+                error_code::FORBIDDEN,
+                "only a host may lock the room".to_owned(),
+            ));
+        }
+        if self.locked != locked {
+            self.locked = locked;
+            self.append_event(RoomEvent::Locked { locked, by: from });
+        }
+        Ok(())
+    }
+
+    fn set_cap(&mut self, from: u64, max: Option<u32>) -> Result<(), (&'static str, String)> {
+        if !self.is_host(from) {
+            return Err((
+                error_code::FORBIDDEN,
+                "only a host may set the cap".to_owned(),
+            ));
+        }
+        let cap = max.unwrap_or(self.config.default_max_participants);
+        if cap == 0 || cap > self.config.hard_max_participants {
+            return Err((
+                error_code::INVALID,
+                format!(
+                    "max_participants must be 1..={}",
+                    self.config.hard_max_participants
+                ),
+            ));
+        }
+        if cap != self.max_participants {
+            self.max_participants = cap;
+            self.append_event(RoomEvent::Cap {
+                max_participants: cap,
+                by: from,
+            });
+        }
+        Ok(())
+    }
+
+    fn participant_mut(&mut self, id: u64) -> Result<&mut Participant, (&'static str, String)> {
+        self.participants
+            .get_mut(&id)
+            .ok_or((error_code::NOT_FOUND, format!("no participant {id}")))
+    }
+
+    fn reply(&mut self, to: u64, msg: ServerMessage) {
+        self.outputs.push_back(Output::Reply { to, msg });
+    }
+
+    fn error(&mut self, to: u64, code: &str, message: String, refused: Option<&str>) {
+        self.reply(
+            to,
+            ServerMessage::Error {
+                code: code.to_owned(),
+                message,
+                refused: refused.map(str::to_owned),
+            },
+        );
+    }
+
+    fn append_event(&mut self, event: RoomEvent) {
+        self.seq += 1;
+        let seq = self.seq;
+        let json = serde_json::to_vec(&EventFrameRef { seq, event: &event })
+            .unwrap_or_else(|_| b"{}".to_vec());
+        self.push_entry(Entry {
+            seq,
+            body: EntryBody::Event(event),
+            wire: Wire::Text(Bytes::from(json)),
+        });
+    }
+
+    fn append_mls(&mut self, kind: u8, from: u64, payload: &[u8]) {
+        self.seq += 1;
+        let seq = self.seq;
+        let mut buf = Vec::with_capacity(protocol::MlsFrame::HEADER_LEN + payload.len());
+        protocol::encode_mls_header(seq, kind, from, &mut buf);
+        buf.extend_from_slice(payload);
+        self.push_entry(Entry {
+            seq,
+            body: EntryBody::Mls { kind, from },
+            wire: Wire::Binary(Bytes::from(buf)),
+        });
+    }
+
+    fn push_entry(&mut self, entry: Entry) {
+        let entry = Arc::new(entry);
+        self.log_bytes += entry.wire.len();
+        self.log.push_back(entry.clone());
+        while self.log.len() > self.config.replay_max_entries.max(1)
+            || (self.log_bytes > self.config.replay_max_bytes && self.log.len() > 1)
+        {
+            if let Some(old) = self.log.pop_front() {
+                self.log_bytes -= old.wire.len();
+            }
+        }
+        self.outputs.push_back(Output::Broadcast(entry));
+    }
+}
+
+#[cfg(test)]
+mod tests;

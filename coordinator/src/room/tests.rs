@@ -1,0 +1,605 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use crate::mls_framing::build;
+use crate::protocol::{ServerMessage, client_commit_frame, client_key_package_frame};
+use proptest::prelude::*;
+
+fn req(subject: &str) -> JoinRequest {
+    req_with(subject, Permissions { publish: true, subscribe: true, host: false })
+}
+
+fn req_with(subject: &str, permissions: Permissions) -> JoinRequest {
+    JoinRequest {
+        subject: subject.to_owned(),
+        name: subject.to_uppercase(),
+        permissions,
+        resume_token: format!("tok-{subject}"),
+        wall_ms: 1_700_000_000_000,
+    }
+}
+
+fn drain(room: &mut Room) -> Vec<Output> {
+    std::iter::from_fn(|| room.poll_output()).collect()
+}
+
+fn events(outputs: &[Output]) -> Vec<(u64, RoomEvent)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Broadcast(e) => match &e.body {
+                EntryBody::Event(ev) => Some((e.seq, ev.clone())),
+                EntryBody::Mls { .. } => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn replies(outputs: &[Output], to: u64) -> Vec<ServerMessage> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Reply { to: t, msg } if *t == to => Some(msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn error_codes(outputs: &[Output], to: u64) -> Vec<String> {
+    replies(outputs, to)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::Error { code, .. } => Some(code),
+            _ => None,
+        })
+        .collect()
+}
+
+fn msg(room: &mut Room, now: Instant, from: u64, m: ClientMessage) -> Vec<Output> {
+    room.handle(now, from, Input::Message(m));
+    drain(room)
+}
+
+fn bin(room: &mut Room, now: Instant, from: u64, bytes: Vec<u8>) -> Vec<Output> {
+    room.handle(now, from, Input::Binary(Bytes::from(bytes)));
+    drain(room)
+}
+
+fn group_id(room: &Room) -> Vec<u8> {
+    room.group_epoch().unwrap().0.to_vec()
+}
+
+fn commit_frame(gid: &[u8], epoch: u64) -> Vec<u8> {
+    client_commit_frame(
+        &build::public_commit(gid, epoch, 0, b"commit-body"),
+        &build::message(WireFormat::Welcome, b"welcome-body"),
+    )
+}
+
+fn ready(epoch: u64) -> ClientMessage {
+    ClientMessage::Ready { epoch, group_id: None }
+}
+
+#[test]
+fn first_joiner_gets_welcome_then_joined_then_creator() {
+    let now = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 7);
+    let id = room.join(now, req("alice")).unwrap();
+    assert_eq!(id, 1);
+    let out = drain(&mut room);
+    match &out[0] {
+        Output::Reply { to: 1, msg: ServerMessage::Welcome { seq, snapshot, participant_id, .. } } => {
+            assert_eq!(*seq, 0);
+            assert_eq!(*participant_id, 1);
+            assert!(snapshot.participants.is_empty());
+            assert!(snapshot.group.is_none());
+        }
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    let ev = events(&out);
+    assert_eq!(ev.len(), 2);
+    assert!(matches!(ev[0], (1, RoomEvent::Joined { id: 1, host: true, .. })));
+    let (2, RoomEvent::Creator { id: 1, group_id }) = &ev[1] else { panic!("{ev:?}") };
+    assert_eq!(group_id, &hex::encode(group_id_bytes(7, 1)));
+}
+
+fn group_id_bytes(seed: u64, n: u64) -> Vec<u8> {
+    let mut v = seed.to_be_bytes().to_vec();
+    v.extend_from_slice(&n.to_be_bytes());
+    v
+}
+
+#[test]
+fn second_joiner_sees_snapshot_and_no_new_creator() {
+    let now = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(now, req("alice")).unwrap();
+    drain(&mut room);
+    let id = room.join(now, req("bob")).unwrap();
+    assert_eq!(id, 2);
+    let out = drain(&mut room);
+    let ServerMessage::Welcome { seq, snapshot, .. } = &replies(&out, 2)[0] else { panic!() };
+    assert_eq!(*seq, 2);
+    assert_eq!(snapshot.participants.len(), 1);
+    assert_eq!(snapshot.group.as_ref().unwrap().creator, 1);
+    let ev = events(&out);
+    assert_eq!(ev.len(), 1);
+    assert!(matches!(ev[0], (3, RoomEvent::Joined { id: 2, host: false, .. })));
+}
+
+#[test]
+fn commit_arbitration_first_in_order_wins() {
+    let now = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(now, req("alice")).unwrap();
+    room.join(now, req("bob")).unwrap();
+    room.join(now, req("carol")).unwrap();
+    drain(&mut room);
+    let gid = group_id(&room);
+
+    // A KeyPackage is relayed verbatim.
+    let kp = build::message(WireFormat::KeyPackage, b"kp-bob");
+    let out = bin(&mut room, now, 2, client_key_package_frame(&kp));
+    let Output::Broadcast(e) = &out[0] else { panic!("{out:?}") };
+    assert_eq!(e.body, EntryBody::Mls { kind: KIND_KEY_PACKAGE, from: 2 });
+    let Wire::Binary(w) = &e.wire else { panic!() };
+    let f = protocol::MlsFrame::decode(w).unwrap();
+    assert_eq!((f.seq, f.kind, f.from, f.payload), (e.seq, 1, 2, kp));
+
+    // Creator commits at epoch 0: accepted.
+    let frame = commit_frame(&gid, 0);
+    let out = bin(&mut room, now, 1, frame.clone());
+    let Output::Broadcast(e) = &out[0] else { panic!("{out:?}") };
+    assert_eq!(e.body, EntryBody::Mls { kind: KIND_COMMIT, from: 1 });
+    let Wire::Binary(w) = &e.wire else { panic!() };
+    assert_eq!(&w[17..], &frame[1..]);
+    assert_eq!(room.group_epoch().unwrap().1, 1);
+
+    // A second commit for epoch 0: rejected, not logged.
+    let seq_before = room.seq();
+    let out = bin(&mut room, now, 1, commit_frame(&gid, 0));
+    assert_eq!(room.seq(), seq_before);
+    assert_eq!(
+        replies(&out, 1),
+        vec![ServerMessage::CommitRejected {
+            epoch: 0,
+            current_epoch: Some(1),
+            reason: "stale_epoch".into()
+        }]
+    );
+    // Not a member yet (never reported ready): rejected.
+    let out = bin(&mut room, now, 2, commit_frame(&gid, 1));
+    assert!(matches!(&replies(&out, 2)[0], ServerMessage::CommitRejected { reason, .. } if reason == "not_member"));
+    // Other group: rejected.
+    let out = bin(&mut room, now, 1, commit_frame(b"other", 1));
+    assert!(matches!(&replies(&out, 1)[0], ServerMessage::CommitRejected { reason, .. } if reason == "wrong_group"));
+    // After bob reports ready he may commit the next epoch.
+    msg(&mut room, now, 2, ready(1));
+    let out = bin(&mut room, now, 2, commit_frame(&gid, 1));
+    assert!(matches!(&out[0], Output::Broadcast(e) if e.body == EntryBody::Mls { kind: KIND_COMMIT, from: 2 }));
+    assert_eq!(room.group_epoch().unwrap().1, 2);
+}
+
+#[test]
+fn private_message_commits_are_arbitrated_too() {
+    let now = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(now, req("alice")).unwrap();
+    drain(&mut room);
+    let gid = group_id(&room);
+    let commit = build::private_message(&gid, 0, 3, b"sealed");
+    let out = bin(&mut room, now, 1, client_commit_frame(&commit, &[]));
+    assert!(matches!(&out[0], Output::Broadcast(_)));
+    // A private proposal is not a commit.
+    let proposal = build::private_message(&gid, 1, 2, b"sealed");
+    let out = bin(&mut room, now, 1, client_commit_frame(&proposal, &[]));
+    assert_eq!(error_codes(&out, 1), vec![error_code::MLS_FRAMING]);
+}
+
+#[test]
+fn ready_from_all_members_executes_else_timeout_does() {
+    let t0 = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(t0, req("alice")).unwrap();
+    room.join(t0, req("bob")).unwrap();
+    drain(&mut room);
+    // Creator reports ready for epoch 0: execute {0}.
+    let out = msg(&mut room, t0, 1, ready(0));
+    assert!(matches!(events(&out)[..], [(_, RoomEvent::Execute { epoch: 0 })]));
+    let gid = group_id(&room);
+    bin(&mut room, t0, 1, commit_frame(&gid, 0));
+    // Bob was added and reports for epoch 1; alice not yet: no execute.
+    let out = msg(&mut room, t0, 2, ready(1));
+    assert!(events(&out).is_empty());
+    let out = msg(&mut room, t0, 1, ready(1));
+    assert!(matches!(events(&out)[..], [(_, RoomEvent::Execute { epoch: 1 })]));
+
+    // Next commit: only alice reports; the 2 s timeout executes.
+    let t1 = t0 + Duration::from_millis(100);
+    bin(&mut room, t1, 1, commit_frame(&gid, 1));
+    msg(&mut room, t1, 1, ready(2));
+    assert_eq!(room.poll_timeout(), Some(t1 + Duration::from_secs(2)));
+    room.handle_timeout(t1 + Duration::from_millis(1999));
+    assert!(events(&drain(&mut room)).is_empty());
+    room.handle_timeout(t1 + Duration::from_secs(2));
+    assert!(matches!(events(&drain(&mut room))[..], [(_, RoomEvent::Execute { epoch: 2 })]));
+    // Ready ahead of the group is an error.
+    let out = msg(&mut room, t1, 2, ready(9));
+    assert_eq!(error_codes(&out, 2), vec![error_code::INVALID]);
+}
+
+#[test]
+fn leaving_unready_member_triggers_execute() {
+    let t0 = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(t0, req("alice")).unwrap();
+    room.join(t0, req("bob")).unwrap();
+    msg(&mut room, t0, 2, ready(0));
+    msg(&mut room, t0, 1, ready(0));
+    drain(&mut room);
+    let gid = group_id(&room);
+    bin(&mut room, t0, 1, commit_frame(&gid, 0));
+    msg(&mut room, t0, 1, ready(1));
+    let out = msg(&mut room, t0, 2, ClientMessage::Leave {});
+    let ev = events(&out);
+    assert!(matches!(ev[0], (_, RoomEvent::Left { id: 2, reason: LeaveReason::Left })));
+    assert!(matches!(ev[1], (_, RoomEvent::Execute { epoch: 1 })));
+    assert!(out.iter().any(|o| matches!(o, Output::Gone { id: 2, code: close::NORMAL, .. })));
+}
+
+#[test]
+fn creator_renamed_when_all_group_members_leave() {
+    let t0 = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(t0, req("alice")).unwrap();
+    room.join(t0, req("bob")).unwrap();
+    room.join(t0, req("carol")).unwrap();
+    drain(&mut room);
+    let first = group_id(&room);
+    let out = msg(&mut room, t0, 1, ClientMessage::Leave {});
+    let ev = events(&out);
+    assert!(matches!(ev[0], (_, RoomEvent::Left { id: 1, .. })));
+    assert!(matches!(ev[1], (_, RoomEvent::Host { id: 2 })));
+    let (_, RoomEvent::Creator { id: 2, group_id }) = &ev[2] else { panic!("{ev:?}") };
+    assert_ne!(hex::decode(group_id).unwrap(), first);
+    assert_eq!(room.group_epoch().unwrap().1, 0);
+}
+
+#[test]
+fn presence_timeout_announces_leave() {
+    let t0 = Instant::now();
+    let cfg = RoomConfig { presence_timeout: Duration::from_secs(15), ..RoomConfig::default() };
+    let mut room = Room::new("r", cfg, 1);
+    room.join(t0, req("alice")).unwrap();
+    room.join(t0, req("bob")).unwrap();
+    drain(&mut room);
+    // The creator's epoch-0 execute comes after 2 s without a ready.
+    room.handle_timeout(t0 + Duration::from_secs(2));
+    assert!(matches!(events(&drain(&mut room))[..], [(_, RoomEvent::Execute { epoch: 0 })]));
+    let t10 = t0 + Duration::from_secs(10);
+    msg(&mut room, t10, 1, ClientMessage::Ping { t: Some(5) });
+    room.handle_timeout(t0 + Duration::from_secs(14));
+    assert!(drain(&mut room).is_empty());
+    assert_eq!(room.poll_timeout(), Some(t0 + Duration::from_secs(15)));
+    room.handle_timeout(t0 + Duration::from_secs(15));
+    let out = drain(&mut room);
+    assert!(matches!(out[0], Output::Gone { id: 2, code: close::PRESENCE_TIMEOUT, .. }));
+    assert!(matches!(events(&out)[0], (_, RoomEvent::Left { id: 2, reason: LeaveReason::Timeout })));
+    assert!(room.contains(1));
+    room.touch(t0 + Duration::from_secs(20), 1);
+    room.handle_timeout(t0 + Duration::from_secs(34));
+    assert!(room.contains(1));
+    room.handle_timeout(t0 + Duration::from_secs(35));
+    assert!(room.is_empty());
+}
+
+#[test]
+fn resume_replays_missed_entries() {
+    let t0 = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(t0, req("alice")).unwrap();
+    room.join(t0, req("bob")).unwrap();
+    drain(&mut room);
+    let seen = room.seq();
+    msg(&mut room, t0, 1, ClientMessage::Hand { raised: true });
+    bin(&mut room, t0, 1, client_key_package_frame(&build::message(WireFormat::KeyPackage, b"x")));
+    assert_eq!(room.resume(t0, 2, "wrong", seen), Err(ResumeError::BadToken));
+    assert_eq!(room.resume(t0, 9, "tok-bob", seen), Err(ResumeError::UnknownParticipant));
+    assert!(matches!(room.resume(t0, 2, "tok-bob", 99), Err(ResumeError::FutureSeq { .. })));
+    room.resume(t0, 2, "tok-bob", seen).unwrap();
+    let out = drain(&mut room);
+    assert!(matches!(&out[0], Output::Reply { to: 2, msg: ServerMessage::Resumed { from_seq, seq, .. } } if *from_seq == seen && *seq == seen + 2));
+    let delivered: Vec<u64> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Deliver { to: 2, entry } => Some(entry.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, vec![seen + 1, seen + 2]);
+}
+
+#[test]
+fn resume_beyond_window_fails_and_removes() {
+    let t0 = Instant::now();
+    let cfg = RoomConfig { replay_max_entries: 4, ..RoomConfig::default() };
+    let mut room = Room::new("r", cfg, 1);
+    room.join(t0, req("alice")).unwrap();
+    room.join(t0, req("bob")).unwrap();
+    drain(&mut room);
+    for i in 0..6 {
+        msg(&mut room, t0, 1, ClientMessage::Hand { raised: i % 2 == 0 });
+    }
+    drain(&mut room);
+    let err = room.resume(t0, 2, "tok-bob", 1).unwrap_err();
+    assert!(matches!(err, ResumeError::Gap { last_seq: 1, .. }));
+    assert!(!room.contains(2));
+    let out = drain(&mut room);
+    assert!(matches!(out[0], Output::Gone { id: 2, code: close::RESUME_FAILED, .. }));
+    assert!(matches!(events(&out)[0], (_, RoomEvent::Left { id: 2, reason: LeaveReason::ResumeFailed })));
+}
+
+#[test]
+fn log_is_bounded_by_bytes() {
+    let t0 = Instant::now();
+    let cfg = RoomConfig { replay_max_bytes: 3000, ..RoomConfig::default() };
+    let mut room = Room::new("r", cfg, 1);
+    room.join(t0, req("alice")).unwrap();
+    for _ in 0..10 {
+        bin(&mut room, t0, 1, client_key_package_frame(&build::message(WireFormat::KeyPackage, &[0; 1000])));
+    }
+    assert!(room.log_bytes <= 3000);
+    assert!(room.log.len() >= 2);
+    let seqs: Vec<u64> = room.log.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+    assert_eq!(*seqs.last().unwrap(), room.seq());
+}
+
+#[test]
+fn host_permissions() {
+    let t0 = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(t0, req("alice")).unwrap(); // host: first joiner
+    room.join(t0, req("bob")).unwrap();
+    room.join(t0, req("carol")).unwrap();
+    drain(&mut room);
+    // A non-host cannot mute, remove, lock or cap.
+    for m in [
+        ClientMessage::Mute { target: 1, kind: TrackKind::Audio },
+        ClientMessage::Remove { target: 3 },
+        ClientMessage::Lock { locked: true },
+        ClientMessage::SetCap { max_participants: Some(2) },
+    ] {
+        let out = msg(&mut room, t0, 2, m);
+        assert_eq!(error_codes(&out, 2), vec![error_code::FORBIDDEN]);
+        assert!(events(&out).is_empty());
+    }
+    // Self-mute is fine.
+    let out = msg(&mut room, t0, 2, ClientMessage::Mute { target: 2, kind: TrackKind::Audio });
+    assert!(matches!(events(&out)[0], (_, RoomEvent::Muted { id: 2, by: 2, .. })));
+    // The host can.
+    let out = msg(&mut room, t0, 1, ClientMessage::Mute { target: 2, kind: TrackKind::Video });
+    assert!(matches!(events(&out)[0], (_, RoomEvent::Muted { id: 2, by: 1, kind: TrackKind::Video })));
+    let out = msg(&mut room, t0, 1, ClientMessage::Mute { target: 42, kind: TrackKind::Audio });
+    assert_eq!(error_codes(&out, 1), vec![error_code::NOT_FOUND]);
+    let out = msg(&mut room, t0, 1, ClientMessage::Remove { target: 3 });
+    assert!(matches!(out[0], Output::Gone { id: 3, code: close::REMOVED, .. }));
+    assert_eq!(room.join(t0, req("carol")), Err(JoinError::Removed));
+    msg(&mut room, t0, 1, ClientMessage::Lock { locked: true });
+    assert_eq!(room.join(t0, req("dave")), Err(JoinError::Locked));
+    let host = Permissions { host: true, ..Permissions::default() };
+    assert_eq!(room.join(t0, req_with("erin", host)), Ok(4));
+    msg(&mut room, t0, 1, ClientMessage::Lock { locked: false });
+    let out = msg(&mut room, t0, 1, ClientMessage::SetCap { max_participants: Some(3) });
+    assert!(matches!(events(&out)[0], (_, RoomEvent::Cap { max_participants: 3, by: 1 })));
+    assert_eq!(room.join(t0, req("frank")), Err(JoinError::Full));
+    let out = msg(&mut room, t0, 1, ClientMessage::SetCap { max_participants: Some(0) });
+    assert_eq!(error_codes(&out, 1), vec![error_code::INVALID]);
+    // Hosts cannot remove hosts.
+    let out = msg(&mut room, t0, 1, ClientMessage::Remove { target: 4 });
+    assert_eq!(error_codes(&out, 1), vec![error_code::FORBIDDEN]);
+}
+
+#[test]
+fn tracks_need_an_own_sfu_session_and_publish_permission() {
+    let t0 = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(t0, req("alice")).unwrap();
+    let viewer = Permissions { subscribe: true, ..Permissions::default() };
+    room.join(t0, req_with("bob", viewer)).unwrap();
+    drain(&mut room);
+    let publish = |s: &str, t: &str| ClientMessage::Publish {
+        session_id: s.into(),
+        track_name: t.into(),
+        kind: TrackKind::Audio,
+        enabled: true,
+    };
+    let out = msg(&mut room, t0, 1, publish("s1", "mic"));
+    assert_eq!(error_codes(&out, 1), vec![error_code::FORBIDDEN]);
+    assert!(room.bind_sfu_session(t0, 1, "s1"));
+    assert!(room.bind_sfu_session(t0, 2, "s2"));
+    assert_eq!(room.sfu_session_owner("s1"), Some(1));
+    let out = drain(&mut room);
+    assert!(matches!(&events(&out)[0], (_, RoomEvent::Session { id: 1, session_id }) if session_id == "s1"));
+    let out = msg(&mut room, t0, 1, publish("s2", "mic"));
+    assert_eq!(error_codes(&out, 1), vec![error_code::FORBIDDEN]);
+    let out = msg(&mut room, t0, 2, publish("s2", "mic"));
+    assert_eq!(error_codes(&out, 2), vec![error_code::FORBIDDEN]);
+    let out = msg(&mut room, t0, 1, publish("s1", "mic"));
+    assert!(matches!(&events(&out)[0], (_, RoomEvent::Published { id: 1, .. })));
+    let out = msg(&mut room, t0, 1, publish("s1", "mic"));
+    assert_eq!(error_codes(&out, 1), vec![error_code::INVALID]);
+    // Host mute disables the track in server state.
+    room.join(t0, req_with("host", Permissions { host: true, ..Permissions::default() })).unwrap();
+    msg(&mut room, t0, 3, ClientMessage::Mute { target: 1, kind: TrackKind::Audio });
+    assert!(!room.snapshot().participants[0].tracks[0].enabled);
+    let out = msg(&mut room, t0, 1, ClientMessage::SetTrack { track_name: "mic".into(), enabled: true });
+    assert!(matches!(&events(&out)[0], (_, RoomEvent::TrackEnabled { id: 1, enabled: true, .. })));
+    let out = msg(&mut room, t0, 1, ClientMessage::Unpublish { track_name: "mic".into() });
+    assert!(matches!(&events(&out)[0], (_, RoomEvent::Unpublished { id: 1, .. })));
+    let out = msg(&mut room, t0, 2, ClientMessage::Speaking { speaking: true });
+    assert_eq!(error_codes(&out, 2), vec![error_code::FORBIDDEN]);
+}
+
+#[test]
+fn bad_binary_frames_are_refused_without_logging() {
+    let t0 = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(t0, req("alice")).unwrap();
+    drain(&mut room);
+    let seq = room.seq();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (vec![], error_code::MALFORMED),
+        (vec![9, 1, 2], error_code::UNKNOWN_TYPE),
+        (vec![1, 0, 1, 0, 1], error_code::MLS_FRAMING), // PublicMessage, not a KeyPackage
+        (vec![2, 0, 0, 0, 50, 1], error_code::MALFORMED), // length beyond frame
+        (vec![2, 0, 0, 0, 2, 0, 1], error_code::MLS_FRAMING), // truncated commit
+        (
+            client_commit_frame(&build::public_commit(&group_id(&room), 0, 0, b""), b"\x00\x01\x00\x05kp"),
+            error_code::MLS_FRAMING,
+        ), // "welcome" is a KeyPackage
+    ];
+    for (frame, code) in cases {
+        let out = bin(&mut room, t0, 1, frame);
+        assert_eq!(error_codes(&out, 1), vec![code]);
+    }
+    assert_eq!(room.seq(), seq);
+    let out = msg(&mut room, t0, 1, ClientMessage::Hello { v: 1, token: None, resume: None });
+    assert_eq!(error_codes(&out, 1), vec![error_code::ALREADY_JOINED]);
+}
+
+// ---------------------------------------------------------------------------
+// Property test: random traffic never breaks the log's invariants.
+
+#[derive(Debug, Clone)]
+enum Op {
+    Join,
+    Leave(usize),
+    Advance(u64),
+    Ping(usize),
+    KeyPackage(usize),
+    Commit { who: usize, epoch_delta: i8, wrong_group: bool },
+    Ready { who: usize, epoch_delta: i8 },
+    Hand(usize, bool),
+    Resume { who: usize, back: u64 },
+    Garbage(usize, Vec<u8>),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => Just(Op::Join),
+        1 => (0usize..8).prop_map(Op::Leave),
+        2 => (0u64..6000).prop_map(Op::Advance),
+        2 => (0usize..8).prop_map(Op::Ping),
+        2 => (0usize..8).prop_map(Op::KeyPackage),
+        4 => (0usize..8, -2i8..=1, proptest::bool::weighted(0.1))
+            .prop_map(|(who, epoch_delta, wrong_group)| Op::Commit { who, epoch_delta, wrong_group }),
+        4 => (0usize..8, -1i8..=0).prop_map(|(who, epoch_delta)| Op::Ready { who, epoch_delta }),
+        1 => (0usize..8, any::<bool>()).prop_map(|(w, r)| Op::Hand(w, r)),
+        1 => (0usize..8, 0u64..20).prop_map(|(who, back)| Op::Resume { who, back }),
+        1 => (0usize..8, proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(w, b)| Op::Garbage(w, b)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #[test]
+    fn log_invariants_hold(ops in proptest::collection::vec(op(), 1..120)) {
+        let cfg = RoomConfig { replay_max_entries: 16, ..RoomConfig::default() };
+        let mut room = Room::new("p", cfg, 3);
+        let mut now = Instant::now();
+        let mut joined = 0u64;
+        let mut last_seq = 0u64;
+        // (group id, epoch) of every accepted commit
+        let mut accepted: Vec<(Vec<u8>, u64)> = Vec::new();
+        for op in ops {
+            let live: Vec<u64> = room.participants.keys().copied().collect();
+            let pick = |i: usize| live.get(i % live.len().max(1)).copied();
+            let group_before = room.group.as_ref().map(|g| (g.id.clone(), g.epoch));
+            match op {
+                Op::Join => {
+                    joined += 1;
+                    let _ = room.join(now, req(&format!("u{joined}")));
+                }
+                Op::Leave(i) => if let Some(id) = pick(i) {
+                    room.handle(now, id, Input::Message(ClientMessage::Leave {}));
+                },
+                Op::Advance(ms) => {
+                    now += Duration::from_millis(ms);
+                    room.handle_timeout(now);
+                }
+                Op::Ping(i) => if let Some(id) = pick(i) {
+                    room.handle(now, id, Input::Message(ClientMessage::Ping { t: None }));
+                },
+                Op::KeyPackage(i) => if let Some(id) = pick(i) {
+                    let kp = build::message(WireFormat::KeyPackage, &id.to_be_bytes());
+                    room.handle(now, id, Input::Binary(client_key_package_frame(&kp).into()));
+                },
+                Op::Commit { who, epoch_delta, wrong_group } => if let Some(id) = pick(who) {
+                    let (gid, epoch) = group_before.clone().unwrap_or((vec![1], 0));
+                    let gid = if wrong_group { b"nope".to_vec() } else { gid };
+                    let epoch = epoch.saturating_add_signed(i64::from(epoch_delta));
+                    room.handle(now, id, Input::Binary(commit_frame(&gid, epoch).into()));
+                },
+                Op::Ready { who, epoch_delta } => if let Some(id) = pick(who) {
+                    let epoch = group_before.as_ref().map_or(0, |g| g.1).saturating_add_signed(i64::from(epoch_delta));
+                    room.handle(now, id, Input::Message(ready(epoch)));
+                },
+                Op::Hand(i, r) => if let Some(id) = pick(i) {
+                    room.handle(now, id, Input::Message(ClientMessage::Hand { raised: r }));
+                },
+                Op::Resume { who, back } => if let Some(id) = pick(who) {
+                    let token = format!("tok-{}", room.participants[&id].subject);
+                    let _ = room.resume(now, id, &token, room.seq().saturating_sub(back));
+                },
+                Op::Garbage(i, bytes) => if let Some(id) = pick(i) {
+                    room.handle(now, id, Input::Binary(bytes.into()));
+                },
+            }
+            let live_now: BTreeSet<u64> = room.participants.keys().copied().collect();
+            let mut creators_named = Vec::new();
+            for out in drain(&mut room) {
+                match out {
+                    Output::Broadcast(e) => {
+                        // One total order: consecutive, no gaps, no reuse.
+                        prop_assert_eq!(e.seq, last_seq + 1);
+                        last_seq = e.seq;
+                        match &e.body {
+                            EntryBody::Mls { kind, .. } if *kind == KIND_COMMIT => {
+                                let Wire::Binary(w) = &e.wire else { unreachable!() };
+                                let (c, _) = protocol::split_commit_payload(&w[17..]).unwrap();
+                                let h = mls_framing::parse_commit(c).unwrap();
+                                let key = (h.group_id.clone(), h.epoch);
+                                // Exactly one commit per (group, epoch), and in epoch order.
+                                prop_assert!(!accepted.contains(&key));
+                                prop_assert_eq!(Some(key.clone()), group_before.clone());
+                                accepted.push(key);
+                            }
+                            EntryBody::Event(RoomEvent::Creator { id, .. }) => creators_named.push(*id),
+                            _ => {}
+                        }
+                    }
+                    Output::Deliver { entry, .. } => prop_assert!(entry.seq <= room.seq()),
+                    _ => {}
+                }
+            }
+            // A named creator is the oldest participant: if it is still here, nobody older is.
+            if let Some(&c) = creators_named.last()
+                && live_now.contains(&c)
+            {
+                prop_assert_eq!(Some(&c), live_now.iter().next());
+            }
+            // Group members are live participants; a non-empty room always has a group member.
+            match &room.group {
+                Some(g) => {
+                    prop_assert!(g.members.iter().all(|m| live_now.contains(m)));
+                    prop_assert!(live_now.is_empty() || !g.members.is_empty());
+                    prop_assert!(g.ready.is_subset(&g.members));
+                }
+                None => prop_assert!(live_now.is_empty()),
+            }
+            prop_assert!(room.log.len() <= 16);
+        }
+    }
+}

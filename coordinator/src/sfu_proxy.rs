@@ -1,0 +1,456 @@
+//! SFU access: `/sfu/...` mirrors the SFU's `/v1/apps/{appId}/...` API for room members.
+//!
+//! A client authenticates with its participant credential (`Authorization:
+//! Bearer <resume_token>` from `welcome`). The proxy adds the app secret, picks
+//! the room's SFU node (health-checked, sticky per room), records every session
+//! the participant creates, and refuses calls on sessions that are not the
+//! caller's. Pulling tracks is allowed only from sessions owned by members of
+//! the caller's room.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde_json::{Value, json};
+
+use crate::hub::RoomSlot;
+use crate::protocol::Permissions;
+use crate::server::App;
+
+/// Most tracks in one request (as Cloudflare's API).
+pub(crate) const MAX_TRACKS_PER_REQUEST: usize = 64;
+
+/// One SFU node.
+#[derive(Debug)]
+pub(crate) struct SfuNode {
+    pub(crate) url: String,
+    pub(crate) healthy: AtomicBool,
+}
+
+/// The configured SFU nodes and an HTTP client for them.
+#[derive(Debug)]
+pub(crate) struct SfuPool {
+    pub(crate) nodes: Vec<SfuNode>,
+    app_id: String,
+    app_secret: String,
+    client: reqwest::Client,
+}
+
+impl SfuPool {
+    pub(crate) fn new(urls: &[String], app_id: &str, app_secret: &str, timeout: Duration) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        Self {
+            nodes: urls
+                .iter()
+                .map(|u| SfuNode {
+                    url: u.trim_end_matches('/').to_owned(),
+                    healthy: AtomicBool::new(false),
+                })
+                .collect(),
+            app_id: app_id.to_owned(),
+            app_secret: app_secret.to_owned(),
+            client,
+        }
+    }
+
+    /// Checks every node's `GET /healthz` once.
+    pub(crate) async fn check_health(&self) {
+        let checks = self.nodes.iter().map(|n| async move {
+            let ok = self
+                .client
+                .get(format!("{}/healthz", n.url))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok != n.healthy.swap(ok, Ordering::Relaxed) {
+                tracing::info!(node = %n.url, healthy = ok, "SFU node health changed");
+            }
+        });
+        futures_util::future::join_all(checks).await;
+    }
+
+    /// The node for a room: its current node if healthy, else the healthy node
+    /// serving the fewest rooms, else (nothing known healthy) its current node or the first.
+    fn choose(&self, current: Option<usize>, load: impl Fn(usize) -> usize) -> Option<usize> {
+        if self.nodes.is_empty() {
+            return None;
+        }
+        let healthy = |i: usize| self.nodes[i].healthy.load(Ordering::Relaxed);
+        if let Some(i) = current.filter(|&i| i < self.nodes.len() && healthy(i)) {
+            return Some(i);
+        }
+        (0..self.nodes.len())
+            .filter(|&i| healthy(i))
+            .min_by_key(|&i| load(i))
+            .or(current)
+            .or(Some(0))
+    }
+
+    async fn forward(
+        &self,
+        node: usize,
+        method: Method,
+        path: &str,
+        query: Option<&str>,
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, Bytes), ProxyError> {
+        let n = self.nodes.get(node).ok_or(ProxyError::NoNode)?;
+        let mut url = format!("{}/v1/apps/{}{}", n.url, self.app_id, path);
+        if let Some(q) = query {
+            url.push('?');
+            url.push_str(q);
+        }
+        let mut req = self
+            .client
+            .request(method, url)
+            .bearer_auth(&self.app_secret);
+        if let Some(b) = body {
+            req = req.header(header::CONTENT_TYPE, "application/json").body(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            n.healthy.store(false, Ordering::Relaxed);
+            ProxyError::Upstream(e.to_string())
+        })?;
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ProxyError::Upstream(e.to_string()))?;
+        Ok((status, bytes))
+    }
+}
+
+/// Why the proxy refused or failed a call.
+#[derive(Debug)]
+enum ProxyError {
+    Unauthorized,
+    Forbidden(&'static str),
+    BadRequest(String),
+    TooManySessions,
+    NoNode,
+    Upstream(String),
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let (status, code, desc) = match self {
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or unknown participant credential".to_owned(),
+            ),
+            Self::Forbidden(d) => (StatusCode::FORBIDDEN, "forbidden", d.to_owned()),
+            Self::BadRequest(d) => (StatusCode::BAD_REQUEST, "bad_request", d),
+            Self::TooManySessions => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sessions",
+                "participant owns too many SFU sessions".to_owned(),
+            ),
+            Self::NoNode => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_sfu",
+                "no SFU node configured".to_owned(),
+            ),
+            Self::Upstream(d) => (StatusCode::BAD_GATEWAY, "sfu_unreachable", d),
+        };
+        (
+            status,
+            axum::Json(json!({"errorCode": code, "errorDescription": desc})),
+        )
+            .into_response()
+    }
+}
+
+/// The `/sfu` routes.
+pub(crate) fn routes(max_body: usize) -> Router<Arc<App>> {
+    Router::new()
+        .route("/sfu/sessions/new", post(new_session))
+        .route("/sfu/sessions/{sid}", get(get_session))
+        .route("/sfu/sessions/{sid}/tracks/new", post(tracks_new))
+        .route("/sfu/sessions/{sid}/renegotiate", put(renegotiate))
+        .route("/sfu/sessions/{sid}/tracks/close", put(tracks_close))
+        .route("/sfu/sessions/{sid}/tracks/update", put(tracks_update))
+        .layer(DefaultBodyLimit::max(max_body))
+}
+
+struct Caller {
+    slot: Arc<RoomSlot>,
+    id: u64,
+    permissions: Permissions,
+}
+
+fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, ProxyError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ProxyError::Unauthorized)?;
+    let cred = app.hub.credential(token.trim()).ok_or(ProxyError::Unauthorized)?;
+    let slot = app.hub.room(&cred.room).ok_or(ProxyError::Unauthorized)?;
+    let permissions = slot
+        .state
+        .lock()
+        .room
+        .permissions(cred.participant)
+        .ok_or(ProxyError::Unauthorized)?;
+    Ok(Caller {
+        slot,
+        id: cred.participant,
+        permissions,
+    })
+}
+
+fn respond(app: &App, route: &str, result: Result<(StatusCode, Bytes), ProxyError>) -> Response {
+    let resp = match result {
+        Ok((status, body)) => (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    };
+    app.metrics
+        .sfu_calls
+        .with_label_values(&[route, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+async fn new_session(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let r = new_session_inner(&app, &headers, query.as_deref(), body).await;
+    respond(&app, "sessions/new", r)
+}
+
+async fn new_session_inner(
+    app: &App,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: Bytes,
+) -> Result<(StatusCode, Bytes), ProxyError> {
+    let c = caller(app, headers)?;
+    if !c.permissions.publish && !c.permissions.subscribe {
+        return Err(ProxyError::Forbidden("no publish or subscribe permission"));
+    }
+    let current = c.slot.state.lock().sfu_node;
+    let node = app
+        .sfu
+        .choose(current, |i| app.hub.rooms_on_node(i))
+        .ok_or(ProxyError::NoNode)?;
+    c.slot.state.lock().sfu_node = Some(node);
+    let body = (!body.is_empty()).then_some(body);
+    let (status, bytes) = app
+        .sfu
+        .forward(node, Method::POST, "/sessions/new", query, body)
+        .await?;
+    if status.is_success() {
+        let sid = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("sessionId").and_then(Value::as_str).map(str::to_owned));
+        if let Some(sid) = sid {
+            let bound = app.hub.with_room(&c.slot, |st| {
+                let ok = st.room.bind_sfu_session(Instant::now(), c.id, &sid);
+                if ok {
+                    st.sfu_sessions.insert(sid.clone(), node);
+                }
+                ok
+            });
+            if !bound {
+                return Err(ProxyError::TooManySessions);
+            }
+        }
+    }
+    Ok((status, bytes))
+}
+
+/// The caller's own session's node, or 403.
+fn own_session(c: &Caller, sid: &str) -> Result<usize, ProxyError> {
+    let st = c.slot.state.lock();
+    if st.room.sfu_session_owner(sid) != Some(c.id) {
+        return Err(ProxyError::Forbidden(
+            "session was not created by this participant",
+        ));
+    }
+    st.sfu_sessions
+        .get(sid)
+        .copied()
+        .ok_or(ProxyError::Forbidden("unknown session"))
+}
+
+/// Checks a tracks body: local tracks need `publish`; remote ones need
+/// `subscribe` and a source session owned by a member of the caller's room.
+fn check_tracks(c: &Caller, body: &[u8], allow_local: bool) -> Result<(), ProxyError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ProxyError::BadRequest(format!("body is not JSON: {e}")))?;
+    let tracks = match v.get("tracks") {
+        None => return Ok(()),
+        Some(Value::Array(t)) => t,
+        Some(_) => return Err(ProxyError::BadRequest("tracks must be an array".to_owned())),
+    };
+    if tracks.len() > MAX_TRACKS_PER_REQUEST {
+        return Err(ProxyError::BadRequest(format!(
+            "at most {MAX_TRACKS_PER_REQUEST} tracks per request"
+        )));
+    }
+    let st = c.slot.state.lock();
+    for t in tracks {
+        match t.get("location").and_then(Value::as_str) {
+            Some("local") if allow_local => {
+                if !c.permissions.publish {
+                    return Err(ProxyError::Forbidden("no publish permission"));
+                }
+            }
+            Some("remote") => {
+                if !c.permissions.subscribe {
+                    return Err(ProxyError::Forbidden("no subscribe permission"));
+                }
+                let src = t.get("sessionId").and_then(Value::as_str).unwrap_or("");
+                if st.room.sfu_session_owner(src).is_none() {
+                    return Err(ProxyError::Forbidden(
+                        "remote track's session is not a member's session in this room",
+                    ));
+                }
+            }
+            _ => {
+                return Err(ProxyError::BadRequest(
+                    "each track needs location local or remote".to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn tracks_new(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        let c = caller(&app, &headers)?;
+        let node = own_session(&c, &sid)?;
+        check_tracks(&c, &body, true)?;
+        app.sfu
+            .forward(node, Method::POST, &format!("/sessions/{sid}/tracks/new"), query.as_deref(), Some(body))
+            .await
+    }
+    .await;
+    respond(&app, "tracks/new", r)
+}
+
+async fn tracks_update(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        let c = caller(&app, &headers)?;
+        let node = own_session(&c, &sid)?;
+        check_tracks(&c, &body, false)?;
+        app.sfu
+            .forward(node, Method::PUT, &format!("/sessions/{sid}/tracks/update"), query.as_deref(), Some(body))
+            .await
+    }
+    .await;
+    respond(&app, "tracks/update", r)
+}
+
+async fn renegotiate(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        let c = caller(&app, &headers)?;
+        let node = own_session(&c, &sid)?;
+        app.sfu
+            .forward(node, Method::PUT, &format!("/sessions/{sid}/renegotiate"), query.as_deref(), Some(body))
+            .await
+    }
+    .await;
+    respond(&app, "renegotiate", r)
+}
+
+async fn tracks_close(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        let c = caller(&app, &headers)?;
+        let node = own_session(&c, &sid)?;
+        app.sfu
+            .forward(node, Method::PUT, &format!("/sessions/{sid}/tracks/close"), query.as_deref(), Some(body))
+            .await
+    }
+    .await;
+    respond(&app, "tracks/close", r)
+}
+
+async fn get_session(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let r = async {
+        let c = caller(&app, &headers)?;
+        let node = own_session(&c, &sid)?;
+        app.sfu
+            .forward(node, Method::GET, &format!("/sessions/{sid}"), query.as_deref(), None)
+            .await
+    }
+    .await;
+    respond(&app, "session", r)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn node_choice_prefers_current_healthy_then_least_loaded() {
+        let pool = SfuPool::new(
+            &["http://a".into(), "http://b/".into(), "http://c".into()],
+            "app",
+            "s",
+            Duration::from_secs(1),
+        );
+        assert_eq!(pool.nodes[1].url, "http://b");
+        // Nothing healthy: the current node, else the first.
+        assert_eq!(pool.choose(Some(2), |_| 0), Some(2));
+        assert_eq!(pool.choose(None, |_| 0), Some(0));
+        pool.nodes[1].healthy.store(true, Ordering::Relaxed);
+        pool.nodes[2].healthy.store(true, Ordering::Relaxed);
+        let load = |i: usize| [0, 5, 3][i];
+        assert_eq!(pool.choose(None, load), Some(2));
+        assert_eq!(pool.choose(Some(1), load), Some(1));
+        assert_eq!(pool.choose(Some(0), load), Some(2));
+        let empty = SfuPool::new(&[], "app", "s", Duration::from_secs(1));
+        assert_eq!(empty.choose(None, |_| 0), None);
+    }
+}
