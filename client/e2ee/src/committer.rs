@@ -407,11 +407,11 @@ impl Committer {
                 out.push(Action::AnnounceKeyPackage);
             }
             Phase::Member(_) => {
-                if let Some(f) = self.in_flight {
-                    if now.saturating_sub(f.sent_at) >= self.config.commit_timeout_ms {
-                        self.in_flight = None;
-                        out.push(Action::DiscardCommit);
-                    }
+                if let Some(f) = self.in_flight
+                    && now.saturating_sub(f.sent_at) >= self.config.commit_timeout_ms
+                {
+                    self.in_flight = None;
+                    out.push(Action::DiscardCommit);
                 }
             }
             _ => {}

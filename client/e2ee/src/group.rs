@@ -365,10 +365,10 @@ impl Group {
     /// Forget the pending commit, if any.
     pub fn discard_commit(&mut self) {
         self.pending = None;
-        if let Some(g) = self.group.as_mut() {
-            if g.pending_commit().is_some() {
-                let _ = g.clear_pending_commit(self.provider.storage());
-            }
+        if let Some(g) = self.group.as_mut()
+            && g.pending_commit().is_some()
+        {
+            let _ = g.clear_pending_commit(self.provider.storage());
         }
     }
 

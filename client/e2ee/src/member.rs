@@ -340,23 +340,20 @@ impl Member {
     }
 
     fn execute(&mut self, epoch: u64) {
-        if let Some((e, _)) = &self.next_send_key {
-            if *e == epoch {
-                if let Some((e, key)) = self.next_send_key.take() {
-                    self.encryptor.set_key(e, &key);
-                    self.events
-                        .push_back(MemberEvent::SendKeyChanged { epoch: e });
-                }
-                // Senders that are no longer members: forget their keys.
-                let gone: Vec<u64> = self
-                    .decryptor
-                    .senders()
-                    .filter(|s| !self.members.contains(s))
-                    .collect();
-                for s in gone {
-                    self.decryptor.remove_sender(s);
-                }
-            }
+        let Some((e, key)) = self.next_send_key.take_if(|(e, _)| *e == epoch) else {
+            return;
+        };
+        self.encryptor.set_key(e, &key);
+        self.events
+            .push_back(MemberEvent::SendKeyChanged { epoch: e });
+        // Senders that are no longer members: forget their keys.
+        let gone: Vec<u64> = self
+            .decryptor
+            .senders()
+            .filter(|s| !self.members.contains(s))
+            .collect();
+        for s in gone {
+            self.decryptor.remove_sender(s);
         }
     }
 

@@ -243,10 +243,10 @@ impl State {
                 self.violate(format!("adds {a} twice into group {}: {rec:?}", rec.gid));
             }
         }
-        if let Some(w) = &rec.welcome {
-            if *w != post {
-                self.violate(format!("welcome {w:?} differs from the group {post:?}"));
-            }
+        if let Some(w) = &rec.welcome
+            && *w != post
+        {
+            self.violate(format!("welcome {w:?} differs from the group {post:?}"));
         }
         self.reference.insert(rec.gid, Some(post));
     }
@@ -280,10 +280,10 @@ impl State {
                         members: members.clone(),
                     });
                     p.pending = None;
-                    if let Some(r) = self.reference.get_mut(&gid) {
-                        if r.is_none() {
-                            *r = Some(members);
-                        }
+                    if let Some(r) = self.reference.get_mut(&gid)
+                        && r.is_none()
+                    {
+                        *r = Some(members);
                     }
                 }
                 Action::Commit {
@@ -625,25 +625,18 @@ impl Model for RoomModel {
             ),
             Property::always("no fork", |_, s: &State| {
                 let active = s.live_active();
-                for a in &active {
-                    let Some(ga) = &a.group else { continue };
-                    for b in &active {
-                        if let Some(gb) = &b.group {
-                            if ga.gid == gb.gid && ga.epoch == gb.epoch && ga.members != gb.members
-                            {
-                                return false;
-                            }
-                        }
-                    }
-                    if s.coord.group == Some((ga.gid, ga.epoch)) {
-                        if let Some(Some(r)) = s.reference.get(&ga.gid) {
-                            if *r != ga.members {
-                                return false;
-                            }
-                        }
-                    }
-                }
-                true
+                let groups: Vec<&AbsGroup> =
+                    active.iter().filter_map(|p| p.group.as_ref()).collect();
+                let agree = groups.iter().all(|a| {
+                    groups
+                        .iter()
+                        .all(|b| a.gid != b.gid || a.epoch != b.epoch || a.members == b.members)
+                });
+                let match_log = groups.iter().all(|g| {
+                    s.coord.group != Some((g.gid, g.epoch))
+                        || !matches!(s.reference.get(&g.gid), Some(Some(r)) if *r != g.members)
+                });
+                agree && match_log
             }),
             Property::always("converged when quiescent", |_, s: &State| {
                 if s.progress_possible() {
@@ -686,7 +679,7 @@ fn check(model: RoomModel) {
         .map(|n| n.get())
         .unwrap_or(1)
         .min(2);
-    let checker = model.checker().threads(threads).spawn_bfs().join();
+    let checker = model.checker().threads(threads).spawn_dfs().join();
     println!(
         "states: {} unique, max depth {}",
         checker.unique_state_count(),
