@@ -167,7 +167,10 @@ mod tests {
                 host: true
             }
         );
-        assert!(matches!(keys.verify(&t, "b"), Err(AuthError::WrongRoom { .. })));
+        assert!(matches!(
+            keys.verify(&t, "b"),
+            Err(AuthError::WrongRoom { .. })
+        ));
     }
 
     #[test]
@@ -178,13 +181,15 @@ mod tests {
         let other = TokenKeys::new(b"other", 0);
         let t = other.mint(&claims("a", unix_now() + 60)).unwrap();
         assert!(matches!(keys.verify(&t, "a"), Err(AuthError::Invalid(_))));
-        assert!(matches!(keys.verify("garbage", "a"), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            keys.verify("garbage", "a"),
+            Err(AuthError::Invalid(_))
+        ));
     }
 
     #[test]
     fn default_perms_and_names() {
-        let c: Claims =
-            serde_json::from_str(r#"{"sub":"bob","room":"r","exp":1}"#).unwrap();
+        let c: Claims = serde_json::from_str(r#"{"sub":"bob","room":"r","exp":1}"#).unwrap();
         assert_eq!(
             c.permissions(),
             Permissions {

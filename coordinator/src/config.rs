@@ -229,7 +229,11 @@ pub struct Cli {
     #[arg(long, env = "SATSUMA_COORD_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
     /// SFU node base URL (repeat, or comma-separate in the env variable).
-    #[arg(long = "sfu-node", env = "SATSUMA_COORD_SFU_NODES", value_delimiter = ',')]
+    #[arg(
+        long = "sfu-node",
+        env = "SATSUMA_COORD_SFU_NODES",
+        value_delimiter = ','
+    )]
     pub sfu_nodes: Option<Vec<String>>,
     /// SFU app id (path segment /v1/apps/{app_id}).
     #[arg(long, env = "SATSUMA_COORD_SFU_APP_ID")]
@@ -351,7 +355,9 @@ impl Cli {
             default_max_participants: c
                 .default_max_participants
                 .unwrap_or(base.default_max_participants),
-            hard_max_participants: c.hard_max_participants.unwrap_or(base.hard_max_participants),
+            hard_max_participants: c
+                .hard_max_participants
+                .unwrap_or(base.hard_max_participants),
             first_joiner_is_host: c.first_joiner_is_host.unwrap_or(base.first_joiner_is_host),
             max_rooms: c.max_rooms.unwrap_or(base.max_rooms),
             timer_tick: base.timer_tick,

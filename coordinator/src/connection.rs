@@ -15,9 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{AuthError, unix_now};
 use crate::hub::{ConnHandle, HubJoinError, HubResumeError, Outbound, RoomSlot, encode_reply};
-use crate::protocol::{
-    self, ClientMessage, PROTOCOL_VERSION, ServerMessage, close, error_code,
-};
+use crate::protocol::{self, ClientMessage, PROTOCOL_VERSION, ServerMessage, close, error_code};
 use crate::room::{Input, JoinRequest, ResumeError};
 use crate::server::App;
 
@@ -129,7 +127,13 @@ async fn hello(
         return None;
     };
     if v != PROTOCOL_VERSION {
-        close_with(tx, app, close::UNSUPPORTED_VERSION, "unsupported protocol version").await;
+        close_with(
+            tx,
+            app,
+            close::UNSUPPORTED_VERSION,
+            "unsupported protocol version",
+        )
+        .await;
         return None;
     }
     let conn_id = conn.conn_id;
@@ -225,7 +229,25 @@ async fn read_loop(
             m = stream.next() => m,
             _ = &mut *writer => return,
         };
-        let Some(Ok(msg)) = msg else { return };
+        let msg = match msg {
+            None => return,
+            Some(Err(e)) => {
+                if is_too_big(e) {
+                    close_with(
+                        tx,
+                        app,
+                        close::MESSAGE_TOO_BIG,
+                        "frame beyond the hard size limit",
+                    )
+                    .await;
+                    // The rest of the frame is still unread: closing the socket now
+                    // would reset it before the peer reads the close frame.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                return;
+            }
+            Some(Ok(m)) => m,
+        };
         let (input, kind) = match msg {
             Message::Close(_) => return,
             Message::Pong(_) => continue,
@@ -246,7 +268,11 @@ async fn read_loop(
             if dropped_in_a_row == 1 {
                 reply(
                     tx,
-                    &refusal(error_code::RATE_LIMITED, "over the rate limit; message dropped", None),
+                    &refusal(
+                        error_code::RATE_LIMITED,
+                        "over the rate limit; message dropped",
+                        None,
+                    ),
                 )
                 .await;
             }
@@ -263,8 +289,13 @@ async fn read_loop(
                 reply(tx, &err).await;
                 refused_in_a_row += 1;
                 if refused_in_a_row >= cfg.max_consecutive_errors {
-                    close_with(tx, app, close::PROTOCOL_VIOLATION, "too many refused messages")
-                        .await;
+                    close_with(
+                        tx,
+                        app,
+                        close::PROTOCOL_VIOLATION,
+                        "too many refused messages",
+                    )
+                    .await;
                     return;
                 }
                 continue;
@@ -274,7 +305,13 @@ async fn read_loop(
         if handled.refused {
             refused_in_a_row += 1;
             if refused_in_a_row >= cfg.max_consecutive_errors {
-                close_with(tx, app, close::PROTOCOL_VIOLATION, "too many refused messages").await;
+                close_with(
+                    tx,
+                    app,
+                    close::PROTOCOL_VIOLATION,
+                    "too many refused messages",
+                )
+                .await;
                 return;
             }
         } else {
@@ -287,6 +324,14 @@ async fn read_loop(
             return;
         }
     }
+}
+
+/// Whether a read error is the WebSocket layer's size limit.
+fn is_too_big(e: axum::Error) -> bool {
+    matches!(
+        e.into_inner().downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
 }
 
 enum Frame {
@@ -309,13 +354,19 @@ fn parse(app: &App, frame: Frame) -> Result<Input, ServerMessage> {
             if t.len() > app.config.max_text_bytes {
                 return Err(refusal(
                     error_code::TOO_LARGE,
-                    &format!("text frames are limited to {} bytes", app.config.max_text_bytes),
+                    &format!(
+                        "text frames are limited to {} bytes",
+                        app.config.max_text_bytes
+                    ),
                     None,
                 ));
             }
             match serde_json::from_str::<ClientMessage>(t.as_str()) {
                 Ok(m) => {
-                    app.metrics.messages_in.with_label_values(&[m.type_name()]).inc();
+                    app.metrics
+                        .messages_in
+                        .with_label_values(&[m.type_name()])
+                        .inc();
                     Ok(Input::Message(m))
                 }
                 Err(e) => Err(classify(t.as_str(), &e)),
@@ -365,10 +416,7 @@ fn classify(text: &str, err: &serde_json::Error) -> ServerMessage {
         Ok(Tagged { ty }) => refusal(
             error_code::MALFORMED,
             &err.to_string(),
-            ClientMessage::TYPES
-                .iter()
-                .find(|t| **t == ty)
-                .copied(),
+            ClientMessage::TYPES.iter().find(|t| **t == ty).copied(),
         ),
         Err(_) => refusal(error_code::MALFORMED, &err.to_string(), None),
     }

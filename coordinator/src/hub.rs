@@ -235,7 +235,13 @@ impl Hub {
     }
 
     /// Applies an input from connection `conn_id` of participant `id`.
-    pub(crate) fn handle(&self, slot: &Arc<RoomSlot>, id: u64, conn_id: u64, input: Input) -> Handled {
+    pub(crate) fn handle(
+        &self,
+        slot: &Arc<RoomSlot>,
+        id: u64,
+        conn_id: u64,
+        input: Input,
+    ) -> Handled {
         let mut state = slot.state.lock();
         if state.conns.get(&id).is_none_or(|c| c.conn_id != conn_id) {
             return Handled {
@@ -290,7 +296,11 @@ impl Hub {
     }
 
     /// Applies `f` to a room under its lock and delivers the outputs.
-    pub(crate) fn with_room<R>(&self, slot: &Arc<RoomSlot>, f: impl FnOnce(&mut RoomState) -> R) -> R {
+    pub(crate) fn with_room<R>(
+        &self,
+        slot: &Arc<RoomSlot>,
+        f: impl FnOnce(&mut RoomState) -> R,
+    ) -> R {
         let mut state = slot.state.lock();
         let r = f(&mut state);
         self.dispatch(&mut state);
@@ -302,7 +312,9 @@ impl Hub {
         let slots: Vec<Arc<RoomSlot>> = self.rooms.lock().drain().map(|(_, s)| s).collect();
         for slot in slots {
             let mut state = slot.state.lock();
-            state.room.close_all(close::GOING_AWAY, "server shutting down");
+            state
+                .room
+                .close_all(close::GOING_AWAY, "server shutting down");
             self.dispatch(&mut state);
             self.metrics.rooms.dec();
         }
@@ -374,7 +386,9 @@ impl Hub {
         for id in slow {
             if let Some(c) = state.conns.remove(&id) {
                 self.metrics.error("slow_consumer");
-                let _ = c.kill.send((close::SLOW_CONSUMER, "not reading fast enough; resume"));
+                let _ = c
+                    .kill
+                    .send((close::SLOW_CONSUMER, "not reading fast enough; resume"));
             }
         }
         state.next_deadline = state.room.poll_timeout();

@@ -37,8 +37,7 @@ impl Metrics {
             "satsuma_coord_participants",
             "Participants in all rooms, including those within their presence grace period",
         )?;
-        let connections =
-            IntGauge::new("satsuma_coord_connections", "Open WebSocket connections")?;
+        let connections = IntGauge::new("satsuma_coord_connections", "Open WebSocket connections")?;
         let messages_in = IntCounterVec::new(
             Opts::new(
                 "satsuma_coord_messages_total",

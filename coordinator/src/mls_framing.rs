@@ -410,7 +410,10 @@ mod tests {
     #[test]
     fn rejects_bad_version_and_format() {
         assert_eq!(parse_header(&[0, 2, 0, 1]), Err(FramingError::Version(2)));
-        assert_eq!(parse_header(&[0, 1, 0, 9]), Err(FramingError::WireFormat(9)));
+        assert_eq!(
+            parse_header(&[0, 1, 0, 9]),
+            Err(FramingError::WireFormat(9))
+        );
         assert_eq!(parse_header(&[0, 1]), Err(FramingError::Truncated));
         assert_eq!(parse_header(&[]), Err(FramingError::Truncated));
     }

@@ -699,7 +699,10 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"nope"}"#).is_err());
-        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"hand","raised":true,"x":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"hand","raised":true,"x":1}"#)
+                .is_err()
+        );
     }
 
     #[test]
@@ -713,7 +716,10 @@ mod tests {
         ];
         for s in samples {
             let m: ClientMessage = serde_json::from_str(s).unwrap();
-            let tag = serde_json::to_value(&m).unwrap()["type"].as_str().unwrap().to_owned();
+            let tag = serde_json::to_value(&m).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned();
             assert_eq!(tag, m.type_name());
             assert!(ClientMessage::TYPES.contains(&m.type_name()));
         }

@@ -528,8 +528,7 @@ impl Room {
         let Some(p) = self.participants.get_mut(&id) else {
             return false;
         };
-        if p.sfu_sessions.len() >= max || session_id.is_empty() || session_id.len() > MAX_NAME_LEN
-        {
+        if p.sfu_sessions.len() >= max || session_id.is_empty() || session_id.len() > MAX_NAME_LEN {
             return false;
         }
         p.last_seen = now;
@@ -973,10 +972,7 @@ impl Room {
         }
         let t = self.participant_mut(target)?;
         if t.host {
-            return Err((
-                error_code::FORBIDDEN,
-                "a host cannot be removed".to_owned(),
-            ));
+            return Err((error_code::FORBIDDEN, "a host cannot be removed".to_owned()));
         }
         let subject = t.subject.clone();
         self.removed_subjects.insert(subject);

@@ -64,12 +64,13 @@ impl Server {
     /// Validates `config`, binds the listener and starts serving in the background.
     pub async fn bind(config: Config) -> Result<ServerHandle, ServerError> {
         config.validate()?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: config.listen,
             source,
@@ -270,7 +271,11 @@ async fn dev_token(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Resp
             .into_response();
     }
     let now = unix_now();
-    let exp = now + req.ttl_s.unwrap_or(app.config.dev_token_ttl_s).min(86_400 * 30);
+    let exp = now
+        + req
+            .ttl_s
+            .unwrap_or(app.config.dev_token_ttl_s)
+            .min(86_400 * 30);
     let subject = req
         .subject
         .unwrap_or_else(|| format!("dev-{}", hex::encode(rand::random::<[u8; 8]>())));

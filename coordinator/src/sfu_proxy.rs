@@ -121,7 +121,8 @@ impl SfuPool {
             n.healthy.store(false, Ordering::Relaxed);
             ProxyError::Upstream(e.to_string())
         })?;
-        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let status =
+            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let bytes = resp
             .bytes()
             .await
@@ -195,7 +196,10 @@ fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, ProxyError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(ProxyError::Unauthorized)?;
-    let cred = app.hub.credential(token.trim()).ok_or(ProxyError::Unauthorized)?;
+    let cred = app
+        .hub
+        .credential(token.trim())
+        .ok_or(ProxyError::Unauthorized)?;
     let slot = app.hub.room(&cred.room).ok_or(ProxyError::Unauthorized)?;
     let permissions = slot
         .state
@@ -212,12 +216,9 @@ fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, ProxyError> {
 
 fn respond(app: &App, route: &str, result: Result<(StatusCode, Bytes), ProxyError>) -> Response {
     let resp = match result {
-        Ok((status, body)) => (
-            status,
-            [(header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response(),
+        Ok((status, body)) => {
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
         Err(e) => e.into_response(),
     };
     app.metrics
@@ -259,9 +260,11 @@ async fn new_session_inner(
         .forward(node, Method::POST, "/sessions/new", query, body)
         .await?;
     if status.is_success() {
-        let sid = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("sessionId").and_then(Value::as_str).map(str::to_owned));
+        let sid = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| {
+            v.get("sessionId")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
         if let Some(sid) = sid {
             let bound = app.hub.with_room(&c.slot, |st| {
                 let ok = st.room.bind_sfu_session(Instant::now(), c.id, &sid);
@@ -348,7 +351,13 @@ async fn tracks_new(
         let node = own_session(&c, &sid)?;
         check_tracks(&c, &body, true)?;
         app.sfu
-            .forward(node, Method::POST, &format!("/sessions/{sid}/tracks/new"), query.as_deref(), Some(body))
+            .forward(
+                node,
+                Method::POST,
+                &format!("/sessions/{sid}/tracks/new"),
+                query.as_deref(),
+                Some(body),
+            )
             .await
     }
     .await;
@@ -367,7 +376,13 @@ async fn tracks_update(
         let node = own_session(&c, &sid)?;
         check_tracks(&c, &body, false)?;
         app.sfu
-            .forward(node, Method::PUT, &format!("/sessions/{sid}/tracks/update"), query.as_deref(), Some(body))
+            .forward(
+                node,
+                Method::PUT,
+                &format!("/sessions/{sid}/tracks/update"),
+                query.as_deref(),
+                Some(body),
+            )
             .await
     }
     .await;
@@ -385,7 +400,13 @@ async fn renegotiate(
         let c = caller(&app, &headers)?;
         let node = own_session(&c, &sid)?;
         app.sfu
-            .forward(node, Method::PUT, &format!("/sessions/{sid}/renegotiate"), query.as_deref(), Some(body))
+            .forward(
+                node,
+                Method::PUT,
+                &format!("/sessions/{sid}/renegotiate"),
+                query.as_deref(),
+                Some(body),
+            )
             .await
     }
     .await;
@@ -403,7 +424,13 @@ async fn tracks_close(
         let c = caller(&app, &headers)?;
         let node = own_session(&c, &sid)?;
         app.sfu
-            .forward(node, Method::PUT, &format!("/sessions/{sid}/tracks/close"), query.as_deref(), Some(body))
+            .forward(
+                node,
+                Method::PUT,
+                &format!("/sessions/{sid}/tracks/close"),
+                query.as_deref(),
+                Some(body),
+            )
             .await
     }
     .await;
@@ -420,7 +447,13 @@ async fn get_session(
         let c = caller(&app, &headers)?;
         let node = own_session(&c, &sid)?;
         app.sfu
-            .forward(node, Method::GET, &format!("/sessions/{sid}"), query.as_deref(), None)
+            .forward(
+                node,
+                Method::GET,
+                &format!("/sessions/{sid}"),
+                query.as_deref(),
+                None,
+            )
             .await
     }
     .await;

@@ -11,19 +11,28 @@ use satsuma_coordinator::protocol::{
 };
 
 fn ready(epoch: u64, group_id: &str) -> ClientMessage {
-    ClientMessage::Ready { epoch, group_id: Some(group_id.to_owned()) }
+    ClientMessage::Ready {
+        epoch,
+        group_id: Some(group_id.to_owned()),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_commit_per_epoch_wins() {
     let server = start_dev().await;
     let mut alice = Client::join(&server, "mls", "alice").await;
-    let creator = alice.until_event(|e| matches!(e, RoomEvent::Creator { .. })).await;
-    let RoomEvent::Creator { id, group_id } = creator.event else { unreachable!() };
+    let creator = alice
+        .until_event(|e| matches!(e, RoomEvent::Creator { .. }))
+        .await;
+    let RoomEvent::Creator { id, group_id } = creator.event else {
+        unreachable!()
+    };
     assert_eq!(id, alice.id);
     let gid = hex::decode(&group_id).unwrap();
     alice.send(ready(0, &group_id)).await;
-    alice.until_event(|e| matches!(e, RoomEvent::Execute { epoch: 0 })).await;
+    alice
+        .until_event(|e| matches!(e, RoomEvent::Execute { epoch: 0 }))
+        .await;
 
     // Bob joins and announces a KeyPackage; Alice adds him (commit + welcome as one entry).
     let mut bob = Client::join(&server, "mls", "bob").await;
@@ -36,15 +45,20 @@ async fn first_commit_per_epoch_wins() {
 
     let commit0 = build::public_commit(&gid, 0, 0, b"add bob");
     let welcome = build::message(WireFormat::Welcome, b"welcome bob");
-    alice.send_binary(client_commit_frame(&commit0, &welcome)).await;
+    alice
+        .send_binary(client_commit_frame(&commit0, &welcome))
+        .await;
     // Bob processes the Welcome and reports ready for epoch 1.
-    let got = bob.until(|g| matches!(g, Got::Mls(f) if f.kind == KIND_COMMIT)).await;
+    let got = bob
+        .until(|g| matches!(g, Got::Mls(f) if f.kind == KIND_COMMIT))
+        .await;
     let Got::Mls(f) = got else { unreachable!() };
     let (c, w) = split_commit_payload(&f.payload).unwrap();
     assert_eq!((c, w), (&commit0[..], &welcome[..]));
     bob.send(ready(1, &group_id)).await;
     alice.send(ready(1, &group_id)).await;
-    bob.until_event(|e| matches!(e, RoomEvent::Execute { epoch: 1 })).await;
+    bob.until_event(|e| matches!(e, RoomEvent::Execute { epoch: 1 }))
+        .await;
 
     // Both members now commit for epoch 1 at the same time (PublicMessage and
     // PrivateMessage framing): exactly one is delivered, the other is rejected.
@@ -64,8 +78,16 @@ async fn first_commit_per_epoch_wins() {
                     || matches!(g, Got::Direct(ServerMessage::CommitRejected { .. }))
             })
             .await;
-        if let Got::Direct(ServerMessage::CommitRejected { epoch, current_epoch, reason }) = g {
-            assert_eq!((epoch, current_epoch, reason.as_str()), (1, Some(2), "stale_epoch"));
+        if let Got::Direct(ServerMessage::CommitRejected {
+            epoch,
+            current_epoch,
+            reason,
+        }) = g
+        {
+            assert_eq!(
+                (epoch, current_epoch, reason.as_str()),
+                (1, Some(2), "stale_epoch")
+            );
         }
         m.sync().await;
     }
@@ -91,15 +113,35 @@ async fn first_commit_per_epoch_wins() {
     let seen = commits(&carol);
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen.iter().map(|c| c.0).collect::<Vec<_>>(), vec![0, 1]);
-    let tail = |m: &Client| m.log.iter().filter(|g| g.seq().unwrap() > carol_first(&carol)).cloned().collect::<Vec<_>>();
+    let tail = |m: &Client| {
+        m.log
+            .iter()
+            .filter(|g| g.seq().unwrap() > carol_first(&carol))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
     assert_eq!(tail(&alice), tail(&carol));
     assert_eq!(tail(&bob), tail(&carol));
 
     // A stale commit (epoch 0 again) and a foreign group are rejected too.
-    alice.send_binary(client_commit_frame(&build::public_commit(&gid, 0, 0, b"x"), &[])).await;
-    assert!(matches!(alice.direct().await, ServerMessage::CommitRejected { reason, .. } if reason == "stale_epoch"));
-    alice.send_binary(client_commit_frame(&build::public_commit(b"other", 2, 0, b"x"), &[])).await;
-    assert!(matches!(alice.direct().await, ServerMessage::CommitRejected { reason, .. } if reason == "wrong_group"));
+    alice
+        .send_binary(client_commit_frame(
+            &build::public_commit(&gid, 0, 0, b"x"),
+            &[],
+        ))
+        .await;
+    assert!(
+        matches!(alice.direct().await, ServerMessage::CommitRejected { reason, .. } if reason == "stale_epoch")
+    );
+    alice
+        .send_binary(client_commit_frame(
+            &build::public_commit(b"other", 2, 0, b"x"),
+            &[],
+        ))
+        .await;
+    assert!(
+        matches!(alice.direct().await, ServerMessage::CommitRejected { reason, .. } if reason == "wrong_group")
+    );
     server.shutdown().await;
 }
 
@@ -113,9 +155,13 @@ async fn new_creator_when_the_group_empties() {
     let mut alice = Client::join(&server, "mls2", "alice").await;
     let mut bob = Client::join(&server, "mls2", "bob").await;
     bob.sync().await;
-    let first = alice.until_event(|e| matches!(e, RoomEvent::Creator { .. })).await;
+    let first = alice
+        .until_event(|e| matches!(e, RoomEvent::Creator { .. }))
+        .await;
     alice.send(ClientMessage::Leave {}).await;
-    let e = bob.until_event(|e| matches!(e, RoomEvent::Creator { .. })).await;
+    let e = bob
+        .until_event(|e| matches!(e, RoomEvent::Creator { .. }))
+        .await;
     match (first.event, e.event) {
         (RoomEvent::Creator { group_id: g1, .. }, RoomEvent::Creator { id, group_id: g2 }) => {
             assert_eq!(id, bob.id);

@@ -24,7 +24,9 @@ async fn two_hundred_connections_in_twenty_rooms() {
             let t = common::token(&server, &format!("load-{r}"), &format!("u{r}-{p}"));
             let room = format!("load-{r}");
             let ws_url = server.ws_url(&room);
-            joins.push(tokio::spawn(async move { (r, Client::join_url(&ws_url, &t).await) }));
+            joins.push(tokio::spawn(async move {
+                (r, Client::join_url(&ws_url, &t).await)
+            }));
         }
     }
     let mut rooms: Vec<Vec<Client>> = (0..ROOMS).map(|_| Vec::new()).collect();
@@ -53,7 +55,9 @@ async fn two_hundred_connections_in_twenty_rooms() {
                 while kps < kps_expected {
                     match c.recv().await {
                         Got::Mls(_) => kps += 1,
-                        Got::Direct(satsuma_coordinator::protocol::ServerMessage::Error { .. }) => errors += 1,
+                        Got::Direct(satsuma_coordinator::protocol::ServerMessage::Error {
+                            ..
+                        }) => errors += 1,
                         Got::Close(code, reason) => panic!("closed {code} {reason}"),
                         _ => {}
                     }
@@ -71,8 +75,16 @@ async fn two_hundred_connections_in_twenty_rooms() {
     for seqs in &last_seq_per_room {
         assert_eq!(seqs.len(), PER_ROOM);
     }
-    let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(&format!("satsuma_coord_rooms {ROOMS}")), "{metrics}");
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("satsuma_coord_rooms {ROOMS}")),
+        "{metrics}"
+    );
     assert!(metrics.contains(&format!("satsuma_coord_participants {}", ROOMS * PER_ROOM)));
     assert!(!metrics.contains("satsuma_coord_errors_total"), "{metrics}");
     server.shutdown().await;

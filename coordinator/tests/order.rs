@@ -17,7 +17,9 @@ async fn members_see_one_total_order() {
     // Everyone catches up with the joins.
     let joined_seq = {
         let last = members.last_mut().unwrap();
-        last.until_event(|e| matches!(e, RoomEvent::Joined { .. })).await.seq
+        last.until_event(|e| matches!(e, RoomEvent::Joined { .. }))
+            .await
+            .seq
     };
     for m in &mut members {
         m.catch_up(joined_seq).await;
@@ -33,7 +35,8 @@ async fn members_see_one_total_order() {
                 if k % 2 == 0 {
                     m.send(ClientMessage::Hand { raised: k % 4 == 0 }).await;
                 } else {
-                    let kp = build::message(WireFormat::KeyPackage, format!("{}-{k}", m.id).as_bytes());
+                    let kp =
+                        build::message(WireFormat::KeyPackage, format!("{}-{k}", m.id).as_bytes());
                     m.send_binary(client_key_package_frame(&kp)).await;
                 }
             }

@@ -71,6 +71,9 @@ async fn heartbeat_until_left(alice: &mut Client) -> (u64, LeaveReason) {
                 }
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "no leave announced");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no leave announced"
+        );
     }
 }

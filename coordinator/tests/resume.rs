@@ -12,14 +12,18 @@ async fn resume_replays_missed_entries() {
     let server = start(Config::dev()).await;
     let mut alice = Client::join(&server, "resume", "alice").await;
     let mut bob = Client::join(&server, "resume", "bob").await;
-    bob.until_event(|e| matches!(e, RoomEvent::Joined { id, .. } if *id == bob.id)).await;
-    bob.sync().await;
     let bob_id = bob.id;
+    bob.until_event(|e| matches!(e, RoomEvent::Joined { id, .. } if *id == bob_id))
+        .await;
+    bob.sync().await;
     let seen = bob.last_seq;
 
     // Bob's connection drops.
     bob.ws.close(None).await.unwrap();
-    drop(std::mem::replace(&mut bob.ws, common::raw(&server, "resume").await));
+    drop(std::mem::replace(
+        &mut bob.ws,
+        common::raw(&server, "resume").await,
+    ));
 
     // Alice keeps talking.
     for i in 0..10 {
@@ -32,7 +36,12 @@ async fn resume_replays_missed_entries() {
     // Bob resumes with the same id and gets exactly what he missed, in order.
     let reply = bob.resume(&server, "resume").await;
     match reply {
-        Got::Direct(ServerMessage::Resumed { participant_id, from_seq, seq, .. }) => {
+        Got::Direct(ServerMessage::Resumed {
+            participant_id,
+            from_seq,
+            seq,
+            ..
+        }) => {
             assert_eq!(participant_id, bob_id);
             assert_eq!(from_seq, seen);
             assert!(seq >= sent_until);
@@ -54,9 +63,16 @@ async fn resume_replays_missed_entries() {
     assert_eq!(hands, (0..10).map(|i| i % 2 == 0).collect::<Vec<_>>());
 
     // Nobody saw Bob leave; he keeps working on the new connection.
-    assert!(!alice.log.iter().any(|g| matches!(g, Got::Event(e) if matches!(e.event, RoomEvent::Left { .. }))));
+    assert!(
+        !alice
+            .log
+            .iter()
+            .any(|g| matches!(g, Got::Event(e) if matches!(e.event, RoomEvent::Left { .. })))
+    );
     bob.send(ClientMessage::Hand { raised: true }).await;
-    alice.until_event(|e| matches!(e, RoomEvent::Hand { id, raised: true } if *id == bob_id)).await;
+    alice
+        .until_event(|e| matches!(e, RoomEvent::Hand { id, raised: true } if *id == bob_id))
+        .await;
     server.shutdown().await;
 }
 

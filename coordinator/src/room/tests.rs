@@ -6,7 +6,14 @@ use crate::protocol::{ServerMessage, client_commit_frame, client_key_package_fra
 use proptest::prelude::*;
 
 fn req(subject: &str) -> JoinRequest {
-    req_with(subject, Permissions { publish: true, subscribe: true, host: false })
+    req_with(
+        subject,
+        Permissions {
+            publish: true,
+            subscribe: true,
+            host: false,
+        },
+    )
 }
 
 fn req_with(subject: &str, permissions: Permissions) -> JoinRequest {
@@ -78,7 +85,10 @@ fn commit_frame(gid: &[u8], epoch: u64) -> Vec<u8> {
 }
 
 fn ready(epoch: u64) -> ClientMessage {
-    ClientMessage::Ready { epoch, group_id: None }
+    ClientMessage::Ready {
+        epoch,
+        group_id: None,
+    }
 }
 
 #[test]
@@ -89,7 +99,16 @@ fn first_joiner_gets_welcome_then_joined_then_creator() {
     assert_eq!(id, 1);
     let out = drain(&mut room);
     match &out[0] {
-        Output::Reply { to: 1, msg: ServerMessage::Welcome { seq, snapshot, participant_id, .. } } => {
+        Output::Reply {
+            to: 1,
+            msg:
+                ServerMessage::Welcome {
+                    seq,
+                    snapshot,
+                    participant_id,
+                    ..
+                },
+        } => {
             assert_eq!(*seq, 0);
             assert_eq!(*participant_id, 1);
             assert!(snapshot.participants.is_empty());
@@ -99,8 +118,20 @@ fn first_joiner_gets_welcome_then_joined_then_creator() {
     }
     let ev = events(&out);
     assert_eq!(ev.len(), 2);
-    assert!(matches!(ev[0], (1, RoomEvent::Joined { id: 1, host: true, .. })));
-    let (2, RoomEvent::Creator { id: 1, group_id }) = &ev[1] else { panic!("{ev:?}") };
+    assert!(matches!(
+        ev[0],
+        (
+            1,
+            RoomEvent::Joined {
+                id: 1,
+                host: true,
+                ..
+            }
+        )
+    ));
+    let (2, RoomEvent::Creator { id: 1, group_id }) = &ev[1] else {
+        panic!("{ev:?}")
+    };
     assert_eq!(group_id, &hex::encode(group_id_bytes(7, 1)));
 }
 
@@ -119,13 +150,25 @@ fn second_joiner_sees_snapshot_and_no_new_creator() {
     let id = room.join(now, req("bob")).unwrap();
     assert_eq!(id, 2);
     let out = drain(&mut room);
-    let ServerMessage::Welcome { seq, snapshot, .. } = &replies(&out, 2)[0] else { panic!() };
+    let ServerMessage::Welcome { seq, snapshot, .. } = &replies(&out, 2)[0] else {
+        panic!()
+    };
     assert_eq!(*seq, 2);
     assert_eq!(snapshot.participants.len(), 1);
     assert_eq!(snapshot.group.as_ref().unwrap().creator, 1);
     let ev = events(&out);
     assert_eq!(ev.len(), 1);
-    assert!(matches!(ev[0], (3, RoomEvent::Joined { id: 2, host: false, .. })));
+    assert!(matches!(
+        ev[0],
+        (
+            3,
+            RoomEvent::Joined {
+                id: 2,
+                host: false,
+                ..
+            }
+        )
+    ));
 }
 
 #[test]
@@ -141,8 +184,16 @@ fn commit_arbitration_first_in_order_wins() {
     // A KeyPackage is relayed verbatim.
     let kp = build::message(WireFormat::KeyPackage, b"kp-bob");
     let out = bin(&mut room, now, 2, client_key_package_frame(&kp));
-    let Output::Broadcast(e) = &out[0] else { panic!("{out:?}") };
-    assert_eq!(e.body, EntryBody::Mls { kind: KIND_KEY_PACKAGE, from: 2 });
+    let Output::Broadcast(e) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        e.body,
+        EntryBody::Mls {
+            kind: KIND_KEY_PACKAGE,
+            from: 2
+        }
+    );
     let Wire::Binary(w) = &e.wire else { panic!() };
     let f = protocol::MlsFrame::decode(w).unwrap();
     assert_eq!((f.seq, f.kind, f.from, f.payload), (e.seq, 1, 2, kp));
@@ -150,8 +201,16 @@ fn commit_arbitration_first_in_order_wins() {
     // Creator commits at epoch 0: accepted.
     let frame = commit_frame(&gid, 0);
     let out = bin(&mut room, now, 1, frame.clone());
-    let Output::Broadcast(e) = &out[0] else { panic!("{out:?}") };
-    assert_eq!(e.body, EntryBody::Mls { kind: KIND_COMMIT, from: 1 });
+    let Output::Broadcast(e) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        e.body,
+        EntryBody::Mls {
+            kind: KIND_COMMIT,
+            from: 1
+        }
+    );
     let Wire::Binary(w) = &e.wire else { panic!() };
     assert_eq!(&w[17..], &frame[1..]);
     assert_eq!(room.group_epoch().unwrap().1, 1);
@@ -170,14 +229,20 @@ fn commit_arbitration_first_in_order_wins() {
     );
     // Not a member yet (never reported ready): rejected.
     let out = bin(&mut room, now, 2, commit_frame(&gid, 1));
-    assert!(matches!(&replies(&out, 2)[0], ServerMessage::CommitRejected { reason, .. } if reason == "not_member"));
+    assert!(
+        matches!(&replies(&out, 2)[0], ServerMessage::CommitRejected { reason, .. } if reason == "not_member")
+    );
     // Other group: rejected.
     let out = bin(&mut room, now, 1, commit_frame(b"other", 1));
-    assert!(matches!(&replies(&out, 1)[0], ServerMessage::CommitRejected { reason, .. } if reason == "wrong_group"));
+    assert!(
+        matches!(&replies(&out, 1)[0], ServerMessage::CommitRejected { reason, .. } if reason == "wrong_group")
+    );
     // After bob reports ready he may commit the next epoch.
     msg(&mut room, now, 2, ready(1));
     let out = bin(&mut room, now, 2, commit_frame(&gid, 1));
-    assert!(matches!(&out[0], Output::Broadcast(e) if e.body == EntryBody::Mls { kind: KIND_COMMIT, from: 2 }));
+    assert!(
+        matches!(&out[0], Output::Broadcast(e) if e.body == EntryBody::Mls { kind: KIND_COMMIT, from: 2 })
+    );
     assert_eq!(room.group_epoch().unwrap().1, 2);
 }
 
@@ -206,14 +271,20 @@ fn ready_from_all_members_executes_else_timeout_does() {
     drain(&mut room);
     // Creator reports ready for epoch 0: execute {0}.
     let out = msg(&mut room, t0, 1, ready(0));
-    assert!(matches!(events(&out)[..], [(_, RoomEvent::Execute { epoch: 0 })]));
+    assert!(matches!(
+        events(&out)[..],
+        [(_, RoomEvent::Execute { epoch: 0 })]
+    ));
     let gid = group_id(&room);
     bin(&mut room, t0, 1, commit_frame(&gid, 0));
     // Bob was added and reports for epoch 1; alice not yet: no execute.
     let out = msg(&mut room, t0, 2, ready(1));
     assert!(events(&out).is_empty());
     let out = msg(&mut room, t0, 1, ready(1));
-    assert!(matches!(events(&out)[..], [(_, RoomEvent::Execute { epoch: 1 })]));
+    assert!(matches!(
+        events(&out)[..],
+        [(_, RoomEvent::Execute { epoch: 1 })]
+    ));
 
     // Next commit: only alice reports; the 2 s timeout executes.
     let t1 = t0 + Duration::from_millis(100);
@@ -223,7 +294,10 @@ fn ready_from_all_members_executes_else_timeout_does() {
     room.handle_timeout(t1 + Duration::from_millis(1999));
     assert!(events(&drain(&mut room)).is_empty());
     room.handle_timeout(t1 + Duration::from_secs(2));
-    assert!(matches!(events(&drain(&mut room))[..], [(_, RoomEvent::Execute { epoch: 2 })]));
+    assert!(matches!(
+        events(&drain(&mut room))[..],
+        [(_, RoomEvent::Execute { epoch: 2 })]
+    ));
     // Ready ahead of the group is an error.
     let out = msg(&mut room, t1, 2, ready(9));
     assert_eq!(error_codes(&out, 2), vec![error_code::INVALID]);
@@ -243,9 +317,25 @@ fn leaving_unready_member_triggers_execute() {
     msg(&mut room, t0, 1, ready(1));
     let out = msg(&mut room, t0, 2, ClientMessage::Leave {});
     let ev = events(&out);
-    assert!(matches!(ev[0], (_, RoomEvent::Left { id: 2, reason: LeaveReason::Left })));
+    assert!(matches!(
+        ev[0],
+        (
+            _,
+            RoomEvent::Left {
+                id: 2,
+                reason: LeaveReason::Left
+            }
+        )
+    ));
     assert!(matches!(ev[1], (_, RoomEvent::Execute { epoch: 1 })));
-    assert!(out.iter().any(|o| matches!(o, Output::Gone { id: 2, code: close::NORMAL, .. })));
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Gone {
+            id: 2,
+            code: close::NORMAL,
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -261,7 +351,9 @@ fn creator_renamed_when_all_group_members_leave() {
     let ev = events(&out);
     assert!(matches!(ev[0], (_, RoomEvent::Left { id: 1, .. })));
     assert!(matches!(ev[1], (_, RoomEvent::Host { id: 2 })));
-    let (_, RoomEvent::Creator { id: 2, group_id }) = &ev[2] else { panic!("{ev:?}") };
+    let (_, RoomEvent::Creator { id: 2, group_id }) = &ev[2] else {
+        panic!("{ev:?}")
+    };
     assert_ne!(hex::decode(group_id).unwrap(), first);
     assert_eq!(room.group_epoch().unwrap().1, 0);
 }
@@ -269,14 +361,20 @@ fn creator_renamed_when_all_group_members_leave() {
 #[test]
 fn presence_timeout_announces_leave() {
     let t0 = Instant::now();
-    let cfg = RoomConfig { presence_timeout: Duration::from_secs(15), ..RoomConfig::default() };
+    let cfg = RoomConfig {
+        presence_timeout: Duration::from_secs(15),
+        ..RoomConfig::default()
+    };
     let mut room = Room::new("r", cfg, 1);
     room.join(t0, req("alice")).unwrap();
     room.join(t0, req("bob")).unwrap();
     drain(&mut room);
     // The creator's epoch-0 execute comes after 2 s without a ready.
     room.handle_timeout(t0 + Duration::from_secs(2));
-    assert!(matches!(events(&drain(&mut room))[..], [(_, RoomEvent::Execute { epoch: 0 })]));
+    assert!(matches!(
+        events(&drain(&mut room))[..],
+        [(_, RoomEvent::Execute { epoch: 0 })]
+    ));
     let t10 = t0 + Duration::from_secs(10);
     msg(&mut room, t10, 1, ClientMessage::Ping { t: Some(5) });
     room.handle_timeout(t0 + Duration::from_secs(14));
@@ -284,8 +382,24 @@ fn presence_timeout_announces_leave() {
     assert_eq!(room.poll_timeout(), Some(t0 + Duration::from_secs(15)));
     room.handle_timeout(t0 + Duration::from_secs(15));
     let out = drain(&mut room);
-    assert!(matches!(out[0], Output::Gone { id: 2, code: close::PRESENCE_TIMEOUT, .. }));
-    assert!(matches!(events(&out)[0], (_, RoomEvent::Left { id: 2, reason: LeaveReason::Timeout })));
+    assert!(matches!(
+        out[0],
+        Output::Gone {
+            id: 2,
+            code: close::PRESENCE_TIMEOUT,
+            ..
+        }
+    ));
+    assert!(matches!(
+        events(&out)[0],
+        (
+            _,
+            RoomEvent::Left {
+                id: 2,
+                reason: LeaveReason::Timeout
+            }
+        )
+    ));
     assert!(room.contains(1));
     room.touch(t0 + Duration::from_secs(20), 1);
     room.handle_timeout(t0 + Duration::from_secs(34));
@@ -303,13 +417,29 @@ fn resume_replays_missed_entries() {
     drain(&mut room);
     let seen = room.seq();
     msg(&mut room, t0, 1, ClientMessage::Hand { raised: true });
-    bin(&mut room, t0, 1, client_key_package_frame(&build::message(WireFormat::KeyPackage, b"x")));
-    assert_eq!(room.resume(t0, 2, "wrong", seen), Err(ResumeError::BadToken));
-    assert_eq!(room.resume(t0, 9, "tok-bob", seen), Err(ResumeError::UnknownParticipant));
-    assert!(matches!(room.resume(t0, 2, "tok-bob", 99), Err(ResumeError::FutureSeq { .. })));
+    bin(
+        &mut room,
+        t0,
+        1,
+        client_key_package_frame(&build::message(WireFormat::KeyPackage, b"x")),
+    );
+    assert_eq!(
+        room.resume(t0, 2, "wrong", seen),
+        Err(ResumeError::BadToken)
+    );
+    assert_eq!(
+        room.resume(t0, 9, "tok-bob", seen),
+        Err(ResumeError::UnknownParticipant)
+    );
+    assert!(matches!(
+        room.resume(t0, 2, "tok-bob", 99),
+        Err(ResumeError::FutureSeq { .. })
+    ));
     room.resume(t0, 2, "tok-bob", seen).unwrap();
     let out = drain(&mut room);
-    assert!(matches!(&out[0], Output::Reply { to: 2, msg: ServerMessage::Resumed { from_seq, seq, .. } } if *from_seq == seen && *seq == seen + 2));
+    assert!(
+        matches!(&out[0], Output::Reply { to: 2, msg: ServerMessage::Resumed { from_seq, seq, .. } } if *from_seq == seen && *seq == seen + 2)
+    );
     let delivered: Vec<u64> = out
         .iter()
         .filter_map(|o| match o {
@@ -323,7 +453,10 @@ fn resume_replays_missed_entries() {
 #[test]
 fn resume_beyond_window_fails_and_removes() {
     let t0 = Instant::now();
-    let cfg = RoomConfig { replay_max_entries: 4, ..RoomConfig::default() };
+    let cfg = RoomConfig {
+        replay_max_entries: 4,
+        ..RoomConfig::default()
+    };
     let mut room = Room::new("r", cfg, 1);
     room.join(t0, req("alice")).unwrap();
     room.join(t0, req("bob")).unwrap();
@@ -336,18 +469,42 @@ fn resume_beyond_window_fails_and_removes() {
     assert!(matches!(err, ResumeError::Gap { last_seq: 1, .. }));
     assert!(!room.contains(2));
     let out = drain(&mut room);
-    assert!(matches!(out[0], Output::Gone { id: 2, code: close::RESUME_FAILED, .. }));
-    assert!(matches!(events(&out)[0], (_, RoomEvent::Left { id: 2, reason: LeaveReason::ResumeFailed })));
+    assert!(matches!(
+        out[0],
+        Output::Gone {
+            id: 2,
+            code: close::RESUME_FAILED,
+            ..
+        }
+    ));
+    assert!(matches!(
+        events(&out)[0],
+        (
+            _,
+            RoomEvent::Left {
+                id: 2,
+                reason: LeaveReason::ResumeFailed
+            }
+        )
+    ));
 }
 
 #[test]
 fn log_is_bounded_by_bytes() {
     let t0 = Instant::now();
-    let cfg = RoomConfig { replay_max_bytes: 3000, ..RoomConfig::default() };
+    let cfg = RoomConfig {
+        replay_max_bytes: 3000,
+        ..RoomConfig::default()
+    };
     let mut room = Room::new("r", cfg, 1);
     room.join(t0, req("alice")).unwrap();
     for _ in 0..10 {
-        bin(&mut room, t0, 1, client_key_package_frame(&build::message(WireFormat::KeyPackage, &[0; 1000])));
+        bin(
+            &mut room,
+            t0,
+            1,
+            client_key_package_frame(&build::message(WireFormat::KeyPackage, &[0; 1000])),
+        );
     }
     assert!(room.log_bytes <= 3000);
     assert!(room.log.len() >= 2);
@@ -366,35 +523,110 @@ fn host_permissions() {
     drain(&mut room);
     // A non-host cannot mute, remove, lock or cap.
     for m in [
-        ClientMessage::Mute { target: 1, kind: TrackKind::Audio },
+        ClientMessage::Mute {
+            target: 1,
+            kind: TrackKind::Audio,
+        },
         ClientMessage::Remove { target: 3 },
         ClientMessage::Lock { locked: true },
-        ClientMessage::SetCap { max_participants: Some(2) },
+        ClientMessage::SetCap {
+            max_participants: Some(2),
+        },
     ] {
         let out = msg(&mut room, t0, 2, m);
         assert_eq!(error_codes(&out, 2), vec![error_code::FORBIDDEN]);
         assert!(events(&out).is_empty());
     }
     // Self-mute is fine.
-    let out = msg(&mut room, t0, 2, ClientMessage::Mute { target: 2, kind: TrackKind::Audio });
-    assert!(matches!(events(&out)[0], (_, RoomEvent::Muted { id: 2, by: 2, .. })));
+    let out = msg(
+        &mut room,
+        t0,
+        2,
+        ClientMessage::Mute {
+            target: 2,
+            kind: TrackKind::Audio,
+        },
+    );
+    assert!(matches!(
+        events(&out)[0],
+        (_, RoomEvent::Muted { id: 2, by: 2, .. })
+    ));
     // The host can.
-    let out = msg(&mut room, t0, 1, ClientMessage::Mute { target: 2, kind: TrackKind::Video });
-    assert!(matches!(events(&out)[0], (_, RoomEvent::Muted { id: 2, by: 1, kind: TrackKind::Video })));
-    let out = msg(&mut room, t0, 1, ClientMessage::Mute { target: 42, kind: TrackKind::Audio });
+    let out = msg(
+        &mut room,
+        t0,
+        1,
+        ClientMessage::Mute {
+            target: 2,
+            kind: TrackKind::Video,
+        },
+    );
+    assert!(matches!(
+        events(&out)[0],
+        (
+            _,
+            RoomEvent::Muted {
+                id: 2,
+                by: 1,
+                kind: TrackKind::Video
+            }
+        )
+    ));
+    let out = msg(
+        &mut room,
+        t0,
+        1,
+        ClientMessage::Mute {
+            target: 42,
+            kind: TrackKind::Audio,
+        },
+    );
     assert_eq!(error_codes(&out, 1), vec![error_code::NOT_FOUND]);
     let out = msg(&mut room, t0, 1, ClientMessage::Remove { target: 3 });
-    assert!(matches!(out[0], Output::Gone { id: 3, code: close::REMOVED, .. }));
+    assert!(matches!(
+        out[0],
+        Output::Gone {
+            id: 3,
+            code: close::REMOVED,
+            ..
+        }
+    ));
     assert_eq!(room.join(t0, req("carol")), Err(JoinError::Removed));
     msg(&mut room, t0, 1, ClientMessage::Lock { locked: true });
     assert_eq!(room.join(t0, req("dave")), Err(JoinError::Locked));
-    let host = Permissions { host: true, ..Permissions::default() };
+    let host = Permissions {
+        host: true,
+        ..Permissions::default()
+    };
     assert_eq!(room.join(t0, req_with("erin", host)), Ok(4));
     msg(&mut room, t0, 1, ClientMessage::Lock { locked: false });
-    let out = msg(&mut room, t0, 1, ClientMessage::SetCap { max_participants: Some(3) });
-    assert!(matches!(events(&out)[0], (_, RoomEvent::Cap { max_participants: 3, by: 1 })));
+    let out = msg(
+        &mut room,
+        t0,
+        1,
+        ClientMessage::SetCap {
+            max_participants: Some(3),
+        },
+    );
+    assert!(matches!(
+        events(&out)[0],
+        (
+            _,
+            RoomEvent::Cap {
+                max_participants: 3,
+                by: 1
+            }
+        )
+    ));
     assert_eq!(room.join(t0, req("frank")), Err(JoinError::Full));
-    let out = msg(&mut room, t0, 1, ClientMessage::SetCap { max_participants: Some(0) });
+    let out = msg(
+        &mut room,
+        t0,
+        1,
+        ClientMessage::SetCap {
+            max_participants: Some(0),
+        },
+    );
     assert_eq!(error_codes(&out, 1), vec![error_code::INVALID]);
     // Hosts cannot remove hosts.
     let out = msg(&mut room, t0, 1, ClientMessage::Remove { target: 4 });
@@ -406,7 +638,10 @@ fn tracks_need_an_own_sfu_session_and_publish_permission() {
     let t0 = Instant::now();
     let mut room = Room::new("r", RoomConfig::default(), 1);
     room.join(t0, req("alice")).unwrap();
-    let viewer = Permissions { subscribe: true, ..Permissions::default() };
+    let viewer = Permissions {
+        subscribe: true,
+        ..Permissions::default()
+    };
     room.join(t0, req_with("bob", viewer)).unwrap();
     drain(&mut room);
     let publish = |s: &str, t: &str| ClientMessage::Publish {
@@ -421,23 +656,74 @@ fn tracks_need_an_own_sfu_session_and_publish_permission() {
     assert!(room.bind_sfu_session(t0, 2, "s2"));
     assert_eq!(room.sfu_session_owner("s1"), Some(1));
     let out = drain(&mut room);
-    assert!(matches!(&events(&out)[0], (_, RoomEvent::Session { id: 1, session_id }) if session_id == "s1"));
+    assert!(
+        matches!(&events(&out)[0], (_, RoomEvent::Session { id: 1, session_id }) if session_id == "s1")
+    );
     let out = msg(&mut room, t0, 1, publish("s2", "mic"));
     assert_eq!(error_codes(&out, 1), vec![error_code::FORBIDDEN]);
     let out = msg(&mut room, t0, 2, publish("s2", "mic"));
     assert_eq!(error_codes(&out, 2), vec![error_code::FORBIDDEN]);
     let out = msg(&mut room, t0, 1, publish("s1", "mic"));
-    assert!(matches!(&events(&out)[0], (_, RoomEvent::Published { id: 1, .. })));
+    assert!(matches!(
+        &events(&out)[0],
+        (_, RoomEvent::Published { id: 1, .. })
+    ));
     let out = msg(&mut room, t0, 1, publish("s1", "mic"));
     assert_eq!(error_codes(&out, 1), vec![error_code::INVALID]);
     // Host mute disables the track in server state.
-    room.join(t0, req_with("host", Permissions { host: true, ..Permissions::default() })).unwrap();
-    msg(&mut room, t0, 3, ClientMessage::Mute { target: 1, kind: TrackKind::Audio });
+    room.join(
+        t0,
+        req_with(
+            "host",
+            Permissions {
+                host: true,
+                ..Permissions::default()
+            },
+        ),
+    )
+    .unwrap();
+    msg(
+        &mut room,
+        t0,
+        3,
+        ClientMessage::Mute {
+            target: 1,
+            kind: TrackKind::Audio,
+        },
+    );
     assert!(!room.snapshot().participants[0].tracks[0].enabled);
-    let out = msg(&mut room, t0, 1, ClientMessage::SetTrack { track_name: "mic".into(), enabled: true });
-    assert!(matches!(&events(&out)[0], (_, RoomEvent::TrackEnabled { id: 1, enabled: true, .. })));
-    let out = msg(&mut room, t0, 1, ClientMessage::Unpublish { track_name: "mic".into() });
-    assert!(matches!(&events(&out)[0], (_, RoomEvent::Unpublished { id: 1, .. })));
+    let out = msg(
+        &mut room,
+        t0,
+        1,
+        ClientMessage::SetTrack {
+            track_name: "mic".into(),
+            enabled: true,
+        },
+    );
+    assert!(matches!(
+        &events(&out)[0],
+        (
+            _,
+            RoomEvent::TrackEnabled {
+                id: 1,
+                enabled: true,
+                ..
+            }
+        )
+    ));
+    let out = msg(
+        &mut room,
+        t0,
+        1,
+        ClientMessage::Unpublish {
+            track_name: "mic".into(),
+        },
+    );
+    assert!(matches!(
+        &events(&out)[0],
+        (_, RoomEvent::Unpublished { id: 1, .. })
+    ));
     let out = msg(&mut room, t0, 2, ClientMessage::Speaking { speaking: true });
     assert_eq!(error_codes(&out, 2), vec![error_code::FORBIDDEN]);
 }
@@ -456,7 +742,10 @@ fn bad_binary_frames_are_refused_without_logging() {
         (vec![2, 0, 0, 0, 50, 1], error_code::MALFORMED), // length beyond frame
         (vec![2, 0, 0, 0, 2, 0, 1], error_code::MLS_FRAMING), // truncated commit
         (
-            client_commit_frame(&build::public_commit(&group_id(&room), 0, 0, b""), b"\x00\x01\x00\x05kp"),
+            client_commit_frame(
+                &build::public_commit(&group_id(&room), 0, 0, b""),
+                b"\x00\x01\x00\x05kp",
+            ),
             error_code::MLS_FRAMING,
         ), // "welcome" is a KeyPackage
     ];
@@ -465,7 +754,16 @@ fn bad_binary_frames_are_refused_without_logging() {
         assert_eq!(error_codes(&out, 1), vec![code]);
     }
     assert_eq!(room.seq(), seq);
-    let out = msg(&mut room, t0, 1, ClientMessage::Hello { v: 1, token: None, resume: None });
+    let out = msg(
+        &mut room,
+        t0,
+        1,
+        ClientMessage::Hello {
+            v: 1,
+            token: None,
+            resume: None,
+        },
+    );
     assert_eq!(error_codes(&out, 1), vec![error_code::ALREADY_JOINED]);
 }
 
@@ -479,10 +777,20 @@ enum Op {
     Advance(u64),
     Ping(usize),
     KeyPackage(usize),
-    Commit { who: usize, epoch_delta: i8, wrong_group: bool },
-    Ready { who: usize, epoch_delta: i8 },
+    Commit {
+        who: usize,
+        epoch_delta: i8,
+        wrong_group: bool,
+    },
+    Ready {
+        who: usize,
+        epoch_delta: i8,
+    },
     Hand(usize, bool),
-    Resume { who: usize, back: u64 },
+    Resume {
+        who: usize,
+        back: u64,
+    },
     Garbage(usize, Vec<u8>),
 }
 
