@@ -1,0 +1,442 @@
+//! [`Bot`]: the handle tests and tools use. Signaling over the HTTP API, media in the driver task.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::api::{
+    ApiError, CloseTracksRequest, SessionDescription, SessionState, SfuClient, TrackObject,
+    TracksRequest, TracksResponse,
+};
+use crate::driver::{self, Command};
+use crate::participant::{
+    Participant, ParticipantConfig, ParticipantStats, PullSpec, SignalingError, TrackSpec,
+};
+use crate::payload::MediaKind;
+
+/// Errors of the bot.
+#[derive(Debug, Error)]
+pub enum BotError {
+    /// The HTTP API failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// An SDP step failed.
+    #[error(transparent)]
+    Signaling(#[from] SignalingError),
+    /// Socket setup failed.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The driver task has stopped.
+    #[error("the bot's media task has stopped")]
+    DriverGone,
+    /// The server's answer does not fit the request.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// A per-track error from the server.
+    #[error("track {track}: {code}: {description}")]
+    Track {
+        /// Track name or mid.
+        track: String,
+        /// `errorCode`.
+        code: String,
+        /// `errorDescription`.
+        description: String,
+    },
+    /// A wait ran out.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+}
+
+/// How a bot connects and what it sends.
+#[derive(Debug, Clone)]
+pub struct BotConfig {
+    /// SFU base URL, e.g. `http://127.0.0.1:8080`.
+    pub base_url: String,
+    /// App id.
+    pub app_id: String,
+    /// App secret.
+    pub secret: String,
+    /// IP for the bot's UDP socket (and its ICE host candidate).
+    pub bind_ip: IpAddr,
+    /// Media settings.
+    pub participant: ParticipantConfig,
+}
+
+impl BotConfig {
+    /// Defaults: bind on 127.0.0.1, default media settings.
+    pub fn new(base_url: &str, app_id: &str, secret: &str) -> Self {
+        Self {
+            base_url: base_url.to_owned(),
+            app_id: app_id.to_owned(),
+            secret: secret.to_owned(),
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            participant: ParticipantConfig::default(),
+        }
+    }
+}
+
+/// A track this bot publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedTrack {
+    /// Track name.
+    pub track_name: String,
+    /// Mid in this bot's session.
+    pub mid: String,
+    /// Audio or video.
+    pub kind: MediaKind,
+}
+
+/// A track this bot pulls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribedTrack {
+    /// Publishing session.
+    pub session_id: String,
+    /// Track name.
+    pub track_name: String,
+    /// Mid in this bot's session.
+    pub mid: String,
+}
+
+/// Statistics of a bot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BotStats {
+    /// Session id at the SFU.
+    pub session_id: String,
+    /// Everything the media core counted.
+    #[serde(flatten)]
+    pub participant: ParticipantStats,
+}
+
+/// A native WebRTC participant driven over the SFU's HTTP API.
+#[derive(Debug)]
+pub struct Bot {
+    client: SfuClient,
+    session_id: String,
+    local_addr: SocketAddr,
+    commands: mpsc::Sender<Command>,
+    signaling: Mutex<()>,
+    task: JoinHandle<()>,
+}
+
+impl Bot {
+    /// Connect with default settings: create a session and start the media task.
+    pub async fn connect(base_url: &str, app_id: &str, secret: &str) -> Result<Self, BotError> {
+        Self::connect_with(BotConfig::new(base_url, app_id, secret)).await
+    }
+
+    /// Connect with explicit settings.
+    pub async fn connect_with(config: BotConfig) -> Result<Self, BotError> {
+        let client = SfuClient::new(&config.base_url, &config.app_id, &config.secret)?;
+        let session = client.new_session().await?;
+        let socket = driver::bind_socket(config.bind_ip)?;
+        let local_addr = socket.local_addr()?;
+        let participant = Participant::new(
+            config.participant,
+            local_addr,
+            Instant::now(),
+            driver::unix_now_us(),
+            rand::random(),
+        )?;
+        let (tx, rx) = mpsc::channel(64);
+        let task = tokio::spawn(driver::run(participant, socket, rx));
+        Ok(Self {
+            client,
+            session_id: session.session_id,
+            local_addr,
+            commands: tx,
+            signaling: Mutex::new(()),
+            task,
+        })
+    }
+
+    /// This bot's session id.
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    /// The bot's UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The HTTP API client (same app and secret).
+    pub fn api(&self) -> &SfuClient {
+        &self.client
+    }
+
+    /// Run `f` on the participant inside the driver and return its result.
+    async fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Participant, Instant) -> R + Send + 'static,
+    ) -> Result<R, BotError> {
+        let (tx, rx) = oneshot::channel();
+        let cmd: Command = Box::new(move |p, now| {
+            let _ = tx.send(f(p, now));
+        });
+        self.commands
+            .send(cmd)
+            .await
+            .map_err(|_| BotError::DriverGone)?;
+        rx.await.map_err(|_| BotError::DriverGone)
+    }
+
+    /// Publish tracks: offer → `tracks/new` → answer. Media starts once connected.
+    pub async fn publish(&self, tracks: &[TrackSpec]) -> Result<Vec<PublishedTrack>, BotError> {
+        let _guard = self.signaling.lock().await;
+        let specs = tracks.to_vec();
+        let (offer, mids) = self
+            .with(move |p, now| p.create_push_offer(now, &specs))
+            .await??;
+        let req = TracksRequest {
+            session_description: Some(SessionDescription::offer(offer)),
+            tracks: mids
+                .iter()
+                .zip(tracks)
+                .map(|(mid, t)| TrackObject::local(mid.clone(), t.name.clone()))
+                .collect(),
+        };
+        let resp = match self.client.new_tracks(&self.session_id, &req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.with(|p, _| p.rollback()).await?;
+                return Err(e.into());
+            }
+        };
+        let answer = match answer_of(&resp) {
+            Ok(a) => a,
+            Err(e) => {
+                self.with(|p, _| p.rollback()).await?;
+                return Err(e);
+            }
+        };
+        self.with(move |p, now| p.accept_answer(now, &answer))
+            .await??;
+        check_track_errors(&resp.tracks)?;
+        Ok(mids
+            .into_iter()
+            .zip(tracks)
+            .map(|(mid, t)| PublishedTrack {
+                track_name: t.name.clone(),
+                mid,
+                kind: t.kind,
+            })
+            .collect())
+    }
+
+    /// Publish one audio track.
+    pub async fn publish_audio(&self, name: &str) -> Result<PublishedTrack, BotError> {
+        self.publish_one(name, MediaKind::Audio).await
+    }
+
+    /// Publish one video track.
+    pub async fn publish_video(&self, name: &str) -> Result<PublishedTrack, BotError> {
+        self.publish_one(name, MediaKind::Video).await
+    }
+
+    async fn publish_one(&self, name: &str, kind: MediaKind) -> Result<PublishedTrack, BotError> {
+        let spec = TrackSpec {
+            name: name.to_owned(),
+            kind,
+        };
+        self.publish(&[spec])
+            .await?
+            .pop()
+            .ok_or_else(|| BotError::Protocol("no track published".into()))
+    }
+
+    /// Pull one track of another session.
+    pub async fn subscribe(
+        &self,
+        session_id: &str,
+        track_name: &str,
+    ) -> Result<SubscribedTrack, BotError> {
+        self.subscribe_many(&[(session_id.to_owned(), track_name.to_owned())])
+            .await?
+            .pop()
+            .ok_or_else(|| BotError::Protocol("no track subscribed".into()))
+    }
+
+    /// Pull several tracks: `tracks/new` (remote) → SFU offer → our answer via `renegotiate`.
+    pub async fn subscribe_many(
+        &self,
+        tracks: &[(String, String)],
+    ) -> Result<Vec<SubscribedTrack>, BotError> {
+        let _guard = self.signaling.lock().await;
+        let req = TracksRequest {
+            session_description: None,
+            tracks: tracks
+                .iter()
+                .map(|(s, n)| TrackObject::remote(s.clone(), n.clone()))
+                .collect(),
+        };
+        let resp = self.client.new_tracks(&self.session_id, &req).await?;
+        let mut subs = Vec::new();
+        for (i, t) in resp.tracks.iter().enumerate() {
+            if t.error_code.is_some() {
+                continue;
+            }
+            let mid = t
+                .mid
+                .clone()
+                .ok_or_else(|| BotError::Protocol(format!("pulled track {i} has no mid")))?;
+            let (sid, name) = tracks
+                .get(i)
+                .cloned()
+                .ok_or_else(|| BotError::Protocol("more tracks answered than asked".into()))?;
+            subs.push(SubscribedTrack {
+                session_id: t.session_id.clone().unwrap_or(sid),
+                track_name: t.track_name.clone().unwrap_or(name),
+                mid,
+            });
+        }
+        if let Some(sd) = resp.session_description.filter(|sd| sd.kind == "offer") {
+            let pulls: Vec<PullSpec> = subs
+                .iter()
+                .map(|s| PullSpec {
+                    mid: s.mid.clone(),
+                    remote_session_id: s.session_id.clone(),
+                    track_name: s.track_name.clone(),
+                })
+                .collect();
+            let answer = self
+                .with(move |p, now| p.accept_offer(now, &sd.sdp, &pulls))
+                .await??;
+            self.client
+                .renegotiate(&self.session_id, SessionDescription::answer(answer))
+                .await?;
+        } else if !subs.is_empty() {
+            return Err(BotError::Protocol("pull response carries no offer".into()));
+        }
+        check_track_errors(&resp.tracks)?;
+        Ok(subs)
+    }
+
+    /// Close one track (pushed or pulled) by mid.
+    pub async fn close_track(&self, mid: &str) -> Result<(), BotError> {
+        self.close_tracks(&[mid.to_owned()]).await
+    }
+
+    /// Close tracks by mid: offer with the transceivers stopped → `tracks/close` → answer.
+    pub async fn close_tracks(&self, mids: &[String]) -> Result<(), BotError> {
+        let _guard = self.signaling.lock().await;
+        let list = mids.to_vec();
+        self.with(move |p, _| p.forget_tracks(&list)).await?;
+        let list = mids.to_vec();
+        let offer = self
+            .with(move |p, now| p.create_close_offer(now, &list))
+            .await??;
+        let req = CloseTracksRequest {
+            tracks: mids.iter().map(TrackObject::by_mid).collect(),
+            session_description: Some(SessionDescription::offer(offer)),
+            force: false,
+        };
+        let resp = match self.client.close_tracks(&self.session_id, &req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.with(|p, _| p.rollback()).await?;
+                return Err(e.into());
+            }
+        };
+        match resp.session_description.clone() {
+            Some(sd) if sd.kind == "answer" => {
+                self.with(move |p, now| p.accept_answer(now, &sd.sdp))
+                    .await??;
+            }
+            Some(sd) if sd.kind == "offer" => {
+                self.with(|p, _| p.rollback()).await?;
+                let answer = self
+                    .with(move |p, now| p.accept_offer(now, &sd.sdp, &[]))
+                    .await??;
+                self.client
+                    .renegotiate(&self.session_id, SessionDescription::answer(answer))
+                    .await?;
+            }
+            _ => self.with(|p, _| p.rollback()).await?,
+        }
+        check_track_errors(&resp.tracks)
+    }
+
+    /// `GET /sessions/{id}` for this bot's session.
+    pub async fn session_state(&self) -> Result<SessionState, BotError> {
+        Ok(self.client.session(&self.session_id).await?)
+    }
+
+    /// Start or stop sending media on all published tracks.
+    pub async fn set_sending(&self, sending: bool) -> Result<(), BotError> {
+        self.with(move |p, now| p.set_sending(now, sending)).await
+    }
+
+    /// Send arbitrary bytes from this bot's UDP socket (for hostile-input tests).
+    pub async fn send_raw(&self, destination: SocketAddr, bytes: Vec<u8>) -> Result<(), BotError> {
+        self.with(move |p, _| p.send_raw(destination, bytes)).await
+    }
+
+    /// Statistics so far.
+    pub async fn stats(&self) -> Result<BotStats, BotError> {
+        let participant = self.with(|p, _| p.stats()).await?;
+        Ok(BotStats {
+            session_id: self.session_id.clone(),
+            participant,
+        })
+    }
+
+    /// Wait until DTLS is up (ICE connected and handshake done).
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), BotError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.with(|p, _| p.is_connected()).await? {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BotError::Timeout("connection"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stop the media task and return the final statistics.
+    pub async fn shutdown(self) -> Result<BotStats, BotError> {
+        let stats = self.stats().await;
+        let _ = self.with(|p, _| p.close()).await;
+        drop(self.commands);
+        let _ = self.task.await;
+        stats
+    }
+
+    /// Vanish without a word: stop the media task at once (no DTLS close, no API call), as a crashed
+    /// client or a lost network would.
+    pub fn vanish(self) {
+        self.task.abort();
+    }
+}
+
+fn answer_of(resp: &TracksResponse) -> Result<String, BotError> {
+    match &resp.session_description {
+        Some(sd) if sd.kind == "answer" => Ok(sd.sdp.clone()),
+        Some(sd) => Err(BotError::Protocol(format!(
+            "expected an answer, got a {}",
+            sd.kind
+        ))),
+        None => Err(BotError::Protocol("push response carries no answer".into())),
+    }
+}
+
+fn check_track_errors(tracks: &[TrackObject]) -> Result<(), BotError> {
+    for t in tracks {
+        if let Some(code) = &t.error_code {
+            return Err(BotError::Track {
+                track: t
+                    .track_name
+                    .clone()
+                    .or_else(|| t.mid.clone())
+                    .unwrap_or_default(),
+                code: code.clone(),
+                description: t.error_description.clone().unwrap_or_default(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The tokio driver: one task that owns a [`Participant`] and its UDP socket.
+//!
+//! The task waits for the first of: a datagram, a command from the [`crate::Bot`] handle, or the
+//! participant's next wakeup; feeds it to the participant; and sends whatever the participant put in its
+//! outbox. Commands are closures run on the participant, so the handle can do any SDP step without the
+//! driver knowing about signaling.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::participant::Participant;
+
+/// A closure run by the driver on its participant.
+pub(crate) type Command = Box<dyn FnOnce(&mut Participant, Instant) + Send>;
+
+/// Microseconds since the Unix epoch now.
+pub(crate) fn unix_now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Bind a UDP socket on `ip` (ephemeral port) with generous buffers.
+pub(crate) fn bind_socket(ip: IpAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = SocketAddr::new(ip, 0);
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Run the participant until the command channel closes or a command closes the participant.
+pub(crate) async fn run(
+    mut p: Participant,
+    socket: UdpSocket,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        flush(&mut p, &socket);
+        if !p.is_alive() {
+            break;
+        }
+        let wake = tokio::time::Instant::from_std(p.next_wakeup());
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => {
+                    let now = Instant::now();
+                    p.handle_datagram(now, from, &buf[..n]);
+                    // Take what else is queued without going back through select.
+                    for _ in 0..64 {
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((n, from)) => p.handle_datagram(now, from, &buf[..n]),
+                            Err(_) => break,
+                        }
+                    }
+                    p.handle_timeout(Instant::now());
+                }
+                Err(e) => debug!("udp recv error: {e}"),
+            },
+            c = commands.recv() => match c {
+                Some(f) => {
+                    let now = Instant::now();
+                    f(&mut p, now);
+                    p.handle_timeout(now);
+                }
+                None => {
+                    p.close();
+                    break;
+                }
+            },
+            _ = tokio::time::sleep_until(wake) => p.handle_timeout(Instant::now()),
+        }
+    }
+    flush(&mut p, &socket);
+}
+
+fn flush(p: &mut Participant, socket: &UdpSocket) {
+    for (_src, dst, bytes) in p.take_outbox() {
+        if let Err(e) = socket.try_send_to(&bytes, dst) {
+            debug!("udp send to {dst} failed: {e}");
+        }
+    }
+}

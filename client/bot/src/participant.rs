@@ -1,0 +1,758 @@
+//! The bot's sans-IO core: one str0m `Rtc` plus the tracks it pushes and pulls.
+//!
+//! [`Participant`] does no I/O and reads no clock. Every method takes `now`, applies one mutation
+//! (a datagram, a timeout, an SDP step, due media) and then drains str0m's output until it reports a
+//! timeout, as str0m requires. Datagrams to send pile up in an outbox the driver empties
+//! ([`Participant::take_outbox`]); [`Participant::next_wakeup`] says when to call
+//! [`Participant::handle_timeout`] next (str0m timers and media clocks combined).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequestKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
+use thiserror::Error;
+use tracing::{debug, warn};
+
+use crate::payload::MediaKind;
+use crate::reception::{Reception, ReceptionAction, ReceptionStats};
+use crate::source::{AudioSettings, MediaSource, SourceCounters, VideoSettings};
+
+/// Errors of SDP and setup steps.
+#[derive(Debug, Error)]
+pub enum SignalingError {
+    /// The remote SDP does not parse.
+    #[error("remote SDP does not parse: {0}")]
+    BadSdp(String),
+    /// str0m refused an SDP step.
+    #[error("str0m: {0}")]
+    Rtc(#[from] RtcError),
+    /// An answer arrived but no offer is outstanding.
+    #[error("no offer outstanding")]
+    NoPendingOffer,
+    /// Nothing to offer (no changes).
+    #[error("nothing to negotiate")]
+    NothingToOffer,
+    /// The local address cannot be used as an ICE candidate.
+    #[error("unusable local address {0}")]
+    BadLocalAddress(SocketAddr),
+}
+
+/// A track this participant publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackSpec {
+    /// Track name in the API.
+    pub name: String,
+    /// Audio or video.
+    pub kind: MediaKind,
+}
+
+/// Statistics of one published track.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PublishedStats {
+    /// Track name.
+    pub track_name: String,
+    /// Mid in this session.
+    pub mid: String,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Track id carried in the payloads.
+    pub track_id: u64,
+    /// Whether media is currently being sent.
+    pub sending: bool,
+    /// Negotiated payload type, once known.
+    pub pt: Option<u8>,
+    /// What has been sent.
+    pub sent: SourceCounters,
+}
+
+/// Statistics of one pulled track.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SubscribedStats {
+    /// Session that publishes the track.
+    pub remote_session_id: String,
+    /// Track name.
+    pub track_name: String,
+    /// Mid in this session.
+    pub mid: String,
+    /// Still subscribed (not closed).
+    pub active: bool,
+    /// What has arrived.
+    pub received: ReceptionStats,
+}
+
+/// Transport-level counters.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct TransportStats {
+    /// Local UDP address.
+    pub local_addr: Option<String>,
+    /// Latest ICE connection state.
+    pub ice_state: String,
+    /// DTLS/SRTP is up.
+    pub connected: bool,
+    /// Datagrams received.
+    pub datagrams_in: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Datagrams that were neither STUN, DTLS, RTP nor RTCP, or that str0m did not accept.
+    pub dropped_datagrams: u64,
+    /// Errors str0m returned while handling input.
+    pub rtc_errors: u64,
+    /// RTP packets on a mid the participant did not subscribe to.
+    pub unexpected_rtp: u64,
+    /// Keyframe requests received for unknown mids.
+    pub unexpected_keyframe_requests: u64,
+}
+
+/// All statistics of a participant.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ParticipantStats {
+    /// Transport counters.
+    pub transport: TransportStats,
+    /// Published tracks.
+    pub published: Vec<PublishedStats>,
+    /// Pulled tracks.
+    pub subscribed: Vec<SubscribedStats>,
+}
+
+#[derive(Debug)]
+struct Published {
+    name: String,
+    source: MediaSource,
+    pt: Option<Pt>,
+    sending: bool,
+}
+
+#[derive(Debug)]
+struct Subscribed {
+    remote_session_id: String,
+    track_name: String,
+    reception: Reception,
+    active: bool,
+}
+
+/// A remote track being pulled, as announced by the SFU for the mid it chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullSpec {
+    /// Mid the SFU's offer uses for the track.
+    pub mid: String,
+    /// Publishing session.
+    pub remote_session_id: String,
+    /// Track name.
+    pub track_name: String,
+}
+
+/// Construction settings of a participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParticipantConfig {
+    /// Audio track settings.
+    pub audio: AudioSettings,
+    /// Video track settings.
+    pub video: VideoSettings,
+    /// Request a keyframe when video arrives before any keyframe (like browsers do).
+    pub request_keyframes: bool,
+    /// Start sending as soon as a track is negotiated.
+    pub send_on_publish: bool,
+}
+
+impl Default for ParticipantConfig {
+    fn default() -> Self {
+        Self {
+            audio: AudioSettings::default(),
+            video: VideoSettings::default(),
+            request_keyframes: true,
+            send_on_publish: true,
+        }
+    }
+}
+
+struct PendingOffer {
+    pending: SdpPendingOffer,
+    new_tracks: Vec<(Mid, TrackSpec)>,
+}
+
+/// The sans-IO core of a bot.
+pub struct Participant {
+    rtc: Rtc,
+    config: ParticipantConfig,
+    local_addr: SocketAddr,
+    clock_anchor: (Instant, u64),
+    outbox: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
+    rtc_timeout: Instant,
+    published: BTreeMap<Mid, Published>,
+    subscribed: BTreeMap<Mid, Subscribed>,
+    pending: Option<PendingOffer>,
+    transport: TransportStats,
+    sending: bool,
+    next_track_id: u64,
+}
+
+impl std::fmt::Debug for Participant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Participant")
+            .field("local_addr", &self.local_addr)
+            .field("published", &self.published.len())
+            .field("subscribed", &self.subscribed.len())
+            .finish()
+    }
+}
+
+impl Participant {
+    /// A participant whose UDP socket is `local_addr`.
+    ///
+    /// `now_unix_us` is `now` in microseconds since the Unix epoch: payload send times and latencies are
+    /// computed from it, so participants that share a host clock can compare times.
+    pub fn new(
+        config: ParticipantConfig,
+        local_addr: SocketAddr,
+        now: Instant,
+        now_unix_us: u64,
+        track_id_seed: u64,
+    ) -> Result<Self, SignalingError> {
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .build(now);
+        let candidate = Candidate::host(local_addr, "udp")
+            .map_err(|_| SignalingError::BadLocalAddress(local_addr))?;
+        rtc.add_local_candidate(candidate);
+        let mut p = Self {
+            rtc,
+            config,
+            local_addr,
+            clock_anchor: (now, now_unix_us),
+            outbox: VecDeque::new(),
+            rtc_timeout: now,
+            published: BTreeMap::new(),
+            subscribed: BTreeMap::new(),
+            pending: None,
+            transport: TransportStats {
+                local_addr: Some(local_addr.to_string()),
+                ice_state: "new".into(),
+                ..TransportStats::default()
+            },
+            sending: config.send_on_publish,
+            next_track_id: track_id_seed,
+        };
+        p.drain(now);
+        Ok(p)
+    }
+
+    /// Microseconds since the Unix epoch at `t`.
+    pub fn unix_us(&self, t: Instant) -> u64 {
+        let (anchor, us) = self.clock_anchor;
+        if t >= anchor {
+            us + t.duration_since(anchor).as_micros() as u64
+        } else {
+            us.saturating_sub(anchor.duration_since(t).as_micros() as u64)
+        }
+    }
+
+    /// The local UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// DTLS is up and media can flow.
+    pub fn is_connected(&self) -> bool {
+        self.transport.connected
+    }
+
+    /// The `Rtc` is still alive.
+    pub fn is_alive(&self) -> bool {
+        self.rtc.is_alive()
+    }
+
+    /// Datagrams to send: `(source, destination, bytes)`.
+    pub fn take_outbox(&mut self) -> impl Iterator<Item = (SocketAddr, SocketAddr, Vec<u8>)> + '_ {
+        self.outbox.drain(..)
+    }
+
+    /// When to call [`Participant::handle_timeout`] next.
+    pub fn next_wakeup(&self) -> Instant {
+        let mut t = self.rtc_timeout;
+        if self.sending && self.transport.connected {
+            for p in self.published.values() {
+                if p.sending && p.pt.is_some() {
+                    t = t.min(p.source.next_due());
+                }
+            }
+        }
+        t
+    }
+
+    /// A datagram arrived from `source`.
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
+        self.transport.datagrams_in += 1;
+        self.transport.bytes_in += bytes.len() as u64;
+        let Ok(contents) = bytes.try_into() else {
+            self.transport.dropped_datagrams += 1;
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local_addr,
+                contents,
+            },
+        );
+        if !self.rtc.accepts(&input) {
+            self.transport.dropped_datagrams += 1;
+            return;
+        }
+        if let Err(e) = self.rtc.handle_input(input) {
+            debug!("str0m rejected a datagram: {e}");
+            self.transport.rtc_errors += 1;
+        }
+        self.drain(now);
+    }
+
+    /// Time passed: run str0m's timers and send due media.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.rtc_timeout {
+            if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+                debug!("str0m timeout error: {e}");
+                self.transport.rtc_errors += 1;
+            }
+            self.drain(now);
+        }
+        self.send_due_media(now);
+    }
+
+    fn send_due_media(&mut self, now: Instant) {
+        if !self.sending || !self.transport.connected {
+            return;
+        }
+        let anchor = self.clock_anchor;
+        let wall = move |t: Instant| {
+            if t >= anchor.0 {
+                anchor.1 + t.duration_since(anchor.0).as_micros() as u64
+            } else {
+                anchor.1
+            }
+        };
+        let mut wrote = false;
+        for (mid, p) in self.published.iter_mut() {
+            let Some(pt) = p.pt else { continue };
+            if !p.sending || p.source.next_due() > now {
+                continue;
+            }
+            let packets = p.source.poll(now, wall);
+            let mut api = self.rtc.direct_api();
+            let Some(stream) = api.stream_tx_by_mid(*mid, None) else {
+                warn!("no send stream for mid {mid}");
+                continue;
+            };
+            for pkt in packets {
+                stream.write_rtp(
+                    RtpWrite::new(pt, pkt.rtp_seq.into(), pkt.rtp_time, now, pkt.payload)
+                        .marker(pkt.marker)
+                        .nackable(pkt.nackable),
+                );
+                wrote = true;
+            }
+        }
+        if wrote {
+            self.drain(now);
+        }
+    }
+
+    /// Start or stop sending media on all published tracks.
+    pub fn set_sending(&mut self, now: Instant, sending: bool) {
+        if sending && !self.sending {
+            for p in self.published.values_mut() {
+                p.source.resume(now);
+            }
+        }
+        self.sending = sending;
+    }
+
+    /// Create an offer that adds sendonly transceivers for `tracks`. Returns the SDP and the mids.
+    pub fn create_push_offer(
+        &mut self,
+        now: Instant,
+        tracks: &[TrackSpec],
+    ) -> Result<(String, Vec<String>), SignalingError> {
+        self.pending = None;
+        let mut api = self.rtc.sdp_api();
+        let mut new_tracks = Vec::new();
+        for t in tracks {
+            let kind = match t.kind {
+                MediaKind::Audio => str0m::media::MediaKind::Audio,
+                MediaKind::Video => str0m::media::MediaKind::Video,
+            };
+            let mid = api.add_media(
+                kind,
+                Direction::SendOnly,
+                Some("satsuma-bot".into()),
+                Some(t.name.clone()),
+                None,
+            );
+            new_tracks.push((mid, t.clone()));
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return Err(SignalingError::NothingToOffer);
+        };
+        let mids = new_tracks.iter().map(|(m, _)| m.to_string()).collect();
+        self.pending = Some(PendingOffer {
+            pending,
+            new_tracks,
+        });
+        self.drain(now);
+        Ok((offer.to_sdp_string(), mids))
+    }
+
+    /// Create an offer that stops the transceivers at `mids` (and stops sending on them).
+    pub fn create_close_offer(
+        &mut self,
+        now: Instant,
+        mids: &[String],
+    ) -> Result<String, SignalingError> {
+        self.pending = None;
+        let mut api = self.rtc.sdp_api();
+        for m in mids {
+            api.stop_media(Mid::from(m.as_str()));
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return Err(SignalingError::NothingToOffer);
+        };
+        self.pending = Some(PendingOffer {
+            pending,
+            new_tracks: Vec::new(),
+        });
+        self.drain(now);
+        Ok(offer.to_sdp_string())
+    }
+
+    /// Forget closed tracks locally (after `tracks/close`, with or without renegotiation).
+    pub fn forget_tracks(&mut self, mids: &[String]) {
+        for m in mids {
+            let mid = Mid::from(m.as_str());
+            self.published.remove(&mid);
+            if let Some(s) = self.subscribed.get_mut(&mid) {
+                s.active = false;
+            }
+        }
+    }
+
+    /// Drop the outstanding offer (the server refused it).
+    pub fn rollback(&mut self) {
+        self.pending = None;
+    }
+
+    /// The server answered our outstanding offer.
+    pub fn accept_answer(&mut self, now: Instant, sdp: &str) -> Result<(), SignalingError> {
+        let answer =
+            SdpAnswer::from_sdp_string(sdp).map_err(|e| SignalingError::BadSdp(e.to_string()))?;
+        let Some(PendingOffer {
+            pending,
+            new_tracks,
+        }) = self.pending.take()
+        else {
+            return Err(SignalingError::NoPendingOffer);
+        };
+        let r = self.rtc.sdp_api().accept_answer(pending, answer);
+        self.drain(now);
+        r?;
+        for (mid, spec) in new_tracks {
+            let rtp_base: (u16, u32) = (rand::random(), rand::random());
+            self.next_track_id = self.next_track_id.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let track_id = self.next_track_id;
+            let source = match spec.kind {
+                MediaKind::Audio => MediaSource::audio(track_id, self.config.audio, now, rtp_base),
+                MediaKind::Video => MediaSource::video(track_id, self.config.video, now, rtp_base),
+            };
+            let pt = self.negotiated_pt(mid, spec.kind);
+            if pt.is_none() {
+                warn!("no negotiated payload type for mid {mid}");
+            }
+            self.published.insert(
+                mid,
+                Published {
+                    name: spec.name,
+                    source,
+                    pt,
+                    sending: true,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn negotiated_pt(&self, mid: Mid, kind: MediaKind) -> Option<Pt> {
+        let codec = match kind {
+            MediaKind::Audio => Codec::Opus,
+            MediaKind::Video => Codec::Vp8,
+        };
+        let media = self.rtc.media(mid)?;
+        let remote = media.remote_pts();
+        self.rtc
+            .codec_config()
+            .params()
+            .iter()
+            .filter(|p| p.spec().codec == codec)
+            .map(|p| p.pt())
+            .find(|pt| remote.is_empty() || remote.contains(pt))
+    }
+
+    /// The server offered (pulled tracks); returns our answer. `pulls` names the new pulled tracks.
+    pub fn accept_offer(
+        &mut self,
+        now: Instant,
+        sdp: &str,
+        pulls: &[PullSpec],
+    ) -> Result<String, SignalingError> {
+        let offer =
+            SdpOffer::from_sdp_string(sdp).map_err(|e| SignalingError::BadSdp(e.to_string()))?;
+        self.pending = None;
+        let r = self.rtc.sdp_api().accept_offer(offer);
+        self.drain(now);
+        let answer = r?;
+        for p in pulls {
+            self.subscribed.insert(
+                Mid::from(p.mid.as_str()),
+                Subscribed {
+                    remote_session_id: p.remote_session_id.clone(),
+                    track_name: p.track_name.clone(),
+                    reception: Reception::new(now),
+                    active: true,
+                },
+            );
+        }
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Queue arbitrary bytes to `destination` from this participant's address (a test hook for
+    /// hostile-input tests; str0m never sees them).
+    pub fn send_raw(&mut self, destination: SocketAddr, bytes: Vec<u8>) {
+        self.outbox.push_back((self.local_addr, destination, bytes));
+    }
+
+    /// Stop the `Rtc` (no more output).
+    pub fn close(&mut self) {
+        self.rtc.disconnect();
+    }
+
+    /// Statistics so far.
+    pub fn stats(&self) -> ParticipantStats {
+        ParticipantStats {
+            transport: self.transport.clone(),
+            published: self
+                .published
+                .iter()
+                .map(|(mid, p)| PublishedStats {
+                    track_name: p.name.clone(),
+                    mid: mid.to_string(),
+                    kind: p.source.kind(),
+                    track_id: p.source.track_id(),
+                    sending: p.sending && self.sending,
+                    pt: p.pt.map(|pt| *pt),
+                    sent: p.source.counters(),
+                })
+                .collect(),
+            subscribed: self
+                .subscribed
+                .iter()
+                .map(|(mid, s)| SubscribedStats {
+                    remote_session_id: s.remote_session_id.clone(),
+                    track_name: s.track_name.clone(),
+                    mid: mid.to_string(),
+                    active: s.active,
+                    received: s.reception.stats(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Drain str0m until it asks for a timeout (the str0m run-loop contract).
+    fn drain(&mut self, now: Instant) {
+        // A safety bound: str0m always ends with a timeout, but never spin forever on a bug.
+        for _ in 0..100_000 {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    self.rtc_timeout = t;
+                    return;
+                }
+                Ok(Output::Transmit(t)) => {
+                    self.transport.datagrams_out += 1;
+                    self.transport.bytes_out += t.contents.len() as u64;
+                    self.outbox
+                        .push_back((t.source, t.destination, t.contents.to_vec()));
+                }
+                Ok(Output::Event(e)) => self.on_event(now, e),
+                Err(e) => {
+                    debug!("str0m poll_output error: {e}");
+                    self.transport.rtc_errors += 1;
+                    self.rtc_timeout = now + Duration::from_millis(10);
+                    return;
+                }
+            }
+        }
+        self.rtc_timeout = now + Duration::from_millis(1);
+    }
+
+    fn on_event(&mut self, now: Instant, e: Event) {
+        match e {
+            Event::IceConnectionStateChange(s) => {
+                self.transport.ice_state = match s {
+                    IceConnectionState::New => "new",
+                    IceConnectionState::Checking => "checking",
+                    IceConnectionState::Connected => "connected",
+                    IceConnectionState::Completed => "completed",
+                    IceConnectionState::Disconnected => "disconnected",
+                }
+                .into();
+            }
+            Event::Connected => self.transport.connected = true,
+            Event::KeyframeRequest(r) => match self.published.get_mut(&r.mid) {
+                Some(p) => p.source.request_keyframe(),
+                None => self.transport.unexpected_keyframe_requests += 1,
+            },
+            Event::RtpPacket(pkt) => {
+                let ssrc = pkt.header.ssrc;
+                let mid = self
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&ssrc)
+                    .map(|s| s.mid())
+                    .or(pkt.header.ext_vals.mid);
+                let now_us = self.unix_us(now);
+                let Some(sub) = mid.and_then(|m| self.subscribed.get_mut(&m)) else {
+                    self.transport.unexpected_rtp += 1;
+                    return;
+                };
+                let action = sub.reception.on_payload(&pkt.payload, now, now_us);
+                if action == ReceptionAction::RequestKeyframe
+                    && self.config.request_keyframes
+                    && let Some(rx) = self.rtc.direct_api().stream_rx(&ssrc)
+                {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
+                }
+            }
+            Event::MediaAdded(m) => debug!("media added: {:?} {:?}", m.mid, m.direction),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// Two participants wired back to back in memory with simulated time: A pushes, B answers the
+    /// offer as if it were the SFU relaying A's tracks to itself.
+    fn link(a: &mut Participant, b: &mut Participant, now: Instant) {
+        let mut moved = true;
+        while moved {
+            moved = false;
+            let out: Vec<_> = a.take_outbox().collect();
+            for (src, dst, bytes) in out {
+                assert_eq!(dst, b.local_addr());
+                b.handle_datagram(now, src, &bytes);
+                moved = true;
+            }
+            let out: Vec<_> = b.take_outbox().collect();
+            for (src, dst, bytes) in out {
+                assert_eq!(dst, a.local_addr());
+                a.handle_datagram(now, src, &bytes);
+                moved = true;
+            }
+        }
+    }
+
+    #[test]
+    fn peer_to_peer_media_arrives_byte_identical() {
+        let t0 = Instant::now();
+        let cfg = ParticipantConfig {
+            video: VideoSettings {
+                keyframe_interval: None,
+                ..VideoSettings::default()
+            },
+            ..ParticipantConfig::default()
+        };
+        let mut a =
+            Participant::new(cfg, "127.0.0.1:10001".parse().unwrap(), t0, 1_000_000, 1).unwrap();
+        let mut b =
+            Participant::new(cfg, "127.0.0.1:10002".parse().unwrap(), t0, 1_000_000, 2).unwrap();
+        let tracks = [
+            TrackSpec {
+                name: "mic".into(),
+                kind: MediaKind::Audio,
+            },
+            TrackSpec {
+                name: "cam".into(),
+                kind: MediaKind::Video,
+            },
+        ];
+        let (offer, mids) = a.create_push_offer(t0, &tracks).unwrap();
+        assert_eq!(mids.len(), 2);
+        let pulls: Vec<_> = mids
+            .iter()
+            .zip(["mic", "cam"])
+            .map(|(m, n)| PullSpec {
+                mid: m.clone(),
+                remote_session_id: "a".into(),
+                track_name: n.into(),
+            })
+            .collect();
+        let answer = b.accept_offer(t0, &offer, &pulls).unwrap();
+        a.accept_answer(t0, &answer).unwrap();
+
+        let mut now = t0;
+        let step = Duration::from_millis(5);
+        while now < t0 + Duration::from_secs(3) {
+            now += step;
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+            link(&mut a, &mut b, now);
+        }
+        // Stop and let everything in flight arrive.
+        a.set_sending(now, false);
+        for _ in 0..100 {
+            now += step;
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+            link(&mut a, &mut b, now);
+        }
+        assert!(a.is_connected() && b.is_connected());
+        let sa = a.stats();
+        let sb = b.stats();
+        assert_eq!(sa.published.len(), 2);
+        assert_eq!(sb.subscribed.len(), 2);
+        for s in &sb.subscribed {
+            let r = &s.received;
+            let sent = sa.published.iter().find(|p| p.mid == s.mid).unwrap().sent;
+            assert!(r.unique > 10, "{s:?}");
+            assert_eq!(r.corrupt, 0);
+            assert_eq!(r.duplicates, 0);
+            assert_eq!(r.lost, 0);
+            assert_eq!(r.unique, sent.packets, "{s:?} vs {sent:?}");
+            // Simulated time only moves between steps: latency is the step granularity.
+            assert!(r.latency.max_us <= 20_000, "{:?}", r.latency);
+        }
+        let video = sa
+            .published
+            .iter()
+            .find(|p| p.kind == MediaKind::Video)
+            .unwrap();
+        assert_eq!(
+            video.sent.keyframes, 1,
+            "only the initial keyframe without requests"
+        );
+    }
+}

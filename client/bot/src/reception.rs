@@ -1,0 +1,364 @@
+//! What arrived on one pulled track: verification, loss, duplicates, latency, keyframes.
+//!
+//! A [`Reception`] is fed every RTP payload of one pulled track together with the arrival time and
+//! produces [`ReceptionStats`]. Payloads are checked byte for byte ([`crate::payload::verify`]); the
+//! bot sequence number inside each payload gives loss and duplicates independently of whatever RTP
+//! sequence numbers the SFU rewrote; the send time inside gives one-way latency (sender and receiver
+//! share the host clock).
+
+use std::time::{Duration, Instant};
+
+use crate::payload::{self, MediaKind};
+
+/// Sequence numbers this far below the first one seen are counted as `too_old` instead of tracked.
+const SEQ_WINDOW_BEFORE_FIRST: u64 = 4096;
+/// At most this many latency samples are kept (enough for minutes of a track).
+const MAX_LATENCY_SAMPLES: usize = 1 << 20;
+
+/// Latency summary in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct LatencySummary {
+    /// Number of samples.
+    pub samples: u64,
+    /// Smallest one-way latency seen.
+    pub min_us: u64,
+    /// Median.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// Largest.
+    pub max_us: u64,
+    /// Mean.
+    pub mean_us: u64,
+}
+
+/// Statistics of one pulled track.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ReceptionStats {
+    /// Media kind seen in the payloads (None before the first valid payload).
+    pub kind: Option<MediaKind>,
+    /// Bot track id carried in the payloads.
+    pub track_id: Option<u64>,
+    /// RTP packets received (valid or not).
+    pub packets: u64,
+    /// Payload bytes received.
+    pub bytes: u64,
+    /// Distinct valid bot sequence numbers received.
+    pub unique: u64,
+    /// Valid payloads whose sequence number was already received.
+    pub duplicates: u64,
+    /// Sequence numbers missing between the lowest and highest received.
+    pub lost: u64,
+    /// Payloads that failed byte-for-byte verification.
+    pub corrupt: u64,
+    /// Valid payloads whose track id differs from the first one seen (wrong routing).
+    pub foreign: u64,
+    /// Valid video payloads whose VP8 PictureID was rewritten (all other bytes identical).
+    pub picture_id_rewritten: u64,
+    /// Valid payloads with a sequence number far below the first one seen (not tracked).
+    pub too_old: u64,
+    /// Lowest valid sequence number received.
+    pub first_seq: Option<u64>,
+    /// Highest valid sequence number received.
+    pub last_seq: Option<u64>,
+    /// Keyframes received (first packet of a keyframe).
+    pub keyframes: u64,
+    /// Time from the start of the subscription to the first packet, in ms.
+    pub first_packet_ms: Option<f64>,
+    /// Time from the start of the subscription to the first keyframe packet, in ms.
+    pub first_keyframe_ms: Option<f64>,
+    /// Keyframe requests this receiver sent.
+    pub keyframe_requests_sent: u64,
+    /// One-way latency from the sender's clock to arrival.
+    pub latency: LatencySummary,
+    /// Description of the last verification failure.
+    pub last_error: Option<String>,
+}
+
+/// Reception state of one pulled track.
+#[derive(Debug)]
+pub struct Reception {
+    started: Instant,
+    stats: ReceptionStats,
+    seq_base: Option<u64>,
+    seen: Vec<u64>,
+    latencies: Vec<u32>,
+    latency_sum: u128,
+    latency_min: u64,
+    latency_max: u64,
+    latency_count: u64,
+    last_keyframe_request: Option<Instant>,
+    keyframe_seen: bool,
+}
+
+/// What the caller should do after a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceptionAction {
+    /// Nothing.
+    None,
+    /// Video without a keyframe yet: ask the sender for one (throttled to one per second).
+    RequestKeyframe,
+}
+
+impl Reception {
+    /// A new reception; `started` is when the subscription began (for time-to-first-keyframe).
+    pub fn new(started: Instant) -> Self {
+        Self {
+            started,
+            stats: ReceptionStats::default(),
+            seq_base: None,
+            seen: Vec::new(),
+            latencies: Vec::new(),
+            latency_sum: 0,
+            latency_min: u64::MAX,
+            latency_max: 0,
+            latency_count: 0,
+            last_keyframe_request: None,
+            keyframe_seen: false,
+        }
+    }
+
+    /// Handle one payload that arrived at `now` (`now_us`: the same instant in Unix microseconds).
+    pub fn on_payload(&mut self, payload: &[u8], now: Instant, now_us: u64) -> ReceptionAction {
+        let s = &mut self.stats;
+        s.packets += 1;
+        s.bytes += payload.len() as u64;
+        if s.first_packet_ms.is_none() {
+            s.first_packet_ms = Some(ms(now.saturating_duration_since(self.started)));
+        }
+        let v = match payload::verify(payload) {
+            Ok(v) => v,
+            Err(e) => {
+                s.corrupt += 1;
+                s.last_error = Some(e.to_string());
+                return ReceptionAction::None;
+            }
+        };
+        let f = v.fields;
+        if *s.track_id.get_or_insert(f.track_id) != f.track_id {
+            s.foreign += 1;
+            return ReceptionAction::None;
+        }
+        s.kind.get_or_insert(f.kind);
+        if v.picture_id_rewritten {
+            s.picture_id_rewritten += 1;
+        }
+        if f.keyframe && f.frame_start {
+            s.keyframes += 1;
+            self.keyframe_seen = true;
+            if s.first_keyframe_ms.is_none() {
+                s.first_keyframe_ms = Some(ms(now.saturating_duration_since(self.started)));
+            }
+        }
+        match self.mark_seen(f.seq) {
+            Seen::New => {
+                let s = &mut self.stats;
+                s.unique += 1;
+                s.first_seq = Some(s.first_seq.map_or(f.seq, |x| x.min(f.seq)));
+                s.last_seq = Some(s.last_seq.map_or(f.seq, |x| x.max(f.seq)));
+                self.record_latency(now_us.saturating_sub(f.sent_at_us));
+            }
+            Seen::Duplicate => self.stats.duplicates += 1,
+            Seen::TooOld => self.stats.too_old += 1,
+        }
+        if f.kind == MediaKind::Video && !self.keyframe_seen {
+            let due = self
+                .last_keyframe_request
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+            if due {
+                self.last_keyframe_request = Some(now);
+                self.stats.keyframe_requests_sent += 1;
+                return ReceptionAction::RequestKeyframe;
+            }
+        }
+        ReceptionAction::None
+    }
+
+    fn mark_seen(&mut self, seq: u64) -> Seen {
+        let base = *self
+            .seq_base
+            .get_or_insert(seq.saturating_sub(SEQ_WINDOW_BEFORE_FIRST));
+        let Some(idx) = seq.checked_sub(base) else {
+            return Seen::TooOld;
+        };
+        let word = (idx / 64) as usize;
+        let bit = 1u64 << (idx % 64);
+        // Bound memory: a hostile or broken sender could jump far ahead.
+        if word > (1 << 24) {
+            return Seen::TooOld;
+        }
+        if self.seen.len() <= word {
+            self.seen.resize(word + 1, 0);
+        }
+        if self.seen[word] & bit != 0 {
+            Seen::Duplicate
+        } else {
+            self.seen[word] |= bit;
+            Seen::New
+        }
+    }
+
+    fn record_latency(&mut self, us: u64) {
+        self.latency_count += 1;
+        self.latency_sum += u128::from(us);
+        self.latency_min = self.latency_min.min(us);
+        self.latency_max = self.latency_max.max(us);
+        if self.latencies.len() < MAX_LATENCY_SAMPLES {
+            self.latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// Statistics so far.
+    pub fn stats(&self) -> ReceptionStats {
+        let mut s = self.stats.clone();
+        if let (Some(a), Some(b)) = (s.first_seq, s.last_seq) {
+            s.lost = (b - a + 1).saturating_sub(s.unique);
+        }
+        if self.latency_count > 0 {
+            let mut v = self.latencies.clone();
+            v.sort_unstable();
+            let pct = |p: f64| {
+                let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+                u64::from(v.get(i).copied().unwrap_or(0))
+            };
+            s.latency = LatencySummary {
+                samples: self.latency_count,
+                min_us: self.latency_min,
+                p50_us: pct(0.5),
+                p99_us: pct(0.99),
+                max_us: self.latency_max,
+                mean_us: (self.latency_sum / u128::from(self.latency_count)) as u64,
+            };
+        }
+        s
+    }
+
+    /// Whether the sequence number `seq` has been received.
+    pub fn has_seq(&self, seq: u64) -> bool {
+        let Some(base) = self.seq_base else {
+            return false;
+        };
+        let Some(idx) = seq.checked_sub(base) else {
+            return false;
+        };
+        self.seen
+            .get((idx / 64) as usize)
+            .is_some_and(|w| w & (1 << (idx % 64)) != 0)
+    }
+}
+
+enum Seen {
+    New,
+    Duplicate,
+    TooOld,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::payload::{PayloadFields, build};
+
+    fn pkt(seq: u64, kind: MediaKind, keyframe: bool) -> Vec<u8> {
+        build(&PayloadFields {
+            kind,
+            track_id: 42,
+            seq,
+            sent_at_us: 1_000u64.wrapping_add(seq.wrapping_mul(10)),
+            frame: seq as u32,
+            keyframe,
+            frame_start: true,
+            frame_end: true,
+            len: 200,
+        })
+    }
+
+    #[test]
+    fn counts_loss_duplicates_corruption_and_latency() {
+        let t0 = Instant::now();
+        let mut r = Reception::new(t0);
+        for seq in [10, 11, 13, 13, 14, 12, 17] {
+            r.on_payload(&pkt(seq, MediaKind::Audio, false), t0, 5_000);
+        }
+        let mut bad = pkt(18, MediaKind::Audio, false);
+        bad[100] ^= 1;
+        r.on_payload(&bad, t0, 5_000);
+        let s = r.stats();
+        assert_eq!(s.packets, 8);
+        assert_eq!(s.unique, 6);
+        assert_eq!(s.duplicates, 1);
+        assert_eq!(s.lost, 2); // 15, 16
+        assert_eq!(s.corrupt, 1);
+        assert_eq!(s.first_seq, Some(10));
+        assert_eq!(s.last_seq, Some(17));
+        assert_eq!(s.latency.samples, 6);
+        assert_eq!(s.latency.max_us, 5_000 - 1_100);
+        assert_eq!(s.latency.min_us, 5_000 - 1_170);
+        assert!(r.has_seq(12) && !r.has_seq(15));
+    }
+
+    #[test]
+    fn asks_for_a_keyframe_until_one_arrives_throttled() {
+        let t0 = Instant::now();
+        let mut r = Reception::new(t0);
+        let a = r.on_payload(&pkt(1, MediaKind::Video, false), t0, 0);
+        assert_eq!(a, ReceptionAction::RequestKeyframe);
+        let a = r.on_payload(
+            &pkt(2, MediaKind::Video, false),
+            t0 + Duration::from_millis(500),
+            0,
+        );
+        assert_eq!(a, ReceptionAction::None);
+        let a = r.on_payload(
+            &pkt(3, MediaKind::Video, false),
+            t0 + Duration::from_millis(1001),
+            0,
+        );
+        assert_eq!(a, ReceptionAction::RequestKeyframe);
+        let a = r.on_payload(
+            &pkt(4, MediaKind::Video, true),
+            t0 + Duration::from_millis(1200),
+            0,
+        );
+        assert_eq!(a, ReceptionAction::None);
+        let a = r.on_payload(
+            &pkt(5, MediaKind::Video, false),
+            t0 + Duration::from_millis(3000),
+            0,
+        );
+        assert_eq!(a, ReceptionAction::None);
+        let s = r.stats();
+        assert_eq!(s.keyframes, 1);
+        assert_eq!(s.keyframe_requests_sent, 2);
+        assert!((s.first_keyframe_ms.unwrap() - 1200.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn foreign_track_and_far_jumps_are_contained() {
+        let t0 = Instant::now();
+        let mut r = Reception::new(t0);
+        r.on_payload(&pkt(5_000, MediaKind::Audio, false), t0, 0);
+        let other = build(&PayloadFields {
+            kind: MediaKind::Audio,
+            track_id: 43,
+            seq: 5_001,
+            sent_at_us: 0,
+            frame: 0,
+            keyframe: false,
+            frame_start: true,
+            frame_end: true,
+            len: 60,
+        });
+        r.on_payload(&other, t0, 0);
+        r.on_payload(&pkt(1, MediaKind::Audio, false), t0, 0);
+        r.on_payload(&pkt(u64::MAX - 1, MediaKind::Audio, false), t0, 0);
+        let s = r.stats();
+        assert_eq!(s.foreign, 1);
+        assert_eq!(s.too_old, 2);
+        assert_eq!(s.unique, 1);
+    }
+}
