@@ -1,1 +1,169 @@
-fn main() {}
+//! `satsuma`: the all-in-one Satsuma server for trying it out and for small single-machine
+//! installs. It runs the coordinator (rooms, E2EE handshake relay, join tokens, SFU proxy, web
+//! client files) and the SFU (WebRTC media on one UDP port) in one process, sharing a generated
+//! app secret, with defaults that work on a laptop: web on http://localhost:8080, media on UDP
+//! 7881 announced on 127.0.0.1 and the machine's LAN addresses, dev tokens on.
+//!
+//! Configuration: flags over `SATSUMA_*` environment variables over a TOML file (`--config`);
+//! see [`settings`]. On SIGTERM or SIGINT it stops accepting, tells clients to leave, drains and
+//! exits 0 ([`stack::Stack::shutdown`]); a second signal exits at once.
+//!
+//! On start it prints one machine-readable line for scripts and tests:
+//! `satsuma listening web=ADDR sfu=ADDR media=ADDR`, then the URL to open.
+
+mod announce;
+mod settings;
+mod stack;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+use crate::settings::{Cli, LogFormat, Settings};
+use crate::stack::{Secrets, Stack};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let check_only = cli.check_config;
+    let settings = match Settings::from_cli(cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("satsuma: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if check_only {
+        if let Err(e) = EnvFilter::try_new(&settings.log) {
+            eprintln!("satsuma: invalid log filter {:?}: {e}", settings.log);
+            return ExitCode::from(2);
+        }
+        println!("{}", settings.describe());
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = init_logging(&settings) {
+        eprintln!("satsuma: {e:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("satsuma: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("satsuma: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(settings: &Settings) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&settings.log)
+        .with_context(|| format!("invalid log filter {:?}", settings.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
+    // Install the signal handlers before binding anything, so a SIGTERM that arrives during
+    // start-up is not lost (and does not kill the process with the default action).
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    let interfaces = if settings.detect_lan && settings.media.ip().is_unspecified() {
+        announce::machine_interfaces().unwrap_or_else(|e| {
+            tracing::warn!("cannot list network interfaces ({e}); announcing loopback only");
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
+    let announce_ips = announce::announce_ips(
+        settings.media,
+        &settings.announce_ips,
+        settings.detect_lan,
+        &interfaces,
+    );
+
+    let web_dir = match stack::find_web_dir(settings.web_dir.as_deref(), &stack::default_web_dirs())
+    {
+        Some(dir) => dir,
+        None => {
+            let fallback = std::path::PathBuf::from("client/web/public");
+            tracing::warn!(
+                "no web client found (looked for index.html in ./client/web/public, \
+                 <exe dir>/../share/satsuma/web and the source checkout); build it with \
+                 scripts/build-web.sh or set --web-dir. The API still works."
+            );
+            fallback
+        }
+    };
+    if !web_dir.join("pkg").is_dir() {
+        tracing::warn!(
+            web_dir = %web_dir.display(),
+            "the web client's WASM (pkg/) is missing: run scripts/build-web.sh"
+        );
+    }
+
+    let secrets = Secrets::from_settings(&settings);
+    let stack = Stack::start(&settings, &secrets, announce_ips.clone(), web_dir.clone()).await?;
+
+    let url = stack::user_url(&settings, stack.web_addr());
+    println!(
+        "satsuma listening web={} sfu={} media={}",
+        stack.web_addr(),
+        stack.sfu_api_addr(),
+        stack.media_addr()
+    );
+    let announced: Vec<String> = announce_ips.iter().map(ToString::to_string).collect();
+    println!(
+        "media announced on {} (UDP port {})",
+        announced.join(", "),
+        stack.media_addr().port()
+    );
+    println!("web client from {}", web_dir.display());
+    if settings.dev_tokens {
+        println!("dev tokens on: anyone who can reach the web port can join any room");
+    }
+    println!();
+    println!("    Open {url} in your browser.");
+    println!();
+    tracing::info!(%url, "satsuma ready");
+
+    let which = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    tracing::info!(signal = which, drain = ?settings.drain, "shutting down");
+    tokio::select! {
+        () = stack.shutdown(settings.drain) => {
+            tracing::info!("stopped cleanly");
+            Ok(ExitCode::SUCCESS)
+        }
+        _ = sigterm.recv() => {
+            tracing::warn!("second signal: exiting without draining");
+            Ok(ExitCode::from(130))
+        }
+        _ = sigint.recv() => {
+            tracing::warn!("second signal: exiting without draining");
+            Ok(ExitCode::from(130))
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! The all-in-one server's settings: command-line flags (each also readable from a `SATSUMA_*`
+//! environment variable) over an optional TOML file over built-in defaults.
+//!
+//! Resolution is a pure function ([`Settings::resolve`]) so the precedence rules are unit-tested
+//! without touching the process environment.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde::Deserialize;
+
+/// Default address of the web client, coordinator WebSocket and `/token` endpoint.
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default address of the embedded SFU's HTTP API and `/metrics` (loopback only: browsers reach
+/// the SFU API through the coordinator's proxy).
+pub(crate) const DEFAULT_SFU_API: &str = "127.0.0.1:7880";
+/// Default UDP socket for all WebRTC media.
+pub(crate) const DEFAULT_MEDIA: &str = "0.0.0.0:7881";
+/// Default app id shared by the embedded coordinator and SFU.
+pub(crate) const DEFAULT_APP_ID: &str = "satsuma";
+
+/// Satsuma all-in-one server: the coordinator, the SFU and the web client in one process.
+///
+/// Every option can also be given as an environment variable (shown in brackets) or as a key of
+/// the same name (with `_` instead of `-`) in the TOML file given by `--config`. Precedence:
+/// flag, then environment, then file, then the built-in default.
+#[derive(Debug, Default, Parser)]
+#[command(name = "satsuma", version, about, long_about)]
+pub(crate) struct Cli {
+    /// TOML configuration file. Keys: listen, public_url, sfu_api, media, announce_ips,
+    /// detect_lan, web_dir, dev_tokens, app_id, app_secret, token_secret, drain_secs, log,
+    /// log_format.
+    #[arg(long, env = "SATSUMA_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Address for the web client, the coordinator's WebSocket, `/token` and the SFU proxy
+    /// (HTTP). Port 0 picks a free port. [default: 127.0.0.1:8080]
+    #[arg(long, env = "SATSUMA_LISTEN", value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
+
+    /// URL printed for users to open (e.g. your reverse proxy's https:// address). Default:
+    /// http://localhost:PORT/ for the bound web port.
+    #[arg(long, env = "SATSUMA_PUBLIC_URL", value_name = "URL")]
+    pub(crate) public_url: Option<String>,
+
+    /// Address of the embedded SFU's HTTP API and Prometheus `/metrics`. Port 0 picks a free
+    /// port. [default: 127.0.0.1:7880]
+    #[arg(long, env = "SATSUMA_SFU_API", value_name = "ADDR")]
+    pub(crate) sfu_api: Option<SocketAddr>,
+
+    /// The one UDP socket that carries all WebRTC media (ICE, DTLS, SRTP). Port 0 picks a free
+    /// port. [default: 0.0.0.0:7881]
+    #[arg(long, env = "SATSUMA_MEDIA", value_name = "ADDR")]
+    pub(crate) media: Option<SocketAddr>,
+
+    /// Extra IP addresses announced to browsers as ICE candidates for the media port (repeat the
+    /// flag, or separate with commas). Put your public IP here when serving the internet.
+    #[arg(
+        long = "announce-ip",
+        env = "SATSUMA_ANNOUNCE_IPS",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
+    pub(crate) announce_ips: Vec<IpAddr>,
+
+    /// Also announce the machine's LAN addresses (private IPv4 of interfaces that are up), besides
+    /// 127.0.0.1 and --announce-ip. Only used when the media socket is bound to 0.0.0.0.
+    /// [default: true]
+    #[arg(long, env = "SATSUMA_DETECT_LAN", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) detect_lan: Option<bool>,
+
+    /// Directory of the web client's static files (index.html, pkg/ with the wasm). Default: the
+    /// first that exists of ./client/web/public, <exe dir>/../share/satsuma/web, and the
+    /// checkout this binary was built from.
+    #[arg(long, env = "SATSUMA_WEB_DIR", value_name = "DIR")]
+    pub(crate) web_dir: Option<PathBuf>,
+
+    /// Serve `POST /token`, which hands a join token to anyone who asks (for trying Satsuma;
+    /// turn off in production and issue tokens from your own app). [default: true]
+    #[arg(long, env = "SATSUMA_DEV_TOKENS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) dev_tokens: Option<bool>,
+
+    /// App id under which the embedded coordinator talks to the embedded SFU.
+    /// [default: satsuma]
+    #[arg(long, env = "SATSUMA_APP_ID", value_name = "ID")]
+    pub(crate) app_id: Option<String>,
+
+    /// The SFU app secret shared by the embedded coordinator and SFU. Default: a random secret
+    /// generated at each start (nothing else needs it in the all-in-one setup).
+    #[arg(
+        long,
+        env = "SATSUMA_APP_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub(crate) app_secret: Option<String>,
+
+    /// Secret (HS256) that signs and checks join tokens. Default: random at each start, so tokens
+    /// do not survive a restart; set it when your own app issues tokens.
+    #[arg(
+        long,
+        env = "SATSUMA_TOKEN_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub(crate) token_secret: Option<String>,
+
+    /// On SIGTERM/SIGINT, how long (seconds) to wait for connections to drain after clients were
+    /// told to leave, before exiting anyway. [default: 5]
+    #[arg(long, env = "SATSUMA_DRAIN_SECS", value_name = "SECONDS")]
+    pub(crate) drain_secs: Option<f64>,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `satsuma_sfu=debug,info`.
+    /// [default: info]
+    #[arg(long, env = "SATSUMA_LOG", value_name = "FILTER")]
+    pub(crate) log: Option<String>,
+
+    /// Log output format: `text` or `json`. [default: text]
+    #[arg(long, env = "SATSUMA_LOG_FORMAT", value_name = "FORMAT")]
+    pub(crate) log_format: Option<LogFormat>,
+
+    /// Only check the configuration (file, environment and flags): print the resolved settings
+    /// (secrets shown only as set or not) and exit with status 0, or 2 if it is invalid.
+    #[arg(long)]
+    pub(crate) check_config: bool,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `--config` TOML file. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileSettings {
+    /// See `--listen`.
+    pub(crate) listen: Option<SocketAddr>,
+    /// See `--public-url`.
+    pub(crate) public_url: Option<String>,
+    /// See `--sfu-api`.
+    pub(crate) sfu_api: Option<SocketAddr>,
+    /// See `--media`.
+    pub(crate) media: Option<SocketAddr>,
+    /// See `--announce-ip`.
+    pub(crate) announce_ips: Option<Vec<IpAddr>>,
+    /// See `--detect-lan`.
+    pub(crate) detect_lan: Option<bool>,
+    /// See `--web-dir`.
+    pub(crate) web_dir: Option<PathBuf>,
+    /// See `--dev-tokens`.
+    pub(crate) dev_tokens: Option<bool>,
+    /// See `--app-id`.
+    pub(crate) app_id: Option<String>,
+    /// See `--app-secret`.
+    pub(crate) app_secret: Option<String>,
+    /// See `--token-secret`.
+    pub(crate) token_secret: Option<String>,
+    /// See `--drain-secs`.
+    pub(crate) drain_secs: Option<f64>,
+    /// See `--log`.
+    pub(crate) log: Option<String>,
+    /// See `--log-format`.
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+impl FileSettings {
+    /// Reads and parses a TOML settings file.
+    pub(crate) fn load(path: &Path) -> anyhow::Result<FileSettings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+}
+
+/// Fully resolved settings. Secrets that were not configured are `None` here and generated when
+/// the stack starts.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Settings {
+    /// Web / coordinator listen address.
+    pub(crate) listen: SocketAddr,
+    /// URL to print, if configured.
+    pub(crate) public_url: Option<String>,
+    /// Embedded SFU API address.
+    pub(crate) sfu_api: SocketAddr,
+    /// Media UDP address.
+    pub(crate) media: SocketAddr,
+    /// Configured extra announce IPs.
+    pub(crate) announce_ips: Vec<IpAddr>,
+    /// Whether LAN addresses are detected and announced.
+    pub(crate) detect_lan: bool,
+    /// Configured web dir (None: search the default places).
+    pub(crate) web_dir: Option<PathBuf>,
+    /// Dev `/token` endpoint on.
+    pub(crate) dev_tokens: bool,
+    /// App id between coordinator and SFU.
+    pub(crate) app_id: String,
+    /// App secret, if configured.
+    pub(crate) app_secret: Option<String>,
+    /// Token signing secret, if configured.
+    pub(crate) token_secret: Option<String>,
+    /// Drain time on shutdown.
+    pub(crate) drain: Duration,
+    /// Log filter.
+    pub(crate) log: String,
+    /// Log format.
+    pub(crate) log_format: LogFormat,
+}
+
+fn parse_default(addr: &str) -> SocketAddr {
+    // The defaults are literals checked by a unit test; fall back to loopback rather than panic.
+    addr.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+impl Settings {
+    /// Merges flags/environment (`cli`) over the file over the defaults, and checks the result.
+    pub(crate) fn resolve(cli: Cli, file: FileSettings) -> anyhow::Result<Settings> {
+        let drain_secs = cli.drain_secs.or(file.drain_secs).unwrap_or(5.0);
+        if !drain_secs.is_finite() || !(0.0..=3600.0).contains(&drain_secs) {
+            bail!("drain_secs must be between 0 and 3600, got {drain_secs}");
+        }
+        let app_id = cli
+            .app_id
+            .or(file.app_id)
+            .unwrap_or_else(|| DEFAULT_APP_ID.to_string());
+        if app_id.is_empty() || app_id.contains('/') || app_id.contains(':') {
+            bail!("app_id must be non-empty and contain neither '/' nor ':', got {app_id:?}");
+        }
+        let app_secret = cli.app_secret.or(file.app_secret);
+        let token_secret = cli.token_secret.or(file.token_secret);
+        for (name, secret) in [("app_secret", &app_secret), ("token_secret", &token_secret)] {
+            if let Some(s) = secret {
+                if s.len() < 16 {
+                    bail!("{name} must be at least 16 characters long");
+                }
+            }
+        }
+        let public_url = cli.public_url.or(file.public_url);
+        if let Some(url) = &public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("public_url must start with http:// or https://, got {url:?}");
+            }
+        }
+        let announce_ips = if cli.announce_ips.is_empty() {
+            file.announce_ips.unwrap_or_default()
+        } else {
+            cli.announce_ips
+        };
+        Ok(Settings {
+            listen: cli
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| parse_default(DEFAULT_LISTEN)),
+            public_url,
+            sfu_api: cli
+                .sfu_api
+                .or(file.sfu_api)
+                .unwrap_or_else(|| parse_default(DEFAULT_SFU_API)),
+            media: cli
+                .media
+                .or(file.media)
+                .unwrap_or_else(|| parse_default(DEFAULT_MEDIA)),
+            announce_ips,
+            detect_lan: cli.detect_lan.or(file.detect_lan).unwrap_or(true),
+            web_dir: cli.web_dir.or(file.web_dir),
+            dev_tokens: cli.dev_tokens.or(file.dev_tokens).unwrap_or(true),
+            app_id,
+            app_secret,
+            token_secret,
+            drain: Duration::from_secs_f64(drain_secs),
+            log: cli.log.or(file.log).unwrap_or_else(|| "info".to_string()),
+            log_format: cli
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+        })
+    }
+
+    /// The resolved settings as `key = value` lines, secrets redacted.
+    pub(crate) fn describe(&self) -> String {
+        let secret = |s: &Option<String>| {
+            if s.is_some() {
+                "(set)"
+            } else {
+                "(random at each start)"
+            }
+        };
+        let ips: Vec<String> = self.announce_ips.iter().map(ToString::to_string).collect();
+        [
+            format!("listen = {}", self.listen),
+            format!(
+                "public_url = {}",
+                self.public_url
+                    .as_deref()
+                    .unwrap_or("(http://localhost:PORT/)")
+            ),
+            format!("sfu_api = {}", self.sfu_api),
+            format!("media = {}", self.media),
+            format!("announce_ips = [{}]", ips.join(", ")),
+            format!("detect_lan = {}", self.detect_lan),
+            format!(
+                "web_dir = {}",
+                self.web_dir
+                    .as_ref()
+                    .map_or("(search default places)".to_string(), |d| d
+                        .display()
+                        .to_string())
+            ),
+            format!("dev_tokens = {}", self.dev_tokens),
+            format!("app_id = {}", self.app_id),
+            format!("app_secret = {}", secret(&self.app_secret)),
+            format!("token_secret = {}", secret(&self.token_secret)),
+            format!("drain_secs = {}", self.drain.as_secs_f64()),
+            format!("log = {}", self.log),
+            format!("log_format = {:?}", self.log_format).to_lowercase(),
+        ]
+        .join("\n")
+    }
+
+    /// Reads the file named by `--config` (if any) and resolves.
+    pub(crate) fn from_cli(cli: Cli) -> anyhow::Result<Settings> {
+        let file = match &cli.config {
+            Some(path) => FileSettings::load(path)?,
+            None => FileSettings::default(),
+        };
+        Settings::resolve(cli, file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_quick_start() {
+        let s = Settings::resolve(Cli::default(), FileSettings::default()).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.sfu_api, "127.0.0.1:7880".parse().unwrap());
+        assert_eq!(s.media, "0.0.0.0:7881".parse().unwrap());
+        assert!(s.dev_tokens);
+        assert!(s.detect_lan);
+        assert_eq!(s.app_id, "satsuma");
+        assert_eq!(s.app_secret, None);
+        assert_eq!(s.drain, Duration::from_secs(5));
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let file: FileSettings = toml::from_str(
+            "listen = \"0.0.0.0:9000\"\nmedia = \"0.0.0.0:9001\"\ndev_tokens = false\n\
+             announce_ips = [\"203.0.113.7\"]\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(["satsuma", "--listen", "127.0.0.1:0", "--detect-lan=false"])
+            .unwrap();
+        let s = Settings::resolve(cli, file).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(s.media, "0.0.0.0:9001".parse().unwrap());
+        assert!(!s.dev_tokens);
+        assert!(!s.detect_lan);
+        assert_eq!(
+            s.announce_ips,
+            vec!["203.0.113.7".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn announce_ips_accept_commas_and_repeats() {
+        let cli = Cli::try_parse_from([
+            "satsuma",
+            "--announce-ip",
+            "192.0.2.1,192.0.2.2",
+            "--announce-ip",
+            "2001:db8::1",
+        ])
+        .unwrap();
+        assert_eq!(cli.announce_ips.len(), 3);
+    }
+
+    #[test]
+    fn bare_boolean_flag_means_true() {
+        let cli = Cli::try_parse_from(["satsuma", "--dev-tokens"]).unwrap();
+        assert_eq!(cli.dev_tokens, Some(true));
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        assert!(toml::from_str::<FileSettings>("bogus = 1").is_err());
+        let short = Cli {
+            app_secret: Some("short".into()),
+            ..Cli::default()
+        };
+        assert!(Settings::resolve(short, FileSettings::default()).is_err());
+        let drain = Cli {
+            drain_secs: Some(f64::NAN),
+            ..Cli::default()
+        };
+        assert!(Settings::resolve(drain, FileSettings::default()).is_err());
+        let url = Cli {
+            public_url: Some("localhost:8080".into()),
+            ..Cli::default()
+        };
+        assert!(Settings::resolve(url, FileSettings::default()).is_err());
+        let app = Cli {
+            app_id: Some("a/b".into()),
+            ..Cli::default()
+        };
+        assert!(Settings::resolve(app, FileSettings::default()).is_err());
+    }
+
+    #[test]
+    fn describe_never_shows_secrets() {
+        let cli = Cli {
+            app_secret: Some("very-secret-app-secret".into()),
+            ..Cli::default()
+        };
+        let text = Settings::resolve(cli, FileSettings::default())
+            .unwrap()
+            .describe();
+        assert!(!text.contains("very-secret-app-secret"));
+        assert!(text.contains("app_secret = (set)"));
+        assert!(text.contains("token_secret = (random at each start)"));
+        assert!(text.contains("log_format = text"));
+    }
+
+    #[test]
+    fn every_option_is_documented() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.len() > 20, "option {id} lacks help text");
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The embedded stack: one SFU and one coordinator in this process, wired to each other.
+//!
+//! [`sfu_config`] and [`coordinator_config`] are pure translations of [`Settings`] into the two
+//! libraries' configs (unit-tested); [`Stack::start`] binds them in order (the SFU first, so the
+//! coordinator's first health check finds it) and [`Stack::shutdown`] stops them in the reverse
+//! order within the drain time.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::time::Instant;
+
+use crate::settings::Settings;
+
+/// The secrets the two embedded servers share.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secrets {
+    /// Bearer secret of the coordinator's app at the SFU.
+    pub(crate) app_secret: String,
+    /// HS256 key of join tokens.
+    pub(crate) token_secret: String,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets { .. }")
+    }
+}
+
+/// 32 random bytes, hex-encoded.
+fn random_secret() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+impl Secrets {
+    /// The configured secrets, or fresh random ones for what is not configured.
+    pub(crate) fn from_settings(settings: &Settings) -> Secrets {
+        Secrets {
+            app_secret: settings.app_secret.clone().unwrap_or_else(random_secret),
+            token_secret: settings.token_secret.clone().unwrap_or_else(random_secret),
+        }
+    }
+}
+
+/// The embedded SFU's configuration: one app (the embedded coordinator), the configured
+/// sockets, and the announce list decided by [`crate::announce`].
+pub(crate) fn sfu_config(
+    settings: &Settings,
+    secrets: &Secrets,
+    announce_ips: Vec<IpAddr>,
+) -> satsuma_sfu::Config {
+    satsuma_sfu::Config {
+        apps: vec![satsuma_sfu::App {
+            id: settings.app_id.clone(),
+            secret: secrets.app_secret.clone(),
+        }],
+        http_bind: settings.sfu_api,
+        udp_bind: settings.media,
+        announce_ips,
+        ..satsuma_sfu::Config::default()
+    }
+}
+
+/// The address to reach a server bound at `bound` from this machine: the unspecified address
+/// becomes loopback.
+pub(crate) fn reachable(bound: SocketAddr) -> SocketAddr {
+    let ip = match bound.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, bound.port())
+}
+
+/// The embedded coordinator's configuration: the configured listen address and dev mode, the
+/// shared secrets, the web directory, and the embedded SFU (bound at `sfu_http`) as its only
+/// node.
+pub(crate) fn coordinator_config(
+    settings: &Settings,
+    secrets: &Secrets,
+    web_dir: PathBuf,
+    sfu_http: SocketAddr,
+) -> satsuma_coordinator::Config {
+    satsuma_coordinator::Config {
+        listen: settings.listen,
+        jwt_secret: secrets.token_secret.clone(),
+        dev: settings.dev_tokens,
+        web_dir,
+        sfu_nodes: vec![format!("http://{}", reachable(sfu_http))],
+        sfu_app_id: settings.app_id.clone(),
+        sfu_app_secret: secrets.app_secret.clone(),
+        ..satsuma_coordinator::Config::default()
+    }
+}
+
+/// The URL users open: the configured public URL, else `http://localhost:PORT/` when bound to
+/// loopback or every address, else the bound address.
+pub(crate) fn user_url(settings: &Settings, web: SocketAddr) -> String {
+    if let Some(url) = &settings.public_url {
+        return url.clone();
+    }
+    if web.ip().is_loopback() || web.ip().is_unspecified() {
+        format!("http://localhost:{}/", web.port())
+    } else {
+        format!("http://{web}/")
+    }
+}
+
+/// Where the web client's files are: the configured directory, else the first of the default
+/// places that holds an `index.html`. `None` if nothing was configured and nothing was found.
+pub(crate) fn find_web_dir(configured: Option<&Path>, candidates: &[PathBuf]) -> Option<PathBuf> {
+    if let Some(dir) = configured {
+        return Some(dir.to_path_buf());
+    }
+    candidates
+        .iter()
+        .find(|dir| dir.join("index.html").is_file())
+        .cloned()
+}
+
+/// The default places for the web client, in order: `./client/web/public`, the installed
+/// location next to the binary (`<exe dir>/../share/satsuma/web`), and the checkout this binary
+/// was built from.
+pub(crate) fn default_web_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from("client/web/public")];
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        dirs.push(exe_dir.join("../share/satsuma/web"));
+    }
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../client/web/public"));
+    dirs
+}
+
+/// The running stack.
+#[derive(Debug)]
+pub(crate) struct Stack {
+    sfu: satsuma_sfu::ServerHandle,
+    coordinator: satsuma_coordinator::ServerHandle,
+}
+
+impl Stack {
+    /// Starts the SFU, then the coordinator pointed at it.
+    pub(crate) async fn start(
+        settings: &Settings,
+        secrets: &Secrets,
+        announce_ips: Vec<IpAddr>,
+        web_dir: PathBuf,
+    ) -> anyhow::Result<Stack> {
+        let sfu = satsuma_sfu::Server::bind(sfu_config(settings, secrets, announce_ips))
+            .await
+            .context("starting the SFU")?;
+        let coordinator = satsuma_coordinator::Server::bind(coordinator_config(
+            settings,
+            secrets,
+            web_dir,
+            sfu.http_addr(),
+        ))
+        .await
+        .context("starting the coordinator")?;
+        Ok(Stack { sfu, coordinator })
+    }
+
+    /// Where the web client, coordinator WebSocket and `/token` are served.
+    pub(crate) fn web_addr(&self) -> SocketAddr {
+        self.coordinator.local_addr()
+    }
+
+    /// The SFU's HTTP API and `/metrics`.
+    pub(crate) fn sfu_api_addr(&self) -> SocketAddr {
+        self.sfu.http_addr()
+    }
+
+    /// The media UDP socket.
+    pub(crate) fn media_addr(&self) -> SocketAddr {
+        self.sfu.udp_addr()
+    }
+
+    /// Graceful stop: the coordinator stops accepting and closes every client connection with
+    /// 1001 (going away) so clients know to leave; then the SFU stops its API and media. Each
+    /// step gets what is left of `drain`; a step that overruns is abandoned (its tasks are
+    /// aborted when the handles drop) so the process always exits.
+    pub(crate) async fn shutdown(self, drain: Duration) {
+        let deadline = Instant::now() + drain;
+        let Stack { sfu, coordinator } = self;
+        if tokio::time::timeout_at(deadline, coordinator.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("coordinator did not drain in time");
+        } else {
+            tracing::info!("coordinator stopped; clients were told to leave");
+        }
+        if tokio::time::timeout_at(deadline, sfu.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("SFU did not drain in time");
+        } else {
+            tracing::info!("SFU stopped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{Cli, FileSettings};
+
+    fn settings() -> Settings {
+        Settings::resolve(Cli::default(), FileSettings::default()).unwrap()
+    }
+
+    #[test]
+    fn secrets_are_generated_when_missing_and_kept_when_given() {
+        let s = settings();
+        let a = Secrets::from_settings(&s);
+        let b = Secrets::from_settings(&s);
+        assert_eq!(a.app_secret.len(), 64);
+        assert_ne!(a.app_secret, b.app_secret);
+        assert_ne!(a.app_secret, a.token_secret);
+        let given = Settings {
+            app_secret: Some("0123456789abcdef-app".into()),
+            ..s
+        };
+        assert_eq!(
+            Secrets::from_settings(&given).app_secret,
+            "0123456789abcdef-app"
+        );
+        assert!(!format!("{a:?}").contains(&a.app_secret));
+    }
+
+    #[test]
+    fn both_servers_share_app_id_and_secret() {
+        let s = settings();
+        let secrets = Secrets::from_settings(&s);
+        let sfu = sfu_config(&s, &secrets, vec!["127.0.0.1".parse().unwrap()]);
+        let coord = coordinator_config(
+            &s,
+            &secrets,
+            PathBuf::from("web"),
+            "0.0.0.0:7880".parse().unwrap(),
+        );
+        assert_eq!(sfu.apps.len(), 1);
+        assert_eq!(sfu.apps[0].id, coord.sfu_app_id);
+        assert_eq!(sfu.apps[0].secret, coord.sfu_app_secret);
+        assert_eq!(coord.jwt_secret, secrets.token_secret);
+        assert_eq!(coord.sfu_nodes, vec!["http://127.0.0.1:7880".to_string()]);
+        assert!(coord.dev);
+        assert_eq!(coord.listen, s.listen);
+        assert_eq!(sfu.udp_bind, s.media);
+        assert_eq!(sfu.http_bind, s.sfu_api);
+        sfu.validate().unwrap();
+        coord.validate().unwrap();
+    }
+
+    #[test]
+    fn user_url_prefers_public_url_then_localhost() {
+        let s = settings();
+        assert_eq!(
+            user_url(&s, "127.0.0.1:8080".parse().unwrap()),
+            "http://localhost:8080/"
+        );
+        assert_eq!(
+            user_url(&s, "0.0.0.0:9000".parse().unwrap()),
+            "http://localhost:9000/"
+        );
+        assert_eq!(
+            user_url(&s, "192.0.2.1:80".parse().unwrap()),
+            "http://192.0.2.1:80/"
+        );
+        let public = Settings {
+            public_url: Some("https://meet.example.com/".into()),
+            ..s
+        };
+        assert_eq!(
+            user_url(&public, "127.0.0.1:8080".parse().unwrap()),
+            "https://meet.example.com/"
+        );
+    }
+
+    #[test]
+    fn web_dir_is_the_configured_one_or_the_first_with_an_index() {
+        let base = std::env::temp_dir().join(format!("satsuma-webdir-{}", std::process::id()));
+        let empty = base.join("empty");
+        let full = base.join("full");
+        std::fs::create_dir_all(&empty).unwrap();
+        std::fs::create_dir_all(&full).unwrap();
+        std::fs::write(full.join("index.html"), "<html></html>").unwrap();
+        let candidates = vec![empty.clone(), full.clone()];
+        assert_eq!(find_web_dir(None, &candidates), Some(full.clone()));
+        assert_eq!(find_web_dir(Some(&empty), &candidates), Some(empty.clone()));
+        assert_eq!(find_web_dir(None, &[empty]), None);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

@@ -1,0 +1,326 @@
+//! The quick start, end to end: the real `satsuma` binary on ephemeral loopback ports serves
+//! the web client, mints a dev token, lets a participant join over the coordinator WebSocket,
+//! creates an SFU session through the coordinator's proxy on the embedded SFU (which refuses
+//! the default secret, so the shared secret really was generated), and on SIGTERM tells the
+//! connected client it is going away (close 1001) and exits 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// Generous bound for anything that should take milliseconds, so a loaded CI machine does not
+/// fail the test; it is a hang detector, not a performance assertion.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+struct Running {
+    child: Child,
+    web: SocketAddr,
+    sfu: SocketAddr,
+    media: SocketAddr,
+    stdout: mpsc::Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn web_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../client/web/public")
+}
+
+fn addr_field(line: &str, key: &str) -> SocketAddr {
+    let prefix = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// Starts `satsuma` on ephemeral ports and waits for its `satsuma listening` line.
+fn start(extra: &[&str]) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_satsuma"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--sfu-api",
+            "127.0.0.1:0",
+            "--media",
+            "127.0.0.1:0",
+            "--detect-lan=false",
+            "--drain-secs",
+            "10",
+            "--log",
+            "info",
+        ])
+        .arg("--web-dir")
+        .arg(web_dir())
+        .args(extra)
+        .env_remove("SATSUMA_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn satsuma");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(PATIENCE)
+            .expect("satsuma printed no `satsuma listening` line");
+        if line.starts_with("satsuma listening ") {
+            return Running {
+                web: addr_field(&line, "web"),
+                sfu: addr_field(&line, "sfu"),
+                media: addr_field(&line, "media"),
+                child,
+                stdout: rx,
+            };
+        }
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "satsuma did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_start_serves_web_token_ws_and_sfu_then_stops_on_sigterm() {
+    let mut srv = start(&[]);
+    assert!(srv.web.ip().is_loopback() && srv.web.port() != 0);
+    assert!(srv.media.ip().is_loopback() && srv.media.port() != 0);
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", srv.web);
+
+    // The URL to open is printed, for the bound port.
+    let mut printed = Vec::new();
+    while let Ok(line) = srv.stdout.recv_timeout(Duration::from_millis(500)) {
+        printed.push(line);
+        if printed.iter().any(|l| l.contains("Open ")) {
+            break;
+        }
+    }
+    let open = format!("http://localhost:{}/", srv.web.port());
+    assert!(
+        printed.iter().any(|l| l.contains(&open)),
+        "URL {open} not printed in {printed:?}"
+    );
+
+    // The web client: index.html as it is on disk.
+    let index = std::fs::read_to_string(web_dir().join("index.html")).unwrap();
+    let resp = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), index);
+
+    // A dev token.
+    let resp = http
+        .post(format!("{base}/token"))
+        .body(json!({"room": "quickstart", "name": "Ada"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let token: Value = resp.json().await.unwrap();
+    let token = token["token"].as_str().expect("token in /token reply");
+
+    // Join the room over the coordinator WebSocket.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/quickstart", srv.web))
+        .await
+        .unwrap();
+    let hello = json!({
+        "type": "hello",
+        "v": satsuma_coordinator::protocol::PROTOCOL_VERSION,
+        "token": token,
+    });
+    ws.send(Message::text(hello.to_string())).await.unwrap();
+    let welcome: Value = loop {
+        let msg = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            break serde_json::from_str(t.as_str()).unwrap();
+        }
+    };
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["room"], "quickstart");
+    let credential = welcome["resume_token"].as_str().unwrap().to_string();
+
+    // An SFU session through the coordinator's proxy, on the embedded SFU.
+    let resp = http
+        .post(format!("{base}/sfu/sessions/new"))
+        .bearer_auth(&credential)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let session_id = body["sessionId"].as_str().expect("sessionId").to_string();
+    assert!(!session_id.is_empty());
+
+    // The SFU API itself: healthy, counting the session, and not open with the library's
+    // default secret (the embedded servers share a generated one).
+    let sfu = format!("http://{}", srv.sfu);
+    assert_eq!(
+        http.get(format!("{sfu}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = http
+        .get(format!("{sfu}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "satsuma_sfu_sessions 1"),
+        "{metrics}"
+    );
+    let default_secret = &satsuma_sfu::Config::default().apps[0];
+    let resp = http
+        .get(format!(
+            "{sfu}/v1/apps/{}/sessions/{session_id}",
+            default_secret.id
+        ))
+        .bearer_auth(&default_secret.secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    // SIGTERM: the client is told the server is going away, and the process exits 0.
+    sigterm(&srv.child);
+    let close = loop {
+        match tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+    let status = wait_exit(&mut srv.child);
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn sigint_without_clients_exits_cleanly() {
+    let mut srv = start(&[]);
+    let status = Command::new("kill")
+        .args(["-INT", &srv.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(wait_exit(&mut srv.child).success());
+}
+
+#[test]
+fn dev_tokens_can_be_turned_off() {
+    let mut srv = start(&["--dev-tokens=false"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://{}/token", srv.web))
+            .body(json!({"room": "r"}).to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_ne!(status, 200);
+    sigterm(&srv.child);
+    assert!(wait_exit(&mut srv.child).success());
+}
+
+#[test]
+fn invalid_configuration_exits_with_status_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_satsuma"))
+        .args(["--app-secret", "short"])
+        .env_remove("SATSUMA_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("app_secret"), "{err}");
+}
+
+#[test]
+fn help_documents_every_flag_with_its_environment_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_satsuma"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    // Group the help into one block per option (a line starting with `-` opens a block).
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('-') {
+            let name = trimmed
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .find(|w| w.starts_with("--"))
+                .unwrap_or(trimmed)
+                .to_string();
+            blocks.push((name, String::new()));
+        } else if let Some((_, text)) = blocks.last_mut() {
+            text.push_str(trimmed);
+            text.push('\n');
+        }
+    }
+    assert!(blocks.len() >= 15, "{help}");
+    for (name, text) in &blocks {
+        assert!(text.trim().len() > 20, "{name} has no description:\n{text}");
+        if matches!(name.as_str(), "--help" | "--version" | "--check-config") {
+            continue;
+        }
+        // Every option that takes a value can also come from a SATSUMA_* variable.
+        assert!(
+            text.contains("[env: SATSUMA_"),
+            "{name} has no environment variable:\n{text}"
+        );
+    }
+}
