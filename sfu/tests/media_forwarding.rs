@@ -1,0 +1,247 @@
+//! Media forwarding through the real `satsuma-sfu` binary over real UDP on 127.0.0.1, driven by
+//! native bots (`satsuma-bot`): fan-out with byte-identical payloads, a late joiner's keyframe (PLI
+//! path), and two sessions that push and pull each other at the same moment.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use satsuma_bot::harness::{APP_ID, APP_SECRET, SfuProcess};
+use satsuma_bot::participant::{PublishedStats, SubscribedStats};
+use satsuma_bot::{Bot, BotConfig, BotStats, MediaKind, TrackSpec};
+
+fn sfu() -> SfuProcess {
+    SfuProcess::start(env!("CARGO_BIN_EXE_satsuma-sfu"), &[]).expect("start satsuma-sfu")
+}
+
+fn config(sfu: &SfuProcess) -> BotConfig {
+    BotConfig::new(&sfu.base_url(), APP_ID, APP_SECRET)
+}
+
+fn av() -> Vec<TrackSpec> {
+    vec![
+        TrackSpec {
+            name: "mic".into(),
+            kind: MediaKind::Audio,
+        },
+        TrackSpec {
+            name: "cam".into(),
+            kind: MediaKind::Video,
+        },
+    ]
+}
+
+fn published<'a>(s: &'a BotStats, name: &str) -> &'a PublishedStats {
+    s.participant
+        .published
+        .iter()
+        .find(|p| p.track_name == name)
+        .unwrap_or_else(|| panic!("no published track {name} in {s:#?}"))
+}
+
+fn subscribed<'a>(s: &'a BotStats, name: &str) -> &'a SubscribedStats {
+    s.participant
+        .subscribed
+        .iter()
+        .find(|p| p.track_name == name)
+        .unwrap_or_else(|| panic!("no subscribed track {name} in {s:#?}"))
+}
+
+const CONNECT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_publisher_five_subscribers_receive_every_payload_byte_identical() {
+    let sfu = sfu();
+    let mut pub_cfg = config(&sfu);
+    pub_cfg.participant.send_on_publish = false;
+    let publisher = Bot::connect_with(pub_cfg).await.unwrap();
+    publisher.publish(&av()).await.unwrap();
+    publisher.wait_connected(CONNECT).await.unwrap();
+
+    let mut subscribers = Vec::new();
+    for _ in 0..5 {
+        let bot = Bot::connect_with(config(&sfu)).await.unwrap();
+        let pulls = [
+            (publisher.session_id().to_owned(), "mic".to_owned()),
+            (publisher.session_id().to_owned(), "cam".to_owned()),
+        ];
+        let subs = bot.subscribe_many(&pulls).await.unwrap();
+        assert_eq!(subs.len(), 2);
+        bot.wait_connected(CONNECT).await.unwrap();
+        subscribers.push(bot);
+    }
+    // Let the SFU side of every leg finish its handshake before the first packet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    publisher.set_sending(true).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    publisher.set_sending(false).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let ps = publisher.stats().await.unwrap();
+    for name in ["mic", "cam"] {
+        let sent = published(&ps, name).sent;
+        assert!(
+            sent.packets > 50,
+            "{name}: only {} packets sent",
+            sent.packets
+        );
+        for (i, bot) in subscribers.iter().enumerate() {
+            let s = bot.stats().await.unwrap();
+            let r = &subscribed(&s, name).received;
+            assert_eq!(
+                r.corrupt, 0,
+                "subscriber {i} {name}: corrupt payloads: {r:?}"
+            );
+            assert_eq!(
+                r.foreign, 0,
+                "subscriber {i} {name}: payloads of another track"
+            );
+            assert_eq!(r.duplicates, 0, "subscriber {i} {name}: duplicates");
+            assert_eq!(
+                (r.first_seq, r.last_seq, r.unique),
+                (sent.first_seq, sent.last_seq, sent.packets),
+                "subscriber {i} {name}: received {r:?}, sent {sent:?}"
+            );
+            assert_eq!(r.lost, 0);
+            assert_eq!(
+                r.kind,
+                Some(if name == "mic" {
+                    MediaKind::Audio
+                } else {
+                    MediaKind::Video
+                })
+            );
+            eprintln!(
+                "subscriber {i} {name}: {} packets, latency p50 {} us p99 {} us max {} us, pid rewritten {}",
+                r.unique,
+                r.latency.p50_us,
+                r.latency.p99_us,
+                r.latency.max_us,
+                r.picture_id_rewritten
+            );
+        }
+    }
+    let m = sfu.metrics().await.unwrap();
+    let sent_total: u64 = ps
+        .participant
+        .published
+        .iter()
+        .map(|p| p.sent.packets)
+        .sum();
+    assert!(
+        m.get("satsuma_sfu_forwarded_packets_total") >= (5 * sent_total) as f64,
+        "forwarded counter {} below 5 x {sent_total}",
+        m.get("satsuma_sfu_forwarded_packets_total")
+    );
+    for bot in subscribers {
+        bot.shutdown().await.unwrap();
+    }
+    publisher.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_subscriber_gets_a_keyframe_within_one_second() {
+    let sfu = sfu();
+    let mut pub_cfg = config(&sfu);
+    // Keyframes only at start and on request: a late joiner depends on the PLI path.
+    pub_cfg.participant.video.keyframe_interval = None;
+    let publisher = Bot::connect_with(pub_cfg).await.unwrap();
+    publisher.publish_video("cam").await.unwrap();
+    publisher.wait_connected(CONNECT).await.unwrap();
+    // An early subscriber keeps the track busy; the initial keyframe is long gone when the late one joins.
+    let early = Bot::connect_with(config(&sfu)).await.unwrap();
+    early
+        .subscribe(publisher.session_id(), "cam")
+        .await
+        .unwrap();
+    early.wait_connected(CONNECT).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = publisher.stats().await.unwrap();
+    let keyframes_before = published(&before, "cam").sent.keyframes;
+
+    let late = Bot::connect_with(config(&sfu)).await.unwrap();
+    let started = tokio::time::Instant::now();
+    late.subscribe(publisher.session_id(), "cam").await.unwrap();
+    let deadline = started + Duration::from_secs(3);
+    let received = loop {
+        let s = late.stats().await.unwrap();
+        let r = subscribed(&s, "cam").received.clone();
+        if r.keyframes > 0 || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let waited = started.elapsed();
+    let after = publisher.stats().await.unwrap();
+    let sent = published(&after, "cam").sent;
+    eprintln!(
+        "late joiner: first packet {:?} ms, first keyframe {:?} ms after subscribing ({waited:?} incl. API); \
+         publisher keyframe requests {} keyframes {} (before {keyframes_before})",
+        received.first_packet_ms,
+        received.first_keyframe_ms,
+        sent.keyframe_requests,
+        sent.keyframes
+    );
+    let first_keyframe = received
+        .first_keyframe_ms
+        .unwrap_or_else(|| panic!("late subscriber got no keyframe: {received:?}"));
+    assert!(
+        first_keyframe <= 1000.0,
+        "keyframe after {first_keyframe} ms"
+    );
+    assert!(sent.keyframe_requests >= 1, "the publisher saw no PLI/FIR");
+    assert!(
+        sent.keyframes > keyframes_before,
+        "no new keyframe was sent"
+    );
+    assert_eq!(received.corrupt, 0);
+    let m = sfu.metrics().await.unwrap();
+    assert!(m.sum("satsuma_sfu_keyframe_requests_total") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sessions_push_and_pull_each_other_at_the_same_moment() {
+    let sfu = sfu();
+    let a = Bot::connect_with(config(&sfu)).await.unwrap();
+    let b = Bot::connect_with(config(&sfu)).await.unwrap();
+    // Both push at once, then both pull the other's tracks at once: one PeerConnection per session
+    // carries its own tracks out and the other's in.
+    let tracks = av();
+    let (ra, rb) = tokio::join!(a.publish(&tracks), b.publish(&tracks));
+    ra.unwrap();
+    rb.unwrap();
+    let pulls_of = |bot: &Bot| {
+        vec![
+            (bot.session_id().to_owned(), "mic".to_owned()),
+            (bot.session_id().to_owned(), "cam".to_owned()),
+        ]
+    };
+    let (from_b, from_a) = (pulls_of(&b), pulls_of(&a));
+    let (pa, pb) = tokio::join!(a.subscribe_many(&from_b), b.subscribe_many(&from_a));
+    pa.unwrap();
+    pb.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let first = [a.stats().await.unwrap(), b.stats().await.unwrap()];
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = [a.stats().await.unwrap(), b.stats().await.unwrap()];
+    for (who, (s1, s2)) in ["a", "b"].iter().zip(first.iter().zip(second.iter())) {
+        for name in ["mic", "cam"] {
+            let r1 = &subscribed(s1, name).received;
+            let r2 = &subscribed(s2, name).received;
+            assert!(
+                r1.unique > 10,
+                "{who} {name}: only {} packets: {r1:?}",
+                r1.unique
+            );
+            assert!(r2.unique > r1.unique + 10, "{who} {name}: media stopped");
+            assert_eq!(r2.corrupt, 0, "{who} {name}: {r2:?}");
+            assert_eq!(r2.foreign, 0);
+            assert_eq!(r2.duplicates, 0);
+            assert_eq!(r2.lost, 0, "{who} {name}: {r2:?}");
+            assert!(published(s2, name).sent.packets > 0);
+        }
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
