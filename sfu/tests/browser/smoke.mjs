@@ -43,6 +43,11 @@ const server = http.createServer((req, res) => {
     res.end(page);
     return;
   }
+  if (req.url === '/favicon.ico') {
+    res.writeHead(204);
+    res.end();
+    return;
+  }
   if (req.url.startsWith('/v1/') || req.url === '/metrics') {
     const proxied = http.request(
       {
