@@ -195,7 +195,10 @@ async fn a_vanished_session_is_collected() {
         matches!(api.session(&gone).await, Err(ApiError::Status { status, .. }) if status.as_u16() == 404)
     })
     .await;
-    eprintln!("vanished session collected after {:?}", vanished_at.elapsed());
+    eprintln!(
+        "vanished session collected after {:?}",
+        vanished_at.elapsed()
+    );
     let m1 = sfu.metrics().await.unwrap();
     assert!(
         m1.get("satsuma_sfu_sessions_collected_total") >= 1.0,
