@@ -392,4 +392,78 @@ mod tests {
         let r: TracksResponse = serde_json::from_str("{}").unwrap();
         assert!(r.tracks.is_empty() && r.session_description.is_none());
     }
+
+    /// A canned server: checks the bearer secret and answers per route like an SFU would.
+    async fn mock_server() -> String {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::{get, post, put};
+        async fn new_session(headers: HeaderMap) -> (StatusCode, String) {
+            if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer s3cret") {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"errorCode":"unauthorized","errorDescription":"bad secret"}"#.into(),
+                );
+            }
+            (StatusCode::CREATED, r#"{"sessionId":"abc"}"#.into())
+        }
+        let app = axum::Router::new()
+            .route("/v1/apps/app/sessions/new", post(new_session))
+            .route(
+                "/v1/apps/app/sessions/abc/renegotiate",
+                put(|| async { r#"{"errorCode":"bad_sdp","errorDescription":"no"}"# }),
+            )
+            .route("/v1/apps/app/sessions/abc", get(|| async { "not json" }))
+            .route(
+                "/v1/apps/app/sessions/abc/tracks/new",
+                post(|body: String| async move {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    let name = v["tracks"][0]["trackName"].as_str().unwrap_or("").to_owned();
+                    format!(
+                        r#"{{"requiresImmediateRenegotiation":true,"sessionDescription":{{"type":"offer","sdp":"o"}},"tracks":[{{"trackName":"{name}","mid":"7"}}]}}"#
+                    )
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn client_maps_statuses_and_error_bodies() {
+        let base = mock_server().await;
+        let good = SfuClient::new(&base, "app", "s3cret").unwrap();
+        assert_eq!(good.new_session().await.unwrap().session_id, "abc");
+        let bad = SfuClient::new(&base, "app", "wrong").unwrap();
+        match bad.new_session().await {
+            Err(ApiError::Status { status, code, .. }) => {
+                assert_eq!(status.as_u16(), 401);
+                assert_eq!(code, "unauthorized");
+            }
+            other => panic!("expected 401, got {other:?}"),
+        }
+        match good
+            .renegotiate("abc", SessionDescription::answer("a"))
+            .await
+        {
+            Err(ApiError::InBody { code, .. }) => assert_eq!(code, "bad_sdp"),
+            other => panic!("expected an in-body error, got {other:?}"),
+        }
+        assert!(matches!(
+            good.session("abc").await,
+            Err(ApiError::Decode(_))
+        ));
+        match good.session("nope").await {
+            Err(ApiError::Status { status, .. }) => assert_eq!(status.as_u16(), 404),
+            other => panic!("expected 404, got {other:?}"),
+        }
+        let req = TracksRequest {
+            session_description: None,
+            tracks: vec![TrackObject::remote("x", "cam")],
+        };
+        let r = good.new_tracks("abc", &req).await.unwrap();
+        assert!(r.requires_immediate_renegotiation);
+        assert_eq!(r.tracks[0].track_name.as_deref(), Some("cam"));
+        assert_eq!(r.tracks[0].mid.as_deref(), Some("7"));
+    }
 }
