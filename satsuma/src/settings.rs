@@ -238,17 +238,17 @@ impl Settings {
         let app_secret = cli.app_secret.or(file.app_secret);
         let token_secret = cli.token_secret.or(file.token_secret);
         for (name, secret) in [("app_secret", &app_secret), ("token_secret", &token_secret)] {
-            if let Some(s) = secret {
-                if s.len() < 16 {
-                    bail!("{name} must be at least 16 characters long");
-                }
+            if let Some(s) = secret
+                && s.len() < 16
+            {
+                bail!("{name} must be at least 16 characters long");
             }
         }
         let public_url = cli.public_url.or(file.public_url);
-        if let Some(url) = &public_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                bail!("public_url must start with http:// or https://, got {url:?}");
-            }
+        if let Some(url) = &public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!("public_url must start with http:// or https://, got {url:?}");
         }
         let announce_ips = if cli.announce_ips.is_empty() {
             file.announce_ips.unwrap_or_default()

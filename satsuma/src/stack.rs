@@ -14,6 +14,9 @@ use tokio::time::Instant;
 
 use crate::settings::Settings;
 
+/// How long WebSocket tasks get to flush their close frames after the coordinator stopped.
+const CLOSE_LINGER: Duration = Duration::from_millis(300);
+
 /// The secrets the two embedded servers share.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Secrets {
@@ -194,6 +197,12 @@ impl Stack {
         } else {
             tracing::info!("coordinator stopped; clients were told to leave");
         }
+        // The coordinator's shutdown returns once its listener is closed, but each WebSocket is
+        // served by a detached task that still has to write its close frame (1001). Leave them
+        // a moment while the runtime is alive, so clients learn the server is going away
+        // instead of seeing a reset.
+        let linger = deadline.min(Instant::now() + CLOSE_LINGER);
+        tokio::time::sleep_until(linger).await;
         if tokio::time::timeout_at(deadline, sfu.shutdown())
             .await
             .is_err()
