@@ -215,3 +215,38 @@ async fn a_vanished_session_is_collected() {
     );
     let _ = sub.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_track_is_collected_while_its_session_lives() {
+    let sfu =
+        SfuProcess::start(env!("CARGO_BIN_EXE_satsuma-sfu"), &["--track-timeout", "1"]).unwrap();
+    let publisher = Bot::connect_with(config(&sfu)).await.unwrap();
+    publisher.publish_audio("mic").await.unwrap();
+    publisher.wait_connected(CONNECT).await.unwrap();
+    let sub = Bot::connect_with(config(&sfu)).await.unwrap();
+    sub.subscribe(publisher.session_id(), "mic").await.unwrap();
+    sub.wait_connected(CONNECT).await.unwrap();
+    poll_until("audio flows", Duration::from_secs(5), || async {
+        packets(&sub.stats().await.unwrap(), "mic") > 10
+    })
+    .await;
+    assert_eq!(sfu.metrics().await.unwrap().get("satsuma_sfu_tracks"), 1.0);
+
+    // The publisher stays connected but stops sending: only the track is collected.
+    publisher.set_sending(false).await.unwrap();
+    poll_until(
+        "silent track collected",
+        Duration::from_secs(10),
+        || async { sfu.metrics().await.unwrap().get("satsuma_sfu_tracks") == 0.0 },
+    )
+    .await;
+    let m = sfu.metrics().await.unwrap();
+    assert!(m.get("satsuma_sfu_tracks_collected_total") >= 1.0);
+    assert_eq!(m.get("satsuma_sfu_sessions"), 2.0, "both sessions live on");
+    publisher.session_state().await.unwrap();
+    let late = Bot::connect_with(config(&sfu)).await.unwrap();
+    assert!(
+        late.subscribe(publisher.session_id(), "mic").await.is_err(),
+        "a collected track cannot be pulled"
+    );
+}
