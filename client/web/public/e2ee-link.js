@@ -25,7 +25,7 @@ export class E2eeLink extends EventTarget {
   constructor({ decrypt = true, mls = true, legacy = false } = {}) {
     super();
     this.decrypt = decrypt;
-    this.mls = mls;
+    this.joinGroup = mls;
     this.legacy = legacy || !scriptTransformSupported();
     this.worker = null;
     this.attached = []; // {endpoint, options}
@@ -122,7 +122,7 @@ export class E2eeLink extends EventTarget {
     this.worker = worker;
     worker.onmessage = (ev) => this.#onMessage(ev.data);
     worker.onerror = (ev) => this.#problem(`E2EE worker error: ${ev.message ?? 'unknown'}`);
-    worker.postMessage({ type: 'init', participantId: this.participantId, decrypt: this.decrypt, mls: this.mls });
+    worker.postMessage({ type: 'init', participantId: this.participantId, decrypt: this.decrypt, mls: this.joinGroup });
   }
 
   #post(message, transfer = []) {

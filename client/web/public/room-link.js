@@ -22,6 +22,8 @@ const FINAL_CLOSES = new Map([
   [4424, 'room-full'],
 ]);
 const RESUME_FAILED = 4410;
+// Replies to this connection; everything else with a `seq` is a log entry.
+const DIRECT_TYPES = new Set(['welcome', 'resumed', 'pong', 'error', 'commit_rejected']);
 const PRESENCE_TIMEOUT = 4408;
 
 /** Decodes a server → client binary frame: `u64 seq ‖ u8 kind ‖ u64 from ‖ payload`. */
@@ -141,7 +143,7 @@ export class RoomLink extends EventTarget {
       return;
     }
     if (typeof msg !== 'object' || msg === null || typeof msg.type !== 'string') return;
-    if (typeof msg.seq === 'number') {
+    if (typeof msg.seq === 'number' && !DIRECT_TYPES.has(msg.type)) {
       this.#deliver(msg.seq, () => this.dispatchEvent(new CustomEvent('entry', { detail: msg })));
       return;
     }

@@ -70,7 +70,7 @@ export async function startServers() {
   let coord;
   try {
     coord = await startProcess('coordinator', path.join(binDir, 'satsuma-coordinator'), [
-      '--dev', '--listen', '127.0.0.1:0', '--web-dir', path.join(repoRoot, 'client/web/public'),
+      '--dev', '--listen', '127.0.0.1:0', '--web-dir', process.env.SATSUMA_WEB_DIR ?? path.join(repoRoot, 'client/web/public'),
       '--sfu-node', `http://${sfuHttp}`, '--sfu-app-id', 'satsuma', '--sfu-app-secret', APP_SECRET, '--log', 'warn',
     ], /satsuma-coordinator listening http=(\S+)/, logs);
   } catch (err) {
