@@ -282,7 +282,7 @@ async fn read_loop(
         let input = match parse(app, input) {
             Ok(i) => i,
             Err(err) => {
-                if let ServerMessage::Error { code, .. } = &err {
+                if let ServerMessage::Error { code, .. } = &*err {
                     app.metrics.error(code);
                 }
                 app.metrics.messages_in.with_label_values(&[kind]).inc();
@@ -348,18 +348,18 @@ fn refusal(code: &str, message: &str, refused: Option<&str>) -> ServerMessage {
 }
 
 /// Size checks and JSON parsing; errors are the reply to send.
-fn parse(app: &App, frame: Frame) -> Result<Input, ServerMessage> {
+fn parse(app: &App, frame: Frame) -> Result<Input, Box<ServerMessage>> {
     match frame {
         Frame::Text(t) => {
             if t.len() > app.config.max_text_bytes {
-                return Err(refusal(
+                return Err(Box::new(refusal(
                     error_code::TOO_LARGE,
                     &format!(
                         "text frames are limited to {} bytes",
                         app.config.max_text_bytes
                     ),
                     None,
-                ));
+                )));
             }
             match serde_json::from_str::<ClientMessage>(t.as_str()) {
                 Ok(m) => {
@@ -369,7 +369,7 @@ fn parse(app: &App, frame: Frame) -> Result<Input, ServerMessage> {
                         .inc();
                     Ok(Input::Message(m))
                 }
-                Err(e) => Err(classify(t.as_str(), &e)),
+                Err(e) => Err(Box::new(classify(t.as_str(), &e))),
             }
         }
         Frame::Binary(b) => {
@@ -380,14 +380,14 @@ fn parse(app: &App, frame: Frame) -> Result<Input, ServerMessage> {
             };
             app.metrics.messages_in.with_label_values(&[name]).inc();
             if b.len() > app.config.max_binary_bytes {
-                return Err(refusal(
+                return Err(Box::new(refusal(
                     error_code::TOO_LARGE,
                     &format!(
                         "binary frames are limited to {} bytes",
                         app.config.max_binary_bytes
                     ),
                     Some(name),
-                ));
+                )));
             }
             Ok(Input::Binary(b))
         }

@@ -211,9 +211,11 @@ fn offer_sdp() -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_bound_to_their_creator_on_a_real_sfu() {
-    let mut sfu_config = satsuma_sfu::Config::default();
-    sfu_config.http_bind = "127.0.0.1:0".parse().unwrap();
-    sfu_config.udp_bind = "127.0.0.1:0".parse().unwrap();
+    let sfu_config = satsuma_sfu::Config {
+        http_bind: "127.0.0.1:0".parse().unwrap(),
+        udp_bind: "127.0.0.1:0".parse().unwrap(),
+        ..satsuma_sfu::Config::default()
+    };
     let app = sfu_config.apps[0].clone();
     let sfu = satsuma_sfu::Server::bind(sfu_config).await.unwrap();
     let config = Config {
