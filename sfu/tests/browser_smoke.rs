@@ -1,7 +1,7 @@
 //! Browser smoke test: headless Chromium (Debian's, driven by playwright-core from
-//! `tests/browser/smoke.mjs`) pushes its fake camera through the real `satsuma-sfu` and pulls it back
-//! as a remote track — from a second RTCPeerConnection, and from the same one — and `framesDecoded`
-//! must keep increasing. Catches SDP interop problems between str0m and real browsers.
+//! `tests/browser/smoke.mjs`) pushes its fake camera and microphone through the real `satsuma-sfu` and
+//! pulls them back as remote tracks — from a second RTCPeerConnection, and from the same one — and
+//! `framesDecoded` (and received audio packets) must keep increasing. Catches SDP interop problems between str0m and real browsers.
 //!
 //! Needs `node`, `/usr/bin/chromium` and `tests/browser/node_modules/playwright-core`
 //! (`tests/browser/setup.sh` installs them). Missing pieces FAIL the test with instructions, unless
@@ -119,5 +119,8 @@ fn chromium_pushes_its_camera_and_pulls_it_back() {
         let first = c["firstDecoded"]["framesDecoded"].as_u64().unwrap();
         let last = c["last"]["framesDecoded"].as_u64().unwrap();
         assert!(last > first + 10, "framesDecoded {first} -> {last}");
+        let a0 = c["firstDecoded"]["audioPackets"].as_u64().unwrap();
+        let a1 = c["last"]["audioPackets"].as_u64().unwrap();
+        assert!(a1 > a0 + 50, "audio packetsReceived {a0} -> {a1}");
     }
 }
