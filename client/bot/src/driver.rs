@@ -85,9 +85,14 @@ pub(crate) async fn run(
 }
 
 fn flush(p: &mut Participant, socket: &UdpSocket) {
+    let mut errors = 0;
     for (_src, dst, bytes) in p.take_outbox() {
         if let Err(e) = socket.try_send_to(&bytes, dst) {
             debug!("udp send to {dst} failed: {e}");
+            errors += 1;
         }
+    }
+    for _ in 0..errors {
+        p.note_send_error();
     }
 }

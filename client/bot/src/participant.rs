@@ -107,6 +107,8 @@ pub struct TransportStats {
     pub dropped_datagrams: u64,
     /// Errors str0m returned while handling input.
     pub rtc_errors: u64,
+    /// Datagrams the socket refused to send (buffer full, unreachable…).
+    pub send_errors: u64,
     /// RTP packets on a mid the participant did not subscribe to.
     pub unexpected_rtp: u64,
     /// Keyframe requests received for unknown mids.
@@ -536,6 +538,11 @@ impl Participant {
         Ok(answer.to_sdp_string())
     }
 
+    /// The driver could not send a datagram.
+    pub fn note_send_error(&mut self) {
+        self.transport.send_errors += 1;
+    }
+
     /// Queue arbitrary bytes to `destination` from this participant's address (a test hook for
     /// hostile-input tests; str0m never sees them).
     pub fn send_raw(&mut self, destination: SocketAddr, bytes: Vec<u8>) {
@@ -591,7 +598,7 @@ impl Participant {
                     self.transport.datagrams_out += 1;
                     self.transport.bytes_out += t.contents.len() as u64;
                     self.outbox
-                        .push_back((t.source, t.destination, t.contents.to_vec()));
+                        .push_back((t.source, t.destination, t.contents.into()));
                 }
                 Ok(Output::Event(e)) => self.on_event(now, e),
                 Err(e) => {
