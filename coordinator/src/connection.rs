@@ -464,3 +464,41 @@ async fn write_loop(
     }
     let _ = sink.close().await;
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn rate_limit_allows_burst_then_rate() {
+        let t0 = Instant::now();
+        let mut r = RateLimit::new(10, 5, t0);
+        assert_eq!((0..8).filter(|_| r.allow(t0)).count(), 5);
+        // 10/s: one token per 100 ms.
+        assert!(!r.allow(t0 + Duration::from_millis(50)));
+        assert!(r.allow(t0 + Duration::from_millis(110)));
+        assert!(!r.allow(t0 + Duration::from_millis(120)));
+        // Refill is capped at the burst.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..8).filter(|_| r.allow(later)).count(), 5);
+    }
+
+    #[test]
+    fn refusals_distinguish_unknown_types() {
+        let code = |text: &str| {
+            let err = serde_json::from_str::<ClientMessage>(text).unwrap_err();
+            match classify(text, &err) {
+                ServerMessage::Error { code, refused, .. } => (code, refused),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(code(r#"{"type":"warp"}"#), ("unknown_type".into(), None));
+        assert_eq!(
+            code(r#"{"type":"hand","raised":1}"#),
+            ("malformed".into(), Some("hand".into()))
+        );
+        assert_eq!(code("nope"), ("malformed".into(), None));
+        assert_eq!(code(r#"{"kind":"hand"}"#), ("malformed".into(), None));
+    }
+}

@@ -17,9 +17,10 @@ async fn silent_participant_times_out() {
     };
     let server = start(config).await;
     let mut alice = Client::join(&server, "presence", "alice").await;
+    // Bob's last sign of life (his hello) is after this instant.
+    let started = Instant::now();
     let mut bob = Client::join(&server, "presence", "bob").await;
     let bob_id = bob.id;
-    let started = Instant::now();
 
     // Alice heartbeats; Bob's socket stays open but he says nothing.
     let left = heartbeat_until_left(&mut alice).await;
