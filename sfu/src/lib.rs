@@ -1,1 +1,77 @@
-//! Satsuma SFU: forwards RTP between WebRTC sessions without touching payloads.
+//! Satsuma SFU: a selective forwarding unit that forwards RTP between WebRTC sessions without
+//! touching payloads, behind an HTTP API compatible with Cloudflare Realtime's sessions/tracks
+//! calls (v1). Because it never reads or changes a payload, it forwards end-to-end encrypted
+//! media it cannot decrypt.
+//!
+//! # Shape
+//!
+//! * A **session** ([`session::Session`]) is one peer connection: one str0m [`Rtc`](str0m::Rtc)
+//!   in RTP mode, ICE-lite, DTLS-SRTP (str0m prefers AES-GCM), BUNDLE. A session can publish
+//!   tracks (the client pushes) and subscribe to tracks of other sessions (the client pulls)
+//!   on the same connection.
+//! * A **shard** ([`shard::Shard`]) is one task that owns a set of sessions and a
+//!   [`forward::Forwarder`]. Sessions never move between shards; all their work (datagrams, API
+//!   calls, timers) runs on their shard, so nothing on the packet path is locked.
+//! * The **forwarder** ([`forward`]) is the sans-IO core: given a publisher's packet it decides
+//!   which subscriber legs get it, with their own sequence numbers (rebased per leg: the SRTP
+//!   rollover pitfall), timestamps and payload types. It is unit-tested without sockets.
+//! * The **UDP driver** ([`udp`]) owns the single socket's receive side and routes datagrams to
+//!   shards; shards send on the same socket directly.
+//! * The **API** ([`api`]) authenticates, rate-limits and decodes requests, and hands them to
+//!   the owning shard; the [`directory::Directory`] maps session ids and track names (control
+//!   path only).
+//!
+//! # The packet path
+//!
+//! ```text
+//!  UDP socket ──recv──▶ udp::run_receiver ── Demux: remote addr → session (fast path)
+//!                                              └─ else STUN USERNAME ufrag → session (new flow)
+//!        │ ShardMsg::Datagram (bytes moved, not copied again)
+//!        ▼
+//!  shard of the publisher: Rtc::handle_input → drain poll_output until Timeout
+//!        │ Event::RtpPacket (SRTP decrypted, payload: Arc<[u8]>)
+//!        ▼
+//!  Forwarder::note_media → which shards have legs on this track
+//!        ├─ this shard: Forwarder::forward → LegWrite per leg (rebased seq/ts, mapped PT)
+//!        │                └─ StreamTx::write_rtp on the subscriber's Rtc → drain → try_send_to
+//!        └─ other shards: ShardMsg::Media { Arc<MediaPacket> } (payload shared, never copied)
+//! ```
+//!
+//! Keyframe requests flow back: a subscriber's PLI/FIR (`Event::KeyframeRequest`) is mapped to
+//! its leg's track and sent to the publisher's shard, which lets at most one per second per track
+//! and layer through (`StreamRx::request_keyframe`). NACKs are answered per leg by str0m from its
+//! RTX cache; RTCP and TWCC feedback are str0m's, per leg.
+//!
+//! Addresses are learnt by the UDP driver only after a session *sent* to them (str0m answers a
+//! STUN request only once its integrity checks out), so spoofed datagrams cannot hijack a flow.
+//! Every call into str0m runs under `catch_unwind`: a session that panics is torn down and
+//! counted (`satsuma_sfu_session_panics_total`) while the others carry on.
+//!
+//! # Embedding
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), satsuma_sfu::ServerError> {
+//! let mut config = satsuma_sfu::Config::default();
+//! config.http_bind = "127.0.0.1:0".parse().unwrap();
+//! config.udp_bind = "127.0.0.1:0".parse().unwrap();
+//! let sfu = satsuma_sfu::Server::bind(config).await?;
+//! println!("http={} udp={}", sfu.http_addr(), sfu.udp_addr());
+//! sfu.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod config;
+pub mod directory;
+pub mod forward;
+pub mod ids;
+pub mod metrics;
+pub mod server;
+pub mod session;
+pub mod shard;
+pub mod stun;
+pub mod udp;
+
+pub use config::{App, Config};
+pub use metrics::Metrics;
+pub use server::{Server, ServerError, ServerHandle};

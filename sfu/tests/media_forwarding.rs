@@ -104,6 +104,10 @@ async fn one_publisher_five_subscribers_receive_every_payload_byte_identical() {
             );
             assert_eq!(r.lost, 0);
             assert_eq!(
+                r.rtp_seq_offset_changes, 0,
+                "subscriber {i} {name}: RTP numbering out of step with the payloads"
+            );
+            assert_eq!(
                 r.kind,
                 Some(if name == "mic" {
                     MediaKind::Audio
@@ -195,6 +199,14 @@ async fn late_subscriber_gets_a_keyframe_within_one_second() {
         "no new keyframe was sent"
     );
     assert_eq!(received.corrupt, 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = late.stats().await.unwrap();
+    let r = &subscribed(&s, "cam").received;
+    assert_eq!(
+        (r.lost, r.rtp_seq_offset_changes),
+        (0, 0),
+        "late joiner's stream has gaps or renumbering: {r:?}"
+    );
     let m = sfu.metrics().await.unwrap();
     assert!(m.sum("satsuma_sfu_keyframe_requests_total") >= 1.0);
 }
@@ -239,6 +251,7 @@ async fn two_sessions_push_and_pull_each_other_at_the_same_moment() {
             assert_eq!(r2.foreign, 0);
             assert_eq!(r2.duplicates, 0);
             assert_eq!(r2.lost, 0, "{who} {name}: {r2:?}");
+            assert_eq!(r2.rtp_seq_offset_changes, 0, "{who} {name}: {r2:?}");
             assert!(published(s2, name).sent.packets > 0);
         }
     }

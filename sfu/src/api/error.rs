@@ -1,0 +1,72 @@
+//! API errors: an HTTP status plus `{errorCode, errorDescription}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::types::ErrorBody;
+
+/// A request-level API error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status} {code}: {description}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// `errorCode`.
+    pub code: &'static str,
+    /// `errorDescription`.
+    pub description: String,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            description: description.into(),
+        }
+    }
+
+    /// 400 `decoding_error`: the body is not the JSON we expect.
+    pub fn decoding(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "decoding_error", description)
+    }
+
+    /// 400 `invalid_params`.
+    pub fn invalid(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_params", description)
+    }
+
+    /// 400 `invalid_sdp`.
+    pub fn sdp(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_sdp", description)
+    }
+
+    /// 404 `session_not_found`.
+    pub fn no_session() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "session_not_found",
+            "no such session for this app",
+        )
+    }
+
+    /// 500 `internal_error`.
+    pub fn internal(description: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            description,
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error_code: self.code.to_string(),
+            error_description: self.description,
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}

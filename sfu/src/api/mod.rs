@@ -1,0 +1,9 @@
+//! The HTTP API: Cloudflare Realtime's sessions/tracks calls (v1) under `/v1/apps/{appId}`, plus
+//! `/healthz` and `/metrics`. Handlers authenticate, rate-limit and decode, then hand the work to
+//! the shard that owns the session and wait for its reply.
+
+pub mod error;
+pub mod routes;
+pub mod types;
+
+pub use routes::{ApiState, router};

@@ -1,0 +1,262 @@
+//! JSON bodies of the Cloudflare-Realtime-compatible API (v1), camelCase on the wire.
+
+use serde::{Deserialize, Serialize};
+
+/// `offer` or `answer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SdpType {
+    /// An SDP offer.
+    Offer,
+    /// An SDP answer.
+    Answer,
+}
+
+/// `{type, sdp}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionDescription {
+    /// Offer or answer.
+    #[serde(rename = "type")]
+    pub kind: SdpType,
+    /// The SDP text.
+    pub sdp: String,
+}
+
+/// Where a track lives relative to the session in the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Location {
+    /// Pushed by this session.
+    Local,
+    /// Pulled from another session.
+    Remote,
+}
+
+/// Simulcast preferences of a pulled track.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Simulcast {
+    /// The layer (rid) the subscriber wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_rid: Option<String>,
+    /// Accepted and echoed, not interpreted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_ordering: Option<String>,
+    /// Accepted and echoed, not interpreted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid_not_available: Option<String>,
+}
+
+/// `POST sessions/new` body (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSessionRequest {
+    /// An initial offer.
+    #[serde(default)]
+    pub session_description: Option<SessionDescription>,
+}
+
+/// `POST sessions/new` response.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSessionResponse {
+    /// The new session's id.
+    pub session_id: String,
+    /// The answer, when the request carried an offer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_description: Option<SessionDescription>,
+}
+
+/// A track entry in requests.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackObject {
+    /// `local` (push) or `remote` (pull).
+    #[serde(default)]
+    pub location: Option<Location>,
+    /// The m-line id.
+    #[serde(default)]
+    pub mid: Option<String>,
+    /// The track name (push: chosen by the client; pull: the publisher's).
+    #[serde(default)]
+    pub track_name: Option<String>,
+    /// Pull: the publishing session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Pull: simulcast preferences.
+    #[serde(default)]
+    pub simulcast: Option<Simulcast>,
+}
+
+/// `POST sessions/{id}/tracks/new` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TracksRequest {
+    /// An offer (push).
+    #[serde(default)]
+    pub session_description: Option<SessionDescription>,
+    /// The tracks.
+    #[serde(default)]
+    pub tracks: Vec<TrackObject>,
+}
+
+/// A track entry in responses.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackResult {
+    /// Pull: the publishing session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The track name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_name: Option<String>,
+    /// The m-line id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mid: Option<String>,
+    /// Per-track error code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// Per-track error text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+}
+
+impl TrackResult {
+    /// Marks this entry failed.
+    pub fn with_error(mut self, code: &str, description: impl Into<String>) -> TrackResult {
+        self.error_code = Some(code.to_string());
+        self.error_description = Some(description.into());
+        self
+    }
+}
+
+/// `tracks/new` response.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TracksResponse {
+    /// True when the response carries an SFU offer the client must answer (`renegotiate`).
+    pub requires_immediate_renegotiation: bool,
+    /// Answer (push) or offer (pull).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_description: Option<SessionDescription>,
+    /// One entry per requested track, in request order.
+    pub tracks: Vec<TrackResult>,
+}
+
+/// `PUT renegotiate` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RenegotiateRequest {
+    /// The client's answer (or a new offer).
+    pub session_description: SessionDescription,
+}
+
+/// `PUT renegotiate` response.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RenegotiateResponse {
+    /// An answer, when the client sent an offer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_description: Option<SessionDescription>,
+}
+
+/// A track to close.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CloseTrackObject {
+    /// The m-line id.
+    #[serde(default)]
+    pub mid: Option<String>,
+}
+
+/// `PUT tracks/close` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloseTracksRequest {
+    /// The tracks.
+    #[serde(default)]
+    pub tracks: Vec<CloseTrackObject>,
+    /// The client's offer (after stopping its transceivers).
+    #[serde(default)]
+    pub session_description: Option<SessionDescription>,
+    /// Close without any SDP exchange.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `PUT tracks/close` response.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloseTracksResponse {
+    /// Answer to the client's offer, or an SFU offer when no offer was given and `force` was
+    /// false (then `requiresImmediateRenegotiation` is true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_description: Option<SessionDescription>,
+    /// Per-track results.
+    pub tracks: Vec<TrackResult>,
+    /// See `session_description`.
+    pub requires_immediate_renegotiation: bool,
+}
+
+/// `PUT tracks/update` body.
+#[derive(Debug, Default, Deserialize)]
+pub struct UpdateTracksRequest {
+    /// The tracks.
+    #[serde(default)]
+    pub tracks: Vec<TrackObject>,
+}
+
+/// `PUT tracks/update` response.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateTracksResponse {
+    /// Always false: updates never need SDP.
+    pub requires_immediate_renegotiation: bool,
+    /// Per-track results.
+    pub tracks: Vec<TrackResult>,
+}
+
+/// Status of a track in `GET sessions/{id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackStatus {
+    /// Flowing or able to flow.
+    Active,
+    /// Closed, collected or its source is gone.
+    Inactive,
+    /// Waiting for the client's answer.
+    Initializing,
+}
+
+/// A track in `GET sessions/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackState {
+    /// Local (pushed) or remote (pulled).
+    pub location: Location,
+    /// The m-line id.
+    pub mid: String,
+    /// The track name.
+    pub track_name: String,
+    /// Remote tracks: the publishing session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Status.
+    pub status: TrackStatus,
+}
+
+/// `GET sessions/{id}` response.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SessionState {
+    /// The session's tracks.
+    pub tracks: Vec<TrackState>,
+}
+
+/// Error body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// Machine-readable code.
+    pub error_code: String,
+    /// Human-readable text.
+    pub error_description: String,
+}

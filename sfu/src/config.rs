@@ -1,0 +1,222 @@
+//! Server configuration: the plain [`Config`] the library takes, and how the binary builds it from
+//! a TOML file, `SATSUMA_SFU_*` environment variables and command-line flags (in that order of
+//! increasing precedence).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// One application allowed to use the API: `/v1/apps/{id}/…` with `Authorization: Bearer {secret}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct App {
+    /// The app id that appears in the URL path.
+    pub id: String,
+    /// The bearer secret that authenticates API calls for this app.
+    pub secret: String,
+}
+
+impl std::str::FromStr for App {
+    type Err = String;
+
+    /// Parses `ID:SECRET`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (id, secret) = s
+            .split_once(':')
+            .ok_or_else(|| format!("app `{s}` must be written ID:SECRET"))?;
+        if id.is_empty() || secret.is_empty() {
+            return Err(format!("app `{s}` needs a non-empty id and secret"));
+        }
+        Ok(App {
+            id: id.to_string(),
+            secret: secret.to_string(),
+        })
+    }
+}
+
+/// Everything the SFU needs to run. `Config::default()` is a working loopback setup with one app
+/// (`satsuma` / `satsuma-secret`), meant for tests and local experiments.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Apps and their secrets.
+    pub apps: Vec<App>,
+    /// Where the HTTP API (and `/metrics`, `/healthz`) listens. Port 0 picks a free port.
+    pub http_bind: SocketAddr,
+    /// The single UDP socket all WebRTC traffic uses. Port 0 picks a free port.
+    pub udp_bind: SocketAddr,
+    /// IP addresses announced as ICE host candidates (with the bound UDP port). Empty: the bind
+    /// address, or 127.0.0.1 when bound to an unspecified address.
+    pub announce_ips: Vec<IpAddr>,
+    /// A published track that receives no media for this long is collected.
+    pub track_timeout: Duration,
+    /// A session whose transport is not connected for this long is collected.
+    pub session_timeout: Duration,
+    /// Number of shards (worker tasks owning sessions). At least 1.
+    pub shards: usize,
+    /// API requests allowed per session per second (429 beyond).
+    pub session_requests_per_second: u32,
+    /// Maximum number of tracks in one API request.
+    pub max_tracks_per_request: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            apps: vec![App {
+                id: "satsuma".into(),
+                secret: "satsuma-secret".into(),
+            }],
+            http_bind: SocketAddr::from(([127, 0, 0, 1], 7880)),
+            udp_bind: SocketAddr::from(([127, 0, 0, 1], 7881)),
+            announce_ips: Vec::new(),
+            track_timeout: Duration::from_secs(30),
+            session_timeout: Duration::from_secs(30),
+            shards: 1,
+            session_requests_per_second: 50,
+            max_tracks_per_request: 64,
+        }
+    }
+}
+
+/// The TOML file accepted by `--config`. Every key is optional; see the README for an example.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[[apps]]` tables with `id` and `secret`.
+    #[serde(default)]
+    pub apps: Vec<App>,
+    /// HTTP listen address.
+    pub http_bind: Option<SocketAddr>,
+    /// UDP listen address.
+    pub udp_bind: Option<SocketAddr>,
+    /// Announced IPs.
+    pub announce_ips: Option<Vec<IpAddr>>,
+    /// Track inactivity timeout in seconds (fractions allowed).
+    pub track_timeout_secs: Option<f64>,
+    /// Session transport-gone timeout in seconds (fractions allowed).
+    pub session_timeout_secs: Option<f64>,
+    /// Shard count.
+    pub shards: Option<usize>,
+    /// Log filter, like `info` or `satsuma_sfu=debug`.
+    pub log: Option<String>,
+}
+
+/// Errors while building a [`Config`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for [`FileConfig`].
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML config file.
+    pub fn load(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// Turns a number of seconds from a file or flag into a duration, refusing nonsense.
+pub fn secs(value: f64, what: &str) -> Result<Duration, ConfigError> {
+    if !value.is_finite() || value <= 0.0 || value > 86_400.0 {
+        return Err(ConfigError::Invalid(format!(
+            "{what} must be between 0 and 86400 seconds, got {value}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+impl Config {
+    /// Checks the invariants the server relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.apps.is_empty() {
+            return Err(ConfigError::Invalid("at least one app is required".into()));
+        }
+        if self.shards == 0 || self.shards > 1024 {
+            return Err(ConfigError::Invalid("shards must be 1..=1024".into()));
+        }
+        if self.session_requests_per_second == 0 {
+            return Err(ConfigError::Invalid(
+                "session_requests_per_second must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The IPs that go into ICE candidates for a socket bound at `bound`.
+    pub fn effective_announce_ips(&self, bound: SocketAddr) -> Vec<IpAddr> {
+        if !self.announce_ips.is_empty() {
+            return self.announce_ips.clone();
+        }
+        if bound.ip().is_unspecified() {
+            vec![IpAddr::from([127, 0, 0, 1])]
+        } else {
+            vec![bound.ip()]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_parses_id_and_secret() {
+        let app: App = "a:b:c".parse().unwrap();
+        assert_eq!(app.id, "a");
+        assert_eq!(app.secret, "b:c");
+        assert!("nocolon".parse::<App>().is_err());
+        assert!(":x".parse::<App>().is_err());
+    }
+
+    #[test]
+    fn file_config_parses_and_rejects_unknown_keys() {
+        let f: FileConfig = toml::from_str(
+            "http_bind = \"127.0.0.1:1\"\ntrack_timeout_secs = 2.5\n[[apps]]\nid = \"x\"\nsecret = \"y\"\n",
+        )
+        .unwrap();
+        assert_eq!(f.apps.len(), 1);
+        assert_eq!(f.track_timeout_secs, Some(2.5));
+        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn secs_refuses_nonsense() {
+        assert!(secs(-1.0, "x").is_err());
+        assert!(secs(f64::NAN, "x").is_err());
+        assert_eq!(secs(2.0, "x").unwrap(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn announce_defaults_to_loopback_for_unspecified_bind() {
+        let c = Config::default();
+        let ips = c.effective_announce_ips("0.0.0.0:5".parse().unwrap());
+        assert_eq!(ips, vec![IpAddr::from([127, 0, 0, 1])]);
+        let ips = c.effective_announce_ips("10.0.0.1:5".parse().unwrap());
+        assert_eq!(ips, vec![IpAddr::from([10, 0, 0, 1])]);
+    }
+}

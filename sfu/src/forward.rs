@@ -1,0 +1,841 @@
+//! The forwarding core: a plain, sans-IO type that decides, for every RTP packet a publisher sends
+//! on a track, which subscriber legs get it and with which header rewrite.
+//!
+//! It never touches a payload: the [`Arc<[u8]>`](Arc) a publisher's packet arrived in is handed,
+//! uncopied, to every leg. Per leg it rewrites:
+//!
+//! * the **sequence number**, rebased into a space that starts fresh (below 2^15) for each
+//!   subscriber, because str0m derives the SRTP rollover counter from the extended sequence number
+//!   we pass (handing a late joiner the publisher's extended numbers breaks SRTP silently);
+//! * the **RTP timestamp**, offset per leg and kept continuous across simulcast layer switches;
+//! * the **payload type**, mapped from the publisher's negotiated PT to the subscriber's.
+//!
+//! The SSRC, NACK/RTX, RTCP and TWCC of each leg are str0m's (each leg is a `StreamTx` of the
+//! subscriber's `Rtc`). Keyframe requests from subscribers are mapped back to their track and
+//! throttled per track and layer before they reach the publisher.
+//!
+//! One `Forwarder` lives in each shard. It has two halves: the *publication* half for tracks
+//! published by sessions of this shard (which shards subscribe, keyframe throttling, silence
+//! detection) and the *leg* half for subscriptions held by sessions of this shard.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::media::{MediaKind, Mid, Pt, Rid};
+use str0m::rtp::ExtensionValues;
+
+use crate::ids::{SessionId, ShardId, TrackId};
+
+/// A subscriber leg: the `mid` of a session's m-line that carries a pulled track.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct LegKey {
+    /// The subscribing session.
+    pub session: SessionId,
+    /// Its m-line.
+    pub mid: Mid,
+}
+
+/// A packet received from a publisher, as the core needs it. Shared between shards in an `Arc`.
+#[derive(Debug, Clone)]
+pub struct MediaPacket {
+    /// Publisher-side payload type.
+    pub pt: Pt,
+    /// RTP clock rate of the payload type (for timestamp continuity on layer switches).
+    pub clock_rate: u32,
+    /// Extended (rollover-free) sequence number from the publisher.
+    pub seq: u64,
+    /// RTP timestamp from the publisher.
+    pub timestamp: u32,
+    /// RTP marker bit.
+    pub marker: bool,
+    /// Simulcast layer, if the publisher sends simulcast.
+    pub rid: Option<Rid>,
+    /// Whether this packet starts a keyframe (codec-level detection; `false` when unknown).
+    pub keyframe: bool,
+    /// Header extension values worth carrying to subscribers (audio level, orientation, …).
+    pub ext: ExtensionValues,
+    /// The payload, never modified.
+    pub payload: Arc<[u8]>,
+    /// When the SFU received it.
+    pub arrival: Instant,
+    /// Whether subscribers may get it resent on NACK (video).
+    pub nackable: bool,
+}
+
+/// One rewritten packet for one leg: what the shard hands to `StreamTx::write_rtp`.
+#[derive(Debug, Clone)]
+pub struct LegWrite {
+    /// Destination leg.
+    pub leg: LegKey,
+    /// Subscriber-side payload type.
+    pub pt: Pt,
+    /// Rebased extended sequence number.
+    pub seq: u64,
+    /// Rebased RTP timestamp.
+    pub timestamp: u32,
+    /// Marker bit (unchanged).
+    pub marker: bool,
+    /// Resendable on NACK.
+    pub nackable: bool,
+    /// Extension values.
+    pub ext: ExtensionValues,
+    /// The shared payload.
+    pub payload: Arc<[u8]>,
+    /// Wallclock for the RTP time (the arrival time).
+    pub wallclock: Instant,
+}
+
+/// Why the core declined to forward a packet to a leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The subscriber did not negotiate the publisher's codec.
+    NoPtMapping,
+    /// Older than the first packet the leg forwarded (reordered across the start).
+    TooOld,
+    /// From a simulcast layer the leg is not on.
+    OtherLayer,
+    /// Waiting for a keyframe before starting or switching a simulcast layer.
+    AwaitingKeyframe,
+}
+
+impl DropReason {
+    /// Label for the `dropped` metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::NoPtMapping => "no_pt_mapping",
+            DropReason::TooOld => "too_old",
+            DropReason::OtherLayer => "other_layer",
+            DropReason::AwaitingKeyframe => "awaiting_keyframe",
+        }
+    }
+}
+
+/// Maps publisher extended sequence numbers into a leg's own space.
+///
+/// `out = in + offset`. A layer switch re-anchors so that the leg's numbers continue without a
+/// gap; packets older than the anchor are refused.
+#[derive(Debug, Clone)]
+pub struct SeqRebase {
+    start: u64,
+    anchor: Option<(u64, i128)>,
+    highest_out: Option<u64>,
+}
+
+impl SeqRebase {
+    /// A rebase whose first output will be `start` (keep it below 2^15 so SRTP's ROC stays 0).
+    pub fn new(start: u64) -> SeqRebase {
+        SeqRebase {
+            start,
+            anchor: None,
+            highest_out: None,
+        }
+    }
+
+    /// Maps one incoming number, or `None` if it predates the anchor.
+    pub fn map(&mut self, input: u64) -> Option<u64> {
+        let (floor, offset) = *self
+            .anchor
+            .get_or_insert((input, i128::from(self.start) - i128::from(input)));
+        if input < floor {
+            return None;
+        }
+        let out = u64::try_from(i128::from(input) + offset).ok()?;
+        self.highest_out = Some(self.highest_out.map_or(out, |h| h.max(out)));
+        Some(out)
+    }
+
+    /// Re-anchors so that `input` maps to one past the highest number sent so far.
+    pub fn switch_to(&mut self, input: u64) {
+        let next = self.highest_out.map_or(self.start, |h| h + 1);
+        self.anchor = Some((input, i128::from(next) - i128::from(input)));
+    }
+}
+
+/// Maps publisher RTP timestamps into a leg's own timeline (wrapping u32 arithmetic).
+#[derive(Debug, Clone)]
+pub struct TsRebase {
+    start: u32,
+    offset: Option<u32>,
+    last: Option<(u32, Instant)>,
+}
+
+impl TsRebase {
+    /// A rebase whose first output will be `start`.
+    pub fn new(start: u32) -> TsRebase {
+        TsRebase {
+            start,
+            offset: None,
+            last: None,
+        }
+    }
+
+    /// Maps one timestamp.
+    pub fn map(&mut self, input: u32, arrival: Instant) -> u32 {
+        let offset = *self.offset.get_or_insert(self.start.wrapping_sub(input));
+        let out = input.wrapping_add(offset);
+        self.last = Some((out, arrival));
+        out
+    }
+
+    /// Re-anchors so that `input` continues the timeline by the wall time elapsed since the last
+    /// packet (at least one tick).
+    pub fn switch_to(&mut self, input: u32, arrival: Instant, clock_rate: u32) {
+        let target = match self.last {
+            Some((last_out, last_at)) => {
+                let elapsed = arrival.saturating_duration_since(last_at).as_secs_f64();
+                let ticks = (elapsed * f64::from(clock_rate)).round().clamp(1.0, 1e9) as u32;
+                last_out.wrapping_add(ticks)
+            }
+            None => self.start,
+        };
+        self.offset = Some(target.wrapping_sub(input));
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Leg {
+    key: LegKey,
+    home: ShardId,
+    pt_map: Vec<(Pt, Pt)>,
+    seq: SeqRebase,
+    ts: TsRebase,
+    preferred_rid: Option<Rid>,
+    current_rid: Option<Rid>,
+    started: bool,
+}
+
+#[derive(Debug)]
+struct Publication {
+    session: SessionId,
+    mid: Mid,
+    kind: MediaKind,
+    subscriber_shards: Vec<(ShardId, u32)>,
+    last_media: Instant,
+    keyframe_requests: Vec<(Option<Rid>, Instant)>,
+}
+
+/// Counts of what [`Forwarder::forward`] did with one packet.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ForwardOutcome {
+    /// Legs that got the packet.
+    pub forwarded: usize,
+    /// Legs that did not, by reason.
+    pub dropped: Vec<DropReason>,
+    /// A leg is waiting for a keyframe of this layer: the caller should ask the publisher's
+    /// shard (the first element) for one.
+    pub wants_keyframe: Option<(ShardId, Option<Rid>)>,
+}
+
+/// Where a throttled keyframe request should go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyframeTarget {
+    /// Publishing session.
+    pub session: SessionId,
+    /// Its m-line.
+    pub mid: Mid,
+    /// Layer.
+    pub rid: Option<Rid>,
+}
+
+/// The per-shard forwarding state. See the module docs.
+#[derive(Debug)]
+pub struct Forwarder {
+    keyframe_interval: Duration,
+    publications: HashMap<TrackId, Publication>,
+    legs: HashMap<TrackId, Vec<Leg>>,
+    leg_tracks: HashMap<LegKey, TrackId>,
+}
+
+impl Forwarder {
+    /// A forwarder that lets at most one keyframe request per `keyframe_interval` through to a
+    /// publisher for each track and layer.
+    pub fn new(keyframe_interval: Duration) -> Forwarder {
+        Forwarder {
+            keyframe_interval,
+            publications: HashMap::new(),
+            legs: HashMap::new(),
+            leg_tracks: HashMap::new(),
+        }
+    }
+
+    // ---- publication half -------------------------------------------------------------------
+
+    /// Records a track published by a local session.
+    pub fn publish(
+        &mut self,
+        track: TrackId,
+        session: SessionId,
+        mid: Mid,
+        kind: MediaKind,
+        now: Instant,
+    ) {
+        self.publications.insert(
+            track,
+            Publication {
+                session,
+                mid,
+                kind,
+                subscriber_shards: Vec::new(),
+                last_media: now,
+                keyframe_requests: Vec::new(),
+            },
+        );
+    }
+
+    /// Forgets a publication; returns the shards that had subscribers to it.
+    pub fn unpublish(&mut self, track: TrackId) -> Vec<ShardId> {
+        self.publications
+            .remove(&track)
+            .map(|p| p.subscriber_shards.into_iter().map(|(s, _)| s).collect())
+            .unwrap_or_default()
+    }
+
+    /// The session and m-line publishing a local track.
+    pub fn publication_owner(&self, track: TrackId) -> Option<(SessionId, Mid)> {
+        self.publications.get(&track).map(|p| (p.session, p.mid))
+    }
+
+    /// The kind of a local publication.
+    pub fn publication_kind(&self, track: TrackId) -> Option<MediaKind> {
+        self.publications.get(&track).map(|p| p.kind)
+    }
+
+    /// Notes media on a publication and returns the shards to fan it out to.
+    pub fn note_media(&mut self, track: TrackId, now: Instant) -> Option<&[(ShardId, u32)]> {
+        let p = self.publications.get_mut(&track)?;
+        p.last_media = now;
+        Some(&p.subscriber_shards)
+    }
+
+    /// A shard gained a leg on a local publication. Returns false if the track is unknown.
+    pub fn add_subscriber_shard(&mut self, track: TrackId, shard: ShardId) -> bool {
+        let Some(p) = self.publications.get_mut(&track) else {
+            return false;
+        };
+        match p.subscriber_shards.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, n)) => *n += 1,
+            None => p.subscriber_shards.push((shard, 1)),
+        }
+        true
+    }
+
+    /// A shard lost a leg on a local publication.
+    pub fn remove_subscriber_shard(&mut self, track: TrackId, shard: ShardId) {
+        let Some(p) = self.publications.get_mut(&track) else {
+            return;
+        };
+        if let Some(i) = p.subscriber_shards.iter().position(|(s, _)| *s == shard) {
+            let n = &mut p.subscriber_shards[i].1;
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                p.subscriber_shards.swap_remove(i);
+            }
+        }
+    }
+
+    /// A keyframe request for a local publication, throttled per track and layer.
+    pub fn keyframe_request(
+        &mut self,
+        track: TrackId,
+        rid: Option<Rid>,
+        now: Instant,
+    ) -> Option<KeyframeTarget> {
+        let interval = self.keyframe_interval;
+        let p = self.publications.get_mut(&track)?;
+        if p.kind != MediaKind::Video {
+            return None;
+        }
+        match p.keyframe_requests.iter_mut().find(|(r, _)| *r == rid) {
+            Some((_, last)) if now.saturating_duration_since(*last) < interval => return None,
+            Some((_, last)) => *last = now,
+            None => p.keyframe_requests.push((rid, now)),
+        }
+        Some(KeyframeTarget {
+            session: p.session,
+            mid: p.mid,
+            rid,
+        })
+    }
+
+    /// Local publications without media for `timeout`.
+    pub fn silent_publications(&self, now: Instant, timeout: Duration) -> Vec<TrackId> {
+        self.publications
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.last_media) >= timeout)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    // ---- leg half ---------------------------------------------------------------------------
+
+    /// Adds a leg for `track`, published on shard `home`. `pt_map` maps publisher PTs to
+    /// subscriber PTs; `seq_start` (below 2^15) and `ts_start` seed the leg's own number spaces.
+    #[allow(clippy::too_many_arguments)]
+    pub fn subscribe(
+        &mut self,
+        track: TrackId,
+        home: ShardId,
+        leg: LegKey,
+        pt_map: Vec<(Pt, Pt)>,
+        preferred_rid: Option<Rid>,
+        seq_start: u64,
+        ts_start: u32,
+    ) {
+        self.unsubscribe(leg);
+        self.leg_tracks.insert(leg, track);
+        self.legs.entry(track).or_default().push(Leg {
+            key: leg,
+            home,
+            pt_map,
+            seq: SeqRebase::new(seq_start),
+            ts: TsRebase::new(ts_start),
+            preferred_rid,
+            current_rid: None,
+            started: false,
+        });
+    }
+
+    /// Removes a leg; returns the track it was on and that track's home shard.
+    pub fn unsubscribe(&mut self, leg: LegKey) -> Option<(TrackId, ShardId)> {
+        let track = self.leg_tracks.remove(&leg)?;
+        let mut home = None;
+        if let Some(legs) = self.legs.get_mut(&track) {
+            if let Some(l) = legs.iter().find(|l| l.key == leg) {
+                home = Some(l.home);
+            }
+            legs.retain(|l| l.key != leg);
+            if legs.is_empty() {
+                self.legs.remove(&track);
+            }
+        }
+        home.map(|h| (track, h))
+    }
+
+    /// The publisher's track ended: drops all local legs on it and returns them.
+    pub fn end_track(&mut self, track: TrackId) -> Vec<LegKey> {
+        let legs = self.legs.remove(&track).unwrap_or_default();
+        for l in &legs {
+            self.leg_tracks.remove(&l.key);
+        }
+        legs.into_iter().map(|l| l.key).collect()
+    }
+
+    /// Changes the simulcast layer a leg prefers; the switch happens on the next keyframe.
+    pub fn set_preferred_rid(&mut self, leg: LegKey, rid: Option<Rid>) -> bool {
+        let Some(track) = self.leg_tracks.get(&leg) else {
+            return false;
+        };
+        let Some(l) = self
+            .legs
+            .get_mut(track)
+            .and_then(|legs| legs.iter_mut().find(|l| l.key == leg))
+        else {
+            return false;
+        };
+        l.preferred_rid = rid;
+        true
+    }
+
+    /// The track, its home shard and the current layer of a leg: where its keyframe requests go.
+    pub fn leg_source(&self, leg: LegKey) -> Option<(TrackId, ShardId, Option<Rid>)> {
+        let track = *self.leg_tracks.get(&leg)?;
+        let l = self
+            .legs
+            .get(&track)
+            .and_then(|legs| legs.iter().find(|l| l.key == leg))?;
+        Some((track, l.home, l.current_rid.or(l.preferred_rid)))
+    }
+
+    /// Number of local legs.
+    pub fn leg_count(&self) -> usize {
+        self.leg_tracks.len()
+    }
+
+    /// Whether this shard has legs on `track`.
+    pub fn has_legs(&self, track: TrackId) -> bool {
+        self.legs.contains_key(&track)
+    }
+
+    /// Decides which local legs get `pkt` and how it is rewritten for each; pushes one
+    /// [`LegWrite`] per forwarded copy into `out`.
+    pub fn forward(
+        &mut self,
+        track: TrackId,
+        pkt: &MediaPacket,
+        out: &mut Vec<LegWrite>,
+    ) -> ForwardOutcome {
+        let mut outcome = ForwardOutcome::default();
+        let Some(legs) = self.legs.get_mut(&track) else {
+            return outcome;
+        };
+        for leg in legs.iter_mut() {
+            match leg_decision(leg, pkt) {
+                Ok(()) => {}
+                Err(reason) => {
+                    if reason == DropReason::AwaitingKeyframe {
+                        outcome.wants_keyframe = Some((leg.home, leg.preferred_rid.or(pkt.rid)));
+                    }
+                    outcome.dropped.push(reason);
+                    continue;
+                }
+            }
+            let Some(&(_, out_pt)) = leg.pt_map.iter().find(|(i, _)| *i == pkt.pt) else {
+                outcome.dropped.push(DropReason::NoPtMapping);
+                continue;
+            };
+            let Some(seq) = leg.seq.map(pkt.seq) else {
+                outcome.dropped.push(DropReason::TooOld);
+                continue;
+            };
+            let timestamp = leg.ts.map(pkt.timestamp, pkt.arrival);
+            out.push(LegWrite {
+                leg: leg.key,
+                pt: out_pt,
+                seq,
+                timestamp,
+                marker: pkt.marker,
+                nackable: pkt.nackable,
+                ext: pkt.ext.clone(),
+                payload: Arc::clone(&pkt.payload),
+                wallclock: pkt.arrival,
+            });
+            outcome.forwarded += 1;
+        }
+        outcome
+    }
+
+    /// Removes everything a session had here: its publications and its legs. Returns
+    /// `(publications with their subscriber shards, legs with their tracks)`.
+    pub fn remove_session(
+        &mut self,
+        session: SessionId,
+    ) -> (
+        Vec<(TrackId, Vec<ShardId>)>,
+        Vec<(LegKey, TrackId, ShardId)>,
+    ) {
+        let tracks: Vec<TrackId> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| p.session == session)
+            .map(|(t, _)| *t)
+            .collect();
+        let pubs = tracks.into_iter().map(|t| (t, self.unpublish(t))).collect();
+        let legs: Vec<LegKey> = self
+            .leg_tracks
+            .keys()
+            .filter(|k| k.session == session)
+            .copied()
+            .collect();
+        let legs = legs
+            .into_iter()
+            .filter_map(|l| self.unsubscribe(l).map(|(t, h)| (l, t, h)))
+            .collect();
+        (pubs, legs)
+    }
+}
+
+/// Simulcast layer selection for one leg; on `Ok` the leg takes the packet.
+fn leg_decision(leg: &mut Leg, pkt: &MediaPacket) -> Result<(), DropReason> {
+    let Some(rid) = pkt.rid else {
+        // Not simulcast: every packet goes through.
+        leg.started = true;
+        return Ok(());
+    };
+    let target = leg.preferred_rid.or(leg.current_rid);
+    match (leg.current_rid, target) {
+        (Some(current), Some(target)) if current == target => {
+            if rid == current {
+                Ok(())
+            } else {
+                Err(DropReason::OtherLayer)
+            }
+        }
+        (current, target) => {
+            // Not on a layer yet, or switching to `target` (None: any layer will do).
+            let wanted = target.is_none_or(|t| t == rid);
+            if wanted && pkt.keyframe {
+                if leg.started {
+                    leg.seq.switch_to(pkt.seq);
+                    leg.ts.switch_to(pkt.timestamp, pkt.arrival, pkt.clock_rate);
+                }
+                leg.current_rid = Some(rid);
+                leg.started = true;
+                Ok(())
+            } else if current == Some(rid) {
+                // Keep sending the old layer until the new one has a keyframe.
+                Ok(())
+            } else if wanted {
+                Err(DropReason::AwaitingKeyframe)
+            } else {
+                Err(DropReason::OtherLayer)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sid(n: u8) -> SessionId {
+        SessionId([n; 16])
+    }
+
+    fn leg(n: u8, mid: &str) -> LegKey {
+        LegKey {
+            session: sid(n),
+            mid: Mid::from(mid),
+        }
+    }
+
+    fn packet(seq: u64, ts: u32, at: Instant) -> MediaPacket {
+        MediaPacket {
+            pt: Pt::from(96),
+            clock_rate: 90_000,
+            seq,
+            timestamp: ts,
+            marker: false,
+            rid: None,
+            keyframe: false,
+            ext: ExtensionValues::default(),
+            payload: Arc::from(&[1u8, 2, 3][..]),
+            arrival: at,
+            nackable: true,
+        }
+    }
+
+    #[test]
+    fn each_leg_gets_its_own_rebased_numbers_and_mapped_pt() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        f.subscribe(
+            t,
+            0,
+            leg(2, "0"),
+            vec![(Pt::from(96), Pt::from(100))],
+            None,
+            10,
+            1000,
+        );
+        let mut out = Vec::new();
+        // Publisher has been running for a long time: extended seq far beyond one rollover.
+        let first = 5 * 65_536 + 7;
+        f.forward(t, &packet(first, 4_000_000_000, now), &mut out);
+        // A late joiner.
+        f.subscribe(
+            t,
+            0,
+            leg(3, "1"),
+            vec![(Pt::from(96), Pt::from(98))],
+            None,
+            20,
+            0,
+        );
+        f.forward(t, &packet(first + 1, 4_000_003_000, now), &mut out);
+        f.forward(t, &packet(first + 3, 4_000_006_000, now), &mut out);
+        let a: Vec<_> = out.iter().filter(|w| w.leg == leg(2, "0")).collect();
+        let b: Vec<_> = out.iter().filter(|w| w.leg == leg(3, "1")).collect();
+        assert_eq!(
+            a.iter().map(|w| w.seq).collect::<Vec<_>>(),
+            vec![10, 11, 13],
+            "gaps are preserved so the subscriber can NACK them"
+        );
+        assert_eq!(b.iter().map(|w| w.seq).collect::<Vec<_>>(), vec![20, 22]);
+        assert!(a.iter().all(|w| w.pt == Pt::from(100)));
+        assert!(b.iter().all(|w| w.pt == Pt::from(98)));
+        assert_eq!(
+            a.iter().map(|w| w.timestamp).collect::<Vec<_>>(),
+            vec![1000, 4000, 7000]
+        );
+        assert_eq!(
+            b.iter().map(|w| w.timestamp).collect::<Vec<_>>(),
+            vec![0, 3000]
+        );
+        // The payload of one packet is shared by all legs, not copied.
+        assert_eq!(out.len(), 5);
+        assert!(Arc::ptr_eq(&out[1].payload, &out[2].payload));
+        assert!(Arc::ptr_eq(&out[3].payload, &out[4].payload));
+    }
+
+    #[test]
+    fn timestamps_wrap_and_old_packets_are_refused() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        f.subscribe(
+            t,
+            0,
+            leg(2, "0"),
+            vec![(Pt::from(96), Pt::from(96))],
+            None,
+            100,
+            u32::MAX - 1,
+        );
+        let mut out = Vec::new();
+        f.forward(t, &packet(50, 10, now), &mut out);
+        f.forward(t, &packet(51, 13, now), &mut out);
+        let o = f.forward(t, &packet(49, 7, now), &mut out);
+        assert_eq!(o.dropped, vec![DropReason::TooOld]);
+        assert_eq!(out[0].timestamp, u32::MAX - 1);
+        assert_eq!(out[1].timestamp, 1);
+        // Reordering after the start is forwarded with the mapped number.
+        f.forward(t, &packet(53, 20, now), &mut out);
+        f.forward(t, &packet(52, 17, now), &mut out);
+        assert_eq!(
+            out.iter().map(|w| w.seq).collect::<Vec<_>>(),
+            vec![100, 101, 103, 102]
+        );
+    }
+
+    #[test]
+    fn unknown_codec_is_dropped_with_reason() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        f.subscribe(
+            t,
+            0,
+            leg(2, "0"),
+            vec![(Pt::from(111), Pt::from(111))],
+            None,
+            1,
+            0,
+        );
+        let mut out = Vec::new();
+        let o = f.forward(t, &packet(1, 0, now), &mut out);
+        assert_eq!(o.forwarded, 0);
+        assert_eq!(o.dropped, vec![DropReason::NoPtMapping]);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn keyframe_requests_are_throttled_per_track_and_layer() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(7);
+        f.publish(t, sid(1), Mid::from("v"), MediaKind::Video, now);
+        let first = f.keyframe_request(t, None, now);
+        assert_eq!(
+            first,
+            Some(KeyframeTarget {
+                session: sid(1),
+                mid: Mid::from("v"),
+                rid: None
+            })
+        );
+        assert_eq!(
+            f.keyframe_request(t, None, now + Duration::from_millis(500)),
+            None
+        );
+        assert!(f.keyframe_request(t, Some(Rid::from("h")), now).is_some());
+        assert!(
+            f.keyframe_request(t, None, now + Duration::from_millis(1000))
+                .is_some()
+        );
+        // Audio tracks never get keyframe requests.
+        let a = TrackId(8);
+        f.publish(a, sid(1), Mid::from("a"), MediaKind::Audio, now);
+        assert_eq!(f.keyframe_request(a, None, now), None);
+    }
+
+    #[test]
+    fn subscriber_shards_are_reference_counted() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        f.publish(t, sid(1), Mid::from("0"), MediaKind::Audio, now);
+        assert!(f.add_subscriber_shard(t, 0));
+        assert!(f.add_subscriber_shard(t, 0));
+        assert!(f.add_subscriber_shard(t, 3));
+        f.remove_subscriber_shard(t, 0);
+        assert_eq!(f.note_media(t, now).unwrap(), &[(0, 1), (3, 1)]);
+        f.remove_subscriber_shard(t, 0);
+        assert_eq!(f.note_media(t, now).unwrap(), &[(3, 1)]);
+        assert!(!f.add_subscriber_shard(TrackId(99), 0));
+        assert_eq!(f.unpublish(t), vec![3]);
+        assert!(f.note_media(t, now).is_none());
+    }
+
+    #[test]
+    fn silent_publications_are_reported() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        f.publish(TrackId(1), sid(1), Mid::from("0"), MediaKind::Audio, now);
+        f.publish(TrackId(2), sid(1), Mid::from("1"), MediaKind::Audio, now);
+        let later = now + Duration::from_secs(3);
+        f.note_media(TrackId(2), later);
+        assert_eq!(
+            f.silent_publications(later, Duration::from_secs(2)),
+            vec![TrackId(1)]
+        );
+    }
+
+    #[test]
+    fn simulcast_leg_waits_for_keyframe_and_switches_without_gaps() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        let l = leg(2, "0");
+        f.subscribe(
+            t,
+            0,
+            l,
+            vec![(Pt::from(96), Pt::from(96))],
+            Some(Rid::from("h")),
+            1,
+            0,
+        );
+        let mut out = Vec::new();
+        let mut p = |seq: u64, rid: &str, key: bool, ms: u64| {
+            let mut p = packet(seq, (ms * 90) as u32, now + Duration::from_millis(ms));
+            p.rid = Some(Rid::from(rid));
+            p.keyframe = key;
+            p
+        };
+        let o = f.forward(t, &p(10, "h", false, 0), &mut out);
+        assert_eq!(o.dropped, vec![DropReason::AwaitingKeyframe]);
+        assert_eq!(o.wants_keyframe, Some((0, Some(Rid::from("h")))));
+        assert_eq!(
+            f.forward(t, &p(500, "l", true, 0), &mut out).dropped,
+            vec![DropReason::OtherLayer]
+        );
+        f.forward(t, &p(11, "h", true, 10), &mut out);
+        f.forward(t, &p(12, "h", false, 20), &mut out);
+        // Switch to "l": keep "h" until "l" has a keyframe.
+        assert!(f.set_preferred_rid(l, Some(Rid::from("l"))));
+        f.forward(t, &p(501, "l", false, 30), &mut out);
+        f.forward(t, &p(13, "h", false, 30), &mut out);
+        f.forward(t, &p(502, "l", true, 40), &mut out);
+        f.forward(t, &p(14, "h", false, 40), &mut out);
+        f.forward(t, &p(503, "l", false, 50), &mut out);
+        assert_eq!(
+            out.iter().map(|w| w.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5],
+            "one continuous sequence across the switch"
+        );
+        let ts: Vec<u32> = out.iter().map(|w| w.timestamp).collect();
+        assert!(
+            ts.windows(2).all(|w| w[1] > w[0]),
+            "timestamps advance: {ts:?}"
+        );
+        assert_eq!(f.leg_source(l), Some((t, 0, Some(Rid::from("l")))));
+    }
+
+    #[test]
+    fn removing_a_session_removes_its_publications_and_legs() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        f.publish(TrackId(1), sid(1), Mid::from("0"), MediaKind::Video, now);
+        f.add_subscriber_shard(TrackId(1), 0);
+        f.subscribe(TrackId(5), 4, leg(1, "3"), vec![], None, 1, 0);
+        f.subscribe(TrackId(5), 4, leg(2, "3"), vec![], None, 1, 0);
+        let (pubs, legs) = f.remove_session(sid(1));
+        assert_eq!(pubs, vec![(TrackId(1), vec![0])]);
+        assert_eq!(legs, vec![(leg(1, "3"), TrackId(5), 4)]);
+        assert_eq!(f.leg_count(), 1);
+        assert_eq!(f.end_track(TrackId(5)), vec![leg(2, "3")]);
+        assert_eq!(f.leg_count(), 0);
+    }
+}

@@ -1,0 +1,194 @@
+//! Starting and stopping a whole SFU in-process: [`Server::bind`] → [`ServerHandle`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::api::{ApiState, router};
+use crate::config::{Config, ConfigError};
+use crate::directory::Directory;
+use crate::metrics::Metrics;
+use crate::shard::{Shard, ShardContext};
+use crate::udp::run_receiver;
+
+/// Capacity of each shard's inbox.
+const SHARD_QUEUE: usize = 16_384;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A socket could not be bound.
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        /// `http` or `udp`.
+        what: &'static str,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Other I/O failure at start-up.
+    #[error("i/o error at start-up: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The SFU. See [`Server::bind`].
+#[derive(Debug)]
+pub struct Server;
+
+/// A running SFU: its addresses, metrics, and a way to stop it. Dropping the handle stops it too.
+#[derive(Debug)]
+pub struct ServerHandle {
+    http_addr: SocketAddr,
+    udp_addr: SocketAddr,
+    metrics: Metrics,
+    shutdown: Option<oneshot::Sender<()>>,
+    http: Option<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds the HTTP listener and the UDP socket, starts the shards, and returns once the
+    /// server accepts requests. Must be called inside a multi-threaded tokio runtime.
+    pub async fn bind(config: Config) -> Result<ServerHandle, ServerError> {
+        config.validate()?;
+        let udp = UdpSocket::bind(config.udp_bind)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "udp",
+                addr: config.udp_bind,
+                source,
+            })?;
+        let udp_addr = udp.local_addr()?;
+        let listener = TcpListener::bind(config.http_bind)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "http",
+                addr: config.http_bind,
+                source,
+            })?;
+        let http_addr = listener.local_addr()?;
+        let candidates: Vec<SocketAddr> = config
+            .effective_announce_ips(udp_addr)
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, udp_addr.port()))
+            .collect();
+
+        let metrics = Metrics::new();
+        let directory = Arc::new(Directory::default());
+        let socket = Arc::new(udp);
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let ctx = Arc::new(ShardContext {
+            config: config.clone(),
+            directory: Arc::clone(&directory),
+            metrics: metrics.clone(),
+            socket: Arc::clone(&socket),
+            candidates: candidates.clone(),
+            udp_control: control_tx,
+        });
+
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards)
+            .map(|_| mpsc::channel(SHARD_QUEUE))
+            .unzip();
+        let mut tasks = Vec::new();
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let shard = Shard::new(i, Arc::clone(&ctx), senders.clone());
+            tasks.push(tokio::spawn(shard.run(rx)));
+        }
+        tasks.push(tokio::spawn(run_receiver(
+            socket,
+            candidates,
+            control_rx,
+            senders.clone(),
+            metrics.clone(),
+        )));
+
+        let state = Arc::new(ApiState {
+            apps: config
+                .apps
+                .iter()
+                .map(|a| (a.id.clone(), a.secret.clone()))
+                .collect::<HashMap<_, _>>(),
+            directory,
+            shards: senders,
+            metrics: metrics.clone(),
+            next_shard: AtomicUsize::new(0),
+            max_tracks: config.max_tracks_per_request,
+        });
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let app = router(state);
+        let http = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = shutdown_rx.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!("http server failed: {e}");
+            }
+        });
+        tracing::info!(%http_addr, %udp_addr, shards = config.shards, "satsuma-sfu started");
+        Ok(ServerHandle {
+            http_addr,
+            udp_addr,
+            metrics,
+            shutdown: Some(shutdown_tx),
+            http: Some(http),
+            tasks,
+        })
+    }
+}
+
+impl ServerHandle {
+    /// The bound HTTP address (the real port when configured with port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The bound UDP address.
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Waits until the HTTP server stops (it does not stop on its own).
+    pub async fn wait(mut self) {
+        if let Some(http) = self.http.take() {
+            let _ = http.await;
+        }
+    }
+
+    /// Stops accepting requests, then stops the shards and the UDP driver.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(http) = self.http.take() {
+            let _ = http.await;
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(http) = &self.http {
+            http.abort();
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

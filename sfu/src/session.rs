@@ -1,0 +1,237 @@
+//! A session: one str0m `Rtc` (one peer connection, BUNDLE, push and pull) and what it carries —
+//! the tracks it publishes and the legs it subscribes. Owned by exactly one shard.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpPendingOffer;
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{Direction, MediaKind, Mid, Pt, Rid};
+use str0m::rtp::Ssrc;
+use str0m::{Candidate, Rtc, RtcConfig};
+
+use crate::ids::{SessionId, ShardId, TrackId};
+
+/// A track this session publishes.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// Internal id.
+    pub track: TrackId,
+    /// The name other sessions pull it by.
+    pub name: String,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Negotiated codecs (publisher PTs).
+    pub params: Vec<PayloadParams>,
+    /// False once closed or collected (kept for `GET`).
+    pub active: bool,
+}
+
+/// State of a subscriber leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegState {
+    /// Offered to the client; waiting for its answer.
+    Negotiating,
+    /// Forwarding.
+    Active,
+    /// Closed, or the source went away.
+    Inactive,
+}
+
+/// A track this session pulls.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// The source track.
+    pub track: TrackId,
+    /// Shard of the source.
+    pub home: ShardId,
+    /// Publishing session.
+    pub source: SessionId,
+    /// Its track name.
+    pub name: String,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// The publisher's codecs.
+    pub source_params: Vec<PayloadParams>,
+    /// Simulcast preference.
+    pub preferred_rid: Option<Rid>,
+    /// State.
+    pub state: LegState,
+}
+
+/// One peer connection and its tracks.
+pub struct Session {
+    /// Id.
+    pub id: SessionId,
+    /// Owning app.
+    pub app: Arc<str>,
+    /// The str0m state machine.
+    pub rtc: Rtc,
+    /// Our ICE ufrag (how new flows find this session).
+    pub ufrag: String,
+    /// Published tracks by mid.
+    pub publications: HashMap<Mid, Publication>,
+    /// Pulled tracks by mid.
+    pub subscriptions: HashMap<Mid, Subscription>,
+    /// An SFU offer awaiting the client's answer.
+    pub pending: Option<SdpPendingOffer>,
+    /// When the transport went away (or the session was created without one).
+    pub transport_lost_since: Option<Instant>,
+    /// When str0m next wants a timeout.
+    pub next_timeout: Instant,
+    /// Remote addresses we have sent to and told the UDP driver about.
+    pub routed_addrs: Vec<SocketAddr>,
+    ssrc_mids: HashMap<Ssrc, (Mid, Option<Rid>)>,
+    egress_counts: HashMap<(Mid, Option<Rid>), (u64, u64)>,
+}
+
+/// Limit on addresses one session can register for routing.
+pub const MAX_ROUTED_ADDRS: usize = 8;
+
+impl Session {
+    /// A new session with an ICE-lite, RTP-mode `Rtc` whose host candidates are `candidates`.
+    pub fn new(id: SessionId, app: Arc<str>, candidates: &[SocketAddr], now: Instant) -> Session {
+        let mut rtc = RtcConfig::new()
+            .set_rtp_mode(true)
+            .set_ice_lite(true)
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .build(now);
+        for addr in candidates {
+            match Candidate::host(*addr, "udp") {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => tracing::warn!(%addr, "cannot use host candidate: {e}"),
+            }
+        }
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        Session {
+            id,
+            app,
+            rtc,
+            ufrag,
+            publications: HashMap::new(),
+            subscriptions: HashMap::new(),
+            pending: None,
+            transport_lost_since: Some(now),
+            next_timeout: now,
+            routed_addrs: Vec::new(),
+            ssrc_mids: HashMap::new(),
+            egress_counts: HashMap::new(),
+        }
+    }
+
+    /// The (mid, rid) an incoming SSRC belongs to.
+    pub fn mid_of_ssrc(&mut self, ssrc: Ssrc) -> Option<(Mid, Option<Rid>)> {
+        if let Some(v) = self.ssrc_mids.get(&ssrc) {
+            return Some(*v);
+        }
+        let mut api = self.rtc.direct_api();
+        let rx = api.stream_rx(&ssrc)?;
+        let v = (rx.mid(), rx.rid());
+        if self.ssrc_mids.len() < 4096 {
+            self.ssrc_mids.insert(ssrc, v);
+        }
+        Some(v)
+    }
+
+    /// Forgets cached SSRC mappings (after renegotiation).
+    pub fn clear_ssrc_cache(&mut self) {
+        self.ssrc_mids.clear();
+    }
+
+    /// Updates cumulative egress NACK/PLI counts; returns the increase in (nacks, keyframe requests).
+    pub fn egress_delta(&mut self, mid: Mid, rid: Option<Rid>, nacks: u64, kfr: u64) -> (u64, u64) {
+        let e = self.egress_counts.entry((mid, rid)).or_insert((0, 0));
+        let d = (nacks.saturating_sub(e.0), kfr.saturating_sub(e.1));
+        *e = (nacks.max(e.0), kfr.max(e.1));
+        d
+    }
+
+    /// Whether the client side sends on this m-line (it can be published).
+    pub fn receives_on(&self, mid: Mid) -> Option<MediaKind> {
+        let m = self.rtc.media(mid)?;
+        matches!(m.direction(), Direction::RecvOnly | Direction::SendRecv).then(|| m.kind())
+    }
+
+    /// Whether we can send on this m-line (it can carry a pulled track).
+    pub fn sends_on(&self, mid: Mid) -> Option<MediaKind> {
+        let m = self.rtc.media(mid)?;
+        matches!(m.direction(), Direction::SendOnly | Direction::SendRecv).then(|| m.kind())
+    }
+
+    /// The codecs negotiated on an m-line.
+    pub fn negotiated_params(&self, mid: Mid) -> Vec<PayloadParams> {
+        let Some(m) = self.rtc.media(mid) else {
+            return Vec::new();
+        };
+        let pts = m.remote_pts();
+        self.rtc
+            .codec_config()
+            .params()
+            .iter()
+            .filter(|p| pts.contains(&p.pt()))
+            .cloned()
+            .collect()
+    }
+
+    /// Maps each of a publisher's PTs to the PT this session negotiated for the same codec on
+    /// `mid`.
+    pub fn pt_map(&self, mid: Mid, source: &[PayloadParams]) -> Vec<(Pt, Pt)> {
+        let ours = self.negotiated_params(mid);
+        source
+            .iter()
+            .filter_map(|p| {
+                let spec = p.spec();
+                let best = ours
+                    .iter()
+                    .filter(|q| {
+                        let s = q.spec();
+                        s.codec == spec.codec
+                            && s.clock_rate == spec.clock_rate
+                            && s.channels == spec.channels
+                    })
+                    .max_by_key(|q| fmtp_affinity(p, q))?;
+                Some((p.pt(), best.pt()))
+            })
+            .collect()
+    }
+
+    /// Whether media is flowing in or out (ICE connected).
+    pub fn is_connected(&self) -> bool {
+        self.transport_lost_since.is_none()
+    }
+}
+
+/// How well two payload params' format parameters agree (H.264 profile/packetization, VP9
+/// profile): higher is better.
+fn fmtp_affinity(a: &PayloadParams, b: &PayloadParams) -> u8 {
+    let (fa, fb) = (a.spec().format, b.spec().format);
+    let mut score = 0;
+    if fa.profile_level_id == fb.profile_level_id {
+        score += 2;
+    }
+    if fa.packetization_mode == fb.packetization_mode {
+        score += 2;
+    }
+    if fa.profile_id == fb.profile_id {
+        score += 1;
+    }
+    score
+}
+
+/// Whether a packet of `codec` starts a keyframe (used for simulcast switching only).
+pub fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
+    use str0m::format::{
+        detect_av1_keyframe, detect_h264_keyframe, detect_vp8_keyframe, detect_vp9_keyframe,
+    };
+    match codec {
+        Codec::Vp8 => detect_vp8_keyframe(payload),
+        Codec::Vp9 => detect_vp9_keyframe(payload),
+        Codec::H264 => detect_h264_keyframe(payload),
+        Codec::Av1 => detect_av1_keyframe(payload),
+        _ => false,
+    }
+}

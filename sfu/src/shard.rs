@@ -1,0 +1,1506 @@
+//! A shard: one task that owns a set of sessions and the [`Forwarder`] for them.
+//!
+//! Everything a session does happens on its shard: datagrams routed to it by the UDP driver, API
+//! commands, timeouts. Shards talk to each other only by message: a publisher's shard sends each
+//! packet once (as an `Arc<MediaPacket>`, payload shared, never copied) to every shard that holds
+//! legs on the track; keyframe requests and (un)subscriptions travel the other way. No lock is
+//! taken on the packet path.
+//!
+//! Every call into a session's str0m state is wrapped in `catch_unwind`: a panicking session is
+//! torn down and counted, and the shard carries on with the others.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::{Event, IceConnectionState, Input, Output};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::error::ApiError;
+use crate::api::types::{
+    CloseTracksRequest, CloseTracksResponse, Location, RenegotiateResponse, SdpType,
+    SessionDescription, SessionState, TrackObject, TrackResult, TrackState, TrackStatus,
+    TracksRequest, TracksResponse, UpdateTracksRequest, UpdateTracksResponse,
+};
+use crate::config::Config;
+use crate::directory::{Directory, PublishedTrack};
+use crate::forward::{Forwarder, LegKey, LegWrite, MediaPacket};
+use crate::ids::{SessionId, ShardId, TrackId};
+use crate::metrics::Metrics;
+use crate::session::{LegState, MAX_ROUTED_ADDRS, Publication, Session, Subscription, is_keyframe};
+use crate::udp::UdpControl;
+
+/// Keyframe requests reach a publisher at most this often per track and layer.
+const KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
+/// How often sessions and tracks are checked for collection.
+const HOUSEKEEPING: Duration = Duration::from_millis(250);
+/// Messages handled before the shard looks at timeouts again.
+const BATCH: usize = 256;
+
+/// A datagram routed to a session.
+#[derive(Debug)]
+pub struct Datagram {
+    /// Owning session.
+    pub session: SessionId,
+    /// Remote address.
+    pub source: SocketAddr,
+    /// Our address it was sent to (one of the host candidates).
+    pub destination: SocketAddr,
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// Arrival time.
+    pub received: Instant,
+}
+
+/// Reply channel of an API command.
+pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+/// API commands executed by the shard that owns the session.
+#[derive(Debug)]
+pub enum ApiCommand {
+    /// `POST sessions/new`.
+    Create {
+        /// New id.
+        id: SessionId,
+        /// App.
+        app: Arc<str>,
+        /// Optional offer SDP.
+        offer: Option<String>,
+        /// Answer SDP, if an offer was given.
+        reply: Reply<Option<String>>,
+    },
+    /// `POST tracks/new`.
+    TracksNew {
+        /// Session.
+        id: SessionId,
+        /// Body.
+        request: TracksRequest,
+        /// Result.
+        reply: Reply<TracksResponse>,
+    },
+    /// `PUT renegotiate`.
+    Renegotiate {
+        /// Session.
+        id: SessionId,
+        /// The client's SDP.
+        description: SessionDescription,
+        /// Result.
+        reply: Reply<RenegotiateResponse>,
+    },
+    /// `PUT tracks/close`.
+    Close {
+        /// Session.
+        id: SessionId,
+        /// Body.
+        request: CloseTracksRequest,
+        /// Result.
+        reply: Reply<CloseTracksResponse>,
+    },
+    /// `PUT tracks/update`.
+    Update {
+        /// Session.
+        id: SessionId,
+        /// Body.
+        request: UpdateTracksRequest,
+        /// Result.
+        reply: Reply<UpdateTracksResponse>,
+    },
+    /// `GET sessions/{id}`.
+    Get {
+        /// Session.
+        id: SessionId,
+        /// Result.
+        reply: Reply<SessionState>,
+    },
+}
+
+/// Everything a shard can be told.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// An API command.
+    Api(ApiCommand),
+    /// A datagram for one of our sessions.
+    Datagram(Datagram),
+    /// A packet of a track some of our sessions subscribe to.
+    Media {
+        /// Track.
+        track: TrackId,
+        /// Packet (shared).
+        packet: Arc<MediaPacket>,
+    },
+    /// Shard `shard` gained a leg on our track.
+    Subscribe {
+        /// Track.
+        track: TrackId,
+        /// Subscriber shard.
+        shard: ShardId,
+    },
+    /// Shard `shard` lost a leg on our track.
+    Unsubscribe {
+        /// Track.
+        track: TrackId,
+        /// Subscriber shard.
+        shard: ShardId,
+    },
+    /// A subscriber wants a keyframe of our track.
+    KeyframeRequest {
+        /// Track.
+        track: TrackId,
+        /// Layer.
+        rid: Option<Rid>,
+        /// PLI or FIR.
+        kind: KeyframeRequestKind,
+    },
+    /// A track our legs carried is gone.
+    TrackEnded {
+        /// Track.
+        track: TrackId,
+    },
+}
+
+/// What every shard shares: configuration, directory, metrics, the socket, its peers.
+#[derive(Debug)]
+pub struct ShardContext {
+    /// Server configuration.
+    pub config: Config,
+    /// Session/track directory.
+    pub directory: Arc<Directory>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The one UDP socket.
+    pub socket: Arc<UdpSocket>,
+    /// Our ICE host candidate addresses.
+    pub candidates: Vec<SocketAddr>,
+    /// Control channel of the UDP driver.
+    pub udp_control: mpsc::UnboundedSender<UdpControl>,
+}
+
+/// What draining a session produced, handled once the session is no longer borrowed.
+enum SessionEvent {
+    Media(TrackId, Arc<MediaPacket>),
+    KeyframeFromLeg(LegKey, KeyframeRequestKind),
+    Connected,
+    Failed(String),
+}
+
+/// See the module docs.
+pub struct Shard {
+    id: ShardId,
+    ctx: Arc<ShardContext>,
+    peers: Vec<mpsc::Sender<ShardMsg>>,
+    sessions: HashMap<SessionId, Session>,
+    forwarder: Forwarder,
+    local: VecDeque<ShardMsg>,
+    dirty: Vec<SessionId>,
+    dirty_set: HashSet<SessionId>,
+    writes: Vec<LegWrite>,
+    fanout: Vec<ShardId>,
+    events: Vec<SessionEvent>,
+    next_housekeeping: Instant,
+}
+
+impl Shard {
+    /// A shard with index `id`; `peers[i]` reaches shard `i` (including this one).
+    pub fn new(id: ShardId, ctx: Arc<ShardContext>, peers: Vec<mpsc::Sender<ShardMsg>>) -> Shard {
+        Shard {
+            id,
+            ctx,
+            peers,
+            sessions: HashMap::new(),
+            forwarder: Forwarder::new(KEYFRAME_INTERVAL),
+            local: VecDeque::new(),
+            dirty: Vec::new(),
+            dirty_set: HashSet::new(),
+            writes: Vec::new(),
+            fanout: Vec::new(),
+            events: Vec::new(),
+            next_housekeeping: Instant::now(),
+        }
+    }
+
+    /// Runs until the channel closes; then closes every session.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) {
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                biased;
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.handle(msg);
+                    for _ in 0..BATCH {
+                        match rx.try_recv() {
+                            Ok(msg) => self.handle(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+            }
+            self.handle_timeouts(Instant::now());
+        }
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.remove_session(id, "shutdown");
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        self.sessions
+            .values()
+            .map(|s| s.next_timeout)
+            .fold(self.next_housekeeping, Instant::min)
+    }
+
+    /// Handles one message and everything it causes locally.
+    pub fn handle(&mut self, msg: ShardMsg) {
+        self.handle_one(msg);
+        self.settle();
+    }
+
+    fn handle_one(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Api(cmd) => self.handle_api(cmd),
+            ShardMsg::Datagram(d) => self.handle_datagram(d),
+            ShardMsg::Media { track, packet } => self.forward_local(track, &packet),
+            ShardMsg::Subscribe { track, shard } => {
+                if !self.forwarder.add_subscriber_shard(track, shard) {
+                    self.send_to_shard(shard, ShardMsg::TrackEnded { track });
+                }
+            }
+            ShardMsg::Unsubscribe { track, shard } => {
+                self.forwarder.remove_subscriber_shard(track, shard);
+            }
+            ShardMsg::KeyframeRequest { track, rid, kind } => {
+                self.keyframe_to_publisher(track, rid, kind, Instant::now());
+            }
+            ShardMsg::TrackEnded { track } => self.end_local_legs(track),
+        }
+    }
+
+    /// Drains dirty sessions and local messages until nothing is left.
+    fn settle(&mut self) {
+        loop {
+            if let Some(id) = self.dirty.pop() {
+                self.dirty_set.remove(&id);
+                self.drain(id);
+                continue;
+            }
+            if let Some(msg) = self.local.pop_front() {
+                self.handle_one(msg);
+                continue;
+            }
+            break;
+        }
+    }
+
+    fn mark_dirty(&mut self, id: SessionId) {
+        if self.dirty_set.insert(id) {
+            self.dirty.push(id);
+        }
+    }
+
+    fn send_to_shard(&mut self, shard: ShardId, msg: ShardMsg) {
+        if shard == self.id {
+            self.local.push_back(msg);
+            return;
+        }
+        match self.peers.get(shard) {
+            Some(tx) => {
+                if tx.try_send(msg).is_err() {
+                    self.ctx.metrics.drop_reason("shard_queue_full");
+                }
+            }
+            None => self.ctx.metrics.drop_reason("unknown_shard"),
+        }
+    }
+
+    // ---- the packet path --------------------------------------------------------------------
+
+    fn handle_datagram(&mut self, d: Datagram) {
+        let ctx = Arc::clone(&self.ctx);
+        let metrics = &ctx.metrics;
+        let Some(session) = self.sessions.get_mut(&d.session) else {
+            metrics.drop_reason("unknown_session");
+            return;
+        };
+        let Ok(contents) = DatagramRecv::try_from(d.data.as_slice()) else {
+            metrics.drop_reason("unclassified");
+            return;
+        };
+        let input = Input::Receive(
+            d.received,
+            Receive {
+                proto: Protocol::Udp,
+                source: d.source,
+                destination: d.destination,
+                contents,
+            },
+        );
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            if !session.rtc.accepts(&input) {
+                return Ok(false);
+            }
+            session.rtc.handle_input(input).map(|()| true)
+        }));
+        match outcome {
+            Ok(Ok(true)) => self.mark_dirty(d.session),
+            Ok(Ok(false)) => metrics.drop_reason("not_accepted"),
+            Ok(Err(e)) => {
+                tracing::debug!(session = %d.session, "input refused: {e}");
+                metrics.drop_reason("rtc_input_error");
+                self.mark_dirty(d.session);
+            }
+            Err(_) => self.session_panicked(d.session),
+        }
+    }
+
+    fn handle_timeouts(&mut self, now: Instant) {
+        let due: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.next_timeout <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            match catch_unwind(AssertUnwindSafe(|| {
+                session.rtc.handle_input(Input::Timeout(now))
+            })) {
+                Ok(Ok(())) => self.mark_dirty(id),
+                Ok(Err(e)) => {
+                    tracing::debug!(session = %id, "timeout handling failed: {e}");
+                    self.remove_session(id, "rtc_error");
+                }
+                Err(_) => self.session_panicked(id),
+            }
+        }
+        self.settle();
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING;
+            self.housekeeping(now);
+            self.settle();
+        }
+    }
+
+    /// Polls a session until str0m reports its next timeout, sending its datagrams and turning
+    /// its events into [`SessionEvent`]s.
+    fn drain(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let ctx = &self.ctx;
+        let shard = self.id;
+        let mut events = std::mem::take(&mut self.events);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            drain_session(session, ctx, shard, &mut events)
+        }));
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => events.push(SessionEvent::Failed(e)),
+            Err(_) => {
+                events.clear();
+                self.events = events;
+                self.session_panicked(id);
+                return;
+            }
+        }
+        for ev in events.drain(..) {
+            match ev {
+                SessionEvent::Media(track, pkt) => {
+                    self.ctx.metrics.rtp_in.inc();
+                    self.fanout(track, pkt);
+                }
+                SessionEvent::KeyframeFromLeg(leg, kind) => {
+                    self.ctx
+                        .metrics
+                        .keyframe_requests
+                        .with_label_values(&["from_subscriber"])
+                        .inc();
+                    if let Some((track, home, rid)) = self.forwarder.leg_source(leg) {
+                        self.send_to_shard(home, ShardMsg::KeyframeRequest { track, rid, kind });
+                    }
+                }
+                SessionEvent::Connected => self.request_keyframes_for(id),
+                SessionEvent::Failed(reason) => {
+                    tracing::info!(session = %id, "session failed: {reason}");
+                    self.remove_session(id, "rtc_error");
+                }
+            }
+        }
+        self.events = events;
+    }
+
+    fn fanout(&mut self, track: TrackId, pkt: Arc<MediaPacket>) {
+        let Some(shards) = self.forwarder.note_media(track, pkt.arrival) else {
+            self.ctx.metrics.drop_reason("unpublished_track");
+            return;
+        };
+        self.fanout.clear();
+        self.fanout.extend(shards.iter().map(|(s, _)| *s));
+        for i in 0..self.fanout.len() {
+            let shard = self.fanout[i];
+            if shard == self.id {
+                self.forward_local(track, &pkt);
+            } else {
+                self.send_to_shard(
+                    shard,
+                    ShardMsg::Media {
+                        track,
+                        packet: Arc::clone(&pkt),
+                    },
+                );
+            }
+        }
+    }
+
+    fn forward_local(&mut self, track: TrackId, pkt: &MediaPacket) {
+        let mut writes = std::mem::take(&mut self.writes);
+        let outcome = self.forwarder.forward(track, pkt, &mut writes);
+        for reason in &outcome.dropped {
+            self.ctx.metrics.drop_reason(reason.as_str());
+        }
+        if let Some((home, rid)) = outcome.wants_keyframe {
+            self.send_to_shard(
+                home,
+                ShardMsg::KeyframeRequest {
+                    track,
+                    rid,
+                    kind: KeyframeRequestKind::Pli,
+                },
+            );
+        }
+        for w in writes.drain(..) {
+            self.write_leg(w);
+        }
+        self.writes = writes;
+    }
+
+    fn write_leg(&mut self, w: LegWrite) {
+        let id = w.leg.session;
+        let Some(session) = self.sessions.get_mut(&id) else {
+            self.ctx.metrics.drop_reason("no_subscriber_session");
+            return;
+        };
+        let written = catch_unwind(AssertUnwindSafe(|| {
+            let mut api = session.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(w.leg.mid, None) else {
+                return false;
+            };
+            tx.write_rtp(
+                RtpWrite::new(w.pt, w.seq.into(), w.timestamp, w.wallclock, w.payload)
+                    .marker(w.marker)
+                    .nackable(w.nackable)
+                    .ext_vals(w.ext),
+            );
+            true
+        }));
+        match written {
+            Ok(true) => {
+                self.ctx.metrics.forwarded.inc();
+                self.mark_dirty(id);
+            }
+            Ok(false) => self.ctx.metrics.drop_reason("no_send_stream"),
+            Err(_) => self.session_panicked(id),
+        }
+    }
+
+    fn keyframe_to_publisher(
+        &mut self,
+        track: TrackId,
+        rid: Option<Rid>,
+        kind: KeyframeRequestKind,
+        now: Instant,
+    ) {
+        // A request to a publisher whose transport is not up would be lost; do not let it use
+        // up the throttle.
+        let publisher_up = self
+            .forwarder
+            .publication_owner(track)
+            .and_then(|(s, _)| self.sessions.get(&s))
+            .is_some_and(Session::is_connected);
+        if !publisher_up {
+            return;
+        }
+        let Some(target) = self.forwarder.keyframe_request(track, rid, now) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&target.session) else {
+            return;
+        };
+        let sent = catch_unwind(AssertUnwindSafe(|| {
+            let mut api = session.rtc.direct_api();
+            let rx = match api.stream_rx_by_mid(target.mid, target.rid) {
+                Some(rx) => Some(rx),
+                None => api.stream_rx_by_mid(target.mid, None),
+            };
+            rx.map(|rx| rx.request_keyframe(kind)).is_some()
+        }));
+        match sent {
+            Ok(true) => {
+                self.ctx
+                    .metrics
+                    .keyframe_requests
+                    .with_label_values(&["to_publisher"])
+                    .inc();
+                self.mark_dirty(target.session);
+            }
+            Ok(false) => {}
+            Err(_) => self.session_panicked(target.session),
+        }
+    }
+
+    /// A subscriber's transport came up: ask for keyframes on all its video legs.
+    fn request_keyframes_for(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let wanted: Vec<(TrackId, ShardId, Option<Rid>)> = session
+            .subscriptions
+            .values()
+            .filter(|s| s.state == LegState::Active && s.kind == MediaKind::Video)
+            .map(|s| (s.track, s.home, s.preferred_rid))
+            .collect();
+        for (track, home, rid) in wanted {
+            self.send_to_shard(
+                home,
+                ShardMsg::KeyframeRequest {
+                    track,
+                    rid,
+                    kind: KeyframeRequestKind::Pli,
+                },
+            );
+        }
+    }
+
+    // ---- lifecycle --------------------------------------------------------------------------
+
+    fn housekeeping(&mut self, now: Instant) {
+        let session_timeout = self.ctx.config.session_timeout;
+        let gone: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                !s.rtc.is_alive()
+                    || s.transport_lost_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= session_timeout)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            tracing::info!(session = %id, "collecting session: transport gone");
+            self.ctx.metrics.sessions_collected.inc();
+            self.remove_session(id, "collected");
+        }
+        for track in self
+            .forwarder
+            .silent_publications(now, self.ctx.config.track_timeout)
+        {
+            tracing::info!(?track, "collecting track: no media");
+            self.ctx.metrics.tracks_collected.inc();
+            self.unpublish(track);
+        }
+    }
+
+    fn session_panicked(&mut self, id: SessionId) {
+        tracing::error!(session = %id, "session handling panicked; tearing the session down");
+        self.ctx.metrics.session_panics.inc();
+        self.remove_session(id, "panic");
+    }
+
+    fn remove_session(&mut self, id: SessionId, why: &str) {
+        let existed = match self.sessions.remove(&id) {
+            Some(mut s) => {
+                // A panic may have left the Rtc inconsistent: never let a second one escape.
+                let _ = catch_unwind(AssertUnwindSafe(|| s.rtc.disconnect()));
+                true
+            }
+            None => false,
+        };
+        let (pubs, legs) = self.forwarder.remove_session(id);
+        for (track, shards) in pubs {
+            self.ctx.metrics.tracks.dec();
+            for shard in shards {
+                self.send_to_shard(shard, ShardMsg::TrackEnded { track });
+            }
+        }
+        for (_, track, home) in legs {
+            self.ctx.metrics.subscriptions.dec();
+            self.send_to_shard(
+                home,
+                ShardMsg::Unsubscribe {
+                    track,
+                    shard: self.id,
+                },
+            );
+        }
+        self.ctx.directory.remove_session(id);
+        let _ = self
+            .ctx
+            .udp_control
+            .send(UdpControl::Unregister { session: id });
+        if existed {
+            self.ctx.metrics.sessions.dec();
+            tracing::debug!(session = %id, why, "session removed");
+        }
+    }
+
+    fn unpublish(&mut self, track: TrackId) {
+        let Some((session_id, mid)) = self.forwarder.publication_owner(track) else {
+            return;
+        };
+        let shards = self.forwarder.unpublish(track);
+        self.ctx.metrics.tracks.dec();
+        for shard in shards {
+            self.send_to_shard(shard, ShardMsg::TrackEnded { track });
+        }
+        if let Some(p) = self
+            .sessions
+            .get_mut(&session_id)
+            .and_then(|s| s.publications.get_mut(&mid))
+        {
+            p.active = false;
+            self.ctx.directory.unpublish(session_id, &p.name, track);
+        }
+    }
+
+    fn end_local_legs(&mut self, track: TrackId) {
+        for leg in self.forwarder.end_track(track) {
+            self.ctx.metrics.subscriptions.dec();
+            if let Some(sub) = self
+                .sessions
+                .get_mut(&leg.session)
+                .and_then(|s| s.subscriptions.get_mut(&leg.mid))
+            {
+                sub.state = LegState::Inactive;
+            }
+        }
+        // Legs still negotiating on that track will never get media either.
+        for s in self.sessions.values_mut() {
+            for sub in s.subscriptions.values_mut() {
+                if sub.track == track && sub.state == LegState::Negotiating {
+                    sub.state = LegState::Inactive;
+                }
+            }
+        }
+    }
+
+    fn activate_leg(&mut self, id: SessionId, mid: Mid) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(sub) = session.subscriptions.get(&mid) else {
+            return;
+        };
+        if sub.state != LegState::Negotiating {
+            return;
+        }
+        let (track, home, rid, kind) = (sub.track, sub.home, sub.preferred_rid, sub.kind);
+        let pt_map = session.pt_map(mid, &sub.source_params);
+        if let Some(sub) = session.subscriptions.get_mut(&mid) {
+            sub.state = LegState::Active;
+        }
+        let leg = LegKey { session: id, mid };
+        let seq_start = rand::random_range(1..16_384u64);
+        self.forwarder
+            .subscribe(track, home, leg, pt_map, rid, seq_start, rand::random());
+        self.ctx.metrics.subscriptions.inc();
+        self.send_to_shard(
+            home,
+            ShardMsg::Subscribe {
+                track,
+                shard: self.id,
+            },
+        );
+        if kind == MediaKind::Video {
+            self.send_to_shard(
+                home,
+                ShardMsg::KeyframeRequest {
+                    track,
+                    rid,
+                    kind: KeyframeRequestKind::Pli,
+                },
+            );
+        }
+    }
+
+    fn deactivate_leg(&mut self, id: SessionId, mid: Mid) {
+        if let Some((track, home)) = self.forwarder.unsubscribe(LegKey { session: id, mid }) {
+            self.ctx.metrics.subscriptions.dec();
+            self.send_to_shard(
+                home,
+                ShardMsg::Unsubscribe {
+                    track,
+                    shard: self.id,
+                },
+            );
+        }
+        if let Some(sub) = self
+            .sessions
+            .get_mut(&id)
+            .and_then(|s| s.subscriptions.get_mut(&mid))
+        {
+            sub.state = LegState::Inactive;
+        }
+    }
+
+    // ---- API --------------------------------------------------------------------------------
+
+    fn handle_api(&mut self, cmd: ApiCommand) {
+        match cmd {
+            ApiCommand::Create {
+                id,
+                app,
+                offer,
+                reply,
+            } => {
+                let r = self.guarded(id, |s| s.create(id, app, offer));
+                let _ = reply.send(r);
+            }
+            ApiCommand::TracksNew { id, request, reply } => {
+                let r = self.guarded(id, |s| s.tracks_new(id, request));
+                let _ = reply.send(r);
+            }
+            ApiCommand::Renegotiate {
+                id,
+                description,
+                reply,
+            } => {
+                let r = self.guarded(id, |s| s.renegotiate(id, description));
+                let _ = reply.send(r);
+            }
+            ApiCommand::Close { id, request, reply } => {
+                let r = self.guarded(id, |s| s.close(id, request));
+                let _ = reply.send(r);
+            }
+            ApiCommand::Update { id, request, reply } => {
+                let r = self.guarded(id, |s| s.update(id, request));
+                let _ = reply.send(r);
+            }
+            ApiCommand::Get { id, reply } => {
+                let r = self.guarded(id, |s| s.get(id));
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// Runs an API operation; a panic inside tears the session down and becomes a 500.
+    fn guarded<T>(
+        &mut self,
+        id: SessionId,
+        op: impl FnOnce(&mut Shard) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        match catch_unwind(AssertUnwindSafe(|| op(self))) {
+            Ok(r) => {
+                self.mark_dirty(id);
+                r
+            }
+            Err(_) => {
+                self.session_panicked(id);
+                Err(ApiError::internal("session failed and was closed"))
+            }
+        }
+    }
+
+    fn session_mut(&mut self, id: SessionId) -> Result<&mut Session, ApiError> {
+        self.sessions.get_mut(&id).ok_or_else(ApiError::no_session)
+    }
+
+    fn create(
+        &mut self,
+        id: SessionId,
+        app: Arc<str>,
+        offer: Option<String>,
+    ) -> Result<Option<String>, ApiError> {
+        let now = Instant::now();
+        let mut session = Session::new(id, Arc::clone(&app), &self.ctx.candidates, now);
+        let answer = match offer {
+            Some(sdp) => Some(accept_offer(&mut session, &sdp)?),
+            None => None,
+        };
+        let _ = self.ctx.udp_control.send(UdpControl::Register {
+            ufrag: session.ufrag.clone(),
+            session: id,
+            shard: self.id,
+        });
+        self.ctx.directory.add_session(
+            id,
+            app,
+            self.id,
+            self.ctx.config.session_requests_per_second,
+        );
+        self.ctx.metrics.sessions.inc();
+        self.sessions.insert(id, session);
+        Ok(answer)
+    }
+
+    fn tracks_new(
+        &mut self,
+        id: SessionId,
+        request: TracksRequest,
+    ) -> Result<TracksResponse, ApiError> {
+        let now = Instant::now();
+        let shard = self.id;
+        let directory = Arc::clone(&self.ctx.directory);
+        let session = self.session_mut(id)?;
+        let app = Arc::clone(&session.app);
+
+        let answer = match &request.session_description {
+            Some(sd) if sd.kind == SdpType::Offer => Some(accept_offer(session, &sd.sdp)?),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "tracks/new takes an offer; answers go to renegotiate",
+                ));
+            }
+            None => None,
+        };
+
+        let mut results = Vec::with_capacity(request.tracks.len());
+        let mut published = Vec::new();
+        let mut bound = Vec::new();
+        let mut to_offer: Vec<(usize, Subscription)> = Vec::new();
+
+        for t in &request.tracks {
+            let i = results.len();
+            match t.location {
+                Some(Location::Local) => {
+                    let r = TrackResult {
+                        track_name: t.track_name.clone(),
+                        mid: t.mid.clone(),
+                        ..Default::default()
+                    };
+                    match push_track(session, t, answer.is_some(), &directory, shard, now) {
+                        Ok((mid, track, kind)) => {
+                            published.push((track, mid, kind));
+                            results.push(r);
+                        }
+                        Err((code, text)) => results.push(r.with_error(code, text)),
+                    }
+                }
+                Some(Location::Remote) => {
+                    let r = TrackResult {
+                        session_id: t.session_id.clone(),
+                        track_name: t.track_name.clone(),
+                        mid: t.mid.clone(),
+                        ..Default::default()
+                    };
+                    match resolve_remote(&directory, &app, t) {
+                        Err((code, text)) => results.push(r.with_error(code, text)),
+                        Ok(sub) => match (&t.mid, answer.is_some()) {
+                            (Some(mid), true) => {
+                                let mid = Mid::from(mid.as_str());
+                                match session.sends_on(mid) {
+                                    Some(kind) if kind == sub.kind => {
+                                        if session.subscriptions.contains_key(&mid)
+                                            || session.publications.contains_key(&mid)
+                                        {
+                                            results.push(r.with_error(
+                                                "invalid_params",
+                                                "that mid already carries a track",
+                                            ));
+                                        } else {
+                                            session.subscriptions.insert(mid, sub);
+                                            bound.push(mid);
+                                            results.push(r);
+                                        }
+                                    }
+                                    _ => results.push(r.with_error(
+                                        "invalid_params",
+                                        "the offer has no receiving m-line of that kind with this mid",
+                                    )),
+                                }
+                            }
+                            (_, true) => results.push(r.with_error(
+                                "invalid_params",
+                                "with an offer, a remote track needs the mid of a receiving transceiver in that offer",
+                            )),
+                            (_, false) => {
+                                to_offer.push((i, sub));
+                                results.push(r);
+                            }
+                        },
+                    }
+                }
+                None => results.push(
+                    TrackResult {
+                        mid: t.mid.clone(),
+                        track_name: t.track_name.clone(),
+                        session_id: t.session_id.clone(),
+                        ..Default::default()
+                    }
+                    .with_error("invalid_params", "location must be local or remote"),
+                ),
+            }
+        }
+
+        let mut offer = None;
+        if !to_offer.is_empty() {
+            if session.pending.is_some() {
+                for (i, _) in &to_offer {
+                    if let Some(r) = results.get_mut(*i) {
+                        *r = std::mem::take(r).with_error(
+                            "renegotiation_pending",
+                            "answer the previous SFU offer (renegotiate) before pulling more tracks",
+                        );
+                    }
+                }
+            } else {
+                let mut api = session.rtc.sdp_api();
+                let mut mids = Vec::new();
+                for (i, sub) in &to_offer {
+                    let mid = api.add_media(
+                        sub.kind,
+                        Direction::SendOnly,
+                        Some(sub.source.to_string()),
+                        Some(sub.name.clone()),
+                        None,
+                    );
+                    mids.push((*i, mid));
+                }
+                match api.apply() {
+                    Some((sdp, pending)) => {
+                        session.pending = Some(pending);
+                        offer = Some(sdp.to_sdp_string());
+                        for ((i, sub), (_, mid)) in to_offer.into_iter().zip(mids) {
+                            if let Some(r) = results.get_mut(i) {
+                                r.mid = Some(mid.to_string());
+                            }
+                            session.subscriptions.insert(mid, sub);
+                        }
+                    }
+                    None => return Err(ApiError::internal("could not create an offer")),
+                }
+            }
+        }
+
+        for (track, mid, kind) in published {
+            self.forwarder.publish(track, id, mid, kind, now);
+            self.ctx.metrics.tracks.inc();
+        }
+        for mid in bound {
+            self.activate_leg(id, mid);
+        }
+
+        let (requires, description) = match (offer, answer) {
+            (Some(sdp), _) => (
+                true,
+                Some(SessionDescription {
+                    kind: SdpType::Offer,
+                    sdp,
+                }),
+            ),
+            (None, Some(sdp)) => (
+                false,
+                Some(SessionDescription {
+                    kind: SdpType::Answer,
+                    sdp,
+                }),
+            ),
+            (None, None) => (false, None),
+        };
+        Ok(TracksResponse {
+            requires_immediate_renegotiation: requires,
+            session_description: description,
+            tracks: results,
+        })
+    }
+
+    fn renegotiate(
+        &mut self,
+        id: SessionId,
+        description: SessionDescription,
+    ) -> Result<RenegotiateResponse, ApiError> {
+        let session = self.session_mut(id)?;
+        match description.kind {
+            SdpType::Offer => {
+                let answer = accept_offer(session, &description.sdp)?;
+                Ok(RenegotiateResponse {
+                    session_description: Some(SessionDescription {
+                        kind: SdpType::Answer,
+                        sdp: answer,
+                    }),
+                })
+            }
+            SdpType::Answer => {
+                let answer = SdpAnswer::from_sdp_string(&description.sdp)
+                    .map_err(|e| ApiError::sdp(format!("cannot parse the answer: {e}")))?;
+                let Some(pending) = session.pending.take() else {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "no_pending_offer",
+                        "there is no SFU offer waiting for an answer",
+                    ));
+                };
+                if let Err(e) = session.rtc.sdp_api().accept_answer(pending, answer) {
+                    cancel_negotiating(session);
+                    return Err(ApiError::sdp(format!("answer rejected: {e}")));
+                }
+                session.clear_ssrc_cache();
+                let negotiating: Vec<Mid> = session
+                    .subscriptions
+                    .iter()
+                    .filter(|(_, s)| s.state == LegState::Negotiating)
+                    .map(|(m, _)| *m)
+                    .collect();
+                for mid in negotiating {
+                    self.activate_leg(id, mid);
+                }
+                Ok(RenegotiateResponse::default())
+            }
+        }
+    }
+
+    fn close(
+        &mut self,
+        id: SessionId,
+        request: CloseTracksRequest,
+    ) -> Result<CloseTracksResponse, ApiError> {
+        if request.tracks.is_empty() {
+            return Err(ApiError::invalid("tracks must list at least one mid"));
+        }
+        if let Some(sd) = &request.session_description
+            && sd.kind != SdpType::Offer
+        {
+            return Err(ApiError::invalid("tracks/close takes an offer"));
+        }
+        self.session_mut(id)?;
+        let mut results = Vec::new();
+        let mut closed = Vec::new();
+        for t in &request.tracks {
+            let r = TrackResult {
+                mid: t.mid.clone(),
+                ..Default::default()
+            };
+            let Some(mid_text) = &t.mid else {
+                results.push(r.with_error("invalid_params", "mid is required"));
+                continue;
+            };
+            let mid = Mid::from(mid_text.as_str());
+            let (publication, subscription) = match self.sessions.get(&id) {
+                Some(s) => (
+                    s.publications
+                        .get(&mid)
+                        .filter(|p| p.active)
+                        .map(|p| p.track),
+                    s.subscriptions
+                        .get(&mid)
+                        .filter(|s| s.state != LegState::Inactive)
+                        .is_some(),
+                ),
+                None => return Err(ApiError::no_session()),
+            };
+            if let Some(track) = publication {
+                self.unpublish(track);
+                closed.push(mid);
+                results.push(r);
+            } else if subscription {
+                self.deactivate_leg(id, mid);
+                closed.push(mid);
+                results.push(r);
+            } else {
+                results.push(r.with_error(
+                    "close_track_error",
+                    "Track doesn't exist or was already closed",
+                ));
+            }
+        }
+        let session = self.session_mut(id)?;
+        let mut requires = false;
+        let description = if let Some(sd) = request.session_description {
+            Some(SessionDescription {
+                kind: SdpType::Answer,
+                sdp: accept_offer(session, &sd.sdp)?,
+            })
+        } else if !request.force && !closed.is_empty() && session.pending.is_none() {
+            let mut api = session.rtc.sdp_api();
+            for mid in &closed {
+                api.stop_media(*mid);
+            }
+            match api.apply() {
+                Some((offer, pending)) => {
+                    session.pending = Some(pending);
+                    requires = true;
+                    Some(SessionDescription {
+                        kind: SdpType::Offer,
+                        sdp: offer.to_sdp_string(),
+                    })
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        Ok(CloseTracksResponse {
+            session_description: description,
+            tracks: results,
+            requires_immediate_renegotiation: requires,
+        })
+    }
+
+    fn update(
+        &mut self,
+        id: SessionId,
+        request: UpdateTracksRequest,
+    ) -> Result<UpdateTracksResponse, ApiError> {
+        let directory = Arc::clone(&self.ctx.directory);
+        let app = Arc::clone(&self.session_mut(id)?.app);
+        let mut results = Vec::new();
+        for t in &request.tracks {
+            let r = TrackResult {
+                mid: t.mid.clone(),
+                session_id: t.session_id.clone(),
+                track_name: t.track_name.clone(),
+                ..Default::default()
+            };
+            if t.location != Some(Location::Remote) {
+                results.push(r.with_error("invalid_params", "only remote tracks can be updated"));
+                continue;
+            }
+            let Some(mid_text) = &t.mid else {
+                results.push(r.with_error("invalid_params", "mid is required"));
+                continue;
+            };
+            let mid = Mid::from(mid_text.as_str());
+            let Some(current) = self
+                .sessions
+                .get(&id)
+                .and_then(|s| s.subscriptions.get(&mid))
+                .cloned()
+            else {
+                results.push(r.with_error("not_found", "no pulled track on that mid"));
+                continue;
+            };
+            let new = match resolve_remote(&directory, &app, t) {
+                Ok(new) => new,
+                Err((code, text)) => {
+                    results.push(r.with_error(code, text));
+                    continue;
+                }
+            };
+            if new.kind != current.kind {
+                results.push(r.with_error(
+                    "invalid_params",
+                    "the new track is not of the same kind as the transceiver",
+                ));
+                continue;
+            }
+            if new.track == current.track && current.state == LegState::Active {
+                self.forwarder
+                    .set_preferred_rid(LegKey { session: id, mid }, new.preferred_rid);
+                if let Some(s) = self
+                    .sessions
+                    .get_mut(&id)
+                    .and_then(|s| s.subscriptions.get_mut(&mid))
+                {
+                    s.preferred_rid = new.preferred_rid;
+                }
+                results.push(r);
+                continue;
+            }
+            let was_active = current.state == LegState::Active;
+            self.deactivate_leg(id, mid);
+            if let Some(s) = self.sessions.get_mut(&id) {
+                let mut sub = new;
+                sub.state = if was_active || current.state == LegState::Inactive {
+                    LegState::Negotiating
+                } else {
+                    current.state
+                };
+                let activate = was_active || current.state == LegState::Inactive;
+                s.subscriptions.insert(mid, sub);
+                if activate {
+                    self.activate_leg(id, mid);
+                }
+            }
+            results.push(r);
+        }
+        Ok(UpdateTracksResponse {
+            requires_immediate_renegotiation: false,
+            tracks: results,
+        })
+    }
+
+    fn get(&mut self, id: SessionId) -> Result<SessionState, ApiError> {
+        let session = self.session_mut(id)?;
+        let mut tracks: Vec<TrackState> = session
+            .publications
+            .iter()
+            .map(|(mid, p)| TrackState {
+                location: Location::Local,
+                mid: mid.to_string(),
+                track_name: p.name.clone(),
+                session_id: None,
+                status: if p.active {
+                    TrackStatus::Active
+                } else {
+                    TrackStatus::Inactive
+                },
+            })
+            .chain(session.subscriptions.iter().map(|(mid, s)| TrackState {
+                location: Location::Remote,
+                mid: mid.to_string(),
+                track_name: s.name.clone(),
+                session_id: Some(s.source.to_string()),
+                status: match s.state {
+                    LegState::Active => TrackStatus::Active,
+                    LegState::Negotiating => TrackStatus::Initializing,
+                    LegState::Inactive => TrackStatus::Inactive,
+                },
+            }))
+            .collect();
+        tracks.sort_by(|a, b| a.mid.cmp(&b.mid));
+        Ok(SessionState { tracks })
+    }
+}
+
+/// Polls one session until its next timeout (see [`Shard::drain`]).
+fn drain_session(
+    session: &mut Session,
+    ctx: &ShardContext,
+    shard: ShardId,
+    events: &mut Vec<SessionEvent>,
+) -> Result<(), String> {
+    loop {
+        let output = session.rtc.poll_output().map_err(|e| e.to_string())?;
+        match output {
+            Output::Timeout(t) => {
+                session.next_timeout = t;
+                return Ok(());
+            }
+            Output::Transmit(t) => {
+                match ctx.socket.try_send_to(&t.contents, t.destination) {
+                    Ok(n) => {
+                        ctx.metrics.packets_out.inc();
+                        ctx.metrics.bytes_out.inc_by(n as u64);
+                    }
+                    Err(_) => ctx.metrics.drop_reason("send_failed"),
+                }
+                if !session.routed_addrs.contains(&t.destination)
+                    && session.routed_addrs.len() < MAX_ROUTED_ADDRS
+                {
+                    session.routed_addrs.push(t.destination);
+                    let _ = ctx.udp_control.send(UdpControl::Route {
+                        addr: t.destination,
+                        session: session.id,
+                        shard,
+                    });
+                }
+            }
+            Output::Event(event) => match event {
+                Event::RtpPacket(pkt) => {
+                    if let Some(ev) = media_event(session, pkt) {
+                        events.push(ev);
+                    } else {
+                        ctx.metrics.drop_reason("unpublished_mid");
+                    }
+                }
+                Event::KeyframeRequest(req) => events.push(SessionEvent::KeyframeFromLeg(
+                    LegKey {
+                        session: session.id,
+                        mid: req.mid,
+                    },
+                    req.kind,
+                )),
+                Event::IceConnectionStateChange(state) => match state {
+                    IceConnectionState::Connected | IceConnectionState::Completed => {
+                        session.transport_lost_since = None;
+                    }
+                    IceConnectionState::Disconnected => {
+                        session.transport_lost_since.get_or_insert(Instant::now());
+                    }
+                    IceConnectionState::New | IceConnectionState::Checking => {}
+                },
+                Event::Connected => events.push(SessionEvent::Connected),
+                Event::MediaEgressStats(s) => {
+                    let (nacks, _) = session.egress_delta(s.mid, s.rid, s.nacks, s.plis + s.firs);
+                    ctx.metrics.nacks.inc_by(nacks);
+                }
+                _ => {}
+            },
+        }
+    }
+}
+
+/// Turns a publisher's RTP packet into a forwardable [`MediaPacket`] for its track.
+fn media_event(session: &mut Session, pkt: RtpPacket) -> Option<SessionEvent> {
+    let (mid, rid) = session.mid_of_ssrc(pkt.header.ssrc)?;
+    let publication = session.publications.get(&mid).filter(|p| p.active)?;
+    let params = publication
+        .params
+        .iter()
+        .find(|p| p.pt() == pkt.header.payload_type);
+    let (codec, clock_rate) = params
+        .map(|p| (p.spec().codec, p.spec().clock_rate.get()))
+        .unwrap_or((Codec::Null, 90_000));
+    let keyframe = rid.is_some() && is_keyframe(codec, &pkt.payload);
+    let src = &pkt.header.ext_vals;
+    let ext = ExtensionValues {
+        audio_level: src.audio_level,
+        voice_activity: src.voice_activity,
+        video_orientation: src.video_orientation,
+        video_content_type: src.video_content_type,
+        ..Default::default()
+    };
+    let packet = MediaPacket {
+        pt: pkt.header.payload_type,
+        clock_rate,
+        seq: *pkt.seq_no,
+        timestamp: pkt.header.timestamp,
+        marker: pkt.header.marker,
+        rid,
+        keyframe,
+        ext,
+        payload: pkt.payload,
+        arrival: pkt.timestamp,
+        nackable: publication.kind == MediaKind::Video,
+    };
+    Some(SessionEvent::Media(publication.track, Arc::new(packet)))
+}
+
+/// Accepts a client offer; an SFU offer still waiting for its answer is abandoned.
+fn accept_offer(session: &mut Session, sdp: &str) -> Result<String, ApiError> {
+    let offer = SdpOffer::from_sdp_string(sdp)
+        .map_err(|e| ApiError::sdp(format!("cannot parse the offer: {e}")))?;
+    if session.pending.take().is_some() {
+        cancel_negotiating(session);
+    }
+    let answer = session
+        .rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| ApiError::sdp(format!("offer rejected: {e}")))?;
+    session.clear_ssrc_cache();
+    Ok(answer.to_sdp_string())
+}
+
+/// Forgets legs whose m-lines were only in an abandoned SFU offer.
+fn cancel_negotiating(session: &mut Session) {
+    session
+        .subscriptions
+        .retain(|_, s| s.state != LegState::Negotiating);
+}
+
+/// Validates and registers one pushed track; returns (mid, track id, kind).
+fn push_track(
+    session: &mut Session,
+    t: &TrackObject,
+    have_offer: bool,
+    directory: &Directory,
+    shard: ShardId,
+    now: Instant,
+) -> Result<(Mid, TrackId, MediaKind), (&'static str, String)> {
+    let _ = now;
+    let (Some(mid_text), Some(name)) = (&t.mid, &t.track_name) else {
+        return Err((
+            "invalid_params",
+            "a local track needs mid and trackName".into(),
+        ));
+    };
+    if name.is_empty() || name.len() > 256 {
+        return Err((
+            "invalid_params",
+            "trackName must be 1 to 256 characters".into(),
+        ));
+    }
+    if !have_offer {
+        return Err((
+            "invalid_params",
+            "pushing a track needs an offer (sessionDescription)".into(),
+        ));
+    }
+    let mid = Mid::from(mid_text.as_str());
+    if mid.to_string() != *mid_text {
+        return Err((
+            "invalid_params",
+            "mid must be up to 16 letters or digits".into(),
+        ));
+    }
+    let Some(kind) = session.receives_on(mid) else {
+        return Err((
+            "invalid_params",
+            format!("the offer has no m-line {mid_text} that sends media"),
+        ));
+    };
+    if let Some(p) = session.publications.get(&mid)
+        && p.active
+    {
+        return Err((
+            "invalid_params",
+            format!("mid {mid_text} already carries track {}", p.name),
+        ));
+    }
+    let params = session.negotiated_params(mid);
+    let track = directory.next_track_id();
+    let entry = PublishedTrack {
+        track,
+        shard,
+        kind,
+        params: params.clone(),
+    };
+    if !directory.publish(session.id, name, entry) {
+        return Err((
+            "duplicate_track_name",
+            format!("this session already publishes a track named {name}"),
+        ));
+    }
+    session.publications.insert(
+        mid,
+        Publication {
+            track,
+            name: name.clone(),
+            kind,
+            params,
+            active: true,
+        },
+    );
+    Ok((mid, track, kind))
+}
+
+/// Finds the published track a remote track entry names.
+fn resolve_remote(
+    directory: &Directory,
+    app: &str,
+    t: &TrackObject,
+) -> Result<Subscription, (&'static str, String)> {
+    let (Some(sid), Some(name)) = (&t.session_id, &t.track_name) else {
+        return Err((
+            "invalid_params",
+            "a remote track needs sessionId and trackName".into(),
+        ));
+    };
+    let Some(source) = SessionId::parse(sid) else {
+        return Err(("not_found", format!("no session {sid}")));
+    };
+    let Some(info) = directory.lookup(app, source, name) else {
+        return Err((
+            "not_found",
+            format!("session {sid} publishes no track named {name}"),
+        ));
+    };
+    let preferred_rid = t
+        .simulcast
+        .as_ref()
+        .and_then(|s| s.preferred_rid.as_deref())
+        .filter(|r| !r.is_empty())
+        .map(Rid::from);
+    Ok(Subscription {
+        track: info.track,
+        home: info.shard,
+        source,
+        name: name.clone(),
+        kind: info.kind,
+        source_params: info.params,
+        preferred_rid,
+        state: LegState::Negotiating,
+    })
+}
