@@ -642,7 +642,9 @@ impl Participant {
                     self.transport.unexpected_rtp += 1;
                     return;
                 };
-                let action = sub.reception.on_payload(&pkt.payload, now, now_us);
+                let action = sub
+                    .reception
+                    .on_packet(&pkt.payload, Some(*pkt.seq_no), now, now_us);
                 if action == ReceptionAction::RequestKeyframe
                     && self.config.request_keyframes
                     && let Some(rx) = self.rtc.direct_api().stream_rx(&ssrc)
@@ -748,6 +750,7 @@ mod tests {
             assert_eq!(r.corrupt, 0);
             assert_eq!(r.duplicates, 0);
             assert_eq!(r.lost, 0);
+            assert_eq!(r.rtp_seq_offset_changes, 0);
             assert_eq!(r.unique, sent.packets, "{s:?} vs {sent:?}");
             // Simulated time only moves between steps: latency is the step granularity.
             assert!(r.latency.max_us <= 20_000, "{:?}", r.latency);

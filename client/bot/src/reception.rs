@@ -67,6 +67,9 @@ pub struct ReceptionStats {
     pub first_packet_ms: Option<f64>,
     /// Time from the start of the subscription to the first keyframe packet, in ms.
     pub first_keyframe_ms: Option<f64>,
+    /// Times the difference between RTP sequence number and bot sequence number changed (an SFU that
+    /// forwards every packet of a stream must keep it constant).
+    pub rtp_seq_offset_changes: u64,
     /// Keyframe requests this receiver sent.
     pub keyframe_requests_sent: u64,
     /// One-way latency from the sender's clock to arrival.
@@ -89,6 +92,7 @@ pub struct Reception {
     latency_count: u64,
     last_keyframe_request: Option<Instant>,
     keyframe_seen: bool,
+    rtp_offset: Option<i128>,
 }
 
 /// What the caller should do after a packet.
@@ -115,11 +119,24 @@ impl Reception {
             latency_count: 0,
             last_keyframe_request: None,
             keyframe_seen: false,
+            rtp_offset: None,
         }
     }
 
     /// Handle one payload that arrived at `now` (`now_us`: the same instant in Unix microseconds).
     pub fn on_payload(&mut self, payload: &[u8], now: Instant, now_us: u64) -> ReceptionAction {
+        self.on_packet(payload, None, now, now_us)
+    }
+
+    /// Like [`Reception::on_payload`], with the packet's extended RTP sequence number as received, to
+    /// check that the sender's (or SFU's) RTP numbering moves in step with the bot sequence numbers.
+    pub fn on_packet(
+        &mut self,
+        payload: &[u8],
+        rtp_seq: Option<u64>,
+        now: Instant,
+        now_us: u64,
+    ) -> ReceptionAction {
         let s = &mut self.stats;
         s.packets += 1;
         s.bytes += payload.len() as u64;
@@ -148,6 +165,17 @@ impl Reception {
             self.keyframe_seen = true;
             if s.first_keyframe_ms.is_none() {
                 s.first_keyframe_ms = Some(ms(now.saturating_duration_since(self.started)));
+            }
+        }
+        if let Some(rtp) = rtp_seq {
+            let offset = i128::from(rtp) - i128::from(f.seq);
+            match self.rtp_offset {
+                Some(o) if o != offset => {
+                    self.stats.rtp_seq_offset_changes += 1;
+                    self.rtp_offset = Some(offset);
+                }
+                Some(_) => {}
+                None => self.rtp_offset = Some(offset),
             }
         }
         match self.mark_seen(f.seq) {
@@ -299,6 +327,27 @@ mod tests {
         assert_eq!(s.latency.max_us, 5_000 - 1_100);
         assert_eq!(s.latency.min_us, 5_000 - 1_170);
         assert!(r.has_seq(12) && !r.has_seq(15));
+    }
+
+    #[test]
+    fn notices_rtp_renumbering_that_does_not_follow_the_payloads() {
+        let t0 = Instant::now();
+        let mut r = Reception::new(t0);
+        for seq in 0..5u64 {
+            r.on_packet(
+                &pkt(seq, MediaKind::Audio, false),
+                Some(70_000 + seq),
+                t0,
+                0,
+            );
+        }
+        // Loss of bot seq 5 with a matching RTP gap keeps the offset.
+        r.on_packet(&pkt(6, MediaKind::Audio, false), Some(70_006), t0, 0);
+        assert_eq!(r.stats().rtp_seq_offset_changes, 0);
+        // An RTP jump without a payload gap is a renumbering error.
+        r.on_packet(&pkt(7, MediaKind::Audio, false), Some(70_100), t0, 0);
+        assert_eq!(r.stats().rtp_seq_offset_changes, 1);
+        assert_eq!(r.stats().lost, 1);
     }
 
     #[test]
