@@ -71,6 +71,8 @@ pub struct Config {
     pub first_joiner_is_host: bool,
     /// Most rooms at once.
     pub max_rooms: usize,
+    /// Most WebSocket connections at once (more: HTTP 503 at the upgrade).
+    pub max_connections: usize,
     /// How often room timers are checked.
     pub timer_tick: Duration,
 }
@@ -106,6 +108,7 @@ impl Default for Config {
             hard_max_participants: 1000,
             first_joiner_is_host: true,
             max_rooms: 10_000,
+            max_connections: 20_000,
             timer_tick: Duration::from_millis(20),
         }
     }
@@ -295,6 +298,9 @@ pub struct Cli {
     /// Most rooms at once.
     #[arg(long, env = "SATSUMA_COORD_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
+    /// Most WebSocket connections at once (more are refused with HTTP 503).
+    #[arg(long, env = "SATSUMA_COORD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Log filter (tracing EnvFilter syntax), e.g. info or satsuma_coordinator=debug.
     #[arg(long, env = "SATSUMA_COORD_LOG")]
     pub log: Option<String>,
@@ -360,6 +366,7 @@ impl Cli {
                 .unwrap_or(base.hard_max_participants),
             first_joiner_is_host: c.first_joiner_is_host.unwrap_or(base.first_joiner_is_host),
             max_rooms: c.max_rooms.unwrap_or(base.max_rooms),
+            max_connections: c.max_connections.unwrap_or(base.max_connections),
             timer_tick: base.timer_tick,
         };
         config.validate()?;
@@ -399,6 +406,7 @@ impl Cli {
             hard_max_participants,
             first_joiner_is_host,
             max_rooms,
+            max_connections,
             log
         )
     }

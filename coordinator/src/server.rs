@@ -231,6 +231,11 @@ async fn ws_upgrade(
     if !valid_room_name(&room) {
         return (StatusCode::BAD_REQUEST, "invalid room name").into_response();
     }
+    let open = usize::try_from(app.metrics.connections.get()).unwrap_or(0);
+    if open >= app.config.max_connections {
+        app.metrics.error("too_many_connections");
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    }
     let hard = app.config.max_text_bytes.max(app.config.max_binary_bytes) + (64 << 10);
     ws.max_message_size(hard)
         .max_frame_size(hard)

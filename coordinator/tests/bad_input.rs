@@ -199,3 +199,23 @@ async fn silent_connection_gets_no_room() {
     assert!(tokio_tungstenite::connect_async(url).await.is_err());
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_refuses_upgrades() {
+    let config = Config {
+        max_connections: 2,
+        ..Config::dev()
+    };
+    let server = start(config).await;
+    let mut alice = Client::join(&server, "cap", "alice").await;
+    let _bob = Client::join(&server, "cap", "bob").await;
+    let refused = tokio_tungstenite::connect_async(server.ws_url("cap")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503)
+        }
+        other => panic!("expected HTTP 503, got {:?}", other.map(|_| ())),
+    }
+    alice.sync().await;
+    server.shutdown().await;
+}
