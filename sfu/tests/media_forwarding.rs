@@ -258,3 +258,49 @@ async fn two_sessions_push_and_pull_each_other_at_the_same_moment() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tracks_in_one_request_are_routed_to_the_right_mids() {
+    let sfu = sfu();
+    let publisher = Bot::connect_with(config(&sfu)).await.unwrap();
+    let mut specs = Vec::new();
+    for i in 0..4 {
+        specs.push(TrackSpec {
+            name: format!("mic{i}"),
+            kind: MediaKind::Audio,
+        });
+        specs.push(TrackSpec {
+            name: format!("cam{i}"),
+            kind: MediaKind::Video,
+        });
+    }
+    publisher.publish(&specs).await.unwrap();
+    let sub = Bot::connect_with(config(&sfu)).await.unwrap();
+    let pulls: Vec<(String, String)> = specs
+        .iter()
+        .map(|t| (publisher.session_id().to_owned(), t.name.clone()))
+        .collect();
+    let subs = sub.subscribe_many(&pulls).await.unwrap();
+    assert_eq!(subs.len(), 8);
+    sub.wait_connected(CONNECT).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ps = publisher.stats().await.unwrap();
+    let ss = sub.stats().await.unwrap();
+    for t in &specs {
+        let sent = published(&ps, &t.name);
+        let r = &subscribed(&ss, &t.name).received;
+        assert_eq!(
+            r.track_id,
+            Some(sent.track_id),
+            "{}: payloads of another track arrived on its mid",
+            t.name
+        );
+        assert!(r.unique > 20, "{}: {r:?}", t.name);
+        assert_eq!(
+            (r.corrupt, r.foreign, r.duplicates, r.lost),
+            (0, 0, 0, 0),
+            "{}: {r:?}",
+            t.name
+        );
+    }
+}

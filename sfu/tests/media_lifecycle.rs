@@ -250,3 +250,36 @@ async fn a_silent_track_is_collected_while_its_session_lives() {
         "a collected track cannot be pulled"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_track_name_can_be_published_and_pulled_again() {
+    let sfu = SfuProcess::start(env!("CARGO_BIN_EXE_satsuma-sfu"), &[]).unwrap();
+    let publisher = Bot::connect_with(config(&sfu)).await.unwrap();
+    let first = publisher.publish_video("cam").await.unwrap();
+    publisher.wait_connected(CONNECT).await.unwrap();
+    publisher.close_track(&first.mid).await.unwrap();
+    // Same name, new transceiver on the same PeerConnection.
+    let second = publisher.publish_video("cam").await.unwrap();
+    assert_ne!(first.mid, second.mid);
+    let sub = Bot::connect_with(config(&sfu)).await.unwrap();
+    sub.subscribe(publisher.session_id(), "cam").await.unwrap();
+    sub.wait_connected(CONNECT).await.unwrap();
+    poll_until(
+        "republished video flows",
+        Duration::from_secs(5),
+        || async { packets(&sub.stats().await.unwrap(), "cam") > 20 },
+    )
+    .await;
+    let s = sub.stats().await.unwrap();
+    let r = &subscribed(&s, "cam").received;
+    let ps = publisher.stats().await.unwrap();
+    let sent = ps
+        .participant
+        .published
+        .iter()
+        .find(|p| p.mid == second.mid)
+        .unwrap();
+    assert_eq!(r.track_id, Some(sent.track_id), "payloads of the new track");
+    assert_eq!((r.corrupt, r.foreign), (0, 0));
+    assert_eq!(sfu.metrics().await.unwrap().get("satsuma_sfu_tracks"), 1.0);
+}
