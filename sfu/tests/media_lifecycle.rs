@@ -283,3 +283,44 @@ async fn a_closed_track_name_can_be_published_and_pulled_again() {
     assert_eq!((r.corrupt, r.foreign), (0, 0));
     assert_eq!(sfu.metrics().await.unwrap().get("satsuma_sfu_tracks"), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_subscriber_does_not_disturb_the_others() {
+    let sfu = SfuProcess::start(env!("CARGO_BIN_EXE_satsuma-sfu"), &[]).unwrap();
+    let publisher = Bot::connect_with(config(&sfu)).await.unwrap();
+    publisher.publish_audio("mic").await.unwrap();
+    publisher.publish_video("cam").await.unwrap();
+    let pulls = [
+        (publisher.session_id().to_owned(), "mic".to_owned()),
+        (publisher.session_id().to_owned(), "cam".to_owned()),
+    ];
+    let stays = Bot::connect_with(config(&sfu)).await.unwrap();
+    stays.subscribe_many(&pulls).await.unwrap();
+    let leaves = Bot::connect_with(config(&sfu)).await.unwrap();
+    leaves.subscribe_many(&pulls).await.unwrap();
+    stays.wait_connected(CONNECT).await.unwrap();
+    leaves.wait_connected(CONNECT).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Its socket closes without a word; the SFU keeps sending to a dead port for a while.
+    leaves.vanish();
+    let s1 = stays.stats().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s2 = stays.stats().await.unwrap();
+    for name in ["mic", "cam"] {
+        let (r1, r2) = (
+            &subscribed(&s1, name).received,
+            &subscribed(&s2, name).received,
+        );
+        assert!(
+            r2.unique > r1.unique + 50,
+            "{name}: {} -> {}",
+            r1.unique,
+            r2.unique
+        );
+        assert_eq!(
+            (r2.lost, r2.corrupt, r2.duplicates),
+            (0, 0, 0),
+            "{name}: {r2:?}"
+        );
+    }
+}
