@@ -1,7 +1,8 @@
 //! Browser smoke test: headless Chromium (Debian's, driven by playwright-core from
 //! `tests/browser/smoke.mjs`) pushes its fake camera and microphone through the real `satsuma-sfu` and
 //! pulls them back as remote tracks — from a second RTCPeerConnection, and from the same one — and
-//! `framesDecoded` (and received audio packets) must keep increasing. Catches SDP interop problems between str0m and real browsers.
+//! `framesDecoded` (and received audio packets) must keep increasing. VP8 in both layouts, then VP9,
+//! H.264 and AV1 (forced with `setCodecPreferences`) between two RTCPeerConnections. Catches SDP interop problems between str0m and real browsers.
 //!
 //! Needs `node`, `/usr/bin/chromium` and `tests/browser/node_modules/playwright-core`
 //! (`tests/browser/setup.sh` installs them). Missing pieces FAIL the test with instructions, unless
@@ -113,8 +114,22 @@ fn chromium_pushes_its_camera_and_pulls_it_back() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["event"] == "case")
         .collect();
-    assert_eq!(cases.len(), 2, "expected two cases");
-    for c in &cases {
+    let expected = [
+        ("two-pcs", "video/VP8"),
+        ("same-pc", "video/VP8"),
+        ("vp9", "video/VP9"),
+        ("h264", "video/H264"),
+        ("av1", "video/AV1"),
+    ];
+    assert_eq!(
+        cases.len(),
+        expected.len(),
+        "expected {} cases",
+        expected.len()
+    );
+    for (c, (name, mime)) in cases.iter().zip(expected) {
+        assert_eq!(c["case"], name);
+        assert_eq!(c["last"]["mimeType"], mime, "{name} decoded another codec");
         assert_eq!(c["ok"], true, "{c}");
         let first = c["firstDecoded"]["framesDecoded"].as_u64().unwrap();
         let last = c["last"]["framesDecoded"].as_u64().unwrap();

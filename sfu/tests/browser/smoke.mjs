@@ -4,7 +4,8 @@
 // line per case. Exit status: 0 all cases passed, 1 a case failed, 2 a dependency is missing.
 //
 // Environment: SFU_URL (e.g. http://127.0.0.1:7880), APP_ID, APP_SECRET, optional CHROMIUM (binary path),
-// SMOKE_CASES (comma list of: two-pcs, same-pc; default both), WATCH_MS (default 15000).
+// SMOKE_CASES (comma list of: two-pcs, same-pc, vp9, h264, av1; default all), WATCH_MS (default 15000).
+// two-pcs and same-pc use VP8; the codec cases push that codec from one RTCPeerConnection to another.
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -15,7 +16,8 @@ const sfuUrl = process.env.SFU_URL;
 const appId = process.env.APP_ID;
 const secret = process.env.APP_SECRET;
 const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
-const cases = (process.env.SMOKE_CASES || 'two-pcs,same-pc').split(',').filter(Boolean);
+const cases = (process.env.SMOKE_CASES || 'two-pcs,same-pc,vp9,h264,av1').split(',').filter(Boolean);
+const codecOf = { 'two-pcs': 'VP8', 'same-pc': 'VP8', vp9: 'VP9', h264: 'H264', av1: 'AV1' };
 const watchMs = Number(process.env.WATCH_MS || 15000);
 
 function fail(code, message, extra = {}) {
@@ -107,7 +109,7 @@ try {
       await tab.goto(`${origin}/smoke.html`);
       result = await tab.evaluate(
         (opts) => window.runSmoke(opts),
-        { appId, secret, samePc: name === 'same-pc', watchMs },
+        { appId, secret, samePc: name === 'same-pc', watchMs, codec: codecOf[name] || 'VP8' },
       );
     } catch (e) {
       const pageLog = await tab.evaluate(() => (window.logLines || []).slice()).catch(() => []);
