@@ -143,7 +143,12 @@ async fn garbage_and_truncated_packets_do_not_disturb_a_live_session() {
     assert!(sfu.is_running(), "the SFU process died:\n{}", sfu.stderr());
     let m1 = sfu.metrics().await.unwrap();
     let dropped = m1.sum("satsuma_sfu_dropped_total") - m0.sum("satsuma_sfu_dropped_total");
-    eprintln!("drop counters rose by {dropped}");
+    eprintln!("drop counters rose by {dropped}:");
+    for (series, v) in &m1.samples {
+        if series.starts_with("satsuma_sfu_dropped_total") {
+            eprintln!("  {series} {v}");
+        }
+    }
     assert!(
         dropped >= (sent / 2) as f64,
         "drop counters rose by {dropped} for {sent} hostile datagrams"
