@@ -113,20 +113,31 @@ impl Server {
             addr,
             app,
             stop: stop_tx,
-            serve,
+            serve: Some(serve),
             tasks,
         })
     }
 }
 
-/// A running coordinator.
+/// A running coordinator. Dropping the handle stops it too (abruptly).
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
     app: Arc<App>,
     stop: watch::Sender<bool>,
-    serve: JoinHandle<()>,
+    serve: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(s) = &self.serve {
+            s.abort();
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 impl ServerHandle {
@@ -151,16 +162,16 @@ impl ServerHandle {
     }
 
     /// Closes every connection (1001) and stops the server.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.app.hub.close_all();
         let _ = self.stop.send(true);
-        for t in &self.tasks {
+        for t in self.tasks.drain(..) {
             t.abort();
         }
-        let mut serve = self.serve;
-        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut serve)
-            .await
-            .is_err()
+        if let Some(mut serve) = self.serve.take()
+            && tokio::time::timeout(std::time::Duration::from_secs(5), &mut serve)
+                .await
+                .is_err()
         {
             serve.abort();
         }
@@ -168,7 +179,10 @@ impl ServerHandle {
 
     /// Waits until the server stops on its own (it normally does not).
     pub async fn wait(&mut self) {
-        let _ = (&mut self.serve).await;
+        if let Some(serve) = self.serve.as_mut() {
+            let _ = serve.await;
+        }
+        self.serve = None;
     }
 }
 
