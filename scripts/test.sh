@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
-# The full Satsuma test suite: installs what the tests need (idempotent), then
-# runs formatting, lints and every test of the workspace.
+# The full Satsuma test suite (what CI runs via .ci/run). On a fresh Debian
+# machine with rustup it installs what the tests need (idempotent): the wasm
+# target, wasm-bindgen-cli, Chromium, Node packages. Then: formatting, lints,
+# the wasm build of the E2EE core, every Rust test of the workspace, and the
+# browser suite (the web client in headless Chromium against real servers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR=never
+START=$(date +%s)
+step() { echo; echo "== $* (+$(( $(date +%s) - START ))s)"; }
 
-echo "== toolchain and test dependencies"
+step "toolchain and test dependencies"
 ./scripts/setup.sh
+./sfu/tests/browser/setup.sh
 
-echo "== cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== cargo clippy"
+step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== cargo build (wasm32 E2EE core)"
+step "wasm32 build of the E2EE core"
 cargo build -p satsuma-e2ee --target wasm32-unknown-unknown
 
-echo "== cargo test"
+step "cargo test --workspace"
 cargo test --workspace
+
+step "browser suite"
+./scripts/test-browser.sh
+
+step "all tests passed"
