@@ -46,12 +46,11 @@ pub struct MemberConfig {
 pub enum Outbound {
     /// A binary client → server frame (`u8 kind ‖ payload`), ready to send as is.
     Binary(Vec<u8>),
-    /// The JSON message `ready {epoch, group_id}` (group id hex-encoded on the wire).
+    /// The JSON message `ready {epoch}`. The optional `group_id` field of the
+    /// coordinator protocol is [`Member::group_id`] (hex) when drained right away.
     Ready {
         /// The epoch reached.
         epoch: u64,
-        /// The group it was reached in.
-        group_id: Vec<u8>,
     },
 }
 
@@ -229,8 +228,18 @@ impl Member {
         self.events.pop_front()
     }
 
+    /// The coordinator's `welcome`: the room snapshot after entry `seq` (the ids of
+    /// `welcome.snapshot.participants`; the joiner itself is not in it, its own
+    /// `joined` is entry `seq + 1`). Call before feeding entries; entries up to
+    /// `seq` are then ignored as already covered by the snapshot.
+    pub fn handle_welcome(&mut self, now: Duration, seq: u64, live: &[ParticipantId]) {
+        self.last_seq = self.last_seq.max(seq);
+        self.handle_roster(now, live);
+    }
+
     /// The room's live participants as of the connection's first log position
-    /// (the coordinator's snapshot). Call before feeding entries.
+    /// (the coordinator's snapshot). Call before feeding entries. Prefer
+    /// [`Member::handle_welcome`], which also records the snapshot's `seq`.
     pub fn handle_roster(&mut self, now: Duration, live: &[ParticipantId]) {
         let live = live.to_vec();
         self.key_packages.retain(|id, _| live.contains(id));
@@ -443,11 +452,7 @@ impl Member {
                     self.group.drop_group();
                     self.lose_group("left the group".into());
                 }
-                Action::Ready { epoch } => {
-                    if let Some(group_id) = self.group.group_id() {
-                        self.outbound.push_back(Outbound::Ready { epoch, group_id });
-                    }
-                }
+                Action::Ready { epoch } => self.outbound.push_back(Outbound::Ready { epoch }),
                 Action::EpochChanged { epoch, members, .. } => {
                     if let Err(e) = self.install_epoch(now, epoch, members) {
                         tracing::warn!(error = %e, "could not derive epoch secrets");

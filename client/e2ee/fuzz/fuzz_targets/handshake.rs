@@ -13,7 +13,7 @@ use satsuma_e2ee::relay::Entry;
 fn member(id: u64, creator: bool) -> Option<Member> {
     let mut m = Member::new(id, MemberConfig::default()).ok()?;
     let t = Duration::from_secs(1);
-    m.handle_roster(t, &[1, 2]);
+    m.handle_welcome(t, 0, &[1, 2]);
     if creator {
         m.handle_entry(
             t,

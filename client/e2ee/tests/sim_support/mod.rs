@@ -98,7 +98,7 @@ impl Coordinator {
     }
 
     /// A message from participant `from`.
-    pub fn receive(&mut self, from: u64, msg: Outbound, now: Duration) {
+    pub fn receive(&mut self, from: u64, msg: Outbound, group_id: Option<Vec<u8>>, now: Duration) {
         if !self.live.contains(&from) {
             return;
         }
@@ -141,11 +141,11 @@ impl Coordinator {
                     self.maybe_execute(None);
                 }
             }
-            Outbound::Ready { epoch, group_id } => {
+            Outbound::Ready { epoch } => {
                 if self
                     .group
                     .as_ref()
-                    .is_some_and(|(g, e)| *g == group_id && epoch <= *e)
+                    .is_some_and(|(g, e)| group_id.is_none_or(|x| x == *g) && epoch <= *e)
                 {
                     self.group_members.insert(from);
                     if self.epoch() == Some(epoch) {
@@ -183,7 +183,9 @@ impl Coordinator {
 pub struct Client {
     pub member: Member,
     pub cursor: usize,
-    pub outbox: VecDeque<Outbound>,
+    /// Messages with the group id at the time they were drained (what a driver
+    /// puts in `ready`'s optional `group_id`).
+    pub outbox: VecDeque<(Outbound, Option<Vec<u8>>)>,
     pub events: Vec<MemberEvent>,
 }
 
@@ -227,7 +229,7 @@ impl Room {
             .copied()
             .filter(|x| *x != id)
             .collect();
-        member.handle_roster(self.now, &live_before);
+        member.handle_welcome(self.now, cursor as u64, &live_before);
         self.clients.insert(
             id,
             Client {
@@ -277,7 +279,7 @@ impl Room {
             c.cursor += 1;
             done += 1;
             while let Some(o) = c.member.poll_outbound() {
-                c.outbox.push_back(o);
+                c.outbox.push_back((o, c.member.group_id()));
             }
             while let Some(e) = c.member.poll_event() {
                 c.events.push(e);
@@ -294,10 +296,10 @@ impl Room {
             let Some(c) = self.clients.get_mut(&id) else {
                 break;
             };
-            let Some(m) = c.outbox.pop_front() else {
+            let Some((m, g)) = c.outbox.pop_front() else {
                 break;
             };
-            self.coord.receive(id, m, now);
+            self.coord.receive(id, m, g, now);
             done += 1;
         }
         done
@@ -310,7 +312,7 @@ impl Room {
         for c in self.clients.values_mut() {
             c.member.tick(now);
             while let Some(o) = c.member.poll_outbound() {
-                c.outbox.push_back(o);
+                c.outbox.push_back((o, c.member.group_id()));
             }
             while let Some(e) = c.member.poll_event() {
                 c.events.push(e);
