@@ -413,6 +413,7 @@ class Call {
 
   note(message) {
     if (!message) return;
+    console.warn(`satsuma: ${message}`);
     this.problems.push({ at: Date.now(), message });
     if (this.problems.length > 50) this.problems.shift();
     this.view.banner(message, 'warn');

@@ -92,20 +92,27 @@ describe('E2EE call in the browser', { timeout: 240000 }, () => {
     await assertDecodes(pages.bob, pages.erin.participantId);
   }));
 
-  it('without decryption frames arrive but none decode; a keyless observer sees the FA FA trailer', check(async () => {
+  it('without decryption frames arrive but (almost) none decode; a keyless observer sees the FA FA trailer', check(async () => {
     pages.nodecrypt = await joinPage(browser, servers.base, { room, name: 'NoDecrypt', params: { decrypt: '0' } });
     pages.observer = await joinPage(browser, servers.base, { room, name: 'Observer', params: { keyless: '1', send: '0' } });
     const from = pages.bob.participantId;
+    const keyedBefore = await remoteTrack(pages.carol, from, 'video');
     for (const page of [pages.nodecrypt, pages.observer]) {
-      const t = await waitFor(`${page.label} to receive encrypted frames from Bob`, async () => {
+      const t = await waitFor(`${page.label} to receive 100 encrypted frames from Bob`, async () => {
         const r = await remoteTrack(page, from, 'video');
-        return r && r.framesReceived > 20 && r.protocolFrames > 20 ? r : null;
-      }, { timeout: 25000 });
-      assert.equal(t.framesDecoded, 0, `${page.label} decoded ciphertext: ${JSON.stringify(t)}`);
+        return r && r.framesReceived > 100 && r.protocolFrames > 100 ? r : null;
+      }, { timeout: 30000 });
+      // The VP8 keyframe header stays clear (the packetizer needs it), so libvpx
+      // may turn an encrypted keyframe into a frame of noise now and then; an
+      // encrypted delta frame never decodes. A keyed receiver decodes nearly all.
+      assert.ok(t.framesDecoded * 20 < t.framesReceived, `${page.label} decoded ciphertext: ${JSON.stringify(t)}`);
       assert.deepEqual(t.lastBytes, [0xfa, 0xfa], 'frames end in the DAVE magic');
+      assert.ok(t.protocolFrames >= t.framesReceived * 0.9, `frames are DAVE protocol frames: ${JSON.stringify(t)}`);
     }
-    // Meanwhile the keyed members still decode each other.
-    await assertDecodes(pages.carol, from);
+    const keyed = await remoteTrack(pages.carol, from, 'video');
+    const got = keyed.framesReceived - keyedBefore.framesReceived;
+    const decoded = keyed.framesDecoded - keyedBefore.framesDecoded;
+    assert.ok(got > 50 && decoded > got * 0.9, `the keyed member decodes: ${got} received, ${decoded} decoded`);
     assert.equal(await safetyNumber(pages.observer), null, 'the observer holds no keys');
     await screenshot(pages.observer, 'keyless-observer');
   }));

@@ -107,7 +107,7 @@ export async function joinPage(browser, base, { room, name, params = {}, initScr
   page.on('pageerror', (e) => page.consoleLines.push(`pageerror: ${e.message}`));
   if (initScript) await page.addInitScript(initScript);
   const q = new URLSearchParams({ room, name, autojoin: '1', ...params });
-  await page.goto(`${base}/?${q}`);
+  await page.goto(`${base}/?${q}`, { waitUntil: 'domcontentloaded' });
   await page.waitForFunction(() => window.satsuma?.call?.me !== null && window.satsuma?.call?.me !== undefined, null, { timeout: 15000 });
   page.participantId = await page.evaluate(() => window.satsuma.call.me);
   page.label = name;
@@ -124,12 +124,16 @@ export async function safetyNumber(page) {
 
 /** Polls `fn` until it returns a truthy value; throws with `what` after `timeout` ms. */
 export async function waitFor(what, fn, { timeout = 20000, interval = 250 } = {}) {
-  const end = Date.now() + timeout;
+  const start = Date.now();
+  const end = start + timeout;
   let last;
   for (;;) {
     try {
       last = await fn();
-      if (last) return last;
+      if (last) {
+        if (Date.now() - start > 8000) console.log(`# slow: ${what} took ${((Date.now() - start) / 1000).toFixed(1)} s`);
+        return last;
+      }
     } catch (err) {
       last = err;
     }
