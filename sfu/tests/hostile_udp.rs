@@ -167,3 +167,103 @@ async fn garbage_and_truncated_packets_do_not_disturb_a_live_session() {
     let (n, c) = received(&newcomer.stats().await.unwrap());
     assert!(n > 10 && c == 0, "newcomer got {n} packets, {c} corrupt");
 }
+
+/// CRC-32 (IEEE), for STUN FINGERPRINT.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A STUN Binding Request as an ICE controlling agent would send it, with a forged (random)
+/// MESSAGE-INTEGRITY when `integrity` is set, and a correct FINGERPRINT.
+fn forged_binding_request(rng: &mut StdRng, username: &str, integrity: bool) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    let mut attr = |t: u16, v: &[u8]| {
+        attrs.extend_from_slice(&t.to_be_bytes());
+        attrs.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        attrs.extend_from_slice(v);
+        while attrs.len() % 4 != 0 {
+            attrs.push(0);
+        }
+    };
+    attr(0x0006, username.as_bytes()); // USERNAME
+    attr(0x0024, &0x6e7f_1effu32.to_be_bytes()); // PRIORITY
+    attr(0x802a, &rng.random::<u64>().to_be_bytes()); // ICE-CONTROLLING
+    attr(0x0025, &[]); // USE-CANDIDATE: asks an ICE-lite agent to switch to this path
+    if integrity {
+        let mac: Vec<u8> = (0..20).map(|_| rng.random::<u8>()).collect();
+        attr(0x0008, &mac); // MESSAGE-INTEGRITY (wrong: we do not know the password)
+    }
+    let mut m = vec![0x00, 0x01];
+    m.extend_from_slice(&((attrs.len() + 8) as u16).to_be_bytes());
+    m.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    m.extend((0..12).map(|_| rng.random::<u8>()));
+    m.extend_from_slice(&attrs);
+    let fp = crc32(&m) ^ 0x5354_554e;
+    m.extend_from_slice(&[0x80, 0x28, 0x00, 0x04]);
+    m.extend_from_slice(&fp.to_be_bytes());
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_stun_with_a_live_sessions_username_does_not_hijack_its_path() {
+    let mut sfu = SfuProcess::start(env!("CARGO_BIN_EXE_satsuma-sfu"), &[]).unwrap();
+    let cfg = BotConfig::new(&sfu.base_url(), APP_ID, APP_SECRET);
+    let publisher = Bot::connect_with(cfg.clone()).await.unwrap();
+    publisher.publish_audio("mic").await.unwrap();
+    publisher.wait_connected(CONNECT).await.unwrap();
+    let sub = Bot::connect_with(cfg).await.unwrap();
+    sub.subscribe(publisher.session_id(), "mic").await.unwrap();
+    sub.wait_connected(CONNECT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (bot_ufrag, sfu_ufrag) = sub.ice_ufrags().await.unwrap();
+    let username = format!("{}:{bot_ufrag}", sfu_ufrag.expect("SFU ufrag from its SDP"));
+    let (before, _) = received(&sub.stats().await.unwrap());
+
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut attackers = Vec::new();
+    for _ in 0..4 {
+        attackers.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut sent = 0;
+    while tokio::time::Instant::now() < until {
+        for (i, a) in attackers.iter().enumerate() {
+            let m = forged_binding_request(&mut rng, &username, i % 2 == 0);
+            a.send_to(&m, sfu.udp_addr).await.unwrap();
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing but (at most) STUN error responses may reach the attackers: no media.
+    let mut buf = [0u8; 2048];
+    for a in &attackers {
+        while let Ok((n, _)) = a.try_recv_from(&mut buf) {
+            assert!(
+                n < 20 || buf[0] >> 6 != 2,
+                "an attacker received RTP/RTCP ({n} bytes): the session's path was hijacked"
+            );
+        }
+    }
+    let (after, corrupt) = received(&sub.stats().await.unwrap());
+    eprintln!("sent {sent} forged binding requests; subscriber {before} -> {after} packets");
+    assert!(
+        after > before + 100,
+        "media to the real subscriber stopped: {before} -> {after}"
+    );
+    assert_eq!(corrupt, 0);
+    let ss = sub.stats().await.unwrap();
+    assert_eq!(ss.participant.subscribed[0].received.lost, 0, "{ss:#?}");
+    assert!(sfu.is_running());
+}

@@ -369,6 +369,11 @@ impl Bot {
         self.with(move |p, now| p.set_sending(now, sending)).await
     }
 
+    /// ICE usernames `(local, remote)`: the bot's, and the SFU's from its last SDP.
+    pub async fn ice_ufrags(&self) -> Result<(String, Option<String>), BotError> {
+        self.with(|p, _| p.ice_ufrags()).await
+    }
+
     /// Send arbitrary bytes from this bot's UDP socket (for hostile-input tests).
     pub async fn send_raw(&self, destination: SocketAddr, bytes: Vec<u8>) -> Result<(), BotError> {
         self.with(move |p, _| p.send_raw(destination, bytes)).await

@@ -196,6 +196,7 @@ pub struct Participant {
     transport: TransportStats,
     sending: bool,
     next_track_id: u64,
+    remote_ufrag: Option<String>,
 }
 
 impl std::fmt::Debug for Participant {
@@ -247,6 +248,7 @@ impl Participant {
             },
             sending: config.send_on_publish,
             next_track_id: track_id_seed,
+            remote_ufrag: None,
         };
         p.drain(now);
         Ok(p)
@@ -470,6 +472,7 @@ impl Participant {
         let r = self.rtc.sdp_api().accept_answer(pending, answer);
         self.drain(now);
         r?;
+        self.note_remote_ufrag(sdp);
         for (mid, spec) in new_tracks {
             let rtp_base: (u16, u32) = (rand::random(), rand::random());
             self.next_track_id = self.next_track_id.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -524,6 +527,7 @@ impl Participant {
         let r = self.rtc.sdp_api().accept_offer(offer);
         self.drain(now);
         let answer = r?;
+        self.note_remote_ufrag(sdp);
         for p in pulls {
             self.subscribed.insert(
                 Mid::from(p.mid.as_str()),
@@ -547,6 +551,23 @@ impl Participant {
     /// hostile-input tests; str0m never sees them).
     pub fn send_raw(&mut self, destination: SocketAddr, bytes: Vec<u8>) {
         self.outbox.push_back((self.local_addr, destination, bytes));
+    }
+
+    fn note_remote_ufrag(&mut self, sdp: &str) {
+        if let Some(u) = sdp
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        {
+            self.remote_ufrag = Some(u.to_owned());
+        }
+    }
+
+    /// ICE usernames: ours, and the peer's from its last SDP (for tests that forge STUN).
+    pub fn ice_ufrags(&mut self) -> (String, Option<String>) {
+        (
+            self.rtc.direct_api().local_ice_credentials().ufrag,
+            self.remote_ufrag.clone(),
+        )
     }
 
     /// Stop the `Rtc` (no more output).
@@ -721,6 +742,10 @@ mod tests {
             .collect();
         let answer = b.accept_offer(t0, &offer, &pulls).unwrap();
         a.accept_answer(t0, &answer).unwrap();
+        let (a_local, a_remote) = a.ice_ufrags();
+        let (b_local, b_remote) = b.ice_ufrags();
+        assert_eq!(a_remote.as_deref(), Some(b_local.as_str()));
+        assert_eq!(b_remote.as_deref(), Some(a_local.as_str()));
 
         let mut now = t0;
         let step = Duration::from_millis(5);
