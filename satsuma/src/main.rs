@@ -14,6 +14,7 @@
 mod announce;
 mod settings;
 mod stack;
+mod tls;
 
 use std::process::ExitCode;
 

@@ -32,7 +32,7 @@ pub(crate) const DEFAULT_APP_ID: &str = "satsuma";
 pub(crate) struct Cli {
     /// TOML configuration file. Keys: listen, public_url, sfu_api, media, announce_ips,
     /// detect_lan, web_dir, dev_tokens, app_id, app_secret, token_secret, drain_secs, log,
-    /// log_format.
+    /// log_format, tls_cert, tls_key, tls_self_signed.
     #[arg(long, env = "SATSUMA_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 
@@ -122,6 +122,31 @@ pub(crate) struct Cli {
     #[arg(long, env = "SATSUMA_LOG_FORMAT", value_name = "FORMAT")]
     pub(crate) log_format: Option<LogFormat>,
 
+    /// PEM certificate chain for serving the web port over HTTPS (built-in rustls); needs
+    /// --tls-key. Browsers only allow camera and microphone on https:// (or localhost).
+    #[arg(
+        long,
+        env = "SATSUMA_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "SATSUMA_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub(crate) tls_key: Option<PathBuf>,
+
+    /// Serve the web port over HTTPS with a certificate generated at start for localhost and the
+    /// announced addresses. Browsers warn about it; accept the warning to try Satsuma from
+    /// another machine on the LAN. [default: false]
+    #[arg(long, env = "SATSUMA_TLS_SELF_SIGNED", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) tls_self_signed: Option<bool>,
+
     /// Only check the configuration (file, environment and flags): print the resolved settings
     /// (secrets shown only as set or not) and exit with status 0, or 2 if it is invalid.
     #[arg(long)]
@@ -170,6 +195,12 @@ pub(crate) struct FileSettings {
     pub(crate) log: Option<String>,
     /// See `--log-format`.
     pub(crate) log_format: Option<LogFormat>,
+    /// See `--tls-cert`.
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// See `--tls-key`.
+    pub(crate) tls_key: Option<PathBuf>,
+    /// See `--tls-self-signed`.
+    pub(crate) tls_self_signed: Option<bool>,
 }
 
 impl FileSettings {
@@ -213,6 +244,24 @@ pub(crate) struct Settings {
     pub(crate) log: String,
     /// Log format.
     pub(crate) log_format: LogFormat,
+    /// Built-in HTTPS on the web port.
+    pub(crate) tls: Tls,
+}
+
+/// Whether and how the web port speaks HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Tls {
+    /// Plain HTTP (behind a TLS reverse proxy in production).
+    Off,
+    /// Certificate chain and key from PEM files.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// A certificate generated at start.
+    SelfSigned,
 }
 
 fn parse_default(addr: &str) -> SocketAddr {
@@ -255,7 +304,23 @@ impl Settings {
         } else {
             cli.announce_ips
         };
+        let tls_cert = cli.tls_cert.or(file.tls_cert);
+        let tls_key = cli.tls_key.or(file.tls_key);
+        let self_signed = cli
+            .tls_self_signed
+            .or(file.tls_self_signed)
+            .unwrap_or(false);
+        let tls = match (tls_cert, tls_key, self_signed) {
+            (None, None, false) => Tls::Off,
+            (None, None, true) => Tls::SelfSigned,
+            (Some(cert), Some(key), false) => Tls::Files { cert, key },
+            (Some(_), Some(_), true) => {
+                bail!("tls_self_signed and tls_cert/tls_key exclude each other")
+            }
+            _ => bail!("tls_cert and tls_key must be given together"),
+        };
         Ok(Settings {
+            tls,
             listen: cli
                 .listen
                 .or(file.listen)
@@ -322,6 +387,13 @@ impl Settings {
             format!("drain_secs = {}", self.drain.as_secs_f64()),
             format!("log = {}", self.log),
             format!("log_format = {:?}", self.log_format).to_lowercase(),
+            match &self.tls {
+                Tls::Off => "tls = off".to_string(),
+                Tls::SelfSigned => "tls = self-signed".to_string(),
+                Tls::Files { cert, key } => {
+                    format!("tls = cert {} key {}", cert.display(), key.display())
+                }
+            },
         ]
         .join("\n")
     }
@@ -417,6 +489,31 @@ mod tests {
             ..Cli::default()
         };
         assert!(Settings::resolve(app, FileSettings::default()).is_err());
+    }
+
+    #[test]
+    fn tls_options_must_be_consistent() {
+        let s = Settings::resolve(Cli::default(), FileSettings::default()).unwrap();
+        assert_eq!(s.tls, Tls::Off);
+        let cli = Cli::try_parse_from(["satsuma", "--tls-self-signed"]).unwrap();
+        let s = Settings::resolve(cli, FileSettings::default()).unwrap();
+        assert_eq!(s.tls, Tls::SelfSigned);
+        let file: FileSettings =
+            toml::from_str("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n").unwrap();
+        let s = Settings::resolve(Cli::default(), file).unwrap();
+        assert_eq!(
+            s.tls,
+            Tls::Files {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            }
+        );
+        assert!(Cli::try_parse_from(["satsuma", "--tls-cert", "c.pem"]).is_err());
+        let half: FileSettings = toml::from_str("tls_cert = \"c.pem\"\n").unwrap();
+        assert!(Settings::resolve(Cli::default(), half).is_err());
+        let both: FileSettings =
+            toml::from_str("tls_cert = \"c\"\ntls_key = \"k\"\ntls_self_signed = true\n").unwrap();
+        assert!(Settings::resolve(Cli::default(), both).is_err());
     }
 
     #[test]

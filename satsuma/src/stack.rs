@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::time::Instant;
 
-use crate::settings::Settings;
+use crate::settings::{Settings, Tls};
+use crate::tls::{self, CertSource, TlsFront};
 
 /// How long WebSocket tasks get to flush their close frames after the coordinator stopped.
 const CLOSE_LINGER: Duration = Duration::from_millis(300);
@@ -77,17 +78,18 @@ pub(crate) fn reachable(bound: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, bound.port())
 }
 
-/// The embedded coordinator's configuration: the configured listen address and dev mode, the
-/// shared secrets, the web directory, and the embedded SFU (bound at `sfu_http`) as its only
-/// node.
+/// The embedded coordinator's configuration: `listen` (the web address, or a loopback port
+/// behind the TLS front), dev mode, the shared secrets, the web directory, and the embedded SFU
+/// (bound at `sfu_http`) as its only node.
 pub(crate) fn coordinator_config(
     settings: &Settings,
     secrets: &Secrets,
     web_dir: PathBuf,
+    listen: SocketAddr,
     sfu_http: SocketAddr,
 ) -> satsuma_coordinator::Config {
     satsuma_coordinator::Config {
-        listen: settings.listen,
+        listen,
         jwt_secret: secrets.token_secret.clone(),
         dev: settings.dev_tokens,
         web_dir,
@@ -98,16 +100,35 @@ pub(crate) fn coordinator_config(
     }
 }
 
-/// The URL users open: the configured public URL, else `http://localhost:PORT/` when bound to
-/// loopback or every address, else the bound address.
+/// The URL users open: the configured public URL, else `http(s)://localhost:PORT/` when bound
+/// to loopback or every address, else the bound address.
 pub(crate) fn user_url(settings: &Settings, web: SocketAddr) -> String {
     if let Some(url) = &settings.public_url {
         return url.clone();
     }
-    if web.ip().is_loopback() || web.ip().is_unspecified() {
-        format!("http://localhost:{}/", web.port())
+    let scheme = if settings.tls == Tls::Off {
+        "http"
     } else {
-        format!("http://{web}/")
+        "https"
+    };
+    if web.ip().is_loopback() || web.ip().is_unspecified() {
+        format!("{scheme}://localhost:{}/", web.port())
+    } else {
+        format!("{scheme}://{web}/")
+    }
+}
+
+/// The TLS certificate source for `settings`, if the web port speaks HTTPS.
+pub(crate) fn cert_source(settings: &Settings, announce_ips: &[IpAddr]) -> Option<CertSource> {
+    match &settings.tls {
+        Tls::Off => None,
+        Tls::Files { cert, key } => Some(CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        Tls::SelfSigned => Some(CertSource::SelfSigned {
+            names: tls::self_signed_names(announce_ips),
+        }),
     }
 }
 
@@ -143,6 +164,7 @@ pub(crate) fn default_web_dirs() -> Vec<PathBuf> {
 pub(crate) struct Stack {
     sfu: satsuma_sfu::ServerHandle,
     coordinator: satsuma_coordinator::ServerHandle,
+    tls: Option<TlsFront>,
 }
 
 impl Stack {
@@ -153,23 +175,50 @@ impl Stack {
         announce_ips: Vec<IpAddr>,
         web_dir: PathBuf,
     ) -> anyhow::Result<Stack> {
+        // Certificate problems are configuration errors: find them before binding anything.
+        let tls_config = match cert_source(settings, &announce_ips) {
+            Some(source) => Some(tls::server_config(&source)?),
+            None => None,
+        };
         let sfu = satsuma_sfu::Server::bind(sfu_config(settings, secrets, announce_ips))
             .await
             .context("starting the SFU")?;
+        // Behind the TLS front the coordinator listens on a loopback port of its own.
+        let coordinator_listen = if tls_config.is_some() {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
+        } else {
+            settings.listen
+        };
         let coordinator = satsuma_coordinator::Server::bind(coordinator_config(
             settings,
             secrets,
             web_dir,
+            coordinator_listen,
             sfu.http_addr(),
         ))
         .await
         .context("starting the coordinator")?;
-        Ok(Stack { sfu, coordinator })
+        let tls = match tls_config {
+            Some(config) => Some(
+                TlsFront::bind(settings.listen, coordinator.local_addr(), config)
+                    .await
+                    .context("starting the TLS front")?,
+            ),
+            None => None,
+        };
+        Ok(Stack {
+            sfu,
+            coordinator,
+            tls,
+        })
     }
 
     /// Where the web client, coordinator WebSocket and `/token` are served.
     pub(crate) fn web_addr(&self) -> SocketAddr {
-        self.coordinator.local_addr()
+        match &self.tls {
+            Some(front) => front.local_addr(),
+            None => self.coordinator.local_addr(),
+        }
     }
 
     /// The SFU's HTTP API and `/metrics`.
@@ -188,7 +237,18 @@ impl Stack {
     /// aborted when the handles drop) so the process always exits.
     pub(crate) async fn shutdown(self, drain: Duration) {
         let deadline = Instant::now() + drain;
-        let Stack { sfu, coordinator } = self;
+        let Stack {
+            sfu,
+            coordinator,
+            tls,
+        } = self;
+        if let Some(front) = tls
+            && tokio::time::timeout_at(deadline, front.stop_accepting())
+                .await
+                .is_err()
+        {
+            tracing::warn!("TLS front did not stop in time");
+        }
         if tokio::time::timeout_at(deadline, coordinator.shutdown())
             .await
             .is_err()
@@ -251,6 +311,7 @@ mod tests {
             &s,
             &secrets,
             PathBuf::from("web"),
+            s.listen,
             "0.0.0.0:7880".parse().unwrap(),
         );
         assert_eq!(sfu.apps.len(), 1);
@@ -280,6 +341,14 @@ mod tests {
         assert_eq!(
             user_url(&s, "192.0.2.1:80".parse().unwrap()),
             "http://192.0.2.1:80/"
+        );
+        let tls = Settings {
+            tls: Tls::SelfSigned,
+            ..s.clone()
+        };
+        assert_eq!(
+            user_url(&tls, "127.0.0.1:8443".parse().unwrap()),
+            "https://localhost:8443/"
         );
         let public = Settings {
             public_url: Some("https://meet.example.com/".into()),

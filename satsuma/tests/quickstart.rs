@@ -330,3 +330,158 @@ fn help_documents_every_flag_with_its_environment_variable() {
         );
     }
 }
+
+/// A TLS client that trusts exactly `cert`.
+fn tls_connector(cert: &rcgen::Certificate) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_tls_serves_https_and_wss() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("satsuma-tls-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, generated.cert.pem()).unwrap();
+    std::fs::write(&key_path, generated.signing_key.serialize_pem()).unwrap();
+    let mut srv = start(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
+    let connector = tls_connector(&generated.cert);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+
+    // The URL printed is https://.
+    let mut printed = Vec::new();
+    while let Ok(line) = srv.stdout.recv_timeout(Duration::from_millis(500)) {
+        let done = line.contains("Open ");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let open = format!("https://localhost:{}/", srv.web.port());
+    assert!(printed.iter().any(|l| l.contains(&open)), "{printed:?}");
+
+    // HTTPS: the web client's index.html.
+    let tcp = tokio::net::TcpStream::connect(srv.web).await.unwrap();
+    let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, tls.read_to_end(&mut response))
+        .await
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let index = std::fs::read_to_string(web_dir().join("index.html")).unwrap();
+    assert!(response.ends_with(&index), "body differs from index.html");
+
+    // Plain HTTP on the TLS port gets no page.
+    let mut plain = tokio::net::TcpStream::connect(srv.web).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, plain.read_to_end(&mut buf)).await;
+    assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"));
+
+    // WSS: a token and a join over the TLS front; SIGTERM reaches the client as 1001.
+    let token = {
+        let tcp = tokio::net::TcpStream::connect(srv.web).await.unwrap();
+        let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
+        let body = json!({"room": "secure"}).to_string();
+        let request = format!(
+            "POST /token HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, tls.read_to_end(&mut response))
+            .await
+            .unwrap();
+        let response = String::from_utf8_lossy(&response).to_string();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        let body = response.split("\r\n\r\n").nth(1).unwrap();
+        let v: Value = serde_json::from_str(body).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    };
+    let tcp = tokio::net::TcpStream::connect(srv.web).await.unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let url = format!("wss://localhost:{}/ws/secure", srv.web.port());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    let hello = json!({
+        "type": "hello",
+        "v": satsuma_coordinator::protocol::PROTOCOL_VERSION,
+        "token": token,
+    });
+    ws.send(Message::text(hello.to_string())).await.unwrap();
+    let welcome: Value = loop {
+        let msg = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            break serde_json::from_str(t.as_str()).unwrap();
+        }
+    };
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    sigterm(&srv.child);
+    let close = loop {
+        match tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+    assert!(wait_exit(&mut srv.child).success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn tls_with_an_unusable_certificate_fails_at_start() {
+    let dir = std::env::temp_dir().join(format!("satsuma-badtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "junk").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_satsuma"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--sfu-api",
+            "127.0.0.1:0",
+            "--media",
+            "127.0.0.1:0",
+        ])
+        .arg("--tls-cert")
+        .arg(&junk)
+        .arg("--tls-key")
+        .arg(&junk)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no certificate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
