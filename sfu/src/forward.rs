@@ -227,6 +227,15 @@ pub struct ForwardOutcome {
     pub wants_keyframe: Option<(ShardId, Option<Rid>)>,
 }
 
+/// What [`Forwarder::remove_session`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SessionRemoval {
+    /// The session's publications, each with the shards that had legs on it.
+    pub publications: Vec<(TrackId, Vec<ShardId>)>,
+    /// The session's legs: (leg, track, home shard of the track).
+    pub legs: Vec<(LegKey, TrackId, ShardId)>,
+}
+
 /// Where a throttled keyframe request should go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyframeTarget {
@@ -505,15 +514,8 @@ impl Forwarder {
         outcome
     }
 
-    /// Removes everything a session had here: its publications and its legs. Returns
-    /// `(publications with their subscriber shards, legs with their tracks)`.
-    pub fn remove_session(
-        &mut self,
-        session: SessionId,
-    ) -> (
-        Vec<(TrackId, Vec<ShardId>)>,
-        Vec<(LegKey, TrackId, ShardId)>,
-    ) {
+    /// Removes everything a session had here: its publications and its legs.
+    pub fn remove_session(&mut self, session: SessionId) -> SessionRemoval {
         let tracks: Vec<TrackId> = self
             .publications
             .iter()
@@ -531,7 +533,10 @@ impl Forwarder {
             .into_iter()
             .filter_map(|l| self.unsubscribe(l).map(|(t, h)| (l, t, h)))
             .collect();
-        (pubs, legs)
+        SessionRemoval {
+            publications: pubs,
+            legs,
+        }
     }
 }
 
@@ -788,7 +793,7 @@ mod tests {
             0,
         );
         let mut out = Vec::new();
-        let mut p = |seq: u64, rid: &str, key: bool, ms: u64| {
+        let p = |seq: u64, rid: &str, key: bool, ms: u64| {
             let mut p = packet(seq, (ms * 90) as u32, now + Duration::from_millis(ms));
             p.rid = Some(Rid::from(rid));
             p.keyframe = key;
@@ -831,9 +836,9 @@ mod tests {
         f.add_subscriber_shard(TrackId(1), 0);
         f.subscribe(TrackId(5), 4, leg(1, "3"), vec![], None, 1, 0);
         f.subscribe(TrackId(5), 4, leg(2, "3"), vec![], None, 1, 0);
-        let (pubs, legs) = f.remove_session(sid(1));
-        assert_eq!(pubs, vec![(TrackId(1), vec![0])]);
-        assert_eq!(legs, vec![(leg(1, "3"), TrackId(5), 4)]);
+        let removed = f.remove_session(sid(1));
+        assert_eq!(removed.publications, vec![(TrackId(1), vec![0])]);
+        assert_eq!(removed.legs, vec![(leg(1, "3"), TrackId(5), 4)]);
         assert_eq!(f.leg_count(), 1);
         assert_eq!(f.end_track(TrackId(5)), vec![leg(2, "3")]);
         assert_eq!(f.leg_count(), 0);

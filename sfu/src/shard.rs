@@ -627,14 +627,14 @@ impl Shard {
             }
             None => false,
         };
-        let (pubs, legs) = self.forwarder.remove_session(id);
-        for (track, shards) in pubs {
+        let removed = self.forwarder.remove_session(id);
+        for (track, shards) in removed.publications {
             self.ctx.metrics.tracks.dec();
             for shard in shards {
                 self.send_to_shard(shard, ShardMsg::TrackEnded { track });
             }
         }
-        for (_, track, home) in legs {
+        for (_, track, home) in removed.legs {
             self.ctx.metrics.subscriptions.dec();
             self.send_to_shard(
                 home,

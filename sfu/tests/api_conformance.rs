@@ -21,9 +21,11 @@ struct Sfu {
 
 impl Sfu {
     async fn start(adjust: impl FnOnce(&mut satsuma_sfu::Config)) -> Sfu {
-        let mut config = satsuma_sfu::Config::default();
-        config.http_bind = "127.0.0.1:0".parse().unwrap();
-        config.udp_bind = "127.0.0.1:0".parse().unwrap();
+        let mut config = satsuma_sfu::Config {
+            http_bind: "127.0.0.1:0".parse().unwrap(),
+            udp_bind: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        };
         config.apps.push(satsuma_sfu::App {
             id: "other".into(),
             secret: "other-secret".into(),
@@ -91,8 +93,8 @@ impl Sfu {
             .await
             .unwrap();
         text.lines()
-            .filter_map(|l| l.strip_prefix(line_prefix))
-            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .filter(|l| l.starts_with(line_prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
 }

@@ -175,9 +175,11 @@ impl Api {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_to_subscriber_payloads_arrive_byte_identical() {
-    let mut config = satsuma_sfu::Config::default();
-    config.http_bind = "127.0.0.1:0".parse().unwrap();
-    config.udp_bind = "127.0.0.1:0".parse().unwrap();
+    let config = satsuma_sfu::Config {
+        http_bind: "127.0.0.1:0".parse().unwrap(),
+        udp_bind: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
     let sfu = satsuma_sfu::Server::bind(config).await.unwrap();
     let api = Api {
         http: reqwest::Client::new(),

@@ -34,16 +34,18 @@ async fn metric(http: &reqwest::Client, base: &str, prefix: &str) -> f64 {
         .await
         .unwrap();
     text.lines()
-        .filter_map(|l| l.strip_prefix(prefix))
-        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_unknown_addresses_is_counted_and_harmless() {
-    let mut config = satsuma_sfu::Config::default();
-    config.http_bind = "127.0.0.1:0".parse().unwrap();
-    config.udp_bind = "127.0.0.1:0".parse().unwrap();
+    let config = satsuma_sfu::Config {
+        http_bind: "127.0.0.1:0".parse().unwrap(),
+        udp_bind: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
     let sfu = satsuma_sfu::Server::bind(config).await.unwrap();
     let target = sfu.udp_addr();
     let base = format!("http://{}", sfu.http_addr());
