@@ -6,7 +6,7 @@
 // request to any other origin. The only build step is the WebAssembly E2EE
 // core (scripts/build-web.sh writes ./pkg/).
 //
-// URL parameters: room, name, codec (VP8|VP9|H264), autojoin=1, and for tests
+// URL parameters: room, name, codec (VP8|VP9|H264), autojoin=1, video=WxH, and for tests
 // decrypt=0 (receive without decrypting), keyless=1 (never join the MLS
 // group), transform=legacy (use createEncodedStreams).
 
@@ -433,6 +433,7 @@ class Call {
       remote.push({
         participantId: pull.participantId, name: this.participants.get(pull.participantId)?.name, kind: pull.kind, trackName, mid: pull.mid,
         packetsReceived: s.packetsReceived ?? 0, framesReceived: s.framesReceived ?? 0, framesDecoded: s.framesDecoded ?? 0,
+        framesDropped: s.framesDropped ?? 0, keyFramesDecoded: s.keyFramesDecoded ?? 0, pliCount: s.pliCount ?? 0,
         totalSamplesReceived: s.totalSamplesReceived ?? 0, audioLevel: s.audioLevel ?? 0, codec: s.codec ?? null,
         decrypted: w.decrypted ?? 0, dropped: w.dropped ?? 0, protocolFrames: w.protocolFrames ?? 0,
         workerFrames: w.frames ?? 0, lastDrop: w.lastDrop ?? null, lastBytes: w.lastBytes ?? null, epoch: w.epoch ?? null,
@@ -510,7 +511,11 @@ async function lobby() {
   if (codec && ['VP8', 'VP9', 'H264'].includes(codec)) $('codec-select').value = codec;
 
   const preview = async () => {
-    await local.open({ cameraId: $('camera-select').value || undefined, micId: $('mic-select').value || undefined });
+    const [width, height] = (params.get('video') ?? '640x480').split('x').map(Number);
+    await local.open({
+      cameraId: $('camera-select').value || undefined, micId: $('mic-select').value || undefined,
+      width: width || 640, height: height || 480,
+    });
     $('preview').srcObject = local.video ? new MediaStream([local.video]) : null;
     $('preview-note').hidden = !local.problem;
     $('preview-note').textContent = local.problem ?? '';

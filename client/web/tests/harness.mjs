@@ -106,9 +106,10 @@ export async function joinPage(browser, base, { room, name, params = {}, initScr
   page.on('console', (m) => page.consoleLines.push(`${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => page.consoleLines.push(`pageerror: ${e.message}`));
   if (initScript) await page.addInitScript(initScript);
-  const q = new URLSearchParams({ room, name, autojoin: '1', ...params });
+  // Small video keeps a call of five pages affordable on two cores.
+  const q = new URLSearchParams({ room, name, autojoin: '1', video: '320x240', ...params });
   await page.goto(`${base}/?${q}`, { waitUntil: 'domcontentloaded' });
-  await page.waitForFunction(() => window.satsuma?.call?.me !== null && window.satsuma?.call?.me !== undefined, null, { timeout: 15000 });
+  await page.waitForFunction(() => window.satsuma?.call?.me !== null && window.satsuma?.call?.me !== undefined, null, { timeout: 30000 });
   page.participantId = await page.evaluate(() => window.satsuma.call.me);
   page.label = name;
   return page;
@@ -198,7 +199,7 @@ export async function leave(page) {
 /** Dumps page console lines (for failures). */
 export function dumpConsole(pages) {
   for (const p of pages) {
-    if (!p || p.isClosed?.()) continue;
+    if (!p?.consoleLines || p.isClosed()) continue;
     console.log(`--- console of ${p.label}`);
     for (const l of p.consoleLines.slice(-40)) console.log(l);
   }
