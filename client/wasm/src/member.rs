@@ -14,10 +14,23 @@ use crate::inbound::InboundTrack;
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum LogEntry {
-    Joined { seq: u64, id: u64 },
-    Left { seq: u64, id: u64 },
-    Creator { seq: u64, id: u64, group_id: String },
-    Execute { seq: u64, epoch: u64 },
+    Joined {
+        seq: u64,
+        id: u64,
+    },
+    Left {
+        seq: u64,
+        id: u64,
+    },
+    Creator {
+        seq: u64,
+        id: u64,
+        group_id: String,
+    },
+    Execute {
+        seq: u64,
+        epoch: u64,
+    },
     #[serde(other)]
     Other,
 }
@@ -211,7 +224,12 @@ impl GroupMember {
 
     /// Decrypts one frame received on `track` at `now_ms`. `undefined`: drop
     /// it; `track.last_drop()` says why.
-    pub fn decrypt(&mut self, track: &mut InboundTrack, frame: &[u8], now_ms: f64) -> Option<Vec<u8>> {
+    pub fn decrypt(
+        &mut self,
+        track: &mut InboundTrack,
+        frame: &[u8],
+        now_ms: f64,
+    ) -> Option<Vec<u8>> {
         let now = millis(now_ms);
         track.observe(frame);
         match self.member.decrypt(track.sender, frame, now) {
@@ -315,14 +333,23 @@ mod tests {
     #[test]
     fn entries_parse_and_unknown_types_are_ignored() {
         assert_eq!(
-            parse_entry(r#"{"seq":3,"type":"joined","id":2,"name":"x","joined_at_ms":1,"host":false}"#),
+            parse_entry(
+                r#"{"seq":3,"type":"joined","id":2,"name":"x","joined_at_ms":1,"host":false}"#
+            ),
             Ok(Some(Entry::Joined { seq: 3, id: 2 }))
         );
         assert_eq!(
             parse_entry(r#"{"seq":4,"type":"creator","id":1,"group_id":"0aff"}"#),
-            Ok(Some(Entry::Creator { seq: 4, id: 1, group_id: vec![0x0a, 0xff] }))
+            Ok(Some(Entry::Creator {
+                seq: 4,
+                id: 1,
+                group_id: vec![0x0a, 0xff]
+            }))
         );
-        assert_eq!(parse_entry(r#"{"seq":5,"type":"hand","id":1,"raised":true}"#), Ok(None));
+        assert_eq!(
+            parse_entry(r#"{"seq":5,"type":"hand","id":1,"raised":true}"#),
+            Ok(None)
+        );
         assert!(parse_entry(r#"{"seq":6,"type":"creator","id":1,"group_id":"zz"}"#).is_err());
         assert!(parse_entry("not json").is_err());
     }
@@ -341,7 +368,11 @@ mod tests {
         };
         a.on_welcome(r#"{"snapshot":{"participants":[{"id":1}]}}"#, at(0));
         push_json(&mut log, &mut seq, r#""type":"joined","id":1"#.into());
-        push_json(&mut log, &mut seq, r#""type":"creator","id":1,"group_id":"00112233"#.to_owned() + "\"");
+        push_json(
+            &mut log,
+            &mut seq,
+            r#""type":"creator","id":1,"group_id":"00112233"#.to_owned() + "\"",
+        );
         b.on_welcome(r#"{"snapshot":{"participants":[{"id":1}]}}"#, at(0));
         push_json(&mut log, &mut seq, r#""type":"joined","id":2"#.into());
         let mut delivered = [0usize; 2];
@@ -371,7 +402,11 @@ mod tests {
                     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
                     assert_eq!(v["type"], "ready");
                     if from == 2 {
-                        push_json(&mut log, &mut seq, format!(r#""type":"execute","epoch":{}"#, v["epoch"]));
+                        push_json(
+                            &mut log,
+                            &mut seq,
+                            format!(r#""type":"execute","epoch":{}"#, v["epoch"]),
+                        );
                     }
                 }
             }
@@ -381,12 +416,18 @@ mod tests {
         assert_eq!(sa.len(), 30);
         assert!(a.status_json().contains(r#""phase":"member""#));
 
-        let frame = [0x10u8, 2, 0, 0x9d, 1, 0x2a, 0x80, 2, 0xe0, 1, 5, 6, 7, 8, 9, 10, 11, 12];
+        let frame = [
+            0x10u8, 2, 0, 0x9d, 1, 0x2a, 0x80, 2, 0xe0, 1, 5, 6, 7, 8, 9, 10, 11, 12,
+        ];
         let sealed = a.encrypt("video/VP8", &frame).expect("a can send");
         assert_eq!(&sealed[sealed.len() - 2..], &[0xFA, 0xFA]);
         let mut track = InboundTrack::try_new(1.0, true).unwrap();
         assert_eq!(b.decrypt(&mut track, &sealed, at(t)), Some(frame.to_vec()));
-        assert_eq!(b.decrypt(&mut track, &sealed, at(t)), None, "replay refused");
+        assert_eq!(
+            b.decrypt(&mut track, &sealed, at(t)),
+            None,
+            "replay refused"
+        );
         assert_eq!(track.last_drop().as_deref(), Some("replay"));
         let mut wrong = InboundTrack::try_new(3.0, true).unwrap();
         assert_eq!(b.decrypt(&mut wrong, &sealed, at(t)), None);
@@ -402,7 +443,11 @@ mod tests {
         m.on_event(r#"{"seq":1}"#, 0.0);
         m.on_mls(&[1, 2, 3], 0.0);
         m.on_mls(&[0; 40], 0.0);
-        assert!(m.status_json().contains(r#""bad_inputs":4"#), "{}", m.status_json());
+        assert!(
+            m.status_json().contains(r#""bad_inputs":4"#),
+            "{}",
+            m.status_json()
+        );
         assert_eq!(m.encrypt("audio/opus", &[1, 2, 3]), None);
         assert!(GroupMember::try_new(-1.0).is_err());
         assert!(InboundTrack::try_new(f64::NAN, false).is_err());

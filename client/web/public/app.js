@@ -475,7 +475,7 @@ class Call {
       if (!this.flags.decrypt || !this.flags.mls) e2ee = ['not decrypting', 'bad'];
       else if (rs.some((r) => r.decrypted > 0) && !(video && video.framesDecoded === before && drops.length)) {
         const ep = rs.find((r) => r.epoch !== null)?.epoch;
-        e2ee = [`🔒 encrypted${ep !== undefined && ep !== null ? ` · epoch ${ep}` : ''}`, 'ok'];
+        e2ee = [`E2EE · encrypted${ep !== undefined && ep !== null ? ` · epoch ${ep}` : ''}`, 'ok'];
       } else if (drops.length) e2ee = [`cannot decrypt: ${drops[0].lastDrop}`, 'bad'];
       else e2ee = ['waiting for keys', 'warn'];
       this.view.updateTile(key, { conn, e2ee });

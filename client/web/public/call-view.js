@@ -54,7 +54,7 @@ export class CallView {
     const nameTag = el('span', { class: 'name' }, name);
     const conn = el('span', { class: 'pill' });
     const e2ee = el('span', { class: 'pill' });
-    const hand = el('span', { class: 'hand', hidden: true, title: 'Hand raised' }, '✋');
+    const hand = el('span', { class: 'hand', hidden: true, title: 'Hand raised' }, 'raised hand');
     const camOff = el('div', { class: 'muted-cam', hidden: true }, 'camera off');
     const root = el('div', { class: 'tile', 'data-key': key }, video, camOff, hand, el('div', { class: 'label' }, nameTag, conn, e2ee));
     $('grid').append(root);
@@ -109,7 +109,7 @@ export class CallView {
       const bits = [p.name];
       if (p.me) bits.push('(you)');
       if (p.host) bits.push('· host');
-      if (p.hand) bits.push('✋');
+      if (p.hand) bits.push('raised hand');
       const li = el('li', { 'data-id': String(p.id) }, el('span', { class: 'who' }, bits.join(' ')));
       if (meIsHost && !p.me) {
         li.append(

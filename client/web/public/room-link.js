@@ -198,7 +198,7 @@ export class RoomLink extends EventTarget {
       this.#finish(FINAL_CLOSES.get(code), reason);
       return;
     }
-    if (code === RESUME_FAILED || code === PRESENCE_TIMEOUT || this.participantId === null) {
+    if (this.participantId !== null && (code === RESUME_FAILED || code === PRESENCE_TIMEOUT)) {
       // The old participant is gone: join again as a new one.
       this.participantId = null;
       this.resumeToken = null;
