@@ -1,0 +1,449 @@
+//! Results: one [`ScenarioResult`] per (scenario, SFU), built from the worker reports and the SFU's
+//! `/proc` readings, rendered as JSON and as a Markdown table.
+
+use serde::{Deserialize, Serialize};
+
+use crate::worker::{Counters, TrackLatency, WorkerReport};
+
+/// Which SFU a result is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SfuKind {
+    /// Satsuma.
+    Satsuma,
+    /// Janus 1.1.2 VideoRoom.
+    Janus,
+}
+
+impl SfuKind {
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SfuKind::Satsuma => "satsuma",
+            SfuKind::Janus => "janus",
+        }
+    }
+}
+
+/// Latency percentiles, ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencyMs {
+    /// Typical track's median.
+    pub p50: f64,
+    /// Typical track's 99th percentile.
+    pub p99: f64,
+    /// Worst track's 99th percentile.
+    pub p99_worst: f64,
+    /// Tracks with samples.
+    pub tracks: usize,
+}
+
+/// Samples-weighted median of `values` (value, weight).
+fn weighted_median(mut values: Vec<(f64, u64)>) -> f64 {
+    values.retain(|(_, w)| *w > 0);
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total: u64 = values.iter().map(|(_, w)| w).sum();
+    let mut acc = 0;
+    for (v, w) in &values {
+        acc += w;
+        if acc * 2 >= total {
+            return *v;
+        }
+    }
+    values.last().map(|(v, _)| *v).unwrap_or(0.0)
+}
+
+impl LatencyMs {
+    /// Combine per-track summaries: samples-weighted medians of the per-track p50 and p99.
+    pub fn of(tracks: &[TrackLatency]) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            p50: weighted_median(tracks.iter().map(|t| (ms(t.p50_us), t.samples)).collect()),
+            p99: weighted_median(tracks.iter().map(|t| (ms(t.p99_us), t.samples)).collect()),
+            p99_worst: tracks.iter().map(|t| ms(t.p99_us)).fold(0.0, f64::max),
+            tracks: tracks.iter().filter(|t| t.samples > 0).count(),
+        }
+    }
+}
+
+/// SFU process readings over the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessReadings {
+    /// Window length, s.
+    pub window_s: f64,
+    /// utime + stime of the SFU over the window, s.
+    pub cpu_s: f64,
+    /// RSS before any participant joined, MiB.
+    pub rss_idle_mib: f64,
+    /// RSS at the end of the window, MiB.
+    pub rss_mib: f64,
+    /// utime + stime of all bot workers over the window, s.
+    pub bots_cpu_s: f64,
+    /// 1-minute load average at the start of the window.
+    pub loadavg: f64,
+}
+
+/// The outcome of one scenario against one SFU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioResult {
+    /// Scenario name.
+    pub scenario: String,
+    /// SFU.
+    pub sfu: SfuKind,
+    /// Participants (scenario's count).
+    pub participants: usize,
+    /// Publishers planned / connected.
+    pub publishers: (usize, usize),
+    /// Subscribers planned / connected.
+    pub subscribers: (usize, usize),
+    /// Nominal egress, packets/s.
+    pub nominal_egress_pps: f64,
+    /// Measured ingress (packets publishers sent), packets/s.
+    pub ingress_pps: f64,
+    /// Measured egress (RTP packets subscribers received), packets/s.
+    pub egress_pps: f64,
+    /// Egress, Mbit/s of RTP payload.
+    pub egress_mbps: f64,
+    /// SFU CPU, % of one core.
+    pub sfu_cpu_pct: f64,
+    /// SFU CPU per forwarded packet, µs.
+    pub cpu_us_per_packet: Option<f64>,
+    /// Loss, % of expected packets.
+    pub loss_pct: f64,
+    /// Corrupt or misrouted packets.
+    pub corrupt: u64,
+    /// One-way latency through the SFU.
+    pub latency: LatencyMs,
+    /// One-way latency of the direct baseline pairs.
+    pub baseline_latency: LatencyMs,
+    /// Server-added p50 (SFU path − baseline), ms.
+    pub added_p50_ms: f64,
+    /// Server-added p99 (typical track; SFU path − baseline), ms.
+    pub added_p99_ms: f64,
+    /// SFU RSS growth per participant, KiB.
+    pub rss_per_participant_kib: f64,
+    /// Raw readings.
+    pub process: ProcessReadings,
+    /// Summed worker counters over the window.
+    pub counters: Counters,
+    /// Problems seen while setting up.
+    pub notes: Vec<String>,
+}
+
+/// Inputs to [`ScenarioResult::build`] besides the worker reports.
+#[derive(Debug, Clone)]
+pub struct ScenarioMeta {
+    /// Scenario name.
+    pub scenario: String,
+    /// SFU.
+    pub sfu: SfuKind,
+    /// Participants.
+    pub participants: usize,
+    /// Planned publishers.
+    pub planned_publishers: usize,
+    /// Planned subscribers.
+    pub planned_subscribers: usize,
+    /// Nominal egress pps.
+    pub nominal_egress_pps: f64,
+    /// Notes.
+    pub notes: Vec<String>,
+}
+
+impl ScenarioResult {
+    /// Aggregate.
+    pub fn build(meta: ScenarioMeta, reports: &[WorkerReport], proc_: ProcessReadings) -> Self {
+        let mut c = Counters::default();
+        let mut lat = Vec::new();
+        let mut base_lat = Vec::new();
+        let (mut pubs, mut subs) = (0, 0);
+        for r in reports {
+            c = c.plus(&r.sfu);
+            lat.extend_from_slice(&r.latency);
+            base_lat.extend_from_slice(&r.baseline_latency);
+            pubs += r.publishers;
+            subs += r.subscribers;
+        }
+        let w = proc_.window_s.max(1e-3);
+        let latency = LatencyMs::of(&lat);
+        let baseline_latency = LatencyMs::of(&base_lat);
+        let expected = c.recv_unique + c.lost;
+        let rss_growth_kib = (proc_.rss_mib - proc_.rss_idle_mib) * 1024.0;
+        Self {
+            scenario: meta.scenario,
+            sfu: meta.sfu,
+            participants: meta.participants,
+            publishers: (meta.planned_publishers, pubs),
+            subscribers: (meta.planned_subscribers, subs),
+            nominal_egress_pps: meta.nominal_egress_pps,
+            ingress_pps: c.sent_packets as f64 / w,
+            egress_pps: c.recv_packets as f64 / w,
+            egress_mbps: c.recv_bytes as f64 * 8.0 / w / 1e6,
+            sfu_cpu_pct: proc_.cpu_s / w * 100.0,
+            cpu_us_per_packet: (c.recv_packets > 0)
+                .then(|| proc_.cpu_s * 1e6 / c.recv_packets as f64),
+            loss_pct: if expected > 0 {
+                c.lost as f64 * 100.0 / expected as f64
+            } else {
+                0.0
+            },
+            corrupt: c.corrupt + c.foreign,
+            added_p50_ms: latency.p50 - baseline_latency.p50,
+            added_p99_ms: latency.p99 - baseline_latency.p99,
+            latency,
+            baseline_latency,
+            rss_per_participant_kib: rss_growth_kib / meta.participants.max(1) as f64,
+            process: proc_,
+            counters: c,
+            notes: meta.notes,
+        }
+    }
+}
+
+/// Satsuma's CPU per packet over Janus's, per scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ratio {
+    /// Scenario.
+    pub scenario: String,
+    /// Satsuma µs per forwarded packet.
+    pub satsuma_us: f64,
+    /// Janus µs per forwarded packet.
+    pub janus_us: f64,
+    /// satsuma / janus.
+    pub ratio: f64,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// UTC start time.
+    pub started_utc: String,
+    /// Command line.
+    pub command: String,
+    /// Machine notes (cores, load).
+    pub machine: String,
+    /// Media notes.
+    pub media: String,
+    /// Results.
+    pub results: Vec<ScenarioResult>,
+    /// Ratios, where both SFUs ran a scenario.
+    pub ratios: Vec<Ratio>,
+}
+
+impl RunReport {
+    /// Fill in the ratios from the results.
+    pub fn compute_ratios(&mut self) {
+        let mut ratios = Vec::new();
+        for s in &self.results {
+            if s.sfu != SfuKind::Satsuma {
+                continue;
+            }
+            let Some(j) = self
+                .results
+                .iter()
+                .find(|r| r.sfu == SfuKind::Janus && r.scenario == s.scenario)
+            else {
+                continue;
+            };
+            if let (Some(a), Some(b)) = (s.cpu_us_per_packet, j.cpu_us_per_packet)
+                && b > 0.0
+            {
+                ratios.push(Ratio {
+                    scenario: s.scenario.clone(),
+                    satsuma_us: a,
+                    janus_us: b,
+                    ratio: a / b,
+                });
+            }
+        }
+        self.ratios = ratios;
+    }
+
+    /// Markdown: a results table and the ratios.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "Run {} — `{}`\n\nMachine: {}. Media: {}.\n\n",
+            self.started_utc, self.command, self.machine, self.media
+        ));
+        s.push_str(
+            "| scenario | SFU | pubs | subs | ingress pkt/s | egress pkt/s (nominal) | egress Mbit/s | \
+             SFU CPU % | µs CPU / fwd pkt | loss % | latency p50 / p99 ms | baseline p50 / p99 ms | \
+             server-added p50 / p99 ms | RSS idle→load MiB | RSS / participant KiB | bots CPU % | load avg |\n",
+        );
+        s.push_str(
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for r in &self.results {
+            let w = r.process.window_s.max(1e-3);
+            s.push_str(&format!(
+                "| {} | {} | {}/{} | {}/{} | {:.0} | {:.0} ({:.0}) | {:.1} | {:.1} | {} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1}→{:.1} | {:.0} | {:.0} | {:.1} |\n",
+                r.scenario,
+                r.sfu.name(),
+                r.publishers.1,
+                r.publishers.0,
+                r.subscribers.1,
+                r.subscribers.0,
+                r.ingress_pps,
+                r.egress_pps,
+                r.nominal_egress_pps,
+                r.egress_mbps,
+                r.sfu_cpu_pct,
+                r.cpu_us_per_packet
+                    .map_or_else(|| "–".to_owned(), |v| format!("{v:.1}")),
+                r.loss_pct,
+                r.latency.p50,
+                r.latency.p99,
+                r.baseline_latency.p50,
+                r.baseline_latency.p99,
+                r.added_p50_ms,
+                r.added_p99_ms,
+                r.process.rss_idle_mib,
+                r.process.rss_mib,
+                r.rss_per_participant_kib,
+                r.process.bots_cpu_s / w * 100.0,
+                r.process.loadavg,
+            ));
+        }
+        if !self.ratios.is_empty() {
+            s.push_str("\n| scenario | Satsuma µs/pkt | Janus µs/pkt | Satsuma ÷ Janus |\n|---|---|---|---|\n");
+            for r in &self.ratios {
+                s.push_str(&format!(
+                    "| {} | {:.2} | {:.2} | {:.3} |\n",
+                    r.scenario, r.satsuma_us, r.janus_us, r.ratio
+                ));
+            }
+        }
+        let notes: Vec<String> = self
+            .results
+            .iter()
+            .flat_map(|r| {
+                r.notes
+                    .iter()
+                    .map(move |n| format!("- {} / {}: {n}", r.scenario, r.sfu.name()))
+            })
+            .collect();
+        if !notes.is_empty() {
+            s.push_str("\nNotes:\n");
+            s.push_str(&notes.join("\n"));
+            s.push('\n');
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn report(recv: u64, lost: u64, lat: &[(u64, u64, u64)]) -> WorkerReport {
+        WorkerReport {
+            publishers: 1,
+            subscribers: 2,
+            sfu: Counters {
+                sent_packets: 500,
+                recv_packets: recv,
+                recv_unique: recv,
+                recv_bytes: recv * 100,
+                lost,
+                ..Counters::default()
+            },
+            baseline: Counters::default(),
+            latency: lat
+                .iter()
+                .map(|&(samples, p50_us, p99_us)| TrackLatency {
+                    samples,
+                    p50_us,
+                    p99_us,
+                })
+                .collect(),
+            baseline_latency: vec![TrackLatency {
+                samples: 10,
+                p50_us: 200,
+                p99_us: 900,
+            }],
+        }
+    }
+
+    fn meta(sfu: SfuKind) -> ScenarioMeta {
+        ScenarioMeta {
+            scenario: "audio".into(),
+            sfu,
+            participants: 4,
+            planned_publishers: 2,
+            planned_subscribers: 4,
+            nominal_egress_pps: 2000.0,
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn aggregates_rates_cpu_loss_latency_and_memory() {
+        let proc_ = ProcessReadings {
+            window_s: 10.0,
+            cpu_s: 0.5,
+            rss_idle_mib: 10.0,
+            rss_mib: 12.0,
+            bots_cpu_s: 1.0,
+            loadavg: 1.0,
+        };
+        let r = ScenarioResult::build(
+            meta(SfuKind::Satsuma),
+            &[
+                report(9_000, 100, &[(100, 1_000, 3_000)]),
+                report(11_000, 0, &[(300, 2_000, 5_000), (50, 9_000, 20_000)]),
+            ],
+            proc_,
+        );
+        assert_eq!(r.publishers, (2, 2));
+        assert_eq!(r.subscribers, (4, 4));
+        assert_eq!(r.ingress_pps, 100.0);
+        assert_eq!(r.egress_pps, 2_000.0);
+        assert!((r.cpu_us_per_packet.unwrap() - 25.0).abs() < 1e-9);
+        assert!((r.sfu_cpu_pct - 5.0).abs() < 1e-9);
+        assert!((r.loss_pct - 100.0 * 100.0 / 20_100.0).abs() < 1e-9);
+        assert_eq!(r.latency.p50, 2.0);
+        assert_eq!(r.latency.p99, 5.0);
+        assert_eq!(r.latency.p99_worst, 20.0);
+        assert!((r.added_p50_ms - 1.8).abs() < 1e-9);
+        assert!((r.added_p99_ms - 4.1).abs() < 1e-9);
+        assert!((r.rss_per_participant_kib - 512.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn ratio_pairs_scenarios_and_markdown_mentions_both() {
+        let p = ProcessReadings {
+            window_s: 1.0,
+            cpu_s: 0.1,
+            ..ProcessReadings::default()
+        };
+        let a = ScenarioResult::build(meta(SfuKind::Satsuma), &[report(1_000, 0, &[])], p);
+        let p2 = ProcessReadings { cpu_s: 0.4, ..p };
+        let b = ScenarioResult::build(meta(SfuKind::Janus), &[report(1_000, 0, &[])], p2);
+        let mut run = RunReport {
+            started_utc: "t".into(),
+            command: "c".into(),
+            machine: "m".into(),
+            media: "x".into(),
+            results: vec![a, b],
+            ratios: vec![],
+        };
+        run.compute_ratios();
+        assert_eq!(run.ratios.len(), 1);
+        assert!((run.ratios[0].ratio - 0.25).abs() < 1e-9);
+        let md = run.markdown();
+        assert!(md.contains("| audio | satsuma |"));
+        assert!(md.contains("| audio | janus |"));
+        assert!(md.contains("0.250"));
+    }
+
+    #[test]
+    fn weighted_median_weighs_samples() {
+        assert_eq!(weighted_median(vec![]), 0.0);
+        assert_eq!(weighted_median(vec![(1.0, 1), (5.0, 10), (9.0, 1)]), 5.0);
+        assert_eq!(weighted_median(vec![(1.0, 10), (5.0, 1)]), 1.0);
+    }
+}

@@ -1,0 +1,517 @@
+//! The controller: start each SFU, spawn bot workers, run the scenarios, measure, report.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use satsuma_bot::harness::{APP_ID, APP_SECRET, SfuProcess};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tracing::{info, warn};
+
+use crate::janus::JanusClient;
+use crate::janus_server::{JanusProcess, JanusSettings};
+use crate::media::MediaProfile;
+use crate::process;
+use crate::report::{ProcessReadings, RunReport, ScenarioMeta, ScenarioResult, SfuKind};
+use crate::scenario::{Plan, ScenarioKind};
+use crate::worker::{FeedRef, SubscribeSpec, Target, WorkerCommand, WorkerReply, WorkerReport};
+
+/// Where Satsuma comes from.
+#[derive(Debug, Clone)]
+pub enum SatsumaSource {
+    /// Start this binary per scenario.
+    Binary {
+        /// Path of `satsuma-sfu`.
+        path: PathBuf,
+        /// Extra flags.
+        args: Vec<String>,
+    },
+    /// Use a running SFU.
+    Running {
+        /// Base URL.
+        url: String,
+        /// App id.
+        app: String,
+        /// App secret.
+        secret: String,
+        /// Its pid, for CPU and memory.
+        pid: Option<u32>,
+    },
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// SFUs to measure, in order.
+    pub sfus: Vec<SfuKind>,
+    /// Scenarios, in order.
+    pub scenarios: Vec<ScenarioKind>,
+    /// Satsuma.
+    pub satsuma: SatsumaSource,
+    /// Janus.
+    pub janus: JanusSettings,
+    /// Audio scenario: publishers.
+    pub audio_publishers: usize,
+    /// Audio scenario: subscribers.
+    pub audio_subscribers: usize,
+    /// Meeting: participants.
+    pub meeting_size: usize,
+    /// Livestream: subscribers.
+    pub livestream_subscribers: usize,
+    /// Bot worker processes.
+    pub workers: usize,
+    /// Direct baseline pairs per worker.
+    pub baseline_pairs: usize,
+    /// Concurrent signaling operations per worker.
+    pub concurrency: usize,
+    /// Seconds between the last subscriber connecting and the window.
+    pub warmup: Duration,
+    /// Measurement window.
+    pub duration: Duration,
+    /// Media.
+    pub media: MediaProfile,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+struct WorkerProc {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl WorkerProc {
+    fn spawn() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("own executable")?;
+        let mut child = Command::new(exe)
+            .arg("worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn worker")?;
+        let stdin = child.stdin.take().context("worker stdin")?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        Ok(Self {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout).lines(),
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    async fn send(&mut self, cmd: &WorkerCommand) -> anyhow::Result<()> {
+        let mut text = serde_json::to_string(cmd)?;
+        text.push('\n');
+        self.stdin.write_all(text.as_bytes()).await?;
+        self.stdin.flush().await?;
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<WorkerReply> {
+        let line = tokio::time::timeout(REPLY_TIMEOUT, self.stdout.next_line())
+            .await
+            .context("worker reply timed out")??
+            .context("worker exited")?;
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.send(&WorkerCommand::Stop).await;
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// Send one command to every worker (each its own), then collect the replies in order.
+async fn broadcast(
+    workers: &mut [WorkerProc],
+    cmds: Vec<WorkerCommand>,
+) -> anyhow::Result<Vec<WorkerReply>> {
+    for (w, c) in workers.iter_mut().zip(&cmds) {
+        w.send(c).await?;
+    }
+    let mut out = Vec::new();
+    for w in workers.iter_mut() {
+        out.push(w.recv().await?);
+    }
+    Ok(out)
+}
+
+enum Sfu {
+    Satsuma(Option<SfuProcess>, Target, Option<u32>),
+    Janus(JanusProcess, Target),
+}
+
+impl Sfu {
+    async fn start(kind: SfuKind, opts: &RunOptions, plan: &Plan) -> anyhow::Result<Self> {
+        match kind {
+            SfuKind::Satsuma => match &opts.satsuma {
+                SatsumaSource::Binary { path, args } => {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    let p = SfuProcess::start(path, &args)
+                        .with_context(|| format!("start {}", path.display()))?;
+                    let target = Target::Satsuma {
+                        url: p.base_url(),
+                        app: APP_ID.into(),
+                        secret: APP_SECRET.into(),
+                    };
+                    let pid = Some(p.pid());
+                    Ok(Sfu::Satsuma(Some(p), target, pid))
+                }
+                SatsumaSource::Running {
+                    url,
+                    app,
+                    secret,
+                    pid,
+                } => Ok(Sfu::Satsuma(
+                    None,
+                    Target::Satsuma {
+                        url: url.clone(),
+                        app: app.clone(),
+                        secret: secret.clone(),
+                    },
+                    *pid,
+                )),
+            },
+            SfuKind::Janus => {
+                let mut j = JanusProcess::start(&opts.janus)?;
+                j.wait_ready(Duration::from_secs(30)).await?;
+                let room = u64::from(rand::random::<u32>() | 1);
+                let client = JanusClient::connect(&j.api_url).await?;
+                client
+                    .create_room(room, (plan.publishers.len() + 4) as u32)
+                    .await
+                    .context("create VideoRoom room")?;
+                client.destroy().await;
+                let target = Target::Janus {
+                    url: j.api_url.clone(),
+                    room,
+                };
+                Ok(Sfu::Janus(j, target))
+            }
+        }
+    }
+
+    fn target(&self) -> Target {
+        match self {
+            Sfu::Satsuma(_, t, _) | Sfu::Janus(_, t) => t.clone(),
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Sfu::Satsuma(_, _, pid) => *pid,
+            Sfu::Janus(j, _) => Some(j.pid()),
+        }
+    }
+}
+
+fn plan_for(kind: ScenarioKind, opts: &RunOptions) -> Plan {
+    match kind {
+        ScenarioKind::Audio => Plan::new(kind, opts.audio_subscribers, opts.audio_publishers),
+        ScenarioKind::Meeting => Plan::new(kind, opts.meeting_size, 0),
+        ScenarioKind::Livestream => Plan::new(kind, opts.livestream_subscribers, 0),
+    }
+}
+
+/// Run one scenario against one SFU.
+pub async fn run_scenario(
+    kind: ScenarioKind,
+    sfu_kind: SfuKind,
+    opts: &RunOptions,
+) -> anyhow::Result<ScenarioResult> {
+    let plan = plan_for(kind, opts);
+    let mut notes = Vec::new();
+    let sfu = Sfu::start(sfu_kind, opts, &plan).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = sfu.pid();
+    let rss_idle = pid.and_then(process::rss_mib).unwrap_or(0.0);
+
+    let n_workers = opts.workers.max(1);
+    let mut workers = Vec::new();
+    for _ in 0..n_workers {
+        workers.push(WorkerProc::spawn()?);
+    }
+    let result = drive(&plan, &sfu, opts, &mut workers, &mut notes, rss_idle).await;
+    for w in workers {
+        w.stop().await;
+    }
+    drop(sfu);
+    let (reports, readings) = result?;
+    Ok(ScenarioResult::build(
+        ScenarioMeta {
+            scenario: kind.name().into(),
+            sfu: sfu_kind,
+            participants: plan.participants,
+            planned_publishers: plan.publishers.len(),
+            planned_subscribers: plan.subscribers.len(),
+            nominal_egress_pps: plan.egress_pps(&opts.media),
+            notes,
+        },
+        &reports,
+        readings,
+    ))
+}
+
+async fn drive(
+    plan: &Plan,
+    sfu: &Sfu,
+    opts: &RunOptions,
+    workers: &mut [WorkerProc],
+    notes: &mut Vec<String>,
+    rss_idle: f64,
+) -> anyhow::Result<(Vec<WorkerReport>, ProcessReadings)> {
+    let n = workers.len();
+    let init = (0..n)
+        .map(|_| WorkerCommand::Init {
+            target: sfu.target(),
+            media: opts.media,
+            baseline_pairs: opts.baseline_pairs,
+            concurrency: opts.concurrency,
+        })
+        .collect();
+    for r in broadcast(workers, init).await? {
+        match r {
+            WorkerReply::Ready { baseline_pairs } if baseline_pairs < opts.baseline_pairs => {
+                notes.push(format!(
+                    "only {baseline_pairs}/{} baseline pairs connected",
+                    opts.baseline_pairs
+                ));
+            }
+            WorkerReply::Ready { .. } => {}
+            other => bail!("worker init: {other:?}"),
+        }
+    }
+
+    // Publishers.
+    let pub_split = Plan::split(plan.publishers.len(), n);
+    let cmds = pub_split
+        .iter()
+        .map(|idx| WorkerCommand::Publish {
+            publishers: idx.iter().map(|&i| plan.publishers[i].clone()).collect(),
+        })
+        .collect();
+    let mut feeds: Vec<Option<FeedRef>> = vec![None; plan.publishers.len()];
+    for (idx, r) in pub_split.iter().zip(broadcast(workers, cmds).await?) {
+        match r {
+            WorkerReply::Published { feeds: got, error } => {
+                if let Some(e) = error {
+                    notes.push(format!("publisher failed: {e}"));
+                }
+                for (&i, f) in idx.iter().zip(got) {
+                    feeds[i] = f;
+                }
+            }
+            other => bail!("publish: {other:?}"),
+        }
+    }
+    let published = feeds.iter().filter(|f| f.is_some()).count();
+    info!("{published}/{} publishers up", plan.publishers.len());
+    if published == 0 {
+        bail!("no publisher connected: {notes:?}");
+    }
+
+    // Subscribers.
+    let sub_split = Plan::split(plan.subscribers.len(), n);
+    let cmds = sub_split
+        .iter()
+        .map(|idx| WorkerCommand::Subscribe {
+            subscribers: idx
+                .iter()
+                .map(|&i| {
+                    let s = &plan.subscribers[i];
+                    SubscribeSpec {
+                        name: s.name.clone(),
+                        feeds: s
+                            .publishers
+                            .iter()
+                            .filter_map(|&p| feeds.get(p).cloned().flatten())
+                            .collect(),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    let mut connected = 0;
+    for r in broadcast(workers, cmds).await? {
+        match r {
+            WorkerReply::Subscribed {
+                connected: c,
+                failed,
+                error,
+            } => {
+                connected += c;
+                if failed > 0 {
+                    notes.push(format!(
+                        "{failed} subscribers failed: {}",
+                        error.unwrap_or_default()
+                    ));
+                }
+            }
+            other => bail!("subscribe: {other:?}"),
+        }
+    }
+    info!("{connected}/{} subscribers up", plan.subscribers.len());
+
+    tokio::time::sleep(opts.warmup).await;
+    let marks = (0..n).map(|_| WorkerCommand::Mark).collect();
+    for r in broadcast(workers, marks).await? {
+        if r != WorkerReply::Marked {
+            bail!("mark: {r:?}");
+        }
+    }
+    let pid = sfu.pid();
+    let worker_pids: Vec<u32> = workers.iter().filter_map(WorkerProc::pid).collect();
+    let bots_cpu = |pids: &[u32]| -> f64 {
+        pids.iter()
+            .filter_map(|&p| process::cpu_time(p))
+            .map(|d| d.as_secs_f64())
+            .sum()
+    };
+    let loadavg = process::loadavg();
+    let t0 = Instant::now();
+    let cpu0 = pid.and_then(process::cpu_time);
+    let bots0 = bots_cpu(&worker_pids);
+    tokio::time::sleep(opts.duration).await;
+    let cpu1 = pid.and_then(process::cpu_time);
+    let bots1 = bots_cpu(&worker_pids);
+    let window_s = t0.elapsed().as_secs_f64();
+    let rss = pid.and_then(process::rss_mib).unwrap_or(0.0);
+    let reports_cmd = (0..n).map(|_| WorkerCommand::Report).collect();
+    let mut reports = Vec::new();
+    for r in broadcast(workers, reports_cmd).await? {
+        match r {
+            WorkerReply::Report(rep) => reports.push(rep),
+            other => bail!("report: {other:?}"),
+        }
+    }
+    let cpu_s = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64(),
+        _ => {
+            notes.push("SFU pid unknown: no CPU or memory figures".into());
+            0.0
+        }
+    };
+    Ok((
+        reports,
+        ProcessReadings {
+            window_s,
+            cpu_s,
+            rss_idle_mib: rss_idle,
+            rss_mib: rss,
+            bots_cpu_s: bots1 - bots0,
+            loadavg,
+        },
+    ))
+}
+
+/// Run every scenario against every SFU; failures become notes, not aborts.
+pub async fn run_all(opts: &RunOptions) -> RunReport {
+    let started_utc = utc_now();
+    let mut results = Vec::new();
+    for &kind in &opts.scenarios {
+        for &sfu in &opts.sfus {
+            info!("scenario {} on {}", kind.name(), sfu.name());
+            match run_scenario(kind, sfu, opts).await {
+                Ok(r) => results.push(r),
+                Err(e) => {
+                    warn!("scenario {} on {} failed: {e:#}", kind.name(), sfu.name());
+                    let plan = plan_for(kind, opts);
+                    results.push(ScenarioResult::build(
+                        ScenarioMeta {
+                            scenario: kind.name().into(),
+                            sfu,
+                            participants: plan.participants,
+                            planned_publishers: plan.publishers.len(),
+                            planned_subscribers: plan.subscribers.len(),
+                            nominal_egress_pps: plan.egress_pps(&opts.media),
+                            notes: vec![format!("FAILED: {e:#}")],
+                        },
+                        &[],
+                        ProcessReadings::default(),
+                    ));
+                }
+            }
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let m = &opts.media;
+    let v = m.participant_config().video;
+    let mut report = RunReport {
+        started_utc,
+        command: opts.command.clone(),
+        machine: format!(
+            "{cores} cores, load average {:.1} at the end",
+            process::loadavg()
+        ),
+        media: format!(
+            "audio 50 pkt/s × {} B; video {} kbit/s at {} fps ({} × {} B per frame, keyframe every {} s \
+             × {}), top layer only (no simulcast)",
+            m.audio_payload,
+            m.video_kbps,
+            v.fps,
+            v.delta_packets,
+            v.payload_len,
+            m.keyframe_secs,
+            m.keyframe_scale
+        ),
+        results,
+        ratios: Vec::new(),
+    };
+    report.compute_ratios();
+    report
+}
+
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, mo, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_418), (2025, 11, 26));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,213 @@
+//! The load scenarios (after LiveKit's published benchmark, scaled down) and who pulls what.
+//!
+//! - **audio**: `A` audio-only publishers, `N` subscribers that each pull every publisher
+//!   (LiveKit: 10 → 3,000).
+//! - **meeting**: `N` participants, each publishing audio + video and pulling everyone else
+//!   (LiveKit: 150 × 150). A participant is two peer connections here, one to publish and one to
+//!   pull, because Janus needs that; Satsuma gets the same shape for a like-for-like run.
+//! - **livestream**: one audio + video publisher, `N` subscribers (LiveKit: 1 → 3,000).
+//!
+//! [`Plan`] is pure data: which publishers exist, which publishers each subscriber pulls, and how they
+//! are split over worker processes.
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::media::MediaProfile;
+
+/// A scenario kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ScenarioKind {
+    /// Audio-only publishers to many subscribers.
+    Audio,
+    /// N × N video meeting.
+    Meeting,
+    /// One video publisher to many subscribers.
+    Livestream,
+}
+
+impl ScenarioKind {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScenarioKind::Audio => "audio",
+            ScenarioKind::Meeting => "meeting",
+            ScenarioKind::Livestream => "livestream",
+        }
+    }
+}
+
+/// A publisher in a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublisherPlan {
+    /// Display name.
+    pub name: String,
+    /// Publishes an audio track named "audio".
+    pub audio: bool,
+    /// Publishes a video track named "video".
+    pub video: bool,
+}
+
+impl PublisherPlan {
+    /// Track names it publishes.
+    pub fn track_names(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.audio {
+            v.push("audio".to_owned());
+        }
+        if self.video {
+            v.push("video".to_owned());
+        }
+        v
+    }
+}
+
+/// A subscriber in a plan: the indices of the publishers it pulls (all their tracks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriberPlan {
+    /// Display name.
+    pub name: String,
+    /// Publisher indices.
+    pub publishers: Vec<usize>,
+}
+
+/// Who publishes and who pulls what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Scenario.
+    pub kind: ScenarioKind,
+    /// Participants as the scenario counts them (memory per participant divides by this).
+    pub participants: usize,
+    /// Publishers.
+    pub publishers: Vec<PublisherPlan>,
+    /// Subscribers.
+    pub subscribers: Vec<SubscriberPlan>,
+}
+
+impl Plan {
+    /// Build the plan of `kind` with `n` subscribers (meeting: participants) and, for audio,
+    /// `audio_publishers` publishers.
+    pub fn new(kind: ScenarioKind, n: usize, audio_publishers: usize) -> Self {
+        let publisher = |i: usize, audio: bool, video: bool| PublisherPlan {
+            name: format!("pub{i}"),
+            audio,
+            video,
+        };
+        let subscriber = |i: usize, publishers: Vec<usize>| SubscriberPlan {
+            name: format!("sub{i}"),
+            publishers,
+        };
+        match kind {
+            ScenarioKind::Audio => {
+                let a = audio_publishers.max(1);
+                Self {
+                    kind,
+                    participants: a + n,
+                    publishers: (0..a).map(|i| publisher(i, true, false)).collect(),
+                    subscribers: (0..n).map(|i| subscriber(i, (0..a).collect())).collect(),
+                }
+            }
+            ScenarioKind::Meeting => {
+                let n = n.max(2);
+                Self {
+                    kind,
+                    participants: n,
+                    publishers: (0..n).map(|i| publisher(i, true, true)).collect(),
+                    subscribers: (0..n)
+                        .map(|i| subscriber(i, (0..n).filter(|&j| j != i).collect()))
+                        .collect(),
+                }
+            }
+            ScenarioKind::Livestream => Self {
+                kind,
+                participants: 1 + n,
+                publishers: vec![publisher(0, true, true)],
+                subscribers: (0..n).map(|i| subscriber(i, vec![0])).collect(),
+            },
+        }
+    }
+
+    /// Packets per second the publishers send, nominally.
+    pub fn ingress_pps(&self, media: &MediaProfile) -> f64 {
+        self.publishers.iter().map(|p| publisher_pps(p, media)).sum()
+    }
+
+    /// Packets per second the SFU should forward, nominally.
+    pub fn egress_pps(&self, media: &MediaProfile) -> f64 {
+        self.subscribers
+            .iter()
+            .flat_map(|s| s.publishers.iter())
+            .filter_map(|&i| self.publishers.get(i))
+            .map(|p| publisher_pps(p, media))
+            .sum()
+    }
+
+    /// Split indices `0..len` over `workers` processes, round-robin.
+    pub fn split(len: usize, workers: usize) -> Vec<Vec<usize>> {
+        let w = workers.max(1);
+        let mut out = vec![Vec::new(); w];
+        for i in 0..len {
+            out[i % w].push(i);
+        }
+        out
+    }
+}
+
+fn publisher_pps(p: &PublisherPlan, media: &MediaProfile) -> f64 {
+    let mut pps = 0.0;
+    if p.audio {
+        pps += media.audio_pps();
+    }
+    if p.video {
+        pps += media.video_pps();
+    }
+    pps
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn audio_plan_fans_every_publisher_to_every_subscriber() {
+        let p = Plan::new(ScenarioKind::Audio, 20, 10);
+        assert_eq!(p.publishers.len(), 10);
+        assert!(p.publishers.iter().all(|p| p.audio && !p.video));
+        assert_eq!(p.subscribers.len(), 20);
+        assert!(p.subscribers.iter().all(|s| s.publishers.len() == 10));
+        assert_eq!(p.participants, 30);
+        let m = MediaProfile::default();
+        assert_eq!(p.ingress_pps(&m), 500.0);
+        assert_eq!(p.egress_pps(&m), 10_000.0);
+    }
+
+    #[test]
+    fn meeting_subscribers_skip_themselves() {
+        let p = Plan::new(ScenarioKind::Meeting, 4, 10);
+        assert_eq!(p.participants, 4);
+        for (i, s) in p.subscribers.iter().enumerate() {
+            assert_eq!(s.publishers.len(), 3);
+            assert!(!s.publishers.contains(&i));
+        }
+        let m = MediaProfile::default();
+        let per_pub = 50.0 + m.video_pps();
+        assert!((p.egress_pps(&m) - 12.0 * per_pub).abs() < 1e-6);
+    }
+
+    #[test]
+    fn livestream_has_one_publisher() {
+        let p = Plan::new(ScenarioKind::Livestream, 5, 10);
+        assert_eq!(p.publishers.len(), 1);
+        assert_eq!(p.subscribers.len(), 5);
+        assert_eq!(p.participants, 6);
+    }
+
+    #[test]
+    fn split_is_round_robin_and_complete() {
+        let s = Plan::split(5, 2);
+        assert_eq!(s, vec![vec![0, 2, 4], vec![1, 3]]);
+        assert_eq!(Plan::split(3, 0), vec![vec![0, 1, 2]]);
+    }
+}

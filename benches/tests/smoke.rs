@@ -1,0 +1,92 @@
+//! Smoke test: a tiny 3-second audio scenario against a real `satsuma-sfu`, through the real
+//! `satsuma-load` binary and its worker process. Checks that the report's fields are sane and
+//! non-zero; no timing or performance assertions (the machine is shared).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// `satsuma-sfu` next to `satsuma-load` in the same target folder; built if missing.
+fn sfu_binary(load: &Path) -> PathBuf {
+    let dir = load.parent().unwrap();
+    let sfu = dir.join("satsuma-sfu");
+    if !sfu.exists() {
+        // `cargo test -p satsuma-bench` does not build other packages' binaries; do it here with
+        // the same target folder (`cargo test --workspace` already has it).
+        let target_dir = dir.parent().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "satsuma-sfu", "--bin", "satsuma-sfu"])
+            .env("CARGO_TARGET_DIR", target_dir)
+            .status()
+            .expect("run cargo build -p satsuma-sfu");
+        assert!(status.success());
+    }
+    assert!(sfu.exists(), "{} missing", sfu.display());
+    sfu
+}
+
+#[test]
+fn tiny_audio_scenario_reports_sane_fields() {
+    let load = PathBuf::from(env!("CARGO_BIN_EXE_satsuma-load"));
+    let sfu = sfu_binary(&load);
+    let out = std::env::temp_dir().join(format!("satsuma-load-smoke-{}.json", std::process::id()));
+    let output = Command::new(&load)
+        .args([
+            "--sfus",
+            "satsuma",
+            "--scenarios",
+            "audio",
+            "--audio-publishers",
+            "2",
+            "--audio-subscribers",
+            "2",
+            "--workers",
+            "1",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "3",
+            "--log",
+            "warn",
+        ])
+        .arg("--sfu-bin")
+        .arg(&sfu)
+        .arg("--json")
+        .arg(&out)
+        .output()
+        .expect("run satsuma-load");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("| audio | satsuma |"), "{stdout}");
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    std::fs::remove_file(&out).ok();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{report:#}");
+    let r = &results[0];
+    assert_eq!(r["sfu"], "satsuma");
+    assert!(r["notes"].as_array().unwrap().is_empty(), "{r:#}");
+    assert_eq!(r["publishers"], serde_json::json!([2, 2]));
+    assert_eq!(r["subscribers"], serde_json::json!([2, 2]));
+    let num = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r:#}"));
+    assert!(num("ingress_pps") > 0.0, "{r:#}");
+    assert!(num("egress_pps") > 0.0, "{r:#}");
+    assert!(num("cpu_us_per_packet") > 0.0, "{r:#}");
+    let loss = num("loss_pct");
+    assert!((0.0..=100.0).contains(&loss), "{r:#}");
+    assert_eq!(r["corrupt"], 0);
+    let counters = &r["counters"];
+    assert!(counters["recv_unique"].as_u64().unwrap() > 0);
+    // Every received packet came from a publisher of this run.
+    assert!(counters["recv_unique"].as_u64().unwrap() <= 2 * counters["sent_packets"].as_u64().unwrap() + 200);
+    assert!(r["latency"]["tracks"].as_u64().unwrap() >= 4, "{r:#}");
+    assert!(r["latency"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(r["baseline_latency"]["tracks"].as_u64().unwrap() >= 1, "{r:#}");
+    assert!(r["process"]["rss_mib"].as_f64().unwrap() > 0.0);
+    assert!(r["process"]["rss_idle_mib"].as_f64().unwrap() > 0.0);
+}
