@@ -62,7 +62,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             welcome_timeout_ms: 10_000,
-            commit_timeout_ms: 5_000,
+            commit_timeout_ms: 30_000,
         }
     }
 }

@@ -705,8 +705,8 @@ fn parse_config(v: &str) -> Option<RoomModel> {
     }
 }
 
-/// Default: 3 participants, one crash anywhere. `SATSUMA_MODEL_DEEP=1`: also every
-/// fault kind with 3 participants, and 4 participants with a crash.
+/// Default: 3 participants, one crash anywhere. `SATSUMA_MODEL_DEEP=1`: also each
+/// other fault kind with 3 participants, and 4 participants with a crash.
 /// `SATSUMA_MODEL_CONFIG=participants,crashes,false_timeouts,failures,retries` runs
 /// exactly one configuration.
 #[test]
@@ -726,13 +726,19 @@ fn designated_committer_model() {
         retries: 0,
     });
     if std::env::var("SATSUMA_MODEL_DEEP").is_ok_and(|v| v == "1") {
-        check(RoomModel {
-            participants: 3,
-            crashes: 1,
-            false_timeouts: 1,
-            failures: 1,
-            retries: 1,
-        });
+        // One extra fault kind at a time on top of a crash: a participant that sees
+        // its own `left`, an MLS failure (reset under a fresh key, re-added by a
+        // remove + add commit), a welcome-timeout re-announcement; then 4
+        // participants.
+        for (false_timeouts, failures, retries) in [(1, 0, 0), (0, 1, 0), (0, 0, 1)] {
+            check(RoomModel {
+                participants: 3,
+                crashes: 1,
+                false_timeouts,
+                failures,
+                retries,
+            });
+        }
         check(RoomModel {
             participants: 4,
             crashes: 1,
