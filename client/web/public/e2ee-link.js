@@ -46,6 +46,7 @@ export class E2eeLink extends EventTarget {
   start(participantId) {
     this.participantId = participantId;
     this.attached = [];
+    this.booted = false;
     this.#spawn();
     clearInterval(this.watchdog);
     this.lastPong = performance.now();
@@ -131,6 +132,12 @@ export class E2eeLink extends EventTarget {
 
   #checkWorker() {
     const now = performance.now();
+    if (!this.booted) {
+      // Still loading the WebAssembly module: not a stall.
+      this.lastPong = now;
+      this.#post({ type: 'ping', id: ++this.pingId });
+      return;
+    }
     const silent = now - this.lastPong;
     if (silent > STALLED_AFTER_MS && !this.stalled) {
       this.stalled = true;
@@ -140,6 +147,7 @@ export class E2eeLink extends EventTarget {
       // The worker is wedged: start a fresh one. It rejoins the MLS group with a
       // new KeyPackage; transforms are re-created on the new worker.
       this.#problem('E2EE worker restarted after not responding');
+      this.booted = false;
       this.#spawn();
       if (this.lastWelcome) this.#post({ type: 'welcome', welcome: this.lastWelcome, rejoin: true });
       for (const a of this.attached) this.#attachOne(a.endpoint, a.options);
@@ -168,6 +176,7 @@ export class E2eeLink extends EventTarget {
         this.dispatchEvent(new CustomEvent('send-json', { detail: msg.message }));
         break;
       case 'status':
+        this.booted = true;
         this.status = msg.status;
         this.dispatchEvent(new CustomEvent('status', { detail: msg.status }));
         break;

@@ -16,7 +16,7 @@ const DENY_MEDIA = () => {
   navigator.mediaDevices.getUserMedia = refuse;
 };
 
-describe('bad input', { timeout: 240000 }, () => {
+describe('bad input', { timeout: 600000 }, () => {
   let servers;
   let browser;
   const room = `bad-${Date.now()}`;

@@ -12,7 +12,7 @@ import {
   safetyNumber, sameSafetyNumber, screenshot, startServers, stats, waitFor,
 } from './harness.mjs';
 
-describe('E2EE call in the browser', { timeout: 240000 }, () => {
+describe('E2EE call in the browser', { timeout: 600000 }, () => {
   let servers;
   let browser;
   const room = `call-${Date.now()}`;

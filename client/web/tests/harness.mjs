@@ -150,7 +150,7 @@ export async function remoteTrack(page, from, kind) {
 }
 
 /** Waits until `page` decodes `from`'s video and the count keeps increasing. */
-export async function assertDecodes(page, from, { timeout = 25000 } = {}) {
+export async function assertDecodes(page, from, { timeout = 45000 } = {}) {
   const first = await waitFor(`${page.label} to decode video of ${from}`, async () => {
     const t = await remoteTrack(page, from, 'video');
     return t && t.framesDecoded > 0 ? t : null;
@@ -158,11 +158,11 @@ export async function assertDecodes(page, from, { timeout = 25000 } = {}) {
   await waitFor(`${page.label}: framesDecoded of ${from} to keep increasing`, async () => {
     const t = await remoteTrack(page, from, 'video');
     return t && t.framesDecoded > first.framesDecoded + 5 ? t : null;
-  }, { timeout: 10000 });
+  }, { timeout: 20000 });
 }
 
 /** Waits until `page` receives `from`'s audio samples and the count keeps increasing. */
-export async function assertHears(page, from, { timeout = 25000 } = {}) {
+export async function assertHears(page, from, { timeout = 45000 } = {}) {
   const first = await waitFor(`${page.label} to receive audio of ${from}`, async () => {
     const t = await remoteTrack(page, from, 'audio');
     return t && t.totalSamplesReceived > 0 && t.decrypted > 0 ? t : null;
@@ -170,17 +170,23 @@ export async function assertHears(page, from, { timeout = 25000 } = {}) {
   await waitFor(`${page.label}: audio of ${from} to keep flowing`, async () => {
     const t = await remoteTrack(page, from, 'audio');
     return t && t.decrypted > first.decrypted + 10 && t.totalSamplesReceived > first.totalSamplesReceived ? t : null;
-  }, { timeout: 10000 });
+  }, { timeout: 20000 });
 }
 
 /** Waits until every page shows the same 30-digit safety number (different from `not`, if given). */
-export async function sameSafetyNumber(pages, { not = null, timeout = 25000 } = {}) {
-  return waitFor(`one safety number on ${pages.map((p) => p.label).join(', ')}${not ? ` other than ${not}` : ''}`, async () => {
-    const numbers = await Promise.all(pages.map(safetyNumber));
-    const first = numbers[0];
-    if (!first || !/^\d{30}$/.test(first) || first === not) return null;
-    return numbers.every((n) => n === first) ? first : null;
-  }, { timeout });
+export async function sameSafetyNumber(pages, { not = null, timeout = 60000 } = {}) {
+  let seen = [];
+  try {
+    return await waitFor(`one safety number on ${pages.map((p) => p.label).join(', ')}${not ? ` other than ${not}` : ''}`, async () => {
+      seen = await Promise.all(pages.map(async (p) => ({ who: p.label, number: await safetyNumber(p), e2ee: (await stats(p))?.e2ee })));
+      const first = seen[0].number;
+      if (!first || !/^\d{30}$/.test(first) || first === not) return null;
+      return seen.every((n) => n.number === first) ? first : null;
+    }, { timeout });
+  } catch (err) {
+    err.message += `\nlast seen: ${JSON.stringify(seen)}`;
+    throw err;
+  }
 }
 
 export async function screenshot(page, name) {
