@@ -22,7 +22,7 @@ const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
 /// A JavaScript number that must be a non-negative safe integer.
 pub(crate) fn to_u64(value: f64) -> Option<u64> {
-    if value.is_finite() && value >= 0.0 && value <= MAX_SAFE_INTEGER && value.fract() == 0.0 {
+    if value.is_finite() && (0.0..=MAX_SAFE_INTEGER).contains(&value) && value.fract() == 0.0 {
         // Exact: checked above that the value is an integer in u64 range.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         Some(value as u64)
