@@ -9,13 +9,13 @@
 
 use std::time::Duration;
 
-use transactions::Waiters;
 use satsuma_bot::TrackSpec;
 use satsuma_bot::participant::PullSpec;
 use serde_json::{Value, json};
 use thiserror::Error;
 use tokio::task::JoinHandle;
 use tracing::debug;
+use transactions::Waiters;
 
 use crate::peer::{Peer, PeerError};
 
@@ -107,7 +107,9 @@ pub fn jsep_sdp(reply: &Value, kind: &str) -> Result<String, JanusError> {
         .get("jsep")
         .ok_or_else(|| JanusError::Protocol("reply carries no jsep".into()))?;
     if jsep.get("type").and_then(Value::as_str) != Some(kind) {
-        return Err(JanusError::Protocol(format!("expected a jsep {kind}, got {jsep}")));
+        return Err(JanusError::Protocol(format!(
+            "expected a jsep {kind}, got {jsep}"
+        )));
     }
     jsep.get("sdp")
         .and_then(Value::as_str)
@@ -118,7 +120,9 @@ pub fn jsep_sdp(reply: &Value, kind: &str) -> Result<String, JanusError> {
 /// The streams of a VideoRoom `attached` event.
 pub fn attached_streams(data: &Value) -> Result<Vec<AttachedStream>, JanusError> {
     if data.get("videoroom").and_then(Value::as_str) != Some("attached") {
-        return Err(JanusError::Protocol(format!("expected attached, got {data}")));
+        return Err(JanusError::Protocol(format!(
+            "expected attached, got {data}"
+        )));
     }
     let streams = data
         .get("streams")
@@ -499,7 +503,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let core_err = json!({"janus": "error", "error": {"code": 458, "reason": "No such session"}});
+        let core_err =
+            json!({"janus": "error", "error": {"code": 458, "reason": "No such session"}});
         assert!(matches!(
             plugin_data(&core_err),
             Err(JanusError::Janus { code: 458, .. })

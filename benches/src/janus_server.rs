@@ -157,10 +157,7 @@ impl JanusProcess {
                  admin: {{\n  admin_http = false\n}}\ncors: {{\n  allow_origin = \"*\"\n}}\n"
             ),
         )?;
-        fs::write(
-            dir.join("janus.plugin.videoroom.jcfg"),
-            "general: {\n}\n",
-        )?;
+        fs::write(dir.join("janus.plugin.videoroom.jcfg"), "general: {\n}\n")?;
         let log = fs::File::create(dir.join("janus.log"))?;
         let child = Command::new(&settings.binary)
             .env("LD_PRELOAD", &shim)
@@ -242,8 +239,18 @@ mod tests {
     fn config_keeps_only_videoroom_and_http_and_loopback() {
         let tmp = std::env::temp_dir().join(format!("satsuma-janus-cfg-{}", std::process::id()));
         for (sub, names) in [
-            ("plugins", &["libjanus_videoroom.so", "libjanus_echotest.so", "libjanus_sip.so.1"][..]),
-            ("transports", &["libjanus_http.so", "libjanus_websockets.so"][..]),
+            (
+                "plugins",
+                &[
+                    "libjanus_videoroom.so",
+                    "libjanus_echotest.so",
+                    "libjanus_sip.so.1",
+                ][..],
+            ),
+            (
+                "transports",
+                &["libjanus_http.so", "libjanus_websockets.so"][..],
+            ),
             ("loggers", &["libjanus_jsonlog.so"][..]),
         ] {
             fs::create_dir_all(tmp.join(sub)).unwrap();
@@ -259,7 +266,10 @@ mod tests {
         };
         let cfg = main_config(Path::new("/x/conf"), &settings, &tmp);
         assert!(cfg.contains("disable = \"libjanus_echotest.so\""), "{cfg}");
-        assert!(cfg.contains("disable = \"libjanus_websockets.so\""), "{cfg}");
+        assert!(
+            cfg.contains("disable = \"libjanus_websockets.so\""),
+            "{cfg}"
+        );
         assert!(cfg.contains("disable = \"libjanus_jsonlog.so\""), "{cfg}");
         assert!(cfg.contains("ice_enforce_list = \"lo\""));
         assert!(cfg.contains("configs_folder = \"/x/conf\""));

@@ -44,7 +44,8 @@ impl MediaProfile {
         let fps = self.fps.clamp(1, 120);
         let frame_bytes = (u64::from(self.video_kbps) * 1000 / 8 / u64::from(fps)).max(64);
         let packets = frame_bytes.div_ceil(u64::from(MAX_PAYLOAD)).clamp(1, 256) as u16;
-        let payload_len = (frame_bytes / u64::from(packets)).clamp(64, u64::from(MAX_PAYLOAD)) as u16;
+        let payload_len =
+            (frame_bytes / u64::from(packets)).clamp(64, u64::from(MAX_PAYLOAD)) as u16;
         let keyframe_interval = if self.keyframe_secs > 0.0 {
             Some(Duration::from_secs_f64(self.keyframe_secs))
         } else {
@@ -93,8 +94,8 @@ mod tests {
         assert_eq!(c.video.fps, 30);
         assert_eq!(c.video.delta_packets, 6);
         assert_eq!(c.video.keyframe_packets, 24);
-        let kbps = f64::from(c.video.delta_packets) * f64::from(c.video.payload_len) * 8.0 * 30.0
-            / 1000.0;
+        let kbps =
+            f64::from(c.video.delta_packets) * f64::from(c.video.payload_len) * 8.0 * 30.0 / 1000.0;
         assert!((1_450.0..=1_550.0).contains(&kbps), "{kbps}");
         assert_eq!(c.video.keyframe_interval, Some(Duration::from_secs(3)));
         assert_eq!(c.audio.interval, Duration::from_millis(20));

@@ -273,9 +273,7 @@ impl RunReport {
              SFU CPU % | µs CPU / fwd pkt | loss % | latency p50 / p99 ms | baseline p50 / p99 ms | \
              server-added p50 / p99 ms | RSS idle→load MiB | RSS / participant KiB | bots CPU % | load avg |\n",
         );
-        s.push_str(
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-        );
+        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in &self.results {
             let w = r.process.window_s.max(1e-3);
             s.push_str(&format!(

@@ -151,7 +151,11 @@ async fn broadcast(
 }
 
 enum Sfu {
-    Satsuma(Option<SfuProcess>, Target, Option<u32>),
+    Satsuma(
+        #[allow(dead_code, reason = "held so the process is killed on drop")] Option<SfuProcess>,
+        Target,
+        Option<u32>,
+    ),
     Janus(JanusProcess, Target),
 }
 

@@ -54,7 +54,11 @@ pub async fn publish(
     }
     let answer = match resp.session_description {
         Some(sd) if sd.kind == "answer" => sd.sdp,
-        _ => return Err(SatsumaError::Protocol("push response carries no answer".into())),
+        _ => {
+            return Err(SatsumaError::Protocol(
+                "push response carries no answer".into(),
+            ));
+        }
     };
     peer.with(move |p, now| p.accept_answer(now, &answer))
         .await?
@@ -96,7 +100,11 @@ pub async fn subscribe(
     }
     let offer = match resp.session_description {
         Some(sd) if sd.kind == "offer" => sd.sdp,
-        _ => return Err(SatsumaError::Protocol("pull response carries no offer".into())),
+        _ => {
+            return Err(SatsumaError::Protocol(
+                "pull response carries no offer".into(),
+            ));
+        }
     };
     let answer = peer
         .with(move |p, now| p.accept_offer(now, &offer, &specs))

@@ -130,7 +130,10 @@ impl Plan {
 
     /// Packets per second the publishers send, nominally.
     pub fn ingress_pps(&self, media: &MediaProfile) -> f64 {
-        self.publishers.iter().map(|p| publisher_pps(p, media)).sum()
+        self.publishers
+            .iter()
+            .map(|p| publisher_pps(p, media))
+            .sum()
     }
 
     /// Packets per second the SFU should forward, nominally.

@@ -382,9 +382,7 @@ impl Worker {
                     let peer = Peer::start(config, LOCALHOST)?;
                     let tracks = track_specs(&plan);
                     let id = match &*sig {
-                        Signaling::Satsuma(c) => {
-                            crate::satsuma::publish(c, &peer, tracks).await?
-                        }
+                        Signaling::Satsuma(c) => crate::satsuma::publish(c, &peer, tracks).await?,
                         Signaling::Janus { client, room } => client
                             .publish(&peer, *room, &plan.name, tracks)
                             .await?
@@ -490,8 +488,7 @@ impl Worker {
 
     async fn snapshot(&self) -> (Counters, Vec<TrackLatency>, Counters, Vec<TrackLatency>) {
         let (sfu, lat) = sum_counters(self.publishers.iter().chain(&self.subscribers)).await;
-        let (base, base_lat) =
-            sum_counters(self.baseline.iter().flat_map(|(a, b)| [a, b])).await;
+        let (base, base_lat) = sum_counters(self.baseline.iter().flat_map(|(a, b)| [a, b])).await;
         (sfu, lat, base, base_lat)
     }
 

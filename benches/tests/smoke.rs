@@ -83,10 +83,16 @@ fn tiny_audio_scenario_reports_sane_fields() {
     let counters = &r["counters"];
     assert!(counters["recv_unique"].as_u64().unwrap() > 0);
     // Every received packet came from a publisher of this run.
-    assert!(counters["recv_unique"].as_u64().unwrap() <= 2 * counters["sent_packets"].as_u64().unwrap() + 200);
+    assert!(
+        counters["recv_unique"].as_u64().unwrap()
+            <= 2 * counters["sent_packets"].as_u64().unwrap() + 200
+    );
     assert!(r["latency"]["tracks"].as_u64().unwrap() >= 4, "{r:#}");
     assert!(r["latency"]["p50"].as_f64().unwrap() > 0.0);
-    assert!(r["baseline_latency"]["tracks"].as_u64().unwrap() >= 1, "{r:#}");
+    assert!(
+        r["baseline_latency"]["tracks"].as_u64().unwrap() >= 1,
+        "{r:#}"
+    );
     assert!(r["process"]["rss_mib"].as_f64().unwrap() > 0.0);
     assert!(r["process"]["rss_idle_mib"].as_f64().unwrap() > 0.0);
 }

@@ -22,11 +22,21 @@ struct Cli {
     command: Option<Sub>,
 
     /// SFUs to measure, in order (comma-separated).
-    #[arg(long, env = "SATSUMA_LOAD_SFUS", value_delimiter = ',', default_value = "satsuma,janus")]
+    #[arg(
+        long,
+        env = "SATSUMA_LOAD_SFUS",
+        value_delimiter = ',',
+        default_value = "satsuma,janus"
+    )]
     sfus: Vec<SfuArg>,
 
     /// Scenarios to run, in order (comma-separated).
-    #[arg(long, env = "SATSUMA_LOAD_SCENARIOS", value_delimiter = ',', default_value = "audio,meeting,livestream")]
+    #[arg(
+        long,
+        env = "SATSUMA_LOAD_SCENARIOS",
+        value_delimiter = ',',
+        default_value = "audio,meeting,livestream"
+    )]
     scenarios: Vec<ScenarioKind>,
 
     /// The satsuma-sfu binary to start per scenario. Default: `satsuma-sfu` next to this executable.
@@ -147,7 +157,11 @@ enum Sub {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let worker = matches!(cli.command, Some(Sub::Worker));
-    let filter = if worker { "warn".to_owned() } else { cli.log.clone() };
+    let filter = if worker {
+        "warn".to_owned()
+    } else {
+        cli.log.clone()
+    };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
