@@ -3,7 +3,7 @@
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { assertDecodes, joinPage, launchBrowser, remoteTrack, startServers } from './harness.mjs';
+import { assertDecodes, joinPage, launchBrowser, remoteTrack, startServers, waitFor } from './harness.mjs';
 
 describe('selectable codecs', { timeout: 300000 }, () => {
   let servers;
@@ -26,9 +26,12 @@ describe('selectable codecs', { timeout: 300000 }, () => {
       const b = await joinPage(browser, servers.base, { room, name: `${codec}-B`, params: { codec } });
       try {
         await assertDecodes(b, a.participantId);
-        const t = await remoteTrack(b, a.participantId, 'video');
+        // The worker reports its counters once a second: wait for them.
+        const t = await waitFor('the worker to report decrypted frames', async () => {
+          const r = await remoteTrack(b, a.participantId, 'video');
+          return r && r.decrypted > 0 && r.protocolFrames > 0 ? r : null;
+        }, { timeout: 10000 });
         assert.equal(t.codec, `video/${codec}`);
-        assert.ok(t.decrypted > 0 && t.protocolFrames > 0, JSON.stringify(t));
       } finally {
         await a.context().close();
         await b.context().close();
