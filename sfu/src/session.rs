@@ -79,6 +79,9 @@ pub struct Session {
     pub pending: Option<SdpPendingOffer>,
     /// When the transport went away (or the session was created without one).
     pub transport_lost_since: Option<Instant>,
+    /// When str0m last accepted a datagram for this session. ICE-lite only reports
+    /// `Disconnected` 15 s after the last binding request, so silence is measured here too.
+    pub last_received: Instant,
     /// When str0m next wants a timeout.
     pub next_timeout: Instant,
     /// Remote addresses we have sent to and told the UDP driver about.
@@ -116,6 +119,7 @@ impl Session {
             subscriptions: HashMap::new(),
             pending: None,
             transport_lost_since: Some(now),
+            last_received: now,
             next_timeout: now,
             routed_addrs: Vec::new(),
             ssrc_mids: HashMap::new(),

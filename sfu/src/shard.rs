@@ -352,7 +352,10 @@ impl Shard {
             session.rtc.handle_input(input).map(|()| true)
         }));
         match outcome {
-            Ok(Ok(true)) => self.mark_dirty(d.session),
+            Ok(Ok(true)) => {
+                session.last_received = session.last_received.max(d.received);
+                self.mark_dirty(d.session);
+            }
             Ok(Ok(false)) => metrics.drop_reason("not_accepted"),
             Ok(Err(e)) => {
                 tracing::debug!(session = %d.session, "input refused: {e}");
@@ -594,6 +597,7 @@ impl Shard {
                 !s.rtc.is_alive()
                     || s.transport_lost_since
                         .is_some_and(|t| now.saturating_duration_since(t) >= session_timeout)
+                    || now.saturating_duration_since(s.last_received) >= session_timeout
             })
             .map(|(id, _)| *id)
             .collect();
