@@ -661,6 +661,17 @@ impl Room {
                     return;
                 }
                 self.append_mls(KIND_KEY_PACKAGE, from, payload);
+                // A group member announcing a KeyPackage has reset its MLS state: it is
+                // no longer in the group until a commit re-adds it and it reports
+                // `ready`. If it was the last live member, a new creator is named so a
+                // lone member that reset is not stranded.
+                let released = self.group.as_mut().is_some_and(|g| {
+                    g.ready.remove(&from);
+                    g.members.remove(&from)
+                });
+                if released {
+                    self.ensure_group(now);
+                }
             }
             KIND_COMMIT => self.commit(now, from, payload),
             other => self.error(

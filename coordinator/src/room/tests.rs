@@ -417,10 +417,11 @@ fn resume_replays_missed_entries() {
     drain(&mut room);
     let seen = room.seq();
     msg(&mut room, t0, 1, ClientMessage::Hand { raised: true });
+    // Bob (not yet in the MLS group) announces a KeyPackage.
     bin(
         &mut room,
         t0,
-        1,
+        2,
         client_key_package_frame(&build::message(WireFormat::KeyPackage, b"x")),
     );
     assert_eq!(
@@ -910,4 +911,39 @@ proptest! {
             prop_assert!(room.log.len() <= 16);
         }
     }
+}
+
+#[test]
+fn a_lone_group_member_that_resets_gets_a_new_creator() {
+    let t0 = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(t0, req("alice")).unwrap();
+    room.join(t0, req("bob")).unwrap();
+    let creators = |out: &[Output]| -> Vec<u64> {
+        events(out)
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                RoomEvent::Creator { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(creators(&drain(&mut room)), vec![1]);
+    // Bob's KeyPackage (not a member yet) changes nothing.
+    let out = bin(
+        &mut room,
+        t0,
+        2,
+        client_key_package_frame(&build::message(WireFormat::KeyPackage, b"b")),
+    );
+    assert!(creators(&out).is_empty());
+    // Alice, the only group member, resets: her KeyPackage releases her membership
+    // and, with no live member left, the oldest participant is named creator again.
+    let out = bin(
+        &mut room,
+        t0,
+        1,
+        client_key_package_frame(&build::message(WireFormat::KeyPackage, b"a")),
+    );
+    assert_eq!(creators(&out), vec![1]);
 }
