@@ -108,11 +108,16 @@ async fn main() -> anyhow::Result<()> {
         server.http_addr(),
         server.udp_addr()
     );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     tokio::select! {
         () = server.wait() => {}
         r = tokio::signal::ctrl_c() => {
             r.context("waiting for ctrl-c")?;
-            tracing::info!("shutting down");
+            tracing::info!("SIGINT: shutting down");
+        }
+        _ = terminate.recv() => {
+            tracing::info!("SIGTERM: shutting down");
         }
     }
     Ok(())
