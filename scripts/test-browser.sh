@@ -30,7 +30,7 @@ echo "== WASM E2EE core"
 ./scripts/build-web.sh
 
 echo "== server binaries"
-cargo build -p satsuma-sfu -p satsuma-coordinator
+cargo build -p satsuma-sfu -p satsuma-coordinator -p satsuma
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export SATSUMA_BIN_DIR="$TARGET_DIR/debug"
 export ARTIFACTS="${ARTIFACTS:-$ROOT/artifacts}"

@@ -90,6 +90,27 @@ export async function startServers() {
   };
 }
 
+/**
+ * Starts the all-in-one `satsuma` binary (coordinator + SFU + web client in one
+ * process, the quick start's server) on ephemeral loopback ports; returns the
+ * same shape as `startServers`.
+ */
+export async function startAllInOne() {
+  const logs = [];
+  const all = await startProcess('satsuma', path.join(binDir, 'satsuma'), [
+    '--listen', '127.0.0.1:0', '--sfu-api', '127.0.0.1:0', '--media', '127.0.0.1:0', '--detect-lan=false',
+    '--web-dir', process.env.SATSUMA_WEB_DIR ?? path.join(repoRoot, 'client/web/public'), '--log', 'warn',
+  ], /satsuma listening web=(\S+) sfu=(\S+) media=(\S+)/, logs);
+  return {
+    base: `http://${all.match[1]}`,
+    logs,
+    panicked: () => logs.filter((l) => /panicked/.test(l)),
+    async stop() {
+      if (all.child.exitCode === null) all.child.kill('SIGTERM');
+    },
+  };
+}
+
 export async function launchBrowser() {
   return chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: CHROMIUM_ARGS, headless: true });
 }
