@@ -30,7 +30,8 @@ echo "== WASM E2EE core"
 ./scripts/build-web.sh
 
 echo "== server binaries"
-cargo build -p satsuma-sfu -p satsuma-coordinator -p satsuma
+# The same feature set as `cargo test --workspace`, so its binaries are reused.
+cargo build --workspace --bins
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export SATSUMA_BIN_DIR="$TARGET_DIR/debug"
 export ARTIFACTS="${ARTIFACTS:-$ROOT/artifacts}"
