@@ -339,6 +339,40 @@ fn check_tracks(c: &Caller, body: &[u8], allow_local: bool) -> Result<(), ProxyE
     Ok(())
 }
 
+/// Forwards a call on one of the caller's own SFU sessions: checks that the
+/// caller created session `sid`, optionally checks the tracks it names (`Some(allow_local)`),
+/// then forwards to `/sessions/{sid}/{route}` on the session's node.
+#[allow(clippy::too_many_arguments)]
+async fn forward_own_session(
+    app: &App,
+    headers: &HeaderMap,
+    sid: &str,
+    method: Method,
+    route: &'static str,
+    tracks: Option<bool>,
+    query: Option<String>,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        let c = caller(app, headers)?;
+        let node = own_session(&c, sid)?;
+        if let Some(allow_local) = tracks {
+            check_tracks(&c, &body, allow_local)?;
+        }
+        app.sfu
+            .forward(
+                node,
+                method,
+                &format!("/sessions/{sid}/{route}"),
+                query.as_deref(),
+                Some(body),
+            )
+            .await
+    }
+    .await;
+    respond(app, route, r)
+}
+
 async fn tracks_new(
     State(app): State<Arc<App>>,
     Path(sid): Path<String>,
@@ -346,22 +380,18 @@ async fn tracks_new(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    let r = async {
-        let c = caller(&app, &headers)?;
-        let node = own_session(&c, &sid)?;
-        check_tracks(&c, &body, true)?;
-        app.sfu
-            .forward(
-                node,
-                Method::POST,
-                &format!("/sessions/{sid}/tracks/new"),
-                query.as_deref(),
-                Some(body),
-            )
-            .await
-    }
-    .await;
-    respond(&app, "tracks/new", r)
+    let route = "tracks/new";
+    forward_own_session(
+        &app,
+        &headers,
+        &sid,
+        Method::POST,
+        route,
+        Some(true),
+        query,
+        body,
+    )
+    .await
 }
 
 async fn tracks_update(
@@ -371,22 +401,18 @@ async fn tracks_update(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    let r = async {
-        let c = caller(&app, &headers)?;
-        let node = own_session(&c, &sid)?;
-        check_tracks(&c, &body, false)?;
-        app.sfu
-            .forward(
-                node,
-                Method::PUT,
-                &format!("/sessions/{sid}/tracks/update"),
-                query.as_deref(),
-                Some(body),
-            )
-            .await
-    }
-    .await;
-    respond(&app, "tracks/update", r)
+    let route = "tracks/update";
+    forward_own_session(
+        &app,
+        &headers,
+        &sid,
+        Method::PUT,
+        route,
+        Some(false),
+        query,
+        body,
+    )
+    .await
 }
 
 async fn renegotiate(
@@ -396,21 +422,8 @@ async fn renegotiate(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    let r = async {
-        let c = caller(&app, &headers)?;
-        let node = own_session(&c, &sid)?;
-        app.sfu
-            .forward(
-                node,
-                Method::PUT,
-                &format!("/sessions/{sid}/renegotiate"),
-                query.as_deref(),
-                Some(body),
-            )
-            .await
-    }
-    .await;
-    respond(&app, "renegotiate", r)
+    let route = "renegotiate";
+    forward_own_session(&app, &headers, &sid, Method::PUT, route, None, query, body).await
 }
 
 async fn tracks_close(
@@ -420,21 +433,8 @@ async fn tracks_close(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    let r = async {
-        let c = caller(&app, &headers)?;
-        let node = own_session(&c, &sid)?;
-        app.sfu
-            .forward(
-                node,
-                Method::PUT,
-                &format!("/sessions/{sid}/tracks/close"),
-                query.as_deref(),
-                Some(body),
-            )
-            .await
-    }
-    .await;
-    respond(&app, "tracks/close", r)
+    let route = "tracks/close";
+    forward_own_session(&app, &headers, &sid, Method::PUT, route, None, query, body).await
 }
 
 async fn get_session(
