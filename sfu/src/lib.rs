@@ -69,6 +69,7 @@ pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod shard;
+pub mod speaker;
 pub mod stun;
 pub mod udp;
 

@@ -1,7 +1,10 @@
 //! Prometheus metrics (`satsuma_sfu_*`), one registry per server instance so several servers can
 //! run in one process (tests). All counters are atomics: safe to bump on the hot path.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    CounterVec, Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 /// Every metric the SFU exports.
 #[derive(Clone)]
@@ -39,6 +42,18 @@ pub struct Metrics {
     pub sessions_collected: IntCounter,
     /// Tracks collected for lack of media.
     pub tracks_collected: IntCounter,
+    /// Seconds each shard spent working (not waiting), by shard index.
+    pub shard_busy_seconds: CounterVec,
+    /// Sessions owned by each shard.
+    pub shard_sessions: IntGaugeVec,
+    /// Messages sent from one shard to another (media, keyframe requests, leg bookkeeping).
+    pub cross_shard_messages: IntCounter,
+    /// Audio packets that carried an `ssrc-audio-level` value.
+    pub audio_level_packets: IntCounter,
+    /// Published audio tracks speaking now, by the shard that owns the publisher.
+    pub speaking_tracks: IntGaugeVec,
+    /// Times a session's active speaker changed.
+    pub active_speaker_changes: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -52,6 +67,24 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::with_opts(Opts::new(name, help).namespace("satsuma_sfu"))
+        .unwrap_or_else(|e| unreachable_metric(name, &e));
+    if let Err(e) = registry.register(Box::new(g.clone())) {
+        unreachable_metric(name, &e);
+    }
+    g
+}
+
+fn float_counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+    let c = CounterVec::new(Opts::new(name, help).namespace("satsuma_sfu"), labels)
+        .unwrap_or_else(|e| unreachable_metric(name, &e));
+    if let Err(e) = registry.register(Box::new(c.clone())) {
+        unreachable_metric(name, &e);
+    }
+    c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help).namespace("satsuma_sfu"), labels)
         .unwrap_or_else(|e| unreachable_metric(name, &e));
     if let Err(e) = registry.register(Box::new(g.clone())) {
         unreachable_metric(name, &e);
@@ -142,6 +175,39 @@ impl Metrics {
                 &r,
                 "tracks_collected_total",
                 "Tracks collected after receiving no media",
+            ),
+            shard_busy_seconds: float_counter_vec(
+                &r,
+                "shard_busy_seconds_total",
+                "Seconds each shard thread spent working rather than waiting",
+                &["shard"],
+            ),
+            shard_sessions: gauge_vec(
+                &r,
+                "shard_sessions",
+                "Sessions owned by each shard",
+                &["shard"],
+            ),
+            cross_shard_messages: counter(
+                &r,
+                "cross_shard_messages_total",
+                "Messages passed between shards (media, keyframe requests, leg bookkeeping)",
+            ),
+            audio_level_packets: counter(
+                &r,
+                "audio_level_packets_total",
+                "Audio packets carrying an ssrc-audio-level header extension",
+            ),
+            speaking_tracks: gauge_vec(
+                &r,
+                "speaking_tracks",
+                "Published audio tracks speaking now, by the publisher's shard",
+                &["shard"],
+            ),
+            active_speaker_changes: counter(
+                &r,
+                "active_speaker_changes_total",
+                "Times the active speaker of a subscribing session changed",
             ),
             registry: r,
         }

@@ -14,7 +14,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 use thiserror::Error;
 use tracing::{debug, warn};
@@ -350,6 +350,7 @@ impl Participant {
             }
         };
         let mut wrote = false;
+        let audio_level = self.config.audio.level_dbov;
         for (mid, p) in self.published.iter_mut() {
             let Some(pt) = p.pt else { continue };
             if !p.sending || p.source.next_due() > now {
@@ -361,11 +362,18 @@ impl Participant {
                 warn!("no send stream for mid {mid}");
                 continue;
             };
+            let ext = ExtensionValues {
+                audio_level: audio_level.filter(|_| p.source.kind() == MediaKind::Audio),
+                // The extension carries both or nothing; the V bit says "voice" like a VAD.
+                voice_activity: audio_level.map(|l| l > -127),
+                ..Default::default()
+            };
             for pkt in packets {
                 stream.write_rtp(
                     RtpWrite::new(pt, pkt.rtp_seq.into(), pkt.rtp_time, now, pkt.payload)
                         .marker(pkt.marker)
-                        .nackable(pkt.nackable),
+                        .nackable(pkt.nackable)
+                        .ext_vals(ext.clone()),
                 );
                 wrote = true;
             }
