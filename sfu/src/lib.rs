@@ -63,6 +63,7 @@
 pub mod api;
 pub mod config;
 pub mod directory;
+pub mod egress;
 pub mod forward;
 pub mod ids;
 pub mod metrics;

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub packets_out: IntCounter,
     /// UDP bytes sent.
     pub bytes_out: IntCounter,
+    /// Socket send calls (one call carries several datagrams with GSO).
+    pub send_calls: IntCounter,
     /// RTP packets received from publishers (after SRTP).
     pub rtp_in: IntCounter,
     /// RTP packets handed to subscriber legs.
@@ -132,6 +134,11 @@ impl Metrics {
             bytes_in: counter(&r, "bytes_in_total", "UDP bytes received"),
             packets_out: counter(&r, "packets_out_total", "UDP datagrams sent"),
             bytes_out: counter(&r, "bytes_out_total", "UDP bytes sent"),
+            send_calls: counter(
+                &r,
+                "udp_send_calls_total",
+                "UDP send system calls (with GSO one call carries several datagrams)",
+            ),
             rtp_in: counter(
                 &r,
                 "rtp_packets_in_total",

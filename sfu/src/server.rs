@@ -14,7 +14,7 @@ use crate::config::{Config, ConfigError};
 use crate::directory::Directory;
 use crate::metrics::Metrics;
 use crate::shard::{Shard, ShardContext, ShardMsg};
-use crate::udp::run_receiver;
+use crate::udp::{UdpIo, run_receiver};
 
 /// Capacity of each shard's inbox.
 const SHARD_QUEUE: usize = 16_384;
@@ -104,13 +104,13 @@ impl Server {
 
         let metrics = Metrics::new();
         let directory = Arc::new(Directory::default());
-        let socket = Arc::new(udp);
+        let socket = Arc::new(UdpIo::new(Arc::new(udp))?);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(ShardContext {
             config: config.clone(),
             directory: Arc::clone(&directory),
             metrics: metrics.clone(),
-            socket: Arc::clone(&socket),
+            udp: Arc::clone(&socket),
             candidates: candidates.clone(),
             udp_control: control_tx,
         });

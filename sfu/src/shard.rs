@@ -22,7 +22,6 @@ use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::error::ApiError;
@@ -33,12 +32,14 @@ use crate::api::types::{
 };
 use crate::config::Config;
 use crate::directory::{Directory, PublishedTrack};
+use crate::egress::Egress;
 use crate::forward::{Forwarder, LegKey, LegWrite, MediaPacket};
 use crate::ids::{SessionId, ShardId, TrackId};
 use crate::metrics::Metrics;
 use crate::session::{LegState, MAX_ROUTED_ADDRS, Publication, Session, Subscription, is_keyframe};
 use crate::speaker::SpeakerDetector;
 use crate::udp::UdpControl;
+use crate::udp::UdpIo;
 
 /// Keyframe requests reach a publisher at most this often per track and layer.
 const KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
@@ -177,8 +178,8 @@ pub struct ShardContext {
     pub directory: Arc<Directory>,
     /// Metrics.
     pub metrics: Metrics,
-    /// The one UDP socket.
-    pub socket: Arc<UdpSocket>,
+    /// The one UDP socket, with batched I/O.
+    pub udp: Arc<UdpIo>,
     /// Our ICE host candidate addresses.
     pub candidates: Vec<SocketAddr>,
     /// Control channel of the UDP driver.
@@ -208,6 +209,7 @@ pub struct Shard {
     events: Vec<SessionEvent>,
     next_housekeeping: Instant,
     speakers: SpeakerDetector,
+    egress: Egress,
 }
 
 impl Shard {
@@ -227,6 +229,7 @@ impl Shard {
             events: Vec::new(),
             next_housekeeping: Instant::now(),
             speakers: SpeakerDetector::default(),
+            egress: Egress::default(),
         }
     }
 
@@ -261,11 +264,13 @@ impl Shard {
                         }
                     }
                     self.handle_timeouts(Instant::now());
+                    self.flush();
                     busy.inc_by(started.elapsed().as_secs_f64());
                 }
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                     let started = Instant::now();
                     self.handle_timeouts(started);
+                    self.flush();
                     busy.inc_by(started.elapsed().as_secs_f64());
                 }
             }
@@ -275,7 +280,13 @@ impl Shard {
         for id in ids {
             self.remove_session(id, "shutdown");
         }
+        self.flush();
         sessions_gauge.set(0);
+    }
+
+    /// Sends what the last batch of work produced (see [`crate::egress`]).
+    pub fn flush(&mut self) {
+        self.ctx.udp.flush(&mut self.egress, &self.ctx.metrics);
     }
 
     fn next_deadline(&self) -> Instant {
@@ -435,8 +446,9 @@ impl Shard {
         let ctx = &self.ctx;
         let shard = self.id;
         let mut events = std::mem::take(&mut self.events);
+        let egress = &mut self.egress;
         let result = catch_unwind(AssertUnwindSafe(|| {
-            drain_session(session, ctx, shard, &mut events)
+            drain_session(session, ctx, shard, &mut events, egress)
         }));
         match result {
             Ok(Ok(())) => {}
@@ -1384,6 +1396,7 @@ fn drain_session(
     ctx: &ShardContext,
     shard: ShardId,
     events: &mut Vec<SessionEvent>,
+    egress: &mut Egress,
 ) -> Result<(), String> {
     loop {
         let output = session.rtc.poll_output().map_err(|e| e.to_string())?;
@@ -1393,13 +1406,7 @@ fn drain_session(
                 return Ok(());
             }
             Output::Transmit(t) => {
-                match ctx.socket.try_send_to(&t.contents, t.destination) {
-                    Ok(n) => {
-                        ctx.metrics.packets_out.inc();
-                        ctx.metrics.bytes_out.inc_by(n as u64);
-                    }
-                    Err(_) => ctx.metrics.drop_reason("send_failed"),
-                }
+                egress.push(t.destination, &t.contents);
                 if !session.routed_addrs.contains(&t.destination)
                     && session.routed_addrs.len() < MAX_ROUTED_ADDRS
                 {

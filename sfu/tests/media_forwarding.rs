@@ -371,6 +371,11 @@ async fn publisher_and_subscribers_on_different_shards() {
         .map(|p| p.sent.packets)
         .sum();
     let cross = m.get("satsuma_sfu_cross_shard_messages_total") - cross_before;
+    eprintln!(
+        "datagrams out {} in {} send calls (GSO batching), {cross} cross-shard messages for {sent_total} packets",
+        m.get("satsuma_sfu_packets_out_total"),
+        m.get("satsuma_sfu_udp_send_calls_total"),
+    );
     // Two other shards hold subscribers: each packet crosses to each of them exactly once,
     // however many subscribers that shard has.
     assert!(

@@ -268,8 +268,9 @@ pub struct SessionState {
     /// The session's tracks.
     pub tracks: Vec<TrackState>,
     /// Of the audio tracks this session pulls, the one speaking now (most active, and sticky
-    /// while several talk at once); `null` when nobody speaks.
-    #[serde(default)]
+    /// while several talk at once); absent when nobody speaks (so the body stays what
+    /// Cloudflare's API returns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_speaker: Option<ActiveSpeaker>,
 }
 
