@@ -49,6 +49,28 @@ fn subscribed<'a>(s: &'a BotStats, name: &str) -> &'a SubscribedStats {
 
 const CONNECT: Duration = Duration::from_secs(10);
 
+/// A publisher of "mic" and "cam" (not sending yet) and five connected subscribers pulling both.
+async fn publisher_and_five_subscribers(sfu: &SfuProcess) -> (Bot, Vec<Bot>) {
+    let mut pub_cfg = config(sfu);
+    pub_cfg.participant.send_on_publish = false;
+    let publisher = Bot::connect_with(pub_cfg).await.unwrap();
+    publisher.publish(&av()).await.unwrap();
+    publisher.wait_connected(CONNECT).await.unwrap();
+    let mut subscribers = Vec::new();
+    for _ in 0..5 {
+        let bot = Bot::connect_with(config(sfu)).await.unwrap();
+        let pulls = [
+            (publisher.session_id().to_owned(), "mic".to_owned()),
+            (publisher.session_id().to_owned(), "cam".to_owned()),
+        ];
+        let subs = bot.subscribe_many(&pulls).await.unwrap();
+        assert_eq!(subs.len(), 2);
+        bot.wait_connected(CONNECT).await.unwrap();
+        subscribers.push(bot);
+    }
+    (publisher, subscribers)
+}
+
 /// Every subscriber got every packet of "mic" and "cam" exactly once, byte-identical, with RTP
 /// numbering in step with the payloads.
 async fn assert_every_payload_arrived(ps: &BotStats, subscribers: &[Bot]) {
@@ -104,24 +126,7 @@ async fn assert_every_payload_arrived(ps: &BotStats, subscribers: &[Bot]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_publisher_five_subscribers_receive_every_payload_byte_identical() {
     let sfu = sfu();
-    let mut pub_cfg = config(&sfu);
-    pub_cfg.participant.send_on_publish = false;
-    let publisher = Bot::connect_with(pub_cfg).await.unwrap();
-    publisher.publish(&av()).await.unwrap();
-    publisher.wait_connected(CONNECT).await.unwrap();
-
-    let mut subscribers = Vec::new();
-    for _ in 0..5 {
-        let bot = Bot::connect_with(config(&sfu)).await.unwrap();
-        let pulls = [
-            (publisher.session_id().to_owned(), "mic".to_owned()),
-            (publisher.session_id().to_owned(), "cam".to_owned()),
-        ];
-        let subs = bot.subscribe_many(&pulls).await.unwrap();
-        assert_eq!(subs.len(), 2);
-        bot.wait_connected(CONNECT).await.unwrap();
-        subscribers.push(bot);
-    }
+    let (publisher, subscribers) = publisher_and_five_subscribers(&sfu).await;
     // Let the SFU side of every leg finish its handshake before the first packet.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -314,28 +319,13 @@ async fn many_tracks_in_one_request_are_routed_to_the_right_mids() {
 
 /// Sessions are placed on shards round-robin: with three shards the publisher sits on shard 0 and
 /// its five subscribers on shards 1, 2, 0, 1, 2. Packets reach the other shards as shared
-/// buffers (one message per shard, not per subscriber), and every subscriber still gets every payload byte-identical.
+/// buffers (one message per shard, not per subscriber), and every subscriber still gets every
+/// payload byte-identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_and_subscribers_on_different_shards() {
     let sfu = SfuProcess::start(env!("CARGO_BIN_EXE_satsuma-sfu"), &["--shards", "3"])
         .expect("start satsuma-sfu");
-    let mut pub_cfg = config(&sfu);
-    pub_cfg.participant.send_on_publish = false;
-    let publisher = Bot::connect_with(pub_cfg).await.unwrap();
-    publisher.publish(&av()).await.unwrap();
-    publisher.wait_connected(CONNECT).await.unwrap();
-
-    let mut subscribers = Vec::new();
-    for _ in 0..5 {
-        let bot = Bot::connect_with(config(&sfu)).await.unwrap();
-        let pulls = [
-            (publisher.session_id().to_owned(), "mic".to_owned()),
-            (publisher.session_id().to_owned(), "cam".to_owned()),
-        ];
-        bot.subscribe_many(&pulls).await.unwrap();
-        bot.wait_connected(CONNECT).await.unwrap();
-        subscribers.push(bot);
-    }
+    let (publisher, subscribers) = publisher_and_five_subscribers(&sfu).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let m = sfu.metrics().await.unwrap();
     for shard in 0..3 {
