@@ -1,7 +1,10 @@
 //! Prometheus metrics (`satsuma_sfu_*`), one registry per server instance so several servers can
 //! run in one process (tests). All counters are atomics: safe to bump on the hot path.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 /// Every metric the SFU exports.
 #[derive(Clone)]
@@ -39,6 +42,12 @@ pub struct Metrics {
     pub sessions_collected: IntCounter,
     /// Tracks collected for lack of media.
     pub tracks_collected: IntCounter,
+    /// Egress bandwidth estimates of subscriber sessions (str0m GCC), in bits/s.
+    pub bandwidth_estimate: Histogram,
+    /// Simulcast layer switches of subscriber legs, by direction (`up`, `down`).
+    pub layer_switches: IntCounterVec,
+    /// Simulcast packets no leg took because no leg is on (or switching to) their layer.
+    pub unused_layer_packets: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -57,6 +66,19 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
         unreachable_metric(name, &e);
     }
     g
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(
+        HistogramOpts::new(name, help)
+            .namespace("satsuma_sfu")
+            .buckets(buckets),
+    )
+    .unwrap_or_else(|e| unreachable_metric(name, &e));
+    if let Err(e) = registry.register(Box::new(h.clone())) {
+        unreachable_metric(name, &e);
+    }
+    h
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -143,7 +165,44 @@ impl Metrics {
                 "tracks_collected_total",
                 "Tracks collected after receiving no media",
             ),
+            bandwidth_estimate: histogram(
+                &r,
+                "bandwidth_estimate_bps",
+                "Egress bandwidth estimates of subscriber sessions in bits/s (str0m GCC)",
+                vec![
+                    50e3, 100e3, 200e3, 300e3, 500e3, 750e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6, 20e6,
+                    50e6,
+                ],
+            ),
+            layer_switches: counter_vec(
+                &r,
+                "layer_switches_total",
+                "Simulcast layer switches of subscriber legs by direction",
+                &["direction"],
+            ),
+            unused_layer_packets: counter(
+                &r,
+                "unused_layer_packets_total",
+                "Simulcast packets not forwarded because no leg takes their layer",
+            ),
             registry: r,
+        }
+    }
+
+    /// Counts what a forwarding decision did to simulcast layers.
+    pub fn count_layer_outcome(&self, outcome: &crate::forward::ForwardOutcome) {
+        if outcome.switched_up > 0 {
+            self.layer_switches
+                .with_label_values(&["up"])
+                .inc_by(u64::from(outcome.switched_up));
+        }
+        if outcome.switched_down > 0 {
+            self.layer_switches
+                .with_label_values(&["down"])
+                .inc_by(u64::from(outcome.switched_down));
+        }
+        if outcome.unused_layer {
+            self.unused_layer_packets.inc();
         }
     }
 
@@ -178,5 +237,12 @@ mod tests {
         assert!(text.contains("satsuma_sfu_dropped_total{reason=\"unknown_source\"} 1"));
         assert!(text.contains("satsuma_sfu_sessions 0"));
         assert!(text.contains("satsuma_sfu_api_requests_total{route=\"x\",status=\"200\"} 1"));
+        m.bandwidth_estimate.observe(400e3);
+        m.layer_switches.with_label_values(&["down"]).inc();
+        let text = m.render();
+        assert!(text.contains("satsuma_sfu_bandwidth_estimate_bps_bucket{le=\"500000\"} 1"));
+        assert!(text.contains("satsuma_sfu_bandwidth_estimate_bps_bucket{le=\"300000\"} 0"));
+        assert!(text.contains("satsuma_sfu_layer_switches_total{direction=\"down\"} 1"));
+        assert!(text.contains("satsuma_sfu_unused_layer_packets_total 0"));
     }
 }

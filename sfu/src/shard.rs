@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
@@ -188,6 +189,7 @@ pub struct ShardContext {
 enum SessionEvent {
     Media(TrackId, Arc<MediaPacket>),
     KeyframeFromLeg(LegKey, KeyframeRequestKind),
+    Estimate(u64),
     Connected,
     Failed(String),
 }
@@ -392,6 +394,7 @@ impl Shard {
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.housekeeping(now);
+            self.select_layers(now);
             self.settle();
         }
     }
@@ -434,6 +437,10 @@ impl Shard {
                         self.send_to_shard(home, ShardMsg::KeyframeRequest { track, rid, kind });
                     }
                 }
+                SessionEvent::Estimate(bps) => {
+                    self.ctx.metrics.bandwidth_estimate.observe(bps as f64);
+                    self.forwarder.note_estimate(id, bps, Instant::now());
+                }
                 SessionEvent::Connected => self.request_keyframes_for(id),
                 SessionEvent::Failed(reason) => {
                     tracing::info!(session = %id, "session failed: {reason}");
@@ -473,6 +480,7 @@ impl Shard {
         for reason in &outcome.dropped {
             self.ctx.metrics.drop_reason(reason.as_str());
         }
+        self.ctx.metrics.count_layer_outcome(&outcome);
         if let Some((home, rid)) = outcome.wants_keyframe {
             self.send_to_shard(
                 home,
@@ -487,6 +495,28 @@ impl Shard {
             self.write_leg(w);
         }
         self.writes = writes;
+    }
+
+    /// Simulcast layer selection for every subscriber session here; tells str0m what each
+    /// session would like to send so that its BWE probes for it.
+    fn select_layers(&mut self, now: Instant) {
+        for (id, plan) in self.forwarder.select_layers(now) {
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            if !session.wants_bitrate(plan.allocated_bps, plan.desired_bps) {
+                continue;
+            }
+            match catch_unwind(AssertUnwindSafe(|| {
+                session.rtc.bwe().set_bitrate(
+                    Bitrate::bps(plan.allocated_bps),
+                    Bitrate::bps(plan.desired_bps),
+                );
+            })) {
+                Ok(()) => self.mark_dirty(id),
+                Err(_) => self.session_panicked(id),
+            }
+        }
     }
 
     fn write_leg(&mut self, w: LegWrite) {
@@ -827,7 +857,13 @@ impl Shard {
         offer: Option<String>,
     ) -> Result<Option<String>, ApiError> {
         let now = Instant::now();
-        let mut session = Session::new(id, Arc::clone(&app), &self.ctx.candidates, now);
+        let mut session = Session::new(
+            id,
+            Arc::clone(&app),
+            &self.ctx.candidates,
+            self.ctx.config.bwe_initial_kbps,
+            now,
+        );
         let answer = match offer {
             Some(sdp) => Some(accept_offer(&mut session, &sdp)?),
             None => None,
@@ -1201,6 +1237,7 @@ impl Shard {
             if new.track == current.track && current.state == LegState::Active {
                 self.forwarder
                     .set_preferred_rid(LegKey { session: id, mid }, new.preferred_rid);
+                self.select_layers(Instant::now());
                 if let Some(s) = self
                     .sessions
                     .get_mut(&id)
@@ -1325,6 +1362,9 @@ fn drain_session(
                     IceConnectionState::New | IceConnectionState::Checking => {}
                 },
                 Event::Connected => events.push(SessionEvent::Connected),
+                Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                    events.push(SessionEvent::Estimate(estimate.as_u64()));
+                }
                 Event::MediaEgressStats(s) => {
                     let (nacks, _) = session.egress_delta(s.mid, s.rid, s.nacks, s.plis + s.firs);
                     ctx.metrics.nacks.inc_by(nacks);

@@ -178,11 +178,13 @@ async fn main() -> Result<()> {
         .map(|name| TrackSpec {
             name,
             kind: MediaKind::Audio,
+            simulcast: Vec::new(),
         })
         .collect();
     specs.extend(publish_video.into_iter().map(|name| TrackSpec {
         name,
         kind: MediaKind::Video,
+        simulcast: Vec::new(),
     }));
     if !specs.is_empty() {
         let published = bot.publish(&specs).await.context("publishing")?;

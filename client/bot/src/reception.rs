@@ -5,7 +5,19 @@
 //! bot sequence number inside each payload gives loss and duplicates independently of whatever RTP
 //! sequence numbers the SFU rewrote; the send time inside gives one-way latency (sender and receiver
 //! share the host clock).
+//!
+//! Simulcast: each payload says which layer it belongs to, and sequence and frame numbers count per
+//! layer. Loss is counted per layer and per *run*: a stretch of one layer the SFU forwarded with one
+//! RTP-to-bot sequence offset (an SFU keeps its outgoing numbers continuous across a layer switch,
+//! so each switch starts a new run). The packets a layer sent while the receiver was on another
+//! layer are therefore not loss.
+//!
+//! Video also goes through a small decoder model: a frame is *decodable* once all its packets are
+//! in and it is a keyframe, or it directly follows the last decoded frame of the same layer. After a
+//! layer switch only a keyframe of the new layer is decodable. The longest time between two decoded
+//! frames is the *freeze*; a change of the decoded layer is a *layer switch*.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::payload::{self, MediaKind};
@@ -14,6 +26,14 @@ use crate::payload::{self, MediaKind};
 const SEQ_WINDOW_BEFORE_FIRST: u64 = 4096;
 /// At most this many latency samples are kept (enough for minutes of a track).
 const MAX_LATENCY_SAMPLES: usize = 1 << 20;
+/// Layers tracked per pulled track; payloads claiming a higher layer index count as `foreign`.
+pub const MAX_LAYERS: usize = 8;
+/// Incomplete or undecodable frames kept per layer.
+const MAX_PENDING_FRAMES: usize = 128;
+/// Runs (see the module docs) kept per layer.
+const MAX_RUNS: usize = 4096;
+/// Without a decoded frame for this long while packets arrive, ask for a keyframe.
+const STUCK_AFTER: Duration = Duration::from_millis(500);
 
 /// Latency summary in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
@@ -76,6 +96,65 @@ pub struct ReceptionStats {
     pub latency: LatencySummary,
     /// Description of the last verification failure.
     pub last_error: Option<String>,
+    /// Layer of the last decoded video frame (0 is the lowest; 0 without simulcast).
+    pub layer: Option<u8>,
+    /// Times the decoded layer changed.
+    pub layer_switches: u64,
+    /// Video frames decoded (see the module docs).
+    pub frames_decoded: u64,
+    /// Longest time between two decoded video frames, in ms.
+    pub longest_freeze_ms: Option<f64>,
+    /// When the longest freeze ended, in ms since the start of the subscription.
+    pub longest_freeze_end_ms: Option<f64>,
+    /// Per layer that sent anything (simulcast), lowest first.
+    pub layers: Vec<LayerReceptionStats>,
+}
+
+/// What arrived on one simulcast layer of a pulled track.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct LayerReceptionStats {
+    /// Layer index.
+    pub layer: u8,
+    /// Distinct valid sequence numbers received.
+    pub unique: u64,
+    /// Duplicates.
+    pub duplicates: u64,
+    /// Sequence numbers missing inside the runs this layer was forwarded in.
+    pub lost: u64,
+    /// Runs (stretches between layer switches) this layer was forwarded in.
+    pub runs: u64,
+    /// Keyframes received.
+    pub keyframes: u64,
+    /// Frames decoded.
+    pub frames_decoded: u64,
+}
+
+/// Reception state of one simulcast layer.
+#[derive(Debug, Default)]
+struct LayerState {
+    seq_base: Option<u64>,
+    seen: Vec<u64>,
+    /// (rtp offset, first seq, last seq).
+    runs: Vec<(i128, u64, u64)>,
+    stats: LayerReceptionStats,
+    frames: BTreeMap<u32, FrameAssembly>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct FrameAssembly {
+    start_seq: Option<u64>,
+    end_seq: Option<u64>,
+    packets: u64,
+    keyframe: bool,
+}
+
+impl FrameAssembly {
+    fn complete(&self) -> bool {
+        match (self.start_seq, self.end_seq) {
+            (Some(a), Some(b)) => b >= a && self.packets == b - a + 1,
+            _ => false,
+        }
+    }
 }
 
 /// Reception state of one pulled track.
@@ -83,8 +162,6 @@ pub struct ReceptionStats {
 pub struct Reception {
     started: Instant,
     stats: ReceptionStats,
-    seq_base: Option<u64>,
-    seen: Vec<u64>,
     latencies: Vec<u32>,
     latency_sum: u128,
     latency_min: u64,
@@ -92,7 +169,11 @@ pub struct Reception {
     latency_count: u64,
     last_keyframe_request: Option<Instant>,
     keyframe_seen: bool,
+    first_keyframe_at: Option<Instant>,
     rtp_offset: Option<i128>,
+    layers: Vec<LayerState>,
+    /// (layer, frame) last decoded, and when.
+    decoded: Option<(u8, u32, Instant)>,
 }
 
 /// What the caller should do after a packet.
@@ -110,8 +191,6 @@ impl Reception {
         Self {
             started,
             stats: ReceptionStats::default(),
-            seq_base: None,
-            seen: Vec::new(),
             latencies: Vec::new(),
             latency_sum: 0,
             latency_min: u64::MAX,
@@ -119,7 +198,10 @@ impl Reception {
             latency_count: 0,
             last_keyframe_request: None,
             keyframe_seen: false,
+            first_keyframe_at: None,
             rtp_offset: None,
+            layers: Vec::new(),
+            decoded: None,
         }
     }
 
@@ -152,7 +234,8 @@ impl Reception {
             }
         };
         let f = v.fields;
-        if *s.track_id.get_or_insert(f.track_id) != f.track_id {
+        if *s.track_id.get_or_insert(f.track_id) != f.track_id || usize::from(f.layer) >= MAX_LAYERS
+        {
             s.foreign += 1;
             return ReceptionAction::None;
         }
@@ -163,12 +246,13 @@ impl Reception {
         if f.keyframe && f.frame_start {
             s.keyframes += 1;
             self.keyframe_seen = true;
+            self.first_keyframe_at.get_or_insert(now);
             if s.first_keyframe_ms.is_none() {
                 s.first_keyframe_ms = Some(ms(now.saturating_duration_since(self.started)));
             }
         }
-        if let Some(rtp) = rtp_seq {
-            let offset = i128::from(rtp) - i128::from(f.seq);
+        let offset = rtp_seq.map_or(0, |rtp| i128::from(rtp) - i128::from(f.seq));
+        if rtp_seq.is_some() {
             match self.rtp_offset {
                 Some(o) if o != offset => {
                     self.stats.rtp_seq_offset_changes += 1;
@@ -178,28 +262,153 @@ impl Reception {
                 None => self.rtp_offset = Some(offset),
             }
         }
-        match self.mark_seen(f.seq) {
+        let li = usize::from(f.layer);
+        if self.layers.len() <= li {
+            self.layers.resize_with(li + 1, LayerState::default);
+        }
+        let layer = &mut self.layers[li];
+        layer.stats.layer = f.layer;
+        if f.keyframe && f.frame_start {
+            layer.stats.keyframes += 1;
+        }
+        match layer.mark_seen(f.seq) {
             Seen::New => {
+                layer.stats.unique += 1;
+                layer.note_run(offset, f.seq);
+                if f.kind == MediaKind::Video {
+                    layer.note_frame_packet(&f);
+                }
                 let s = &mut self.stats;
                 s.unique += 1;
                 s.first_seq = Some(s.first_seq.map_or(f.seq, |x| x.min(f.seq)));
                 s.last_seq = Some(s.last_seq.map_or(f.seq, |x| x.max(f.seq)));
                 self.record_latency(now_us.saturating_sub(f.sent_at_us));
+                if f.kind == MediaKind::Video {
+                    self.decode(f.layer, f.frame, now);
+                }
             }
-            Seen::Duplicate => self.stats.duplicates += 1,
+            Seen::Duplicate => {
+                layer.stats.duplicates += 1;
+                self.stats.duplicates += 1;
+            }
             Seen::TooOld => self.stats.too_old += 1,
         }
-        if f.kind == MediaKind::Video && !self.keyframe_seen {
+        if f.kind == MediaKind::Video {
+            // Ask for a keyframe until one arrives, and whenever decoding is stuck.
+            let last_progress = self.decoded.map(|(_, _, t)| t).or(self.first_keyframe_at);
+            let stuck =
+                last_progress.is_some_and(|t| now.saturating_duration_since(t) >= STUCK_AFTER);
             let due = self
                 .last_keyframe_request
                 .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
-            if due {
+            if (!self.keyframe_seen || stuck) && due {
                 self.last_keyframe_request = Some(now);
                 self.stats.keyframe_requests_sent += 1;
                 return ReceptionAction::RequestKeyframe;
             }
         }
         ReceptionAction::None
+    }
+
+    /// Decodes whatever became decodable after a packet of `frame` on `layer` arrived.
+    fn decode(&mut self, layer: u8, frame: u32, now: Instant) {
+        let li = usize::from(layer);
+        let Some(state) = self.layers.get_mut(li) else {
+            return;
+        };
+        let Some(asm) = state.frames.get(&frame).copied() else {
+            return;
+        };
+        if !asm.complete() {
+            return;
+        }
+        let follows = |d: Option<(u8, u32, Instant)>, f: u32| {
+            d.is_some_and(|(l, last, _)| l == layer && last.wrapping_add(1) == f)
+        };
+        if !(asm.keyframe || follows(self.decoded, frame)) {
+            return;
+        }
+        // Decode `frame`, then every complete frame that directly follows it.
+        let mut next = frame;
+        loop {
+            let Some(state) = self.layers.get_mut(li) else {
+                return;
+            };
+            match state.frames.get(&next) {
+                Some(a) if a.complete() => {}
+                _ => break,
+            }
+            state.frames.remove(&next);
+            state.stats.frames_decoded += 1;
+            // Older frames of this layer can never be decoded now.
+            state
+                .frames
+                .retain(|f, _| f.wrapping_sub(next) < u32::MAX / 2);
+            let s = &mut self.stats;
+            s.frames_decoded += 1;
+            if let Some((prev_layer, _, at)) = self.decoded {
+                if prev_layer != layer {
+                    s.layer_switches += 1;
+                }
+                let gap = ms(now.saturating_duration_since(at));
+                if s.longest_freeze_ms.is_none_or(|g| gap > g) {
+                    s.longest_freeze_ms = Some(gap);
+                    s.longest_freeze_end_ms = Some(ms(now.saturating_duration_since(self.started)));
+                }
+            }
+            s.layer = Some(layer);
+            self.decoded = Some((layer, next, now));
+            next = next.wrapping_add(1);
+        }
+    }
+}
+
+impl LayerState {
+    fn note_run(&mut self, offset: i128, seq: u64) {
+        if let Some((_, first, last)) = self.runs.iter_mut().rev().find(|(o, _, _)| *o == offset) {
+            *first = (*first).min(seq);
+            *last = (*last).max(seq);
+        } else if self.runs.len() < MAX_RUNS {
+            self.runs.push((offset, seq, seq));
+        }
+    }
+
+    fn note_frame_packet(&mut self, f: &payload::PayloadFields) {
+        if !self.frames.contains_key(&f.frame) && self.frames.len() >= MAX_PENDING_FRAMES {
+            self.frames.pop_first();
+        }
+        let a = self.frames.entry(f.frame).or_default();
+        a.packets += 1;
+        if f.frame_start {
+            a.start_seq = Some(f.seq);
+            a.keyframe = f.keyframe;
+        }
+        if f.frame_end {
+            a.end_seq = Some(f.seq);
+        }
+    }
+
+    fn lost(&self) -> u64 {
+        self.runs
+            .iter()
+            .map(|(_, a, b)| (b - a + 1).saturating_sub(self.count_seen(*a, *b)))
+            .sum()
+    }
+
+    fn count_seen(&self, a: u64, b: u64) -> u64 {
+        (a..=b).filter(|s| self.has_seq(*s)).count() as u64
+    }
+
+    fn has_seq(&self, seq: u64) -> bool {
+        let Some(base) = self.seq_base else {
+            return false;
+        };
+        let Some(idx) = seq.checked_sub(base) else {
+            return false;
+        };
+        self.seen
+            .get((idx / 64) as usize)
+            .is_some_and(|w| w & (1 << (idx % 64)) != 0)
     }
 
     fn mark_seen(&mut self, seq: u64) -> Seen {
@@ -212,7 +421,7 @@ impl Reception {
         let word = (idx / 64) as usize;
         let bit = 1u64 << (idx % 64);
         // Bound memory: a hostile or broken sender could jump far ahead.
-        if word > (1 << 24) {
+        if word > (1 << 20) {
             return Seen::TooOld;
         }
         if self.seen.len() <= word {
@@ -225,7 +434,9 @@ impl Reception {
             Seen::New
         }
     }
+}
 
+impl Reception {
     fn record_latency(&mut self, us: u64) {
         self.latency_count += 1;
         self.latency_sum += u128::from(us);
@@ -239,8 +450,17 @@ impl Reception {
     /// Statistics so far.
     pub fn stats(&self) -> ReceptionStats {
         let mut s = self.stats.clone();
-        if let (Some(a), Some(b)) = (s.first_seq, s.last_seq) {
-            s.lost = (b - a + 1).saturating_sub(s.unique);
+        s.lost = self.layers.iter().map(LayerState::lost).sum();
+        if self.layers.len() > 1 {
+            s.layers = self
+                .layers
+                .iter()
+                .map(|l| LayerReceptionStats {
+                    lost: l.lost(),
+                    runs: l.runs.len() as u64,
+                    ..l.stats.clone()
+                })
+                .collect();
         }
         if self.latency_count > 0 {
             let mut v = self.latencies.clone();
@@ -261,17 +481,10 @@ impl Reception {
         s
     }
 
-    /// Whether the sequence number `seq` has been received.
+    /// Whether the sequence number `seq` of layer 0 (the only layer without simulcast) has been
+    /// received.
     pub fn has_seq(&self, seq: u64) -> bool {
-        let Some(base) = self.seq_base else {
-            return false;
-        };
-        let Some(idx) = seq.checked_sub(base) else {
-            return false;
-        };
-        self.seen
-            .get((idx / 64) as usize)
-            .is_some_and(|w| w & (1 << (idx % 64)) != 0)
+        self.layers.first().is_some_and(|l| l.has_seq(seq))
     }
 }
 
@@ -302,6 +515,7 @@ mod tests {
             frame_start: true,
             frame_end: true,
             len: 200,
+            layer: 0,
         })
     }
 
@@ -401,6 +615,7 @@ mod tests {
             frame_start: true,
             frame_end: true,
             len: 60,
+            layer: 0,
         });
         r.on_payload(&other, t0, 0);
         r.on_payload(&pkt(1, MediaKind::Audio, false), t0, 0);
