@@ -520,11 +520,30 @@ impl Forwarder {
             .and_then(|(_, m)| m.rate_bps(now))
     }
 
-    /// Runs layer selection for every subscriber session with legs here: sets the legs' target
-    /// layers and returns each session's plan (the shard tells str0m the desired bitrate).
-    pub fn select_layers(&mut self, now: Instant) -> Vec<(SessionId, SessionPlan)> {
+    /// Runs layer selection for every subscriber session with legs here (or only `only`): sets
+    /// the legs' target layers and returns each session's plan (the shard tells str0m the desired
+    /// bitrate).
+    pub fn select_layers(
+        &mut self,
+        now: Instant,
+        only: Option<SessionId>,
+    ) -> Vec<(SessionId, SessionPlan)> {
         let mut inputs: HashMap<SessionId, Vec<LegInput>> = HashMap::new();
-        for (track, legs) in &self.legs {
+        let mut tracks: Vec<TrackId> = match only {
+            Some(s) => self
+                .leg_tracks
+                .iter()
+                .filter(|(k, _)| k.session == s)
+                .map(|(_, t)| *t)
+                .collect(),
+            None => self.legs.keys().copied().collect(),
+        };
+        tracks.sort_unstable();
+        tracks.dedup();
+        for track in &tracks {
+            let Some(legs) = self.legs.get(track) else {
+                continue;
+            };
             let meters = self.meters.get(track);
             let rate = |rid: Option<Rid>| {
                 meters
@@ -536,7 +555,10 @@ impl Forwarder {
                 .flatten()
                 .filter_map(|(r, m)| Some(((*r)?, m.rate_bps(now)?)))
                 .collect();
-            for l in legs {
+            for l in legs
+                .iter()
+                .filter(|l| only.is_none_or(|s| s == l.key.session))
+            {
                 inputs.entry(l.key.session).or_default().push(LegInput {
                     leg: l.key,
                     layers: layers.clone(),
@@ -979,6 +1001,85 @@ mod tests {
             "timestamps advance: {ts:?}"
         );
         assert_eq!(f.leg_source(l), Some((t, 0, Some(Rid::from("l")))));
+    }
+
+    #[test]
+    fn selection_follows_the_estimate_and_the_preference_with_hysteresis() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        let l = leg(2, "0");
+        f.subscribe(t, 0, l, vec![(Pt::from(96), Pt::from(96))], None, 1, 0);
+        let mut out = Vec::new();
+        // Three layers of 1, 4 and 12 packets of 1000 bytes per 33 ms (~0.26/1/3 Mbit/s);
+        // a keyframe of every layer every second.
+        let mut seqs = [100u64, 10_000, 20_000];
+        let mut send = |f: &mut Forwarder, ms: u64, out: &mut Vec<LegWrite>| {
+            let mut outcomes = Vec::new();
+            for (i, rid) in ["q", "h", "f"].iter().enumerate() {
+                let n = [1, 4, 12][i];
+                for k in 0..n {
+                    let mut p = packet(seqs[i], (ms * 90) as u32, t0 + Duration::from_millis(ms));
+                    p.payload = Arc::from(vec![0u8; 1000]);
+                    p.rid = Some(Rid::from(*rid));
+                    p.keyframe = k == 0 && (ms / 33) % 30 == 0;
+                    seqs[i] += 1;
+                    outcomes.push(f.forward(t, &p, out));
+                }
+            }
+            outcomes
+        };
+        let now = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut ms = 0;
+        // No estimate and no selection yet: the first keyframe of any layer (q here) starts it.
+        send(&mut f, ms, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("q")));
+        f.note_estimate(l.session, 2_000_000, now(ms));
+        let mut unused = 0;
+        let mut up = 0;
+        let mut run = |f: &mut Forwarder, ms: &mut u64, until: u64, out: &mut Vec<LegWrite>| {
+            while *ms < until {
+                *ms += 33;
+                for o in send(f, *ms, out) {
+                    unused += u32::from(o.unused_layer);
+                    up += o.switched_up;
+                }
+                f.select_layers(now(*ms), None);
+            }
+        };
+        // 2 Mbit/s leaves room for h (~1 Mbit/s with headroom) but not f: after the hold (and
+        // the meters' first windows), on h's next keyframe, the leg goes up.
+        run(&mut f, &mut ms, 2900, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("q")), "not before the hold");
+        run(&mut f, &mut ms, 4100, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("h")));
+        // Preferring q caps the leg at once (on q's next keyframe).
+        f.set_preferred_rid(l, Some(Rid::from("q")));
+        let plans = f.select_layers(now(ms), Some(l.session));
+        assert_eq!(plans[0].1.changes[0].rid, Rid::from("q"));
+        run(&mut f, &mut ms, 5100, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("q")));
+        // Preferring h again: up only after the hold.
+        f.set_preferred_rid(l, Some(Rid::from("h")));
+        assert!(
+            f.select_layers(now(ms), Some(l.session))[0]
+                .1
+                .changes
+                .is_empty()
+        );
+        run(&mut f, &mut ms, 7000, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("q")), "not before the hold");
+        run(&mut f, &mut ms, 8100, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("h")));
+        // The estimate collapses: down at once, on q's next keyframe.
+        f.note_estimate(l.session, 300_000, now(ms));
+        run(&mut f, &mut ms, 9100, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("q")));
+        assert_eq!(up, 2);
+        assert!(unused > 0, "packets of layers no leg is on are counted");
+        // The leg's numbers stayed continuous across every switch.
+        let seqs: Vec<u64> = out.iter().map(|w| w.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "gap in {seqs:?}");
     }
 
     #[test]

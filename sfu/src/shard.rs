@@ -394,7 +394,7 @@ impl Shard {
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.housekeeping(now);
-            self.select_layers(now);
+            self.select_layers(now, None);
             self.settle();
         }
     }
@@ -439,7 +439,9 @@ impl Shard {
                 }
                 SessionEvent::Estimate(bps) => {
                     self.ctx.metrics.bandwidth_estimate.observe(bps as f64);
-                    self.forwarder.note_estimate(id, bps, Instant::now());
+                    let now = Instant::now();
+                    self.forwarder.note_estimate(id, bps, now);
+                    self.select_layers(now, Some(id));
                 }
                 SessionEvent::Connected => self.request_keyframes_for(id),
                 SessionEvent::Failed(reason) => {
@@ -499,8 +501,8 @@ impl Shard {
 
     /// Simulcast layer selection for every subscriber session here; tells str0m what each
     /// session would like to send so that its BWE probes for it.
-    fn select_layers(&mut self, now: Instant) {
-        for (id, plan) in self.forwarder.select_layers(now) {
+    fn select_layers(&mut self, now: Instant, only: Option<SessionId>) {
+        for (id, plan) in self.forwarder.select_layers(now, only) {
             let Some(session) = self.sessions.get_mut(&id) else {
                 continue;
             };
@@ -1237,7 +1239,7 @@ impl Shard {
             if new.track == current.track && current.state == LegState::Active {
                 self.forwarder
                     .set_preferred_rid(LegKey { session: id, mid }, new.preferred_rid);
-                self.select_layers(Instant::now());
+                self.select_layers(Instant::now(), Some(id));
                 if let Some(s) = self
                     .sessions
                     .get_mut(&id)

@@ -77,6 +77,28 @@ async fn wait_layer(
     }
 }
 
+/// Polls until the decoded layer has been `layer` for `hold` without interruption.
+async fn wait_stable(bot: &Bot, what: &str, timeout: Duration, layer: u8, hold: Duration) {
+    let start = Instant::now();
+    let mut since: Option<Instant> = None;
+    loop {
+        let r = reception(bot).await;
+        if r.layer == Some(layer) {
+            let s = *since.get_or_insert_with(Instant::now);
+            if s.elapsed() >= hold {
+                return;
+            }
+        } else {
+            since = None;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{what}: not reached within {timeout:?}; reception: {r:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Every payload verified, nothing foreign, no freeze longer than a keyframe interval.
 fn assert_clean(who: &str, r: &ReceptionStats) {
     assert_eq!(r.corrupt, 0, "{who}: corrupt payloads: {r:#?}");
@@ -97,28 +119,32 @@ async fn a_limited_subscriber_drops_to_a_lower_layer_and_recovers_without_freezi
     let b_start = Instant::now();
     let (b, _) = subscriber(&sfu, &publisher).await;
 
-    // Both unconstrained: the estimate grows until both get the top layer.
-    // (A new leg starts on the first keyframe of any layer; the selector then decides, so wait
-    // for the top layer to hold.)
-    let mut settled = false;
-    for _ in 0..5 {
-        let a_top = wait_layer(&a, "A on f", Duration::from_secs(20), |l| l == F).await;
-        let b_top = wait_layer(&b, "B on f", Duration::from_secs(20), |l| l == F).await;
-        eprintln!("unconstrained: A on f after {a_top:?}, B after a further {b_top:?}");
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        if reception(&a).await.layer == Some(F) && reception(&b).await.layer == Some(F) {
-            settled = true;
-            break;
-        }
-    }
-    assert!(settled, "A and B do not stay on f");
+    // Both unconstrained: the estimate grows until both get the top layer. (A new leg starts on
+    // the first keyframe of any layer and the selector then decides: wait for f to hold.)
+    let t = Instant::now();
+    wait_stable(
+        &a,
+        "A on f",
+        Duration::from_secs(25),
+        F,
+        Duration::from_secs(2),
+    )
+    .await;
+    wait_stable(
+        &b,
+        "B on f",
+        Duration::from_secs(25),
+        F,
+        Duration::from_secs(2),
+    )
+    .await;
+    eprintln!(
+        "unconstrained: A and B steadily on f after {:?}",
+        t.elapsed()
+    );
 
     // B's link shrinks to 400 kbit/s: its estimate falls and the SFU moves it down.
-    eprintln!(
-        "limit at {:?} into B, {:?}",
-        b_start.elapsed(),
-        std::time::SystemTime::now()
-    );
+    eprintln!("limit at {:?} into B", b_start.elapsed());
     b.set_ingress_limit(Some(400_000));
     let down = wait_layer(&b, "B below f", Duration::from_secs(15), |l| l < F).await;
     let settled = wait_layer(&b, "B on q", Duration::from_secs(15), |l| l == Q).await;
@@ -132,11 +158,7 @@ async fn a_limited_subscriber_drops_to_a_lower_layer_and_recovers_without_freezi
     );
 
     // The limit is lifted: B recovers to the top layer.
-    eprintln!(
-        "lift at {:?} into B, {:?}",
-        b_start.elapsed(),
-        std::time::SystemTime::now()
-    );
+    eprintln!("lift at {:?} into B", b_start.elapsed());
     b.set_ingress_limit(None);
     let up = wait_layer(&b, "B back on f", Duration::from_secs(25), |l| l == F).await;
     eprintln!("limit lifted: B back on f after {up:?}");
@@ -186,13 +208,27 @@ async fn preferred_rid_moves_an_unconstrained_subscriber_to_that_layer() {
     let sfu = sfu();
     let publisher = publisher(&sfu).await;
     let (sub, track) = subscriber(&sfu, &publisher).await;
-    wait_layer(&sub, "on f", Duration::from_secs(20), |l| l == F).await;
+    wait_stable(
+        &sub,
+        "on f",
+        Duration::from_secs(25),
+        F,
+        Duration::from_secs(2),
+    )
+    .await;
 
     sub.set_preferred_rid(&track, Some("q")).await.unwrap();
     let t = wait_layer(&sub, "on q", Duration::from_secs(10), |l| l == Q).await;
     eprintln!("preferredRid q: on q after {t:?}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(reception(&sub).await.layer, Some(Q));
+    // It stays there although the bandwidth would allow more.
+    wait_stable(
+        &sub,
+        "stays on q",
+        Duration::from_secs(5),
+        Q,
+        Duration::from_secs(3),
+    )
+    .await;
 
     sub.set_preferred_rid(&track, Some("h")).await.unwrap();
     let t = wait_layer(&sub, "on h", Duration::from_secs(10), |l| l == H).await;

@@ -146,6 +146,8 @@ struct FrameAssembly {
     end_seq: Option<u64>,
     packets: u64,
     keyframe: bool,
+    /// RTP sequence number of the first packet as received (the stream order a decoder sees).
+    rtp_start: Option<u64>,
 }
 
 impl FrameAssembly {
@@ -174,6 +176,8 @@ pub struct Reception {
     layers: Vec<LayerState>,
     /// (layer, frame) last decoded, and when.
     decoded: Option<(u8, u32, Instant)>,
+    /// RTP sequence number of the last decoded frame's first packet: a decoder never goes back.
+    decoded_rtp: Option<u64>,
 }
 
 /// What the caller should do after a packet.
@@ -202,6 +206,7 @@ impl Reception {
             rtp_offset: None,
             layers: Vec::new(),
             decoded: None,
+            decoded_rtp: None,
         }
     }
 
@@ -276,7 +281,7 @@ impl Reception {
                 layer.stats.unique += 1;
                 layer.note_run(offset, f.seq);
                 if f.kind == MediaKind::Video {
-                    layer.note_frame_packet(&f);
+                    layer.note_frame_packet(&f, rtp_seq);
                 }
                 let s = &mut self.stats;
                 s.unique += 1;
@@ -328,16 +333,23 @@ impl Reception {
         if !(asm.keyframe || follows(self.decoded, frame)) {
             return;
         }
+        // A frame from before the last decoded one in stream order (a late retransmission of a
+        // layer the SFU has left) is too late for a decoder.
+        if let (Some(last), Some(rtp)) = (self.decoded_rtp, asm.rtp_start)
+            && rtp < last
+        {
+            return;
+        }
         // Decode `frame`, then every complete frame that directly follows it.
         let mut next = frame;
         loop {
             let Some(state) = self.layers.get_mut(li) else {
                 return;
             };
-            match state.frames.get(&next) {
-                Some(a) if a.complete() => {}
+            let rtp_start = match state.frames.get(&next) {
+                Some(a) if a.complete() => a.rtp_start,
                 _ => break,
-            }
+            };
             state.frames.remove(&next);
             state.stats.frames_decoded += 1;
             // Older frames of this layer can never be decoded now.
@@ -357,6 +369,9 @@ impl Reception {
                 }
             }
             s.layer = Some(layer);
+            if rtp_start.is_some() {
+                self.decoded_rtp = rtp_start;
+            }
             self.decoded = Some((layer, next, now));
             next = next.wrapping_add(1);
         }
@@ -373,7 +388,7 @@ impl LayerState {
         }
     }
 
-    fn note_frame_packet(&mut self, f: &payload::PayloadFields) {
+    fn note_frame_packet(&mut self, f: &payload::PayloadFields, rtp_seq: Option<u64>) {
         if !self.frames.contains_key(&f.frame) && self.frames.len() >= MAX_PENDING_FRAMES {
             self.frames.pop_first();
         }
@@ -382,6 +397,7 @@ impl LayerState {
         if f.frame_start {
             a.start_seq = Some(f.seq);
             a.keyframe = f.keyframe;
+            a.rtp_start = rtp_seq;
         }
         if f.frame_end {
             a.end_seq = Some(f.seq);
