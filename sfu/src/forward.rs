@@ -1022,7 +1022,7 @@ mod tests {
                     let mut p = packet(seqs[i], (ms * 90) as u32, t0 + Duration::from_millis(ms));
                     p.payload = Arc::from(vec![0u8; 1000]);
                     p.rid = Some(Rid::from(*rid));
-                    p.keyframe = k == 0 && (ms / 33) % 30 == 0;
+                    p.keyframe = k == 0 && (ms / 33).is_multiple_of(30);
                     seqs[i] += 1;
                     outcomes.push(f.forward(t, &p, out));
                 }

@@ -160,7 +160,7 @@ async fn a_limited_subscriber_drops_to_a_lower_layer_and_recovers_without_freezi
     // The limit is lifted: B recovers to the top layer.
     eprintln!("lift at {:?} into B", b_start.elapsed());
     b.set_ingress_limit(None);
-    let up = wait_layer(&b, "B back on f", Duration::from_secs(25), |l| l == F).await;
+    let up = wait_layer(&b, "B back on f", Duration::from_secs(30), |l| l == F).await;
     eprintln!("limit lifted: B back on f after {up:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -231,7 +231,7 @@ async fn preferred_rid_moves_an_unconstrained_subscriber_to_that_layer() {
     .await;
 
     sub.set_preferred_rid(&track, Some("h")).await.unwrap();
-    let t = wait_layer(&sub, "on h", Duration::from_secs(10), |l| l == H).await;
+    let t = wait_layer(&sub, "on h", Duration::from_secs(20), |l| l == H).await;
     eprintln!("preferredRid h: on h after {t:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
 

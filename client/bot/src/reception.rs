@@ -616,6 +616,97 @@ mod tests {
         assert!((s.first_keyframe_ms.unwrap() - 1200.0).abs() < 0.01);
     }
 
+    /// One video frame of `n` packets on `layer` with bot numbers from `seq`:
+    /// `(payload, index in the frame)`.
+    fn frame(layer: u8, seq: u64, frame: u32, n: u64, key: bool) -> Vec<(Vec<u8>, u64)> {
+        (0..n)
+            .map(|i| {
+                let f = PayloadFields {
+                    kind: MediaKind::Video,
+                    track_id: 42,
+                    seq: seq + i,
+                    sent_at_us: 0,
+                    frame,
+                    keyframe: key,
+                    frame_start: i == 0,
+                    frame_end: i + 1 == n,
+                    len: 200,
+                    layer,
+                };
+                (build(&f), i)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simulcast_switches_count_freezes_and_no_loss() {
+        let t0 = Instant::now();
+        let mut r = Reception::new(t0);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // The SFU's outgoing RTP numbers run on across layers; each layer has its own bot numbers.
+        let rtp = std::cell::Cell::new(1000u64);
+        let feed = |r: &mut Reception, layer: u8, seq: &mut u64, fr: u32, key: bool, ms: u64| {
+            let n = if layer == 0 { 1 } else { 3 };
+            for (p, _) in frame(layer, *seq, fr, n, key) {
+                r.on_packet(&p, Some(rtp.get()), at(ms), 0);
+                rtp.set(rtp.get() + 1);
+            }
+            *seq += n;
+        };
+        let (mut q, mut h) = (500u64, 9000u64);
+        // h: a keyframe and 10 frames, 33 ms apart.
+        for i in 0..11u32 {
+            feed(&mut r, 1, &mut h, 100 + i, i == 0, u64::from(i) * 33);
+        }
+        // Switch to q on a keyframe; q's earlier packets were never forwarded (not loss).
+        for i in 0..10u32 {
+            feed(&mut r, 0, &mut q, 7 + i, i == 0, 363 + u64::from(i) * 33);
+        }
+        // A q delta frame is lost (a real loss), and h comes back only with a delta frame at first
+        // (not decodable: frozen), then its keyframe 1.5 s later.
+        q += 1;
+        rtp.set(rtp.get() + 1);
+        feed(&mut r, 0, &mut q, 18, false, 730);
+        h += 300;
+        feed(&mut r, 1, &mut h, 200, false, 760);
+        feed(&mut r, 1, &mut h, 201, true, 2200);
+        feed(&mut r, 1, &mut h, 202, false, 2233);
+        let s = r.stats();
+        assert_eq!(s.corrupt, 0);
+        assert_eq!(s.layer, Some(1));
+        assert_eq!(s.layer_switches, 2);
+        assert_eq!(s.lost, 1, "only the lost q packet: {s:#?}");
+        assert_eq!(s.layers.len(), 2);
+        assert_eq!(s.layers[0].lost, 1);
+        assert_eq!(s.layers[1].lost, 0);
+        assert_eq!(s.layers[1].runs, 2);
+        // Decoded: 11 h + 10 q + 2 h; the q frame after the loss and the first h frame are not.
+        assert_eq!(s.frames_decoded, 23, "{s:#?}");
+        let freeze = s.longest_freeze_ms.unwrap();
+        // From the last q frame before the loss (660 ms) to the h keyframe.
+        assert!((1530.0..1550.0).contains(&freeze), "{freeze}");
+        assert_eq!(s.longest_freeze_end_ms, Some(2200.0));
+    }
+
+    #[test]
+    fn a_late_frame_of_a_left_layer_is_not_decoded() {
+        let t0 = Instant::now();
+        let mut r = Reception::new(t0);
+        let mut packets = frame(1, 0, 1, 3, true);
+        // The last packet of h's keyframe is late; meanwhile the SFU switched to q.
+        let late = packets.pop().unwrap();
+        for (p, s) in packets {
+            r.on_packet(&p, Some(s), t0, 0);
+        }
+        for (p, s) in frame(0, 0, 1, 1, true) {
+            r.on_packet(&p, Some(s + 3), t0, 0);
+        }
+        r.on_packet(&late.0, Some(late.1), t0 + Duration::from_millis(50), 0);
+        let s = r.stats();
+        assert_eq!(s.layer, Some(0), "{s:#?}");
+        assert_eq!(s.frames_decoded, 1);
+    }
+
     #[test]
     fn foreign_track_and_far_jumps_are_contained() {
         let t0 = Instant::now();
