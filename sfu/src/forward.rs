@@ -502,13 +502,14 @@ impl Forwarder {
             .current_rid
     }
 
-    /// A subscriber session's egress bandwidth estimate (from str0m's BWE).
-    pub fn note_estimate(&mut self, session: SessionId, bps: u64, now: Instant) {
+    /// A subscriber session's egress bandwidth estimate (from str0m's BWE). Returns whether it
+    /// fell: then select at once (going down is urgent; going up waits for the periodic selection).
+    pub fn note_estimate(&mut self, session: SessionId, bps: u64, now: Instant) -> bool {
         tracing::trace!(%session, bps, "bandwidth estimate");
-        self.selectors
-            .entry(session)
-            .or_default()
-            .set_estimate(bps, now);
+        let selector = self.selectors.entry(session).or_default();
+        let fell = selector.estimate_bps().is_some_and(|before| bps < before);
+        selector.set_estimate(bps, now);
+        fell
     }
 
     /// Measured incoming bitrate of one layer of a track this shard has legs on.

@@ -440,8 +440,9 @@ impl Shard {
                 SessionEvent::Estimate(bps) => {
                     self.ctx.metrics.bandwidth_estimate.observe(bps as f64);
                     let now = Instant::now();
-                    self.forwarder.note_estimate(id, bps, now);
-                    self.select_layers(now, Some(id));
+                    if self.forwarder.note_estimate(id, bps, now) {
+                        self.select_layers(now, Some(id));
+                    }
                 }
                 SessionEvent::Connected => self.request_keyframes_for(id),
                 SessionEvent::Failed(reason) => {
