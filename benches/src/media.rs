@@ -55,6 +55,8 @@ impl MediaProfile {
             audio: AudioSettings {
                 payload_len: self.audio_payload.max(48),
                 interval: Duration::from_millis(20),
+                // Browsers put a level on every Opus packet; the SFU reads it (active speaker).
+                level_dbov: Some(-35),
             },
             video: VideoSettings {
                 fps,

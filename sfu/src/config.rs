@@ -52,7 +52,7 @@ pub struct Config {
     pub track_timeout: Duration,
     /// A session whose transport is not connected for this long is collected.
     pub session_timeout: Duration,
-    /// Number of shards (worker tasks owning sessions). At least 1.
+    /// Number of shards (worker threads owning sessions). At least 1; default: the core count.
     pub shards: usize,
     /// API requests allowed per session per second (429 beyond).
     pub session_requests_per_second: u32,
@@ -61,6 +61,11 @@ pub struct Config {
     /// Initial egress bandwidth estimate of a session in kbit/s (str0m's GCC refines it; simulcast
     /// layers are chosen to fit). 0 disables bandwidth estimation.
     pub bwe_initial_kbps: u32,
+}
+
+/// One shard per core the process may use.
+pub fn default_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 impl Default for Config {
@@ -75,7 +80,7 @@ impl Default for Config {
             announce_ips: Vec::new(),
             track_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(30),
-            shards: 1,
+            shards: default_shards(),
             session_requests_per_second: 50,
             max_tracks_per_request: 64,
             bwe_initial_kbps: 1000,

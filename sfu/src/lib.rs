@@ -75,6 +75,7 @@
 pub mod api;
 pub mod config;
 pub mod directory;
+pub mod egress;
 pub mod forward;
 pub mod ids;
 pub mod layer;
@@ -82,6 +83,7 @@ pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod shard;
+pub mod speaker;
 pub mod stun;
 pub mod udp;
 

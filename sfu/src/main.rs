@@ -51,7 +51,8 @@ struct Cli {
     #[arg(long, env = "SATSUMA_SFU_SESSION_TIMEOUT")]
     session_timeout: Option<f64>,
 
-    /// Number of shards (worker tasks that own sessions). Default 1.
+    /// Number of shards: worker threads that each own a set of sessions (one per core is best).
+    /// Default: the number of cores this process may use.
     #[arg(long, env = "SATSUMA_SFU_SHARDS")]
     shards: Option<usize>,
 

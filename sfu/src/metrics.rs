@@ -2,8 +2,8 @@
 //! run in one process (tests). All counters are atomics: safe to bump on the hot path.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the SFU exports.
@@ -24,6 +24,8 @@ pub struct Metrics {
     pub packets_out: IntCounter,
     /// UDP bytes sent.
     pub bytes_out: IntCounter,
+    /// Socket send calls (one call carries several datagrams with GSO).
+    pub send_calls: IntCounter,
     /// RTP packets received from publishers (after SRTP).
     pub rtp_in: IntCounter,
     /// RTP packets handed to subscriber legs.
@@ -48,6 +50,18 @@ pub struct Metrics {
     pub layer_switches: IntCounterVec,
     /// Simulcast packets no leg took because no leg is on (or switching to) their layer.
     pub unused_layer_packets: IntCounter,
+    /// Seconds each shard spent working (not waiting), by shard index.
+    pub shard_busy_seconds: CounterVec,
+    /// Sessions owned by each shard.
+    pub shard_sessions: IntGaugeVec,
+    /// Messages sent from one shard to another (media, keyframe requests, leg bookkeeping).
+    pub cross_shard_messages: IntCounter,
+    /// Audio packets that carried an `ssrc-audio-level` value.
+    pub audio_level_packets: IntCounter,
+    /// Published audio tracks speaking now, by the shard that owns the publisher.
+    pub speaking_tracks: IntGaugeVec,
+    /// Times a session's active speaker changed.
+    pub active_speaker_changes: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -79,6 +93,24 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> 
         unreachable_metric(name, &e);
     }
     h
+}
+
+fn float_counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+    let c = CounterVec::new(Opts::new(name, help).namespace("satsuma_sfu"), labels)
+        .unwrap_or_else(|e| unreachable_metric(name, &e));
+    if let Err(e) = registry.register(Box::new(c.clone())) {
+        unreachable_metric(name, &e);
+    }
+    c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help).namespace("satsuma_sfu"), labels)
+        .unwrap_or_else(|e| unreachable_metric(name, &e));
+    if let Err(e) = registry.register(Box::new(g.clone())) {
+        unreachable_metric(name, &e);
+    }
+    g
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -121,6 +153,11 @@ impl Metrics {
             bytes_in: counter(&r, "bytes_in_total", "UDP bytes received"),
             packets_out: counter(&r, "packets_out_total", "UDP datagrams sent"),
             bytes_out: counter(&r, "bytes_out_total", "UDP bytes sent"),
+            send_calls: counter(
+                &r,
+                "udp_send_calls_total",
+                "UDP send system calls (with GSO one call carries several datagrams)",
+            ),
             rtp_in: counter(
                 &r,
                 "rtp_packets_in_total",
@@ -184,6 +221,39 @@ impl Metrics {
                 &r,
                 "unused_layer_packets_total",
                 "Simulcast packets not forwarded because no leg takes their layer",
+            ),
+            shard_busy_seconds: float_counter_vec(
+                &r,
+                "shard_busy_seconds_total",
+                "Seconds each shard thread spent working rather than waiting",
+                &["shard"],
+            ),
+            shard_sessions: gauge_vec(
+                &r,
+                "shard_sessions",
+                "Sessions owned by each shard",
+                &["shard"],
+            ),
+            cross_shard_messages: counter(
+                &r,
+                "cross_shard_messages_total",
+                "Messages passed between shards (media, keyframe requests, leg bookkeeping)",
+            ),
+            audio_level_packets: counter(
+                &r,
+                "audio_level_packets_total",
+                "Audio packets carrying an ssrc-audio-level header extension",
+            ),
+            speaking_tracks: gauge_vec(
+                &r,
+                "speaking_tracks",
+                "Published audio tracks speaking now, by the publisher's shard",
+                &["shard"],
+            ),
+            active_speaker_changes: counter(
+                &r,
+                "active_speaker_changes_total",
+                "Times the active speaker of a subscribing session changed",
             ),
             registry: r,
         }

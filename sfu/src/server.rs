@@ -13,8 +13,8 @@ use crate::api::{ApiState, router};
 use crate::config::{Config, ConfigError};
 use crate::directory::Directory;
 use crate::metrics::Metrics;
-use crate::shard::{Shard, ShardContext};
-use crate::udp::run_receiver;
+use crate::shard::{Shard, ShardContext, ShardMsg};
+use crate::udp::{UdpIo, run_receiver};
 
 /// Capacity of each shard's inbox.
 const SHARD_QUEUE: usize = 16_384;
@@ -53,6 +53,26 @@ pub struct ServerHandle {
     shutdown: Option<oneshot::Sender<()>>,
     http: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
+    shard_stops: Vec<oneshot::Sender<()>>,
+    shard_threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Starts one shard on a thread of its own, driven by a single-threaded tokio runtime: the
+/// shard's sessions, forwarder and timers never leave that thread, so the packet path takes no
+/// lock and keeps its caches warm. Shards talk to each other and to the API through channels.
+fn spawn_shard_thread(
+    index: usize,
+    shard: Shard,
+    rx: mpsc::Receiver<ShardMsg>,
+    stop: oneshot::Receiver<()>,
+) -> Result<std::thread::JoinHandle<()>, ServerError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let thread = std::thread::Builder::new()
+        .name(format!("satsuma-shard-{index}"))
+        .spawn(move || runtime.block_on(shard.run(rx, stop)))?;
+    Ok(thread)
 }
 
 impl Server {
@@ -84,13 +104,13 @@ impl Server {
 
         let metrics = Metrics::new();
         let directory = Arc::new(Directory::default());
-        let socket = Arc::new(udp);
+        let socket = Arc::new(UdpIo::new(Arc::new(udp))?);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(ShardContext {
             config: config.clone(),
             directory: Arc::clone(&directory),
             metrics: metrics.clone(),
-            socket: Arc::clone(&socket),
+            udp: Arc::clone(&socket),
             candidates: candidates.clone(),
             udp_control: control_tx,
         });
@@ -98,18 +118,21 @@ impl Server {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards)
             .map(|_| mpsc::channel(SHARD_QUEUE))
             .unzip();
-        let mut tasks = Vec::new();
+        let mut shard_threads = Vec::new();
+        let mut shard_stops = Vec::new();
         for (i, rx) in receivers.into_iter().enumerate() {
             let shard = Shard::new(i, Arc::clone(&ctx), senders.clone());
-            tasks.push(tokio::spawn(shard.run(rx)));
+            let (stop_tx, stop_rx) = oneshot::channel();
+            shard_stops.push(stop_tx);
+            shard_threads.push(spawn_shard_thread(i, shard, rx, stop_rx)?);
         }
-        tasks.push(tokio::spawn(run_receiver(
+        let tasks = vec![tokio::spawn(run_receiver(
             socket,
             candidates,
             control_rx,
             senders.clone(),
             metrics.clone(),
-        )));
+        ))];
 
         let state = Arc::new(ApiState {
             apps: config
@@ -141,6 +164,8 @@ impl Server {
             shutdown: Some(shutdown_tx),
             http: Some(http),
             tasks,
+            shard_stops,
+            shard_threads,
         })
     }
 }
@@ -179,6 +204,18 @@ impl ServerHandle {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+        for stop in self.shard_stops.drain(..) {
+            let _ = stop.send(());
+        }
+        let threads: Vec<_> = self.shard_threads.drain(..).collect();
+        // Joining blocks: do it off the async workers. A shard closes its sessions and exits
+        // as soon as it sees the stop signal.
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
     }
 }
 
@@ -190,5 +227,8 @@ impl Drop for ServerHandle {
         for t in &self.tasks {
             t.abort();
         }
+        // Dropping the stop senders ends the shard threads; they are not joined here (a drop
+        // must not block an async worker).
+        self.shard_stops.clear();
     }
 }

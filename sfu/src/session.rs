@@ -87,6 +87,8 @@ pub struct Session {
     pub next_timeout: Instant,
     /// Remote addresses we have sent to and told the UDP driver about.
     pub routed_addrs: Vec<SocketAddr>,
+    /// Of the audio tracks this session pulls, the one speaking now (see [`crate::speaker`]).
+    pub active_speaker: Option<TrackId>,
     ssrc_mids: HashMap<Ssrc, (Mid, Option<Rid>)>,
     egress_counts: HashMap<(Mid, Option<Rid>), (u64, u64)>,
     bwe_bitrate: Option<(u64, u64)>,
@@ -134,6 +136,7 @@ impl Session {
             last_received: now,
             next_timeout: now,
             routed_addrs: Vec::new(),
+            active_speaker: None,
             ssrc_mids: HashMap::new(),
             egress_counts: HashMap::new(),
             bwe_bitrate: None,

@@ -23,22 +23,24 @@ use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::error::ApiError;
 use crate::api::types::{
-    CloseTracksRequest, CloseTracksResponse, Location, RenegotiateResponse, SdpType,
+    ActiveSpeaker, CloseTracksRequest, CloseTracksResponse, Location, RenegotiateResponse, SdpType,
     SessionDescription, SessionState, TrackObject, TrackResult, TrackState, TrackStatus,
     TracksRequest, TracksResponse, UpdateTracksRequest, UpdateTracksResponse,
 };
 use crate::config::Config;
 use crate::directory::{Directory, PublishedTrack};
+use crate::egress::Egress;
 use crate::forward::{Forwarder, LegKey, LegWrite, MediaPacket};
 use crate::ids::{SessionId, ShardId, TrackId};
 use crate::metrics::Metrics;
 use crate::session::{LegState, MAX_ROUTED_ADDRS, Publication, Session, Subscription, is_keyframe};
+use crate::speaker::SpeakerDetector;
 use crate::udp::UdpControl;
+use crate::udp::UdpIo;
 
 /// Keyframe requests reach a publisher at most this often per track and layer.
 const KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
@@ -177,8 +179,8 @@ pub struct ShardContext {
     pub directory: Arc<Directory>,
     /// Metrics.
     pub metrics: Metrics,
-    /// The one UDP socket.
-    pub socket: Arc<UdpSocket>,
+    /// The one UDP socket, with batched I/O.
+    pub udp: Arc<UdpIo>,
     /// Our ICE host candidate addresses.
     pub candidates: Vec<SocketAddr>,
     /// Control channel of the UDP driver.
@@ -208,6 +210,8 @@ pub struct Shard {
     fanout: Vec<ShardId>,
     events: Vec<SessionEvent>,
     next_housekeeping: Instant,
+    speakers: SpeakerDetector,
+    egress: Egress,
 }
 
 impl Shard {
@@ -226,17 +230,34 @@ impl Shard {
             fanout: Vec::new(),
             events: Vec::new(),
             next_housekeeping: Instant::now(),
+            speakers: SpeakerDetector::default(),
+            egress: Egress::default(),
         }
     }
 
-    /// Runs until the channel closes; then closes every session.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) {
+    /// Runs until the channel closes or `stop` fires (or its sender is dropped); then closes
+    /// every session. Time spent handling work (not waiting) is added to the shard's busy-time
+    /// counter, so `rate(satsuma_sfu_shard_busy_seconds_total)` is the shard's utilisation.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>, mut stop: oneshot::Receiver<()>) {
+        let shard_label = self.id.to_string();
+        let busy = self
+            .ctx
+            .metrics
+            .shard_busy_seconds
+            .with_label_values(&[&shard_label]);
+        let sessions_gauge = self
+            .ctx
+            .metrics
+            .shard_sessions
+            .with_label_values(&[&shard_label]);
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
                 biased;
+                _ = &mut stop => break,
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
+                    let started = Instant::now();
                     self.handle(msg);
                     for _ in 0..BATCH {
                         match rx.try_recv() {
@@ -244,15 +265,30 @@ impl Shard {
                             Err(_) => break,
                         }
                     }
+                    self.handle_timeouts(Instant::now());
+                    self.flush();
+                    busy.inc_by(started.elapsed().as_secs_f64());
                 }
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                    let started = Instant::now();
+                    self.handle_timeouts(started);
+                    self.flush();
+                    busy.inc_by(started.elapsed().as_secs_f64());
+                }
             }
-            self.handle_timeouts(Instant::now());
+            sessions_gauge.set(i64::try_from(self.sessions.len()).unwrap_or(i64::MAX));
         }
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
             self.remove_session(id, "shutdown");
         }
+        self.flush();
+        sessions_gauge.set(0);
+    }
+
+    /// Sends what the last batch of work produced (see [`crate::egress`]).
+    pub fn flush(&mut self) {
+        self.ctx.udp.flush(&mut self.egress, &self.ctx.metrics);
     }
 
     fn next_deadline(&self) -> Instant {
@@ -272,7 +308,10 @@ impl Shard {
         match msg {
             ShardMsg::Api(cmd) => self.handle_api(cmd),
             ShardMsg::Datagram(d) => self.handle_datagram(d),
-            ShardMsg::Media { track, packet } => self.forward_local(track, &packet),
+            ShardMsg::Media { track, packet } => {
+                self.note_audio_level(track, &packet);
+                self.forward_local(track, &packet);
+            }
             ShardMsg::Subscribe { track, shard } => {
                 if !self.forwarder.add_subscriber_shard(track, shard) {
                     self.send_to_shard(shard, ShardMsg::TrackEnded { track });
@@ -319,6 +358,8 @@ impl Shard {
             Some(tx) => {
                 if tx.try_send(msg).is_err() {
                     self.ctx.metrics.drop_reason("shard_queue_full");
+                } else {
+                    self.ctx.metrics.cross_shard_messages.inc();
                 }
             }
             None => self.ctx.metrics.drop_reason("unknown_shard"),
@@ -408,8 +449,9 @@ impl Shard {
         let ctx = &self.ctx;
         let shard = self.id;
         let mut events = std::mem::take(&mut self.events);
+        let egress = &mut self.egress;
         let result = catch_unwind(AssertUnwindSafe(|| {
-            drain_session(session, ctx, shard, &mut events)
+            drain_session(session, ctx, shard, &mut events, egress)
         }));
         match result {
             Ok(Ok(())) => {}
@@ -455,6 +497,7 @@ impl Shard {
     }
 
     fn fanout(&mut self, track: TrackId, pkt: Arc<MediaPacket>) {
+        self.note_audio_level(track, &pkt);
         let Some(shards) = self.forwarder.note_media(track, pkt.arrival) else {
             self.ctx.metrics.drop_reason("unpublished_track");
             return;
@@ -475,6 +518,54 @@ impl Shard {
                 );
             }
         }
+    }
+
+    /// Feeds the active-speaker detector (once per packet and shard, not per leg).
+    fn note_audio_level(&mut self, track: TrackId, pkt: &MediaPacket) {
+        if let Some(level) = pkt.ext.audio_level {
+            self.ctx.metrics.audio_level_packets.inc();
+            self.speakers
+                .observe(track, level, pkt.ext.voice_activity, pkt.arrival);
+        }
+    }
+
+    /// Updates every session's active speaker and the speaking-tracks gauge.
+    fn update_speakers(&mut self, now: Instant) {
+        self.speakers.expire(now);
+        let mut speaking = 0i64;
+        let mut changes = 0u64;
+        for session in self.sessions.values_mut() {
+            speaking += session
+                .publications
+                .values()
+                .filter(|p| p.active && p.kind == MediaKind::Audio)
+                .filter(|p| {
+                    self.speakers
+                        .level(p.track, now)
+                        .is_some_and(|l| l.speaking)
+                })
+                .count() as i64;
+            let candidates = session
+                .subscriptions
+                .values()
+                .filter(|s| s.kind == MediaKind::Audio && s.state == LegState::Active)
+                .map(|s| s.track);
+            let chosen = self
+                .speakers
+                .choose(candidates, session.active_speaker, now);
+            if chosen != session.active_speaker {
+                if chosen.is_some() {
+                    changes += 1;
+                }
+                session.active_speaker = chosen;
+            }
+        }
+        let metrics = &self.ctx.metrics;
+        metrics.active_speaker_changes.inc_by(changes);
+        metrics
+            .speaking_tracks
+            .with_label_values(&[&self.id.to_string()])
+            .set(speaking);
     }
 
     fn forward_local(&mut self, track: TrackId, pkt: &MediaPacket) {
@@ -647,6 +738,7 @@ impl Shard {
             self.ctx.metrics.tracks_collected.inc();
             self.unpublish(track);
         }
+        self.update_speakers(now);
     }
 
     fn session_panicked(&mut self, id: SessionId) {
@@ -697,6 +789,7 @@ impl Shard {
             return;
         };
         let shards = self.forwarder.unpublish(track);
+        self.speakers.forget(track);
         self.ctx.metrics.tracks.dec();
         for shard in shards {
             self.send_to_shard(shard, ShardMsg::TrackEnded { track });
@@ -1275,35 +1368,65 @@ impl Shard {
     }
 
     fn get(&mut self, id: SessionId) -> Result<SessionState, ApiError> {
-        let session = self.session_mut(id)?;
+        let now = Instant::now();
+        let speakers = &self.speakers;
+        let session = self.sessions.get(&id).ok_or_else(ApiError::no_session)?;
+        let level = |track: TrackId, kind: MediaKind| {
+            (kind == MediaKind::Audio)
+                .then(|| speakers.level(track, now))
+                .flatten()
+        };
         let mut tracks: Vec<TrackState> = session
             .publications
             .iter()
-            .map(|(mid, p)| TrackState {
-                location: Location::Local,
-                mid: mid.to_string(),
-                track_name: p.name.clone(),
-                session_id: None,
-                status: if p.active {
-                    TrackStatus::Active
-                } else {
-                    TrackStatus::Inactive
-                },
+            .map(|(mid, p)| {
+                let l = level(p.track, p.kind);
+                TrackState {
+                    location: Location::Local,
+                    mid: mid.to_string(),
+                    track_name: p.name.clone(),
+                    session_id: None,
+                    status: if p.active {
+                        TrackStatus::Active
+                    } else {
+                        TrackStatus::Inactive
+                    },
+                    audio_level: l.map(|l| l.last_dbov),
+                    speaking: l.map(|l| l.speaking),
+                }
             })
-            .chain(session.subscriptions.iter().map(|(mid, s)| TrackState {
-                location: Location::Remote,
-                mid: mid.to_string(),
-                track_name: s.name.clone(),
-                session_id: Some(s.source.to_string()),
-                status: match s.state {
-                    LegState::Active => TrackStatus::Active,
-                    LegState::Negotiating => TrackStatus::Initializing,
-                    LegState::Inactive => TrackStatus::Inactive,
-                },
+            .chain(session.subscriptions.iter().map(|(mid, s)| {
+                let l = level(s.track, s.kind);
+                TrackState {
+                    location: Location::Remote,
+                    mid: mid.to_string(),
+                    track_name: s.name.clone(),
+                    session_id: Some(s.source.to_string()),
+                    status: match s.state {
+                        LegState::Active => TrackStatus::Active,
+                        LegState::Negotiating => TrackStatus::Initializing,
+                        LegState::Inactive => TrackStatus::Inactive,
+                    },
+                    audio_level: l.map(|l| l.last_dbov),
+                    speaking: l.map(|l| l.speaking),
+                }
             }))
             .collect();
         tracks.sort_by(|a, b| a.mid.cmp(&b.mid));
-        Ok(SessionState { tracks })
+        let active_speaker = session.active_speaker.and_then(|track| {
+            session
+                .subscriptions
+                .values()
+                .find(|s| s.track == track)
+                .map(|s| ActiveSpeaker {
+                    session_id: s.source.to_string(),
+                    track_name: s.name.clone(),
+                })
+        });
+        Ok(SessionState {
+            tracks,
+            active_speaker,
+        })
     }
 }
 
@@ -1313,6 +1436,7 @@ fn drain_session(
     ctx: &ShardContext,
     shard: ShardId,
     events: &mut Vec<SessionEvent>,
+    egress: &mut Egress,
 ) -> Result<(), String> {
     loop {
         let output = session.rtc.poll_output().map_err(|e| e.to_string())?;
@@ -1322,13 +1446,7 @@ fn drain_session(
                 return Ok(());
             }
             Output::Transmit(t) => {
-                match ctx.socket.try_send_to(&t.contents, t.destination) {
-                    Ok(n) => {
-                        ctx.metrics.packets_out.inc();
-                        ctx.metrics.bytes_out.inc_by(n as u64);
-                    }
-                    Err(_) => ctx.metrics.drop_reason("send_failed"),
-                }
+                egress.push(t.destination, &t.contents);
                 if !session.routed_addrs.contains(&t.destination)
                     && session.routed_addrs.len() < MAX_ROUTED_ADDRS
                 {

@@ -4,15 +4,21 @@
 //! address for known flows (the fast path), by the ufrag in a STUN binding request for new ones.
 //! An address is only learnt from a shard after its session has *sent* to it, which str0m does
 //! only after checking a STUN request's integrity, so a spoofed request cannot steal a flow.
-//! Everything else is counted as a drop. Shards send directly on the shared socket.
+//! Everything else is counted as a drop. Reads are batched (`recvmmsg`); shards send directly on
+//! the shared socket, in batches grouped per destination ([`crate::egress`], UDP GSO).
 
 use std::collections::HashMap;
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+
+use crate::egress::{Egress, Send};
 
 use crate::ids::{SessionId, ShardId};
 use crate::metrics::Metrics;
@@ -147,16 +153,99 @@ pub fn local_for(candidates: &[SocketAddr], source: SocketAddr) -> SocketAddr {
         .unwrap_or(source)
 }
 
+/// Socket buffer size asked of the kernel for each direction (it caps this at
+/// `net.core.rmem_max` / `wmem_max`): enough to ride out a scheduling hiccup of a few hundred
+/// milliseconds at full load without dropping audio, which cannot be resent.
+pub const SOCKET_BUFFER: usize = 8 << 20;
+
+/// The shared socket with batched I/O (`recvmmsg`; `sendmsg` with UDP GSO where the kernel
+/// supports it), through `quinn-udp`.
+#[derive(Debug)]
+pub struct UdpIo {
+    socket: Arc<UdpSocket>,
+    state: UdpSocketState,
+}
+
+impl UdpIo {
+    /// Wraps a bound socket and sizes its kernel buffers.
+    pub fn new(socket: Arc<UdpSocket>) -> std::io::Result<UdpIo> {
+        let state = UdpSocketState::new((&*socket).into())?;
+        for (what, result) in [
+            (
+                "receive",
+                state.set_recv_buffer_size((&*socket).into(), SOCKET_BUFFER),
+            ),
+            (
+                "send",
+                state.set_send_buffer_size((&*socket).into(), SOCKET_BUFFER),
+            ),
+        ] {
+            if let Err(e) = result {
+                tracing::warn!("cannot size the UDP {what} buffer: {e}");
+            }
+        }
+        Ok(UdpIo { socket, state })
+    }
+
+    /// Datagrams one GSO send may carry (1 without GSO).
+    pub fn max_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    /// Sends one planned socket call without blocking; a full socket buffer is an error the
+    /// caller counts as a drop.
+    pub fn send(&self, s: &Send<'_>) -> std::io::Result<()> {
+        let transmit = Transmit {
+            destination: s.destination,
+            ecn: None,
+            contents: s.contents,
+            segment_size: s.segment_size,
+            src_ip: None,
+        };
+        self.state.try_send((&*self.socket).into(), &transmit)
+    }
+
+    /// Sends every datagram `egress` holds, counting what left and what was dropped.
+    pub fn flush(&self, egress: &mut Egress, metrics: &Metrics) {
+        if egress.is_empty() {
+            return;
+        }
+        egress.flush(self.max_segments(), |s| match self.send(&s) {
+            Ok(()) => {
+                metrics.packets_out.inc_by(s.datagrams as u64);
+                metrics.bytes_out.inc_by(s.contents.len() as u64);
+                metrics.send_calls.inc();
+            }
+            Err(e) => {
+                tracing::trace!(destination = %s.destination, "udp send failed: {e}");
+                metrics
+                    .dropped
+                    .with_label_values(&["send_failed"])
+                    .inc_by(s.datagrams as u64);
+            }
+        });
+    }
+}
+
+/// Datagrams read per `recvmmsg` call.
+const RECV_BATCH: usize = quinn_udp::BATCH_SIZE;
+/// Rounds of batched reads before the receiver looks at its control channel again.
+const RECV_ROUNDS: usize = 8;
+
 /// Receives until the task is aborted.
 pub async fn run_receiver(
-    socket: Arc<UdpSocket>,
+    io: Arc<UdpIo>,
     candidates: Vec<SocketAddr>,
     mut control: mpsc::UnboundedReceiver<UdpControl>,
     shards: Vec<mpsc::Sender<ShardMsg>>,
     metrics: Metrics,
 ) {
     let mut demux = Demux::default();
-    let mut buf = vec![0u8; 2048];
+    // With UDP GRO the kernel may hand over several datagrams of one peer in one buffer, up to
+    // its GRO limit of segments: size every buffer for that.
+    let slot = 2048 * io.state.gro_segments().max(1);
+    let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; slot]).collect();
+    let mut meta = vec![RecvMeta::default(); RECV_BATCH];
     loop {
         tokio::select! {
             biased;
@@ -164,39 +253,70 @@ pub async fn run_receiver(
                 Some(ctl) => demux.apply(ctl),
                 None => return,
             },
-            received = socket.recv_from(&mut buf) => {
-                let (n, source) = match received {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::debug!("udp receive error: {e}");
-                        continue;
-                    }
-                };
-                metrics.packets_in.inc();
-                metrics.bytes_in.inc_by(n as u64);
-                let data = &buf[..n];
-                match demux.route(source, data) {
-                    Ok((session, shard)) => {
-                        let d = Datagram {
-                            session,
-                            source,
-                            destination: local_for(&candidates, source),
-                            data: data.to_vec(),
-                            received: Instant::now(),
-                        };
-                        match shards.get(shard) {
-                            Some(tx) => {
-                                if tx.try_send(ShardMsg::Datagram(d)).is_err() {
-                                    metrics.drop_reason("shard_queue_full");
-                                }
-                            }
-                            None => metrics.drop_reason("unknown_shard"),
+            ready = io.socket.readable() => {
+                if let Err(e) = ready {
+                    tracing::warn!("udp socket failed: {e}");
+                    return;
+                }
+                for _ in 0..RECV_ROUNDS {
+                    let mut slices: Vec<IoSliceMut<'_>> =
+                        bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                    let received = io.socket.try_io(Interest::READABLE, || {
+                        io.state.recv((&*io.socket).into(), &mut slices, &mut meta)
+                    });
+                    drop(slices);
+                    let n = match received {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            tracing::debug!("udp receive error: {e}");
+                            break;
+                        }
+                    };
+                    let now = Instant::now();
+                    for (m, buf) in meta.iter().zip(&bufs).take(n) {
+                        let stride = if m.stride == 0 { m.len } else { m.stride };
+                        for data in buf[..m.len.min(buf.len())].chunks(stride.max(1)) {
+                            route_datagram(&mut demux, &candidates, &shards, &metrics, m.addr, data, now);
                         }
                     }
-                    Err(reason) => metrics.drop_reason(reason),
                 }
             }
         }
+    }
+}
+
+/// Hands one received datagram to the shard owning its session, or counts why not.
+fn route_datagram(
+    demux: &mut Demux,
+    candidates: &[SocketAddr],
+    shards: &[mpsc::Sender<ShardMsg>],
+    metrics: &Metrics,
+    source: SocketAddr,
+    data: &[u8],
+    received: Instant,
+) {
+    metrics.packets_in.inc();
+    metrics.bytes_in.inc_by(data.len() as u64);
+    match demux.route(source, data) {
+        Ok((session, shard)) => {
+            let d = Datagram {
+                session,
+                source,
+                destination: local_for(candidates, source),
+                data: data.to_vec(),
+                received,
+            };
+            match shards.get(shard) {
+                Some(tx) => {
+                    if tx.try_send(ShardMsg::Datagram(d)).is_err() {
+                        metrics.drop_reason("shard_queue_full");
+                    }
+                }
+                None => metrics.drop_reason("unknown_shard"),
+            }
+        }
+        Err(reason) => metrics.drop_reason(reason),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Media forwarding through the real `satsuma-sfu` binary over real UDP on 127.0.0.1, driven by
 //! native bots (`satsuma-bot`): fan-out with byte-identical payloads, a late joiner's keyframe (PLI
-//! path), and two sessions that push and pull each other at the same moment.
+//! path), two sessions that push and pull each other at the same moment, and a publisher whose
+//! subscribers sit on other shards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -50,38 +51,11 @@ fn subscribed<'a>(s: &'a BotStats, name: &str) -> &'a SubscribedStats {
 
 const CONNECT: Duration = Duration::from_secs(10);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_publisher_five_subscribers_receive_every_payload_byte_identical() {
-    let sfu = sfu();
-    let mut pub_cfg = config(&sfu);
-    pub_cfg.participant.send_on_publish = false;
-    let publisher = Bot::connect_with(pub_cfg).await.unwrap();
-    publisher.publish(&av()).await.unwrap();
-    publisher.wait_connected(CONNECT).await.unwrap();
-
-    let mut subscribers = Vec::new();
-    for _ in 0..5 {
-        let bot = Bot::connect_with(config(&sfu)).await.unwrap();
-        let pulls = [
-            (publisher.session_id().to_owned(), "mic".to_owned()),
-            (publisher.session_id().to_owned(), "cam".to_owned()),
-        ];
-        let subs = bot.subscribe_many(&pulls).await.unwrap();
-        assert_eq!(subs.len(), 2);
-        bot.wait_connected(CONNECT).await.unwrap();
-        subscribers.push(bot);
-    }
-    // Let the SFU side of every leg finish its handshake before the first packet.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    publisher.set_sending(true).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    publisher.set_sending(false).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-
-    let ps = publisher.stats().await.unwrap();
+/// Every subscriber got every packet of "mic" and "cam" exactly once, byte-identical, with RTP
+/// numbering in step with the payloads.
+async fn assert_every_payload_arrived(ps: &BotStats, subscribers: &[Bot]) {
     for name in ["mic", "cam"] {
-        let sent = published(&ps, name).sent;
+        let sent = published(ps, name).sent;
         assert!(
             sent.packets > 50,
             "{name}: only {} packets sent",
@@ -127,6 +101,39 @@ async fn one_publisher_five_subscribers_receive_every_payload_byte_identical() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_publisher_five_subscribers_receive_every_payload_byte_identical() {
+    let sfu = sfu();
+    let mut pub_cfg = config(&sfu);
+    pub_cfg.participant.send_on_publish = false;
+    let publisher = Bot::connect_with(pub_cfg).await.unwrap();
+    publisher.publish(&av()).await.unwrap();
+    publisher.wait_connected(CONNECT).await.unwrap();
+
+    let mut subscribers = Vec::new();
+    for _ in 0..5 {
+        let bot = Bot::connect_with(config(&sfu)).await.unwrap();
+        let pulls = [
+            (publisher.session_id().to_owned(), "mic".to_owned()),
+            (publisher.session_id().to_owned(), "cam".to_owned()),
+        ];
+        let subs = bot.subscribe_many(&pulls).await.unwrap();
+        assert_eq!(subs.len(), 2);
+        bot.wait_connected(CONNECT).await.unwrap();
+        subscribers.push(bot);
+    }
+    // Let the SFU side of every leg finish its handshake before the first packet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    publisher.set_sending(true).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    publisher.set_sending(false).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let ps = publisher.stats().await.unwrap();
+    assert_every_payload_arrived(&ps, &subscribers).await;
     let m = sfu.metrics().await.unwrap();
     let sent_total: u64 = ps
         .participant
@@ -306,5 +313,173 @@ async fn many_tracks_in_one_request_are_routed_to_the_right_mids() {
             "{}: {r:?}",
             t.name
         );
+    }
+}
+
+/// Sessions are placed on shards round-robin: with three shards the publisher sits on shard 0 and
+/// its five subscribers on shards 1, 2, 0, 1, 2. Packets reach the other shards as shared
+/// buffers (one message per shard, not per subscriber), and every subscriber still gets every payload byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_and_subscribers_on_different_shards() {
+    let sfu = SfuProcess::start(env!("CARGO_BIN_EXE_satsuma-sfu"), &["--shards", "3"])
+        .expect("start satsuma-sfu");
+    let mut pub_cfg = config(&sfu);
+    pub_cfg.participant.send_on_publish = false;
+    let publisher = Bot::connect_with(pub_cfg).await.unwrap();
+    publisher.publish(&av()).await.unwrap();
+    publisher.wait_connected(CONNECT).await.unwrap();
+
+    let mut subscribers = Vec::new();
+    for _ in 0..5 {
+        let bot = Bot::connect_with(config(&sfu)).await.unwrap();
+        let pulls = [
+            (publisher.session_id().to_owned(), "mic".to_owned()),
+            (publisher.session_id().to_owned(), "cam".to_owned()),
+        ];
+        bot.subscribe_many(&pulls).await.unwrap();
+        bot.wait_connected(CONNECT).await.unwrap();
+        subscribers.push(bot);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = sfu.metrics().await.unwrap();
+    for shard in 0..3 {
+        assert_eq!(
+            m.get(&format!("satsuma_sfu_shard_sessions{{shard=\"{shard}\"}}")),
+            2.0,
+            "shard {shard} should own two of the six sessions"
+        );
+    }
+    let cross_before = m.get("satsuma_sfu_cross_shard_messages_total");
+
+    publisher.set_sending(true).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    publisher.set_sending(false).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let ps = publisher.stats().await.unwrap();
+    assert_every_payload_arrived(&ps, &subscribers).await;
+    for (i, bot) in subscribers.iter().enumerate() {
+        let s = bot.stats().await.unwrap();
+        assert!(
+            subscribed(&s, "cam").received.keyframes >= 1,
+            "subscriber {i} (shard {}) never got a keyframe",
+            (i + 1) % 3
+        );
+    }
+
+    let m = sfu.metrics().await.unwrap();
+    let sent_total: u64 = ps
+        .participant
+        .published
+        .iter()
+        .map(|p| p.sent.packets)
+        .sum();
+    let cross = m.get("satsuma_sfu_cross_shard_messages_total") - cross_before;
+    eprintln!(
+        "datagrams out {} in {} send calls (GSO batching), {cross} cross-shard messages for {sent_total} packets",
+        m.get("satsuma_sfu_packets_out_total"),
+        m.get("satsuma_sfu_udp_send_calls_total"),
+    );
+    // Two other shards hold subscribers: each packet crosses to each of them exactly once,
+    // however many subscribers that shard has.
+    assert!(
+        cross >= (2 * sent_total) as f64,
+        "only {cross} cross-shard messages for {sent_total} packets"
+    );
+    assert!(
+        cross < (4 * sent_total) as f64,
+        "{cross} cross-shard messages for {sent_total} packets: sent per subscriber, not per shard?"
+    );
+    assert!(m.get("satsuma_sfu_forwarded_packets_total") >= (5 * sent_total) as f64);
+    for shard in 0..3 {
+        assert!(
+            m.get(&format!(
+                "satsuma_sfu_shard_busy_seconds_total{{shard=\"{shard}\"}}"
+            )) > 0.0,
+            "shard {shard} reports no busy time"
+        );
+    }
+    for bot in subscribers {
+        bot.shutdown().await.unwrap();
+    }
+    publisher.shutdown().await.unwrap();
+}
+
+/// Audio levels ride in the `ssrc-audio-level` header extension; the SFU reads them (never the
+/// payload) and names each subscriber's active speaker in `GET /sessions/{id}`: the louder of
+/// two talkers takes over, and when they stop the quieter one is the speaker again, then nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_speaker_follows_audio_levels() {
+    let sfu = sfu();
+    let talker = |dbov: i8| {
+        let mut c = config(&sfu);
+        c.participant.audio.level_dbov = Some(dbov);
+        c.participant.send_on_publish = false;
+        c
+    };
+    let quiet = Bot::connect_with(talker(-40)).await.unwrap();
+    let loud = Bot::connect_with(talker(-10)).await.unwrap();
+    for bot in [&quiet, &loud] {
+        bot.publish_audio("mic").await.unwrap();
+        bot.wait_connected(CONNECT).await.unwrap();
+    }
+    let listener = Bot::connect_with(config(&sfu)).await.unwrap();
+    listener
+        .subscribe_many(&[
+            (quiet.session_id().to_owned(), "mic".to_owned()),
+            (loud.session_id().to_owned(), "mic".to_owned()),
+        ])
+        .await
+        .unwrap();
+    listener.wait_connected(CONNECT).await.unwrap();
+
+    let speaker_of = |want: Option<&str>| {
+        let listener = &listener;
+        let want = want.map(str::to_owned);
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let state = listener.api().session(listener.session_id()).await.unwrap();
+                let now = state.active_speaker.as_ref().map(|s| s.session_id.clone());
+                if now == want {
+                    return state;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "active speaker {now:?}, expected {want:?}: {state:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    speaker_of(None).await;
+    quiet.set_sending(true).await.unwrap();
+    let state = speaker_of(Some(quiet.session_id())).await;
+    let quiet_track = state
+        .tracks
+        .iter()
+        .find(|t| t.session_id.as_deref() == Some(quiet.session_id()))
+        .unwrap();
+    assert_eq!(quiet_track.audio_level, Some(-40));
+    assert_eq!(quiet_track.speaking, Some(true));
+
+    loud.set_sending(true).await.unwrap();
+    speaker_of(Some(loud.session_id())).await;
+    // The publisher's own view of its track carries the level too.
+    let own = loud.api().session(loud.session_id()).await.unwrap();
+    assert_eq!(own.tracks[0].audio_level, Some(-10));
+    assert_eq!(own.tracks[0].speaking, Some(true));
+
+    loud.set_sending(false).await.unwrap();
+    speaker_of(Some(quiet.session_id())).await;
+    quiet.set_sending(false).await.unwrap();
+    speaker_of(None).await;
+
+    let m = sfu.metrics().await.unwrap();
+    assert!(m.get("satsuma_sfu_audio_level_packets_total") > 50.0);
+    assert!(m.get("satsuma_sfu_active_speaker_changes_total") >= 2.0);
+    for bot in [listener, quiet, loud] {
+        bot.shutdown().await.unwrap();
     }
 }

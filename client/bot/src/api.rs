@@ -75,6 +75,22 @@ pub struct TrackObject {
     /// Per-track error description.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_description: Option<String>,
+    /// Audio tracks (GET session): last level in -dBov.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_level: Option<i8>,
+    /// Audio tracks (GET session): speaking now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speaking: Option<bool>,
+}
+
+/// The active speaker among the audio tracks a session pulls (GET session).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveSpeaker {
+    /// Publishing session.
+    pub session_id: String,
+    /// Its track name.
+    pub track_name: String,
 }
 
 impl TrackObject {
@@ -172,6 +188,9 @@ pub struct SessionState {
     /// The session's tracks.
     #[serde(default)]
     pub tracks: Vec<TrackObject>,
+    /// Who speaks now among the pulled audio tracks.
+    #[serde(default)]
+    pub active_speaker: Option<ActiveSpeaker>,
 }
 
 /// Error body `{errorCode, errorDescription}`.

@@ -14,7 +14,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, Mid, Pt, Rid, Simulcast};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 use thiserror::Error;
 use tracing::{debug, warn};
@@ -429,11 +429,18 @@ impl Participant {
             }
         };
         let mut wrote = false;
+        let audio_level = self.config.audio.level_dbov;
         for (mid, p) in self.published.iter_mut() {
             let Some(pt) = p.pt else { continue };
             if !p.sending {
                 continue;
             }
+            let ext = ExtensionValues {
+                audio_level: audio_level.filter(|_| p.kind == MediaKind::Audio),
+                // The extension carries both or nothing; the V bit says "voice" like a VAD.
+                voice_activity: audio_level.map(|l| l > -127),
+                ..Default::default()
+            };
             for (rid, source) in p.sources.iter_mut() {
                 if source.next_due() > now {
                     continue;
@@ -448,7 +455,8 @@ impl Participant {
                     stream.write_rtp(
                         RtpWrite::new(pt, pkt.rtp_seq.into(), pkt.rtp_time, now, pkt.payload)
                             .marker(pkt.marker)
-                            .nackable(pkt.nackable),
+                            .nackable(pkt.nackable)
+                            .ext_vals(ext.clone()),
                     );
                     wrote = true;
                 }

@@ -17,6 +17,9 @@ pub struct AudioSettings {
     pub payload_len: u16,
     /// Packet interval (20 ms for Opus' default framing).
     pub interval: Duration,
+    /// Level written into each packet's `ssrc-audio-level` header extension, in -dBov (0 is
+    /// the loudest, -127 silence), as browsers do; `None` sends no level.
+    pub level_dbov: Option<i8>,
 }
 
 impl Default for AudioSettings {
@@ -24,6 +27,7 @@ impl Default for AudioSettings {
         Self {
             payload_len: 100,
             interval: Duration::from_millis(20),
+            level_dbov: None,
         }
     }
 }

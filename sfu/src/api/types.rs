@@ -242,13 +242,36 @@ pub struct TrackState {
     pub session_id: Option<String>,
     /// Status.
     pub status: TrackStatus,
+    /// Audio tracks: the last packet's level in -dBov (0 loudest, -127 silence), from the
+    /// `ssrc-audio-level` header extension. Absent when no level has been received lately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_level: Option<i8>,
+    /// Audio tracks: whether the track is speaking now (smoothed, with hysteresis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaking: Option<bool>,
+}
+
+/// The active speaker among the audio tracks a session pulls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveSpeaker {
+    /// The publishing session.
+    pub session_id: String,
+    /// Its track name.
+    pub track_name: String,
 }
 
 /// `GET sessions/{id}` response.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SessionState {
     /// The session's tracks.
     pub tracks: Vec<TrackState>,
+    /// Of the audio tracks this session pulls, the one speaking now (most active, and sticky
+    /// while several talk at once); absent when nobody speaks (so the body stays what
+    /// Cloudflare's API returns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_speaker: Option<ActiveSpeaker>,
 }
 
 /// Error body.

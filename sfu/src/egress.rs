@@ -1,0 +1,215 @@
+//! Outgoing datagrams of one shard, batched: everything a shard's sessions want to send while it
+//! works through a batch of inbound messages is queued here and flushed once, grouped by
+//! destination, so that runs of same-sized datagrams to one peer (the packets of a video frame
+//! to one subscriber) leave in a single `sendmsg` with UDP GSO instead of one syscall each.
+//!
+//! Sans-IO: [`Egress`] only queues and plans; the socket call is a closure given to
+//! [`Egress::flush`] (see `udp::Sender`). Order per destination is kept; order between
+//! destinations does not matter to anyone.
+
+use std::net::SocketAddr;
+
+/// Upper bound of one GSO send (the kernel's limit on a UDP datagram's total size).
+pub const MAX_GSO_BYTES: usize = 65_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    destination: SocketAddr,
+    start: usize,
+    len: usize,
+}
+
+/// One socket call: `contents` holds one datagram, or several of `segment_size` bytes each (the
+/// last may be shorter) for the same destination.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Send<'a> {
+    /// Where to.
+    pub destination: SocketAddr,
+    /// The bytes.
+    pub contents: &'a [u8],
+    /// `Some(size)` when `contents` is several datagrams of `size` bytes (GSO).
+    pub segment_size: Option<usize>,
+    /// How many datagrams `contents` holds.
+    pub datagrams: usize,
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct Egress {
+    bytes: Vec<u8>,
+    queued: Vec<Queued>,
+    order: Vec<usize>,
+    scratch: Vec<u8>,
+}
+
+impl Egress {
+    /// Queues one datagram.
+    pub fn push(&mut self, destination: SocketAddr, datagram: &[u8]) {
+        if datagram.is_empty() {
+            return;
+        }
+        self.queued.push(Queued {
+            destination,
+            start: self.bytes.len(),
+            len: datagram.len(),
+        });
+        self.bytes.extend_from_slice(datagram);
+    }
+
+    /// Datagrams waiting.
+    pub fn len(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.queued.is_empty()
+    }
+
+    /// Hands every queued datagram to `send`, grouping runs for one destination into GSO sends
+    /// of at most `max_segments` datagrams (1 disables grouping). Clears the queue; buffers are
+    /// kept for the next batch, so a steady state allocates nothing.
+    pub fn flush(&mut self, max_segments: usize, mut send: impl FnMut(Send<'_>)) {
+        let max_segments = max_segments.max(1);
+        self.order.clear();
+        self.order.extend(0..self.queued.len());
+        // Stable: datagrams to one destination keep their order.
+        let queued = &self.queued;
+        self.order.sort_by_key(|&i| queued[i].destination);
+        let mut i = 0;
+        while i < self.order.len() {
+            let first = self.queued[self.order[i]];
+            let mut end = i + 1;
+            let mut total = first.len;
+            if max_segments > 1 {
+                while end < self.order.len() && end - i < max_segments {
+                    let next = self.queued[self.order[end]];
+                    // Same peer; every segment but the last exactly `first.len` long.
+                    if next.destination != first.destination
+                        || next.len > first.len
+                        || total + next.len > MAX_GSO_BYTES
+                    {
+                        break;
+                    }
+                    total += next.len;
+                    end += 1;
+                    if next.len < first.len {
+                        break;
+                    }
+                }
+            }
+            if end - i == 1 {
+                send(Send {
+                    destination: first.destination,
+                    contents: &self.bytes[first.start..first.start + first.len],
+                    segment_size: None,
+                    datagrams: 1,
+                });
+            } else {
+                self.scratch.clear();
+                for &k in &self.order[i..end] {
+                    let q = self.queued[k];
+                    self.scratch
+                        .extend_from_slice(&self.bytes[q.start..q.start + q.len]);
+                }
+                send(Send {
+                    destination: first.destination,
+                    contents: &self.scratch,
+                    segment_size: Some(first.len),
+                    datagrams: end - i,
+                });
+            }
+            i = end;
+        }
+        self.queued.clear();
+        self.bytes.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Flushes and returns (destination port, segment size, datagram count, contents).
+    fn flush(e: &mut Egress, max: usize) -> Vec<(u16, Option<usize>, usize, Vec<u8>)> {
+        let mut out = Vec::new();
+        e.flush(max, |s| {
+            out.push((
+                s.destination.port(),
+                s.segment_size,
+                s.datagrams,
+                s.contents.to_vec(),
+            ))
+        });
+        out
+    }
+
+    #[test]
+    fn runs_to_one_peer_become_one_gso_send_in_order() {
+        let mut e = Egress::default();
+        // Two frames' packets interleaved over two subscribers, as fan-out produces them.
+        e.push(addr(1), &[1; 4]);
+        e.push(addr(2), &[9; 4]);
+        e.push(addr(1), &[2; 4]);
+        e.push(addr(2), &[8; 4]);
+        e.push(addr(1), &[3; 2]);
+        let out = flush(&mut e, 64);
+        assert_eq!(
+            out,
+            vec![
+                (1, Some(4), 3, vec![1, 1, 1, 1, 2, 2, 2, 2, 3, 3]),
+                (2, Some(4), 2, vec![9, 9, 9, 9, 8, 8, 8, 8]),
+            ]
+        );
+        assert!(e.is_empty());
+        assert!(flush(&mut e, 64).is_empty());
+    }
+
+    #[test]
+    fn a_longer_datagram_or_a_short_one_in_the_middle_ends_a_run() {
+        let mut e = Egress::default();
+        e.push(addr(1), &[1; 4]);
+        e.push(addr(1), &[2; 2]);
+        e.push(addr(1), &[3; 4]);
+        e.push(addr(1), &[4; 6]);
+        let out = flush(&mut e, 64);
+        let shape: Vec<_> = out.iter().map(|(_, s, n, c)| (*s, *n, c.len())).collect();
+        assert_eq!(
+            shape,
+            vec![(Some(4), 2, 6), (None, 1, 4), (None, 1, 6)],
+            "segments must be equal except the last"
+        );
+        let all: Vec<u8> = out.into_iter().flat_map(|o| o.3).collect();
+        assert_eq!(all, [[1; 4].as_slice(), &[2; 2], &[3; 4], &[4; 6]].concat());
+    }
+
+    #[test]
+    fn segment_and_size_limits_hold_and_one_disables_grouping() {
+        let mut e = Egress::default();
+        for _ in 0..10 {
+            e.push(addr(1), &[7; 1000]);
+        }
+        let out = flush(&mut e, 4);
+        assert_eq!(out.iter().map(|o| o.2).collect::<Vec<_>>(), vec![4, 4, 2]);
+        for _ in 0..100 {
+            e.push(addr(1), &[7; 1200]);
+        }
+        let out = flush(&mut e, 64);
+        assert!(out.iter().all(|o| o.3.len() <= MAX_GSO_BYTES));
+        assert_eq!(out.iter().map(|o| o.2).sum::<usize>(), 100);
+        e.push(addr(1), &[1; 3]);
+        e.push(addr(1), &[2; 3]);
+        assert_eq!(flush(&mut e, 1).len(), 2);
+    }
+
+    #[test]
+    fn empty_datagrams_are_not_sent() {
+        let mut e = Egress::default();
+        e.push(addr(1), &[]);
+        assert!(e.is_empty());
+    }
+}
