@@ -48,7 +48,8 @@ pub struct Metrics {
     pub bandwidth_estimate: Histogram,
     /// Simulcast layer switches of subscriber legs, by direction (`up`, `down`).
     pub layer_switches: IntCounterVec,
-    /// Simulcast packets no leg took because no leg is on (or switching to) their layer.
+    /// Simulcast packets no leg took because no leg is on (or switching to) their layer, counted
+    /// by every shard that has legs on the track.
     pub unused_layer_packets: IntCounter,
     /// Seconds each shard spent working (not waiting), by shard index.
     pub shard_busy_seconds: CounterVec,
@@ -220,7 +221,7 @@ impl Metrics {
             unused_layer_packets: counter(
                 &r,
                 "unused_layer_packets_total",
-                "Simulcast packets not forwarded because no leg takes their layer",
+                "Simulcast packets not forwarded because no leg takes their layer (per shard with legs on the track)",
             ),
             shard_busy_seconds: float_counter_vec(
                 &r,

@@ -56,9 +56,11 @@ async fn reception(bot: &Bot) -> ReceptionStats {
     s.participant.subscribed[0].received.clone()
 }
 
-/// Polls until the decoded layer satisfies `want`; returns how long that took.
+/// Polls until the decoded layer satisfies `want`; returns how long that took. On timeout the
+/// SFU's recent log (layer decisions and estimates at debug/trace level) goes to stderr.
 async fn wait_layer(
     bot: &Bot,
+    sfu: &SfuProcess,
     what: &str,
     timeout: Duration,
     want: impl Fn(u8) -> bool,
@@ -68,6 +70,11 @@ async fn wait_layer(
         let r = reception(bot).await;
         if r.layer.is_some_and(&want) {
             return start.elapsed();
+        }
+        if start.elapsed() >= timeout {
+            let log = sfu.stderr();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("{}", lines[lines.len().saturating_sub(150)..].join("\n"));
         }
         assert!(
             start.elapsed() < timeout,
@@ -146,8 +153,8 @@ async fn a_limited_subscriber_drops_to_a_lower_layer_and_recovers_without_freezi
     // B's link shrinks to 400 kbit/s: its estimate falls and the SFU moves it down.
     eprintln!("limit at {:?} into B", b_start.elapsed());
     b.set_ingress_limit(Some(400_000));
-    let down = wait_layer(&b, "B below f", Duration::from_secs(15), |l| l < F).await;
-    let settled = wait_layer(&b, "B on q", Duration::from_secs(15), |l| l == Q).await;
+    let down = wait_layer(&b, &sfu, "B below f", Duration::from_secs(15), |l| l < F).await;
+    let settled = wait_layer(&b, &sfu, "B on q", Duration::from_secs(15), |l| l == Q).await;
     eprintln!("limited to 400 kbit/s: B below f after {down:?}, on q after a further {settled:?}");
     // It stays down while the limit holds.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -160,7 +167,7 @@ async fn a_limited_subscriber_drops_to_a_lower_layer_and_recovers_without_freezi
     // The limit is lifted: B recovers to the top layer.
     eprintln!("lift at {:?} into B", b_start.elapsed());
     b.set_ingress_limit(None);
-    let up = wait_layer(&b, "B back on f", Duration::from_secs(30), |l| l == F).await;
+    let up = wait_layer(&b, &sfu, "B back on f", Duration::from_secs(40), |l| l == F).await;
     eprintln!("limit lifted: B back on f after {up:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -218,7 +225,7 @@ async fn preferred_rid_moves_an_unconstrained_subscriber_to_that_layer() {
     .await;
 
     sub.set_preferred_rid(&track, Some("q")).await.unwrap();
-    let t = wait_layer(&sub, "on q", Duration::from_secs(10), |l| l == Q).await;
+    let t = wait_layer(&sub, &sfu, "on q", Duration::from_secs(10), |l| l == Q).await;
     eprintln!("preferredRid q: on q after {t:?}");
     // It stays there although the bandwidth would allow more.
     wait_stable(
@@ -231,7 +238,7 @@ async fn preferred_rid_moves_an_unconstrained_subscriber_to_that_layer() {
     .await;
 
     sub.set_preferred_rid(&track, Some("h")).await.unwrap();
-    let t = wait_layer(&sub, "on h", Duration::from_secs(20), |l| l == H).await;
+    let t = wait_layer(&sub, &sfu, "on h", Duration::from_secs(20), |l| l == H).await;
     eprintln!("preferredRid h: on h after {t:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
