@@ -18,9 +18,14 @@
 //! target.
 //!
 //! The selector also says which bitrate the session would like to send ([`SessionPlan::desired_bps`]:
-//! every leg one layer above its current one, up to its cap, with headroom), which the shard hands
-//! to str0m (`Bwe::set_bitrate`) so that it probes for it: str0m probes when the desired bitrate
-//! rises above the estimate, so stepping it up layer by layer probes each time a leg goes up.
+//! every leg's top layer, whatever its preference, with headroom) and what it should keep sending
+//! ([`SessionPlan::minimum_bps`]: every leg one layer above its current one, up to its cap), which
+//! the shard hands to str0m (`Bwe::set_bitrate(minimum, desired)`). str0m probes towards the
+//! desired bitrate and keeps its estimate within a small multiple of it, so the desired bitrate
+//! does not follow a lowered preference (the estimate would collapse and take long to recover
+//! when the preference is raised again). str0m pads up to the minimum (never beyond its estimate),
+//! so a session waiting to go up keeps proving the link instead of letting an application-limited
+//! estimate sink to its media rate.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -124,11 +129,14 @@ pub struct LegTarget {
 pub struct SessionPlan {
     /// Legs whose target layer changes.
     pub changes: Vec<LegTarget>,
-    /// What the session would like to send: every leg one layer up (at most its cap), with
-    /// headroom (bits/s).
+    /// What the session would like to send: every leg on its top layer (preference ignored),
+    /// with headroom (bits/s).
     pub desired_bps: u64,
     /// What the chosen layers need (bits/s).
     pub allocated_bps: u64,
+    /// What to keep sending, with padding where media is less: every leg one layer up (at most
+    /// its cap), without headroom (bits/s).
+    pub minimum_bps: u64,
 }
 
 /// Layer selection for one subscriber session. See the module docs.
@@ -189,15 +197,20 @@ impl LayerSelector {
             .map(|l| (l, capped_layers(l)))
             .collect();
         options.sort_by_key(|(l, _)| (l.leg.session, l.leg.mid.to_string()));
-        let desired = |alloc: &[usize]| -> u64 {
+        let next_step = |alloc: &[usize]| -> u64 {
             let next: u64 = options
                 .iter()
                 .zip(alloc)
                 .filter_map(|((_, o), &i)| o.get((i + 1).min(o.len().saturating_sub(1))))
                 .map(|(_, b)| *b)
                 .sum();
-            ((fixed + next) as f64 / UP_HEADROOM).round() as u64
+            fixed + next
         };
+        let top_need: u64 = legs
+            .iter()
+            .filter_map(|l| l.layers.iter().map(|(_, b)| *b).max())
+            .sum();
+        let desired_bps = ((fixed + top_need) as f64 / UP_HEADROOM).round() as u64;
         self.up_since
             .retain(|k, _| options.iter().any(|(l, _)| l.leg == *k));
 
@@ -221,7 +234,8 @@ impl LayerSelector {
                 .map(|(_, o)| o.len().saturating_sub(1))
                 .collect();
             let mut plan = SessionPlan {
-                desired_bps: desired(&top),
+                desired_bps,
+                minimum_bps: next_step(&top),
                 ..SessionPlan::default()
             };
             for ((l, o), &i) in options.iter().zip(&top) {
@@ -272,7 +286,8 @@ impl LayerSelector {
             push_change(&mut plan, l, o, chosen[n]);
         }
         plan.allocated_bps = fixed + cost(&chosen);
-        plan.desired_bps = desired(&chosen);
+        plan.desired_bps = desired_bps;
+        plan.minimum_bps = next_step(&chosen);
         plan
     }
 }
@@ -486,7 +501,12 @@ mod tests {
         s.set_estimate_at(10_000_000);
         let plan = s.select(&[input("0", Some("f"), Some("h"))], t0);
         assert_eq!(targets(&plan), vec![("0".into(), "h".into())]);
-        assert_eq!(plan.desired_bps, (500_000_f64 / UP_HEADROOM).round() as u64);
+        // The desired bitrate does not follow the preference down; the padding target does.
+        assert_eq!(
+            plan.desired_bps,
+            (1_500_000_f64 / UP_HEADROOM).round() as u64
+        );
+        assert_eq!(plan.minimum_bps, 500_000);
         // A preferred layer that is not sent does not cap.
         let plan = s.select(&[input("0", Some("f"), Some("x"))], t0);
         assert!(plan.changes.is_empty());
@@ -526,18 +546,22 @@ mod tests {
     }
 
     #[test]
-    fn desired_bitrate_steps_one_layer_up() {
+    fn minimum_bitrate_steps_one_layer_up() {
         let t0 = Instant::now();
         let mut s = LayerSelector::new();
         s.set_estimate_at(400_000);
         let plan = s.select(&[input("0", Some("q"), None)], t0);
-        assert_eq!(plan.desired_bps, (500_000_f64 / UP_HEADROOM).round() as u64);
-        s.set_estimate_at(800_000);
-        let plan = s.select(&[input("0", Some("h"), None)], t0);
         assert_eq!(
             plan.desired_bps,
             (1_500_000_f64 / UP_HEADROOM).round() as u64
         );
+        assert_eq!(plan.minimum_bps, 500_000, "pad towards h");
+        assert_eq!(plan.allocated_bps, 150_000);
+        s.set_estimate_at(800_000);
+        let plan = s.select(&[input("0", Some("h"), None)], t0);
+        assert_eq!(plan.minimum_bps, 1_500_000);
+        let plan = s.select(&[input("0", Some("f"), None)], t0);
+        assert_eq!(plan.minimum_bps, 1_500_000);
     }
 
     #[test]

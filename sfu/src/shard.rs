@@ -598,12 +598,12 @@ impl Shard {
             let Some(session) = self.sessions.get_mut(&id) else {
                 continue;
             };
-            if !session.wants_bitrate(plan.allocated_bps, plan.desired_bps) {
+            if !session.wants_bitrate(plan.minimum_bps, plan.desired_bps) {
                 continue;
             }
             match catch_unwind(AssertUnwindSafe(|| {
                 session.rtc.bwe().set_bitrate(
-                    Bitrate::bps(plan.allocated_bps),
+                    Bitrate::bps(plan.minimum_bps),
                     Bitrate::bps(plan.desired_bps),
                 );
             })) {

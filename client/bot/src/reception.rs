@@ -178,6 +178,8 @@ pub struct Reception {
     decoded: Option<(u8, u32, Instant)>,
     /// RTP sequence number of the last decoded frame's first packet: a decoder never goes back.
     decoded_rtp: Option<u64>,
+    /// Layer of the previous valid payload.
+    last_layer: Option<u8>,
 }
 
 /// What the caller should do after a packet.
@@ -207,6 +209,7 @@ impl Reception {
             layers: Vec::new(),
             decoded: None,
             decoded_rtp: None,
+            last_layer: None,
         }
     }
 
@@ -271,6 +274,8 @@ impl Reception {
         if self.layers.len() <= li {
             self.layers.resize_with(li + 1, LayerState::default);
         }
+        let switched_in = self.last_layer.is_some_and(|l| l != f.layer);
+        self.last_layer = Some(f.layer);
         let layer = &mut self.layers[li];
         layer.stats.layer = f.layer;
         if f.keyframe && f.frame_start {
@@ -279,7 +284,7 @@ impl Reception {
         match layer.mark_seen(f.seq) {
             Seen::New => {
                 layer.stats.unique += 1;
-                layer.note_run(offset, f.seq);
+                layer.note_run(offset, f.seq, switched_in);
                 if f.kind == MediaKind::Video {
                     layer.note_frame_packet(&f, rtp_seq);
                 }
@@ -379,12 +384,17 @@ impl Reception {
 }
 
 impl LayerState {
-    fn note_run(&mut self, offset: i128, seq: u64) {
-        if let Some((_, first, last)) = self.runs.iter_mut().rev().find(|(o, _, _)| *o == offset) {
-            *first = (*first).min(seq);
-            *last = (*last).max(seq);
-        } else if self.runs.len() < MAX_RUNS {
-            self.runs.push((offset, seq, seq));
+    /// A run continues while the offset stays and no other layer came in between (a late packet
+    /// of the run, below its end, still belongs to it); anything else starts a new run.
+    fn note_run(&mut self, offset: i128, seq: u64, switched_in: bool) {
+        let full = self.runs.len() >= MAX_RUNS;
+        match self.runs.iter_mut().rev().find(|(o, _, _)| *o == offset) {
+            Some((_, first, last)) if !switched_in || seq <= *last => {
+                *first = (*first).min(seq);
+                *last = (*last).max(seq);
+            }
+            _ if !full => self.runs.push((offset, seq, seq)),
+            _ => {}
         }
     }
 
