@@ -512,6 +512,16 @@ impl Forwarder {
         fell
     }
 
+    /// The fraction lost a subscriber session reported for one of its legs (its latest receiver
+    /// report, from str0m's egress stats once a second). Returns whether the loss is heavy: then
+    /// select at once.
+    pub fn note_egress_loss(&mut self, session: SessionId, loss: f32, now: Instant) -> bool {
+        self.selectors
+            .entry(session)
+            .or_default()
+            .note_loss(f64::from(loss), now)
+    }
+
     /// Measured incoming bitrate of one layer of a track this shard has legs on.
     pub fn layer_bitrate(&self, track: TrackId, rid: Option<Rid>, now: Instant) -> Option<u64> {
         self.meters

@@ -17,6 +17,11 @@
 //! later, on a keyframe of the target layer (see [`crate::forward`]); the selector only sets the
 //! target.
 //!
+//! Loss: str0m's estimator can take seconds to notice a bottleneck whose queue is full (no more
+//! delay growth, only loss). The SFU also watches the loss its subscribers report (RTCP receiver
+//! reports): when a leg's fraction lost reaches [`HEAVY_LOSS`], the session's legs are fitted into
+//! what got through (the current allocation times the share not lost), at once.
+//!
 //! The selector also says which bitrate the session would like to send ([`SessionPlan::desired_bps`]:
 //! every leg's top layer, whatever its preference, with headroom) and what it should keep sending
 //! ([`SessionPlan::minimum_bps`]: every leg one layer above its current one, up to its cap), which
@@ -38,6 +43,10 @@ use crate::forward::LegKey;
 pub const UP_HOLD: Duration = Duration::from_millis(2500);
 /// A leg goes up only if the higher allocation fits in this fraction of the estimate.
 pub const UP_HEADROOM: f64 = 0.85;
+/// Fraction lost (receiver report) of a leg from which loss caps the allocation.
+pub const HEAVY_LOSS: f64 = 0.2;
+/// How long a heavy-loss report caps the allocation.
+pub const LOSS_MEMORY: Duration = Duration::from_millis(1500);
 /// An estimate below this fraction of its recent peak counts as falling.
 pub const FALLING: f64 = 0.7;
 /// How far back the peak of the estimate is remembered.
@@ -145,6 +154,8 @@ pub struct LayerSelector {
     estimate_bps: Option<u64>,
     /// Recent estimates (time, bits/s), for the peak over [`PEAK_WINDOW`].
     recent: Vec<(Instant, u64)>,
+    /// The last heavy loss: (fraction lost, when).
+    loss: Option<(f64, Instant)>,
     up_since: HashMap<LegKey, Instant>,
 }
 
@@ -164,6 +175,27 @@ impl LayerSelector {
             self.recent.remove(0);
         }
         self.recent.push((now, bps));
+    }
+
+    /// A leg's fraction lost as its subscriber reported it. Returns whether the loss is heavy
+    /// (see the module docs). Nonsense values (a peer sends them) count as no loss.
+    pub fn note_loss(&mut self, fraction: f64, now: Instant) -> bool {
+        if !fraction.is_finite() || fraction < HEAVY_LOSS {
+            return false;
+        }
+        let share = fraction.min(1.0);
+        let keep = self
+            .loss
+            .filter(|(s, t)| *s > share && now.saturating_duration_since(*t) < LOSS_MEMORY);
+        self.loss = Some(keep.unwrap_or((share, now)));
+        true
+    }
+
+    /// The heavy loss still in memory, if any.
+    fn heavy_loss(&self, now: Instant) -> Option<f64> {
+        self.loss
+            .filter(|(_, t)| now.saturating_duration_since(*t) < LOSS_MEMORY)
+            .map(|(s, _)| s)
     }
 
     /// The estimate to allocate from: the estimate, or less while it is falling.
@@ -245,7 +277,16 @@ impl LayerSelector {
             plan.allocated_bps += fixed;
             return plan;
         };
-        let room = self.usable_estimate(estimate, now).saturating_sub(fixed);
+        let mut room = self.usable_estimate(estimate, now).saturating_sub(fixed);
+        if let Some(share) = self.heavy_loss(now) {
+            // Only what got through fits: the current allocation less the share lost.
+            let current_cost: u64 = options
+                .iter()
+                .zip(&current)
+                .map(|((_, o), c)| c.and_then(|i| o.get(i)).map_or(0, |(_, b)| *b))
+                .sum();
+            room = room.min((current_cost as f64 * (1.0 - share)) as u64);
+        }
         let cost = |alloc: &[usize]| -> u64 {
             options
                 .iter()
@@ -420,6 +461,31 @@ mod tests {
             s.select(&[input("0", Some("h"), None)], t3)
                 .changes
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn heavy_reported_loss_moves_legs_down_at_once() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new();
+        s.set_estimate_at(3_000_000);
+        let cur = [input("0", Some("f"), None)];
+        // Light loss or nonsense: nothing.
+        assert!(!s.note_loss(0.05, t0));
+        assert!(!s.note_loss(f64::NAN, t0));
+        assert!(s.select(&cur, t0).changes.is_empty());
+        // 70% lost: only ~450k of f's 1.5M got through: q.
+        assert!(s.note_loss(0.7, t0));
+        let plan = s.select(&cur, t0);
+        assert_eq!(targets(&plan), vec![("0".into(), "q".into())]);
+        // The cap is remembered for a while (no going up), then forgotten.
+        let cur = [input("0", Some("q"), None)];
+        assert!(s.select(&cur, t0 + UP_HOLD / 2).changes.is_empty());
+        let later = t0 + LOSS_MEMORY;
+        assert!(s.select(&cur, later).changes.is_empty());
+        assert_eq!(
+            targets(&s.select(&cur, later + UP_HOLD)),
+            vec![("0".into(), "f".into())]
         );
     }
 

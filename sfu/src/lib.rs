@@ -44,7 +44,8 @@
 //! shards that have legs on the track; there the forwarder measures each layer's bitrate and a
 //! [`layer::LayerSelector`] per subscriber session splits the session's estimate
 //! (`Event::EgressBitrateEstimate`) over its legs, capped by each leg's `preferredRid`, with
-//! hysteresis (down at once, up after the estimate has left room for a while). A leg switches on
+//! hysteresis (down at once, also on heavy loss reported by the subscriber, up after the estimate
+//! has left room for a while). A leg switches on
 //! the next keyframe of its target layer (requested, throttled per layer) and keeps its old layer
 //! until then; packets of layers no leg takes are dropped and counted. The shard tells str0m the
 //! bitrate the session would like (`Bwe::set_bitrate`) so it probes for more when the link allows.

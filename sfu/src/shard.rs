@@ -192,6 +192,8 @@ enum SessionEvent {
     Media(TrackId, Arc<MediaPacket>),
     KeyframeFromLeg(LegKey, KeyframeRequestKind),
     Estimate(u64),
+    /// Fraction lost on one leg, from the subscriber's latest receiver report.
+    EgressLoss(f32),
     Connected,
     Failed(String),
 }
@@ -483,6 +485,12 @@ impl Shard {
                     self.ctx.metrics.bandwidth_estimate.observe(bps as f64);
                     let now = Instant::now();
                     if self.forwarder.note_estimate(id, bps, now) {
+                        self.select_layers(now, Some(id));
+                    }
+                }
+                SessionEvent::EgressLoss(loss) => {
+                    let now = Instant::now();
+                    if self.forwarder.note_egress_loss(id, loss, now) {
                         self.select_layers(now, Some(id));
                     }
                 }
@@ -1489,6 +1497,9 @@ fn drain_session(
                 Event::MediaEgressStats(s) => {
                     let (nacks, _) = session.egress_delta(s.mid, s.rid, s.nacks, s.plis + s.firs);
                     ctx.metrics.nacks.inc_by(nacks);
+                    if let Some(loss) = s.loss {
+                        events.push(SessionEvent::EgressLoss(loss));
+                    }
                 }
                 _ => {}
             },
