@@ -208,8 +208,11 @@ function runTransform(readable, writable, options, transformer) {
   const encrypt = options.operation === 'encrypt';
   const stream = new TransformStream({
     transform(frame, controller) {
+      if (!loaded) { // module not loaded yet: drop (not counted: nothing looked at it)
+        t.framesBeforeLoad = (t.framesBeforeLoad ?? 0) + 1;
+        return;
+      }
       t.frames += 1;
-      if (!loaded) return; // module not loaded yet: drop
       const data = new Uint8Array(frame.data);
       t.bytes += data.byteLength;
       if (encrypt) {
