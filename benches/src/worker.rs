@@ -266,12 +266,14 @@ fn track_specs(p: &PublisherPlan) -> Vec<TrackSpec> {
         v.push(TrackSpec {
             name: "audio".into(),
             kind: MediaKind::Audio,
+            simulcast: Vec::new(),
         });
     }
     if p.video {
         v.push(TrackSpec {
             name: "video".into(),
             kind: MediaKind::Video,
+            simulcast: Vec::new(),
         });
     }
     v

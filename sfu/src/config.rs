@@ -58,6 +58,9 @@ pub struct Config {
     pub session_requests_per_second: u32,
     /// Maximum number of tracks in one API request.
     pub max_tracks_per_request: usize,
+    /// Initial egress bandwidth estimate of a session in kbit/s (str0m's GCC refines it; simulcast
+    /// layers are chosen to fit). 0 disables bandwidth estimation.
+    pub bwe_initial_kbps: u32,
 }
 
 /// One shard per core the process may use.
@@ -80,6 +83,7 @@ impl Default for Config {
             shards: default_shards(),
             session_requests_per_second: 50,
             max_tracks_per_request: 64,
+            bwe_initial_kbps: 1000,
         }
     }
 }
@@ -103,6 +107,8 @@ pub struct FileConfig {
     pub session_timeout_secs: Option<f64>,
     /// Shard count.
     pub shards: Option<usize>,
+    /// Initial bandwidth estimate in kbit/s (0: no bandwidth estimation).
+    pub bwe_initial_kbps: Option<u32>,
     /// Log filter, like `info` or `satsuma_sfu=debug`.
     pub log: Option<String>,
 }

@@ -17,6 +17,13 @@
 //! One `Forwarder` lives in each shard. It has two halves: the *publication* half for tracks
 //! published by sessions of this shard (which shards subscribe, keyframe throttling, silence
 //! detection) and the *leg* half for subscriptions held by sessions of this shard.
+//!
+//! Simulcast: the leg half measures the incoming bitrate of every layer of the tracks it has legs
+//! on ([`RateMeter`]) and keeps a [`LayerSelector`] per subscriber session, fed with that
+//! session's bandwidth estimate ([`Forwarder::note_estimate`]). [`Forwarder::select_layers`]
+//! (called periodically) sets each leg's *target* layer; the leg switches to it on the target
+//! layer's next keyframe and keeps forwarding its old layer until then, so the subscriber never
+//! sees a gap. A leg's `preferredRid` caps its target.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +33,14 @@ use str0m::media::{MediaKind, Mid, Pt, Rid};
 use str0m::rtp::ExtensionValues;
 
 use crate::ids::{SessionId, ShardId, TrackId};
+use crate::layer::{LayerSelector, LegInput, RateMeter, SessionPlan};
+
+/// Bytes a packet costs on the wire beyond its payload (RTP header and extensions, SRTP tag,
+/// UDP/IP), for bitrate measurement.
+const PACKET_OVERHEAD: usize = 60;
+/// Simulcast layers measured per track (more are not selectable; str0m only accepts negotiated
+/// rids anyway).
+const MAX_LAYERS: usize = 8;
 
 /// A subscriber leg: the `mid` of a session's m-line that carries a pulled track.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -201,8 +216,16 @@ struct Leg {
     seq: SeqRebase,
     ts: TsRebase,
     preferred_rid: Option<Rid>,
+    target_rid: Option<Rid>,
     current_rid: Option<Rid>,
     started: bool,
+}
+
+impl Leg {
+    /// The layer the leg should be on: the selector's choice, else the preference, else where it is.
+    fn target(&self) -> Option<Rid> {
+        self.target_rid.or(self.preferred_rid).or(self.current_rid)
+    }
 }
 
 #[derive(Debug)]
@@ -225,6 +248,12 @@ pub struct ForwardOutcome {
     /// A leg is waiting for a keyframe of this layer: the caller should ask the publisher's
     /// shard (the first element) for one.
     pub wants_keyframe: Option<(ShardId, Option<Rid>)>,
+    /// Legs that switched to a layer with a higher measured bitrate on this packet.
+    pub switched_up: u32,
+    /// Legs that switched to a layer with a lower (or unknown) bitrate on this packet.
+    pub switched_down: u32,
+    /// A simulcast packet that no leg took because none is on (or switching to) its layer.
+    pub unused_layer: bool,
 }
 
 /// What [`Forwarder::remove_session`] removed.
@@ -254,6 +283,8 @@ pub struct Forwarder {
     publications: HashMap<TrackId, Publication>,
     legs: HashMap<TrackId, Vec<Leg>>,
     leg_tracks: HashMap<LegKey, TrackId>,
+    meters: HashMap<TrackId, Vec<(Option<Rid>, RateMeter)>>,
+    selectors: HashMap<SessionId, LayerSelector>,
 }
 
 impl Forwarder {
@@ -265,6 +296,8 @@ impl Forwarder {
             publications: HashMap::new(),
             legs: HashMap::new(),
             leg_tracks: HashMap::new(),
+            meters: HashMap::new(),
+            selectors: HashMap::new(),
         }
     }
 
@@ -400,6 +433,7 @@ impl Forwarder {
             seq: SeqRebase::new(seq_start),
             ts: TsRebase::new(ts_start),
             preferred_rid,
+            target_rid: None,
             current_rid: None,
             started: false,
         });
@@ -416,6 +450,7 @@ impl Forwarder {
             legs.retain(|l| l.key != leg);
             if legs.is_empty() {
                 self.legs.remove(&track);
+                self.meters.remove(&track);
             }
         }
         home.map(|h| (track, h))
@@ -424,13 +459,15 @@ impl Forwarder {
     /// The publisher's track ended: drops all local legs on it and returns them.
     pub fn end_track(&mut self, track: TrackId) -> Vec<LegKey> {
         let legs = self.legs.remove(&track).unwrap_or_default();
+        self.meters.remove(&track);
         for l in &legs {
             self.leg_tracks.remove(&l.key);
         }
         legs.into_iter().map(|l| l.key).collect()
     }
 
-    /// Changes the simulcast layer a leg prefers; the switch happens on the next keyframe.
+    /// Changes the simulcast layer a leg prefers (the cap of its target layer); the switch happens
+    /// on the next keyframe. Run [`Forwarder::select_layers`] afterwards to apply it at once.
     pub fn set_preferred_rid(&mut self, leg: LegKey, rid: Option<Rid>) -> bool {
         let Some(track) = self.leg_tracks.get(&leg) else {
             return false;
@@ -453,7 +490,125 @@ impl Forwarder {
             .legs
             .get(&track)
             .and_then(|legs| legs.iter().find(|l| l.key == leg))?;
-        Some((track, l.home, l.current_rid.or(l.preferred_rid)))
+        Some((track, l.home, l.target()))
+    }
+
+    /// The layer a leg is on (`None` before its first packet, or without simulcast).
+    pub fn leg_layer(&self, leg: LegKey) -> Option<Rid> {
+        let track = self.leg_tracks.get(&leg)?;
+        self.legs
+            .get(track)
+            .and_then(|legs| legs.iter().find(|l| l.key == leg))?
+            .current_rid
+    }
+
+    /// A subscriber session's egress bandwidth estimate (from str0m's BWE). Returns whether it
+    /// fell: then select at once (going down is urgent; going up waits for the periodic selection).
+    pub fn note_estimate(&mut self, session: SessionId, bps: u64, now: Instant) -> bool {
+        tracing::trace!(%session, bps, "bandwidth estimate");
+        let selector = self.selectors.entry(session).or_default();
+        let fell = selector.estimate_bps().is_some_and(|before| bps < before);
+        selector.set_estimate(bps, now);
+        fell
+    }
+
+    /// The fraction lost a subscriber session reported for one of its legs (its latest receiver
+    /// report, from str0m's egress stats once a second). Returns whether the loss is heavy: then
+    /// select at once.
+    pub fn note_egress_loss(&mut self, session: SessionId, loss: f32, now: Instant) -> bool {
+        self.selectors
+            .entry(session)
+            .or_default()
+            .note_loss(f64::from(loss), now)
+    }
+
+    /// Measured incoming bitrate of one layer of a track this shard has legs on.
+    pub fn layer_bitrate(&self, track: TrackId, rid: Option<Rid>, now: Instant) -> Option<u64> {
+        self.meters
+            .get(&track)?
+            .iter()
+            .find(|(r, _)| *r == rid)
+            .and_then(|(_, m)| m.rate_bps(now))
+    }
+
+    /// Runs layer selection for every subscriber session with legs here (or only `only`): sets
+    /// the legs' target layers and returns each session's plan (the shard tells str0m the desired
+    /// bitrate).
+    pub fn select_layers(
+        &mut self,
+        now: Instant,
+        only: Option<SessionId>,
+    ) -> Vec<(SessionId, SessionPlan)> {
+        let mut inputs: HashMap<SessionId, Vec<LegInput>> = HashMap::new();
+        let mut tracks: Vec<TrackId> = match only {
+            Some(s) => self
+                .leg_tracks
+                .iter()
+                .filter(|(k, _)| k.session == s)
+                .map(|(_, t)| *t)
+                .collect(),
+            None => self.legs.keys().copied().collect(),
+        };
+        tracks.sort_unstable();
+        tracks.dedup();
+        for track in &tracks {
+            let Some(legs) = self.legs.get(track) else {
+                continue;
+            };
+            let meters = self.meters.get(track);
+            let rate = |rid: Option<Rid>| {
+                meters
+                    .and_then(|m| m.iter().find(|(r, _)| *r == rid))
+                    .and_then(|(_, m)| m.rate_bps(now))
+            };
+            let layers: Vec<(Rid, u64)> = meters
+                .into_iter()
+                .flatten()
+                .filter_map(|(r, m)| Some(((*r)?, m.rate_bps(now)?)))
+                .collect();
+            for l in legs
+                .iter()
+                .filter(|l| only.is_none_or(|s| s == l.key.session))
+            {
+                inputs.entry(l.key.session).or_default().push(LegInput {
+                    leg: l.key,
+                    layers: layers.clone(),
+                    fixed_bps: if layers.is_empty() {
+                        rate(None).unwrap_or(0)
+                    } else {
+                        0
+                    },
+                    preferred: l.preferred_rid,
+                    current: l.target_rid.or(l.current_rid),
+                });
+            }
+        }
+        let mut plans = Vec::with_capacity(inputs.len());
+        for (session, legs) in inputs {
+            let selector = self.selectors.entry(session).or_default();
+            let plan = selector.select(&legs, now);
+            for change in &plan.changes {
+                tracing::debug!(
+                    leg = ?change.leg,
+                    rid = %change.rid,
+                    estimate = ?selector.estimate_bps(),
+                    allocated = plan.allocated_bps,
+                    "simulcast target layer"
+                );
+                let Some(track) = self.leg_tracks.get(&change.leg) else {
+                    continue;
+                };
+                if let Some(l) = self
+                    .legs
+                    .get_mut(track)
+                    .and_then(|legs| legs.iter_mut().find(|l| l.key == change.leg))
+                {
+                    l.target_rid = Some(change.rid);
+                }
+            }
+            plans.push((session, plan));
+        }
+        plans
     }
 
     /// Number of local legs.
@@ -478,12 +633,39 @@ impl Forwarder {
         let Some(legs) = self.legs.get_mut(&track) else {
             return outcome;
         };
+        let meters = self.meters.entry(track).or_default();
+        let bytes = pkt.payload.len() + PACKET_OVERHEAD;
+        if let Some((_, m)) = meters.iter_mut().find(|(r, _)| *r == pkt.rid) {
+            m.note(bytes, pkt.arrival);
+        } else if meters.len() < MAX_LAYERS {
+            let mut m = RateMeter::new(pkt.arrival);
+            m.note(bytes, pkt.arrival);
+            meters.push((pkt.rid, m));
+        }
+        let rate = |rid: Option<Rid>| {
+            meters
+                .iter()
+                .find(|(r, _)| *r == rid)
+                .and_then(|(_, m)| m.rate_bps(pkt.arrival))
+        };
         for leg in legs.iter_mut() {
-            match leg_decision(leg, pkt) {
+            let before = leg.current_rid;
+            let decision = leg_decision(leg, pkt);
+            if let (Some(old), Some(new)) = (before, leg.current_rid)
+                && old != new
+            {
+                tracing::debug!(leg = ?leg.key, %old, %new, "simulcast layer switch");
+                if rate(Some(new)) > rate(Some(old)) {
+                    outcome.switched_up += 1;
+                } else {
+                    outcome.switched_down += 1;
+                }
+            }
+            match decision {
                 Ok(()) => {}
                 Err(reason) => {
                     if reason == DropReason::AwaitingKeyframe {
-                        outcome.wants_keyframe = Some((leg.home, leg.preferred_rid.or(pkt.rid)));
+                        outcome.wants_keyframe = Some((leg.home, leg.target().or(pkt.rid)));
                     }
                     outcome.dropped.push(reason);
                     continue;
@@ -511,6 +693,9 @@ impl Forwarder {
             });
             outcome.forwarded += 1;
         }
+        outcome.unused_layer = pkt.rid.is_some()
+            && outcome.forwarded == 0
+            && outcome.dropped.iter().all(|r| *r == DropReason::OtherLayer);
         outcome
     }
 
@@ -533,6 +718,7 @@ impl Forwarder {
             .into_iter()
             .filter_map(|l| self.unsubscribe(l).map(|(t, h)| (l, t, h)))
             .collect();
+        self.selectors.remove(&session);
         SessionRemoval {
             publications: pubs,
             legs,
@@ -547,7 +733,7 @@ fn leg_decision(leg: &mut Leg, pkt: &MediaPacket) -> Result<(), DropReason> {
         leg.started = true;
         return Ok(());
     };
-    let target = leg.preferred_rid.or(leg.current_rid);
+    let target = leg.target();
     match (leg.current_rid, target) {
         (Some(current), Some(target)) if current == target => {
             if rid == current {
@@ -826,6 +1012,85 @@ mod tests {
             "timestamps advance: {ts:?}"
         );
         assert_eq!(f.leg_source(l), Some((t, 0, Some(Rid::from("l")))));
+    }
+
+    #[test]
+    fn selection_follows_the_estimate_and_the_preference_with_hysteresis() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        let l = leg(2, "0");
+        f.subscribe(t, 0, l, vec![(Pt::from(96), Pt::from(96))], None, 1, 0);
+        let mut out = Vec::new();
+        // Three layers of 1, 4 and 12 packets of 1000 bytes per 33 ms (~0.26/1/3 Mbit/s);
+        // a keyframe of every layer every second.
+        let mut seqs = [100u64, 10_000, 20_000];
+        let mut send = |f: &mut Forwarder, ms: u64, out: &mut Vec<LegWrite>| {
+            let mut outcomes = Vec::new();
+            for (i, rid) in ["q", "h", "f"].iter().enumerate() {
+                let n = [1, 4, 12][i];
+                for k in 0..n {
+                    let mut p = packet(seqs[i], (ms * 90) as u32, t0 + Duration::from_millis(ms));
+                    p.payload = Arc::from(vec![0u8; 1000]);
+                    p.rid = Some(Rid::from(*rid));
+                    p.keyframe = k == 0 && (ms / 33).is_multiple_of(30);
+                    seqs[i] += 1;
+                    outcomes.push(f.forward(t, &p, out));
+                }
+            }
+            outcomes
+        };
+        let now = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut ms = 0;
+        // No estimate and no selection yet: the first keyframe of any layer (q here) starts it.
+        send(&mut f, ms, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("q")));
+        f.note_estimate(l.session, 2_000_000, now(ms));
+        let mut unused = 0;
+        let mut up = 0;
+        let mut run = |f: &mut Forwarder, ms: &mut u64, until: u64, out: &mut Vec<LegWrite>| {
+            while *ms < until {
+                *ms += 33;
+                for o in send(f, *ms, out) {
+                    unused += u32::from(o.unused_layer);
+                    up += o.switched_up;
+                }
+                f.select_layers(now(*ms), None);
+            }
+        };
+        // 2 Mbit/s leaves room for h (~1 Mbit/s with headroom) but not f: after the hold (and
+        // the meters' first windows), on h's next keyframe, the leg goes up.
+        run(&mut f, &mut ms, 2900, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("q")), "not before the hold");
+        run(&mut f, &mut ms, 4100, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("h")));
+        // Preferring q caps the leg at once (on q's next keyframe).
+        f.set_preferred_rid(l, Some(Rid::from("q")));
+        let plans = f.select_layers(now(ms), Some(l.session));
+        assert_eq!(plans[0].1.changes[0].rid, Rid::from("q"));
+        run(&mut f, &mut ms, 5100, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("q")));
+        // Preferring h again: up only after the hold.
+        f.set_preferred_rid(l, Some(Rid::from("h")));
+        assert!(
+            f.select_layers(now(ms), Some(l.session))[0]
+                .1
+                .changes
+                .is_empty()
+        );
+        run(&mut f, &mut ms, 7000, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("q")), "not before the hold");
+        run(&mut f, &mut ms, 8100, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("h")));
+        // The estimate collapses: down at once, on q's next keyframe.
+        f.note_estimate(l.session, 300_000, now(ms));
+        run(&mut f, &mut ms, 9100, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("q")));
+        assert_eq!(up, 2);
+        assert!(unused > 0, "packets of layers no leg is on are counted");
+        // The leg's numbers stayed continuous across every switch.
+        let seqs: Vec<u64> = out.iter().map(|w| w.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "gap in {seqs:?}");
     }
 
     #[test]

@@ -37,6 +37,19 @@
 //!        └─ other shards: ShardMsg::Media { Arc<MediaPacket> } (payload shared, never copied)
 //! ```
 //!
+//! # Simulcast and bandwidth
+//!
+//! Every session runs str0m's send-side bandwidth estimator (GCC over TWCC, which str0m
+//! negotiates by default; `Config::bwe_initial_kbps`). A publisher's layers (rids) all reach the
+//! shards that have legs on the track; there the forwarder measures each layer's bitrate and a
+//! [`layer::LayerSelector`] per subscriber session splits the session's estimate
+//! (`Event::EgressBitrateEstimate`) over its legs, capped by each leg's `preferredRid`, with
+//! hysteresis (down at once, also on heavy loss reported by the subscriber, up after the estimate
+//! has left room for a while). A leg switches on
+//! the next keyframe of its target layer (requested, throttled per layer) and keeps its old layer
+//! until then; packets of layers no leg takes are dropped and counted. The shard tells str0m the
+//! bitrate the session would like (`Bwe::set_bitrate`) so it probes for more when the link allows.
+//!
 //! Keyframe requests flow back: a subscriber's PLI/FIR (`Event::KeyframeRequest`) is mapped to
 //! its leg's track and sent to the publisher's shard, which lets at most one per second per track
 //! and layer through (`StreamRx::request_keyframe`). NACKs are answered per leg by str0m from its
@@ -66,6 +79,7 @@ pub mod directory;
 pub mod egress;
 pub mod forward;
 pub mod ids;
+pub mod layer;
 pub mod metrics;
 pub mod server;
 pub mod session;

@@ -15,7 +15,8 @@ use satsuma_sfu::{App, Config, Server};
 #[command(name = "satsuma-sfu", version, about, long_about = None)]
 struct Cli {
     /// TOML config file (keys: apps = [{id, secret}], http_bind, udp_bind, announce_ips,
-    /// track_timeout_secs, session_timeout_secs, shards, log). Flags and env override it.
+    /// track_timeout_secs, session_timeout_secs, shards, bwe_initial_kbps, log). Flags and env
+    /// override it.
     #[arg(long, env = "SATSUMA_SFU_CONFIG")]
     config: Option<PathBuf>,
 
@@ -55,6 +56,12 @@ struct Cli {
     #[arg(long, env = "SATSUMA_SFU_SHARDS")]
     shards: Option<usize>,
 
+    /// Initial egress bandwidth estimate of a session in kbit/s; str0m's GCC estimator refines it
+    /// and simulcast layers are chosen to fit. 0 disables bandwidth estimation (legs then get
+    /// their preferred or top layer). Default 1000.
+    #[arg(long, env = "SATSUMA_SFU_BWE_INITIAL_KBPS")]
+    bwe_initial_kbps: Option<u32>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "satsuma_sfu=debug,str0m=warn".
     /// Default "info".
     #[arg(long, env = "SATSUMA_SFU_LOG")]
@@ -87,6 +94,10 @@ fn build_config(cli: Cli) -> anyhow::Result<(Config, String)> {
         config.session_timeout = secs(t, "session timeout")?;
     }
     config.shards = cli.shards.or(file.shards).unwrap_or(config.shards);
+    config.bwe_initial_kbps = cli
+        .bwe_initial_kbps
+        .or(file.bwe_initial_kbps)
+        .unwrap_or(config.bwe_initial_kbps);
     config.validate()?;
     let log = cli.log.or(file.log).unwrap_or_else(|| "info".into());
     Ok((config, log))

@@ -2,8 +2,8 @@
 //! run in one process (tests). All counters are atomics: safe to bump on the hot path.
 
 use prometheus::{
-    CounterVec, Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the SFU exports.
@@ -44,6 +44,13 @@ pub struct Metrics {
     pub sessions_collected: IntCounter,
     /// Tracks collected for lack of media.
     pub tracks_collected: IntCounter,
+    /// Egress bandwidth estimates of subscriber sessions (str0m GCC), in bits/s.
+    pub bandwidth_estimate: Histogram,
+    /// Simulcast layer switches of subscriber legs, by direction (`up`, `down`).
+    pub layer_switches: IntCounterVec,
+    /// Simulcast packets no leg took because no leg is on (or switching to) their layer, counted
+    /// by every shard that has legs on the track.
+    pub unused_layer_packets: IntCounter,
     /// Seconds each shard spent working (not waiting), by shard index.
     pub shard_busy_seconds: CounterVec,
     /// Sessions owned by each shard.
@@ -74,6 +81,19 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
         unreachable_metric(name, &e);
     }
     g
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(
+        HistogramOpts::new(name, help)
+            .namespace("satsuma_sfu")
+            .buckets(buckets),
+    )
+    .unwrap_or_else(|e| unreachable_metric(name, &e));
+    if let Err(e) = registry.register(Box::new(h.clone())) {
+        unreachable_metric(name, &e);
+    }
+    h
 }
 
 fn float_counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterVec {
@@ -183,6 +203,26 @@ impl Metrics {
                 "tracks_collected_total",
                 "Tracks collected after receiving no media",
             ),
+            bandwidth_estimate: histogram(
+                &r,
+                "bandwidth_estimate_bps",
+                "Egress bandwidth estimates of subscriber sessions in bits/s (str0m GCC)",
+                vec![
+                    50e3, 100e3, 200e3, 300e3, 500e3, 750e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6, 20e6,
+                    50e6,
+                ],
+            ),
+            layer_switches: counter_vec(
+                &r,
+                "layer_switches_total",
+                "Simulcast layer switches of subscriber legs by direction",
+                &["direction"],
+            ),
+            unused_layer_packets: counter(
+                &r,
+                "unused_layer_packets_total",
+                "Simulcast packets not forwarded because no leg takes their layer (per shard with legs on the track)",
+            ),
             shard_busy_seconds: float_counter_vec(
                 &r,
                 "shard_busy_seconds_total",
@@ -220,6 +260,23 @@ impl Metrics {
         }
     }
 
+    /// Counts what a forwarding decision did to simulcast layers.
+    pub fn count_layer_outcome(&self, outcome: &crate::forward::ForwardOutcome) {
+        if outcome.switched_up > 0 {
+            self.layer_switches
+                .with_label_values(&["up"])
+                .inc_by(u64::from(outcome.switched_up));
+        }
+        if outcome.switched_down > 0 {
+            self.layer_switches
+                .with_label_values(&["down"])
+                .inc_by(u64::from(outcome.switched_down));
+        }
+        if outcome.unused_layer {
+            self.unused_layer_packets.inc();
+        }
+    }
+
     /// Counts one drop.
     pub fn drop_reason(&self, reason: &str) {
         self.dropped.with_label_values(&[reason]).inc();
@@ -251,5 +308,12 @@ mod tests {
         assert!(text.contains("satsuma_sfu_dropped_total{reason=\"unknown_source\"} 1"));
         assert!(text.contains("satsuma_sfu_sessions 0"));
         assert!(text.contains("satsuma_sfu_api_requests_total{route=\"x\",status=\"200\"} 1"));
+        m.bandwidth_estimate.observe(400e3);
+        m.layer_switches.with_label_values(&["down"]).inc();
+        let text = m.render();
+        assert!(text.contains("satsuma_sfu_bandwidth_estimate_bps_bucket{le=\"500000\"} 1"));
+        assert!(text.contains("satsuma_sfu_bandwidth_estimate_bps_bucket{le=\"300000\"} 0"));
+        assert!(text.contains("satsuma_sfu_layer_switches_total{direction=\"down\"} 1"));
+        assert!(text.contains("satsuma_sfu_unused_layer_packets_total 0"));
     }
 }

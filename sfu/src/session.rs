@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::Bitrate;
 use str0m::change::SdpPendingOffer;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid};
@@ -90,6 +91,7 @@ pub struct Session {
     pub active_speaker: Option<TrackId>,
     ssrc_mids: HashMap<Ssrc, (Mid, Option<Rid>)>,
     egress_counts: HashMap<(Mid, Option<Rid>), (u64, u64)>,
+    bwe_bitrate: Option<(u64, u64)>,
 }
 
 /// Limit on addresses one session can register for routing.
@@ -97,11 +99,21 @@ pub const MAX_ROUTED_ADDRS: usize = 8;
 
 impl Session {
     /// A new session with an ICE-lite, RTP-mode `Rtc` whose host candidates are `candidates`.
-    pub fn new(id: SessionId, app: Arc<str>, candidates: &[SocketAddr], now: Instant) -> Session {
+    /// `bwe_initial_kbps` > 0 enables str0m's bandwidth estimation (GCC over TWCC, which str0m
+    /// negotiates by default) starting from that estimate.
+    pub fn new(
+        id: SessionId,
+        app: Arc<str>,
+        candidates: &[SocketAddr],
+        bwe_initial_kbps: u32,
+        now: Instant,
+    ) -> Session {
+        let bwe = (bwe_initial_kbps > 0).then(|| Bitrate::kbps(u64::from(bwe_initial_kbps)));
         let mut rtc = RtcConfig::new()
             .set_rtp_mode(true)
             .set_ice_lite(true)
             .set_stats_interval(Some(Duration::from_secs(1)))
+            .enable_bwe(bwe)
             .build(now);
         for addr in candidates {
             match Candidate::host(*addr, "udp") {
@@ -127,7 +139,22 @@ impl Session {
             active_speaker: None,
             ssrc_mids: HashMap::new(),
             egress_counts: HashMap::new(),
+            bwe_bitrate: None,
         }
+    }
+
+    /// Whether str0m should be told a new (minimum, desired) bitrate: false when it is within 5%
+    /// of what it was last told (repeating it is useless).
+    pub fn wants_bitrate(&mut self, minimum: u64, desired: u64) -> bool {
+        let close = |a: u64, b: u64| a.abs_diff(b) <= b / 20;
+        if let Some((m, d)) = self.bwe_bitrate
+            && close(minimum, m)
+            && close(desired, d)
+        {
+            return false;
+        }
+        self.bwe_bitrate = Some((minimum, desired));
+        true
     }
 
     /// The (mid, rid) an incoming SSRC belongs to.

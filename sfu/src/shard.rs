@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
@@ -190,6 +191,9 @@ pub struct ShardContext {
 enum SessionEvent {
     Media(TrackId, Arc<MediaPacket>),
     KeyframeFromLeg(LegKey, KeyframeRequestKind),
+    Estimate(u64),
+    /// Fraction lost on one leg, from the subscriber's latest receiver report.
+    EgressLoss(f32),
     Connected,
     Failed(String),
 }
@@ -433,6 +437,7 @@ impl Shard {
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.housekeeping(now);
+            self.select_layers(now, None);
             self.settle();
         }
     }
@@ -474,6 +479,19 @@ impl Shard {
                         .inc();
                     if let Some((track, home, rid)) = self.forwarder.leg_source(leg) {
                         self.send_to_shard(home, ShardMsg::KeyframeRequest { track, rid, kind });
+                    }
+                }
+                SessionEvent::Estimate(bps) => {
+                    self.ctx.metrics.bandwidth_estimate.observe(bps as f64);
+                    let now = Instant::now();
+                    if self.forwarder.note_estimate(id, bps, now) {
+                        self.select_layers(now, Some(id));
+                    }
+                }
+                SessionEvent::EgressLoss(loss) => {
+                    let now = Instant::now();
+                    if self.forwarder.note_egress_loss(id, loss, now) {
+                        self.select_layers(now, Some(id));
                     }
                 }
                 SessionEvent::Connected => self.request_keyframes_for(id),
@@ -564,6 +582,7 @@ impl Shard {
         for reason in &outcome.dropped {
             self.ctx.metrics.drop_reason(reason.as_str());
         }
+        self.ctx.metrics.count_layer_outcome(&outcome);
         if let Some((home, rid)) = outcome.wants_keyframe {
             self.send_to_shard(
                 home,
@@ -578,6 +597,28 @@ impl Shard {
             self.write_leg(w);
         }
         self.writes = writes;
+    }
+
+    /// Simulcast layer selection for every subscriber session here; tells str0m what each
+    /// session would like to send so that its BWE probes for it.
+    fn select_layers(&mut self, now: Instant, only: Option<SessionId>) {
+        for (id, plan) in self.forwarder.select_layers(now, only) {
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            if !session.wants_bitrate(plan.minimum_bps, plan.desired_bps) {
+                continue;
+            }
+            match catch_unwind(AssertUnwindSafe(|| {
+                session.rtc.bwe().set_bitrate(
+                    Bitrate::bps(plan.minimum_bps),
+                    Bitrate::bps(plan.desired_bps),
+                );
+            })) {
+                Ok(()) => self.mark_dirty(id),
+                Err(_) => self.session_panicked(id),
+            }
+        }
     }
 
     fn write_leg(&mut self, w: LegWrite) {
@@ -920,7 +961,13 @@ impl Shard {
         offer: Option<String>,
     ) -> Result<Option<String>, ApiError> {
         let now = Instant::now();
-        let mut session = Session::new(id, Arc::clone(&app), &self.ctx.candidates, now);
+        let mut session = Session::new(
+            id,
+            Arc::clone(&app),
+            &self.ctx.candidates,
+            self.ctx.config.bwe_initial_kbps,
+            now,
+        );
         let answer = match offer {
             Some(sdp) => Some(accept_offer(&mut session, &sdp)?),
             None => None,
@@ -1294,6 +1341,7 @@ impl Shard {
             if new.track == current.track && current.state == LegState::Active {
                 self.forwarder
                     .set_preferred_rid(LegKey { session: id, mid }, new.preferred_rid);
+                self.select_layers(Instant::now(), Some(id));
                 if let Some(s) = self
                     .sessions
                     .get_mut(&id)
@@ -1443,9 +1491,15 @@ fn drain_session(
                     IceConnectionState::New | IceConnectionState::Checking => {}
                 },
                 Event::Connected => events.push(SessionEvent::Connected),
+                Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                    events.push(SessionEvent::Estimate(estimate.as_u64()));
+                }
                 Event::MediaEgressStats(s) => {
                     let (nacks, _) = session.egress_delta(s.mid, s.rid, s.nacks, s.plis + s.firs);
                     ctx.metrics.nacks.inc_by(nacks);
+                    if let Some(loss) = s.loss {
+                        events.push(SessionEvent::EgressLoss(loss));
+                    }
                 }
                 _ => {}
             },

@@ -23,10 +23,12 @@ fn av() -> Vec<TrackSpec> {
         TrackSpec {
             name: "mic".into(),
             kind: MediaKind::Audio,
+            simulcast: Vec::new(),
         },
         TrackSpec {
             name: "cam".into(),
             kind: MediaKind::Video,
+            simulcast: Vec::new(),
         },
     ]
 }
@@ -280,10 +282,12 @@ async fn many_tracks_in_one_request_are_routed_to_the_right_mids() {
         specs.push(TrackSpec {
             name: format!("mic{i}"),
             kind: MediaKind::Audio,
+            simulcast: Vec::new(),
         });
         specs.push(TrackSpec {
             name: format!("cam{i}"),
             kind: MediaKind::Video,
+            simulcast: Vec::new(),
         });
     }
     publisher.publish(&specs).await.unwrap();

@@ -48,10 +48,12 @@ async fn closing_a_track_stops_delivery_and_frees_it() {
             TrackSpec {
                 name: "mic".into(),
                 kind: MediaKind::Audio,
+                simulcast: Vec::new(),
             },
             TrackSpec {
                 name: "cam".into(),
                 kind: MediaKind::Video,
+                simulcast: Vec::new(),
             },
         ])
         .await

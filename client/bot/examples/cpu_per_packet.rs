@@ -49,10 +49,12 @@ async fn main() -> Result<()> {
             TrackSpec {
                 name: "mic".into(),
                 kind: MediaKind::Audio,
+                simulcast: Vec::new(),
             },
             TrackSpec {
                 name: "cam".into(),
                 kind: MediaKind::Video,
+                simulcast: Vec::new(),
             },
         ])
         .await?;

@@ -4,12 +4,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::{
-    ApiError, CloseTracksRequest, SessionDescription, SessionState, SfuClient, TrackObject,
-    TracksRequest, TracksResponse,
+    ApiError, CloseTracksRequest, SessionDescription, SessionState, SfuClient, Simulcast,
+    TrackObject, TracksRequest, TracksResponse,
 };
 use crate::driver::{self, Command};
 use crate::participant::{
@@ -63,6 +63,9 @@ pub struct BotConfig {
     pub bind_ip: IpAddr,
     /// Media settings.
     pub participant: ParticipantConfig,
+    /// Shape incoming datagrams to this many bits/s (a token bucket with a bounded queue in front
+    /// of the bot); `None`: no limit. Changeable later with [`Bot::set_ingress_limit`].
+    pub ingress_limit_bps: Option<u64>,
 }
 
 impl BotConfig {
@@ -74,6 +77,7 @@ impl BotConfig {
             secret: secret.to_owned(),
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             participant: ParticipantConfig::default(),
+            ingress_limit_bps: None,
         }
     }
 }
@@ -118,6 +122,7 @@ pub struct Bot {
     local_addr: SocketAddr,
     commands: mpsc::Sender<Command>,
     signaling: Mutex<()>,
+    ingress_limit: watch::Sender<Option<u64>>,
     task: JoinHandle<()>,
 }
 
@@ -141,13 +146,15 @@ impl Bot {
             rand::random(),
         )?;
         let (tx, rx) = mpsc::channel(64);
-        let task = tokio::spawn(driver::run(participant, socket, rx));
+        let (limit_tx, limit_rx) = watch::channel(config.ingress_limit_bps);
+        let task = tokio::spawn(driver::run(participant, socket, rx, limit_rx));
         Ok(Self {
             client,
             session_id: session.session_id,
             local_addr,
             commands: tx,
             signaling: Mutex::new(()),
+            ingress_limit: limit_tx,
             task,
         })
     }
@@ -240,6 +247,7 @@ impl Bot {
         let spec = TrackSpec {
             name: name.to_owned(),
             kind,
+            simulcast: Vec::new(),
         };
         self.publish(&[spec])
             .await?
@@ -356,6 +364,31 @@ impl Bot {
             }
             _ => self.with(|p, _| p.rollback()).await?,
         }
+        check_track_errors(&resp.tracks)
+    }
+
+    /// Changes the ingress limit (see [`BotConfig::ingress_limit_bps`]); `None` lifts it.
+    pub fn set_ingress_limit(&self, bps: Option<u64>) {
+        self.ingress_limit.send_replace(bps);
+    }
+
+    /// `tracks/update`: asks the SFU for simulcast layer `rid` (None: no preference) on the pulled
+    /// track at `mid`.
+    pub async fn set_preferred_rid(
+        &self,
+        track: &SubscribedTrack,
+        rid: Option<&str>,
+    ) -> Result<(), BotError> {
+        let mut t = TrackObject::remote(track.session_id.clone(), track.track_name.clone());
+        t.mid = Some(track.mid.clone());
+        t.simulcast = Some(Simulcast {
+            preferred_rid: rid.unwrap_or_default().to_owned(),
+        });
+        let req = TracksRequest {
+            session_description: None,
+            tracks: vec![t],
+        };
+        let resp = self.client.update_tracks(&self.session_id, &req).await?;
         check_track_errors(&resp.tracks)
     }
 

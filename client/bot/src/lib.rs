@@ -7,7 +7,12 @@
 //!
 //! The media is synthetic but shaped like the real thing ([`source`]): Opus-like audio (20 ms, 50
 //! packets/s) and VP8-like video (valid VP8 RTP payload descriptors, keyframe flags, keyframes at start,
-//! periodically, and whenever a PLI/FIR arrives). Every payload is a pure function of a small header it
+//! periodically, and whenever a PLI/FIR arrives). Video can be published as rid-based simulcast
+//! ([`TrackSpec::simulcast_video`], [`SimulcastLayer::standard`]): one RTP stream per layer, each
+//! payload naming its layer, keyframe requests honoured per layer. Receivers track the layer they
+//! get, switches, freezes (a small decoder model) and loss per layer ([`reception`]). An ingress
+//! limit ([`BotConfig::ingress_limit_bps`], a token-bucket [`shaper`]) puts a bottleneck link in
+//! front of a bot. Every payload is a pure function of a small header it
 //! carries — track id, sequence number, send time ([`payload`]) — so a receiver rebuilds what was sent
 //! and checks every byte ([`reception`]): loss, duplicates, corruption, misrouting, one-way latency
 //! (same host clock) and time to first keyframe.
@@ -41,10 +46,11 @@ pub mod harness;
 pub mod participant;
 pub mod payload;
 pub mod reception;
+pub mod shaper;
 pub mod source;
 
 pub use api::{ApiError, SfuClient};
 pub use bot::{Bot, BotConfig, BotError, BotStats, PublishedTrack, SubscribedTrack};
 pub use participant::{ParticipantConfig, TrackSpec};
 pub use payload::MediaKind;
-pub use source::{AudioSettings, VideoSettings};
+pub use source::{AudioSettings, SimulcastLayer, VideoSettings};

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use satsuma_bot::{AudioSettings, Bot, BotConfig, MediaKind, TrackSpec, VideoSettings};
+use satsuma_bot::{
+    AudioSettings, Bot, BotConfig, MediaKind, SimulcastLayer, TrackSpec, VideoSettings,
+};
 use serde::Deserialize;
 
 /// A headless WebRTC participant for Satsuma's SFU: pushes synthetic Opus-like audio and VP8-like video,
@@ -40,6 +42,14 @@ struct Cli {
     /// Publish a video track with this name (repeatable).
     #[arg(long, value_name = "NAME")]
     publish_video: Vec<String>,
+    /// Publish a simulcast video track with this name (repeatable): layers q/h/f of about
+    /// 150/500/1500 kbit/s, 30 fps, a keyframe every 3 s per layer.
+    #[arg(long, value_name = "NAME")]
+    publish_simulcast: Vec<String>,
+    /// Shape incoming media to this many kbit/s (a token bucket with a 200 ms queue in front of
+    /// the bot, like a bottleneck link). Default: no limit.
+    #[arg(long, env = "SATSUMA_BOT_INGRESS_LIMIT_KBPS")]
+    ingress_limit_kbps: Option<u64>,
     /// Pull a track, given as SESSION_ID/TRACK_NAME (repeatable).
     #[arg(long, value_name = "SESSION/TRACK")]
     subscribe: Vec<String>,
@@ -85,6 +95,9 @@ struct FileConfig {
     #[serde(default)]
     publish_video: Vec<String>,
     #[serde(default)]
+    publish_simulcast: Vec<String>,
+    ingress_limit_kbps: Option<u64>,
+    #[serde(default)]
     subscribe: Vec<String>,
     duration: Option<f64>,
     stats_interval: Option<f64>,
@@ -119,6 +132,7 @@ async fn main() -> Result<()> {
     let secret = cli.secret.or(file.secret).context("--secret is required")?;
     let publish_audio = or_vec(cli.publish_audio, file.publish_audio);
     let publish_video = or_vec(cli.publish_video, file.publish_video);
+    let publish_simulcast = or_vec(cli.publish_simulcast, file.publish_simulcast);
     let subscribe = or_vec(cli.subscribe, file.subscribe);
     let duration = cli.duration.or(file.duration).unwrap_or(10.0);
     let stats_interval = cli.stats_interval.or(file.stats_interval).unwrap_or(0.0);
@@ -127,6 +141,10 @@ async fn main() -> Result<()> {
     if let Some(ip) = cli.bind_ip.or(file.bind_ip) {
         config.bind_ip = ip;
     }
+    config.ingress_limit_bps = cli
+        .ingress_limit_kbps
+        .or(file.ingress_limit_kbps)
+        .map(|k| k.saturating_mul(1000));
     let audio = &mut config.participant.audio;
     *audio = AudioSettings {
         payload_len: cli
@@ -178,12 +196,19 @@ async fn main() -> Result<()> {
         .map(|name| TrackSpec {
             name,
             kind: MediaKind::Audio,
+            simulcast: Vec::new(),
         })
         .collect();
     specs.extend(publish_video.into_iter().map(|name| TrackSpec {
         name,
         kind: MediaKind::Video,
+        simulcast: Vec::new(),
     }));
+    specs.extend(
+        publish_simulcast
+            .iter()
+            .map(|name| TrackSpec::simulcast_video(name, SimulcastLayer::standard())),
+    );
     if !specs.is_empty() {
         let published = bot.publish(&specs).await.context("publishing")?;
         for t in published {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, KeyframeRequestKind, Mid, Pt};
+use str0m::media::{Direction, KeyframeRequestKind, Mid, Pt, Rid, Simulcast};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 use crate::payload::MediaKind;
 use crate::reception::{Reception, ReceptionAction, ReceptionStats};
-use crate::source::{AudioSettings, MediaSource, SourceCounters, VideoSettings};
+use crate::source::{AudioSettings, MediaSource, SimulcastLayer, SourceCounters, VideoSettings};
 
 /// Errors of SDP and setup steps.
 #[derive(Debug, Error)]
@@ -50,6 +50,49 @@ pub struct TrackSpec {
     pub name: String,
     /// Audio or video.
     pub kind: MediaKind,
+    /// Simulcast layers of a video track, lowest first (rid-based simulcast, one RTP stream per
+    /// layer). Empty: one stream with the participant's video settings.
+    pub simulcast: Vec<SimulcastLayer>,
+}
+
+impl TrackSpec {
+    /// An audio track.
+    pub fn audio(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            kind: MediaKind::Audio,
+            simulcast: Vec::new(),
+        }
+    }
+
+    /// A video track without simulcast.
+    pub fn video(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            kind: MediaKind::Video,
+            simulcast: Vec::new(),
+        }
+    }
+
+    /// A simulcast video track with `layers`, lowest first.
+    pub fn simulcast_video(name: &str, layers: Vec<SimulcastLayer>) -> Self {
+        Self {
+            name: name.into(),
+            kind: MediaKind::Video,
+            simulcast: layers,
+        }
+    }
+}
+
+/// What one simulcast layer of a published track has sent.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LayerSent {
+    /// The layer's rid.
+    pub rid: String,
+    /// Layer index carried in the payloads (0 is the lowest).
+    pub layer: u8,
+    /// What it has sent.
+    pub sent: SourceCounters,
 }
 
 /// Statistics of one published track.
@@ -67,8 +110,10 @@ pub struct PublishedStats {
     pub sending: bool,
     /// Negotiated payload type, once known.
     pub pt: Option<u8>,
-    /// What has been sent.
+    /// What has been sent (all layers together; sequence numbers are those of the first layer).
     pub sent: SourceCounters,
+    /// Per simulcast layer (empty without simulcast).
+    pub layers: Vec<LayerSent>,
 }
 
 /// Statistics of one pulled track.
@@ -113,6 +158,8 @@ pub struct TransportStats {
     pub unexpected_rtp: u64,
     /// Keyframe requests received for unknown mids.
     pub unexpected_keyframe_requests: u64,
+    /// Datagrams the ingress limit (shaper) dropped before they reached the participant.
+    pub ingress_dropped: u64,
 }
 
 /// All statistics of a participant.
@@ -129,9 +176,38 @@ pub struct ParticipantStats {
 #[derive(Debug)]
 struct Published {
     name: String,
-    source: MediaSource,
+    kind: MediaKind,
+    /// One source per RTP stream: `(None, source)` without simulcast, else one per rid.
+    sources: Vec<(Option<Rid>, MediaSource)>,
     pt: Option<Pt>,
     sending: bool,
+}
+
+impl Published {
+    fn track_id(&self) -> u64 {
+        self.sources.first().map_or(0, |(_, s)| s.track_id())
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.sources.iter().map(|(_, s)| s.next_due()).min()
+    }
+
+    fn counters(&self) -> SourceCounters {
+        let mut total = self
+            .sources
+            .first()
+            .map(|(_, s)| s.counters())
+            .unwrap_or_default();
+        for (_, s) in self.sources.iter().skip(1) {
+            let c = s.counters();
+            total.packets += c.packets;
+            total.bytes += c.bytes;
+            total.frames += c.frames;
+            total.keyframes += c.keyframes;
+            total.keyframe_requests += c.keyframe_requests;
+        }
+        total
+    }
 }
 
 #[derive(Debug)]
@@ -289,8 +365,11 @@ impl Participant {
         let mut t = self.rtc_timeout;
         if self.sending && self.transport.connected {
             for p in self.published.values() {
-                if p.sending && p.pt.is_some() {
-                    t = t.min(p.source.next_due());
+                if p.sending
+                    && p.pt.is_some()
+                    && let Some(due) = p.next_due()
+                {
+                    t = t.min(due);
                 }
             }
         }
@@ -353,29 +432,34 @@ impl Participant {
         let audio_level = self.config.audio.level_dbov;
         for (mid, p) in self.published.iter_mut() {
             let Some(pt) = p.pt else { continue };
-            if !p.sending || p.source.next_due() > now {
+            if !p.sending {
                 continue;
             }
-            let packets = p.source.poll(now, wall);
-            let mut api = self.rtc.direct_api();
-            let Some(stream) = api.stream_tx_by_mid(*mid, None) else {
-                warn!("no send stream for mid {mid}");
-                continue;
-            };
             let ext = ExtensionValues {
-                audio_level: audio_level.filter(|_| p.source.kind() == MediaKind::Audio),
+                audio_level: audio_level.filter(|_| p.kind == MediaKind::Audio),
                 // The extension carries both or nothing; the V bit says "voice" like a VAD.
                 voice_activity: audio_level.map(|l| l > -127),
                 ..Default::default()
             };
-            for pkt in packets {
-                stream.write_rtp(
-                    RtpWrite::new(pt, pkt.rtp_seq.into(), pkt.rtp_time, now, pkt.payload)
-                        .marker(pkt.marker)
-                        .nackable(pkt.nackable)
-                        .ext_vals(ext.clone()),
-                );
-                wrote = true;
+            for (rid, source) in p.sources.iter_mut() {
+                if source.next_due() > now {
+                    continue;
+                }
+                let packets = source.poll(now, wall);
+                let mut api = self.rtc.direct_api();
+                let Some(stream) = api.stream_tx_by_mid(*mid, *rid) else {
+                    warn!("no send stream for mid {mid} rid {rid:?}");
+                    continue;
+                };
+                for pkt in packets {
+                    stream.write_rtp(
+                        RtpWrite::new(pt, pkt.rtp_seq.into(), pkt.rtp_time, now, pkt.payload)
+                            .marker(pkt.marker)
+                            .nackable(pkt.nackable)
+                            .ext_vals(ext.clone()),
+                    );
+                    wrote = true;
+                }
             }
         }
         if wrote {
@@ -387,7 +471,9 @@ impl Participant {
     pub fn set_sending(&mut self, now: Instant, sending: bool) {
         if sending && !self.sending {
             for p in self.published.values_mut() {
-                p.source.resume(now);
+                for (_, s) in p.sources.iter_mut() {
+                    s.resume(now);
+                }
             }
         }
         self.sending = sending;
@@ -407,12 +493,19 @@ impl Participant {
                 MediaKind::Audio => str0m::media::MediaKind::Audio,
                 MediaKind::Video => str0m::media::MediaKind::Video,
             };
+            let simulcast = (t.kind == MediaKind::Video && !t.simulcast.is_empty()).then(|| {
+                let mut s = Simulcast::new();
+                for layer in &t.simulcast {
+                    s.add_send_layer(str0m::media::SimulcastLayer::new(&layer.rid));
+                }
+                s
+            });
             let mid = api.add_media(
                 kind,
                 Direction::SendOnly,
                 Some("satsuma-bot".into()),
                 Some(t.name.clone()),
-                None,
+                simulcast,
             );
             new_tracks.push((mid, t.clone()));
         }
@@ -482,12 +575,28 @@ impl Participant {
         r?;
         self.note_remote_ufrag(sdp);
         for (mid, spec) in new_tracks {
-            let rtp_base: (u16, u32) = (rand::random(), rand::random());
             self.next_track_id = self.next_track_id.wrapping_add(0x9E37_79B9_7F4A_7C15);
             let track_id = self.next_track_id;
-            let source = match spec.kind {
-                MediaKind::Audio => MediaSource::audio(track_id, self.config.audio, now, rtp_base),
-                MediaKind::Video => MediaSource::video(track_id, self.config.video, now, rtp_base),
+            let rtp_base = || -> (u16, u32) { (rand::random(), rand::random()) };
+            let sources = match spec.kind {
+                MediaKind::Audio => vec![(
+                    None,
+                    MediaSource::audio(track_id, self.config.audio, now, rtp_base()),
+                )],
+                MediaKind::Video if spec.simulcast.is_empty() => vec![(
+                    None,
+                    MediaSource::video(track_id, self.config.video, now, rtp_base()),
+                )],
+                MediaKind::Video => spec
+                    .simulcast
+                    .iter()
+                    .zip(0u8..)
+                    .map(|(layer, i)| {
+                        let s = MediaSource::video(track_id, layer.video, now, rtp_base())
+                            .with_layer(i);
+                        (Some(Rid::from(layer.rid.as_str())), s)
+                    })
+                    .collect(),
             };
             let pt = self.negotiated_pt(mid, spec.kind);
             if pt.is_none() {
@@ -497,7 +606,8 @@ impl Participant {
                 mid,
                 Published {
                     name: spec.name,
-                    source,
+                    kind: spec.kind,
+                    sources,
                     pt,
                     sending: true,
                 },
@@ -555,6 +665,11 @@ impl Participant {
         self.transport.send_errors += 1;
     }
 
+    /// The ingress limit dropped a datagram addressed to this participant.
+    pub fn note_ingress_drop(&mut self) {
+        self.transport.ingress_dropped += 1;
+    }
+
     /// Queue arbitrary bytes to `destination` from this participant's address (a test hook for
     /// hostile-input tests; str0m never sees them).
     pub fn send_raw(&mut self, destination: SocketAddr, bytes: Vec<u8>) {
@@ -593,11 +708,22 @@ impl Participant {
                 .map(|(mid, p)| PublishedStats {
                     track_name: p.name.clone(),
                     mid: mid.to_string(),
-                    kind: p.source.kind(),
-                    track_id: p.source.track_id(),
+                    kind: p.kind,
+                    track_id: p.track_id(),
                     sending: p.sending && self.sending,
                     pt: p.pt.map(|pt| *pt),
-                    sent: p.source.counters(),
+                    sent: p.counters(),
+                    layers: p
+                        .sources
+                        .iter()
+                        .filter_map(|(rid, s)| {
+                            Some(LayerSent {
+                                rid: rid.as_ref()?.to_string(),
+                                layer: s.layer(),
+                                sent: s.counters(),
+                            })
+                        })
+                        .collect(),
                 })
                 .collect(),
             subscribed: self
@@ -655,7 +781,19 @@ impl Participant {
             }
             Event::Connected => self.transport.connected = true,
             Event::KeyframeRequest(r) => match self.published.get_mut(&r.mid) {
-                Some(p) => p.source.request_keyframe(),
+                Some(p) => {
+                    // A request for one layer goes to that layer; without a rid, to all.
+                    let mut any = false;
+                    for (rid, s) in p.sources.iter_mut() {
+                        if r.rid.is_none() || *rid == r.rid {
+                            s.request_keyframe();
+                            any = true;
+                        }
+                    }
+                    if !any {
+                        self.transport.unexpected_keyframe_requests += 1;
+                    }
+                }
                 None => self.transport.unexpected_keyframe_requests += 1,
             },
             Event::RtpPacket(pkt) => {
@@ -727,16 +865,7 @@ mod tests {
             Participant::new(cfg, "127.0.0.1:10001".parse().unwrap(), t0, 1_000_000, 1).unwrap();
         let mut b =
             Participant::new(cfg, "127.0.0.1:10002".parse().unwrap(), t0, 1_000_000, 2).unwrap();
-        let tracks = [
-            TrackSpec {
-                name: "mic".into(),
-                kind: MediaKind::Audio,
-            },
-            TrackSpec {
-                name: "cam".into(),
-                kind: MediaKind::Video,
-            },
-        ];
+        let tracks = [TrackSpec::audio("mic"), TrackSpec::video("cam")];
         let (offer, mids) = a.create_push_offer(t0, &tracks).unwrap();
         assert_eq!(mids.len(), 2);
         let pulls: Vec<_> = mids
@@ -793,9 +922,15 @@ mod tests {
             .iter()
             .find(|p| p.kind == MediaKind::Video)
             .unwrap();
+        let rv = &sb
+            .subscribed
+            .iter()
+            .find(|s| s.received.kind == Some(MediaKind::Video))
+            .unwrap()
+            .received;
         assert_eq!(
             video.sent.keyframes, 1,
-            "only the initial keyframe without requests"
+            "only the initial keyframe without requests: {rv:#?}"
         );
     }
 }

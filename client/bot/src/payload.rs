@@ -18,9 +18,10 @@
 //!   S=1 on the first packet of a frame, and on that first packet the VP8 payload header (RFC 7741
 //!   §4.3): 3 bytes with the inverse keyframe flag P, plus the 7-byte keyframe start code and size on a
 //!   keyframe. SFUs (and str0m's `Vp8Descriptor::starts_keyframe`) detect keyframes from exactly these bits.
-//! * Bot header: magic `SATB`, version, kind, flags, reserved, then big-endian track id (u64), packet
-//!   sequence number (u64), send time in microseconds since the Unix epoch (u64), frame number (u32) and
-//!   total payload length (u16).
+//! * Bot header: magic `SATB`, version, kind, flags, simulcast layer index (0 = lowest, 0 without
+//!   simulcast), then big-endian track id (u64), packet sequence number (u64, per layer), send time in
+//!   microseconds since the Unix epoch (u64), frame number (u32, per layer) and total payload length
+//!   (u16).
 //! * Filler: bytes from a small PRNG seeded with every header field, so that a corrupted header field
 //!   also corrupts the expected filler and cannot go unnoticed.
 //!
@@ -94,6 +95,9 @@ pub struct PayloadFields {
     pub frame_end: bool,
     /// Total payload length in bytes, codec header included.
     pub len: u16,
+    /// Simulcast layer index (0 is the lowest; 0 without simulcast). Sequence and frame numbers
+    /// count per layer.
+    pub layer: u8,
 }
 
 impl PayloadFields {
@@ -190,7 +194,7 @@ pub fn build(fields: &PayloadFields) -> Vec<u8> {
     out.push(VERSION);
     out.push(fields.kind.code());
     out.push(fields.flags());
-    out.push(0);
+    out.push(fields.layer);
     out.extend_from_slice(&fields.track_id.to_be_bytes());
     out.extend_from_slice(&fields.seq.to_be_bytes());
     out.extend_from_slice(&fields.sent_at_us.to_be_bytes());
@@ -332,6 +336,7 @@ pub fn verify(payload: &[u8]) -> Result<Verified, PayloadError> {
         frame_start: flags & FLAG_FRAME_START != 0,
         frame_end: flags & FLAG_FRAME_END != 0,
         len: u16::from_be_bytes([header[36], header[37]]),
+        layer: header[7],
     };
     if usize::from(fields.len) != payload.len() || payload.len() < fields.min_len() {
         return Err(PayloadError::BadLength {
@@ -376,6 +381,7 @@ impl Filler {
             ^ u64::from(f.frame).rotate_left(47)
             ^ (u64::from(f.flags()) << 56)
             ^ (u64::from(f.len) << 40)
+            ^ (u64::from(f.layer) << 8)
             ^ u64::from(f.kind.code());
         Self {
             state: seed,
@@ -420,6 +426,7 @@ mod tests {
             frame_start: start,
             frame_end: true,
             len,
+            layer: 2,
         }
     }
 
@@ -435,6 +442,7 @@ mod tests {
             frame_start: true,
             frame_end: true,
             len: 100,
+            layer: 0,
         };
         let p = build(&f);
         assert_eq!(p.len(), 100);

@@ -5,7 +5,19 @@
 //! bot sequence number inside each payload gives loss and duplicates independently of whatever RTP
 //! sequence numbers the SFU rewrote; the send time inside gives one-way latency (sender and receiver
 //! share the host clock).
+//!
+//! Simulcast: each payload says which layer it belongs to, and sequence and frame numbers count per
+//! layer. Loss is counted per layer and per *run*: a stretch of one layer the SFU forwarded with one
+//! RTP-to-bot sequence offset (an SFU keeps its outgoing numbers continuous across a layer switch,
+//! so each switch starts a new run). The packets a layer sent while the receiver was on another
+//! layer are therefore not loss.
+//!
+//! Video also goes through a small decoder model: a frame is *decodable* once all its packets are
+//! in and it is a keyframe, or it directly follows the last decoded frame of the same layer. After a
+//! layer switch only a keyframe of the new layer is decodable. The longest time between two decoded
+//! frames is the *freeze*; a change of the decoded layer is a *layer switch*.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::payload::{self, MediaKind};
@@ -14,6 +26,14 @@ use crate::payload::{self, MediaKind};
 const SEQ_WINDOW_BEFORE_FIRST: u64 = 4096;
 /// At most this many latency samples are kept (enough for minutes of a track).
 const MAX_LATENCY_SAMPLES: usize = 1 << 20;
+/// Layers tracked per pulled track; payloads claiming a higher layer index count as `foreign`.
+pub const MAX_LAYERS: usize = 8;
+/// Incomplete or undecodable frames kept per layer.
+const MAX_PENDING_FRAMES: usize = 128;
+/// Runs (see the module docs) kept per layer.
+const MAX_RUNS: usize = 4096;
+/// Without a decoded frame for this long while packets arrive, ask for a keyframe.
+const STUCK_AFTER: Duration = Duration::from_millis(500);
 
 /// Latency summary in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
@@ -76,6 +96,67 @@ pub struct ReceptionStats {
     pub latency: LatencySummary,
     /// Description of the last verification failure.
     pub last_error: Option<String>,
+    /// Layer of the last decoded video frame (0 is the lowest; 0 without simulcast).
+    pub layer: Option<u8>,
+    /// Times the decoded layer changed.
+    pub layer_switches: u64,
+    /// Video frames decoded (see the module docs).
+    pub frames_decoded: u64,
+    /// Longest time between two decoded video frames, in ms.
+    pub longest_freeze_ms: Option<f64>,
+    /// When the longest freeze ended, in ms since the start of the subscription.
+    pub longest_freeze_end_ms: Option<f64>,
+    /// Per layer that sent anything (simulcast), lowest first.
+    pub layers: Vec<LayerReceptionStats>,
+}
+
+/// What arrived on one simulcast layer of a pulled track.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct LayerReceptionStats {
+    /// Layer index.
+    pub layer: u8,
+    /// Distinct valid sequence numbers received.
+    pub unique: u64,
+    /// Duplicates.
+    pub duplicates: u64,
+    /// Sequence numbers missing inside the runs this layer was forwarded in.
+    pub lost: u64,
+    /// Runs (stretches between layer switches) this layer was forwarded in.
+    pub runs: u64,
+    /// Keyframes received.
+    pub keyframes: u64,
+    /// Frames decoded.
+    pub frames_decoded: u64,
+}
+
+/// Reception state of one simulcast layer.
+#[derive(Debug, Default)]
+struct LayerState {
+    seq_base: Option<u64>,
+    seen: Vec<u64>,
+    /// (rtp offset, first seq, last seq).
+    runs: Vec<(i128, u64, u64)>,
+    stats: LayerReceptionStats,
+    frames: BTreeMap<u32, FrameAssembly>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct FrameAssembly {
+    start_seq: Option<u64>,
+    end_seq: Option<u64>,
+    packets: u64,
+    keyframe: bool,
+    /// RTP sequence number of the first packet as received (the stream order a decoder sees).
+    rtp_start: Option<u64>,
+}
+
+impl FrameAssembly {
+    fn complete(&self) -> bool {
+        match (self.start_seq, self.end_seq) {
+            (Some(a), Some(b)) => b >= a && self.packets == b - a + 1,
+            _ => false,
+        }
+    }
 }
 
 /// Reception state of one pulled track.
@@ -83,8 +164,6 @@ pub struct ReceptionStats {
 pub struct Reception {
     started: Instant,
     stats: ReceptionStats,
-    seq_base: Option<u64>,
-    seen: Vec<u64>,
     latencies: Vec<u32>,
     latency_sum: u128,
     latency_min: u64,
@@ -92,7 +171,15 @@ pub struct Reception {
     latency_count: u64,
     last_keyframe_request: Option<Instant>,
     keyframe_seen: bool,
+    first_keyframe_at: Option<Instant>,
     rtp_offset: Option<i128>,
+    layers: Vec<LayerState>,
+    /// (layer, frame) last decoded, and when.
+    decoded: Option<(u8, u32, Instant)>,
+    /// RTP sequence number of the last decoded frame's first packet: a decoder never goes back.
+    decoded_rtp: Option<u64>,
+    /// Layer of the previous valid payload.
+    last_layer: Option<u8>,
 }
 
 /// What the caller should do after a packet.
@@ -110,8 +197,6 @@ impl Reception {
         Self {
             started,
             stats: ReceptionStats::default(),
-            seq_base: None,
-            seen: Vec::new(),
             latencies: Vec::new(),
             latency_sum: 0,
             latency_min: u64::MAX,
@@ -119,7 +204,12 @@ impl Reception {
             latency_count: 0,
             last_keyframe_request: None,
             keyframe_seen: false,
+            first_keyframe_at: None,
             rtp_offset: None,
+            layers: Vec::new(),
+            decoded: None,
+            decoded_rtp: None,
+            last_layer: None,
         }
     }
 
@@ -152,7 +242,8 @@ impl Reception {
             }
         };
         let f = v.fields;
-        if *s.track_id.get_or_insert(f.track_id) != f.track_id {
+        if *s.track_id.get_or_insert(f.track_id) != f.track_id || usize::from(f.layer) >= MAX_LAYERS
+        {
             s.foreign += 1;
             return ReceptionAction::None;
         }
@@ -163,12 +254,13 @@ impl Reception {
         if f.keyframe && f.frame_start {
             s.keyframes += 1;
             self.keyframe_seen = true;
+            self.first_keyframe_at.get_or_insert(now);
             if s.first_keyframe_ms.is_none() {
                 s.first_keyframe_ms = Some(ms(now.saturating_duration_since(self.started)));
             }
         }
-        if let Some(rtp) = rtp_seq {
-            let offset = i128::from(rtp) - i128::from(f.seq);
+        let offset = rtp_seq.map_or(0, |rtp| i128::from(rtp) - i128::from(f.seq));
+        if rtp_seq.is_some() {
             match self.rtp_offset {
                 Some(o) if o != offset => {
                     self.stats.rtp_seq_offset_changes += 1;
@@ -178,28 +270,171 @@ impl Reception {
                 None => self.rtp_offset = Some(offset),
             }
         }
-        match self.mark_seen(f.seq) {
+        let li = usize::from(f.layer);
+        if self.layers.len() <= li {
+            self.layers.resize_with(li + 1, LayerState::default);
+        }
+        let switched_in = self.last_layer.is_some_and(|l| l != f.layer);
+        self.last_layer = Some(f.layer);
+        let layer = &mut self.layers[li];
+        layer.stats.layer = f.layer;
+        if f.keyframe && f.frame_start {
+            layer.stats.keyframes += 1;
+        }
+        match layer.mark_seen(f.seq) {
             Seen::New => {
+                layer.stats.unique += 1;
+                layer.note_run(offset, f.seq, switched_in);
+                if f.kind == MediaKind::Video {
+                    layer.note_frame_packet(&f, rtp_seq);
+                }
                 let s = &mut self.stats;
                 s.unique += 1;
                 s.first_seq = Some(s.first_seq.map_or(f.seq, |x| x.min(f.seq)));
                 s.last_seq = Some(s.last_seq.map_or(f.seq, |x| x.max(f.seq)));
                 self.record_latency(now_us.saturating_sub(f.sent_at_us));
+                if f.kind == MediaKind::Video {
+                    self.decode(f.layer, f.frame, now);
+                }
             }
-            Seen::Duplicate => self.stats.duplicates += 1,
+            Seen::Duplicate => {
+                layer.stats.duplicates += 1;
+                self.stats.duplicates += 1;
+            }
             Seen::TooOld => self.stats.too_old += 1,
         }
-        if f.kind == MediaKind::Video && !self.keyframe_seen {
+        if f.kind == MediaKind::Video {
+            // Ask for a keyframe until one arrives, and whenever decoding is stuck.
+            let last_progress = self.decoded.map(|(_, _, t)| t).or(self.first_keyframe_at);
+            let stuck =
+                last_progress.is_some_and(|t| now.saturating_duration_since(t) >= STUCK_AFTER);
             let due = self
                 .last_keyframe_request
                 .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
-            if due {
+            if (!self.keyframe_seen || stuck) && due {
                 self.last_keyframe_request = Some(now);
                 self.stats.keyframe_requests_sent += 1;
                 return ReceptionAction::RequestKeyframe;
             }
         }
         ReceptionAction::None
+    }
+
+    /// Decodes whatever became decodable after a packet of `frame` on `layer` arrived.
+    fn decode(&mut self, layer: u8, frame: u32, now: Instant) {
+        let li = usize::from(layer);
+        let Some(state) = self.layers.get_mut(li) else {
+            return;
+        };
+        let Some(asm) = state.frames.get(&frame).copied() else {
+            return;
+        };
+        if !asm.complete() {
+            return;
+        }
+        let follows = |d: Option<(u8, u32, Instant)>, f: u32| {
+            d.is_some_and(|(l, last, _)| l == layer && last.wrapping_add(1) == f)
+        };
+        if !(asm.keyframe || follows(self.decoded, frame)) {
+            return;
+        }
+        // A frame from before the last decoded one in stream order (a late retransmission of a
+        // layer the SFU has left) is too late for a decoder.
+        if let (Some(last), Some(rtp)) = (self.decoded_rtp, asm.rtp_start)
+            && rtp < last
+        {
+            return;
+        }
+        // Decode `frame`, then every complete frame that directly follows it.
+        let mut next = frame;
+        loop {
+            let Some(state) = self.layers.get_mut(li) else {
+                return;
+            };
+            let rtp_start = match state.frames.get(&next) {
+                Some(a) if a.complete() => a.rtp_start,
+                _ => break,
+            };
+            state.frames.remove(&next);
+            state.stats.frames_decoded += 1;
+            // Older frames of this layer can never be decoded now.
+            state
+                .frames
+                .retain(|f, _| f.wrapping_sub(next) < u32::MAX / 2);
+            let s = &mut self.stats;
+            s.frames_decoded += 1;
+            if let Some((prev_layer, _, at)) = self.decoded {
+                if prev_layer != layer {
+                    s.layer_switches += 1;
+                }
+                let gap = ms(now.saturating_duration_since(at));
+                if s.longest_freeze_ms.is_none_or(|g| gap > g) {
+                    s.longest_freeze_ms = Some(gap);
+                    s.longest_freeze_end_ms = Some(ms(now.saturating_duration_since(self.started)));
+                }
+            }
+            s.layer = Some(layer);
+            if rtp_start.is_some() {
+                self.decoded_rtp = rtp_start;
+            }
+            self.decoded = Some((layer, next, now));
+            next = next.wrapping_add(1);
+        }
+    }
+}
+
+impl LayerState {
+    /// A run continues while the offset stays and no other layer came in between (a late packet
+    /// of the run, below its end, still belongs to it); anything else starts a new run.
+    fn note_run(&mut self, offset: i128, seq: u64, switched_in: bool) {
+        let full = self.runs.len() >= MAX_RUNS;
+        match self.runs.iter_mut().rev().find(|(o, _, _)| *o == offset) {
+            Some((_, first, last)) if !switched_in || seq <= *last => {
+                *first = (*first).min(seq);
+                *last = (*last).max(seq);
+            }
+            _ if !full => self.runs.push((offset, seq, seq)),
+            _ => {}
+        }
+    }
+
+    fn note_frame_packet(&mut self, f: &payload::PayloadFields, rtp_seq: Option<u64>) {
+        if !self.frames.contains_key(&f.frame) && self.frames.len() >= MAX_PENDING_FRAMES {
+            self.frames.pop_first();
+        }
+        let a = self.frames.entry(f.frame).or_default();
+        a.packets += 1;
+        if f.frame_start {
+            a.start_seq = Some(f.seq);
+            a.keyframe = f.keyframe;
+            a.rtp_start = rtp_seq;
+        }
+        if f.frame_end {
+            a.end_seq = Some(f.seq);
+        }
+    }
+
+    fn lost(&self) -> u64 {
+        self.runs
+            .iter()
+            .map(|(_, a, b)| (b - a + 1).saturating_sub(self.count_seen(*a, *b)))
+            .sum()
+    }
+
+    fn count_seen(&self, a: u64, b: u64) -> u64 {
+        (a..=b).filter(|s| self.has_seq(*s)).count() as u64
+    }
+
+    fn has_seq(&self, seq: u64) -> bool {
+        let Some(base) = self.seq_base else {
+            return false;
+        };
+        let Some(idx) = seq.checked_sub(base) else {
+            return false;
+        };
+        self.seen
+            .get((idx / 64) as usize)
+            .is_some_and(|w| w & (1 << (idx % 64)) != 0)
     }
 
     fn mark_seen(&mut self, seq: u64) -> Seen {
@@ -212,7 +447,7 @@ impl Reception {
         let word = (idx / 64) as usize;
         let bit = 1u64 << (idx % 64);
         // Bound memory: a hostile or broken sender could jump far ahead.
-        if word > (1 << 24) {
+        if word > (1 << 20) {
             return Seen::TooOld;
         }
         if self.seen.len() <= word {
@@ -225,7 +460,9 @@ impl Reception {
             Seen::New
         }
     }
+}
 
+impl Reception {
     fn record_latency(&mut self, us: u64) {
         self.latency_count += 1;
         self.latency_sum += u128::from(us);
@@ -239,8 +476,17 @@ impl Reception {
     /// Statistics so far.
     pub fn stats(&self) -> ReceptionStats {
         let mut s = self.stats.clone();
-        if let (Some(a), Some(b)) = (s.first_seq, s.last_seq) {
-            s.lost = (b - a + 1).saturating_sub(s.unique);
+        s.lost = self.layers.iter().map(LayerState::lost).sum();
+        if self.layers.len() > 1 {
+            s.layers = self
+                .layers
+                .iter()
+                .map(|l| LayerReceptionStats {
+                    lost: l.lost(),
+                    runs: l.runs.len() as u64,
+                    ..l.stats.clone()
+                })
+                .collect();
         }
         if self.latency_count > 0 {
             let mut v = self.latencies.clone();
@@ -261,17 +507,10 @@ impl Reception {
         s
     }
 
-    /// Whether the sequence number `seq` has been received.
+    /// Whether the sequence number `seq` of layer 0 (the only layer without simulcast) has been
+    /// received.
     pub fn has_seq(&self, seq: u64) -> bool {
-        let Some(base) = self.seq_base else {
-            return false;
-        };
-        let Some(idx) = seq.checked_sub(base) else {
-            return false;
-        };
-        self.seen
-            .get((idx / 64) as usize)
-            .is_some_and(|w| w & (1 << (idx % 64)) != 0)
+        self.layers.first().is_some_and(|l| l.has_seq(seq))
     }
 }
 
@@ -302,6 +541,7 @@ mod tests {
             frame_start: true,
             frame_end: true,
             len: 200,
+            layer: 0,
         })
     }
 
@@ -386,6 +626,97 @@ mod tests {
         assert!((s.first_keyframe_ms.unwrap() - 1200.0).abs() < 0.01);
     }
 
+    /// One video frame of `n` packets on `layer` with bot numbers from `seq`:
+    /// `(payload, index in the frame)`.
+    fn frame(layer: u8, seq: u64, frame: u32, n: u64, key: bool) -> Vec<(Vec<u8>, u64)> {
+        (0..n)
+            .map(|i| {
+                let f = PayloadFields {
+                    kind: MediaKind::Video,
+                    track_id: 42,
+                    seq: seq + i,
+                    sent_at_us: 0,
+                    frame,
+                    keyframe: key,
+                    frame_start: i == 0,
+                    frame_end: i + 1 == n,
+                    len: 200,
+                    layer,
+                };
+                (build(&f), i)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simulcast_switches_count_freezes_and_no_loss() {
+        let t0 = Instant::now();
+        let mut r = Reception::new(t0);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // The SFU's outgoing RTP numbers run on across layers; each layer has its own bot numbers.
+        let rtp = std::cell::Cell::new(1000u64);
+        let feed = |r: &mut Reception, layer: u8, seq: &mut u64, fr: u32, key: bool, ms: u64| {
+            let n = if layer == 0 { 1 } else { 3 };
+            for (p, _) in frame(layer, *seq, fr, n, key) {
+                r.on_packet(&p, Some(rtp.get()), at(ms), 0);
+                rtp.set(rtp.get() + 1);
+            }
+            *seq += n;
+        };
+        let (mut q, mut h) = (500u64, 9000u64);
+        // h: a keyframe and 10 frames, 33 ms apart.
+        for i in 0..11u32 {
+            feed(&mut r, 1, &mut h, 100 + i, i == 0, u64::from(i) * 33);
+        }
+        // Switch to q on a keyframe; q's earlier packets were never forwarded (not loss).
+        for i in 0..10u32 {
+            feed(&mut r, 0, &mut q, 7 + i, i == 0, 363 + u64::from(i) * 33);
+        }
+        // A q delta frame is lost (a real loss), and h comes back only with a delta frame at first
+        // (not decodable: frozen), then its keyframe 1.5 s later.
+        q += 1;
+        rtp.set(rtp.get() + 1);
+        feed(&mut r, 0, &mut q, 18, false, 730);
+        h += 300;
+        feed(&mut r, 1, &mut h, 200, false, 760);
+        feed(&mut r, 1, &mut h, 201, true, 2200);
+        feed(&mut r, 1, &mut h, 202, false, 2233);
+        let s = r.stats();
+        assert_eq!(s.corrupt, 0);
+        assert_eq!(s.layer, Some(1));
+        assert_eq!(s.layer_switches, 2);
+        assert_eq!(s.lost, 1, "only the lost q packet: {s:#?}");
+        assert_eq!(s.layers.len(), 2);
+        assert_eq!(s.layers[0].lost, 1);
+        assert_eq!(s.layers[1].lost, 0);
+        assert_eq!(s.layers[1].runs, 2);
+        // Decoded: 11 h + 10 q + 2 h; the q frame after the loss and the first h frame are not.
+        assert_eq!(s.frames_decoded, 23, "{s:#?}");
+        let freeze = s.longest_freeze_ms.unwrap();
+        // From the last q frame before the loss (660 ms) to the h keyframe.
+        assert!((1530.0..1550.0).contains(&freeze), "{freeze}");
+        assert_eq!(s.longest_freeze_end_ms, Some(2200.0));
+    }
+
+    #[test]
+    fn a_late_frame_of_a_left_layer_is_not_decoded() {
+        let t0 = Instant::now();
+        let mut r = Reception::new(t0);
+        let mut packets = frame(1, 0, 1, 3, true);
+        // The last packet of h's keyframe is late; meanwhile the SFU switched to q.
+        let late = packets.pop().unwrap();
+        for (p, s) in packets {
+            r.on_packet(&p, Some(s), t0, 0);
+        }
+        for (p, s) in frame(0, 0, 1, 1, true) {
+            r.on_packet(&p, Some(s + 3), t0, 0);
+        }
+        r.on_packet(&late.0, Some(late.1), t0 + Duration::from_millis(50), 0);
+        let s = r.stats();
+        assert_eq!(s.layer, Some(0), "{s:#?}");
+        assert_eq!(s.frames_decoded, 1);
+    }
+
     #[test]
     fn foreign_track_and_far_jumps_are_contained() {
         let t0 = Instant::now();
@@ -401,6 +732,7 @@ mod tests {
             frame_start: true,
             frame_end: true,
             len: 60,
+            layer: 0,
         });
         r.on_payload(&other, t0, 0);
         r.on_payload(&pkt(1, MediaKind::Audio, false), t0, 0);

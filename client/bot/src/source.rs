@@ -59,6 +59,54 @@ impl Default for VideoSettings {
     }
 }
 
+/// One simulcast layer of a synthetic video track: its RTP stream id and its shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimulcastLayer {
+    /// The rid (RTP stream id) the layer is sent with.
+    pub rid: String,
+    /// Frame rate, packets and sizes of this layer.
+    pub video: VideoSettings,
+}
+
+impl SimulcastLayer {
+    /// Three layers `q`, `h`, `f` of about 150, 500 and 1500 kbit/s on the wire (30 fps,
+    /// a keyframe every 3 s per layer and on request), lowest first.
+    pub fn standard() -> Vec<SimulcastLayer> {
+        let layer = |rid: &str, delta_packets, keyframe_packets, payload_len| SimulcastLayer {
+            rid: rid.into(),
+            video: VideoSettings {
+                fps: 30,
+                delta_packets,
+                keyframe_packets,
+                payload_len,
+                keyframe_interval: Some(Duration::from_secs(3)),
+            },
+        };
+        vec![
+            layer("q", 1, 3, 560),
+            layer("h", 2, 5, 1000),
+            layer("f", 6, 12, 1000),
+        ]
+    }
+
+    /// Approximate bitrate on the wire in bits/s (payloads, keyframes and ~60 bytes of
+    /// RTP/SRTP/UDP/IP overhead per packet).
+    pub fn approx_bps(&self) -> u64 {
+        let v = &self.video;
+        let per_packet = u64::from(v.payload_len) + 60;
+        let fps = u64::from(v.fps.max(1));
+        let delta = u64::from(v.delta_packets.max(1)) * per_packet * fps;
+        let extra_key = match v.keyframe_interval {
+            Some(iv) if !iv.is_zero() => {
+                let extra = u64::from(v.keyframe_packets.saturating_sub(v.delta_packets));
+                (extra * per_packet) as f64 / iv.as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        (delta as f64 * 8.0 + extra_key * 8.0) as u64
+    }
+}
+
 /// One packet ready to be written to an RTP stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingPacket {
@@ -96,6 +144,7 @@ pub struct MediaSource {
     keyframe_pending: bool,
     last_keyframe: Option<Instant>,
     counters: SourceCounters,
+    layer: u8,
 }
 
 /// What a source has sent so far.
@@ -152,7 +201,19 @@ impl MediaSource {
             keyframe_pending: true,
             last_keyframe: None,
             counters: SourceCounters::default(),
+            layer: 0,
         }
+    }
+
+    /// Marks every payload of this source as simulcast layer `layer` (0 is the lowest).
+    pub fn with_layer(mut self, layer: u8) -> Self {
+        self.layer = layer;
+        self
+    }
+
+    /// The simulcast layer index carried in the payloads.
+    pub fn layer(&self) -> u8 {
+        self.layer
     }
 
     /// Kind of media this source produces.
@@ -235,6 +296,7 @@ impl MediaSource {
             frame_start: true,
             frame_end: true,
             len,
+            layer: self.layer,
         };
         self.seq += 1;
         f
