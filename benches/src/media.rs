@@ -1,11 +1,13 @@
 //! What a load bot publishes: audio at 50 packets/s and VP8-shaped video at a target bitrate.
 //!
 //! The bot crate's sources are shaped by packet counts and sizes; [`MediaProfile::participant_config`]
-//! turns a bitrate, a frame rate and a keyframe interval into those numbers.
+//! turns a bitrate, a frame rate and a keyframe interval into those numbers. With simulcast (the
+//! default) a video publisher sends three rid layers, `q`, `h` and `f`, at a tenth, a third and
+//! all of the target bitrate (150 / 500 / 1,500 kbit/s by default), each with its own keyframes.
 
 use std::time::Duration;
 
-use satsuma_bot::{AudioSettings, ParticipantConfig, VideoSettings};
+use satsuma_bot::{AudioSettings, ParticipantConfig, SimulcastLayer, VideoSettings};
 use serde::{Deserialize, Serialize};
 
 /// Largest RTP payload the bots send (keeps datagrams under a 1,200-byte path MTU with SRTP).
@@ -24,7 +26,13 @@ pub struct MediaProfile {
     pub keyframe_secs: f64,
     /// A keyframe is this many times larger than a delta frame.
     pub keyframe_scale: u16,
+    /// Publish video as three simulcast layers (the top one at `video_kbps`).
+    #[serde(default)]
+    pub simulcast: bool,
 }
+
+/// Simulcast layers, lowest first: rid and share of the top bitrate (tenths).
+pub const LAYERS: [(&str, u32); 3] = [("q", 1), ("h", 3), ("f", 10)];
 
 impl Default for MediaProfile {
     fn default() -> Self {
@@ -34,6 +42,7 @@ impl Default for MediaProfile {
             fps: 30,
             keyframe_secs: 3.0,
             keyframe_scale: 4,
+            simulcast: true,
         }
     }
 }
@@ -41,8 +50,37 @@ impl Default for MediaProfile {
 impl MediaProfile {
     /// Bot settings that produce this profile.
     pub fn participant_config(&self) -> ParticipantConfig {
+        ParticipantConfig {
+            audio: AudioSettings {
+                payload_len: self.audio_payload.max(48),
+                interval: Duration::from_millis(20),
+                // Browsers put a level on every Opus packet; the SFU reads it (active speaker).
+                level_dbov: Some(-35),
+            },
+            video: self.video_settings(self.video_kbps),
+            request_keyframes: true,
+            send_on_publish: true,
+        }
+    }
+
+    /// The simulcast layers a video publisher sends (empty without simulcast).
+    pub fn simulcast_layers(&self) -> Vec<SimulcastLayer> {
+        if !self.simulcast {
+            return Vec::new();
+        }
+        LAYERS
+            .iter()
+            .map(|(rid, tenths)| SimulcastLayer {
+                rid: (*rid).to_owned(),
+                video: self.video_settings((self.video_kbps * tenths / 10).max(16)),
+            })
+            .collect()
+    }
+
+    /// Video settings for a stream of `kbps` kbit/s of payload.
+    fn video_settings(&self, kbps: u32) -> VideoSettings {
         let fps = self.fps.clamp(1, 120);
-        let frame_bytes = (u64::from(self.video_kbps) * 1000 / 8 / u64::from(fps)).max(64);
+        let frame_bytes = (u64::from(kbps) * 1000 / 8 / u64::from(fps)).max(64);
         let packets = frame_bytes.div_ceil(u64::from(MAX_PAYLOAD)).clamp(1, 256) as u16;
         let payload_len =
             (frame_bytes / u64::from(packets)).clamp(64, u64::from(MAX_PAYLOAD)) as u16;
@@ -51,28 +89,33 @@ impl MediaProfile {
         } else {
             None
         };
-        ParticipantConfig {
-            audio: AudioSettings {
-                payload_len: self.audio_payload.max(48),
-                interval: Duration::from_millis(20),
-                // Browsers put a level on every Opus packet; the SFU reads it (active speaker).
-                level_dbov: Some(-35),
-            },
-            video: VideoSettings {
-                fps,
-                delta_packets: packets,
-                keyframe_packets: packets.saturating_mul(self.keyframe_scale.max(1)),
-                payload_len,
-                keyframe_interval,
-            },
-            request_keyframes: true,
-            send_on_publish: true,
+        VideoSettings {
+            fps,
+            delta_packets: packets,
+            keyframe_packets: packets.saturating_mul(self.keyframe_scale.max(1)),
+            payload_len,
+            keyframe_interval,
         }
     }
 
-    /// Nominal video packets per second (keyframes included).
+    /// Nominal video packets per second a subscriber of the top layer receives (keyframes
+    /// included).
     pub fn video_pps(&self) -> f64 {
-        let v = self.participant_config().video;
+        self.stream_pps(&self.participant_config().video)
+    }
+
+    /// Nominal video packets per second a publisher sends: every layer with simulcast.
+    pub fn video_ingress_pps(&self) -> f64 {
+        if !self.simulcast {
+            return self.video_pps();
+        }
+        self.simulcast_layers()
+            .iter()
+            .map(|l| self.stream_pps(&l.video))
+            .sum()
+    }
+
+    fn stream_pps(&self, v: &VideoSettings) -> f64 {
         let frames_per_keyframe = (self.keyframe_secs * f64::from(v.fps)).max(1.0);
         let extra = f64::from(v.keyframe_packets - v.delta_packets) / frames_per_keyframe;
         f64::from(v.fps) * (f64::from(v.delta_packets) + extra)

@@ -463,14 +463,20 @@ pub async fn run_all(opts: &RunOptions) -> RunReport {
         ),
         media: format!(
             "audio 50 pkt/s × {} B; video {} kbit/s at {} fps ({} × {} B per frame, keyframe every {} s \
-             × {}), top layer only (no simulcast)",
+             × {}), {}",
             m.audio_payload,
             m.video_kbps,
             v.fps,
             v.delta_packets,
             v.payload_len,
             m.keyframe_secs,
-            m.keyframe_scale
+            m.keyframe_scale,
+            if m.simulcast {
+                "in 3 simulcast layers q/h/f at 1/10, 1/3 and all of that bitrate (subscribers are \
+                 nominally on f)"
+            } else {
+                "top layer only (no simulcast)"
+            }
         ),
         results,
         ratios: Vec::new(),

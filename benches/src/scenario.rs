@@ -132,7 +132,7 @@ impl Plan {
     pub fn ingress_pps(&self, media: &MediaProfile) -> f64 {
         self.publishers
             .iter()
-            .map(|p| publisher_pps(p, media))
+            .map(|p| publisher_ingress_pps(p, media))
             .sum()
     }
 
@@ -157,6 +157,19 @@ impl Plan {
     }
 }
 
+/// What a publisher sends: all its simulcast layers.
+fn publisher_ingress_pps(p: &PublisherPlan, media: &MediaProfile) -> f64 {
+    let mut pps = 0.0;
+    if p.audio {
+        pps += media.audio_pps();
+    }
+    if p.video {
+        pps += media.video_ingress_pps();
+    }
+    pps
+}
+
+/// What a subscriber of a publisher receives: the top layer.
 fn publisher_pps(p: &PublisherPlan, media: &MediaProfile) -> f64 {
     let mut pps = 0.0;
     if p.audio {

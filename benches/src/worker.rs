@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use satsuma_bot::participant::{ParticipantStats, PullSpec};
-use satsuma_bot::{MediaKind, SfuClient, TrackSpec};
+use satsuma_bot::{SfuClient, TrackSpec};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Semaphore;
@@ -260,20 +260,17 @@ struct Worker {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-fn track_specs(p: &PublisherPlan) -> Vec<TrackSpec> {
+fn track_specs(p: &PublisherPlan, media: &MediaProfile) -> Vec<TrackSpec> {
     let mut v = Vec::new();
     if p.audio {
-        v.push(TrackSpec {
-            name: "audio".into(),
-            kind: MediaKind::Audio,
-            simulcast: Vec::new(),
-        });
+        v.push(TrackSpec::audio("audio"));
     }
     if p.video {
-        v.push(TrackSpec {
-            name: "video".into(),
-            kind: MediaKind::Video,
-            simulcast: Vec::new(),
+        let layers = media.simulcast_layers();
+        v.push(if layers.is_empty() {
+            TrackSpec::video("video")
+        } else {
+            TrackSpec::simulcast_video("video", layers)
         });
     }
     v
@@ -305,11 +302,18 @@ async fn baseline_pair(media: &MediaProfile) -> anyhow::Result<(Peer, Peer)> {
     let config = media.participant_config();
     let a = Peer::start(config, LOCALHOST)?;
     let b = Peer::start(config, LOCALHOST)?;
-    let tracks = track_specs(&PublisherPlan {
-        name: "baseline".into(),
-        audio: true,
-        video: true,
-    });
+    // The direct pair has no SFU to pick a layer: it sends the top layer only.
+    let tracks = track_specs(
+        &PublisherPlan {
+            name: "baseline".into(),
+            audio: true,
+            video: true,
+        },
+        &MediaProfile {
+            simulcast: false,
+            ..*media
+        },
+    );
     let (offer, mids) = a
         .with(move |p, now| p.create_push_offer(now, &tracks))
         .await??;
@@ -378,11 +382,12 @@ impl Worker {
             let sig = self.signaling.clone();
             let gate = gate.clone();
             let config = self.media.participant_config();
+            let media = self.media;
             set.spawn(async move {
                 let _permit = gate.acquire_owned().await;
                 let r: anyhow::Result<(Peer, FeedRef)> = async {
                     let peer = Peer::start(config, LOCALHOST)?;
-                    let tracks = track_specs(&plan);
+                    let tracks = track_specs(&plan, &media);
                     let id = match &*sig {
                         Signaling::Satsuma(c) => crate::satsuma::publish(c, &peer, tracks).await?,
                         Signaling::Janus { client, room } => client

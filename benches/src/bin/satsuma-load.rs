@@ -111,9 +111,14 @@ struct Cli {
     #[arg(long, default_value_t = 15.0)]
     duration: f64,
 
-    /// Video bitrate, kbit/s (top simulcast layer; only this layer is sent).
+    /// Video bitrate, kbit/s, of the top simulcast layer (the others send a third and a tenth).
     #[arg(long, default_value_t = 1500)]
     video_kbps: u32,
+
+    /// Publish video as three simulcast layers (q, h, f); `--simulcast false` sends the top
+    /// layer only.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    simulcast: bool,
 
     /// Video frames per second.
     #[arg(long, default_value_t = 30)]
@@ -226,6 +231,7 @@ fn main() -> anyhow::Result<()> {
             video_kbps: cli.video_kbps,
             fps: cli.fps,
             keyframe_secs: cli.keyframe_secs,
+            simulcast: cli.simulcast,
             ..MediaProfile::default()
         },
         command: std::env::args().collect::<Vec<_>>().join(" "),
