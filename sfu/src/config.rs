@@ -59,7 +59,8 @@ pub struct Config {
     /// Maximum number of tracks in one API request.
     pub max_tracks_per_request: usize,
     /// Initial egress bandwidth estimate of a session in kbit/s (str0m's GCC refines it; simulcast
-    /// layers are chosen to fit). 0 disables bandwidth estimation.
+    /// layers are chosen to fit). 0, the default, disables bandwidth estimation and pacing: its
+    /// CPU cost and pacing delay are measured in `benches/README.md`.
     pub bwe_initial_kbps: u32,
 }
 
@@ -83,7 +84,7 @@ impl Default for Config {
             shards: default_shards(),
             session_requests_per_second: 50,
             max_tracks_per_request: 64,
-            bwe_initial_kbps: 1000,
+            bwe_initial_kbps: 0,
         }
     }
 }

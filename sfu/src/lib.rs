@@ -39,8 +39,9 @@
 //!
 //! # Simulcast and bandwidth
 //!
-//! Every session runs str0m's send-side bandwidth estimator (GCC over TWCC, which str0m
-//! negotiates by default; `Config::bwe_initial_kbps`). A publisher's layers (rids) all reach the
+//! With `Config::bwe_initial_kbps` above 0, every session runs str0m's send-side bandwidth
+//! estimator and pacer (GCC over TWCC, which str0m negotiates by default); it is off by default
+//! for its cost (see the field's docs). A publisher's layers (rids) all reach the
 //! shards that have legs on the track; there the forwarder measures each layer's bitrate and a
 //! [`layer::LayerSelector`] per subscriber session splits the session's estimate
 //! (`Event::EgressBitrateEstimate`) over its legs, capped by each leg's `preferredRid`, with

@@ -146,7 +146,7 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
         let r = Registry::new();
-        Metrics {
+        let m = Metrics {
             sessions: gauge(&r, "sessions", "Live sessions"),
             tracks: gauge(&r, "tracks", "Live published tracks"),
             subscriptions: gauge(&r, "subscriptions", "Live subscriptions (subscriber legs)"),
@@ -257,7 +257,13 @@ impl Metrics {
                 "Times the active speaker of a subscribing session changed",
             ),
             registry: r,
+        };
+        // Label values known up front are exported from the start (at 0), so dashboards and
+        // alerts see the series before the first switch.
+        for direction in ["up", "down"] {
+            m.layer_switches.with_label_values(&[direction]);
         }
+        m
     }
 
     /// Counts what a forwarding decision did to simulcast layers.

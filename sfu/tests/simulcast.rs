@@ -23,7 +23,12 @@ const F: u8 = 2;
 fn sfu() -> SfuProcess {
     SfuProcess::start(
         env!("CARGO_BIN_EXE_satsuma-sfu"),
-        &["--log", "info,satsuma_sfu::forward=trace"],
+        &[
+            "--log",
+            "info,satsuma_sfu::forward=trace",
+            "--bwe-initial-kbps",
+            "1000",
+        ],
     )
     .expect("start satsuma-sfu")
 }
