@@ -68,8 +68,12 @@ impl MediaProfile {
         if !self.simulcast {
             return Vec::new();
         }
+        // Highest first in the SDP (`a=simulcast:send f;h;q`): Janus maps the first rid to its
+        // top substream, which its subscribers get by default; Satsuma orders layers by their
+        // measured bitrate and does not care.
         LAYERS
             .iter()
+            .rev()
             .map(|(rid, tenths)| SimulcastLayer {
                 rid: (*rid).to_owned(),
                 video: self.video_settings((self.video_kbps * tenths / 10).max(16)),
