@@ -159,26 +159,16 @@ impl Plan {
 
 /// What a publisher sends: all its simulcast layers.
 fn publisher_ingress_pps(p: &PublisherPlan, media: &MediaProfile) -> f64 {
-    let mut pps = 0.0;
-    if p.audio {
-        pps += media.audio_pps();
-    }
-    if p.video {
-        pps += media.video_ingress_pps();
-    }
-    pps
+    tracks_pps(p, media.audio_pps(), media.video_ingress_pps())
 }
 
 /// What a subscriber of a publisher receives: the top layer.
 fn publisher_pps(p: &PublisherPlan, media: &MediaProfile) -> f64 {
-    let mut pps = 0.0;
-    if p.audio {
-        pps += media.audio_pps();
-    }
-    if p.video {
-        pps += media.video_pps();
-    }
-    pps
+    tracks_pps(p, media.audio_pps(), media.video_pps())
+}
+
+fn tracks_pps(p: &PublisherPlan, audio: f64, video: f64) -> f64 {
+    f64::from(u8::from(p.audio)) * audio + f64::from(u8::from(p.video)) * video
 }
 
 #[cfg(test)]

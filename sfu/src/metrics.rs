@@ -1,6 +1,7 @@
 //! Prometheus metrics (`satsuma_sfu_*`), one registry per server instance so several servers can
 //! run in one process (tests). All counters are atomics: safe to bump on the hot path.
 
+use prometheus::core::Collector;
 use prometheus::{
     CounterVec, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -65,62 +66,48 @@ pub struct Metrics {
     pub active_speaker_changes: IntCounter,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::with_opts(Opts::new(name, help).namespace("satsuma_sfu"))
-        .unwrap_or_else(|e| unreachable_metric(name, &e));
-    if let Err(e) = registry.register(Box::new(c.clone())) {
+/// Registers a freshly built metric (`built` is its constructor's result) and returns it.
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    name: &str,
+    built: prometheus::Result<M>,
+) -> M {
+    let m = built.unwrap_or_else(|e| unreachable_metric(name, &e));
+    if let Err(e) = registry.register(Box::new(m.clone())) {
         unreachable_metric(name, &e);
     }
-    c
+    m
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("satsuma_sfu")
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(registry, name, IntCounter::with_opts(opts(name, help)))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::with_opts(Opts::new(name, help).namespace("satsuma_sfu"))
-        .unwrap_or_else(|e| unreachable_metric(name, &e));
-    if let Err(e) = registry.register(Box::new(g.clone())) {
-        unreachable_metric(name, &e);
-    }
-    g
+    register(registry, name, IntGauge::with_opts(opts(name, help)))
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let h = Histogram::with_opts(
-        HistogramOpts::new(name, help)
-            .namespace("satsuma_sfu")
-            .buckets(buckets),
-    )
-    .unwrap_or_else(|e| unreachable_metric(name, &e));
-    if let Err(e) = registry.register(Box::new(h.clone())) {
-        unreachable_metric(name, &e);
-    }
-    h
+    let o = HistogramOpts::new(name, help)
+        .namespace("satsuma_sfu")
+        .buckets(buckets);
+    register(registry, name, Histogram::with_opts(o))
 }
 
 fn float_counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterVec {
-    let c = CounterVec::new(Opts::new(name, help).namespace("satsuma_sfu"), labels)
-        .unwrap_or_else(|e| unreachable_metric(name, &e));
-    if let Err(e) = registry.register(Box::new(c.clone())) {
-        unreachable_metric(name, &e);
-    }
-    c
+    register(registry, name, CounterVec::new(opts(name, help), labels))
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help).namespace("satsuma_sfu"), labels)
-        .unwrap_or_else(|e| unreachable_metric(name, &e));
-    if let Err(e) = registry.register(Box::new(g.clone())) {
-        unreachable_metric(name, &e);
-    }
-    g
+    register(registry, name, IntGaugeVec::new(opts(name, help), labels))
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help).namespace("satsuma_sfu"), labels)
-        .unwrap_or_else(|e| unreachable_metric(name, &e));
-    if let Err(e) = registry.register(Box::new(c.clone())) {
-        unreachable_metric(name, &e);
-    }
-    c
+    register(registry, name, IntCounterVec::new(opts(name, help), labels))
 }
 
 /// Metric names and labels are compile-time constants: a failure here is a programming error

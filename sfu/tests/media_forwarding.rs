@@ -73,6 +73,13 @@ async fn publisher_and_five_subscribers(sfu: &SfuProcess) -> (Bot, Vec<Bot>) {
     (publisher, subscribers)
 }
 
+async fn shutdown_all(publisher: Bot, subscribers: Vec<Bot>) {
+    for bot in subscribers {
+        bot.shutdown().await.unwrap();
+    }
+    publisher.shutdown().await.unwrap();
+}
+
 /// Every subscriber got every packet of "mic" and "cam" exactly once, byte-identical, with RTP
 /// numbering in step with the payloads.
 async fn assert_every_payload_arrived(ps: &BotStats, subscribers: &[Bot]) {
@@ -151,10 +158,7 @@ async fn one_publisher_five_subscribers_receive_every_payload_byte_identical() {
         "forwarded counter {} below 5 x {sent_total}",
         m.get("satsuma_sfu_forwarded_packets_total")
     );
-    for bot in subscribers {
-        bot.shutdown().await.unwrap();
-    }
-    publisher.shutdown().await.unwrap();
+    shutdown_all(publisher, subscribers).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,10 +393,7 @@ async fn publisher_and_subscribers_on_different_shards() {
             "shard {shard} reports no busy time"
         );
     }
-    for bot in subscribers {
-        bot.shutdown().await.unwrap();
-    }
-    publisher.shutdown().await.unwrap();
+    shutdown_all(publisher, subscribers).await;
 }
 
 /// Audio levels ride in the `ssrc-audio-level` header extension; the SFU reads them (never the
