@@ -95,6 +95,21 @@ async fn close_with(tx: &mpsc::Sender<Outbound>, app: &App, code: u16, reason: &
     let _ = tx.send(Outbound::Close(code, reason)).await;
 }
 
+/// After we sent a close frame because of what the peer sent: reads and discards whatever the
+/// peer still has in flight until it answers the close (or a second passes). Dropping a socket
+/// with unread input makes the kernel reset the connection, and a reset can destroy our close
+/// frame and the error notices before the peer reads them.
+async fn drain_after_close(stream: &mut SplitStream<WebSocket>) {
+    let drain = async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
 async fn reply(tx: &mpsc::Sender<Outbound>, msg: &ServerMessage) {
     let _ = tx.send(Outbound::Frame(encode_reply(msg))).await;
 }
@@ -263,6 +278,7 @@ async fn read_loop(
             app.metrics.error(error_code::RATE_LIMITED);
             if dropped_in_a_row >= cfg.flood_close_after {
                 close_with(tx, app, close::FLOOD, "message flood").await;
+                drain_after_close(stream).await;
                 return;
             }
             if dropped_in_a_row == 1 {
@@ -296,6 +312,7 @@ async fn read_loop(
                         "too many refused messages",
                     )
                     .await;
+                    drain_after_close(stream).await;
                     return;
                 }
                 continue;
@@ -312,6 +329,7 @@ async fn read_loop(
                     "too many refused messages",
                 )
                 .await;
+                drain_after_close(stream).await;
                 return;
             }
         } else {

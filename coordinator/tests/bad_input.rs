@@ -148,7 +148,10 @@ async fn floods_are_cut_off() {
             _ => {}
         }
     };
-    assert!(rate_limited);
+    assert!(
+        rate_limited,
+        "closed with {code} before any rate_limited notice"
+    );
     assert_eq!(code, close::FLOOD);
     // Everything accepted before the cut-off reached the others, in order; the room carries on.
     good.send(ClientMessage::Hand { raised: true }).await;
