@@ -9,14 +9,15 @@
 //!   in RTP mode, ICE-lite, DTLS-SRTP (str0m prefers AES-GCM), BUNDLE. A session can publish
 //!   tracks (the client pushes) and subscribe to tracks of other sessions (the client pulls)
 //!   on the same connection.
-//! * A **shard** ([`shard::Shard`]) is one task that owns a set of sessions and a
-//!   [`forward::Forwarder`]. Sessions never move between shards; all their work (datagrams, API
+//! * A **shard** ([`shard::Shard`]) is one OS thread (its own single-threaded tokio runtime; one
+//!   shard per core by default) that owns a set of sessions and a [`forward::Forwarder`]. Sessions never move between shards; all their work (datagrams, API
 //!   calls, timers) runs on their shard, so nothing on the packet path is locked.
 //! * The **forwarder** ([`forward`]) is the sans-IO core: given a publisher's packet it decides
 //!   which subscriber legs get it, with their own sequence numbers (rebased per leg: the SRTP
 //!   rollover pitfall), timestamps and payload types. It is unit-tested without sockets.
-//! * The **UDP driver** ([`udp`]) owns the single socket's receive side and routes datagrams to
-//!   shards; shards send on the same socket directly.
+//! * The **UDP driver** ([`udp`]) owns the single socket's receive side (batched `recvmmsg`) and
+//!   routes datagrams to shards; shards send on the same socket directly, each flushing what a
+//!   batch of work produced grouped per peer with UDP GSO ([`egress`]).
 //! * The **API** ([`api`]) authenticates, rate-limits and decodes requests, and hands them to
 //!   the owning shard; the [`directory::Directory`] maps session ids and track names (control
 //!   path only).
@@ -24,7 +25,7 @@
 //! # The packet path
 //!
 //! ```text
-//!  UDP socket ──recv──▶ udp::run_receiver ── Demux: remote addr → session (fast path)
+//!  UDP socket ──recvmmsg──▶ udp::run_receiver ── Demux: remote addr → session (fast path)
 //!                                              └─ else STUN USERNAME ufrag → session (new flow)
 //!        │ ShardMsg::Datagram (bytes moved, not copied again)
 //!        ▼
@@ -33,7 +34,8 @@
 //!        ▼
 //!  Forwarder::note_media → which shards have legs on this track
 //!        ├─ this shard: Forwarder::forward → LegWrite per leg (rebased seq/ts, mapped PT)
-//!        │                └─ StreamTx::write_rtp on the subscriber's Rtc → drain → try_send_to
+//!        │                └─ StreamTx::write_rtp on the subscriber's Rtc → drain → Egress
+//!        │                   (flushed once per batch: runs per peer as one GSO sendmsg)
 //!        └─ other shards: ShardMsg::Media { Arc<MediaPacket> } (payload shared, never copied)
 //! ```
 //!
