@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
+use satsuma_bot::harness::{Metrics, fetch_metrics};
 use serde_json::{Value, json};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Mid};
@@ -82,20 +83,8 @@ impl Sfu {
         body["sessionId"].as_str().unwrap().to_string()
     }
 
-    async fn metric(&self, line_prefix: &str) -> f64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(line_prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    async fn metrics(&self) -> Metrics {
+        fetch_metrics(&self.url("")).await.unwrap()
     }
 }
 
@@ -202,8 +191,9 @@ async fn health_metrics_cors_and_unknown_routes() {
 
     // API requests are counted by route and status.
     assert!(
-        sfu.metric("satsuma_sfu_api_requests_total{route=\"unmatched\",status=\"404\"}")
+        sfu.metrics()
             .await
+            .get("satsuma_sfu_api_requests_total{route=\"unmatched\",status=\"404\"}")
             >= 1.0
     );
 }
@@ -387,8 +377,8 @@ async fn tracks_new_push_and_pull_then_renegotiate() {
         .collect();
     assert_eq!(names.len(), 2);
     assert!(names.contains(&"mic") && names.contains(&"cam"));
-    assert_eq!(sfu.metric("satsuma_sfu_subscriptions ").await, 2.0);
-    assert_eq!(sfu.metric("satsuma_sfu_tracks ").await, 2.0);
+    assert_eq!(sfu.metrics().await.get("satsuma_sfu_subscriptions"), 2.0);
+    assert_eq!(sfu.metrics().await.get("satsuma_sfu_tracks"), 2.0);
 
     // Renegotiate errors.
     let (status, body) = sfu
@@ -752,7 +742,12 @@ async fn silent_tracks_and_unconnected_sessions_are_collected() {
     let tracks = state["tracks"].as_array().unwrap();
     assert_eq!(tracks.len(), 2);
     assert!(tracks.iter().all(|t| t["status"] == "inactive"), "{state}");
-    assert!(sfu.metric("satsuma_sfu_tracks_collected_total").await >= 2.0);
+    assert!(
+        sfu.metrics()
+            .await
+            .get("satsuma_sfu_tracks_collected_total")
+            >= 2.0
+    );
     let other = sfu.new_session().await;
     let (_, body) = sfu
         .call(
@@ -769,5 +764,10 @@ async fn silent_tracks_and_unconnected_sessions_are_collected() {
         .call(Method::GET, &format!("sessions/{pub_id}"), None)
         .await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "session_not_found");
-    assert!(sfu.metric("satsuma_sfu_sessions_collected_total").await >= 1.0);
+    assert!(
+        sfu.metrics()
+            .await
+            .get("satsuma_sfu_sessions_collected_total")
+            >= 1.0
+    );
 }

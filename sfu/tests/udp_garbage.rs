@@ -7,6 +7,7 @@ use std::net::UdpSocket;
 use std::time::Duration;
 
 use rand::Rng;
+use satsuma_bot::harness::{Metrics, fetch_metrics};
 
 fn stun_binding(username: &[u8], declared_len: Option<u16>) -> Vec<u8> {
     let mut attr = Vec::new();
@@ -24,19 +25,8 @@ fn stun_binding(username: &[u8], declared_len: Option<u16>) -> Vec<u8> {
     m
 }
 
-async fn metric(http: &reqwest::Client, base: &str, prefix: &str) -> f64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+async fn metrics(base: &str) -> Metrics {
+    fetch_metrics(base).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +75,7 @@ async fn garbage_from_unknown_addresses_is_counted_and_harmless() {
     // Let the receiver catch up.
     let mut dropped = 0.0;
     for _ in 0..50 {
-        dropped = metric(&http, &base, "satsuma_sfu_dropped_total").await;
+        dropped = metrics(&base).await.sum("satsuma_sfu_dropped_total");
         if dropped >= (sent as f64) * 0.9 {
             break;
         }
@@ -110,12 +100,12 @@ async fn garbage_from_unknown_addresses_is_counted_and_harmless() {
         );
     }
     assert_eq!(
-        metric(&http, &base, "satsuma_sfu_session_panics_total").await,
+        metrics(&base).await.get("satsuma_sfu_session_panics_total"),
         0.0
     );
     // Still serving.
     let resp = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(metric(&http, &base, "satsuma_sfu_sessions ").await, 1.0);
+    assert_eq!(metrics(&base).await.get("satsuma_sfu_sessions"), 1.0);
     sfu.shutdown().await;
 }

@@ -140,19 +140,7 @@ impl SfuProcess {
 
     /// Fetch and parse `/metrics`.
     pub async fn metrics(&self) -> Result<Metrics, HarnessError> {
-        let text = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| HarnessError::Metrics(e.to_string()))?
-            .get(format!("{}/metrics", self.base_url()))
-            .send()
-            .await
-            .map_err(|e| HarnessError::Metrics(e.to_string()))?
-            .text()
-            .await
-            .map_err(|e| HarnessError::Metrics(e.to_string()))?;
-        Ok(Metrics::parse(&text))
+        fetch_metrics(&self.base_url()).await
     }
 
     /// CPU time (user + system) the process has used so far, from `/proc/<pid>/stat`.
@@ -193,6 +181,23 @@ pub fn cpu_time_of(pid: u32) -> Result<Duration, HarnessError> {
 fn clock_ticks_per_second() -> u64 {
     // USER_HZ is 100 on every Linux architecture we run on.
     100
+}
+
+/// Fetches and parses `{base}/metrics` (an SFU, or anything serving Prometheus text).
+pub async fn fetch_metrics(base: &str) -> Result<Metrics, HarnessError> {
+    let text = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| HarnessError::Metrics(e.to_string()))?
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .map_err(|e| HarnessError::Metrics(e.to_string()))?
+        .text()
+        .await
+        .map_err(|e| HarnessError::Metrics(e.to_string()))?;
+    Ok(Metrics::parse(&text))
 }
 
 /// Prometheus text exposition, parsed into `name{labels}` → value.
