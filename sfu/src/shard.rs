@@ -351,6 +351,18 @@ impl Shard {
         }
     }
 
+    /// Asks the publisher's shard `home` for a keyframe (PLI) of `track`'s layer `rid`.
+    fn request_pli(&mut self, home: ShardId, track: TrackId, rid: Option<Rid>) {
+        self.send_to_shard(
+            home,
+            ShardMsg::KeyframeRequest {
+                track,
+                rid,
+                kind: KeyframeRequestKind::Pli,
+            },
+        );
+    }
+
     fn send_to_shard(&mut self, shard: ShardId, msg: ShardMsg) {
         if shard == self.id {
             self.local.push_back(msg);
@@ -584,14 +596,7 @@ impl Shard {
         }
         self.ctx.metrics.count_layer_outcome(&outcome);
         if let Some((home, rid)) = outcome.wants_keyframe {
-            self.send_to_shard(
-                home,
-                ShardMsg::KeyframeRequest {
-                    track,
-                    rid,
-                    kind: KeyframeRequestKind::Pli,
-                },
-            );
+            self.request_pli(home, track, rid);
         }
         for w in writes.drain(..) {
             self.write_leg(w);
@@ -707,14 +712,7 @@ impl Shard {
             .map(|s| (s.track, s.home, s.preferred_rid))
             .collect();
         for (track, home, rid) in wanted {
-            self.send_to_shard(
-                home,
-                ShardMsg::KeyframeRequest {
-                    track,
-                    rid,
-                    kind: KeyframeRequestKind::Pli,
-                },
-            );
+            self.request_pli(home, track, rid);
         }
     }
 
@@ -861,14 +859,7 @@ impl Shard {
             },
         );
         if kind == MediaKind::Video {
-            self.send_to_shard(
-                home,
-                ShardMsg::KeyframeRequest {
-                    track,
-                    rid,
-                    kind: KeyframeRequestKind::Pli,
-                },
-            );
+            self.request_pli(home, track, rid);
         }
     }
 
