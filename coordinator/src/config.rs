@@ -25,6 +25,11 @@ pub struct Config {
     pub dev: bool,
     /// Lifetime of tokens minted by `POST /token`, seconds.
     pub dev_token_ttl_s: u64,
+    /// Test hooks: the web client may honour its test query parameters (`decrypt=0`,
+    /// `keyless=1`, drills) and `hello` may carry test-only fields that make this
+    /// coordinator behave like a hostile one. Only for the test suites; never in
+    /// production.
+    pub test_hooks: bool,
     /// Directory of the web client's static files.
     pub web_dir: PathBuf,
     /// SFU base URLs (e.g. `http://10.0.0.5:8787`); the API lives under `/v1/apps/{app_id}`.
@@ -85,6 +90,7 @@ impl Default for Config {
             jwt_leeway_s: 5,
             dev: false,
             dev_token_ttl_s: 3600,
+            test_hooks: false,
             web_dir: PathBuf::from("client/web/dist"),
             sfu_nodes: Vec::new(),
             sfu_app_id: "satsuma".to_owned(),
@@ -228,6 +234,10 @@ pub struct Cli {
     /// Lifetime of tokens minted by POST /token, in seconds.
     #[arg(long, env = "SATSUMA_COORD_DEV_TOKEN_TTL_S")]
     pub dev_token_ttl_s: Option<u64>,
+    /// Test hooks for the test suites (client test parameters, hostile-coordinator
+    /// behaviour on request). Never in production.
+    #[arg(long, env = "SATSUMA_COORD_TEST_HOOKS", num_args = 0..=1, default_missing_value = "true")]
+    pub test_hooks: Option<bool>,
     /// Directory with the web client's static files.
     #[arg(long, env = "SATSUMA_COORD_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
@@ -337,6 +347,7 @@ impl Cli {
             jwt_leeway_s: c.jwt_leeway_s.unwrap_or(base.jwt_leeway_s),
             dev,
             dev_token_ttl_s: c.dev_token_ttl_s.unwrap_or(base.dev_token_ttl_s),
+            test_hooks: c.test_hooks.unwrap_or(false),
             web_dir: c.web_dir.unwrap_or(base.web_dir),
             sfu_nodes: c.sfu_nodes.unwrap_or(base.sfu_nodes),
             sfu_app_id: c.sfu_app_id.unwrap_or(base.sfu_app_id),
@@ -384,6 +395,7 @@ impl Cli {
             jwt_leeway_s,
             dev,
             dev_token_ttl_s,
+            test_hooks,
             web_dir,
             sfu_nodes,
             sfu_app_id,
