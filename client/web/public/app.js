@@ -6,10 +6,13 @@
 // request to any other origin. The only build step is the WebAssembly E2EE
 // core (scripts/build-web.sh writes ./pkg/).
 //
-// URL parameters: room, name, codec (VP8|VP9|H264), autojoin=1, video=WxH, and for tests
+// URL parameters: room, name, codec (VP8|VP9|H264), autojoin=1, video=WxH, send=0
+// (receive only), transform=legacy (use createEncodedStreams). Test hooks,
+// honoured only when the server runs with --test-hooks (client-config.js):
 // decrypt=0 (receive without decrypting), keyless=1 (never join the MLS
-// group), transform=legacy (use createEncodedStreams).
+// group), test_* parameters, window.satsuma.drill.
 
+import { testHooks, testParam } from './client-config.js';
 import { RoomLink } from './room-link.js';
 import { SfuLink } from './sfu-link.js';
 import { E2eeLink } from './e2ee-link.js';
@@ -84,9 +87,11 @@ class Call {
     e2ee.addEventListener('send-binary', (ev) => link.sendBinary(ev.detail));
     e2ee.addEventListener('send-json', (ev) => link.send(ev.detail));
     e2ee.addEventListener('status', (ev) => {
-      view.safety(ev.detail);
+      // A page that cannot encrypt never shows a plain "member" state.
+      view.safety(e2ee.sendState().level === 'bad' ? { ...ev.detail, phase: 'failed' } : ev.detail);
       this.renderPeople();
     });
+    e2ee.addEventListener('gate', () => this.applySendGate());
     e2ee.addEventListener('problem', (ev) => this.note(ev.detail));
     e2ee.addEventListener('rejoin', () => {
       // The room announced our own departure: come back as a new participant.
@@ -94,7 +99,7 @@ class Call {
       link.dropConnection();
     });
     e2ee.addEventListener('stalled', (ev) => {
-      if (ev.detail.stalled) view.banner('Encryption worker is not responding: media is paused until it recovers.', 'bad');
+      if (ev.detail.stalled) view.banner('Encryption worker is not responding: sending is paused until it recovers.', 'bad');
       else view.banner(null);
     });
   }
@@ -218,10 +223,12 @@ class Call {
     const epoch = ++this.mediaEpoch;
     this.sfu?.close();
     this.pulled.clear();
+    for (const name of this.pushed.values()) this.e2ee.detach(name);
     this.pushed.clear();
     const sfu = new SfuLink({
       base: endpoints.sfu,
       auth: () => this.link.resumeToken,
+      encodedInsertableStreams: this.e2ee.insertableStreams,
       onTransceiver: (direction, transceiver, info) => this.e2ee.attach(direction, transceiver, {
         kind: info.kind === 'audio' ? 'audio' : 'video',
         trackId: info.trackName ?? `mid-${transceiver.mid}`,
@@ -251,7 +258,49 @@ class Call {
     if (!track || this.flags.receiveOnly) return;
     const trackName = await this.sfu.push(track, { kind, codec: this.codec, participantId: this.me });
     this.pushed.set(kind, trackName);
+    this.applySendGate();
     this.link.send({ type: 'publish', session_id: sessionId, track_name: trackName, kind, enabled: track.enabled });
+  }
+
+  /**
+   * The send gate (fail closed): every pushed track is on its sender only while
+   * the E2EE link says it is encrypted (transform confirmed, sending key held,
+   * worker alive, no fault); otherwise every sender gets `replaceTrack(null)`.
+   * Runs on every `gate` event of the E2EE link and after every push.
+   */
+  applySendGate() {
+    const state = this.e2ee.sendState();
+    const sfu = this.sfu;
+    if (sfu) {
+      if (state.level !== 'ok') sfu.stopSending();
+      for (const trackName of this.pushed.values()) {
+        sfu.setSending(trackName, this.e2ee.canSend(trackName)).catch((err) => this.note(`sending ${trackName}: ${err.message}`));
+      }
+    }
+    this.renderSendState(state);
+  }
+
+  /** The persistent E2EE state: red with the reason and what to do while this page cannot encrypt. */
+  renderSendState(state) {
+    const alert = $('e2ee-alert');
+    const bad = state.level === 'bad';
+    if (alert) {
+      alert.hidden = !bad;
+      alert.dataset.level = state.level;
+      $('e2ee-alert-reason').textContent = bad ? state.reason : '';
+      $('e2ee-alert-advice').textContent = bad ? state.advice : '';
+    }
+    if (bad) this.view.safety({ ...this.e2ee.status, phase: 'failed' });
+    else if (this.shownBad) this.view.safety(this.e2ee.status);
+    this.shownBad = bad;
+    if (this.flags.receiveOnly) return;
+    const pill = {
+      ok: ['E2EE · sending encrypted', 'ok'],
+      wait: ['not sending yet: waiting for keys', 'warn'],
+      off: ['not sending (observer)', 'warn'],
+      bad: ['NOT SENDING: cannot encrypt', 'bad'],
+    }[state.level];
+    this.view.updateTile('local', { e2ee: pill });
   }
 
   mediaFailed(why) {
@@ -440,8 +489,13 @@ class Call {
       });
     }
     const outbound = Object.values(rtp.tracks).filter((t) => t.type === 'outbound-rtp');
+    const gate = this.e2ee.sendState();
     return {
       me: this.me, room: this.room, link: this.link.state, media: this.sfu?.connectionState ?? 'none',
+      send: {
+        level: gate.level, reason: gate.reason, advice: gate.advice ?? '', epoch: this.e2ee.sendEpoch,
+        senders: this.sfu?.sending() ?? [], log: this.e2ee.gateLog,
+      },
       e2ee: this.e2ee.status, encrypt: this.e2ee.encryptStats ?? null, transform: this.e2ee.mode,
       workerStalled: this.e2ee.stalled, remote, outbound, problems: this.problems.map((p) => p.message),
       participants: [...this.participants.values()].map((p) => ({ id: p.id, name: p.name, host: p.host, hand: p.hand })),
@@ -486,25 +540,31 @@ class Call {
 // ---- lobby -------------------------------------------------------------------
 
 async function lobby() {
+  $('boot-note')?.remove(); // the modules loaded and matched their integrity hashes
   const view = new CallView({ onHostAction: (a, t) => window.satsuma.call?.hostAction(a, t) });
   const local = new LocalMedia();
+  // Test hooks (testParam): null unless the server runs with --test-hooks.
   const flags = {
-    decrypt: params.get('decrypt') !== '0',
-    mls: params.get('keyless') !== '1',
+    decrypt: testParam('decrypt') !== '0',
+    mls: testParam('keyless') !== '1',
+    testVisibleOnlyTo: testParam('test_visible_only_to'),
+    testKeepKeys: testParam('test_keep_keys') === '1',
     legacy: params.get('transform') === 'legacy',
     receiveOnly: params.get('send') === '0',
   };
   window.satsuma = {
-    call: null, local, flags,
+    call: null, local, flags, testHooks,
     stats: () => window.satsuma.call?.snapshotStats() ?? null,
     safetyNumber: () => $('safety-number').dataset.digits || null,
-    drill: {
+  };
+  if (testHooks) {
+    window.satsuma.drill = {
       dropSocket: () => window.satsuma.call?.link.dropConnection(),
       stallWorker: (ms) => window.satsuma.call?.e2ee.drill('stall', ms),
       garbage: (on) => window.satsuma.call?.e2ee.drill('garbage', on),
       failMedia: () => window.satsuma.call?.sfu?.pc.close() ?? null,
-    },
-  };
+    };
+  }
   $('name').value = params.get('name') ?? localStorage.getItem('satsuma.name') ?? '';
   $('room').value = params.get('room') ?? (location.hash.slice(1) || 'lobby');
   const codec = params.get('codec');

@@ -5,15 +5,37 @@
 // and receiver. No key ever reaches this thread.
 //
 // Transforms: `RTCRtpScriptTransform` where the browser has it, otherwise the
-// older `createEncodedStreams()` with the streams transferred to the worker.
+// older `createEncodedStreams()` with the streams transferred to the worker
+// (the peer connection must then be created with `encodedInsertableStreams`).
+//
+// The send gate (fail closed): a sender may carry a track only while
+//   - its transform is attached and the worker confirmed it holds the
+//     sender's frame stream (`transform` message),
+//   - the worker confirmed it holds a sending key (`send-key` message),
+//   - the worker answers pings (a ping unanswered for STALLED_AFTER_MS stops
+//     sending), and no fault is known: no transform API, an attach that threw,
+//     the WASM module not loading, a worker error or crash.
+// `sendState()` says which; `canSend(trackId)` decides per sender; a `gate`
+// event fires whenever the answer may have changed. The app applies it to the
+// senders (`replaceTrack`), and the worker drops any frame it cannot encrypt.
 
-const WATCHDOG_INTERVAL_MS = 1000;
-const STALLED_AFTER_MS = 4000;
+import { e2eeWorker } from './integrity.js';
+
+const PING_MS = 200;
+const STALLED_AFTER_MS = 700; // an unanswered ping this old: stop sending
 const RESTART_AFTER_MS = 20000;
+const BOOT_TIMEOUT_MS = 30000;
+const MAX_RESTARTS = 3;
 
 export function scriptTransformSupported() {
   return typeof window.RTCRtpScriptTransform === 'function';
 }
+
+export function encodedStreamsSupported() {
+  return typeof window.RTCRtpSender === 'function' && typeof window.RTCRtpSender.prototype.createEncodedStreams === 'function';
+}
+
+const RELOAD = 'Nothing from your camera, microphone or screen is being sent. Reload the page to try again.';
 
 export class E2eeLink extends EventTarget {
   /**
@@ -30,27 +52,43 @@ export class E2eeLink extends EventTarget {
     this.worker = null;
     this.attached = []; // {endpoint, options}
     this.pingId = 0;
-    this.lastPong = 0;
+    this.unanswered = null; // {id, at} of the oldest ping without a pong
     this.watchdog = null;
     this.stalled = false;
     this.status = { phase: 'starting' };
     this.trackStats = new Map();
     this.participantId = null;
+    this.sendEpoch = null; // the worker's sending epoch (null: no sending key)
+    this.confirmed = new Set(); // trackIds whose sender transform the current worker holds
+    this.fault = null; // {reason, advice, fatal}
+    this.restarts = 0;
+    this.gateLog = []; // {at, level, reason}: every change of sendState() (tests, diagnostics)
   }
 
+  /** 'RTCRtpScriptTransform' | 'createEncodedStreams' | 'none' (this browser cannot encrypt). */
   get mode() {
-    return this.legacy ? 'createEncodedStreams' : 'RTCRtpScriptTransform';
+    if (!this.legacy) return 'RTCRtpScriptTransform';
+    return encodedStreamsSupported() ? 'createEncodedStreams' : 'none';
+  }
+
+  /** The peer connection needs `encodedInsertableStreams: true` (legacy transforms). */
+  get insertableStreams() {
+    return this.legacy;
   }
 
   /** Starts (or restarts) the worker for participant `participantId`. */
   start(participantId) {
     this.participantId = participantId;
     this.attached = [];
-    this.booted = false;
+    this.restarts = 0;
+    if (!this.fault?.fatal) this.fault = null;
     this.#spawn();
     clearInterval(this.watchdog);
-    this.lastPong = performance.now();
-    this.watchdog = setInterval(() => this.#checkWorker(), WATCHDOG_INTERVAL_MS);
+    this.watchdog = setInterval(() => this.#checkWorker(), PING_MS);
+    if (this.mode === 'none') {
+      this.#fail('This browser cannot encrypt media: it has neither RTCRtpScriptTransform nor createEncodedStreams.',
+        'Nothing from your camera, microphone or screen is being sent. Use a current Chrome, Edge, Firefox (117 or later) or Safari (15.4 or later).', true);
+    }
   }
 
   /** The room snapshot from `welcome` (entries up to `seq` are in it). */
@@ -94,6 +132,7 @@ export class E2eeLink extends EventTarget {
   /** Forgets transforms of transceivers that are gone. */
   detach(trackId) {
     this.attached = this.attached.filter((a) => a.options.trackId !== trackId);
+    this.confirmed.delete(trackId);
     this.#post({ type: 'forget', trackId });
   }
 
@@ -101,29 +140,90 @@ export class E2eeLink extends EventTarget {
     clearInterval(this.watchdog);
     this.worker?.terminate();
     this.worker = null;
+    this.sendEpoch = null;
+    this.confirmed.clear();
+    this.#changed();
+  }
+
+  /**
+   * Whether this page may send media now: `{level, reason, advice}` with level
+   * 'ok' (encrypting), 'wait' (no sending key yet), 'off' (keyless observer:
+   * never sends) or 'bad' (cannot encrypt: the persistent red state).
+   */
+  sendState() {
+    if (this.fault) return { level: 'bad', reason: this.fault.reason, advice: this.fault.advice, fatal: this.fault.fatal };
+    if (this.stalled) {
+      return {
+        level: 'bad',
+        reason: 'The encryption worker is not responding.',
+        advice: 'Sending is paused until it responds again. If this does not clear within a few seconds, reload the page.',
+        fatal: false,
+      };
+    }
+    if (!this.joinGroup) return { level: 'off', reason: 'Keyless observer: not in the group, never sends.', advice: '' };
+    if (!this.worker || this.sendEpoch === null) {
+      return { level: 'wait', reason: 'Waiting for encryption keys: nothing is sent until this page can encrypt.', advice: '' };
+    }
+    return { level: 'ok', reason: `Encrypting (epoch ${this.sendEpoch})`, advice: '' };
+  }
+
+  /** Whether the sender of track `trackId` may carry its track now. */
+  canSend(trackId) {
+    return this.sendState().level === 'ok' && this.confirmed.has(trackId);
   }
 
   #attachOne(endpoint, options) {
     if (!this.worker) return;
-    if (this.legacy) {
-      try {
+    const encrypt = options.operation === 'encrypt';
+    try {
+      if (this.legacy) {
+        if (typeof endpoint.createEncodedStreams !== 'function') throw new Error('createEncodedStreams is not available');
         const { readable, writable } = endpoint.createEncodedStreams();
         this.worker.postMessage({ type: 'stream', readable, writable, options }, [readable, writable]);
-      } catch (err) {
-        this.#problem(`cannot attach encryption (${options.operation}): ${err.message}`);
+      } else {
+        endpoint.transform = new RTCRtpScriptTransform(this.worker, options);
       }
-    } else {
-      endpoint.transform = new RTCRtpScriptTransform(this.worker, options);
+    } catch (err) {
+      const what = `${options.kind} ${encrypt ? 'sender' : 'receiver'}`;
+      if (encrypt) {
+        // This sender can never carry a track: nothing of it may leave the page.
+        this.#fail(`Encryption could not be attached to your ${options.kind} (${this.mode}: ${err?.message ?? err}).`,
+          `${RELOAD} If this persists, use a current browser.`, true);
+      } else {
+        this.#problem(`cannot attach decryption to a ${what}: ${err?.message ?? err}`);
+      }
     }
   }
 
   #spawn() {
     this.worker?.terminate();
-    const worker = new Worker(new URL('./e2ee-worker.js', import.meta.url), { type: 'module', name: 'satsuma-e2ee' });
+    this.booted = false;
+    this.startedAt = performance.now();
+    this.stalled = false;
+    this.unanswered = null;
+    this.sendEpoch = null;
+    this.confirmed.clear();
+    if (e2eeWorker.error) {
+      // Its files failed their integrity check (integrity.js): never run them.
+      this.worker?.terminate();
+      this.worker = null;
+      this.#fail(e2eeWorker.error, RELOAD, true);
+      return;
+    }
+    // From blob: URLs of the integrity-checked worker script and glue (integrity.js).
+    const worker = new Worker(e2eeWorker.url, { type: 'module', name: 'satsuma-e2ee' });
     this.worker = worker;
-    worker.onmessage = (ev) => this.#onMessage(ev.data);
-    worker.onerror = (ev) => this.#problem(`E2EE worker error: ${ev.message ?? 'unknown'}`);
-    worker.postMessage({ type: 'init', participantId: this.participantId, decrypt: this.decrypt, mls: this.joinGroup });
+    worker.onmessage = (ev) => {
+      if (this.worker === worker) this.#onMessage(ev.data);
+    };
+    worker.onerror = (ev) => {
+      if (this.worker === worker) this.#workerFailed(`E2EE worker error: ${ev?.message || 'the worker script did not load or crashed'}`);
+    };
+    worker.onmessageerror = () => {
+      if (this.worker === worker) this.#problem('E2EE worker: a message could not be decoded');
+    };
+    worker.postMessage({ type: 'init', participantId: this.participantId, decrypt: this.decrypt, mls: this.joinGroup, wasm: e2eeWorker.wasm });
+    this.#changed();
   }
 
   #post(message, transfer = []) {
@@ -131,29 +231,66 @@ export class E2eeLink extends EventTarget {
   }
 
   #checkWorker() {
+    if (!this.worker) return;
     const now = performance.now();
-    if (!this.booted) {
-      // Still loading the WebAssembly module: not a stall.
-      this.lastPong = now;
-      this.#post({ type: 'ping', id: ++this.pingId });
+    if (!this.booted && !this.fault && now - this.startedAt > BOOT_TIMEOUT_MS) {
+      this.#fail(`The encryption module did not start within ${BOOT_TIMEOUT_MS / 1000} s.`, RELOAD, false);
+    }
+    if (this.unanswered) {
+      // Still loading the WebAssembly module: not a stall (nothing is sent before it holds a key).
+      if (!this.booted) return;
+      const silent = now - this.unanswered.at;
+      if (silent > STALLED_AFTER_MS && !this.stalled) {
+        this.stalled = true;
+        this.dispatchEvent(new CustomEvent('stalled', { detail: { stalled: true, ms: silent } }));
+        this.#changed();
+      }
+      if (silent > RESTART_AFTER_MS) this.#workerFailed(`not responding for ${Math.round(silent / 1000)} s`);
+      return; // one ping in flight at a time: throttled timers do not look like a stall
+    }
+    this.unanswered = { id: ++this.pingId, at: now };
+    this.#post({ type: 'ping', id: this.pingId });
+  }
+
+  /** The worker errored, crashed or hung: stop sending; restart it where transforms can be re-created. */
+  #workerFailed(why) {
+    this.sendEpoch = null;
+    this.confirmed.clear();
+    if (this.legacy || !this.booted || this.restarts >= MAX_RESTARTS) {
+      // Legacy streams cannot be created twice on one sender, and a worker that
+      // never booted would fail the same way again.
+      this.worker?.terminate();
+      this.worker = null;
+      clearInterval(this.watchdog);
+      this.stalled = false;
+      this.#fail(`Encryption stopped: ${why}.`, RELOAD, true);
       return;
     }
-    const silent = now - this.lastPong;
-    if (silent > STALLED_AFTER_MS && !this.stalled) {
-      this.stalled = true;
-      this.dispatchEvent(new CustomEvent('stalled', { detail: { stalled: true, ms: silent } }));
+    this.restarts += 1;
+    this.#problem(`E2EE worker restarted: ${why}`);
+    this.#fail(`The encryption worker failed (${why}) and was restarted.`,
+      'Nothing is sent until it has rejoined the group and holds a new key; this normally takes a few seconds.', false);
+    this.#spawn();
+    // It rejoins the MLS group with a new KeyPackage; transforms are re-created on the new worker.
+    if (this.lastWelcome) this.#post({ type: 'welcome', welcome: this.lastWelcome, rejoin: true });
+    for (const a of this.attached) this.#attachOne(a.endpoint, a.options);
+  }
+
+  #fail(reason, advice, fatal) {
+    if (this.fault?.fatal && !fatal) return; // a fatal fault stays
+    this.fault = { reason, advice, fatal };
+    this.#problem(reason);
+    this.#changed();
+  }
+
+  #changed() {
+    const s = this.sendState();
+    const last = this.gateLog[this.gateLog.length - 1];
+    if (!last || last.level !== s.level || last.reason !== s.reason) {
+      this.gateLog.push({ at: Date.now(), level: s.level, reason: s.reason });
+      if (this.gateLog.length > 50) this.gateLog.shift();
     }
-    if (silent > RESTART_AFTER_MS && !this.legacy) {
-      // The worker is wedged: start a fresh one. It rejoins the MLS group with a
-      // new KeyPackage; transforms are re-created on the new worker.
-      this.#problem('E2EE worker restarted after not responding');
-      this.booted = false;
-      this.#spawn();
-      if (this.lastWelcome) this.#post({ type: 'welcome', welcome: this.lastWelcome, rejoin: true });
-      for (const a of this.attached) this.#attachOne(a.endpoint, a.options);
-      this.lastPong = now;
-    }
-    this.#post({ type: 'ping', id: ++this.pingId });
+    this.dispatchEvent(new CustomEvent('gate', { detail: s }));
   }
 
   #problem(message) {
@@ -163,11 +300,30 @@ export class E2eeLink extends EventTarget {
   #onMessage(msg) {
     switch (msg?.type) {
       case 'pong':
-        this.lastPong = performance.now();
+        if (this.unanswered && msg.id >= this.unanswered.id) this.unanswered = null;
         if (this.stalled) {
           this.stalled = false;
           this.dispatchEvent(new CustomEvent('stalled', { detail: { stalled: false } }));
+          this.#changed();
         }
+        break;
+      case 'transform':
+        // The worker holds this sender's frame stream: its frames go through encryption.
+        if (msg.operation === 'encrypt' && this.attached.some((a) => a.options.trackId === msg.trackId)) {
+          this.confirmed.add(msg.trackId);
+          this.#changed();
+        }
+        break;
+      case 'send-key':
+        this.sendEpoch = msg.epoch ?? null;
+        if (this.sendEpoch !== null && this.fault && !this.fault.fatal) this.fault = null;
+        this.#changed();
+        break;
+      case 'fault':
+        // The worker cannot encrypt at all (module missing, crypto broken).
+        this.sendEpoch = null;
+        if (msg.restart) this.#workerFailed(msg.reason);
+        else this.#fail(msg.reason, RELOAD, true);
         break;
       case 'send-binary':
         this.dispatchEvent(new CustomEvent('send-binary', { detail: msg.bytes }));
@@ -176,6 +332,7 @@ export class E2eeLink extends EventTarget {
         this.dispatchEvent(new CustomEvent('send-json', { detail: msg.message }));
         break;
       case 'status':
+        if (!this.booted) this.unanswered = null; // pings sent while it was loading do not count
         this.booted = true;
         this.status = msg.status;
         this.dispatchEvent(new CustomEvent('status', { detail: msg.status }));

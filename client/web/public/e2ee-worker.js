@@ -26,6 +26,8 @@ const backlog = [];
 const tracks = new Map(); // trackId -> {options, inbound?, transformer?, frames, bytes}
 const drills = { garbage: false };
 let lastStatus = '';
+let lastSendEpoch = null; // what the page was last told (`send-key`)
+let encryptBroken = false;
 
 function post(message, transfer) {
   self.postMessage(message, transfer ?? []);
@@ -38,9 +40,16 @@ function problem(message) {
 async function boot(init) {
   config = { ...config, ...init };
   try {
-    await wasm.default({ module_or_path: new URL('./pkg/satsuma_wasm_bg.wasm', import.meta.url) });
+    // The page passes the .wasm's URL and its SHA-256 from index.html (integrity.js): the
+    // browser refuses bytes that do not match. (This worker runs from a blob: URL, so
+    // import.meta.url cannot locate it.)
+    const wasmUrl = config.wasm?.url ?? new URL('./pkg/satsuma_wasm_bg.wasm', import.meta.url);
+    const integrity = config.wasm?.integrity;
+    await wasm.default({ module_or_path: fetch(wasmUrl, integrity ? { integrity } : {}) });
   } catch (err) {
+    // Fail closed: without the module nothing can be encrypted, so nothing may be sent.
     problem(`cannot load the E2EE module: ${err.message}`);
+    post({ type: 'fault', reason: `The encryption module could not be loaded (${err.message ?? err}).` });
     return;
   }
   loaded = true;
@@ -164,6 +173,26 @@ function pump() {
   }
   if (member.take_rejoin()) post({ type: 'rejoin' });
   publishStatus();
+  reportSendKey();
+}
+
+// The send gate (e2ee-link.js): tells the page whether this worker holds a
+// sending key, i.e. whether frames handed to an encrypting transform leave
+// encrypted. Until it does, the page puts no track on any sender.
+function reportSendKey() {
+  let epoch = null;
+  if (member && loaded && !encryptBroken) {
+    try {
+      const e = JSON.parse(member.status_json()).send_epoch;
+      epoch = typeof e === 'number' ? e : null;
+    } catch {
+      epoch = null;
+    }
+  }
+  if (epoch !== lastSendEpoch) {
+    lastSendEpoch = epoch;
+    post({ type: 'send-key', epoch });
+  }
 }
 
 function publishStatus() {
@@ -203,7 +232,7 @@ function defaultMime(kind) {
 }
 
 function runTransform(readable, writable, options, transformer) {
-  const t = { options, transformer, inbound: null, frames: 0, bytes: 0, lastBytes: null };
+  const t = { options, transformer, inbound: null, frames: 0, bytes: 0, lastBytes: null, encryptErrors: 0 };
   tracks.set(options.trackId, t);
   const encrypt = options.operation === 'encrypt';
   const stream = new TransformStream({
@@ -212,25 +241,13 @@ function runTransform(readable, writable, options, transformer) {
         t.framesBeforeLoad = (t.framesBeforeLoad ?? 0) + 1;
         return;
       }
+      if (encrypt) {
+        encryptFrame(t, frame, controller);
+        return;
+      }
       t.frames += 1;
       const data = new Uint8Array(frame.data);
       t.bytes += data.byteLength;
-      if (encrypt) {
-        if (drills.garbage) {
-          const junk = new Uint8Array(Math.max(16, data.byteLength));
-          crypto.getRandomValues(junk);
-          junk.set(data.subarray(0, 10)); // keep the codec header so it is forwarded
-          frame.data = junk.buffer;
-          controller.enqueue(frame);
-          return;
-        }
-        const mime = frame.getMetadata?.().mimeType || options.codec || defaultMime(options.kind);
-        const out = member?.encrypt(mime, data);
-        if (out === undefined) return; // no key yet: drop, never send in the clear
-        frame.data = out.buffer;
-        controller.enqueue(frame);
-        return;
-      }
       if (!t.inbound) {
         try {
           t.inbound = new wasm.InboundTrack(options.sender ?? -1, options.kind !== 'audio');
@@ -258,4 +275,40 @@ function runTransform(readable, writable, options, transformer) {
   readable.pipeThrough(stream).pipeTo(writable).catch((err) => {
     if (tracks.get(options.trackId) === t) problem(`transform ${options.operation} ${options.kind} ended: ${err.message ?? err}`);
   });
+  // The send gate waits for this: the worker now holds this sender's frames.
+  post({ type: 'transform', trackId: options.trackId, operation: options.operation });
+}
+
+// One outbound frame: encrypted, or dropped. Never passed on as it came in:
+// every path that does not hold ciphertext returns without enqueueing.
+function encryptFrame(t, frame, controller) {
+  t.frames += 1;
+  const data = new Uint8Array(frame.data);
+  t.bytes += data.byteLength;
+  if (!member || encryptBroken) return; // no group (keyless, failed start): nothing to encrypt with
+  if (drills.garbage) {
+    const junk = new Uint8Array(Math.max(16, data.byteLength));
+    crypto.getRandomValues(junk);
+    junk.set(data.subarray(0, 10)); // keep the codec header so it is forwarded
+    frame.data = junk.buffer;
+    controller.enqueue(frame);
+    return;
+  }
+  let out;
+  try {
+    const mime = frame.getMetadata?.().mimeType || t.options.codec || defaultMime(t.options.kind);
+    out = member.encrypt(mime, data);
+  } catch (err) {
+    // A trap in WebAssembly leaves the module unusable: stop, and have the page restart us.
+    t.encryptErrors += 1;
+    if (!encryptBroken) {
+      encryptBroken = true;
+      reportSendKey();
+      post({ type: 'fault', reason: `encrypting a frame failed: ${err?.message ?? err}`, restart: true });
+    }
+    return;
+  }
+  if (!(out instanceof Uint8Array) || out.byteLength === 0) return; // no key yet: drop, never send in the clear
+  frame.data = out.buffer;
+  controller.enqueue(frame);
 }

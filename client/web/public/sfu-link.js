@@ -6,6 +6,11 @@
 //
 // Every negotiation goes through one queue: the API is offer/answer based and
 // two overlapping negotiations on one connection would glare.
+//
+// Fail closed: a pushed track's sender is created without a track. The track
+// goes on (`setSending(name, true)`) only when the E2EE send gate allows it
+// (e2ee-link.js: transform attached and confirmed, sending key held), and comes
+// off again (`replaceTrack(null)`) the moment it does not.
 
 export class SfuLink extends EventTarget {
   /**
@@ -14,8 +19,9 @@ export class SfuLink extends EventTarget {
    * @param {() => string} opts.auth returns the current bearer token.
    * @param {(direction: 'send'|'recv', transceiver: RTCRtpTransceiver, info: object) => void} opts.onTransceiver
    *   called as soon as a transceiver exists, before negotiation (E2EE transforms go on here).
+   * @param {boolean} [opts.encodedInsertableStreams] create the connection for `createEncodedStreams()` transforms.
    */
-  constructor({ base, auth, onTransceiver }) {
+  constructor({ base, auth, onTransceiver, encodedInsertableStreams = false }) {
     super();
     this.base = base.replace(/\/$/, '');
     this.auth = auth;
@@ -23,9 +29,12 @@ export class SfuLink extends EventTarget {
     this.sessionId = null;
     this.queue = Promise.resolve();
     this.pulls = new Map(); // mid -> info
-    this.pushes = new Map(); // trackName -> {transceiver, info}
+    this.pushes = new Map(); // trackName -> {transceiver, info, track, sending}
     this.closed = false;
-    this.pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: [] });
+    const config = { bundlePolicy: 'max-bundle', iceServers: [] };
+    // Chromium's legacy transform API: without this, createEncodedStreams() throws.
+    if (encodedInsertableStreams) config.encodedInsertableStreams = true;
+    this.pc = new RTCPeerConnection(config);
     this.pc.addEventListener('track', (ev) => this.#onTrack(ev));
     this.pc.addEventListener('connectionstatechange', () => this.#onConnectionState());
   }
@@ -43,13 +52,15 @@ export class SfuLink extends EventTarget {
   }
 
   /**
-   * Pushes a local track; returns its SFU track name.
+   * Pushes a local track; returns its SFU track name. The sender starts
+   * without the track: `setSending(trackName, true)` puts it on.
    * @param {MediaStreamTrack} track
    * @param {{kind: 'audio'|'video'|'screenshare', codec?: string}} info
    */
   push(track, info) {
     return this.#serial(async () => {
-      const transceiver = this.pc.addTransceiver(track, {
+      // By kind, not by track: nothing can be sent before the gate opens.
+      const transceiver = this.pc.addTransceiver(track.kind, {
         direction: 'sendonly',
         sendEncodings: track.kind === 'video' ? [{ maxBitrate: info.kind === 'screenshare' ? 1_500_000 : 1_000_000 }] : undefined,
       });
@@ -64,15 +75,45 @@ export class SfuLink extends EventTarget {
       const entry = res.tracks?.[0];
       if (!entry || entry.errorCode) throw new Error(`push refused: ${entry?.errorDescription ?? entry?.errorCode ?? 'no track in reply'}`);
       await this.pc.setRemoteDescription(res.sessionDescription);
-      this.pushes.set(trackName, { transceiver, info });
+      this.pushes.set(trackName, { transceiver, info, track, sending: false });
       return trackName;
     });
+  }
+
+  /**
+   * Puts the pushed track on its sender (`on`) or takes it off. Only the E2EE
+   * send gate calls this with `on`.
+   */
+  async setSending(trackName, on) {
+    const p = this.pushes.get(trackName);
+    if (!p || this.closed) return;
+    p.sending = Boolean(on);
+    const want = p.sending ? p.track : null;
+    if (p.transceiver.sender.track !== want) await p.transceiver.sender.replaceTrack(want);
+  }
+
+  /** Takes the track off every sender of the connection (the gate closed). */
+  stopSending() {
+    const done = [];
+    for (const p of this.pushes.values()) p.sending = false;
+    if (this.pc.signalingState === 'closed') return Promise.resolve();
+    for (const sender of this.pc.getSenders()) {
+      if (sender.track) done.push(sender.replaceTrack(null).catch(() => {}));
+    }
+    return Promise.all(done);
+  }
+
+  /** `[{trackName, kind, sending}]`: which pushed tracks are on their sender now. */
+  sending() {
+    return [...this.pushes].map(([trackName, p]) => ({ trackName, kind: p.info.kind, sending: Boolean(p.transceiver.sender.track) }));
   }
 
   /** Swaps the media of a pushed track (device change) without renegotiating. */
   async replace(trackName, track) {
     const p = this.pushes.get(trackName);
-    if (p) await p.transceiver.sender.replaceTrack(track);
+    if (!p) return;
+    p.track = track;
+    if (p.sending) await p.transceiver.sender.replaceTrack(track);
   }
 
   /** Stops pushing a track. */

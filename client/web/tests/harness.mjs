@@ -118,10 +118,12 @@ export async function launchBrowser() {
 /**
  * Opens a participant page (its own browser context, so its own camera and
  * storage) and joins `room`. `params` adds URL parameters (decrypt, keyless...);
- * `initScript` runs before the page's scripts (used to deny the camera).
+ * `initScript` runs before the page's scripts (used to deny the camera);
+ * `prepare(context)` runs before the page loads (e.g. `context.route`).
  */
-export async function joinPage(browser, base, { room, name, params = {}, initScript } = {}) {
+export async function joinPage(browser, base, { room, name, params = {}, initScript, prepare } = {}) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 720 } });
+  if (prepare) await prepare(context);
   const page = await context.newPage();
   page.consoleLines = [];
   page.on('console', (m) => page.consoleLines.push(`${m.type()}: ${m.text()}`));
