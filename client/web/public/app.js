@@ -289,6 +289,8 @@ class Call {
       alert.dataset.level = state.level;
       $('e2ee-alert-reason').textContent = bad ? state.reason : '';
       $('e2ee-alert-advice').textContent = bad ? state.advice : '';
+      $('e2ee-alert-reload').hidden = !(bad && state.fatal);
+      $('e2ee-alert-reload').onclick = () => location.reload();
     }
     if (bad) this.view.safety({ ...this.e2ee.status, phase: 'failed' });
     else if (this.shownBad) this.view.safety(this.e2ee.status);
@@ -399,6 +401,7 @@ class Call {
       this.view.removeTile('local:screen');
       if (name) {
         this.pushed.delete('screenshare');
+        this.e2ee.detach(name);
         this.link.send({ type: 'unpublish', track_name: name });
         await this.sfu?.unpush(name).catch(() => {});
       }

@@ -21,11 +21,10 @@
 
 import { e2eeWorker } from './integrity.js';
 
-const PING_MS = 200;
-const STALLED_AFTER_MS = 700; // an unanswered ping this old: stop sending
-const RESTART_AFTER_MS = 20000;
+const PING_MS = 100;
+const STALLED_AFTER_MS = 600; // an unanswered ping this old: stop sending (detected within ~800 ms)
+const DEAD_AFTER_MS = 20000; // no answer for this long: the worker is gone for good
 const BOOT_TIMEOUT_MS = 30000;
-const MAX_RESTARTS = 3;
 
 export function scriptTransformSupported() {
   return typeof window.RTCRtpScriptTransform === 'function';
@@ -61,7 +60,6 @@ export class E2eeLink extends EventTarget {
     this.sendEpoch = null; // the worker's sending epoch (null: no sending key)
     this.confirmed = new Set(); // trackIds whose sender transform the current worker holds
     this.fault = null; // {reason, advice, fatal}
-    this.restarts = 0;
     this.gateLog = []; // {at, level, reason}: every change of sendState() (tests, diagnostics)
   }
 
@@ -76,12 +74,11 @@ export class E2eeLink extends EventTarget {
     return this.legacy;
   }
 
-  /** Starts (or restarts) the worker for participant `participantId`. */
+  /** Starts the worker for participant `participantId` (again after a rejoin: a new worker). */
   start(participantId) {
     this.participantId = participantId;
     this.attached = [];
-    this.restarts = 0;
-    if (!this.fault?.fatal) this.fault = null;
+    this.fault = null; // a new participant, a new worker: every cause is detected again
     this.#spawn();
     clearInterval(this.watchdog);
     this.watchdog = setInterval(() => this.#checkWorker(), PING_MS);
@@ -236,6 +233,11 @@ export class E2eeLink extends EventTarget {
     if (!this.booted && !this.fault && now - this.startedAt > BOOT_TIMEOUT_MS) {
       this.#fail(`The encryption module did not start within ${BOOT_TIMEOUT_MS / 1000} s.`, RELOAD, false);
     }
+    const gap = now - (this.lastTick ?? now);
+    this.lastTick = now;
+    // This thread itself did not run for a while (machine asleep, frozen tab):
+    // the ping's age says nothing about the worker; measure afresh.
+    if (gap > 1500 && this.unanswered) this.unanswered.at = now;
     if (this.unanswered) {
       // Still loading the WebAssembly module: not a stall (nothing is sent before it holds a key).
       if (!this.booted) return;
@@ -245,39 +247,34 @@ export class E2eeLink extends EventTarget {
         this.dispatchEvent(new CustomEvent('stalled', { detail: { stalled: true, ms: silent } }));
         this.#changed();
       }
-      if (silent > RESTART_AFTER_MS) this.#workerFailed(`not responding for ${Math.round(silent / 1000)} s`);
+      if (silent > DEAD_AFTER_MS) this.#workerFailed(`the encryption worker has not responded for ${Math.round(silent / 1000)} s`);
       return; // one ping in flight at a time: throttled timers do not look like a stall
     }
     this.unanswered = { id: ++this.pingId, at: now };
     this.#post({ type: 'ping', id: this.pingId });
   }
 
-  /** The worker errored, crashed or hung: stop sending; restart it where transforms can be re-created. */
+  /**
+   * The worker errored, crashed or hung for good: nothing is sent again on this
+   * page. (A new worker would need a new MLS leaf, i.e. a new participant, and
+   * legacy streams cannot be created twice on one sender: the user reloads.)
+   */
   #workerFailed(why) {
     this.sendEpoch = null;
     this.confirmed.clear();
-    if (this.legacy || !this.booted || this.restarts >= MAX_RESTARTS) {
-      // Legacy streams cannot be created twice on one sender, and a worker that
-      // never booted would fail the same way again.
-      this.worker?.terminate();
-      this.worker = null;
-      clearInterval(this.watchdog);
-      this.stalled = false;
-      this.#fail(`Encryption stopped: ${why}.`, RELOAD, true);
-      return;
-    }
-    this.restarts += 1;
-    this.#problem(`E2EE worker restarted: ${why}`);
-    this.#fail(`The encryption worker failed (${why}) and was restarted.`,
-      'Nothing is sent until it has rejoined the group and holds a new key; this normally takes a few seconds.', false);
-    this.#spawn();
-    // It rejoins the MLS group with a new KeyPackage; transforms are re-created on the new worker.
-    if (this.lastWelcome) this.#post({ type: 'welcome', welcome: this.lastWelcome, rejoin: true });
-    for (const a of this.attached) this.#attachOne(a.endpoint, a.options);
+    this.worker?.terminate();
+    this.worker = null;
+    clearInterval(this.watchdog);
+    this.stalled = false;
+    this.#fail(`Encryption stopped: ${why}.`, `${RELOAD} You rejoin the call as a new participant.`, true);
   }
 
   #fail(reason, advice, fatal) {
-    if (this.fault?.fatal && !fatal) return; // a fatal fault stays
+    if (this.fault?.fatal) {
+      // The first fatal fault stays (it names the cause); later ones are consequences.
+      if (this.fault.reason !== reason) this.#problem(reason);
+      return;
+    }
     this.fault = { reason, advice, fatal };
     this.#problem(reason);
     this.#changed();
@@ -314,6 +311,10 @@ export class E2eeLink extends EventTarget {
           this.#changed();
         }
         break;
+      case 'transform-ended':
+        // That sender's frames no longer pass through encryption: its track comes off.
+        if (this.confirmed.delete(msg.trackId)) this.#changed();
+        break;
       case 'send-key':
         this.sendEpoch = msg.epoch ?? null;
         if (this.sendEpoch !== null && this.fault && !this.fault.fatal) this.fault = null;
@@ -322,7 +323,7 @@ export class E2eeLink extends EventTarget {
       case 'fault':
         // The worker cannot encrypt at all (module missing, crypto broken).
         this.sendEpoch = null;
-        if (msg.restart) this.#workerFailed(msg.reason);
+        if (msg.broken) this.#workerFailed(msg.reason);
         else this.#fail(msg.reason, RELOAD, true);
         break;
       case 'send-binary':

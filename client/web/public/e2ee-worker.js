@@ -273,7 +273,9 @@ function runTransform(readable, writable, options, transformer) {
     },
   });
   readable.pipeThrough(stream).pipeTo(writable).catch((err) => {
-    if (tracks.get(options.trackId) === t) problem(`transform ${options.operation} ${options.kind} ended: ${err.message ?? err}`);
+    if (tracks.get(options.trackId) !== t) return; // forgotten: the transceiver is gone
+    problem(`transform ${options.operation} ${options.kind} ended: ${err.message ?? err}`);
+    post({ type: 'transform-ended', trackId: options.trackId, operation: options.operation });
   });
   // The send gate waits for this: the worker now holds this sender's frames.
   post({ type: 'transform', trackId: options.trackId, operation: options.operation });
@@ -299,12 +301,12 @@ function encryptFrame(t, frame, controller) {
     const mime = frame.getMetadata?.().mimeType || t.options.codec || defaultMime(t.options.kind);
     out = member.encrypt(mime, data);
   } catch (err) {
-    // A trap in WebAssembly leaves the module unusable: stop, and have the page restart us.
+    // A trap in WebAssembly leaves the module unusable: nothing is encrypted again.
     t.encryptErrors += 1;
     if (!encryptBroken) {
       encryptBroken = true;
       reportSendKey();
-      post({ type: 'fault', reason: `encrypting a frame failed: ${err?.message ?? err}`, restart: true });
+      post({ type: 'fault', reason: `encrypting a frame failed: ${err?.message ?? err}`, broken: true });
     }
     return;
   }

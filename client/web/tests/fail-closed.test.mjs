@@ -53,7 +53,7 @@ async function rtpTotals(page) {
 async function alertState(page) {
   return page.evaluate(() => {
     const el = document.getElementById('e2ee-alert');
-    return { visible: Boolean(el && !el.hidden && el.offsetHeight > 0), text: el?.textContent.replace(/\s+/g, ' ').trim() ?? '' };
+    return { visible: Boolean(el && !el.hidden && el.offsetHeight > 0), text: el?.innerText.replace(/\s+/g, ' ').trim() ?? '' };
   });
 }
 
@@ -211,7 +211,13 @@ describe('fail closed: no media without encryption', { timeout: 900000 }, () => 
         return r && r.protocolFrames > 20 ? r : null;
       }, { timeout: 30000 });
     }
-    const worker = await waitFor('Victim\'s E2EE worker', async () => victim.workers().find((w) => /e2ee-worker\.js/.test(w.url())) ?? null);
+    // The E2EE worker by its name (its URL may be a blob: URL).
+    const worker = await waitFor('Victim\'s E2EE worker', async () => {
+      for (const w of victim.workers()) {
+        if (await w.evaluate(() => self.name).catch(() => null) === 'satsuma-e2ee') return w;
+      }
+      return null;
+    });
     // Sample the sender's own outbound RTP counters every 50 ms in the page.
     await victim.evaluate(() => {
       window.failClosedSamples = [];
@@ -266,6 +272,20 @@ describe('fail closed: no media without encryption', { timeout: 900000 }, () => 
     assert.equal(observerAt3s.audio.protocolFrames, observerAt3s.audio.workerFrames, 'every audio frame the observer got is a DAVE frame');
     assert.ok(s.send.senders.every((x) => !x.sending), `a sender still carries a track: ${JSON.stringify(s.send.senders)}`);
     await assertRed(victim, 'worker terminated', /not responding/);
+    // A worker silent for 20 s is given up for good: the state stays red, now
+    // with a button to reload and rejoin, and nothing was sent meanwhile.
+    const dead = await waitFor('Victim to give its worker up', async () => {
+      const x = await stats(victim);
+      return /has not responded/.test(x.send.reason) ? x : null;
+    }, { timeout: 30000 });
+    assert.ok(await victim.isVisible('#e2ee-alert-reload'), 'a reload button is offered');
+    assert.ok(dead.send.senders.every((x) => !x.sending));
+    const observerAtEnd = { video: await remoteTrack(observer, from, 'video'), audio: await remoteTrack(observer, from, 'audio') };
+    for (const kind of ['audio', 'video']) {
+      assert.equal(observerAtEnd[kind].packetsReceived, observerAt1s[kind].packetsReceived, `the observer got ${kind} after the worker died`);
+    }
+    log(`worker terminated: given up after ${dead.send.log.find((e) => /has not responded/.test(e.reason)).at - killedAt} ms; `
+      + `observer packets from it after the first second: 0 over ${Date.now() - killedAt - 1000} ms`);
     await screenshot(victim, 'fail-closed-worker-dead');
     await close('victim');
   }));
