@@ -82,25 +82,42 @@ export class SfuLink extends EventTarget {
 
   /**
    * Puts the pushed track on its sender (`on`) or takes it off. Only the E2EE
-   * send gate calls this with `on`.
+   * send gate calls this with `on`. Changes of one sender run in order, each
+   * after the previous `replaceTrack` settled, so the last call wins.
    */
-  async setSending(trackName, on) {
+  setSending(trackName, on) {
     const p = this.pushes.get(trackName);
-    if (!p || this.closed) return;
+    if (!p) return Promise.resolve();
     p.sending = Boolean(on);
-    const want = p.sending ? p.track : null;
-    if (p.transceiver.sender.track !== want) await p.transceiver.sender.replaceTrack(want);
+    return this.#applySending(p);
   }
 
   /** Takes the track off every sender of the connection (the gate closed). */
   stopSending() {
     const done = [];
-    for (const p of this.pushes.values()) p.sending = false;
-    if (this.pc.signalingState === 'closed') return Promise.resolve();
-    for (const sender of this.pc.getSenders()) {
-      if (sender.track) done.push(sender.replaceTrack(null).catch(() => {}));
+    for (const p of this.pushes.values()) {
+      p.sending = false;
+      done.push(this.#applySending(p));
+    }
+    // Belt and braces: any other sender that carries a track (none should).
+    const known = new Set([...this.pushes.values()].map((p) => p.transceiver.sender));
+    if (this.pc.signalingState !== 'closed') {
+      for (const sender of this.pc.getSenders()) {
+        if (sender.track && !known.has(sender)) done.push(sender.replaceTrack(null).catch(() => {}));
+      }
     }
     return Promise.all(done);
+  }
+
+  #applySending(p) {
+    p.chain = (p.chain ?? Promise.resolve()).then(async () => {
+      if (this.closed) return;
+      const want = p.sending ? p.track : null;
+      if (p.transceiver.sender.track !== want) await p.transceiver.sender.replaceTrack(want);
+    });
+    const run = p.chain;
+    p.chain = run.catch(() => {});
+    return run;
   }
 
   /** `[{trackName, kind, sending}]`: which pushed tracks are on their sender now. */
@@ -113,7 +130,7 @@ export class SfuLink extends EventTarget {
     const p = this.pushes.get(trackName);
     if (!p) return;
     p.track = track;
-    if (p.sending) await p.transceiver.sender.replaceTrack(track);
+    await this.#applySending(p);
   }
 
   /** Stops pushing a track. */
