@@ -22,7 +22,12 @@
 import { e2eeWorker } from './integrity.js';
 
 const PING_MS = 100;
-const STALLED_AFTER_MS = 600; // an unanswered ping this old: stop sending (detected within ~800 ms)
+// An unanswered ping this old stops sending. A stalled worker cannot leak
+// plaintext (frames wait in the transform or are dropped, and a terminated
+// worker's transform passes nothing on: Chromium stops the sender's frames at
+// once), so this is the second line of defence, tuned not to pause sending
+// while the worker merely processes a large MLS commit on a slow device.
+const STALLED_AFTER_MS = 2000;
 const DEAD_AFTER_MS = 20000; // no answer for this long: the worker is gone for good
 const BOOT_TIMEOUT_MS = 30000;
 

@@ -265,7 +265,9 @@ describe('fail closed: no media without encryption', { timeout: 900000 }, () => 
       + `observer video frames all DAVE: ${observerAt3s.video.protocolFrames}/${observerAt3s.video.workerFrames} (before kill ${beforeKill.protocolFrames}/${beforeKill.workerFrames})`);
     assert.ok(stops.audio <= 1000, `audio kept going ${stops.audio} ms after the worker died`);
     assert.ok(stops.video <= 1000, `video kept going ${stops.video} ms after the worker died`);
-    assert.ok(gateMs !== null && gateMs <= 1000, `send gate closed after ${gateMs} ms: ${JSON.stringify(s.send.log)}`);
+    // The media stopped by itself (above); the page's gate closes and the red state
+    // shows once the watchdog gives the worker up (STALLED_AFTER_MS + one ping).
+    assert.ok(gateMs !== null && gateMs <= 3000, `send gate closed after ${gateMs} ms: ${JSON.stringify(s.send.log)}`);
     assert.equal(seenAfter1s.video, 0, 'the observer still got video packets more than 1 s after the worker died');
     assert.equal(seenAfter1s.audio, 0, 'the observer still got audio packets more than 1 s after the worker died');
     assert.equal(observerAt3s.video.protocolFrames, observerAt3s.video.workerFrames, 'every frame the observer got is a DAVE frame');
