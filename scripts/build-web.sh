@@ -3,7 +3,12 @@
 # client/web/public/pkg/ (gitignored), installing what is missing: the
 # wasm32-unknown-unknown target and wasm-bindgen-cli 0.2.130 (the exact
 # version of the `wasm-bindgen` crate pinned in client/wasm/Cargo.toml).
-# Idempotent; does nothing but a no-op cargo check when up to date.
+# Then stamps the integrity data (scripts/web-manifest.sh): the SHA-256 of
+# every module, the stylesheet and the .wasm into index.html's import map, and
+# client/web/public/manifest.json (every served file with size and SHA-256,
+# reproducible) for `satsuma verify-client`. Run it again after any change to
+# the web client: the browser refuses files that do not match index.html.
+# Idempotent; does nothing but a no-op cargo check and the hashing when up to date.
 #
 # Environment: CARGO_TARGET_DIR (default: target/), WEB_PROFILE=release|dev
 # (default release: openmls is 10-100x slower unoptimised).
@@ -40,9 +45,12 @@ STAMP="$OUT_DIR/.source-stamp"
 SOURCE_STAMP="$(stat -c '%s %Y' "$WASM") $PROFILE"
 if [ -f "$OUT_DIR/satsuma_wasm_bg.wasm" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$SOURCE_STAMP" ]; then
   echo "build-web: $OUT_DIR is up to date"
-  exit 0
+else
+  mkdir -p "$OUT_DIR"
+  wasm-bindgen --target web --no-typescript --out-dir "$OUT_DIR" "$WASM"
+  echo "$SOURCE_STAMP" > "$STAMP"
+  echo "build-web: wrote $OUT_DIR ($(stat -c %s "$OUT_DIR/satsuma_wasm_bg.wasm") bytes of wasm)"
 fi
-mkdir -p "$OUT_DIR"
-wasm-bindgen --target web --no-typescript --out-dir "$OUT_DIR" "$WASM"
-echo "$SOURCE_STAMP" > "$STAMP"
-echo "build-web: wrote $OUT_DIR ($(stat -c %s "$OUT_DIR/satsuma_wasm_bg.wasm") bytes of wasm)"
+
+# Integrity hashes into index.html, and manifest.json (always: any file may have changed).
+bash scripts/web-manifest.sh client/web/public

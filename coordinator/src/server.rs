@@ -1,20 +1,25 @@
 //! The HTTP server: routes, background tasks, and the embeddable [`Server`] entry point.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use axum::Router;
 use axum::extract::{Path, State, WebSocketUpgrade};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower_http::services::{ServeDir, ServeFile};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::auth::{Claims, TokenKeys, unix_now};
 use crate::config::{Config, ConfigError};
@@ -212,12 +217,139 @@ fn router(app: Arc<App>) -> Router {
     let mut r = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route("/client-config.json", get(client_config))
         .route("/ws/{room}", get(ws_upgrade))
         .merge(sfu_proxy::routes(app.config.sfu_max_body_bytes));
     if app.config.dev {
         r = r.route("/token", post(dev_token));
     }
-    r.fallback_service(statics).with_state(app)
+    let csp = Arc::new(ContentSecurityPolicy::new(web.join("index.html")));
+    let mut r =
+        r.fallback_service(statics)
+            .with_state(app)
+            .layer(SetResponseHeaderLayer::overriding(
+                header::CONTENT_SECURITY_POLICY,
+                move |_: &Response| Some(csp.header()),
+            ));
+    for (name, value) in SECURITY_HEADERS {
+        r = r.layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        ));
+    }
+    // Revalidate every time (ETag/Last-Modified make that a 304): after an upgrade the page and
+    // the integrity hashes in it must never mix with cached older files.
+    r.layer(SetResponseHeaderLayer::if_not_present(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    ))
+}
+
+/// Headers on every HTTP response besides the Content-Security-Policy (lower-case names).
+pub(crate) const SECURITY_HEADERS: [(&str, &str); 6] = [
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("x-frame-options", "DENY"),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("cross-origin-resource-policy", "same-origin"),
+    (
+        "permissions-policy",
+        "camera=(self), microphone=(self), display-capture=(self), geolocation=(), payment=(), usb=()",
+    ),
+];
+
+/// The Content-Security-Policy of every response: only same-origin files, no inline script, no
+/// `eval`, WebAssembly compilation allowed, not embeddable in frames. `script-src` and
+/// `worker-src` also allow `blob:`: the page starts the E2EE worker from the worker's source
+/// after checking it against its integrity hash (a worker loaded by URL cannot be checked), and
+/// only page code can make a blob URL. Besides, `script-src` allows exactly the inline import
+/// maps of `index.html`, by their SHA-256: they are data, not code (they carry the integrity
+/// hashes of every module).
+pub(crate) fn content_security_policy(import_map_hashes: &[String]) -> String {
+    let mut script = String::from("'self' 'wasm-unsafe-eval'");
+    for h in import_map_hashes {
+        script.push_str(&format!(" 'sha256-{h}'"));
+    }
+    format!(
+        "default-src 'self'; script-src {script} blob:; worker-src 'self' blob:; \
+         style-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; \
+         connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; \
+         form-action 'self'; frame-ancestors 'none'"
+    )
+}
+
+/// The base64 SHA-256 of the text of every `<script type="importmap">` element of `html`, as
+/// a browser hashes it for a CSP hash source.
+pub(crate) fn import_map_hashes(html: &str) -> Vec<String> {
+    let mut hashes = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find("<script") {
+        let tag_and_more = &rest[start..];
+        let Some(tag_end) = tag_and_more.find('>') else {
+            break;
+        };
+        let tag = tag_and_more[..tag_end].to_ascii_lowercase();
+        let body_and_more = &tag_and_more[tag_end + 1..];
+        let Some(close) = body_and_more.find("</script") else {
+            break;
+        };
+        let compact: String = tag.split_whitespace().collect::<Vec<_>>().join(" ");
+        if ["type=\"importmap\"", "type='importmap'", "type=importmap"]
+            .iter()
+            .any(|t| compact.contains(t))
+        {
+            let digest = Sha256::digest(body_and_more[..close].as_bytes());
+            hashes.push(base64::engine::general_purpose::STANDARD.encode(digest));
+        }
+        rest = &body_and_more[close..];
+    }
+    hashes
+}
+
+/// The CSP header value, recomputed when `index.html` changes on disk (a rebuild of the web
+/// client while the server runs).
+#[derive(Debug)]
+struct ContentSecurityPolicy {
+    index: PathBuf,
+    cached: parking_lot::Mutex<Option<(Option<(SystemTime, u64)>, HeaderValue)>>,
+}
+
+impl ContentSecurityPolicy {
+    fn new(index: PathBuf) -> Self {
+        Self {
+            index,
+            cached: parking_lot::Mutex::new(None),
+        }
+    }
+
+    fn header(&self) -> HeaderValue {
+        let stamp = std::fs::metadata(&self.index)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        let mut cached = self.cached.lock();
+        if let Some((seen, value)) = cached.as_ref()
+            && *seen == stamp
+        {
+            return value.clone();
+        }
+        let hashes = std::fs::read_to_string(&self.index)
+            .map(|html| import_map_hashes(&html))
+            .unwrap_or_default();
+        let value = HeaderValue::from_str(&content_security_policy(&hashes))
+            .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
+        *cached = Some((stamp, value.clone()));
+        value
+    }
+}
+
+/// `GET /client-config.json`: what the web client may do on this server. `test_hooks`: honour
+/// the test-only URL parameters and drills (only with `--test-hooks`).
+async fn client_config(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(json!({"test_hooks": app.config.test_hooks})),
+    )
+        .into_response()
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
@@ -320,5 +452,60 @@ async fn dev_token(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Resp
             axum::Json(json!({"error": e.to_string()})),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn import_maps_are_hashed_and_nothing_else() {
+        let html = "<head><script type=\"importmap\">{\"integrity\":{}}</script>\n\
+                    <script type=\"module\" src=\"app.js\"></script>\n\
+                    <script>alert(1)</script><SCRIPT TYPE='importmap'>{}</SCRIPT></head>";
+        let hashes = import_map_hashes(html);
+        // base64(sha256("{\"integrity\":{}}")) and base64(sha256("{}")).
+        let expect = |s: &str| base64::engine::general_purpose::STANDARD.encode(Sha256::digest(s));
+        assert_eq!(hashes, vec![expect("{\"integrity\":{}}"), expect("{}")]);
+        assert_eq!(expect("{}"), "RBNvo1WzZ4oRRq0W9+hknpT7T8If536DEMBg9hyq/4o=");
+        assert!(import_map_hashes("<p>no scripts</p><script").is_empty());
+        assert!(import_map_hashes("<script type=\"importmap\">{} no close").is_empty());
+    }
+
+    #[test]
+    fn the_policy_is_strict_and_allows_only_the_import_maps_inline() {
+        let csp = content_security_policy(&["abc=".to_string()]);
+        for part in [
+            "default-src 'self'",
+            "script-src 'self' 'wasm-unsafe-eval' 'sha256-abc=' blob:",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(part), "{part} missing in {csp}");
+        }
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("'unsafe-eval'"));
+        assert!(HeaderValue::from_str(&csp).is_ok());
+    }
+
+    #[test]
+    fn the_policy_follows_index_html_on_disk() {
+        let dir = std::env::temp_dir().join(format!("satsuma-csp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let index = dir.join("index.html");
+        let csp = ContentSecurityPolicy::new(index.clone());
+        let none = csp.header();
+        assert!(!none.to_str().unwrap().contains("sha256-"));
+        std::fs::write(&index, "<script type=\"importmap\">{}</script>").unwrap();
+        let one = csp.header();
+        assert!(
+            one.to_str()
+                .unwrap()
+                .contains("'sha256-RBNvo1WzZ4oRRq0W9+hknpT7T8If536DEMBg9hyq/4o='")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,11 +10,15 @@
 //!
 //! On start it prints one machine-readable line for scripts and tests:
 //! `satsuma listening web=ADDR sfu=ADDR media=ADDR`, then the URL to open.
+//!
+//! `satsuma verify-client URL` does not serve: it checks that a deployment serves exactly the
+//! local build of the web client ([`verify`]).
 
 mod announce;
 mod settings;
 mod stack;
 mod tls;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -23,11 +27,14 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
-use crate::settings::{Cli, LogFormat, Settings};
+use crate::settings::{Cli, Command, LogFormat, Settings};
 use crate::stack::{Secrets, Stack};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(Command::VerifyClient(args)) = cli.command.take() {
+        return verify_client(&args);
+    }
     let check_only = cli.check_config;
     let settings = match Settings::from_cli(cli) {
         Ok(s) => s,
@@ -65,6 +72,50 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             eprintln!("satsuma: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `satsuma verify-client`: 0 all files match, 1 some do not, 2 the check could not run.
+fn verify_client(args: &verify::VerifyArgs) -> ExitCode {
+    let Some(web_dir) = stack::find_web_dir(args.web_dir.as_deref(), &stack::default_web_dirs())
+    else {
+        eprintln!(
+            "satsuma verify-client: no local build of the web client found; build it with \
+             scripts/build-web.sh or give --web-dir"
+        );
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("satsuma verify-client: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(verify::verify(args, &web_dir)) {
+        Ok(bad) if bad.is_empty() => {
+            println!(
+                "OK: {} serves the same web client as {}",
+                args.url,
+                web_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(bad) => {
+            eprintln!(
+                "satsuma verify-client: FAILED: {} does not match the local build: {}",
+                args.url,
+                bad.join(", ")
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("satsuma verify-client: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -31,8 +31,8 @@ pub(crate) const DEFAULT_APP_ID: &str = "satsuma";
 #[command(name = "satsuma", version, about, long_about)]
 pub(crate) struct Cli {
     /// TOML configuration file. Keys: listen, public_url, sfu_api, media, announce_ips,
-    /// detect_lan, web_dir, dev_tokens, app_id, app_secret, token_secret, drain_secs, log,
-    /// log_format, tls_cert, tls_key, tls_self_signed.
+    /// detect_lan, web_dir, dev_tokens, test_hooks, app_id, app_secret, token_secret,
+    /// drain_secs, log, log_format, tls_cert, tls_key, tls_self_signed.
     #[arg(long, env = "SATSUMA_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 
@@ -82,6 +82,13 @@ pub(crate) struct Cli {
     /// turn off in production and issue tokens from your own app). [default: true]
     #[arg(long, env = "SATSUMA_DEV_TOKENS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub(crate) dev_tokens: Option<bool>,
+
+    /// Test hooks, for the test suites only: the web client honours its test URL parameters
+    /// (`decrypt=0`, `keyless=1`, `test_visible_only_to`, ...) and drills, and the coordinator
+    /// accepts test-only fields that make it behave like a hostile server. Never in production.
+    /// [default: false]
+    #[arg(long, env = "SATSUMA_TEST_HOOKS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) test_hooks: Option<bool>,
 
     /// App id under which the embedded coordinator talks to the embedded SFU.
     /// [default: satsuma]
@@ -151,6 +158,27 @@ pub(crate) struct Cli {
     /// (secrets shown only as set or not) and exit with status 0, or 2 if it is invalid.
     #[arg(long)]
     pub(crate) check_config: bool,
+
+    /// Instead of serving, run a tool (see `satsuma help verify-client`).
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+}
+
+/// Tools of the `satsuma` binary besides the server.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Check that a deployment serves exactly your local build of the web client.
+    ///
+    /// Fetches URL/manifest.json and every file it lists, hashes what was served (SHA-256) and
+    /// compares each file with the local build (the web client's directory after
+    /// scripts/build-web.sh; hashes are recomputed from the files). Prints one line per file
+    /// (ok, DIFFERS, MANIFEST, MISSING, EXTRA, UNREACHABLE) and exits 1 naming every file that
+    /// does not match, 0 when all match, 2 when the check could not run.
+    ///
+    /// It proves what this server served to this command, not to everyone: run it from where
+    /// your users are, and compare the SHA-256 of index.html (which pins every module through
+    /// its integrity hashes) over a channel you trust.
+    VerifyClient(crate::verify::VerifyArgs),
 }
 
 /// How log lines are written to stderr.
@@ -183,6 +211,8 @@ pub(crate) struct FileSettings {
     pub(crate) web_dir: Option<PathBuf>,
     /// See `--dev-tokens`.
     pub(crate) dev_tokens: Option<bool>,
+    /// See `--test-hooks`.
+    pub(crate) test_hooks: Option<bool>,
     /// See `--app-id`.
     pub(crate) app_id: Option<String>,
     /// See `--app-secret`.
@@ -232,6 +262,8 @@ pub(crate) struct Settings {
     pub(crate) web_dir: Option<PathBuf>,
     /// Dev `/token` endpoint on.
     pub(crate) dev_tokens: bool,
+    /// Test hooks on (test suites only).
+    pub(crate) test_hooks: bool,
     /// App id between coordinator and SFU.
     pub(crate) app_id: String,
     /// App secret, if configured.
@@ -338,6 +370,7 @@ impl Settings {
             detect_lan: cli.detect_lan.or(file.detect_lan).unwrap_or(true),
             web_dir: cli.web_dir.or(file.web_dir),
             dev_tokens: cli.dev_tokens.or(file.dev_tokens).unwrap_or(true),
+            test_hooks: cli.test_hooks.or(file.test_hooks).unwrap_or(false),
             app_id,
             app_secret,
             token_secret,
@@ -381,6 +414,7 @@ impl Settings {
                         .to_string())
             ),
             format!("dev_tokens = {}", self.dev_tokens),
+            format!("test_hooks = {}", self.test_hooks),
             format!("app_id = {}", self.app_id),
             format!("app_secret = {}", secret(&self.app_secret)),
             format!("token_secret = {}", secret(&self.token_secret)),
@@ -419,6 +453,7 @@ mod tests {
         assert_eq!(s.sfu_api, "127.0.0.1:7880".parse().unwrap());
         assert_eq!(s.media, "0.0.0.0:7881".parse().unwrap());
         assert!(s.dev_tokens);
+        assert!(!s.test_hooks);
         assert!(s.detect_lan);
         assert_eq!(s.app_id, "satsuma");
         assert_eq!(s.app_secret, None);
@@ -464,6 +499,21 @@ mod tests {
     fn bare_boolean_flag_means_true() {
         let cli = Cli::try_parse_from(["satsuma", "--dev-tokens"]).unwrap();
         assert_eq!(cli.dev_tokens, Some(true));
+    }
+
+    #[test]
+    fn test_hooks_come_from_flag_or_file_and_are_off_by_default() {
+        let cli = Cli::try_parse_from(["satsuma", "--test-hooks"]).unwrap();
+        let s = Settings::resolve(cli, FileSettings::default()).unwrap();
+        assert!(s.test_hooks);
+        assert!(s.describe().contains("test_hooks = true"));
+        let file: FileSettings = toml::from_str("test_hooks = true\n").unwrap();
+        assert!(Settings::resolve(Cli::default(), file).unwrap().test_hooks);
+        let file: FileSettings = toml::from_str("test_hooks = true\n").unwrap();
+        let cli = Cli::try_parse_from(["satsuma", "--test-hooks=false"]).unwrap();
+        assert!(!Settings::resolve(cli, file).unwrap().test_hooks);
+        let s = Settings::resolve(Cli::default(), FileSettings::default()).unwrap();
+        assert!(s.describe().contains("test_hooks = false"));
     }
 
     #[test]
@@ -544,5 +594,35 @@ mod tests {
             let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
             assert!(help.len() > 20, "option {id} lacks help text");
         }
+        let verify = cmd
+            .find_subcommand("verify-client")
+            .expect("verify-client subcommand");
+        assert!(verify.get_about().is_some());
+        for arg in verify.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" {
+                continue;
+            }
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.len() > 20, "verify-client option {id} lacks help text");
+        }
+    }
+
+    #[test]
+    fn verify_client_takes_a_url_and_a_web_dir() {
+        let cli = Cli::try_parse_from([
+            "satsuma",
+            "verify-client",
+            "http://127.0.0.1:8080/",
+            "--web-dir",
+            "/tmp/web",
+        ])
+        .unwrap();
+        let Some(Command::VerifyClient(args)) = cli.command else {
+            panic!("no subcommand");
+        };
+        assert_eq!(args.url, "http://127.0.0.1:8080/");
+        assert_eq!(args.web_dir, Some(PathBuf::from("/tmp/web")));
+        assert!(Cli::try_parse_from(["satsuma", "verify-client"]).is_err());
     }
 }

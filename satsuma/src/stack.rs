@@ -92,6 +92,7 @@ pub(crate) fn coordinator_config(
         listen,
         jwt_secret: secrets.token_secret.clone(),
         dev: settings.dev_tokens,
+        test_hooks: settings.test_hooks,
         web_dir,
         sfu_nodes: vec![format!("http://{}", reachable(sfu_http))],
         sfu_app_id: settings.app_id.clone(),
@@ -320,11 +321,24 @@ mod tests {
         assert_eq!(coord.jwt_secret, secrets.token_secret);
         assert_eq!(coord.sfu_nodes, vec!["http://127.0.0.1:7880".to_string()]);
         assert!(coord.dev);
+        assert!(!coord.test_hooks);
         assert_eq!(coord.listen, s.listen);
         assert_eq!(sfu.udp_bind, s.media);
         assert_eq!(sfu.http_bind, s.sfu_api);
         sfu.validate().unwrap();
         coord.validate().unwrap();
+        let hooks = Settings {
+            test_hooks: true,
+            ..s
+        };
+        let coord = coordinator_config(
+            &hooks,
+            &secrets,
+            PathBuf::from("web"),
+            hooks.listen,
+            "0.0.0.0:7880".parse().unwrap(),
+        );
+        assert!(coord.test_hooks);
     }
 
     #[test]

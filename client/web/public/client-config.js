@@ -1,0 +1,59 @@
+// What this server allows the web client: `GET client-config.json` (served by
+// the coordinator, not a file) → `{"test_hooks": bool}`.
+//
+// Test hooks are URL parameters and page hooks that weaken or bend the client
+// for the test suites: `decrypt=0` (receive without decrypting), `keyless=1`
+// (never join the MLS group), `test_*` parameters (e.g. `test_visible_only_to`,
+// `test_keep_keys`) and `window.satsuma.drill`. A link with them must not work
+// on a real deployment, so they are honoured only when the server runs with
+// `--test-hooks`; otherwise they are ignored with a console warning.
+// `transform=legacy`, `send=0`, `codec`, `video`, `room`, `name`, `autojoin`
+// are ordinary options and not gated.
+//
+// This module finishes loading only after the config was fetched (top-level
+// await), so importers can read it synchronously. If it cannot be fetched,
+// test hooks are off.
+
+const FETCH_TIMEOUT_MS = 5000;
+
+async function load() {
+  try {
+    const res = await fetch(new URL('./client-config.json', import.meta.url), {
+      cache: 'no-store',
+      signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
+    });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    const json = await res.json();
+    return { testHooks: json?.test_hooks === true };
+  } catch (err) {
+    console.warn(`satsuma: cannot read client-config.json (${err.message}); test hooks are off`);
+    return { testHooks: false };
+  }
+}
+
+/** The server's client configuration: `{testHooks}`. */
+export const clientConfig = Object.freeze(await load());
+
+/** Whether this server runs with `--test-hooks`. */
+export const testHooks = clientConfig.testHooks;
+
+const params = new URLSearchParams(location.search);
+
+/** Whether URL parameter `name` is a test hook (gated on `--test-hooks`). */
+export function isTestParam(name) {
+  return name === 'decrypt' || name === 'keyless' || name.startsWith('test_');
+}
+
+const ignored = [...new Set(params.keys())].filter(isTestParam);
+if (!testHooks && ignored.length) {
+  console.warn(`satsuma: ignoring test parameter(s) ${ignored.join(', ')}: this server does not run with test hooks`);
+}
+
+/**
+ * A test-only URL parameter: its value when the server runs with
+ * `--test-hooks`, else `null` (as if it were absent).
+ */
+export function testParam(name) {
+  if (!isTestParam(name)) throw new Error(`${name} is not a test parameter`);
+  return testHooks ? params.get(name) : null;
+}
