@@ -60,8 +60,12 @@ function startProcess(name, bin, args, ready, logs) {
   });
 }
 
-/** Starts SFU + coordinator; returns `{base, stop(), logs, panicked()}`. */
-export async function startServers() {
+/**
+ * Starts SFU + coordinator; returns `{base, stop(), logs, panicked()}`. The
+ * coordinator runs with `--test-hooks` (the page's test parameters and drills
+ * work) unless `testHooks: false`.
+ */
+export async function startServers({ testHooks = true } = {}) {
   const logs = [];
   const sfu = await startProcess('sfu', path.join(binDir, 'satsuma-sfu'), [
     '--app', `satsuma:${APP_SECRET}`, '--http-bind', '127.0.0.1:0', '--udp-bind', '127.0.0.1:0', '--log', 'warn',
@@ -72,6 +76,7 @@ export async function startServers() {
     coord = await startProcess('coordinator', path.join(binDir, 'satsuma-coordinator'), [
       '--dev', '--listen', '127.0.0.1:0', '--web-dir', process.env.SATSUMA_WEB_DIR ?? path.join(repoRoot, 'client/web/public'),
       '--sfu-node', `http://${sfuHttp}`, '--sfu-app-id', 'satsuma', '--sfu-app-secret', APP_SECRET, '--log', 'warn',
+      `--test-hooks=${testHooks}`,
     ], /satsuma-coordinator listening http=(\S+)/, logs);
   } catch (err) {
     sfu.child.kill('SIGTERM');
@@ -93,13 +98,14 @@ export async function startServers() {
 /**
  * Starts the all-in-one `satsuma` binary (coordinator + SFU + web client in one
  * process, the quick start's server) on ephemeral loopback ports; returns the
- * same shape as `startServers`.
+ * same shape as `startServers`. With `--test-hooks` unless `testHooks: false`.
  */
-export async function startAllInOne() {
+export async function startAllInOne({ testHooks = true } = {}) {
   const logs = [];
   const all = await startProcess('satsuma', path.join(binDir, 'satsuma'), [
     '--listen', '127.0.0.1:0', '--sfu-api', '127.0.0.1:0', '--media', '127.0.0.1:0', '--detect-lan=false',
     '--web-dir', process.env.SATSUMA_WEB_DIR ?? path.join(repoRoot, 'client/web/public'), '--log', 'warn',
+    `--test-hooks=${testHooks}`,
   ], /satsuma listening web=(\S+) sfu=(\S+) media=(\S+)/, logs);
   return {
     base: `http://${all.match[1]}`,
