@@ -340,9 +340,18 @@ impl Hub {
         while let Some(out) = state.room.poll_output() {
             match out {
                 Output::Reply { to, msg } => {
-                    if let ServerMessage::Error { code, .. } = &msg {
-                        self.metrics.error(code);
-                        refused |= watch == Some(to);
+                    match &msg {
+                        ServerMessage::Error { code, .. } => {
+                            self.metrics.error(code);
+                            refused |= watch == Some(to);
+                        }
+                        // A refused commit counts toward the consecutive-refusal close
+                        // like any refused message.
+                        ServerMessage::CommitRejected { .. } => {
+                            self.metrics.error("commit_rejected");
+                            refused |= watch == Some(to);
+                        }
+                        _ => {}
                     }
                     if let Some(c) = state.conns.get(&to)
                         && !c.send(encode_reply(&msg))

@@ -69,6 +69,9 @@ pub mod error_code {
     pub const MLS_FRAMING: &str = "mls_framing";
     /// `hello` sent twice.
     pub const ALREADY_JOINED: &str = "already_joined";
+    /// An MLS group message (`ready`, `commit_failed`) from a participant the
+    /// coordinator does not count as a group member.
+    pub const NOT_MEMBER: &str = "not_member";
 }
 
 /// What a participant may do; carried in the join token's `perms` claim.
@@ -413,12 +416,16 @@ pub enum ServerMessage {
     },
     /// A commit was not accepted into the log.
     CommitRejected {
-        /// Epoch the commit was created at (from its MLS framing).
-        epoch: u64,
+        /// Epoch the commit was created at (from its MLS framing; `null` if unreadable).
+        epoch: Option<u64>,
         /// The room's current epoch (`null` if no group).
         current_epoch: Option<u64>,
-        /// `stale_epoch`, `wrong_group`, `no_group`, `not_member`.
+        /// `stale_epoch`, `wrong_group`, `no_group`, `not_member`, `malformed`,
+        /// `unknown_key_package`.
         reason: String,
+        /// Human-readable detail, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
 }
 

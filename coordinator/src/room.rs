@@ -283,7 +283,8 @@ struct Group {
     epoch: u64,
     creator: u64,
     /// Live participants the coordinator knows are in the group: the creator and
-    /// everyone who reported `ready` for an epoch of this group.
+    /// everyone added by an accepted commit (with a KeyPackage it logged itself), minus
+    /// those that left or logged a new KeyPackage since.
     members: BTreeSet<u64>,
     /// Members that reported `ready` for the current epoch.
     ready: BTreeSet<u64>,
@@ -684,60 +685,113 @@ impl Room {
     }
 
     fn commit(&mut self, now: Instant, from: u64, payload: &[u8]) {
-        let refused = Some("commit");
-        let Some((commit, welcome)) = protocol::split_commit_payload(payload) else {
-            self.error(
-                from,
-                error_code::MALFORMED,
-                "commit payload: u32 length exceeds the frame".to_owned(),
-                refused,
-            );
-            return;
-        };
-        let header = match mls_framing::parse_commit(commit) {
-            Ok(h) => h,
-            Err(e) => {
-                self.error(from, error_code::MLS_FRAMING, e.to_string(), refused);
+        let checked = self.check_commit(from, payload);
+        let commit = match checked {
+            Ok(c) => c,
+            Err((reason, epoch, detail)) => {
+                let current_epoch = self.group.as_ref().map(|g| g.epoch);
+                self.reply(
+                    from,
+                    ServerMessage::CommitRejected {
+                        epoch,
+                        current_epoch,
+                        reason: reason.to_owned(),
+                        detail,
+                    },
+                );
                 return;
             }
         };
-        if !welcome.is_empty()
-            && let Err(e) = mls_framing::expect_wire_format(welcome, WireFormat::Welcome)
-        {
-            self.error(
-                from,
-                error_code::MLS_FRAMING,
-                format!("welcome: {e}"),
-                refused,
-            );
-            return;
-        }
-        let verdict = match &self.group {
-            None => Err("no_group"),
-            Some(g) if g.id != header.group_id => Err("wrong_group"),
-            Some(g) if !g.members.contains(&from) => Err("not_member"),
-            Some(g) if g.epoch != header.epoch => Err("stale_epoch"),
-            Some(_) => Ok(()),
-        };
-        if let Err(reason) = verdict {
-            let current_epoch = self.group.as_ref().map(|g| g.epoch);
-            self.reply(
-                from,
-                ServerMessage::CommitRejected {
-                    epoch: header.epoch,
-                    current_epoch,
-                    reason: reason.to_owned(),
-                },
-            );
-            return;
-        }
         let timeout = self.config.execute_timeout;
+        let live: Vec<u64> = commit
+            .adds
+            .iter()
+            .map(|a| a.participant)
+            .filter(|id| self.participants.contains_key(id))
+            .collect();
         if let Some(g) = self.group.as_mut() {
             g.epoch += 1;
             g.ready.clear();
             g.execute_deadline = Some(now + timeout);
+            // Only members drive the group: the participants this commit adds (with a
+            // KeyPackage they logged themselves) are members from now on.
+            g.members.extend(live);
         }
         self.append_mls(KIND_COMMIT, from, payload);
+    }
+
+    /// Decides whether a commit frame from `from` may be logged. On refusal: the
+    /// `commit_rejected` reason, the commit's epoch if readable, and a detail.
+    fn check_commit(
+        &self,
+        from: u64,
+        payload: &[u8],
+    ) -> Result<mls_framing::PublicCommit, (&'static str, Option<u64>, Option<String>)> {
+        let split = protocol::split_commit_payload(payload);
+        let header_epoch = split
+            .and_then(|(c, _)| mls_framing::parse_commit(c).ok())
+            .map(|h| h.epoch);
+        let Some(g) = &self.group else {
+            return Err(("no_group", header_epoch, None));
+        };
+        if !g.members.contains(&from) {
+            return Err((
+                "not_member",
+                header_epoch,
+                Some(
+                    "only the group's creator and participants added by an accepted commit may commit"
+                        .to_owned(),
+                ),
+            ));
+        }
+        let malformed = |detail: String| ("malformed", header_epoch, Some(detail));
+        let Some((commit, welcome)) = split else {
+            return Err(malformed(
+                "commit payload: u32 length exceeds the frame".to_owned(),
+            ));
+        };
+        let parsed = mls_framing::parse_public_commit(commit)
+            .map_err(|e| malformed(format!("commit: {e}")))?;
+        if parsed.group_id != g.id {
+            return Err(("wrong_group", Some(parsed.epoch), None));
+        }
+        if parsed.epoch != g.epoch {
+            return Err(("stale_epoch", Some(parsed.epoch), None));
+        }
+        if welcome.is_empty() != parsed.adds.is_empty() {
+            return Err(malformed(if welcome.is_empty() {
+                "a commit that adds members needs their Welcome".to_owned()
+            } else {
+                "a Welcome without an Add".to_owned()
+            }));
+        }
+        if !welcome.is_empty() {
+            mls_framing::expect_wire_format(welcome, WireFormat::Welcome)
+                .map_err(|e| malformed(format!("welcome: {e}")))?;
+        }
+        for add in &parsed.adds {
+            if !self.logged_key_package(add.participant, &add.key_package) {
+                return Err((
+                    "unknown_key_package",
+                    Some(parsed.epoch),
+                    Some(format!(
+                        "adds a KeyPackage that participant {} did not log",
+                        add.participant
+                    )),
+                ));
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// Whether participant `id` logged exactly this KeyPackage (the struct, without the
+    /// 4-byte `MLSMessage` header) in an entry still retained.
+    fn logged_key_package(&self, id: u64, key_package: &[u8]) -> bool {
+        let skip = protocol::MlsFrame::HEADER_LEN + 4;
+        self.log.iter().any(|e| {
+            matches!(e.body, EntryBody::Mls { kind: KIND_KEY_PACKAGE, from } if from == id)
+                && matches!(&e.wire, Wire::Binary(w) if w.get(skip..) == Some(key_package))
+        })
     }
 
     fn ready(
@@ -749,6 +803,12 @@ impl Room {
         let Some(g) = self.group.as_mut() else {
             return Err((error_code::INVALID, "no MLS group yet".to_owned()));
         };
+        if !g.members.contains(&from) {
+            return Err((
+                error_code::NOT_MEMBER,
+                "not a member of the MLS group: only its creator and participants added by an accepted commit report ready".to_owned(),
+            ));
+        }
         if let Some(gid) = group_id
             && hex::decode(&gid).ok().as_deref() != Some(g.id.as_slice())
         {
@@ -761,7 +821,6 @@ impl Room {
                 format!("epoch {epoch} is ahead of the group ({})", g.epoch),
             ));
         }
-        g.members.insert(from);
         if epoch == g.epoch && g.execute_deadline.is_some() {
             g.ready.insert(from);
             self.check_execute();

@@ -82,10 +82,6 @@ async fn bad_messages_get_errors_and_the_room_carries_on() {
             Message::Binary(vec![1, 0, 1, 0, 2].into()),
             error_code::MLS_FRAMING,
         ),
-        (
-            Message::Binary(vec![2, 0xff, 0xff, 0xff, 0xff].into()),
-            error_code::MALFORMED,
-        ),
         (Message::Binary(vec![1; 5000].into()), error_code::TOO_LARGE),
     ];
     for (msg, expected) in cases {
@@ -93,6 +89,15 @@ async fn bad_messages_get_errors_and_the_room_carries_on() {
         bad.ws.send(msg).await.unwrap();
         assert_eq!(error_code_of(&mut bad).await, expected, "for {shown}");
     }
+    // A commit frame from a non-member: `commit_rejected`, whatever its bytes.
+    bad.ws
+        .send(Message::Binary(vec![2, 0xff, 0xff, 0xff, 0xff].into()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        bad.direct().await,
+        ServerMessage::CommitRejected { epoch: None, reason, .. } if reason == "not_member"
+    ));
     // Still connected, and its valid messages still count.
     bad.send(ClientMessage::Hand { raised: true }).await;
     let bad_id = bad.id;

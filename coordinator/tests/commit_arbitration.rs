@@ -37,13 +37,13 @@ async fn first_commit_per_epoch_wins() {
     // Bob joins and announces a KeyPackage; Alice adds him (commit + welcome as one entry).
     let mut bob = Client::join(&server, "mls", "bob").await;
     let mut carol = Client::join(&server, "mls", "carol").await;
-    let kp = build::message(WireFormat::KeyPackage, b"bob-kp");
+    let kp = build::key_package_message(bob.id, b"bob-kp");
     bob.send_binary(client_key_package_frame(&kp)).await;
     let got = alice.until(|g| matches!(g, Got::Mls(_))).await;
     let Got::Mls(f) = got else { unreachable!() };
-    assert_eq!((f.from, f.payload.clone()), (bob.id, kp));
+    assert_eq!((f.from, f.payload.clone()), (bob.id, kp.clone()));
 
-    let commit0 = build::public_commit(&gid, 0, 0, b"add bob");
+    let commit0 = build::commit(&gid, 0, 0, alice.id, &[kp[4..].to_vec()], &[]);
     let welcome = build::message(WireFormat::Welcome, b"welcome bob");
     alice
         .send_binary(client_commit_frame(&commit0, &welcome))
@@ -60,10 +60,10 @@ async fn first_commit_per_epoch_wins() {
     bob.until_event(|e| matches!(e, RoomEvent::Execute { epoch: 1 }))
         .await;
 
-    // Both members now commit for epoch 1 at the same time (PublicMessage and
-    // PrivateMessage framing): exactly one is delivered, the other is rejected.
-    let from_alice = build::public_commit(&gid, 1, 0, b"alice's commit");
-    let from_bob = build::private_message(&gid, 1, 3, b"bob's commit");
+    // Both members now commit for epoch 1 at the same time: exactly one is
+    // delivered, the other is rejected.
+    let from_alice = build::commit(&gid, 1, 0, alice.id, &[], &[]);
+    let from_bob = build::commit(&gid, 1, 1, bob.id, &[], &[]);
     let (ra, rb) = tokio::join!(
         alice.send_binary(client_commit_frame(&from_alice, &[])),
         bob.send_binary(client_commit_frame(&from_bob, &[])),
@@ -82,11 +82,12 @@ async fn first_commit_per_epoch_wins() {
             epoch,
             current_epoch,
             reason,
+            ..
         }) = g
         {
             assert_eq!(
                 (epoch, current_epoch, reason.as_str()),
-                (1, Some(2), "stale_epoch")
+                (Some(1), Some(2), "stale_epoch")
             );
         }
         m.sync().await;
@@ -126,7 +127,7 @@ async fn first_commit_per_epoch_wins() {
     // A stale commit (epoch 0 again) and a foreign group are rejected too.
     alice
         .send_binary(client_commit_frame(
-            &build::public_commit(&gid, 0, 0, b"x"),
+            &build::commit(&gid, 0, 0, alice.id, &[], &[]),
             &[],
         ))
         .await;
@@ -135,7 +136,7 @@ async fn first_commit_per_epoch_wins() {
     );
     alice
         .send_binary(client_commit_frame(
-            &build::public_commit(b"other", 2, 0, b"x"),
+            &build::commit(b"other", 2, 0, alice.id, &[], &[]),
             &[],
         ))
         .await;

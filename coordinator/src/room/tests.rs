@@ -77,11 +77,47 @@ fn group_id(room: &Room) -> Vec<u8> {
     room.group_epoch().unwrap().0.to_vec()
 }
 
+/// A structurally valid commit without adds (an update, or removals of `removes`).
 fn commit_frame(gid: &[u8], epoch: u64) -> Vec<u8> {
+    client_commit_frame(&build::commit(gid, epoch, 0, 1, &[], &[1]), &[])
+}
+
+/// A KeyPackage of participant `id` as it logs it (binary kind 1 frame).
+fn kp_frame(id: u64, tag: &[u8]) -> Vec<u8> {
+    client_key_package_frame(&build::key_package_message(id, tag))
+}
+
+/// A commit at `epoch` adding the KeyPackages of `adds` (`(id, tag)` as given to [`kp_frame`]).
+fn add_frame(gid: &[u8], epoch: u64, adds: &[(u64, &[u8])]) -> Vec<u8> {
+    let kps: Vec<Vec<u8>> = adds
+        .iter()
+        .map(|(id, tag)| build::key_package(*id, tag))
+        .collect();
     client_commit_frame(
-        &build::public_commit(gid, epoch, 0, b"commit-body"),
+        &build::commit(gid, epoch, 0, 1, &kps, &[]),
         &build::message(WireFormat::Welcome, b"welcome-body"),
     )
+}
+
+/// `id` logs a KeyPackage and `committer` adds it at the room's current epoch.
+fn add_member(room: &mut Room, now: Instant, committer: u64, id: u64) -> Vec<Output> {
+    bin(room, now, id, kp_frame(id, b"kp"));
+    let (gid, epoch) = room.group_epoch().map(|(g, e)| (g.to_vec(), e)).unwrap();
+    bin(room, now, committer, add_frame(&gid, epoch, &[(id, b"kp")]))
+}
+
+fn rejected(out: &[Output], to: u64) -> Vec<String> {
+    replies(out, to)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::CommitRejected { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect()
+}
+
+fn is_member(room: &Room, id: u64) -> bool {
+    room.group.as_ref().is_some_and(|g| g.members.contains(&id))
 }
 
 fn ready(epoch: u64) -> ClientMessage {
@@ -182,7 +218,7 @@ fn commit_arbitration_first_in_order_wins() {
     let gid = group_id(&room);
 
     // A KeyPackage is relayed verbatim.
-    let kp = build::message(WireFormat::KeyPackage, b"kp-bob");
+    let kp = build::key_package_message(2, b"kp");
     let out = bin(&mut room, now, 2, client_key_package_frame(&kp));
     let Output::Broadcast(e) = &out[0] else {
         panic!("{out:?}")
@@ -197,9 +233,10 @@ fn commit_arbitration_first_in_order_wins() {
     let Wire::Binary(w) = &e.wire else { panic!() };
     let f = protocol::MlsFrame::decode(w).unwrap();
     assert_eq!((f.seq, f.kind, f.from, f.payload), (e.seq, 1, 2, kp));
+    assert!(!is_member(&room, 2));
 
-    // Creator commits at epoch 0: accepted.
-    let frame = commit_frame(&gid, 0);
+    // Creator commits at epoch 0, adding Bob: accepted, Bob is a member.
+    let frame = add_frame(&gid, 0, &[(2, b"kp")]);
     let out = bin(&mut room, now, 1, frame.clone());
     let Output::Broadcast(e) = &out[0] else {
         panic!("{out:?}")
@@ -214,6 +251,7 @@ fn commit_arbitration_first_in_order_wins() {
     let Wire::Binary(w) = &e.wire else { panic!() };
     assert_eq!(&w[17..], &frame[1..]);
     assert_eq!(room.group_epoch().unwrap().1, 1);
+    assert!(is_member(&room, 2));
 
     // A second commit for epoch 0: rejected, not logged.
     let seq_before = room.seq();
@@ -222,32 +260,130 @@ fn commit_arbitration_first_in_order_wins() {
     assert_eq!(
         replies(&out, 1),
         vec![ServerMessage::CommitRejected {
-            epoch: 0,
+            epoch: Some(0),
             current_epoch: Some(1),
-            reason: "stale_epoch".into()
+            reason: "stale_epoch".into(),
+            detail: None,
         }]
     );
-    // Not a member yet (never reported ready): rejected.
-    let out = bin(&mut room, now, 2, commit_frame(&gid, 1));
-    assert!(
-        matches!(&replies(&out, 2)[0], ServerMessage::CommitRejected { reason, .. } if reason == "not_member")
-    );
+    // Carol was never added: rejected, whatever she sends.
+    let out = bin(&mut room, now, 3, commit_frame(&gid, 1));
+    assert_eq!(rejected(&out, 3), vec!["not_member"]);
     // Other group: rejected.
     let out = bin(&mut room, now, 1, commit_frame(b"other", 1));
-    assert!(
-        matches!(&replies(&out, 1)[0], ServerMessage::CommitRejected { reason, .. } if reason == "wrong_group")
-    );
-    // After bob reports ready he may commit the next epoch.
+    assert_eq!(rejected(&out, 1), vec!["wrong_group"]);
+    // Bob, added by the accepted commit, may commit the next epoch.
     msg(&mut room, now, 2, ready(1));
     let out = bin(&mut room, now, 2, commit_frame(&gid, 1));
     assert!(
         matches!(&out[0], Output::Broadcast(e) if e.body == EntryBody::Mls { kind: KIND_COMMIT, from: 2 })
     );
     assert_eq!(room.group_epoch().unwrap().1, 2);
+    assert_eq!(room.seq(), seq_before + 1);
 }
 
 #[test]
-fn private_message_commits_are_arbitrated_too() {
+fn only_commits_adding_logged_key_packages_are_accepted() {
+    let now = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(now, req("alice")).unwrap();
+    room.join(now, req("bob")).unwrap();
+    room.join(now, req("carol")).unwrap();
+    drain(&mut room);
+    let gid = group_id(&room);
+    bin(&mut room, now, 2, kp_frame(2, b"bob-1"));
+    let seq = room.seq();
+    // A ghost (id 9, never joined), a KeyPackage Bob never logged, and Bob's
+    // KeyPackage claimed by Carol's id: all refused.
+    for adds in [
+        vec![(9u64, &b"ghost"[..])],
+        vec![(2, &b"bob-2"[..])],
+        vec![(3, &b"bob-1"[..])],
+        vec![(2, &b"bob-1"[..]), (9, &b"ghost"[..])],
+    ] {
+        let out = bin(&mut room, now, 1, add_frame(&gid, 0, &adds));
+        assert_eq!(rejected(&out, 1), vec!["unknown_key_package"], "{adds:?}");
+    }
+    // An add without the Welcome, a Welcome without an add.
+    let kp = build::key_package(2, b"bob-1");
+    let out = bin(
+        &mut room,
+        now,
+        1,
+        client_commit_frame(&build::commit(&gid, 0, 0, 1, &[kp], &[]), &[]),
+    );
+    assert_eq!(rejected(&out, 1), vec!["malformed"]);
+    let out = bin(
+        &mut room,
+        now,
+        1,
+        client_commit_frame(
+            &build::commit(&gid, 0, 0, 1, &[], &[]),
+            &build::message(WireFormat::Welcome, b"w"),
+        ),
+    );
+    assert_eq!(rejected(&out, 1), vec!["malformed"]);
+    assert_eq!(room.seq(), seq);
+    assert_eq!(room.group_epoch().unwrap().1, 0);
+    // Bob's own KeyPackage: accepted. Carol is still not a member.
+    let out = bin(&mut room, now, 1, add_frame(&gid, 0, &[(2, b"bob-1")]));
+    assert!(rejected(&out, 1).is_empty());
+    assert!(is_member(&room, 2));
+    assert!(!is_member(&room, 3));
+    // A member that logs a new KeyPackage stops being a member.
+    bin(&mut room, now, 2, kp_frame(2, b"bob-2"));
+    assert!(!is_member(&room, 2));
+    let out = msg(&mut room, now, 2, ready(1));
+    assert_eq!(error_codes(&out, 2), vec![error_code::NOT_MEMBER]);
+}
+
+#[test]
+fn non_members_cannot_report_ready_or_commit() {
+    let now = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(now, req("alice")).unwrap();
+    room.join(now, req("mallory")).unwrap();
+    drain(&mut room);
+    let gid = group_id(&room);
+    let seq = room.seq();
+    let out = msg(&mut room, now, 2, ready(0));
+    assert_eq!(error_codes(&out, 2), vec![error_code::NOT_MEMBER]);
+    assert!(!is_member(&room, 2));
+    // A ready naming another group is refused too (not silently counted).
+    let out = msg(
+        &mut room,
+        now,
+        2,
+        ClientMessage::Ready {
+            epoch: 0,
+            group_id: Some("00".into()),
+        },
+    );
+    assert_eq!(error_codes(&out, 2), vec![error_code::NOT_MEMBER]);
+    // Commits from Mallory: a well-formed one, garbage, and a truncated header.
+    for frame in [
+        commit_frame(&gid, 0),
+        vec![2, 0, 0, 0, 3, 1, 2, 3],
+        client_commit_frame(b"\x00\x01", &[]),
+    ] {
+        let out = bin(&mut room, now, 2, frame);
+        assert_eq!(rejected(&out, 2), vec!["not_member"]);
+    }
+    let out = bin(&mut room, now, 2, commit_frame(&gid, 0));
+    assert!(matches!(
+        &replies(&out, 2)[..],
+        [ServerMessage::CommitRejected {
+            epoch: Some(0),
+            current_epoch: Some(0),
+            ..
+        }]
+    ));
+    assert_eq!(room.seq(), seq);
+    assert_eq!(room.group_epoch().unwrap(), (&gid[..], 0));
+}
+
+#[test]
+fn private_message_commits_are_refused() {
     let now = Instant::now();
     let mut room = Room::new("r", RoomConfig::default(), 1);
     room.join(now, req("alice")).unwrap();
@@ -255,11 +391,11 @@ fn private_message_commits_are_arbitrated_too() {
     let gid = group_id(&room);
     let commit = build::private_message(&gid, 0, 3, b"sealed");
     let out = bin(&mut room, now, 1, client_commit_frame(&commit, &[]));
-    assert!(matches!(&out[0], Output::Broadcast(_)));
-    // A private proposal is not a commit.
-    let proposal = build::private_message(&gid, 1, 2, b"sealed");
-    let out = bin(&mut room, now, 1, client_commit_frame(&proposal, &[]));
-    assert_eq!(error_codes(&out, 1), vec![error_code::MLS_FRAMING]);
+    assert!(matches!(
+        &replies(&out, 1)[..],
+        [ServerMessage::CommitRejected { epoch: Some(0), reason, detail: Some(_), .. }] if reason == "malformed"
+    ));
+    assert_eq!(room.group_epoch().unwrap().1, 0);
 }
 
 #[test]
@@ -276,7 +412,7 @@ fn ready_from_all_members_executes_else_timeout_does() {
         [(_, RoomEvent::Execute { epoch: 0 })]
     ));
     let gid = group_id(&room);
-    bin(&mut room, t0, 1, commit_frame(&gid, 0));
+    add_member(&mut room, t0, 1, 2);
     // Bob was added and reports for epoch 1; alice not yet: no execute.
     let out = msg(&mut room, t0, 2, ready(1));
     assert!(events(&out).is_empty());
@@ -309,11 +445,9 @@ fn leaving_unready_member_triggers_execute() {
     let mut room = Room::new("r", RoomConfig::default(), 1);
     room.join(t0, req("alice")).unwrap();
     room.join(t0, req("bob")).unwrap();
-    msg(&mut room, t0, 2, ready(0));
     msg(&mut room, t0, 1, ready(0));
     drain(&mut room);
-    let gid = group_id(&room);
-    bin(&mut room, t0, 1, commit_frame(&gid, 0));
+    add_member(&mut room, t0, 1, 2);
     msg(&mut room, t0, 1, ready(1));
     let out = msg(&mut room, t0, 2, ClientMessage::Leave {});
     let ev = events(&out);
@@ -740,21 +874,37 @@ fn bad_binary_frames_are_refused_without_logging() {
         (vec![], error_code::MALFORMED),
         (vec![9, 1, 2], error_code::UNKNOWN_TYPE),
         (vec![1, 0, 1, 0, 1], error_code::MLS_FRAMING), // PublicMessage, not a KeyPackage
-        (vec![2, 0, 0, 0, 50, 1], error_code::MALFORMED), // length beyond frame
-        (vec![2, 0, 0, 0, 2, 0, 1], error_code::MLS_FRAMING), // truncated commit
-        (
-            client_commit_frame(
-                &build::public_commit(&group_id(&room), 0, 0, b""),
-                b"\x00\x01\x00\x05kp",
-            ),
-            error_code::MLS_FRAMING,
-        ), // "welcome" is a KeyPackage
     ];
     for (frame, code) in cases {
         let out = bin(&mut room, t0, 1, frame);
         assert_eq!(error_codes(&out, 1), vec![code]);
     }
     assert_eq!(room.seq(), seq);
+    // Commits that are not well-formed PublicMessage commits: `commit_rejected`, `malformed`.
+    room.join(t0, req("bob")).unwrap();
+    bin(&mut room, t0, 2, kp_frame(2, b"b"));
+    drain(&mut room);
+    let gid = group_id(&room);
+    let seq = room.seq();
+    let mut trailing = build::commit(&gid, 0, 0, 1, &[], &[]);
+    trailing.push(0);
+    let commits: Vec<Vec<u8>> = vec![
+        vec![2, 0, 0, 0, 50, 1],   // length beyond frame
+        vec![2, 0, 0, 0, 2, 0, 1], // truncated commit
+        client_commit_frame(&build::public_commit(&gid, 0, 0, b"filler"), &[]), // header only
+        client_commit_frame(&trailing, &[]),
+        client_commit_frame(
+            &build::commit(&gid, 0, 0, 1, &[build::key_package(2, b"b")], &[]),
+            b"\x00\x01\x00\x05kp",
+        ), // "welcome" is a KeyPackage
+    ];
+    for frame in commits {
+        let out = bin(&mut room, t0, 1, frame);
+        assert_eq!(rejected(&out, 1), vec!["malformed"]);
+        assert!(error_codes(&out, 1).is_empty());
+    }
+    assert_eq!(room.seq(), seq);
+    assert_eq!(room.group_epoch().unwrap().1, 0);
     let out = msg(
         &mut room,
         t0,
@@ -783,6 +933,12 @@ enum Op {
         epoch_delta: i8,
         wrong_group: bool,
     },
+    /// `who` commits an add of `whom`'s latest logged KeyPackage (or a made-up one).
+    CommitAdd {
+        who: usize,
+        whom: usize,
+        forged: bool,
+    },
     Ready {
         who: usize,
         epoch_delta: i8,
@@ -804,6 +960,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0usize..8).prop_map(Op::KeyPackage),
         4 => (0usize..8, -2i8..=1, proptest::bool::weighted(0.1))
             .prop_map(|(who, epoch_delta, wrong_group)| Op::Commit { who, epoch_delta, wrong_group }),
+        4 => (0usize..8, 0usize..8, proptest::bool::weighted(0.2))
+            .prop_map(|(who, whom, forged)| Op::CommitAdd { who, whom, forged }),
         4 => (0usize..8, -1i8..=0).prop_map(|(who, epoch_delta)| Op::Ready { who, epoch_delta }),
         1 => (0usize..8, any::<bool>()).prop_map(|(w, r)| Op::Hand(w, r)),
         1 => (0usize..8, 0u64..20).prop_map(|(who, back)| Op::Resume { who, back }),
@@ -822,6 +980,10 @@ proptest! {
         let mut last_seq = 0u64;
         // (group id, epoch) of every accepted commit
         let mut accepted: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut kp_count = 0u64;
+        let mut latest_kp: BTreeMap<u64, [u8; 8]> = BTreeMap::new();
+        // Members the log justifies: creators and participants added by logged commits.
+        let mut justified: BTreeSet<u64> = BTreeSet::new();
         for op in ops {
             let live: Vec<u64> = room.participants.keys().copied().collect();
             let pick = |i: usize| live.get(i % live.len().max(1)).copied();
@@ -842,8 +1004,15 @@ proptest! {
                     room.handle(now, id, Input::Message(ClientMessage::Ping { t: None }));
                 },
                 Op::KeyPackage(i) => if let Some(id) = pick(i) {
-                    let kp = build::message(WireFormat::KeyPackage, &id.to_be_bytes());
-                    room.handle(now, id, Input::Binary(client_key_package_frame(&kp).into()));
+                    kp_count += 1;
+                    let tag = kp_count.to_be_bytes();
+                    room.handle(now, id, Input::Binary(kp_frame(id, &tag).into()));
+                    latest_kp.insert(id, tag);
+                },
+                Op::CommitAdd { who, whom, forged } => if let (Some(id), Some(target)) = (pick(who), pick(whom)) {
+                    let (gid, epoch) = group_before.clone().unwrap_or((vec![1], 0));
+                    let tag = if forged { [0xff; 8] } else { latest_kp.get(&target).copied().unwrap_or([0xfe; 8]) };
+                    room.handle(now, id, Input::Binary(add_frame(&gid, epoch, &[(target, &tag)]).into()));
                 },
                 Op::Commit { who, epoch_delta, wrong_group } => if let Some(id) = pick(who) {
                     let (gid, epoch) = group_before.clone().unwrap_or((vec![1], 0));
@@ -879,13 +1048,22 @@ proptest! {
                                 let Wire::Binary(w) = &e.wire else { unreachable!() };
                                 let (c, _) = protocol::split_commit_payload(&w[17..]).unwrap();
                                 let h = mls_framing::parse_commit(c).unwrap();
+                                let full = mls_framing::parse_public_commit(c).unwrap();
+                                // Every add is a KeyPackage its participant logged.
+                                for a in &full.adds {
+                                    prop_assert_ne!(&a.key_package, &build::key_package(a.participant, &[0xff; 8]));
+                                    justified.insert(a.participant);
+                                }
                                 let key = (h.group_id.clone(), h.epoch);
                                 // Exactly one commit per (group, epoch), and in epoch order.
                                 prop_assert!(!accepted.contains(&key));
                                 prop_assert_eq!(Some(key.clone()), group_before.clone());
                                 accepted.push(key);
                             }
-                            EntryBody::Event(RoomEvent::Creator { id, .. }) => creators_named.push(*id),
+                            EntryBody::Event(RoomEvent::Creator { id, .. }) => {
+                                creators_named.push(*id);
+                                justified.insert(*id);
+                            }
                             _ => {}
                         }
                     }
@@ -905,6 +1083,8 @@ proptest! {
                     prop_assert!(g.members.iter().all(|m| live_now.contains(m)));
                     prop_assert!(live_now.is_empty() || !g.members.is_empty());
                     prop_assert!(g.ready.is_subset(&g.members));
+                    // Only members drive the group: nobody is a member by its own say-so.
+                    prop_assert!(g.members.is_subset(&justified));
                 }
                 None => prop_assert!(live_now.is_empty()),
             }
