@@ -227,6 +227,12 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group_id: Option<String>,
     },
+    /// This member could not process the sequenced commit created at `epoch` (it is
+    /// still in `epoch`, with its MLS state intact).
+    CommitFailed {
+        /// The epoch the failed commit was created in.
+        epoch: u64,
+    },
 }
 
 fn yes() -> bool {
@@ -254,6 +260,7 @@ impl ClientMessage {
             Self::Lock { .. } => "lock",
             Self::SetCap { .. } => "set_cap",
             Self::Ready { .. } => "ready",
+            Self::CommitFailed { .. } => "commit_failed",
         }
     }
 
@@ -272,6 +279,7 @@ impl ClientMessage {
         "lock",
         "set_cap",
         "ready",
+        "commit_failed",
     ];
 }
 
@@ -463,6 +471,14 @@ pub enum RoomEvent {
         /// The epoch.
         epoch: u64,
     },
+    /// The commit `from` created at `epoch` (the latest one) is void: a member could
+    /// not process it and nobody else applied it. The group is at `epoch` again.
+    CommitVoid {
+        /// The epoch the void commit was created in (the group's epoch now).
+        epoch: u64,
+        /// Its sender, no longer a group member.
+        from: u64,
+    },
     /// Participant `id` owns SFU session `session_id`.
     Session {
         /// Participant id.
@@ -545,6 +561,7 @@ impl RoomEvent {
             Self::Left { .. } => "left",
             Self::Creator { .. } => "creator",
             Self::Execute { .. } => "execute",
+            Self::CommitVoid { .. } => "commit_void",
             Self::Session { .. } => "session",
             Self::Published { .. } => "published",
             Self::Unpublished { .. } => "unpublished",
@@ -719,6 +736,7 @@ mod tests {
             r#"{"type":"leave"}"#,
             r#"{"type":"hand","raised":true}"#,
             r#"{"type":"ready","epoch":3}"#,
+            r#"{"type":"commit_failed","epoch":3}"#,
             r#"{"type":"set_cap","max_participants":null}"#,
         ];
         for s in samples {

@@ -290,6 +290,23 @@ struct Group {
     ready: BTreeSet<u64>,
     /// When `execute {epoch}` is due if not everyone reported.
     execute_deadline: Option<Instant>,
+    /// The last epoch an `execute` was logged for.
+    executed: Option<u64>,
+    /// The latest logged commit while it may still be voided (`commit_failed`).
+    last_commit: Option<LastCommit>,
+    /// The epoch each member last reported `commit_failed` for.
+    failed_reports: BTreeMap<u64, u64>,
+}
+
+/// What voiding the latest commit has to undo.
+#[derive(Debug, Clone)]
+struct LastCommit {
+    /// The epoch it was created in (the room moved to `epoch + 1`).
+    epoch: u64,
+    /// Its sender.
+    from: u64,
+    /// Members before it was accepted.
+    members_before: BTreeSet<u64>,
 }
 
 #[derive(Serialize)]
@@ -634,6 +651,7 @@ impl Room {
             ClientMessage::Lock { locked } => self.lock(from, locked),
             ClientMessage::SetCap { max_participants } => self.set_cap(from, max_participants),
             ClientMessage::Ready { epoch, group_id } => self.ready(from, epoch, group_id),
+            ClientMessage::CommitFailed { epoch } => self.commit_failed(now, from, epoch),
         };
         if let Err((code, message)) = result {
             self.error(from, code, message, Some(refused));
@@ -710,6 +728,11 @@ impl Room {
             .filter(|id| self.participants.contains_key(id))
             .collect();
         if let Some(g) = self.group.as_mut() {
+            g.last_commit = Some(LastCommit {
+                epoch: g.epoch,
+                from,
+                members_before: g.members.clone(),
+            });
             g.epoch += 1;
             g.ready.clear();
             g.execute_deadline = Some(now + timeout);
@@ -843,7 +866,87 @@ impl Room {
         };
         g.execute_deadline = None;
         let epoch = g.epoch;
+        g.executed = Some(epoch);
         self.append_event(RoomEvent::Execute { epoch });
+    }
+
+    /// `commit_failed {epoch}`: member `from` could not process the commit created at
+    /// `epoch`. Voids that commit if it is the latest, `from` was a member before it
+    /// (a member it added cannot void it) and is not its sender, and nobody else who was
+    /// a member before it has applied it (reported `ready` for `epoch + 1`). Otherwise
+    /// `from` is the one out of step and stops being a member.
+    fn commit_failed(
+        &mut self,
+        now: Instant,
+        from: u64,
+        epoch: u64,
+    ) -> Result<(), (&'static str, String)> {
+        let Some(g) = self.group.as_mut() else {
+            return Err((error_code::INVALID, "no MLS group yet".to_owned()));
+        };
+        if !g.members.contains(&from) {
+            return Err((
+                error_code::NOT_MEMBER,
+                "not a member of the MLS group".to_owned(),
+            ));
+        }
+        if g.failed_reports.get(&from) == Some(&epoch) {
+            return Err((
+                error_code::INVALID,
+                format!("commit_failed for epoch {epoch} was already reported"),
+            ));
+        }
+        g.failed_reports.insert(from, epoch);
+        let voidable = g.last_commit.as_ref().filter(|c| {
+            c.epoch == epoch
+                && c.epoch + 1 == g.epoch
+                && c.from != from
+                && c.members_before.contains(&from)
+                && !g
+                    .ready
+                    .iter()
+                    .any(|m| *m != c.from && c.members_before.contains(m))
+        });
+        let Some(void) = voidable.cloned() else {
+            // Others applied it (or there is no such commit): the reporter is the one
+            // out of step. It must reset and re-announce a KeyPackage.
+            g.members.remove(&from);
+            g.ready.remove(&from);
+            self.error(
+                from,
+                error_code::NOT_MEMBER,
+                format!(
+                    "the commit of epoch {epoch} stands (others applied it); no longer a group member: re-announce a KeyPackage"
+                ),
+                Some("commit_failed"),
+            );
+            if self.group.as_ref().is_some_and(|g| g.members.is_empty()) {
+                self.ensure_group(now);
+            } else {
+                self.check_execute();
+            }
+            return Ok(());
+        };
+        // Void: back to `epoch`, without the commit's sender and whoever it added.
+        g.epoch = void.epoch;
+        g.members
+            .retain(|m| *m != void.from && void.members_before.contains(m));
+        g.ready.clear();
+        g.execute_deadline = None;
+        g.last_commit = None;
+        let execute_missing = g.executed != Some(void.epoch);
+        self.append_event(RoomEvent::CommitVoid {
+            epoch: void.epoch,
+            from: void.from,
+        });
+        if self.group.as_ref().is_some_and(|g| g.members.is_empty()) {
+            self.ensure_group(now);
+        } else if execute_missing {
+            // The void commit superseded `execute {epoch}`: every member is back at
+            // `epoch`, so senders switch to it now.
+            self.execute();
+        }
+        Ok(())
     }
 
     /// Names a creator when no live group member exists.
@@ -868,6 +971,9 @@ impl Room {
             members: BTreeSet::from([creator]),
             ready: BTreeSet::new(),
             execute_deadline: Some(now + self.config.execute_timeout),
+            executed: None,
+            last_commit: None,
+            failed_reports: BTreeMap::new(),
         });
         self.append_event(RoomEvent::Creator {
             id: creator,

@@ -919,6 +919,186 @@ fn bad_binary_frames_are_refused_without_logging() {
 }
 
 // ---------------------------------------------------------------------------
+// C3: a sequenced commit a member cannot process.
+
+fn failed(epoch: u64) -> ClientMessage {
+    ClientMessage::CommitFailed { epoch }
+}
+
+/// Alice (creator), Bob and Carol, all members at epoch 2, `execute {2}` logged.
+fn three_members(t0: Instant) -> (Room, Vec<u8>) {
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    for who in ["alice", "bob", "carol"] {
+        room.join(t0, req(who)).unwrap();
+    }
+    msg(&mut room, t0, 1, ready(0));
+    add_member(&mut room, t0, 1, 2);
+    add_member(&mut room, t0, 1, 3);
+    for id in 1..=3 {
+        msg(&mut room, t0, id, ready(2));
+    }
+    let out = drain(&mut room);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(room.group.as_ref().unwrap().executed, Some(2));
+    let gid = group_id(&room);
+    (room, gid)
+}
+
+#[test]
+fn a_commit_nobody_applied_is_voided() {
+    let t0 = Instant::now();
+    let (mut room, gid) = three_members(t0);
+    // Alice's commit at epoch 2 is sequenced; Bob cannot process it.
+    bin(&mut room, t0, 1, commit_frame(&gid, 2));
+    msg(&mut room, t0, 1, ready(3));
+    assert_eq!(room.group_epoch().unwrap().1, 3);
+    let out = msg(&mut room, t0, 2, failed(2));
+    assert!(error_codes(&out, 2).is_empty());
+    // `execute {2}` was logged already: only the void entry.
+    assert!(matches!(
+        events(&out)[..],
+        [(_, RoomEvent::CommitVoid { epoch: 2, from: 1 })]
+    ));
+    let Output::Broadcast(e) = &out[0] else {
+        panic!("{out:?}")
+    };
+    let Wire::Text(json) = &e.wire else { panic!() };
+    assert_eq!(
+        std::str::from_utf8(json).unwrap(),
+        format!(
+            r#"{{"seq":{},"type":"commit_void","epoch":2,"from":1}}"#,
+            e.seq
+        )
+    );
+    assert_eq!(room.group_epoch().unwrap().1, 2);
+    assert!(!is_member(&room, 1));
+    assert!(is_member(&room, 2) && is_member(&room, 3));
+    // The sender is out until it is added again; Bob commits epoch 2 instead.
+    let out = msg(&mut room, t0, 1, ready(2));
+    assert_eq!(error_codes(&out, 1), vec![error_code::NOT_MEMBER]);
+    let out = bin(&mut room, t0, 1, commit_frame(&gid, 2));
+    assert_eq!(rejected(&out, 1), vec!["not_member"]);
+    let out = bin(&mut room, t0, 2, commit_frame(&gid, 2));
+    assert!(rejected(&out, 2).is_empty());
+    assert_eq!(room.group_epoch().unwrap().1, 3);
+    // One report per member and epoch.
+    let out = msg(&mut room, t0, 3, failed(2));
+    assert!(
+        events(&out)
+            .iter()
+            .any(|(_, e)| matches!(e, RoomEvent::CommitVoid { epoch: 2, from: 2 }))
+    );
+    let out = msg(&mut room, t0, 3, failed(2));
+    assert_eq!(error_codes(&out, 3), vec![error_code::INVALID]);
+}
+
+#[test]
+fn voiding_a_commit_that_superseded_execute_executes_its_epoch() {
+    let t0 = Instant::now();
+    let (mut room, gid) = three_members(t0);
+    // Alice's commit at 2 is voided (`execute {2}` was logged before it: no new one).
+    bin(&mut room, t0, 1, commit_frame(&gid, 2));
+    let out = msg(&mut room, t0, 2, failed(2));
+    assert_eq!(events(&out).len(), 1);
+    // Bob commits 2, then 3 before `execute {3}` came: the second supersedes it.
+    bin(&mut room, t0, 2, commit_frame(&gid, 2));
+    msg(&mut room, t0, 2, ready(3));
+    bin(&mut room, t0, 2, commit_frame(&gid, 3));
+    assert_eq!(room.group.as_ref().unwrap().executed, Some(2));
+    // Carol cannot process Bob's commit at 3: void; `execute {3}` was superseded, so it
+    // comes now (everyone is at 3).
+    let out = msg(&mut room, t0, 3, failed(3));
+    assert!(matches!(
+        events(&out)[..],
+        [
+            (_, RoomEvent::CommitVoid { epoch: 3, from: 2 }),
+            (_, RoomEvent::Execute { epoch: 3 })
+        ]
+    ));
+    assert_eq!(
+        room.poll_timeout().map(|t| t > t0 + Duration::from_secs(5)),
+        Some(true)
+    );
+}
+
+#[test]
+fn a_commit_others_applied_stands_and_the_reporter_leaves_the_group() {
+    let t0 = Instant::now();
+    let (mut room, gid) = three_members(t0);
+    bin(&mut room, t0, 1, commit_frame(&gid, 2));
+    msg(&mut room, t0, 1, ready(3));
+    msg(&mut room, t0, 3, ready(3));
+    // Carol applied it: Bob is the one out of step. Without him everyone is ready.
+    let out = msg(&mut room, t0, 2, failed(2));
+    assert_eq!(error_codes(&out, 2), vec![error_code::NOT_MEMBER]);
+    assert!(matches!(
+        &replies(&out, 2)[..],
+        [ServerMessage::Error { refused: Some(r), .. }] if r == "commit_failed"
+    ));
+    assert!(matches!(
+        events(&out)[..],
+        [(_, RoomEvent::Execute { epoch: 3 })]
+    ));
+    assert_eq!(room.group_epoch().unwrap().1, 3);
+    assert!(!is_member(&room, 2));
+    // The sender cannot void its own commit, a non-member cannot report, and a
+    // report for an epoch without a sequenced commit stands nothing.
+    let out = msg(&mut room, t0, 2, failed(3));
+    assert_eq!(error_codes(&out, 2), vec![error_code::NOT_MEMBER]);
+    let out = msg(&mut room, t0, 1, failed(2));
+    assert_eq!(error_codes(&out, 1), vec![error_code::NOT_MEMBER]);
+    assert!(!is_member(&room, 1));
+    assert!(is_member(&room, 3));
+    let out = msg(&mut room, t0, 3, failed(7));
+    assert_eq!(error_codes(&out, 3), vec![error_code::NOT_MEMBER]);
+    // Nobody left: a new creator is named.
+    assert!(
+        events(&out)
+            .iter()
+            .any(|(_, e)| matches!(e, RoomEvent::Creator { .. }))
+    );
+}
+
+#[test]
+fn members_a_void_commit_added_are_out_with_it() {
+    let t0 = Instant::now();
+    let (mut room, gid) = three_members(t0);
+    room.join(t0, req("dave")).unwrap();
+    drain(&mut room);
+    // Alice adds Dave; Dave joins from the Welcome and reports ready at 3. That does not
+    // prove the commit good for the members it was sent to.
+    bin(&mut room, t0, 4, kp_frame(4, b"kp"));
+    bin(&mut room, t0, 1, add_frame(&gid, 2, &[(4, b"kp")]));
+    assert!(is_member(&room, 4));
+    msg(&mut room, t0, 4, ready(3));
+    // Dave himself cannot void the commit that added him (he was never at epoch 2).
+    let mut probe = Room::new("p", RoomConfig::default(), 1);
+    probe.group = room.group.clone();
+    probe.participants = room.participants.clone();
+    let out = msg(&mut probe, t0, 4, failed(2));
+    assert_eq!(error_codes(&out, 4), vec![error_code::NOT_MEMBER]);
+    assert!(events(&out).is_empty());
+    assert_eq!(probe.group_epoch().unwrap().1, 3);
+    // Bob can.
+    let out = msg(&mut room, t0, 2, failed(2));
+    assert!(matches!(
+        events(&out)[..],
+        [(_, RoomEvent::CommitVoid { epoch: 2, from: 1 })]
+    ));
+    assert!(!is_member(&room, 4) && !is_member(&room, 1));
+    // Dave's KeyPackage is still logged: the next committer may add him.
+    let out = bin(&mut room, t0, 2, add_frame(&gid, 2, &[(4, b"kp")]));
+    assert!(rejected(&out, 2).is_empty());
+    assert!(is_member(&room, 4));
+    // Without a group, commit_failed is invalid.
+    let mut empty = Room::new("e", RoomConfig::default(), 1);
+    empty.join(t0, req("x")).unwrap();
+    empty.group = None;
+    let out = msg(&mut empty, t0, 1, failed(0));
+    assert_eq!(error_codes(&out, 1), vec![error_code::INVALID]);
+}
+
+// ---------------------------------------------------------------------------
 // Property test: random traffic never breaks the log's invariants.
 
 #[derive(Debug, Clone)]
@@ -943,6 +1123,10 @@ enum Op {
         who: usize,
         epoch_delta: i8,
     },
+    CommitFailed {
+        who: usize,
+        epoch_delta: i8,
+    },
     Hand(usize, bool),
     Resume {
         who: usize,
@@ -963,6 +1147,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0usize..8, 0usize..8, proptest::bool::weighted(0.2))
             .prop_map(|(who, whom, forged)| Op::CommitAdd { who, whom, forged }),
         4 => (0usize..8, -1i8..=0).prop_map(|(who, epoch_delta)| Op::Ready { who, epoch_delta }),
+        2 => (0usize..8, -2i8..=0).prop_map(|(who, epoch_delta)| Op::CommitFailed { who, epoch_delta }),
         1 => (0usize..8, any::<bool>()).prop_map(|(w, r)| Op::Hand(w, r)),
         1 => (0usize..8, 0u64..20).prop_map(|(who, back)| Op::Resume { who, back }),
         1 => (0usize..8, proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(w, b)| Op::Garbage(w, b)),
@@ -1024,6 +1209,10 @@ proptest! {
                     let epoch = group_before.as_ref().map_or(0, |g| g.1).saturating_add_signed(i64::from(epoch_delta));
                     room.handle(now, id, Input::Message(ready(epoch)));
                 },
+                Op::CommitFailed { who, epoch_delta } => if let Some(id) = pick(who) {
+                    let epoch = group_before.as_ref().map_or(0, |g| g.1).saturating_add_signed(i64::from(epoch_delta));
+                    room.handle(now, id, Input::Message(ClientMessage::CommitFailed { epoch }));
+                },
                 Op::Hand(i, r) => if let Some(id) = pick(i) {
                     room.handle(now, id, Input::Message(ClientMessage::Hand { raised: r }));
                 },
@@ -1037,6 +1226,7 @@ proptest! {
             }
             let live_now: BTreeSet<u64> = room.participants.keys().copied().collect();
             let mut creators_named = Vec::new();
+            let mut voided = None;
             for out in drain(&mut room) {
                 match out {
                     Output::Broadcast(e) => {
@@ -1060,6 +1250,13 @@ proptest! {
                                 prop_assert_eq!(Some(key.clone()), group_before.clone());
                                 accepted.push(key);
                             }
+                            EntryBody::Event(RoomEvent::CommitVoid { epoch, .. }) => {
+                                // Only the latest commit can be voided: the group is back at its epoch.
+                                let (gid, _) = group_before.clone().unwrap();
+                                prop_assert_eq!(accepted.last(), Some(&(gid.clone(), *epoch)));
+                                accepted.pop();
+                                voided = Some((gid, *epoch));
+                            }
                             EntryBody::Event(RoomEvent::Creator { id, .. }) => {
                                 creators_named.push(*id);
                                 justified.insert(*id);
@@ -1070,6 +1267,11 @@ proptest! {
                     Output::Deliver { entry, .. } => prop_assert!(entry.seq <= room.seq()),
                     _ => {}
                 }
+            }
+            // After a void the group is back at the void commit's epoch (unless its
+            // members are all gone and a new group was named).
+            if voided.is_some() && creators_named.is_empty() {
+                prop_assert_eq!(room.group.as_ref().map(|g| (g.id.clone(), g.epoch)), voided);
             }
             // A named creator is the oldest participant: if it is still here, nobody older is.
             if let Some(&c) = creators_named.last()
