@@ -11,6 +11,11 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use satsuma_e2ee::group::Group;
 
 const COMMITTER: u64 = 1;
+
+/// Every participant id a test uses counts as seen joining the room.
+fn all() -> std::collections::BTreeSet<u64> {
+    (0..=1_000).collect()
+}
 const OBSERVER: u64 = 2;
 
 /// Committer and one observing member in a group of `n` built by single adds.
@@ -21,15 +26,15 @@ fn group(n: u64) -> (Group, Group) {
     let kp = b.key_package().unwrap();
     let kp = a.parse_key_package(OBSERVER, &kp).unwrap();
     let (c, w) = a.commit(Some(&kp), &[]).unwrap();
-    a.process_commit(COMMITTER, &c, &w);
-    b.process_commit(COMMITTER, &c, &w);
+    a.process_commit(COMMITTER, &c, &w, &all());
+    b.process_commit(COMMITTER, &c, &w, &all());
     for id in 3..=n {
         let mut j = Group::new(id).unwrap();
         let kp = j.key_package().unwrap();
         let kp = a.parse_key_package(id, &kp).unwrap();
         let (c, w) = a.commit(Some(&kp), &[]).unwrap();
-        a.process_commit(COMMITTER, &c, &w);
-        b.process_commit(COMMITTER, &c, &w);
+        a.process_commit(COMMITTER, &c, &w, &all());
+        b.process_commit(COMMITTER, &c, &w, &all());
     }
     (a, b)
 }
@@ -50,16 +55,16 @@ fn cycle(a: &mut Group, b: &mut Group, joiner: u64, step: Step) -> Duration {
     let t = Instant::now();
     let (c, w) = a.commit(Some(&kp), &[]).unwrap();
     let add_commit = t.elapsed();
-    a.process_commit(COMMITTER, &c, &w);
+    a.process_commit(COMMITTER, &c, &w, &all());
     let t = Instant::now();
-    b.process_commit(COMMITTER, &c, &w);
+    b.process_commit(COMMITTER, &c, &w, &all());
     let add_process = t.elapsed();
     let t = Instant::now();
     let (c, w) = a.commit(None, &[joiner]).unwrap();
     let remove_commit = t.elapsed();
-    a.process_commit(COMMITTER, &c, &w);
+    a.process_commit(COMMITTER, &c, &w, &all());
     let t = Instant::now();
-    b.process_commit(COMMITTER, &c, &w);
+    b.process_commit(COMMITTER, &c, &w, &all());
     let remove_process = t.elapsed();
     assert_eq!(a.epoch(), b.epoch());
     match step {

@@ -25,18 +25,37 @@
 //!   member that is removed and re-added becomes the youngest.
 //! * Every participant tracks the pending work (KeyPackages in arrival order, departed
 //!   members), so a successor finishes what a departed committer started.
-//! * The committer adds joiners **one per commit, in arrival order** (Commit and Welcome
-//!   travel in one log entry), then removes all departed members in **one** commit.
-//!   A KeyPackage from a participant already in the group under a *different*
-//!   signature key means that participant reset: its old leaf is removed and the new
-//!   KeyPackage added in the same commit. A KeyPackage under the *same* key as its
-//!   leaf is a stale duplicate and ignored.
+//! * The committer first removes all departed members in **one** commit, then adds
+//!   joiners **one per commit, in arrival order** (Commit and Welcome travel in one
+//!   log entry). Removals go first so that a joiner is never welcomed into a group
+//!   that still holds the leaf of somebody who left before the joiner arrived: the
+//!   joiner never saw that participant join and would refuse the epoch (see the
+//!   roster check below). A KeyPackage from a participant already in the group under
+//!   a *different* signature key means that participant reset: its old leaf is
+//!   removed and the new KeyPackage added in the same commit. A KeyPackage under the
+//!   *same* key as its leaf is a stale duplicate and ignored.
+//! * **Roster check.** Every participant remembers whom it has seen join the room
+//!   (the roster at connect and every later `joined`; participants that left stay in
+//!   this set). The MLS layer refuses, before merging, any commit or Welcome whose
+//!   resulting member set contains anybody else ([`CommitOutcome::Refused`]): a
+//!   coordinator that shows a participant to the committer only cannot slip it into
+//!   everybody else's group. A refusal is terminal ([`Phase::Refused`]): the group is
+//!   dropped, no KeyPackage is announced again, and [`Action::Refused`] names the
+//!   unknown members for an alarm.
+//! * **A commit I cannot process.** A commit for my current epoch that fails
+//!   ([`CommitOutcome::Unprocessable`]) leaves the group and keys as they are: the
+//!   participant reports it ([`Action::ReportCommitFailed`], `commit_failed {epoch}`)
+//!   and commits nothing until the coordinator voids that commit (`commit_void`,
+//!   [`Event::CommitVoid`]) or [`Config::void_timeout_ms`] passes (then it resets).
+//!   On `commit_void {epoch: E}` a participant that is past E (it applied the voided
+//!   commit, or joined from its Welcome) resets; one still at E carries on. A commit
+//!   for a future epoch (I am behind) resets at once.
 //! * One commit in flight at a time; the coordinator logs only the first commit per
 //!   epoch, so a commit that lost the race is simply superseded by the winner.
 //! * A joiner that is not welcomed within [`Config::welcome_timeout_ms`] re-announces.
 //!   A member that sees its own `left` stops and asks to rejoin the room; a member hit
-//!   by any unexpected MLS failure, or removed from the group, drops the group and
-//!   re-announces (after a failure under a fresh signature key).
+//!   by any other unexpected MLS failure, or removed from the group, drops the group
+//!   and re-announces (after a failure under a fresh signature key).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -56,6 +75,10 @@ pub struct Config {
     pub welcome_timeout_ms: u64,
     /// A commit not seen in the log this long after it was sent is given up.
     pub commit_timeout_ms: u64,
+    /// A reported commit failure (`commit_failed`) not answered by `commit_void`
+    /// this long after it was reported: the others applied the commit, so this
+    /// participant resets and rejoins the group.
+    pub void_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -63,6 +86,7 @@ impl Default for Config {
         Self {
             welcome_timeout_ms: 10_000,
             commit_timeout_ms: 30_000,
+            void_timeout_ms: 5_000,
         }
     }
 }
@@ -105,6 +129,14 @@ pub enum Phase {
     /// This participant saw its own `left`: it is out of the room and must rejoin as a
     /// new participant. Terminal.
     Detached,
+    /// This participant refused an epoch whose member set contains participants it
+    /// never saw join the room (`unknown`). It dropped the group and does nothing
+    /// more: somebody (the coordinator, or the committer) tried to add a member
+    /// behind the others' backs. Terminal.
+    Refused {
+        /// The members nobody showed this participant.
+        unknown: Vec<ParticipantId>,
+    },
 }
 
 /// What the MLS layer made of a `commit` log entry.
@@ -136,7 +168,21 @@ pub enum CommitOutcome {
     NotForMe,
     /// A commit for an epoch I already left behind (ignored).
     Stale,
-    /// Processing failed unexpectedly (the driver must not have changed its group).
+    /// The resulting epoch (the group after the commit, or the group a Welcome for
+    /// me joins) has members I never saw join the room: refused before merging,
+    /// nothing applied.
+    Refused {
+        /// The members I never saw join.
+        unknown: Vec<ParticipantId>,
+    },
+    /// A commit for my current epoch `epoch` could not be processed (invalid,
+    /// malformed, or by somebody else's hand); my group is unchanged.
+    Unprocessable {
+        /// My current epoch (the epoch the commit claims to be created in).
+        epoch: u64,
+    },
+    /// Processing failed unexpectedly (the driver must not have changed its group),
+    /// or the commit is for a future epoch (I am behind): reset.
     Failed,
 }
 
@@ -180,6 +226,17 @@ pub enum Event {
         from: ParticipantId,
         /// Its signature key fingerprint.
         key: KeyTag,
+    },
+    /// `commit_void {epoch, from}`: the coordinator voided the commit `from` made
+    /// at `epoch` (a member reported it could not process it); the room is back at
+    /// `epoch`.
+    CommitVoid {
+        /// Log position.
+        seq: u64,
+        /// The epoch the voided commit was created in.
+        epoch: u64,
+        /// Its sender.
+        from: ParticipantId,
     },
     /// A `commit` entry, as interpreted by the MLS layer.
     Commit {
@@ -243,6 +300,17 @@ pub enum Action {
     },
     /// I saw my own `left`: reconnect to the room as a new participant.
     Rejoin,
+    /// Tell the coordinator `commit_failed {epoch}`: the commit logged for my
+    /// current epoch `epoch` could not be processed.
+    ReportCommitFailed {
+        /// My current epoch.
+        epoch: u64,
+    },
+    /// I refused an epoch with members I never saw join: raise the alarm.
+    Refused {
+        /// Those members.
+        unknown: Vec<ParticipantId>,
+    },
 }
 
 /// A commit that was sent and not yet seen in the log.
@@ -265,6 +333,11 @@ pub struct Committer {
     in_flight: Option<InFlight>,
     /// Whether this participant saw its own `joined` or a roster listing it.
     in_room: bool,
+    /// Everybody this participant saw join the room (roster at connect, `joined`
+    /// entries, itself), including those that left since.
+    seen: BTreeSet<ParticipantId>,
+    /// A commit failure reported for this epoch at this time, not resolved yet.
+    reported: Option<(u64, u64)>,
 }
 
 impl Committer {
@@ -279,6 +352,8 @@ impl Committer {
             phase: Phase::Joining { announced_at: None },
             in_flight: None,
             in_room: false,
+            seen: [me].into_iter().collect(),
+            reported: None,
         }
     }
 
@@ -310,6 +385,17 @@ impl Committer {
         &self.live
     }
 
+    /// Everybody seen join the room (including those that left since): the only
+    /// participants an epoch may contain.
+    pub fn seen(&self) -> &BTreeSet<ParticipantId> {
+        &self.seen
+    }
+
+    /// The epoch of a reported, unresolved commit failure.
+    pub fn reported_failure(&self) -> Option<u64> {
+        self.reported.map(|(e, _)| e)
+    }
+
     /// Unconsumed KeyPackages in arrival order.
     pub fn pending_key_packages(&self) -> &[PendingKeyPackage] {
         &self.key_packages
@@ -323,11 +409,12 @@ impl Committer {
     /// Feed one event; returns the actions to carry out, in order.
     pub fn handle(&mut self, now: u64, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
-        if self.phase == Phase::Detached {
+        if self.is_terminal() {
             return out;
         }
         match event {
             Event::Roster { live } => {
+                self.seen.extend(live.iter().copied());
                 self.live = live.into_iter().collect();
                 if self.live.contains(&self.me) {
                     self.in_room = true;
@@ -337,6 +424,7 @@ impl Committer {
             }
             Event::Joined { id, .. } => {
                 self.live.insert(id);
+                self.seen.insert(id);
                 if id == self.me {
                     self.in_room = true;
                 }
@@ -357,6 +445,7 @@ impl Committer {
             Event::Creator { id, group_id, .. } => {
                 self.key_packages.clear();
                 self.in_flight = None;
+                self.reported = None;
                 if self.group().is_some() {
                     out.push(Action::DropGroup);
                 }
@@ -380,7 +469,22 @@ impl Committer {
                     self.prune_consumed();
                 }
             }
-            Event::Commit { outcome, .. } => self.on_commit(outcome, &mut out),
+            Event::Commit { outcome, .. } => self.on_commit(now, outcome, &mut out),
+            Event::CommitVoid { epoch, from, .. } => {
+                if let Phase::Member(g) = &self.phase {
+                    if g.epoch > epoch || (from == self.me && g.epoch == epoch) {
+                        // I applied the voided commit (or joined from its Welcome),
+                        // or it was mine: that epoch no longer exists.
+                        self.fail(&mut out);
+                        return out;
+                    }
+                    if g.epoch == epoch {
+                        // The room is back at my epoch: carry on.
+                        self.reported = None;
+                        self.in_flight = None;
+                    }
+                }
+            }
             Event::MlsFailure => {
                 self.fail(&mut out);
                 return out;
@@ -407,6 +511,14 @@ impl Committer {
                 out.push(Action::AnnounceKeyPackage);
             }
             Phase::Member(_) => {
+                if let Some((_, at)) = self.reported
+                    && now.saturating_sub(at) >= self.config.void_timeout_ms
+                {
+                    // Nobody voided the commit I could not process: the others
+                    // applied it. Rejoin the group under a fresh key.
+                    self.fail(&mut out);
+                    return out;
+                }
                 if let Some(f) = self.in_flight
                     && now.saturating_sub(f.sent_at) >= self.config.commit_timeout_ms
                 {
@@ -423,7 +535,7 @@ impl Committer {
     /// The driver generated a new signature key after [`Action::ResetIdentity`].
     pub fn rekeyed(&mut self, now: u64, key: KeyTag) -> Vec<Action> {
         let mut out = Vec::new();
-        if self.phase == Phase::Detached {
+        if self.is_terminal() {
             return out;
         }
         self.key = key;
@@ -431,6 +543,12 @@ impl Committer {
         self.in_flight = None;
         self.plan(now, &mut out);
         out
+    }
+
+    /// Whether this participant stopped for good (saw its own `left`, or refused an
+    /// epoch).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.phase, Phase::Detached | Phase::Refused { .. })
     }
 
     /// Whether this participant is the designated committer right now.
@@ -456,8 +574,8 @@ impl Committer {
             .any(|k| k.from == id && k.key != leaf_key)
     }
 
-    /// The work the committer has to do, in order: adds (arrival order), then the
-    /// batch of removes. Every participant can compute it.
+    /// The work the committer has to do: adds (arrival order) and the batch of
+    /// removes (done first). Every participant can compute it.
     pub fn pending_work(&self) -> (Vec<PendingKeyPackage>, Vec<ParticipantId>) {
         let Phase::Member(g) = &self.phase else {
             return (Vec::new(), Vec::new());
@@ -483,7 +601,7 @@ impl Committer {
 
     fn plan(&mut self, now: u64, out: &mut Vec<Action>) {
         match &self.phase {
-            Phase::Detached => {}
+            Phase::Detached | Phase::Refused { .. } => {}
             Phase::Joining { announced_at } => {
                 if announced_at.is_none() && self.in_room && self.live.contains(&self.me) {
                     self.phase = Phase::Joining {
@@ -493,13 +611,21 @@ impl Committer {
                 }
             }
             Phase::Member(g) => {
-                if self.in_flight.is_some() || !self.is_committer() {
+                if self.in_flight.is_some() || self.reported.is_some() || !self.is_committer() {
                     return;
                 }
                 let epoch = g.epoch;
                 let members = g.members.clone();
                 let (adds, removes) = self.pending_work();
-                let action = if let Some(add) = adds.first() {
+                // Removals first: a joiner must never be welcomed into a group that
+                // still holds somebody who left before it arrived.
+                let action = if !removes.is_empty() {
+                    Action::Commit {
+                        epoch,
+                        add: None,
+                        removes,
+                    }
+                } else if let Some(add) = adds.first() {
                     let removes = if members.contains_key(&add.from) {
                         vec![add.from]
                     } else {
@@ -508,12 +634,6 @@ impl Committer {
                     Action::Commit {
                         epoch,
                         add: Some(*add),
-                        removes,
-                    }
-                } else if !removes.is_empty() {
-                    Action::Commit {
-                        epoch,
-                        add: None,
                         removes,
                     }
                 } else {
@@ -548,6 +668,7 @@ impl Committer {
             older,
         });
         self.in_flight = None;
+        self.reported = None;
         self.prune_consumed();
         out.push(Action::Ready { epoch });
         out.push(Action::EpochChanged {
@@ -557,7 +678,7 @@ impl Committer {
         });
     }
 
-    fn on_commit(&mut self, outcome: CommitOutcome, out: &mut Vec<Action>) {
+    fn on_commit(&mut self, now: u64, outcome: CommitOutcome, out: &mut Vec<Action>) {
         match outcome {
             CommitOutcome::Applied {
                 epoch,
@@ -580,6 +701,7 @@ impl Committer {
                 let group_id = g.group_id.clone();
                 let list = g.members.keys().copied().collect();
                 self.in_flight = None;
+                self.reported = None;
                 self.prune_consumed();
                 out.push(Action::Ready { epoch });
                 out.push(Action::EpochChanged {
@@ -605,15 +727,41 @@ impl Committer {
                     out.push(Action::DropGroup);
                 }
                 self.in_flight = None;
+                self.reported = None;
                 self.phase = Phase::Joining { announced_at: None };
             }
             CommitOutcome::NotForMe | CommitOutcome::Stale => {}
+            CommitOutcome::Refused { unknown } => {
+                if self.group().is_some() {
+                    out.push(Action::DropGroup);
+                }
+                self.in_flight = None;
+                self.reported = None;
+                self.key_packages.clear();
+                self.phase = Phase::Refused {
+                    unknown: unknown.clone(),
+                };
+                out.push(Action::Refused { unknown });
+            }
+            CommitOutcome::Unprocessable { epoch } => match &self.phase {
+                Phase::Member(g) if g.epoch == epoch => {
+                    // Whatever I had in flight lost: the log holds another commit
+                    // for this epoch. Report it once and wait for the verdict.
+                    self.in_flight = None;
+                    if self.reported.is_none() {
+                        self.reported = Some((epoch, now));
+                        out.push(Action::ReportCommitFailed { epoch });
+                    }
+                }
+                _ => self.fail(out),
+            },
             CommitOutcome::Failed => self.fail(out),
         }
     }
 
     fn fail(&mut self, out: &mut Vec<Action>) {
         self.in_flight = None;
+        self.reported = None;
         self.phase = Phase::Joining { announced_at: None };
         out.push(Action::ResetIdentity);
     }
@@ -798,5 +946,261 @@ mod tests {
                 removes: vec![2]
             }]
         );
+    }
+
+    fn member_at(me: u64, others: &[u64], epoch: u64) -> Committer {
+        let mut c = c(me);
+        let mut live = others.to_vec();
+        live.push(me);
+        c.handle(0, Event::Roster { live });
+        let mut members = BTreeMap::new();
+        for id in others.iter().chain([&me]) {
+            members.insert(*id, KeyTag(*id * 100));
+        }
+        c.handle(
+            0,
+            Event::Commit {
+                seq: 1,
+                from: others.first().copied().unwrap_or(me),
+                outcome: CommitOutcome::Welcomed {
+                    group_id: vec![1],
+                    epoch,
+                    members,
+                },
+            },
+        );
+        c
+    }
+
+    #[test]
+    fn removals_are_committed_before_adds() {
+        // 2 was welcomed by 1 (older); 1 leaves, 3 joins and announces in the same
+        // breath: 2 first removes 1, and adds 3 only in the next epoch.
+        let mut b = member_at(2, &[1], 4);
+        b.handle(0, Event::Left { seq: 2, id: 1 });
+        // (the remove commit went out right away; let it land)
+        b.handle(0, Event::Joined { seq: 3, id: 3 });
+        let out = b.handle(
+            0,
+            Event::KeyPackage {
+                seq: 4,
+                from: 3,
+                key: KeyTag(300),
+            },
+        );
+        assert!(out.is_empty(), "one commit in flight: {out:?}");
+        let mut b = member_at(2, &[1], 4);
+        b.handle(0, Event::Joined { seq: 2, id: 3 });
+        b.handle(0, Event::Left { seq: 3, id: 1 });
+        let out = b.handle(
+            0,
+            Event::KeyPackage {
+                seq: 4,
+                from: 3,
+                key: KeyTag(300),
+            },
+        );
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(
+            b.pending_work().1,
+            vec![1],
+            "the departed member is still to be removed"
+        );
+        // What was sent when 1 left: the removal alone.
+        let mut b = member_at(2, &[1], 4);
+        b.handle(0, Event::Joined { seq: 2, id: 3 });
+        b.handle(
+            0,
+            Event::KeyPackage {
+                seq: 3,
+                from: 3,
+                key: KeyTag(300),
+            },
+        );
+        let out = b.handle(0, Event::Left { seq: 4, id: 1 });
+        assert_eq!(
+            out,
+            vec![Action::Commit {
+                epoch: 4,
+                add: None,
+                removes: vec![1]
+            }]
+        );
+        let out = b.handle(
+            0,
+            Event::Commit {
+                seq: 5,
+                from: 2,
+                outcome: CommitOutcome::Applied {
+                    epoch: 5,
+                    adds: vec![],
+                    removes: vec![1],
+                },
+            },
+        );
+        assert_eq!(
+            out.last(),
+            Some(&Action::Commit {
+                epoch: 5,
+                add: Some(PendingKeyPackage {
+                    from: 3,
+                    key: KeyTag(300),
+                    seq: 3
+                }),
+                removes: vec![]
+            })
+        );
+    }
+
+    #[test]
+    fn seen_keeps_departed_participants() {
+        let mut a = c(1);
+        a.handle(0, Event::Roster { live: vec![5, 6] });
+        a.handle(0, Event::Joined { seq: 1, id: 1 });
+        a.handle(0, Event::Joined { seq: 2, id: 7 });
+        a.handle(0, Event::Left { seq: 3, id: 6 });
+        assert_eq!(
+            a.seen().iter().copied().collect::<Vec<_>>(),
+            vec![1, 5, 6, 7]
+        );
+        assert!(!a.live().contains(&6));
+    }
+
+    #[test]
+    fn a_refused_epoch_drops_the_group_and_stops_for_good() {
+        let mut b = member_at(2, &[1], 1);
+        let out = b.handle(
+            0,
+            Event::Commit {
+                seq: 5,
+                from: 1,
+                outcome: CommitOutcome::Refused { unknown: vec![9] },
+            },
+        );
+        assert_eq!(
+            out,
+            vec![Action::DropGroup, Action::Refused { unknown: vec![9] }]
+        );
+        assert_eq!(b.phase(), &Phase::Refused { unknown: vec![9] });
+        // No re-announcement, ever: not on ticks, not on a new creator.
+        assert!(b.tick(1_000_000).is_empty());
+        assert!(
+            b.handle(
+                0,
+                Event::Creator {
+                    seq: 6,
+                    id: 2,
+                    group_id: vec![2]
+                }
+            )
+            .is_empty()
+        );
+        assert!(b.rekeyed(0, KeyTag(1)).is_empty());
+        // A joiner refusing a Welcome stops too.
+        let mut j = c(4);
+        j.handle(0, Event::Joined { seq: 1, id: 4 });
+        let out = j.handle(
+            0,
+            Event::Commit {
+                seq: 2,
+                from: 1,
+                outcome: CommitOutcome::Refused { unknown: vec![9] },
+            },
+        );
+        assert_eq!(out, vec![Action::Refused { unknown: vec![9] }]);
+        assert!(j.tick(100_000).is_empty());
+    }
+
+    #[test]
+    fn an_unprocessable_commit_is_reported_once_and_voided_or_timed_out() {
+        let mut a = member_at(1, &[], 0);
+        a.handle(0, Event::Joined { seq: 2, id: 2 });
+        let out = a.handle(
+            0,
+            Event::KeyPackage {
+                seq: 3,
+                from: 2,
+                key: KeyTag(200),
+            },
+        );
+        assert!(matches!(out[..], [Action::Commit { epoch: 0, .. }]));
+        // Somebody else's commit for epoch 0 got logged and I cannot process it.
+        let out = a.handle(
+            10,
+            Event::Commit {
+                seq: 4,
+                from: 3,
+                outcome: CommitOutcome::Unprocessable { epoch: 0 },
+            },
+        );
+        assert_eq!(out, vec![Action::ReportCommitFailed { epoch: 0 }]);
+        assert_eq!(a.reported_failure(), Some(0));
+        assert_eq!(a.group().map(|g| g.epoch), Some(0), "group kept");
+        // A second bad commit for the same epoch is not reported again, and no
+        // commit goes out while the verdict is pending.
+        let out = a.handle(
+            20,
+            Event::Commit {
+                seq: 5,
+                from: 3,
+                outcome: CommitOutcome::Unprocessable { epoch: 0 },
+            },
+        );
+        assert!(out.is_empty(), "{out:?}");
+        // The coordinator voids it: the committer carries on with its work.
+        let out = a.handle(
+            30,
+            Event::CommitVoid {
+                seq: 6,
+                epoch: 0,
+                from: 3,
+            },
+        );
+        assert!(
+            matches!(out[..], [Action::Commit { epoch: 0, .. }]),
+            "{out:?}"
+        );
+        assert_eq!(a.reported_failure(), None);
+
+        // Not voided in time: reset.
+        let mut b = member_at(2, &[1], 3);
+        let out = b.handle(
+            100,
+            Event::Commit {
+                seq: 7,
+                from: 1,
+                outcome: CommitOutcome::Unprocessable { epoch: 3 },
+            },
+        );
+        assert_eq!(out, vec![Action::ReportCommitFailed { epoch: 3 }]);
+        assert!(b.tick(100 + 4_999).is_empty());
+        assert_eq!(b.tick(100 + 5_000), vec![Action::ResetIdentity]);
+    }
+
+    #[test]
+    fn a_void_resets_those_past_the_voided_epoch() {
+        // b applied the commit made at 3 (it is at 4): the void resets it.
+        let mut b = member_at(2, &[1], 4);
+        let out = b.handle(
+            0,
+            Event::CommitVoid {
+                seq: 9,
+                epoch: 3,
+                from: 1,
+            },
+        );
+        assert_eq!(out, vec![Action::ResetIdentity]);
+        // c is still at 3: nothing happens.
+        let mut c3 = member_at(3, &[1], 3);
+        let out = c3.handle(
+            0,
+            Event::CommitVoid {
+                seq: 9,
+                epoch: 3,
+                from: 1,
+            },
+        );
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(c3.group().map(|g| g.epoch), Some(3));
     }
 }

@@ -14,15 +14,25 @@
 //!
 //! Every input here is hostile: nothing panics, malformed bytes give a
 //! [`GroupError`], and a commit that cannot be applied leaves the group untouched and
-//! reports [`CommitOutcome::Failed`].
+//! reports [`CommitOutcome::Unprocessable`] (a commit for the current epoch) or
+//! [`CommitOutcome::Failed`].
+//!
+//! # Roster check
+//! [`Group::process_commit`] takes the set of participants this client has seen join
+//! the room. Before merging a commit or joining from a Welcome it computes the member
+//! set of the resulting epoch; if that contains anybody outside the set, nothing is
+//! merged and the outcome is [`CommitOutcome::Refused`] (the refused members'
+//! identities are kept for [`Group::take_refused`]). Commits may carry only Add and
+//! Remove proposals (by value); the committer's path leaf must keep its credential
+//! and signature key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use openmls::prelude::{
     BasicCredential, Ciphersuite, Credential, CredentialWithKey, GroupId, KeyPackage, KeyPackageIn,
     LeafNodeIndex, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig,
     MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent,
-    ProtocolMessage, ProtocolVersion, StagedWelcome,
+    Proposal, ProtocolMessage, ProtocolVersion, StagedWelcome,
     tls_codec::{Deserialize as _, Serialize as _},
 };
 use openmls_basic_credential::SignatureKeyPair;
@@ -90,6 +100,45 @@ pub fn credential_id(credential: &Credential) -> Option<ParticipantId> {
     Some(u64::from_be_bytes(bytes))
 }
 
+/// Who a group member is, as its credential says (verified).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MemberIdentity {
+    /// The participant id.
+    pub id: ParticipantId,
+    /// The display name bound into the credential.
+    pub name: String,
+    /// The member's fingerprint, `XXXX XXXX XXXX XXXX`.
+    pub fingerprint: String,
+}
+
+/// The verified identity behind a leaf: its credential and signature key.
+pub fn member_identity(
+    credential: &Credential,
+    signature_key: &[u8],
+) -> Result<MemberIdentity, GroupError> {
+    let id = credential_id(credential)
+        .ok_or_else(|| GroupError::InvalidKeyPackage("not an 8-byte basic credential".into()))?;
+    let tag = key_tag(signature_key).0.to_be_bytes();
+    Ok(MemberIdentity {
+        id,
+        name: String::new(),
+        fingerprint: format_fingerprint(&tag),
+    })
+}
+
+/// `XXXX XXXX XXXX XXXX` (upper-case hex) of 8 bytes.
+pub fn format_fingerprint(bytes: &[u8; 8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+    let mut out = String::with_capacity(19);
+    for (i, c) in hex.chars().enumerate() {
+        if i > 0 && i % 4 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A validated KeyPackage from the relay.
 #[derive(Debug, Clone)]
 pub struct ValidKeyPackage {
@@ -97,6 +146,8 @@ pub struct ValidKeyPackage {
     pub id: ParticipantId,
     /// Its signature key fingerprint.
     pub key: KeyTag,
+    /// The verified identity in its credential.
+    pub identity: MemberIdentity,
     /// The KeyPackage.
     pub key_package: KeyPackage,
 }
@@ -118,6 +169,7 @@ struct PendingCommit {
     epoch: u64,
     commit: Vec<u8>,
     adds: Vec<(ParticipantId, KeyTag)>,
+    added: Vec<MemberIdentity>,
     removes: Vec<ParticipantId>,
 }
 
@@ -129,6 +181,8 @@ pub struct Group {
     credential: CredentialWithKey,
     group: Option<MlsGroup>,
     pending: Option<PendingCommit>,
+    /// Identities named by the last refusal.
+    refused: Vec<MemberIdentity>,
 }
 
 impl std::fmt::Debug for Group {
@@ -168,6 +222,7 @@ impl Group {
             credential,
             group: None,
             pending: None,
+            refused: Vec::new(),
         })
     }
 
@@ -198,6 +253,18 @@ impl Group {
         self.group
             .as_ref()
             .map(|g| g.group_id().as_slice().to_vec())
+    }
+
+    /// Verified identities of the current epoch's members, by participant id.
+    pub fn member_identities(&self) -> Vec<MemberIdentity> {
+        let mut out: Vec<MemberIdentity> = self
+            .group
+            .iter()
+            .flat_map(|g| g.members())
+            .filter_map(|m| member_identity(&m.credential, &m.signature_key).ok())
+            .collect();
+        out.sort_by_key(|m| m.id);
+        out
     }
 
     /// Members (participant id → key fingerprint) of the current epoch.
@@ -254,9 +321,8 @@ impl Group {
             return Err(GroupError::InvalidKeyPackage("wrong ciphersuite".into()));
         }
         let leaf = kp.leaf_node();
-        let id = credential_id(leaf.credential()).ok_or_else(|| {
-            GroupError::InvalidKeyPackage("not an 8-byte basic credential".into())
-        })?;
+        let identity = member_identity(leaf.credential(), leaf.signature_key().as_slice())?;
+        let id = identity.id;
         if id != from {
             return Err(GroupError::InvalidKeyPackage(format!(
                 "credential names {id}, sent by {from}"
@@ -265,6 +331,7 @@ impl Group {
         Ok(ValidKeyPackage {
             id,
             key: key_tag(leaf.signature_key().as_slice()),
+            identity,
             key_package: kp,
         })
     }
@@ -357,6 +424,7 @@ impl Group {
             epoch,
             commit: commit.clone(),
             adds: add.map(|a| (a.id, a.key)).into_iter().collect(),
+            added: add.map(|a| a.identity.clone()).into_iter().collect(),
             removes: removed_ids,
         });
         Ok((commit, welcome))
@@ -373,43 +441,61 @@ impl Group {
     }
 
     /// Process a `commit` log entry: apply it if a member, or join from its Welcome.
+    /// `seen` is everybody this client saw join the room: an epoch with any other
+    /// member is refused ([`CommitOutcome::Refused`]) before anything is merged.
     pub fn process_commit(
         &mut self,
         from: ParticipantId,
         commit: &[u8],
         welcome: &[u8],
+        seen: &BTreeSet<ParticipantId>,
     ) -> CommitOutcome {
-        if self.group.is_none() {
-            return self.try_welcome(welcome);
-        }
-        match self.apply_commit(from, commit) {
+        self.refused.clear();
+        let Some(current) = self.epoch() else {
+            return self.try_welcome(welcome, seen);
+        };
+        match self.apply_commit(from, commit, seen) {
             Ok(Applied::Still(outcome)) => outcome,
-            Ok(Applied::RemovedMe) => match self.try_welcome(welcome) {
+            Ok(Applied::RemovedMe) => match self.try_welcome(welcome, seen) {
                 CommitOutcome::NotForMe => CommitOutcome::RemovedMe,
                 other => other,
             },
             Ok(Applied::OtherGroup) => CommitOutcome::NotForMe,
-            Err(e) => {
+            Err(Fault::Report(e)) => {
+                tracing::warn!(error = %e, from, epoch = current, "commit could not be processed");
+                CommitOutcome::Unprocessable { epoch: current }
+            }
+            Err(Fault::Reset(e)) => {
                 tracing::warn!(error = %e, from, "commit could not be applied");
                 CommitOutcome::Failed
             }
         }
     }
 
-    fn apply_commit(&mut self, from: ParticipantId, commit: &[u8]) -> Result<Applied, GroupError> {
+    /// Identities of the members the last [`CommitOutcome::Refused`] named.
+    pub fn take_refused(&mut self) -> Vec<MemberIdentity> {
+        std::mem::take(&mut self.refused)
+    }
+
+    fn apply_commit(
+        &mut self,
+        from: ParticipantId,
+        commit: &[u8],
+        seen: &BTreeSet<ParticipantId>,
+    ) -> Result<Applied, Fault> {
         let me = self.me;
-        let msg =
-            MlsMessageIn::tls_deserialize_exact(commit).map_err(|e| GroupError::Malformed {
-                what: "commit",
-                detail: e.to_string(),
-            })?;
-        let protocol: ProtocolMessage =
-            msg.try_into_protocol_message()
-                .map_err(|e| GroupError::Malformed {
-                    what: "commit",
-                    detail: e.to_string(),
-                })?;
-        let group = self.group.as_mut().ok_or(GroupError::NoGroup)?;
+        let report = |what: &'static str| {
+            move |detail: String| Fault::Report(GroupError::Malformed { what, detail })
+        };
+        let msg = MlsMessageIn::tls_deserialize_exact(commit)
+            .map_err(|e| report("commit")(e.to_string()))?;
+        let protocol: ProtocolMessage = msg
+            .try_into_protocol_message()
+            .map_err(|e| report("commit")(e.to_string()))?;
+        let group = self
+            .group
+            .as_mut()
+            .ok_or(Fault::Reset(GroupError::NoGroup))?;
         if protocol.group_id() != group.group_id() {
             return Ok(Applied::OtherGroup);
         }
@@ -419,33 +505,50 @@ impl Group {
             return Ok(Applied::Still(CommitOutcome::Stale));
         }
         if epoch > current {
-            return Err(GroupError::Mls {
+            return Err(Fault::Reset(GroupError::Mls {
                 op: "process commit",
                 detail: format!("commit for epoch {epoch}, I am at {current}"),
-            });
+            }));
         }
         if from == me {
             // Only my own pending commit can be merged; anything else under my name
             // (a discarded commit that still made it) cannot be processed.
             let pending = self.pending.take();
-            match pending {
+            return match pending {
                 Some(p) if p.commit == commit && p.epoch == epoch => {
+                    let mut post = member_ids(group);
+                    for id in &p.removes {
+                        post.remove(id);
+                    }
+                    post.extend(p.adds.iter().map(|(id, _)| *id));
+                    let unknown: Vec<ParticipantId> = post
+                        .iter()
+                        .copied()
+                        .filter(|id| !seen.contains(id))
+                        .collect();
+                    if !unknown.is_empty() {
+                        self.refused = p
+                            .added
+                            .iter()
+                            .filter(|m| unknown.contains(&m.id))
+                            .cloned()
+                            .collect();
+                        return Ok(Applied::Still(CommitOutcome::Refused { unknown }));
+                    }
                     group
                         .merge_pending_commit(&self.provider)
-                        .map_err(|e| mls_err("merge own commit")(e.to_string()))?;
-                    return Ok(Applied::Still(CommitOutcome::Applied {
+                        .map_err(|e| Fault::Reset(mls_err("merge own commit")(e.to_string())))?;
+                    Ok(Applied::Still(CommitOutcome::Applied {
                         epoch: group.epoch().as_u64(),
                         adds: p.adds,
                         removes: p.removes,
-                    }));
+                    }))
                 }
-                _ => {
-                    return Err(GroupError::Mls {
-                        op: "process commit",
-                        detail: "a commit of mine that is not pending".into(),
-                    });
-                }
-            }
+                _ => Err(Fault::Reset(GroupError::Mls {
+                    op: "process commit",
+                    detail: "a commit of mine that is not pending".into(),
+                })),
+            };
         }
         if group.pending_commit().is_some() {
             let _ = group.clear_pending_commit(self.provider.storage());
@@ -453,58 +556,99 @@ impl Group {
         self.pending = None;
         let processed = group
             .process_message(&self.provider, protocol)
-            .map_err(|e| mls_err("process commit")(e.to_string()))?;
-        let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
-            return Err(GroupError::Malformed {
-                what: "commit",
-                detail: "not a commit".into(),
-            });
+            .map_err(|e| Fault::Report(mls_err("process commit")(e.to_string())))?;
+        let sender = match processed.sender() {
+            openmls::prelude::Sender::Member(idx) => *idx,
+            _ => return Err(report("commit")("not sent by a member".into())),
         };
+        let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
+            return Err(report("commit")("not a commit".into()));
+        };
+        // The committer is the participant the coordinator says sent it, and keeps
+        // its credential and signature key in its new path leaf.
+        let sender_leaf = group
+            .members()
+            .find(|m| m.index == sender)
+            .ok_or(Fault::Report(GroupError::NotAMember(from)))?;
+        if credential_id(&sender_leaf.credential) != Some(from) {
+            return Err(report("commit")(format!(
+                "signed by a leaf that is not {from}"
+            )));
+        }
+        if let Some(leaf) = staged.update_path_leaf_node()
+            && (leaf.credential() != &sender_leaf.credential
+                || leaf.signature_key().as_slice() != sender_leaf.signature_key.as_slice())
+        {
+            return Err(report("commit")(
+                "the committer's path leaf changes its identity".into(),
+            ));
+        }
+        for p in staged.queued_proposals() {
+            if !matches!(p.proposal(), Proposal::Add(_) | Proposal::Remove(_)) {
+                return Err(report("commit")(format!(
+                    "a {:?} proposal (only Add and Remove are allowed)",
+                    p.proposal().proposal_type()
+                )));
+            }
+        }
         let mut removes = Vec::new();
         for r in staged.remove_proposals() {
             let idx = r.remove_proposal().removed();
-            let id =
-                group
-                    .member(idx)
-                    .and_then(credential_id)
-                    .ok_or_else(|| GroupError::Malformed {
-                        what: "commit",
-                        detail: "removes an unknown leaf".into(),
-                    })?;
+            let id = group
+                .member(idx)
+                .and_then(credential_id)
+                .ok_or_else(|| report("commit")("removes an unknown leaf".into()))?;
             removes.push(id);
         }
-        let members = {
-            let mut m = BTreeMap::new();
-            for x in group.members() {
-                if let Some(id) = credential_id(&x.credential) {
-                    m.insert(id, ());
-                }
-            }
-            m
-        };
+        let members = member_ids(group);
         let mut adds: Vec<(ParticipantId, KeyTag)> = Vec::new();
+        let mut added = Vec::new();
         for a in staged.add_proposals() {
             let leaf = a.add_proposal().key_package().leaf_node();
-            let id = credential_id(leaf.credential()).ok_or_else(|| GroupError::Malformed {
-                what: "commit",
-                detail: "adds a credential that is not a participant id".into(),
-            })?;
+            let identity = member_identity(leaf.credential(), leaf.signature_key().as_slice())
+                .map_err(Fault::Report)?;
+            let id = identity.id;
             // Nobody may be in the group twice: an add of a member must come with the
             // removal of its old leaf, and one commit adds an id at most once.
-            if (members.contains_key(&id) && !removes.contains(&id))
+            if (members.contains(&id) && !removes.contains(&id))
                 || adds.iter().any(|(x, _)| *x == id)
             {
-                return Err(GroupError::Mls {
-                    op: "process commit",
-                    detail: format!("commit adds {id} twice"),
-                });
+                return Err(report("commit")(format!("commit adds {id} twice")));
             }
             adds.push((id, key_tag(leaf.signature_key().as_slice())));
+            added.push(identity);
+        }
+        // The roster check, before anything is merged.
+        let mut post = members;
+        for id in &removes {
+            post.remove(id);
+        }
+        post.extend(adds.iter().map(|(id, _)| *id));
+        let unknown: Vec<ParticipantId> = post
+            .iter()
+            .copied()
+            .filter(|id| !seen.contains(id))
+            .collect();
+        if !unknown.is_empty() {
+            let mut refused: Vec<MemberIdentity> = added
+                .into_iter()
+                .filter(|m| unknown.contains(&m.id))
+                .collect();
+            for m in group.members() {
+                if let Ok(identity) = member_identity(&m.credential, &m.signature_key)
+                    && unknown.contains(&identity.id)
+                    && !refused.iter().any(|r| r.id == identity.id)
+                {
+                    refused.push(identity);
+                }
+            }
+            self.refused = refused;
+            return Ok(Applied::Still(CommitOutcome::Refused { unknown }));
         }
         let self_removed = staged.self_removed();
         group
             .merge_staged_commit(&self.provider, *staged)
-            .map_err(|e| mls_err("merge commit")(e.to_string()))?;
+            .map_err(|e| Fault::Reset(mls_err("merge commit")(e.to_string())))?;
         if self_removed {
             self.drop_group();
             return Ok(Applied::RemovedMe);
@@ -516,7 +660,7 @@ impl Group {
         }))
     }
 
-    fn try_welcome(&mut self, welcome: &[u8]) -> CommitOutcome {
+    fn try_welcome(&mut self, welcome: &[u8], seen: &BTreeSet<ParticipantId>) -> CommitOutcome {
         if welcome.is_empty() {
             return CommitOutcome::NotForMe;
         }
@@ -540,6 +684,30 @@ impl Group {
                 return CommitOutcome::Failed;
             }
         };
+        // Every member's credential must be valid, and every member somebody this
+        // client saw join, before the group is joined.
+        let mut identities = Vec::new();
+        for m in staged.members() {
+            match member_identity(&m.credential, &m.signature_key) {
+                Ok(identity) => identities.push(identity),
+                Err(e) => {
+                    tracing::warn!(error = %e, "welcome with an invalid member");
+                    return CommitOutcome::Failed;
+                }
+            }
+        }
+        let unknown: Vec<ParticipantId> = identities
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| !seen.contains(id))
+            .collect();
+        if !unknown.is_empty() {
+            self.refused = identities
+                .into_iter()
+                .filter(|m| unknown.contains(&m.id))
+                .collect();
+            return CommitOutcome::Refused { unknown };
+        }
         match staged.into_group(&self.provider) {
             Ok(g) => {
                 self.group = Some(g);
@@ -613,4 +781,20 @@ enum Applied {
     Still(CommitOutcome),
     RemovedMe,
     OtherGroup,
+}
+
+/// Why a commit was not applied.
+enum Fault {
+    /// A commit for my current epoch that is invalid: report it, keep the group.
+    Report(GroupError),
+    /// Anything else (I am behind, my own commit, a storage error): reset.
+    Reset(GroupError),
+}
+
+/// Participant ids of a group's members.
+fn member_ids(group: &MlsGroup) -> BTreeSet<ParticipantId> {
+    group
+        .members()
+        .filter_map(|m| credential_id(&m.credential))
+        .collect()
 }

@@ -24,11 +24,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use crate::committer::{Action, Committer, Config as CommitterConfig, Event, ParticipantId, Phase};
+use crate::committer::{
+    Action, CommitOutcome, Committer, Config as CommitterConfig, Event, ParticipantId,
+};
 use crate::frame::{
     BaseSecret, Codec, Decrypted, Decryptor, DecryptorConfig, DropReason, EncryptError, Encryptor,
 };
-use crate::group::{Group, GroupError, ValidKeyPackage};
+use crate::group::{Group, GroupError, MemberIdentity, ValidKeyPackage};
 use crate::relay::{Entry, Handshake, RelayError, ServerFrame};
 use crate::safety::SafetyNumber;
 
@@ -50,6 +52,12 @@ pub enum Outbound {
     /// coordinator protocol is [`Member::group_id`] (hex) when drained right away.
     Ready {
         /// The epoch reached.
+        epoch: u64,
+    },
+    /// The JSON message `commit_failed {epoch}`: the commit logged for my current
+    /// epoch could not be processed (the coordinator may void it).
+    CommitFailed {
+        /// My current epoch.
         epoch: u64,
     },
 }
@@ -85,6 +93,12 @@ pub enum MemberEvent {
     /// This participant saw its own `left`: reconnect to the room as a new
     /// participant (a new [`Member`]).
     RejoinRoom,
+    /// An epoch with members this participant never saw join the room was refused:
+    /// E2EE stopped for good (no keys, no group). Show an alarm naming them.
+    Alarm {
+        /// The unknown members as their credentials name them.
+        unknown: Vec<MemberIdentity>,
+    },
 }
 
 /// Why the facade refused an input.
@@ -109,6 +123,10 @@ pub struct MemberStats {
     pub failed_commits: u64,
     /// Resets after an MLS error.
     pub resets: u64,
+    /// Commits for the current epoch reported as unprocessable (`commit_failed`).
+    pub reported_commits: u64,
+    /// Epochs refused because of members never seen joining.
+    pub refused_epochs: u64,
 }
 
 /// One participant's E2EE state for one room.
@@ -122,6 +140,8 @@ pub struct Member {
     /// My sending key for a new epoch, waiting for `execute`.
     next_send_key: Option<(u64, BaseSecret)>,
     members: Vec<ParticipantId>,
+    identities: Vec<MemberIdentity>,
+    alarm: Option<Vec<MemberIdentity>>,
     safety_number: Option<SafetyNumber>,
     last_seq: u64,
     outbound: VecDeque<Outbound>,
@@ -155,6 +175,8 @@ impl Member {
             decryptor: Decryptor::new(config.decryptor),
             next_send_key: None,
             members: Vec::new(),
+            identities: Vec::new(),
+            alarm: None,
             safety_number: None,
             last_seq: 0,
             outbound: VecDeque::new(),
@@ -186,6 +208,16 @@ impl Member {
     /// Members of the current epoch (empty if not a member).
     pub fn members(&self) -> &[ParticipantId] {
         &self.members
+    }
+
+    /// Verified identities of the current epoch's members (empty if not a member).
+    pub fn member_identities(&self) -> &[MemberIdentity] {
+        &self.identities
+    }
+
+    /// The members named by a refused epoch, once this member refused one.
+    pub fn alarm(&self) -> Option<&[MemberIdentity]> {
+        self.alarm.as_deref()
     }
 
     /// The current safety number, if a group member.
@@ -300,17 +332,26 @@ impl Member {
                 commit,
                 welcome,
             } => {
-                if *self.committer.phase() == Phase::Detached {
+                if self.committer.is_terminal() {
                     Vec::new()
                 } else {
-                    let outcome = self.group.process_commit(from, &commit, &welcome);
-                    if outcome == crate::committer::CommitOutcome::Failed {
-                        self.stats.failed_commits += 1;
+                    let outcome =
+                        self.group
+                            .process_commit(from, &commit, &welcome, self.committer.seen());
+                    match &outcome {
+                        CommitOutcome::Failed | CommitOutcome::Unprocessable { .. } => {
+                            self.stats.failed_commits += 1;
+                        }
+                        CommitOutcome::Refused { .. } => self.stats.refused_epochs += 1,
+                        _ => {}
                     }
                     self.committer
                         .handle(t, Event::Commit { seq, from, outcome })
                 }
             }
+            Entry::CommitVoid { seq, epoch, from } => self
+                .committer
+                .handle(t, Event::CommitVoid { seq, epoch, from }),
             Entry::Execute { epoch, .. } => {
                 self.execute(epoch);
                 Vec::new()
@@ -384,6 +425,7 @@ impl Member {
         self.encryptor.clear_key();
         self.next_send_key = None;
         self.members.clear();
+        self.identities.clear();
         self.safety_number = None;
         self.events.push_back(MemberEvent::GroupLost { reason });
     }
@@ -460,6 +502,34 @@ impl Member {
                     }
                 }
                 Action::Rejoin => self.events.push_back(MemberEvent::RejoinRoom),
+                Action::ReportCommitFailed { epoch } => {
+                    self.stats.reported_commits += 1;
+                    self.outbound.push_back(Outbound::CommitFailed { epoch });
+                }
+                Action::Refused { unknown } => {
+                    let mut named = self.group.take_refused();
+                    for id in &unknown {
+                        if !named.iter().any(|m| m.id == *id) {
+                            named.push(MemberIdentity {
+                                id: *id,
+                                name: String::new(),
+                                fingerprint: String::new(),
+                            });
+                        }
+                    }
+                    named.retain(|m| unknown.contains(&m.id));
+                    // Nothing of this group is trusted any more: no sending key, no
+                    // receiving keys (the committer dropped the group just before).
+                    self.encryptor.clear_key();
+                    self.next_send_key = None;
+                    let senders: Vec<u64> = self.decryptor.senders().collect();
+                    for s in senders {
+                        self.decryptor.remove_sender(s);
+                    }
+                    tracing::warn!(?unknown, "refused an epoch with members never seen joining");
+                    self.alarm = Some(named.clone());
+                    self.events.push_back(MemberEvent::Alarm { unknown: named });
+                }
             }
         }
     }
@@ -496,6 +566,7 @@ impl Member {
                 detail: e.to_string(),
             })?;
         self.members = members.clone();
+        self.identities = self.group.member_identities();
         self.safety_number = Some(safety_number.clone());
         self.events
             .push_back(MemberEvent::ReceiveKeysChanged { epoch });

@@ -6,7 +6,7 @@
 //! KeyPackage `MLSMessage`. Kind 2 (Commit): payload is
 //! `u32 BE commit_len ‖ commit MLSMessage ‖ welcome MLSMessage (may be empty)`.
 //!
-//! The JSON entries (`joined`, `left`, `creator`, `execute`) are decoded by the
+//! The JSON entries (`joined`, `left`, `creator`, `execute`, `commit_void`) are decoded by the
 //! driver from the coordinator's JSON protocol and handed over as [`Entry`] values.
 //! Decoding never panics; every malformed frame is a [`RelayError`].
 
@@ -246,6 +246,16 @@ pub enum Entry {
         /// The epoch senders switch to.
         epoch: u64,
     },
+    /// `commit_void {epoch, from}`: the commit `from` made at `epoch` is void; the
+    /// room is back at `epoch`.
+    CommitVoid {
+        /// Log position.
+        seq: u64,
+        /// The epoch the voided commit was created in.
+        epoch: u64,
+        /// Its sender.
+        from: u64,
+    },
 }
 
 impl Entry {
@@ -257,7 +267,8 @@ impl Entry {
             | Entry::Creator { seq, .. }
             | Entry::KeyPackage { seq, .. }
             | Entry::Commit { seq, .. }
-            | Entry::Execute { seq, .. } => *seq,
+            | Entry::Execute { seq, .. }
+            | Entry::CommitVoid { seq, .. } => *seq,
         }
     }
 }

@@ -22,6 +22,11 @@ use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Every participant id a test uses counts as seen joining the room.
+fn all() -> std::collections::BTreeSet<u64> {
+    (0..=1_000).collect()
+}
+
 fn hmac(key: &[u8], data: &[&[u8]]) -> Vec<u8> {
     let mut m = HmacSha256::new_from_slice(key).unwrap();
     for d in data {
@@ -154,12 +159,12 @@ fn group_of(n: u64) -> Vec<Group> {
         for m in members.iter_mut() {
             let from = 1;
             assert!(matches!(
-                m.process_commit(from, &commit, &welcome),
+                m.process_commit(from, &commit, &welcome, &all()),
                 CommitOutcome::Applied { .. }
             ));
         }
         assert!(matches!(
-            joiner.process_commit(1, &commit, &welcome),
+            joiner.process_commit(1, &commit, &welcome, &all()),
             CommitOutcome::Welcomed { .. }
         ));
         members.push(joiner);
@@ -191,7 +196,7 @@ fn openmls_media_secrets_agree_across_members_and_change_per_sender_and_epoch() 
     // Remove member 3: new epoch, new secrets, same on both survivors.
     let (commit, welcome) = members[0].commit(None, &[3]).unwrap();
     for m in members.iter_mut() {
-        m.process_commit(1, &commit, &welcome);
+        m.process_commit(1, &commit, &welcome, &all());
     }
     assert_eq!(members[2].epoch(), None, "member 3 was removed");
     let a = members[0].epoch_secrets().unwrap();

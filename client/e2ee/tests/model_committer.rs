@@ -21,6 +21,12 @@
 //! * `no double add`: no logged commit adds somebody already in the group (without
 //!   removing the old leaf in the same commit), removes a non-member or its author,
 //!   and every Welcome matches the group it joins;
+//! * `no false alarm` (part of the same violation check): the abstract MLS layer runs
+//!   the roster check of the real one (an epoch whose members include anybody the
+//!   participant never saw join is refused); with an honest coordinator no
+//!   participant ever refuses an epoch or reports a commit it cannot process. This
+//!   is what committing removals before adds buys: a joiner is never welcomed into a
+//!   group that still holds somebody who left before it arrived;
 //! * `converged when quiescent`: once nothing but churn can happen, every live
 //!   participant is in the same group at the same epoch and the members are exactly
 //!   the live participants.
@@ -355,6 +361,14 @@ impl State {
                     }
                 }
                 Action::Rejoin => p.status = Status::Gone,
+                Action::ReportCommitFailed { epoch } => {
+                    self.violate(format!("{id} could not process the commit at {epoch}"));
+                }
+                Action::Refused { unknown } => {
+                    self.violate(format!(
+                        "{id} refused an epoch with {unknown:?} (false alarm)"
+                    ));
+                }
             }
         }
     }
@@ -396,9 +410,17 @@ impl State {
         let p = self.part(id);
         let my_key = key(p.key_gen);
         let welcome_for_me = rec.adds.contains(&(id, my_key));
+        let seen = p.committer.seen().clone();
+        let unknown = |members: &mut dyn Iterator<Item = Id>| -> Vec<Id> {
+            members.filter(|x| !seen.contains(x)).collect()
+        };
         let join = |p: &mut Part| -> CommitOutcome {
             match (&rec.welcome, welcome_for_me) {
                 (Some(m), true) => {
+                    let unknown = unknown(&mut m.keys().copied());
+                    if !unknown.is_empty() {
+                        return CommitOutcome::Refused { unknown };
+                    }
                     p.group = Some(AbsGroup {
                         gid: rec.gid,
                         epoch: rec.epoch + 1,
@@ -432,13 +454,17 @@ impl State {
         let mut post = g.members.clone();
         for r in &rec.removes {
             if post.remove(r).is_none() {
-                return CommitOutcome::Failed;
+                return CommitOutcome::Unprocessable { epoch: g.epoch };
             }
         }
         for (a, k) in &rec.adds {
             if post.insert(*a, *k).is_some() {
-                return CommitOutcome::Failed;
+                return CommitOutcome::Unprocessable { epoch: g.epoch };
             }
+        }
+        let refused = unknown(&mut post.keys().copied());
+        if !refused.is_empty() {
+            return CommitOutcome::Refused { unknown: refused };
         }
         p.pending = None;
         if rec.removes.contains(&id) {
@@ -564,6 +590,7 @@ impl Model for RoomModel {
                     Config {
                         welcome_timeout_ms: WELCOME_TIMEOUT,
                         commit_timeout_ms: u64::MAX,
+                        void_timeout_ms: u64::MAX,
                     },
                 );
                 let actions = committer.handle(s.clock, Event::Roster { live: roster });

@@ -125,6 +125,12 @@ fn run(seed: u64, churn_steps: usize) {
             .collect::<Vec<_>>()
     );
     assert_eq!(room.clients.len(), TARGET);
+    // Churn never raised a false alarm, and no honest commit was unprocessable.
+    for (id, c) in &room.clients {
+        let s = c.member.stats();
+        assert_eq!(s.refused_epochs, 0, "seed {seed}: {id} refused an epoch");
+        assert!(c.member.alarm().is_none(), "seed {seed}: {id} alarmed");
+    }
     println!(
         "seed {seed}: converged at epoch {:?} after {} log entries, {committer_crashes} committer crashes, {} rejected commits",
         room.clients.values().next().and_then(|c| c.member.epoch()),

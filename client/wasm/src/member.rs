@@ -31,6 +31,11 @@ enum LogEntry {
         seq: u64,
         epoch: u64,
     },
+    CommitVoid {
+        seq: u64,
+        epoch: u64,
+        from: u64,
+    },
     #[serde(other)]
     Other,
 }
@@ -51,19 +56,46 @@ struct RosterEntry {
     id: u64,
 }
 
-/// What the worker shows: `status_json()`.
+/// One member of the current epoch, as the UI lists it.
+#[derive(Debug, serde::Serialize)]
+struct StatusMember<'a> {
+    id: u64,
+    name: &'a str,
+    fingerprint: &'a str,
+    me: bool,
+}
+
+/// A member named by an alarm.
+#[derive(Debug, serde::Serialize)]
+struct AlarmMember<'a> {
+    id: u64,
+    name: &'a str,
+    fingerprint: &'a str,
+}
+
+/// Why E2EE stopped for good.
+#[derive(Debug, serde::Serialize)]
+struct Alarm<'a> {
+    reason: &'static str,
+    unknown: Vec<AlarmMember<'a>>,
+}
+
+/// What the worker shows: `status_json()` (contract C7).
 #[derive(Debug, serde::Serialize)]
 struct Status<'a> {
     phase: &'static str,
     epoch: Option<u64>,
     safety_number: Option<&'a str>,
-    members: &'a [u64],
+    members: Vec<StatusMember<'a>>,
+    alarm: Option<Alarm<'a>>,
     committer: bool,
     send_epoch: Option<u64>,
     group_lost: Option<&'a str>,
     resets: u64,
     failed_commits: u64,
     invalid_key_packages: u64,
+    reported_commits: u64,
+    refused_epochs: u64,
     bad_inputs: u64,
     last_error: Option<&'a str>,
 }
@@ -114,7 +146,7 @@ impl GroupMember {
     }
 
     /// One JSON log entry (`{"seq":N,"type":...}`); types other than
-    /// `joined`, `left`, `creator` and `execute` are ignored.
+    /// `joined`, `left`, `creator`, `execute` and `commit_void` are ignored.
     pub fn on_event(&mut self, entry_json: &str, now_ms: f64) {
         match parse_entry(entry_json) {
             Ok(Some(entry)) => self.member.handle_entry(millis(now_ms), entry),
@@ -144,7 +176,7 @@ impl GroupMember {
         self.binary_out.pop_front()
     }
 
-    /// Next JSON message for the coordinator (`ready`).
+    /// Next JSON message for the coordinator (`ready`, `commit_failed`).
     pub fn poll_json(&mut self) -> Option<String> {
         self.json_out.pop_front()
     }
@@ -186,19 +218,46 @@ impl GroupMember {
             Phase::Joining { .. } => "joining",
             Phase::Member(_) => "member",
             Phase::Detached => "detached",
+            Phase::Refused { .. } => "refused",
         };
+        let me = self.member.id();
+        let members = self
+            .member
+            .member_identities()
+            .iter()
+            .map(|m| StatusMember {
+                id: m.id,
+                name: &m.name,
+                fingerprint: &m.fingerprint,
+                me: m.id == me,
+            })
+            .collect();
+        let alarm = self.member.alarm().map(|unknown| Alarm {
+            reason: "refused an epoch with members this client never saw join the room",
+            unknown: unknown
+                .iter()
+                .map(|m| AlarmMember {
+                    id: m.id,
+                    name: &m.name,
+                    fingerprint: &m.fingerprint,
+                })
+                .collect(),
+        });
         let stats = self.member.stats();
         let status = Status {
             phase,
             epoch: self.member.epoch(),
             safety_number: self.member.safety_number().map(|s| s.digits()),
-            members: self.member.members(),
+            members,
+            alarm,
             committer: self.member.is_committer(),
             send_epoch: self.member.send_epoch(),
             group_lost: self.group_lost.as_deref(),
             resets: stats.resets,
             failed_commits: stats.failed_commits,
             invalid_key_packages: stats.invalid_key_packages,
+            reported_commits: stats.reported_commits,
+            refused_epochs: stats.refused_epochs,
             bad_inputs: self.bad_inputs,
             last_error: self.last_error.as_deref(),
         };
@@ -291,6 +350,10 @@ impl GroupMember {
                     let msg = serde_json::json!({ "type": "ready", "epoch": epoch, "group_id": group_id });
                     self.json_out.push_back(msg.to_string());
                 }
+                Outbound::CommitFailed { epoch } => {
+                    let msg = serde_json::json!({ "type": "commit_failed", "epoch": epoch });
+                    self.json_out.push_back(msg.to_string());
+                }
             }
         }
         while let Some(event) = self.member.poll_event() {
@@ -300,6 +363,9 @@ impl GroupMember {
                 MemberEvent::ReceiveKeysChanged { .. } => self.receive_keys_changed = true,
                 MemberEvent::GroupLost { reason } => self.group_lost = Some(reason),
                 MemberEvent::RejoinRoom => self.rejoin = true,
+                MemberEvent::Alarm { .. } => {
+                    self.group_lost = Some("refused an epoch with unknown members".into());
+                }
             }
         }
     }
@@ -317,6 +383,7 @@ fn parse_entry(json: &str) -> Result<Option<Entry>, String> {
             Some(Entry::Creator { seq, id, group_id })
         }
         LogEntry::Execute { seq, epoch } => Some(Entry::Execute { seq, epoch }),
+        LogEntry::CommitVoid { seq, epoch, from } => Some(Entry::CommitVoid { seq, epoch, from }),
         LogEntry::Other => None,
     })
 }
@@ -349,6 +416,14 @@ mod tests {
         assert_eq!(
             parse_entry(r#"{"seq":5,"type":"hand","id":1,"raised":true}"#),
             Ok(None)
+        );
+        assert_eq!(
+            parse_entry(r#"{"seq":7,"type":"commit_void","epoch":3,"from":2}"#),
+            Ok(Some(Entry::CommitVoid {
+                seq: 7,
+                epoch: 3,
+                from: 2
+            }))
         );
         assert!(parse_entry(r#"{"seq":6,"type":"creator","id":1,"group_id":"zz"}"#).is_err());
         assert!(parse_entry("not json").is_err());

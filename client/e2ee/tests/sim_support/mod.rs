@@ -1,7 +1,9 @@
 //! An in-memory coordinator implementing `docs/e2ee-relay.md` (ordered log, `creator`
-//! naming, first-commit-per-epoch arbitration, ready → execute with a timeout) and a
-//! harness that wires real [`Member`]s to it with controllable delivery. Shared by the
-//! `mls_*` and `sim_*` tests.
+//! naming, first-commit-per-epoch arbitration, ready → execute with a timeout,
+//! `commit_failed` → `commit_void`) and a harness that wires real [`Member`]s to it
+//! with controllable delivery. Shared by the `mls_*` and `sim_*` tests. A hostile
+//! coordinator is one call away: [`Room::join_hidden`] adds a participant whose
+//! entries only one other participant sees (the `test_visible_only_to` hook).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -32,6 +34,14 @@ pub struct Coordinator {
     next_group: u64,
     pub rejected_commits: u64,
     pub execute_timeout: Duration,
+    /// The last accepted commit: (epoch it was created in, sender).
+    last_commit: Option<(u64, u64)>,
+    /// (reporter, epoch) pairs of `commit_failed` reports.
+    reports: BTreeSet<(u64, u64)>,
+    /// Voided commits.
+    pub voids: u64,
+    /// Reporters whose report did not void anything (they stop being members).
+    pub refused_reports: u64,
     /// Contract refinement (proposed, not in e2ee-relay.md yet): a KeyPackage from a
     /// participant counted as a group member means it reset, so it no longer counts;
     /// if no live group member is left, a new creator is named.
@@ -125,6 +135,7 @@ impl Coordinator {
                     }
                     self.ready.clear();
                     self.execute_deadline = Some((epoch + 1, now + self.execute_timeout));
+                    self.last_commit = Some((epoch, from));
                 }
                 let reset_member = matches!(hs, Handshake::KeyPackage(_))
                     && self.reset_releases_membership
@@ -136,6 +147,46 @@ impl Coordinator {
                 };
                 self.log.push(Logged::Binary(frame.encode()));
                 if reset_member {
+                    self.ready.remove(&from);
+                    self.maybe_creator();
+                    self.maybe_execute(None);
+                }
+            }
+            Outbound::CommitFailed { epoch } => {
+                if !self.reports.insert((from, epoch)) {
+                    return; // error `invalid`: one report per epoch
+                }
+                let voidable = match (self.last_commit, &self.group) {
+                    (Some((e, sender)), Some((_, room))) => {
+                        e == epoch
+                            && *room == epoch + 1
+                            && self.group_members.contains(&from)
+                            && from != sender
+                            && self.ready.iter().all(|x| *x == sender)
+                    }
+                    _ => false,
+                };
+                if voidable {
+                    let Some((e, sender)) = self.last_commit.take() else {
+                        return;
+                    };
+                    if let Some((_, room)) = &mut self.group {
+                        *room = e;
+                    }
+                    self.group_members.remove(&sender);
+                    self.ready.clear();
+                    self.execute_deadline = None;
+                    self.voids += 1;
+                    let seq = self.seq();
+                    self.log.push(Logged::Json(Entry::CommitVoid {
+                        seq,
+                        epoch: e,
+                        from: sender,
+                    }));
+                    self.maybe_creator();
+                } else {
+                    self.refused_reports += 1;
+                    self.group_members.remove(&from);
                     self.ready.remove(&from);
                     self.maybe_creator();
                     self.maybe_execute(None);
@@ -196,6 +247,16 @@ pub struct Room {
     pub now: Duration,
     next_id: u64,
     config: MemberConfig,
+    /// Hidden participant → the only other participant that sees its entries.
+    pub hidden: BTreeMap<u64, u64>,
+}
+
+/// The identity seed of simulated participant `id` (fixed, so fingerprints are
+/// reproducible).
+pub fn seed(id: u64) -> [u8; 32] {
+    let mut s = [0x5au8; 32];
+    s[..8].copy_from_slice(&id.to_be_bytes());
+    s
 }
 
 impl Room {
@@ -206,7 +267,33 @@ impl Room {
             now: Duration::from_secs(1),
             next_id: 1,
             config,
+            hidden: BTreeMap::new(),
         }
+    }
+
+    /// Whether client `viewer` gets log entry `entry` (a hidden participant's
+    /// entries reach only itself and the one it is visible to).
+    pub fn visible(&self, viewer: u64, entry: &Logged) -> bool {
+        let subject = match entry {
+            Logged::Json(Entry::Joined { id, .. } | Entry::Left { id, .. }) => *id,
+            Logged::Json(_) => return true,
+            Logged::Binary(b) => match ServerFrame::decode(b) {
+                Ok(f) => f.from,
+                Err(_) => return true,
+            },
+        };
+        match self.hidden.get(&subject) {
+            Some(to) => viewer == subject || viewer == *to,
+            None => true,
+        }
+    }
+
+    /// A participant joins that the coordinator shows only to `visible_to` (a
+    /// hostile coordinator); returns its id.
+    pub fn join_hidden(&mut self, visible_to: u64) -> u64 {
+        let id = self.next_id;
+        self.hidden.insert(id, visible_to);
+        self.join()
     }
 
     /// A new participant joins; returns its id.
@@ -228,6 +315,7 @@ impl Room {
             .iter()
             .copied()
             .filter(|x| *x != id)
+            .filter(|x| self.hidden.get(x).is_none_or(|to| *to == id))
             .collect();
         member.handle_welcome(self.now, cursor as u64, &live_before);
         self.clients.insert(
@@ -267,11 +355,23 @@ impl Room {
     /// Deliver up to `n` log entries to client `id`; returns how many.
     pub fn deliver(&mut self, id: u64, n: usize) -> usize {
         let now = self.now;
+        let visible: Vec<bool> = match self.clients.get(&id) {
+            Some(c) => self.coord.log[c.cursor..]
+                .iter()
+                .map(|e| self.visible(id, e))
+                .collect(),
+            None => return 0,
+        };
         let Some(c) = self.clients.get_mut(&id) else {
             return 0;
         };
+        let start = c.cursor;
         let mut done = 0;
         while done < n && c.cursor < self.coord.log.len() {
+            if !visible[c.cursor - start] {
+                c.cursor += 1;
+                continue;
+            }
             match &self.coord.log[c.cursor] {
                 Logged::Json(e) => c.member.handle_entry(now, e.clone()),
                 Logged::Binary(b) => c.member.handle_binary(now, b).unwrap(),
