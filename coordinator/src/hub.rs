@@ -101,6 +101,18 @@ pub(crate) struct Handled {
     pub(crate) detached: bool,
 }
 
+/// An SFU session to delete at the SFU (its owner left the room).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SfuClose {
+    /// Index of the SFU node that holds it.
+    pub(crate) node: usize,
+    /// The session id.
+    pub(crate) session_id: String,
+}
+
+/// Most SFU session closes waiting for the closer task.
+const SFU_CLOSE_QUEUE: usize = 4096;
+
 /// All rooms.
 #[derive(Debug)]
 pub(crate) struct Hub {
@@ -110,10 +122,13 @@ pub(crate) struct Hub {
     max_rooms: usize,
     pub(crate) metrics: Metrics,
     next_conn: AtomicU64,
+    sfu_closes: mpsc::Sender<SfuClose>,
+    sfu_close_queue: Mutex<Option<mpsc::Receiver<SfuClose>>>,
 }
 
 impl Hub {
     pub(crate) fn new(room_config: RoomConfig, max_rooms: usize, metrics: Metrics) -> Self {
+        let (sfu_closes, queue) = mpsc::channel(SFU_CLOSE_QUEUE);
         Self {
             rooms: Mutex::new(HashMap::new()),
             credentials: Mutex::new(HashMap::new()),
@@ -121,7 +136,15 @@ impl Hub {
             max_rooms,
             metrics,
             next_conn: AtomicU64::new(1),
+            sfu_closes,
+            sfu_close_queue: Mutex::new(Some(queue)),
         }
+    }
+
+    /// The queue of SFU sessions to delete (departed participants'); the server's
+    /// closer task takes it once.
+    pub(crate) fn take_sfu_closes(&self) -> Option<mpsc::Receiver<SfuClose>> {
+        self.sfu_close_queue.lock().take()
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {
@@ -381,9 +404,31 @@ impl Hub {
                 Output::Gone {
                     id,
                     resume_token,
+                    sfu_sessions,
                     code,
                     reason,
                 } => {
+                    // Cut the departed participant off the media at once: its SFU
+                    // sessions are deleted by the closer task, never under this lock.
+                    for session_id in sfu_sessions {
+                        let Some(node) = state.sfu_sessions.remove(&session_id) else {
+                            continue;
+                        };
+                        if self
+                            .sfu_closes
+                            .try_send(SfuClose { node, session_id })
+                            .is_err()
+                        {
+                            self.metrics
+                                .sfu_session_closes
+                                .with_label_values(&["dropped"])
+                                .inc();
+                            tracing::warn!(
+                                participant = id,
+                                "SFU close queue full: a departed participant's session stays open until the SFU collects it"
+                            );
+                        }
+                    }
                     self.credentials.lock().remove(&resume_token);
                     self.metrics.participants.dec();
                     if let Some(c) = state.conns.remove(&id) {

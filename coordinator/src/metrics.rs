@@ -20,6 +20,9 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Proxied SFU calls, by route and HTTP status.
     pub sfu_calls: IntCounterVec,
+    /// SFU sessions of departed participants closed at the SFU, by result
+    /// (`closed`, `gone`: the SFU no longer had it, `failed`, `dropped`: queue full).
+    pub sfu_session_closes: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -69,7 +72,15 @@ impl Metrics {
         registry.register(Box::new(messages_in.clone()))?;
         registry.register(Box::new(entries.clone()))?;
         registry.register(Box::new(errors.clone()))?;
+        let sfu_session_closes = IntCounterVec::new(
+            Opts::new(
+                "satsuma_coord_sfu_session_closes_total",
+                "SFU sessions of departed participants deleted at the SFU, by result",
+            ),
+            &["result"],
+        )?;
         registry.register(Box::new(sfu_calls.clone()))?;
+        registry.register(Box::new(sfu_session_closes.clone()))?;
         Ok(Self {
             registry,
             rooms,
@@ -79,6 +90,7 @@ impl Metrics {
             entries,
             errors,
             sfu_calls,
+            sfu_session_closes,
         })
     }
 

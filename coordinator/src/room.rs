@@ -232,12 +232,15 @@ pub enum Output {
         entry: Arc<Entry>,
     },
     /// The participant is no longer in the room: close its connection (if any)
-    /// with this code and forget its credentials.
+    /// with this code, forget its credentials and close its SFU sessions.
     Gone {
         /// Participant.
         id: u64,
         /// Its resume token (the driver may index credentials by it).
         resume_token: String,
+        /// The SFU sessions it created: the driver deletes them at the SFU at once, so
+        /// a removed or departed participant receives no more media.
+        sfu_sessions: Vec<String>,
         /// Close code.
         code: u16,
         /// Close reason.
@@ -592,6 +595,7 @@ impl Room {
             self.outputs.push_back(Output::Gone {
                 id,
                 resume_token: p.resume_token,
+                sfu_sessions: p.sfu_sessions,
                 code,
                 reason,
             });
@@ -994,6 +998,7 @@ impl Room {
         self.outputs.push_back(Output::Gone {
             id,
             resume_token: p.resume_token,
+            sfu_sessions: p.sfu_sessions,
             code,
             reason: why,
         });

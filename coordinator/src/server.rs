@@ -98,6 +98,9 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(timer_loop(app.clone(), stop_rx.clone())));
+        if let Some(closes) = app.hub.take_sfu_closes() {
+            tasks.push(tokio::spawn(sfu_proxy::close_sessions(app.clone(), closes)));
+        }
         if !app.sfu.nodes.is_empty() {
             tasks.push(tokio::spawn(health_loop(app.clone(), stop_rx.clone())));
         }

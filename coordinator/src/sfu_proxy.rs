@@ -19,7 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
-use crate::hub::RoomSlot;
+use tokio::sync::mpsc;
+
+use crate::hub::{RoomSlot, SfuClose};
 use crate::protocol::Permissions;
 use crate::server::App;
 
@@ -458,6 +460,46 @@ async fn get_session(
     }
     .await;
     respond(&app, "session", r)
+}
+
+/// Deletes the SFU sessions of departed participants (`DELETE
+/// /v1/apps/{app}/sessions/{sid}`), each in its own task so a slow node delays nobody.
+/// Failures are logged and counted (`satsuma_coord_sfu_session_closes_total`).
+pub(crate) async fn close_sessions(app: Arc<App>, mut queue: mpsc::Receiver<SfuClose>) {
+    while let Some(close) = queue.recv().await {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let path = format!("/sessions/{}", close.session_id);
+            let result = app
+                .sfu
+                .forward(close.node, Method::DELETE, &path, None, None)
+                .await;
+            let outcome = match &result {
+                Ok((status, _)) if status.is_success() => "closed",
+                Ok((StatusCode::NOT_FOUND, _)) => "gone",
+                Ok((status, body)) => {
+                    tracing::warn!(session = %close.session_id, %status, body = %String::from_utf8_lossy(body), "SFU refused to close a departed participant's session");
+                    "failed"
+                }
+                Err(e) => {
+                    tracing::warn!(session = %close.session_id, error = ?e, "could not close a departed participant's SFU session");
+                    "failed"
+                }
+            };
+            app.metrics
+                .sfu_session_closes
+                .with_label_values(&[outcome])
+                .inc();
+            let status = match &result {
+                Ok((status, _)) => status.as_str().to_owned(),
+                Err(_) => "error".to_owned(),
+            };
+            app.metrics
+                .sfu_calls
+                .with_label_values(&["sessions/delete", &status])
+                .inc();
+        });
+    }
 }
 
 #[cfg(test)]

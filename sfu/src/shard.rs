@@ -124,6 +124,13 @@ pub enum ApiCommand {
         /// Result.
         reply: Reply<SessionState>,
     },
+    /// `DELETE sessions/{id}` (Satsuma extension): close the session and end its tracks.
+    Delete {
+        /// Session.
+        id: SessionId,
+        /// `Ok` once it is gone, 404 if there was no such session.
+        reply: Reply<()>,
+    },
 }
 
 /// Everything a shard can be told.
@@ -918,6 +925,15 @@ impl Shard {
             }
             ApiCommand::Get { id, reply } => {
                 let r = self.guarded(id, |s| s.get(id));
+                let _ = reply.send(r);
+            }
+            ApiCommand::Delete { id, reply } => {
+                let r = if self.sessions.contains_key(&id) {
+                    self.remove_session(id, "deleted through the API");
+                    Ok(())
+                } else {
+                    Err(ApiError::no_session())
+                };
                 let _ = reply.send(r);
             }
         }

@@ -771,3 +771,122 @@ async fn silent_tracks_and_unconnected_sessions_are_collected() {
             >= 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_session_closes_it_and_ends_its_tracks() {
+    let sfu = Sfu::start(|_| {}).await;
+    let (pub_id, _, _) = publisher(&sfu).await;
+    let sub_id = sfu.new_session().await;
+    let (status, body) = sfu
+        .call(
+            Method::POST,
+            &format!("sessions/{sub_id}/tracks/new"),
+            Some(json!({"tracks": [
+                {"location": "remote", "sessionId": pub_id, "trackName": "mic"},
+                {"location": "remote", "sessionId": pub_id, "trackName": "cam"},
+            ]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut client = Rtc::builder().set_rtp_mode(true).build(Instant::now());
+    let offer =
+        SdpOffer::from_sdp_string(body["sessionDescription"]["sdp"].as_str().unwrap()).unwrap();
+    let answer = client.sdp_api().accept_offer(offer).unwrap();
+    let (status, body) = sfu
+        .call(
+            Method::PUT,
+            &format!("sessions/{sub_id}/renegotiate"),
+            Some(json!({"sessionDescription": {"type": "answer", "sdp": answer.to_sdp_string()}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, state) = sfu
+        .call(Method::GET, &format!("sessions/{sub_id}"), None)
+        .await;
+    assert!(
+        state["tracks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["status"] == "active"),
+        "{state}"
+    );
+
+    // Wrong secret, unknown and malformed ids: refused, nothing deleted.
+    let (status, body) = sfu
+        .raw(
+            Method::DELETE,
+            &format!("/v1/apps/{APP}/sessions/{pub_id}"),
+            Some("bad"),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (status, body) = sfu
+        .raw(
+            Method::DELETE,
+            &format!("/v1/apps/other/sessions/{pub_id}"),
+            Some("other-secret"),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "session_not_found");
+    for unknown in ["ffffffffffffffffffffffffffffffff", "not-a-session"] {
+        let (status, body) = sfu
+            .call(Method::DELETE, &format!("sessions/{unknown}"), None)
+            .await;
+        assert_error(status, &body, StatusCode::NOT_FOUND, "session_not_found");
+    }
+    let (status, _) = sfu
+        .call(Method::GET, &format!("sessions/{pub_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let before = sfu.metrics().await.get("satsuma_sfu_sessions");
+
+    // The owner's app deletes it: gone at once, its tracks end for the subscriber.
+    let (status, body) = sfu
+        .call(Method::DELETE, &format!("sessions/{pub_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({}));
+    let (status, body) = sfu
+        .call(Method::GET, &format!("sessions/{pub_id}"), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "session_not_found");
+    let (status, body) = sfu
+        .call(Method::DELETE, &format!("sessions/{pub_id}"), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "session_not_found");
+    assert_eq!(
+        sfu.metrics().await.get("satsuma_sfu_sessions"),
+        before - 1.0
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, state) = sfu
+            .call(Method::GET, &format!("sessions/{sub_id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let tracks = state["tracks"].as_array().unwrap();
+        assert_eq!(tracks.len(), 2, "{state}");
+        if tracks.iter().all(|t| t["status"] == "inactive") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "subscriber legs still {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its tracks cannot be pulled any more.
+    let (_, body) = sfu
+        .call(
+            Method::POST,
+            &format!("sessions/{sub_id}/tracks/new"),
+            Some(json!({"tracks": [{"location": "remote", "sessionId": pub_id, "trackName": "cam"}]})),
+        )
+        .await;
+    assert_eq!(body["tracks"][0]["errorCode"], "not_found", "{body}");
+    assert!(
+        sfu.metrics().await.get(
+            "satsuma_sfu_api_requests_total{route=\"/v1/apps/{app_id}/sessions/{session_id}\",status=\"200\"}"
+        ) >= 1.0
+    );
+}

@@ -918,6 +918,49 @@ fn bad_binary_frames_are_refused_without_logging() {
     assert_eq!(error_codes(&out, 1), vec![error_code::ALREADY_JOINED]);
 }
 
+#[test]
+fn a_removed_member_is_cut_off_and_not_waited_for() {
+    let t0 = Instant::now();
+    let (mut room, gid) = three_members(t0);
+    assert!(room.bind_sfu_session(t0, 3, "carol-cam"));
+    assert!(room.bind_sfu_session(t0, 3, "carol-screen"));
+    drain(&mut room);
+    // The host removes Carol: her SFU sessions go out with her departure.
+    let out = msg(&mut room, t0, 1, ClientMessage::Remove { target: 3 });
+    let gone: Vec<&Output> = out
+        .iter()
+        .filter(|o| matches!(o, Output::Gone { .. }))
+        .collect();
+    assert!(matches!(
+        gone[..],
+        [Output::Gone { id: 3, code: close::REMOVED, sfu_sessions, .. }]
+            if sfu_sessions == &vec!["carol-cam".to_owned(), "carol-screen".to_owned()]
+    ));
+    assert!(!is_member(&room, 3));
+    // The committer's removal commit executes as soon as the remaining members are
+    // ready, without waiting for Carol.
+    let t1 = t0 + Duration::from_millis(50);
+    bin(&mut room, t1, 1, commit_frame(&gid, 2));
+    msg(&mut room, t1, 1, ready(3));
+    let out = msg(&mut room, t1, 2, ready(3));
+    assert!(matches!(
+        events(&out)[..],
+        [(_, RoomEvent::Execute { epoch: 3 })]
+    ));
+    // A remaining member that is slow is waited for `execute_timeout` at most.
+    bin(&mut room, t1, 2, commit_frame(&gid, 3));
+    msg(&mut room, t1, 2, ready(4));
+    assert_eq!(
+        room.poll_timeout(),
+        Some(t1 + RoomConfig::default().execute_timeout)
+    );
+    room.handle_timeout(t1 + RoomConfig::default().execute_timeout);
+    assert!(matches!(
+        events(&drain(&mut room))[..],
+        [(_, RoomEvent::Execute { epoch: 4 })]
+    ));
+}
+
 // ---------------------------------------------------------------------------
 // C3: a sequenced commit a member cannot process.
 

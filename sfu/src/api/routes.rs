@@ -65,7 +65,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/v1/apps/{app_id}/sessions/{session_id}/tracks/update",
             put(tracks_update),
         )
-        .route("/v1/apps/{app_id}/sessions/{session_id}", get(get_session))
+        .route(
+            "/v1/apps/{app_id}/sessions/{session_id}",
+            get(get_session).delete(delete_session),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -332,6 +335,20 @@ async fn get_session(
     let (id, shard) = locate(&st, &app, &session_id)?;
     let r = dispatch(&st, shard, |reply| ApiCommand::Get { id, reply }).await?;
     Ok(axum::Json(r).into_response())
+}
+
+/// `DELETE sessions/{id}` (Satsuma extension, not in Cloudflare's API): closes the session's
+/// transport and ends every track it published for its subscribers. 200 `{}`; 404
+/// `session_not_found` if there is no such session (any more).
+async fn delete_session(
+    State(st): Shared,
+    Path((app_id, session_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let app = authenticate(&st, &app_id, &headers)?;
+    let (id, shard) = locate(&st, &app, &session_id)?;
+    dispatch(&st, shard, |reply| ApiCommand::Delete { id, reply }).await?;
+    Ok(axum::Json(serde_json::json!({})).into_response())
 }
 
 #[cfg(test)]
