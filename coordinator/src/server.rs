@@ -284,37 +284,45 @@ pub(crate) fn content_security_policy(import_map_hashes: &[String]) -> String {
 /// The base64 SHA-256 of the text of every `<script type="importmap">` element of `html`, as
 /// a browser hashes it for a CSP hash source.
 pub(crate) fn import_map_hashes(html: &str) -> Vec<String> {
+    // Tag names are case-insensitive; ASCII lower-casing keeps every byte offset.
+    let lower = html.to_ascii_lowercase();
     let mut hashes = Vec::new();
-    let mut rest = html;
-    while let Some(start) = rest.find("<script") {
-        let tag_and_more = &rest[start..];
-        let Some(tag_end) = tag_and_more.find('>') else {
+    let mut pos = 0;
+    while let Some(found) = lower[pos..].find("<script") {
+        let start = pos + found;
+        let Some(tag_len) = lower[start..].find('>') else {
             break;
         };
-        let tag = tag_and_more[..tag_end].to_ascii_lowercase();
-        let body_and_more = &tag_and_more[tag_end + 1..];
-        let Some(close) = body_and_more.find("</script") else {
+        let body = start + tag_len + 1;
+        let Some(body_len) = lower[body..].find("</script") else {
             break;
         };
-        let compact: String = tag.split_whitespace().collect::<Vec<_>>().join(" ");
+        let tag: String = lower[start..body]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         if ["type=\"importmap\"", "type='importmap'", "type=importmap"]
             .iter()
-            .any(|t| compact.contains(t))
+            .any(|t| tag.contains(t))
         {
-            let digest = Sha256::digest(body_and_more[..close].as_bytes());
+            let digest = Sha256::digest(&html.as_bytes()[body..body + body_len]);
             hashes.push(base64::engine::general_purpose::STANDARD.encode(digest));
         }
-        rest = &body_and_more[close..];
+        pos = body + body_len;
     }
     hashes
 }
+
+/// What identifies a version of `index.html` on disk: modification time and size (`None`: no
+/// file).
+type FileStamp = Option<(SystemTime, u64)>;
 
 /// The CSP header value, recomputed when `index.html` changes on disk (a rebuild of the web
 /// client while the server runs).
 #[derive(Debug)]
 struct ContentSecurityPolicy {
     index: PathBuf,
-    cached: parking_lot::Mutex<Option<(Option<(SystemTime, u64)>, HeaderValue)>>,
+    cached: parking_lot::Mutex<Option<(FileStamp, HeaderValue)>>,
 }
 
 impl ContentSecurityPolicy {

@@ -267,7 +267,7 @@ fn import_map_source(index: &str) -> String {
     use sha2::Digest;
     let start = index.find("<script type=\"importmap\">").unwrap() + 25;
     let end = start + index[start..].find("</script>").unwrap();
-    let digest = sha2::Sha256::digest(index[start..end].as_bytes());
+    let digest = sha2::Sha256::digest(&index.as_bytes()[start..end]);
     let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
     format!("'sha256-{b64}'")
 }
