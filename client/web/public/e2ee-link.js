@@ -19,6 +19,7 @@
 // event fires whenever the answer may have changed. The app applies it to the
 // senders (`replaceTrack`), and the worker drops any frame it cannot encrypt.
 
+import { testHooks } from './client-config.js';
 import { e2eeWorker } from './integrity.js';
 
 const PING_MS = 100;
@@ -117,6 +118,7 @@ export class E2eeLink extends EventTarget {
 
   /** Test and drill hooks: `garbage` (send garbage frames), `stall` (block the worker for `ms`). */
   drill(name, value) {
+    if (!testHooks) return; // only on a server started with --test-hooks (client-config.js)
     this.#post({ type: 'drill', name, value });
   }
 

@@ -101,6 +101,18 @@ describe('test hooks off: test parameters are ignored, CSP holds a call', { time
     const video = (await stats(eve)).remote.find((r) => r.participantId === ann.participantId && r.kind === 'video');
     assert.ok(video.decrypted > 0, JSON.stringify(video));
 
+    // The drill behind window.satsuma.drill is refused further down too: asking Eve's E2EE
+    // link for garbage frames changes nothing, Ann keeps decoding her.
+    await eve.evaluate(() => window.satsuma.call.e2ee.drill('garbage', true));
+    const before = (await stats(ann)).remote.find((r) => r.participantId === eve.participantId && r.kind === 'video');
+    await waitFor('Ann to keep decrypting Eve after the refused garbage drill', async () => {
+      const t = (await stats(ann)).remote.find((r) => r.participantId === eve.participantId && r.kind === 'video');
+      return t && t.decrypted > before.decrypted + 30 && t.framesDecoded > before.framesDecoded + 30 ? t : null;
+    });
+    const after = (await stats(ann)).remote.find((r) => r.participantId === eve.participantId && r.kind === 'video');
+    // (Garbage frames would all be dropped: dozens a second.)
+    assert.ok(after.dropped - before.dropped < 5, `frames dropped after the refused drill: ${JSON.stringify({ before, after })}`);
+
     // The whole call (WebSocket, /sfu, blob worker, WebAssembly) ran without a CSP violation.
     for (const p of pages) assert.deepEqual(cspViolations(p), [], `${p.label}: CSP violations`);
     assert.equal(servers.panicked().length, 0, servers.panicked().join('\n'));
