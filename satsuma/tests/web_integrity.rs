@@ -360,3 +360,45 @@ async fn every_response_carries_a_strict_csp_and_security_headers() {
     drop(hooked);
     std::fs::remove_dir_all(&web).unwrap();
 }
+
+#[test]
+fn verify_client_speaks_https_with_a_given_ca_and_refuses_an_unknown_one() {
+    let web = stamped_copy("https");
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = web
+        .join("..")
+        .join(format!("satsuma-web-{}-https-cert.pem", std::process::id()));
+    let key = cert.with_extension("key");
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let server = start(
+        &web,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let url = format!("https://localhost:{}/", server.web.port());
+
+    // The certificate is trusted only through --ca-file: then every file is checked.
+    let out = Command::new(env!("CARGO_BIN_EXE_satsuma"))
+        .args(["verify-client", &url, "--web-dir"])
+        .arg(&web)
+        .arg("--ca-file")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(line_for(&out, "index.html").is_some_and(|l| l.starts_with("ok ")));
+
+    // Without it the TLS handshake fails: exit 2, not a pass.
+    let out = verify_client(&url, &web);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    drop(server);
+    std::fs::remove_dir_all(&web).unwrap();
+    let _ = std::fs::remove_file(&cert);
+    let _ = std::fs::remove_file(&key);
+}
