@@ -20,6 +20,12 @@ PROFILE="${WEB_PROFILE:-release}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 OUT_DIR=client/web/public/pkg
 
+# Stamp the integrity hashes first too, so an edit of the JavaScript is loadable even when the
+# WASM build below fails (it stamps again after writing pkg/).
+if [ -f client/web/public/index.html ]; then
+  bash scripts/web-manifest.sh client/web/public
+fi
+
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   echo "build-web: installing the wasm32-unknown-unknown target"
   rustup target add wasm32-unknown-unknown
