@@ -143,6 +143,7 @@ impl Config {
             first_joiner_is_host: self.first_joiner_is_host,
             max_tracks_per_participant: 16,
             max_sfu_sessions_per_participant: 4,
+            test_hooks: self.test_hooks,
             limits: Limits {
                 heartbeat_interval_ms: millis(self.heartbeat_interval),
                 presence_timeout_ms: millis(self.presence_timeout),

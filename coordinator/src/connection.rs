@@ -135,12 +135,21 @@ async fn hello(
         }
     };
     app.metrics.messages_in.with_label_values(&["hello"]).inc();
-    let Ok(ClientMessage::Hello { v, token, resume }) =
-        serde_json::from_str::<ClientMessage>(text.as_str())
+    let Ok(ClientMessage::Hello {
+        v,
+        token,
+        resume,
+        test_visible_only_to,
+    }) = serde_json::from_str::<ClientMessage>(text.as_str())
     else {
         close_with(tx, app, close::BAD_HELLO, "first message must be a hello").await;
         return None;
     };
+    // A test-only field: without test hooks it is refused like any unknown field.
+    if test_visible_only_to.is_some() && !app.config.test_hooks {
+        close_with(tx, app, close::BAD_HELLO, "first message must be a hello").await;
+        return None;
+    }
     if v != PROTOCOL_VERSION {
         close_with(
             tx,
@@ -203,6 +212,7 @@ async fn hello(
                 subject: claims.sub,
                 resume_token: hex::encode(rand::random::<[u8; 24]>()),
                 wall_ms: unix_now().saturating_mul(1000),
+                visible_only_to: test_visible_only_to,
             };
             match app.hub.join(room, req, conn) {
                 Ok((slot, id)) => Some(Session { slot, id, conn_id }),

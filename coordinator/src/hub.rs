@@ -389,6 +389,9 @@ impl Hub {
                         .inc();
                     let msg = wire_message(&entry.wire);
                     for (id, c) in &state.conns {
+                        if !entry.visible_to(*id) {
+                            continue;
+                        }
                         if !c.send(msg.clone()) {
                             slow.push(*id);
                         }

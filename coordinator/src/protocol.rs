@@ -153,6 +153,12 @@ pub enum ClientMessage {
         /// Resume an earlier participant instead of joining fresh.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<Resume>,
+        /// Test hook (only with `--test-hooks`; otherwise the hello is refused like one
+        /// with an unknown field): everything about this new participant is delivered
+        /// only to itself and participant `test_visible_only_to`, as a hostile
+        /// coordinator would announce a ghost.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        test_visible_only_to: Option<u64>,
     },
     /// Heartbeat; answered with `pong`. Any message counts as a sign of life.
     Ping {
@@ -709,7 +715,8 @@ mod tests {
             ClientMessage::Hello {
                 v: 1,
                 token: Some("abc".into()),
-                resume: None
+                resume: None,
+                test_visible_only_to: None,
             }
         );
         let m: ClientMessage = serde_json::from_str(r#"{"type":"leave"}"#).unwrap();

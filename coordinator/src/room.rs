@@ -51,6 +51,9 @@ pub struct RoomConfig {
     pub max_sfu_sessions_per_participant: usize,
     /// Limits advertised to clients (not enforced by the room itself).
     pub limits: Limits,
+    /// Test hooks: [`JoinRequest::visible_only_to`] is honoured (a hostile coordinator
+    /// for the test suites). Off in production.
+    pub test_hooks: bool,
 }
 
 impl Default for RoomConfig {
@@ -65,6 +68,7 @@ impl Default for RoomConfig {
             first_joiner_is_host: true,
             max_tracks_per_participant: 16,
             max_sfu_sessions_per_participant: 4,
+            test_hooks: false,
             limits: Limits {
                 heartbeat_interval_ms: 5000,
                 presence_timeout_ms: 15000,
@@ -90,6 +94,10 @@ pub struct JoinRequest {
     pub resume_token: String,
     /// Wall clock, Unix ms.
     pub wall_ms: u64,
+    /// Test hook (honoured only with [`RoomConfig::test_hooks`]): every entry about this
+    /// participant (its `joined`, `left`, MLS frames, sessions, tracks, ...) goes only to
+    /// itself and this participant, and other joiners' snapshots omit it.
+    pub visible_only_to: Option<u64>,
 }
 
 /// Why a join was refused.
@@ -199,6 +207,16 @@ pub struct Entry {
     pub body: EntryBody,
     /// How it goes on the wire (encoded once, sent to everyone).
     pub wire: Wire,
+    /// Who receives it: everyone (`None`), or only these participants (the test hook
+    /// [`JoinRequest::visible_only_to`]).
+    pub audience: Option<Vec<u64>>,
+}
+
+impl Entry {
+    /// Whether participant `id` receives this entry.
+    pub fn visible_to(&self, id: u64) -> bool {
+        self.audience.as_ref().is_none_or(|a| a.contains(&id))
+    }
 }
 
 impl Entry {
@@ -336,6 +354,8 @@ pub struct Room {
     group_seed: u64,
     groups_created: u64,
     outputs: VecDeque<Output>,
+    /// Test hook: hidden participant → the one participant that may see it.
+    hidden: BTreeMap<u64, u64>,
 }
 
 impl Room {
@@ -357,6 +377,7 @@ impl Room {
             group_seed,
             groups_created: 0,
             outputs: VecDeque::new(),
+            hidden: BTreeMap::new(),
         }
     }
 
@@ -405,8 +426,19 @@ impl Room {
 
     /// The room state now.
     pub fn snapshot(&self) -> Snapshot {
+        self.snapshot_for(None)
+    }
+
+    /// The room state as participant `viewer` may see it (hidden participants are
+    /// left out for everyone but themselves and the one they are visible to).
+    fn snapshot_for(&self, viewer: Option<u64>) -> Snapshot {
         Snapshot {
-            participants: self.participants.values().map(Participant::info).collect(),
+            participants: self
+                .participants
+                .values()
+                .filter(|p| viewer.is_none_or(|v| self.sees(v, p.id)))
+                .map(Participant::info)
+                .collect(),
             locked: self.locked,
             max_participants: self.max_participants,
             group: self.group.as_ref().map(|g| GroupInfo {
@@ -415,6 +447,24 @@ impl Room {
                 creator: g.creator,
             }),
         }
+    }
+
+    /// Whether `viewer` may see participant `subject` (test hook; always true without it).
+    fn sees(&self, viewer: u64, subject: u64) -> bool {
+        self.hidden
+            .get(&subject)
+            .is_none_or(|&v| viewer == v || viewer == subject)
+    }
+
+    /// Who receives an entry about `subjects`: everyone, unless one of them is hidden.
+    fn audience(&self, subjects: &[u64]) -> Option<Vec<u64>> {
+        let mut audience = Vec::new();
+        for s in subjects {
+            if let Some(&v) = self.hidden.get(s) {
+                audience.extend([*s, v]);
+            }
+        }
+        (!audience.is_empty()).then_some(audience)
     }
 
     /// Next output for the driver.
@@ -455,6 +505,11 @@ impl Room {
         }
         let id = self.next_id;
         self.next_id += 1;
+        if self.config.test_hooks
+            && let Some(v) = req.visible_only_to
+        {
+            self.hidden.insert(id, v);
+        }
         let host = req.permissions.host
             || (self.config.first_joiner_is_host && !self.participants.values().any(|p| p.host));
         self.outputs.push_back(Output::Reply {
@@ -465,7 +520,7 @@ impl Room {
                 participant_id: id,
                 resume_token: req.resume_token.clone(),
                 seq: self.seq,
-                snapshot: self.snapshot(),
+                snapshot: self.snapshot_for(Some(id)),
                 limits: self.config.limits.clone(),
             },
         });
@@ -533,7 +588,11 @@ impl Room {
                 limits: self.config.limits.clone(),
             },
         });
-        for entry in self.log.iter().filter(|e| e.seq > last_seq) {
+        for entry in self
+            .log
+            .iter()
+            .filter(|e| e.seq > last_seq && e.visible_to(id))
+        {
             self.outputs.push_back(Output::Deliver {
                 to: id,
                 entry: entry.clone(),
@@ -1228,10 +1287,16 @@ impl Room {
         let seq = self.seq;
         let json = serde_json::to_vec(&EventFrameRef { seq, event: &event })
             .unwrap_or_else(|_| b"{}".to_vec());
+        let audience = if self.hidden.is_empty() {
+            None
+        } else {
+            self.audience(&event_subjects(&event))
+        };
         self.push_entry(Entry {
             seq,
             body: EntryBody::Event(event),
             wire: Wire::Text(Bytes::from(json)),
+            audience,
         });
     }
 
@@ -1241,10 +1306,12 @@ impl Room {
         let mut buf = Vec::with_capacity(protocol::MlsFrame::HEADER_LEN + payload.len());
         protocol::encode_mls_header(seq, kind, from, &mut buf);
         buf.extend_from_slice(payload);
+        let audience = self.audience(&[from]);
         self.push_entry(Entry {
             seq,
             body: EntryBody::Mls { kind, from },
             wire: Wire::Binary(Bytes::from(buf)),
+            audience,
         });
     }
 
@@ -1260,6 +1327,26 @@ impl Room {
             }
         }
         self.outputs.push_back(Output::Broadcast(entry));
+    }
+}
+
+/// The participants an event is about or caused by (for the visibility test hook).
+/// `creator` and `execute` concern the whole group and are never hidden.
+fn event_subjects(event: &RoomEvent) -> Vec<u64> {
+    match event {
+        RoomEvent::Joined { id, .. }
+        | RoomEvent::Left { id, .. }
+        | RoomEvent::Session { id, .. }
+        | RoomEvent::Published { id, .. }
+        | RoomEvent::Unpublished { id, .. }
+        | RoomEvent::TrackEnabled { id, .. }
+        | RoomEvent::Hand { id, .. }
+        | RoomEvent::Speaking { id, .. }
+        | RoomEvent::Host { id } => vec![*id],
+        RoomEvent::Muted { id, by, .. } => vec![*id, *by],
+        RoomEvent::Locked { by, .. } | RoomEvent::Cap { by, .. } => vec![*by],
+        RoomEvent::CommitVoid { from, .. } => vec![*from],
+        RoomEvent::Creator { .. } | RoomEvent::Execute { .. } => Vec::new(),
     }
 }
 

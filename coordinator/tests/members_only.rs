@@ -128,6 +128,7 @@ async fn ready_and_a_hundred_garbage_commits_do_not_touch_the_group() {
             v: 1,
             token: Some(token),
             resume: None,
+            test_visible_only_to: None,
         },
     )
     .await;

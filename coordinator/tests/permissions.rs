@@ -22,6 +22,7 @@ async fn hello_close(
             v: PROTOCOL_VERSION,
             token: Some(token.to_owned()),
             resume: None,
+            test_visible_only_to: None,
         },
     )
     .await;
@@ -66,6 +67,7 @@ async fn tokens_are_checked() {
             v: 99,
             token: Some(t.clone()),
             resume: None,
+            test_visible_only_to: None,
         },
     )
     .await;

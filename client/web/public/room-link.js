@@ -7,8 +7,25 @@
 // `{seq, kind, from, payload}`. Direct replies (`error`, `commit_rejected`,
 // ...) are handed over as they come.
 
+import { testParam } from './client-config.js';
+
 const PROTOCOL_VERSION = 1;
 const MLS_HEADER_LEN = 17;
+
+/**
+ * Test hook `?test_visible_only_to=<participant id>` (only when the server runs with
+ * --test-hooks): the coordinator announces this participant to that one participant
+ * only, as a hostile coordinator would a ghost (PROTOCOL.md, "Test hooks").
+ */
+function visibleOnlyTo() {
+  const value = testParam('test_visible_only_to');
+  if (value === null) return null;
+  if (!/^[0-9]{1,15}$/.test(value)) {
+    console.warn(`satsuma: ignoring test_visible_only_to=${value}: not a participant id`);
+    return null;
+  }
+  return Number(value);
+}
 
 // Close codes after which resuming is pointless (see the protocol's `close` module).
 const FINAL_CLOSES = new Map([
@@ -117,6 +134,8 @@ export class RoomLink extends EventTarget {
         return;
       }
       hello = { type: 'hello', v: PROTOCOL_VERSION, token };
+      const only = visibleOnlyTo();
+      if (only !== null) hello.test_visible_only_to = only;
     }
     const ws = new WebSocket(this.url);
     ws.binaryType = 'arraybuffer';

@@ -23,6 +23,7 @@ fn req_with(subject: &str, permissions: Permissions) -> JoinRequest {
         permissions,
         resume_token: format!("tok-{subject}"),
         wall_ms: 1_700_000_000_000,
+        visible_only_to: None,
     }
 }
 
@@ -913,6 +914,7 @@ fn bad_binary_frames_are_refused_without_logging() {
             v: 1,
             token: None,
             resume: None,
+            test_visible_only_to: None,
         },
     );
     assert_eq!(error_codes(&out, 1), vec![error_code::ALREADY_JOINED]);
@@ -959,6 +961,118 @@ fn a_removed_member_is_cut_off_and_not_waited_for() {
         events(&drain(&mut room))[..],
         [(_, RoomEvent::Execute { epoch: 4 })]
     ));
+}
+
+// ---------------------------------------------------------------------------
+// C5: the hostile-coordinator test hook.
+
+/// Entry seqs of `out` that `id` receives, and those it does not.
+fn split_by_audience(out: &[Output], id: u64) -> (Vec<u64>, Vec<u64>) {
+    let mut seen = Vec::new();
+    let mut hidden = Vec::new();
+    for o in out {
+        if let Output::Broadcast(e) = o {
+            if e.visible_to(id) {
+                seen.push(e.seq);
+            } else {
+                hidden.push(e.seq);
+            }
+        }
+    }
+    (seen, hidden)
+}
+
+#[test]
+fn a_hidden_participant_is_announced_only_to_the_one_it_is_visible_to() {
+    let t0 = Instant::now();
+    let cfg = RoomConfig {
+        test_hooks: true,
+        ..RoomConfig::default()
+    };
+    let mut room = Room::new("r", cfg, 1);
+    room.join(t0, req("alice")).unwrap();
+    room.join(t0, req("bob")).unwrap();
+    msg(&mut room, t0, 1, ready(0));
+    drain(&mut room);
+    let gid = group_id(&room);
+    let bob_seen = room.seq();
+    // The ghost (3) is visible to Alice (1) only.
+    let ghost = room
+        .join(
+            t0,
+            JoinRequest {
+                visible_only_to: Some(1),
+                ..req("ghost")
+            },
+        )
+        .unwrap();
+    assert_eq!(ghost, 3);
+    let mut out = drain(&mut room);
+    // Its own welcome shows the room as usual.
+    let ServerMessage::Welcome { snapshot, .. } = &replies(&out, 3)[0] else {
+        panic!()
+    };
+    assert_eq!(snapshot.participants.len(), 2);
+    out.extend(bin(&mut room, t0, 3, kp_frame(3, b"kp")));
+    assert!(room.bind_sfu_session(t0, 3, "ghost-session"));
+    out.extend(drain(&mut room));
+    out.extend(msg(&mut room, t0, 3, ClientMessage::Hand { raised: true }));
+    let (to_bob, hidden) = split_by_audience(&out, 2);
+    assert!(to_bob.is_empty(), "{to_bob:?}");
+    assert_eq!(hidden.len(), 4); // joined, key package, session, hand
+    let (to_alice, _) = split_by_audience(&out, 1);
+    assert_eq!(to_alice, hidden);
+    let (to_ghost, _) = split_by_audience(&out, 3);
+    assert_eq!(to_ghost, hidden);
+    // Alice's commit adding the ghost is for everyone (the others must notice it).
+    let out = bin(&mut room, t0, 1, add_frame(&gid, 0, &[(3, b"kp")]));
+    assert_eq!(rejected(&out, 1), Vec::<String>::new());
+    let (to_bob, hidden) = split_by_audience(&out, 2);
+    assert_eq!((to_bob.len(), hidden.len()), (1, 0));
+    assert!(is_member(&room, 3));
+    // A later joiner's snapshot omits the ghost; a resume skips its entries.
+    room.join(t0, req("carol")).unwrap();
+    let out = drain(&mut room);
+    let ServerMessage::Welcome { snapshot, .. } = &replies(&out, 4)[0] else {
+        panic!()
+    };
+    let ids: Vec<u64> = snapshot.participants.iter().map(|p| p.id).collect();
+    assert_eq!(ids, vec![1, 2]);
+    assert_eq!(room.snapshot().participants.len(), 4);
+    room.resume(t0, 2, "tok-bob", bob_seen).unwrap();
+    let replayed: Vec<u64> = drain(&mut room)
+        .iter()
+        .filter_map(|o| match o {
+            Output::Deliver { to: 2, entry } => Some(entry.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replayed.len(), 2, "{replayed:?}"); // the commit and carol's joined
+    room.resume(t0, 1, "tok-alice", bob_seen).unwrap();
+    let replayed = drain(&mut room)
+        .iter()
+        .filter(|o| matches!(o, Output::Deliver { to: 1, .. }))
+        .count();
+    assert_eq!(replayed, 6);
+    // Its departure is hidden too.
+    let out = msg(&mut room, t0, 3, ClientMessage::Leave {});
+    let (to_bob, hidden) = split_by_audience(&out, 2);
+    assert!(to_bob.is_empty() && hidden.len() == 1, "{out:?}");
+
+    // Without test hooks the request is ignored: everyone sees everything.
+    let mut plain = Room::new("p", RoomConfig::default(), 1);
+    plain.join(t0, req("alice")).unwrap();
+    plain
+        .join(
+            t0,
+            JoinRequest {
+                visible_only_to: Some(1),
+                ..req("ghost")
+            },
+        )
+        .unwrap();
+    let out = drain(&mut plain);
+    assert!(split_by_audience(&out, 9).1.is_empty());
 }
 
 // ---------------------------------------------------------------------------

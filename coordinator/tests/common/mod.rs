@@ -143,6 +143,7 @@ impl Client {
                 v: PROTOCOL_VERSION,
                 token: Some(token.to_owned()),
                 resume: None,
+                test_visible_only_to: None,
             },
         )
         .await;
@@ -176,6 +177,7 @@ impl Client {
                     resume_token: self.resume_token.clone(),
                     last_seq: self.last_seq,
                 }),
+                test_visible_only_to: None,
             },
         )
         .await;
