@@ -6,7 +6,7 @@
 // target/debug), CHROMIUM (default /usr/bin/chromium), ARTIFACTS (default
 // artifacts/ at the repository root).
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +17,20 @@ export const repoRoot = path.resolve(here, '../../..');
 export const artifacts = process.env.ARTIFACTS ?? path.join(repoRoot, 'artifacts');
 const binDir = process.env.SATSUMA_BIN_DIR ?? path.join(repoRoot, 'target/debug');
 const APP_SECRET = 'browser-test-secret';
+
+/**
+ * The web directory the servers serve. The checkout's client/web/public is
+ * stamped first (scripts/web-manifest.sh: integrity hashes into index.html,
+ * manifest.json), so a JavaScript edit made after the last build-web.sh does
+ * not make every page refuse its modules. A directory given by SATSUMA_WEB_DIR
+ * is served as it is.
+ */
+function webDir() {
+  if (process.env.SATSUMA_WEB_DIR) return process.env.SATSUMA_WEB_DIR;
+  const dir = path.join(repoRoot, 'client/web/public');
+  execFileSync('bash', [path.join(repoRoot, 'scripts/web-manifest.sh'), dir], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return dir;
+}
 
 // Flags measured in docs (browser-testing): fake devices, auto-accepted
 // permission prompts, loopback ICE candidates (a runner may only have `lo`).
@@ -74,7 +88,7 @@ export async function startServers({ testHooks = true } = {}) {
   let coord;
   try {
     coord = await startProcess('coordinator', path.join(binDir, 'satsuma-coordinator'), [
-      '--dev', '--listen', '127.0.0.1:0', '--web-dir', process.env.SATSUMA_WEB_DIR ?? path.join(repoRoot, 'client/web/public'),
+      '--dev', '--listen', '127.0.0.1:0', '--web-dir', webDir(),
       '--sfu-node', `http://${sfuHttp}`, '--sfu-app-id', 'satsuma', '--sfu-app-secret', APP_SECRET, '--log', 'warn',
       `--test-hooks=${testHooks}`,
     ], /satsuma-coordinator listening http=(\S+)/, logs);
@@ -104,7 +118,7 @@ export async function startAllInOne({ testHooks = true } = {}) {
   const logs = [];
   const all = await startProcess('satsuma', path.join(binDir, 'satsuma'), [
     '--listen', '127.0.0.1:0', '--sfu-api', '127.0.0.1:0', '--media', '127.0.0.1:0', '--detect-lan=false',
-    '--web-dir', process.env.SATSUMA_WEB_DIR ?? path.join(repoRoot, 'client/web/public'), '--log', 'warn',
+    '--web-dir', webDir(), '--log', 'warn',
     `--test-hooks=${testHooks}`,
   ], /satsuma listening web=(\S+) sfu=(\S+) media=(\S+)/, logs);
   return {
