@@ -12,8 +12,10 @@
 //!   new log entries, replays and departures. Every entry gets the next per-room
 //!   `seq`, so all members see one total order (what the designated-committer
 //!   algorithm of `docs/e2ee-relay.md` needs). The room names the MLS group
-//!   creator, arbitrates commits per epoch by reading the clear MLS header
-//!   ([`mls_framing`]) and announces `execute` once members are `ready`.
+//!   creator, arbitrates commits per epoch by parsing them ([`mls_framing`]), lets
+//!   only group members (the creator and those added by accepted commits) drive the
+//!   group, voids a commit members cannot process and announces `execute` once
+//!   members are `ready`.
 //! - [`protocol`] holds the WebSocket wire types shared with clients; see
 //!   `coordinator/PROTOCOL.md` for every message.
 //! - [`auth`] signs and checks HS256 join tokens.

@@ -1,4 +1,4 @@
-//! Reading the clear header of an MLS message (RFC 9420 §6) without any keys.
+//! Reading the clear parts of MLS messages (RFC 9420 §6) without any keys.
 //!
 //! The coordinator arbitrates commits per epoch, so it must learn a commit's
 //! `group_id` and `epoch` and check that it really is a commit. Both MLS
@@ -29,7 +29,11 @@
 //! two bits of the first byte give the length of the length (1, 2 or 4 bytes),
 //! `0b11` is invalid, and the minimum encoding is mandatory.
 //!
-//! Only the header is read; the rest of the message is opaque and stays so.
+//! [`parse_header`] reads only that header. For commits the coordinator goes further
+//! ([`parse_public_commit`], further down): it parses a PublicMessage commit in full to
+//! learn whom it adds (the KeyPackages, byte for byte) and whom it removes, because
+//! only participants added by an accepted commit count as group members. Signatures
+//! and MACs stay unchecked: the coordinator holds no keys.
 
 use thiserror::Error;
 
