@@ -116,6 +116,12 @@ impl Server {
                 tracing::error!(error = %e, "server stopped");
             }
         });
+        if app.config.test_hooks {
+            tracing::warn!(
+                "test hooks on: the web client honours its test parameters and drills; \
+                 for test suites only, never in production"
+            );
+        }
         tracing::info!(%addr, "coordinator listening");
         Ok(ServerHandle {
             addr,

@@ -194,6 +194,9 @@ async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     if settings.dev_tokens {
         println!("dev tokens on: anyone who can reach the web port can join any room");
     }
+    if settings.test_hooks {
+        println!("test hooks on: for test suites only, never in production");
+    }
     println!();
     println!("    Open {url} in your browser.");
     println!();
