@@ -12,6 +12,13 @@ use satsuma_e2ee::group::Group;
 
 const COMMITTER: u64 = 1;
 
+/// A fixed long-term identity per participant id.
+fn ident(id: u64) -> satsuma_e2ee::identity::Identity {
+    let mut seed = [1u8; 32];
+    seed[..8].copy_from_slice(&id.to_be_bytes());
+    satsuma_e2ee::identity::Identity::from_seed(seed, &format!("member {id}"))
+}
+
 /// Every participant id a test uses counts as seen joining the room.
 fn all() -> std::collections::BTreeSet<u64> {
     (0..=1_000).collect()
@@ -20,16 +27,16 @@ const OBSERVER: u64 = 2;
 
 /// Committer and one observing member in a group of `n` built by single adds.
 fn group(n: u64) -> (Group, Group) {
-    let mut a = Group::new(COMMITTER).unwrap();
+    let mut a = Group::new(COMMITTER, ident(COMMITTER)).unwrap();
     a.create(b"bench-room").unwrap();
-    let mut b = Group::new(OBSERVER).unwrap();
+    let mut b = Group::new(OBSERVER, ident(OBSERVER)).unwrap();
     let kp = b.key_package().unwrap();
     let kp = a.parse_key_package(OBSERVER, &kp).unwrap();
     let (c, w) = a.commit(Some(&kp), &[]).unwrap();
     a.process_commit(COMMITTER, &c, &w, &all());
     b.process_commit(COMMITTER, &c, &w, &all());
     for id in 3..=n {
-        let mut j = Group::new(id).unwrap();
+        let mut j = Group::new(id, ident(id)).unwrap();
         let kp = j.key_package().unwrap();
         let kp = a.parse_key_package(id, &kp).unwrap();
         let (c, w) = a.commit(Some(&kp), &[]).unwrap();
@@ -49,7 +56,7 @@ enum Step {
 
 /// One add + remove cycle; returns the time of `step`.
 fn cycle(a: &mut Group, b: &mut Group, joiner: u64, step: Step) -> Duration {
-    let mut j = Group::new(joiner).unwrap();
+    let mut j = Group::new(joiner, ident(joiner)).unwrap();
     let kp = j.key_package().unwrap();
     let kp = a.parse_key_package(joiner, &kp).unwrap();
     let t = Instant::now();

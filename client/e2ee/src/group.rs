@@ -1,8 +1,11 @@
 //! The openmls wrapper: one MLS group per room, identities are participant ids.
 //!
 //! [`Group`] holds one participant's MLS state: its signing identity (a basic
-//! credential whose identity is the participant id, 8 bytes big-endian, and an
-//! Ed25519 key), the KeyPackages it announced, and at most one [`MlsGroup`]. It turns
+//! credential whose identity bytes are the participant id, 8 bytes big-endian,
+//! followed by the binding of the long-term identity key and display name
+//! described in [`crate::identity`], and an Ed25519 MLS signature key), the
+//! KeyPackages it announced, and at most one [`MlsGroup`]. Every KeyPackage, every
+//! Add in a commit and every member of a Welcome must carry a valid binding. It turns
 //! the relay's opaque bytes into the abstract facts the designated committer
 //! ([`crate::committer`]) reasons about: who a KeyPackage is from and under which key,
 //! what a commit added and removed, whether a Welcome was for us.
@@ -40,6 +43,7 @@ use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
 
 use crate::committer::{CommitOutcome, KeyTag, ParticipantId};
+use crate::identity::{Identity, verify_binding};
 
 /// The one ciphersuite Satsuma uses.
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
@@ -64,6 +68,9 @@ pub enum GroupError {
     /// A KeyPackage that fails validation or does not belong to its sender.
     #[error("invalid KeyPackage: {0}")]
     InvalidKeyPackage(String),
+    /// A leaf whose credential does not carry a valid identity binding.
+    #[error("invalid credential: {0}")]
+    InvalidCredential(String),
     /// The operation needs a group and there is none.
     #[error("not a group member")]
     NoGroup,
@@ -93,10 +100,12 @@ pub fn key_tag(signature_key: &[u8]) -> KeyTag {
     KeyTag(u64::from_be_bytes(b))
 }
 
-/// The participant id a credential names (basic credential, 8 bytes big-endian).
+/// The participant id a credential names (basic credential, first 8 bytes
+/// big-endian). Says nothing about the validity of the rest: see
+/// [`member_identity`].
 pub fn credential_id(credential: &Credential) -> Option<ParticipantId> {
     let basic = BasicCredential::try_from(credential.clone()).ok()?;
-    let bytes: [u8; 8] = basic.identity().try_into().ok()?;
+    let bytes: [u8; 8] = basic.identity().first_chunk::<8>().copied()?;
     Some(u64::from_be_bytes(bytes))
 }
 
@@ -107,36 +116,26 @@ pub struct MemberIdentity {
     pub id: ParticipantId,
     /// The display name bound into the credential.
     pub name: String,
-    /// The member's fingerprint, `XXXX XXXX XXXX XXXX`.
+    /// The member's fingerprint (of its long-term identity key, see
+    /// [`crate::identity::Fingerprint`]), `XXXX XXXX XXXX XXXX`.
     pub fingerprint: String,
 }
 
-/// The verified identity behind a leaf: its credential and signature key.
+/// The verified identity behind a leaf, from its credential and MLS signature
+/// key: the binding must be well-formed and its signature must verify.
 pub fn member_identity(
     credential: &Credential,
     signature_key: &[u8],
 ) -> Result<MemberIdentity, GroupError> {
-    let id = credential_id(credential)
-        .ok_or_else(|| GroupError::InvalidKeyPackage("not an 8-byte basic credential".into()))?;
-    let tag = key_tag(signature_key).0.to_be_bytes();
+    let basic = BasicCredential::try_from(credential.clone())
+        .map_err(|_| GroupError::InvalidCredential("not a basic credential".into()))?;
+    let v = verify_binding(basic.identity(), signature_key)
+        .map_err(|e| GroupError::InvalidCredential(e.to_string()))?;
     Ok(MemberIdentity {
-        id,
-        name: String::new(),
-        fingerprint: format_fingerprint(&tag),
+        id: v.participant,
+        fingerprint: v.fingerprint().to_string(),
+        name: v.name,
     })
-}
-
-/// `XXXX XXXX XXXX XXXX` (upper-case hex) of 8 bytes.
-pub fn format_fingerprint(bytes: &[u8; 8]) -> String {
-    let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
-    let mut out = String::with_capacity(19);
-    for (i, c) in hex.chars().enumerate() {
-        if i > 0 && i % 4 == 0 {
-            out.push(' ');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// A validated KeyPackage from the relay.
@@ -176,6 +175,7 @@ struct PendingCommit {
 /// One participant's MLS state.
 pub struct Group {
     me: ParticipantId,
+    identity: Identity,
     provider: OpenMlsRustCrypto,
     signer: SignatureKeyPair,
     credential: CredentialWithKey,
@@ -203,8 +203,9 @@ fn join_config() -> MlsGroupJoinConfig {
 }
 
 impl Group {
-    /// A fresh identity for participant `me`, with no group.
-    pub fn new(me: ParticipantId) -> Result<Self, GroupError> {
+    /// Participant `me` with long-term `identity`: a fresh MLS signature key bound
+    /// to the identity, and no group.
+    pub fn new(me: ParticipantId, identity: Identity) -> Result<Self, GroupError> {
         let provider = OpenMlsRustCrypto::default();
         let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm())
             .map_err(|e| mls_err("signature key")(format!("{e:?}")))?;
@@ -212,11 +213,13 @@ impl Group {
             .store(provider.storage())
             .map_err(|e| mls_err("store signature key")(format!("{e:?}")))?;
         let credential = CredentialWithKey {
-            credential: BasicCredential::new(me.to_be_bytes().to_vec()).into(),
+            credential: BasicCredential::new(identity.credential_identity(me, signer.public()))
+                .into(),
             signature_key: signer.public().into(),
         };
         Ok(Self {
             me,
+            identity,
             provider,
             signer,
             credential,
@@ -226,11 +229,16 @@ impl Group {
         })
     }
 
-    /// Throw everything away (group, announced KeyPackages, signature key) and start
-    /// over with a fresh identity.
+    /// Throw everything away (group, announced KeyPackages, MLS signature key) and
+    /// start over with a fresh MLS signature key (the long-term identity stays).
     pub fn reset(&mut self) -> Result<(), GroupError> {
-        *self = Self::new(self.me)?;
+        *self = Self::new(self.me, self.identity.clone())?;
         Ok(())
+    }
+
+    /// The long-term identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// This participant's id.

@@ -1,5 +1,5 @@
 //! Satsuma E2EE core: the MLS group with a designated committer, DAVE-format
-//! per-frame encryption and safety numbers. Sans-IO: no sockets, no clocks
+//! per-frame encryption, safety numbers and long-term member identities. Sans-IO: no sockets, no clocks
 //! (time is passed in); builds for native and `wasm32-unknown-unknown`.
 
 pub mod frame;
@@ -7,5 +7,6 @@ pub mod safety;
 
 pub mod committer;
 pub mod group;
+pub mod identity;
 pub mod member;
 pub mod relay;

@@ -31,6 +31,7 @@ use crate::frame::{
     BaseSecret, Codec, Decrypted, Decryptor, DecryptorConfig, DropReason, EncryptError, Encryptor,
 };
 use crate::group::{Group, GroupError, MemberIdentity, ValidKeyPackage};
+use crate::identity::Identity;
 use crate::relay::{Entry, Handshake, RelayError, ServerFrame};
 use crate::safety::SafetyNumber;
 
@@ -164,9 +165,14 @@ fn ms(now: Duration) -> u64 {
 }
 
 impl Member {
-    /// Participant `me` (the id the coordinator assigned) with a fresh identity.
-    pub fn new(me: ParticipantId, config: MemberConfig) -> Result<Self, MemberError> {
-        let group = Group::new(me)?;
+    /// Participant `me` (the id the coordinator assigned) with long-term
+    /// `identity` (see [`crate::identity`]) and a fresh MLS signature key.
+    pub fn new(
+        me: ParticipantId,
+        identity: Identity,
+        config: MemberConfig,
+    ) -> Result<Self, MemberError> {
+        let group = Group::new(me, identity)?;
         Ok(Self {
             committer: Committer::new(me, group.key_tag(), config.committer),
             group,
@@ -188,6 +194,11 @@ impl Member {
     /// This participant's id.
     pub fn id(&self) -> ParticipantId {
         self.committer.me()
+    }
+
+    /// This participant's long-term identity (name, fingerprint).
+    pub fn identity(&self) -> &Identity {
+        self.group.identity()
     }
 
     /// The committer state (phase, group view, pending work).

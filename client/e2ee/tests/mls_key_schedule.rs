@@ -22,6 +22,13 @@ use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// A fixed long-term identity per participant id.
+fn ident(id: u64) -> satsuma_e2ee::identity::Identity {
+    let mut seed = [1u8; 32];
+    seed[..8].copy_from_slice(&id.to_be_bytes());
+    satsuma_e2ee::identity::Identity::from_seed(seed, &format!("member {id}"))
+}
+
 /// Every participant id a test uses counts as seen joining the room.
 fn all() -> std::collections::BTreeSet<u64> {
     (0..=1_000).collect()
@@ -149,10 +156,10 @@ fn exporter_and_authenticator_match_the_key_schedule_vectors() {
 /// Build a group of `n` members (ids 1..=n) by one-by-one adds, every member
 /// processing every commit, like the designated committer does it.
 fn group_of(n: u64) -> Vec<Group> {
-    let mut members = vec![Group::new(1).unwrap()];
+    let mut members = vec![Group::new(1, ident(1)).unwrap()];
     members[0].create(b"room").unwrap();
     for id in 2..=n {
-        let mut joiner = Group::new(id).unwrap();
+        let mut joiner = Group::new(id, ident(id)).unwrap();
         let kp_bytes = joiner.key_package().unwrap();
         let kp = members[0].parse_key_package(id, &kp_bytes).unwrap();
         let (commit, welcome) = members[0].commit(Some(&kp), &[]).unwrap();

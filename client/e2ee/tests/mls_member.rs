@@ -291,7 +291,16 @@ fn a_member_refuses_a_commit_adding_somebody_it_never_saw_join() {
     let alarm = bm.alarm().expect("an alarm");
     assert_eq!(alarm.len(), 1);
     assert_eq!(alarm[0].id, g);
-    assert!(!alarm[0].fingerprint.is_empty());
+    assert_eq!(alarm[0].name, format!("P{g}"));
+    assert_eq!(
+        alarm[0].fingerprint,
+        satsuma_e2ee::identity::Identity::from_seed(sim_support::seed(g), "")
+            .fingerprint()
+            .to_string()
+    );
+    // a lists the ghost with the same name and fingerprint.
+    let listed = room.clients[&a].member.member_identities();
+    assert!(listed.contains(&alarm[0]), "{listed:?}");
     assert!(
         room.clients[&b].events.iter().any(
             |e| matches!(e, MemberEvent::Alarm { unknown } if unknown.iter().any(|m| m.id == g))
@@ -414,7 +423,11 @@ fn an_unprocessable_commit_is_reported_and_voided_without_resetting_the_room() {
     // a look-alike group: nobody can process it. The coordinator accepts it as c's
     // (c is a member, the framing says group and epoch are right).
     let group_id = room.clients[&a].member.group_id().unwrap();
-    let mut fake = satsuma_e2ee::group::Group::new(99).unwrap();
+    let mut fake = satsuma_e2ee::group::Group::new(
+        99,
+        satsuma_e2ee::identity::Identity::from_seed([9; 32], "fake"),
+    )
+    .unwrap();
     fake.create(&group_id).unwrap();
     let everyone: std::collections::BTreeSet<u64> = (0..200).collect();
     while fake.epoch() < Some(epoch) {

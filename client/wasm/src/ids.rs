@@ -12,6 +12,9 @@ pub(crate) enum BindingError {
     /// A participant id or epoch that is not a non-negative safe integer.
     #[error("{0} is not a non-negative safe integer")]
     NotAnId(&'static str),
+    /// An identity seed that is not 32 bytes.
+    #[error("identity seed must be 32 bytes, got {0}")]
+    BadSeed(usize),
     /// The MLS member could not be created.
     #[error("MLS: {0}")]
     Member(MemberError),

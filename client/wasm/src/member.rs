@@ -2,6 +2,7 @@
 
 use satsuma_e2ee::committer::Phase;
 use satsuma_e2ee::frame::Codec;
+use satsuma_e2ee::identity::{Identity, SEED_LEN};
 use satsuma_e2ee::member::{Member, MemberConfig, MemberEvent, Outbound};
 use satsuma_e2ee::relay::Entry;
 use serde::Deserialize;
@@ -122,14 +123,23 @@ pub struct GroupMember {
 
 #[wasm_bindgen]
 impl GroupMember {
-    /// Participant `me` (the id from the coordinator's `welcome`) with a fresh
-    /// MLS identity.
+    /// Participant `me` (the id from the coordinator's `welcome`) with the
+    /// long-term identity of `identity_seed` (32 bytes, kept by the worker per
+    /// browser profile) and `display_name` bound into its MLS credential, and a
+    /// fresh MLS signature key.
     ///
     /// # Errors
-    /// A bad id, or the MLS identity could not be generated.
+    /// A bad id or seed, or the MLS identity could not be generated.
     #[wasm_bindgen(constructor)]
-    pub fn new(me: f64) -> Result<GroupMember, JsError> {
-        Ok(Self::try_new(me)?)
+    pub fn new(me: f64, identity_seed: &[u8], display_name: &str) -> Result<GroupMember, JsError> {
+        Ok(Self::try_new(me, identity_seed, display_name)?)
+    }
+
+    /// This participant's own fingerprint (`XXXX XXXX XXXX XXXX`), stable for
+    /// the identity seed.
+    #[must_use]
+    pub fn fingerprint(&self) -> String {
+        self.member.identity().fingerprint().to_string()
     }
 
     /// The coordinator's `welcome` message (JSON): its snapshot's roster.
@@ -317,9 +327,18 @@ impl GroupMember {
 }
 
 impl GroupMember {
-    pub(crate) fn try_new(me: f64) -> Result<Self, BindingError> {
+    pub(crate) fn try_new(
+        me: f64,
+        identity_seed: &[u8],
+        display_name: &str,
+    ) -> Result<Self, BindingError> {
         let me = to_u64(me).ok_or(BindingError::NotAnId("participant id"))?;
-        let member = Member::new(me, MemberConfig::default()).map_err(BindingError::Member)?;
+        let seed: [u8; SEED_LEN] = identity_seed
+            .try_into()
+            .map_err(|_| BindingError::BadSeed(identity_seed.len()))?;
+        let identity = Identity::from_seed(seed, display_name);
+        let member =
+            Member::new(me, identity, MemberConfig::default()).map_err(BindingError::Member)?;
         Ok(Self {
             member,
             send_key_changed: false,
@@ -433,8 +452,8 @@ mod tests {
     /// commit with Welcome, execute; then frames cross in both directions.
     #[test]
     fn two_members_agree_and_exchange_frames() {
-        let mut a = GroupMember::try_new(1.0).unwrap();
-        let mut b = GroupMember::try_new(2.0).unwrap();
+        let mut a = GroupMember::try_new(1.0, &[1; 32], "Alice").unwrap();
+        let mut b = GroupMember::try_new(2.0, &[2; 32], "Bob").unwrap();
         let mut seq = 0u64;
         let mut log: Vec<Result<String, Vec<u8>>> = Vec::new();
         let push_json = |log: &mut Vec<Result<String, Vec<u8>>>, seq: &mut u64, body: String| {
@@ -489,7 +508,31 @@ mod tests {
         let sa = a.safety_number().expect("a has a safety number");
         assert_eq!(Some(sa.clone()), b.safety_number());
         assert_eq!(sa.len(), 30);
-        assert!(a.status_json().contains(r#""phase":"member""#));
+        let status: serde_json::Value = serde_json::from_str(&a.status_json()).unwrap();
+        assert_eq!(status["phase"], "member");
+        assert_eq!(status["alarm"], serde_json::Value::Null);
+        let members = status["members"].as_array().unwrap();
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[0]["id"], 1);
+        assert_eq!(members[0]["name"], "Alice");
+        assert_eq!(members[0]["me"], true);
+        assert_eq!(
+            members[0]["fingerprint"].as_str(),
+            Some(a.fingerprint().as_str())
+        );
+        assert_eq!(members[1]["name"], "Bob");
+        assert_eq!(members[1]["me"], false);
+        assert_eq!(
+            members[1]["fingerprint"].as_str(),
+            Some(b.fingerprint().as_str())
+        );
+        assert_eq!(
+            GroupMember::try_new(9.0, &[2; 32], "Bob again")
+                .unwrap()
+                .fingerprint(),
+            b.fingerprint(),
+            "same seed, same fingerprint"
+        );
 
         let frame = [
             0x10u8, 2, 0, 0x9d, 1, 0x2a, 0x80, 2, 0xe0, 1, 5, 6, 7, 8, 9, 10, 11, 12,
@@ -511,9 +554,114 @@ mod tests {
         assert_eq!(track.protocol_frames(), 2.0);
     }
 
+    /// A log entry and, for a hidden participant's entries, the only two ids
+    /// that see it.
+    type Logged = (Option<(u64, u64)>, Result<String, Vec<u8>>);
+
+    /// A room where the coordinator shows participant 3 only to participant 1
+    /// (the committer): 2 refuses the epoch that adds 3 and its status carries
+    /// the alarm naming 3.
+    #[test]
+    fn a_hidden_member_raises_the_alarm_in_the_status() {
+        let ids = [1u64, 2, 3];
+        let mut ms: Vec<GroupMember> = ids
+            .iter()
+            .map(|id| {
+                GroupMember::try_new(*id as f64, &[*id as u8; 32], &format!("P{id}")).unwrap()
+            })
+            .collect();
+        let hide = |id: u64| (id == 3).then_some((3u64, 1u64));
+        let mut log: Vec<Logged> = Vec::new();
+        let mut seq = 0u64;
+        let json = |log: &mut Vec<Logged>, seq: &mut u64, vis, body: String| {
+            *seq += 1;
+            log.push((vis, Ok(format!(r#"{{"seq":{seq},{body}}}"#))));
+        };
+        ms[0].on_welcome(r#"{"snapshot":{"participants":[]}}"#, at(0));
+        json(&mut log, &mut seq, None, r#""type":"joined","id":1"#.into());
+        json(
+            &mut log,
+            &mut seq,
+            None,
+            r#""type":"creator","id":1,"group_id":"aa""#.into(),
+        );
+        ms[1].on_welcome(r#"{"snapshot":{"participants":[{"id":1}]}}"#, at(0));
+        json(&mut log, &mut seq, None, r#""type":"joined","id":2"#.into());
+        let mut delivered = [0usize; 3];
+        let mut t = 0u64;
+        let mut ghost_joined = false;
+        for round in 0..40 {
+            t += 100;
+            if round == 15 && !ghost_joined {
+                // The ghost arrives once 1 and 2 share a group.
+                ghost_joined = true;
+                ms[2].on_welcome(
+                    r#"{"snapshot":{"participants":[{"id":1},{"id":2}]}}"#,
+                    at(t),
+                );
+                delivered[2] = log.len();
+                json(
+                    &mut log,
+                    &mut seq,
+                    hide(3),
+                    r#""type":"joined","id":3"#.into(),
+                );
+            }
+            for (i, m) in ms.iter_mut().enumerate() {
+                let me = ids[i];
+                if me == 3 && !ghost_joined {
+                    continue;
+                }
+                while delivered[i] < log.len() {
+                    let (vis, entry) = &log[delivered[i]];
+                    delivered[i] += 1;
+                    if vis.is_some_and(|(a, b)| me != a && me != b) {
+                        continue;
+                    }
+                    match entry {
+                        Ok(j) => m.on_event(j, at(t)),
+                        Err(bin) => m.on_mls(bin, at(t)),
+                    }
+                }
+                m.tick(at(t));
+                while let Some(frame) = m.poll_binary() {
+                    seq += 1;
+                    let mut out = seq.to_be_bytes().to_vec();
+                    out.push(frame[0]);
+                    out.extend_from_slice(&me.to_be_bytes());
+                    out.extend_from_slice(&frame[1..]);
+                    // The commit that adds the ghost is visible to all.
+                    let vis = if frame[0] == 1 { hide(me) } else { None };
+                    log.push((vis, Err(out)));
+                }
+                while m.poll_json().is_some() {}
+            }
+        }
+        let b: serde_json::Value = serde_json::from_str(&ms[1].status_json()).unwrap();
+        assert_eq!(b["phase"], "refused", "{b}");
+        assert_eq!(b["epoch"], serde_json::Value::Null);
+        assert_eq!(b["members"].as_array().map(Vec::len), Some(0));
+        let unknown = &b["alarm"]["unknown"];
+        assert_eq!(unknown[0]["id"], 3, "{b}");
+        assert_eq!(unknown[0]["name"], "P3");
+        assert_eq!(
+            unknown[0]["fingerprint"].as_str(),
+            Some(ms[2].fingerprint().as_str())
+        );
+        assert_eq!(
+            ms[1].encrypt("audio/opus", &[1, 2, 3]),
+            None,
+            "b sends nothing"
+        );
+        let a: serde_json::Value = serde_json::from_str(&ms[0].status_json()).unwrap();
+        assert_eq!(a["phase"], "member");
+        assert_eq!(a["members"].as_array().map(Vec::len), Some(3));
+        assert_eq!(a["alarm"], serde_json::Value::Null);
+    }
+
     #[test]
     fn hostile_inputs_are_counted_not_fatal() {
-        let mut m = GroupMember::try_new(7.0).unwrap();
+        let mut m = GroupMember::try_new(7.0, &[7; 32], "x").unwrap();
         m.on_welcome("{}", 0.0);
         m.on_event(r#"{"seq":1}"#, 0.0);
         m.on_mls(&[1, 2, 3], 0.0);
@@ -524,7 +672,8 @@ mod tests {
             m.status_json()
         );
         assert_eq!(m.encrypt("audio/opus", &[1, 2, 3]), None);
-        assert!(GroupMember::try_new(-1.0).is_err());
+        assert!(GroupMember::try_new(-1.0, &[0; 32], "x").is_err());
+        assert!(GroupMember::try_new(1.0, &[0; 31], "x").is_err());
         assert!(InboundTrack::try_new(f64::NAN, false).is_err());
     }
 }

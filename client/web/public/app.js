@@ -57,7 +57,7 @@ class Call {
     this.pushed = new Map(); // kind -> trackName
     this.sfu = null;
     this.mediaEpoch = 0;
-    this.e2ee = new E2eeLink({ decrypt: flags.decrypt, mls: flags.mls, legacy: flags.legacy });
+    this.e2ee = new E2eeLink({ decrypt: flags.decrypt, mls: flags.mls, legacy: flags.legacy, displayName: name });
     this.link = new RoomLink({ url: endpoints.ws(room), getToken: () => fetchToken(room, name), room });
     this.problems = [];
     this.lastDecoded = new Map();

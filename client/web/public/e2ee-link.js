@@ -48,10 +48,12 @@ export class E2eeLink extends EventTarget {
    * @param {boolean} opts.decrypt decrypt inbound frames (false: negative control, frames pass through undecrypted)
    * @param {boolean} opts.mls join the MLS group (false: keyless observer)
    * @param {boolean} opts.legacy use createEncodedStreams even where RTCRtpScriptTransform exists
+   * @param {string} opts.displayName the name bound into this participant's MLS credential
    */
-  constructor({ decrypt = true, mls = true, legacy = false } = {}) {
+  constructor({ decrypt = true, mls = true, legacy = false, displayName = '' } = {}) {
     super();
     this.decrypt = decrypt;
+    this.displayName = displayName;
     this.joinGroup = mls;
     this.legacy = legacy || !scriptTransformSupported();
     this.worker = null;
@@ -226,7 +228,10 @@ export class E2eeLink extends EventTarget {
     worker.onmessageerror = () => {
       if (this.worker === worker) this.#problem('E2EE worker: a message could not be decoded');
     };
-    worker.postMessage({ type: 'init', participantId: this.participantId, decrypt: this.decrypt, mls: this.joinGroup, wasm: e2eeWorker.wasm });
+    worker.postMessage({
+      type: 'init', participantId: this.participantId, decrypt: this.decrypt, mls: this.joinGroup, wasm: e2eeWorker.wasm,
+      displayName: this.displayName,
+    });
     this.#changed();
   }
 

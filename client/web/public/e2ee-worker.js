@@ -12,6 +12,12 @@
 // - A keyless observer (`mls: false`) or a participant with decryption
 //   disabled passes inbound frames on untouched and only counts how many
 //   carry the DAVE trailer (`... FA FA`): the negative control of the tests.
+// - Identity: the browser profile's long-term identity key (a 32-byte Ed25519
+//   seed) lives in IndexedDB (`satsuma-identity`), created with
+//   crypto.getRandomValues on first use; with the display name it is bound into
+//   every MLS credential, so this profile shows the same fingerprint whenever it
+//   joins (client/e2ee/src/identity.rs). The seed never leaves this worker and
+//   WebAssembly.
 
 import * as wasm from './pkg/satsuma_wasm.js';
 
@@ -19,8 +25,10 @@ const TICK_MS = 200;
 const STATS_MS = 1000;
 
 let ready = false;
-let config = { participantId: null, decrypt: true, mls: true };
+let config = { participantId: null, decrypt: true, mls: true, displayName: '' };
 let member = null;
+let identitySeed = null; // Uint8Array(32) from IndexedDB
+let mlsFailed = null; // why the MLS member could not start
 let loaded = false;
 const backlog = [];
 const tracks = new Map(); // trackId -> {options, inbound?, transformer?, frames, bytes}
@@ -53,7 +61,10 @@ async function boot(init) {
     return;
   }
   loaded = true;
-  if (config.mls) startMember();
+  if (config.mls) {
+    identitySeed = await loadIdentitySeed();
+    startMember();
+  }
   ready = true;
   for (const m of backlog.splice(0)) handle(m);
   setInterval(tick, TICK_MS);
@@ -68,9 +79,64 @@ function startMember() {
   }
   try {
     member?.free();
-    member = new wasm.GroupMember(config.participantId);
+    member = null;
+    member = new wasm.GroupMember(config.participantId, identitySeed, String(config.displayName ?? ''));
+    mlsFailed = null;
   } catch (err) {
-    problem(`MLS start failed: ${err.message ?? err}`);
+    mlsFailed = `MLS start failed: ${err.message ?? err}`;
+    problem(mlsFailed);
+  }
+}
+
+const IDENTITY_DB = 'satsuma-identity';
+const IDENTITY_STORE = 'keys';
+const IDENTITY_KEY = 'identity-seed-v1';
+
+/**
+ * This browser profile's identity seed: read from IndexedDB, or created and
+ * stored in the same read-write transaction (two tabs starting at once agree on
+ * one seed). Without IndexedDB (some private modes) an ephemeral seed is used
+ * and the page is told its fingerprint will change on every join.
+ */
+async function loadIdentitySeed() {
+  try {
+    return await new Promise((resolve, reject) => {
+      const open = indexedDB.open(IDENTITY_DB, 1);
+      open.onupgradeneeded = () => open.result.createObjectStore(IDENTITY_STORE);
+      open.onerror = () => reject(open.error);
+      open.onblocked = () => reject(new Error('IndexedDB is blocked'));
+      open.onsuccess = () => {
+        const db = open.result;
+        let seed = null;
+        const tx = db.transaction(IDENTITY_STORE, 'readwrite');
+        const store = tx.objectStore(IDENTITY_STORE);
+        const get = store.get(IDENTITY_KEY);
+        get.onsuccess = () => {
+          const stored = get.result;
+          if (stored instanceof Uint8Array && stored.byteLength === 32) {
+            seed = stored;
+          } else {
+            seed = crypto.getRandomValues(new Uint8Array(32));
+            store.put(seed, IDENTITY_KEY);
+          }
+        };
+        tx.oncomplete = () => {
+          db.close();
+          resolve(seed);
+        };
+        tx.onerror = () => {
+          db.close();
+          reject(tx.error);
+        };
+        tx.onabort = () => {
+          db.close();
+          reject(tx.error ?? new Error('IndexedDB transaction aborted'));
+        };
+      };
+    });
+  } catch (err) {
+    problem(`Your identity key cannot be stored in this browser (${err?.message ?? err}): your fingerprint will change every time you join.`);
+    return crypto.getRandomValues(new Uint8Array(32));
   }
 }
 
@@ -198,7 +264,10 @@ function reportSendKey() {
 function publishStatus() {
   const status = member
     ? JSON.parse(member.status_json())
-    : { phase: config.mls ? 'unavailable' : 'observer', epoch: null, safety_number: null };
+    : {
+      phase: config.mls ? (mlsFailed ? 'failed' : 'starting') : 'observer',
+      epoch: null, safety_number: null, members: [], alarm: null, last_error: mlsFailed,
+    };
   status.decrypt = config.decrypt;
   const text = JSON.stringify(status);
   if (text !== lastStatus) {

@@ -11,7 +11,8 @@ use satsuma_e2ee::member::{Member, MemberConfig};
 use satsuma_e2ee::relay::Entry;
 
 fn member(id: u64, creator: bool) -> Option<Member> {
-    let mut m = Member::new(id, MemberConfig::default()).ok()?;
+    let identity = satsuma_e2ee::identity::Identity::from_seed([id as u8; 32], "fuzz");
+    let mut m = Member::new(id, identity, MemberConfig::default()).ok()?;
     let t = Duration::from_secs(1);
     m.handle_welcome(t, 0, &[1, 2]);
     if creator {

@@ -301,7 +301,12 @@ impl Room {
         let id = self.next_id;
         self.next_id += 1;
         self.coord.join(id);
-        let mut member = Member::new(id, self.config.clone()).unwrap();
+        let mut member = Member::new(
+            id,
+            satsuma_e2ee::identity::Identity::from_seed(seed(id), &format!("P{id}")),
+            self.config.clone(),
+        )
+        .unwrap();
         // Snapshot as of just before its own `joined` entry.
         let cursor = self
             .coord
