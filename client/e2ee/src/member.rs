@@ -371,6 +371,16 @@ impl Member {
         self.run(now, actions);
     }
 
+    /// The coordinator answered this member's `commit_failed` with error
+    /// `not_member` (refused `commit_failed`): the commit stands, others applied
+    /// it, this member is out of the group. Resets and re-announces at once
+    /// (instead of waiting for the void timeout). Ignored without a pending report.
+    pub fn commit_failure_refused(&mut self, now: Duration) {
+        if self.committer.reported_failure().is_some() {
+            self.reset(now);
+        }
+    }
+
     /// Drop the group and all MLS state, and rejoin the group under a fresh identity
     /// (what happens automatically after an unexpected MLS error).
     pub fn reset(&mut self, now: Duration) {

@@ -464,3 +464,42 @@ fn an_unprocessable_commit_is_reported_and_voided_without_resetting_the_room() {
     assert_ne!(room.clients[&a].member.safety_number(), Some(&number));
     assert_eq!(alarms(&room), vec![]);
 }
+
+#[test]
+fn a_commit_the_others_applied_stands_and_the_reporter_rejoins() {
+    let mut room = Room::new(MemberConfig::default());
+    let a = room.join();
+    let b = room.join();
+    let c = room.join();
+    room.settle(200);
+    assert!(room.converged());
+    // d joins; a commits its add; a and b apply it and report ready.
+    let d = room.join();
+    room.deliver(d, usize::MAX);
+    room.flush(d, usize::MAX);
+    room.deliver(a, usize::MAX);
+    room.flush(a, usize::MAX);
+    let commit_at = room.coord.log.len() - 1;
+    for id in [a, b, d] {
+        room.deliver(id, usize::MAX);
+        room.flush(id, usize::MAX);
+    }
+    // c gets the commit damaged in transit: it cannot process it and reports.
+    while room.clients[&c].cursor < commit_at {
+        room.deliver(c, 1);
+    }
+    assert!(room.deliver_corrupted(c), "the commit entry");
+    assert_eq!(room.clients[&c].member.stats().reported_commits, 1);
+    room.flush(c, usize::MAX);
+    // b already applied it: the commit stands, c is told so and rejoins at once.
+    assert_eq!(room.coord.voids, 0);
+    assert_eq!(room.coord.refused_reports, 1);
+    assert_eq!(room.clients[&c].member.stats().resets, 1);
+    room.settle(300);
+    assert!(room.converged(), "not converged");
+    assert_eq!(room.clients[&a].member.members(), &[a, b, c, d]);
+    for id in [a, b, d] {
+        assert_eq!(room.clients[&id].member.stats().resets, 0, "{id} reset");
+    }
+    assert_eq!(alarms(&room), vec![]);
+}

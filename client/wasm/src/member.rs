@@ -41,6 +41,19 @@ enum LogEntry {
     Other,
 }
 
+/// The coordinator's direct replies the MLS layer reads.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Direct {
+    Error {
+        code: String,
+        #[serde(default)]
+        refused: Option<String>,
+    },
+    #[serde(other)]
+    Other,
+}
+
 /// The parts of the coordinator's `welcome` the MLS layer reads.
 #[derive(Debug, Deserialize)]
 struct Welcome {
@@ -171,6 +184,23 @@ impl GroupMember {
     pub fn on_mls(&mut self, frame: &[u8], now_ms: f64) {
         if let Err(e) = self.member.handle_binary(millis(now_ms), frame) {
             self.bad_input(format!("MLS frame: {e}"));
+        }
+        self.drain();
+    }
+
+    /// A direct reply of the coordinator (`error`, `commit_rejected`, … as
+    /// JSON). Reads one: error `not_member` refusing `commit_failed` (the
+    /// reported commit stands; this member resets and re-announces).
+    pub fn on_direct(&mut self, reply_json: &str, now_ms: f64) {
+        match serde_json::from_str::<Direct>(reply_json) {
+            Ok(Direct::Error {
+                code,
+                refused: Some(refused),
+            }) if code == "not_member" && refused == "commit_failed" => {
+                self.member.commit_failure_refused(millis(now_ms));
+            }
+            Ok(_) => {}
+            Err(e) => self.bad_input(format!("direct: {e}")),
         }
         self.drain();
     }
@@ -672,6 +702,20 @@ mod tests {
             m.status_json()
         );
         assert_eq!(m.encrypt("audio/opus", &[1, 2, 3]), None);
+        m.on_direct(
+            r#"{"type":"error","code":"not_member","refused":"commit_failed","message":"x"}"#,
+            0.0,
+        );
+        m.on_direct(
+            r#"{"type":"commit_rejected","epoch":1,"current_epoch":2,"reason":"stale_epoch"}"#,
+            0.0,
+        );
+        m.on_direct("[]", 0.0);
+        assert!(
+            m.status_json().contains(r#""bad_inputs":5"#),
+            "{}",
+            m.status_json()
+        );
         assert!(GroupMember::try_new(-1.0, &[0; 32], "x").is_err());
         assert!(GroupMember::try_new(1.0, &[0; 31], "x").is_err());
         assert!(InboundTrack::try_new(f64::NAN, false).is_err());

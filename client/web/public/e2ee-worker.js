@@ -182,6 +182,7 @@ function handle(msg) {
         member?.on_mls(new Uint8Array(msg.raw), performance.now());
         break;
       case 'direct':
+        member?.on_direct(JSON.stringify(msg.msg), performance.now());
         break;
       case 'forget':
         tracks.delete(msg.trackId);

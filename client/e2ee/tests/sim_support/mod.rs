@@ -42,6 +42,8 @@ pub struct Coordinator {
     pub voids: u64,
     /// Reporters whose report did not void anything (they stop being members).
     pub refused_reports: u64,
+    /// Reporters to answer with error `not_member` (refused `commit_failed`).
+    pub refused_reporters: Vec<u64>,
     /// Contract refinement (proposed, not in e2ee-relay.md yet): a KeyPackage from a
     /// participant counted as a group member means it reset, so it no longer counts;
     /// if no live group member is left, a new creator is named.
@@ -186,6 +188,7 @@ impl Coordinator {
                     self.maybe_creator();
                 } else {
                     self.refused_reports += 1;
+                    self.refused_reporters.push(from);
                     self.group_members.remove(&from);
                     self.ready.remove(&from);
                     self.maybe_creator();
@@ -393,6 +396,34 @@ impl Room {
         done
     }
 
+    /// Deliver client `id`'s next log entry with one byte of its MLS commit
+    /// flipped (a commit that fails for this client only). Returns whether the
+    /// next entry was a commit.
+    pub fn deliver_corrupted(&mut self, id: u64) -> bool {
+        let now = self.now;
+        let Some(c) = self.clients.get_mut(&id) else {
+            return false;
+        };
+        let Some(Logged::Binary(bytes)) = self.coord.log.get(c.cursor) else {
+            return false;
+        };
+        let mut frame = ServerFrame::decode(bytes).unwrap();
+        let Handshake::Commit { commit, .. } = &mut frame.handshake else {
+            return false;
+        };
+        let n = commit.len();
+        commit[n - 5] ^= 0xff;
+        c.member.handle_binary(now, &frame.encode()).unwrap();
+        c.cursor += 1;
+        while let Some(o) = c.member.poll_outbound() {
+            c.outbox.push_back((o, c.member.group_id()));
+        }
+        while let Some(e) = c.member.poll_event() {
+            c.events.push(e);
+        }
+        true
+    }
+
     /// Send up to `n` of client `id`'s queued messages to the coordinator.
     pub fn flush(&mut self, id: u64, n: usize) -> usize {
         let now = self.now;
@@ -405,6 +436,18 @@ impl Room {
                 break;
             };
             self.coord.receive(id, m, g, now);
+            for r in std::mem::take(&mut self.coord.refused_reporters) {
+                // The coordinator's error reply reaches the reporter.
+                if let Some(c) = self.clients.get_mut(&r) {
+                    c.member.commit_failure_refused(now);
+                    while let Some(o) = c.member.poll_outbound() {
+                        c.outbox.push_back((o, c.member.group_id()));
+                    }
+                    while let Some(e) = c.member.poll_event() {
+                        c.events.push(e);
+                    }
+                }
+            }
             done += 1;
         }
         done
