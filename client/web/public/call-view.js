@@ -89,10 +89,16 @@ export class CallView {
     }
   }
 
+  /**
+   * The safety number, the MLS member list (who holds this epoch's keys, with
+   * each member's fingerprint) and the alarm, from the worker's status (C7).
+   */
   safety(status) {
     const formatted = formatSafetyNumber(status?.safety_number);
-    $('safety-number').textContent = formatted ?? 'waiting for encryption…';
+    $('safety-number').textContent = formatted ?? (status?.alarm ? 'none: encryption stopped' : 'waiting for encryption…');
     $('safety-number').dataset.digits = formatted ? status.safety_number : '';
+    this.members(Array.isArray(status?.members) ? status.members : [], { stopped: Boolean(status?.alarm) });
+    this.alarm(status?.alarm ?? null);
     const parts = [];
     if (status?.phase) parts.push(`E2EE: ${status.phase}`);
     if (status?.epoch !== null && status?.epoch !== undefined) parts.push(`epoch ${status.epoch}`);
@@ -100,6 +106,38 @@ export class CallView {
     if (status?.committer) parts.push('you commit');
     if (status?.decrypt === false) parts.push('decryption OFF (test)');
     $('e2ee-summary').textContent = parts.join(' · ');
+  }
+
+  /**
+   * The members of the current epoch as their verified credentials name them:
+   * `[{id, name, fingerprint, me}]`. Names come from other people: text only.
+   */
+  members(members, { stopped = false } = {}) {
+    const list = $('mls-members');
+    if (!list) return;
+    list.replaceChildren(...members.map((m) => {
+      const name = el('span', { class: 'member-name' }, typeof m.name === 'string' && m.name ? m.name : '(no name)');
+      const li = el('li', { 'data-id': String(m.id), 'data-fingerprint': String(m.fingerprint ?? '') }, name);
+      if (m.me) li.append(el('span', { class: 'member-you' }, 'you'));
+      li.append(el('code', { class: 'fingerprint', title: 'Fingerprint of this person\'s identity key' }, String(m.fingerprint ?? '')));
+      return li;
+    }));
+    $('mls-members-empty').hidden = members.length > 0;
+    $('mls-members-empty').textContent = stopped ? 'nobody: encryption stopped' : 'nobody yet';
+  }
+
+  /**
+   * The persistent alarm: this page refused an epoch whose members include
+   * participants it never saw join. `alarm`: null or `{reason, unknown: [{id, name, fingerprint}]}`.
+   */
+  alarm(alarm) {
+    const box = $('mls-alarm');
+    if (!box) return;
+    const unknown = Array.isArray(alarm?.unknown) ? alarm.unknown : [];
+    box.hidden = !alarm;
+    $('mls-alarm-who').replaceChildren(...unknown.map((m) => el('li', { 'data-id': String(m.id) },
+      el('strong', {}, typeof m.name === 'string' && m.name ? m.name : '(no name)'),
+      ` (participant ${m.id}, fingerprint `, el('code', { class: 'fingerprint' }, String(m.fingerprint ?? '?')), ')')));
   }
 
   /** Renders the people list. `people`: [{id, name, host, hand, speaking, me}]. */
