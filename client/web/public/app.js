@@ -446,11 +446,17 @@ class Call {
   }
 
   end(why) {
-    clearInterval(this.statsTimer);
-    clearTimeout(this.mediaTimer);
-    this.mediaEpoch += 1;
-    this.sfu?.close();
-    this.e2ee.stop();
+    // Test hook (only with --test-hooks): a removed participant that keeps its
+    // media connection and its keys, to prove that removal cuts it off on the
+    // server side (its SFU sessions are deleted) rather than by its good will.
+    const keepKeys = this.flags.testKeepKeys && why === 'removed';
+    if (!keepKeys) {
+      clearInterval(this.statsTimer);
+      clearTimeout(this.mediaTimer);
+      this.mediaEpoch += 1;
+      this.sfu?.close();
+      this.e2ee.stop();
+    }
     this.local.stop();
     for (const key of [...this.view.tiles.keys()]) this.view.removeTile(key);
     const reasons = {
