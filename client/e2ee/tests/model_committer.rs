@@ -5,7 +5,8 @@
 //! (adds, removes) applied to it, a Welcome carries the resulting member map and is
 //! usable only by the KeyPackage's holder under its current key. The coordinator is
 //! `docs/e2ee-relay.md`: one ordered log, `creator` naming of the oldest live
-//! participant when no live group member exists, first commit per epoch wins.
+//! participant when no live group member exists, first commit per epoch wins, and a
+//! member that logs a new KeyPackage (it reset) is no longer a member.
 //!
 //! Every step is its own transition, so everything interleaves: joins, log delivery
 //! to each participant, delivery of each participant's messages to the coordinator,
@@ -203,7 +204,15 @@ impl State {
             return;
         }
         match msg {
-            Msg::KeyPackage(k) => self.coord_log(LogEntry::KeyPackage(id, k)),
+            Msg::KeyPackage(k) => {
+                self.coord_log(LogEntry::KeyPackage(id, k));
+                // Contract C2: a member that logs a new KeyPackage reset and stops
+                // being a member until added again; with no live member left the
+                // coordinator names a new creator.
+                if self.coord.group_members.remove(&id) {
+                    self.maybe_creator();
+                }
+            }
             Msg::Ready(gid, epoch) => {
                 if self
                     .coord
