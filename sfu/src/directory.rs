@@ -10,42 +10,9 @@ use parking_lot::{Mutex, RwLock};
 use str0m::format::PayloadParams;
 use str0m::media::MediaKind;
 
+use satsuma_common::TokenBucket;
+
 use crate::ids::{SessionId, ShardId, TrackId};
-
-/// A token bucket: `capacity` requests at once, refilled at `rate` per second.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    capacity: f64,
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket.
-    pub fn new(per_second: u32, now: Instant) -> TokenBucket {
-        let cap = f64::from(per_second.max(1));
-        TokenBucket {
-            capacity: cap,
-            rate: cap,
-            tokens: cap,
-            last: now,
-        }
-    }
-
-    /// Takes a token if one is available.
-    pub fn try_take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = self.last.max(now);
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// What the directory knows of a session.
 #[derive(Debug)]
@@ -86,7 +53,7 @@ impl Directory {
             SessionEntry {
                 app,
                 shard,
-                rate: Mutex::new(TokenBucket::new(rate, Instant::now())),
+                rate: Mutex::new(TokenBucket::per_second(rate, Instant::now())),
             },
         );
     }
@@ -157,22 +124,6 @@ impl Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn token_bucket_allows_a_burst_then_refills() {
-        let now = Instant::now();
-        let mut b = TokenBucket::new(50, now);
-        assert_eq!((0..60).filter(|_| b.try_take(now)).count(), 50);
-        assert!(!b.try_take(now + Duration::from_millis(10)));
-        assert!(b.try_take(now + Duration::from_millis(40)));
-        assert_eq!(
-            (0..60)
-                .filter(|_| b.try_take(now + Duration::from_secs(5)))
-                .count(),
-            50
-        );
-    }
 
     #[test]
     fn sessions_are_scoped_to_their_app() {

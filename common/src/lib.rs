@@ -1,0 +1,6 @@
+//! Infrastructure shared by Satsuma's crates. Sans-IO: nothing here reads a clock or touches a
+//! socket; callers pass the time in.
+
+pub mod rate;
+
+pub use rate::TokenBucket;
