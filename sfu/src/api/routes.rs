@@ -167,7 +167,8 @@ fn locate(st: &ApiState, app: &str, session_id: &str) -> Result<(SessionId, Shar
 }
 
 /// Decodes a JSON body whatever the Content-Type; an empty body is `T::default()` when allowed.
-fn decode<T: DeserializeOwned + Default>(body: &Bytes, optional: bool) -> Result<T, ApiError> {
+/// Public for the fuzz target `api_json` (`sfu/fuzz`).
+pub fn decode<T: DeserializeOwned + Default>(body: &Bytes, optional: bool) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return if optional {
             Ok(T::default())

@@ -13,7 +13,7 @@ pub enum SdpType {
 }
 
 /// `{type, sdp}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionDescription {
     /// Offer or answer.
     #[serde(rename = "type")]
@@ -33,7 +33,7 @@ pub enum Location {
 }
 
 /// Simulcast preferences of a pulled track.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Simulcast {
     /// The layer (rid) the subscriber wants.
@@ -48,7 +48,7 @@ pub struct Simulcast {
 }
 
 /// `POST sessions/new` body (optional).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewSessionRequest {
     /// An initial offer.
@@ -68,7 +68,7 @@ pub struct NewSessionResponse {
 }
 
 /// A track entry in requests.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrackObject {
     /// `local` (push) or `remote` (pull).
@@ -89,7 +89,7 @@ pub struct TrackObject {
 }
 
 /// `POST sessions/{id}/tracks/new` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TracksRequest {
     /// An offer (push).
@@ -144,7 +144,7 @@ pub struct TracksResponse {
 }
 
 /// `PUT renegotiate` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RenegotiateRequest {
     /// The client's answer (or a new offer).
@@ -161,7 +161,7 @@ pub struct RenegotiateResponse {
 }
 
 /// A track to close.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloseTrackObject {
     /// The m-line id.
     #[serde(default)]
@@ -169,7 +169,7 @@ pub struct CloseTrackObject {
 }
 
 /// `PUT tracks/close` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CloseTracksRequest {
     /// The tracks.
@@ -198,7 +198,7 @@ pub struct CloseTracksResponse {
 }
 
 /// `PUT tracks/update` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateTracksRequest {
     /// The tracks.
     #[serde(default)]

@@ -1,0 +1,161 @@
+//! Replays every fuzz corpus input (`fuzz/corpus/<target>/*`, kept in the repository)
+//! through the same body the cargo-fuzz target runs (`fuzz/bodies/<target>.rs`), so CI
+//! re-checks every input a fuzzing run ever kept, on stable and without libFuzzer.
+//!
+//! The seeds are built here from real requests (offers and answers of real str0m peers,
+//! the bodies the API tests send) and replayed too; `SATSUMA_FUZZ_WRITE_SEEDS=1` also
+//! writes them into the corpus directory (what `scripts/fuzz.sh` starts from).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../fuzz/bodies/api_json.rs"]
+mod api_json;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use satsuma_sfu::ids::SessionId;
+use satsuma_sfu::session::Session;
+use serde_json::json;
+use str0m::Candidate;
+use str0m::Rtc;
+use str0m::change::SdpOffer;
+use str0m::media::{Direction, MediaKind};
+
+type Body = fn(&[u8]);
+
+const TARGETS: [(&str, Body); 1] = [("api_json", api_json::run)];
+
+fn corpus_dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz")
+        .join("corpus")
+        .join(target)
+}
+
+/// Runs `body` on every file of the target's corpus; returns how many there were.
+fn replay(target: &str, body: Body) -> usize {
+    let dir = corpus_dir(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    for f in &files {
+        let data = std::fs::read(f).unwrap();
+        if let Err(panic) = std::panic::catch_unwind(|| body(&data)) {
+            panic!(
+                "fuzz target {target} fails on corpus file {}: {:?}",
+                f.display(),
+                panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+            );
+        }
+    }
+    files.len()
+}
+
+#[test]
+fn every_corpus_input_passes_its_fuzz_body() {
+    for (target, body) in TARGETS {
+        let n = replay(target, body);
+        // Each corpus holds at least its seeds: an empty one means a lost directory.
+        assert!(n >= 5, "{target}: only {n} corpus files");
+        eprintln!("{target}: {n} corpus inputs replayed");
+    }
+}
+
+/// A real offer of a client pushing audio and video, and the SFU session's answer.
+fn real_offer_and_answer() -> (String, String) {
+    let now = Instant::now();
+    let mut client = Rtc::builder().set_rtp_mode(true).build(now);
+    client.add_local_candidate(Candidate::host("127.0.0.1:40000".parse().unwrap(), "udp").unwrap());
+    let mut change = client.sdp_api();
+    change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let (offer, _pending) = change.apply().unwrap();
+    let offer = offer.to_sdp_string();
+    let mut sfu = Session::new(SessionId([1; 16]), Arc::from("app"), &[], 0, now);
+    let answer = sfu
+        .rtc
+        .sdp_api()
+        .accept_offer(SdpOffer::from_sdp_string(&offer).unwrap())
+        .unwrap();
+    (offer, answer.to_sdp_string())
+}
+
+fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let (offer, answer) = real_offer_and_answer();
+    let session = "0123456789abcdef0123456789abcdef";
+    let bodies = [
+        (
+            "sessions-new-offer",
+            json!({"sessionDescription": {"type": "offer", "sdp": offer}}),
+        ),
+        ("sessions-new-empty", json!({})),
+        (
+            "tracks-new-push",
+            json!({
+                "sessionDescription": {"type": "offer", "sdp": offer},
+                "tracks": [
+                    {"location": "local", "mid": "0", "trackName": "mic"},
+                    {"location": "local", "mid": "1", "trackName": "cam"}
+                ]
+            }),
+        ),
+        (
+            "tracks-new-pull",
+            json!({"tracks": [
+                {"location": "remote", "sessionId": session, "trackName": "cam",
+                 "simulcast": {"preferredRid": "h", "priorityOrdering": "asciibetical",
+                               "ridNotAvailable": "asciibetical"}}
+            ]}),
+        ),
+        (
+            "renegotiate-answer",
+            json!({"sessionDescription": {"type": "answer", "sdp": answer}}),
+        ),
+        (
+            "tracks-close",
+            json!({"tracks": [{"mid": "0"}, {"mid": "1"}], "force": true}),
+        ),
+        (
+            "tracks-close-offer",
+            json!({"tracks": [{"mid": "1"}], "sessionDescription": {"type": "offer", "sdp": offer}}),
+        ),
+        (
+            "tracks-update",
+            json!({"tracks": [{"mid": "2", "simulcast": {"preferredRid": "l"}}]}),
+        ),
+    ];
+    let mut out: Vec<(&'static str, String, Vec<u8>)> = bodies
+        .into_iter()
+        .map(|(name, v)| ("api_json", name.to_owned(), v.to_string().into_bytes()))
+        .collect();
+    out.push(("api_json", "blank".into(), b" \n".to_vec()));
+    out.push(("api_json", "null".into(), b"null".to_vec()));
+    out.push((
+        "api_json",
+        "wrong-type".into(),
+        br#"{"tracks": 3}"#.to_vec(),
+    ));
+    out
+}
+
+#[test]
+fn seeds_pass_their_fuzz_bodies() {
+    let seeds = seeds();
+    let write = std::env::var_os("SATSUMA_FUZZ_WRITE_SEEDS").is_some();
+    for (target, name, bytes) in &seeds {
+        let body = TARGETS.iter().find(|(t, _)| t == target).unwrap().1;
+        body(bytes);
+        if write {
+            let dir = corpus_dir(target);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+        }
+    }
+}
