@@ -29,6 +29,9 @@
 //!   [`Decryptor::install_key`] for every (sender, epoch),
 //!   [`Decryptor::decrypt`] per frame, which returns the frame or a
 //!   [`DropReason`]; [`Decryptor::remove_sender`] when a member leaves.
+//! - Late keys: one [`Holdback`] per inbound track holds the frames no key
+//!   opens yet and retries them when a key is installed (a receiver that
+//!   processes a commit after the sender switched loses no frame).
 //! - Keyframes: one [`KeyframeRequester`] per inbound video track, fed every
 //!   decrypt outcome; it says when to send a keyframe request.
 //!
@@ -41,6 +44,7 @@ pub(crate) mod aead;
 pub mod codec;
 mod decryptor;
 mod encryptor;
+mod holdback;
 mod keyframe;
 pub mod ratchet;
 mod replay;
@@ -50,6 +54,7 @@ pub use aead::TAG_LEN;
 pub use codec::{Codec, FrameLayout};
 pub use decryptor::{Decrypted, Decryptor, DecryptorConfig, DropReason, FrameOrigin, OPUS_SILENCE};
 pub use encryptor::{EncryptError, Encryptor, GENERATION_SHIFT, MAX_START_CODE_ATTEMPTS};
+pub use holdback::{Holdback, HoldbackConfig, Verdict};
 pub use keyframe::KeyframeRequester;
 pub use ratchet::{
     BASE_SECRET_LEN, BaseSecret, EXPORTER_LABEL, HashRatchet, KdfError, KeyLengthError,

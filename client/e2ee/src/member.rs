@@ -29,6 +29,7 @@ use crate::committer::{
 };
 use crate::frame::{
     BaseSecret, Codec, Decrypted, Decryptor, DecryptorConfig, DropReason, EncryptError, Encryptor,
+    Holdback, Verdict,
 };
 use crate::group::{Group, GroupError, MemberIdentity, ValidKeyPackage};
 use crate::identity::Identity;
@@ -408,6 +409,32 @@ impl Member {
         now: Duration,
     ) -> Result<Decrypted, DropReason> {
         self.decryptor.decrypt(sender, frame, now)
+    }
+
+    /// Like [`Member::decrypt`], through `holdback`: a frame no key opens yet
+    /// waits there for the next key instead of being dropped. Appends the
+    /// verdicts now due to `out`, in order.
+    pub fn receive<T>(
+        &mut self,
+        holdback: &mut Holdback<T>,
+        sender: ParticipantId,
+        token: T,
+        frame: &[u8],
+        now: Duration,
+        out: &mut Vec<Verdict<T>>,
+    ) {
+        holdback.receive(&mut self.decryptor, sender, token, frame, now, out);
+    }
+
+    /// Retries `holdback` if a key was installed, and drops what waited too long.
+    pub fn poll_held<T>(
+        &mut self,
+        holdback: &mut Holdback<T>,
+        sender: ParticipantId,
+        now: Duration,
+        out: &mut Vec<Verdict<T>>,
+    ) {
+        holdback.poll(&mut self.decryptor, sender, now, out);
     }
 
     fn execute(&mut self, epoch: u64) {

@@ -1,9 +1,12 @@
 //! The receiving side of one pulled track: whose frames it carries, what
 //! happened to them, and when to ask the sender for a keyframe.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use satsuma_e2ee::frame::{DropReason, FrameOrigin, KeyframeRequester, ProtocolFrame};
+use satsuma_e2ee::frame::{
+    DropReason, FrameOrigin, Holdback, KeyframeRequester, ProtocolFrame, Verdict,
+};
 use wasm_bindgen::prelude::*;
 
 use crate::ids::{BindingError, to_f64, to_u64};
@@ -19,6 +22,12 @@ pub struct InboundTrack {
     protocol_frames: u64,
     epoch: Option<u64>,
     last_drop: Option<&'static str>,
+    /// Frames waiting for their key, named by the worker's frame ids.
+    pub(crate) holdback: Holdback<u32>,
+    /// Verdicts not yet taken by the worker, in order: the frame id and its
+    /// decrypted bytes, or `None` to discard it.
+    releases: VecDeque<(u32, Option<Vec<u8>>)>,
+    current: Option<Vec<u8>>,
 }
 
 #[wasm_bindgen]
@@ -53,6 +62,33 @@ impl InboundTrack {
         if self.keyframes.is_some() {
             self.keyframe_due = true;
         }
+    }
+
+    /// The next frame (by the id given to `GroupMember::receive`) whose
+    /// verdict is due, in order; then [`InboundTrack::take_data`] says what
+    /// to do with it.
+    pub fn next_release(&mut self) -> Option<u32> {
+        let (id, data) = self.releases.pop_front()?;
+        self.current = data;
+        Some(id)
+    }
+
+    /// The decrypted bytes of the frame [`InboundTrack::next_release`]
+    /// returned, or `undefined`: drop that frame.
+    pub fn take_data(&mut self) -> Option<Vec<u8>> {
+        self.current.take()
+    }
+
+    /// Frames waiting for their key now.
+    #[must_use]
+    pub fn held(&self) -> f64 {
+        to_f64(self.holdback.held() as u64)
+    }
+
+    /// Frames that waited for their key and then decrypted.
+    #[must_use]
+    pub fn late(&self) -> f64 {
+        to_f64(self.holdback.released())
     }
 
     /// The sender's participant id.
@@ -104,12 +140,31 @@ impl InboundTrack {
             protocol_frames: 0,
             epoch: None,
             last_drop: None,
+            holdback: Holdback::default(),
+            releases: VecDeque::new(),
+            current: None,
         })
     }
 
     pub(crate) fn observe(&mut self, frame: &[u8]) {
         if ProtocolFrame::parse(frame).is_ok() {
             self.protocol_frames += 1;
+        }
+    }
+
+    /// Records verdicts from the holdback and queues them for the worker.
+    pub(crate) fn record_verdicts(&mut self, verdicts: Vec<Verdict<u32>>, now: Duration) {
+        for verdict in verdicts {
+            match verdict {
+                Verdict::Deliver { token, frame } => {
+                    self.record_decrypted(&frame.origin, now);
+                    self.releases.push_back((token, Some(frame.frame)));
+                }
+                Verdict::Drop { token, reason } => {
+                    self.record_dropped(&reason, now);
+                    self.releases.push_back((token, None));
+                }
+            }
         }
     }
 

@@ -343,6 +343,34 @@ impl GroupMember {
         }
     }
 
+    /// One received frame, named by the worker's `id` for it, through the
+    /// track's holdback: frames no key opens yet wait (up to 3 s) for the
+    /// next key instead of being dropped. Then take the verdicts now due
+    /// with `track.next_release()` / `track.take_data()`, in order.
+    pub fn receive(&mut self, track: &mut InboundTrack, id: u32, frame: &[u8], now_ms: f64) {
+        let now = millis(now_ms);
+        track.observe(frame);
+        let mut out = Vec::new();
+        let sender = track.sender;
+        self.member
+            .receive(&mut track.holdback, sender, id, frame, now, &mut out);
+        track.record_verdicts(out, now);
+    }
+
+    /// Retries the track's held frames if a key was installed, and drops
+    /// those that waited too long; verdicts as after [`GroupMember::receive`].
+    pub fn poll_held(&mut self, track: &mut InboundTrack, now_ms: f64) {
+        if track.holdback.held() == 0 {
+            return;
+        }
+        let now = millis(now_ms);
+        let mut out = Vec::new();
+        let sender = track.sender;
+        self.member
+            .poll_held(&mut track.holdback, sender, now, &mut out);
+        track.record_verdicts(out, now);
+    }
+
     /// Frames encrypted so far.
     #[must_use]
     pub fn encrypted(&self) -> f64 {

@@ -495,6 +495,7 @@ class Call {
         totalSamplesReceived: s.totalSamplesReceived ?? 0, audioLevel: s.audioLevel ?? 0, codec: s.codec ?? null,
         decrypted: w.decrypted ?? 0, dropped: w.dropped ?? 0, protocolFrames: w.protocolFrames ?? 0,
         workerFrames: w.frames ?? 0, lastDrop: w.lastDrop ?? null, lastBytes: w.lastBytes ?? null, epoch: w.epoch ?? null,
+        held: w.held ?? 0, late: w.late ?? 0,
       });
     }
     const outbound = Object.values(rtp.tracks).filter((t) => t.type === 'outbound-rtp');
@@ -571,6 +572,7 @@ async function lobby() {
       dropSocket: () => window.satsuma.call?.link.dropConnection(),
       stallWorker: (ms) => window.satsuma.call?.e2ee.drill('stall', ms),
       garbage: (on) => window.satsuma.call?.e2ee.drill('garbage', on),
+      relayLag: (ms) => window.satsuma.call?.e2ee.drill('relayLag', ms),
       failMedia: () => window.satsuma.call?.sfu?.pc.close() ?? null,
     };
   }

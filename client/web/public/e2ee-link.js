@@ -118,7 +118,10 @@ export class E2eeLink extends EventTarget {
     this.#post({ type: 'direct', msg });
   }
 
-  /** Test and drill hooks: `garbage` (send garbage frames), `stall` (block the worker for `ms`). */
+  /**
+   * Test and drill hooks: `garbage` (send garbage frames), `stall` (block the worker for `ms`),
+   * `relayLag` (process the room's messages `ms` late).
+   */
   drill(name, value) {
     if (!testHooks) return; // only on a server started with --test-hooks (client-config.js)
     this.#post({ type: 'drill', name, value });

@@ -32,7 +32,7 @@ let mlsFailed = null; // why the MLS member could not start
 let loaded = false;
 const backlog = [];
 const tracks = new Map(); // trackId -> {options, inbound?, transformer?, frames, bytes}
-const drills = { garbage: false };
+const drills = { garbage: false, relayLag: 0 };
 let lastStatus = '';
 let lastSendEpoch = null; // what the page was last told (`send-key`)
 let encryptBroken = false;
@@ -159,8 +159,30 @@ self.onmessage = (ev) => {
     backlog.push(msg);
     return;
   }
+  if (RELAY_TYPES.has(msg?.type) && (drills.relayLag > 0 || lagged.length)) {
+    lag(msg);
+    return;
+  }
   handle(msg);
 };
+
+// The `relayLag` drill (test hooks only): this page processes the room's
+// messages `relayLag` ms late, in order, like a page on an overloaded machine.
+// Its `ready` then comes after the coordinator's execute timeout, so the others
+// switch keys before this page has installed them.
+const RELAY_TYPES = new Set(['welcome', 'entry', 'mls', 'direct']);
+const lagged = [];
+
+function lag(msg) {
+  lagged.push({ msg, due: performance.now() + drills.relayLag });
+  if (lagged.length === 1) setTimeout(flushLagged, drills.relayLag);
+}
+
+function flushLagged() {
+  const now = performance.now();
+  while (lagged.length && lagged[0].due <= now) handle(lagged.shift().msg);
+  if (lagged.length) setTimeout(flushLagged, Math.max(0, lagged[0].due - now));
+}
 
 // RTCRtpScriptTransform path.
 self.onrtctransform = (event) => {
@@ -189,6 +211,7 @@ function handle(msg) {
         break;
       case 'drill':
         if (msg.name === 'garbage') drills.garbage = Boolean(msg.value);
+        if (msg.name === 'relayLag') drills.relayLag = Math.max(0, Math.min(10000, Number(msg.value) || 0));
         if (msg.name === 'stall') {
           const end = Date.now() + Number(msg.value ?? 0);
           while (Date.now() < end) { /* deliberately blocked */ }
@@ -207,6 +230,7 @@ function tick() {
   if (!member) return;
   try {
     member.tick(performance.now());
+    pollHeld();
   } catch (err) {
     problem(`E2EE tick: ${err.message ?? err}`);
   }
@@ -237,6 +261,7 @@ function pump() {
   if (member.take_receive_keys_changed()) {
     // Other members' keys changed: inbound video asks for keyframes (throttled per track).
     for (const t of tracks.values()) t.inbound?.want_keyframe();
+    pollHeld(); // frames held for these keys go out now
   }
   if (member.take_rejoin()) post({ type: 'rejoin' });
   publishStatus();
@@ -287,6 +312,8 @@ function reportStats() {
       entry.protocolFrames = t.inbound.protocol_frames();
       entry.lastDrop = t.inbound.last_drop() ?? null;
       entry.epoch = t.inbound.epoch() ?? null;
+      entry.held = t.inbound.held();
+      entry.late = t.inbound.late();
     }
     list.push(entry);
   }
@@ -302,7 +329,10 @@ function defaultMime(kind) {
 }
 
 function runTransform(readable, writable, options, transformer) {
-  const t = { options, transformer, inbound: null, frames: 0, bytes: 0, lastBytes: null, encryptErrors: 0 };
+  const t = {
+    options, transformer, inbound: null, frames: 0, bytes: 0, lastBytes: null, encryptErrors: 0,
+    controller: null, nextId: 0, waiting: new Map(),
+  };
   tracks.set(options.trackId, t);
   const encrypt = options.operation === 'encrypt';
   const stream = new TransformStream({
@@ -331,12 +361,16 @@ function runTransform(readable, writable, options, transformer) {
         controller.enqueue(frame); // undecrypted: the decoder must fail on it
         return;
       }
+      // Through the track's holdback: a frame under a key this page has not
+      // installed yet (the sender executed an epoch before this page processed
+      // its commit) waits for the key instead of being dropped. Frames leave
+      // in order, decrypted or dropped; nothing undecrypted is passed on.
       const now = performance.now();
-      const out = member.decrypt(t.inbound, data, now);
-      if (out !== undefined) {
-        frame.data = out.buffer;
-        controller.enqueue(frame);
-      }
+      t.controller = controller;
+      t.nextId = (t.nextId + 1) >>> 0;
+      t.waiting.set(t.nextId, frame);
+      member.receive(t.inbound, t.nextId, data, now);
+      releaseFrames(t);
       if (t.inbound.take_keyframe_request(now) && transformer?.sendKeyFrameRequest) {
         transformer.sendKeyFrameRequest().catch(() => {});
       }
@@ -349,6 +383,35 @@ function runTransform(readable, writable, options, transformer) {
   });
   // The send gate waits for this: the worker now holds this sender's frames.
   post({ type: 'transform', trackId: options.trackId, operation: options.operation });
+}
+
+// Passes on, in order, the frames of `t` whose verdict is due: decrypted ones
+// with their plaintext, dropped ones not at all.
+function releaseFrames(t) {
+  let id;
+  while ((id = t.inbound.next_release()) !== undefined) {
+    const frame = t.waiting.get(id);
+    t.waiting.delete(id);
+    const out = t.inbound.take_data();
+    if (frame === undefined || out === undefined) continue;
+    frame.data = out.buffer;
+    try {
+      t.controller.enqueue(frame);
+    } catch {
+      // The stream has ended (the transceiver is gone): nothing to pass on to.
+    }
+  }
+}
+
+// Held frames wait for keys the tick may just have installed, or time out.
+function pollHeld() {
+  if (!member || !config.decrypt) return;
+  const now = performance.now();
+  for (const t of tracks.values()) {
+    if (!t.inbound || !t.controller || t.waiting.size === 0) continue;
+    member.poll_held(t.inbound, now);
+    releaseFrames(t);
+  }
 }
 
 // One outbound frame: encrypted, or dropped. Never passed on as it came in:

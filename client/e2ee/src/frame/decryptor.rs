@@ -218,6 +218,7 @@ pub struct Decryptor {
     senders: BTreeMap<u64, SenderKeys>,
     aad: Vec<Span>,
     text: Vec<Span>,
+    key_installs: u64,
 }
 
 impl std::fmt::Debug for Decryptor {
@@ -244,6 +245,7 @@ impl Decryptor {
             senders: BTreeMap::new(),
             aad: Vec::new(),
             text: Vec::new(),
+            key_installs: 0,
         }
     }
 
@@ -301,7 +303,15 @@ impl Decryptor {
             },
         );
         sender.epochs.truncate(config.max_epochs_per_sender.max(1));
+        self.key_installs += 1;
         true
+    }
+
+    /// How many keys were installed so far: when it changes, frames that no
+    /// key authenticated may now decrypt (see [`super::Holdback`]).
+    #[must_use]
+    pub fn key_installs(&self) -> u64 {
+        self.key_installs
     }
 
     /// Forgets every key of `sender_id` at once.
