@@ -1,55 +1,8 @@
-//! Decryption of arbitrary bytes from a sender whose keys are installed, and
-//! encrypt → decrypt round trips of arbitrary frames for every codec.
-//! First input byte: codec selector and mode.
+//! cargo-fuzz target; the body (and what it checks) is in `bodies/frame_decrypt.rs`, which
+//! `tests/fuzz_corpus.rs` also runs on every file of `corpus/frame_decrypt/`.
 #![no_main]
 
-use std::time::Duration;
+#[path = "../bodies/frame_decrypt.rs"]
+mod body;
 
-use libfuzzer_sys::fuzz_target;
-use satsuma_e2ee::frame::{BaseSecret, Codec, Decryptor, DecryptorConfig, Encryptor, FrameLayout};
-
-const CODECS: [Codec; 7] = [
-    Codec::Opus,
-    Codec::Vp8,
-    Codec::Vp9,
-    Codec::H264,
-    Codec::H265,
-    Codec::Av1,
-    Codec::Unknown,
-];
-
-fuzz_target!(|data: &[u8]| {
-    let Some((&selector, body)) = data.split_first() else {
-        return;
-    };
-    let secret = BaseSecret::new([0x24; 16]);
-    let mut decryptor = Decryptor::new(DecryptorConfig {
-        opus_silence_passthrough: selector & 0x80 != 0,
-        ..DecryptorConfig::default()
-    });
-    decryptor.install_key(1, 1, &secret, Duration::ZERO);
-    decryptor.install_key(1, 2, &BaseSecret::new([0x42; 16]), Duration::from_secs(1));
-    // Within the superseded key's lifetime (30 s after epoch 2 arrives).
-    let now = Duration::from_millis(u64::from(selector) * 100);
-
-    // Hostile bytes: any outcome but a panic is fine; nothing unauthenticated
-    // may come out as "encrypted".
-    let _ = decryptor.decrypt(1, body, now);
-
-    // Round trip.
-    let codec = CODECS[usize::from(selector) % CODECS.len()];
-    let mut encryptor = Encryptor::new();
-    encryptor.set_key(1, &secret);
-    if let Ok(sealed) = encryptor.encrypt(codec, body) {
-        let mut layout = FrameLayout::default();
-        layout.build(codec, body);
-        let opened = decryptor
-            .decrypt(1, &sealed, now)
-            .expect("own frame decrypts");
-        assert_eq!(opened.frame, layout.bytes);
-        assert!(
-            decryptor.decrypt(1, &sealed, now).is_err(),
-            "replay accepted"
-        );
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::run(data));
