@@ -256,6 +256,21 @@ impl SfuClient {
         })
     }
 
+    /// A client for an API mounted at `app_base` (the part before `/sessions/…`) with the
+    /// bearer credential `bearer`: e.g. the coordinator's proxy, `http://host/sfu` with a
+    /// participant's `resume_token`.
+    pub fn with_app_base(app_base: &str, bearer: &str) -> Result<Self, ApiError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()?;
+        Ok(Self {
+            http,
+            app_base: app_base.trim_end_matches('/').to_owned(),
+            secret: bearer.to_owned(),
+        })
+    }
+
     /// The app's base URL (`…/v1/apps/{appId}`).
     pub fn app_base(&self) -> &str {
         &self.app_base

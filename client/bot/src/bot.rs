@@ -66,6 +66,10 @@ pub struct BotConfig {
     /// Shape incoming datagrams to this many bits/s (a token bucket with a bounded queue in front
     /// of the bot); `None`: no limit. Changeable later with [`Bot::set_ingress_limit`].
     pub ingress_limit_bps: Option<u64>,
+    /// Use the API mounted here instead of `{base_url}/v1/apps/{app_id}`, with `secret` as
+    /// the bearer credential: e.g. the coordinator's proxy `http://host/sfu` and a
+    /// participant's `resume_token`.
+    pub api_base: Option<String>,
 }
 
 impl BotConfig {
@@ -78,6 +82,7 @@ impl BotConfig {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             participant: ParticipantConfig::default(),
             ingress_limit_bps: None,
+            api_base: None,
         }
     }
 }
@@ -134,7 +139,10 @@ impl Bot {
 
     /// Connect with explicit settings.
     pub async fn connect_with(config: BotConfig) -> Result<Self, BotError> {
-        let client = SfuClient::new(&config.base_url, &config.app_id, &config.secret)?;
+        let client = match &config.api_base {
+            Some(base) => SfuClient::with_app_base(base, &config.secret)?,
+            None => SfuClient::new(&config.base_url, &config.app_id, &config.secret)?,
+        };
         let session = client.new_session().await?;
         let socket = driver::bind_socket(config.bind_ip)?;
         let local_addr = socket.local_addr()?;

@@ -46,6 +46,7 @@ pub mod harness;
 pub mod participant;
 pub mod payload;
 pub mod reception;
+pub mod room;
 pub mod shaper;
 pub mod source;
 
