@@ -62,6 +62,79 @@ pub struct Config {
     /// layers are chosen to fit). 0, the default, disables bandwidth estimation and pacing: its
     /// CPU cost and pacing delay are measured in `benches/README.md`.
     pub bwe_initial_kbps: u32,
+    /// Quotas against abuse (see [`Limits`]).
+    pub limits: Limits,
+    /// Browser origins allowed to call the API cross-origin (CORS). Empty, the default: no CORS
+    /// headers at all, so browsers refuse cross-origin calls (the coordinator proxies the API).
+    pub cors_origins: Vec<String>,
+    /// Bearer token `/metrics` requires (`Authorization: Bearer …`). `None`: no token.
+    pub metrics_token: Option<String>,
+    /// A separate listener for `/metrics` and `/healthz`. `None`: they are served on the API
+    /// listener. When set, the API listener does not serve `/metrics`.
+    pub metrics_bind: Option<SocketAddr>,
+    /// How long `/healthz` answers 503 after a shard panicked and was restarted, so that probes
+    /// and monitoring see it. A shard thread that died for good keeps it 503.
+    pub shard_panic_hold: Duration,
+    /// Test-only hooks (`POST /v1/test/shards/{n}/panic`). Never on in production.
+    pub test_hooks: bool,
+}
+
+/// Quotas that bound what one app, session or publisher can make the SFU do. Every one is
+/// settable from the TOML file, `SATSUMA_SFU_*` environment variables and flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// `sessions/new` calls per second per app (token bucket; the burst is the same number).
+    pub app_new_sessions_per_second: u32,
+    /// Live sessions per app; `sessions/new` beyond answers 429 `too_many_sessions`.
+    pub app_max_sessions: usize,
+    /// Tracks one session may publish (push) at once.
+    pub session_max_publications: usize,
+    /// Tracks one session may pull at once (legs, counted while negotiating or active).
+    pub session_max_legs: usize,
+    /// Times one session may pull the same remote track at once.
+    pub session_max_pulls_per_track: usize,
+    /// Media bitrate one session may publish, in kbit/s over all its tracks (RTP payload and
+    /// headers after SRTP); packets beyond are dropped and counted
+    /// (`satsuma_sfu_dropped_total{reason="ingress_bitrate"}`). 0: no limit.
+    pub session_max_ingress_kbps: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            app_new_sessions_per_second: 100,
+            app_max_sessions: 2000,
+            session_max_publications: 16,
+            session_max_legs: 256,
+            session_max_pulls_per_track: 2,
+            session_max_ingress_kbps: 20_000,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks that every limit lets some work through.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            (
+                "app_new_sessions_per_second",
+                self.app_new_sessions_per_second as usize,
+            ),
+            ("app_max_sessions", self.app_max_sessions),
+            ("session_max_publications", self.session_max_publications),
+            ("session_max_legs", self.session_max_legs),
+            (
+                "session_max_pulls_per_track",
+                self.session_max_pulls_per_track,
+            ),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One shard per core the process may use.
@@ -85,6 +158,12 @@ impl Default for Config {
             session_requests_per_second: 50,
             max_tracks_per_request: 64,
             bwe_initial_kbps: 0,
+            limits: Limits::default(),
+            cors_origins: Vec::new(),
+            metrics_token: None,
+            metrics_bind: None,
+            shard_panic_hold: Duration::from_secs(30),
+            test_hooks: false,
         }
     }
 }
@@ -112,6 +191,32 @@ pub struct FileConfig {
     pub bwe_initial_kbps: Option<u32>,
     /// Log filter, like `info` or `satsuma_sfu=debug`.
     pub log: Option<String>,
+    /// API requests per session per second.
+    pub session_requests_per_second: Option<u32>,
+    /// Tracks per API request.
+    pub max_tracks_per_request: Option<usize>,
+    /// See [`Limits::app_new_sessions_per_second`].
+    pub app_new_sessions_per_second: Option<u32>,
+    /// See [`Limits::app_max_sessions`].
+    pub app_max_sessions: Option<usize>,
+    /// See [`Limits::session_max_publications`].
+    pub session_max_publications: Option<usize>,
+    /// See [`Limits::session_max_legs`].
+    pub session_max_legs: Option<usize>,
+    /// See [`Limits::session_max_pulls_per_track`].
+    pub session_max_pulls_per_track: Option<usize>,
+    /// See [`Limits::session_max_ingress_kbps`].
+    pub session_max_ingress_kbps: Option<u32>,
+    /// Origins allowed to call the API from a browser (CORS).
+    pub cors_origins: Option<Vec<String>>,
+    /// Bearer token for `/metrics`.
+    pub metrics_token: Option<String>,
+    /// Separate listener for `/metrics` and `/healthz`.
+    pub metrics_bind: Option<SocketAddr>,
+    /// Seconds `/healthz` stays 503 after a shard panic.
+    pub shard_panic_hold_secs: Option<f64>,
+    /// Test-only hooks.
+    pub test_hooks: Option<bool>,
 }
 
 /// Errors while building a [`Config`].
@@ -176,7 +281,28 @@ impl Config {
                 "session_requests_per_second must be positive".into(),
             ));
         }
-        Ok(())
+        if self.max_tracks_per_request == 0 {
+            return Err(ConfigError::Invalid(
+                "max_tracks_per_request must be positive".into(),
+            ));
+        }
+        for origin in &self.cors_origins {
+            let valid = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.ends_with('/')
+                && origin.bytes().all(|b| b.is_ascii_graphic());
+            if !valid {
+                return Err(ConfigError::Invalid(format!(
+                    "CORS origin `{origin}` must look like https://host[:port] (no path, no \
+                     trailing slash)"
+                )));
+            }
+        }
+        if self.metrics_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::Invalid(
+                "the metrics token must be at least 16 characters".into(),
+            ));
+        }
+        self.limits.validate()
     }
 
     /// The IPs that go into ICE candidates for a socket bound at `bound`.

@@ -41,12 +41,43 @@ pub struct PublishedTrack {
 #[derive(Debug, Default)]
 pub struct Directory {
     sessions: RwLock<HashMap<SessionId, SessionEntry>>,
+    /// Live sessions per app, counting sessions being created (reserved by the API).
+    app_sessions: Mutex<HashMap<Arc<str>, usize>>,
     tracks: RwLock<HashMap<(SessionId, String), PublishedTrack>>,
     next_track: AtomicU64,
 }
 
 impl Directory {
-    /// Registers a new session.
+    /// Reserves room for one more session of `app` if it holds fewer than `max`. The
+    /// reservation becomes the session's when [`Directory::add_session`] registers it, and is
+    /// given back by [`Directory::release_reservation`] if the creation fails.
+    pub fn reserve_session(&self, app: &Arc<str>, max: usize) -> bool {
+        let mut counts = self.app_sessions.lock();
+        let n = counts.entry(Arc::clone(app)).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives back a reservation whose session was never registered.
+    pub fn release_reservation(&self, app: &str) {
+        let mut counts = self.app_sessions.lock();
+        if let Some(n) = counts.get_mut(app) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(app);
+            }
+        }
+    }
+
+    /// Live (and reserved) sessions of `app`.
+    pub fn app_session_count(&self, app: &str) -> usize {
+        self.app_sessions.lock().get(app).copied().unwrap_or(0)
+    }
+
+    /// Registers a new session (whose app reserved room for it).
     pub fn add_session(&self, id: SessionId, app: Arc<str>, shard: ShardId, rate: u32) {
         self.sessions.write().insert(
             id,
@@ -60,8 +91,32 @@ impl Directory {
 
     /// Forgets a session and every track it published.
     pub fn remove_session(&self, id: SessionId) {
-        self.sessions.write().remove(&id);
-        self.tracks.write().retain(|(s, _), _| *s != id);
+        let removed = self.sessions.write().remove(&id);
+        if let Some(e) = removed {
+            self.release_reservation(&e.app);
+            self.tracks.write().retain(|(s, _), _| *s != id);
+        }
+    }
+
+    /// Forgets every session of a shard and their tracks (after the shard panicked); returns
+    /// their ids.
+    pub fn remove_shard(&self, shard: ShardId) -> Vec<SessionId> {
+        let gone: Vec<(SessionId, Arc<str>)> = {
+            let mut sessions = self.sessions.write();
+            let ids: Vec<SessionId> = sessions
+                .iter()
+                .filter(|(_, e)| e.shard == shard)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| sessions.remove(&id).map(|e| (id, e.app)))
+                .collect()
+        };
+        for (_, app) in &gone {
+            self.release_reservation(app);
+        }
+        self.tracks.write().retain(|_, t| t.shard != shard);
+        gone.into_iter().map(|(id, _)| id).collect()
     }
 
     /// The shard of a session of `app`, if it exists.
@@ -145,5 +200,52 @@ mod tests {
         assert!(d.lookup("b", id, "mic").is_none());
         d.remove_session(id);
         assert!(d.lookup("a", id, "mic").is_none());
+    }
+
+    #[test]
+    fn app_session_counts_are_reserved_released_and_per_app() {
+        let d = Directory::default();
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        assert!(d.reserve_session(&a, 2));
+        assert!(d.reserve_session(&a, 2));
+        assert!(!d.reserve_session(&a, 2));
+        assert!(d.reserve_session(&b, 2));
+        // A failed creation gives its reservation back.
+        d.release_reservation("a");
+        assert_eq!(d.app_session_count("a"), 1);
+        let id = SessionId::random();
+        assert!(d.reserve_session(&a, 2));
+        d.add_session(id, Arc::clone(&a), 1, 50);
+        assert_eq!(d.app_session_count("a"), 2);
+        // Removing a session releases its place once, however often it is removed.
+        d.remove_session(id);
+        d.remove_session(id);
+        assert_eq!(d.app_session_count("a"), 1);
+        assert_eq!(d.app_session_count("b"), 1);
+    }
+
+    #[test]
+    fn removing_a_shard_forgets_its_sessions_and_tracks_only() {
+        let d = Directory::default();
+        let app: Arc<str> = Arc::from("a");
+        let (x, y) = (SessionId::random(), SessionId::random());
+        for (id, shard) in [(x, 0), (y, 1)] {
+            assert!(d.reserve_session(&app, 10));
+            d.add_session(id, Arc::clone(&app), shard, 50);
+            let t = PublishedTrack {
+                track: d.next_track_id(),
+                shard,
+                kind: MediaKind::Audio,
+                params: vec![],
+            };
+            assert!(d.publish(id, "mic", t));
+        }
+        assert_eq!(d.remove_shard(0), vec![x]);
+        assert_eq!(d.session_shard("a", x), None);
+        assert!(d.lookup("a", x, "mic").is_none());
+        assert_eq!(d.session_shard("a", y), Some(1));
+        assert!(d.lookup("a", y, "mic").is_some());
+        assert_eq!(d.app_session_count("a"), 1);
     }
 }

@@ -456,6 +456,19 @@ impl Forwarder {
         home.map(|h| (track, h))
     }
 
+    /// Shard `shard` was reset after a panic: forgets it as a subscriber of every local
+    /// publication and returns the tracks our legs pull from it (their legs must end).
+    pub fn forget_shard(&mut self, shard: ShardId) -> Vec<TrackId> {
+        for p in self.publications.values_mut() {
+            p.subscriber_shards.retain(|(s, _)| *s != shard);
+        }
+        self.legs
+            .iter()
+            .filter(|(_, legs)| legs.iter().any(|l| l.home == shard))
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
     /// The publisher's track ended: drops all local legs on it and returns them.
     pub fn end_track(&mut self, track: TrackId) -> Vec<LegKey> {
         let legs = self.legs.remove(&track).unwrap_or_default();

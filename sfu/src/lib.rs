@@ -81,6 +81,7 @@ pub mod config;
 pub mod directory;
 pub mod egress;
 pub mod forward;
+pub mod health;
 pub mod ids;
 pub mod layer;
 pub mod metrics;
@@ -91,6 +92,6 @@ pub mod speaker;
 pub mod stun;
 pub mod udp;
 
-pub use config::{App, Config};
+pub use config::{App, Config, Limits};
 pub use metrics::Metrics;
 pub use server::{Server, ServerError, ServerHandle};

@@ -14,9 +14,13 @@ use satsuma_sfu::{App, Config, Server};
 #[derive(Debug, Parser)]
 #[command(name = "satsuma-sfu", version, about, long_about = None)]
 struct Cli {
-    /// TOML config file (keys: apps = [{id, secret}], http_bind, udp_bind, announce_ips,
-    /// track_timeout_secs, session_timeout_secs, shards, bwe_initial_kbps, log). Flags and env
-    /// override it.
+    /// TOML config file. Keys: apps = [{id, secret}], http_bind, udp_bind, announce_ips,
+    /// track_timeout_secs, session_timeout_secs, shards, bwe_initial_kbps, log,
+    /// session_requests_per_second, max_tracks_per_request, app_new_sessions_per_second,
+    /// app_max_sessions, session_max_publications, session_max_legs,
+    /// session_max_pulls_per_track, session_max_ingress_kbps, cors_origins, metrics_token,
+    /// metrics_bind, shard_panic_hold_secs, test_hooks (each like the flag of the same name).
+    /// Env overrides the file; flags override both.
     #[arg(long, env = "SATSUMA_SFU_CONFIG")]
     config: Option<PathBuf>,
 
@@ -65,6 +69,74 @@ struct Cli {
     #[arg(long, env = "SATSUMA_SFU_BWE_INITIAL_KBPS")]
     bwe_initial_kbps: Option<u32>,
 
+    /// API requests one session may make per second (burst as many); 429 `rate_limited`
+    /// beyond. Default 50.
+    #[arg(long, env = "SATSUMA_SFU_SESSION_REQUESTS_PER_SECOND")]
+    session_requests_per_second: Option<u32>,
+
+    /// Most tracks in one API request (tracks/new, close, update); 400 `too_many_tracks`
+    /// beyond. Default 64.
+    #[arg(long, env = "SATSUMA_SFU_MAX_TRACKS_PER_REQUEST")]
+    max_tracks_per_request: Option<usize>,
+
+    /// `sessions/new` calls one app may make per second (burst as many); 429 `rate_limited`
+    /// beyond. Default 100.
+    #[arg(long, env = "SATSUMA_SFU_APP_NEW_SESSIONS_PER_SECOND")]
+    app_new_sessions_per_second: Option<u32>,
+
+    /// Live sessions one app may hold; `sessions/new` beyond answers 429 `too_many_sessions`.
+    /// Default 2000.
+    #[arg(long, env = "SATSUMA_SFU_APP_MAX_SESSIONS")]
+    app_max_sessions: Option<usize>,
+
+    /// Tracks one session may publish at once; more get the per-track error
+    /// `too_many_publications`. Default 16.
+    #[arg(long, env = "SATSUMA_SFU_SESSION_MAX_PUBLICATIONS")]
+    session_max_publications: Option<usize>,
+
+    /// Tracks one session may pull at once (negotiating or active legs); more get the
+    /// per-track error `too_many_legs`. Default 256.
+    #[arg(long, env = "SATSUMA_SFU_SESSION_MAX_LEGS")]
+    session_max_legs: Option<usize>,
+
+    /// Times one session may pull the same remote track at once; more get the per-track error
+    /// `too_many_pulls`. Default 2.
+    #[arg(long, env = "SATSUMA_SFU_SESSION_MAX_PULLS_PER_TRACK")]
+    session_max_pulls_per_track: Option<usize>,
+
+    /// Media one session may publish in kbit/s, over all its tracks; packets beyond are dropped
+    /// and counted (satsuma_sfu_dropped_total{reason="ingress_bitrate"}). 0: no limit.
+    /// Default 20000.
+    #[arg(long, env = "SATSUMA_SFU_SESSION_MAX_INGRESS_KBPS")]
+    session_max_ingress_kbps: Option<u32>,
+
+    /// Browser origin allowed to call the API cross-origin, like https://app.example.com
+    /// (repeatable; env: comma-separated). Default: none, and no CORS headers are sent.
+    #[arg(
+        long = "cors-origin",
+        env = "SATSUMA_SFU_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
+
+    /// Bearer token that /metrics requires (at least 16 characters). Default: none.
+    #[arg(long, env = "SATSUMA_SFU_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+
+    /// Serve /metrics and /healthz on this separate address; the API address then serves no
+    /// /metrics. Default: both on the API address.
+    #[arg(long, env = "SATSUMA_SFU_METRICS_BIND")]
+    metrics_bind: Option<SocketAddr>,
+
+    /// Seconds /healthz answers 503 (naming the shard) after a shard thread panicked and was
+    /// restarted with its sessions closed. Default 30.
+    #[arg(long, env = "SATSUMA_SFU_SHARD_PANIC_HOLD")]
+    shard_panic_hold: Option<f64>,
+
+    /// Enable test-only hooks (POST /v1/test/shards/{n}/panic). Never in production.
+    #[arg(long, env = "SATSUMA_SFU_TEST_HOOKS")]
+    test_hooks: bool,
+
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "satsuma_sfu=debug,str0m=warn".
     /// Default "info".
     #[arg(long, env = "SATSUMA_SFU_LOG")]
@@ -101,6 +173,50 @@ fn build_config(cli: Cli) -> anyhow::Result<(Config, String)> {
         .bwe_initial_kbps
         .or(file.bwe_initial_kbps)
         .unwrap_or(config.bwe_initial_kbps);
+    config.session_requests_per_second = cli
+        .session_requests_per_second
+        .or(file.session_requests_per_second)
+        .unwrap_or(config.session_requests_per_second);
+    config.max_tracks_per_request = cli
+        .max_tracks_per_request
+        .or(file.max_tracks_per_request)
+        .unwrap_or(config.max_tracks_per_request);
+    let l = &mut config.limits;
+    l.app_new_sessions_per_second = cli
+        .app_new_sessions_per_second
+        .or(file.app_new_sessions_per_second)
+        .unwrap_or(l.app_new_sessions_per_second);
+    l.app_max_sessions = cli
+        .app_max_sessions
+        .or(file.app_max_sessions)
+        .unwrap_or(l.app_max_sessions);
+    l.session_max_publications = cli
+        .session_max_publications
+        .or(file.session_max_publications)
+        .unwrap_or(l.session_max_publications);
+    l.session_max_legs = cli
+        .session_max_legs
+        .or(file.session_max_legs)
+        .unwrap_or(l.session_max_legs);
+    l.session_max_pulls_per_track = cli
+        .session_max_pulls_per_track
+        .or(file.session_max_pulls_per_track)
+        .unwrap_or(l.session_max_pulls_per_track);
+    l.session_max_ingress_kbps = cli
+        .session_max_ingress_kbps
+        .or(file.session_max_ingress_kbps)
+        .unwrap_or(l.session_max_ingress_kbps);
+    config.cors_origins = if cli.cors_origins.is_empty() {
+        file.cors_origins.unwrap_or_default()
+    } else {
+        cli.cors_origins
+    };
+    config.metrics_token = cli.metrics_token.or(file.metrics_token);
+    config.metrics_bind = cli.metrics_bind.or(file.metrics_bind);
+    if let Some(t) = cli.shard_panic_hold.or(file.shard_panic_hold_secs) {
+        config.shard_panic_hold = secs(t, "shard panic hold")?;
+    }
+    config.test_hooks = cli.test_hooks || file.test_hooks.unwrap_or(false);
     config.validate()?;
     let log = cli.log.or(file.log).unwrap_or_else(|| "info".into());
     Ok((config, log))
@@ -116,6 +232,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if config.test_hooks {
+        tracing::warn!("test hooks are ON (--test-hooks): never run like this in production");
+    }
     let server = Server::bind(config).await?;
     // Tests that spawn the binary read the ports from this line.
     println!(
@@ -136,4 +255,100 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("satsuma-sfu").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn every_limit_comes_from_the_file_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("satsuma-sfu-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sfu.toml");
+        std::fs::write(
+            &path,
+            "session_requests_per_second = 7\nmax_tracks_per_request = 8\n\
+             app_new_sessions_per_second = 9\napp_max_sessions = 10\n\
+             session_max_publications = 11\nsession_max_legs = 12\n\
+             session_max_pulls_per_track = 3\nsession_max_ingress_kbps = 14\n\
+             cors_origins = [\"https://a.example\"]\nmetrics_token = \"0123456789abcdef\"\n\
+             metrics_bind = \"127.0.0.1:9\"\nshard_panic_hold_secs = 2.5\ntest_hooks = true\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let (c, _) = build_config(parse(&["--config", file])).unwrap();
+        assert_eq!(c.session_requests_per_second, 7);
+        assert_eq!(c.max_tracks_per_request, 8);
+        assert_eq!(
+            c.limits,
+            satsuma_sfu::config::Limits {
+                app_new_sessions_per_second: 9,
+                app_max_sessions: 10,
+                session_max_publications: 11,
+                session_max_legs: 12,
+                session_max_pulls_per_track: 3,
+                session_max_ingress_kbps: 14,
+            }
+        );
+        assert_eq!(c.cors_origins, vec!["https://a.example".to_string()]);
+        assert_eq!(c.metrics_token.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(c.metrics_bind, Some("127.0.0.1:9".parse().unwrap()));
+        assert_eq!(c.shard_panic_hold, std::time::Duration::from_millis(2500));
+        assert!(c.test_hooks);
+
+        let (c, _) = build_config(parse(&[
+            "--config",
+            file,
+            "--session-max-legs",
+            "99",
+            "--session-max-pulls-per-track",
+            "1",
+            "--app-max-sessions",
+            "5",
+            "--cors-origin",
+            "https://b.example",
+            "--cors-origin",
+            "http://c.example:8080",
+        ]))
+        .unwrap();
+        assert_eq!(c.limits.session_max_legs, 99);
+        assert_eq!(c.limits.session_max_pulls_per_track, 1);
+        assert_eq!(c.limits.app_max_sessions, 5);
+        assert_eq!(c.limits.session_max_publications, 11);
+        assert_eq!(c.cors_origins.len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn defaults_are_safe_and_nonsense_is_refused() {
+        let (c, _) = build_config(parse(&[])).unwrap();
+        assert!(c.cors_origins.is_empty());
+        assert!(c.metrics_token.is_none());
+        assert!(!c.test_hooks);
+        assert_eq!(c.limits, satsuma_sfu::config::Limits::default());
+        assert!(build_config(parse(&["--session-max-legs", "0"])).is_err());
+        assert!(build_config(parse(&["--cors-origin", "*"])).is_err());
+        assert!(build_config(parse(&["--cors-origin", "https://a.example/"])).is_err());
+        assert!(build_config(parse(&["--metrics-token", "short"])).is_err());
+    }
+
+    #[test]
+    fn help_explains_every_flag() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(help.len() > 20, "--{id} has no real help text: {help:?}");
+        }
+    }
 }

@@ -7,6 +7,121 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// Why a datagram or packet was dropped: one fixed `reason` label per variant, and one counter
+/// per variant registered up front, so counting a drop is an array index and an atomic add (no
+/// label lookup, no allocation on the packet path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PacketDrop {
+    /// A datagram from an address no session sent to, and not a STUN request.
+    UnknownSource,
+    /// A STUN request whose ufrag no session owns.
+    UnknownUfrag,
+    /// A STUN message too short or without USERNAME.
+    MalformedStun,
+    /// A STUN message that is not a binding request.
+    UnexpectedStun,
+    /// A shard's inbox was full.
+    ShardQueueFull,
+    /// A message for a shard that does not exist.
+    UnknownShard,
+    /// A datagram for a session that is gone.
+    UnknownSession,
+    /// A datagram str0m cannot classify (not STUN, DTLS, RTP or RTCP).
+    Unclassified,
+    /// A datagram str0m did not accept for the session.
+    NotAccepted,
+    /// str0m refused a datagram.
+    RtcInputError,
+    /// RTP on a track that is not (any more) published.
+    UnpublishedTrack,
+    /// RTP on an m-line that publishes no active track.
+    UnpublishedMid,
+    /// A packet for a subscriber session that is gone.
+    NoSubscriberSession,
+    /// A subscriber leg without a send stream.
+    NoSendStream,
+    /// A publisher above its ingress bitrate limit.
+    IngressBitrate,
+    /// The subscriber did not negotiate the publisher's codec.
+    NoPtMapping,
+    /// Older than the first packet the leg forwarded.
+    TooOld,
+    /// From a simulcast layer the leg is not on.
+    OtherLayer,
+    /// Waiting for a keyframe before starting or switching a layer.
+    AwaitingKeyframe,
+    /// The socket refused a send (buffer full).
+    SendFailed,
+}
+
+impl PacketDrop {
+    /// Every variant, in label order.
+    pub const ALL: [PacketDrop; 20] = [
+        PacketDrop::UnknownSource,
+        PacketDrop::UnknownUfrag,
+        PacketDrop::MalformedStun,
+        PacketDrop::UnexpectedStun,
+        PacketDrop::ShardQueueFull,
+        PacketDrop::UnknownShard,
+        PacketDrop::UnknownSession,
+        PacketDrop::Unclassified,
+        PacketDrop::NotAccepted,
+        PacketDrop::RtcInputError,
+        PacketDrop::UnpublishedTrack,
+        PacketDrop::UnpublishedMid,
+        PacketDrop::NoSubscriberSession,
+        PacketDrop::NoSendStream,
+        PacketDrop::IngressBitrate,
+        PacketDrop::NoPtMapping,
+        PacketDrop::TooOld,
+        PacketDrop::OtherLayer,
+        PacketDrop::AwaitingKeyframe,
+        PacketDrop::SendFailed,
+    ];
+
+    /// The `reason` label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            PacketDrop::UnknownSource => "unknown_source",
+            PacketDrop::UnknownUfrag => "unknown_ufrag",
+            PacketDrop::MalformedStun => "malformed_stun",
+            PacketDrop::UnexpectedStun => "unexpected_stun",
+            PacketDrop::ShardQueueFull => "shard_queue_full",
+            PacketDrop::UnknownShard => "unknown_shard",
+            PacketDrop::UnknownSession => "unknown_session",
+            PacketDrop::Unclassified => "unclassified",
+            PacketDrop::NotAccepted => "not_accepted",
+            PacketDrop::RtcInputError => "rtc_input_error",
+            PacketDrop::UnpublishedTrack => "unpublished_track",
+            PacketDrop::UnpublishedMid => "unpublished_mid",
+            PacketDrop::NoSubscriberSession => "no_subscriber_session",
+            PacketDrop::NoSendStream => "no_send_stream",
+            PacketDrop::IngressBitrate => "ingress_bitrate",
+            PacketDrop::NoPtMapping => "no_pt_mapping",
+            PacketDrop::TooOld => "too_old",
+            PacketDrop::OtherLayer => "other_layer",
+            PacketDrop::AwaitingKeyframe => "awaiting_keyframe",
+            PacketDrop::SendFailed => "send_failed",
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl From<crate::forward::DropReason> for PacketDrop {
+    fn from(r: crate::forward::DropReason) -> Self {
+        use crate::forward::DropReason;
+        match r {
+            DropReason::NoPtMapping => PacketDrop::NoPtMapping,
+            DropReason::TooOld => PacketDrop::TooOld,
+            DropReason::OtherLayer => PacketDrop::OtherLayer,
+            DropReason::AwaitingKeyframe => PacketDrop::AwaitingKeyframe,
+        }
+    }
+}
+
 /// Every metric the SFU exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -31,8 +146,15 @@ pub struct Metrics {
     pub rtp_in: IntCounter,
     /// RTP packets handed to subscriber legs.
     pub forwarded: IntCounter,
-    /// Datagrams or packets dropped, by reason.
+    /// Datagrams or packets dropped, by reason (count with [`Metrics::drop`]).
     pub dropped: IntCounterVec,
+    /// `dropped` per [`PacketDrop`], resolved once.
+    dropped_by: Vec<IntCounter>,
+    /// Shard threads that panicked, by shard (each one's sessions were closed and the shard
+    /// restarted).
+    pub shard_panics: IntCounterVec,
+    /// API requests refused by a quota, by quota.
+    pub quota_refusals: IntCounterVec,
     /// NACKs received from subscribers (str0m answers them from its RTX cache).
     pub nacks: IntCounter,
     /// Keyframe requests by direction (`from_subscriber`, `to_publisher`).
@@ -133,7 +255,7 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let m = Metrics {
+        let mut m = Metrics {
             sessions: gauge(&r, "sessions", "Live sessions"),
             tracks: gauge(&r, "tracks", "Live published tracks"),
             subscriptions: gauge(&r, "subscriptions", "Live subscriptions (subscriber legs)"),
@@ -161,6 +283,19 @@ impl Metrics {
                 "dropped_total",
                 "Datagrams or packets dropped, by reason",
                 &["reason"],
+            ),
+            dropped_by: Vec::new(),
+            shard_panics: counter_vec(
+                &r,
+                "shard_panics_total",
+                "Shard threads that panicked (sessions closed, shard restarted), by shard",
+                &["shard"],
+            ),
+            quota_refusals: counter_vec(
+                &r,
+                "quota_refusals_total",
+                "API requests or tracks refused by a quota, by quota",
+                &["quota"],
             ),
             nacks: counter(&r, "nacks_total", "NACKs received from subscribers"),
             keyframe_requests: counter_vec(
@@ -250,6 +385,13 @@ impl Metrics {
         for direction in ["up", "down"] {
             m.layer_switches.with_label_values(&[direction]);
         }
+        m.dropped_by = PacketDrop::ALL
+            .iter()
+            .map(|d| m.dropped.with_label_values(&[d.label()]))
+            .collect();
+        for quota in Quota::ALL {
+            m.quota_refusals.with_label_values(&[quota.label()]);
+        }
         m
     }
 
@@ -271,8 +413,29 @@ impl Metrics {
     }
 
     /// Counts one drop.
-    pub fn drop_reason(&self, reason: &str) {
-        self.dropped.with_label_values(&[reason]).inc();
+    #[inline]
+    pub fn drop(&self, reason: PacketDrop) {
+        self.drop_n(reason, 1);
+    }
+
+    /// Counts `n` drops of one reason.
+    #[inline]
+    pub fn drop_n(&self, reason: PacketDrop, n: u64) {
+        if let Some(c) = self.dropped_by.get(reason.index()) {
+            c.inc_by(n);
+        }
+    }
+
+    /// Counts one refusal by a quota.
+    pub fn refused(&self, quota: Quota) {
+        self.quota_refusals
+            .with_label_values(&[quota.label()])
+            .inc();
+    }
+
+    /// Exports a shard's panic counter (at 0) before any panic.
+    pub fn register_shard(&self, shard: usize) {
+        self.shard_panics.with_label_values(&[&shard.to_string()]);
     }
 
     /// The text exposition format.
@@ -288,14 +451,74 @@ impl Metrics {
     }
 }
 
+/// The quotas of [`crate::config::Limits`], as `quota` labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// `sessions/new` rate per app.
+    AppNewSessionRate,
+    /// Live sessions per app.
+    AppSessions,
+    /// Publications per session.
+    SessionPublications,
+    /// Legs per session.
+    SessionLegs,
+    /// Pulls of one track per session.
+    SessionPullsPerTrack,
+    /// API requests per session.
+    SessionRequestRate,
+}
+
+impl Quota {
+    /// Every quota.
+    pub const ALL: [Quota; 6] = [
+        Quota::AppNewSessionRate,
+        Quota::AppSessions,
+        Quota::SessionPublications,
+        Quota::SessionLegs,
+        Quota::SessionPullsPerTrack,
+        Quota::SessionRequestRate,
+    ];
+
+    /// The `quota` label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Quota::AppNewSessionRate => "app_new_session_rate",
+            Quota::AppSessions => "app_sessions",
+            Quota::SessionPublications => "session_publications",
+            Quota::SessionLegs => "session_legs",
+            Quota::SessionPullsPerTrack => "session_pulls_per_track",
+            Quota::SessionRequestRate => "session_request_rate",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn every_drop_reason_is_exported_at_zero_under_its_own_label() {
+        let m = Metrics::new();
+        let text = m.render();
+        let mut labels = std::collections::HashSet::new();
+        for (i, d) in PacketDrop::ALL.iter().enumerate() {
+            assert_eq!(d.index(), i, "{d:?} is out of order in ALL");
+            assert!(labels.insert(d.label()), "duplicate label {}", d.label());
+            let series = format!("satsuma_sfu_dropped_total{{reason=\"{}\"}} 0", d.label());
+            assert!(text.contains(&series), "{series} missing");
+        }
+        m.drop(PacketDrop::IngressBitrate);
+        m.drop_n(PacketDrop::SendFailed, 3);
+        let text = m.render();
+        assert!(text.contains("satsuma_sfu_dropped_total{reason=\"ingress_bitrate\"} 1"));
+        assert!(text.contains("satsuma_sfu_dropped_total{reason=\"send_failed\"} 3"));
+        assert!(text.contains("satsuma_sfu_quota_refusals_total{quota=\"session_legs\"} 0"));
+    }
+
+    #[test]
     fn renders_prefixed_metrics() {
         let m = Metrics::new();
-        m.drop_reason("unknown_source");
+        m.drop(PacketDrop::UnknownSource);
         m.api_requests.with_label_values(&["x", "200"]).inc();
         let text = m.render();
         assert!(text.contains("satsuma_sfu_dropped_total{reason=\"unknown_source\"} 1"));

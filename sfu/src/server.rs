@@ -2,16 +2,22 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use satsuma_common::TokenBucket;
 
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::api::{ApiState, router};
+use crate::api::{ApiState, ops_router, router};
 use crate::config::{Config, ConfigError};
 use crate::directory::Directory;
+use crate::health::ShardHealth;
 use crate::metrics::Metrics;
 use crate::shard::{Shard, ShardContext, ShardMsg};
 use crate::udp::{UdpIo, run_receiver};
@@ -49,6 +55,7 @@ pub struct Server;
 pub struct ServerHandle {
     http_addr: SocketAddr,
     udp_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     metrics: Metrics,
     shutdown: Option<oneshot::Sender<()>>,
     http: Option<JoinHandle<()>>,
@@ -60,18 +67,36 @@ pub struct ServerHandle {
 /// Starts one shard on a thread of its own, driven by a single-threaded tokio runtime: the
 /// shard's sessions, forwarder and timers never leave that thread, so the packet path takes no
 /// lock and keeps its caches warm. Shards talk to each other and to the API through channels.
+///
+/// A panic in a batch of the shard's work is survived inside [`Shard::run`]. Should one escape it
+/// anyway, the thread marks the shard dead (so `/healthz` stays 503 and the supervisor restarts
+/// the process) and counts it; new sessions are no longer placed on it.
 fn spawn_shard_thread(
     index: usize,
     shard: Shard,
-    rx: mpsc::Receiver<ShardMsg>,
-    stop: oneshot::Receiver<()>,
+    mut rx: mpsc::Receiver<ShardMsg>,
+    mut stop: oneshot::Receiver<()>,
+    health: Arc<ShardHealth>,
+    metrics: Metrics,
 ) -> Result<std::thread::JoinHandle<()>, ServerError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let thread = std::thread::Builder::new()
         .name(format!("satsuma-shard-{index}"))
-        .spawn(move || runtime.block_on(shard.run(rx, stop)))?;
+        .spawn(move || {
+            let run = catch_unwind(AssertUnwindSafe(|| {
+                runtime.block_on(shard.run(&mut rx, &mut stop));
+            }));
+            if run.is_err() {
+                tracing::error!(shard = index, "shard thread died; /healthz reports it dead");
+                metrics
+                    .shard_panics
+                    .with_label_values(&[&index.to_string()])
+                    .inc();
+                health.note_dead(index);
+            }
+        })?;
     Ok(thread)
 }
 
@@ -96,6 +121,24 @@ impl Server {
                 source,
             })?;
         let http_addr = listener.local_addr()?;
+        let metrics_listener = match config.metrics_bind {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            what: "metrics",
+                            addr,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let candidates: Vec<SocketAddr> = config
             .effective_announce_ips(udp_addr)
             .into_iter()
@@ -103,6 +146,8 @@ impl Server {
             .collect();
 
         let metrics = Metrics::new();
+        let now = Instant::now();
+        let health = Arc::new(ShardHealth::new(config.shards, now));
         let directory = Arc::new(Directory::default());
         let socket = Arc::new(UdpIo::new(Arc::new(udp))?);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -113,6 +158,7 @@ impl Server {
             udp: Arc::clone(&socket),
             candidates: candidates.clone(),
             udp_control: control_tx,
+            health: Arc::clone(&health),
         });
 
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards)
@@ -124,9 +170,17 @@ impl Server {
             let shard = Shard::new(i, Arc::clone(&ctx), senders.clone());
             let (stop_tx, stop_rx) = oneshot::channel();
             shard_stops.push(stop_tx);
-            shard_threads.push(spawn_shard_thread(i, shard, rx, stop_rx)?);
+            metrics.register_shard(i);
+            shard_threads.push(spawn_shard_thread(
+                i,
+                shard,
+                rx,
+                stop_rx,
+                Arc::clone(&health),
+                metrics.clone(),
+            )?);
         }
-        let tasks = vec![tokio::spawn(run_receiver(
+        let tasks: Vec<JoinHandle<()>> = vec![tokio::spawn(run_receiver(
             socket,
             candidates,
             control_rx,
@@ -145,12 +199,47 @@ impl Server {
             metrics: metrics.clone(),
             next_shard: AtomicUsize::new(0),
             max_tracks: config.max_tracks_per_request,
+            app_new_sessions: config
+                .apps
+                .iter()
+                .map(|a| {
+                    let bucket =
+                        TokenBucket::per_second(config.limits.app_new_sessions_per_second, now);
+                    (a.id.clone(), Mutex::new(bucket))
+                })
+                .collect(),
+            health,
+            limits: config.limits.clone(),
+            session_requests_per_second: config.session_requests_per_second,
+            shard_panic_hold: config.shard_panic_hold,
+            test_hooks: config.test_hooks,
+            cors_origins: config.cors_origins.clone(),
+            metrics_token: config.metrics_token.clone(),
+            metrics_on_api: metrics_listener.is_none(),
         });
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let app = router(state);
+        let app = router(Arc::clone(&state));
+        let mut metrics_stop = None;
+        let mut tasks = tasks;
+        if let Some(l) = metrics_listener {
+            let (tx, rx) = oneshot::channel::<()>();
+            metrics_stop = Some(tx);
+            let ops = ops_router(state);
+            tasks.push(tokio::spawn(async move {
+                let serve = axum::serve(l, ops).with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!("metrics server failed: {e}");
+                }
+            }));
+        }
         let http = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = shutdown_rx.await;
+                if let Some(tx) = metrics_stop {
+                    let _ = tx.send(());
+                }
             });
             if let Err(e) = serve.await {
                 tracing::error!("http server failed: {e}");
@@ -160,6 +249,7 @@ impl Server {
         Ok(ServerHandle {
             http_addr,
             udp_addr,
+            metrics_addr,
             metrics,
             shutdown: Some(shutdown_tx),
             http: Some(http),
@@ -174,6 +264,11 @@ impl ServerHandle {
     /// The bound HTTP address (the real port when configured with port 0).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The bound address of the separate `/metrics` listener, if one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The bound UDP address.

@@ -13,6 +13,8 @@ use str0m::media::{Direction, MediaKind, Mid, Pt, Rid};
 use str0m::rtp::Ssrc;
 use str0m::{Candidate, Rtc, RtcConfig};
 
+use satsuma_common::TokenBucket;
+
 use crate::ids::{SessionId, ShardId, TrackId};
 
 /// A track this session publishes.
@@ -89,9 +91,21 @@ pub struct Session {
     pub routed_addrs: Vec<SocketAddr>,
     /// Of the audio tracks this session pulls, the one speaking now (see [`crate::speaker`]).
     pub active_speaker: Option<TrackId>,
+    /// The publisher's ingress byte budget (`None`: no limit). See
+    /// [`crate::config::Limits::session_max_ingress_kbps`].
+    pub ingress: Option<TokenBucket>,
     ssrc_mids: HashMap<Ssrc, (Mid, Option<Rid>)>,
     egress_counts: HashMap<(Mid, Option<Rid>), (u64, u64)>,
     bwe_bitrate: Option<(u64, u64)>,
+}
+
+/// An ingress budget of `kbps` kbit/s (`None` for 0: no limit), in bytes, with a burst of one
+/// second's worth (at least 64 KiB, so that a large keyframe of a low-rate publisher passes).
+pub fn ingress_budget(kbps: u32, now: Instant) -> Option<TokenBucket> {
+    (kbps > 0).then(|| {
+        let bytes_per_second = f64::from(kbps) * 1000.0 / 8.0;
+        TokenBucket::new(bytes_per_second, bytes_per_second.max(65_536.0), now)
+    })
 }
 
 /// Limit on addresses one session can register for routing.
@@ -137,6 +151,7 @@ impl Session {
             next_timeout: now,
             routed_addrs: Vec::new(),
             active_speaker: None,
+            ingress: None,
             ssrc_mids: HashMap::new(),
             egress_counts: HashMap::new(),
             bwe_bitrate: None,

@@ -35,9 +35,13 @@ use crate::config::Config;
 use crate::directory::{Directory, PublishedTrack};
 use crate::egress::Egress;
 use crate::forward::{Forwarder, LegKey, LegWrite, MediaPacket};
+use crate::health::ShardHealth;
 use crate::ids::{SessionId, ShardId, TrackId};
-use crate::metrics::Metrics;
-use crate::session::{LegState, MAX_ROUTED_ADDRS, Publication, Session, Subscription, is_keyframe};
+use crate::metrics::Quota;
+use crate::metrics::{Metrics, PacketDrop};
+use crate::session::{
+    LegState, MAX_ROUTED_ADDRS, Publication, Session, Subscription, ingress_budget, is_keyframe,
+};
 use crate::speaker::SpeakerDetector;
 use crate::udp::UdpControl;
 use crate::udp::UdpIo;
@@ -175,6 +179,14 @@ pub enum ShardMsg {
         /// Track.
         track: TrackId,
     },
+    /// Shard `shard` panicked and was reset: forget it as a subscriber of our tracks and end
+    /// our legs on its tracks.
+    ShardReset {
+        /// The reset shard.
+        shard: ShardId,
+    },
+    /// Test hook (only routed with `Config::test_hooks`): panic on the shard's thread.
+    InjectPanic,
 }
 
 /// What every shard shares: configuration, directory, metrics, the socket, its peers.
@@ -192,6 +204,8 @@ pub struct ShardContext {
     pub candidates: Vec<SocketAddr>,
     /// Control channel of the UDP driver.
     pub udp_control: mpsc::UnboundedSender<UdpControl>,
+    /// What `/healthz` reports.
+    pub health: Arc<ShardHealth>,
 }
 
 /// What draining a session produced, handled once the session is no longer borrowed.
@@ -247,7 +261,17 @@ impl Shard {
     /// Runs until the channel closes or `stop` fires (or its sender is dropped); then closes
     /// every session. Time spent handling work (not waiting) is added to the shard's busy-time
     /// counter, so `rate(satsuma_sfu_shard_busy_seconds_total)` is the shard's utilisation.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>, mut stop: oneshot::Receiver<()>) {
+    ///
+    /// Each batch of work runs under `catch_unwind`. A panic that escapes the per-session guards
+    /// (a bug in the shard itself) is counted (`satsuma_sfu_shard_panics_total`), reported by
+    /// `/healthz`, and survived: every session of this shard is closed (their API calls answer
+    /// 404, their clients reconnect), the shard's state is reset, the other shards are told,
+    /// and the shard takes new work. No lock or allocation is added to the packet path.
+    pub async fn run(
+        mut self,
+        rx: &mut mpsc::Receiver<ShardMsg>,
+        stop: &mut oneshot::Receiver<()>,
+    ) {
         let shard_label = self.id.to_string();
         let busy = self
             .ctx
@@ -261,12 +285,18 @@ impl Shard {
             .with_label_values(&[&shard_label]);
         loop {
             let deadline = self.next_deadline();
-            tokio::select! {
+            let first = tokio::select! {
                 biased;
-                _ = &mut stop => break,
+                _ = &mut *stop => break,
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
-                    let started = Instant::now();
+                    Some(msg)
+                }
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => None,
+            };
+            let started = Instant::now();
+            let worked = catch_unwind(AssertUnwindSafe(|| {
+                if let Some(msg) = first {
                     self.handle(msg);
                     for _ in 0..BATCH {
                         match rx.try_recv() {
@@ -275,16 +305,15 @@ impl Shard {
                         }
                     }
                     self.handle_timeouts(Instant::now());
-                    self.flush();
-                    busy.inc_by(started.elapsed().as_secs_f64());
-                }
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
-                    let started = Instant::now();
+                } else {
                     self.handle_timeouts(started);
-                    self.flush();
-                    busy.inc_by(started.elapsed().as_secs_f64());
                 }
+                self.flush();
+            }));
+            if worked.is_err() {
+                self.recover_from_panic();
             }
+            busy.inc_by(started.elapsed().as_secs_f64());
             sessions_gauge.set(i64::try_from(self.sessions.len()).unwrap_or(i64::MAX));
         }
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
@@ -293,6 +322,62 @@ impl Shard {
         }
         self.flush();
         sessions_gauge.set(0);
+    }
+
+    /// After a panic escaped a batch of work: close every session of this shard, reset its
+    /// state, and tell the UDP driver, the directory and the other shards.
+    fn recover_from_panic(&mut self) {
+        let now = Instant::now();
+        tracing::error!(
+            shard = self.id,
+            sessions = self.sessions.len(),
+            "shard panicked: closing its sessions and restarting it"
+        );
+        self.ctx
+            .metrics
+            .shard_panics
+            .with_label_values(&[&self.id.to_string()])
+            .inc();
+        self.ctx.health.note_panic(self.id, now);
+        self.local.clear();
+        self.dirty.clear();
+        self.dirty_set.clear();
+        self.writes.clear();
+        self.events.clear();
+        // Close each session the normal way (its tracks end for subscribers elsewhere, its legs
+        // are given back, the directory and the UDP driver forget it). The state may be what
+        // made the shard panic: a panic here only cuts the clean-up short.
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        let cleaned = catch_unwind(AssertUnwindSafe(|| {
+            for id in ids {
+                self.remove_session(id, "shard panic");
+            }
+        }));
+        if cleaned.is_err() {
+            tracing::error!(
+                shard = self.id,
+                "clean-up after the shard panic panicked too"
+            );
+        }
+        // Whatever the clean-up missed: forget this shard's sessions everywhere.
+        for id in self.ctx.directory.remove_shard(self.id) {
+            self.ctx.metrics.sessions.dec();
+            let _ = self
+                .ctx
+                .udp_control
+                .send(UdpControl::Unregister { session: id });
+        }
+        for shard in 0..self.peers.len() {
+            if shard != self.id {
+                self.send_to_shard(shard, ShardMsg::ShardReset { shard: self.id });
+            }
+        }
+        self.sessions = HashMap::new();
+        self.forwarder = Forwarder::new(KEYFRAME_INTERVAL);
+        self.local.clear();
+        self.speakers = SpeakerDetector::default();
+        self.egress = Egress::default();
+        self.next_housekeeping = now;
     }
 
     /// Sends what the last batch of work produced (see [`crate::egress`]).
@@ -333,6 +418,12 @@ impl Shard {
                 self.keyframe_to_publisher(track, rid, kind, Instant::now());
             }
             ShardMsg::TrackEnded { track } => self.end_local_legs(track),
+            ShardMsg::ShardReset { shard } => {
+                for track in self.forwarder.forget_shard(shard) {
+                    self.end_local_legs(track);
+                }
+            }
+            ShardMsg::InjectPanic => injected_panic(self.id),
         }
     }
 
@@ -378,12 +469,12 @@ impl Shard {
         match self.peers.get(shard) {
             Some(tx) => {
                 if tx.try_send(msg).is_err() {
-                    self.ctx.metrics.drop_reason("shard_queue_full");
+                    self.ctx.metrics.drop(PacketDrop::ShardQueueFull);
                 } else {
                     self.ctx.metrics.cross_shard_messages.inc();
                 }
             }
-            None => self.ctx.metrics.drop_reason("unknown_shard"),
+            None => self.ctx.metrics.drop(PacketDrop::UnknownShard),
         }
     }
 
@@ -393,11 +484,11 @@ impl Shard {
         let ctx = Arc::clone(&self.ctx);
         let metrics = &ctx.metrics;
         let Some(session) = self.sessions.get_mut(&d.session) else {
-            metrics.drop_reason("unknown_session");
+            metrics.drop(PacketDrop::UnknownSession);
             return;
         };
         let Ok(contents) = DatagramRecv::try_from(d.data.as_slice()) else {
-            metrics.drop_reason("unclassified");
+            metrics.drop(PacketDrop::Unclassified);
             return;
         };
         let input = Input::Receive(
@@ -420,10 +511,10 @@ impl Shard {
                 session.last_received = session.last_received.max(d.received);
                 self.mark_dirty(d.session);
             }
-            Ok(Ok(false)) => metrics.drop_reason("not_accepted"),
+            Ok(Ok(false)) => metrics.drop(PacketDrop::NotAccepted),
             Ok(Err(e)) => {
                 tracing::debug!(session = %d.session, "input refused: {e}");
-                metrics.drop_reason("rtc_input_error");
+                metrics.drop(PacketDrop::RtcInputError);
                 self.mark_dirty(d.session);
             }
             Err(_) => self.session_panicked(d.session),
@@ -526,7 +617,7 @@ impl Shard {
     fn fanout(&mut self, track: TrackId, pkt: Arc<MediaPacket>) {
         self.note_audio_level(track, &pkt);
         let Some(shards) = self.forwarder.note_media(track, pkt.arrival) else {
-            self.ctx.metrics.drop_reason("unpublished_track");
+            self.ctx.metrics.drop(PacketDrop::UnpublishedTrack);
             return;
         };
         self.fanout.clear();
@@ -599,7 +690,7 @@ impl Shard {
         let mut writes = std::mem::take(&mut self.writes);
         let outcome = self.forwarder.forward(track, pkt, &mut writes);
         for reason in &outcome.dropped {
-            self.ctx.metrics.drop_reason(reason.as_str());
+            self.ctx.metrics.drop((*reason).into());
         }
         self.ctx.metrics.count_layer_outcome(&outcome);
         if let Some((home, rid)) = outcome.wants_keyframe {
@@ -636,7 +727,7 @@ impl Shard {
     fn write_leg(&mut self, w: LegWrite) {
         let id = w.leg.session;
         let Some(session) = self.sessions.get_mut(&id) else {
-            self.ctx.metrics.drop_reason("no_subscriber_session");
+            self.ctx.metrics.drop(PacketDrop::NoSubscriberSession);
             return;
         };
         let written = catch_unwind(AssertUnwindSafe(|| {
@@ -657,7 +748,7 @@ impl Shard {
                 self.ctx.metrics.forwarded.inc();
                 self.mark_dirty(id);
             }
-            Ok(false) => self.ctx.metrics.drop_reason("no_send_stream"),
+            Ok(false) => self.ctx.metrics.drop(PacketDrop::NoSendStream),
             Err(_) => self.session_panicked(id),
         }
     }
@@ -975,6 +1066,7 @@ impl Shard {
             self.ctx.config.bwe_initial_kbps,
             now,
         );
+        session.ingress = ingress_budget(self.ctx.config.limits.session_max_ingress_kbps, now);
         let answer = match offer {
             Some(sdp) => Some(accept_offer(&mut session, &sdp)?),
             None => None,
@@ -1002,7 +1094,9 @@ impl Shard {
     ) -> Result<TracksResponse, ApiError> {
         let now = Instant::now();
         let shard = self.id;
-        let directory = Arc::clone(&self.ctx.directory);
+        let ctx = Arc::clone(&self.ctx);
+        let directory = &ctx.directory;
+        let limits = &ctx.config.limits;
         let session = self.session_mut(id)?;
         let app = Arc::clone(&session.app);
 
@@ -1030,7 +1124,19 @@ impl Shard {
                         mid: t.mid.clone(),
                         ..Default::default()
                     };
-                    match push_track(session, t, answer.is_some(), &directory, shard, now) {
+                    let live = session.publications.values().filter(|p| p.active).count();
+                    if live >= limits.session_max_publications {
+                        ctx.metrics.refused(Quota::SessionPublications);
+                        results.push(r.with_error(
+                            "too_many_publications",
+                            format!(
+                                "a session may publish at most {} tracks at once",
+                                limits.session_max_publications
+                            ),
+                        ));
+                        continue;
+                    }
+                    match push_track(session, t, answer.is_some(), directory, shard, now) {
                         Ok((mid, track, kind)) => {
                             published.push((track, mid, kind));
                             results.push(r);
@@ -1045,7 +1151,15 @@ impl Shard {
                         mid: t.mid.clone(),
                         ..Default::default()
                     };
-                    match resolve_remote(&directory, &app, t) {
+                    let pulls = resolve_remote(directory, &app, t).and_then(|sub| {
+                        check_pull_quota(session, &to_offer, sub.track, limits)
+                            .map_err(|(quota, code, text)| {
+                                ctx.metrics.refused(quota);
+                                (code, text)
+                            })
+                            .map(|()| sub)
+                    });
+                    match pulls {
                         Err((code, text)) => results.push(r.with_error(code, text)),
                         Ok(sub) => match (&t.mid, answer.is_some()) {
                             (Some(mid), true) => {
@@ -1303,7 +1417,8 @@ impl Shard {
         id: SessionId,
         request: UpdateTracksRequest,
     ) -> Result<UpdateTracksResponse, ApiError> {
-        let directory = Arc::clone(&self.ctx.directory);
+        let ctx = Arc::clone(&self.ctx);
+        let directory = &ctx.directory;
         let app = Arc::clone(&self.session_mut(id)?.app);
         let mut results = Vec::new();
         for t in &request.tracks {
@@ -1331,13 +1446,22 @@ impl Shard {
                 results.push(r.with_error("not_found", "no pulled track on that mid"));
                 continue;
             };
-            let new = match resolve_remote(&directory, &app, t) {
+            let new = match resolve_remote(directory, &app, t) {
                 Ok(new) => new,
                 Err((code, text)) => {
                     results.push(r.with_error(code, text));
                     continue;
                 }
             };
+            if new.track != current.track
+                && let Some(session) = self.sessions.get(&id)
+                && let Err((quota, code, text)) =
+                    check_track_pulls(session, &[], new.track, &ctx.config.limits)
+            {
+                ctx.metrics.refused(quota);
+                results.push(r.with_error(code, text));
+                continue;
+            }
             if new.kind != current.kind {
                 results.push(r.with_error(
                     "invalid_params",
@@ -1445,6 +1569,12 @@ impl Shard {
     }
 }
 
+/// The test hook's panic (see [`ShardMsg::InjectPanic`]).
+#[allow(clippy::panic)]
+fn injected_panic(shard: ShardId) -> ! {
+    panic!("test hook: injected panic on shard {shard}")
+}
+
 /// Polls one session until its next timeout (see [`Shard::drain`]).
 fn drain_session(
     session: &mut Session,
@@ -1474,13 +1604,10 @@ fn drain_session(
                 }
             }
             Output::Event(event) => match event {
-                Event::RtpPacket(pkt) => {
-                    if let Some(ev) = media_event(session, pkt) {
-                        events.push(ev);
-                    } else {
-                        ctx.metrics.drop_reason("unpublished_mid");
-                    }
-                }
+                Event::RtpPacket(pkt) => match media_event(session, pkt) {
+                    Ok(ev) => events.push(ev),
+                    Err(reason) => ctx.metrics.drop(reason),
+                },
                 Event::KeyframeRequest(req) => events.push(SessionEvent::KeyframeFromLeg(
                     LegKey {
                         session: session.id,
@@ -1514,10 +1641,23 @@ fn drain_session(
     }
 }
 
-/// Turns a publisher's RTP packet into a forwardable [`MediaPacket`] for its track.
-fn media_event(session: &mut Session, pkt: RtpPacket) -> Option<SessionEvent> {
-    let (mid, rid) = session.mid_of_ssrc(pkt.header.ssrc)?;
-    let publication = session.publications.get(&mid).filter(|p| p.active)?;
+/// Turns a publisher's RTP packet into a forwardable [`MediaPacket`] for its track, within the
+/// session's ingress budget.
+fn media_event(session: &mut Session, pkt: RtpPacket) -> Result<SessionEvent, PacketDrop> {
+    let (mid, rid) = session
+        .mid_of_ssrc(pkt.header.ssrc)
+        .ok_or(PacketDrop::UnpublishedMid)?;
+    if let Some(budget) = &mut session.ingress {
+        let bytes = (pkt.payload.len() + pkt.header.header_len) as u64;
+        if !budget.try_take_n(pkt.timestamp, bytes) {
+            return Err(PacketDrop::IngressBitrate);
+        }
+    }
+    let publication = session
+        .publications
+        .get(&mid)
+        .filter(|p| p.active)
+        .ok_or(PacketDrop::UnpublishedMid)?;
     let params = publication
         .params
         .iter()
@@ -1547,7 +1687,7 @@ fn media_event(session: &mut Session, pkt: RtpPacket) -> Option<SessionEvent> {
         arrival: pkt.timestamp,
         nackable: publication.kind == MediaKind::Video,
     };
-    Some(SessionEvent::Media(publication.track, Arc::new(packet)))
+    Ok(SessionEvent::Media(publication.track, Arc::new(packet)))
 }
 
 /// Accepts a client offer; an SFU offer still waiting for its answer is abandoned.
@@ -1647,6 +1787,62 @@ fn push_track(
         },
     );
     Ok((mid, track, kind))
+}
+
+/// A quota refusal: the quota, the per-track `errorCode` and its description.
+type QuotaError = (Quota, &'static str, String);
+
+/// Whether `session` may pull one more leg, on `track`, given the pulls of this request not yet
+/// in its subscriptions (`pending`).
+fn check_pull_quota(
+    session: &Session,
+    pending: &[(usize, Subscription)],
+    track: TrackId,
+    limits: &crate::config::Limits,
+) -> Result<(), QuotaError> {
+    let live = session
+        .subscriptions
+        .values()
+        .filter(|s| s.state != LegState::Inactive)
+        .count()
+        + pending.len();
+    if live >= limits.session_max_legs {
+        return Err((
+            Quota::SessionLegs,
+            "too_many_legs",
+            format!(
+                "a session may pull at most {} tracks at once",
+                limits.session_max_legs
+            ),
+        ));
+    }
+    check_track_pulls(session, pending, track, limits)
+}
+
+/// Whether `session` may pull `track` once more.
+fn check_track_pulls(
+    session: &Session,
+    pending: &[(usize, Subscription)],
+    track: TrackId,
+    limits: &crate::config::Limits,
+) -> Result<(), QuotaError> {
+    let same = session
+        .subscriptions
+        .values()
+        .filter(|s| s.state != LegState::Inactive && s.track == track)
+        .count()
+        + pending.iter().filter(|(_, s)| s.track == track).count();
+    if same >= limits.session_max_pulls_per_track {
+        return Err((
+            Quota::SessionPullsPerTrack,
+            "too_many_pulls",
+            format!(
+                "a session may pull the same track at most {} times at once",
+                limits.session_max_pulls_per_track
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Finds the published track a remote track entry names.

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::egress::{Egress, Send};
 
 use crate::ids::{SessionId, ShardId};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PacketDrop};
 use crate::shard::{Datagram, ShardMsg};
 use crate::stun::{self, StunError};
 
@@ -117,16 +117,20 @@ impl Demux {
         &self,
         source: SocketAddr,
         data: &[u8],
-    ) -> Result<(SessionId, ShardId), &'static str> {
+    ) -> Result<(SessionId, ShardId), PacketDrop> {
         if let Some(r) = self.by_addr.get(&source) {
             return Ok(*r);
         }
         match stun::local_ufrag(data) {
-            Ok(ufrag) => self.by_ufrag.get(ufrag).copied().ok_or("unknown_ufrag"),
-            Err(StunError::NotStun) => Err("unknown_source"),
-            Err(StunError::Truncated) => Err("malformed_stun"),
-            Err(StunError::NotBindingRequest) => Err("unexpected_stun"),
-            Err(StunError::NoUsername) => Err("malformed_stun"),
+            Ok(ufrag) => self
+                .by_ufrag
+                .get(ufrag)
+                .copied()
+                .ok_or(PacketDrop::UnknownUfrag),
+            Err(StunError::NotStun) => Err(PacketDrop::UnknownSource),
+            Err(StunError::Truncated) => Err(PacketDrop::MalformedStun),
+            Err(StunError::NotBindingRequest) => Err(PacketDrop::UnexpectedStun),
+            Err(StunError::NoUsername) => Err(PacketDrop::MalformedStun),
         }
     }
 
@@ -218,10 +222,7 @@ impl UdpIo {
             }
             Err(e) => {
                 tracing::trace!(destination = %s.destination, "udp send failed: {e}");
-                metrics
-                    .dropped
-                    .with_label_values(&["send_failed"])
-                    .inc_by(s.datagrams as u64);
+                metrics.drop_n(PacketDrop::SendFailed, s.datagrams as u64);
             }
         });
     }
@@ -310,13 +311,13 @@ fn route_datagram(
             match shards.get(shard) {
                 Some(tx) => {
                     if tx.try_send(ShardMsg::Datagram(d)).is_err() {
-                        metrics.drop_reason("shard_queue_full");
+                        metrics.drop(PacketDrop::ShardQueueFull);
                     }
                 }
-                None => metrics.drop_reason("unknown_shard"),
+                None => metrics.drop(PacketDrop::UnknownShard),
             }
         }
-        Err(reason) => metrics.drop_reason(reason),
+        Err(reason) => metrics.drop(reason),
     }
 }
 
@@ -352,8 +353,11 @@ mod tests {
             shard: 0,
         });
         assert_eq!(d.route(a, &stun_request("abcd")), Ok((s, 0)));
-        assert_eq!(d.route(a, &stun_request("zzzz")), Err("unknown_ufrag"));
-        assert_eq!(d.route(a, &[0x80, 0, 0, 0]), Err("unknown_source"));
+        assert_eq!(
+            d.route(a, &stun_request("zzzz")),
+            Err(PacketDrop::UnknownUfrag)
+        );
+        assert_eq!(d.route(a, &[0x80, 0, 0, 0]), Err(PacketDrop::UnknownSource));
         d.apply(UdpControl::Route {
             addr: a,
             session: s,
@@ -361,8 +365,11 @@ mod tests {
         });
         assert_eq!(d.route(a, &[0x80, 0, 0, 0]), Ok((s, 0)));
         d.apply(UdpControl::Unregister { session: s });
-        assert_eq!(d.route(a, &[0x80, 0, 0, 0]), Err("unknown_source"));
-        assert_eq!(d.route(a, &stun_request("abcd")), Err("unknown_ufrag"));
+        assert_eq!(d.route(a, &[0x80, 0, 0, 0]), Err(PacketDrop::UnknownSource));
+        assert_eq!(
+            d.route(a, &stun_request("abcd")),
+            Err(PacketDrop::UnknownUfrag)
+        );
         assert_eq!(d.routed_addrs(), 0);
     }
 

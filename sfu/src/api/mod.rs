@@ -6,4 +6,4 @@ pub mod error;
 pub mod routes;
 pub mod types;
 
-pub use routes::{ApiState, router};
+pub use routes::{ApiState, ops_router, router};

@@ -3,27 +3,31 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use parking_lot::Mutex;
+use satsuma_common::TokenBucket;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
-use tower_http::cors::CorsLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::error::ApiError;
 use super::types::{
     CloseTracksRequest, NewSessionRequest, NewSessionResponse, RenegotiateRequest, SdpType,
     SessionDescription, TracksRequest, UpdateTracksRequest,
 };
+use crate::config::Limits;
 use crate::directory::Directory;
+use crate::health::ShardHealth;
 use crate::ids::{SessionId, ShardId};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Quota};
 use crate::shard::{ApiCommand, Reply, ShardMsg};
 
 /// Shared state of the API handlers.
@@ -41,13 +45,31 @@ pub struct ApiState {
     pub next_shard: AtomicUsize,
     /// Tracks allowed per request.
     pub max_tracks: usize,
+    /// `sessions/new` rate limit of each app.
+    pub app_new_sessions: HashMap<String, Mutex<TokenBucket>>,
+    /// Shard health, for `/healthz` and session placement.
+    pub health: Arc<ShardHealth>,
+    /// Quotas.
+    pub limits: Limits,
+    /// API requests per session per second (for the 429 message).
+    pub session_requests_per_second: u32,
+    /// How long `/healthz` reports a restarted shard.
+    pub shard_panic_hold: Duration,
+    /// Whether the test-only routes exist.
+    pub test_hooks: bool,
+    /// Origins allowed cross-origin (CORS); empty: no CORS.
+    pub cors_origins: Vec<String>,
+    /// Bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<String>,
+    /// Whether the API listener serves `/metrics` (false with a separate metrics listener).
+    pub metrics_on_api: bool,
 }
 
 type Shared = State<Arc<ApiState>>;
 
 /// The API router.
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .route("/v1/apps/{app_id}/sessions/new", post(new_session))
         .route(
             "/v1/apps/{app_id}/sessions/{session_id}/tracks/new",
@@ -69,16 +91,54 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/v1/apps/{app_id}/sessions/{session_id}",
             get(get_session).delete(delete_session),
         )
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz));
+    if state.metrics_on_api {
+        r = r.route("/metrics", get(metrics));
+    }
+    if state.test_hooks {
+        r = r.route("/v1/test/shards/{shard}/panic", post(test_panic_shard));
+    }
+    let r = r
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             count_requests,
-        ))
-        .layer(CorsLayer::permissive())
+        ));
+    let r = match cors(&state.cors_origins) {
+        Some(layer) => r.layer(layer),
+        None => r,
+    };
+    r.with_state(state)
+}
+
+/// The router of the separate metrics listener (`Config::metrics_bind`): `/metrics`, `/healthz`.
+pub fn ops_router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
         .with_state(state)
+}
+
+/// CORS for the configured origins only; `None` (no CORS headers, so browsers refuse
+/// cross-origin calls) when none are configured. Origins that do not parse as header values were
+/// refused by `Config::validate`.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(allowed))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 async fn count_requests(State(st): Shared, req: Request, next: Next) -> Response {
@@ -107,11 +167,52 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// `GET /healthz`: 200 `ok` while every shard is healthy; 503 with a JSON body naming the
+/// shards that are dead or panicked within `Config::shard_panic_hold`.
+async fn healthz(State(st): Shared) -> Response {
+    let problems = st.health.problems(Instant::now(), st.shard_panic_hold);
+    if problems.is_empty() {
+        return "ok\n".into_response();
+    }
+    let body = serde_json::json!({
+        "status": "unhealthy",
+        "shards": problems,
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(st): Shared) -> Response {
+/// `POST /v1/test/shards/{n}/panic` (only with `Config::test_hooks`): makes shard `n` panic.
+async fn test_panic_shard(
+    State(st): Shared,
+    Path(shard): Path<usize>,
+) -> Result<Response, ApiError> {
+    let inbox = st
+        .shards
+        .get(shard)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such shard"))?;
+    inbox
+        .send(ShardMsg::InjectPanic)
+        .await
+        .map_err(|_| ApiError::internal("the shard is gone"))?;
+    tracing::warn!(shard, "test hook: panic injected");
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"shard": shard})),
+    )
+        .into_response())
+}
+
+async fn metrics(State(st): Shared, headers: HeaderMap) -> Response {
+    if let Some(token) = &st.metrics_token
+        && !bearer(&headers).is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes()))
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is required for /metrics\n",
+        )
+            .into_response();
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),
@@ -124,6 +225,17 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+}
+
 /// Checks `Authorization: Bearer <secret>` for `app_id`.
 fn authenticate(st: &ApiState, app_id: &str, headers: &HeaderMap) -> Result<Arc<str>, ApiError> {
     let unauthorized = || {
@@ -133,14 +245,7 @@ fn authenticate(st: &ApiState, app_id: &str, headers: &HeaderMap) -> Result<Arc<
             "missing or wrong bearer secret for this app",
         )
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .ok_or_else(unauthorized)?;
+    let given = bearer(headers).ok_or_else(unauthorized)?;
     let secret = st.apps.get(app_id).ok_or_else(unauthorized)?;
     if !same_secret(given.as_bytes(), secret.as_bytes()) {
         return Err(unauthorized());
@@ -157,11 +262,17 @@ fn locate(st: &ApiState, app: &str, session_id: &str) -> Result<(SessionId, Shar
         .ok_or_else(ApiError::no_session)?;
     match st.directory.take_request_token(app, id, Instant::now()) {
         Some(true) => Ok((id, shard)),
-        Some(false) => Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many requests for this session (limit: 50 per second)",
-        )),
+        Some(false) => {
+            st.metrics.refused(Quota::SessionRequestRate);
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "too many requests for this session (limit: {} per second)",
+                    st.session_requests_per_second
+                ),
+            ))
+        }
         None => Err(ApiError::no_session()),
     }
 }
@@ -199,6 +310,18 @@ async fn dispatch<T>(
         .map_err(|_| ApiError::internal("the shard dropped the request"))?
 }
 
+/// The shard for a new session: round robin over the shards whose thread is alive.
+fn place(st: &ApiState) -> ShardId {
+    let n = st.shards.len().max(1);
+    for _ in 0..n {
+        let shard = st.next_shard.fetch_add(1, Ordering::Relaxed) % n;
+        if st.health.is_alive(shard) {
+            return shard;
+        }
+    }
+    st.next_shard.fetch_add(1, Ordering::Relaxed) % n
+}
+
 fn too_many(st: &ApiState, n: usize) -> Result<(), ApiError> {
     if n > st.max_tracks {
         return Err(ApiError::new(
@@ -226,15 +349,54 @@ async fn new_session(
         Some(_) => return Err(ApiError::invalid("sessions/new takes an offer")),
         None => None,
     };
-    let shard = st.next_shard.fetch_add(1, Ordering::Relaxed) % st.shards.len().max(1);
+    let allowed = st
+        .app_new_sessions
+        .get(&*app)
+        .is_some_and(|b| b.lock().try_take(Instant::now()));
+    if !allowed {
+        st.metrics.refused(Quota::AppNewSessionRate);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many new sessions for this app (limit: {} per second)",
+                st.limits.app_new_sessions_per_second
+            ),
+        ));
+    }
+    if !st
+        .directory
+        .reserve_session(&app, st.limits.app_max_sessions)
+    {
+        st.metrics.refused(Quota::AppSessions);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sessions",
+            format!(
+                "this app holds its limit of {} live sessions",
+                st.limits.app_max_sessions
+            ),
+        ));
+    }
+    let shard = place(&st);
     let id = SessionId::random();
-    let answer = dispatch(&st, shard, |reply| ApiCommand::Create {
+    let created = dispatch(&st, shard, |reply| ApiCommand::Create {
         id,
-        app,
+        app: Arc::clone(&app),
         offer,
         reply,
     })
-    .await?;
+    .await;
+    let answer = match created {
+        Ok(answer) => answer,
+        Err(e) => {
+            // The shard did not register the session: give its place back.
+            if st.directory.session_shard(&app, id).is_none() {
+                st.directory.release_reservation(&app);
+            }
+            return Err(e);
+        }
+    };
     let body = NewSessionResponse {
         session_id: id.to_string(),
         session_description: answer.map(|sdp| SessionDescription {
