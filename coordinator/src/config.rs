@@ -21,6 +21,12 @@ pub struct Config {
     pub jwt_secret: String,
     /// Accepted clock skew on token expiry, seconds.
     pub jwt_leeway_s: u64,
+    /// Issuer (`iss`) of the tokens this coordinator mints and accepts.
+    pub jwt_issuer: String,
+    /// Audience (`aud`) of join tokens (invites use `<audience>:invite`).
+    pub jwt_audience: String,
+    /// API keys of app backends (`POST /api/v1/tokens`).
+    pub api_keys: Vec<crate::auth::ApiKey>,
     /// Dev mode: enables `POST /token`.
     pub dev: bool,
     /// Lifetime of tokens minted by `POST /token`, seconds.
@@ -88,6 +94,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             jwt_secret: String::new(),
             jwt_leeway_s: 5,
+            jwt_issuer: crate::auth::DEFAULT_ISSUER.to_owned(),
+            jwt_audience: crate::auth::DEFAULT_AUDIENCE.to_owned(),
+            api_keys: Vec::new(),
             dev: false,
             dev_token_ttl_s: 3600,
             test_hooks: false,
@@ -125,7 +134,7 @@ impl Config {
     pub fn dev() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            jwt_secret: "satsuma-dev-secret".to_owned(),
+            jwt_secret: "satsuma-dev-secret-never-use-in-production".to_owned(),
             dev: true,
             ..Self::default()
         }
@@ -162,6 +171,7 @@ impl Config {
                 "jwt_secret is required (or run with --dev)".to_owned(),
             ));
         }
+        self.validate_access()?;
         if self.rate_per_second == 0 || self.rate_burst == 0 {
             return Err(ConfigError::Invalid("rate limits must be > 0".to_owned()));
         }
@@ -174,6 +184,41 @@ impl Config {
         }
         if self.replay_window == 0 {
             return Err(ConfigError::Invalid("replay_window must be > 0".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Checks the secrets, API keys, issuer and audience (see `docs/operations.md`, "Tokens and
+    /// access").
+    fn validate_access(&self) -> Result<(), ConfigError> {
+        crate::auth::check_secret("jwt_secret", &self.jwt_secret).map_err(ConfigError::Invalid)?;
+        let mut ids = std::collections::HashSet::new();
+        for key in &self.api_keys {
+            crate::auth::check_secret(&format!("the secret of API key {:?}", key.id), &key.secret)
+                .map_err(ConfigError::Invalid)?;
+            if !ids.insert(key.id.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "API key {:?} is configured twice",
+                    key.id
+                )));
+            }
+        }
+        // Outside dev mode the SFU app secret guards the media servers: same rules.
+        if !self.dev && !self.sfu_nodes.is_empty() {
+            crate::auth::check_secret("sfu_app_secret", &self.sfu_app_secret)
+                .map_err(ConfigError::Invalid)?;
+        }
+        for (name, value) in [
+            ("jwt_issuer", &self.jwt_issuer),
+            ("jwt_audience", &self.jwt_audience),
+        ] {
+            if value.trim().is_empty() || value.len() > 256 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be 1-256 characters"
+                )));
+            }
         }
         Ok(())
     }
@@ -229,6 +274,21 @@ pub struct Cli {
     /// Accepted clock skew on token expiry, in seconds.
     #[arg(long, env = "SATSUMA_COORD_JWT_LEEWAY_S")]
     pub jwt_leeway_s: Option<u64>,
+    /// Issuer (iss) put into and required in every token [default: satsuma].
+    #[arg(long, env = "SATSUMA_COORD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Audience (aud) put into and required in every join token [default: satsuma].
+    #[arg(long, env = "SATSUMA_COORD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// API key of an app backend as ID:SECRET (secret at least 32 bytes); it mints join tokens
+    /// with POST /api/v1/tokens. Repeat the flag, or comma-separate in the env variable.
+    #[arg(
+        long = "api-key",
+        env = "SATSUMA_COORD_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Option<Vec<String>>,
     /// Dev mode: enables POST /token and a default secret. Never in production.
     #[arg(long, env = "SATSUMA_COORD_DEV", num_args = 0..=1, default_missing_value = "true")]
     pub dev: Option<bool>,
@@ -342,10 +402,20 @@ impl Cli {
             None => String::new(),
         };
         let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+        let api_keys = c
+            .api_keys
+            .unwrap_or_default()
+            .iter()
+            .map(|k| k.parse::<crate::auth::ApiKey>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::Invalid)?;
         let config = Config {
             listen: c.listen.unwrap_or(base.listen),
             jwt_secret,
             jwt_leeway_s: c.jwt_leeway_s.unwrap_or(base.jwt_leeway_s),
+            jwt_issuer: c.jwt_issuer.unwrap_or(base.jwt_issuer),
+            jwt_audience: c.jwt_audience.unwrap_or(base.jwt_audience),
+            api_keys,
             dev,
             dev_token_ttl_s: c.dev_token_ttl_s.unwrap_or(base.dev_token_ttl_s),
             test_hooks: c.test_hooks.unwrap_or(false),
@@ -394,6 +464,9 @@ impl Cli {
             listen,
             jwt_secret,
             jwt_leeway_s,
+            jwt_issuer,
+            jwt_audience,
+            api_keys,
             dev,
             dev_token_ttl_s,
             test_hooks,
@@ -437,7 +510,7 @@ mod tests {
         let path = dir.join("c.toml");
         std::fs::write(
             &path,
-            "jwt_secret = \"file\"\npresence_timeout_ms = 1000\nsfu_nodes = [\"http://a\", \"http://b\"]\nrate_per_second = 7\n",
+            "jwt_secret = \"file-secret-file-secret-file-secret\"\nsfu_app_secret = \"sfu-secret-sfu-secret-sfu-secret!\"\npresence_timeout_ms = 1000\nsfu_nodes = [\"http://a\", \"http://b\"]\nrate_per_second = 7\n",
         )
         .unwrap();
         let cli = Cli::try_parse_from([
@@ -451,7 +524,7 @@ mod tests {
         ])
         .unwrap();
         let c = cli.resolve().unwrap();
-        assert_eq!(c.jwt_secret, "file");
+        assert_eq!(c.jwt_secret, "file-secret-file-secret-file-secret");
         assert_eq!(c.presence_timeout, Duration::from_secs(1));
         assert_eq!(c.sfu_nodes, vec!["http://a", "http://b"]);
         assert_eq!(c.rate_per_second, 9);

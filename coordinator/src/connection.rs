@@ -13,7 +13,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::auth::{AuthError, unix_now};
+use crate::auth::unix_now;
 use crate::hub::{ConnHandle, HubJoinError, HubResumeError, Outbound, RoomSlot, encode_reply};
 use crate::protocol::{self, ClientMessage, PROTOCOL_VERSION, ServerMessage, close, error_code};
 use crate::room::{Input, JoinRequest, ResumeError};
@@ -194,15 +194,10 @@ async fn hello(
             }
         }
         (Some(token), None) => {
-            let claims = match app.keys.verify(&token, room) {
+            let claims = match app.verify_join_token(&token, room) {
                 Ok(c) => c,
                 Err(e) => {
-                    let reason = match e {
-                        AuthError::Expired => "token expired",
-                        AuthError::WrongRoom { .. } => "token is for another room",
-                        AuthError::Invalid(_) | AuthError::Signing(_) => "invalid token",
-                    };
-                    close_with(tx, app, close::UNAUTHORIZED, reason).await;
+                    close_with(tx, app, close::UNAUTHORIZED, e.reason()).await;
                     return None;
                 }
             };

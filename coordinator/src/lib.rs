@@ -18,7 +18,9 @@
 //!   members are `ready`.
 //! - [`protocol`] holds the WebSocket wire types shared with clients; see
 //!   `coordinator/PROTOCOL.md` for every message.
-//! - [`auth`] signs and checks HS256 join tokens.
+//! - [`auth`] signs and checks HS256 join tokens and invites (`exp`, `nbf`, `iss`, `aud`).
+//! - [`access`] serves the token API of app backends (API keys), host-made invites and their
+//!   revocation.
 //! - The drivers are thin: `hub` (rooms behind mutexes and the connection queues
 //!   their outputs go to), `connection` (per-WebSocket reader/writer with size and
 //!   rate limits), `sfu_proxy` (`/sfu/...`, binding SFU sessions to participants,
@@ -34,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 pub mod auth;
 pub mod config;
 mod connection;

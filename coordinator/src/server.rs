@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::{Path, State, WebSocketUpgrade};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::access::{self, Access};
 use crate::auth::{Claims, TokenKeys, unix_now};
 use crate::config::{Config, ConfigError};
 use crate::connection;
@@ -37,6 +38,7 @@ pub const MAX_ROOM_NAME_LEN: usize = 64;
 pub(crate) struct App {
     pub(crate) config: Config,
     pub(crate) keys: TokenKeys,
+    pub(crate) access: Access,
     pub(crate) hub: Hub,
     pub(crate) sfu: SfuPool,
     pub(crate) metrics: Metrics,
@@ -82,7 +84,13 @@ impl Server {
         })?;
         let metrics = Metrics::new()?;
         let app = Arc::new(App {
-            keys: TokenKeys::new(config.jwt_secret.as_bytes(), config.jwt_leeway_s),
+            keys: TokenKeys::with_names(
+                config.jwt_secret.as_bytes(),
+                config.jwt_leeway_s,
+                &config.jwt_issuer,
+                &config.jwt_audience,
+            ),
+            access: Access::new(config.api_keys.clone(), config.jwt_leeway_s),
             hub: Hub::new(config.room_config(), config.max_rooms, metrics.clone()),
             sfu: SfuPool::new(
                 &config.sfu_nodes,
@@ -228,9 +236,13 @@ fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/client-config.json", get(client_config))
         .route("/ws/{room}", get(ws_upgrade))
-        .merge(sfu_proxy::routes(app.config.sfu_max_body_bytes));
+        .merge(sfu_proxy::routes(app.config.sfu_max_body_bytes))
+        .merge(access::routes());
     if app.config.dev {
         r = r.route("/token", post(dev_token));
+    } else {
+        // Not a static file either: 404 whatever the method.
+        r = r.route("/token", any(no_dev_token));
     }
     let csp = Arc::new(ContentSecurityPolicy::new(web.join("index.html")));
     let mut r =
@@ -360,11 +372,13 @@ impl ContentSecurityPolicy {
 }
 
 /// `GET /client-config.json`: what the web client may do on this server. `test_hooks`: honour
-/// the test-only URL parameters and drills (only with `--test-hooks`).
+/// the test-only URL parameters and drills (only with `--test-hooks`); `dev`: `POST /token`
+/// hands out join tokens (only with `--dev`; otherwise the page needs a `#token=` or an
+/// `#invite=` link).
 async fn client_config(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(json!({"test_hooks": app.config.test_hooks})),
+        axum::Json(json!({"test_hooks": app.config.test_hooks, "dev": app.config.dev})),
     )
         .into_response()
 }
@@ -419,6 +433,19 @@ struct TokenRequest {
     ttl_s: Option<u64>,
 }
 
+/// `/token` without dev mode: 404 with a hint.
+async fn no_dev_token() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({
+            "error": "not_found",
+            "message": "POST /token exists only in dev mode (--dev); get a join token from \
+                        POST /api/v1/tokens (API key) or an invite"
+        })),
+    )
+        .into_response()
+}
+
 /// `POST /token` (dev mode only): mints a join token.
 async fn dev_token(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
     let req: TokenRequest = match serde_json::from_slice(&body) {
@@ -461,6 +488,7 @@ async fn dev_token(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Resp
         }),
         exp,
         iat: Some(now),
+        ..Claims::default()
     };
     match app.keys.mint(&claims) {
         Ok(token) => axum::Json(json!({"token": token, "exp": exp})).into_response(),

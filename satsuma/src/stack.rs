@@ -63,6 +63,8 @@ pub(crate) fn sfu_config(
         http_bind: settings.sfu_api,
         udp_bind: settings.media,
         announce_ips,
+        // The SFU's test hooks (POST /v1/test/shards/{n}/panic) come with the stack's.
+        test_hooks: settings.test_hooks,
         ..satsuma_sfu::Config::default()
     }
 }

@@ -35,6 +35,7 @@ pub fn claims(room: &str, sub: &str, perms: &[&str]) -> Claims {
         perms: perms.iter().map(|s| s.to_string()).collect(),
         exp: unix_now() + 600,
         iat: None,
+        ..Claims::default()
     }
 }
 
