@@ -701,6 +701,75 @@ fn is_direct(v: &serde_json::Value) -> bool {
     )
 }
 
+/// Why a client text frame is not a [`ClientMessage`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientDecodeError {
+    /// A JSON object whose `type` this version does not know (shown cut to 40
+    /// characters).
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    /// Not JSON, not an object with a string `type`, or wrong fields for a known type.
+    #[error("{detail}")]
+    Malformed {
+        /// The known `type` of the refused message, if it had one.
+        refused: Option<&'static str>,
+        /// What serde said.
+        detail: String,
+    },
+}
+
+impl ClientDecodeError {
+    /// The [`error_code`] of the refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownType(_) => error_code::UNKNOWN_TYPE,
+            Self::Malformed { .. } => error_code::MALFORMED,
+        }
+    }
+
+    /// The `refused` field of the refusal.
+    pub fn refused(&self) -> Option<&'static str> {
+        match self {
+            Self::UnknownType(_) => None,
+            Self::Malformed { refused, .. } => *refused,
+        }
+    }
+}
+
+impl ClientMessage {
+    /// Decodes a client text frame, telling an unknown `type` from other malformed JSON.
+    pub fn decode(text: &str) -> Result<Self, ClientDecodeError> {
+        let err = match serde_json::from_str::<Self>(text) {
+            Ok(m) => return Ok(m),
+            Err(e) => e,
+        };
+        #[derive(Deserialize)]
+        struct Tagged {
+            #[serde(rename = "type")]
+            ty: String,
+        }
+        match serde_json::from_str::<Tagged>(text) {
+            Ok(Tagged { ty }) => match Self::TYPES.iter().find(|t| **t == ty) {
+                Some(known) => Err(ClientDecodeError::Malformed {
+                    refused: Some(known),
+                    detail: err.to_string(),
+                }),
+                None => {
+                    let mut shown: String = ty.chars().take(40).collect();
+                    if shown.len() < ty.len() {
+                        shown.push('…');
+                    }
+                    Err(ClientDecodeError::UnknownType(shown))
+                }
+            },
+            Err(_) => Err(ClientDecodeError::Malformed {
+                refused: None,
+                detail: err.to_string(),
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -788,6 +857,33 @@ mod tests {
         assert_eq!(bytes.len(), 20);
         assert_eq!(MlsFrame::decode(&bytes), Some(f));
         assert_eq!(MlsFrame::decode(&bytes[..16]), None);
+    }
+
+    #[test]
+    fn decode_tells_unknown_types_from_malformed() {
+        let code = |text: &str| {
+            let e = ClientMessage::decode(text).unwrap_err();
+            (e.code(), e.refused())
+        };
+        assert_eq!(code(r#"{"type":"warp"}"#), (error_code::UNKNOWN_TYPE, None));
+        assert_eq!(
+            code(r#"{"type":"hand","raised":1}"#),
+            (error_code::MALFORMED, Some("hand"))
+        );
+        assert_eq!(code("nope"), (error_code::MALFORMED, None));
+        assert_eq!(code(r#"{"kind":"hand"}"#), (error_code::MALFORMED, None));
+        let long = format!(r#"{{"type":"{}"}}"#, "x".repeat(100));
+        assert_eq!(
+            ClientMessage::decode(&long),
+            Err(ClientDecodeError::UnknownType(format!(
+                "{}…",
+                "x".repeat(40)
+            )))
+        );
+        assert_eq!(
+            ClientMessage::decode(r#"{"type":"leave"}"#),
+            Ok(ClientMessage::Leave {})
+        );
     }
 
     #[test]
