@@ -686,6 +686,32 @@ fn kubernetes_configs_parse_with_the_real_parsers_and_point_at_each_other() {
     );
     let http_bind = env_value(sfu_c, "SATSUMA_SFU_HTTP_BIND").unwrap();
     assert_eq!(port_of(http_bind) as u64, container_port(sfu_c, "api"));
+    // /metrics and /healthz have their own port, which the probes and the ServiceMonitor use;
+    // the NetworkPolicy admits the API port from coordinator pods only.
+    let metrics_bind = env_value(sfu_c, "SATSUMA_SFU_METRICS_BIND").unwrap();
+    assert_eq!(port_of(metrics_bind) as u64, container_port(sfu_c, "metrics"));
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(s(sfu_c, &format!("/{probe}/httpGet/port")), "metrics");
+    }
+    let monitor = m.get("ServiceMonitor", "satsuma-sfu");
+    assert_eq!(s(monitor, "/spec/endpoints/0/port"), "metrics");
+    let policy = m.get("NetworkPolicy", "satsuma-sfu");
+    let api_port = container_port(sfu_c, "api");
+    for rule in arr(policy, "/spec/ingress") {
+        let opens_api = rule["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["port"].as_u64() == Some(api_port));
+        if opens_api {
+            let from = arr(rule, "/from");
+            assert_eq!(from.len(), 1, "{rule:?}");
+            assert_eq!(
+                s(&from[0], "/podSelector/matchLabels/app.kubernetes.io~1component"),
+                "coordinator"
+            );
+        }
+    }
     let app: satsuma_sfu::App = env_value(sfu_c, "SATSUMA_SFU_APPS")
         .unwrap()
         .parse()
@@ -1002,9 +1028,13 @@ fn dockerfile_builds_every_binary_it_ships() {
         .find_map(|l| l.strip_prefix("EXPOSE "))
         .unwrap();
     let exposed: BTreeSet<&str> = expose.split_whitespace().collect();
+    // The SFU API carries the app secret: it stays on the container's loopback, unexposed.
+    assert!(
+        env["SATSUMA_SFU_API"].starts_with("127.0.0.1:"),
+        "the SFU API must stay on loopback in the image"
+    );
     let want: BTreeSet<String> = [
         format!("{}/tcp", port_of(&env["SATSUMA_LISTEN"])),
-        format!("{}/tcp", port_of(&env["SATSUMA_SFU_API"])),
         format!("{}/udp", port_of(&env["SATSUMA_MEDIA"])),
     ]
     .into();
