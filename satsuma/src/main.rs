@@ -2,7 +2,10 @@
 //! installs. It runs the coordinator (rooms, E2EE handshake relay, join tokens, SFU proxy, web
 //! client files) and the SFU (WebRTC media on one UDP port) in one process, sharing a generated
 //! app secret, with defaults that work on a laptop: web on http://localhost:8080, media on UDP
-//! 7881 announced on 127.0.0.1 and the machine's LAN addresses, dev tokens on.
+//! 7881 announced on 127.0.0.1 and the machine's LAN addresses. Tokens: without `--dev` it needs
+//! a token secret (`--token-secret`), and people join with a token (`satsuma token create`, or
+//! your app through `POST /api/v1/tokens` with an API key) or a host's invite link; `--dev`
+//! opens `POST /token` to anyone (for trying it; `scripts/run.sh` passes it).
 //!
 //! Configuration: flags over `SATSUMA_*` environment variables over a TOML file (`--config`);
 //! see [`settings`]. On SIGTERM or SIGINT it stops accepting, tells clients to leave, drains and
@@ -12,12 +15,14 @@
 //! `satsuma listening web=ADDR sfu=ADDR media=ADDR`, then the URL to open.
 //!
 //! `satsuma verify-client URL` does not serve: it checks that a deployment serves exactly the
-//! local build of the web client ([`verify`]).
+//! local build of the web client ([`verify`]). `satsuma token create` mints a join token with
+//! the configured secret ([`token`]).
 
 mod announce;
 mod settings;
 mod stack;
 mod tls;
+mod token;
 mod verify;
 
 use std::process::ExitCode;
@@ -32,8 +37,18 @@ use crate::stack::{Secrets, Stack};
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
-    if let Some(Command::VerifyClient(args)) = cli.command.take() {
-        return verify_client(&args);
+    match cli.command.take() {
+        Some(Command::VerifyClient(args)) => return verify_client(&args),
+        Some(Command::Token(cmd)) => {
+            return match token::run(&cmd) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("satsuma token: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        None => {}
     }
     let check_only = cli.check_config;
     let settings = match Settings::from_cli(cli) {
@@ -52,6 +67,14 @@ fn main() -> ExitCode {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
+    // Refused before anything starts: a missing token secret outside dev mode.
+    let secrets = match Secrets::from_settings(&settings) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("satsuma: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = init_logging(&settings) {
         eprintln!("satsuma: {e:#}");
         return ExitCode::from(2);
@@ -66,7 +89,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings)) {
+    match runtime.block_on(run(settings, secrets)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -133,7 +156,7 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
+async fn run(settings: Settings, secrets: Secrets) -> anyhow::Result<ExitCode> {
     // Install the signal handlers before binding anything, so a SIGTERM that arrives during
     // start-up is not lost (and does not kill the process with the default action).
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -174,7 +197,6 @@ async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let secrets = Secrets::from_settings(&settings);
     let stack = Stack::start(&settings, &secrets, announce_ips.clone(), web_dir.clone()).await?;
 
     let url = stack::user_url(&settings, stack.web_addr());
@@ -191,8 +213,18 @@ async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         stack.media_addr().port()
     );
     println!("web client from {}", web_dir.display());
-    if settings.dev_tokens {
-        println!("dev tokens on: anyone who can reach the web port can join any room");
+    if settings.dev {
+        println!(
+            "dev mode on (--dev): POST /token gives anyone who can reach the web port a token for \
+             any room, host rights included; never in production"
+        );
+        tracing::warn!("dev mode: POST /token is open to anyone");
+    } else {
+        println!(
+            "tokens: join links come from `satsuma token create`, POST /api/v1/tokens ({} API \
+             key(s)) or a host's invite",
+            settings.api_keys.len()
+        );
     }
     if settings.test_hooks {
         println!("test hooks on: for test suites only, never in production");

@@ -31,7 +31,8 @@ pub(crate) const DEFAULT_APP_ID: &str = "satsuma";
 #[command(name = "satsuma", version, about, long_about)]
 pub(crate) struct Cli {
     /// TOML configuration file. Keys: listen, public_url, sfu_api, media, announce_ips,
-    /// detect_lan, web_dir, dev_tokens, test_hooks, app_id, app_secret, token_secret,
+    /// detect_lan, web_dir, dev (alias dev_tokens), test_hooks, app_id, app_secret, token_secret,
+    /// api_keys,
     /// drain_secs, log, log_format, tls_cert, tls_key, tls_self_signed.
     #[arg(long, env = "SATSUMA_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
@@ -78,10 +79,20 @@ pub(crate) struct Cli {
     #[arg(long, env = "SATSUMA_WEB_DIR", value_name = "DIR")]
     pub(crate) web_dir: Option<PathBuf>,
 
-    /// Serve `POST /token`, which hands a join token to anyone who asks (for trying Satsuma;
-    /// turn off in production and issue tokens from your own app). [default: true]
-    #[arg(long, env = "SATSUMA_DEV_TOKENS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub(crate) dev_tokens: Option<bool>,
+    /// Dev mode, for trying Satsuma only: serve `POST /token`, which hands a join token for any
+    /// room (host rights included) to anyone who asks, and start without a configured token
+    /// secret (a random one). Without it, people join with a token (`satsuma token create`,
+    /// `POST /api/v1/tokens` with an API key) or a host's invite link. `--dev-tokens` is an
+    /// alias. [default: false]
+    #[arg(
+        long = "dev",
+        visible_alias = "dev-tokens",
+        env = "SATSUMA_DEV",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub(crate) dev: Option<bool>,
 
     /// Test hooks, for the test suites only: the web client honours its test URL parameters
     /// (`decrypt=0`, `keyless=1`, `test_visible_only_to`, ...) and drills, and the coordinator
@@ -105,8 +116,9 @@ pub(crate) struct Cli {
     )]
     pub(crate) app_secret: Option<String>,
 
-    /// Secret (HS256) that signs and checks join tokens. Default: random at each start, so tokens
-    /// do not survive a restart; set it when your own app issues tokens.
+    /// Secret (HS256, at least 32 bytes, e.g. `openssl rand -hex 32`) that signs and checks join
+    /// tokens and invites; `satsuma token create` mints with it. Required unless --dev (then a
+    /// random one at each start).
     #[arg(
         long,
         env = "SATSUMA_TOKEN_SECRET",
@@ -114,6 +126,18 @@ pub(crate) struct Cli {
         hide_env_values = true
     )]
     pub(crate) token_secret: Option<String>,
+
+    /// API key of your app's backend as ID:SECRET (secret at least 32 bytes); it mints join
+    /// tokens with `POST /api/v1/tokens` (HTTP Basic auth, or `Authorization: Bearer ID:SECRET`).
+    /// Repeat the flag, or comma-separate in the environment variable.
+    #[arg(
+        long = "api-key",
+        env = "SATSUMA_API_KEYS",
+        value_name = "ID:SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) api_keys: Vec<String>,
 
     /// On SIGTERM/SIGINT, how long (seconds) to wait for connections to drain after clients were
     /// told to leave, before exiting anyway. [default: 5]
@@ -159,7 +183,7 @@ pub(crate) struct Cli {
     #[arg(long)]
     pub(crate) check_config: bool,
 
-    /// Instead of serving, run a tool (see `satsuma help verify-client`).
+    /// Instead of serving, run a tool (see `satsuma help verify-client`, `satsuma help token`).
     #[command(subcommand)]
     pub(crate) command: Option<Command>,
 }
@@ -179,6 +203,9 @@ pub(crate) enum Command {
     /// your users are, and compare the SHA-256 of index.html (which pins every module through
     /// its integrity hashes) over a channel you trust.
     VerifyClient(crate::verify::VerifyArgs),
+    /// Join tokens: `satsuma token create` mints one with the configured token secret.
+    #[command(subcommand)]
+    Token(crate::token::TokenCommand),
 }
 
 /// How log lines are written to stderr.
@@ -209,8 +236,9 @@ pub(crate) struct FileSettings {
     pub(crate) detect_lan: Option<bool>,
     /// See `--web-dir`.
     pub(crate) web_dir: Option<PathBuf>,
-    /// See `--dev-tokens`.
-    pub(crate) dev_tokens: Option<bool>,
+    /// See `--dev` (`dev_tokens` is accepted too).
+    #[serde(alias = "dev_tokens")]
+    pub(crate) dev: Option<bool>,
     /// See `--test-hooks`.
     pub(crate) test_hooks: Option<bool>,
     /// See `--app-id`.
@@ -219,6 +247,8 @@ pub(crate) struct FileSettings {
     pub(crate) app_secret: Option<String>,
     /// See `--token-secret`.
     pub(crate) token_secret: Option<String>,
+    /// See `--api-key`.
+    pub(crate) api_keys: Option<Vec<String>>,
     /// See `--drain-secs`.
     pub(crate) drain_secs: Option<f64>,
     /// See `--log`.
@@ -260,8 +290,8 @@ pub(crate) struct Settings {
     pub(crate) detect_lan: bool,
     /// Configured web dir (None: search the default places).
     pub(crate) web_dir: Option<PathBuf>,
-    /// Dev `/token` endpoint on.
-    pub(crate) dev_tokens: bool,
+    /// Dev mode: `/token` on, random token secret allowed.
+    pub(crate) dev: bool,
     /// Test hooks on (test suites only).
     pub(crate) test_hooks: bool,
     /// App id between coordinator and SFU.
@@ -270,6 +300,8 @@ pub(crate) struct Settings {
     pub(crate) app_secret: Option<String>,
     /// Token signing secret, if configured.
     pub(crate) token_secret: Option<String>,
+    /// API keys of app backends.
+    pub(crate) api_keys: Vec<satsuma_coordinator::auth::ApiKey>,
     /// Drain time on shutdown.
     pub(crate) drain: Duration,
     /// Log filter.
@@ -319,11 +351,32 @@ impl Settings {
         let app_secret = cli.app_secret.or(file.app_secret);
         let token_secret = cli.token_secret.or(file.token_secret);
         for (name, secret) in [("app_secret", &app_secret), ("token_secret", &token_secret)] {
-            if let Some(s) = secret
-                && s.len() < 16
-            {
-                bail!("{name} must be at least 16 characters long");
+            if let Some(s) = secret {
+                satsuma_coordinator::auth::check_secret(name, s).map_err(anyhow::Error::msg)?;
             }
+        }
+        let api_key_strings = if cli.api_keys.is_empty() {
+            file.api_keys.unwrap_or_default()
+        } else {
+            cli.api_keys
+        };
+        let mut api_keys = Vec::new();
+        for k in &api_key_strings {
+            let key: satsuma_coordinator::auth::ApiKey = k
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("api_keys: {e}"))?;
+            satsuma_coordinator::auth::check_secret(
+                &format!("the secret of API key {:?}", key.id),
+                &key.secret,
+            )
+            .map_err(anyhow::Error::msg)?;
+            if api_keys
+                .iter()
+                .any(|k: &satsuma_coordinator::auth::ApiKey| k.id == key.id)
+            {
+                bail!("API key {:?} is configured twice", key.id);
+            }
+            api_keys.push(key);
         }
         let public_url = cli.public_url.or(file.public_url);
         if let Some(url) = &public_url
@@ -369,11 +422,12 @@ impl Settings {
             announce_ips,
             detect_lan: cli.detect_lan.or(file.detect_lan).unwrap_or(true),
             web_dir: cli.web_dir.or(file.web_dir),
-            dev_tokens: cli.dev_tokens.or(file.dev_tokens).unwrap_or(true),
+            dev: cli.dev.or(file.dev).unwrap_or(false),
             test_hooks: cli.test_hooks.or(file.test_hooks).unwrap_or(false),
             app_id,
             app_secret,
             token_secret,
+            api_keys,
             drain: Duration::from_secs_f64(drain_secs),
             log: cli.log.or(file.log).unwrap_or_else(|| "info".to_string()),
             log_format: cli
@@ -392,6 +446,12 @@ impl Settings {
                 "(random at each start)"
             }
         };
+        let token_secret = match (&self.token_secret, self.dev) {
+            (Some(_), _) => "(set)",
+            (None, true) => "(random at each start: dev mode)",
+            (None, false) => "(NOT SET: required to start without --dev)",
+        };
+        let key_ids: Vec<&str> = self.api_keys.iter().map(|k| k.id.as_str()).collect();
         let ips: Vec<String> = self.announce_ips.iter().map(ToString::to_string).collect();
         [
             format!("listen = {}", self.listen),
@@ -413,11 +473,12 @@ impl Settings {
                         .display()
                         .to_string())
             ),
-            format!("dev_tokens = {}", self.dev_tokens),
+            format!("dev = {}", self.dev),
             format!("test_hooks = {}", self.test_hooks),
             format!("app_id = {}", self.app_id),
             format!("app_secret = {}", secret(&self.app_secret)),
-            format!("token_secret = {}", secret(&self.token_secret)),
+            format!("token_secret = {token_secret}"),
+            format!("api_keys = [{}] (secrets not shown)", key_ids.join(", ")),
             format!("drain_secs = {}", self.drain.as_secs_f64()),
             format!("log = {}", self.log),
             format!("log_format = {:?}", self.log_format).to_lowercase(),
@@ -452,7 +513,7 @@ mod tests {
         assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(s.sfu_api, "127.0.0.1:7880".parse().unwrap());
         assert_eq!(s.media, "0.0.0.0:7881".parse().unwrap());
-        assert!(s.dev_tokens);
+        assert!(!s.dev, "dev mode must be asked for");
         assert!(!s.test_hooks);
         assert!(s.detect_lan);
         assert_eq!(s.app_id, "satsuma");
@@ -473,7 +534,7 @@ mod tests {
         let s = Settings::resolve(cli, file).unwrap();
         assert_eq!(s.listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(s.media, "0.0.0.0:9001".parse().unwrap());
-        assert!(!s.dev_tokens);
+        assert!(!s.dev);
         assert!(!s.detect_lan);
         assert_eq!(
             s.announce_ips,
@@ -497,8 +558,14 @@ mod tests {
 
     #[test]
     fn bare_boolean_flag_means_true() {
+        let cli = Cli::try_parse_from(["satsuma", "--dev"]).unwrap();
+        assert_eq!(cli.dev, Some(true));
         let cli = Cli::try_parse_from(["satsuma", "--dev-tokens"]).unwrap();
-        assert_eq!(cli.dev_tokens, Some(true));
+        assert_eq!(cli.dev, Some(true));
+        let cli = Cli::try_parse_from(["satsuma", "--dev-tokens=false"]).unwrap();
+        assert_eq!(cli.dev, Some(false));
+        let file: FileSettings = toml::from_str("dev = true\n").unwrap();
+        assert_eq!(file.dev, Some(true));
     }
 
     #[test]
@@ -542,6 +609,58 @@ mod tests {
     }
 
     #[test]
+    fn secrets_and_api_keys_are_checked_naming_the_setting() {
+        let good = "0123456789abcdef0123456789abcdef";
+        for (cli, setting) in [
+            (
+                Cli {
+                    token_secret: Some("short-secret".into()),
+                    ..Cli::default()
+                },
+                "token_secret",
+            ),
+            (
+                Cli {
+                    token_secret: Some("REPLACE-WITH-another-openssl-rand-hex-32".into()),
+                    ..Cli::default()
+                },
+                "token_secret",
+            ),
+            (
+                Cli {
+                    app_secret: Some("REPLACE-WITH-openssl-rand-hex-32".into()),
+                    ..Cli::default()
+                },
+                "app_secret",
+            ),
+            (
+                Cli {
+                    api_keys: vec!["app:short".into()],
+                    ..Cli::default()
+                },
+                "API key \"app\"",
+            ),
+        ] {
+            let e = Settings::resolve(cli, FileSettings::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(setting), "{setting}: {e}");
+        }
+        let cli = Cli::try_parse_from([
+            "satsuma",
+            "--token-secret",
+            good,
+            "--api-key",
+            &format!("app:{good}"),
+        ])
+        .unwrap();
+        let s = Settings::resolve(cli, FileSettings::default()).unwrap();
+        assert_eq!(s.api_keys.len(), 1);
+        assert!(s.describe().contains("api_keys = [app]"));
+        assert!(!s.describe().contains(good));
+    }
+
+    #[test]
     fn tls_options_must_be_consistent() {
         let s = Settings::resolve(Cli::default(), FileSettings::default()).unwrap();
         assert_eq!(s.tls, Tls::Off);
@@ -569,15 +688,15 @@ mod tests {
     #[test]
     fn describe_never_shows_secrets() {
         let cli = Cli {
-            app_secret: Some("very-secret-app-secret".into()),
+            app_secret: Some("very-secret-app-secret-0123456789abcdef".into()),
             ..Cli::default()
         };
         let text = Settings::resolve(cli, FileSettings::default())
             .unwrap()
             .describe();
-        assert!(!text.contains("very-secret-app-secret"));
+        assert!(!text.contains("very-secret-app-secret-0123456789abcdef"));
         assert!(text.contains("app_secret = (set)"));
-        assert!(text.contains("token_secret = (random at each start)"));
+        assert!(text.contains("token_secret = (NOT SET"), "{text}");
         assert!(text.contains("log_format = text"));
     }
 

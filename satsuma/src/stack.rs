@@ -39,12 +39,23 @@ fn random_secret() -> String {
 }
 
 impl Secrets {
-    /// The configured secrets, or fresh random ones for what is not configured.
-    pub(crate) fn from_settings(settings: &Settings) -> Secrets {
-        Secrets {
+    /// The configured secrets, or fresh random ones for what is not configured. The token
+    /// secret may be random only in dev mode: without it nobody could mint a token the server
+    /// accepts (`satsuma token create`, your app), so a production start without one is refused.
+    pub(crate) fn from_settings(settings: &Settings) -> anyhow::Result<Secrets> {
+        let token_secret = match (&settings.token_secret, settings.dev) {
+            (Some(s), _) => s.clone(),
+            (None, true) => random_secret(),
+            (None, false) => anyhow::bail!(
+                "token_secret is not set: give --token-secret / SATSUMA_TOKEN_SECRET (at least 32 \
+                 random bytes, e.g. `openssl rand -hex 32`), or run with --dev to try Satsuma \
+                 with open dev tokens"
+            ),
+        };
+        Ok(Secrets {
             app_secret: settings.app_secret.clone().unwrap_or_else(random_secret),
-            token_secret: settings.token_secret.clone().unwrap_or_else(random_secret),
-        }
+            token_secret,
+        })
     }
 }
 
@@ -93,7 +104,8 @@ pub(crate) fn coordinator_config(
     satsuma_coordinator::Config {
         listen,
         jwt_secret: secrets.token_secret.clone(),
-        dev: settings.dev_tokens,
+        api_keys: settings.api_keys.clone(),
+        dev: settings.dev,
         test_hooks: settings.test_hooks,
         web_dir,
         sfu_nodes: vec![format!("http://{}", reachable(sfu_http))],
@@ -287,10 +299,26 @@ mod tests {
     }
 
     #[test]
+    fn a_token_secret_is_required_outside_dev_mode() {
+        let e = Secrets::from_settings(&settings()).unwrap_err().to_string();
+        assert!(e.contains("token_secret") && e.contains("--dev"), "{e}");
+        let given = Settings {
+            token_secret: Some("0123456789abcdef0123456789abcdef".into()),
+            ..settings()
+        };
+        let s = Secrets::from_settings(&given).unwrap();
+        assert_eq!(s.token_secret, "0123456789abcdef0123456789abcdef");
+        assert_eq!(s.app_secret.len(), 64);
+    }
+
+    #[test]
     fn secrets_are_generated_when_missing_and_kept_when_given() {
-        let s = settings();
-        let a = Secrets::from_settings(&s);
-        let b = Secrets::from_settings(&s);
+        let s = Settings {
+            dev: true,
+            ..settings()
+        };
+        let a = Secrets::from_settings(&s).unwrap();
+        let b = Secrets::from_settings(&s).unwrap();
         assert_eq!(a.app_secret.len(), 64);
         assert_ne!(a.app_secret, b.app_secret);
         assert_ne!(a.app_secret, a.token_secret);
@@ -299,7 +327,7 @@ mod tests {
             ..s
         };
         assert_eq!(
-            Secrets::from_settings(&given).app_secret,
+            Secrets::from_settings(&given).unwrap().app_secret,
             "0123456789abcdef-app"
         );
         assert!(!format!("{a:?}").contains(&a.app_secret));
@@ -308,7 +336,11 @@ mod tests {
     #[test]
     fn both_servers_share_app_id_and_secret() {
         let s = settings();
-        let secrets = Secrets::from_settings(&s);
+        let secrets = Secrets::from_settings(&Settings {
+            dev: true,
+            ..s.clone()
+        })
+        .unwrap();
         let sfu = sfu_config(&s, &secrets, vec!["127.0.0.1".parse().unwrap()]);
         let coord = coordinator_config(
             &s,
@@ -322,7 +354,7 @@ mod tests {
         assert_eq!(sfu.apps[0].secret, coord.sfu_app_secret);
         assert_eq!(coord.jwt_secret, secrets.token_secret);
         assert_eq!(coord.sfu_nodes, vec!["http://127.0.0.1:7880".to_string()]);
-        assert!(coord.dev);
+        assert!(!coord.dev);
         assert!(!coord.test_hooks);
         assert_eq!(coord.listen, s.listen);
         assert_eq!(sfu.udp_bind, s.media);

@@ -125,7 +125,7 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_start_serves_web_token_ws_and_sfu_then_stops_on_sigterm() {
-    let mut srv = start(&[]);
+    let mut srv = start(&["--dev"]);
     assert!(srv.web.ip().is_loopback() && srv.web.port() != 0);
     assert!(srv.media.ip().is_loopback() && srv.media.port() != 0);
     let http = reqwest::Client::new();
@@ -250,7 +250,7 @@ async fn quick_start_serves_web_token_ws_and_sfu_then_stops_on_sigterm() {
 
 #[test]
 fn sigint_without_clients_exits_cleanly() {
-    let mut srv = start(&[]);
+    let mut srv = start(&["--dev"]);
     let status = Command::new("kill")
         .args(["-INT", &srv.child.id().to_string()])
         .status()
@@ -259,22 +259,176 @@ fn sigint_without_clients_exits_cleanly() {
     assert!(wait_exit(&mut srv.child).success());
 }
 
+const TOKEN_SECRET: &str = "quickstart-token-secret-0123456789abcdef";
+const API_KEY: &str = "backend:quickstart-api-secret-0123456789abcdef";
+
+/// Sends `hello` with `token` to room `room`; returns the first text reply (or close reason).
+async fn hello(web: SocketAddr, room: &str, token: &str) -> Value {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{web}/ws/{room}"))
+        .await
+        .unwrap();
+    let hello = json!({
+        "type": "hello",
+        "v": satsuma_coordinator::protocol::PROTOCOL_VERSION,
+        "token": token,
+    });
+    ws.send(Message::text(hello.to_string())).await.unwrap();
+    loop {
+        let msg = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match msg {
+            Message::Text(t) => break serde_json::from_str(t.as_str()).unwrap(),
+            Message::Close(c) => {
+                break json!({"close": c.map(|c| (u16::from(c.code), c.reason.to_string()))});
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Without --dev: no /token (404); tokens come from `satsuma token create` (same secret) or
+/// from the token API with an API key, and both join.
 #[test]
-fn dev_tokens_can_be_turned_off() {
-    let mut srv = start(&["--dev-tokens=false"]);
+fn without_dev_tokens_come_from_the_cli_and_the_api() {
+    let mut srv = start(&["--token-secret", TOKEN_SECRET, "--api-key", API_KEY]);
+    let out = Command::new(env!("CARGO_BIN_EXE_satsuma"))
+        .args(["token", "create", "--room", "cli-room", "--identity", "ada"])
+        .args(["--name", "Ada", "--host", "--ttl", "10m", "--json"])
+        .env("SATSUMA_TOKEN_SECRET", TOKEN_SECRET)
+        .env("SATSUMA_PUBLIC_URL", format!("http://{}/", srv.web))
+        .env_remove("SATSUMA_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let minted: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = minted["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        minted["url"],
+        format!("http://{}/#token={token}", srv.web),
+        "{minted}"
+    );
+    // A token minted with another secret does not join.
+    let forged = Command::new(env!("CARGO_BIN_EXE_satsuma"))
+        .args([
+            "token",
+            "create",
+            "--room",
+            "cli-room",
+            "--identity",
+            "eve",
+            "--json",
+        ])
+        .env(
+            "SATSUMA_TOKEN_SECRET",
+            "another-secret-0123456789abcdef-xyz",
+        )
+        .env_remove("SATSUMA_CONFIG")
+        .output()
+        .unwrap();
+    let forged: Value = serde_json::from_slice(&forged.stdout).unwrap();
+    let (api_id, api_secret) = API_KEY.split_once(':').unwrap();
+
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let status = rt.block_on(async {
-        reqwest::Client::new()
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let status = http
             .post(format!("http://{}/token", srv.web))
             .body(json!({"room": "r"}).to_string())
             .send()
             .await
             .unwrap()
-            .status()
+            .status();
+        assert_eq!(status, 404);
+        let config: Value = http
+            .get(format!("http://{}/client-config.json", srv.web))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(config["dev"], false);
+
+        let welcome = hello(srv.web, "cli-room", &token).await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        let refused = hello(srv.web, "cli-room", forged["token"].as_str().unwrap()).await;
+        assert_eq!(refused["close"][0], 4401, "{refused}");
+
+        let r = http
+            .post(format!("http://{}/api/v1/tokens", srv.web))
+            .basic_auth(api_id, Some(api_secret))
+            .body(json!({"room": "api-room", "identity": "bob"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        let welcome = hello(srv.web, "api-room", body["token"].as_str().unwrap()).await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        let r = http
+            .post(format!("http://{}/api/v1/tokens", srv.web))
+            .basic_auth(api_id, Some("wrong-secret"))
+            .body(json!({"room": "api-room", "identity": "bob"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
     });
-    assert_ne!(status, 200);
     sigterm(&srv.child);
     assert!(wait_exit(&mut srv.child).success());
+}
+
+/// Outside dev mode a token secret is required, and short or placeholder secrets (the values
+/// of deploy/config/satsuma.env.example) are refused at start, naming the setting.
+#[test]
+fn production_start_needs_a_real_token_secret() {
+    let example = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/satsuma.env.example"),
+    )
+    .unwrap();
+    let placeholder = example
+        .lines()
+        .find_map(|l| l.strip_prefix("SATSUMA_TOKEN_SECRET="))
+        .expect("the example sets SATSUMA_TOKEN_SECRET")
+        .to_string();
+    for (env, setting) in [
+        (None, "token_secret is not set"),
+        (Some("short-secret"), "token_secret is too short"),
+        (
+            Some(placeholder.as_str()),
+            "token_secret is still a placeholder",
+        ),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_satsuma"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--sfu-api",
+            "127.0.0.1:0",
+            "--media",
+            "127.0.0.1:0",
+        ])
+        .env_remove("SATSUMA_CONFIG")
+        .env_remove("SATSUMA_DEV")
+        .env_remove("SATSUMA_TOKEN_SECRET");
+        if let Some(v) = env {
+            cmd.env("SATSUMA_TOKEN_SECRET", v);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{env:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(setting), "{env:?}: {err}");
+        if let Some(v) = env {
+            assert!(!err.contains(v), "the secret must not be printed: {err}");
+        }
+    }
 }
 
 #[test]
@@ -356,6 +510,7 @@ async fn built_in_tls_serves_https_and_wss() {
     std::fs::write(&cert_path, generated.cert.pem()).unwrap();
     std::fs::write(&key_path, generated.signing_key.serialize_pem()).unwrap();
     let mut srv = start(&[
+        "--dev",
         "--tls-cert",
         cert_path.to_str().unwrap(),
         "--tls-key",

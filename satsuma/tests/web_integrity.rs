@@ -101,6 +101,8 @@ fn start(web_dir: &Path, extra: &[&str]) -> Running {
             "--detect-lan=false",
             "--log",
             "warn",
+            "--token-secret",
+            "web-integrity-token-secret-0123456789",
         ])
         .arg("--web-dir")
         .arg(web_dir)
@@ -344,7 +346,10 @@ async fn every_response_carries_a_strict_csp_and_security_headers() {
         .json()
         .await
         .unwrap();
-    assert_eq!(config, serde_json::json!({"test_hooks": false}));
+    assert_eq!(
+        config,
+        serde_json::json!({"test_hooks": false, "dev": false})
+    );
     let hooked = start(&web, &["--test-hooks"]);
     let config: serde_json::Value = http
         .get(format!("{}client-config.json", hooked.base()))
@@ -354,7 +359,10 @@ async fn every_response_carries_a_strict_csp_and_security_headers() {
         .json()
         .await
         .unwrap();
-    assert_eq!(config, serde_json::json!({"test_hooks": true}));
+    assert_eq!(
+        config,
+        serde_json::json!({"test_hooks": true, "dev": false})
+    );
 
     drop(server);
     drop(hooked);
