@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The quick start: from a fresh clone on a Debian machine with only rustup and the package
 # registries, build the web client and run the all-in-one `satsuma` server (coordinator + SFU +
-# web client in one process). Open the URL it prints.
+# web client in one process) in dev mode (--dev: open dev tokens). Open the URL it prints.
 #
 # Idempotent: it installs only what is missing (the wasm32 target and wasm-bindgen-cli, through
 # scripts/build-web.sh), and cargo and the web build are incremental. Every argument is passed to
@@ -39,4 +39,9 @@ echo "== building and starting satsuma"
 # The web client's files live in the checkout; point the server at them explicitly so the
 # command also works when started from another directory.
 export SATSUMA_WEB_DIR="${SATSUMA_WEB_DIR:-$PWD/client/web/public}"
-exec cargo run --release -p satsuma -- "$@"
+# The quick start runs in dev mode: POST /token hands anyone who can reach the web port a join
+# token for any room (host rights included), so the lobby's Join button just works. Never run a
+# real deployment like this: without --dev, people join with a token (`satsuma token create`,
+# POST /api/v1/tokens) or a host's invite link (docs/operations.md, "Tokens and access").
+echo "== dev mode (--dev): open dev tokens for anyone who reaches the web port; not for production"
+exec cargo run --release -p satsuma -- --dev "$@"
