@@ -14,6 +14,32 @@ use satsuma_common::TokenBucket;
 
 use crate::ids::{SessionId, ShardId, TrackId};
 
+/// A reserved place for one more session of an app (see [`Directory::reserve_session`]). It
+/// travels with the create command to the shard: [`SessionSlot::commit`] hands it to the session
+/// the shard registered; dropped uncommitted (the request was abandoned, the command never ran,
+/// the creation failed or panicked), it gives the place back.
+#[derive(Debug)]
+pub struct SessionSlot {
+    directory: Arc<Directory>,
+    app: Arc<str>,
+    armed: bool,
+}
+
+impl SessionSlot {
+    /// The session now holds the place; [`Directory::remove_session`] gives it back.
+    pub fn commit(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        if self.armed {
+            self.directory.release_reservation(&self.app);
+        }
+    }
+}
+
 /// What the directory knows of a session.
 #[derive(Debug)]
 pub struct SessionEntry {
@@ -48,21 +74,23 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// Reserves room for one more session of `app` if it holds fewer than `max`. The
-    /// reservation becomes the session's when [`Directory::add_session`] registers it, and is
-    /// given back by [`Directory::release_reservation`] if the creation fails.
-    pub fn reserve_session(&self, app: &Arc<str>, max: usize) -> bool {
+    /// Reserves room for one more session of `app` if it holds fewer than `max`.
+    pub fn reserve_session(self: &Arc<Self>, app: &Arc<str>, max: usize) -> Option<SessionSlot> {
         let mut counts = self.app_sessions.lock();
         let n = counts.entry(Arc::clone(app)).or_insert(0);
         if *n >= max {
-            return false;
+            return None;
         }
         *n += 1;
-        true
+        Some(SessionSlot {
+            directory: Arc::clone(self),
+            app: Arc::clone(app),
+            armed: true,
+        })
     }
 
-    /// Gives back a reservation whose session was never registered.
-    pub fn release_reservation(&self, app: &str) {
+    /// Gives back one place of `app`.
+    fn release_reservation(&self, app: &str) {
         let mut counts = self.app_sessions.lock();
         if let Some(n) = counts.get_mut(app) {
             *n = n.saturating_sub(1);
@@ -204,35 +232,39 @@ mod tests {
 
     #[test]
     fn app_session_counts_are_reserved_released_and_per_app() {
-        let d = Directory::default();
+        let d = Arc::new(Directory::default());
         let a: Arc<str> = Arc::from("a");
         let b: Arc<str> = Arc::from("b");
-        assert!(d.reserve_session(&a, 2));
-        assert!(d.reserve_session(&a, 2));
-        assert!(!d.reserve_session(&a, 2));
-        assert!(d.reserve_session(&b, 2));
-        // A failed creation gives its reservation back.
-        d.release_reservation("a");
+        let first = d.reserve_session(&a, 2).unwrap();
+        let second = d.reserve_session(&a, 2).unwrap();
+        assert!(d.reserve_session(&a, 2).is_none());
+        let other = d.reserve_session(&b, 2).unwrap();
+        // An abandoned or failed creation gives its place back.
+        drop(second);
         assert_eq!(d.app_session_count("a"), 1);
         let id = SessionId::random();
-        assert!(d.reserve_session(&a, 2));
+        let slot = d.reserve_session(&a, 2).unwrap();
         d.add_session(id, Arc::clone(&a), 1, 50);
+        slot.commit();
         assert_eq!(d.app_session_count("a"), 2);
         // Removing a session releases its place once, however often it is removed.
         d.remove_session(id);
         d.remove_session(id);
         assert_eq!(d.app_session_count("a"), 1);
         assert_eq!(d.app_session_count("b"), 1);
+        first.commit();
+        other.commit();
     }
 
     #[test]
     fn removing_a_shard_forgets_its_sessions_and_tracks_only() {
-        let d = Directory::default();
+        let d = Arc::new(Directory::default());
         let app: Arc<str> = Arc::from("a");
         let (x, y) = (SessionId::random(), SessionId::random());
         for (id, shard) in [(x, 0), (y, 1)] {
-            assert!(d.reserve_session(&app, 10));
+            let slot = d.reserve_session(&app, 10).unwrap();
             d.add_session(id, Arc::clone(&app), shard, 50);
+            slot.commit();
             let t = PublishedTrack {
                 track: d.next_track_id(),
                 shard,

@@ -457,14 +457,15 @@ impl Forwarder {
     }
 
     /// Shard `shard` was reset after a panic: forgets it as a subscriber of every local
-    /// publication and returns the tracks our legs pull from it (their legs must end).
-    pub fn forget_shard(&mut self, shard: ShardId) -> Vec<TrackId> {
+    /// publication and returns the tracks below `before` (published before the reset) that our
+    /// legs pull from it (their legs must end).
+    pub fn forget_shard(&mut self, shard: ShardId, before: TrackId) -> Vec<TrackId> {
         for p in self.publications.values_mut() {
             p.subscriber_shards.retain(|(s, _)| *s != shard);
         }
         self.legs
             .iter()
-            .filter(|(_, legs)| legs.iter().any(|l| l.home == shard))
+            .filter(|(t, legs)| t.0 < before.0 && legs.iter().any(|l| l.home == shard))
             .map(|(t, _)| *t)
             .collect()
     }

@@ -32,7 +32,7 @@ use crate::api::types::{
     TracksRequest, TracksResponse, UpdateTracksRequest, UpdateTracksResponse,
 };
 use crate::config::Config;
-use crate::directory::{Directory, PublishedTrack};
+use crate::directory::{Directory, PublishedTrack, SessionSlot};
 use crate::egress::Egress;
 use crate::forward::{Forwarder, LegKey, LegWrite, MediaPacket};
 use crate::health::ShardHealth;
@@ -82,6 +82,8 @@ pub enum ApiCommand {
         app: Arc<str>,
         /// Optional offer SDP.
         offer: Option<String>,
+        /// The app's reserved place for the session.
+        slot: SessionSlot,
         /// Answer SDP, if an offer was given.
         reply: Reply<Option<String>>,
     },
@@ -184,6 +186,8 @@ pub enum ShardMsg {
     ShardReset {
         /// The reset shard.
         shard: ShardId,
+        /// Tracks from this id on were published after the reset: their legs stay.
+        before: TrackId,
     },
     /// Test hook (only routed with `Config::test_hooks`): panic on the shard's thread.
     InjectPanic,
@@ -369,7 +373,14 @@ impl Shard {
         }
         for shard in 0..self.peers.len() {
             if shard != self.id {
-                self.send_to_shard(shard, ShardMsg::ShardReset { shard: self.id });
+                let before = self.ctx.directory.next_track_id();
+                self.send_to_shard(
+                    shard,
+                    ShardMsg::ShardReset {
+                        shard: self.id,
+                        before,
+                    },
+                );
             }
         }
         self.sessions = HashMap::new();
@@ -418,8 +429,8 @@ impl Shard {
                 self.keyframe_to_publisher(track, rid, kind, Instant::now());
             }
             ShardMsg::TrackEnded { track } => self.end_local_legs(track),
-            ShardMsg::ShardReset { shard } => {
-                for track in self.forwarder.forget_shard(shard) {
+            ShardMsg::ShardReset { shard, before } => {
+                for track in self.forwarder.forget_shard(shard, before) {
                     self.end_local_legs(track);
                 }
             }
@@ -989,9 +1000,10 @@ impl Shard {
                 id,
                 app,
                 offer,
+                slot,
                 reply,
             } => {
-                let r = self.guarded(id, |s| s.create(id, app, offer));
+                let r = self.guarded(id, |s| s.create(id, app, offer, slot));
                 let _ = reply.send(r);
             }
             ApiCommand::TracksNew { id, request, reply } => {
@@ -1057,6 +1069,7 @@ impl Shard {
         id: SessionId,
         app: Arc<str>,
         offer: Option<String>,
+        slot: SessionSlot,
     ) -> Result<Option<String>, ApiError> {
         let now = Instant::now();
         let mut session = Session::new(
@@ -1082,6 +1095,7 @@ impl Shard {
             self.id,
             self.ctx.config.session_requests_per_second,
         );
+        slot.commit();
         self.ctx.metrics.sessions.inc();
         self.sessions.insert(id, session);
         Ok(answer)

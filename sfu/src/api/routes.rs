@@ -364,10 +364,10 @@ async fn new_session(
             ),
         ));
     }
-    if !st
+    let Some(slot) = st
         .directory
         .reserve_session(&app, st.limits.app_max_sessions)
-    {
+    else {
         st.metrics.refused(Quota::AppSessions);
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -377,26 +377,19 @@ async fn new_session(
                 st.limits.app_max_sessions
             ),
         ));
-    }
+    };
     let shard = place(&st);
     let id = SessionId::random();
-    let created = dispatch(&st, shard, |reply| ApiCommand::Create {
+    // The place travels with the command: the shard commits it to the session it creates, and
+    // it is given back if the command is dropped unprocessed or the creation fails.
+    let answer = dispatch(&st, shard, |reply| ApiCommand::Create {
         id,
-        app: Arc::clone(&app),
+        app,
         offer,
+        slot,
         reply,
     })
-    .await;
-    let answer = match created {
-        Ok(answer) => answer,
-        Err(e) => {
-            // The shard did not register the session: give its place back.
-            if st.directory.session_shard(&app, id).is_none() {
-                st.directory.release_reservation(&app);
-            }
-            return Err(e);
-        }
-    };
+    .await?;
     let body = NewSessionResponse {
         session_id: id.to_string(),
         session_description: answer.map(|sdp| SessionDescription {
