@@ -139,7 +139,10 @@ async fn pull(sfu: &Sfu, rtc: &mut Rtc, sub: &str, wanted: &[(&str, &str)]) -> V
 }
 
 fn accepted(results: &[Value]) -> usize {
-    results.iter().filter(|r| r.get("errorCode").is_none()).count()
+    results
+        .iter()
+        .filter(|r| r.get("errorCode").is_none())
+        .count()
 }
 
 fn refused_with<'a>(results: &'a [Value], code: &str) -> Vec<&'a Value> {
@@ -191,7 +194,9 @@ async fn one_session_cannot_pull_the_same_track_hundreds_of_times() {
     );
 
     // Closing a pull gives its place back.
-    let (_, state) = sfu.call(Method::GET, &format!("sessions/{sub}"), None).await;
+    let (_, state) = sfu
+        .call(Method::GET, &format!("sessions/{sub}"), None)
+        .await;
     let mid = state["tracks"][0]["mid"].as_str().unwrap().to_string();
     let (status, body) = sfu
         .call(

@@ -185,8 +185,14 @@ async fn a_panicking_shard_fails_healthz_and_the_other_shard_keeps_forwarding() 
     // The victims' sessions are closed; the bystanders' are not.
     assert_eq!(get_session(&http, &sfu, victim_pub.session_id()).await, 404);
     assert_eq!(get_session(&http, &sfu, victim_sub.session_id()).await, 404);
-    assert_eq!(get_session(&http, &sfu, bystander_pub.session_id()).await, 200);
-    assert_eq!(get_session(&http, &sfu, bystander_sub.session_id()).await, 200);
+    assert_eq!(
+        get_session(&http, &sfu, bystander_pub.session_id()).await,
+        200
+    );
+    assert_eq!(
+        get_session(&http, &sfu, bystander_sub.session_id()).await,
+        200
+    );
     until_shards(&sfu, (0.0, 2.0)).await;
     assert_eq!(m.get("satsuma_sfu_sessions"), 2.0);
 
@@ -198,7 +204,11 @@ async fn a_panicking_shard_fails_healthz_and_the_other_shard_keeps_forwarding() 
         "bystander: {} packets in the 2 s after the panic, lost {lost_after}",
         after - before
     );
-    assert!(after - before >= 80, "bystander got {} packets", after - before);
+    assert!(
+        after - before >= 80,
+        "bystander got {} packets",
+        after - before
+    );
     assert_eq!(lost_after, 0, "the bystander lost packets");
     let (victim_later, _) = received(&victim_sub, "vmic").await;
     assert!(
@@ -212,11 +222,19 @@ async fn a_panicking_shard_fails_healthz_and_the_other_shard_keeps_forwarding() 
     tokio::time::sleep_until(tokio::time::Instant::from_std(hold_end)).await;
     let end = Instant::now() + Duration::from_secs(2);
     loop {
-        let status = http.get(format!("{base}/healthz")).send().await.unwrap().status();
+        let status = http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status();
         if status == 200 {
             break;
         }
-        assert!(Instant::now() < end, "/healthz still {status} after the hold");
+        assert!(
+            Instant::now() < end,
+            "/healthz still {status} after the hold"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (new_pub, new_sub) = pair(&sfu, "nmic", config(&sfu)).await;
@@ -225,7 +243,14 @@ async fn a_panicking_shard_fails_healthz_and_the_other_shard_keeps_forwarding() 
     assert_eq!(received(&new_sub, "nmic").await.1, 0);
     assert!(sfu.is_running());
 
-    for bot in [new_sub, new_pub, bystander_sub, bystander_pub, victim_sub, victim_pub] {
+    for bot in [
+        new_sub,
+        new_pub,
+        bystander_sub,
+        bystander_pub,
+        victim_sub,
+        victim_pub,
+    ] {
         bot.vanish();
     }
 }
@@ -296,10 +321,18 @@ async fn a_publisher_above_its_ingress_budget_is_cut_to_it() {
         .bytes;
     let sent_kbps = (sent1 - sent0) as f64 * 8.0 / window.as_secs_f64() / 1000.0;
     let got_kbps = (bytes1 - bytes0) as f64 * 8.0 / window.as_secs_f64() / 1000.0;
-    eprintln!("video publisher sent {sent_kbps:.0} kbit/s, its subscriber got {got_kbps:.0} kbit/s (budget 200)");
-    assert!(sent_kbps > 800.0, "the publisher sent only {sent_kbps} kbit/s");
+    eprintln!(
+        "video publisher sent {sent_kbps:.0} kbit/s, its subscriber got {got_kbps:.0} kbit/s (budget 200)"
+    );
+    assert!(
+        sent_kbps > 800.0,
+        "the publisher sent only {sent_kbps} kbit/s"
+    );
     // The budget counts RTP headers too, and the first second's burst may fall in the window.
-    assert!(got_kbps < 200.0 + 64.0 * 8.0 / 4.0 + 20.0, "{got_kbps} kbit/s got through");
+    assert!(
+        got_kbps < 200.0 + 64.0 * 8.0 / 4.0 + 20.0,
+        "{got_kbps} kbit/s got through"
+    );
     assert!(got_kbps > 100.0, "only {got_kbps} kbit/s got through");
     let m = fetch_metrics(&sfu.base_url()).await.unwrap();
     let dropped = m.get("satsuma_sfu_dropped_total{reason=\"ingress_bitrate\"}");
@@ -308,7 +341,10 @@ async fn a_publisher_above_its_ingress_budget_is_cut_to_it() {
 
     let (packets, lost) = received(&audio_sub, "mic").await;
     assert!(packets > 150, "{packets}");
-    assert_eq!(lost, 0, "the audio publisher within its budget lost packets");
+    assert_eq!(
+        lost, 0,
+        "the audio publisher within its budget lost packets"
+    );
     for bot in [video_sub, video_pub, audio_sub, audio_pub] {
         bot.vanish();
     }
