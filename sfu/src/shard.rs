@@ -1803,6 +1803,9 @@ fn push_track(
     Ok((mid, track, kind))
 }
 
+/// Pulls a session may make over its life, as a multiple of `Limits::session_max_legs`.
+const MLINES_PER_LEG: usize = 4;
+
 /// A quota refusal: the quota, the per-track `errorCode` and its description.
 type QuotaError = (Quota, &'static str, String);
 
@@ -1827,6 +1830,19 @@ fn check_pull_quota(
             format!(
                 "a session may pull at most {} tracks at once",
                 limits.session_max_legs
+            ),
+        ));
+    }
+    // Closed legs keep their (stopped) m-line in the session's SDP: pulling and closing in a
+    // loop would grow it without end. A session may have used 4 times its live-leg limit.
+    let used = session.subscriptions.len() + pending.len();
+    if used >= limits.session_max_legs.saturating_mul(MLINES_PER_LEG) {
+        return Err((
+            Quota::SessionLegs,
+            "too_many_legs",
+            format!(
+                "this session has pulled {used} tracks over its life (limit {}); start a new session",
+                limits.session_max_legs.saturating_mul(MLINES_PER_LEG)
             ),
         ));
     }

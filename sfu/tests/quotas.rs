@@ -246,6 +246,39 @@ async fn legs_and_publications_per_session_are_capped() {
         m.get("satsuma_sfu_quota_refusals_total{quota=\"session_legs\"}"),
         2.0
     );
+
+    // Pulling and closing in a loop cannot grow the session's SDP without end: over its life a
+    // session may pull 4 x session_max_legs tracks (20 here; it has used 5).
+    let mut pulled = 5;
+    'churn: for _ in 0..10 {
+        let (_, state) = sfu
+            .call(Method::GET, &format!("sessions/{sub}"), None)
+            .await;
+        let mids: Vec<Value> = state["tracks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["location"] == "remote" && t["status"] != "inactive")
+            .map(|t| json!({"mid": t["mid"]}))
+            .collect();
+        let (status, body) = sfu
+            .call(
+                Method::PUT,
+                &format!("sessions/{sub}/tracks/close"),
+                Some(json!({"tracks": mids, "force": true})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let results = pull(&sfu, &mut rtc, &sub, &wanted).await;
+        for r in &results {
+            if r.get("errorCode").is_some() {
+                assert_eq!(r["errorCode"], "too_many_legs", "{r}");
+                break 'churn;
+            }
+            pulled += 1;
+        }
+    }
+    assert_eq!(pulled, 20);
 }
 
 /// Live sessions per app, and the `sessions/new` rate per app; another app is not affected.
@@ -268,6 +301,17 @@ async fn sessions_per_app_are_capped_and_rate_limited() {
         .call(Method::DELETE, &format!("sessions/{}", ids[0]), None)
         .await;
     assert_eq!(status, StatusCode::OK);
+    // A creation that fails (a bad offer) gives its place back.
+    for _ in 0..3 {
+        let (status, body) = sfu
+            .call(
+                Method::POST,
+                "sessions/new",
+                Some(json!({"sessionDescription": {"type": "offer", "sdp": "v=0\r\ngarbage"}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
     sfu.new_session().await;
 
     // 300 concurrent creates against a rate of 20/s (burst 20): about 20 get through.
