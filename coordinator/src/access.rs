@@ -144,6 +144,10 @@ struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Send `WWW-Authenticate: Basic` with a 401: only on the API-key route. Browsers answer
+    /// that header on a same-origin `fetch` with a login prompt and leave the request pending,
+    /// so the invite routes the web client calls never send it.
+    challenge: bool,
 }
 
 impl ApiError {
@@ -152,6 +156,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            challenge: false,
         }
     }
 
@@ -176,7 +181,7 @@ impl IntoResponse for ApiError {
             axum::Json(json!({"error": self.code, "message": self.message})),
         )
             .into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
+        if self.status == StatusCode::UNAUTHORIZED && self.challenge {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"satsuma\""),
@@ -413,7 +418,10 @@ async fn create_token(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
 }
 
 fn create_token_inner(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
-    let key_id = require_api_key(app, headers)?;
+    let key_id = require_api_key(app, headers).map_err(|e| ApiError {
+        challenge: true,
+        ..e
+    })?;
     let req: TokenRequest = parse_body(body)?;
     check_room(&req.room)?;
     check_identity(&req.identity)?;

@@ -120,6 +120,20 @@ async fn api_minted_tokens_join_and_wrong_secrets_get_401() {
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
         assert!(body.get("token").is_none());
     }
+    // Backends get a Basic challenge with the 401.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/tokens", server.http_url()))
+        .body(good_body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Basic realm=\"satsuma\"")
+    );
     // Bad bodies: 400 JSON.
     for bad in [
         json!({"identity": "x"}),
@@ -395,8 +409,17 @@ async fn an_invite_works_until_it_is_revoked() {
         json!({"publish": false, "subscribe": true, "host": false})
     );
 
-    // Garbage is refused with JSON errors.
+    // Garbage is refused with JSON errors. The invite routes, which browsers call, never send a
+    // Basic challenge (a browser would show a login prompt and leave the request pending).
     assert_eq!(redeem(&server, "garbage", "x").await.0, 401);
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/invites/redeem", server.http_url()))
+        .body(json!({"invite": invite}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("www-authenticate").is_none());
     assert_eq!(
         post(
             &server,

@@ -87,6 +87,7 @@ pub(crate) struct Cli {
     #[arg(
         long = "dev",
         visible_alias = "dev-tokens",
+        overrides_with = "dev",
         env = "SATSUMA_DEV",
         value_name = "BOOL",
         num_args = 0..=1,
@@ -563,6 +564,9 @@ mod tests {
         let cli = Cli::try_parse_from(["satsuma", "--dev-tokens"]).unwrap();
         assert_eq!(cli.dev, Some(true));
         let cli = Cli::try_parse_from(["satsuma", "--dev-tokens=false"]).unwrap();
+        assert_eq!(cli.dev, Some(false));
+        // scripts/run.sh passes --dev first; a later --dev=false wins.
+        let cli = Cli::try_parse_from(["satsuma", "--dev", "--dev=false"]).unwrap();
         assert_eq!(cli.dev, Some(false));
         let file: FileSettings = toml::from_str("dev = true\n").unwrap();
         assert_eq!(file.dev, Some(true));

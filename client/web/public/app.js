@@ -6,13 +6,21 @@
 // request to any other origin. The only build step is the WebAssembly E2EE
 // core (scripts/build-web.sh writes ./pkg/).
 //
+// Joining needs a join token. The URL fragment may carry one (`#token=…`, from
+// `satsuma token create` or your app's POST /api/v1/tokens) or a host's invite
+// (`#invite=…`, redeemed for a token at POST /api/v1/invites/redeem); the page
+// reads it and removes it from the address bar at once. Fragments never reach
+// the server, so neither ends up in its logs. Only a server in dev mode (--dev)
+// hands tokens to anyone (POST /token); otherwise the lobby explains how to get
+// an invite.
+//
 // URL parameters: room, name, codec (VP8|VP9|H264), autojoin=1, video=WxH, send=0
 // (receive only), transform=legacy (use createEncodedStreams). Test hooks,
 // honoured only when the server runs with --test-hooks (client-config.js):
 // decrypt=0 (receive without decrypting), keyless=1 (never join the MLS
 // group), test_* parameters, window.satsuma.drill.
 
-import { testHooks, testParam } from './client-config.js';
+import { devTokens, testHooks, testParam } from './client-config.js';
 import { RoomLink } from './room-link.js';
 import { SfuLink } from './sfu-link.js';
 import { E2eeLink } from './e2ee-link.js';
@@ -27,8 +35,62 @@ const STATS_INTERVAL_MS = 1000;
 export const endpoints = {
   ws: (room) => `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws/${encodeURIComponent(room)}`,
   token: '/token',
+  redeem: '/api/v1/invites/redeem',
+  invites: '/api/v1/invites',
   sfu: '/sfu',
 };
+
+/**
+ * What the URL fragment carries: `{token}` (`#token=…`), `{invite}`
+ * (`#invite=…`), or `{room}` (any other `#room-name`). A token or invite is
+ * removed from the address bar (history.replaceState) as soon as it is read,
+ * so it is not left in the history, bookmarks or a copied URL.
+ */
+export function takeFragment() {
+  const hash = location.hash.slice(1);
+  if (!hash) return {};
+  const fields = new URLSearchParams(hash);
+  const token = fields.get('token');
+  const invite = fields.get('invite');
+  if (token === null && invite === null) return { room: decodeURIComponent(hash) };
+  history.replaceState(history.state, '', `${location.pathname}${location.search}`);
+  return token !== null ? { token } : { invite };
+}
+
+/** The claims of a JWT (not verified: only the server can; used to show the room and name). */
+export function jwtClaims(jwt) {
+  try {
+    const part = jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const text = new TextDecoder().decode(Uint8Array.from(atob(part.padEnd(Math.ceil(part.length / 4) * 4, '=')), (c) => c.charCodeAt(0)));
+    const claims = JSON.parse(text);
+    return claims && typeof claims === 'object' ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Error text of a JSON error reply (`{error, message}`). */
+async function replyError(res, what) {
+  let detail = `HTTP ${res.status}`;
+  try {
+    const json = await res.json();
+    if (typeof json?.message === 'string') detail = json.message;
+  } catch { /* not JSON */ }
+  return new Error(`${what}: ${detail}`);
+}
+
+/** Redeems an invite for a join token: `{token, room}`. */
+async function redeemInvite(invite, name) {
+  const res = await fetch(endpoints.redeem, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ invite, name }),
+  });
+  if (!res.ok) throw await replyError(res, 'invite');
+  const json = await res.json();
+  if (typeof json.token !== 'string') throw new Error('invite: no token in reply');
+  return json;
+}
 
 /** Asks the coordinator (dev mode) for a join token. */
 async function fetchToken(room, name) {
@@ -44,7 +106,7 @@ async function fetchToken(room, name) {
 }
 
 class Call {
-  constructor({ room, name, codec, local, view, flags }) {
+  constructor({ room, name, codec, local, view, flags, getToken }) {
     this.room = room;
     this.name = name;
     this.codec = codec;
@@ -58,7 +120,7 @@ class Call {
     this.sfu = null;
     this.mediaEpoch = 0;
     this.e2ee = new E2eeLink({ decrypt: flags.decrypt, mls: flags.mls, legacy: flags.legacy, displayName: name });
-    this.link = new RoomLink({ url: endpoints.ws(room), getToken: () => fetchToken(room, name), room });
+    this.link = new RoomLink({ url: endpoints.ws(room), getToken: getToken ?? (() => fetchToken(room, name)), room });
     this.problems = [];
     this.lastDecoded = new Map();
     this.wire();
@@ -116,13 +178,13 @@ class Call {
     await this.link.start();
   }
 
-  onLinkState({ state, attempt, why }) {
+  onLinkState({ state, attempt, why, reason }) {
     if (state === 'open') this.view.linkStatus('connected', 'ok');
     else if (state === 'reconnecting') {
       this.view.linkStatus(`reconnecting (${attempt})`, 'warn');
       this.view.banner(`Connection to the server lost${why ? ` (${why})` : ''}: reconnecting…`, 'warn');
     } else if (state === 'closed') {
-      this.end(why);
+      this.end(why, reason);
     } else this.view.linkStatus(state, 'warn');
   }
 
@@ -429,6 +491,31 @@ class Call {
     if (action === 'remove') this.link.send({ type: 'remove', target });
   }
 
+  /**
+   * Host only: a signed invite to this room (POST /api/v1/invites with this
+   * participant's credential). Returns `{invite_id, invite, expires_at, link}`;
+   * the link carries the invite in the fragment (`#invite=…`).
+   */
+  async createInvite({ role = 'participant', ttlS = 24 * 3600 } = {}) {
+    const res = await fetch(endpoints.invites, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${this.link.resumeToken}` },
+      body: JSON.stringify({ role, ttl_s: ttlS }),
+    });
+    if (!res.ok) throw await replyError(res, 'invite');
+    const json = await res.json();
+    return { ...json, link: `${location.origin}${location.pathname}#invite=${json.invite}` };
+  }
+
+  /** Host only: revokes invite `id` of this room. */
+  async revokeInvite(id) {
+    const res = await fetch(`${endpoints.invites}/${encodeURIComponent(id)}`, {
+      method: 'DELETE',
+      headers: { Authorization: `Bearer ${this.link.resumeToken}` },
+    });
+    if (!res.ok) throw await replyError(res, 'revoke');
+  }
+
   /** Resume impossible: we come back as a new participant. */
   resetParticipant() {
     this.note('Session expired on the server: joining again');
@@ -445,7 +532,7 @@ class Call {
     this.link.leave();
   }
 
-  end(why) {
+  end(why, detail = '') {
     // Test hook (only with --test-hooks): a removed participant that keeps its
     // media connection and its keys, to prove that removal cuts it off on the
     // server side (its SFU sessions are deleted) rather than by its good will.
@@ -461,7 +548,7 @@ class Call {
     for (const key of [...this.view.tiles.keys()]) this.view.removeTile(key);
     const reasons = {
       left: 'You left the call.', removed: 'A host removed you from the call.', 'room-locked': 'The room is locked.',
-      'room-full': 'The room is full.', unauthorized: 'The server refused the join token.', replaced: 'You joined from another tab.',
+      'room-full': 'The room is full.', unauthorized: `The server refused the join token${detail ? ` (${detail})` : ''}: ask for a new link.`, replaced: 'You joined from another tab.',
     };
     $('left-reason').textContent = reasons[why] ?? `The call ended (${why}).`;
     this.view.show('left');
@@ -576,8 +663,35 @@ async function lobby() {
       failMedia: () => window.satsuma.call?.sfu?.pc.close() ?? null,
     };
   }
+  // A token or invite in the fragment decides the room (and the token the name).
+  const fragment = takeFragment();
+  const access = { token: fragment.token ?? null, invite: fragment.invite ?? null, redeemed: null };
+  const granted = jwtClaims(access.token ?? access.invite ?? '');
   $('name').value = params.get('name') ?? localStorage.getItem('satsuma.name') ?? '';
-  $('room').value = params.get('room') ?? (location.hash.slice(1) || 'lobby');
+  $('room').value = params.get('room') ?? fragment.room ?? 'lobby';
+  if (granted && typeof granted.room === 'string') {
+    $('room').value = granted.room;
+    $('room').readOnly = true;
+    if (access.token && typeof granted.name === 'string' && granted.name && !params.get('name')) $('name').value = granted.name;
+  }
+  window.satsuma.access = { token: Boolean(access.token), invite: Boolean(access.invite), dev: devTokens };
+  const canJoin = Boolean(access.token || access.invite || devTokens);
+  $('lobby-access').hidden = canJoin;
+  $('join').disabled = !canJoin;
+  if (access.token) $('lobby-via').textContent = 'You are joining with the link you were given.';
+  else if (access.invite) $('lobby-via').textContent = 'You were invited: join with the name you choose.';
+  $('lobby-via').hidden = !(access.token || access.invite);
+  /** The join token: from the link, from the invite (redeemed once), or (dev mode) from POST /token. */
+  const tokenFor = (room, name) => async () => {
+    if (access.token) return access.token;
+    if (access.invite) {
+      const fresh = access.redeemed && (jwtClaims(access.redeemed)?.exp ?? 0) * 1000 > Date.now() + 10000;
+      if (!fresh) access.redeemed = (await redeemInvite(access.invite, name)).token;
+      return access.redeemed;
+    }
+    if (devTokens) return fetchToken(room, name);
+    throw new Error('no join token: ask the host for an invite link');
+  };
   const codec = params.get('codec');
   if (codec && ['VP8', 'VP9', 'H264'].includes(codec)) $('codec-select').value = codec;
 
@@ -607,9 +721,11 @@ async function lobby() {
   const join = async () => {
     const name = $('name').value.trim() || 'Guest';
     const room = $('room').value.trim();
+    // Redeem an invite before leaving the lobby, so a revoked or expired one says so here.
+    if (access.invite && !access.redeemed) access.redeemed = (await redeemInvite(access.invite, name)).token;
     localStorage.setItem('satsuma.name', name);
     $('preview').srcObject = null;
-    const call = new Call({ room, name, codec: $('codec-select').value, local, view, flags });
+    const call = new Call({ room, name, codec: $('codec-select').value, local, view, flags, getToken: tokenFor(room, name) });
     window.satsuma.call = call;
     $('toggle-mic').onclick = () => call.setEnabled('audio', !(local.audio?.enabled));
     $('toggle-cam').onclick = () => call.setEnabled('video', !(local.video?.enabled));
@@ -617,16 +733,46 @@ async function lobby() {
     $('toggle-hand').onclick = () => call.link.send({ type: 'hand', raised: !call.participants.get(call.me)?.hand });
     $('leave').onclick = () => call.leave();
     $('lock-room').onchange = (ev) => call.link.send({ type: 'lock', locked: ev.target.checked });
+    let lastInvite = null;
+    $('make-invite').onclick = async () => {
+      try {
+        lastInvite = await call.createInvite({ role: $('invite-role').value });
+        $('invite-link').value = lastInvite.link;
+        $('invite-link').hidden = false;
+        $('revoke-invite').hidden = false;
+        $('invite-note').textContent = `Invite link made (valid until ${new Date(lastInvite.expires_at * 1000).toLocaleString()}).`;
+        try {
+          await navigator.clipboard.writeText(lastInvite.link);
+          $('invite-note').textContent += ' Copied.';
+        } catch { /* no clipboard permission: the link is shown to copy by hand */ }
+      } catch (err) {
+        $('invite-note').textContent = `Could not make an invite: ${err.message}`;
+      }
+    };
+    $('revoke-invite').onclick = async () => {
+      if (!lastInvite) return;
+      try {
+        await call.revokeInvite(lastInvite.invite_id);
+        $('invite-note').textContent = 'Invite revoked: the link no longer works.';
+        $('invite-link').hidden = true;
+        $('revoke-invite').hidden = true;
+        lastInvite = null;
+      } catch (err) {
+        $('invite-note').textContent = `Could not revoke: ${err.message}`;
+      }
+    };
     if (!local.audio) $('toggle-mic').disabled = true;
     if (!local.video) $('toggle-cam').disabled = true;
     await call.start();
   };
   $('lobby-form').onsubmit = (ev) => {
     ev.preventDefault();
+    if (!canJoin) return;
     join().catch((err) => view.banner(`Could not join: ${err.message}`, 'bad'));
   };
   $('rejoin').onclick = () => location.reload();
-  if (params.get('autojoin') === '1') join().catch((err) => view.banner(`Could not join: ${err.message}`, 'bad'));
+  window.satsuma.lobbyReady = true;
+  if (params.get('autojoin') === '1' && canJoin) join().catch((err) => view.banner(`Could not join: ${err.message}`, 'bad'));
 }
 
 lobby();

@@ -1,5 +1,7 @@
 // What this server allows the web client: `GET client-config.json` (served by
-// the coordinator, not a file) → `{"test_hooks": bool}`.
+// the coordinator, not a file) → `{"test_hooks": bool, "dev": bool}`. `dev`:
+// the server hands join tokens to anyone (POST /token, only with --dev);
+// otherwise the page needs a token or an invite in its URL fragment.
 //
 // Test hooks are URL parameters and page hooks that weaken or bend the client
 // for the test suites: `decrypt=0` (receive without decrypting), `keyless=1`
@@ -24,18 +26,21 @@ async function load() {
     });
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     const json = await res.json();
-    return { testHooks: json?.test_hooks === true };
+    return { testHooks: json?.test_hooks === true, devTokens: json?.dev === true };
   } catch (err) {
-    console.warn(`satsuma: cannot read client-config.json (${err.message}); test hooks are off`);
-    return { testHooks: false };
+    console.warn(`satsuma: cannot read client-config.json (${err.message}); test hooks and dev tokens are off`);
+    return { testHooks: false, devTokens: false };
   }
 }
 
-/** The server's client configuration: `{testHooks}`. */
+/** The server's client configuration: `{testHooks, devTokens}`. */
 export const clientConfig = Object.freeze(await load());
 
 /** Whether this server runs with `--test-hooks`. */
 export const testHooks = clientConfig.testHooks;
+
+/** Whether this server hands out dev tokens (`--dev`: POST /token). */
+export const devTokens = clientConfig.devTokens;
 
 const params = new URLSearchParams(location.search);
 

@@ -49,9 +49,9 @@ export const CHROMIUM_ARGS = [
 ];
 
 /** Starts a process and resolves once a stdout line matches `ready`. */
-function startProcess(name, bin, args, ready, logs) {
+function startProcess(name, bin, args, ready, logs, env = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_BACKTRACE: '1' } });
+    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_BACKTRACE: '1', ...env } });
     let out = '';
     const timer = setTimeout(() => reject(new Error(`${name} did not start in 20 s:\n${out}`)), 20000);
     const onData = (chunk) => {
@@ -112,15 +112,19 @@ export async function startServers({ testHooks = true } = {}) {
 /**
  * Starts the all-in-one `satsuma` binary (coordinator + SFU + web client in one
  * process, the quick start's server) on ephemeral loopback ports; returns the
- * same shape as `startServers`. With `--test-hooks` unless `testHooks: false`.
+ * same shape as `startServers`. With `--test-hooks` unless `testHooks: false`,
+ * and in dev mode (`--dev`: open POST /token, as scripts/run.sh) unless
+ * `dev: false`; then give `tokenSecret` (passed as SATSUMA_TOKEN_SECRET) and
+ * mint tokens with `mintToken`.
  */
-export async function startAllInOne({ testHooks = true } = {}) {
+export async function startAllInOne({ testHooks = true, dev = true, tokenSecret = null } = {}) {
   const logs = [];
+  const env = tokenSecret ? { SATSUMA_TOKEN_SECRET: tokenSecret } : {};
   const all = await startProcess('satsuma', path.join(binDir, 'satsuma'), [
     '--listen', '127.0.0.1:0', '--sfu-api', '127.0.0.1:0', '--media', '127.0.0.1:0', '--detect-lan=false',
     '--web-dir', webDir(), '--log', 'warn',
-    `--test-hooks=${testHooks}`,
-  ], /satsuma listening web=(\S+) sfu=(\S+) media=(\S+)/, logs);
+    `--test-hooks=${testHooks}`, `--dev=${dev}`,
+  ], /satsuma listening web=(\S+) sfu=(\S+) media=(\S+)/, logs, env);
   return {
     base: `http://${all.match[1]}`,
     logs,
@@ -129,6 +133,24 @@ export async function startAllInOne({ testHooks = true } = {}) {
       if (all.child.exitCode === null) all.child.kill('SIGTERM');
     },
   };
+}
+
+/**
+ * Mints a join token with `satsuma token create` (the CLI of the all-in-one
+ * binary, signing with `tokenSecret`); returns `{token, expires_at, url}`.
+ */
+export function mintToken({ tokenSecret, room, identity, name, host = false, ttl = '1h', publicUrl }) {
+  const args = ['token', 'create', '--room', room, '--identity', identity, '--ttl', ttl, '--json'];
+  if (name) args.push('--name', name);
+  if (host) args.push('--host');
+  if (publicUrl) args.push('--public-url', publicUrl);
+  const env = { ...process.env, SATSUMA_TOKEN_SECRET: tokenSecret };
+  delete env.SATSUMA_CONFIG;
+  const out = execFileSync(path.join(binDir, 'satsuma'), args, {
+    env,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  return JSON.parse(out.toString());
 }
 
 export async function launchBrowser() {
