@@ -625,6 +625,7 @@ fn tls_with_an_unusable_certificate_fails_at_start() {
             "127.0.0.1:0",
             "--media",
             "127.0.0.1:0",
+            "--dev",
         ])
         .arg("--tls-cert")
         .arg(&junk)
