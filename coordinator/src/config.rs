@@ -84,6 +84,8 @@ pub struct Config {
     pub max_rooms: usize,
     /// Most WebSocket connections at once (more: HTTP 503 at the upgrade).
     pub max_connections: usize,
+    /// Budgets in bytes and per peer (issue 11; `docs/operations.md`, "Coordinator").
+    pub budgets: Budgets,
     /// How often room timers are checked.
     pub timer_tick: Duration,
 }
@@ -124,6 +126,7 @@ impl Default for Config {
             first_joiner_is_host: true,
             max_rooms: 10_000,
             max_connections: 20_000,
+            budgets: Budgets::default(),
             timer_tick: Duration::from_millis(20),
         }
     }
@@ -151,7 +154,11 @@ impl Config {
             hard_max_participants: self.hard_max_participants,
             first_joiner_is_host: self.first_joiner_is_host,
             max_tracks_per_participant: 16,
-            max_sfu_sessions_per_participant: 4,
+            max_sfu_sessions_per_participant: self.budgets.max_sfu_sessions_per_participant,
+            max_key_package_bytes: self.budgets.max_key_package_bytes,
+            max_commit_base_bytes: self.budgets.max_commit_base_bytes,
+            max_commit_bytes_per_participant: self.budgets.max_commit_bytes_per_participant,
+            max_binary_bytes: self.max_binary_bytes,
             test_hooks: self.test_hooks,
             limits: Limits {
                 heartbeat_interval_ms: millis(self.heartbeat_interval),
@@ -160,6 +167,8 @@ impl Config {
                 max_binary_bytes: self.max_binary_bytes,
                 messages_per_second: self.rate_per_second,
                 replay_window: self.replay_window,
+                max_key_package_bytes: self.budgets.max_key_package_bytes,
+                bytes_per_second: self.budgets.byte_rate_per_second,
             },
         }
     }
@@ -185,6 +194,12 @@ impl Config {
         if self.replay_window == 0 {
             return Err(ConfigError::Invalid("replay_window must be > 0".to_owned()));
         }
+        if let Some(url) = &self.budgets.public_url {
+            crate::access_control::origin_of(url)
+                .map_err(|e| ConfigError::Invalid(format!("public_url: {e}")))?;
+        }
+        self.budgets
+            .validate(self.max_text_bytes, self.max_binary_bytes)?;
         Ok(())
     }
 }
@@ -219,6 +234,79 @@ impl Config {
                     "{name} must be 1-256 characters"
                 )));
             }
+        }
+        Ok(())
+    }
+}
+
+/// Budgets in bytes and per peer. Every field is settable from a flag, an environment variable
+/// and the TOML file (the flag name with `_` for `-`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budgets {
+    /// Largest KeyPackage frame (kind 1), bytes.
+    pub max_key_package_bytes: usize,
+    /// Commit frames (kind 2, with the Welcome) may have this many bytes ...
+    pub max_commit_base_bytes: usize,
+    /// ... plus this many per participant of the room's cap (never more than `max_binary_bytes`).
+    pub max_commit_bytes_per_participant: usize,
+    /// Sustained bytes per second one connection may send.
+    pub byte_rate_per_second: u64,
+    /// Burst above the byte rate.
+    pub byte_rate_burst: u64,
+    /// Bytes queued for one connection before it is closed with 4430.
+    pub send_budget_bytes: usize,
+    /// Most WebSocket connections at once from one IP address (0: unlimited).
+    pub max_connections_per_ip: usize,
+    /// The client address is the last `X-Forwarded-For` entry (behind a trusted reverse proxy).
+    pub trust_forwarded_for: bool,
+    /// SFU sessions one participant holds at most; a new one beyond releases the oldest.
+    pub max_sfu_sessions_per_participant: usize,
+    /// The URL users open (e.g. `https://meet.example.com/`): links are made under it, and its
+    /// origin is the default `Host`/`Origin` allow-list.
+    pub public_url: Option<String>,
+    /// More allowed origins (`scheme://host[:port]`).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            max_key_package_bytes: 16 << 10,
+            max_commit_base_bytes: 64 << 10,
+            max_commit_bytes_per_participant: 4 << 10,
+            byte_rate_per_second: 128 << 10,
+            byte_rate_burst: 1 << 20,
+            send_budget_bytes: 1 << 20,
+            max_connections_per_ip: 128,
+            trust_forwarded_for: false,
+            max_sfu_sessions_per_participant: 4,
+            public_url: None,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl Budgets {
+    fn validate(&self, max_text_bytes: usize, max_binary_bytes: usize) -> Result<(), ConfigError> {
+        let largest = max_text_bytes.max(max_binary_bytes) as u64;
+        if self.byte_rate_per_second == 0 || self.byte_rate_burst < largest {
+            return Err(ConfigError::Invalid(format!(
+                "byte_rate_per_second must be > 0 and byte_rate_burst at least the largest frame ({largest} bytes)"
+            )));
+        }
+        if self.max_key_package_bytes == 0 || self.send_budget_bytes < 64 << 10 {
+            return Err(ConfigError::Invalid(
+                "max_key_package_bytes must be > 0 and send_budget_bytes at least 64 KiB"
+                    .to_owned(),
+            ));
+        }
+        if self.max_sfu_sessions_per_participant == 0 {
+            return Err(ConfigError::Invalid(
+                "max_sfu_sessions_per_participant must be > 0".to_owned(),
+            ));
+        }
+        for o in &self.allowed_origins {
+            crate::access_control::origin_of(o).map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }
@@ -372,6 +460,47 @@ pub struct Cli {
     /// Most WebSocket connections at once (more are refused with HTTP 503).
     #[arg(long, env = "SATSUMA_COORD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Largest KeyPackage frame, in bytes (larger: error too_large).
+    #[arg(long, env = "SATSUMA_COORD_MAX_KEY_PACKAGE_BYTES")]
+    pub max_key_package_bytes: Option<usize>,
+    /// Largest commit frame (with its Welcome) in a room of one participant cap, in bytes; the
+    /// limit is this plus --max-commit-bytes-per-participant times the room's cap.
+    #[arg(long, env = "SATSUMA_COORD_MAX_COMMIT_BASE_BYTES")]
+    pub max_commit_base_bytes: Option<usize>,
+    /// Commit frame bytes allowed per participant of the room's cap.
+    #[arg(long, env = "SATSUMA_COORD_MAX_COMMIT_BYTES_PER_PARTICIPANT")]
+    pub max_commit_bytes_per_participant: Option<usize>,
+    /// Sustained bytes per second a connection may send (text, binary and pings).
+    #[arg(long, env = "SATSUMA_COORD_BYTE_RATE_PER_SECOND")]
+    pub byte_rate_per_second: Option<u64>,
+    /// Burst of bytes above the sustained byte rate (at least max_binary_bytes).
+    #[arg(long, env = "SATSUMA_COORD_BYTE_RATE_BURST")]
+    pub byte_rate_burst: Option<u64>,
+    /// Bytes queued for one connection before it is closed with 4430 (it stopped reading).
+    #[arg(long, env = "SATSUMA_COORD_SEND_BUDGET_BYTES")]
+    pub send_budget_bytes: Option<usize>,
+    /// Most WebSocket connections at once from one IP address (0: no limit).
+    #[arg(long, env = "SATSUMA_COORD_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Take the client address from the last X-Forwarded-For entry (only behind a reverse proxy
+    /// that sets it).
+    #[arg(long, env = "SATSUMA_COORD_TRUST_FORWARDED_FOR", num_args = 0..=1, default_missing_value = "true")]
+    pub trust_forwarded_for: Option<bool>,
+    /// SFU sessions one participant may hold; a new one beyond it releases the oldest.
+    #[arg(long, env = "SATSUMA_COORD_MAX_SFU_SESSIONS_PER_PARTICIPANT")]
+    pub max_sfu_sessions_per_participant: Option<usize>,
+    /// The URL users open (e.g. https://meet.example.com/): its origin is allowed in Host and
+    /// Origin headers.
+    #[arg(long, env = "SATSUMA_COORD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// More origins allowed in Host and Origin headers (scheme://host[:port]; repeat, or
+    /// comma-separate in the env variable).
+    #[arg(
+        long = "allowed-origin",
+        env = "SATSUMA_COORD_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Option<Vec<String>>,
     /// Log filter (tracing EnvFilter syntax), e.g. info or satsuma_coordinator=debug.
     #[arg(long, env = "SATSUMA_COORD_LOG")]
     pub log: Option<String>,
@@ -449,6 +578,35 @@ impl Cli {
             first_joiner_is_host: c.first_joiner_is_host.unwrap_or(base.first_joiner_is_host),
             max_rooms: c.max_rooms.unwrap_or(base.max_rooms),
             max_connections: c.max_connections.unwrap_or(base.max_connections),
+            budgets: Budgets {
+                public_url: c.public_url,
+                max_key_package_bytes: c
+                    .max_key_package_bytes
+                    .unwrap_or(base.budgets.max_key_package_bytes),
+                max_commit_base_bytes: c
+                    .max_commit_base_bytes
+                    .unwrap_or(base.budgets.max_commit_base_bytes),
+                max_commit_bytes_per_participant: c
+                    .max_commit_bytes_per_participant
+                    .unwrap_or(base.budgets.max_commit_bytes_per_participant),
+                byte_rate_per_second: c
+                    .byte_rate_per_second
+                    .unwrap_or(base.budgets.byte_rate_per_second),
+                byte_rate_burst: c.byte_rate_burst.unwrap_or(base.budgets.byte_rate_burst),
+                send_budget_bytes: c
+                    .send_budget_bytes
+                    .unwrap_or(base.budgets.send_budget_bytes),
+                max_connections_per_ip: c
+                    .max_connections_per_ip
+                    .unwrap_or(base.budgets.max_connections_per_ip),
+                trust_forwarded_for: c
+                    .trust_forwarded_for
+                    .unwrap_or(base.budgets.trust_forwarded_for),
+                max_sfu_sessions_per_participant: c
+                    .max_sfu_sessions_per_participant
+                    .unwrap_or(base.budgets.max_sfu_sessions_per_participant),
+                allowed_origins: c.allowed_origins.unwrap_or(base.budgets.allowed_origins),
+            },
             timer_tick: base.timer_tick,
         };
         config.validate()?;
@@ -493,6 +651,17 @@ impl Cli {
             first_joiner_is_host,
             max_rooms,
             max_connections,
+            max_key_package_bytes,
+            max_commit_base_bytes,
+            max_commit_bytes_per_participant,
+            byte_rate_per_second,
+            byte_rate_burst,
+            send_budget_bytes,
+            max_connections_per_ip,
+            trust_forwarded_for,
+            max_sfu_sessions_per_participant,
+            public_url,
+            allowed_origins,
             log
         )
     }
@@ -538,6 +707,51 @@ mod tests {
         assert!(cli.resolve().is_err());
         let cli = Cli::try_parse_from(["x", "--dev"]).unwrap();
         assert!(cli.resolve().unwrap().dev);
+    }
+
+    #[test]
+    fn short_and_placeholder_secrets_are_refused_naming_the_setting() {
+        let err = |args: &[&str]| {
+            let mut all = vec!["x"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+                .unwrap()
+                .resolve()
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&["--jwt-secret", "too-short"]);
+        assert!(e.contains("jwt_secret") && e.contains("too short"), "{e}");
+        let e = err(&["--jwt-secret", "REPLACE-WITH-openssl-rand-hex-32"]);
+        assert!(e.contains("jwt_secret") && e.contains("placeholder"), "{e}");
+        let good = "0123456789abcdef0123456789abcdef";
+        let e = err(&["--jwt-secret", good, "--api-key", "app:short"]);
+        assert!(
+            e.contains("API key \"app\"") && e.contains("too short"),
+            "{e}"
+        );
+        let e = err(&["--jwt-secret", good, "--api-key", "bad id:x"]);
+        assert!(e.contains("API key id"), "{e}");
+        let e = err(&[
+            "--jwt-secret",
+            good,
+            "--sfu-node",
+            "http://a",
+            "--sfu-app-secret",
+            "REPLACE-WITH-another-openssl-rand-hex-32",
+        ]);
+        assert!(e.contains("sfu_app_secret"), "{e}");
+        // Even in dev mode an explicitly configured short token secret is refused.
+        let e = err(&["--dev", "--jwt-secret", "dev"]);
+        assert!(e.contains("jwt_secret"), "{e}");
+        let key = format!("app:{good}");
+        let c = Cli::try_parse_from(["x", "--jwt-secret", good, "--api-key", &key])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(c.api_keys.len(), 1);
+        assert_eq!(c.api_keys[0].id, "app");
+        assert!(!format!("{:?}", c.api_keys).contains(good));
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The WebSocket driver: one reader and one writer task per connection.
 //!
-//! The reader enforces the per-connection limits (hello deadline, frame sizes,
-//! token-bucket rate limit, consecutive refusals), parses frames and feeds them
-//! to the hub; the writer drains the connection's queue onto the socket. Nothing
-//! here decides room semantics.
+//! The reader enforces the per-connection limits (hello deadline, frame sizes, a message rate
+//! and a byte rate, both token buckets that also cover WebSocket pings, consecutive refusals),
+//! parses frames and feeds them to the hub; the writer drains the connection's queue onto the
+//! socket. The queue is bounded in bytes ([`SendQueue`]): a connection that holds its budget
+//! is closed with 4430 and its queue freed at once, even while the socket does not drain.
+//! Resume replays stream from the room's log as the socket drains. Nothing here decides room
+//! semantics.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,46 +14,25 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use satsuma_common::TokenBucket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::unix_now;
-use crate::hub::{ConnHandle, HubJoinError, HubResumeError, Outbound, RoomSlot, encode_reply};
+use crate::hub::{
+    ConnHandle, HubJoinError, HubResumeError, IpSlot, Outbound, RoomSlot, SendQueue, encode_reply,
+    frame_len,
+};
+use crate::metrics::{CloseReason, DropReason};
 use crate::protocol::{self, ClientMessage, PROTOCOL_VERSION, ServerMessage, close, error_code};
 use crate::room::{Input, JoinRequest, ResumeError};
 use crate::server::App;
 
-/// Token bucket: `rate` per second, up to `burst`.
-#[derive(Debug, Clone)]
-pub(crate) struct RateLimit {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
+/// How long a killed connection's writer may still try to finish the frame it was writing and
+/// send its close frame (the peer is not reading; its queue is already freed).
+const KILL_GRACE: Duration = Duration::from_secs(2);
 
-impl RateLimit {
-    pub(crate) fn new(rate: u32, burst: u32, now: Instant) -> Self {
-        Self {
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-            tokens: f64::from(burst),
-            last: now,
-        }
-    }
-
-    /// Takes a token if one is available.
-    pub(crate) fn allow(&mut self, now: Instant) -> bool {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
+/// Bytes of the log one replay step reads under the room lock.
+const REPLAY_CHUNK: usize = 64 << 10;
 
 struct Session {
     slot: Arc<RoomSlot>,
@@ -58,18 +40,18 @@ struct Session {
     conn_id: u64,
 }
 
-/// Serves one upgraded WebSocket for room `room`.
-pub(crate) async fn serve(socket: WebSocket, room: String, app: Arc<App>) {
+/// Serves one upgraded WebSocket for room `room`; `ip_slot` is its place under the per-IP cap.
+pub(crate) async fn serve(socket: WebSocket, room: String, app: Arc<App>, ip_slot: IpSlot) {
+    let _ip_slot = ip_slot;
     app.metrics.connections.inc();
     let (sink, mut stream) = socket.split();
-    let capacity = app.config.replay_window + 1024;
-    let (tx, rx) = mpsc::channel(capacity);
+    let (tx, rx) = SendQueue::new(app.config.budgets.send_budget_bytes);
     let (kill_tx, kill_rx) = oneshot::channel();
-    let mut writer = tokio::spawn(write_loop(sink, rx, kill_rx));
+    let mut writer = tokio::spawn(write_loop(sink, rx, kill_rx, tx.clone()));
     let conn_id = app.hub.next_conn_id();
     let conn = ConnHandle {
         conn_id,
-        tx: tx.clone(),
+        queue: tx.clone(),
         kill: kill_tx,
     };
 
@@ -82,17 +64,26 @@ pub(crate) async fn serve(socket: WebSocket, room: String, app: Arc<App>) {
         app.hub.detach(&session.slot, session.id, session.conn_id);
     }
     drop(tx);
-    // Let the writer flush a close frame, but never hang on a dead peer.
-    if !writer.is_finished() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
-        writer.abort();
-    }
+    // Let the writer flush a close frame, but never hang on a dead peer. Meanwhile read and
+    // discard what the peer still sends (a socket dropped with unread input is reset, and
+    // the reset can destroy the close frame before the peer reads it).
+    let flush = async {
+        if !writer.is_finished() {
+            let _ = (&mut writer).await;
+        }
+    };
+    let _ = tokio::time::timeout(
+        KILL_GRACE + Duration::from_secs(1),
+        futures_util::future::join(flush, drain_after_close(&mut stream)),
+    )
+    .await;
+    writer.abort();
     app.metrics.connections.dec();
 }
 
-async fn close_with(tx: &mpsc::Sender<Outbound>, app: &App, code: u16, reason: &'static str) {
+async fn close_with(tx: &SendQueue, app: &App, code: u16, reason: &'static str) {
     app.metrics.error(&code.to_string());
-    let _ = tx.send(Outbound::Close(code, reason)).await;
+    let _ = tx.push_control(Outbound::Close(code, reason));
 }
 
 /// After we sent a close frame because of what the peer sent: reads and discards whatever the
@@ -110,15 +101,16 @@ async fn drain_after_close(stream: &mut SplitStream<WebSocket>) {
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
-async fn reply(tx: &mpsc::Sender<Outbound>, msg: &ServerMessage) {
-    let _ = tx.send(Outbound::Frame(encode_reply(msg))).await;
+/// Queues a direct reply; false if the connection holds its send budget (the caller closes it).
+async fn reply(tx: &SendQueue, msg: &ServerMessage) -> bool {
+    tx.push(encode_reply(msg))
 }
 
 async fn hello(
     app: &Arc<App>,
     room: &str,
     stream: &mut SplitStream<WebSocket>,
-    tx: &mpsc::Sender<Outbound>,
+    tx: &SendQueue,
     conn: ConnHandle,
 ) -> Option<Session> {
     let first = tokio::time::timeout(app.config.hello_timeout, stream.next()).await;
@@ -237,11 +229,21 @@ async fn read_loop(
     app: &Arc<App>,
     s: &Session,
     stream: &mut SplitStream<WebSocket>,
-    tx: &mpsc::Sender<Outbound>,
+    tx: &SendQueue,
     writer: &mut tokio::task::JoinHandle<()>,
 ) {
     let cfg = &app.config;
-    let mut rate = RateLimit::new(cfg.rate_per_second, cfg.rate_burst, Instant::now());
+    let now = Instant::now();
+    let mut rate = TokenBucket::new(
+        f64::from(cfg.rate_per_second),
+        f64::from(cfg.rate_burst),
+        now,
+    );
+    let mut bytes = TokenBucket::new(
+        cfg.budgets.byte_rate_per_second as f64,
+        cfg.budgets.byte_rate_burst as f64,
+        now,
+    );
     let mut dropped_in_a_row = 0u32;
     let mut refused_in_a_row = 0u32;
     loop {
@@ -253,6 +255,7 @@ async fn read_loop(
             None => return,
             Some(Err(e)) => {
                 if is_too_big(e) {
+                    app.metrics.close(CloseReason::FrameTooBig);
                     close_with(
                         tx,
                         app,
@@ -268,34 +271,55 @@ async fn read_loop(
             }
             Some(Ok(m)) => m,
         };
+        // Every frame, pings and pongs included, takes one message token and its size in
+        // byte tokens (a ping the server answers is traffic too).
+        let size = frame_len(&msg);
+        let now = Instant::now();
+        let over = if !rate.try_take(now) {
+            Some(DropReason::MessageRate)
+        } else if !bytes.try_take_n(now, size as u64) {
+            Some(DropReason::ByteRate)
+        } else {
+            None
+        };
         let (input, kind) = match msg {
             Message::Close(_) => return,
-            Message::Pong(_) => continue,
-            Message::Ping(_) => {
-                app.hub.touch(&s.slot, s.id, s.conn_id);
+            Message::Pong(_) | Message::Ping(_) => {
+                if over.is_some() {
+                    app.metrics.drop_message(DropReason::Ping);
+                    dropped_in_a_row += 1;
+                    if dropped_in_a_row >= cfg.flood_close_after {
+                        app.metrics.close(CloseReason::Flood);
+                        close_with(tx, app, close::FLOOD, "message flood").await;
+                        drain_after_close(stream).await;
+                        return;
+                    }
+                } else {
+                    app.hub.touch(&s.slot, s.id, s.conn_id);
+                }
                 continue;
             }
             Message::Text(t) => (Frame::Text(t), "text"),
             Message::Binary(b) => (Frame::Binary(b), "binary"),
         };
-        if !rate.allow(Instant::now()) {
+        if let Some(reason) = over {
             dropped_in_a_row += 1;
             app.metrics.error(error_code::RATE_LIMITED);
+            app.metrics.drop_message(reason);
             if dropped_in_a_row >= cfg.flood_close_after {
+                app.metrics.close(CloseReason::Flood);
                 close_with(tx, app, close::FLOOD, "message flood").await;
                 drain_after_close(stream).await;
                 return;
             }
             if dropped_in_a_row == 1 {
-                reply(
-                    tx,
-                    &refusal(
-                        error_code::RATE_LIMITED,
-                        "over the rate limit; message dropped",
-                        None,
-                    ),
-                )
-                .await;
+                let what = match reason {
+                    DropReason::ByteRate => "over the byte rate limit; message dropped",
+                    _ => "over the rate limit; message dropped",
+                };
+                if !reply(tx, &refusal(error_code::RATE_LIMITED, what, None)).await {
+                    return slow(app, tx);
+                }
             }
             continue;
         }
@@ -307,9 +331,12 @@ async fn read_loop(
                     app.metrics.error(code);
                 }
                 app.metrics.messages_in.with_label_values(&[kind]).inc();
-                reply(tx, &err).await;
+                if !reply(tx, &err).await {
+                    return slow(app, tx);
+                }
                 refused_in_a_row += 1;
                 if refused_in_a_row >= cfg.max_consecutive_errors {
+                    app.metrics.close(CloseReason::Refusals);
                     close_with(
                         tx,
                         app,
@@ -327,6 +354,7 @@ async fn read_loop(
         if handled.refused {
             refused_in_a_row += 1;
             if refused_in_a_row >= cfg.max_consecutive_errors {
+                app.metrics.close(CloseReason::Refusals);
                 close_with(
                     tx,
                     app,
@@ -341,12 +369,22 @@ async fn read_loop(
             refused_in_a_row = 0;
         }
         if handled.detached {
-            // The room closed this connection (leave, removal, replaced): let the
-            // writer flush its close frame.
+            // The room closed this connection (leave, removal, replaced, send budget): let
+            // the writer flush its close frame.
             let _ = (&mut *writer).await;
             return;
         }
     }
+}
+
+/// A direct reply did not fit the send budget: the connection stopped reading. Closes it
+/// (4430); the writer gives up on the socket within [`KILL_GRACE`].
+fn slow(app: &App, tx: &SendQueue) {
+    app.metrics.close(CloseReason::SendBudget);
+    let _ = tx.push_control(Outbound::Close(
+        close::SLOW_CONSUMER,
+        "send budget exceeded: not reading fast enough; resume",
+    ));
 }
 
 /// Whether a read error is the WebSocket layer's size limit.
@@ -445,17 +483,27 @@ fn classify(text: &str, err: &serde_json::Error) -> ServerMessage {
     }
 }
 
+/// What the writer does next.
+enum Step {
+    Go,
+    /// Stop: the socket failed or a close frame went out.
+    Stop,
+    /// Killed with this close: the queue is freed, the close is sent within the grace.
+    Killed(u16, &'static str),
+}
+
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
     mut kill: oneshot::Receiver<(u16, &'static str)>,
+    queue: SendQueue,
 ) {
     let mut kill_open = true;
-    loop {
+    let killed = loop {
         let next = tokio::select! {
             biased;
             k = &mut kill, if kill_open => match k {
-                Ok((code, reason)) => Outbound::Close(code, reason),
+                Ok((code, reason)) => break Some((code, reason)),
                 Err(_) => {
                     // The room dropped its handle without killing us: keep draining.
                     kill_open = false;
@@ -464,48 +512,126 @@ async fn write_loop(
             },
             o = rx.recv() => match o {
                 Some(o) => o,
-                None => break,
+                None => break None,
             },
         };
-        match next {
+        let step = match next {
             Outbound::Frame(m) => {
-                if sink.send(m).await.is_err() {
-                    return;
-                }
+                let len = frame_len(&m);
+                let step = send_or_kill(&mut sink, m, &mut kill, &mut kill_open).await;
+                queue.sent(len);
+                step
             }
-            Outbound::Close(code, reason) => {
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    })))
-                    .await;
-                let _ = sink.close().await;
-                return;
+            Outbound::Replay {
+                slot,
+                id,
+                after,
+                until,
+            } => {
+                replay(
+                    &mut sink,
+                    &slot,
+                    id,
+                    after,
+                    until,
+                    &mut kill,
+                    &mut kill_open,
+                )
+                .await
             }
+            Outbound::Close(code, reason) => Step::Killed(code, reason),
+        };
+        match step {
+            Step::Go => {}
+            Step::Stop => return,
+            Step::Killed(code, reason) => break Some((code, reason)),
+        }
+    };
+    // Free everything still queued at once, whatever the socket does.
+    rx.close();
+    while let Ok(o) = rx.try_recv() {
+        if let Outbound::Frame(m) = o {
+            queue.sent(frame_len(&m));
         }
     }
-    let _ = sink.close().await;
+    drop(rx);
+    let finish = async {
+        if let Some((code, reason)) = killed {
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                })))
+                .await;
+        }
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(KILL_GRACE, finish).await;
+}
+
+/// Writes one frame unless a kill arrives first.
+async fn send_or_kill(
+    sink: &mut SplitSink<WebSocket, Message>,
+    m: Message,
+    kill: &mut oneshot::Receiver<(u16, &'static str)>,
+    kill_open: &mut bool,
+) -> Step {
+    tokio::select! {
+        r = sink.send(m) => if r.is_err() { Step::Stop } else { Step::Go },
+        k = &mut *kill, if *kill_open => match k {
+            Ok((code, reason)) => Step::Killed(code, reason),
+            Err(_) => {
+                *kill_open = false;
+                Step::Go
+            }
+        },
+    }
+}
+
+/// Streams a resume replay from the room's log, a chunk at a time, as the socket drains.
+async fn replay(
+    sink: &mut SplitSink<WebSocket, Message>,
+    slot: &std::sync::Weak<RoomSlot>,
+    id: u64,
+    mut after: u64,
+    until: u64,
+    kill: &mut oneshot::Receiver<(u16, &'static str)>,
+    kill_open: &mut bool,
+) -> Step {
+    while after < until {
+        let Some(slot) = slot.upgrade() else {
+            return Step::Killed(close::RESUME_FAILED, "room is gone; join fresh");
+        };
+        let chunk = slot
+            .state
+            .lock()
+            .room
+            .replay_chunk(id, after, until, REPLAY_CHUNK);
+        drop(slot);
+        let (entries, next) = match chunk {
+            Ok(c) => c,
+            Err(_) => {
+                return Step::Killed(
+                    close::RESUME_FAILED,
+                    "missed entries are no longer retained; join fresh",
+                );
+            }
+        };
+        for e in entries {
+            match send_or_kill(sink, crate::hub::wire_message(&e.wire), kill, kill_open).await {
+                Step::Go => {}
+                other => return other,
+            }
+        }
+        after = next;
+    }
+    Step::Go
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-
-    #[test]
-    fn rate_limit_allows_burst_then_rate() {
-        let t0 = Instant::now();
-        let mut r = RateLimit::new(10, 5, t0);
-        assert_eq!((0..8).filter(|_| r.allow(t0)).count(), 5);
-        // 10/s: one token per 100 ms.
-        assert!(!r.allow(t0 + Duration::from_millis(50)));
-        assert!(r.allow(t0 + Duration::from_millis(110)));
-        assert!(!r.allow(t0 + Duration::from_millis(120)));
-        // Refill is capped at the burst.
-        let later = t0 + Duration::from_secs(60);
-        assert_eq!((0..8).filter(|_| r.allow(later)).count(), 5);
-    }
 
     #[test]
     fn refusals_distinguish_unknown_types() {

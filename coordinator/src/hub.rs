@@ -8,46 +8,152 @@
 //! then the credential map (a leaf).
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::Metrics;
+use crate::metrics::{CloseReason, Metrics};
 use crate::protocol::{ServerMessage, close};
 use crate::room::{Input, JoinError, JoinRequest, Output, ResumeError, Room, RoomConfig, Wire};
 
 /// What a connection's writer task sends.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    /// A frame.
+    /// A frame (counted against the connection's send budget until written).
     Frame(Message),
+    /// A resume replay: the entries after `after` up to `until` that participant `id` may
+    /// see, streamed from the room's log as the socket drains (never copied into the queue).
+    Replay {
+        slot: Weak<RoomSlot>,
+        id: u64,
+        after: u64,
+        until: u64,
+    },
     /// Close the connection with this code and reason, after the queued frames.
     Close(u16, &'static str),
+}
+
+/// Bytes a frame occupies in a send queue.
+pub(crate) fn frame_len(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) => 2,
+    }
+}
+
+/// A connection's send queue, bounded in bytes: a frame that would take the queued bytes over
+/// the budget is refused (unless the queue is empty, so one frame of any accepted size always
+/// fits). The writer task calls [`SendQueue::sent`] after writing each frame.
+#[derive(Debug, Clone)]
+pub(crate) struct SendQueue {
+    tx: mpsc::UnboundedSender<Outbound>,
+    queued: Arc<AtomicUsize>,
+    budget: usize,
+}
+
+impl SendQueue {
+    pub(crate) fn new(budget: usize) -> (SendQueue, mpsc::UnboundedReceiver<Outbound>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            SendQueue {
+                tx,
+                queued: Arc::new(AtomicUsize::new(0)),
+                budget,
+            },
+            rx,
+        )
+    }
+
+    /// Queues a frame; false (nothing queued) if the queue holds its budget.
+    pub(crate) fn push(&self, msg: Message) -> bool {
+        let len = frame_len(&msg);
+        let mut cur = self.queued.load(Ordering::Relaxed);
+        loop {
+            if cur > 0 && cur.saturating_add(len) > self.budget {
+                return false;
+            }
+            match self.queued.compare_exchange_weak(
+                cur,
+                cur + len,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        if self.tx.send(Outbound::Frame(msg)).is_err() {
+            self.sent(len);
+            return false;
+        }
+        true
+    }
+
+    /// Queues a replay or a close (not counted: they hold no frame bytes).
+    pub(crate) fn push_control(&self, o: Outbound) -> bool {
+        self.tx.send(o).is_ok()
+    }
+
+    /// The writer wrote (or dropped) a frame of `len` bytes.
+    pub(crate) fn sent(&self, len: usize) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(len))
+            });
+    }
+
+    /// Bytes queued now.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
 }
 
 /// The room's handle on one connection.
 #[derive(Debug)]
 pub(crate) struct ConnHandle {
     pub(crate) conn_id: u64,
-    pub(crate) tx: mpsc::Sender<Outbound>,
-    /// Closes the connection at once (its queue is full).
+    pub(crate) queue: SendQueue,
+    /// Closes the connection at once (it holds its send budget).
     pub(crate) kill: oneshot::Sender<(u16, &'static str)>,
 }
 
 impl ConnHandle {
-    /// Queues a frame; false if the connection cannot keep up (it was killed).
+    /// Queues a frame; false if the connection holds its send budget (it stopped reading).
     fn send(&self, msg: Message) -> bool {
-        self.tx.try_send(Outbound::Frame(msg)).is_ok()
+        self.queue.push(msg)
     }
 
-    /// Closes after queued frames, or at once if the queue is full.
+    /// Closes after queued frames.
     fn close(self, code: u16, reason: &'static str) {
-        if self.tx.try_send(Outbound::Close(code, reason)).is_err() {
+        if !self.queue.push_control(Outbound::Close(code, reason)) {
             let _ = self.kill.send((code, reason));
+        }
+    }
+}
+
+/// One WebSocket connection counted against its IP address's cap; dropping it frees the place.
+#[derive(Debug)]
+pub(crate) struct IpSlot {
+    ip: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock();
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
         }
     }
 }
@@ -56,6 +162,8 @@ impl ConnHandle {
 #[derive(Debug)]
 pub(crate) struct RoomState {
     pub(crate) room: Room,
+    /// The slot this state lives in (resume replays read the log through it).
+    slot: Weak<RoomSlot>,
     conns: HashMap<u64, ConnHandle>,
     next_deadline: Option<Instant>,
     /// Index of the SFU node new sessions of this room go to.
@@ -124,6 +232,8 @@ pub(crate) struct Hub {
     next_conn: AtomicU64,
     sfu_closes: mpsc::Sender<SfuClose>,
     sfu_close_queue: Mutex<Option<mpsc::Receiver<SfuClose>>>,
+    /// Open WebSocket connections per IP address.
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl Hub {
@@ -138,6 +248,47 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             sfu_closes,
             sfu_close_queue: Mutex::new(Some(queue)),
+            per_ip: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Takes a place for one more connection from `ip`, unless it holds `max` already
+    /// (0: no limit). Loopback addresses are not limited (a reverse proxy or TLS front on this
+    /// machine; behind one, trust `X-Forwarded-For`).
+    pub(crate) fn ip_slot(&self, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        let mut counts = self.per_ip.lock();
+        let n = counts.entry(ip).or_insert(0);
+        if max > 0 && !ip.is_loopback() && *n >= max {
+            if *n == 0 {
+                counts.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            ip,
+            counts: self.per_ip.clone(),
+        })
+    }
+
+    /// Queues the deletion of an SFU session at its node (never under a room lock's I/O).
+    pub(crate) fn close_sfu_session(&self, node: usize, session_id: String) {
+        if self
+            .sfu_closes
+            .try_send(SfuClose { node, session_id })
+            .is_err()
+        {
+            self.metrics
+                .sfu_session_closes
+                .with_label_values(&["dropped"])
+                .inc();
+            tracing::warn!(
+                "SFU close queue full: a released session stays open until the SFU collects it"
+            );
         }
     }
 
@@ -182,10 +333,11 @@ impl Hub {
                 if rooms.len() >= self.max_rooms {
                     return Err(HubJoinError::TooManyRooms);
                 }
-                let slot = Arc::new(RoomSlot {
+                let slot = Arc::new_cyclic(|me| RoomSlot {
                     name: room_name.to_owned(),
                     state: Mutex::new(RoomState {
                         room: Room::new(room_name, self.room_config.clone(), rand::random()),
+                        slot: me.clone(),
                         conns: HashMap::new(),
                         next_deadline: None,
                         sfu_node: None,
@@ -360,7 +512,16 @@ impl Hub {
     fn dispatch_for(&self, state: &mut RoomState, watch: Option<u64>) -> bool {
         let mut refused = false;
         let mut slow = Vec::new();
+        // A resume's replay (consecutive `Deliver`s to one participant) becomes one streamed
+        // `Outbound::Replay` queued where the entries would have been.
+        let mut replay: Option<(u64, u64, u64)> = None;
         while let Some(out) = state.room.poll_output() {
+            if let Some((to, after, until)) = replay
+                && !matches!(&out, Output::Deliver { to: t, .. } if *t == to)
+            {
+                replay = None;
+                self.queue_replay(state, to, after, until);
+            }
             match out {
                 Output::Reply { to, msg } => {
                     match &msg {
@@ -398,10 +559,15 @@ impl Hub {
                     }
                 }
                 Output::Deliver { to, entry } => {
-                    if let Some(c) = state.conns.get(&to)
-                        && !c.send(wire_message(&entry.wire))
-                    {
-                        slow.push(to);
+                    replay = Some(match replay {
+                        Some((_, after, _)) => (to, after, entry.seq),
+                        None => (to, entry.seq.saturating_sub(1), entry.seq),
+                    });
+                }
+                Output::SfuClose { session_id } => {
+                    if let Some(node) = state.sfu_sessions.remove(&session_id) {
+                        self.metrics.sfu_sessions_released.inc();
+                        self.close_sfu_session(node, session_id);
                     }
                 }
                 Output::Gone {
@@ -417,20 +583,7 @@ impl Hub {
                         let Some(node) = state.sfu_sessions.remove(&session_id) else {
                             continue;
                         };
-                        if self
-                            .sfu_closes
-                            .try_send(SfuClose { node, session_id })
-                            .is_err()
-                        {
-                            self.metrics
-                                .sfu_session_closes
-                                .with_label_values(&["dropped"])
-                                .inc();
-                            tracing::warn!(
-                                participant = id,
-                                "SFU close queue full: a departed participant's session stays open until the SFU collects it"
-                            );
-                        }
+                        self.close_sfu_session(node, session_id);
                     }
                     self.credentials.lock().remove(&resume_token);
                     self.metrics.participants.dec();
@@ -440,20 +593,40 @@ impl Hub {
                 }
             }
         }
+        if let Some((to, after, until)) = replay {
+            self.queue_replay(state, to, after, until);
+        }
         for id in slow {
             if let Some(c) = state.conns.remove(&id) {
-                self.metrics.error("slow_consumer");
-                let _ = c
-                    .kill
-                    .send((close::SLOW_CONSUMER, "not reading fast enough; resume"));
+                self.metrics.close(CloseReason::SendBudget);
+                tracing::info!(
+                    participant = id,
+                    queued = c.queue.queued(),
+                    "closing a connection that holds its send budget (4430)"
+                );
+                let _ = c.kill.send((
+                    close::SLOW_CONSUMER,
+                    "send budget exceeded: not reading fast enough; resume",
+                ));
             }
         }
         state.next_deadline = state.room.poll_timeout();
         refused
     }
+
+    fn queue_replay(&self, state: &RoomState, to: u64, after: u64, until: u64) {
+        if let Some(c) = state.conns.get(&to) {
+            let _ = c.queue.push_control(Outbound::Replay {
+                slot: state.slot.clone(),
+                id: to,
+                after,
+                until,
+            });
+        }
+    }
 }
 
-fn wire_message(wire: &Wire) -> Message {
+pub(crate) fn wire_message(wire: &Wire) -> Message {
     match wire {
         Wire::Text(b) => Message::Text(Utf8Bytes::try_from(b.clone()).unwrap_or_default()),
         Wire::Binary(b) => Message::Binary(b.clone()),

@@ -37,6 +37,7 @@
 //! ```
 
 pub mod access;
+pub mod access_control;
 pub mod auth;
 pub mod config;
 mod connection;

@@ -1,6 +1,84 @@
 //! Prometheus metrics (`GET /metrics`), one registry per server.
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// Why the coordinator closed a connection or refused one at the door (a typed label of
+/// `satsuma_coord_closes_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum CloseReason {
+    /// It held its send budget: it stopped reading (close 4430).
+    SendBudget,
+    /// Message flood (close 4429).
+    Flood,
+    /// Too many refused messages in a row (close 4002).
+    Refusals,
+    /// A frame beyond the hard size limit (close 1009).
+    FrameTooBig,
+    /// The WebSocket upgrade was refused: its IP address holds its connection cap (HTTP 429).
+    PerIpCap,
+    /// The WebSocket upgrade was refused: the server holds `max_connections` (HTTP 503).
+    ServerCap,
+    /// A request with a `Host` or `Origin` outside the allow-list (HTTP 403).
+    Origin,
+}
+
+impl CloseReason {
+    /// Every reason (for tests and pre-registration).
+    pub const ALL: [CloseReason; 7] = [
+        CloseReason::SendBudget,
+        CloseReason::Flood,
+        CloseReason::Refusals,
+        CloseReason::FrameTooBig,
+        CloseReason::PerIpCap,
+        CloseReason::ServerCap,
+        CloseReason::Origin,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::SendBudget => "send_budget",
+            CloseReason::Flood => "flood",
+            CloseReason::Refusals => "refusals",
+            CloseReason::FrameTooBig => "frame_too_big",
+            CloseReason::PerIpCap => "per_ip_cap",
+            CloseReason::ServerCap => "server_cap",
+            CloseReason::Origin => "origin",
+        }
+    }
+}
+
+/// Why an incoming message was dropped before the room saw it (a typed label of
+/// `satsuma_coord_drops_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Over the message rate.
+    MessageRate,
+    /// Over the byte rate.
+    ByteRate,
+    /// A WebSocket ping or pong over either rate.
+    Ping,
+}
+
+impl DropReason {
+    /// Every reason.
+    pub const ALL: [DropReason; 3] = [
+        DropReason::MessageRate,
+        DropReason::ByteRate,
+        DropReason::Ping,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::MessageRate => "message_rate",
+            DropReason::ByteRate => "byte_rate",
+            DropReason::Ping => "ping",
+        }
+    }
+}
 
 /// The coordinator's metrics.
 #[derive(Clone)]
@@ -23,6 +101,17 @@ pub struct Metrics {
     /// SFU sessions of departed participants closed at the SFU, by result
     /// (`closed`, `gone`: the SFU no longer had it, `failed`, `dropped`: queue full).
     pub sfu_session_closes: IntCounterVec,
+    /// Connections closed or refused by the coordinator's limits, by [`CloseReason`].
+    pub closes: IntCounterVec,
+    /// Incoming messages dropped by the connection's rate limits, by [`DropReason`].
+    pub drops: IntCounterVec,
+    /// SFU sessions released while their owner stays (a newer one beyond the cap, an explicit
+    /// close, or created for a participant that left meanwhile).
+    pub sfu_sessions_released: IntCounter,
+    /// `closes` resolved per reason once (no label lookup per event), in [`CloseReason::ALL`] order.
+    close_counters: Vec<IntCounter>,
+    /// `drops` resolved per reason once, in [`DropReason::ALL`] order.
+    drop_counters: Vec<IntCounter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -81,6 +170,35 @@ impl Metrics {
         )?;
         registry.register(Box::new(sfu_calls.clone()))?;
         registry.register(Box::new(sfu_session_closes.clone()))?;
+        let closes = IntCounterVec::new(
+            Opts::new(
+                "satsuma_coord_closes_total",
+                "Connections closed or refused by the coordinator's limits, by reason",
+            ),
+            &["reason"],
+        )?;
+        let drops = IntCounterVec::new(
+            Opts::new(
+                "satsuma_coord_drops_total",
+                "Incoming messages dropped by a connection's rate limits, by reason",
+            ),
+            &["reason"],
+        )?;
+        let sfu_sessions_released = IntCounter::new(
+            "satsuma_coord_sfu_sessions_released_total",
+            "SFU sessions released while their owner stays in the room",
+        )?;
+        let close_counters = CloseReason::ALL
+            .iter()
+            .map(|r| closes.with_label_values(&[r.label()]))
+            .collect();
+        let drop_counters = DropReason::ALL
+            .iter()
+            .map(|r| drops.with_label_values(&[r.label()]))
+            .collect();
+        registry.register(Box::new(closes.clone()))?;
+        registry.register(Box::new(drops.clone()))?;
+        registry.register(Box::new(sfu_sessions_released.clone()))?;
         Ok(Self {
             registry,
             rooms,
@@ -91,7 +209,26 @@ impl Metrics {
             errors,
             sfu_calls,
             sfu_session_closes,
+            closes,
+            drops,
+            sfu_sessions_released,
+            close_counters,
+            drop_counters,
         })
+    }
+
+    /// Counts a connection closed or refused by a limit.
+    pub fn close(&self, reason: CloseReason) {
+        if let Some(c) = self.close_counters.get(reason as usize) {
+            c.inc();
+        }
+    }
+
+    /// Counts a dropped message.
+    pub fn drop_message(&self, reason: DropReason) {
+        if let Some(c) = self.drop_counters.get(reason as usize) {
+            c.inc();
+        }
     }
 
     /// Counts an error by code.
@@ -109,5 +246,38 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn typed_reasons_land_on_their_own_series() {
+        let m = Metrics::new().unwrap();
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        m.close(CloseReason::SendBudget);
+        m.close(CloseReason::SendBudget);
+        m.drop_message(DropReason::Ping);
+        let text = m.render();
+        assert!(
+            text.contains("satsuma_coord_closes_total{reason=\"send_budget\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("satsuma_coord_closes_total{reason=\"flood\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("satsuma_coord_drops_total{reason=\"ping\"} 1"),
+            "{text}"
+        );
     }
 }

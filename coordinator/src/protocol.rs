@@ -72,6 +72,9 @@ pub mod error_code {
     /// An MLS group message (`ready`, `commit_failed`) from a participant the
     /// coordinator does not count as a group member.
     pub const NOT_MEMBER: &str = "not_member";
+    /// The room's resume log is under pressure and this participant already holds its share
+    /// of it: the message (which would have logged an entry) was dropped.
+    pub const LOG_FULL: &str = "log_full";
 }
 
 /// What a participant may do; carried in the join token's `perms` claim.
@@ -376,6 +379,12 @@ pub struct Limits {
     pub messages_per_second: u32,
     /// How many entries are kept for resume.
     pub replay_window: usize,
+    /// Largest accepted KeyPackage frame (0 from older servers: unknown).
+    #[serde(default)]
+    pub max_key_package_bytes: usize,
+    /// Sustained bytes per second allowed (0 from older servers: unknown).
+    #[serde(default)]
+    pub bytes_per_second: u64,
 }
 
 /// Server → client JSON messages that are replies to one connection (no `seq`).

@@ -47,8 +47,16 @@ pub struct RoomConfig {
     pub first_joiner_is_host: bool,
     /// Tracks one participant may announce.
     pub max_tracks_per_participant: usize,
-    /// SFU sessions one participant may own.
+    /// SFU sessions one participant may own; a new one beyond it releases the oldest.
     pub max_sfu_sessions_per_participant: usize,
+    /// Largest KeyPackage frame (kind byte included).
+    pub max_key_package_bytes: usize,
+    /// Largest commit frame (kind byte included) is this ...
+    pub max_commit_base_bytes: usize,
+    /// ... plus this per participant of the room's cap, ...
+    pub max_commit_bytes_per_participant: usize,
+    /// ... and never more than this (the connection's binary frame limit).
+    pub max_binary_bytes: usize,
     /// Limits advertised to clients (not enforced by the room itself).
     pub limits: Limits,
     /// Test hooks: [`JoinRequest::visible_only_to`] is honoured (a hostile coordinator
@@ -68,6 +76,10 @@ impl Default for RoomConfig {
             first_joiner_is_host: true,
             max_tracks_per_participant: 16,
             max_sfu_sessions_per_participant: 4,
+            max_key_package_bytes: 16 << 10,
+            max_commit_base_bytes: 64 << 10,
+            max_commit_bytes_per_participant: 4 << 10,
+            max_binary_bytes: 1 << 20,
             test_hooks: false,
             limits: Limits {
                 heartbeat_interval_ms: 5000,
@@ -76,6 +88,8 @@ impl Default for RoomConfig {
                 max_binary_bytes: 1 << 20,
                 messages_per_second: 50,
                 replay_window: 4096,
+                max_key_package_bytes: 16 << 10,
+                bytes_per_second: 128 << 10,
             },
         }
     }
@@ -210,6 +224,10 @@ pub struct Entry {
     /// Who receives it: everyone (`None`), or only these participants (the test hook
     /// [`JoinRequest::visible_only_to`]).
     pub audience: Option<Vec<u64>>,
+    /// The participant whose message caused it (its share of the log), if any.
+    pub owner: Option<u64>,
+    /// When it was logged (the time of the input that caused it).
+    pub at: Option<Instant>,
 }
 
 impl Entry {
@@ -264,6 +282,38 @@ pub enum Output {
         /// Close reason.
         reason: &'static str,
     },
+    /// Delete this SFU session at the SFU (released: its owner holds newer ones, closed it, or
+    /// is gone while it was being created).
+    SfuClose {
+        /// The session id.
+        session_id: String,
+    },
+}
+
+/// Why an SFU session could not be reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SfuReserveError {
+    /// The participant is not in the room.
+    #[error("participant is gone")]
+    Gone,
+    /// As many creations as the session cap are already under way.
+    #[error("too many SFU sessions being created at once")]
+    TooMany,
+}
+
+/// The replay of a resume could not continue: entries it needs were dropped from the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("entries after seq {after} are no longer retained")]
+pub struct ReplayGap {
+    /// The last seq delivered.
+    pub after: u64,
+}
+
+/// One participant's part of the log (entries its messages caused).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Share {
+    entries: usize,
+    bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -277,6 +327,8 @@ struct Participant {
     resume_token: String,
     last_seen: Instant,
     sfu_sessions: Vec<String>,
+    /// SFU session creations under way (reserved against the cap before the SFU is asked).
+    sfu_pending: usize,
     tracks: Vec<TrackInfo>,
     hand_raised: bool,
     speaking: bool,
@@ -345,6 +397,13 @@ pub struct Room {
     seq: u64,
     log: VecDeque<Arc<Entry>>,
     log_bytes: usize,
+    /// The highest seq trimmed off the front of the log (a resume from before it has a gap).
+    /// Superseded KeyPackages dropped from the middle do not count: nobody needs them.
+    trimmed_upto: u64,
+    /// Each participant's share of the log.
+    shares: BTreeMap<u64, Share>,
+    /// The time of the input being handled (entries are stamped with it).
+    now: Option<Instant>,
     next_id: u64,
     participants: BTreeMap<u64, Participant>,
     locked: bool,
@@ -368,6 +427,9 @@ impl Room {
             seq: 0,
             log: VecDeque::new(),
             log_bytes: 0,
+            trimmed_upto: 0,
+            shares: BTreeMap::new(),
+            now: None,
             next_id: 1,
             participants: BTreeMap::new(),
             locked: false,
@@ -488,6 +550,7 @@ impl Room {
 
     /// A fresh participant joins. On success the outputs start with its `welcome`.
     pub fn join(&mut self, now: Instant, req: JoinRequest) -> Result<u64, JoinError> {
+        self.now = Some(now);
         if self.removed_subjects.contains(&req.subject) {
             return Err(JoinError::Removed);
         }
@@ -534,6 +597,7 @@ impl Room {
             resume_token: req.resume_token,
             last_seen: now,
             sfu_sessions: Vec::new(),
+            sfu_pending: 0,
             tracks: Vec::new(),
             hand_raised: false,
             speaking: false,
@@ -559,6 +623,7 @@ impl Room {
         resume_token: &str,
         last_seq: u64,
     ) -> Result<(), ResumeError> {
+        self.now = Some(now);
         let Some(p) = self.participants.get(&id) else {
             return Err(ResumeError::UnknownParticipant);
         };
@@ -571,10 +636,12 @@ impl Room {
                 seq: self.seq,
             });
         }
-        let oldest = self.log.front().map_or(self.seq + 1, |e| e.seq);
-        if last_seq + 1 < oldest {
+        if last_seq < self.trimmed_upto {
             self.remove_participant(now, id, LeaveReason::ResumeFailed);
-            return Err(ResumeError::Gap { last_seq, oldest });
+            return Err(ResumeError::Gap {
+                last_seq,
+                oldest: self.trimmed_upto + 1,
+            });
         }
         if let Some(p) = self.participants.get_mut(&id) {
             p.last_seen = now;
@@ -601,18 +668,63 @@ impl Room {
         Ok(())
     }
 
-    /// The proxy created SFU session `session_id` for participant `id`.
-    /// Returns false if the participant is gone or owns too many sessions.
+    /// Reserves one SFU session for participant `id` before the proxy asks the SFU for it, so
+    /// concurrent creations can never exceed the cap. Sessions beyond the cap (counting those
+    /// being created) are released, oldest first: a participant that reconnects its media
+    /// never runs out. Refused while as many creations as the cap are under way.
+    pub fn reserve_sfu_session(&mut self, now: Instant, id: u64) -> Result<(), SfuReserveError> {
+        self.now = Some(now);
+        let max = self.config.max_sfu_sessions_per_participant.max(1);
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SfuReserveError::Gone)?;
+        if p.sfu_pending >= max {
+            return Err(SfuReserveError::TooMany);
+        }
+        p.sfu_pending += 1;
+        p.last_seen = now;
+        let excess = (p.sfu_sessions.len() + p.sfu_pending).saturating_sub(max);
+        let oldest: Vec<String> = p.sfu_sessions.iter().take(excess).cloned().collect();
+        for sid in oldest {
+            self.release_sfu_session(now, id, &sid);
+        }
+        Ok(())
+    }
+
+    /// A reserved creation failed (or its request was abandoned): frees the reservation.
+    pub fn cancel_sfu_reservation(&mut self, id: u64) {
+        if let Some(p) = self.participants.get_mut(&id) {
+            p.sfu_pending = p.sfu_pending.saturating_sub(1);
+        }
+    }
+
+    /// The proxy created SFU session `session_id` for participant `id` (consuming a
+    /// reservation if it holds one; beyond the cap the oldest session is released).
+    /// Returns false if the participant is gone or the id is unusable: the driver must then
+    /// delete the session at the SFU.
     pub fn bind_sfu_session(&mut self, now: Instant, id: u64, session_id: &str) -> bool {
-        let max = self.config.max_sfu_sessions_per_participant;
+        self.now = Some(now);
+        let max = self.config.max_sfu_sessions_per_participant.max(1);
         let Some(p) = self.participants.get_mut(&id) else {
             return false;
         };
-        if p.sfu_sessions.len() >= max || session_id.is_empty() || session_id.len() > MAX_NAME_LEN {
+        p.sfu_pending = p.sfu_pending.saturating_sub(1);
+        if session_id.is_empty()
+            || session_id.len() > MAX_NAME_LEN
+            || p.sfu_sessions.iter().any(|s| s == session_id)
+        {
             return false;
         }
         p.last_seen = now;
-        p.sfu_sessions.push(session_id.to_owned());
+        let excess = (p.sfu_sessions.len() + 1).saturating_sub(max);
+        let oldest: Vec<String> = p.sfu_sessions.iter().take(excess).cloned().collect();
+        for sid in oldest {
+            self.release_sfu_session(now, id, &sid);
+        }
+        if let Some(p) = self.participants.get_mut(&id) {
+            p.sfu_sessions.push(session_id.to_owned());
+        }
         self.append_event(RoomEvent::Session {
             id,
             session_id: session_id.to_owned(),
@@ -620,8 +732,114 @@ impl Room {
         true
     }
 
+    /// Releases SFU session `session_id` of participant `id`: its tracks are unpublished
+    /// (entries `unpublished`) and the driver deletes it at the SFU ([`Output::SfuClose`]).
+    /// Returns false if `id` does not own it.
+    pub fn release_sfu_session(&mut self, now: Instant, id: u64, session_id: &str) -> bool {
+        self.now = Some(now);
+        let Some(p) = self.participants.get_mut(&id) else {
+            return false;
+        };
+        let Some(i) = p.sfu_sessions.iter().position(|s| s == session_id) else {
+            return false;
+        };
+        p.sfu_sessions.remove(i);
+        let mut gone = Vec::new();
+        p.tracks.retain(|t| {
+            let keep = t.session_id != session_id;
+            if !keep {
+                gone.push(t.track_name.clone());
+            }
+            keep
+        });
+        for track_name in gone {
+            self.append_event(RoomEvent::Unpublished { id, track_name });
+        }
+        self.outputs.push_back(Output::SfuClose {
+            session_id: session_id.to_owned(),
+        });
+        true
+    }
+
+    /// SFU sessions participant `id` holds, oldest first.
+    pub fn sfu_sessions_of(&self, id: u64) -> Option<&[String]> {
+        self.participants
+            .get(&id)
+            .map(|p| p.sfu_sessions.as_slice())
+    }
+
+    /// Entries for a resume replay that streams from the log: those after `after` up to
+    /// `until` that `id` may see, about `max_bytes` at most (at least one). Returns them and
+    /// the seq to continue after (`until` when done). Fails if entries after `after` were
+    /// trimmed off the log meanwhile.
+    pub fn replay_chunk(
+        &self,
+        id: u64,
+        after: u64,
+        until: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<Arc<Entry>>, u64), ReplayGap> {
+        if after < self.trimmed_upto {
+            return Err(ReplayGap { after });
+        }
+        let start = self.log.partition_point(|e| e.seq <= after);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut next = until;
+        for e in self.log.range(start..) {
+            if e.seq > until {
+                break;
+            }
+            if !out.is_empty() && bytes + e.wire.len() > max_bytes {
+                next = out.last().map_or(after, |l: &Arc<Entry>| l.seq);
+                break;
+            }
+            if e.visible_to(id) {
+                bytes += e.wire.len();
+                out.push(e.clone());
+            }
+        }
+        Ok((out, next))
+    }
+
+    /// Whether a message from `from` that logs about `bytes` must be refused to protect the
+    /// others' resume windows: the log is full, its oldest entry is younger than the presence
+    /// timeout (a disconnected member may still need it), and `from` already holds its share
+    /// (1/N of the entries and bytes, N the participants).
+    fn log_refuses(&self, now: Instant, from: u64, bytes: usize) -> bool {
+        let max_entries = self.config.replay_max_entries.max(1);
+        let max_bytes = self.config.replay_max_bytes;
+        let full = self.log.len() >= max_entries || self.log_bytes + bytes > max_bytes;
+        if !full || self.oldest_superseded().is_some() {
+            return false;
+        }
+        let young = self.log.front().is_some_and(|e| {
+            e.at.is_some_and(|at| now < at + self.config.presence_timeout)
+        });
+        if !young {
+            return false;
+        }
+        let n = self.participants.len().max(1);
+        let share = self.shares.get(&from).copied().unwrap_or_default();
+        share.entries + 1 > max_entries / n || share.bytes + bytes > max_bytes / n
+    }
+
+    /// Largest commit frame (kind byte included) in this room.
+    fn max_commit_bytes(&self) -> usize {
+        let cap = usize::try_from(self.max_participants).unwrap_or(usize::MAX);
+        self.config
+            .max_commit_base_bytes
+            .saturating_add(
+                self.config
+                    .max_commit_bytes_per_participant
+                    .saturating_mul(cap),
+            )
+            .min(self.config.max_binary_bytes)
+    }
+
     /// A sign of life from `id` that carries no message (e.g. a WebSocket ping).
     pub fn touch(&mut self, now: Instant, id: u64) {
+        self.now = Some(now);
         if let Some(p) = self.participants.get_mut(&id) {
             p.last_seen = now;
         }
@@ -629,6 +847,7 @@ impl Room {
 
     /// Time passed: presence timeouts and overdue `execute`s.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
         let expired: Vec<u64> = self
             .participants
             .values()
@@ -663,10 +882,54 @@ impl Room {
 
     /// A message from participant `from`. Messages from unknown ids are ignored.
     pub fn handle(&mut self, now: Instant, from: u64, input: Input) {
+        self.now = Some(now);
         let Some(p) = self.participants.get_mut(&from) else {
             return;
         };
         p.last_seen = now;
+        let logs = match &input {
+            Input::Binary(b) => Some(b.len() + protocol::MlsFrame::HEADER_LEN),
+            Input::Message(m) => match m {
+                ClientMessage::Publish { .. }
+                | ClientMessage::Unpublish { .. }
+                | ClientMessage::SetTrack { .. }
+                | ClientMessage::Hand { .. }
+                | ClientMessage::Speaking { .. }
+                | ClientMessage::Mute { .. }
+                | ClientMessage::Lock { .. }
+                | ClientMessage::SetCap { .. } => Some(256),
+                _ => None,
+            },
+        };
+        if let Some(bytes) = logs
+            && self.log_refuses(now, from, bytes)
+        {
+            let message =
+                "the room's log is full and you hold your share of it; message dropped".to_owned();
+            match &input {
+                Input::Binary(b) if b.first() == Some(&KIND_COMMIT) => {
+                    let current_epoch = self.group.as_ref().map(|g| g.epoch);
+                    self.reply(
+                        from,
+                        ServerMessage::CommitRejected {
+                            epoch: None,
+                            current_epoch,
+                            reason: error_code::LOG_FULL.to_owned(),
+                            detail: Some(message),
+                        },
+                    );
+                }
+                Input::Binary(b) => {
+                    let refused = (b.first() == Some(&KIND_KEY_PACKAGE)).then_some("key_package");
+                    self.error(from, error_code::LOG_FULL, message, refused);
+                }
+                Input::Message(m) => {
+                    let refused = m.type_name();
+                    self.error(from, error_code::LOG_FULL, message, Some(refused));
+                }
+            }
+            return;
+        }
         match input {
             Input::Message(msg) => self.handle_message(now, from, msg),
             Input::Binary(bytes) => self.handle_binary(now, from, bytes),
@@ -731,6 +994,25 @@ impl Room {
             );
             return;
         };
+        let limit = match kind {
+            KIND_KEY_PACKAGE => self.config.max_key_package_bytes,
+            KIND_COMMIT => self.max_commit_bytes(),
+            _ => usize::MAX,
+        };
+        if bytes.len() > limit {
+            let what = if kind == KIND_COMMIT {
+                "commit"
+            } else {
+                "key_package"
+            };
+            self.error(
+                from,
+                error_code::TOO_LARGE,
+                format!("{what} frames are limited to {limit} bytes in this room"),
+                Some(what),
+            );
+            return;
+        }
         match kind {
             KIND_KEY_PACKAGE => {
                 if let Err(e) = mls_framing::expect_wire_format(payload, WireFormat::KeyPackage) {
@@ -1283,6 +1565,7 @@ impl Room {
     }
 
     fn append_event(&mut self, event: RoomEvent) {
+        let owner = event_owner(&event);
         self.seq += 1;
         let seq = self.seq;
         let json = serde_json::to_vec(&EventFrameRef { seq, event: &event })
@@ -1297,6 +1580,8 @@ impl Room {
             body: EntryBody::Event(event),
             wire: Wire::Text(Bytes::from(json)),
             audience,
+            owner,
+            at: self.now,
         });
     }
 
@@ -1307,26 +1592,147 @@ impl Room {
         protocol::encode_mls_header(seq, kind, from, &mut buf);
         buf.extend_from_slice(payload);
         let audience = self.audience(&[from]);
+        if kind == KIND_KEY_PACKAGE {
+            // A later KeyPackage from the same participant supersedes its earlier ones
+            // (`docs/e2ee-relay.md`): they leave the log, so nobody's KeyPackages can push the
+            // others' entries out of the resume window.
+            self.drop_from_log(|e| {
+                matches!(e.body, EntryBody::Mls { kind: KIND_KEY_PACKAGE, from: f } if f == from)
+            });
+        }
         self.push_entry(Entry {
             seq,
             body: EntryBody::Mls { kind, from },
             wire: Wire::Binary(Bytes::from(buf)),
             audience,
+            owner: Some(from),
+            at: self.now,
         });
+    }
+
+    /// Removes the entries matching `f` from anywhere in the log (superseded ones; this is no
+    /// trim: resumes from before them stay possible).
+    fn drop_from_log(&mut self, f: impl Fn(&Entry) -> bool) {
+        let mut dropped = Vec::new();
+        self.log.retain(|e| {
+            let drop = f(e);
+            if drop {
+                dropped.push(e.clone());
+            }
+            !drop
+        });
+        for e in dropped {
+            self.forget(&e);
+        }
+    }
+
+    /// Accounting for an entry that left the log.
+    fn forget(&mut self, e: &Entry) {
+        self.log_bytes -= e.wire.len();
+        if let Some(owner) = e.owner
+            && let Some(share) = self.shares.get_mut(&owner)
+        {
+            share.entries -= 1;
+            share.bytes -= e.wire.len();
+            if share.entries == 0 {
+                self.shares.remove(&owner);
+            }
+        }
     }
 
     fn push_entry(&mut self, entry: Entry) {
         let entry = Arc::new(entry);
         self.log_bytes += entry.wire.len();
+        if let Some(owner) = entry.owner {
+            let share = self.shares.entry(owner).or_default();
+            share.entries += 1;
+            share.bytes += entry.wire.len();
+        }
         self.log.push_back(entry.clone());
         while self.log.len() > self.config.replay_max_entries.max(1)
             || (self.log_bytes > self.config.replay_max_bytes && self.log.len() > 1)
         {
-            if let Some(old) = self.log.pop_front() {
-                self.log_bytes -= old.wire.len();
+            // Superseded state entries go first: no resume needs them (a later entry of the
+            // same kind about the same subject carries the state), so dropping them costs
+            // nobody's resume window. Only then does the log age from its front.
+            if let Some(i) = self.oldest_superseded() {
+                if let Some(old) = self.log.remove(i) {
+                    self.forget(&old);
+                }
+            } else if let Some(old) = self.log.pop_front() {
+                self.trimmed_upto = self.trimmed_upto.max(old.seq);
+                self.forget(&old);
             }
         }
         self.outputs.push_back(Output::Broadcast(entry));
+    }
+
+    /// The index of the oldest entry a later entry supersedes (see [`state_key`]).
+    fn oldest_superseded(&self) -> Option<usize> {
+        let mut latest: std::collections::HashMap<StateKey<'_>, u64> =
+            std::collections::HashMap::new();
+        for e in &self.log {
+            if let Some(k) = state_key(e) {
+                latest.insert(k, e.seq);
+            }
+        }
+        self.log
+            .iter()
+            .position(|e| state_key(e).is_some_and(|k| latest.get(&k).is_some_and(|&l| l > e.seq)))
+    }
+}
+
+/// What a state entry sets: a later entry with the same key supersedes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum StateKey<'a> {
+    Hand(u64),
+    Speaking(u64),
+    TrackEnabled(u64, &'a str),
+    Muted(u64, TrackKind),
+    Locked,
+    Cap,
+}
+
+/// The state an entry sets, if it is a state entry (hand, speaking, track enabled, muted,
+/// locked, cap); `None` for entries every resume needs.
+fn state_key(e: &Entry) -> Option<StateKey<'_>> {
+    let EntryBody::Event(event) = &e.body else {
+        return None;
+    };
+    // Hidden entries (test hook) are never compacted: their audience differs.
+    if e.audience.is_some() {
+        return None;
+    }
+    Some(match event {
+        RoomEvent::Hand { id, .. } => StateKey::Hand(*id),
+        RoomEvent::Speaking { id, .. } => StateKey::Speaking(*id),
+        RoomEvent::TrackEnabled { id, track_name, .. } => StateKey::TrackEnabled(*id, track_name),
+        RoomEvent::Muted { id, kind, .. } => StateKey::Muted(*id, *kind),
+        RoomEvent::Locked { .. } => StateKey::Locked,
+        RoomEvent::Cap { .. } => StateKey::Cap,
+        _ => return None,
+    })
+}
+
+/// The participant whose message an event records (its share of the log); `None` for what the
+/// room itself decides (joins, departures, creators, executes, voids, host changes).
+fn event_owner(event: &RoomEvent) -> Option<u64> {
+    match event {
+        RoomEvent::Session { id, .. }
+        | RoomEvent::Published { id, .. }
+        | RoomEvent::Unpublished { id, .. }
+        | RoomEvent::TrackEnabled { id, .. }
+        | RoomEvent::Hand { id, .. }
+        | RoomEvent::Speaking { id, .. } => Some(*id),
+        RoomEvent::Muted { by, .. } | RoomEvent::Locked { by, .. } | RoomEvent::Cap { by, .. } => {
+            Some(*by)
+        }
+        RoomEvent::Joined { .. }
+        | RoomEvent::Left { .. }
+        | RoomEvent::Creator { .. }
+        | RoomEvent::Execute { .. }
+        | RoomEvent::CommitVoid { .. }
+        | RoomEvent::Host { .. } => None,
     }
 }
 

@@ -112,7 +112,20 @@ impl Server {
         if !app.sfu.nodes.is_empty() {
             tasks.push(tokio::spawn(health_loop(app.clone(), stop_rx.clone())));
         }
-        let router = router(app.clone());
+        let guard = crate::access_control::Guard {
+            allow: Arc::new(crate::access_control::AllowList::new(
+                app.config.budgets.public_url.as_deref(),
+                &app.config.budgets,
+                addr,
+            )),
+            metrics: app.metrics.clone(),
+        };
+        let router = router(app.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                guard,
+                crate::access_control::check,
+            ))
+            .into_make_service_with_connect_info::<SocketAddr>();
         let mut stop = stop_rx.clone();
         let serve = tokio::spawn(async move {
             let result = axum::serve(listener, router)
@@ -403,6 +416,8 @@ pub fn valid_room_name(name: &str) -> bool {
 async fn ws_upgrade(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     if !valid_room_name(&room) {
@@ -411,12 +426,52 @@ async fn ws_upgrade(
     let open = usize::try_from(app.metrics.connections.get()).unwrap_or(0);
     if open >= app.config.max_connections {
         app.metrics.error("too_many_connections");
+        app.metrics.close(crate::metrics::CloseReason::ServerCap);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     }
+    let ip = client_ip(peer, &headers, app.config.budgets.trust_forwarded_for);
+    let Some(ip_slot) = app
+        .hub
+        .ip_slot(ip, app.config.budgets.max_connections_per_ip)
+    else {
+        app.metrics.close(crate::metrics::CloseReason::PerIpCap);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(json!({
+                "error": "too_many_connections_from_ip",
+                "message": format!(
+                    "at most {} connections from one address",
+                    app.config.budgets.max_connections_per_ip
+                ),
+            })),
+        )
+            .into_response();
+    };
     let hard = app.config.max_text_bytes.max(app.config.max_binary_bytes) + (64 << 10);
     ws.max_message_size(hard)
         .max_frame_size(hard)
-        .on_upgrade(move |socket| connection::serve(socket, room, app))
+        .on_upgrade(move |socket| connection::serve(socket, room, app, ip_slot))
+}
+
+/// The client's address: the TCP peer, or (only when trusted, behind a reverse proxy) the
+/// last `X-Forwarded-For` entry, the one that proxy appended.
+fn client_ip(
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+    trust_forwarded_for: bool,
+) -> std::net::IpAddr {
+    if trust_forwarded_for
+        && let Some(ip) = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse::<std::net::IpAddr>().ok())
+            .next_back()
+    {
+        return ip;
+    }
+    peer.ip()
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,13 @@
 //! the participant creates, and refuses calls on sessions that are not the
 //! caller's. Pulling tracks is allowed only from sessions owned by members of
 //! the caller's room.
+//!
+//! Sessions per participant are capped and the cap is checked **before** the SFU is asked:
+//! each creation first reserves a place in the room (so concurrent creations never exceed the
+//! cap), beyond the cap the participant's oldest session is released (deleted at the SFU,
+//! its tracks unpublished), and a session the SFU created for a participant that left
+//! meanwhile is deleted again. So no SFU session is ever orphaned and reconnects never run
+//! out. `DELETE /sfu/sessions/{sid}` releases one explicitly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +24,8 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+
+use crate::room::SfuReserveError;
 use serde_json::{Value, json};
 
 use tokio::sync::mpsc;
@@ -139,7 +148,7 @@ enum ProxyError {
     Unauthorized,
     Forbidden(&'static str),
     BadRequest(String),
-    TooManySessions,
+    CreatesInFlight,
     NoNode,
     Upstream(String),
 }
@@ -154,10 +163,11 @@ impl IntoResponse for ProxyError {
             ),
             Self::Forbidden(d) => (StatusCode::FORBIDDEN, "forbidden", d.to_owned()),
             Self::BadRequest(d) => (StatusCode::BAD_REQUEST, "bad_request", d),
-            Self::TooManySessions => (
+            Self::CreatesInFlight => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_sessions",
-                "participant owns too many SFU sessions".to_owned(),
+                "as many SFU sessions as the cap are being created for this participant already"
+                    .to_owned(),
             ),
             Self::NoNode => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -178,7 +188,10 @@ impl IntoResponse for ProxyError {
 pub(crate) fn routes(max_body: usize) -> Router<Arc<App>> {
     Router::new()
         .route("/sfu/sessions/new", post(new_session))
-        .route("/sfu/sessions/{sid}", get(get_session))
+        .route(
+            "/sfu/sessions/{sid}",
+            get(get_session).delete(delete_session),
+        )
         .route("/sfu/sessions/{sid}/tracks/new", post(tracks_new))
         .route("/sfu/sessions/{sid}/renegotiate", put(renegotiate))
         .route("/sfu/sessions/{sid}/tracks/close", put(tracks_close))
@@ -236,8 +249,35 @@ async fn new_session(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    let r = new_session_inner(&app, &headers, query.as_deref(), body).await;
+    // The creation runs to its end in its own task even if the client goes away: a session the
+    // SFU created is always either bound or deleted, never orphaned.
+    let task = {
+        let app = app.clone();
+        tokio::spawn(async move { new_session_inner(&app, &headers, query.as_deref(), body).await })
+    };
+    let r = task
+        .await
+        .unwrap_or_else(|e| Err(ProxyError::Upstream(format!("proxy task failed: {e}"))));
     respond(&app, "sessions/new", r)
+}
+
+/// A place reserved in the room for one session being created; released on drop unless the
+/// session was bound.
+struct Reservation<'a> {
+    app: &'a App,
+    slot: Arc<RoomSlot>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.app
+                .hub
+                .with_room(&self.slot, |st| st.room.cancel_sfu_reservation(self.id));
+        }
+    }
 }
 
 async fn new_session_inner(
@@ -250,6 +290,21 @@ async fn new_session_inner(
     if !c.permissions.publish && !c.permissions.subscribe {
         return Err(ProxyError::Forbidden("no publish or subscribe permission"));
     }
+    // The cap first: reserve a place (releasing the oldest sessions beyond it).
+    app.hub
+        .with_room(&c.slot, |st| {
+            st.room.reserve_sfu_session(Instant::now(), c.id)
+        })
+        .map_err(|e| match e {
+            SfuReserveError::Gone => ProxyError::Unauthorized,
+            SfuReserveError::TooMany => ProxyError::CreatesInFlight,
+        })?;
+    let mut reservation = Reservation {
+        app,
+        slot: c.slot.clone(),
+        id: c.id,
+        armed: true,
+    };
     let current = c.slot.state.lock().sfu_node;
     let node = app
         .sfu
@@ -268,6 +323,7 @@ async fn new_session_inner(
                 .map(str::to_owned)
         });
         if let Some(sid) = sid {
+            reservation.armed = false;
             let bound = app.hub.with_room(&c.slot, |st| {
                 let ok = st.room.bind_sfu_session(Instant::now(), c.id, &sid);
                 if ok {
@@ -276,11 +332,32 @@ async fn new_session_inner(
                 ok
             });
             if !bound {
-                return Err(ProxyError::TooManySessions);
+                // The participant left meanwhile (or the id is unusable): no orphan.
+                app.metrics.sfu_sessions_released.inc();
+                app.hub.close_sfu_session(node, sid);
+                return Err(ProxyError::Unauthorized);
             }
         }
     }
     Ok((status, bytes))
+}
+
+/// `DELETE /sfu/sessions/{sid}`: the caller releases one of its sessions (its tracks are
+/// unpublished, the SFU deletes it). 200 `{}`.
+async fn delete_session(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = (|| {
+        let c = caller(&app, &headers)?;
+        own_session(&c, &sid)?;
+        app.hub.with_room(&c.slot, |st| {
+            st.room.release_sfu_session(Instant::now(), c.id, &sid)
+        });
+        Ok((StatusCode::OK, Bytes::from_static(b"{}")))
+    })();
+    respond(&app, "sessions/delete", r)
 }
 
 /// The caller's own session's node, or 403.

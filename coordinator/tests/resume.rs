@@ -103,8 +103,12 @@ async fn resume_beyond_the_window_is_refused_and_announced() {
     let bob_id = bob.id;
     let mut old = std::mem::replace(&mut bob.ws, common::raw(&server, "window").await);
     old.close(None).await.unwrap();
-    for i in 0..20 {
-        alice.send(ClientMessage::Hand { raised: i % 2 == 0 }).await;
+    // Twelve joins (entries every resume needs) push Bob's missed entries out of the
+    // 8-entry window. (One member's hand toggles would not: a later toggle supersedes the
+    // earlier ones, and a member cannot push young entries out beyond its share.)
+    let mut others = Vec::new();
+    for i in 0..12 {
+        others.push(Client::join(&server, "window", &format!("carol{i}")).await);
     }
     alice.sync().await;
     let reply = bob.resume(&server, "window").await;

@@ -597,11 +597,15 @@ fn resume_beyond_window_fails_and_removes() {
     room.join(t0, req("alice")).unwrap();
     room.join(t0, req("bob")).unwrap();
     drain(&mut room);
+    // Later than the presence timeout: the old entries are nobody's resume window any more,
+    // so even a member over its share trims them.
+    let t1 = t0 + Duration::from_secs(20);
     for i in 0..6 {
-        msg(&mut room, t0, 1, ClientMessage::Hand { raised: i % 2 == 0 });
+        // `session` entries: every resume needs them (hand toggles would supersede each other).
+        assert!(room.bind_sfu_session(t1, 1, &format!("s{i}")));
     }
     drain(&mut room);
-    let err = room.resume(t0, 2, "tok-bob", 1).unwrap_err();
+    let err = room.resume(t1, 2, "tok-bob", 1).unwrap_err();
     assert!(matches!(err, ResumeError::Gap { last_seq: 1, .. }));
     assert!(!room.contains(2));
     let out = drain(&mut room);
@@ -633,12 +637,17 @@ fn log_is_bounded_by_bytes() {
         ..RoomConfig::default()
     };
     let mut room = Room::new("r", cfg, 1);
-    room.join(t0, req("alice")).unwrap();
-    for _ in 0..10 {
+    for p in 1..=10u64 {
+        room.join(t0, req(&format!("p{p}"))).unwrap();
+    }
+    // One KeyPackage each (KeyPackages of one member supersede each other), spaced beyond
+    // the presence timeout so trimming is plain aging.
+    for p in 1..=10u64 {
+        let at = t0 + Duration::from_secs(20 * p);
         bin(
             &mut room,
-            t0,
-            1,
+            at,
+            p,
             client_key_package_frame(&build::message(WireFormat::KeyPackage, &[0; 1000])),
         );
     }
@@ -1485,4 +1494,248 @@ fn a_lone_group_member_that_resets_gets_a_new_creator() {
         client_key_package_frame(&build::message(WireFormat::KeyPackage, b"a")),
     );
     assert_eq!(creators(&out), vec![1]);
+}
+
+#[test]
+fn a_later_key_package_supersedes_the_earlier_ones_in_the_log() {
+    let t0 = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(t0, req("alice")).unwrap();
+    room.join(t0, req("bob")).unwrap();
+    drain(&mut room);
+    let seen = room.seq();
+    for i in 0..50u8 {
+        bin(&mut room, t0, 2, kp_frame(2, &[i; 8]));
+    }
+    bin(&mut room, t0, 1, kp_frame(1, b"alice"));
+    let last = kp_frame(2, b"latest");
+    bin(&mut room, t0, 2, last.clone());
+    drain(&mut room);
+    let kps: Vec<(u64, u64)> = room
+        .log
+        .iter()
+        .filter_map(|e| match e.body {
+            EntryBody::Mls {
+                kind: KIND_KEY_PACKAGE,
+                from,
+            } => Some((from, e.seq)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kps.len(), 2, "{kps:?}");
+    assert_eq!(kps[1], (2, room.seq()));
+    // No resume window was lost: a resume from before them all replays the latest of each.
+    assert_eq!(room.trimmed_upto, 0);
+    room.resume(t0, 1, "tok-alice", seen).unwrap();
+    let out = drain(&mut room);
+    let replayed: Vec<u64> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Deliver { entry, .. } => Some(entry.seq),
+            _ => None,
+        })
+        .collect();
+    assert!(replayed.contains(&room.seq()));
+    assert_eq!(room.shares.get(&2).map(|s| s.entries), Some(1));
+    // The superseded one can no longer be added by a commit; the latest one can.
+    assert!(!room.logged_key_package(2, &build::key_package_message(2, &[0; 8])[4..]));
+    assert!(room.logged_key_package(2, &build::key_package_message(2, b"latest")[4..]));
+}
+
+#[test]
+fn a_member_over_its_share_cannot_evict_young_entries() {
+    let t0 = Instant::now();
+    let cfg = RoomConfig {
+        replay_max_entries: 64,
+        ..RoomConfig::default()
+    };
+    let mut room = Room::new("r", cfg, 1);
+    room.join(t0, req("alice")).unwrap();
+    room.join(t0, req("bob")).unwrap();
+    room.join(t0, req("carol")).unwrap();
+    assert!(room.bind_sfu_session(t0, 1, "alice-session"));
+    drain(&mut room);
+    let bob_seen = room.seq();
+    msg(&mut room, t0, 3, ClientMessage::Hand { raised: true });
+    let carol_hand = room.seq();
+    // Alice toggles her hand 1000 times within the presence timeout: each toggle supersedes
+    // the one before, so the superseded ones leave the log first and nothing is refused.
+    for i in 0..1000u64 {
+        let at = t0 + Duration::from_millis(i);
+        let out = msg(&mut room, at, 1, ClientMessage::Hand { raised: i % 2 == 0 });
+        assert!(error_codes(&out, 1).is_empty());
+    }
+    assert_eq!(room.trimmed_upto, 0);
+    // Then she publishes and unpublishes 1000 times: entries every resume needs. Once the log
+    // is full of young entries, her messages are refused instead of pushing others out.
+    let mut refused = 0;
+    for i in 0..1000u64 {
+        let at = t0 + Duration::from_millis(1000 + i);
+        let m = if i % 2 == 0 {
+            ClientMessage::Publish {
+                session_id: "alice-session".into(),
+                track_name: "cam".into(),
+                kind: TrackKind::Video,
+                enabled: true,
+            }
+        } else {
+            ClientMessage::Unpublish {
+                track_name: "cam".into(),
+            }
+        };
+        let out = msg(&mut room, at, 1, m);
+        refused += error_codes(&out, 1)
+            .iter()
+            .filter(|c| c.as_str() == error_code::LOG_FULL)
+            .count();
+    }
+    assert!(refused > 900, "{refused}");
+    assert_eq!(room.trimmed_upto, 0, "young entries were trimmed");
+    // Bob, away since before all this, still resumes and gets Carol's hand.
+    let at = t0 + Duration::from_secs(3);
+    room.resume(at, 2, "tok-bob", bob_seen).unwrap();
+    let out = drain(&mut room);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Deliver { to: 2, entry } if entry.seq == carol_hand))
+    );
+    // Others are not limited by Alice's flood: Carol still logs.
+    let out = msg(&mut room, at, 3, ClientMessage::Hand { raised: false });
+    assert!(error_codes(&out, 3).is_empty());
+    // Once the log's oldest entry is older than the presence timeout, aging resumes.
+    let later = t0 + Duration::from_secs(20);
+    let out = msg(
+        &mut room,
+        later,
+        1,
+        ClientMessage::Unpublish {
+            track_name: "cam".into(),
+        },
+    );
+    assert!(!error_codes(&out, 1).contains(&error_code::LOG_FULL.to_owned()));
+}
+
+#[test]
+fn frames_are_limited_per_type() {
+    let t0 = Instant::now();
+    let cfg = RoomConfig {
+        default_max_participants: 10,
+        ..RoomConfig::default()
+    };
+    let limit_commit = cfg.max_commit_base_bytes + 10 * cfg.max_commit_bytes_per_participant;
+    let kp_limit = cfg.max_key_package_bytes;
+    let mut room = Room::new("r", cfg, 1);
+    room.join(t0, req("alice")).unwrap();
+    drain(&mut room);
+    let big_kp =
+        client_key_package_frame(&build::message(WireFormat::KeyPackage, &vec![0; kp_limit]));
+    let out = bin(&mut room, t0, 1, big_kp);
+    assert_eq!(error_codes(&out, 1), vec![error_code::TOO_LARGE]);
+    let fits = client_key_package_frame(&build::message(
+        WireFormat::KeyPackage,
+        &vec![0; kp_limit - 8],
+    ));
+    let out = bin(&mut room, t0, 1, fits);
+    assert!(error_codes(&out, 1).is_empty());
+    let mut commit = vec![KIND_COMMIT];
+    commit.resize(limit_commit + 1, 0);
+    let out = bin(&mut room, t0, 1, commit);
+    assert_eq!(error_codes(&out, 1), vec![error_code::TOO_LARGE]);
+}
+
+#[test]
+fn sfu_sessions_are_reserved_before_creation_and_the_oldest_released() {
+    let t0 = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(t0, req("alice")).unwrap();
+    drain(&mut room);
+    // Four creations in flight: the fifth is refused before the SFU is asked.
+    for _ in 0..4 {
+        room.reserve_sfu_session(t0, 1).unwrap();
+    }
+    assert_eq!(
+        room.reserve_sfu_session(t0, 1),
+        Err(SfuReserveError::TooMany)
+    );
+    assert_eq!(room.reserve_sfu_session(t0, 9), Err(SfuReserveError::Gone));
+    for i in 0..3 {
+        assert!(room.bind_sfu_session(t0, 1, &format!("s{i}")));
+    }
+    room.cancel_sfu_reservation(1);
+    drain(&mut room);
+    // A track on the oldest session.
+    msg(
+        &mut room,
+        t0,
+        1,
+        ClientMessage::Publish {
+            session_id: "s0".into(),
+            track_name: "mic".into(),
+            kind: TrackKind::Audio,
+            enabled: true,
+        },
+    );
+    drain(&mut room);
+    // Reconnects: each new session beyond the cap releases the oldest.
+    for i in 3..10 {
+        room.reserve_sfu_session(t0, 1).unwrap();
+        assert!(room.bind_sfu_session(t0, 1, &format!("s{i}")));
+    }
+    let out = drain(&mut room);
+    let closed: Vec<&str> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::SfuClose { session_id } => Some(session_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, vec!["s0", "s1", "s2", "s3", "s4", "s5"]);
+    assert_eq!(
+        room.sfu_sessions_of(1).unwrap(),
+        &["s6".to_owned(), "s7".into(), "s8".into(), "s9".into()]
+    );
+    assert!(events(&out).iter().any(
+        |(_, e)| matches!(e, RoomEvent::Unpublished { id: 1, track_name } if track_name == "mic")
+    ));
+    // An explicit release; a stranger's release is a no-op.
+    assert!(!room.release_sfu_session(t0, 1, "s0"));
+    assert!(room.release_sfu_session(t0, 1, "s9"));
+    assert_eq!(room.sfu_sessions_of(1).unwrap().len(), 3);
+}
+
+#[test]
+fn replay_chunks_stream_the_log_and_notice_a_gap() {
+    let t0 = Instant::now();
+    let cfg = RoomConfig {
+        replay_max_entries: 8,
+        ..RoomConfig::default()
+    };
+    let mut room = Room::new("r", cfg, 1);
+    room.join(t0, req("alice")).unwrap();
+    room.join(t0, req("bob")).unwrap();
+    drain(&mut room);
+    let from = room.seq();
+    for i in 0..4 {
+        msg(&mut room, t0, 1, ClientMessage::Hand { raised: i % 2 == 0 });
+    }
+    let until = room.seq();
+    let (chunk, next) = room.replay_chunk(2, from, until, 1).unwrap();
+    assert_eq!(chunk.len(), 1);
+    assert_eq!(chunk[0].seq, from + 1);
+    assert_eq!(next, from + 1);
+    let (chunk, next) = room.replay_chunk(2, next, until, 1 << 20).unwrap();
+    assert_eq!(
+        chunk.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (from + 2..=until).collect::<Vec<_>>()
+    );
+    assert_eq!(next, until);
+    // Aging trims the log past `from`: the replay cannot continue.
+    let later = t0 + Duration::from_secs(20);
+    for i in 0..10 {
+        assert!(room.bind_sfu_session(later, 2, &format!("s{i}")));
+    }
+    assert_eq!(
+        room.replay_chunk(2, from, until, 1 << 20),
+        Err(ReplayGap { after: from })
+    );
 }
