@@ -689,7 +689,10 @@ fn kubernetes_configs_parse_with_the_real_parsers_and_point_at_each_other() {
     // /metrics and /healthz have their own port, which the probes and the ServiceMonitor use;
     // the NetworkPolicy admits the API port from coordinator pods only.
     let metrics_bind = env_value(sfu_c, "SATSUMA_SFU_METRICS_BIND").unwrap();
-    assert_eq!(port_of(metrics_bind) as u64, container_port(sfu_c, "metrics"));
+    assert_eq!(
+        port_of(metrics_bind) as u64,
+        container_port(sfu_c, "metrics")
+    );
     for probe in ["readinessProbe", "livenessProbe"] {
         assert_eq!(s(sfu_c, &format!("/{probe}/httpGet/port")), "metrics");
     }
@@ -707,7 +710,10 @@ fn kubernetes_configs_parse_with_the_real_parsers_and_point_at_each_other() {
             let from = arr(rule, "/from");
             assert_eq!(from.len(), 1, "{rule:?}");
             assert_eq!(
-                s(&from[0], "/podSelector/matchLabels/app.kubernetes.io~1component"),
+                s(
+                    &from[0],
+                    "/podSelector/matchLabels/app.kubernetes.io~1component"
+                ),
                 "coordinator"
             );
         }
