@@ -2,8 +2,10 @@
 //! that is not this deployment's gets HTTP 403 with a JSON body, before any route runs.
 //!
 //! The list is the origin of `public_url` plus `allowed_origins`; without a `public_url` it
-//! also holds the loopback origins of the listening port (`http`/`https` on `localhost`,
-//! `127.0.0.1` and `[::1]`), so a local dev setup works as it is. `Origin` is checked on every
+//! also holds the loopback origins (`http`/`https` on `localhost`, `127.0.0.1` and `[::1]`, on
+//! any port: the listening port, or the port of a TLS front or proxy on the same machine), so
+//! a local dev setup works as it is. A name that merely resolves to a loopback address (DNS
+//! rebinding) is still refused. `Origin` is checked on every
 //! request that carries one (browsers send it on WebSocket upgrades and on every
 //! cross-origin-capable request). `Host` is checked on every route except the ones that
 //! servers and probes call by internal names: `/healthz`, `/metrics` and the backend API
@@ -54,6 +56,8 @@ fn strip_default_port(scheme: &str, authority: &str) -> String {
 pub(crate) struct AllowList {
     origins: HashSet<String>,
     hosts: HashSet<String>,
+    /// No public URL: loopback hosts are allowed on any port.
+    loopback: bool,
 }
 
 impl AllowList {
@@ -65,10 +69,11 @@ impl AllowList {
             .chain(budgets.allowed_origins.iter().map(String::as_str))
             .filter_map(|u| origin_of(u).ok())
             .collect();
-        if public_url.is_none() {
+        let loopback = public_url.is_none();
+        if loopback {
             let port = bound.port();
             for scheme in ["http", "https"] {
-                for host in ["localhost", "127.0.0.1", "[::1]"] {
+                for host in LOOPBACK {
                     if let Ok(o) = origin_of(&format!("{scheme}://{host}:{port}")) {
                         origins.insert(o);
                     }
@@ -86,17 +91,27 @@ impl AllowList {
                 }
             }
         }
-        AllowList { origins, hosts }
+        AllowList {
+            origins,
+            hosts,
+            loopback,
+        }
     }
 
     /// Whether an `Origin` header value is allowed.
     pub(crate) fn origin_ok(&self, origin: &str) -> bool {
-        origin_of(origin).is_ok_and(|o| self.origins.contains(&o))
+        origin_of(origin).is_ok_and(|o| {
+            self.origins.contains(&o)
+                || (self.loopback
+                    && o.split_once("://")
+                        .is_some_and(|(_, authority)| is_loopback(authority)))
+        })
     }
 
     /// Whether a `Host` header value is allowed.
     pub(crate) fn host_ok(&self, host: &str) -> bool {
-        self.hosts.contains(&host.trim().to_ascii_lowercase())
+        let host = host.trim().to_ascii_lowercase();
+        self.hosts.contains(&host) || (self.loopback && is_loopback(&host))
     }
 
     /// The allowed origins, sorted (for messages).
@@ -105,6 +120,17 @@ impl AllowList {
         v.sort_unstable();
         v.join(", ")
     }
+}
+
+const LOOPBACK: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// Whether an authority names a loopback host literally (any port or none).
+fn is_loopback(authority: &str) -> bool {
+    let host = match authority.rfind(']') {
+        Some(i) => &authority[..=i],
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    LOOPBACK.contains(&host)
 }
 
 /// Whether an authority (`host`, `host:port`, `[v6]`, `[v6]:port`) names a port.
@@ -224,11 +250,16 @@ mod tests {
         ] {
             assert!(a.origin_ok(ok), "{ok}");
         }
-        assert!(!a.origin_ok("http://127.0.0.1:9999"));
+        // Loopback on another port (a TLS front on this machine) too.
+        assert!(a.origin_ok("https://localhost:8443"));
         assert!(a.host_ok("127.0.0.1:41234"));
         assert!(a.host_ok("[::1]:41234"));
+        assert!(a.host_ok("localhost"));
         assert!(a.host_ok("192.168.1.5:8443"));
+        // Names that resolve to loopback (DNS rebinding) and other addresses are refused.
         assert!(!a.host_ok("evil.example:41234"));
-        assert!(!a.host_ok("127.0.0.1"));
+        assert!(!a.host_ok("localhost.evil.example"));
+        assert!(!a.origin_ok("http://evil.example:41234"));
+        assert!(!a.host_ok("192.168.1.6:8443"));
     }
 }

@@ -115,6 +115,24 @@ pub(crate) fn coordinator_config(
     }
 }
 
+/// The origins of the announced addresses on the web port, which browsers on the LAN use
+/// (the coordinator's Host/Origin allow-list; loopback is allowed anyway without a public URL).
+pub(crate) fn lan_origins(settings: &Settings, announce_ips: &[IpAddr]) -> Vec<String> {
+    let port = settings.listen.port();
+    if port == 0 {
+        return Vec::new();
+    }
+    let scheme = if settings.tls == Tls::Off {
+        "http"
+    } else {
+        "https"
+    };
+    announce_ips
+        .iter()
+        .map(|ip| format!("{scheme}://{}", SocketAddr::new(*ip, port)))
+        .collect()
+}
+
 /// The URL users open: the configured public URL, else `http(s)://localhost:PORT/` when bound
 /// to loopback or every address, else the bound address.
 pub(crate) fn user_url(settings: &Settings, web: SocketAddr) -> String {
@@ -195,6 +213,7 @@ impl Stack {
             Some(source) => Some(tls::server_config(&source)?),
             None => None,
         };
+        let origins = lan_origins(settings, &announce_ips);
         let sfu = satsuma_sfu::Server::bind(sfu_config(settings, secrets, announce_ips))
             .await
             .context("starting the SFU")?;
@@ -204,15 +223,18 @@ impl Stack {
         } else {
             settings.listen
         };
-        let coordinator = satsuma_coordinator::Server::bind(coordinator_config(
+        let mut coordinator_config = coordinator_config(
             settings,
             secrets,
             web_dir,
             coordinator_listen,
             sfu.http_addr(),
-        ))
-        .await
-        .context("starting the coordinator")?;
+        );
+        coordinator_config.budgets.public_url = settings.public_url.clone();
+        coordinator_config.budgets.allowed_origins = origins;
+        let coordinator = satsuma_coordinator::Server::bind(coordinator_config)
+            .await
+            .context("starting the coordinator")?;
         let tls = match tls_config {
             Some(config) => Some(
                 TlsFront::bind(settings.listen, coordinator.local_addr(), config)
