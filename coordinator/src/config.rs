@@ -755,6 +755,48 @@ mod tests {
     }
 
     #[test]
+    fn budgets_come_from_file_env_and_flags() {
+        let dir = std::env::temp_dir().join(format!("coord-budgets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "send_budget_bytes = 2097152\nmax_connections_per_ip = 7\nallowed_origins = [\"https://a.example\"]\npublic_url = \"https://meet.example.com/\"\nmax_key_package_bytes = 4096\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "x",
+            "--dev",
+            "--config",
+            path.to_str().unwrap(),
+            "--max-connections-per-ip",
+            "9",
+            "--byte-rate-per-second",
+            "1000",
+            "--trust-forwarded-for",
+        ])
+        .unwrap();
+        let c = cli.resolve().unwrap();
+        let d = Budgets::default();
+        assert_eq!(c.budgets.send_budget_bytes, 2 << 20);
+        assert_eq!(c.budgets.max_connections_per_ip, 9);
+        assert_eq!(c.budgets.byte_rate_per_second, 1000);
+        assert_eq!(c.budgets.byte_rate_burst, d.byte_rate_burst);
+        assert!(c.budgets.trust_forwarded_for);
+        assert_eq!(c.budgets.allowed_origins, vec!["https://a.example"]);
+        assert_eq!(
+            c.budgets.public_url.as_deref(),
+            Some("https://meet.example.com/")
+        );
+        assert_eq!(c.room_config().max_key_package_bytes, 4096);
+        // Nonsense is refused at start.
+        let bad = Cli::try_parse_from(["x", "--dev", "--byte-rate-burst", "10"]).unwrap();
+        assert!(bad.resolve().is_err());
+        let bad = Cli::try_parse_from(["x", "--dev", "--allowed-origin", "ftp://x"]).unwrap();
+        assert!(bad.resolve().is_err());
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         assert!(toml::from_str::<Cli>("nope = 1").is_err());
     }
