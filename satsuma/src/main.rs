@@ -156,6 +156,17 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `println!` that ignores a closed stdout: whoever started us may stop reading after the
+/// `satsuma listening` line, and a server must not die of that (`println!` would panic on EPIPE).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*);
+        let _ = out.flush();
+    }};
+}
+
 async fn run(settings: Settings, secrets: Secrets) -> anyhow::Result<ExitCode> {
     // Install the signal handlers before binding anything, so a SIGTERM that arrives during
     // start-up is not lost (and does not kill the process with the default action).
@@ -200,38 +211,38 @@ async fn run(settings: Settings, secrets: Secrets) -> anyhow::Result<ExitCode> {
     let stack = Stack::start(&settings, &secrets, announce_ips.clone(), web_dir.clone()).await?;
 
     let url = stack::user_url(&settings, stack.web_addr());
-    println!(
+    say!(
         "satsuma listening web={} sfu={} media={}",
         stack.web_addr(),
         stack.sfu_api_addr(),
         stack.media_addr()
     );
     let announced: Vec<String> = announce_ips.iter().map(ToString::to_string).collect();
-    println!(
+    say!(
         "media announced on {} (UDP port {})",
         announced.join(", "),
         stack.media_addr().port()
     );
-    println!("web client from {}", web_dir.display());
+    say!("web client from {}", web_dir.display());
     if settings.dev {
-        println!(
+        say!(
             "dev mode on (--dev): POST /token gives anyone who can reach the web port a token for \
              any room, host rights included; never in production"
         );
         tracing::warn!("dev mode: POST /token is open to anyone");
     } else {
-        println!(
+        say!(
             "tokens: join links come from `satsuma token create`, POST /api/v1/tokens ({} API \
              key(s)) or a host's invite",
             settings.api_keys.len()
         );
     }
     if settings.test_hooks {
-        println!("test hooks on: for test suites only, never in production");
+        say!("test hooks on: for test suites only, never in production");
     }
-    println!();
-    println!("    Open {url} in your browser.");
-    println!();
+    say!("");
+    say!("    Open {url} in your browser.");
+    say!("");
     tracing::info!(%url, "satsuma ready");
 
     let which = tokio::select! {
