@@ -193,9 +193,11 @@ impl IntoResponse for ApiError {
 
 /// `path` (starting with `/`) under the configured public URL; `None` without one.
 fn public_link(app: &App, path: &str) -> Option<String> {
-    // The coordinator learns its public URL with the Host/Origin allow-list (issue 11).
-    let _ = (app, path);
-    None::<String>
+    app.config
+        .budgets
+        .public_url
+        .as_deref()
+        .map(|base| format!("{}{path}", base.trim_end_matches('/')))
 }
 
 fn ok(body: serde_json::Value) -> Response {

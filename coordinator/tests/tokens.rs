@@ -134,6 +134,32 @@ async fn api_minted_tokens_join_and_wrong_secrets_get_401() {
             .and_then(|v| v.to_str().ok()),
         Some("Basic realm=\"satsuma\"")
     );
+    // Without a public URL the reply has no url; with one, the link is under it.
+    assert_eq!(body["url"], Value::Null);
+    let public = start(Config {
+        budgets: satsuma_coordinator::config::Budgets {
+            public_url: Some("https://meet.example.com/".into()),
+            ..prod_config().budgets
+        },
+        ..prod_config()
+    })
+    .await;
+    let (status, minted) = post(
+        &public,
+        "/api/v1/tokens",
+        Some(&auth),
+        &json!({"room": "standup", "identity": "carol"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{minted}");
+    assert_eq!(
+        minted["url"],
+        format!(
+            "https://meet.example.com/#token={}",
+            minted["token"].as_str().unwrap()
+        )
+    );
+    public.shutdown().await;
     // Bad bodies: 400 JSON.
     for bad in [
         json!({"identity": "x"}),
