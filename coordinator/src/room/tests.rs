@@ -1739,3 +1739,149 @@ fn replay_chunks_stream_the_log_and_notice_a_gap() {
         Err(ReplayGap { after: from })
     );
 }
+
+#[derive(Debug, Clone)]
+enum BudgetOp {
+    Join,
+    Leave(usize),
+    Advance(u64),
+    Hand(usize, bool),
+    KeyPackage(usize, u8, usize),
+    Session(usize),
+    MuteSelf(usize),
+}
+
+fn budget_op() -> impl Strategy<Value = BudgetOp> {
+    prop_oneof![
+        2 => Just(BudgetOp::Join),
+        1 => (0usize..6).prop_map(BudgetOp::Leave),
+        2 => (0u64..20_000).prop_map(BudgetOp::Advance),
+        4 => (0usize..6, any::<bool>()).prop_map(|(w, r)| BudgetOp::Hand(w, r)),
+        3 => (0usize..6, any::<u8>(), 1usize..600).prop_map(|(w, t, n)| BudgetOp::KeyPackage(w, t, n)),
+        2 => (0usize..6).prop_map(BudgetOp::Session),
+        1 => (0usize..6).prop_map(BudgetOp::MuteSelf),
+    ]
+}
+
+/// Whether `e` is superseded by a later entry of `all` (same state, or a later KeyPackage of
+/// the same sender).
+fn superseded_in(e: &Entry, all: &[Arc<Entry>]) -> bool {
+    let kp_from = |x: &Entry| match x.body {
+        EntryBody::Mls {
+            kind: KIND_KEY_PACKAGE,
+            from,
+        } => Some(from),
+        _ => None,
+    };
+    // Written out independently of the room's own `state_key`: the kinds of entries whose
+    // later instance carries the whole state.
+    let key = |x: &Entry| -> Option<String> {
+        match &x.body {
+            EntryBody::Event(RoomEvent::Hand { id, .. }) => Some(format!("hand {id}")),
+            EntryBody::Event(RoomEvent::Speaking { id, .. }) => Some(format!("speaking {id}")),
+            EntryBody::Event(RoomEvent::Muted { id, kind, .. }) => {
+                Some(format!("muted {id} {kind:?}"))
+            }
+            EntryBody::Event(RoomEvent::TrackEnabled { id, track_name, .. }) => {
+                Some(format!("track {id} {track_name}"))
+            }
+            EntryBody::Event(RoomEvent::Locked { .. }) => Some("locked".to_owned()),
+            EntryBody::Event(RoomEvent::Cap { .. }) => Some("cap".to_owned()),
+            _ => None,
+        }
+    };
+    all.iter().any(|l| {
+        l.seq > e.seq
+            && ((key(e).is_some() && key(e) == key(l))
+                || (kp_from(e).is_some() && kp_from(e) == kp_from(l)))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    /// The log's byte and share accounting always matches its entries, it stays within its
+    /// bounds, and every entry it dropped without trimming (so without failing resumes) is
+    /// superseded by a later one: a resume from any seq not trimmed misses nothing it needs.
+    #[test]
+    fn log_budget_accounting_and_resume_completeness(ops in proptest::collection::vec(budget_op(), 1..150)) {
+        let cfg = RoomConfig {
+            replay_max_entries: 12,
+            replay_max_bytes: 2500,
+            ..RoomConfig::default()
+        };
+        let mut room = Room::new("b", cfg.clone(), 5);
+        let mut now = Instant::now();
+        let mut joined = 0u64;
+        let mut sessions = 0u64;
+        let mut all: Vec<Arc<Entry>> = Vec::new();
+        let mut last_trim = 0u64;
+        for op in ops {
+            let live: Vec<u64> = room.participants.keys().copied().collect();
+            let pick = |i: usize| live.get(i % live.len().max(1)).copied();
+            match op {
+                BudgetOp::Join => {
+                    joined += 1;
+                    let _ = room.join(now, req(&format!("p{joined}")));
+                }
+                BudgetOp::Leave(i) => {
+                    if let Some(id) = pick(i) {
+                        room.handle(now, id, Input::Message(ClientMessage::Leave {}));
+                    }
+                }
+                BudgetOp::Advance(ms) => now += Duration::from_millis(ms),
+                BudgetOp::Hand(i, raised) => {
+                    if let Some(id) = pick(i) {
+                        room.handle(now, id, Input::Message(ClientMessage::Hand { raised }));
+                    }
+                }
+                BudgetOp::KeyPackage(i, tag, len) => {
+                    if let Some(id) = pick(i) {
+                        let kp = build::message(WireFormat::KeyPackage, &vec![tag; len]);
+                        room.handle(now, id, Input::Binary(client_key_package_frame(&kp).into()));
+                    }
+                }
+                BudgetOp::Session(i) => {
+                    if let Some(id) = pick(i) {
+                        sessions += 1;
+                        room.bind_sfu_session(now, id, &format!("s{sessions}"));
+                    }
+                }
+                BudgetOp::MuteSelf(i) => {
+                    if let Some(id) = pick(i) {
+                        room.handle(now, id, Input::Message(ClientMessage::Mute { target: id, kind: TrackKind::Audio }));
+                    }
+                }
+            }
+            while let Some(o) = room.poll_output() {
+                if let Output::Broadcast(e) = o {
+                    all.push(e);
+                }
+            }
+            // Accounting.
+            let bytes: usize = room.log.iter().map(|e| e.wire.len()).sum();
+            prop_assert_eq!(room.log_bytes, bytes);
+            let mut shares: BTreeMap<u64, Share> = BTreeMap::new();
+            for e in &room.log {
+                if let Some(o) = e.owner {
+                    let s = shares.entry(o).or_default();
+                    s.entries += 1;
+                    s.bytes += e.wire.len();
+                }
+            }
+            prop_assert_eq!(&room.shares, &shares);
+            // Bounds and order.
+            prop_assert!(room.log.len() <= cfg.replay_max_entries);
+            prop_assert!(room.log_bytes <= cfg.replay_max_bytes || room.log.len() == 1);
+            prop_assert!(room.log.iter().zip(room.log.iter().skip(1)).all(|(a, b)| a.seq < b.seq));
+            prop_assert!(room.log.iter().all(|e| e.seq > room.trimmed_upto));
+            prop_assert!(room.trimmed_upto >= last_trim);
+            last_trim = room.trimmed_upto;
+            // Completeness: whatever left the log above the trim point was superseded.
+            for e in all.iter().filter(|e| e.seq > room.trimmed_upto) {
+                if !room.log.iter().any(|k| k.seq == e.seq) {
+                    prop_assert!(superseded_in(e, &all), "entry {} dropped but needed", e.seq);
+                }
+            }
+        }
+    }
+}
