@@ -47,6 +47,9 @@ pub const INVITE_MAX_TTL_S: u64 = 7 * 24 * 3600;
 pub const INVITE_TOKEN_TTL_S: u64 = 3600;
 /// Most invite revocations held at once; beyond that a revocation answers 503.
 pub const MAX_REVOKED_INVITES: usize = 10_000;
+/// Most invite revocations held for one room, so that the host of one room cannot use up the
+/// whole list; beyond that a revocation in that room answers 503.
+pub const MAX_REVOKED_INVITES_PER_ROOM: usize = 256;
 /// Largest accepted request body of these routes.
 pub const MAX_BODY_BYTES: usize = 16 << 10;
 /// Longest accepted identity (`sub`), in bytes.
@@ -56,8 +59,8 @@ pub const MAX_IDENTITY_BYTES: usize = 256;
 #[derive(Debug)]
 pub(crate) struct Access {
     api_keys: Vec<ApiKey>,
-    /// `(room, invite id)` → Unix time after which the entry can be forgotten.
-    revoked: Mutex<HashMap<(String, String), u64>>,
+    /// Revoked invites (bounded, see [`MAX_REVOKED_INVITES`]).
+    revoked: Mutex<Revocations>,
     leeway_s: u64,
 }
 
@@ -65,7 +68,7 @@ impl Access {
     pub(crate) fn new(api_keys: Vec<ApiKey>, leeway_s: u64) -> Self {
         Self {
             api_keys,
-            revoked: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(Revocations::default()),
             leeway_s,
         }
     }
@@ -90,27 +93,59 @@ impl Access {
     pub(crate) fn is_revoked(&self, room: &str, id: &str) -> bool {
         self.revoked
             .lock()
+            .entries
             .contains_key(&(room.to_owned(), id.to_owned()))
     }
 
-    /// Revokes invite `id` of `room`; `Err` when the list is full.
+    /// Revokes invite `id` of `room`; `Err` when the list, or the room's share of it, is full.
     fn revoke(&self, room: &str, id: &str, now: u64) -> Result<(), ()> {
-        let mut revoked = self.revoked.lock();
-        revoked.retain(|_, until| *until > now);
+        let mut r = self.revoked.lock();
         let key = (room.to_owned(), id.to_owned());
-        if !revoked.contains_key(&key) && revoked.len() >= MAX_REVOKED_INVITES {
-            return Err(());
-        }
         // Neither the invite nor a token redeemed from it outlives this.
         let until = now + INVITE_MAX_TTL_S + INVITE_TOKEN_TTL_S + 2 * self.leeway_s + 60;
-        revoked.insert(key, until);
+        if let Some(old) = r.entries.get_mut(&key) {
+            *old = until;
+            return Ok(());
+        }
+        if r.full(room) {
+            r.prune(now);
+            if r.full(room) {
+                return Err(());
+            }
+        }
+        r.entries.insert(key, until);
+        *r.per_room.entry(room.to_owned()).or_default() += 1;
         Ok(())
     }
 
     /// Number of revocations held (tests, metrics).
     #[cfg(test)]
     fn revoked_len(&self) -> usize {
-        self.revoked.lock().len()
+        self.revoked.lock().entries.len()
+    }
+}
+
+/// Revoked invites: `(room, invite id)` → Unix time after which the entry can be forgotten, and
+/// how many each room holds.
+#[derive(Debug, Default)]
+struct Revocations {
+    entries: HashMap<(String, String), u64>,
+    per_room: HashMap<String, usize>,
+}
+
+impl Revocations {
+    fn full(&self, room: &str) -> bool {
+        self.entries.len() >= MAX_REVOKED_INVITES
+            || self.per_room.get(room).copied().unwrap_or(0) >= MAX_REVOKED_INVITES_PER_ROOM
+    }
+
+    /// Forgets entries nothing can use any more (O(n): only when full).
+    fn prune(&mut self, now: u64) {
+        self.entries.retain(|_, until| *until > now);
+        self.per_room.clear();
+        for (room, _) in self.entries.keys() {
+            *self.per_room.entry(room.clone()).or_default() += 1;
+        }
     }
 }
 
@@ -670,18 +705,17 @@ fn revoke_invite_inner(
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::bad_request("invite id must be 32 hex digits"));
     }
-    app.access
-        .revoke(&room, id, unix_now())
-        .map_err(|()| {
-            tracing::warn!(%room, "invite revocation list full");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_revocations",
-                format!(
-                    "{MAX_REVOKED_INVITES} invites are revoked already; rotate the token secret to revoke everything"
-                ),
-            )
-        })?;
+    app.access.revoke(&room, id, unix_now()).map_err(|()| {
+        tracing::warn!(%room, "invite revocation list full");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_revocations",
+            format!(
+                "too many revoked invites ({MAX_REVOKED_INVITES_PER_ROOM} per room, \
+                     {MAX_REVOKED_INVITES} in all); rotate the token secret to revoke everything"
+            ),
+        )
+    })?;
     tracing::info!(%room, invite = %id, "invite revoked");
     Ok(ok(json!({"revoked": id, "room": room})))
 }
@@ -733,10 +767,20 @@ mod tests {
         // Revoking twice is fine and does not grow the list.
         a.revoke("r", "id1", 1001).unwrap();
         assert_eq!(a.revoked_len(), 1);
-        for i in 1..MAX_REVOKED_INVITES {
+        // One room's share is bounded; other rooms can still revoke.
+        for i in 1..MAX_REVOKED_INVITES_PER_ROOM {
             a.revoke("r", &format!("x{i}"), 1000).unwrap();
         }
         assert!(a.revoke("r", "one-too-many", 1000).is_err());
+        a.revoke("r", "id1", 1002).unwrap();
+        // The whole list is bounded too.
+        let mut i = 0;
+        while a.revoked_len() < MAX_REVOKED_INVITES {
+            a.revoke(&format!("room{}", i / 200), &format!("y{i}"), 1000)
+                .unwrap();
+            i += 1;
+        }
+        assert!(a.revoke("fresh-room", "z", 1000).is_err());
         // Long after every invite could have expired, the entries are dropped.
         let later = 1000 + INVITE_MAX_TTL_S + INVITE_TOKEN_TTL_S + 3600;
         a.revoke("r", "fresh", later).unwrap();
