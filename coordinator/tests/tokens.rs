@@ -231,6 +231,58 @@ async fn expired_not_yet_valid_and_foreign_tokens_are_refused_distinctly() {
             "{claims:?}"
         );
     }
+    // Over HTTP (a host's token making an invite) the same causes are 401 JSON with distinct codes.
+    let host = |c: Claims| Claims {
+        perms: vec!["host".into()],
+        ..c
+    };
+    for (claims, code) in [
+        (
+            Claims {
+                exp: now - 60,
+                ..base.clone()
+            },
+            "token_expired",
+        ),
+        (
+            Claims {
+                nbf: Some(now + 600),
+                ..base.clone()
+            },
+            "token_not_yet_valid",
+        ),
+        (
+            Claims {
+                aud: Some("another-app".into()),
+                ..base.clone()
+            },
+            "wrong_audience",
+        ),
+    ] {
+        let t = server.mint_token(&host(claims)).unwrap();
+        let (status, body) = post(
+            &server,
+            "/api/v1/invites",
+            Some(&format!("Bearer {t}")),
+            &json!({}),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some(code)),
+            "{body}"
+        );
+    }
+    let t = server.mint_token(&host(base.clone())).unwrap();
+    let (status, body) = post(
+        &server,
+        "/api/v1/invites",
+        Some(&format!("Bearer {t}")),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
     // A configured audience and issuer are what the server mints and requires.
     let custom = start(Config {
         jwt_audience: "meet".into(),
