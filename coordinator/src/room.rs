@@ -402,6 +402,12 @@ pub struct Room {
     trimmed_upto: u64,
     /// Each participant's share of the log.
     shares: BTreeMap<u64, Share>,
+    /// The seq of the latest retained entry of each state (see [`state_key`]).
+    latest_state: std::collections::HashMap<StateKey, u64>,
+    /// Retained entries a later entry supersedes (dropped first when the log is full).
+    superseded: BTreeSet<u64>,
+    /// The seq of each participant's retained KeyPackage (at most one each).
+    latest_kp: BTreeMap<u64, u64>,
     /// The time of the input being handled (entries are stamped with it).
     now: Option<Instant>,
     next_id: u64,
@@ -429,6 +435,9 @@ impl Room {
             log_bytes: 0,
             trimmed_upto: 0,
             shares: BTreeMap::new(),
+            latest_state: std::collections::HashMap::new(),
+            superseded: BTreeSet::new(),
+            latest_kp: BTreeMap::new(),
             now: None,
             next_id: 1,
             participants: BTreeMap::new(),
@@ -1592,13 +1601,13 @@ impl Room {
         protocol::encode_mls_header(seq, kind, from, &mut buf);
         buf.extend_from_slice(payload);
         let audience = self.audience(&[from]);
-        if kind == KIND_KEY_PACKAGE {
-            // A later KeyPackage from the same participant supersedes its earlier ones
-            // (`docs/e2ee-relay.md`): they leave the log, so nobody's KeyPackages can push the
+        if kind == KIND_KEY_PACKAGE
+            && let Some(prev) = self.latest_kp.insert(from, seq)
+        {
+            // A later KeyPackage from the same participant supersedes its earlier one
+            // (`docs/e2ee-relay.md`): it leaves the log, so nobody's KeyPackages can push the
             // others' entries out of the resume window.
-            self.drop_from_log(|e| {
-                matches!(e.body, EntryBody::Mls { kind: KIND_KEY_PACKAGE, from: f } if f == from)
-            });
+            self.drop_seq(prev);
         }
         self.push_entry(Entry {
             seq,
@@ -1610,24 +1619,33 @@ impl Room {
         });
     }
 
-    /// Removes the entries matching `f` from anywhere in the log (superseded ones; this is no
-    /// trim: resumes from before them stay possible).
-    fn drop_from_log(&mut self, f: impl Fn(&Entry) -> bool) {
-        let mut dropped = Vec::new();
-        self.log.retain(|e| {
-            let drop = f(e);
-            if drop {
-                dropped.push(e.clone());
-            }
-            !drop
-        });
-        for e in dropped {
-            self.forget(&e);
+    /// Removes entry `seq` from anywhere in the log (a superseded one; this is no trim:
+    /// resumes from before it stay possible).
+    fn drop_seq(&mut self, seq: u64) {
+        let i = self.log.partition_point(|e| e.seq < seq);
+        if self.log.get(i).is_some_and(|e| e.seq == seq)
+            && let Some(old) = self.log.remove(i)
+        {
+            self.forget(&old);
         }
     }
 
     /// Accounting for an entry that left the log.
     fn forget(&mut self, e: &Entry) {
+        self.superseded.remove(&e.seq);
+        if let Some(k) = state_key(e)
+            && self.latest_state.get(&k) == Some(&e.seq)
+        {
+            self.latest_state.remove(&k);
+        }
+        if let EntryBody::Mls {
+            kind: KIND_KEY_PACKAGE,
+            from,
+        } = e.body
+            && self.latest_kp.get(&from) == Some(&e.seq)
+        {
+            self.latest_kp.remove(&from);
+        }
         self.log_bytes -= e.wire.len();
         if let Some(owner) = e.owner
             && let Some(share) = self.shares.get_mut(&owner)
@@ -1642,6 +1660,11 @@ impl Room {
 
     fn push_entry(&mut self, entry: Entry) {
         let entry = Arc::new(entry);
+        if let Some(k) = state_key(&entry)
+            && let Some(prev) = self.latest_state.insert(k, entry.seq)
+        {
+            self.superseded.insert(prev);
+        }
         self.log_bytes += entry.wire.len();
         if let Some(owner) = entry.owner {
             let share = self.shares.entry(owner).or_default();
@@ -1655,10 +1678,8 @@ impl Room {
             // Superseded state entries go first: no resume needs them (a later entry of the
             // same kind about the same subject carries the state), so dropping them costs
             // nobody's resume window. Only then does the log age from its front.
-            if let Some(i) = self.oldest_superseded() {
-                if let Some(old) = self.log.remove(i) {
-                    self.forget(&old);
-                }
+            if let Some(seq) = self.oldest_superseded() {
+                self.drop_seq(seq);
             } else if let Some(old) = self.log.pop_front() {
                 self.trimmed_upto = self.trimmed_upto.max(old.seq);
                 self.forget(&old);
@@ -1667,27 +1688,18 @@ impl Room {
         self.outputs.push_back(Output::Broadcast(entry));
     }
 
-    /// The index of the oldest entry a later entry supersedes (see [`state_key`]).
-    fn oldest_superseded(&self) -> Option<usize> {
-        let mut latest: std::collections::HashMap<StateKey<'_>, u64> =
-            std::collections::HashMap::new();
-        for e in &self.log {
-            if let Some(k) = state_key(e) {
-                latest.insert(k, e.seq);
-            }
-        }
-        self.log
-            .iter()
-            .position(|e| state_key(e).is_some_and(|k| latest.get(&k).is_some_and(|&l| l > e.seq)))
+    /// The seq of the oldest retained entry a later entry supersedes (see [`state_key`]).
+    fn oldest_superseded(&self) -> Option<u64> {
+        self.superseded.first().copied()
     }
 }
 
 /// What a state entry sets: a later entry with the same key supersedes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum StateKey<'a> {
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum StateKey {
     Hand(u64),
     Speaking(u64),
-    TrackEnabled(u64, &'a str),
+    TrackEnabled(u64, String),
     Muted(u64, TrackKind),
     Locked,
     Cap,
@@ -1695,7 +1707,7 @@ enum StateKey<'a> {
 
 /// The state an entry sets, if it is a state entry (hand, speaking, track enabled, muted,
 /// locked, cap); `None` for entries every resume needs.
-fn state_key(e: &Entry) -> Option<StateKey<'_>> {
+fn state_key(e: &Entry) -> Option<StateKey> {
     let EntryBody::Event(event) = &e.body else {
         return None;
     };
@@ -1706,7 +1718,9 @@ fn state_key(e: &Entry) -> Option<StateKey<'_>> {
     Some(match event {
         RoomEvent::Hand { id, .. } => StateKey::Hand(*id),
         RoomEvent::Speaking { id, .. } => StateKey::Speaking(*id),
-        RoomEvent::TrackEnabled { id, track_name, .. } => StateKey::TrackEnabled(*id, track_name),
+        RoomEvent::TrackEnabled { id, track_name, .. } => {
+            StateKey::TrackEnabled(*id, track_name.clone())
+        }
         RoomEvent::Muted { id, kind, .. } => StateKey::Muted(*id, *kind),
         RoomEvent::Locked { .. } => StateKey::Locked,
         RoomEvent::Cap { .. } => StateKey::Cap,

@@ -1876,6 +1876,14 @@ proptest! {
             prop_assert!(room.log.iter().all(|e| e.seq > room.trimmed_upto));
             prop_assert!(room.trimmed_upto >= last_trim);
             last_trim = room.trimmed_upto;
+            // The supersession index matches the log.
+            let retained: Vec<Arc<Entry>> = room.log.iter().cloned().collect();
+            let expected: BTreeSet<u64> = retained
+                .iter()
+                .filter(|e| superseded_in(e, &retained))
+                .map(|e| e.seq)
+                .collect();
+            prop_assert_eq!(&room.superseded, &expected);
             // Completeness: whatever left the log above the trim point was superseded.
             for e in all.iter().filter(|e| e.seq > room.trimmed_upto) {
                 if !room.log.iter().any(|k| k.seq == e.seq) {
