@@ -641,3 +641,63 @@ pub(crate) fn encode_reply(msg: &ServerMessage) -> Message {
             .into(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn frame(n: usize) -> Message {
+        Message::Binary(bytes::Bytes::from(vec![0u8; n]))
+    }
+
+    #[test]
+    fn send_queue_is_bounded_in_bytes() {
+        let (q, mut rx) = SendQueue::new(1000);
+        // One frame of any size fits an empty queue.
+        assert!(q.push(frame(5000)));
+        assert_eq!(q.queued(), 5000);
+        assert!(!q.push(frame(1)));
+        // The writer wrote it: room again, up to the budget.
+        let Some(Outbound::Frame(m)) = rx.try_recv().ok() else {
+            panic!("no frame");
+        };
+        q.sent(frame_len(&m));
+        assert_eq!(q.queued(), 0);
+        assert!(q.push(frame(600)));
+        assert!(q.push(frame(400)));
+        assert!(!q.push(frame(1)));
+        assert_eq!(q.queued(), 1000);
+        // Controls are not counted and always go through.
+        assert!(q.push_control(Outbound::Close(4430, "x")));
+        assert_eq!(q.queued(), 1000);
+        // A closed writer: nothing is counted for a frame that cannot be queued.
+        drop(rx);
+        q.sent(1000);
+        assert!(!q.push(frame(10)));
+        assert_eq!(q.queued(), 0);
+    }
+
+    #[test]
+    fn ip_slots_cap_each_address_and_free_on_drop() {
+        let hub = Hub::new(RoomConfig::default(), 10, Metrics::new().unwrap());
+        let a: IpAddr = "203.0.113.1".parse().unwrap();
+        let b: IpAddr = "203.0.113.2".parse().unwrap();
+        let s1 = hub.ip_slot(a, 2).unwrap();
+        let _s2 = hub.ip_slot(a, 2).unwrap();
+        assert!(hub.ip_slot(a, 2).is_none());
+        let _s3 = hub.ip_slot(b, 2).unwrap();
+        drop(s1);
+        let _s4 = hub.ip_slot(a, 2).unwrap();
+        // The IPv4-mapped IPv6 form is the same address.
+        let mapped: IpAddr = "::ffff:203.0.113.1".parse().unwrap();
+        assert!(hub.ip_slot(mapped, 2).is_none());
+        // Loopback and an unlimited cap are never refused.
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let held: Vec<IpSlot> = (0..5).map(|_| hub.ip_slot(lo, 2).unwrap()).collect();
+        assert_eq!(held.len(), 5);
+        assert!(hub.ip_slot(a, 0).is_some());
+        drop(held);
+        assert!(!hub.per_ip.lock().contains_key(&lo));
+    }
+}

@@ -561,6 +561,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_client_address_comes_from_x_forwarded_for_only_when_trusted() {
+        let peer: SocketAddr = "10.0.0.2:5555".parse().unwrap();
+        let mut h = axum::http::HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            "198.51.100.9, 203.0.113.4".parse().unwrap(),
+        );
+        assert_eq!(client_ip(peer, &h, false), peer.ip());
+        // The last entry is the one the trusted proxy appended (the first is the client's say).
+        assert_eq!(
+            client_ip(peer, &h, true),
+            "203.0.113.4".parse::<std::net::IpAddr>().unwrap()
+        );
+        let mut junk = axum::http::HeaderMap::new();
+        junk.append("x-forwarded-for", "nonsense".parse().unwrap());
+        assert_eq!(client_ip(peer, &junk, true), peer.ip());
+        assert_eq!(
+            client_ip(peer, &axum::http::HeaderMap::new(), true),
+            peer.ip()
+        );
+    }
+
+    #[test]
     fn import_maps_are_hashed_and_nothing_else() {
         let html = "<head><script type=\"importmap\">{\"integrity\":{}}</script>\n\
                     <script type=\"module\" src=\"app.js\"></script>\n\
