@@ -345,7 +345,9 @@ pub enum ConfigError {
 #[command(
     name = "satsuma-coordinator",
     version,
-    about = "Satsuma coordinator: rooms, ordered E2EE handshake relay, join tokens, SFU access"
+    about = "Satsuma coordinator: rooms, ordered E2EE handshake relay, join tokens, SFU access",
+    after_help = "Tool: `satsuma-coordinator token create --room R --identity I [--host] [--ttl 1h]` \
+                  mints a join token with this configuration's JWT secret (see `token create --help`)."
 )]
 #[serde(deny_unknown_fields, default)]
 pub struct Cli {

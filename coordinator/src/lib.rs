@@ -48,6 +48,7 @@ pub mod protocol;
 pub mod room;
 mod server;
 mod sfu_proxy;
+pub mod token_cli;
 
 pub use config::{Cli, Config, ConfigError};
 pub use server::{MAX_ROOM_NAME_LEN, Server, ServerError, ServerHandle, valid_room_name};

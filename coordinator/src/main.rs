@@ -1,4 +1,6 @@
 //! `satsuma-coordinator`: runs the coordinator from flags, `SATSUMA_COORD_*` env and a TOML file.
+//! `satsuma-coordinator token create --room R --identity I [--host] [--ttl 1h]` mints a join
+//! token with the same secret instead ([`satsuma_coordinator::token_cli`]).
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -7,6 +9,21 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `satsuma-coordinator token create ...`: a tool, not the server.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
+        let args = std::env::args_os().skip(1);
+        let cli = satsuma_coordinator::token_cli::TokenCli::parse_from(args);
+        match satsuma_coordinator::token_cli::run(&cli) {
+            Ok(text) => {
+                println!("{text}");
+                return Ok(());
+            }
+            Err(e) => {
+                eprintln!("satsuma-coordinator token: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     let cli = Cli::parse();
     let filter = cli.log.clone().unwrap_or_else(|| "info".to_owned());
     tracing_subscriber::fmt()

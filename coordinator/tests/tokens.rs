@@ -618,3 +618,37 @@ async fn short_and_placeholder_secrets_are_refused_at_start() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_mints_tokens_the_server_accepts() {
+    let config = prod_config();
+    let server = start(config.clone()).await;
+    let mint = |secret: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_satsuma-coordinator"))
+            .args(["token", "create", "--room", "cli", "--identity", "ada"])
+            .args(["--name", "Ada", "--ttl", "5m", "--json"])
+            .env("SATSUMA_COORD_JWT_SECRET", secret)
+            .env_remove("SATSUMA_COORD_CONFIG")
+            .env_remove("SATSUMA_COORD_JWT_ISSUER")
+            .env_remove("SATSUMA_COORD_JWT_AUDIENCE")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    };
+    let token = mint(&config.jwt_secret);
+    let ada = Client::join_with_token(&server, "cli", &token).await;
+    assert_eq!(ada.id, 1);
+    let forged = mint("another-secret-0123456789abcdef-0123");
+    let (code, reason) = hello_close(&server, "cli", &forged).await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (close::UNAUTHORIZED, "invalid token")
+    );
+    server.shutdown().await;
+}
