@@ -13,7 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import {
-  assertDecodes, dumpConsole, launchBrowser, mintToken, sameSafetyNumber, startAllInOne, waitFor,
+  assertDecodes, dumpConsole, launchBrowser, mintToken, sameSafetyNumber, screenshot, startAllInOne, waitFor,
 } from './harness.mjs';
 
 const TOKEN_SECRET = randomBytes(32).toString('hex');
@@ -86,6 +86,7 @@ describe('join with #token= and #invite= on a server without --dev', { timeout: 
     await page.evaluate(() => document.getElementById('lobby-form').requestSubmit());
     assert.equal(await page.evaluate(() => window.satsuma.call), null);
     assert.equal(await page.isVisible('#lobby'), true);
+    await screenshot(page, 'token-lobby-without-invite');
     await page.context().close();
   }));
 
@@ -128,6 +129,7 @@ describe('join with #token= and #invite= on a server without --dev', { timeout: 
     await sameSafetyNumber([a, b, c]);
     await assertDecodes(c, a.participantId);
 
+    await screenshot(a, 'token-host-invite');
     await a.click('#revoke-invite');
     await waitFor('the revocation', async () => /revoked/.test(await a.textContent('#invite-note')));
     const d = await open(browser, link.replace('/#invite=', '/?autojoin=1&name=Dave&video=320x240#invite='), 'Dave');
