@@ -14,6 +14,7 @@
 //! - [`worker`]: the bot worker process and its JSON-lines protocol with the controller.
 //! - [`run`]: the controller (start SFUs, spawn workers, measure the window).
 //! - [`report`]: aggregation, ratios, Markdown; [`process`]: `/proc` readings.
+//! - [`soak`]: `satsuma-load soak`, a long mixed load with churn and a pass/fail verdict.
 
 pub mod janus;
 pub mod janus_server;
@@ -24,4 +25,5 @@ pub mod report;
 pub mod run;
 pub mod satsuma;
 pub mod scenario;
+pub mod soak;
 pub mod worker;

@@ -485,7 +485,8 @@ pub async fn run_all(opts: &RunOptions) -> RunReport {
     report
 }
 
-fn utc_now() -> String {
+/// Now as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

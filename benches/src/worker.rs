@@ -135,7 +135,8 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn add(&mut self, s: &ParticipantStats) {
+    /// Add a participant's counters (publisher side and subscriber side).
+    pub fn add(&mut self, s: &ParticipantStats) {
         for p in &s.published {
             self.sent_packets += p.sent.packets;
             self.sent_bytes += p.sent.bytes;

@@ -96,3 +96,63 @@ fn tiny_audio_scenario_reports_sane_fields() {
     assert!(r["process"]["rss_mib"].as_f64().unwrap() > 0.0);
     assert!(r["process"]["rss_idle_mib"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn short_soak_churns_and_leaves_nothing_behind() {
+    let load = PathBuf::from(env!("CARGO_BIN_EXE_satsuma-load"));
+    let sfu = sfu_binary(&load);
+    let out = std::env::temp_dir().join(format!("satsuma-soak-smoke-{}.json", std::process::id()));
+    let output = Command::new(&load)
+        .args(["--log", "warn", "soak", "--minutes", "0.2"])
+        .args(["--rooms", "1", "--room-size", "3", "--churn-secs", "2"])
+        .args(["--sample-secs", "3", "--workers", "1"])
+        .arg("--sfu-bin")
+        .arg(&sfu)
+        .arg("--json")
+        .arg(&out)
+        .output()
+        .expect("run satsuma-load soak");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(&out).unwrap_or_else(|e| panic!("{e}\n{stdout}\n{stderr}")),
+    )
+    .unwrap();
+    std::fs::remove_file(&out).ok();
+    // The exit status is the verdict.
+    let failures = report["verdict"]["failures"].as_array().unwrap();
+    assert_eq!(
+        output.status.success(),
+        failures.is_empty(),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("| verdict |"), "{stdout}");
+    // 12 s with a step every 2 s: the 3 initial members plus at least 4 churn joins.
+    let churn = &report["churn"];
+    assert!(churn["joins"].as_u64().unwrap() >= 7, "{churn:#}");
+    assert!(
+        churn["leaves"].as_u64().unwrap() >= 7,
+        "teardown included: {churn:#}"
+    );
+    assert!(churn["tracks_closed"].as_u64().unwrap() > 0, "{churn:#}");
+    assert_eq!(
+        churn["sessions_created"], churn["sessions_deleted"],
+        "{churn:#}"
+    );
+    assert_eq!(churn["members"], 0, "everyone left: {churn:#}");
+    // Clean leaves leave the SFU empty.
+    assert_eq!(
+        report["after_teardown"],
+        serde_json::json!([0.0, 0.0, 0.0]),
+        "{stdout}"
+    );
+    assert!(report["forwarded"].as_u64().unwrap() > 0, "{stdout}");
+    assert!(report["samples"].as_array().unwrap().len() >= 3, "{stdout}");
+    assert_eq!(
+        report["rss_enforced"], false,
+        "a 12 s run does not enforce RSS"
+    );
+    assert!(report["rss_end_mib"].as_f64().unwrap() > 0.0);
+    assert!(report["sfu_cores"].as_f64().unwrap() > 0.0);
+    assert!(report["bots_cores"].as_f64().unwrap() > 0.0);
+}

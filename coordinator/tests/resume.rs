@@ -134,3 +134,51 @@ async fn resume_beyond_the_window_is_refused_and_announced() {
     assert!(matches!(reply, Got::Close(code, _) if code == close::RESUME_FAILED));
     server.shutdown().await;
 }
+
+/// A resume whose missed entries are four times the send budget is replayed in full: the
+/// replay streams from the log as the socket drains instead of filling the queue (which would
+/// close the resuming client with 4430).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_larger_than_the_send_budget_streams() {
+    let budget = 256 << 10;
+    let server = start(Config {
+        budgets: satsuma_coordinator::config::Budgets {
+            send_budget_bytes: budget,
+            ..Default::default()
+        },
+        ..Config::dev()
+    })
+    .await;
+    let mut bob = Client::join(&server, "big", "bob").await;
+    bob.sync().await;
+    let mut old = std::mem::replace(&mut bob.ws, common::raw(&server, "big").await);
+    old.close(None).await.unwrap();
+    // 64 members each log a 16 KiB KeyPackage while Bob is away: 1 MiB of missed entries.
+    let mut senders = Vec::new();
+    for i in 0..64u8 {
+        let mut c = Client::join(&server, "big", &format!("m{i}")).await;
+        let mut kp = vec![satsuma_coordinator::protocol::KIND_KEY_PACKAGE, 0, 1, 0, 5];
+        kp.resize(16 << 10, i);
+        c.send_binary(kp).await;
+        c.sync().await;
+        senders.push(c);
+    }
+    let until = senders.last_mut().unwrap().last_seq;
+    let reply = bob.resume(&server, "big").await;
+    assert!(
+        matches!(reply, Got::Direct(ServerMessage::Resumed { .. })),
+        "{reply:?}"
+    );
+    let mut bytes = 0usize;
+    while bob.last_seq < until {
+        if let Got::Mls(m) = bob.recv().await {
+            bytes += m.payload.len();
+        }
+    }
+    // All 64 KeyPackages (just under 4 x the budget).
+    assert_eq!(bytes, 64 * ((16 << 10) - 1), "replayed {bytes} bytes");
+    assert!(bytes > 3 * budget);
+    // Still connected and in step.
+    bob.sync().await;
+    server.shutdown().await;
+}

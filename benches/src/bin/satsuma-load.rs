@@ -156,12 +156,92 @@ enum SfuArg {
 #[derive(Debug, Subcommand)]
 enum Sub {
     /// Internal: a bot worker process driven over stdin/stdout by the controller.
+    #[command(hide = true)]
     Worker,
+    /// Internal: a soak worker process (rooms with churn) driven by `soak`.
+    #[command(hide = true)]
+    SoakWorker,
+    /// Soak: a long realistic mixed load with churn against one satsuma-sfu (a benchmark, not
+    /// in CI). Exits non-zero on any SFU-caused loss, SFU RSS growth ≥ 5 % between minute 2 and
+    /// the end (runs of 3 minutes or more), or any error.
+    Soak(SoakArgs),
+}
+
+/// `satsuma-load soak` flags.
+///
+/// Several rooms of meeting-style members (each member: one session publishing audio and
+/// simulcast video, one session pulling every other member's audio and video) run for
+/// `--minutes`, while every `--churn-secs` one member of one room (rooms in turn) leaves (closes
+/// its tracks, deletes its sessions; the others close their pulls) and a new one joins (two new
+/// sessions; the others renegotiate to pull it). Bots run in `--workers` separate processes so
+/// the SFU's and the bots' CPU are measured apart (from /proc). Every `--sample-secs` the
+/// controller reads the SFU's RSS and CPU, its /metrics (packets forwarded, drops by reason,
+/// sessions, API statuses), the kernel's per-socket UDP drops, and the workers' counters (loss,
+/// corruption, misrouting, stalled tracks, errors).
+#[derive(Debug, clap::Args)]
+struct SoakArgs {
+    /// Minutes to run after every room is up. Runs shorter than 3 minutes report the RSS growth
+    /// (from the half-way sample) without enforcing it.
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+
+    /// Rooms (the load size: calibrated so SFU + bots use about 70 % of a 2-core machine).
+    #[arg(long, env = "SATSUMA_LOAD_SOAK_ROOMS", default_value_t = 10)]
+    rooms: usize,
+
+    /// Members per room (at least 2). Each publishes audio + video and pulls the others.
+    #[arg(long, default_value_t = 4)]
+    room_size: usize,
+
+    /// Seconds between churn steps (one leave + one join, rooms in turn); 0 disables churn.
+    #[arg(long, default_value_t = 3.0)]
+    churn_secs: f64,
+
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 10.0)]
+    sample_secs: f64,
+
+    /// Soak worker processes hosting the bots (rooms are dealt out round-robin).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+
+    /// Rooms built at once per worker at the start.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+
+    /// CPU share (SFU + bots, percent of all cores) the size is meant to reach; only reported
+    /// against the measurement (a warning when more than 15 points off).
+    #[arg(long, default_value_t = 70.0)]
+    target_cpu: f64,
+
+    /// The satsuma-sfu binary. Default: `satsuma-sfu` next to this executable.
+    #[arg(long, env = "SATSUMA_LOAD_SFU_BIN")]
+    sfu_bin: Option<PathBuf>,
+
+    /// Extra argument for satsuma-sfu (repeatable), e.g. `--sfu-arg=--shards --sfu-arg=2`.
+    #[arg(long = "sfu-arg", allow_hyphen_values = true, default_values_t = ["--log".to_owned(), "warn".to_owned()])]
+    sfu_args: Vec<String>,
+
+    /// Video bitrate, kbit/s, of the top simulcast layer (the others send a third and a tenth).
+    #[arg(long, default_value_t = 1500)]
+    video_kbps: u32,
+
+    /// Publish video as three simulcast layers; `--simulcast false` sends the top layer only.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    simulcast: bool,
+
+    /// Write the JSON report (samples included) here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+
+    /// Write the Markdown summary here (it is always printed too).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let worker = matches!(cli.command, Some(Sub::Worker));
+    let worker = matches!(cli.command, Some(Sub::Worker | Sub::SoakWorker));
     let filter = if worker {
         "warn".to_owned()
     } else {
@@ -175,8 +255,13 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(if worker { 1 } else { 2 })
         .enable_all()
         .build()?;
-    if worker {
-        return rt.block_on(satsuma_bench::worker::run_worker());
+    match &cli.command {
+        Some(Sub::Worker) => return rt.block_on(satsuma_bench::worker::run_worker()),
+        Some(Sub::SoakWorker) => {
+            return rt.block_on(satsuma_bench::soak::worker::run_soak_worker());
+        }
+        Some(Sub::Soak(args)) => return soak(&rt, args),
+        None => {}
     }
     let satsuma = match &cli.sfu_url {
         Some(url) => SatsumaSource::Running {
@@ -245,6 +330,50 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(p) = &cli.markdown {
         std::fs::write(p, &md).with_context(|| format!("write {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn soak(rt: &tokio::runtime::Runtime, a: &SoakArgs) -> anyhow::Result<()> {
+    use satsuma_bench::soak::controller::{SoakOptions, check_cpu_target, run_soak};
+    let sfu_bin = match &a.sfu_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("executable has no folder")?
+            .join("satsuma-sfu"),
+    };
+    let opts = SoakOptions {
+        duration: Duration::from_secs_f64((a.minutes * 60.0).max(10.0)),
+        rooms: a.rooms,
+        room_size: a.room_size,
+        churn_every: Duration::from_secs_f64(a.churn_secs.max(0.0)),
+        workers: a.workers,
+        sample_every: Duration::from_secs_f64(a.sample_secs.max(1.0)),
+        sfu_bin,
+        sfu_args: a.sfu_args.clone(),
+        media: MediaProfile {
+            video_kbps: a.video_kbps,
+            simulcast: a.simulcast,
+            ..MediaProfile::default()
+        },
+        concurrency: a.concurrency,
+        target_cpu_pct: a.target_cpu,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = rt.block_on(run_soak(&opts))?;
+    let md = report.markdown(a.target_cpu);
+    println!("{md}");
+    check_cpu_target(&report, a.target_cpu);
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", p.display()))?;
+    }
+    if let Some(p) = &a.markdown {
+        std::fs::write(p, &md).with_context(|| format!("write {}", p.display()))?;
+    }
+    if !report.verdict.failures.is_empty() {
+        anyhow::bail!("soak failed: {}", report.verdict.failures.join("; "));
     }
     Ok(())
 }
