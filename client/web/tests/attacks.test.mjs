@@ -7,10 +7,10 @@
 // The attacker is a raw WebSocket opened from inside a Chromium page (Node has no
 // global WebSocket), speaking the coordinator protocol directly.
 
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  assertDecodes, dumpConsole, joinPage, launchBrowser, remoteTrack, sameSafetyNumber, startServers, stats,
+  browserSuite, assertDecodes, joinPage, remoteTrack, sameSafetyNumber, stats,
 } from './harness.mjs';
 
 /** Frames dropped and decoded on `page` from each of `senders` (video and audio summed). */
@@ -87,30 +87,14 @@ async function attack({ room, count }) {
 }
 
 describe('attacks from inside the room', { timeout: 300000 }, () => {
-  let servers;
-  let browser;
   const room = `attacks-${Date.now()}`;
   const pages = {};
-  let failed = false;
-
-  before(async () => {
-    servers = await startServers();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    if (failed) {
-      dumpConsole(Object.values(pages));
-      console.log(servers?.logs.slice(-60).join('\n'));
-    }
-    await browser?.close();
-    await servers?.stop();
-  });
+  const suite = browserSuite({ pages });
 
   it('ready and 100 garbage commits from a non-member: refused, closed 4002, the call carries on', async () => {
     try {
-      pages.alice = await joinPage(browser, servers.base, { room, name: 'Alice' });
-      pages.bob = await joinPage(browser, servers.base, { room, name: 'Bob' });
+      pages.alice = await joinPage(suite.browser, suite.servers.base, { room, name: 'Alice' });
+      pages.bob = await joinPage(suite.browser, suite.servers.base, { room, name: 'Bob' });
       const both = [pages.alice, pages.bob];
       const number = await sameSafetyNumber(both);
       await assertDecodes(pages.alice, pages.bob.participantId);
@@ -124,10 +108,10 @@ describe('attacks from inside the room', { timeout: 300000 }, () => {
       assert.equal(before.get(pages.bob).epoch, epoch);
 
       // Mallory: a third participant, never added to the group.
-      const context = await browser.newContext();
+      const context = await suite.browser.newContext();
       pages.mallory = await context.newPage();
       pages.mallory.label = 'Mallory';
-      await pages.mallory.goto(`${servers.base}/healthz`);
+      await pages.mallory.goto(`${suite.servers.base}/healthz`);
       const result = await pages.mallory.evaluate(attack, { room, count: 100 });
       console.log(`# attacker: close ${JSON.stringify(result.close)}, replies ${result.replies.length}`);
       assert.equal(result.epoch, epoch, 'the attacker saw the group at the members\' epoch');
@@ -153,9 +137,9 @@ describe('attacks from inside the room', { timeout: 300000 }, () => {
         assert.ok(t && t.framesDecoded > 0, `${p.label} has no video of ${other.label}`);
       }
       assert.equal(await sameSafetyNumber(both), number, 'the safety number did not change');
-      assert.equal(servers.panicked().length, 0, servers.panicked().join('\n'));
+      assert.equal(suite.servers.panicked().length, 0, suite.servers.panicked().join('\n'));
     } catch (err) {
-      failed = true;
+      suite.failed = true;
       throw err;
     }
   });

@@ -2,11 +2,11 @@
 // worker, a lost coordinator connection. The page must say what happened,
 // recover where it can, and one broken participant must not break the others.
 
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  assertDecodes, dumpConsole, joinPage, launchBrowser, remoteTrack, sameSafetyNumber, screenshot,
-  startServers, stats, waitFor,
+  browserSuite, assertDecodes, joinPage, remoteTrack, sameSafetyNumber, screenshot,
+  stats, waitFor,
 } from './harness.mjs';
 
 // Runs before the page's scripts: every camera/microphone request is refused
@@ -17,39 +17,15 @@ const DENY_MEDIA = () => {
 };
 
 describe('bad input', { timeout: 600000 }, () => {
-  let servers;
-  let browser;
   const room = `bad-${Date.now()}`;
   const pages = {};
-  let failed = false;
-
-  before(async () => {
-    servers = await startServers();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    if (failed) {
-      dumpConsole(Object.values(pages));
-      console.log(servers?.logs.slice(-60).join('\n'));
-    }
-    await browser?.close();
-    await servers?.stop();
-  });
-
-  const check = (fn) => async () => {
-    try {
-      await fn();
-    } catch (err) {
-      failed = true;
-      throw err;
-    }
-  };
+  const suite = browserSuite({ pages });
+  const { check } = suite;
 
   it('a denied camera and microphone: the page says so and still receives the call', check(async () => {
-    pages.a = await joinPage(browser, servers.base, { room, name: 'Ann' });
-    pages.b = await joinPage(browser, servers.base, { room, name: 'Ben' });
-    pages.denied = await joinPage(browser, servers.base, { room, name: 'Denied', initScript: DENY_MEDIA });
+    pages.a = await joinPage(suite.browser, suite.servers.base, { room, name: 'Ann' });
+    pages.b = await joinPage(suite.browser, suite.servers.base, { room, name: 'Ben' });
+    pages.denied = await joinPage(suite.browser, suite.servers.base, { room, name: 'Denied', initScript: DENY_MEDIA });
     const banner = await pages.denied.textContent('#banner');
     assert.match(banner, /permission was denied/);
     await sameSafetyNumber([pages.a, pages.b, pages.denied]);

@@ -3,50 +3,26 @@
 // participant is its own browser context. The scenarios build on each other
 // (the same room), in order.
 
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync } from 'node:fs';
 import path from 'node:path';
 import {
-  assertDecodes, assertHears, dumpConsole, joinPage, launchBrowser, leave, remoteTrack, repoRoot,
-  safetyNumber, sameSafetyNumber, screenshot, startServers, stats, waitFor,
+  browserSuite, assertDecodes, assertHears, joinPage, leave, remoteTrack, repoRoot,
+  safetyNumber, sameSafetyNumber, screenshot, stats, waitFor,
 } from './harness.mjs';
 
 describe('E2EE call in the browser', { timeout: 600000 }, () => {
-  let servers;
-  let browser;
   const room = `call-${Date.now()}`;
   const pages = {};
   const state = {};
-  let failed = false;
-
-  before(async () => {
-    servers = await startServers();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    if (failed) {
-      dumpConsole(Object.values(pages));
-      console.log(servers?.logs.slice(-60).join('\n'));
-    }
-    await browser?.close();
-    await servers?.stop();
-  });
-
-  const check = (fn) => async () => {
-    try {
-      await fn();
-    } catch (err) {
-      failed = true;
-      throw err;
-    }
-  };
+  const suite = browserSuite({ pages });
+  const { check } = suite;
 
   it('three participants see and hear each other and show one safety number', check(async () => {
-    pages.alice = await joinPage(browser, servers.base, { room, name: 'Alice' });
-    pages.bob = await joinPage(browser, servers.base, { room, name: 'Bob' });
-    pages.carol = await joinPage(browser, servers.base, { room, name: 'Carol' });
+    pages.alice = await joinPage(suite.browser, suite.servers.base, { room, name: 'Alice' });
+    pages.bob = await joinPage(suite.browser, suite.servers.base, { room, name: 'Bob' });
+    pages.carol = await joinPage(suite.browser, suite.servers.base, { room, name: 'Carol' });
     const trio = [pages.alice, pages.bob, pages.carol];
     const number = await sameSafetyNumber(trio);
     assert.match(number, /^\d{30}$/);
@@ -62,14 +38,14 @@ describe('E2EE call in the browser', { timeout: 600000 }, () => {
     const video = s.remote.find((r) => r.participantId === pages.bob.participantId && r.kind === 'video');
     assert.ok(video.decrypted > 0 && video.protocolFrames > 0, JSON.stringify(video));
     assert.equal(s.transform, 'RTCRtpScriptTransform');
-    assert.equal(servers.panicked().length, 0, servers.panicked().join('\n'));
+    assert.equal(suite.servers.panicked().length, 0, suite.servers.panicked().join('\n'));
     state.number3 = number;
     const shot = await screenshot(pages.alice, 'call-three');
     if (process.env.UPDATE_SCREENSHOT === '1') copyFileSync(shot, path.join(repoRoot, 'docs/screenshot-call.png'));
   }));
 
   it('a fourth joins and leaves: the safety number changes in step for everyone', check(async () => {
-    pages.dave = await joinPage(browser, servers.base, { room, name: 'Dave' });
+    pages.dave = await joinPage(suite.browser, suite.servers.base, { room, name: 'Dave' });
     const four = [pages.alice, pages.bob, pages.carol, pages.dave];
     const number4 = await sameSafetyNumber(four, { not: state.number3 });
     await assertDecodes(pages.dave, pages.alice.participantId);
@@ -85,7 +61,7 @@ describe('E2EE call in the browser', { timeout: 600000 }, () => {
   it('the committer (oldest member) leaves and a newcomer still gets in and decodes', check(async () => {
     await leave(pages.alice);
     delete pages.alice;
-    pages.erin = await joinPage(browser, servers.base, { room, name: 'Erin' });
+    pages.erin = await joinPage(suite.browser, suite.servers.base, { room, name: 'Erin' });
     const trio = [pages.bob, pages.carol, pages.erin];
     await sameSafetyNumber(trio, { not: state.number3 });
     await assertDecodes(pages.erin, pages.bob.participantId);
@@ -97,8 +73,8 @@ describe('E2EE call in the browser', { timeout: 600000 }, () => {
   }));
 
   it('without decryption frames arrive but (almost) none decode; a keyless observer sees the FA FA trailer', check(async () => {
-    pages.nodecrypt = await joinPage(browser, servers.base, { room, name: 'NoDecrypt', params: { decrypt: '0' } });
-    pages.observer = await joinPage(browser, servers.base, { room, name: 'Observer', params: { keyless: '1', send: '0' } });
+    pages.nodecrypt = await joinPage(suite.browser, suite.servers.base, { room, name: 'NoDecrypt', params: { decrypt: '0' } });
+    pages.observer = await joinPage(suite.browser, suite.servers.base, { room, name: 'Observer', params: { keyless: '1', send: '0' } });
     const from = pages.bob.participantId;
     for (const page of [pages.nodecrypt, pages.observer]) {
       const t = await waitFor(`${page.label} to receive 40 encrypted frames from Bob`, async () => {

@@ -13,10 +13,10 @@
 // processes the room's messages 2.5 s late); the test asserts that it decrypted
 // frames late and dropped none. The summary line prints both per stable page.
 
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  assertDecodes, dumpConsole, joinPage, launchBrowser, leave, sameSafetyNumber, startServers, stats,
+  browserSuite, assertDecodes, joinPage, leave, sameSafetyNumber, stats,
 } from './harness.mjs';
 
 /**
@@ -47,30 +47,14 @@ async function drops(page) {
 }
 
 describe('gapless epoch transitions under churn', { timeout: 900000 }, () => {
-  let servers;
-  let browser;
   const room = `churn-${Date.now()}`;
   const pages = [];
-  let failed = false;
-
-  before(async () => {
-    servers = await startServers();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    if (failed) {
-      dumpConsole(pages);
-      console.log(servers?.logs.slice(-80).join('\n'));
-    }
-    await browser?.close();
-    await servers?.stop();
-  });
+  const suite = browserSuite({ pages, logLines: 80 });
 
   it('pages already in the call drop 0 frames across every epoch change', async () => {
     try {
-      const alice = await joinPage(browser, servers.base, { room, name: 'Alice' });
-      const bob = await joinPage(browser, servers.base, { room, name: 'Bob' });
+      const alice = await joinPage(suite.browser, suite.servers.base, { room, name: 'Alice' });
+      const bob = await joinPage(suite.browser, suite.servers.base, { room, name: 'Bob' });
       pages.push(alice, bob);
       const stable = [alice, bob];
       let number = await sameSafetyNumber(stable);
@@ -98,11 +82,11 @@ describe('gapless epoch transitions under churn', { timeout: 900000 }, () => {
       };
 
       for (let round = 1; round <= 3; round += 1) {
-        const carol = await joinPage(browser, servers.base, { room, name: `Carol${round}` });
+        const carol = await joinPage(suite.browser, suite.servers.base, { room, name: `Carol${round}` });
         pages.push(carol);
         number = await sameSafetyNumber([...stable, carol], { not: number });
         changes += 1;
-        const dave = await joinPage(browser, servers.base, { room, name: `Dave${round}` });
+        const dave = await joinPage(suite.browser, suite.servers.base, { room, name: `Dave${round}` });
         pages.push(dave);
         number = await sameSafetyNumber([...stable, carol, dave], { not: number });
         changes += 1;
@@ -133,9 +117,9 @@ describe('gapless epoch transitions under churn', { timeout: 900000 }, () => {
       }
       // The lagging page really did receive frames before their key, and held them.
       assert.ok(last.Bob.late > 0, `Bob (2.5 s behind) decrypted no frame late: ${JSON.stringify(rows)}`);
-      assert.equal(servers.panicked().length, 0, servers.panicked().join('\n'));
+      assert.equal(suite.servers.panicked().length, 0, suite.servers.panicked().join('\n'));
     } catch (err) {
-      failed = true;
+      suite.failed = true;
       throw err;
     }
   });

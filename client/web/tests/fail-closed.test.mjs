@@ -15,11 +15,11 @@
 // pages while a keyless observer sees only DAVE frames (`FA FA` trailer).
 // Measured figures are printed (`# fail-closed: ...`).
 
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  assertDecodes, assertHears, dumpConsole, joinPage, launchBrowser, remoteTrack, sameSafetyNumber,
-  screenshot, startServers, stats, waitFor,
+  browserSuite, assertDecodes, assertHears, joinPage, remoteTrack, sameSafetyNumber,
+  screenshot, stats, waitFor,
 } from './harness.mjs';
 
 const NO_TRANSFORM_APIS = () => {
@@ -58,40 +58,16 @@ async function alertState(page) {
 }
 
 describe('fail closed: no media without encryption', { timeout: 900000 }, () => {
-  let servers;
-  let browser;
   const room = `failclosed-${Date.now()}`;
   const pages = {};
-  let failed = false;
-
-  before(async () => {
-    servers = await startServers();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    if (failed) {
-      dumpConsole(Object.values(pages));
-      console.log(servers?.logs.slice(-60).join('\n'));
-    }
-    await browser?.close();
-    await servers?.stop();
-  });
-
-  const check = (fn) => async () => {
-    try {
-      await fn();
-    } catch (err) {
-      failed = true;
-      throw err;
-    }
-  };
+  const suite = browserSuite({ pages });
+  const { check } = suite;
 
   /** The observer and the control sender of the room (joined once). */
   async function observerAndControl() {
     if (!pages.observer) {
-      pages.control = await joinPage(browser, servers.base, { room, name: 'Control' });
-      pages.observer = await joinPage(browser, servers.base, { room, name: 'Observer', params: { keyless: '1', send: '0' } });
+      pages.control = await joinPage(suite.browser, suite.servers.base, { room, name: 'Control' });
+      pages.observer = await joinPage(suite.browser, suite.servers.base, { room, name: 'Observer', params: { keyless: '1', send: '0' } });
       await waitFor('the observer to receive the control sender\'s encrypted video', async () => {
         const r = await remoteTrack(pages.observer, pages.control.participantId, 'video');
         return r && r.protocolFrames > 20 ? r : null;
@@ -164,7 +140,7 @@ describe('fail closed: no media without encryption', { timeout: 900000 }, () => 
 
   it('no RTCRtpScriptTransform and no createEncodedStreams: nothing is sent, the page is red', check(async () => {
     await observerAndControl();
-    pages.bare = await joinPage(browser, servers.base, { room, name: 'NoTransformApi', initScript: NO_TRANSFORM_APIS });
+    pages.bare = await joinPage(suite.browser, suite.servers.base, { room, name: 'NoTransformApi', initScript: NO_TRANSFORM_APIS });
     const s = await assertSendsNothing(pages.bare, 'no transform API');
     assert.equal(s.transform, 'none');
     await assertRed(pages.bare, 'no transform API', /neither RTCRtpScriptTransform nor createEncodedStreams/);
@@ -173,7 +149,7 @@ describe('fail closed: no media without encryption', { timeout: 900000 }, () => 
   }));
 
   it('no RTCRtpScriptTransform and createEncodedStreams throwing: nothing is sent, the page is red', check(async () => {
-    pages.throwing = await joinPage(browser, servers.base, { room, name: 'ThrowingStreams', initScript: THROWING_ENCODED_STREAMS });
+    pages.throwing = await joinPage(suite.browser, suite.servers.base, { room, name: 'ThrowingStreams', initScript: THROWING_ENCODED_STREAMS });
     const s = await assertSendsNothing(pages.throwing, 'createEncodedStreams throwing');
     assert.equal(s.transform, 'createEncodedStreams');
     await assertRed(pages.throwing, 'createEncodedStreams throwing', /could not be attached.*refused by the test/);
@@ -182,7 +158,7 @@ describe('fail closed: no media without encryption', { timeout: 900000 }, () => 
 
   it('the .wasm module answered 404: nothing is sent, the page is red', check(async () => {
     let refused = 0;
-    pages.nowasm = await joinPage(browser, servers.base, {
+    pages.nowasm = await joinPage(suite.browser, suite.servers.base, {
       room,
       name: 'NoWasm',
       prepare: (context) => context.route((url) => url.pathname.endsWith('.wasm'), (route) => {
@@ -200,7 +176,7 @@ describe('fail closed: no media without encryption', { timeout: 900000 }, () => 
 
   it('the E2EE worker terminated mid-call: the sender\'s outgoing media stops within 1 s', check(async () => {
     const { observer, control } = await observerAndControl();
-    pages.victim = await joinPage(browser, servers.base, { room, name: 'Victim' });
+    pages.victim = await joinPage(suite.browser, suite.servers.base, { room, name: 'Victim' });
     const victim = pages.victim;
     const from = victim.participantId;
     await assertDecodes(control, from);
@@ -296,9 +272,9 @@ describe('fail closed: no media without encryption', { timeout: 900000 }, () => 
     await close('control');
     await close('observer');
     const legacyRoom = `${room}-legacy`;
-    pages.legacyParam = await joinPage(browser, servers.base, { room: legacyRoom, name: 'LegacyParam', params: { transform: 'legacy' } });
-    pages.legacyOnly = await joinPage(browser, servers.base, { room: legacyRoom, name: 'LegacyOnly', initScript: NO_SCRIPT_TRANSFORM });
-    pages.legacyObserver = await joinPage(browser, servers.base, { room: legacyRoom, name: 'LegacyObserver', params: { keyless: '1', send: '0' } });
+    pages.legacyParam = await joinPage(suite.browser, suite.servers.base, { room: legacyRoom, name: 'LegacyParam', params: { transform: 'legacy' } });
+    pages.legacyOnly = await joinPage(suite.browser, suite.servers.base, { room: legacyRoom, name: 'LegacyOnly', initScript: NO_SCRIPT_TRANSFORM });
+    pages.legacyObserver = await joinPage(suite.browser, suite.servers.base, { room: legacyRoom, name: 'LegacyObserver', params: { keyless: '1', send: '0' } });
     const pair = [pages.legacyParam, pages.legacyOnly];
     for (const p of pair) assert.equal((await stats(p)).transform, 'createEncodedStreams', `${p.label} uses the legacy path`);
     const number = await sameSafetyNumber(pair);

@@ -11,45 +11,29 @@
 // epoch: while A sends under the new epoch's key, B's decrypted counters stand
 // still and the last epoch B decrypted stays below it. A shows no alarm.
 
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  assertDecodes, dumpConsole, joinPage, launchBrowser, remoteTrack, sameSafetyNumber, screenshot, startServers, stats, waitFor,
+  browserSuite, assertDecodes, joinPage, remoteTrack, sameSafetyNumber, screenshot, startServers, stats, waitFor,
 } from './harness.mjs';
 
 const FINGERPRINT = /^[0-9A-F]{4}( [0-9A-F]{4}){3}$/;
 
 describe('a ghost visible only to the committer', { timeout: 300000 }, () => {
-  let servers;
-  let browser;
   const room = `ghost-${Date.now()}`;
   const pages = {};
-  let failed = false;
-
-  before(async () => {
-    servers = await startServers({ testHooks: true });
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    if (failed) {
-      dumpConsole(Object.values(pages));
-      console.log(servers?.logs.slice(-60).join('\n'));
-    }
-    await browser?.close();
-    await servers?.stop();
-  });
+  const suite = browserSuite({ start: () => startServers({ testHooks: true }), pages });
 
   it('the honest member refuses the epoch, names the ghost and decrypts nothing of it', async () => {
     try {
-      pages.a = await joinPage(browser, servers.base, { room, name: 'Alice' });
-      pages.b = await joinPage(browser, servers.base, { room, name: 'Bob' });
+      pages.a = await joinPage(suite.browser, suite.servers.base, { room, name: 'Alice' });
+      pages.b = await joinPage(suite.browser, suite.servers.base, { room, name: 'Bob' });
       const { a, b } = pages;
       await sameSafetyNumber([a, b]);
       await assertDecodes(b, a.participantId);
       const before = (await stats(a)).e2ee.epoch;
 
-      pages.g = await joinPage(browser, servers.base, {
+      pages.g = await joinPage(suite.browser, suite.servers.base, {
         room, name: 'Ghost', params: { test_visible_only_to: String(a.participantId) },
       });
       const g = pages.g;
@@ -118,9 +102,9 @@ describe('a ghost visible only to the committer', { timeout: 300000 }, () => {
       const gate = await b.evaluate(() => window.satsuma.call.e2ee.sendState().level);
       assert.notEqual(gate, 'ok');
       await screenshot(b, 'ghost-alarm');
-      assert.equal(servers.panicked().length, 0, servers.panicked().join('\n'));
+      assert.equal(suite.servers.panicked().length, 0, suite.servers.panicked().join('\n'));
     } catch (err) {
-      failed = true;
+      suite.failed = true;
       throw err;
     }
   });

@@ -10,6 +10,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { after, before } from 'node:test';
 import { chromium } from 'playwright-core';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -274,4 +275,42 @@ export function dumpConsole(pages) {
     console.log(`--- console of ${p.label}`);
     for (const l of p.consoleLines.slice(-40)) console.log(l);
   }
+}
+
+/**
+ * The skeleton every browser test file shares; call it at the top of a `describe`. Before the
+ * tests it starts the servers (`start`, default `startServers()`) and Chromium; after them, if
+ * a test wrapped in `suite.check` failed (or set `suite.failed`), it prints the consoles of
+ * `pages` (an array or an object of pages) and the servers' last `logLines` log lines, then
+ * closes Chromium and stops the servers. `suite.servers` and `suite.browser` are set once the
+ * `before` hook has run.
+ */
+export function browserSuite({ start = () => startServers(), pages = [], logLines = 60 } = {}) {
+  const suite = {
+    servers: null,
+    browser: null,
+    failed: false,
+    /** Wraps a test body so that its failure prints the diagnostics in `after`. */
+    check: (fn) => async (...args) => {
+      try {
+        return await fn(...args);
+      } catch (err) {
+        suite.failed = true;
+        throw err;
+      }
+    },
+  };
+  before(async () => {
+    suite.servers = await start();
+    suite.browser = await launchBrowser();
+  });
+  after(async () => {
+    if (suite.failed) {
+      dumpConsole(Array.isArray(pages) ? pages : Object.values(pages));
+      console.log(suite.servers?.logs.slice(-logLines).join('\n'));
+    }
+    await suite.browser?.close();
+    await suite.servers?.stop();
+  });
+  return suite;
 }

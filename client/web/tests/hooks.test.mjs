@@ -11,10 +11,10 @@
 //   run (the page stays at its boot note), and a tampered E2EE worker script
 //   is never started (red state, nothing sent).
 
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  assertDecodes, dumpConsole, joinPage, launchBrowser, sameSafetyNumber, startServers, stats, waitFor,
+  browserSuite, assertDecodes, joinPage, sameSafetyNumber, startServers, stats, waitFor,
 } from './harness.mjs';
 
 const cspViolations = (page) => page.consoleLines.filter((l) => /Content Security Policy/i.test(l));
@@ -26,39 +26,15 @@ async function headersOf(url) {
 }
 
 describe('test hooks off: test parameters are ignored, CSP holds a call', { timeout: 300000 }, () => {
-  let servers;
-  let browser;
   const pages = [];
-  let failed = false;
-
-  before(async () => {
-    servers = await startServers({ testHooks: false });
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    if (failed) {
-      dumpConsole(pages);
-      console.log(servers?.logs.slice(-60).join('\n'));
-    }
-    await browser?.close();
-    await servers?.stop();
-  });
-
-  const check = (fn) => async () => {
-    try {
-      await fn();
-    } catch (err) {
-      failed = true;
-      throw err;
-    }
-  };
+  const suite = browserSuite({ start: () => startServers({ testHooks: false }), pages });
+  const { check } = suite;
 
   it('serves test_hooks false and the security headers on the page', check(async () => {
-    const config = await (await fetch(`${servers.base}/client-config.json`)).json();
+    const config = await (await fetch(`${suite.servers.base}/client-config.json`)).json();
     assert.deepEqual(config, { test_hooks: false, dev: true });
     for (const path of ['/', '/app.js', '/client-config.json']) {
-      const h = await headersOf(`${servers.base}${path}`);
+      const h = await headersOf(`${suite.servers.base}${path}`);
       const csp = h.get('content-security-policy') ?? '';
       assert.match(csp, /script-src 'self' 'wasm-unsafe-eval'/, `${path}: ${csp}`);
       assert.match(csp, /default-src 'self'/, `${path}: ${csp}`);
@@ -69,14 +45,14 @@ describe('test hooks off: test parameters are ignored, CSP holds a call', { time
       assert.equal(h.get('referrer-policy'), 'no-referrer', path);
       assert.equal(h.get('x-frame-options'), 'DENY', path);
     }
-    console.log(`# CSP: ${(await headersOf(`${servers.base}/`)).get('content-security-policy')}`);
+    console.log(`# CSP: ${(await headersOf(`${suite.servers.base}/`)).get('content-security-policy')}`);
   }));
 
   it('keyless=1, decrypt=0 and test_* are ignored; drill is absent; the call runs under the CSP', check(async () => {
     const room = `hooks-off-${Date.now()}`;
-    const ann = await joinPage(browser, servers.base, { room, name: 'Ann' });
+    const ann = await joinPage(suite.browser, suite.servers.base, { room, name: 'Ann' });
     pages.push(ann);
-    const eve = await joinPage(browser, servers.base, {
+    const eve = await joinPage(suite.browser, suite.servers.base, {
       room, name: 'Eve', params: { keyless: '1', decrypt: '0', test_visible_only_to: String(ann.participantId), test_keep_keys: '1' },
     });
     pages.push(eve);
@@ -115,28 +91,17 @@ describe('test hooks off: test parameters are ignored, CSP holds a call', { time
 
     // The whole call (WebSocket, /sfu, blob worker, WebAssembly) ran without a CSP violation.
     for (const p of pages) assert.deepEqual(cspViolations(p), [], `${p.label}: CSP violations`);
-    assert.equal(servers.panicked().length, 0, servers.panicked().join('\n'));
+    assert.equal(suite.servers.panicked().length, 0, suite.servers.panicked().join('\n'));
   }));
 });
 
 describe('test hooks on: the same parameters work', { timeout: 120000 }, () => {
-  let servers;
-  let browser;
   const pages = [];
-
-  before(async () => {
-    servers = await startServers();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    await browser?.close();
-    await servers?.stop();
-  });
+  const suite = browserSuite();
 
   it('keyless=1 and decrypt=0 are honoured and drill exists', async () => {
-    assert.deepEqual(await (await fetch(`${servers.base}/client-config.json`)).json(), { test_hooks: true, dev: true });
-    const page = await joinPage(browser, servers.base, { room: `hooks-on-${Date.now()}`, name: 'Obs', params: { keyless: '1', decrypt: '0', send: '0' } });
+    assert.deepEqual(await (await fetch(`${suite.servers.base}/client-config.json`)).json(), { test_hooks: true, dev: true });
+    const page = await joinPage(suite.browser, suite.servers.base, { room: `hooks-on-${Date.now()}`, name: 'Obs', params: { keyless: '1', decrypt: '0', send: '0' } });
     pages.push(page);
     const seen = await page.evaluate(() => ({
       flags: window.satsuma.flags, testHooks: window.satsuma.testHooks, drill: Object.keys(window.satsuma.drill ?? {}),
@@ -150,22 +115,11 @@ describe('test hooks on: the same parameters work', { timeout: 120000 }, () => {
 });
 
 describe('integrity: files that do not match index.html are not run', { timeout: 120000 }, () => {
-  let servers;
-  let browser;
-
-  before(async () => {
-    servers = await startServers();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    await browser?.close();
-    await servers?.stop();
-  });
+  const suite = browserSuite();
 
   /** Opens the page with `file`'s response body altered by one appended statement. */
   async function openTampered(file, { join = false } = {}) {
-    const context = await browser.newContext();
+    const context = await suite.browser.newContext();
     await context.route(`**/${file}`, async (route) => {
       const res = await route.fetch();
       const body = `${await res.text()}\n;globalThis.tampered = true;\n`;
@@ -176,7 +130,7 @@ describe('integrity: files that do not match index.html are not run', { timeout:
     page.on('console', (m) => page.consoleLines.push(`${m.type()}: ${m.text()}`));
     page.on('pageerror', (e) => page.consoleLines.push(`pageerror: ${e.message}`));
     const q = new URLSearchParams({ room: `tamper-${Date.now()}`, name: 'T', video: '320x240', ...(join ? { autojoin: '1' } : {}) });
-    await page.goto(`${servers.base}/?${q}`, { waitUntil: 'load' });
+    await page.goto(`${suite.servers.base}/?${q}`, { waitUntil: 'load' });
     return page;
   }
 

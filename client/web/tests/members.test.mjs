@@ -9,10 +9,10 @@
 //   participant shows the same fingerprint, on its own page and on the others';
 //   another profile has another one.
 
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  dumpConsole, joinPage, launchBrowser, sameSafetyNumber, startServers, stats, waitFor,
+  browserSuite, joinPage, sameSafetyNumber, stats, waitFor,
 } from './harness.mjs';
 
 const FINGERPRINT = /^[0-9A-F]{4}( [0-9A-F]{4}){3}$/;
@@ -51,30 +51,14 @@ async function joinInContext(context, base, { room, name }) {
 }
 
 describe('MLS member list with fingerprints', { timeout: 300000 }, () => {
-  let servers;
-  let browser;
   const room = `members-${Date.now()}`;
   const pages = {};
-  let failed = false;
-
-  before(async () => {
-    servers = await startServers();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    if (failed) {
-      dumpConsole(Object.values(pages));
-      console.log(servers?.logs.slice(-60).join('\n'));
-    }
-    await browser?.close();
-    await servers?.stop();
-  });
+  const suite = browserSuite({ pages });
 
   it('lists every member with its fingerprint; a rejoining profile keeps its fingerprint', async () => {
     try {
-      pages.alice = await joinPage(browser, servers.base, { room, name: 'Alice' });
-      pages.bob = await joinPage(browser, servers.base, { room, name: 'Bob <i>B</i>' });
+      pages.alice = await joinPage(suite.browser, suite.servers.base, { room, name: 'Alice' });
+      pages.bob = await joinPage(suite.browser, suite.servers.base, { room, name: 'Bob <i>B</i>' });
       const { alice, bob } = pages;
       await sameSafetyNumber([alice, bob]);
       const ids = [alice.participantId, bob.participantId];
@@ -106,7 +90,7 @@ describe('MLS member list with fingerprints', { timeout: 300000 }, () => {
       await bob.evaluate(() => window.satsuma.call.leave());
       await bob.close();
       await waitForMembers(alice, [alice.participantId]);
-      pages.bob2 = await joinInContext(context, servers.base, { room, name: 'Bob <i>B</i>' });
+      pages.bob2 = await joinInContext(context, suite.servers.base, { room, name: 'Bob <i>B</i>' });
       const bob2 = pages.bob2;
       assert.notEqual(bob2.participantId, bob.participantId, 'a new participant');
       const again = await waitForMembers(alice, [alice.participantId, bob2.participantId]);
@@ -116,14 +100,14 @@ describe('MLS member list with fingerprints', { timeout: 300000 }, () => {
       assert.equal(byId(own, bob2.participantId).you, true);
 
       // Another profile, another fingerprint.
-      pages.carol = await joinPage(browser, servers.base, { room, name: 'Carol' });
+      pages.carol = await joinPage(suite.browser, suite.servers.base, { room, name: 'Carol' });
       const three = await waitForMembers(alice, [alice.participantId, bob2.participantId, pages.carol.participantId]);
       const carolPrint = byId(three, pages.carol.participantId).fingerprint;
       assert.match(carolPrint, FINGERPRINT);
       assert.ok(![alicePrint, bobPrint].includes(carolPrint), 'a new profile has its own fingerprint');
-      assert.equal(servers.panicked().length, 0, servers.panicked().join('\n'));
+      assert.equal(suite.servers.panicked().length, 0, suite.servers.panicked().join('\n'));
     } catch (err) {
-      failed = true;
+      suite.failed = true;
       throw err;
     }
   });

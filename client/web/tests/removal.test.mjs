@@ -4,10 +4,10 @@
 // sessions, so it must decrypt no frame more than 1 s after the removal,
 // while the others carry on in a new epoch.
 
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  assertDecodes, dumpConsole, joinPage, launchBrowser, sameSafetyNumber, startServers, stats, waitFor,
+  browserSuite, assertDecodes, joinPage, sameSafetyNumber, stats, waitFor,
 } from './harness.mjs';
 
 /** Frames decrypted and RTP packets received by `page`, over all remote tracks. */
@@ -21,31 +21,15 @@ async function totals(page) {
 }
 
 describe('host removal', { timeout: 300000 }, () => {
-  let servers;
-  let browser;
   const room = `removal-${Date.now()}`;
   const pages = [];
-  let failed = false;
-
-  before(async () => {
-    servers = await startServers();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    if (failed) {
-      dumpConsole(pages);
-      console.log(servers?.logs.slice(-60).join('\n'));
-    }
-    await browser?.close();
-    await servers?.stop();
-  });
+  const suite = browserSuite({ pages });
 
   it('a removed participant that keeps its keys decrypts nothing 1 s after the removal', async () => {
     try {
-      const alice = await joinPage(browser, servers.base, { room, name: 'Alice' });
-      const bob = await joinPage(browser, servers.base, { room, name: 'Bob' });
-      const mallory = await joinPage(browser, servers.base, { room, name: 'Mallory', params: { test_keep_keys: '1' } });
+      const alice = await joinPage(suite.browser, suite.servers.base, { room, name: 'Alice' });
+      const bob = await joinPage(suite.browser, suite.servers.base, { room, name: 'Bob' });
+      const mallory = await joinPage(suite.browser, suite.servers.base, { room, name: 'Mallory', params: { test_keep_keys: '1' } });
       pages.push(alice, bob, mallory);
       const before3 = await sameSafetyNumber([alice, bob, mallory]);
       await assertDecodes(mallory, alice.participantId);
@@ -81,9 +65,9 @@ describe('host removal', { timeout: 300000 }, () => {
       await assertDecodes(bob, alice.participantId);
       const lostAfter = await waitFor('the removed page to still hold its worker stats', async () => (await stats(mallory)) ?? null);
       assert.ok(lostAfter.remote.length > 0, 'the removed page kept its receivers (the hook works)');
-      assert.equal(servers.panicked().length, 0, servers.panicked().join('\n'));
+      assert.equal(suite.servers.panicked().length, 0, suite.servers.panicked().join('\n'));
     } catch (err) {
-      failed = true;
+      suite.failed = true;
       throw err;
     }
   });

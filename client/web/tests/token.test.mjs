@@ -9,11 +9,11 @@
 //   `#invite=…` joins with the name it chose; once the host revokes the
 //   invite, the same link is refused in the lobby.
 
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import {
-  assertDecodes, dumpConsole, launchBrowser, mintToken, sameSafetyNumber, screenshot, startAllInOne, waitFor,
+  browserSuite, assertDecodes, mintToken, sameSafetyNumber, screenshot, startAllInOne, waitFor,
 } from './harness.mjs';
 
 const TOKEN_SECRET = randomBytes(32).toString('hex');
@@ -38,42 +38,18 @@ async function joined(page) {
 }
 
 describe('join with #token= and #invite= on a server without --dev', { timeout: 400000 }, () => {
-  let server;
-  let browser;
   const pages = [];
   const room = `token-${Date.now()}`;
-  let failed = false;
-
-  before(async () => {
-    server = await startAllInOne({ dev: false, tokenSecret: TOKEN_SECRET, testHooks: false });
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    if (failed) {
-      dumpConsole(pages);
-      console.log(server?.logs.slice(-60).join('\n'));
-    }
-    await browser?.close();
-    await server?.stop();
-  });
-
-  const check = (fn) => async () => {
-    try {
-      await fn();
-    } catch (err) {
-      failed = true;
-      throw err;
-    }
-  };
+  const suite = browserSuite({ start: () => startAllInOne({ dev: false, tokenSecret: TOKEN_SECRET, testHooks: false }), pages });
+  const { check } = suite;
 
   it('has no dev tokens, and the lobby without a token explains how to get an invite', check(async () => {
-    const config = await (await fetch(`${server.base}/client-config.json`)).json();
+    const config = await (await fetch(`${suite.servers.base}/client-config.json`)).json();
     assert.equal(config.dev, false);
-    const res = await fetch(`${server.base}/token`, { method: 'POST', body: JSON.stringify({ room }) });
+    const res = await fetch(`${suite.servers.base}/token`, { method: 'POST', body: JSON.stringify({ room }) });
     assert.equal(res.status, 404);
 
-    const page = await open(browser, `${server.base}/?room=${room}&name=Nobody&autojoin=1&video=320x240`, 'no-token');
+    const page = await open(suite.browser, `${suite.servers.base}/?room=${room}&name=Nobody&autojoin=1&video=320x240`, 'no-token');
     pages.push(page);
     await page.waitForSelector('#lobby-access', { state: 'visible', timeout: 30000 });
     const text = await page.textContent('#lobby-access');
@@ -91,14 +67,14 @@ describe('join with #token= and #invite= on a server without --dev', { timeout: 
   }));
 
   it('two pages with #token= from `satsuma token create` reach one E2EE call', check(async () => {
-    const ann = mintToken({ tokenSecret: TOKEN_SECRET, room, identity: 'ann@example.org', name: 'Ann', host: true, publicUrl: server.base });
+    const ann = mintToken({ tokenSecret: TOKEN_SECRET, room, identity: 'ann@example.org', name: 'Ann', host: true, publicUrl: suite.servers.base });
     const bob = mintToken({ tokenSecret: TOKEN_SECRET, room, identity: 'bob@example.org', name: 'Bob' });
-    assert.equal(ann.url, `${server.base}/#token=${ann.token}`);
+    assert.equal(ann.url, `${suite.servers.base}/#token=${ann.token}`);
     // The page takes room and name from the token (no room or name parameter).
-    const a = await open(browser, `${server.base}/?autojoin=1&video=320x240#token=${ann.token}`, 'Ann');
+    const a = await open(suite.browser, `${suite.servers.base}/?autojoin=1&video=320x240#token=${ann.token}`, 'Ann');
     pages.push(a);
     await joined(a);
-    const b = await open(browser, `${server.base}/?autojoin=1&video=320x240#token=${bob.token}`, 'Bob');
+    const b = await open(suite.browser, `${suite.servers.base}/?autojoin=1&video=320x240#token=${bob.token}`, 'Bob');
     pages.push(b);
     await joined(b);
     for (const p of [a, b]) {
@@ -120,8 +96,8 @@ describe('join with #token= and #invite= on a server without --dev', { timeout: 
     const [a, b] = pages.slice(-2);
     await a.click('#make-invite');
     const link = await waitFor('the invite link', async () => (await a.inputValue('#invite-link').catch(() => '')) || null);
-    assert.ok(link.startsWith(`${server.base}/#invite=`), link);
-    const c = await open(browser, link.replace('/#invite=', '/?autojoin=1&name=Carol&video=320x240#invite='), 'Carol');
+    assert.ok(link.startsWith(`${suite.servers.base}/#invite=`), link);
+    const c = await open(suite.browser, link.replace('/#invite=', '/?autojoin=1&name=Carol&video=320x240#invite='), 'Carol');
     pages.push(c);
     await joined(c);
     assert.ok(!c.url().includes('invite='), `invite left in the address bar: ${c.url()}`);
@@ -132,7 +108,7 @@ describe('join with #token= and #invite= on a server without --dev', { timeout: 
     await screenshot(a, 'token-host-invite');
     await a.click('#revoke-invite');
     await waitFor('the revocation', async () => /revoked/.test(await a.textContent('#invite-note')));
-    const d = await open(browser, link.replace('/#invite=', '/?autojoin=1&name=Dave&video=320x240#invite='), 'Dave');
+    const d = await open(suite.browser, link.replace('/#invite=', '/?autojoin=1&name=Dave&video=320x240#invite='), 'Dave');
     pages.push(d);
     let seen = null;
     try {
