@@ -304,8 +304,10 @@ fn require_api_key(app: &App, headers: &HeaderMap) -> Result<String, ApiError> {
     }
 }
 
-/// An API key, or a host of a room (a participant credential of a current host, or a join
-/// token with the `host` grant).
+/// An API key, or a host of a room by grant: the participant credential of a participant whose
+/// join token granted `host`, or such a join token itself. A participant who is host only as the
+/// room's first joiner (`first_joiner_is_host`) cannot make invites: admitting new people is
+/// for hosts the app named.
 fn host_or_api_key(app: &App, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let (scheme, cred) = authorization(headers)?;
     // Join tokens (base64url and dots) and participant credentials (hex) never hold a ':'.
@@ -328,7 +330,7 @@ fn host_or_api_key(app: &App, headers: &HeaderMap) -> Result<Principal, ApiError
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                "only a host of the room may do this",
+                "only a host named by its join token (host grant) may do this",
             ));
         }
         return Ok(Principal::Host {

@@ -487,6 +487,21 @@ async fn an_invite_works_until_it_is_revoked() {
         json!({"publish": false, "subscribe": true, "host": false})
     );
 
+    // Host only as a first joiner (no host grant in its token): no invites.
+    let first = Client::join(&server, "fresh-room", "first").await;
+    let (status, body) = post(
+        &server,
+        "/api/v1/invites",
+        Some(&format!("Bearer {}", first.resume_token)),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("host grant"),
+        "{body}"
+    );
+
     // Garbage is refused with JSON errors. The invite routes, which browsers call, never send a
     // Basic challenge (a browser would show a login prompt and leave the request pending).
     assert_eq!(redeem(&server, "garbage", "x").await.0, 401);

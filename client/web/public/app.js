@@ -725,7 +725,15 @@ async function lobby() {
     if (access.invite && !access.redeemed) access.redeemed = (await redeemInvite(access.invite, name)).token;
     localStorage.setItem('satsuma.name', name);
     $('preview').srcObject = null;
-    const call = new Call({ room, name, codec: $('codec-select').value, local, view, flags, getToken: tokenFor(room, name) });
+    // Only hosts named by their token (host grant) may make invites (the server checks it too).
+    const fetchJoinToken = tokenFor(room, name);
+    const getToken = async () => {
+      const token = await fetchJoinToken();
+      const perms = jwtClaims(token)?.perms;
+      $('invite-controls').hidden = !(Array.isArray(perms) && perms.includes('host'));
+      return token;
+    };
+    const call = new Call({ room, name, codec: $('codec-select').value, local, view, flags, getToken });
     window.satsuma.call = call;
     $('toggle-mic').onclick = () => call.setEnabled('audio', !(local.audio?.enabled));
     $('toggle-cam').onclick = () => call.setEnabled('video', !(local.video?.enabled));
