@@ -186,7 +186,7 @@ struct SoakArgs {
     minutes: f64,
 
     /// Rooms (the load size: calibrated so SFU + bots use about 70 % of a 2-core machine).
-    #[arg(long, env = "SATSUMA_LOAD_SOAK_ROOMS", default_value_t = 10)]
+    #[arg(long, env = "SATSUMA_LOAD_SOAK_ROOMS", default_value_t = 15)]
     rooms: usize,
 
     /// Members per room (at least 2). Each publishes audio + video and pulls the others.

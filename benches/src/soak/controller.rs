@@ -62,6 +62,9 @@ pub struct Sample {
     pub sfu_cpu_pct: f64,
     /// Bots (all workers) CPU over the last period, percent of one core.
     pub bots_cpu_pct: f64,
+    /// Milliseconds per second the SFU's threads waited, runnable, for a CPU (summed over
+    /// threads; from schedstat): how much the rest of the machine starved it.
+    pub sfu_runq_ms_per_s: f64,
     /// RTP packets the SFU handed to subscriber legs per second over the last period.
     pub forwarded_pps: f64,
     /// `satsuma_sfu_sessions`.
@@ -109,6 +112,8 @@ pub struct SoakReport {
     pub controller_cores: f64,
     /// (SFU + bots) ÷ (wall × cores), percent.
     pub cpu_share_pct: f64,
+    /// Milliseconds per wall second the SFU's threads waited for a CPU (starvation).
+    pub sfu_runq_ms_per_s: f64,
     /// RSS at the baseline sample (minute 2, or half-way in runs shorter than 3 minutes).
     pub rss_baseline_mib: f64,
     /// Time of the baseline sample.
@@ -211,6 +216,7 @@ struct SfuReading {
     cpu_s: f64,
     bots_cpu_s: f64,
     own_cpu_s: f64,
+    runq_s: f64,
     rss_mib: f64,
     metrics: BTreeMap<String, f64>,
 }
@@ -359,6 +365,7 @@ pub async fn run_soak(opts: &SoakOptions) -> anyhow::Result<SoakReport> {
         cpu_s: cpu_s(sfu_pid),
         bots_cpu_s: worker_pids.iter().map(|&p| cpu_s(p)).sum(),
         own_cpu_s: cpu_s(own_pid),
+        runq_s: super::runqueue_wait_s(sfu_pid),
         rss_mib: process::rss_mib(sfu_pid).unwrap_or(0.0),
         metrics,
     };
@@ -389,7 +396,9 @@ pub async fn run_soak(opts: &SoakOptions) -> anyhow::Result<SoakReport> {
     let mut next = t0 + opts.sample_every;
     while next <= end + Duration::from_millis(10) {
         tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
-        next += opts.sample_every;
+        // A late sample (an overloaded machine, a worker busy in a churn step) moves the next
+        // one: samples are never taken back to back, so per-period rates stay meaningful.
+        next = (next + opts.sample_every).max(Instant::now() + opts.sample_every / 2);
         if !sfu.is_running() {
             controller_errors.push(format!(
                 "satsuma-sfu exited during the soak; stderr tail: {}",
@@ -429,6 +438,7 @@ pub async fn run_soak(opts: &SoakOptions) -> anyhow::Result<SoakReport> {
             rss_mib: now.rss_mib,
             sfu_cpu_pct: (now.cpu_s - prev.cpu_s) / dt * 100.0,
             bots_cpu_pct: (now.bots_cpu_s - prev.bots_cpu_s) / dt * 100.0,
+            sfu_runq_ms_per_s: (now.runq_s - prev.runq_s).max(0.0) / dt * 1000.0,
             forwarded_pps: (now.m("satsuma_sfu_forwarded_packets_total")
                 - prev.m("satsuma_sfu_forwarded_packets_total"))
                 / dt,
@@ -443,11 +453,12 @@ pub async fn run_soak(opts: &SoakOptions) -> anyhow::Result<SoakReport> {
             loadavg: process::loadavg(),
         };
         eprintln!(
-            "{:>6.0} {:>9.1} {:>7.1} {:>7.1} {:>9.0} {:>8.0} {:>5.0} {:>7} {:>6} {:>6} {:>6} {:>5.2}",
+            "{:>6.0} {:>9.1} {:>7.1} {:>7.1} {:>7.0} {:>9.0} {:>8.0} {:>5.0} {:>7} {:>6} {:>6} {:>6} {:>5.2}",
             s.t_s,
             s.rss_mib,
             s.sfu_cpu_pct,
             s.bots_cpu_pct,
+            s.sfu_runq_ms_per_s,
             s.forwarded_pps,
             s.sessions,
             s.legs,
@@ -615,6 +626,7 @@ pub async fn run_soak(opts: &SoakOptions) -> anyhow::Result<SoakReport> {
         bots_cores,
         controller_cores,
         cpu_share_pct: (sfu_cores + bots_cores) / cores as f64 * 100.0,
+        sfu_runq_ms_per_s: per_wall(last.runq_s - first.runq_s) * 1000.0,
         rss_baseline_mib: rss_baseline,
         rss_baseline_t_s: baseline.map_or(0.0, |s| s.t_s),
         rss_end_mib: rss_end,
@@ -678,15 +690,16 @@ impl SoakReport {
             self.loadavg_after,
             self.load
         ));
-        s.push_str("| t s | RSS MiB | SFU CPU % | bots CPU % | fwd pkt/s | sessions | legs | members | joins | bot lost | SFU loss drops | errors | load |\n");
-        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        s.push_str("| t s | RSS MiB | SFU CPU % | bots CPU % | SFU run-queue wait ms/s | fwd pkt/s | sessions | legs | members | joins | bot lost | SFU loss drops | errors | load |\n");
+        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for x in &self.samples {
             s.push_str(&format!(
-                "| {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.2} |\n",
+                "| {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.2} |\n",
                 x.t_s,
                 x.rss_mib,
                 x.sfu_cpu_pct,
                 x.bots_cpu_pct,
+                x.sfu_runq_ms_per_s,
                 x.forwarded_pps,
                 x.sessions,
                 x.legs,
@@ -726,6 +739,10 @@ impl SoakReport {
                 format!("{} / {}", self.forwarded, self.rtp_in),
             ),
             ("SFU CPU per forwarded packet".into(), format!("{:.1} µs", self.cpu_us_per_forwarded)),
+            (
+                "SFU threads waiting for a CPU (run queue)".into(),
+                format!("{:.0} ms per wall second", self.sfu_runq_ms_per_s),
+            ),
             (
                 "bots: sent / received / lost / corrupt / foreign / duplicates".into(),
                 format!(

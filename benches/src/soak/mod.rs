@@ -273,6 +273,19 @@ impl SocketDrops {
     }
 }
 
+/// Seconds the threads of `pid` have spent runnable but waiting for a CPU (second field of
+/// `/proc/<pid>/task/*/schedstat`, summed over the live threads): how much the machine starved it.
+pub fn runqueue_wait_s(pid: u32) -> f64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|ns| ns as f64 / 1e9)
+        .sum()
+}
+
 /// Both `/proc/net/udp` tables of this network namespace.
 pub fn udp_tables() -> BTreeMap<u64, u64> {
     let mut t = BTreeMap::new();
@@ -387,6 +400,13 @@ mod tests {
             Some("404")
         );
         assert_eq!(label_value("a", "status"), None);
+    }
+
+    #[test]
+    fn reads_own_runqueue_wait() {
+        let w = runqueue_wait_s(std::process::id());
+        assert!(w >= 0.0 && w.is_finite());
+        assert_eq!(runqueue_wait_s(u32::MAX), 0.0);
     }
 
     #[test]

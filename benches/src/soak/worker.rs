@@ -353,7 +353,12 @@ struct Worker {
     churn: Vec<JoinHandle<()>>,
     /// Packets received per (member, mid) at the last sample, for stall detection.
     last_packets: HashMap<(String, String), u64>,
+    /// When that was.
+    last_sample: Instant,
 }
+
+/// A pulled track that receives nothing for this long between two samples has stalled.
+const STALL_AFTER: Duration = Duration::from_secs(3);
 
 impl Worker {
     async fn start(
@@ -409,6 +414,7 @@ impl Worker {
             stop,
             churn,
             last_packets: HashMap::new(),
+            last_sample: Instant::now(),
         })
     }
 
@@ -418,6 +424,8 @@ impl Worker {
         let mut stalled = Vec::new();
         let mut members = 0;
         let mut seen = HashMap::new();
+        let check_stalls = self.last_sample.elapsed() >= STALL_AFTER;
+        self.last_sample = Instant::now();
         for room in &self.rooms {
             let r = room.lock().await;
             for m in &r.members {
@@ -435,7 +443,8 @@ impl Worker {
                         for t in s.participant.subscribed.iter().filter(|t| t.active) {
                             let key = (m.name.clone(), t.mid.clone());
                             let now = t.received.packets;
-                            if let Some(&before) = self.last_packets.get(&key)
+                            if check_stalls
+                                && let Some(&before) = self.last_packets.get(&key)
                                 && now <= before
                             {
                                 stalled.push(format!(
