@@ -179,6 +179,11 @@ pub(crate) struct Cli {
     #[arg(long, env = "SATSUMA_TLS_SELF_SIGNED", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub(crate) tls_self_signed: Option<bool>,
 
+    /// The embedded SFU's quotas: the same flags and SATSUMA_SFU_* environment variables as
+    /// satsuma-sfu (file: the [sfu] table).
+    #[command(flatten, next_help_heading = "Embedded SFU quotas")]
+    pub(crate) sfu_limits: satsuma_sfu::config::LimitSettings,
+
     /// Only check the configuration (file, environment and flags): print the resolved settings
     /// (secrets shown only as set or not) and exit with status 0, or 2 if it is invalid.
     #[arg(long)]
@@ -262,6 +267,9 @@ pub(crate) struct FileSettings {
     pub(crate) tls_key: Option<PathBuf>,
     /// See `--tls-self-signed`.
     pub(crate) tls_self_signed: Option<bool>,
+    /// The `[sfu]` table: the embedded SFU's quotas, keys as in satsuma-sfu's file
+    /// (`session_max_legs = 64`, …).
+    pub(crate) sfu: Option<satsuma_sfu::config::LimitSettings>,
 }
 
 impl FileSettings {
@@ -277,6 +285,8 @@ impl FileSettings {
 /// the stack starts.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Settings {
+    /// The embedded SFU's quotas (unset: satsuma-sfu's defaults).
+    pub(crate) sfu_limits: satsuma_sfu::config::LimitSettings,
     /// Web / coordinator listen address.
     pub(crate) listen: SocketAddr,
     /// URL to print, if configured.
@@ -405,7 +415,15 @@ impl Settings {
             }
             _ => bail!("tls_cert and tls_key must be given together"),
         };
+        let sfu_limits = cli.sfu_limits.or(file.sfu.unwrap_or_default());
+        let mut probe = satsuma_sfu::Config::default();
+        sfu_limits.apply(&mut probe);
+        probe
+            .limits
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[sfu] quotas: {e}"))?;
         Ok(Settings {
+            sfu_limits,
             tls,
             listen: cli
                 .listen
@@ -475,6 +493,7 @@ impl Settings {
                         .to_string())
             ),
             format!("dev = {}", self.dev),
+            format!("sfu = {:?}", self.sfu_limits),
             format!("test_hooks = {}", self.test_hooks),
             format!("app_id = {}", self.app_id),
             format!("app_secret = {}", secret(&self.app_secret)),
@@ -542,6 +561,30 @@ mod tests {
             vec!["203.0.113.7".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn sfu_quotas_come_from_the_sfu_table_and_flags_and_reach_the_embedded_sfu() {
+        let file: FileSettings =
+            toml::from_str("[sfu]\nsession_max_legs = 7\nsession_max_pulls_per_track = 3\n")
+                .unwrap();
+        let cli = Cli::try_parse_from(["satsuma", "--session-max-pulls-per-track", "1"]).unwrap();
+        let s = Settings {
+            dev: true,
+            ..Settings::resolve(cli, file).unwrap()
+        };
+        let secrets = crate::stack::Secrets::from_settings(&s).unwrap();
+        let sfu = crate::stack::sfu_config(&s, &secrets, Vec::new());
+        assert_eq!(sfu.limits.session_max_legs, 7);
+        assert_eq!(sfu.limits.session_max_pulls_per_track, 1, "the flag wins");
+        assert_eq!(
+            sfu.limits.app_max_sessions,
+            satsuma_sfu::config::Limits::default().app_max_sessions
+        );
+        // Unknown keys in the table and quotas that let nothing through are refused.
+        assert!(toml::from_str::<FileSettings>("[sfu]\nsession_max_lgs = 7\n").is_err());
+        let zero: FileSettings = toml::from_str("[sfu]\nsession_max_legs = 0\n").unwrap();
+        assert!(Settings::resolve(Cli::default(), zero).is_err());
     }
 
     #[test]

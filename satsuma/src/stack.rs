@@ -66,7 +66,7 @@ pub(crate) fn sfu_config(
     secrets: &Secrets,
     announce_ips: Vec<IpAddr>,
 ) -> satsuma_sfu::Config {
-    satsuma_sfu::Config {
+    let mut config = satsuma_sfu::Config {
         apps: vec![satsuma_sfu::App {
             id: settings.app_id.clone(),
             secret: secrets.app_secret.clone(),
@@ -77,7 +77,9 @@ pub(crate) fn sfu_config(
         // The SFU's test hooks (POST /v1/test/shards/{n}/panic) come with the stack's.
         test_hooks: settings.test_hooks,
         ..satsuma_sfu::Config::default()
-    }
+    };
+    settings.sfu_limits.apply(&mut config);
+    config
 }
 
 /// The address to reach a server bound at `bound` from this machine: the unspecified address

@@ -81,11 +81,11 @@ impl Stack {
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            // Keeps draining after the listening line: a closed pipe would fail the server's
+            // later prints.
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         loop {
@@ -180,13 +180,12 @@ async fn same_group(a: &RoomMember, b: &RoomMember) -> (u64, String) {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let (va, vb) = (a.view(), b.view());
-        if va.phase == "member"
-            && va.epoch.is_some()
+        if let (Some(epoch), Some(number)) = (va.epoch, va.safety_number.clone())
+            && va.phase == "member"
             && va.epoch == vb.epoch
-            && va.safety_number.is_some()
             && va.safety_number == vb.safety_number
         {
-            return (va.epoch.unwrap(), va.safety_number.unwrap());
+            return (epoch, number);
         }
         assert!(
             Instant::now() < deadline,

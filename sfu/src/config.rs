@@ -137,6 +137,111 @@ impl Limits {
     }
 }
 
+/// The SFU's quotas as optional settings: one definition of their flags (`--session-max-legs`
+/// …), environment variables (`SATSUMA_SFU_SESSION_MAX_LEGS` …) and TOML keys, shared by
+/// `satsuma-sfu` and the all-in-one `satsuma` (its `[sfu]` table). Unset ones keep the
+/// defaults of [`Limits`] and [`Config`].
+#[derive(Debug, Default, Clone, PartialEq, Eq, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// API requests one session may make per second (burst as many); 429 `rate_limited`
+    /// beyond. Default 50.
+    #[arg(long, env = "SATSUMA_SFU_SESSION_REQUESTS_PER_SECOND")]
+    pub session_requests_per_second: Option<u32>,
+
+    /// Most tracks in one API request (tracks/new, close, update); 400 `too_many_tracks`
+    /// beyond. Default 64.
+    #[arg(long, env = "SATSUMA_SFU_MAX_TRACKS_PER_REQUEST")]
+    pub max_tracks_per_request: Option<usize>,
+
+    /// `sessions/new` calls one app may make per second (burst as many); 429 `rate_limited`
+    /// beyond. Default 100.
+    #[arg(long, env = "SATSUMA_SFU_APP_NEW_SESSIONS_PER_SECOND")]
+    pub app_new_sessions_per_second: Option<u32>,
+
+    /// Live sessions one app may hold; `sessions/new` beyond answers 429 `too_many_sessions`.
+    /// Default 2000.
+    #[arg(long, env = "SATSUMA_SFU_APP_MAX_SESSIONS")]
+    pub app_max_sessions: Option<usize>,
+
+    /// Tracks one session may publish at once; more get the per-track error
+    /// `too_many_publications`. Default 16.
+    #[arg(long, env = "SATSUMA_SFU_SESSION_MAX_PUBLICATIONS")]
+    pub session_max_publications: Option<usize>,
+
+    /// Tracks one session may pull at once (negotiating or active legs); more get the
+    /// per-track error `too_many_legs`. Default 256.
+    #[arg(long, env = "SATSUMA_SFU_SESSION_MAX_LEGS")]
+    pub session_max_legs: Option<usize>,
+
+    /// Times one session may pull the same remote track at once; more get the per-track error
+    /// `too_many_pulls`. Default 2.
+    #[arg(long, env = "SATSUMA_SFU_SESSION_MAX_PULLS_PER_TRACK")]
+    pub session_max_pulls_per_track: Option<usize>,
+
+    /// Media one session may publish in kbit/s, over all its tracks; packets beyond are dropped
+    /// and counted (satsuma_sfu_dropped_total{reason="ingress_bitrate"}). 0: no limit.
+    /// Default 20000.
+    #[arg(long, env = "SATSUMA_SFU_SESSION_MAX_INGRESS_KBPS")]
+    pub session_max_ingress_kbps: Option<u32>,
+}
+
+impl LimitSettings {
+    /// Each setting from `self`, else from `lower` (flags over environment over file).
+    #[must_use]
+    pub fn or(self, lower: LimitSettings) -> LimitSettings {
+        LimitSettings {
+            session_requests_per_second: self
+                .session_requests_per_second
+                .or(lower.session_requests_per_second),
+            max_tracks_per_request: self.max_tracks_per_request.or(lower.max_tracks_per_request),
+            app_new_sessions_per_second: self
+                .app_new_sessions_per_second
+                .or(lower.app_new_sessions_per_second),
+            app_max_sessions: self.app_max_sessions.or(lower.app_max_sessions),
+            session_max_publications: self
+                .session_max_publications
+                .or(lower.session_max_publications),
+            session_max_legs: self.session_max_legs.or(lower.session_max_legs),
+            session_max_pulls_per_track: self
+                .session_max_pulls_per_track
+                .or(lower.session_max_pulls_per_track),
+            session_max_ingress_kbps: self
+                .session_max_ingress_kbps
+                .or(lower.session_max_ingress_kbps),
+        }
+    }
+
+    /// Writes the settings that are set into `config`.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(v) = self.session_requests_per_second {
+            config.session_requests_per_second = v;
+        }
+        if let Some(v) = self.max_tracks_per_request {
+            config.max_tracks_per_request = v;
+        }
+        let l = &mut config.limits;
+        if let Some(v) = self.app_new_sessions_per_second {
+            l.app_new_sessions_per_second = v;
+        }
+        if let Some(v) = self.app_max_sessions {
+            l.app_max_sessions = v;
+        }
+        if let Some(v) = self.session_max_publications {
+            l.session_max_publications = v;
+        }
+        if let Some(v) = self.session_max_legs {
+            l.session_max_legs = v;
+        }
+        if let Some(v) = self.session_max_pulls_per_track {
+            l.session_max_pulls_per_track = v;
+        }
+        if let Some(v) = self.session_max_ingress_kbps {
+            l.session_max_ingress_kbps = v;
+        }
+    }
+}
+
 /// One shard per core the process may use.
 pub fn default_shards() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -170,7 +275,6 @@ impl Default for Config {
 
 /// The TOML file accepted by `--config`. Every key is optional; see the README for an example.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// `[[apps]]` tables with `id` and `secret`.
     #[serde(default)]
@@ -191,22 +295,12 @@ pub struct FileConfig {
     pub bwe_initial_kbps: Option<u32>,
     /// Log filter, like `info` or `satsuma_sfu=debug`.
     pub log: Option<String>,
-    /// API requests per session per second.
-    pub session_requests_per_second: Option<u32>,
-    /// Tracks per API request.
-    pub max_tracks_per_request: Option<usize>,
-    /// See [`Limits::app_new_sessions_per_second`].
-    pub app_new_sessions_per_second: Option<u32>,
-    /// See [`Limits::app_max_sessions`].
-    pub app_max_sessions: Option<usize>,
-    /// See [`Limits::session_max_publications`].
-    pub session_max_publications: Option<usize>,
-    /// See [`Limits::session_max_legs`].
-    pub session_max_legs: Option<usize>,
-    /// See [`Limits::session_max_pulls_per_track`].
-    pub session_max_pulls_per_track: Option<usize>,
-    /// See [`Limits::session_max_ingress_kbps`].
-    pub session_max_ingress_kbps: Option<u32>,
+    /// The quotas, at the top level of the file (`session_max_legs = 64`, …).
+    #[serde(flatten)]
+    pub limits: LimitSettings,
+    /// Keys no field took: refused by [`FileConfig::load`] (a typo must not pass silently).
+    #[serde(flatten)]
+    pub unknown: std::collections::BTreeMap<String, toml::Value>,
     /// Origins allowed to call the API from a browser (CORS).
     pub cors_origins: Option<Vec<String>>,
     /// Bearer token for `/metrics`.
@@ -250,10 +344,25 @@ impl FileConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        Self::parse(&text, path)
+    }
+
+    /// Parses the text of a config file read from `path` (named in errors); unknown keys
+    /// are refused.
+    pub fn parse(text: &str, path: &std::path::Path) -> Result<FileConfig, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
-        })
+        })?;
+        if !file.unknown.is_empty() {
+            let keys: Vec<&str> = file.unknown.keys().map(String::as_str).collect();
+            return Err(ConfigError::Invalid(format!(
+                "{}: unknown key(s) {}",
+                path.display(),
+                keys.join(", ")
+            )));
+        }
+        Ok(file)
     }
 }
 
@@ -333,13 +442,16 @@ mod tests {
 
     #[test]
     fn file_config_parses_and_rejects_unknown_keys() {
-        let f: FileConfig = toml::from_str(
-            "http_bind = \"127.0.0.1:1\"\ntrack_timeout_secs = 2.5\n[[apps]]\nid = \"x\"\nsecret = \"y\"\n",
+        let f = FileConfig::parse(
+            "http_bind = \"127.0.0.1:1\"\ntrack_timeout_secs = 2.5\nsession_max_legs = 9\n[[apps]]\nid = \"x\"\nsecret = \"y\"\n",
+            std::path::Path::new("sfu.toml"),
         )
         .unwrap();
+        assert_eq!(f.limits.session_max_legs, Some(9));
         assert_eq!(f.apps.len(), 1);
         assert_eq!(f.track_timeout_secs, Some(2.5));
-        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+        let err = FileConfig::parse("bogus = 1", std::path::Path::new("sfu.toml")).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
     }
 
     #[test]

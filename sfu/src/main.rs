@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use satsuma_sfu::config::{FileConfig, secs};
+use satsuma_sfu::config::{FileConfig, LimitSettings, secs};
 use satsuma_sfu::{App, Config, Server};
 
 /// Satsuma's selective forwarding unit: WebRTC media forwarding (str0m, RTP mode, one UDP port)
@@ -69,46 +69,8 @@ struct Cli {
     #[arg(long, env = "SATSUMA_SFU_BWE_INITIAL_KBPS")]
     bwe_initial_kbps: Option<u32>,
 
-    /// API requests one session may make per second (burst as many); 429 `rate_limited`
-    /// beyond. Default 50.
-    #[arg(long, env = "SATSUMA_SFU_SESSION_REQUESTS_PER_SECOND")]
-    session_requests_per_second: Option<u32>,
-
-    /// Most tracks in one API request (tracks/new, close, update); 400 `too_many_tracks`
-    /// beyond. Default 64.
-    #[arg(long, env = "SATSUMA_SFU_MAX_TRACKS_PER_REQUEST")]
-    max_tracks_per_request: Option<usize>,
-
-    /// `sessions/new` calls one app may make per second (burst as many); 429 `rate_limited`
-    /// beyond. Default 100.
-    #[arg(long, env = "SATSUMA_SFU_APP_NEW_SESSIONS_PER_SECOND")]
-    app_new_sessions_per_second: Option<u32>,
-
-    /// Live sessions one app may hold; `sessions/new` beyond answers 429 `too_many_sessions`.
-    /// Default 2000.
-    #[arg(long, env = "SATSUMA_SFU_APP_MAX_SESSIONS")]
-    app_max_sessions: Option<usize>,
-
-    /// Tracks one session may publish at once; more get the per-track error
-    /// `too_many_publications`. Default 16.
-    #[arg(long, env = "SATSUMA_SFU_SESSION_MAX_PUBLICATIONS")]
-    session_max_publications: Option<usize>,
-
-    /// Tracks one session may pull at once (negotiating or active legs); more get the
-    /// per-track error `too_many_legs`. Default 256.
-    #[arg(long, env = "SATSUMA_SFU_SESSION_MAX_LEGS")]
-    session_max_legs: Option<usize>,
-
-    /// Times one session may pull the same remote track at once; more get the per-track error
-    /// `too_many_pulls`. Default 2.
-    #[arg(long, env = "SATSUMA_SFU_SESSION_MAX_PULLS_PER_TRACK")]
-    session_max_pulls_per_track: Option<usize>,
-
-    /// Media one session may publish in kbit/s, over all its tracks; packets beyond are dropped
-    /// and counted (satsuma_sfu_dropped_total{reason="ingress_bitrate"}). 0: no limit.
-    /// Default 20000.
-    #[arg(long, env = "SATSUMA_SFU_SESSION_MAX_INGRESS_KBPS")]
-    session_max_ingress_kbps: Option<u32>,
+    #[command(flatten)]
+    limits: LimitSettings,
 
     /// Browser origin allowed to call the API cross-origin, like https://app.example.com
     /// (repeatable; env: comma-separated). Default: none, and no CORS headers are sent.
@@ -173,39 +135,7 @@ fn build_config(cli: Cli) -> anyhow::Result<(Config, String)> {
         .bwe_initial_kbps
         .or(file.bwe_initial_kbps)
         .unwrap_or(config.bwe_initial_kbps);
-    config.session_requests_per_second = cli
-        .session_requests_per_second
-        .or(file.session_requests_per_second)
-        .unwrap_or(config.session_requests_per_second);
-    config.max_tracks_per_request = cli
-        .max_tracks_per_request
-        .or(file.max_tracks_per_request)
-        .unwrap_or(config.max_tracks_per_request);
-    let l = &mut config.limits;
-    l.app_new_sessions_per_second = cli
-        .app_new_sessions_per_second
-        .or(file.app_new_sessions_per_second)
-        .unwrap_or(l.app_new_sessions_per_second);
-    l.app_max_sessions = cli
-        .app_max_sessions
-        .or(file.app_max_sessions)
-        .unwrap_or(l.app_max_sessions);
-    l.session_max_publications = cli
-        .session_max_publications
-        .or(file.session_max_publications)
-        .unwrap_or(l.session_max_publications);
-    l.session_max_legs = cli
-        .session_max_legs
-        .or(file.session_max_legs)
-        .unwrap_or(l.session_max_legs);
-    l.session_max_pulls_per_track = cli
-        .session_max_pulls_per_track
-        .or(file.session_max_pulls_per_track)
-        .unwrap_or(l.session_max_pulls_per_track);
-    l.session_max_ingress_kbps = cli
-        .session_max_ingress_kbps
-        .or(file.session_max_ingress_kbps)
-        .unwrap_or(l.session_max_ingress_kbps);
+    cli.limits.or(file.limits).apply(&mut config);
     config.cors_origins = if cli.cors_origins.is_empty() {
         file.cors_origins.unwrap_or_default()
     } else {
