@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::mls_framing::{self, WireFormat};
@@ -26,6 +27,9 @@ use crate::protocol::{
 
 /// Longest accepted track name or SFU session id.
 pub const MAX_NAME_LEN: usize = 128;
+
+/// Superseded KeyPackages per participant that a commit may still add.
+const OLD_KEY_PACKAGES: usize = 4;
 
 /// Tunables of a room.
 #[derive(Debug, Clone)]
@@ -408,6 +412,9 @@ pub struct Room {
     superseded: BTreeSet<u64>,
     /// The seq of each participant's retained KeyPackage (at most one each).
     latest_kp: BTreeMap<u64, u64>,
+    /// SHA-256 of each participant's last few superseded KeyPackages (dropped from the log):
+    /// a commit built before the newer one arrived may still add one of them.
+    old_kps: BTreeMap<u64, VecDeque<[u8; 32]>>,
     /// The time of the input being handled (entries are stamped with it).
     now: Option<Instant>,
     next_id: u64,
@@ -438,6 +445,7 @@ impl Room {
             latest_state: std::collections::HashMap::new(),
             superseded: BTreeSet::new(),
             latest_kp: BTreeMap::new(),
+            old_kps: BTreeMap::new(),
             now: None,
             next_id: 1,
             participants: BTreeMap::new(),
@@ -1163,11 +1171,16 @@ impl Room {
 
     /// Whether participant `id` logged exactly this KeyPackage (the struct, without the
     /// 4-byte `MLSMessage` header) in an entry still retained.
+    /// Superseded ones still count (the last [`OLD_KEY_PACKAGES`] of each participant): a
+    /// committer may have built its commit before the newer KeyPackage reached it.
     fn logged_key_package(&self, id: u64, key_package: &[u8]) -> bool {
         let skip = protocol::MlsFrame::HEADER_LEN + 4;
         self.log.iter().any(|e| {
             matches!(e.body, EntryBody::Mls { kind: KIND_KEY_PACKAGE, from } if from == id)
                 && matches!(&e.wire, Wire::Binary(w) if w.get(skip..) == Some(key_package))
+        }) || self.old_kps.get(&id).is_some_and(|old| {
+            let digest: [u8; 32] = Sha256::digest(key_package).into();
+            old.contains(&digest)
         })
     }
 
@@ -1339,6 +1352,7 @@ impl Room {
         let Some(p) = self.participants.remove(&id) else {
             return;
         };
+        self.old_kps.remove(&id);
         let (code, why) = match reason {
             LeaveReason::Left => (close::NORMAL, "left"),
             LeaveReason::Timeout => (close::PRESENCE_TIMEOUT, "presence timeout"),
@@ -1606,7 +1620,20 @@ impl Room {
         {
             // A later KeyPackage from the same participant supersedes its earlier one
             // (`docs/e2ee-relay.md`): it leaves the log, so nobody's KeyPackages can push the
-            // others' entries out of the resume window.
+            // others' entries out of the resume window. A commit may still add it (a committer
+            // may have built one before the newer KeyPackage reached it): its digest is kept.
+            let skip = protocol::MlsFrame::HEADER_LEN + 4;
+            let i = self.log.partition_point(|e| e.seq < prev);
+            if let Some(Wire::Binary(w)) =
+                self.log.get(i).filter(|e| e.seq == prev).map(|e| &e.wire)
+                && let Some(kp) = w.get(skip..)
+            {
+                let old = self.old_kps.entry(from).or_default();
+                old.push_back(Sha256::digest(kp).into());
+                if old.len() > OLD_KEY_PACKAGES {
+                    old.pop_front();
+                }
+            }
             self.drop_seq(prev);
         }
         self.push_entry(Entry {
