@@ -13,7 +13,7 @@ use crate::protocol::Limits;
 use crate::room::RoomConfig;
 
 /// Everything the coordinator needs to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// HTTP/WebSocket listen address (port 0 picks a free port).
     pub listen: SocketAddr,
@@ -616,7 +616,8 @@ impl Cli {
     }
 
     /// `self` where set, else `file`.
-    fn over(self, file: Cli) -> Cli {
+    #[must_use]
+    pub fn over(self, file: Cli) -> Cli {
         macro_rules! pick {
             ($($f:ident),*) => { Cli { config: self.config, $($f: self.$f.or(file.$f)),* } };
         }

@@ -270,6 +270,9 @@ pub(crate) struct FileSettings {
     /// The `[sfu]` table: the embedded SFU's quotas, keys as in satsuma-sfu's file
     /// (`session_max_legs = 64`, …).
     pub(crate) sfu: Option<satsuma_sfu::config::LimitSettings>,
+    /// The `[coordinator]` table: the embedded coordinator's budgets and timers, keys as in
+    /// satsuma-coordinator's file (`max_key_package_bytes = 16384`, …).
+    pub(crate) coordinator: Option<satsuma_coordinator::config::Cli>,
 }
 
 impl FileSettings {
@@ -287,6 +290,10 @@ impl FileSettings {
 pub(crate) struct Settings {
     /// The embedded SFU's quotas (unset: satsuma-sfu's defaults).
     pub(crate) sfu_limits: satsuma_sfu::config::LimitSettings,
+    /// The embedded coordinator's budgets, limits and timers (from the `[coordinator]` table
+    /// and `SATSUMA_COORD_*`); what the stack decides itself (addresses, secrets, dev mode,
+    /// the SFU node) is set over it by `stack::coordinator_config`.
+    pub(crate) coordinator: satsuma_coordinator::Config,
     /// Web / coordinator listen address.
     pub(crate) listen: SocketAddr,
     /// URL to print, if configured.
@@ -343,6 +350,42 @@ fn parse_default(addr: &str) -> SocketAddr {
     // The defaults are literals checked by a unit test; fall back to loopback rather than panic.
     addr.parse()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// The embedded coordinator's configuration from `SATSUMA_COORD_*` over the `[coordinator]`
+/// table (the same keys as satsuma-coordinator's file). Keys the stack sets itself are refused
+/// there, naming the top-level setting to use instead.
+fn embedded_coordinator(
+    table: satsuma_coordinator::config::Cli,
+) -> anyhow::Result<satsuma_coordinator::Config> {
+    let env = satsuma_coordinator::config::Cli::try_parse_from(["satsuma"])
+        .map_err(|e| anyhow::anyhow!("SATSUMA_COORD_* environment: {e}"))?;
+    let mut c = env.over(table);
+    let owned = [
+        ("listen", c.listen.is_some(), "listen"),
+        ("jwt_secret", c.jwt_secret.is_some(), "token_secret"),
+        ("api_keys", c.api_keys.is_some(), "api_keys"),
+        ("dev", c.dev.is_some(), "dev"),
+        ("test_hooks", c.test_hooks.is_some(), "test_hooks"),
+        ("web_dir", c.web_dir.is_some(), "web_dir"),
+        ("sfu_nodes", c.sfu_nodes.is_some(), "sfu_api"),
+        ("sfu_app_id", c.sfu_app_id.is_some(), "app_id"),
+        ("sfu_app_secret", c.sfu_app_secret.is_some(), "app_secret"),
+        ("public_url", c.public_url.is_some(), "public_url"),
+        ("log", c.log.is_some(), "log"),
+        ("config", c.config.is_some(), "config"),
+    ];
+    if let Some((key, _, instead)) = owned.iter().find(|(_, set, _)| *set) {
+        bail!(
+            "[coordinator] {key} (or SATSUMA_COORD_{}) is set by satsuma itself: use its \
+             top-level setting {instead}",
+            key.to_uppercase()
+        );
+    }
+    // Dev mode only to pass the secret check here: the stack sets the real secret and mode.
+    c.dev = Some(true);
+    c.resolve()
+        .map_err(|e| anyhow::anyhow!("[coordinator]: {e}"))
 }
 
 impl Settings {
@@ -415,6 +458,7 @@ impl Settings {
             }
             _ => bail!("tls_cert and tls_key must be given together"),
         };
+        let coordinator = embedded_coordinator(file.coordinator.unwrap_or_default())?;
         let sfu_limits = cli.sfu_limits.or(file.sfu.unwrap_or_default());
         let mut probe = satsuma_sfu::Config::default();
         sfu_limits.apply(&mut probe);
@@ -423,6 +467,7 @@ impl Settings {
             .validate()
             .map_err(|e| anyhow::anyhow!("[sfu] quotas: {e}"))?;
         Ok(Settings {
+            coordinator,
             sfu_limits,
             tls,
             listen: cli
@@ -585,6 +630,45 @@ mod tests {
         assert!(toml::from_str::<FileSettings>("[sfu]\nsession_max_lgs = 7\n").is_err());
         let zero: FileSettings = toml::from_str("[sfu]\nsession_max_legs = 0\n").unwrap();
         assert!(Settings::resolve(Cli::default(), zero).is_err());
+    }
+
+    #[test]
+    fn coordinator_budgets_come_from_the_coordinator_table() {
+        let file: FileSettings = toml::from_str(
+            "[coordinator]\nmax_key_package_bytes = 8192\nsend_budget_bytes = 524288\n\
+             allowed_origins = [\"https://meet.example.org\"]\n",
+        )
+        .unwrap();
+        let s = Settings {
+            dev: true,
+            ..Settings::resolve(Cli::default(), file).unwrap()
+        };
+        let secrets = crate::stack::Secrets::from_settings(&s).unwrap();
+        let c = crate::stack::coordinator_config(
+            &s,
+            &secrets,
+            PathBuf::from("web"),
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:7880".parse().unwrap(),
+        );
+        assert_eq!(c.budgets.max_key_package_bytes, 8192);
+        assert_eq!(c.budgets.send_budget_bytes, 524_288);
+        assert_eq!(
+            c.budgets.allowed_origins,
+            vec!["https://meet.example.org".to_owned()]
+        );
+        assert!(c.dev, "the stack's dev mode, not the table's");
+        assert_eq!(c.jwt_secret, secrets.token_secret);
+        // Unknown keys, and keys the stack owns, are refused with the setting to use.
+        assert!(toml::from_str::<FileSettings>("[coordinator]\nmax_kp = 1\n").is_err());
+        let owned: FileSettings =
+            toml::from_str("[coordinator]\nlisten = \"0.0.0.0:1\"\n").unwrap();
+        let err = Settings::resolve(Cli::default(), owned)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("top-level setting listen"), "{err}");
+        let bad: FileSettings = toml::from_str("[coordinator]\nrate_per_second = 0\n").unwrap();
+        assert!(Settings::resolve(Cli::default(), bad).is_err());
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub(crate) fn coordinator_config(
         sfu_nodes: vec![format!("http://{}", reachable(sfu_http))],
         sfu_app_id: settings.app_id.clone(),
         sfu_app_secret: secrets.app_secret.clone(),
-        ..satsuma_coordinator::Config::default()
+        ..settings.coordinator.clone()
     }
 }
 
@@ -233,7 +233,7 @@ impl Stack {
             sfu.http_addr(),
         );
         coordinator_config.budgets.public_url = settings.public_url.clone();
-        coordinator_config.budgets.allowed_origins = origins;
+        coordinator_config.budgets.allowed_origins.extend(origins);
         let coordinator = satsuma_coordinator::Server::bind(coordinator_config)
             .await
             .context("starting the coordinator")?;
