@@ -7,7 +7,8 @@
 # (api_json), client/e2ee/fuzz (frame_trailer, frame_decrypt, handshake). Each target's
 # corpus is kept in the repository (<crate>/fuzz/corpus/<target>/) and replayed by
 # `cargo test` (<crate>/tests/fuzz_corpus.rs). A run starts from that corpus, adds what
-# libFuzzer finds, then minimizes it (cargo fuzz cmin); commit the result. A crash is
+# libFuzzer finds, then minimizes it (libFuzzer's set-cover merge, as cargo fuzz cmin
+# does); commit the result. A crash is
 # a bug: its input (in <crate>/fuzz/artifacts/<target>/) is copied into the corpus, so
 # `cargo test` fails on it until it is fixed, and the script exits non-zero.
 #
@@ -57,14 +58,27 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 echo "== $(rustup run "$TOOLCHAIN" rustc --version), $(cargo fuzz --version), ${SECS}s per target, sanitizer $SANITIZER"
 
+HOST=$(rustc -vV | sed -n 's/^host: //p')
 summary=()
 crashed=0
 for dir in "${FUZZ_DIRS[@]}"; do
   targets=$(cargo "+$TOOLCHAIN" fuzz list --fuzz-dir "$dir")
+  wanted=()
   for target in $targets; do
-    if [ -n "${FUZZ_TARGETS:-}" ] && ! [[ " $FUZZ_TARGETS " == *" $target "* ]]; then
-      continue
+    if [ -z "${FUZZ_TARGETS:-}" ] || [[ " $FUZZ_TARGETS " == *" $target "* ]]; then
+      wanted+=("$target")
     fi
+  done
+  [ "${#wanted[@]}" -gt 0 ] || continue
+  # One build per fuzz crate (cargo fuzz build: release, debug assertions, libFuzzer's
+  # instrumentation); the binaries then run without cargo, so a long run holds no lock
+  # on the shared target directory.
+  echo
+  echo "== building $dir"
+  cargo "+$TOOLCHAIN" fuzz build --fuzz-dir "$dir" --target-dir "$TARGET_DIR" \
+    --sanitizer "$SANITIZER"
+  for target in "${wanted[@]}"; do
+    bin="$TARGET_DIR/$HOST/release/$target"
     corpus="$dir/corpus/$target"
     artifacts="$dir/artifacts/$target"
     mkdir -p "$corpus" "$artifacts"
@@ -73,24 +87,21 @@ for dir in "${FUZZ_DIRS[@]}"; do
     mkdir -p "$(dirname "$log")"
     echo
     echo "== $dir: $target (${SECS}s, corpus $before files; log $log)"
-    flags=(--fuzz-dir "$dir" --target-dir "$TARGET_DIR" --sanitizer "$SANITIZER")
     status=0
     touch "$log.start"
-    cargo "+$TOOLCHAIN" fuzz run "${flags[@]}" "$target" "$corpus" -- \
-      -max_total_time="$SECS" -max_len="$MAX_LEN" -print_final_stats=1 \
-      -artifact_prefix="$artifacts/" \
-      >"$log" 2>&1 || status=$?
-    grep -E '^#[0-9]+\s+(INITED|DONE|pulse|NEW)' "$log" | tail -n 1 || true
+    "$bin" -max_total_time="$SECS" -max_len="$MAX_LEN" -print_final_stats=1 \
+      -artifact_prefix="$artifacts/" "$corpus" >"$log" 2>&1 || status=$?
+    grep -E '^#[0-9]+\s+DONE' "$log" | tail -n 1 | sed 's/^/   /' || true
     last=$(grep -E '^#[0-9]+\s' "$log" | grep 'cov:' | tail -n 1 || true)
     runs=$(grep -E '^stat::number_of_executed_units:' "$log" | awk '{print $2}' | tail -n 1)
     cov=$(sed -nE 's/.*cov: ([0-9]+).*/\1/p' <<<"$last")
     ft=$(sed -nE 's/.*ft: ([0-9]+).*/\1/p' <<<"$last")
-    execs=$(sed -nE 's/.*exec\/s: ([0-9]+).*/\1/p' <<<"$last")
+    execs=$(grep -E '^stat::average_exec_per_sec:' "$log" | awk '{print $2}' | tail -n 1)
     result="ok"
     if [ "$status" -ne 0 ]; then
       found=$(find "$artifacts" -type f -newer "$log.start" 2>/dev/null || true)
+      crashed=1
       if [ -n "$found" ]; then
-        crashed=1
         result="CRASH"
         for f in $found; do
           cp "$f" "$corpus/$(basename "$f")"
@@ -99,16 +110,21 @@ for dir in "${FUZZ_DIRS[@]}"; do
         grep -E 'panicked at|ERROR: libFuzzer|SUMMARY' "$log" | head -n 5 | sed 's/^/   /'
       else
         result="FAILED (exit $status, see $log)"
-        crashed=1
       fi
     fi
     # Merge: keep a small set of inputs that covers every edge the corpus reaches (edges,
     # not hit counts, so the corpus stays small enough to keep in the repository).
     if [ "$result" = ok ]; then
-      echo "   minimizing the corpus (cargo fuzz cmin)"
-      cargo "+$TOOLCHAIN" fuzz cmin "${flags[@]}" "$target" "$corpus" -- \
-        -use_counters=0 -set_cover_merge=1 -max_len="$MAX_LEN" >"$log.cmin" 2>&1 \
-        || { echo "   cmin failed, see $log.cmin"; crashed=1; }
+      merged=$(mktemp -d)
+      if "$bin" -set_cover_merge=1 -use_counters=0 -max_len="$MAX_LEN" "$merged" "$corpus" \
+        >"$log.cmin" 2>&1; then
+        find "$corpus" -type f -delete
+        cp "$merged"/* "$corpus"/ 2>/dev/null || true
+      else
+        echo "   corpus minimization failed, see $log.cmin"
+        crashed=1
+      fi
+      rm -rf "$merged"
     fi
     after=$(find "$corpus" -type f | wc -l)
     bytes=$(find "$corpus" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')

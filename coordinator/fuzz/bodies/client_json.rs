@@ -17,9 +17,15 @@ pub(crate) fn run(data: &[u8]) {
         // WebSocket text frames are UTF-8 (the transport refuses anything else).
         return;
     };
-    let tag = serde_json::from_str::<serde_json::Value>(text)
-        .ok()
-        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned));
+    // The `type` the text carries, read as leniently as the decoder reads it for its
+    // refusal (other fields skipped unchecked: a lone surrogate in one of them makes
+    // the text invalid JSON for `serde_json::Value`, but it still names its type).
+    #[derive(serde::Deserialize)]
+    struct Tagged {
+        #[serde(rename = "type")]
+        ty: String,
+    }
+    let tag = serde_json::from_str::<Tagged>(text).ok().map(|t| t.ty);
 
     match ClientMessage::decode(text) {
         Ok(m) => {
