@@ -422,7 +422,7 @@ fn parse(app: &App, frame: Frame) -> Result<Input, Box<ServerMessage>> {
                     None,
                 )));
             }
-            match serde_json::from_str::<ClientMessage>(t.as_str()) {
+            match ClientMessage::decode(t.as_str()) {
                 Ok(m) => {
                     app.metrics
                         .messages_in
@@ -430,7 +430,7 @@ fn parse(app: &App, frame: Frame) -> Result<Input, Box<ServerMessage>> {
                         .inc();
                     Ok(Input::Message(m))
                 }
-                Err(e) => Err(Box::new(classify(t.as_str(), &e))),
+                Err(e) => Err(Box::new(refusal(e.code(), &e.to_string(), e.refused()))),
             }
         }
         Frame::Binary(b) => {
@@ -452,34 +452,6 @@ fn parse(app: &App, frame: Frame) -> Result<Input, Box<ServerMessage>> {
             }
             Ok(Input::Binary(b))
         }
-    }
-}
-
-/// Distinguishes an unknown `type` from other malformed JSON.
-fn classify(text: &str, err: &serde_json::Error) -> ServerMessage {
-    #[derive(serde::Deserialize)]
-    struct Tagged {
-        #[serde(rename = "type")]
-        ty: String,
-    }
-    match serde_json::from_str::<Tagged>(text) {
-        Ok(Tagged { ty }) if !ClientMessage::TYPES.contains(&ty.as_str()) => {
-            let mut shown: String = ty.chars().take(40).collect();
-            if shown.len() < ty.len() {
-                shown.push('…');
-            }
-            refusal(
-                error_code::UNKNOWN_TYPE,
-                &format!("unknown message type {shown:?}"),
-                None,
-            )
-        }
-        Ok(Tagged { ty }) => refusal(
-            error_code::MALFORMED,
-            &err.to_string(),
-            ClientMessage::TYPES.iter().find(|t| **t == ty).copied(),
-        ),
-        Err(_) => refusal(error_code::MALFORMED, &err.to_string(), None),
     }
 }
 
@@ -635,9 +607,10 @@ mod tests {
 
     #[test]
     fn refusals_distinguish_unknown_types() {
+        // What `parse` replies to a refused text frame.
         let code = |text: &str| {
-            let err = serde_json::from_str::<ClientMessage>(text).unwrap_err();
-            match classify(text, &err) {
+            let e = ClientMessage::decode(text).unwrap_err();
+            match refusal(e.code(), &e.to_string(), e.refused()) {
                 ServerMessage::Error { code, refused, .. } => (code, refused),
                 other => panic!("{other:?}"),
             }
