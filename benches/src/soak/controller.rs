@@ -378,11 +378,12 @@ pub async fn run_soak(opts: &SoakOptions) -> anyhow::Result<SoakReport> {
     let mut last_worker = WorkerSample::default();
     let mut last = first.clone();
     eprintln!(
-        "{:>6} {:>9} {:>7} {:>7} {:>9} {:>8} {:>5} {:>7} {:>6} {:>6} {:>6} {:>5}",
+        "{:>6} {:>9} {:>7} {:>7} {:>7} {:>9} {:>8} {:>5} {:>7} {:>6} {:>6} {:>6} {:>5}",
         "t s",
         "RSS MiB",
         "SFU %",
         "bots %",
+        "runq ms",
         "fwd pkt/s",
         "sessions",
         "legs",

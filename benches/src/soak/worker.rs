@@ -346,14 +346,24 @@ async fn churn_loop(
     }
 }
 
+/// What one room held at its last sample.
+#[derive(Debug, Default)]
+struct RoomSnap {
+    members: usize,
+    counters: Counters,
+    bad: Vec<BotLoss>,
+    /// Packets received per (member, mid) of active pulls, for stall detection.
+    packets: HashMap<(String, String), u64>,
+}
+
 struct Worker {
     ctx: Arc<Ctx>,
     rooms: Vec<Arc<Mutex<Room>>>,
     stop: watch::Sender<bool>,
     churn: Vec<JoinHandle<()>>,
-    /// Packets received per (member, mid) at the last sample, for stall detection.
-    last_packets: HashMap<(String, String), u64>,
-    /// When that was.
+    /// Each room's last snapshot.
+    cache: Vec<RoomSnap>,
+    /// When the last sample was taken.
     last_sample: Instant,
 }
 
@@ -413,38 +423,45 @@ impl Worker {
             rooms,
             stop,
             churn,
-            last_packets: HashMap::new(),
+            cache: Vec::new(),
             last_sample: Instant::now(),
         })
     }
 
-    async fn sample(&mut self) -> WorkerSample {
-        let mut counters = Counters::default();
-        let mut bad = Vec::new();
-        let mut stalled = Vec::new();
-        let mut members = 0;
-        let mut seen = HashMap::new();
+    /// Cumulative state. A room in the middle of a churn step is not waited for (that can take
+    /// seconds on a loaded machine): its previous snapshot stands in, unless `exact`.
+    async fn sample_with(&mut self, exact: bool) -> WorkerSample {
         let check_stalls = self.last_sample.elapsed() >= STALL_AFTER;
         self.last_sample = Instant::now();
-        for room in &self.rooms {
-            let r = room.lock().await;
+        let mut stalled = Vec::new();
+        self.cache.resize_with(self.rooms.len(), RoomSnap::default);
+        for (room, cached) in self.rooms.iter().zip(self.cache.iter_mut()) {
+            let r = if exact {
+                room.lock().await
+            } else {
+                match room.try_lock() {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                }
+            };
+            let mut snap = RoomSnap::default();
             for m in &r.members {
-                members += 1;
+                snap.members += 1;
                 if let Ok(p) = m.publisher.stats().await {
-                    counters.add(&p.participant);
+                    snap.counters.add(&p.participant);
                 }
                 match m.subscriber.stats().await {
                     Ok(s) => {
-                        counters.add(&s.participant);
+                        snap.counters.add(&s.participant);
                         let l = loss_of(&m.name, &s);
                         if l.is_bad() {
-                            bad.push(l);
+                            snap.bad.push(l);
                         }
                         for t in s.participant.subscribed.iter().filter(|t| t.active) {
                             let key = (m.name.clone(), t.mid.clone());
                             let now = t.received.packets;
                             if check_stalls
-                                && let Some(&before) = self.last_packets.get(&key)
+                                && let Some(&before) = cached.packets.get(&key)
                                 && now <= before
                             {
                                 stalled.push(format!(
@@ -453,14 +470,22 @@ impl Worker {
                                     m.name, t.remote_session_id, t.track_name, t.mid
                                 ));
                             }
-                            seen.insert(key, now);
+                            snap.packets.insert(key, now);
                         }
                     }
                     Err(e) => self.ctx.error(format!("{} stats: {e:#}", m.name)),
                 }
             }
+            *cached = snap;
         }
-        self.last_packets = seen;
+        let mut counters = Counters::default();
+        let mut bad = Vec::new();
+        let mut members = 0;
+        for c in &self.cache {
+            counters = counters.plus(&c.counters);
+            bad.extend(c.bad.iter().cloned());
+            members += c.members;
+        }
         for s in &stalled {
             self.ctx.error(format!("stalled: {s}"));
         }
@@ -493,15 +518,14 @@ impl Worker {
             let _ = h.await;
         }
         // The final sample before the teardown (stall check included), then the teardown.
-        let _ = self.sample().await;
+        let _ = self.sample_with(true).await;
         for room in &self.rooms {
             let mut r = room.lock().await;
             while !r.members.is_empty() {
                 r.leave_oldest(&self.ctx).await;
             }
         }
-        self.last_packets.clear();
-        self.sample().await
+        self.sample_with(true).await
     }
 }
 
@@ -526,7 +550,7 @@ pub async fn run_soak_worker() -> anyhow::Result<()> {
                 concurrency,
             }) => match Worker::start(target, media, rooms, concurrency).await {
                 Ok(mut w) => {
-                    let s = w.sample().await;
+                    let s = w.sample_with(true).await;
                     worker = Some(w);
                     SoakReply::Started(s)
                 }
@@ -535,7 +559,7 @@ pub async fn run_soak_worker() -> anyhow::Result<()> {
                 },
             },
             Ok(SoakCommand::Sample) => match worker.as_mut() {
-                Some(w) => SoakReply::Sample(w.sample().await),
+                Some(w) => SoakReply::Sample(w.sample_with(false).await),
                 None => SoakReply::Error {
                     message: "not started".into(),
                 },
