@@ -196,11 +196,17 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         v
     };
     // participant 2 logs a KeyPackage, the creator commits adding it, all ready, time.
-    let mut add = op(0x13, b"");
+    // (The KeyPackage filler, [0, 0], is what the commit op puts in the KeyPackage it adds.)
+    let mut add = op(0x13, &[0, 0]);
     add.extend(op(0x04, &[0, 0b010, 0, 0]));
     add.extend(op(0x06, &[0, 1]));
     add.extend(op(0x16, &[0, 1]));
     add.extend(op(0x0a, &[0xe8, 0x03]));
+    assert_eq!(
+        relay_framing::room(&add),
+        1,
+        "the add-member seed logs its commit"
+    );
     relay.push(("room-add-member".into(), add.clone()));
     // ... then member 2 reports the commit failed (a void), a stale commit, a leave.
     let mut void = add.clone();
