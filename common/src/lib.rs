@@ -1,6 +1,7 @@
 //! Infrastructure shared by Satsuma's crates. Sans-IO: nothing here reads a clock or touches a
 //! socket; callers pass the time in.
 
+pub mod corpus;
 pub mod rate;
 
 pub use rate::TokenBucket;

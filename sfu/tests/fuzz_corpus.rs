@@ -27,35 +27,13 @@ type Body = fn(&[u8]);
 const TARGETS: [(&str, Body); 1] = [("api_json", api_json::run)];
 
 fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz")
-        .join("corpus")
-        .join(target)
+    satsuma_common::corpus::corpus_dir(env!("CARGO_MANIFEST_DIR"), target)
 }
 
 /// Runs `body` on every file of the target's corpus; returns how many there were.
 fn replay(target: &str, body: Body) -> usize {
-    let dir = corpus_dir(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    for f in &files {
-        let data = std::fs::read(f).unwrap();
-        if let Err(panic) = std::panic::catch_unwind(|| body(&data)) {
-            panic!(
-                "fuzz target {target} fails on corpus file {}: {:?}",
-                f.display(),
-                panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-            );
-        }
-    }
-    files.len()
+    satsuma_common::corpus::replay(&corpus_dir(target), body)
+        .unwrap_or_else(|e| panic!("{target}: {e}"))
 }
 
 #[test]
