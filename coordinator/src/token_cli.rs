@@ -126,25 +126,6 @@ pub fn create(args: &CreateArgs, now: u64) -> Result<Minted, String> {
         .or(file.jwt_secret)
         .ok_or("no JWT secret: give --jwt-secret, SATSUMA_COORD_JWT_SECRET or --config")?;
     check_secret("jwt_secret", &secret)?;
-    if !crate::valid_room_name(&args.room) {
-        return Err(format!(
-            "invalid room name {:?}: 1-64 of A-Z a-z 0-9 . _ -",
-            args.room
-        ));
-    }
-    if args.identity.trim().is_empty() || args.identity.len() > 256 {
-        return Err("identity must be 1-256 bytes".to_owned());
-    }
-    let name = args.name.clone().unwrap_or_default();
-    if name.chars().count() > MAX_DISPLAY_NAME_CHARS {
-        return Err(format!(
-            "name must be at most {MAX_DISPLAY_NAME_CHARS} characters"
-        ));
-    }
-    let ttl = args.ttl.unwrap_or(crate::access::TOKEN_DEFAULT_TTL_S);
-    if ttl == 0 || ttl > crate::access::TOKEN_MAX_TTL_S {
-        return Err(format!("ttl must be between 1 s and 24h, got {ttl} s"));
-    }
     let issuer = args
         .jwt_issuer
         .clone()
@@ -155,28 +136,86 @@ pub fn create(args: &CreateArgs, now: u64) -> Result<Minted, String> {
         .clone()
         .or(file.jwt_audience)
         .unwrap_or_else(|| crate::auth::DEFAULT_AUDIENCE.to_owned());
-    let claims = Claims {
-        sub: args.identity.clone(),
-        room: args.room.clone(),
-        name,
-        perms: Permissions {
-            publish: !args.no_publish,
-            subscribe: !args.no_subscribe,
-            host: args.host,
-        }
-        .to_names(),
-        exp: now + ttl,
-        iat: Some(now),
-        ..Claims::default()
-    };
-    let token = TokenKeys::with_names(secret.as_bytes(), 0, &issuer, &audience)
-        .mint(&claims)
-        .map_err(|e| e.to_string())?;
     let base = args
         .public_url
         .clone()
         .or(file.public_url)
         .unwrap_or_else(|| "http://localhost:8080/".to_owned());
+    let request = JoinRequest {
+        room: &args.room,
+        identity: &args.identity,
+        name: args.name.as_deref(),
+        ttl_s: args.ttl,
+        perms: Permissions {
+            publish: !args.no_publish,
+            subscribe: !args.no_subscribe,
+            host: args.host,
+        },
+    };
+    mint(
+        &TokenKeys::with_names(secret.as_bytes(), 0, &issuer, &audience),
+        &request,
+        &base,
+        now,
+    )
+}
+
+/// A join token asked for on a command line (`satsuma-coordinator token create`, and the
+/// all-in-one's `satsuma token create`).
+#[derive(Debug, Clone)]
+pub struct JoinRequest<'a> {
+    /// Room.
+    pub room: &'a str,
+    /// Identity (`sub`).
+    pub identity: &'a str,
+    /// Display name.
+    pub name: Option<&'a str>,
+    /// Lifetime in seconds (default as for `POST /api/v1/tokens`).
+    pub ttl_s: Option<u64>,
+    /// Grants.
+    pub perms: Permissions,
+}
+
+/// Checks `request` (room name, identity, name, lifetime) and mints it with `keys` at time
+/// `now`; the join link is `base` with `#token=`.
+///
+/// # Errors
+/// What is wrong with the request, or signing failed.
+pub fn mint(
+    keys: &TokenKeys,
+    request: &JoinRequest<'_>,
+    base: &str,
+    now: u64,
+) -> Result<Minted, String> {
+    if !crate::valid_room_name(request.room) {
+        return Err(format!(
+            "invalid room name {:?}: 1-64 of A-Z a-z 0-9 . _ -",
+            request.room
+        ));
+    }
+    if request.identity.trim().is_empty() || request.identity.len() > 256 {
+        return Err("identity must be 1-256 bytes".to_owned());
+    }
+    let name = request.name.unwrap_or_default().to_owned();
+    if name.chars().count() > MAX_DISPLAY_NAME_CHARS {
+        return Err(format!(
+            "name must be at most {MAX_DISPLAY_NAME_CHARS} characters"
+        ));
+    }
+    let ttl = request.ttl_s.unwrap_or(crate::access::TOKEN_DEFAULT_TTL_S);
+    if ttl == 0 || ttl > crate::access::TOKEN_MAX_TTL_S {
+        return Err(format!("ttl must be between 1 s and 24h, got {ttl} s"));
+    }
+    let claims = Claims {
+        sub: request.identity.to_owned(),
+        room: request.room.to_owned(),
+        name,
+        perms: request.perms.to_names(),
+        exp: now + ttl,
+        iat: Some(now),
+        ..Claims::default()
+    };
+    let token = keys.mint(&claims).map_err(|e| e.to_string())?;
     let url = format!("{}/#token={token}", base.trim_end_matches('/'));
     Ok(Minted {
         token,

@@ -4,17 +4,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use satsuma_coordinator::auth::{Claims, TokenKeys, check_secret, unix_now};
+use anyhow::bail;
+use satsuma_coordinator::auth::{TokenKeys, check_secret, unix_now};
 use satsuma_coordinator::protocol::Permissions;
-use satsuma_coordinator::valid_room_name;
+use satsuma_coordinator::token_cli::{JoinRequest, Minted, mint, parse_duration_s};
 
 use crate::settings::{DEFAULT_LISTEN, FileSettings};
-
-/// Default lifetime of a token from `satsuma token create`.
-pub(crate) const DEFAULT_TTL_S: u64 = 6 * 3600;
-/// Longest lifetime of a token from `satsuma token create` (as for `POST /api/v1/tokens`).
-pub(crate) const MAX_TTL_S: u64 = satsuma_coordinator::access::TOKEN_MAX_TTL_S;
 
 /// `satsuma token ...`
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -85,35 +80,6 @@ pub(crate) struct CreateArgs {
     pub(crate) json: bool,
 }
 
-/// Parses `90`, `90s`, `15m`, `6h`, `1d` into seconds.
-pub(crate) fn parse_duration_s(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 6h or 1d"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{text:?} is too long"))
-}
-
-/// What `satsuma token create` prints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Minted {
-    pub(crate) token: String,
-    pub(crate) expires_at: u64,
-    pub(crate) url: String,
-}
-
 /// Mints the token `args` describe, with the secret and link base from `args` over `file`.
 pub(crate) fn create(args: &CreateArgs, file: &FileSettings, now: u64) -> anyhow::Result<Minted> {
     let Some(secret) = args.token_secret.clone().or(file.token_secret.clone()) else {
@@ -123,40 +89,6 @@ pub(crate) fn create(args: &CreateArgs, file: &FileSettings, now: u64) -> anyhow
         );
     };
     check_secret("token_secret", &secret).map_err(anyhow::Error::msg)?;
-    if !valid_room_name(&args.room) {
-        bail!(
-            "invalid room name {:?}: 1-64 of A-Z a-z 0-9 . _ -",
-            args.room
-        );
-    }
-    if args.identity.trim().is_empty() || args.identity.len() > 256 {
-        bail!("identity must be 1-256 bytes");
-    }
-    let name = args.name.clone().unwrap_or_default();
-    if name.chars().count() > satsuma_coordinator::auth::MAX_DISPLAY_NAME_CHARS {
-        bail!("name must be at most 64 characters");
-    }
-    let ttl = args.ttl.unwrap_or(DEFAULT_TTL_S);
-    if ttl == 0 || ttl > MAX_TTL_S {
-        bail!("ttl must be between 1 s and 24h, got {ttl} s");
-    }
-    let perms = Permissions {
-        publish: !args.no_publish,
-        subscribe: !args.no_subscribe,
-        host: args.host,
-    };
-    let claims = Claims {
-        sub: args.identity.clone(),
-        room: args.room.clone(),
-        name,
-        perms: perms.to_names(),
-        exp: now + ttl,
-        iat: Some(now),
-        ..Claims::default()
-    };
-    let token = TokenKeys::new(secret.as_bytes(), 0)
-        .mint(&claims)
-        .context("signing the token")?;
     let base = match args.public_url.clone().or(file.public_url.clone()) {
         Some(url) => url,
         None => {
@@ -173,12 +105,18 @@ pub(crate) fn create(args: &CreateArgs, file: &FileSettings, now: u64) -> anyhow
             format!("http://localhost:{port}/")
         }
     };
-    let url = format!("{}/#token={token}", base.trim_end_matches('/'));
-    Ok(Minted {
-        token,
-        expires_at: now + ttl,
-        url,
-    })
+    let request = JoinRequest {
+        room: &args.room,
+        identity: &args.identity,
+        name: args.name.as_deref(),
+        ttl_s: args.ttl,
+        perms: Permissions {
+            publish: !args.no_publish,
+            subscribe: !args.no_subscribe,
+            host: args.host,
+        },
+    };
+    mint(&TokenKeys::new(secret.as_bytes(), 0), &request, &base, now).map_err(anyhow::Error::msg)
 }
 
 /// Runs `satsuma token create`; prints the token and the link.
