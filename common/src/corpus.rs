@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// A fuzz target's body: panics on an input that breaks an invariant.
+pub type Body = fn(&[u8]);
+
 /// Why a replay failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -14,6 +17,14 @@ pub enum ReplayError {
         path: PathBuf,
         /// What went wrong.
         source: std::io::Error,
+    },
+    /// A corpus holds fewer inputs than its seeds.
+    #[error("{dir}: only {n} corpus files")]
+    TooFew {
+        /// The corpus.
+        dir: PathBuf,
+        /// How many it holds.
+        n: usize,
     },
     /// The body panicked on one input.
     #[error("fuzz body fails on corpus file {file}: {message}")]
@@ -38,7 +49,7 @@ pub fn corpus_dir(manifest_dir: &str, target: &str) -> PathBuf {
 ///
 /// # Errors
 /// The directory or a file cannot be read, or `body` panics on an input (named).
-pub fn replay(dir: &Path, body: fn(&[u8])) -> Result<usize, ReplayError> {
+pub fn replay(dir: &Path, body: Body) -> Result<usize, ReplayError> {
     let read = |path: &Path, source| ReplayError::Read {
         path: path.to_path_buf(),
         source,
@@ -68,6 +79,29 @@ pub fn replay(dir: &Path, body: fn(&[u8])) -> Result<usize, ReplayError> {
     Ok(files.len())
 }
 
+/// Replays the corpus of every `(target, body)` of the crate at `manifest_dir`; each corpus
+/// must hold at least `min_files` inputs (its seeds: fewer means a lost directory). Returns
+/// the number of inputs per target.
+///
+/// # Errors
+/// As [`replay`], or [`ReplayError::TooFew`].
+pub fn replay_targets(
+    manifest_dir: &str,
+    targets: &[(&str, Body)],
+    min_files: usize,
+) -> Result<Vec<(String, usize)>, ReplayError> {
+    let mut counts = Vec::with_capacity(targets.len());
+    for (target, body) in targets {
+        let dir = corpus_dir(manifest_dir, target);
+        let n = replay(&dir, *body)?;
+        if n < min_files {
+            return Err(ReplayError::TooFew { dir, n });
+        }
+        counts.push(((*target).to_owned(), n));
+    }
+    Ok(counts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +128,18 @@ mod tests {
             replay(&dir, refuse_x).is_err(),
             "a missing corpus is an error"
         );
+    }
+
+    #[test]
+    fn every_target_is_replayed_and_a_short_corpus_is_an_error() {
+        let root = std::env::temp_dir().join(format!("satsuma-targets-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("fuzz/corpus/t")).unwrap();
+        std::fs::write(root.join("fuzz/corpus/t/a"), b"ok").unwrap();
+        let dir = root.to_str().unwrap();
+        let counts = replay_targets(dir, &[("t", refuse_x)], 1).unwrap();
+        assert_eq!(counts, vec![("t".to_owned(), 1)]);
+        let err = replay_targets(dir, &[("t", refuse_x)], 2).unwrap_err();
+        assert!(matches!(err, ReplayError::TooFew { n: 1, .. }), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
