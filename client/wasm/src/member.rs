@@ -321,28 +321,6 @@ impl GroupMember {
         }
     }
 
-    /// Decrypts one frame received on `track` at `now_ms`. `undefined`: drop
-    /// it; `track.last_drop()` says why.
-    pub fn decrypt(
-        &mut self,
-        track: &mut InboundTrack,
-        frame: &[u8],
-        now_ms: f64,
-    ) -> Option<Vec<u8>> {
-        let now = millis(now_ms);
-        track.observe(frame);
-        match self.member.decrypt(track.sender, frame, now) {
-            Ok(d) => {
-                track.record_decrypted(&d.origin, now);
-                Some(d.frame)
-            }
-            Err(reason) => {
-                track.record_dropped(&reason, now);
-                None
-            }
-        }
-    }
-
     /// One received frame, named by the worker's `id` for it, through the
     /// track's holdback: frames no key opens yet wait (up to 3 s) for the
     /// next key instead of being dropped. Then take the verdicts now due
@@ -597,17 +575,30 @@ mod tests {
         ];
         let sealed = a.encrypt("video/VP8", &frame).expect("a can send");
         assert_eq!(&sealed[sealed.len() - 2..], &[0xFA, 0xFA]);
+        // The frames' verdicts in order: (id, decrypted bytes or None for a drop).
+        let released = |track: &mut InboundTrack| {
+            let mut out = Vec::new();
+            while let Some(id) = track.next_release() {
+                out.push((id, track.take_data()));
+            }
+            out
+        };
         let mut track = InboundTrack::try_new(1.0, true).unwrap();
-        assert_eq!(b.decrypt(&mut track, &sealed, at(t)), Some(frame.to_vec()));
-        assert_eq!(
-            b.decrypt(&mut track, &sealed, at(t)),
-            None,
-            "replay refused"
-        );
+        b.receive(&mut track, 1, &sealed, at(t));
+        assert_eq!(released(&mut track), vec![(1, Some(frame.to_vec()))]);
+        b.receive(&mut track, 2, &sealed, at(t));
+        assert_eq!(released(&mut track), vec![(2, None)], "replay refused");
         assert_eq!(track.last_drop().as_deref(), Some("replay"));
+        // Under another sender's id no key opens it: held for a later key, never delivered,
+        // and dropped once it has waited too long.
         let mut wrong = InboundTrack::try_new(3.0, true).unwrap();
-        assert_eq!(b.decrypt(&mut wrong, &sealed, at(t)), None);
-        assert_eq!(b.decrypt(&mut track, &[0xFF; 40], at(t)), None);
+        b.receive(&mut wrong, 3, &sealed, at(t));
+        assert_eq!(released(&mut wrong), vec![]);
+        assert_eq!(wrong.held(), 1.0);
+        b.poll_held(&mut wrong, at(t + 10_000));
+        assert_eq!(released(&mut wrong), vec![(3, None)]);
+        b.receive(&mut track, 4, &[0xFF; 40], at(t));
+        assert_eq!(released(&mut track), vec![(4, None)]);
         assert_eq!(track.dropped(), 2.0);
         assert_eq!(track.protocol_frames(), 2.0);
     }
