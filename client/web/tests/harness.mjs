@@ -16,7 +16,7 @@ import { chromium } from 'playwright-core';
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const repoRoot = path.resolve(here, '../../..');
 export const artifacts = process.env.ARTIFACTS ?? path.join(repoRoot, 'artifacts');
-const binDir = process.env.SATSUMA_BIN_DIR ?? path.join(repoRoot, 'target/debug');
+export const binDir = process.env.SATSUMA_BIN_DIR ?? path.join(repoRoot, 'target/debug');
 const APP_SECRET = 'browser-test-secret';
 
 /**
@@ -26,7 +26,7 @@ const APP_SECRET = 'browser-test-secret';
  * not make every page refuse its modules. A directory given by SATSUMA_WEB_DIR
  * is served as it is.
  */
-function webDir() {
+export function webDir() {
   if (process.env.SATSUMA_WEB_DIR) return process.env.SATSUMA_WEB_DIR;
   const dir = path.join(repoRoot, 'client/web/public');
   execFileSync('bash', [path.join(repoRoot, 'scripts/web-manifest.sh'), dir], { stdio: ['ignore', 'ignore', 'inherit'] });
@@ -50,7 +50,7 @@ export const CHROMIUM_ARGS = [
 ];
 
 /** Starts a process and resolves once a stdout line matches `ready`. */
-function startProcess(name, bin, args, ready, logs, env = {}) {
+export function startProcess(name, bin, args, ready, logs, env = {}) {
   return new Promise((resolve, reject) => {
     const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_BACKTRACE: '1', ...env } });
     let out = '';
