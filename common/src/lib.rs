@@ -3,5 +3,6 @@
 
 pub mod corpus;
 pub mod rate;
+pub mod turn;
 
 pub use rate::TokenBucket;
