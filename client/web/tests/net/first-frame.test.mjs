@@ -111,8 +111,10 @@ describe('time to first decrypted frame', { timeout: 900000, skip: support.ok ? 
       assert.ok(pair && expectPair(pair), `${label}: unexpected selected pair ${JSON.stringify(pair)}`);
       return r.marks;
     } finally {
-      await leave(page).catch(() => {});
       delete pages.trial;
+      env.closed.push(page);
+      page.keptConsole = page.consoleLines;
+      await leave(page).catch(() => {});
       // The next trial starts once the sender saw this one leave (one MLS change at a time).
       await waitFor('the sender to be alone again', () => pages.sender.evaluate(() => window.satsuma.call.participants.size === 1), { timeout: 20000 });
     }
@@ -147,7 +149,7 @@ describe('time to first decrypted frame', { timeout: 900000, skip: support.ok ? 
     const ns = env.namespace('tfftcp');
     try {
       ns.dropUdp();
-      const browser = await ns.launchBrowser({ secureOrigins: [env.servers.serviceBase] });
+      const browser = await env.nsBrowser(ns);
       await measure('ICE-TCP', browser, env.servers.serviceBase, (p) => p.local.protocol === 'tcp' && p.local.candidateType === 'host', null);
     } finally {
       await ns.destroy();
@@ -158,7 +160,7 @@ describe('time to first decrypted frame', { timeout: 900000, skip: support.ok ? 
     const ns = env.namespace('tffturn');
     try {
       ns.onlyTo(env.serviceIp, { tcp: [env.servers.webPort, env.turn.port] });
-      const browser = await ns.launchBrowser({ secureOrigins: [env.servers.serviceBase] });
+      const browser = await env.nsBrowser(ns);
       await measure('TURN/TCP', browser, env.servers.serviceBase, (p) => p.local.candidateType === 'relay' && p.local.relayProtocol === 'tcp', 2000);
     } finally {
       await ns.destroy();

@@ -19,7 +19,7 @@
 import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  assertDecodes, joinPage, leave, remoteTrack, safetyNumber, sameSafetyNumber, stats, waitFor,
+  assertDecodes, joinPage, remoteTrack, safetyNumber, sameSafetyNumber, stats, waitFor,
 } from '../harness.mjs';
 import { netSuite, netSupport, selectedPair, serverFlags } from './netns.mjs';
 
@@ -28,13 +28,6 @@ if (!support.ok) console.log(`# net: SKIPPED: ${support.reason}`);
 
 const fmtCand = (c) => (c ? `${c.candidateType}/${c.protocol}${c.relayProtocol ? ` via ${c.relayProtocol}` : ''}${c.tcpType ? ` ${c.tcpType}` : ''} ${c.address}:${c.port}` : 'none');
 const fmtPair = (p) => (p ? `${fmtCand(p.local)} -> ${fmtCand(p.remote)} (${p.pair.state})` : 'none');
-
-async function closePages(pages, names) {
-  for (const n of names) {
-    if (pages[n] && !pages[n].isClosed()) await leave(pages[n]).catch(() => {});
-    delete pages[n];
-  }
-}
 
 /** Every page of `viewers` decodes every other page of `all`. */
 async function everyoneDecodes(viewers, all) {
@@ -68,7 +61,7 @@ describe('calls on hostile networks (Chromium in network namespaces)', { timeout
     const ns = env.namespace('tcp');
     try {
       ns.dropUdp();
-      const nsBrowser = await ns.launchBrowser({ secureOrigins: [env.servers.serviceBase] });
+      const nsBrowser = await env.nsBrowser(ns);
       const room = `icetcp-${Date.now()}`;
       pages.alice = await joinPage(env.browser, env.servers.base, { room, name: 'Alice' });
       pages.bob = await joinPage(env.browser, env.servers.base, { room, name: 'Bob' });
@@ -91,7 +84,7 @@ describe('calls on hostile networks (Chromium in network namespaces)', { timeout
       }
       assert.equal(env.servers.panicked().length, 0, env.servers.panicked().join('\n'));
     } finally {
-      await closePages(pages, ['alice', 'bob', 'carol']);
+      await env.closePages(['alice', 'bob', 'carol']);
       await ns.destroy();
     }
   }));
@@ -114,7 +107,7 @@ describe('calls on hostile networks (Chromium in network namespaces)', { timeout
         const mine = [`carol-${v.transport}`, `observer-${v.transport}`];
         try {
           ns.onlyTo(env.serviceIp, v.allow(env.turn, env.servers.webPort));
-          const nsBrowser = await ns.launchBrowser({ secureOrigins: [env.servers.serviceBase] });
+          const nsBrowser = await env.nsBrowser(ns);
           const carol = await joinPage(nsBrowser, env.servers.serviceBase, { room, name: `Carol-turn${v.transport}` });
           pages[mine[0]] = carol;
           const all = [pages.tAlice, pages.tBob, carol];
@@ -146,21 +139,21 @@ describe('calls on hostile networks (Chromium in network namespaces)', { timeout
           }
           assert.equal(env.servers.panicked().length, 0, env.servers.panicked().join('\n'));
         } finally {
-          await closePages(pages, mine);
+          await env.closePages(mine);
           await ns.destroy();
         }
       }));
     }
 
     it('the host pages close', async () => {
-      await closePages(pages, ['tAlice', 'tBob']);
+      await env.closePages(['tAlice', 'tBob']);
     });
   });
 
   it('ICE restart: a path blocked for 3 s decodes again within 3 s of restoring, on the same SFU session, with no MLS rejoin', check(async () => {
     const ns = env.namespace('restart');
     try {
-      const nsBrowser = await ns.launchBrowser({ secureOrigins: [env.servers.serviceBase] });
+      const nsBrowser = await env.nsBrowser(ns);
       const room = `restart-${Date.now()}`;
       pages.rAlice = await joinPage(env.browser, env.servers.base, { room, name: 'Alice' });
       pages.rCarol = await joinPage(nsBrowser, env.servers.serviceBase, { room, name: 'Carol-roaming' });
@@ -237,7 +230,7 @@ describe('calls on hostile networks (Chromium in network namespaces)', { timeout
       assert.equal(await sameSafetyNumber([alice, carol]), number, 'the same safety number');
       assert.equal(env.servers.panicked().length, 0, env.servers.panicked().join('\n'));
     } finally {
-      await closePages(pages, ['rAlice', 'rCarol']);
+      await env.closePages(['rAlice', 'rCarol']);
       await ns.destroy();
     }
   }));

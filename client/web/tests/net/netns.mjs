@@ -19,13 +19,14 @@
 
 import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import dgram from 'node:dgram';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before } from 'node:test';
 import { chromium } from 'playwright-core';
-import { CHROMIUM_ARGS, binDir, dumpConsole, launchBrowser, startProcess, webDir } from '../harness.mjs';
+import { CHROMIUM_ARGS, binDir, dumpConsole, launchBrowser, leave, startProcess, webDir } from '../harness.mjs';
 
 const PID = process.pid;
 const PREFIX = `sat-${PID}-`;
@@ -349,7 +350,8 @@ function waitTcp(ip, port, timeout = 15000) {
  * UDP and TCP on `port`, TLS on `tlsPort` with a self-signed certificate for
  * `ip` made here with openssl, the TURN REST API shared secret, relay ports
  * from a small range on `ip`. Returns `{ip, port, tlsPort, secret, realm, logs,
- * cert, stop()}`.
+ * cert, spki, chromiumArgs, urls: {udp, tcp, tls}, stop()}`; `chromiumArgs` make
+ * Chromium accept the certificate (its key only).
  */
 export async function startCoturn({ ip, secret = `turn-${PID}-${Date.now()}`, realm = 'satsuma.test', allowLoopbackPeers = false }) {
   const dir = mkdtempSync(path.join(os.tmpdir(), `sat-${PID}-coturn-`));
@@ -358,6 +360,10 @@ export async function startCoturn({ ip, secret = `turn-${PID}-${Date.now()}`, re
   const key = path.join(dir, 'key.pem');
   sh('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2',
     '-subj', `/CN=${ip}`, '-addext', `subjectAltName=IP:${ip}`, '-keyout', key, '-out', cert]);
+  // Chromium verifies a TURNS server's certificate (a self-signed one fails with 701 "Failed to
+  // establish connection"); the tests trust exactly this key with
+  // --ignore-certificate-errors-spki-list (the base64 SHA-256 of its SubjectPublicKeyInfo).
+  const spki = execFileSync('sh', ['-c', `openssl x509 -pubkey -noout -in '${cert}' | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64`]).toString().trim();
   const port = await freePort(ip, { pair: true });
   const tlsPort = await freePort(ip, { pair: true });
   const relayMin = await freePort(ip);
@@ -381,7 +387,8 @@ export async function startCoturn({ ip, secret = `turn-${PID}-${Date.now()}`, re
   exited.catch(() => {});
   await Promise.race([Promise.all([waitTcp(ip, port), waitTcp(ip, tlsPort)]), exited]);
   return {
-    ip, port, tlsPort, secret, realm, logs, cert,
+    ip, port, tlsPort, secret, realm, logs, cert, spki,
+    chromiumArgs: [`--ignore-certificate-errors-spki-list=${spki}`],
     urls: {
       udp: `turn:${ip}:${port}?transport=udp`,
       tcp: `turn:${ip}:${port}?transport=tcp`,
@@ -405,7 +412,7 @@ export async function startCoturn({ ip, secret = `turn-${PID}-${Date.now()}`, re
 export async function startNetServers({ serviceIp, args = [], env = {} }) {
   const logs = [];
   const webPort = await freePort('0.0.0.0');
-  const appSecret = `net-test-${PID}-${Date.now()}`;
+  const appSecret = randomBytes(32).toString("hex");
   const all = await startProcess('satsuma', path.join(binDir, 'satsuma'), [
     '--listen', `0.0.0.0:${webPort}`, '--sfu-api', '127.0.0.1:0', '--media', `${serviceIp}:0`, '--detect-lan=false',
     '--web-dir', webDir(), '--log', 'warn', '--test-hooks=true', '--dev=true', ...args,
@@ -481,6 +488,22 @@ export function netSuite({ coturn = false, serverArgs = () => [], serverEnv = ()
       env.namespaces.push(ns);
       return ns;
     },
+    /** Chromium inside `ns`, loading pages from the service address, trusting coturn's certificate. */
+    nsBrowser(ns) {
+      return ns.launchBrowser({ secureOrigins: [env.servers.serviceBase], extraArgs: env.turn?.chromiumArgs ?? [] });
+    },
+    closed: [],
+    /** Leaves and closes `pages[name]` for each name, keeping its console for the failure report. */
+    async closePages(names) {
+      for (const n of names) {
+        const page = pages[n];
+        delete pages[n];
+        if (!page || page.isClosed()) continue;
+        env.closed.push(page);
+        page.keptConsole = page.consoleLines;
+        await leave(page).catch(() => {});
+      }
+    },
   };
   let service = null;
   before(async () => {
@@ -494,6 +517,10 @@ export function netSuite({ coturn = false, serverArgs = () => [], serverEnv = ()
   after(async () => {
     if (env.failed) {
       dumpConsole(Object.values(pages));
+      for (const p of env.closed) {
+        console.log(`--- console of ${p.label} (closed)`);
+        for (const l of (p.keptConsole ?? []).slice(-40)) console.log(l);
+      }
       console.log(env.servers?.logs.slice(-logLines).join('\n'));
       if (env.turn) console.log(env.turn.logs.slice(-logLines).join('\n'));
       for (const ns of env.namespaces) console.log(`--- nft rules of ${ns.name}\n${ns.rules()}`);
