@@ -35,6 +35,78 @@ impl std::str::FromStr for App {
     }
 }
 
+/// A TURN key: calls `POST /v1/turn/keys/{id}/credentials/generate-ice-servers` with
+/// `Authorization: Bearer {token}` (Cloudflare Realtime's TURN key id and API token).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnKey {
+    /// The key id that appears in the URL path (1-64 of `A-Z a-z 0-9 . _ -`).
+    pub id: String,
+    /// The bearer token (at least 16 characters).
+    pub token: String,
+}
+
+impl std::fmt::Debug for TurnKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::str::FromStr for TurnKey {
+    type Err = String;
+
+    /// Parses `ID:TOKEN`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (id, token) = s
+            .split_once(':')
+            .ok_or_else(|| "a TURN key must be written ID:TOKEN".to_string())?;
+        Ok(TurnKey {
+            id: id.to_string(),
+            token: token.to_string(),
+        })
+    }
+}
+
+impl TurnKey {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= 64
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !id_ok {
+            return Err(ConfigError::Invalid(format!(
+                "TURN key id {:?} must be 1-64 of A-Z a-z 0-9 . _ -",
+                self.id
+            )));
+        }
+        if self.token.chars().count() < 16 {
+            return Err(ConfigError::Invalid(format!(
+                "the token of TURN key {:?} must be at least 16 characters",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Builds the TURN servers from configured URLs and shared secret (see
+/// [`satsuma_common::turn::TurnServers::new`]).
+pub fn turn_servers(
+    urls: Vec<String>,
+    secret: Option<String>,
+) -> Result<satsuma_common::turn::TurnServers, ConfigError> {
+    let invalid = |e: satsuma_common::turn::TurnError| ConfigError::Invalid(format!("TURN: {e}"));
+    let secret = secret
+        .map(satsuma_common::turn::TurnSecret::new)
+        .transpose()
+        .map_err(invalid)?;
+    satsuma_common::turn::TurnServers::new(urls, secret).map_err(invalid)
+}
+
 /// Everything the SFU needs to run. `Config::default()` is a working loopback setup with one app
 /// (`satsuma` / `satsuma-secret`), meant for tests and local experiments.
 #[derive(Debug, Clone)]
@@ -77,6 +149,12 @@ pub struct Config {
     pub shard_panic_hold: Duration,
     /// Test-only hooks (`POST /v1/test/shards/{n}/panic`). Never on in production.
     pub test_hooks: bool,
+    /// TURN keys allowed to call the Realtime-compatible `generate-ice-servers` route. Empty,
+    /// the default: the route answers 404 for every key.
+    pub turn_keys: Vec<TurnKey>,
+    /// The STUN/TURN URLs and coturn shared secret that route hands out credentials for.
+    /// Needs TURN URLs when `turn_keys` is not empty.
+    pub turn: satsuma_common::turn::TurnServers,
 }
 
 /// Quotas that bound what one app, session or publisher can make the SFU do. Every one is
@@ -269,6 +347,8 @@ impl Default for Config {
             metrics_bind: None,
             shard_panic_hold: Duration::from_secs(30),
             test_hooks: false,
+            turn_keys: Vec::new(),
+            turn: satsuma_common::turn::TurnServers::default(),
         }
     }
 }
@@ -311,6 +391,13 @@ pub struct FileConfig {
     pub shard_panic_hold_secs: Option<f64>,
     /// Test-only hooks.
     pub test_hooks: Option<bool>,
+    /// `[[turn_keys]]` tables with `id` and `token`.
+    #[serde(default)]
+    pub turn_keys: Vec<TurnKey>,
+    /// STUN/TURN URLs handed out by `generate-ice-servers`.
+    pub turn_urls: Option<Vec<String>>,
+    /// coturn's `static-auth-secret`.
+    pub turn_secret: Option<String>,
 }
 
 /// Errors while building a [`Config`].
@@ -411,6 +498,21 @@ impl Config {
                 "the metrics token must be at least 16 characters".into(),
             ));
         }
+        let mut turn_ids = std::collections::HashSet::new();
+        for key in &self.turn_keys {
+            key.validate()?;
+            if !turn_ids.insert(key.id.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "TURN key {:?} is configured twice",
+                    key.id
+                )));
+            }
+        }
+        if !self.turn_keys.is_empty() && self.turn.urls().all(|u| u.starts_with("stun")) {
+            return Err(ConfigError::Invalid(
+                "TURN keys need TURN URLs (turn_urls) and the shared secret (turn_secret)".into(),
+            ));
+        }
         self.limits.validate()
     }
 
@@ -452,6 +554,43 @@ mod tests {
         assert_eq!(f.track_timeout_secs, Some(2.5));
         let err = FileConfig::parse("bogus = 1", std::path::Path::new("sfu.toml")).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn turn_keys_need_turn_servers_and_good_ids_and_tokens() {
+        let key: TurnKey = "k1:0123456789abcdef:x".parse().unwrap();
+        assert_eq!(key.id, "k1");
+        assert_eq!(key.token, "0123456789abcdef:x");
+        assert!(!format!("{key:?}").contains("0123456789abcdef"));
+        let mut c = Config {
+            turn_keys: vec![key],
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("TURN URLs"), "{err}");
+        c.turn = turn_servers(
+            vec!["turn:turn.example:3478".into()],
+            Some("shared-secret-0123456789".into()),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        c.turn_keys
+            .push("k1:another-token-0123456789".parse().unwrap());
+        assert!(c.validate().unwrap_err().to_string().contains("twice"));
+        c.turn_keys.truncate(1);
+        c.turn_keys[0].token = "short".into();
+        assert!(c.validate().is_err());
+        c.turn_keys[0] = "bad/id:0123456789abcdef".parse().unwrap();
+        assert!(c.validate().is_err());
+        assert!(turn_servers(vec!["turn:t.example".into()], None).is_err());
+        assert!(turn_servers(vec!["ftp://t.example".into()], Some("x".repeat(20))).is_err());
+        let f = FileConfig::parse(
+            "turn_urls = [\"turn:t.example:3478\"]\nturn_secret = \"s\"\n[[turn_keys]]\nid = \"k\"\ntoken = \"t\"\n",
+            std::path::Path::new("sfu.toml"),
+        )
+        .unwrap();
+        assert_eq!(f.turn_keys.len(), 1);
+        assert_eq!(f.turn_urls.unwrap().len(), 1);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use satsuma_sfu::config::{FileConfig, LimitSettings, secs};
+use satsuma_sfu::config::{FileConfig, LimitSettings, TurnKey, secs, turn_servers};
 use satsuma_sfu::{App, Config, Server};
 
 /// Satsuma's selective forwarding unit: WebRTC media forwarding (str0m, RTP mode, one UDP port)
@@ -19,7 +19,8 @@ struct Cli {
     /// session_requests_per_second, max_tracks_per_request, app_new_sessions_per_second,
     /// app_max_sessions, session_max_publications, session_max_legs,
     /// session_max_pulls_per_track, session_max_ingress_kbps, cors_origins, metrics_token,
-    /// metrics_bind, shard_panic_hold_secs, test_hooks (each like the flag of the same name).
+    /// metrics_bind, shard_panic_hold_secs, test_hooks, turn_keys = [{id, token}], turn_urls,
+    /// turn_secret (each like the flag of the same name).
     /// Env overrides the file; flags override both.
     #[arg(long, env = "SATSUMA_SFU_CONFIG")]
     config: Option<PathBuf>,
@@ -28,6 +29,33 @@ struct Cli {
     /// call /v1/apps/ID/... with "Authorization: Bearer SECRET". Default: satsuma:satsuma-secret.
     #[arg(long = "app", env = "SATSUMA_SFU_APPS", value_delimiter = ',')]
     apps: Vec<App>,
+
+    /// A TURN key as ID:TOKEN (repeatable; env: comma-separated): backends call
+    /// POST /v1/turn/keys/ID/credentials/generate-ice-servers with "Authorization: Bearer
+    /// TOKEN" (at least 16 characters) for short-lived TURN credentials, as with Cloudflare
+    /// Realtime. Needs --turn-url and --turn-secret. Default: none (the route answers 404).
+    #[arg(
+        long = "turn-key",
+        env = "SATSUMA_SFU_TURN_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    turn_keys: Vec<TurnKey>,
+
+    /// A STUN or TURN URL that generate-ice-servers hands out (repeatable; env:
+    /// comma-separated), e.g. turn:turn.example.com:3478?transport=udp,
+    /// turn:turn.example.com:3478?transport=tcp, turns:turn.example.com:443?transport=tcp.
+    #[arg(
+        long = "turn-url",
+        env = "SATSUMA_SFU_TURN_URLS",
+        value_delimiter = ','
+    )]
+    turn_urls: Vec<String>,
+
+    /// The TURN server's shared secret (coturn: use-auth-secret, static-auth-secret=...; at
+    /// least 16 characters). Required with turn: and turns: URLs.
+    #[arg(long, env = "SATSUMA_SFU_TURN_SECRET", hide_env_values = true)]
+    turn_secret: Option<String>,
 
     /// Address of the HTTP API, /metrics and /healthz (port 0: any free port). Default 127.0.0.1:7880.
     #[arg(long, env = "SATSUMA_SFU_HTTP_BIND")]
@@ -147,6 +175,17 @@ fn build_config(cli: Cli) -> anyhow::Result<(Config, String)> {
         config.shard_panic_hold = secs(t, "shard panic hold")?;
     }
     config.test_hooks = cli.test_hooks || file.test_hooks.unwrap_or(false);
+    config.turn_keys = if cli.turn_keys.is_empty() {
+        file.turn_keys
+    } else {
+        cli.turn_keys
+    };
+    let turn_urls = if cli.turn_urls.is_empty() {
+        file.turn_urls.unwrap_or_default()
+    } else {
+        cli.turn_urls
+    };
+    config.turn = turn_servers(turn_urls, cli.turn_secret.or(file.turn_secret))?;
     config.validate()?;
     let log = cli.log.or(file.log).unwrap_or_else(|| "info".into());
     Ok((config, log))
@@ -266,6 +305,34 @@ mod tests {
         assert!(build_config(parse(&["--cors-origin", "*"])).is_err());
         assert!(build_config(parse(&["--cors-origin", "https://a.example/"])).is_err());
         assert!(build_config(parse(&["--metrics-token", "short"])).is_err());
+    }
+
+    #[test]
+    fn turn_keys_come_with_urls_and_secret() {
+        let (c, _) = build_config(parse(&[])).unwrap();
+        assert!(c.turn_keys.is_empty() && c.turn.is_empty());
+        let key = "k1:0123456789abcdef";
+        assert!(build_config(parse(&["--turn-key", key])).is_err());
+        assert!(
+            build_config(parse(&[
+                "--turn-key",
+                key,
+                "--turn-url",
+                "turn:t.example:3478"
+            ]))
+            .is_err()
+        );
+        let (c, _) = build_config(parse(&[
+            "--turn-key",
+            key,
+            "--turn-url",
+            "stun:t.example:3478,turn:t.example:3478?transport=tcp",
+            "--turn-secret",
+            "coturn-shared-secret-1",
+        ]))
+        .unwrap();
+        assert_eq!(c.turn_keys.len(), 1);
+        assert_eq!(c.turn.urls().count(), 2);
     }
 
     #[test]

@@ -216,6 +216,12 @@ impl Server {
             cors_origins: config.cors_origins.clone(),
             metrics_token: config.metrics_token.clone(),
             metrics_on_api: metrics_listener.is_none(),
+            turn_keys: config
+                .turn_keys
+                .iter()
+                .map(|k| (k.id.clone(), k.token.clone()))
+                .collect(),
+            turn: config.turn.clone(),
         });
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let app = router(Arc::clone(&state));

@@ -63,6 +63,10 @@ pub struct ApiState {
     pub metrics_token: Option<String>,
     /// Whether the API listener serves `/metrics` (false with a separate metrics listener).
     pub metrics_on_api: bool,
+    /// TURN key id → bearer token (`generate-ice-servers`).
+    pub turn_keys: HashMap<String, String>,
+    /// The STUN/TURN servers `generate-ice-servers` hands out.
+    pub turn: satsuma_common::turn::TurnServers,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -90,6 +94,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/v1/apps/{app_id}/sessions/{session_id}",
             get(get_session).delete(delete_session),
+        )
+        .route(
+            "/v1/turn/keys/{key_id}/credentials/generate-ice-servers",
+            post(super::turn::generate_ice_servers),
         )
         .route("/healthz", get(healthz));
     if state.metrics_on_api {
@@ -221,12 +229,12 @@ async fn metrics(State(st): Shared, headers: HeaderMap) -> Response {
 }
 
 /// Constant-time byte comparison (the secret length is not hidden).
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
