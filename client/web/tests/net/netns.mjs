@@ -18,7 +18,7 @@
 // exists) are swept before a run starts.
 
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import dgram from 'node:dgram';
@@ -26,7 +26,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before } from 'node:test';
 import { chromium } from 'playwright-core';
-import { CHROMIUM_ARGS, binDir, dumpConsole, launchBrowser, leave, startProcess, webDir } from '../harness.mjs';
+import { CHROMIUM_ARGS, artifacts, binDir, dumpConsole, launchBrowser, leave, startProcess, webDir } from '../harness.mjs';
 
 const PID = process.pid;
 const PREFIX = `sat-${PID}-`;
@@ -368,7 +368,7 @@ export async function startCoturn({ ip, secret = `turn-${PID}-${Date.now()}`, re
   const tlsPort = await freePort(ip, { pair: true });
   const relayMin = await freePort(ip);
   const args = [
-    '-n', '--no-cli', '--log-file=stdout', '--simple-log',
+    '-n', '-v', '--no-cli', '--log-file=stdout', '--simple-log',
     `--listening-ip=${ip}`, `--relay-ip=${ip}`,
     `--listening-port=${port}`, `--tls-listening-port=${tlsPort}`,
     `--min-port=${relayMin}`, `--max-port=${Math.min(relayMin + 40, 65535)}`,
@@ -526,6 +526,10 @@ export function netSuite({ coturn = false, serverArgs = () => [], serverEnv = ()
       for (const ns of env.namespaces) console.log(`--- nft rules of ${ns.name}\n${ns.rules()}`);
     }
     await env.browser?.close();
+    if (env.turn) {
+      mkdirSync(artifacts, { recursive: true });
+      writeFileSync(path.join(artifacts, `net-coturn-${PID}.log`), env.turn.logs.join('\n'));
+    }
     for (const ns of env.namespaces) await ns.destroy();
     await env.servers?.stop();
     env.turn?.stop();
