@@ -35,6 +35,12 @@ use tracing_subscriber::EnvFilter;
 use crate::settings::{Cli, Command, LogFormat, Settings};
 use crate::stack::{Secrets, Stack};
 
+/// jemalloc (with background purging) instead of glibc malloc, as in `satsuma-sfu`: the media
+/// path allocates from several threads, and glibc kept its arenas at their high-water mark, so
+/// RSS crept up under churn and was not returned after the load left (benches/README.md, "Soak").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
     match cli.command.take() {

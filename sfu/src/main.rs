@@ -9,6 +9,14 @@ use clap::Parser;
 use satsuma_sfu::config::{FileConfig, LimitSettings, TurnKey, secs, turn_servers};
 use satsuma_sfu::{App, Config, Server};
 
+/// jemalloc (with background purging) instead of glibc malloc: the packet path allocates from
+/// several threads (shards, the UDP and HTTP workers), and glibc keeps each thread arena at its
+/// high-water mark, so RSS grew for minutes under churn and was not given back after the load
+/// left (see benches/README.md, "Soak"). jemalloc's background threads return unused pages to the
+/// kernel after a decay time.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Satsuma's selective forwarding unit: WebRTC media forwarding (str0m, RTP mode, one UDP port)
 /// behind a Cloudflare-Realtime-compatible sessions/tracks HTTP API.
 #[derive(Debug, Parser)]

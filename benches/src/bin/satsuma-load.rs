@@ -185,9 +185,10 @@ struct SoakArgs {
     #[arg(long, default_value_t = 10.0)]
     minutes: f64,
 
-    /// Rooms (the load size). 21 is sized for about 70 % of a quiet 2-core machine (15 rooms
-    /// measured 1.02 CPU-s per s for SFU + bots); see benches/README.md "Soak".
-    #[arg(long, env = "SATSUMA_LOAD_SOAK_ROOMS", default_value_t = 21)]
+    /// Rooms (the load size). 12 is sized for about 70 % of the 2-core machine (14 rooms measured
+    /// 1.62–1.68 CPU-s per s for SFU + bots on 2026-12-06, i.e. 81–84 %); see benches/README.md
+    /// "Soak".
+    #[arg(long, env = "SATSUMA_LOAD_SOAK_ROOMS", default_value_t = 12)]
     rooms: usize,
 
     /// Members per room (at least 2). Each publishes audio + video and pulls the others.
