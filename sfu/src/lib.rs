@@ -60,6 +60,10 @@
 //!
 //! Addresses are learnt by the UDP driver only after a session *sent* to them (str0m answers a
 //! STUN request only once its integrity checks out), so spoofed datagrams cannot hijack a flow.
+//! A client that changed networks restarts ICE on its session (an offer with new ICE
+//! credentials through `renegotiate`): the session keeps its tracks and DTLS state, the driver
+//! learns its new ufrag, and the routes of the old path are forgotten once the new one is up
+//! ([`routes`]).
 //! Every call into str0m runs under `catch_unwind`: a session that panics is torn down and
 //! counted (`satsuma_sfu_session_panics_total`) while the others carry on.
 //!
@@ -85,6 +89,7 @@ pub mod health;
 pub mod ids;
 pub mod layer;
 pub mod metrics;
+pub mod routes;
 pub mod server;
 pub mod session;
 pub mod shard;

@@ -165,6 +165,8 @@ pub struct Metrics {
     pub session_panics: IntCounter,
     /// Sessions collected by timeout or transport loss.
     pub sessions_collected: IntCounter,
+    /// ICE restarts accepted (an offer with new ICE credentials on an existing session).
+    pub ice_restarts: IntCounter,
     /// Tracks collected for lack of media.
     pub tracks_collected: IntCounter,
     /// Egress bandwidth estimates of subscriber sessions (str0m GCC), in bits/s.
@@ -319,6 +321,11 @@ impl Metrics {
                 &r,
                 "sessions_collected_total",
                 "Sessions collected after their transport was gone",
+            ),
+            ice_restarts: counter(
+                &r,
+                "ice_restarts_total",
+                "ICE restarts accepted on existing sessions",
             ),
             tracks_collected: counter(
                 &r,

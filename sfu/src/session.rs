@@ -16,6 +16,7 @@ use str0m::{Candidate, Rtc, RtcConfig};
 use satsuma_common::TokenBucket;
 
 use crate::ids::{SessionId, ShardId, TrackId};
+use crate::routes::Routes;
 
 /// A track this session publishes.
 #[derive(Debug, Clone)]
@@ -87,8 +88,8 @@ pub struct Session {
     pub last_received: Instant,
     /// When str0m next wants a timeout.
     pub next_timeout: Instant,
-    /// Remote addresses we have sent to and told the UDP driver about.
-    pub routed_addrs: Vec<SocketAddr>,
+    /// Remote addresses we have sent to and told the UDP driver about (see [`Routes`]).
+    pub routes: Routes,
     /// Of the audio tracks this session pulls, the one speaking now (see [`crate::speaker`]).
     pub active_speaker: Option<TrackId>,
     /// The publisher's ingress byte budget (`None`: no limit). See
@@ -149,7 +150,7 @@ impl Session {
             transport_lost_since: Some(now),
             last_received: now,
             next_timeout: now,
-            routed_addrs: Vec::new(),
+            routes: Routes::default(),
             active_speaker: None,
             ingress: None,
             ssrc_mids: HashMap::new(),

@@ -39,9 +39,7 @@ use crate::health::ShardHealth;
 use crate::ids::{SessionId, ShardId, TrackId};
 use crate::metrics::Quota;
 use crate::metrics::{Metrics, PacketDrop};
-use crate::session::{
-    LegState, MAX_ROUTED_ADDRS, Publication, Session, Subscription, ingress_budget, is_keyframe,
-};
+use crate::session::{LegState, Publication, Session, Subscription, ingress_budget, is_keyframe};
 use crate::speaker::SpeakerDetector;
 use crate::udp::UdpControl;
 use crate::udp::UdpIo;
@@ -220,6 +218,8 @@ enum SessionEvent {
     /// Fraction lost on one leg, from the subscriber's latest receiver report.
     EgressLoss(f32),
     Connected,
+    /// The transport is connected again after an ICE restart.
+    IceReconnected,
     Failed(String),
 }
 
@@ -710,6 +710,7 @@ impl Shard {
                     }
                 }
                 SessionEvent::Connected => self.request_keyframes_for(id),
+                SessionEvent::IceReconnected => self.ice_reconnected(id),
                 SessionEvent::Failed(reason) => {
                     tracing::info!(session = %id, "session failed: {reason}");
                     self.remove_session(id, "rtc_error");
@@ -916,6 +917,27 @@ impl Shard {
             .collect();
         for (track, home, rid) in wanted {
             self.request_pli(home, track, rid);
+        }
+    }
+
+    /// A session's transport is connected again after an ICE restart: media was lost while the
+    /// path was down, so ask for keyframes of what it pulls and of the video it publishes.
+    fn ice_reconnected(&mut self, id: SessionId) {
+        self.request_keyframes_for(id);
+        let published: Vec<TrackId> = self
+            .sessions
+            .get(&id)
+            .map(|s| {
+                s.publications
+                    .values()
+                    .filter(|p| p.active && p.kind == MediaKind::Video)
+                    .map(|p| p.track)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let now = Instant::now();
+        for track in published {
+            self.keyframe_to_publisher(track, None, KeyframeRequestKind::Pli, now);
         }
     }
 
@@ -1175,7 +1197,7 @@ impl Shard {
         );
         session.ingress = ingress_budget(self.ctx.config.limits.session_max_ingress_kbps, now);
         let answer = match offer {
-            Some(sdp) => Some(accept_offer(&mut session, &sdp)?),
+            Some(sdp) => Some(accept_offer(&mut session, &sdp, &self.ctx, self.id)?),
             None => None,
         };
         let _ = self.ctx.udp_control.send(UdpControl::Register {
@@ -1209,7 +1231,9 @@ impl Shard {
         let app = Arc::clone(&session.app);
 
         let answer = match &request.session_description {
-            Some(sd) if sd.kind == SdpType::Offer => Some(accept_offer(session, &sd.sdp)?),
+            Some(sd) if sd.kind == SdpType::Offer => {
+                Some(accept_offer(session, &sd.sdp, &ctx, shard)?)
+            }
             Some(_) => {
                 return Err(ApiError::invalid(
                     "tracks/new takes an offer; answers go to renegotiate",
@@ -1393,10 +1417,12 @@ impl Shard {
         id: SessionId,
         description: SessionDescription,
     ) -> Result<RenegotiateResponse, ApiError> {
+        let ctx = Arc::clone(&self.ctx);
+        let shard = self.id;
         let session = self.session_mut(id)?;
         match description.kind {
             SdpType::Offer => {
-                let answer = accept_offer(session, &description.sdp)?;
+                let answer = accept_offer(session, &description.sdp, &ctx, shard)?;
                 Ok(RenegotiateResponse {
                     session_description: Some(SessionDescription {
                         kind: SdpType::Answer,
@@ -1487,12 +1513,14 @@ impl Shard {
                 ));
             }
         }
+        let ctx = Arc::clone(&self.ctx);
+        let shard = self.id;
         let session = self.session_mut(id)?;
         let mut requires = false;
         let description = if let Some(sd) = request.session_description {
             Some(SessionDescription {
                 kind: SdpType::Answer,
-                sdp: accept_offer(session, &sd.sdp)?,
+                sdp: accept_offer(session, &sd.sdp, &ctx, shard)?,
             })
         } else if !request.force && !closed.is_empty() && session.pending.is_none() {
             let mut api = session.rtc.sdp_api();
@@ -1691,19 +1719,21 @@ fn drain_session(
     events: &mut Vec<SessionEvent>,
     egress: &mut Egress,
 ) -> Result<(), String> {
+    let mut reconnected = false;
     loop {
         let output = session.rtc.poll_output().map_err(|e| e.to_string())?;
         match output {
             Output::Timeout(t) => {
                 session.next_timeout = t;
+                if reconnected {
+                    forget_stale_routes(session, ctx);
+                    events.push(SessionEvent::IceReconnected);
+                }
                 return Ok(());
             }
             Output::Transmit(t) => {
                 egress.push(t.destination, &t.contents);
-                if !session.routed_addrs.contains(&t.destination)
-                    && session.routed_addrs.len() < MAX_ROUTED_ADDRS
-                {
-                    session.routed_addrs.push(t.destination);
+                if session.routes.sent_to(t.destination) {
                     let _ = ctx.udp_control.send(UdpControl::Route {
                         addr: t.destination,
                         session: session.id,
@@ -1726,6 +1756,8 @@ fn drain_session(
                 Event::IceConnectionStateChange(state) => match state {
                     IceConnectionState::Connected | IceConnectionState::Completed => {
                         session.transport_lost_since = None;
+                        // Forgotten once this drain is done (after the datagrams it sent).
+                        reconnected |= session.routes.is_restarting();
                     }
                     IceConnectionState::Disconnected => {
                         session.transport_lost_since.get_or_insert(Instant::now());
@@ -1798,20 +1830,62 @@ fn media_event(session: &mut Session, pkt: RtpPacket) -> Result<SessionEvent, Pa
     Ok(SessionEvent::Media(publication.track, Arc::new(packet)))
 }
 
-/// Accepts a client offer; an SFU offer still waiting for its answer is abandoned.
-fn accept_offer(session: &mut Session, sdp: &str) -> Result<String, ApiError> {
+/// Accepts a client offer; an SFU offer still waiting for its answer is abandoned. An offer
+/// with new ICE credentials restarts ICE (see [`note_ice_restart`]).
+fn accept_offer(
+    session: &mut Session,
+    sdp: &str,
+    ctx: &ShardContext,
+    shard: ShardId,
+) -> Result<String, ApiError> {
     let offer = SdpOffer::from_sdp_string(sdp)
         .map_err(|e| ApiError::sdp(format!("cannot parse the offer: {e}")))?;
     if session.pending.take().is_some() {
         cancel_negotiating(session);
     }
-    let answer = session
-        .rtc
-        .sdp_api()
-        .accept_offer(offer)
-        .map_err(|e| ApiError::sdp(format!("offer rejected: {e}")))?;
+    let accepted = session.rtc.sdp_api().accept_offer(offer);
+    // str0m takes new ICE credentials before it checks the rest of the offer: even a refused
+    // offer may have restarted ICE.
+    note_ice_restart(session, ctx, shard);
+    let answer = accepted.map_err(|e| ApiError::sdp(format!("offer rejected: {e}")))?;
     session.clear_ssrc_cache();
     Ok(answer.to_sdp_string())
+}
+
+/// After an accepted offer: if it restarted ICE (the client sent new ICE credentials, str0m
+/// answered with new local ones), STUN checks for the new ufrag must reach the session, and the
+/// routes of the old path must not keep the new one from being learnt (see
+/// [`crate::routes::Routes`]). The session, its tracks and its DTLS state stay as they are.
+fn note_ice_restart(session: &mut Session, ctx: &ShardContext, shard: ShardId) {
+    let ufrag = session.rtc.direct_api().local_ice_credentials().ufrag;
+    if ufrag == session.ufrag {
+        return;
+    }
+    tracing::debug!(session = %session.id, "ICE restart");
+    ctx.metrics.ice_restarts.inc();
+    session.ufrag = ufrag.clone();
+    let _ = ctx.udp_control.send(UdpControl::ReplaceUfrag {
+        ufrag,
+        session: session.id,
+        shard,
+    });
+    for addr in session.routes.restarted() {
+        let _ = ctx.udp_control.send(UdpControl::Unroute {
+            addr,
+            session: session.id,
+        });
+    }
+}
+
+/// Forgets the routes of before an ICE restart that the session did not use again, now that
+/// its transport is connected on the new path.
+fn forget_stale_routes(session: &mut Session, ctx: &ShardContext) {
+    for addr in session.routes.connected() {
+        let _ = ctx.udp_control.send(UdpControl::Unroute {
+            addr,
+            session: session.id,
+        });
+    }
 }
 
 /// Forgets legs whose m-lines were only in an abandoned SFU offer.

@@ -4,6 +4,9 @@
 //! address for known flows (the fast path), by the ufrag in a STUN binding request for new ones.
 //! An address is only learnt from a shard after its session has *sent* to it, which str0m does
 //! only after checking a STUN request's integrity, so a spoofed request cannot steal a flow.
+//! An ICE restart replaces a session's ufrag ([`UdpControl::ReplaceUfrag`]) and keeps its
+//! routes until the new path is up; then the unused ones are forgotten ([`UdpControl::Unroute`],
+//! see [`crate::routes`]).
 //! Everything else is counted as a drop. Reads are batched (`recvmmsg`); shards send directly on
 //! the shared socket, in batches grouped per destination ([`crate::egress`], UDP GSO).
 
@@ -51,6 +54,25 @@ pub enum UdpControl {
         /// Session.
         session: SessionId,
     },
+    /// The session's ICE restarted with new credentials: STUN requests for `ufrag` go to it,
+    /// those for its old ufrag no longer do. Its address routes stay (a client that comes back
+    /// on the same path is still found by address).
+    ReplaceUfrag {
+        /// Our new ICE ufrag of the session.
+        ufrag: String,
+        /// Session.
+        session: SessionId,
+        /// Its shard.
+        shard: ShardId,
+    },
+    /// The session no longer talks to `addr` (a path of before an ICE restart): forget that
+    /// route, unless another session owns it by now.
+    Unroute {
+        /// Remote address.
+        addr: SocketAddr,
+        /// Session.
+        session: SessionId,
+    },
 }
 
 /// The routing table (no I/O): remote address → session, ufrag → session.
@@ -91,6 +113,28 @@ impl Demux {
                     && !addrs.contains(&addr)
                 {
                     addrs.push(addr);
+                }
+            }
+            UdpControl::ReplaceUfrag {
+                ufrag,
+                session,
+                shard,
+            } => {
+                let Some((old, _)) = self.sessions.get_mut(&session) else {
+                    return;
+                };
+                let old = std::mem::replace(old, ufrag.clone());
+                if self.by_ufrag.get(&old).is_some_and(|(s, _)| *s == session) {
+                    self.by_ufrag.remove(&old);
+                }
+                self.by_ufrag.insert(ufrag, (session, shard));
+            }
+            UdpControl::Unroute { addr, session } => {
+                if self.by_addr.get(&addr).is_some_and(|(s, _)| *s == session) {
+                    self.by_addr.remove(&addr);
+                }
+                if let Some((_, addrs)) = self.sessions.get_mut(&session) {
+                    addrs.retain(|a| *a != addr);
                 }
             }
             UdpControl::Unregister { session } => {
@@ -371,6 +415,140 @@ mod tests {
             Err(PacketDrop::UnknownUfrag)
         );
         assert_eq!(d.routed_addrs(), 0);
+    }
+
+    #[test]
+    fn a_replaced_ufrag_routes_to_the_session_and_its_addresses_stay() {
+        let mut d = Demux::default();
+        let s = SessionId([1; 16]);
+        let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.2:6000".parse().unwrap();
+        d.apply(UdpControl::Register {
+            ufrag: "old1".into(),
+            session: s,
+            shard: 1,
+        });
+        d.apply(UdpControl::Route {
+            addr: a,
+            session: s,
+            shard: 1,
+        });
+        // Before the restart is known, a check for the new ufrag from a new address is dropped.
+        assert_eq!(
+            d.route(b, &stun_request("new2")),
+            Err(PacketDrop::UnknownUfrag)
+        );
+        d.apply(UdpControl::ReplaceUfrag {
+            ufrag: "new2".into(),
+            session: s,
+            shard: 1,
+        });
+        assert_eq!(d.route(b, &stun_request("new2")), Ok((s, 1)));
+        assert_eq!(
+            d.route(b, &stun_request("old1")),
+            Err(PacketDrop::UnknownUfrag)
+        );
+        // The old path still reaches the session by address.
+        assert_eq!(d.route(a, &[0x80, 0, 0, 0]), Ok((s, 1)));
+        assert_eq!(d.route(b, &[0x80, 0, 0, 0]), Err(PacketDrop::UnknownSource));
+        // Unregistering forgets the new ufrag and the kept route.
+        d.apply(UdpControl::Unregister { session: s });
+        assert_eq!(
+            d.route(b, &stun_request("new2")),
+            Err(PacketDrop::UnknownUfrag)
+        );
+        assert_eq!(d.routed_addrs(), 0);
+    }
+
+    #[test]
+    fn replacing_the_ufrag_of_an_unknown_session_does_nothing() {
+        let mut d = Demux::default();
+        d.apply(UdpControl::ReplaceUfrag {
+            ufrag: "gone".into(),
+            session: SessionId([3; 16]),
+            shard: 0,
+        });
+        assert_eq!(
+            d.route("127.0.0.1:1".parse().unwrap(), &stun_request("gone")),
+            Err(PacketDrop::UnknownUfrag)
+        );
+    }
+
+    #[test]
+    fn a_replaced_ufrag_never_unmaps_another_sessions_ufrag() {
+        let mut d = Demux::default();
+        let (s, t) = (SessionId([1; 16]), SessionId([2; 16]));
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        d.apply(UdpControl::Register {
+            ufrag: "same".into(),
+            session: s,
+            shard: 0,
+        });
+        // Another session registered the same ufrag later (it owns it now).
+        d.apply(UdpControl::Register {
+            ufrag: "same".into(),
+            session: t,
+            shard: 1,
+        });
+        d.apply(UdpControl::ReplaceUfrag {
+            ufrag: "next".into(),
+            session: s,
+            shard: 0,
+        });
+        assert_eq!(d.route(a, &stun_request("same")), Ok((t, 1)));
+        assert_eq!(d.route(a, &stun_request("next")), Ok((s, 0)));
+    }
+
+    #[test]
+    fn unroute_forgets_only_the_sessions_own_route() {
+        let mut d = Demux::default();
+        let (s, t) = (SessionId([1; 16]), SessionId([2; 16]));
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        for (ufrag, session, shard) in [("s", s, 0), ("t", t, 1)] {
+            d.apply(UdpControl::Register {
+                ufrag: ufrag.into(),
+                session,
+                shard,
+            });
+        }
+        d.apply(UdpControl::Route {
+            addr: a,
+            session: s,
+            shard: 0,
+        });
+        d.apply(UdpControl::Route {
+            addr: b,
+            session: s,
+            shard: 0,
+        });
+        // `b` moved on to session t (it sent there after s had): s's unroute must not take it.
+        d.apply(UdpControl::Route {
+            addr: b,
+            session: t,
+            shard: 1,
+        });
+        d.apply(UdpControl::Unroute {
+            addr: b,
+            session: s,
+        });
+        assert_eq!(d.route(b, &[0x80, 0, 0, 0]), Ok((t, 1)));
+        d.apply(UdpControl::Unroute {
+            addr: a,
+            session: s,
+        });
+        assert_eq!(d.route(a, &[0x80, 0, 0, 0]), Err(PacketDrop::UnknownSource));
+        // A STUN check for s's ufrag still finds it (from any address).
+        assert_eq!(d.route(a, &stun_request("s")), Ok((s, 0)));
+        assert_eq!(d.routed_addrs(), 1);
+        // Unroute of an unknown session or address is harmless.
+        d.apply(UdpControl::Unroute {
+            addr: a,
+            session: SessionId([9; 16]),
+        });
+        assert_eq!(d.routed_addrs(), 1);
     }
 
     #[test]
