@@ -10,11 +10,15 @@
 //   one coturn port; the page's selected pair has a relay local candidate of
 //   that transport; it decodes everyone and is decoded; a keyless observer
 //   behind the same TURN-only firewall sees only DAVE frames.
-// - ICE restart: the page's namespace is cut off for 3 s and restored; media
-//   decodes again within 3 s of the restore, on the same RTCPeerConnection
-//   and SFU session (the SFU API still answers for it, with the same tracks),
-//   with new ICE credentials (a restart happened) and no MLS rejoin (same
-//   participant, epoch, safety number).
+// - ICE restart: the page's namespace is cut off (every packet, signaling
+//   included) for 3 s, then for 9 s, and restored; each time media decodes
+//   again within 3 s of the restore, on the same RTCPeerConnection and SFU
+//   session (the SFU API still answers for it, with the same tracks), with
+//   new ICE credentials and a restart the page counted, and no MLS rejoin
+//   (same participant, epoch, members, safety number). The 9 s case is there
+//   because Chromium reports `disconnected` only about 7 s into an outage of
+//   this kind (measured), so the client's "2 s disconnected" trigger cannot
+//   fire during a 3 s one.
 
 import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
@@ -160,52 +164,67 @@ describe('calls on hostile networks (Chromium in network namespaces)', { timeout
     });
   });
 
-  it('ICE restart: a path blocked for 3 s decodes again within 3 s of restoring, on the same SFU session, with no MLS rejoin', check(async () => {
-    const ns = env.namespace('restart');
-    try {
-      const nsBrowser = await env.nsBrowser(ns);
-      const room = `restart-${Date.now()}`;
+  describe('ICE restart: a page whose path is cut off and restored', () => {
+    const room = `restart-${Date.now()}`;
+    const r = { ns: null, number: null };
+    before(async () => {
+      r.ns = env.namespace('restart');
+      const nsBrowser = await env.nsBrowser(r.ns);
       pages.rAlice = await joinPage(env.browser, env.servers.base, { room, name: 'Alice' });
       pages.rCarol = await joinPage(nsBrowser, env.servers.serviceBase, { room, name: 'Carol-roaming' });
+      r.number = await sameSafetyNumber([pages.rAlice, pages.rCarol]);
+      await assertDecodes(pages.rCarol, pages.rAlice.participantId);
+      await assertDecodes(pages.rAlice, pages.rCarol.participantId);
+    });
+
+    /** Who the page is to the SFU, the coordinator and MLS, and its ICE credentials. */
+    const identity = (page) => page.evaluate(() => {
+      const call = window.satsuma.call;
+      const sdp = call.sfu.pc.localDescription?.sdp ?? '';
+      return {
+        me: call.me, sessionId: call.sfu.sessionId, samePc: window.__netPc === call.sfu.pc,
+        ufrag: sdp.match(/a=ice-ufrag:(\S+)/)?.[1] ?? null, epoch: call.e2ee.status?.epoch ?? null,
+        resets: call.e2ee.status?.resets ?? null, members: (call.e2ee.status?.members ?? []).map((m) => m.id).sort(),
+        mediaEpoch: call.mediaEpoch,
+      };
+    });
+    const sfuSession = async (id) => {
+      const res = await fetch(`http://${env.servers.sfuApi}/v1/apps/satsuma/sessions/${id}`, { headers: { Authorization: `Bearer ${env.servers.appSecret}` } });
+      return { status: res.status, body: await res.json().catch(() => null) };
+    };
+
+    /**
+     * Cuts Carol's namespace off for `ms` (every packet in and out, signaling included), restores
+     * it, and checks: media decodes again in both directions within 3 s of the restore, through an
+     * ICE restart (new ICE credentials, the page counted a successful restart) on the same
+     * RTCPeerConnection and SFU session (the SFU API answers for it with the same tracks), with no
+     * MLS rejoin (same participants, epoch, members, safety number, no E2EE reset).
+     */
+    async function outage(ms) {
       const alice = pages.rAlice;
       const carol = pages.rCarol;
-      const number = await sameSafetyNumber([alice, carol]);
-      await assertDecodes(carol, alice.participantId);
-      await assertDecodes(alice, carol.participantId);
-
-      const identity = (page) => page.evaluate(() => {
-        const call = window.satsuma.call;
-        const sdp = call.sfu.pc.localDescription?.sdp ?? '';
-        return {
-          me: call.me, sessionId: call.sfu.sessionId, samePc: window.__netPc === call.sfu.pc,
-          ufrag: sdp.match(/a=ice-ufrag:(\S+)/)?.[1] ?? null, epoch: call.e2ee.status?.epoch ?? null,
-          resets: call.e2ee.status?.resets ?? null, members: (call.e2ee.status?.members ?? []).map((m) => m.id).sort(),
-          mediaEpoch: call.mediaEpoch,
-        };
-      });
       await carol.evaluate(() => {
         const pc = window.satsuma.call.sfu.pc;
         window.__netPc = pc;
-        const t0 = performance.now();
         window.__netStates = [];
-        pc.addEventListener('iceconnectionstatechange', () => window.__netStates.push(`${Math.round(performance.now() - t0)}ms ${pc.iceConnectionState}`));
+        window.__netT0 = performance.now();
+        if (!window.__netWatching) {
+          window.__netWatching = true;
+          pc.addEventListener('iceconnectionstatechange', () => window.__netStates.push(`${Math.round(performance.now() - window.__netT0)}ms ${pc.iceConnectionState}`));
+        }
       });
-      const sfuSession = async (id) => {
-        const res = await fetch(`http://${env.servers.sfuApi}/v1/apps/satsuma/sessions/${id}`, { headers: { Authorization: `Bearer ${env.servers.appSecret}` } });
-        return { status: res.status, body: await res.json().catch(() => null) };
-      };
-      const before = { carol: await identity(carol), alice: await identity(alice) };
+      const before = { carol: await identity(carol), alice: await identity(alice), stats: await stats(carol) };
       const sessionBefore = await sfuSession(before.carol.sessionId);
       assert.equal(sessionBefore.status, 200, JSON.stringify(sessionBefore));
 
       const blockedAt = Date.now();
-      ns.block();
-      await new Promise((r) => setTimeout(r, 3000)); // the outage itself, not an assertion
+      r.ns.block();
+      await new Promise((res) => setTimeout(res, ms)); // the outage itself, not an assertion
       const frozen = {
         carol: (await remoteTrack(carol, alice.participantId, 'video')).framesDecoded,
         alice: (await remoteTrack(alice, carol.participantId, 'video')).framesDecoded,
       };
-      ns.unblock();
+      r.ns.unblock();
       const restoredAt = Date.now();
       const back = {};
       await waitFor('media to decode again in both directions after the restore', async () => {
@@ -220,28 +239,38 @@ describe('calls on hostile networks (Chromium in network namespaces)', { timeout
         return back.carol && back.alice;
       }, { timeout: 20000, interval: 100 });
       const states = await carol.evaluate(() => window.__netStates);
-      const afterIds = { carol: await identity(carol), alice: await identity(alice) };
-      const sessionAfter = await sfuSession(afterIds.carol.sessionId);
-      console.log(`# net ice-restart: blocked 3.0 s (${restoredAt - blockedAt} ms); decoding again ${back.carol} ms (Carol <- Alice) and ${back.alice} ms (Alice <- Carol) after the restore; Carol's ICE states: ${states.join(', ')}; ufrag ${before.carol.ufrag} -> ${afterIds.carol.ufrag}; session ${before.carol.sessionId} -> ${afterIds.carol.sessionId}`);
-      assert.ok(states.some((s) => /disconnected|failed/.test(s)), `the block really cut the path off: ${states.join(', ')}`);
+      const after = { carol: await identity(carol), alice: await identity(alice), stats: await stats(carol) };
+      const sessionAfter = await sfuSession(after.carol.sessionId);
+      const restarts = (x) => x.stats.iceRestarts ?? {};
+      console.log(`# net ice-restart ${ms / 1000} s outage: blocked ${restoredAt - blockedAt} ms; decoding again ${back.carol} ms (Carol <- Alice) and ${back.alice} ms (Alice <- Carol) after the restore; Carol's ICE states since the block: ${states.join(', ') || 'none (stayed connected)'}; ufrag ${before.carol.ufrag} -> ${after.carol.ufrag}; restarts succeeded ${restarts(before).succeeded ?? '?'} -> ${restarts(after).succeeded ?? '?'} (${JSON.stringify(restarts(after).last ?? null)}); session ${before.carol.sessionId} -> ${after.carol.sessionId}`);
       assert.ok(Math.max(back.carol, back.alice) <= 3000, `media back ${JSON.stringify(back)} ms after the restore (goal: within 3 s)`);
-      assert.equal(afterIds.carol.sessionId, before.carol.sessionId, 'the same SFU session');
-      assert.ok(afterIds.carol.samePc, 'the same RTCPeerConnection (not a new media session)');
-      assert.equal(afterIds.carol.mediaEpoch, before.carol.mediaEpoch, 'the page did not start its media over');
-      assert.notEqual(afterIds.carol.ufrag, before.carol.ufrag, 'new ICE credentials: an ICE restart happened');
+      assert.equal(after.carol.sessionId, before.carol.sessionId, 'the same SFU session');
+      assert.ok(after.carol.samePc, 'the same RTCPeerConnection (not a new media session)');
+      assert.equal(after.carol.mediaEpoch, before.carol.mediaEpoch, 'the page did not start its media over');
+      assert.equal(after.stats.sfuSession, before.carol.sessionId, `the page reports SFU session ${after.stats.sfuSession}`);
+      assert.equal(after.stats.mediaSessions, before.stats.mediaSessions, 'no new media session');
       assert.equal(sessionAfter.status, 200, JSON.stringify(sessionAfter));
       assert.deepEqual(sessionAfter.body?.tracks?.map((t) => t.trackName).sort(), sessionBefore.body?.tracks?.map((t) => t.trackName).sort(), 'the SFU session keeps its tracks');
       for (const who of ['carol', 'alice']) {
-        assert.equal(afterIds[who].me, before[who].me, `${who}: the same participant (no rejoin)`);
-        assert.equal(afterIds[who].epoch, before[who].epoch, `${who}: the same MLS epoch (no commit, no rejoin)`);
-        assert.deepEqual(afterIds[who].members, before[who].members, `${who}: the same MLS members`);
-        assert.equal(afterIds[who].resets, before[who].resets, `${who}: no E2EE reset`);
+        assert.equal(after[who].me, before[who].me, `${who}: the same participant (no rejoin)`);
+        assert.equal(after[who].epoch, before[who].epoch, `${who}: the same MLS epoch (no commit, no rejoin)`);
+        assert.deepEqual(after[who].members, before[who].members, `${who}: the same MLS members`);
+        assert.equal(after[who].resets, before[who].resets, `${who}: no E2EE reset`);
       }
-      assert.equal(await sameSafetyNumber([alice, carol]), number, 'the same safety number');
+      assert.equal(await sameSafetyNumber([alice, carol]), r.number, 'the same safety number');
+      // Last, so that the checks above still report when only this fails: it was an ICE restart.
+      assert.notEqual(after.carol.ufrag, before.carol.ufrag, `new ICE credentials, i.e. an ICE restart (ICE states: ${states.join(', ') || 'none'})`);
+      assert.ok((restarts(after).succeeded ?? 0) > (restarts(before).succeeded ?? 0), `the page counted a successful ICE restart: ${JSON.stringify(restarts(after))}`);
       assert.equal(env.servers.panicked().length, 0, env.servers.panicked().join('\n'));
-    } finally {
-      await env.closePages(['rAlice', 'rCarol']);
-      await ns.destroy();
     }
-  }));
+
+    it('a path blocked for 3 s (the issue\'s case): media decodes again within 3 s of restoring, via an ICE restart on the same SFU session, no MLS rejoin', check(() => outage(3000)));
+
+    it('a path blocked for 9 s (Chromium itself reports the outage): the same', check(() => outage(9000)));
+
+    it('the pages close', async () => {
+      await env.closePages(['rAlice', 'rCarol']);
+      await r.ns?.destroy();
+    });
+  });
 });
