@@ -300,13 +300,17 @@ class Call {
     });
     this.sfu = sfu;
     sfu.addEventListener('track', (ev) => this.onRemoteTrack(ev.detail));
+    // Network trouble is handled by the link first (ICE restarts on the same session, the
+    // E2EE state untouched); `failed` means that did not work: a new session is needed.
     sfu.addEventListener('failed', () => this.mediaFailed('media connection failed'));
+    sfu.addEventListener('ice-restart', (ev) => this.view.updateTile('local', { conn: [`media reconnecting (${ev.detail.attempt})`, 'warn'] }));
     sfu.addEventListener('problem', (ev) => this.note(ev.detail));
     sfu.addEventListener('pull-error', (ev) => this.note(`cannot receive ${ev.detail.trackName}: ${ev.detail.error}`));
     sfu.addEventListener('state', (ev) => this.view.updateTile('local', { conn: [`media ${ev.detail}`, ev.detail === 'connected' ? 'ok' : 'warn'] }));
     try {
       const sessionId = await sfu.start();
       if (epoch !== this.mediaEpoch) return;
+      this.mediaSessions = (this.mediaSessions ?? 0) + 1;
       await this.pushLocal('audio', this.local.audio, sessionId);
       await this.pushLocal('video', this.local.video, sessionId);
       if (this.local.screen) await this.pushLocal('screenshare', this.local.screen, sessionId);
@@ -589,6 +593,9 @@ class Call {
     const gate = this.e2ee.sendState();
     return {
       me: this.me, room: this.room, link: this.link.state, media: this.sfu?.connectionState ?? 'none',
+      // The SFU session in use, how many this page created, and the ICE restarts on this one.
+      sfuSession: this.sfu?.sessionId ?? null, mediaSessions: this.mediaSessions ?? 0,
+      iceRestarts: this.sfu ? { ...this.sfu.restarts, last: this.sfu.restarts.last && { ...this.sfu.restarts.last } } : null,
       send: {
         level: gate.level, reason: gate.reason, advice: gate.advice ?? '', epoch: this.e2ee.sendEpoch,
         senders: this.sfu?.sending() ?? [], log: this.e2ee.gateLog,
@@ -661,6 +668,8 @@ async function lobby() {
       garbage: (on) => window.satsuma.call?.e2ee.drill('garbage', on),
       relayLag: (ms) => window.satsuma.call?.e2ee.drill('relayLag', ms),
       failMedia: () => window.satsuma.call?.sfu?.pc.close() ?? null,
+      // Restarts ICE on the current SFU session now; resolves true once connected again.
+      restartIce: () => window.satsuma.call?.sfu?.restartIce() ?? null,
     };
   }
   // A token or invite in the fragment decides the room (and the token the name).

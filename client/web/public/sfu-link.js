@@ -7,10 +7,27 @@
 // Every negotiation goes through one queue: the API is offer/answer based and
 // two overlapping negotiations on one connection would glare.
 //
+// ICE restarts: when the connection has been `disconnected` (or `failed`) for
+// RESTART_AFTER_MS, the link restarts ICE on the same SFU session (new ICE
+// credentials through `PUT sessions/{id}/renegotiate` with an offer, in the same
+// queue), and retries a few times with backoff. DTLS, SRTP, the tracks and the
+// E2EE transforms stay as they are: the coordinator and MLS never hear of it.
+// Only when that fails, or the SFU says the session is gone, does the link
+// report `failed` (the app then starts a new session).
+//
 // Fail closed: a pushed track's sender is created without a track. The track
 // goes on (`setSending(name, true)`) only when the E2EE send gate allows it
 // (e2ee-link.js: transform attached and confirmed, sending key held), and comes
 // off again (`replaceTrack(null)`) the moment it does not.
+
+/** How long the connection may be `disconnected`/`failed` before ICE restarts. */
+export const RESTART_AFTER_MS = 2000;
+/** ICE restart attempts before giving up on the session. */
+export const RESTART_ATTEMPTS = 4;
+/** How long one restart attempt may take to connect. */
+const RESTART_CONNECT_MS = 6000;
+/** How long the renegotiate request of a restart may take. */
+const RESTART_REQUEST_MS = 5000;
 
 export class SfuLink extends EventTarget {
   /**
@@ -31,12 +48,18 @@ export class SfuLink extends EventTarget {
     this.pulls = new Map(); // mid -> info
     this.pushes = new Map(); // trackName -> {transceiver, info, track, sending}
     this.closed = false;
+    // ICE restarts of this connection (tests read these through window.satsuma.stats()).
+    this.restarts = { attempted: 0, succeeded: 0, failed: 0, restarting: false, last: null };
+    this.restartTimer = null;
+    this.restarting = null; // the running restartIce() promise
+    this.everConnected = false;
     const config = { bundlePolicy: 'max-bundle', iceServers: [] };
     // Chromium's legacy transform API: without this, createEncodedStreams() throws.
     if (encodedInsertableStreams) config.encodedInsertableStreams = true;
     this.pc = new RTCPeerConnection(config);
     this.pc.addEventListener('track', (ev) => this.#onTrack(ev));
     this.pc.addEventListener('connectionstatechange', () => this.#onConnectionState());
+    this.pc.addEventListener('iceconnectionstatechange', () => this.#watchIce());
   }
 
   get connectionState() {
@@ -218,7 +241,116 @@ export class SfuLink extends EventTarget {
 
   close() {
     this.closed = true;
+    clearTimeout(this.restartTimer);
     this.pc.close();
+  }
+
+  /**
+   * Restarts ICE on the same SFU session until it connects: up to
+   * RESTART_ATTEMPTS attempts with backoff. Dispatches `ice-restart`
+   * (`{attempt}`) per attempt and `ice-restarted` on success; on failure, or
+   * when the SFU no longer knows the session, `failed`. Runs once at a time.
+   */
+  restartIce() {
+    if (this.closed || this.restarts.restarting) return this.restarting;
+    clearTimeout(this.restartTimer);
+    this.restartTimer = null;
+    this.restarts.restarting = true;
+    this.restarting = this.#restartLoop().finally(() => {
+      this.restarts.restarting = false;
+      // Still (or again) down after a success: the watch starts over.
+      this.#watchIce();
+    });
+    return this.restarting;
+  }
+
+  async #restartLoop() {
+    for (let attempt = 1; attempt <= RESTART_ATTEMPTS; attempt++) {
+      if (this.closed) return false;
+      if (attempt > 1) await sleep(Math.min(4000, 500 * 2 ** (attempt - 2)));
+      if (this.closed) return false;
+      if (this.pc.connectionState === 'connected' && attempt > 1) break;
+      this.restarts.attempted += 1;
+      this.restarts.last = { at: Date.now(), attempt, outcome: 'pending' };
+      this.dispatchEvent(new CustomEvent('ice-restart', { detail: { attempt } }));
+      try {
+        await this.#serial(() => this.#renegotiateIce());
+      } catch (err) {
+        this.restarts.last.outcome = `error: ${err.message}`;
+        if (err.sessionGone) break;
+        continue;
+      }
+      if (await this.#connectedWithin(RESTART_CONNECT_MS)) {
+        this.restarts.succeeded += 1;
+        this.restarts.last.outcome = 'connected';
+        this.dispatchEvent(new CustomEvent('ice-restarted', { detail: { attempt } }));
+        return true;
+      }
+      this.restarts.last.outcome = `not connected (${this.pc.connectionState})`;
+    }
+    if (this.closed) return false;
+    if (this.pc.connectionState === 'connected') {
+      this.restarts.succeeded += 1;
+      return true;
+    }
+    this.restarts.failed += 1;
+    this.dispatchEvent(new CustomEvent('failed'));
+    return false;
+  }
+
+  /** One restart negotiation: an offer with new ICE credentials, the SFU's answer. */
+  async #renegotiateIce() {
+    if (this.pc.signalingState !== 'stable') await this.pc.setLocalDescription({ type: 'rollback' });
+    this.pc.restartIce();
+    await this.pc.setLocalDescription(await this.pc.createOffer({ iceRestart: true }));
+    let res;
+    try {
+      res = await this.#api('PUT', `/sessions/${this.sessionId}/renegotiate`, {
+        sessionDescription: { type: 'offer', sdp: this.pc.localDescription.sdp },
+      }, { timeoutMs: RESTART_REQUEST_MS });
+      if (res.sessionDescription?.type !== 'answer') throw new Error('renegotiate: no answer to the restart offer');
+    } catch (err) {
+      if (this.pc.signalingState === 'have-local-offer') await this.pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
+      throw err;
+    }
+    await this.pc.setRemoteDescription(res.sessionDescription);
+  }
+
+  /** Resolves true once the connection is `connected`, false after `ms` or when it `failed`. */
+  #connectedWithin(ms) {
+    return new Promise((resolve) => {
+      const done = (ok) => {
+        clearTimeout(timer);
+        this.pc.removeEventListener('connectionstatechange', check);
+        resolve(ok);
+      };
+      const check = () => {
+        const state = this.pc.connectionState;
+        if (state === 'connected') done(true);
+        else if (state === 'failed' || state === 'closed' || this.closed) done(false);
+      };
+      const timer = setTimeout(() => done(false), ms);
+      this.pc.addEventListener('connectionstatechange', check);
+      check();
+    });
+  }
+
+  /** Starts the restart timer while the connection is down, stops it when it is back. */
+  #watchIce() {
+    if (this.closed || this.restarts.restarting || !this.everConnected) return;
+    const state = this.pc.connectionState;
+    const ice = this.pc.iceConnectionState;
+    const down = state === 'disconnected' || state === 'failed' || ice === 'disconnected' || ice === 'failed';
+    if (!down) {
+      clearTimeout(this.restartTimer);
+      this.restartTimer = null;
+      return;
+    }
+    if (this.restartTimer || !this.sessionId) return;
+    this.restartTimer = setTimeout(() => {
+      this.restartTimer = null;
+      this.restartIce();
+    }, RESTART_AFTER_MS);
   }
 
   async #closeMids(mids, transceivers) {
@@ -254,7 +386,12 @@ export class SfuLink extends EventTarget {
   #onConnectionState() {
     const state = this.pc.connectionState;
     this.dispatchEvent(new CustomEvent('state', { detail: state }));
-    if (state === 'failed') this.dispatchEvent(new CustomEvent('failed'));
+    if (state === 'connected') this.everConnected = true;
+    // A connection that worked and failed is restarted (ICE restart) first: `failed`
+    // goes out only when that does not bring it back (see restartIce). One that never
+    // connected gets a new session at once, as before.
+    if (state === 'failed' && !this.everConnected) this.dispatchEvent(new CustomEvent('failed'));
+    else this.#watchIce();
   }
 
   #serial(fn) {
@@ -263,21 +400,32 @@ export class SfuLink extends EventTarget {
     return run;
   }
 
-  async #api(method, path, body) {
+  async #api(method, path, body, { timeoutMs } = {}) {
     if (this.closed) throw new Error('media link closed');
     const res = await fetch(`${this.base}${path}`, {
       method,
       headers: { Authorization: `Bearer ${this.auth()}`, 'Content-Type': 'application/json' },
       body: body === undefined ? undefined : JSON.stringify(body),
+      signal: timeoutMs ? AbortSignal.timeout(timeoutMs) : undefined,
     });
     let json = {};
     const text = await res.text();
     if (text) {
       try { json = JSON.parse(text); } catch { json = { errorDescription: text.slice(0, 200) }; }
     }
-    if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${json.errorCode ?? ''} ${json.errorDescription ?? ''}`.trim());
+    if (!res.ok) {
+      const err = new Error(`${method} ${path}: HTTP ${res.status} ${json.errorCode ?? ''} ${json.errorDescription ?? ''}`.trim());
+      // The session no longer exists (the SFU collected it: 404) or the proxy no longer
+      // ties it to this participant (403): restarting ICE on it cannot help.
+      err.sessionGone = res.status === 404 || res.status === 403;
+      throw err;
+    }
     return json;
   }
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /** Puts `codec` (VP8, VP9, H264) first and drops the other video codecs, keeping rtx/red/ulpfec. */
