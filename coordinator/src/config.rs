@@ -88,6 +88,12 @@ pub struct Config {
     pub budgets: Budgets,
     /// How often room timers are checked.
     pub timer_tick: Duration,
+    /// STUN/TURN URLs and the TURN shared secret (coturn `static-auth-secret`) handed to every
+    /// participant in `welcome`/`resumed` (`ice_servers`, with short-lived TURN credentials).
+    /// Empty, the default: `ice_servers` is empty.
+    pub turn: satsuma_common::turn::TurnServers,
+    /// Lifetime of the TURN credentials handed out, seconds (1 to 86400).
+    pub turn_ttl_s: u64,
 }
 
 impl Default for Config {
@@ -128,8 +134,28 @@ impl Default for Config {
             max_connections: 20_000,
             budgets: Budgets::default(),
             timer_tick: Duration::from_millis(20),
+            turn: satsuma_common::turn::TurnServers::default(),
+            turn_ttl_s: DEFAULT_TURN_TTL_S,
         }
     }
+}
+
+/// Default lifetime of the TURN credentials a participant gets: 6 hours (clients fetch fresh
+/// ones before they expire: `POST /sfu/ice-servers`).
+pub const DEFAULT_TURN_TTL_S: u64 = 6 * 3600;
+
+/// Builds the STUN/TURN servers from configured URLs and secret (see
+/// [`satsuma_common::turn::TurnServers::new`]).
+pub fn turn_servers(
+    urls: Vec<String>,
+    secret: Option<String>,
+) -> Result<satsuma_common::turn::TurnServers, ConfigError> {
+    let invalid = |e: satsuma_common::turn::TurnError| ConfigError::Invalid(format!("TURN: {e}"));
+    let secret = secret
+        .map(satsuma_common::turn::TurnSecret::new)
+        .transpose()
+        .map_err(invalid)?;
+    satsuma_common::turn::TurnServers::new(urls, secret).map_err(invalid)
 }
 
 impl Config {
@@ -200,6 +226,8 @@ impl Config {
         }
         self.budgets
             .validate(self.max_text_bytes, self.max_binary_bytes)?;
+        satsuma_common::turn::check_ttl(self.turn_ttl_s)
+            .map_err(|e| ConfigError::Invalid(format!("turn_ttl_s: {e}")))?;
         Ok(())
     }
 }
@@ -503,6 +531,23 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub allowed_origins: Option<Vec<String>>,
+    /// A STUN or TURN URL handed to every participant for its media connection (repeat, or
+    /// comma-separate in the env variable), e.g. turn:turn.example.com:3478?transport=udp,
+    /// turn:turn.example.com:3478?transport=tcp, turns:turn.example.com:443?transport=tcp.
+    #[arg(
+        long = "turn-url",
+        env = "SATSUMA_COORD_TURN_URLS",
+        value_delimiter = ','
+    )]
+    pub turn_urls: Option<Vec<String>>,
+    /// The TURN server's shared secret (coturn: use-auth-secret, static-auth-secret=...; at
+    /// least 16 characters); required with turn: and turns: URLs.
+    #[arg(long, env = "SATSUMA_COORD_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// Lifetime of the TURN credentials a participant gets, in seconds (1 to 86400; clients
+    /// fetch fresh ones before they expire) [default: 21600].
+    #[arg(long, env = "SATSUMA_COORD_TURN_TTL_S")]
+    pub turn_ttl_s: Option<u64>,
     /// Log filter (tracing EnvFilter syntax), e.g. info or satsuma_coordinator=debug.
     #[arg(long, env = "SATSUMA_COORD_LOG")]
     pub log: Option<String>,
@@ -540,7 +585,10 @@ impl Cli {
             .map(|k| k.parse::<crate::auth::ApiKey>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(ConfigError::Invalid)?;
+        let turn = turn_servers(c.turn_urls.unwrap_or_default(), c.turn_secret)?;
         let config = Config {
+            turn,
+            turn_ttl_s: c.turn_ttl_s.unwrap_or(base.turn_ttl_s),
             listen: c.listen.unwrap_or(base.listen),
             jwt_secret,
             jwt_leeway_s: c.jwt_leeway_s.unwrap_or(base.jwt_leeway_s),
@@ -665,6 +713,9 @@ impl Cli {
             max_sfu_sessions_per_participant,
             public_url,
             allowed_origins,
+            turn_urls,
+            turn_secret,
+            turn_ttl_s,
             log
         )
     }
@@ -797,6 +848,41 @@ mod tests {
         assert!(bad.resolve().is_err());
         let bad = Cli::try_parse_from(["x", "--dev", "--allowed-origin", "ftp://x"]).unwrap();
         assert!(bad.resolve().is_err());
+    }
+
+    #[test]
+    fn turn_comes_from_file_and_flags_and_is_checked() {
+        let c = Cli::try_parse_from(["x", "--dev"])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(c.turn.is_empty());
+        assert_eq!(c.turn_ttl_s, DEFAULT_TURN_TTL_S);
+        let file: Cli = toml::from_str(
+            "turn_urls = [\"stun:t.example:3478\", \"turn:t.example:3478?transport=tcp\"]\n\
+             turn_secret = \"coturn-shared-secret\"\nturn_ttl_s = 600\n",
+        )
+        .unwrap();
+        let flags = Cli::try_parse_from(["x", "--dev", "--turn-ttl-s", "900"]).unwrap();
+        let c = flags.over(file).resolve().unwrap();
+        assert_eq!(c.turn.urls().count(), 2);
+        assert_eq!(c.turn_ttl_s, 900);
+        assert!(!format!("{c:?}").contains("coturn-shared-secret"));
+        let err = |args: &[&str]| {
+            let mut all = vec!["x", "--dev"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+                .unwrap()
+                .resolve()
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(&["--turn-ttl-s", "0"]).contains("turn_ttl_s"));
+        assert!(err(&["--turn-ttl-s", "86401"]).contains("turn_ttl_s"));
+        assert!(err(&["--turn-url", "turn:t.example"]).contains("secret"));
+        assert!(err(&["--turn-url", "http://t.example"]).contains("URL"));
+        let e = err(&["--turn-url", "turn:t.example", "--turn-secret", "short"]);
+        assert!(e.contains("16"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::ice::IceIssuer;
 use crate::metrics::{CloseReason, Metrics};
 use crate::protocol::{ServerMessage, close};
 use crate::room::{Input, JoinError, JoinRequest, Output, ResumeError, Room, RoomConfig, Wire};
@@ -234,6 +235,8 @@ pub(crate) struct Hub {
     sfu_close_queue: Mutex<Option<mpsc::Receiver<SfuClose>>>,
     /// Open WebSocket connections per IP address.
     per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// STUN/TURN servers for `welcome` and `resumed`.
+    ice: IceIssuer,
 }
 
 impl Hub {
@@ -249,7 +252,20 @@ impl Hub {
             sfu_closes,
             sfu_close_queue: Mutex::new(Some(queue)),
             per_ip: Arc::new(Mutex::new(HashMap::new())),
+            ice: IceIssuer::default(),
         }
+    }
+
+    /// Hands `ice`'s servers to every participant in `welcome` and `resumed`.
+    #[must_use]
+    pub(crate) fn with_ice(mut self, ice: IceIssuer) -> Self {
+        self.ice = ice;
+        self
+    }
+
+    /// The ICE servers issuer (`POST /sfu/ice-servers`).
+    pub(crate) fn ice(&self) -> &IceIssuer {
+        &self.ice
     }
 
     /// Takes a place for one more connection from `ip`, unless it holds `max` already
@@ -523,7 +539,8 @@ impl Hub {
                 self.queue_replay(state, to, after, until);
             }
             match out {
-                Output::Reply { to, msg } => {
+                Output::Reply { to, mut msg } => {
+                    self.ice.fill(to, &mut msg, crate::auth::unix_now());
                     match &msg {
                         ServerMessage::Error { code, .. } => {
                             self.metrics.error(code);

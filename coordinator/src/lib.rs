@@ -42,6 +42,7 @@ pub mod auth;
 pub mod config;
 mod connection;
 mod hub;
+mod ice;
 pub mod metrics;
 pub mod mls_framing;
 pub mod protocol;

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use satsuma_common::turn::IceServer;
+
 /// The protocol version spoken by this coordinator (`hello.v`).
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -409,6 +411,14 @@ pub enum ServerMessage {
         snapshot: Snapshot,
         /// Limits.
         limits: Limits,
+        /// STUN/TURN servers for this participant's media connection
+        /// (`RTCConfiguration.iceServers`), with its own short-lived TURN credentials; empty
+        /// when the coordinator has no TURN configuration.
+        #[serde(default)]
+        ice_servers: Vec<IceServer>,
+        /// Unix seconds when the TURN credentials in `ice_servers` expire (absent: none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ice_expires_at: Option<u64>,
     },
     /// Reply to a resuming `hello`; the missed entries follow.
     Resumed {
@@ -420,6 +430,12 @@ pub enum ServerMessage {
         seq: u64,
         /// Limits.
         limits: Limits,
+        /// Fresh STUN/TURN servers and credentials, as in `welcome`.
+        #[serde(default)]
+        ice_servers: Vec<IceServer>,
+        /// Unix seconds when the TURN credentials in `ice_servers` expire (absent: none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ice_expires_at: Option<u64>,
     },
     /// Reply to `ping`.
     Pong {

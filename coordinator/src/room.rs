@@ -602,6 +602,9 @@ impl Room {
                 seq: self.seq,
                 snapshot: self.snapshot_for(Some(id)),
                 limits: self.config.limits.clone(),
+                // The driver adds the ICE servers: they need the wall clock (hub.rs).
+                ice_servers: Vec::new(),
+                ice_expires_at: None,
             },
         });
         let p = Participant {
@@ -670,6 +673,8 @@ impl Room {
                 from_seq: last_seq,
                 seq: self.seq,
                 limits: self.config.limits.clone(),
+                ice_servers: Vec::new(),
+                ice_expires_at: None,
             },
         });
         for entry in self

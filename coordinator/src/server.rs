@@ -91,7 +91,9 @@ impl Server {
                 &config.jwt_audience,
             ),
             access: Access::new(config.api_keys.clone(), config.jwt_leeway_s),
-            hub: Hub::new(config.room_config(), config.max_rooms, metrics.clone()),
+            hub: Hub::new(config.room_config(), config.max_rooms, metrics.clone()).with_ice(
+                crate::ice::IceIssuer::new(config.turn.clone(), config.turn_ttl_s),
+            ),
             sfu: SfuPool::new(
                 &config.sfu_nodes,
                 &config.sfu_app_id,

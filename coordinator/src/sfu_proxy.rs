@@ -196,6 +196,7 @@ pub(crate) fn routes(max_body: usize) -> Router<Arc<App>> {
         .route("/sfu/sessions/{sid}/renegotiate", put(renegotiate))
         .route("/sfu/sessions/{sid}/tracks/close", put(tracks_close))
         .route("/sfu/sessions/{sid}/tracks/update", put(tracks_update))
+        .route("/sfu/ice-servers", post(ice_servers))
         .layer(DefaultBodyLimit::max(max_body))
 }
 
@@ -241,6 +242,21 @@ fn respond(app: &App, route: &str, result: Result<(StatusCode, Bytes), ProxyErro
         .with_label_values(&[route, resp.status().as_str()])
         .inc();
     resp
+}
+
+/// `POST /sfu/ice-servers`: fresh STUN/TURN servers and TURN credentials for the caller (the
+/// ones in `welcome` expire; a long call fetches new ones before). 201
+/// `{"iceServers": [...], "expiresAt": unix seconds | null}`.
+async fn ice_servers(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let result = caller(&app, &headers).and_then(|c| {
+        if !c.permissions.publish && !c.permissions.subscribe {
+            return Err(ProxyError::Forbidden("no publish or subscribe permission"));
+        }
+        let ice = app.hub.ice().issue(c.id, crate::auth::unix_now());
+        let body = json!({"iceServers": ice.servers, "expiresAt": ice.expires_at});
+        Ok((StatusCode::CREATED, Bytes::from(body.to_string())))
+    });
+    respond(&app, "ice-servers", result)
 }
 
 async fn new_session(

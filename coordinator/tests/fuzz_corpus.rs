@@ -237,6 +237,8 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         )
         .snapshot(),
         limits: satsuma_coordinator::room::RoomConfig::default().limits,
+        ice_servers: Vec::new(),
+        ice_expires_at: None,
     };
     json.push((
         "server-welcome".into(),
