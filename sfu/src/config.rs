@@ -107,6 +107,51 @@ pub fn turn_servers(
     satsuma_common::turn::TurnServers::new(urls, secret).map_err(invalid)
 }
 
+/// Where ICE-TCP (passive TCP candidates, RFC 6544) listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcpBind {
+    /// The UDP bind address over TCP: same IP, same port number (UDP port 0: any free TCP
+    /// port). The default.
+    #[default]
+    SameAsUdp,
+    /// No ICE-TCP: no listener, no TCP candidates.
+    Off,
+    /// This address.
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for TcpBind {
+    type Err = String;
+
+    /// Parses `off`, `udp` (the UDP bind address) or an address like `0.0.0.0:7881`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "off" | "none" | "false" => Ok(TcpBind::Off),
+            "udp" | "same" => Ok(TcpBind::SameAsUdp),
+            other => other.parse().map(TcpBind::At).map_err(|_| {
+                format!("ICE-TCP address `{s}` must be off, udp, or an address like 0.0.0.0:7881")
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for TcpBind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TcpBind::SameAsUdp => f.write_str("udp"),
+            TcpBind::Off => f.write_str("off"),
+            TcpBind::At(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TcpBind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Everything the SFU needs to run. `Config::default()` is a working loopback setup with one app
 /// (`satsuma` / `satsuma-secret`), meant for tests and local experiments.
 #[derive(Debug, Clone)]
@@ -120,6 +165,13 @@ pub struct Config {
     /// IP addresses announced as ICE host candidates (with the bound UDP port). Empty: the bind
     /// address, or 127.0.0.1 when bound to an unspecified address.
     pub announce_ips: Vec<IpAddr>,
+    /// The ICE-TCP listener: passive TCP host candidates on the announced IPs with its port,
+    /// priority below UDP, for clients whose network blocks UDP. Default: the UDP address
+    /// over TCP.
+    pub tcp_bind: TcpBind,
+    /// How long an ICE-TCP connection may take to be answered by its session, and may stay
+    /// without a frame either way.
+    pub tcp_timeouts: crate::ice_tcp::ConnTimeouts,
     /// A published track that receives no media for this long is collected.
     pub track_timeout: Duration,
     /// A session whose transport is not connected for this long is collected.
@@ -175,6 +227,11 @@ pub struct Limits {
     /// headers after SRTP); packets beyond are dropped and counted
     /// (`satsuma_sfu_dropped_total{reason="ingress_bitrate"}`). 0: no limit.
     pub session_max_ingress_kbps: u32,
+    /// ICE-TCP connections one source IP may hold open (many users behind one office NAT
+    /// share an IP: each needs one or two).
+    pub tcp_max_connections_per_ip: usize,
+    /// ICE-TCP connections open in total (each is a file descriptor).
+    pub tcp_max_connections: usize,
 }
 
 impl Default for Limits {
@@ -186,6 +243,8 @@ impl Default for Limits {
             session_max_legs: 256,
             session_max_pulls_per_track: 2,
             session_max_ingress_kbps: 20_000,
+            tcp_max_connections_per_ip: 64,
+            tcp_max_connections: 4096,
         }
     }
 }
@@ -205,6 +264,11 @@ impl Limits {
                 "session_max_pulls_per_track",
                 self.session_max_pulls_per_track,
             ),
+            (
+                "tcp_max_connections_per_ip",
+                self.tcp_max_connections_per_ip,
+            ),
+            ("tcp_max_connections", self.tcp_max_connections),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -262,6 +326,17 @@ pub struct LimitSettings {
     /// Default 20000.
     #[arg(long, env = "SATSUMA_SFU_SESSION_MAX_INGRESS_KBPS")]
     pub session_max_ingress_kbps: Option<u32>,
+
+    /// ICE-TCP connections one source IP may hold open; more are refused at accept
+    /// (satsuma_sfu_tcp_connections_refused_total{reason="per_ip"}). Users behind one NAT
+    /// share an IP and need one or two each. Default 64.
+    #[arg(long, env = "SATSUMA_SFU_TCP_MAX_CONNECTIONS_PER_IP")]
+    pub tcp_max_connections_per_ip: Option<usize>,
+
+    /// ICE-TCP connections open at once in total (each uses a file descriptor); more are
+    /// refused at accept. Default 4096.
+    #[arg(long, env = "SATSUMA_SFU_TCP_MAX_CONNECTIONS")]
+    pub tcp_max_connections: Option<usize>,
 }
 
 impl LimitSettings {
@@ -287,6 +362,10 @@ impl LimitSettings {
             session_max_ingress_kbps: self
                 .session_max_ingress_kbps
                 .or(lower.session_max_ingress_kbps),
+            tcp_max_connections_per_ip: self
+                .tcp_max_connections_per_ip
+                .or(lower.tcp_max_connections_per_ip),
+            tcp_max_connections: self.tcp_max_connections.or(lower.tcp_max_connections),
         }
     }
 
@@ -317,6 +396,12 @@ impl LimitSettings {
         if let Some(v) = self.session_max_ingress_kbps {
             l.session_max_ingress_kbps = v;
         }
+        if let Some(v) = self.tcp_max_connections_per_ip {
+            l.tcp_max_connections_per_ip = v;
+        }
+        if let Some(v) = self.tcp_max_connections {
+            l.tcp_max_connections = v;
+        }
     }
 }
 
@@ -335,6 +420,8 @@ impl Default for Config {
             http_bind: SocketAddr::from(([127, 0, 0, 1], 7880)),
             udp_bind: SocketAddr::from(([127, 0, 0, 1], 7881)),
             announce_ips: Vec::new(),
+            tcp_bind: TcpBind::default(),
+            tcp_timeouts: crate::ice_tcp::ConnTimeouts::default(),
             track_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(30),
             shards: default_shards(),
@@ -365,6 +452,8 @@ pub struct FileConfig {
     pub udp_bind: Option<SocketAddr>,
     /// Announced IPs.
     pub announce_ips: Option<Vec<IpAddr>>,
+    /// ICE-TCP listen address, `udp` or `off`.
+    pub tcp_bind: Option<TcpBind>,
     /// Track inactivity timeout in seconds (fractions allowed).
     pub track_timeout_secs: Option<f64>,
     /// Session transport-gone timeout in seconds (fractions allowed).
@@ -516,6 +605,15 @@ impl Config {
         self.limits.validate()
     }
 
+    /// Where the ICE-TCP listener binds, if anywhere.
+    pub fn tcp_listen_addr(&self) -> Option<SocketAddr> {
+        match self.tcp_bind {
+            TcpBind::SameAsUdp => Some(self.udp_bind),
+            TcpBind::Off => None,
+            TcpBind::At(a) => Some(a),
+        }
+    }
+
     /// The IPs that go into ICE candidates for a socket bound at `bound`.
     pub fn effective_announce_ips(&self, bound: SocketAddr) -> Vec<IpAddr> {
         if !self.announce_ips.is_empty() {
@@ -591,6 +689,32 @@ mod tests {
         .unwrap();
         assert_eq!(f.turn_keys.len(), 1);
         assert_eq!(f.turn_urls.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn tcp_bind_parses_off_udp_and_addresses_and_defaults_to_the_udp_address() {
+        assert_eq!("off".parse::<TcpBind>(), Ok(TcpBind::Off));
+        assert_eq!("udp".parse::<TcpBind>(), Ok(TcpBind::SameAsUdp));
+        let a: SocketAddr = "0.0.0.0:443".parse().unwrap();
+        assert_eq!("0.0.0.0:443".parse::<TcpBind>(), Ok(TcpBind::At(a)));
+        assert!("7881".parse::<TcpBind>().is_err());
+        for b in [TcpBind::Off, TcpBind::SameAsUdp, TcpBind::At(a)] {
+            assert_eq!(b.to_string().parse::<TcpBind>(), Ok(b));
+        }
+        let mut c = Config::default();
+        assert_eq!(c.tcp_listen_addr(), Some(c.udp_bind));
+        c.tcp_bind = TcpBind::Off;
+        assert_eq!(c.tcp_listen_addr(), None);
+        let f = FileConfig::parse(
+            "tcp_bind = \"0.0.0.0:443\"\ntcp_max_connections_per_ip = 3\n",
+            std::path::Path::new("sfu.toml"),
+        )
+        .unwrap();
+        assert_eq!(f.tcp_bind, Some(TcpBind::At(a)));
+        assert_eq!(f.limits.tcp_max_connections_per_ip, Some(3));
+        assert!(FileConfig::parse("tcp_bind = \"nope\"", std::path::Path::new("x")).is_err());
+        c.limits.tcp_max_connections = 0;
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -18,6 +18,9 @@
 //! * The **UDP driver** ([`udp`]) owns the single socket's receive side (batched `recvmmsg`) and
 //!   routes datagrams to shards; shards send on the same socket directly, each flushing what a
 //!   batch of work produced grouped per peer with UDP GSO ([`egress`]).
+//! * The **ICE-TCP driver** ([`tcp`], sans-IO core in [`ice_tcp`]) owns one TCP listener for
+//!   passive TCP candidates (RFC 6544, priority below UDP): each connection's RFC 4571 frames
+//!   go to its session's shard like UDP datagrams, routed by the first binding request's ufrag.
 //! * The **API** ([`api`]) authenticates, rate-limits and decodes requests, and hands them to
 //!   the owning shard; the [`directory::Directory`] maps session ids and track names (control
 //!   path only).
@@ -86,6 +89,7 @@ pub mod directory;
 pub mod egress;
 pub mod forward;
 pub mod health;
+pub mod ice_tcp;
 pub mod ids;
 pub mod layer;
 pub mod metrics;
@@ -95,6 +99,7 @@ pub mod session;
 pub mod shard;
 pub mod speaker;
 pub mod stun;
+pub mod tcp;
 pub mod udp;
 
 pub use config::{App, Config, Limits};

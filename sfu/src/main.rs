@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use satsuma_sfu::config::{FileConfig, LimitSettings, TurnKey, secs, turn_servers};
+use satsuma_sfu::config::{FileConfig, LimitSettings, TcpBind, TurnKey, secs, turn_servers};
 use satsuma_sfu::{App, Config, Server};
 
 /// jemalloc (with background purging) instead of glibc malloc: the packet path allocates from
@@ -22,11 +22,12 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Debug, Parser)]
 #[command(name = "satsuma-sfu", version, about, long_about = None)]
 struct Cli {
-    /// TOML config file. Keys: apps = [{id, secret}], http_bind, udp_bind, announce_ips,
+    /// TOML config file. Keys: apps = [{id, secret}], http_bind, udp_bind, tcp_bind, announce_ips,
     /// track_timeout_secs, session_timeout_secs, shards, bwe_initial_kbps, log,
     /// session_requests_per_second, max_tracks_per_request, app_new_sessions_per_second,
     /// app_max_sessions, session_max_publications, session_max_legs,
-    /// session_max_pulls_per_track, session_max_ingress_kbps, cors_origins, metrics_token,
+    /// session_max_pulls_per_track, session_max_ingress_kbps, tcp_max_connections_per_ip,
+    /// tcp_max_connections, cors_origins, metrics_token,
     /// metrics_bind, shard_panic_hold_secs, test_hooks, turn_keys = [{id, token}], turn_urls,
     /// turn_secret (each like the flag of the same name).
     /// Env overrides the file; flags override both.
@@ -73,6 +74,14 @@ struct Cli {
     /// Default 127.0.0.1:7881.
     #[arg(long, env = "SATSUMA_SFU_UDP_BIND")]
     udp_bind: Option<SocketAddr>,
+
+    /// ICE-TCP for clients whose network blocks UDP: the TCP address of the passive TCP
+    /// candidates (RFC 6544, RFC 4571 framing; priority below UDP, so clients use it only when
+    /// UDP fails). `udp`: the UDP bind address over TCP (same IP, same port number); `off`: no
+    /// ICE-TCP; or an address like 0.0.0.0:443. Open this TCP port in the firewall. Default:
+    /// udp (on, 127.0.0.1:7881/tcp with the default UDP address).
+    #[arg(long, env = "SATSUMA_SFU_TCP_BIND", value_name = "ADDR|udp|off")]
+    tcp_bind: Option<TcpBind>,
 
     /// IP announced to clients as ICE host candidate, with the UDP port (repeatable; env:
     /// comma-separated). Default: the UDP bind IP, or 127.0.0.1 if it is unspecified.
@@ -155,6 +164,7 @@ fn build_config(cli: Cli) -> anyhow::Result<(Config, String)> {
     }
     config.http_bind = cli.http_bind.or(file.http_bind).unwrap_or(config.http_bind);
     config.udp_bind = cli.udp_bind.or(file.udp_bind).unwrap_or(config.udp_bind);
+    config.tcp_bind = cli.tcp_bind.or(file.tcp_bind).unwrap_or(config.tcp_bind);
     config.announce_ips = if cli.announce_ips.is_empty() {
         file.announce_ips.unwrap_or_default()
     } else {
@@ -215,9 +225,12 @@ async fn main() -> anyhow::Result<()> {
     let server = Server::bind(config).await?;
     // Tests that spawn the binary read the ports from this line.
     println!(
-        "satsuma-sfu listening http={} udp={}",
+        "satsuma-sfu listening http={} udp={} tcp={}",
         server.http_addr(),
-        server.udp_addr()
+        server.udp_addr(),
+        server
+            .tcp_addr()
+            .map_or_else(|| "off".to_string(), |a| a.to_string())
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -254,6 +267,7 @@ mod tests {
              app_new_sessions_per_second = 9\napp_max_sessions = 10\n\
              session_max_publications = 11\nsession_max_legs = 12\n\
              session_max_pulls_per_track = 3\nsession_max_ingress_kbps = 14\n\
+             tcp_max_connections_per_ip = 5\ntcp_max_connections = 6\ntcp_bind = \"off\"\n\
              cors_origins = [\"https://a.example\"]\nmetrics_token = \"0123456789abcdef\"\n\
              metrics_bind = \"127.0.0.1:9\"\nshard_panic_hold_secs = 2.5\ntest_hooks = true\n",
         )
@@ -271,6 +285,8 @@ mod tests {
                 session_max_legs: 12,
                 session_max_pulls_per_track: 3,
                 session_max_ingress_kbps: 14,
+                tcp_max_connections_per_ip: 5,
+                tcp_max_connections: 6,
             }
         );
         assert_eq!(c.cors_origins, vec!["https://a.example".to_string()]);
@@ -278,6 +294,7 @@ mod tests {
         assert_eq!(c.metrics_bind, Some("127.0.0.1:9".parse().unwrap()));
         assert_eq!(c.shard_panic_hold, std::time::Duration::from_millis(2500));
         assert!(c.test_hooks);
+        assert_eq!(c.tcp_bind, TcpBind::Off);
 
         let (c, _) = build_config(parse(&[
             "--config",
@@ -299,6 +316,8 @@ mod tests {
         assert_eq!(c.limits.app_max_sessions, 5);
         assert_eq!(c.limits.session_max_publications, 11);
         assert_eq!(c.cors_origins.len(), 2);
+        let (c, _) = build_config(parse(&["--config", file, "--tcp-bind", "127.0.0.1:9"])).unwrap();
+        assert_eq!(c.tcp_bind, TcpBind::At("127.0.0.1:9".parse().unwrap()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -308,6 +327,8 @@ mod tests {
         assert!(c.cors_origins.is_empty());
         assert!(c.metrics_token.is_none());
         assert!(!c.test_hooks);
+        assert_eq!(c.tcp_bind, TcpBind::SameAsUdp, "ICE-TCP is on by default");
+        assert_eq!(c.tcp_listen_addr(), Some(c.udp_bind));
         assert_eq!(c.limits, satsuma_sfu::config::Limits::default());
         assert!(build_config(parse(&["--session-max-legs", "0"])).is_err());
         assert!(build_config(parse(&["--cors-origin", "*"])).is_err());

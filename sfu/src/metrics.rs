@@ -52,11 +52,20 @@ pub enum PacketDrop {
     AwaitingKeyframe,
     /// The socket refused a send (buffer full).
     SendFailed,
+    /// An ICE-TCP frame that is empty, too long, or not STUN, DTLS, RTP or RTCP (its connection
+    /// is closed).
+    TcpBadFrame,
+    /// A non-STUN frame on an ICE-TCP connection its session has not answered yet.
+    TcpUnverified,
+    /// A packet for an ICE-TCP peer without an open connection.
+    TcpNoConnection,
+    /// An ICE-TCP connection's send queue was full (the peer does not read fast enough).
+    TcpQueueFull,
 }
 
 impl PacketDrop {
     /// Every variant, in label order.
-    pub const ALL: [PacketDrop; 20] = [
+    pub const ALL: [PacketDrop; 24] = [
         PacketDrop::UnknownSource,
         PacketDrop::UnknownUfrag,
         PacketDrop::MalformedStun,
@@ -77,6 +86,10 @@ impl PacketDrop {
         PacketDrop::OtherLayer,
         PacketDrop::AwaitingKeyframe,
         PacketDrop::SendFailed,
+        PacketDrop::TcpBadFrame,
+        PacketDrop::TcpUnverified,
+        PacketDrop::TcpNoConnection,
+        PacketDrop::TcpQueueFull,
     ];
 
     /// The `reason` label.
@@ -102,6 +115,10 @@ impl PacketDrop {
             PacketDrop::OtherLayer => "other_layer",
             PacketDrop::AwaitingKeyframe => "awaiting_keyframe",
             PacketDrop::SendFailed => "send_failed",
+            PacketDrop::TcpBadFrame => "tcp_bad_frame",
+            PacketDrop::TcpUnverified => "tcp_unverified",
+            PacketDrop::TcpNoConnection => "tcp_no_connection",
+            PacketDrop::TcpQueueFull => "tcp_queue_full",
         }
     }
 
@@ -188,6 +205,22 @@ pub struct Metrics {
     pub speaking_tracks: IntGaugeVec,
     /// Times a session's active speaker changed.
     pub active_speaker_changes: IntCounter,
+    /// Open ICE-TCP connections.
+    pub tcp_connections: IntGauge,
+    /// ICE-TCP connections accepted.
+    pub tcp_accepted: IntCounter,
+    /// ICE-TCP connections refused at accept, by reason (`per_ip`, `total`).
+    pub tcp_refused: IntCounterVec,
+    /// ICE-TCP connections closed, by reason (see [`crate::ice_tcp::CloseReason`]).
+    pub tcp_closed: IntCounterVec,
+    /// ICE-TCP frames received (each one STUN, DTLS, RTP or RTCP packet).
+    pub tcp_frames_in: IntCounter,
+    /// ICE-TCP bytes received (with framing).
+    pub tcp_bytes_in: IntCounter,
+    /// ICE-TCP frames sent.
+    pub tcp_frames_out: IntCounter,
+    /// ICE-TCP bytes sent (with framing).
+    pub tcp_bytes_out: IntCounter,
 }
 
 /// Registers a freshly built metric (`built` is its constructor's result) and returns it.
@@ -385,6 +418,40 @@ impl Metrics {
                 "active_speaker_changes_total",
                 "Times the active speaker of a subscribing session changed",
             ),
+            tcp_connections: gauge(&r, "tcp_connections", "Open ICE-TCP connections"),
+            tcp_accepted: counter(
+                &r,
+                "tcp_connections_accepted_total",
+                "ICE-TCP connections accepted",
+            ),
+            tcp_refused: counter_vec(
+                &r,
+                "tcp_connections_refused_total",
+                "ICE-TCP connections refused at accept, by reason (per_ip, total)",
+                &["reason"],
+            ),
+            tcp_closed: counter_vec(
+                &r,
+                "tcp_connections_closed_total",
+                "ICE-TCP connections closed, by reason",
+                &["reason"],
+            ),
+            tcp_frames_in: counter(
+                &r,
+                "tcp_frames_in_total",
+                "ICE-TCP frames (STUN, DTLS, RTP or RTCP packets) received",
+            ),
+            tcp_bytes_in: counter(
+                &r,
+                "tcp_bytes_in_total",
+                "ICE-TCP bytes received, framing included",
+            ),
+            tcp_frames_out: counter(&r, "tcp_frames_out_total", "ICE-TCP frames sent"),
+            tcp_bytes_out: counter(
+                &r,
+                "tcp_bytes_out_total",
+                "ICE-TCP bytes sent, framing included",
+            ),
             registry: r,
         };
         // Label values known up front are exported from the start (at 0), so dashboards and
@@ -398,6 +465,12 @@ impl Metrics {
             .collect();
         for quota in Quota::ALL {
             m.quota_refusals.with_label_values(&[quota.label()]);
+        }
+        for refusal in crate::ice_tcp::Refusal::ALL {
+            m.tcp_refused.with_label_values(&[refusal.label()]);
+        }
+        for reason in crate::ice_tcp::CloseReason::ALL {
+            m.tcp_closed.with_label_values(&[reason.label()]);
         }
         m
     }

@@ -18,8 +18,10 @@ use crate::api::{ApiState, ops_router, router};
 use crate::config::{Config, ConfigError};
 use crate::directory::Directory;
 use crate::health::ShardHealth;
+use crate::ice_tcp::DEFAULT_MAX_FRAME;
 use crate::metrics::Metrics;
 use crate::shard::{Shard, ShardContext, ShardMsg};
+use crate::tcp::{TcpSettings, TcpShared, run_listener};
 use crate::udp::{UdpIo, run_receiver};
 
 /// Capacity of each shard's inbox.
@@ -55,6 +57,7 @@ pub struct Server;
 pub struct ServerHandle {
     http_addr: SocketAddr,
     udp_addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     metrics: Metrics,
     shutdown: Option<oneshot::Sender<()>>,
@@ -101,7 +104,7 @@ fn spawn_shard_thread(
 }
 
 impl Server {
-    /// Binds the HTTP listener and the UDP socket, starts the shards, and returns once the
+    /// Binds the HTTP listener, the UDP socket and the ICE-TCP listener, starts the shards, and returns once the
     /// server accepts requests. Must be called inside a multi-threaded tokio runtime.
     pub async fn bind(config: Config) -> Result<ServerHandle, ServerError> {
         config.validate()?;
@@ -144,13 +147,63 @@ impl Server {
             .into_iter()
             .map(|ip| SocketAddr::new(ip, udp_addr.port()))
             .collect();
+        let tcp_listener = match config.tcp_listen_addr() {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            what: "ice-tcp",
+                            addr,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let tcp_addr = match &tcp_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
 
         let metrics = Metrics::new();
         let now = Instant::now();
         let health = Arc::new(ShardHealth::new(config.shards, now));
         let directory = Arc::new(Directory::default());
         let socket = Arc::new(UdpIo::new(Arc::new(udp))?);
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+        let tcp = tcp_addr.map(|bound| {
+            Arc::new(TcpShared::new(
+                TcpSettings {
+                    candidates: config
+                        .effective_announce_ips(bound)
+                        .into_iter()
+                        .map(|ip| SocketAddr::new(ip, bound.port()))
+                        .collect(),
+                    max_per_ip: config.limits.tcp_max_connections_per_ip,
+                    max_total: config.limits.tcp_max_connections,
+                    max_frame: DEFAULT_MAX_FRAME,
+                    timeouts: config.tcp_timeouts,
+                },
+                metrics.clone(),
+            ))
+        });
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        if let Some(tcp) = &tcp {
+            // Shards' routing changes reach both drivers: the TCP side first (it only keeps
+            // ufrags), then the UDP receiver.
+            let (udp_tx, udp_rx) = mpsc::unbounded_channel();
+            let tcp = Arc::clone(tcp);
+            let mut from_shards = std::mem::replace(&mut control_rx, udp_rx);
+            tasks.push(tokio::spawn(async move {
+                while let Some(ctl) = from_shards.recv().await {
+                    tcp.apply(&ctl);
+                    if udp_tx.send(ctl).is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
         let ctx = Arc::new(ShardContext {
             config: config.clone(),
             directory: Arc::clone(&directory),
@@ -158,6 +211,7 @@ impl Server {
             udp: Arc::clone(&socket),
             candidates: candidates.clone(),
             udp_control: control_tx,
+            tcp: tcp.clone(),
             health: Arc::clone(&health),
         });
 
@@ -180,13 +234,16 @@ impl Server {
                 metrics.clone(),
             )?);
         }
-        let tasks: Vec<JoinHandle<()>> = vec![tokio::spawn(run_receiver(
+        tasks.push(tokio::spawn(run_receiver(
             socket,
             candidates,
             control_rx,
             senders.clone(),
             metrics.clone(),
-        ))];
+        )));
+        if let (Some(listener), Some(tcp)) = (tcp_listener, tcp) {
+            tasks.push(tokio::spawn(run_listener(listener, tcp, senders.clone())));
+        }
 
         let state = Arc::new(ApiState {
             apps: config
@@ -226,7 +283,6 @@ impl Server {
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let app = router(Arc::clone(&state));
         let mut metrics_stop = None;
-        let mut tasks = tasks;
         if let Some(l) = metrics_listener {
             let (tx, rx) = oneshot::channel::<()>();
             metrics_stop = Some(tx);
@@ -251,10 +307,11 @@ impl Server {
                 tracing::error!("http server failed: {e}");
             }
         });
-        tracing::info!(%http_addr, %udp_addr, shards = config.shards, "satsuma-sfu started");
+        tracing::info!(%http_addr, %udp_addr, tcp_addr = ?tcp_addr, shards = config.shards, "satsuma-sfu started");
         Ok(ServerHandle {
             http_addr,
             udp_addr,
+            tcp_addr,
             metrics_addr,
             metrics,
             shutdown: Some(shutdown_tx),
@@ -280,6 +337,11 @@ impl ServerHandle {
     /// The bound UDP address.
     pub fn udp_addr(&self) -> SocketAddr {
         self.udp_addr
+    }
+
+    /// The bound ICE-TCP address (`None`: ICE-TCP is off).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
     }
 
     /// The server's metrics.

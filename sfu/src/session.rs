@@ -10,6 +10,7 @@ use str0m::bwe::Bitrate;
 use str0m::change::SdpPendingOffer;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid};
+use str0m::net::TcpType;
 use str0m::rtp::Ssrc;
 use str0m::{Candidate, Rtc, RtcConfig};
 
@@ -159,6 +160,25 @@ impl Session {
         }
     }
 
+    /// Adds passive TCP host candidates (ICE-TCP, RFC 6544) at `addrs`. Their priority is
+    /// below the UDP host candidates' (str0m's type preference 90 against 126), so clients
+    /// pick TCP only when UDP does not get through. Call before the first answer.
+    pub fn add_tcp_candidates(&mut self, addrs: &[SocketAddr]) {
+        for addr in addrs {
+            let built = Candidate::builder()
+                .tcp()
+                .host(*addr)
+                .tcptype(TcpType::Passive)
+                .build();
+            match built {
+                Ok(c) => {
+                    self.rtc.add_local_candidate(c);
+                }
+                Err(e) => tracing::warn!(%addr, "cannot use TCP host candidate: {e}"),
+            }
+        }
+    }
+
     /// Whether str0m should be told a new (minimum, desired) bitrate: false when it is within 5%
     /// of what it was last told (repeating it is useless).
     pub fn wants_bitrate(&mut self, minimum: u64, desired: u64) -> bool {
@@ -283,5 +303,49 @@ pub fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
         Codec::H264 => detect_h264_keyframe(payload),
         Codec::Av1 => detect_av1_keyframe(payload),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use str0m::change::SdpOffer;
+
+    /// `(proto, priority, line)` of every candidate line in `sdp`.
+    fn candidates(sdp: &str) -> Vec<(String, u32, String)> {
+        sdp.lines()
+            .filter_map(|l| l.strip_prefix("a=candidate:"))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[2].to_lowercase(), f[3].parse().unwrap(), l.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_answer_offers_passive_tcp_below_udp() {
+        let now = Instant::now();
+        let udp: SocketAddr = "192.0.2.1:7881".parse().unwrap();
+        let tcp: SocketAddr = "192.0.2.1:7881".parse().unwrap();
+        let mut session = Session::new(SessionId([1; 16]), Arc::from("app"), &[udp], 0, now);
+        session.add_tcp_candidates(&[tcp]);
+        let mut client = Rtc::builder().set_rtp_mode(true).build(now);
+        let mut change = client.sdp_api();
+        change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let (offer, _) = change.apply().unwrap();
+        let answer = session
+            .rtc
+            .sdp_api()
+            .accept_offer(SdpOffer::from_sdp_string(&offer.to_sdp_string()).unwrap())
+            .unwrap()
+            .to_sdp_string();
+        let c = candidates(&answer);
+        let (_, udp_prio, _) = c.iter().find(|(p, ..)| p == "udp").unwrap();
+        let (_, tcp_prio, line) = c.iter().find(|(p, ..)| p == "tcp").unwrap();
+        assert!(
+            line.contains("192.0.2.1 7881 typ host tcptype passive"),
+            "{line}"
+        );
+        assert!(tcp_prio < udp_prio, "{answer}");
     }
 }

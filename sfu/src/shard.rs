@@ -64,6 +64,8 @@ pub struct Datagram {
     pub data: Vec<u8>,
     /// Arrival time.
     pub received: Instant,
+    /// UDP, or TCP for a frame of an ICE-TCP connection ([`crate::tcp`]).
+    pub proto: Protocol,
 }
 
 /// Reply channel of an API command.
@@ -204,8 +206,10 @@ pub struct ShardContext {
     pub udp: Arc<UdpIo>,
     /// Our ICE host candidate addresses.
     pub candidates: Vec<SocketAddr>,
-    /// Control channel of the UDP driver.
+    /// Control channel of the UDP driver (the ICE-TCP driver gets the same messages).
     pub udp_control: mpsc::UnboundedSender<UdpControl>,
+    /// The ICE-TCP driver's send side and candidates (`None`: ICE-TCP is off).
+    pub tcp: Option<Arc<crate::tcp::TcpShared>>,
     /// What `/healthz` reports.
     pub health: Arc<ShardHealth>,
 }
@@ -599,7 +603,7 @@ impl Shard {
         let input = Input::Receive(
             d.received,
             Receive {
-                proto: Protocol::Udp,
+                proto: d.proto,
                 source: d.source,
                 destination: d.destination,
                 contents,
@@ -1196,6 +1200,9 @@ impl Shard {
             now,
         );
         session.ingress = ingress_budget(self.ctx.config.limits.session_max_ingress_kbps, now);
+        if let Some(tcp) = &self.ctx.tcp {
+            session.add_tcp_candidates(tcp.candidates());
+        }
         let answer = match offer {
             Some(sdp) => Some(accept_offer(&mut session, &sdp, &self.ctx, self.id)?),
             None => None,
@@ -1711,6 +1718,14 @@ fn injected_panic(shard: ShardId) -> ! {
     panic!("test hook: injected panic on shard {shard}")
 }
 
+/// Sends a session's packet on its ICE-TCP connection (str0m chose a TCP candidate pair).
+fn transmit_tcp(ctx: &ShardContext, destination: SocketAddr, packet: &[u8]) {
+    match &ctx.tcp {
+        Some(tcp) => tcp.transmit(destination, packet),
+        None => ctx.metrics.drop(PacketDrop::TcpNoConnection),
+    }
+}
+
 /// Polls one session until its next timeout (see [`Shard::drain`]).
 fn drain_session(
     session: &mut Session,
@@ -1732,6 +1747,10 @@ fn drain_session(
                 return Ok(());
             }
             Output::Transmit(t) => {
+                if t.proto != Protocol::Udp {
+                    transmit_tcp(ctx, t.destination, &t.contents);
+                    continue;
+                }
                 egress.push(t.destination, &t.contents);
                 if session.routes.sent_to(t.destination) {
                     let _ = ctx.udp_control.send(UdpControl::Route {
@@ -2093,6 +2112,7 @@ mod tests {
             destination: SocketAddr::from(([127, 0, 0, 1], 2)),
             data: vec![0; 10],
             received: Instant::now(),
+            proto: Protocol::Udp,
         })
     }
 

@@ -351,6 +351,7 @@ fn route_datagram(
                 destination: local_for(candidates, source),
                 data: data.to_vec(),
                 received,
+                proto: str0m::net::Protocol::Udp,
             };
             match shards.get(shard) {
                 Some(tx) => {

@@ -9,6 +9,8 @@
 
 #[path = "../fuzz/bodies/api_json.rs"]
 mod api_json;
+#[path = "../fuzz/bodies/tcp_deframe.rs"]
+mod tcp_deframe;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +26,10 @@ use str0m::media::{Direction, MediaKind};
 
 type Body = fn(&[u8]);
 
-const TARGETS: [(&str, Body); 1] = [("api_json", api_json::run)];
+const TARGETS: [(&str, Body); 2] = [
+    ("api_json", api_json::run),
+    ("tcp_deframe", tcp_deframe::run),
+];
 
 fn corpus_dir(target: &str) -> PathBuf {
     satsuma_common::corpus::corpus_dir(env!("CARGO_MANIFEST_DIR"), target)
@@ -114,7 +119,64 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "wrong-type".into(),
         br#"{"tracks": 3}"#.to_vec(),
     ));
+    out.extend(tcp_seeds());
     out
+}
+
+/// ICE-TCP streams: `[max frame selector, read size selector, stream…]` (see the body).
+fn tcp_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let user = b"fuzz:peer";
+    let mut stun = vec![0, 1, 0, 16, 0x21, 0x12, 0xa4, 0x42];
+    stun.extend_from_slice(&[3; 12]);
+    stun.extend_from_slice(&[0, 6, 0, user.len() as u8]);
+    stun.extend_from_slice(user);
+    stun.extend_from_slice(&[0; 3]);
+    let frame = |packets: &[&[u8]]| {
+        let mut out = Vec::new();
+        for p in packets {
+            satsuma_sfu::ice_tcp::frame_into(&mut out, p).unwrap();
+        }
+        out
+    };
+    let dtls = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0, 4, 1, 2, 3, 4];
+    let rtp = [0x80u8, 111, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 0xf8, 0xff];
+    let session = frame(&[&stun, &dtls, &rtp, &stun]);
+    let with = |max: u8, chunk: u8, stream: &[u8]| {
+        let mut v = vec![max, chunk];
+        v.extend_from_slice(stream);
+        v
+    };
+    let mut garbage = frame(&[&stun]);
+    garbage.extend_from_slice(b"\x00\x10GET / HTTP/1.1\r\n");
+    vec![
+        (
+            "tcp_deframe",
+            "session-answered".into(),
+            with(255, 0, &session),
+        ),
+        (
+            "tcp_deframe",
+            "session-unanswered".into(),
+            with(255, 1, &session),
+        ),
+        ("tcp_deframe", "split-reads".into(), with(100, 6, &session)),
+        ("tcp_deframe", "garbage".into(), with(255, 62, &garbage)),
+        (
+            "tcp_deframe",
+            "oversize".into(),
+            with(2, 10, &[0xff, 0xff, 0, 1]),
+        ),
+        (
+            "tcp_deframe",
+            "empty-frame".into(),
+            with(9, 3, &[0, 0, 1, 2]),
+        ),
+        (
+            "tcp_deframe",
+            "rtp-first".into(),
+            with(9, 3, &frame(&[&rtp])),
+        ),
+    ]
 }
 
 #[test]
