@@ -12,7 +12,7 @@
 //! exits 0 ([`stack::Stack::shutdown`]); a second signal exits at once.
 //!
 //! On start it prints one machine-readable line for scripts and tests:
-//! `satsuma listening web=ADDR sfu=ADDR media=ADDR`, then the URL to open.
+//! `satsuma listening web=ADDR sfu=ADDR media=ADDR media_tcp=ADDR|off`, then the URL to open.
 //!
 //! `satsuma verify-client URL` does not serve: it checks that a deployment serves exactly the
 //! local build of the web client ([`verify`]). `satsuma token create` mints a join token with
@@ -218,10 +218,13 @@ async fn run(settings: Settings, secrets: Secrets) -> anyhow::Result<ExitCode> {
 
     let url = stack::user_url(&settings, stack.web_addr());
     say!(
-        "satsuma listening web={} sfu={} media={}",
+        "satsuma listening web={} sfu={} media={} media_tcp={}",
         stack.web_addr(),
         stack.sfu_api_addr(),
-        stack.media_addr()
+        stack.media_addr(),
+        stack
+            .media_tcp_addr()
+            .map_or_else(|| "off".to_string(), |a| a.to_string())
     );
     let announced: Vec<String> = announce_ips.iter().map(ToString::to_string).collect();
     say!(

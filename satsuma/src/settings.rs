@@ -30,7 +30,7 @@ pub(crate) const DEFAULT_APP_ID: &str = "satsuma";
 #[derive(Debug, Default, Parser)]
 #[command(name = "satsuma", version, about, long_about)]
 pub(crate) struct Cli {
-    /// TOML configuration file. Keys: listen, public_url, sfu_api, media, announce_ips,
+    /// TOML configuration file. Keys: listen, public_url, sfu_api, media, media_tcp, announce_ips,
     /// detect_lan, web_dir, dev (alias dev_tokens), test_hooks, app_id, app_secret, token_secret,
     /// api_keys,
     /// drain_secs, log, log_format, tls_cert, tls_key, tls_self_signed.
@@ -56,6 +56,13 @@ pub(crate) struct Cli {
     /// port. [default: 0.0.0.0:7881]
     #[arg(long, env = "SATSUMA_MEDIA", value_name = "ADDR")]
     pub(crate) media: Option<SocketAddr>,
+
+    /// ICE-TCP, for browsers whose network blocks UDP: the TCP address of the SFU's passive TCP
+    /// candidates (priority below UDP, so browsers use it only when UDP fails). `udp`: the
+    /// --media address over TCP (same IP and port number); `off`: no ICE-TCP; or an address.
+    /// Open this TCP port in the firewall. [default: udp, i.e. 0.0.0.0:7881/tcp]
+    #[arg(long, env = "SATSUMA_MEDIA_TCP", value_name = "ADDR|udp|off")]
+    pub(crate) media_tcp: Option<satsuma_sfu::config::TcpBind>,
 
     /// Extra IP addresses announced to browsers as ICE candidates for the media port (repeat the
     /// flag, or separate with commas). Put your public IP here when serving the internet.
@@ -236,6 +243,8 @@ pub(crate) struct FileSettings {
     pub(crate) sfu_api: Option<SocketAddr>,
     /// See `--media`.
     pub(crate) media: Option<SocketAddr>,
+    /// See `--media-tcp`.
+    pub(crate) media_tcp: Option<satsuma_sfu::config::TcpBind>,
     /// See `--announce-ip`.
     pub(crate) announce_ips: Option<Vec<IpAddr>>,
     /// See `--detect-lan`.
@@ -302,6 +311,8 @@ pub(crate) struct Settings {
     pub(crate) sfu_api: SocketAddr,
     /// Media UDP address.
     pub(crate) media: SocketAddr,
+    /// ICE-TCP listener of the embedded SFU.
+    pub(crate) media_tcp: satsuma_sfu::config::TcpBind,
     /// Configured extra announce IPs.
     pub(crate) announce_ips: Vec<IpAddr>,
     /// Whether LAN addresses are detected and announced.
@@ -483,6 +494,7 @@ impl Settings {
                 .media
                 .or(file.media)
                 .unwrap_or_else(|| parse_default(DEFAULT_MEDIA)),
+            media_tcp: cli.media_tcp.or(file.media_tcp).unwrap_or_default(),
             announce_ips,
             detect_lan: cli.detect_lan.or(file.detect_lan).unwrap_or(true),
             web_dir: cli.web_dir.or(file.web_dir),
@@ -527,6 +539,7 @@ impl Settings {
             ),
             format!("sfu_api = {}", self.sfu_api),
             format!("media = {}", self.media),
+            format!("media_tcp = {}", self.media_tcp),
             format!("announce_ips = [{}]", ips.join(", ")),
             format!("detect_lan = {}", self.detect_lan),
             format!(
@@ -630,6 +643,28 @@ mod tests {
         assert!(toml::from_str::<FileSettings>("[sfu]\nsession_max_lgs = 7\n").is_err());
         let zero: FileSettings = toml::from_str("[sfu]\nsession_max_legs = 0\n").unwrap();
         assert!(Settings::resolve(Cli::default(), zero).is_err());
+    }
+
+    #[test]
+    fn ice_tcp_is_on_by_default_and_its_address_reaches_the_embedded_sfu() {
+        use satsuma_sfu::config::TcpBind;
+        let dev = |s: Settings| Settings { dev: true, ..s };
+        let s = dev(Settings::resolve(Cli::default(), FileSettings::default()).unwrap());
+        assert_eq!(s.media_tcp, TcpBind::SameAsUdp);
+        let secrets = crate::stack::Secrets::from_settings(&s).unwrap();
+        let sfu = crate::stack::sfu_config(&s, &secrets, Vec::new());
+        assert_eq!(sfu.tcp_listen_addr(), Some(s.media));
+        let file: FileSettings = toml::from_str("media_tcp = \"0.0.0.0:443\"\n").unwrap();
+        let s = dev(Settings::resolve(Cli::default(), file).unwrap());
+        let sfu = crate::stack::sfu_config(&s, &secrets, Vec::new());
+        assert_eq!(sfu.tcp_listen_addr(), Some("0.0.0.0:443".parse().unwrap()));
+        let file: FileSettings = toml::from_str("media_tcp = \"0.0.0.0:443\"\n").unwrap();
+        let cli = Cli::try_parse_from(["satsuma", "--media-tcp", "off"]).unwrap();
+        let s = dev(Settings::resolve(cli, file).unwrap());
+        assert_eq!(s.media_tcp, TcpBind::Off, "the flag wins");
+        let sfu = crate::stack::sfu_config(&s, &secrets, Vec::new());
+        assert_eq!(sfu.tcp_listen_addr(), None);
+        assert!(Cli::try_parse_from(["satsuma", "--media-tcp", "nonsense"]).is_err());
     }
 
     #[test]

@@ -73,6 +73,7 @@ pub(crate) fn sfu_config(
         }],
         http_bind: settings.sfu_api,
         udp_bind: settings.media,
+        tcp_bind: settings.media_tcp,
         announce_ips,
         // The SFU's test hooks (POST /v1/test/shards/{n}/panic) come with the stack's.
         test_hooks: settings.test_hooks,
@@ -268,6 +269,11 @@ impl Stack {
     /// The media UDP socket.
     pub(crate) fn media_addr(&self) -> SocketAddr {
         self.sfu.udp_addr()
+    }
+
+    /// The ICE-TCP listener, if on.
+    pub(crate) fn media_tcp_addr(&self) -> Option<SocketAddr> {
+        self.sfu.tcp_addr()
     }
 
     /// Graceful stop: the coordinator stops accepting and closes every client connection with
