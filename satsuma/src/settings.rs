@@ -33,7 +33,8 @@ pub(crate) struct Cli {
     /// TOML configuration file. Keys: listen, public_url, sfu_api, media, media_tcp, announce_ips,
     /// detect_lan, web_dir, dev (alias dev_tokens), test_hooks, app_id, app_secret, token_secret,
     /// api_keys,
-    /// drain_secs, log, log_format, tls_cert, tls_key, tls_self_signed.
+    /// drain_secs, log, log_format, tls_cert, tls_key, tls_self_signed, turn_urls, turn_secret,
+    /// turn_ttl_secs, turn_keys.
     #[arg(long, env = "SATSUMA_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 
@@ -186,6 +187,48 @@ pub(crate) struct Cli {
     #[arg(long, env = "SATSUMA_TLS_SELF_SIGNED", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub(crate) tls_self_signed: Option<bool>,
 
+    /// A STUN or TURN URL handed to every participant with short-lived TURN credentials, so
+    /// browsers behind firewalls that block UDP can relay through your TURN server (coturn).
+    /// Repeat the flag, or comma-separate in the environment variable, e.g.
+    /// turn:turn.example.com:3478?transport=udp, turn:turn.example.com:3478?transport=tcp,
+    /// turns:turn.example.com:443?transport=tcp. [default: none]
+    #[arg(
+        long = "turn-url",
+        env = "SATSUMA_TURN_URLS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub(crate) turn_urls: Vec<String>,
+
+    /// The TURN server's shared secret (coturn: `use-auth-secret` and
+    /// `static-auth-secret=SECRET`), at least 16 characters; required with turn: and turns:
+    /// URLs.
+    #[arg(
+        long,
+        env = "SATSUMA_TURN_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub(crate) turn_secret: Option<String>,
+
+    /// Lifetime in seconds (1 to 86400) of the TURN credentials each participant gets; the web
+    /// client fetches fresh ones before they expire. [default: 21600]
+    #[arg(long, env = "SATSUMA_TURN_TTL_SECS", value_name = "SECONDS")]
+    pub(crate) turn_ttl_secs: Option<u64>,
+
+    /// A TURN key as ID:TOKEN (token at least 16 characters) for the embedded SFU's
+    /// Cloudflare-Realtime-compatible route POST /v1/turn/keys/ID/credentials/generate-ice-servers
+    /// (Authorization: Bearer TOKEN), which hands out credentials for the same TURN URLs. Repeat
+    /// the flag, or comma-separate in the environment variable. [default: none]
+    #[arg(
+        long = "turn-key",
+        env = "SATSUMA_TURN_KEYS",
+        value_name = "ID:TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) turn_keys: Vec<String>,
+
     /// The embedded SFU's quotas: the same flags and SATSUMA_SFU_* environment variables as
     /// satsuma-sfu (file: the [sfu] table).
     #[command(flatten, next_help_heading = "Embedded SFU quotas")]
@@ -276,6 +319,14 @@ pub(crate) struct FileSettings {
     pub(crate) tls_key: Option<PathBuf>,
     /// See `--tls-self-signed`.
     pub(crate) tls_self_signed: Option<bool>,
+    /// See `--turn-url`.
+    pub(crate) turn_urls: Option<Vec<String>>,
+    /// See `--turn-secret`.
+    pub(crate) turn_secret: Option<String>,
+    /// See `--turn-ttl-secs`.
+    pub(crate) turn_ttl_secs: Option<u64>,
+    /// See `--turn-key`.
+    pub(crate) turn_keys: Option<Vec<String>>,
     /// The `[sfu]` table: the embedded SFU's quotas, keys as in satsuma-sfu's file
     /// (`session_max_legs = 64`, …).
     pub(crate) sfu: Option<satsuma_sfu::config::LimitSettings>,
@@ -339,6 +390,12 @@ pub(crate) struct Settings {
     pub(crate) log_format: LogFormat,
     /// Built-in HTTPS on the web port.
     pub(crate) tls: Tls,
+    /// STUN/TURN URLs and shared secret for participants (empty: none).
+    pub(crate) turn: satsuma_common::turn::TurnServers,
+    /// Lifetime of participants' TURN credentials, seconds.
+    pub(crate) turn_ttl_secs: u64,
+    /// TURN keys of the embedded SFU's `generate-ice-servers` route.
+    pub(crate) turn_keys: Vec<satsuma_sfu::config::TurnKey>,
 }
 
 /// Whether and how the web port speaks HTTPS.
@@ -383,6 +440,9 @@ fn embedded_coordinator(
         ("sfu_app_id", c.sfu_app_id.is_some(), "app_id"),
         ("sfu_app_secret", c.sfu_app_secret.is_some(), "app_secret"),
         ("public_url", c.public_url.is_some(), "public_url"),
+        ("turn_urls", c.turn_urls.is_some(), "turn_urls"),
+        ("turn_secret", c.turn_secret.is_some(), "turn_secret"),
+        ("turn_ttl_s", c.turn_ttl_s.is_some(), "turn_ttl_secs"),
         ("log", c.log.is_some(), "log"),
         ("config", c.config.is_some(), "config"),
     ];
@@ -470,6 +530,31 @@ impl Settings {
             _ => bail!("tls_cert and tls_key must be given together"),
         };
         let coordinator = embedded_coordinator(file.coordinator.unwrap_or_default())?;
+        let turn_urls = if cli.turn_urls.is_empty() {
+            file.turn_urls.unwrap_or_default()
+        } else {
+            cli.turn_urls
+        };
+        let turn = satsuma_coordinator::config::turn_servers(
+            turn_urls,
+            cli.turn_secret.or(file.turn_secret),
+        )?;
+        let turn_ttl_secs = cli
+            .turn_ttl_secs
+            .or(file.turn_ttl_secs)
+            .unwrap_or(satsuma_coordinator::config::DEFAULT_TURN_TTL_S);
+        satsuma_common::turn::check_ttl(turn_ttl_secs)
+            .map_err(|e| anyhow::anyhow!("turn_ttl_secs: {e}"))?;
+        let turn_key_strings = if cli.turn_keys.is_empty() {
+            file.turn_keys.unwrap_or_default()
+        } else {
+            cli.turn_keys
+        };
+        let turn_keys = turn_key_strings
+            .iter()
+            .map(|k| k.parse::<satsuma_sfu::config::TurnKey>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("turn_keys: {e}"))?;
         let sfu_limits = cli.sfu_limits.or(file.sfu.unwrap_or_default());
         let mut probe = satsuma_sfu::Config::default();
         sfu_limits.apply(&mut probe);
@@ -477,10 +562,16 @@ impl Settings {
             .limits
             .validate()
             .map_err(|e| anyhow::anyhow!("[sfu] quotas: {e}"))?;
+        probe.turn_keys = turn_keys.clone();
+        probe.turn = turn.clone();
+        probe.validate()?;
         Ok(Settings {
             coordinator,
             sfu_limits,
             tls,
+            turn,
+            turn_ttl_secs,
+            turn_keys,
             listen: cli
                 .listen
                 .or(file.listen)
@@ -560,6 +651,27 @@ impl Settings {
             format!("drain_secs = {}", self.drain.as_secs_f64()),
             format!("log = {}", self.log),
             format!("log_format = {:?}", self.log_format).to_lowercase(),
+            format!(
+                "turn_urls = [{}]",
+                self.turn.urls().collect::<Vec<_>>().join(", ")
+            ),
+            format!(
+                "turn_secret = {}",
+                if self.turn.urls().any(|u| u.starts_with("turn")) {
+                    "(set)"
+                } else {
+                    "(not set)"
+                }
+            ),
+            format!("turn_ttl_secs = {}", self.turn_ttl_secs),
+            format!(
+                "turn_keys = [{}] (tokens not shown)",
+                self.turn_keys
+                    .iter()
+                    .map(|k| k.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             match &self.tls {
                 Tls::Off => "tls = off".to_string(),
                 Tls::SelfSigned => "tls = self-signed".to_string(),
@@ -864,6 +976,66 @@ mod tests {
         assert!(text.contains("app_secret = (set)"));
         assert!(text.contains("token_secret = (NOT SET"), "{text}");
         assert!(text.contains("log_format = text"));
+    }
+
+    #[test]
+    fn turn_comes_from_flags_env_or_file_and_is_checked() {
+        let s = Settings::resolve(Cli::default(), FileSettings::default()).unwrap();
+        assert!(s.turn.is_empty() && s.turn_keys.is_empty());
+        assert_eq!(s.turn_ttl_secs, 21_600);
+        let file: FileSettings = toml::from_str(
+            "turn_urls = [\"stun:turn.example.com:3478\", \"turn:turn.example.com:3478?transport=udp\", \
+             \"turns:turn.example.com:443?transport=tcp\"]\n\
+             turn_secret = \"coturn-secret-0123456789\"\nturn_ttl_secs = 3600\n\
+             turn_keys = [\"k1:turn-key-token-0123456789\"]\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(["satsuma", "--turn-ttl-secs", "600"]).unwrap();
+        let s = Settings::resolve(cli, file).unwrap();
+        assert_eq!(s.turn.urls().count(), 3);
+        assert_eq!(s.turn_ttl_secs, 600);
+        assert_eq!(s.turn_keys.len(), 1);
+        let text = s.describe();
+        assert!(!text.contains("coturn-secret-0123456789"), "{text}");
+        assert!(!text.contains("turn-key-token"), "{text}");
+        assert!(text.contains("turn_secret = (set)"), "{text}");
+        assert!(text.contains("turn_keys = [k1]"), "{text}");
+        let secrets = crate::stack::Secrets {
+            app_secret: "a".repeat(32),
+            token_secret: "t".repeat(32),
+        };
+        let coord = crate::stack::coordinator_config(
+            &s,
+            &secrets,
+            PathBuf::from("web"),
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:7880".parse().unwrap(),
+        );
+        assert_eq!(coord.turn, s.turn);
+        assert_eq!(coord.turn_ttl_s, 600);
+        let sfu = crate::stack::sfu_config(&s, &secrets, Vec::new());
+        assert_eq!(sfu.turn, s.turn);
+        assert_eq!(sfu.turn_keys, s.turn_keys);
+
+        let bad = |args: &[&str]| {
+            let mut all = vec!["satsuma"];
+            all.extend_from_slice(args);
+            Settings::resolve(Cli::try_parse_from(all).unwrap(), FileSettings::default())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(&["--turn-url", "turn:t.example"]).contains("secret"));
+        assert!(bad(&["--turn-url", "udp://t.example"]).contains("URL"));
+        assert!(bad(&["--turn-ttl-secs", "0"]).contains("turn_ttl_secs"));
+        assert!(bad(&["--turn-ttl-secs", "90000"]).contains("turn_ttl_secs"));
+        assert!(bad(&["--turn-key", "k1:turn-key-token-0123456789"]).contains("TURN URLs"));
+        // The embedded coordinator's TURN keys belong to the top-level settings.
+        let table: FileSettings =
+            toml::from_str("[coordinator]\nturn_secret = \"coturn-secret-0123456789\"\n").unwrap();
+        let e = Settings::resolve(Cli::default(), table)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("top-level setting turn_secret"), "{e}");
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub(crate) fn sfu_config(
         announce_ips,
         // The SFU's test hooks (POST /v1/test/shards/{n}/panic) come with the stack's.
         test_hooks: settings.test_hooks,
+        // The Realtime-compatible TURN credentials route, for the same TURN servers.
+        turn_keys: settings.turn_keys.clone(),
+        turn: settings.turn.clone(),
         ..satsuma_sfu::Config::default()
     };
     settings.sfu_limits.apply(&mut config);
@@ -114,6 +117,8 @@ pub(crate) fn coordinator_config(
         sfu_nodes: vec![format!("http://{}", reachable(sfu_http))],
         sfu_app_id: settings.app_id.clone(),
         sfu_app_secret: secrets.app_secret.clone(),
+        turn: settings.turn.clone(),
+        turn_ttl_s: settings.turn_ttl_secs,
         ..settings.coordinator.clone()
     }
 }
