@@ -239,10 +239,16 @@ describe('calls on hostile networks (Chromium in network namespaces)', { timeout
         return back.carol && back.alice;
       }, { timeout: 20000, interval: 100 });
       const states = await carol.evaluate(() => window.__netStates);
+      // Where the time after the restore goes: keyframes asked for (PLI) and decoded.
+      const kf = async (page, from) => {
+        const t = await remoteTrack(page, from.participantId, 'video');
+        return `${t?.pliCount ?? '?'} PLI, ${t?.keyFramesDecoded ?? '?'} keyframes`;
+      };
+      const keyframes = `Carol <- Alice ${await kf(carol, alice)}, Alice <- Carol ${await kf(alice, carol)} (call totals)`;
       const after = { carol: await identity(carol), alice: await identity(alice), stats: await stats(carol) };
       const sessionAfter = await sfuSession(after.carol.sessionId);
       const restarts = (x) => x.stats.iceRestarts ?? {};
-      console.log(`# net ice-restart ${ms / 1000} s outage: blocked ${restoredAt - blockedAt} ms; decoding again ${back.carol} ms (Carol <- Alice) and ${back.alice} ms (Alice <- Carol) after the restore; Carol's ICE states since the block: ${states.join(', ') || 'none (stayed connected)'}; ufrag ${before.carol.ufrag} -> ${after.carol.ufrag}; restarts succeeded ${restarts(before).succeeded ?? '?'} -> ${restarts(after).succeeded ?? '?'} (${JSON.stringify(restarts(after).last ?? null)}); session ${before.carol.sessionId} -> ${after.carol.sessionId}`);
+      console.log(`# net ice-restart ${ms / 1000} s outage: blocked ${restoredAt - blockedAt} ms; decoding again ${back.carol} ms (Carol <- Alice) and ${back.alice} ms (Alice <- Carol) after the restore; Carol's ICE states since the block: ${states.join(', ') || 'none (stayed connected)'}; ufrag ${before.carol.ufrag} -> ${after.carol.ufrag}; restarts succeeded ${restarts(before).succeeded ?? '?'} -> ${restarts(after).succeeded ?? '?'} (${JSON.stringify(restarts(after).last ?? null)}); session ${before.carol.sessionId} -> ${after.carol.sessionId}; ${keyframes}`);
       assert.ok(Math.max(back.carol, back.alice) <= 3000, `media back ${JSON.stringify(back)} ms after the restore (goal: within 3 s)`);
       assert.equal(after.carol.sessionId, before.carol.sessionId, 'the same SFU session');
       assert.ok(after.carol.samePc, 'the same RTCPeerConnection (not a new media session)');
