@@ -45,3 +45,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- include "satsuma.fullname" . }}
 {{- end }}
 {{- end }}
+
+{{/* Name of the Secret with turn-secret (coturn's static-auth-secret). */}}
+{{- define "satsuma.turnSecretName" -}}
+{{- if .Values.turn.existingSecret }}
+{{- .Values.turn.existingSecret }}
+{{- else }}
+{{- include "satsuma.fullname" . }}-turn
+{{- end }}
+{{- end }}
+
+{{/* The STUN/TURN URLs participants get, as a TOML array. */}}
+{{- define "satsuma.turnUrls" -}}
+{{- $h := .Values.turn.host -}}
+{{- $p := .Values.turn.port -}}
+["stun:{{ $h }}:{{ $p }}", "turn:{{ $h }}:{{ $p }}?transport=udp", "turn:{{ $h }}:{{ $p }}?transport=tcp"
+{{- if .Values.turn.tlsSecretName }}, "turns:{{ $h }}:{{ .Values.turn.tlsPort }}?transport=tcp"{{ end }}]
+{{- end }}
