@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh [seconds]        # seconds per target, default 60
 #
 # Targets: coordinator/fuzz (mls_framing, relay_framing, client_json), sfu/fuzz
-# (api_json), client/e2ee/fuzz (frame_trailer, frame_decrypt, handshake). Each target's
+# (api_json, tcp_deframe), client/e2ee/fuzz (frame_trailer, frame_decrypt, handshake). Each target's
 # corpus is kept in the repository (<crate>/fuzz/corpus/<target>/) and replayed by
 # `cargo test` (<crate>/tests/fuzz_corpus.rs). A run starts from that corpus, adds what
 # libFuzzer finds, then minimizes it (libFuzzer's set-cover merge, as cargo fuzz cmin
