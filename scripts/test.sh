@@ -2,8 +2,10 @@
 # The full Satsuma test suite (what CI runs via .ci/run). On a fresh Debian
 # machine with rustup it installs what the tests need (idempotent): the wasm
 # target, wasm-bindgen-cli, Chromium, Node packages. Then: formatting, lints,
-# the wasm build of the E2EE core, every Rust test of the workspace, and the
-# browser suite (the web client in headless Chromium against real servers).
+# the wasm build of the E2EE core, every Rust test of the workspace, the
+# browser suite (the web client in headless Chromium against real servers), and
+# the network suite (Chromium in network namespaces: ICE-TCP, TURN, ICE restart,
+# time to first frame; skipped with a printed reason where namespaces are refused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +34,9 @@ cargo test --workspace
 
 step "browser suite"
 ./scripts/test-browser.sh
+
+step "network suite (Chromium in network namespaces; SKIPPED with a reason where the kernel refuses them)"
+./scripts/test-network.sh
 
 step "all tests passed"
 df -h . | tail -1 || true
