@@ -129,8 +129,9 @@ class Call {
   wire() {
     const { link, e2ee, view } = this;
     link.addEventListener('welcome', (ev) => this.onWelcome(ev.detail));
-    link.addEventListener('resumed', () => {
+    link.addEventListener('resumed', (ev) => {
       view.banner(null);
+      this.setIce(ev.detail);
       this.syncPulls();
     });
     link.addEventListener('entry', (ev) => {
@@ -198,7 +199,41 @@ class Call {
     this.e2ee.start(this.me);
     this.e2ee.welcome(welcome);
     this.renderPeople();
+    this.setIce(welcome);
     this.startMedia();
+  }
+
+  /**
+   * The STUN/TURN servers of `welcome`/`resumed`, with this participant's own
+   * short-lived TURN credentials. Before they expire fresh ones come from
+   * `POST /sfu/ice-servers`; the media link takes them for its next ICE
+   * gathering (an ICE restart).
+   */
+  setIce({ ice_servers: servers, ice_expires_at: expiresAt } = {}) {
+    if (!Array.isArray(servers)) return;
+    this.iceServers = servers;
+    this.sfu?.setIceServers(servers);
+    clearTimeout(this.iceTimer);
+    if (typeof expiresAt !== 'number' || this.ended) return;
+    // At 80% of the time left (at least 30 s from now, so a skewed clock cannot spin).
+    const left = expiresAt * 1000 - Date.now();
+    this.iceTimer = setTimeout(() => this.refreshIce(), Math.max(30_000, left * 0.8));
+  }
+
+  async refreshIce() {
+    try {
+      const res = await fetch(`${endpoints.sfu}/ice-servers`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${this.link.resumeToken}` },
+      });
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      const json = await res.json();
+      this.setIce({ ice_servers: json.iceServers, ice_expires_at: json.expiresAt });
+    } catch (err) {
+      this.note(`cannot refresh the TURN credentials: ${err.message}`);
+      clearTimeout(this.iceTimer);
+      if (!this.ended) this.iceTimer = setTimeout(() => this.refreshIce(), 30_000);
+    }
   }
 
   addParticipant(p) {
@@ -290,6 +325,7 @@ class Call {
     const sfu = new SfuLink({
       base: endpoints.sfu,
       auth: () => this.link.resumeToken,
+      iceServers: this.iceServers ?? [],
       encodedInsertableStreams: this.e2ee.insertableStreams,
       onTransceiver: (direction, transceiver, info) => this.e2ee.attach(direction, transceiver, {
         kind: info.kind === 'audio' ? 'audio' : 'video',
@@ -544,6 +580,7 @@ class Call {
     if (!keepKeys) {
       clearInterval(this.statsTimer);
       clearTimeout(this.mediaTimer);
+      clearTimeout(this.iceTimer);
       this.mediaEpoch += 1;
       this.sfu?.close();
       this.e2ee.stop();

@@ -8,7 +8,9 @@
 // two overlapping negotiations on one connection would glare.
 //
 // ICE restarts: when the connection has been `disconnected` (or `failed`) for
-// RESTART_AFTER_MS, the link restarts ICE on the same SFU session (new ICE
+// RESTART_AFTER_MS — by Chromium's ICE state, or because media that was flowing
+// stopped and nothing at all has arrived for that long (Chromium reports
+// `disconnected` only seconds later) — the link restarts ICE on the same SFU session (new ICE
 // credentials through `PUT sessions/{id}/renegotiate` with an offer, in the same
 // queue), and retries a few times with backoff. DTLS, SRTP, the tracks and the
 // E2EE transforms stay as they are: the coordinator and MLS never hear of it.
@@ -28,6 +30,8 @@ export const RESTART_ATTEMPTS = 4;
 const RESTART_CONNECT_MS = 6000;
 /** How long the renegotiate request of a restart may take. */
 const RESTART_REQUEST_MS = 5000;
+/** How often the link looks at what it received (the silence detector). */
+const LIVENESS_POLL_MS = 500;
 
 export class SfuLink extends EventTarget {
   /**
@@ -37,8 +41,10 @@ export class SfuLink extends EventTarget {
    * @param {(direction: 'send'|'recv', transceiver: RTCRtpTransceiver, info: object) => void} opts.onTransceiver
    *   called as soon as a transceiver exists, before negotiation (E2EE transforms go on here).
    * @param {boolean} [opts.encodedInsertableStreams] create the connection for `createEncodedStreams()` transforms.
+   * @param {RTCIceServer[]} [opts.iceServers] STUN/TURN servers with this participant's TURN
+   *   credentials (the coordinator's `welcome.ice_servers`); none: host candidates only.
    */
-  constructor({ base, auth, onTransceiver, encodedInsertableStreams = false }) {
+  constructor({ base, auth, onTransceiver, encodedInsertableStreams = false, iceServers = [] }) {
     super();
     this.base = base.replace(/\/$/, '');
     this.auth = auth;
@@ -53,7 +59,9 @@ export class SfuLink extends EventTarget {
     this.restartTimer = null;
     this.restarting = null; // the running restartIce() promise
     this.everConnected = false;
-    const config = { bundlePolicy: 'max-bundle', iceServers: [] };
+    this.liveness = null; // {activity, at, rtp, rtpAt}: see #checkLiveness
+    this.livenessTimer = null;
+    const config = { bundlePolicy: 'max-bundle', iceServers };
     // Chromium's legacy transform API: without this, createEncodedStreams() throws.
     if (encodedInsertableStreams) config.encodedInsertableStreams = true;
     this.pc = new RTCPeerConnection(config);
@@ -239,9 +247,23 @@ export class SfuLink extends EventTarget {
     return { tracks: out, pair };
   }
 
+  /**
+   * Replaces the STUN/TURN servers (fresh TURN credentials before the old ones
+   * expire). The browser uses them from its next ICE gathering: an ICE restart.
+   */
+  setIceServers(iceServers) {
+    if (this.closed) return;
+    try {
+      this.pc.setConfiguration({ ...this.pc.getConfiguration(), iceServers });
+    } catch (err) {
+      this.dispatchEvent(new CustomEvent('problem', { detail: `cannot update the ICE servers: ${err.message}` }));
+    }
+  }
+
   close() {
     this.closed = true;
     clearTimeout(this.restartTimer);
+    clearInterval(this.livenessTimer);
     this.pc.close();
   }
 
@@ -265,13 +287,14 @@ export class SfuLink extends EventTarget {
   }
 
   async #restartLoop() {
+    const trigger = this.restarts.trigger ?? 'requested';
+    this.restarts.trigger = null;
     for (let attempt = 1; attempt <= RESTART_ATTEMPTS; attempt++) {
       if (this.closed) return false;
       if (attempt > 1) await sleep(Math.min(4000, 500 * 2 ** (attempt - 2)));
       if (this.closed) return false;
-      if (this.pc.connectionState === 'connected' && attempt > 1) break;
       this.restarts.attempted += 1;
-      this.restarts.last = { at: Date.now(), attempt, outcome: 'pending' };
+      this.restarts.last = { at: Date.now(), attempt, trigger, outcome: 'pending' };
       this.dispatchEvent(new CustomEvent('ice-restart', { detail: { attempt } }));
       try {
         await this.#serial(() => this.#renegotiateIce());
@@ -289,8 +312,10 @@ export class SfuLink extends EventTarget {
       this.restarts.last.outcome = `not connected (${this.pc.connectionState})`;
     }
     if (this.closed) return false;
-    if (this.pc.connectionState === 'connected') {
+    // The connection may have come back by itself meanwhile.
+    if (await this.#connectedWithin(1500)) {
       this.restarts.succeeded += 1;
+      if (this.restarts.last) this.restarts.last.outcome = 'connected';
       return true;
     }
     this.restarts.failed += 1;
@@ -316,23 +341,73 @@ export class SfuLink extends EventTarget {
     await this.pc.setRemoteDescription(res.sessionDescription);
   }
 
-  /** Resolves true once the connection is `connected`, false after `ms` or when it `failed`. */
-  #connectedWithin(ms) {
-    return new Promise((resolve) => {
-      const done = (ok) => {
-        clearTimeout(timer);
-        this.pc.removeEventListener('connectionstatechange', check);
-        resolve(ok);
-      };
-      const check = () => {
-        const state = this.pc.connectionState;
-        if (state === 'connected') done(true);
-        else if (state === 'failed' || state === 'closed' || this.closed) done(false);
-      };
-      const timer = setTimeout(() => done(false), ms);
-      this.pc.addEventListener('connectionstatechange', check);
-      check();
+  /**
+   * Resolves true once the connection is `connected` and something arrived on it
+   * after the restart's answer was applied (a state that never left `connected`
+   * proves nothing); false after `ms`, or when it `failed`.
+   */
+  async #connectedWithin(ms) {
+    const end = performance.now() + ms;
+    const start = await this.#activity();
+    while (!this.closed && performance.now() < end) {
+      const state = this.pc.connectionState;
+      if (state === 'failed' || state === 'closed') return false;
+      if (state === 'connected') {
+        const now = await this.#activity();
+        if (start && now && now.activity > start.activity) return true;
+      }
+      await sleep(100);
+    }
+    return false;
+  }
+
+  /**
+   * What arrived on the connection so far: `activity` (transport bytes plus STUN
+   * requests and responses on every candidate pair) and `rtp` (media packets).
+   */
+  async #activity() {
+    const report = await this.pc.getStats().catch(() => null);
+    if (!report) return null;
+    let activity = 0;
+    let rtp = 0;
+    report.forEach((s) => {
+      if (s.type === 'transport') activity += s.bytesReceived ?? 0;
+      else if (s.type === 'candidate-pair') activity += (s.responsesReceived ?? 0) + (s.requestsReceived ?? 0);
+      else if (s.type === 'inbound-rtp') rtp += s.packetsReceived ?? 0;
     });
+    return { activity, rtp };
+  }
+
+  /**
+   * The silence detector: media was arriving, and then nothing at all (no media,
+   * no RTCP, no STUN) for RESTART_AFTER_MS: the path is gone even if Chromium
+   * still says `connected`. A page that received no media just before the
+   * silence (alone, or everyone muted) is not restarted by it.
+   */
+  async #checkLiveness() {
+    if (this.closed || !this.everConnected || this.restarts.restarting || this.polling) return;
+    this.polling = true;
+    try {
+      const seen = await this.#activity();
+      if (!seen || this.closed || this.restarts.restarting) return;
+      const now = performance.now();
+      const l = this.liveness;
+      if (!l) {
+        this.liveness = { ...seen, at: now, rtpAt: seen.rtp > 0 ? now : null };
+        return;
+      }
+      if (seen.rtp > l.rtp) l.rtpAt = now;
+      if (seen.activity > l.activity) l.at = now;
+      l.rtp = seen.rtp;
+      l.activity = seen.activity;
+      const flowing = l.rtpAt !== null && l.at - l.rtpAt < 1000;
+      if (flowing && now - l.at >= RESTART_AFTER_MS) {
+        this.restarts.trigger = 'silence';
+        this.restartIce();
+      }
+    } finally {
+      this.polling = false;
+    }
   }
 
   /** Starts the restart timer while the connection is down, stops it when it is back. */
@@ -349,6 +424,7 @@ export class SfuLink extends EventTarget {
     if (this.restartTimer || !this.sessionId) return;
     this.restartTimer = setTimeout(() => {
       this.restartTimer = null;
+      this.restarts.trigger = `ice ${this.pc.iceConnectionState}`;
       this.restartIce();
     }, RESTART_AFTER_MS);
   }
@@ -386,7 +462,10 @@ export class SfuLink extends EventTarget {
   #onConnectionState() {
     const state = this.pc.connectionState;
     this.dispatchEvent(new CustomEvent('state', { detail: state }));
-    if (state === 'connected') this.everConnected = true;
+    if (state === 'connected' && !this.everConnected) {
+      this.everConnected = true;
+      this.livenessTimer = setInterval(() => this.#checkLiveness(), LIVENESS_POLL_MS);
+    }
     // A connection that worked and failed is restarted (ICE restart) first: `failed`
     // goes out only when that does not bring it back (see restartIce). One that never
     // connected gets a new session at once, as before.
