@@ -41,8 +41,10 @@ export class SfuLink extends EventTarget {
    * @param {(direction: 'send'|'recv', transceiver: RTCRtpTransceiver, info: object) => void} opts.onTransceiver
    *   called as soon as a transceiver exists, before negotiation (E2EE transforms go on here).
    * @param {boolean} [opts.encodedInsertableStreams] create the connection for `createEncodedStreams()` transforms.
+   * @param {RTCIceServer[]} [opts.iceServers] STUN/TURN servers with this participant's TURN
+   *   credentials (the coordinator's `welcome.ice_servers`); none: host candidates only.
    */
-  constructor({ base, auth, onTransceiver, encodedInsertableStreams = false }) {
+  constructor({ base, auth, onTransceiver, encodedInsertableStreams = false, iceServers = [] }) {
     super();
     this.base = base.replace(/\/$/, '');
     this.auth = auth;
@@ -59,7 +61,7 @@ export class SfuLink extends EventTarget {
     this.everConnected = false;
     this.liveness = null; // {activity, at, rtp, rtpAt}: see #checkLiveness
     this.livenessTimer = null;
-    const config = { bundlePolicy: 'max-bundle', iceServers: [] };
+    const config = { bundlePolicy: 'max-bundle', iceServers };
     // Chromium's legacy transform API: without this, createEncodedStreams() throws.
     if (encodedInsertableStreams) config.encodedInsertableStreams = true;
     this.pc = new RTCPeerConnection(config);
@@ -243,6 +245,19 @@ export class SfuLink extends EventTarget {
       }
     });
     return { tracks: out, pair };
+  }
+
+  /**
+   * Replaces the STUN/TURN servers (fresh TURN credentials before the old ones
+   * expire). The browser uses them from its next ICE gathering: an ICE restart.
+   */
+  setIceServers(iceServers) {
+    if (this.closed) return;
+    try {
+      this.pc.setConfiguration({ ...this.pc.getConfiguration(), iceServers });
+    } catch (err) {
+      this.dispatchEvent(new CustomEvent('problem', { detail: `cannot update the ICE servers: ${err.message}` }));
+    }
   }
 
   close() {
