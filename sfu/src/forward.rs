@@ -235,7 +235,16 @@ struct Publication {
     kind: MediaKind,
     subscriber_shards: Vec<(ShardId, u32)>,
     last_media: Instant,
-    keyframe_requests: Vec<(Option<Rid>, Instant)>,
+    /// Per layer: when a request last went to the publisher, and whether one arrived since
+    /// (throttled, owed once the interval has passed).
+    keyframe_requests: Vec<KeyframeThrottle>,
+}
+
+#[derive(Debug)]
+struct KeyframeThrottle {
+    rid: Option<Rid>,
+    last_sent: Instant,
+    owed: bool,
 }
 
 /// Counts of what [`Forwarder::forward`] did with one packet.
@@ -388,16 +397,53 @@ impl Forwarder {
         if p.kind != MediaKind::Video {
             return None;
         }
-        match p.keyframe_requests.iter_mut().find(|(r, _)| *r == rid) {
-            Some((_, last)) if now.saturating_duration_since(*last) < interval => return None,
-            Some((_, last)) => *last = now,
-            None => p.keyframe_requests.push((rid, now)),
+        match p.keyframe_requests.iter_mut().find(|k| k.rid == rid) {
+            Some(k) if now.saturating_duration_since(k.last_sent) < interval => {
+                // Not dropped: the request that went out may have been lost (a publisher whose
+                // path is down looks connected for seconds), so one more goes out when the
+                // interval is over (see `owed_keyframe_requests`).
+                k.owed = true;
+                return None;
+            }
+            Some(k) => {
+                k.last_sent = now;
+                k.owed = false;
+            }
+            None => p.keyframe_requests.push(KeyframeThrottle {
+                rid,
+                last_sent: now,
+                owed: false,
+            }),
         }
         Some(KeyframeTarget {
             session: p.session,
             mid: p.mid,
             rid,
         })
+    }
+
+    /// Keyframe requests that were throttled and whose interval is now over: each goes out once
+    /// (and counts as sent now), so a request is delayed by the throttle, never lost to it.
+    pub fn owed_keyframe_requests(&mut self, now: Instant) -> Vec<(TrackId, KeyframeTarget)> {
+        let interval = self.keyframe_interval;
+        let mut due = Vec::new();
+        for (track, p) in &mut self.publications {
+            for k in &mut p.keyframe_requests {
+                if k.owed && now.saturating_duration_since(k.last_sent) >= interval {
+                    k.owed = false;
+                    k.last_sent = now;
+                    due.push((
+                        *track,
+                        KeyframeTarget {
+                            session: p.session,
+                            mid: p.mid,
+                            rid: k.rid,
+                        },
+                    ));
+                }
+            }
+        }
+        due
     }
 
     /// Local publications without media for `timeout`.
@@ -938,6 +984,30 @@ mod tests {
         assert!(
             f.keyframe_request(t, None, now + Duration::from_millis(1000))
                 .is_some()
+        );
+        // The throttled request is owed, not lost: it goes out once the interval is over, once.
+        assert!(f.owed_keyframe_requests(now + Duration::from_millis(1500)).is_empty());
+        assert_eq!(
+            f.keyframe_request(t, None, now + Duration::from_millis(1200)),
+            None
+        );
+        assert!(f.owed_keyframe_requests(now + Duration::from_millis(1900)).is_empty());
+        assert_eq!(
+            f.owed_keyframe_requests(now + Duration::from_millis(2000)),
+            vec![(
+                t,
+                KeyframeTarget {
+                    session: sid(1),
+                    mid: Mid::from("v"),
+                    rid: None
+                }
+            )]
+        );
+        assert!(f.owed_keyframe_requests(now + Duration::from_millis(3500)).is_empty());
+        // ... and counts as sent: a new request right after it is throttled again.
+        assert_eq!(
+            f.keyframe_request(t, None, now + Duration::from_millis(2100)),
+            None
         );
         // Audio tracks never get keyframe requests.
         let a = TrackId(8);

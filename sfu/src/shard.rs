@@ -34,7 +34,7 @@ use crate::api::types::{
 use crate::config::Config;
 use crate::directory::{Directory, PublishedTrack, SessionSlot};
 use crate::egress::Egress;
-use crate::forward::{Forwarder, LegKey, LegWrite, MediaPacket};
+use crate::forward::{Forwarder, KeyframeTarget, LegKey, LegWrite, MediaPacket};
 use crate::health::ShardHealth;
 use crate::ids::{SessionId, ShardId, TrackId};
 use crate::metrics::Quota;
@@ -883,6 +883,26 @@ impl Shard {
         let Some(target) = self.forwarder.keyframe_request(track, rid, now) else {
             return;
         };
+        self.send_keyframe_request(target, kind);
+    }
+
+    /// Keyframe requests the throttle held back and now lets through (see
+    /// [`Forwarder::owed_keyframe_requests`]); those of a publisher whose transport is down are
+    /// dropped, as in [`Shard::keyframe_to_publisher`].
+    fn send_owed_keyframe_requests(&mut self, now: Instant) {
+        for (_, target) in self.forwarder.owed_keyframe_requests(now) {
+            if self
+                .sessions
+                .get(&target.session)
+                .is_some_and(Session::is_connected)
+            {
+                self.send_keyframe_request(target, KeyframeRequestKind::Pli);
+            }
+        }
+    }
+
+    /// Asks a local publisher for a keyframe (the throttle already passed it).
+    fn send_keyframe_request(&mut self, target: KeyframeTarget, kind: KeyframeRequestKind) {
         let Some(session) = self.sessions.get_mut(&target.session) else {
             return;
         };
@@ -974,6 +994,7 @@ impl Shard {
             self.unpublish(track);
         }
         self.update_speakers(now);
+        self.send_owed_keyframe_requests(now);
     }
 
     fn session_panicked(&mut self, id: SessionId) {
