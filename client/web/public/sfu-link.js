@@ -30,6 +30,8 @@ export const RESTART_ATTEMPTS = 4;
 const RESTART_CONNECT_MS = 6000;
 /** How long the renegotiate request of a restart may take. */
 const RESTART_REQUEST_MS = 5000;
+/** How often a pending restart request is sent again because the path came back. */
+const RESTART_RESENDS = 2;
 /** How often the link looks at what it received (the silence detector). */
 const LIVENESS_POLL_MS = 500;
 
@@ -330,15 +332,65 @@ export class SfuLink extends EventTarget {
     await this.pc.setLocalDescription(await this.pc.createOffer({ iceRestart: true }));
     let res;
     try {
-      res = await this.#api('PUT', `/sessions/${this.sessionId}/renegotiate`, {
-        sessionDescription: { type: 'offer', sdp: this.pc.localDescription.sdp },
-      }, { timeoutMs: RESTART_REQUEST_MS });
+      res = await this.#renegotiateRequest(this.pc.localDescription.sdp);
       if (res.sessionDescription?.type !== 'answer') throw new Error('renegotiate: no answer to the restart offer');
     } catch (err) {
       if (this.pc.signalingState === 'have-local-offer') await this.pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
       throw err;
     }
     await this.pc.setRemoteDescription(res.sessionDescription);
+  }
+
+  /**
+   * Sends the restart offer. A restart usually starts while the path is still
+   * down, so the request sits in TCP retransmission backoff (next try up to
+   * seconds after the path is back). When something arrives on the media
+   * connection again while the request is pending, the path is back: the
+   * request is abandoned and sent again on a fresh connection at once (at most
+   * RESTART_RESENDS times). The SFU answers a repeated offer with the same new
+   * credentials, so a copy that got through before is harmless.
+   */
+  async #renegotiateRequest(sdp) {
+    const body = { sessionDescription: { type: 'offer', sdp } };
+    const path = `/sessions/${this.sessionId}/renegotiate`;
+    const deadline = performance.now() + RESTART_REQUEST_MS;
+    for (let sent = 0; ; sent++) {
+      const abort = new AbortController();
+      const left = Math.max(0, deadline - performance.now());
+      const timer = setTimeout(() => abort.abort(new Error(`renegotiate: no answer within ${RESTART_REQUEST_MS} ms`)), left);
+      let watching = sent < RESTART_RESENDS;
+      const request = this.#api('PUT', path, body, { signal: abort.signal });
+      const pathBack = watching ? this.#activityAfter(await this.#activity(), () => watching) : null;
+      try {
+        const winner = await Promise.race([
+          request.then((r) => ({ r })),
+          ...(pathBack ? [pathBack.then((back) => ({ back }))] : []),
+        ]);
+        if (winner.r) return winner.r;
+        if (!winner.back) return await request;
+        this.restarts.resent = (this.restarts.resent ?? 0) + 1;
+        abort.abort(new Error('renegotiate: resent, the path is back'));
+        request.catch(() => {});
+      } finally {
+        watching = false;
+        clearTimeout(timer);
+      }
+      if (performance.now() >= deadline) throw new Error(`renegotiate: no answer within ${RESTART_REQUEST_MS} ms`);
+    }
+  }
+
+  /**
+   * Resolves true when something arrives on the connection after `start`
+   * (polled every 100 ms), false once `keepWatching()` says to stop.
+   */
+  async #activityAfter(start, keepWatching) {
+    while (keepWatching() && !this.closed) {
+      await sleep(100);
+      if (!keepWatching()) return false;
+      const now = await this.#activity();
+      if (start && now && now.activity > start.activity) return true;
+    }
+    return false;
   }
 
   /**
@@ -479,13 +531,13 @@ export class SfuLink extends EventTarget {
     return run;
   }
 
-  async #api(method, path, body, { timeoutMs } = {}) {
+  async #api(method, path, body, { timeoutMs, signal } = {}) {
     if (this.closed) throw new Error('media link closed');
     const res = await fetch(`${this.base}${path}`, {
       method,
       headers: { Authorization: `Bearer ${this.auth()}`, 'Content-Type': 'application/json' },
       body: body === undefined ? undefined : JSON.stringify(body),
-      signal: timeoutMs ? AbortSignal.timeout(timeoutMs) : undefined,
+      signal: signal ?? (timeoutMs ? AbortSignal.timeout(timeoutMs) : undefined),
     });
     let json = {};
     const text = await res.text();
