@@ -986,12 +986,18 @@ mod tests {
                 .is_some()
         );
         // The throttled request is owed, not lost: it goes out once the interval is over, once.
-        assert!(f.owed_keyframe_requests(now + Duration::from_millis(1500)).is_empty());
+        assert!(
+            f.owed_keyframe_requests(now + Duration::from_millis(1500))
+                .is_empty()
+        );
         assert_eq!(
             f.keyframe_request(t, None, now + Duration::from_millis(1200)),
             None
         );
-        assert!(f.owed_keyframe_requests(now + Duration::from_millis(1900)).is_empty());
+        assert!(
+            f.owed_keyframe_requests(now + Duration::from_millis(1900))
+                .is_empty()
+        );
         assert_eq!(
             f.owed_keyframe_requests(now + Duration::from_millis(2000)),
             vec![(
@@ -1003,7 +1009,10 @@ mod tests {
                 }
             )]
         );
-        assert!(f.owed_keyframe_requests(now + Duration::from_millis(3500)).is_empty());
+        assert!(
+            f.owed_keyframe_requests(now + Duration::from_millis(3500))
+                .is_empty()
+        );
         // ... and counts as sent: a new request right after it is throttled again.
         assert_eq!(
             f.keyframe_request(t, None, now + Duration::from_millis(2100)),
