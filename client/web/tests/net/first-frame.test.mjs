@@ -145,10 +145,10 @@ describe('time to first decrypted frame', { timeout: 900000, skip: support.ok ? 
     await measure('UDP (loopback)', env.browser, env.servers.base, (p) => p.local.protocol === 'udp' && p.local.candidateType !== 'relay', 1000);
   }));
 
-  it(`ICE-TCP (outbound UDP dropped): ${TRIALS} joins`, check(async () => {
+  it(`ICE-TCP (outbound UDP and TCP to coturn dropped): ${TRIALS} joins`, check(async () => {
     const ns = env.namespace('tfftcp');
     try {
-      ns.dropUdp();
+      ns.dropUdp({ noTurn: env.turn });
       const browser = await env.nsBrowser(ns);
       await measure('ICE-TCP', browser, env.servers.serviceBase, (p) => p.local.protocol === 'tcp' && p.local.candidateType !== 'relay', null);
     } finally {

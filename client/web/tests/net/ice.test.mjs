@@ -61,10 +61,10 @@ describe('calls on hostile networks (Chromium in network namespaces)', { timeout
   const env = netSuite({ coturn: true, serverArgs: (turn) => serverFlags(turn), pages });
   const { check } = env;
 
-  it('ICE-TCP: a page whose namespace drops all outbound UDP joins a 3-person call, decodes everyone, and its selected pair is TCP', check(async () => {
+  it('ICE-TCP: a page whose namespace drops all outbound UDP (and TCP to coturn) joins a 3-person call, decodes everyone, and its selected pair is TCP', check(async () => {
     const ns = env.namespace('tcp');
     try {
-      ns.dropUdp();
+      ns.dropUdp({ noTurn: env.turn });
       const nsBrowser = await env.nsBrowser(ns);
       const room = `icetcp-${Date.now()}`;
       pages.alice = await joinPage(env.browser, env.servers.base, { room, name: 'Alice' });

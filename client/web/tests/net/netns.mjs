@@ -214,10 +214,16 @@ export class Netns {
     this.exec('nft', ['-f', '-'], { input: script });
   }
 
-  /** Drops every outbound UDP datagram (except on `lo`). */
-  dropUdp() {
-    this.nft(`add rule inet sat out oif "lo" accept
-      add rule inet sat out meta l4proto udp drop`);
+  /**
+   * Drops every outbound UDP datagram (except on `lo`). With `noTurn` (coturn's
+   * `{ip, port, tlsPort}`), TCP to coturn is dropped too, so that ICE can only
+   * use the SFU's TCP candidates: with TURN reachable over TCP, Chromium may
+   * (legitimately) pick a TURN/TCP or TURN/TLS relay instead of ICE-TCP.
+   */
+  dropUdp({ noTurn = null } = {}) {
+    const rules = ['add rule inet sat out oif "lo" accept', 'add rule inet sat out meta l4proto udp drop'];
+    if (noTurn) rules.push(`add rule inet sat out ip daddr ${noTurn.ip} tcp dport { ${noTurn.port}, ${noTurn.tlsPort} } drop`);
+    this.nft(rules.join('\n'));
   }
 
   /**
