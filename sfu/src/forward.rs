@@ -245,7 +245,13 @@ struct KeyframeThrottle {
     rid: Option<Rid>,
     last_sent: Instant,
     owed: bool,
+    /// A keyframe of this layer arrived since the last request went out.
+    answered: bool,
 }
+
+/// Least time between two keyframe requests to one publisher layer, even when the last one was
+/// answered: a subscriber cannot make a publisher send keyframes back to back.
+pub const KEYFRAME_REQUEST_MIN_GAP: Duration = Duration::from_millis(250);
 
 /// Counts of what [`Forwarder::forward`] did with one packet.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -359,6 +365,18 @@ impl Forwarder {
         Some(&p.subscriber_shards)
     }
 
+    /// A keyframe of a local publication's layer `rid` arrived: the requests for that layer (or
+    /// for the track as a whole) are answered, so the next one need not wait out the interval.
+    pub fn note_keyframe(&mut self, track: TrackId, rid: Option<Rid>) {
+        if let Some(p) = self.publications.get_mut(&track) {
+            for k in &mut p.keyframe_requests {
+                if k.rid == rid || k.rid.is_none() {
+                    k.answered = true;
+                }
+            }
+        }
+    }
+
     /// A shard gained a leg on a local publication. Returns false if the track is unknown.
     pub fn add_subscriber_shard(&mut self, track: TrackId, shard: ShardId) -> bool {
         let Some(p) = self.publications.get_mut(&track) else {
@@ -398,7 +416,16 @@ impl Forwarder {
             return None;
         }
         match p.keyframe_requests.iter_mut().find(|k| k.rid == rid) {
-            Some(k) if now.saturating_duration_since(k.last_sent) < interval => {
+            // Throttled while the last request is unanswered and younger than the interval (or
+            // younger than the minimum gap, answered or not).
+            Some(k)
+                if now.saturating_duration_since(k.last_sent)
+                    < if k.answered {
+                        KEYFRAME_REQUEST_MIN_GAP.min(interval)
+                    } else {
+                        interval
+                    } =>
+            {
                 // Not dropped: the request that went out may have been lost (a publisher whose
                 // path is down looks connected for seconds), so one more goes out when the
                 // interval is over (see `owed_keyframe_requests`).
@@ -408,11 +435,13 @@ impl Forwarder {
             Some(k) => {
                 k.last_sent = now;
                 k.owed = false;
+                k.answered = false;
             }
             None => p.keyframe_requests.push(KeyframeThrottle {
                 rid,
                 last_sent: now,
                 owed: false,
+                answered: false,
             }),
         }
         Some(KeyframeTarget {
@@ -429,8 +458,14 @@ impl Forwarder {
         let mut due = Vec::new();
         for (track, p) in &mut self.publications {
             for k in &mut p.keyframe_requests {
-                if k.owed && now.saturating_duration_since(k.last_sent) >= interval {
+                let wait = if k.answered {
+                    KEYFRAME_REQUEST_MIN_GAP.min(interval)
+                } else {
+                    interval
+                };
+                if k.owed && now.saturating_duration_since(k.last_sent) >= wait {
                     k.owed = false;
+                    k.answered = false;
                     k.last_sent = now;
                     due.push((
                         *track,
@@ -1017,6 +1052,38 @@ mod tests {
         assert_eq!(
             f.keyframe_request(t, None, now + Duration::from_millis(2100)),
             None
+        );
+        // Once a keyframe answered the last request, the next one only waits out the minimum gap.
+        let t0 = now + Duration::from_millis(5000);
+        assert!(f.keyframe_request(t, None, t0).is_some());
+        f.note_keyframe(t, None);
+        assert_eq!(
+            f.keyframe_request(t, None, t0 + Duration::from_millis(100)),
+            None,
+            "within the minimum gap"
+        );
+        assert!(
+            f.owed_keyframe_requests(t0 + Duration::from_millis(200))
+                .is_empty()
+        );
+        assert_eq!(
+            f.owed_keyframe_requests(t0 + KEYFRAME_REQUEST_MIN_GAP)
+                .len(),
+            1,
+            "answered: owed after the minimum gap, not the full interval"
+        );
+        // A keyframe of another layer answers nothing for this one.
+        let t1 = t0 + Duration::from_millis(3000);
+        assert!(f.keyframe_request(t, Some(Rid::from("h")), t1).is_some());
+        f.note_keyframe(t, Some(Rid::from("f")));
+        assert_eq!(
+            f.keyframe_request(t, Some(Rid::from("h")), t1 + Duration::from_millis(400)),
+            None
+        );
+        f.note_keyframe(t, Some(Rid::from("h")));
+        assert!(
+            f.keyframe_request(t, Some(Rid::from("h")), t1 + Duration::from_millis(500))
+                .is_some()
         );
         // Audio tracks never get keyframe requests.
         let a = TrackId(8);

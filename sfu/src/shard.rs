@@ -726,6 +726,9 @@ impl Shard {
 
     fn fanout(&mut self, track: TrackId, pkt: Arc<MediaPacket>) {
         self.note_audio_level(track, &pkt);
+        if pkt.keyframe {
+            self.forwarder.note_keyframe(track, pkt.rid);
+        }
         let Some(shards) = self.forwarder.note_media(track, pkt.arrival) else {
             self.ctx.metrics.drop(PacketDrop::UnpublishedTrack);
             return;
@@ -1845,7 +1848,9 @@ fn media_event(session: &mut Session, pkt: RtpPacket) -> Result<SessionEvent, Pa
     let (codec, clock_rate) = params
         .map(|p| (p.spec().codec, p.spec().clock_rate.get()))
         .unwrap_or((Codec::Null, 90_000));
-    let keyframe = rid.is_some() && is_keyframe(codec, &pkt.payload);
+    // Every video keyframe is marked: simulcast legs switch layers on them, and each one
+    // answers the keyframe requests of its layer (see `Forwarder::note_keyframe`).
+    let keyframe = publication.kind == MediaKind::Video && is_keyframe(codec, &pkt.payload);
     let src = &pkt.header.ext_vals;
     let ext = ExtensionValues {
         audio_level: src.audio_level,
