@@ -249,10 +249,6 @@ struct KeyframeThrottle {
     answered: bool,
 }
 
-/// Least time between two keyframe requests to one publisher layer, even when the last one was
-/// answered: a subscriber cannot make a publisher send keyframes back to back.
-pub const KEYFRAME_REQUEST_MIN_GAP: Duration = Duration::from_millis(250);
-
 /// Counts of what [`Forwarder::forward`] did with one packet.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ForwardOutcome {
@@ -366,12 +362,13 @@ impl Forwarder {
     }
 
     /// A keyframe of a local publication's layer `rid` arrived: the requests for that layer (or
-    /// for the track as a whole) are answered, so the next one need not wait out the interval.
+    /// for the track as a whole) are answered, and none of them is owed any more.
     pub fn note_keyframe(&mut self, track: TrackId, rid: Option<Rid>) {
         if let Some(p) = self.publications.get_mut(&track) {
             for k in &mut p.keyframe_requests {
                 if k.rid == rid || k.rid.is_none() {
                     k.answered = true;
+                    k.owed = false;
                 }
             }
         }
@@ -416,20 +413,15 @@ impl Forwarder {
             return None;
         }
         match p.keyframe_requests.iter_mut().find(|k| k.rid == rid) {
-            // Throttled while the last request is unanswered and younger than the interval (or
-            // younger than the minimum gap, answered or not).
-            Some(k)
-                if now.saturating_duration_since(k.last_sent)
-                    < if k.answered {
-                        KEYFRAME_REQUEST_MIN_GAP.min(interval)
-                    } else {
-                        interval
-                    } =>
-            {
-                // Not dropped: the request that went out may have been lost (a publisher whose
-                // path is down looks connected for seconds), so one more goes out when the
-                // interval is over (see `owed_keyframe_requests`).
-                k.owed = true;
+            Some(k) if now.saturating_duration_since(k.last_sent) < interval => {
+                // Throttled. If no keyframe came since the request that went out, that request
+                // may have been lost (a publisher whose path is down looks connected for
+                // seconds): one more is owed and goes out when the interval is over (see
+                // `owed_keyframe_requests`). If one came, this request is dropped, as the
+                // subscriber asks again while it is stuck: a keyframe per interval at most.
+                if !k.answered {
+                    k.owed = true;
+                }
                 return None;
             }
             Some(k) => {
@@ -451,19 +443,14 @@ impl Forwarder {
         })
     }
 
-    /// Keyframe requests that were throttled and whose interval is now over: each goes out once
-    /// (and counts as sent now), so a request is delayed by the throttle, never lost to it.
+    /// Keyframe requests that were throttled while the last one was unanswered, whose interval
+    /// is now over: each goes out once (and counts as sent now), so a lost request is repeated.
     pub fn owed_keyframe_requests(&mut self, now: Instant) -> Vec<(TrackId, KeyframeTarget)> {
         let interval = self.keyframe_interval;
         let mut due = Vec::new();
         for (track, p) in &mut self.publications {
             for k in &mut p.keyframe_requests {
-                let wait = if k.answered {
-                    KEYFRAME_REQUEST_MIN_GAP.min(interval)
-                } else {
-                    interval
-                };
-                if k.owed && now.saturating_duration_since(k.last_sent) >= wait {
+                if k.owed && now.saturating_duration_since(k.last_sent) >= interval {
                     k.owed = false;
                     k.answered = false;
                     k.last_sent = now;
@@ -1053,37 +1040,33 @@ mod tests {
             f.keyframe_request(t, None, now + Duration::from_millis(2100)),
             None
         );
-        // Once a keyframe answered the last request, the next one only waits out the minimum gap.
+        // Once a keyframe answered the last request, a throttled one is dropped, not owed, and a
+        // keyframe arriving meanwhile cancels what was owed.
         let t0 = now + Duration::from_millis(5000);
         assert!(f.keyframe_request(t, None, t0).is_some());
         f.note_keyframe(t, None);
         assert_eq!(
             f.keyframe_request(t, None, t0 + Duration::from_millis(100)),
-            None,
-            "within the minimum gap"
+            None
         );
         assert!(
-            f.owed_keyframe_requests(t0 + Duration::from_millis(200))
-                .is_empty()
+            f.owed_keyframe_requests(t0 + Duration::from_millis(1500))
+                .is_empty(),
+            "answered: nothing owed"
         );
-        assert_eq!(
-            f.owed_keyframe_requests(t0 + KEYFRAME_REQUEST_MIN_GAP)
-                .len(),
-            1,
-            "answered: owed after the minimum gap, not the full interval"
-        );
-        // A keyframe of another layer answers nothing for this one.
         let t1 = t0 + Duration::from_millis(3000);
         assert!(f.keyframe_request(t, Some(Rid::from("h")), t1).is_some());
-        f.note_keyframe(t, Some(Rid::from("f")));
         assert_eq!(
             f.keyframe_request(t, Some(Rid::from("h")), t1 + Duration::from_millis(400)),
             None
         );
+        // A keyframe of another layer answers nothing for this one ...
+        f.note_keyframe(t, Some(Rid::from("f")));
+        // ... but one of this layer cancels the owed request.
         f.note_keyframe(t, Some(Rid::from("h")));
         assert!(
-            f.keyframe_request(t, Some(Rid::from("h")), t1 + Duration::from_millis(500))
-                .is_some()
+            f.owed_keyframe_requests(t1 + Duration::from_millis(1500))
+                .is_empty()
         );
         // Audio tracks never get keyframe requests.
         let a = TrackId(8);
