@@ -224,6 +224,16 @@ fn check_url(url: &str) -> Result<(), TurnError> {
 }
 
 impl TurnServers {
+    /// [`TurnServers::new`] from configuration as read: the secret as a plain string (checked by
+    /// [`TurnSecret::new`]).
+    pub fn from_config(
+        urls: Vec<String>,
+        secret: Option<String>,
+    ) -> Result<TurnServers, TurnError> {
+        let secret = secret.map(TurnSecret::new).transpose()?;
+        TurnServers::new(urls, secret)
+    }
+
     /// Checks the URLs (`stun:`, `stuns:`, `turn:`, `turns:`; at most [`MAX_URLS`]) and that
     /// a secret is given exactly when there are TURN URLs.
     pub fn new(urls: Vec<String>, secret: Option<TurnSecret>) -> Result<TurnServers, TurnError> {

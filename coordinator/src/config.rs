@@ -145,17 +145,13 @@ impl Default for Config {
 pub const DEFAULT_TURN_TTL_S: u64 = 6 * 3600;
 
 /// Builds the STUN/TURN servers from configured URLs and secret (see
-/// [`satsuma_common::turn::TurnServers::new`]).
+/// [`satsuma_common::turn::TurnServers::from_config`]).
 pub fn turn_servers(
     urls: Vec<String>,
     secret: Option<String>,
 ) -> Result<satsuma_common::turn::TurnServers, ConfigError> {
-    let invalid = |e: satsuma_common::turn::TurnError| ConfigError::Invalid(format!("TURN: {e}"));
-    let secret = secret
-        .map(satsuma_common::turn::TurnSecret::new)
-        .transpose()
-        .map_err(invalid)?;
-    satsuma_common::turn::TurnServers::new(urls, secret).map_err(invalid)
+    satsuma_common::turn::TurnServers::from_config(urls, secret)
+        .map_err(|e| ConfigError::Invalid(format!("TURN: {e}")))
 }
 
 impl Config {

@@ -94,17 +94,13 @@ impl TurnKey {
 }
 
 /// Builds the TURN servers from configured URLs and shared secret (see
-/// [`satsuma_common::turn::TurnServers::new`]).
+/// [`satsuma_common::turn::TurnServers::from_config`]).
 pub fn turn_servers(
     urls: Vec<String>,
     secret: Option<String>,
 ) -> Result<satsuma_common::turn::TurnServers, ConfigError> {
-    let invalid = |e: satsuma_common::turn::TurnError| ConfigError::Invalid(format!("TURN: {e}"));
-    let secret = secret
-        .map(satsuma_common::turn::TurnSecret::new)
-        .transpose()
-        .map_err(invalid)?;
-    satsuma_common::turn::TurnServers::new(urls, secret).map_err(invalid)
+    satsuma_common::turn::TurnServers::from_config(urls, secret)
+        .map_err(|e| ConfigError::Invalid(format!("TURN: {e}")))
 }
 
 /// Where ICE-TCP (passive TCP candidates, RFC 6544) listens.
