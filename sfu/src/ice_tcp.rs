@@ -490,6 +490,7 @@ impl ConnCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stun::test_support::binding_request_to as stun_request;
     use proptest::prelude::*;
 
     fn frames(packets: &[&[u8]]) -> Vec<u8> {
@@ -506,23 +507,6 @@ mod tests {
             out.push(f.to_vec());
         }
         Ok(out)
-    }
-
-    fn stun_request(ufrag: &str) -> Vec<u8> {
-        let user = format!("{ufrag}:remote");
-        let mut attr = Vec::new();
-        attr.extend_from_slice(&6u16.to_be_bytes());
-        attr.extend_from_slice(&(user.len() as u16).to_be_bytes());
-        attr.extend_from_slice(user.as_bytes());
-        while attr.len() % 4 != 0 {
-            attr.push(0);
-        }
-        let mut m = vec![0, 1];
-        m.extend_from_slice(&(attr.len() as u16).to_be_bytes());
-        m.extend_from_slice(&0x2112_A442u32.to_be_bytes());
-        m.extend_from_slice(&[0; 12]);
-        m.extend_from_slice(&attr);
-        m
     }
 
     #[test]

@@ -68,12 +68,13 @@ pub fn local_ufrag(datagram: &[u8]) -> Result<&str, StunError> {
     Err(StunError::NoUsername)
 }
 
+/// STUN messages for the unit tests of the modules that route by ufrag.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
+pub(crate) mod test_support {
+    use super::{ATTR_USERNAME, BINDING_REQUEST, MAGIC_COOKIE};
 
-    fn binding_request(attrs: &[(u16, &[u8])]) -> Vec<u8> {
+    /// A binding request carrying `attrs` (type, value), each padded to 4 bytes.
+    pub(crate) fn binding_request(attrs: &[(u16, &[u8])]) -> Vec<u8> {
         let mut body = Vec::new();
         for (t, v) in attrs {
             body.extend_from_slice(&t.to_be_bytes());
@@ -91,6 +92,18 @@ mod tests {
         out.extend_from_slice(&body);
         out
     }
+
+    /// A binding request addressed to our ICE ufrag `ufrag` (USERNAME `ufrag:remote`).
+    pub(crate) fn binding_request_to(ufrag: &str) -> Vec<u8> {
+        binding_request(&[(ATTR_USERNAME, format!("{ufrag}:remote").as_bytes())])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::binding_request;
+    use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn finds_username_after_other_attributes() {

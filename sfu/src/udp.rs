@@ -369,23 +369,7 @@ fn route_datagram(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn stun_request(ufrag: &str) -> Vec<u8> {
-        let user = format!("{ufrag}:remote");
-        let mut attr = Vec::new();
-        attr.extend_from_slice(&6u16.to_be_bytes());
-        attr.extend_from_slice(&(user.len() as u16).to_be_bytes());
-        attr.extend_from_slice(user.as_bytes());
-        while attr.len() % 4 != 0 {
-            attr.push(0);
-        }
-        let mut m = vec![0, 1];
-        m.extend_from_slice(&(attr.len() as u16).to_be_bytes());
-        m.extend_from_slice(&0x2112_A442u32.to_be_bytes());
-        m.extend_from_slice(&[0; 12]);
-        m.extend_from_slice(&attr);
-        m
-    }
+    use crate::stun::test_support::binding_request_to as stun_request;
 
     #[test]
     fn routes_by_ufrag_then_by_address_and_forgets_on_unregister() {
