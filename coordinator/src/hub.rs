@@ -460,12 +460,21 @@ impl Hub {
         }
     }
 
-    /// The connection ended; the participant stays until its presence timeout.
+    /// The connection ended; the participant stays until its presence timeout, but the room
+    /// no longer waits for its `ready` (it catches up from the log when it resumes). A
+    /// connection another one replaced (resume) changes nothing; one the hub already dropped
+    /// (send budget) leaves the participant without a connection, so it counts as gone too.
     pub(crate) fn detach(&self, slot: &Arc<RoomSlot>, id: u64, conn_id: u64) {
         let mut state = slot.state.lock();
-        if state.conns.get(&id).is_some_and(|c| c.conn_id == conn_id) {
-            state.conns.remove(&id);
+        match state.conns.get(&id) {
+            Some(c) if c.conn_id != conn_id => return,
+            Some(_) => {
+                state.conns.remove(&id);
+            }
+            None => {}
         }
+        state.room.disconnect(Instant::now(), id);
+        self.dispatch(&mut state);
     }
 
     /// Runs due room timers.
@@ -527,7 +536,32 @@ impl Hub {
     /// Delivers the room's outputs; returns whether `watch` got an `error`.
     fn dispatch_for(&self, state: &mut RoomState, watch: Option<u64>) -> bool {
         let mut refused = false;
+        loop {
+            let slow = self.drain_outputs(state, watch, &mut refused);
+            if slow.is_empty() {
+                break;
+            }
+            // A connection closed for its send budget is gone: the room stops waiting for
+            // its `ready` (which may log an `execute`, delivered on the next round).
+            let now = Instant::now();
+            for id in slow {
+                state.room.disconnect(now, id);
+            }
+        }
+        state.next_deadline = state.room.poll_timeout();
+        refused
+    }
+
+    /// One round of [`Hub::dispatch_for`]: delivers the queued outputs and closes the
+    /// connections that hold their send budget; returns their participants.
+    fn drain_outputs(
+        &self,
+        state: &mut RoomState,
+        watch: Option<u64>,
+        refused: &mut bool,
+    ) -> Vec<u64> {
         let mut slow = Vec::new();
+        let mut closed = Vec::new();
         // A resume's replay (consecutive `Deliver`s to one participant) becomes one streamed
         // `Outbound::Replay` queued where the entries would have been.
         let mut replay: Option<(u64, u64, u64)> = None;
@@ -544,13 +578,13 @@ impl Hub {
                     match &msg {
                         ServerMessage::Error { code, .. } => {
                             self.metrics.error(code);
-                            refused |= watch == Some(to);
+                            *refused |= watch == Some(to);
                         }
                         // A refused commit counts toward the consecutive-refusal close
                         // like any refused message.
                         ServerMessage::CommitRejected { .. } => {
                             self.metrics.error("commit_rejected");
-                            refused |= watch == Some(to);
+                            *refused |= watch == Some(to);
                         }
                         _ => {}
                     }
@@ -625,10 +659,10 @@ impl Hub {
                     close::SLOW_CONSUMER,
                     "send budget exceeded: not reading fast enough; resume",
                 ));
+                closed.push(id);
             }
         }
-        state.next_deadline = state.room.poll_timeout();
-        refused
+        closed
     }
 
     fn queue_replay(&self, state: &RoomState, to: u64, after: u64, until: u64) {

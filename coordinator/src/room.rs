@@ -330,6 +330,10 @@ struct Participant {
     joined_at_ms: u64,
     resume_token: String,
     last_seen: Instant,
+    /// Whether a connection is attached. A participant whose socket dropped stays in the
+    /// room for its presence timeout and may resume; meanwhile `execute` does not wait for
+    /// its `ready` and it is not named creator while a connected participant exists.
+    connected: bool,
     sfu_sessions: Vec<String>,
     /// SFU session creations under way (reserved against the cap before the SFU is asked).
     sfu_pending: usize,
@@ -616,6 +620,7 @@ impl Room {
             joined_at_ms: req.wall_ms,
             resume_token: req.resume_token,
             last_seen: now,
+            connected: true,
             sfu_sessions: Vec::new(),
             sfu_pending: 0,
             tracks: Vec::new(),
@@ -665,6 +670,7 @@ impl Room {
         }
         if let Some(p) = self.participants.get_mut(&id) {
             p.last_seen = now;
+            p.connected = true;
         }
         self.outputs.push_back(Output::Reply {
             to: id,
@@ -867,6 +873,27 @@ impl Room {
         }
     }
 
+    /// The connection of `id` ended (its socket is gone; not a leave). The participant stays
+    /// for its presence timeout and may resume, but until it does, a pending `execute` no
+    /// longer waits for its `ready`: it replays the commit and the `execute` from the log when
+    /// it resumes (`docs/e2ee-relay.md`, Ready / execute). No entry is logged.
+    pub fn disconnect(&mut self, now: Instant, id: u64) {
+        self.now = Some(now);
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        if !p.connected {
+            return;
+        }
+        p.connected = false;
+        self.check_execute();
+    }
+
+    /// Whether `id` is in the room with a connection attached.
+    pub fn is_connected(&self, id: u64) -> bool {
+        self.participants.get(&id).is_some_and(|p| p.connected)
+    }
+
     /// Time passed: presence timeouts and overdue `execute`s.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = Some(now);
@@ -909,6 +936,8 @@ impl Room {
             return;
         };
         p.last_seen = now;
+        // Only an attached connection delivers messages.
+        p.connected = true;
         let logs = match &input {
             Input::Binary(b) => Some(b.len() + protocol::MlsFrame::HEADER_LEN),
             Input::Message(m) => match m {
@@ -1057,6 +1086,8 @@ impl Room {
                 });
                 if released {
                     self.ensure_group(now);
+                    // It is not waited for any more: the others may all be ready.
+                    self.check_execute();
                 }
             }
             KIND_COMMIT => self.commit(now, from, payload),
@@ -1223,9 +1254,16 @@ impl Room {
         Ok(())
     }
 
+    /// Appends `execute` once every group member whose connection is live has reported
+    /// `ready` for the current epoch. Members whose socket dropped (in their resume window)
+    /// are not waited for: they apply the commit and the `execute` from the log on resume.
     fn check_execute(&mut self) {
+        let participants = &self.participants;
         let all_ready = self.group.as_ref().is_some_and(|g| {
-            g.execute_deadline.is_some() && g.members.iter().all(|m| g.ready.contains(m))
+            g.execute_deadline.is_some()
+                && g.members.iter().all(|m| {
+                    g.ready.contains(m) || !participants.get(m).is_some_and(|p| p.connected)
+                })
         });
         if all_ready {
             self.execute();
@@ -1321,13 +1359,20 @@ impl Room {
         Ok(())
     }
 
-    /// Names a creator when no live group member exists.
+    /// Names a creator when no live group member exists: the oldest participant whose
+    /// connection is live (one in its resume window could hold everybody up until it resumes
+    /// or times out), or the oldest participant if none is connected.
     fn ensure_group(&mut self, now: Instant) {
         let needs_group = self.group.as_ref().is_none_or(|g| g.members.is_empty());
         if !needs_group {
             return;
         }
-        let Some(&creator) = self.participants.keys().next() else {
+        let connected = self
+            .participants
+            .values()
+            .find(|p| p.connected)
+            .map(|p| p.id);
+        let Some(creator) = connected.or_else(|| self.participants.keys().next().copied()) else {
             self.group = None;
             return;
         };
@@ -1351,6 +1396,8 @@ impl Room {
             id: creator,
             group_id,
         });
+        // A creator in its resume window is not waited for either.
+        self.check_execute();
     }
 
     fn remove_participant(&mut self, now: Instant, id: u64, reason: LeaveReason) {

@@ -25,12 +25,18 @@
 //!   member that is removed and re-added becomes the youngest.
 //! * Every participant tracks the pending work (KeyPackages in arrival order, departed
 //!   members), so a successor finishes what a departed committer started.
-//! * The committer first removes all departed members in **one** commit, then adds
-//!   joiners **one per commit, in arrival order** (Commit and Welcome travel in one
-//!   log entry). Removals go first so that a joiner is never welcomed into a group
-//!   that still holds the leaf of somebody who left before the joiner arrived: the
-//!   joiner never saw that participant join and would refuse the epoch (see the
-//!   roster check below). A KeyPackage from a participant already in the group under
+//! * The committer commits as soon as there is work and no commit of its own is in
+//!   flight, and puts **all** of its pending work into that one commit: every
+//!   KeyPackage waiting (in arrival order) and the removal of every departed member
+//!   (Commit and Welcome travel in one log entry). So a KeyPackage is committed at
+//!   once, joins are batched only when they arrived together (while the previous
+//!   commit was in flight), and a departed member's removal never delays a join: it
+//!   rides in the join's commit instead of going first in a commit of its own. The
+//!   removals still take effect no later than the adds, so a joiner is never welcomed
+//!   into a group that still holds the leaf of somebody who left before the joiner
+//!   arrived: the joiner never saw that participant join and would refuse the epoch
+//!   (see the roster check below); the Welcome's group is the group *after* the
+//!   commit, without them. A KeyPackage from a participant already in the group under
 //!   a *different* signature key means that participant reset: its old leaf is
 //!   removed and the new KeyPackage added in the same commit. A KeyPackage under the
 //!   *same* key as its leaf is a stale duplicate and ignored.
@@ -274,9 +280,11 @@ pub enum Action {
     Commit {
         /// The epoch the commit is created in.
         epoch: u64,
-        /// Add this KeyPackage (one per commit); if its sender is already a member,
-        /// its old leaf is listed in `removes` too.
-        add: Option<PendingKeyPackage>,
+        /// Add these KeyPackages (in arrival order, one per participant); a sender
+        /// that is already a member has its old leaf listed in `removes` too. A driver
+        /// that cannot build the commit with all of them may leave out all but the
+        /// first: the others stay pending and go into the next commit.
+        adds: Vec<PendingKeyPackage>,
         /// Remove these members' leaves.
         removes: Vec<ParticipantId>,
     },
@@ -574,8 +582,8 @@ impl Committer {
             .any(|k| k.from == id && k.key != leaf_key)
     }
 
-    /// The work the committer has to do: adds (arrival order) and the batch of
-    /// removes (done first). Every participant can compute it.
+    /// The work the committer has to do: adds (arrival order) and the removals of
+    /// departed members, all of it for the next commit. Every participant can compute it.
     pub fn pending_work(&self) -> (Vec<PendingKeyPackage>, Vec<ParticipantId>) {
         let Phase::Member(g) = &self.phase else {
             return (Vec::new(), Vec::new());
@@ -615,29 +623,25 @@ impl Committer {
                     return;
                 }
                 let epoch = g.epoch;
-                let members = g.members.clone();
-                let (adds, removes) = self.pending_work();
-                // Removals first: a joiner must never be welcomed into a group that
-                // still holds somebody who left before it arrived.
-                let action = if !removes.is_empty() {
-                    Action::Commit {
-                        epoch,
-                        add: None,
-                        removes,
-                    }
-                } else if let Some(add) = adds.first() {
-                    let removes = if members.contains_key(&add.from) {
-                        vec![add.from]
-                    } else {
-                        Vec::new()
-                    };
-                    Action::Commit {
-                        epoch,
-                        add: Some(*add),
-                        removes,
-                    }
-                } else {
+                let (adds, mut removes) = self.pending_work();
+                if adds.is_empty() && removes.is_empty() {
                     return;
+                }
+                // All of it in one commit: the joiners at once, and the departed
+                // members' removals with them (never a commit of its own first, which
+                // would make the joiners wait a round trip). The Welcome's group is the
+                // group after the removals, so a joiner never finds somebody in it who
+                // left before it arrived. A joiner that is a member under an older key
+                // reset: its old leaf goes in the same commit.
+                removes.extend(
+                    adds.iter()
+                        .filter(|a| g.members.contains_key(&a.from))
+                        .map(|a| a.from),
+                );
+                let action = Action::Commit {
+                    epoch,
+                    adds,
+                    removes,
                 };
                 self.in_flight = Some(InFlight {
                     epoch,
@@ -822,11 +826,11 @@ mod tests {
             out,
             vec![Action::Commit {
                 epoch: 0,
-                add: Some(PendingKeyPackage {
+                adds: vec![PendingKeyPackage {
                     from: 2,
                     key: KeyTag(200),
                     seq: 5
-                }),
+                }],
                 removes: vec![]
             }]
         );
@@ -863,7 +867,7 @@ mod tests {
             out,
             vec![Action::Commit {
                 epoch: 3,
-                add: None,
+                adds: vec![],
                 removes: vec![1, 3]
             }]
         );
@@ -938,11 +942,11 @@ mod tests {
             out,
             vec![Action::Commit {
                 epoch: 1,
-                add: Some(PendingKeyPackage {
+                adds: vec![PendingKeyPackage {
                     from: 2,
                     key: KeyTag(201),
                     seq: 6
-                }),
+                }],
                 removes: vec![2]
             }]
         );
@@ -972,60 +976,72 @@ mod tests {
         c
     }
 
+    fn kp(seq: u64, from: u64) -> Event {
+        Event::KeyPackage {
+            seq,
+            from,
+            key: KeyTag(from * 100),
+        }
+    }
+
+    fn pending(seq: u64, from: u64) -> PendingKeyPackage {
+        PendingKeyPackage {
+            from,
+            key: KeyTag(from * 100),
+            seq,
+        }
+    }
+
     #[test]
-    fn removals_are_committed_before_adds() {
-        // 2 was welcomed by 1 (older); 1 leaves, 3 joins and announces in the same
-        // breath: 2 first removes 1, and adds 3 only in the next epoch.
-        let mut b = member_at(2, &[1], 4);
-        b.handle(0, Event::Left { seq: 2, id: 1 });
-        // (the remove commit went out right away; let it land)
-        b.handle(0, Event::Joined { seq: 3, id: 3 });
-        let out = b.handle(
-            0,
-            Event::KeyPackage {
-                seq: 4,
-                from: 3,
-                key: KeyTag(300),
-            },
-        );
-        assert!(out.is_empty(), "one commit in flight: {out:?}");
+    fn a_join_commit_carries_the_removals_and_is_never_held_back_by_them() {
+        // 2 was welcomed by 1 (older). 3 joins and announces while 1 is still the
+        // committer; then 1 leaves: 2 takes over and removes 1 *and* adds 3 in one
+        // commit (formerly the removal alone first, the add an epoch later).
         let mut b = member_at(2, &[1], 4);
         b.handle(0, Event::Joined { seq: 2, id: 3 });
-        b.handle(0, Event::Left { seq: 3, id: 1 });
-        let out = b.handle(
-            0,
-            Event::KeyPackage {
-                seq: 4,
-                from: 3,
-                key: KeyTag(300),
-            },
-        );
-        assert!(out.is_empty(), "{out:?}");
-        assert_eq!(
-            b.pending_work().1,
-            vec![1],
-            "the departed member is still to be removed"
-        );
-        // What was sent when 1 left: the removal alone.
-        let mut b = member_at(2, &[1], 4);
-        b.handle(0, Event::Joined { seq: 2, id: 3 });
-        b.handle(
-            0,
-            Event::KeyPackage {
-                seq: 3,
-                from: 3,
-                key: KeyTag(300),
-            },
-        );
+        assert!(b.handle(0, kp(3, 3)).is_empty(), "1 is the committer");
         let out = b.handle(0, Event::Left { seq: 4, id: 1 });
         assert_eq!(
             out,
             vec![Action::Commit {
                 epoch: 4,
-                add: None,
+                adds: vec![pending(3, 3)],
                 removes: vec![1]
             }]
         );
+        // The Welcome's group is the one after the commit: 2 and 3, not 1 (whom 3
+        // saw join anyway here).
+        let out = b.handle(
+            0,
+            Event::Commit {
+                seq: 5,
+                from: 2,
+                outcome: CommitOutcome::Applied {
+                    epoch: 5,
+                    adds: vec![(3, KeyTag(300))],
+                    removes: vec![1],
+                },
+            },
+        );
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::Commit { .. })),
+            "nothing left to do: {out:?}"
+        );
+
+        // A removal already in flight when the KeyPackage comes: the add goes out the
+        // moment that commit is in the log (one commit per epoch, nothing more).
+        let mut b = member_at(2, &[1], 4);
+        let out = b.handle(0, Event::Left { seq: 2, id: 1 });
+        assert_eq!(
+            out,
+            vec![Action::Commit {
+                epoch: 4,
+                adds: vec![],
+                removes: vec![1]
+            }]
+        );
+        b.handle(0, Event::Joined { seq: 3, id: 3 });
+        assert!(b.handle(0, kp(4, 3)).is_empty(), "one commit in flight");
         let out = b.handle(
             0,
             Event::Commit {
@@ -1042,11 +1058,120 @@ mod tests {
             out.last(),
             Some(&Action::Commit {
                 epoch: 5,
-                add: Some(PendingKeyPackage {
-                    from: 3,
-                    key: KeyTag(300),
-                    seq: 3
-                }),
+                adds: vec![pending(4, 3)],
+                removes: vec![]
+            })
+        );
+
+        // A departure noticed while an add is in flight rides in the next add.
+        let mut a = member_at(1, &[], 2);
+        a.handle(0, Event::Joined { seq: 2, id: 5 });
+        a.handle(0, kp(3, 5));
+        a.handle(
+            0,
+            Event::Commit {
+                seq: 4,
+                from: 1,
+                outcome: CommitOutcome::Applied {
+                    epoch: 3,
+                    adds: vec![(5, KeyTag(500))],
+                    removes: vec![],
+                },
+            },
+        );
+        a.handle(0, Event::Joined { seq: 5, id: 3 });
+        let out = a.handle(0, kp(6, 3));
+        assert_eq!(
+            out,
+            vec![Action::Commit {
+                epoch: 3,
+                adds: vec![pending(6, 3)],
+                removes: vec![]
+            }]
+        );
+        assert!(a.handle(0, Event::Left { seq: 7, id: 5 }).is_empty());
+        a.handle(0, Event::Joined { seq: 8, id: 4 });
+        assert!(a.handle(0, kp(9, 4)).is_empty(), "one commit in flight");
+        let out = a.handle(
+            0,
+            Event::Commit {
+                seq: 10,
+                from: 1,
+                outcome: CommitOutcome::Applied {
+                    epoch: 4,
+                    adds: vec![(3, KeyTag(300))],
+                    removes: vec![],
+                },
+            },
+        );
+        assert_eq!(
+            out.last(),
+            Some(&Action::Commit {
+                epoch: 4,
+                adds: vec![pending(9, 4)],
+                removes: vec![5]
+            })
+        );
+    }
+
+    #[test]
+    fn a_key_package_is_committed_at_once_and_joins_batch_only_when_together() {
+        let mut a = member_at(1, &[], 0);
+        for id in 2..=4 {
+            a.handle(0, Event::Joined { seq: id * 10, id });
+        }
+        // The first KeyPackage: committed the moment it is seen, alone.
+        let out = a.handle(0, kp(21, 2));
+        assert_eq!(
+            out,
+            vec![Action::Commit {
+                epoch: 0,
+                adds: vec![pending(21, 2)],
+                removes: vec![]
+            }]
+        );
+        // Two more arrive while it is in flight: they wait for it, then go together.
+        assert!(a.handle(0, kp(31, 3)).is_empty());
+        assert!(a.handle(0, kp(41, 4)).is_empty());
+        let out = a.handle(
+            0,
+            Event::Commit {
+                seq: 50,
+                from: 1,
+                outcome: CommitOutcome::Applied {
+                    epoch: 1,
+                    adds: vec![(2, KeyTag(200))],
+                    removes: vec![],
+                },
+            },
+        );
+        assert_eq!(
+            out.last(),
+            Some(&Action::Commit {
+                epoch: 1,
+                adds: vec![pending(31, 3), pending(41, 4)],
+                removes: vec![]
+            })
+        );
+        // A driver that could only commit the first of them: the other stays pending
+        // and goes into the next commit.
+        let out = a.handle(
+            0,
+            Event::Commit {
+                seq: 51,
+                from: 1,
+                outcome: CommitOutcome::Applied {
+                    epoch: 2,
+                    adds: vec![(3, KeyTag(300))],
+                    removes: vec![],
+                },
+            },
+        );
+        assert_eq!(
+            out.last(),
+            Some(&Action::Commit {
+                epoch: 2,
+                adds: vec![pending(41, 4)],
                 removes: vec![]
             })
         );

@@ -382,6 +382,17 @@ impl Group {
         add: Option<&ValidKeyPackage>,
         removes: &[ParticipantId],
     ) -> Result<(Vec<u8>, Vec<u8>), GroupError> {
+        let adds: Vec<&ValidKeyPackage> = add.into_iter().collect();
+        self.commit_adds(&adds, removes)
+    }
+
+    /// Like [`Group::commit`], adding every KeyPackage of `adds` (one per participant;
+    /// a participant that is a member must be in `removes` too) in the one commit.
+    pub fn commit_adds(
+        &mut self,
+        adds: &[&ValidKeyPackage],
+        removes: &[ParticipantId],
+    ) -> Result<(Vec<u8>, Vec<u8>), GroupError> {
         self.discard_commit();
         let me = self.me;
         let group = self.group.as_mut().ok_or(GroupError::NoGroup)?;
@@ -406,7 +417,7 @@ impl Group {
         let bundle = group
             .commit_builder()
             .propose_removals(leaves)
-            .propose_adds(add.map(|a| a.key_package.clone()))
+            .propose_adds(adds.iter().map(|a| a.key_package.clone()))
             .load_psks(self.provider.storage())
             .map_err(|e| mls_err("commit")(e.to_string()))?
             .build(
@@ -431,8 +442,8 @@ impl Group {
         self.pending = Some(PendingCommit {
             epoch,
             commit: commit.clone(),
-            adds: add.map(|a| (a.id, a.key)).into_iter().collect(),
-            added: add.map(|a| a.identity.clone()).into_iter().collect(),
+            adds: adds.iter().map(|a| (a.id, a.key)).collect(),
+            added: adds.iter().map(|a| a.identity.clone()).collect(),
             removes: removed_ids,
         });
         Ok((commit, welcome))

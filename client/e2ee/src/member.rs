@@ -505,28 +505,47 @@ impl Member {
                         queue.extend(self.committer.handle(t, Event::MlsFailure));
                     }
                 }
-                Action::Commit { add, removes, .. } => {
-                    let kp = add.and_then(|a| {
+                Action::Commit { adds, removes, .. } => {
+                    let known = |a: &crate::committer::PendingKeyPackage| {
                         self.key_packages
                             .get(&a.from)
                             .filter(|(seq, _)| *seq == a.seq)
                             .map(|(_, kp)| kp.clone())
-                    });
-                    if let (Some(a), None) = (add, &kp) {
-                        // We never saw a usable KeyPackage for it; forget it.
+                    };
+                    if let Some(a) = adds.iter().find(|a| known(a).is_none()) {
+                        // We never saw a usable KeyPackage for it; forget it. (One at a
+                        // time: the committer plans its next commit without it.)
                         queue.extend(
                             self.committer
                                 .handle(t, Event::DropKeyPackage { from: a.from }),
                         );
                         continue;
                     }
-                    match self.group.commit(kp.as_ref(), &removes) {
+                    let kps: Vec<ValidKeyPackage> = adds.iter().filter_map(known).collect();
+                    let refs: Vec<&ValidKeyPackage> = kps.iter().collect();
+                    let mut built = self.group.commit_adds(&refs, &removes);
+                    if built.is_err() && refs.len() > 1 {
+                        // A batch that cannot be built: commit the first joiner alone (and
+                        // only its own old leaf, if it reset); the rest stays pending for
+                        // the next commit, and the one at fault is found then.
+                        let keep: Vec<u64> = removes
+                            .iter()
+                            .copied()
+                            .filter(|r| !adds[1..].iter().any(|a| a.from == *r))
+                            .collect();
+                        tracing::warn!(
+                            joiners = refs.len(),
+                            "could not build a batched commit; committing the first joiner alone"
+                        );
+                        built = self.group.commit_adds(&refs[..1], &keep);
+                    }
+                    match built {
                         Ok((commit, welcome)) => self.outbound.push_back(Outbound::Binary(
                             Handshake::Commit { commit, welcome }.encode_client_frame(),
                         )),
                         Err(e) => {
                             tracing::warn!(error = %e, "could not build a commit");
-                            let ev = match add {
+                            let ev = match adds.first() {
                                 Some(a) => {
                                     self.key_packages.remove(&a.from);
                                     Event::DropKeyPackage { from: a.from }

@@ -26,8 +26,9 @@
 //!   the roster check of the real one (an epoch whose members include anybody the
 //!   participant never saw join is refused); with an honest coordinator no
 //!   participant ever refuses an epoch or reports a commit it cannot process. This
-//!   is what committing removals before adds buys: a joiner is never welcomed into a
-//!   group that still holds somebody who left before it arrived;
+//!   is what putting the departed members' removals into the joiners' commit buys
+//!   (rather than holding the joiners back behind a removal commit): a joiner is never
+//!   welcomed into a group that still holds somebody who left before it arrived;
 //! * `converged when quiescent`: once nothing but churn can happen, every live
 //!   participant is in the same group at the same epoch and the members are exactly
 //!   the live participants.
@@ -180,7 +181,14 @@ impl State {
         if c.live.is_empty() || c.live.iter().any(|x| c.group_members.contains(x)) {
             return;
         }
-        let id = c.live[0];
+        // The oldest live participant whose connection is up (a crashed one is in its
+        // resume window until `Expire`), else the oldest.
+        let connected = c.live.iter().copied().find(|x| {
+            self.parts
+                .iter()
+                .any(|p| p.id == *x && p.status == Status::Active)
+        });
+        let id = connected.unwrap_or(c.live[0]);
         self.coord.next_gid += 1;
         let gid = self.coord.next_gid;
         self.coord.group = Some((gid, 0));
@@ -303,7 +311,7 @@ impl State {
                 }
                 Action::Commit {
                     epoch,
-                    add,
+                    adds,
                     removes,
                 } => {
                     let Some(g) = p.group.clone() else {
@@ -320,7 +328,7 @@ impl State {
                             bad = Some(format!("{id} removes non-member {r}"));
                         }
                     }
-                    let adds: Vec<(Id, KeyTag)> = add.iter().map(|a| (a.from, a.key)).collect();
+                    let adds: Vec<(Id, KeyTag)> = adds.iter().map(|a| (a.from, a.key)).collect();
                     for (a, k) in &adds {
                         if post.insert(*a, *k).is_some() {
                             bad = Some(format!("{id} adds {a} twice"));
@@ -699,6 +707,21 @@ impl Model for RoomModel {
                         p.status == Status::Active && p.committer.is_committer() && p.id > 1
                     })
             }),
+            Property::sometimes("one commit adds two joiners", |_, s: &State| {
+                s.log
+                    .iter()
+                    .any(|e| matches!(e, LogEntry::Commit(r) if r.adds.len() >= 2))
+            }),
+            Property::sometimes(
+                "one commit adds a joiner and removes a departed member",
+                |_, s: &State| {
+                    s.log.iter().any(|e| {
+                        matches!(e, LogEntry::Commit(r)
+                            if !r.adds.is_empty()
+                                && r.removes.iter().any(|x| !r.adds.iter().any(|(a, _)| a == x)))
+                    })
+                },
+            ),
             Property::sometimes("everyone converged in a group of 3", |_, s: &State| {
                 !s.progress_possible()
                     && s.live_active().len() >= 3

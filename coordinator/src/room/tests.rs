@@ -473,6 +473,224 @@ fn leaving_unready_member_triggers_execute() {
     )));
 }
 
+/// The epoch of the first `execute` among `out`, if any.
+fn execute_in(out: &[Output]) -> Option<u64> {
+    events(out).iter().find_map(|(_, e)| match e {
+        RoomEvent::Execute { epoch } => Some(*epoch),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_member_whose_socket_dropped_is_not_waited_for() {
+    let t0 = Instant::now();
+    let (mut room, gid) = three_members(t0);
+    // Carol's socket drops: she stays in the room (resume window), no entry is logged.
+    room.disconnect(t0, 3);
+    assert!(drain(&mut room).is_empty());
+    assert!(room.contains(3) && !room.is_connected(3) && is_member(&room, 3));
+    // A commit: Alice and Bob report ready; Carol is not waited for.
+    let t1 = t0 + Duration::from_millis(100);
+    bin(&mut room, t1, 1, commit_frame(&gid, 2));
+    assert!(execute_in(&msg(&mut room, t1, 1, ready(3))).is_none());
+    let t2 = t1 + Duration::from_millis(30);
+    assert_eq!(execute_in(&msg(&mut room, t2, 2, ready(3))), Some(3));
+    assert_eq!(room.group.as_ref().unwrap().executed, Some(3));
+
+    // A socket that drops while the others wait completes the set at that moment.
+    let (mut room, gid) = three_members(t0);
+    bin(&mut room, t1, 1, commit_frame(&gid, 2));
+    msg(&mut room, t1, 1, ready(3));
+    msg(&mut room, t1, 2, ready(3));
+    room.disconnect(t2, 3);
+    assert_eq!(execute_in(&drain(&mut room)), Some(3));
+    // A second disconnect of the same participant changes nothing.
+    room.disconnect(t2, 3);
+    assert!(drain(&mut room).is_empty());
+    // Unknown participants are ignored.
+    room.disconnect(t2, 99);
+    assert!(drain(&mut room).is_empty());
+}
+
+#[test]
+fn execute_still_waits_for_a_live_member_up_to_the_timeout() {
+    let t0 = Instant::now();
+    let (mut room, gid) = three_members(t0);
+    // Carol is connected but slow: execute waits for her ready up to the 2 s timeout.
+    let t1 = t0 + Duration::from_millis(100);
+    bin(&mut room, t1, 1, commit_frame(&gid, 2));
+    msg(&mut room, t1, 1, ready(3));
+    msg(&mut room, t1, 2, ready(3));
+    assert_eq!(room.poll_timeout(), Some(t1 + Duration::from_secs(2)));
+    room.handle_timeout(t1 + Duration::from_millis(1999));
+    assert!(execute_in(&drain(&mut room)).is_none());
+    room.handle_timeout(t1 + Duration::from_secs(2));
+    assert_eq!(execute_in(&drain(&mut room)), Some(3));
+
+    // A member that resumed is live again and waited for again.
+    let (mut room, gid) = three_members(t0);
+    room.disconnect(t0, 3);
+    room.resume(t0, 3, "tok-carol", room.seq()).unwrap();
+    drain(&mut room);
+    assert!(room.is_connected(3));
+    bin(&mut room, t1, 1, commit_frame(&gid, 2));
+    msg(&mut room, t1, 1, ready(3));
+    assert!(execute_in(&msg(&mut room, t1, 2, ready(3))).is_none());
+    assert_eq!(execute_in(&msg(&mut room, t1, 3, ready(3))), Some(3));
+}
+
+#[test]
+fn a_resumed_member_catches_up_from_the_log() {
+    let t0 = Instant::now();
+    let (mut room, gid) = three_members(t0);
+    let carol_seen = room.seq();
+    room.disconnect(t0, 3);
+    // While Carol is away: Dave joins, Alice adds him, everyone live is ready: execute.
+    let t1 = t0 + Duration::from_secs(1);
+    room.join(t1, req("dave")).unwrap();
+    drain(&mut room);
+    bin(&mut room, t1, 4, kp_frame(4, b"kp"));
+    bin(&mut room, t1, 1, add_frame(&gid, 2, &[(4, b"kp")]));
+    msg(&mut room, t1, 1, ready(3));
+    msg(&mut room, t1, 2, ready(3));
+    assert_eq!(execute_in(&msg(&mut room, t1, 4, ready(3))), Some(3));
+    // Carol resumes within her presence window: the replay holds the commit that added
+    // Dave and then the execute, in log order.
+    let t2 = t0 + Duration::from_secs(5);
+    room.resume(t2, 3, "tok-carol", carol_seen).unwrap();
+    let out = drain(&mut room);
+    let replay: Vec<&Entry> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Deliver { to: 3, entry } => Some(entry.as_ref()),
+            _ => None,
+        })
+        .collect();
+    let commit = replay
+        .iter()
+        .position(|e| {
+            matches!(
+                e.body,
+                EntryBody::Mls {
+                    kind: KIND_COMMIT,
+                    from: 1
+                }
+            )
+        })
+        .expect("the commit is replayed");
+    let execute = replay
+        .iter()
+        .position(|e| matches!(e.body, EntryBody::Event(RoomEvent::Execute { epoch: 3 })))
+        .expect("the execute is replayed");
+    assert!(commit < execute);
+    assert!(room.is_connected(3) && is_member(&room, 3));
+    // Her late ready for the executed epoch is accepted and changes nothing.
+    let out = msg(&mut room, t2, 3, ready(3));
+    assert!(out.is_empty(), "{out:?}");
+    // Not resuming within the presence timeout: she leaves as before.
+    let (mut room, _) = three_members(t0);
+    room.disconnect(t0, 3);
+    room.handle_timeout(t0 + Duration::from_secs(15));
+    assert!(!room.contains(3));
+}
+
+/// Join → execute in the case issue 18 measured: a participant closed its page (its
+/// socket dropped, it is in its resume window) and somebody joins. Returns the time
+/// from the commit that adds the joiner to its `execute`, when every live member
+/// reports `ready` `ready_after` after the commit. `tell_room`: whether the room learns
+/// that the socket dropped (the driver's `disconnect`; before issue 18 it did not).
+fn join_after_departure(tell_room: bool, ready_after: Duration) -> Duration {
+    let t0 = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    for who in ["alice", "bob"] {
+        room.join(t0, req(who)).unwrap();
+    }
+    msg(&mut room, t0, 1, ready(0));
+    add_member(&mut room, t0, 1, 2);
+    msg(&mut room, t0, 1, ready(1));
+    msg(&mut room, t0, 2, ready(1));
+    drain(&mut room);
+    let gid = group_id(&room);
+    // Bob closes his page.
+    let left = t0 + Duration::from_secs(10);
+    if tell_room {
+        room.disconnect(left, 2);
+    }
+    // Carol joins 3 s later (well within Bob's 15 s presence window).
+    let t1 = left + Duration::from_secs(3);
+    room.join(t1, req("carol")).unwrap();
+    bin(&mut room, t1, 3, kp_frame(3, b"kp"));
+    let out = bin(&mut room, t1, 1, add_frame(&gid, 1, &[(3, b"kp")]));
+    assert!(rejected(&out, 1).is_empty());
+    let committed = t1;
+    let t2 = committed + ready_after;
+    let mut out = msg(&mut room, t2, 1, ready(2));
+    out.extend(msg(&mut room, t2, 3, ready(2)));
+    if execute_in(&out) == Some(2) {
+        return t2 - committed;
+    }
+    loop {
+        let t = room.poll_timeout().expect("a timer is pending");
+        room.handle_timeout(t);
+        if execute_in(&drain(&mut room)) == Some(2) {
+            return t - committed;
+        }
+    }
+}
+
+#[test]
+fn a_join_right_after_a_departure_executes_without_waiting_for_the_departed() {
+    let ready_after = Duration::from_millis(40);
+    let before = join_after_departure(false, ready_after);
+    let after = join_after_departure(true, ready_after);
+    println!(
+        "join -> execute after a departure (live members ready {} ms after the commit): \
+         room unaware of the dropped socket {} ms, aware {} ms",
+        ready_after.as_millis(),
+        before.as_millis(),
+        after.as_millis()
+    );
+    // Unaware, the room waits for the departed member until the execute timeout.
+    assert_eq!(before, RoomConfig::default().execute_timeout);
+    // Aware, it executes the moment the live members are ready.
+    assert_eq!(after, ready_after);
+}
+
+#[test]
+fn a_connected_participant_is_named_creator_before_one_in_its_resume_window() {
+    let t0 = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    for who in ["alice", "bob", "carol"] {
+        room.join(t0, req(who)).unwrap();
+    }
+    drain(&mut room);
+    // Bob's socket drops; Alice (the only group member) leaves: Carol, not Bob, creates.
+    room.disconnect(t0, 2);
+    let out = msg(&mut room, t0, 1, ClientMessage::Leave {});
+    let creators: Vec<u64> = events(&out)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            RoomEvent::Creator { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(creators, vec![3]);
+    // Nobody connected: the oldest is named as before.
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    for who in ["alice", "bob", "carol"] {
+        room.join(t0, req(who)).unwrap();
+    }
+    room.disconnect(t0, 2);
+    room.disconnect(t0, 3);
+    drain(&mut room);
+    let out = msg(&mut room, t0, 1, ClientMessage::Leave {});
+    assert!(
+        events(&out)
+            .iter()
+            .any(|(_, e)| matches!(e, RoomEvent::Creator { id: 2, .. }))
+    );
+}
+
 #[test]
 fn creator_renamed_when_all_group_members_leave() {
     let t0 = Instant::now();
@@ -1298,6 +1516,8 @@ enum Op {
         who: usize,
         back: u64,
     },
+    /// `who`'s socket drops (it stays for its presence timeout).
+    Disconnect(usize),
     Garbage(usize, Vec<u8>),
 }
 
@@ -1316,6 +1536,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0usize..8, -2i8..=0).prop_map(|(who, epoch_delta)| Op::CommitFailed { who, epoch_delta }),
         1 => (0usize..8, any::<bool>()).prop_map(|(w, r)| Op::Hand(w, r)),
         1 => (0usize..8, 0u64..20).prop_map(|(who, back)| Op::Resume { who, back }),
+        1 => (0usize..8).prop_map(Op::Disconnect),
         1 => (0usize..8, proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(w, b)| Op::Garbage(w, b)),
     ]
 }
@@ -1386,6 +1607,9 @@ proptest! {
                     let token = format!("tok-{}", room.participants[&id].subject);
                     let _ = room.resume(now, id, &token, room.seq().saturating_sub(back));
                 },
+                Op::Disconnect(i) => if let Some(id) = pick(i) {
+                    room.disconnect(now, id);
+                },
                 Op::Garbage(i, bytes) => if let Some(id) = pick(i) {
                     room.handle(now, id, Input::Binary(bytes.into()));
                 },
@@ -1439,11 +1663,19 @@ proptest! {
             if voided.is_some() && creators_named.is_empty() {
                 prop_assert_eq!(room.group.as_ref().map(|g| (g.id.clone(), g.epoch)), voided);
             }
-            // A named creator is the oldest participant: if it is still here, nobody older is.
+            // A named creator is the oldest connected participant (the oldest one if none
+            // is connected): if it is still here, nobody older is (connected).
             if let Some(&c) = creators_named.last()
                 && live_now.contains(&c)
             {
-                prop_assert_eq!(Some(&c), live_now.iter().next());
+                let connected = live_now.iter().find(|id| room.is_connected(**id));
+                prop_assert_eq!(Some(&c), connected.or(live_now.iter().next()));
+            }
+            // An execute pending with every connected member ready is logged at once.
+            if let Some(g) = &room.group
+                && g.execute_deadline.is_some()
+            {
+                prop_assert!(!g.members.iter().all(|m| g.ready.contains(m) || !room.is_connected(*m)));
             }
             // Group members are live participants; a non-empty room always has a group member.
             match &room.group {
