@@ -1,14 +1,19 @@
 //! The forwarding core: a plain, sans-IO type that decides, for every RTP packet a publisher sends
 //! on a track, which subscriber legs get it and with which header rewrite.
 //!
-//! It never touches a payload: the [`Arc<[u8]>`](Arc) a publisher's packet arrived in is handed,
-//! uncopied, to every leg. Per leg it rewrites:
+//! It never touches an encoded frame: the [`Arc<[u8]>`](Arc) a publisher's packet arrived in is
+//! handed, uncopied, to every leg. Per leg it rewrites:
 //!
 //! * the **sequence number**, rebased into a space that starts fresh (below 2^15) for each
 //!   subscriber, because str0m derives the SRTP rollover counter from the extended sequence number
 //!   we pass (handing a late joiner the publisher's extended numbers breaks SRTP silently);
 //! * the **RTP timestamp**, offset per leg and kept continuous across simulcast layer switches;
-//! * the **payload type**, mapped from the publisher's negotiated PT to the subscriber's.
+//! * the **payload type**, mapped from the publisher's negotiated PT to the subscriber's;
+//! * for VP8, the **PictureID and TL0PICIDX** in the payload descriptor, kept continuous across
+//!   simulcast layer switches ([`Vp8Rebase`]). This is the one change inside a payload: a few
+//!   bytes of the descriptor in front of the encoded frame, written by str0m as it serialises
+//!   the packet ([`Vp8Patch`]); the shared payload itself stays as it arrived, and the encoded
+//!   (end-to-end encrypted) frame after the descriptor is never modified.
 //!
 //! The SSRC, NACK/RTX, RTCP and TWCC of each leg are str0m's (each leg is a `StreamTx` of the
 //! subscriber's `Rtc`). Keyframe requests from subscribers are mapped back to their track and
@@ -19,21 +24,25 @@
 //! detection) and the *leg* half for subscriptions held by sessions of this shard.
 //!
 //! Simulcast: the leg half measures the incoming bitrate of every layer of the tracks it has legs
-//! on ([`RateMeter`]) and keeps a [`LayerSelector`] per subscriber session, fed with that
-//! session's bandwidth estimate ([`Forwarder::note_estimate`]). [`Forwarder::select_layers`]
-//! (called periodically) sets each leg's *target* layer; the leg switches to it on the target
-//! layer's next keyframe and keeps forwarding its old layer until then, so the subscriber never
-//! sees a gap. A leg's `preferredRid` caps its target.
+//! on and whether it is flowing ([`RateMeter`]) and keeps a [`LayerSelector`] per subscriber
+//! session, fed with that session's bandwidth estimate ([`Forwarder::note_estimate`]).
+//! [`Forwarder::select_layers`] (called periodically) sets each leg's *target* layer: the best
+//! flowing layer, in layer order, under the leg's `preferredRid` and the estimate (see
+//! [`crate::layer`]). The leg switches to it on the target layer's next keyframe and keeps
+//! forwarding its old layer until then, so the subscriber never sees a gap.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::cmp::Ordering;
+
 use str0m::media::{MediaKind, Mid, Pt, Rid};
-use str0m::rtp::ExtensionValues;
+use str0m::rtp::{ExtensionValues, Vp8Patch};
 
 use crate::ids::{SessionId, ShardId, TrackId};
-use crate::layer::{LayerSelector, LegInput, RateMeter, SessionPlan};
+use crate::layer::{LayerSelector, LegInput, RateMeter, SessionPlan, layer_cmp};
+use crate::vp8::{Vp8Packet, Vp8Rebase};
 
 /// Bytes a packet costs on the wire beyond its payload (RTP header and extensions, SRTP tag,
 /// UDP/IP), for bitrate measurement.
@@ -70,6 +79,8 @@ pub struct MediaPacket {
     pub keyframe: bool,
     /// Header extension values worth carrying to subscribers (audio level, orientation, …).
     pub ext: ExtensionValues,
+    /// The VP8 payload descriptor, parsed once (VP8 packets with a well-formed descriptor only).
+    pub vp8: Option<Vp8Packet>,
     /// The payload, never modified.
     pub payload: Arc<[u8]>,
     /// When the SFU received it.
@@ -97,6 +108,8 @@ pub struct LegWrite {
     pub ext: ExtensionValues,
     /// The shared payload.
     pub payload: Arc<[u8]>,
+    /// VP8 PictureID/TL0PICIDX rewrite for this leg (descriptor bytes only), if any changes.
+    pub vp8_patch: Option<Vp8Patch>,
     /// Wallclock for the RTP time (the arrival time).
     pub wallclock: Instant,
 }
@@ -215,6 +228,7 @@ struct Leg {
     pt_map: Vec<(Pt, Pt)>,
     seq: SeqRebase,
     ts: TsRebase,
+    vp8: Vp8Rebase,
     preferred_rid: Option<Rid>,
     target_rid: Option<Rid>,
     current_rid: Option<Rid>,
@@ -259,9 +273,9 @@ pub struct ForwardOutcome {
     /// A leg is waiting for a keyframe of this layer: the caller should ask the publisher's
     /// shard (the first element) for one.
     pub wants_keyframe: Option<(ShardId, Option<Rid>)>,
-    /// Legs that switched to a layer with a higher measured bitrate on this packet.
+    /// Legs that switched to a higher layer (in layer order) on this packet.
     pub switched_up: u32,
-    /// Legs that switched to a layer with a lower (or unknown) bitrate on this packet.
+    /// Legs that switched to a lower layer on this packet.
     pub switched_down: u32,
     /// A simulcast packet that no leg took because none is on (or switching to) its layer.
     pub unused_layer: bool,
@@ -500,6 +514,7 @@ impl Forwarder {
             pt_map,
             seq: SeqRebase::new(seq_start),
             ts: TsRebase::new(ts_start),
+            vp8: Vp8Rebase::new(),
             preferred_rid,
             target_rid: None,
             current_rid: None,
@@ -724,12 +739,6 @@ impl Forwarder {
             m.note(bytes, pkt.arrival);
             meters.push((pkt.rid, m));
         }
-        let rate = |rid: Option<Rid>| {
-            meters
-                .iter()
-                .find(|(r, _)| *r == rid)
-                .and_then(|(_, m)| m.rate_bps(pkt.arrival))
-        };
         for leg in legs.iter_mut() {
             let before = leg.current_rid;
             let decision = leg_decision(leg, pkt);
@@ -737,7 +746,7 @@ impl Forwarder {
                 && old != new
             {
                 tracing::debug!(leg = ?leg.key, %old, %new, "simulcast layer switch");
-                if rate(Some(new)) > rate(Some(old)) {
+                if layer_cmp(&new, &old) == Ordering::Greater {
                     outcome.switched_up += 1;
                 } else {
                     outcome.switched_down += 1;
@@ -762,6 +771,7 @@ impl Forwarder {
                 continue;
             };
             let timestamp = leg.ts.map(pkt.timestamp, pkt.arrival);
+            let vp8_patch = pkt.vp8.and_then(|v| v.patch(leg.vp8.map(v.numbers())));
             out.push(LegWrite {
                 leg: leg.key,
                 pt: out_pt,
@@ -771,6 +781,7 @@ impl Forwarder {
                 nackable: pkt.nackable,
                 ext: pkt.ext.clone(),
                 payload: Arc::clone(&pkt.payload),
+                vp8_patch,
                 wallclock: pkt.arrival,
             });
             outcome.forwarded += 1;
@@ -831,6 +842,7 @@ fn leg_decision(leg: &mut Leg, pkt: &MediaPacket) -> Result<(), DropReason> {
                 if leg.started {
                     leg.seq.switch_to(pkt.seq);
                     leg.ts.switch_to(pkt.timestamp, pkt.arrival, pkt.clock_rate);
+                    leg.vp8.switch();
                 }
                 leg.current_rid = Some(rid);
                 leg.started = true;
@@ -850,6 +862,7 @@ fn leg_decision(leg: &mut Leg, pkt: &MediaPacket) -> Result<(), DropReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::LAYER_STALE;
 
     fn sid(n: u8) -> SessionId {
         SessionId([n; 16])
@@ -872,6 +885,7 @@ mod tests {
             rid: None,
             keyframe: false,
             ext: ExtensionValues::default(),
+            vp8: None,
             payload: Arc::from(&[1u8, 2, 3][..]),
             arrival: at,
             nackable: true,
@@ -1232,6 +1246,227 @@ mod tests {
         assert_eq!(up, 2);
         assert!(unused > 0, "packets of layers no leg is on are counted");
         // The leg's numbers stayed continuous across every switch.
+        let seqs: Vec<u64> = out.iter().map(|w| w.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "gap in {seqs:?}");
+    }
+
+    /// A VP8 payload: descriptor with a 15-bit PictureID, TL0PICIDX and TID 0, the first bytes
+    /// of a VP8 frame (keyframe or not), and `frame` standing for the encoded (encrypted) rest.
+    fn vp8_payload(pid: u16, tl0: u8, key: bool, frame: u8) -> Vec<u8> {
+        let mut p = vec![0x90, 0xe0, 0x80 | (pid >> 8) as u8, pid as u8, tl0, 0x00];
+        p.push(if key { 0x10 } else { 0x11 });
+        p.extend_from_slice(&[0, 0, 0x9d, 0x01, 0x2a, frame, frame, frame]);
+        p
+    }
+
+    /// One packet of simulcast layer `rid` with a VP8 payload.
+    fn vp8_packet(rid: &str, seq: u64, pid: u16, tl0: u8, key: bool, at: Instant) -> MediaPacket {
+        let payload = vp8_payload(pid, tl0, key, seq as u8);
+        let mut p = packet(seq, seq as u32 * 3000, at);
+        p.rid = Some(Rid::from(rid));
+        p.keyframe = key;
+        p.vp8 = Vp8Packet::parse(&payload);
+        p.payload = Arc::from(payload);
+        p
+    }
+
+    #[test]
+    fn vp8_numbers_stay_continuous_per_leg_across_switches() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        let l = leg(2, "0");
+        f.subscribe(
+            t,
+            0,
+            l,
+            vec![(Pt::from(96), Pt::from(96))],
+            Some(Rid::from("h")),
+            1,
+            0,
+        );
+        let mut out = Vec::new();
+        // h numbers its pictures from 1000 / 50, f from 30000 / 250 (the TL0PICIDX wraps).
+        let h = |i: u16, key| vp8_packet("h", 100 + u64::from(i), 1000 + i, 50 + i as u8, key, now);
+        let fl = |i: u16, key| {
+            vp8_packet(
+                "f",
+                900 + u64::from(i),
+                30_000 + i,
+                250u8.wrapping_add(i as u8),
+                key,
+                now,
+            )
+        };
+        for p in [h(0, true), h(1, false), h(2, false)] {
+            f.forward(t, &p, &mut out);
+        }
+        assert!(
+            out.iter().all(|w| w.vp8_patch.is_none()),
+            "the first layer passes through unchanged"
+        );
+        f.set_preferred_rid(l, Some(Rid::from("f")));
+        f.forward(t, &fl(0, false), &mut out);
+        f.forward(t, &h(3, false), &mut out);
+        let switch = fl(1, true);
+        f.forward(t, &switch, &mut out);
+        f.forward(t, &fl(2, false), &mut out);
+        // A retransmission of the keyframe packet maps the same way.
+        f.forward(t, &switch, &mut out);
+        let expect = |p: &MediaPacket, pid: u16, tl0: u8| {
+            let v = p.vp8.unwrap();
+            v.patch(crate::vp8::Vp8Numbers {
+                picture_id: Some(crate::vp8::PictureId {
+                    value: pid,
+                    wide: true,
+                }),
+                tl0_pic_idx: Some(tl0),
+            })
+        };
+        let got: Vec<_> = out.iter().skip(4).map(|w| w.vp8_patch).collect();
+        assert_eq!(
+            got,
+            vec![
+                expect(&switch, 1004, 54),
+                expect(&fl(2, false), 1005, 55),
+                expect(&switch, 1004, 54),
+            ]
+        );
+        // And back to h, which has moved on meanwhile.
+        f.set_preferred_rid(l, Some(Rid::from("h")));
+        let back = h(40, true);
+        f.forward(t, &back, &mut out);
+        assert_eq!(out.last().unwrap().vp8_patch, expect(&back, 1006, 56));
+        // The payload handed on is the publisher's, byte for byte.
+        assert!(Arc::ptr_eq(&out.last().unwrap().payload, &back.payload));
+    }
+
+    /// Three layers q/h/f of 1, `h_packets` and `f_packets` packets of 1000 bytes per 33 ms
+    /// frame, a keyframe of each every second; `stopped(rid, ms)` silences a layer.
+    struct Publisher {
+        seqs: [u64; 3],
+        h_packets: u64,
+        f_packets: u64,
+    }
+
+    impl Publisher {
+        fn send(
+            &mut self,
+            f: &mut Forwarder,
+            t: TrackId,
+            at: Instant,
+            ms: u64,
+            stopped: impl Fn(&str) -> bool,
+            out: &mut Vec<LegWrite>,
+        ) -> ForwardOutcome {
+            let mut total = ForwardOutcome::default();
+            for (i, rid) in ["q", "h", "f"].iter().enumerate() {
+                if stopped(rid) {
+                    continue;
+                }
+                let n = [1, self.h_packets, self.f_packets][i];
+                for k in 0..n {
+                    let mut p = packet(self.seqs[i], (ms * 90) as u32, at);
+                    p.payload = Arc::from(vec![0u8; 1000]);
+                    p.rid = Some(Rid::from(*rid));
+                    p.keyframe = k == 0 && (ms / 33).is_multiple_of(30);
+                    self.seqs[i] += 1;
+                    let o = f.forward(t, &p, out);
+                    total.switched_up += o.switched_up;
+                    total.switched_down += o.switched_down;
+                }
+            }
+            total
+        }
+    }
+
+    #[test]
+    fn without_an_estimate_a_leg_stays_on_the_top_layer_whatever_the_bitrates() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        let l = leg(2, "0");
+        f.subscribe(t, 0, l, vec![(Pt::from(96), Pt::from(96))], None, 1, 0);
+        let mut out = Vec::new();
+        // h sends more than f half of the time (as Chromium's encoder does).
+        let mut p = Publisher {
+            seqs: [100, 10_000, 20_000],
+            h_packets: 5,
+            f_packets: 4,
+        };
+        let mut switches = 0;
+        let mut ms = 0;
+        while ms < 12_000 {
+            p.h_packets = if (ms / 1000) % 2 == 0 { 5 } else { 3 };
+            let o = p.send(
+                &mut f,
+                t,
+                t0 + Duration::from_millis(ms),
+                ms,
+                |_| false,
+                &mut out,
+            );
+            if ms > 2000 {
+                switches += o.switched_up + o.switched_down;
+            }
+            if ms % 250 < 33 {
+                f.select_layers(t0 + Duration::from_millis(ms), None);
+            }
+            ms += 33;
+        }
+        assert_eq!(f.leg_layer(l), Some(Rid::from("f")));
+        assert_eq!(switches, 0, "no flapping between h and f");
+    }
+
+    #[test]
+    fn a_layer_that_stops_is_left_in_bounded_time_and_taken_again() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        let l = leg(2, "0");
+        f.subscribe(t, 0, l, vec![(Pt::from(96), Pt::from(96))], None, 1, 0);
+        let mut out = Vec::new();
+        let mut p = Publisher {
+            seqs: [100, 10_000, 20_000],
+            h_packets: 3,
+            f_packets: 9,
+        };
+        let mut ms = 0;
+        let mut run = |f: &mut Forwarder,
+                       ms: &mut u64,
+                       until: u64,
+                       stopped: &dyn Fn(&str) -> bool,
+                       out: &mut Vec<LegWrite>| {
+            while *ms < until {
+                let at = t0 + Duration::from_millis(*ms);
+                p.send(f, t, at, *ms, stopped, out);
+                if *ms % 250 < 33 {
+                    f.select_layers(at, None);
+                }
+                *ms += 33;
+            }
+        };
+        run(&mut f, &mut ms, 3000, &|_| false, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("f")));
+        // f stops at 3 s: the leg targets h once f is stale, and switches on h's next keyframe
+        // (at 3.96 s here; a real leg asks for one at once).
+        let stopped_at = ms;
+        let mut left_at = None;
+        while ms < 8000 {
+            let until = ms + 33;
+            run(&mut f, &mut ms, until, &|r| r == "f", &mut out);
+            if left_at.is_none() && f.leg_layer(l) == Some(Rid::from("h")) {
+                left_at = Some(ms);
+            }
+        }
+        let waited = Duration::from_millis(left_at.expect("left f") - stopped_at);
+        assert!(
+            waited <= LAYER_STALE + Duration::from_millis(250 + 1000),
+            "{waited:?}"
+        );
+        // f is back: taken again on its next keyframe.
+        run(&mut f, &mut ms, 10_500, &|_| false, &mut out);
+        assert_eq!(f.leg_layer(l), Some(Rid::from("f")));
         let seqs: Vec<u64> = out.iter().map(|w| w.seq).collect();
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "gap in {seqs:?}");
     }

@@ -1,12 +1,24 @@
-//! Simulcast layer selection from bandwidth estimates: plain, sans-IO types fed measurements and
-//! time, returning decisions.
+//! Simulcast layer selection: plain, sans-IO types fed measurements and time, returning
+//! decisions.
 //!
 //! * [`RateMeter`] measures the incoming bitrate of one publisher layer (one per track and rid,
-//!   kept by the [`Forwarder`](crate::forward::Forwarder) that forwards the track).
+//!   kept by the [`Forwarder`](crate::forward::Forwarder) that forwards the track) and says
+//!   whether the layer is flowing.
 //! * [`LayerSelector`] decides, for one subscriber session, which layer each of its video legs
-//!   should be on. It splits the session's egress bandwidth estimate (str0m's GCC) over the legs:
-//!   every leg gets at least its lowest layer, then legs are raised one layer at a time, round
-//!   robin, while the total fits. A leg's `preferredRid` caps it.
+//!   should be on.
+//!
+//! Layers are ranked by their order ([`layer_cmp`]: `q` < `h` < `f`), never by a bitrate sample:
+//! an encoder often spends more bits on a middle layer than on the top one for a while, and a
+//! ranking by measured bitrate would flip a subscriber between them. A layer is *available* while
+//! it is flowing (a packet within [`LAYER_STALE`], and at least one [`METER_WINDOW`] measured). A
+//! leg's choices are the available layers up to its cap (`preferredRid`: the highest layer it
+//! wants; if no available layer is at or below it, the lowest available one). Without a bandwidth
+//! estimate every leg takes the best of its choices. With one (str0m's GCC), the session's
+//! estimate is split over its legs: every leg gets at least its lowest choice, then legs are
+//! raised one layer at a time, round robin, while the total fits. For that fit a layer costs its
+//! measured bitrate, but never less than a lower layer costs, so a higher layer is never taken for
+//! being cheaper. A layer that stops flowing is left (for the best available one below it) at the
+//! next selection; one that comes back is taken again.
 //!
 //! Hysteresis: a session whose legs no longer fit in the estimate drops at once (to what fits
 //! the full estimate); a leg goes up only after the estimate has left room for the higher layer
@@ -32,6 +44,7 @@
 //! so a session waiting to go up keeps proving the link instead of letting an application-limited
 //! estimate sink to its media rate.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -53,8 +66,24 @@ pub const FALLING: f64 = 0.7;
 pub const PEAK_WINDOW: Duration = Duration::from_secs(2);
 /// Length of one measuring window of a [`RateMeter`].
 pub const METER_WINDOW: Duration = Duration::from_millis(500);
-/// A layer with no packet for this long counts as stopped (not selectable).
+/// A layer with no packet for this long counts as stopped (not available).
 pub const LAYER_STALE: Duration = Duration::from_millis(1500);
+
+/// The order of simulcast layers, lowest first: `q` < `h` < `f` (quarter, half and full
+/// resolution: the rids Satsuma's web client and bots send, as LiveKit's do), then any other rid
+/// in byte order (`r0` < `r1` < `r2`).
+pub fn layer_cmp(a: &Rid, b: &Rid) -> Ordering {
+    fn rank(r: &str) -> (u8, &str) {
+        let known = match r {
+            "q" => 0,
+            "h" => 1,
+            "f" => 2,
+            _ => 3,
+        };
+        (known, r)
+    }
+    rank(a).cmp(&rank(b))
+}
 
 /// Incoming bitrate of one stream, measured over windows of [`METER_WINDOW`] and smoothed
 /// exponentially (weight ½ per window), so a keyframe every few seconds is averaged in.
@@ -113,8 +142,8 @@ impl RateMeter {
 pub struct LegInput {
     /// The leg.
     pub leg: LegKey,
-    /// Simulcast layers of the source with their measured bitrates, in any order. Empty for a
-    /// track without simulcast.
+    /// The available (flowing) simulcast layers of the source with their measured bitrates, in
+    /// any order. Empty for a track without simulcast (or none flowing).
     pub layers: Vec<(Rid, u64)>,
     /// Bitrate of a track without simulcast (audio, single-layer video): always sent.
     pub fixed_bps: u64,
@@ -222,7 +251,7 @@ impl LayerSelector {
     /// Chooses layers for the session's legs at `now`.
     pub fn select(&mut self, legs: &[LegInput], now: Instant) -> SessionPlan {
         let fixed: u64 = legs.iter().map(|l| l.fixed_bps).sum();
-        // Per simulcast leg: its selectable layers (ascending bitrate, capped by preference).
+        // Per simulcast leg: its choices (layer order, capped by preference, monotone costs).
         let mut options: Vec<(&LegInput, Vec<(Rid, u64)>)> = legs
             .iter()
             .filter(|l| !l.layers.is_empty())
@@ -246,18 +275,11 @@ impl LayerSelector {
         self.up_since
             .retain(|k, _| options.iter().any(|(l, _)| l.leg == *k));
 
-        // Where every leg is now (index into its options); a leg above its cap comes down at once.
+        // Where every leg is now (index into its options); a leg above its cap, or on a layer that
+        // stopped, comes down at once.
         let current: Vec<Option<usize>> = options
             .iter()
-            .map(|(l, o)| {
-                let i = l.current.and_then(|c| {
-                    l.layers
-                        .iter()
-                        .find(|(r, _)| *r == c)
-                        .map(|(_, b)| index_at_or_below(o, *b))
-                })?;
-                Some(i)
-            })
+            .map(|(l, o)| l.current.map(|c| index_at_or_below(o, &c)))
             .collect();
         let Some(estimate) = self.estimate_bps else {
             // No estimate: every leg at its cap.
@@ -333,22 +355,32 @@ impl LayerSelector {
     }
 }
 
-/// A leg's selectable layers: ascending by bitrate, up to and including its preferred layer (all
-/// layers if the preferred one is not being sent).
+/// A leg's choices: its available layers in layer order, up to and including its cap (at least
+/// the lowest one), each costing its measured bitrate but never less than a lower layer.
 fn capped_layers(l: &LegInput) -> Vec<(Rid, u64)> {
     let mut o = l.layers.clone();
-    o.sort_by_key(|(r, b)| (*b, r.to_string()));
-    if let Some(p) = l.preferred
-        && let Some(i) = o.iter().position(|(r, _)| *r == p)
-    {
-        o.truncate(i + 1);
+    o.sort_by(|a, b| layer_cmp(&a.0, &b.0));
+    o.dedup_by(|a, b| a.0 == b.0);
+    if let Some(p) = l.preferred {
+        let at_or_below = o
+            .iter()
+            .take_while(|(r, _)| layer_cmp(r, &p) != Ordering::Greater)
+            .count();
+        o.truncate(at_or_below.max(1));
+    }
+    let mut floor = 0;
+    for (_, b) in &mut o {
+        floor = floor.max(*b);
+        *b = floor;
     }
     o
 }
 
-/// The highest index whose bitrate is at most `bps` (0 if none).
-fn index_at_or_below(o: &[(Rid, u64)], bps: u64) -> usize {
-    o.iter().rposition(|(_, b)| *b <= bps).unwrap_or(0)
+/// The index of the highest choice at or below layer `rid` in layer order (0 if none is).
+fn index_at_or_below(o: &[(Rid, u64)], rid: &Rid) -> usize {
+    o.iter()
+        .rposition(|(r, _)| layer_cmp(r, rid) != Ordering::Greater)
+        .unwrap_or(0)
 }
 
 /// Raises legs one layer at a time, round robin, while the total stays within `room`.
@@ -628,6 +660,121 @@ mod tests {
         assert_eq!(plan.minimum_bps, 1_500_000);
         let plan = s.select(&[input("0", Some("f"), None)], t0);
         assert_eq!(plan.minimum_bps, 1_500_000);
+    }
+
+    fn with_layers(mut l: LegInput, layers: &[(&str, u64)]) -> LegInput {
+        l.layers = layers.iter().map(|(r, b)| (Rid::from(*r), *b)).collect();
+        l
+    }
+
+    #[test]
+    fn layers_rank_by_order_not_by_name_or_bitrate() {
+        let mut rids: Vec<Rid> = ["f", "r1", "q", "zz", "h", "r0"]
+            .into_iter()
+            .map(Rid::from)
+            .collect();
+        rids.sort_by(layer_cmp);
+        let names: Vec<String> = rids.iter().map(|r| r.to_string()).collect();
+        assert_eq!(names, ["q", "h", "f", "r0", "r1", "zz"]);
+    }
+
+    #[test]
+    fn a_middle_layer_measured_above_the_top_one_does_not_make_the_top_one_lose() {
+        // What Chromium did in one window: more bits on h than on f.
+        let measured = [("f", 410_000), ("h", 462_000), ("q", 100_000)];
+        let t0 = Instant::now();
+        // Without an estimate: f, whatever the samples say, and it stays there.
+        let mut s = LayerSelector::new();
+        let plan = s.select(&[with_layers(input("0", Some("h"), None), &measured)], t0);
+        assert_eq!(targets(&plan), vec![("0".into(), "f".into())]);
+        for i in 0..20u64 {
+            // The samples keep swapping places.
+            let (h, f) = if i % 2 == 0 {
+                (462_000, 410_000)
+            } else {
+                (380_000, 450_000)
+            };
+            let l = with_layers(
+                input("0", Some("f"), None),
+                &[("f", f), ("h", h), ("q", 100_000)],
+            );
+            let plan = s.select(&[l], t0 + Duration::from_millis(250 * i));
+            assert!(plan.changes.is_empty(), "window {i}: {plan:?}");
+        }
+        // With an estimate: f costs at least what h costs, so where h fits, f does too.
+        let mut s = LayerSelector::new();
+        s.set_estimate_at(700_000);
+        let l = with_layers(input("0", Some("f"), None), &measured);
+        let plan = s.select(std::slice::from_ref(&l), t0);
+        assert!(plan.changes.is_empty(), "{plan:?}");
+        assert_eq!(plan.allocated_bps, 462_000);
+        // ... and from q it goes up to f, not to h, once the hold is over.
+        let l = with_layers(input("0", Some("q"), None), &measured);
+        assert!(s.select(std::slice::from_ref(&l), t0).changes.is_empty());
+        let plan = s.select(&[l], t0 + UP_HOLD);
+        assert_eq!(targets(&plan), vec![("0".into(), "f".into())]);
+    }
+
+    #[test]
+    fn a_layer_that_stops_is_left_and_taken_again_when_it_is_back() {
+        let t0 = Instant::now();
+        let all = [("q", 150_000), ("h", 500_000), ("f", 1_500_000)];
+        let no_f = [("q", 150_000), ("h", 500_000)];
+        let only_q = [("q", 150_000)];
+        for estimate in [None, Some(5_000_000)] {
+            let mut s = LayerSelector::new();
+            if let Some(e) = estimate {
+                s.set_estimate_at(e);
+            }
+            let on = |rid: &str, layers: &[(&str, u64)]| {
+                with_layers(input("0", Some(rid), None), layers)
+            };
+            assert!(s.select(&[on("f", &all)], t0).changes.is_empty());
+            // f stopped: down to the best layer still flowing, at once.
+            let plan = s.select(&[on("f", &no_f)], t0);
+            assert_eq!(
+                targets(&plan),
+                vec![("0".into(), "h".into())],
+                "{estimate:?}"
+            );
+            let plan = s.select(&[on("h", &only_q)], t0);
+            assert_eq!(
+                targets(&plan),
+                vec![("0".into(), "q".into())],
+                "{estimate:?}"
+            );
+            // They come back: taken again (after the hold when an estimate decides).
+            let t1 = t0 + Duration::from_secs(1);
+            let plan = s.select(&[on("q", &all)], t1);
+            if estimate.is_some() {
+                assert!(plan.changes.is_empty());
+                let plan = s.select(&[on("q", &all)], t1 + UP_HOLD);
+                assert_eq!(targets(&plan), vec![("0".into(), "f".into())]);
+            } else {
+                assert_eq!(targets(&plan), vec![("0".into(), "f".into())]);
+            }
+            // Nothing flowing at all: the leg stays where it is.
+            let plan = s.select(&[on("f", &[])], t1);
+            assert!(plan.changes.is_empty(), "{estimate:?}");
+        }
+    }
+
+    #[test]
+    fn the_cap_takes_the_best_available_layer_at_or_below_it() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new();
+        // Prefers h, h is not flowing: q (not f, which is above the cap).
+        let l = with_layers(
+            input("0", Some("f"), Some("h")),
+            &[("q", 150_000), ("f", 1_500_000)],
+        );
+        assert_eq!(targets(&s.select(&[l], t0)), vec![("0".into(), "q".into())]);
+        // Prefers q, only h and f flow: the lowest of them.
+        let l = with_layers(
+            input("0", Some("f"), Some("q")),
+            &[("h", 500_000), ("f", 1_500_000)],
+        );
+        assert_eq!(targets(&s.select(&[l], t0)), vec![("0".into(), "h".into())]);
     }
 
     #[test]

@@ -101,6 +101,7 @@ pub mod speaker;
 pub mod stun;
 pub mod tcp;
 pub mod udp;
+pub mod vp8;
 
 pub use config::{App, Config, Limits};
 pub use metrics::Metrics;

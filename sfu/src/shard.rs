@@ -43,6 +43,7 @@ use crate::session::{LegState, Publication, Session, Subscription, ingress_budge
 use crate::speaker::SpeakerDetector;
 use crate::udp::UdpControl;
 use crate::udp::UdpIo;
+use crate::vp8::Vp8Packet;
 
 /// Keyframe requests reach a publisher at most this often per track and layer.
 const KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
@@ -848,12 +849,16 @@ impl Shard {
             let Some(tx) = api.stream_tx_by_mid(w.leg.mid, None) else {
                 return false;
             };
-            tx.write_rtp(
-                RtpWrite::new(w.pt, w.seq.into(), w.timestamp, w.wallclock, w.payload)
-                    .marker(w.marker)
-                    .nackable(w.nackable)
-                    .ext_vals(w.ext),
-            );
+            let mut write = RtpWrite::new(w.pt, w.seq.into(), w.timestamp, w.wallclock, w.payload)
+                .marker(w.marker)
+                .nackable(w.nackable)
+                .ext_vals(w.ext);
+            // The only bytes of a payload the SFU may change: the VP8 descriptor's PictureID
+            // and TL0PICIDX (see `crate::vp8`), patched as str0m serialises the packet.
+            if let Some(patch) = w.vp8_patch {
+                write = write.vp8_patch(patch);
+            }
+            tx.write_rtp(write);
             true
         }));
         match written {
@@ -1868,6 +1873,11 @@ fn media_event(session: &mut Session, pkt: RtpPacket) -> Result<SessionEvent, Pa
         rid,
         keyframe,
         ext,
+        vp8: if codec == Codec::Vp8 {
+            Vp8Packet::parse(&pkt.payload)
+        } else {
+            None
+        },
         payload: pkt.payload,
         arrival: pkt.timestamp,
         nackable: publication.kind == MediaKind::Video,
