@@ -4,6 +4,11 @@
 //! subscriber behind a real token-bucket shaper (the bot's ingress limit) drops to a lower layer and
 //! recovers once the limit is lifted, without a freeze longer than one keyframe interval and with
 //! every payload byte-identical; `tracks/update` with a `preferredRid` moves a subscriber.
+//!
+//! The bot's layers number their VP8 pictures from far-apart starts (PictureID and TL0PICIDX), as
+//! real encoders' layers do: across every switch a subscriber must still see both run on without
+//! a jump (the SFU rewrites them per leg), and nothing but those descriptor bytes may differ from
+//! what the publisher sent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -111,9 +116,21 @@ async fn wait_stable(bot: &Bot, what: &str, timeout: Duration, layer: u8, hold: 
     }
 }
 
-/// Every payload verified, nothing foreign, no freeze longer than a keyframe interval.
+/// Every payload verified (byte-identical but for the VP8 PictureID and TL0PICIDX), nothing
+/// foreign, VP8 numbering continuous across switches, no freeze longer than a keyframe interval.
 fn assert_clean(who: &str, r: &ReceptionStats) {
     assert_eq!(r.corrupt, 0, "{who}: corrupt payloads: {r:#?}");
+    assert_eq!(
+        (r.picture_id_jumps, r.tl0_pic_idx_jumps),
+        (0, 0),
+        "{who}: VP8 numbering jumped: {r:#?}"
+    );
+    if r.layer_switches > 0 {
+        assert!(
+            r.picture_id_rewritten > 0,
+            "{who}: switched layers, yet nothing renumbered: {r:#?}"
+        );
+    }
     assert_eq!(r.foreign, 0, "{who}: foreign payloads: {r:#?}");
     assert!(r.frames_decoded > 100, "{who}: too few frames: {r:#?}");
     let freeze = r.longest_freeze_ms.unwrap();

@@ -15,9 +15,13 @@
 //! * Audio ("Opus-like"): the codec header is one Opus TOC byte (`0x78`: SILK-only wideband 20 ms, mono,
 //!   one frame). Real decoders would not like the rest, but an SFU never decodes.
 //! * Video ("VP8-like"): a valid VP8 RTP payload descriptor (RFC 7741 §4.2) with a 15-bit PictureID,
-//!   S=1 on the first packet of a frame, and on that first packet the VP8 payload header (RFC 7741
-//!   §4.3): 3 bytes with the inverse keyframe flag P, plus the 7-byte keyframe start code and size on a
-//!   keyframe. SFUs (and str0m's `Vp8Descriptor::starts_keyframe`) detect keyframes from exactly these bits.
+//!   a TL0PICIDX and a TID byte (every picture is on temporal layer 0), S=1 on the first packet of a
+//!   frame, and on that first packet the VP8 payload header (RFC 7741 §4.3): 3 bytes with the inverse
+//!   keyframe flag P, plus the 7-byte keyframe start code and size on a keyframe. SFUs (and str0m's
+//!   `Vp8Descriptor::starts_keyframe`) detect keyframes from exactly these bits. The PictureID and
+//!   TL0PICIDX count frames, each simulcast layer from its own far-apart start
+//!   ([`PayloadFields::picture_id`]), as real encoders' layers do: a subscriber that sees a jump in
+//!   them at a layer switch sees an SFU that did not rewrite them.
 //! * Bot header: magic `SATB`, version, kind, flags, simulcast layer index (0 = lowest, 0 without
 //!   simulcast), then big-endian track id (u64), packet sequence number (u64, per layer), send time in
 //!   microseconds since the Unix epoch (u64), frame number (u32, per layer) and total payload length
@@ -25,15 +29,16 @@
 //! * Filler: bytes from a small PRNG seeded with every header field, so that a corrupted header field
 //!   also corrupts the expected filler and cannot go unnoticed.
 //!
-//! An SFU may legitimately rewrite the VP8 PictureID (to keep it continuous per subscriber, RFC 7741
-//! §4.2); [`verify`] tells that apart from real corruption ([`Verified::picture_id_rewritten`]).
+//! An SFU may legitimately rewrite the VP8 PictureID and TL0PICIDX (to keep them continuous per
+//! subscriber across layer switches, RFC 7741 §4.2), and nothing else; [`verify`] tells that apart
+//! from real corruption ([`Verified::picture_id_rewritten`]) and returns what arrived.
 
 use thiserror::Error;
 
 /// Magic bytes that open the bot header.
 pub const MAGIC: [u8; 4] = *b"SATB";
-/// Version of the payload layout.
-pub const VERSION: u8 = 1;
+/// Version of the payload layout (2: TL0PICIDX and TID in the VP8 descriptor).
+pub const VERSION: u8 = 2;
 /// Size of the bot header in bytes.
 pub const BOT_HEADER_LEN: usize = 38;
 /// The Opus TOC byte the audio payloads start with.
@@ -42,6 +47,11 @@ pub const OPUS_TOC: u8 = 0x78;
 pub const VP8_WIDTH: u16 = 640;
 /// Height the VP8 keyframe header announces.
 pub const VP8_HEIGHT: u16 = 480;
+
+/// How far apart the PictureIDs of neighbouring simulcast layers start.
+pub const PICTURE_ID_LAYER_STRIDE: u32 = 10_007;
+/// How far apart the TL0PICIDXs of neighbouring simulcast layers start.
+pub const TL0_PIC_IDX_LAYER_STRIDE: u32 = 85;
 
 const FLAG_KEYFRAME: u8 = 0x01;
 const FLAG_FRAME_START: u8 = 0x02;
@@ -115,9 +125,18 @@ impl PayloadFields {
         f
     }
 
-    /// The VP8 PictureID this frame carries (15 bits).
+    /// The VP8 PictureID this frame carries (15 bits): the frame number, from a start that
+    /// differs per layer by [`PICTURE_ID_LAYER_STRIDE`].
     pub fn picture_id(&self) -> u16 {
-        (self.frame & 0x7fff) as u16
+        let start = u32::from(self.layer).wrapping_mul(PICTURE_ID_LAYER_STRIDE);
+        (self.frame.wrapping_add(start) & 0x7fff) as u16
+    }
+
+    /// The VP8 TL0PICIDX this frame carries: every frame is on temporal layer 0, so it counts
+    /// frames too, from a start that differs per layer by [`TL0_PIC_IDX_LAYER_STRIDE`].
+    pub fn tl0_pic_idx(&self) -> u8 {
+        let start = u32::from(self.layer).wrapping_mul(TL0_PIC_IDX_LAYER_STRIDE);
+        self.frame.wrapping_add(start) as u8
     }
 
     /// Length of the codec header for these fields.
@@ -125,8 +144,8 @@ impl PayloadFields {
         match self.kind {
             MediaKind::Audio => 1,
             MediaKind::Video => {
-                // descriptor: required byte, X byte, two PictureID bytes
-                let mut n = 4;
+                // descriptor: required byte, X byte, two PictureID bytes, TL0PICIDX, TID
+                let mut n = VP8_DESCRIPTOR_LEN;
                 if self.frame_start {
                     n += if self.keyframe { 10 } else { 3 };
                 }
@@ -174,9 +193,19 @@ pub enum PayloadError {
 pub struct Verified {
     /// The fields the payload was built from.
     pub fields: PayloadFields,
-    /// The VP8 PictureID differs from the sent one (an SFU rewrote it); all other bytes are identical.
+    /// The VP8 PictureID or TL0PICIDX differs from the sent one (an SFU rewrote it); all other
+    /// bytes are identical.
     pub picture_id_rewritten: bool,
+    /// The VP8 PictureID as received (video).
+    pub picture_id: Option<u16>,
+    /// The VP8 TL0PICIDX as received (video).
+    pub tl0_pic_idx: Option<u8>,
 }
+
+/// Length of the VP8 payload descriptor the bot sends.
+const VP8_DESCRIPTOR_LEN: usize = 6;
+/// Bytes of that descriptor an SFU may rewrite: PictureID (without its M bit) and TL0PICIDX.
+const VP8_NUMBERING_BYTES: std::ops::RangeInclusive<usize> = 2..=4;
 
 /// Builds the payload for `fields`.
 ///
@@ -217,10 +246,12 @@ fn write_codec_header(fields: &PayloadFields, out: &mut Vec<u8>) {
                 required |= 0x10;
             }
             out.push(required);
-            out.push(0x80); // I=1: PictureID present
+            out.push(0xe0); // I=1, L=1, T=1: PictureID, TL0PICIDX and TID present
             let pid = fields.picture_id();
             out.push(0x80 | (pid >> 8) as u8); // M=1: 15-bit PictureID
             out.push((pid & 0xff) as u8);
+            out.push(fields.tl0_pic_idx());
+            out.push(0x00); // TID 0, Y=0
             if fields.frame_start {
                 // VP8 payload header: size0=0, show_frame=1, version=0, P (inverse keyframe flag)
                 let p = if fields.keyframe { 0 } else { 1 };
@@ -246,6 +277,8 @@ pub struct Vp8Descriptor {
     pub partition: u8,
     /// PictureID if present.
     pub picture_id: Option<u16>,
+    /// TL0PICIDX if present.
+    pub tl0_pic_idx: Option<u8>,
     /// Offset of the byte after the descriptor.
     pub len: usize,
 }
@@ -256,6 +289,7 @@ impl Vp8Descriptor {
         let required = *payload.first().ok_or(PayloadError::TooShort(0))?;
         let mut off = 1;
         let mut picture_id = None;
+        let mut tl0_pic_idx = None;
         let byte = |off: &mut usize| -> Result<u8, PayloadError> {
             let b = *payload.get(*off).ok_or(PayloadError::BadDescriptor)?;
             *off += 1;
@@ -273,7 +307,7 @@ impl Vp8Descriptor {
                 }
             }
             if ext & 0x40 != 0 {
-                byte(&mut off)?; // TL0PICIDX
+                tl0_pic_idx = Some(byte(&mut off)?);
             }
             if ext & 0x30 != 0 {
                 byte(&mut off)?; // TID/Y/KEYIDX
@@ -283,6 +317,7 @@ impl Vp8Descriptor {
             start: required & 0x10 != 0,
             partition: required & 0x07,
             picture_id,
+            tl0_pic_idx,
             len: off,
         })
     }
@@ -299,7 +334,7 @@ pub fn verify(payload: &[u8]) -> Result<Verified, PayloadError> {
         return Err(PayloadError::TooShort(0));
     }
     // Find the bot header: after the Opus TOC, or after the VP8 descriptor (+ payload header).
-    let (kind, header_at, received_pid) =
+    let (kind, header_at, received) =
         if payload[0] == OPUS_TOC && payload.get(1..5) == Some(&MAGIC[..]) {
             (MediaKind::Audio, 1, None)
         } else {
@@ -309,7 +344,7 @@ pub fn verify(payload: &[u8]) -> Result<Verified, PayloadError> {
                 let keyframe = d.starts_keyframe(payload);
                 at += if keyframe { 10 } else { 3 };
             }
-            (MediaKind::Video, at, d.picture_id)
+            (MediaKind::Video, at, Some(d))
         };
     let header = payload
         .get(header_at..header_at + BOT_HEADER_LEN)
@@ -345,24 +380,31 @@ pub fn verify(payload: &[u8]) -> Result<Verified, PayloadError> {
         });
     }
     let expected = build(&fields);
-    // The PictureID occupies bytes 2..4 of a video payload; an SFU may rewrite its 15 bits.
-    let pid_bytes = if kind == MediaKind::Video { 2..4 } else { 0..0 };
+    // The PictureID's 15 bits and the TL0PICIDX (bytes 2..=4 of a video payload) may be
+    // rewritten; every other byte, the descriptor's width and flags included, must be identical.
+    let video = kind == MediaKind::Video;
     let mut picture_id_rewritten = false;
     for (i, (a, b)) in expected.iter().zip(payload.iter()).enumerate() {
         if a != b {
-            if pid_bytes.contains(&i) && (i != 2 || (a & 0x80) == (b & 0x80)) {
+            if video && VP8_NUMBERING_BYTES.contains(&i) && (i != 2 || (a & 0x80) == (b & 0x80)) {
                 picture_id_rewritten = true;
                 continue;
             }
             return Err(PayloadError::Mismatch(i));
         }
     }
-    if kind == MediaKind::Video && received_pid.is_none() {
-        return Err(PayloadError::BadDescriptor);
-    }
+    let (picture_id, tl0_pic_idx) = match received {
+        Some(d) if d.picture_id.is_none() || d.tl0_pic_idx.is_none() => {
+            return Err(PayloadError::BadDescriptor);
+        }
+        Some(d) => (d.picture_id, d.tl0_pic_idx),
+        None => (None, None),
+    };
     Ok(Verified {
         fields,
         picture_id_rewritten,
+        picture_id,
+        tl0_pic_idx,
     })
 }
 
@@ -464,8 +506,34 @@ mod tests {
             let theirs = str0m::rtp::Vp8Descriptor::parse(&p).unwrap();
             assert_eq!(theirs.picture_id(), ours.picture_id);
             assert_eq!(theirs.picture_id(), Some(f.picture_id()));
+            assert_eq!(theirs.tl0_pic_idx(), Some(f.tl0_pic_idx()));
+            assert_eq!(theirs.tl0_pic_idx(), ours.tl0_pic_idx);
+            assert_eq!(v.picture_id, Some(f.picture_id()));
+            assert_eq!(v.tl0_pic_idx, Some(f.tl0_pic_idx()));
             assert_eq!(theirs.starts_keyframe(&p), keyframe && start);
             assert_eq!(ours.starts_keyframe(&p), keyframe && start);
+        }
+    }
+
+    #[test]
+    fn layers_number_their_pictures_from_far_apart_starts() {
+        let at = |layer: u8, frame: u32| PayloadFields {
+            layer,
+            frame,
+            ..video(1, false, true, 100)
+        };
+        for frame in [0, 1, 5000, 0x7fff, u32::MAX] {
+            for (a, b) in [(0, 1), (1, 2), (0, 2)] {
+                let (x, y) = (at(a, frame), at(b, frame));
+                let pid_gap = y.picture_id().wrapping_sub(x.picture_id()) & 0x7fff;
+                let tl0_gap = y.tl0_pic_idx().wrapping_sub(x.tl0_pic_idx());
+                assert!((1000..0x7000).contains(&pid_gap), "{a}/{b} at {frame}");
+                assert!((30..226).contains(&tl0_gap), "{a}/{b} at {frame}");
+            }
+            // Within a layer both count frames, wrapping.
+            let (x, y) = (at(2, frame), at(2, frame.wrapping_add(1)));
+            assert_eq!(y.picture_id(), (x.picture_id() + 1) & 0x7fff);
+            assert_eq!(y.tl0_pic_idx(), x.tl0_pic_idx().wrapping_add(1));
         }
     }
 
@@ -486,7 +554,7 @@ mod tests {
                 let mut q = p.clone();
                 q[i] ^= 1 << bit;
                 let r = verify(&q);
-                let in_pid = i == 3 || (i == 2 && bit < 7);
+                let in_pid = i == 3 || i == 4 || (i == 2 && bit < 7);
                 if in_pid {
                     assert!(r.unwrap().picture_id_rewritten, "byte {i} bit {bit}");
                 } else {

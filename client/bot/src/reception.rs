@@ -16,6 +16,13 @@
 //! in and it is a keyframe, or it directly follows the last decoded frame of the same layer. After a
 //! layer switch only a keyframe of the new layer is decodable. The longest time between two decoded
 //! frames is the *freeze*; a change of the decoded layer is a *layer switch*.
+//!
+//! VP8 numbering: a decoder orders and ages pictures by PictureID and tracks temporal-layer
+//! dependencies by TL0PICIDX, so both must run on without a jump in the stream it is given, also
+//! across layer switches (each layer numbers its pictures on its own: an SFU has to rewrite
+//! them). In RTP sequence order, between two received packets `k` sequence numbers apart, the
+//! PictureID may move forward by at most `k` (each packet in between could start a picture) and
+//! the TL0PICIDX by at most as much as the PictureID; anything else is a *numbering jump*.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -34,6 +41,8 @@ const MAX_PENDING_FRAMES: usize = 128;
 const MAX_RUNS: usize = 4096;
 /// Without a decoded frame for this long while packets arrive, ask for a keyframe.
 const STUCK_AFTER: Duration = Duration::from_millis(500);
+/// Video packets whose VP8 numbering is kept for the continuity check (by RTP sequence number).
+const MAX_NUMBERED_PACKETS: usize = 4096;
 
 /// Latency summary in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
@@ -73,8 +82,14 @@ pub struct ReceptionStats {
     pub corrupt: u64,
     /// Valid payloads whose track id differs from the first one seen (wrong routing).
     pub foreign: u64,
-    /// Valid video payloads whose VP8 PictureID was rewritten (all other bytes identical).
+    /// Valid video payloads whose VP8 PictureID or TL0PICIDX was rewritten (all other bytes
+    /// identical).
     pub picture_id_rewritten: u64,
+    /// Neighbouring video packets (in RTP sequence order) between which the PictureID jumped
+    /// (see the module docs); 0 when a decoder would see continuous numbering.
+    pub picture_id_jumps: u64,
+    /// Neighbouring video packets between which the TL0PICIDX jumped.
+    pub tl0_pic_idx_jumps: u64,
     /// Valid payloads with a sequence number far below the first one seen (not tracked).
     pub too_old: u64,
     /// Lowest valid sequence number received.
@@ -180,6 +195,8 @@ pub struct Reception {
     decoded_rtp: Option<u64>,
     /// Layer of the previous valid payload.
     last_layer: Option<u8>,
+    /// VP8 (PictureID, TL0PICIDX) of recent video packets by extended RTP sequence number.
+    numbering: BTreeMap<u64, (u16, u8)>,
 }
 
 /// What the caller should do after a packet.
@@ -210,6 +227,7 @@ impl Reception {
             decoded: None,
             decoded_rtp: None,
             last_layer: None,
+            numbering: BTreeMap::new(),
         }
     }
 
@@ -269,6 +287,9 @@ impl Reception {
                 Some(_) => {}
                 None => self.rtp_offset = Some(offset),
             }
+        }
+        if let (Some(rtp), Some(pid), Some(tl0)) = (rtp_seq, v.picture_id, v.tl0_pic_idx) {
+            self.check_numbering(rtp, pid, tl0);
         }
         let li = usize::from(f.layer);
         if self.layers.len() <= li {
@@ -463,6 +484,41 @@ impl LayerState {
 }
 
 impl Reception {
+    /// Checks a video packet's VP8 numbering against its neighbours in RTP sequence order.
+    fn check_numbering(&mut self, rtp: u64, pid: u16, tl0: u8) {
+        if self.numbering.contains_key(&rtp) {
+            return; // a duplicate
+        }
+        let before = self
+            .numbering
+            .range(..rtp)
+            .next_back()
+            .map(|(s, n)| (*s, *n));
+        let after = self
+            .numbering
+            .range(rtp + 1..)
+            .next()
+            .map(|(s, n)| (*s, *n));
+        let pairs = [
+            before.map(|(s, n)| (rtp - s, n, (pid, tl0))),
+            after.map(|(s, n)| (s - rtp, (pid, tl0), n)),
+        ];
+        for (gap, (pid_a, tl0_a), (pid_b, tl0_b)) in pairs.into_iter().flatten() {
+            let pid_step = u64::from(pid_b.wrapping_sub(pid_a) & 0x7fff);
+            let tl0_step = u64::from(tl0_b.wrapping_sub(tl0_a));
+            if pid_step > gap {
+                self.stats.picture_id_jumps += 1;
+            }
+            if tl0_step > pid_step.min(gap) {
+                self.stats.tl0_pic_idx_jumps += 1;
+            }
+        }
+        if self.numbering.len() >= MAX_NUMBERED_PACKETS {
+            self.numbering.pop_first();
+        }
+        self.numbering.insert(rtp, (pid, tl0));
+    }
+
     fn record_latency(&mut self, us: u64) {
         self.latency_count += 1;
         self.latency_sum += u128::from(us);
@@ -696,6 +752,90 @@ mod tests {
         // From the last q frame before the loss (660 ms) to the h keyframe.
         assert!((1530.0..1550.0).contains(&freeze), "{freeze}");
         assert_eq!(s.longest_freeze_end_ms, Some(2200.0));
+    }
+
+    /// Writes VP8 numbering into a bot video payload as an SFU would (descriptor bytes 2..=4).
+    fn renumber(p: &mut [u8], pid: u16, tl0: u8) {
+        p[2] = 0x80 | (pid >> 8) as u8;
+        p[3] = pid as u8;
+        p[4] = tl0;
+    }
+
+    /// h for 10 frames, then f from a keyframe, 3 packets a frame, RTP numbers running on; with
+    /// `rewrite`, f's numbering continues h's as an SFU should make it. Some packets are lost
+    /// and some arrive out of order.
+    fn switch_stream(rewrite: bool) -> ReceptionStats {
+        let t0 = Instant::now();
+        let mut r = Reception::new(t0);
+        let mut packets = Vec::new();
+        let mut rtp = 5000u64;
+        let mut last = (0u16, 0u8);
+        for i in 0..10u32 {
+            for (p, _) in frame(1, u64::from(i) * 3, 40_000 + i, 3, i == 0) {
+                let v = payload::verify(&p).unwrap();
+                last = (v.picture_id.unwrap(), v.tl0_pic_idx.unwrap());
+                packets.push((p, rtp));
+                rtp += 1;
+            }
+        }
+        for i in 0..10u32 {
+            for (mut p, _) in frame(2, 900 + u64::from(i) * 3, 41_000 + i, 3, i == 0) {
+                if rewrite {
+                    let n = i as u16 + 1;
+                    renumber(&mut p, (last.0 + n) & 0x7fff, last.1.wrapping_add(n as u8));
+                }
+                packets.push((p, rtp));
+                rtp += 1;
+            }
+        }
+        // Loss: the last packet before the switch, three packets (parts of two frames) of h,
+        // one packet of f.
+        for lost in [29, 15, 14, 13, 45] {
+            packets.remove(lost);
+        }
+        // Reordering: swap neighbours around the switch and later.
+        packets.swap(24, 25);
+        packets.swap(30, 33);
+        for (p, seq) in &packets {
+            r.on_packet(p, Some(*seq), t0, 0);
+        }
+        // A retransmission of an early packet.
+        r.on_packet(&packets[3].0, Some(packets[3].1), t0, 0);
+        r.stats()
+    }
+
+    #[test]
+    fn vp8_numbering_must_run_on_across_a_switch() {
+        let s = switch_stream(true);
+        assert_eq!(s.corrupt, 0, "{s:#?}");
+        assert_eq!(s.picture_id_rewritten, 29, "the f packets that arrived");
+        assert_eq!(s.picture_id_jumps, 0, "{s:#?}");
+        assert_eq!(s.tl0_pic_idx_jumps, 0, "{s:#?}");
+        // Without the rewrite, the decoder would see the layers' own numbering jump.
+        let s = switch_stream(false);
+        assert_eq!(s.corrupt, 0, "{s:#?}");
+        assert_eq!(s.picture_id_rewritten, 0);
+        assert!(s.picture_id_jumps >= 1, "{s:#?}");
+        assert!(s.tl0_pic_idx_jumps >= 1, "{s:#?}");
+    }
+
+    #[test]
+    fn a_rewrite_that_leaves_the_tl0_pic_idx_behind_is_a_jump() {
+        let t0 = Instant::now();
+        let mut r = Reception::new(t0);
+        let mut rtp = 0;
+        for (i, layer) in [(0u32, 0u8), (1, 0), (2, 2), (3, 2)] {
+            for (mut p, _) in frame(layer, u64::from(i), 100 + i, 1, true) {
+                // PictureID continuous, TL0PICIDX as the layer numbers it.
+                let tl0 = p[4];
+                renumber(&mut p, 7 + i as u16, tl0);
+                r.on_packet(&p, Some(rtp), t0, 0);
+                rtp += 1;
+            }
+        }
+        let s = r.stats();
+        assert_eq!(s.picture_id_jumps, 0, "{s:#?}");
+        assert_eq!(s.tl0_pic_idx_jumps, 1, "{s:#?}");
     }
 
     #[test]
