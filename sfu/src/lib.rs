@@ -47,13 +47,16 @@
 //! With `Config::bwe_initial_kbps` above 0, every session runs str0m's send-side bandwidth
 //! estimator and pacer (GCC over TWCC, which str0m negotiates by default); it is off by default
 //! for its cost (see the field's docs). A publisher's layers (rids) all reach the
-//! shards that have legs on the track; there the forwarder measures each layer's bitrate and a
-//! [`layer::LayerSelector`] per subscriber session splits the session's estimate
-//! (`Event::EgressBitrateEstimate`) over its legs, capped by each leg's `preferredRid`, with
-//! hysteresis (down at once, also on heavy loss reported by the subscriber, up after the estimate
-//! has left room for a while). A leg switches on
-//! the next keyframe of its target layer (requested, throttled per layer) and keeps its old layer
-//! until then; packets of layers no leg takes are dropped and counted. The shard tells str0m the
+//! shards that have legs on the track; there the forwarder measures each layer's bitrate and
+//! whether it flows, and a [`layer::LayerSelector`] per subscriber session gives each leg the
+//! best flowing layer in layer order (`q` < `h` < `f`, never ranked by a bitrate sample) under its
+//! `preferredRid` and, with estimation on, under the session's estimate
+//! (`Event::EgressBitrateEstimate`) split over its legs, with hysteresis (down at once, also on
+//! heavy loss reported by the subscriber, up after the estimate has left room for a while). A leg
+//! switches on the next keyframe of its target layer (requested, throttled per layer) and keeps
+//! its old layer until then; packets of layers no leg takes are dropped and counted. For VP8 the
+//! leg's PictureID and TL0PICIDX run on across switches ([`vp8`]): the one change the SFU makes
+//! inside a payload, in the descriptor in front of the encoded frame, which is never modified. The shard tells str0m the
 //! bitrate the session would like (`Bwe::set_bitrate`) so it probes for more when the link allows.
 //!
 //! Keyframe requests flow back: a subscriber's PLI/FIR (`Event::KeyframeRequest`) is mapped to
