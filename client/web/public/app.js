@@ -26,6 +26,7 @@ import { SfuLink } from './sfu-link.js';
 import { E2eeLink } from './e2ee-link.js';
 import { CallView } from './call-view.js';
 import { LocalMedia } from './local-media.js';
+import { timeline } from './join-timeline.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -106,7 +107,7 @@ async function fetchToken(room, name) {
 }
 
 class Call {
-  constructor({ room, name, codec, local, view, flags, getToken }) {
+  constructor({ room, name, codec, local, view, flags, getToken, e2ee }) {
     this.room = room;
     this.name = name;
     this.codec = codec;
@@ -119,7 +120,9 @@ class Call {
     this.pushed = new Map(); // kind -> trackName
     this.sfu = null;
     this.mediaEpoch = 0;
-    this.e2ee = new E2eeLink({ decrypt: flags.decrypt, mls: flags.mls, legacy: flags.legacy, displayName: name });
+    // The lobby's E2EE link (its worker already loaded the WebAssembly), or a new one.
+    this.e2ee = e2ee ?? new E2eeLink({ decrypt: flags.decrypt, mls: flags.mls, legacy: flags.legacy, displayName: name });
+    this.e2ee.displayName = name;
     this.link = new RoomLink({ url: endpoints.ws(room), getToken: getToken ?? (() => fetchToken(room, name)), room });
     this.problems = [];
     this.lastDecoded = new Map();
@@ -135,6 +138,7 @@ class Call {
       this.syncPulls();
     });
     link.addEventListener('entry', (ev) => {
+      if (ev.detail.type === 'execute' && timeline.has('mlsWelcome')) timeline.mark('execute');
       this.applyEntry(ev.detail);
       e2ee.entry(ev.detail);
     });
@@ -155,6 +159,7 @@ class Call {
       this.renderPeople();
     });
     e2ee.addEventListener('gate', () => this.applySendGate());
+    e2ee.addEventListener('send-key-changed', () => this.sendKeyframes());
     e2ee.addEventListener('problem', (ev) => this.note(ev.detail));
     e2ee.addEventListener('rejoin', () => {
       // The room announced our own departure: come back as a new participant.
@@ -190,6 +195,7 @@ class Call {
   }
 
   onWelcome(welcome) {
+    timeline.mark('welcome');
     this.me = welcome.participant_id;
     this.participants.clear();
     for (const p of welcome.snapshot?.participants ?? []) this.addParticipant(p);
@@ -201,6 +207,40 @@ class Call {
     this.renderPeople();
     this.setIce(welcome);
     this.startMedia();
+    this.watchFirstFrame();
+  }
+
+  /**
+   * The join timeline's last steps (join-timeline.js): the first remote video
+   * packet and the first decoded remote video frame, read from the peer
+   * connection's stats every 25 ms until the frame is seen (at most 30 s).
+   */
+  watchFirstFrame() {
+    if (this.firstFrameTimer || timeline.has('firstDecoded')) return;
+    const started = performance.now();
+    let busy = false;
+    this.firstFrameTimer = setInterval(async () => {
+      if (busy) return;
+      if (timeline.has('firstDecoded') || this.ended || performance.now() - started > 30000) {
+        clearInterval(this.firstFrameTimer);
+        return;
+      }
+      const pc = this.sfu?.pc;
+      if (!pc || !timeline.has('dtls')) return; // no media before DTLS: no stats to read
+      busy = true;
+      try {
+        const report = await pc.getStats();
+        report.forEach((r) => {
+          if (r.type !== 'inbound-rtp' || r.kind !== 'video') return;
+          if (r.packetsReceived > 0) timeline.mark('firstPacket');
+          if (r.framesDecoded > 0) timeline.mark('firstDecoded');
+        });
+      } catch {
+        // The connection was replaced: the next tick reads the new one.
+      } finally {
+        busy = false;
+      }
+    }, 25);
   }
 
   /**
@@ -347,9 +387,13 @@ class Call {
       const sessionId = await sfu.start();
       if (epoch !== this.mediaEpoch) return;
       this.mediaSessions = (this.mediaSessions ?? 0) + 1;
-      await this.pushLocal('audio', this.local.audio, sessionId);
-      await this.pushLocal('video', this.local.video, sessionId);
-      if (this.local.screen) await this.pushLocal('screenshare', this.local.screen, sessionId);
+      // Every local track in one negotiation, then the pulls. (Pushing first keeps this
+      // page's own audio on the first m-line, the BUNDLE tag, for the session's life: a
+      // pulled track there would close it when its publisher leaves.)
+      await this.pushLocalMany([
+        ['audio', this.local.audio], ['video', this.local.video], ['screenshare', this.local.screen],
+      ], sessionId);
+      if (epoch !== this.mediaEpoch) return;
       await this.syncPulls();
     } catch (err) {
       if (epoch === this.mediaEpoch) this.mediaFailed(err.message);
@@ -357,11 +401,19 @@ class Call {
   }
 
   async pushLocal(kind, track, sessionId) {
-    if (!track || this.flags.receiveOnly) return;
-    const trackName = await this.sfu.push(track, { kind, codec: this.codec, participantId: this.me });
-    this.pushed.set(kind, trackName);
+    await this.pushLocalMany([[kind, track]], sessionId);
+  }
+
+  /** Pushes `[kind, track]` pairs (null tracks skipped) in one negotiation and announces them. */
+  async pushLocalMany(pairs, sessionId) {
+    const list = pairs.filter(([, track]) => track);
+    if (!list.length || this.flags.receiveOnly) return;
+    const names = await this.sfu.pushMany(list.map(([kind, track]) => ({ track, info: { kind, codec: this.codec, participantId: this.me } })));
+    list.forEach(([kind], i) => this.pushed.set(kind, names[i]));
     this.applySendGate();
-    this.link.send({ type: 'publish', session_id: sessionId, track_name: trackName, kind, enabled: track.enabled });
+    list.forEach(([kind, track], i) => {
+      this.link.send({ type: 'publish', session_id: sessionId, track_name: names[i], kind, enabled: track.enabled });
+    });
   }
 
   /**
@@ -380,6 +432,18 @@ class Call {
       }
     }
     this.renderSendState(state);
+  }
+
+  /**
+   * After an epoch change every video this page sends must restart with a
+   * keyframe under the new key: whoever holds only the new key (a joiner) can
+   * decode nothing before it. The encoder cannot be asked from here in
+   * Chromium (no `generateKeyFrame`), so the SFU asks it, as if a viewer had.
+   */
+  sendKeyframes() {
+    const names = [...this.pushed].filter(([kind]) => kind !== 'audio').map(([, name]) => name);
+    if (!names.length || !this.sfu) return;
+    this.sfu.requestKeyframes(names).catch((err) => this.note(`keyframe after a key change: ${err.message}`));
   }
 
   /** The persistent E2EE state: red with the reason and what to do while this page cannot encrypt. */
@@ -681,6 +745,7 @@ class Call {
 // ---- lobby -------------------------------------------------------------------
 
 async function lobby() {
+  timeline.mark('pageLoad');
   $('boot-note')?.remove(); // the modules loaded and matched their integrity hashes
   const view = new CallView({ onHostAction: (a, t) => window.satsuma.call?.hostAction(a, t) });
   const local = new LocalMedia();
@@ -693,8 +758,13 @@ async function lobby() {
     legacy: params.get('transform') === 'legacy',
     receiveOnly: params.get('send') === '0',
   };
+  // The E2EE worker loads its WebAssembly and the identity key while the lobby shows
+  // the preview: at `welcome` it only has to start the MLS member.
+  const e2ee = new E2eeLink({ decrypt: flags.decrypt, mls: flags.mls, legacy: flags.legacy });
+  e2ee.prepare();
   window.satsuma = {
     call: null, local, flags, testHooks,
+    timeline: () => timeline.snapshot(),
     stats: () => window.satsuma.call?.snapshotStats() ?? null,
     safetyNumber: () => $('safety-number').dataset.digits || null,
   };
@@ -760,11 +830,13 @@ async function lobby() {
     }
   };
   await preview();
+  timeline.mark('lobbyReady');
   await fillDevices();
   $('camera-select').onchange = preview;
   $('mic-select').onchange = preview;
 
   const join = async () => {
+    timeline.mark('join');
     const name = $('name').value.trim() || 'Guest';
     const room = $('room').value.trim();
     // Redeem an invite before leaving the lobby, so a revoked or expired one says so here.
@@ -779,7 +851,7 @@ async function lobby() {
       $('invite-controls').hidden = !(Array.isArray(perms) && perms.includes('host'));
       return token;
     };
-    const call = new Call({ room, name, codec: $('codec-select').value, local, view, flags, getToken });
+    const call = new Call({ room, name, codec: $('codec-select').value, local, view, flags, getToken, e2ee });
     window.satsuma.call = call;
     $('toggle-mic').onclick = () => call.setEnabled('audio', !(local.audio?.enabled));
     $('toggle-cam').onclick = () => call.setEnabled('video', !(local.video?.enabled));

@@ -20,8 +20,9 @@ const FETCH_TIMEOUT_MS = 5000;
 
 async function load() {
   try {
+    // The default cache mode, so the HTML's preload of this file is used (the server
+    // sends `Cache-Control: no-store` for it).
     const res = await fetch(new URL('./client-config.json', import.meta.url), {
-      cache: 'no-store',
       signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
     });
     if (!res.ok) throw new Error(`HTTP ${res.status}`);

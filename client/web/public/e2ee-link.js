@@ -20,7 +20,8 @@
 // senders (`replaceTrack`), and the worker drops any frame it cannot encrypt.
 
 import { testHooks } from './client-config.js';
-import { e2eeWorker } from './integrity.js';
+import { e2eeWorker, takeWasmBytes } from './integrity.js';
+import { timeline } from './join-timeline.js';
 
 const PING_MS = 100;
 // An unanswered ping this old stops sending. A stalled worker cannot leak
@@ -41,6 +42,13 @@ export function encodedStreamsSupported() {
 }
 
 const RELOAD = 'Nothing from your camera, microphone or screen is being sent. Reload the page to try again.';
+
+/** Whether a relay Commit payload (`u32 BE commit_len ‖ commit ‖ welcome`) carries a Welcome. */
+function carriesWelcome(payload) {
+  if (!(payload instanceof Uint8Array) || payload.byteLength < 4) return false;
+  const len = new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0);
+  return payload.byteLength > 4 + len;
+}
 
 export class E2eeLink extends EventTarget {
   /**
@@ -82,12 +90,37 @@ export class E2eeLink extends EventTarget {
     return this.legacy;
   }
 
-  /** Starts the worker for participant `participantId` (again after a rejoin: a new worker). */
+  /**
+   * Starts the worker before the participant id is known (the lobby): it fetches,
+   * compiles and instantiates the WebAssembly and loads the identity key while
+   * the user is still looking at the preview, so `start` only has to name the
+   * member. Does nothing if a worker exists already.
+   */
+  prepare() {
+    if (this.worker || this.prepared || this.mode === 'none') return;
+    this.#spawn();
+    this.prepared = this.worker !== null;
+    clearInterval(this.watchdog);
+    this.watchdog = setInterval(() => this.#checkWorker(), PING_MS);
+  }
+
+  /**
+   * Starts the member for participant `participantId`: in the worker `prepare`
+   * started if it has not served a participant yet, otherwise (a rejoin: a new
+   * participant needs a new MLS leaf) in a new worker.
+   */
   start(participantId) {
     this.participantId = participantId;
     this.attached = [];
-    this.fault = null; // a new participant, a new worker: every cause is detected again
-    this.#spawn();
+    const fresh = this.prepared && this.worker !== null && !this.fault;
+    this.prepared = false;
+    this.fault = null; // a new participant: every cause is detected again
+    if (fresh) {
+      this.#post({ type: 'member', participantId, displayName: this.displayName });
+      this.#changed();
+    } else {
+      this.#spawn();
+    }
     clearInterval(this.watchdog);
     this.watchdog = setInterval(() => this.#checkWorker(), PING_MS);
     if (this.mode === 'none') {
@@ -109,6 +142,9 @@ export class E2eeLink extends EventTarget {
 
   /** A binary MLS log entry `{seq, kind, from, payload, raw}`; the worker gets the raw frame. */
   mls(frame) {
+    if (frame.kind === 2 && timeline.has('keyPackageSent') && !timeline.has('mlsWelcome') && carriesWelcome(frame.payload)) {
+      timeline.mark('mlsWelcome');
+    }
     const raw = frame.raw.slice(0);
     this.#post({ type: 'mls', seq: frame.seq, raw }, [raw]);
   }
@@ -233,7 +269,15 @@ export class E2eeLink extends EventTarget {
     };
     worker.postMessage({
       type: 'init', participantId: this.participantId, decrypt: this.decrypt, mls: this.joinGroup, wasm: e2eeWorker.wasm,
-      displayName: this.displayName,
+      displayName: this.displayName, wasmBytesFollow: true,
+    });
+    // The module's bytes the page fetched while loading (integrity-checked like the
+    // worker's own fetch would be); null: the worker fetches them itself.
+    const bytes = takeWasmBytes() ?? Promise.resolve(null);
+    bytes.then((buffer) => {
+      if (this.worker !== worker) return;
+      if (buffer) worker.postMessage({ type: 'wasm-bytes', buffer }, [buffer]);
+      else worker.postMessage({ type: 'wasm-bytes', buffer: null });
     });
     this.#changed();
   }
@@ -330,11 +374,19 @@ export class E2eeLink extends EventTarget {
         // That sender's frames no longer pass through encryption: its track comes off.
         if (this.confirmed.delete(msg.trackId)) this.#changed();
         break;
-      case 'send-key':
+      case 'send-key': {
+        const before = this.sendEpoch;
         this.sendEpoch = msg.epoch ?? null;
+        // A new sending key (an epoch change): receivers that only hold the new key, a
+        // joiner above all, need a keyframe under it. (A first key needs none: the sender
+        // starts with a keyframe when its track goes on.)
+        if (before !== null && this.sendEpoch !== null && before !== this.sendEpoch) {
+          this.dispatchEvent(new CustomEvent('send-key-changed', { detail: { epoch: this.sendEpoch } }));
+        }
         if (this.sendEpoch !== null && this.fault && !this.fault.fatal) this.fault = null;
         this.#changed();
         break;
+      }
       case 'fault':
         // The worker cannot encrypt at all (module missing, crypto broken).
         this.sendEpoch = null;
@@ -342,6 +394,7 @@ export class E2eeLink extends EventTarget {
         else this.#fail(msg.reason, RELOAD, true);
         break;
       case 'send-binary':
+        if (msg.bytes?.[0] === 1) timeline.mark('keyPackageSent'); // relay kind 1: a KeyPackage
         this.dispatchEvent(new CustomEvent('send-binary', { detail: msg.bytes }));
         break;
       case 'send-json':
@@ -351,6 +404,7 @@ export class E2eeLink extends EventTarget {
         if (!this.booted) this.unanswered = null; // pings sent while it was loading do not count
         this.booted = true;
         this.status = msg.status;
+        if (msg.status?.phase === 'member') timeline.mark('mlsMember');
         this.dispatchEvent(new CustomEvent('status', { detail: msg.status }));
         break;
       case 'track-stats':
@@ -360,6 +414,9 @@ export class E2eeLink extends EventTarget {
         break;
       case 'problem':
         this.#problem(msg.message);
+        break;
+      case 'mark':
+        timeline.markAbsolute(msg.step, msg.at);
         break;
       case 'rejoin':
         this.dispatchEvent(new CustomEvent('rejoin'));

@@ -41,6 +41,15 @@ function post(message, transfer) {
   self.postMessage(message, transfer ?? []);
 }
 
+// Join timeline steps seen here (join-timeline.js), each posted once, in the
+// page's clock terms (`timeOrigin + now()`: the page subtracts its own origin).
+const marked = new Set();
+function mark(step) {
+  if (marked.has(step)) return;
+  marked.add(step);
+  post({ type: 'mark', step, at: performance.timeOrigin + performance.now() });
+}
+
 function problem(message) {
   post({ type: 'problem', message });
 }
@@ -53,7 +62,9 @@ async function boot(init) {
     // import.meta.url cannot locate it.)
     const wasmUrl = config.wasm?.url ?? new URL('./pkg/satsuma_wasm_bg.wasm', import.meta.url);
     const integrity = config.wasm?.integrity;
-    await wasm.default({ module_or_path: fetch(wasmUrl, integrity ? { integrity } : {}) });
+    // The page usually fetched (and checked) the bytes already: they follow `init`.
+    const bytes = init.wasmBytesFollow ? await wasmBytesFromPage : null;
+    await wasm.default({ module_or_path: bytes ?? fetch(wasmUrl, integrity ? { integrity } : {}) });
   } catch (err) {
     // Fail closed: without the module nothing can be encrypted, so nothing may be sent.
     problem(`cannot load the E2EE module: ${err.message}`);
@@ -61,10 +72,14 @@ async function boot(init) {
     return;
   }
   loaded = true;
+  mark('wasmReady');
   if (config.mls) {
     identitySeed = await loadIdentitySeed();
-    startMember();
+    // A worker started in the lobby has no participant id yet: its member starts
+    // with the `member` message, once the coordinator assigned one.
+    if (config.participantId !== null && config.participantId !== undefined) startMember();
   }
+  mark('workerReady');
   ready = true;
   for (const m of backlog.splice(0)) handle(m);
   setInterval(tick, TICK_MS);
@@ -140,8 +155,15 @@ async function loadIdentitySeed() {
   }
 }
 
+let gotWasmBytes;
+const wasmBytesFromPage = new Promise((resolve) => { gotWasmBytes = resolve; });
+
 self.onmessage = (ev) => {
   const msg = ev.data;
+  if (msg?.type === 'wasm-bytes') {
+    gotWasmBytes(msg.buffer instanceof ArrayBuffer ? msg.buffer : null);
+    return;
+  }
   if (msg?.type === 'init') {
     boot(msg);
     return;
@@ -193,6 +215,12 @@ self.onrtctransform = (event) => {
 function handle(msg) {
   try {
     switch (msg.type) {
+      case 'member':
+        // The lobby's worker learns who it is: the MLS member starts now.
+        config.participantId = msg.participantId;
+        if (typeof msg.displayName === 'string') config.displayName = msg.displayName;
+        if (config.mls && loaded) startMember();
+        break;
       case 'welcome':
         if (msg.rejoin && config.mls) startMember();
         member?.on_welcome(JSON.stringify(msg.welcome), performance.now());
@@ -346,6 +374,7 @@ function runTransform(readable, writable, options, transformer) {
         return;
       }
       t.frames += 1;
+      if (options.kind !== 'audio' && frame.type === 'key') mark('firstKeyframe');
       const data = new Uint8Array(frame.data);
       t.bytes += data.byteLength;
       if (!t.inbound) {
@@ -395,6 +424,7 @@ function releaseFrames(t) {
     const out = t.inbound.take_data();
     if (frame === undefined || out === undefined) continue;
     frame.data = out.buffer;
+    if (t.options.kind !== 'audio') mark('firstDecrypted');
     try {
       t.controller.enqueue(frame);
     } catch {

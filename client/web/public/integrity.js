@@ -52,9 +52,36 @@ async function fetchChecked(rel) {
   const url = new URL(rel, import.meta.url).href;
   const integrity = hashes.get(url);
   if (!integrity) throw new Error(`index.html has no integrity hash for ${rel}`);
-  const res = await fetch(url, { integrity, cache: 'no-cache', signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
+  // The default cache mode, so the HTML's preload of this file is used (the server sends
+  // `Cache-Control: no-cache`: a cached copy is revalidated, and a stale one fails the check).
+  const res = await fetch(url, { integrity, signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
   if (!res.ok) throw new Error(`${rel}: HTTP ${res.status}`);
   return res.text();
+}
+
+/**
+ * The .wasm's bytes, fetched (and checked) by the page as soon as this module
+ * runs, in parallel with the worker's own files, so the worker finds them
+ * waiting instead of starting its own fetch once it runs. Resolves to an
+ * ArrayBuffer, or null (the worker then fetches the module itself and reports
+ * the error if that fails too). Taken once: the buffer is transferred.
+ */
+let wasmBytes = null;
+function startWasmFetch() {
+  const url = new URL(WASM, import.meta.url).href;
+  const integrity = hashes.get(url);
+  if (!integrity && hashes.size > 0) return;
+  wasmBytes = fetch(url, { integrity: integrity ?? undefined, signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) })
+    .then((res) => (res.ok ? res.arrayBuffer() : null))
+    .catch(() => null);
+}
+startWasmFetch();
+
+/** The prefetched .wasm bytes (a promise of an ArrayBuffer or null) for the first worker; null after that. */
+export function takeWasmBytes() {
+  const bytes = wasmBytes;
+  wasmBytes = null;
+  return bytes;
 }
 
 async function prepareWorker() {

@@ -8,6 +8,7 @@
 // ...) are handed over as they come.
 
 import { testParam } from './client-config.js';
+import { timeline } from './join-timeline.js';
 
 const PROTOCOL_VERSION = 1;
 const MLS_HEADER_LEN = 17;
@@ -133,6 +134,7 @@ export class RoomLink extends EventTarget {
         this.#retry(`token: ${err.message}`);
         return;
       }
+      timeline.mark('token');
       hello = { type: 'hello', v: PROTOCOL_VERSION, token };
       const only = visibleOnlyTo();
       if (only !== null) hello.test_visible_only_to = only;
@@ -140,7 +142,10 @@ export class RoomLink extends EventTarget {
     const ws = new WebSocket(this.url);
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
-    ws.onopen = () => ws.send(JSON.stringify(hello));
+    ws.onopen = () => {
+      ws.send(JSON.stringify(hello));
+      timeline.mark('helloSent');
+    };
     ws.onmessage = (ev) => {
       if (this.ws !== ws) return;
       if (typeof ev.data === 'string') this.#onText(ev.data);

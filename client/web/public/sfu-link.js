@@ -27,6 +27,8 @@ export const RESTART_AFTER_MS = 2000;
 /** ICE restart attempts before giving up on the session. */
 export const RESTART_ATTEMPTS = 4;
 /** How long one restart attempt may take to connect. */
+import { timeline } from './join-timeline.js';
+
 const RESTART_CONNECT_MS = 6000;
 /** How long the renegotiate request of a restart may take. */
 const RESTART_REQUEST_MS = 5000;
@@ -69,7 +71,10 @@ export class SfuLink extends EventTarget {
     this.pc = new RTCPeerConnection(config);
     this.pc.addEventListener('track', (ev) => this.#onTrack(ev));
     this.pc.addEventListener('connectionstatechange', () => this.#onConnectionState());
-    this.pc.addEventListener('iceconnectionstatechange', () => this.#watchIce());
+    this.pc.addEventListener('iceconnectionstatechange', () => {
+      if (['connected', 'completed'].includes(this.pc.iceConnectionState)) timeline.mark('ice');
+      this.#watchIce();
+    });
   }
 
   get connectionState() {
@@ -81,6 +86,7 @@ export class SfuLink extends EventTarget {
     const res = await this.#api('POST', '/sessions/new');
     if (!res.sessionId) throw new Error('SFU returned no sessionId');
     this.sessionId = res.sessionId;
+    timeline.mark('sfuSession');
     return this.sessionId;
   }
 
@@ -90,26 +96,42 @@ export class SfuLink extends EventTarget {
    * @param {MediaStreamTrack} track
    * @param {{kind: 'audio'|'video'|'screenshare', codec?: string}} info
    */
-  push(track, info) {
+  async push(track, info) {
+    const [name] = await this.pushMany([{ track, info }]);
+    return name;
+  }
+
+  /**
+   * Pushes several local tracks in one negotiation (one offer, one request);
+   * returns their SFU track names in order. Senders start without their track.
+   * @param {{track: MediaStreamTrack, info: {kind: 'audio'|'video'|'screenshare', codec?: string}}[]} list
+   */
+  pushMany(list) {
     return this.#serial(async () => {
-      // By kind, not by track: nothing can be sent before the gate opens.
-      const transceiver = this.pc.addTransceiver(track.kind, {
-        direction: 'sendonly',
-        sendEncodings: track.kind === 'video' ? [{ maxBitrate: info.kind === 'screenshare' ? 1_500_000 : 1_000_000 }] : undefined,
+      if (list.length === 0) return [];
+      const added = list.map(({ track, info }) => {
+        // By kind, not by track: nothing can be sent before the gate opens.
+        const transceiver = this.pc.addTransceiver(track.kind, {
+          direction: 'sendonly',
+          sendEncodings: track.kind === 'video' ? [{ maxBitrate: info.kind === 'screenshare' ? 1_500_000 : 1_000_000 }] : undefined,
+        });
+        if (track.kind === 'video') preferCodec(transceiver, info.codec ?? 'VP8');
+        const trackName = `${info.kind}-${crypto.randomUUID()}`;
+        this.onTransceiver('send', transceiver, { ...info, trackName });
+        return { track, info, transceiver, trackName };
       });
-      if (track.kind === 'video') preferCodec(transceiver, info.codec ?? 'VP8');
-      const trackName = `${info.kind}-${crypto.randomUUID()}`;
-      this.onTransceiver('send', transceiver, { ...info, trackName });
       await this.pc.setLocalDescription(await this.pc.createOffer());
       const res = await this.#api('POST', `/sessions/${this.sessionId}/tracks/new`, {
         sessionDescription: { type: 'offer', sdp: this.pc.localDescription.sdp },
-        tracks: [{ location: 'local', mid: transceiver.mid, trackName }],
+        tracks: added.map((a) => ({ location: 'local', mid: a.transceiver.mid, trackName: a.trackName })),
       });
-      const entry = res.tracks?.[0];
-      if (!entry || entry.errorCode) throw new Error(`push refused: ${entry?.errorDescription ?? entry?.errorCode ?? 'no track in reply'}`);
+      for (const a of added) {
+        const entry = (res.tracks ?? []).find((t) => t.trackName === a.trackName);
+        if (!entry || entry.errorCode) throw new Error(`push refused: ${entry?.errorDescription ?? entry?.errorCode ?? 'no track in reply'}`);
+      }
       await this.pc.setRemoteDescription(res.sessionDescription);
-      this.pushes.set(trackName, { transceiver, info, track, sending: false });
-      return trackName;
+      for (const a of added) this.pushes.set(a.trackName, { transceiver: a.transceiver, info: a.info, track: a.track, sending: false });
+      return added.map((a) => a.trackName);
     });
   }
 
@@ -164,6 +186,20 @@ export class SfuLink extends EventTarget {
     if (!p) return;
     p.track = track;
     await this.#applySending(p);
+  }
+
+  /**
+   * Asks the SFU to request a keyframe from this page's own encoder for the
+   * pushed tracks `trackNames` (a Satsuma extension of the API). Not queued
+   * behind negotiations: it changes no SDP.
+   */
+  async requestKeyframes(trackNames) {
+    if (!this.sessionId || this.closed) return;
+    const res = await this.#api('POST', `/sessions/${this.sessionId}/tracks/keyframe`, {
+      tracks: trackNames.map((trackName) => ({ trackName })),
+    });
+    const refused = (res.tracks ?? []).filter((t) => t.errorCode && t.errorCode !== 'rate_limited');
+    if (refused.length) throw new Error(refused.map((t) => `${t.trackName}: ${t.errorDescription ?? t.errorCode}`).join('; '));
   }
 
   /** Stops pushing a track. */
@@ -513,6 +549,7 @@ export class SfuLink extends EventTarget {
 
   #onConnectionState() {
     const state = this.pc.connectionState;
+    if (state === 'connected') timeline.mark('dtls');
     this.dispatchEvent(new CustomEvent('state', { detail: state }));
     if (state === 'connected' && !this.everConnected) {
       this.everConnected = true;

@@ -1,0 +1,136 @@
+// Join benchmark (issue "Fast join"; run by scripts/bench-join.sh, not in CI):
+// the time from `page.goto` of a joiner to its first remote video frame that
+// was decrypted and decoded, over JOINS joins in each of three rooms:
+//   - fresh:  the host alone, one joiner (who leaves cleanly after each trial);
+//   - four:   four people in the room, one joiner;
+//   - churn:  four people in the room, and before each join a fifth one joined
+//             and then closed its page without leaving, CHURN_GAP_MS (default
+//             1500, always < 5 s) before the joiner's `page.goto`.
+// The total is the joiner page's own `firstDecoded` (ms since its navigation
+// started); the page's join timeline (join-timeline.js) gives every step. The
+// worker's decrypted count for that track is checked to be > 0 afterwards.
+//
+// Output: one line per room, `# join | <room> | n=N | p50 … | p95 … | steps p50 …`,
+// and a JSON file of every sample in ARTIFACTS (bench-join-<time>.json).
+//
+// Environment: SATSUMA_BIN_DIR (the `satsuma` all-in-one binary; the script
+// uses the release build), JOINS (default 20), ROOMS (comma list, default
+// fresh,four,churn), CHURN_GAP_MS.
+
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { artifacts, joinPage, launchBrowser, leave, startAllInOne, waitFor } from '../tests/harness.mjs';
+
+const JOINS = Math.max(1, Number(process.env.JOINS ?? 20));
+const ROOMS = (process.env.ROOMS ?? 'fresh,four,churn').split(',').map((s) => s.trim()).filter(Boolean);
+const CHURN_GAP_MS = Math.min(4900, Number(process.env.CHURN_GAP_MS ?? 1500));
+const STEPS = [
+  'pageLoad', 'wasmReady', 'workerReady', 'lobbyReady', 'join', 'token', 'helloSent', 'welcome',
+  'keyPackageSent', 'mlsWelcome', 'mlsMember', 'execute', 'sfuSession', 'ice', 'dtls',
+  'firstPacket', 'firstKeyframe', 'firstDecrypted', 'firstDecoded',
+];
+
+function percentile(sorted, p) {
+  return sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)];
+}
+
+/** The joiner: a fresh context, `goto` with autojoin, until its timeline has `firstDecoded`. */
+async function timedJoin(browser, base, room, label) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 720 } });
+  const page = await context.newPage();
+  page.label = label;
+  page.consoleLines = [];
+  page.on('console', (m) => page.consoleLines.push(`${m.type()}: ${m.text()}`));
+  const q = new URLSearchParams({ room, name: label, autojoin: '1', video: '320x240' });
+  await page.goto(`${base}/?${q}`, { waitUntil: 'commit' });
+  const marks = await waitFor(`${label}: a decoded remote video frame`, () => page.evaluate(() => {
+    const t = window.satsuma?.timeline?.();
+    return t && t.firstDecoded !== undefined ? t : null;
+  }), { timeout: 30000, interval: 50 });
+  // The decoded frames passed the E2EE worker (its counters arrive about once a second).
+  await waitFor(`${label}: the worker's decrypted count`, () => page.evaluate(async () => {
+    const s = await window.satsuma.stats();
+    return s?.remote.some((x) => x.kind === 'video' && x.decrypted > 0 && x.framesDecoded > 0);
+  }), { timeout: 10000 });
+  return { page, marks };
+}
+
+async function aloneExcept(pages, n) {
+  await waitFor(`the room to have ${n} participants`, async () => {
+    for (const p of pages) {
+      if (await p.evaluate(() => window.satsuma.call.participants.size) !== n) return false;
+    }
+    return true;
+  }, { timeout: 30000, interval: 100 });
+}
+
+async function sending(page) {
+  await waitFor(`${page.label} to be sending video`, () => page.evaluate(() => window.satsuma.call.sfu?.sending().some((s) => s.kind === 'video' && s.sending)), { timeout: 30000 });
+}
+
+async function runRoom(kind, browser, base) {
+  const room = `bench-${kind}-${Date.now()}`;
+  const members = [];
+  const size = kind === 'fresh' ? 1 : 4;
+  for (let i = 0; i < size; i++) {
+    const p = await joinPage(browser, base, { room, name: `m${i}` });
+    members.push(p);
+    await sending(p);
+  }
+  await aloneExcept(members, size);
+  const samples = [];
+  for (let i = 0; i < JOINS; i++) {
+    if (kind === 'churn') {
+      // A fifth member joins, then its page closes without a leave: it stays
+      // "present" (resume window) while the joiner arrives.
+      const churner = await joinPage(browser, base, { room, name: `churner${i}` });
+      await waitFor('the churner to be an MLS member', () => churner.evaluate(() => window.satsuma.call.e2ee.status?.phase === 'member'), { timeout: 30000, interval: 100 });
+      await waitFor('every member to see the churner', async () => {
+        for (const p of members) {
+          if (!await p.evaluate((id) => window.satsuma.call.participants.has(id), churner.participantId)) return false;
+        }
+        return true;
+      }, { timeout: 30000, interval: 100 });
+      await churner.context().close();
+      await new Promise((r) => setTimeout(r, CHURN_GAP_MS));
+    }
+    const { page, marks } = await timedJoin(browser, base, room, `${kind}${i}`);
+    samples.push(marks);
+    console.log(`# join sample | ${kind} | ${i} | firstDecoded ${marks.firstDecoded} ms | ${JSON.stringify(marks)}`);
+    await leave(page);
+    // The next join starts once the room is back to its size (the joiner left cleanly;
+    // in the churn room the closed page may still be present: it is not waited for).
+    if (kind !== 'churn') await aloneExcept(members, size);
+    else await new Promise((r) => setTimeout(r, 500));
+  }
+  for (const p of members) await leave(p);
+  return samples;
+}
+
+function summarize(kind, samples) {
+  const totals = samples.map((m) => m.firstDecoded).sort((a, b) => a - b);
+  const steps = STEPS.map((k) => {
+    const vs = samples.map((m) => m[k]).filter((x) => x !== undefined).sort((a, b) => a - b);
+    return `${k} ${vs.length ? percentile(vs, 50) : '-'}`;
+  }).join(', ');
+  const row = { room: kind, n: totals.length, p50: percentile(totals, 50), p95: percentile(totals, 95), steps, all: totals };
+  console.log(`# join | ${kind} | n=${row.n} | p50 ${row.p50} ms | p95 ${row.p95} ms | goal p95 <= 1000 ms: ${row.p95 <= 1000 ? 'met' : 'MISSED'} | steps p50 (ms since navigation): ${steps}`);
+  return row;
+}
+
+const servers = await startAllInOne();
+const browser = await launchBrowser();
+const out = { at: new Date().toISOString(), joins: JOINS, churnGapMs: CHURN_GAP_MS, rooms: {} };
+try {
+  for (const kind of ROOMS) {
+    const samples = await runRoom(kind, browser, servers.base);
+    out.rooms[kind] = { summary: summarize(kind, samples), samples };
+  }
+} finally {
+  await browser.close().catch(() => {});
+  await servers.stop();
+}
+mkdirSync(artifacts, { recursive: true });
+const file = path.join(artifacts, `bench-join-${out.at.replace(/[:.]/g, '-')}.json`);
+writeFileSync(file, JSON.stringify(out, null, 2));
+console.log(`# join: samples in ${file}`);
