@@ -107,8 +107,11 @@ async function fetchToken(room, name) {
 }
 
 class Call {
-  constructor({ room, name, codec, local, view, flags, getToken, e2ee }) {
+  constructor({ room, name, codec, local, view, flags, getToken, e2ee, localReady }) {
     this.room = room;
+    // Resolves once the lobby's camera and microphone are open (or known missing): the
+    // room and MLS steps of a join do not wait for it, pushing local tracks does.
+    this.localReady = (localReady ?? Promise.resolve()).catch(() => {});
     this.name = name;
     this.codec = codec;
     this.local = local;
@@ -176,11 +179,15 @@ class Call {
     this.view.show('call');
     $('room-title').textContent = this.room;
     const me = this.view.tile('local', { name: `${this.name} (you)`, local: true });
-    if (this.local.video) me.stream.addTrack(this.local.video);
-    this.view.updateTile('local', { camOn: Boolean(this.local.video), conn: ['you', 'ok'] });
-    if (this.local.problem) this.view.banner(this.local.problem, 'warn');
-    this.local.watchVoice((speaking) => this.link.send({ type: 'speaking', speaking }));
+    this.view.updateTile('local', { camOn: false, conn: ['you', 'ok'] });
     this.statsTimer = setInterval(() => this.refreshStats(), STATS_INTERVAL_MS);
+    this.localReady.then(() => {
+      if (this.ended) return;
+      if (this.local.video) me.stream.addTrack(this.local.video);
+      this.view.updateTile('local', { camOn: Boolean(this.local.video) });
+      if (this.local.problem) this.view.banner(this.local.problem, 'warn');
+      this.local.watchVoice((speaking) => this.link.send({ type: 'speaking', speaking }));
+    });
     await this.link.start();
   }
 
@@ -387,6 +394,8 @@ class Call {
       const sessionId = await sfu.start();
       if (epoch !== this.mediaEpoch) return;
       this.mediaSessions = (this.mediaSessions ?? 0) + 1;
+      await this.localReady;
+      if (epoch !== this.mediaEpoch) return;
       // Every local track in one negotiation, then the pulls. (Pushing first keeps this
       // page's own audio on the first m-line, the BUNDLE tag, for the session's life: a
       // pulled track there would close it when its publisher leaves.)
@@ -829,9 +838,10 @@ async function lobby() {
       if (list.some((d) => d.id === current)) select.value = current;
     }
   };
-  await preview();
-  timeline.mark('lobbyReady');
-  await fillDevices();
+  // The preview opens while the page goes on: an automatic join does not wait for the
+  // camera (the call pushes local tracks once it is open).
+  const previewReady = preview().finally(() => timeline.mark('lobbyReady'));
+  const devicesReady = previewReady.then(fillDevices).catch(() => {});
   $('camera-select').onchange = preview;
   $('mic-select').onchange = preview;
 
@@ -851,7 +861,7 @@ async function lobby() {
       $('invite-controls').hidden = !(Array.isArray(perms) && perms.includes('host'));
       return token;
     };
-    const call = new Call({ room, name, codec: $('codec-select').value, local, view, flags, getToken, e2ee });
+    const call = new Call({ room, name, codec: $('codec-select').value, local, view, flags, getToken, e2ee, localReady: previewReady });
     window.satsuma.call = call;
     $('toggle-mic').onclick = () => call.setEnabled('audio', !(local.audio?.enabled));
     $('toggle-cam').onclick = () => call.setEnabled('video', !(local.video?.enabled));
@@ -887,8 +897,10 @@ async function lobby() {
         $('invite-note').textContent = `Could not revoke: ${err.message}`;
       }
     };
-    if (!local.audio) $('toggle-mic').disabled = true;
-    if (!local.video) $('toggle-cam').disabled = true;
+    previewReady.catch(() => {}).then(() => {
+      if (!local.audio) $('toggle-mic').disabled = true;
+      if (!local.video) $('toggle-cam').disabled = true;
+    });
     await call.start();
   };
   $('lobby-form').onsubmit = (ev) => {
@@ -897,8 +909,9 @@ async function lobby() {
     join().catch((err) => view.banner(`Could not join: ${err.message}`, 'bad'));
   };
   $('rejoin').onclick = () => location.reload();
-  window.satsuma.lobbyReady = true;
   if (params.get('autojoin') === '1' && canJoin) join().catch((err) => view.banner(`Could not join: ${err.message}`, 'bad'));
+  await devicesReady;
+  window.satsuma.lobbyReady = true;
 }
 
 lobby();

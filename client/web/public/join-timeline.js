@@ -8,7 +8,8 @@
 //   pageLoad        the app's modules loaded (integrity-checked) and run
 //   wasmReady       the E2EE worker compiled and instantiated its WebAssembly
 //   workerReady     ... and loaded the identity key: ready to become a member
-//   lobbyReady      the camera preview is open (the join button works)
+//   lobbyReady      the camera preview is open (an automatic join does not wait
+//                   for it: only pushing the local tracks does)
 //   join            join clicked (or autojoin)
 //   token           the join token is in hand
 //   helloSent       the WebSocket is open and `hello` went out

@@ -23,7 +23,7 @@ const STEPS = [
 
 // [earlier, later]: a step that cannot happen before another one.
 const ORDER = [
-  ['pageLoad', 'join'], ['lobbyReady', 'join'], ['join', 'token'], ['token', 'helloSent'],
+  ['pageLoad', 'join'], ['pageLoad', 'lobbyReady'], ['join', 'token'], ['token', 'helloSent'],
   ['helloSent', 'welcome'], ['welcome', 'keyPackageSent'], ['workerReady', 'keyPackageSent'],
   ['keyPackageSent', 'mlsWelcome'], ['mlsWelcome', 'mlsMember'], ['mlsWelcome', 'execute'],
   ['welcome', 'sfuSession'], ['sfuSession', 'ice'], ['ice', 'dtls'], ['ice', 'firstPacket'],
