@@ -31,11 +31,10 @@
 //! [`crate::layer`]). The leg switches to it on the target layer's next keyframe and keeps
 //! forwarding its old layer until then, so the subscriber never sees a gap.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::cmp::Ordering;
 
 use str0m::media::{MediaKind, Mid, Pt, Rid};
 use str0m::rtp::{ExtensionValues, Vp8Patch};
@@ -50,6 +49,9 @@ const PACKET_OVERHEAD: usize = 60;
 /// Simulcast layers measured per track (more are not selectable; str0m only accepts negotiated
 /// rids anyway).
 const MAX_LAYERS: usize = 8;
+/// The shortest gap between two keyframe requests a publisher makes for its own track (see
+/// [`Forwarder::publisher_keyframe_request`]).
+pub const PUBLISHER_KEYFRAME_GAP: Duration = Duration::from_millis(250);
 
 /// A subscriber leg: the `mid` of a session's m-line that carries a pulled track.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -252,6 +254,8 @@ struct Publication {
     /// Per layer: when a request last went to the publisher, and whether one arrived since
     /// (throttled, owed once the interval has passed).
     keyframe_requests: Vec<KeyframeThrottle>,
+    /// When the publisher last asked for a keyframe of its own track (`tracks/keyframe`).
+    publisher_asked: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -288,6 +292,17 @@ pub struct SessionRemoval {
     pub publications: Vec<(TrackId, Vec<ShardId>)>,
     /// The session's legs: (leg, track, home shard of the track).
     pub legs: Vec<(LegKey, TrackId, ShardId)>,
+}
+
+/// Why [`Forwarder::publisher_keyframe_request`] refused a publisher's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublisherKeyframeRefusal {
+    /// Not a publication of this shard.
+    Unknown,
+    /// Not a video track.
+    NotVideo,
+    /// The publisher asked less than [`PUBLISHER_KEYFRAME_GAP`] ago.
+    TooSoon,
 }
 
 /// Where a throttled keyframe request should go.
@@ -346,6 +361,7 @@ impl Forwarder {
                 subscriber_shards: Vec::new(),
                 last_media: now,
                 keyframe_requests: Vec::new(),
+                publisher_asked: None,
             },
         );
     }
@@ -455,6 +471,55 @@ impl Forwarder {
             mid: p.mid,
             rid,
         })
+    }
+
+    /// The publisher of a local video track asks for a keyframe of it (`tracks/keyframe`, e.g.
+    /// because its sending key changed): one target per layer in `layers` (empty: the track as a
+    /// whole). It bypasses the per-layer throttle of [`Forwarder::keyframe_request`] but counts
+    /// as a request sent for it, so subscribers' requests right after are throttled (and owed,
+    /// until a keyframe answers). At most one per track per [`PUBLISHER_KEYFRAME_GAP`].
+    pub fn publisher_keyframe_request(
+        &mut self,
+        track: TrackId,
+        layers: &[Option<Rid>],
+        now: Instant,
+    ) -> Result<Vec<KeyframeTarget>, PublisherKeyframeRefusal> {
+        let p = self
+            .publications
+            .get_mut(&track)
+            .ok_or(PublisherKeyframeRefusal::Unknown)?;
+        if p.kind != MediaKind::Video {
+            return Err(PublisherKeyframeRefusal::NotVideo);
+        }
+        if p.publisher_asked
+            .is_some_and(|t| now.saturating_duration_since(t) < PUBLISHER_KEYFRAME_GAP)
+        {
+            return Err(PublisherKeyframeRefusal::TooSoon);
+        }
+        p.publisher_asked = Some(now);
+        let layers = if layers.is_empty() { &[None] } else { layers };
+        let mut targets = Vec::with_capacity(layers.len());
+        for &rid in layers {
+            match p.keyframe_requests.iter_mut().find(|k| k.rid == rid) {
+                Some(k) => {
+                    k.last_sent = now;
+                    k.owed = false;
+                    k.answered = false;
+                }
+                None => p.keyframe_requests.push(KeyframeThrottle {
+                    rid,
+                    last_sent: now,
+                    owed: false,
+                    answered: false,
+                }),
+            }
+            targets.push(KeyframeTarget {
+                session: p.session,
+                mid: p.mid,
+                rid,
+            });
+        }
+        Ok(targets)
     }
 
     /// Keyframe requests that were throttled while the last one was unanswered, whose interval
@@ -1086,6 +1151,90 @@ mod tests {
         let a = TrackId(8);
         f.publish(a, sid(1), Mid::from("a"), MediaKind::Audio, now);
         assert_eq!(f.keyframe_request(a, None, now), None);
+    }
+
+    #[test]
+    fn publisher_keyframe_requests_bypass_the_throttle_and_are_limited_per_track() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(7);
+        f.publish(t, sid(1), Mid::from("v"), MediaKind::Video, now);
+        let (h, q) = (Some(Rid::from("h")), Some(Rid::from("q")));
+        let target = |rid| KeyframeTarget {
+            session: sid(1),
+            mid: Mid::from("v"),
+            rid,
+        };
+        // A subscriber's request went out just now: the publisher's still passes, one per layer.
+        assert!(f.keyframe_request(t, h, now).is_some());
+        assert_eq!(
+            f.publisher_keyframe_request(t, &[q, h], now + Duration::from_millis(10)),
+            Ok(vec![target(q), target(h)])
+        );
+        // A second one within the gap is refused, also for other layers; at the gap it passes.
+        for ms in [11, 100, 259] {
+            assert_eq!(
+                f.publisher_keyframe_request(t, &[q], now + Duration::from_millis(ms)),
+                Err(PublisherKeyframeRefusal::TooSoon),
+                "{ms} ms"
+            );
+        }
+        let t1 = now + Duration::from_millis(260);
+        assert_eq!(
+            f.publisher_keyframe_request(t, &[], t1),
+            Ok(vec![target(None)]),
+            "no layers: the track as a whole"
+        );
+        // It counts as sent for the subscriber throttle: subscribers' requests within the interval
+        // are held back, and owed while no keyframe came ...
+        assert_eq!(
+            f.keyframe_request(t, None, t1 + Duration::from_millis(50)),
+            None
+        );
+        assert_eq!(
+            f.keyframe_request(t, q, t1 + Duration::from_millis(50)),
+            None
+        );
+        let owed =
+            |f: &mut Forwarder, ms| f.owed_keyframe_requests(now + Duration::from_millis(ms));
+        assert!(owed(&mut f, 1009).is_empty(), "q was sent at 10 ms");
+        assert_eq!(owed(&mut f, 1010), vec![(t, target(q))]);
+        assert!(
+            owed(&mut f, 1259).is_empty(),
+            "the whole track was sent at 260 ms"
+        );
+        assert_eq!(owed(&mut f, 1260), vec![(t, target(None))]);
+        // ... and not owed once a keyframe answered.
+        let t2 = now + Duration::from_millis(5000);
+        assert!(f.publisher_keyframe_request(t, &[q, h], t2).is_ok());
+        f.note_keyframe(t, q);
+        f.note_keyframe(t, h);
+        assert_eq!(
+            f.keyframe_request(t, h, t2 + Duration::from_millis(100)),
+            None
+        );
+        assert!(
+            f.owed_keyframe_requests(t2 + Duration::from_millis(2000))
+                .is_empty()
+        );
+        // Audio and unknown tracks are refused.
+        let a = TrackId(8);
+        f.publish(a, sid(1), Mid::from("a"), MediaKind::Audio, now);
+        assert_eq!(
+            f.publisher_keyframe_request(a, &[], now),
+            Err(PublisherKeyframeRefusal::NotVideo)
+        );
+        assert_eq!(
+            f.publisher_keyframe_request(TrackId(9), &[], now),
+            Err(PublisherKeyframeRefusal::Unknown)
+        );
+        // The limit is per track.
+        let u = TrackId(10);
+        f.publish(u, sid(1), Mid::from("w"), MediaKind::Video, now);
+        assert!(
+            f.publisher_keyframe_request(u, &[], now + Duration::from_millis(11))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::api::types::{
     SessionDescription, SessionState, TrackObject, TrackResult, TrackState, TrackStatus,
     TracksRequest, TracksResponse, UpdateTracksRequest, UpdateTracksResponse,
 };
+use crate::api::types::{KeyframeTracksRequest, KeyframeTracksResponse};
 use crate::config::Config;
 use crate::directory::{Directory, PublishedTrack, SessionSlot};
 use crate::egress::Egress;
@@ -44,6 +45,8 @@ use crate::speaker::SpeakerDetector;
 use crate::udp::UdpControl;
 use crate::udp::UdpIo;
 use crate::vp8::Vp8Packet;
+
+mod publisher_keyframe;
 
 /// Keyframe requests reach a publisher at most this often per track and layer.
 const KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
@@ -123,6 +126,15 @@ pub enum ApiCommand {
         request: UpdateTracksRequest,
         /// Result.
         reply: Reply<UpdateTracksResponse>,
+    },
+    /// `POST tracks/keyframe` (Satsuma extension): PLIs to the session's own video tracks.
+    Keyframe {
+        /// Session.
+        id: SessionId,
+        /// Body.
+        request: KeyframeTracksRequest,
+        /// Result.
+        reply: Reply<KeyframeTracksResponse>,
     },
     /// `GET sessions/{id}`.
     Get {
@@ -1173,6 +1185,10 @@ impl Shard {
             }
             ApiCommand::Update { id, request, reply } => {
                 let r = self.guarded(id, |s| s.update(id, request));
+                let _ = reply.send(r);
+            }
+            ApiCommand::Keyframe { id, request, reply } => {
+                let r = self.guarded(id, |s| s.publisher_keyframe(id, request));
                 let _ = reply.send(r);
             }
             ApiCommand::Get { id, reply } => {

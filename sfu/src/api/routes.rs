@@ -20,8 +20,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::error::ApiError;
 use super::types::{
-    CloseTracksRequest, NewSessionRequest, NewSessionResponse, RenegotiateRequest, SdpType,
-    SessionDescription, TracksRequest, UpdateTracksRequest,
+    CloseTracksRequest, KeyframeTracksRequest, NewSessionRequest, NewSessionResponse,
+    RenegotiateRequest, SdpType, SessionDescription, TracksRequest, UpdateTracksRequest,
 };
 use crate::config::Limits;
 use crate::directory::Directory;
@@ -90,6 +90,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/v1/apps/{app_id}/sessions/{session_id}/tracks/update",
             put(tracks_update),
+        )
+        .route(
+            "/v1/apps/{app_id}/sessions/{session_id}/tracks/keyframe",
+            post(tracks_keyframe),
         )
         .route(
             "/v1/apps/{app_id}/sessions/{session_id}",
@@ -482,6 +486,33 @@ async fn tracks_update(
         return Err(ApiError::invalid("tracks must not be empty"));
     }
     let r = dispatch(&st, shard, |reply| ApiCommand::Update {
+        id,
+        request,
+        reply,
+    })
+    .await?;
+    Ok(axum::Json(r).into_response())
+}
+
+/// `POST tracks/keyframe` (Satsuma extension, not in Cloudflare's API): the session asks for a
+/// keyframe (PLI, every simulcast layer) of video tracks it publishes, e.g. because its sending
+/// key changed. Body `{"tracks": [{"trackName": ...}]}`; 200 with one result per track (per-track
+/// errors: `not_found`, `invalid_params`, `not_connected`, `rate_limited` within 250 ms of the
+/// track's last one).
+async fn tracks_keyframe(
+    State(st): Shared,
+    Path((app_id, session_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let app = authenticate(&st, &app_id, &headers)?;
+    let (id, shard) = locate(&st, &app, &session_id)?;
+    let request: KeyframeTracksRequest = decode(&body, false)?;
+    too_many(&st, request.tracks.len())?;
+    if request.tracks.is_empty() {
+        return Err(ApiError::invalid("tracks must not be empty"));
+    }
+    let r = dispatch(&st, shard, |reply| ApiCommand::Keyframe {
         id,
         request,
         reply,

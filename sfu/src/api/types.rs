@@ -215,6 +215,23 @@ pub struct UpdateTracksResponse {
     pub tracks: Vec<TrackResult>,
 }
 
+/// `POST tracks/keyframe` body (Satsuma extension): tracks this session publishes, by
+/// `trackName`.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyframeTracksRequest {
+    /// The tracks.
+    #[serde(default)]
+    pub tracks: Vec<TrackObject>,
+}
+
+/// `POST tracks/keyframe` response: one entry per requested track, in request order, with
+/// `trackName` and (when a keyframe was requested) `mid`, or a per-track error.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyframeTracksResponse {
+    /// Per-track results.
+    pub tracks: Vec<TrackResult>,
+}
+
 /// Status of a track in `GET sessions/{id}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
