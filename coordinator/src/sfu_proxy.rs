@@ -13,6 +13,9 @@
 //! its tracks unpublished), and a session the SFU created for a participant that left
 //! meanwhile is deleted again. So no SFU session is ever orphaned and reconnects never run
 //! out. `DELETE /sfu/sessions/{sid}` releases one explicitly.
+//!
+//! `POST /sfu/sessions/{sid}/tracks/keyframe` forwards the SFU's Satsuma extension (a keyframe
+//! request to the caller's own published video) under the same ownership check.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -196,6 +199,7 @@ pub(crate) fn routes(max_body: usize) -> Router<Arc<App>> {
         .route("/sfu/sessions/{sid}/renegotiate", put(renegotiate))
         .route("/sfu/sessions/{sid}/tracks/close", put(tracks_close))
         .route("/sfu/sessions/{sid}/tracks/update", put(tracks_update))
+        .route("/sfu/sessions/{sid}/tracks/keyframe", post(tracks_keyframe))
         .route("/sfu/ice-servers", post(ice_servers))
         .layer(DefaultBodyLimit::max(max_body))
 }
@@ -434,6 +438,24 @@ fn check_tracks(c: &Caller, body: &[u8], allow_local: bool) -> Result<(), ProxyE
     Ok(())
 }
 
+/// Checks a `tracks/keyframe` body: the caller publishes (it asks for keyframes of its own
+/// tracks) and names at most [`MAX_TRACKS_PER_REQUEST`] tracks. The SFU looks the names up in
+/// the session of the URL only, which [`own_session`] checked is the caller's.
+fn check_keyframe_tracks(c: &Caller, body: &[u8]) -> Result<(), ProxyError> {
+    if !c.permissions.publish {
+        return Err(ProxyError::Forbidden("no publish permission"));
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ProxyError::BadRequest(format!("body is not JSON: {e}")))?;
+    match v.get("tracks") {
+        Some(Value::Array(t)) if t.len() > MAX_TRACKS_PER_REQUEST => Err(ProxyError::BadRequest(
+            format!("at most {MAX_TRACKS_PER_REQUEST} tracks per request"),
+        )),
+        Some(Value::Array(_)) => Ok(()),
+        _ => Err(ProxyError::BadRequest("tracks must be an array".to_owned())),
+    }
+}
+
 /// Forwards a call on one of the caller's own SFU sessions: checks that the
 /// caller created session `sid`, optionally checks the tracks it names (`Some(allow_local)`),
 /// then forwards to `/sessions/{sid}/{route}` on the session's node.
@@ -508,6 +530,35 @@ async fn tracks_update(
         body,
     )
     .await
+}
+
+/// `POST /sfu/sessions/{sid}/tracks/keyframe` (the SFU's Satsuma extension): the caller asks
+/// for a keyframe (PLI) of video tracks its own session publishes, `{"tracks": [{"trackName":
+/// ...}]}`; the SFU's 200 carries one result per track.
+async fn tracks_keyframe(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let route = "tracks/keyframe";
+    let r = async {
+        let c = caller(&app, &headers)?;
+        let node = own_session(&c, &sid)?;
+        check_keyframe_tracks(&c, &body)?;
+        app.sfu
+            .forward(
+                node,
+                Method::POST,
+                &format!("/sessions/{sid}/{route}"),
+                query.as_deref(),
+                Some(body),
+            )
+            .await
+    }
+    .await;
+    respond(&app, route, r)
 }
 
 async fn renegotiate(

@@ -374,3 +374,143 @@ async fn sessions_are_bound_to_their_creator_on_a_real_sfu() {
     server.shutdown().await;
     sfu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframe_requests_go_to_the_callers_own_session_only() {
+    let sfu_config = satsuma_sfu::Config {
+        http_bind: "127.0.0.1:0".parse().unwrap(),
+        udp_bind: "127.0.0.1:0".parse().unwrap(),
+        ..satsuma_sfu::Config::default()
+    };
+    let app = sfu_config.apps[0].clone();
+    let sfu = satsuma_sfu::Server::bind(sfu_config).await.unwrap();
+    let max_body = 16 * 1024;
+    let config = Config {
+        sfu_nodes: vec![format!("http://{}", sfu.http_addr())],
+        sfu_app_id: app.id.clone(),
+        sfu_app_secret: app.secret.clone(),
+        sfu_max_body_bytes: max_body,
+        ..Config::dev()
+    };
+    let server = start(config).await;
+    let http = Http::new(&server);
+    let alice = Client::join(&server, "kf", "alice").await;
+    let bob = Client::join(&server, "kf", "bob").await;
+    let viewer_token = server
+        .mint_token(&common::claims("kf", "dave", &["subscribe"]))
+        .unwrap();
+    let dave = Client::join_with_token(&server, "kf", &viewer_token).await;
+
+    let sa = http.new_session(&alice.resume_token).await;
+    let sb = http.new_session(&bob.resume_token).await;
+    let sd = http.new_session(&dave.resume_token).await;
+    let (sdp, mid) = offer_sdp();
+    let r = http
+        .call(
+            reqwest::Method::POST,
+            &format!("/sfu/sessions/{sa}/tracks/new"),
+            &alice.resume_token,
+            Some(json!({
+                "sessionDescription": {"type": "offer", "sdp": sdp},
+                "tracks": [{"location": "local", "mid": mid, "trackName": "mic"}],
+            })),
+        )
+        .await;
+    assert_eq!(r.0, 200, "{r:?}");
+
+    // Alice's request reaches the SFU's route for her session: per-track results come back
+    // (her only track is audio, which never gets a keyframe request).
+    let ask = json!({"tracks": [{"trackName": "mic"}, {"trackName": "cam"}]});
+    let path = format!("/sfu/sessions/{sa}/tracks/keyframe");
+    let r = http
+        .call(
+            reqwest::Method::POST,
+            &path,
+            &alice.resume_token,
+            Some(ask.clone()),
+        )
+        .await;
+    assert_eq!(r.0, 200, "{r:?}");
+    assert_eq!(r.1["tracks"][0]["trackName"], "mic", "{r:?}");
+    assert_eq!(r.1["tracks"][0]["errorCode"], "invalid_params", "{r:?}");
+    assert_eq!(r.1["tracks"][1]["errorCode"], "not_found", "{r:?}");
+
+    // Bob may not ask on Alice's session, nor anyone on a session nobody created.
+    assert!(forbidden(
+        &http
+            .call(
+                reqwest::Method::POST,
+                &path,
+                &bob.resume_token,
+                Some(ask.clone())
+            )
+            .await
+    ));
+    assert!(forbidden(
+        &http
+            .call(
+                reqwest::Method::POST,
+                "/sfu/sessions/0123456789abcdef0123456789abcdef/tracks/keyframe",
+                &alice.resume_token,
+                Some(ask.clone())
+            )
+            .await
+    ));
+    // On his own session it reaches the SFU (which publishes nothing there).
+    let r = http
+        .call(
+            reqwest::Method::POST,
+            &format!("/sfu/sessions/{sb}/tracks/keyframe"),
+            &bob.resume_token,
+            Some(ask.clone()),
+        )
+        .await;
+    assert_eq!(r.0, 200, "{r:?}");
+    assert_eq!(r.1["tracks"][0]["errorCode"], "not_found", "{r:?}");
+    // A participant without publish permission publishes nothing to ask for.
+    assert!(forbidden(
+        &http
+            .call(
+                reqwest::Method::POST,
+                &format!("/sfu/sessions/{sd}/tracks/keyframe"),
+                &dave.resume_token,
+                Some(ask.clone())
+            )
+            .await
+    ));
+    // Bad bodies are refused by the proxy with a JSON error; so is an unknown credential.
+    for bad in [json!("x"), json!({"tracks": 3}), json!({})] {
+        let r = http
+            .call(reqwest::Method::POST, &path, &alice.resume_token, Some(bad))
+            .await;
+        assert_eq!(r.0, 400, "{r:?}");
+        assert_eq!(r.1["errorCode"], "bad_request", "{r:?}");
+    }
+    let many: Vec<Value> = (0..65).map(|_| json!({"trackName": "mic"})).collect();
+    let r = http
+        .call(
+            reqwest::Method::POST,
+            &path,
+            &alice.resume_token,
+            Some(json!({ "tracks": many })),
+        )
+        .await;
+    assert_eq!(r.0, 400, "{r:?}");
+    let r = http
+        .call(reqwest::Method::POST, &path, "nope", Some(ask.clone()))
+        .await;
+    assert_eq!(r.0, 401, "{r:?}");
+    // The same body limit as the other session routes.
+    let huge = json!({"tracks": [{"trackName": "x".repeat(max_body)}]});
+    let r = http
+        .call(
+            reqwest::Method::POST,
+            &path,
+            &alice.resume_token,
+            Some(huge),
+        )
+        .await;
+    assert_eq!(r.0, 413, "{r:?}");
+    server.shutdown().await;
+    sfu.shutdown().await;
+}
