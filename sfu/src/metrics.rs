@@ -174,7 +174,8 @@ pub struct Metrics {
     pub quota_refusals: IntCounterVec,
     /// NACKs received from subscribers (str0m answers them from its RTX cache).
     pub nacks: IntCounter,
-    /// Keyframe requests by direction (`from_subscriber`, `to_publisher`).
+    /// Keyframe requests by direction (`from_subscriber`; `publisher_asked`: a publisher asked
+    /// for one of its own track through `tracks/keyframe`; `to_publisher`: PLI/FIR sent).
     pub keyframe_requests: IntCounterVec,
     /// API requests by route and status.
     pub api_requests: IntCounterVec,
