@@ -15,7 +15,8 @@
 // an invite.
 //
 // URL parameters: room, name, codec (VP8|VP9|H264), autojoin=1, video=WxH, send=0
-// (receive only), transform=legacy (use createEncodedStreams). Test hooks,
+// (receive only), transform=legacy (use createEncodedStreams), simulcast=0 (send
+// one video layer). Test hooks,
 // honoured only when the server runs with --test-hooks (client-config.js):
 // decrypt=0 (receive without decrypting), keyless=1 (never join the MLS
 // group), test_* parameters, window.satsuma.drill.
@@ -27,6 +28,8 @@ import { E2eeLink } from './e2ee-link.js';
 import { CallView } from './call-view.js';
 import { LocalMedia } from './local-media.js';
 import { timeline } from './join-timeline.js';
+import { LayerChoice } from './layer-choice.js';
+import { TileStatus, codecSupport } from './tile-status.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -128,7 +131,9 @@ class Call {
     this.e2ee.displayName = name;
     this.link = new RoomLink({ url: endpoints.ws(room), getToken: getToken ?? (() => fetchToken(room, name)), room });
     this.problems = [];
-    this.lastDecoded = new Map();
+    // Which simulcast layer each remote tile asks for (layer-choice.js), and each tile's status.
+    this.layers = new LayerChoice({ apply: (key, rid) => this.askLayer(key, rid) });
+    this.tileStatus = new TileStatus();
     this.wire();
   }
 
@@ -289,8 +294,9 @@ class Call {
       id: p.id, name: p.name, host: Boolean(p.host), hand: Boolean(p.hand_raised), speaking: Boolean(p.speaking), tracks,
     });
     if (p.id !== this.me) {
-      this.view.tile(String(p.id), { name: p.name });
+      const tile = this.view.tile(String(p.id), { name: p.name });
       this.view.updateTile(String(p.id), { conn: ['joining', 'warn'], e2ee: ['no media yet', 'warn'], camOn: false });
+      this.layers.observe(String(p.id), tile.video);
     }
   }
 
@@ -302,8 +308,11 @@ class Call {
         break;
       case 'left':
         this.participants.delete(e.id);
-        this.view.removeTile(String(e.id));
-        this.view.removeTile(`${e.id}:screen`);
+        for (const key of [String(e.id), `${e.id}:screen`]) {
+          this.view.removeTile(key);
+          this.layers.unobserve(key);
+          this.tileStatus.forget(key);
+        }
         this.syncPulls();
         break;
       case 'published':
@@ -367,6 +376,7 @@ class Call {
     const epoch = ++this.mediaEpoch;
     this.sfu?.close();
     this.pulled.clear();
+    this.layers.reset();
     for (const name of this.pushed.values()) this.e2ee.detach(name);
     this.pushed.clear();
     const sfu = new SfuLink({
@@ -417,7 +427,9 @@ class Call {
   async pushLocalMany(pairs, sessionId) {
     const list = pairs.filter(([, track]) => track);
     if (!list.length || this.flags.receiveOnly) return;
-    const names = await this.sfu.pushMany(list.map(([kind, track]) => ({ track, info: { kind, codec: this.codec, participantId: this.me } })));
+    const names = await this.sfu.pushMany(list.map(([kind, track]) => ({
+      track, info: { kind, codec: this.codec, participantId: this.me, simulcast: this.flags.simulcast },
+    })));
     list.forEach(([kind], i) => this.pushed.set(kind, names[i]));
     this.applySendGate();
     list.forEach(([kind, track], i) => {
@@ -516,7 +528,9 @@ class Call {
         live.add(t.track_name);
         if (this.pulled.has(t.track_name)) continue;
         this.pulled.set(t.track_name, { mid: null, participantId: p.id, kind: t.kind });
-        wanted.push({ sessionId: t.session_id, trackName: t.track_name, info: { participantId: p.id, kind: t.kind } });
+        // Video starts on the layer its tile wants (null: the SFU's best until the tile is laid out).
+        const preferredRid = t.kind === 'audio' ? null : this.layers.wanted(tileKey(p.id, t.kind));
+        wanted.push({ sessionId: t.session_id, trackName: t.track_name, preferredRid, info: { participantId: p.id, kind: t.kind } });
       }
     }
     const gone = [...this.pulled].filter(([name]) => !live.has(name));
@@ -532,8 +546,10 @@ class Call {
         wanted.forEach((w, i) => {
           const entry = this.pulled.get(w.trackName);
           if (!entry) return;
-          if (mids[i]) entry.mid = mids[i];
-          else this.pulled.delete(w.trackName); // retried on the next change
+          if (mids[i]) {
+            entry.mid = mids[i];
+            if (entry.kind !== 'audio') this.layers.pulledWith(tileKey(entry.participantId, entry.kind), w.preferredRid);
+          } else this.pulled.delete(w.trackName); // retried on the next change
         });
       }
     } catch (err) {
@@ -542,11 +558,23 @@ class Call {
     }
   }
 
+  /**
+   * Asks the SFU for layer `rid` of the video shown in tile `key`; resolves
+   * false while that video is not pulled yet (the pull then carries the choice).
+   */
+  async askLayer(key, rid) {
+    const pull = [...this.pulled.values()].find((v) => v.mid && v.kind !== 'audio' && tileKey(v.participantId, v.kind) === key);
+    if (!pull || !this.sfu) return false;
+    const accepted = await this.sfu.setPreferredRids([{ mid: pull.mid, rid }]);
+    return accepted.includes(pull.mid);
+  }
+
   onRemoteTrack({ track, info }) {
     if (info.participantId === undefined) return;
     const p = this.participants.get(info.participantId);
-    const key = info.kind === 'screenshare' ? `${info.participantId}:screen` : String(info.participantId);
+    const key = tileKey(info.participantId, info.kind);
     const tile = this.view.tile(key, { name: info.kind === 'screenshare' ? `${p?.name ?? '?'} (screen)` : p?.name ?? '?' });
+    if (track.kind === 'video') this.layers.observe(key, tile.video);
     for (const old of tile.stream.getTracks()) if (old.kind === track.kind) tile.stream.removeTrack(old);
     tile.stream.addTrack(track);
     tile.video.play().catch(() => {});
@@ -636,7 +664,12 @@ class Call {
     this.sfu?.close();
     this.sfu = null;
     this.detachRemote();
-    for (const key of [...this.view.tiles.keys()]) if (!key.startsWith('local')) this.view.removeTile(key);
+    for (const key of [...this.view.tiles.keys()]) {
+      if (key.startsWith('local')) continue;
+      this.view.removeTile(key);
+      this.layers.unobserve(key);
+      this.tileStatus.forget(key);
+    }
     this.participants.clear();
     this.me = null;
   }
@@ -659,6 +692,7 @@ class Call {
       this.e2ee.stop();
     }
     this.local.stop();
+    this.layers.close();
     for (const key of [...this.view.tiles.keys()]) this.view.removeTile(key);
     const reasons = {
       left: 'You left the call.', removed: 'A host removed you from the call.', 'room-locked': 'The room is locked.',
@@ -697,6 +731,12 @@ class Call {
         decrypted: w.decrypted ?? 0, dropped: w.dropped ?? 0, protocolFrames: w.protocolFrames ?? 0,
         workerFrames: w.frames ?? 0, lastDrop: w.lastDrop ?? null, lastBytes: w.lastBytes ?? null, epoch: w.epoch ?? null,
         held: w.held ?? 0, late: w.late ?? 0,
+        frameWidth: s.frameWidth ?? 0, frameHeight: s.frameHeight ?? 0,
+        ...(pull.kind === 'audio' ? {} : {
+          layer: this.layers.state(tileKey(pull.participantId, pull.kind)),
+          tile: this.tileStatus.state(tileKey(pull.participantId, pull.kind)),
+          negotiatedCodecs: pull.mid ? this.sfu?.receiveCodecs(pull.mid) ?? null : null,
+        }),
       });
     }
     const outbound = Object.values(rtp.tracks).filter((t) => t.type === 'outbound-rtp');
@@ -711,7 +751,7 @@ class Call {
         senders: this.sfu?.sending() ?? [], log: this.e2ee.gateLog,
       },
       e2ee: this.e2ee.status, encrypt: this.e2ee.encryptStats ?? null, transform: this.e2ee.mode,
-      workerStalled: this.e2ee.stalled, remote, outbound, problems: this.problems.map((p) => p.message),
+      workerStalled: this.e2ee.stalled, remote, outbound, pair: rtp.pair ?? null, problems: this.problems.map((p) => p.message),
       participants: [...this.participants.values()].map((p) => ({ id: p.id, name: p.name, host: p.host, hand: p.hand })),
     };
   }
@@ -720,35 +760,32 @@ class Call {
     if (this.ended) return;
     const snap = await this.snapshotStats();
     this.lastSnapshot = snap;
-    const byParticipant = new Map();
-    for (const r of snap.remote) {
-      if (!byParticipant.has(r.participantId)) byParticipant.set(r.participantId, []);
-      byParticipant.get(r.participantId).push(r);
-    }
+    const member = this.e2ee.status?.phase === 'member';
+    const caps = globalThis.RTCRtpReceiver?.getCapabilities?.('video')?.codecs ?? null;
     for (const p of this.participants.values()) {
       if (p.id === this.me) continue;
-      const rs = byParticipant.get(p.id) ?? [];
-      const video = rs.find((r) => r.kind === 'video');
-      const key = `${p.id}`;
-      const before = this.lastDecoded.get(key) ?? 0;
-      const decoded = video?.framesDecoded ?? 0;
-      this.lastDecoded.set(key, decoded);
-      let conn;
-      if (rs.length === 0) conn = ['no tracks', 'warn'];
-      else if (decoded > before) conn = ['live', 'ok'];
-      else if (rs.some((r) => r.packetsReceived > 0)) conn = ['receiving', 'warn'];
-      else conn = [snap.media === 'connected' ? 'waiting for media' : `media ${snap.media}`, 'warn'];
-      let e2ee;
-      const drops = rs.filter((r) => r.lastDrop && r.dropped > 0);
-      if (!this.flags.decrypt || !this.flags.mls) e2ee = ['not decrypting', 'bad'];
-      else if (rs.some((r) => r.decrypted > 0) && !(video && video.framesDecoded === before && drops.length)) {
-        const ep = rs.find((r) => r.epoch !== null)?.epoch;
-        e2ee = [`E2EE · encrypted${ep !== undefined && ep !== null ? ` · epoch ${ep}` : ''}`, 'ok'];
-      } else if (drops.length) e2ee = [`cannot decrypt: ${drops[0].lastDrop}`, 'bad'];
-      else e2ee = ['waiting for keys', 'warn'];
-      this.view.updateTile(key, { conn, e2ee });
+      const rs = snap.remote.filter((r) => r.participantId === p.id);
+      const camTrack = [...p.tracks.values()].find((t) => t.kind === 'video');
+      for (const kind of ['video', 'screenshare']) {
+        const key = tileKey(p.id, kind);
+        if (!this.view.tiles.has(key)) continue;
+        const video = rs.find((r) => r.kind === kind) ?? null;
+        const { conn, media } = this.tileStatus.update(key, {
+          video, audio: kind === 'video' ? rs.find((r) => r.kind === 'audio') ?? null : null,
+          flags: this.flags, member, mediaState: snap.media,
+          paused: this.layers.paused(key),
+          camOn: kind === 'video' ? (camTrack ? camTrack.enabled !== false : undefined) : undefined,
+          codec: video ? codecSupport(video.codec, video.negotiatedCodecs, caps) : null,
+        });
+        this.view.updateTile(key, { conn, e2ee: media });
+      }
     }
   }
+}
+
+/** The tile of participant `id`'s track of `kind` (camera and audio share one). */
+function tileKey(id, kind) {
+  return kind === 'screenshare' ? `${id}:screen` : String(id);
 }
 
 // ---- lobby -------------------------------------------------------------------
@@ -766,6 +803,7 @@ async function lobby() {
     testKeepKeys: testParam('test_keep_keys') === '1',
     legacy: params.get('transform') === 'legacy',
     receiveOnly: params.get('send') === '0',
+    simulcast: params.get('simulcast') !== '0',
   };
   // The E2EE worker loads its WebAssembly and the identity key while the lobby shows
   // the preview: at `welcome` it only has to start the MLS member.

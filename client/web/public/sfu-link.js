@@ -28,6 +28,7 @@ export const RESTART_AFTER_MS = 2000;
 export const RESTART_ATTEMPTS = 4;
 /** How long one restart attempt may take to connect. */
 import { timeline } from './join-timeline.js';
+import { contentHint, sendEncodings } from './layer-choice.js';
 
 const RESTART_CONNECT_MS = 6000;
 /** How long the renegotiate request of a restart may take. */
@@ -111,10 +112,13 @@ export class SfuLink extends EventTarget {
       if (list.length === 0) return [];
       const added = list.map(({ track, info }) => {
         // By kind, not by track: nothing can be sent before the gate opens.
+        // Video: simulcast layers (layer-choice.js: camera q/h/f, screen h/f).
         const transceiver = this.pc.addTransceiver(track.kind, {
           direction: 'sendonly',
-          sendEncodings: track.kind === 'video' ? [{ maxBitrate: info.kind === 'screenshare' ? 1_500_000 : 1_000_000 }] : undefined,
+          sendEncodings: track.kind === 'video' ? sendEncodings(info.kind, { simulcast: info.simulcast !== false }) : undefined,
         });
+        const hint = track.kind === 'video' ? contentHint(info.kind) : '';
+        if (hint && 'contentHint' in track) track.contentHint = hint;
         if (track.kind === 'video') preferCodec(transceiver, info.codec ?? 'VP8');
         const trackName = `${info.kind}-${crypto.randomUUID()}`;
         this.onTransceiver('send', transceiver, { ...info, trackName });
@@ -221,7 +225,10 @@ export class SfuLink extends EventTarget {
     return this.#serial(async () => {
       if (wanted.length === 0) return [];
       const res = await this.#api('POST', `/sessions/${this.sessionId}/tracks/new`, {
-        tracks: wanted.map((w) => ({ location: 'remote', sessionId: w.sessionId, trackName: w.trackName })),
+        tracks: wanted.map((w) => ({
+          location: 'remote', sessionId: w.sessionId, trackName: w.trackName,
+          ...(w.preferredRid ? { simulcast: { preferredRid: w.preferredRid } } : {}),
+        })),
       });
       const mids = [];
       for (const [i, entry] of (res.tracks ?? []).entries()) {
@@ -231,7 +238,7 @@ export class SfuLink extends EventTarget {
           mids.push(null);
           continue;
         }
-        this.pulls.set(entry.mid, { ...want.info, trackName: want.trackName, mid: entry.mid });
+        this.pulls.set(entry.mid, { ...want.info, trackName: want.trackName, sessionId: want.sessionId, mid: entry.mid });
         mids.push(entry.mid);
       }
       if (res.requiresImmediateRenegotiation && res.sessionDescription) {
@@ -244,6 +251,40 @@ export class SfuLink extends EventTarget {
       }
       return mids;
     });
+  }
+
+  /**
+   * Asks the SFU for simulcast layers of pulled tracks: `[{mid, rid}]`
+   * (`PUT tracks/update` with `simulcast.preferredRid`, the highest layer
+   * wanted). Not queued behind negotiations: updates change no SDP. Resolves
+   * with the mids the SFU accepted; throws when the request failed.
+   */
+  async setPreferredRids(list) {
+    if (!this.sessionId || this.closed) return [];
+    const tracks = list.map(({ mid, rid }) => ({ mid, rid, pull: this.pulls.get(mid) })).filter((t) => t.pull);
+    if (tracks.length === 0) return [];
+    const res = await this.#api('PUT', `/sessions/${this.sessionId}/tracks/update`, {
+      tracks: tracks.map(({ mid, rid, pull }) => ({
+        location: 'remote', mid, sessionId: pull.sessionId, trackName: pull.trackName, simulcast: { preferredRid: rid },
+      })),
+    });
+    const results = res.tracks ?? [];
+    return tracks.filter((t, i) => results[i] && !results[i].errorCode).map((t) => t.mid);
+  }
+
+  /**
+   * The codecs (mimeTypes) the m-line `mid` negotiated for receiving; null
+   * before its negotiation completed. An empty list: nothing this browser
+   * decodes was offered.
+   */
+  receiveCodecs(mid) {
+    const t = this.pc.getTransceivers().find((x) => x.mid === mid);
+    if (!t || !t.currentDirection || t.currentDirection === 'stopped') return null;
+    try {
+      return t.receiver.getParameters().codecs.map((c) => c.mimeType);
+    } catch {
+      return null;
+    }
   }
 
   /** Stops pulling the tracks with these mids. */
@@ -264,8 +305,11 @@ export class SfuLink extends EventTarget {
     let pair = null;
     report.forEach((s) => {
       if (s.type === 'inbound-rtp' || s.type === 'outbound-rtp') {
-        out[s.mid ?? s.id] = {
-          type: s.type, kind: s.kind, mid: s.mid,
+        // A simulcast sender has one outbound-rtp per layer (rid) on one mid.
+        out[s.rid ? `${s.mid}:${s.rid}` : s.mid ?? s.id] = {
+          type: s.type, kind: s.kind, mid: s.mid, rid: s.rid ?? null,
+          frameWidth: s.frameWidth ?? 0, frameHeight: s.frameHeight ?? 0,
+          qualityLimitationReason: s.qualityLimitationReason ?? null,
           packetsReceived: s.packetsReceived ?? 0, bytesReceived: s.bytesReceived ?? 0,
           framesReceived: s.framesReceived ?? 0, framesDecoded: s.framesDecoded ?? 0,
           framesDropped: s.framesDropped ?? 0, keyFramesDecoded: s.keyFramesDecoded ?? 0,
@@ -274,7 +318,7 @@ export class SfuLink extends EventTarget {
           pliCount: s.pliCount ?? 0, codecId: s.codecId,
         };
       } else if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
-        pair = { rtt: s.currentRoundTripTime };
+        pair = { rtt: s.currentRoundTripTime, availableOutgoingBitrate: s.availableOutgoingBitrate ?? null };
       }
     });
     report.forEach((s) => {

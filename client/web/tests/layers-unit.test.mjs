@@ -1,0 +1,150 @@
+// Unit tests (no browser) of the web client's pure modules for simulcast:
+// layer-choice.js (which layer a tile asks for, the encodings published) and
+// tile-status.js (a tile's status from the current stats window).
+
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { LayerChoice, PAUSED_RID, ridForSize, sendEncodings } from '../public/layer-choice.js';
+import { NO_KEY_AFTER_MS, TileStatus, codecSupport, tileStatus, windowOf } from '../public/tile-status.js';
+
+describe('layer choice', () => {
+  it('picks q up to 320 px of source width, h up to 640, else f', () => {
+    // 16:9 tiles (no cropping): the width decides.
+    assert.equal(ridForSize(320, 180), 'q');
+    assert.equal(ridForSize(321, 180), 'h');
+    assert.equal(ridForSize(640, 360), 'h');
+    assert.equal(ridForSize(641, 360), 'f');
+    assert.equal(ridForSize(1280, 720), 'f');
+    // A 4:3 tile crops a 16:9 source (object-fit: cover): 300 px wide x 225 high needs 400 px.
+    assert.equal(ridForSize(300, 225), 'h');
+    // Device pixels count.
+    assert.equal(ridForSize(300, 168, { dpr: 2 }), 'h');
+    assert.equal(ridForSize(0, 0), 'q');
+  });
+
+  it('publishes q/h/f for the camera (lowest first) and h/f for a screen', () => {
+    const cam = sendEncodings('video');
+    assert.deepEqual(cam.map((e) => e.rid), ['q', 'h', 'f']);
+    assert.deepEqual(cam.map((e) => e.scaleResolutionDownBy), [4, 2, 1]);
+    assert.ok(cam[0].maxBitrate < cam[1].maxBitrate && cam[1].maxBitrate < cam[2].maxBitrate);
+    assert.deepEqual(sendEncodings('screenshare').map((e) => e.rid), ['h', 'f']);
+    assert.equal(sendEncodings('video', { simulcast: false }).length, 1);
+    assert.equal(sendEncodings('video', { simulcast: false })[0].rid, undefined);
+  });
+
+  it('debounces, sends only changes, pauses hidden tiles and retries once the video is pulled', async () => {
+    const doc = { visibilityState: 'visible', addEventListener() {}, removeEventListener() {} };
+    const calls = [];
+    let pulled = false;
+    const choice = new LayerChoice({
+      debounceMs: 20, doc,
+      apply: async (key, rid) => {
+        calls.push([key, rid, pulled]);
+        return pulled;
+      },
+    });
+    const video = { videoWidth: 1280, videoHeight: 720, getBoundingClientRect: () => ({ width: 1200, height: 675 }) };
+    choice.observe('7', video);
+    assert.equal(choice.wanted('7'), 'f');
+    await sleep(60);
+    assert.deepEqual(calls, [['7', 'f', false]], 'tried once, not pulled yet: no busy retry');
+    await sleep(60);
+    assert.equal(calls.length, 1);
+    pulled = true;
+    choice.pulledWith('7', 'f'); // the pull carried 'f'
+    await sleep(60);
+    assert.equal(calls.length, 1, 'nothing new to send');
+    // Many resizes within the debounce: one request with the last size.
+    const t = choice.tiles.get('7');
+    for (const w of [900, 700, 500, 300]) {
+      t.width = w;
+      t.height = (w * 9) / 16;
+      choice.retry('7');
+    }
+    await sleep(60);
+    assert.deepEqual(calls.slice(1), [['7', 'q', true]]);
+    // Hidden page: paused, lowest layer (already q: nothing sent); visible and large again: f.
+    doc.visibilityState = 'hidden';
+    t.width = 1200;
+    t.height = 675;
+    assert.equal(choice.paused('7'), true);
+    assert.equal(choice.wanted('7'), PAUSED_RID);
+    choice.retry('7');
+    await sleep(60);
+    assert.equal(calls.length, 2);
+    doc.visibilityState = 'visible';
+    t.visible = false; // scrolled off-screen
+    assert.equal(choice.wanted('7'), 'q');
+    t.visible = true;
+    choice.retry('7');
+    await sleep(60);
+    assert.deepEqual(calls.at(-1), ['7', 'f', true]);
+    assert.deepEqual(choice.state('7'), { rid: 'f', wanted: 'f', paused: false });
+    choice.close();
+  });
+});
+
+describe('tile status', () => {
+  const base = { flags: { decrypt: true, mls: true }, member: true, paused: false, camOn: true, codec: { supported: true } };
+  const track = (o) => ({ mid: '1', packetsReceived: 0, framesDecoded: 0, workerFrames: 0, decrypted: 0, dropped: 0, lastDrop: null, held: 0, epoch: 3, ...o });
+
+  it('counts the window, and from zero after a counter reset', () => {
+    assert.deepEqual(windowOf({ framesDecoded: 10 }, { framesDecoded: 25 }).decoded, 15);
+    assert.deepEqual(windowOf({ framesDecoded: 10 }, { framesDecoded: 4 }).decoded, 4);
+  });
+
+  it('a drop long ago does not keep a decoding tile red', () => {
+    const prev = track({ framesDecoded: 100, decrypted: 100, workerFrames: 120, dropped: 20, lastDrop: 'auth-failed' });
+    const cur = track({ framesDecoded: 130, decrypted: 130, workerFrames: 150, dropped: 20, lastDrop: 'auth-failed' });
+    const s = tileStatus({ ...base, video: cur, videoPrev: prev });
+    assert.equal(s.state, 'decoding');
+    assert.deepEqual(s.media, ['decoding · E2EE · epoch 3', 'ok']);
+    assert.deepEqual(s.conn, ['live', 'ok']);
+  });
+
+  it('drops in this window with no decoding: cannot decrypt with the reason', () => {
+    const prev = track({ framesDecoded: 100, decrypted: 100, workerFrames: 100 });
+    const cur = track({ framesDecoded: 100, decrypted: 100, workerFrames: 130, dropped: 30, lastDrop: 'auth-failed' });
+    const s = tileStatus({ ...base, video: cur, videoPrev: prev });
+    assert.deepEqual(s.media, ['cannot decrypt: auth-failed', 'bad']);
+  });
+
+  it('no key: waiting first, "no key" once it lasts while a member', () => {
+    const status = new TileStatus();
+    let n = 0;
+    const frame = () => {
+      n += 30;
+      return track({ workerFrames: n, dropped: n, lastDrop: 'no-key', packetsReceived: n * 3 });
+    };
+    assert.equal(status.update('1', { ...base, video: frame() }, 0).state, 'waiting for key');
+    assert.equal(status.update('1', { ...base, video: frame() }, 1000).state, 'waiting for key');
+    assert.equal(status.update('1', { ...base, video: frame() }, NO_KEY_AFTER_MS + 1).state, 'no key');
+    // Not a member yet: still only waiting.
+    const joining = new TileStatus();
+    joining.update('1', { ...base, member: false, video: frame() }, 0);
+    assert.equal(joining.update('1', { ...base, member: false, video: frame() }, NO_KEY_AFTER_MS * 3).state, 'waiting for key');
+  });
+
+  it('paused, camera off, unsupported codec, waiting for keyframe, no media', () => {
+    const v = track({ packetsReceived: 50, workerFrames: 10, decrypted: 10 });
+    assert.equal(tileStatus({ ...base, video: v, paused: true }).state, 'paused');
+    assert.equal(tileStatus({ ...base, video: track({}), camOn: false }).state, 'camera off');
+    assert.equal(tileStatus({ ...base, video: v, codec: { supported: false, name: 'H264' } }).media[0], 'unsupported codec: H264');
+    assert.equal(tileStatus({ ...base, video: v }).state, 'waiting for keyframe');
+    assert.equal(tileStatus({ ...base, video: v, videoPrev: v }).state, 'no media');
+    assert.equal(tileStatus({ ...base, flags: { decrypt: false, mls: true }, video: v }).state, 'not decrypting');
+  });
+
+  it('codec support from the stats codec or the negotiated m-line', () => {
+    const caps = [{ mimeType: 'video/VP8' }, { mimeType: 'video/rtx' }];
+    assert.deepEqual(codecSupport('video/VP8', null, caps), { supported: true, name: 'VP8' });
+    assert.deepEqual(codecSupport('video/H264', null, caps), { supported: false, name: 'H264' });
+    assert.equal(codecSupport(null, ['video/rtx'], caps).supported, false);
+    assert.equal(codecSupport(null, ['video/VP8', 'video/rtx'], caps).supported, null);
+    assert.equal(codecSupport(null, null, caps).supported, null);
+  });
+});
+
+function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
