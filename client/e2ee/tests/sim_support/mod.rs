@@ -26,6 +26,9 @@ pub struct Coordinator {
     pub log: Vec<Logged>,
     /// Live participants in join order.
     pub live: Vec<u64>,
+    /// Live participants whose connection dropped (in their resume window): `execute`
+    /// does not wait for them and they are not named creator while others are connected.
+    pub disconnected: BTreeSet<u64>,
     group: Option<(Vec<u8>, u64)>,
     /// Participants counted as group members (named creator, or reported ready).
     group_members: BTreeSet<u64>,
@@ -85,6 +88,7 @@ impl Coordinator {
             return;
         }
         self.live.retain(|x| *x != id);
+        self.disconnected.remove(&id);
         self.group_members.remove(&id);
         self.ready.remove(&id);
         let seq = self.seq();
@@ -97,7 +101,12 @@ impl Coordinator {
         if self.live.is_empty() || self.live.iter().any(|x| self.group_members.contains(x)) {
             return;
         }
-        let id = self.live[0];
+        let id = self
+            .live
+            .iter()
+            .copied()
+            .find(|x| !self.disconnected.contains(x))
+            .unwrap_or(self.live[0]);
         self.next_group += 1;
         let group_id = format!("room-group-{}", self.next_group).into_bytes();
         self.group = Some((group_id.clone(), 0));
@@ -218,7 +227,7 @@ impl Coordinator {
         let all = self
             .live
             .iter()
-            .filter(|x| self.group_members.contains(x))
+            .filter(|x| self.group_members.contains(x) && !self.disconnected.contains(x))
             .all(|x| self.ready.contains(x));
         let late = now.is_some_and(|n| n >= deadline);
         if all || late {
@@ -230,6 +239,13 @@ impl Coordinator {
 
     pub fn tick(&mut self, now: Duration) {
         self.maybe_execute(Some(now));
+    }
+
+    /// Participant `id`'s connection dropped (it stays until [`Coordinator::leave`]).
+    pub fn disconnect(&mut self, id: u64) {
+        if self.live.contains(&id) && self.disconnected.insert(id) {
+            self.maybe_execute(None);
+        }
     }
 }
 
@@ -353,6 +369,7 @@ impl Room {
             self.flush(id, usize::MAX);
         }
         self.clients.remove(&id);
+        self.coord.disconnect(id);
     }
 
     /// The presence timeout of a crashed participant.
