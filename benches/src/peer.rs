@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use satsuma_bot::ParticipantConfig;
 use satsuma_bot::participant::{Participant, ParticipantStats, SignalingError};
+use satsuma_bot::shaper::Shaper;
 use thiserror::Error;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -55,6 +56,17 @@ pub fn unix_now_us() -> u64 {
 impl Peer {
     /// Bind a UDP socket on `ip` and start the media task.
     pub fn start(config: ParticipantConfig, ip: IpAddr) -> Result<Self, PeerError> {
+        Self::start_limited(config, ip, None)
+    }
+
+    /// Like [`Peer::start`], with the peer's downlink limited to `limit_bps` (the bot crate's
+    /// token-bucket [`Shaper`] between the socket and the participant: a bottleneck link with a
+    /// bounded queue; datagrams reach the participant when the shaper releases them).
+    pub fn start_limited(
+        config: ParticipantConfig,
+        ip: IpAddr,
+        limit_bps: Option<u64>,
+    ) -> Result<Self, PeerError> {
         let socket = bind_socket(ip)?;
         let local_addr = socket.local_addr()?;
         let participant = Participant::new(
@@ -65,7 +77,8 @@ impl Peer {
             rand::random(),
         )?;
         let (tx, rx) = mpsc::channel(16);
-        let task = tokio::spawn(run(participant, socket, rx));
+        let shaper = limit_bps.map(|bps| Shaper::new(bps, Instant::now()));
+        let task = tokio::spawn(run(participant, socket, rx, shaper));
         Ok(Self {
             local_addr,
             commands: tx,
@@ -130,25 +143,34 @@ fn bind_socket(ip: IpAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-async fn run(mut p: Participant, socket: UdpSocket, mut commands: mpsc::Receiver<Command>) {
+async fn run(
+    mut p: Participant,
+    socket: UdpSocket,
+    mut commands: mpsc::Receiver<Command>,
+    mut shaper: Option<Shaper>,
+) {
     let mut buf = vec![0u8; 2048];
     loop {
         flush(&mut p, &socket);
         if !p.is_alive() {
             break;
         }
-        let wake = tokio::time::Instant::from_std(p.next_wakeup());
+        let mut wake = p.next_wakeup();
+        if let Some(at) = shaper.as_ref().and_then(Shaper::next_release) {
+            wake = wake.min(at);
+        }
+        let wake = tokio::time::Instant::from_std(wake);
         tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
-                    let now = Instant::now();
-                    p.handle_datagram(now, from, &buf[..n]);
+                    receive(&mut p, shaper.as_mut(), from, &buf[..n]);
                     for _ in 0..64 {
                         match socket.try_recv_from(&mut buf) {
-                            Ok((n, from)) => p.handle_datagram(Instant::now(), from, &buf[..n]),
+                            Ok((n, from)) => receive(&mut p, shaper.as_mut(), from, &buf[..n]),
                             Err(_) => break,
                         }
                     }
+                    release(&mut p, shaper.as_mut());
                     p.handle_timeout(Instant::now());
                 }
                 Err(e) => debug!("udp recv error: {e}"),
@@ -164,10 +186,35 @@ async fn run(mut p: Participant, socket: UdpSocket, mut commands: mpsc::Receiver
                     break;
                 }
             },
-            _ = tokio::time::sleep_until(wake) => p.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(wake) => {
+                release(&mut p, shaper.as_mut());
+                p.handle_timeout(Instant::now());
+            }
         }
     }
     flush(&mut p, &socket);
+}
+
+/// A datagram from the socket: to the participant at once, or into the shaper's queue.
+fn receive(p: &mut Participant, shaper: Option<&mut Shaper>, from: SocketAddr, bytes: &[u8]) {
+    let now = Instant::now();
+    match shaper {
+        Some(s) => {
+            if !s.push(now, from, bytes.to_vec()) {
+                p.note_ingress_drop();
+            }
+        }
+        None => p.handle_datagram(now, from, bytes),
+    }
+}
+
+/// Hands what the shaper lets through now to the participant, arriving now.
+fn release(p: &mut Participant, shaper: Option<&mut Shaper>) {
+    let Some(s) = shaper else { return };
+    let now = Instant::now();
+    while let Some((from, bytes)) = s.pop_due(now) {
+        p.handle_datagram(now, from, &bytes);
+    }
 }
 
 fn flush(p: &mut Participant, socket: &UdpSocket) {

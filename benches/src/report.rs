@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::worker::{Counters, TrackLatency, WorkerReport};
+use crate::worker::{Counters, SubscriberDetail, TrackLatency, WorkerReport};
 
 /// Which SFU a result is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +21,26 @@ impl SfuKind {
         match self {
             SfuKind::Satsuma => "satsuma",
             SfuKind::Janus => "janus",
+        }
+    }
+}
+
+/// Satsuma's bandwidth estimation in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BweMode {
+    /// On (`--bwe-initial-kbps` above 0; the SFU's default).
+    On,
+    /// Off (`--bwe-initial-kbps 0`).
+    Off,
+}
+
+impl BweMode {
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BweMode::On => "on",
+            BweMode::Off => "off",
         }
     }
 }
@@ -93,6 +113,9 @@ pub struct ScenarioResult {
     pub scenario: String,
     /// SFU.
     pub sfu: SfuKind,
+    /// Satsuma's bandwidth estimation (`None`: Janus, or a Satsuma the harness did not start).
+    #[serde(default)]
+    pub bwe: Option<BweMode>,
     /// Participants (scenario's count).
     pub participants: usize,
     /// Publishers planned / connected.
@@ -129,6 +152,9 @@ pub struct ScenarioResult {
     pub process: ProcessReadings,
     /// Summed worker counters over the window.
     pub counters: Counters,
+    /// Per subscriber, where subscribers differ (`limited`).
+    #[serde(default)]
+    pub subscriber_details: Vec<SubscriberDetail>,
     /// Problems seen while setting up.
     pub notes: Vec<String>,
 }
@@ -140,6 +166,8 @@ pub struct ScenarioMeta {
     pub scenario: String,
     /// SFU.
     pub sfu: SfuKind,
+    /// Satsuma's bandwidth estimation.
+    pub bwe: Option<BweMode>,
     /// Participants.
     pub participants: usize,
     /// Planned publishers.
@@ -158,9 +186,11 @@ impl ScenarioResult {
         let mut c = Counters::default();
         let mut lat = Vec::new();
         let mut base_lat = Vec::new();
+        let mut subscriber_details = Vec::new();
         let (mut pubs, mut subs) = (0, 0);
         for r in reports {
             c = c.plus(&r.sfu);
+            subscriber_details.extend(r.subscriber_details.iter().cloned());
             lat.extend_from_slice(&r.latency);
             base_lat.extend_from_slice(&r.baseline_latency);
             pubs += r.publishers;
@@ -174,6 +204,7 @@ impl ScenarioResult {
         Self {
             scenario: meta.scenario,
             sfu: meta.sfu,
+            bwe: meta.bwe,
             participants: meta.participants,
             publishers: (meta.planned_publishers, pubs),
             subscribers: (meta.planned_subscribers, subs),
@@ -197,8 +228,45 @@ impl ScenarioResult {
             rss_per_participant_kib: rss_growth_kib / meta.participants.max(1) as f64,
             process: proc_,
             counters: c,
+            subscriber_details,
             notes: meta.notes,
         }
+    }
+}
+
+impl ScenarioResult {
+    /// The SFU with its estimation mode, e.g. `satsuma (bwe on)`.
+    pub fn sfu_label(&self) -> String {
+        match self.bwe {
+            Some(b) => format!("{} (bwe {})", self.sfu.name(), b.name()),
+            None => self.sfu.name().to_owned(),
+        }
+    }
+}
+
+/// Satsuma with estimation on against off in one scenario, over every run of each (runs
+/// interleaved A/B/A/B, so that they share the machine's noise).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BweComparison {
+    /// Scenario.
+    pub scenario: String,
+    /// µs CPU per forwarded packet, estimation on, per run.
+    pub on_us: Vec<f64>,
+    /// The same, estimation off.
+    pub off_us: Vec<f64>,
+    /// Server-added p50 / p99 ms with estimation on, per run.
+    pub on_added_ms: Vec<(f64, f64)>,
+    /// The same, estimation off.
+    pub off_added_ms: Vec<(f64, f64)>,
+    /// Mean µs per packet on ÷ mean off.
+    pub cpu_ratio: f64,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
     }
 }
 
@@ -230,6 +298,9 @@ pub struct RunReport {
     pub results: Vec<ScenarioResult>,
     /// Ratios, where both SFUs ran a scenario.
     pub ratios: Vec<Ratio>,
+    /// Estimation on against off, where both ran a scenario.
+    #[serde(default)]
+    pub bwe: Vec<BweComparison>,
 }
 
 impl RunReport {
@@ -259,6 +330,137 @@ impl RunReport {
             }
         }
         self.ratios = ratios;
+        let mut bwe: Vec<BweComparison> = Vec::new();
+        for r in self
+            .results
+            .iter()
+            .filter(|r| r.cpu_us_per_packet.is_some())
+        {
+            let (Some(mode), Some(us)) = (r.bwe, r.cpu_us_per_packet) else {
+                continue;
+            };
+            let i = match bwe.iter().position(|c| c.scenario == r.scenario) {
+                Some(i) => i,
+                None => {
+                    bwe.push(BweComparison {
+                        scenario: r.scenario.clone(),
+                        on_us: Vec::new(),
+                        off_us: Vec::new(),
+                        on_added_ms: Vec::new(),
+                        off_added_ms: Vec::new(),
+                        cpu_ratio: 0.0,
+                    });
+                    bwe.len() - 1
+                }
+            };
+            let c = &mut bwe[i];
+            let added = (r.added_p50_ms, r.added_p99_ms);
+            match mode {
+                BweMode::On => {
+                    c.on_us.push(us);
+                    c.on_added_ms.push(added);
+                }
+                BweMode::Off => {
+                    c.off_us.push(us);
+                    c.off_added_ms.push(added);
+                }
+            }
+        }
+        bwe.retain(|c| !c.on_us.is_empty() && !c.off_us.is_empty());
+        for c in &mut bwe {
+            c.cpu_ratio = mean(&c.on_us) / mean(&c.off_us).max(1e-9);
+        }
+        self.bwe = bwe;
+    }
+
+    /// Markdown: estimation on against off.
+    fn bwe_markdown(&self) -> String {
+        if self.bwe.is_empty() {
+            return String::new();
+        }
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let added = |v: &[(f64, f64)]| {
+            v.iter()
+                .map(|(a, b)| format!("{a:.1} / {b:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut s = String::from(
+            "\n| scenario | µs CPU / fwd pkt, bwe on (runs) | bwe off (runs) | on ÷ off (means) | \
+             server-added p50 / p99 ms, bwe on | bwe off |\n|---|---|---|---|---|---|\n",
+        );
+        for c in &self.bwe {
+            s.push_str(&format!(
+                "| {} | {} | {} | {:.2} | {} | {} |\n",
+                c.scenario,
+                list(&c.on_us),
+                list(&c.off_us),
+                c.cpu_ratio,
+                added(&c.on_added_ms),
+                added(&c.off_added_ms),
+            ));
+        }
+        s
+    }
+
+    /// Markdown: per-subscriber details (the `limited` scenario).
+    fn subscribers_markdown(&self) -> String {
+        let mut s = String::new();
+        for r in self
+            .results
+            .iter()
+            .filter(|r| !r.subscriber_details.is_empty())
+        {
+            let w = r.process.window_s.max(1e-3);
+            s.push_str(&format!(
+                "\n{} / {}: per subscriber over the window\n\n\
+                 | subscriber | downlink limit kbit/s | video packets per layer | layer at the end | \
+                 layer switches | received kbit/s | loss % | shaper drops | longest freeze ms | \
+                 audio latency p50 / p99 ms | video latency p50 / p99 ms |\n\
+                 |---|---|---|---|---|---|---|---|---|---|---|\n",
+                r.scenario,
+                r.sfu_label()
+            ));
+            let mut details = r.subscriber_details.clone();
+            details.sort_by(|a, b| a.name.cmp(&b.name));
+            for d in &details {
+                let layers = d
+                    .video_layer_packets
+                    .iter()
+                    .map(|(l, n)| format!("{l}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let expected = d.recv_unique + d.lost;
+                let ms = |us: u64| us as f64 / 1000.0;
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} |\n",
+                    d.name,
+                    d.limit_kbps.map_or_else(|| "–".to_owned(), |k| k.to_string()),
+                    layers,
+                    d.layer_now.as_deref().unwrap_or("–"),
+                    d.layer_switches,
+                    d.recv_bytes as f64 * 8.0 / w / 1000.0,
+                    if expected > 0 {
+                        d.lost as f64 * 100.0 / expected as f64
+                    } else {
+                        0.0
+                    },
+                    d.shaper_dropped,
+                    d.longest_freeze_ms
+                        .map_or_else(|| "–".to_owned(), |f| format!("{f:.0}")),
+                    ms(d.audio_latency_us.0),
+                    ms(d.audio_latency_us.1),
+                    ms(d.video_latency_us.0),
+                    ms(d.video_latency_us.1),
+                ));
+            }
+        }
+        s
     }
 
     /// Markdown: a results table and the ratios.
@@ -279,7 +481,7 @@ impl RunReport {
             s.push_str(&format!(
                 "| {} | {} | {}/{} | {}/{} | {:.0} | {:.0} ({:.0}) | {:.1} | {:.1} | {} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1}→{:.1} | {:.0} | {:.0} | {:.1} |\n",
                 r.scenario,
-                r.sfu.name(),
+                r.sfu_label(),
                 r.publishers.1,
                 r.publishers.0,
                 r.subscribers.1,
@@ -314,13 +516,15 @@ impl RunReport {
                 ));
             }
         }
+        s.push_str(&self.bwe_markdown());
+        s.push_str(&self.subscribers_markdown());
         let notes: Vec<String> = self
             .results
             .iter()
             .flat_map(|r| {
                 r.notes
                     .iter()
-                    .map(move |n| format!("- {} / {}: {n}", r.scenario, r.sfu.name()))
+                    .map(move |n| format!("- {} / {}: {n}", r.scenario, r.sfu_label()))
             })
             .collect();
         if !notes.is_empty() {
@@ -363,6 +567,7 @@ mod tests {
                 p50_us: 200,
                 p99_us: 900,
             }],
+            subscriber_details: Vec::new(),
         }
     }
 
@@ -370,6 +575,7 @@ mod tests {
         ScenarioMeta {
             scenario: "audio".into(),
             sfu,
+            bwe: None,
             participants: 4,
             planned_publishers: 2,
             planned_subscribers: 4,
@@ -428,6 +634,7 @@ mod tests {
             media: "x".into(),
             results: vec![a, b],
             ratios: vec![],
+            bwe: vec![],
         };
         run.compute_ratios();
         assert_eq!(run.ratios.len(), 1);
@@ -436,6 +643,53 @@ mod tests {
         assert!(md.contains("| audio | satsuma |"));
         assert!(md.contains("| audio | janus |"));
         assert!(md.contains("0.250"));
+    }
+
+    #[test]
+    fn estimation_on_and_off_runs_are_compared_per_scenario() {
+        let p = |cpu_s: f64| ProcessReadings {
+            window_s: 1.0,
+            cpu_s,
+            ..ProcessReadings::default()
+        };
+        let run = |bwe, cpu_s| {
+            ScenarioResult::build(
+                ScenarioMeta {
+                    bwe: Some(bwe),
+                    ..meta(SfuKind::Satsuma)
+                },
+                &[report(1_000, 0, &[(10, 1_000, 2_000)])],
+                p(cpu_s),
+            )
+        };
+        let mut r = RunReport {
+            started_utc: "t".into(),
+            command: "c".into(),
+            machine: "m".into(),
+            media: "x".into(),
+            results: vec![
+                run(BweMode::On, 0.022),
+                run(BweMode::Off, 0.020),
+                run(BweMode::On, 0.026),
+                run(BweMode::Off, 0.020),
+            ],
+            ratios: vec![],
+            bwe: vec![],
+        };
+        r.compute_ratios();
+        assert_eq!(r.bwe.len(), 1);
+        assert_eq!(r.bwe[0].on_us.len(), 2);
+        assert!(
+            (r.bwe[0].cpu_ratio - 1.2).abs() < 1e-9,
+            "{}",
+            r.bwe[0].cpu_ratio
+        );
+        let md = r.markdown();
+        assert!(md.contains("satsuma (bwe on)"), "{md}");
+        assert!(
+            md.contains("| audio | 22.0, 26.0 | 20.0, 20.0 | 1.20 |"),
+            "{md}"
+        );
     }
 
     #[test]

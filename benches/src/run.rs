@@ -14,7 +14,7 @@ use crate::janus::JanusClient;
 use crate::janus_server::{JanusProcess, JanusSettings};
 use crate::media::MediaProfile;
 use crate::process;
-use crate::report::{ProcessReadings, RunReport, ScenarioMeta, ScenarioResult, SfuKind};
+use crate::report::{BweMode, ProcessReadings, RunReport, ScenarioMeta, ScenarioResult, SfuKind};
 use crate::scenario::{Plan, ScenarioKind};
 use crate::worker::{FeedRef, SubscribeSpec, Target, WorkerCommand, WorkerReply, WorkerReport};
 
@@ -60,6 +60,16 @@ pub struct RunOptions {
     pub meeting_size: usize,
     /// Livestream: subscribers.
     pub livestream_subscribers: usize,
+    /// Limited: subscribers (the first one limited).
+    pub limited_subscribers: usize,
+    /// Limited: the limited subscriber's downlink, kbit/s.
+    pub limited_kbps: u32,
+    /// Satsuma's bandwidth estimation, each mode a separate run per scenario, in this order.
+    pub bwe: Vec<BweMode>,
+    /// Initial estimate Satsuma gets when estimation is on (`None`: its default).
+    pub bwe_initial_kbps: Option<u32>,
+    /// Times every (scenario, SFU, estimation mode) runs, interleaved (A/B/A/B).
+    pub repeat: usize,
     /// Bot worker processes.
     pub workers: usize,
     /// Direct baseline pairs per worker.
@@ -160,10 +170,17 @@ enum Sfu {
 }
 
 impl Sfu {
-    async fn start(kind: SfuKind, opts: &RunOptions, plan: &Plan) -> anyhow::Result<Self> {
+    async fn start(
+        kind: SfuKind,
+        bwe: Option<BweMode>,
+        opts: &RunOptions,
+        plan: &Plan,
+    ) -> anyhow::Result<Self> {
         match kind {
             SfuKind::Satsuma => match &opts.satsuma {
                 SatsumaSource::Binary { path, args } => {
+                    let mut args: Vec<String> = args.clone();
+                    args.extend(bwe_args(bwe, opts.bwe_initial_kbps));
                     let args: Vec<&str> = args.iter().map(String::as_str).collect();
                     let p = SfuProcess::start(path, &args)
                         .with_context(|| format!("start {}", path.display()))?;
@@ -223,23 +240,40 @@ impl Sfu {
     }
 }
 
+/// The `satsuma-sfu` flags for an estimation mode (none: its own default).
+pub fn bwe_args(bwe: Option<BweMode>, initial_kbps: Option<u32>) -> Vec<String> {
+    let kbps = match bwe {
+        None => return Vec::new(),
+        Some(BweMode::Off) => 0,
+        Some(BweMode::On) => match initial_kbps {
+            Some(k) if k > 0 => k,
+            // The SFU's default is on.
+            _ => return Vec::new(),
+        },
+    };
+    vec!["--bwe-initial-kbps".to_owned(), kbps.to_string()]
+}
+
 fn plan_for(kind: ScenarioKind, opts: &RunOptions) -> Plan {
     match kind {
         ScenarioKind::Audio => Plan::new(kind, opts.audio_subscribers, opts.audio_publishers),
         ScenarioKind::Meeting => Plan::new(kind, opts.meeting_size, 0),
         ScenarioKind::Livestream => Plan::new(kind, opts.livestream_subscribers, 0),
+        ScenarioKind::Limited => Plan::limited(opts.limited_subscribers, opts.limited_kbps),
     }
 }
 
-/// Run one scenario against one SFU.
+/// Run one scenario against one SFU (Satsuma: in estimation mode `bwe`, `None` when it is
+/// not started by the harness).
 pub async fn run_scenario(
     kind: ScenarioKind,
     sfu_kind: SfuKind,
+    bwe: Option<BweMode>,
     opts: &RunOptions,
 ) -> anyhow::Result<ScenarioResult> {
     let plan = plan_for(kind, opts);
     let mut notes = Vec::new();
-    let sfu = Sfu::start(sfu_kind, opts, &plan).await?;
+    let sfu = Sfu::start(sfu_kind, bwe, opts, &plan).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = sfu.pid();
     let rss_idle = pid.and_then(process::rss_mib).unwrap_or(0.0);
@@ -259,6 +293,7 @@ pub async fn run_scenario(
         ScenarioMeta {
             scenario: kind.name().into(),
             sfu: sfu_kind,
+            bwe,
             participants: plan.participants,
             planned_publishers: plan.publishers.len(),
             planned_subscribers: plan.subscribers.len(),
@@ -339,6 +374,9 @@ async fn drive(
                     let s = &plan.subscribers[i];
                     SubscribeSpec {
                         name: s.name.clone(),
+                        limit_kbps: s.limit_kbps,
+                        // Subscribers differ only in the limited scenario: show each there.
+                        details: plan.kind == ScenarioKind::Limited,
                         feeds: s
                             .publishers
                             .iter()
@@ -427,26 +465,41 @@ pub async fn run_all(opts: &RunOptions) -> RunReport {
     let started_utc = utc_now();
     let mut results = Vec::new();
     for &kind in &opts.scenarios {
-        for &sfu in &opts.sfus {
-            info!("scenario {} on {}", kind.name(), sfu.name());
-            match run_scenario(kind, sfu, opts).await {
-                Ok(r) => results.push(r),
-                Err(e) => {
-                    warn!("scenario {} on {} failed: {e:#}", kind.name(), sfu.name());
-                    let plan = plan_for(kind, opts);
-                    results.push(ScenarioResult::build(
-                        ScenarioMeta {
-                            scenario: kind.name().into(),
-                            sfu,
-                            participants: plan.participants,
-                            planned_publishers: plan.publishers.len(),
-                            planned_subscribers: plan.subscribers.len(),
-                            nominal_egress_pps: plan.egress_pps(&opts.media),
-                            notes: vec![format!("FAILED: {e:#}")],
-                        },
-                        &[],
-                        ProcessReadings::default(),
-                    ));
+        for round in 0..opts.repeat.max(1) {
+            for &sfu in &opts.sfus {
+                for bwe in bwe_modes(sfu, opts) {
+                    let label = bwe.map_or(String::new(), |b| format!(", estimation {}", b.name()));
+                    info!(
+                        "scenario {} on {}{label} (round {})",
+                        kind.name(),
+                        sfu.name(),
+                        round + 1
+                    );
+                    match run_scenario(kind, sfu, bwe, opts).await {
+                        Ok(r) => results.push(r),
+                        Err(e) => {
+                            warn!(
+                                "scenario {} on {}{label} failed: {e:#}",
+                                kind.name(),
+                                sfu.name()
+                            );
+                            let plan = plan_for(kind, opts);
+                            results.push(ScenarioResult::build(
+                                ScenarioMeta {
+                                    scenario: kind.name().into(),
+                                    sfu,
+                                    bwe,
+                                    participants: plan.participants,
+                                    planned_publishers: plan.publishers.len(),
+                                    planned_subscribers: plan.subscribers.len(),
+                                    nominal_egress_pps: plan.egress_pps(&opts.media),
+                                    notes: vec![format!("FAILED: {e:#}")],
+                                },
+                                &[],
+                                ProcessReadings::default(),
+                            ));
+                        }
+                    }
                 }
             }
         }
@@ -480,9 +533,21 @@ pub async fn run_all(opts: &RunOptions) -> RunReport {
         ),
         results,
         ratios: Vec::new(),
+        bwe: Vec::new(),
     };
     report.compute_ratios();
     report
+}
+
+/// The estimation modes an SFU runs in: Janus has none of Satsuma's; a Satsuma the harness does
+/// not start runs as it was started.
+fn bwe_modes(sfu: SfuKind, opts: &RunOptions) -> Vec<Option<BweMode>> {
+    match (sfu, &opts.satsuma) {
+        (SfuKind::Satsuma, SatsumaSource::Binary { .. }) if !opts.bwe.is_empty() => {
+            opts.bwe.iter().copied().map(Some).collect()
+        }
+        _ => vec![None],
+    }
 }
 
 /// Now as `YYYY-MM-DD HH:MM:SS UTC`.
@@ -518,6 +583,23 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn estimation_modes_become_sfu_flags() {
+        assert!(bwe_args(None, Some(500)).is_empty());
+        assert_eq!(
+            bwe_args(Some(BweMode::Off), None),
+            ["--bwe-initial-kbps", "0"]
+        );
+        assert!(
+            bwe_args(Some(BweMode::On), None).is_empty(),
+            "the SFU's default is on"
+        );
+        assert_eq!(
+            bwe_args(Some(BweMode::On), Some(800)),
+            ["--bwe-initial-kbps", "800"]
+        );
+    }
 
     #[test]
     fn civil_dates() {

@@ -6,6 +6,10 @@
 //!   (LiveKit: 150 × 150). A participant is two peer connections here, one to publish and one to
 //!   pull, because Janus needs that; Satsuma gets the same shape for a like-for-like run.
 //! - **livestream**: one audio + video publisher, `N` subscribers (LiveKit: 1 → 3,000).
+//! - **limited**: one audio + video publisher, `N` subscribers of which the first has its
+//!   downlink limited (a token-bucket shaper in front of the bot, `--limited-kbps`): with
+//!   bandwidth estimation it should get a lower simulcast layer while the others keep the top
+//!   one.
 //!
 //! [`Plan`] is pure data: which publishers exist, which publishers each subscriber pulls, and how they
 //! are split over worker processes.
@@ -25,6 +29,8 @@ pub enum ScenarioKind {
     Meeting,
     /// One video publisher to many subscribers.
     Livestream,
+    /// One video publisher to a few subscribers, one of them behind a slow downlink.
+    Limited,
 }
 
 impl ScenarioKind {
@@ -34,9 +40,14 @@ impl ScenarioKind {
             ScenarioKind::Audio => "audio",
             ScenarioKind::Meeting => "meeting",
             ScenarioKind::Livestream => "livestream",
+            ScenarioKind::Limited => "limited",
         }
     }
 }
+
+/// Default downlink of the `limited` scenario's limited subscriber, kbit/s: room for the low
+/// simulcast layer and audio, not for the middle one.
+pub const DEFAULT_LIMIT_KBPS: u32 = 300;
 
 /// A publisher in a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +81,9 @@ pub struct SubscriberPlan {
     pub name: String,
     /// Publisher indices.
     pub publishers: Vec<usize>,
+    /// Its downlink is limited to this many kbit/s (a shaper in front of the bot).
+    #[serde(default)]
+    pub limit_kbps: Option<u32>,
 }
 
 /// Who publishes and who pulls what.
@@ -97,6 +111,7 @@ impl Plan {
         let subscriber = |i: usize, publishers: Vec<usize>| SubscriberPlan {
             name: format!("sub{i}"),
             publishers,
+            limit_kbps: None,
         };
         match kind {
             ScenarioKind::Audio => {
@@ -125,6 +140,33 @@ impl Plan {
                 publishers: vec![publisher(0, true, true)],
                 subscribers: (0..n).map(|i| subscriber(i, vec![0])).collect(),
             },
+            ScenarioKind::Limited => Self::limited(n, DEFAULT_LIMIT_KBPS),
+        }
+    }
+
+    /// The `limited` scenario: one audio + video publisher, `n` (at least 2) subscribers, the
+    /// first (`sub0-limited`) behind a downlink of `limit_kbps`.
+    pub fn limited(n: usize, limit_kbps: u32) -> Self {
+        let n = n.max(2);
+        Self {
+            kind: ScenarioKind::Limited,
+            participants: 1 + n,
+            publishers: vec![PublisherPlan {
+                name: "pub0".into(),
+                audio: true,
+                video: true,
+            }],
+            subscribers: (0..n)
+                .map(|i| SubscriberPlan {
+                    name: if i == 0 {
+                        format!("sub{i}-limited")
+                    } else {
+                        format!("sub{i}")
+                    },
+                    publishers: vec![0],
+                    limit_kbps: (i == 0).then_some(limit_kbps),
+                })
+                .collect(),
         }
     }
 
@@ -208,6 +250,18 @@ mod tests {
         assert_eq!(p.publishers.len(), 1);
         assert_eq!(p.subscribers.len(), 5);
         assert_eq!(p.participants, 6);
+    }
+
+    #[test]
+    fn limited_plan_limits_only_the_first_subscriber() {
+        let p = Plan::limited(4, 300);
+        assert_eq!(p.kind, ScenarioKind::Limited);
+        assert_eq!(p.publishers.len(), 1);
+        assert_eq!(p.subscribers.len(), 4);
+        assert_eq!(p.subscribers[0].limit_kbps, Some(300));
+        assert!(p.subscribers[0].name.contains("limited"));
+        assert!(p.subscribers[1..].iter().all(|s| s.limit_kbps.is_none()));
+        assert_eq!(Plan::limited(0, 300).subscribers.len(), 2);
     }
 
     #[test]

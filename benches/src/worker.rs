@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use satsuma_bot::MediaKind;
 use satsuma_bot::participant::{ParticipantStats, PullSpec};
 use satsuma_bot::{SfuClient, TrackSpec};
 use serde::{Deserialize, Serialize};
@@ -63,6 +64,12 @@ pub struct SubscribeSpec {
     pub name: String,
     /// Feeds to pull (all tracks).
     pub feeds: Vec<FeedRef>,
+    /// Downlink limit, kbit/s (a shaper in front of the bot).
+    #[serde(default)]
+    pub limit_kbps: Option<u32>,
+    /// Report this subscriber's own figures ([`SubscriberDetail`]).
+    #[serde(default)]
+    pub details: bool,
 }
 
 /// Controller → worker.
@@ -204,6 +211,117 @@ pub struct WorkerReport {
     pub latency: Vec<TrackLatency>,
     /// Latency per received baseline track.
     pub baseline_latency: Vec<TrackLatency>,
+    /// Per subscriber, for scenarios where subscribers differ (`limited`).
+    #[serde(default)]
+    pub subscriber_details: Vec<SubscriberDetail>,
+}
+
+/// What one subscriber got over the window: which simulcast layers, how much, how smoothly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubscriberDetail {
+    /// Display name.
+    pub name: String,
+    /// Its downlink limit, kbit/s.
+    pub limit_kbps: Option<u32>,
+    /// Video packets received per simulcast layer (rid) over the window.
+    pub video_layer_packets: Vec<(String, u64)>,
+    /// Layer (rid) of the last video packet.
+    pub layer_now: Option<String>,
+    /// Layer switches over the window.
+    pub layer_switches: u64,
+    /// Longest gap between two decoded video frames since the pull, ms.
+    pub longest_freeze_ms: Option<f64>,
+    /// RTP payload bytes received over the window (all tracks).
+    pub recv_bytes: u64,
+    /// Packets received (distinct) over the window.
+    pub recv_unique: u64,
+    /// Packets missing in sequence over the window.
+    pub lost: u64,
+    /// Datagrams its shaper dropped over the window.
+    pub shaper_dropped: u64,
+    /// Audio latency p50 / p99 since the pull, µs.
+    pub audio_latency_us: (u64, u64),
+    /// Video latency p50 / p99 since the pull, µs.
+    pub video_latency_us: (u64, u64),
+}
+
+impl SubscriberDetail {
+    /// The detail of a subscriber named `name` from its statistics now (`mark`: at the start of
+    /// the window; window figures are the difference). `rids` names the layer indices the
+    /// payloads carry (the publishers' layer order).
+    pub fn of(
+        name: &str,
+        limit_kbps: Option<u32>,
+        now: &ParticipantStats,
+        mark: Option<&ParticipantStats>,
+        rids: &[String],
+    ) -> Self {
+        let rid = |i: u8| {
+            rids.get(usize::from(i))
+                .cloned()
+                .unwrap_or_else(|| i.to_string())
+        };
+        let layers = |s: &ParticipantStats| -> Vec<(u8, u64)> {
+            s.subscribed
+                .iter()
+                .filter(|t| t.received.kind == Some(MediaKind::Video))
+                .flat_map(|t| t.received.layers.iter().map(|l| (l.layer, l.unique)))
+                .collect()
+        };
+        let sum = |s: &ParticipantStats, f: fn(&satsuma_bot::reception::ReceptionStats) -> u64| {
+            s.subscribed.iter().map(|t| f(&t.received)).sum::<u64>()
+        };
+        let before = mark.map(layers).unwrap_or_default();
+        let mut video_layer_packets: Vec<(u8, u64)> = Vec::new();
+        for (layer, n) in layers(now) {
+            let was: u64 = before
+                .iter()
+                .filter(|(l, _)| *l == layer)
+                .map(|(_, n)| n)
+                .sum();
+            match video_layer_packets.iter_mut().find(|(l, _)| *l == layer) {
+                Some((_, acc)) => *acc += n.saturating_sub(was),
+                None => video_layer_packets.push((layer, n.saturating_sub(was))),
+            }
+        }
+        video_layer_packets.sort_unstable();
+        let video_layer_packets = video_layer_packets
+            .into_iter()
+            .map(|(l, n)| (rid(l), n))
+            .collect();
+        let delta = |f: fn(&satsuma_bot::reception::ReceptionStats) -> u64| {
+            sum(now, f).saturating_sub(mark.map_or(0, |m| sum(m, f)))
+        };
+        let video = now
+            .subscribed
+            .iter()
+            .find(|t| t.received.kind == Some(MediaKind::Video));
+        let latency = |kind: MediaKind| {
+            now.subscribed
+                .iter()
+                .find(|t| t.received.kind == Some(kind))
+                .map_or((0, 0), |t| {
+                    (t.received.latency.p50_us, t.received.latency.p99_us)
+                })
+        };
+        Self {
+            name: name.to_owned(),
+            limit_kbps,
+            video_layer_packets,
+            layer_now: video.and_then(|t| t.received.layer).map(rid),
+            layer_switches: delta(|r| r.layer_switches),
+            longest_freeze_ms: video.and_then(|t| t.received.longest_freeze_ms),
+            recv_bytes: delta(|r| r.bytes),
+            recv_unique: delta(|r| r.unique),
+            lost: delta(|r| r.lost),
+            shaper_dropped: now
+                .transport
+                .ingress_dropped
+                .saturating_sub(mark.map_or(0, |m| m.transport.ingress_dropped)),
+            audio_latency_us: latency(MediaKind::Audio),
+            video_latency_us: latency(MediaKind::Video),
+        }
+    }
 }
 
 /// Worker → controller.
@@ -253,6 +371,11 @@ struct Worker {
     concurrency: usize,
     publishers: Vec<Peer>,
     subscribers: Vec<Peer>,
+    /// Name, downlink limit and whether to report details, of each subscriber (same order as
+    /// `subscribers`).
+    subscriber_meta: Vec<(String, Option<u32>, bool)>,
+    /// Each subscriber's statistics at the mark.
+    subscriber_marks: Vec<Option<ParticipantStats>>,
     baseline: Vec<(Peer, Peer)>,
     mark_sfu: Counters,
     mark_baseline: Counters,
@@ -368,6 +491,8 @@ impl Worker {
                 concurrency: concurrency.max(1),
                 publishers: Vec::new(),
                 subscribers: Vec::new(),
+                subscriber_meta: Vec::new(),
+                subscriber_marks: Vec::new(),
                 baseline,
                 mark_sfu: Counters::default(),
                 mark_baseline: Counters::default(),
@@ -441,10 +566,12 @@ impl Worker {
             let gate = gate.clone();
             let config = self.media.participant_config();
             let spec_name = format!("subscriber {}", spec.name);
+            let meta = (spec.name.clone(), spec.limit_kbps, spec.details);
+            let limit_bps = spec.limit_kbps.map(|k| u64::from(k) * 1000);
             set.spawn(async move {
                 let _permit = gate.acquire_owned().await;
                 let r: anyhow::Result<Peer> = async {
-                    let peer = Peer::start(config, LOCALHOST)?;
+                    let peer = Peer::start_limited(config, LOCALHOST, limit_bps)?;
                     match &*sig {
                         Signaling::Satsuma(c) => {
                             let pulls: Vec<(String, String)> = spec
@@ -467,14 +594,15 @@ impl Worker {
                     Ok(peer)
                 }
                 .await;
-                r.map_err(|e| e.context(spec_name))
+                r.map(|p| (p, meta)).map_err(|e| e.context(spec_name))
             });
         }
         let (mut connected, mut failed, mut error) = (0, 0, None);
         while let Some(joined) = set.join_next().await {
             match joined {
-                Ok(Ok(peer)) => {
+                Ok(Ok((peer, meta))) => {
                     self.subscribers.push(peer);
+                    self.subscriber_meta.push(meta);
                     connected += 1;
                 }
                 Ok(Err(e)) => {
@@ -500,15 +628,45 @@ impl Worker {
         (sfu, lat, base, base_lat)
     }
 
+    /// Whether any subscriber reports its own figures.
+    fn wants_details(&self) -> bool {
+        self.subscriber_meta.iter().any(|(_, _, d)| *d)
+    }
+
     async fn mark(&mut self) -> WorkerReply {
         let (sfu, _, base, _) = self.snapshot().await;
         self.mark_sfu = sfu;
         self.mark_baseline = base;
+        self.subscriber_marks.clear();
+        if self.wants_details() {
+            for p in &self.subscribers {
+                self.subscriber_marks.push(p.stats().await.ok());
+            }
+        }
         WorkerReply::Marked
     }
 
     async fn report(&self) -> WorkerReply {
         let (sfu, latency, base, baseline_latency) = self.snapshot().await;
+        let mut subscriber_details = Vec::new();
+        if self.wants_details() {
+            let rids: Vec<String> = self
+                .media
+                .simulcast_layers()
+                .into_iter()
+                .map(|l| l.rid)
+                .collect();
+            let subscribers = self.subscribers.iter().zip(&self.subscriber_meta);
+            for (i, (p, (name, limit, details))) in subscribers.enumerate() {
+                if !details {
+                    continue;
+                }
+                if let Ok(now) = p.stats().await {
+                    let mark = self.subscriber_marks.get(i).and_then(Option::as_ref);
+                    subscriber_details.push(SubscriberDetail::of(name, *limit, &now, mark, &rids));
+                }
+            }
+        }
         WorkerReply::Report(WorkerReport {
             publishers: self.publishers.len(),
             subscribers: self.subscribers.len(),
@@ -516,6 +674,7 @@ impl Worker {
             baseline: base.since(&self.mark_baseline),
             latency,
             baseline_latency,
+            subscriber_details,
         })
     }
 

@@ -148,6 +148,12 @@ impl<'de> Deserialize<'de> for TcpBind {
     }
 }
 
+/// Initial egress bandwidth estimate of a session, kbit/s: bandwidth estimation is on by default.
+/// A subscriber starts on layers that fit it (with the default 150 / 500 / 1,500 kbit/s layers:
+/// the low layers of a few tiles) and str0m's first probes (3× and 6× of it) find the link within
+/// about a second.
+pub const DEFAULT_BWE_INITIAL_KBPS: u32 = 1000;
+
 /// Everything the SFU needs to run. `Config::default()` is a working loopback setup with one app
 /// (`satsuma` / `satsuma-secret`), meant for tests and local experiments.
 #[derive(Debug, Clone)]
@@ -178,10 +184,16 @@ pub struct Config {
     pub session_requests_per_second: u32,
     /// Maximum number of tracks in one API request.
     pub max_tracks_per_request: usize,
-    /// Initial egress bandwidth estimate of a session in kbit/s (str0m's GCC refines it; simulcast
-    /// layers are chosen to fit). 0, the default, disables bandwidth estimation and pacing: its
-    /// CPU cost and pacing delay are measured in `benches/README.md`.
+    /// Initial egress bandwidth estimate of a session in kbit/s: str0m's send-side estimator
+    /// (GCC over TWCC) refines it, and simulcast layers are chosen to fit the estimate. Default
+    /// [`DEFAULT_BWE_INITIAL_KBPS`]; 0 turns bandwidth estimation off (legs then get their
+    /// preferred or top layer). Its CPU cost and delay are measured in `benches/README.md`.
     pub bwe_initial_kbps: u32,
+    /// With bandwidth estimation on: send simulcast video through str0m's pacer (at 1.1 × the
+    /// estimate) instead of forwarding it at once. Off by default: layer choice keeps video
+    /// within the estimate, and the pacer would hold whatever exceeds it (hundreds of ms while a
+    /// switch down waits for a keyframe). Audio and single-layer video are never paced.
+    pub bwe_pace_video: bool,
     /// Quotas against abuse (see [`Limits`]).
     pub limits: Limits,
     /// Browser origins allowed to call the API cross-origin (CORS). Empty, the default: no CORS
@@ -423,7 +435,8 @@ impl Default for Config {
             shards: default_shards(),
             session_requests_per_second: 50,
             max_tracks_per_request: 64,
-            bwe_initial_kbps: 0,
+            bwe_initial_kbps: DEFAULT_BWE_INITIAL_KBPS,
+            bwe_pace_video: false,
             limits: Limits::default(),
             cors_origins: Vec::new(),
             metrics_token: None,
@@ -458,6 +471,8 @@ pub struct FileConfig {
     pub shards: Option<usize>,
     /// Initial bandwidth estimate in kbit/s (0: no bandwidth estimation).
     pub bwe_initial_kbps: Option<u32>,
+    /// Pace simulcast video (see [`Config::bwe_pace_video`]).
+    pub bwe_pace_video: Option<bool>,
     /// Log filter, like `info` or `satsuma_sfu=debug`.
     pub log: Option<String>,
     /// The quotas, at the top level of the file (`session_max_legs = 64`, …).

@@ -23,7 +23,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(name = "satsuma-sfu", version, about, long_about = None)]
 struct Cli {
     /// TOML config file. Keys: apps = [{id, secret}], http_bind, udp_bind, tcp_bind, announce_ips,
-    /// track_timeout_secs, session_timeout_secs, shards, bwe_initial_kbps, log,
+    /// track_timeout_secs, session_timeout_secs, shards, bwe_initial_kbps, bwe_pace_video, log,
     /// session_requests_per_second, max_tracks_per_request, app_new_sessions_per_second,
     /// app_max_sessions, session_max_publications, session_max_legs,
     /// session_max_pulls_per_track, session_max_ingress_kbps, tcp_max_connections_per_ip,
@@ -105,14 +105,19 @@ struct Cli {
     #[arg(long, env = "SATSUMA_SFU_SHARDS")]
     shards: Option<usize>,
 
-    /// Initial egress bandwidth estimate of a session in kbit/s. Above 0 it turns on str0m's
-    /// GCC bandwidth estimator and pacer for every session, and simulcast layers are chosen to fit
-    /// the estimate. Default 0 (off): legs get their preferred or top layer. Costs when on
-    /// (measured, see benches/README.md): about 1.4-2x CPU per forwarded packet, and media of
-    /// a subscriber above its estimate waits in the pacer (tens to hundreds of ms) until the
-    /// estimate grows.
+    /// Initial egress bandwidth estimate of a session in kbit/s. Bandwidth estimation (str0m's
+    /// GCC over TWCC) runs for every session and simulcast layers are chosen to fit each
+    /// subscriber's estimate. 0 turns it off: legs then get their preferred or top layer.
+    /// Audio and single-layer video are never held back by the estimate. Default 1000 (its CPU
+    /// cost and delay are measured in benches/README.md).
     #[arg(long, env = "SATSUMA_SFU_BWE_INITIAL_KBPS")]
     bwe_initial_kbps: Option<u32>,
+
+    /// With bandwidth estimation on, send simulcast video through str0m's pacer (at 1.1x the
+    /// estimate) rather than forwarding it at once. Default off: the pacer holds video that
+    /// exceeds the estimate (hundreds of ms while a switch down waits for a keyframe).
+    #[arg(long, env = "SATSUMA_SFU_BWE_PACE_VIDEO", num_args = 0..=1, default_missing_value = "true")]
+    bwe_pace_video: Option<bool>,
 
     #[command(flatten)]
     limits: LimitSettings,
@@ -181,6 +186,10 @@ fn build_config(cli: Cli) -> anyhow::Result<(Config, String)> {
         .bwe_initial_kbps
         .or(file.bwe_initial_kbps)
         .unwrap_or(config.bwe_initial_kbps);
+    config.bwe_pace_video = cli
+        .bwe_pace_video
+        .or(file.bwe_pace_video)
+        .unwrap_or(config.bwe_pace_video);
     cli.limits.or(file.limits).apply(&mut config);
     config.cors_origins = if cli.cors_origins.is_empty() {
         file.cors_origins.unwrap_or_default()

@@ -54,6 +54,11 @@ const KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
 /// Messages handled before the shard looks at timeouts again.
 const BATCH: usize = 256;
+/// Timeouts one drain of a session handles itself (see [`drain_session`]) before it leaves the
+/// rest to the shard loop, so that one session cannot hold the shard.
+const PACER_ROUNDS: usize = 512;
+/// A str0m timeout this close is handled at once rather than through the shard's timer.
+const PACER_SLACK: Duration = Duration::from_micros(50);
 
 /// A datagram routed to a session.
 #[derive(Debug)]
@@ -822,8 +827,9 @@ impl Shard {
         if let Some((home, rid)) = outcome.wants_keyframe {
             self.request_pli(home, track, rid);
         }
+        let paced = paced(&self.ctx.config, pkt.rid.is_some());
         for w in writes.drain(..) {
-            self.write_leg(w);
+            self.write_leg(w, paced);
         }
         self.writes = writes;
     }
@@ -850,7 +856,7 @@ impl Shard {
         }
     }
 
-    fn write_leg(&mut self, w: LegWrite) {
+    fn write_leg(&mut self, w: LegWrite, paced: bool) {
         let id = w.leg.session;
         let Some(session) = self.sessions.get_mut(&id) else {
             self.ctx.metrics.drop(PacketDrop::NoSubscriberSession);
@@ -861,6 +867,7 @@ impl Shard {
             let Some(tx) = api.stream_tx_by_mid(w.leg.mid, None) else {
                 return false;
             };
+            tx.set_unpaced(!paced);
             let mut write = RtpWrite::new(w.pt, w.seq.into(), w.timestamp, w.wallclock, w.payload)
                 .marker(w.marker)
                 .nackable(w.nackable)
@@ -1266,6 +1273,11 @@ impl Shard {
         slot.commit();
         self.ctx.metrics.sessions.inc();
         self.sessions.insert(id, session);
+        if let Some(bps) = initial_estimate_bps(&self.ctx.config) {
+            // Until str0m's first estimate, layers are chosen to fit the initial one: a leg
+            // that started on the top layer would overfill the pacer before the estimate came.
+            self.forwarder.note_estimate(id, bps, now);
+        }
         Ok(answer)
     }
 
@@ -1763,6 +1775,25 @@ fn injected_panic(shard: ShardId) -> ! {
     panic!("test hook: injected panic on shard {shard}")
 }
 
+/// Whether a forwarded packet goes through str0m's pacer (only with bandwidth estimation on).
+/// Only simulcast video can adapt to a subscriber's estimate (by layer), and only with
+/// [`Config::bwe_pace_video`]; audio and single-layer video never wait in the pacer, since
+/// holding them back cannot make them fit. Unpaced media is still counted by the estimator.
+fn paced(config: &Config, simulcast: bool) -> bool {
+    config.bwe_pace_video && simulcast
+}
+
+/// Whether a drain handles str0m's timeout `t` itself rather than leaving it to the shard's
+/// timer (see [`drain_session`]).
+fn timeout_due(t: Instant, now: Instant, rounds: usize) -> bool {
+    rounds < PACER_ROUNDS && t <= now + PACER_SLACK
+}
+
+/// The initial bandwidth estimate in bit/s, when bandwidth estimation is on.
+fn initial_estimate_bps(config: &Config) -> Option<u64> {
+    (config.bwe_initial_kbps > 0).then(|| u64::from(config.bwe_initial_kbps) * 1000)
+}
+
 /// Sends a session's packet on its ICE-TCP connection (str0m chose a TCP candidate pair).
 fn transmit_tcp(ctx: &ShardContext, destination: SocketAddr, packet: &[u8]) {
     match &ctx.tcp {
@@ -1780,10 +1811,24 @@ fn drain_session(
     egress: &mut Egress,
 ) -> Result<(), String> {
     let mut reconnected = false;
+    let mut rounds = 0;
     loop {
         let output = session.rtc.poll_output().map_err(|e| e.to_string())?;
         match output {
             Output::Timeout(t) => {
+                // With bandwidth estimation on, str0m's pacer releases one packet per timeout
+                // and asks for the next timeout 1 µs later. Handling it here sends everything
+                // the pacer allows in one drain, instead of one packet per shard wake-up (the
+                // shard's timer has 1 ms granularity: packets would wait for it).
+                let now = Instant::now();
+                if timeout_due(t, now, rounds) {
+                    rounds += 1;
+                    session
+                        .rtc
+                        .handle_input(Input::Timeout(now.max(t)))
+                        .map_err(|e| e.to_string())?;
+                    continue;
+                }
                 session.next_timeout = t;
                 if reconnected {
                     forget_stale_routes(session, ctx);
@@ -2177,6 +2222,38 @@ mod tests {
             ShardMsg::TrackEnded { track } => Some(track.0),
             _ => None,
         }
+    }
+
+    #[test]
+    fn only_simulcast_video_is_paced_and_only_when_asked() {
+        let mut config = Config::default();
+        assert!(config.bwe_initial_kbps > 0, "estimation is on by default");
+        assert!(!paced(&config, true), "not paced by default");
+        assert!(!paced(&config, false));
+        config.bwe_pace_video = true;
+        assert!(paced(&config, true));
+        assert!(!paced(&config, false), "audio and single-layer video never");
+    }
+
+    #[test]
+    fn a_drain_handles_the_pacers_next_timeout_itself_within_bounds() {
+        let now = Instant::now();
+        // The pacer's "again in 1 µs" and anything already due: handled in the drain.
+        assert!(timeout_due(now + Duration::from_micros(1), now, 0));
+        assert!(timeout_due(now - Duration::from_millis(3), now, 0));
+        // A real wait (pacing debt, the next frame, RTCP): left to the shard's timer.
+        assert!(!timeout_due(now + Duration::from_millis(2), now, 0));
+        // One session cannot keep the shard forever.
+        assert!(!timeout_due(now, now, PACER_ROUNDS));
+        assert_eq!(
+            initial_estimate_bps(&Config::default()),
+            Some(u64::from(crate::config::DEFAULT_BWE_INITIAL_KBPS) * 1000)
+        );
+        let off = Config {
+            bwe_initial_kbps: 0,
+            ..Config::default()
+        };
+        assert_eq!(initial_estimate_bps(&off), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use satsuma_bench::janus_server::JanusSettings;
 use satsuma_bench::media::MediaProfile;
-use satsuma_bench::report::SfuKind;
+use satsuma_bench::report::{BweMode, SfuKind};
 use satsuma_bench::run::{RunOptions, SatsumaSource, run_all};
 use satsuma_bench::scenario::ScenarioKind;
 use tracing_subscriber::EnvFilter;
@@ -90,6 +90,37 @@ struct Cli {
     /// Livestream scenario: subscribers of the one audio + video publisher.
     #[arg(long, default_value_t = 20)]
     livestream_subscribers: usize,
+
+    /// Limited scenario: subscribers of the one audio + video publisher; the first one's
+    /// downlink is limited to --limited-kbps.
+    #[arg(long, default_value_t = 4)]
+    limited_subscribers: usize,
+
+    /// Limited scenario: the limited subscriber's downlink in kbit/s (a token-bucket shaper with
+    /// a 200 ms queue in front of the bot).
+    #[arg(long, default_value_t = satsuma_bench::scenario::DEFAULT_LIMIT_KBPS)]
+    limited_kbps: u32,
+
+    /// Satsuma's bandwidth estimation: `on` (its default), `off` (--bwe-initial-kbps 0), or both
+    /// (`on,off`: each scenario runs once per mode, in this order, with a fresh SFU each time).
+    /// Ignored for Janus and with --sfu-url.
+    #[arg(
+        long,
+        env = "SATSUMA_LOAD_BWE",
+        value_delimiter = ',',
+        default_value = "on"
+    )]
+    bwe: Vec<BweMode>,
+
+    /// Initial bandwidth estimate Satsuma gets when estimation is on, kbit/s. Default: the SFU's.
+    #[arg(long)]
+    bwe_initial_kbps: Option<u32>,
+
+    /// Run every (scenario, SFU, estimation mode) this many times, interleaved per scenario
+    /// (with --bwe on,off --repeat 2: on, off, on, off), so that modes compared with each other
+    /// share the machine's noise.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
 
     /// Bot worker processes.
     #[arg(long, default_value_t = 2)]
@@ -308,6 +339,11 @@ fn main() -> anyhow::Result<()> {
         audio_subscribers: cli.audio_subscribers,
         meeting_size: cli.meeting_size,
         livestream_subscribers: cli.livestream_subscribers,
+        limited_subscribers: cli.limited_subscribers,
+        limited_kbps: cli.limited_kbps,
+        bwe: cli.bwe.clone(),
+        bwe_initial_kbps: cli.bwe_initial_kbps,
+        repeat: cli.repeat.max(1),
         workers: cli.workers,
         baseline_pairs: cli.baseline_pairs,
         concurrency: cli.concurrency,
