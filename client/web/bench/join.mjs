@@ -15,7 +15,7 @@
 //
 // Environment: SATSUMA_BIN_DIR (the `satsuma` all-in-one binary; the script
 // uses the release build), JOINS (default 20), ROOMS (comma list, default
-// fresh,four,churn), CHURN_GAP_MS.
+// fresh,four,churn), CHURN_GAP_MS, PAGE_PARAMS (extra URL parameters for every page).
 
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -24,6 +24,8 @@ import { artifacts, joinPage, launchBrowser, leave, startAllInOne, waitFor } fro
 const JOINS = Math.max(1, Number(process.env.JOINS ?? 20));
 const ROOMS = (process.env.ROOMS ?? 'fresh,four,churn').split(',').map((s) => s.trim()).filter(Boolean);
 const CHURN_GAP_MS = Math.min(4900, Number(process.env.CHURN_GAP_MS ?? 1500));
+// Extra URL parameters for every page, e.g. PAGE_PARAMS='simulcast=0'.
+const PAGE_PARAMS = Object.fromEntries(new URLSearchParams(process.env.PAGE_PARAMS ?? ''));
 const STEPS = [
   'pageLoad', 'wasmReady', 'workerReady', 'lobbyReady', 'join', 'token', 'helloSent', 'welcome',
   'keyPackageSent', 'mlsWelcome', 'mlsMember', 'execute', 'sfuSession', 'ice', 'dtls',
@@ -41,7 +43,7 @@ async function timedJoin(browser, base, room, label) {
   page.label = label;
   page.consoleLines = [];
   page.on('console', (m) => page.consoleLines.push(`${m.type()}: ${m.text()}`));
-  const q = new URLSearchParams({ room, name: label, autojoin: '1', video: '320x240' });
+  const q = new URLSearchParams({ room, name: label, autojoin: '1', video: '320x240', ...PAGE_PARAMS });
   await page.goto(`${base}/?${q}`, { waitUntil: 'commit' });
   const marks = await waitFor(`${label}: a decoded remote video frame`, () => page.evaluate(() => {
     const t = window.satsuma?.timeline?.();
@@ -73,7 +75,7 @@ async function runRoom(kind, browser, base) {
   const members = [];
   const size = kind === 'fresh' ? 1 : 4;
   for (let i = 0; i < size; i++) {
-    const p = await joinPage(browser, base, { room, name: `m${i}` });
+    const p = await joinPage(browser, base, { room, name: `m${i}`, params: PAGE_PARAMS });
     members.push(p);
     await sending(p);
   }
@@ -83,7 +85,7 @@ async function runRoom(kind, browser, base) {
     if (kind === 'churn') {
       // A fifth member joins, then its page closes without a leave: it stays
       // "present" (resume window) while the joiner arrives.
-      const churner = await joinPage(browser, base, { room, name: `churner${i}` });
+      const churner = await joinPage(browser, base, { room, name: `churner${i}`, params: PAGE_PARAMS });
       await waitFor('the churner to be an MLS member', () => churner.evaluate(() => window.satsuma.call.e2ee.status?.phase === 'member'), { timeout: 30000, interval: 100 });
       await waitFor('every member to see the churner', async () => {
         for (const p of members) {
