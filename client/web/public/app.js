@@ -14,7 +14,7 @@
 // hands tokens to anyone (POST /token); otherwise the lobby explains how to get
 // an invite.
 //
-// URL parameters: room, name, codec (VP8|VP9|H264), autojoin=1, video=WxH, send=0
+// URL parameters: room, name, codec (VP8|VP9|H264), autojoin=1, video=WxH, fps=N, send=0
 // (receive only), transform=legacy (use createEncodedStreams), simulcast=0 (send
 // one video layer). Test hooks,
 // honoured only when the server runs with --test-hooks (client-config.js):
@@ -862,7 +862,7 @@ async function lobby() {
     const [width, height] = (params.get('video') ?? '640x480').split('x').map(Number);
     await local.open({
       cameraId: $('camera-select').value || undefined, micId: $('mic-select').value || undefined,
-      width: width || 640, height: height || 480,
+      width: width || 640, height: height || 480, frameRate: Number(params.get('fps')) || undefined,
     });
     $('preview').srcObject = local.video ? new MediaStream([local.video]) : null;
     $('preview-note').hidden = !local.problem;

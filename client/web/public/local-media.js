@@ -15,11 +15,11 @@ export class LocalMedia {
    * Opens camera and microphone. A refusal (denied permission, no device) is
    * not fatal: whatever could be opened is kept and `problem` says what not.
    */
-  async open({ cameraId, micId, width = 640, height = 480 } = {}) {
+  async open({ cameraId, micId, width = 640, height = 480, frameRate } = {}) {
     this.stop();
     this.problem = null;
     const audio = micId ? { deviceId: { exact: micId } } : true;
-    const size = { width: { ideal: width }, height: { ideal: height } };
+    const size = { width: { ideal: width }, height: { ideal: height }, ...(frameRate ? { frameRate: { ideal: frameRate } } : {}) };
     const video = cameraId ? { deviceId: { exact: cameraId }, ...size } : size;
     const attempts = [{ audio, video }, { audio }, { video }];
     let firstError = null;

@@ -133,7 +133,12 @@ export class SfuLink extends EventTarget {
         const entry = (res.tracks ?? []).find((t) => t.trackName === a.trackName);
         if (!entry || entry.errorCode) throw new Error(`push refused: ${entry?.errorDescription ?? entry?.errorCode ?? 'no track in reply'}`);
       }
-      await this.pc.setRemoteDescription(res.sessionDescription);
+      // Simulcast needs ~1.3 Mbit/s of uplink estimate before Chromium turns the f layer on;
+      // from its default start (300 kbit/s) that takes it 20-40 s. Start higher.
+      const answer = added.some((a) => a.track.kind === 'video')
+        ? { type: res.sessionDescription.type, sdp: withStartBitrate(res.sessionDescription.sdp, START_BITRATE_KBPS) }
+        : res.sessionDescription;
+      await this.pc.setRemoteDescription(answer);
       for (const a of added) this.pushes.set(a.trackName, { transceiver: a.transceiver, info: a.info, track: a.track, sending: false });
       return added.map((a) => a.trackName);
     });
@@ -309,7 +314,7 @@ export class SfuLink extends EventTarget {
         out[s.rid ? `${s.mid}:${s.rid}` : s.mid ?? s.id] = {
           type: s.type, kind: s.kind, mid: s.mid, rid: s.rid ?? null,
           frameWidth: s.frameWidth ?? 0, frameHeight: s.frameHeight ?? 0,
-          qualityLimitationReason: s.qualityLimitationReason ?? null,
+          qualityLimitationReason: s.qualityLimitationReason ?? null, fps: s.framesPerSecond ?? null,
           packetsReceived: s.packetsReceived ?? 0, bytesReceived: s.bytesReceived ?? 0,
           framesReceived: s.framesReceived ?? 0, framesDecoded: s.framesDecoded ?? 0,
           framesDropped: s.framesDropped ?? 0, keyFramesDecoded: s.keyFramesDecoded ?? 0,
@@ -634,6 +639,50 @@ export class SfuLink extends EventTarget {
     }
     return json;
   }
+}
+
+/** Where the uplink estimate of a page that sends video starts (kbit/s; Chromium's default is 300). */
+export const START_BITRATE_KBPS = 1000;
+
+/**
+ * Adds `x-google-start-bitrate` (Chromium's start of its send-side bandwidth
+ * estimate, read from the remote description's codec parameters) to every
+ * video codec of `sdp` but rtx/red/ulpfec.
+ */
+export function withStartBitrate(sdp, kbps) {
+  const lines = sdp.split('\r\n');
+  const out = [];
+  let video = false;
+  let section = 0; // index in `out` of the current m= line
+  let codecs = [];
+  const flush = () => {
+    for (const pt of codecs) {
+      const inSection = (prefix) => {
+        for (let i = out.length - 1; i >= section; i--) if (out[i].startsWith(prefix)) return i;
+        return -1;
+      };
+      const i = inSection(`a=fmtp:${pt} `);
+      if (i >= 0) {
+        if (!out[i].includes('x-google-start-bitrate')) out[i] += `;x-google-start-bitrate=${kbps}`;
+      } else {
+        const at = inSection(`a=rtpmap:${pt} `);
+        if (at >= 0) out.splice(at + 1, 0, `a=fmtp:${pt} x-google-start-bitrate=${kbps}`);
+      }
+    }
+    codecs = [];
+  };
+  for (const line of lines) {
+    if (line.startsWith('m=')) {
+      if (video) flush();
+      video = line.startsWith('m=video');
+      section = out.length;
+    }
+    const m = video && /^a=rtpmap:(\d+) ([^/]+)\//.exec(line);
+    if (m && !/^(rtx|red|ulpfec|flexfec-03)$/i.test(m[2])) codecs.push(m[1]);
+    out.push(line);
+  }
+  if (video) flush();
+  return out.join('\r\n');
 }
 
 function sleep(ms) {

@@ -84,6 +84,8 @@ export async function startServers({ testHooks = true } = {}) {
   const logs = [];
   const sfu = await startProcess('sfu', path.join(binDir, 'satsuma-sfu'), [
     '--app', `satsuma:${APP_SECRET}`, '--http-bind', '127.0.0.1:0', '--udp-bind', '127.0.0.1:0', '--log', 'warn',
+    // Extra SFU flags for experiments (e.g. SATSUMA_SFU_ARGS='--bwe-initial-kbps 0').
+    ...(process.env.SATSUMA_SFU_ARGS ?? '').split(/\s+/).filter(Boolean),
   ], /satsuma-sfu listening http=(\S+) udp=(\S+)/, logs);
   const sfuHttp = sfu.match[1];
   let coord;

@@ -148,3 +148,19 @@ describe('tile status', () => {
 function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
 }
+
+describe('uplink start bitrate', () => {
+  it('adds x-google-start-bitrate to every video codec of every video section, not to rtx or audio', async () => {
+    const { withStartBitrate } = await import('../public/sfu-link.js');
+    const video = (mid) => [`m=video 9 UDP/TLS/RTP/SAVPF 96 97 98`, `a=mid:${mid}`, 'a=rtpmap:96 VP8/90000', 'a=rtpmap:97 rtx/90000', 'a=fmtp:97 apt=96',
+      'a=rtpmap:98 H264/90000', 'a=fmtp:98 packetization-mode=1'];
+    const sdp = ['v=0', 'm=audio 9 UDP/TLS/RTP/SAVPF 111', 'a=rtpmap:111 opus/48000/2', 'a=fmtp:111 minptime=10', ...video('1'), ...video('2'), ''].join('\r\n');
+    const out = withStartBitrate(sdp, 1000).split('\r\n');
+    assert.equal(out.filter((l) => l === 'a=fmtp:96 x-google-start-bitrate=1000').length, 2);
+    assert.equal(out.filter((l) => l === 'a=fmtp:98 packetization-mode=1;x-google-start-bitrate=1000').length, 2);
+    assert.ok(out.includes('a=fmtp:111 minptime=10') && out.includes('a=fmtp:97 apt=96'));
+    // Each fmtp right after its rtpmap, in its own section.
+    assert.equal(out[out.indexOf('a=mid:2') + 2], 'a=fmtp:96 x-google-start-bitrate=1000');
+    assert.equal(withStartBitrate(withStartBitrate(sdp, 1000), 1000), withStartBitrate(sdp, 1000), 'idempotent');
+  });
+});
