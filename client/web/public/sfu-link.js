@@ -207,7 +207,7 @@ export class SfuLink extends EventTarget {
     const res = await this.#api('POST', `/sessions/${this.sessionId}/tracks/keyframe`, {
       tracks: trackNames.map((trackName) => ({ trackName })),
     });
-    const refused = (res.tracks ?? []).filter((t) => t.errorCode && t.errorCode !== 'rate_limited');
+    const refused = (res.tracks ?? []).filter((t) => t.errorCode && !['rate_limited', 'not_connected'].includes(t.errorCode));
     if (refused.length) throw new Error(refused.map((t) => `${t.trackName}: ${t.errorDescription ?? t.errorCode}`).join('; '));
   }
 
