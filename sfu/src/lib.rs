@@ -44,9 +44,10 @@
 //!
 //! # Simulcast and bandwidth
 //!
-//! With `Config::bwe_initial_kbps` above 0, every session runs str0m's send-side bandwidth
-//! estimator and pacer (GCC over TWCC, which str0m negotiates by default); it is off by default
-//! for its cost (see the field's docs). A publisher's layers (rids) all reach the
+//! By default (`Config::bwe_initial_kbps` above 0) every session runs str0m's send-side
+//! bandwidth estimator (GCC over TWCC, which str0m negotiates by default). Forwarded media skips
+//! str0m's pacer (it only spaces out padding and probes; `Config::bwe_pace_video` paces simulcast
+//! video): the estimate acts through the layer choice, never by holding packets. A publisher's layers (rids) all reach the
 //! shards that have legs on the track; there the forwarder measures each layer's bitrate and
 //! whether it flows, and a [`layer::LayerSelector`] per subscriber session gives each leg the
 //! best flowing layer in layer order (`q` < `h` < `f`, never ranked by a bitrate sample) under its
