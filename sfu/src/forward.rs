@@ -40,7 +40,7 @@ use str0m::media::{MediaKind, Mid, Pt, Rid};
 use str0m::rtp::{ExtensionValues, Vp8Patch};
 
 use crate::ids::{SessionId, ShardId, TrackId};
-use crate::layer::{LayerSelector, LegInput, RateMeter, SessionPlan, layer_cmp};
+use crate::layer::{LAYER_STALE, LayerSelector, LegInput, RateMeter, SessionPlan, layer_cmp};
 use crate::vp8::{Vp8Packet, Vp8Rebase};
 
 /// Bytes a packet costs on the wire beyond its payload (RTP header and extensions, SRTP tag,
@@ -251,11 +251,48 @@ struct Publication {
     kind: MediaKind,
     subscriber_shards: Vec<(ShardId, u32)>,
     last_media: Instant,
+    /// Simulcast layers seen, with when each last carried a packet (a handful at most).
+    layers_seen: Vec<(Rid, Instant)>,
     /// Per layer: when a request last went to the publisher, and whether one arrived since
     /// (throttled, owed once the interval has passed).
     keyframe_requests: Vec<KeyframeThrottle>,
     /// When the publisher last asked for a keyframe of its own track (`tracks/keyframe`).
     publisher_asked: Option<Instant>,
+}
+
+/// At most this many simulcast layers are remembered per publication (a peer may send rids
+/// that were never negotiated; str0m drops those, this is a bound all the same).
+const MAX_LAYERS_SEEN: usize = 8;
+
+impl Publication {
+    /// The layer a keyframe request for `rid` should go to: `rid` itself if it is flowing (or
+    /// if nothing is known to flow), otherwise the best flowing layer below it, otherwise the
+    /// lowest flowing one. A new subscriber asks for the layer it would like (its preferred
+    /// rid); a publisher that does not send that layer (Chromium sends one layer from a small
+    /// capture) would never answer, and the subscriber would wait for a periodic keyframe.
+    fn flowing_layer_for(&self, rid: Option<Rid>, now: Instant) -> Option<Rid> {
+        let flowing = |at: &Instant| now.saturating_duration_since(*at) < LAYER_STALE;
+        let live = self
+            .layers_seen
+            .iter()
+            .filter(|(_, at)| flowing(at))
+            .map(|(r, _)| *r);
+        let wanted = rid?;
+        if self
+            .layers_seen
+            .iter()
+            .all(|(r, at)| *r != wanted || !flowing(at))
+        {
+            let below = live
+                .clone()
+                .filter(|r| layer_cmp(r, &wanted) == Ordering::Less)
+                .max_by(layer_cmp);
+            if let Some(r) = below.or_else(|| live.min_by(layer_cmp)) {
+                return Some(r);
+            }
+        }
+        Some(wanted)
+    }
 }
 
 #[derive(Debug)]
@@ -360,6 +397,7 @@ impl Forwarder {
                 kind,
                 subscriber_shards: Vec::new(),
                 last_media: now,
+                layers_seen: Vec::new(),
                 keyframe_requests: Vec::new(),
                 publisher_asked: None,
             },
@@ -384,10 +422,23 @@ impl Forwarder {
         self.publications.get(&track).map(|p| p.kind)
     }
 
-    /// Notes media on a publication and returns the shards to fan it out to.
-    pub fn note_media(&mut self, track: TrackId, now: Instant) -> Option<&[(ShardId, u32)]> {
+    /// Notes media (of simulcast layer `rid`, if any) on a publication and returns the shards
+    /// to fan it out to.
+    pub fn note_media(
+        &mut self,
+        track: TrackId,
+        rid: Option<Rid>,
+        now: Instant,
+    ) -> Option<&[(ShardId, u32)]> {
         let p = self.publications.get_mut(&track)?;
         p.last_media = now;
+        if let Some(rid) = rid {
+            if let Some((_, at)) = p.layers_seen.iter_mut().find(|(r, _)| *r == rid) {
+                *at = now;
+            } else if p.layers_seen.len() < MAX_LAYERS_SEEN {
+                p.layers_seen.push((rid, now));
+            }
+        }
         Some(&p.subscriber_shards)
     }
 
@@ -442,6 +493,7 @@ impl Forwarder {
         if p.kind != MediaKind::Video {
             return None;
         }
+        let rid = p.flowing_layer_for(rid, now);
         match p.keyframe_requests.iter_mut().find(|k| k.rid == rid) {
             Some(k) if now.saturating_duration_since(k.last_sent) < interval => {
                 // Throttled. If no keyframe came since the request that went out, that request
@@ -1063,6 +1115,32 @@ mod tests {
     }
 
     #[test]
+    fn a_keyframe_request_for_a_layer_that_does_not_flow_goes_to_one_that_does() {
+        let now = Instant::now();
+        let ms = |n: u64| now + Duration::from_millis(n);
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(9);
+        f.publish(t, sid(1), Mid::from("v"), MediaKind::Video, now);
+        let rid = |r: &str| Some(Rid::from(r));
+        let target = |x: Option<KeyframeTarget>| x.and_then(|k| k.rid);
+        // Nothing seen yet: the request goes where it was asked.
+        assert_eq!(target(f.keyframe_request(t, rid("f"), now)), rid("f"));
+        // Only q and h flow (a small capture): a request for f goes to h, the best below it.
+        f.note_media(t, rid("q"), ms(100));
+        f.note_media(t, rid("h"), ms(100));
+        assert_eq!(target(f.keyframe_request(t, rid("f"), ms(200))), rid("h"));
+        // ... and counts against h's throttle, not f's.
+        assert_eq!(f.keyframe_request(t, rid("h"), ms(300)), None);
+        // A flowing layer is asked for itself.
+        assert_eq!(target(f.keyframe_request(t, rid("q"), ms(300))), rid("q"));
+        // Only f flows: a request for q (nothing below it flows) goes to the lowest flowing, f.
+        f.note_media(t, rid("f"), ms(2000));
+        assert_eq!(target(f.keyframe_request(t, rid("q"), ms(2000))), rid("f"));
+        // A request without a rid is left alone.
+        assert_eq!(target(f.keyframe_request(t, None, ms(2000))), None);
+    }
+
+    #[test]
     fn keyframe_requests_are_throttled_per_track_and_layer() {
         let now = Instant::now();
         let mut f = Forwarder::new(Duration::from_secs(1));
@@ -1247,12 +1325,12 @@ mod tests {
         assert!(f.add_subscriber_shard(t, 0));
         assert!(f.add_subscriber_shard(t, 3));
         f.remove_subscriber_shard(t, 0);
-        assert_eq!(f.note_media(t, now).unwrap(), &[(0, 1), (3, 1)]);
+        assert_eq!(f.note_media(t, None, now).unwrap(), &[(0, 1), (3, 1)]);
         f.remove_subscriber_shard(t, 0);
-        assert_eq!(f.note_media(t, now).unwrap(), &[(3, 1)]);
+        assert_eq!(f.note_media(t, None, now).unwrap(), &[(3, 1)]);
         assert!(!f.add_subscriber_shard(TrackId(99), 0));
         assert_eq!(f.unpublish(t), vec![3]);
-        assert!(f.note_media(t, now).is_none());
+        assert!(f.note_media(t, None, now).is_none());
     }
 
     #[test]
@@ -1262,7 +1340,7 @@ mod tests {
         f.publish(TrackId(1), sid(1), Mid::from("0"), MediaKind::Audio, now);
         f.publish(TrackId(2), sid(1), Mid::from("1"), MediaKind::Audio, now);
         let later = now + Duration::from_secs(3);
-        f.note_media(TrackId(2), later);
+        f.note_media(TrackId(2), None, later);
         assert_eq!(
             f.silent_publications(later, Duration::from_secs(2)),
             vec![TrackId(1)]

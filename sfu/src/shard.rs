@@ -747,7 +747,7 @@ impl Shard {
         if pkt.keyframe {
             self.forwarder.note_keyframe(track, pkt.rid);
         }
-        let Some(shards) = self.forwarder.note_media(track, pkt.arrival) else {
+        let Some(shards) = self.forwarder.note_media(track, pkt.rid, pkt.arrival) else {
             self.ctx.metrics.drop(PacketDrop::UnpublishedTrack);
             return;
         };
