@@ -118,11 +118,17 @@ describe('simulcast: three layers out, the layer each tile needs in', { timeout:
 
     // Every large tile reaches f, every small one q or h.
     const started = Date.now();
+    const brief = (v) => (v ? { frameWidth: v.frameWidth, framesDecoded: v.framesDecoded, asks: v.layer?.rid, tile: v.tile } : null);
     for (const { page, large, small } of plan) {
+      let seen = null;
       await waitFor(`${page.label}: large tile decodes f (1280 wide), small tile q/h`, async () => {
         const v = await videos(page);
+        seen = { large: brief(v[large]), small: brief(v[small]) };
         return v[large]?.frameWidth === 1280 && v[small]?.frameWidth > 0 && v[small].frameWidth <= 640 ? v : null;
-      }, { timeout: 45000, interval: 500 });
+      }, { timeout: 45000, interval: 500 }).catch((err) => {
+        err.message += `\nlast seen: ${JSON.stringify(seen)}`;
+        throw err;
+      });
     }
     console.log(`# all large tiles at f after ${((Date.now() - started) / 1000).toFixed(1)} s more`);
 
