@@ -4,8 +4,9 @@
 //   - fresh:  the host alone, one joiner (who leaves cleanly after each trial);
 //   - four:   four people in the room, one joiner;
 //   - churn:  four people in the room, and before each join a fifth one joined
-//             and then closed its page without leaving, CHURN_GAP_MS (default
-//             1500, always < 5 s) before the joiner's `page.goto`.
+//             and then lost its page without leaving (network off, then closed:
+//             like a crash), CHURN_GAP_MS (default 1500, always < 5 s) before
+//             the joiner's `page.goto`.
 // The total is the joiner page's own `firstDecoded` (ms since its navigation
 // started); the page's join timeline (join-timeline.js) gives every step. The
 // worker's decrypted count for that track is checked to be > 0 afterwards.
@@ -93,6 +94,9 @@ async function runRoom(kind, browser, base) {
         }
         return true;
       }, { timeout: 30000, interval: 100 });
+      // A departure without `leave` (a crash, a lost network): offline first, so the page's
+      // `pagehide` leave cannot reach the server.
+      await churner.context().setOffline(true);
       await churner.context().close();
       await new Promise((r) => setTimeout(r, CHURN_GAP_MS));
     }

@@ -906,6 +906,13 @@ async function lobby() {
     $('toggle-screen').onclick = () => call.toggleScreen();
     $('toggle-hand').onclick = () => call.link.send({ type: 'hand', raised: !call.participants.get(call.me)?.hand });
     $('leave').onclick = () => call.leave();
+    // A page that closes (tab closed, navigated away, reloaded) leaves the room at once, so
+    // the room's next MLS change does not wait for it through its resume window. (A crash or
+    // a lost network still takes the presence timeout; the coordinator does not wait for a
+    // member whose connection is gone before `execute`.)
+    window.addEventListener('pagehide', () => {
+      if (!call.ended) call.leave();
+    });
     $('lock-room').onchange = (ev) => call.link.send({ type: 'lock', locked: ev.target.checked });
     let lastInvite = null;
     $('make-invite').onclick = async () => {

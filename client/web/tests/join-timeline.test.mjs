@@ -74,7 +74,10 @@ describe('join timeline', { timeout: 300000 }, () => {
   it('right after a member closed its page, a join records every step too', suite.check(async () => {
     pages.gone = await joinPage(suite.browser, suite.servers.base, { room, name: 'Gone' });
     await waitFor('Gone to be an MLS member', () => pages.gone.evaluate(() => window.satsuma.call.e2ee.status?.phase === 'member'), { timeout: 30000 });
-    await pages.gone.context().close(); // no leave: Gone stays present in its resume window
+    // No leave (network off first, so the page's pagehide leave cannot go out): Gone stays
+    // present in its resume window.
+    await pages.gone.context().setOffline(true);
+    await pages.gone.context().close();
     delete pages.gone;
     const { page, marks } = await timedJoin(suite, room, 'Late');
     pages.late = page;
