@@ -3,10 +3,13 @@
 //
 // Publishing. The camera goes out as three encodings of one track, `q`, `h`
 // and `f` (quarter, half and full resolution: the rids the SFU ranks, see
-// sfu/src/layer.rs). Chromium allocates layers by capture size: from a
-// 320x240 capture it sends only one, from 1280x720 all three. A screen share
-// goes out as `h` and `f`, with the track's `contentHint` set to `detail` (text
-// and edges stay sharp; the encoder lowers the frame rate first).
+// sfu/src/layer.rs). Chromium allocates layers by capture size (see
+// layerCount): a 640x480 capture goes out as two layers, a 320x240 one as a
+// single plain layer. A rid names a width class, whatever the capture: `q` is
+// about 320 px wide, `h` 640, `f` 1280 (a 640x480 capture sends `q` and `h`),
+// so that a tile can ask by the width it shows. A screen share goes out as `h` and `f`, with the track's
+// `contentHint` set to `detail` (text and edges stay sharp; the encoder lowers
+// the frame rate first).
 //
 // Choosing. Each remote video tile asks for the smallest layer that still
 // covers its rendered size: `q` up to 320 device pixels of source width, `h` up
@@ -47,18 +50,45 @@ export const LAYERS = [
 export const PAUSED_RID = 'q';
 
 /**
- * The `sendEncodings` for a video track of `kind` ('video': camera,
- * 'screenshare'), or a single encoding when `simulcast` is false.
+ * How many simulcast layers Chromium sends for a capture of `pixels`
+ * (width x height): its table (libwebrtc simulcast.cc) allows 3 from 960x540,
+ * 2 from 480x270, else 1. It drops layers beyond that count from the top, so
+ * asking 640x480 for q/h/f at 4/2/1 would send only 160x120 and 320x240, and
+ * 320x240 only 80x60 (measured): the encodings must match the capture.
  */
-export function sendEncodings(kind, { simulcast = true } = {}) {
-  if (kind === 'screenshare') {
-    if (!simulcast) return [{ maxBitrate: 1_500_000 }];
+export function layerCount(pixels) {
+  if (pixels >= 960 * 540) return 3;
+  if (pixels >= 480 * 270) return 2;
+  return 1;
+}
+
+/**
+ * The `sendEncodings` for a video track of `kind` ('video': camera,
+ * 'screenshare') captured at `width` x `height` (unknown: as for 1280x720):
+ * the top layer is always the full capture size. One layer (no rid, no
+ * simulcast) when `simulcast` is false or the capture is too small for two.
+ * The rids are fixed at the first negotiation: a later device change to a
+ * camera of another size keeps them (Chromium then sends what it can).
+ */
+export function sendEncodings(kind, { simulcast = true, width = 1280, height = 720 } = {}) {
+  const screen = kind === 'screenshare';
+  const single = [{ maxBitrate: screen ? 1_500_000 : 1_000_000 }];
+  const count = simulcast ? Math.min(screen ? 2 : 3, layerCount((width || 1280) * (height || 720))) : 1;
+  if (count === 1) return single;
+  if (screen) {
     return [
       { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 400_000 },
       { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
     ];
   }
-  if (!simulcast) return [{ maxBitrate: 1_000_000 }];
+  if (count === 2) {
+    // A 640x480-class capture: its layers are about as wide as q and h of a 1280x720
+    // one, and named so (a tile asks by width: see ridForSize).
+    return [
+      { rid: 'q', scaleResolutionDownBy: 2, maxBitrate: 150_000 },
+      { rid: 'h', scaleResolutionDownBy: 1, maxBitrate: 500_000 },
+    ];
+  }
   return [
     { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
     { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },

@@ -113,9 +113,12 @@ export class SfuLink extends EventTarget {
       const added = list.map(({ track, info }) => {
         // By kind, not by track: nothing can be sent before the gate opens.
         // Video: simulcast layers (layer-choice.js: camera q/h/f, screen h/f).
+        const size = track.kind === 'video' ? track.getSettings?.() ?? {} : {};
         const transceiver = this.pc.addTransceiver(track.kind, {
           direction: 'sendonly',
-          sendEncodings: track.kind === 'video' ? sendEncodings(info.kind, { simulcast: info.simulcast !== false }) : undefined,
+          sendEncodings: track.kind === 'video'
+            ? sendEncodings(info.kind, { simulcast: info.simulcast !== false, width: size.width, height: size.height })
+            : undefined,
         });
         const hint = track.kind === 'video' ? contentHint(info.kind) : '';
         if (hint && 'contentHint' in track) track.contentHint = hint;

@@ -32,6 +32,17 @@ describe('layer choice', () => {
     assert.equal(sendEncodings('video', { simulcast: false })[0].rid, undefined);
   });
 
+  it('asks only for the layers Chromium sends for the capture size, the top one at full size', () => {
+    const rids = (w, h, kind = 'video') => sendEncodings(kind, { width: w, height: h }).map((e) => `${e.rid}/${e.scaleResolutionDownBy}`);
+    assert.deepEqual(rids(1280, 720), ['q/4', 'h/2', 'f/1']);
+    assert.deepEqual(rids(960, 540), ['q/4', 'h/2', 'f/1']);
+    assert.deepEqual(rids(640, 480), ['q/2', 'h/1']);
+    assert.deepEqual(rids(480, 270), ['q/2', 'h/1']);
+    assert.deepEqual(rids(320, 240), ['undefined/undefined']);
+    assert.deepEqual(rids(1920, 1080, 'screenshare'), ['h/2', 'f/1']);
+    assert.deepEqual(rids(320, 240, 'screenshare'), ['undefined/undefined']);
+  });
+
   it('debounces, sends only changes, pauses hidden tiles and retries once the video is pulled', async () => {
     const doc = { visibilityState: 'visible', addEventListener() {}, removeEventListener() {} };
     const calls = [];
