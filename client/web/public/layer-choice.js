@@ -96,6 +96,16 @@ export function sendEncodings(kind, { simulcast = true, width = 1280, height = 7
   ];
 }
 
+/**
+ * Whether video in `codec` is sent as simulcast. VP8 and H.264 are. VP9 is not:
+ * Chromium sends only the first of several VP9 encodings without per-encoding
+ * scalability modes (measured: one 320x180 stream), and the SFU forwards VP9
+ * whole (no VP9 PictureID rewrite); AV1 likewise.
+ */
+export function simulcastCodec(codec = 'VP8') {
+  return !/^(VP9|AV1)$/i.test(codec ?? 'VP8');
+}
+
 /** The content hint of a published track of `kind` ('' : leave the browser's default). */
 export function contentHint(kind) {
   return kind === 'screenshare' ? 'detail' : '';

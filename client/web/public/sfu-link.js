@@ -28,7 +28,7 @@ export const RESTART_AFTER_MS = 2000;
 export const RESTART_ATTEMPTS = 4;
 /** How long one restart attempt may take to connect. */
 import { timeline } from './join-timeline.js';
-import { contentHint, sendEncodings } from './layer-choice.js';
+import { contentHint, sendEncodings, simulcastCodec } from './layer-choice.js';
 
 const RESTART_CONNECT_MS = 6000;
 /** How long the renegotiate request of a restart may take. */
@@ -117,7 +117,7 @@ export class SfuLink extends EventTarget {
         const transceiver = this.pc.addTransceiver(track.kind, {
           direction: 'sendonly',
           sendEncodings: track.kind === 'video'
-            ? sendEncodings(info.kind, { simulcast: info.simulcast !== false, width: size.width, height: size.height })
+            ? sendEncodings(info.kind, { simulcast: info.simulcast !== false && simulcastCodec(info.codec), width: size.width, height: size.height })
             : undefined,
         });
         const hint = track.kind === 'video' ? contentHint(info.kind) : '';

@@ -4,7 +4,7 @@
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { LayerChoice, PAUSED_RID, ridForSize, sendEncodings } from '../public/layer-choice.js';
+import { LayerChoice, PAUSED_RID, ridForSize, sendEncodings, simulcastCodec } from '../public/layer-choice.js';
 import { NO_KEY_AFTER_MS, TileStatus, codecSupport, tileStatus, windowOf } from '../public/tile-status.js';
 
 describe('layer choice', () => {
@@ -41,6 +41,7 @@ describe('layer choice', () => {
     assert.deepEqual(rids(320, 240), ['undefined/undefined']);
     assert.deepEqual(rids(1920, 1080, 'screenshare'), ['h/2', 'f/1']);
     assert.deepEqual(rids(320, 240, 'screenshare'), ['undefined/undefined']);
+    assert.deepEqual(['VP8', 'H264', 'VP9', 'AV1', undefined].map(simulcastCodec), [true, true, false, false, true]);
   });
 
   it('debounces, sends only changes, pauses hidden tiles and retries once the video is pulled', async () => {
