@@ -258,6 +258,16 @@ pub struct BweComparison {
     pub on_added_ms: Vec<(f64, f64)>,
     /// The same, estimation off.
     pub off_added_ms: Vec<(f64, f64)>,
+    /// Forwarded packets/s with estimation on, per run (fewer when subscribers are on lower
+    /// layers).
+    #[serde(default)]
+    pub on_egress_pps: Vec<f64>,
+    /// The same, estimation off.
+    #[serde(default)]
+    pub off_egress_pps: Vec<f64>,
+    /// Load average at the start of each run's window, in run order (on and off interleaved).
+    #[serde(default)]
+    pub loadavg: Vec<f64>,
     /// Mean µs per packet on ÷ mean off.
     pub cpu_ratio: f64,
 }
@@ -348,6 +358,9 @@ impl RunReport {
                         off_us: Vec::new(),
                         on_added_ms: Vec::new(),
                         off_added_ms: Vec::new(),
+                        on_egress_pps: Vec::new(),
+                        off_egress_pps: Vec::new(),
+                        loadavg: Vec::new(),
                         cpu_ratio: 0.0,
                     });
                     bwe.len() - 1
@@ -355,14 +368,17 @@ impl RunReport {
             };
             let c = &mut bwe[i];
             let added = (r.added_p50_ms, r.added_p99_ms);
+            c.loadavg.push(r.process.loadavg);
             match mode {
                 BweMode::On => {
                     c.on_us.push(us);
                     c.on_added_ms.push(added);
+                    c.on_egress_pps.push(r.egress_pps);
                 }
                 BweMode::Off => {
                     c.off_us.push(us);
                     c.off_added_ms.push(added);
+                    c.off_egress_pps.push(r.egress_pps);
                 }
             }
         }
@@ -384,6 +400,12 @@ impl RunReport {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let whole = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let added = |v: &[(f64, f64)]| {
             v.iter()
                 .map(|(a, b)| format!("{a:.1} / {b:.1}"))
@@ -392,17 +414,21 @@ impl RunReport {
         };
         let mut s = String::from(
             "\n| scenario | µs CPU / fwd pkt, bwe on (runs) | bwe off (runs) | on ÷ off (means) | \
-             server-added p50 / p99 ms, bwe on | bwe off |\n|---|---|---|---|---|---|\n",
+             server-added p50 / p99 ms, bwe on | bwe off | egress pkt/s, bwe on | bwe off | \
+             load average (runs in order) |\n|---|---|---|---|---|---|---|---|---|\n",
         );
         for c in &self.bwe {
             s.push_str(&format!(
-                "| {} | {} | {} | {:.2} | {} | {} |\n",
+                "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {} |\n",
                 c.scenario,
                 list(&c.on_us),
                 list(&c.off_us),
                 c.cpu_ratio,
                 added(&c.on_added_ms),
                 added(&c.off_added_ms),
+                whole(&c.on_egress_pps),
+                whole(&c.off_egress_pps),
+                list(&c.loadavg),
             ));
         }
         s
