@@ -19,6 +19,11 @@ pub struct InboundTrack {
     keyframe_due: bool,
     decrypted: u64,
     dropped: u64,
+    /// Copies of frames already decrypted (refused by the replay window): not lost, not
+    /// counted as dropped. str0m pads a probing link with retransmissions of sent packets,
+    /// and a one-packet frame that arrives again after its first copy left the receiver's
+    /// packet buffer is handed to the transform a second time.
+    duplicates: u64,
     protocol_frames: u64,
     epoch: Option<u64>,
     last_drop: Option<&'static str>,
@@ -103,10 +108,17 @@ impl InboundTrack {
         to_f64(self.decrypted)
     }
 
-    /// Frames dropped.
+    /// Frames dropped: they could not be decrypted (copies of frames already decrypted are
+    /// counted by [`InboundTrack::duplicates`] instead).
     #[must_use]
     pub fn dropped(&self) -> f64 {
         to_f64(self.dropped)
+    }
+
+    /// Copies of frames already decrypted, refused as replays.
+    #[must_use]
+    pub fn duplicates(&self) -> f64 {
+        to_f64(self.duplicates)
     }
 
     /// Frames seen that parse as DAVE protocol frames (valid trailer ending in `FA FA`).
@@ -137,6 +149,7 @@ impl InboundTrack {
             keyframe_due: false,
             decrypted: 0,
             dropped: 0,
+            duplicates: 0,
             protocol_frames: 0,
             epoch: None,
             last_drop: None,
@@ -179,8 +192,12 @@ impl InboundTrack {
     }
 
     pub(crate) fn record_dropped(&mut self, reason: &DropReason, now: Duration) {
-        self.dropped += 1;
-        self.last_drop = Some(drop_code(reason));
+        if matches!(reason, DropReason::Replay { .. }) {
+            self.duplicates += 1;
+        } else {
+            self.dropped += 1;
+            self.last_drop = Some(drop_code(reason));
+        }
         if let Some(requester) = self.keyframes.as_mut() {
             self.keyframe_due |= requester.on_dropped(reason, now);
         }

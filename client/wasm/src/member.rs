@@ -588,7 +588,10 @@ mod tests {
         assert_eq!(released(&mut track), vec![(1, Some(frame.to_vec()))]);
         b.receive(&mut track, 2, &sealed, at(t));
         assert_eq!(released(&mut track), vec![(2, None)], "replay refused");
-        assert_eq!(track.last_drop().as_deref(), Some("replay"));
+        // A copy of a frame already decrypted is refused but not lost: a duplicate, not a drop.
+        assert_eq!(track.duplicates(), 1.0);
+        assert_eq!(track.dropped(), 0.0);
+        assert_eq!(track.last_drop(), None);
         // Under another sender's id no key opens it: held for a later key, never delivered,
         // and dropped once it has waited too long.
         let mut wrong = InboundTrack::try_new(3.0, true).unwrap();
@@ -599,7 +602,8 @@ mod tests {
         assert_eq!(released(&mut wrong), vec![(3, None)]);
         b.receive(&mut track, 4, &[0xFF; 40], at(t));
         assert_eq!(released(&mut track), vec![(4, None)]);
-        assert_eq!(track.dropped(), 2.0);
+        assert_eq!(track.dropped(), 1.0);
+        assert_eq!(track.last_drop().as_deref(), Some("not-encrypted"));
         assert_eq!(track.protocol_frames(), 2.0);
     }
 

@@ -728,7 +728,7 @@ class Call {
         packetsReceived: s.packetsReceived ?? 0, framesReceived: s.framesReceived ?? 0, framesDecoded: s.framesDecoded ?? 0,
         framesDropped: s.framesDropped ?? 0, keyFramesDecoded: s.keyFramesDecoded ?? 0, pliCount: s.pliCount ?? 0,
         totalSamplesReceived: s.totalSamplesReceived ?? 0, audioLevel: s.audioLevel ?? 0, codec: s.codec ?? null,
-        decrypted: w.decrypted ?? 0, dropped: w.dropped ?? 0, protocolFrames: w.protocolFrames ?? 0,
+        decrypted: w.decrypted ?? 0, dropped: w.dropped ?? 0, duplicates: w.duplicates ?? 0, protocolFrames: w.protocolFrames ?? 0,
         workerFrames: w.frames ?? 0, lastDrop: w.lastDrop ?? null, lastBytes: w.lastBytes ?? null, epoch: w.epoch ?? null,
         held: w.held ?? 0, late: w.late ?? 0,
         frameWidth: s.frameWidth ?? 0, frameHeight: s.frameHeight ?? 0,

@@ -337,6 +337,7 @@ function reportStats() {
     if (t.inbound) {
       entry.decrypted = t.inbound.decrypted();
       entry.dropped = t.inbound.dropped();
+      entry.duplicates = t.inbound.duplicates();
       entry.protocolFrames = t.inbound.protocol_frames();
       entry.lastDrop = t.inbound.last_drop() ?? null;
       entry.epoch = t.inbound.epoch() ?? null;
