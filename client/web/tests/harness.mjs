@@ -78,12 +78,13 @@ export function startProcess(name, bin, args, ready, logs, env = {}) {
 /**
  * Starts SFU + coordinator; returns `{base, stop(), logs, panicked()}`. The
  * coordinator runs with `--test-hooks` (the page's test parameters and drills
- * work) unless `testHooks: false`.
+ * work) unless `testHooks: false`; `sfuArgs` adds flags to the SFU's command line.
  */
-export async function startServers({ testHooks = true } = {}) {
+export async function startServers({ testHooks = true, sfuArgs = [] } = {}) {
   const logs = [];
   const sfu = await startProcess('sfu', path.join(binDir, 'satsuma-sfu'), [
     '--app', `satsuma:${APP_SECRET}`, '--http-bind', '127.0.0.1:0', '--udp-bind', '127.0.0.1:0', '--log', 'warn',
+    ...sfuArgs,
     // Extra SFU flags for experiments (e.g. SATSUMA_SFU_ARGS='--bwe-initial-kbps 0').
     ...(process.env.SATSUMA_SFU_ARGS ?? '').split(/\s+/).filter(Boolean),
   ], /satsuma-sfu listening http=(\S+) udp=(\S+)/, logs);
