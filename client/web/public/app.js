@@ -33,6 +33,8 @@ import { TileStatus, codecSupport } from './tile-status.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
+// After a key change: how long to wait before asking again for a keyframe that did not come.
+const KEYFRAME_RETRY_MS = 350;
 const STATS_INTERVAL_MS = 1000;
 
 /** Where the coordinator serves things (same origin as this page). */
@@ -461,10 +463,22 @@ class Call {
    * decode nothing before it. The encoder cannot be asked from here in
    * Chromium (no `generateKeyFrame`), so the SFU asks it, as if a viewer had.
    */
-  sendKeyframes() {
+  async sendKeyframes() {
     const names = [...this.pushed].filter(([kind]) => kind !== 'audio').map(([, name]) => name);
-    if (!names.length || !this.sfu) return;
-    this.sfu.requestKeyframes(names).catch((err) => this.note(`keyframe after a key change: ${err.message}`));
+    const sfu = this.sfu;
+    if (!names.length || !sfu) return;
+    try {
+      const before = await sfu.keyframesEncoded(names);
+      await sfu.requestKeyframes(names);
+      // Chromium's encoder ignores a keyframe request that comes less than 300 ms after it
+      // sent a keyframe (a joiner's new leg usually asked for one just before the key
+      // changed): if none was encoded since, ask once more when that window is over.
+      await new Promise((resolve) => setTimeout(resolve, KEYFRAME_RETRY_MS));
+      if (sfu !== this.sfu || this.ended) return;
+      if (await sfu.keyframesEncoded(names) <= before) await sfu.requestKeyframes(names);
+    } catch (err) {
+      this.note(`keyframe after a key change: ${err.message}`);
+    }
   }
 
   /** The persistent E2EE state: red with the reason and what to do while this page cannot encrypt. */

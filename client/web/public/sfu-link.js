@@ -214,6 +214,20 @@ export class SfuLink extends EventTarget {
     if (refused.length) throw new Error(refused.map((t) => `${t.trackName}: ${t.errorDescription ?? t.errorCode}`).join('; '));
   }
 
+  /** Keyframes encoded so far by the senders of the pushed tracks `trackNames` (all layers). */
+  async keyframesEncoded(trackNames) {
+    let total = 0;
+    for (const name of trackNames) {
+      const p = this.pushes.get(name);
+      if (!p) continue;
+      const report = await p.transceiver.sender.getStats();
+      report.forEach((r) => {
+        if (r.type === 'outbound-rtp') total += r.keyFramesEncoded ?? 0;
+      });
+    }
+    return total;
+  }
+
   /** Stops pushing a track. */
   unpush(trackName) {
     return this.#serial(async () => {
