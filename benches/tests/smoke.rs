@@ -62,7 +62,7 @@ fn tiny_audio_scenario_reports_sane_fields() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("| audio | satsuma |"), "{stdout}");
+    assert!(stdout.contains("| audio | satsuma (bwe on) |"), "{stdout}");
 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     std::fs::remove_file(&out).ok();
