@@ -74,8 +74,11 @@ describe('test hooks off: test parameters are ignored, CSP holds a call', { time
     assert.match(number, /^\d{30}$/);
     await assertDecodes(eve, ann.participantId);
     await assertDecodes(ann, eve.participantId);
-    const video = (await stats(eve)).remote.find((r) => r.participantId === ann.participantId && r.kind === 'video');
-    assert.ok(video.decrypted > 0, JSON.stringify(video));
+    // The worker reports its counters about once a second: its count may trail the decoder's.
+    await waitFor('Eve\'s worker to count decrypted frames of Ann', async () => {
+      const v = (await stats(eve)).remote.find((r) => r.participantId === ann.participantId && r.kind === 'video');
+      return v && v.decrypted > 0 ? v : null;
+    }, { timeout: 10000 });
 
     // The drill behind window.satsuma.drill is refused further down too: asking Eve's E2EE
     // link for garbage frames changes nothing, Ann keeps decoding her.
