@@ -16,13 +16,15 @@
 // await), so importers can read it synchronously. If it cannot be fetched,
 // test hooks are off.
 
+import { fetchRetrying } from './fetch-retry.js';
+
 const FETCH_TIMEOUT_MS = 5000;
 
 async function load() {
   try {
     // The default cache mode, so the HTML's preload of this file is used (the server
     // sends `Cache-Control: no-store` for it).
-    const res = await fetch(new URL('./client-config.json', import.meta.url), {
+    const res = await fetchRetrying(new URL('./client-config.json', import.meta.url), {
       signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
     });
     if (!res.ok) throw new Error(`HTTP ${res.status}`);

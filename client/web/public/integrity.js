@@ -20,6 +20,8 @@
 // This module finishes loading only after the worker's files were fetched
 // (top-level await), so the worker can be started synchronously.
 
+import { fetchRetrying } from './fetch-retry.js';
+
 const WORKER = './e2ee-worker.js';
 const GLUE = './pkg/satsuma_wasm.js';
 const WASM = './pkg/satsuma_wasm_bg.wasm';
@@ -54,7 +56,7 @@ async function fetchChecked(rel) {
   if (!integrity) throw new Error(`index.html has no integrity hash for ${rel}`);
   // The default cache mode, so the HTML's preload of this file is used (the server sends
   // `Cache-Control: no-cache`: a cached copy is revalidated, and a stale one fails the check).
-  const res = await fetch(url, { integrity, signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
+  const res = await fetchRetrying(url, { integrity, signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
   if (!res.ok) throw new Error(`${rel}: HTTP ${res.status}`);
   return res.text();
 }
@@ -71,7 +73,7 @@ function startWasmFetch() {
   const url = new URL(WASM, import.meta.url).href;
   const integrity = hashes.get(url);
   if (!integrity && hashes.size > 0) return;
-  wasmBytes = fetch(url, { integrity: integrity ?? undefined, signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) })
+  wasmBytes = fetchRetrying(url, { integrity: integrity ?? undefined, signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) })
     .then((res) => (res.ok ? res.arrayBuffer() : null))
     .catch(() => null);
 }

@@ -178,7 +178,28 @@ export async function joinPage(browser, base, { room, name, params = {}, initScr
   // Small video keeps a call of five pages affordable on two cores.
   const q = new URLSearchParams({ room, name, autojoin: '1', video: '320x240', ...params });
   await page.goto(`${base}/?${q}`, { waitUntil: 'domcontentloaded' });
-  await page.waitForFunction(() => window.satsuma?.call?.me !== null && window.satsuma?.call?.me !== undefined, null, { timeout: 30000 });
+  // A Chromium that sees its network change (the network suite creates namespaces and veth
+  // pairs while other pages load) fails the requests in flight with ERR_NETWORK_CHANGED; if
+  // that hits the page's modules, the app never starts and the page stays at its loading
+  // note, as it would for a user, who reloads. So does the harness, once, and says so.
+  const started = await page.waitForFunction(() => Boolean(window.satsuma), null, { timeout: 10000 }).then(() => true, () => false);
+  if (!started) {
+    console.log(`# joinPage ${name}: the app did not start (${page.consoleLines.filter((l) => /ERR_NETWORK_CHANGED/.test(l)).length} requests failed with ERR_NETWORK_CHANGED): reloading once`);
+    await page.reload({ waitUntil: 'domcontentloaded' });
+  }
+  try {
+    await page.waitForFunction(() => window.satsuma?.call?.me !== null && window.satsuma?.call?.me !== undefined, null, { timeout: 30000 });
+  } catch (err) {
+    // Say where the join stopped: the page's state and console.
+    const state = await page.evaluate(() => ({
+      lobbyReady: window.satsuma?.lobbyReady ?? null,
+      link: window.satsuma?.call?.link?.state ?? null,
+      timeline: window.satsuma?.timeline?.() ?? null,
+      banner: document.getElementById('banner')?.textContent ?? null,
+    })).catch((e) => `unreadable: ${e.message}`);
+    console.log(`# joinPage ${name}: no welcome within 30 s; state ${JSON.stringify(state)}; console:\n${page.consoleLines.slice(-30).join('\n')}`);
+    throw err;
+  }
   page.participantId = await page.evaluate(() => window.satsuma.call.me);
   page.label = name;
   return page;
