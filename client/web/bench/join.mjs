@@ -21,17 +21,14 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { artifacts, joinPage, launchBrowser, leave, startAllInOne, waitFor } from '../tests/harness.mjs';
+import { JOIN_STEPS } from '../public/join-timeline.js';
 
 const JOINS = Math.max(1, Number(process.env.JOINS ?? 20));
 const ROOMS = (process.env.ROOMS ?? 'fresh,four,churn').split(',').map((s) => s.trim()).filter(Boolean);
 const CHURN_GAP_MS = Math.min(4900, Number(process.env.CHURN_GAP_MS ?? 1500));
 // Extra URL parameters for every page, e.g. PAGE_PARAMS='simulcast=0'.
 const PAGE_PARAMS = Object.fromEntries(new URLSearchParams(process.env.PAGE_PARAMS ?? ''));
-const STEPS = [
-  'pageLoad', 'wasmReady', 'workerReady', 'lobbyReady', 'join', 'token', 'helloSent', 'welcome',
-  'keyPackageSent', 'mlsWelcome', 'mlsMember', 'execute', 'sfuSession', 'ice', 'dtls',
-  'firstPacket', 'firstKeyframe', 'firstDecrypted', 'firstDecoded',
-];
+const STEPS = JOIN_STEPS;
 
 function percentile(sorted, p) {
   return sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)];

@@ -14,12 +14,9 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { browserSuite, joinPage, leave, waitFor } from './harness.mjs';
+import { JOIN_STEPS } from '../public/join-timeline.js';
 
-const STEPS = [
-  'pageLoad', 'wasmReady', 'workerReady', 'lobbyReady', 'join', 'token', 'helloSent', 'welcome',
-  'keyPackageSent', 'mlsWelcome', 'mlsMember', 'execute', 'sfuSession', 'ice', 'dtls',
-  'firstPacket', 'firstKeyframe', 'firstDecrypted', 'firstDecoded',
-];
+const STEPS = JOIN_STEPS;
 
 // [earlier, later]: a step that cannot happen before another one.
 const ORDER = [
