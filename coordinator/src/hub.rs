@@ -17,10 +17,13 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::dynacast::{Change, Dynacast};
 use crate::ice::IceIssuer;
 use crate::metrics::{CloseReason, Metrics};
-use crate::protocol::{ServerMessage, close};
-use crate::room::{Input, JoinError, JoinRequest, Output, ResumeError, Room, RoomConfig, Wire};
+use crate::protocol::{RoomEvent, ServerMessage, TrackKind, close};
+use crate::room::{
+    EntryBody, Input, JoinError, JoinRequest, Output, ResumeError, Room, RoomConfig, Wire,
+};
 
 /// What a connection's writer task sends.
 #[derive(Debug)]
@@ -171,6 +174,9 @@ pub(crate) struct RoomState {
     pub(crate) sfu_node: Option<usize>,
     /// SFU session id → node index.
     pub(crate) sfu_sessions: HashMap<String, usize>,
+    /// Which simulcast layers of each published video track subscribers take (the SFU
+    /// proxy feeds it; publishers hear of changes in `layers` messages).
+    pub(crate) dynacast: Dynacast,
 }
 
 /// One live room.
@@ -358,6 +364,7 @@ impl Hub {
                         next_deadline: None,
                         sfu_node: None,
                         sfu_sessions: HashMap::new(),
+                        dynacast: Dynacast::default(),
                     }),
                 });
                 rooms.insert(room_name.to_owned(), slot.clone());
@@ -410,6 +417,10 @@ impl Hub {
                     old.close(close::REPLACED, "resumed on another connection");
                 }
                 self.dispatch(&mut state);
+                // Layer changes sent while it was away may be lost: the current ones again.
+                let sessions = state.room.sfu_sessions_of(id).unwrap_or_default().to_vec();
+                let again = state.dynacast.current(&sessions);
+                send_layers(&mut state, again);
                 drop(state);
                 Ok(slot)
             }
@@ -486,6 +497,8 @@ impl Hub {
             if state.next_deadline.is_some_and(|d| d <= now) {
                 state.room.handle_timeout(now);
                 self.dispatch(&mut state);
+            } else if state.dynacast.next_deadline().is_some_and(|d| d <= now) {
+                self.dispatch(&mut state);
             }
             let empty = state.room.is_empty();
             drop(state);
@@ -549,6 +562,8 @@ impl Hub {
             }
         }
         state.next_deadline = state.room.poll_timeout();
+        let changes = state.dynacast.poll(Instant::now());
+        send_layers(state, changes);
         refused
     }
 
@@ -599,6 +614,7 @@ impl Hub {
                         .entries
                         .with_label_values(&[entry.type_name()])
                         .inc();
+                    note_tracks(state, &entry.body);
                     let msg = wire_message(&entry.wire);
                     for (id, c) in &state.conns {
                         if !entry.visible_to(*id) {
@@ -616,6 +632,7 @@ impl Hub {
                     });
                 }
                 Output::SfuClose { session_id } => {
+                    state.dynacast.drop_session(&session_id);
                     if let Some(node) = state.sfu_sessions.remove(&session_id) {
                         self.metrics.sfu_sessions_released.inc();
                         self.close_sfu_session(node, session_id);
@@ -631,6 +648,7 @@ impl Hub {
                     // Cut the departed participant off the media at once: its SFU
                     // sessions are deleted by the closer task, never under this lock.
                     for session_id in sfu_sessions {
+                        state.dynacast.drop_session(&session_id);
                         let Some(node) = state.sfu_sessions.remove(&session_id) else {
                             continue;
                         };
@@ -674,6 +692,43 @@ impl Hub {
                 until,
             });
         }
+    }
+}
+
+/// Keeps the dynacast's published video tracks in step with the log.
+fn note_tracks(state: &mut RoomState, body: &EntryBody) {
+    match body {
+        EntryBody::Event(RoomEvent::Published { track, .. })
+            if matches!(track.kind, TrackKind::Video | TrackKind::Screenshare) =>
+        {
+            state.dynacast.publish(&track.session_id, &track.track_name);
+        }
+        EntryBody::Event(RoomEvent::Unpublished { id, track_name }) => {
+            let sessions = state.room.sfu_sessions_of(*id).unwrap_or_default();
+            state.dynacast.unpublish(sessions, track_name);
+        }
+        _ => {}
+    }
+}
+
+/// Tells publishers which layers of their tracks subscribers take (`layers`). A publisher
+/// without a connection misses it and gets the current state when it resumes.
+fn send_layers(state: &mut RoomState, changes: Vec<Change>) {
+    for ch in changes {
+        let Some(owner) = state.room.sfu_session_owner(&ch.track.session_id) else {
+            continue;
+        };
+        let Some(conn) = state.conns.get(&owner) else {
+            continue;
+        };
+        let msg = ServerMessage::Layers {
+            session_id: ch.track.session_id,
+            track_name: ch.track.track_name,
+            max_rid: ch.max.map(|l| l.rid().to_owned()),
+        };
+        // A full queue closes the connection on the next dispatch; it resumes and gets the
+        // current state then.
+        let _ = conn.send(encode_reply(&msg));
     }
 }
 

@@ -24,7 +24,9 @@
 //! - The drivers are thin: `hub` (rooms behind mutexes and the connection queues
 //!   their outputs go to), `connection` (per-WebSocket reader/writer with size and
 //!   rate limits), `sfu_proxy` (`/sfu/...`, binding SFU sessions to participants,
-//!   choosing a healthy node per room) and `server` (routes, timers, static files).
+//!   choosing a healthy node per room), `dynacast` (which simulcast layers of each published
+//!   track some subscriber takes: the publisher turns the others off) and `server` (routes,
+//!   timers, static files).
 //!
 //! # Embedding
 //!
@@ -41,6 +43,7 @@ pub mod access_control;
 pub mod auth;
 pub mod config;
 mod connection;
+mod dynacast;
 mod hub;
 mod ice;
 pub mod metrics;

@@ -466,6 +466,18 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
     },
+    /// Dynacast: which simulcast layers of one of this participant's published video tracks
+    /// some subscriber can take. The publisher keeps its encodings up to `max_rid` on and
+    /// turns the ones above it off; `max_rid: null` (nobody pulls the track) keeps only its
+    /// lowest encoding on.
+    Layers {
+        /// The SFU session that publishes the track.
+        session_id: String,
+        /// Its SFU track name.
+        track_name: String,
+        /// `q`, `h` or `f`; `null`: no subscriber.
+        max_rid: Option<String>,
+    },
 }
 
 /// Entries of the room log (JSON ones); each goes out as `{"seq":N,"type":...}`.

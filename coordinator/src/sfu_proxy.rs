@@ -476,18 +476,74 @@ async fn forward_own_session(
         if let Some(allow_local) = tracks {
             check_tracks(&c, &body, allow_local)?;
         }
-        app.sfu
+        let r = app
+            .sfu
             .forward(
                 node,
                 method,
                 &format!("/sessions/{sid}/{route}"),
                 query.as_deref(),
-                Some(body),
+                Some(body.clone()),
             )
-            .await
+            .await?;
+        if r.0.is_success() {
+            note_demand(app, &c, sid, route, &body, &r.1);
+        }
+        Ok(r)
     }
     .await;
     respond(app, route, r)
+}
+
+/// Feeds the room's dynacast what a successful `tracks/new`, `tracks/update` or
+/// `tracks/close` of subscriber session `sid` changed: legs pulled (with the `mid` the SFU
+/// gave them and the layer they ask for), re-aimed or closed. Entries the SFU refused
+/// (`errorCode`) change nothing. The SFU answers one entry per requested track, in order.
+fn note_demand(app: &App, c: &Caller, sid: &str, route: &str, request: &[u8], response: &[u8]) {
+    let (Ok(req), Ok(resp)) = (
+        serde_json::from_slice::<Value>(request),
+        serde_json::from_slice::<Value>(response),
+    ) else {
+        return;
+    };
+    let empty = Vec::new();
+    let asked = req
+        .get("tracks")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    let answered = resp
+        .get("tracks")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    let ok = |t: &Value| t.get("errorCode").is_none_or(Value::is_null);
+    let text = |t: &Value, k: &str| t.get(k).and_then(Value::as_str).map(str::to_owned);
+    app.hub.with_room(&c.slot, |st| match route {
+        "tracks/new" | "tracks/update" => {
+            for (a, r) in asked.iter().zip(answered) {
+                if a.get("location").and_then(Value::as_str) != Some("remote") || !ok(r) {
+                    continue;
+                }
+                let mid = text(r, "mid").or_else(|| text(a, "mid"));
+                let (Some(mid), Some(src), Some(name)) =
+                    (mid, text(a, "sessionId"), text(a, "trackName"))
+                else {
+                    continue;
+                };
+                st.dynacast
+                    .leg(sid, &mid, &src, &name, crate::dynacast::wanted_layer(a));
+            }
+        }
+        "tracks/close" => {
+            for (a, r) in asked.iter().zip(answered) {
+                if let Some(mid) = text(a, "mid")
+                    && ok(r)
+                {
+                    st.dynacast.close(sid, &mid);
+                }
+            }
+        }
+        _ => {}
+    });
 }
 
 async fn tracks_new(
