@@ -53,6 +53,13 @@ const MAX_LAYERS: usize = 8;
 /// [`Forwarder::publisher_keyframe_request`]).
 pub const PUBLISHER_KEYFRAME_GAP: Duration = Duration::from_millis(250);
 
+/// The shortest gap between two keyframe requests when the one asking is a *fresh* leg: one that
+/// has not received a keyframe yet (a subscriber whose transport just came up). A keyframe that
+/// answered an earlier request reached the legs that existed then, not this one, so the regular
+/// throttle (which drops a request once a keyframe answered the last one) would leave a joiner
+/// waiting for the next interval: about a second of black tile at every join.
+pub const FRESH_LEG_KEYFRAME_GAP: Duration = Duration::from_millis(250);
+
 /// A subscriber leg: the `mid` of a session's m-line that carries a pulled track.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct LegKey {
@@ -235,6 +242,9 @@ struct Leg {
     target_rid: Option<Rid>,
     current_rid: Option<Rid>,
     started: bool,
+    /// A keyframe was forwarded to this leg (until then its keyframe requests are *fresh*, see
+    /// [`FRESH_LEG_KEYFRAME_GAP`]).
+    keyframe_seen: bool,
 }
 
 impl Leg {
@@ -299,7 +309,8 @@ impl Publication {
 struct KeyframeThrottle {
     rid: Option<Rid>,
     last_sent: Instant,
-    owed: bool,
+    /// A throttled request is owed: it goes out at this instant unless a keyframe comes first.
+    owed_at: Option<Instant>,
     /// A keyframe of this layer arrived since the last request went out.
     answered: bool,
 }
@@ -449,7 +460,7 @@ impl Forwarder {
             for k in &mut p.keyframe_requests {
                 if k.rid == rid || k.rid.is_none() {
                     k.answered = true;
-                    k.owed = false;
+                    k.owed_at = None;
                 }
             }
         }
@@ -481,11 +492,14 @@ impl Forwarder {
         }
     }
 
-    /// A keyframe request for a local publication, throttled per track and layer.
+    /// A keyframe request for a local publication, throttled per track and layer. `fresh`: the
+    /// leg asking has not received a keyframe yet, so it waits at most
+    /// [`FRESH_LEG_KEYFRAME_GAP`] after the last request, whether or not a keyframe answered it.
     pub fn keyframe_request(
         &mut self,
         track: TrackId,
         rid: Option<Rid>,
+        fresh: bool,
         now: Instant,
     ) -> Option<KeyframeTarget> {
         let interval = self.keyframe_interval;
@@ -495,26 +509,36 @@ impl Forwarder {
         }
         let rid = p.flowing_layer_for(rid, now);
         match p.keyframe_requests.iter_mut().find(|k| k.rid == rid) {
-            Some(k) if now.saturating_duration_since(k.last_sent) < interval => {
+            Some(k)
+                if fresh && now.saturating_duration_since(k.last_sent) < FRESH_LEG_KEYFRAME_GAP =>
+            {
+                // Too soon even for a fresh leg: owed at the end of the short gap. A keyframe
+                // arriving before then reaches this leg (its transport is up) and cancels it.
+                let due = k.last_sent + FRESH_LEG_KEYFRAME_GAP;
+                k.owed_at = Some(k.owed_at.map_or(due, |t| t.min(due)));
+                return None;
+            }
+            Some(k) if !fresh && now.saturating_duration_since(k.last_sent) < interval => {
                 // Throttled. If no keyframe came since the request that went out, that request
                 // may have been lost (a publisher whose path is down looks connected for
                 // seconds): one more is owed and goes out when the interval is over (see
                 // `owed_keyframe_requests`). If one came, this request is dropped, as the
                 // subscriber asks again while it is stuck: a keyframe per interval at most.
                 if !k.answered {
-                    k.owed = true;
+                    let due = k.last_sent + interval;
+                    k.owed_at = Some(k.owed_at.map_or(due, |t| t.min(due)));
                 }
                 return None;
             }
             Some(k) => {
                 k.last_sent = now;
-                k.owed = false;
+                k.owed_at = None;
                 k.answered = false;
             }
             None => p.keyframe_requests.push(KeyframeThrottle {
                 rid,
                 last_sent: now,
-                owed: false,
+                owed_at: None,
                 answered: false,
             }),
         }
@@ -555,13 +579,13 @@ impl Forwarder {
             match p.keyframe_requests.iter_mut().find(|k| k.rid == rid) {
                 Some(k) => {
                     k.last_sent = now;
-                    k.owed = false;
+                    k.owed_at = None;
                     k.answered = false;
                 }
                 None => p.keyframe_requests.push(KeyframeThrottle {
                     rid,
                     last_sent: now,
-                    owed: false,
+                    owed_at: None,
                     answered: false,
                 }),
             }
@@ -574,15 +598,15 @@ impl Forwarder {
         Ok(targets)
     }
 
-    /// Keyframe requests that were throttled while the last one was unanswered, whose interval
-    /// is now over: each goes out once (and counts as sent now), so a lost request is repeated.
+    /// Keyframe requests that were throttled (while the last one was unanswered, or from a fresh
+    /// leg) and are now due: each goes out once (and counts as sent now), so a lost request is
+    /// repeated and a fresh leg gets its keyframe.
     pub fn owed_keyframe_requests(&mut self, now: Instant) -> Vec<(TrackId, KeyframeTarget)> {
-        let interval = self.keyframe_interval;
         let mut due = Vec::new();
         for (track, p) in &mut self.publications {
             for k in &mut p.keyframe_requests {
-                if k.owed && now.saturating_duration_since(k.last_sent) >= interval {
-                    k.owed = false;
+                if k.owed_at.is_some_and(|t| now >= t) {
+                    k.owed_at = None;
                     k.answered = false;
                     k.last_sent = now;
                     due.push((
@@ -636,6 +660,7 @@ impl Forwarder {
             target_rid: None,
             current_rid: None,
             started: false,
+            keyframe_seen: false,
         });
     }
 
@@ -705,6 +730,18 @@ impl Forwarder {
             .get(&track)
             .and_then(|legs| legs.iter().find(|l| l.key == leg))?;
         Some((track, l.home, l.target()))
+    }
+
+    /// Whether a keyframe was forwarded to `leg` yet (false for an unknown leg). Until then its
+    /// keyframe requests are fresh (see [`Forwarder::keyframe_request`]).
+    pub fn leg_has_keyframe(&self, leg: LegKey) -> bool {
+        let Some(track) = self.leg_tracks.get(&leg) else {
+            return false;
+        };
+        self.legs
+            .get(track)
+            .and_then(|legs| legs.iter().find(|l| l.key == leg))
+            .is_some_and(|l| l.keyframe_seen)
     }
 
     /// The layer a leg is on (`None` before its first packet, or without simulcast).
@@ -901,6 +938,7 @@ impl Forwarder {
                 vp8_patch,
                 wallclock: pkt.arrival,
             });
+            leg.keyframe_seen |= pkt.keyframe;
             outcome.forwarded += 1;
         }
         outcome.unused_layer = pkt.rid.is_some()
@@ -1124,20 +1162,89 @@ mod tests {
         let rid = |r: &str| Some(Rid::from(r));
         let target = |x: Option<KeyframeTarget>| x.and_then(|k| k.rid);
         // Nothing seen yet: the request goes where it was asked.
-        assert_eq!(target(f.keyframe_request(t, rid("f"), now)), rid("f"));
+        assert_eq!(
+            target(f.keyframe_request(t, rid("f"), false, now)),
+            rid("f")
+        );
         // Only q and h flow (a small capture): a request for f goes to h, the best below it.
         f.note_media(t, rid("q"), ms(100));
         f.note_media(t, rid("h"), ms(100));
-        assert_eq!(target(f.keyframe_request(t, rid("f"), ms(200))), rid("h"));
+        assert_eq!(
+            target(f.keyframe_request(t, rid("f"), false, ms(200))),
+            rid("h")
+        );
         // ... and counts against h's throttle, not f's.
-        assert_eq!(f.keyframe_request(t, rid("h"), ms(300)), None);
+        assert_eq!(f.keyframe_request(t, rid("h"), false, ms(300)), None);
         // A flowing layer is asked for itself.
-        assert_eq!(target(f.keyframe_request(t, rid("q"), ms(300))), rid("q"));
+        assert_eq!(
+            target(f.keyframe_request(t, rid("q"), false, ms(300))),
+            rid("q")
+        );
         // Only f flows: a request for q (nothing below it flows) goes to the lowest flowing, f.
         f.note_media(t, rid("f"), ms(2000));
-        assert_eq!(target(f.keyframe_request(t, rid("q"), ms(2000))), rid("f"));
+        assert_eq!(
+            target(f.keyframe_request(t, rid("q"), false, ms(2000))),
+            rid("f")
+        );
         // A request without a rid is left alone.
-        assert_eq!(target(f.keyframe_request(t, None, ms(2000))), None);
+        assert_eq!(target(f.keyframe_request(t, None, false, ms(2000))), None);
+    }
+
+    #[test]
+    fn a_fresh_leg_gets_its_keyframe_within_the_short_gap_even_after_an_answered_request() {
+        let now = Instant::now();
+        let ms = |n: u64| now + Duration::from_millis(n);
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(7);
+        f.publish(t, sid(1), Mid::from("v"), MediaKind::Video, now);
+        let target = Some(KeyframeTarget {
+            session: sid(1),
+            mid: Mid::from("v"),
+            rid: None,
+        });
+        // The publisher's keyframe after a key change (or an existing subscriber's request) is
+        // answered before the joiner's transport is up ...
+        assert_eq!(f.keyframe_request(t, None, false, now), target);
+        f.note_keyframe(t, None);
+        // ... an old leg asking again is dropped: the keyframe reached it ...
+        assert_eq!(f.keyframe_request(t, None, false, ms(100)), None);
+        assert!(f.owed_keyframe_requests(ms(1500)).is_empty());
+        // ... but the joiner's leg never saw that keyframe: its request is owed until the short
+        // gap is over (not dropped, and not held for the whole interval).
+        assert_eq!(f.keyframe_request(t, None, true, ms(150)), None);
+        assert!(f.owed_keyframe_requests(ms(249)).is_empty());
+        assert_eq!(
+            f.owed_keyframe_requests(now + FRESH_LEG_KEYFRAME_GAP),
+            vec![(t, target.clone().expect("target"))]
+        );
+        assert!(f.owed_keyframe_requests(ms(2000)).is_empty(), "sent once");
+        // After the short gap a fresh leg's request goes out at once ...
+        f.note_keyframe(t, None);
+        assert_eq!(f.keyframe_request(t, None, true, ms(600)), target);
+        // ... and an owed fresh request is cancelled by a keyframe that comes first (the fresh
+        // leg's transport is up, so that keyframe reaches it).
+        assert_eq!(f.keyframe_request(t, None, true, ms(700)), None);
+        f.note_keyframe(t, None);
+        assert!(f.owed_keyframe_requests(ms(2000)).is_empty());
+    }
+
+    #[test]
+    fn a_leg_is_fresh_until_a_keyframe_was_forwarded_to_it() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        let l = leg(2, "0");
+        f.subscribe(t, 0, l, vec![(Pt::from(96), Pt::from(96))], None, 1, 0);
+        assert!(!f.leg_has_keyframe(l));
+        assert!(!f.leg_has_keyframe(leg(9, "9")), "unknown leg");
+        let mut out = Vec::new();
+        f.forward(t, &packet(1, 0, now), &mut out);
+        assert!(!f.leg_has_keyframe(l), "a delta frame is not a keyframe");
+        let mut key = packet(2, 3000, now);
+        key.keyframe = true;
+        f.forward(t, &key, &mut out);
+        assert!(f.leg_has_keyframe(l));
+        assert_eq!(out.len(), 2);
     }
 
     #[test]
@@ -1146,7 +1253,7 @@ mod tests {
         let mut f = Forwarder::new(Duration::from_secs(1));
         let t = TrackId(7);
         f.publish(t, sid(1), Mid::from("v"), MediaKind::Video, now);
-        let first = f.keyframe_request(t, None, now);
+        let first = f.keyframe_request(t, None, false, now);
         assert_eq!(
             first,
             Some(KeyframeTarget {
@@ -1156,12 +1263,15 @@ mod tests {
             })
         );
         assert_eq!(
-            f.keyframe_request(t, None, now + Duration::from_millis(500)),
+            f.keyframe_request(t, None, false, now + Duration::from_millis(500)),
             None
         );
-        assert!(f.keyframe_request(t, Some(Rid::from("h")), now).is_some());
         assert!(
-            f.keyframe_request(t, None, now + Duration::from_millis(1000))
+            f.keyframe_request(t, Some(Rid::from("h")), false, now)
+                .is_some()
+        );
+        assert!(
+            f.keyframe_request(t, None, false, now + Duration::from_millis(1000))
                 .is_some()
         );
         // The throttled request is owed, not lost: it goes out once the interval is over, once.
@@ -1170,7 +1280,7 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(
-            f.keyframe_request(t, None, now + Duration::from_millis(1200)),
+            f.keyframe_request(t, None, false, now + Duration::from_millis(1200)),
             None
         );
         assert!(
@@ -1194,16 +1304,16 @@ mod tests {
         );
         // ... and counts as sent: a new request right after it is throttled again.
         assert_eq!(
-            f.keyframe_request(t, None, now + Duration::from_millis(2100)),
+            f.keyframe_request(t, None, false, now + Duration::from_millis(2100)),
             None
         );
         // Once a keyframe answered the last request, a throttled one is dropped, not owed, and a
         // keyframe arriving meanwhile cancels what was owed.
         let t0 = now + Duration::from_millis(5000);
-        assert!(f.keyframe_request(t, None, t0).is_some());
+        assert!(f.keyframe_request(t, None, false, t0).is_some());
         f.note_keyframe(t, None);
         assert_eq!(
-            f.keyframe_request(t, None, t0 + Duration::from_millis(100)),
+            f.keyframe_request(t, None, false, t0 + Duration::from_millis(100)),
             None
         );
         assert!(
@@ -1212,9 +1322,17 @@ mod tests {
             "answered: nothing owed"
         );
         let t1 = t0 + Duration::from_millis(3000);
-        assert!(f.keyframe_request(t, Some(Rid::from("h")), t1).is_some());
+        assert!(
+            f.keyframe_request(t, Some(Rid::from("h")), false, t1)
+                .is_some()
+        );
         assert_eq!(
-            f.keyframe_request(t, Some(Rid::from("h")), t1 + Duration::from_millis(400)),
+            f.keyframe_request(
+                t,
+                Some(Rid::from("h")),
+                false,
+                t1 + Duration::from_millis(400)
+            ),
             None
         );
         // A keyframe of another layer answers nothing for this one ...
@@ -1228,7 +1346,7 @@ mod tests {
         // Audio tracks never get keyframe requests.
         let a = TrackId(8);
         f.publish(a, sid(1), Mid::from("a"), MediaKind::Audio, now);
-        assert_eq!(f.keyframe_request(a, None, now), None);
+        assert_eq!(f.keyframe_request(a, None, false, now), None);
     }
 
     #[test]
@@ -1244,7 +1362,7 @@ mod tests {
             rid,
         };
         // A subscriber's request went out just now: the publisher's still passes, one per layer.
-        assert!(f.keyframe_request(t, h, now).is_some());
+        assert!(f.keyframe_request(t, h, false, now).is_some());
         assert_eq!(
             f.publisher_keyframe_request(t, &[q, h], now + Duration::from_millis(10)),
             Ok(vec![target(q), target(h)])
@@ -1266,11 +1384,11 @@ mod tests {
         // It counts as sent for the subscriber throttle: subscribers' requests within the interval
         // are held back, and owed while no keyframe came ...
         assert_eq!(
-            f.keyframe_request(t, None, t1 + Duration::from_millis(50)),
+            f.keyframe_request(t, None, false, t1 + Duration::from_millis(50)),
             None
         );
         assert_eq!(
-            f.keyframe_request(t, q, t1 + Duration::from_millis(50)),
+            f.keyframe_request(t, q, false, t1 + Duration::from_millis(50)),
             None
         );
         let owed =
@@ -1288,7 +1406,7 @@ mod tests {
         f.note_keyframe(t, q);
         f.note_keyframe(t, h);
         assert_eq!(
-            f.keyframe_request(t, h, t2 + Duration::from_millis(100)),
+            f.keyframe_request(t, h, false, t2 + Duration::from_millis(100)),
             None
         );
         assert!(

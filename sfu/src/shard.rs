@@ -193,6 +193,8 @@ pub enum ShardMsg {
         rid: Option<Rid>,
         /// PLI or FIR.
         kind: KeyframeRequestKind,
+        /// The leg asking has not received a keyframe yet (see [`Forwarder::keyframe_request`]).
+        fresh: bool,
     },
     /// A track our legs carried is gone.
     TrackEnded {
@@ -529,8 +531,13 @@ impl Shard {
             ShardMsg::Unsubscribe { track, shard } => {
                 self.forwarder.remove_subscriber_shard(track, shard);
             }
-            ShardMsg::KeyframeRequest { track, rid, kind } => {
-                self.keyframe_to_publisher(track, rid, kind, Instant::now());
+            ShardMsg::KeyframeRequest {
+                track,
+                rid,
+                kind,
+                fresh,
+            } => {
+                self.keyframe_to_publisher(track, rid, kind, fresh, Instant::now());
             }
             ShardMsg::TrackEnded { track } => self.end_local_legs(track),
             ShardMsg::ShardReset { shard, before } => {
@@ -564,14 +571,16 @@ impl Shard {
         }
     }
 
-    /// Asks the publisher's shard `home` for a keyframe (PLI) of `track`'s layer `rid`.
-    fn request_pli(&mut self, home: ShardId, track: TrackId, rid: Option<Rid>) {
+    /// Asks the publisher's shard `home` for a keyframe (PLI) of `track`'s layer `rid`; `fresh`
+    /// when the leg asking has not received a keyframe yet.
+    fn request_pli(&mut self, home: ShardId, track: TrackId, rid: Option<Rid>, fresh: bool) {
         self.send_to_shard(
             home,
             ShardMsg::KeyframeRequest {
                 track,
                 rid,
                 kind: KeyframeRequestKind::Pli,
+                fresh,
             },
         );
     }
@@ -715,7 +724,16 @@ impl Shard {
                         .with_label_values(&["from_subscriber"])
                         .inc();
                     if let Some((track, home, rid)) = self.forwarder.leg_source(leg) {
-                        self.send_to_shard(home, ShardMsg::KeyframeRequest { track, rid, kind });
+                        let fresh = !self.forwarder.leg_has_keyframe(leg);
+                        self.send_to_shard(
+                            home,
+                            ShardMsg::KeyframeRequest {
+                                track,
+                                rid,
+                                kind,
+                                fresh,
+                            },
+                        );
                     }
                 }
                 SessionEvent::Estimate(bps) => {
@@ -825,7 +843,7 @@ impl Shard {
         }
         self.ctx.metrics.count_layer_outcome(&outcome);
         if let Some((home, rid)) = outcome.wants_keyframe {
-            self.request_pli(home, track, rid);
+            self.request_pli(home, track, rid, false);
         }
         let paced = paced(&self.ctx.config, pkt.rid.is_some());
         for w in writes.drain(..) {
@@ -895,6 +913,7 @@ impl Shard {
         track: TrackId,
         rid: Option<Rid>,
         kind: KeyframeRequestKind,
+        fresh: bool,
         now: Instant,
     ) {
         // A request to a publisher whose transport is not up would be lost; do not let it use
@@ -907,7 +926,7 @@ impl Shard {
         if !publisher_up {
             return;
         }
-        let Some(target) = self.forwarder.keyframe_request(track, rid, now) else {
+        let Some(target) = self.forwarder.keyframe_request(track, rid, fresh, now) else {
             return;
         };
         self.send_keyframe_request(target, kind);
@@ -955,7 +974,9 @@ impl Shard {
         }
     }
 
-    /// A subscriber's transport came up: ask for keyframes on all its video legs.
+    /// A subscriber's transport came up (first time, or again after an ICE restart): ask for
+    /// keyframes on all its video legs. These requests are fresh: whatever keyframe came before
+    /// did not reach this transport.
     fn request_keyframes_for(&mut self, id: SessionId) {
         let Some(session) = self.sessions.get(&id) else {
             return;
@@ -967,7 +988,7 @@ impl Shard {
             .map(|s| (s.track, s.home, s.preferred_rid))
             .collect();
         for (track, home, rid) in wanted {
-            self.request_pli(home, track, rid);
+            self.request_pli(home, track, rid, true);
         }
     }
 
@@ -988,7 +1009,7 @@ impl Shard {
             .unwrap_or_default();
         let now = Instant::now();
         for track in published {
-            self.keyframe_to_publisher(track, None, KeyframeRequestKind::Pli, now);
+            self.keyframe_to_publisher(track, None, KeyframeRequestKind::Pli, false, now);
         }
     }
 
@@ -1135,8 +1156,11 @@ impl Shard {
                 shard: self.id,
             },
         );
-        if kind == MediaKind::Video {
-            self.request_pli(home, track, rid);
+        // A new leg needs a keyframe. Before the subscriber's transport is up one would be
+        // lost, and the request would hold back the one `Connected` makes: that one asks then.
+        let connected = self.sessions.get(&id).is_some_and(Session::is_connected);
+        if kind == MediaKind::Video && connected {
+            self.request_pli(home, track, rid, true);
         }
     }
 
