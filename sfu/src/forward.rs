@@ -1215,7 +1215,7 @@ mod tests {
         assert!(f.owed_keyframe_requests(ms(249)).is_empty());
         assert_eq!(
             f.owed_keyframe_requests(now + FRESH_LEG_KEYFRAME_GAP),
-            vec![(t, target.clone().expect("target"))]
+            vec![(t, target.expect("target"))]
         );
         assert!(f.owed_keyframe_requests(ms(2000)).is_empty(), "sent once");
         // After the short gap a fresh leg's request goes out at once ...
