@@ -1197,11 +1197,12 @@ mod tests {
         let mut f = Forwarder::new(Duration::from_secs(1));
         let t = TrackId(7);
         f.publish(t, sid(1), Mid::from("v"), MediaKind::Video, now);
-        let target = Some(KeyframeTarget {
+        let kt = KeyframeTarget {
             session: sid(1),
             mid: Mid::from("v"),
             rid: None,
-        });
+        };
+        let target = Some(kt);
         // The publisher's keyframe after a key change (or an existing subscriber's request) is
         // answered before the joiner's transport is up ...
         assert_eq!(f.keyframe_request(t, None, false, now), target);
@@ -1215,7 +1216,7 @@ mod tests {
         assert!(f.owed_keyframe_requests(ms(249)).is_empty());
         assert_eq!(
             f.owed_keyframe_requests(now + FRESH_LEG_KEYFRAME_GAP),
-            vec![(t, target.expect("target"))]
+            vec![(t, kt)]
         );
         assert!(f.owed_keyframe_requests(ms(2000)).is_empty(), "sent once");
         // After the short gap a fresh leg's request goes out at once ...
