@@ -1,6 +1,9 @@
-// Rendering of the call: video tiles, the people list with host actions, the
-// safety number and the status pills. Pure DOM updates from plain state
-// objects; no state of its own beyond the elements it created.
+// The call's page around the stage: which screen shows (lobby, call, left),
+// the banner and link status, the safety number with the MLS member list and
+// its alarm, the persistent E2EE alert, the people list with host actions,
+// and the host's room lock and invites. DOM only: it renders the model's
+// state (call-model.js) and calls the controller's intents; the stage itself
+// is stage-view.js, the control bar controls-view.js.
 
 const $ = (id) => document.getElementById(id);
 
@@ -21,10 +24,51 @@ export function formatSafetyNumber(digits) {
   return digits.match(/\d{5}/g).join(' ');
 }
 
+/** Why the call ended, in words. */
+function leftReason({ why, detail }) {
+  const reasons = {
+    left: 'You left the call.', removed: 'A host removed you from the call.', 'room-locked': 'The room is locked.',
+    'room-full': 'The room is full.', unauthorized: `The server refused the join token${detail ? ` (${detail})` : ''}: ask for a new link.`, replaced: 'You joined from another tab.',
+  };
+  return reasons[why] ?? `The call ended (${why}).`;
+}
+
 export class CallView {
-  constructor({ onHostAction }) {
-    this.tiles = new Map(); // key -> {root, video, label, ...}
-    this.onHostAction = onHostAction;
+  /**
+   * @param {object} o
+   * @param {{hostAction: Function, setLocked: Function, createInvite: Function, revokeInvite: Function}} [o.intents]
+   */
+  constructor({ intents = {} } = {}) {
+    this.intents = intents;
+    this.lastInvite = null;
+  }
+
+  /** Connects the host controls to the intents (once the call exists). */
+  bind(intents) {
+    this.intents = intents;
+    const lock = $('lock-room');
+    if (lock) lock.onchange = (ev) => this.intents.setLocked(ev.target.checked);
+    if ($('make-invite')) $('make-invite').onclick = () => this.makeInvite();
+    if ($('revoke-invite')) $('revoke-invite').onclick = () => this.revokeInvite();
+    if ($('e2ee-alert-reload')) $('e2ee-alert-reload').onclick = () => location.reload();
+  }
+
+  /** Renders the parts of `state` in `changed` (a Set from the model). */
+  render(state, changed) {
+    if (changed.has('screen')) {
+      this.show(state.screen);
+      $('room-title').textContent = state.screen === 'call' ? state.room : $('room-title').textContent;
+      if (state.ended) $('left-reason').textContent = leftReason(state.ended);
+    }
+    if (changed.has('banner')) this.banner(state.banner?.text ?? null, state.banner?.level);
+    if (changed.has('link')) this.linkStatus(state.link?.text ?? '', state.link?.level ?? 'warn');
+    if (changed.has('safety')) this.safety(state.safety);
+    if (changed.has('send') && state.send) this.sendState(state.send);
+    if (changed.has('people') || changed.has('host')) this.renderPeople(state);
+    if (changed.has('host')) {
+      $('lock-room').checked = state.locked;
+      $('invite-controls').hidden = !state.canInvite;
+    }
   }
 
   /** Shows one of the three screens: lobby, call, left. */
@@ -46,47 +90,16 @@ export class CallView {
     s.className = `pill ${level}`;
   }
 
-  /** Creates or returns the tile `key` (`<participant id>` or `<id>:screen`). */
-  tile(key, { name, local = false }) {
-    let t = this.tiles.get(key);
-    if (t) return t;
-    const video = el('video', { autoplay: true, playsInline: true, muted: local });
-    const nameTag = el('span', { class: 'name' }, name);
-    const conn = el('span', { class: 'pill' });
-    const e2ee = el('span', { class: 'pill' });
-    const hand = el('span', { class: 'hand', hidden: true, title: 'Hand raised' }, 'raised hand');
-    const camOff = el('div', { class: 'muted-cam', hidden: true }, 'camera off');
-    const root = el('div', { class: 'tile', 'data-key': key }, video, camOff, hand, el('div', { class: 'label' }, nameTag, conn, e2ee));
-    $('grid').append(root);
-    t = { root, video, nameTag, conn, e2ee, hand, camOff, stream: new MediaStream() };
-    video.srcObject = t.stream;
-    this.tiles.set(key, t);
-    return t;
-  }
-
-  removeTile(key) {
-    const t = this.tiles.get(key);
-    if (!t) return;
-    t.root.remove();
-    this.tiles.delete(key);
-  }
-
-  /** Updates a tile's labels: `{name, speaking, hand, camOn, conn: [text, level], e2ee: [text, level]}`. */
-  updateTile(key, s) {
-    const t = this.tiles.get(key);
-    if (!t) return;
-    if (s.name !== undefined) t.nameTag.textContent = s.name;
-    if (s.speaking !== undefined) t.root.classList.toggle('speaking', s.speaking);
-    if (s.hand !== undefined) t.hand.hidden = !s.hand;
-    if (s.camOn !== undefined) t.camOff.hidden = s.camOn;
-    if (s.conn) {
-      t.conn.textContent = s.conn[0];
-      t.conn.className = `pill ${s.conn[1]}`;
-    }
-    if (s.e2ee) {
-      t.e2ee.textContent = s.e2ee[0];
-      t.e2ee.className = `pill ${s.e2ee[1]}`;
-    }
+  /** The persistent E2EE state: red with the reason and what to do while this page cannot encrypt. */
+  sendState(state) {
+    const alert = $('e2ee-alert');
+    if (!alert) return;
+    const bad = state.level === 'bad';
+    alert.hidden = !bad;
+    alert.dataset.level = state.level;
+    $('e2ee-alert-reason').textContent = bad ? state.reason : '';
+    $('e2ee-alert-advice').textContent = bad ? state.advice : '';
+    $('e2ee-alert-reload').hidden = !(bad && state.fatal);
   }
 
   /**
@@ -140,6 +153,11 @@ export class CallView {
       ` (participant ${m.id}, fingerprint `, el('code', { class: 'fingerprint' }, String(m.fingerprint ?? '?')), ')')));
   }
 
+  renderPeople(state) {
+    const people = [...state.participants.values()].map((p) => ({ ...p, me: p.id === state.me }));
+    this.people(people, { meIsHost: Boolean(state.participants.get(state.me)?.host) });
+  }
+
   /** Renders the people list. `people`: [{id, name, host, hand, speaking, me}]. */
   people(people, { meIsHost }) {
     const list = $('people');
@@ -151,12 +169,41 @@ export class CallView {
       const li = el('li', { 'data-id': String(p.id) }, el('span', { class: 'who' }, bits.join(' ')));
       if (meIsHost && !p.me) {
         li.append(
-          el('button', { type: 'button', onclick: () => this.onHostAction('mute', p.id), title: `Mute ${p.name}` }, 'Mute'),
-          el('button', { type: 'button', onclick: () => this.onHostAction('remove', p.id), title: `Remove ${p.name}` }, 'Remove'),
+          el('button', { type: 'button', onclick: () => this.intents.hostAction('mute', p.id), title: `Mute ${p.name}` }, 'Mute'),
+          el('button', { type: 'button', onclick: () => this.intents.hostAction('remove', p.id), title: `Remove ${p.name}` }, 'Remove'),
         );
       }
       return li;
     }));
     $('host-controls').hidden = !meIsHost;
+  }
+
+  async makeInvite() {
+    try {
+      this.lastInvite = await this.intents.createInvite({ role: $('invite-role').value });
+      $('invite-link').value = this.lastInvite.link;
+      $('invite-link').hidden = false;
+      $('revoke-invite').hidden = false;
+      $('invite-note').textContent = `Invite link made (valid until ${new Date(this.lastInvite.expires_at * 1000).toLocaleString()}).`;
+      try {
+        await navigator.clipboard.writeText(this.lastInvite.link);
+        $('invite-note').textContent += ' Copied.';
+      } catch { /* no clipboard permission: the link is shown to copy by hand */ }
+    } catch (err) {
+      $('invite-note').textContent = `Could not make an invite: ${err.message}`;
+    }
+  }
+
+  async revokeInvite() {
+    if (!this.lastInvite) return;
+    try {
+      await this.intents.revokeInvite(this.lastInvite.invite_id);
+      $('invite-note').textContent = 'Invite revoked: the link no longer works.';
+      $('invite-link').hidden = true;
+      $('revoke-invite').hidden = true;
+      this.lastInvite = null;
+    } catch (err) {
+      $('invite-note').textContent = `Could not revoke: ${err.message}`;
+    }
   }
 }

@@ -214,6 +214,16 @@ export class SfuLink extends EventTarget {
     if (refused.length) throw new Error(refused.map((t) => `${t.trackName}: ${t.errorDescription ?? t.errorCode}`).join('; '));
   }
 
+  /**
+   * The SFU's state of this session (`GET sessions/{id}`): its tracks and
+   * `activeSpeaker` (`{sessionId, trackName}` of the pulled audio track that
+   * speaks now, absent when nobody does). Null before the session exists.
+   */
+  async sessionState() {
+    if (!this.sessionId || this.closed) return null;
+    return this.#api('GET', `/sessions/${this.sessionId}`, undefined, { timeoutMs: 5000 });
+  }
+
   /** Keyframes encoded so far by the senders of the pushed tracks `trackNames` (all layers). */
   async keyframesEncoded(trackNames) {
     let total = 0;

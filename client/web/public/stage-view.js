@@ -1,0 +1,165 @@
+// The stage: one tile per camera or screen, laid out to fill the space
+// (stage-layout.js), with the active speaker outlined and a speaker view.
+// DOM only: it renders the model's state (call-model.js) and reports the
+// user's intents (`pin`) and which <video> shows which tile (`watchTile`,
+// `unwatchTile`: the controller picks each tile's simulcast layer from the
+// size it is shown at).
+//
+// Tile markup (tests rely on it): `.tile[data-key]` with a <video>, a
+// `.muted-cam` note, a `.hand` badge and a `.label` holding `.name` and two
+// `.pill`s (connection, media/E2EE state). `.tile.active-speaker` is the
+// active speaker, `.tile.main` the large tile of the speaker view,
+// `.tile.speaking` a participant whose own voice detector hears speech.
+
+import { stageOrder } from './call-model.js';
+import { gridFor, speakerFor, GAP } from './stage-layout.js';
+import { icon } from './icons.js';
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') node.className = v;
+    else if (k.startsWith('data-') || k.startsWith('aria-') || k === 'role') node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+
+export class StageView {
+  /**
+   * @param {object} o
+   * @param {HTMLElement} o.grid the stage element (#grid)
+   * @param {{watchTile: Function, unwatchTile: Function, pin: Function}} o.intents
+   */
+  constructor({ grid, intents }) {
+    this.grid = grid;
+    this.intents = intents;
+    this.tiles = new Map(); // key -> {root, video, nameTag, conn, e2ee, hand, camOff, pin, media}
+    this.state = null;
+    this.resize = typeof ResizeObserver === 'function' ? new ResizeObserver(() => this.layout()) : null;
+    this.resize?.observe(grid);
+  }
+
+  /** Renders the parts of `state` in `changed` (a Set from the model). */
+  render(state, changed) {
+    this.state = state;
+    if (changed.has('tiles') || changed.has('stage')) this.syncTiles(state);
+    if (changed.has('tiles') || changed.has('stage') || changed.has('people')) this.decorate(state);
+    if (changed.has('stage') || changed.has('tiles')) this.layout();
+  }
+
+  syncTiles(state) {
+    for (const [key, t] of this.tiles) {
+      if (state.tiles.has(key)) continue;
+      t.root.remove();
+      this.tiles.delete(key);
+      this.intents.unwatchTile?.(key);
+    }
+    for (const [key, tile] of state.tiles) {
+      let t = this.tiles.get(key);
+      if (!t) t = this.mount(tile);
+      if (tile.media !== t.media) {
+        // A track arrived in the tile's stream: (re)start playback.
+        t.media = tile.media;
+        t.video.play().catch(() => {});
+      }
+      t.nameTag.textContent = tile.name;
+      t.root.setAttribute('aria-label', tile.name);
+      t.pin.setAttribute('aria-label', `Show ${tile.name} large`);
+      t.camOff.hidden = Boolean(tile.camOn);
+      for (const [pill, value] of [[t.conn, tile.conn], [t.e2ee, tile.e2ee]]) {
+        if (!value) continue;
+        pill.textContent = value[0];
+        pill.className = `pill ${value[1]}`;
+      }
+    }
+  }
+
+  mount(tile) {
+    const { key } = tile;
+    const video = el('video', { autoplay: true, playsInline: true, muted: tile.local });
+    if (tile.kind === 'screenshare') video.classList.add('screen');
+    const nameTag = el('span', { class: 'name' }, tile.name);
+    const conn = el('span', { class: 'pill' });
+    const e2ee = el('span', { class: 'pill' });
+    const speaking = el('span', { class: 'speaking-icon', title: 'Speaking' }, icon('speaking'));
+    const hand = el('span', { class: 'hand', hidden: true, title: 'Hand raised' }, 'raised hand');
+    const camOff = el('div', { class: 'muted-cam', hidden: true }, 'camera off');
+    const pin = el('button', { type: 'button', class: 'pin', 'aria-pressed': 'false', title: 'Show large (speaker view)' }, icon('pin'));
+    pin.addEventListener('click', () => {
+      const pinned = this.state?.layout === 'speaker' && this.state?.pinned === key;
+      this.intents.pin?.(pinned ? null : key);
+    });
+    const root = el('div', { class: 'tile', 'data-key': key, role: 'group', 'aria-label': tile.name },
+      video, camOff, hand, pin, el('div', { class: 'label' }, speaking, nameTag, conn, e2ee));
+    if (tile.local) root.classList.add('local');
+    if (tile.kind === 'screenshare') root.classList.add('screen');
+    this.grid.append(root);
+    video.srcObject = tile.stream ?? null;
+    const t = { root, video, nameTag, conn, e2ee, hand, camOff, pin, media: tile.media };
+    this.tiles.set(key, t);
+    if (tile.media) video.play().catch(() => {});
+    this.intents.watchTile?.(key, video);
+    return t;
+  }
+
+  /** Hand, speaking, active speaker and pin state of every tile. */
+  decorate(state) {
+    const me = state.me;
+    for (const [key, t] of this.tiles) {
+      const tile = state.tiles.get(key);
+      if (!tile) continue;
+      const id = tile.local ? me : tile.participantId;
+      const p = id !== null && id !== undefined ? state.participants.get(id) : null;
+      const camera = tile.kind !== 'screenshare';
+      t.hand.hidden = !(camera && p?.hand);
+      const speaking = camera && (tile.local ? state.selfSpeaking : Boolean(p?.speaking));
+      t.root.classList.toggle('speaking', speaking);
+      const active = camera && !tile.local && state.activeSpeaker !== null && tile.participantId === state.activeSpeaker;
+      t.root.classList.toggle('active-speaker', active);
+      if (active) t.root.dataset.activeSpeaker = 'true';
+      else delete t.root.dataset.activeSpeaker;
+      t.pin.setAttribute('aria-pressed', String(state.layout === 'speaker' && state.pinned === key));
+    }
+  }
+
+  /** Sizes the tiles for the stage's current size and the layout. */
+  layout() {
+    const state = this.state;
+    if (!state) return;
+    const { order, main } = stageOrder(state);
+    const keys = order.filter((k) => this.tiles.has(k));
+    const box = this.grid.getBoundingClientRect();
+    const cs = getComputedStyle(this.grid);
+    const width = box.width - parseFloat(cs.borderLeftWidth || 0) - parseFloat(cs.borderRightWidth || 0);
+    const height = box.height - parseFloat(cs.borderTopWidth || 0) - parseFloat(cs.borderBottomWidth || 0);
+    const speaker = state.layout === 'speaker' && main !== null && keys.length > 1;
+    this.grid.classList.toggle('speaker-view', speaker);
+    this.grid.dataset.layout = speaker ? 'speaker' : 'grid';
+    keys.forEach((k, i) => {
+      const t = this.tiles.get(k);
+      t.root.style.order = String(k === main && speaker ? -1 : i);
+      t.root.classList.toggle('main', speaker && k === main);
+    });
+    const px = (v) => `${Math.max(0, v)}px`;
+    if (speaker) {
+      const s = speakerFor(keys.length, width, height, { gap: GAP });
+      this.grid.style.setProperty('--main-w', px(s.main.width));
+      this.grid.style.setProperty('--strip-w', px(s.strip.width));
+      // The large tile takes a row of its own; the strip is centred under it.
+      this.grid.style.setProperty('--main-margin', px(Math.floor((width - s.main.width) / 2)));
+      this.grid.style.setProperty('--pad-x', '0px');
+      this.grid.dataset.cols = '';
+      this.grid.dataset.rows = '';
+    } else {
+      const g = gridFor(keys.length, width, height, { gap: GAP });
+      this.grid.style.setProperty('--tile-w', px(g.tileWidth));
+      // Narrows the rows to exactly `cols` tiles, so the flex rows wrap where the grid says.
+      const row = g.cols * g.tileWidth + (g.cols - 1) * GAP;
+      this.grid.style.setProperty('--pad-x', px(Math.floor((width - row) / 2)));
+      this.grid.dataset.cols = String(g.cols);
+      this.grid.dataset.rows = String(g.rows);
+    }
+  }
+}
