@@ -21,6 +21,9 @@ import { tileKey } from './call-model.js';
 // After a key change: how long to wait before asking again for a keyframe that did not come.
 const KEYFRAME_RETRY_MS = 350;
 const STATS_INTERVAL_MS = 1000;
+// How long the active speaker stays outlined after the SFU stopped naming it (ms): speech
+// has pauses, and the SFU names nobody during one; the outline should not blink with them.
+const SPEAKER_HOLD_MS = 2500;
 
 export class Call {
   /**
@@ -763,7 +766,13 @@ export class Call {
       if (sfu !== this.sfu || !state) return;
       const name = state.activeSpeaker?.trackName;
       const pull = name ? this.pulled.get(name) : null;
-      this.dispatch({ type: 'active-speaker', id: pull ? pull.participantId : null });
+      const now = performance.now();
+      if (pull) {
+        this.speakerSeen = now;
+        this.dispatch({ type: 'active-speaker', id: pull.participantId });
+      } else if (!(now - (this.speakerSeen ?? -Infinity) < SPEAKER_HOLD_MS)) {
+        this.dispatch({ type: 'active-speaker', id: null });
+      }
     } catch {
       // The session is being replaced: the next tick asks the new one.
     } finally {

@@ -35,8 +35,11 @@ export function initialState({ room = '', name = '', receiveOnly = false } = {})
     canInvite: false,
     // key -> {key, participantId (null: this page), kind, local, name, stream, conn, e2ee, camOn}
     tiles: new Map(),
-    // The participant the SFU names as the active speaker among this page's pulls (null: nobody).
+    // The participant the SFU names as the active speaker among this page's pulls, held
+    // briefly through pauses (null: nobody speaks); outlined on the stage.
     activeSpeaker: null,
+    // The last active speaker, kept through silence: the large tile of the speaker view.
+    lastSpeaker: null,
     // Whether this page's own microphone hears speech (its local voice detector).
     selfSpeaking: false,
     layout: 'grid',
@@ -84,6 +87,7 @@ function applyEntry(state, e, changed) {
     case 'left':
       state.participants.delete(e.id);
       if (state.activeSpeaker === e.id) state.activeSpeaker = null;
+      if (state.lastSpeaker === e.id) state.lastSpeaker = null;
       changed.add('people').add('stage');
       break;
     case 'published':
@@ -149,6 +153,7 @@ export function reduce(state, action) {
       state.participants.clear();
       state.me = null;
       state.activeSpeaker = null;
+      state.lastSpeaker = null;
       changed.add('people').add('stage');
       break;
     case 'tile/add':
@@ -185,6 +190,10 @@ export function reduce(state, action) {
     case 'active-speaker':
       if (state.activeSpeaker !== (a.id ?? null)) {
         state.activeSpeaker = a.id ?? null;
+        changed.add('stage');
+      }
+      if (state.activeSpeaker !== null && state.lastSpeaker !== state.activeSpeaker) {
+        state.lastSpeaker = state.activeSpeaker;
         changed.add('stage');
       }
       break;
@@ -252,7 +261,7 @@ export function stageOrder(state) {
   const all = [...remote, ...local];
   let main = null;
   if (state.layout === 'speaker') {
-    const speaker = state.activeSpeaker !== null ? String(state.activeSpeaker) : null;
+    const speaker = state.lastSpeaker !== null ? String(state.lastSpeaker) : null;
     // A shared screen wins over a face; a pinned tile wins over both.
     const screen = remote.find((k) => state.tiles.get(k).kind === 'screenshare') ?? null;
     main = (state.pinned && state.tiles.has(state.pinned) ? state.pinned : null)

@@ -39,7 +39,7 @@ export function controlFaces(state) {
       },
     'toggle-screen': {
       icon: c.screen.on ? 'screen-off' : 'screen', label: c.screen.on ? 'Stop sharing' : 'Share screen',
-      aria: c.screen.on ? 'Stop sharing your screen' : 'Share your screen', pressed: c.screen.on, state: c.screen.on ? 'sharing' : 'off',
+      aria: c.screen.on ? 'Stop sharing screen' : 'Share screen', pressed: c.screen.on, state: c.screen.on ? 'sharing' : 'off',
       title: c.screen.on ? 'You are sharing your screen' : 'Your screen is not shared', disabled: c.receiveOnly,
     },
     'toggle-hand': {
@@ -47,7 +47,7 @@ export function controlFaces(state) {
       pressed: hand, state: hand ? 'raised' : 'down', title: hand ? 'Your hand is raised' : 'Your hand is down',
     },
     'toggle-layout': {
-      icon: speaker ? 'grid' : 'speaker', label: speaker ? 'Grid view' : 'Speaker view', aria: speaker ? 'Show everyone in a grid' : 'Show the speaker large',
+      icon: speaker ? 'grid' : 'speaker', label: speaker ? 'Grid view' : 'Speaker view', aria: speaker ? 'Grid view' : 'Speaker view',
       pressed: speaker, state: speaker ? 'speaker' : 'grid', title: speaker ? 'Speaker view: one person large' : 'Grid view: everyone the same size',
     },
   };
