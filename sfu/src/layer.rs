@@ -20,19 +20,38 @@
 //! being cheaper. A layer that stops flowing is left (for the best available one below it) at the
 //! next selection; one that comes back is taken again.
 //!
-//! Hysteresis: a session whose legs no longer fit in the estimate drops at once (to what fits
-//! the full estimate); a leg goes up only after the estimate has left room for the higher layer
-//! (with [`UP_HEADROOM`] to spare) for [`UP_HOLD`] without interruption. A falling estimate (below
-//! [`FALLING`] of its peak over the last [`PEAK_WINDOW`]: congestion, which GCC follows down in
-//! steps over a second or more) is followed with that margin, so a leg leaves a layer the link can
-//! no longer carry early instead of one step at a time. The switch itself happens
-//! later, on a keyframe of the target layer (see [`crate::forward`]); the selector only sets the
-//! target.
+//! Estimate noise and real shortage (the rules below, with tests in this file):
 //!
-//! Loss: str0m's estimator can take seconds to notice a bottleneck whose queue is full (no more
-//! delay growth, only loss). The SFU also watches the loss its subscribers report (RTCP receiver
-//! reports): when a leg's fraction lost reaches [`HEAVY_LOSS`], the session's legs are fitted into
-//! what got through (the current allocation times the share not lost), at once.
+//! * str0m's estimator is Google congestion control (GCC). When it sees one-way delay grow it
+//!   sets its estimate to [`BACKOFF`] (0.85) of the throughput it measured, and then climbs back
+//!   additively, which takes seconds near the last estimate. A session that sends only its media
+//!   (no padding: every leg already on its top wanted layer) has a throughput of about its
+//!   allocation, so a single delay blip (a busy receiver, a loaded host) puts the estimate at
+//!   0.85x the allocation for several seconds. The link carried the allocation, though: an
+//!   estimate `e` says the link carried about `e / BACKOFF`. Going down as soon as the estimate is
+//!   below the allocation made every blip cost two layer switches (down, then up after the hold);
+//!   with three 1280x720 Chromium pages on two cores that was 5-10 switches a minute.
+//! * So going down follows a **virtual queue**: the bits that would pile up if the link carried
+//!   only `estimate / BACKOFF` while the session sends its allocation. It grows with the
+//!   shortfall, drains when the link has room, and when it holds [`MAX_QUEUE`] of delay the legs
+//!   go down to what fits the estimate. A shortfall at GCC's own back-off never fills it; a real
+//!   bottleneck does, within a few seconds (a 20 % shortfall in about 2 s).
+//! * A **severe** shortfall goes down at once: when the link carried less than [`SEVERE`] of the
+//!   allocation (an estimate below 0.85 x 0.6 of it) no blip explains it.
+//! * **Loss**: str0m's estimator can take seconds to notice a bottleneck whose queue is full (no
+//!   more delay growth, only loss). The SFU also watches the loss its subscribers report (RTCP
+//!   receiver reports): when a leg's fraction lost reaches [`HEAVY_LOSS`], the session's legs are
+//!   fitted into what got through (the current allocation times the share not lost), at once.
+//! * **Going up** needs the estimate to leave room for the higher allocation with
+//!   [`UP_HEADROOM`] to spare, without interruption for [`UP_HOLD`]. Up and down use different
+//!   bars (above the allocation / 15 % with headroom up, a filled virtual queue down), so an
+//!   estimate that wobbles around one bar does not flip a leg.
+//! * A layer's cost is its measured bitrate smoothed over a few seconds ([`RateMeter`]): the
+//!   keyframe that every switch asks for would otherwise make the new layer look twice as
+//!   expensive for a window.
+//!
+//! The switch itself happens later, on a keyframe of the target layer (see [`crate::forward`]);
+//! the selector only sets the target.
 //!
 //! The selector also says which bitrate the session would like to send ([`SessionPlan::desired_bps`]:
 //! every leg's top layer, whatever its preference, with headroom) and what it should keep sending
@@ -60,12 +79,21 @@ pub const UP_HEADROOM: f64 = 0.85;
 pub const HEAVY_LOSS: f64 = 0.2;
 /// How long a heavy-loss report caps the allocation.
 pub const LOSS_MEMORY: Duration = Duration::from_millis(1500);
-/// An estimate below this fraction of its recent peak counts as falling.
-pub const FALLING: f64 = 0.7;
-/// How far back the peak of the estimate is remembered.
-pub const PEAK_WINDOW: Duration = Duration::from_secs(2);
+/// GCC's multiplicative decrease: on delay growth its estimate becomes this fraction of the
+/// throughput it measured (libwebrtc's AIMD beta, which str0m ports). An estimate `e` therefore
+/// says the link carried about `e / BACKOFF`.
+pub const BACKOFF: f64 = 0.85;
+/// The link carried less than this fraction of the allocation: go down at once.
+pub const SEVERE: f64 = 0.6;
+/// Delay in the virtual queue (see the module docs) at which the legs go down.
+pub const MAX_QUEUE: Duration = Duration::from_millis(500);
+/// Longest step the virtual queue integrates over (selections run every 250 ms; a longer gap
+/// says nothing about the link).
+const MAX_STEP: Duration = Duration::from_secs(1);
 /// Length of one measuring window of a [`RateMeter`].
 pub const METER_WINDOW: Duration = Duration::from_millis(500);
+/// Weight of a new window in a [`RateMeter`]'s average.
+pub const METER_WEIGHT: f64 = 0.25;
 /// A layer with no packet for this long counts as stopped (not available).
 pub const LAYER_STALE: Duration = Duration::from_millis(1500);
 
@@ -86,7 +114,8 @@ pub fn layer_cmp(a: &Rid, b: &Rid) -> Ordering {
 }
 
 /// Incoming bitrate of one stream, measured over windows of [`METER_WINDOW`] and smoothed
-/// exponentially (weight ½ per window), so a keyframe every few seconds is averaged in.
+/// exponentially (weight [`METER_WEIGHT`] per window, a time constant of about 1.7 s), so a
+/// keyframe (every layer switch asks for one) is averaged in rather than doubling a window.
 #[derive(Debug, Clone)]
 pub struct RateMeter {
     window_start: Instant,
@@ -120,7 +149,7 @@ impl RateMeter {
         }
         let sample = self.window_bytes as f64 * 8.0 / elapsed.as_secs_f64();
         self.rate_bps = Some(match self.rate_bps {
-            Some(r) => (r + sample) / 2.0,
+            Some(r) => r + (sample - r) * METER_WEIGHT,
             None => sample,
         });
         self.window_start = now;
@@ -181,11 +210,14 @@ pub struct SessionPlan {
 #[derive(Debug, Clone, Default)]
 pub struct LayerSelector {
     estimate_bps: Option<u64>,
-    /// Recent estimates (time, bits/s), for the peak over [`PEAK_WINDOW`].
-    recent: Vec<(Instant, u64)>,
     /// The last heavy loss: (fraction lost, when).
     loss: Option<(f64, Instant)>,
     up_since: HashMap<LegKey, Instant>,
+    /// The virtual queue (bits; see the module docs) and when it was last brought up to date.
+    queue_bits: f64,
+    queue_at: Option<Instant>,
+    /// What the session was sending at the last selection (bits/s).
+    sending_bps: u64,
 }
 
 impl LayerSelector {
@@ -196,14 +228,11 @@ impl LayerSelector {
 
     /// str0m reported a new egress bandwidth estimate at `now`.
     pub fn set_estimate(&mut self, bps: u64, now: Instant) {
-        self.estimate_bps = Some(bps);
-        self.recent
-            .retain(|(t, _)| now.saturating_duration_since(*t) < PEAK_WINDOW);
-        // Bounded: str0m reports at most a few estimates per feedback interval.
-        if self.recent.len() >= 256 {
-            self.recent.remove(0);
+        // The virtual queue ran on the previous estimate until now.
+        if let Some(before) = self.estimate_bps {
+            self.queue_delay(self.sending_bps, before as f64 / BACKOFF, now);
         }
-        self.recent.push((now, bps));
+        self.estimate_bps = Some(bps);
     }
 
     /// A leg's fraction lost as its subscriber reported it. Returns whether the loss is heavy
@@ -227,25 +256,29 @@ impl LayerSelector {
             .map(|(s, _)| s)
     }
 
-    /// The estimate to allocate from: the estimate, or less while it is falling.
-    fn usable_estimate(&self, estimate: u64, now: Instant) -> u64 {
-        let peak = self
-            .recent
-            .iter()
-            .filter(|(t, _)| now.saturating_duration_since(*t) < PEAK_WINDOW)
-            .map(|(_, b)| *b)
-            .max()
-            .unwrap_or(estimate);
-        if (estimate as f64) < peak as f64 * FALLING {
-            (estimate as f64 * FALLING) as u64
-        } else {
-            estimate
-        }
-    }
-
     /// The latest estimate.
     pub fn estimate_bps(&self) -> Option<u64> {
         self.estimate_bps
+    }
+
+    /// Brings the virtual queue up to `now`, for a session sending `sending_bps` over a link that
+    /// carried `carried_bps` since the last update, and returns the delay it holds.
+    fn queue_delay(&mut self, sending_bps: u64, carried_bps: f64, now: Instant) -> Duration {
+        let step = self
+            .queue_at
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+            .min(MAX_STEP);
+        self.queue_at = Some(now);
+        let grown = (sending_bps as f64 - carried_bps) * step.as_secs_f64();
+        self.queue_bits = (self.queue_bits + grown).max(0.0);
+        if carried_bps <= 0.0 {
+            return if self.queue_bits > 0.0 {
+                MAX_QUEUE
+            } else {
+                Duration::ZERO
+            };
+        }
+        Duration::from_secs_f64((self.queue_bits / carried_bps).min(3600.0))
     }
 
     /// Chooses layers for the session's legs at `now`.
@@ -299,16 +332,6 @@ impl LayerSelector {
             plan.allocated_bps += fixed;
             return plan;
         };
-        let mut room = self.usable_estimate(estimate, now).saturating_sub(fixed);
-        if let Some(share) = self.heavy_loss(now) {
-            // Only what got through fits: the current allocation less the share lost.
-            let current_cost: u64 = options
-                .iter()
-                .zip(&current)
-                .map(|((_, o), c)| c.and_then(|i| o.get(i)).map_or(0, |(_, b)| *b))
-                .sum();
-            room = room.min((current_cost as f64 * (1.0 - share)) as u64);
-        }
         let cost = |alloc: &[usize]| -> u64 {
             options
                 .iter()
@@ -316,28 +339,42 @@ impl LayerSelector {
                 .map(|((_, o), &i)| o.get(i).map_or(0, |(_, b)| *b))
                 .sum()
         };
+        let room = estimate.saturating_sub(fixed);
 
-        // What can be held: the current layers if they fit, else what fits the full estimate.
+        // Is the session short? (module docs: loss, severe shortfall, filled virtual queue)
         let start: Vec<usize> = current.iter().map(|c| c.unwrap_or(0)).collect();
-        let hold = if current.iter().all(Option::is_some) && cost(&start) <= room {
-            start.clone()
-        } else {
-            let lowest = vec![0; options.len()];
-            let fit = raise(&options, lowest, room);
-            // Never raise a leg here (that waits for the hold time), only lower it.
+        let sending = fixed + cost(&start);
+        let carried = estimate as f64 / BACKOFF;
+        let delay = self.queue_delay(sending, carried, now);
+
+        let loss_room = self
+            .heavy_loss(now)
+            .map(|share| (sending as f64 * (1.0 - share)) as u64);
+        let short = loss_room.is_some_and(|r| sending > r)
+            || carried < sending as f64 * SEVERE
+            || delay >= MAX_QUEUE;
+        let hold = if short {
+            // Down to what fits the estimate (and what got through), never up here.
+            self.queue_bits = 0.0;
+            let fit_room = loss_room.map_or(room, |r| room.min(r.saturating_sub(fixed)));
+            let fit = raise(&options, vec![0; options.len()], fit_room, None);
             fit.iter()
                 .zip(&current)
                 .map(|(&f, c)| c.map_or(f, |c| c.min(f)))
                 .collect()
+        } else {
+            // Legs stay; a new leg (no layer yet) takes what fits beside them.
+            let new: Vec<bool> = current.iter().map(Option::is_none).collect();
+            raise(&options, start.clone(), room, Some(&new))
         };
         // What we would go up to, with headroom.
         let up_room = (room as f64 * UP_HEADROOM) as u64;
-        let up = raise(&options, hold.clone(), up_room);
+        let up = raise(&options, hold.clone(), up_room, None);
 
         let mut plan = SessionPlan::default();
         let mut chosen = hold.clone();
         for (n, ((l, o), cur)) in options.iter().zip(&current).enumerate() {
-            if up[n] > hold[n] && cur.is_some() {
+            if up[n] > hold[n] && cur.is_some() && !short {
                 let since = *self.up_since.entry(l.leg).or_insert(now);
                 if now.saturating_duration_since(since) >= UP_HOLD {
                     chosen[n] = up[n];
@@ -348,7 +385,20 @@ impl LayerSelector {
             }
             push_change(&mut plan, l, o, chosen[n]);
         }
+        if plan.changes.is_empty() {
+            tracing::trace!(estimate, sending, ?delay, "layers held");
+        } else {
+            tracing::debug!(
+                estimate,
+                sending,
+                ?delay,
+                short,
+                loss = ?loss_room,
+                "layer selection changes"
+            );
+        }
         plan.allocated_bps = fixed + cost(&chosen);
+        self.sending_bps = plan.allocated_bps;
         plan.desired_bps = desired_bps;
         plan.minimum_bps = next_step(&chosen);
         plan
@@ -383,8 +433,14 @@ fn index_at_or_below(o: &[(Rid, u64)], rid: &Rid) -> usize {
         .unwrap_or(0)
 }
 
-/// Raises legs one layer at a time, round robin, while the total stays within `room`.
-fn raise(options: &[(&LegInput, Vec<(Rid, u64)>)], mut alloc: Vec<usize>, room: u64) -> Vec<usize> {
+/// Raises legs (all, or those `only` marks) one layer at a time, round robin, while the total
+/// stays within `room`.
+fn raise(
+    options: &[(&LegInput, Vec<(Rid, u64)>)],
+    mut alloc: Vec<usize>,
+    room: u64,
+    only: Option<&[bool]>,
+) -> Vec<usize> {
     let total = |alloc: &[usize]| -> u64 {
         options
             .iter()
@@ -396,7 +452,9 @@ fn raise(options: &[(&LegInput, Vec<(Rid, u64)>)], mut alloc: Vec<usize>, room: 
         let mut raised = false;
         for n in 0..options.len() {
             let next = alloc[n] + 1;
-            if next >= options[n].1.len() {
+            if next >= options[n].1.len()
+                || only.is_some_and(|m| !m.get(n).copied().unwrap_or(false))
+            {
                 continue;
             }
             let mut trial = alloc.clone();
@@ -462,38 +520,103 @@ mod tests {
     }
 
     impl LayerSelector {
-        /// Sets an estimate far in the past, so that it is not "falling".
+        /// Sets the estimate without running the virtual queue.
         fn set_estimate_at(&mut self, bps: u64) {
-            self.recent.clear();
             self.estimate_bps = Some(bps);
         }
     }
 
+    /// Runs selections every 250 ms from `from` for `dur` with the leg on `on` (following the
+    /// plan's changes as if each switch were immediate) and returns the changes with their times.
+    fn run(
+        s: &mut LayerSelector,
+        on: &mut String,
+        from: Instant,
+        dur: Duration,
+    ) -> Vec<(Duration, String)> {
+        let mut changes = Vec::new();
+        let mut t = Duration::ZERO;
+        while t <= dur {
+            let plan = s.select(&[input("0", Some(on.as_str()), None)], from + t);
+            for (_, rid) in targets(&plan) {
+                changes.push((t, rid.clone()));
+                *on = rid;
+            }
+            t += Duration::from_millis(250);
+        }
+        changes
+    }
+
     #[test]
-    fn a_falling_estimate_is_followed_with_margin() {
+    fn an_estimate_at_gccs_back_off_from_the_allocation_is_held() {
+        // GCC answers one delay blip with 0.85x the throughput: with only f flowing (1.5M),
+        // 1.275M. The link carried 1.5M; going down would cost two switches per blip.
         let t0 = Instant::now();
         let mut s = LayerSelector::new();
         s.set_estimate(3_000_000, t0);
-        let cur = [input("0", Some("f"), None)];
-        assert!(s.select(&cur, t0).changes.is_empty());
-        // 1.6M still carries f (1.5M), but it is falling fast: leave f now.
-        let t1 = t0 + Duration::from_millis(500);
-        s.set_estimate(1_600_000, t1);
-        let plan = s.select(&cur, t1);
-        assert_eq!(targets(&plan), vec![("0".into(), "h".into())]);
-        // 650k carries h (500k), but not while falling from 3M (650k * 0.7 < 500k).
-        let t2 = t0 + Duration::from_millis(1000);
-        s.set_estimate(650_000, t2);
-        let plan = s.select(&[input("0", Some("h"), None)], t2);
-        assert_eq!(targets(&plan), vec![("0".into(), "q".into())]);
-        // Once the peak is forgotten, 650k holds h again (no going up from q without the hold).
-        let t3 = t2 + PEAK_WINDOW;
-        s.set_estimate(650_000, t3);
+        let mut on = "f".to_string();
+        assert!(run(&mut s, &mut on, t0, Duration::from_secs(2)).is_empty());
+        let t1 = t0 + Duration::from_secs(2);
+        s.set_estimate((1_500_000.0 * BACKOFF) as u64, t1);
+        assert!(run(&mut s, &mut on, t1, Duration::from_secs(10)).is_empty());
+        // ... also just after a probe peaked the estimate far above it.
+        let t2 = t1 + Duration::from_secs(11);
+        s.set_estimate(18_000_000, t2);
+        let t3 = t2 + Duration::from_millis(300);
+        s.set_estimate(1_300_000, t3);
+        assert!(run(&mut s, &mut on, t3, Duration::from_secs(5)).is_empty());
+    }
+
+    #[test]
+    fn a_sustained_shortfall_goes_down_in_bounded_time() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new();
+        s.set_estimate(3_000_000, t0);
+        let mut on = "f".to_string();
+        assert!(run(&mut s, &mut on, t0, Duration::from_secs(1)).is_empty());
+        // The link carries ~1.24M of f's 1.5M: a queue of 0.5 s builds in ~2.3 s.
+        let t1 = t0 + Duration::from_millis(1250);
+        s.set_estimate(1_050_000, t1);
+        let changes = run(&mut s, &mut on, t1, Duration::from_secs(6));
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let (at, rid) = &changes[0];
+        assert_eq!(rid, "h");
         assert!(
-            s.select(&[input("0", Some("h"), None)], t3)
-                .changes
-                .is_empty()
+            (Duration::from_secs(2)..=Duration::from_millis(2750)).contains(at),
+            "{at:?}"
         );
+        // A shortfall that ends before the queue fills drains it: no switch for a repeat of it.
+        let mut s = LayerSelector::new();
+        let mut on = "f".to_string();
+        s.set_estimate(1_050_000, t0);
+        assert!(run(&mut s, &mut on, t0, Duration::from_millis(1500)).is_empty());
+        let t1 = t0 + Duration::from_millis(1750);
+        s.set_estimate(2_000_000, t1);
+        assert!(run(&mut s, &mut on, t1, Duration::from_secs(3)).is_empty());
+        let t2 = t1 + Duration::from_millis(3250);
+        s.set_estimate(1_050_000, t2);
+        assert!(run(&mut s, &mut on, t2, Duration::from_millis(1500)).is_empty());
+    }
+
+    #[test]
+    fn a_severe_shortfall_goes_down_at_once_to_what_fits() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new();
+        s.set_estimate(3_000_000, t0);
+        let mut on = "f".to_string();
+        assert!(run(&mut s, &mut on, t0, Duration::from_secs(1)).is_empty());
+        // 675k: the link carried ~794k of 1.5M (under 60 %): down now, to h (fits 675k).
+        let t1 = t0 + Duration::from_millis(1250);
+        s.set_estimate(675_000, t1);
+        let plan = s.select(&[input("0", Some("f"), None)], t1);
+        assert_eq!(targets(&plan), vec![("0".into(), "h".into())]);
+        // A 300 kbit/s link: ~255k: q.
+        let mut s = LayerSelector::new();
+        s.set_estimate(3_000_000, t0);
+        s.select(&[input("0", Some("f"), None)], t0);
+        s.set_estimate(255_000, t1);
+        let plan = s.select(&[input("0", Some("f"), None)], t1);
+        assert_eq!(targets(&plan), vec![("0".into(), "q".into())]);
     }
 
     #[test]
@@ -534,6 +657,27 @@ mod tests {
         let r = m.rate_bps(now).unwrap();
         assert!((950_000..=1_050_000).contains(&r), "{r}");
         assert_eq!(m.rate_bps(now + LAYER_STALE), None);
+    }
+
+    #[test]
+    fn a_keyframe_does_not_make_a_layer_look_far_more_expensive() {
+        // 400 kbit/s in 10 frames a second, then one 40 kB keyframe (what a switch asks for).
+        let t0 = Instant::now();
+        let mut m = RateMeter::new(t0);
+        let frame = 400_000 / 8 / 10;
+        for i in 0..40u64 {
+            m.note(frame, t0 + Duration::from_millis(i * 100));
+        }
+        let steady = m.rate_bps(t0 + Duration::from_millis(3950)).unwrap();
+        assert!((380_000..=420_000).contains(&steady), "{steady}");
+        m.note(40_000, t0 + Duration::from_millis(4000));
+        let mut peak = 0;
+        for i in 41..80u64 {
+            let at = t0 + Duration::from_millis(i * 100);
+            m.note(frame, at);
+            peak = peak.max(m.rate_bps(at).unwrap());
+        }
+        assert!(peak <= steady * 3 / 2, "{peak} against {steady}");
     }
 
     #[test]
