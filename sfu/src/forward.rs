@@ -57,8 +57,10 @@ pub const PUBLISHER_KEYFRAME_GAP: Duration = Duration::from_millis(250);
 /// has not received a keyframe yet (a subscriber whose transport just came up). A keyframe that
 /// answered an earlier request reached the legs that existed then, not this one, so the regular
 /// throttle (which drops a request once a keyframe answered the last one) would leave a joiner
-/// waiting for the next interval: about a second of black tile at every join.
-pub const FRESH_LEG_KEYFRAME_GAP: Duration = Duration::from_millis(250);
+/// waiting for the next interval: about a second of black tile at every join. Longer than the
+/// 300 ms for which libwebrtc's encoder ignores a keyframe request after the last one it took
+/// (Chromium, Safari): a request sooner than that would be lost, not merged.
+pub const FRESH_LEG_KEYFRAME_GAP: Duration = Duration::from_millis(350);
 
 /// A subscriber leg: the `mid` of a session's m-line that carries a pulled track.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -1213,7 +1215,7 @@ mod tests {
         // ... but the joiner's leg never saw that keyframe: its request is owed until the short
         // gap is over (not dropped, and not held for the whole interval).
         assert_eq!(f.keyframe_request(t, None, true, ms(150)), None);
-        assert!(f.owed_keyframe_requests(ms(249)).is_empty());
+        assert!(f.owed_keyframe_requests(ms(349)).is_empty());
         assert_eq!(
             f.owed_keyframe_requests(now + FRESH_LEG_KEYFRAME_GAP),
             vec![(t, kt)]
@@ -1221,10 +1223,10 @@ mod tests {
         assert!(f.owed_keyframe_requests(ms(2000)).is_empty(), "sent once");
         // After the short gap a fresh leg's request goes out at once ...
         f.note_keyframe(t, None);
-        assert_eq!(f.keyframe_request(t, None, true, ms(600)), target);
+        assert_eq!(f.keyframe_request(t, None, true, ms(700)), target);
         // ... and an owed fresh request is cancelled by a keyframe that comes first (the fresh
         // leg's transport is up, so that keyframe reaches it).
-        assert_eq!(f.keyframe_request(t, None, true, ms(700)), None);
+        assert_eq!(f.keyframe_request(t, None, true, ms(800)), None);
         f.note_keyframe(t, None);
         assert!(f.owed_keyframe_requests(ms(2000)).is_empty());
     }
