@@ -16,7 +16,11 @@
 //
 // Environment: SATSUMA_BIN_DIR (the `satsuma` all-in-one binary; the script
 // uses the release build), JOINS (default 20), ROOMS (comma list, default
-// fresh,four,churn), CHURN_GAP_MS, PAGE_PARAMS (extra URL parameters for every page).
+// fresh,four,churn), CHURN_GAP_MS, PAGE_PARAMS (extra URL parameters for every page),
+// MEMBER_PARAMS (extra URL parameters for the room's members only, e.g. `fps=5`).
+// Each sample also carries the joiner's page start from navigation timing (`nav`:
+// HTML received, DOM interactive, modules run, last script and the .wasm fetched,
+// number of requests), summed up on the room's line as "page start p50".
 
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -28,6 +32,9 @@ const ROOMS = (process.env.ROOMS ?? 'fresh,four,churn').split(',').map((s) => s.
 const CHURN_GAP_MS = Math.min(4900, Number(process.env.CHURN_GAP_MS ?? 1500));
 // Extra URL parameters for every page, e.g. PAGE_PARAMS='simulcast=0'.
 const PAGE_PARAMS = Object.fromEntries(new URLSearchParams(process.env.PAGE_PARAMS ?? ''));
+// Extra URL parameters for the room's members only (not the joiner), e.g. MEMBER_PARAMS='fps=5':
+// lighter member pages, to tell the cost of the join from that of the pages sharing the machine.
+const MEMBER_PARAMS = { ...PAGE_PARAMS, ...Object.fromEntries(new URLSearchParams(process.env.MEMBER_PARAMS ?? '')) };
 const STEPS = JOIN_STEPS;
 
 function percentile(sorted, p) {
@@ -52,7 +59,22 @@ async function timedJoin(browser, base, room, label) {
     const s = await window.satsuma.stats();
     return s?.remote.some((x) => x.kind === 'video' && x.decrypted > 0 && x.framesDecoded > 0);
   }), { timeout: 10000 });
-  return { page, marks };
+  // Where the page start went (navigation timing, ms since navigation start): the HTML, the
+  // parsed document, the modules run (DOMContentLoaded), and the last script/.wasm fetched.
+  const nav = await page.evaluate(() => {
+    const n = performance.getEntriesByType('navigation')[0];
+    const res = performance.getEntriesByType('resource');
+    const end = (re) => Math.round(Math.max(0, ...res.filter((e) => re.test(e.name)).map((e) => e.responseEnd)));
+    return {
+      html: Math.round(n.responseEnd),
+      interactive: Math.round(n.domInteractive),
+      modulesRun: Math.round(n.domContentLoadedEventEnd),
+      lastScript: end(/\.js(\?|$)/),
+      wasmFetched: end(/\.wasm(\?|$)/),
+      requests: res.length,
+    };
+  });
+  return { page, marks: { ...marks, nav } };
 }
 
 async function aloneExcept(pages, n) {
@@ -73,7 +95,7 @@ async function runRoom(kind, browser, base) {
   const members = [];
   const size = kind === 'fresh' ? 1 : 4;
   for (let i = 0; i < size; i++) {
-    const p = await joinPage(browser, base, { room, name: `m${i}`, params: PAGE_PARAMS });
+    const p = await joinPage(browser, base, { room, name: `m${i}`, params: MEMBER_PARAMS });
     members.push(p);
     await sending(p);
   }
@@ -83,7 +105,7 @@ async function runRoom(kind, browser, base) {
     if (kind === 'churn') {
       // A fifth member joins, then its page closes without a leave: it stays
       // "present" (resume window) while the joiner arrives.
-      const churner = await joinPage(browser, base, { room, name: `churner${i}`, params: PAGE_PARAMS });
+      const churner = await joinPage(browser, base, { room, name: `churner${i}`, params: MEMBER_PARAMS });
       await waitFor('the churner to be an MLS member', () => churner.evaluate(() => window.satsuma.call.e2ee.status?.phase === 'member'), { timeout: 30000, interval: 100 });
       await waitFor('every member to see the churner', async () => {
         for (const p of members) {
@@ -116,8 +138,13 @@ function summarize(kind, samples) {
     const vs = samples.map((m) => m[k]).filter((x) => x !== undefined).sort((a, b) => a - b);
     return `${k} ${vs.length ? percentile(vs, 50) : '-'}`;
   }).join(', ');
-  const row = { room: kind, n: totals.length, p50: percentile(totals, 50), p95: percentile(totals, 95), steps, all: totals };
-  console.log(`# join | ${kind} | n=${row.n} | p50 ${row.p50} ms | p95 ${row.p95} ms | goal p95 <= 1000 ms: ${row.p95 <= 1000 ? 'met' : 'MISSED'} | steps p50 (ms since navigation): ${steps}`);
+  const navKeys = ['html', 'interactive', 'modulesRun', 'lastScript', 'wasmFetched', 'requests'];
+  const nav = navKeys.map((k) => {
+    const vs = samples.map((m) => m.nav?.[k]).filter((x) => x !== undefined).sort((a, b) => a - b);
+    return `${k} ${vs.length ? percentile(vs, 50) : '-'}`;
+  }).join(', ');
+  const row = { room: kind, n: totals.length, p50: percentile(totals, 50), p95: percentile(totals, 95), steps, nav, all: totals };
+  console.log(`# join | ${kind} | n=${row.n} | p50 ${row.p50} ms | p95 ${row.p95} ms | goal p95 <= 1000 ms: ${row.p95 <= 1000 ? 'met' : 'MISSED'} | steps p50 (ms since navigation): ${steps} | page start p50: ${nav}`);
   return row;
 }
 

@@ -271,13 +271,12 @@ export class E2eeLink extends EventTarget {
       type: 'init', participantId: this.participantId, decrypt: this.decrypt, mls: this.joinGroup, wasm: e2eeWorker.wasm,
       displayName: this.displayName, wasmBytesFollow: true,
     });
-    // The module's bytes the page fetched while loading (integrity-checked like the
-    // worker's own fetch would be); null: the worker fetches them itself.
-    const bytes = takeWasmBytes() ?? Promise.resolve(null);
-    bytes.then((buffer) => {
+    // The module the page fetched (integrity-checked like the worker's own fetch would be)
+    // and compiled while loading; null: the worker fetches and compiles it itself.
+    const compiled = takeWasmBytes() ?? Promise.resolve(null);
+    compiled.then((module) => {
       if (this.worker !== worker) return;
-      if (buffer) worker.postMessage({ type: 'wasm-bytes', buffer }, [buffer]);
-      else worker.postMessage({ type: 'wasm-bytes', buffer: null });
+      worker.postMessage({ type: 'wasm-bytes', module: module ?? null });
     });
     this.#changed();
   }

@@ -62,9 +62,9 @@ async function boot(init) {
     // import.meta.url cannot locate it.)
     const wasmUrl = config.wasm?.url ?? new URL('./pkg/satsuma_wasm_bg.wasm', import.meta.url);
     const integrity = config.wasm?.integrity;
-    // The page usually fetched (and checked) the bytes already: they follow `init`.
-    const bytes = init.wasmBytesFollow ? await wasmBytesFromPage : null;
-    await wasm.default({ module_or_path: bytes ?? fetch(wasmUrl, integrity ? { integrity } : {}) });
+    // The page usually fetched (and checked) and compiled the module already: it follows `init`.
+    const compiled = init.wasmBytesFollow ? await wasmBytesFromPage : null;
+    await wasm.default({ module_or_path: compiled ?? fetch(wasmUrl, integrity ? { integrity } : {}) });
   } catch (err) {
     // Fail closed: without the module nothing can be encrypted, so nothing may be sent.
     problem(`cannot load the E2EE module: ${err.message}`);
@@ -161,7 +161,7 @@ const wasmBytesFromPage = new Promise((resolve) => { gotWasmBytes = resolve; });
 self.onmessage = (ev) => {
   const msg = ev.data;
   if (msg?.type === 'wasm-bytes') {
-    gotWasmBytes(msg.buffer instanceof ArrayBuffer ? msg.buffer : null);
+    gotWasmBytes(msg.module instanceof WebAssembly.Module ? msg.module : null);
     return;
   }
   if (msg?.type === 'init') {
