@@ -26,13 +26,13 @@ export function controlFaces(state) {
   const speaker = state.layout === 'speaker';
   return {
     'toggle-mic': !c.mic.available || c.receiveOnly
-      ? { icon: 'mic-off', label: 'No microphone', aria: 'No microphone', pressed: true, state: 'none', disabled: true }
+      ? { icon: 'mic-off', label: c.receiveOnly ? 'Not sending' : 'No microphone', aria: c.receiveOnly ? 'Not sending: microphone' : 'No microphone', pressed: true, state: 'none', disabled: true }
       : {
         icon: micOff ? 'mic-off' : 'mic', label: micOff ? 'Unmute' : 'Mute', aria: micOff ? 'Unmute microphone' : 'Mute microphone',
         pressed: micOff, state: micOff ? 'muted' : 'on', title: micOff ? 'Your microphone is muted' : 'Your microphone is on',
       },
     'toggle-cam': !c.cam.available || c.receiveOnly
-      ? { icon: 'cam-off', label: 'No camera', aria: 'No camera', pressed: true, state: 'none', disabled: true }
+      ? { icon: 'cam-off', label: c.receiveOnly ? 'Not sending' : 'No camera', aria: c.receiveOnly ? 'Not sending: camera' : 'No camera', pressed: true, state: 'none', disabled: true }
       : {
         icon: camOff ? 'cam-off' : 'cam', label: camOff ? 'Start video' : 'Stop video', aria: camOff ? 'Start video' : 'Stop video',
         pressed: camOff, state: camOff ? 'off' : 'on', title: camOff ? 'Your camera is off' : 'Your camera is on',
