@@ -51,6 +51,34 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4430;
 }
 
+/// Most codec names in a `codecs` message.
+pub const MAX_CODECS: usize = 16;
+/// Longest codec name in a `codecs` message (bytes).
+pub const MAX_CODEC_NAME: usize = 16;
+
+/// Checks a `codecs` list from a client: at most [`MAX_CODECS`] distinct names, each 1 to
+/// [`MAX_CODEC_NAME`] bytes of `a-z 0-9 -` (e.g. `vp8`, `h264`, `flexfec-03`).
+pub fn check_codec_list(video: &[String]) -> Result<(), String> {
+    if video.len() > MAX_CODECS {
+        return Err(format!("at most {MAX_CODECS} codecs"));
+    }
+    for (i, name) in video.iter().enumerate() {
+        let ok = (1..=MAX_CODEC_NAME).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            return Err(format!(
+                "codec names are 1 to {MAX_CODEC_NAME} characters of a-z 0-9 -"
+            ));
+        }
+        if video[..i].contains(name) {
+            return Err("codec names must be distinct".to_owned());
+        }
+    }
+    Ok(())
+}
+
 /// Error codes carried by [`ServerMessage::Error`].
 pub mod error_code {
     /// Not JSON, wrong fields, or a binary frame that does not parse.
@@ -207,6 +235,12 @@ pub enum ClientMessage {
         /// Speaking?
         speaking: bool,
     },
+    /// The video codecs this participant's browser decodes (sent once after `welcome`;
+    /// publishers pick a codec every participant decodes). See [`check_codec_list`].
+    Codecs {
+        /// Lowercase codec names without `video/`, e.g. `["vp8", "h264", "vp9", "av1"]`.
+        video: Vec<String>,
+    },
     /// Disable all of `target`'s tracks of `kind` (host, or `target` is self).
     Mute {
         /// Participant id.
@@ -266,6 +300,7 @@ impl ClientMessage {
             Self::SetTrack { .. } => "set_track",
             Self::Hand { .. } => "hand",
             Self::Speaking { .. } => "speaking",
+            Self::Codecs { .. } => "codecs",
             Self::Mute { .. } => "mute",
             Self::Remove { .. } => "remove",
             Self::Lock { .. } => "lock",
@@ -285,6 +320,7 @@ impl ClientMessage {
         "set_track",
         "hand",
         "speaking",
+        "codecs",
         "mute",
         "remove",
         "lock",
@@ -340,6 +376,9 @@ pub struct ParticipantInfo {
     pub hand_raised: bool,
     /// Speaking?
     pub speaking: bool,
+    /// The video codecs it decodes (its `codecs` message); absent until it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codecs: Option<Vec<String>>,
 }
 
 /// The MLS group the room currently relays for.
@@ -575,6 +614,13 @@ pub enum RoomEvent {
         /// Speaking?
         speaking: bool,
     },
+    /// The video codecs `id` decodes (logged when they change).
+    Codecs {
+        /// Participant id.
+        id: u64,
+        /// Lowercase codec names without `video/`.
+        video: Vec<String>,
+    },
     /// `id` became a host (the previous host left).
     Host {
         /// Participant id.
@@ -612,6 +658,7 @@ impl RoomEvent {
             Self::Muted { .. } => "muted",
             Self::Hand { .. } => "hand",
             Self::Speaking { .. } => "speaking",
+            Self::Codecs { .. } => "codecs",
             Self::Host { .. } => "host",
             Self::Locked { .. } => "locked",
             Self::Cap { .. } => "cap",
@@ -734,7 +781,7 @@ impl ServerText {
 fn is_direct(v: &serde_json::Value) -> bool {
     matches!(
         v.get("type").and_then(|t| t.as_str()),
-        Some("welcome" | "resumed" | "pong" | "error" | "commit_rejected")
+        Some("welcome" | "resumed" | "pong" | "error" | "commit_rejected" | "layers")
     )
 }
 
@@ -811,6 +858,48 @@ impl ClientMessage {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn codec_lists_are_bounded_and_named_plainly() {
+        let l = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(check_codec_list(&l(&["vp8", "h264", "vp9", "av1", "flexfec-03"])).is_ok());
+        assert!(check_codec_list(&[]).is_ok());
+        assert!(check_codec_list(&l(&["H264"])).is_err());
+        assert!(check_codec_list(&l(&["video/vp8"])).is_err());
+        assert!(check_codec_list(&l(&["vp8\u{0}"])).is_err());
+        assert!(check_codec_list(&l(&["é"])).is_err());
+        assert!(check_codec_list(&l(&[&"a".repeat(MAX_CODEC_NAME)])).is_ok());
+        assert!(check_codec_list(&l(&[&"a".repeat(MAX_CODEC_NAME + 1)])).is_err());
+        assert!(check_codec_list(&l(&["vp8", "vp8"])).is_err());
+        let many: Vec<String> = (0..=MAX_CODECS).map(|i| format!("c{i}")).collect();
+        assert!(check_codec_list(&many[..MAX_CODECS]).is_ok());
+        assert!(check_codec_list(&many).is_err());
+        // The message itself: unknown fields and wrong types are refused like any other.
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"codecs","video":["vp8"]}"#).unwrap();
+        assert_eq!(m, ClientMessage::Codecs { video: l(&["vp8"]) });
+        assert!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"codecs","video":"vp8"}"#).is_err()
+        );
+        assert!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"codecs","video":[],"x":1}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn layers_message_names_the_track_and_a_nullable_rid() {
+        let m = ServerMessage::Layers {
+            session_id: "s".into(),
+            track_name: "cam".into(),
+            max_rid: None,
+        };
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"layers","session_id":"s","track_name":"cam","max_rid":null}"#
+        );
+        assert_eq!(ServerText::decode(&text).unwrap(), ServerText::Direct(m));
+    }
 
     #[test]
     fn client_messages_parse() {

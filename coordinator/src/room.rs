@@ -340,6 +340,8 @@ struct Participant {
     tracks: Vec<TrackInfo>,
     hand_raised: bool,
     speaking: bool,
+    /// The video codecs it decodes (`codecs`), once it said.
+    codecs: Option<Vec<String>>,
 }
 
 impl Participant {
@@ -353,6 +355,7 @@ impl Participant {
             tracks: self.tracks.clone(),
             hand_raised: self.hand_raised,
             speaking: self.speaking,
+            codecs: self.codecs.clone(),
         }
     }
 }
@@ -625,6 +628,7 @@ impl Room {
             sfu_pending: 0,
             tracks: Vec::new(),
             hand_raised: false,
+            codecs: None,
             speaking: false,
         };
         let event = RoomEvent::Joined {
@@ -949,6 +953,7 @@ impl Room {
                 | ClientMessage::Mute { .. }
                 | ClientMessage::Lock { .. }
                 | ClientMessage::SetCap { .. } => Some(256),
+                ClientMessage::Codecs { .. } => Some(512),
                 _ => None,
             },
         };
@@ -1023,6 +1028,7 @@ impl Room {
                 Ok(())
             }
             ClientMessage::Speaking { speaking } => self.speaking(from, speaking),
+            ClientMessage::Codecs { video } => self.codecs(from, video),
             ClientMessage::Mute { target, kind } => self.mute(from, target, kind),
             ClientMessage::Remove { target } => self.remove(now, from, target),
             ClientMessage::Lock { locked } => self.lock(from, locked),
@@ -1524,6 +1530,17 @@ impl Room {
         Ok(())
     }
 
+    /// `codecs`: what `from` decodes; logged when it changes.
+    fn codecs(&mut self, from: u64, video: Vec<String>) -> Result<(), (&'static str, String)> {
+        protocol::check_codec_list(&video).map_err(|e| (error_code::INVALID, e))?;
+        let p = self.participant_mut(from)?;
+        if p.codecs.as_ref() != Some(&video) {
+            p.codecs = Some(video.clone());
+            self.append_event(RoomEvent::Codecs { id: from, video });
+        }
+        Ok(())
+    }
+
     fn is_host(&self, id: u64) -> bool {
         self.participants.get(&id).is_some_and(|p| p.host)
     }
@@ -1778,6 +1795,7 @@ impl Room {
 enum StateKey {
     Hand(u64),
     Speaking(u64),
+    Codecs(u64),
     TrackEnabled(u64, String),
     Muted(u64, TrackKind),
     Locked,
@@ -1797,6 +1815,7 @@ fn state_key(e: &Entry) -> Option<StateKey> {
     Some(match event {
         RoomEvent::Hand { id, .. } => StateKey::Hand(*id),
         RoomEvent::Speaking { id, .. } => StateKey::Speaking(*id),
+        RoomEvent::Codecs { id, .. } => StateKey::Codecs(*id),
         RoomEvent::TrackEnabled { id, track_name, .. } => {
             StateKey::TrackEnabled(*id, track_name.clone())
         }
@@ -1816,7 +1835,8 @@ fn event_owner(event: &RoomEvent) -> Option<u64> {
         | RoomEvent::Unpublished { id, .. }
         | RoomEvent::TrackEnabled { id, .. }
         | RoomEvent::Hand { id, .. }
-        | RoomEvent::Speaking { id, .. } => Some(*id),
+        | RoomEvent::Speaking { id, .. }
+        | RoomEvent::Codecs { id, .. } => Some(*id),
         RoomEvent::Muted { by, .. } | RoomEvent::Locked { by, .. } | RoomEvent::Cap { by, .. } => {
             Some(*by)
         }
@@ -1841,6 +1861,7 @@ fn event_subjects(event: &RoomEvent) -> Vec<u64> {
         | RoomEvent::TrackEnabled { id, .. }
         | RoomEvent::Hand { id, .. }
         | RoomEvent::Speaking { id, .. }
+        | RoomEvent::Codecs { id, .. }
         | RoomEvent::Host { id } => vec![*id],
         RoomEvent::Muted { id, by, .. } => vec![*id, *by],
         RoomEvent::Locked { by, .. } | RoomEvent::Cap { by, .. } => vec![*by],

@@ -2130,3 +2130,61 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn codecs_are_logged_on_change_kept_in_the_snapshot_and_checked() {
+    let t0 = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(t0, req("alice")).unwrap();
+    room.join(t0, req("bob")).unwrap();
+    drain(&mut room);
+    let list = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let out = msg(
+        &mut room,
+        t0,
+        2,
+        ClientMessage::Codecs {
+            video: list(&["vp8", "vp9"]),
+        },
+    );
+    assert!(matches!(
+        events(&out).as_slice(),
+        [(_, RoomEvent::Codecs { id: 2, video })] if *video == list(&["vp8", "vp9"])
+    ));
+    // The same list again: nothing logged.
+    let out = msg(
+        &mut room,
+        t0,
+        2,
+        ClientMessage::Codecs {
+            video: list(&["vp8", "vp9"]),
+        },
+    );
+    assert!(events(&out).is_empty());
+    let snap = room.snapshot();
+    let bob = snap.participants.iter().find(|p| p.id == 2).unwrap();
+    assert_eq!(bob.codecs, Some(list(&["vp8", "vp9"])));
+    let alice = snap.participants.iter().find(|p| p.id == 1).unwrap();
+    assert_eq!(alice.codecs, None);
+    // Hostile lists are refused and change nothing.
+    let long = "x".repeat(17);
+    let many: Vec<String> = (0..17).map(|i| format!("c{i}")).collect();
+    for bad in [
+        list(&["VP8"]),
+        list(&["video/vp8"]),
+        list(&[""]),
+        list(&[&long]),
+        list(&["vp8", "vp8"]),
+        many,
+    ] {
+        let out = msg(&mut room, t0, 2, ClientMessage::Codecs { video: bad });
+        assert_eq!(error_codes(&out, 2), vec![error_code::INVALID.to_owned()]);
+        assert!(events(&out).is_empty());
+    }
+    let snap = room.snapshot();
+    let bob = snap.participants.iter().find(|p| p.id == 2).unwrap();
+    assert_eq!(bob.codecs, Some(list(&["vp8", "vp9"])));
+    // An empty list is a valid answer (it decodes no video).
+    let out = msg(&mut room, t0, 1, ClientMessage::Codecs { video: vec![] });
+    assert_eq!(events(&out).len(), 1);
+}
