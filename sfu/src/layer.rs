@@ -61,7 +61,10 @@
 //! does not follow a lowered preference (the estimate would collapse and take long to recover
 //! when the preference is raised again). str0m pads up to the minimum (never beyond its estimate),
 //! so a session waiting to go up keeps proving the link instead of letting an application-limited
-//! estimate sink to its media rate.
+//! estimate sink to its media rate. The desired bitrate moves only in steps of [`DESIRED_STEP`]:
+//! str0m sends an allocation probe (a burst of padding at up to twice the desired bitrate) each
+//! time the desired bitrate rises above its estimate, and one computed afresh from measured layer
+//! bitrates every 250 ms rose that way several times a second.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -87,6 +90,8 @@ pub const BACKOFF: f64 = 0.85;
 pub const SEVERE: f64 = 0.6;
 /// Delay in the virtual queue (see the module docs) at which the legs go down.
 pub const MAX_QUEUE: Duration = Duration::from_millis(500);
+/// The desired bitrate handed to str0m changes only when the new one differs by this factor.
+pub const DESIRED_STEP: f64 = 1.25;
 /// Longest step the virtual queue integrates over (selections run every 250 ms; a longer gap
 /// says nothing about the link).
 const MAX_STEP: Duration = Duration::from_secs(1);
@@ -218,6 +223,8 @@ pub struct LayerSelector {
     queue_at: Option<Instant>,
     /// What the session was sending at the last selection (bits/s).
     sending_bps: u64,
+    /// The desired bitrate last handed out (see [`DESIRED_STEP`]).
+    desired_bps: Option<u64>,
 }
 
 impl LayerSelector {
@@ -281,6 +288,15 @@ impl LayerSelector {
         Duration::from_secs_f64((self.queue_bits / carried_bps).min(3600.0))
     }
 
+    /// The desired bitrate to hand out for a newly computed `bps` (see [`DESIRED_STEP`]).
+    fn desired(&mut self, bps: u64) -> u64 {
+        let keep = self.desired_bps.filter(|&d| {
+            let (d, b) = (d as f64, bps as f64);
+            b <= d * DESIRED_STEP && b * DESIRED_STEP >= d
+        });
+        *self.desired_bps.insert(keep.unwrap_or(bps))
+    }
+
     /// Chooses layers for the session's legs at `now`.
     pub fn select(&mut self, legs: &[LegInput], now: Instant) -> SessionPlan {
         let fixed: u64 = legs.iter().map(|l| l.fixed_bps).sum();
@@ -304,7 +320,7 @@ impl LayerSelector {
             .iter()
             .filter_map(|l| l.layers.iter().map(|(_, b)| *b).max())
             .sum();
-        let desired_bps = ((fixed + top_need) as f64 / UP_HEADROOM).round() as u64;
+        let desired_bps = self.desired(((fixed + top_need) as f64 / UP_HEADROOM).round() as u64);
         self.up_since
             .retain(|k, _| options.iter().any(|(l, _)| l.leg == *k));
 
@@ -641,6 +657,33 @@ mod tests {
         assert_eq!(
             targets(&s.select(&cur, later + UP_HOLD)),
             vec![("0".into(), "f".into())]
+        );
+    }
+
+    #[test]
+    fn the_desired_bitrate_moves_in_steps() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new();
+        s.set_estimate_at(5_000_000);
+        let desired = |s: &mut LayerSelector, f: u64| {
+            let l = with_layers(
+                input("0", Some("f"), None),
+                &[("q", 150_000), ("h", 500_000), ("f", f)],
+            );
+            s.select(&[l], t0).desired_bps
+        };
+        let first = desired(&mut s, 1_500_000);
+        assert_eq!(first, (1_500_000_f64 / UP_HEADROOM).round() as u64);
+        // The measured bitrate of f wobbles by up to 20 %: the same desired bitrate (no probe).
+        for f in [1_600_000, 1_400_000, 1_750_000, 1_250_000, 1_500_000] {
+            assert_eq!(desired(&mut s, f), first, "{f}");
+        }
+        // A real change moves it.
+        let up = desired(&mut s, 2_000_000);
+        assert_eq!(up, (2_000_000_f64 / UP_HEADROOM).round() as u64);
+        assert_eq!(
+            desired(&mut s, 1_100_000),
+            (1_100_000_f64 / UP_HEADROOM).round() as u64
         );
     }
 
