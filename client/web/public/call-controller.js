@@ -3,7 +3,8 @@
 // into actions on the model (call-model.js). No DOM: the views render the
 // model and call the intent methods below (toggleMic, toggleCam,
 // toggleScreen, toggleHand, setLocked, setLayout, pin, hostAction,
-// createInvite, revokeInvite, leave, watchTile).
+// createInvite, revokeInvite, leave) and report what they show (tileShown,
+// tileGone, pageHidden).
 //
 // `window.satsuma.call` is this object: tests read `me`, `room`, `name`,
 // `participants`, `link`, `sfu` and `e2ee` from it.
@@ -262,7 +263,7 @@ export class Call {
     }
   }
 
-  /** The camera tile of remote participant `p` (the view mounts it and calls watchTile). */
+  /** The camera tile of remote participant `p` (the view mounts it and reports its size: tileShown). */
   addTile(p) {
     const key = String(p.id);
     if (this.state.tiles.has(key)) return;
@@ -277,15 +278,23 @@ export class Call {
     this.tileStatus.forget(key);
   }
 
-  /** Intent of the view: tile `key` is shown in `video` (its size and visibility choose its layer). */
-  watchTile(key, video) {
+  /**
+   * Report of the view (tile-watch.js): remote tile `key` is shown at `geom`
+   * (`{width, height, visible, aspect, dpr}`); its size and visibility choose its layer.
+   */
+  tileShown(key, geom) {
     if (key.startsWith('local')) return;
-    this.layers.observe(key, video);
+    this.layers.measure(key, geom);
   }
 
-  /** Intent of the view: tile `key` is no longer shown. */
-  unwatchTile(key) {
+  /** Report of the view: tile `key` is no longer shown. */
+  tileGone(key) {
     this.layers.unobserve(key);
+  }
+
+  /** Report of the view: the page is hidden (every remote tile pauses) or shown again. */
+  pageHidden(hidden) {
+    this.layers.setPageHidden(hidden);
   }
 
   applyEntry(e) {

@@ -14,14 +14,16 @@
 // Choosing. Each remote video tile asks for the smallest layer that still
 // covers its rendered size: `q` up to 320 device pixels of source width, `h` up
 // to 640, else `f` (`PUT tracks/update` with `simulcast.preferredRid`: no SDP).
-// The size comes from a ResizeObserver on the tile's <video>; with
-// `object-fit: cover` a 4:3 tile shows a 16:9 video cropped, so the width the
-// source needs is max(width, height x aspect). Changes wait DEBOUNCE_MS, so a
-// window being dragged sends one request, not one per frame.
+// The size comes from the view (tile-watch.js: a ResizeObserver on the tile's
+// <video>); with `object-fit: cover` a tile shows its video cropped to the
+// tile's shape, so the width the source needs is max(width, height x aspect).
+// Changes wait DEBOUNCE_MS, so a window being dragged sends one request, not
+// one per frame. This module has no DOM: the controller owns the choice, the
+// view only reports what it shows.
 //
 // Pausing. A tile that is off-screen (IntersectionObserver) or on a hidden page
-// (`document.visibilityState`) asks for the lowest layer, `q`, and says
-// `paused`. The SFU's API has no "pause" for a pulled track; of what it has,
+// (`document.visibilityState`), as tile-watch.js reports, asks for the lowest
+// layer, `q`, and says `paused`. The SFU's API has no "pause" for a pulled track; of what it has,
 // the lowest layer is the cheapest correct choice:
 //   - closing the pull and pulling again on return costs two SDP negotiations
 //     per scroll or tab switch, a new m-line and E2EE transform each time, and
@@ -122,68 +124,59 @@ export function ridForSize(width, height, { aspect = 16 / 9, dpr = 1 } = {}) {
 }
 
 /**
- * Watches remote video tiles and asks for layers. `apply(key, rid)` sends the
- * request for tile `key` and resolves true once sent, false when the tile has no
- * pulled video yet (then `retry(key)` sends it later).
+ * Decides and asks which layer each remote video tile gets. No DOM: the view
+ * reports each tile's rendered size and visibility (`measure`, from
+ * tile-watch.js) and whether the page is hidden (`setPageHidden`).
+ * `apply(key, rid)` sends the request for tile `key` and resolves true once
+ * sent, false when the tile has no pulled video yet (then `retry(key)` sends it
+ * later).
  */
 export class LayerChoice {
   /**
    * @param {object} opts
    * @param {(key: string, rid: string) => Promise<boolean>} opts.apply
    * @param {number} [opts.debounceMs]
-   * @param {Document} [opts.doc]
    */
-  constructor({ apply, debounceMs = DEBOUNCE_MS, doc = globalThis.document }) {
+  constructor({ apply, debounceMs = DEBOUNCE_MS }) {
     this.apply = apply;
     this.debounceMs = debounceMs;
-    this.doc = doc;
-    this.tiles = new Map(); // key -> {video, width, height, visible, sent, sending, switches}
+    this.tiles = new Map(); // key -> {width, height, visible, aspect, dpr, sent, sending}
+    this.pageHidden = false;
     this.timer = null;
     this.closed = false;
-    this.resize = typeof ResizeObserver === 'function' ? new ResizeObserver((entries) => {
-      for (const e of entries) {
-        const t = this.#byVideo(e.target);
-        if (!t) continue;
-        t.width = e.contentRect.width;
-        t.height = e.contentRect.height;
-      }
-      this.#schedule();
-    }) : null;
-    this.intersect = typeof IntersectionObserver === 'function' ? new IntersectionObserver((entries) => {
-      for (const e of entries) {
-        const t = this.#byVideo(e.target);
-        if (t) t.visible = e.isIntersecting;
-      }
-      this.#schedule();
-    }) : null;
-    this.onVisibility = () => this.#schedule();
-    this.doc?.addEventListener?.('visibilitychange', this.onVisibility);
   }
 
-  /** Starts watching the <video> of remote tile `key`. */
-  observe(key, video) {
-    const old = this.tiles.get(key);
-    if (old?.video === video) return;
-    if (old) this.unobserve(key);
-    const rect = video.getBoundingClientRect?.() ?? { width: 0, height: 0 };
-    this.tiles.set(key, { video, width: rect.width, height: rect.height, visible: true, sent: null, sending: false });
-    this.resize?.observe(video);
-    this.intersect?.observe(video);
+  /**
+   * Tile `key` is shown at `geom`: `{width, height}` (CSS px), `visible` (in
+   * view), `aspect` (its video's width / height, 0 while unknown), `dpr`. A
+   * tile not seen before starts being watched.
+   */
+  measure(key, geom = {}) {
+    if (this.closed) return;
+    let t = this.tiles.get(key);
+    if (!t) {
+      t = { width: 0, height: 0, visible: true, aspect: 0, dpr: 1, sent: null, sending: false };
+      this.tiles.set(key, t);
+    }
+    for (const k of ['width', 'height', 'aspect', 'dpr']) if (Number.isFinite(geom[k])) t[k] = geom[k];
+    if (typeof geom.visible === 'boolean') t.visible = geom.visible;
+    this.#schedule();
+  }
+
+  /** The page is hidden (every tile pauses) or shown again. */
+  setPageHidden(hidden) {
+    this.pageHidden = Boolean(hidden);
     this.#schedule();
   }
 
   unobserve(key) {
-    const t = this.tiles.get(key);
-    if (!t) return;
-    this.resize?.unobserve(t.video);
-    this.intersect?.unobserve(t.video);
     this.tiles.delete(key);
   }
 
   /** Whether tile `key` is paused (off-screen or the page hidden). */
   paused(key) {
     const t = this.tiles.get(key);
-    return Boolean(t) && (this.doc?.visibilityState === 'hidden' || !t.visible);
+    return Boolean(t) && (this.pageHidden || !t.visible);
   }
 
   /** The rid tile `key` wants now (null for an unknown tile or one not laid out yet). */
@@ -192,9 +185,7 @@ export class LayerChoice {
     if (!t) return null;
     if (this.paused(key)) return PAUSED_RID;
     if (!(t.width > 0 && t.height > 0)) return null;
-    const v = t.video;
-    const aspect = v.videoWidth > 0 && v.videoHeight > 0 ? v.videoWidth / v.videoHeight : 16 / 9;
-    return ridForSize(t.width, t.height, { aspect, dpr: globalThis.devicePixelRatio ?? 1 });
+    return ridForSize(t.width, t.height, { aspect: t.aspect > 0 ? t.aspect : 16 / 9, dpr: t.dpr });
   }
 
   /** What tile `key` asked for last (null if nothing yet), and whether it is paused. */
@@ -226,15 +217,7 @@ export class LayerChoice {
   close() {
     this.closed = true;
     clearTimeout(this.timer);
-    this.resize?.disconnect();
-    this.intersect?.disconnect();
-    this.doc?.removeEventListener?.('visibilitychange', this.onVisibility);
     this.tiles.clear();
-  }
-
-  #byVideo(video) {
-    for (const t of this.tiles.values()) if (t.video === video) return t;
-    return null;
   }
 
   #schedule() {

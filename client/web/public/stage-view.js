@@ -1,9 +1,9 @@
 // The stage: one tile per camera or screen, laid out to fill the space
 // (stage-layout.js), with the active speaker outlined and a speaker view.
 // DOM only: it renders the model's state (call-model.js) and reports the
-// user's intents (`pin`) and which <video> shows which tile (`watchTile`,
-// `unwatchTile`: the controller picks each tile's simulcast layer from the
-// size it is shown at).
+// user's intents (`pin`) and, through tile-watch.js, the size and visibility
+// each remote tile is shown at (`tileShown`, `tileGone`, `pageHidden`: the
+// controller picks each tile's simulcast layer from them).
 //
 // Tile markup (tests rely on it): `.tile[data-key]` with a <video>, a
 // `.muted-cam` note, a `.hand` badge and a `.label` holding `.name` and two
@@ -14,6 +14,7 @@
 import { stageOrder } from './call-model.js';
 import { gridFor, speakerFor, GAP } from './stage-layout.js';
 import { icon } from './icons.js';
+import { TileWatcher } from './tile-watch.js';
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -30,13 +31,17 @@ export class StageView {
   /**
    * @param {object} o
    * @param {HTMLElement} o.grid the stage element (#grid)
-   * @param {{watchTile: Function, unwatchTile: Function, pin: Function}} o.intents
+   * @param {{tileShown: Function, tileGone: Function, pageHidden: Function, pin: Function}} o.intents
    */
   constructor({ grid, intents }) {
     this.grid = grid;
     this.intents = intents;
     this.tiles = new Map(); // key -> {root, video, nameTag, conn, e2ee, hand, camOff, pin, media}
     this.state = null;
+    this.watcher = new TileWatcher({
+      report: (key, geom) => intents.tileShown?.(key, geom),
+      pageHidden: (hidden) => intents.pageHidden?.(hidden),
+    });
     this.resize = typeof ResizeObserver === 'function' ? new ResizeObserver(() => this.layout()) : null;
     this.resize?.observe(grid);
   }
@@ -54,7 +59,8 @@ export class StageView {
       if (state.tiles.has(key)) continue;
       t.root.remove();
       this.tiles.delete(key);
-      this.intents.unwatchTile?.(key);
+      this.watcher.unwatch(key);
+      this.intents.tileGone?.(key);
     }
     for (const [key, tile] of state.tiles) {
       let t = this.tiles.get(key);
@@ -100,7 +106,7 @@ export class StageView {
     const t = { root, video, nameTag, conn, e2ee, hand, camOff, pin, media: tile.media };
     this.tiles.set(key, t);
     if (tile.media) video.play().catch(() => {});
-    this.intents.watchTile?.(key, video);
+    if (!tile.local) this.watcher.watch(key, video);
     return t;
   }
 

@@ -45,18 +45,17 @@ describe('layer choice', () => {
   });
 
   it('debounces, sends only changes, pauses hidden tiles and retries once the video is pulled', async () => {
-    const doc = { visibilityState: 'visible', addEventListener() {}, removeEventListener() {} };
     const calls = [];
     let pulled = false;
     const choice = new LayerChoice({
-      debounceMs: 20, doc,
+      debounceMs: 20,
       apply: async (key, rid) => {
         calls.push([key, rid, pulled]);
         return pulled;
       },
     });
-    const video = { videoWidth: 1280, videoHeight: 720, getBoundingClientRect: () => ({ width: 1200, height: 675 }) };
-    choice.observe('7', video);
+    // The view reports the tile's size (tile-watch.js); the choice has no DOM.
+    choice.measure('7', { width: 1200, height: 675, visible: true, aspect: 16 / 9 });
     assert.equal(choice.wanted('7'), 'f');
     await sleep(60);
     assert.deepEqual(calls, [['7', 'f', false]], 'tried once, not pulled yet: no busy retry');
@@ -67,31 +66,29 @@ describe('layer choice', () => {
     await sleep(60);
     assert.equal(calls.length, 1, 'nothing new to send');
     // Many resizes within the debounce: one request with the last size.
-    const t = choice.tiles.get('7');
-    for (const w of [900, 700, 500, 300]) {
-      t.width = w;
-      t.height = (w * 9) / 16;
-      choice.retry('7');
-    }
+    for (const w of [900, 700, 500, 300]) choice.measure('7', { width: w, height: (w * 9) / 16 });
     await sleep(60);
     assert.deepEqual(calls.slice(1), [['7', 'q', true]]);
     // Hidden page: paused, lowest layer (already q: nothing sent); visible and large again: f.
-    doc.visibilityState = 'hidden';
-    t.width = 1200;
-    t.height = 675;
+    choice.setPageHidden(true);
+    choice.measure('7', { width: 1200, height: 675 });
     assert.equal(choice.paused('7'), true);
     assert.equal(choice.wanted('7'), PAUSED_RID);
-    choice.retry('7');
     await sleep(60);
     assert.equal(calls.length, 2);
-    doc.visibilityState = 'visible';
-    t.visible = false; // scrolled off-screen
+    choice.setPageHidden(false);
+    choice.measure('7', { visible: false }); // scrolled off-screen
     assert.equal(choice.wanted('7'), 'q');
-    t.visible = true;
-    choice.retry('7');
+    choice.measure('7', { visible: true });
     await sleep(60);
     assert.deepEqual(calls.at(-1), ['7', 'f', true]);
     assert.deepEqual(choice.state('7'), { rid: 'f', wanted: 'f', paused: false });
+    // A 4:3 source in a 16:9 tile needs no more than the tile's width; a tall tile of a
+    // 16:9 source needs height x aspect.
+    choice.measure('8', { width: 600, height: 337.5, aspect: 4 / 3 });
+    assert.equal(choice.wanted('8'), 'h');
+    choice.measure('8', { width: 300, height: 400, aspect: 16 / 9 });
+    assert.equal(choice.wanted('8'), 'f');
     choice.close();
   });
 });
