@@ -29,16 +29,13 @@
 
 import { devTokens, testHooks, testParam } from './client-config.js';
 import { LocalMedia } from './local-media.js';
-import { E2eeLink } from './e2ee-link.js';
 import { timeline } from './join-timeline.js';
 import { fetchToken, jwtClaims, redeemInvite, takeFragment } from './access.js';
 import { CallModel } from './call-model.js';
-import { Call } from './call-controller.js';
+import { Call, prepareE2ee } from './call-controller.js';
 import { CallView } from './call-view.js';
 import { StageView } from './stage-view.js';
 import { ControlsView } from './controls-view.js';
-
-export { endpoints, jwtClaims, takeFragment } from './access.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -62,8 +59,7 @@ async function lobby() {
   };
   // The E2EE worker loads its WebAssembly and the identity key while the lobby shows
   // the preview: at `welcome` it only has to start the MLS member.
-  const e2ee = new E2eeLink({ decrypt: flags.decrypt, mls: flags.mls, legacy: flags.legacy });
-  e2ee.prepare();
+  const e2ee = prepareE2ee(flags);
   window.satsuma = {
     call: null, local, flags, testHooks,
     timeline: () => timeline.snapshot(),

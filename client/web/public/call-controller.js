@@ -26,6 +26,17 @@ const STATS_INTERVAL_MS = 1000;
 // has pauses, and the SFU names nobody during one; the outline should not blink with them.
 const SPEAKER_HOLD_MS = 2500;
 
+/**
+ * The E2EE link a call will use, started in the lobby: its worker instantiates
+ * the WebAssembly and loads the identity key while the preview opens, so at
+ * `welcome` it only has to start the MLS member. Pass it to `new Call`.
+ */
+export function prepareE2ee(flags) {
+  const e2ee = new E2eeLink({ decrypt: flags.decrypt, mls: flags.mls, legacy: flags.legacy });
+  e2ee.prepare();
+  return e2ee;
+}
+
 export class Call {
   /**
    * @param {object} o

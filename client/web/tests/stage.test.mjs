@@ -7,7 +7,8 @@
 // - 3 and 4: 2x2;
 // - every tile 16:9 within 2 %, and the tiles cover a good share of the stage;
 // - speaker view (the layout button): one tile large (the active speaker),
-//   the others in a strip under it; back to the grid;
+//   the others in a strip under it, the large one asking for f and the strip
+//   for q (tile size drives the layer); back to the grid (h at 464 px);
 // - with every microphone but one muted (through the mute button, whose label,
 //   icon and aria-pressed change), the SFU's active speaker is the one that
 //   sends sound, and its tile is outlined on the other pages; the outline
@@ -187,6 +188,13 @@ describe('the stage: layout, speaker view, active speaker, controls', { timeout:
       assert.ok(main.w >= 3 * t.w, `the large tile (${main.w} px) is much larger than a strip tile (${t.w} px)`);
     }
     assert.ok(main.h + strip[0].h + 8 >= sv.stage.h * 0.97 || main.w >= sv.stage.w * 0.97, 'the speaker view fills the stage');
+    // Tile size drives the layer each tile asks for: the large one f, the strip q.
+    const wants = await waitFor('Ann\'s tiles to want f (large) and q (strip)', async () => {
+      const st = await a.evaluate(() => window.satsuma.stats());
+      const w = Object.fromEntries(st.remote.filter((r) => r.kind === 'video').map((r) => [String(r.participantId), r.layer?.wanted]));
+      return w[keyOf(b)] === 'f' && w[keyOf(c)] === 'q' ? w : null;
+    }, { timeout: 10000 });
+    assert.deepEqual(wants, { [keyOf(b)]: 'f', [keyOf(c)]: 'q' });
     console.log(`# stage | speaker view: main ${main.w.toFixed(0)}x${main.h.toFixed(0)}, strip ${strip[0].w.toFixed(0)}x${strip[0].h.toFixed(0)} on ${sv.stage.w.toFixed(0)}x${sv.stage.h.toFixed(0)}`);
 
     // Now Cat speaks and Ben is muted: the outline (and the large tile) move to Cat.
@@ -205,6 +213,10 @@ describe('the stage: layout, speaker view, active speaker, controls', { timeout:
     await a.click('#toggle-layout');
     await waitControl(a, 'toggle-layout', { pressed: 'false', state: 'grid', label: 'Speaker view', icon: 'speaker' });
     await assertGrid(a, 3, [2, 1], { cover: 0.5 });
+    await waitFor('Ann\'s grid tiles (464 px) to want h', async () => {
+      const st = await a.evaluate(() => window.satsuma.stats());
+      return st.remote.filter((r) => r.kind === 'video').every((r) => r.layer?.wanted === 'h');
+    }, { timeout: 10000 });
 
     // Camera: stop and start again; the own tile says "camera off" meanwhile.
     await a.click('#toggle-cam');
