@@ -29,6 +29,7 @@ export const RESTART_ATTEMPTS = 4;
 /** How long one restart attempt may take to connect. */
 import { timeline } from './join-timeline.js';
 import { contentHint, sendEncodings, simulcastCodec } from './layer-choice.js';
+import { negotiatedCodec, receiveCapabilities, receiveFilter, sendPreferences } from './codec-choice.js';
 
 const RESTART_CONNECT_MS = 6000;
 /** How long the renegotiate request of a restart may take. */
@@ -142,7 +143,12 @@ export class SfuLink extends EventTarget {
         ? { type: res.sessionDescription.type, sdp: withStartBitrate(res.sessionDescription.sdp, START_BITRATE_KBPS) }
         : res.sessionDescription;
       await this.pc.setRemoteDescription(answer);
-      for (const a of added) this.pushes.set(a.trackName, { transceiver: a.transceiver, info: a.info, track: a.track, sending: false });
+      for (const a of added) {
+        // Video goes out in the codec picked (the SFU's answer may list another first).
+        const codec = a.track.kind === 'video' ? (a.info.codec ?? 'VP8') : null;
+        this.pushes.set(a.trackName, { transceiver: a.transceiver, info: a.info, track: a.track, sending: false, codec });
+      }
+      await this.#keepCodecs();
       return added.map((a) => a.trackName);
     });
   }
@@ -238,6 +244,47 @@ export class SfuLink extends EventTarget {
     return total;
   }
 
+  /**
+   * Sends pushed video track `trackName` in `codec` (VP8, H264, VP9, AV1: one
+   * of the codecs its m-line negotiated) from now on, without a negotiation
+   * (`encodings[i].codec`). Resolves false if that codec was not negotiated.
+   */
+  async setSendCodec(trackName, codec) {
+    const p = this.pushes.get(trackName);
+    if (!p || p.track?.kind !== 'video') return false;
+    p.codec = codec;
+    return this.#keepCodec(p);
+  }
+
+  /** The codec each pushed video track is meant to go out in: `{trackName: codec}`. */
+  sendCodecs() {
+    return Object.fromEntries([...this.pushes].filter(([, p]) => p.codec).map(([name, p]) => [name, p.codec]));
+  }
+
+  /**
+   * Puts every pushed video track back on its codec: a negotiation clears a
+   * sender's `encodings[i].codec` (Chromium), and the SFU's answer lists its own
+   * preference first.
+   */
+  async #keepCodecs() {
+    for (const p of this.pushes.values()) {
+      if (p.codec) await this.#keepCodec(p).catch((err) => this.dispatchEvent(new CustomEvent('problem', { detail: `video codec: ${err.message}` })));
+    }
+  }
+
+  async #keepCodec(p) {
+    const sender = p.transceiver.sender;
+    const params = sender.getParameters();
+    const entry = negotiatedCodec(params.codecs, p.codec);
+    const encodings = params.encodings ?? [];
+    if (!entry || !encodings.length) return false;
+    const same = (c) => c && c.mimeType === entry.mimeType && (c.sdpFmtpLine ?? '') === (entry.sdpFmtpLine ?? '');
+    if (encodings.every((e) => same(e.codec))) return true;
+    for (const e of encodings) e.codec = entry;
+    await sender.setParameters(params);
+    return true;
+  }
+
   /** Stops pushing a track. */
   unpush(trackName) {
     return this.#serial(async () => {
@@ -275,7 +322,9 @@ export class SfuLink extends EventTarget {
       }
       if (res.requiresImmediateRenegotiation && res.sessionDescription) {
         await this.pc.setRemoteDescription(res.sessionDescription);
+        limitReceiveCodecs(this.pc, mids);
         await this.pc.setLocalDescription(await this.pc.createAnswer());
+        await this.#keepCodecs();
         const reneg = await this.#api('PUT', `/sessions/${this.sessionId}/renegotiate`, {
           sessionDescription: { type: 'answer', sdp: this.pc.localDescription.sdp },
         });
@@ -451,6 +500,7 @@ export class SfuLink extends EventTarget {
       throw err;
     }
     await this.pc.setRemoteDescription(res.sessionDescription);
+    await this.#keepCodecs();
   }
 
   /**
@@ -605,6 +655,7 @@ export class SfuLink extends EventTarget {
         force: false,
       });
       if (res.sessionDescription) await this.pc.setRemoteDescription(res.sessionDescription);
+      await this.#keepCodecs();
     } catch (err) {
       // The SFU collects tracks without media anyway; keep the connection usable.
       if (this.pc.signalingState === 'have-local-offer') {
@@ -716,17 +767,35 @@ function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** Puts `codec` (VP8, VP9, H264) first and drops the other video codecs, keeping rtx/red/ulpfec. */
+/**
+ * Puts `codec` (VP8, VP9, H264) first and the fallback codecs after it, keeping
+ * rtx/red/ulpfec (codec-choice.js `sendPreferences`): the SFU's answer accepts
+ * them all, so the page can switch to a codec everyone decodes without a
+ * negotiation (CodecChoice sets `encodings[i].codec`).
+ */
 export function preferCodec(transceiver, codec) {
   const caps = RTCRtpSender.getCapabilities?.('video');
   if (!caps || !transceiver.setCodecPreferences) return;
-  const wanted = `video/${codec}`.toLowerCase();
-  let chosen = caps.codecs.filter((c) => c.mimeType.toLowerCase() === wanted);
-  if (codec === 'H264') {
-    // Packetization mode 1 first: what every browser decodes.
-    chosen.sort((a, b) => Number(/packetization-mode=1/.test(b.sdpFmtpLine ?? '')) - Number(/packetization-mode=1/.test(a.sdpFmtpLine ?? '')));
+  const list = sendPreferences(caps.codecs, codec);
+  if (list.length === 0) return;
+  transceiver.setCodecPreferences(list);
+}
+
+/**
+ * Test hook `test_rxcodecs` (codec-choice.js): the pulled video m-lines `mids`
+ * answer with only the codecs the hook allows, as a browser without the
+ * others would. Without the hook nothing changes.
+ */
+function limitReceiveCodecs(pc, mids) {
+  const filter = receiveFilter();
+  if (!filter) return;
+  const caps = receiveCapabilities(filter);
+  for (const t of pc.getTransceivers()) {
+    if (!mids.includes(t.mid) || t.receiver.track?.kind !== 'video' || !t.setCodecPreferences) continue;
+    try {
+      t.setCodecPreferences(caps);
+    } catch (err) {
+      console.warn(`satsuma: test_rxcodecs: ${err.message}`);
+    }
   }
-  if (chosen.length === 0) return;
-  const extras = caps.codecs.filter((c) => /\/(rtx|red|ulpfec)$/i.test(c.mimeType));
-  transceiver.setCodecPreferences([...chosen, ...extras]);
 }
