@@ -15,7 +15,6 @@ import { E2eeLink } from './e2ee-link.js';
 import { timeline } from './join-timeline.js';
 import { LayerChoice } from './layer-choice.js';
 import { attachDynacast } from './dynacast.js';
-import { CodecChoice, receiveCapabilities } from './codec-choice.js';
 import { TileStatus, codecSupport } from './tile-status.js';
 import { endpoints, fetchToken, jwtClaims, replyError } from './access.js';
 import { tileKey } from './call-model.js';
@@ -23,9 +22,11 @@ import { tileKey } from './call-model.js';
 // After a key change: how long to wait before asking again for a keyframe that did not come.
 const KEYFRAME_RETRY_MS = 350;
 const STATS_INTERVAL_MS = 1000;
-// How long the active speaker stays outlined after the SFU stopped naming it (ms): speech
-// has pauses, and the SFU names nobody during one; the outline should not blink with them.
-const SPEAKER_HOLD_MS = 2500;
+// How often the SFU is asked who speaks (ms), and how long the active speaker stays
+// outlined after the SFU stopped naming it (ms): speech has pauses, and the SFU names
+// nobody during one; the outline should not blink with them.
+const SPEAKER_POLL_MS = 500;
+const SPEAKER_HOLD_MS = 3000;
 
 /**
  * The E2EE link a call will use, started in the lobby: its worker instantiates
@@ -85,8 +86,6 @@ export class Call {
     this.tileStatus = new TileStatus();
     // Simulcast layers nobody takes go off at the source (dynacast.js).
     this.dynacast = attachDynacast(this);
-    // A video codec every participant decodes (codec-choice.js).
-    this.codecs = new CodecChoice(this);
     this.wire();
   }
 
@@ -163,10 +162,8 @@ export class Call {
     const stream = new MediaStream();
     this.dispatch({ type: 'tile/add', key: 'local', name: `${this.name} (you)`, local: true, kind: 'video', stream });
     this.updateTile('local', { camOn: false, conn: ['you', 'ok'] });
-    this.statsTimer = setInterval(() => {
-      this.refreshStats();
-      this.refreshSpeaker();
-    }, STATS_INTERVAL_MS);
+    this.statsTimer = setInterval(() => this.refreshStats(), STATS_INTERVAL_MS);
+    this.speakerTimer = setInterval(() => this.refreshSpeaker(), SPEAKER_POLL_MS);
     this.localReady.then(() => {
       if (this.ended) return;
       if (this.local.video) stream.addTrack(this.local.video);
@@ -710,6 +707,7 @@ export class Call {
     const keepKeys = this.flags.testKeepKeys && why === 'removed';
     if (!keepKeys) {
       clearInterval(this.statsTimer);
+      clearInterval(this.speakerTimer);
       clearTimeout(this.mediaTimer);
       clearTimeout(this.iceTimer);
       this.mediaEpoch += 1;
@@ -778,11 +776,16 @@ export class Call {
   /**
    * The active speaker: the SFU names, per subscriber, the pulled audio track
    * that speaks now (from the RTP audio-level header extension, which E2EE
-   * leaves readable). Read once per stats tick.
+   * leaves readable). Asked every SPEAKER_POLL_MS while this page pulls audio.
    */
   async refreshSpeaker() {
     const sfu = this.sfu;
     if (this.ended || !sfu?.sessionId || this.speakerBusy) return;
+    // Nobody to hear: nothing to ask.
+    if (![...this.pulled.values()].some((p) => p.kind === 'audio' && p.mid)) {
+      if (this.state.activeSpeaker !== null) this.dispatch({ type: 'active-speaker', id: null });
+      return;
+    }
     this.speakerBusy = true;
     try {
       const state = await sfu.sessionState();
@@ -808,7 +811,7 @@ export class Call {
     const snap = await this.snapshotStats();
     this.lastSnapshot = snap;
     const member = this.e2ee.status?.phase === 'member';
-    const caps = receiveCapabilities();
+    const caps = globalThis.RTCRtpReceiver?.getCapabilities?.('video')?.codecs ?? null;
     for (const p of this.participants.values()) {
       if (p.id === this.me) continue;
       const rs = snap.remote.filter((r) => r.participantId === p.id);

@@ -33,7 +33,8 @@ export function initialState({ room = '', name = '', receiveOnly = false } = {})
     locked: false,
     // The host grant of this page's join token (it may make invites).
     canInvite: false,
-    // key -> {key, participantId (null: this page), kind, local, name, stream, conn, e2ee, camOn}
+    // key -> {key, participantId (null: this page), kind, local, name, stream, conn, e2ee,
+    // camOn (false: the "camera off" note covers the video), media (tracks added so far)}
     tiles: new Map(),
     // The participant the SFU names as the active speaker among this page's pulls, held
     // briefly through pauses (null: nobody speaks); outlined on the stage.
@@ -160,7 +161,7 @@ export function reduce(state, action) {
       if (!state.tiles.has(a.key)) {
         state.tiles.set(a.key, {
           key: a.key, participantId: a.participantId ?? null, kind: a.kind ?? 'video', local: Boolean(a.local),
-          name: a.name ?? '', stream: a.stream ?? null, conn: null, e2ee: null, camOn: a.camOn ?? false, media: 0,
+          name: a.name ?? '', stream: a.stream ?? null, conn: null, e2ee: null, camOn: a.camOn ?? true, media: 0,
         });
         changed.add('tiles').add('stage');
       }

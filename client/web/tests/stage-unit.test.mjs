@@ -106,6 +106,7 @@ describe('call model', () => {
       reduce(s, { type: 'tile/add', key, local: key === 'local', participantId: key === 'local' ? null : 2, kind: key.endsWith(':screen') ? 'screenshare' : 'video' });
     }
     reduce(s, { type: 'tile/add', key: '3', participantId: 3 });
+    assert.equal(s.tiles.get('2:screen').camOn, true, 'a new tile shows its video unless told the camera is off');
     assert.deepEqual(stageOrder(s), { order: ['2', '2:screen', '3', 'local'], main: null });
     reduce(s, { type: 'layout', layout: 'speaker' });
     // A shared screen is the large tile unless someone pins another.

@@ -13,7 +13,9 @@
 //   icon and aria-pressed change), the SFU's active speaker is the one that
 //   sends sound, and its tile is outlined on the other pages; the outline
 //   moves when another page speaks instead;
-// - camera and hand buttons toggle their pressed state and label.
+// - camera, hand and screen-share buttons toggle their pressed state and
+//   label (the hand by keyboard); a shared screen is the large tile of the
+//   speaker view.
 // Chromium's fake microphone beeps continuously; a muted track sends silence.
 
 import { describe, it } from 'node:test';
@@ -115,7 +117,7 @@ async function waitControl(page, id, want) {
 }
 
 /** The key of the tile `page` outlines as the active speaker (null: none), once stable. */
-async function waitActive(page, key, timeout = 20000) {
+async function waitActive(page, key, timeout = 30000) {
   return waitFor(`${page.label} to outline tile ${key} as the active speaker`, async () => {
     const g = await geometry(page);
     const active = g.tiles.filter((t) => t.active).map((t) => t.key);
@@ -231,6 +233,23 @@ describe('the stage: layout, speaker view, active speaker, controls', { timeout:
     await waitFor('Ben to see Ann\'s hand', () => b.evaluate((key) => !document.querySelector(`[data-key="${key}"] .hand`).hidden, keyOf(a)), { timeout: 10000 });
     await a.click('#toggle-hand');
     await waitControl(a, 'toggle-hand', { pressed: 'false', state: 'down', label: 'Raise hand' });
+    // Screen share: pressed while sharing; Ann's own screen tile joins her stage, Ben gets it
+    // as a tile of its own, and Ben's speaker view shows the screen large.
+    await a.click('#toggle-screen');
+    await waitControl(a, 'toggle-screen', { pressed: 'true', state: 'sharing', label: 'Stop sharing', icon: 'screen-off' });
+    await assertGrid(a, 4, [2, 2], { cover: 0.7 });
+    const screenKey = `${keyOf(a)}:screen`;
+    await waitFor('Ben to get Ann\'s screen tile', () => b.evaluate((k) => Boolean(document.querySelector(`[data-key="${k}"]`)), screenKey), { timeout: 20000 });
+    assert.equal(await b.evaluate((k) => document.querySelector(`[data-key="${k}"] .muted-cam`).hidden, screenKey), true, 'a screen tile never says "camera off"');
+    await b.click('#toggle-layout');
+    await waitFor('Ben\'s speaker view to show the screen large', async () => {
+      const g = await geometry(b);
+      return g.layout === 'speaker' && g.tiles.find((t) => t.main)?.key === screenKey;
+    }, { timeout: 10000 });
+    if (process.env.STAGE_SCREENSHOT) await screenshot(b, 'stage-screen');
+    await a.click('#toggle-screen');
+    await waitControl(a, 'toggle-screen', { pressed: 'false', state: 'off', label: 'Share screen', icon: 'screen' });
+    await assertGrid(a, 3, [2, 1], { cover: 0.5 });
     if (process.env.STAGE_SCREENSHOT) await screenshot(a, 'stage-grid');
   }));
 });
