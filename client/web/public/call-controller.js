@@ -15,6 +15,7 @@ import { E2eeLink } from './e2ee-link.js';
 import { timeline } from './join-timeline.js';
 import { LayerChoice } from './layer-choice.js';
 import { attachDynacast } from './dynacast.js';
+import { CodecChoice, receiveCapabilities } from './codec-choice.js';
 import { TileStatus, codecSupport } from './tile-status.js';
 import { endpoints, fetchToken, jwtClaims, replyError } from './access.js';
 import { tileKey } from './call-model.js';
@@ -86,6 +87,8 @@ export class Call {
     this.tileStatus = new TileStatus();
     // Simulcast layers nobody takes go off at the source (dynacast.js).
     this.dynacast = attachDynacast(this);
+    // A video codec every participant decodes (codec-choice.js).
+    this.codecs = new CodecChoice(this);
     this.wire();
   }
 
@@ -811,7 +814,7 @@ export class Call {
     const snap = await this.snapshotStats();
     this.lastSnapshot = snap;
     const member = this.e2ee.status?.phase === 'member';
-    const caps = globalThis.RTCRtpReceiver?.getCapabilities?.('video')?.codecs ?? null;
+    const caps = receiveCapabilities();
     for (const p of this.participants.values()) {
       if (p.id === this.me) continue;
       const rs = snap.remote.filter((r) => r.participantId === p.id);
