@@ -45,7 +45,8 @@ export const testHooks = clientConfig.testHooks;
 /** Whether this server hands out dev tokens (`--dev`: POST /token). */
 export const devTokens = clientConfig.devTokens;
 
-const params = new URLSearchParams(location.search);
+// (No `location` outside a page: Node's unit tests import modules that import this one.)
+const params = new URLSearchParams(globalThis.location?.search ?? '');
 
 /** Whether URL parameter `name` is a test hook (gated on `--test-hooks`). */
 export function isTestParam(name) {
