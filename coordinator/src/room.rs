@@ -1263,12 +1263,23 @@ impl Room {
     /// Appends `execute` once every group member whose connection is live has reported
     /// `ready` for the current epoch. Members whose socket dropped (in their resume window)
     /// are not waited for: they apply the commit and the `execute` from the log on resume.
+    /// Nor are the members the epoch's commit *added*: a joiner held no key before, so no
+    /// frame it could decrypt is lost when senders switch before it processed its Welcome;
+    /// frames under the new key wait in its holdback until it has (issue 18: the joiner's
+    /// Welcome processing and `ready` round trip were on the critical path of every join).
     fn check_execute(&mut self) {
         let participants = &self.participants;
         let all_ready = self.group.as_ref().is_some_and(|g| {
+            let added_now = |m: &u64| {
+                g.last_commit
+                    .as_ref()
+                    .is_some_and(|c| c.epoch + 1 == g.epoch && !c.members_before.contains(m))
+            };
             g.execute_deadline.is_some()
                 && g.members.iter().all(|m| {
-                    g.ready.contains(m) || !participants.get(m).is_some_and(|p| p.connected)
+                    g.ready.contains(m)
+                        || added_now(m)
+                        || !participants.get(m).is_some_and(|p| p.connected)
                 })
         });
         if all_ready {

@@ -443,13 +443,12 @@ fn ready_from_all_members_executes_else_timeout_does() {
 #[test]
 fn leaving_unready_member_triggers_execute() {
     let t0 = Instant::now();
-    let mut room = Room::new("r", RoomConfig::default(), 1);
-    room.join(t0, req("alice")).unwrap();
-    room.join(t0, req("bob")).unwrap();
-    msg(&mut room, t0, 1, ready(0));
-    drain(&mut room);
-    add_member(&mut room, t0, 1, 2);
-    msg(&mut room, t0, 1, ready(1));
+    let (mut room, gid) = three_members(t0);
+    // Alice commits at epoch 2; Bob was a member before it and is waited for ...
+    bin(&mut room, t0, 1, commit_frame(&gid, 2));
+    msg(&mut room, t0, 1, ready(3));
+    assert!(execute_in(&msg(&mut room, t0, 3, ready(3))).is_none());
+    // ... until he leaves without reporting.
     let out = msg(&mut room, t0, 2, ClientMessage::Leave {});
     let ev = events(&out);
     assert!(matches!(
@@ -462,7 +461,7 @@ fn leaving_unready_member_triggers_execute() {
             }
         )
     ));
-    assert!(matches!(ev[1], (_, RoomEvent::Execute { epoch: 1 })));
+    assert!(matches!(ev[1], (_, RoomEvent::Execute { epoch: 3 })));
     assert!(out.iter().any(|o| matches!(
         o,
         Output::Gone {
@@ -471,6 +470,26 @@ fn leaving_unready_member_triggers_execute() {
             ..
         }
     )));
+}
+
+#[test]
+fn execute_does_not_wait_for_the_joiners_the_commit_added() {
+    let t0 = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    for who in ["alice", "bob", "carol"] {
+        room.join(t0, req(who)).unwrap();
+    }
+    msg(&mut room, t0, 1, ready(0));
+    // Alice adds Bob: she alone was in the group, so her ready executes epoch 1 before Bob
+    // processed his Welcome (his frames under epoch 1 wait in his holdback until then).
+    add_member(&mut room, t0, 1, 2);
+    assert_eq!(execute_in(&msg(&mut room, t0, 1, ready(1))), Some(1));
+    assert!(execute_in(&msg(&mut room, t0, 2, ready(1))).is_none());
+    // Alice adds Carol: Bob is an existing member now and is waited for; Carol is not.
+    add_member(&mut room, t0, 1, 3);
+    assert!(execute_in(&msg(&mut room, t0, 1, ready(2))).is_none());
+    assert!(execute_in(&msg(&mut room, t0, 3, ready(2))).is_none());
+    assert_eq!(execute_in(&msg(&mut room, t0, 2, ready(2))), Some(2));
 }
 
 /// The epoch of the first `execute` among `out`, if any.
@@ -552,8 +571,9 @@ fn a_resumed_member_catches_up_from_the_log() {
     bin(&mut room, t1, 4, kp_frame(4, b"kp"));
     bin(&mut room, t1, 1, add_frame(&gid, 2, &[(4, b"kp")]));
     msg(&mut room, t1, 1, ready(3));
-    msg(&mut room, t1, 2, ready(3));
-    assert_eq!(execute_in(&msg(&mut room, t1, 4, ready(3))), Some(3));
+    // Dave, whom the commit added, is not waited for: Bob's ready completes it.
+    assert_eq!(execute_in(&msg(&mut room, t1, 2, ready(3))), Some(3));
+    assert!(execute_in(&msg(&mut room, t1, 4, ready(3))).is_none());
     // Carol resumes within her presence window: the replay holds the commit that added
     // Dave and then the execute, in log order.
     let t2 = t0 + Duration::from_secs(5);
