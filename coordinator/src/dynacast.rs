@@ -214,13 +214,14 @@ impl Dynacast {
             .min()
     }
 
-    /// What the publisher of the tracks in `sessions` was told last, for each of them whose
-    /// state differs from the default (every layer on): sent again after it resumes.
+    /// What the publisher of the tracks in `sessions` was told last (or does by default),
+    /// for each of them: sent again after it resumes, since it may have missed a change
+    /// either way while its socket was down.
     pub(crate) fn current(&self, sessions: &[String]) -> Vec<Change> {
         let mut out: Vec<Change> = self
             .tracks
             .iter()
-            .filter(|(k, t)| sessions.contains(&k.session_id) && t.sent != Some(Layer::F))
+            .filter(|(k, _)| sessions.contains(&k.session_id))
             .map(|(k, t)| Change {
                 track: k.clone(),
                 max: t.sent,
