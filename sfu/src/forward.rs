@@ -765,14 +765,21 @@ impl Forwarder {
         fell
     }
 
-    /// The fraction lost a subscriber session reported for one of its legs (its latest receiver
-    /// report, from str0m's egress stats once a second). Returns whether the loss is heavy: then
-    /// select at once.
-    pub fn note_egress_loss(&mut self, session: SessionId, loss: f32, now: Instant) -> bool {
+    /// The fraction lost and the round-trip time a subscriber session reported for one of its
+    /// legs (its latest receiver report, from str0m's egress stats once a second). Returns whether
+    /// the loss is heavy: then select at once.
+    pub fn note_egress_report(
+        &mut self,
+        session: SessionId,
+        loss: Option<f32>,
+        rtt: Option<Duration>,
+        now: Instant,
+    ) -> bool {
+        tracing::trace!(%session, ?loss, ?rtt, "receiver report");
         self.selectors
             .entry(session)
             .or_default()
-            .note_loss(f64::from(loss), now)
+            .note_report(loss.map(f64::from), rtt, now)
     }
 
     /// Measured incoming bitrate of one layer of a track this shard has legs on.

@@ -256,6 +256,13 @@ impl LayerSelector {
         true
     }
 
+    /// A leg's receiver report: its fraction lost and the round-trip time. Returns whether the
+    /// loss is heavy (see [`LayerSelector::note_loss`]).
+    pub fn note_report(&mut self, loss: Option<f64>, rtt: Option<Duration>, now: Instant) -> bool {
+        let _ = rtt;
+        loss.is_some_and(|l| self.note_loss(l, now))
+    }
+
     /// The heavy loss still in memory, if any.
     fn heavy_loss(&self, now: Instant) -> Option<f64> {
         self.loss

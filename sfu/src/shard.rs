@@ -239,8 +239,8 @@ enum SessionEvent {
     Media(TrackId, Arc<MediaPacket>),
     KeyframeFromLeg(LegKey, KeyframeRequestKind),
     Estimate(u64),
-    /// Fraction lost on one leg, from the subscriber's latest receiver report.
-    EgressLoss(f32),
+    /// Fraction lost and round-trip time on one leg, from the subscriber's latest receiver report.
+    EgressReport(Option<f32>, Option<Duration>),
     Connected,
     /// The transport is connected again after an ICE restart.
     IceReconnected,
@@ -743,9 +743,9 @@ impl Shard {
                         self.select_layers(now, Some(id));
                     }
                 }
-                SessionEvent::EgressLoss(loss) => {
+                SessionEvent::EgressReport(loss, rtt) => {
                     let now = Instant::now();
-                    if self.forwarder.note_egress_loss(id, loss, now) {
+                    if self.forwarder.note_egress_report(id, loss, rtt, now) {
                         self.select_layers(now, Some(id));
                     }
                 }
@@ -1904,8 +1904,8 @@ fn drain_session(
                 Event::MediaEgressStats(s) => {
                     let (nacks, _) = session.egress_delta(s.mid, s.rid, s.nacks, s.plis + s.firs);
                     ctx.metrics.nacks.inc_by(nacks);
-                    if let Some(loss) = s.loss {
-                        events.push(SessionEvent::EgressLoss(loss));
+                    if s.loss.is_some() || s.rtt.is_some() {
+                        events.push(SessionEvent::EgressReport(s.loss, s.rtt));
                     }
                 }
                 _ => {}
