@@ -8,6 +8,7 @@ import { gridFor, speakerFor, ASPECT, GAP } from '../public/stage-layout.js';
 import { CallModel, initialState, reduce, stageOrder, tileKey } from '../public/call-model.js';
 import { controlFaces } from '../public/controls-view.js';
 import { TileStatus } from '../public/tile-status.js';
+import { TileWatcher } from '../public/tile-watch.js';
 
 describe('stage layout', () => {
   const W = 936;
@@ -198,5 +199,54 @@ describe('tile status recovers', () => {
     assert.equal(ts.update('k', { ...input(v1), paused: true }, 0).state, 'paused');
     const v2 = track({ packetsReceived: 20, framesDecoded: 10, decrypted: 10, workerFrames: 10 });
     assert.equal(ts.update('k', input(v2), 1000).state, 'decoding');
+  });
+});
+
+describe('tile watcher (the view side of the layer choice)', () => {
+  it('reports size, visibility, source aspect and page visibility; nothing after unwatch', () => {
+    const observers = {};
+    class FakeObserver {
+      constructor(cb) { this.cb = cb; this.targets = new Set(); }
+      observe(t) { this.targets.add(t); }
+      unobserve(t) { this.targets.delete(t); }
+      disconnect() { this.targets.clear(); }
+    }
+    const saved = [globalThis.ResizeObserver, globalThis.IntersectionObserver];
+    globalThis.ResizeObserver = class extends FakeObserver { constructor(cb) { super(cb); observers.resize = this; } };
+    globalThis.IntersectionObserver = class extends FakeObserver { constructor(cb) { super(cb); observers.intersect = this; } };
+    try {
+      const listeners = {};
+      const doc = { visibilityState: 'visible', addEventListener: (t, f) => { listeners[t] = f; }, removeEventListener: (t) => { delete listeners[t]; } };
+      const reports = [];
+      const hidden = [];
+      const w = new TileWatcher({ report: (k, g) => reports.push([k, g]), pageHidden: (h) => hidden.push(h), doc });
+      const videoListeners = {};
+      const video = {
+        videoWidth: 640, videoHeight: 480, getBoundingClientRect: () => ({ width: 464, height: 261 }),
+        addEventListener: (t, f) => { videoListeners[t] = f; }, removeEventListener: (t) => { delete videoListeners[t]; },
+      };
+      w.watch('7', video);
+      assert.deepEqual(reports.at(-1), ['7', { width: 464, height: 261, visible: true, aspect: 4 / 3, dpr: 1 }]);
+      observers.resize.cb([{ target: video, contentRect: { width: 861, height: 484 } }]);
+      assert.deepEqual(reports.at(-1)[1], { width: 861, height: 484, aspect: 4 / 3, dpr: 1 });
+      observers.intersect.cb([{ target: video, isIntersecting: false }]);
+      assert.equal(reports.at(-1)[1].visible, false);
+      video.videoWidth = 1280;
+      video.videoHeight = 720;
+      videoListeners.resize();
+      assert.equal(reports.at(-1)[1].aspect, 16 / 9);
+      doc.visibilityState = 'hidden';
+      listeners.visibilitychange();
+      assert.deepEqual(hidden, [true]);
+      const n = reports.length;
+      w.unwatch('7');
+      observers.resize.cb([{ target: video, contentRect: { width: 1, height: 1 } }]);
+      assert.equal(reports.length, n, 'an unwatched video reports nothing');
+      assert.equal(observers.resize.targets.size, 0);
+      w.close();
+      assert.equal(listeners.visibilitychange, undefined);
+    } finally {
+      [globalThis.ResizeObserver, globalThis.IntersectionObserver] = saved;
+    }
   });
 });
