@@ -23,6 +23,18 @@
 //!   committer when all of those have left the room or are rejoining (they announced a
 //!   KeyPackage under a new signature key). Removed members drop out of `older`, so a
 //!   member that is removed and re-added becomes the youngest.
+//! * **Away members are skipped.** The coordinator logs `away {id}` when a
+//!   participant's connection ends without a leave (a crashed page, a network loss)
+//!   and `back {id}` when it resumes; the snapshot at connect says who is away now
+//!   ([`Event::Roster`]). An away member does not count as an active older member, so
+//!   while the committer is away the next oldest commits (a join is not held up for
+//!   the away member's 15 s presence timeout). An away member is *not* removed from
+//!   the group: it resumes and catches up from the log, and its `left` ends it as
+//!   usual. A participant that reads `away` about itself (in its resume replay) does
+//!   not commit until its `back`, so at every log position all participants agree on
+//!   who the committer is. Safety does not rest on this: a committer that comes back
+//!   with a commit in flight loses the race for that epoch (the coordinator logs only
+//!   the first commit per epoch) and its commit is superseded.
 //! * Every participant tracks the pending work (KeyPackages in arrival order, departed
 //!   members), so a successor finishes what a departed committer started.
 //! * The committer commits as soon as there is work and no commit of its own is in
@@ -200,6 +212,8 @@ pub enum Event {
     Roster {
         /// Live participant ids.
         live: Vec<ParticipantId>,
+        /// Those of them whose connection is away (the snapshot's `away` flags).
+        away: Vec<ParticipantId>,
     },
     /// `joined {id}`.
     Joined {
@@ -214,6 +228,23 @@ pub enum Event {
         seq: u64,
         /// Who left.
         id: ParticipantId,
+    },
+    /// `away {id}`: `id`'s connection ended without a leave; it may resume.
+    Away {
+        /// Log position.
+        seq: u64,
+        /// Whose connection ended.
+        id: ParticipantId,
+    },
+    /// `back {id, from_seq}`: `id` resumed after an `away`; its replay started
+    /// after `from_seq` (the last entry it had processed on the connection that ended).
+    Back {
+        /// Log position.
+        seq: u64,
+        /// Who resumed.
+        id: ParticipantId,
+        /// The resume point: `id` had processed the log up to here.
+        from_seq: u64,
     },
     /// `creator {id, group_id}`.
     Creator {
@@ -261,6 +292,23 @@ pub enum Event {
         /// Whose KeyPackage.
         from: ParticipantId,
     },
+}
+
+impl Event {
+    /// The log position of a log entry event (`None` for the others).
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Event::Joined { seq, .. }
+            | Event::Left { seq, .. }
+            | Event::Away { seq, .. }
+            | Event::Back { seq, .. }
+            | Event::Creator { seq, .. }
+            | Event::KeyPackage { seq, .. }
+            | Event::CommitVoid { seq, .. }
+            | Event::Commit { seq, .. } => Some(*seq),
+            Event::Roster { .. } | Event::MlsFailure | Event::DropKeyPackage { .. } => None,
+        }
+    }
 }
 
 /// What the driver must do. Execute in order.
@@ -326,6 +374,8 @@ pub enum Action {
 struct InFlight {
     epoch: u64,
     sent_at: u64,
+    /// The last log position processed when it was built.
+    built_after: u64,
 }
 
 /// The designated-committer state machine of one participant.
@@ -335,6 +385,8 @@ pub struct Committer {
     key: KeyTag,
     config: Config,
     live: BTreeSet<ParticipantId>,
+    /// Live participants whose connection is away (`away` without a `back` yet).
+    away: BTreeSet<ParticipantId>,
     /// Unconsumed KeyPackages, one per participant, in arrival order.
     key_packages: Vec<PendingKeyPackage>,
     phase: Phase,
@@ -346,6 +398,8 @@ pub struct Committer {
     seen: BTreeSet<ParticipantId>,
     /// A commit failure reported for this epoch at this time, not resolved yet.
     reported: Option<(u64, u64)>,
+    /// The highest log position processed.
+    last_seq: u64,
 }
 
 impl Committer {
@@ -356,12 +410,14 @@ impl Committer {
             key,
             config,
             live: BTreeSet::new(),
+            away: BTreeSet::new(),
             key_packages: Vec::new(),
             phase: Phase::Joining { announced_at: None },
             in_flight: None,
             in_room: false,
             seen: [me].into_iter().collect(),
             reported: None,
+            last_seq: 0,
         }
     }
 
@@ -393,6 +449,11 @@ impl Committer {
         &self.live
     }
 
+    /// Live participants whose connection is away (logged `away`, no `back` yet).
+    pub fn away(&self) -> &BTreeSet<ParticipantId> {
+        &self.away
+    }
+
     /// Everybody seen join the room (including those that left since): the only
     /// participants an epoch may contain.
     pub fn seen(&self) -> &BTreeSet<ParticipantId> {
@@ -420,10 +481,15 @@ impl Committer {
         if self.is_terminal() {
             return out;
         }
+        if let Some(seq) = event.seq() {
+            self.last_seq = self.last_seq.max(seq);
+        }
         match event {
-            Event::Roster { live } => {
+            Event::Roster { live, away } => {
                 self.seen.extend(live.iter().copied());
                 self.live = live.into_iter().collect();
+                let live = &self.live;
+                self.away = away.into_iter().filter(|id| live.contains(id)).collect();
                 if self.live.contains(&self.me) {
                     self.in_room = true;
                 }
@@ -448,7 +514,28 @@ impl Committer {
                     return out;
                 }
                 self.live.remove(&id);
+                self.away.remove(&id);
                 self.key_packages.retain(|k| k.from != id);
+            }
+            Event::Away { id, .. } => {
+                if self.live.contains(&id) {
+                    self.away.insert(id);
+                }
+            }
+            Event::Back { id, from_seq, .. } => {
+                self.away.remove(&id);
+                if id == self.me
+                    && let Some(f) = self.in_flight
+                    && f.built_after <= from_seq
+                {
+                    // Built before my connection ended and not in the log before my
+                    // `away` (everything the coordinator received from that
+                    // connection is logged before it): it was lost with the
+                    // connection (or refused). Commit again now instead of waiting
+                    // for the commit timeout.
+                    self.in_flight = None;
+                    out.push(Action::DiscardCommit);
+                }
             }
             Event::Creator { id, group_id, .. } => {
                 self.key_packages.clear();
@@ -567,12 +654,14 @@ impl Committer {
         }
     }
 
-    /// Whether `id` is a member that still acts as one: in the room, and not
-    /// rejoining under a new key.
+    /// Whether `id` is a member that still acts as one: in the room with its
+    /// connection up (not away), and not rejoining under a new key.
     fn is_active_member(&self, g: &GroupView, id: ParticipantId) -> bool {
         match g.members.get(&id) {
             None => false,
-            Some(key) => self.live.contains(&id) && !self.is_rejoining(id, *key),
+            Some(key) => {
+                self.live.contains(&id) && !self.away.contains(&id) && !self.is_rejoining(id, *key)
+            }
         }
     }
 
@@ -619,7 +708,11 @@ impl Committer {
                 }
             }
             Phase::Member(g) => {
-                if self.in_flight.is_some() || self.reported.is_some() || !self.is_committer() {
+                if self.in_flight.is_some()
+                    || self.reported.is_some()
+                    || self.away.contains(&self.me)
+                    || !self.is_committer()
+                {
                     return;
                 }
                 let epoch = g.epoch;
@@ -646,6 +739,7 @@ impl Committer {
                 self.in_flight = Some(InFlight {
                     epoch,
                     sent_at: now,
+                    built_after: self.last_seq,
                 });
                 out.push(action);
             }
@@ -839,7 +933,13 @@ mod tests {
     #[test]
     fn successor_takes_over_and_removes_in_one_batch() {
         let mut b = c(2);
-        b.handle(0, Event::Roster { live: vec![1, 3] });
+        b.handle(
+            0,
+            Event::Roster {
+                live: vec![1, 3],
+                away: vec![],
+            },
+        );
         b.handle(0, Event::Joined { seq: 5, id: 2 });
         let mut members = BTreeMap::new();
         members.insert(1, KeyTag(100));
@@ -956,7 +1056,7 @@ mod tests {
         let mut c = c(me);
         let mut live = others.to_vec();
         live.push(me);
-        c.handle(0, Event::Roster { live });
+        c.handle(0, Event::Roster { live, away: vec![] });
         let mut members = BTreeMap::new();
         for id in others.iter().chain([&me]) {
             members.insert(*id, KeyTag(*id * 100));
@@ -1180,7 +1280,13 @@ mod tests {
     #[test]
     fn seen_keeps_departed_participants() {
         let mut a = c(1);
-        a.handle(0, Event::Roster { live: vec![5, 6] });
+        a.handle(
+            0,
+            Event::Roster {
+                live: vec![5, 6],
+                away: vec![],
+            },
+        );
         a.handle(0, Event::Joined { seq: 1, id: 1 });
         a.handle(0, Event::Joined { seq: 2, id: 7 });
         a.handle(0, Event::Left { seq: 3, id: 6 });
@@ -1300,6 +1406,174 @@ mod tests {
         assert_eq!(out, vec![Action::ReportCommitFailed { epoch: 3 }]);
         assert!(b.tick(100 + 4_999).is_empty());
         assert_eq!(b.tick(100 + 5_000), vec![Action::ResetIdentity]);
+    }
+
+    #[test]
+    fn an_away_committer_is_skipped_not_removed() {
+        // 2 was welcomed with 1 in the group, 3 with 1 and 2: 1 is the committer.
+        let mut b = member_at(2, &[1], 4);
+        let mut c3 = member_at(3, &[1, 2], 4);
+        assert!(!b.is_committer() && !c3.is_committer());
+        // 1's socket ends without a leave: 2 (the next oldest) takes over, 3 does not.
+        assert!(b.handle(0, Event::Away { seq: 2, id: 1 }).is_empty());
+        assert!(c3.handle(0, Event::Away { seq: 2, id: 1 }).is_empty());
+        assert!(b.is_committer());
+        assert!(!c3.is_committer(), "2 is older and connected");
+        assert_eq!(b.away().iter().copied().collect::<Vec<_>>(), vec![1]);
+        // A joiner's KeyPackage is committed at once by 2, and the away 1 is not
+        // removed (it resumes and catches up from the log).
+        b.handle(0, Event::Joined { seq: 3, id: 4 });
+        c3.handle(0, Event::Joined { seq: 3, id: 4 });
+        let out = b.handle(0, kp(4, 4));
+        assert_eq!(
+            out,
+            vec![Action::Commit {
+                epoch: 4,
+                adds: vec![pending(4, 4)],
+                removes: vec![]
+            }]
+        );
+        assert!(c3.handle(0, kp(4, 4)).is_empty());
+        // 1 comes back: it is the committer again, 2 is not.
+        b.handle(
+            0,
+            Event::Commit {
+                seq: 5,
+                from: 2,
+                outcome: CommitOutcome::Applied {
+                    epoch: 5,
+                    adds: vec![(4, KeyTag(400))],
+                    removes: vec![],
+                },
+            },
+        );
+        b.handle(
+            0,
+            Event::Back {
+                seq: 6,
+                id: 1,
+                from_seq: 1,
+            },
+        );
+        assert!(!b.is_committer());
+        assert!(b.away().is_empty());
+        // Its `left` ends it for good: the removal follows.
+        b.handle(0, Event::Away { seq: 7, id: 1 });
+        let out = b.handle(0, Event::Left { seq: 8, id: 1 });
+        assert_eq!(
+            out,
+            vec![Action::Commit {
+                epoch: 5,
+                adds: vec![],
+                removes: vec![1]
+            }]
+        );
+        assert!(b.away().is_empty(), "left clears away");
+        // An away participant never listed live is not tracked.
+        b.handle(0, Event::Away { seq: 9, id: 77 });
+        assert!(b.away().is_empty());
+    }
+
+    #[test]
+    fn an_away_participant_does_not_commit_until_back_and_roster_carries_away() {
+        // 1 is the oldest; it reads its own `away` in its resume replay: whatever
+        // arrives until its `back` is the next oldest's to commit.
+        let mut a = member_at(1, &[], 2);
+        a.handle(0, Event::Joined { seq: 2, id: 2 });
+        a.handle(0, Event::Away { seq: 3, id: 1 });
+        a.handle(0, Event::Joined { seq: 4, id: 3 });
+        assert!(a.handle(0, kp(5, 3)).is_empty(), "away: not committing");
+        let out = a.handle(
+            0,
+            Event::Back {
+                seq: 6,
+                id: 1,
+                from_seq: 1,
+            },
+        );
+        assert_eq!(
+            out,
+            vec![Action::Commit {
+                epoch: 2,
+                adds: vec![pending(5, 3)],
+                removes: vec![]
+            }]
+        );
+
+        // A commit built before my connection ended and not logged before my `away`
+        // was lost with it: on my `back` it is discarded and built again at once.
+        let commit = Action::Commit {
+            epoch: 2,
+            adds: vec![pending(3, 2)],
+            removes: vec![],
+        };
+        let mut a = member_at(1, &[], 2);
+        a.handle(0, Event::Joined { seq: 2, id: 2 });
+        assert_eq!(a.handle(0, kp(3, 2)), vec![commit.clone()]);
+        a.handle(0, Event::Away { seq: 4, id: 1 });
+        let back = Event::Back {
+            seq: 5,
+            id: 1,
+            from_seq: 3,
+        };
+        assert_eq!(
+            a.handle(0, back.clone()),
+            vec![Action::DiscardCommit, commit.clone()]
+        );
+        // One built during the resume replay (after the resume point) went out on the
+        // new connection: it stays in flight.
+        let mut a = member_at(1, &[], 2);
+        a.handle(0, Event::Joined { seq: 2, id: 2 });
+        a.handle(0, kp(3, 2));
+        let back = Event::Back {
+            seq: 5,
+            id: 1,
+            from_seq: 2,
+        };
+        a.handle(0, Event::Away { seq: 4, id: 1 });
+        assert!(a.handle(0, back).is_empty());
+        assert!(a.commit_in_flight());
+
+        // A joiner whose snapshot says 1 is away: welcomed by 2 with 1 older than it,
+        // it sees 2 as committer, not 1; the away flag of somebody not live is ignored.
+        let mut d = c(4);
+        d.handle(
+            0,
+            Event::Roster {
+                live: vec![1, 2],
+                away: vec![1, 9],
+            },
+        );
+        assert_eq!(d.away().iter().copied().collect::<Vec<_>>(), vec![1]);
+        let mut members = BTreeMap::new();
+        for id in [1, 2, 4] {
+            members.insert(id, KeyTag(id * 100));
+        }
+        d.handle(0, Event::Joined { seq: 5, id: 4 });
+        d.handle(
+            0,
+            Event::Commit {
+                seq: 6,
+                from: 2,
+                outcome: CommitOutcome::Welcomed {
+                    group_id: vec![1],
+                    epoch: 3,
+                    members,
+                },
+            },
+        );
+        assert!(!d.is_committer(), "2 is older and connected");
+        d.handle(0, Event::Left { seq: 7, id: 2 });
+        assert!(d.is_committer(), "1 is away, 2 left");
+        d.handle(
+            0,
+            Event::Back {
+                seq: 8,
+                id: 1,
+                from_seq: 1,
+            },
+        );
+        assert!(!d.is_committer(), "1 is back");
     }
 
     #[test]

@@ -277,17 +277,41 @@ impl Member {
     /// `joined` is entry `seq + 1`). Call before feeding entries; entries up to
     /// `seq` are then ignored as already covered by the snapshot.
     pub fn handle_welcome(&mut self, now: Duration, seq: u64, live: &[ParticipantId]) {
+        self.handle_snapshot(now, seq, live, &[]);
+    }
+
+    /// [`Member::handle_welcome`] with the snapshot's away participants (those
+    /// flagged `away`: their connection ended and they may resume; the designated
+    /// committer skips them).
+    pub fn handle_snapshot(
+        &mut self,
+        now: Duration,
+        seq: u64,
+        live: &[ParticipantId],
+        away: &[ParticipantId],
+    ) {
         self.last_seq = self.last_seq.max(seq);
-        self.handle_roster(now, live);
+        self.handle_roster_away(now, live, away);
     }
 
     /// The room's live participants as of the connection's first log position
     /// (the coordinator's snapshot). Call before feeding entries. Prefer
     /// [`Member::handle_welcome`], which also records the snapshot's `seq`.
     pub fn handle_roster(&mut self, now: Duration, live: &[ParticipantId]) {
+        self.handle_roster_away(now, live, &[]);
+    }
+
+    /// [`Member::handle_roster`] with the snapshot's away participants.
+    pub fn handle_roster_away(
+        &mut self,
+        now: Duration,
+        live: &[ParticipantId],
+        away: &[ParticipantId],
+    ) {
         let live = live.to_vec();
         self.key_packages.retain(|id, _| live.contains(id));
-        let actions = self.committer.handle(ms(now), Event::Roster { live });
+        let away = away.to_vec();
+        let actions = self.committer.handle(ms(now), Event::Roster { live, away });
         self.run(now, actions);
     }
 
@@ -313,6 +337,10 @@ impl Member {
             Entry::Left { seq, id } => {
                 self.key_packages.remove(&id);
                 self.committer.handle(t, Event::Left { seq, id })
+            }
+            Entry::Away { seq, id } => self.committer.handle(t, Event::Away { seq, id }),
+            Entry::Back { seq, id, from_seq } => {
+                self.committer.handle(t, Event::Back { seq, id, from_seq })
             }
             Entry::Creator { seq, id, group_id } => {
                 self.key_packages.clear();

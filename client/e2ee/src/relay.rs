@@ -6,7 +6,7 @@
 //! KeyPackage `MLSMessage`. Kind 2 (Commit): payload is
 //! `u32 BE commit_len ‖ commit MLSMessage ‖ welcome MLSMessage (may be empty)`.
 //!
-//! The JSON entries (`joined`, `left`, `creator`, `execute`, `commit_void`) are decoded by the
+//! The JSON entries (`joined`, `left`, `away`, `back`, `creator`, `execute`, `commit_void`) are decoded by the
 //! driver from the coordinator's JSON protocol and handed over as [`Entry`] values.
 //! Decoding never panics; every malformed frame is a [`RelayError`].
 
@@ -210,6 +210,23 @@ pub enum Entry {
         /// Who left.
         id: u64,
     },
+    /// `away {id}`: `id`'s connection ended without a leave (it may resume).
+    Away {
+        /// Log position.
+        seq: u64,
+        /// Whose connection ended.
+        id: u64,
+    },
+    /// `back {id, from_seq}`: `id` resumed after an `away`, replaying the log after
+    /// `from_seq`.
+    Back {
+        /// Log position.
+        seq: u64,
+        /// Who resumed.
+        id: u64,
+        /// Its resume point.
+        from_seq: u64,
+    },
     /// `creator {id, group_id}` (group id decoded from hex by the driver).
     Creator {
         /// Log position.
@@ -264,6 +281,8 @@ impl Entry {
         match self {
             Entry::Joined { seq, .. }
             | Entry::Left { seq, .. }
+            | Entry::Away { seq, .. }
+            | Entry::Back { seq, .. }
             | Entry::Creator { seq, .. }
             | Entry::KeyPackage { seq, .. }
             | Entry::Commit { seq, .. }

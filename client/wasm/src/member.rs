@@ -23,6 +23,15 @@ enum LogEntry {
         seq: u64,
         id: u64,
     },
+    Away {
+        seq: u64,
+        id: u64,
+    },
+    Back {
+        seq: u64,
+        id: u64,
+        from_seq: u64,
+    },
     Creator {
         seq: u64,
         id: u64,
@@ -68,6 +77,9 @@ struct Snapshot {
 #[derive(Debug, Deserialize)]
 struct RosterEntry {
     id: u64,
+    /// The participant's connection ended and it may resume (`away` in the snapshot).
+    #[serde(default)]
+    away: bool,
 }
 
 /// One member of the current epoch, as the UI lists it.
@@ -161,7 +173,14 @@ impl GroupMember {
         match serde_json::from_str::<Welcome>(welcome_json) {
             Ok(w) => {
                 let live: Vec<u64> = w.snapshot.participants.iter().map(|p| p.id).collect();
-                self.member.handle_roster(millis(now_ms), &live);
+                let away: Vec<u64> = w
+                    .snapshot
+                    .participants
+                    .iter()
+                    .filter(|p| p.away)
+                    .map(|p| p.id)
+                    .collect();
+                self.member.handle_roster_away(millis(now_ms), &live, &away);
             }
             Err(e) => self.bad_input(format!("welcome: {e}")),
         }
@@ -169,7 +188,8 @@ impl GroupMember {
     }
 
     /// One JSON log entry (`{"seq":N,"type":...}`); types other than
-    /// `joined`, `left`, `creator`, `execute` and `commit_void` are ignored.
+    /// `joined`, `left`, `away`, `back`, `creator`, `execute` and `commit_void`
+    /// are ignored.
     pub fn on_event(&mut self, entry_json: &str, now_ms: f64) {
         match parse_entry(entry_json) {
             Ok(Some(entry)) => self.member.handle_entry(millis(now_ms), entry),
@@ -433,6 +453,8 @@ fn parse_entry(json: &str) -> Result<Option<Entry>, String> {
     Ok(match entry {
         LogEntry::Joined { seq, id } => Some(Entry::Joined { seq, id }),
         LogEntry::Left { seq, id } => Some(Entry::Left { seq, id }),
+        LogEntry::Away { seq, id } => Some(Entry::Away { seq, id }),
+        LogEntry::Back { seq, id, from_seq } => Some(Entry::Back { seq, id, from_seq }),
         LogEntry::Creator { seq, id, group_id } => {
             let group_id = hex::decode(&group_id).map_err(|e| format!("creator group_id: {e}"))?;
             Some(Entry::Creator { seq, id, group_id })
@@ -459,6 +481,18 @@ mod tests {
                 r#"{"seq":3,"type":"joined","id":2,"name":"x","joined_at_ms":1,"host":false}"#
             ),
             Ok(Some(Entry::Joined { seq: 3, id: 2 }))
+        );
+        assert_eq!(
+            parse_entry(r#"{"seq":5,"type":"away","id":2}"#),
+            Ok(Some(Entry::Away { seq: 5, id: 2 }))
+        );
+        assert_eq!(
+            parse_entry(r#"{"seq":6,"type":"back","id":2,"from_seq":3}"#),
+            Ok(Some(Entry::Back {
+                seq: 6,
+                id: 2,
+                from_seq: 3
+            }))
         );
         assert_eq!(
             parse_entry(r#"{"seq":4,"type":"creator","id":1,"group_id":"0aff"}"#),
@@ -710,6 +744,27 @@ mod tests {
         assert_eq!(a["phase"], "member");
         assert_eq!(a["members"].as_array().map(Vec::len), Some(3));
         assert_eq!(a["alarm"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn the_snapshot_and_entries_say_who_is_away() {
+        let mut m = GroupMember::try_new(3.0, &[3; 32], "Carol").unwrap();
+        m.on_welcome(
+            r#"{"snapshot":{"participants":[{"id":1,"away":true},{"id":2,"away":false}]}}"#,
+            at(0),
+        );
+        let away = |m: &GroupMember| {
+            m.member
+                .committer()
+                .away()
+                .iter()
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(away(&m), vec![1]);
+        m.on_event(r#"{"seq":5,"type":"back","id":1,"from_seq":0}"#, at(1));
+        m.on_event(r#"{"seq":6,"type":"away","id":2}"#, at(2));
+        assert_eq!(away(&m), vec![2]);
     }
 
     #[test]
