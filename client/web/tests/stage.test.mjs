@@ -241,6 +241,12 @@ describe('the stage: layout, speaker view, active speaker, controls', { timeout:
     const screenKey = `${keyOf(a)}:screen`;
     await waitFor('Ben to get Ann\'s screen tile', () => b.evaluate((k) => Boolean(document.querySelector(`[data-key="${k}"]`)), screenKey), { timeout: 20000 });
     assert.equal(await b.evaluate((k) => document.querySelector(`[data-key="${k}"] .muted-cam`).hidden, screenKey), true, 'a screen tile never says "camera off"');
+    await waitFor('Ben\'s screen tile to say "decoding"', async () => {
+      const st = await b.evaluate(() => window.satsuma.stats());
+      const r = st.remote.find((x) => x.kind === 'screenshare');
+      const pill = await b.evaluate((k) => document.querySelector(`[data-key="${k}"] .label .pill:last-child`)?.textContent ?? '', screenKey);
+      return r?.tile === 'decoding' && r.framesDecoded > 0 && pill.startsWith('decoding');
+    }, { timeout: 20000 });
     await b.click('#toggle-layout');
     await waitFor('Ben\'s speaker view to show the screen large', async () => {
       const g = await geometry(b);
