@@ -379,6 +379,10 @@ pub struct ParticipantInfo {
     /// The video codecs it decodes (its `codecs` message); absent until it said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub codecs: Option<Vec<String>>,
+    /// Its connection ended without a leave and it has not resumed (the latest of its
+    /// `away`/`back` entries is `away`).
+    #[serde(default)]
+    pub away: bool,
 }
 
 /// The MLS group the room currently relays for.
@@ -541,6 +545,19 @@ pub enum RoomEvent {
         /// Why.
         reason: LeaveReason,
     },
+    /// `id`'s connection ended without a leave: it stays for its presence timeout and
+    /// may resume (the designated committer skips it meanwhile).
+    Away {
+        /// Participant id.
+        id: u64,
+    },
+    /// `id` resumed after an `away`; its replay starts after `from_seq`.
+    Back {
+        /// Participant id.
+        id: u64,
+        /// The `last_seq` of its resume: the last entry it had processed.
+        from_seq: u64,
+    },
     /// `id` creates MLS group `group_id` at epoch 0.
     Creator {
         /// Participant id.
@@ -648,6 +665,8 @@ impl RoomEvent {
         match self {
             Self::Joined { .. } => "joined",
             Self::Left { .. } => "left",
+            Self::Away { .. } => "away",
+            Self::Back { .. } => "back",
             Self::Creator { .. } => "creator",
             Self::Execute { .. } => "execute",
             Self::CommitVoid { .. } => "commit_void",

@@ -334,6 +334,11 @@ struct Participant {
     /// room for its presence timeout and may resume; meanwhile `execute` does not wait for
     /// its `ready` and it is not named creator while a connected participant exists.
     connected: bool,
+    /// Whether its latest `away`/`back` entry is `away` (what clients were told; an
+    /// `away` over the bound is not logged, see [`AWAY_ENTRIES_PER_WINDOW`]).
+    away: bool,
+    /// When its recent `away` entries were logged (at most [`AWAY_ENTRIES_PER_WINDOW`]).
+    aways: VecDeque<Instant>,
     sfu_sessions: Vec<String>,
     /// SFU session creations under way (reserved against the cap before the SFU is asked).
     sfu_pending: usize,
@@ -356,9 +361,19 @@ impl Participant {
             hand_raised: self.hand_raised,
             speaking: self.speaking,
             codecs: self.codecs.clone(),
+            away: self.away,
         }
     }
 }
+
+/// At most this many `away` entries per participant within [`AWAY_WINDOW`]: a client
+/// that reconnects in a loop cannot flood the log (and every member) with presence
+/// entries. A disconnect beyond it is not logged (nor is the matching resume): the
+/// participant then still counts as present for the designated committer, as before
+/// `away` existed, while `execute` still stops waiting for it.
+pub const AWAY_ENTRIES_PER_WINDOW: usize = 6;
+/// The window of [`AWAY_ENTRIES_PER_WINDOW`].
+pub const AWAY_WINDOW: Duration = Duration::from_secs(60);
 
 /// The MLS group the room relays for.
 #[derive(Debug, Clone)]
@@ -624,6 +639,8 @@ impl Room {
             resume_token: req.resume_token,
             last_seen: now,
             connected: true,
+            away: false,
+            aways: VecDeque::new(),
             sfu_sessions: Vec::new(),
             sfu_pending: 0,
             tracks: Vec::new(),
@@ -672,9 +689,11 @@ impl Room {
                 oldest: self.trimmed_upto + 1,
             });
         }
+        let mut back = false;
         if let Some(p) = self.participants.get_mut(&id) {
             p.last_seen = now;
             p.connected = true;
+            back = std::mem::take(&mut p.away);
         }
         self.outputs.push_back(Output::Reply {
             to: id,
@@ -695,6 +714,13 @@ impl Room {
             self.outputs.push_back(Output::Deliver {
                 to: id,
                 entry: entry.clone(),
+            });
+        }
+        if back {
+            // After the replay's outputs: the resumed connection gets it after them.
+            self.append_event(RoomEvent::Back {
+                id,
+                from_seq: last_seq,
             });
         }
         Ok(())
@@ -880,7 +906,9 @@ impl Room {
     /// The connection of `id` ended (its socket is gone; not a leave). The participant stays
     /// for its presence timeout and may resume, but until it does, a pending `execute` no
     /// longer waits for its `ready`: it replays the commit and the `execute` from the log when
-    /// it resumes (`docs/e2ee-relay.md`, Ready / execute). No entry is logged.
+    /// it resumes (`docs/e2ee-relay.md`, Ready / execute). Logs `away {id}` (so the
+    /// designated committer passes over it until its `back`), at most
+    /// [`AWAY_ENTRIES_PER_WINDOW`] times per [`AWAY_WINDOW`].
     pub fn disconnect(&mut self, now: Instant, id: u64) {
         self.now = Some(now);
         let Some(p) = self.participants.get_mut(&id) else {
@@ -890,6 +918,14 @@ impl Room {
             return;
         }
         p.connected = false;
+        while p.aways.front().is_some_and(|t| now >= *t + AWAY_WINDOW) {
+            p.aways.pop_front();
+        }
+        if !p.away && p.aways.len() < AWAY_ENTRIES_PER_WINDOW {
+            p.aways.push_back(now);
+            p.away = true;
+            self.append_event(RoomEvent::Away { id });
+        }
         self.check_execute();
     }
 
@@ -1804,6 +1840,8 @@ impl Room {
 /// What a state entry sets: a later entry with the same key supersedes it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum StateKey {
+    /// `away` / `back`.
+    Presence(u64),
     Hand(u64),
     Speaking(u64),
     Codecs(u64),
@@ -1813,8 +1851,8 @@ enum StateKey {
     Cap,
 }
 
-/// The state an entry sets, if it is a state entry (hand, speaking, track enabled, muted,
-/// locked, cap); `None` for entries every resume needs.
+/// The state an entry sets, if it is a state entry (away/back, hand, speaking, codecs,
+/// track enabled, muted, locked, cap); `None` for entries every resume needs.
 fn state_key(e: &Entry) -> Option<StateKey> {
     let EntryBody::Event(event) = &e.body else {
         return None;
@@ -1824,6 +1862,7 @@ fn state_key(e: &Entry) -> Option<StateKey> {
         return None;
     }
     Some(match event {
+        RoomEvent::Away { id } | RoomEvent::Back { id, .. } => StateKey::Presence(*id),
         RoomEvent::Hand { id, .. } => StateKey::Hand(*id),
         RoomEvent::Speaking { id, .. } => StateKey::Speaking(*id),
         RoomEvent::Codecs { id, .. } => StateKey::Codecs(*id),
@@ -1853,6 +1892,8 @@ fn event_owner(event: &RoomEvent) -> Option<u64> {
         }
         RoomEvent::Joined { .. }
         | RoomEvent::Left { .. }
+        | RoomEvent::Away { .. }
+        | RoomEvent::Back { .. }
         | RoomEvent::Creator { .. }
         | RoomEvent::Execute { .. }
         | RoomEvent::CommitVoid { .. }
@@ -1866,6 +1907,8 @@ fn event_subjects(event: &RoomEvent) -> Vec<u64> {
     match event {
         RoomEvent::Joined { id, .. }
         | RoomEvent::Left { id, .. }
+        | RoomEvent::Away { id }
+        | RoomEvent::Back { id, .. }
         | RoomEvent::Session { id, .. }
         | RoomEvent::Published { id, .. }
         | RoomEvent::Unpublished { id, .. }

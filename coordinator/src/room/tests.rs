@@ -504,9 +504,15 @@ fn execute_in(out: &[Output]) -> Option<u64> {
 fn a_member_whose_socket_dropped_is_not_waited_for() {
     let t0 = Instant::now();
     let (mut room, gid) = three_members(t0);
-    // Carol's socket drops: she stays in the room (resume window), no entry is logged.
+    // Carol's socket drops: she stays in the room (resume window); `away` is logged.
     room.disconnect(t0, 3);
-    assert!(drain(&mut room).is_empty());
+    assert_eq!(
+        events(&drain(&mut room))
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect::<Vec<_>>(),
+        vec![RoomEvent::Away { id: 3 }]
+    );
     assert!(room.contains(3) && !room.is_connected(3) && is_member(&room, 3));
     // A commit: Alice and Bob report ready; Carol is not waited for.
     let t1 = t0 + Duration::from_millis(100);
@@ -529,6 +535,117 @@ fn a_member_whose_socket_dropped_is_not_waited_for() {
     // Unknown participants are ignored.
     room.disconnect(t2, 99);
     assert!(drain(&mut room).is_empty());
+}
+
+/// The `away`/`back` entries of participant `id` among `out`'s broadcasts.
+fn presence(out: &[Output]) -> Vec<RoomEvent> {
+    events(out)
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(|e| matches!(e, RoomEvent::Away { .. } | RoomEvent::Back { .. }))
+        .collect()
+}
+
+#[test]
+fn away_and_back_are_logged_in_order_and_in_the_snapshot() {
+    let t0 = Instant::now();
+    let (mut room, _) = three_members(t0);
+    let carol_seen = room.seq();
+    room.disconnect(t0, 3);
+    let out = drain(&mut room);
+    assert_eq!(presence(&out), vec![RoomEvent::Away { id: 3 }]);
+    // A joiner's snapshot says who is away now, agreeing with the log it follows.
+    let snap = room.snapshot();
+    let away: Vec<(u64, bool)> = snap.participants.iter().map(|p| (p.id, p.away)).collect();
+    assert_eq!(away, vec![(1, false), (2, false), (3, true)]);
+    let json = serde_json::to_value(&snap).unwrap();
+    assert_eq!(json["participants"][2]["away"], serde_json::json!(true));
+    assert_eq!(json["participants"][0]["away"], serde_json::json!(false));
+    room.join(t0, req("dave")).unwrap();
+    let out = drain(&mut room);
+    match &out[0] {
+        Output::Reply {
+            msg: ServerMessage::Welcome { snapshot, .. },
+            ..
+        } => assert!(snapshot.participants.iter().any(|p| p.id == 3 && p.away)),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    // Carol resumes: `back` (with her resume point) is logged after her replay, so her
+    // new connection gets it after the entries she missed, like everybody else.
+    let t1 = t0 + Duration::from_secs(3);
+    room.resume(t1, 3, "tok-carol", carol_seen).unwrap();
+    let out = drain(&mut room);
+    let back = out
+        .iter()
+        .position(|o| {
+            matches!(o, Output::Broadcast(e)
+                if matches!(e.body, EntryBody::Event(RoomEvent::Back { id: 3, from_seq }) if from_seq == carol_seen))
+        })
+        .expect("back is logged");
+    let last_replayed = out
+        .iter()
+        .rposition(|o| matches!(o, Output::Deliver { to: 3, .. }))
+        .expect("a replay");
+    assert!(last_replayed < back, "{out:?}");
+    assert!(!room.snapshot().participants.iter().any(|p| p.away));
+    // A resume that replaces a connection the room still held (it never saw the old
+    // one end) logs nothing; nor does a second disconnect.
+    room.resume(t1, 3, "tok-carol", room.seq()).unwrap();
+    assert!(presence(&drain(&mut room)).is_empty());
+    room.disconnect(t1, 2);
+    room.disconnect(t1, 2);
+    assert_eq!(presence(&drain(&mut room)), vec![RoomEvent::Away { id: 2 }]);
+    // A presence timeout while away: `left` as before, and the snapshot forgets it.
+    room.handle_timeout(t1 + Duration::from_secs(15));
+    let out = drain(&mut room);
+    assert!(
+        events(&out)
+            .iter()
+            .any(|(_, e)| matches!(e, RoomEvent::Left { id: 2, .. }))
+    );
+    assert!(!room.contains(2));
+}
+
+#[test]
+fn a_flapping_connection_logs_a_bounded_number_of_presence_entries() {
+    let t0 = Instant::now();
+    let (mut room, _) = three_members(t0);
+    drain(&mut room);
+    // Carol reconnects in a loop: at most AWAY_ENTRIES_PER_WINDOW away/back pairs per window.
+    for i in 0..40u64 {
+        let t = t0 + Duration::from_millis(i * 10);
+        room.disconnect(t, 3);
+        room.resume(t, 3, "tok-carol", room.seq()).unwrap();
+    }
+    let logged = presence(&drain(&mut room));
+    assert_eq!(logged.len(), 2 * AWAY_ENTRIES_PER_WINDOW, "{logged:?}");
+    assert!(matches!(logged.last(), Some(RoomEvent::Back { id: 3, .. })));
+    // An unlogged disconnect: the snapshot does not call her away (it agrees with the
+    // log), but execute still does not wait for her.
+    let t1 = t0 + Duration::from_secs(1);
+    room.disconnect(t1, 3);
+    assert!(presence(&drain(&mut room)).is_empty());
+    assert!(!room.is_connected(3));
+    assert!(!room.snapshot().participants.iter().any(|p| p.away));
+    room.resume(t1, 3, "tok-carol", room.seq()).unwrap();
+    assert!(presence(&drain(&mut room)).is_empty());
+    // A window later, away is logged again.
+    let t2 = t0 + AWAY_WINDOW + Duration::from_secs(1);
+    room.disconnect(t2, 3);
+    assert_eq!(presence(&drain(&mut room)), vec![RoomEvent::Away { id: 3 }]);
+    // The presence entries supersede each other: once the log is full only the latest
+    // stays (the compaction drops the others first).
+    let retained = room
+        .log
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.body,
+                EntryBody::Event(RoomEvent::Away { .. } | RoomEvent::Back { .. })
+            )
+        })
+        .count();
+    assert_eq!(room.superseded.len(), retained - 1);
 }
 
 #[test]
@@ -2006,6 +2123,8 @@ enum BudgetOp {
     KeyPackage(usize, u8, usize),
     Session(usize),
     MuteSelf(usize),
+    /// The participant's socket drops, and it resumes at once if `true`.
+    Flap(usize, bool),
 }
 
 fn budget_op() -> impl Strategy<Value = BudgetOp> {
@@ -2017,6 +2136,7 @@ fn budget_op() -> impl Strategy<Value = BudgetOp> {
         3 => (0usize..6, any::<u8>(), 1usize..600).prop_map(|(w, t, n)| BudgetOp::KeyPackage(w, t, n)),
         2 => (0usize..6).prop_map(BudgetOp::Session),
         1 => (0usize..6).prop_map(BudgetOp::MuteSelf),
+        2 => (0usize..6, any::<bool>()).prop_map(|(w, r)| BudgetOp::Flap(w, r)),
     ]
 }
 
@@ -2035,6 +2155,9 @@ fn superseded_in(e: &Entry, all: &[Arc<Entry>]) -> bool {
     let key = |x: &Entry| -> Option<String> {
         match &x.body {
             EntryBody::Event(RoomEvent::Hand { id, .. }) => Some(format!("hand {id}")),
+            EntryBody::Event(RoomEvent::Away { id } | RoomEvent::Back { id, .. }) => {
+                Some(format!("presence {id}"))
+            }
             EntryBody::Event(RoomEvent::Speaking { id, .. }) => Some(format!("speaking {id}")),
             EntryBody::Event(RoomEvent::Muted { id, kind, .. }) => {
                 Some(format!("muted {id} {kind:?}"))
@@ -2106,6 +2229,15 @@ proptest! {
                 BudgetOp::MuteSelf(i) => {
                     if let Some(id) = pick(i) {
                         room.handle(now, id, Input::Message(ClientMessage::Mute { target: id, kind: TrackKind::Audio }));
+                    }
+                }
+                BudgetOp::Flap(i, resume) => {
+                    if let Some(id) = pick(i) {
+                        room.disconnect(now, id);
+                        if resume {
+                            let token = room.participants[&id].resume_token.clone();
+                            let _ = room.resume(now, id, &token, room.seq());
+                        }
                     }
                 }
             }
