@@ -765,6 +765,23 @@ impl Forwarder {
         fell
     }
 
+    /// A subscriber session's once-a-second transport report: str0m's latest unsmoothed estimate
+    /// and the egress loss over the last second (transport-wide feedback). Returns whether to
+    /// select at once (the estimate fell, or the loss is heavy).
+    pub fn note_peer_report(
+        &mut self,
+        session: SessionId,
+        estimate: Option<u64>,
+        loss: Option<f32>,
+        now: Instant,
+    ) -> bool {
+        tracing::trace!(%session, ?estimate, ?loss, "transport report");
+        let selector = self.selectors.entry(session).or_default();
+        let fell = estimate.is_some_and(|e| selector.set_raw_estimate(e, now));
+        let heavy = loss.is_some_and(|l| selector.note_loss(f64::from(l), now));
+        fell || heavy
+    }
+
     /// The fraction lost and the round-trip time a subscriber session reported for one of its
     /// legs (its latest receiver report, from str0m's egress stats once a second). Returns whether
     /// the loss is heavy: then select at once.

@@ -38,9 +38,15 @@
 //!   bottleneck does, within a few seconds (a 20 % shortfall in about 2 s).
 //! * A **severe** shortfall goes down at once: when the link carried less than [`SEVERE`] of the
 //!   allocation (an estimate below 0.85 x 0.6 of it) no blip explains it.
+//! * **Which estimate**: str0m's estimate event is an average of its estimates over the last 3 s,
+//!   so a drop shows up only as the older values leave the window (measured: a 300 kbit/s link
+//!   under 650 kbit/s of media showed in the event 4.3 s after it began). Its stats carry the
+//!   latest estimate once a second; the selector works with the lower of the two while that one
+//!   is fresh ([`RAW_FRESH`]).
 //! * **Loss**: str0m's estimator can take seconds to notice a bottleneck whose queue is full (no
 //!   more delay growth, only loss). The SFU also watches the loss its subscribers report (RTCP
-//!   receiver reports): when a leg's fraction lost reaches [`HEAVY_LOSS`], the session's legs are
+//!   receiver reports, and the egress loss over the last second that str0m derives from
+//!   transport-wide feedback): when a fraction lost reaches [`HEAVY_LOSS`], the session's legs are
 //!   fitted into what got through (the current allocation times the share not lost), at once.
 //! * **Going up** needs the estimate to leave room for the higher allocation with
 //!   [`UP_HEADROOM`] to spare, without interruption for [`UP_HOLD`]. Up and down use different
@@ -90,6 +96,8 @@ pub const BACKOFF: f64 = 0.85;
 pub const SEVERE: f64 = 0.6;
 /// Delay in the virtual queue (see the module docs) at which the legs go down.
 pub const MAX_QUEUE: Duration = Duration::from_millis(500);
+/// How long str0m's unaveraged estimate (once a second) stays in use.
+pub const RAW_FRESH: Duration = Duration::from_millis(2500);
 /// The desired bitrate handed to str0m changes only when the new one differs by this factor.
 pub const DESIRED_STEP: f64 = 1.25;
 /// Longest step the virtual queue integrates over (selections run every 250 ms; a longer gap
@@ -215,6 +223,8 @@ pub struct SessionPlan {
 #[derive(Debug, Clone, Default)]
 pub struct LayerSelector {
     estimate_bps: Option<u64>,
+    /// str0m's latest unaveraged estimate and when it came (see [`LayerSelector::current`]).
+    raw: Option<(u64, Instant)>,
     /// The last heavy loss: (fraction lost, when).
     loss: Option<(f64, Instant)>,
     up_since: HashMap<LegKey, Instant>,
@@ -233,13 +243,40 @@ impl LayerSelector {
         LayerSelector::default()
     }
 
-    /// str0m reported a new egress bandwidth estimate at `now`.
+    /// str0m reported a new egress bandwidth estimate at `now` (its event: averaged over 3 s).
     pub fn set_estimate(&mut self, bps: u64, now: Instant) {
         // The virtual queue ran on the previous estimate until now.
-        if let Some(before) = self.estimate_bps {
+        if let Some(before) = self.current(now) {
             self.queue_delay(self.sending_bps, before as f64 / BACKOFF, now);
         }
         self.estimate_bps = Some(bps);
+    }
+
+    /// str0m's latest estimate as it stands, not averaged (its stats, once a second). Returns
+    /// whether the estimate the selector works with fell.
+    pub fn set_raw_estimate(&mut self, bps: u64, now: Instant) -> bool {
+        let before = self.current(now);
+        if let Some(b) = before {
+            self.queue_delay(self.sending_bps, b as f64 / BACKOFF, now);
+        }
+        self.raw = Some((bps, now));
+        self.current(now)
+            .zip(before)
+            .is_some_and(|(after, before)| after < before)
+    }
+
+    /// The estimate the selector works with: str0m's averaged estimate, or its latest one when
+    /// that is lower and fresh (see [`RAW_FRESH`]).
+    fn current(&self, now: Instant) -> Option<u64> {
+        let raw = self
+            .raw
+            .filter(|(_, t)| now.saturating_duration_since(*t) < RAW_FRESH)
+            .map(|(b, _)| b);
+        match (self.estimate_bps, raw) {
+            (Some(e), Some(r)) => Some(e.min(r)),
+            (e, None) => e,
+            (None, Some(_)) => None,
+        }
     }
 
     /// A leg's fraction lost as its subscriber reported it. Returns whether the loss is heavy
@@ -337,7 +374,7 @@ impl LayerSelector {
             .iter()
             .map(|(l, o)| l.current.map(|c| index_at_or_below(o, &c)))
             .collect();
-        let Some(estimate) = self.estimate_bps else {
+        let Some(estimate) = self.current(now) else {
             // No estimate: every leg at its cap.
             let top: Vec<usize> = options
                 .iter()
@@ -619,6 +656,36 @@ mod tests {
         let t2 = t1 + Duration::from_millis(3250);
         s.set_estimate(1_050_000, t2);
         assert!(run(&mut s, &mut on, t2, Duration::from_millis(1500)).is_empty());
+    }
+
+    #[test]
+    fn the_latest_estimate_counts_while_fresh_when_it_is_lower_than_the_average() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new();
+        s.set_estimate(3_000_000, t0);
+        let mut on = "f".to_string();
+        assert!(run(&mut s, &mut on, t0, Duration::from_secs(1)).is_empty());
+        // The average still says 3M; the latest estimate says 255k: q, at once.
+        let t1 = t0 + Duration::from_millis(1250);
+        assert!(s.set_raw_estimate(255_000, t1), "it fell");
+        let plan = s.select(&[input("0", Some("f"), None)], t1);
+        assert_eq!(targets(&plan), vec![("0".into(), "q".into())]);
+        // A higher latest estimate (a probe) does not raise the average ...
+        let mut s = LayerSelector::new();
+        s.set_estimate(400_000, t0);
+        assert!(!s.set_raw_estimate(20_000_000, t0));
+        let mut on = "q".to_string();
+        assert!(run(&mut s, &mut on, t0, UP_HOLD * 2).is_empty());
+        // ... and a stale low one no longer counts.
+        let mut s = LayerSelector::new();
+        s.set_estimate(3_000_000, t0);
+        s.set_raw_estimate(255_000, t0);
+        let later = t0 + RAW_FRESH;
+        assert!(
+            s.select(&[input("0", Some("f"), None)], later)
+                .changes
+                .is_empty()
+        );
     }
 
     #[test]

@@ -241,6 +241,9 @@ enum SessionEvent {
     Estimate(u64),
     /// Fraction lost and round-trip time on one leg, from the subscriber's latest receiver report.
     EgressReport(Option<f32>, Option<Duration>),
+    /// Once a second: str0m's latest (unsmoothed) egress estimate and the egress loss over the
+    /// last second from transport-wide feedback.
+    PeerReport(Option<u64>, Option<f32>),
     Connected,
     /// The transport is connected again after an ICE restart.
     IceReconnected,
@@ -740,6 +743,12 @@ impl Shard {
                     self.ctx.metrics.bandwidth_estimate.observe(bps as f64);
                     let now = Instant::now();
                     if self.forwarder.note_estimate(id, bps, now) {
+                        self.select_layers(now, Some(id));
+                    }
+                }
+                SessionEvent::PeerReport(estimate, loss) => {
+                    let now = Instant::now();
+                    if self.forwarder.note_peer_report(id, estimate, loss, now) {
                         self.select_layers(now, Some(id));
                     }
                 }
@@ -1900,6 +1909,12 @@ fn drain_session(
                 Event::Connected => events.push(SessionEvent::Connected),
                 Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                     events.push(SessionEvent::Estimate(estimate.as_u64()));
+                }
+                Event::PeerStats(s) => {
+                    events.push(SessionEvent::PeerReport(
+                        s.bwe_tx.map(|b| b.as_u64()),
+                        s.egress_loss_fraction,
+                    ));
                 }
                 Event::MediaEgressStats(s) => {
                     let (nacks, _) = session.egress_delta(s.mid, s.rid, s.nacks, s.plis + s.firs);
