@@ -387,9 +387,10 @@ export class Call {
       this.mediaSessions = (this.mediaSessions ?? 0) + 1;
       await this.localReady;
       if (epoch !== this.mediaEpoch) return;
-      // Every local track in one negotiation, then the pulls. (Pushing first keeps this
-      // page's own audio on the first m-line, the BUNDLE tag, for the session's life: a
-      // pulled track there would close it when its publisher leaves.)
+      // Every local track in one negotiation, then the pulls. (Pushing first puts this
+      // page's own audio on the first m-line, the BUNDLE tag. A receive-only page's tag is
+      // a pulled track; SfuLink never rejects the tag when a track closes, it turns it
+      // inactive, so the connection survives its publisher leaving: receive-only.test.mjs.)
       await this.pushLocalMany([
         ['audio', this.local.audio], ['video', this.local.video], ['screenshare', this.local.screen],
       ], sessionId);

@@ -643,8 +643,23 @@ export class SfuLink extends EventTarget {
     }, RESTART_AFTER_MS);
   }
 
+  /**
+   * Ends the m-lines `mids`: a stopped transceiver's m-line is rejected (port
+   * 0). The BUNDLE tag (the first m-line of the group, whose transport every
+   * other m-line shares) is never rejected: Chromium would move the tag and
+   * give the next m-line a new ICE and DTLS transport the SFU does not know, and
+   * the connection would fail (a receive-only page's tag is a pulled track, gone
+   * when its publisher leaves). That m-line turns `inactive` instead and stays,
+   * carrying nothing, for the life of the connection (as mediasoup-client does).
+   */
   async #closeMids(mids, transceivers) {
+    const tag = bundleTag(this.pc);
     for (const t of transceivers) {
+      if (t.mid !== null && t.mid === tag) {
+        t.direction = 'inactive';
+        await t.sender.replaceTrack(null).catch(() => {});
+        continue;
+      }
       try { t.stop(); } catch { /* already stopped */ }
     }
     try {
@@ -761,6 +776,16 @@ export function withStartBitrate(sdp, kbps) {
   }
   if (video) flush();
   return out.join('\r\n');
+}
+
+/**
+ * The mid of the BUNDLE tag of `pc`: the first mid of the BUNDLE group of its
+ * current local description, else its first m-line that is not stopped.
+ */
+export function bundleTag(pc) {
+  const group = /^a=group:BUNDLE[ \t]+(\S+)/m.exec(pc.localDescription?.sdp ?? '');
+  if (group) return group[1];
+  return pc.getTransceivers().find((t) => t.mid !== null && !t.stopped && t.currentDirection !== 'stopped')?.mid ?? null;
 }
 
 function sleep(ms) {
