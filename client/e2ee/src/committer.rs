@@ -400,6 +400,8 @@ pub struct Committer {
     reported: Option<(u64, u64)>,
     /// The highest log position processed.
     last_seq: u64,
+    /// `last_seq` when the latest KeyPackage was announced.
+    announced_after: u64,
 }
 
 impl Committer {
@@ -418,6 +420,7 @@ impl Committer {
             seen: [me].into_iter().collect(),
             reported: None,
             last_seq: 0,
+            announced_after: 0,
         }
     }
 
@@ -536,6 +539,24 @@ impl Committer {
                     self.in_flight = None;
                     out.push(Action::DiscardCommit);
                 }
+                if id == self.me
+                    && matches!(
+                        self.phase,
+                        Phase::Joining {
+                            announced_at: Some(_)
+                        }
+                    )
+                    && self.announced_after <= from_seq
+                    && !self
+                        .key_packages
+                        .iter()
+                        .any(|k| k.from == self.me && k.key == self.key)
+                {
+                    // Likewise a KeyPackage announced before my connection ended that
+                    // is not in the log: announce again now, not after the welcome
+                    // timeout.
+                    self.phase = Phase::Joining { announced_at: None };
+                }
             }
             Event::Creator { id, group_id, .. } => {
                 self.key_packages.clear();
@@ -603,6 +624,7 @@ impl Committer {
                 self.phase = Phase::Joining {
                     announced_at: Some(now),
                 };
+                self.announced_after = self.last_seq;
                 out.push(Action::AnnounceKeyPackage);
             }
             Phase::Member(_) => {
@@ -704,6 +726,7 @@ impl Committer {
                     self.phase = Phase::Joining {
                         announced_at: Some(now),
                     };
+                    self.announced_after = self.last_seq;
                     out.push(Action::AnnounceKeyPackage);
                 }
             }
@@ -1533,6 +1556,35 @@ mod tests {
         a.handle(0, Event::Away { seq: 4, id: 1 });
         assert!(a.handle(0, back).is_empty());
         assert!(a.commit_in_flight());
+
+        // A joiner's KeyPackage lost with its connection is announced again on its
+        // `back`; one that made it into the log is not.
+        let mut j = c(5);
+        assert_eq!(
+            j.handle(0, Event::Joined { seq: 9, id: 5 }),
+            vec![Action::AnnounceKeyPackage]
+        );
+        j.handle(0, Event::Away { seq: 10, id: 5 });
+        let out = j.handle(
+            0,
+            Event::Back {
+                seq: 11,
+                id: 5,
+                from_seq: 9,
+            },
+        );
+        assert_eq!(out, vec![Action::AnnounceKeyPackage]);
+        j.handle(0, kp(12, 5));
+        j.handle(0, Event::Away { seq: 13, id: 5 });
+        let out = j.handle(
+            0,
+            Event::Back {
+                seq: 14,
+                id: 5,
+                from_seq: 13,
+            },
+        );
+        assert!(out.is_empty(), "{out:?}");
 
         // A joiner whose snapshot says 1 is away: welcomed by 2 with 1 older than it,
         // it sees 2 as committer, not 1; the away flag of somebody not live is ignored.
