@@ -721,6 +721,13 @@ fn send_layers(state: &mut RoomState, changes: Vec<Change>) {
         let Some(conn) = state.conns.get(&owner) else {
             continue;
         };
+        tracing::debug!(
+            participant = owner,
+            session = %ch.track.session_id,
+            track = %ch.track.track_name,
+            max_rid = ch.max.map(|l| l.rid()),
+            "dynacast: layers"
+        );
         let msg = ServerMessage::Layers {
             session_id: ch.track.session_id,
             track_name: ch.track.track_name,
