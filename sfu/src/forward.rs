@@ -244,6 +244,9 @@ struct Leg {
     target_rid: Option<Rid>,
     current_rid: Option<Rid>,
     started: bool,
+    /// Paused by the layer selector (nothing fits): nothing is forwarded; on resume the leg
+    /// waits for a keyframe of its target layer.
+    paused: bool,
     /// A keyframe was forwarded to this leg (until then its keyframe requests are *fresh*, see
     /// [`FRESH_LEG_KEYFRAME_GAP`]).
     keyframe_seen: bool,
@@ -662,6 +665,7 @@ impl Forwarder {
             target_rid: None,
             current_rid: None,
             started: false,
+            paused: false,
             keyframe_seen: false,
         });
     }
@@ -883,9 +887,31 @@ impl Forwarder {
                     l.target_rid = Some(change.rid);
                 }
             }
+            for &(leg, pause) in &plan.pauses {
+                tracing::debug!(?leg, pause, "simulcast leg pause");
+                self.set_leg_paused(leg, pause);
+            }
             plans.push((session, plan));
         }
         plans
+    }
+
+    /// Pauses a leg (nothing is forwarded to it) or resumes it (on a keyframe of its target
+    /// layer, continuing its numbering). See "Pausing" in [`crate::layer`].
+    fn set_leg_paused(&mut self, leg: LegKey, pause: bool) {
+        let Some(track) = self.leg_tracks.get(&leg) else {
+            return;
+        };
+        if let Some(l) = self
+            .legs
+            .get_mut(track)
+            .and_then(|legs| legs.iter_mut().find(|l| l.key == leg))
+        {
+            l.paused = pause;
+            if pause {
+                l.current_rid = None;
+            }
+        }
     }
 
     /// Number of local legs.
@@ -1007,6 +1033,9 @@ fn leg_decision(leg: &mut Leg, pkt: &MediaPacket) -> Result<(), DropReason> {
         leg.started = true;
         return Ok(());
     };
+    if leg.paused {
+        return Err(DropReason::OtherLayer);
+    }
     let target = leg.target();
     match (leg.current_rid, target) {
         (Some(current), Some(target)) if current == target => {
@@ -1640,6 +1669,39 @@ mod tests {
         p.vp8 = Vp8Packet::parse(&payload);
         p.payload = Arc::from(payload);
         p
+    }
+
+    #[test]
+    fn a_paused_leg_gets_nothing_and_resumes_on_a_keyframe_without_a_gap() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        let l = leg(2, "0");
+        f.subscribe(t, 0, l, vec![(Pt::from(96), Pt::from(96))], None, 1, 0);
+        let q = |seq: u64, key: bool| {
+            let mut p = packet(seq, seq as u32 * 3000, now);
+            p.rid = Some(Rid::from("q"));
+            p.keyframe = key;
+            p
+        };
+        let mut out = Vec::new();
+        f.forward(t, &q(1, true), &mut out);
+        f.forward(t, &q(2, false), &mut out);
+        assert_eq!(out.len(), 2);
+        f.set_leg_paused(l, true);
+        let o = f.forward(t, &q(3, true), &mut out);
+        assert_eq!(out.len(), 2, "paused: nothing forwarded");
+        assert!(o.wants_keyframe.is_none(), "a paused leg asks for nothing");
+        f.set_leg_paused(l, false);
+        // Resumed: waits for a keyframe (and asks for one), then continues the numbering.
+        let o = f.forward(t, &q(4, false), &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(o.wants_keyframe.is_some());
+        f.forward(t, &q(5, true), &mut out);
+        f.forward(t, &q(6, false), &mut out);
+        let seqs: Vec<u64> = out.iter().map(|w| w.seq).collect();
+        assert_eq!(seqs.len(), 4);
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     }
 
     #[test]

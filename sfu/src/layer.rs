@@ -48,6 +48,12 @@
 //!   receiver reports, and the egress loss over the last second that str0m derives from
 //!   transport-wide feedback): when a fraction lost reaches [`HEAVY_LOSS`], the session's legs are
 //!   fitted into what got through (the current allocation times the share not lost), at once.
+//! * **Pausing**: when the session is short and even the layers it is down to do not fit (a
+//!   300 kbit/s link cannot carry two 320x180 layers of ~130 kbit/s plus two audio tracks), the
+//!   legs that want the least (the lowest cap: a small tile's before a large one's) are paused,
+//!   one by one until the rest fit, keeping at least one. A paused leg gets nothing; it resumes
+//!   (on a keyframe of its lowest layer) once that layer has fitted beside the others, with
+//!   [`UP_HEADROOM`], for [`UP_HOLD`], and the session pads towards it meanwhile.
 //! * **Going up** needs the estimate to leave room for the higher allocation with
 //!   [`UP_HEADROOM`] to spare, without interruption for [`UP_HOLD`]. Up and down use different
 //!   bars (above the allocation / 15 % with headroom up, a filled virtual queue down), so an
@@ -217,6 +223,9 @@ pub struct SessionPlan {
     /// What to keep sending, with padding where media is less: every leg one layer up (at most
     /// its cap), without headroom (bits/s).
     pub minimum_bps: u64,
+    /// Legs paused (`true`: forward nothing) or resumed (`false`, on a keyframe of their target
+    /// layer): see "Pausing" in the module docs.
+    pub pauses: Vec<(LegKey, bool)>,
 }
 
 /// Layer selection for one subscriber session. See the module docs.
@@ -228,6 +237,8 @@ pub struct LayerSelector {
     /// The last heavy loss: (fraction lost, when).
     loss: Option<(f64, Instant)>,
     up_since: HashMap<LegKey, Instant>,
+    /// Legs paused because even the lowest layers did not fit.
+    paused: Vec<LegKey>,
     /// The virtual queue (bits; see the module docs) and when it was last brought up to date.
     queue_bits: f64,
     queue_at: Option<Instant>,
@@ -351,10 +362,20 @@ impl LayerSelector {
             .map(|l| (l, capped_layers(l)))
             .collect();
         options.sort_by_key(|(l, _)| (l.leg.session, l.leg.mid.to_string()));
+        // Paused legs (module docs, "Pausing") are left out of the allocation below.
+        self.paused
+            .retain(|k| options.iter().any(|(l, _)| l.leg == *k));
+        if self.estimate_bps.is_none() {
+            self.paused.clear();
+        }
+        let (paused, options): (Vec<_>, Vec<_>) = options
+            .into_iter()
+            .partition(|(l, _)| self.paused.contains(&l.leg));
         let next_step = |alloc: &[usize]| -> u64 {
             let next: u64 = options
                 .iter()
                 .zip(alloc)
+                .filter(|(_, i)| **i != usize::MAX)
                 .filter_map(|((_, o), &i)| o.get((i + 1).min(o.len().saturating_sub(1))))
                 .map(|(_, b)| *b)
                 .sum();
@@ -365,8 +386,12 @@ impl LayerSelector {
             .filter_map(|l| l.layers.iter().map(|(_, b)| *b).max())
             .sum();
         let desired_bps = self.desired(((fixed + top_need) as f64 / UP_HEADROOM).round() as u64);
-        self.up_since
-            .retain(|k, _| options.iter().any(|(l, _)| l.leg == *k));
+        self.up_since.retain(|k, _| {
+            options
+                .iter()
+                .chain(paused.iter())
+                .any(|(l, _)| l.leg == *k)
+        });
 
         // Where every leg is now (index into its options); a leg above its cap, or on a layer that
         // stopped, comes down at once.
@@ -433,7 +458,51 @@ impl LayerSelector {
 
         let mut plan = SessionPlan::default();
         let mut chosen = hold.clone();
+        // Pausing: short, and even what is left does not fit what the link carries.
+        let mut stopped = vec![false; options.len()];
+        if short {
+            let fit_room = loss_room.map_or(room, |r| room.min(r.saturating_sub(fixed)));
+            let mut need = cost(&hold);
+            let mut by_priority: Vec<usize> = (0..options.len()).collect();
+            // Lowest priority first: the leg that wants the least (its cap), then the later mid.
+            by_priority.sort_by_key(|&n| (options[n].1.len(), std::cmp::Reverse(n)));
+            for n in by_priority {
+                if need <= fit_room || stopped.iter().filter(|s| !**s).count() <= 1 {
+                    break;
+                }
+                stopped[n] = true;
+                need = need.saturating_sub(options[n].1.get(hold[n]).map_or(0, |(_, b)| *b));
+                self.paused.push(options[n].0.leg);
+                self.up_since.remove(&options[n].0.leg);
+                plan.pauses.push((options[n].0.leg, true));
+            }
+        }
+        // Resuming: the most wanted paused leg, once its lowest layer has fitted beside the others
+        // (with headroom) for the hold time.
+        let resume = paused
+            .iter()
+            .max_by_key(|(l, o)| (o.len(), std::cmp::Reverse(l.leg.mid.to_string())));
+        let mut resume_bps = 0;
+        if let Some((l, o)) = resume {
+            let lowest = o.first().map_or(0, |(_, b)| *b);
+            resume_bps = lowest;
+            if !short && cost(&hold) + lowest <= (room as f64 * UP_HEADROOM) as u64 {
+                let since = *self.up_since.entry(l.leg).or_insert(now);
+                if now.saturating_duration_since(since) >= UP_HOLD {
+                    self.up_since.remove(&l.leg);
+                    self.paused.retain(|k| *k != l.leg);
+                    plan.pauses.push((l.leg, false));
+                    push_change(&mut plan, l, o, 0);
+                }
+            } else {
+                self.up_since.remove(&l.leg);
+            }
+        }
         for (n, ((l, o), cur)) in options.iter().zip(&current).enumerate() {
+            if stopped[n] {
+                chosen[n] = 0;
+                continue;
+            }
             if up[n] > hold[n] && cur.is_some() && !short {
                 let since = *self.up_since.entry(l.leg).or_insert(now);
                 if now.saturating_duration_since(since) >= UP_HOLD {
@@ -457,10 +526,16 @@ impl LayerSelector {
                 "layer selection changes"
             );
         }
-        plan.allocated_bps = fixed + cost(&chosen);
+        let live: Vec<usize> = chosen
+            .iter()
+            .zip(&stopped)
+            .map(|(&c, &s)| if s { usize::MAX } else { c })
+            .collect();
+        plan.allocated_bps = fixed + cost(&live);
         self.sending_bps = plan.allocated_bps;
         plan.desired_bps = desired_bps;
-        plan.minimum_bps = next_step(&chosen);
+        // A session with a paused leg pads towards resuming it.
+        plan.minimum_bps = next_step(&live) + resume_bps;
         plan
     }
 }
@@ -898,10 +973,83 @@ mod tests {
             vec![("0".into(), "h".into()), ("1".into(), "q".into())]
         );
         assert_eq!(plan.allocated_bps, 500_000 + 500_000 + 150_000);
-        // Even a tiny estimate keeps every leg on its lowest layer.
+        // A tiny estimate keeps one leg on its lowest layer and pauses the other.
         s.set_estimate_at(10_000);
         let plan = s.select(&legs, t0);
-        assert_eq!(plan.allocated_bps, 500_000 + 2 * 150_000);
+        assert_eq!(plan.allocated_bps, 500_000 + 150_000);
+        assert_eq!(plan.pauses, vec![(leg("1"), true)]);
+    }
+
+    #[test]
+    fn when_even_the_lowest_layers_do_not_fit_the_least_wanted_leg_pauses_and_comes_back() {
+        // A 300 kbit/s link: a large tile (wants f) and a small one (wants q), q at 130k each,
+        // audio 70k. Both on q need 330k: more than the link carries.
+        let t0 = Instant::now();
+        let q = [("q", 130_000), ("h", 400_000), ("f", 900_000)];
+        let legs = |large: &str, small: &str| {
+            let mut l = vec![
+                with_layers(input("a", Some(large), Some("f")), &q),
+                with_layers(input("b", Some(small), Some("q")), &q),
+            ];
+            l.push(LegInput {
+                leg: leg("z"),
+                layers: Vec::new(),
+                fixed_bps: 70_000,
+                preferred: None,
+                current: None,
+            });
+            l
+        };
+        let mut s = LayerSelector::new();
+        s.set_estimate(3_000_000, t0);
+        assert!(s.select(&legs("f", "q"), t0).changes.is_empty());
+        // The link collapses to 300k (GCC: ~255k), with loss.
+        let t1 = t0 + Duration::from_secs(1);
+        s.set_raw_estimate(255_000, t1);
+        s.note_loss(0.4, t1);
+        let plan = s.select(&legs("f", "q"), t1);
+        assert_eq!(targets(&plan), vec![("a".into(), "q".into())]);
+        assert_eq!(plan.pauses, vec![(leg("b"), true)], "the small tile pauses");
+        assert_eq!(plan.allocated_bps, 130_000 + 70_000);
+        // While the link stays at 300k, it stays paused, and the large tile on q.
+        let mut t = t1;
+        for _ in 0..40 {
+            t += Duration::from_millis(250);
+            s.set_raw_estimate(255_000, t);
+            let plan = s.select(&legs("q", "q"), t);
+            assert!(plan.pauses.is_empty() && plan.changes.is_empty(), "{plan:?}");
+            // It pads towards resuming the paused leg.
+            assert_eq!(plan.minimum_bps, 70_000 + 400_000 + 130_000);
+        }
+        // The link is back: after the hold, the paused leg resumes (on q), then the large tile
+        // goes up.
+        s.set_estimate(3_000_000, t);
+        s.set_raw_estimate(3_000_000, t);
+        let mut resumed = None;
+        let mut up = None;
+        let (mut large, mut b_paused) = ("q".to_string(), true);
+        for i in 0..40u64 {
+            let at = t + Duration::from_millis(250 * i);
+            let mut l = legs(&large, "q");
+            if b_paused {
+                // The forwarder still reports the paused leg's target.
+                l[1].current = Some(Rid::from("q"));
+            }
+            let plan = s.select(&l, at);
+            if plan.pauses.contains(&(leg("b"), false)) {
+                resumed.get_or_insert(at - t);
+                b_paused = false;
+            }
+            for (mid, rid) in targets(&plan) {
+                if mid == "a" {
+                    large = rid;
+                    up.get_or_insert(at - t);
+                }
+            }
+        }
+        assert_eq!(resumed, Some(UP_HOLD));
+        assert!(up.is_some_and(|u| u >= UP_HOLD), "{up:?}");
+        assert_eq!(large, "f");
     }
 
     #[test]
