@@ -1017,7 +1017,10 @@ mod tests {
             t += Duration::from_millis(250);
             s.set_raw_estimate(255_000, t);
             let plan = s.select(&legs("q", "q"), t);
-            assert!(plan.pauses.is_empty() && plan.changes.is_empty(), "{plan:?}");
+            assert!(
+                plan.pauses.is_empty() && plan.changes.is_empty(),
+                "{plan:?}"
+            );
             // It pads towards resuming the paused leg.
             assert_eq!(plan.minimum_bps, 70_000 + 400_000 + 130_000);
         }
