@@ -240,6 +240,10 @@ pub enum ClientMessage {
     Codecs {
         /// Lowercase codec names without `video/`, e.g. `["vp8", "h264", "vp9", "av1"]`.
         video: Vec<String>,
+        /// The codec this participant's video goes out in now (same name rules), if it
+        /// sends video: a subscriber that does not decode it can say so.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sending: Option<String>,
     },
     /// Disable all of `target`'s tracks of `kind` (host, or `target` is self).
     Mute {
@@ -379,6 +383,9 @@ pub struct ParticipantInfo {
     /// The video codecs it decodes (its `codecs` message); absent until it said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub codecs: Option<Vec<String>>,
+    /// The codec its video goes out in (its `codecs` message's `sending`), if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sending: Option<String>,
     /// Its connection ended without a leave and it has not resumed (the latest of its
     /// `away`/`back` entries is `away`).
     #[serde(default)]
@@ -637,6 +644,9 @@ pub enum RoomEvent {
         id: u64,
         /// Lowercase codec names without `video/`.
         video: Vec<String>,
+        /// The codec its video goes out in now, if it said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sending: Option<String>,
     },
     /// `id` became a host (the previous host left).
     Host {
@@ -896,7 +906,16 @@ mod tests {
         // The message itself: unknown fields and wrong types are refused like any other.
         let m: ClientMessage =
             serde_json::from_str(r#"{"type":"codecs","video":["vp8"]}"#).unwrap();
-        assert_eq!(m, ClientMessage::Codecs { video: l(&["vp8"]) });
+        assert_eq!(
+            m,
+            ClientMessage::Codecs {
+                video: l(&["vp8"]),
+                sending: None
+            }
+        );
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"codecs","video":["vp8"],"sending":"vp8"}"#).unwrap();
+        assert!(matches!(m, ClientMessage::Codecs { sending: Some(s), .. } if s == "vp8"));
         assert!(
             serde_json::from_str::<ClientMessage>(r#"{"type":"codecs","video":"vp8"}"#).is_err()
         );

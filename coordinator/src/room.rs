@@ -347,6 +347,8 @@ struct Participant {
     speaking: bool,
     /// The video codecs it decodes (`codecs`), once it said.
     codecs: Option<Vec<String>>,
+    /// The codec its video goes out in (`codecs.sending`), if it said.
+    sending: Option<String>,
 }
 
 impl Participant {
@@ -361,6 +363,7 @@ impl Participant {
             hand_raised: self.hand_raised,
             speaking: self.speaking,
             codecs: self.codecs.clone(),
+            sending: self.sending.clone(),
             away: self.away,
         }
     }
@@ -646,6 +649,7 @@ impl Room {
             tracks: Vec::new(),
             hand_raised: false,
             codecs: None,
+            sending: None,
             speaking: false,
         };
         let event = RoomEvent::Joined {
@@ -1064,7 +1068,7 @@ impl Room {
                 Ok(())
             }
             ClientMessage::Speaking { speaking } => self.speaking(from, speaking),
-            ClientMessage::Codecs { video } => self.codecs(from, video),
+            ClientMessage::Codecs { video, sending } => self.codecs(from, video, sending),
             ClientMessage::Mute { target, kind } => self.mute(from, target, kind),
             ClientMessage::Remove { target } => self.remove(now, from, target),
             ClientMessage::Lock { locked } => self.lock(from, locked),
@@ -1577,13 +1581,27 @@ impl Room {
         Ok(())
     }
 
-    /// `codecs`: what `from` decodes; logged when it changes.
-    fn codecs(&mut self, from: u64, video: Vec<String>) -> Result<(), (&'static str, String)> {
+    /// `codecs`: what `from` decodes and sends; logged when it changes.
+    fn codecs(
+        &mut self,
+        from: u64,
+        video: Vec<String>,
+        sending: Option<String>,
+    ) -> Result<(), (&'static str, String)> {
         protocol::check_codec_list(&video).map_err(|e| (error_code::INVALID, e))?;
+        if let Some(s) = &sending {
+            protocol::check_codec_list(std::slice::from_ref(s))
+                .map_err(|e| (error_code::INVALID, format!("sending: {e}")))?;
+        }
         let p = self.participant_mut(from)?;
-        if p.codecs.as_ref() != Some(&video) {
+        if p.codecs.as_ref() != Some(&video) || p.sending != sending {
             p.codecs = Some(video.clone());
-            self.append_event(RoomEvent::Codecs { id: from, video });
+            p.sending.clone_from(&sending);
+            self.append_event(RoomEvent::Codecs {
+                id: from,
+                video,
+                sending,
+            });
         }
         Ok(())
     }

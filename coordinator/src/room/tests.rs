@@ -2297,11 +2297,12 @@ fn codecs_are_logged_on_change_kept_in_the_snapshot_and_checked() {
         2,
         ClientMessage::Codecs {
             video: list(&["vp8", "vp9"]),
+            sending: None,
         },
     );
     assert!(matches!(
         events(&out).as_slice(),
-        [(_, RoomEvent::Codecs { id: 2, video })] if *video == list(&["vp8", "vp9"])
+        [(_, RoomEvent::Codecs { id: 2, video, sending: None })] if *video == list(&["vp8", "vp9"])
     ));
     // The same list again: nothing logged.
     let out = msg(
@@ -2310,6 +2311,7 @@ fn codecs_are_logged_on_change_kept_in_the_snapshot_and_checked() {
         2,
         ClientMessage::Codecs {
             video: list(&["vp8", "vp9"]),
+            sending: None,
         },
     );
     assert!(events(&out).is_empty());
@@ -2329,7 +2331,15 @@ fn codecs_are_logged_on_change_kept_in_the_snapshot_and_checked() {
         list(&["vp8", "vp8"]),
         many,
     ] {
-        let out = msg(&mut room, t0, 2, ClientMessage::Codecs { video: bad });
+        let out = msg(
+            &mut room,
+            t0,
+            2,
+            ClientMessage::Codecs {
+                video: bad,
+                sending: None,
+            },
+        );
         assert_eq!(error_codes(&out, 2), vec![error_code::INVALID.to_owned()]);
         assert!(events(&out).is_empty());
     }
@@ -2337,6 +2347,30 @@ fn codecs_are_logged_on_change_kept_in_the_snapshot_and_checked() {
     let bob = snap.participants.iter().find(|p| p.id == 2).unwrap();
     assert_eq!(bob.codecs, Some(list(&["vp8", "vp9"])));
     // An empty list is a valid answer (it decodes no video).
-    let out = msg(&mut room, t0, 1, ClientMessage::Codecs { video: vec![] });
+    let out = msg(
+        &mut room,
+        t0,
+        1,
+        ClientMessage::Codecs {
+            video: vec![],
+            sending: None,
+        },
+    );
     assert_eq!(events(&out).len(), 1);
+    // What it sends: logged when it changes, kept in the snapshot, checked like the list.
+    let send = |s: &str| ClientMessage::Codecs {
+        video: list(&["vp8", "vp9"]),
+        sending: Some(s.to_owned()),
+    };
+    let out = msg(&mut room, t0, 2, send("vp8"));
+    assert!(matches!(
+        events(&out).as_slice(),
+        [(_, RoomEvent::Codecs { id: 2, sending: Some(s), .. })] if s == "vp8"
+    ));
+    assert!(events(&msg(&mut room, t0, 2, send("vp8"))).is_empty());
+    let out = msg(&mut room, t0, 2, send("H264"));
+    assert_eq!(error_codes(&out, 2), vec![error_code::INVALID.to_owned()]);
+    let snap = room.snapshot();
+    let bob = snap.participants.iter().find(|p| p.id == 2).unwrap();
+    assert_eq!(bob.sending.as_deref(), Some("vp8"));
 }
