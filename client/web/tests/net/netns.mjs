@@ -128,6 +128,31 @@ export function netSupport() {
   return (supportCache = { ok: true, reason: null });
 }
 
+/**
+ * Whether `Netns.shape()` can work here: `tc` is installed and the kernel has
+ * the tbf qdisc and nftables' `numgen` (tried on a veth pair in a throwaway
+ * namespace). `{ok, reason}`.
+ */
+export function shapeSupport() {
+  const base = netSupport();
+  if (!base.ok) return base;
+  if (!which('tc')) return { ok: false, reason: 'tc is not installed (iproute2)' };
+  const probe = `${PREFIX}shprobe`;
+  try {
+    sh('ip', ['netns', 'add', probe]);
+    sh('ip', ['netns', 'exec', probe, 'ip', 'link', 'add', 'p0', 'type', 'veth', 'peer', 'name', 'p1']);
+    sh('ip', ['netns', 'exec', probe, 'tc', 'qdisc', 'add', 'dev', 'p0', 'root', 'tbf', 'rate', '300kbit', 'burst', '5kb', 'latency', '150ms']);
+    sh('ip', ['netns', 'exec', probe, 'nft', '-f', '-'], { input: `table inet probe {
+      chain in { type filter hook input priority 0; policy accept; meta l4proto udp numgen random mod 100 < 3 drop; }
+    }` });
+    return { ok: true, reason: null };
+  } catch (err) {
+    return { ok: false, reason: `tbf or nftables numgen refused: ${err.message}` };
+  } finally {
+    sh('ip', ['netns', 'del', probe], { allowFail: true });
+  }
+}
+
 // ---- addresses ---------------------------------------------------------------
 
 const usedOctets = new Set();
@@ -250,6 +275,32 @@ export class Netns {
     }
     rules.push('add rule inet sat out oif != "lo" drop', 'add rule inet sat in iif != "lo" drop');
     this.nft(rules.join('\n'));
+  }
+
+  /**
+   * Shapes what the page in the namespace receives: a `tc` token bucket (tbf)
+   * at `rateKbit` on the host end of the veth (the namespace's downlink; its
+   * uplink is left alone), queueing at most `latencyMs`, and `lossPercent` of
+   * the inbound UDP datagrams dropped at random by an nftables `numgen random`
+   * rule in the namespace (the kernel has no netem). `unshape()` lifts both.
+   */
+  shape({ rateKbit, lossPercent = 0, burstKb = 5, latencyMs = 150 }) {
+    sh('tc', ['qdisc', 'replace', 'dev', this.hostIf, 'root', 'tbf', 'rate', `${rateKbit}kbit`, 'burst', `${burstKb}kb`, 'latency', `${latencyMs}ms`]);
+    if (lossPercent > 0) {
+      this.nft(`add chain inet sat shaped { type filter hook input priority -10; policy accept; }
+add rule inet sat shaped iif != "lo" meta l4proto udp numgen random mod 100 < ${lossPercent} drop`);
+    }
+  }
+
+  /** Lifts `shape()`: the tbf qdisc and the random-drop chain. */
+  unshape() {
+    sh('tc', ['qdisc', 'del', 'dev', this.hostIf, 'root'], { allowFail: true });
+    this.exec('nft', ['delete', 'chain', 'inet', 'sat', 'shaped'], { allowFail: true });
+  }
+
+  /** What `tc` says about the downlink's qdisc (for reports). */
+  qdisc() {
+    return sh('tc', ['-s', 'qdisc', 'show', 'dev', this.hostIf], { allowFail: true })?.trim() ?? '';
   }
 
   /** Removes every rule (`nft flush chain`). */
