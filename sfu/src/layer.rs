@@ -363,11 +363,17 @@ impl LayerSelector {
             .collect();
         options.sort_by_key(|(l, _)| (l.leg.session, l.leg.mid.to_string()));
         // Paused legs (module docs, "Pausing") are left out of the allocation below.
-        self.paused
-            .retain(|k| options.iter().any(|(l, _)| l.leg == *k));
-        if self.estimate_bps.is_none() {
-            self.paused.clear();
-        }
+        // A paused leg that is no longer a simulcast choice here (its layers stopped, or it is
+        // gone), or any without an estimate, is resumed: the forwarder must not keep it paused.
+        let no_estimate = self.estimate_bps.is_none();
+        let mut released: Vec<(LegKey, bool)> = Vec::new();
+        self.paused.retain(|k| {
+            let keep = !no_estimate && options.iter().any(|(l, _)| l.leg == *k);
+            if !keep {
+                released.push((*k, false));
+            }
+            keep
+        });
         let (paused, options): (Vec<_>, Vec<_>) = options
             .into_iter()
             .partition(|(l, _)| self.paused.contains(&l.leg));
@@ -408,6 +414,7 @@ impl LayerSelector {
             let mut plan = SessionPlan {
                 desired_bps,
                 minimum_bps: next_step(&top),
+                pauses: released,
                 ..SessionPlan::default()
             };
             for ((l, o), &i) in options.iter().zip(&top) {
@@ -456,7 +463,10 @@ impl LayerSelector {
         let up_room = (room as f64 * UP_HEADROOM) as u64;
         let up = raise(&options, hold.clone(), up_room, None);
 
-        let mut plan = SessionPlan::default();
+        let mut plan = SessionPlan {
+            pauses: released,
+            ..SessionPlan::default()
+        };
         let mut chosen = hold.clone();
         // Pausing: short, and even what is left does not fit what the link carries.
         let mut stopped = vec![false; options.len()];
@@ -1051,6 +1061,17 @@ mod tests {
             }
         }
         assert_eq!(resumed, Some(UP_HOLD));
+        // A paused leg whose layers stop flowing is resumed (the forwarder must not keep it
+        // paused with the selector no longer knowing it).
+        let mut s = LayerSelector::new();
+        s.set_estimate_at(255_000);
+        s.note_loss(0.4, t0);
+        let plan = s.select(&legs("f", "q"), t0);
+        assert_eq!(plan.pauses, vec![(leg("b"), true)]);
+        let mut l = legs("q", "q");
+        l[1].layers.clear();
+        let plan = s.select(&l, t0 + Duration::from_millis(250));
+        assert_eq!(plan.pauses, vec![(leg("b"), false)]);
         assert!(up.is_some_and(|u| u >= UP_HOLD), "{up:?}");
         assert_eq!(large, "f");
     }
