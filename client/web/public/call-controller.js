@@ -16,7 +16,7 @@ import { timeline } from './join-timeline.js';
 import { LayerChoice } from './layer-choice.js';
 import { attachDynacast } from './dynacast.js';
 import { CodecChoice, receiveCapabilities } from './codec-choice.js';
-import { TileStatus, codecSupport } from './tile-status.js';
+import { TileStatus } from './tile-status.js';
 import { endpoints, fetchToken, jwtClaims, replyError } from './access.js';
 import { tileKey } from './call-model.js';
 
@@ -829,7 +829,7 @@ export class Call {
           flags: this.flags, member, mediaState: snap.media,
           paused: this.layers.paused(key),
           camOn: kind === 'video' ? (camTrack ? camTrack.enabled !== false : undefined) : undefined,
-          codec: video ? codecSupport(video.codec, video.negotiatedCodecs, caps) : null,
+          codec: video ? this.codecs.support(p.id, video, caps) : null,
         });
         this.updateTile(key, { conn, e2ee: media });
       }

@@ -9,7 +9,7 @@
 //
 // Choosing. A publisher sends the codec the user picked (`codec=` or the
 // lobby's select; VP8 by default) as long as every participant that reported
-// decodes it; otherwise the first of FALLBACK that every one decodes and this
+// decodes it; otherwise the first of FALLBACK (VP8, H.264, VP9) that every one decodes and this
 // browser sends (VP8 is mandatory in WebRTC, so in practice VP8). A
 // participant that has not reported yet counts as decoding everything: its
 // report comes a moment after its `joined`, and the publisher switches then.
@@ -28,9 +28,16 @@
 // without H.264 decoding would.
 
 import { testParam } from './client-config.js';
+import { codecSupport } from './tile-status.js';
 
-/** Codecs to fall back to, best first, after the user's pick. */
-export const FALLBACK = Object.freeze(['VP8', 'H264', 'VP9', 'AV1']);
+/**
+ * Codecs to fall back to, best first, after the user's pick: the ones the web
+ * client can pick and the browser suite runs end to end through the E2EE
+ * transform (codecs.test.mjs). Not AV1: a page that reported only AV1 made a
+ * single-layer publisher switch to it, and its subscriber decrypted nothing
+ * (measured, "no key"); AV1 through E2EE is not supported yet.
+ */
+export const FALLBACK = Object.freeze(['VP8', 'H264', 'VP9']);
 
 /** Codecs that can be sent as simulcast (layer-choice.js `simulcastCodec`). */
 const SIMULCAST = new Set(['VP8', 'H264']);
@@ -147,29 +154,64 @@ export class CodecChoice {
   constructor(call) {
     this.call = call;
     this.peers = new Map(); // participant id -> codec names (reported)
+    this.sending = new Map(); // participant id -> the codec its video goes out in (reported)
+    this.mine = reportedCodecs();
+    this.lastReport = null;
     this.current = new Map(); // trackName -> codec applied
     this.switches = 0;
     this.chain = Promise.resolve();
     const link = call.link;
     link.addEventListener('welcome', (ev) => {
       this.peers.clear();
-      for (const p of ev.detail?.snapshot?.participants ?? []) this.#learn(p.id, p.codecs);
-      link.send({ type: 'codecs', video: reportedCodecs() });
+      this.sending.clear();
+      for (const p of ev.detail?.snapshot?.participants ?? []) this.#learn(p.id, p.codecs, p.sending);
+      this.lastReport = null;
+      this.#report();
       this.update();
     });
+    link.addEventListener('resumed', () => this.#report());
     link.addEventListener('entry', (ev) => {
       const e = ev.detail;
-      if (e.type === 'codecs') this.#learn(e.id, e.video);
-      else if (e.type === 'left') this.peers.delete(e.id);
+      if (e.type === 'codecs') this.#learn(e.id, e.video, e.sending);
+      else if (e.type === 'left') {
+        this.peers.delete(e.id);
+        this.sending.delete(e.id);
+      }
       else if (!(e.type === 'published' && e.id === this.call.me)) return;
       // A new track of ours starts with the pick: set it too.
       this.update();
     });
   }
 
-  #learn(id, video) {
+  #learn(id, video, sending) {
     if (!Array.isArray(video)) return;
     this.peers.set(id, video.filter((n) => typeof n === 'string').slice(0, MAX_CODECS));
+    if (typeof sending === 'string' && /^[a-z0-9-]{1,16}$/.test(sending)) this.sending.set(id, sending);
+    else this.sending.delete(id);
+  }
+
+  /** Tells the room what this page decodes and which codec its camera goes out in (when it changed). */
+  #report() {
+    const cam = [...(this.call.sfu?.pushes ?? [])].find(([, p]) => p.info?.kind === 'video');
+    const codec = cam ? this.current.get(cam[0]) ?? cam[1].codec : null;
+    const msg = { type: 'codecs', video: this.mine, ...(codec ? { sending: String(codec).toLowerCase() } : {}) };
+    const text = JSON.stringify(msg);
+    if (text === this.lastReport) return;
+    if (this.call.link.send(msg) !== false) this.lastReport = text;
+  }
+
+  /**
+   * Whether this page decodes participant `id`'s video `video` (a stats entry:
+   * codec, negotiatedCodecs): from the RTP it received when there is some
+   * (tile-status.js codecSupport), else from the codec `id` says it sends.
+   * `{supported: true|false|null, name}`.
+   */
+  support(id, video, caps = receiveCapabilities()) {
+    const base = codecSupport(video?.codec ?? null, video?.negotiatedCodecs ?? null, caps);
+    if (base.supported !== null) return base;
+    const sending = this.sending.get(id);
+    if (sending && !this.mine.includes(sending)) return { supported: false, name: sending.toUpperCase() };
+    return base;
   }
 
   /** The codec this page's video goes out in now (`simulcast`: for a multi-layer sender). */
@@ -198,12 +240,14 @@ export class CodecChoice {
       this.current.set(trackName, codec);
       if (before && before !== codec) this.switches += 1;
     }
+    this.#report();
   }
 
   /** For tests: `{peers: {id: [...]}, current: {trackName: codec}, switches}`. */
   state() {
     return {
       peers: Object.fromEntries(this.peers),
+      sending: Object.fromEntries(this.sending),
       current: Object.fromEntries(this.current),
       switches: this.switches,
       reported: reportedCodecs(),

@@ -84,4 +84,32 @@ describe('a codec everyone decodes', { timeout: 300000 }, () => {
     console.log(`# C left: B decodes A ${ab3.framesDecoded} frames (${ab3.codec}), A decodes B ${ba3.framesDecoded}; A switched codec ${switches} times`);
     assert.equal(switches, 2, 'A switched to VP8 and back');
   }));
+
+  it('a participant that decodes none of what a publisher can send sees "unsupported codec", not "cannot decrypt"', suite.check(async () => {
+    // A sends VP8 (it falls back only to H.264 or VP9); D decodes AV1 only, so nothing
+    // fits and A keeps VP8.
+    const room = `codec-none-${Date.now()}`;
+    pages.a = await joinPage(suite.browser, suite.servers.base, { room, name: 'A', params: { video: '320x240' } });
+    pages.d = await joinPage(suite.browser, suite.servers.base, { room, name: 'D', params: { test_rxcodecs: 'av1' } });
+    const { a, d } = pages;
+    await sameSafetyNumber([a, d]);
+    const seen = [];
+    let last = null;
+    const v = await waitFor('D to say "unsupported codec" for A', async () => {
+      const t = await video(d, a.participantId);
+      last = t;
+      if (t?.tile) seen.push(t.tile);
+      return t?.tile === 'unsupported codec' ? t : null;
+    }, { timeout: 30000 }).catch(async (err) => {
+      const state = await d.evaluate(() => window.satsuma.call.codecs.state()).catch(() => null);
+      err.message += `\nlast: ${JSON.stringify(last)}; states seen ${[...new Set(seen)]}; D's codec choice ${JSON.stringify(state)}`;
+      throw err;
+    });
+    const label = await d.evaluate((key) => document.querySelector(`[data-key="${key}"]`)?.textContent ?? '', String(a.participantId));
+    console.log(`# D (AV1 only) on A's VP8: tile ${v.tile}, negotiated ${JSON.stringify(v.negotiated)}, decoded ${v.framesDecoded}; states seen ${[...new Set(seen)].join(', ')}`);
+    assert.ok(!seen.some((s) => /decrypt/.test(s)), `never "cannot decrypt": ${seen}`);
+    assert.match(label, /unsupported codec: VP8/);
+    await leave(d);
+    delete pages.d;
+  }));
 });

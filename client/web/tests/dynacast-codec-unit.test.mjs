@@ -11,7 +11,7 @@ globalThis.location ??= { search: '', href: 'http://localhost/' };
 const realFetch = globalThis.fetch;
 globalThis.fetch = async () => ({ ok: false, status: 404, json: async () => ({}) });
 const { Dynacast, activeFlags, validLayers } = await import('../public/dynacast.js');
-const { FALLBACK, chooseCodec, codecName, codecNames, negotiatedCodec, receiveFilter, sendPreferences } = await import('../public/codec-choice.js');
+const { CodecChoice, FALLBACK, chooseCodec, codecName, codecNames, negotiatedCodec, receiveFilter, sendPreferences } = await import('../public/codec-choice.js');
 globalThis.fetch = realFetch;
 
 const qhf = [{ rid: 'q' }, { rid: 'h' }, { rid: 'f' }];
@@ -79,7 +79,8 @@ describe('a codec everyone decodes', () => {
     assert.equal(chooseCodec('H264', [['vp9']]), 'VP9');
     assert.equal(chooseCodec('H264', [[]]), 'H264', 'nothing fits: the pick');
     assert.equal(chooseCodec('H264', []), 'H264');
-    assert.deepEqual(FALLBACK, ['VP8', 'H264', 'VP9', 'AV1']);
+    assert.deepEqual(FALLBACK, ['VP8', 'H264', 'VP9']);
+    assert.equal(chooseCodec('VP8', [['av1']]), 'VP8', 'no AV1 fallback');
   });
 
   it('reports plain names of media codecs only, bounded', () => {
@@ -93,6 +94,26 @@ describe('a codec everyone decodes', () => {
     assert.equal(codecNames(Array.from({ length: 40 }, (_, i) => ({ mimeType: `video/c${i}` }))).length, 16);
     assert.deepEqual([...receiveFilter('VP8, h264,bad name,')], ['vp8', 'h264']);
     assert.equal(receiveFilter(null), null);
+  });
+
+  it('a peer\'s announced send codec this page lacks is "unsupported" until RTP says otherwise', () => {
+    const link = new EventTarget();
+    const sent = [];
+    link.send = (m) => { sent.push(m); return true; };
+    const c = new CodecChoice({ link, me: 1, codec: 'VP8', sfu: null });
+    c.mine = ['vp8'];
+    link.dispatchEvent(new CustomEvent('welcome', { detail: { snapshot: { participants: [{ id: 2, codecs: ['vp8', 'h264'], sending: 'h264' }] } } }));
+    assert.equal(sent.length, 1);
+    assert.equal(sent[0].type, 'codecs');
+    const caps = [{ mimeType: 'video/VP8' }];
+    const noRtp = { codec: null, negotiatedCodecs: ['video/VP8', 'video/rtx'] };
+    assert.deepEqual(c.support(2, noRtp, caps), { supported: false, name: 'H264' });
+    assert.deepEqual(c.support(2, { ...noRtp, codec: 'video/VP8' }, caps), { supported: true, name: 'VP8' }, 'RTP decides');
+    assert.deepEqual(c.support(3, noRtp, caps), { supported: null, name: null }, 'unknown sender');
+    link.dispatchEvent(new CustomEvent('entry', { detail: { type: 'codecs', id: 2, video: ['vp8'], sending: 'vp8' } }));
+    assert.deepEqual(c.support(2, noRtp, caps), { supported: null, name: null });
+    link.dispatchEvent(new CustomEvent('entry', { detail: { type: 'codecs', id: 2, video: ['vp8'], sending: 'BAD name' } }));
+    assert.equal(c.state().sending[2], undefined, 'a malformed name is ignored');
   });
 
   it('offers the pick first, then the fallbacks, H.264 packetization mode 1 first', () => {
