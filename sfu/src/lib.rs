@@ -52,8 +52,10 @@
 //! whether it flows, and a [`layer::LayerSelector`] per subscriber session gives each leg the
 //! best flowing layer in layer order (`q` < `h` < `f`, never ranked by a bitrate sample) under its
 //! `preferredRid` and, with estimation on, under the session's estimate
-//! (`Event::EgressBitrateEstimate`) split over its legs, with hysteresis (down at once, also on
-//! heavy loss reported by the subscriber, up after the estimate has left room for a while). A leg
+//! (`Event::EgressBitrateEstimate`) split over its legs, with hysteresis (down on heavy loss, a
+//! severe shortfall or a sustained one, never on GCC's mere back-off; the least wanted legs
+//! paused when even the lowest layers do not fit; up after the estimate has left room for a
+//! while; see [`layer`]). A leg
 //! switches on the next keyframe of its target layer (requested, throttled per layer) and keeps
 //! its old layer until then; packets of layers no leg takes are dropped and counted. For VP8 the
 //! leg's PictureID and TL0PICIDX run on across switches ([`vp8`]): the one change the SFU makes
