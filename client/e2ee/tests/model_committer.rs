@@ -12,7 +12,12 @@
 //! to each participant, delivery of each participant's messages to the coordinator,
 //! crashes (losing or keeping unsent messages: a committer can die right after
 //! creating a commit and before it is logged, or after it is logged and before it
-//! merges it), the presence timeout that logs a crashed participant's `left`, and in
+//! merges it; the coordinator logs its `away` once it has read what the dead connection
+//! carried), network blips (a participant's connection drops: `away` is logged, it reads
+//! and sends nothing until it resumes, what it had sent is delivered before the `away` or
+//! lost, as the web client drops what it sends while its socket is down; on resume `back
+//! {from_seq}` is logged and it continues from its cursor), the presence timeout that
+//! logs a crashed participant's `left`, and in
 //! the deep configuration also a participant seeing its own `left` while alive, MLS
 //! failures (reset under a fresh key), and welcome-timeout re-announcements.
 //!
@@ -31,7 +36,11 @@
 //!   welcomed into a group that still holds somebody who left before it arrived;
 //! * `converged when quiescent`: once nothing but churn can happen, every live
 //!   participant is in the same group at the same epoch and the members are exactly
-//!   the live participants.
+//!   the live participants (a participant back from a blip included: nobody removed it,
+//!   and it caught up from the log);
+//! * sometimes `a join completes while an older committer is away`: a commit logged
+//!   while an older member was away (crashed or blipped, before its `left` or `back`)
+//!   welcomed a joiner, i.e. the joiner did not wait for the away committer.
 //!
 //! `SATSUMA_MODEL_DEEP=1` runs a larger configuration.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -64,6 +73,10 @@ struct CommitRec {
 enum LogEntry {
     Joined(Id),
     Left(Id),
+    /// `away {id}`: its connection ended without a leave.
+    Away(Id),
+    /// `back {id, from_seq}`: it resumed, replaying after `from_seq`.
+    Back(Id, u64),
     Creator(Id, u8),
     KeyPackage(Id, KeyTag),
     Commit(CommitRec),
@@ -86,6 +99,9 @@ struct AbsGroup {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Status {
     Active,
+    /// Alive, but its connection dropped (a network blip): it reads nothing and sends
+    /// nothing until it resumes.
+    Disconnected,
     Crashed,
     Gone,
 }
@@ -107,6 +123,8 @@ struct Part {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Coord {
     live: Vec<Id>,
+    /// Live participants logged `away` (no `back` yet).
+    away: BTreeSet<Id>,
     group: Option<(u8, u64)>,
     group_members: BTreeSet<Id>,
     next_gid: u8,
@@ -119,6 +137,7 @@ struct State {
     parts: Vec<Part>,
     joins_left: u8,
     crashes_left: u8,
+    blips_left: u8,
     false_timeouts_left: u8,
     failures_left: u8,
     clock: u64,
@@ -133,6 +152,10 @@ enum Act {
     Step(Id),
     Deliver(Id),
     Crash(Id, bool),
+    /// The connection drops; `true`: what it had sent still reaches the coordinator.
+    Blip(Id, bool),
+    /// A disconnected participant resumes.
+    Resume(Id),
     Expire(Id),
     FalseTimeout(Id),
     Failure(Id),
@@ -142,6 +165,10 @@ enum Act {
 struct RoomModel {
     participants: u8,
     crashes: u8,
+    blips: u8,
+    /// Only the designated committer's connection blips (the case that used to stall
+    /// joins); otherwise anybody's.
+    blip_committer_only: bool,
     false_timeouts: u8,
     failures: u8,
     retries: u8,
@@ -171,6 +198,7 @@ impl State {
             return;
         }
         self.coord.live.retain(|x| *x != id);
+        self.coord.away.remove(&id);
         self.coord.group_members.remove(&id);
         self.coord_log(LogEntry::Left(id));
         self.maybe_creator();
@@ -211,6 +239,25 @@ impl State {
         if !self.coord.live.contains(&id) {
             return;
         }
+        self.deliver_msg(id, msg);
+        self.maybe_away(id);
+    }
+
+    /// The coordinator sees the end of `id`'s connection once it has read everything
+    /// the connection carried: it logs `away {id}` (crash or blip).
+    fn maybe_away(&mut self, id: Id) {
+        let p = self.part(id);
+        let dead = matches!(p.status, Status::Crashed | Status::Disconnected);
+        if dead
+            && p.outbox.is_empty()
+            && self.coord.live.contains(&id)
+            && self.coord.away.insert(id)
+        {
+            self.coord_log(LogEntry::Away(id));
+        }
+    }
+
+    fn deliver_msg(&mut self, id: Id, msg: Msg) {
         match msg {
             Msg::KeyPackage(k) => {
                 self.coord_log(LogEntry::KeyPackage(id, k));
@@ -402,6 +449,12 @@ impl State {
         let ev = match entry {
             LogEntry::Joined(x) => Event::Joined { seq, id: x },
             LogEntry::Left(x) => Event::Left { seq, id: x },
+            LogEntry::Away(x) => Event::Away { seq, id: x },
+            LogEntry::Back(x, from_seq) => Event::Back {
+                seq,
+                id: x,
+                from_seq,
+            },
             LogEntry::Creator(x, gid) => Event::Creator {
                 seq,
                 id: x,
@@ -510,14 +563,30 @@ impl State {
             .collect()
     }
 
+    /// Participants alive (connected or not).
+    fn alive(&self) -> Vec<&Part> {
+        self.parts
+            .iter()
+            .filter(|p| matches!(p.status, Status::Active | Status::Disconnected))
+            .collect()
+    }
+
     fn progress_possible(&self) -> bool {
         self.parts.iter().any(|p| {
             (p.status == Status::Active && p.cursor < self.log.len())
                 || (p.status != Status::Gone && !p.outbox.is_empty())
                 || (p.status == Status::Crashed && self.coord.live.contains(&p.id))
+                || resume_enabled(self, p)
                 || tick_enabled(self, p)
         })
     }
+}
+
+/// A disconnected participant resumes once the coordinator noticed the old connection
+/// ended (its `away` is logged; a resume before that replaces the connection, which
+/// changes nothing the committer sees).
+fn resume_enabled(s: &State, p: &Part) -> bool {
+    p.status == Status::Disconnected && s.coord.away.contains(&p.id)
 }
 
 fn tick_enabled(s: &State, p: &Part) -> bool {
@@ -537,6 +606,7 @@ impl Model for RoomModel {
             log: Vec::new(),
             coord: Coord {
                 live: Vec::new(),
+                away: BTreeSet::new(),
                 group: None,
                 group_members: BTreeSet::new(),
                 next_gid: 0,
@@ -544,6 +614,7 @@ impl Model for RoomModel {
             parts: Vec::new(),
             joins_left: self.participants,
             crashes_left: self.crashes,
+            blips_left: self.blips,
             false_timeouts_left: self.false_timeouts,
             failures_left: self.failures,
             clock: 0,
@@ -573,6 +644,19 @@ impl Model for RoomModel {
                     actions.push(Act::Crash(id, false));
                 }
             }
+            if p.status == Status::Active
+                && s.blips_left > 0
+                && s.coord.live.contains(&id)
+                && (!self.blip_committer_only || p.committer.is_committer())
+            {
+                actions.push(Act::Blip(id, true));
+                if !p.outbox.is_empty() {
+                    actions.push(Act::Blip(id, false));
+                }
+            }
+            if resume_enabled(s, p) {
+                actions.push(Act::Resume(id));
+            }
             if p.status == Status::Crashed && s.coord.live.contains(&id) {
                 actions.push(Act::Expire(id));
             }
@@ -599,6 +683,7 @@ impl Model for RoomModel {
                 s.joins_left -= 1;
                 let id = s.parts.len() as Id + 1;
                 let roster: Vec<Id> = s.coord.live.clone();
+                let away: Vec<Id> = s.coord.away.iter().copied().collect();
                 let cursor = s.log.len();
                 s.coord_join(id);
                 let mut committer = Committer::new(
@@ -610,7 +695,7 @@ impl Model for RoomModel {
                         void_timeout_ms: u64::MAX,
                     },
                 );
-                let actions = committer.handle(s.clock, Event::Roster { live: roster });
+                let actions = committer.handle(s.clock, Event::Roster { live: roster, away });
                 s.parts.push(Part {
                     id,
                     status: Status::Active,
@@ -634,6 +719,25 @@ impl Model for RoomModel {
                 if !sent {
                     p.outbox.clear();
                 }
+                s.maybe_away(id);
+            }
+            Act::Blip(id, sent) => {
+                s.blips_left -= 1;
+                let p = s.part(id);
+                p.status = Status::Disconnected;
+                if !sent {
+                    // The web client drops what it sends while its socket is down
+                    // (room-link.js `send`/`sendBinary` return false).
+                    p.outbox.clear();
+                }
+                s.maybe_away(id);
+            }
+            Act::Resume(id) => {
+                let p = s.part(id);
+                p.status = Status::Active;
+                let from_seq = p.cursor as u64;
+                s.coord.away.remove(&id);
+                s.coord_log(LogEntry::Back(id, from_seq));
             }
             Act::Expire(id) => {
                 s.coord_leave(id);
@@ -668,7 +772,7 @@ impl Model for RoomModel {
                 |_, s: &State| s.violation.is_none(),
             ),
             Property::always("no fork", |_, s: &State| {
-                let active = s.live_active();
+                let active = s.alive();
                 let groups: Vec<&AbsGroup> =
                     active.iter().filter_map(|p| p.group.as_ref()).collect();
                 let agree = groups.iter().all(|a| {
@@ -707,7 +811,10 @@ impl Model for RoomModel {
                         p.status == Status::Active && p.committer.is_committer() && p.id > 1
                     })
             }),
-            Property::sometimes(
+        ];
+        // Somebody departs only with a crash or a false timeout.
+        if self.crashes + self.false_timeouts > 0 {
+            properties.push(Property::sometimes(
                 "one commit adds a joiner and removes a departed member",
                 |_, s: &State| {
                     s.log.iter().any(|e| {
@@ -716,7 +823,12 @@ impl Model for RoomModel {
                                 && r.removes.iter().any(|x| !r.adds.iter().any(|(a, _)| a == x)))
                     })
                 },
-            ),
+            ));
+        }
+        if self.participants < 3 {
+            return properties;
+        }
+        properties.extend([
             Property::sometimes("everyone converged in a group of 3", |_, s: &State| {
                 !s.progress_possible()
                     && s.live_active().len() >= 3
@@ -724,7 +836,39 @@ impl Model for RoomModel {
                         .iter()
                         .all(|p| p.group.as_ref().is_some_and(|g| g.members.len() >= 3))
             }),
-        ];
+            Property::sometimes(
+                "a join completes while an older committer is away",
+                |_, s: &State| {
+                    let mut away = BTreeSet::new();
+                    s.log.iter().any(|e| match e {
+                        LogEntry::Away(x) => {
+                            away.insert(*x);
+                            false
+                        }
+                        LogEntry::Back(x, _) | LogEntry::Left(x) => {
+                            away.remove(x);
+                            false
+                        }
+                        LogEntry::Commit(r) => {
+                            let past_away = r
+                                .welcome
+                                .as_ref()
+                                .is_some_and(|w| w.keys().any(|x| away.contains(x) && *x < r.from));
+                            past_away
+                                && r.adds.iter().any(|(a, _)| {
+                                    s.parts.iter().any(|p| {
+                                        p.id == *a
+                                            && p.committer
+                                                .group()
+                                                .is_some_and(|g| g.group_id == vec![r.gid])
+                                    })
+                                })
+                        }
+                        _ => false,
+                    })
+                },
+            ),
+        ]);
         // Two KeyPackages wait for the committer only if a third joiner's add is in
         // flight meanwhile: it takes four participants.
         if self.participants >= 4 {
@@ -761,9 +905,19 @@ fn parse_config(v: &str) -> Option<RoomModel> {
         .map(|x| x.trim().parse().ok())
         .collect::<Option<_>>()?;
     match n[..] {
-        [participants, crashes, false_timeouts, failures, retries] => Some(RoomModel {
+        [
             participants,
             crashes,
+            blips,
+            blip_committer_only,
+            false_timeouts,
+            failures,
+            retries,
+        ] => Some(RoomModel {
+            participants,
+            crashes,
+            blips,
+            blip_committer_only: blip_committer_only == 1,
             false_timeouts,
             failures,
             retries,
@@ -772,10 +926,26 @@ fn parse_config(v: &str) -> Option<RoomModel> {
     }
 }
 
-/// Default: 3 participants, one crash anywhere. `SATSUMA_MODEL_DEEP=1`: also each
-/// other fault kind with 3 participants, and 4 participants with a crash.
-/// `SATSUMA_MODEL_CONFIG=participants,crashes,false_timeouts,failures,retries` runs
-/// exactly one configuration.
+fn room(participants: u8, crashes: u8, blips: u8, faults: (u8, u8, u8)) -> RoomModel {
+    let (false_timeouts, failures, retries) = faults;
+    RoomModel {
+        participants,
+        crashes,
+        blips,
+        blip_committer_only: false,
+        false_timeouts,
+        failures,
+        retries,
+    }
+}
+
+/// Default: 3 participants with one crash anywhere (its `away` logged when its socket
+/// ends, its `left` at the presence timeout), then 2 participants with one network blip
+/// of anybody. `SATSUMA_MODEL_DEEP=1`: also 3 participants with a blip of the designated
+/// committer, each other fault kind with 3 participants and a crash, a blip of anybody
+/// with 3 participants, and 4 participants with a crash.
+/// `SATSUMA_MODEL_CONFIG=participants,crashes,blips,blip_committer_only(0|1),false_timeouts,failures,retries`
+/// runs exactly one configuration.
 #[test]
 fn designated_committer_model() {
     if let Some(m) = std::env::var("SATSUMA_MODEL_CONFIG")
@@ -785,33 +955,22 @@ fn designated_committer_model() {
         check(m);
         return;
     }
-    check(RoomModel {
-        participants: 3,
-        crashes: 1,
-        false_timeouts: 0,
-        failures: 0,
-        retries: 0,
-    });
+    check(room(3, 1, 0, (0, 0, 0)));
+    check(room(2, 0, 1, (0, 0, 0)));
     if std::env::var("SATSUMA_MODEL_DEEP").is_ok_and(|v| v == "1") {
+        check(RoomModel {
+            blip_committer_only: true,
+            ..room(3, 0, 1, (0, 0, 0))
+        });
         // One extra fault kind at a time on top of a crash: a participant that sees
         // its own `left`, an MLS failure (reset under a fresh key, re-added by a
-        // remove + add commit), a welcome-timeout re-announcement; then 4
-        // participants.
-        for (false_timeouts, failures, retries) in [(1, 0, 0), (0, 1, 0), (0, 0, 1)] {
-            check(RoomModel {
-                participants: 3,
-                crashes: 1,
-                false_timeouts,
-                failures,
-                retries,
-            });
+        // remove + add commit), a welcome-timeout re-announcement; a blip of anybody
+        // (a joiner's KeyPackage or a member's ready lost with its connection); then
+        // 4 participants.
+        for faults in [(1, 0, 0), (0, 1, 0), (0, 0, 1)] {
+            check(room(3, 1, 0, faults));
         }
-        check(RoomModel {
-            participants: 4,
-            crashes: 1,
-            false_timeouts: 0,
-            failures: 0,
-            retries: 0,
-        });
+        check(room(3, 0, 1, (0, 0, 0)));
+        check(room(4, 1, 0, (0, 0, 0)));
     }
 }
