@@ -169,6 +169,9 @@ struct RoomModel {
     /// Only the designated committer's connection blips (the case that used to stall
     /// joins); otherwise anybody's.
     blip_committer_only: bool,
+    /// Only participant 1 (the group's creator, the first designated committer) may crash;
+    /// otherwise anybody may.
+    crash_first_only: bool,
     false_timeouts: u8,
     failures: u8,
     retries: u8,
@@ -638,7 +641,10 @@ impl Model for RoomModel {
             if p.status != Status::Gone && !p.outbox.is_empty() {
                 actions.push(Act::Deliver(id));
             }
-            if p.status == Status::Active && s.crashes_left > 0 {
+            if p.status == Status::Active
+                && s.crashes_left > 0
+                && (!self.crash_first_only || id == 1)
+            {
                 actions.push(Act::Crash(id, true));
                 if !p.outbox.is_empty() {
                     actions.push(Act::Crash(id, false));
@@ -918,6 +924,7 @@ fn parse_config(v: &str) -> Option<RoomModel> {
             crashes,
             blips,
             blip_committer_only: blip_committer_only == 1,
+            crash_first_only: false,
             false_timeouts,
             failures,
             retries,
@@ -933,17 +940,19 @@ fn room(participants: u8, crashes: u8, blips: u8, faults: (u8, u8, u8)) -> RoomM
         crashes,
         blips,
         blip_committer_only: false,
+        crash_first_only: false,
         false_timeouts,
         failures,
         retries,
     }
 }
 
-/// Default: 3 participants with one crash anywhere (its `away` logged when its socket
-/// ends, its `left` at the presence timeout), then 2 participants with one network blip
-/// of anybody. `SATSUMA_MODEL_DEEP=1`: also 3 participants with a blip of the designated
-/// committer, each other fault kind with 3 participants and a crash, a blip of anybody
-/// with 3 participants, and 4 participants with a crash.
+/// Default: 3 participants with one crash of the first designated committer (its `away`
+/// logged when its socket ends, its `left` at the presence timeout; 3.9 M states, ~3 min
+/// on 2 cores), then 2 participants with one network blip of anybody.
+/// `SATSUMA_MODEL_DEEP=1`: also 3 participants with a crash of anybody (7.4 M states), with
+/// a blip of the designated committer, each other fault kind with 3 participants and a
+/// crash, a blip of anybody with 3 participants, and 4 participants with a crash.
 /// `SATSUMA_MODEL_CONFIG=participants,crashes,blips,blip_committer_only(0|1),false_timeouts,failures,retries`
 /// runs exactly one configuration.
 #[test]
@@ -955,9 +964,16 @@ fn designated_committer_model() {
         check(m);
         return;
     }
-    check(room(3, 1, 0, (0, 0, 0)));
+    // The default run (part of `cargo test`, so of CI) crashes the first designated committer
+    // only: with `away` logged on a crash, letting anybody crash takes 7.4 M states and ~10 min
+    // of CPU here; that run is in the deep set.
+    check(RoomModel {
+        crash_first_only: true,
+        ..room(3, 1, 0, (0, 0, 0))
+    });
     check(room(2, 0, 1, (0, 0, 0)));
     if std::env::var("SATSUMA_MODEL_DEEP").is_ok_and(|v| v == "1") {
+        check(room(3, 1, 0, (0, 0, 0)));
         check(RoomModel {
             blip_committer_only: true,
             ..room(3, 0, 1, (0, 0, 0))
