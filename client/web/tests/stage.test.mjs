@@ -117,7 +117,11 @@ async function waitControl(page, id, want) {
 }
 
 /** The key of the tile `page` outlines as the active speaker (null: none), once stable. */
-async function waitActive(page, key, timeout = 30000) {
+// 60 s: the SFU's choice of a new speaker took 10-15 s under load (Chromium's fake microphone
+// beeps; sfu/src/speaker.rs names it only part of the time) and once more than 30 s in a full
+// suite run. That latency is a known defect to fix (issue 13); this test checks that the outline
+// follows the SFU's choice, not yet how fast.
+async function waitActive(page, key, timeout = 60000) {
   return waitFor(`${page.label} to outline tile ${key} as the active speaker`, async () => {
     const g = await geometry(page);
     const active = g.tiles.filter((t) => t.active).map((t) => t.key);
