@@ -11,13 +11,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, Got, start_dev};
+use common::{Client, Got, e2ee_entry, start_dev};
 use satsuma_coordinator::ServerHandle;
-use satsuma_coordinator::protocol::{ClientMessage, RoomEvent, ServerMessage};
+use satsuma_coordinator::protocol::{ClientMessage, ServerMessage};
 use satsuma_e2ee::frame::Codec;
 use satsuma_e2ee::identity::Identity;
 use satsuma_e2ee::member::{Member, MemberConfig, Outbound};
-use satsuma_e2ee::relay::{Entry, ServerFrame};
+use satsuma_e2ee::relay::ServerFrame;
 
 const ROOM: &str = "away-committer";
 
@@ -37,32 +37,6 @@ struct World {
 
 fn seed(n: u8) -> [u8; 32] {
     [n; 32]
-}
-
-/// The JSON entries the E2EE layer reads.
-fn e2ee_entry(seq: u64, event: &RoomEvent) -> Option<Entry> {
-    Some(match event {
-        RoomEvent::Joined { id, .. } => Entry::Joined { seq, id: *id },
-        RoomEvent::Left { id, .. } => Entry::Left { seq, id: *id },
-        RoomEvent::Away { id } => Entry::Away { seq, id: *id },
-        RoomEvent::Back { id, from_seq } => Entry::Back {
-            seq,
-            id: *id,
-            from_seq: *from_seq,
-        },
-        RoomEvent::Creator { id, group_id } => Entry::Creator {
-            seq,
-            id: *id,
-            group_id: hex::decode(group_id).unwrap(),
-        },
-        RoomEvent::Execute { epoch } => Entry::Execute { seq, epoch: *epoch },
-        RoomEvent::CommitVoid { epoch, from } => Entry::CommitVoid {
-            seq,
-            epoch: *epoch,
-            from: *from,
-        },
-        _ => return None,
-    })
 }
 
 impl World {

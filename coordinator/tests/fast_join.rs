@@ -10,15 +10,17 @@
 //! both ways.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use common::e2ee_entry;
 use satsuma_coordinator::protocol::{ClientMessage, Permissions, RoomEvent, ServerMessage};
 use satsuma_coordinator::room::{EntryBody, Input, JoinRequest, Output, Room, RoomConfig, Wire};
 use satsuma_e2ee::frame::Codec;
 use satsuma_e2ee::identity::Identity;
 use satsuma_e2ee::member::{Member, MemberConfig, Outbound};
-use satsuma_e2ee::relay::Entry;
 
 struct Sim {
     room: Room,
@@ -54,26 +56,6 @@ fn seed(id: u64) -> [u8; 32] {
     let mut s = [0x33u8; 32];
     s[..8].copy_from_slice(&id.to_be_bytes());
     s
-}
-
-/// The JSON entries the E2EE layer reads, as `satsuma_e2ee::relay::Entry`.
-fn e2ee_entry(seq: u64, event: &RoomEvent) -> Option<Entry> {
-    Some(match event {
-        RoomEvent::Joined { id, .. } => Entry::Joined { seq, id: *id },
-        RoomEvent::Left { id, .. } => Entry::Left { seq, id: *id },
-        RoomEvent::Creator { id, group_id } => Entry::Creator {
-            seq,
-            id: *id,
-            group_id: hex::decode(group_id).unwrap(),
-        },
-        RoomEvent::Execute { epoch } => Entry::Execute { seq, epoch: *epoch },
-        RoomEvent::CommitVoid { epoch, from } => Entry::CommitVoid {
-            seq,
-            epoch: *epoch,
-            from: *from,
-        },
-        _ => return None,
-    })
 }
 
 impl Sim {
