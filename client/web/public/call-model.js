@@ -110,7 +110,8 @@ function applyEntry(state, e, changed) {
       changed.add('people').add('controls');
       break;
     case 'speaking':
-      if (p) p.speaking = e.speaking;
+      if (!p || p.speaking === e.speaking) break;
+      p.speaking = e.speaking;
       changed.add('people');
       break;
     case 'host':
@@ -172,8 +173,13 @@ export function reduce(state, action) {
     case 'tile/update': {
       const t = state.tiles.get(a.key);
       if (!t) break;
-      for (const k of ['name', 'conn', 'e2ee', 'camOn']) if (a[k] !== undefined) t[k] = a[k];
-      changed.add('tiles');
+      // The stats refresh re-sends every tile's pills each second: only a real change is one
+      // (each 'tiles' change costs the view a pass over every tile).
+      for (const k of ['name', 'conn', 'e2ee', 'camOn']) {
+        if (a[k] === undefined || sameValue(t[k], a[k])) continue;
+        t[k] = a[k];
+        changed.add('tiles');
+      }
       break;
     }
     case 'tile/media': {
@@ -276,6 +282,12 @@ export function stageOrder(state) {
  * Views subscribe; only the controller dispatches (and the views' own layout
  * intents go through the controller too).
  */
+/** Equality for tile fields: scalars, or the `[text, level]` pill pairs. */
+function sameValue(a, b) {
+  if (Array.isArray(a) && Array.isArray(b)) return a.length === b.length && a.every((v, i) => v === b[i]);
+  return a === b;
+}
+
 export class CallModel extends EventTarget {
   constructor(init) {
     super();

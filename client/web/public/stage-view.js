@@ -51,7 +51,9 @@ export class StageView {
     this.state = state;
     if (changed.has('tiles') || changed.has('stage')) this.syncTiles(state);
     if (changed.has('tiles') || changed.has('stage') || changed.has('people')) this.decorate(state);
-    if (changed.has('stage') || changed.has('tiles')) this.layout();
+    // Tiles come and go with a 'stage' change too; a 'tiles' change alone (a pill's text) does
+    // not move anything, and laying out reads the stage's size (a forced layout).
+    if (changed.has('stage')) this.layout();
   }
 
   syncTiles(state) {
@@ -70,14 +72,19 @@ export class StageView {
         t.media = tile.media;
         t.video.play().catch(() => {});
       }
-      t.nameTag.textContent = tile.name;
-      t.root.setAttribute('aria-label', tile.name);
-      t.pin.setAttribute('aria-label', `Show ${tile.name} large`);
-      t.camOff.hidden = Boolean(tile.camOn);
+      // Only what differs is written: every write invalidates style for the whole stage.
+      if (t.name !== tile.name) {
+        t.name = tile.name;
+        t.nameTag.textContent = tile.name;
+        t.root.setAttribute('aria-label', tile.name);
+        t.pin.setAttribute('aria-label', `Show ${tile.name} large`);
+      }
+      if (t.camOff.hidden !== Boolean(tile.camOn)) t.camOff.hidden = Boolean(tile.camOn);
       for (const [pill, value] of [[t.conn, tile.conn], [t.e2ee, tile.e2ee]]) {
         if (!value) continue;
-        pill.textContent = value[0];
-        pill.className = `pill ${value[1]}`;
+        if (pill.textContent !== value[0]) pill.textContent = value[0];
+        const cls = `pill ${value[1]}`;
+        if (pill.className !== cls) pill.className = cls;
       }
     }
   }
@@ -103,7 +110,7 @@ export class StageView {
     if (tile.kind === 'screenshare') root.classList.add('screen');
     this.grid.append(root);
     video.srcObject = tile.stream ?? null;
-    const t = { root, video, nameTag, conn, e2ee, hand, camOff, pin, media: tile.media };
+    const t = { root, video, nameTag, conn, e2ee, hand, camOff, pin, media: tile.media, name: tile.name };
     this.tiles.set(key, t);
     if (tile.media) video.play().catch(() => {});
     if (!tile.local) this.watcher.watch(key, video);
@@ -119,14 +126,18 @@ export class StageView {
       const id = tile.local ? me : tile.participantId;
       const p = id !== null && id !== undefined ? state.participants.get(id) : null;
       const camera = tile.kind !== 'screenshare';
-      t.hand.hidden = !(camera && p?.hand);
+      const handHidden = !(camera && p?.hand);
+      if (t.hand.hidden !== handHidden) t.hand.hidden = handHidden;
       const speaking = camera && (tile.local ? state.selfSpeaking : Boolean(p?.speaking));
-      t.root.classList.toggle('speaking', speaking);
+      if (t.root.classList.contains('speaking') !== speaking) t.root.classList.toggle('speaking', speaking);
       const active = camera && !tile.local && state.activeSpeaker !== null && tile.participantId === state.activeSpeaker;
-      t.root.classList.toggle('active-speaker', active);
-      if (active) t.root.dataset.activeSpeaker = 'true';
-      else delete t.root.dataset.activeSpeaker;
-      t.pin.setAttribute('aria-pressed', String(state.layout === 'speaker' && state.pinned === key));
+      if (t.root.classList.contains('active-speaker') !== active) {
+        t.root.classList.toggle('active-speaker', active);
+        if (active) t.root.dataset.activeSpeaker = 'true';
+        else delete t.root.dataset.activeSpeaker;
+      }
+      const pressed = String(state.layout === 'speaker' && state.pinned === key);
+      if (t.pin.getAttribute('aria-pressed') !== pressed) t.pin.setAttribute('aria-pressed', pressed);
     }
   }
 
@@ -149,21 +160,24 @@ export class StageView {
       t.root.classList.toggle('main', speaker && k === main);
     });
     const px = (v) => `${Math.max(0, v)}px`;
+    const set = (name, value) => {
+      if (this.grid.style.getPropertyValue(name) !== value) this.grid.style.setProperty(name, value);
+    };
     if (speaker) {
       const s = speakerFor(keys.length, width, height, { gap: GAP });
-      this.grid.style.setProperty('--main-w', px(s.main.width));
-      this.grid.style.setProperty('--strip-w', px(s.strip.width));
+      set('--main-w', px(s.main.width));
+      set('--strip-w', px(s.strip.width));
       // The large tile takes a row of its own; the strip is centred under it.
-      this.grid.style.setProperty('--main-margin', px(Math.floor((width - s.main.width) / 2)));
-      this.grid.style.setProperty('--pad-x', '0px');
+      set('--main-margin', px(Math.floor((width - s.main.width) / 2)));
+      set('--pad-x', '0px');
       this.grid.dataset.cols = '';
       this.grid.dataset.rows = '';
     } else {
       const g = gridFor(keys.length, width, height, { gap: GAP });
-      this.grid.style.setProperty('--tile-w', px(g.tileWidth));
+      set('--tile-w', px(g.tileWidth));
       // Narrows the rows to exactly `cols` tiles, so the flex rows wrap where the grid says.
       const row = g.cols * g.tileWidth + (g.cols - 1) * GAP;
-      this.grid.style.setProperty('--pad-x', px(Math.floor((width - row) / 2)));
+      set('--pad-x', px(Math.floor((width - row) / 2)));
       this.grid.dataset.cols = String(g.cols);
       this.grid.dataset.rows = String(g.rows);
     }
