@@ -9,10 +9,16 @@
 //! The level of a packet is in -dBov (0 is the loudest, -127 silence). A track's *activity* is an
 //! exponentially smoothed loudness above a speech floor, so one click does not make a speaker and
 //! a pause of a few hundred milliseconds does not unmake one. A track is *speaking* with
-//! hysteresis (on above [`SPEAKING_ON`], off below [`SPEAKING_OFF`]). The active speaker of a set
-//! of tracks is the most active speaking one, and the current choice is kept unless another
-//! track is clearly louder ([`SWITCH_MARGIN`]), so the highlight does not flicker between two
-//! people talking at once.
+//! hysteresis (on above [`SPEAKING_ON`], off below [`SPEAKING_OFF`]).
+//!
+//! The *active speaker* of a set of tracks is a dominant speaker, chosen on a slower measure,
+//! the track's *presence* (loudness smoothed over [`PRESENCE_SMOOTHING`]), among the tracks that
+//! were speaking within [`RECENT_SPEECH`]. It changes only when another such track is clearly
+//! more present ([`SWITCH_MARGIN`]), and silence alone does not end it: the last one to speak
+//! stays the active speaker until someone else speaks or its track is gone. Speech has gaps
+//! between words (and a test's fake microphone beeps): choosing on the instant `speaking` flag
+//! made the choice flip between two people talking at once several times a second, and drop to
+//! nobody between a single speaker's words.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -27,7 +33,13 @@ pub const SMOOTHING: Duration = Duration::from_millis(400);
 pub const SPEAKING_ON: f32 = 12.0;
 /// Activity below which a speaking track stops speaking.
 pub const SPEAKING_OFF: f32 = 6.0;
-/// A new active speaker must be this much more active than the current one.
+/// Smoothing time constant of the presence (what the active speaker is chosen on).
+pub const PRESENCE_SMOOTHING: Duration = Duration::from_millis(1500);
+/// A track is a candidate for active speaker if it was speaking this recently.
+pub const RECENT_SPEECH: Duration = Duration::from_secs(2);
+/// A track speaking now takes over from a current active speaker that has been quiet this long.
+pub const QUIET_HANDOVER: Duration = Duration::from_millis(500);
+/// A new active speaker must be this much more present than the current one.
 pub const SWITCH_MARGIN: f32 = 1.25;
 /// A track not heard from for this long is forgotten.
 pub const FORGET_AFTER: Duration = Duration::from_secs(10);
@@ -36,19 +48,39 @@ pub const FORGET_AFTER: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy)]
 struct TrackLevel {
     activity: f32,
+    presence: f32,
     last_dbov: i8,
     speaking: bool,
+    /// When the track was last seen speaking.
+    spoke: Option<Instant>,
     updated: Instant,
 }
 
 impl TrackLevel {
     fn activity_at(&self, now: Instant) -> f32 {
-        self.activity * decay(now.saturating_duration_since(self.updated))
+        self.activity * decay(now.saturating_duration_since(self.updated), SMOOTHING)
+    }
+
+    fn presence_at(&self, now: Instant) -> f32 {
+        self.presence
+            * decay(
+                now.saturating_duration_since(self.updated),
+                PRESENCE_SMOOTHING,
+            )
+    }
+
+    fn spoke_within(&self, window: Duration, now: Instant) -> bool {
+        self.spoke
+            .is_some_and(|at| now.saturating_duration_since(at) <= window)
+    }
+
+    fn speaking_at(&self, now: Instant) -> bool {
+        self.speaking && self.activity_at(now) >= SPEAKING_OFF
     }
 }
 
-fn decay(elapsed: Duration) -> f32 {
-    (-(elapsed.as_secs_f32() / SMOOTHING.as_secs_f32())).exp()
+fn decay(elapsed: Duration, constant: Duration) -> f32 {
+    (-(elapsed.as_secs_f32() / constant.as_secs_f32())).exp()
 }
 
 /// A track's level as reported through the API.
@@ -87,15 +119,21 @@ impl SpeakerDetector {
         };
         let entry = self.tracks.entry(track).or_insert(TrackLevel {
             activity: 0.0,
+            presence: 0.0,
             last_dbov: dbov,
             speaking: false,
+            spoke: None,
             updated: now,
         });
-        let elapsed = now.saturating_duration_since(entry.updated);
         // Weight of the new sample: what the old value lost by decaying over the gap, at least
         // one packet's worth (20 ms) so same-instant packets still count.
-        let keep = decay(elapsed.max(Duration::from_millis(20)));
+        let elapsed = now
+            .saturating_duration_since(entry.updated)
+            .max(Duration::from_millis(20));
+        let keep = decay(elapsed, SMOOTHING);
         entry.activity = entry.activity * keep + loudness * (1.0 - keep);
+        let keep = decay(elapsed, PRESENCE_SMOOTHING);
+        entry.presence = entry.presence * keep + loudness * (1.0 - keep);
         entry.last_dbov = dbov;
         entry.updated = now;
         let was = entry.speaking;
@@ -104,6 +142,9 @@ impl SpeakerDetector {
         } else {
             entry.activity > SPEAKING_ON
         };
+        if entry.speaking {
+            entry.spoke = Some(now);
+        }
         (was != entry.speaking).then_some(entry.speaking)
     }
 
@@ -119,31 +160,52 @@ impl SpeakerDetector {
         })
     }
 
-    /// The active speaker among `candidates` at `now`: the most active speaking track, keeping
-    /// `current` unless another is [`SWITCH_MARGIN`] times more active.
+    /// The active speaker among `candidates` at `now` (see the module docs): the most present
+    /// of the tracks that spoke within [`RECENT_SPEECH`]. `current` is kept unless another is
+    /// [`SWITCH_MARGIN`] times more present, or `current` has been quiet for
+    /// [`QUIET_HANDOVER`] while another is speaking now. `current` stays through silence while
+    /// it is still among `candidates` and heard from; `None` when nobody has spoken yet.
     pub fn choose(
         &self,
         candidates: impl IntoIterator<Item = TrackId>,
         current: Option<TrackId>,
         now: Instant,
     ) -> Option<TrackId> {
+        // The most present recent speaker, and the most present one speaking now (not current).
         let mut best: Option<(TrackId, f32)> = None;
-        let mut current_activity = None;
+        let mut talking: Option<(TrackId, f32)> = None;
+        let mut cur: Option<&TrackLevel> = None;
         for track in candidates {
-            let Some(level) = self.level(track, now).filter(|l| l.speaking) else {
+            let Some(t) = self.tracks.get(&track) else {
                 continue;
             };
+            let presence = t.presence_at(now);
             if Some(track) == current {
-                current_activity = Some(level.activity);
+                cur = Some(t);
+                continue;
             }
-            if best.is_none_or(|(_, a)| level.activity > a) {
-                best = Some((track, level.activity));
+            if t.spoke_within(RECENT_SPEECH, now) && best.is_none_or(|(_, p)| presence > p) {
+                best = Some((track, presence));
+            }
+            if t.speaking_at(now) && talking.is_none_or(|(_, p)| presence > p) {
+                talking = Some((track, presence));
             }
         }
-        match (best, current, current_activity) {
-            (Some((_, a)), Some(cur), Some(cur_a)) if a < cur_a * SWITCH_MARGIN => Some(cur),
-            (best, _, _) => best.map(|(t, _)| t),
+        let Some((cur_id, cur)) = current.zip(cur) else {
+            return best.map(|(t, _)| t);
+        };
+        let cur_presence = cur.presence_at(now);
+        if let Some((t, p)) = best
+            && p > cur_presence * SWITCH_MARGIN
+        {
+            return Some(t);
         }
+        if let Some((t, _)) = talking
+            && !cur.spoke_within(QUIET_HANDOVER, now)
+        {
+            return Some(t);
+        }
+        Some(cur_id)
     }
 
     /// Tracks currently speaking.
@@ -261,10 +323,90 @@ mod tests {
             t += PACKET;
         }
         assert_eq!(d.choose([a, b], Some(a), t), Some(b));
-        // Nobody speaking: no active speaker.
-        assert_eq!(d.choose([a, b], Some(b), t + Duration::from_secs(3)), None);
+        // Nobody speaking: the last speaker stays (until its track goes).
+        assert_eq!(
+            d.choose([a, b], Some(b), t + Duration::from_secs(3)),
+            Some(b)
+        );
+        // b's track is gone and a has not spoken for 3 s: nobody.
+        assert_eq!(d.choose([a], Some(b), t + Duration::from_secs(3)), None);
         assert_eq!(d.speaking_count(t), 2);
         assert_eq!(d.speaking_count(t + Duration::from_secs(3)), 0);
+        d.expire(t + FORGET_AFTER);
+        assert_eq!(d.choose([a, b], Some(b), t + FORGET_AFTER), None);
+    }
+
+    /// One 100 ms burst every `period` (a beeping fake microphone, or words with gaps).
+    fn beep(
+        d: &mut SpeakerDetector,
+        track: TrackId,
+        phase: Duration,
+        period: Duration,
+        t: Instant,
+    ) {
+        let in_period = phase.as_millis() % period.as_millis();
+        let dbov = if in_period < 100 { -15 } else { -127 };
+        d.observe(track, dbov, None, t);
+    }
+
+    #[test]
+    fn two_people_talking_at_once_do_not_make_the_choice_flicker() {
+        let mut d = SpeakerDetector::default();
+        let (a, b) = (TrackId(1), TrackId(2));
+        let t0 = Instant::now();
+        let period = Duration::from_millis(400);
+        let mut current = None;
+        let mut changes = 0;
+        let mut t = t0;
+        while t < t0 + Duration::from_secs(20) {
+            let since = t - t0;
+            beep(&mut d, a, since, period, t);
+            beep(&mut d, b, since + Duration::from_millis(200), period, t);
+            let chosen = d.choose([a, b], current, t);
+            if chosen != current {
+                changes += 1;
+                current = chosen;
+            }
+            t += PACKET;
+        }
+        assert!(current.is_some());
+        assert_eq!(changes, 1, "the choice changed {changes} times in 20 s");
+    }
+
+    #[test]
+    fn a_single_speaker_with_pauses_stays_and_a_new_one_takes_over_within_1_5_s() {
+        let mut d = SpeakerDetector::default();
+        let (a, b) = (TrackId(1), TrackId(2));
+        let t0 = Instant::now();
+        let period = Duration::from_millis(500);
+        let mut current = None;
+        let mut t = t0;
+        // a speaks in bursts, b sends silence: a is chosen and stays through every gap.
+        let mut chosen_at = None;
+        while t < t0 + Duration::from_secs(10) {
+            beep(&mut d, a, t - t0, period, t);
+            d.observe(b, -127, None, t);
+            current = d.choose([a, b], current, t);
+            if current.is_some() && chosen_at.is_none() {
+                chosen_at = Some(t);
+            }
+            if chosen_at.is_some() {
+                assert_eq!(current, Some(a), "a lost the choice at {:?}", t - t0);
+            }
+            t += PACKET;
+        }
+        // Now a is silent and b speaks: b takes over, within a second.
+        let switch = t;
+        while current != Some(b) {
+            assert!(
+                t - switch < Duration::from_secs(1),
+                "no switch to b within 1 s"
+            );
+            d.observe(a, -127, None, t);
+            beep(&mut d, b, t - t0, period, t);
+            current = d.choose([a, b], current, t);
+            t += PACKET;
+        }
     }
 
     #[test]
