@@ -9,9 +9,7 @@
 
 import { testParam } from './client-config.js';
 import { timeline } from './join-timeline.js';
-
-const PROTOCOL_VERSION = 1;
-const MLS_HEADER_LEN = 17;
+import { CLOSE, DIRECT_TYPES as DIRECT, MLS_HEADER_LEN, PROTOCOL_VERSION } from './wire.js';
 
 /**
  * Test hook `?test_visible_only_to=<participant id>` (only when the server runs with
@@ -28,21 +26,19 @@ function visibleOnlyTo() {
   return Number(value);
 }
 
-// Close codes after which resuming is pointless (see the protocol's `close` module).
+// Close codes after which resuming is pointless (wire.js, generated from satsuma-wire).
 const FINAL_CLOSES = new Map([
-  [1000, 'left'],
-  [4000, 'bad-hello'],
-  [4001, 'unsupported-version'],
-  [4401, 'unauthorized'],
-  [4403, 'removed'],
-  [4409, 'replaced'],
-  [4423, 'room-locked'],
-  [4424, 'room-full'],
+  [CLOSE.NORMAL, 'left'],
+  [CLOSE.BAD_HELLO, 'bad-hello'],
+  [CLOSE.UNSUPPORTED_VERSION, 'unsupported-version'],
+  [CLOSE.UNAUTHORIZED, 'unauthorized'],
+  [CLOSE.REMOVED, 'removed'],
+  [CLOSE.REPLACED, 'replaced'],
+  [CLOSE.ROOM_LOCKED, 'room-locked'],
+  [CLOSE.ROOM_FULL, 'room-full'],
 ]);
-const RESUME_FAILED = 4410;
 // Replies to this connection; everything else with a `seq` is a log entry.
-const DIRECT_TYPES = new Set(['welcome', 'resumed', 'pong', 'error', 'commit_rejected']);
-const PRESENCE_TIMEOUT = 4408;
+const DIRECT_TYPES = new Set(DIRECT);
 
 /** Decodes a server → client binary frame: `u64 seq ‖ u8 kind ‖ u64 from ‖ payload`. */
 export function decodeMlsFrame(buffer) {
@@ -222,7 +218,7 @@ export class RoomLink extends EventTarget {
       this.#finish(FINAL_CLOSES.get(code), reason);
       return;
     }
-    if (this.participantId !== null && (code === RESUME_FAILED || code === PRESENCE_TIMEOUT)) {
+    if (this.participantId !== null && (code === CLOSE.RESUME_FAILED || code === CLOSE.PRESENCE_TIMEOUT)) {
       // The old participant is gone: join again as a new one.
       this.participantId = null;
       this.resumeToken = null;

@@ -1,0 +1,376 @@
+//! JSON bodies of the Cloudflare-Realtime-compatible API (v1), camelCase on the wire:
+//! what the SFU serves, the coordinator's `/sfu` proxy checks and the bot sends.
+//!
+//! Requests serialize without absent optional fields; every body deserializes leniently
+//! (unknown fields are ignored, optional fields and lists may be missing), so a client
+//! built on these types also talks to anything else that speaks the same API.
+
+use serde::{Deserialize, Serialize};
+
+/// `offer` or `answer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SdpType {
+    /// An SDP offer.
+    Offer,
+    /// An SDP answer.
+    Answer,
+}
+
+/// `{type, sdp}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionDescription {
+    /// Offer or answer.
+    #[serde(rename = "type")]
+    pub kind: SdpType,
+    /// The SDP text.
+    pub sdp: String,
+}
+
+impl SessionDescription {
+    /// An offer.
+    pub fn offer(sdp: impl Into<String>) -> Self {
+        Self {
+            kind: SdpType::Offer,
+            sdp: sdp.into(),
+        }
+    }
+
+    /// An answer.
+    pub fn answer(sdp: impl Into<String>) -> Self {
+        Self {
+            kind: SdpType::Answer,
+            sdp: sdp.into(),
+        }
+    }
+
+    /// Is this an offer?
+    pub fn is_offer(&self) -> bool {
+        self.kind == SdpType::Offer
+    }
+
+    /// Is this an answer?
+    pub fn is_answer(&self) -> bool {
+        self.kind == SdpType::Answer
+    }
+}
+
+/// Where a track lives relative to the session in the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Location {
+    /// Pushed by this session.
+    Local,
+    /// Pulled from another session.
+    Remote,
+}
+
+/// Simulcast preferences of a pulled track.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Simulcast {
+    /// The layer (rid) the subscriber wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_rid: Option<String>,
+    /// Accepted and echoed, not interpreted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_ordering: Option<String>,
+    /// Accepted and echoed, not interpreted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid_not_available: Option<String>,
+}
+
+/// `POST sessions/new` body (optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSessionRequest {
+    /// An initial offer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_description: Option<SessionDescription>,
+}
+
+/// `POST sessions/new` response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSessionResponse {
+    /// The new session's id.
+    pub session_id: String,
+    /// The answer, when the request carried an offer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_description: Option<SessionDescription>,
+}
+
+/// A track entry in requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackObject {
+    /// `local` (push) or `remote` (pull).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    /// The m-line id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mid: Option<String>,
+    /// The track name (push: chosen by the client; pull: the publisher's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_name: Option<String>,
+    /// Pull: the publishing session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Pull: simulcast preferences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulcast: Option<Simulcast>,
+}
+
+impl TrackObject {
+    /// A track to push, announced at `mid`.
+    pub fn local(mid: impl Into<String>, track_name: impl Into<String>) -> Self {
+        Self {
+            location: Some(Location::Local),
+            mid: Some(mid.into()),
+            track_name: Some(track_name.into()),
+            ..Self::default()
+        }
+    }
+
+    /// A track to pull from another session.
+    pub fn remote(session_id: impl Into<String>, track_name: impl Into<String>) -> Self {
+        Self {
+            location: Some(Location::Remote),
+            session_id: Some(session_id.into()),
+            track_name: Some(track_name.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// `POST sessions/{id}/tracks/new` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TracksRequest {
+    /// An offer (push).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_description: Option<SessionDescription>,
+    /// The tracks.
+    #[serde(default)]
+    pub tracks: Vec<TrackObject>,
+}
+
+/// A track entry in responses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackResult {
+    /// Pull: the publishing session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The track name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_name: Option<String>,
+    /// The m-line id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mid: Option<String>,
+    /// Per-track error code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// Per-track error text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+}
+
+impl TrackResult {
+    /// Marks this entry failed.
+    pub fn with_error(mut self, code: &str, description: impl Into<String>) -> TrackResult {
+        self.error_code = Some(code.to_string());
+        self.error_description = Some(description.into());
+        self
+    }
+}
+
+/// `tracks/new` response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TracksResponse {
+    /// True when the response carries an SFU offer the client must answer (`renegotiate`).
+    #[serde(default)]
+    pub requires_immediate_renegotiation: bool,
+    /// Answer (push) or offer (pull).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_description: Option<SessionDescription>,
+    /// One entry per requested track, in request order.
+    #[serde(default)]
+    pub tracks: Vec<TrackResult>,
+}
+
+/// `PUT renegotiate` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RenegotiateRequest {
+    /// The client's answer (or a new offer).
+    pub session_description: SessionDescription,
+}
+
+/// `PUT renegotiate` response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RenegotiateResponse {
+    /// An answer, when the client sent an offer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_description: Option<SessionDescription>,
+}
+
+/// A track to close.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseTrackObject {
+    /// The m-line id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mid: Option<String>,
+}
+
+impl CloseTrackObject {
+    /// The track at `mid`.
+    pub fn by_mid(mid: impl Into<String>) -> Self {
+        Self {
+            mid: Some(mid.into()),
+        }
+    }
+}
+
+/// `PUT tracks/close` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloseTracksRequest {
+    /// The tracks.
+    #[serde(default)]
+    pub tracks: Vec<CloseTrackObject>,
+    /// The client's offer (after stopping its transceivers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_description: Option<SessionDescription>,
+    /// Close without any SDP exchange.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `PUT tracks/close` response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloseTracksResponse {
+    /// Answer to the client's offer, or an SFU offer when no offer was given and `force` was
+    /// false (then `requiresImmediateRenegotiation` is true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_description: Option<SessionDescription>,
+    /// Per-track results.
+    #[serde(default)]
+    pub tracks: Vec<TrackResult>,
+    /// See `session_description`.
+    #[serde(default)]
+    pub requires_immediate_renegotiation: bool,
+}
+
+/// `PUT tracks/update` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateTracksRequest {
+    /// The tracks.
+    #[serde(default)]
+    pub tracks: Vec<TrackObject>,
+}
+
+/// `PUT tracks/update` response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateTracksResponse {
+    /// Always false: updates never need SDP.
+    #[serde(default)]
+    pub requires_immediate_renegotiation: bool,
+    /// Per-track results.
+    #[serde(default)]
+    pub tracks: Vec<TrackResult>,
+}
+
+/// `POST tracks/keyframe` body (Satsuma extension): tracks this session publishes, by
+/// `trackName`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyframeTracksRequest {
+    /// The tracks.
+    #[serde(default)]
+    pub tracks: Vec<TrackObject>,
+}
+
+/// `POST tracks/keyframe` response: one entry per requested track, in request order, with
+/// `trackName` and (when a keyframe was requested) `mid`, or a per-track error.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyframeTracksResponse {
+    /// Per-track results.
+    #[serde(default)]
+    pub tracks: Vec<TrackResult>,
+}
+
+/// Status of a track in `GET sessions/{id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackStatus {
+    /// Flowing or able to flow.
+    Active,
+    /// Closed, collected or its source is gone.
+    Inactive,
+    /// Waiting for the client's answer.
+    Initializing,
+}
+
+/// A track in `GET sessions/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackState {
+    /// Local (pushed) or remote (pulled).
+    pub location: Location,
+    /// The m-line id.
+    pub mid: String,
+    /// The track name.
+    pub track_name: String,
+    /// Remote tracks: the publishing session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Status.
+    pub status: TrackStatus,
+    /// Audio tracks: the last packet's level in -dBov (0 loudest, -127 silence), from the
+    /// `ssrc-audio-level` header extension. Absent when no level has been received lately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_level: Option<i8>,
+    /// Audio tracks: whether the track is speaking now (smoothed, with hysteresis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaking: Option<bool>,
+}
+
+/// The active speaker among the audio tracks a session pulls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveSpeaker {
+    /// The publishing session.
+    pub session_id: String,
+    /// Its track name.
+    pub track_name: String,
+}
+
+/// `GET sessions/{id}` response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionState {
+    /// The session's tracks.
+    #[serde(default)]
+    pub tracks: Vec<TrackState>,
+    /// Of the audio tracks this session pulls, the one speaking now (most active, and sticky
+    /// while several talk at once); absent when nobody speaks (so the body stays what
+    /// Cloudflare's API returns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_speaker: Option<ActiveSpeaker>,
+}
+
+/// Error body (an error status, or a 2xx body that reports a failure, as `renegotiate`
+/// may). A body parses as one only if it carries `errorCode`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// Machine-readable code.
+    pub error_code: String,
+    /// Human-readable text.
+    #[serde(default)]
+    pub error_description: String,
+}
