@@ -99,6 +99,7 @@ pub mod ice_tcp;
 pub mod ids;
 pub mod layer;
 pub mod metrics;
+pub mod relay;
 pub mod routes;
 pub mod server;
 pub mod session;

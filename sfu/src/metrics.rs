@@ -222,6 +222,8 @@ pub struct Metrics {
     pub tcp_frames_out: IntCounter,
     /// ICE-TCP bytes sent (with framing).
     pub tcp_bytes_out: IntCounter,
+    /// The relay between SFU nodes (`satsuma_sfu_relay_*`: packets, bytes, RTT, loss per link).
+    pub relay: crate::relay::metrics::RelayMetrics,
 }
 
 /// Registers a freshly built metric (`built` is its constructor's result) and returns it.
@@ -453,6 +455,7 @@ impl Metrics {
                 "tcp_bytes_out_total",
                 "ICE-TCP bytes sent, framing included",
             ),
+            relay: crate::relay::metrics::RelayMetrics::new(&r),
             registry: r,
         };
         // Label values known up front are exported from the start (at 0), so dashboards and
