@@ -172,19 +172,8 @@ pub fn verify(
     Ok(expires_at)
 }
 
-/// One entry of `RTCConfiguration.iceServers` (the shape browsers and Cloudflare's
-/// `generate-ice-servers` use).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IceServer {
-    /// `stun:`/`turn:`/`turns:` URLs.
-    pub urls: Vec<String>,
-    /// TURN username (absent for STUN).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    /// TURN credential (absent for STUN).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
-}
+/// One entry of `RTCConfiguration.iceServers` (its wire type lives in `satsuma-wire`).
+pub use satsuma_wire::IceServer;
 
 /// ICE servers with credentials, and when the credentials expire (`None`: there are none,
 /// only STUN or nothing).

@@ -392,9 +392,43 @@ pub enum EntryError {
     /// `creator.group_id` is not lowercase or uppercase hex of whole bytes.
     #[error("creator group_id is not hex")]
     GroupIdNotHex,
+    /// Not a JSON log entry (`{"seq":N,"type":...}`), or wrong fields for its type.
+    #[error("entry: {0}")]
+    Json(String),
 }
 
 impl Entry {
+    /// The `type`s of the JSON log entries the E2EE core reads.
+    pub const JSON_TYPES: &'static [&'static str] = &[
+        "joined",
+        "left",
+        "away",
+        "back",
+        "creator",
+        "execute",
+        "commit_void",
+    ];
+
+    /// Decodes a JSON log entry as received (`{"seq":N,"type":...}`): the entries of
+    /// [`Entry::JSON_TYPES`] are checked in full ([`crate::room::EventFrame`]); every other
+    /// `type` is `Ok(None)` without looking further, so entries the core does not read never
+    /// stop it.
+    pub fn parse_json(text: &str) -> Result<Option<Self>, EntryError> {
+        #[derive(serde::Deserialize)]
+        struct Tagged {
+            #[serde(rename = "type")]
+            ty: String,
+        }
+        let tagged: Tagged =
+            serde_json::from_str(text).map_err(|e| EntryError::Json(e.to_string()))?;
+        if !Self::JSON_TYPES.contains(&tagged.ty.as_str()) {
+            return Ok(None);
+        }
+        let frame: crate::room::EventFrame =
+            serde_json::from_str(text).map_err(|e| EntryError::Json(e.to_string()))?;
+        Self::from_event(frame.seq, &frame.event)
+    }
+
     /// The JSON log entry `seq`/`event` as the E2EE core reads it; `Ok(None)` for the
     /// entries it does not read (tracks, hands, speaking, …).
     pub fn from_event(seq: u64, event: &RoomEvent) -> Result<Option<Self>, EntryError> {
@@ -490,6 +524,41 @@ mod tests {
             split_commit_payload(&[0, 0, 0, 0]),
             Some((&[][..], &[][..]))
         );
+    }
+
+    #[test]
+    fn json_types_are_the_entries_the_core_reads() {
+        for t in Entry::JSON_TYPES {
+            assert!(crate::room::RoomEvent::TYPES.contains(t), "{t}");
+        }
+        assert_eq!(
+            Entry::parse_json(
+                r#"{"seq":3,"type":"joined","id":2,"name":"x","joined_at_ms":1,"host":false}"#
+            ),
+            Ok(Some(Entry::Joined { seq: 3, id: 2 }))
+        );
+        // A future entry type, or one the core does not read, is skipped unread.
+        assert_eq!(
+            Entry::parse_json(r#"{"seq":5,"type":"chat","x":[]}"#),
+            Ok(None)
+        );
+        assert_eq!(
+            Entry::parse_json(r#"{"seq":5,"type":"hand","id":1}"#),
+            Ok(None)
+        );
+        // The ones it reads must be complete.
+        assert!(matches!(
+            Entry::parse_json(r#"{"seq":3,"type":"joined","id":2}"#),
+            Err(EntryError::Json(_))
+        ));
+        assert!(matches!(
+            Entry::parse_json(r#"{"seq":1}"#),
+            Err(EntryError::Json(_))
+        ));
+        assert!(matches!(
+            Entry::parse_json("not json"),
+            Err(EntryError::Json(_))
+        ));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use satsuma_wire::IceServer;
 use satsuma_wire::realtime::*;
+use satsuma_wire::relay::Entry;
 use satsuma_wire::room::*;
 
 fn golden<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: T, json: &str) {
@@ -406,7 +407,18 @@ fn log_entries() {
     let mut seen = Vec::new();
     for (event, body) in cases {
         seen.push(event.type_name());
+        // The E2EE core reads exactly the entries of `Entry::JSON_TYPES`.
+        assert_eq!(
+            Entry::from_event(12, &event).unwrap().is_some(),
+            Entry::JSON_TYPES.contains(&event.type_name()),
+            "{event:?}"
+        );
         let frame = EventFrame { seq: 12, event };
+        let text = format!(r#"{{"seq":12,{body}}}"#);
+        assert_eq!(
+            Entry::parse_json(&text).unwrap(),
+            Entry::from_event(12, &frame.event).unwrap()
+        );
         let json = format!(r#"{{"seq":12,{body}}}"#);
         assert_eq!(
             ServerText::decode(&json).unwrap(),

@@ -5,82 +5,11 @@ use satsuma_e2ee::frame::Codec;
 use satsuma_e2ee::identity::{Identity, SEED_LEN};
 use satsuma_e2ee::member::{Member, MemberConfig, MemberEvent, Outbound};
 use satsuma_e2ee::relay::Entry;
-use serde::Deserialize;
+use satsuma_wire::room::{ClientMessage, ServerMessage, error_code};
 use wasm_bindgen::prelude::*;
 
 use crate::ids::{BindingError, millis, to_f64, to_u64};
 use crate::inbound::InboundTrack;
-
-/// The JSON log entries the MLS layer reads; every other type is ignored.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum LogEntry {
-    Joined {
-        seq: u64,
-        id: u64,
-    },
-    Left {
-        seq: u64,
-        id: u64,
-    },
-    Away {
-        seq: u64,
-        id: u64,
-    },
-    Back {
-        seq: u64,
-        id: u64,
-        from_seq: u64,
-    },
-    Creator {
-        seq: u64,
-        id: u64,
-        group_id: String,
-    },
-    Execute {
-        seq: u64,
-        epoch: u64,
-    },
-    CommitVoid {
-        seq: u64,
-        epoch: u64,
-        from: u64,
-    },
-    #[serde(other)]
-    Other,
-}
-
-/// The coordinator's direct replies the MLS layer reads.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Direct {
-    Error {
-        code: String,
-        #[serde(default)]
-        refused: Option<String>,
-    },
-    #[serde(other)]
-    Other,
-}
-
-/// The parts of the coordinator's `welcome` the MLS layer reads.
-#[derive(Debug, Deserialize)]
-struct Welcome {
-    snapshot: Snapshot,
-}
-
-#[derive(Debug, Deserialize)]
-struct Snapshot {
-    participants: Vec<RosterEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RosterEntry {
-    id: u64,
-    /// The participant's connection ended and it may resume (`away` in the snapshot).
-    #[serde(default)]
-    away: bool,
-}
 
 /// One member of the current epoch, as the UI lists it.
 #[derive(Debug, serde::Serialize)]
@@ -170,11 +99,10 @@ impl GroupMember {
     /// The coordinator's `welcome` message (JSON): its snapshot's roster.
     /// Call before any entry.
     pub fn on_welcome(&mut self, welcome_json: &str, now_ms: f64) {
-        match serde_json::from_str::<Welcome>(welcome_json) {
-            Ok(w) => {
-                let live: Vec<u64> = w.snapshot.participants.iter().map(|p| p.id).collect();
-                let away: Vec<u64> = w
-                    .snapshot
+        match serde_json::from_str::<ServerMessage>(welcome_json) {
+            Ok(ServerMessage::Welcome { snapshot, .. }) => {
+                let live: Vec<u64> = snapshot.participants.iter().map(|p| p.id).collect();
+                let away: Vec<u64> = snapshot
                     .participants
                     .iter()
                     .filter(|p| p.away)
@@ -182,6 +110,7 @@ impl GroupMember {
                     .collect();
                 self.member.handle_roster_away(millis(now_ms), &live, &away);
             }
+            Ok(other) => self.bad_input(format!("welcome: got {}", other.type_name())),
             Err(e) => self.bad_input(format!("welcome: {e}")),
         }
         self.drain();
@@ -212,11 +141,12 @@ impl GroupMember {
     /// JSON). Reads one: error `not_member` refusing `commit_failed` (the
     /// reported commit stands; this member resets and re-announces).
     pub fn on_direct(&mut self, reply_json: &str, now_ms: f64) {
-        match serde_json::from_str::<Direct>(reply_json) {
-            Ok(Direct::Error {
+        match serde_json::from_str::<ServerMessage>(reply_json) {
+            Ok(ServerMessage::Error {
                 code,
                 refused: Some(refused),
-            }) if code == "not_member" && refused == "commit_failed" => {
+                ..
+            }) if code == error_code::NOT_MEMBER && refused == "commit_failed" => {
                 self.member.commit_failure_refused(millis(now_ms));
             }
             Ok(_) => {}
@@ -410,6 +340,13 @@ impl GroupMember {
         })
     }
 
+    fn push_json(&mut self, msg: &ClientMessage) {
+        match serde_json::to_string(msg) {
+            Ok(text) => self.json_out.push_back(text),
+            Err(e) => self.last_error = Some(format!("encode {}: {e}", msg.type_name())),
+        }
+    }
+
     fn bad_input(&mut self, what: String) {
         self.bad_inputs += 1;
         self.last_error = Some(what);
@@ -422,12 +359,10 @@ impl GroupMember {
                 Outbound::Binary(bytes) => self.binary_out.push_back(bytes),
                 Outbound::Ready { epoch } => {
                     let group_id = self.member.group_id().map(hex::encode);
-                    let msg = serde_json::json!({ "type": "ready", "epoch": epoch, "group_id": group_id });
-                    self.json_out.push_back(msg.to_string());
+                    self.push_json(&ClientMessage::Ready { epoch, group_id });
                 }
                 Outbound::CommitFailed { epoch } => {
-                    let msg = serde_json::json!({ "type": "commit_failed", "epoch": epoch });
-                    self.json_out.push_back(msg.to_string());
+                    self.push_json(&ClientMessage::CommitFailed { epoch });
                 }
             }
         }
@@ -449,20 +384,7 @@ impl GroupMember {
 /// Decodes a JSON log entry into the MLS layer's [`Entry`]; `Ok(None)` for
 /// entries it does not read.
 fn parse_entry(json: &str) -> Result<Option<Entry>, String> {
-    let entry: LogEntry = serde_json::from_str(json).map_err(|e| format!("entry: {e}"))?;
-    Ok(match entry {
-        LogEntry::Joined { seq, id } => Some(Entry::Joined { seq, id }),
-        LogEntry::Left { seq, id } => Some(Entry::Left { seq, id }),
-        LogEntry::Away { seq, id } => Some(Entry::Away { seq, id }),
-        LogEntry::Back { seq, id, from_seq } => Some(Entry::Back { seq, id, from_seq }),
-        LogEntry::Creator { seq, id, group_id } => {
-            let group_id = hex::decode(&group_id).map_err(|e| format!("creator group_id: {e}"))?;
-            Some(Entry::Creator { seq, id, group_id })
-        }
-        LogEntry::Execute { seq, epoch } => Some(Entry::Execute { seq, epoch }),
-        LogEntry::CommitVoid { seq, epoch, from } => Some(Entry::CommitVoid { seq, epoch, from }),
-        LogEntry::Other => None,
-    })
+    Entry::parse_json(json).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -472,6 +394,58 @@ mod tests {
 
     fn at(ms: u64) -> f64 {
         ms as f64
+    }
+
+    /// The coordinator's `welcome` with a roster of `(id, away)`.
+    fn welcome(roster: &[(u64, bool)]) -> String {
+        use satsuma_wire::room::{Limits, ParticipantInfo, Snapshot};
+        let participants = roster
+            .iter()
+            .map(|&(id, away)| ParticipantInfo {
+                id,
+                name: format!("P{id}"),
+                joined_at_ms: 0,
+                host: false,
+                sfu_sessions: vec![],
+                tracks: vec![],
+                hand_raised: false,
+                speaking: false,
+                codecs: None,
+                sending: None,
+                away,
+            })
+            .collect();
+        let w = ServerMessage::Welcome {
+            v: 1,
+            room: "r".into(),
+            participant_id: 99,
+            resume_token: "t".into(),
+            seq: 0,
+            snapshot: Snapshot {
+                participants,
+                locked: false,
+                max_participants: 50,
+                group: None,
+            },
+            limits: Limits {
+                heartbeat_interval_ms: 5000,
+                presence_timeout_ms: 15000,
+                max_text_bytes: 4096,
+                max_binary_bytes: 1 << 18,
+                messages_per_second: 20,
+                replay_window: 1024,
+                max_key_package_bytes: 1 << 14,
+                bytes_per_second: 1 << 16,
+            },
+            ice_servers: vec![],
+            ice_expires_at: None,
+        };
+        serde_json::to_string(&w).unwrap()
+    }
+
+    /// The body of a `joined` entry (without `seq`).
+    fn joined(id: u64) -> String {
+        format!(r#""type":"joined","id":{id},"name":"P{id}","joined_at_ms":0,"host":false"#)
     }
 
     #[test]
@@ -530,15 +504,15 @@ mod tests {
             *seq += 1;
             log.push(Ok(format!(r#"{{"seq":{seq},{body}}}"#)));
         };
-        a.on_welcome(r#"{"snapshot":{"participants":[{"id":1}]}}"#, at(0));
-        push_json(&mut log, &mut seq, r#""type":"joined","id":1"#.into());
+        a.on_welcome(&welcome(&[(1, false)]), at(0));
+        push_json(&mut log, &mut seq, joined(1));
         push_json(
             &mut log,
             &mut seq,
             r#""type":"creator","id":1,"group_id":"00112233"#.to_owned() + "\"",
         );
-        b.on_welcome(r#"{"snapshot":{"participants":[{"id":1}]}}"#, at(0));
-        push_json(&mut log, &mut seq, r#""type":"joined","id":2"#.into());
+        b.on_welcome(&welcome(&[(1, false)]), at(0));
+        push_json(&mut log, &mut seq, joined(2));
         let mut delivered = [0usize; 2];
         let mut t = 0u64;
         for _round in 0..20 {
@@ -664,16 +638,16 @@ mod tests {
             *seq += 1;
             log.push((vis, Ok(format!(r#"{{"seq":{seq},{body}}}"#))));
         };
-        ms[0].on_welcome(r#"{"snapshot":{"participants":[]}}"#, at(0));
-        json(&mut log, &mut seq, None, r#""type":"joined","id":1"#.into());
+        ms[0].on_welcome(&welcome(&[]), at(0));
+        json(&mut log, &mut seq, None, joined(1));
         json(
             &mut log,
             &mut seq,
             None,
             r#""type":"creator","id":1,"group_id":"aa""#.into(),
         );
-        ms[1].on_welcome(r#"{"snapshot":{"participants":[{"id":1}]}}"#, at(0));
-        json(&mut log, &mut seq, None, r#""type":"joined","id":2"#.into());
+        ms[1].on_welcome(&welcome(&[(1, false)]), at(0));
+        json(&mut log, &mut seq, None, joined(2));
         let mut delivered = [0usize; 3];
         let mut t = 0u64;
         let mut ghost_joined = false;
@@ -682,17 +656,9 @@ mod tests {
             if round == 15 && !ghost_joined {
                 // The ghost arrives once 1 and 2 share a group.
                 ghost_joined = true;
-                ms[2].on_welcome(
-                    r#"{"snapshot":{"participants":[{"id":1},{"id":2}]}}"#,
-                    at(t),
-                );
+                ms[2].on_welcome(&welcome(&[(1, false), (2, false)]), at(t));
                 delivered[2] = log.len();
-                json(
-                    &mut log,
-                    &mut seq,
-                    hide(3),
-                    r#""type":"joined","id":3"#.into(),
-                );
+                json(&mut log, &mut seq, hide(3), joined(3));
             }
             for (i, m) in ms.iter_mut().enumerate() {
                 let me = ids[i];
@@ -749,10 +715,7 @@ mod tests {
     #[test]
     fn the_snapshot_and_entries_say_who_is_away() {
         let mut m = GroupMember::try_new(3.0, &[3; 32], "Carol").unwrap();
-        m.on_welcome(
-            r#"{"snapshot":{"participants":[{"id":1,"away":true},{"id":2,"away":false}]}}"#,
-            at(0),
-        );
+        m.on_welcome(&welcome(&[(1, true), (2, false)]), at(0));
         let away = |m: &GroupMember| {
             m.member
                 .committer()

@@ -280,28 +280,7 @@ fn rand_t() -> u64 {
 }
 
 /// The JSON entries the E2EE layer reads, as `satsuma_e2ee::relay::Entry` (what the web
-/// client's worker and `satsuma_e2ee::member::Member` are fed).
+/// client's worker and `satsuma_e2ee::member::Member` are fed): `Entry::from_event`.
 pub fn e2ee_entry(seq: u64, event: &RoomEvent) -> Option<Entry> {
-    Some(match event {
-        RoomEvent::Joined { id, .. } => Entry::Joined { seq, id: *id },
-        RoomEvent::Left { id, .. } => Entry::Left { seq, id: *id },
-        RoomEvent::Away { id } => Entry::Away { seq, id: *id },
-        RoomEvent::Back { id, from_seq } => Entry::Back {
-            seq,
-            id: *id,
-            from_seq: *from_seq,
-        },
-        RoomEvent::Creator { id, group_id } => Entry::Creator {
-            seq,
-            id: *id,
-            group_id: hex::decode(group_id).unwrap(),
-        },
-        RoomEvent::Execute { epoch } => Entry::Execute { seq, epoch: *epoch },
-        RoomEvent::CommitVoid { epoch, from } => Entry::CommitVoid {
-            seq,
-            epoch: *epoch,
-            from: *from,
-        },
-        _ => return None,
-    })
+    Entry::from_event(seq, event).unwrap()
 }
