@@ -478,6 +478,10 @@ pub struct FileConfig {
     /// The quotas, at the top level of the file (`session_max_legs = 64`, …).
     #[serde(flatten)]
     pub limits: LimitSettings,
+    /// The relay between SFU nodes (`node_name`, `relay_bind`, `relay_cert`, `relay_key`,
+    /// `relay_ca`, `relay_pins`, `relay_peers`), at the top level of the file.
+    #[serde(flatten)]
+    pub relay: crate::relay::settings::RelaySettings,
     /// Keys no field took: refused by [`FileConfig::load`] (a typo must not pass silently).
     #[serde(flatten)]
     pub unknown: std::collections::BTreeMap<String, toml::Value>,

@@ -5,8 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use satsuma_sfu::config::{FileConfig, LimitSettings, TcpBind, TurnKey, secs, turn_servers};
+use satsuma_sfu::relay::settings::RelaySettings;
 use satsuma_sfu::{App, Config, Server};
 
 /// jemalloc (with background purging) instead of glibc malloc: the packet path allocates from
@@ -153,6 +154,127 @@ struct Cli {
     /// Default "info".
     #[arg(long, env = "SATSUMA_SFU_LOG")]
     log: Option<String>,
+
+    #[command(flatten)]
+    relay: RelaySettings,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Tools for a cluster of SFU nodes (without one, the SFU runs).
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make a cluster CA for the relay between SFU nodes: writes ca.pem (give it to every
+    /// node as --relay-ca) and ca-key.pem (keep it offline; it signs node certificates).
+    ClusterCa {
+        /// Directory to write ca.pem and ca-key.pem into (created if missing; existing files
+        /// are not overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// A name for the cluster, in the CA's common name.
+        #[arg(long, default_value = "satsuma")]
+        cluster: String,
+    },
+    /// Make a node's relay certificate and key: NODE.pem and NODE-key.pem, signed by the
+    /// cluster CA (--ca and --ca-key) or self-signed (--self-signed, for pinned keys). Prints
+    /// the node's key pin (NODE=SHA256HEX, for --relay-pin on its peers).
+    NodeCert {
+        /// The node's name (a DNS label like sfu-0): its --node-name.
+        #[arg(long)]
+        name: String,
+        /// Directory to write the files into (created if missing; existing files are not
+        /// overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// The cluster CA certificate (ca.pem).
+        #[arg(long, required_unless_present = "self_signed")]
+        ca: Option<PathBuf>,
+        /// The cluster CA key (ca-key.pem).
+        #[arg(long, required_unless_present = "self_signed")]
+        ca_key: Option<PathBuf>,
+        /// Self-signed, for clusters that pin keys instead of using a CA.
+        #[arg(long, conflicts_with_all = ["ca", "ca_key"])]
+        self_signed: bool,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+    },
+}
+
+/// Writes `text` to a new file (mode 0600 for keys); an existing file is an error.
+fn write_new(path: &std::path::Path, text: &str, secret: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn run_command(command: Command) -> anyhow::Result<()> {
+    use satsuma_sfu::relay::tls;
+    match command {
+        Command::ClusterCa { out, cluster } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let ca = tls::generate_ca(&cluster)?;
+            write_new(&out.join("ca.pem"), &ca.cert, false)?;
+            write_new(&out.join("ca-key.pem"), &ca.key, true)?;
+            println!(
+                "wrote {} and {}",
+                out.join("ca.pem").display(),
+                out.join("ca-key.pem").display()
+            );
+        }
+        Command::NodeCert {
+            name,
+            out,
+            ca,
+            ca_key,
+            self_signed,
+            days,
+        } => {
+            let pair = if self_signed {
+                tls::generate_self_signed(&name, days)?
+            } else {
+                let (Some(ca), Some(ca_key)) = (ca, ca_key) else {
+                    anyhow::bail!("--ca and --ca-key are required without --self-signed");
+                };
+                let read = |p: &PathBuf| {
+                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+                };
+                let ca = tls::PemPair {
+                    cert: read(&ca)?,
+                    key: read(&ca_key)?,
+                };
+                tls::generate_node_cert(&ca, &name, days)?
+            };
+            let pin = satsuma_sfu::relay::tls::RelayIdentity::with_pins(
+                &name,
+                &pair,
+                std::collections::HashMap::new(),
+            )?
+            .own_pin()?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            write_new(&out.join(format!("{name}.pem")), &pair.cert, false)?;
+            write_new(&out.join(format!("{name}-key.pem")), &pair.key, true)?;
+            println!("{name}={}", hex::encode(pin));
+        }
+    }
+    Ok(())
+}
+
+/// The relay settings: flags, then environment (both in `cli`), then the file.
+fn relay_settings(cli: &Cli) -> anyhow::Result<RelaySettings> {
+    let file = match &cli.config {
+        Some(path) => FileConfig::load(path)?.relay,
+        None => RelaySettings::default(),
+    };
+    Ok(cli.relay.clone().or(file))
 }
 
 fn build_config(cli: Cli) -> anyhow::Result<(Config, String)> {
@@ -220,7 +342,11 @@ fn build_config(cli: Cli) -> anyhow::Result<(Config, String)> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(command) = cli.command.take() {
+        return run_command(command);
+    }
+    let relay = relay_settings(&cli)?.build()?;
     let (config, log) = build_config(cli)?;
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -241,6 +367,25 @@ async fn main() -> anyhow::Result<()> {
             .tcp_addr()
             .map_or_else(|| "off".to_string(), |a| a.to_string())
     );
+    // The relay between SFU nodes: its endpoint authenticates peers and serves what the
+    // shards feed it (not yet wired into the shards: issue 15).
+    let relay = match relay {
+        Some(relay_config) => {
+            let mut relay = satsuma_sfu::relay::driver::Relay::bind(
+                relay_config,
+                server.metrics().relay.clone(),
+            )?;
+            println!("satsuma-sfu relay listening {}", relay.local_addr());
+            let mut events = relay.take_events();
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    tracing::debug!(?event, "relay event (no shard consumes it yet)");
+                }
+            });
+            Some(relay)
+        }
+        None => None,
+    };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {
@@ -252,6 +397,9 @@ async fn main() -> anyhow::Result<()> {
         _ = terminate.recv() => {
             tracing::info!("SIGTERM: shutting down");
         }
+    }
+    if let Some(relay) = relay {
+        relay.shutdown().await;
     }
     Ok(())
 }
@@ -374,16 +522,87 @@ mod tests {
     }
 
     #[test]
+    fn cluster_tools_make_a_ca_and_node_certificates_the_relay_accepts() {
+        let dir = std::env::temp_dir().join(format!("satsuma-sfu-ca-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let d = dir.to_str().unwrap();
+        let run = |args: &[&str]| run_command(parse(args).command.unwrap());
+        run(&["cluster-ca", "--out", d, "--cluster", "test"]).unwrap();
+        assert!(
+            run(&["cluster-ca", "--out", d]).is_err(),
+            "never overwrites"
+        );
+        let ca = format!("{d}/ca.pem");
+        let ca_key = format!("{d}/ca-key.pem");
+        run(&[
+            "node-cert",
+            "--name",
+            "sfu-0",
+            "--out",
+            d,
+            "--ca",
+            &ca,
+            "--ca-key",
+            &ca_key,
+        ])
+        .unwrap();
+        run(&["node-cert", "--name", "sfu-9", "--out", d, "--self-signed"]).unwrap();
+        assert!(
+            run(&[
+                "node-cert",
+                "--name",
+                "Bad_Name",
+                "--out",
+                d,
+                "--self-signed"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["satsuma-sfu", "node-cert", "--name", "x", "--out", d]).is_err()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(format!("{d}/sfu-0-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let cli = parse(&[
+            "--node-name",
+            "sfu-0",
+            "--relay-bind",
+            "127.0.0.1:0",
+            "--relay-cert",
+            &format!("{d}/sfu-0.pem"),
+            "--relay-key",
+            &format!("{d}/sfu-0-key.pem"),
+            "--relay-ca",
+            &ca,
+            "--relay-peer",
+            "sfu-1=127.0.0.1:9",
+        ]);
+        let relay = relay_settings(&cli).unwrap().build().unwrap().unwrap();
+        assert_eq!(relay.identity.node(), "sfu-0");
+        assert_eq!(relay.peers.len(), 1);
+        build_config(cli).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn help_explains_every_flag() {
         use clap::CommandFactory;
         let cmd = Cli::command();
-        for arg in cmd.get_arguments() {
+        let subcommands = cmd.get_subcommands().flat_map(|c| c.get_arguments());
+        for arg in cmd.get_arguments().chain(subcommands) {
             let id = arg.get_id().as_str();
             if id == "help" || id == "version" {
                 continue;
             }
             let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
             assert!(help.len() > 20, "--{id} has no real help text: {help:?}");
+        }
+        for sub in cmd.get_subcommands() {
+            assert!(sub.get_about().is_some(), "{} has no help", sub.get_name());
         }
     }
 }

@@ -310,6 +310,11 @@ impl Relay {
         &mut self.events
     }
 
+    /// Takes the event receiver, for a task of its own (later calls get a closed one).
+    pub fn take_events(&mut self) -> mpsc::Receiver<RelayEvent> {
+        std::mem::replace(&mut self.events, mpsc::channel(1).1)
+    }
+
     /// Closes every link and stops the driver.
     pub async fn shutdown(self) {
         self.handle.send(Command::Shutdown);
@@ -627,19 +632,14 @@ async fn read_control(
     mut recv: quinn::RecvStream,
     tx: mpsc::UnboundedSender<Internal>,
 ) {
-    loop {
-        match recv.read_chunk(MAX_CONTROL_FRAME, true).await {
-            Ok(Some(chunk)) => {
-                let msg = Internal::Control {
-                    peer: peer.clone(),
-                    conn,
-                    bytes: chunk.bytes,
-                };
-                if tx.send(msg).is_err() {
-                    return;
-                }
-            }
-            Ok(None) | Err(_) => break,
+    while let Ok(Some(chunk)) = recv.read_chunk(MAX_CONTROL_FRAME, true).await {
+        let msg = Internal::Control {
+            peer: peer.clone(),
+            conn,
+            bytes: chunk.bytes,
+        };
+        if tx.send(msg).is_err() {
+            return;
         }
     }
     let _ = tx.send(Internal::Down { peer, conn });

@@ -35,6 +35,7 @@ pub mod core;
 pub mod driver;
 pub mod media;
 pub mod metrics;
+pub mod settings;
 pub mod tls;
 pub mod wire;
 

@@ -529,10 +529,8 @@ impl ControlMsg {
     /// Checks the bounds a hostile peer could overstep (lengths of names and lists).
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
-            ControlMsg::Hello { node, .. } => {
-                if node.is_empty() || node.len() > MAX_NAME_LEN {
-                    return Err(WireError::BadMessage("node name of bad length".into()));
-                }
+            ControlMsg::Hello { node, .. } if node.is_empty() || node.len() > MAX_NAME_LEN => {
+                return Err(WireError::BadMessage("node name of bad length".into()));
             }
             ControlMsg::Subscribe { track, demand } => {
                 track.validate()?;
