@@ -53,7 +53,7 @@ pub async fn publish(
         )));
     }
     let answer = match resp.session_description {
-        Some(sd) if sd.kind == "answer" => sd.sdp,
+        Some(sd) if sd.is_answer() => sd.sdp,
         _ => {
             return Err(SatsumaError::Protocol(
                 "push response carries no answer".into(),
@@ -99,7 +99,7 @@ pub async fn subscribe(
         });
     }
     let offer = match resp.session_description {
-        Some(sd) if sd.kind == "offer" => sd.sdp,
+        Some(sd) if sd.is_offer() => sd.sdp,
         _ => {
             return Err(SatsumaError::Protocol(
                 "pull response carries no offer".into(),

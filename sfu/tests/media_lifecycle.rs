@@ -97,8 +97,7 @@ async fn closing_a_track_stops_delivery_and_frees_it() {
         !state
             .tracks
             .iter()
-            .any(|t| t.mid.as_deref() == Some(cam_mid.as_str())
-                && t.status.as_deref().is_some_and(|s| s == "active")),
+            .any(|t| t.mid == cam_mid && t.status == satsuma_bot::api::TrackStatus::Active),
         "closed track still active: {state:?}"
     );
     // Give in-flight packets a moment, then delivery must have stopped for video only.

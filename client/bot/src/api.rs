@@ -1,9 +1,9 @@
 //! Client for the SFU's Cloudflare-Realtime-compatible sessions/tracks API (v1).
 //!
 //! Base `{base_url}/v1/apps/{appId}`, `Authorization: Bearer <app secret>`, JSON bodies. The wire types
-//! here follow Cloudflare Realtime's names (camelCase) and are deliberately lenient on input: unknown
-//! fields are ignored and optional fields may be missing, so the bot can talk to our SFU and to anything
-//! else that speaks the same API.
+//! are `satsuma_wire::realtime`'s (the SFU serves the same ones), re-exported here: Cloudflare
+//! Realtime's names (camelCase), lenient on input (unknown fields are ignored and optional fields may be
+//! missing), so the bot can talk to our SFU and to anything else that speaks the same API.
 
 use std::time::Duration;
 
@@ -11,199 +11,12 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// An SDP offer or answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionDescription {
-    /// `offer` or `answer`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The SDP text.
-    pub sdp: String,
-}
-
-impl SessionDescription {
-    /// An offer.
-    pub fn offer(sdp: impl Into<String>) -> Self {
-        Self {
-            kind: "offer".into(),
-            sdp: sdp.into(),
-        }
-    }
-
-    /// An answer.
-    pub fn answer(sdp: impl Into<String>) -> Self {
-        Self {
-            kind: "answer".into(),
-            sdp: sdp.into(),
-        }
-    }
-}
-
-/// Simulcast preference of a pulled track.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Simulcast {
-    /// Preferred RTP stream id (layer).
-    pub preferred_rid: String,
-}
-
-/// A track entry, in requests and responses.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TrackObject {
-    /// `local` (push) or `remote` (pull).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub location: Option<String>,
-    /// Media id in this session's SDP.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mid: Option<String>,
-    /// Name of the track.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub track_name: Option<String>,
-    /// Session that publishes the track (pull).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
-    /// Simulcast preference (pull).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub simulcast: Option<Simulcast>,
-    /// Track status (GET session).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    /// Per-track error code.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_code: Option<String>,
-    /// Per-track error description.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_description: Option<String>,
-    /// Audio tracks (GET session): last level in -dBov.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub audio_level: Option<i8>,
-    /// Audio tracks (GET session): speaking now.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub speaking: Option<bool>,
-}
-
-/// The active speaker among the audio tracks a session pulls (GET session).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ActiveSpeaker {
-    /// Publishing session.
-    pub session_id: String,
-    /// Its track name.
-    pub track_name: String,
-}
-
-impl TrackObject {
-    /// A track to push, announced at `mid`.
-    pub fn local(mid: impl Into<String>, track_name: impl Into<String>) -> Self {
-        Self {
-            location: Some("local".into()),
-            mid: Some(mid.into()),
-            track_name: Some(track_name.into()),
-            ..Self::default()
-        }
-    }
-
-    /// A track to pull from another session.
-    pub fn remote(session_id: impl Into<String>, track_name: impl Into<String>) -> Self {
-        Self {
-            location: Some("remote".into()),
-            session_id: Some(session_id.into()),
-            track_name: Some(track_name.into()),
-            ..Self::default()
-        }
-    }
-
-    /// A track identified only by its mid (close).
-    pub fn by_mid(mid: impl Into<String>) -> Self {
-        Self {
-            mid: Some(mid.into()),
-            ..Self::default()
-        }
-    }
-}
-
-/// Body of `tracks/new`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TracksRequest {
-    /// Offer (push) or none (pull).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_description: Option<SessionDescription>,
-    /// The tracks.
-    pub tracks: Vec<TrackObject>,
-}
-
-/// Response of `sessions/new`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NewSessionResponse {
-    /// The new session's id.
-    pub session_id: String,
-    /// Answer, if the request carried an offer.
-    #[serde(default)]
-    pub session_description: Option<SessionDescription>,
-}
-
-/// Response of `tracks/new`, `tracks/close` and `tracks/update`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TracksResponse {
-    /// When true the client must answer `session_description` via `renegotiate`.
-    #[serde(default)]
-    pub requires_immediate_renegotiation: bool,
-    /// Answer (push, close with offer) or offer (pull).
-    #[serde(default)]
-    pub session_description: Option<SessionDescription>,
-    /// Per-track results.
-    #[serde(default)]
-    pub tracks: Vec<TrackObject>,
-}
-
-/// Body of `renegotiate`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RenegotiateRequest {
-    /// The client's answer.
-    pub session_description: SessionDescription,
-}
-
-/// Body of `tracks/close`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CloseTracksRequest {
-    /// Tracks to close, by mid.
-    pub tracks: Vec<TrackObject>,
-    /// Offer reflecting the closed transceivers.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_description: Option<SessionDescription>,
-    /// Close without renegotiation.
-    pub force: bool,
-}
-
-/// Response of `GET /sessions/{id}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SessionState {
-    /// The session's tracks.
-    #[serde(default)]
-    pub tracks: Vec<TrackObject>,
-    /// Who speaks now among the pulled audio tracks.
-    #[serde(default)]
-    pub active_speaker: Option<ActiveSpeaker>,
-}
-
-/// Error body `{errorCode, errorDescription}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ErrorBody {
-    /// Machine-readable code.
-    #[serde(default)]
-    pub error_code: Option<String>,
-    /// Human-readable description.
-    #[serde(default)]
-    pub error_description: Option<String>,
-}
+pub use satsuma_wire::realtime::{
+    ActiveSpeaker, CloseTrackObject, CloseTracksRequest, CloseTracksResponse, ErrorBody, Location,
+    NewSessionResponse, RenegotiateRequest, SdpType, SessionDescription, SessionState, Simulcast,
+    TrackObject, TrackResult, TrackState, TrackStatus, TracksRequest, TracksResponse,
+    UpdateTracksRequest, UpdateTracksResponse,
+};
 
 /// Errors of the API client.
 #[derive(Debug, Error)]
@@ -294,20 +107,25 @@ impl SfuClient {
         let text = resp.text().await?;
         if !status.is_success() {
             let err: ErrorBody = serde_json::from_str(&text).unwrap_or_default();
+            let description = if err.error_description.is_empty() {
+                text
+            } else {
+                err.error_description
+            };
             return Err(ApiError::Status {
                 status,
-                code: err.error_code.unwrap_or_default(),
-                description: err.error_description.unwrap_or(text),
+                code: err.error_code,
+                description,
             });
         }
         if let Ok(ErrorBody {
-            error_code: Some(code),
+            error_code,
             error_description,
         }) = serde_json::from_str::<ErrorBody>(&text)
         {
             return Err(ApiError::InBody {
-                code,
-                description: error_description.unwrap_or_default(),
+                code: error_code,
+                description: error_description,
             });
         }
         let text = if text.trim().is_empty() { "{}" } else { &text };
@@ -354,7 +172,7 @@ impl SfuClient {
         &self,
         sid: &str,
         req: &CloseTracksRequest,
-    ) -> Result<TracksResponse, ApiError> {
+    ) -> Result<CloseTracksResponse, ApiError> {
         self.call(
             Method::PUT,
             &format!("/sessions/{sid}/tracks/close"),
@@ -367,8 +185,8 @@ impl SfuClient {
     pub async fn update_tracks(
         &self,
         sid: &str,
-        req: &TracksRequest,
-    ) -> Result<TracksResponse, ApiError> {
+        req: &UpdateTracksRequest,
+    ) -> Result<UpdateTracksResponse, ApiError> {
         self.call(
             Method::PUT,
             &format!("/sessions/{sid}/tracks/update"),
@@ -390,21 +208,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wire_names_match_cloudflare() {
-        let req = TracksRequest {
-            session_description: Some(SessionDescription::offer("v=0")),
-            tracks: vec![TrackObject::local("0", "cam")],
-        };
-        let v = serde_json::to_value(&req).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({
-                "sessionDescription": {"type": "offer", "sdp": "v=0"},
-                "tracks": [{"location": "local", "mid": "0", "trackName": "cam"}]
-            })
-        );
+    fn requests_are_compact() {
+        // Golden JSON of every body is in satsuma-wire; here only what this client relies on.
         let close = CloseTracksRequest {
-            tracks: vec![TrackObject::by_mid("2")],
+            tracks: vec![CloseTrackObject::by_mid("2")],
             session_description: None,
             force: true,
         };
@@ -412,19 +219,6 @@ mod tests {
             serde_json::to_value(&close).unwrap(),
             serde_json::json!({"tracks": [{"mid": "2"}], "force": true})
         );
-    }
-
-    #[test]
-    fn responses_are_read_leniently() {
-        let r: TracksResponse = serde_json::from_str(
-            r#"{"requiresImmediateRenegotiation":true,"sessionDescription":{"type":"offer","sdp":"x"},
-                "tracks":[{"sessionId":"s","trackName":"a","mid":"1","extra":5}],"other":1}"#,
-        )
-        .unwrap();
-        assert!(r.requires_immediate_renegotiation);
-        assert_eq!(r.tracks[0].mid.as_deref(), Some("1"));
-        let r: TracksResponse = serde_json::from_str("{}").unwrap();
-        assert!(r.tracks.is_empty() && r.session_description.is_none());
     }
 
     /// A canned server: checks the bearer secret and answers per route like an SFU would.

@@ -8,8 +8,8 @@ use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::{
-    ApiError, CloseTracksRequest, SessionDescription, SessionState, SfuClient, Simulcast,
-    TrackObject, TracksRequest, TracksResponse,
+    ApiError, CloseTrackObject, CloseTracksRequest, SessionDescription, SessionState, SfuClient,
+    Simulcast, TrackObject, TrackResult, TracksRequest, TracksResponse, UpdateTracksRequest,
 };
 use crate::driver::{self, Command};
 use crate::participant::{
@@ -308,7 +308,7 @@ impl Bot {
                 mid,
             });
         }
-        if let Some(sd) = resp.session_description.filter(|sd| sd.kind == "offer") {
+        if let Some(sd) = resp.session_description.filter(|sd| sd.is_offer()) {
             let pulls: Vec<PullSpec> = subs
                 .iter()
                 .map(|s| PullSpec {
@@ -345,7 +345,7 @@ impl Bot {
             .with(move |p, now| p.create_close_offer(now, &list))
             .await??;
         let req = CloseTracksRequest {
-            tracks: mids.iter().map(TrackObject::by_mid).collect(),
+            tracks: mids.iter().map(CloseTrackObject::by_mid).collect(),
             session_description: Some(SessionDescription::offer(offer)),
             force: false,
         };
@@ -357,11 +357,11 @@ impl Bot {
             }
         };
         match resp.session_description.clone() {
-            Some(sd) if sd.kind == "answer" => {
+            Some(sd) if sd.is_answer() => {
                 self.with(move |p, now| p.accept_answer(now, &sd.sdp))
                     .await??;
             }
-            Some(sd) if sd.kind == "offer" => {
+            Some(sd) if sd.is_offer() => {
                 self.with(|p, _| p.rollback()).await?;
                 let answer = self
                     .with(move |p, now| p.accept_offer(now, &sd.sdp, &[]))
@@ -390,12 +390,10 @@ impl Bot {
         let mut t = TrackObject::remote(track.session_id.clone(), track.track_name.clone());
         t.mid = Some(track.mid.clone());
         t.simulcast = Some(Simulcast {
-            preferred_rid: rid.unwrap_or_default().to_owned(),
+            preferred_rid: Some(rid.unwrap_or_default().to_owned()),
+            ..Simulcast::default()
         });
-        let req = TracksRequest {
-            session_description: None,
-            tracks: vec![t],
-        };
+        let req = UpdateTracksRequest { tracks: vec![t] };
         let resp = self.client.update_tracks(&self.session_id, &req).await?;
         check_track_errors(&resp.tracks)
     }
@@ -461,16 +459,16 @@ impl Bot {
 
 fn answer_of(resp: &TracksResponse) -> Result<String, BotError> {
     match &resp.session_description {
-        Some(sd) if sd.kind == "answer" => Ok(sd.sdp.clone()),
+        Some(sd) if sd.is_answer() => Ok(sd.sdp.clone()),
         Some(sd) => Err(BotError::Protocol(format!(
-            "expected an answer, got a {}",
+            "expected an answer, got {:?}",
             sd.kind
         ))),
         None => Err(BotError::Protocol("push response carries no answer".into())),
     }
 }
 
-fn check_track_errors(tracks: &[TrackObject]) -> Result<(), BotError> {
+fn check_track_errors(tracks: &[TrackResult]) -> Result<(), BotError> {
     for t in tracks {
         if let Some(code) = &t.error_code {
             return Err(BotError::Track {

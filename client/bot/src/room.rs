@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use satsuma_wasm::GroupMember;
-use serde_json::{Value, json};
+use satsuma_wire::room::{ClientMessage, PROTOCOL_VERSION, ServerMessage, ServerText};
+use serde_json::Value;
 use shared::Shared;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -124,23 +125,30 @@ impl RoomMember {
                 url: ws_url.to_owned(),
                 source: Box::new(e),
             })?;
-        let hello = json!({"type": "hello", "v": 1, "token": token});
-        ws.send(Message::Text(hello.to_string().into()))
+        let hello = ClientMessage::Hello {
+            v: PROTOCOL_VERSION,
+            token: Some(token.to_owned()),
+            resume: None,
+            test_visible_only_to: None,
+        };
+        ws.send(Message::Text(json_text(&hello).into()))
             .await
             .map_err(|e| RoomError::Refused(e.to_string()))?;
         let start = Instant::now();
-        let welcome = loop {
+        let (text, id, resume_token) = loop {
             match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(t.as_str())
-                        .map_err(|e| RoomError::Refused(format!("bad JSON: {e}")))?;
-                    if v["type"] == "welcome" {
-                        break (t.to_string(), v);
+                Some(Ok(Message::Text(t))) => match ServerText::decode(t.as_str()) {
+                    Ok(ServerText::Direct(ServerMessage::Welcome {
+                        participant_id,
+                        resume_token,
+                        ..
+                    })) => break (t.to_string(), participant_id, resume_token),
+                    Ok(ServerText::Direct(e @ ServerMessage::Error { .. })) => {
+                        return Err(RoomError::Refused(format!("{e:?}")));
                     }
-                    if v["type"] == "error" {
-                        return Err(RoomError::Refused(v.to_string()));
-                    }
-                }
+                    Ok(_) => {}
+                    Err(e) => return Err(RoomError::Refused(format!("bad JSON: {e}"))),
+                },
                 Some(Ok(Message::Close(c))) => {
                     return Err(RoomError::Refused(format!("closed: {c:?}")));
                 }
@@ -149,8 +157,6 @@ impl RoomMember {
                 None => return Err(RoomError::Refused("closed".into())),
             }
         };
-        let (text, v) = welcome;
-        let id = v["participant_id"].as_u64().unwrap_or(0);
         let seed: [u8; 32] = rand::random();
         #[allow(clippy::cast_precision_loss)] // participant ids are far below 2^53
         let mut member = GroupMember::new(id as f64, &seed, name)
@@ -159,7 +165,7 @@ impl RoomMember {
         let view = Shared::default();
         view.update(|w: &mut MemberView| {
             w.participant_id = id;
-            w.resume_token = v["resume_token"].as_str().unwrap_or_default().to_owned();
+            w.resume_token = resume_token;
         });
         let (leave_tx, leave_rx) = oneshot::channel();
         let task = tokio::spawn(run(ws, member, view.clone(), start, leave_rx));
@@ -204,6 +210,12 @@ impl RoomMember {
     }
 }
 
+/// A client message as a text frame.
+fn json_text(msg: &ClientMessage) -> String {
+    // Serializing these plain types cannot fail; an empty frame would be refused as malformed.
+    serde_json::to_string(msg).unwrap_or_default()
+}
+
 #[allow(clippy::cast_precision_loss)] // milliseconds since start fit an f64 exactly for ages
 fn ms(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
@@ -224,7 +236,7 @@ async fn run(
     loop {
         tokio::select! {
             _ = &mut leave => {
-                let _ = ws.send(Message::Text(json!({"type": "leave"}).to_string().into())).await;
+                let _ = ws.send(Message::Text(json_text(&ClientMessage::Leave {}).into())).await;
                 let _ = ws.close(None).await;
                 return;
             }
@@ -236,17 +248,14 @@ async fn run(
                 continue;
             }
             m = ws.next() => match m {
-                Some(Ok(Message::Text(t))) => {
-                    let seq = serde_json::from_str::<Value>(t.as_str())
-                        .ok()
-                        .and_then(|v| v.get("seq").and_then(Value::as_u64));
-                    if seq.is_some() {
+                Some(Ok(Message::Text(t))) => match ServerText::decode(t.as_str()) {
+                    Ok(ServerText::Event(_)) => {
                         member.on_event(t.as_str(), ms(start));
                         view.update(|w| w.entries += 1);
-                    } else {
-                        member.on_direct(t.as_str(), ms(start));
                     }
-                }
+                    // Direct replies, and what does not parse (the core counts it as bad input).
+                    _ => member.on_direct(t.as_str(), ms(start)),
+                },
                 Some(Ok(Message::Binary(b))) => {
                     member.on_mls(&b, ms(start));
                     view.update(|w| w.entries += 1);
