@@ -347,3 +347,83 @@ async fn pinned_keys_admit_exactly_the_pinned_nodes() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A peer that authenticates properly and then sends garbage: its garbage datagrams are dropped
+/// and counted, a garbage control frame closes its link, and the node serves others afterwards.
+#[tokio::test]
+async fn an_authenticated_peer_sending_garbage_is_cut_off() {
+    use satsuma_sfu::relay::ControlMsg;
+    use std::sync::Arc;
+
+    let ca = tls::generate_ca("prod").unwrap();
+    let (mut a, a_metrics) = start(identity("sfu-a", &ca));
+    a.handle().publish(1, track("cam"), TrackKind::Video);
+
+    // A hand-made peer "sfu-b" with a good certificate, speaking raw QUIC.
+    let me = identity("sfu-b", &ca);
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(me.client_config().unwrap()).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = endpoint
+        .connect(a.local_addr(), "sfu-a")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let hello = ControlMsg::Hello {
+        node: "sfu-b".into(),
+        version: 1,
+    };
+    send.write_all(&hello.encode()).await.unwrap();
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    recv.read_exact(&mut body).await.unwrap();
+    assert_eq!(
+        ControlMsg::decode(&body).unwrap(),
+        ControlMsg::Hello {
+            node: "sfu-a".into(),
+            version: 1
+        }
+    );
+
+    for i in 0..20u8 {
+        conn.send_datagram(Bytes::from(vec![0xff, i, 1, 2, 3]))
+            .unwrap();
+    }
+    eventually("garbage datagrams counted", || {
+        a_metrics
+            .render()
+            .contains("satsuma_sfu_relay_dropped_total{reason=\"malformed_datagram\"} 20")
+    })
+    .await;
+
+    send.write_all(b"\x00\x00\x00\x05nope!").await.unwrap();
+    let closed = tokio::time::timeout(WAIT, conn.closed()).await;
+    assert!(
+        closed.is_ok(),
+        "A closes the link after a garbage control frame"
+    );
+    assert!(
+        a_metrics
+            .render()
+            .contains("satsuma_sfu_relay_dropped_total{reason=\"malformed_control\"} 1")
+    );
+
+    // A still serves a proper peer.
+    let (mut b, _) = start(identity("sfu-b", &ca));
+    b.handle().add_peer("sfu-a", a.local_addr());
+    let h = b
+        .handle()
+        .subscribe("sfu-a", track("cam"), 1, LayerDemand::All)
+        .await
+        .unwrap();
+    wait_for(&mut b, "ready after the garbage", |e| match e {
+        RelayEvent::TrackReady { remote, .. } if remote == h => Some(()),
+        _ => None,
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
