@@ -242,12 +242,12 @@ impl Dynacast {
 }
 
 /// The layer a remote track entry of a `tracks/new` or `tracks/update` body asks for.
-pub(crate) fn wanted_layer(track: &serde_json::Value) -> Layer {
+pub(crate) fn wanted_layer(track: &satsuma_wire::realtime::TrackObject) -> Layer {
     Layer::from_rid(
         track
-            .get("simulcast")
-            .and_then(|s| s.get("preferredRid"))
-            .and_then(serde_json::Value::as_str),
+            .simulcast
+            .as_ref()
+            .and_then(|s| s.preferred_rid.as_deref()),
     )
 }
 
@@ -287,12 +287,16 @@ mod tests {
         assert_eq!(Layer::from_rid(Some("Q")), Layer::F);
         assert_eq!(Layer::from_rid(Some(&"x".repeat(10_000))), Layer::F);
         assert!(Layer::Q < Layer::H && Layer::H < Layer::F);
-        let v: serde_json::Value =
-            serde_json::json!({"simulcast": {"preferredRid": "h"}, "mid": "1"});
-        assert_eq!(wanted_layer(&v), Layer::H);
-        assert_eq!(wanted_layer(&serde_json::json!({"simulcast": 3})), Layer::F);
+        let t = |v: serde_json::Value| serde_json::from_value(v).unwrap();
         assert_eq!(
-            wanted_layer(&serde_json::json!({"simulcast": {"preferredRid": 7}})),
+            wanted_layer(&t(
+                serde_json::json!({"simulcast": {"preferredRid": "h"}, "mid": "1"})
+            )),
+            Layer::H
+        );
+        assert_eq!(wanted_layer(&t(serde_json::json!({"mid": "1"}))), Layer::F);
+        assert_eq!(
+            wanted_layer(&t(serde_json::json!({"simulcast": {}}))),
             Layer::F
         );
     }

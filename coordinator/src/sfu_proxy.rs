@@ -29,7 +29,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 
 use crate::room::SfuReserveError;
-use serde_json::{Value, json};
+use satsuma_wire::realtime::{
+    CloseTracksRequest, ErrorBody, KeyframeTracksRequest, Location, NewSessionResponse,
+    TrackResult, TracksRequest,
+};
+use serde::de::DeserializeOwned;
 
 use tokio::sync::mpsc;
 
@@ -181,7 +185,10 @@ impl IntoResponse for ProxyError {
         };
         (
             status,
-            axum::Json(json!({"errorCode": code, "errorDescription": desc})),
+            axum::Json(ErrorBody {
+                error_code: code.to_owned(),
+                error_description: desc,
+            }),
         )
             .into_response()
     }
@@ -257,7 +264,7 @@ async fn ice_servers(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
             return Err(ProxyError::Forbidden("no publish or subscribe permission"));
         }
         let ice = app.hub.ice().issue(c.id, crate::auth::unix_now());
-        let body = json!({"iceServers": ice.servers, "expiresAt": ice.expires_at});
+        let body = serde_json::json!({"iceServers": ice.servers, "expiresAt": ice.expires_at});
         Ok((StatusCode::CREATED, Bytes::from(body.to_string())))
     });
     respond(&app, "ice-servers", result)
@@ -337,11 +344,9 @@ async fn new_session_inner(
         .forward(node, Method::POST, "/sessions/new", query, body)
         .await?;
     if status.is_success() {
-        let sid = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| {
-            v.get("sessionId")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        });
+        let sid = serde_json::from_slice::<NewSessionResponse>(&bytes)
+            .ok()
+            .map(|r| r.session_id);
         if let Some(sid) = sid {
             reservation.armed = false;
             let bound = app.hub.with_room(&c.slot, |st| {
@@ -397,31 +402,26 @@ fn own_session(c: &Caller, sid: &str) -> Result<usize, ProxyError> {
 /// Checks a tracks body: local tracks need `publish`; remote ones need
 /// `subscribe` and a source session owned by a member of the caller's room.
 fn check_tracks(c: &Caller, body: &[u8], allow_local: bool) -> Result<(), ProxyError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ProxyError::BadRequest(format!("body is not JSON: {e}")))?;
-    let tracks = match v.get("tracks") {
-        None => return Ok(()),
-        Some(Value::Array(t)) => t,
-        Some(_) => return Err(ProxyError::BadRequest("tracks must be an array".to_owned())),
-    };
+    // `tracks/new` and `tracks/update` bodies, read as the SFU reads them.
+    let tracks = parse_body::<TracksRequest>(body)?.tracks;
     if tracks.len() > MAX_TRACKS_PER_REQUEST {
         return Err(ProxyError::BadRequest(format!(
             "at most {MAX_TRACKS_PER_REQUEST} tracks per request"
         )));
     }
     let st = c.slot.state.lock();
-    for t in tracks {
-        match t.get("location").and_then(Value::as_str) {
-            Some("local") if allow_local => {
+    for t in &tracks {
+        match t.location {
+            Some(Location::Local) if allow_local => {
                 if !c.permissions.publish {
                     return Err(ProxyError::Forbidden("no publish permission"));
                 }
             }
-            Some("remote") => {
+            Some(Location::Remote) => {
                 if !c.permissions.subscribe {
                     return Err(ProxyError::Forbidden("no subscribe permission"));
                 }
-                let src = t.get("sessionId").and_then(Value::as_str).unwrap_or("");
+                let src = t.session_id.as_deref().unwrap_or("");
                 if st.room.sfu_session_owner(src).is_none() {
                     return Err(ProxyError::Forbidden(
                         "remote track's session is not a member's session in this room",
@@ -445,15 +445,25 @@ fn check_keyframe_tracks(c: &Caller, body: &[u8]) -> Result<(), ProxyError> {
     if !c.permissions.publish {
         return Err(ProxyError::Forbidden("no publish permission"));
     }
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ProxyError::BadRequest(format!("body is not JSON: {e}")))?;
-    match v.get("tracks") {
-        Some(Value::Array(t)) if t.len() > MAX_TRACKS_PER_REQUEST => Err(ProxyError::BadRequest(
-            format!("at most {MAX_TRACKS_PER_REQUEST} tracks per request"),
-        )),
-        Some(Value::Array(_)) => Ok(()),
-        _ => Err(ProxyError::BadRequest("tracks must be an array".to_owned())),
+    // `tracks` may default to empty in the type, but this route needs it.
+    let has_tracks = serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|v| v.get("tracks").is_some_and(serde_json::Value::is_array));
+    if !has_tracks {
+        return Err(ProxyError::BadRequest("tracks must be an array".to_owned()));
     }
+    let tracks = parse_body::<KeyframeTracksRequest>(body)?.tracks;
+    if tracks.len() > MAX_TRACKS_PER_REQUEST {
+        return Err(ProxyError::BadRequest(format!(
+            "at most {MAX_TRACKS_PER_REQUEST} tracks per request"
+        )));
+    }
+    Ok(())
+}
+
+/// A request body as the SFU would read it (`satsuma_wire::realtime`), or 400.
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProxyError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ProxyError::BadRequest(format!("body is not a valid request: {e}")))
 }
 
 /// Forwards a call on one of the caller's own SFU sessions: checks that the
@@ -500,50 +510,53 @@ async fn forward_own_session(
 /// gave them and the layer they ask for), re-aimed or closed. Entries the SFU refused
 /// (`errorCode`) change nothing. The SFU answers one entry per requested track, in order.
 fn note_demand(app: &App, c: &Caller, sid: &str, route: &str, request: &[u8], response: &[u8]) {
-    let (Ok(req), Ok(resp)) = (
-        serde_json::from_slice::<Value>(request),
-        serde_json::from_slice::<Value>(response),
-    ) else {
+    /// The per-track results of any `tracks/*` response.
+    #[derive(serde::Deserialize)]
+    struct Answered {
+        #[serde(default)]
+        tracks: Vec<TrackResult>,
+    }
+    let Ok(Answered { tracks: answered }) = serde_json::from_slice(response) else {
         return;
     };
-    let empty = Vec::new();
-    let asked = req
-        .get("tracks")
-        .and_then(Value::as_array)
-        .unwrap_or(&empty);
-    let answered = resp
-        .get("tracks")
-        .and_then(Value::as_array)
-        .unwrap_or(&empty);
-    let ok = |t: &Value| t.get("errorCode").is_none_or(Value::is_null);
-    let text = |t: &Value, k: &str| t.get(k).and_then(Value::as_str).map(str::to_owned);
-    app.hub.with_room(&c.slot, |st| match route {
+    let ok = |r: &TrackResult| r.error_code.is_none();
+    match route {
         "tracks/new" | "tracks/update" => {
-            for (a, r) in asked.iter().zip(answered) {
-                if a.get("location").and_then(Value::as_str) != Some("remote") || !ok(r) {
-                    continue;
+            let Ok(req) = serde_json::from_slice::<TracksRequest>(request) else {
+                return;
+            };
+            app.hub.with_room(&c.slot, |st| {
+                for (a, r) in req.tracks.iter().zip(&answered) {
+                    if a.location != Some(Location::Remote) || !ok(r) {
+                        continue;
+                    }
+                    let mid = r.mid.as_ref().or(a.mid.as_ref());
+                    let (Some(mid), Some(src), Some(name)) =
+                        (mid, a.session_id.as_ref(), a.track_name.as_ref())
+                    else {
+                        continue;
+                    };
+                    st.dynacast
+                        .leg(sid, mid, src, name, crate::dynacast::wanted_layer(a));
                 }
-                let mid = text(r, "mid").or_else(|| text(a, "mid"));
-                let (Some(mid), Some(src), Some(name)) =
-                    (mid, text(a, "sessionId"), text(a, "trackName"))
-                else {
-                    continue;
-                };
-                st.dynacast
-                    .leg(sid, &mid, &src, &name, crate::dynacast::wanted_layer(a));
-            }
+            });
         }
         "tracks/close" => {
-            for (a, r) in asked.iter().zip(answered) {
-                if let Some(mid) = text(a, "mid")
-                    && ok(r)
-                {
-                    st.dynacast.close(sid, &mid);
+            let Ok(req) = serde_json::from_slice::<CloseTracksRequest>(request) else {
+                return;
+            };
+            app.hub.with_room(&c.slot, |st| {
+                for (a, r) in req.tracks.iter().zip(&answered) {
+                    if let Some(mid) = &a.mid
+                        && ok(r)
+                    {
+                        st.dynacast.close(sid, mid);
+                    }
                 }
-            }
+            });
         }
         _ => {}
-    });
+    }
 }
 
 async fn tracks_new(
