@@ -1,10 +1,12 @@
 //! The web client's constants (`client/web/public/wire.js`) are generated from this crate:
 //! this test fails when the committed file drifts. `SATSUMA_BLESS=1` rewrites it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
 use satsuma_wire::js::{WEB_MODULE_PATH, web_module};
-use satsuma_wire::room::close;
+use satsuma_wire::room::{ClientMessage, close};
 
 fn web_file(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -32,6 +34,8 @@ fn web_module_is_current() {
 /// rather than spelling them itself (a copy would drift silently).
 #[test]
 fn web_client_does_not_copy_the_constants() {
+    let e2ee = std::fs::read_to_string(web_file("client/web/public/e2ee-link.js")).unwrap();
+    assert!(e2ee.contains("from './wire.js'") && !e2ee.contains("kind === 2"));
     for file in ["client/web/public/room-link.js"] {
         let text = std::fs::read_to_string(web_file(file)).expect("read the web client");
         assert!(
@@ -54,5 +58,39 @@ fn web_client_does_not_copy_the_constants() {
                 "{file} defines {literal:?} itself: import it from wire.js"
             );
         }
+    }
+}
+
+/// Every message the web client sends the coordinator (`….send({ type: 'x'`) has a type the
+/// protocol knows: renaming a message in the crate without the client fails here.
+#[test]
+fn web_client_sends_only_known_message_types() {
+    let dir = web_file("client/web/public");
+    let mut sent = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("list the web client") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_none_or(|e| e != "js") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        // `….send({ type: 'x'` names the message; the hello is built before it is sent.
+        for (needle, fixed) in [("send({ type: '", None), ("type: 'hello'", Some("hello"))] {
+            for (at, _) in text.match_indices(needle) {
+                let rest = &text[at + needle.len()..];
+                let name = fixed.unwrap_or_else(|| rest.split('\'').next().unwrap_or_default());
+                sent.push((path.clone(), name.to_owned()));
+            }
+        }
+    }
+    assert!(
+        sent.len() >= 10,
+        "found only {sent:?}: has the client's style changed?"
+    );
+    for (path, name) in &sent {
+        assert!(
+            ClientMessage::TYPES.contains(&name.as_str()),
+            "{} sends {name:?}, which is not a ClientMessage type",
+            path.display()
+        );
     }
 }

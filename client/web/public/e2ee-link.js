@@ -22,6 +22,7 @@
 import { testHooks } from './client-config.js';
 import { e2eeWorker, takeWasmBytes } from './integrity.js';
 import { timeline } from './join-timeline.js';
+import { KIND } from './wire.js';
 
 const PING_MS = 100;
 // An unanswered ping this old stops sending. A stalled worker cannot leak
@@ -142,7 +143,7 @@ export class E2eeLink extends EventTarget {
 
   /** A binary MLS log entry `{seq, kind, from, payload, raw}`; the worker gets the raw frame. */
   mls(frame) {
-    if (frame.kind === 2 && timeline.has('keyPackageSent') && !timeline.has('mlsWelcome') && carriesWelcome(frame.payload)) {
+    if (frame.kind === KIND.COMMIT && timeline.has('keyPackageSent') && !timeline.has('mlsWelcome') && carriesWelcome(frame.payload)) {
       timeline.mark('mlsWelcome');
     }
     const raw = frame.raw.slice(0);
@@ -393,7 +394,7 @@ export class E2eeLink extends EventTarget {
         else this.#fail(msg.reason, RELOAD, true);
         break;
       case 'send-binary':
-        if (msg.bytes?.[0] === 1) timeline.mark('keyPackageSent'); // relay kind 1: a KeyPackage
+        if (msg.bytes?.[0] === KIND.KEY_PACKAGE) timeline.mark('keyPackageSent');
         this.dispatchEvent(new CustomEvent('send-binary', { detail: msg.bytes }));
         break;
       case 'send-json':
