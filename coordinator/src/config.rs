@@ -94,6 +94,8 @@ pub struct Config {
     pub turn: satsuma_common::turn::TurnServers,
     /// Lifetime of the TURN credentials handed out, seconds (1 to 86400).
     pub turn_ttl_s: u64,
+    /// Where rooms live: memory (default) or etcd (issue 16, `docs/room-store.md`).
+    pub store: crate::store::StoreConfig,
 }
 
 impl Default for Config {
@@ -136,6 +138,7 @@ impl Default for Config {
             timer_tick: Duration::from_millis(20),
             turn: satsuma_common::turn::TurnServers::default(),
             turn_ttl_s: DEFAULT_TURN_TTL_S,
+            store: crate::store::StoreConfig::default(),
         }
     }
 }
@@ -200,6 +203,11 @@ impl Config {
         if self.jwt_secret.is_empty() {
             return Err(ConfigError::Invalid(
                 "jwt_secret is required (or run with --dev)".to_owned(),
+            ));
+        }
+        if !self.store.etcd_endpoints.is_empty() && self.store.lease_ttl < Duration::from_secs(2) {
+            return Err(ConfigError::Invalid(
+                "store_lease_ttl_ms must be at least 2000 (etcd's shortest lease)".to_owned(),
             ));
         }
         self.validate_access()?;
@@ -547,6 +555,26 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. info or satsuma_coordinator=debug.
     #[arg(long, env = "SATSUMA_COORD_LOG")]
     pub log: Option<String>,
+    /// etcd client URL of the room store (repeat, or comma-separate in the env variable);
+    /// none: rooms live in this process's memory.
+    #[arg(
+        long = "etcd-endpoint",
+        env = "SATSUMA_COORD_ETCD_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// Key prefix of the room store in etcd [default: /satsuma/].
+    #[arg(long, env = "SATSUMA_COORD_ETCD_PREFIX")]
+    pub etcd_prefix: Option<String>,
+    /// This coordinator replica's id (unique per replica, e.g. the pod name) [default: random].
+    #[arg(long, env = "SATSUMA_COORD_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// This replica's public URL, stored with the rooms it owns.
+    #[arg(long, env = "SATSUMA_COORD_REPLICA_URL")]
+    pub replica_url: Option<String>,
+    /// Room lease TTL in ms: a dead replica's rooms are taken over after it [default: 3000].
+    #[arg(long, env = "SATSUMA_COORD_STORE_LEASE_TTL_MS")]
+    pub store_lease_ttl_ms: Option<u64>,
 }
 
 impl Cli {
@@ -585,6 +613,14 @@ impl Cli {
         let config = Config {
             turn,
             turn_ttl_s: c.turn_ttl_s.unwrap_or(base.turn_ttl_s),
+            store: crate::store::StoreConfig {
+                etcd_endpoints: c.etcd_endpoints.unwrap_or_default(),
+                etcd_prefix: c.etcd_prefix.unwrap_or(base.store.etcd_prefix.clone()),
+                replica_id: c.replica_id,
+                replica_url: c.replica_url,
+                lease_ttl: ms(c.store_lease_ttl_ms, base.store.lease_ttl),
+                timeout: base.store.timeout,
+            },
             listen: c.listen.unwrap_or(base.listen),
             jwt_secret,
             jwt_leeway_s: c.jwt_leeway_s.unwrap_or(base.jwt_leeway_s),
@@ -712,7 +748,12 @@ impl Cli {
             turn_urls,
             turn_secret,
             turn_ttl_s,
-            log
+            log,
+            etcd_endpoints,
+            etcd_prefix,
+            replica_id,
+            replica_url,
+            store_lease_ttl_ms
         )
     }
 }

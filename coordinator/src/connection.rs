@@ -31,6 +31,22 @@ use crate::server::App;
 /// send its close frame (the peer is not reading; its queue is already freed).
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
+/// Close code of a hello the room store could not serve now (RFC 6455 "try again later"):
+/// another replica owns the room (its lease has not lapsed yet) or the store has no quorum.
+/// The client retries (a resume stays a resume).
+const TRY_AGAIN_LATER: u16 = 1013;
+
+/// The close reason for a store refusal.
+fn store_refusal(e: &crate::store::StoreError) -> &'static str {
+    use crate::store::StoreError;
+    match e {
+        StoreError::Owned { .. } => "room is served by another coordinator replica; retry",
+        StoreError::Fenced => "room moved to another coordinator replica; retry",
+        StoreError::Unavailable(_) => "room store unavailable; retry",
+        StoreError::Corrupt(_) => "stored room cannot be read",
+    }
+}
+
 /// Bytes of the log one replay step reads under the room lock.
 const REPLAY_CHUNK: usize = 64 << 10;
 
@@ -164,8 +180,13 @@ async fn hello(
                     id: r.participant_id,
                     conn_id,
                 }),
+                Err(HubResumeError::Store(e)) => {
+                    close_with(tx, app, TRY_AGAIN_LATER, store_refusal(&e)).await;
+                    None
+                }
                 Err(e) => {
                     let reason = match e {
+                        HubResumeError::Store(_) => "room store refused",
                         HubResumeError::UnknownRoom => "resume failed: room is gone; join fresh",
                         HubResumeError::Room(ResumeError::UnknownParticipant) => {
                             "resume failed: participant is gone; join fresh"
@@ -203,6 +224,10 @@ async fn hello(
             };
             match app.hub.join(room, req, conn) {
                 Ok((slot, id)) => Some(Session { slot, id, conn_id }),
+                Err(HubJoinError::Store(e)) => {
+                    close_with(tx, app, TRY_AGAIN_LATER, store_refusal(&e)).await;
+                    None
+                }
                 Err(HubJoinError::TooManyRooms) => {
                     close_with(tx, app, close::ROOM_FULL, "too many rooms on this server").await;
                     None

@@ -21,9 +21,11 @@ use crate::dynacast::{Change, Dynacast};
 use crate::ice::IceIssuer;
 use crate::metrics::{CloseReason, Metrics};
 use crate::protocol::{RoomEvent, ServerMessage, TrackKind, close};
+use crate::room::journal::RoomImage;
 use crate::room::{
     EntryBody, Input, JoinError, JoinRequest, Output, ResumeError, Room, RoomConfig, Wire,
 };
+use crate::store::{Fence, MemoryStore, RoomStore, StoreError};
 
 /// What a connection's writer task sends.
 #[derive(Debug)]
@@ -177,7 +179,15 @@ pub(crate) struct RoomState {
     /// Which simulcast layers of each published video track subscribers take (the SFU
     /// proxy feeds it; publishers hear of changes in `layers` messages).
     pub(crate) dynacast: Dynacast,
+    /// This replica's ownership of the room in a durable store.
+    fence: Option<Fence>,
+    /// The room was lost to this replica (a store write was refused): its connections were
+    /// closed and nothing more is delivered or written; the hub forgets it.
+    lost: bool,
 }
+
+/// The driver note that keeps a room's SFU node across replicas.
+const NOTE_SFU_NODE: &str = "sfu_node";
 
 /// One live room.
 #[derive(Debug)]
@@ -187,17 +197,21 @@ pub(crate) struct RoomSlot {
 }
 
 /// Why a fresh join failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HubJoinError {
     Room(JoinError),
     TooManyRooms,
+    /// The room store refused (another replica owns the room, or it is unavailable).
+    Store(StoreError),
 }
 
 /// Why a resume failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HubResumeError {
     Room(ResumeError),
     UnknownRoom,
+    /// The room store refused (another replica owns the room, or it is unavailable).
+    Store(StoreError),
 }
 
 /// Where a credential points.
@@ -243,6 +257,8 @@ pub(crate) struct Hub {
     per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// STUN/TURN servers for `welcome` and `resumed`.
     ice: IceIssuer,
+    /// Where rooms live beyond this process (the local memory store: nowhere).
+    store: Arc<dyn RoomStore>,
 }
 
 impl Hub {
@@ -259,7 +275,20 @@ impl Hub {
             sfu_close_queue: Mutex::new(Some(queue)),
             per_ip: Arc::new(Mutex::new(HashMap::new())),
             ice: IceIssuer::default(),
+            store: Arc::new(MemoryStore::local()),
         }
+    }
+
+    /// Keeps rooms in `store` (default: this process's memory only).
+    #[must_use]
+    pub(crate) fn with_store(mut self, store: Arc<dyn RoomStore>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// The room store.
+    pub(crate) fn store(&self) -> &Arc<dyn RoomStore> {
+        &self.store
     }
 
     /// Hands `ice`'s servers to every participant in `welcome` and `resumed`.
@@ -341,6 +370,134 @@ impl Hub {
         self.credentials.lock().get(token).cloned()
     }
 
+    /// A new room slot around `room`.
+    fn make_slot(&self, room: Room, fence: Option<Fence>) -> Arc<RoomSlot> {
+        let name = room.name().to_owned();
+        let sfu_node = room
+            .note(NOTE_SFU_NODE)
+            .and_then(|n| n.parse::<usize>().ok());
+        // A rebuilt room's SFU sessions are on the node its owner chose for it.
+        let sfu_sessions = match sfu_node {
+            Some(node) => room
+                .credentials()
+                .iter()
+                .flat_map(|(_, id)| room.sfu_sessions_of(*id).unwrap_or_default().to_vec())
+                .map(|sid| (sid, node))
+                .collect(),
+            None => HashMap::new(),
+        };
+        Arc::new_cyclic(|me| RoomSlot {
+            name,
+            state: Mutex::new(RoomState {
+                room,
+                slot: me.clone(),
+                conns: HashMap::new(),
+                next_deadline: None,
+                sfu_node,
+                sfu_sessions,
+                dynacast: Dynacast::default(),
+                fence,
+                lost: false,
+            }),
+        })
+    }
+
+    /// The live room `name`. With a durable store, a room this replica does not hold is
+    /// taken from the store (rebuilt from its image and log) or, with `create`, made new.
+    /// `Ok(None)`: no such room (and not `create`).
+    fn open_room(&self, name: &str, create: bool) -> Result<Option<Arc<RoomSlot>>, HubJoinError> {
+        if let Some(s) = self.room(name) {
+            return Ok(Some(s));
+        }
+        if !self.store.durable() {
+            if !create {
+                return Ok(None);
+            }
+            let mut rooms = self.rooms.lock();
+            if let Some(s) = rooms.get(name) {
+                return Ok(Some(s.clone()));
+            }
+            if rooms.len() >= self.max_rooms {
+                return Err(HubJoinError::TooManyRooms);
+            }
+            let slot = self.make_slot(
+                Room::new(name, self.room_config.clone(), rand::random()),
+                None,
+            );
+            rooms.insert(name.to_owned(), slot.clone());
+            self.metrics.rooms.inc();
+            return Ok(Some(slot));
+        }
+        if self.rooms.lock().len() >= self.max_rooms {
+            return Err(HubJoinError::TooManyRooms);
+        }
+        // Store I/O outside the hub's locks. Acquiring is idempotent for this replica, so a
+        // concurrent open of the same room gets the same fence and one slot wins below.
+        let claim = self.store.acquire(name).map_err(HubJoinError::Store)?;
+        let now = Instant::now();
+        let (room, rebuilt) = match claim.stored {
+            Some(stored) => {
+                let restored = RoomImage::decode(&stored.image).and_then(|image| {
+                    Room::restore(self.room_config.clone(), &image, stored.entries, now)
+                });
+                match restored {
+                    Ok(room) => (room, true),
+                    Err(e) => {
+                        tracing::error!(room = name, error = %e, "stored room cannot be rebuilt");
+                        self.store.release(name, claim.fence, false);
+                        return Err(HubJoinError::Store(StoreError::Corrupt(e.to_string())));
+                    }
+                }
+            }
+            None if create => {
+                let mut room = Room::new(name, self.room_config.clone(), rand::random());
+                room.enable_journal();
+                (room, false)
+            }
+            None => {
+                self.store.release(name, claim.fence, true);
+                return Ok(None);
+            }
+        };
+        let mut rooms = self.rooms.lock();
+        if let Some(s) = rooms.get(name) {
+            return Ok(Some(s.clone()));
+        }
+        if rebuilt {
+            self.store
+                .stats()
+                .rebuilt
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut creds = self.credentials.lock();
+            for (token, participant) in room.credentials() {
+                creds.insert(
+                    token,
+                    Credential {
+                        room: name.to_owned(),
+                        participant,
+                    },
+                );
+                self.metrics.participants.inc();
+            }
+            tracing::info!(
+                room = name,
+                seq = room.seq(),
+                participants = room.participant_count(),
+                "room rebuilt from the store"
+            );
+        }
+        let slot = self.make_slot(room, Some(claim.fence));
+        rooms.insert(name.to_owned(), slot.clone());
+        self.metrics.rooms.inc();
+        drop(rooms);
+        if rebuilt {
+            // Pending `execute` and presence deadlines start now.
+            let mut state = slot.state.lock();
+            state.next_deadline = state.room.poll_timeout();
+        }
+        Ok(Some(slot))
+    }
+
     /// A fresh join: creates the room if needed.
     pub(crate) fn join(
         &self,
@@ -348,31 +505,13 @@ impl Hub {
         req: JoinRequest,
         conn: ConnHandle,
     ) -> Result<(Arc<RoomSlot>, u64), HubJoinError> {
-        let mut rooms = self.rooms.lock();
-        let slot = match rooms.get(room_name) {
-            Some(s) => s.clone(),
-            None => {
-                if rooms.len() >= self.max_rooms {
-                    return Err(HubJoinError::TooManyRooms);
-                }
-                let slot = Arc::new_cyclic(|me| RoomSlot {
-                    name: room_name.to_owned(),
-                    state: Mutex::new(RoomState {
-                        room: Room::new(room_name, self.room_config.clone(), rand::random()),
-                        slot: me.clone(),
-                        conns: HashMap::new(),
-                        next_deadline: None,
-                        sfu_node: None,
-                        sfu_sessions: HashMap::new(),
-                        dynacast: Dynacast::default(),
-                    }),
-                });
-                rooms.insert(room_name.to_owned(), slot.clone());
-                self.metrics.rooms.inc();
-                slot
-            }
-        };
+        let slot = self
+            .open_room(room_name, true)?
+            .ok_or(HubJoinError::TooManyRooms)?;
         let mut state = slot.state.lock();
+        if state.lost {
+            return Err(HubJoinError::Store(StoreError::Fenced));
+        }
         let token = req.resume_token.clone();
         match state.room.join(Instant::now(), req) {
             Ok(id) => {
@@ -386,14 +525,19 @@ impl Hub {
                 self.metrics.participants.inc();
                 state.conns.insert(id, conn);
                 self.dispatch(&mut state);
+                let lost = state.lost;
                 drop(state);
+                if lost {
+                    self.drop_if_empty(&slot);
+                    return Err(HubJoinError::Store(StoreError::Fenced));
+                }
                 Ok((slot, id))
             }
             Err(e) => {
-                if state.room.is_empty() {
-                    drop(state);
-                    rooms.remove(room_name);
-                    self.metrics.rooms.dec();
+                let empty = state.room.is_empty();
+                drop(state);
+                if empty {
+                    self.drop_if_empty(&slot);
                 }
                 Err(HubJoinError::Room(e))
             }
@@ -409,14 +553,27 @@ impl Hub {
         last_seq: u64,
         conn: ConnHandle,
     ) -> Result<Arc<RoomSlot>, HubResumeError> {
-        let slot = self.room(room_name).ok_or(HubResumeError::UnknownRoom)?;
+        let slot = match self.open_room(room_name, false) {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(HubResumeError::UnknownRoom),
+            Err(HubJoinError::Store(e)) => return Err(HubResumeError::Store(e)),
+            Err(_) => return Err(HubResumeError::UnknownRoom),
+        };
         let mut state = slot.state.lock();
+        if state.lost {
+            return Err(HubResumeError::Store(StoreError::Fenced));
+        }
         match state.room.resume(Instant::now(), id, token, last_seq) {
             Ok(()) => {
                 if let Some(old) = state.conns.insert(id, conn) {
                     old.close(close::REPLACED, "resumed on another connection");
                 }
                 self.dispatch(&mut state);
+                if state.lost {
+                    drop(state);
+                    self.drop_if_empty(&slot);
+                    return Err(HubResumeError::Store(StoreError::Fenced));
+                }
                 // Layer changes sent while it was away may be lost: the current ones again.
                 let sessions = state.room.sfu_sessions_of(id).unwrap_or_default().to_vec();
                 let again = state.dynacast.current(&sessions);
@@ -454,7 +611,7 @@ impl Hub {
         state.room.handle(Instant::now(), id, input);
         let refused = self.dispatch_for(&mut state, Some(id));
         let detached = !state.conns.contains_key(&id);
-        let empty = state.room.is_empty();
+        let empty = state.room.is_empty() || state.lost;
         drop(state);
         if empty {
             self.drop_if_empty(slot);
@@ -486,6 +643,11 @@ impl Hub {
         }
         state.room.disconnect(Instant::now(), id);
         self.dispatch(&mut state);
+        let lost = state.lost;
+        drop(state);
+        if lost {
+            self.drop_if_empty(slot);
+        }
     }
 
     /// Runs due room timers.
@@ -494,6 +656,18 @@ impl Hub {
         let slots: Vec<Arc<RoomSlot>> = self.rooms.lock().values().cloned().collect();
         for slot in slots {
             let mut state = slot.state.lock();
+            if let Some(fence) = state.fence
+                && !state.lost
+                && !self.store.owns(&slot.name, fence)
+            {
+                // The lease lapsed: another replica may own the room now.
+                self.lose(&mut state, &StoreError::Fenced);
+            }
+            if state.lost {
+                drop(state);
+                self.drop_if_empty(&slot);
+                continue;
+            }
             if state.next_deadline.is_some_and(|d| d <= now) {
                 state.room.handle_timeout(now);
                 self.dispatch(&mut state);
@@ -523,22 +697,96 @@ impl Hub {
     /// Closes every connection (shutdown).
     pub(crate) fn close_all(&self) {
         let slots: Vec<Arc<RoomSlot>> = self.rooms.lock().drain().map(|(_, s)| s).collect();
+        let durable = self.store.durable();
         for slot in slots {
             let mut state = slot.state.lock();
-            state
-                .room
-                .close_all(close::GOING_AWAY, "server shutting down");
-            self.dispatch(&mut state);
+            if durable {
+                // The rooms live on in the store: nobody leaves. Connections close with 1001
+                // and their clients resume on another replica (or this one once restarted).
+                self.hand_over(&mut state);
+            } else {
+                state
+                    .room
+                    .close_all(close::GOING_AWAY, "server shutting down");
+                self.dispatch(&mut state);
+            }
             self.metrics.rooms.dec();
+        }
+        if durable {
+            // Other replicas may take the rooms at once instead of after the lease TTL.
+            self.store.release_all();
+        }
+    }
+
+    /// Stops serving a room this replica no longer owns (or hands over): closes its
+    /// connections with 1001 so their clients resume where the room is now, forgets its
+    /// credentials, writes and delivers nothing more.
+    fn hand_over(&self, state: &mut RoomState) {
+        state.lost = true;
+        while state.room.poll_output().is_some() {}
+        let mut creds = self.credentials.lock();
+        for (token, _) in state.room.credentials() {
+            if creds.remove(&token).is_some() {
+                self.metrics.participants.dec();
+            }
+        }
+        drop(creds);
+        for (_, c) in state.conns.drain() {
+            c.close(
+                close::GOING_AWAY,
+                "room moved to another coordinator; resume",
+            );
+        }
+    }
+
+    /// A store write for the room was refused: the room is lost to this replica.
+    fn lose(&self, state: &mut RoomState, e: &StoreError) {
+        tracing::warn!(room = state.room.name(), error = %e, "room lost to this replica; its clients resume elsewhere");
+        self.hand_over(state);
+    }
+
+    /// Writes what the room's journal holds before its outputs are delivered; false if the
+    /// room is lost (nothing may be delivered).
+    fn persist(&self, state: &mut RoomState) -> bool {
+        if state.lost {
+            while state.room.poll_output().is_some() {}
+            return false;
+        }
+        let Some(fence) = state.fence else {
+            return true;
+        };
+        let note = state.sfu_node.map(|n| n.to_string());
+        state.room.set_note(NOTE_SFU_NODE, note);
+        let Some(batch) = state.room.take_journal() else {
+            return true;
+        };
+        match self.store.append(state.room.name(), fence, &batch) {
+            Ok(()) => true,
+            Err(e) => {
+                self.lose(state, &e);
+                false
+            }
         }
     }
 
     fn drop_if_empty(&self, slot: &Arc<RoomSlot>) {
         let mut rooms = self.rooms.lock();
         let same = rooms.get(&slot.name).is_some_and(|s| Arc::ptr_eq(s, slot));
-        if same && slot.state.lock().room.is_empty() {
+        if !same {
+            return;
+        }
+        let state = slot.state.lock();
+        if state.lost {
             rooms.remove(&slot.name);
             self.metrics.rooms.dec();
+        } else if state.room.is_empty() {
+            rooms.remove(&slot.name);
+            self.metrics.rooms.dec();
+            if let Some(fence) = state.fence {
+                // The call is over: nothing of it stays in the store. Under the hub lock, so
+                // a new join of the same name waits for it and starts a new room.
+                self.store.release(&slot.name, fence, true);
+            }
         }
     }
 
@@ -550,6 +798,9 @@ impl Hub {
     fn dispatch_for(&self, state: &mut RoomState, watch: Option<u64>) -> bool {
         let mut refused = false;
         loop {
+            if !self.persist(state) {
+                return refused;
+            }
             let slow = self.drain_outputs(state, watch, &mut refused);
             if slow.is_empty() {
                 break;

@@ -52,6 +52,7 @@ pub mod protocol;
 pub mod room;
 mod server;
 mod sfu_proxy;
+pub mod store;
 pub mod token_cli;
 
 pub use config::{Cli, Config, ConfigError};

@@ -453,6 +453,13 @@ pub struct Room {
     outputs: VecDeque<Output>,
     /// Test hook: hidden participant → the one participant that may see it.
     hidden: BTreeMap<u64, u64>,
+    /// Driver notes kept with the room's durable state (e.g. its SFU node).
+    notes: BTreeMap<String, String>,
+    /// What a durable store must still write (journal on; see [`journal`]).
+    journal: Option<journal::Journal>,
+    /// Unit tests: a store inside the room; every drained round checks a rebuild from it.
+    #[cfg(test)]
+    shadow: Option<journal::shadow::Shadow>,
 }
 
 impl Room {
@@ -482,7 +489,30 @@ impl Room {
             groups_created: 0,
             outputs: VecDeque::new(),
             hidden: BTreeMap::new(),
+            notes: BTreeMap::new(),
+            journal: cfg!(test).then(journal::Journal::default),
+            #[cfg(test)]
+            shadow: Some(journal::shadow::Shadow::default()),
         }
+    }
+
+    /// Sets a driver note (kept with the durable state; `None` removes it).
+    pub fn set_note(&mut self, key: &str, value: Option<String>) {
+        match value {
+            Some(v) => {
+                if self.notes.get(key) != Some(&v) {
+                    self.notes.insert(key.to_owned(), v);
+                }
+            }
+            None => {
+                self.notes.remove(key);
+            }
+        }
+    }
+
+    /// A driver note.
+    pub fn note(&self, key: &str) -> Option<&str> {
+        self.notes.get(key).map(String::as_str)
     }
 
     /// Room name.
@@ -573,7 +603,12 @@ impl Room {
 
     /// Next output for the driver.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front();
+        #[cfg(test)]
+        if out.is_none() {
+            journal::shadow::check(self);
+        }
+        out
     }
 
     /// When [`Room::handle_timeout`] must be called next.
@@ -1787,6 +1822,9 @@ impl Room {
         if self.log.get(i).is_some_and(|e| e.seq == seq)
             && let Some(old) = self.log.remove(i)
         {
+            if let Some(j) = &mut self.journal {
+                j.dropped(seq);
+            }
             self.forget(&old);
         }
     }
@@ -1832,6 +1870,9 @@ impl Room {
             share.entries += 1;
             share.bytes += entry.wire.len();
         }
+        if let Some(j) = &mut self.journal {
+            j.appended(&entry);
+        }
         self.log.push_back(entry.clone());
         while self.log.len() > self.config.replay_max_entries.max(1)
             || (self.log_bytes > self.config.replay_max_bytes && self.log.len() > 1)
@@ -1843,6 +1884,9 @@ impl Room {
                 self.drop_seq(seq);
             } else if let Some(old) = self.log.pop_front() {
                 self.trimmed_upto = self.trimmed_upto.max(old.seq);
+                if let Some(j) = &mut self.journal {
+                    j.dropped(old.seq);
+                }
                 self.forget(&old);
             }
         }
@@ -1941,6 +1985,8 @@ fn event_subjects(event: &RoomEvent) -> Vec<u64> {
         RoomEvent::Creator { .. } | RoomEvent::Execute { .. } => Vec::new(),
     }
 }
+
+pub mod journal;
 
 #[cfg(test)]
 mod tests;

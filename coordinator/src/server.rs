@@ -47,6 +47,9 @@ pub(crate) struct App {
 /// Why the server could not start.
 #[derive(Debug, Error)]
 pub enum ServerError {
+    /// The room store could not be opened.
+    #[error("room store: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -83,6 +86,7 @@ impl Server {
             source,
         })?;
         let metrics = Metrics::new()?;
+        let store = config.store.open()?;
         let app = Arc::new(App {
             keys: TokenKeys::with_names(
                 config.jwt_secret.as_bytes(),
@@ -91,9 +95,12 @@ impl Server {
                 &config.jwt_audience,
             ),
             access: Access::new(config.api_keys.clone(), config.jwt_leeway_s),
-            hub: Hub::new(config.room_config(), config.max_rooms, metrics.clone()).with_ice(
-                crate::ice::IceIssuer::new(config.turn.clone(), config.turn_ttl_s),
-            ),
+            hub: Hub::new(config.room_config(), config.max_rooms, metrics.clone())
+                .with_ice(crate::ice::IceIssuer::new(
+                    config.turn.clone(),
+                    config.turn_ttl_s,
+                ))
+                .with_store(store),
             sfu: SfuPool::new(
                 &config.sfu_nodes,
                 &config.sfu_app_id,
@@ -198,7 +205,14 @@ impl ServerHandle {
         self.app.keys.mint(claims)
     }
 
-    /// Closes every connection (1001) and stops the server.
+    /// Write counters of the room store (writes and bytes so far).
+    pub fn store_writes(&self) -> (u64, u64) {
+        self.app.hub.store().stats().totals()
+    }
+
+    /// Closes every connection (1001) and stops the server. With a durable room store the
+    /// rooms stay in it and this replica's leases are released first, so another replica
+    /// takes them at once.
     pub async fn shutdown(mut self) {
         self.app.hub.close_all();
         let _ = self.stop.send(true);
@@ -248,6 +262,7 @@ fn router(app: Arc<App>) -> Router {
     let statics = ServeDir::new(web).fallback(ServeFile::new(web.join("index.html")));
     let mut r = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/client-config.json", get(client_config))
         .route("/ws/{room}", get(ws_upgrade))
@@ -390,6 +405,16 @@ impl ContentSecurityPolicy {
 /// the test-only URL parameters and drills (only with `--test-hooks`); `dev`: `POST /token`
 /// hands out join tokens (only with `--dev`; otherwise the page needs a `#token=` or an
 /// `#invite=` link).
+/// Readiness: 200 while the room store is usable (always with the memory store), else 503
+/// (an etcd replica without its lease must get no new clients).
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.hub.store().ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "room store unavailable").into_response()
+    }
+}
+
 async fn client_config(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CACHE_CONTROL, "no-store")],
