@@ -356,7 +356,7 @@ async fn an_authenticated_peer_sending_garbage_is_cut_off() {
     use std::sync::Arc;
 
     let ca = tls::generate_ca("prod").unwrap();
-    let (mut a, a_metrics) = start(identity("sfu-a", &ca));
+    let (a, a_metrics) = start(identity("sfu-a", &ca));
     a.handle().publish(1, track("cam"), TrackKind::Video);
 
     // A hand-made peer "sfu-b" with a good certificate, speaking raw QUIC.

@@ -41,6 +41,10 @@ pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 pub const MEDIA_QUEUE: usize = 8192;
 /// Events queued towards the SFU before media events are dropped.
 pub const EVENT_QUEUE: usize = 16384;
+/// Media datagrams from peers queued towards the driver before they are dropped (counted).
+pub const INBOUND_QUEUE: usize = 8192;
+/// TLS handshakes with unauthenticated peers at once; more are refused (counted as `busy`).
+pub const MAX_HANDSHAKES: usize = 64;
 /// The largest media packet accepted on a unidirectional stream.
 const MAX_STREAM_DATAGRAM: usize = 64 * 1024;
 
@@ -135,11 +139,14 @@ enum Internal {
         conn: ConnId,
         bytes: Bytes,
     },
-    Datagram {
-        peer: String,
-        conn: ConnId,
-        bytes: Bytes,
-    },
+}
+
+/// A media datagram from a peer (bounded queue: a flood is dropped and counted, never buffered
+/// without limit).
+struct Inbound {
+    peer: String,
+    conn: ConnId,
+    bytes: Bytes,
 }
 
 /// The SFU's side of the relay: cheap to clone.
@@ -270,6 +277,7 @@ impl Relay {
         let (media, media_rx) = mpsc::channel(MEDIA_QUEUE);
         let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let driver = Driver {
             core: RelayCore::new(config.identity.node()),
             identity: config.identity,
@@ -278,11 +286,13 @@ impl Relay {
             conns: HashMap::new(),
             next_conn: 1,
             internal: internal_tx,
+            inbound: inbound_tx,
+            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
             events: event_tx,
             metrics: metrics.clone(),
             reported: HashMap::new(),
         };
-        let task = tokio::spawn(driver.run(command_rx, media_rx, internal_rx));
+        let task = tokio::spawn(driver.run(command_rx, media_rx, internal_rx, inbound_rx));
         Ok(Relay {
             handle: RelayHandle {
                 commands,
@@ -356,6 +366,8 @@ struct Driver {
     conns: HashMap<ConnId, Conn>,
     next_conn: ConnId,
     internal: mpsc::UnboundedSender<Internal>,
+    inbound: mpsc::Sender<Inbound>,
+    handshakes: Arc<tokio::sync::Semaphore>,
     events: mpsc::Sender<RelayEvent>,
     metrics: RelayMetrics,
     /// Link stats last turned into metrics, per peer.
@@ -368,6 +380,7 @@ impl Driver {
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut media: mpsc::Receiver<RelayMedia>,
         mut internal: mpsc::UnboundedReceiver<Internal>,
+        mut inbound: mpsc::Receiver<Inbound>,
     ) {
         let mut stats = tokio::time::interval(STATS_INTERVAL);
         stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -392,10 +405,30 @@ impl Driver {
                     }
                 }
                 Some(i) = internal.recv() => self.internal(i),
-                incoming = self.endpoint.accept() => match incoming {
-                    Some(incoming) => {
-                        tokio::spawn(accept(incoming, self.identity.clone(), self.internal.clone(), self.metrics.clone()));
+                Some(d) = inbound.recv() => {
+                    self.datagram(d);
+                    // A batch of what else arrived before doing I/O.
+                    for _ in 0..256 {
+                        let Ok(d) = inbound.try_recv() else { break };
+                        self.datagram(d);
                     }
+                }
+                incoming = self.endpoint.accept() => match incoming {
+                    Some(incoming) => match self.handshakes.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            tokio::spawn(accept(
+                                incoming,
+                                self.identity.clone(),
+                                self.internal.clone(),
+                                self.metrics.clone(),
+                                permit,
+                            ));
+                        }
+                        Err(_) => {
+                            self.metrics.refused("busy");
+                            incoming.refuse();
+                        }
+                    },
                     None => break,
                 },
                 () = sleep => self.core.handle_timeout(Instant::now()),
@@ -468,13 +501,16 @@ impl Driver {
                     peer.clone(),
                     conn,
                     connection.clone(),
+                    self.inbound.clone(),
                     self.internal.clone(),
+                    self.metrics.clone(),
                 ));
                 tokio::spawn(read_uni_streams(
                     peer.clone(),
                     conn,
                     connection.clone(),
-                    self.internal.clone(),
+                    self.inbound.clone(),
+                    self.metrics.clone(),
                 ));
                 tracing::info!(peer, conn, dialled, remote = %connection.remote_address(), "relay link up");
                 self.conns.insert(
@@ -502,14 +538,17 @@ impl Driver {
                     self.metrics.drop("malformed_control");
                 }
             }
-            Internal::Datagram { peer, conn, bytes } => {
-                if self.conns.contains_key(&conn)
-                    && let Err(e) = self.core.datagram_received(&peer, &bytes, now)
-                {
-                    tracing::debug!(peer, error = %e, "relay datagram refused");
-                    self.metrics.drop("malformed_datagram");
-                }
-            }
+        }
+    }
+
+    fn datagram(&mut self, d: Inbound) {
+        if self.conns.contains_key(&d.conn)
+            && let Err(e) = self
+                .core
+                .datagram_received(&d.peer, &d.bytes, Instant::now())
+        {
+            tracing::debug!(peer = d.peer, error = %e, "relay datagram refused");
+            self.metrics.drop("malformed_datagram");
         }
     }
 
@@ -645,43 +684,59 @@ async fn read_control(
     let _ = tx.send(Internal::Down { peer, conn });
 }
 
+fn queue_inbound(tx: &mpsc::Sender<Inbound>, d: Inbound, metrics: &RelayMetrics) -> bool {
+    match tx.try_send(d) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            metrics.drop("inbound_queue_full");
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
 async fn read_datagrams(
     peer: String,
     conn: ConnId,
     connection: quinn::Connection,
-    tx: mpsc::UnboundedSender<Internal>,
+    tx: mpsc::Sender<Inbound>,
+    down: mpsc::UnboundedSender<Internal>,
+    metrics: RelayMetrics,
 ) {
     while let Ok(bytes) = connection.read_datagram().await {
-        let msg = Internal::Datagram {
+        let d = Inbound {
             peer: peer.clone(),
             conn,
             bytes,
         };
-        if tx.send(msg).is_err() {
+        if !queue_inbound(&tx, d, &metrics) {
             return;
         }
     }
-    let _ = tx.send(Internal::Down { peer, conn });
+    let _ = down.send(Internal::Down { peer, conn });
 }
 
 async fn read_uni_streams(
     peer: String,
     conn: ConnId,
     connection: quinn::Connection,
-    tx: mpsc::UnboundedSender<Internal>,
+    tx: mpsc::Sender<Inbound>,
+    metrics: RelayMetrics,
 ) {
     while let Ok(mut s) = connection.accept_uni().await {
         let peer = peer.clone();
         let tx = tx.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             if let Ok(Ok(data)) =
                 tokio::time::timeout(HELLO_TIMEOUT, s.read_to_end(MAX_STREAM_DATAGRAM)).await
             {
-                let _ = tx.send(Internal::Datagram {
+                let d = Inbound {
                     peer,
                     conn,
                     bytes: Bytes::from(data),
-                });
+                };
+                queue_inbound(&tx, d, &metrics);
             }
         });
     }
@@ -768,6 +823,7 @@ async fn accept(
     identity: RelayIdentity,
     tx: mpsc::UnboundedSender<Internal>,
     metrics: RelayMetrics,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let remote = incoming.remote_address();
     let connection = match incoming.await {

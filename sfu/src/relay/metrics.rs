@@ -29,14 +29,16 @@ pub struct RelayMetrics {
     /// but gone from the resend buffer (`missed`).
     pub repairs: IntCounterVec,
     /// Connections refused at accept, by reason (`handshake`: TLS failed, e.g. a certificate
-    /// from another CA; `hello`, `version`, `identity`, `timeout`).
+    /// from another CA; `hello`, `version`, `identity`, `timeout`; `busy`: too many handshakes
+    /// at once).
     pub refused_by: IntCounterVec,
     /// Dials that failed.
     pub dial_failures: IntCounter,
     /// Datagrams too large for the path, sent on a stream instead.
     pub oversize: IntCounter,
     /// Things dropped, by reason (`malformed_datagram`, `malformed_control`, `unknown_track`,
-    /// `media_queue_full`, `event_queue_full`, `send_failed`, `unknown_peer`).
+    /// `media_queue_full`, `event_queue_full`, `inbound_queue_full`, `send_failed`,
+    /// `unknown_peer`).
     pub dropped: IntCounterVec,
 }
 
@@ -134,7 +136,14 @@ impl RelayMetrics {
                 &["reason"],
             ),
         };
-        for reason in ["handshake", "hello", "version", "identity", "timeout"] {
+        for reason in [
+            "handshake",
+            "hello",
+            "version",
+            "identity",
+            "timeout",
+            "busy",
+        ] {
             m.refused_by.with_label_values(&[reason]);
         }
         for reason in [
@@ -142,6 +151,7 @@ impl RelayMetrics {
             "malformed_control",
             "media_queue_full",
             "event_queue_full",
+            "inbound_queue_full",
             "send_failed",
             "unknown_peer",
         ] {
