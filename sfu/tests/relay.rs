@@ -151,6 +151,18 @@ async fn a_track_pulled_across_nodes_arrives_byte_identical_over_one_link() {
     let a_link = a.handle().link_stats("sfu-b").await.unwrap();
     assert_eq!(a_link.datagrams_out - a_link.resent, sent.len() as u64);
 
+    // A packet too large for any datagram (a hypothetical jumbo RTP packet) still arrives,
+    // on a stream of its own.
+    let jumbo = packet(1, 200, 3000);
+    a.handle().local_media(jumbo.clone());
+    let got_jumbo = wait_for(&mut b, "jumbo packet", |e| match e {
+        RelayEvent::Media { remote, media } if remote == cam => Some(media),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got_jumbo.payload, jumbo.payload);
+    assert_eq!(a_metrics.relay.oversize.get(), 1);
+
     // A keyframe request from B reaches the publisher's node.
     bh.request_keyframe(cam, Some("f".into()), KeyframeKind::Pli);
     let (rid, kind) = wait_for(&mut a, "keyframe request", |e| match e {
@@ -185,16 +197,23 @@ async fn a_track_pulled_across_nodes_arrives_byte_identical_over_one_link() {
     })
     .await;
 
-    // The metrics show the link (sampled once a second).
-    eventually("relay metrics on A", || {
-        a_metrics
-            .render()
-            .contains("satsuma_sfu_relay_packets_total{direction=\"out\",peer=\"sfu-b\"} 200")
-    })
-    .await;
+    // The metrics show the link (sampled once a second): what the links counted (201 packets,
+    // plus resends of any lost on loopback).
+    let out = a.handle().link_stats("sfu-b").await.unwrap();
+    let inn = bh.link_stats("sfu-a").await.unwrap();
+    assert!(out.datagrams_out - out.resent >= 201 && inn.datagrams_in >= 201);
+    let a_out = format!(
+        "satsuma_sfu_relay_packets_total{{direction=\"out\",peer=\"sfu-b\"}} {}",
+        out.datagrams_out
+    );
+    let b_in = format!(
+        "satsuma_sfu_relay_packets_total{{direction=\"in\",peer=\"sfu-a\"}} {}",
+        inn.datagrams_in
+    );
+    eventually("relay metrics on A", || a_metrics.render().contains(&a_out)).await;
     eventually("relay metrics on B", || {
         let text = b_metrics.render();
-        text.contains("satsuma_sfu_relay_packets_total{direction=\"in\",peer=\"sfu-a\"} 200")
+        text.contains(&b_in)
             && text.contains("satsuma_sfu_relay_links 1")
             && text.contains("satsuma_sfu_relay_rtt_seconds{peer=\"sfu-a\"}")
     })
