@@ -382,18 +382,24 @@ export class Call {
     sfu.addEventListener('pull-error', (ev) => this.note(`cannot receive ${ev.detail.trackName}: ${ev.detail.error}`));
     sfu.addEventListener('state', (ev) => this.updateTile('local', { conn: [`media ${ev.detail}`, ev.detail === 'connected' ? 'ok' : 'warn'] }));
     try {
-      const sessionId = await sfu.start();
-      if (epoch !== this.mediaEpoch) return;
-      this.mediaSessions = (this.mediaSessions ?? 0) + 1;
+      // The session request and the push's offer run at once: the push waits for the
+      // session only to send its request (SfuLink.pushMany).
+      const started = sfu.start();
+      started.catch(() => {}); // awaited below; a failure must not surface unhandled first
       await this.localReady;
       if (epoch !== this.mediaEpoch) return;
       // Every local track in one negotiation, then the pulls. (Pushing first puts this
       // page's own audio on the first m-line, the BUNDLE tag. A receive-only page's tag is
       // a pulled track; SfuLink never rejects the tag when a track closes, it turns it
       // inactive, so the connection survives its publisher leaving: receive-only.test.mjs.)
-      await this.pushLocalMany([
+      const pushing = this.pushLocalMany([
         ['audio', this.local.audio], ['video', this.local.video], ['screenshare', this.local.screen],
-      ], sessionId);
+      ], started);
+      pushing.catch(() => {}); // awaited below, after the session (whose failure comes first)
+      await started;
+      if (epoch !== this.mediaEpoch) return;
+      this.mediaSessions = (this.mediaSessions ?? 0) + 1;
+      await pushing;
       if (epoch !== this.mediaEpoch) return;
       await this.syncPulls();
     } catch (err) {
@@ -405,13 +411,17 @@ export class Call {
     await this.pushLocalMany([[kind, track]], sessionId);
   }
 
-  /** Pushes `[kind, track]` pairs (null tracks skipped) in one negotiation and announces them. */
-  async pushLocalMany(pairs, sessionId) {
+  /**
+   * Pushes `[kind, track]` pairs (null tracks skipped) in one negotiation and announces them.
+   * `session`: the SFU session id, or the promise of it (the offer is made meanwhile).
+   */
+  async pushLocalMany(pairs, session) {
     const list = pairs.filter(([, track]) => track);
     if (!list.length || this.flags.receiveOnly) return;
     const names = await this.sfu.pushMany(list.map(([kind, track]) => ({
       track, info: { kind, codec: this.codec, participantId: this.me, simulcast: this.flags.simulcast },
     })));
+    const sessionId = await session;
     list.forEach(([kind], i) => this.pushed.set(kind, names[i]));
     this.applySendGate();
     list.forEach(([kind, track], i) => {

@@ -56,6 +56,7 @@ export class SfuLink extends EventTarget {
     this.auth = auth;
     this.onTransceiver = onTransceiver;
     this.sessionId = null;
+    this.sessionReady = null; // start()'s promise
     this.queue = Promise.resolve();
     this.pulls = new Map(); // mid -> info
     this.pushes = new Map(); // trackName -> {transceiver, info, track, sending}
@@ -83,13 +84,19 @@ export class SfuLink extends EventTarget {
     return this.pc.connectionState;
   }
 
-  /** Creates the SFU session. */
-  async start() {
-    const res = await this.#api('POST', '/sessions/new');
-    if (!res.sessionId) throw new Error('SFU returned no sessionId');
-    this.sessionId = res.sessionId;
-    timeline.mark('sfuSession');
-    return this.sessionId;
+  /**
+   * Creates the SFU session. A push may start before it resolves: its offer is made while
+   * the session is being created, and only its request waits for the session (`sessionReady`).
+   */
+  start() {
+    this.sessionReady = (async () => {
+      const res = await this.#api('POST', '/sessions/new');
+      if (!res.sessionId) throw new Error('SFU returned no sessionId');
+      this.sessionId = res.sessionId;
+      timeline.mark('sfuSession');
+      return this.sessionId;
+    })();
+    return this.sessionReady;
   }
 
   /**
@@ -129,6 +136,8 @@ export class SfuLink extends EventTarget {
         return { track, info, transceiver, trackName };
       });
       await this.pc.setLocalDescription(await this.pc.createOffer());
+      // The offer was made while the session was being created (start()).
+      if (!this.sessionId) await this.sessionReady;
       const res = await this.#api('POST', `/sessions/${this.sessionId}/tracks/new`, {
         sessionDescription: { type: 'offer', sdp: this.pc.localDescription.sdp },
         tracks: added.map((a) => ({ location: 'local', mid: a.transceiver.mid, trackName: a.trackName })),
