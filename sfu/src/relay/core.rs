@@ -1,7 +1,7 @@
 //! The relay's sans-IO core: plain state fed with events and the current time, producing
 //! [`Action`]s (what to send, connect or close) for its driver and [`RelayEvent`]s for the SFU.
 //!
-//! One `RelayCore` lives on each node. For every peer node it keeps one [`Link`]:
+//! One `RelayCore` lives on each node. For every peer node it keeps one link:
 //!
 //! * **origin half**: the tracks published on this node that the peer pulls, with the layers it
 //!   wants. A packet of such a track becomes one datagram per pulling peer — however many

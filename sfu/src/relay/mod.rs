@@ -31,6 +31,35 @@
 //! serve their subscribers' NACKs from str0m's RTX cache). Loss on the link itself is repaired
 //! by the relay's own NACKs to A.
 
+//! # Wiring it into the shards (not done yet)
+//!
+//! The shards already talk to each other with messages about tracks (a subscriber shard
+//! subscribes to a publisher shard's track, gets its packets, sends keyframe requests back).
+//! The relay fits that shape as one more participant, a *relay shard* id:
+//!
+//! * **Origin node.** When a session publishes, the shard calls [`RelayHandle::publish`] with
+//!   its [`TrackId`](crate::ids::TrackId) as the relay id and the API's (session id, track
+//!   name) as [`TrackRef`]. The task that reads the relay's events turns
+//!   [`RelayEvent::LocalTrackWanted`] into "the relay shard subscribes to this track" for the
+//!   publisher's shard (and `LocalTrackUnwanted` into an unsubscribe); from then on the
+//!   publisher's shard hands each packet of the track to [`RelayHandle::local_media`] with
+//!   [`media::to_relay`] (once per packet, not per remote subscriber), and
+//!   [`RelayEvent::KeyframeRequest`] becomes the keyframe request of a (fresh) leg.
+//! * **Subscriber node.** A pull of a track that the coordinator says lives on node N is
+//!   [`RelayHandle::subscribe`] (subscriber id: the pulling shard, or the leg); the returned
+//!   [`RemoteTrackId`] gets a local `TrackId` from the directory, so B's legs and forwarder see
+//!   an ordinary track published by the relay shard. [`RelayEvent::Media`] packets go through
+//!   [`media::from_relay`] to the shards with legs on it, exactly like cross-shard media;
+//!   their legs' keyframe requests go to [`RelayHandle::request_keyframe`];
+//!   [`RelayEvent::TrackEnded`] ends the legs like a local track's end.
+//! * The relay's own NACKs repair loss on the link; subscribers' NACKs are answered on B by
+//!   str0m's RTX cache of each leg, as for local tracks.
+//!
+//! [`RelayHandle::publish`]: driver::RelayHandle::publish
+//! [`RelayHandle::local_media`]: driver::RelayHandle::local_media
+//! [`RelayHandle::subscribe`]: driver::RelayHandle::subscribe
+//! [`RelayHandle::request_keyframe`]: driver::RelayHandle::request_keyframe
+
 pub mod core;
 pub mod driver;
 pub mod media;
