@@ -11,6 +11,7 @@ mod common;
 mod etcd_support;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{Got, Ws, e2ee_entry};
@@ -72,8 +73,12 @@ impl Call {
     }
 
     async fn join(&mut self, replica: &Replica, n: u8) -> usize {
+        self.join_at(replica.addr, n).await
+    }
+
+    async fn join_at(&mut self, addr: SocketAddr, n: u8) -> usize {
         let sub = format!("p{n}");
-        let mut ws = connect(&replica.ws_url(&self.room)).await;
+        let mut ws = connect(&format!("ws://{addr}/ws/{}", self.room)).await;
         common::send_json(
             &mut ws,
             &ClientMessage::Hello {
@@ -368,4 +373,165 @@ async fn the_owner_dies_and_the_other_replica_takes_the_room_without_an_mls_rejo
     r2a.until_event(|e| matches!(e, RoomEvent::Hand { id, raised: true } if *id == r2b.id))
         .await;
     drop(etcd);
+}
+
+/// What one room costs the store: a 10-person call with churn (one member leaves and a new
+/// one joins every 3 s, each a real MLS commit), everybody reporting voice activity every
+/// 250 ms (ephemeral: never written) and raising a hand now and then. Prints the writes/s and
+/// bytes/s the coordinator sent to etcd (docs/room-store.md quotes it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_writes_of_a_ten_person_call_with_churn() {
+    let Some(etcd) = Etcd::start(1) else {
+        return;
+    };
+    let mut config = satsuma_coordinator::Config::dev();
+    config.store.etcd_endpoints = etcd.endpoints();
+    config.store.lease_ttl = Duration::from_secs(2);
+    let server = satsuma_coordinator::Server::bind(config).await.unwrap();
+    let addr = server.local_addr();
+    let mut call = Call::new("cost");
+    let mut next = 1u8;
+    while call.peers.len() < 10 {
+        call.join_at(addr, next).await;
+        next += 1;
+        let n = call.peers.len();
+        call.run_until(Duration::from_secs(30), |c| c.settled(n))
+            .await;
+    }
+    let (w0, b0) = server.store_writes();
+    let start = Instant::now();
+    let window = Duration::from_secs(30);
+    let mut speaking = 0u64;
+    let mut churns = 0;
+    let mut last_churn = Instant::now();
+    let mut last_talk = Instant::now();
+    let mut talking = false;
+    while start.elapsed() < window {
+        if last_talk.elapsed() >= Duration::from_millis(250) {
+            last_talk = Instant::now();
+            talking = !talking;
+            for p in &mut call.peers {
+                common::send_json(&mut p.ws, &ClientMessage::Speaking { speaking: talking }).await;
+                speaking += 1;
+            }
+        }
+        if last_churn.elapsed() >= Duration::from_secs(3) {
+            last_churn = Instant::now();
+            churns += 1;
+            // The second oldest leaves (not the committer), a new member joins.
+            let mut gone = call.peers.remove(1);
+            common::send_json(&mut gone.ws, &ClientMessage::Leave {}).await;
+            if churns % 4 == 0 {
+                let p = &mut call.peers[0];
+                common::send_json(
+                    &mut p.ws,
+                    &ClientMessage::Hand {
+                        raised: churns % 8 == 0,
+                    },
+                )
+                .await;
+            }
+            call.join_at(addr, next).await;
+            next += 1;
+        }
+        call.run_until(Duration::from_secs(1), |_| true).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    call.run_until(Duration::from_secs(30), |c| c.settled(10))
+        .await;
+    let secs = start.elapsed().as_secs_f64();
+    let (w1, b1) = server.store_writes();
+    let (writes, bytes) = (w1 - w0, b1 - b0);
+    let durable = call.peers[0]
+        .seen
+        .range(call.peers[0].joined_at.max(1)..)
+        .count();
+    println!(
+        "10-person call with churn ({churns} leave+join in {secs:.1} s, {speaking} speaking \
+         reports): {writes} store writes = {:.1} writes/s, {:.1} KiB/s",
+        writes as f64 / secs,
+        bytes as f64 / 1024.0 / secs
+    );
+    assert!(churns >= 8);
+    assert!(writes > 0);
+    // Speaking is never written: the writes are about the durable entries (plus a seq
+    // ceiling move per 64 ephemeral ones), not the hundreds of speaking reports.
+    assert!(
+        writes < speaking / 4,
+        "{writes} writes for {speaking} speaking reports and {durable} durable entries"
+    );
+    server.shutdown().await;
+    drop(etcd);
+}
+
+/// A rolling restart: SIGTERM makes the owner hand its rooms over (it revokes its lease, so
+/// the other replica takes the room at once, not after the lease TTL) and its clients resume
+/// there without an MLS rejoin. Readiness follows the store connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_the_room_over_at_once_and_readiness_follows_the_store() {
+    let Some(mut etcd) = Etcd::start(1) else {
+        return;
+    };
+    let mut a = Replica::start("a", &etcd.endpoints(), &[]);
+    let b = Replica::start("b", &etcd.endpoints(), &[]);
+    let ready = |r: &Replica| {
+        let url = format!("http://{}/readyz", r.addr);
+        async move {
+            reqwest::get(url)
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(ready(&a).await, 200);
+    let mut call = Call::new("rolling");
+    for n in 1..=2u8 {
+        call.join(&a, n).await;
+        call.run_until(Duration::from_secs(20), |c| c.settled(usize::from(n)))
+            .await;
+    }
+    let epoch = call.peers[0].member.epoch();
+    let sent = Instant::now();
+    let status = a.terminate();
+    assert!(status.success(), "replica a exited with {status}");
+    call.run_until(Duration::from_secs(10), |c| c.peers.iter().all(|p| !p.up))
+        .await;
+    for i in 0..call.peers.len() {
+        call.resume(i, &b, Duration::from_secs(10)).await;
+    }
+    let took = sent.elapsed();
+    println!(
+        "SIGTERM of the owner -> every member resumed on the other replica in {} ms",
+        took.as_millis()
+    );
+    // Faster than the 2 s lease TTL: the lease was released, not left to expire.
+    assert!(took < Duration::from_millis(1900), "handover took {took:?}");
+    call.run_until(Duration::from_secs(10), |c| c.settled(2))
+        .await;
+    assert!(call.peers.iter().all(|p| p.member.epoch() == epoch));
+    call.logs_agree();
+
+    // Readiness: without etcd, b is not ready once its lease can no longer be confirmed;
+    // with etcd back, it is again.
+    assert_eq!(ready(&b).await, 200);
+    etcd.kill(0);
+    let t = Instant::now();
+    while ready(&b).await == 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "still ready without etcd"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("not ready {} ms after etcd died", t.elapsed().as_millis());
+    etcd.restart(0);
+    etcd.wait_healthy(Duration::from_secs(20));
+    let t = Instant::now();
+    while ready(&b).await != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "not ready with etcd back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
