@@ -41,6 +41,9 @@ pub const NACK_RETRY_MIN: Duration = Duration::from_millis(20);
 pub const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 /// A link neither half uses for this long is closed.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
+/// Local tracks one peer may pull at once; more are refused ([`EndReason::Refused`]), so a
+/// misbehaving peer cannot make this node hold unbounded state.
+pub const MAX_SERVED_PER_PEER: usize = 4096;
 /// How often a subscriber reports what arrived over the link.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -829,6 +832,14 @@ impl RelayCore {
                 let Some(link) = self.links.get_mut(peer) else {
                     return Ok(());
                 };
+                if !link.served.contains_key(&id) && link.served.len() >= MAX_SERVED_PER_PEER {
+                    let msg = ControlMsg::Withdraw {
+                        track,
+                        reason: EndReason::Refused,
+                    };
+                    self.push_control(peer, conn, &msg);
+                    return Ok(());
+                }
                 let fresh = link.served.insert(id, demand).is_none();
                 if fresh {
                     self.push_control(peer, conn, &ControlMsg::Announce { track, id, kind });
@@ -1436,6 +1447,37 @@ mod tests {
             p.a.control_received("b", 1, &hello.encode(), p.now),
             Err(ProtocolError::Unexpected("second hello"))
         );
+    }
+
+    #[test]
+    fn a_peer_pulling_too_many_tracks_is_refused_beyond_the_limit() {
+        let mut p = Pair::new();
+        let n = MAX_SERVED_PER_PEER as u64 + 1;
+        for id in 0..n {
+            p.a.publish(id, track(&format!("t{id}")), TrackKind::Audio);
+        }
+        let handles: Vec<RemoteTrackId> = (0..n)
+            .map(|id| {
+                p.b.subscribe("a", track(&format!("t{id}")), id, LayerDemand::All, p.now)
+            })
+            .collect();
+        p.pump();
+        assert_eq!(p.a.legs().0, MAX_SERVED_PER_PEER);
+        let refused: Vec<_> = p
+            .b_events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    RelayEvent::TrackEnded {
+                        reason: EndReason::Refused,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(refused.len(), 1);
+        assert!(handles.len() as u64 == n);
     }
 
     #[test]
