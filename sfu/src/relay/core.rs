@@ -41,6 +41,9 @@ pub const NACK_RETRY_MIN: Duration = Duration::from_millis(20);
 pub const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 /// A link neither half uses for this long is closed.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
+/// Two connections of a pair that came up within this time of each other, dialled from both
+/// ends, are a dial race (see [`RelayCore::link_up`]).
+pub const DIAL_RACE_WINDOW: Duration = Duration::from_secs(10);
 /// Local tracks one peer may pull at once; more are refused ([`EndReason::Refused`]), so a
 /// misbehaving peer cannot make this node hold unbounded state.
 pub const MAX_SERVED_PER_PEER: usize = 4096;
@@ -228,6 +231,8 @@ struct Link {
     remote_ids: HashMap<u64, TrackRef>,
     stats: LinkStats,
     idle_since: Instant,
+    /// When the current connection came up.
+    up_since: Instant,
     next_report: Instant,
     report_received: u64,
     report_lost: u64,
@@ -244,6 +249,7 @@ impl Link {
             remote_ids: HashMap::new(),
             stats: LinkStats::default(),
             idle_since: now,
+            up_since: now,
             next_report: now + REPORT_INTERVAL,
             report_received: 0,
             report_lost: 0,
@@ -388,8 +394,13 @@ impl RelayCore {
             if old == conn {
                 return;
             }
-            // Both dialled: keep the connection the smaller name dialled.
-            let keep_new = dialled_by_us == me_smaller && old_ours != me_smaller;
+            // A live peer never dials while it has a link, so a second connection is either a
+            // race (both dialled at once: keep the one the smaller name dialled, as the peer
+            // does) or the peer lost the old one (it restarted, or saw it die first): keep the
+            // new one rather than wait for the old one's idle timeout.
+            let race = dialled_by_us != old_ours
+                && now.saturating_duration_since(link.up_since) < DIAL_RACE_WINDOW;
+            let keep_new = !race || dialled_by_us == me_smaller;
             if !keep_new {
                 self.actions.push_back(Action::Close {
                     peer: peer.to_string(),
@@ -414,6 +425,7 @@ impl RelayCore {
         };
         link.decoder = FrameDecoder::new();
         link.idle_since = now;
+        link.up_since = now;
         link.next_report = now + REPORT_INTERVAL;
         link.stats.connects += 1;
         let subscribes: Vec<ControlMsg> = link
@@ -1413,6 +1425,42 @@ mod tests {
         };
         assert_eq!(closes(&mut a), vec![2]);
         assert_eq!(closes(&mut b), vec![2]);
+    }
+
+    #[test]
+    fn a_peer_that_dials_again_later_replaces_the_old_connection() {
+        let mut p = Pair::new();
+        p.a.publish(7, track("cam"), TrackKind::Video);
+        p.b.subscribe("a", track("cam"), 1, LayerDemand::All, p.now);
+        p.pump();
+        assert_eq!(p.connects, 1);
+        // B restarted: it knows nothing of connection 1, which A still holds.
+        p.now += Duration::from_secs(60);
+        let mut b = RelayCore::new("b");
+        b.subscribe("a", track("cam"), 1, LayerDemand::All, p.now);
+        assert!(matches!(b.poll_action(), Some(Action::Connect { .. })));
+        p.a.link_up("b", 2, false, p.now);
+        b.link_up("a", 2, true, p.now);
+        let a_closes: Vec<ConnId> = std::iter::from_fn(|| p.a.poll_action())
+            .filter_map(|x| match x {
+                Action::Close { conn, .. } => Some(conn),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            a_closes,
+            vec![1],
+            "the dead connection goes, the new one stays"
+        );
+        // The same from the same dialler within the race window: also the new one.
+        p.a.link_up("b", 3, false, p.now);
+        let a_closes: Vec<ConnId> = std::iter::from_fn(|| p.a.poll_action())
+            .filter_map(|x| match x {
+                Action::Close { conn, .. } => Some(conn),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(a_closes, vec![2]);
     }
 
     #[test]
