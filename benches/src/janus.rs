@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::debug;
 use transactions::Waiters;
 
-use crate::peer::{Peer, PeerError};
+use satsuma_bot::peer::{Peer, PeerError};
 
 /// Errors talking to Janus.
 #[derive(Debug, Error)]

@@ -8,7 +8,7 @@
 //! Layout:
 //! - [`scenario`]: the scenario plans (pure data: who publishes, who pulls what, worker split).
 //! - [`media`]: bitrate/fps/keyframe settings → the bot crate's source shapes.
-//! - [`peer`]: the tokio driver around the bot crate's sans-IO `Participant`.
+//! - the media side of every peer is `satsuma_bot::peer::Peer` (the bot crate's tokio driver around its sans-IO `Participant`).
 //! - [`satsuma`] and [`janus`]: signaling for a peer against each SFU (Janus: VideoRoom over HTTP).
 //! - [`janus_server`]: run Janus with a private config and the loopback workaround.
 //! - [`worker`]: the bot worker process and its JSON-lines protocol with the controller.
@@ -19,7 +19,6 @@
 pub mod janus;
 pub mod janus_server;
 pub mod media;
-pub mod peer;
 pub mod process;
 pub mod report;
 pub mod run;

@@ -9,7 +9,7 @@ use satsuma_bot::participant::PullSpec;
 use satsuma_bot::{ApiError, SfuClient, TrackSpec};
 use thiserror::Error;
 
-use crate::peer::{Peer, PeerError};
+use satsuma_bot::peer::{Peer, PeerError};
 
 /// Errors of Satsuma signaling.
 #[derive(Debug, Error)]

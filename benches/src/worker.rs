@@ -23,8 +23,8 @@ use tokio::task::JoinSet;
 
 use crate::janus::JanusClient;
 use crate::media::MediaProfile;
-use crate::peer::Peer;
 use crate::scenario::PublisherPlan;
+use satsuma_bot::peer::Peer;
 
 /// The SFU the worker's bots talk to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,18 +4,17 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::Mutex;
 
 use crate::api::{
     ApiError, CloseTrackObject, CloseTracksRequest, SessionDescription, SessionState, SfuClient,
     Simulcast, TrackObject, TrackResult, TracksRequest, TracksResponse, UpdateTracksRequest,
 };
-use crate::driver::{self, Command};
 use crate::participant::{
     Participant, ParticipantConfig, ParticipantStats, PullSpec, SignalingError, TrackSpec,
 };
 use crate::payload::MediaKind;
+use crate::peer::{Peer, PeerError};
 
 /// Errors of the bot.
 #[derive(Debug, Error)]
@@ -48,6 +47,17 @@ pub enum BotError {
     /// A wait ran out.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+}
+
+impl From<PeerError> for BotError {
+    fn from(e: PeerError) -> Self {
+        match e {
+            PeerError::Io(e) => Self::Io(e),
+            PeerError::Signaling(e) => Self::Signaling(e),
+            PeerError::Gone => Self::DriverGone,
+            PeerError::NotConnected(_) => Self::Timeout("connection"),
+        }
+    }
 }
 
 /// How a bot connects and what it sends.
@@ -124,11 +134,8 @@ pub struct BotStats {
 pub struct Bot {
     client: SfuClient,
     session_id: String,
-    local_addr: SocketAddr,
-    commands: mpsc::Sender<Command>,
+    peer: Peer,
     signaling: Mutex<()>,
-    ingress_limit: watch::Sender<Option<u64>>,
-    task: JoinHandle<()>,
 }
 
 impl Bot {
@@ -144,26 +151,13 @@ impl Bot {
             None => SfuClient::new(&config.base_url, &config.app_id, &config.secret)?,
         };
         let session = client.new_session().await?;
-        let socket = driver::bind_socket(config.bind_ip)?;
-        let local_addr = socket.local_addr()?;
-        let participant = Participant::new(
-            config.participant,
-            local_addr,
-            Instant::now(),
-            driver::unix_now_us(),
-            rand::random(),
-        )?;
-        let (tx, rx) = mpsc::channel(64);
-        let (limit_tx, limit_rx) = watch::channel(config.ingress_limit_bps);
-        let task = tokio::spawn(driver::run(participant, socket, rx, limit_rx));
+        let peer =
+            Peer::start_limited(config.participant, config.bind_ip, config.ingress_limit_bps)?;
         Ok(Self {
             client,
             session_id: session.session_id,
-            local_addr,
-            commands: tx,
+            peer,
             signaling: Mutex::new(()),
-            ingress_limit: limit_tx,
-            task,
         })
     }
 
@@ -174,7 +168,7 @@ impl Bot {
 
     /// The bot's UDP address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.peer.local_addr()
     }
 
     /// The HTTP API client (same app and secret).
@@ -187,15 +181,7 @@ impl Bot {
         &self,
         f: impl FnOnce(&mut Participant, Instant) -> R + Send + 'static,
     ) -> Result<R, BotError> {
-        let (tx, rx) = oneshot::channel();
-        let cmd: Command = Box::new(move |p, now| {
-            let _ = tx.send(f(p, now));
-        });
-        self.commands
-            .send(cmd)
-            .await
-            .map_err(|_| BotError::DriverGone)?;
-        rx.await.map_err(|_| BotError::DriverGone)
+        Ok(self.peer.with(f).await?)
     }
 
     /// Publish tracks: offer → `tracks/new` → answer. Media starts once connected.
@@ -377,7 +363,7 @@ impl Bot {
 
     /// Changes the ingress limit (see [`BotConfig::ingress_limit_bps`]); `None` lifts it.
     pub fn set_ingress_limit(&self, bps: Option<u64>) {
-        self.ingress_limit.send_replace(bps);
+        self.peer.set_ingress_limit(bps);
     }
 
     /// `tracks/update`: asks the SFU for simulcast layer `rid` (None: no preference) on the pulled
@@ -444,16 +430,14 @@ impl Bot {
     /// Stop the media task and return the final statistics.
     pub async fn shutdown(self) -> Result<BotStats, BotError> {
         let stats = self.stats().await;
-        let _ = self.with(|p, _| p.close()).await;
-        drop(self.commands);
-        let _ = self.task.await;
+        self.peer.shutdown().await;
         stats
     }
 
     /// Vanish without a word: stop the media task at once (no DTLS close, no API call), as a crashed
     /// client or a lost network would.
     pub fn vanish(self) {
-        self.task.abort();
+        self.peer.vanish();
     }
 }
 

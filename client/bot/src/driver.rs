@@ -22,7 +22,7 @@ use crate::shaper::Shaper;
 pub(crate) type Command = Box<dyn FnOnce(&mut Participant, Instant) + Send>;
 
 /// Microseconds since the Unix epoch now.
-pub(crate) fn unix_now_us() -> u64 {
+pub fn unix_now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)

@@ -45,6 +45,7 @@ mod driver;
 pub mod harness;
 pub mod participant;
 pub mod payload;
+pub mod peer;
 pub mod reception;
 pub mod room;
 pub mod shaper;
