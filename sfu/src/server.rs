@@ -20,7 +20,7 @@ use crate::directory::Directory;
 use crate::health::ShardHealth;
 use crate::ice_tcp::DEFAULT_MAX_FRAME;
 use crate::metrics::Metrics;
-use crate::shard::{Shard, ShardContext, ShardMsg};
+use crate::shard::{CoreContext, Shard, ShardContext, ShardMsg};
 use crate::tcp::{TcpSettings, TcpShared, run_listener};
 use crate::udp::{UdpIo, run_receiver};
 
@@ -205,11 +205,17 @@ impl Server {
             }));
         }
         let ctx = Arc::new(ShardContext {
-            config: config.clone(),
-            directory: Arc::clone(&directory),
-            metrics: metrics.clone(),
+            core: Arc::new(CoreContext {
+                config: config.clone(),
+                directory: Arc::clone(&directory),
+                metrics: metrics.clone(),
+                candidates: candidates.clone(),
+                tcp_candidates: tcp
+                    .as_ref()
+                    .map(|t| t.candidates().to_vec())
+                    .unwrap_or_default(),
+            }),
             udp: Arc::clone(&socket),
-            candidates: candidates.clone(),
             udp_control: control_tx,
             tcp: tcp.clone(),
             health: Arc::clone(&health),

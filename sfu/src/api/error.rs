@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::types::ErrorBody;
+use crate::shard::CoreError;
 
 /// A request-level API error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +59,22 @@ impl ApiError {
             "internal_error",
             description,
         )
+    }
+}
+
+impl From<CoreError> for ApiError {
+    /// The HTTP status and `errorCode` of a core's refusal.
+    fn from(e: CoreError) -> Self {
+        let description = e.to_string();
+        match e {
+            CoreError::NoSession => ApiError::no_session(),
+            CoreError::InvalidParams(_) => ApiError::invalid(description),
+            CoreError::InvalidSdp(_) => ApiError::sdp(description),
+            CoreError::NoPendingOffer => {
+                ApiError::new(StatusCode::BAD_REQUEST, "no_pending_offer", description)
+            }
+            CoreError::Internal(_) => ApiError::internal(description),
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use crate::directory::Directory;
 use crate::health::ShardHealth;
 use crate::ids::{SessionId, ShardId};
 use crate::metrics::{Metrics, Quota};
-use crate::shard::{ApiCommand, Reply, ShardMsg};
+use crate::shard::{ApiCommand, ApiReply, ShardMsg};
 
 /// Shared state of the API handlers.
 #[derive(Debug)]
@@ -304,22 +304,29 @@ pub fn decode<T: DeserializeOwned + Default>(body: &Bytes, optional: bool) -> Re
 }
 
 /// Sends a command to a shard and waits for its reply.
-async fn dispatch<T>(
+async fn dispatch(
     st: &ApiState,
     shard: ShardId,
-    make: impl FnOnce(Reply<T>) -> ApiCommand,
-) -> Result<T, ApiError> {
-    let (tx, rx) = oneshot::channel();
+    command: ApiCommand,
+) -> Result<ApiReply, ApiError> {
+    let (reply, rx) = oneshot::channel();
     let inbox = st
         .shards
         .get(shard)
         .ok_or_else(|| ApiError::internal("session's shard is missing"))?;
     inbox
-        .send(ShardMsg::Api(make(tx)))
+        .send(ShardMsg::Api { command, reply })
         .await
         .map_err(|_| ApiError::internal("the shard is shutting down"))?;
-    rx.await
-        .map_err(|_| ApiError::internal("the shard dropped the request"))?
+    Ok(rx
+        .await
+        .map_err(|_| ApiError::internal("the shard dropped the request"))??)
+}
+
+/// A reply that does not belong to the command (a bug).
+fn mismatched(reply: &ApiReply) -> ApiError {
+    tracing::error!(?reply, "a shard answered with the reply of another command");
+    ApiError::internal("the shard answered another command")
 }
 
 /// The shard for a new session: round robin over the shards whose thread is alive.
@@ -394,14 +401,16 @@ async fn new_session(
     let id = SessionId::random();
     // The place travels with the command: the shard commits it to the session it creates, and
     // it is given back if the command is dropped unprocessed or the creation fails.
-    let answer = dispatch(&st, shard, |reply| ApiCommand::Create {
+    let command = ApiCommand::Create {
         id,
         app,
         offer,
         slot,
-        reply,
-    })
-    .await?;
+    };
+    let answer = match dispatch(&st, shard, command).await? {
+        ApiReply::Created(answer) => answer,
+        other => return Err(mismatched(&other)),
+    };
     let body = NewSessionResponse {
         session_id: id.to_string(),
         session_description: answer.map(|sdp| SessionDescription {
@@ -427,12 +436,10 @@ async fn tracks_new(
             "give tracks to push or pull (and an offer to push)",
         ));
     }
-    let r = dispatch(&st, shard, |reply| ApiCommand::TracksNew {
-        id,
-        request,
-        reply,
-    })
-    .await?;
+    let r = match dispatch(&st, shard, ApiCommand::TracksNew { id, request }).await? {
+        ApiReply::Tracks(r) => r,
+        other => return Err(mismatched(&other)),
+    };
     Ok(axum::Json(r).into_response())
 }
 
@@ -449,12 +456,10 @@ async fn renegotiate(
         return Err(ApiError::decoding("a JSON body is required"));
     };
     let description = request.session_description;
-    let r = dispatch(&st, shard, |reply| ApiCommand::Renegotiate {
-        id,
-        description,
-        reply,
-    })
-    .await?;
+    let r = match dispatch(&st, shard, ApiCommand::Renegotiate { id, description }).await? {
+        ApiReply::Renegotiated(r) => r,
+        other => return Err(mismatched(&other)),
+    };
     Ok(axum::Json(r).into_response())
 }
 
@@ -468,7 +473,10 @@ async fn tracks_close(
     let (id, shard) = locate(&st, &app, &session_id)?;
     let request: CloseTracksRequest = decode(&body, false)?;
     too_many(&st, request.tracks.len())?;
-    let r = dispatch(&st, shard, |reply| ApiCommand::Close { id, request, reply }).await?;
+    let r = match dispatch(&st, shard, ApiCommand::Close { id, request }).await? {
+        ApiReply::Closed(r) => r,
+        other => return Err(mismatched(&other)),
+    };
     Ok(axum::Json(r).into_response())
 }
 
@@ -485,12 +493,10 @@ async fn tracks_update(
     if request.tracks.is_empty() {
         return Err(ApiError::invalid("tracks must not be empty"));
     }
-    let r = dispatch(&st, shard, |reply| ApiCommand::Update {
-        id,
-        request,
-        reply,
-    })
-    .await?;
+    let r = match dispatch(&st, shard, ApiCommand::Update { id, request }).await? {
+        ApiReply::Updated(r) => r,
+        other => return Err(mismatched(&other)),
+    };
     Ok(axum::Json(r).into_response())
 }
 
@@ -512,12 +518,10 @@ async fn tracks_keyframe(
     if request.tracks.is_empty() {
         return Err(ApiError::invalid("tracks must not be empty"));
     }
-    let r = dispatch(&st, shard, |reply| ApiCommand::Keyframe {
-        id,
-        request,
-        reply,
-    })
-    .await?;
+    let r = match dispatch(&st, shard, ApiCommand::Keyframe { id, request }).await? {
+        ApiReply::Keyframe(r) => r,
+        other => return Err(mismatched(&other)),
+    };
     Ok(axum::Json(r).into_response())
 }
 
@@ -528,7 +532,10 @@ async fn get_session(
 ) -> Result<Response, ApiError> {
     let app = authenticate(&st, &app_id, &headers)?;
     let (id, shard) = locate(&st, &app, &session_id)?;
-    let r = dispatch(&st, shard, |reply| ApiCommand::Get { id, reply }).await?;
+    let r = match dispatch(&st, shard, ApiCommand::Get { id }).await? {
+        ApiReply::State(r) => r,
+        other => return Err(mismatched(&other)),
+    };
     Ok(axum::Json(r).into_response())
 }
 
@@ -542,7 +549,10 @@ async fn delete_session(
 ) -> Result<Response, ApiError> {
     let app = authenticate(&st, &app_id, &headers)?;
     let (id, shard) = locate(&st, &app, &session_id)?;
-    dispatch(&st, shard, |reply| ApiCommand::Delete { id, reply }).await?;
+    match dispatch(&st, shard, ApiCommand::Delete { id }).await? {
+        ApiReply::Deleted => {}
+        other => return Err(mismatched(&other)),
+    }
     Ok(axum::Json(serde_json::json!({})).into_response())
 }
 

@@ -5,12 +5,10 @@
 //! publication a PLI (every simulcast layer). The forwarder limits this to one request per track
 //! per [`PUBLISHER_KEYFRAME_GAP`] and counts it against the subscribers' keyframe throttle.
 
-use std::time::Instant;
-
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid, Rids};
 
-use super::Shard;
-use crate::api::error::ApiError;
+use super::commands::CoreError;
+use super::core::Core;
 use crate::api::types::{KeyframeTracksRequest, KeyframeTracksResponse, Location, TrackResult};
 use crate::forward::{PUBLISHER_KEYFRAME_GAP, PublisherKeyframeRefusal};
 use crate::ids::{SessionId, TrackId};
@@ -23,13 +21,13 @@ enum Found {
     Refused(&'static str, String),
 }
 
-impl Shard {
+impl Core {
     pub(super) fn publisher_keyframe(
         &mut self,
         id: SessionId,
         request: KeyframeTracksRequest,
-    ) -> Result<KeyframeTracksResponse, ApiError> {
-        let now = Instant::now();
+    ) -> Result<KeyframeTracksResponse, CoreError> {
+        let now = self.now;
         let mut results = Vec::with_capacity(request.tracks.len());
         let mut targets = Vec::new();
         for t in &request.tracks {
@@ -88,8 +86,8 @@ impl Shard {
         id: SessionId,
         location: Option<Location>,
         name: Option<&str>,
-    ) -> Result<Found, ApiError> {
-        let session = self.sessions.get(&id).ok_or_else(ApiError::no_session)?;
+    ) -> Result<Found, CoreError> {
+        let session = self.sessions.get(&id).ok_or(CoreError::NoSession)?;
         let refused = |code, text: &str| Ok(Found::Refused(code, text.to_string()));
         if location == Some(Location::Remote) {
             return refused(

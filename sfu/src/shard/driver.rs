@@ -1,0 +1,232 @@
+//! The shard's driver: the inbox, the timer, the socket and the channels around one [`Core`].
+//! It feeds the core what arrives (with the time), carries out what the core asks
+//! ([`Action`]s, the egress), and sleeps until the next message or the core's next timeout.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::commands::{ApiCommand, ApiReply, CoreError};
+use super::core::{Action, Core, CoreContext, Datagram, PeerMsg};
+use super::outbox::{PeerOutbox, Sent};
+use crate::health::ShardHealth;
+use crate::ids::ShardId;
+use crate::metrics::PacketDrop;
+use crate::tcp::TcpShared;
+use crate::udp::{UdpControl, UdpIo};
+
+/// Messages handled before the shard looks at timeouts again.
+const BATCH: usize = 256;
+
+/// Reply channel of an API command.
+pub type Reply = oneshot::Sender<Result<ApiReply, CoreError>>;
+
+/// Everything a shard can be told.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// An API command and where its reply goes.
+    Api {
+        /// The command.
+        command: ApiCommand,
+        /// Its reply.
+        reply: Reply,
+    },
+    /// A datagram for one of our sessions.
+    Datagram(Datagram),
+    /// A message from another shard.
+    Peer(PeerMsg),
+    /// Test hook (only routed with `Config::test_hooks`): panic on the shard's thread.
+    InjectPanic,
+}
+
+impl ShardMsg {
+    /// Whether losing this message on a full inbox is acceptable.
+    pub(crate) fn is_lossy(&self) -> bool {
+        match self {
+            ShardMsg::Datagram(_) => true,
+            ShardMsg::Peer(m) => m.is_lossy(),
+            ShardMsg::Api { .. } | ShardMsg::InjectPanic => false,
+        }
+    }
+}
+
+/// What the drivers of all shards share: the core's context, the socket, the routing channel of
+/// the UDP and ICE-TCP drivers, the ICE-TCP send side, and what `/healthz` reports.
+#[derive(Debug)]
+pub struct ShardContext {
+    /// What every core shares.
+    pub core: Arc<CoreContext>,
+    /// The one UDP socket, with batched I/O.
+    pub udp: Arc<UdpIo>,
+    /// Control channel of the UDP driver (the ICE-TCP driver gets the same messages).
+    pub udp_control: mpsc::UnboundedSender<UdpControl>,
+    /// The ICE-TCP driver's send side (`None`: ICE-TCP is off).
+    pub tcp: Option<Arc<TcpShared>>,
+    /// Shard health, for `/healthz`.
+    pub health: Arc<ShardHealth>,
+}
+
+/// One shard: a [`Core`] and its driver.
+pub struct Shard {
+    id: ShardId,
+    core: Core,
+    ctx: Arc<ShardContext>,
+    peers: Vec<mpsc::Sender<ShardMsg>>,
+    outboxes: Vec<PeerOutbox>,
+}
+
+impl Shard {
+    /// A shard with index `id`; `peers[i]` reaches shard `i` (including this one).
+    pub fn new(id: ShardId, ctx: Arc<ShardContext>, peers: Vec<mpsc::Sender<ShardMsg>>) -> Shard {
+        let core = Core::new(id, peers.len(), Arc::clone(&ctx.core), Instant::now());
+        let outboxes = peers.iter().map(|_| PeerOutbox::default()).collect();
+        Shard {
+            id,
+            core,
+            ctx,
+            peers,
+            outboxes,
+        }
+    }
+
+    /// Runs until the channel closes or `stop` fires (or its sender is dropped); then closes
+    /// every session. Time spent handling work (not waiting) is added to the shard's busy-time
+    /// counter, so `rate(satsuma_sfu_shard_busy_seconds_total)` is the shard's utilisation.
+    ///
+    /// Each batch of work runs under `catch_unwind`. A panic that escapes the core's
+    /// per-session guards (a bug in the shard itself) is counted
+    /// (`satsuma_sfu_shard_panics_total`), reported by `/healthz`, and survived: every session of
+    /// this shard is closed (their API calls answer 404, their clients reconnect), the core is
+    /// reset, the other shards are told, and the shard takes new work.
+    pub async fn run(
+        mut self,
+        rx: &mut mpsc::Receiver<ShardMsg>,
+        stop: &mut oneshot::Receiver<()>,
+    ) {
+        let label = self.id.to_string();
+        let metrics = &self.ctx.core.metrics;
+        let busy = metrics.shard_busy_seconds.with_label_values(&[&label]);
+        let sessions_gauge = metrics.shard_sessions.with_label_values(&[&label]);
+        loop {
+            let deadline = self.deadline();
+            let first = tokio::select! {
+                biased;
+                _ = &mut *stop => break,
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    Some(msg)
+                }
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => None,
+            };
+            let started = Instant::now();
+            let worked = catch_unwind(AssertUnwindSafe(|| {
+                if let Some(msg) = first {
+                    self.handle(msg, started);
+                    for _ in 0..BATCH {
+                        match rx.try_recv() {
+                            Ok(msg) => self.handle(msg, Instant::now()),
+                            Err(_) => break,
+                        }
+                    }
+                    self.core.handle_timeout(Instant::now());
+                } else {
+                    self.core.handle_timeout(started);
+                }
+                self.act();
+                self.retry_deferred();
+                self.flush();
+            }));
+            if worked.is_err() {
+                let now = Instant::now();
+                self.ctx.health.note_panic(self.id, now);
+                self.core.reset_after_panic(now);
+                self.act();
+            }
+            busy.inc_by(started.elapsed().as_secs_f64());
+            sessions_gauge.set(i64::try_from(self.core.session_count()).unwrap_or(i64::MAX));
+        }
+        self.core.close_all(Instant::now());
+        self.act();
+        self.flush();
+        sessions_gauge.set(0);
+    }
+
+    /// Hands one message to the core and carries out what it asked.
+    fn handle(&mut self, msg: ShardMsg, now: Instant) {
+        match msg {
+            ShardMsg::Api { command, reply } => {
+                let _ = reply.send(self.core.handle_api(now, command));
+            }
+            ShardMsg::Datagram(d) => self.core.handle_datagram(now, d),
+            ShardMsg::Peer(m) => self.core.handle_peer(now, m),
+            ShardMsg::InjectPanic => injected_panic(self.id),
+        }
+        self.act();
+    }
+
+    /// Carries out the core's actions.
+    fn act(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::ToShard(shard, msg) => self.send_to_shard(shard, ShardMsg::Peer(msg)),
+                Action::Routing(ctl) => {
+                    let _ = self.ctx.udp_control.send(ctl);
+                }
+                Action::TcpTransmit { destination, data } => match &self.ctx.tcp {
+                    Some(tcp) => tcp.transmit(destination, &data),
+                    None => self.ctx.core.metrics.drop(PacketDrop::TcpNoConnection),
+                },
+            }
+        }
+    }
+
+    /// Sends what the last batch of work produced (see [`crate::egress`]).
+    fn flush(&mut self) {
+        self.ctx
+            .udp
+            .flush(self.core.egress(), &self.ctx.core.metrics);
+    }
+
+    fn deadline(&self) -> Instant {
+        let deadline = self.core.poll_timeout();
+        if self.outboxes.iter().any(|o| !o.deferred.is_empty()) {
+            // Control messages wait for a peer's room: look again soon.
+            return deadline.min(Instant::now() + Duration::from_millis(1));
+        }
+        deadline
+    }
+
+    fn send_to_shard(&mut self, shard: ShardId, msg: ShardMsg) {
+        let metrics = &self.ctx.core.metrics;
+        let (Some(tx), Some(outbox)) = (self.peers.get(shard), self.outboxes.get_mut(shard)) else {
+            metrics.drop(PacketDrop::UnknownShard);
+            return;
+        };
+        match outbox.send(tx, msg) {
+            Sent::Delivered => metrics.cross_shard_messages.inc(),
+            Sent::Deferred => {}
+            Sent::Dropped => metrics.drop(PacketDrop::ShardQueueFull),
+            Sent::PeerGone => metrics.drop(PacketDrop::UnknownShard),
+        }
+    }
+
+    /// Sends the control messages that waited for room in a peer's inbox.
+    fn retry_deferred(&mut self) {
+        for (tx, outbox) in self.peers.iter().zip(self.outboxes.iter_mut()) {
+            let sent = outbox.retry(tx);
+            self.ctx
+                .core
+                .metrics
+                .cross_shard_messages
+                .inc_by(sent as u64);
+        }
+    }
+}
+
+/// The test hook's panic (see [`ShardMsg::InjectPanic`]).
+#[allow(clippy::panic)]
+fn injected_panic(shard: ShardId) -> ! {
+    panic!("test hook: injected panic on shard {shard}")
+}

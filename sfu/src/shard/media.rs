@@ -1,0 +1,654 @@
+//! The packet path of the core: datagrams into str0m, str0m's output out (datagrams to the
+//! egress, publishers' packets to the forwarder, feedback to the layer selector), forwarded
+//! packets into subscribers' str0m streams, keyframe requests to publishers.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::format::Codec;
+use str0m::media::{KeyframeRequestKind, MediaKind, Rid};
+use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::{Event, IceConnectionState, Input, Output};
+
+use super::core::{Action, Core, Datagram, PeerMsg};
+use crate::config::Config;
+use crate::egress::Egress;
+use crate::forward::{KeyframeTarget, LegKey, LegWrite, MediaPacket};
+use crate::ids::{SessionId, ShardId, TrackId};
+use crate::metrics::{Metrics, PacketDrop};
+use crate::session::{LegState, Session, is_keyframe};
+use crate::udp::UdpControl;
+use crate::vp8::Vp8Packet;
+
+/// Timeouts one drain of a session handles itself (see [`drain_session`]) before it leaves the
+/// rest to the shard loop, so that one session cannot hold the shard.
+pub(crate) const PACER_ROUNDS: usize = 512;
+/// A str0m timeout this close is handled at once rather than through the shard's timer.
+const PACER_SLACK: Duration = Duration::from_micros(50);
+
+/// What draining a session produced, handled once the session is no longer borrowed.
+#[derive(Debug)]
+pub(crate) enum SessionEvent {
+    Media(TrackId, Arc<MediaPacket>),
+    KeyframeFromLeg(LegKey, KeyframeRequestKind),
+    Estimate(u64),
+    /// Fraction lost and round-trip time on one leg, from the subscriber's latest receiver report.
+    EgressReport(Option<f32>, Option<Duration>),
+    /// Once a second: str0m's latest (unsmoothed) egress estimate and the egress loss over the
+    /// last second from transport-wide feedback.
+    PeerReport(Option<u64>, Option<f32>),
+    Connected,
+    /// The transport is connected again after an ICE restart.
+    IceReconnected,
+    Failed(String),
+}
+
+impl Core {
+    pub(super) fn datagram(&mut self, d: Datagram) {
+        let ctx = Arc::clone(&self.ctx);
+        let metrics = &ctx.metrics;
+        let Some(session) = self.sessions.get_mut(&d.session) else {
+            metrics.drop(PacketDrop::UnknownSession);
+            return;
+        };
+        let Ok(contents) = DatagramRecv::try_from(d.data.as_slice()) else {
+            metrics.drop(PacketDrop::Unclassified);
+            return;
+        };
+        let input = Input::Receive(
+            d.received,
+            Receive {
+                proto: d.proto,
+                source: d.source,
+                destination: d.destination,
+                contents,
+            },
+        );
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            if !session.rtc.accepts(&input) {
+                return Ok(false);
+            }
+            session.rtc.handle_input(input).map(|()| true)
+        }));
+        match outcome {
+            Ok(Ok(true)) => {
+                session.last_received = session.last_received.max(d.received);
+                self.mark_dirty(d.session);
+            }
+            Ok(Ok(false)) => metrics.drop(PacketDrop::NotAccepted),
+            Ok(Err(e)) => {
+                tracing::debug!(session = %d.session, "input refused: {e}");
+                metrics.drop(PacketDrop::RtcInputError);
+                self.mark_dirty(d.session);
+            }
+            Err(_) => self.session_panicked(d.session),
+        }
+    }
+
+    /// Polls a session until str0m reports its next timeout, queueing its datagrams and turning
+    /// its events into [`SessionEvent`]s, then acts on those.
+    pub(super) fn drain(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let now = self.now;
+        let mut events = std::mem::take(&mut self.events);
+        let mut out = Drain {
+            shard: self.id,
+            metrics: &self.ctx.metrics,
+            egress: &mut self.egress,
+            actions: &mut self.actions,
+            events: &mut events,
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| drain_session(session, now, &mut out)));
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => events.push(SessionEvent::Failed(e)),
+            Err(_) => {
+                events.clear();
+                self.events = events;
+                self.session_panicked(id);
+                return;
+            }
+        }
+        for ev in events.drain(..) {
+            self.session_event(id, ev);
+        }
+        self.events = events;
+    }
+
+    fn session_event(&mut self, id: SessionId, ev: SessionEvent) {
+        let now = self.now;
+        match ev {
+            SessionEvent::Media(track, pkt) => {
+                self.ctx.metrics.rtp_in.inc();
+                self.fanout(track, pkt);
+            }
+            SessionEvent::KeyframeFromLeg(leg, kind) => {
+                self.ctx
+                    .metrics
+                    .keyframe_requests
+                    .with_label_values(&["from_subscriber"])
+                    .inc();
+                if let Some((track, home, rid)) = self.forwarder.leg_source(leg) {
+                    let fresh = !self.forwarder.leg_has_keyframe(leg);
+                    let msg = PeerMsg::KeyframeRequest {
+                        track,
+                        rid,
+                        kind,
+                        fresh,
+                    };
+                    self.send_to_shard(home, msg);
+                }
+            }
+            SessionEvent::Estimate(bps) => {
+                self.ctx.metrics.bandwidth_estimate.observe(bps as f64);
+                if self.forwarder.note_estimate(id, bps, now) {
+                    self.select_layers(Some(id));
+                }
+            }
+            SessionEvent::PeerReport(estimate, loss) => {
+                if self.forwarder.note_peer_report(id, estimate, loss, now) {
+                    self.select_layers(Some(id));
+                }
+            }
+            SessionEvent::EgressReport(loss, rtt) => {
+                if self.forwarder.note_egress_report(id, loss, rtt, now) {
+                    self.select_layers(Some(id));
+                }
+            }
+            SessionEvent::Connected => self.request_keyframes_for(id),
+            SessionEvent::IceReconnected => self.ice_reconnected(id),
+            SessionEvent::Failed(reason) => {
+                tracing::info!(session = %id, "session failed: {reason}");
+                self.remove_session(id, "rtc_error");
+            }
+        }
+    }
+
+    fn fanout(&mut self, track: TrackId, pkt: Arc<MediaPacket>) {
+        self.note_audio_level(track, &pkt);
+        if pkt.keyframe {
+            self.forwarder.note_keyframe(track, pkt.rid);
+        }
+        let Some(shards) = self.forwarder.note_media(track, pkt.rid, pkt.arrival) else {
+            self.dropped(PacketDrop::UnpublishedTrack);
+            return;
+        };
+        self.fanout.clear();
+        self.fanout.extend(shards.iter().map(|(s, _)| *s));
+        for i in 0..self.fanout.len() {
+            let shard = self.fanout[i];
+            if shard == self.id {
+                self.forward_local(track, &pkt);
+            } else {
+                let packet = Arc::clone(&pkt);
+                self.send_to_shard(shard, PeerMsg::Media { track, packet });
+            }
+        }
+    }
+
+    /// Feeds the active-speaker detector (once per packet and shard, not per leg).
+    pub(super) fn note_audio_level(&mut self, track: TrackId, pkt: &MediaPacket) {
+        if let Some(level) = pkt.ext.audio_level {
+            self.ctx.metrics.audio_level_packets.inc();
+            self.speakers
+                .observe(track, level, pkt.ext.voice_activity, pkt.arrival);
+        }
+    }
+
+    /// Updates every session's active speaker and the speaking-tracks gauge.
+    pub(super) fn update_speakers(&mut self) {
+        let now = self.now;
+        self.speakers.expire(now);
+        let mut speaking = 0i64;
+        let mut changes = 0u64;
+        for session in self.sessions.values_mut() {
+            speaking += session
+                .publications
+                .values()
+                .filter(|p| p.active && p.kind == MediaKind::Audio)
+                .filter(|p| {
+                    self.speakers
+                        .level(p.track, now)
+                        .is_some_and(|l| l.speaking)
+                })
+                .count() as i64;
+            let candidates = session
+                .subscriptions
+                .values()
+                .filter(|s| s.kind == MediaKind::Audio && s.state == LegState::Active)
+                .map(|s| s.track);
+            let chosen = self
+                .speakers
+                .choose(candidates, session.active_speaker, now);
+            if chosen != session.active_speaker {
+                if chosen.is_some() {
+                    changes += 1;
+                }
+                session.active_speaker = chosen;
+            }
+        }
+        let metrics = &self.ctx.metrics;
+        metrics.active_speaker_changes.inc_by(changes);
+        metrics
+            .speaking_tracks
+            .with_label_values(&[&self.id.to_string()])
+            .set(speaking);
+    }
+
+    pub(super) fn forward_local(&mut self, track: TrackId, pkt: &MediaPacket) {
+        let mut writes = std::mem::take(&mut self.writes);
+        let outcome = self.forwarder.forward(track, pkt, &mut writes);
+        for reason in &outcome.dropped {
+            self.dropped((*reason).into());
+        }
+        self.ctx.metrics.count_layer_outcome(&outcome);
+        if let Some((home, rid)) = outcome.wants_keyframe {
+            self.request_pli(home, track, rid, false);
+        }
+        let paced = paced(&self.ctx.config, pkt.rid.is_some());
+        for w in writes.drain(..) {
+            self.write_leg(w, paced);
+        }
+        self.writes = writes;
+    }
+
+    /// Simulcast layer selection for every subscriber session here (or only `only`); tells
+    /// str0m what each session would like to send so that its BWE probes for it.
+    pub(super) fn select_layers(&mut self, only: Option<SessionId>) {
+        for (id, plan) in self.forwarder.select_layers(self.now, only) {
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            if !session.wants_bitrate(plan.minimum_bps, plan.desired_bps) {
+                continue;
+            }
+            match catch_unwind(AssertUnwindSafe(|| {
+                session.rtc.bwe().set_bitrate(
+                    Bitrate::bps(plan.minimum_bps),
+                    Bitrate::bps(plan.desired_bps),
+                );
+            })) {
+                Ok(()) => self.mark_dirty(id),
+                Err(_) => self.session_panicked(id),
+            }
+        }
+    }
+
+    fn write_leg(&mut self, w: LegWrite, paced: bool) {
+        let id = w.leg.session;
+        let Some(session) = self.sessions.get_mut(&id) else {
+            self.dropped(PacketDrop::NoSubscriberSession);
+            return;
+        };
+        let written = catch_unwind(AssertUnwindSafe(|| {
+            let mut api = session.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(w.leg.mid, None) else {
+                return false;
+            };
+            tx.set_unpaced(!paced);
+            let mut write = RtpWrite::new(w.pt, w.seq.into(), w.timestamp, w.wallclock, w.payload)
+                .marker(w.marker)
+                .nackable(w.nackable)
+                .ext_vals(w.ext);
+            // The only bytes of a payload the SFU may change: the VP8 descriptor's PictureID
+            // and TL0PICIDX (see `crate::vp8`), patched as str0m serialises the packet.
+            if let Some(patch) = w.vp8_patch {
+                write = write.vp8_patch(patch);
+            }
+            tx.write_rtp(write);
+            true
+        }));
+        match written {
+            Ok(true) => {
+                self.ctx.metrics.forwarded.inc();
+                self.mark_dirty(id);
+            }
+            Ok(false) => self.dropped(PacketDrop::NoSendStream),
+            Err(_) => self.session_panicked(id),
+        }
+    }
+
+    pub(super) fn keyframe_to_publisher(
+        &mut self,
+        track: TrackId,
+        rid: Option<Rid>,
+        kind: KeyframeRequestKind,
+        fresh: bool,
+    ) {
+        // A request to a publisher whose transport is not up would be lost; do not let it use
+        // up the throttle.
+        let publisher_up = self
+            .forwarder
+            .publication_owner(track)
+            .and_then(|(s, _)| self.sessions.get(&s))
+            .is_some_and(Session::is_connected);
+        if !publisher_up {
+            return;
+        }
+        let Some(target) = self.forwarder.keyframe_request(track, rid, fresh, self.now) else {
+            return;
+        };
+        self.send_keyframe_request(target, kind);
+    }
+
+    /// Keyframe requests the throttle held back and now lets through (see
+    /// [`crate::forward::Forwarder::owed_keyframe_requests`]); those of a publisher whose
+    /// transport is down are dropped, as in [`Core::keyframe_to_publisher`].
+    pub(super) fn send_owed_keyframe_requests(&mut self) {
+        for (_, target) in self.forwarder.owed_keyframe_requests(self.now) {
+            if self
+                .sessions
+                .get(&target.session)
+                .is_some_and(Session::is_connected)
+            {
+                self.send_keyframe_request(target, KeyframeRequestKind::Pli);
+            }
+        }
+    }
+
+    /// Asks a local publisher for a keyframe (the throttle already passed it).
+    pub(super) fn send_keyframe_request(
+        &mut self,
+        target: KeyframeTarget,
+        kind: KeyframeRequestKind,
+    ) {
+        let Some(session) = self.sessions.get_mut(&target.session) else {
+            return;
+        };
+        let sent = catch_unwind(AssertUnwindSafe(|| {
+            let mut api = session.rtc.direct_api();
+            let rx = match api.stream_rx_by_mid(target.mid, target.rid) {
+                Some(rx) => Some(rx),
+                None => api.stream_rx_by_mid(target.mid, None),
+            };
+            rx.map(|rx| rx.request_keyframe(kind)).is_some()
+        }));
+        match sent {
+            Ok(true) => {
+                self.ctx
+                    .metrics
+                    .keyframe_requests
+                    .with_label_values(&["to_publisher"])
+                    .inc();
+                self.mark_dirty(target.session);
+            }
+            Ok(false) => {}
+            Err(_) => self.session_panicked(target.session),
+        }
+    }
+
+    /// A subscriber's transport came up (first time, or again after an ICE restart): ask for
+    /// keyframes on all its video legs. These requests are fresh: whatever keyframe came before
+    /// did not reach this transport.
+    fn request_keyframes_for(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let wanted: Vec<(TrackId, ShardId, Option<Rid>)> = session
+            .subscriptions
+            .values()
+            .filter(|s| s.state == LegState::Active && s.kind == MediaKind::Video)
+            .map(|s| (s.track, s.home, s.preferred_rid))
+            .collect();
+        for (track, home, rid) in wanted {
+            self.request_pli(home, track, rid, true);
+        }
+    }
+
+    /// A session's transport is connected again after an ICE restart: media was lost while the
+    /// path was down, so ask for keyframes of what it pulls and of the video it publishes.
+    fn ice_reconnected(&mut self, id: SessionId) {
+        self.request_keyframes_for(id);
+        let published: Vec<TrackId> = self
+            .sessions
+            .get(&id)
+            .map(|s| {
+                s.publications
+                    .values()
+                    .filter(|p| p.active && p.kind == MediaKind::Video)
+                    .map(|p| p.track)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for track in published {
+            self.keyframe_to_publisher(track, None, KeyframeRequestKind::Pli, false);
+        }
+    }
+}
+
+/// Whether a forwarded packet goes through str0m's pacer (only with bandwidth estimation on).
+/// Only simulcast video can adapt to a subscriber's estimate (by layer), and only with
+/// [`Config::bwe_pace_video`]; audio and single-layer video never wait in the pacer, since
+/// holding them back cannot make them fit. Unpaced media is still counted by the estimator.
+pub(crate) fn paced(config: &Config, simulcast: bool) -> bool {
+    config.bwe_pace_video && simulcast
+}
+
+/// Whether a drain handles str0m's timeout `t` itself rather than leaving it to the shard's
+/// timer (see [`drain_session`]).
+pub(crate) fn timeout_due(t: Instant, now: Instant, rounds: usize) -> bool {
+    rounds < PACER_ROUNDS && t <= now + PACER_SLACK
+}
+
+/// The initial bandwidth estimate in bit/s, when bandwidth estimation is on.
+pub(crate) fn initial_estimate_bps(config: &Config) -> Option<u64> {
+    (config.bwe_initial_kbps > 0).then(|| u64::from(config.bwe_initial_kbps) * 1000)
+}
+
+/// Where a drain puts what it produced (disjoint parts of the [`Core`], borrowed beside the
+/// session being drained).
+struct Drain<'a> {
+    shard: ShardId,
+    metrics: &'a Metrics,
+    egress: &'a mut Egress,
+    actions: &'a mut VecDeque<Action>,
+    events: &'a mut Vec<SessionEvent>,
+}
+
+/// Polls one session until its next timeout (see [`Core::drain`]).
+fn drain_session(session: &mut Session, now: Instant, out: &mut Drain<'_>) -> Result<(), String> {
+    let mut reconnected = false;
+    let mut rounds = 0;
+    loop {
+        let output = session.rtc.poll_output().map_err(|e| e.to_string())?;
+        match output {
+            Output::Timeout(t) => {
+                // With bandwidth estimation on, str0m's pacer releases one packet per timeout
+                // and asks for the next timeout 1 µs later. Handling it here sends everything
+                // the pacer allows in one drain, instead of one packet per shard wake-up (the
+                // shard's timer has 1 ms granularity: packets would wait for it).
+                if timeout_due(t, now, rounds) {
+                    rounds += 1;
+                    session
+                        .rtc
+                        .handle_input(Input::Timeout(now.max(t)))
+                        .map_err(|e| e.to_string())?;
+                    continue;
+                }
+                session.next_timeout = t;
+                if reconnected {
+                    forget_stale_routes(session, out.actions);
+                    out.events.push(SessionEvent::IceReconnected);
+                }
+                return Ok(());
+            }
+            Output::Transmit(t) => {
+                if t.proto != Protocol::Udp {
+                    out.actions.push_back(Action::TcpTransmit {
+                        destination: t.destination,
+                        data: t.contents.to_vec(),
+                    });
+                    continue;
+                }
+                out.egress.push(t.destination, &t.contents);
+                if session.routes.sent_to(t.destination) {
+                    out.actions.push_back(Action::Routing(UdpControl::Route {
+                        addr: t.destination,
+                        session: session.id,
+                        shard: out.shard,
+                    }));
+                }
+            }
+            Output::Event(event) => reconnected |= session_output(session, event, now, out),
+        }
+    }
+}
+
+/// One of str0m's events for a session; true when its transport is connected again after an ICE
+/// restart.
+fn session_output(session: &mut Session, event: Event, now: Instant, out: &mut Drain<'_>) -> bool {
+    let events = &mut *out.events;
+    match event {
+        Event::RtpPacket(pkt) => match media_event(session, pkt) {
+            Ok(ev) => events.push(ev),
+            Err(reason) => out.metrics.drop(reason),
+        },
+        Event::KeyframeRequest(req) => events.push(SessionEvent::KeyframeFromLeg(
+            LegKey {
+                session: session.id,
+                mid: req.mid,
+            },
+            req.kind,
+        )),
+        Event::IceConnectionStateChange(state) => match state {
+            IceConnectionState::Connected | IceConnectionState::Completed => {
+                session.transport_lost_since = None;
+                // Forgotten once this drain is done (after the datagrams it sent).
+                return session.routes.is_restarting();
+            }
+            IceConnectionState::Disconnected => {
+                session.transport_lost_since.get_or_insert(now);
+            }
+            IceConnectionState::New | IceConnectionState::Checking => {}
+        },
+        Event::Connected => events.push(SessionEvent::Connected),
+        Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+            events.push(SessionEvent::Estimate(estimate.as_u64()));
+        }
+        Event::PeerStats(s) => {
+            events.push(SessionEvent::PeerReport(
+                s.bwe_tx.map(|b| b.as_u64()),
+                s.egress_loss_fraction,
+            ));
+        }
+        Event::MediaEgressStats(s) => {
+            let (nacks, _) = session.egress_delta(s.mid, s.rid, s.nacks, s.plis + s.firs);
+            out.metrics.nacks.inc_by(nacks);
+            if s.loss.is_some() || s.rtt.is_some() {
+                events.push(SessionEvent::EgressReport(s.loss, s.rtt));
+            }
+        }
+        _ => {}
+    }
+    false
+}
+
+/// Forgets the routes of before an ICE restart that the session did not use again, now that
+/// its transport is connected on the new path.
+fn forget_stale_routes(session: &mut Session, actions: &mut VecDeque<Action>) {
+    for addr in session.routes.connected() {
+        actions.push_back(Action::Routing(UdpControl::Unroute {
+            addr,
+            session: session.id,
+        }));
+    }
+}
+
+/// Turns a publisher's RTP packet into a forwardable [`MediaPacket`] for its track, within the
+/// session's ingress budget.
+fn media_event(session: &mut Session, pkt: RtpPacket) -> Result<SessionEvent, PacketDrop> {
+    let (mid, rid) = session
+        .mid_of_ssrc(pkt.header.ssrc)
+        .ok_or(PacketDrop::UnpublishedMid)?;
+    if let Some(budget) = &mut session.ingress {
+        let bytes = (pkt.payload.len() + pkt.header.header_len) as u64;
+        if !budget.try_take_n(pkt.timestamp, bytes) {
+            return Err(PacketDrop::IngressBitrate);
+        }
+    }
+    let publication = session
+        .publications
+        .get(&mid)
+        .filter(|p| p.active)
+        .ok_or(PacketDrop::UnpublishedMid)?;
+    let params = publication
+        .params
+        .iter()
+        .find(|p| p.pt() == pkt.header.payload_type);
+    let (codec, clock_rate) = params
+        .map(|p| (p.spec().codec, p.spec().clock_rate.get()))
+        .unwrap_or((Codec::Null, 90_000));
+    // Every video keyframe is marked: simulcast legs switch layers on them, and each one
+    // answers the keyframe requests of its layer (see `Forwarder::note_keyframe`).
+    let keyframe = publication.kind == MediaKind::Video && is_keyframe(codec, &pkt.payload);
+    let src = &pkt.header.ext_vals;
+    let ext = ExtensionValues {
+        audio_level: src.audio_level,
+        voice_activity: src.voice_activity,
+        video_orientation: src.video_orientation,
+        video_content_type: src.video_content_type,
+        ..Default::default()
+    };
+    let packet = MediaPacket {
+        pt: pkt.header.payload_type,
+        clock_rate,
+        seq: *pkt.seq_no,
+        timestamp: pkt.header.timestamp,
+        marker: pkt.header.marker,
+        rid,
+        keyframe,
+        ext,
+        vp8: if codec == Codec::Vp8 {
+            Vp8Packet::parse(&pkt.payload)
+        } else {
+            None
+        },
+        payload: pkt.payload,
+        arrival: pkt.timestamp,
+        nackable: publication.kind == MediaKind::Video,
+    };
+    Ok(SessionEvent::Media(publication.track, Arc::new(packet)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_simulcast_video_is_paced_and_only_when_asked() {
+        let mut config = Config::default();
+        assert!(config.bwe_initial_kbps > 0, "estimation is on by default");
+        assert!(!paced(&config, true), "not paced by default");
+        assert!(!paced(&config, false));
+        config.bwe_pace_video = true;
+        assert!(paced(&config, true));
+        assert!(!paced(&config, false), "audio and single-layer video never");
+    }
+
+    #[test]
+    fn a_drain_handles_the_pacers_next_timeout_itself_within_bounds() {
+        let now = Instant::now();
+        // The pacer's "again in 1 µs" and anything already due: handled in the drain.
+        assert!(timeout_due(now + Duration::from_micros(1), now, 0));
+        assert!(timeout_due(now - Duration::from_millis(3), now, 0));
+        // A real wait (pacing debt, the next frame, RTCP): left to the shard's timer.
+        assert!(!timeout_due(now + Duration::from_millis(2), now, 0));
+        // One session cannot keep the shard forever.
+        assert!(!timeout_due(now, now, PACER_ROUNDS));
+        assert_eq!(
+            initial_estimate_bps(&Config::default()),
+            Some(u64::from(crate::config::DEFAULT_BWE_INITIAL_KBPS) * 1000)
+        );
+        let off = Config {
+            bwe_initial_kbps: 0,
+            ..Config::default()
+        };
+        assert_eq!(initial_estimate_bps(&off), None);
+    }
+}
