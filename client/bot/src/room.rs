@@ -17,11 +17,14 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use satsuma_wasm::GroupMember;
-use satsuma_wire::room::{ClientMessage, PROTOCOL_VERSION, ServerMessage, ServerText};
+use satsuma_wire::relay::MlsFrame;
+use satsuma_wire::room::{
+    ClientMessage, PROTOCOL_VERSION, Resume, ServerMessage, ServerText, close,
+};
 use serde_json::Value;
 use shared::Shared;
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -64,8 +67,12 @@ pub struct MemberView {
     pub resets: u64,
     /// Sequenced entries received.
     pub entries: u64,
-    /// The close code and reason, once the coordinator closed the socket.
+    /// The close code and reason, once the socket closed for good (or while it resumes).
     pub closed: Option<(u16, String)>,
+    /// The highest `seq` processed (the resume point).
+    pub last_seq: u64,
+    /// Successful resumes after a lost connection.
+    pub resumes: u64,
 }
 
 mod shared {
@@ -103,8 +110,17 @@ mod shared {
 #[derive(Debug)]
 pub struct RoomMember {
     view: Shared<MemberView>,
-    leave: Option<oneshot::Sender<()>>,
+    control: mpsc::UnboundedSender<Control>,
     task: JoinHandle<()>,
+}
+
+/// What the handle asks of the member's task.
+#[derive(Debug)]
+enum Control {
+    /// Send `leave` and close.
+    Leave,
+    /// Close the socket without a `leave` (a network loss); the member resumes.
+    DropConnection,
 }
 
 impl Drop for RoomMember {
@@ -165,13 +181,19 @@ impl RoomMember {
         let view = Shared::default();
         view.update(|w: &mut MemberView| {
             w.participant_id = id;
-            w.resume_token = resume_token;
+            w.resume_token = resume_token.clone();
         });
-        let (leave_tx, leave_rx) = oneshot::channel();
-        let task = tokio::spawn(run(ws, member, view.clone(), start, leave_rx));
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let link = Link {
+            url: ws_url.to_owned(),
+            participant_id: id,
+            resume_token,
+            last_seq: 0,
+        };
+        let task = tokio::spawn(run(ws, member, view.clone(), start, control_rx, link));
         Ok(Self {
             view,
-            leave: Some(leave_tx),
+            control,
             task,
         })
     }
@@ -203,10 +225,98 @@ impl RoomMember {
 
     /// Sends `leave` and closes the socket.
     pub async fn leave(mut self) {
-        if let Some(tx) = self.leave.take() {
-            let _ = tx.send(());
-        }
+        let _ = self.control.send(Control::Leave);
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+    }
+
+    /// Drops the WebSocket without a `leave`, as a network loss would (close code 4999, like
+    /// the web client's drill): the coordinator logs `away`, and the member resumes from its
+    /// last `seq` (`hello.resume`) and counts it in [`MemberView::resumes`].
+    pub fn drop_connection(&self) {
+        let _ = self.control.send(Control::DropConnection);
+    }
+}
+
+/// Where and as whom to resume.
+#[derive(Debug)]
+struct Link {
+    url: String,
+    participant_id: u64,
+    resume_token: String,
+    last_seq: u64,
+}
+
+/// Close codes after which resuming is pointless: the member is done.
+fn is_final(code: u16) -> bool {
+    [
+        close::NORMAL,
+        close::BAD_HELLO,
+        close::UNSUPPORTED_VERSION,
+        close::UNAUTHORIZED,
+        close::REMOVED,
+        close::REPLACED,
+        close::RESUME_FAILED,
+        close::PRESENCE_TIMEOUT,
+        close::ROOM_LOCKED,
+        close::ROOM_FULL,
+    ]
+    .contains(&code)
+}
+
+/// Reconnects with `hello.resume` until `resumed` (backing off from 100 ms to 2 s), for up to
+/// `give_up`; the close code of a final refusal otherwise.
+async fn resume(link: &Link, give_up: Duration) -> Result<Ws, (u16, String)> {
+    let deadline = Instant::now() + give_up;
+    let mut backoff = Duration::from_millis(100);
+    let mut last = (1006, "resume: no attempt".to_owned());
+    while Instant::now() < deadline {
+        match resume_once(link).await {
+            Ok(ws) => return Ok(ws),
+            Err((code, reason)) if is_final(code) => return Err((code, reason)),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    Err(last)
+}
+
+async fn resume_once(link: &Link) -> Result<Ws, (u16, String)> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(link.url.as_str())
+        .await
+        .map_err(|e| (1006, format!("resume connect: {e}")))?;
+    let hello = ClientMessage::Hello {
+        v: PROTOCOL_VERSION,
+        token: None,
+        resume: Some(Resume {
+            participant_id: link.participant_id,
+            resume_token: link.resume_token.clone(),
+            last_seq: link.last_seq,
+        }),
+        test_visible_only_to: None,
+    };
+    ws.send(Message::Text(json_text(&hello).into()))
+        .await
+        .map_err(|e| (1006, format!("resume send: {e}")))?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if let Ok(ServerText::Direct(ServerMessage::Resumed { .. })) =
+                    ServerText::decode(t.as_str())
+                {
+                    return Ok(ws);
+                }
+            }
+            Ok(Some(Ok(Message::Close(c)))) => {
+                return Err(c.map_or((1005, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                }));
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => return Err((1006, e.to_string())),
+            Ok(None) => return Err((1006, "eof".into())),
+            Err(_) => return Err((1006, "no resumed within 5 s".into())),
+        }
     }
 }
 
@@ -224,63 +334,121 @@ fn ms(start: Instant) -> f64 {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// How one connection ended.
+enum End {
+    /// The member left.
+    Left,
+    /// The socket closed (code, reason).
+    Closed(u16, String),
+}
+
 async fn run(
     mut ws: Ws,
     mut member: GroupMember,
     view: Shared<MemberView>,
     start: Instant,
-    mut leave: oneshot::Receiver<()>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    mut link: Link,
 ) {
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+    loop {
+        let (code, reason) =
+            match connected(&mut ws, &mut member, &view, start, &mut control, &mut link).await {
+                End::Left => return,
+                End::Closed(code, reason) => (code, reason),
+            };
+        view.update(|w| w.closed = Some((code, reason.clone())));
+        if is_final(code) {
+            return;
+        }
+        // Give up around the time the coordinator would time the participant out anyway.
+        match resume(&link, Duration::from_secs(15)).await {
+            Ok(next) => {
+                ws = next;
+                view.update(|w| {
+                    w.closed = None;
+                    w.resumes += 1;
+                });
+            }
+            Err(closed) => {
+                view.update(|w| w.closed = Some(closed));
+                return;
+            }
+        }
+    }
+}
+
+/// Runs one connection until it closes or the member leaves.
+async fn connected(
+    ws: &mut Ws,
+    member: &mut GroupMember,
+    view: &Shared<MemberView>,
+    start: Instant,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    link: &mut Link,
+) -> End {
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
-            _ = &mut leave => {
-                let _ = ws.send(Message::Text(json_text(&ClientMessage::Leave {}).into())).await;
-                let _ = ws.close(None).await;
-                return;
-            }
-            _ = tick.tick() => member.tick(ms(start)),
-            Some(m) = out_rx.recv() => {
-                if ws.send(m).await.is_err() {
-                    return;
+            c = control.recv() => match c {
+                Some(Control::DropConnection) => {
+                    let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                        code: 4999.into(),
+                        reason: "simulated network loss".into(),
+                    };
+                    let _ = ws.close(Some(frame)).await;
+                    return End::Closed(4999, "simulated network loss".into());
                 }
-                continue;
-            }
+                Some(Control::Leave) | None => {
+                    let _ = ws.send(Message::Text(json_text(&ClientMessage::Leave {}).into())).await;
+                    let _ = ws.close(None).await;
+                    return End::Left;
+                }
+            },
+            _ = tick.tick() => member.tick(ms(start)),
             m = ws.next() => match m {
                 Some(Ok(Message::Text(t))) => match ServerText::decode(t.as_str()) {
-                    Ok(ServerText::Event(_)) => {
-                        member.on_event(t.as_str(), ms(start));
-                        view.update(|w| w.entries += 1);
+                    Ok(ServerText::Event(f)) => {
+                        // A replayed entry already processed before a resume is skipped.
+                        if f.seq > link.last_seq {
+                            link.last_seq = f.seq;
+                            member.on_event(t.as_str(), ms(start));
+                            view.update(|w| {
+                                w.entries += 1;
+                                w.last_seq = f.seq;
+                            });
+                        }
                     }
                     // Direct replies, and what does not parse (the core counts it as bad input).
                     _ => member.on_direct(t.as_str(), ms(start)),
                 },
                 Some(Ok(Message::Binary(b))) => {
-                    member.on_mls(&b, ms(start));
-                    view.update(|w| w.entries += 1);
+                    let seq = MlsFrame::decode(&b).map(|f| f.seq);
+                    if seq.is_none_or(|s| s > link.last_seq) {
+                        if let Some(s) = seq {
+                            link.last_seq = s;
+                        }
+                        member.on_mls(&b, ms(start));
+                        view.update(|w| {
+                            w.entries += 1;
+                            w.last_seq = link.last_seq;
+                        });
+                    }
                 }
                 Some(Ok(Message::Close(c))) => {
                     let (code, reason) = c.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
-                    view.update(|w| w.closed = Some((code, reason)));
-                    return;
+                    return End::Closed(code, reason);
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    view.update(|w| w.closed = Some((1006, e.to_string())));
-                    return;
-                }
-                None => {
-                    view.update(|w| w.closed = Some((1006, "eof".into())));
-                    return;
-                }
+                Some(Err(e)) => return End::Closed(1006, e.to_string()),
+                None => return End::Closed(1006, "eof".into()),
             },
         }
+        let mut failed = false;
         while let Some(b) = member.poll_binary() {
-            let _ = out_tx.send(Message::Binary(b.into()));
+            failed |= ws.send(Message::Binary(b.into())).await.is_err();
         }
         while let Some(j) = member.poll_json() {
-            let _ = out_tx.send(Message::Text(j.into()));
+            failed |= ws.send(Message::Text(j.into())).await.is_err();
         }
         let _ = member.take_send_key_changed();
         let _ = member.take_receive_keys_changed();
@@ -291,5 +459,8 @@ async fn run(
             w.safety_number = status["safety_number"].as_str().map(str::to_owned);
             w.resets = status["resets"].as_u64().unwrap_or(0);
         });
+        if failed {
+            return End::Closed(1006, "send failed".into());
+        }
     }
 }

@@ -1,0 +1,79 @@
+//! The native room member through a real coordinator on 127.0.0.1: three members share one
+//! MLS group; one loses its connection (close 4999, no `leave`), resumes from its last `seq`
+//! and stays in the same group; a fourth then joins and all four agree on one epoch and one
+//! safety number.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use satsuma_bot::room::{MemberView, RoomMember};
+use satsuma_coordinator::auth::{Claims, unix_now};
+use satsuma_coordinator::{Config, Server, ServerHandle};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+async fn member(server: &ServerHandle, room: &str, name: &str) -> RoomMember {
+    let claims = Claims {
+        sub: name.to_lowercase(),
+        room: room.into(),
+        name: name.into(),
+        perms: vec!["publish".into(), "subscribe".into()],
+        exp: unix_now() + 600,
+        ..Claims::default()
+    };
+    let token = server.mint_token(&claims).unwrap();
+    RoomMember::join(&server.ws_url(room), &token, name)
+        .await
+        .unwrap()
+}
+
+/// All members in the group at one epoch with one safety number and `n` members' worth of
+/// agreement; returns the epoch.
+async fn converged(members: &[&RoomMember]) -> (u64, String) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let views: Vec<MemberView> = members.iter().map(|m| m.view()).collect();
+        let first = &views[0];
+        if let (Some(epoch), Some(number)) = (first.epoch, first.safety_number.clone())
+            && views.iter().all(|v| {
+                v.phase == "member"
+                    && v.epoch == first.epoch
+                    && v.safety_number == first.safety_number
+            })
+        {
+            return (epoch, number);
+        }
+        assert!(Instant::now() < deadline, "no common group: {views:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_resumes_after_a_lost_connection_and_the_group_carries_on() {
+    let server = Server::bind(Config::dev()).await.unwrap();
+    let a = member(&server, "resume", "Alice").await;
+    let b = member(&server, "resume", "Bob").await;
+    let c = member(&server, "resume", "Carol").await;
+    let (epoch, number) = converged(&[&a, &b, &c]).await;
+
+    b.drop_connection();
+    let resumed = b
+        .wait_for(PATIENCE, |v| v.resumes == 1 && v.closed.is_none())
+        .await
+        .expect("Bob resumes");
+    assert!(resumed.last_seq > 0);
+    // The resume changed nobody's membership: same group, same epoch, same number.
+    let (after, same) = converged(&[&a, &b, &c]).await;
+    assert_eq!((after, &same), (epoch, &number));
+
+    let d = member(&server, "resume", "Dave").await;
+    let (grown, four) = converged(&[&a, &b, &c, &d]).await;
+    assert!(grown > epoch, "Dave's join is a new epoch");
+    assert_ne!(four, number);
+    assert_eq!(b.view().resumes, 1);
+
+    for m in [a, b, c, d] {
+        m.leave().await;
+    }
+}
