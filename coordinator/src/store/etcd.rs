@@ -28,6 +28,9 @@ use serde_json::{Value, json};
 use super::{Claim, Fence, RoomStore, StoreError, StoreStats, StoredRoom};
 use crate::room::journal::Persist;
 
+/// Longest wait for one attempt of a request.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(700);
+
 /// Most operations one transaction carries (etcd's default `--max-txn-ops` is 128).
 const MAX_TXN_OPS: usize = 100;
 
@@ -135,43 +138,59 @@ impl Inner {
         format!("{}rooms/{room}/log/{seq:020}", self.config.prefix)
     }
 
-    /// POSTs `body` to `path` at the first endpoint that answers.
+    /// POSTs `body` to `path` at the first endpoint that answers, retrying (other members,
+    /// then again after a pause) until the store timeout: a leader election takes about a
+    /// second and must not end a room. Every request this store makes is idempotent (a txn
+    /// retried after it took effect compares the same fence and writes the same values).
     async fn post(&self, path: &str, body: &Value) -> Result<Value, StoreError> {
         let n = self.config.endpoints.len();
         if n == 0 {
             return Err(unavailable("no etcd endpoints"));
         }
-        let first = self.endpoint.load(Ordering::Relaxed) % n;
+        let deadline = Instant::now() + self.config.timeout;
         let mut last_err = String::new();
-        for i in 0..n {
-            let idx = (first + i) % n;
-            let url = format!("{}{path}", self.config.endpoints[idx].trim_end_matches('/'));
-            let sent = self
-                .client
-                .post(&url)
-                .json(body)
-                .timeout(self.config.timeout)
-                .send()
-                .await;
-            match sent {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let v: Value = resp.json().await.map_err(unavailable)?;
-                    if !status.is_success() {
-                        // An error from a live member (no leader, request too large ...):
-                        // another member would say the same.
-                        return Err(unavailable(format!(
-                            "etcd {status}: {}",
-                            v["error"].as_str().or(v["message"].as_str()).unwrap_or("")
-                        )));
-                    }
-                    self.endpoint.store(idx, Ordering::Relaxed);
-                    return Ok(v);
+        loop {
+            let first = self.endpoint.load(Ordering::Relaxed) % n;
+            for i in 0..n {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(unavailable(last_err));
                 }
-                Err(e) => last_err = format!("{url}: {e}"),
+                let idx = (first + i) % n;
+                let url = format!("{}{path}", self.config.endpoints[idx].trim_end_matches('/'));
+                let sent = self
+                    .client
+                    .post(&url)
+                    .json(body)
+                    // A request a member holds (its proposal waits for a new leader) is retried,
+                    // not waited for to the end.
+                    .timeout(left.min(ATTEMPT_TIMEOUT))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        match resp.json::<Value>().await {
+                            Ok(v) if status.is_success() => {
+                                self.endpoint.store(idx, Ordering::Relaxed);
+                                return Ok(v);
+                            }
+                            // No leader, leader changed, timed out inside etcd ...
+                            Ok(v) => {
+                                last_err = format!(
+                                    "{url}: {status} {}",
+                                    v["error"].as_str().or(v["message"].as_str()).unwrap_or("")
+                                );
+                            }
+                            Err(e) => last_err = format!("{url}: {e}"),
+                        }
+                    }
+                    Err(e) => last_err = format!("{url}: {e}"),
+                }
+                tracing::debug!(error = %last_err, "etcd request attempt failed");
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(unavailable(last_err))
     }
 
     async fn grant(&self) -> Result<i64, StoreError> {
@@ -473,8 +492,7 @@ impl EtcdStore {
             let _ = tx.send(f.await);
         });
         // Every request has its own timeout per endpoint; this bounds the whole call.
-        let limit = self.inner.config.timeout
-            * u32::try_from(self.inner.config.endpoints.len().max(1) + 1).unwrap_or(4);
+        let limit = self.inner.config.timeout + Duration::from_secs(1);
         rx.recv_timeout(limit)
             .map_err(|_| unavailable("etcd request timed out"))
     }

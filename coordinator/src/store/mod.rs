@@ -54,7 +54,9 @@ impl Default for StoreConfig {
             replica_id: None,
             replica_url: None,
             lease_ttl: std::time::Duration::from_secs(3),
-            timeout: std::time::Duration::from_secs(2),
+            // Longer than an etcd leader election with the default election timeout (1-2 s):
+            // an election must not end a room.
+            timeout: std::time::Duration::from_secs(3),
         }
     }
 }
