@@ -344,12 +344,35 @@ chart_part() {
       cat "$TMP/render.log"; not_ok "helm template -f $f"
     fi
   done
-  # Values that must be refused: no secrets at all.
+  # Values that must be refused: no secrets at all; several coordinators with rooms in memory.
   if "$helm" template satsuma "$chart" > /dev/null 2>&1; then
     not_ok "helm template without secrets should fail"
   else
     ok "helm template refuses to render without secrets"
   fi
+  if "$helm" template satsuma "$chart" "${secrets[@]}" --set coordinator.replicas=2 > /dev/null 2> "$TMP/refused.log"; then
+    not_ok "coordinator.replicas=2 without etcd should be refused"
+  elif grep -q "needs the etcd room store" "$TMP/refused.log"; then
+    ok "coordinator.replicas=2 without etcd is refused (rooms in memory need one replica)"
+  else
+    cat "$TMP/refused.log"; not_ok "coordinator.replicas=2 without etcd: unexpected error"
+  fi
+  # The validator itself rejects what it should (a check that cannot fail proves nothing): the
+  # rendered coordinator Deployment with a misspelled field, and with a port that is a string.
+  local dep
+  dep=$(ls "$TMP"/docs-default_values_/*-Deployment-*coordinator.yaml)
+  sed 's/^\(  *\)replicas:/\1replica:/' "$dep" > "$TMP/bad1.yaml"
+  sed 's/containerPort: 8080/containerPort: "eighty"/' "$dep" > "$TMP/bad2.yaml"
+  local bad
+  for bad in "$TMP/bad1.yaml" "$TMP/bad2.yaml"; do
+    if cmp -s "$dep" "$bad"; then
+      not_ok "could not make a broken copy of $dep"
+    elif "$TOOLS/venv/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$bad" > /dev/null 2>&1; then
+      not_ok "the validator accepted a broken Deployment ($(diff "$dep" "$bad" | grep '^>' | head -1))"
+    else
+      ok "the validator rejects a broken Deployment ($(diff "$dep" "$bad" | grep '^>' | head -1 | sed 's/^> *//'))"
+    fi
+  done
 
   # deploy/kubernetes/satsuma.yaml is the chart rendered with the command in its header.
   local m=deploy/kubernetes/satsuma.yaml
@@ -360,7 +383,7 @@ chart_part() {
     ok "$m equals helm template of the chart"
   else
     head -60 "$TMP/plain.diff"
-    not_ok "$m differs from helm template of the chart (regenerate: scripts/render-manifests.sh)"
+    not_ok "$m differs from helm template of the chart (regenerate it: scripts/render-manifests.sh)"
   fi
   validate_rendered "$m" "$m"
 }

@@ -62,3 +62,28 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 ["stun:{{ $h }}:{{ $p }}", "turn:{{ $h }}:{{ $p }}?transport=udp", "turn:{{ $h }}:{{ $p }}?transport=tcp"
 {{- if .Values.turn.tlsSecretName }}, "turns:{{ $h }}:{{ .Values.turn.tlsPort }}?transport=tcp"{{ end }}]
 {{- end }}
+
+{{/* Non-empty when rooms live in etcd (external endpoints or the chart's own etcd). */}}
+{{- define "satsuma.etcdEnabled" -}}
+{{- if or .Values.store.etcd.endpoints .Values.store.etcd.deploy.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Name of the chart's etcd StatefulSet and its headless Service. */}}
+{{- define "satsuma.etcdName" -}}
+{{ include "satsuma.fullname" . }}-etcd
+{{- end }}
+
+{{/* The etcd client URLs the coordinator uses, as a JSON (and TOML) array of strings: every
+member of the chart's etcd, or store.etcd.endpoints. */}}
+{{- define "satsuma.etcdEndpoints" -}}
+{{- if .Values.store.etcd.deploy.enabled }}
+{{- $name := include "satsuma.etcdName" . }}
+{{- $urls := list }}
+{{- range $i := until (int .Values.store.etcd.deploy.replicas) }}
+{{- $urls = append $urls (printf "http://%s-%d.%s.%s.svc.cluster.local:%d" $name $i $name $.Release.Namespace (int $.Values.store.etcd.deploy.clientPort)) }}
+{{- end }}
+{{- toJson $urls }}
+{{- else }}
+{{- toJson .Values.store.etcd.endpoints }}
+{{- end }}
+{{- end }}
