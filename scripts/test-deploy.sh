@@ -50,6 +50,7 @@ not_ok() { FAILED=$((FAILED + 1)); echo "not ok - $*"; }
 TMP=$(mktemp -d)
 CONTAINER=""
 cleanup() {
+  stack_cleanup
   if [ -n "$CONTAINER" ]; then podman "${PODMAN_OPTS[@]}" rm -f "$CONTAINER" >/dev/null 2>&1 || true; fi
   rm -rf "$TMP"
 }
@@ -213,6 +214,196 @@ PY
   fi
   podman "${PODMAN_OPTS[@]}" rm -f "$CONTAINER" >/dev/null 2>&1 || true
   CONTAINER=""
+
+  stack_test "$tag" "${run_opts[@]}"
+}
+
+# The chart's own configuration in the image: the ConfigMap rendered with ci/ha-values.yaml
+# (two coordinators on etcd, TURN on) mounted at /etc/satsuma as in the pods; one SFU and two
+# coordinator containers started with the pods' commands; a real 3-member etcd (the Debian
+# package's binary) on the host. Only what the pods get from Kubernetes itself is replaced:
+# addresses (pod IPs, cluster DNS names) by loopback ports, secrets by random ones.
+EXTRA_CONTAINERS=()
+ETCD_PIDS=()
+stack_cleanup() {
+  local c p
+  for c in "${EXTRA_CONTAINERS[@]}"; do podman "${PODMAN_OPTS[@]}" rm -f "$c" >/dev/null 2>&1 || true; done
+  for p in "${ETCD_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  EXTRA_CONTAINERS=()
+  ETCD_PIDS=()
+}
+
+# wait_for SECONDS CMD...: runs CMD every 100 ms until it succeeds; prints the ms it took.
+wait_for() {
+  local limit=$1; shift
+  local t0 now
+  t0=$(date +%s%N)
+  while true; do
+    if "$@" >/dev/null 2>&1; then echo $(( ($(date +%s%N) - t0) / 1000000 )); return 0; fi
+    now=$(date +%s%N)
+    [ $(( (now - t0) / 1000000000 )) -lt "$limit" ] || return 1
+    sleep 0.1
+  done
+}
+
+http_is() { # http_is CODE URL [curl args]: the URL answers CODE
+  local want=$1 url=$2; shift 2
+  [ "$(curl -sS -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url" 2>/dev/null)" = "$want" ]
+}
+
+stack_test() {
+  local tag=$1; shift
+  local run_opts=("$@")
+  step "image: the chart's configuration (ci/ha-values.yaml) in the image, on a real 3-member etcd"
+  if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+    SKIPPED=$((SKIPPED + 1))
+    echo "SKIPPED the etcd part: no etcd/etcdctl (Debian: apt-get install etcd-server etcd-client)"
+    return
+  fi
+  install_tools > /dev/null
+  local chart=deploy/helm/satsuma etc="$TMP/etc"
+  mkdir -p "$etc"
+  "$TOOLS/helm" template satsuma "$chart" --namespace satsuma -f "$chart/ci/ha-values.yaml" \
+    --set secrets.appSecret=unused-here-0123456789abcdef0123 --set secrets.tokenSecret=unused-here-0123456789abcdef0123 \
+    > "$TMP/ha-render.yaml"
+  local probe
+  probe=$("$TOOLS/venv/bin/python" - "$TMP/ha-render.yaml" "$etc" <<'PY'
+import os, sys, yaml
+probe = None
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if not d:
+        continue
+    if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "satsuma-config":
+        for key, text in d["data"].items():
+            with open(os.path.join(sys.argv[2], key), "w") as f:
+                f.write(text)
+    if d["kind"] == "Deployment" and d["metadata"]["name"] == "satsuma-coordinator":
+        c = d["spec"]["template"]["spec"]["containers"][0]
+        assert c["command"] == ["satsuma-coordinator"], c["command"]
+        g = c["readinessProbe"]["httpGet"]
+        host = next(h["value"] for h in g.get("httpHeaders", []) if h["name"] == "Host")
+        probe = f'{g["path"]} {host}'
+print(probe)
+PY
+)
+  local ready_path=${probe%% *} ready_host=${probe#* }
+  chmod 0755 "$etc"; chmod 0644 "$etc"/*
+  grep -q '^etcd_endpoints' "$etc/coordinator.toml" || { not_ok "the HA render has no etcd_endpoints"; return; }
+
+  # etcd: three members on loopback ports.
+  local i cp=() pp=() cluster="" endpoints=""
+  for i in 0 1 2; do cp[i]=$(free_port); pp[i]=$(free_port); done
+  for i in 0 1 2; do
+    cluster+="${cluster:+,}m$i=http://127.0.0.1:${pp[i]}"
+    endpoints+="${endpoints:+,}http://127.0.0.1:${cp[i]}"
+  done
+  start_member() {
+    etcd --name "m$1" --data-dir "$TMP/etcd$1" \
+      --listen-client-urls "http://127.0.0.1:${cp[$1]}" --advertise-client-urls "http://127.0.0.1:${cp[$1]}" \
+      --listen-peer-urls "http://127.0.0.1:${pp[$1]}" --initial-advertise-peer-urls "http://127.0.0.1:${pp[$1]}" \
+      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "test-deploy-$$" \
+      >> "$TMP/etcd$1.log" 2>&1 &
+    ETCD_PIDS[$1]=$!
+    disown "${ETCD_PIDS[$1]}"  # killed on purpose below: no job notices
+  }
+  for i in 0 1 2; do start_member "$i"; done
+  local ms
+  if ms=$(wait_for 30 etcdctl --endpoints "$endpoints" endpoint health); then
+    ok "etcd: 3 members healthy after $ms ms"
+  else
+    tail -5 "$TMP"/etcd*.log; not_ok "etcd did not become healthy"; stack_cleanup; return
+  fi
+
+  local app_secret token_secret turn_secret
+  app_secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  token_secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  turn_secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  local hardening=(--read-only --cap-drop ALL --security-opt no-new-privileges -v "$etc:/etc/satsuma:ro")
+
+  # The SFU, as the StatefulSet runs it.
+  local sfu_api sfu_metrics sfu_udp name
+  sfu_api=$(free_port); sfu_metrics=$(free_port); sfu_udp=$(free_port)
+  name="satsuma-test-deploy-sfu-$$"
+  EXTRA_CONTAINERS+=("$name")
+  podman "${PODMAN_OPTS[@]}" run -d --name "$name" --network host "${run_opts[@]}" "${hardening[@]}" \
+    -e "SATSUMA_SFU_APPS=satsuma:$app_secret" -e "SATSUMA_SFU_HTTP_BIND=127.0.0.1:$sfu_api" \
+    -e "SATSUMA_SFU_METRICS_BIND=127.0.0.1:$sfu_metrics" -e "SATSUMA_SFU_UDP_BIND=127.0.0.1:$sfu_udp" \
+    -e SATSUMA_SFU_ANNOUNCE_IPS=127.0.0.1 \
+    "$tag" satsuma-sfu --config /etc/satsuma/sfu.toml >/dev/null
+  if ms=$(wait_for 30 http_is 200 "http://127.0.0.1:$sfu_metrics/healthz") && http_is 200 "http://127.0.0.1:$sfu_metrics/metrics"; then
+    ok "satsuma-sfu --config (the chart's sfu.toml): /healthz and /metrics on the metrics port after $ms ms"
+  else
+    podman "${PODMAN_OPTS[@]}" logs "$name" 2>&1 | tail -20; not_ok "satsuma-sfu with the chart's config"
+  fi
+
+  # Two coordinators, as the Deployment runs them (replica id = pod name).
+  local ports=() r
+  for r in a b; do
+    local port
+    port=$(free_port); ports+=("$port")
+    name="satsuma-test-deploy-coordinator-$r-$$"
+    EXTRA_CONTAINERS+=("$name")
+    podman "${PODMAN_OPTS[@]}" run -d --name "$name" --network host "${run_opts[@]}" "${hardening[@]}" \
+      -e "SATSUMA_COORD_REPLICA_ID=satsuma-coordinator-$r" \
+      -e "SATSUMA_COORD_JWT_SECRET=$token_secret" -e "SATSUMA_COORD_SFU_APP_SECRET=$app_secret" \
+      -e "SATSUMA_COORD_TURN_SECRET=$turn_secret" \
+      -e "SATSUMA_COORD_LISTEN=127.0.0.1:$port" -e "SATSUMA_COORD_SFU_NODES=http://127.0.0.1:$sfu_api" \
+      -e "SATSUMA_COORD_ETCD_ENDPOINTS=$endpoints" \
+      "$tag" satsuma-coordinator --config /etc/satsuma/coordinator.toml >/dev/null
+  done
+  local readyz=() hdr=(-H "Host: $ready_host")
+  for i in 0 1; do
+    readyz[i]="http://127.0.0.1:${ports[i]}$ready_path"
+    if ms=$(wait_for 30 http_is 200 "${readyz[i]}" "${hdr[@]}"); then
+      ok "coordinator $i (the chart's coordinator.toml, etcd store): ready after $ms ms (GET $ready_path, Host: $ready_host, as the readiness probe)"
+    else
+      podman "${PODMAN_OPTS[@]}" logs "${EXTRA_CONTAINERS[$((i + 1))]}" 2>&1 | tail -20
+      not_ok "coordinator $i did not become ready"
+    fi
+  done
+  if curl -fsS "${hdr[@]}" "http://127.0.0.1:${ports[0]}/" | cmp -s - client/web/public/index.html; then
+    ok "the coordinator serves the web client from the chart's web_dir"
+  else
+    not_ok "the coordinator does not serve the web client from the chart's web_dir"
+  fi
+  local leases
+  leases=$(etcdctl --endpoints "$endpoints" lease list 2>/dev/null | grep -c '^[0-9a-f]\{8,\}' || true)
+  [ "$leases" -ge 2 ] && ok "etcd holds a lease per coordinator replica ($leases leases)" \
+    || not_ok "etcd holds $leases leases, expected one per replica (2)"
+
+  # Quorum lost (2 of 3 members killed): both replicas go unready; back when the quorum is.
+  kill -9 "${ETCD_PIDS[1]}" "${ETCD_PIDS[2]}"
+  for i in 0 1; do
+    if ms=$(wait_for 20 http_is 503 "${readyz[i]}" "${hdr[@]}"); then
+      ok "etcd quorum lost: coordinator $i unready (503) after $ms ms"
+    else
+      not_ok "coordinator $i stayed ready for 20 s without an etcd quorum"
+    fi
+  done
+  http_is 200 "http://127.0.0.1:${ports[0]}/healthz" && ok "... and still alive (/healthz 200): the pod is not restarted" \
+    || not_ok "/healthz without an etcd quorum"
+  start_member 1; start_member 2
+  for i in 0 1; do
+    if ms=$(wait_for 40 http_is 200 "${readyz[i]}" "${hdr[@]}"); then
+      ok "quorum back: coordinator $i ready again after $ms ms"
+    else
+      podman "${PODMAN_OPTS[@]}" logs "${EXTRA_CONTAINERS[$((i + 1))]}" 2>&1 | tail -20
+      not_ok "coordinator $i did not become ready again"
+    fi
+  done
+
+  # Rolling-upgrade stop: SIGTERM releases the replica's lease and exits 0.
+  local before after rc
+  before=$(etcdctl --endpoints "$endpoints" lease list 2>/dev/null | grep -c '^[0-9a-f]\{8,\}' || true)
+  podman "${PODMAN_OPTS[@]}" stop -t 20 "${EXTRA_CONTAINERS[1]}" >/dev/null
+  rc=$(podman "${PODMAN_OPTS[@]}" inspect --format '{{.State.ExitCode}}' "${EXTRA_CONTAINERS[1]}")
+  after=$(etcdctl --endpoints "$endpoints" lease list 2>/dev/null | grep -c '^[0-9a-f]\{8,\}' || true)
+  if [ "$rc" = 0 ] && [ "$after" -lt "$before" ]; then
+    ok "SIGTERM: the coordinator exits 0 and its lease is gone at once ($before -> $after leases)"
+  else
+    not_ok "SIGTERM of a coordinator: exit $rc, leases $before -> $after"
+  fi
+  stack_cleanup
 }
 
 # ------------------------------------------------------------------------------------------

@@ -87,3 +87,8 @@ member of the chart's etcd, or store.etcd.endpoints. */}}
 {{- toJson .Values.store.etcd.endpoints }}
 {{- end }}
 {{- end }}
+
+{{/* The URL users open (coordinator.publicUrl, or https://<ingress host>/). */}}
+{{- define "satsuma.publicUrl" -}}
+{{- .Values.coordinator.publicUrl | default (printf "https://%s/" .Values.coordinator.ingress.host) }}
+{{- end }}
