@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use satsuma_wasm::GroupMember;
+use satsuma_wasm::{GroupMember, InboundTrack};
 use satsuma_wire::relay::MlsFrame;
 use satsuma_wire::room::{
     ClientMessage, PROTOCOL_VERSION, Resume, ServerMessage, ServerText, close,
@@ -24,7 +24,7 @@ use satsuma_wire::room::{
 use serde_json::Value;
 use shared::Shared;
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -61,6 +61,8 @@ pub struct MemberView {
     pub phase: String,
     /// The MLS epoch, once a member.
     pub epoch: Option<u64>,
+    /// The epoch this member's media is encrypted in (it follows `execute`).
+    pub send_epoch: Option<u64>,
     /// The safety number of the epoch.
     pub safety_number: Option<String>,
     /// How many times the member lost its group and reset.
@@ -121,6 +123,59 @@ enum Control {
     Leave,
     /// Close the socket without a `leave` (a network loss); the member resumes.
     DropConnection,
+    /// Encrypt one outbound frame with this member's current media key.
+    Encrypt {
+        mime: String,
+        frame: Vec<u8>,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
+    /// Decrypt one frame `sender` published.
+    Decrypt {
+        sender: u64,
+        video: bool,
+        frame: Vec<u8>,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
+}
+
+/// What the member decrypts with: one inbound track (holdback, replay window) per sender and
+/// kind, as the web client keeps per pulled track.
+#[derive(Default)]
+struct Inbound {
+    tracks: std::collections::BTreeMap<(u64, bool), InboundTrack>,
+    next_id: u32,
+}
+
+impl Inbound {
+    /// Decrypts `frame` from `sender` now; `None` if no key opens it yet (it is not held for
+    /// later: the caller asked for an answer now) or it is refused.
+    fn open(
+        &mut self,
+        member: &mut GroupMember,
+        sender: u64,
+        video: bool,
+        frame: &[u8],
+        now_ms: f64,
+    ) -> Option<Vec<u8>> {
+        #[allow(clippy::cast_precision_loss)] // participant ids are far below 2^53
+        let track = match self.tracks.entry((sender, video)) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(InboundTrack::new(sender as f64, video).ok()?)
+            }
+        };
+        self.next_id = self.next_id.wrapping_add(1);
+        let id = self.next_id;
+        member.receive(track, id, frame, now_ms);
+        let mut out = None;
+        while let Some(released) = track.next_release() {
+            let data = track.take_data();
+            if released == id {
+                out = data;
+            }
+        }
+        out
+    }
 }
 
 impl Drop for RoomMember {
@@ -234,6 +289,35 @@ impl RoomMember {
     /// last `seq` (`hello.resume`) and counts it in [`MemberView::resumes`].
     pub fn drop_connection(&self) {
         let _ = self.control.send(Control::DropConnection);
+    }
+
+    /// Encrypts one encoded frame of codec `mime` (`video/VP8`, `audio/opus`, …) with this
+    /// member's media key of the current epoch, as the web client's sender transform does;
+    /// `None` when there is no key yet (the frame must not be sent in the clear).
+    pub async fn encrypt(&self, mime: &str, frame: Vec<u8>) -> Option<Vec<u8>> {
+        let (reply, rx) = oneshot::channel();
+        let mime = mime.to_owned();
+        self.control
+            .send(Control::Encrypt { mime, frame, reply })
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Decrypts one frame that participant `sender` published (`video`: from its video
+    /// track); `None` if no key this member holds now opens it (a frame sent in an epoch
+    /// whose key has not arrived yet is not waited for: wait for [`MemberView::send_epoch`]
+    /// of the sender and the group epoch to agree first) or it is a replay.
+    pub async fn decrypt(&self, sender: u64, video: bool, frame: Vec<u8>) -> Option<Vec<u8>> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::Decrypt {
+                sender,
+                video,
+                frame,
+                reply,
+            })
+            .ok()?;
+        rx.await.ok().flatten()
     }
 }
 
@@ -350,12 +434,22 @@ async fn run(
     mut control: mpsc::UnboundedReceiver<Control>,
     mut link: Link,
 ) {
+    let mut inbound = Inbound::default();
     loop {
-        let (code, reason) =
-            match connected(&mut ws, &mut member, &view, start, &mut control, &mut link).await {
-                End::Left => return,
-                End::Closed(code, reason) => (code, reason),
-            };
+        let (code, reason) = match connected(
+            &mut ws,
+            &mut member,
+            &mut inbound,
+            &view,
+            start,
+            &mut control,
+            &mut link,
+        )
+        .await
+        {
+            End::Left => return,
+            End::Closed(code, reason) => (code, reason),
+        };
         view.update(|w| w.closed = Some((code, reason.clone())));
         if is_final(code) {
             return;
@@ -381,6 +475,7 @@ async fn run(
 async fn connected(
     ws: &mut Ws,
     member: &mut GroupMember,
+    inbound: &mut Inbound,
     view: &Shared<MemberView>,
     start: Instant,
     control: &mut mpsc::UnboundedReceiver<Control>,
@@ -397,6 +492,12 @@ async fn connected(
                     };
                     let _ = ws.close(Some(frame)).await;
                     return End::Closed(4999, "simulated network loss".into());
+                }
+                Some(Control::Encrypt { mime, frame, reply }) => {
+                    let _ = reply.send(member.encrypt(&mime, &frame));
+                }
+                Some(Control::Decrypt { sender, video, frame, reply }) => {
+                    let _ = reply.send(inbound.open(member, sender, video, &frame, ms(start)));
                 }
                 Some(Control::Leave) | None => {
                     let _ = ws.send(Message::Text(json_text(&ClientMessage::Leave {}).into())).await;
@@ -456,6 +557,7 @@ async fn connected(
         view.update(|w| {
             w.phase = status["phase"].as_str().unwrap_or_default().to_owned();
             w.epoch = status["epoch"].as_u64();
+            w.send_epoch = status["send_epoch"].as_u64();
             w.safety_number = status["safety_number"].as_str().map(str::to_owned);
             w.resets = status["resets"].as_u64().unwrap_or(0);
         });
