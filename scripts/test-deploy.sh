@@ -403,6 +403,51 @@ PY
   else
     not_ok "SIGTERM of a coordinator: exit $rc, leases $before -> $after"
   fi
+
+  # Backup and restore as docs/deploy.md says: a snapshot of the live cluster, restored into
+  # the data dirs of a new 3-member cluster, has the keys of the old one.
+  local marker="/satsuma/test-deploy/marker-$$"
+  etcdctl --endpoints "$endpoints" put "$marker" "before-backup" >/dev/null
+  local want_keys
+  want_keys=$(etcdctl --endpoints "$endpoints" get --prefix /satsuma/ --keys-only | grep -c . || true)
+  if ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:${cp[0]}" snapshot save "$TMP/backup.db" > "$TMP/snap.log" 2>&1; then
+    ok "etcdctl snapshot save ($(stat -c %s "$TMP/backup.db") bytes, $want_keys keys under /satsuma/)"
+  else
+    cat "$TMP/snap.log"; not_ok "etcdctl snapshot save"
+  fi
+  stack_cleanup
+  local rcluster="" rendpoints="" rcp=() rpp=()
+  for i in 0 1 2; do rcp[i]=$(free_port); rpp[i]=$(free_port); done
+  for i in 0 1 2; do
+    rcluster+="${rcluster:+,}r$i=http://127.0.0.1:${rpp[i]}"
+    rendpoints+="${rendpoints:+,}http://127.0.0.1:${rcp[i]}"
+  done
+  local restored=1
+  for i in 0 1 2; do
+    ETCDCTL_API=3 etcdctl snapshot restore "$TMP/backup.db" --name "r$i" --data-dir "$TMP/restored$i" \
+      --initial-cluster "$rcluster" --initial-cluster-token "test-deploy-restored-$$" \
+      --initial-advertise-peer-urls "http://127.0.0.1:${rpp[i]}" > "$TMP/restore$i.log" 2>&1 || { cat "$TMP/restore$i.log"; restored=0; }
+  done
+  for i in 0 1 2; do
+    etcd --name "r$i" --data-dir "$TMP/restored$i" \
+      --listen-client-urls "http://127.0.0.1:${rcp[i]}" --advertise-client-urls "http://127.0.0.1:${rcp[i]}" \
+      --listen-peer-urls "http://127.0.0.1:${rpp[i]}" --initial-advertise-peer-urls "http://127.0.0.1:${rpp[i]}" \
+      >> "$TMP/restored$i.log" 2>&1 &
+    ETCD_PIDS[i]=$!
+    disown "${ETCD_PIDS[i]}"
+  done
+  local got got_keys
+  if [ "$restored" = 1 ] && ms=$(wait_for 30 etcdctl --endpoints "$rendpoints" endpoint health); then
+    got=$(etcdctl --endpoints "$rendpoints" get --print-value-only "$marker")
+    got_keys=$(etcdctl --endpoints "$rendpoints" get --prefix /satsuma/ --keys-only | grep -c . || true)
+    if [ "$got" = before-backup ] && [ "$got_keys" = "$want_keys" ]; then
+      ok "etcdctl snapshot restore into a new 3-member cluster: healthy after $ms ms, all $got_keys keys back"
+    else
+      not_ok "restored cluster: marker '$got', $got_keys of $want_keys keys"
+    fi
+  else
+    tail -5 "$TMP"/restored*.log; not_ok "the restored cluster did not come up"
+  fi
   stack_cleanup
 }
 
