@@ -19,3 +19,16 @@ if ! command -v etcd >/dev/null 2>&1; then
   # The package enables a system service; the tests start their own members.
   $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
+
+# The deploy check (scripts/test-deploy.sh): buildah builds the image, podman runs it (runc: crun
+# refuses hosts with cgroups in hybrid mode), etcdctl backs the store up and restores it. Where
+# they cannot be installed the script prints SKIPPED for the image part.
+if ! command -v buildah >/dev/null 2>&1 || ! command -v podman >/dev/null 2>&1 \
+  || ! command -v runc >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "== installing buildah, podman, runc, etcd-client (Debian packages)"
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+      buildah podman runc etcd-client >/dev/null; } \
+    || echo "could not install buildah/podman/runc/etcd-client: the image test will be skipped"
+fi
