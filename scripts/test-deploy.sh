@@ -49,9 +49,12 @@ ok() { PASSED=$((PASSED + 1)); echo "ok - $*"; }
 not_ok() { FAILED=$((FAILED + 1)); echo "not ok - $*"; }
 TMP=$(mktemp -d)
 CONTAINER=""
+IMAGE_TAG=""
 cleanup() {
   stack_cleanup
   if [ -n "$CONTAINER" ]; then podman "${PODMAN_OPTS[@]}" rm -f "$CONTAINER" >/dev/null 2>&1 || true; fi
+  # The test image is not kept (each run would leave ~90 MB behind).
+  if [ -n "$IMAGE_TAG" ]; then podman rmi -f "$IMAGE_TAG" >/dev/null 2>&1 || true; fi
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -77,6 +80,7 @@ image_part() {
   command -v buildah >/dev/null || { skip_image "buildah is not installed (Debian: apt-get install buildah podman)"; return; }
   command -v podman >/dev/null || { skip_image "podman is not installed (Debian: apt-get install podman)"; return; }
   local tag="localhost/satsuma:test-deploy"
+  IMAGE_TAG=$tag
   if ! scripts/build-image.sh --profile "$PROFILE" --tag "$tag" "${BUILD_FLAG[@]}" > "$TMP/build.log" 2>&1; then
     cat "$TMP/build.log"
     if grep -qiE "operation not permitted|permission denied|user namespaces|newuidmap|overlay.*not supported" "$TMP/build.log"; then
