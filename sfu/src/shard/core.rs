@@ -278,11 +278,6 @@ impl Core {
             sessions = self.sessions.len(),
             "shard panicked: closing its sessions and restarting it"
         );
-        self.ctx
-            .metrics
-            .shard_panics
-            .with_label_values(&[&self.id.to_string()])
-            .inc();
         self.local.clear();
         self.dirty.clear();
         self.dirty_set.clear();

@@ -106,7 +106,7 @@ impl Shard {
         stop: &mut oneshot::Receiver<()>,
     ) {
         let label = self.id.to_string();
-        let metrics = &self.ctx.core.metrics;
+        let metrics = self.ctx.core.metrics.clone();
         let busy = metrics.shard_busy_seconds.with_label_values(&[&label]);
         let sessions_gauge = metrics.shard_sessions.with_label_values(&[&label]);
         loop {
@@ -140,6 +140,8 @@ impl Shard {
             }));
             if worked.is_err() {
                 let now = Instant::now();
+                // Counted before `/healthz` shows it, so that whoever sees the one sees both.
+                metrics.shard_panics.with_label_values(&[&label]).inc();
                 self.ctx.health.note_panic(self.id, now);
                 self.core.reset_after_panic(now);
                 self.act();
