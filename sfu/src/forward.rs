@@ -378,6 +378,9 @@ pub struct Forwarder {
     leg_tracks: HashMap<LegKey, TrackId>,
     meters: HashMap<TrackId, Vec<(Option<Rid>, RateMeter)>>,
     selectors: HashMap<SessionId, LayerSelector>,
+    /// The (minimum, desired) bitrate each subscriber session's str0m was last told (see
+    /// [`Forwarder::bitrate_changed`]).
+    bitrates_told: HashMap<SessionId, (u64, u64)>,
 }
 
 impl Forwarder {
@@ -391,6 +394,7 @@ impl Forwarder {
             leg_tracks: HashMap::new(),
             meters: HashMap::new(),
             selectors: HashMap::new(),
+            bitrates_told: HashMap::new(),
         }
     }
 
@@ -738,6 +742,30 @@ impl Forwarder {
         Some((track, l.home, l.target()))
     }
 
+    /// The simulcast layer a leg prefers (its `preferredRid`; `None` for an unknown leg).
+    pub fn leg_preference(&self, leg: LegKey) -> Option<Option<Rid>> {
+        let track = self.leg_tracks.get(&leg)?;
+        self.legs
+            .get(track)
+            .and_then(|legs| legs.iter().find(|l| l.key == leg))
+            .map(|l| l.preferred_rid)
+    }
+
+    /// Whether a session's str0m should be told a new (minimum, desired) bitrate from its
+    /// layer plan: false when both are within 5% of what it was last told (repeating it is
+    /// useless). Records them when true.
+    pub fn bitrate_changed(&mut self, session: SessionId, minimum: u64, desired: u64) -> bool {
+        let close = |a: u64, b: u64| a.abs_diff(b) <= b / 20;
+        if let Some(&(m, d)) = self.bitrates_told.get(&session)
+            && close(minimum, m)
+            && close(desired, d)
+        {
+            return false;
+        }
+        self.bitrates_told.insert(session, (minimum, desired));
+        true
+    }
+
     /// Whether a keyframe was forwarded to `leg` yet (false for an unknown leg). Until then its
     /// keyframe requests are fresh (see [`Forwarder::keyframe_request`]).
     pub fn leg_has_keyframe(&self, leg: LegKey) -> bool {
@@ -1019,6 +1047,7 @@ impl Forwarder {
             .filter_map(|l| self.unsubscribe(l).map(|(t, h)| (l, t, h)))
             .collect();
         self.selectors.remove(&session);
+        self.bitrates_told.remove(&session);
         SessionRemoval {
             publications: pubs,
             legs,
@@ -1100,6 +1129,25 @@ mod tests {
             arrival: at,
             nackable: true,
         }
+    }
+
+    #[test]
+    fn str0m_is_told_a_sessions_bitrate_only_when_it_moves_by_more_than_5_percent() {
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let s = SessionId([1; 16]);
+        assert!(f.bitrate_changed(s, 100_000, 1_000_000));
+        assert!(!f.bitrate_changed(s, 104_000, 960_000), "within 5%");
+        assert!(f.bitrate_changed(s, 100_000, 1_100_000), "desired moved");
+        assert!(f.bitrate_changed(s, 200_000, 1_100_000), "minimum moved");
+        assert!(
+            f.bitrate_changed(SessionId([2; 16]), 200_000, 1_100_000),
+            "per session"
+        );
+        f.remove_session(s);
+        assert!(
+            f.bitrate_changed(s, 200_000, 1_100_000),
+            "forgotten with the session"
+        );
     }
 
     #[test]

@@ -60,7 +60,9 @@ pub struct Subscription {
     pub kind: MediaKind,
     /// The publisher's codecs.
     pub source_params: Vec<PayloadParams>,
-    /// Simulcast preference.
+    /// The simulcast layer asked for when the track was pulled or last updated while the leg
+    /// was not active. Once active, the leg's preference and layers live in the forwarder
+    /// ([`crate::forward::Forwarder::leg_preference`]), with the rest of the simulcast state.
     pub preferred_rid: Option<Rid>,
     /// State.
     pub state: LegState,
@@ -98,7 +100,6 @@ pub struct Session {
     pub ingress: Option<TokenBucket>,
     ssrc_mids: HashMap<Ssrc, (Mid, Option<Rid>)>,
     egress_counts: HashMap<(Mid, Option<Rid>), (u64, u64)>,
-    bwe_bitrate: Option<(u64, u64)>,
 }
 
 /// An ingress budget of `kbps` kbit/s (`None` for 0: no limit), in bytes, with a burst of one
@@ -156,7 +157,6 @@ impl Session {
             ingress: None,
             ssrc_mids: HashMap::new(),
             egress_counts: HashMap::new(),
-            bwe_bitrate: None,
         }
     }
 
@@ -177,20 +177,6 @@ impl Session {
                 Err(e) => tracing::warn!(%addr, "cannot use TCP host candidate: {e}"),
             }
         }
-    }
-
-    /// Whether str0m should be told a new (minimum, desired) bitrate: false when it is within 5%
-    /// of what it was last told (repeating it is useless).
-    pub fn wants_bitrate(&mut self, minimum: u64, desired: u64) -> bool {
-        let close = |a: u64, b: u64| a.abs_diff(b) <= b / 20;
-        if let Some((m, d)) = self.bwe_bitrate
-            && close(minimum, m)
-            && close(desired, d)
-        {
-            return false;
-        }
-        self.bwe_bitrate = Some((minimum, desired));
-        true
     }
 
     /// The (mid, rid) an incoming SSRC belongs to.

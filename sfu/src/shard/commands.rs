@@ -656,13 +656,6 @@ impl Core {
                 self.forwarder
                     .set_preferred_rid(LegKey { session: id, mid }, new.preferred_rid);
                 self.select_layers(Some(id));
-                if let Some(s) = self
-                    .sessions
-                    .get_mut(&id)
-                    .and_then(|s| s.subscriptions.get_mut(&mid))
-                {
-                    s.preferred_rid = new.preferred_rid;
-                }
                 results.push(r);
                 continue;
             }

@@ -265,7 +265,10 @@ impl Core {
             let Some(session) = self.sessions.get_mut(&id) else {
                 continue;
             };
-            if !session.wants_bitrate(plan.minimum_bps, plan.desired_bps) {
+            if !self
+                .forwarder
+                .bitrate_changed(id, plan.minimum_bps, plan.desired_bps)
+            {
                 continue;
             }
             match catch_unwind(AssertUnwindSafe(|| {
@@ -392,9 +395,15 @@ impl Core {
         };
         let wanted: Vec<(TrackId, ShardId, Option<Rid>)> = session
             .subscriptions
-            .values()
-            .filter(|s| s.state == LegState::Active && s.kind == MediaKind::Video)
-            .map(|s| (s.track, s.home, s.preferred_rid))
+            .iter()
+            .filter(|(_, s)| s.state == LegState::Active && s.kind == MediaKind::Video)
+            .filter_map(|(mid, s)| {
+                let leg = LegKey {
+                    session: id,
+                    mid: *mid,
+                };
+                Some((s.track, s.home, self.forwarder.leg_preference(leg)?))
+            })
             .collect();
         for (track, home, rid) in wanted {
             self.request_pli(home, track, rid, true);
