@@ -208,6 +208,7 @@ PY
   # audio and video over the media UDP port, a second one pulls both tracks; every packet is
   # checked byte for byte by the bot.
   local bot="${CARGO_TARGET_DIR:-target}/$PROFILE/satsuma-bot"
+  [ -x "$bot" ] || bot="${CARGO_TARGET_DIR:-target}/debug/satsuma-bot"
   if [ -x "$bot" ]; then
     local bot_args=(--url "http://127.0.0.1:$api" --app-id satsuma --secret "$app_secret" --bind-ip 127.0.0.1)
     "$bot" "${bot_args[@]}" --publish-audio mic --publish-video cam --duration 8 --stats-interval 1 \
