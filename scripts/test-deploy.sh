@@ -308,7 +308,16 @@ stack_test() {
   install_tools > /dev/null
   local chart=deploy/helm/satsuma etc="$TMP/etc"
   mkdir -p "$etc"
+  local i cp=() pp=() cluster="" endpoints=""
+  for i in 0 1 2; do cp[i]=$(free_port); pp[i]=$(free_port); done
+  for i in 0 1 2; do
+    cluster+="${cluster:+,}m$i=http://127.0.0.1:${pp[i]}"
+    endpoints+="${endpoints:+,}http://127.0.0.1:${cp[i]}"
+  done
+  # The HA values, with the loopback etcd as the external endpoints (the chart's own etcd has
+  # cluster DNS names), so the coordinators use the etcd_endpoints of the rendered file.
   "$TOOLS/helm" template satsuma "$chart" --namespace satsuma -f "$chart/ci/ha-values.yaml" \
+    --set store.etcd.deploy.enabled=false --set "store.etcd.endpoints={$endpoints}" \
     --set secrets.appSecret=unused-here-0123456789abcdef0123 --set secrets.tokenSecret=unused-here-0123456789abcdef0123 \
     > "$TMP/ha-render.yaml"
   local probe
@@ -333,15 +342,9 @@ PY
 )
   local ready_path=${probe%% *} ready_host=${probe#* }
   chmod 0755 "$etc"; chmod 0644 "$etc"/*
-  grep -q '^etcd_endpoints' "$etc/coordinator.toml" || { not_ok "the HA render has no etcd_endpoints"; return; }
+  grep -q "^etcd_endpoints = .*127.0.0.1:${cp[2]}" "$etc/coordinator.toml" || { not_ok "the HA render has not the etcd_endpoints"; return; }
 
-  # etcd: three members on loopback ports.
-  local i cp=() pp=() cluster="" endpoints=""
-  for i in 0 1 2; do cp[i]=$(free_port); pp[i]=$(free_port); done
-  for i in 0 1 2; do
-    cluster+="${cluster:+,}m$i=http://127.0.0.1:${pp[i]}"
-    endpoints+="${endpoints:+,}http://127.0.0.1:${cp[i]}"
-  done
+  # etcd: three members on loopback ports (started below).
   start_member() {
     etcd --name "m$1" --data-dir "$TMP/etcd$1" \
       --listen-client-urls "http://127.0.0.1:${cp[$1]}" --advertise-client-urls "http://127.0.0.1:${cp[$1]}" \
@@ -393,7 +396,6 @@ PY
       -e "SATSUMA_COORD_JWT_SECRET=$token_secret" -e "SATSUMA_COORD_SFU_APP_SECRET=$app_secret" \
       -e "SATSUMA_COORD_TURN_SECRET=$turn_secret" \
       -e "SATSUMA_COORD_LISTEN=127.0.0.1:$port" -e "SATSUMA_COORD_SFU_NODES=http://127.0.0.1:$sfu_api" \
-      -e "SATSUMA_COORD_ETCD_ENDPOINTS=$endpoints" \
       "$tag" satsuma-coordinator --config /etc/satsuma/coordinator.toml >/dev/null
   done
   local readyz=() hdr=(-H "Host: $ready_host")
