@@ -67,6 +67,10 @@ pub struct MemberView {
     pub safety_number: Option<String>,
     /// How many times the member lost its group and reset.
     pub resets: u64,
+    /// Whether this member is the designated committer now.
+    pub committer: bool,
+    /// The E2EE core's last error, if any (bad input, refused commit, …).
+    pub last_error: Option<String>,
     /// Sequenced entries received.
     pub entries: u64,
     /// The close code and reason, once the socket closed for good (or while it resumes).
@@ -206,14 +210,22 @@ impl RoomMember {
             .await
             .map_err(|e| RoomError::Refused(e.to_string()))?;
         let start = Instant::now();
-        let (text, id, resume_token) = loop {
+        let (text, id, resume_token, heartbeat_ms) = loop {
             match ws.next().await {
                 Some(Ok(Message::Text(t))) => match ServerText::decode(t.as_str()) {
                     Ok(ServerText::Direct(ServerMessage::Welcome {
                         participant_id,
                         resume_token,
+                        limits,
                         ..
-                    })) => break (t.to_string(), participant_id, resume_token),
+                    })) => {
+                        break (
+                            t.to_string(),
+                            participant_id,
+                            resume_token,
+                            limits.heartbeat_interval_ms,
+                        );
+                    }
                     Ok(ServerText::Direct(e @ ServerMessage::Error { .. })) => {
                         return Err(RoomError::Refused(format!("{e:?}")));
                     }
@@ -244,6 +256,7 @@ impl RoomMember {
             participant_id: id,
             resume_token,
             last_seq: 0,
+            heartbeat: heartbeat(heartbeat_ms),
         };
         let task = tokio::spawn(run(ws, member, view.clone(), start, control_rx, link));
         Ok(Self {
@@ -328,6 +341,14 @@ struct Link {
     participant_id: u64,
     resume_token: String,
     last_seq: u64,
+    /// How often to send `ping` (from the limits in `welcome`/`resumed`).
+    heartbeat: Duration,
+}
+
+/// The ping period for the server's `heartbeat_interval_ms`: as the web client, at least 1 s
+/// and at most 10 s.
+fn heartbeat(interval_ms: u64) -> Duration {
+    Duration::from_millis(interval_ms.clamp(1000, 10_000))
 }
 
 /// Close codes after which resuming is pointless: the member is done.
@@ -349,7 +370,7 @@ fn is_final(code: u16) -> bool {
 
 /// Reconnects with `hello.resume` until `resumed` (backing off from 100 ms to 2 s), for up to
 /// `give_up`; the close code of a final refusal otherwise.
-async fn resume(link: &Link, give_up: Duration) -> Result<Ws, (u16, String)> {
+async fn resume(link: &mut Link, give_up: Duration) -> Result<Ws, (u16, String)> {
     let deadline = Instant::now() + give_up;
     let mut backoff = Duration::from_millis(100);
     let mut last = (1006, "resume: no attempt".to_owned());
@@ -365,7 +386,7 @@ async fn resume(link: &Link, give_up: Duration) -> Result<Ws, (u16, String)> {
     Err(last)
 }
 
-async fn resume_once(link: &Link) -> Result<Ws, (u16, String)> {
+async fn resume_once(link: &mut Link) -> Result<Ws, (u16, String)> {
     let (mut ws, _) = tokio_tungstenite::connect_async(link.url.as_str())
         .await
         .map_err(|e| (1006, format!("resume connect: {e}")))?;
@@ -385,9 +406,10 @@ async fn resume_once(link: &Link) -> Result<Ws, (u16, String)> {
     loop {
         match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => {
-                if let Ok(ServerText::Direct(ServerMessage::Resumed { .. })) =
+                if let Ok(ServerText::Direct(ServerMessage::Resumed { limits, .. })) =
                     ServerText::decode(t.as_str())
                 {
+                    link.heartbeat = heartbeat(limits.heartbeat_interval_ms);
                     return Ok(ws);
                 }
             }
@@ -455,7 +477,7 @@ async fn run(
             return;
         }
         // Give up around the time the coordinator would time the participant out anyway.
-        match resume(&link, Duration::from_secs(15)).await {
+        match resume(&mut link, Duration::from_secs(15)).await {
             Ok(next) => {
                 ws = next;
                 view.update(|w| {
@@ -482,8 +504,17 @@ async fn connected(
     link: &mut Link,
 ) -> End {
     let mut tick = tokio::time::interval(TICK);
+    let mut ping = tokio::time::interval(link.heartbeat);
+    let mut pings = 0u64;
     loop {
         tokio::select! {
+            _ = ping.tick() => {
+                pings += 1;
+                let msg = ClientMessage::Ping { t: Some(pings) };
+                if ws.send(Message::Text(json_text(&msg).into())).await.is_err() {
+                    return End::Closed(1006, "send failed".into());
+                }
+            }
             c = control.recv() => match c {
                 Some(Control::DropConnection) => {
                     let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
@@ -560,6 +591,8 @@ async fn connected(
             w.send_epoch = status["send_epoch"].as_u64();
             w.safety_number = status["safety_number"].as_str().map(str::to_owned);
             w.resets = status["resets"].as_u64().unwrap_or(0);
+            w.committer = status["committer"].as_bool().unwrap_or(false);
+            w.last_error = status["last_error"].as_str().map(str::to_owned);
         });
         if failed {
             return End::Closed(1006, "send failed".into());
