@@ -40,6 +40,9 @@ cargo test --workspace
 # with the reason where the machine cannot build or run images); the Helm chart linted,
 # rendered and validated against the Kubernetes schemas. docs/deploy.md.
 step "deploy: image smoke test and Helm chart validation (scripts/test-deploy.sh)"
+# The server binaries and satsuma-bot (its media check): the browser suite's own build step,
+# done here first (it then finds them up to date).
+cargo build --workspace --bins
 ./scripts/test-deploy.sh --profile debug --no-build
 
 # The browser suite (~11 min) and the network suite (~3 min) share no state: they run side by
