@@ -5,7 +5,7 @@
 # scripts/test-deploy.sh installs (run `scripts/test-deploy.sh --chart` once first), or $HELM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-HELM="${HELM:-${SATSUMA_DEPLOY_TOOLS:-$HOME/.cache/satsuma-deploy-tools}/helm}"
+HELM="${HELM:-${SATSUMA_DEPLOY_TOOLS:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/satsuma-deploy-tools}/helm}"
 [ -x "$HELM" ] || HELM=$(command -v helm) || { echo "render-manifests: no helm (run scripts/test-deploy.sh --chart once)" >&2; exit 3; }
 OUT=deploy/kubernetes/satsuma.yaml
 {

