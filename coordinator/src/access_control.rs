@@ -8,7 +8,7 @@
 //! rebinding) is still refused. `Origin` is checked on every
 //! request that carries one (browsers send it on WebSocket upgrades and on every
 //! cross-origin-capable request). `Host` is checked on every route except the ones that
-//! servers and probes call by internal names: `/healthz`, `/metrics` and the backend API
+//! servers and probes call by internal names: `/healthz`, `/readyz`, `/metrics` and the backend API
 //! `/api/...` (authenticated by API keys or participant credentials).
 
 use std::collections::HashSet;
@@ -174,7 +174,9 @@ pub(crate) async fn check(State(guard): State<Guard>, req: Request, next: Next) 
         }
     }
     let path = req.uri().path();
-    let host_exempt = path == "/healthz" || path == "/metrics" || path.starts_with("/api/");
+    // Probes and scrapers call by pod IP (a kubelet sends `Host: <podIP>:<port>`).
+    let host_exempt =
+        matches!(path, "/healthz" | "/readyz" | "/metrics") || path.starts_with("/api/");
     if !host_exempt {
         let host = req
             .headers()

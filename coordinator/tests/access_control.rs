@@ -30,8 +30,15 @@ async fn hosts_and_origins_outside_the_allow_list_get_403() {
     let base = server.http_url();
     let healthz = format!("{base}/healthz");
     let page = format!("{base}/client-config.json");
-    // Probes and backends reach /healthz and /metrics by any name.
+    // Probes and backends reach /healthz, /readyz and /metrics by any name (a kubelet's probe
+    // says `Host: <podIP>:<port>`).
     assert_eq!(get(&healthz, &[]).await.0, 200);
+    assert_eq!(
+        get(&format!("{base}/readyz"), &[("host", "10.1.2.3:8080")])
+            .await
+            .0,
+        200
+    );
     // The public name passes; another name (DNS rebinding, a direct IP) does not.
     assert_eq!(get(&page, &[("host", "meet.example.com")]).await.0, 200);
     let (status, body) = get(&page, &[]).await;
