@@ -27,12 +27,16 @@ echo "== playwright-core"
   fi
 )
 
-echo "== WASM E2EE core"
-./scripts/build-web.sh
+# SATSUMA_PREPARED=1: a `--prepare-only` run just did the builds (scripts/test.sh, whose other
+# lane is then already serving client/web/public: a rebuild would rewrite its index.html under it).
+if [ "${SATSUMA_PREPARED:-0}" != "1" ]; then
+  echo "== WASM E2EE core"
+  ./scripts/build-web.sh
 
-echo "== server binaries"
-# The same feature set as `cargo test --workspace`, so its binaries are reused.
-cargo build --workspace --bins
+  echo "== server binaries"
+  # The same feature set as `cargo test --workspace`, so its binaries are reused.
+  cargo build --workspace --bins
+fi
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export SATSUMA_BIN_DIR="$TARGET_DIR/debug"
 export ARTIFACTS="${ARTIFACTS:-$ROOT/artifacts}"

@@ -35,21 +35,19 @@ step "wasm32 build of the E2EE core (scripts/build-web.sh)"
 step "cargo test --workspace"
 cargo test --workspace
 
-# The deploy (~40 s warm): the image built with buildah from the debug binaries cargo test just
-# built and smoke-tested with podman, incl. the chart's config on a real 3-member etcd (SKIPPED
-# with the reason where the machine cannot build or run images); the Helm chart linted,
-# rendered and validated against the Kubernetes schemas. docs/deploy.md.
-step "deploy: image smoke test and Helm chart validation (scripts/test-deploy.sh)"
-# The server binaries and satsuma-bot (its media check): the browser suite's own build step,
-# done here first (it then finds them up to date).
-cargo build --workspace --bins
-./scripts/test-deploy.sh --profile debug --no-build
-
-# The browser suite (~11 min) and the network suite (~3 min) share no state: they run side by
-# side, the browser suite in a network namespace of its own (loopback only) so that the network
-# suite's namespaces and veth pairs are no network change for its Chromiums. Where a namespace
-# cannot be made (or SATSUMA_SERIAL=1) they run one after the other. The network suite's output
-# is printed when both are done (and kept in artifacts/network-suite.log).
+# The deploy check (~40 s warm, ~160 s on a fresh machine that downloads helm and the schema
+# validator): the image built with buildah from the debug binaries and smoke-tested with podman,
+# incl. the chart's config on a real 3-member etcd (SKIPPED with the reason where the machine
+# cannot build or run images); the Helm chart linted, rendered and validated against the
+# Kubernetes schemas. docs/deploy.md. It needs the server binaries and satsuma-bot, which the
+# browser suite's preparation builds.
+#
+# The browser suite (~11 min) and, one after the other, the network suite (~3 min) and the deploy
+# check share no state: the two lanes run side by side, the browser suite in a network namespace
+# of its own (loopback only) so that the network suite's namespaces and veth pairs are no network
+# change for its Chromiums. Where a namespace cannot be made (or SATSUMA_SERIAL=1) everything
+# runs one after the other. The second lane's output is printed when both are done (and kept in
+# artifacts/network-suite.log).
 ARTIFACTS="${ARTIFACTS:-$PWD/artifacts}"
 export ARTIFACTS
 mkdir -p "$ARTIFACTS"
@@ -60,22 +58,26 @@ if [ "${SATSUMA_SERIAL:-0}" != "1" ] && $SUDO unshare -n true 2>/dev/null; then
   # The suites' shared prerequisites first (Chromium, playwright-core, the web build, the
   # server binaries), so that the two do not build at once.
   ./scripts/test-browser.sh --prepare-only
-  ./scripts/test-network.sh > "$ARTIFACTS/network-suite.log" 2>&1 &
+  { ./scripts/test-network.sh && echo && echo "== deploy check (scripts/test-deploy.sh)" \
+      && ./scripts/test-deploy.sh --profile debug --no-build; } > "$ARTIFACTS/network-suite.log" 2>&1 &
   NET_PID=$!
   browser=0
-  SATSUMA_BROWSER_NETNS=1 ./scripts/test-browser.sh || browser=$?
+  SATSUMA_PREPARED=1 SATSUMA_BROWSER_NETNS=1 ./scripts/test-browser.sh || browser=$?
   network=0
   wait "$NET_PID" || network=$?
-  echo; echo "== network suite output (artifacts/network-suite.log; exit $network)"
+  echo; echo "== network suite and deploy check output (artifacts/network-suite.log; exit $network)"
   cat "$ARTIFACTS/network-suite.log"
   [ "$browser" -eq 0 ] || { echo "browser suite FAILED (exit $browser)"; exit 1; }
-  [ "$network" -eq 0 ] || { echo "network suite FAILED (exit $network)"; exit 1; }
+  [ "$network" -eq 0 ] || { echo "network suite or deploy check FAILED (exit $network)"; exit 1; }
 else
   step "browser suite"
   ./scripts/test-browser.sh
 
   step "network suite (Chromium in network namespaces; SKIPPED with a reason where the kernel refuses them)"
   ./scripts/test-network.sh
+
+  step "deploy: image smoke test and Helm chart validation (scripts/test-deploy.sh)"
+  ./scripts/test-deploy.sh --profile debug --no-build
 fi
 
 step "all tests passed"
