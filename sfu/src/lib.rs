@@ -11,7 +11,11 @@
 //!   on the same connection.
 //! * A **shard** ([`shard::Shard`]) is one OS thread (its own single-threaded tokio runtime; one
 //!   shard per core by default) that owns a set of sessions and a [`forward::Forwarder`]. Sessions never move between shards; all their work (datagrams, API
-//!   calls, timers) runs on their shard, so nothing on the packet path is locked.
+//!   calls, timers) runs on their shard, so nothing on the packet path is locked. Its state and
+//!   rules are a sans-IO [`shard::Core`] (fed datagrams, typed API commands, messages from other
+//!   shards and timeouts, each with the time; it returns datagrams, actions, API replies and its
+//!   next timeout), unit-tested under simulated time; the driver around it owns the inbox, the
+//!   timer and the sockets.
 //! * The **forwarder** ([`forward`]) is the sans-IO core: given a publisher's packet it decides
 //!   which subscriber legs get it, with their own sequence numbers (rebased per leg: the SRTP
 //!   rollover pitfall), timestamps and payload types. It is unit-tested without sockets.
@@ -39,7 +43,7 @@
 //!        ├─ this shard: Forwarder::forward → LegWrite per leg (rebased seq/ts, mapped PT)
 //!        │                └─ StreamTx::write_rtp on the subscriber's Rtc → drain → Egress
 //!        │                   (flushed once per batch: runs per peer as one GSO sendmsg)
-//!        └─ other shards: ShardMsg::Media { Arc<MediaPacket> } (payload shared, never copied)
+//!        └─ other shards: PeerMsg::Media { Arc<MediaPacket> } (payload shared, never copied)
 //! ```
 //!
 //! # Simulcast and bandwidth
