@@ -66,6 +66,12 @@ async fn members_with_churn_converge_and_decrypt_each_other() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random::<u64>);
     println!("SATSUMA_CHURN_SEED={seed}");
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let server = Server::bind(Config::dev()).await.unwrap();
     let room = "churn";
