@@ -15,7 +15,8 @@
 //! the track's *presence* (loudness smoothed over [`PRESENCE_SMOOTHING`]), among the tracks that
 //! were speaking within [`RECENT_SPEECH`]. It changes only when another such track is clearly
 //! more present ([`SWITCH_MARGIN`]), and silence alone does not end it: the last one to speak
-//! stays the active speaker until someone else speaks or its track is gone. Speech has gaps
+//! stays the active speaker until someone else speaks or its track stops sending (nothing heard
+//! for [`RECENT_SPEECH`]; a muted browser track keeps sending silence, and stays). Speech has gaps
 //! between words (and a test's fake microphone beeps): choosing on the instant `speaking` flag
 //! made the choice flip between two people talking at once several times a second, and drop to
 //! nobody between a single speaker's words.
@@ -72,6 +73,10 @@ impl TrackLevel {
     fn spoke_within(&self, window: Duration, now: Instant) -> bool {
         self.spoke
             .is_some_and(|at| now.saturating_duration_since(at) <= window)
+    }
+
+    fn heard_within(&self, window: Duration, now: Instant) -> bool {
+        now.saturating_duration_since(self.updated) <= window
     }
 
     fn speaking_at(&self, now: Instant) -> bool {
@@ -164,7 +169,8 @@ impl SpeakerDetector {
     /// of the tracks that spoke within [`RECENT_SPEECH`]. `current` is kept unless another is
     /// [`SWITCH_MARGIN`] times more present, or `current` has been quiet for
     /// [`QUIET_HANDOVER`] while another is speaking now. `current` stays through silence while
-    /// it is still among `candidates` and heard from; `None` when nobody has spoken yet.
+    /// it is still among `candidates` and sending (heard within [`RECENT_SPEECH`]); `None` when
+    /// nobody has spoken recently.
     pub fn choose(
         &self,
         candidates: impl IntoIterator<Item = TrackId>,
@@ -181,7 +187,8 @@ impl SpeakerDetector {
             };
             let presence = t.presence_at(now);
             if Some(track) == current {
-                cur = Some(t);
+                // A current speaker whose track stopped sending is gone.
+                cur = t.heard_within(RECENT_SPEECH, now).then_some(t);
                 continue;
             }
             if t.spoke_within(RECENT_SPEECH, now) && best.is_none_or(|(_, p)| presence > p) {
@@ -323,17 +330,21 @@ mod tests {
             t += PACKET;
         }
         assert_eq!(d.choose([a, b], Some(a), t), Some(b));
-        // Nobody speaking: the last speaker stays (until its track goes).
-        assert_eq!(
-            d.choose([a, b], Some(b), t + Duration::from_secs(3)),
-            Some(b)
-        );
-        // b's track is gone and a has not spoken for 3 s: nobody.
-        assert_eq!(d.choose([a], Some(b), t + Duration::from_secs(3)), None);
         assert_eq!(d.speaking_count(t), 2);
-        assert_eq!(d.speaking_count(t + Duration::from_secs(3)), 0);
-        d.expire(t + FORGET_AFTER);
-        assert_eq!(d.choose([a, b], Some(b), t + FORGET_AFTER), None);
+        // Nobody speaking, both still sending silence: the last speaker stays.
+        let quiet = t;
+        for _ in 0..150 {
+            d.observe(a, -127, None, t);
+            d.observe(b, -127, None, t);
+            t += PACKET;
+        }
+        assert_eq!(d.speaking_count(t), 0);
+        assert_eq!(d.choose([a, b], Some(b), t), Some(b));
+        // b's track is gone (not a candidate) and a has not spoken for 3 s: nobody.
+        assert_eq!(d.choose([a], Some(b), t), None);
+        // Both stop sending: after RECENT_SPEECH nobody is the active speaker.
+        assert_eq!(d.choose([a, b], Some(b), t + RECENT_SPEECH + PACKET), None);
+        assert!(t - quiet >= Duration::from_secs(3));
     }
 
     /// One 100 ms burst every `period` (a beeping fake microphone, or words with gaps).
