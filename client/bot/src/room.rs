@@ -472,6 +472,7 @@ async fn run(
             End::Left => return,
             End::Closed(code, reason) => (code, reason),
         };
+        tracing::debug!(me = link.participant_id, last_seq = link.last_seq, code, %reason, "connection ended");
         view.update(|w| w.closed = Some((code, reason.clone())));
         if is_final(code) {
             return;
@@ -479,6 +480,11 @@ async fn run(
         // Give up around the time the coordinator would time the participant out anyway.
         match resume(&mut link, Duration::from_secs(15)).await {
             Ok(next) => {
+                tracing::debug!(
+                    me = link.participant_id,
+                    last_seq = link.last_seq,
+                    "resumed"
+                );
                 ws = next;
                 view.update(|w| {
                     w.closed = None;

@@ -776,10 +776,29 @@ impl Committer {
         members: BTreeMap<ParticipantId, KeyTag>,
         out: &mut Vec<Action>,
     ) {
+        // Who was welcomed by the same commit as me (a batch of joins) must not count as
+        // older on both sides, or two co-joiners wait for each other for good once every
+        // member older than the batch is gone. Within a batch the welcome order is the
+        // KeyPackage order (the committer adds them in arrival order): a member whose
+        // pending KeyPackage (under its leaf key) was logged after mine is younger. Every
+        // co-joiner agrees: the one with the later KeyPackage saw the earlier one (or
+        // joined the room after it, and then counts it as older anyway).
+        let mine = self
+            .key_packages
+            .iter()
+            .find(|k| k.from == self.me && k.key == self.key)
+            .map(|k| k.seq);
         let older = members
-            .keys()
-            .copied()
-            .filter(|id| *id != self.me)
+            .iter()
+            .filter(|(id, key)| {
+                **id != self.me
+                    && !mine.is_some_and(|mine| {
+                        self.key_packages
+                            .iter()
+                            .any(|k| k.from == **id && k.key == **key && k.seq > mine)
+                    })
+            })
+            .map(|(id, _)| *id)
             .collect();
         let list = members.keys().copied().collect();
         self.phase = Phase::Member(GroupView {
@@ -994,6 +1013,80 @@ mod tests {
                 removes: vec![1, 3]
             }]
         );
+    }
+
+    /// Three joiners welcomed by one commit (a batch): once the members older than the
+    /// batch are gone, exactly one of them (the first KeyPackage) is the committer, not
+    /// none (each counting the others as older would stall every later join).
+    #[test]
+    fn joiners_welcomed_together_agree_on_one_committer() {
+        let mut members = BTreeMap::new();
+        for id in [1, 4, 5, 6] {
+            members.insert(id, KeyTag(id * 100));
+        }
+        let mut joiners: Vec<Committer> = [4, 5, 6]
+            .into_iter()
+            .map(|me| {
+                let mut j = c(me);
+                // The room at connect: 1 and the joiners before me (and me).
+                let live = [1, 4, 5, 6].into_iter().filter(|id| *id <= me).collect();
+                j.handle(0, Event::Roster { live, away: vec![] });
+                j
+            })
+            .collect();
+        // Joined and KeyPackage entries in log order; each joiner sees those after its own
+        // joined (a joiner's roster covers those already in the room).
+        let log = [
+            Event::Joined { seq: 10, id: 4 },
+            kp(11, 4),
+            Event::Joined { seq: 12, id: 5 },
+            kp(13, 5),
+            Event::Joined { seq: 14, id: 6 },
+            kp(15, 6),
+        ];
+        for j in &mut joiners {
+            let me = j.me();
+            let mine = |e: &&Event| matches!(e, Event::Joined { id, .. } if *id == me);
+            for e in log.iter().skip_while(|e| !mine(e)) {
+                j.handle(0, e.clone());
+            }
+            j.handle(
+                0,
+                Event::Commit {
+                    seq: 16,
+                    from: 1,
+                    outcome: CommitOutcome::Welcomed {
+                        group_id: vec![1],
+                        epoch: 3,
+                        members: members.clone(),
+                    },
+                },
+            );
+            assert!(!j.is_committer(), "1 is older than the whole batch");
+        }
+        for j in &mut joiners {
+            j.handle(0, Event::Left { seq: 17, id: 1 });
+        }
+        let committers: Vec<u64> = joiners
+            .iter()
+            .filter(|j| j.is_committer())
+            .map(Committer::me)
+            .collect();
+        assert_eq!(
+            committers,
+            vec![4],
+            "the first KeyPackage of the batch commits"
+        );
+        // Once 4 leaves too, 5 (the next KeyPackage) takes over, and only 5.
+        for j in &mut joiners[1..] {
+            j.handle(0, Event::Left { seq: 18, id: 4 });
+        }
+        let committers: Vec<u64> = joiners[1..]
+            .iter()
+            .filter(|j| j.is_committer())
+            .map(Committer::me)
+            .collect();
+        assert_eq!(committers, vec![5]);
     }
 
     #[test]

@@ -311,6 +311,7 @@ impl Member {
         let live = live.to_vec();
         self.key_packages.retain(|id, _| live.contains(id));
         let away = away.to_vec();
+        tracing::debug!(me = self.committer.me(), ?live, ?away, "roster");
         let actions = self.committer.handle(ms(now), Event::Roster { live, away });
         self.run(now, actions);
     }
@@ -332,6 +333,17 @@ impl Member {
         }
         self.last_seq = seq;
         let t = ms(now);
+        let what = match &entry {
+            Entry::Joined { id, .. } => format!("joined {id}"),
+            Entry::Left { id, .. } => format!("left {id}"),
+            Entry::Away { id, .. } => format!("away {id}"),
+            Entry::Back { id, from_seq, .. } => format!("back {id} from {from_seq}"),
+            Entry::Creator { id, .. } => format!("creator {id}"),
+            Entry::KeyPackage { from, .. } => format!("key_package from {from}"),
+            Entry::Commit { from, .. } => format!("commit from {from}"),
+            Entry::CommitVoid { epoch, from, .. } => format!("commit_void {epoch} from {from}"),
+            Entry::Execute { epoch, .. } => format!("execute {epoch}"),
+        };
         let actions = match entry {
             Entry::Joined { seq, id } => self.committer.handle(t, Event::Joined { seq, id }),
             Entry::Left { seq, id } => {
@@ -397,6 +409,20 @@ impl Member {
                 Vec::new()
             }
         };
+        tracing::debug!(
+            me = self.committer.me(),
+            seq,
+            entry = %what,
+            ?actions,
+            live = ?self.committer.live(),
+            away = ?self.committer.away(),
+            older = ?self.committer.group().map(|g| &g.older),
+            members = ?self.committer.group().map(|g| g.members.keys().collect::<Vec<_>>()),
+            kps = ?self.committer.pending_key_packages().iter().map(|k| (k.from, k.seq)).collect::<Vec<_>>(),
+            in_flight = self.committer.commit_in_flight(),
+            committer = self.committer.is_committer(),
+            "entry"
+        );
         self.run(now, actions);
     }
 
