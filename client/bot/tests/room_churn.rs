@@ -58,8 +58,6 @@ async fn converged(members: &[RoomMember], within: Duration) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "stalls in some runs (e.g. SATSUMA_CHURN_SEED=8248514953293946553): joiners stay \
-            'joining' while no member believes it is the designated committer; under investigation"]
 async fn members_with_churn_converge_and_decrypt_each_other() {
     let seed = std::env::var("SATSUMA_CHURN_SEED")
         .ok()

@@ -22,7 +22,10 @@
 //!   remembers who was already in the group when it was welcomed (`older`); it is the
 //!   committer when all of those have left the room or are rejoining (they announced a
 //!   KeyPackage under a new signature key). Removed members drop out of `older`, so a
-//!   member that is removed and re-added becomes the youngest.
+//!   member that is removed and re-added becomes the youngest. Joiners welcomed by one
+//!   commit (a batch) are ordered by their KeyPackages' log positions (the order the
+//!   committer adds them in): without that, each would count the others as older and
+//!   none would commit once every member older than the batch is gone.
 //! * **Away members are skipped.** The coordinator logs `away {id}` when a
 //!   participant's connection ends without a leave (a crashed page, a network loss)
 //!   and `back {id}` when it resumes; the snapshot at connect says who is away now
