@@ -1042,6 +1042,110 @@ mod tests {
         assert_eq!(q.queued(), 0);
     }
 
+    fn conn(hub: &Hub) -> (ConnHandle, mpsc::UnboundedReceiver<Outbound>) {
+        let (queue, rx) = SendQueue::new(1 << 20);
+        let (kill, _) = oneshot::channel();
+        (
+            ConnHandle {
+                conn_id: hub.next_conn_id(),
+                queue,
+                kill,
+            },
+            rx,
+        )
+    }
+
+    fn texts(rx: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            match o {
+                Outbound::Frame(Message::Text(t)) => out.push(t.to_string()),
+                Outbound::Close(code, why) => out.push(format!("close {code} {why}")),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn request(subject: &str) -> JoinRequest {
+        JoinRequest {
+            subject: subject.to_owned(),
+            name: subject.to_owned(),
+            permissions: crate::protocol::Permissions {
+                publish: true,
+                subscribe: true,
+                host: false,
+            },
+            resume_token: format!("token-of-{subject}"),
+            wall_ms: 1,
+            visible_only_to: None,
+        }
+    }
+
+    /// Two hubs (replicas) on one shared store: one owner at a time; when the owner dies the
+    /// other rebuilds the room on the next resume, and the old owner, fenced, hands its
+    /// connections over instead of relaying.
+    #[test]
+    fn a_shared_store_moves_a_room_between_hubs_without_losing_it() {
+        use crate::store::memory::Shared;
+        let shared = Arc::new(Shared::default());
+        let hub = |replica: &str| {
+            Hub::new(RoomConfig::default(), 10, Metrics::new().unwrap())
+                .with_store(Arc::new(MemoryStore::shared(shared.clone(), replica)))
+        };
+        let (a, b) = (hub("a"), hub("b"));
+        let (c, mut rx_a) = conn(&a);
+        let (slot_a, alice) = a.join("r", request("alice"), c).unwrap();
+        let seen = texts(&mut rx_a);
+        assert!(
+            seen.iter().any(|t| t.contains("\"type\":\"joined\"")),
+            "{seen:?}"
+        );
+        let seq = slot_a.state.lock().room.seq();
+        assert!(shared.entry_count("r") > 0, "nothing written");
+        // b does not serve a room a holds.
+        let (c, _) = conn(&b);
+        assert!(matches!(
+            b.join("r", request("bob"), c),
+            Err(HubJoinError::Store(StoreError::Owned { .. }))
+        ));
+        // a dies (its lease lapses): the resume at b rebuilds the room.
+        shared.expire("a");
+        let (c, mut rx_b) = conn(&b);
+        let slot_b = b.resume("r", alice, "token-of-alice", seq, c).unwrap();
+        let seen = texts(&mut rx_b);
+        assert!(seen[0].contains("\"type\":\"resumed\""), "{seen:?}");
+        assert_eq!(shared.owner("r").as_deref(), Some("b"));
+        assert!(b.credential("token-of-alice").is_some());
+        // a, not knowing, relays nothing more: its write is fenced, it hands over.
+        let conn_id = slot_a.state.lock().conns[&alice].conn_id;
+        let handled = a.handle(
+            &slot_a,
+            alice,
+            conn_id,
+            Input::Message(crate::protocol::ClientMessage::Hand { raised: true }),
+        );
+        assert!(handled.detached);
+        let seen = texts(&mut rx_a);
+        assert!(!seen.iter().any(|t| t.contains("hand")), "{seen:?}");
+        assert!(seen.iter().any(|t| t.starts_with("close 1001")), "{seen:?}");
+        assert!(a.room("r").is_none() && a.credential("token-of-alice").is_none());
+        // b goes on: the same input there is logged after the seqs a used.
+        let conn_id = slot_b.state.lock().conns[&alice].conn_id;
+        b.handle(
+            &slot_b,
+            alice,
+            conn_id,
+            Input::Message(crate::protocol::ClientMessage::Hand { raised: true }),
+        );
+        let seen = texts(&mut rx_b);
+        assert!(
+            seen.iter().any(|t| t.contains("\"type\":\"hand\"")),
+            "{seen:?}"
+        );
+        assert!(slot_b.state.lock().room.seq() > seq);
+    }
+
     #[test]
     fn ip_slots_cap_each_address_and_free_on_drop() {
         let hub = Hub::new(RoomConfig::default(), 10, Metrics::new().unwrap());

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::room::journal::Persist;
 
 mod etcd;
-mod memory;
+pub mod memory;
 
 pub use etcd::{EtcdConfig, EtcdStore};
 pub use memory::MemoryStore;
