@@ -98,7 +98,20 @@ describe('time to first decrypted frame', { timeout: 900000, skip: support.ok ? 
     try {
       const q = new URLSearchParams({ room, name: label, video: '320x240' });
       await page.goto(`${base}/?${q}`, { waitUntil: 'domcontentloaded' });
-      await page.waitForFunction(() => window.satsuma?.lobbyReady === true, null, { timeout: 30000 });
+      // This suite makes namespaces and veth pairs while pages load; a Chromium that sees the
+      // network change fails the requests in flight with ERR_NETWORK_CHANGED and the app never
+      // starts (as a user would see it, who reloads). So does the trial, at most twice, and says
+      // so. The time is measured from the join click, after the lobby is ready.
+      for (let reloads = 0; ; reloads++) {
+        const ready = await page.waitForFunction(() => window.satsuma?.lobbyReady === true, null, { timeout: 15000 })
+          .then(() => true, () => false);
+        if (ready) break;
+        const changed = page.consoleLines.filter((l) => /ERR_NETWORK_CHANGED/.test(l)).length;
+        assert.ok(reloads < 2 && changed > 0, `${label}: the lobby was not ready within 15 s (${reloads} reloads; ${changed} requests failed with ERR_NETWORK_CHANGED)`);
+        console.log(`# ${label}: the app did not start (${changed} requests failed with ERR_NETWORK_CHANGED): reloading`);
+        page.consoleLines.length = 0;
+        await page.reload({ waitUntil: 'domcontentloaded' });
+      }
       const r = await page.evaluate(timeJoin, { timeout: 30000 });
       assert.ok(!r.timeout, `${label}: no decoded remote frame within 30 s; steps seen: ${JSON.stringify(r.marks)}`);
       // The decoded frames passed the E2EE worker (its counters arrive about once a second).
