@@ -6,33 +6,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::member;
+
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use satsuma_bot::room::{MemberView, RoomMember};
-use satsuma_coordinator::auth::{Claims, unix_now};
-use satsuma_coordinator::{Config, Server, ServerHandle};
+use satsuma_coordinator::{Config, Server};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 const VP8_KEYFRAME: [u8; 18] = [
     0x10, 2, 0, 0x9d, 1, 0x2a, 0x80, 2, 0xe0, 1, 5, 6, 7, 8, 9, 10, 11, 12,
 ];
-
-async fn member(server: &ServerHandle, room: &str, name: &str) -> RoomMember {
-    let claims = Claims {
-        sub: name.to_lowercase(),
-        room: room.into(),
-        name: name.into(),
-        perms: vec!["publish".into(), "subscribe".into()],
-        exp: unix_now() + 600,
-        ..Claims::default()
-    };
-    let token = server.mint_token(&claims).unwrap();
-    RoomMember::join(&server.ws_url(room), &token, name)
-        .await
-        .unwrap()
-}
 
 /// Everyone in one group: same epoch (also the one they send in) and safety number.
 async fn converged(members: &[RoomMember], within: Duration) -> u64 {

@@ -5,28 +5,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::member;
+
 use std::time::{Duration, Instant};
 
 use satsuma_bot::room::{MemberView, RoomMember};
-use satsuma_coordinator::auth::{Claims, unix_now};
-use satsuma_coordinator::{Config, Server, ServerHandle};
+use satsuma_coordinator::{Config, Server};
 
 const PATIENCE: Duration = Duration::from_secs(30);
-
-async fn member(server: &ServerHandle, room: &str, name: &str) -> RoomMember {
-    let claims = Claims {
-        sub: name.to_lowercase(),
-        room: room.into(),
-        name: name.into(),
-        perms: vec!["publish".into(), "subscribe".into()],
-        exp: unix_now() + 600,
-        ..Claims::default()
-    };
-    let token = server.mint_token(&claims).unwrap();
-    RoomMember::join(&server.ws_url(room), &token, name)
-        .await
-        .unwrap()
-}
 
 /// All members in the group at one epoch with one safety number and `n` members' worth of
 /// agreement; returns the epoch.
