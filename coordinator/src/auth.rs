@@ -30,6 +30,9 @@ pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
 /// Shortest accepted secret (token secret, API key secrets), in bytes.
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// The `perms` name that makes a participant a visible recorder ([`Claims::is_recorder`]).
+pub const RECORDER_PERM: &str = "recorder";
+
 /// Default issuer (`iss`) of tokens this coordinator mints and accepts.
 pub const DEFAULT_ISSUER: &str = "satsuma";
 
@@ -151,6 +154,13 @@ impl Claims {
     /// The permissions these claims grant.
     pub fn permissions(&self) -> Permissions {
         Permissions::from_names(&self.perms)
+    }
+
+    /// Whether the token grants `recorder` (in `perms`): the holder joins as a visible
+    /// recorder. Only whoever mints tokens (an app backend's API key, the token CLI) can
+    /// grant it; the participant is marked as a recorder for every member.
+    pub fn is_recorder(&self) -> bool {
+        self.perms.iter().any(|p| p == RECORDER_PERM)
     }
 
     /// Display name, defaulting to the subject, cut to [`MAX_DISPLAY_NAME_CHARS`].

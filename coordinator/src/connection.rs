@@ -217,6 +217,7 @@ async fn hello(
             let req = JoinRequest {
                 name: claims.display_name(),
                 permissions: claims.permissions(),
+                recorder: claims.is_recorder(),
                 subject: claims.sub,
                 resume_token: hex::encode(rand::random::<[u8; 24]>()),
                 wall_ms: unix_now().saturating_mul(1000),

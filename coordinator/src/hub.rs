@@ -1079,6 +1079,7 @@ mod tests {
             resume_token: format!("token-of-{subject}"),
             wall_ms: 1,
             visible_only_to: None,
+            recorder: false,
         }
     }
 

@@ -116,6 +116,9 @@ pub struct JoinRequest {
     /// participant (its `joined`, `left`, MLS frames, sessions, tracks, ...) goes only to
     /// itself and this participant, and other joiners' snapshots omit it.
     pub visible_only_to: Option<u64>,
+    /// The token grants `recorder`: the participant is shown to everyone as recording
+    /// ([`ParticipantInfo::recorder`]).
+    pub recorder: bool,
 }
 
 /// Why a join was refused.
@@ -349,6 +352,8 @@ struct Participant {
     codecs: Option<Vec<String>>,
     /// The codec its video goes out in (`codecs.sending`), if it said.
     sending: Option<String>,
+    /// Joined as a recorder (shown to everyone).
+    recorder: bool,
 }
 
 impl Participant {
@@ -365,6 +370,7 @@ impl Participant {
             codecs: self.codecs.clone(),
             sending: self.sending.clone(),
             away: self.away,
+            recorder: self.recorder,
         }
     }
 }
@@ -686,12 +692,14 @@ impl Room {
             codecs: None,
             sending: None,
             speaking: false,
+            recorder: req.recorder,
         };
         let event = RoomEvent::Joined {
             id,
             name: p.name.clone(),
             joined_at_ms: p.joined_at_ms,
             host,
+            recorder: req.recorder,
         };
         self.participants.insert(id, p);
         self.append_event(event);

@@ -57,6 +57,11 @@ pub struct CreateArgs {
     /// Do not grant `subscribe` (send only).
     #[arg(long)]
     pub no_subscribe: bool,
+    /// Grant `recorder`: the holder joins as a visible recorder (every member sees
+    /// "Recording by <name>"; it pulls, decrypts and stores every track). Give it only to the
+    /// `satsuma-record` tool an operator runs.
+    #[arg(long)]
+    pub recorder: bool,
     /// The coordinator's TOML config file, for jwt_secret, jwt_issuer, jwt_audience, public_url.
     #[arg(long, env = "SATSUMA_COORD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -151,6 +156,7 @@ pub fn create(args: &CreateArgs, now: u64) -> Result<Minted, String> {
             subscribe: !args.no_subscribe,
             host: args.host,
         },
+        recorder: args.recorder,
     };
     mint(
         &TokenKeys::with_names(secret.as_bytes(), 0, &issuer, &audience),
@@ -174,6 +180,8 @@ pub struct JoinRequest<'a> {
     pub ttl_s: Option<u64>,
     /// Grants.
     pub perms: Permissions,
+    /// Also grant `recorder` (a visible recorder, see [`Claims::is_recorder`]).
+    pub recorder: bool,
 }
 
 /// Checks `request` (room name, identity, name, lifetime) and mints it with `keys` at time
@@ -206,11 +214,15 @@ pub fn mint(
     if ttl == 0 || ttl > crate::access::TOKEN_MAX_TTL_S {
         return Err(format!("ttl must be between 1 s and 24h, got {ttl} s"));
     }
+    let mut perms = request.perms.to_names();
+    if request.recorder {
+        perms.push(crate::auth::RECORDER_PERM.to_owned());
+    }
     let claims = Claims {
         sub: request.identity.to_owned(),
         room: request.room.to_owned(),
         name,
-        perms: request.perms.to_names(),
+        perms,
         exp: now + ttl,
         iat: Some(now),
         ..Claims::default()
@@ -282,7 +294,14 @@ mod tests {
         let keys = TokenKeys::with_names(SECRET.as_bytes(), 0, "satsuma", "meet");
         let c = keys.verify(&m.token, "standup").unwrap();
         assert!(c.permissions().host);
+        assert!(!c.is_recorder());
         assert_eq!(c.exp - c.iat.unwrap(), 1800);
+        let r = create(&args(&["--jwt-secret", SECRET, "--recorder"]), unix_now()).unwrap();
+        let c = TokenKeys::new(SECRET.as_bytes(), 0)
+            .verify(&r.token, "standup")
+            .unwrap();
+        assert!(c.is_recorder());
+        assert!(c.perms.iter().any(|p| p == "subscribe"));
         // The default audience does not accept it.
         assert!(
             TokenKeys::new(SECRET.as_bytes(), 0)

@@ -49,6 +49,7 @@ fn req(subject: &str) -> JoinRequest {
         resume_token: format!("tok-{subject}"),
         wall_ms: 0,
         visible_only_to: None,
+        recorder: false,
     }
 }
 

@@ -56,6 +56,11 @@ pub(crate) struct CreateArgs {
     #[arg(long)]
     pub(crate) no_subscribe: bool,
 
+    /// Grant `recorder`: the holder joins as a visible recorder (every member sees
+    /// "Recording by <name>"); for the `satsuma-record` tool an operator runs.
+    #[arg(long)]
+    pub(crate) recorder: bool,
+
     /// Secret that signs join tokens: the server's --token-secret (read from the environment or
     /// the --config file when not given here).
     #[arg(
@@ -115,6 +120,7 @@ pub(crate) fn create(args: &CreateArgs, file: &FileSettings, now: u64) -> anyhow
             subscribe: !args.no_subscribe,
             host: args.host,
         },
+        recorder: args.recorder,
     };
     mint(&TokenKeys::new(secret.as_bytes(), 0), &request, &base, now).map_err(anyhow::Error::msg)
 }

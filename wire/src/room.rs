@@ -452,6 +452,15 @@ pub struct ParticipantInfo {
     /// `away`/`back` entries is `away`).
     #[serde(default)]
     pub away: bool,
+    /// It joined as a recorder (its join token carries the `recorder` grant): it pulls and
+    /// decrypts every track and stores them, and every client shows that the call is being
+    /// recorded and by whom. Absent (false) for everyone else.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub recorder: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The MLS group the room currently relays for.
@@ -606,6 +615,9 @@ pub enum RoomEvent {
         joined_at_ms: u64,
         /// Host?
         host: bool,
+        /// A recorder (see [`ParticipantInfo::recorder`])? Absent: no.
+        #[serde(default, skip_serializing_if = "is_false")]
+        recorder: bool,
     },
     /// A participant left.
     Left {

@@ -192,6 +192,7 @@ fn direct_replies() {
         codecs: Some(vec!["vp8".into()]),
         sending: None,
         away: false,
+        recorder: false,
     };
     let cases: Vec<(ServerMessage, String)> = vec![
         (
@@ -299,6 +300,7 @@ fn log_entries() {
                 name: "Bo".into(),
                 joined_at_ms: 8,
                 host: false,
+                recorder: false,
             },
             r#""type":"joined","id":2,"name":"Bo","joined_at_ms":8,"host":false"#,
         ),

@@ -413,6 +413,7 @@ mod tests {
                 codecs: None,
                 sending: None,
                 away,
+                recorder: false,
             })
             .collect();
         let w = ServerMessage::Welcome {

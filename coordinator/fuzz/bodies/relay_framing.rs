@@ -133,6 +133,7 @@ impl Harness {
             resume_token: format!("token-{}", self.joins),
             wall_ms: 1_700_000_000_000,
             visible_only_to: None,
+            recorder: false,
         };
         match self.room.join(self.now, req) {
             Ok(id) => id,

@@ -125,6 +125,9 @@ struct ParticipantImage {
     hand_raised: bool,
     codecs: Option<Vec<String>>,
     sending: Option<String>,
+    /// Joined as a recorder (absent in images written before recorders existed).
+    #[serde(default)]
+    recorder: bool,
 }
 
 /// The MLS group as stored (without who is `ready`: connection state).
@@ -401,6 +404,7 @@ impl Room {
                     hand_raised: p.hand_raised,
                     codecs: p.codecs.clone(),
                     sending: p.sending.clone(),
+                    recorder: p.recorder,
                 })
                 .collect(),
             group: self.group.as_ref().map(|g| GroupImage {
@@ -471,6 +475,7 @@ impl Room {
                     speaking: false,
                     codecs: p.codecs.clone(),
                     sending: p.sending.clone(),
+                    recorder: p.recorder,
                 },
             );
         }
@@ -643,6 +648,7 @@ mod tests {
             resume_token: format!("tok-{subject}"),
             wall_ms: 1,
             visible_only_to: None,
+            recorder: false,
         }
     }
 

@@ -24,6 +24,7 @@ fn req_with(subject: &str, permissions: Permissions) -> JoinRequest {
         resume_token: format!("tok-{subject}"),
         wall_ms: 1_700_000_000_000,
         visible_only_to: None,
+        recorder: false,
     }
 }
 
@@ -1366,6 +1367,7 @@ fn a_hidden_participant_is_announced_only_to_the_one_it_is_visible_to() {
             t0,
             JoinRequest {
                 visible_only_to: Some(1),
+                recorder: false,
                 ..req("ghost")
             },
         )
@@ -1431,6 +1433,7 @@ fn a_hidden_participant_is_announced_only_to_the_one_it_is_visible_to() {
             t0,
             JoinRequest {
                 visible_only_to: Some(1),
+                recorder: false,
                 ..req("ghost")
             },
         )
@@ -2373,4 +2376,33 @@ fn codecs_are_logged_on_change_kept_in_the_snapshot_and_checked() {
     let snap = room.snapshot();
     let bob = snap.participants.iter().find(|p| p.id == 2).unwrap();
     assert_eq!(bob.sending.as_deref(), Some("vp8"));
+}
+
+#[test]
+fn a_recorder_is_marked_in_its_joined_entry_and_in_every_snapshot() {
+    let now = Instant::now();
+    let mut room = Room::new("r", RoomConfig::default(), 1);
+    room.join(now, req("alice")).unwrap();
+    drain(&mut room);
+    let mut rec = req("recorder");
+    rec.recorder = true;
+    let id = room.join(now, rec).unwrap();
+    let out = drain(&mut room);
+    assert!(
+        events(&out)
+            .iter()
+            .any(|(_, e)| matches!(e, RoomEvent::Joined { id: j, recorder: true, .. } if *j == id)),
+        "{out:?}"
+    );
+    room.join(now, req("bob")).unwrap();
+    let out = drain(&mut room);
+    let ServerMessage::Welcome { snapshot, .. } = &replies(&out, 3)[0] else {
+        panic!()
+    };
+    let flags: Vec<(u64, bool)> = snapshot
+        .participants
+        .iter()
+        .map(|p| (p.id, p.recorder))
+        .collect();
+    assert_eq!(flags, vec![(1, false), (2, true)]);
 }
