@@ -121,11 +121,24 @@ async function waitControl(page, id, want) {
 // new speaker starting; the page asks every 500 ms. (With the old instant-flag choice, Chromium's
 // beeping fake microphone made this 10-30 s.) The handover time is printed.
 async function waitActive(page, key, timeout = 15000) {
-  return waitFor(`${page.label} to outline tile ${key} as the active speaker`, async () => {
-    const g = await geometry(page);
-    const active = g.tiles.filter((t) => t.active).map((t) => t.key);
-    return active.length === 1 && active[0] === key ? active : null;
-  }, { timeout, interval: 200 });
+  let seen = null;
+  try {
+    return await waitFor(`${page.label} to outline tile ${key} as the active speaker`, async () => {
+      const g = await geometry(page);
+      const active = g.tiles.filter((t) => t.active).map((t) => t.key);
+      seen = active;
+      return active.length === 1 && active[0] === key ? active : null;
+    }, { timeout, interval: 200 });
+  } catch (err) {
+    // What the page outlined and what the SFU says about this page's session (its pulled audio
+    // tracks' levels and its active speaker), so that a failure says which side was wrong.
+    const sfu = await page.evaluate(async () => {
+      const st = await window.satsuma.call.sfu?.sessionState();
+      return st ? { activeSpeaker: st.activeSpeaker ?? null, tracks: (st.tracks ?? []).map((t) => ({ trackName: t.trackName, location: t.location, audioLevel: t.audioLevel, speaking: t.speaking })) } : null;
+    }).catch((e) => `unavailable: ${e.message}`);
+    err.message += `\n  outlined: ${JSON.stringify(seen)}\n  SFU session: ${JSON.stringify(sfu)}`;
+    throw err;
+  }
 }
 
 describe('the stage: layout, speaker view, active speaker, controls', { timeout: 240000 }, () => {
