@@ -361,6 +361,9 @@ pub struct SessionState {
     /// Cloudflare's API returns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_speaker: Option<ActiveSpeaker>,
+    /// The session's data channels (absent when it has none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_channels: Vec<DataChannelState>,
 }
 
 /// Error body (an error status, or a 2xx body that reports a failure, as `renegotiate`
@@ -373,4 +376,119 @@ pub struct ErrorBody {
     /// Human-readable text.
     #[serde(default)]
     pub error_description: String,
+}
+
+/// A data channel entry in `datachannels/new` and `datachannels/close` requests.
+///
+/// `datachannels/new`: `{"location": "local", "dataChannelName": "chat"}` publishes a channel
+/// (the client then opens it with `negotiated: true` and the `id` of the response);
+/// `{"location": "remote", "sessionId": <publisher>, "dataChannelName": "chat"}` subscribes to
+/// one. `datachannels/close` (Satsuma extension) names a channel of the session by `id`, or by
+/// `location` and `dataChannelName` (and `sessionId` for a remote one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataChannelObject {
+    /// `local` (publish) or `remote` (subscribe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    /// The channel's name (remote: the publisher's name for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_channel_name: Option<String>,
+    /// Remote: the publishing session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// `datachannels/close`: the channel's SCTP stream id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u16>,
+}
+
+impl DataChannelObject {
+    /// A channel to publish.
+    pub fn local(name: impl Into<String>) -> Self {
+        Self {
+            location: Some(Location::Local),
+            data_channel_name: Some(name.into()),
+            ..Self::default()
+        }
+    }
+
+    /// A channel of another session to subscribe to.
+    pub fn remote(session_id: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            location: Some(Location::Remote),
+            session_id: Some(session_id.into()),
+            data_channel_name: Some(name.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// `POST sessions/{id}/datachannels/new` and `PUT sessions/{id}/datachannels/close` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataChannelsRequest {
+    /// The channels.
+    #[serde(default)]
+    pub data_channels: Vec<DataChannelObject>,
+}
+
+/// A data channel entry in responses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataChannelResult {
+    /// As requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    /// As requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_channel_name: Option<String>,
+    /// Remote: the publishing session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The SCTP stream id: the client opens the channel with `negotiated: true, id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u16>,
+    /// Per-channel error code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// Per-channel error text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+}
+
+impl DataChannelResult {
+    /// Marks this entry failed.
+    pub fn with_error(mut self, code: &str, description: impl Into<String>) -> DataChannelResult {
+        self.error_code = Some(code.to_string());
+        self.error_description = Some(description.into());
+        self
+    }
+}
+
+/// `datachannels/new` and `datachannels/close` response: one entry per requested channel, in
+/// request order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataChannelsResponse {
+    /// The channels.
+    #[serde(default)]
+    pub data_channels: Vec<DataChannelResult>,
+}
+
+/// A data channel in `GET sessions/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataChannelState {
+    /// Local (published) or remote (subscribed).
+    pub location: Location,
+    /// The channel's name.
+    pub data_channel_name: String,
+    /// Remote channels: the publishing session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The SCTP stream id.
+    pub id: u16,
+    /// `active` once the SCTP stream is open, `initializing` before, `inactive` when the
+    /// publisher closed it or went away.
+    pub status: TrackStatus,
 }

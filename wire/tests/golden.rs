@@ -526,8 +526,52 @@ fn realtime_bodies() {
                 session_id: "p".into(),
                 track_name: "mic".into(),
             }),
+            data_channels: vec![],
         },
         r#"{"tracks":[{"location":"remote","mid":"1","trackName":"mic","sessionId":"p","status":"active","audioLevel":-40,"speaking":true}],"activeSpeaker":{"sessionId":"p","trackName":"mic"}}"#,
+    );
+    golden(
+        SessionState {
+            tracks: vec![],
+            active_speaker: None,
+            data_channels: vec![DataChannelState {
+                location: Location::Remote,
+                data_channel_name: "chat".into(),
+                session_id: Some("p".into()),
+                id: 3,
+                status: TrackStatus::Initializing,
+            }],
+        },
+        r#"{"tracks":[],"dataChannels":[{"location":"remote","dataChannelName":"chat","sessionId":"p","id":3,"status":"initializing"}]}"#,
+    );
+    golden(
+        DataChannelsRequest {
+            data_channels: vec![
+                DataChannelObject::local("chat"),
+                DataChannelObject::remote("p", "chat"),
+            ],
+        },
+        r#"{"dataChannels":[{"location":"local","dataChannelName":"chat"},{"location":"remote","dataChannelName":"chat","sessionId":"p"}]}"#,
+    );
+    golden(
+        DataChannelsResponse {
+            data_channels: vec![
+                DataChannelResult {
+                    location: Some(Location::Local),
+                    data_channel_name: Some("chat".into()),
+                    id: Some(1),
+                    ..Default::default()
+                },
+                DataChannelResult {
+                    location: Some(Location::Remote),
+                    data_channel_name: Some("x".into()),
+                    session_id: Some("p".into()),
+                    ..Default::default()
+                }
+                .with_error("not_found", "no"),
+            ],
+        },
+        r#"{"dataChannels":[{"location":"local","dataChannelName":"chat","id":1},{"location":"remote","dataChannelName":"x","sessionId":"p","errorCode":"not_found","errorDescription":"no"}]}"#,
     );
     golden(
         ErrorBody {
