@@ -30,8 +30,8 @@ use axum::routing::{get, post, put};
 
 use crate::room::SfuReserveError;
 use satsuma_wire::realtime::{
-    CloseTracksRequest, ErrorBody, KeyframeTracksRequest, Location, NewSessionResponse,
-    TrackResult, TracksRequest,
+    CloseTracksRequest, DataChannelsRequest, ErrorBody, KeyframeTracksRequest, Location,
+    NewSessionResponse, TrackResult, TracksRequest,
 };
 use serde::de::DeserializeOwned;
 
@@ -207,6 +207,14 @@ pub(crate) fn routes(max_body: usize) -> Router<Arc<App>> {
         .route("/sfu/sessions/{sid}/tracks/close", put(tracks_close))
         .route("/sfu/sessions/{sid}/tracks/update", put(tracks_update))
         .route("/sfu/sessions/{sid}/tracks/keyframe", post(tracks_keyframe))
+        .route(
+            "/sfu/sessions/{sid}/datachannels/new",
+            post(datachannels_new),
+        )
+        .route(
+            "/sfu/sessions/{sid}/datachannels/close",
+            put(datachannels_close),
+        )
         .route("/sfu/ice-servers", post(ice_servers))
         .layer(DefaultBodyLimit::max(max_body))
 }
@@ -460,6 +468,44 @@ fn check_keyframe_tracks(c: &Caller, body: &[u8]) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Checks a `datachannels/new` body: local channels need `publish`; remote ones need
+/// `subscribe` and a publishing session owned by a member of the caller's room.
+fn check_datachannels(c: &Caller, body: &[u8]) -> Result<(), ProxyError> {
+    let channels = parse_body::<DataChannelsRequest>(body)?.data_channels;
+    if channels.len() > MAX_TRACKS_PER_REQUEST {
+        return Err(ProxyError::BadRequest(format!(
+            "at most {MAX_TRACKS_PER_REQUEST} data channels per request"
+        )));
+    }
+    let st = c.slot.state.lock();
+    for d in &channels {
+        match d.location {
+            Some(Location::Local) => {
+                if !c.permissions.publish {
+                    return Err(ProxyError::Forbidden("no publish permission"));
+                }
+            }
+            Some(Location::Remote) => {
+                if !c.permissions.subscribe {
+                    return Err(ProxyError::Forbidden("no subscribe permission"));
+                }
+                let src = d.session_id.as_deref().unwrap_or("");
+                if st.room.sfu_session_owner(src).is_none() {
+                    return Err(ProxyError::Forbidden(
+                        "remote data channel's session is not a member's session in this room",
+                    ));
+                }
+            }
+            None => {
+                return Err(ProxyError::BadRequest(
+                    "each data channel needs location local or remote".to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A request body as the SFU would read it (`satsuma_wire::realtime`), or 400.
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProxyError> {
     serde_json::from_slice(body)
@@ -628,6 +674,47 @@ async fn tracks_keyframe(
     }
     .await;
     respond(&app, route, r)
+}
+
+/// `POST /sfu/sessions/{sid}/datachannels/new`: publish or subscribe to data channels on the
+/// caller's own session (checked by [`check_datachannels`]).
+async fn datachannels_new(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let route = "datachannels/new";
+    let r = async {
+        let c = caller(&app, &headers)?;
+        let node = own_session(&c, &sid)?;
+        check_datachannels(&c, &body)?;
+        app.sfu
+            .forward(
+                node,
+                Method::POST,
+                &format!("/sessions/{sid}/{route}"),
+                query.as_deref(),
+                Some(body),
+            )
+            .await
+    }
+    .await;
+    respond(&app, route, r)
+}
+
+/// `PUT /sfu/sessions/{sid}/datachannels/close`: closes data channels of the caller's own
+/// session.
+async fn datachannels_close(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let route = "datachannels/close";
+    forward_own_session(&app, &headers, &sid, Method::PUT, route, None, query, body).await
 }
 
 async fn renegotiate(

@@ -514,3 +514,181 @@ async fn keyframe_requests_go_to_the_callers_own_session_only() {
     server.shutdown().await;
     sfu.shutdown().await;
 }
+
+/// An offer with only a data channel (`m=application`), as a browser's with a placeholder
+/// channel.
+fn data_offer_sdp() -> String {
+    let mut rtc = str0m::Rtc::builder().build(Instant::now());
+    let mut api = rtc.sdp_api();
+    api.add_channel("placeholder".into());
+    let (offer, _pending) = api.apply().unwrap();
+    offer.to_sdp_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datachannels_go_to_the_callers_own_session_from_room_members_only() {
+    let sfu_config = satsuma_sfu::Config {
+        http_bind: "127.0.0.1:0".parse().unwrap(),
+        udp_bind: "127.0.0.1:0".parse().unwrap(),
+        ..satsuma_sfu::Config::default()
+    };
+    let app = sfu_config.apps[0].clone();
+    let sfu = satsuma_sfu::Server::bind(sfu_config).await.unwrap();
+    let config = Config {
+        sfu_nodes: vec![format!("http://{}", sfu.http_addr())],
+        sfu_app_id: app.id.clone(),
+        sfu_app_secret: app.secret.clone(),
+        ..Config::dev()
+    };
+    let server = start(config).await;
+    let http = Http::new(&server);
+    let alice = Client::join(&server, "dc", "alice").await;
+    let bob = Client::join(&server, "dc", "bob").await;
+    let carol = Client::join(&server, "elsewhere", "carol").await;
+    let viewer_token = server
+        .mint_token(&common::claims("dc", "dave", &["subscribe"]))
+        .unwrap();
+    let dave = Client::join_with_token(&server, "dc", &viewer_token).await;
+    let data_session = |token: String| {
+        let http = &http;
+        async move {
+            let r = http
+                .call(
+                    reqwest::Method::POST,
+                    "/sfu/sessions/new",
+                    &token,
+                    Some(json!({"sessionDescription": {"type": "offer", "sdp": data_offer_sdp()}})),
+                )
+                .await;
+            assert_eq!(r.0, 201, "{r:?}");
+            r.1["sessionId"].as_str().unwrap().to_owned()
+        }
+    };
+    let sa = data_session(alice.resume_token.clone()).await;
+    let sb = data_session(bob.resume_token.clone()).await;
+    let sc = data_session(carol.resume_token.clone()).await;
+    let sd = data_session(dave.resume_token.clone()).await;
+    let new = |sid: &str| format!("/sfu/sessions/{sid}/datachannels/new");
+    let publish = json!({"dataChannels": [{"location": "local", "dataChannelName": "chat"}]});
+    let subscribe =
+        json!({"dataChannels": [{"location": "remote", "sessionId": sa, "dataChannelName": "chat"}]});
+
+    // Alice publishes on her own session; the SFU's result (the stream id) comes back.
+    let r = http
+        .call(
+            reqwest::Method::POST,
+            &new(&sa),
+            &alice.resume_token,
+            Some(publish.clone()),
+        )
+        .await;
+    assert_eq!(r.0, 200, "{r:?}");
+    let id = r.1["dataChannels"][0]["id"].as_u64().unwrap();
+    // Not on Bob's session, and Bob not on hers.
+    assert!(forbidden(
+        &http
+            .call(
+                reqwest::Method::POST,
+                &new(&sb),
+                &alice.resume_token,
+                Some(publish.clone())
+            )
+            .await
+    ));
+    assert!(forbidden(
+        &http
+            .call(
+                reqwest::Method::POST,
+                &new(&sa),
+                &bob.resume_token,
+                Some(subscribe.clone())
+            )
+            .await
+    ));
+    // Dave may subscribe but not publish.
+    assert!(forbidden(
+        &http
+            .call(
+                reqwest::Method::POST,
+                &new(&sd),
+                &dave.resume_token,
+                Some(publish.clone())
+            )
+            .await
+    ));
+    let r = http
+        .call(
+            reqwest::Method::POST,
+            &new(&sd),
+            &dave.resume_token,
+            Some(subscribe.clone()),
+        )
+        .await;
+    assert_eq!(r.0, 200, "{r:?}");
+    assert!(r.1["dataChannels"][0]["id"].is_u64(), "{r:?}");
+    // Bob subscribes from his own session; Carol, in another room, may not.
+    let r = http
+        .call(
+            reqwest::Method::POST,
+            &new(&sb),
+            &bob.resume_token,
+            Some(subscribe.clone()),
+        )
+        .await;
+    assert_eq!(r.0, 200, "{r:?}");
+    assert!(forbidden(
+        &http
+            .call(
+                reqwest::Method::POST,
+                &new(&sc),
+                &carol.resume_token,
+                Some(subscribe.clone())
+            )
+            .await
+    ));
+    // Bodies the SFU would not read are refused at the proxy.
+    for bad in [
+        json!({"dataChannels": "chat"}),
+        json!({"dataChannels": [{"dataChannelName": "chat"}]}),
+        json!({"dataChannels": (0..65).map(|i| json!({"location": "local", "dataChannelName": format!("c{i}")})).collect::<Vec<_>>()}),
+    ] {
+        let r = http
+            .call(
+                reqwest::Method::POST,
+                &new(&sa),
+                &alice.resume_token,
+                Some(bad),
+            )
+            .await;
+        assert_eq!(r.0, 400, "{r:?}");
+    }
+    // GET lists Bob's subscription; closing goes to the caller's own session only.
+    let r = http
+        .call(
+            reqwest::Method::GET,
+            &format!("/sfu/sessions/{sb}"),
+            &bob.resume_token,
+            None,
+        )
+        .await;
+    assert_eq!(r.1["dataChannels"][0]["dataChannelName"], "chat", "{r:?}");
+    let close = json!({"dataChannels": [{"id": id}]});
+    let path = format!("/sfu/sessions/{sa}/datachannels/close");
+    assert!(forbidden(
+        &http
+            .call(
+                reqwest::Method::PUT,
+                &path,
+                &bob.resume_token,
+                Some(close.clone())
+            )
+            .await
+    ));
+    let r = http
+        .call(reqwest::Method::PUT, &path, &alice.resume_token, Some(close))
+        .await;
+    assert_eq!(r.0, 200, "{r:?}");
+    assert_eq!(r.1["dataChannels"][0]["id"], id, "{r:?}");
+    server.shutdown().await;
+    sfu.shutdown().await;
+}

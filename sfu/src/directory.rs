@@ -71,6 +71,8 @@ pub struct Directory {
     app_sessions: Mutex<HashMap<Arc<str>, usize>>,
     tracks: RwLock<HashMap<(SessionId, String), PublishedTrack>>,
     next_track: AtomicU64,
+    /// Published data channels by session and name.
+    pub channels: crate::shard::ChannelDirectory,
 }
 
 impl Directory {

@@ -224,6 +224,8 @@ pub struct Metrics {
     pub tcp_bytes_out: IntCounter,
     /// The relay between SFU nodes (`satsuma_sfu_relay_*`: packets, bytes, RTT, loss per link).
     pub relay: crate::relay::metrics::RelayMetrics,
+    /// Data channels (`satsuma_sfu_datachannel*`: channels, messages, drops by reason).
+    pub datachannels: crate::shard::ChannelMetrics,
 }
 
 /// Registers a freshly built metric (`built` is its constructor's result) and returns it.
@@ -456,6 +458,7 @@ impl Metrics {
                 "ICE-TCP bytes sent, framing included",
             ),
             relay: crate::relay::metrics::RelayMetrics::new(&r),
+            datachannels: crate::shard::ChannelMetrics::new(&r),
             registry: r,
         };
         // Label values known up front are exported from the start (at 0), so dashboards and

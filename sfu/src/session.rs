@@ -98,6 +98,9 @@ pub struct Session {
     /// The publisher's ingress byte budget (`None`: no limit). See
     /// [`crate::config::Limits::session_max_ingress_kbps`].
     pub ingress: Option<TokenBucket>,
+    /// Whether an offer of the client had an `m=application` section (an SCTP association
+    /// for data channels, see [`crate::shard`]'s `datachannels/new`).
+    pub data_offered: bool,
     ssrc_mids: HashMap<Ssrc, (Mid, Option<Rid>)>,
     egress_counts: HashMap<(Mid, Option<Rid>), (u64, u64)>,
 }
@@ -155,6 +158,7 @@ impl Session {
             routes: Routes::default(),
             active_speaker: None,
             ingress: None,
+            data_offered: false,
             ssrc_mids: HashMap::new(),
             egress_counts: HashMap::new(),
         }

@@ -20,8 +20,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::error::ApiError;
 use super::types::{
-    CloseTracksRequest, KeyframeTracksRequest, NewSessionRequest, NewSessionResponse,
-    RenegotiateRequest, SdpType, SessionDescription, TracksRequest, UpdateTracksRequest,
+    CloseTracksRequest, DataChannelsRequest, KeyframeTracksRequest, NewSessionRequest,
+    NewSessionResponse, RenegotiateRequest, SdpType, SessionDescription, TracksRequest,
+    UpdateTracksRequest,
 };
 use crate::config::Limits;
 use crate::directory::Directory;
@@ -94,6 +95,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/v1/apps/{app_id}/sessions/{session_id}/tracks/keyframe",
             post(tracks_keyframe),
+        )
+        .route(
+            "/v1/apps/{app_id}/sessions/{session_id}/datachannels/new",
+            post(datachannels_new),
+        )
+        .route(
+            "/v1/apps/{app_id}/sessions/{session_id}/datachannels/close",
+            put(datachannels_close),
         )
         .route(
             "/v1/apps/{app_id}/sessions/{session_id}",
@@ -419,6 +428,64 @@ async fn new_session(
         }),
     };
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+/// Decodes a `datachannels/*` body: 1 to `max_tracks` channels.
+fn datachannels_body(st: &ApiState, body: &Bytes) -> Result<DataChannelsRequest, ApiError> {
+    let request: DataChannelsRequest = decode(body, false)?;
+    let n = request.data_channels.len();
+    if n == 0 {
+        return Err(ApiError::invalid(
+            "dataChannels must name at least one channel",
+        ));
+    }
+    if n > st.max_tracks {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "too_many_datachannels",
+            format!(
+                "at most {} data channels per request, got {n}",
+                st.max_tracks
+            ),
+        ));
+    }
+    Ok(request)
+}
+
+/// `POST sessions/{id}/datachannels/new`: publish (`local`) or subscribe to (`remote`) data
+/// channels; each result carries the SCTP stream `id` to open the channel with (`negotiated`).
+async fn datachannels_new(
+    State(st): Shared,
+    Path((app_id, session_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let app = authenticate(&st, &app_id, &headers)?;
+    let (id, shard) = locate(&st, &app, &session_id)?;
+    let request = datachannels_body(&st, &body)?;
+    let r = match dispatch(&st, shard, ApiCommand::DataChannelsNew { id, request }).await? {
+        ApiReply::DataChannels(r) => r,
+        other => return Err(mismatched(&other)),
+    };
+    Ok(axum::Json(r).into_response())
+}
+
+/// `PUT sessions/{id}/datachannels/close` (Satsuma extension): close data channels of the
+/// session, named by `id` or by `location` and `dataChannelName`.
+async fn datachannels_close(
+    State(st): Shared,
+    Path((app_id, session_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let app = authenticate(&st, &app_id, &headers)?;
+    let (id, shard) = locate(&st, &app, &session_id)?;
+    let request = datachannels_body(&st, &body)?;
+    let r = match dispatch(&st, shard, ApiCommand::DataChannelsClose { id, request }).await? {
+        ApiReply::DataChannels(r) => r,
+        other => return Err(mismatched(&other)),
+    };
+    Ok(axum::Json(r).into_response())
 }
 
 async fn tracks_new(

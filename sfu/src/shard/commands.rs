@@ -14,10 +14,11 @@ use str0m::media::{Direction, MediaKind, Mid, Rid};
 use super::core::{Action, Core};
 use super::media::initial_estimate_bps;
 use crate::api::types::{
-    ActiveSpeaker, CloseTracksRequest, CloseTracksResponse, KeyframeTracksRequest,
-    KeyframeTracksResponse, Location, RenegotiateResponse, SdpType, SessionDescription,
-    SessionState, TrackObject, TrackResult, TrackState, TrackStatus, TracksRequest, TracksResponse,
-    UpdateTracksRequest, UpdateTracksResponse,
+    ActiveSpeaker, CloseTracksRequest, CloseTracksResponse, DataChannelsRequest,
+    DataChannelsResponse, KeyframeTracksRequest, KeyframeTracksResponse, Location,
+    RenegotiateResponse, SdpType, SessionDescription, SessionState, TrackObject, TrackResult,
+    TrackState, TrackStatus, TracksRequest, TracksResponse, UpdateTracksRequest,
+    UpdateTracksResponse,
 };
 use crate::directory::{Directory, PublishedTrack, SessionSlot};
 use crate::forward::LegKey;
@@ -121,6 +122,20 @@ pub enum ApiCommand {
         /// Session.
         id: SessionId,
     },
+    /// `POST datachannels/new`: publish or subscribe to data channels.
+    DataChannelsNew {
+        /// Session.
+        id: SessionId,
+        /// Body.
+        request: DataChannelsRequest,
+    },
+    /// `PUT datachannels/close` (Satsuma extension): close data channels.
+    DataChannelsClose {
+        /// Session.
+        id: SessionId,
+        /// Body.
+        request: DataChannelsRequest,
+    },
 }
 
 /// The reply to an [`ApiCommand`], one variant per command.
@@ -142,6 +157,8 @@ pub enum ApiReply {
     State(SessionState),
     /// To `Delete`: the session is gone.
     Deleted,
+    /// To `DataChannelsNew` and `DataChannelsClose`.
+    DataChannels(DataChannelsResponse),
 }
 
 impl Core {
@@ -173,6 +190,12 @@ impl Core {
                 .guarded(id, |s| s.publisher_keyframe(id, request))
                 .map(ApiReply::Keyframe),
             ApiCommand::Get { id } => self.guarded(id, |s| s.get(id)).map(ApiReply::State),
+            ApiCommand::DataChannelsNew { id, request } => self
+                .guarded(id, |s| s.datachannels_new(id, request))
+                .map(ApiReply::DataChannels),
+            ApiCommand::DataChannelsClose { id, request } => self
+                .guarded(id, |s| s.datachannels_close(id, request))
+                .map(ApiReply::DataChannels),
             ApiCommand::Delete { id } => {
                 if self.sessions.contains_key(&id) {
                     self.remove_session(id, "deleted through the API");
@@ -683,6 +706,7 @@ impl Core {
     }
 
     fn get(&mut self, id: SessionId) -> Result<SessionState, CoreError> {
+        let data_channels = self.datachannel_states(id);
         let now = self.now;
         let speakers = &self.speakers;
         let session = self.sessions.get(&id).ok_or(CoreError::NoSession)?;
@@ -741,6 +765,7 @@ impl Core {
         Ok(SessionState {
             tracks,
             active_speaker,
+            data_channels,
         })
     }
 }
@@ -764,6 +789,7 @@ fn accept_offer(
     // offer may have restarted ICE.
     note_ice_restart(session, shard, metrics, actions);
     let answer = accepted.map_err(|e| CoreError::sdp(format!("offer rejected: {e}")))?;
+    session.data_offered |= super::channel::offers_data(sdp);
     session.clear_ssrc_cache();
     Ok(answer.to_sdp_string())
 }

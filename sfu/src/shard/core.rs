@@ -28,6 +28,7 @@ use crate::session::{LegState, Session};
 use crate::speaker::SpeakerDetector;
 use crate::udp::UdpControl;
 
+use super::channel::{ChannelLimits, ChannelPeerMsg, ChannelRouter};
 use super::media::SessionEvent;
 
 /// Keyframe requests reach a publisher at most this often per track and layer.
@@ -92,6 +93,8 @@ pub enum PeerMsg {
         /// Track.
         track: TrackId,
     },
+    /// About data channels (see [`super::channel`]).
+    Channel(ChannelPeerMsg),
     /// Shard `shard` panicked and was reset: forget it as a subscriber of our tracks and end
     /// our legs on its tracks.
     ShardReset {
@@ -151,6 +154,8 @@ pub struct Core {
     pub(super) ctx: Arc<CoreContext>,
     pub(super) sessions: HashMap<SessionId, Session>,
     pub(super) forwarder: Forwarder,
+    /// The data channels of this shard's sessions.
+    pub(super) channels: ChannelRouter<str0m::channel::ChannelId>,
     /// Messages to this shard itself, handled before the current input returns.
     local: VecDeque<PeerMsg>,
     dirty: Vec<SessionId>,
@@ -175,6 +180,7 @@ impl Core {
             ctx,
             sessions: HashMap::new(),
             forwarder: Forwarder::new(KEYFRAME_INTERVAL),
+            channels: ChannelRouter::new(ChannelLimits::default()),
             local: VecDeque::new(),
             dirty: Vec::new(),
             dirty_set: HashSet::new(),
@@ -314,6 +320,8 @@ impl Core {
         }
         self.sessions = HashMap::new();
         self.forwarder = Forwarder::new(KEYFRAME_INTERVAL);
+        self.channels = ChannelRouter::new(self.channels.limits().clone());
+        self.ctx.directory.channels.remove_shard(self.id);
         self.local.clear();
         self.speakers = SpeakerDetector::default();
         self.egress = Egress::default();
@@ -341,7 +349,9 @@ impl Core {
                 fresh,
             } => self.keyframe_to_publisher(track, rid, kind, fresh),
             PeerMsg::TrackEnded { track } => self.end_local_legs(track),
+            PeerMsg::Channel(msg) => self.handle_channel_peer(msg),
             PeerMsg::ShardReset { shard, before } => {
+                self.channels_forget_shard(shard, before);
                 for track in self.forwarder.forget_shard(shard, before) {
                     self.end_local_legs(track);
                 }
@@ -451,6 +461,7 @@ impl Core {
             }
             None => false,
         };
+        self.channels_session_removed(id);
         let removed = self.forwarder.remove_session(id);
         for (track, shards) in removed.publications {
             self.ctx.metrics.tracks.dec();

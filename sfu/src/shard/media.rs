@@ -45,6 +45,8 @@ pub(crate) enum SessionEvent {
     /// The transport is connected again after an ICE restart.
     IceReconnected,
     Failed(String),
+    /// About one of the session's data channels.
+    Channel(super::channel::ChannelEvent),
 }
 
 impl Core {
@@ -163,6 +165,7 @@ impl Core {
             }
             SessionEvent::Connected => self.request_keyframes_for(id),
             SessionEvent::IceReconnected => self.ice_reconnected(id),
+            SessionEvent::Channel(ev) => self.channel_event(id, ev),
             SessionEvent::Failed(reason) => {
                 tracing::info!(session = %id, "session failed: {reason}");
                 self.remove_session(id, "rtc_error");
@@ -537,6 +540,21 @@ fn session_output(session: &mut Session, event: Event, now: Instant, out: &mut D
             IceConnectionState::New | IceConnectionState::Checking => {}
         },
         Event::Connected => events.push(SessionEvent::Connected),
+        Event::ChannelData(cd) => {
+            use super::channel::{ChannelEvent, ChannelMessage};
+            if let Some(stream) = session.rtc.direct_api().sctp_stream_id_by_channel_id(cd.id) {
+                events.push(SessionEvent::Channel(ChannelEvent::Data {
+                    stream,
+                    message: ChannelMessage {
+                        binary: cd.binary,
+                        data: cd.data,
+                    },
+                }));
+            }
+        }
+        Event::ChannelClose(handle) => events.push(SessionEvent::Channel(
+            super::channel::ChannelEvent::Closed { handle },
+        )),
         Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
             events.push(SessionEvent::Estimate(estimate.as_u64()));
         }

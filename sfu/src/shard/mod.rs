@@ -19,6 +19,7 @@
 //! Every call into a session's str0m state is wrapped in `catch_unwind`: a panicking session is
 //! torn down and counted, and the shard carries on with the others.
 
+mod channel;
 mod commands;
 mod core;
 mod driver;
@@ -28,6 +29,9 @@ mod publisher_keyframe;
 #[cfg(test)]
 mod sim;
 
+pub use self::channel::{
+    ChannelDirectory, ChannelDrop, ChannelLimits, ChannelMessage, ChannelMetrics, ChannelPeerMsg,
+};
 pub use self::commands::{ApiCommand, ApiReply, CoreError};
 pub use self::core::{Action, Core, CoreContext, Datagram, PeerMsg};
 pub use self::driver::{Reply, Shard, ShardContext, ShardMsg};
