@@ -6,7 +6,9 @@
 
 use std::fmt::Write;
 
-use crate::relay::{KIND_COMMIT, KIND_KEY_PACKAGE, SERVER_HEADER_LEN};
+use crate::relay::{
+    KIND_APPLICATION, KIND_COMMIT, KIND_KEY_PACKAGE, MAX_CHAT_TEXT_BYTES, SERVER_HEADER_LEN,
+};
 use crate::room::{
     ClientMessage, PROTOCOL_VERSION, RoomEvent, ServerMessage, close, commit_rejected, error_code,
 };
@@ -69,7 +71,15 @@ pub fn web_module() -> String {
         &mut out,
         "Binary frame kinds.",
         "KIND",
-        &[("KEY_PACKAGE", KIND_KEY_PACKAGE), ("COMMIT", KIND_COMMIT)],
+        &[
+            ("KEY_PACKAGE", KIND_KEY_PACKAGE),
+            ("COMMIT", KIND_COMMIT),
+            ("APPLICATION", KIND_APPLICATION),
+        ],
+    );
+    let _ = write!(
+        out,
+        "\n/** Longest chat text (UTF-8 bytes) a client sends. */\nexport const MAX_CHAT_TEXT_BYTES = {MAX_CHAT_TEXT_BYTES};\n"
     );
     object(
         &mut out,

@@ -5,7 +5,10 @@
 //! Client → server: `u8 kind ‖ payload`. Server → client:
 //! `u64 BE seq ‖ u8 kind ‖ u64 BE from ‖ payload`. Kind 1 (KeyPackage): payload is the
 //! KeyPackage `MLSMessage`. Kind 2 (Commit): payload is
-//! `u32 BE commit_len ‖ commit MLSMessage ‖ welcome MLSMessage (may be empty)`.
+//! `u32 BE commit_len ‖ commit MLSMessage ‖ welcome MLSMessage (may be empty)`. Kind 3
+//! (application): payload is one MLS application message (`MLSMessage` in `PrivateMessage`
+//! framing) carrying an end-to-end encrypted chat message (`docs/chat.md`); it is not a
+//! handshake message, so [`Handshake`] refuses it and [`ApplicationFrame`] decodes it.
 //!
 //! Two views of the same bytes: the coordinator relays payloads it does not interpret
 //! ([`MlsFrame`], [`client_commit_frame`], [`split_commit_payload`]); members decode them
@@ -21,6 +24,15 @@ pub const KIND_KEY_PACKAGE: u8 = 1;
 /// Binary kind of a Commit frame
 /// (`u32 BE commit_len ‖ commit MLSMessage ‖ welcome MLSMessage (may be empty)`).
 pub const KIND_COMMIT: u8 = 2;
+/// Binary kind of an application frame: one MLS application message (`PrivateMessage`)
+/// carrying an end-to-end encrypted chat message. The coordinator relays it in the room's
+/// order like the handshake kinds, but cannot read it (`docs/chat.md`).
+pub const KIND_APPLICATION: u8 = 3;
+/// Largest application frame (kind byte included) a coordinator accepts by default: a chat
+/// message of [`MAX_CHAT_TEXT_BYTES`] plus the MLS framing, signature and padding fits.
+pub const MAX_APPLICATION_FRAME: usize = 8 << 10;
+/// Longest chat text (UTF-8 bytes) a client sends; longer text is refused before encryption.
+pub const MAX_CHAT_TEXT_BYTES: usize = 4000;
 /// Largest payload accepted in a binary frame (1 MiB): a Welcome with an inline
 /// ratchet tree for a few hundred members fits easily.
 pub const MAX_PAYLOAD: usize = 1 << 20;
@@ -379,6 +391,62 @@ pub fn client_key_package_frame(key_package: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Builds a client → server application frame: `3 ‖ application MLSMessage`.
+pub fn client_application_frame(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + message.len());
+    out.push(KIND_APPLICATION);
+    out.extend_from_slice(message);
+    out
+}
+
+/// A server → client application frame (kind [`KIND_APPLICATION`]): an MLS application
+/// message the coordinator logged at `seq` for sender `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplicationFrame {
+    /// Log position.
+    pub seq: u64,
+    /// The participant that sent it (as the coordinator says; members check it against the
+    /// MLS sender).
+    pub from: u64,
+    /// The application `MLSMessage`.
+    pub message: Vec<u8>,
+}
+
+impl ApplicationFrame {
+    /// Whether a server → client binary frame is an application frame (its kind byte), so a
+    /// member routes it here instead of to [`ServerFrame::decode`].
+    pub fn is_application(frame: &[u8]) -> bool {
+        frame.get(8) == Some(&KIND_APPLICATION)
+    }
+
+    /// `u64 BE seq ‖ 3 ‖ u64 BE from ‖ message`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(SERVER_HEADER_LEN + self.message.len());
+        encode_mls_header(self.seq, KIND_APPLICATION, self.from, &mut out);
+        out.extend_from_slice(&self.message);
+        out
+    }
+
+    /// Decodes a server → client application frame.
+    pub fn decode(frame: &[u8]) -> Result<Self, RelayError> {
+        let (seq, kind, from, payload) = split_server_frame(frame)?;
+        if kind != KIND_APPLICATION {
+            return Err(RelayError::UnknownKind(kind));
+        }
+        if payload.is_empty() {
+            return Err(RelayError::Empty);
+        }
+        if payload.len() > MAX_PAYLOAD {
+            return Err(RelayError::TooLarge(payload.len()));
+        }
+        Ok(Self {
+            seq,
+            from,
+            message: payload.to_vec(),
+        })
+    }
+}
+
 /// Splits a commit payload (`u32 BE len ‖ commit ‖ welcome`) into (commit, welcome);
 /// `None` when the length does not fit. An empty commit splits (the coordinator refuses it
 /// by its MLS framing; members refuse it as [`RelayError::Empty`]).
@@ -622,6 +690,56 @@ mod tests {
             let c = hs.encode_client_frame();
             assert_eq!(Handshake::decode_client_frame(&c), Ok(hs));
         }
+    }
+
+    #[test]
+    fn application_frames_round_trip_and_stay_out_of_handshakes() {
+        let f = ApplicationFrame {
+            seq: 9,
+            from: 4,
+            message: vec![0, 1, 0, 2, 7, 7],
+        };
+        let bytes = f.encode();
+        assert!(ApplicationFrame::is_application(&bytes));
+        assert_eq!(bytes[8], KIND_APPLICATION);
+        assert_eq!(ApplicationFrame::decode(&bytes), Ok(f.clone()));
+        // The raw view relays it unchanged.
+        let raw = MlsFrame::decode(&bytes).expect("header fits");
+        assert_eq!((raw.seq, raw.kind, raw.from), (9, KIND_APPLICATION, 4));
+        assert_eq!(raw.encode(), bytes);
+        // Handshake decoders refuse it: a chat message never reaches the committer.
+        assert_eq!(
+            ServerFrame::decode(&bytes),
+            Err(RelayError::UnknownKind(KIND_APPLICATION))
+        );
+        let c = client_application_frame(&f.message);
+        assert_eq!(c[0], KIND_APPLICATION);
+        assert_eq!(&c[1..], &f.message[..]);
+        assert_eq!(
+            Handshake::decode_client_frame(&c),
+            Err(RelayError::UnknownKind(KIND_APPLICATION))
+        );
+        // Malformed.
+        assert_eq!(
+            ApplicationFrame::decode(&bytes[..17]),
+            Err(RelayError::Empty)
+        );
+        assert_eq!(
+            ApplicationFrame::decode(&bytes[..5]),
+            Err(RelayError::TooShort(5))
+        );
+        let commit = ServerFrame {
+            seq: 1,
+            from: 1,
+            handshake: Handshake::KeyPackage(vec![1]),
+        }
+        .encode();
+        assert!(!ApplicationFrame::is_application(&commit));
+        assert_eq!(
+            ApplicationFrame::decode(&commit),
+            Err(RelayError::UnknownKind(KIND_KEY_PACKAGE))
+        );
+        assert!(!ApplicationFrame::is_application(&[0; 8]));
     }
 
     #[test]

@@ -198,6 +198,8 @@ impl std::fmt::Debug for Group {
 fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .use_ratchet_tree_extension(true)
+        // Chat messages sent just before a commit are logged after it (crate::chat).
+        .max_past_epochs(crate::chat::CHAT_PAST_EPOCHS)
         .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
         .build()
 }
@@ -273,6 +275,41 @@ impl Group {
             .collect();
         out.sort_by_key(|m| m.id);
         out
+    }
+
+    /// Verified identities of the current epoch's members with the identity bytes of their
+    /// basic credentials (chat resolves a message's sender by them).
+    pub fn verified_credentials(&self) -> Vec<(Vec<u8>, MemberIdentity)> {
+        self.group
+            .iter()
+            .flat_map(|g| g.members())
+            .filter_map(|m| {
+                let identity = member_identity(&m.credential, &m.signature_key).ok()?;
+                let basic = BasicCredential::try_from(m.credential).ok()?;
+                Some((basic.identity().to_vec(), identity))
+            })
+            .collect()
+    }
+
+    /// The verified identity of the current member whose basic credential has these
+    /// identity bytes.
+    pub fn verified_by_credential(&self, identity_bytes: &[u8]) -> Option<MemberIdentity> {
+        let g = self.group.as_ref()?;
+        g.members().find_map(|m| {
+            let basic = BasicCredential::try_from(m.credential.clone()).ok()?;
+            if basic.identity() != identity_bytes {
+                return None;
+            }
+            member_identity(&m.credential, &m.signature_key).ok()
+        })
+    }
+
+    /// The openmls group, the crypto provider and the signer (for [`crate::chat`]).
+    pub(crate) fn mls_parts(
+        &mut self,
+    ) -> Option<(&mut MlsGroup, &OpenMlsRustCrypto, &SignatureKeyPair)> {
+        let g = self.group.as_mut()?;
+        Some((g, &self.provider, &self.signer))
     }
 
     /// Members (participant id → key fingerprint) of the current epoch.
@@ -351,6 +388,7 @@ impl Group {
             .ciphersuite(CIPHERSUITE)
             .use_ratchet_tree_extension(true)
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .max_past_epochs(crate::chat::CHAT_PAST_EPOCHS)
             .build();
         let group = MlsGroup::new_with_group_id(
             &self.provider,

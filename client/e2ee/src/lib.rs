@@ -5,6 +5,7 @@
 pub mod frame;
 pub mod safety;
 
+pub mod chat;
 pub mod committer;
 pub mod group;
 pub mod identity;

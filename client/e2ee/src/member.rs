@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use crate::chat::{Chat, ChatError, ChatEvent, ChatStats};
 use crate::committer::{
     Action, CommitOutcome, Committer, Config as CommitterConfig, Event, ParticipantId,
 };
@@ -33,7 +34,9 @@ use crate::frame::{
 };
 use crate::group::{Group, GroupError, MemberIdentity, ValidKeyPackage};
 use crate::identity::Identity;
-use crate::relay::{Entry, Handshake, RelayError, ServerFrame};
+use crate::relay::{
+    ApplicationFrame, Entry, Handshake, RelayError, ServerFrame, client_application_frame,
+};
 use crate::safety::SafetyNumber;
 
 /// Settings of a [`Member`].
@@ -149,6 +152,8 @@ pub struct Member {
     outbound: VecDeque<Outbound>,
     events: VecDeque<MemberEvent>,
     stats: MemberStats,
+    /// End-to-end encrypted chat ([`crate::chat`]).
+    chat: Chat,
 }
 
 impl std::fmt::Debug for Member {
@@ -189,6 +194,7 @@ impl Member {
             outbound: VecDeque::new(),
             events: VecDeque::new(),
             stats: MemberStats::default(),
+            chat: Chat::default(),
         })
     }
 
@@ -272,6 +278,30 @@ impl Member {
         self.events.pop_front()
     }
 
+    /// Sends a chat message to the group: encrypted as an MLS application message and
+    /// queued as a binary frame ([`Member::poll_outbound`]). It is shown (as
+    /// [`ChatEvent::Message`] with `mine`) when the coordinator logs it, at its position
+    /// in the room's order, like everybody else's.
+    pub fn send_chat(&mut self, text: &str) -> Result<(), ChatError> {
+        if self.committer.is_terminal() {
+            return Err(ChatError::NoGroup);
+        }
+        let message = self.chat.send(&mut self.group, text)?;
+        self.outbound
+            .push_back(Outbound::Binary(client_application_frame(&message)));
+        Ok(())
+    }
+
+    /// Next chat event (messages to show, dropped entries), in log order.
+    pub fn poll_chat(&mut self) -> Option<ChatEvent> {
+        self.chat.poll()
+    }
+
+    /// Chat counters.
+    pub fn chat_stats(&self) -> ChatStats {
+        self.chat.stats()
+    }
+
     /// The coordinator's `welcome`: the room snapshot after entry `seq` (the ids of
     /// `welcome.snapshot.participants`; the joiner itself is not in it, its own
     /// `joined` is entry `seq + 1`). Call before feeding entries; entries up to
@@ -316,8 +346,20 @@ impl Member {
         self.run(now, actions);
     }
 
-    /// A binary server → client frame (KeyPackage or Commit entry).
+    /// A binary server → client frame (KeyPackage, Commit or application entry).
     pub fn handle_binary(&mut self, now: Duration, frame: &[u8]) -> Result<(), MemberError> {
+        if ApplicationFrame::is_application(frame) {
+            let f = ApplicationFrame::decode(frame)?;
+            if f.seq <= self.last_seq {
+                self.stats.duplicate_entries += 1;
+                return Ok(());
+            }
+            self.last_seq = f.seq;
+            // Chat never drives the group: the committer does not see it.
+            self.chat
+                .receive(&mut self.group, f.seq, f.from, &f.message);
+            return Ok(());
+        }
         let frame = ServerFrame::decode(frame)?;
         self.handle_entry(now, frame.into_entry());
         Ok(())
@@ -529,6 +571,7 @@ impl Member {
         self.members.clear();
         self.identities.clear();
         self.safety_number = None;
+        self.chat.clear_pending();
         self.events.push_back(MemberEvent::GroupLost { reason });
     }
 
@@ -688,6 +731,7 @@ impl Member {
             })?;
         self.members = members.clone();
         self.identities = self.group.member_identities();
+        self.chat.learn(&self.group);
         self.safety_number = Some(safety_number.clone());
         self.events
             .push_back(MemberEvent::ReceiveKeysChanged { epoch });

@@ -12,7 +12,11 @@ export const MLS_HEADER_LEN = 17;
 export const KIND = Object.freeze({
   KEY_PACKAGE: 1,
   COMMIT: 2,
+  APPLICATION: 3,
 });
+
+/** Longest chat text (UTF-8 bytes) a client sends. */
+export const MAX_CHAT_TEXT_BYTES = 4000;
 
 /** WebSocket close codes of the coordinator. */
 export const CLOSE = Object.freeze({

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use openmls::prelude::{MlsMessageIn, ProtocolMessage, tls_codec::Deserialize as _};
 use satsuma_e2ee::member::{Member, MemberConfig, MemberEvent, Outbound};
-use satsuma_e2ee::relay::{Entry, Handshake, ServerFrame};
+use satsuma_e2ee::relay::{ApplicationFrame, Entry, Handshake, KIND_APPLICATION, ServerFrame};
 
 /// A log entry as the coordinator stores it: JSON entries typed, MLS entries binary.
 #[derive(Debug, Clone)]
@@ -124,6 +124,17 @@ impl Coordinator {
             return;
         }
         match msg {
+            Outbound::Binary(bytes) if bytes.first() == Some(&KIND_APPLICATION) => {
+                // Chat: logged in order for group members, never interpreted.
+                if self.group_members.contains(&from) && bytes.len() > 1 {
+                    let frame = ApplicationFrame {
+                        seq: self.seq(),
+                        from,
+                        message: bytes[1..].to_vec(),
+                    };
+                    self.log.push(Logged::Binary(frame.encode()));
+                }
+            }
             Outbound::Binary(bytes) => {
                 let Ok(hs) = Handshake::decode_client_frame(&bytes) else {
                     return;
