@@ -468,3 +468,25 @@ fn check_track_errors(tracks: &[TrackResult]) -> Result<(), BotError> {
     }
     Ok(())
 }
+
+/// Recording real media: the pulled tracks' RTP packets, raw (see
+/// [`crate::participant::TappedRtp`]).
+impl Bot {
+    /// From now on, the RTP packets of every pulled track come out of the returned receiver
+    /// instead of going through the reception checks (which assume the bot's synthetic
+    /// payloads) and the media crypto.
+    pub async fn tap_rtp(
+        &self,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<crate::participant::TappedRtp>, BotError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.with(move |p, _| p.set_rtp_tap(Some(tx))).await?;
+        Ok(rx)
+    }
+
+    /// Asks the sender of pulled track `mid` for a keyframe (PLI); `false` if there is no
+    /// receive stream for it yet.
+    pub async fn request_keyframe(&self, mid: &str) -> Result<bool, BotError> {
+        let mid = mid.to_owned();
+        self.with(move |p, _| p.request_keyframe(&mid)).await
+    }
+}

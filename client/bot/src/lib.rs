@@ -48,6 +48,7 @@ pub mod payload;
 pub mod peer;
 pub mod reception;
 pub mod room;
+pub mod roster;
 pub mod shaper;
 pub mod source;
 

@@ -23,6 +23,9 @@ use crate::payload::MediaKind;
 use crate::reception::{Reception, ReceptionAction, ReceptionStats};
 use crate::source::{AudioSettings, MediaSource, SimulcastLayer, SourceCounters, VideoSettings};
 
+mod tap;
+pub use tap::TappedRtp;
+
 /// Errors of SDP and setup steps.
 #[derive(Debug, Error)]
 pub enum SignalingError {
@@ -273,6 +276,8 @@ pub struct Participant {
     sending: bool,
     next_track_id: u64,
     remote_ufrag: Option<String>,
+    /// Where pulled RTP packets go instead of the reception checks ([`Participant::set_rtp_tap`]).
+    rtp_tap: Option<tap::RtpTap>,
 }
 
 impl std::fmt::Debug for Participant {
@@ -325,6 +330,7 @@ impl Participant {
             sending: config.send_on_publish,
             next_track_id: track_id_seed,
             remote_ufrag: None,
+            rtp_tap: None,
         };
         p.drain(now);
         Ok(p)
@@ -755,7 +761,11 @@ impl Participant {
                     self.outbox
                         .push_back((t.source, t.destination, t.contents.into()));
                 }
-                Ok(Output::Event(e)) => self.on_event(now, e),
+                Ok(Output::Event(e)) => {
+                    if let Some(e) = self.tap_rtp(now, e) {
+                        self.on_event(now, e);
+                    }
+                }
                 Err(e) => {
                     debug!("str0m poll_output error: {e}");
                     self.transport.rtc_errors += 1;

@@ -79,6 +79,9 @@ pub struct MemberView {
     pub last_seq: u64,
     /// Successful resumes after a lost connection.
     pub resumes: u64,
+    /// The room's participants as the coordinator's log tells them (names, hosts,
+    /// recorders, SFU sessions, published tracks); not verified by MLS.
+    pub roster: crate::roster::Roster,
 }
 
 mod shared {
@@ -249,6 +252,11 @@ impl RoomMember {
         view.update(|w: &mut MemberView| {
             w.participant_id = id;
             w.resume_token = resume_token.clone();
+            if let Ok(ServerText::Direct(ServerMessage::Welcome { snapshot, .. })) =
+                ServerText::decode(&text)
+            {
+                w.roster = crate::roster::Roster::from_snapshot(&snapshot);
+            }
         });
         let (control, control_rx) = mpsc::unbounded_channel();
         let link = Link {
@@ -553,6 +561,7 @@ async fn connected(
                             view.update(|w| {
                                 w.entries += 1;
                                 w.last_seq = f.seq;
+                                w.roster.apply(&f.event);
                             });
                         }
                     }
