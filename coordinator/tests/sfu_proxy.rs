@@ -570,8 +570,7 @@ async fn datachannels_go_to_the_callers_own_session_from_room_members_only() {
     let sd = data_session(dave.resume_token.clone()).await;
     let new = |sid: &str| format!("/sfu/sessions/{sid}/datachannels/new");
     let publish = json!({"dataChannels": [{"location": "local", "dataChannelName": "chat"}]});
-    let subscribe =
-        json!({"dataChannels": [{"location": "remote", "sessionId": sa, "dataChannelName": "chat"}]});
+    let subscribe = json!({"dataChannels": [{"location": "remote", "sessionId": sa, "dataChannelName": "chat"}]});
 
     // Alice publishes on her own session; the SFU's result (the stream id) comes back.
     let r = http
@@ -685,7 +684,12 @@ async fn datachannels_go_to_the_callers_own_session_from_room_members_only() {
             .await
     ));
     let r = http
-        .call(reqwest::Method::PUT, &path, &alice.resume_token, Some(close))
+        .call(
+            reqwest::Method::PUT,
+            &path,
+            &alice.resume_token,
+            Some(close),
+        )
         .await;
     assert_eq!(r.0, 200, "{r:?}");
     assert_eq!(r.1["dataChannels"][0]["id"], id, "{r:?}");

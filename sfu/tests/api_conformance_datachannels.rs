@@ -111,7 +111,9 @@ impl Sfu {
     }
 
     async fn listed(&self, sid: &str) -> Vec<Value> {
-        let (status, body) = self.call(Method::GET, &format!("sessions/{sid}"), None).await;
+        let (status, body) = self
+            .call(Method::GET, &format!("sessions/{sid}"), None)
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body["dataChannels"].as_array().cloned().unwrap_or_default()
     }
@@ -134,7 +136,6 @@ fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_
 
 fn assert_entry_error(entry: &Value, code: &str) {
     assert_eq!(entry["errorCode"], code, "{entry}");
-    assert!(entry.get("id").is_none(), "{entry}");
     assert!(
         entry["errorDescription"]
             .as_str()
@@ -182,7 +183,9 @@ impl Client {
             .call(
                 Method::POST,
                 "sessions/new",
-                Some(json!({"sessionDescription": {"type": "offer", "sdp": offer.to_sdp_string()}})),
+                Some(
+                    json!({"sessionDescription": {"type": "offer", "sdp": offer.to_sdp_string()}}),
+                ),
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -323,7 +326,10 @@ async fn datachannels_new_close_and_get_with_valid_and_invalid_input() {
 
     // Publish: the SFU picks odd stream ids.
     let r = sfu
-        .new_channels(&p, json!([{"location": "local", "dataChannelName": "chat"}]))
+        .new_channels(
+            &p,
+            json!([{"location": "local", "dataChannelName": "chat"}]),
+        )
         .await;
     assert_eq!(r.len(), 1);
     assert_eq!(r[0]["location"], "local");
@@ -351,6 +357,12 @@ async fn datachannels_new_close_and_get_with_valid_and_invalid_input() {
         )
         .await;
     assert_eq!(r.len(), 9, "{r:?}");
+    // A refused channel gets no stream id.
+    assert!(
+        r.iter()
+            .all(|e| e.get("errorCode").is_none() || e.get("id").is_none()),
+        "{r:?}"
+    );
     assert_entry_error(&r[0], "duplicate_datachannel_name");
     let game = r[1]["id"].as_u64().unwrap();
     assert!(game > chat && game % 2 == 1, "{r:?}");
@@ -393,7 +405,10 @@ async fn datachannels_new_close_and_get_with_valid_and_invalid_input() {
             Method::POST,
             &format!("/v1/apps/other/sessions/{other}/datachannels/new"),
             Some("other-secret"),
-            Some(json!({"dataChannels": [{"location": "local", "dataChannelName": "x"}]}).to_string()),
+            Some(
+                json!({"dataChannels": [{"location": "local", "dataChannelName": "x"}]})
+                    .to_string(),
+            ),
         )
         .await;
     // That session has no m=application: the whole request is refused.
@@ -461,10 +476,13 @@ async fn datachannels_new_close_and_get_with_valid_and_invalid_input() {
             Some(json!({ "dataChannels": many }).to_string()),
         )
         .await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "too_many_datachannels");
-    let (status, body) = sfu
-        .raw(Method::GET, &path, Some(SECRET), None)
-        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "too_many_datachannels",
+    );
+    let (status, body) = sfu.raw(Method::GET, &path, Some(SECRET), None).await;
     assert_error(
         status,
         &body,
@@ -523,10 +541,19 @@ async fn datachannels_new_close_and_get_with_valid_and_invalid_input() {
             Method::PUT,
             &format!("/v1/apps/{APP}/sessions/{p}/datachannels/close"),
             Some(SECRET),
-            Some("[]".into()),
+            Some("\"chat\"".into()),
         )
         .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "decoding_error");
+    let (status, body) = sfu
+        .raw(
+            Method::PUT,
+            &format!("/v1/apps/{APP}/sessions/{p}/datachannels/close"),
+            Some(SECRET),
+            Some(json!({"dataChannels": []}).to_string()),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_params");
     let listed = sfu.listed(&p).await;
     assert_eq!(listed.len(), 1, "{listed:?}");
 
@@ -554,10 +581,16 @@ async fn datachannels_new_close_and_get_with_valid_and_invalid_input() {
 
     // Publishing again, then deleting the publisher's session ends the new subscription.
     let r = sfu
-        .new_channels(&p, json!([{"location": "local", "dataChannelName": "chat"}]))
+        .new_channels(
+            &p,
+            json!([{"location": "local", "dataChannelName": "chat"}]),
+        )
         .await;
     let chat2 = r[0]["id"].as_u64().unwrap();
-    assert!(chat2 > game, "stream ids are not reused in a session: {r:?}");
+    assert!(
+        chat2 > game,
+        "stream ids are not reused in a session: {r:?}"
+    );
     let r = sfu
         .new_channels(
             &s,
@@ -565,7 +598,9 @@ async fn datachannels_new_close_and_get_with_valid_and_invalid_input() {
         )
         .await;
     let sub2 = r[0]["id"].as_u64().unwrap();
-    let (status, _) = sfu.call(Method::DELETE, &format!("sessions/{p}"), None).await;
+    let (status, _) = sfu
+        .call(Method::DELETE, &format!("sessions/{p}"), None)
+        .await;
     assert!(status.is_success(), "{status}");
     until_status(&sfu, &s, sub2, "inactive").await;
     let m = sfu.metrics().await;
@@ -593,7 +628,10 @@ async fn messages_reach_every_subscriber_in_order_within_limits() {
     let s2 = sub2.join(&sfu).await;
 
     let r = sfu
-        .new_channels(&p, json!([{"location": "local", "dataChannelName": "chat"}]))
+        .new_channels(
+            &p,
+            json!([{"location": "local", "dataChannelName": "chat"}]),
+        )
         .await;
     let pub_id = r[0]["id"].as_u64().unwrap() as u16;
     let mut ids = Vec::new();
@@ -634,7 +672,11 @@ async fn messages_reach_every_subscriber_in_order_within_limits() {
     }
     assert!(publisher.send(pub_ch, true, &vec![7u8; 20_000]));
     assert!(sub1.send(sub1_ch, false, b"from a subscriber"));
-    step_for(&mut [&mut publisher, &mut sub1, &mut sub2], Duration::from_millis(200)).await;
+    step_for(
+        &mut [&mut publisher, &mut sub1, &mut sub2],
+        Duration::from_millis(200),
+    )
+    .await;
     assert!(publisher.send(pub_ch, false, b"last"));
     want.push((false, b"last".to_vec()));
     until(
@@ -643,7 +685,11 @@ async fn messages_reach_every_subscriber_in_order_within_limits() {
         |c| c[1].received.len() >= want.len() && c[2].received.len() >= want.len(),
     )
     .await;
-    step_for(&mut [&mut publisher, &mut sub1, &mut sub2], Duration::from_millis(200)).await;
+    step_for(
+        &mut [&mut publisher, &mut sub1, &mut sub2],
+        Duration::from_millis(200),
+    )
+    .await;
     for (sub, id) in [(&sub1, ids[0]), (&sub2, ids[1])] {
         let got: Vec<(bool, Vec<u8>)> = sub
             .received
@@ -655,7 +701,10 @@ async fn messages_reach_every_subscriber_in_order_within_limits() {
             .collect();
         assert_eq!(got, want, "in order, complete, nothing else");
     }
-    assert!(publisher.received.is_empty(), "the publisher gets nothing back");
+    assert!(
+        publisher.received.is_empty(),
+        "the publisher gets nothing back"
+    );
     let m = sfu.metrics().await;
     assert_eq!(
         m.get("satsuma_sfu_datachannel_dropped_total{reason=\"too_large\"}"),
@@ -681,7 +730,11 @@ async fn messages_reach_every_subscriber_in_order_within_limits() {
             publisher.step();
         }
     }
-    step_for(&mut [&mut publisher, &mut sub1, &mut sub2], Duration::from_millis(1500)).await;
+    step_for(
+        &mut [&mut publisher, &mut sub1, &mut sub2],
+        Duration::from_millis(1500),
+    )
+    .await;
     let got: Vec<u32> = sub1
         .received
         .iter()
@@ -693,11 +746,15 @@ async fn messages_reach_every_subscriber_in_order_within_limits() {
     assert!(m.get("satsuma_sfu_datachannel_dropped_total{reason=\"rate_limited\"}") >= 300.0);
 
     // The publisher's session goes: both subscribers' channels are closed by the SFU.
-    let (status, _) = sfu.call(Method::DELETE, &format!("sessions/{p}"), None).await;
+    let (status, _) = sfu
+        .call(Method::DELETE, &format!("sessions/{p}"), None)
+        .await;
     assert!(status.is_success());
-    until(&mut [&mut sub1, &mut sub2], "the subscribers' channels closed", |c| {
-        c[0].closed.contains(&sub1_ch) && c[1].closed.contains(&sub2_ch)
-    })
+    until(
+        &mut [&mut sub1, &mut sub2],
+        "the subscribers' channels closed",
+        |c| c[0].closed.contains(&sub1_ch) && c[1].closed.contains(&sub2_ch),
+    )
     .await;
     until_status(&sfu, &s2, u64::from(ids[1]), "inactive").await;
 }

@@ -724,6 +724,14 @@ impl<H: Copy> ChannelRouter<H> {
             .map(|(s, _)| *s)
     }
 
+    /// Whether `id`'s subscription on `stream` ended (its publisher closed it or went away).
+    pub(crate) fn is_ended(&self, id: SessionId, stream: u16) -> bool {
+        self.sessions
+            .get(&id)
+            .and_then(|s| s.channels.get(&stream))
+            .is_some_and(|e| matches!(e.role, ChannelRole::Remote { ended: true, .. }))
+    }
+
     /// Published channels of this shard.
     #[cfg(test)]
     fn published_count(&self) -> usize {
@@ -1124,10 +1132,13 @@ impl Core {
                 }
             }
             ChannelEvent::Closed { handle } => {
-                // The client reset the stream: the channel is closed as if through the API.
+                // The client reset the stream: the channel is closed as if through the API. (A
+                // subscription whose publisher went away was reset by the SFU: it stays listed,
+                // inactive, until closed through the API.)
                 if let Some(c) = self
                     .channels
                     .stream_of(id, handle)
+                    .filter(|stream| !self.channels.is_ended(id, *stream))
                     .and_then(|stream| self.channels.close(id, stream))
                 {
                     self.after_close(c, false);
@@ -1340,6 +1351,8 @@ mod tests {
         assert_eq!(r.published_count(), 0);
         // The subscriber's shard hears `Ended`: its subscription stays listed, ended.
         assert_eq!(r.end_channel(key), vec![(b, 1, ())]);
+        assert!(r.is_ended(b, 1));
+        assert!(!r.is_ended(a, 1), "the publisher's session is gone");
         let chans = r.channels(b);
         assert!(matches!(
             chans[0].1.role,
