@@ -65,6 +65,7 @@ export class SfuLink extends EventTarget {
     this.restarts = { attempted: 0, succeeded: 0, failed: 0, restarting: false, last: null };
     this.restartTimer = null;
     this.restarting = null; // the running restartIce() promise
+    this.iceCredentialsUnsettled = false; // a restart offer went out and its answer was not applied
     this.everConnected = false;
     this.liveness = null; // {activity, at, rtp, rtpAt}: see #checkLiveness
     this.livenessTimer = null;
@@ -469,7 +470,7 @@ export class SfuLink extends EventTarget {
       this.restarts.last = { at: Date.now(), attempt, trigger, outcome: 'pending' };
       this.dispatchEvent(new CustomEvent('ice-restart', { detail: { attempt } }));
       try {
-        await this.#serial(() => this.#renegotiateIce());
+        await this.#serial(() => this.#renegotiateIce(), { resync: false });
       } catch (err) {
         this.restarts.last.outcome = `error: ${err.message}`;
         if (err.sessionGone) break;
@@ -501,6 +502,9 @@ export class SfuLink extends EventTarget {
     this.pc.restartIce();
     await this.pc.setLocalDescription(await this.pc.createOffer({ iceRestart: true }));
     let res;
+    // Unsettled until the SFU's answer is applied: the SFU may take the offer even when its
+    // answer never arrives here.
+    this.iceCredentialsUnsettled = true;
     try {
       res = await this.#renegotiateRequest(this.pc.localDescription.sdp);
       if (res.sessionDescription?.type !== 'answer') throw new Error('renegotiate: no answer to the restart offer');
@@ -509,6 +513,7 @@ export class SfuLink extends EventTarget {
       throw err;
     }
     await this.pc.setRemoteDescription(res.sessionDescription);
+    this.iceCredentialsUnsettled = false;
     await this.#keepCodecs();
   }
 
@@ -713,8 +718,19 @@ export class SfuLink extends EventTarget {
     else this.#watchIce();
   }
 
-  #serial(fn) {
-    const run = this.queue.then(fn, fn);
+  #serial(fn, { resync = true } = {}) {
+    // After a restart offer whose answer never came, the SFU may hold the offer's new ICE
+    // credentials while this side rolled back to the old ones: an answer to the SFU's next
+    // offer would then carry credentials the SFU reads as an ICE restart in an answer (and
+    // refuses, leaving the m-lines out of step). Such a negotiation first settles the
+    // credentials with one more restart offer; if that fails too, it fails.
+    const step = resync
+      ? async () => {
+        if (this.iceCredentialsUnsettled) await this.#renegotiateIce();
+        return fn();
+      }
+      : fn;
+    const run = this.queue.then(step, step);
     this.queue = run.catch(() => {});
     return run;
   }

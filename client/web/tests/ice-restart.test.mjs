@@ -74,4 +74,52 @@ describe('ICE restart in the browser', { timeout: 300000 }, () => {
     assert.equal(await safetyNumber(ben), number);
     assert.equal(suite.servers.panicked().length, 0, suite.servers.panicked().join('\n'));
   }));
+
+  // A restart offer that reaches the SFU but whose answer is lost: the SFU now holds the
+  // offer's new credentials, the page rolled back to its old ones. A negotiation queued behind
+  // the failed attempt (here a pull, as when someone joins) must not answer the SFU's offer
+  // with the old credentials (the SFU refuses that as an ICE restart in an answer, and the
+  // m-lines fall out of step): the page settles the credentials with a new restart offer first.
+  it('a restart whose answer is lost does not break the next negotiation', check(async () => {
+    const { ann, ben } = pages;
+    const before = await stats(ann);
+    let lost = 0;
+    await ann.route('**/sessions/*/renegotiate', async (route) => {
+      const body = route.request().postDataJSON?.() ?? null;
+      if (lost > 0 || body?.sessionDescription?.type !== 'offer') return route.continue();
+      lost += 1;
+      // The SFU takes the restart offer...
+      await route.fetch();
+      // ...and a pull is queued behind the attempt before its failure is known, as a join
+      // would queue one (here of Ann's own audio: a track her page does not pull yet; no
+      // participant in its info, so no tile shows it).
+      await ann.evaluate(() => {
+        const sfu = window.satsuma.call.sfu;
+        const [trackName] = [...sfu.pushes.entries()].find(([, p]) => p.info.kind === 'audio');
+        window.pullAfterLostAnswer = sfu.pull([{ sessionId: sfu.sessionId, trackName, info: { kind: 'audio' } }])
+          .then((mids) => ({ mids }), (err) => ({ error: err.message }));
+      });
+      // ...but its answer never arrives.
+      await route.abort('failed');
+    });
+    const restarted = ann.evaluate(() => window.satsuma.drill.restartIce());
+    const pulled = await waitFor('the queued pull to finish', () => ann.evaluate(() => window.pullAfterLostAnswer ?? null), { timeout: 20000 })
+      .then(() => ann.evaluate(() => window.pullAfterLostAnswer));
+    assert.equal(lost, 1, 'one restart answer was lost');
+    assert.equal(pulled.error, undefined, `the pull after the lost answer: ${JSON.stringify(pulled)}`);
+    assert.equal(pulled.mids.length, 1);
+    assert.ok(pulled.mids[0], JSON.stringify(pulled));
+    assert.equal(await restarted, true, JSON.stringify((await stats(ann)).iceRestarts));
+    await ann.unroute('**/sessions/*/renegotiate');
+    const ice = await ufrags(ann);
+    const sdp = await ann.evaluate(() => window.satsuma.call.sfu.pc.remoteDescription.sdp);
+    assert.ok(ice.local && ice.remote && sdp.includes(`a=mid:${pulled.mids[0]}`), 'the new leg is in the negotiated description');
+    // Media still flows both ways on the same session.
+    await assertDecodes(ann, ben.participantId, { timeout: 10000 });
+    await assertDecodes(ben, ann.participantId, { timeout: 10000 });
+    const after = await stats(ann);
+    assert.equal(after.sfuSession, before.sfuSession, 'the same SFU session');
+    assert.equal(after.mediaSessions, 1, 'no new SFU session');
+    assert.equal(suite.servers.panicked().length, 0, suite.servers.panicked().join('\n'));
+  }));
 });
