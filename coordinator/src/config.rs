@@ -569,7 +569,9 @@ pub struct Cli {
     /// This coordinator replica's id (unique per replica, e.g. the pod name) [default: random].
     #[arg(long, env = "SATSUMA_COORD_REPLICA_ID")]
     pub replica_id: Option<String>,
-    /// This replica's public URL, stored with the rooms it owns.
+    /// The URL other replicas reach this one at (e.g. http://<pod IP>:8080), stored with the rooms
+    /// it owns: a replica that does not own a room serves its clients through the owner there
+    /// (without it they are told to retry, 1013).
     #[arg(long, env = "SATSUMA_COORD_REPLICA_URL")]
     pub replica_url: Option<String>,
     /// Room lease TTL in ms: a dead replica's rooms are taken over after it [default: 3000].

@@ -26,6 +26,7 @@ use crate::metrics::{CloseReason, DropReason};
 use crate::protocol::{self, ClientMessage, PROTOCOL_VERSION, ServerMessage, close, error_code};
 use crate::room::{Input, JoinRequest, ResumeError};
 use crate::server::App;
+use crate::store::StoreError;
 
 /// How long a killed connection's writer may still try to finish the frame it was writing and
 /// send its close frame (the peer is not reading; its queue is already freed).
@@ -38,7 +39,6 @@ const TRY_AGAIN_LATER: u16 = 1013;
 
 /// The close reason for a store refusal.
 fn store_refusal(e: &crate::store::StoreError) -> &'static str {
-    use crate::store::StoreError;
     match e {
         StoreError::Owned { .. } => "room is served by another coordinator replica; retry",
         StoreError::Fenced => "room moved to another coordinator replica; retry",
@@ -56,8 +56,27 @@ struct Session {
     conn_id: u64,
 }
 
-/// Serves one upgraded WebSocket for room `room`; `ip_slot` is its place under the per-IP cap.
-pub(crate) async fn serve(socket: WebSocket, room: String, app: Arc<App>, ip_slot: IpSlot) {
+/// What the hello led to.
+enum Hello {
+    /// The client is a participant of a room this replica serves.
+    Served(Session),
+    /// Another replica owns the room: serve the client through it ([`crate::forward`]).
+    Forward { owner: String, hello: String },
+    /// Refused (the close is queued) or gone.
+    Done,
+}
+
+/// Serves one upgraded WebSocket for room `room`; `ip_slot` is its place under the per-IP cap,
+/// `client_ip` the client's address; `forwarded`: another replica forwards the client (it is
+/// never forwarded again).
+pub(crate) async fn serve(
+    socket: WebSocket,
+    room: String,
+    app: Arc<App>,
+    ip_slot: IpSlot,
+    client_ip: std::net::IpAddr,
+    forwarded: bool,
+) {
     let _ip_slot = ip_slot;
     app.metrics.connections.inc();
     let (sink, mut stream) = socket.split();
@@ -71,13 +90,25 @@ pub(crate) async fn serve(socket: WebSocket, room: String, app: Arc<App>, ip_slo
         kill: kill_tx,
     };
 
-    let session = tokio::select! {
-        s = hello(&app, &room, &mut stream, &tx, conn) => s,
-        _ = &mut writer => None,
+    let outcome = tokio::select! {
+        s = hello(&app, &room, &mut stream, &tx, conn, forwarded) => s,
+        _ = &mut writer => Hello::Done,
     };
-    if let Some(session) = session {
-        read_loop(&app, &session, &mut stream, &tx, &mut writer).await;
-        app.hub.detach(&session.slot, session.id, session.conn_id);
+    match outcome {
+        Hello::Served(session) => {
+            read_loop(&app, &session, &mut stream, &tx, &mut writer).await;
+            app.hub.detach(&session.slot, session.id, session.conn_id);
+        }
+        Hello::Forward { owner, hello } => {
+            let through = crate::forward::Through {
+                room: room.clone(),
+                owner,
+                client_ip,
+                hello,
+            };
+            crate::forward::pipe(&app, through, &mut stream, &tx, &mut writer).await;
+        }
+        Hello::Done => {}
     }
     drop(tx);
     // Let the writer flush a close frame, but never hang on a dead peer. Meanwhile read and
@@ -128,18 +159,19 @@ async fn hello(
     stream: &mut SplitStream<WebSocket>,
     tx: &SendQueue,
     conn: ConnHandle,
-) -> Option<Session> {
+    forwarded: bool,
+) -> Hello {
     let first = tokio::time::timeout(app.config.hello_timeout, stream.next()).await;
     let text = match first {
         Err(_) => {
             close_with(tx, app, close::BAD_HELLO, "no hello in time").await;
-            return None;
+            return Hello::Done;
         }
-        Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return None,
+        Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return Hello::Done,
         Ok(Some(Ok(Message::Text(t)))) if t.len() <= app.config.max_text_bytes => t,
         Ok(Some(Ok(_))) => {
             close_with(tx, app, close::BAD_HELLO, "first message must be a hello").await;
-            return None;
+            return Hello::Done;
         }
     };
     app.metrics.messages_in.with_label_values(&["hello"]).inc();
@@ -151,12 +183,12 @@ async fn hello(
     }) = serde_json::from_str::<ClientMessage>(text.as_str())
     else {
         close_with(tx, app, close::BAD_HELLO, "first message must be a hello").await;
-        return None;
+        return Hello::Done;
     };
     // A test-only field: without test hooks it is refused like any unknown field.
     if test_visible_only_to.is_some() && !app.config.test_hooks {
         close_with(tx, app, close::BAD_HELLO, "first message must be a hello").await;
-        return None;
+        return Hello::Done;
     }
     if v != PROTOCOL_VERSION {
         close_with(
@@ -166,7 +198,7 @@ async fn hello(
             "unsupported protocol version",
         )
         .await;
-        return None;
+        return Hello::Done;
     }
     let conn_id = conn.conn_id;
     match (token, resume) {
@@ -175,14 +207,20 @@ async fn hello(
                 .hub
                 .resume(room, r.participant_id, &r.resume_token, r.last_seq, conn)
             {
-                Ok(slot) => Some(Session {
+                Ok(slot) => Hello::Served(Session {
                     slot,
                     id: r.participant_id,
                     conn_id,
                 }),
+                Err(HubResumeError::Store(StoreError::Owned {
+                    url: Some(owner), ..
+                })) if !forwarded => Hello::Forward {
+                    owner,
+                    hello: text.to_string(),
+                },
                 Err(HubResumeError::Store(e)) => {
                     close_with(tx, app, TRY_AGAIN_LATER, store_refusal(&e)).await;
-                    None
+                    Hello::Done
                 }
                 Err(e) => {
                     let reason = match e {
@@ -202,7 +240,7 @@ async fn hello(
                         }
                     };
                     close_with(tx, app, close::RESUME_FAILED, reason).await;
-                    None
+                    Hello::Done
                 }
             }
         }
@@ -211,7 +249,7 @@ async fn hello(
                 Ok(c) => c,
                 Err(e) => {
                     close_with(tx, app, close::UNAUTHORIZED, e.reason()).await;
-                    return None;
+                    return Hello::Done;
                 }
             };
             let req = JoinRequest {
@@ -219,19 +257,25 @@ async fn hello(
                 permissions: claims.permissions(),
                 recorder: claims.is_recorder(),
                 subject: claims.sub,
-                resume_token: hex::encode(rand::random::<[u8; 24]>()),
+                resume_token: crate::forward::credential(room),
                 wall_ms: unix_now().saturating_mul(1000),
                 visible_only_to: test_visible_only_to,
             };
             match app.hub.join(room, req, conn) {
-                Ok((slot, id)) => Some(Session { slot, id, conn_id }),
+                Ok((slot, id)) => Hello::Served(Session { slot, id, conn_id }),
+                Err(HubJoinError::Store(StoreError::Owned {
+                    url: Some(owner), ..
+                })) if !forwarded => Hello::Forward {
+                    owner,
+                    hello: text.to_string(),
+                },
                 Err(HubJoinError::Store(e)) => {
                     close_with(tx, app, TRY_AGAIN_LATER, store_refusal(&e)).await;
-                    None
+                    Hello::Done
                 }
                 Err(HubJoinError::TooManyRooms) => {
                     close_with(tx, app, close::ROOM_FULL, "too many rooms on this server").await;
-                    None
+                    Hello::Done
                 }
                 Err(HubJoinError::Room(e)) => {
                     let reason = match e {
@@ -240,13 +284,13 @@ async fn hello(
                         crate::room::JoinError::Removed => "removed from this room",
                     };
                     close_with(tx, app, e.close_code(), reason).await;
-                    None
+                    Hello::Done
                 }
             }
         }
         (None, None) => {
             close_with(tx, app, close::BAD_HELLO, "hello needs a token or resume").await;
-            None
+            Hello::Done
         }
     }
 }

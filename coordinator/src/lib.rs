@@ -44,6 +44,7 @@ pub mod auth;
 pub mod config;
 mod connection;
 mod dynacast;
+mod forward;
 mod hub;
 mod ice;
 pub mod metrics;

@@ -266,7 +266,9 @@ fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/client-config.json", get(client_config))
         .route("/ws/{room}", get(ws_upgrade))
-        .merge(sfu_proxy::routes(app.config.sfu_max_body_bytes))
+        .merge(sfu_proxy::routes(app.config.sfu_max_body_bytes).layer(
+            axum::middleware::from_fn_with_state(app.clone(), crate::forward::sfu_middleware),
+        ))
         .merge(access::routes());
     if app.config.dev {
         r = r.route("/token", post(dev_token));
@@ -456,7 +458,11 @@ async fn ws_upgrade(
         app.metrics.close(crate::metrics::CloseReason::ServerCap);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     }
-    let ip = client_ip(peer, &headers, app.config.budgets.trust_forwarded_for);
+    // A client another replica forwards here (it owns the room) counts under its own address.
+    let forwarded =
+        crate::forward::forwarded_client(app.config.jwt_secret.as_bytes(), &room, &headers);
+    let ip = forwarded
+        .unwrap_or_else(|| client_ip(peer, &headers, app.config.budgets.trust_forwarded_for));
     let Some(ip_slot) = app
         .hub
         .ip_slot(ip, app.config.budgets.max_connections_per_ip)
@@ -477,12 +483,14 @@ async fn ws_upgrade(
     let hard = app.config.max_text_bytes.max(app.config.max_binary_bytes) + (64 << 10);
     ws.max_message_size(hard)
         .max_frame_size(hard)
-        .on_upgrade(move |socket| connection::serve(socket, room, app, ip_slot))
+        .on_upgrade(move |socket| {
+            connection::serve(socket, room, app, ip_slot, ip, forwarded.is_some())
+        })
 }
 
 /// The client's address: the TCP peer, or (only when trusted, behind a reverse proxy) the
 /// last `X-Forwarded-For` entry, the one that proxy appended.
-fn client_ip(
+pub(crate) fn client_ip(
     peer: SocketAddr,
     headers: &axum::http::HeaderMap,
     trust_forwarded_for: bool,

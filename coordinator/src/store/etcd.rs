@@ -368,6 +368,21 @@ impl Inner {
         Ok(Claim { fence, stored })
     }
 
+    /// The owner key's `(replica, url)`, if the room has an owner.
+    async fn owner(&self, room: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
+        let key = self.room_key(room, "owner");
+        let v = self
+            .post("/v3/kv/range", &json!({ "key": b64(key.as_bytes()) }))
+            .await?;
+        Ok(kvs(&v).into_iter().next().map(|(_, value, _, _)| {
+            let held: Value = serde_json::from_slice(&value).unwrap_or(Value::Null);
+            (
+                held["replica"].as_str().unwrap_or("?").to_owned(),
+                held["url"].as_str().map(str::to_owned),
+            )
+        }))
+    }
+
     async fn append(&self, room: &str, fence: Fence, batch: Persist) -> Result<(), StoreError> {
         let mut ops = Vec::new();
         for (seq, value) in &batch.put {
@@ -558,6 +573,19 @@ impl RoomStore for EtcdStore {
 
     fn owns(&self, room: &str, fence: Fence) -> bool {
         self.inner.owned.lock().get(room) == Some(&fence)
+    }
+
+    fn owner_url(&self, room: &str) -> Result<Option<String>, StoreError> {
+        let inner = self.inner.clone();
+        let room = room.to_owned();
+        let owner = self.call(async move { inner.owner(&room).await })??;
+        Ok(owner.and_then(|(replica, url)| {
+            if replica == self.inner.config.replica {
+                None
+            } else {
+                url
+            }
+        }))
     }
 
     fn stats(&self) -> &StoreStats {

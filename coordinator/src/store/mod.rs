@@ -38,7 +38,7 @@ pub struct StoreConfig {
     pub etcd_prefix: String,
     /// This replica's id among the coordinator replicas (default: a random one).
     pub replica_id: Option<String>,
-    /// This replica's public URL, stored with the rooms it owns.
+    /// The URL other replicas reach this replica at (they forward clients of its rooms there).
     pub replica_url: Option<String>,
     /// Lease TTL: how long a dead replica's rooms stay taken.
     pub lease_ttl: std::time::Duration,
@@ -192,6 +192,14 @@ pub trait RoomStore: Send + Sync + std::fmt::Debug {
     fn owns(&self, room: &str, fence: Fence) -> bool {
         let _ = (room, fence);
         true
+    }
+
+    /// The URL of the replica that owns `room` if another replica does and advertises one
+    /// (requests for the room are forwarded there), as the store says now. `None`: nobody
+    /// else owns it (or this store has no other replicas).
+    fn owner_url(&self, room: &str) -> Result<Option<String>, StoreError> {
+        let _ = room;
+        Ok(None)
     }
 
     /// Write counters.

@@ -198,12 +198,26 @@ pub struct Replica {
 impl Replica {
     /// Starts `satsuma-coordinator --dev` with the store on `endpoints`.
     pub fn start(id: &str, endpoints: &[String], extra: &[&str]) -> Replica {
+        Self::start_on(id, endpoints, "127.0.0.1:0", extra)
+    }
+
+    /// Like [`Replica::start`], on a fixed free port and with `--replica-url` set to it, so
+    /// other replicas forward clients of its rooms to it.
+    pub fn start_reachable(id: &str, endpoints: &[String], extra: &[&str]) -> Replica {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let url = format!("http://{listen}");
+        let mut args = vec!["--replica-url", url.as_str()];
+        args.extend_from_slice(extra);
+        Self::start_on(id, endpoints, &listen, &args)
+    }
+
+    fn start_on(id: &str, endpoints: &[String], listen: &str, extra: &[&str]) -> Replica {
         let log = std::fs::File::create(
             std::env::temp_dir().join(format!("satsuma-replica-{}-{id}.log", std::process::id())),
         )
         .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_satsuma-coordinator"));
-        cmd.args(["--dev", "--listen", "127.0.0.1:0", "--replica-id", id])
+        cmd.args(["--dev", "--listen", listen, "--replica-id", id])
             .args(["--store-lease-ttl-ms", "2000"])
             .args(["--etcd-endpoint", &endpoints.join(",")])
             .args(extra)
@@ -229,6 +243,11 @@ impl Replica {
 
     pub fn ws_url(&self, room: &str) -> String {
         format!("ws://{}/ws/{room}", self.addr)
+    }
+
+    /// `http://addr`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// SIGKILL.
