@@ -62,6 +62,12 @@ pub const PUBLISHER_KEYFRAME_GAP: Duration = Duration::from_millis(250);
 /// (Chromium, Safari): a request sooner than that would be lost, not merged.
 pub const FRESH_LEG_KEYFRAME_GAP: Duration = Duration::from_millis(350);
 
+/// After an urgent switch down (see "Urgent switches" in [`crate::layer`]), the new layer's
+/// keyframe is asked for once more this long after the switch: on a congested link the first
+/// one may not have got through, and Chromium itself asks again only after about 3 s without a
+/// decodable frame. At least [`FRESH_LEG_KEYFRAME_GAP`], so the encoder takes it.
+pub const KEYFRAME_REPEAT_AFTER: Duration = Duration::from_millis(400);
+
 /// A subscriber leg: the `mid` of a session's m-line that carries a pulled track.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct LegKey {
@@ -250,6 +256,11 @@ struct Leg {
     /// A keyframe was forwarded to this leg (until then its keyframe requests are *fresh*, see
     /// [`FRESH_LEG_KEYFRAME_GAP`]).
     keyframe_seen: bool,
+    /// The switch to the target layer is urgent: the old layer is not forwarded meanwhile.
+    urgent: bool,
+    /// When to ask once more for a keyframe of the layer an urgent switch went to (see
+    /// [`KEYFRAME_REPEAT_AFTER`]).
+    repeat_keyframe_at: Option<Instant>,
 }
 
 impl Leg {
@@ -330,6 +341,10 @@ pub struct ForwardOutcome {
     /// A leg is waiting for a keyframe of this layer: the caller should ask the publisher's
     /// shard (the first element) for one.
     pub wants_keyframe: Option<(ShardId, Option<Rid>)>,
+    /// A leg that switched down urgently asks once more for a keyframe of this layer (see
+    /// [`KEYFRAME_REPEAT_AFTER`]): the caller should ask the publisher's shard for one, as a
+    /// *fresh* request (its last keyframe may not have reached the leg).
+    pub repeat_keyframe: Option<(ShardId, Option<Rid>)>,
     /// Legs that switched to a higher layer (in layer order) on this packet.
     pub switched_up: u32,
     /// Legs that switched to a lower layer on this packet.
@@ -671,6 +686,8 @@ impl Forwarder {
             started: false,
             paused: false,
             keyframe_seen: false,
+            urgent: false,
+            repeat_keyframe_at: None,
         });
     }
 
@@ -810,7 +827,7 @@ impl Forwarder {
         tracing::trace!(%session, ?estimate, ?loss, "transport report");
         let selector = self.selectors.entry(session).or_default();
         let fell = estimate.is_some_and(|e| selector.set_raw_estimate(e, now));
-        let heavy = loss.is_some_and(|l| selector.note_loss(f64::from(l), now));
+        let heavy = loss.is_some_and(|l| selector.note_transport_loss(f64::from(l), now));
         fell || heavy
     }
 
@@ -913,6 +930,7 @@ impl Forwarder {
                     .and_then(|legs| legs.iter_mut().find(|l| l.key == change.leg))
                 {
                     l.target_rid = Some(change.rid);
+                    l.urgent = change.urgent;
                 }
             }
             for &(leg, pause) in &plan.pauses {
@@ -938,6 +956,8 @@ impl Forwarder {
             l.paused = pause;
             if pause {
                 l.current_rid = None;
+                l.urgent = false;
+                l.repeat_keyframe_at = None;
             }
         }
     }
@@ -975,6 +995,13 @@ impl Forwarder {
         }
         for leg in legs.iter_mut() {
             let before = leg.current_rid;
+            if pkt.rid.is_some()
+                && pkt.rid == leg.current_rid
+                && leg.repeat_keyframe_at.is_some_and(|t| pkt.arrival >= t)
+            {
+                leg.repeat_keyframe_at = None;
+                outcome.repeat_keyframe = Some((leg.home, pkt.rid));
+            }
             let decision = leg_decision(leg, pkt);
             if let (Some(old), Some(new)) = (before, leg.current_rid)
                 && old != new
@@ -1083,11 +1110,15 @@ fn leg_decision(leg: &mut Leg, pkt: &MediaPacket) -> Result<(), DropReason> {
                     leg.ts.switch_to(pkt.timestamp, pkt.arrival, pkt.clock_rate);
                     leg.vp8.switch();
                 }
+                if std::mem::take(&mut leg.urgent) && current.is_some() {
+                    leg.repeat_keyframe_at = Some(pkt.arrival + KEYFRAME_REPEAT_AFTER);
+                }
                 leg.current_rid = Some(rid);
                 leg.started = true;
                 Ok(())
-            } else if current == Some(rid) {
-                // Keep sending the old layer until the new one has a keyframe.
+            } else if current == Some(rid) && !leg.urgent {
+                // Keep sending the old layer until the new one has a keyframe (not after an
+                // urgent switch: the link does not carry it).
                 Ok(())
             } else if wanted {
                 Err(DropReason::AwaitingKeyframe)
@@ -1697,6 +1728,81 @@ mod tests {
         // The leg's numbers stayed continuous across every switch.
         let seqs: Vec<u64> = out.iter().map(|w| w.seq).collect();
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "gap in {seqs:?}");
+    }
+
+    #[test]
+    fn an_urgent_switch_down_stops_the_old_layer_at_once_and_asks_for_the_keyframe_again() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        let l = leg(2, "0");
+        f.subscribe(t, 0, l, vec![(Pt::from(96), Pt::from(96))], None, 1, 0);
+        let mut out = Vec::new();
+        // q and f at ~0.25 and ~3 Mbit/s (1 and 12 packets of 1000 bytes per 33 ms); a keyframe
+        // of each every 30 packets (~1 s), q's 15 after f's.
+        let mut seqs = [100u64, 20_000];
+        let mut send = |f: &mut Forwarder, ms: u64, out: &mut Vec<LegWrite>| {
+            let mut outcomes = Vec::new();
+            for (i, rid) in ["q", "f"].iter().enumerate() {
+                for k in 0..[1, 12][i] {
+                    let mut p = packet(seqs[i], (ms * 90) as u32, t0 + Duration::from_millis(ms));
+                    p.payload = Arc::from(vec![0u8; 1000]);
+                    p.rid = Some(Rid::from(*rid));
+                    p.keyframe = k == 0 && (ms / 33 + [15, 0][i]).is_multiple_of(30);
+                    seqs[i] += 1;
+                    outcomes.push((*rid, f.forward(t, &p, out)));
+                }
+            }
+            outcomes
+        };
+        let now = |ms: u64| t0 + Duration::from_millis(ms);
+        // On f (no estimate yet: the top layer), with the meters running.
+        let mut ms = 0;
+        while ms < 2970 {
+            send(&mut f, ms, &mut out);
+            f.select_layers(now(ms), None);
+            ms += 33;
+        }
+        assert_eq!(f.leg_layer(l), Some(Rid::from("f")));
+        f.note_estimate(l.session, 10_000_000, now(ms));
+        // A 300 kbit/s link: a severe shortfall, urgent.
+        f.note_estimate(l.session, 250_000, now(ms));
+        let plans = f.select_layers(now(ms), Some(l.session));
+        let change = plans[0].1.changes[0];
+        assert_eq!((change.rid, change.urgent), (Rid::from("q"), true));
+        // f is not forwarded any more, though q's keyframe has not come yet.
+        let (mut f_after, mut switched_at, mut repeats) = (0, None, Vec::new());
+        let until = ms + 1500;
+        while ms < until {
+            ms += 33;
+            for (rid, o) in send(&mut f, ms, &mut out) {
+                if rid == "f" {
+                    f_after += o.forwarded;
+                }
+                if o.switched_down > 0 {
+                    switched_at = Some(ms);
+                }
+                if let Some(r) = o.repeat_keyframe {
+                    repeats.push((ms, r));
+                }
+            }
+        }
+        assert_eq!(f_after, 0, "the old layer stopped at once");
+        let switched_at = switched_at.expect("switched to q on its keyframe");
+        assert_eq!(f.leg_layer(l), Some(Rid::from("q")));
+        // One more keyframe request for q, KEYFRAME_REPEAT_AFTER after the switch (at q's next
+        // packet), and only one.
+        assert_eq!(repeats.len(), 1, "{repeats:?}");
+        let (at, target) = repeats[0];
+        assert_eq!(target, (0, Some(Rid::from("q"))));
+        let after = Duration::from_millis(at - switched_at);
+        assert!(
+            after >= KEYFRAME_REPEAT_AFTER
+                && after < KEYFRAME_REPEAT_AFTER + Duration::from_millis(100),
+            "{after:?}"
+        );
+        let seqs_ok = out.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+        assert!(seqs_ok, "the leg's numbers stay continuous");
     }
 
     /// A VP8 payload: descriptor with a 15-bit PictureID, TL0PICIDX and TID 0, the first bytes

@@ -48,6 +48,18 @@
 //!   receiver reports, and the egress loss over the last second that str0m derives from
 //!   transport-wide feedback): when a fraction lost reaches [`HEAVY_LOSS`], the session's legs are
 //!   fitted into what got through (the current allocation times the share not lost), at once.
+//!   A leg's own receiver report counts only while no transport-wide figure is known: it counts
+//!   the leg's packets since its previous report, a handful for a leg that just switched or
+//!   resumed (one lost of three read as 33 % and sent a leg on an idle 2 Mbit/s link back to q).
+//! * **Urgent switches**: a switch down for heavy loss or a severe shortfall is marked urgent.
+//!   The forwarder then stops the old layer at once rather than at the new layer's keyframe, and
+//!   asks for that keyframe once more shortly after the switch
+//!   ([`crate::forward::KEYFRAME_REPEAT_AFTER`]), in case the first one was lost anyway.
+//!   Measured on a 300 kbit/s tbf with 3 % loss (`client/web/tests/net/shaped.test.mjs`): the
+//!   SFU switched f to q 0.6 s after the shaping began, yet the viewer decoded nothing until its
+//!   own keyframe request 3 s later (the switch's keyframe went into a queue full of f and did
+//!   not get through); with the old layer stopped and the keyframe repeated, q showed 1.8 s
+//!   after the shaping began.
 //! * **Pausing**: when the session is short and even the layers it is down to do not fit (a
 //!   300 kbit/s link cannot carry two 320x180 layers of ~130 kbit/s plus two audio tracks), the
 //!   legs that want the least (the lowest cap: a small tile's before a large one's) are paused,
@@ -86,6 +98,9 @@ use str0m::media::Rid;
 
 use crate::forward::LegKey;
 
+/// How long a transport-wide loss report keeps per-leg receiver reports out (see
+/// [`LayerSelector::note_report`]); str0m reports both once a second.
+pub const TRANSPORT_LOSS_FRESH: Duration = Duration::from_millis(2500);
 /// How long the estimate must leave room for a higher layer before a leg goes up.
 pub const UP_HOLD: Duration = Duration::from_millis(2500);
 /// A leg goes up only if the higher allocation fits in this fraction of the estimate.
@@ -208,6 +223,10 @@ pub struct LegTarget {
     pub leg: LegKey,
     /// The layer it should be on.
     pub rid: Rid,
+    /// A switch down because the link no longer carries the session (heavy loss, or a severe
+    /// shortfall; see "Urgent switches" in the module docs): the old layer stops at once instead
+    /// of until the new layer's keyframe, and that keyframe is asked for again shortly after.
+    pub urgent: bool,
 }
 
 /// The selector's decisions for one session.
@@ -236,6 +255,9 @@ pub struct LayerSelector {
     raw: Option<(u64, Instant)>,
     /// The last heavy loss: (fraction lost, when).
     loss: Option<(f64, Instant)>,
+    /// When the transport-wide loss (from transport-wide feedback) was last reported: while it is
+    /// fresh, per-leg receiver reports do not count (see [`LayerSelector::note_report`]).
+    transport_loss_at: Option<Instant>,
     up_since: HashMap<LegKey, Instant>,
     /// Legs paused because even the lowest layers did not fit.
     paused: Vec<LegKey>,
@@ -304,10 +326,27 @@ impl LayerSelector {
         true
     }
 
+    /// The session's transport-wide egress loss (str0m derives it from transport-wide
+    /// feedback, over the last second). Returns whether it is heavy (see
+    /// [`LayerSelector::note_loss`]).
+    pub fn note_transport_loss(&mut self, fraction: f64, now: Instant) -> bool {
+        self.transport_loss_at = Some(now);
+        self.note_loss(fraction, now)
+    }
+
     /// A leg's receiver report: its fraction lost and the round-trip time. Returns whether the
-    /// loss is heavy (see [`LayerSelector::note_loss`]).
+    /// loss is heavy (see [`LayerSelector::note_loss`]). Ignored while the transport-wide loss is
+    /// known (reported within [`TRANSPORT_LOSS_FRESH`]): a leg's fraction lost counts its own
+    /// packets since its previous report, a handful for a leg that just resumed or switched (one
+    /// lost of three reads as 33 %), while the transport-wide figure counts every packet.
     pub fn note_report(&mut self, loss: Option<f64>, rtt: Option<Duration>, now: Instant) -> bool {
         let _ = rtt;
+        if self
+            .transport_loss_at
+            .is_some_and(|t| now.saturating_duration_since(t) < TRANSPORT_LOSS_FRESH)
+        {
+            return false;
+        }
         loss.is_some_and(|l| self.note_loss(l, now))
     }
 
@@ -418,7 +457,7 @@ impl LayerSelector {
                 ..SessionPlan::default()
             };
             for ((l, o), &i) in options.iter().zip(&top) {
-                push_change(&mut plan, l, o, i);
+                push_change(&mut plan, l, o, i, false);
                 plan.allocated_bps += o.get(i).map_or(0, |(_, b)| *b);
             }
             plan.allocated_bps += fixed;
@@ -442,9 +481,8 @@ impl LayerSelector {
         let loss_room = self
             .heavy_loss(now)
             .map(|share| (sending as f64 * (1.0 - share)) as u64);
-        let short = loss_room.is_some_and(|r| sending > r)
-            || carried < sending as f64 * SEVERE
-            || delay >= MAX_QUEUE;
+        let urgent = loss_room.is_some_and(|r| sending > r) || carried < sending as f64 * SEVERE;
+        let short = urgent || delay >= MAX_QUEUE;
         let hold = if short {
             // Down to what fits the estimate (and what got through), never up here.
             self.queue_bits = 0.0;
@@ -502,7 +540,7 @@ impl LayerSelector {
                     self.up_since.remove(&l.leg);
                     self.paused.retain(|k| *k != l.leg);
                     plan.pauses.push((l.leg, false));
-                    push_change(&mut plan, l, o, 0);
+                    push_change(&mut plan, l, o, 0, false);
                 }
             } else {
                 self.up_since.remove(&l.leg);
@@ -522,7 +560,9 @@ impl LayerSelector {
             } else {
                 self.up_since.remove(&l.leg);
             }
-            push_change(&mut plan, l, o, chosen[n]);
+            // Only a switch down can be urgent (`chosen` is never above `current` when short).
+            let down = cur.is_some_and(|c| chosen[n] < c);
+            push_change(&mut plan, l, o, chosen[n], urgent && down);
         }
         if plan.changes.is_empty() {
             tracing::trace!(estimate, sending, ?delay, "layers held");
@@ -615,13 +655,14 @@ fn raise(
     }
 }
 
-fn push_change(plan: &mut SessionPlan, l: &LegInput, o: &[(Rid, u64)], i: usize) {
+fn push_change(plan: &mut SessionPlan, l: &LegInput, o: &[(Rid, u64)], i: usize, urgent: bool) {
     if let Some((rid, _)) = o.get(i)
         && l.current != Some(*rid)
     {
         plan.changes.push(LegTarget {
             leg: l.leg,
             rid: *rid,
+            urgent,
         });
     }
 }
@@ -935,6 +976,80 @@ mod tests {
             s.select(&[input("0", Some("h"), None)], t0)
                 .changes
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn only_a_switch_for_loss_or_a_severe_shortfall_is_urgent() {
+        let t0 = Instant::now();
+        let urgent = |plan: &SessionPlan| {
+            plan.changes
+                .iter()
+                .map(|c| (c.rid.to_string(), c.urgent))
+                .collect::<Vec<_>>()
+        };
+        let on_f = [input("0", Some("f"), None)];
+        // A severe shortfall (a 300 kbit/s link under f): urgent.
+        let mut s = LayerSelector::new();
+        s.set_estimate(3_000_000, t0);
+        assert!(s.select(&on_f, t0).changes.is_empty());
+        let t1 = t0 + Duration::from_millis(250);
+        s.set_estimate(255_000, t1);
+        assert_eq!(urgent(&s.select(&on_f, t1)), vec![("q".to_string(), true)]);
+        // Heavy loss: urgent.
+        let mut s = LayerSelector::new();
+        s.set_estimate_at(3_000_000);
+        assert!(s.note_transport_loss(0.7, t0));
+        assert_eq!(urgent(&s.select(&on_f, t0)), vec![("q".to_string(), true)]);
+        // A sustained mild shortfall (the virtual queue fills): not urgent.
+        let mut s = LayerSelector::new();
+        s.set_estimate(3_000_000, t0);
+        s.select(&on_f, t0);
+        s.set_estimate(1_050_000, t1);
+        let mut t = t1;
+        let plan = loop {
+            let plan = s.select(&on_f, t);
+            if !plan.changes.is_empty() || t > t1 + Duration::from_secs(5) {
+                break plan;
+            }
+            t += Duration::from_millis(250);
+        };
+        assert_eq!(urgent(&plan), vec![("h".to_string(), false)]);
+        // A lowered preference: not urgent; going up never is.
+        let mut s = LayerSelector::new();
+        s.set_estimate_at(10_000_000);
+        let plan = s.select(&[input("0", Some("f"), Some("q"))], t0);
+        assert_eq!(urgent(&plan), vec![("q".to_string(), false)]);
+        let on_q = [input("0", Some("q"), None)];
+        s.select(&on_q, t0);
+        assert_eq!(
+            urgent(&s.select(&on_q, t0 + UP_HOLD)),
+            vec![("f".to_string(), false)]
+        );
+    }
+
+    #[test]
+    fn a_legs_receiver_report_does_not_count_while_the_transport_loss_is_known() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new();
+        s.set_estimate_at(3_000_000);
+        let cur = [input("0", Some("f"), None)];
+        // No transport-wide figure: a leg's heavy loss counts.
+        assert!(s.note_report(Some(0.7), None, t0));
+        assert_eq!(targets(&s.select(&cur, t0)), vec![("0".into(), "q".into())]);
+        // With one (none lost), a leg's 33 % (one of three packets) does not.
+        let mut s = LayerSelector::new();
+        s.set_estimate_at(3_000_000);
+        assert!(!s.note_transport_loss(0.0, t0));
+        let t1 = t0 + Duration::from_millis(10);
+        assert!(!s.note_report(Some(0.33), None, t1));
+        assert!(s.select(&cur, t1).changes.is_empty());
+        // Once the transport-wide figure is stale, the leg's counts again.
+        let later = t0 + TRANSPORT_LOSS_FRESH;
+        assert!(s.note_report(Some(0.7), None, later));
+        assert_eq!(
+            targets(&s.select(&cur, later)),
+            vec![("0".into(), "q".into())]
         );
     }
 

@@ -254,6 +254,9 @@ impl Core {
         if let Some((home, rid)) = outcome.wants_keyframe {
             self.request_pli(home, track, rid, false);
         }
+        if let Some((home, rid)) = outcome.repeat_keyframe {
+            self.request_pli(home, track, rid, true);
+        }
         let paced = paced(&self.ctx.config, pkt.rid.is_some());
         for w in writes.drain(..) {
             self.write_leg(w, paced);

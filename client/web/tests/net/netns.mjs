@@ -472,7 +472,9 @@ export async function startNetServers({ serviceIp, args = [], env = {} }) {
   const appSecret = randomBytes(32).toString("hex");
   const all = await startProcess('satsuma', path.join(binDir, 'satsuma'), [
     '--listen', `0.0.0.0:${webPort}`, '--sfu-api', '127.0.0.1:0', '--media', `${serviceIp}:0`, '--detect-lan=false',
-    '--web-dir', webDir(), '--log', 'warn', '--test-hooks=true', '--dev=true', ...args,
+    // SATSUMA_NET_LOG (a log filter, e.g. `warn,satsuma_sfu::layer=debug`) for investigating; the
+    // servers' whole log is then written to ARTIFACTS/net-satsuma-<pid>.log.
+    '--web-dir', webDir(), '--log', process.env.SATSUMA_NET_LOG ?? 'warn', '--test-hooks=true', '--dev=true', ...args,
   ], /satsuma listening web=(\S+) sfu=(\S+) media=(\S+)[^\n]*/, logs, { SATSUMA_APP_ID: 'satsuma', SATSUMA_APP_SECRET: appSecret, ...env });
   const key = `proc:satsuma:${all.child.pid}`;
   register(key, () => { if (all.child.exitCode === null) all.child.kill('SIGTERM'); });
@@ -583,6 +585,10 @@ export function netSuite({ coturn = false, serverArgs = () => [], serverEnv = ()
       for (const ns of env.namespaces) console.log(`--- nft rules of ${ns.name}\n${ns.rules()}`);
     }
     await env.browser?.close();
+    if (process.env.SATSUMA_NET_LOG && env.servers) {
+      mkdirSync(artifacts, { recursive: true });
+      writeFileSync(path.join(artifacts, `net-satsuma-${PID}.log`), env.servers.logs.join('\n'));
+    }
     if (env.turn) {
       mkdirSync(artifacts, { recursive: true });
       writeFileSync(path.join(artifacts, `net-coturn-${PID}.log`), env.turn.logs.join('\n'));

@@ -88,7 +88,11 @@ async function startSampler(page, intervalMs) {
       try {
         const s = await window.satsuma.stats();
         const v = {};
-        for (const r of s?.remote ?? []) if (r.kind === 'video') v[r.participantId] = [r.framesDecoded, r.frameWidth];
+        for (const r of s?.remote ?? []) {
+          if (r.kind === 'video') {
+            v[r.participantId] = [r.framesDecoded, r.frameWidth, r.packetsReceived, r.framesReceived, r.keyFramesDecoded, r.pliCount, r.decrypted, r.dropped];
+          }
+        }
         rows.push({ t: Date.now(), v });
       } catch { /* a sample lost */ } finally {
         busy = false;
@@ -183,6 +187,7 @@ describe('a shaped subscriber adapts (tbf 300 kbit/s + 3 % loss)', { timeout: 30
     for (const { page } of plan) await startSampler(page, page === shaped.page ? 100 : 200);
     await new Promise((r) => setTimeout(r, 4000)); // a baseline before the shaping
     const tShape = Date.now();
+    console.log(`# shaped | shaping at ${new Date(tShape).toISOString()}`);
     ns.shape({ rateKbit: RATE_KBIT, lossPercent: LOSS_PERCENT });
     // C's large tile at q: awaited (polled), the figure comes from the in-page samples.
     await waitFor('C: large tile at q under the shaping', async () => (await videos(shaped.page))[shaped.large]?.frameWidth === WIDTH.q, { timeout: 15000, interval: 200 })
@@ -192,6 +197,7 @@ describe('a shaped subscriber adapts (tbf 300 kbit/s + 3 % loss)', { timeout: 30
     const qdisc = ns.qdisc();
     const tLift = Date.now();
     ns.unshape();
+    console.log(`# shaped | lifted at ${new Date(tLift).toISOString()}`);
     await waitFor('C: large tile back at f after the lift', async () => (await videos(shaped.page))[shaped.large]?.frameWidth === WIDTH.f, { timeout: 25000, interval: 250 })
       .catch(() => {}); // judged below from the samples
     await new Promise((r) => setTimeout(r, 3000)); // decoding after the climb
@@ -213,6 +219,15 @@ describe('a shaped subscriber adapts (tbf 300 kbit/s + 3 % loss)', { timeout: 30
       + `longest freeze ${freezeC.ms} ms (large), ${freezeCSmall.ms} ms (small); ${decodedShaped} frames decoded while shaped `
       + `(${(decodedShaped / ((tLift - tShape) / 1000)).toFixed(1)} fps); switches ${JSON.stringify(switches(c).map((s) => [s.t - tShape, s.to]))} (ms from the shaping); `
       + `sampler gap ${samplerGap(rows[2])} ms`);
+    if (process.env.SHAPED_TRACE === '1') {
+      // C's large tile, every ~500 ms: [ms from the shaping, framesDecoded, width, packets, framesReceived, keyFramesDecoded, PLIs, decrypted, dropped].
+      let lastT = -Infinity;
+      for (const r of rows[2]) {
+        if (r.t - lastT < 450 || !r.v[shaped.large]) continue;
+        lastT = r.t;
+        console.log(`# shaped trace | ${r.t - tShape} ${r.v[shaped.large].join(' ')}`);
+      }
+    }
     console.log(`# shaped | C downlink qdisc before the lift: ${qdisc.replace(/\s+/g, ' ')}`);
 
     // Stalls after any switch, on every page and tile; A and B unaffected.
