@@ -66,6 +66,8 @@ function participantOf(p) {
     id: p.id,
     name: p.name,
     host: Boolean(p.host),
+    // A recorder (its token grants `recorder`): every page shows "Recording by <name>".
+    recorder: Boolean(p.recorder),
     hand: Boolean(p.hand_raised ?? p.hand),
     speaking: Boolean(p.speaking),
     tracks: new Map((p.tracks ?? []).map((t) => [t.track_name, t])),
@@ -82,7 +84,7 @@ function applyEntry(state, e, changed) {
   const p = state.participants.get(e.id);
   switch (e.type) {
     case 'joined':
-      if (!p) state.participants.set(e.id, participantOf({ id: e.id, name: e.name, host: e.host }));
+      if (!p) state.participants.set(e.id, participantOf({ id: e.id, name: e.name, host: e.host, recorder: e.recorder }));
       changed.add('people');
       break;
     case 'left':

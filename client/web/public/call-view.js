@@ -156,6 +156,28 @@ export class CallView {
   renderPeople(state) {
     const people = [...state.participants.values()].map((p) => ({ ...p, me: p.id === state.me }));
     this.people(people, { meIsHost: Boolean(state.participants.get(state.me)?.host) });
+    this.recording(people.filter((p) => p.recorder));
+  }
+
+  /**
+   * The recording badge in the top bar: "● Recording by <names>" while any
+   * participant in the room is a recorder (the coordinator marks it from its
+   * join token; it is an MLS member, so it also shows under "Who holds the
+   * keys"). Made here, not in index.html, and filled with text only.
+   */
+  recording(recorders) {
+    let badge = $('recording-badge');
+    if (!badge) {
+      badge = el('span', { id: 'recording-badge', class: 'pill recording-badge', hidden: true });
+      badge.setAttribute('role', 'status');
+      $('room-title')?.after(badge);
+    }
+    const names = recorders.map((p) => (typeof p.name === 'string' && p.name ? p.name : `participant ${p.id}`));
+    badge.hidden = names.length === 0;
+    badge.textContent = names.length ? `● Recording by ${names.join(', ')}` : '';
+    badge.title = names.length
+      ? `${names.join(', ')} ${names.length === 1 ? 'is' : 'are'} recording this call: a recorder holds the call's keys and stores what it decrypts`
+      : '';
   }
 
   /** Renders the people list. `people`: [{id, name, host, hand, speaking, me}]. */
@@ -165,6 +187,7 @@ export class CallView {
       const bits = [p.name];
       if (p.me) bits.push('(you)');
       if (p.host) bits.push('· host');
+      if (p.recorder) bits.push('· recording');
       if (p.hand) bits.push('raised hand');
       const li = el('li', { 'data-id': String(p.id) }, el('span', { class: 'who' }, bits.join(' ')));
       if (meIsHost && !p.me) {

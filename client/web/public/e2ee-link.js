@@ -421,6 +421,10 @@ export class E2eeLink extends EventTarget {
       case 'rejoin':
         this.dispatchEvent(new CustomEvent('rejoin'));
         break;
+      case 'frame-digest':
+        // Test drill `frameDigests`: what this page sent, for recording.test.mjs.
+        (this.frameDigests ??= []).push({ digest: msg.digest, size: msg.size, trackId: msg.trackId });
+        break;
       default:
         break;
     }

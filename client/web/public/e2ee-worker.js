@@ -32,7 +32,7 @@ let mlsFailed = null; // why the MLS member could not start
 let loaded = false;
 const backlog = [];
 const tracks = new Map(); // trackId -> {options, inbound?, transformer?, frames, bytes}
-const drills = { garbage: false, relayLag: 0 };
+const drills = { garbage: false, relayLag: 0, frameDigests: false };
 let lastStatus = '';
 let lastSendEpoch = null; // what the page was last told (`send-key`)
 let encryptBroken = false;
@@ -239,6 +239,7 @@ function handle(msg) {
         break;
       case 'drill':
         if (msg.name === 'garbage') drills.garbage = Boolean(msg.value);
+        if (msg.name === 'frameDigests') drills.frameDigests = Boolean(msg.value);
         if (msg.name === 'relayLag') drills.relayLag = Math.max(0, Math.min(10000, Number(msg.value) || 0));
         if (msg.name === 'stall') {
           const end = Date.now() + Number(msg.value ?? 0);
@@ -477,4 +478,19 @@ function encryptFrame(t, frame, controller) {
   if (!(out instanceof Uint8Array) || out.byteLength === 0) return; // no key yet: drop, never send in the clear
   frame.data = out.buffer;
   controller.enqueue(frame);
+  if (drills.frameDigests && t.options.kind !== 'audio') postFrameDigest(t, data);
+}
+
+// Test drill `frameDigests` (recording.test.mjs): the SHA-256 of every video frame this
+// page sent, before encryption, so a test can check that a recording holds exactly what
+// was sent. At most MAX_FRAME_DIGESTS are reported.
+const MAX_FRAME_DIGESTS = 20000;
+let frameDigestsPosted = 0;
+function postFrameDigest(t, data) {
+  if (frameDigestsPosted >= MAX_FRAME_DIGESTS) return;
+  frameDigestsPosted += 1;
+  crypto.subtle.digest('SHA-256', data).then((d) => {
+    const hex = [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, '0')).join('');
+    post({ type: 'frame-digest', trackId: t.options.trackId ?? null, size: data.byteLength, digest: hex });
+  }, () => {});
 }
