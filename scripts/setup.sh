@@ -20,6 +20,16 @@ if ! command -v etcd >/dev/null 2>&1; then
   $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
 
+# ffmpeg/ffprobe for the recording test (client/web/tests/recording.test.mjs decodes and
+# hashes satsuma-record's WebM files with them).
+if ! command -v ffprobe >/dev/null 2>&1 || ! command -v ffmpeg >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "== installing ffmpeg (Debian package)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
+fi
+
 # The deploy check (scripts/test-deploy.sh): buildah builds the image, podman runs it (runc: crun
 # refuses hosts with cgroups in hybrid mode), etcdctl backs the store up and restores it. Where
 # they cannot be installed the script prints SKIPPED for the image part.
