@@ -361,6 +361,16 @@ impl Bot {
         check_track_errors(&resp.tracks)
     }
 
+    /// Seal what this bot publishes and open what it pulls with `crypto` from now on, e.g.
+    /// [`crate::room::RoomMember::media_crypto`] of the member it acts for (`None`: media in
+    /// the clear). Set it before publishing: frames sent before it are in the clear.
+    pub async fn set_media_crypto(
+        &self,
+        crypto: Option<Box<dyn crate::participant::MediaCrypto>>,
+    ) -> Result<(), BotError> {
+        self.with(move |p, _| p.set_media_crypto(crypto)).await
+    }
+
     /// Changes the ingress limit (see [`BotConfig::ingress_limit_bps`]); `None` lifts it.
     pub fn set_ingress_limit(&self, bps: Option<u64>) {
         self.peer.set_ingress_limit(bps);

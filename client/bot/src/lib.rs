@@ -43,6 +43,7 @@ pub mod api;
 mod bot;
 mod driver;
 pub mod harness;
+pub mod media_e2ee;
 pub mod participant;
 pub mod payload;
 pub mod peer;
@@ -54,6 +55,6 @@ pub mod source;
 
 pub use api::{ApiError, SfuClient};
 pub use bot::{Bot, BotConfig, BotError, BotStats, PublishedTrack, SubscribedTrack};
-pub use participant::{ParticipantConfig, TrackSpec};
+pub use participant::{MediaCrypto, ParticipantConfig, TrackSpec};
 pub use payload::MediaKind;
 pub use source::{AudioSettings, SimulcastLayer, VideoSettings};

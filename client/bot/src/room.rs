@@ -13,13 +13,15 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use satsuma_wasm::{GroupMember, InboundTrack};
 use satsuma_wire::relay::MlsFrame;
 use satsuma_wire::room::{
-    ClientMessage, PROTOCOL_VERSION, Resume, ServerMessage, ServerText, close,
+    ClientMessage, PROTOCOL_VERSION, Resume, RoomEvent, ServerMessage, ServerText, close,
 };
 use serde_json::Value;
 use shared::Shared;
@@ -79,10 +81,27 @@ pub struct MemberView {
     pub last_seq: u64,
     /// Successful resumes after a lost connection.
     pub resumes: u64,
+    /// The participant ids of the MLS group's members in this member's current epoch
+    /// (itself included; empty while not a member).
+    pub members: Vec<u64>,
     /// The room's participants as the coordinator's log tells them (names, hosts,
     /// recorders, SFU sessions, published tracks); not verified by MLS.
     pub roster: crate::roster::Roster,
 }
+
+/// The member's E2EE core, shared between its room task and the media it encrypts
+/// ([`crate::media_e2ee::RoomMediaCrypto`]).
+pub(crate) type Core = Arc<Mutex<GroupMember>>;
+
+/// Locks the core (a panic elsewhere while it was held leaves it usable).
+pub(crate) fn lock(core: &Core) -> MutexGuard<'_, GroupMember> {
+    core.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Which participant owns which SFU session, from the room's log (the snapshot's
+/// `sfu_sessions` and `session` entries): whose keys open a pulled track's frames.
+pub(crate) type Sessions = Arc<Mutex<BTreeMap<String, u64>>>;
 
 mod shared {
     //! A tiny shared cell on `std::sync::Mutex`, poison-tolerant.
@@ -116,9 +135,11 @@ mod shared {
 }
 
 /// A joined member; dropping it closes the WebSocket.
-#[derive(Debug)]
 pub struct RoomMember {
     view: Shared<MemberView>,
+    core: Core,
+    sessions: Sessions,
+    media: crate::media_e2ee::MediaStatsCell,
     control: mpsc::UnboundedSender<Control>,
     task: JoinHandle<()>,
 }
@@ -185,6 +206,14 @@ impl Inbound {
     }
 }
 
+impl std::fmt::Debug for RoomMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomMember")
+            .field("view", &self.view.get())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for RoomMember {
     fn drop(&mut self) {
         self.task.abort();
@@ -248,6 +277,18 @@ impl RoomMember {
         let mut member = GroupMember::new(id as f64, &seed, name)
             .map_err(|_| RoomError::Core("cannot create the MLS identity".into()))?;
         member.on_welcome(&text, ms(start));
+        let sessions = Sessions::default();
+        if let Ok(ServerText::Direct(ServerMessage::Welcome { snapshot, .. })) =
+            ServerText::decode(&text)
+            && let Ok(mut map) = sessions.lock()
+        {
+            for p in &snapshot.participants {
+                for s in &p.sfu_sessions {
+                    map.insert(s.clone(), p.id);
+                }
+            }
+        }
+        let core: Core = Arc::new(Mutex::new(member));
         let view = Shared::default();
         view.update(|w: &mut MemberView| {
             w.participant_id = id;
@@ -266,9 +307,20 @@ impl RoomMember {
             last_seq: 0,
             heartbeat: heartbeat(heartbeat_ms),
         };
-        let task = tokio::spawn(run(ws, member, view.clone(), start, control_rx, link));
+        let task = tokio::spawn(run(
+            ws,
+            core.clone(),
+            sessions.clone(),
+            view.clone(),
+            start,
+            control_rx,
+            link,
+        ));
         Ok(Self {
             view,
+            core,
+            sessions,
+            media: crate::media_e2ee::MediaStatsCell::default(),
             control,
             task,
         })
@@ -278,6 +330,27 @@ impl RoomMember {
     #[must_use]
     pub fn view(&self) -> MemberView {
         self.view.get()
+    }
+
+    /// The frame encryption of this member's media for a [`crate::Bot`] acting for it
+    /// ([`crate::Bot::set_media_crypto`]): what the bot publishes is sealed with this member's
+    /// send key of the current epoch (frames without a key are dropped, never sent in the
+    /// clear), and what it pulls is opened with the keys of the participant that owns the
+    /// publishing SFU session (from the room's log), through a holdback per pulled track as
+    /// the web client's worker does. Counts go to [`RoomMember::media_stats`].
+    #[must_use]
+    pub fn media_crypto(&self) -> crate::media_e2ee::RoomMediaCrypto {
+        crate::media_e2ee::RoomMediaCrypto::new(
+            self.core.clone(),
+            self.sessions.clone(),
+            self.media.clone(),
+        )
+    }
+
+    /// What this member's media crypto sealed and opened so far, per sender.
+    #[must_use]
+    pub fn media_stats(&self) -> crate::media_e2ee::MediaStats {
+        self.media.get()
     }
 
     /// Waits until `check` holds for the view, or `timeout` passes; returns the last view.
@@ -458,7 +531,8 @@ enum End {
 
 async fn run(
     mut ws: Ws,
-    mut member: GroupMember,
+    member: Core,
+    sessions: Sessions,
     view: Shared<MemberView>,
     start: Instant,
     mut control: mpsc::UnboundedReceiver<Control>,
@@ -468,7 +542,7 @@ async fn run(
     loop {
         let (code, reason) = match connected(
             &mut ws,
-            &mut member,
+            (&member, &sessions),
             &mut inbound,
             &view,
             start,
@@ -510,7 +584,7 @@ async fn run(
 /// Runs one connection until it closes or the member leaves.
 async fn connected(
     ws: &mut Ws,
-    member: &mut GroupMember,
+    (core, sessions): (&Core, &Sessions),
     inbound: &mut Inbound,
     view: &Shared<MemberView>,
     start: Instant,
@@ -539,10 +613,11 @@ async fn connected(
                     return End::Closed(4999, "simulated network loss".into());
                 }
                 Some(Control::Encrypt { mime, frame, reply }) => {
-                    let _ = reply.send(member.encrypt(&mime, &frame));
+                    let _ = reply.send(lock(core).encrypt(&mime, &frame));
                 }
                 Some(Control::Decrypt { sender, video, frame, reply }) => {
-                    let _ = reply.send(inbound.open(member, sender, video, &frame, ms(start)));
+                    let opened = inbound.open(&mut lock(core), sender, video, &frame, ms(start));
+                    let _ = reply.send(opened);
                 }
                 Some(Control::Leave) | None => {
                     let _ = ws.send(Message::Text(json_text(&ClientMessage::Leave {}).into())).await;
@@ -550,14 +625,19 @@ async fn connected(
                     return End::Left;
                 }
             },
-            _ = tick.tick() => member.tick(ms(start)),
+            _ = tick.tick() => lock(core).tick(ms(start)),
             m = ws.next() => match m {
                 Some(Ok(Message::Text(t))) => match ServerText::decode(t.as_str()) {
                     Ok(ServerText::Event(f)) => {
                         // A replayed entry already processed before a resume is skipped.
                         if f.seq > link.last_seq {
                             link.last_seq = f.seq;
-                            member.on_event(t.as_str(), ms(start));
+                            if let RoomEvent::Session { id, session_id } = &f.event
+                                && let Ok(mut map) = sessions.lock()
+                            {
+                                map.insert(session_id.clone(), *id);
+                            }
+                            lock(core).on_event(t.as_str(), ms(start));
                             view.update(|w| {
                                 w.entries += 1;
                                 w.last_seq = f.seq;
@@ -566,7 +646,7 @@ async fn connected(
                         }
                     }
                     // Direct replies, and what does not parse (the core counts it as bad input).
-                    _ => member.on_direct(t.as_str(), ms(start)),
+                    _ => lock(core).on_direct(t.as_str(), ms(start)),
                 },
                 Some(Ok(Message::Binary(b))) => {
                     let seq = MlsFrame::decode(&b).map(|f| f.seq);
@@ -574,7 +654,7 @@ async fn connected(
                         if let Some(s) = seq {
                             link.last_seq = s;
                         }
-                        member.on_mls(&b, ms(start));
+                        lock(core).on_mls(&b, ms(start));
                         view.update(|w| {
                             w.entries += 1;
                             w.last_seq = link.last_seq;
@@ -590,16 +670,23 @@ async fn connected(
                 None => return End::Closed(1006, "eof".into()),
             },
         }
+        // Take what to send under the lock, send without it (the media crypto shares it).
+        let (binary, json, status) = {
+            let mut member = lock(core);
+            let binary: Vec<Vec<u8>> = std::iter::from_fn(|| member.poll_binary()).collect();
+            let json: Vec<String> = std::iter::from_fn(|| member.poll_json()).collect();
+            let _ = member.take_send_key_changed();
+            let _ = member.take_receive_keys_changed();
+            (binary, json, member.status_json())
+        };
         let mut failed = false;
-        while let Some(b) = member.poll_binary() {
+        for b in binary {
             failed |= ws.send(Message::Binary(b.into())).await.is_err();
         }
-        while let Some(j) = member.poll_json() {
+        for j in json {
             failed |= ws.send(Message::Text(j.into())).await.is_err();
         }
-        let _ = member.take_send_key_changed();
-        let _ = member.take_receive_keys_changed();
-        let status: Value = serde_json::from_str(&member.status_json()).unwrap_or(Value::Null);
+        let status: Value = serde_json::from_str(&status).unwrap_or(Value::Null);
         view.update(|w| {
             w.phase = status["phase"].as_str().unwrap_or_default().to_owned();
             w.epoch = status["epoch"].as_u64();
@@ -608,6 +695,10 @@ async fn connected(
             w.resets = status["resets"].as_u64().unwrap_or(0);
             w.committer = status["committer"].as_bool().unwrap_or(false);
             w.last_error = status["last_error"].as_str().map(str::to_owned);
+            w.members = status["members"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|m| m["id"].as_u64()).collect())
+                .unwrap_or_default();
         });
         if failed {
             return End::Closed(1006, "send failed".into());
