@@ -240,6 +240,15 @@ pub struct Limits {
     pub tcp_max_connections_per_ip: usize,
     /// ICE-TCP connections open in total (each is a file descriptor).
     pub tcp_max_connections: usize,
+    /// Longest data channel message forwarded, in bytes; longer ones are dropped and counted
+    /// (`satsuma_sfu_datachannel_dropped_total{reason="too_large"}`).
+    pub datachannel_max_message_bytes: usize,
+    /// Data channel messages one session may send per second over all its channels (burst as
+    /// many); the excess is dropped and counted (`reason="rate_limited"`).
+    pub session_datachannel_messages_per_second: u32,
+    /// Data channels one session may hold at once (published and subscribed), and a quarter of
+    /// those it may open over its life; more get the per-channel error `too_many_datachannels`.
+    pub session_max_datachannels: usize,
 }
 
 impl Default for Limits {
@@ -253,6 +262,9 @@ impl Default for Limits {
             session_max_ingress_kbps: 20_000,
             tcp_max_connections_per_ip: 64,
             tcp_max_connections: 4096,
+            datachannel_max_message_bytes: 16 * 1024,
+            session_datachannel_messages_per_second: 200,
+            session_max_datachannels: 32,
         }
     }
 }
@@ -277,6 +289,15 @@ impl Limits {
                 self.tcp_max_connections_per_ip,
             ),
             ("tcp_max_connections", self.tcp_max_connections),
+            (
+                "datachannel_max_message_bytes",
+                self.datachannel_max_message_bytes,
+            ),
+            (
+                "session_datachannel_messages_per_second",
+                self.session_datachannel_messages_per_second as usize,
+            ),
+            ("session_max_datachannels", self.session_max_datachannels),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -345,6 +366,22 @@ pub struct LimitSettings {
     /// refused at accept. Default 4096.
     #[arg(long, env = "SATSUMA_SFU_TCP_MAX_CONNECTIONS")]
     pub tcp_max_connections: Option<usize>,
+
+    /// Longest data channel message forwarded, in bytes; longer ones are dropped and counted
+    /// (satsuma_sfu_datachannel_dropped_total{reason="too_large"}). Default 16384 (the size
+    /// every WebRTC stack interoperates at).
+    #[arg(long, env = "SATSUMA_SFU_DATACHANNEL_MAX_MESSAGE_BYTES")]
+    pub datachannel_max_message_bytes: Option<usize>,
+
+    /// Data channel messages one session may send per second over all its channels (burst as
+    /// many); the excess is dropped and counted (reason="rate_limited"). Default 200.
+    #[arg(long, env = "SATSUMA_SFU_SESSION_DATACHANNEL_MESSAGES_PER_SECOND")]
+    pub session_datachannel_messages_per_second: Option<u32>,
+
+    /// Data channels one session may hold at once (published and subscribed; 4 times as many
+    /// over its life); more get the per-channel error `too_many_datachannels`. Default 32.
+    #[arg(long, env = "SATSUMA_SFU_SESSION_MAX_DATACHANNELS")]
+    pub session_max_datachannels: Option<usize>,
 }
 
 impl LimitSettings {
@@ -374,6 +411,15 @@ impl LimitSettings {
                 .tcp_max_connections_per_ip
                 .or(lower.tcp_max_connections_per_ip),
             tcp_max_connections: self.tcp_max_connections.or(lower.tcp_max_connections),
+            datachannel_max_message_bytes: self
+                .datachannel_max_message_bytes
+                .or(lower.datachannel_max_message_bytes),
+            session_datachannel_messages_per_second: self
+                .session_datachannel_messages_per_second
+                .or(lower.session_datachannel_messages_per_second),
+            session_max_datachannels: self
+                .session_max_datachannels
+                .or(lower.session_max_datachannels),
         }
     }
 
@@ -409,6 +455,15 @@ impl LimitSettings {
         }
         if let Some(v) = self.tcp_max_connections {
             l.tcp_max_connections = v;
+        }
+        if let Some(v) = self.datachannel_max_message_bytes {
+            l.datachannel_max_message_bytes = v;
+        }
+        if let Some(v) = self.session_datachannel_messages_per_second {
+            l.session_datachannel_messages_per_second = v;
+        }
+        if let Some(v) = self.session_max_datachannels {
+            l.session_max_datachannels = v;
         }
     }
 }

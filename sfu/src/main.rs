@@ -425,6 +425,8 @@ mod tests {
              session_max_publications = 11\nsession_max_legs = 12\n\
              session_max_pulls_per_track = 3\nsession_max_ingress_kbps = 14\n\
              tcp_max_connections_per_ip = 5\ntcp_max_connections = 6\ntcp_bind = \"off\"\n\
+             datachannel_max_message_bytes = 1000\nsession_datachannel_messages_per_second = 15\n\
+             session_max_datachannels = 4\n\
              cors_origins = [\"https://a.example\"]\nmetrics_token = \"0123456789abcdef\"\n\
              metrics_bind = \"127.0.0.1:9\"\nshard_panic_hold_secs = 2.5\ntest_hooks = true\n",
         )
@@ -444,6 +446,9 @@ mod tests {
                 session_max_ingress_kbps: 14,
                 tcp_max_connections_per_ip: 5,
                 tcp_max_connections: 6,
+                datachannel_max_message_bytes: 1000,
+                session_datachannel_messages_per_second: 15,
+                session_max_datachannels: 4,
             }
         );
         assert_eq!(c.cors_origins, vec!["https://a.example".to_string()]);

@@ -58,11 +58,18 @@ pub struct ChannelLimits {
 
 impl Default for ChannelLimits {
     fn default() -> Self {
+        ChannelLimits::from(&crate::config::Limits::default())
+    }
+}
+
+impl From<&crate::config::Limits> for ChannelLimits {
+    /// The data channel limits of the SFU's configuration.
+    fn from(l: &crate::config::Limits) -> Self {
         ChannelLimits {
-            max_message_bytes: 16 * 1024,
-            session_messages_per_second: 200,
-            session_max_channels: 32,
-            session_max_opened: 128,
+            max_message_bytes: l.datachannel_max_message_bytes,
+            session_messages_per_second: l.session_datachannel_messages_per_second,
+            session_max_channels: l.session_max_datachannels,
+            session_max_opened: l.session_max_datachannels.saturating_mul(4),
         }
     }
 }

@@ -174,13 +174,14 @@ pub struct Core {
 impl Core {
     /// The core of shard `id` of `shards`.
     pub fn new(id: ShardId, shards: usize, ctx: Arc<CoreContext>, now: Instant) -> Core {
+        let channels = ChannelRouter::new(ChannelLimits::from(&ctx.config.limits));
         Core {
             id,
             shards,
             ctx,
             sessions: HashMap::new(),
             forwarder: Forwarder::new(KEYFRAME_INTERVAL),
-            channels: ChannelRouter::new(ChannelLimits::default()),
+            channels,
             local: VecDeque::new(),
             dirty: Vec::new(),
             dirty_set: HashSet::new(),
