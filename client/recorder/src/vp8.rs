@@ -89,8 +89,7 @@ impl Pending {
     fn complete(&self) -> Option<Vec<u8>> {
         let (&first, _) = self.packets.iter().find(|(_, (start, _, _))| *start)?;
         let mut out = Vec::with_capacity(self.bytes);
-        let mut expect = first;
-        for (&seq, (_, marker, data)) in self.packets.range(first..) {
+        for (expect, (&seq, (_, marker, data))) in (first..).zip(self.packets.range(first..)) {
             if seq != expect {
                 return None;
             }
@@ -98,7 +97,6 @@ impl Pending {
             if *marker {
                 return Some(out);
             }
-            expect += 1;
         }
         None
     }
