@@ -1,5 +1,11 @@
 //! The directory: which sessions exist (their app and shard) and which tracks are published
 //! under which name. Used only by the API (control path); the packet path never touches it.
+//!
+//! With the relay between SFU nodes on, it also holds the *remote* tracks this node pulls from
+//! other nodes (published there, relayed here; [`Directory::publish_remote`]): a pull names them
+//! like local tracks, and [`Directory::lookup`] finds them. And it reports every local track
+//! published or gone to a listener ([`Directory::set_listener`]), so the relay can offer local
+//! tracks to peer nodes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,6 +15,7 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 use str0m::format::PayloadParams;
 use str0m::media::MediaKind;
+use tokio::sync::mpsc;
 
 use satsuma_common::TokenBucket;
 
@@ -63,6 +70,30 @@ pub struct PublishedTrack {
     pub params: Vec<PayloadParams>,
 }
 
+/// A change to the local tracks, for the listener (see [`Directory::set_listener`]).
+#[derive(Debug, Clone)]
+pub enum TrackChange {
+    /// A local session published a track.
+    Published {
+        /// The session's app.
+        app: Arc<str>,
+        /// The session.
+        session: SessionId,
+        /// The track name.
+        name: String,
+        /// The track.
+        track: PublishedTrack,
+    },
+    /// A local track is gone (unpublished, or its session left).
+    Unpublished {
+        /// The track id.
+        track: TrackId,
+    },
+}
+
+/// A remote track's key: app, publishing session (on another node), track name.
+type RemoteKey = (Arc<str>, SessionId, String);
+
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct Directory {
@@ -70,7 +101,10 @@ pub struct Directory {
     /// Live sessions per app, counting sessions being created (reserved by the API).
     app_sessions: Mutex<HashMap<Arc<str>, usize>>,
     tracks: RwLock<HashMap<(SessionId, String), PublishedTrack>>,
+    /// Tracks of sessions on other nodes that this node pulls over the relay.
+    remote: RwLock<HashMap<RemoteKey, PublishedTrack>>,
     next_track: AtomicU64,
+    listener: Mutex<Option<mpsc::UnboundedSender<TrackChange>>>,
     /// Published data channels by session and name.
     pub channels: crate::shard::ChannelDirectory,
 }
@@ -124,7 +158,28 @@ impl Directory {
         let removed = self.sessions.write().remove(&id);
         if let Some(e) = removed {
             self.release_reservation(&e.app);
-            self.tracks.write().retain(|(s, _), _| *s != id);
+            let mut gone = Vec::new();
+            self.tracks.write().retain(|(s, _), t| {
+                let keep = *s != id;
+                if !keep {
+                    gone.push(t.track);
+                }
+                keep
+            });
+            for track in gone {
+                self.tell(TrackChange::Unpublished { track });
+            }
+        }
+    }
+
+    /// Where changes to the local tracks go from now on (the relay; one listener).
+    pub fn set_listener(&self, tx: mpsc::UnboundedSender<TrackChange>) {
+        *self.listener.lock() = Some(tx);
+    }
+
+    fn tell(&self, change: TrackChange) {
+        if let Some(tx) = &*self.listener.lock() {
+            let _ = tx.send(change);
         }
     }
 
@@ -145,7 +200,17 @@ impl Directory {
         for (_, app) in &gone {
             self.release_reservation(app);
         }
-        self.tracks.write().retain(|_, t| t.shard != shard);
+        let mut ended = Vec::new();
+        self.tracks.write().retain(|_, t| {
+            let keep = t.shard != shard;
+            if !keep {
+                ended.push(t.track);
+            }
+            keep
+        });
+        for track in ended {
+            self.tell(TrackChange::Unpublished { track });
+        }
         gone.into_iter().map(|(id, _)| id).collect()
     }
 
@@ -178,31 +243,78 @@ impl Directory {
 
     /// Publishes a track name; false if the session already has a track with that name.
     pub fn publish(&self, session: SessionId, name: &str, track: PublishedTrack) -> bool {
-        let mut tracks = self.tracks.write();
-        let key = (session, name.to_string());
-        if tracks.contains_key(&key) {
-            return false;
+        {
+            let mut tracks = self.tracks.write();
+            let key = (session, name.to_string());
+            if tracks.contains_key(&key) {
+                return false;
+            }
+            tracks.insert(key, track.clone());
         }
-        tracks.insert(key, track);
+        let app = self
+            .sessions
+            .read()
+            .get(&session)
+            .map(|e| Arc::clone(&e.app));
+        if let Some(app) = app {
+            self.tell(TrackChange::Published {
+                app,
+                session,
+                name: name.to_string(),
+                track,
+            });
+        }
         true
     }
 
     /// Removes a published name (only if it still points at `track`).
     pub fn unpublish(&self, session: SessionId, name: &str, track: TrackId) {
-        let mut tracks = self.tracks.write();
-        let key = (session, name.to_string());
-        if tracks.get(&key).is_some_and(|t| t.track == track) {
-            tracks.remove(&key);
+        let removed = {
+            let mut tracks = self.tracks.write();
+            let key = (session, name.to_string());
+            tracks.get(&key).is_some_and(|t| t.track == track) && tracks.remove(&key).is_some()
+        };
+        if removed {
+            self.tell(TrackChange::Unpublished { track });
         }
     }
 
-    /// Looks up a published track of a session of `app`.
+    /// Looks up a published track of a session of `app`: a local one, else one pulled from
+    /// another node (see [`Directory::publish_remote`]).
     pub fn lookup(&self, app: &str, session: SessionId, name: &str) -> Option<PublishedTrack> {
-        self.session_shard(app, session)?;
-        self.tracks
+        if self.session_shard(app, session).is_some() {
+            return self
+                .tracks
+                .read()
+                .get(&(session, name.to_string()))
+                .cloned();
+        }
+        self.remote
             .read()
-            .get(&(session, name.to_string()))
+            .get(&(Arc::from(app), session, name.to_string()))
             .cloned()
+    }
+
+    /// A track of session `session` (of `app`, on another node) relayed to this node: pulls of
+    /// it find `track`, whose publication lives on `track.shard`.
+    pub fn publish_remote(&self, app: &str, session: SessionId, name: &str, track: PublishedTrack) {
+        self.remote
+            .write()
+            .insert((Arc::from(app), session, name.to_string()), track);
+    }
+
+    /// A relayed track is gone (only if the name still points at `track`).
+    pub fn unpublish_remote(&self, app: &str, session: SessionId, name: &str, track: TrackId) {
+        let mut remote = self.remote.write();
+        let key = (Arc::from(app), session, name.to_string());
+        if remote.get(&key).is_some_and(|t| t.track == track) {
+            remote.remove(&key);
+        }
+    }
+
+    /// Relayed tracks this node knows.
+    pub fn remote_count(&self) -> usize {
+        self.remote.read().len()
     }
 }
 

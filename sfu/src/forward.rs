@@ -502,6 +502,13 @@ impl Forwarder {
         true
     }
 
+    /// Shards with legs on a publication (0 for an unknown one).
+    pub fn subscriber_shard_count(&self, track: TrackId) -> usize {
+        self.publications
+            .get(&track)
+            .map_or(0, |p| p.subscriber_shards.len())
+    }
+
     /// A shard lost a leg on a local publication.
     pub fn remove_subscriber_shard(&mut self, track: TrackId, shard: ShardId) {
         let Some(p) = self.publications.get_mut(&track) else {

@@ -12,6 +12,20 @@ impl SessionId {
         SessionId(rand::random())
     }
 
+    /// A fresh random session id that names its node: its first two bytes are the node's
+    /// relay tag (see [`crate::relay::bridge::node_tag`]), the other 14 are random. Another
+    /// node that is asked for a track of this session knows which peer to pull it from.
+    pub fn tagged(tag: [u8; 2]) -> SessionId {
+        let mut id: [u8; 16] = rand::random();
+        id[..2].copy_from_slice(&tag);
+        SessionId(id)
+    }
+
+    /// The first two bytes: the node tag of a [`SessionId::tagged`] id.
+    pub fn tag(&self) -> [u8; 2] {
+        [self.0[0], self.0[1]]
+    }
+
     /// Parses the 32-hex-character form; anything else is `None`.
     pub fn parse(s: &str) -> Option<SessionId> {
         if s.len() != 32 {

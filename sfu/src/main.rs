@@ -357,7 +357,7 @@ async fn main() -> anyhow::Result<()> {
     if config.test_hooks {
         tracing::warn!("test hooks are ON (--test-hooks): never run like this in production");
     }
-    let server = Server::bind(config).await?;
+    let server = Server::bind_with_relay(config, relay).await?;
     // Tests that spawn the binary read the ports from this line.
     println!(
         "satsuma-sfu listening http={} udp={} tcp={}",
@@ -367,25 +367,10 @@ async fn main() -> anyhow::Result<()> {
             .tcp_addr()
             .map_or_else(|| "off".to_string(), |a| a.to_string())
     );
-    // The relay between SFU nodes: its endpoint authenticates peers and serves what the
-    // shards feed it (not yet wired into the shards: issue 15).
-    let relay = match relay {
-        Some(relay_config) => {
-            let mut relay = satsuma_sfu::relay::driver::Relay::bind(
-                relay_config,
-                server.metrics().relay.clone(),
-            )?;
-            println!("satsuma-sfu relay listening {}", relay.local_addr());
-            let mut events = relay.take_events();
-            tokio::spawn(async move {
-                while let Some(event) = events.recv().await {
-                    tracing::debug!(?event, "relay event (no shard consumes it yet)");
-                }
-            });
-            Some(relay)
-        }
-        None => None,
-    };
+    // The relay between SFU nodes: tests read its port from this line.
+    if let Some(addr) = server.relay_addr() {
+        println!("satsuma-sfu relay listening {addr}");
+    }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {
@@ -397,9 +382,6 @@ async fn main() -> anyhow::Result<()> {
         _ = terminate.recv() => {
             tracing::info!("SIGTERM: shutting down");
         }
-    }
-    if let Some(relay) = relay {
-        relay.shutdown().await;
     }
     Ok(())
 }

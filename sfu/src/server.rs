@@ -20,6 +20,8 @@ use crate::directory::Directory;
 use crate::health::ShardHealth;
 use crate::ice_tcp::DEFAULT_MAX_FRAME;
 use crate::metrics::Metrics;
+use crate::relay::bridge::{self, Bridge, ShardRelay};
+use crate::relay::driver::{Relay, RelayConfig};
 use crate::shard::{CoreContext, Shard, ShardContext, ShardMsg};
 use crate::tcp::{TcpSettings, TcpShared, run_listener};
 use crate::udp::{UdpIo, run_receiver};
@@ -46,6 +48,9 @@ pub enum ServerError {
     /// Other I/O failure at start-up.
     #[error("i/o error at start-up: {0}")]
     Io(#[from] std::io::Error),
+    /// The relay between SFU nodes could not start.
+    #[error(transparent)]
+    Relay(#[from] crate::relay::driver::RelayError),
 }
 
 /// The SFU. See [`Server::bind`].
@@ -60,6 +65,8 @@ pub struct ServerHandle {
     tcp_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     metrics: Metrics,
+    relay: Option<Relay>,
+    relay_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     http: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
@@ -107,6 +114,16 @@ impl Server {
     /// Binds the HTTP listener, the UDP socket and the ICE-TCP listener, starts the shards, and returns once the
     /// server accepts requests. Must be called inside a multi-threaded tokio runtime.
     pub async fn bind(config: Config) -> Result<ServerHandle, ServerError> {
+        Server::bind_with_relay(config, None).await
+    }
+
+    /// [`Server::bind`], with the relay between SFU nodes when `relay` is given: its QUIC
+    /// endpoint, the bridge that ties it to the shards and the API (see
+    /// [`crate::relay::bridge`]), and session ids tagged with the node.
+    pub async fn bind_with_relay(
+        config: Config,
+        relay: Option<RelayConfig>,
+    ) -> Result<ServerHandle, ServerError> {
         config.validate()?;
         let udp = UdpSocket::bind(config.udp_bind)
             .await
@@ -168,6 +185,17 @@ impl Server {
 
         let metrics = Metrics::new();
         let now = Instant::now();
+        let mut relay = match relay {
+            Some(c) => {
+                let node = c.identity.node().to_string();
+                let peers: Vec<String> = c.peers.keys().cloned().collect();
+                let r = Relay::bind(c, metrics.relay.clone())?;
+                let (bridge, inbox) = bridge::channel(&node);
+                Some((r, node, peers, bridge, inbox))
+            }
+            None => None,
+        };
+        let relay_addr = relay.as_ref().map(|(r, ..)| r.local_addr());
         let health = Arc::new(ShardHealth::new(config.shards, now));
         let directory = Arc::new(Directory::default());
         let socket = Arc::new(UdpIo::new(Arc::new(udp))?);
@@ -219,6 +247,10 @@ impl Server {
             udp_control: control_tx,
             tcp: tcp.clone(),
             health: Arc::clone(&health),
+            relay: relay.as_ref().map(|(r, _, _, bridge, _)| ShardRelay {
+                handle: r.handle(),
+                bridge: bridge.clone(),
+            }),
         });
 
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards)
@@ -240,6 +272,23 @@ impl Server {
                 metrics.clone(),
             )?);
         }
+        let relay_api = relay.as_ref().map(|(_, _, _, bridge, _)| bridge.clone());
+        let relay = match relay.take() {
+            Some((mut r, node, peers, _, inbox)) => {
+                tasks.push(Bridge::start(
+                    &node,
+                    peers,
+                    r.handle(),
+                    r.take_events(),
+                    inbox,
+                    Arc::clone(&directory),
+                    senders.clone(),
+                    metrics.relay.clone(),
+                ));
+                Some(r)
+            }
+            None => None,
+        };
         tasks.push(tokio::spawn(run_receiver(
             socket,
             candidates,
@@ -285,6 +334,7 @@ impl Server {
                 .map(|k| (k.id.clone(), k.token.clone()))
                 .collect(),
             turn: config.turn.clone(),
+            relay: relay_api,
         });
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let app = router(Arc::clone(&state));
@@ -320,6 +370,8 @@ impl Server {
             tcp_addr,
             metrics_addr,
             metrics,
+            relay,
+            relay_addr,
             shutdown: Some(shutdown_tx),
             http: Some(http),
             tasks,
@@ -350,6 +402,11 @@ impl ServerHandle {
         self.tcp_addr
     }
 
+    /// The relay's bound UDP address (`None`: the relay is off).
+    pub fn relay_addr(&self) -> Option<SocketAddr> {
+        self.relay_addr
+    }
+
     /// The server's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -372,6 +429,9 @@ impl ServerHandle {
         }
         for t in self.tasks.drain(..) {
             t.abort();
+        }
+        if let Some(relay) = self.relay.take() {
+            relay.shutdown().await;
         }
         for stop in self.shard_stops.drain(..) {
             let _ = stop.send(());

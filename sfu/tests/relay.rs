@@ -35,10 +35,7 @@ fn start(identity: RelayIdentity) -> (Relay, Metrics) {
 }
 
 fn track(name: &str) -> TrackRef {
-    TrackRef {
-        session: "0123456789abcdef0123456789abcdef".into(),
-        name: name.into(),
-    }
+    TrackRef::new("app", "0123456789abcdef0123456789abcdef", name)
 }
 
 /// The next event that `pick` accepts (others are skipped), or a panic after [`WAIT`].
@@ -96,8 +93,10 @@ async fn a_track_pulled_across_nodes_arrives_byte_identical_over_one_link() {
     let (mut b, b_metrics) = start(identity("sfu-b", &ca));
     b.handle().add_peer("sfu-a", a.local_addr());
     a.handle().add_peer("sfu-b", b.local_addr());
-    a.handle().publish(1, track("cam"), TrackKind::Video);
-    a.handle().publish(2, track("mic"), TrackKind::Audio);
+    a.handle()
+        .publish(1, track("cam"), TrackKind::Video, Vec::new());
+    a.handle()
+        .publish(2, track("mic"), TrackKind::Audio, Vec::new());
 
     // Three subscribers on B pull the same track: one remote track, one subscription.
     let bh = b.handle();
@@ -112,7 +111,7 @@ async fn a_track_pulled_across_nodes_arrives_byte_identical_over_one_link() {
     assert!(handles.iter().all(|h| *h == handles[0]));
     let cam = handles[0];
     wait_for(&mut b, "cam ready", |e| match e {
-        RelayEvent::TrackReady { remote, kind } if remote == cam => Some(kind),
+        RelayEvent::TrackReady { remote, kind, .. } if remote == cam => Some(kind),
         _ => None,
     })
     .await;
@@ -164,9 +163,11 @@ async fn a_track_pulled_across_nodes_arrives_byte_identical_over_one_link() {
     assert_eq!(a_metrics.relay.oversize.get(), 1);
 
     // A keyframe request from B reaches the publisher's node.
-    bh.request_keyframe(cam, Some("f".into()), KeyframeKind::Pli);
+    bh.request_keyframe(cam, Some("f".into()), KeyframeKind::Pli, false);
     let (rid, kind) = wait_for(&mut a, "keyframe request", |e| match e {
-        RelayEvent::KeyframeRequest { id: 1, rid, kind } => Some((rid, kind)),
+        RelayEvent::KeyframeRequest {
+            id: 1, rid, kind, ..
+        } => Some((rid, kind)),
         _ => None,
     })
     .await;
@@ -179,7 +180,7 @@ async fn a_track_pulled_across_nodes_arrives_byte_identical_over_one_link() {
         .unwrap();
     assert_ne!(mic, cam);
     wait_for(&mut b, "mic ready", |e| match e {
-        RelayEvent::TrackReady { remote, kind } if remote == mic => Some(kind),
+        RelayEvent::TrackReady { remote, kind, .. } if remote == mic => Some(kind),
         _ => None,
     })
     .await;
@@ -237,7 +238,8 @@ async fn strangers_are_refused_and_the_node_stays_up() {
     let ca = tls::generate_ca("prod").unwrap();
     let other_ca = tls::generate_ca("evil").unwrap();
     let (mut a, a_metrics) = start(identity("sfu-a", &ca));
-    a.handle().publish(1, track("cam"), TrackKind::Video);
+    a.handle()
+        .publish(1, track("cam"), TrackKind::Video, Vec::new());
 
     // Garbage datagrams on the relay port.
     let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -331,7 +333,8 @@ async fn pinned_keys_admit_exactly_the_pinned_nodes() {
         start(RelayIdentity::with_pins("sfu-a", &a_cert, pins.clone()).unwrap());
     let (mut b, _) = start(RelayIdentity::with_pins("sfu-b", &b_cert, pins.clone()).unwrap());
     b.handle().add_peer("sfu-a", a.local_addr());
-    a.handle().publish(1, track("cam"), TrackKind::Video);
+    a.handle()
+        .publish(1, track("cam"), TrackKind::Video, Vec::new());
     let h = b
         .handle()
         .subscribe("sfu-a", track("cam"), 1, LayerDemand::All)
@@ -376,7 +379,8 @@ async fn an_authenticated_peer_sending_garbage_is_cut_off() {
 
     let ca = tls::generate_ca("prod").unwrap();
     let (a, a_metrics) = start(identity("sfu-a", &ca));
-    a.handle().publish(1, track("cam"), TrackKind::Video);
+    a.handle()
+        .publish(1, track("cam"), TrackKind::Video, Vec::new());
 
     // A hand-made peer "sfu-b" with a good certificate, speaking raw QUIC.
     let me = identity("sfu-b", &ca);

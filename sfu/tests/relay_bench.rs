@@ -46,11 +46,9 @@ async fn relay_loopback_cost_and_latency() {
     let mut a = start("sfu-a");
     let mut b = start("sfu-b");
     b.handle().add_peer("sfu-a", a.local_addr());
-    let track = TrackRef {
-        session: "0123456789abcdef0123456789abcdef".into(),
-        name: "cam".into(),
-    };
-    a.handle().publish(1, track.clone(), TrackKind::Video);
+    let track = TrackRef::new("app", "0123456789abcdef0123456789abcdef", "cam");
+    a.handle()
+        .publish(1, track.clone(), TrackKind::Video, Vec::new());
     b.handle()
         .subscribe("sfu-a", track, 1, LayerDemand::All)
         .await

@@ -131,10 +131,7 @@ async fn a_node_with_relay_flags_serves_peers_and_refuses_strangers() {
         )
         .unwrap()
     };
-    let track = TrackRef {
-        session: "0123456789abcdef0123456789abcdef".into(),
-        name: "cam".into(),
-    };
+    let track = TrackRef::new("app", "0123456789abcdef0123456789abcdef", "cam");
     let s = relay(stranger);
     s.handle()
         .subscribe("sfu-0", track.clone(), 1, LayerDemand::All)

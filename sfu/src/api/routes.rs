@@ -68,6 +68,8 @@ pub struct ApiState {
     pub turn_keys: HashMap<String, String>,
     /// The STUN/TURN servers `generate-ice-servers` hands out.
     pub turn: satsuma_common::turn::TurnServers,
+    /// The relay between SFU nodes (`None`: off): pulls of sessions on other nodes.
+    pub relay: Option<crate::relay::bridge::BridgeHandle>,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -407,7 +409,10 @@ async fn new_session(
         ));
     };
     let shard = place(&st);
-    let id = SessionId::random();
+    let id = match &st.relay {
+        Some(relay) => SessionId::tagged(relay.tag()),
+        None => SessionId::random(),
+    };
     // The place travels with the command: the shard commits it to the session it creates, and
     // it is given back if the command is dropped unprocessed or the creation fails.
     let command = ApiCommand::Create {
@@ -503,6 +508,11 @@ async fn tracks_new(
             "give tracks to push or pull (and an offer to push)",
         ));
     }
+    if let Some(relay) = &st.relay {
+        relay
+            .resolve_tracks(&st.directory, &app, shard, &request.tracks)
+            .await;
+    }
     let r = match dispatch(&st, shard, ApiCommand::TracksNew { id, request }).await? {
         ApiReply::Tracks(r) => r,
         other => return Err(mismatched(&other)),
@@ -559,6 +569,11 @@ async fn tracks_update(
     too_many(&st, request.tracks.len())?;
     if request.tracks.is_empty() {
         return Err(ApiError::invalid("tracks must not be empty"));
+    }
+    if let Some(relay) = &st.relay {
+        relay
+            .resolve_tracks(&st.directory, &app, shard, &request.tracks)
+            .await;
     }
     let r = match dispatch(&st, shard, ApiCommand::Update { id, request }).await? {
         ApiReply::Updated(r) => r,

@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use str0m::format::PayloadParams;
 
 use super::wire::{
     ControlMsg, EndReason, FrameDecoder, KeyframeKind, LayerDemand, MAX_NACK_SEQS, RelayMedia,
@@ -106,6 +107,8 @@ pub enum RelayEvent {
         remote: RemoteTrackId,
         /// Audio or video.
         kind: TrackKind,
+        /// The publisher's payload types, as its node announced them.
+        params: Vec<PayloadParams>,
     },
     /// A remote track is gone (not found, unpublished, refused): its subscribers are dropped.
     TrackEnded {
@@ -142,6 +145,8 @@ pub enum RelayEvent {
         rid: Option<String>,
         /// PLI or FIR.
         kind: KeyframeKind,
+        /// The subscriber asking has had no keyframe yet.
+        fresh: bool,
     },
 }
 
@@ -176,6 +181,7 @@ pub struct LinkStats {
 struct LocalTrack {
     track: TrackRef,
     kind: TrackKind,
+    params: Vec<PayloadParams>,
     /// The last packets, by sequence number, for resends.
     recent: VecDeque<(u64, Bytes)>,
     /// The union demand last reported in [`RelayEvent::LocalTrackWanted`].
@@ -197,6 +203,7 @@ struct RemoteTrack {
     /// The origin's id once announced on the current connection.
     id: Option<u64>,
     kind: Option<TrackKind>,
+    params: Vec<PayloadParams>,
     highest: Option<u64>,
     missing: BTreeMap<u64, Missing>,
 }
@@ -524,6 +531,7 @@ impl RelayCore {
                 sent_demand: None,
                 id: None,
                 kind: None,
+                params: Vec::new(),
                 highest: None,
                 missing: BTreeMap::new(),
             }
@@ -534,6 +542,7 @@ impl RelayCore {
             self.events.push_back(RelayEvent::TrackReady {
                 remote: handle,
                 kind,
+                params: remote.params.clone(),
             });
         }
         let demand = remote.demand();
@@ -610,12 +619,13 @@ impl RelayCore {
         self.subscribe(&peer, track, subscriber, demand, now);
     }
 
-    /// A local subscriber of a remote track needs a keyframe.
+    /// A local subscriber of a remote track needs a keyframe (`fresh`: it has had none yet).
     pub fn request_keyframe(
         &mut self,
         remote: RemoteTrackId,
         rid: Option<String>,
         kind: KeyframeKind,
+        fresh: bool,
     ) {
         let Some((peer, track)) = self.handles.get(&remote).cloned() else {
             return;
@@ -627,7 +637,16 @@ impl RelayCore {
         else {
             return;
         };
-        self.push_control(&peer, conn, &ControlMsg::Keyframe { id, rid, kind });
+        self.push_control(
+            &peer,
+            conn,
+            &ControlMsg::Keyframe {
+                id,
+                rid,
+                kind,
+                fresh,
+            },
+        );
     }
 
     /// A datagram arrived from `peer`.
@@ -706,14 +725,22 @@ impl RelayCore {
 
     // --- the origin half -------------------------------------------------------------------
 
-    /// A track published on this node that peers may pull.
-    pub fn publish(&mut self, id: u64, track: TrackRef, kind: TrackKind) {
+    /// A track published on this node that peers may pull, with the publisher's payload
+    /// types (announced to subscribing nodes).
+    pub fn publish(
+        &mut self,
+        id: u64,
+        track: TrackRef,
+        kind: TrackKind,
+        params: Vec<PayloadParams>,
+    ) {
         self.local_by_ref.insert(track.clone(), id);
         self.local.insert(
             id,
             LocalTrack {
                 track,
                 kind,
+                params,
                 recent: VecDeque::new(),
                 reported: None,
             },
@@ -840,7 +867,12 @@ impl RelayCore {
                     self.push_control(peer, conn, &msg);
                     return Ok(());
                 };
-                let kind = self.local.get(&id).map_or(TrackKind::Video, |l| l.kind);
+                let (kind, params) = self
+                    .local
+                    .get(&id)
+                    .map_or((TrackKind::Video, Vec::new()), |l| {
+                        (l.kind, l.params.clone())
+                    });
                 let Some(link) = self.links.get_mut(peer) else {
                     return Ok(());
                 };
@@ -854,7 +886,13 @@ impl RelayCore {
                 }
                 let fresh = link.served.insert(id, demand).is_none();
                 if fresh {
-                    self.push_control(peer, conn, &ControlMsg::Announce { track, id, kind });
+                    let msg = ControlMsg::Announce {
+                        track,
+                        id,
+                        kind,
+                        params,
+                    };
+                    self.push_control(peer, conn, &msg);
                 }
                 self.report_local_demand(id);
             }
@@ -869,7 +907,12 @@ impl RelayCore {
                     self.report_local_demand(id);
                 }
             }
-            ControlMsg::Announce { track, id, kind } => {
+            ControlMsg::Announce {
+                track,
+                id,
+                kind,
+                params,
+            } => {
                 let Some(link) = self.links.get_mut(peer) else {
                     return Ok(());
                 };
@@ -881,6 +924,7 @@ impl RelayCore {
                     link.remote_ids.remove(&old);
                 }
                 remote.kind = Some(kind);
+                remote.params.clone_from(&params);
                 remote.highest = None;
                 remote.missing.clear();
                 let handle = remote.handle;
@@ -888,6 +932,7 @@ impl RelayCore {
                 self.events.push_back(RelayEvent::TrackReady {
                     remote: handle,
                     kind,
+                    params,
                 });
             }
             ControlMsg::Withdraw { track, reason } => {
@@ -912,14 +957,23 @@ impl RelayCore {
                     reason,
                 });
             }
-            ControlMsg::Keyframe { id, rid, kind } => {
+            ControlMsg::Keyframe {
+                id,
+                rid,
+                kind,
+                fresh,
+            } => {
                 let served = self
                     .links
                     .get(peer)
                     .is_some_and(|l| l.served.contains_key(&id));
                 if served {
-                    self.events
-                        .push_back(RelayEvent::KeyframeRequest { id, rid, kind });
+                    self.events.push_back(RelayEvent::KeyframeRequest {
+                        id,
+                        rid,
+                        kind,
+                        fresh,
+                    });
                 }
             }
             ControlMsg::Nack { id, seqs } => self.resend(peer, conn, id, &seqs),
@@ -1075,10 +1129,7 @@ mod tests {
     use crate::relay::wire::RelayExt;
 
     fn track(name: &str) -> TrackRef {
-        TrackRef {
-            session: "aa".repeat(16),
-            name: name.into(),
-        }
+        TrackRef::new("app", "aa".repeat(16), name)
     }
 
     fn media(track: u64, seq: u64, rid: Option<&str>) -> RelayMedia {
@@ -1205,7 +1256,7 @@ mod tests {
     #[test]
     fn a_track_crosses_the_link_once_for_many_subscribers() {
         let mut p = Pair::new();
-        p.a.publish(7, track("cam"), TrackKind::Video);
+        p.a.publish(7, track("cam"), TrackKind::Video, Vec::new());
         let now = p.now;
         let h1 = p.b.subscribe("a", track("cam"), 1, LayerDemand::All, now);
         p.pump();
@@ -1219,7 +1270,8 @@ mod tests {
         assert_eq!(p.connects, 1, "one connection");
         assert!(p.b_events.contains(&RelayEvent::TrackReady {
             remote: h1,
-            kind: TrackKind::Video
+            kind: TrackKind::Video,
+            params: Vec::new(),
         }));
         assert_eq!(
             p.a_events,
@@ -1265,15 +1317,16 @@ mod tests {
     #[test]
     fn keyframe_requests_reach_the_origin() {
         let mut p = Pair::new();
-        p.a.publish(7, track("cam"), TrackKind::Video);
+        p.a.publish(7, track("cam"), TrackKind::Video, Vec::new());
         let h = p.b.subscribe("a", track("cam"), 1, LayerDemand::All, p.now);
         p.pump();
-        p.b.request_keyframe(h, Some("f".into()), KeyframeKind::Pli);
+        p.b.request_keyframe(h, Some("f".into()), KeyframeKind::Pli, true);
         p.pump();
         assert!(p.a_events.contains(&RelayEvent::KeyframeRequest {
             id: 7,
             rid: Some("f".into()),
-            kind: KeyframeKind::Pli
+            kind: KeyframeKind::Pli,
+            fresh: true,
         }));
     }
 
@@ -1287,7 +1340,7 @@ mod tests {
             remote: h,
             reason: EndReason::NotFound
         }));
-        p.a.publish(8, track("mic"), TrackKind::Audio);
+        p.a.publish(8, track("mic"), TrackKind::Audio, Vec::new());
         let h = p.b.subscribe("a", track("mic"), 2, LayerDemand::All, p.now);
         p.pump();
         p.a.unpublish(8);
@@ -1303,7 +1356,7 @@ mod tests {
     #[test]
     fn layer_demands_are_unioned_and_filter_what_is_sent() {
         let mut p = Pair::new();
-        p.a.publish(7, track("cam"), TrackKind::Video);
+        p.a.publish(7, track("cam"), TrackKind::Video, Vec::new());
         let only = |r: &[&str]| LayerDemand::Only(r.iter().map(|s| s.to_string()).collect());
         p.b.subscribe("a", track("cam"), 1, only(&["q"]), p.now);
         p.pump();
@@ -1335,7 +1388,7 @@ mod tests {
     #[test]
     fn loss_on_the_link_is_nacked_and_repaired_from_the_origin_buffer() {
         let mut p = Pair::new();
-        p.a.publish(7, track("cam"), TrackKind::Video);
+        p.a.publish(7, track("cam"), TrackKind::Video, Vec::new());
         p.b.subscribe("a", track("cam"), 1, LayerDemand::All, p.now);
         p.pump();
         // Drop 3 and 4 the first time they are sent.
@@ -1376,7 +1429,7 @@ mod tests {
     #[test]
     fn a_link_that_goes_down_is_redialled_and_subscriptions_restored() {
         let mut p = Pair::new();
-        p.a.publish(7, track("cam"), TrackKind::Video);
+        p.a.publish(7, track("cam"), TrackKind::Video, Vec::new());
         let h = p.b.subscribe("a", track("cam"), 1, LayerDemand::All, p.now);
         p.pump();
         p.a.link_down("b", 1, p.now);
@@ -1430,7 +1483,7 @@ mod tests {
     #[test]
     fn a_peer_that_dials_again_later_replaces_the_old_connection() {
         let mut p = Pair::new();
-        p.a.publish(7, track("cam"), TrackKind::Video);
+        p.a.publish(7, track("cam"), TrackKind::Video, Vec::new());
         p.b.subscribe("a", track("cam"), 1, LayerDemand::All, p.now);
         p.pump();
         assert_eq!(p.connects, 1);
@@ -1466,7 +1519,7 @@ mod tests {
     #[test]
     fn garbage_closes_the_link_and_stray_datagrams_are_counted() {
         let mut p = Pair::new();
-        p.a.publish(7, track("cam"), TrackKind::Video);
+        p.a.publish(7, track("cam"), TrackKind::Video, Vec::new());
         p.b.subscribe("a", track("cam"), 1, LayerDemand::All, p.now);
         p.pump();
         assert!(
@@ -1502,7 +1555,7 @@ mod tests {
         let mut p = Pair::new();
         let n = MAX_SERVED_PER_PEER as u64 + 1;
         for id in 0..n {
-            p.a.publish(id, track(&format!("t{id}")), TrackKind::Audio);
+            p.a.publish(id, track(&format!("t{id}")), TrackKind::Audio, Vec::new());
         }
         let handles: Vec<RemoteTrackId> = (0..n)
             .map(|id| {
@@ -1531,7 +1584,7 @@ mod tests {
     #[test]
     fn an_unused_link_is_closed_after_the_idle_time() {
         let mut p = Pair::new();
-        p.a.publish(7, track("cam"), TrackKind::Video);
+        p.a.publish(7, track("cam"), TrackKind::Video, Vec::new());
         p.b.subscribe("a", track("cam"), 1, LayerDemand::All, p.now);
         p.pump();
         p.b.unsubscribe(1, p.now);

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use str0m::format::PayloadParams;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -84,6 +85,7 @@ enum Command {
         id: u64,
         track: TrackRef,
         kind: TrackKind,
+        params: Vec<PayloadParams>,
     },
     Unpublish {
         id: u64,
@@ -106,6 +108,7 @@ enum Command {
         remote: RemoteTrackId,
         rid: Option<String>,
         kind: KeyframeKind,
+        fresh: bool,
     },
     AddPeer {
         node: String,
@@ -170,8 +173,13 @@ impl RelayHandle {
     }
 
     /// A track published on this node that peers may pull (see [`RelayCore::publish`]).
-    pub fn publish(&self, id: u64, track: TrackRef, kind: TrackKind) {
-        self.send(Command::Publish { id, track, kind });
+    pub fn publish(&self, id: u64, track: TrackRef, kind: TrackKind, params: Vec<PayloadParams>) {
+        self.send(Command::Publish {
+            id,
+            track,
+            kind,
+            params,
+        });
     }
 
     /// A local track is gone.
@@ -216,9 +224,20 @@ impl RelayHandle {
         self.send(Command::SetDemand { subscriber, demand });
     }
 
-    /// A local subscriber of a remote track needs a keyframe.
-    pub fn request_keyframe(&self, remote: RemoteTrackId, rid: Option<String>, kind: KeyframeKind) {
-        self.send(Command::Keyframe { remote, rid, kind });
+    /// A local subscriber of a remote track needs a keyframe (`fresh`: it has had none yet).
+    pub fn request_keyframe(
+        &self,
+        remote: RemoteTrackId,
+        rid: Option<String>,
+        kind: KeyframeKind,
+        fresh: bool,
+    ) {
+        self.send(Command::Keyframe {
+            remote,
+            rid,
+            kind,
+            fresh,
+        });
     }
 
     /// Where node `node`'s relay listens.
@@ -448,7 +467,12 @@ impl Driver {
     fn command(&mut self, c: Command) {
         let now = Instant::now();
         match c {
-            Command::Publish { id, track, kind } => self.core.publish(id, track, kind),
+            Command::Publish {
+                id,
+                track,
+                kind,
+                params,
+            } => self.core.publish(id, track, kind, params),
             Command::Unpublish { id } => self.core.unpublish(id),
             Command::Subscribe {
                 peer,
@@ -464,8 +488,13 @@ impl Driver {
             Command::SetDemand { subscriber, demand } => {
                 self.core.set_demand(subscriber, demand, now);
             }
-            Command::Keyframe { remote, rid, kind } => {
-                self.core.request_keyframe(remote, rid, kind);
+            Command::Keyframe {
+                remote,
+                rid,
+                kind,
+                fresh,
+            } => {
+                self.core.request_keyframe(remote, rid, kind, fresh);
             }
             Command::AddPeer { node, addr } => {
                 self.peers.insert(node, addr);

@@ -60,6 +60,7 @@
 //! [`RelayHandle::subscribe`]: driver::RelayHandle::subscribe
 //! [`RelayHandle::request_keyframe`]: driver::RelayHandle::request_keyframe
 
+pub mod bridge;
 pub mod core;
 pub mod driver;
 pub mod media;

@@ -30,6 +30,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+use str0m::format::PayloadParams;
 
 /// The kind byte of a version-1 media datagram.
 pub const KIND_MEDIA: u8 = 0x01;
@@ -43,8 +44,10 @@ pub const MAX_EXTENSIONS: usize = 8;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Most sequence numbers in one [`ControlMsg::Nack`].
 pub const MAX_NACK_SEQS: usize = 256;
-/// The longest node name, session id or track name on the control stream.
+/// The longest node name, app, session id or track name on the control stream.
 pub const MAX_NAME_LEN: usize = 128;
+/// Most payload types announced for one track.
+pub const MAX_PARAMS: usize = 32;
 
 const FLAG_MARKER: u8 = 0x01;
 const FLAG_KEYFRAME: u8 = 0x02;
@@ -358,10 +361,15 @@ impl RelayMedia {
 // ---------------------------------------------------------------------------------------------
 // Control.
 
-/// A published track as the relay names it: the publishing session (32 hex characters, as in
-/// the API) and the track name within it.
+/// A published track as the relay names it: the app the publishing session belongs to, the
+/// session (32 hex characters, as in the API) and the track name within it. A track is only
+/// found under its own app: a session of one app cannot pull another app's track through the
+/// relay any more than on one node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TrackRef {
+    /// The app of the publishing session (empty: none, for tools and tests).
+    #[serde(default)]
+    pub app: String,
     /// The publishing session's id.
     pub session: String,
     /// The track name.
@@ -369,11 +377,27 @@ pub struct TrackRef {
 }
 
 impl TrackRef {
+    /// The track `name` of session `session` of app `app`.
+    pub fn new(
+        app: impl Into<String>,
+        session: impl Into<String>,
+        name: impl Into<String>,
+    ) -> TrackRef {
+        TrackRef {
+            app: app.into(),
+            session: session.into(),
+            name: name.into(),
+        }
+    }
+
     fn validate(&self) -> Result<(), WireError> {
         for (what, s) in [("session", &self.session), ("track name", &self.name)] {
             if s.is_empty() || s.len() > MAX_NAME_LEN {
                 return Err(WireError::BadMessage(format!("{what} of bad length")));
             }
+        }
+        if self.app.len() > MAX_NAME_LEN {
+            return Err(WireError::BadMessage("app of bad length".into()));
         }
         Ok(())
     }
@@ -486,6 +510,10 @@ pub enum ControlMsg {
         id: u64,
         /// Audio or video.
         kind: TrackKind,
+        /// The publisher's negotiated payload types (codec, clock rate, format parameters):
+        /// the subscribing node maps them to its own subscribers' payload types.
+        #[serde(default)]
+        params: Vec<PayloadParams>,
     },
     /// Origin → subscriber: no (more) media for this track.
     Withdraw {
@@ -507,6 +535,10 @@ pub enum ControlMsg {
         rid: Option<String>,
         /// PLI or FIR.
         kind: KeyframeKind,
+        /// The subscriber asking has had no keyframe yet (a new leg): the origin's throttle
+        /// lets it through sooner (see `Forwarder::keyframe_request`).
+        #[serde(default)]
+        fresh: bool,
     },
     /// Subscriber → origin: these packets did not arrive over the link; resend them.
     Nack {
@@ -535,6 +567,9 @@ impl ControlMsg {
             ControlMsg::Subscribe { track, demand } => {
                 track.validate()?;
                 demand.validate()?;
+            }
+            ControlMsg::Announce { params, .. } if params.len() > MAX_PARAMS => {
+                return Err(WireError::BadMessage("too many payload types".into()));
             }
             ControlMsg::Announce { track, .. }
             | ControlMsg::Withdraw { track, .. }
@@ -763,16 +798,29 @@ mod tests {
                 version: PROTOCOL_VERSION,
             },
             ControlMsg::Subscribe {
-                track: TrackRef {
-                    session: "ab".repeat(16),
-                    name: "video".into(),
-                },
+                track: TrackRef::new("app", "ab".repeat(16), "video"),
                 demand: LayerDemand::Only(vec!["q".into(), "h".into()]),
+            },
+            ControlMsg::Announce {
+                track: TrackRef::new("app", "ab".repeat(16), "video"),
+                id: 3,
+                kind: TrackKind::Video,
+                params: vec![PayloadParams::new(
+                    str0m::media::Pt::from(96),
+                    Some(str0m::media::Pt::from(97)),
+                    str0m::format::CodecSpec {
+                        codec: str0m::format::Codec::Vp8,
+                        clock_rate: str0m::media::Frequency::NINETY_KHZ,
+                        channels: None,
+                        format: str0m::format::FormatParams::default(),
+                    },
+                )],
             },
             ControlMsg::Keyframe {
                 id: 3,
                 rid: Some("f".into()),
                 kind: KeyframeKind::Fir,
+                fresh: true,
             },
             ControlMsg::Nack {
                 id: 3,

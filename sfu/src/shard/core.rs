@@ -30,6 +30,7 @@ use crate::udp::UdpControl;
 
 use super::channel::{ChannelLimits, ChannelPeerMsg, ChannelRouter};
 use super::media::SessionEvent;
+use super::relay_leg::{RelayAction, RelayedTracks};
 
 /// Keyframe requests reach a publisher at most this often per track and layer.
 pub(crate) const KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
@@ -128,6 +129,8 @@ pub enum Action {
         /// The datagram (unframed).
         data: Vec<u8>,
     },
+    /// Something for the relay between SFU nodes (see [`super::relay_leg`]).
+    Relay(RelayAction),
 }
 
 /// What a core needs to know that is not its own state: configuration, the shared
@@ -154,6 +157,8 @@ pub struct Core {
     pub(super) ctx: Arc<CoreContext>,
     pub(super) sessions: HashMap<SessionId, Session>,
     pub(super) forwarder: Forwarder,
+    /// Tracks of other nodes relayed here whose home is this shard.
+    pub(super) relayed: RelayedTracks,
     /// The data channels of this shard's sessions.
     pub(super) channels: ChannelRouter<str0m::channel::ChannelId>,
     /// Messages to this shard itself, handled before the current input returns.
@@ -181,6 +186,7 @@ impl Core {
             ctx,
             sessions: HashMap::new(),
             forwarder: Forwarder::new(KEYFRAME_INTERVAL),
+            relayed: RelayedTracks::default(),
             channels,
             local: VecDeque::new(),
             dirty: Vec::new(),
@@ -320,6 +326,7 @@ impl Core {
             );
         }
         self.sessions = HashMap::new();
+        self.relay_reset();
         self.forwarder = Forwarder::new(KEYFRAME_INTERVAL);
         self.channels = ChannelRouter::new(self.channels.limits().clone());
         self.ctx.directory.channels.remove_shard(self.id);
@@ -445,6 +452,7 @@ impl Core {
         }
         self.update_speakers();
         self.send_owed_keyframe_requests();
+        self.relay_housekeeping();
     }
 
     pub(super) fn session_panicked(&mut self, id: SessionId) {
@@ -484,6 +492,9 @@ impl Core {
     }
 
     pub(super) fn unpublish(&mut self, track: TrackId) {
+        if self.release_relayed(track) {
+            return;
+        }
         let Some((session_id, mid)) = self.forwarder.publication_owner(track) else {
             return;
         };

@@ -11,11 +11,15 @@ use tokio::sync::{mpsc, oneshot};
 use super::commands::{ApiCommand, ApiReply, CoreError};
 use super::core::{Action, Core, CoreContext, Datagram, PeerMsg};
 use super::outbox::{PeerOutbox, Sent};
+use super::relay_leg::{RELAY_SHARD, RelayAction, RelayInput};
 use crate::health::ShardHealth;
 use crate::ids::ShardId;
 use crate::metrics::PacketDrop;
+use crate::relay::KeyframeKind;
+use crate::relay::bridge::ShardRelay;
 use crate::tcp::TcpShared;
 use crate::udp::{UdpControl, UdpIo};
+use str0m::media::KeyframeRequestKind;
 
 /// Messages handled before the shard looks at timeouts again.
 const BATCH: usize = 256;
@@ -37,6 +41,8 @@ pub enum ShardMsg {
     Datagram(Datagram),
     /// A message from another shard.
     Peer(PeerMsg),
+    /// From the relay between SFU nodes, for a relayed track whose home is this shard.
+    Relay(RelayInput),
     /// Test hook (only routed with `Config::test_hooks`): panic on the shard's thread.
     InjectPanic,
 }
@@ -47,6 +53,7 @@ impl ShardMsg {
         match self {
             ShardMsg::Datagram(_) => true,
             ShardMsg::Peer(m) => m.is_lossy(),
+            ShardMsg::Relay(r) => r.is_lossy(),
             ShardMsg::Api { .. } | ShardMsg::InjectPanic => false,
         }
     }
@@ -66,6 +73,8 @@ pub struct ShardContext {
     pub tcp: Option<Arc<TcpShared>>,
     /// Shard health, for `/healthz`.
     pub health: Arc<ShardHealth>,
+    /// The relay between SFU nodes (`None`: off).
+    pub relay: Option<ShardRelay>,
 }
 
 /// One shard: a [`Core`] and its driver.
@@ -163,6 +172,7 @@ impl Shard {
             }
             ShardMsg::Datagram(d) => self.core.handle_datagram(now, d),
             ShardMsg::Peer(m) => self.core.handle_peer(now, m),
+            ShardMsg::Relay(r) => self.core.handle_relay(now, r),
             ShardMsg::InjectPanic => injected_panic(self.id),
         }
         self.act();
@@ -172,7 +182,9 @@ impl Shard {
     fn act(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
+                Action::ToShard(RELAY_SHARD, msg) => self.to_relay(msg),
                 Action::ToShard(shard, msg) => self.send_to_shard(shard, ShardMsg::Peer(msg)),
+                Action::Relay(action) => self.relay_action(action),
                 Action::Routing(ctl) => {
                     let _ = self.ctx.udp_control.send(ctl);
                 }
@@ -181,6 +193,39 @@ impl Shard {
                     None => self.ctx.core.metrics.drop(PacketDrop::TcpNoConnection),
                 },
             }
+        }
+    }
+
+    /// A message to the relay as a subscriber shard: a packet of a local track some peer node
+    /// pulls goes to the relay once. (The relay learns of ended tracks from the directory.)
+    fn to_relay(&self, msg: PeerMsg) {
+        if let (PeerMsg::Media { track, packet }, Some(relay)) = (msg, &self.ctx.relay) {
+            relay
+                .handle
+                .local_media(crate::relay::media::to_relay(track.0, &packet));
+        }
+    }
+
+    fn relay_action(&self, action: RelayAction) {
+        let Some(relay) = &self.ctx.relay else {
+            return;
+        };
+        match action {
+            RelayAction::Keyframe {
+                remote,
+                rid,
+                kind,
+                fresh,
+            } => {
+                let kind = match kind {
+                    KeyframeRequestKind::Fir => KeyframeKind::Fir,
+                    _ => KeyframeKind::Pli,
+                };
+                relay
+                    .handle
+                    .request_keyframe(remote, rid.map(|r| r.to_string()), kind, fresh);
+            }
+            RelayAction::Release { track } => relay.bridge.release(track),
         }
     }
 

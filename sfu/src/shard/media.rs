@@ -173,7 +173,7 @@ impl Core {
         }
     }
 
-    fn fanout(&mut self, track: TrackId, pkt: Arc<MediaPacket>) {
+    pub(super) fn fanout(&mut self, track: TrackId, pkt: Arc<MediaPacket>) {
         self.note_audio_level(track, &pkt);
         if pkt.keyframe {
             self.forwarder.note_keyframe(track, pkt.rid);
@@ -330,6 +330,9 @@ impl Core {
         kind: KeyframeRequestKind,
         fresh: bool,
     ) {
+        if self.relay_keyframe(track, rid, kind, fresh) {
+            return;
+        }
         // A request to a publisher whose transport is not up would be lost; do not let it use
         // up the throttle.
         let publisher_up = self
@@ -350,7 +353,10 @@ impl Core {
     /// [`crate::forward::Forwarder::owed_keyframe_requests`]); those of a publisher whose
     /// transport is down are dropped, as in [`Core::keyframe_to_publisher`].
     pub(super) fn send_owed_keyframe_requests(&mut self) {
-        for (_, target) in self.forwarder.owed_keyframe_requests(self.now) {
+        for (track, target) in self.forwarder.owed_keyframe_requests(self.now) {
+            if self.relay_owed_keyframe(track, &target) {
+                continue;
+            }
             if self
                 .sessions
                 .get(&target.session)

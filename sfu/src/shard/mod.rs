@@ -26,6 +26,7 @@ mod driver;
 mod media;
 mod outbox;
 mod publisher_keyframe;
+mod relay_leg;
 #[cfg(test)]
 mod sim;
 
@@ -35,3 +36,4 @@ pub use self::channel::{
 pub use self::commands::{ApiCommand, ApiReply, CoreError};
 pub use self::core::{Action, Core, CoreContext, Datagram, PeerMsg};
 pub use self::driver::{Reply, Shard, ShardContext, ShardMsg};
+pub use self::relay_leg::{RELAY_SHARD, RelayAction, RelayInput};

@@ -362,6 +362,7 @@ impl Sim {
                         Action::ToShard(shard, msg) => self.between.push_back((shard, msg)),
                         Action::Routing(ctl) => self.demux.apply(ctl),
                         Action::TcpTransmit { .. } => panic!("no ICE-TCP in the simulation"),
+                        Action::Relay(_) => panic!("no relay in the simulation"),
                     }
                 }
                 let to_peers = &mut self.to_peers;
