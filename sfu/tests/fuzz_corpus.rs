@@ -107,6 +107,17 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             "tracks-update",
             json!({"tracks": [{"mid": "2", "simulcast": {"preferredRid": "l"}}]}),
         ),
+        (
+            "datachannels-new",
+            json!({"dataChannels": [
+                {"location": "local", "dataChannelName": "chat"},
+                {"location": "remote", "sessionId": session, "dataChannelName": "chat"}
+            ]}),
+        ),
+        (
+            "datachannels-close",
+            json!({"dataChannels": [{"id": 1}, {"location": "local", "dataChannelName": "chat"}]}),
+        ),
     ];
     let mut out: Vec<(&'static str, String, Vec<u8>)> = bodies
         .into_iter()

@@ -4,7 +4,8 @@
 //! every file of `fuzz/corpus/api_json/` through it.
 //!
 //! The input is one HTTP body, decoded (with the routes' own `decode`) as each request
-//! type: `sessions/new`, `tracks/new`, `renegotiate`, `tracks/close`, `tracks/update`.
+//! type: `sessions/new`, `tracks/new`, `renegotiate`, `tracks/close`, `tracks/update`,
+//! `datachannels/new` and `datachannels/close`.
 //! Invariants: nothing panics; a refusal is a typed 400 `decoding_error`; a body of only
 //! whitespace is the default exactly where the route allows no body; whatever decodes
 //! re-encodes to JSON that decodes to the same value; session ids in it parse only as
@@ -20,8 +21,8 @@ use axum::http::StatusCode;
 use satsuma_sfu::api::error::ApiError;
 use satsuma_sfu::api::routes::decode;
 use satsuma_sfu::api::types::{
-    CloseTracksRequest, NewSessionRequest, RenegotiateRequest, SdpType, SessionDescription,
-    TrackObject, TracksRequest, UpdateTracksRequest,
+    CloseTracksRequest, DataChannelsRequest, NewSessionRequest, RenegotiateRequest, SdpType,
+    SessionDescription, TrackObject, TracksRequest, UpdateTracksRequest,
 };
 use satsuma_sfu::ids::SessionId;
 use satsuma_sfu::session::Session;
@@ -38,6 +39,7 @@ pub(crate) fn run(data: &[u8]) {
     let renegotiate = check::<Option<RenegotiateRequest>>(&body, false, blank);
     let close = check::<CloseTracksRequest>(&body, false, blank);
     let update = check::<UpdateTracksRequest>(&body, false, blank);
+    let datachannels = check::<DataChannelsRequest>(&body, false, blank);
 
     let mut descriptions: Vec<&SessionDescription> = Vec::new();
     let mut tracks: Vec<&TrackObject> = Vec::new();
@@ -58,10 +60,15 @@ pub(crate) fn run(data: &[u8]) {
         tracks.extend(&r.tracks);
     }
 
-    for t in tracks {
-        if let Some(s) = &t.session_id
-            && let Some(id) = SessionId::parse(s)
-        {
+    let mut session_ids: Vec<&String> = tracks
+        .iter()
+        .filter_map(|t| t.session_id.as_ref())
+        .collect();
+    if let Some(r) = &datachannels {
+        session_ids.extend(r.data_channels.iter().filter_map(|d| d.session_id.as_ref()));
+    }
+    for s in session_ids {
+        if let Some(id) = SessionId::parse(s) {
             assert_eq!(s.len(), 32);
             assert!(id.to_string().eq_ignore_ascii_case(s));
             assert_eq!(SessionId::parse(&id.to_string()), Some(id));
