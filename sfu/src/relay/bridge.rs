@@ -143,7 +143,7 @@ impl BridgeHandle {
     }
 }
 
-/// The bridge's receiving end, until [`Bridge::run`] starts it.
+/// The bridge's receiving end, until [`Bridge::start`] starts it.
 #[derive(Debug)]
 pub struct BridgeInbox {
     rx: mpsc::UnboundedReceiver<BridgeMsg>,

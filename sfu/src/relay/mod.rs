@@ -19,10 +19,11 @@
 //!
 //! # How the SFU uses it
 //!
-//! Origin side (node A, where the publisher is): the shard calls [`RelayCore::publish`] for
-//! each track it publishes; on [`RelayEvent::LocalTrackWanted`] it feeds the track's packets to
-//! [`RelayCore::local_media`] (through [`driver::RelayHandle::local_media`]); it answers
-//! [`RelayEvent::KeyframeRequest`] like a keyframe request of a local leg.
+//! Origin side (node A, where the publisher is): every track published on the node is
+//! [`RelayCore::publish`]ed (through [`driver::RelayHandle::publish`]); on
+//! [`RelayEvent::LocalTrackWanted`] the publisher's shard feeds the track's packets to
+//! [`RelayCore::local_media`] (through [`driver::RelayHandle::local_media`]), and
+//! [`RelayEvent::KeyframeRequest`] becomes a keyframe request like a local leg's.
 //!
 //! Subscriber side (node B): a pull of a track on node A is [`RelayCore::subscribe`] with a
 //! subscriber id (one per leg, or one per shard with legs on it); the packets come back as
@@ -31,34 +32,19 @@
 //! serve their subscribers' NACKs from str0m's RTX cache). Loss on the link itself is repaired
 //! by the relay's own NACKs to A.
 
-//! # Wiring it into the shards (not done yet)
+//! # Wiring into the node
 //!
-//! The shards already talk to each other with messages about tracks (a subscriber shard
-//! subscribes to a publisher shard's track, gets its packets, sends keyframe requests back).
-//! The relay fits that shape as one more participant, a *relay shard* id:
-//!
-//! * **Origin node.** When a session publishes, the shard calls [`RelayHandle::publish`] with
-//!   its [`TrackId`](crate::ids::TrackId) as the relay id and the API's (session id, track
-//!   name) as [`TrackRef`]. The task that reads the relay's events turns
-//!   [`RelayEvent::LocalTrackWanted`] into "the relay shard subscribes to this track" for the
-//!   publisher's shard (and `LocalTrackUnwanted` into an unsubscribe); from then on the
-//!   publisher's shard hands each packet of the track to [`RelayHandle::local_media`] with
-//!   [`media::to_relay`] (once per packet, not per remote subscriber), and
-//!   [`RelayEvent::KeyframeRequest`] becomes the keyframe request of a (fresh) leg.
-//! * **Subscriber node.** A pull of a track that the coordinator says lives on node N is
-//!   [`RelayHandle::subscribe`] (subscriber id: the pulling shard, or the leg); the returned
-//!   [`RemoteTrackId`] gets a local `TrackId` from the directory, so B's legs and forwarder see
-//!   an ordinary track published by the relay shard. [`RelayEvent::Media`] packets go through
-//!   [`media::from_relay`] to the shards with legs on it, exactly like cross-shard media;
-//!   their legs' keyframe requests go to [`RelayHandle::request_keyframe`];
-//!   [`RelayEvent::TrackEnded`] ends the legs like a local track's end.
-//! * The relay's own NACKs repair loss on the link; subscribers' NACKs are answered on B by
-//!   str0m's RTX cache of each leg, as for local tracks.
-//!
-//! [`RelayHandle::publish`]: driver::RelayHandle::publish
-//! [`RelayHandle::local_media`]: driver::RelayHandle::local_media
-//! [`RelayHandle::subscribe`]: driver::RelayHandle::subscribe
-//! [`RelayHandle::request_keyframe`]: driver::RelayHandle::request_keyframe
+//! * [`bridge`]: a routing task between the relay, the shards, the directory and the API. A
+//!   session id names its node ([`crate::ids::SessionId::tagged`]), so a pull of a session on
+//!   another node is resolved before the shard sees it: one relay subscription per track and
+//!   node, a local track id whose home is the pulling session's shard, a name in the
+//!   [`Directory`](crate::directory::Directory). Every local track published or gone is
+//!   published to or withdrawn from the relay.
+//! * `shard/relay_leg.rs`: the shard side, sans-IO like the rest of the shard core. A relayed
+//!   track is a publication without a local session; its packets fan out like a local
+//!   publisher's, its legs' keyframe requests pass the forwarder's throttle and go to the
+//!   origin. On the origin the relay is one more subscriber shard
+//!   ([`RELAY_SHARD`](crate::shard::RELAY_SHARD)), so each packet reaches it once.
 
 pub mod bridge;
 pub mod core;

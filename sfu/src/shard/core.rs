@@ -129,7 +129,7 @@ pub enum Action {
         /// The datagram (unframed).
         data: Vec<u8>,
     },
-    /// Something for the relay between SFU nodes (see [`super::relay_leg`]).
+    /// Something for the relay between SFU nodes (see `shard/relay_leg.rs`).
     Relay(RelayAction),
 }
 
