@@ -20,9 +20,9 @@ use subtle::ConstantTimeEq;
 
 use crate::mls_framing::{self, WireFormat};
 use crate::protocol::{
-    self, ClientMessage, GroupInfo, KIND_COMMIT, KIND_KEY_PACKAGE, LeaveReason, Limits,
-    ParticipantInfo, Permissions, RoomEvent, ServerMessage, Snapshot, TrackInfo, TrackKind, close,
-    error_code,
+    self, ClientMessage, GroupInfo, KIND_APPLICATION, KIND_COMMIT, KIND_KEY_PACKAGE, LeaveReason,
+    Limits, ParticipantInfo, Permissions, RoomEvent, ServerMessage, Snapshot, TrackInfo, TrackKind,
+    close, error_code,
 };
 
 /// Longest accepted track name or SFU session id.
@@ -250,6 +250,7 @@ impl Entry {
         match &self.body {
             EntryBody::Event(e) => e.type_name(),
             EntryBody::Mls { kind, .. } if *kind == KIND_COMMIT => "commit",
+            EntryBody::Mls { kind, .. } if *kind == KIND_APPLICATION => "chat",
             EntryBody::Mls { .. } => "key_package",
         }
     }
@@ -463,6 +464,8 @@ pub struct Room {
     notes: BTreeMap<String, String>,
     /// What a durable store must still write (journal on; see [`journal`]).
     journal: Option<journal::Journal>,
+    /// End-to-end encrypted chat: rate buckets and retained entries (see [`chat`]).
+    chat: chat::ChatRelay,
     /// Unit tests: a store inside the room; every drained round checks a rebuild from it.
     #[cfg(test)]
     shadow: Option<journal::shadow::Shadow>,
@@ -497,6 +500,7 @@ impl Room {
             hidden: BTreeMap::new(),
             notes: BTreeMap::new(),
             journal: cfg!(test).then(journal::Journal::default),
+            chat: chat::ChatRelay::default(),
             #[cfg(test)]
             shadow: Some(journal::shadow::Shadow::default()),
         }
@@ -915,7 +919,7 @@ impl Room {
         let max_entries = self.config.replay_max_entries.max(1);
         let max_bytes = self.config.replay_max_bytes;
         let full = self.log.len() >= max_entries || self.log_bytes + bytes > max_bytes;
-        if !full || self.oldest_superseded().is_some() {
+        if !full || self.oldest_superseded().is_some() || self.chat.oldest().is_some() {
             return false;
         }
         let young = self.log.front().is_some_and(|e| {
@@ -1059,7 +1063,11 @@ impl Room {
                     );
                 }
                 Input::Binary(b) => {
-                    let refused = (b.first() == Some(&KIND_KEY_PACKAGE)).then_some("key_package");
+                    let refused = match b.first() {
+                        Some(&KIND_KEY_PACKAGE) => Some("key_package"),
+                        Some(&KIND_APPLICATION) => Some("chat"),
+                        _ => None,
+                    };
                     self.error(from, error_code::LOG_FULL, message, refused);
                 }
                 Input::Message(m) => {
@@ -1134,6 +1142,10 @@ impl Room {
             );
             return;
         };
+        if kind == KIND_APPLICATION {
+            self.chat_message(now, from, &bytes);
+            return;
+        }
         let limit = match kind {
             KIND_KEY_PACKAGE => self.config.max_key_package_bytes,
             KIND_COMMIT => self.max_commit_bytes(),
@@ -1840,6 +1852,13 @@ impl Room {
     /// Accounting for an entry that left the log.
     fn forget(&mut self, e: &Entry) {
         self.superseded.remove(&e.seq);
+        if let EntryBody::Mls {
+            kind: KIND_APPLICATION,
+            ..
+        } = e.body
+        {
+            self.chat.forget(e.seq);
+        }
         if let Some(k) = state_key(e)
             && self.latest_state.get(&k) == Some(&e.seq)
         {
@@ -1887,8 +1906,9 @@ impl Room {
         {
             // Superseded state entries go first: no resume needs them (a later entry of the
             // same kind about the same subject carries the state), so dropping them costs
-            // nobody's resume window. Only then does the log age from its front.
-            if let Some(seq) = self.oldest_superseded() {
+            // nobody's resume window; then chat messages (best effort, docs/chat.md). Only
+            // then does the log age from its front.
+            if let Some(seq) = self.oldest_superseded().or_else(|| self.chat.oldest()) {
                 self.drop_seq(seq);
             } else if let Some(old) = self.log.pop_front() {
                 self.trimmed_upto = self.trimmed_upto.max(old.seq);
@@ -1994,6 +2014,7 @@ fn event_subjects(event: &RoomEvent) -> Vec<u64> {
     }
 }
 
+pub mod chat;
 pub mod journal;
 
 #[cfg(test)]

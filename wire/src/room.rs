@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::ice::IceServer;
 pub use crate::relay::{
-    KIND_COMMIT, KIND_KEY_PACKAGE, MlsFrame, client_commit_frame, client_key_package_frame,
-    encode_mls_header, split_commit_payload,
+    KIND_APPLICATION, KIND_COMMIT, KIND_KEY_PACKAGE, MlsFrame, client_application_frame,
+    client_commit_frame, client_key_package_frame, encode_mls_header, split_commit_payload,
 };
 
 /// The protocol version spoken by this coordinator (`hello.v`).

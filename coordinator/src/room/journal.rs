@@ -37,9 +37,17 @@ pub const SEQ_RESERVE: u64 = 64;
 const FORMAT: u32 = 1;
 
 /// Whether an entry is never written to a store: it carries no state a resume or the MLS
-/// order needs (voice activity).
+/// order needs (voice activity), or the servers must not keep it beyond the in-memory resume
+/// log (chat ciphertext, `docs/chat.md`).
 pub fn is_ephemeral(e: &Entry) -> bool {
-    matches!(e.body, EntryBody::Event(RoomEvent::Speaking { .. }))
+    matches!(
+        e.body,
+        EntryBody::Event(RoomEvent::Speaking { .. })
+            | EntryBody::Mls {
+                kind: protocol::KIND_APPLICATION,
+                ..
+            }
+    )
 }
 
 /// What the store must apply, atomically, before the outputs of the inputs that caused it
