@@ -745,16 +745,55 @@ async fn messages_reach_every_subscriber_in_order_within_limits() {
     let m = sfu.metrics().await;
     assert!(m.get("satsuma_sfu_datachannel_dropped_total{reason=\"rate_limited\"}") >= 300.0);
 
-    // The publisher's session goes: both subscribers' channels are closed by the SFU.
+    // The second subscriber closes its channel itself (an SCTP stream reset): the SFU forgets
+    // the subscription, and messages keep reaching the first one only.
+    sub2.rtc.direct_api().close_data_channel(sub2_ch);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        step_for(
+            &mut [&mut publisher, &mut sub1, &mut sub2],
+            Duration::from_millis(50),
+        )
+        .await;
+        if sfu.listed(&s2).await.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the SFU never forgot sub2's closed channel"
+        );
+    }
+    sub1.received.clear();
+    sub2.received.clear();
+    step_for(
+        &mut [&mut publisher, &mut sub1, &mut sub2],
+        Duration::from_millis(1100),
+    )
+    .await;
+    assert!(publisher.send(pub_ch, false, b"after"));
+    until(
+        &mut [&mut publisher, &mut sub1, &mut sub2],
+        "the message after sub2 left",
+        |c| c[1].received.iter().any(|(_, _, d)| d == b"after"),
+    )
+    .await;
+    assert!(sub2.received.is_empty(), "{:?}", sub2.received);
+
+    // The publisher's session goes: the remaining subscriber's channel is closed by the SFU and
+    // stays listed, inactive.
     let (status, _) = sfu
         .call(Method::DELETE, &format!("sessions/{p}"), None)
         .await;
     assert!(status.is_success());
-    until(
-        &mut [&mut sub1, &mut sub2],
-        "the subscribers' channels closed",
-        |c| c[0].closed.contains(&sub1_ch) && c[1].closed.contains(&sub2_ch),
-    )
+    until(&mut [&mut sub1], "the subscriber's channel closed", |c| {
+        c[0].closed.contains(&sub1_ch)
+    })
     .await;
-    until_status(&sfu, &s2, u64::from(ids[1]), "inactive").await;
+    until_status(&sfu, &s1, u64::from(ids[0]), "inactive").await;
+    let m = sfu.metrics().await;
+    assert_eq!(
+        m.get("satsuma_sfu_datachannels"),
+        1.0,
+        "sub1's ended subscription"
+    );
 }
