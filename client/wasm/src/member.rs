@@ -1,5 +1,6 @@
 //! The MLS group member and frame crypto of one participant, for the worker.
 
+use satsuma_e2ee::chat::ChatEvent;
 use satsuma_e2ee::committer::Phase;
 use satsuma_e2ee::frame::Codec;
 use satsuma_e2ee::identity::{Identity, SEED_LEN};
@@ -297,6 +298,42 @@ impl GroupMember {
         self.member
             .poll_held(&mut track.holdback, sender, now, &mut out);
         track.record_verdicts(out, now);
+    }
+
+    /// Sends a chat message to the group (end-to-end encrypted, `docs/chat.md`): the frame
+    /// to send comes out of [`GroupMember::poll_binary`]; the message is shown when the
+    /// coordinator logs it ([`GroupMember::poll_chat`]). Returns why it could not be sent
+    /// (empty, too long, not in the group yet), or `undefined`.
+    pub fn send_chat(&mut self, text: &str) -> Option<String> {
+        let result = self.member.send_chat(text);
+        self.drain();
+        result.err().map(|e| e.to_string())
+    }
+
+    /// The next chat event as JSON, in log order: `{"type":"message", seq, from, name,
+    /// fingerprint, text, mine, epoch}` (name and fingerprint from the sender's verified
+    /// credential) or `{"type":"dropped", seq, from, reason}`; `undefined` when none.
+    pub fn poll_chat(&mut self) -> Option<String> {
+        let event = self.member.poll_chat()?;
+        let json = match event {
+            ChatEvent::Message(m) => serde_json::json!({
+                "type": "message",
+                "seq": m.seq,
+                "from": m.from,
+                "name": m.name,
+                "fingerprint": m.fingerprint,
+                "text": m.text,
+                "mine": m.mine,
+                "epoch": m.epoch,
+            }),
+            ChatEvent::Dropped { seq, from, reason } => serde_json::json!({
+                "type": "dropped",
+                "seq": seq,
+                "from": from,
+                "reason": reason.to_string(),
+            }),
+        };
+        Some(json.to_string())
     }
 
     /// Frames encrypted so far.

@@ -36,6 +36,7 @@ import { Call, prepareE2ee } from './call-controller.js';
 import { CallView } from './call-view.js';
 import { StageView } from './stage-view.js';
 import { ControlsView } from './controls-view.js';
+import { ChatPanel } from './chat-panel.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -151,16 +152,19 @@ async function lobby() {
     // The views render the model and send the user's intents to the controller.
     const stage = new StageView({ grid: $('grid'), intents: call });
     const controls = new ControlsView({ intents: call });
+    const chat = new ChatPanel({ intents: call });
     view.bind(call);
     model.addEventListener('change', (ev) => {
       const { changed } = ev.detail;
       view.render(model.state, changed);
       stage.render(model.state, changed);
       controls.render(model.state, changed);
+      chat.render(model.state, changed);
     });
     const all = new Set(['screen', 'banner', 'link', 'safety', 'people', 'host', 'tiles', 'stage', 'controls']);
     view.render(model.state, new Set(['host', 'people']));
     controls.render(model.state, all);
+    chat.render(model.state, new Set(['chat']));
     // A page that closes (tab closed, navigated away, reloaded) leaves the room at once, so
     // the room's next MLS change does not wait for it through its resume window. (A crash or
     // a lost network still takes the presence timeout; the coordinator does not wait for a

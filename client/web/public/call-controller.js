@@ -135,6 +135,7 @@ export class Call {
     link.addEventListener('direct', (ev) => {
       const msg = ev.detail;
       if (msg.type === 'error') this.note(`coordinator refused ${msg.refused ?? 'a message'}: ${msg.message}`);
+      if (msg.type === 'error' && msg.refused === 'chat') this.dispatch({ type: 'chat/error', error: `Not sent: ${msg.message}` });
       e2ee.direct(msg);
     });
     link.addEventListener('problem', (ev) => this.note(ev.detail));
@@ -149,6 +150,7 @@ export class Call {
     e2ee.addEventListener('gate', () => this.applySendGate());
     e2ee.addEventListener('send-key-changed', () => this.sendKeyframes());
     e2ee.addEventListener('problem', (ev) => this.note(ev.detail));
+    e2ee.addEventListener('chat', (ev) => this.dispatch({ type: 'chat/event', event: ev.detail }));
     e2ee.addEventListener('rejoin', () => {
       // The room announced our own departure: come back as a new participant.
       this.note('The server dropped us from the room: joining again');
@@ -590,6 +592,23 @@ export class Call {
 
   toggleCam() {
     this.setEnabled('video', !(this.local.video?.enabled));
+  }
+
+  /** Sends a chat message (end-to-end encrypted, docs/chat.md); shown once the room logs it. */
+  async sendChat(text) {
+    try {
+      await this.e2ee.sendChat(text);
+      this.dispatch({ type: 'chat/error', error: null });
+      return true;
+    } catch (err) {
+      this.dispatch({ type: 'chat/error', error: `Not sent: ${err.message}` });
+      return false;
+    }
+  }
+
+  /** Opens or closes the chat panel (opening marks everything read). */
+  setChatOpen(open) {
+    this.dispatch({ type: 'chat/open', open });
   }
 
   toggleHand() {

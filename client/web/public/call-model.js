@@ -58,8 +58,15 @@ export function initialState({ room = '', name = '', receiveOnly = false } = {})
     safety: null, // the E2EE worker's status (with phase 'failed' while sending is impossible)
     send: null, // the send gate: {level, reason, advice, fatal}
     ended: null, // {why, detail}
+    // End-to-end encrypted chat (docs/chat.md): messages in the room's log order, as the
+    // E2EE worker decrypted them ({seq, from, name, fingerprint, text, mine}); entries it
+    // could not decrypt (sent before this page joined the group) are only counted.
+    chat: { messages: [], dropped: 0, unread: 0, open: false, error: null },
   };
 }
+
+/** Messages a page keeps (the oldest go first). */
+export const CHAT_KEEP = 500;
 
 function participantOf(p) {
   return {
@@ -248,6 +255,28 @@ export function reduce(state, action) {
     case 'send':
       state.send = a.state ?? null;
       changed.add('send');
+      break;
+    case 'chat/event': {
+      const e = a.event ?? {};
+      if (e.type === 'message') {
+        state.chat.messages.push({
+          seq: e.seq, from: e.from, name: String(e.name ?? ''), fingerprint: String(e.fingerprint ?? ''),
+          text: String(e.text ?? ''), mine: Boolean(e.mine),
+        });
+        if (state.chat.messages.length > CHAT_KEEP) state.chat.messages.shift();
+        if (!state.chat.open && !e.mine) state.chat.unread += 1;
+      } else if (e.type === 'dropped') state.chat.dropped += 1;
+      changed.add('chat');
+      break;
+    }
+    case 'chat/open':
+      state.chat.open = Boolean(a.open);
+      if (state.chat.open) state.chat.unread = 0;
+      changed.add('chat');
+      break;
+    case 'chat/error':
+      state.chat.error = a.error ?? null;
+      changed.add('chat');
       break;
     case 'ended':
       state.ended = { why: a.why, detail: a.detail ?? '' };

@@ -156,6 +156,22 @@ export class E2eeLink extends EventTarget {
   }
 
   /**
+   * Sends a chat message, end-to-end encrypted in the worker (docs/chat.md). Resolves when
+   * the worker queued its ciphertext; rejects with why it could not (not in the group yet,
+   * too long). The message shows up as a `chat` event when the room logs it.
+   */
+  sendChat(text) {
+    if (!this.worker) return Promise.reject(new Error('encryption is not running'));
+    this.chatId = (this.chatId ?? 0) + 1;
+    const id = this.chatId;
+    this.chatWaiting ??= new Map();
+    return new Promise((resolve, reject) => {
+      this.chatWaiting.set(id, { resolve, reject });
+      this.#post({ type: 'chat-send', id, text: String(text) });
+    });
+  }
+
+  /**
    * Test and drill hooks: `garbage` (send garbage frames), `stall` (block the worker for `ms`),
    * `relayLag` (process the room's messages `ms` late).
    */
@@ -421,6 +437,18 @@ export class E2eeLink extends EventTarget {
       case 'rejoin':
         this.dispatchEvent(new CustomEvent('rejoin'));
         break;
+      case 'chat':
+        // {type: 'message', seq, from, name, fingerprint, text, mine, epoch} | {type: 'dropped', ...}
+        this.dispatchEvent(new CustomEvent('chat', { detail: msg.event }));
+        break;
+      case 'chat-sent':
+      case 'chat-error': {
+        const waiting = this.chatWaiting?.get(msg.id);
+        this.chatWaiting?.delete(msg.id);
+        if (msg.type === 'chat-sent') waiting?.resolve();
+        else waiting?.reject(new Error(msg.error));
+        break;
+      }
       case 'frame-digest':
         // Test drill `frameDigests`: what this page sent, for recording.test.mjs.
         (this.frameDigests ??= []).push({ digest: msg.digest, size: msg.size, trackId: msg.trackId });

@@ -234,6 +234,13 @@ function handle(msg) {
       case 'direct':
         member?.on_direct(JSON.stringify(msg.msg), performance.now());
         break;
+      case 'chat-send': {
+        // End-to-end encrypted chat (docs/chat.md): the ciphertext goes out as a binary frame.
+        const error = member ? member.send_chat(String(msg.text ?? '')) : 'not in the encryption group yet';
+        if (error !== undefined) post({ type: 'chat-error', id: msg.id, error });
+        else post({ type: 'chat-sent', id: msg.id });
+        break;
+      }
       case 'forget':
         tracks.delete(msg.trackId);
         break;
@@ -293,6 +300,11 @@ function pump() {
     pollHeld(); // frames held for these keys go out now
   }
   if (member.take_rejoin()) post({ type: 'rejoin' });
+  for (;;) {
+    const chat = member.poll_chat();
+    if (chat === undefined) break;
+    post({ type: 'chat', event: JSON.parse(chat) });
+  }
   publishStatus();
   reportSendKey();
 }
