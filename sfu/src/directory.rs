@@ -371,6 +371,71 @@ mod tests {
     }
 
     #[test]
+    fn the_listener_hears_of_local_tracks_and_lookups_find_relayed_ones() {
+        let d = Arc::new(Directory::default());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        d.set_listener(tx);
+        let app: Arc<str> = Arc::from("a");
+        let id = SessionId::random();
+        let slot = d.reserve_session(&app, 10).unwrap();
+        d.add_session(id, Arc::clone(&app), 0, 50);
+        slot.commit();
+        let track = |shard| PublishedTrack {
+            track: d.next_track_id(),
+            shard,
+            kind: MediaKind::Video,
+            params: vec![],
+        };
+        let cam = track(0);
+        assert!(d.publish(id, "cam", cam.clone()));
+        match rx.try_recv().unwrap() {
+            TrackChange::Published {
+                app: a,
+                session,
+                name,
+                track,
+            } => {
+                assert_eq!((&*a, session, name.as_str()), ("a", id, "cam"));
+                assert_eq!(track.track, cam.track);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A refused duplicate is not reported; an unpublish and a session's end are.
+        assert!(!d.publish(id, "cam", track(0)));
+        assert!(rx.try_recv().is_err());
+        assert!(d.publish(id, "mic", track(0)));
+        d.unpublish(id, "cam", cam.track);
+        d.remove_session(id);
+        let mut events = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            events.push(e);
+        }
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert!(matches!(events[1], TrackChange::Unpublished { track } if track == cam.track));
+        assert!(matches!(events[2], TrackChange::Unpublished { .. }));
+
+        // A track of a session on another node, relayed here: found under its app only.
+        let remote = SessionId::random();
+        let relayed = track(1);
+        d.publish_remote("a", remote, "cam", relayed.clone());
+        assert_eq!(
+            d.lookup("a", remote, "cam").map(|t| t.track),
+            Some(relayed.track)
+        );
+        assert!(d.lookup("b", remote, "cam").is_none());
+        assert!(d.lookup("a", remote, "mic").is_none());
+        // Removing it needs the same track id (a newer relay of the name stays).
+        d.unpublish_remote("a", remote, "cam", TrackId(u64::MAX));
+        assert_eq!(d.remote_count(), 1);
+        d.unpublish_remote("a", remote, "cam", relayed.track);
+        assert!(d.lookup("a", remote, "cam").is_none());
+        assert!(
+            rx.try_recv().is_err(),
+            "relayed tracks are not offered to the relay"
+        );
+    }
+
+    #[test]
     fn removing_a_shard_forgets_its_sessions_and_tracks_only() {
         let d = Arc::new(Directory::default());
         let app: Arc<str> = Arc::from("a");

@@ -32,8 +32,9 @@ use crate::relay::RemoteTrackId;
 /// The shard id of the relay as a subscriber of local publications (no real shard has it).
 pub const RELAY_SHARD: ShardId = usize::MAX;
 
-/// A relayed track without legs for this long is released.
-pub(crate) const RELEASE_AFTER: Duration = Duration::from_secs(5);
+/// A relayed track without legs for this long is released (long enough for a pulling client
+/// to answer the SFU's offer, which activates its leg).
+pub(crate) const RELEASE_AFTER: Duration = Duration::from_secs(15);
 
 /// The m-line id a relayed track's publication carries in the forwarder (no local m-line).
 const RELAY_MID: &str = "relay";
@@ -237,5 +238,142 @@ impl Core {
         for track in release {
             self.release_relayed(track);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::directory::Directory;
+    use crate::metrics::Metrics;
+    use crate::shard::core::{CoreContext, PeerMsg};
+    use str0m::media::Pt;
+    use str0m::rtp::ExtensionValues;
+
+    fn core(now: Instant) -> Core {
+        let ctx = Arc::new(CoreContext {
+            config: Config::default(),
+            directory: Arc::new(Directory::default()),
+            metrics: Metrics::new(),
+            candidates: vec!["127.0.0.1:9".parse().unwrap()],
+            tcp_candidates: Vec::new(),
+        });
+        Core::new(0, 2, ctx, now)
+    }
+
+    fn packet(seq: u64, now: Instant) -> Arc<MediaPacket> {
+        Arc::new(MediaPacket {
+            pt: Pt::from(96),
+            clock_rate: 90_000,
+            seq,
+            timestamp: seq as u32 * 3000,
+            marker: true,
+            rid: None,
+            keyframe: false,
+            ext: ExtensionValues::default(),
+            vp8: None,
+            payload: Arc::from(&b"frame"[..]),
+            arrival: now,
+            nackable: true,
+        })
+    }
+
+    fn actions(c: &mut Core) -> Vec<Action> {
+        std::iter::from_fn(|| c.poll_action()).collect()
+    }
+
+    #[test]
+    fn a_relayed_track_fans_out_asks_the_origin_for_keyframes_and_is_released_unused() {
+        let mut now = Instant::now();
+        let mut c = core(now);
+        let (track, remote) = (TrackId(7), RemoteTrackId(3));
+        let session = SessionId::random();
+        c.handle_relay(
+            now,
+            RelayInput::Publish {
+                track,
+                remote,
+                session,
+                kind: MediaKind::Video,
+            },
+        );
+        // Shard 1 has a leg on it: each relayed packet goes there once.
+        c.handle_peer(now, PeerMsg::Subscribe { track, shard: 1 });
+        c.handle_relay(
+            now,
+            RelayInput::Media {
+                track,
+                packet: packet(1, now),
+            },
+        );
+        let a = actions(&mut c);
+        assert!(
+            matches!(a.as_slice(), [Action::ToShard(1, PeerMsg::Media { track: t, packet })] if *t == track && packet.seq == 1),
+            "{a:?}"
+        );
+        // A media packet of a track that is not relayed here is dropped.
+        c.handle_relay(
+            now,
+            RelayInput::Media {
+                track: TrackId(8),
+                packet: packet(1, now),
+            },
+        );
+        assert!(actions(&mut c).is_empty());
+
+        // The legs' keyframe requests pass the throttle once, then go to the origin.
+        let pli = |fresh| PeerMsg::KeyframeRequest {
+            track,
+            rid: None,
+            kind: KeyframeRequestKind::Pli,
+            fresh,
+        };
+        c.handle_peer(now, pli(true));
+        let a = actions(&mut c);
+        let expected = RelayAction::Keyframe {
+            remote,
+            rid: None,
+            kind: KeyframeRequestKind::Pli,
+            fresh: true,
+        };
+        assert!(
+            matches!(a.as_slice(), [Action::Relay(r)] if *r == expected),
+            "{a:?}"
+        );
+        c.handle_peer(now, pli(false));
+        assert!(actions(&mut c).is_empty(), "throttled");
+
+        // Without legs for RELEASE_AFTER it is released, and its publication is gone.
+        c.handle_peer(now, PeerMsg::Unsubscribe { track, shard: 1 });
+        now += Duration::from_secs(1);
+        c.handle_timeout(now);
+        // The throttled request is owed (no keyframe answered the first): it goes out now;
+        // the track is not released yet.
+        let a = actions(&mut c);
+        assert!(
+            matches!(
+                a.as_slice(),
+                [Action::Relay(RelayAction::Keyframe { fresh: false, .. })]
+            ),
+            "{a:?}"
+        );
+        now += RELEASE_AFTER;
+        c.handle_timeout(now);
+        now += Duration::from_millis(300);
+        c.handle_timeout(now);
+        let a = actions(&mut c);
+        assert!(
+            a.iter().any(
+                |a| matches!(a, Action::Relay(RelayAction::Release { track: t }) if *t == track)
+            ),
+            "{a:?}"
+        );
+        c.handle_peer(now, PeerMsg::Subscribe { track, shard: 1 });
+        let a = actions(&mut c);
+        assert!(
+            matches!(a.as_slice(), [Action::ToShard(1, PeerMsg::TrackEnded { track: t })] if *t == track),
+            "a late leg on a released track ends: {a:?}"
+        );
     }
 }
