@@ -107,7 +107,11 @@ fn a_message_sent_before_a_commit_reached_its_sender_still_opens() {
     room.settle(100);
     assert!(room.converged());
     let (va, da) = shown(&mut room, a);
-    assert_eq!((va.len(), da), (1, 0), "a keeps the previous epoch's secrets");
+    assert_eq!(
+        (va.len(), da),
+        (1, 0),
+        "a keeps the previous epoch's secrets"
+    );
     let (vb, _) = shown(&mut room, b);
     assert_eq!(vb, va);
     // c was added by that commit: the old epoch is not its to read.
