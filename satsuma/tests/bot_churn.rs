@@ -355,37 +355,72 @@ async fn eight_e2ee_bots_churn_converge_and_decrypt_each_other() {
 
     // Churn: at random moments a random free slot joins or a random present bot leaves,
     // while the group still reacts to the previous changes.
-    let (mut joins, mut leaves, mut failed_pulls) = (0u32, 0u32, 0usize);
+    let (mut joins, mut leaves, mut doubles, mut failed_pulls) = (0usize, 0usize, 0usize, 0usize);
     let started = Instant::now();
     let mut last_change;
     let agreement = loop {
         // The first change after the churn time is the last; convergence is measured from
         // it, while its media is set up.
         let is_last = started.elapsed() >= churn;
-        let join = match present.len() {
-            BOTS => false,
-            MIN_PRESENT => true,
-            _ => rng.random_bool(0.5),
-        };
-        let mut agreement = None;
-        if join {
+        // Mostly one change at a time; one in four times two at once (two joins, two
+        // leaves, or one of each), which the committer must fold into its commits.
+        let mut plan = Vec::new();
+        let mut count = present.len();
+        for _ in 0..if rng.random_bool(0.25) { 2 } else { 1 } {
+            let join = match count {
+                BOTS => false,
+                MIN_PRESENT => true,
+                _ => rng.random_bool(0.5),
+            };
+            count = if join { count + 1 } else { count - 1 };
+            plan.push(join);
+        }
+        let mut leaving = Vec::new();
+        for _ in plan.iter().filter(|j| !**j) {
+            leaving.push(present.swap_remove(rng.random_range(0..present.len())));
+        }
+        let mut names = Vec::new();
+        for _ in plan.iter().filter(|j| **j) {
             let free: Vec<usize> = (0..BOTS)
+                // A slot leaving now may come back at once as a new member.
                 .filter(|s| present.iter().all(|p| p.slot != *s))
+                .filter(|s| names.iter().all(|(slot, _)| slot != s))
                 .collect();
             let slot = free[rng.random_range(0..free.len())];
             generation[slot] += 1;
-            let name = format!("bot{slot}.{}", generation[slot]);
-            let member = stack.member(&name).await;
-            last_change = Instant::now();
-            joins += 1;
-            let refs: Vec<&RoomMember> =
-                present.iter().map(|p| &p.member).chain([&member]).collect();
-            let watching = async {
-                if is_last {
-                    agreement = Some(watch.until_agreed(&refs, last_change).await);
-                }
-            };
-            let (bot, ()) = tokio::join!(media_bot(&stack, &member), watching);
+            names.push((slot, format!("bot{slot}.{}", generation[slot])));
+        }
+        let (members, gone_bots) = tokio::join!(
+            futures_util::future::join_all(names.iter().map(|(_, n)| stack.member(n))),
+            futures_util::future::join_all(leaving.into_iter().map(|p| async move {
+                p.member.leave().await;
+                p.bot
+            })),
+        );
+        last_change = Instant::now();
+        doubles += usize::from(plan.len() == 2);
+        joins += members.len();
+        leaves += gone_bots.len();
+        let mut agreement = None;
+        let refs: Vec<&RoomMember> = present
+            .iter()
+            .map(|p| &p.member)
+            .chain(members.iter())
+            .collect();
+        let watching = async {
+            if is_last {
+                agreement = Some(watch.until_agreed(&refs, last_change).await);
+            }
+        };
+        let setup = async {
+            for bot in gone_bots {
+                let _ = bot.shutdown().await;
+            }
+            futures_util::future::join_all(members.iter().map(|m| media_bot(&stack, m))).await
+        };
+        let (bots, ()) = tokio::join!(setup, watching);
+        drop(refs);
+        for (((slot, name), member), bot) in names.into_iter().zip(members).zip(bots) {
             present.push(Peer {
                 slot,
                 id: member.view().participant_id,
@@ -394,19 +429,9 @@ async fn eight_e2ee_bots_churn_converge_and_decrypt_each_other() {
                 bot,
                 pulls: Mutex::default(),
             });
+        }
+        if !plan.iter().all(|j| !*j) {
             failed_pulls += pull_all(&present).await;
-        } else {
-            let gone = present.swap_remove(rng.random_range(0..present.len()));
-            gone.member.leave().await;
-            last_change = Instant::now();
-            leaves += 1;
-            let refs: Vec<&RoomMember> = present.iter().map(|p| &p.member).collect();
-            let watching = async {
-                if is_last {
-                    agreement = Some(watch.until_agreed(&refs, last_change).await);
-                }
-            };
-            let _ = tokio::join!(gone.bot.shutdown(), watching);
         }
         if let Some(a) = agreement {
             break a;
@@ -420,7 +445,7 @@ async fn eight_e2ee_bots_churn_converge_and_decrypt_each_other() {
     let (convergence, epoch, number) = agreement;
     let names: Vec<&str> = present.iter().map(|p| p.name.as_str()).collect();
     println!(
-        "churn {:?}: {joins} joins, {leaves} leaves; {} present {names:?}; epochs {first_epoch} -> {epoch} \
+        "churn {:?}: {joins} joins, {leaves} leaves ({doubles} times two at once); {} present {names:?}; epochs {first_epoch} -> {epoch} \
          ({} commits); converged {convergence:?} after the last change (safety number {number}); \
          {} samples, {} forks; {failed_pulls} pulls refused during the churn",
         started.elapsed(),

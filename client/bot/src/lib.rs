@@ -24,6 +24,10 @@
 //! - `driver`: a tokio task owning the participant and its UDP socket.
 //! - [`Bot`]: the handle: `connect`, `publish`, `subscribe`, `close_track`, `stats`, `shutdown`.
 //! - [`harness`]: start a real `satsuma-sfu` process and read its `/metrics` (for tests and tools).
+//! - [`room::RoomMember`]: a room member through the coordinator (token, WebSocket, resume) running
+//!   the shipping E2EE core as an MLS member; [`media_e2ee`]: its keys seal what a bot acting for it
+//!   publishes and open what it pulls ([`Bot::set_media_crypto`], [`MediaCrypto`]), as the web
+//!   client's encoded-frame transforms do.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), satsuma_bot::BotError> {
