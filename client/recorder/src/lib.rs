@@ -9,9 +9,10 @@
 //! the `webm` crate) plus `manifest.json`: participants, tracks, start and end times, and
 //! the safety numbers of the epochs it was in. See `docs/recording.md`.
 //!
-//! Layout: [`vp8`] reassembles frames from RTP (sans-IO), [`track`] writes one WebM file,
-//! [`recorder`] runs the session.
+//! Layout: [`vp8`] reassembles frames from RTP and [`clock`] places them on the recording's
+//! timeline (both sans-IO), [`track`] writes one WebM file, [`recorder`] runs the session.
 
+pub mod clock;
 pub mod recorder;
 pub mod track;
 pub mod vp8;

@@ -25,6 +25,7 @@ use satsuma_wire::room::TrackKind;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::clock::Timeline;
 use crate::track::{Codec, TrackFile};
 use crate::vp8;
 
@@ -145,23 +146,20 @@ struct Recording {
     codec: Codec,
     file: TrackFile,
     assembler: vp8::Assembler,
-    /// `(extended RTP timestamp, ns from start)` of the first frame: the track's clock.
-    anchor: Option<(i64, u64)>,
+    /// The track's frames on the recording's timeline.
+    timeline: Timeline,
     /// Unwrapping audio timestamps: the last raw one and its extended value.
     audio_ts: Option<(u32, i64)>,
     last_pli: Option<Instant>,
 }
 
 impl Recording {
-    fn frame_ns(&mut self, ext_ts: i64, arrived: Instant, start: Instant) -> u64 {
-        let (ts0, ns0) = *self.anchor.get_or_insert_with(|| {
-            let ns = u64::try_from(arrived.saturating_duration_since(start).as_nanos())
-                .unwrap_or(u64::MAX);
-            (ext_ts, ns)
-        });
-        let ticks = ext_ts - ts0;
-        let delta = ticks.saturating_mul(1_000_000_000) / i64::from(self.codec.clock_rate());
-        u64::try_from(i64::try_from(ns0).unwrap_or(i64::MAX).saturating_add(delta)).unwrap_or(0)
+    fn write(&mut self, frames: Vec<(u64, Vec<u8>)>) {
+        for (ns, frame) in frames {
+            if let Err(e) = self.file.write(&frame, ns) {
+                warn!("{e}");
+            }
+        }
     }
 
     fn audio_ext(&mut self, ts: u32) -> i64 {
@@ -341,7 +339,7 @@ pub async fn record(
                                 codec,
                                 file: TrackFile::new(&opts.out.join(&file), codec),
                                 assembler: vp8::Assembler::default(),
-                                anchor: None,
+                                timeline: Timeline::new(codec.clock_rate()),
                                 audio_ts: None,
                                 last_pli: None,
                             });
@@ -370,6 +368,9 @@ pub async fn record(
     let _ = bot.shutdown().await;
     let mut tracks = Vec::new();
     for (_, r) in recordings {
+        let mut r = r;
+        let rest = r.timeline.flush();
+        r.write(rest);
         let Recording {
             mut entry,
             file,
@@ -444,9 +445,9 @@ async fn on_packet(
             r.entry.decrypt_failures += 1;
             continue;
         };
-        let ns = r.frame_ns(ts, p.arrived, start);
-        if let Err(e) = r.file.write(&plain, ns) {
-            warn!("{e}");
-        }
+        let arrived = i64::try_from(p.arrived.saturating_duration_since(start).as_nanos())
+            .unwrap_or(i64::MAX);
+        let due = r.timeline.push(ts, arrived, plain);
+        r.write(due);
     }
 }

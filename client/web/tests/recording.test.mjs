@@ -11,7 +11,8 @@
 // bytes, a corrupted or truncated frame, or the other page's frames would fail it. (The
 // recorder only ever pulls one simulcast layer at a time, so not every sent frame is
 // recorded; the check is that the recording holds nothing that was not sent, and enough of
-// it.)
+// it. Not checked: that no frame equals one of the other page's. Both pages encode the same
+// fake-camera pattern, so identical encoded frames are possible in principle.)
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -59,12 +60,16 @@ describe('recording by a visible member', { timeout: 120000 }, () => {
   it('shows the badge on every page, writes WebM that decodes, lasts as long, and holds the frames sent', check(async () => {
     const { browser } = suite;
     const { base, logs } = suite.servers;
+    const t0 = Date.now();
+    const at = (what) => console.log(`${((Date.now() - t0) / 1000).toFixed(1)} s: ${what}`);
     pages.alice = await joinPage(browser, base, { room, name: 'Alice' });
     pages.bob = await joinPage(browser, base, { room, name: 'Bob' });
     const { alice, bob } = pages;
+
     await sameSafetyNumber([alice, bob]);
     for (const p of [alice, bob]) await p.evaluate(() => window.satsuma.call.drill('frameDigests', true));
     assert.equal(await badge(alice), null, 'no badge before a recorder joins');
+    at('pages in one group');
 
     const minted = JSON.parse(run(path.join(binDir, 'satsuma'), [
       'token', 'create', '--room', room, '--identity', 'recorder-1', '--name', 'Recorder Bot', '--recorder',
@@ -90,15 +95,18 @@ describe('recording by a visible member', { timeout: 120000 }, () => {
         withRecorder = a && a === b ? a : null;
         return withRecorder !== null;
       }, { timeout: 30000 });
+      at('badge and key holder shown on both pages');
       const people = await alice.evaluate(() => document.getElementById('people')?.textContent ?? '');
       assert.match(people, /Recorder Bot.*· recording/);
+      let timer;
       ({ code, stdout } = await Promise.race([
         recorder.done,
-        new Promise((_, reject) => setTimeout(() => reject(new Error('satsuma-record did not finish within 60 s')), 60000)),
-      ]));
+        new Promise((_, reject) => { timer = setTimeout(() => reject(new Error('satsuma-record did not finish within 60 s')), 60000); }),
+      ]).finally(() => clearTimeout(timer)));
     } finally {
       if (recorder.child.exitCode === null) recorder.child.kill('SIGTERM');
     }
+    at('recorder done');
     assert.equal(code, 0, `satsuma-record exit code\n${logs.filter((l) => l.startsWith('[recorder]')).slice(-20).join('\n')}`);
     const manifest = JSON.parse(readFileSync(path.join(out, 'manifest.json'), 'utf8'));
     assert.deepEqual(JSON.parse(stdout.trim().split('\n').pop()), manifest, 'stdout carries the manifest');
@@ -126,6 +134,7 @@ describe('recording by a visible member', { timeout: 120000 }, () => {
         const duration = Number(probe.format.duration);
         assert.ok(Math.abs(duration - seconds) <= 1, `${t.file}: ffprobe duration ${duration} s, recording ${seconds} s`);
         const decoded = Number(stream.nb_read_frames);
+        console.log(`${t.file}: ${stream.codec_name}, ffprobe duration ${duration.toFixed(3)} s (recording ${seconds.toFixed(3)} s), ${decoded} frames decoded`);
         const least = kind === 'audio' ? 40 * (seconds - 2) : 5 * (seconds - 2);
         assert.ok(decoded >= least, `${t.file}: ${decoded} frames decoded (want >= ${least})`);
         // A full decode without errors.
@@ -137,20 +146,20 @@ describe('recording by a visible member', { timeout: 120000 }, () => {
           const recorded = lines.split('\n').filter((l) => l && !l.startsWith('#'))
             .map((l) => l.split(',').pop().trim().replace(/^SHA256=/i, '').toLowerCase());
           const sent = new Set((await who.evaluate(() => window.satsuma.call.e2ee.frameDigests ?? [])).map((d) => d.digest));
-          const other = new Set((await (who === alice ? bob : alice).evaluate(() => window.satsuma.call.e2ee.frameDigests ?? [])).map((d) => d.digest));
           const matched = recorded.filter((h) => sent.has(h)).length;
           console.log(`${who.label}: ${recorded.length} recorded video frames, ${matched} match one of the ${sent.size} frames the page sent`);
           assert.ok(recorded.length >= least, `${recorded.length} recorded video frames`);
           assert.equal(matched, recorded.length, `every recorded frame of ${who.label} is one it sent`);
-          assert.equal(recorded.filter((h) => other.has(h)).length, 0, 'none is the other page\'s');
         }
       }
     }
 
+    at('files checked');
     // Leaving ends it for everyone to see: the badge goes away.
     for (const p of [alice, bob]) {
       await waitFor(`${p.label} hides the badge after the recorder left`, async () => (await badge(p)) === null, { timeout: 15000 });
     }
     rmSync(out, { recursive: true, force: true });
+    at('badge gone');
   }));
 });
