@@ -849,7 +849,7 @@ impl Hub {
                         // A refused commit counts toward the consecutive-refusal close
                         // like any refused message.
                         ServerMessage::CommitRejected { .. } => {
-                            self.metrics.error("commit_rejected");
+                            self.metrics.error(msg.type_name());
                             *refused |= watch == Some(to);
                         }
                         _ => {}

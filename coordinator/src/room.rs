@@ -22,7 +22,7 @@ use crate::mls_framing::{self, WireFormat};
 use crate::protocol::{
     self, ClientMessage, GroupInfo, KIND_APPLICATION, KIND_COMMIT, KIND_KEY_PACKAGE, LeaveReason,
     Limits, ParticipantInfo, Permissions, RoomEvent, ServerMessage, Snapshot, TrackInfo, TrackKind,
-    close, error_code,
+    close, commit_rejected, error_code,
 };
 
 /// Longest accepted track name or SFU session id.
@@ -1254,11 +1254,11 @@ impl Room {
             .and_then(|(c, _)| mls_framing::parse_commit(c).ok())
             .map(|h| h.epoch);
         let Some(g) = &self.group else {
-            return Err(("no_group", header_epoch, None));
+            return Err((commit_rejected::NO_GROUP, header_epoch, None));
         };
         if !g.members.contains(&from) {
             return Err((
-                "not_member",
+                commit_rejected::NOT_MEMBER,
                 header_epoch,
                 Some(
                     "only the group's creator and participants added by an accepted commit may commit"
@@ -1266,7 +1266,7 @@ impl Room {
                 ),
             ));
         }
-        let malformed = |detail: String| ("malformed", header_epoch, Some(detail));
+        let malformed = |detail: String| (commit_rejected::MALFORMED, header_epoch, Some(detail));
         let Some((commit, welcome)) = split else {
             return Err(malformed(
                 "commit payload: u32 length exceeds the frame".to_owned(),
@@ -1275,10 +1275,10 @@ impl Room {
         let parsed = mls_framing::parse_public_commit(commit)
             .map_err(|e| malformed(format!("commit: {e}")))?;
         if parsed.group_id != g.id {
-            return Err(("wrong_group", Some(parsed.epoch), None));
+            return Err((commit_rejected::WRONG_GROUP, Some(parsed.epoch), None));
         }
         if parsed.epoch != g.epoch {
-            return Err(("stale_epoch", Some(parsed.epoch), None));
+            return Err((commit_rejected::STALE_EPOCH, Some(parsed.epoch), None));
         }
         if welcome.is_empty() != parsed.adds.is_empty() {
             return Err(malformed(if welcome.is_empty() {
@@ -1294,7 +1294,7 @@ impl Room {
         for add in &parsed.adds {
             if !self.logged_key_package(add.participant, &add.key_package) {
                 return Err((
-                    "unknown_key_package",
+                    commit_rejected::UNKNOWN_KEY_PACKAGE,
                     Some(parsed.epoch),
                     Some(format!(
                         "adds a KeyPackage that participant {} did not log",
