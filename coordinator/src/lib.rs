@@ -49,6 +49,7 @@ mod hub;
 mod ice;
 pub mod metrics;
 pub mod mls_framing;
+mod placement;
 pub mod protocol;
 pub mod room;
 mod server;

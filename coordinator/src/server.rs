@@ -120,6 +120,12 @@ impl Server {
         }
         if !app.sfu.nodes.is_empty() {
             tasks.push(tokio::spawn(health_loop(app.clone(), stop_rx.clone())));
+            if app.hub.store().durable() {
+                tasks.push(tokio::spawn(crate::placement::placement_loop(
+                    app.clone(),
+                    stop_rx.clone(),
+                )));
+            }
         }
         let guard = crate::access_control::Guard {
             allow: Arc::new(crate::access_control::AllowList::new(

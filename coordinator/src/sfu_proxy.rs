@@ -55,6 +55,9 @@ pub(crate) struct SfuNode {
 #[derive(Debug)]
 pub(crate) struct SfuPool {
     pub(crate) nodes: Vec<SfuNode>,
+    /// What the other coordinator replicas say about the nodes (issue 16: placement from any
+    /// replica, [`crate::placement`]).
+    pub(crate) cluster: crate::placement::ClusterView,
     app_id: String,
     app_secret: String,
     client: reqwest::Client,
@@ -74,6 +77,7 @@ impl SfuPool {
                     healthy: AtomicBool::new(false),
                 })
                 .collect(),
+            cluster: crate::placement::ClusterView::default(),
             app_id: app_id.to_owned(),
             app_secret: app_secret.to_owned(),
             client,
@@ -99,11 +103,16 @@ impl SfuPool {
 
     /// The node for a room: its current node if healthy, else the healthy node
     /// serving the fewest rooms, else (nothing known healthy) its current node or the first.
+    /// Healthy: this replica's check or another replica's passed; rooms: this replica's
+    /// (`load`) and the other replicas' ([`crate::placement`]).
     fn choose(&self, current: Option<usize>, load: impl Fn(usize) -> usize) -> Option<usize> {
         if self.nodes.is_empty() {
             return None;
         }
-        let healthy = |i: usize| self.nodes[i].healthy.load(Ordering::Relaxed);
+        let healthy = |i: usize| {
+            self.nodes[i].healthy.load(Ordering::Relaxed) || self.cluster.others(i).healthy
+        };
+        let load = |i: usize| load(i).saturating_add(self.cluster.others(i).rooms);
         if let Some(i) = current.filter(|&i| i < self.nodes.len() && healthy(i)) {
             return Some(i);
         }

@@ -25,7 +25,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-use super::{Claim, Fence, RoomStore, StoreError, StoreStats, StoredRoom};
+use super::{Claim, Fence, RoomStore, SfuNodeReport, StoreError, StoreStats, StoredRoom};
 use crate::room::journal::Persist;
 
 /// Longest wait for one attempt of a request.
@@ -368,6 +368,51 @@ impl Inner {
         Ok(Claim { fence, stored })
     }
 
+    /// Puts this replica's SFU node reports under its lease.
+    async fn report_sfu(&self, value: String) -> Result<(), StoreError> {
+        let lease = self.lease().await?;
+        let key = format!("{}sfu/{}", self.config.prefix, self.config.replica);
+        self.post(
+            "/v3/kv/put",
+            &json!({
+                "key": b64(key.as_bytes()),
+                "value": b64(value.as_bytes()),
+                "lease": lease.to_string(),
+            }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The other replicas' SFU node reports.
+    async fn sfu_reports(&self) -> Result<Vec<(String, Vec<SfuNodeReport>)>, StoreError> {
+        let prefix = format!("{}sfu/", self.config.prefix);
+        let v = self
+            .post(
+                "/v3/kv/range",
+                &json!({
+                    "key": b64(prefix.as_bytes()),
+                    "range_end": b64(&prefix_end(&prefix)),
+                }),
+            )
+            .await?;
+        Ok(kvs(&v)
+            .into_iter()
+            .filter_map(|(key, value, _, _)| {
+                let replica = String::from_utf8(key)
+                    .ok()?
+                    .strip_prefix(&prefix)?
+                    .to_owned();
+                if replica == self.config.replica {
+                    return None;
+                }
+                // A report that does not parse is skipped (another version, or corrupt).
+                let reports = serde_json::from_slice(&value).ok()?;
+                Some((replica, reports))
+            })
+            .collect())
+    }
+
     /// The owner key's `(replica, url)`, if the room has an owner.
     async fn owner(&self, room: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
         let key = self.room_key(room, "owner");
@@ -573,6 +618,17 @@ impl RoomStore for EtcdStore {
 
     fn owns(&self, room: &str, fence: Fence) -> bool {
         self.inner.owned.lock().get(room) == Some(&fence)
+    }
+
+    fn report_sfu_nodes(&self, nodes: &[SfuNodeReport]) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        let value = serde_json::to_string(nodes).map_err(unavailable)?;
+        self.call(async move { inner.report_sfu(value).await })?
+    }
+
+    fn sfu_nodes(&self) -> Result<Vec<(String, Vec<SfuNodeReport>)>, StoreError> {
+        let inner = self.inner.clone();
+        self.call(async move { inner.sfu_reports().await })?
     }
 
     fn owner_url(&self, room: &str) -> Result<Option<String>, StoreError> {

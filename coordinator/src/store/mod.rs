@@ -131,6 +131,18 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// One replica's view of one SFU node (placement from any replica: every replica publishes
+/// what its health checks see and how many of its rooms use each node).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SfuNodeReport {
+    /// The node's base URL (as configured; nodes are matched by it).
+    pub url: String,
+    /// The replica's last health check of it passed.
+    pub healthy: bool,
+    /// Rooms of the replica placed on it.
+    pub rooms: u64,
+}
+
 /// Counters of a store's writes (for the metrics and the cost measurements).
 #[derive(Debug, Default)]
 pub struct StoreStats {
@@ -200,6 +212,19 @@ pub trait RoomStore: Send + Sync + std::fmt::Debug {
     fn owner_url(&self, room: &str) -> Result<Option<String>, StoreError> {
         let _ = room;
         Ok(None)
+    }
+
+    /// Publishes this replica's view of the SFU nodes; it stays in the store while this
+    /// replica lives (with etcd: under its lease). Not a room write: never fenced.
+    fn report_sfu_nodes(&self, nodes: &[SfuNodeReport]) -> Result<(), StoreError> {
+        let _ = nodes;
+        Ok(())
+    }
+
+    /// The other live replicas' published views of the SFU nodes: `(replica, its reports)`.
+    /// Empty where replicas share nothing (the local memory store).
+    fn sfu_nodes(&self) -> Result<Vec<(String, Vec<SfuNodeReport>)>, StoreError> {
+        Ok(Vec::new())
     }
 
     /// Write counters.
