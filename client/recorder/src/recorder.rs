@@ -184,6 +184,13 @@ pub enum RecordError {
     /// The SFU session could not be opened.
     #[error("SFU session: {0}")]
     Bot(#[from] satsuma_bot::BotError),
+    /// The room does not show this participant as a recorder (the token lacks the
+    /// `recorder` grant): recording unannounced is refused.
+    #[error(
+        "the room does not mark this participant as a recorder: use a token that grants \
+         `recorder` (e.g. `satsuma token create --recorder`)"
+    )]
+    NotRecorder,
     /// The output directory.
     #[error("output directory {0}: {1}")]
     Out(PathBuf, std::io::Error),
@@ -239,6 +246,17 @@ pub async fn record(
         })
         .await
         .map_err(|v| RecordError::NoKeys(opts.join_timeout, v.phase))?;
+    // Everyone must be able to see that this participant records: without the coordinator's
+    // recorder mark (its own `joined` entry, which precedes the group's commit), leave.
+    let marked = member
+        .wait_for(Duration::from_secs(5), |v| {
+            v.roster.participants.get(&me).is_some_and(|p| p.recorder)
+        })
+        .await;
+    if marked.is_err() {
+        member.leave().await;
+        return Err(RecordError::NotRecorder);
+    }
     let mut config = BotConfig::new(&opts.coordinator, "", &view.resume_token);
     config.api_base = Some(format!("{}/sfu", opts.coordinator.trim_end_matches('/')));
     config.participant.send_on_publish = false;

@@ -1,5 +1,5 @@
 // A recorder joins a two-page call as a visible member (satsuma-record with a token that
-// grants `recorder`): both pages show "● Recording by <name>" and list it among those who
+// grants `recorder`; with a token that does not, it refuses to record): both pages show "● Recording by <name>" and list it among those who
 // hold the keys; its WebM files decode with ffprobe/ffmpeg and last as long as the
 // recording, within 1 s; and every video frame in them is one a page sent.
 //
@@ -39,9 +39,9 @@ function badge(page) {
 }
 
 /** Starts satsuma-record; resolves with {code, manifest, log} when it exits. */
-function startRecorder({ base, room, token, out, logs }) {
+function startRecorder({ base, room, token, out, logs, name = 'Recorder Bot' }) {
   const child = spawn(path.join(binDir, 'satsuma-record'), [
-    '--coordinator', base, '--room', room, '--name', 'Recorder Bot', '--out', out,
+    '--coordinator', base, '--room', room, '--name', name, '--out', out,
     '--duration', String(RECORD_SECONDS),
   ], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SATSUMA_RECORD_TOKEN: token, RUST_LOG: 'info' } });
   let stdout = '';
@@ -70,6 +70,25 @@ describe('recording by a visible member', { timeout: 120000 }, () => {
     for (const p of [alice, bob]) await p.evaluate(() => window.satsuma.call.drill('frameDigests', true));
     assert.equal(await badge(alice), null, 'no badge before a recorder joins');
     at('pages in one group');
+
+    // A token without the `recorder` grant: satsuma-record refuses to record unannounced.
+    const plain = JSON.parse(run(path.join(binDir, 'satsuma'), [
+      'token', 'create', '--room', room, '--identity', 'sneaky-1', '--name', 'Sneaky', '--no-publish',
+      '--ttl', '10m', '--json', '--token-secret', TOKEN_SECRET,
+    ]));
+    const refusedOut = path.join(artifacts, `recording-refused-${process.pid}`);
+    const refused = startRecorder({ base, room, token: plain.token, out: refusedOut, logs, name: 'Sneaky' });
+    let refusedTimer;
+    const refusal = await Promise.race([
+      refused.done,
+      new Promise((_, reject) => { refusedTimer = setTimeout(() => reject(new Error('satsuma-record without the grant did not stop')), 40000); }),
+    ]).finally(() => clearTimeout(refusedTimer));
+    assert.notEqual(refusal.code, 0, 'satsuma-record refuses a token without recorder');
+    assert.ok(logs.some((l) => l.startsWith('[recorder]') && /does not mark this participant as a recorder/.test(l)),
+      logs.filter((l) => l.startsWith('[recorder]')).slice(-5).join('\n'));
+    assert.equal(await badge(alice), null, 'a participant without the grant gets no badge');
+    rmSync(refusedOut, { recursive: true, force: true });
+    at('unmarked recorder refused');
 
     const minted = JSON.parse(run(path.join(binDir, 'satsuma'), [
       'token', 'create', '--room', room, '--identity', 'recorder-1', '--name', 'Recorder Bot', '--recorder',
