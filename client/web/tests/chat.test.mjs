@@ -43,7 +43,19 @@ async function joinRecorded(browser, base, { room, name, params = {} }) {
   cdp.on('Network.webSocketFrameReceived', record('received'));
   const q = new URLSearchParams({ room, name, autojoin: '1', send: '0', ...params });
   await page.goto(`${base}/?${q}`, { waitUntil: 'domcontentloaded' });
-  await page.waitForFunction(() => typeof window.satsuma?.call?.me === 'number', null, { timeout: 30000 });
+  // As harness.mjs joinPage: modules that failed to load (a network change, files re-stamped
+  // by a concurrent build) leave the page at its loading note; a user reloads, so do we, once.
+  const started = await page.waitForFunction(() => Boolean(window.satsuma), null, { timeout: 10000 }).then(() => true, () => false);
+  if (!started) {
+    console.log(`# ${name}: the app did not start; reloading once. Console:\n${page.consoleLines.slice(-10).join('\n')}`);
+    await page.reload({ waitUntil: 'domcontentloaded' });
+  }
+  try {
+    await page.waitForFunction(() => typeof window.satsuma?.call?.me === 'number', null, { timeout: 30000 });
+  } catch (err) {
+    console.log(`# ${name}: no welcome within 30 s. Console:\n${page.consoleLines.slice(-30).join('\n')}`);
+    throw err;
+  }
   page.participantId = await page.evaluate(() => window.satsuma.call.me);
   return page;
 }
