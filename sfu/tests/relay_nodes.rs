@@ -6,7 +6,8 @@
 //! Checked: every payload arrives byte-identical on both nodes (A → B and B → A); with five
 //! subscribers on B the link carries each of A's packets once; a late subscriber on B gets a
 //! keyframe through the relay within 1 s; loss between B and one subscriber is NACKed and
-//! repaired from B's RTX cache, and no bot loses a packet.
+//! repaired from B's RTX cache, and no bot loses a packet; garbage on the relay ports and a
+//! stranger with another CA's certificate are refused (counted) while the room carries on.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -15,7 +16,9 @@ use std::time::Duration;
 use satsuma_bot::harness::{APP_ID, APP_SECRET, Metrics, SfuProcess};
 use satsuma_bot::participant::{PublishedStats, SubscribedStats};
 use satsuma_bot::{Bot, BotConfig, BotStats, MediaKind, TrackSpec};
-use satsuma_sfu::relay::tls;
+use satsuma_sfu::relay::driver::{Relay, RelayConfig};
+use satsuma_sfu::relay::tls::{self, RelayIdentity};
+use satsuma_sfu::relay::{LayerDemand, TrackRef};
 
 const BIN: &str = env!("CARGO_BIN_EXE_satsuma-sfu");
 const CONNECT: Duration = Duration::from_secs(15);
@@ -192,6 +195,42 @@ async fn a_room_split_over_two_nodes() {
 
     ann.set_sending(true).await.unwrap();
     bob.set_sending(true).await.unwrap();
+
+    // Hostile input on both relay ports while the room runs: garbage datagrams (some shaped
+    // like QUIC long headers), and a stranger that claims to be sfu-a with a certificate of
+    // another CA and asks B for Ann's track. Both are refused; the room carries on.
+    let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..200u16 {
+        let mut d = vec![(i % 251) as u8; 1 + usize::from(i) * 7 % 1300];
+        d[0] = 0xc0 | (i as u8 & 0x3f);
+        let port = if i % 2 == 0 { pa } else { pb };
+        junk.send_to(&d, ("127.0.0.1", port)).await.unwrap();
+    }
+    let other_ca = tls::generate_ca("other").unwrap();
+    let fake = tls::generate_node_cert(&other_ca, "sfu-a", 1).unwrap();
+    let stranger_metrics = satsuma_sfu::Metrics::new();
+    let stranger = Relay::bind(
+        RelayConfig {
+            identity: RelayIdentity::with_ca("sfu-a", &fake, &other_ca.cert).unwrap(),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            peers: std::collections::HashMap::from([(
+                "sfu-b".to_string(),
+                format!("127.0.0.1:{pb}").parse().unwrap(),
+            )]),
+        },
+        stranger_metrics.relay.clone(),
+    )
+    .unwrap();
+    stranger
+        .handle()
+        .subscribe(
+            "sfu-b",
+            TrackRef::new(APP_ID, ann_id.clone(), "cam"),
+            1,
+            LayerDemand::All,
+        )
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
     // Loss between B and its last subscriber: a 100 kbit/s bottleneck for 300 ms drops
@@ -291,6 +330,31 @@ async fn a_room_split_over_two_nodes() {
         "B forwarded {} packets",
         mb.get("satsuma_sfu_forwarded_packets_total")
     );
+
+    // The stranger was refused in the TLS handshake and counted; both nodes are healthy.
+    let refused = series(
+        &mb,
+        "satsuma_sfu_relay_refused_total",
+        &["reason=\"handshake\""],
+    );
+    eprintln!(
+        "hostile input: 200 garbage datagrams on the relay ports, a stranger with another CA's \
+         certificate: {} failed dial(s), {refused} handshake(s) refused at B, both nodes up",
+        stranger_metrics.relay.dial_failures.get()
+    );
+    assert!(refused >= 1.0, "nothing refused at B");
+    assert!(
+        stranger_metrics.relay.dial_failures.get() >= 1,
+        "the stranger's dial did not fail"
+    );
+    stranger.shutdown().await;
+    for (name, node) in [("A", &a), ("B", &b)] {
+        let health = reqwest::get(format!("{}/healthz", node.base_url()))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(health, 200, "node {name} unhealthy");
+    }
 
     // The late subscriber's keyframe came through the relay within 1 s.
     let ann_after = ann.stats().await.unwrap();
