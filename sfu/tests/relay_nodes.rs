@@ -13,6 +13,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use satsuma_bot::api::TrackStatus;
 use satsuma_bot::harness::{APP_ID, APP_SECRET, Metrics, SfuProcess};
 use satsuma_bot::participant::{PublishedStats, SubscribedStats};
 use satsuma_bot::{Bot, BotConfig, BotStats, MediaKind, TrackSpec};
@@ -390,6 +391,51 @@ async fn a_room_split_over_two_nodes() {
     let nacks = mb.get("satsuma_sfu_nacks_total") - nacks_before;
     eprintln!("lossy subscriber on B: {nacks} NACKs answered at B, 0 packets lost after repair");
     assert!(nacks > 0.0, "B saw no NACK");
+
+    // Ann's session ends on A: her tracks are withdrawn over the relay and the legs on B end.
+    let deleted = reqwest::Client::new()
+        .delete(format!(
+            "{}/v1/apps/{APP_ID}/sessions/{ann_id}",
+            a.base_url()
+        ))
+        .bearer_auth(APP_SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{deleted:?}");
+    let watcher = &on_b[0];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = watcher.api().session(watcher.session_id()).await.unwrap();
+        let ended = state
+            .tracks
+            .iter()
+            .filter(|t| t.session_id.as_deref() == Some(ann_id.as_str()))
+            .all(|t| t.status == TrackStatus::Inactive);
+        if ended {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Ann's tracks still live on B: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while b
+        .metrics()
+        .await
+        .unwrap()
+        .get("satsuma_sfu_relay_legs{side=\"subscriber\"}")
+        > 0.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B still pulls a track of A"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("Ann left A: her tracks ended on B and B pulls nothing from A any more");
 
     for bot in on_b {
         bot.shutdown().await.unwrap();
