@@ -690,6 +690,36 @@ mod tests {
     }
 
     #[test]
+    fn a_committer_with_a_commit_in_flight_still_chats() {
+        let mut gs = group_of(&[(1, "Ann"), (2, "Ben")]);
+        let seen: BTreeSet<u64> = [1, 2].into_iter().collect();
+        let (commit, welcome) = gs[0].commit_adds(&[], &[]).unwrap();
+        let mut ann = Chat::default();
+        let mut ben = Chat::default();
+        // Sent at epoch 1 while Ann's commit to epoch 2 is pending; Ben applies the commit
+        // first, then reads the message from the previous epoch.
+        let ct = ann.send(&mut gs[0], "during the commit").unwrap();
+        assert!(matches!(
+            gs[1].process_commit(1, &commit, &welcome, &seen),
+            CommitOutcome::Applied { epoch: 2, .. }
+        ));
+        assert!(matches!(
+            gs[0].process_commit(1, &commit, &welcome, &seen),
+            CommitOutcome::Applied { epoch: 2, .. }
+        ));
+        ben.receive(&mut gs[1], 9, 1, &ct);
+        assert!(matches!(
+            ben.poll(),
+            Some(ChatEvent::Message(ChatMessage { epoch: 1, .. }))
+        ));
+        ann.receive(&mut gs[0], 9, 1, &ct);
+        assert!(matches!(
+            ann.poll(),
+            Some(ChatEvent::Message(ChatMessage { mine: true, .. }))
+        ));
+    }
+
+    #[test]
     fn no_group_no_send() {
         let mut g = member(1, "Ann");
         let mut c = Chat::default();

@@ -596,6 +596,11 @@ export class Call {
 
   /** Sends a chat message (end-to-end encrypted, docs/chat.md); shown once the room logs it. */
   async sendChat(text) {
+    if (this.link.state !== 'open') {
+      // The link drops what is sent while it is down: say so instead of losing it silently.
+      this.dispatch({ type: 'chat/error', error: 'Not sent: not connected to the server; try again when reconnected.' });
+      return false;
+    }
     try {
       await this.e2ee.sendChat(text);
       this.dispatch({ type: 'chat/error', error: null });
