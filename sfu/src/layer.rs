@@ -60,6 +60,13 @@
 //!   own keyframe request 3 s later (the switch's keyframe went into a queue full of f and did
 //!   not get through); with the old layer stopped and the keyframe repeated, q showed 1.8 s
 //!   after the shaping began.
+//! * **Padding and probing**: a session that was short or lossy (transport-wide loss above
+//!   [`LOSSY`]) within [`PROBE_CALM`] does not pad (its minimum bitrate is what it sends): padding
+//!   up to GCC's estimate, which climbs additively while loss stays light, filled a 300 kbit/s
+//!   bottleneck and froze the viewer. A calm session below what it would like to send nudges its
+//!   desired bitrate up by [`PROBE_NUDGE`] every [`PROBE_EVERY`], for one selection, which makes
+//!   str0m send an allocation probe: after a bottleneck is gone the estimate otherwise climbs
+//!   additively, with a probe every 5 s at best.
 //! * **Pausing**: when the session is short and even the layers it is down to do not fit (a
 //!   300 kbit/s link cannot carry two 320x180 layers of ~130 kbit/s plus two audio tracks), the
 //!   legs that want the least (the lowest cap: a small tile's before a large one's) are paused,
@@ -98,6 +105,19 @@ use str0m::media::Rid;
 
 use crate::forward::LegKey;
 
+/// While the session is below what it would like to send and calm (see [`PROBE_CALM`]), the
+/// desired bitrate handed to str0m is raised by [`PROBE_NUDGE`] this often, for one selection:
+/// str0m sends an allocation probe when the desired bitrate rises above its estimate. Without
+/// it, after a bottleneck is gone the estimate climbs additively, with a probe every 5 s at best
+/// (str0m's probes in the application-limited region).
+pub const PROBE_EVERY: Duration = Duration::from_secs(3);
+/// The factor of a nudge (above the 5 % under which the shard does not tell str0m).
+pub const PROBE_NUDGE: f64 = 1.1;
+/// A session is calm when it was not short, and lost at most [`LOSSY`] (transport-wide), for
+/// this long: no probe is asked for on a link that is still congested or lossy.
+pub const PROBE_CALM: Duration = Duration::from_secs(3);
+/// Transport-wide fraction lost above which a session is not calm.
+pub const LOSSY: f64 = 0.01;
 /// How long a transport-wide loss report keeps per-leg receiver reports out (see
 /// [`LayerSelector::note_report`]); str0m reports both once a second.
 pub const TRANSPORT_LOSS_FRESH: Duration = Duration::from_millis(2500);
@@ -258,6 +278,10 @@ pub struct LayerSelector {
     /// When the transport-wide loss (from transport-wide feedback) was last reported: while it is
     /// fresh, per-leg receiver reports do not count (see [`LayerSelector::note_report`]).
     transport_loss_at: Option<Instant>,
+    /// When the session was last short or lossy (see [`PROBE_CALM`]), and when the desired
+    /// bitrate was last nudged (see [`PROBE_EVERY`]).
+    troubled_at: Option<Instant>,
+    nudged_at: Option<Instant>,
     up_since: HashMap<LegKey, Instant>,
     /// Legs paused because even the lowest layers did not fit.
     paused: Vec<LegKey>,
@@ -331,6 +355,9 @@ impl LayerSelector {
     /// [`LayerSelector::note_loss`]).
     pub fn note_transport_loss(&mut self, fraction: f64, now: Instant) -> bool {
         self.transport_loss_at = Some(now);
+        if fraction.is_nan() || fraction > LOSSY {
+            self.troubled_at = Some(now);
+        }
         self.note_loss(fraction, now)
     }
 
@@ -391,6 +418,25 @@ impl LayerSelector {
         *self.desired_bps.insert(keep.unwrap_or(bps))
     }
 
+    /// The desired bitrate to hand out at `now`: `desired`, or once per [`PROBE_EVERY`] while
+    /// the estimate is below it and the session calm, a little more (see [`PROBE_NUDGE`]).
+    fn nudge(&mut self, desired: u64, estimate: u64, now: Instant) -> u64 {
+        let due = self
+            .nudged_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= PROBE_EVERY);
+        if estimate < desired && due && self.calm(now) {
+            self.nudged_at = Some(now);
+            return (desired as f64 * PROBE_NUDGE).round() as u64;
+        }
+        desired
+    }
+
+    /// Whether the session was neither short nor lossy for [`PROBE_CALM`].
+    fn calm(&self, now: Instant) -> bool {
+        self.troubled_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= PROBE_CALM)
+    }
+
     /// Chooses layers for the session's legs at `now`.
     pub fn select(&mut self, legs: &[LegInput], now: Instant) -> SessionPlan {
         let fixed: u64 = legs.iter().map(|l| l.fixed_bps).sum();
@@ -409,6 +455,7 @@ impl LayerSelector {
         self.paused.retain(|k| {
             let keep = !no_estimate && options.iter().any(|(l, _)| l.leg == *k);
             if !keep {
+                tracing::debug!(leg = ?k, no_estimate, "paused leg released");
                 released.push((*k, false));
             }
             keep
@@ -486,6 +533,7 @@ impl LayerSelector {
         let hold = if short {
             // Down to what fits the estimate (and what got through), never up here.
             self.queue_bits = 0.0;
+            self.troubled_at = Some(now);
             let fit_room = loss_room.map_or(room, |r| room.min(r.saturating_sub(fixed)));
             let fit = raise(&options, vec![0; options.len()], fit_room, None);
             fit.iter()
@@ -537,6 +585,7 @@ impl LayerSelector {
             if !short && cost(&hold) + lowest <= (room as f64 * UP_HEADROOM) as u64 {
                 let since = *self.up_since.entry(l.leg).or_insert(now);
                 if now.saturating_duration_since(since) >= UP_HOLD {
+                    tracing::debug!(leg = ?l.leg, estimate, held = cost(&hold), lowest, ?since, "paused leg resumed");
                     self.up_since.remove(&l.leg);
                     self.paused.retain(|k| *k != l.leg);
                     plan.pauses.push((l.leg, false));
@@ -583,9 +632,16 @@ impl LayerSelector {
             .collect();
         plan.allocated_bps = fixed + cost(&live);
         self.sending_bps = plan.allocated_bps;
-        plan.desired_bps = desired_bps;
-        // A session with a paused leg pads towards resuming it.
-        plan.minimum_bps = next_step(&live) + resume_bps;
+        plan.desired_bps = self.nudge(desired_bps, estimate, now);
+        // A session with a paused leg pads towards resuming it; a troubled one (short or lossy
+        // lately, see `PROBE_CALM`) does not pad at all: on a 300 kbit/s link with 3 % loss,
+        // padding up to GCC's estimate (which climbs additively while the loss is light) filled
+        // the bottleneck, loss rose to 15-35 % and the viewer froze for over a second.
+        plan.minimum_bps = if self.calm(now) {
+            next_step(&live) + resume_bps
+        } else {
+            plan.allocated_bps
+        };
         plan
     }
 }
@@ -1029,6 +1085,43 @@ mod tests {
     }
 
     #[test]
+    fn below_its_caps_and_calm_the_session_asks_for_a_probe_every_few_seconds() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new();
+        // 400k: q fits, f (1.5M) is wanted. Losing 5 % (or being short) is not calm.
+        s.set_estimate_at(400_000);
+        assert!(!s.note_transport_loss(0.05, t0));
+        let on_q = [input("0", Some("q"), None)];
+        let desired = (1_500_000_f64 / UP_HEADROOM).round() as u64;
+        let mut t = Duration::ZERO;
+        let mut nudges = Vec::new();
+        while t <= Duration::from_secs(10) {
+            let now = t0 + t;
+            if t < Duration::from_secs(2) {
+                s.note_transport_loss(0.05, now);
+            } else if t.as_millis().is_multiple_of(1000) {
+                s.note_transport_loss(0.0, now);
+            }
+            let plan = s.select(&on_q, now);
+            if plan.desired_bps != desired {
+                assert_eq!(
+                    plan.desired_bps,
+                    (desired as f64 * PROBE_NUDGE).round() as u64
+                );
+                nudges.push(t.as_millis());
+            }
+            t += Duration::from_millis(250);
+        }
+        // Last loss at 1.75 s: calm from 4.75 s, then every 3 s, for one selection each.
+        assert_eq!(nudges, vec![4750, 7750]);
+        // With room for every cap: no nudge.
+        let mut s = LayerSelector::new();
+        s.set_estimate_at(10_000_000);
+        let on_f = [input("0", Some("f"), None)];
+        assert_eq!(s.select(&on_f, t0).desired_bps, desired);
+    }
+
+    #[test]
     fn a_legs_receiver_report_does_not_count_while_the_transport_loss_is_known() {
         let t0 = Instant::now();
         let mut s = LayerSelector::new();
@@ -1138,6 +1231,7 @@ mod tests {
         assert_eq!(plan.allocated_bps, 130_000 + 70_000);
         // While the link stays at 300k, it stays paused, and the large tile on q.
         let mut t = t1;
+        let mut minimums = Vec::new();
         for _ in 0..40 {
             t += Duration::from_millis(250);
             s.set_raw_estimate(255_000, t);
@@ -1146,9 +1240,21 @@ mod tests {
                 plan.pauses.is_empty() && plan.changes.is_empty(),
                 "{plan:?}"
             );
-            // It pads towards resuming the paused leg.
-            assert_eq!(plan.minimum_bps, 70_000 + 400_000 + 130_000);
+            minimums.push((t - t1, plan.minimum_bps));
         }
+        // Right after the loss it does not pad at all; once calm again (no loss for
+        // PROBE_CALM), it pads towards resuming the paused leg.
+        let (troubled, calm): (Vec<_>, Vec<_>) =
+            minimums.iter().partition(|(_, m)| *m == 70_000 + 130_000);
+        assert!(
+            troubled.iter().all(|(at, _)| *at < calm[0].0),
+            "{minimums:?}"
+        );
+        assert!(calm[0].0 >= PROBE_CALM, "{minimums:?}");
+        assert!(
+            calm.iter().all(|(_, m)| *m == 70_000 + 400_000 + 130_000),
+            "{minimums:?}"
+        );
         // The link is back: after the hold, the paused leg resumes (on q), then the large tile
         // goes up.
         s.set_estimate(3_000_000, t);
@@ -1196,6 +1302,8 @@ mod tests {
         let t0 = Instant::now();
         let mut s = LayerSelector::new();
         s.set_estimate_at(400_000);
+        // The first selection nudges the desired bitrate (see `below_its_caps_and_calm_...`).
+        s.select(&[input("0", Some("q"), None)], t0);
         let plan = s.select(&[input("0", Some("q"), None)], t0);
         assert_eq!(
             plan.desired_bps,
