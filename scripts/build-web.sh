@@ -12,8 +12,15 @@
 #
 # Environment: CARGO_TARGET_DIR (default: target/), WEB_PROFILE=release|dev
 # (default release: openmls is 10-100x slower unoptimised).
+# `--tools-only`: install the target and wasm-bindgen-cli, build nothing (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TOOLS_ONLY=0
+case "${1:-}" in
+  --tools-only) TOOLS_ONLY=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--tools-only]" >&2; exit 2 ;;
+esac
 
 WASM_BINDGEN_VERSION=0.2.130
 PROFILE="${WEB_PROFILE:-release}"
@@ -22,7 +29,7 @@ OUT_DIR=client/web/public/pkg
 
 # Stamp the integrity hashes first too, so an edit of the JavaScript is loadable even when the
 # WASM build below fails (it stamps again after writing pkg/).
-if [ -f client/web/public/index.html ]; then
+if [ "$TOOLS_ONLY" -eq 0 ] && [ -f client/web/public/index.html ]; then
   bash scripts/web-manifest.sh client/web/public
 fi
 
@@ -37,6 +44,7 @@ if [ "$(wasm-bindgen --version 2>/dev/null || true)" != "wasm-bindgen $WASM_BIND
   # registry mirrors (see docs), and the CLI resolves fine without it.
   cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
 fi
+[ "$TOOLS_ONLY" -eq 0 ] || exit 0
 
 if [ "$PROFILE" = release ]; then
   cargo build -p satsuma-wasm --target wasm32-unknown-unknown --release

