@@ -6,6 +6,7 @@
 
 use std::fmt::Write;
 
+use crate::realtime::api_error_code;
 use crate::relay::{
     KIND_APPLICATION, KIND_COMMIT, KIND_KEY_PACKAGE, MAX_CHAT_TEXT_BYTES, SERVER_HEADER_LEN,
 };
@@ -101,6 +102,12 @@ pub fn web_module() -> String {
         "`commit_rejected.reason` values.",
         "COMMIT_REJECTED",
         &quoted(commit_rejected::ALL),
+    );
+    object(
+        &mut out,
+        "`errorCode` values of the SFU API (an error response, or a failed entry of a `tracks/*` or `datachannels/*` reply).",
+        "API_ERROR_CODE",
+        &quoted(api_error_code::ALL),
     );
     list(
         &mut out,

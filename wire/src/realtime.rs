@@ -7,6 +7,95 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `errorCode` values: of an error response ([`ErrorBody`]) and of a failed entry of a
+/// `tracks/*` or `datachannels/*` reply ([`TrackResult`], [`DataChannelResult`]). The SFU
+/// and the coordinator's `/sfu` proxy answer with these and nothing else; the web client's
+/// `API_ERROR_CODE` object in `wire.js` is generated from [`api_error_code::ALL`].
+pub mod api_error_code {
+    /// The body is not the JSON the route expects.
+    pub const DECODING_ERROR: &str = "decoding_error";
+    /// A field is missing, out of range or inconsistent.
+    pub const INVALID_PARAMS: &str = "invalid_params";
+    /// The SDP does not parse or does not match the request.
+    pub const INVALID_SDP: &str = "invalid_sdp";
+    /// No such session for this app.
+    pub const SESSION_NOT_FOUND: &str = "session_not_found";
+    /// No such route, shard, track, mid or data channel.
+    pub const NOT_FOUND: &str = "not_found";
+    /// The route exists but not with this method.
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    /// Missing or wrong bearer token.
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// The caller may not do this (the coordinator's `/sfu` proxy).
+    pub const FORBIDDEN: &str = "forbidden";
+    /// `renegotiate` without an offer of the SFU's waiting for an answer.
+    pub const NO_PENDING_OFFER: &str = "no_pending_offer";
+    /// The session still waits for the answer to the SFU's offer.
+    pub const RENEGOTIATION_PENDING: &str = "renegotiation_pending";
+    /// The session's transport is not connected (yet).
+    pub const NOT_CONNECTED: &str = "not_connected";
+    /// Asked again too soon, or over a rate limit.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// Over the number of tracks one request or session may carry.
+    pub const TOO_MANY_TRACKS: &str = "too_many_tracks";
+    /// Over the number of sessions.
+    pub const TOO_MANY_SESSIONS: &str = "too_many_sessions";
+    /// Over the number of data channels of a session.
+    pub const TOO_MANY_DATACHANNELS: &str = "too_many_datachannels";
+    /// Over the number of tracks a session may publish.
+    pub const TOO_MANY_PUBLICATIONS: &str = "too_many_publications";
+    /// Over the number of subscribers of one track.
+    pub const TOO_MANY_LEGS: &str = "too_many_legs";
+    /// Over the number of tracks a session may pull.
+    pub const TOO_MANY_PULLS: &str = "too_many_pulls";
+    /// The session already publishes a track of that name.
+    pub const DUPLICATE_TRACK_NAME: &str = "duplicate_track_name";
+    /// The session already has a data channel of that name.
+    pub const DUPLICATE_DATACHANNEL_NAME: &str = "duplicate_datachannel_name";
+    /// A track could not be closed.
+    pub const CLOSE_TRACK_ERROR: &str = "close_track_error";
+    /// `turn/keys/{id}/credentials/generate` for an unknown key.
+    pub const TURN_KEY_NOT_FOUND: &str = "turn_key_not_found";
+    /// A fault of the server's.
+    pub const INTERNAL_ERROR: &str = "internal_error";
+    /// The coordinator's `/sfu` proxy: the request is not one it forwards.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// The coordinator's `/sfu` proxy: no SFU node is configured.
+    pub const NO_SFU: &str = "no_sfu";
+    /// The coordinator's `/sfu` proxy: the SFU did not answer.
+    pub const SFU_UNREACHABLE: &str = "sfu_unreachable";
+
+    /// Every code above by its Rust name.
+    pub const ALL: &[(&str, &str)] = &[
+        ("DECODING_ERROR", DECODING_ERROR),
+        ("INVALID_PARAMS", INVALID_PARAMS),
+        ("INVALID_SDP", INVALID_SDP),
+        ("SESSION_NOT_FOUND", SESSION_NOT_FOUND),
+        ("NOT_FOUND", NOT_FOUND),
+        ("METHOD_NOT_ALLOWED", METHOD_NOT_ALLOWED),
+        ("UNAUTHORIZED", UNAUTHORIZED),
+        ("FORBIDDEN", FORBIDDEN),
+        ("NO_PENDING_OFFER", NO_PENDING_OFFER),
+        ("RENEGOTIATION_PENDING", RENEGOTIATION_PENDING),
+        ("NOT_CONNECTED", NOT_CONNECTED),
+        ("RATE_LIMITED", RATE_LIMITED),
+        ("TOO_MANY_TRACKS", TOO_MANY_TRACKS),
+        ("TOO_MANY_SESSIONS", TOO_MANY_SESSIONS),
+        ("TOO_MANY_DATACHANNELS", TOO_MANY_DATACHANNELS),
+        ("TOO_MANY_PUBLICATIONS", TOO_MANY_PUBLICATIONS),
+        ("TOO_MANY_LEGS", TOO_MANY_LEGS),
+        ("TOO_MANY_PULLS", TOO_MANY_PULLS),
+        ("DUPLICATE_TRACK_NAME", DUPLICATE_TRACK_NAME),
+        ("DUPLICATE_DATACHANNEL_NAME", DUPLICATE_DATACHANNEL_NAME),
+        ("CLOSE_TRACK_ERROR", CLOSE_TRACK_ERROR),
+        ("TURN_KEY_NOT_FOUND", TURN_KEY_NOT_FOUND),
+        ("INTERNAL_ERROR", INTERNAL_ERROR),
+        ("BAD_REQUEST", BAD_REQUEST),
+        ("NO_SFU", NO_SFU),
+        ("SFU_UNREACHABLE", SFU_UNREACHABLE),
+    ];
+}
+
 /// `offer` or `answer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -491,4 +580,19 @@ pub struct DataChannelState {
     /// `active` once the SCTP stream is open, `initializing` before, `inactive` when the
     /// publisher closed it or went away.
     pub status: TrackStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::api_error_code as error_code;
+
+    /// Each code is listed once, under the name the generated `API_ERROR_CODE` uses.
+    #[test]
+    fn error_codes_are_named_after_their_values() {
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, code) in error_code::ALL {
+            assert_eq!(*name, code.to_uppercase(), "{code}");
+            assert!(seen.insert(*code), "{code} listed twice");
+        }
+    }
 }

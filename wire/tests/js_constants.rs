@@ -61,6 +61,26 @@ fn web_client_does_not_copy_the_constants() {
     }
 }
 
+/// The code that talks to the SFU API takes the `errorCode` values it tests for from
+/// `wire.js` (`API_ERROR_CODE`), generated from `satsuma_wire::realtime::api_error_code`.
+#[test]
+fn sfu_link_does_not_copy_the_api_error_codes() {
+    let file = "client/web/public/sfu-link.js";
+    let text = std::fs::read_to_string(web_file(file)).expect("read the web client");
+    assert!(
+        text.contains("API_ERROR_CODE") && text.contains("from './wire.js'"),
+        "{file} must import API_ERROR_CODE from wire.js"
+    );
+    for (name, code) in satsuma_wire::realtime::api_error_code::ALL {
+        for quoted in [format!("'{code}'"), format!("\"{code}\"")] {
+            assert!(
+                !text.contains(&quoted),
+                "{file} spells the errorCode {quoted} itself: use API_ERROR_CODE.{name} from wire.js"
+            );
+        }
+    }
+}
+
 /// Every message the web client sends the coordinator (`….send({ type: 'x'`) has a type the
 /// protocol knows: renaming a message in the crate without the client fails here.
 #[test]

@@ -30,6 +30,7 @@ export const RESTART_ATTEMPTS = 4;
 import { timeline } from './join-timeline.js';
 import { contentHint, sendEncodings, simulcastCodec } from './layer-choice.js';
 import { negotiatedCodec, receiveCapabilities, receiveFilter, sendPreferences } from './codec-choice.js';
+import { API_ERROR_CODE } from './wire.js';
 
 const RESTART_CONNECT_MS = 6000;
 /** How long the renegotiate request of a restart may take. */
@@ -226,7 +227,7 @@ export class SfuLink extends EventTarget {
     const res = await this.#api('POST', `/sessions/${this.sessionId}/tracks/keyframe`, {
       tracks: trackNames.map((trackName) => ({ trackName })),
     });
-    const refused = (res.tracks ?? []).filter((t) => t.errorCode && !['rate_limited', 'not_connected'].includes(t.errorCode));
+    const refused = (res.tracks ?? []).filter((t) => t.errorCode && ![API_ERROR_CODE.RATE_LIMITED, API_ERROR_CODE.NOT_CONNECTED].includes(t.errorCode));
     if (refused.length) throw new Error(refused.map((t) => `${t.trackName}: ${t.errorDescription ?? t.errorCode}`).join('; '));
   }
 

@@ -62,6 +62,36 @@ export const COMMIT_REJECTED = Object.freeze({
   UNKNOWN_KEY_PACKAGE: 'unknown_key_package',
 });
 
+/** `errorCode` values of the SFU API (an error response, or a failed entry of a `tracks/*` or `datachannels/*` reply). */
+export const API_ERROR_CODE = Object.freeze({
+  DECODING_ERROR: 'decoding_error',
+  INVALID_PARAMS: 'invalid_params',
+  INVALID_SDP: 'invalid_sdp',
+  SESSION_NOT_FOUND: 'session_not_found',
+  NOT_FOUND: 'not_found',
+  METHOD_NOT_ALLOWED: 'method_not_allowed',
+  UNAUTHORIZED: 'unauthorized',
+  FORBIDDEN: 'forbidden',
+  NO_PENDING_OFFER: 'no_pending_offer',
+  RENEGOTIATION_PENDING: 'renegotiation_pending',
+  NOT_CONNECTED: 'not_connected',
+  RATE_LIMITED: 'rate_limited',
+  TOO_MANY_TRACKS: 'too_many_tracks',
+  TOO_MANY_SESSIONS: 'too_many_sessions',
+  TOO_MANY_DATACHANNELS: 'too_many_datachannels',
+  TOO_MANY_PUBLICATIONS: 'too_many_publications',
+  TOO_MANY_LEGS: 'too_many_legs',
+  TOO_MANY_PULLS: 'too_many_pulls',
+  DUPLICATE_TRACK_NAME: 'duplicate_track_name',
+  DUPLICATE_DATACHANNEL_NAME: 'duplicate_datachannel_name',
+  CLOSE_TRACK_ERROR: 'close_track_error',
+  TURN_KEY_NOT_FOUND: 'turn_key_not_found',
+  INTERNAL_ERROR: 'internal_error',
+  BAD_REQUEST: 'bad_request',
+  NO_SFU: 'no_sfu',
+  SFU_UNREACHABLE: 'sfu_unreachable',
+});
+
 /** `type`s of client → server messages. */
 export const CLIENT_TYPES = Object.freeze([
   'hello',

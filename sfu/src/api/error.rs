@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::types::ErrorBody;
 use crate::shard::CoreError;
+use satsuma_wire::realtime::api_error_code;
 
 /// A request-level API error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,24 +31,36 @@ impl ApiError {
 
     /// 400 `decoding_error`: the body is not the JSON we expect.
     pub fn decoding(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "decoding_error", description)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            api_error_code::DECODING_ERROR,
+            description,
+        )
     }
 
     /// 400 `invalid_params`.
     pub fn invalid(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_params", description)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            api_error_code::INVALID_PARAMS,
+            description,
+        )
     }
 
     /// 400 `invalid_sdp`.
     pub fn sdp(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_sdp", description)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            api_error_code::INVALID_SDP,
+            description,
+        )
     }
 
     /// 404 `session_not_found`.
     pub fn no_session() -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "session_not_found",
+            api_error_code::SESSION_NOT_FOUND,
             "no such session for this app",
         )
     }
@@ -56,7 +69,7 @@ impl ApiError {
     pub fn internal(description: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
+            api_error_code::INTERNAL_ERROR,
             description,
         )
     }
@@ -70,9 +83,11 @@ impl From<CoreError> for ApiError {
             CoreError::NoSession => ApiError::no_session(),
             CoreError::InvalidParams(_) => ApiError::invalid(description),
             CoreError::InvalidSdp(_) => ApiError::sdp(description),
-            CoreError::NoPendingOffer => {
-                ApiError::new(StatusCode::BAD_REQUEST, "no_pending_offer", description)
-            }
+            CoreError::NoPendingOffer => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                api_error_code::NO_PENDING_OFFER,
+                description,
+            ),
             CoreError::Internal(_) => ApiError::internal(description),
         }
     }

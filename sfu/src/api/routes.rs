@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use parking_lot::Mutex;
 use satsuma_common::TokenBucket;
+use satsuma_wire::realtime::api_error_code;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -179,13 +180,17 @@ async fn count_requests(State(st): Shared, req: Request, next: Next) -> Response
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        api_error_code::NOT_FOUND,
+        "no such route",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        api_error_code::METHOD_NOT_ALLOWED,
         "method not allowed on this route",
     )
 }
@@ -209,10 +214,13 @@ async fn test_panic_shard(
     State(st): Shared,
     Path(shard): Path<usize>,
 ) -> Result<Response, ApiError> {
-    let inbox = st
-        .shards
-        .get(shard)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such shard"))?;
+    let inbox = st.shards.get(shard).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            api_error_code::NOT_FOUND,
+            "no such shard",
+        )
+    })?;
     inbox
         .send(ShardMsg::InjectPanic)
         .await
@@ -264,7 +272,7 @@ fn authenticate(st: &ApiState, app_id: &str, headers: &HeaderMap) -> Result<Arc<
     let unauthorized = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            api_error_code::UNAUTHORIZED,
             "missing or wrong bearer secret for this app",
         )
     };
@@ -289,7 +297,7 @@ fn locate(st: &ApiState, app: &str, session_id: &str) -> Result<(SessionId, Shar
             st.metrics.refused(Quota::SessionRequestRate);
             Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                api_error_code::RATE_LIMITED,
                 format!(
                     "too many requests for this session (limit: {} per second)",
                     st.session_requests_per_second
@@ -356,7 +364,7 @@ fn too_many(st: &ApiState, n: usize) -> Result<(), ApiError> {
     if n > st.max_tracks {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "too_many_tracks",
+            api_error_code::TOO_MANY_TRACKS,
             format!("at most {} tracks per request, got {n}", st.max_tracks),
         ));
     }
@@ -387,7 +395,7 @@ async fn new_session(
         st.metrics.refused(Quota::AppNewSessionRate);
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            api_error_code::RATE_LIMITED,
             format!(
                 "too many new sessions for this app (limit: {} per second)",
                 st.limits.app_new_sessions_per_second
@@ -401,7 +409,7 @@ async fn new_session(
         st.metrics.refused(Quota::AppSessions);
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "too_many_sessions",
+            api_error_code::TOO_MANY_SESSIONS,
             format!(
                 "this app holds its limit of {} live sessions",
                 st.limits.app_max_sessions
@@ -447,7 +455,7 @@ fn datachannels_body(st: &ApiState, body: &Bytes) -> Result<DataChannelsRequest,
     if n > st.max_tracks {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "too_many_datachannels",
+            api_error_code::TOO_MANY_DATACHANNELS,
             format!(
                 "at most {} data channels per request, got {n}",
                 st.max_tracks

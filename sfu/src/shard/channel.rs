@@ -31,6 +31,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 
 use satsuma_common::TokenBucket;
+use satsuma_wire::realtime::api_error_code;
 
 use super::commands::CoreError;
 use super::core::{Core, PeerMsg};
@@ -769,7 +770,7 @@ pub(crate) fn offers_data(sdp: &str) -> bool {
 }
 
 fn invalid(r: DataChannelResult, text: impl Into<String>) -> DataChannelResult {
-    r.with_error("invalid_params", text)
+    r.with_error(api_error_code::INVALID_PARAMS, text)
 }
 
 /// A valid `dataChannelName`: 1 to [`MAX_NAME_BYTES`] bytes, no control characters.
@@ -839,7 +840,10 @@ impl Core {
                 Some(Location::Remote) => {
                     self.subscribe_channel(id, &app, obj.session_id.as_deref(), name, now)
                 }
-                None => Err(("invalid_params", "location must be local or remote".into())),
+                None => Err((
+                    api_error_code::INVALID_PARAMS,
+                    "location must be local or remote".into(),
+                )),
             };
             results.push(match result {
                 Ok(stream) => DataChannelResult {
@@ -856,7 +860,7 @@ impl Core {
 
     fn next_stream(&mut self, id: SessionId, now: Instant) -> Result<u16, (&'static str, String)> {
         let session = self.sessions.get_mut(&id).ok_or((
-            "session_not_found",
+            api_error_code::SESSION_NOT_FOUND,
             "no such session for this app".to_string(),
         ))?;
         let api = session.rtc.direct_api();
@@ -864,11 +868,11 @@ impl Core {
             .next_stream(id, now, |s| api.channel_id_by_sctp_stream_id(s).is_some())
             .map_err(|e| match e {
                 AddRefused::TooMany(n) => (
-                    "too_many_datachannels",
+                    api_error_code::TOO_MANY_DATACHANNELS,
                     format!("a session may hold at most {n} data channels at once"),
                 ),
                 AddRefused::Exhausted(n) => (
-                    "too_many_datachannels",
+                    api_error_code::TOO_MANY_DATACHANNELS,
                     format!("this session has opened {n} data channels over its life; start a new session"),
                 ),
             })
@@ -893,7 +897,7 @@ impl Core {
     ) -> Result<u16, (&'static str, String)> {
         if self.channels.publishes(id, name) {
             return Err((
-                "duplicate_datachannel_name",
+                api_error_code::DUPLICATE_DATACHANNEL_NAME,
                 format!("this session already publishes a data channel named {name}"),
             ));
         }
@@ -901,13 +905,16 @@ impl Core {
         let key = self.ctx.directory.next_track_id();
         if !self.ctx.directory.channels.publish(id, name, key, self.id) {
             return Err((
-                "duplicate_datachannel_name",
+                api_error_code::DUPLICATE_DATACHANNEL_NAME,
                 format!("this session already publishes a data channel named {name}"),
             ));
         }
         let Some(handle) = self.open_stream(id, stream, name) else {
             self.ctx.directory.channels.unpublish(id, name, key);
-            return Err(("session_not_found", "no such session for this app".into()));
+            return Err((
+                api_error_code::SESSION_NOT_FOUND,
+                "no such session for this app".into(),
+            ));
         };
         self.channels.publish(id, stream, name, key, handle, now);
         self.ctx.metrics.datachannels.channels.inc();
@@ -924,20 +931,20 @@ impl Core {
     ) -> Result<u16, (&'static str, String)> {
         let Some(sid) = source else {
             return Err((
-                "invalid_params",
+                api_error_code::INVALID_PARAMS,
                 "a remote data channel needs sessionId".into(),
             ));
         };
         let not_found = || {
             (
-                "not_found",
+                api_error_code::NOT_FOUND,
                 format!("session {sid} publishes no data channel named {name}"),
             )
         };
         let source = SessionId::parse(sid).ok_or_else(not_found)?;
         if source == id {
             return Err((
-                "invalid_params",
+                api_error_code::INVALID_PARAMS,
                 "a session cannot subscribe to its own data channel".into(),
             ));
         }
@@ -954,7 +961,10 @@ impl Core {
             .ok_or_else(not_found)?;
         let stream = self.next_stream(id, now)?;
         let Some(handle) = self.open_stream(id, stream, name) else {
-            return Err(("session_not_found", "no such session for this app".into()));
+            return Err((
+                api_error_code::SESSION_NOT_FOUND,
+                "no such session for this app".into(),
+            ));
         };
         if self
             .channels
@@ -1007,9 +1017,10 @@ impl Core {
                         ..r
                     });
                 }
-                None => {
-                    results.push(r.with_error("not_found", "this session has no such data channel"))
-                }
+                None => results.push(r.with_error(
+                    api_error_code::NOT_FOUND,
+                    "this session has no such data channel",
+                )),
             }
         }
         Ok(DataChannelsResponse {

@@ -8,6 +8,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
+use satsuma_wire::realtime::api_error_code;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind, Mid, Rid};
 
@@ -328,7 +329,7 @@ impl Core {
                     if live >= limits.session_max_publications {
                         ctx.metrics.refused(Quota::SessionPublications);
                         results.push(r.with_error(
-                            "too_many_publications",
+                            api_error_code::TOO_MANY_PUBLICATIONS,
                             format!(
                                 "a session may publish at most {} tracks at once",
                                 limits.session_max_publications
@@ -370,7 +371,7 @@ impl Core {
                                             || session.publications.contains_key(&mid)
                                         {
                                             results.push(r.with_error(
-                                                "invalid_params",
+                                                api_error_code::INVALID_PARAMS,
                                                 "that mid already carries a track",
                                             ));
                                         } else {
@@ -380,13 +381,13 @@ impl Core {
                                         }
                                     }
                                     _ => results.push(r.with_error(
-                                        "invalid_params",
+                                        api_error_code::INVALID_PARAMS,
                                         "the offer has no receiving m-line of that kind with this mid",
                                     )),
                                 }
                             }
                             (_, true) => results.push(r.with_error(
-                                "invalid_params",
+                                api_error_code::INVALID_PARAMS,
                                 "with an offer, a remote track needs the mid of a receiving transceiver in that offer",
                             )),
                             (_, false) => {
@@ -403,7 +404,10 @@ impl Core {
                         session_id: t.session_id.clone(),
                         ..Default::default()
                     }
-                    .with_error("invalid_params", "location must be local or remote"),
+                    .with_error(
+                        api_error_code::INVALID_PARAMS,
+                        "location must be local or remote",
+                    ),
                 ),
             }
         }
@@ -414,7 +418,7 @@ impl Core {
                 for (i, _) in &to_offer {
                     if let Some(r) = results.get_mut(*i) {
                         *r = std::mem::take(r).with_error(
-                            "renegotiation_pending",
+                            api_error_code::RENEGOTIATION_PENDING,
                             "answer the previous SFU offer (renegotiate) before pulling more tracks",
                         );
                     }
@@ -551,7 +555,7 @@ impl Core {
                 ..Default::default()
             };
             let Some(mid_text) = &t.mid else {
-                results.push(r.with_error("invalid_params", "mid is required"));
+                results.push(r.with_error(api_error_code::INVALID_PARAMS, "mid is required"));
                 continue;
             };
             let mid = Mid::from(mid_text.as_str());
@@ -578,7 +582,7 @@ impl Core {
                 results.push(r);
             } else {
                 results.push(r.with_error(
-                    "close_track_error",
+                    api_error_code::CLOSE_TRACK_ERROR,
                     "Track doesn't exist or was already closed",
                 ));
             }
@@ -635,11 +639,14 @@ impl Core {
                 ..Default::default()
             };
             if t.location != Some(Location::Remote) {
-                results.push(r.with_error("invalid_params", "only remote tracks can be updated"));
+                results.push(r.with_error(
+                    api_error_code::INVALID_PARAMS,
+                    "only remote tracks can be updated",
+                ));
                 continue;
             }
             let Some(mid_text) = &t.mid else {
-                results.push(r.with_error("invalid_params", "mid is required"));
+                results.push(r.with_error(api_error_code::INVALID_PARAMS, "mid is required"));
                 continue;
             };
             let mid = Mid::from(mid_text.as_str());
@@ -649,7 +656,8 @@ impl Core {
                 .and_then(|s| s.subscriptions.get(&mid))
                 .cloned()
             else {
-                results.push(r.with_error("not_found", "no pulled track on that mid"));
+                results
+                    .push(r.with_error(api_error_code::NOT_FOUND, "no pulled track on that mid"));
                 continue;
             };
             let new = match resolve_remote(directory, &app, t) {
@@ -670,7 +678,7 @@ impl Core {
             }
             if new.kind != current.kind {
                 results.push(r.with_error(
-                    "invalid_params",
+                    api_error_code::INVALID_PARAMS,
                     "the new track is not of the same kind as the transceiver",
                 ));
                 continue;
@@ -843,32 +851,32 @@ fn push_track(
     let _ = now;
     let (Some(mid_text), Some(name)) = (&t.mid, &t.track_name) else {
         return Err((
-            "invalid_params",
+            api_error_code::INVALID_PARAMS,
             "a local track needs mid and trackName".into(),
         ));
     };
     if name.is_empty() || name.len() > 256 {
         return Err((
-            "invalid_params",
+            api_error_code::INVALID_PARAMS,
             "trackName must be 1 to 256 characters".into(),
         ));
     }
     if !have_offer {
         return Err((
-            "invalid_params",
+            api_error_code::INVALID_PARAMS,
             "pushing a track needs an offer (sessionDescription)".into(),
         ));
     }
     let mid = Mid::from(mid_text.as_str());
     if mid.to_string() != *mid_text {
         return Err((
-            "invalid_params",
+            api_error_code::INVALID_PARAMS,
             "mid must be up to 16 letters or digits".into(),
         ));
     }
     let Some(kind) = session.receives_on(mid) else {
         return Err((
-            "invalid_params",
+            api_error_code::INVALID_PARAMS,
             format!("the offer has no m-line {mid_text} that sends media"),
         ));
     };
@@ -876,7 +884,7 @@ fn push_track(
         && p.active
     {
         return Err((
-            "invalid_params",
+            api_error_code::INVALID_PARAMS,
             format!("mid {mid_text} already carries track {}", p.name),
         ));
     }
@@ -890,7 +898,7 @@ fn push_track(
     };
     if !directory.publish(session.id, name, entry) {
         return Err((
-            "duplicate_track_name",
+            api_error_code::DUPLICATE_TRACK_NAME,
             format!("this session already publishes a track named {name}"),
         ));
     }
@@ -930,7 +938,7 @@ fn check_pull_quota(
     if live >= limits.session_max_legs {
         return Err((
             Quota::SessionLegs,
-            "too_many_legs",
+            api_error_code::TOO_MANY_LEGS,
             format!(
                 "a session may pull at most {} tracks at once",
                 limits.session_max_legs
@@ -943,7 +951,7 @@ fn check_pull_quota(
     if used >= limits.session_max_legs.saturating_mul(MLINES_PER_LEG) {
         return Err((
             Quota::SessionLegs,
-            "too_many_legs",
+            api_error_code::TOO_MANY_LEGS,
             format!(
                 "this session has pulled {used} tracks over its life (limit {}); start a new session",
                 limits.session_max_legs.saturating_mul(MLINES_PER_LEG)
@@ -969,7 +977,7 @@ fn check_track_pulls(
     if same >= limits.session_max_pulls_per_track {
         return Err((
             Quota::SessionPullsPerTrack,
-            "too_many_pulls",
+            api_error_code::TOO_MANY_PULLS,
             format!(
                 "a session may pull the same track at most {} times at once",
                 limits.session_max_pulls_per_track
@@ -987,16 +995,16 @@ fn resolve_remote(
 ) -> Result<Subscription, (&'static str, String)> {
     let (Some(sid), Some(name)) = (&t.session_id, &t.track_name) else {
         return Err((
-            "invalid_params",
+            api_error_code::INVALID_PARAMS,
             "a remote track needs sessionId and trackName".into(),
         ));
     };
     let Some(source) = SessionId::parse(sid) else {
-        return Err(("not_found", format!("no session {sid}")));
+        return Err((api_error_code::NOT_FOUND, format!("no session {sid}")));
     };
     let Some(info) = directory.lookup(app, source, name) else {
         return Err((
-            "not_found",
+            api_error_code::NOT_FOUND,
             format!("session {sid} publishes no track named {name}"),
         ));
     };

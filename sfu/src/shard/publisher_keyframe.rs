@@ -5,6 +5,7 @@
 //! publication a PLI (every simulcast layer). The forwarder limits this to one request per track
 //! per [`PUBLISHER_KEYFRAME_GAP`] and counts it against the subscribers' keyframe throttle.
 
+use satsuma_wire::realtime::api_error_code;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid, Rids};
 
 use super::commands::CoreError;
@@ -60,17 +61,17 @@ impl Core {
                     });
                 }
                 Err(PublisherKeyframeRefusal::TooSoon) => results.push(r.with_error(
-                    "rate_limited",
+                    api_error_code::RATE_LIMITED,
                     format!(
                         "a keyframe of this track was requested less than {} ms ago",
                         PUBLISHER_KEYFRAME_GAP.as_millis()
                     ),
                 )),
                 Err(PublisherKeyframeRefusal::NotVideo) => {
-                    results.push(r.with_error("invalid_params", "not a video track"));
+                    results.push(r.with_error(api_error_code::INVALID_PARAMS, "not a video track"));
                 }
                 Err(PublisherKeyframeRefusal::Unknown) => {
-                    results.push(r.with_error("not_found", "no such track"));
+                    results.push(r.with_error(api_error_code::NOT_FOUND, "no such track"));
                 }
             }
         }
@@ -91,12 +92,12 @@ impl Core {
         let refused = |code, text: &str| Ok(Found::Refused(code, text.to_string()));
         if location == Some(Location::Remote) {
             return refused(
-                "invalid_params",
+                api_error_code::INVALID_PARAMS,
                 "only tracks this session publishes (local) can be asked for a keyframe",
             );
         }
         let Some(name) = name else {
-            return refused("invalid_params", "trackName is required");
+            return refused(api_error_code::INVALID_PARAMS, "trackName is required");
         };
         // A closed publication keeps its name (for `GET`) and a new one may reuse it.
         let publication = session
@@ -107,21 +108,24 @@ impl Core {
         let Some((mid, p)) = publication else {
             if session.subscriptions.values().any(|s| s.name == name) {
                 return refused(
-                    "invalid_params",
+                    api_error_code::INVALID_PARAMS,
                     "a track this session pulls: only its publisher can ask for a keyframe",
                 );
             }
-            return refused("not_found", "this session publishes no track of that name");
+            return refused(
+                api_error_code::NOT_FOUND,
+                "this session publishes no track of that name",
+            );
         };
         if !p.active {
-            return refused("not_found", "the track is closed");
+            return refused(api_error_code::NOT_FOUND, "the track is closed");
         }
         if p.kind != MediaKind::Video {
-            return refused("invalid_params", "not a video track");
+            return refused(api_error_code::INVALID_PARAMS, "not a video track");
         }
         if !session.is_connected() {
             return refused(
-                "not_connected",
+                api_error_code::NOT_CONNECTED,
                 "the session's transport is not connected: nothing would reach the publisher",
             );
         }
