@@ -156,8 +156,11 @@ async fn media_bot(front: &Front, m: &RoomMember) -> Bot {
     bot
 }
 
-/// Per pulled track: `(unique, lost, duplicates, corrupt)`.
-async fn reception(bot: &Bot) -> Vec<(String, u64, u64, u64, u64)> {
+/// One pulled track: `(track, unique, lost, duplicates, corrupt)`.
+type Pulled = (String, u64, u64, u64, u64);
+
+/// Per pulled track: what arrived.
+async fn reception(bot: &Bot) -> Vec<Pulled> {
     let stats = bot.stats().await.unwrap();
     stats
         .participant
@@ -177,7 +180,7 @@ async fn reception(bot: &Bot) -> Vec<(String, u64, u64, u64, u64)> {
 }
 
 /// Waits until every pulled track of every bot has received more than `floor[i]` packets.
-async fn media_flows(bots: &[&Bot], floor: &[Vec<(String, u64, u64, u64, u64)>]) {
+async fn media_flows(bots: &[&Bot], floor: &[Vec<Pulled>]) {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let mut all = true;
