@@ -141,18 +141,23 @@ describe('fail closed: no media without encryption', { timeout: 900000 }, () => 
   it('no RTCRtpScriptTransform and no createEncodedStreams: nothing is sent, the page is red', check(async () => {
     await observerAndControl();
     pages.bare = await joinPage(suite.browser, suite.servers.base, { room, name: 'NoTransformApi', initScript: NO_TRANSFORM_APIS });
-    const s = await assertSendsNothing(pages.bare, 'no transform API');
+    // Both at once: the red state's 7 s persistence check runs during the observer's window.
+    const [s] = await Promise.all([
+      assertSendsNothing(pages.bare, 'no transform API'),
+      assertRed(pages.bare, 'no transform API', /neither RTCRtpScriptTransform nor createEncodedStreams/),
+    ]);
     assert.equal(s.transform, 'none');
-    await assertRed(pages.bare, 'no transform API', /neither RTCRtpScriptTransform nor createEncodedStreams/);
     await screenshot(pages.bare, 'fail-closed-no-transform');
     await close('bare');
   }));
 
   it('no RTCRtpScriptTransform and createEncodedStreams throwing: nothing is sent, the page is red', check(async () => {
     pages.throwing = await joinPage(suite.browser, suite.servers.base, { room, name: 'ThrowingStreams', initScript: THROWING_ENCODED_STREAMS });
-    const s = await assertSendsNothing(pages.throwing, 'createEncodedStreams throwing');
+    const [s] = await Promise.all([
+      assertSendsNothing(pages.throwing, 'createEncodedStreams throwing'),
+      assertRed(pages.throwing, 'createEncodedStreams throwing', /could not be attached.*refused by the test/),
+    ]);
     assert.equal(s.transform, 'createEncodedStreams');
-    await assertRed(pages.throwing, 'createEncodedStreams throwing', /could not be attached.*refused by the test/);
     await close('throwing');
   }));
 
@@ -166,10 +171,12 @@ describe('fail closed: no media without encryption', { timeout: 900000 }, () => 
         return route.fulfill({ status: 404, contentType: 'text/plain', body: 'not found (test)' });
       }),
     });
-    const s = await assertSendsNothing(pages.nowasm, '.wasm 404');
+    const [s] = await Promise.all([
+      assertSendsNothing(pages.nowasm, '.wasm 404'),
+      assertRed(pages.nowasm, '.wasm 404', /encryption module could not be loaded/),
+    ]);
     assert.ok(refused >= 1, 'the .wasm request was answered 404');
     assert.equal(s.transform, 'RTCRtpScriptTransform');
-    await assertRed(pages.nowasm, '.wasm 404', /encryption module could not be loaded/);
     await screenshot(pages.nowasm, 'fail-closed-no-wasm');
     await close('nowasm');
   }));
