@@ -278,7 +278,7 @@ pub async fn record(
         tokio::select! {
             () = &mut stop => break "stopped".to_owned(),
             p = rtp.recv() => match p {
-                Some(p) => on_packet(&member, &mut recordings, p, start, &opts.out).await,
+                Some(p) => on_packet(&member, &mut recordings, p, start).await,
                 None => break "the media connection ended".to_owned(),
             },
             _ = tick.tick() => {
@@ -445,7 +445,6 @@ async fn on_packet(
     recordings: &mut BTreeMap<String, Recording>,
     p: TappedRtp,
     start: Instant,
-    _out: &Path,
 ) {
     let Some(r) = recordings.get_mut(&p.mid) else {
         return;
