@@ -31,7 +31,7 @@ use axum::routing::{get, post, put};
 use crate::room::SfuReserveError;
 use satsuma_wire::realtime::{
     CloseTracksRequest, DataChannelsRequest, ErrorBody, KeyframeTracksRequest, Location,
-    NewSessionResponse, TrackResult, TracksRequest,
+    NewSessionResponse, TrackResult, TracksRequest, api_error_code,
 };
 use serde::de::DeserializeOwned;
 
@@ -174,23 +174,27 @@ impl IntoResponse for ProxyError {
         let (status, code, desc) = match self {
             Self::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                api_error_code::UNAUTHORIZED,
                 "missing or unknown participant credential".to_owned(),
             ),
-            Self::Forbidden(d) => (StatusCode::FORBIDDEN, "forbidden", d.to_owned()),
-            Self::BadRequest(d) => (StatusCode::BAD_REQUEST, "bad_request", d),
+            Self::Forbidden(d) => (
+                StatusCode::FORBIDDEN,
+                api_error_code::FORBIDDEN,
+                d.to_owned(),
+            ),
+            Self::BadRequest(d) => (StatusCode::BAD_REQUEST, api_error_code::BAD_REQUEST, d),
             Self::CreatesInFlight => (
                 StatusCode::TOO_MANY_REQUESTS,
-                "too_many_sessions",
+                api_error_code::TOO_MANY_SESSIONS,
                 "as many SFU sessions as the cap are being created for this participant already"
                     .to_owned(),
             ),
             Self::NoNode => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "no_sfu",
+                api_error_code::NO_SFU,
                 "no SFU node configured".to_owned(),
             ),
-            Self::Upstream(d) => (StatusCode::BAD_GATEWAY, "sfu_unreachable", d),
+            Self::Upstream(d) => (StatusCode::BAD_GATEWAY, api_error_code::SFU_UNREACHABLE, d),
         };
         (
             status,
@@ -281,8 +285,13 @@ async fn ice_servers(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
             return Err(ProxyError::Forbidden("no publish or subscribe permission"));
         }
         let ice = app.hub.ice().issue(c.id, crate::auth::unix_now());
-        let body = serde_json::json!({"iceServers": ice.servers, "expiresAt": ice.expires_at});
-        Ok((StatusCode::CREATED, Bytes::from(body.to_string())))
+        let body = satsuma_wire::IceServersResponse {
+            ice_servers: ice.servers,
+            expires_at: ice.expires_at,
+        };
+        // Strings and a number: serializing cannot fail.
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        Ok((StatusCode::CREATED, Bytes::from(body)))
     });
     respond(&app, "ice-servers", result)
 }

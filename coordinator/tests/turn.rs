@@ -11,6 +11,7 @@ use satsuma_common::turn::{IceServer, TurnSecret, verify};
 use satsuma_coordinator::Config;
 use satsuma_coordinator::auth::unix_now;
 use satsuma_coordinator::protocol::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
+use satsuma_wire::IceServersResponse;
 use serde_json::Value;
 
 const SECRET: &str = "coturn-static-auth-secret";
@@ -146,9 +147,8 @@ async fn participants_get_their_own_turn_credentials_on_join_resume_and_refresh(
         .await
         .unwrap();
     assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
-    let body: Value = resp.json().await.unwrap();
-    let servers: Vec<IceServer> = serde_json::from_value(body["iceServers"].clone()).unwrap();
-    check_servers(&servers, body["expiresAt"].as_u64(), participant_id);
+    let body: IceServersResponse = resp.json().await.unwrap();
+    check_servers(&body.ice_servers, body.expires_at, participant_id);
 
     // No credential, or a wrong one: 401 in the SFU API's error shape.
     for auth in [None, Some("not-a-resume-token")] {

@@ -19,4 +19,4 @@ pub mod realtime;
 pub mod relay;
 pub mod room;
 
-pub use ice::IceServer;
+pub use ice::{GenerateIceServersResponse, IceServer, IceServersResponse};

@@ -12,6 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use satsuma_common::turn::MAX_TTL_SECS;
+use satsuma_wire::realtime::api_error_code;
 use serde_json::Value;
 
 use super::error::ApiError;
@@ -63,7 +64,7 @@ pub(super) async fn generate_ice_servers(
     let unauthorized = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            api_error_code::UNAUTHORIZED,
             "missing or wrong bearer token for this TURN key",
         )
     };
@@ -71,7 +72,7 @@ pub(super) async fn generate_ice_servers(
     let token = st.turn_keys.get(&key_id).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "turn_key_not_found",
+            api_error_code::TURN_KEY_NOT_FOUND,
             "no such TURN key",
         )
     })?;
@@ -85,7 +86,9 @@ pub(super) async fn generate_ice_servers(
         .turn
         .ice_servers(&id, unix_now(), ttl)
         .map_err(|e| ApiError::internal(format!("cannot mint TURN credentials: {e}")))?;
-    let body = serde_json::json!({ "iceServers": ice.servers });
+    let body = satsuma_wire::GenerateIceServersResponse {
+        ice_servers: ice.servers,
+    };
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
