@@ -131,6 +131,28 @@ fn close_client(tx: &SendQueue, code: u16, reason: &str) {
     })));
 }
 
+/// The pipes of a replica: on shutdown each closes its client with 1001 (the client resumes
+/// through another replica), as the hub closes the connections it serves itself.
+#[derive(Debug)]
+pub(crate) struct Pipes {
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Pipes {
+    fn default() -> Self {
+        Self {
+            closing: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl Pipes {
+    /// Closes every pipe (server shutdown).
+    pub(crate) fn close_all(&self) {
+        self.closing.send_replace(true);
+    }
+}
+
 /// A client to serve through the owner of its room.
 pub(crate) struct Through {
     /// The room.
@@ -196,6 +218,11 @@ pub(crate) async fn pipe(
         }
     };
     tracing::debug!(room, owner, "serving a client through the room's owner");
+    let mut closing = app.pipes.closing.subscribe();
+    if *closing.borrow_and_update() {
+        close_client(tx, GOING_AWAY, "coordinator replica shutting down; resume");
+        return;
+    }
     if upstream
         .send(tungstenite::Message::Text(hello.into()))
         .await
@@ -260,6 +287,11 @@ pub(crate) async fn pipe(
                 }
             },
             _ = &mut *writer => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), upstream.close(None)).await;
+                return;
+            }
+            _ = closing.changed() => {
+                close_client(tx, GOING_AWAY, "coordinator replica shutting down; resume");
                 let _ = tokio::time::timeout(Duration::from_secs(1), upstream.close(None)).await;
                 return;
             }

@@ -42,6 +42,8 @@ pub(crate) struct App {
     pub(crate) hub: Hub,
     pub(crate) sfu: SfuPool,
     pub(crate) metrics: Metrics,
+    /// Clients served through another replica ([`crate::forward`]): told to go on shutdown.
+    pub(crate) pipes: crate::forward::Pipes,
 }
 
 /// Why the server could not start.
@@ -108,6 +110,7 @@ impl Server {
                 config.sfu_timeout,
             ),
             metrics,
+            pipes: crate::forward::Pipes::default(),
             config,
         });
         app.sfu.check_health().await;
@@ -221,6 +224,7 @@ impl ServerHandle {
     /// takes them at once.
     pub async fn shutdown(mut self) {
         self.app.hub.close_all();
+        self.app.pipes.close_all();
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
             t.abort();

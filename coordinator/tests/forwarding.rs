@@ -178,6 +178,31 @@ async fn a_client_at_a_non_owner_is_served_through_the_owner() {
     // Bob's piped connection was not disturbed.
     bob.sync().await;
 
+    // A replica that pipes a client and gets SIGTERM closes the client with 1001 (it resumes
+    // through another replica) before it exits.
+    let mut c = Replica::start_reachable("c", &etcd.endpoints(), &extra);
+    let mut carol = Client::join_url(&c.ws_url(room), &token(room, "carol")).await;
+    carol.sync().await;
+    assert!(c.terminate().success());
+    let (code, reason) = expect_close(&mut carol.ws).await;
+    assert_eq!(code, 1001, "{reason}");
+    assert!(reason.contains("shutting down"), "{reason}");
+    let mut ws = resume_hello(
+        &b.ws_url(room),
+        carol.id,
+        &carol.resume_token,
+        carol.last_seq,
+    )
+    .await;
+    assert!(
+        matches!(
+            recv(&mut ws).await,
+            Got::Direct(ServerMessage::Resumed { .. })
+        ),
+        "Carol resumes through b"
+    );
+    drop(ws);
+
     // The owner dies: b closes the piped connection (1001) and becomes the owner on the
     // resume (after the lease lapses), with nothing lost.
     a.kill();
