@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use satsuma_bot::participant::TappedRtp;
 use satsuma_bot::room::RoomMember;
 use satsuma_bot::{Bot, BotConfig};
-use satsuma_wire::room::TrackKind;
+use satsuma_wire::room::{TrackKind, close};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -289,7 +289,15 @@ pub async fn record(
                 // Removed, replaced, timed out or refused a resume: the recording ends (a
                 // network loss is resumed by the member and the recording goes on).
                 if let Some((code, reason)) = v.closed.as_ref()
-                    && [1000, 4401, 4403, 4408, 4409, 4410].contains(code)
+                    && [
+                        close::NORMAL,
+                        close::UNAUTHORIZED,
+                        close::REMOVED,
+                        close::PRESENCE_TIMEOUT,
+                        close::REPLACED,
+                        close::RESUME_FAILED,
+                    ]
+                    .contains(code)
                 {
                     break format!("left the room ({code} {reason})");
                 }
