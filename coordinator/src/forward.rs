@@ -33,6 +33,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
+use satsuma_wire::realtime::{ErrorBody, api_error_code};
 use sha2::Sha256;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
@@ -386,10 +387,11 @@ pub(crate) async fn sfu_middleware(
             app.metrics.error("forward_unreachable");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(serde_json::json!({
-                    "errorCode": "owner_unreachable",
-                    "errorDescription": "the replica serving this room cannot be reached; retry",
-                })),
+                axum::Json(ErrorBody {
+                    error_code: api_error_code::OWNER_UNREACHABLE.to_owned(),
+                    error_description: "the replica serving this room cannot be reached; retry"
+                        .to_owned(),
+                }),
             )
                 .into_response()
         }

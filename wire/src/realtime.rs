@@ -64,6 +64,8 @@ pub mod api_error_code {
     pub const NO_SFU: &str = "no_sfu";
     /// The coordinator's `/sfu` proxy: the SFU did not answer.
     pub const SFU_UNREACHABLE: &str = "sfu_unreachable";
+    /// The coordinator's `/sfu` proxy: the replica that serves the room cannot be reached.
+    pub const OWNER_UNREACHABLE: &str = "owner_unreachable";
 
     /// Every code above by its Rust name.
     pub const ALL: &[(&str, &str)] = &[
@@ -93,6 +95,7 @@ pub mod api_error_code {
         ("BAD_REQUEST", BAD_REQUEST),
         ("NO_SFU", NO_SFU),
         ("SFU_UNREACHABLE", SFU_UNREACHABLE),
+        ("OWNER_UNREACHABLE", OWNER_UNREACHABLE),
     ];
 }
 

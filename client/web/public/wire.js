@@ -90,6 +90,7 @@ export const API_ERROR_CODE = Object.freeze({
   BAD_REQUEST: 'bad_request',
   NO_SFU: 'no_sfu',
   SFU_UNREACHABLE: 'sfu_unreachable',
+  OWNER_UNREACHABLE: 'owner_unreachable',
 });
 
 /** `type`s of client → server messages. */
