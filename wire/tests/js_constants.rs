@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use satsuma_wire::js::{WEB_MODULE_PATH, web_module};
-use satsuma_wire::room::{ClientMessage, close};
+use satsuma_wire::room::{ClientMessage, RoomEvent, ServerMessage, close};
 
 fn web_file(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -79,6 +79,55 @@ fn sfu_link_does_not_copy_the_api_error_codes() {
             );
         }
     }
+}
+
+/// Every coordinator message the web client's connection and controller switch on is a
+/// direct reply or a log entry type the protocol knows: renaming one in the crate without
+/// the client fails here. Looked at: `case 'x'` in room-link.js's frame handler and in
+/// call-controller.js's `applyEntry`, and its `msg.type === 'x'` / `ev.detail.type === 'x'`.
+#[test]
+fn web_client_handles_only_known_server_types() {
+    let room_link = std::fs::read_to_string(web_file("client/web/public/room-link.js"))
+        .expect("read room-link.js");
+    let controller = std::fs::read_to_string(web_file("client/web/public/call-controller.js"))
+        .expect("read call-controller.js");
+    let apply_entry = controller
+        .split_once("\n  applyEntry(")
+        .and_then(|(_, rest)| rest.split_once("\n  }\n"))
+        .map(|(body, _)| body)
+        .expect("call-controller.js has applyEntry");
+    let mut seen = Vec::new();
+    for (file, text, needles) in [
+        ("room-link.js", room_link.as_str(), &["case '"][..]),
+        (
+            "call-controller.js applyEntry",
+            apply_entry,
+            &["case '"][..],
+        ),
+        (
+            "call-controller.js",
+            controller.as_str(),
+            &["msg.type === '", "ev.detail.type === '"][..],
+        ),
+    ] {
+        for needle in needles {
+            for (at, _) in text.match_indices(needle) {
+                let name = text[at + needle.len()..]
+                    .split('\'')
+                    .next()
+                    .unwrap_or_default();
+                assert!(
+                    ServerMessage::TYPES.contains(&name) || RoomEvent::TYPES.contains(&name),
+                    "{file} handles {name:?}, which the coordinator never sends"
+                );
+                seen.push(name.to_owned());
+            }
+        }
+    }
+    assert!(
+        seen.len() >= 8,
+        "found only {seen:?}: has the client's style changed?"
+    );
 }
 
 /// Every message the web client sends the coordinator (`….send({ type: 'x'`) has a type the
