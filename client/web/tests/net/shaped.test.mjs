@@ -30,9 +30,16 @@ import assert from 'node:assert/strict';
 import { joinPage, sameSafetyNumber, stats, waitFor } from '../harness.mjs';
 import { netSuite, shapeSupport } from './netns.mjs';
 
-// Not yet in the suite's default run: on this 2-core machine the shaped page's time to q is
-// 4.5-5.6 s (bar 3 s) and its longest freeze 2-3 s (bar 1 s); issue 13 stays open on it.
-// SATSUMA_SHAPED=1 runs it (scripts/test-network.sh tests/net/shaped.test.mjs).
+// Not yet in the suite's default run (issue 13 stays open on it): it does not pass reliably on
+// this 2-core machine. 2026-12-06, 5 runs while urgent switches, no padding while lossy and
+// probe nudges went into sfu/src/layer.rs (load 3-17): time to q 0.8-1.9 s (was 4.0-6.2 s);
+// back to f 9.7-19.5 s after the lift (bar 15 s; 2 runs over it); longest freeze 0.54-5.0 s
+// (bar 1 s; 3 runs over it): on the shaped link loss still comes in bursts of 10-35 %
+// (keyframes and retransmissions burst into the tbf's 5 kB bucket; video is not paced) and a
+// keyframe can take seconds to get through. 1 of the 5 runs passed.
+// SATSUMA_SHAPED=1 runs it (scripts/test-network.sh tests/net/shaped.test.mjs);
+// SHAPED_TRACE=1 prints the shaped page's counters every 500 ms, SATSUMA_NET_LOG=<filter> writes
+// the server's log to ARTIFACTS/net-satsuma-<pid>.log.
 const ENABLED = process.env.SATSUMA_SHAPED === '1';
 const support = ENABLED ? shapeSupport() : { ok: false, reason: 'not in the default run yet (issue 13: time to q and freeze bars not met here); SATSUMA_SHAPED=1 runs it' };
 if (!support.ok) console.log(`# net: SKIPPED: ${support.reason}`);
