@@ -7,7 +7,8 @@
 // artifacts/ at the repository root).
 
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before } from 'node:test';
@@ -33,10 +34,60 @@ export function webDir() {
   return dir;
 }
 
+/**
+ * The fake microphone's sound: a WAV file (48 kHz mono, 16 bit, 2.24 s, looped by Chromium) of
+ * speech-like bursts: low-passed noise in 200 ms syllables with 80 ms gaps and a 560 ms pause,
+ * at about -20 dBFS. Chromium's own fake microphone beeps for 20 ms every 500 ms, and its noise
+ * suppression learns that periodic beep as noise: measured at the SFU, a page's beeps sank from
+ * -11/-25/-35 dBov to -12/-35/-48 dBov after it had been muted a while, under the active-speaker
+ * detector's speech threshold, so a test that unmuted a page could wait forever for it to become
+ * the speaker (seen in CI). Deterministic content, written once per machine.
+ */
+function fakeSpeechWav() {
+  const file = path.join(os.tmpdir(), 'satsuma-fake-speech-v2.wav');
+  if (existsSync(file)) return file;
+  const rate = 48000;
+  const n = Math.round(rate * 2.24);
+  const pcm = Buffer.alloc(n * 2);
+  let seed = 0x5a75;
+  let lp = 0;
+  for (let i = 0; i < n; i++) {
+    const ms = (i * 1000) / rate;
+    // Six syllables of 200 ms, 80 ms apart, then a pause; 10 ms ramps.
+    const inSyllable = ms < 1680 && (ms % 280) < 200;
+    const edge = Math.min(ms % 280, 200 - (ms % 280));
+    const env = inSyllable ? Math.min(1, edge / 10) : 0;
+    seed = (seed * 1103515245 + 12345) >>> 0;
+    const white = ((seed >>> 8) / 0x800000) - 1;
+    lp += 0.25 * (white - lp);
+    const v = Math.max(-1, Math.min(1, 0.46 * env * lp));
+    pcm.writeInt16LE(Math.round(v * 32767), i * 2);
+  }
+  const header = Buffer.alloc(44);
+  header.write('RIFF', 0);
+  header.writeUInt32LE(36 + pcm.length, 4);
+  header.write('WAVE', 8);
+  header.write('fmt ', 12);
+  header.writeUInt32LE(16, 16);
+  header.writeUInt16LE(1, 20);
+  header.writeUInt16LE(1, 22);
+  header.writeUInt32LE(rate, 24);
+  header.writeUInt32LE(rate * 2, 28);
+  header.writeUInt16LE(2, 32);
+  header.writeUInt16LE(16, 34);
+  header.write('data', 36);
+  header.writeUInt32LE(pcm.length, 40);
+  const part = `${file}.${process.pid}.part`;
+  writeFileSync(part, Buffer.concat([header, pcm]));
+  renameSync(part, file);
+  return file;
+}
+
 // Flags measured in docs (browser-testing): fake devices, auto-accepted
 // permission prompts, loopback ICE candidates (a runner may only have `lo`).
 export const CHROMIUM_ARGS = [
   '--use-fake-device-for-media-stream',
+  `--use-file-for-fake-audio-capture=${fakeSpeechWav()}`,
   '--use-fake-ui-for-media-stream',
   '--allow-loopback-in-peer-connection',
   '--no-sandbox',
@@ -121,12 +172,12 @@ export async function startServers({ testHooks = true, sfuArgs = [] } = {}) {
  * `dev: false`; then give `tokenSecret` (passed as SATSUMA_TOKEN_SECRET) and
  * mint tokens with `mintToken`.
  */
-export async function startAllInOne({ testHooks = true, dev = true, tokenSecret = null } = {}) {
+export async function startAllInOne({ testHooks = true, dev = true, tokenSecret = null, env: extraEnv = {}, log = 'warn' } = {}) {
   const logs = [];
-  const env = tokenSecret ? { SATSUMA_TOKEN_SECRET: tokenSecret } : {};
+  const env = { ...(tokenSecret ? { SATSUMA_TOKEN_SECRET: tokenSecret } : {}), ...extraEnv };
   const all = await startProcess('satsuma', path.join(binDir, 'satsuma'), [
     '--listen', '127.0.0.1:0', '--sfu-api', '127.0.0.1:0', '--media', '127.0.0.1:0', '--detect-lan=false',
-    '--web-dir', webDir(), '--log', 'warn',
+    '--web-dir', webDir(), '--log', log,
     `--test-hooks=${testHooks}`, `--dev=${dev}`,
   ], /satsuma listening web=(\S+) sfu=(\S+) media=(\S+)/, logs, env);
   return {
