@@ -60,6 +60,7 @@ impl MediaProfile {
             video: self.video_settings(self.video_kbps),
             request_keyframes: true,
             send_on_publish: true,
+            receive_vp9_h264: false,
         }
     }
 

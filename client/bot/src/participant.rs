@@ -288,6 +288,9 @@ pub struct ParticipantConfig {
     pub request_keyframes: bool,
     /// Start sending as soon as a track is negotiated.
     pub send_on_publish: bool,
+    /// Also negotiate VP9 and H.264 (the bot itself sends VP8 only): a participant that
+    /// receives browsers' video in whatever codec they publish (the recorder).
+    pub receive_vp9_h264: bool,
 }
 
 impl Default for ParticipantConfig {
@@ -297,6 +300,7 @@ impl Default for ParticipantConfig {
             video: VideoSettings::default(),
             request_keyframes: true,
             send_on_publish: true,
+            receive_vp9_h264: false,
         }
     }
 }
@@ -357,6 +361,8 @@ impl Participant {
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
+            .enable_vp9(config.receive_vp9_h264)
+            .enable_h264(config.receive_vp9_h264)
             .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);
         let candidate = Candidate::host(local_addr, "udp")

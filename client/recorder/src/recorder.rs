@@ -7,10 +7,13 @@
 //! 2. Wait for the keys (the member is in the group), then open an SFU session through the
 //!    coordinator's proxy (`/sfu`, bearer = the resume token) and pull every track the room
 //!    announces, again whenever one is published.
-//! 3. For each pulled track: RTP → frames ([`crate::vp8::Assembler`] for VP8; one Opus
-//!    packet is one frame) → decrypt with the keys of the participant that owns the
-//!    publishing session → [`TrackFile`] (WebM). Video waits for a keyframe (PLI every
-//!    second until one arrives).
+//! 3. For each pulled track: the codec from the first packet's payload type; RTP → frames
+//!    ([`crate::vp8::Assembler`] for VP8, [`crate::vp9::Assembler`] for VP9, whose layer
+//!    frames are opened one by one and joined into a superframe; one Opus packet is one
+//!    frame) → decrypt with the keys of the participant that owns the publishing session →
+//!    [`TrackFile`] (WebM). Video waits for a keyframe (PLI every second until one
+//!    arrives). A codec WebM cannot carry (H.264) is named in the manifest and the log, and
+//!    not recorded.
 //! 4. At the end (duration reached, stop signal, or the member was removed or lost),
 //!    finalize the files, write `manifest.json` and leave.
 
@@ -23,11 +26,11 @@ use satsuma_bot::room::RoomMember;
 use satsuma_bot::{Bot, BotConfig};
 use satsuma_wire::room::{TrackKind, close};
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::clock::Timeline;
 use crate::track::{Codec, TrackFile};
-use crate::vp8;
+use crate::{vp8, vp9};
 
 /// What to record and where.
 #[derive(Debug, Clone)]
@@ -87,11 +90,20 @@ pub struct TrackEntry {
     pub track_name: String,
     /// `audio`, `video` or `screenshare`.
     pub kind: String,
-    /// `VP8` or `Opus`.
+    /// `VP8`, `VP9` or `Opus`; a video codec the recorder cannot write (`H264`, ...), see
+    /// `not_recorded`; `unknown` if no packet came.
     pub codec: String,
+    /// Why the track has no file although its packets came: its codec cannot be written
+    /// (H.264: WebM cannot carry it).
+    pub not_recorded: Option<String>,
+    /// Packets in a codec other than the file's (the publisher switched codecs after the
+    /// file started), dropped.
+    pub other_codec_packets: u64,
+    /// Packets whose payload type this session did not negotiate, dropped.
+    pub unknown_codec_packets: u64,
     /// Frames written.
     pub frames: u64,
-    /// VP8 keyframes written.
+    /// Video keyframes written.
     pub keyframes: u64,
     /// Frames that did not decrypt (no key, failed authentication, replay).
     pub decrypt_failures: u64,
@@ -143,9 +155,15 @@ fn unix_ms() -> u64 {
 /// A pulled track being recorded.
 struct Recording {
     entry: TrackEntry,
-    codec: Codec,
-    file: TrackFile,
-    assembler: vp8::Assembler,
+    /// Video (camera or screen)?
+    video: bool,
+    /// Where the file goes and its name without the codec suffix.
+    out: PathBuf,
+    stem: String,
+    /// The codec and the file, from the first packet in a recordable codec.
+    file: Option<(Codec, TrackFile)>,
+    vp8: vp8::Assembler,
+    vp9: vp9::Assembler,
     /// The track's frames on the recording's timeline.
     timeline: Timeline,
     /// Unwrapping audio timestamps: the last raw one and its extended value.
@@ -153,11 +171,103 @@ struct Recording {
     last_pli: Option<Instant>,
 }
 
+/// What the recorder does with a track in `codec` (str0m's name of the payload type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CodecVerdict {
+    Record(Codec),
+    /// Its packets come, but the recorder cannot write it: why.
+    Unrecordable(&'static str, &'static str),
+    /// Not media (retransmissions, redundancy) or a payload type not negotiated.
+    Ignore,
+}
+
+fn verdict(codec: &str, video: bool) -> CodecVerdict {
+    match (codec, video) {
+        ("VP8", true) => CodecVerdict::Record(Codec::Vp8),
+        ("VP9", true) => CodecVerdict::Record(Codec::Vp9),
+        ("opus", false) => CodecVerdict::Record(Codec::Opus),
+        ("H264", true) => CodecVerdict::Unrecordable(
+            "H264",
+            "H.264 is not recorded: WebM cannot carry H.264 (publishers that send VP8 or VP9 are recorded)",
+        ),
+        ("H265", true) => {
+            CodecVerdict::Unrecordable("H265", "H.265 is not recorded: WebM cannot carry H.265")
+        }
+        ("AV1", true) => CodecVerdict::Unrecordable(
+            "AV1",
+            "AV1 is not recorded: the recorder writes VP8, VP9 and Opus only",
+        ),
+        _ => CodecVerdict::Ignore,
+    }
+}
+
 impl Recording {
     fn write(&mut self, frames: Vec<(u64, Vec<u8>)>) {
+        let Some((_, file)) = self.file.as_mut() else {
+            return;
+        };
         for (ns, frame) in frames {
-            if let Err(e) = self.file.write(&frame, ns) {
+            if let Err(e) = file.write(&frame, ns) {
                 warn!("{e}");
+            }
+        }
+    }
+
+    /// The codec to handle packet `p` in, opening the file with the first recordable one;
+    /// `None`: drop it (counted, and logged once per track for a codec that cannot be
+    /// recorded or a switch of codec).
+    fn codec_of(&mut self, p: &TappedRtp) -> Option<Codec> {
+        match verdict(&p.codec, self.video) {
+            CodecVerdict::Record(c) => match self.file.as_ref().map(|(have, _)| *have) {
+                Some(have) if have == c => Some(c),
+                Some(have) => {
+                    if self.entry.other_codec_packets == 0 {
+                        warn!(
+                            participant = self.entry.participant_id,
+                            track = %self.entry.track_name,
+                            "the publisher switched from {} to {}: the file keeps {}, the rest is not recorded",
+                            have.name(), c.name(), have.name()
+                        );
+                    }
+                    self.entry.other_codec_packets += 1;
+                    None
+                }
+                None => {
+                    let name = format!("{}-{}.webm", self.stem, c.suffix());
+                    info!(
+                        participant = self.entry.participant_id,
+                        track = %self.entry.track_name,
+                        codec = c.name(),
+                        file = %name,
+                        "recording"
+                    );
+                    self.entry.codec = c.name().to_owned();
+                    self.entry.not_recorded = None;
+                    self.entry.file = Some(name.clone());
+                    self.file = Some((c, TrackFile::new(&self.out.join(name), c)));
+                    Some(c)
+                }
+            },
+            CodecVerdict::Unrecordable(name, why) => {
+                if self.file.is_none() && self.entry.not_recorded.is_none() {
+                    warn!(
+                        participant = self.entry.participant_id,
+                        participant_name = %self.entry.participant_name,
+                        track = %self.entry.track_name,
+                        "{why}"
+                    );
+                    self.entry.codec = name.to_owned();
+                    self.entry.not_recorded = Some(why.to_owned());
+                } else if self.file.is_some() {
+                    self.entry.other_codec_packets += 1;
+                }
+                None
+            }
+            CodecVerdict::Ignore => {
+                if p.codec.is_empty() {
+                    self.entry.unknown_codec_packets += 1;
+                }
+                None
             }
         }
     }
@@ -261,6 +371,9 @@ pub async fn record(
     config.api_base = Some(format!("{}/sfu", opts.coordinator.trim_end_matches('/')));
     config.participant.send_on_publish = false;
     config.participant.request_keyframes = false;
+    // Browsers may publish VP9 or H.264 instead of VP8: negotiate them so their packets come
+    // (VP9 is recorded; H.264 is named as not recordable instead of silently missing).
+    config.participant.receive_vp9_h264 = true;
     let bot = Bot::connect_with(config).await?;
     let mut rtp = bot.tap_rtp().await?;
     let start = Instant::now();
@@ -329,18 +442,15 @@ pub async fn record(
                         Ok(sub) => {
                             info!(mid = %sub.mid, participant = id, track = %t.track_name, "pulling");
                             pulled.insert((t.session_id.clone(), t.track_name.clone()), ());
-                            let (codec, ext) = match t.kind {
-                                TrackKind::Audio => (Codec::Opus, "opus"),
-                                TrackKind::Video | TrackKind::Screenshare => (Codec::Vp8, "vp8"),
-                            };
-                            let file = format!(
-                                "p{id}-{}-{}-{ext}.webm",
+                            let video = t.kind != TrackKind::Audio;
+                            let stem = format!(
+                                "p{id}-{}-{}",
                                 safe_name(&name),
                                 safe_name(&t.track_name)
                             );
                             recordings.insert(sub.mid.clone(), Recording {
                                 entry: TrackEntry {
-                                    file: Some(file.clone()),
+                                    file: None,
                                     participant_id: id,
                                     participant_name: name,
                                     session_id: t.session_id.clone(),
@@ -350,7 +460,10 @@ pub async fn record(
                                         TrackKind::Video => "video",
                                         TrackKind::Screenshare => "screenshare",
                                     }.to_owned(),
-                                    codec: match codec { Codec::Vp8 => "VP8", Codec::Opus => "Opus" }.to_owned(),
+                                    codec: "unknown".to_owned(),
+                                    not_recorded: None,
+                                    other_codec_packets: 0,
+                                    unknown_codec_packets: 0,
                                     frames: 0,
                                     keyframes: 0,
                                     decrypt_failures: 0,
@@ -362,10 +475,17 @@ pub async fn record(
                                     height: None,
                                     keyframe_requests: 0,
                                 },
-                                codec,
-                                file: TrackFile::new(&opts.out.join(&file), codec),
-                                assembler: vp8::Assembler::default(),
-                                timeline: Timeline::new(codec.clock_rate()),
+                                video,
+                                out: opts.out.clone(),
+                                stem,
+                                file: None,
+                                vp8: vp8::Assembler::default(),
+                                vp9: vp9::Assembler::default(),
+                                timeline: Timeline::new(if video {
+                                    Codec::Vp8.clock_rate()
+                                } else {
+                                    Codec::Opus.clock_rate()
+                                }),
                                 audio_ts: None,
                                 last_pli: None,
                             });
@@ -376,8 +496,9 @@ pub async fn record(
                 // Video without a keyframe yet: ask for one every second.
                 let now = Instant::now();
                 for (mid, r) in &mut recordings {
-                    if r.codec == Codec::Vp8
-                        && !r.file.started()
+                    if r.video
+                        && r.entry.not_recorded.is_none()
+                        && !r.file.as_ref().is_some_and(|(_, f)| f.started())
                         && r.last_pli.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
                     {
                         r.last_pli = Some(now);
@@ -400,24 +521,30 @@ pub async fn record(
         let Recording {
             mut entry,
             file,
-            assembler,
+            vp8,
+            vp9,
             ..
         } = r;
-        entry.frames = file.frames;
-        entry.keyframes = file.keyframes;
-        entry.before_keyframe = file.waiting;
-        entry.lost_frames = assembler.lost;
-        entry.first_frame_ms = file.first_ns.map(|n| n / 1_000_000);
-        entry.last_frame_ms = file.last_ns().map(|n| n / 1_000_000);
-        entry.width = file.size.map(|s| s.0);
-        entry.height = file.size.map(|s| s.1);
-        match file.finish() {
-            Ok(true) => {}
-            Ok(false) => entry.file = None,
-            Err(e) => {
-                warn!("{e}");
-                entry.file = None;
+        entry.lost_frames = vp8.lost + vp9.lost;
+        if let Some((_, file)) = file {
+            entry.frames = file.frames;
+            entry.keyframes = file.keyframes;
+            entry.before_keyframe = file.waiting;
+            entry.first_frame_ms = file.first_ns.map(|n| n / 1_000_000);
+            entry.last_frame_ms = file.last_ns().map(|n| n / 1_000_000);
+            entry.width = file.size.map(|s| s.0);
+            entry.height = file.size.map(|s| s.1);
+            match file.finish() {
+                Ok(true) => {}
+                Ok(false) => entry.file = None,
+                Err(e) => {
+                    warn!("{e}");
+                    entry.file = None;
+                }
             }
+        }
+        if let Some(why) = &entry.not_recorded {
+            warn!(participant = %entry.participant_name, track = %entry.track_name, "not recorded: {why}");
         }
         tracks.push(entry);
     }
@@ -457,22 +584,94 @@ async fn on_packet(
     let Some(r) = recordings.get_mut(&p.mid) else {
         return;
     };
-    let frames = match r.codec {
-        Codec::Vp8 => r.assembler.push(p.seq, p.timestamp, p.marker, &p.payload),
+    let Some(codec) = r.codec_of(&p) else {
+        return;
+    };
+    // Each frame as the sealed pieces the sender's E2EE transform sealed one by one (VP9:
+    // one per spatial layer).
+    let frames: Vec<(i64, Vec<Vec<u8>>)> = match codec {
+        Codec::Vp8 => r
+            .vp8
+            .push(p.seq, p.timestamp, p.marker, &p.payload)
+            .into_iter()
+            .map(|(ts, f)| (ts, vec![f]))
+            .collect(),
+        Codec::Vp9 => match r.vp9.push(p.seq, p.timestamp, p.marker, &p.payload) {
+            Ok(Some(picture)) => {
+                if let Some((_, file)) = r.file.as_mut() {
+                    file.set_size_hint(picture.size);
+                }
+                vec![(picture.timestamp, picture.frames)]
+            }
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                debug!(track = %r.entry.track_name, "dropped a VP9 packet: {e}");
+                Vec::new()
+            }
+        },
         Codec::Opus => {
             let ext = r.audio_ext(p.timestamp);
-            vec![(ext, p.payload)]
+            vec![(ext, vec![p.payload])]
         }
     };
-    for (ts, sealed) in frames {
-        let video = r.codec == Codec::Vp8;
-        let Some(plain) = member.decrypt(r.entry.participant_id, video, sealed).await else {
-            r.entry.decrypt_failures += 1;
+    'frames: for (ts, pieces) in frames {
+        let mut opened = Vec::with_capacity(pieces.len());
+        for sealed in pieces {
+            let Some(plain) = member
+                .decrypt(r.entry.participant_id, r.video, sealed)
+                .await
+            else {
+                r.entry.decrypt_failures += 1;
+                continue 'frames;
+            };
+            opened.push(plain);
+        }
+        let plain = if opened.len() == 1 {
+            opened.pop()
+        } else {
+            vp9::superframe(&opened)
+        };
+        let Some(plain) = plain else {
             continue;
         };
         let arrived = i64::try_from(p.arrived.saturating_duration_since(start).as_nanos())
             .unwrap_or(i64::MAX);
         let due = r.timeline.push(ts, arrived, plain);
         r.write(due);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codecs_are_recorded_named_as_unrecordable_or_ignored() {
+        assert_eq!(verdict("VP8", true), CodecVerdict::Record(Codec::Vp8));
+        assert_eq!(verdict("VP9", true), CodecVerdict::Record(Codec::Vp9));
+        assert_eq!(verdict("opus", false), CodecVerdict::Record(Codec::Opus));
+        assert!(matches!(
+            verdict("H264", true),
+            CodecVerdict::Unrecordable("H264", why) if why.contains("WebM cannot carry H.264")
+        ));
+        assert!(matches!(
+            verdict("AV1", true),
+            CodecVerdict::Unrecordable("AV1", _)
+        ));
+        // Retransmissions, redundancy, a payload type not negotiated, a codec on the wrong
+        // kind of track: dropped without deciding the track's codec.
+        for (codec, video) in [
+            ("rtx", true),
+            ("red", false),
+            ("", true),
+            ("VP8", false),
+            ("opus", true),
+        ] {
+            assert_eq!(
+                verdict(codec, video),
+                CodecVerdict::Ignore,
+                "{codec} {video}"
+            );
+        }
     }
 }

@@ -25,6 +25,9 @@ pub struct TappedRtp {
     pub video: bool,
     /// RTP payload type.
     pub pt: u8,
+    /// The codec negotiated for `pt` as str0m names it (`VP8`, `VP9`, `H264`, `opus`, ...);
+    /// empty if `pt` is not one this session negotiated.
+    pub codec: String,
     /// Extended (rollover-counted) RTP sequence number.
     pub seq: u64,
     /// RTP timestamp.
@@ -80,12 +83,19 @@ impl Participant {
             .rtc
             .media(mid)
             .is_some_and(|m| m.kind() == str0m::media::MediaKind::Video);
+        let codec = self
+            .rtc
+            .codec_config()
+            .find(|p| p.pt() == pkt.header.payload_type)
+            .map(|p| p.spec().codec.to_string())
+            .unwrap_or_default();
         let tapped = TappedRtp {
             mid: mid.to_string(),
             remote_session_id: sub.remote_session_id.clone(),
             track_name: sub.track_name.clone(),
             video,
             pt: *pkt.header.payload_type,
+            codec,
             seq: *pkt.seq_no,
             timestamp: pkt.header.timestamp,
             marker: pkt.header.marker,
