@@ -38,7 +38,10 @@ pub struct Config {
     pub test_hooks: bool,
     /// Directory of the web client's static files.
     pub web_dir: PathBuf,
-    /// SFU base URLs (e.g. `http://10.0.0.5:8787`); the API lives under `/v1/apps/{app_id}`.
+    /// SFU nodes: base URLs (e.g. `http://10.0.0.5:8787`; the API lives under
+    /// `/v1/apps/{app_id}`), each optionally followed by `;capacity=N` (most sessions placed on
+    /// it), `;region=LABEL` and `;name=NODE` (its relay node name), e.g.
+    /// `http://10.0.0.5:8787;capacity=200;region=eu-west;name=sfu-0` (issue 15, placement).
     pub sfu_nodes: Vec<String>,
     /// SFU app id.
     pub sfu_app_id: String,
@@ -211,6 +214,7 @@ impl Config {
             ));
         }
         self.validate_access()?;
+        self.validate_sfu_nodes()?;
         if self.rate_per_second == 0 || self.rate_burst == 0 {
             return Err(ConfigError::Invalid("rate limits must be > 0".to_owned()));
         }
@@ -237,6 +241,31 @@ impl Config {
 }
 
 impl Config {
+    /// Checks the `sfu_node` settings: each parses, no URL or relay name twice.
+    fn validate_sfu_nodes(&self) -> Result<(), ConfigError> {
+        let mut urls = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
+        for s in &self.sfu_nodes {
+            let spec = s
+                .parse::<crate::placement::NodeSpec>()
+                .map_err(ConfigError::Invalid)?;
+            if !urls.insert(spec.url.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "SFU node {} is configured twice",
+                    spec.url
+                )));
+            }
+            if let Some(name) = spec.name
+                && !names.insert(name.clone())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "two SFU nodes are named {name}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the secrets, API keys, issuer and audience (see `docs/operations.md`, "Tokens and
     /// access").
     fn validate_access(&self) -> Result<(), ConfigError> {
@@ -424,7 +453,12 @@ pub struct Cli {
     /// Directory with the web client's static files.
     #[arg(long, env = "SATSUMA_COORD_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
-    /// SFU node base URL (repeat, or comma-separate in the env variable).
+    /// SFU node as URL[;capacity=N][;region=LABEL][;name=NODE] (repeat, or comma-separate in
+    /// the env variable). capacity: most sessions placed on the node (default: no limit; a
+    /// room's sessions go to its first session's node until it is full, then to the
+    /// least-loaded node in the participant's region hint or the room's region); region: its
+    /// region label; name: its relay node name (--node-name of satsuma-sfu), so calls on a
+    /// session reach the node that made it even after a coordinator failover.
     #[arg(
         long = "sfu-node",
         env = "SATSUMA_COORD_SFU_NODES",
@@ -927,5 +961,31 @@ mod tests {
     #[test]
     fn unknown_file_keys_are_refused() {
         assert!(toml::from_str::<Cli>("nope = 1").is_err());
+    }
+
+    #[test]
+    fn sfu_nodes_carry_capacity_region_and_name_and_are_checked() {
+        let file: Cli = toml::from_str(
+            "sfu_nodes = [\"http://a:8787;capacity=4;region=eu;name=sfu-a\", \"http://b:8787\"]\n",
+        )
+        .unwrap();
+        let c = Cli::try_parse_from(["x", "--dev"])
+            .unwrap()
+            .over(file)
+            .resolve()
+            .unwrap();
+        assert_eq!(c.sfu_nodes.len(), 2);
+        let err = |nodes: &str| {
+            Cli::try_parse_from(["x", "--dev", "--sfu-node", nodes])
+                .unwrap()
+                .resolve()
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("http://a;capacity=0").contains("capacity"));
+        assert!(err("http://a;weight=2").contains("unknown key"));
+        assert!(err("http://a,http://a/").contains("twice"));
+        assert!(err("http://a;name=n,http://b;name=n").contains("named n"));
+        assert!(err("a:8787").contains("http"));
     }
 }

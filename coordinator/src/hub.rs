@@ -366,6 +366,20 @@ impl Hub {
             .count()
     }
 
+    /// How many SFU sessions of this replica's rooms are on each of `nodes` nodes.
+    pub(crate) fn sessions_per_node(&self, nodes: usize) -> Vec<usize> {
+        let slots: Vec<Arc<RoomSlot>> = self.rooms.lock().values().cloned().collect();
+        let mut counts = vec![0; nodes];
+        for slot in slots {
+            for node in slot.state.lock().sfu_sessions.values() {
+                if let Some(c) = counts.get_mut(*node) {
+                    *c += 1;
+                }
+            }
+        }
+        counts
+    }
+
     pub(crate) fn credential(&self, token: &str) -> Option<Credential> {
         self.credentials.lock().get(token).cloned()
     }

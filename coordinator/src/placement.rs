@@ -114,6 +114,182 @@ pub(crate) async fn placement_loop(app: Arc<App>, mut stop: watch::Receiver<bool
     }
 }
 
+/// One configured SFU node: `URL[;capacity=N][;region=LABEL][;name=NODE]` (the `sfu_node`
+/// setting). `capacity` is the most sessions the coordinator places on it (none: no limit);
+/// `region` its region label; `name` its relay node name (`satsuma-sfu --node-name`; only for a
+/// node that runs the relay, whose session ids carry its tag), from which
+/// the coordinator knows which node made a session (a session id's first two bytes are the tag
+/// of its node's name, see `sfu/src/relay/bridge.rs`), so calls on a session go to its node even
+/// in a room this replica rebuilt from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NodeSpec {
+    pub(crate) url: String,
+    pub(crate) capacity: Option<usize>,
+    pub(crate) region: Option<String>,
+    pub(crate) name: Option<String>,
+}
+
+impl std::str::FromStr for NodeSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(';').map(str::trim);
+        let url = parts.next().unwrap_or_default().trim_end_matches('/');
+        let host = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .unwrap_or_default();
+        if host.is_empty() {
+            return Err(format!(
+                "SFU node {s:?}: expected http(s)://HOST[:PORT] followed by optional \
+                 ;capacity=N ;region=LABEL ;name=NODE"
+            ));
+        }
+        let mut spec = NodeSpec {
+            url: url.to_owned(),
+            capacity: None,
+            region: None,
+            name: None,
+        };
+        for part in parts.filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .ok_or_else(|| format!("SFU node {s:?}: {part:?} is not KEY=VALUE"))?;
+            let label = |v: &str| {
+                let ok = !v.is_empty()
+                    && v.len() <= 63
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+                ok.then(|| v.to_owned())
+                    .ok_or_else(|| format!("SFU node {s:?}: {key} must be 1-63 of [A-Za-z0-9._-]"))
+            };
+            match key {
+                "capacity" => {
+                    let n = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| format!("SFU node {s:?}: capacity must be a number > 0"))?;
+                    spec.capacity = Some(n);
+                }
+                "region" => spec.region = Some(label(value)?),
+                "name" => spec.name = Some(label(value)?),
+                _ => {
+                    return Err(format!(
+                        "SFU node {s:?}: unknown key {key:?} (capacity, region, name)"
+                    ));
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// The tag a node named `name` puts at the start of its session ids (the first two bytes of the
+/// SHA-256 of the name, as `satsuma_sfu::relay::bridge::node_tag`).
+pub(crate) fn node_tag(name: &str) -> [u8; 2] {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(name.as_bytes());
+    [h[0], h[1]]
+}
+
+/// The tag of a session id (32 hex characters), or `None` if it is not one.
+pub(crate) fn session_tag(session_id: &str) -> Option<[u8; 2]> {
+    if session_id.len() != 32 {
+        return None;
+    }
+    let bytes = hex::decode(session_id.get(..4)?).ok()?;
+    Some([*bytes.first()?, *bytes.get(1)?])
+}
+
+/// What placement knows about one node when a session is to be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NodeLoad<'a> {
+    /// This replica's or another live replica's health check passed.
+    pub(crate) healthy: bool,
+    /// Sessions placed on it (made, or being made).
+    pub(crate) sessions: usize,
+    /// Rooms that started on it.
+    pub(crate) rooms: usize,
+    /// Most sessions (none: no limit).
+    pub(crate) capacity: Option<usize>,
+    pub(crate) region: Option<&'a str>,
+}
+
+impl NodeLoad<'_> {
+    fn has_room(&self) -> bool {
+        self.capacity.is_none_or(|c| self.sessions < c)
+    }
+}
+
+/// Where a new session goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// On this node.
+    Node(usize),
+    /// Every healthy node is at its capacity.
+    Full,
+    /// No node configured.
+    NoNode,
+}
+
+/// Places one new session of a room (issue 15, "Placement in the coordinator").
+///
+/// * A node is a candidate if it is healthy and below its capacity.
+/// * The room's node (`room_node`, where its first session went) if it is a candidate.
+/// * Otherwise the least-loaded candidate, preferring the participant's region (`hint`), then
+///   the region of the room's node, then any region. A room's first session goes to the
+///   candidate with the fewest rooms (rooms spread over nodes); a session that overflows its
+///   room's node to the one with the fewest sessions. Ties: the first configured.
+/// * No candidate but a healthy node: [`Placement::Full`]. Nothing known healthy (no check
+///   has passed yet): the room's node, else the first node below capacity, as before health
+///   checks existed.
+pub(crate) fn place(
+    nodes: &[NodeLoad<'_>],
+    room_node: Option<usize>,
+    hint: Option<&str>,
+) -> Placement {
+    if nodes.is_empty() {
+        return Placement::NoNode;
+    }
+    let room_node = room_node.filter(|&i| i < nodes.len());
+    let candidate = |i: &usize| nodes[*i].healthy && nodes[*i].has_room();
+    if let Some(i) = room_node.filter(candidate) {
+        return Placement::Node(i);
+    }
+    let room_region = room_node.and_then(|i| nodes[i].region);
+    let tiers = [hint, room_region];
+    let pick = |in_tier: &dyn Fn(usize) -> bool| {
+        (0..nodes.len())
+            .filter(candidate)
+            .filter(|&i| in_tier(i))
+            .min_by_key(|&i| {
+                let n = &nodes[i];
+                if room_node.is_some() {
+                    (n.sessions, n.rooms)
+                } else {
+                    (n.rooms, n.sessions)
+                }
+            })
+    };
+    for region in tiers.into_iter().flatten() {
+        if let Some(i) = pick(&|i| nodes[i].region == Some(region)) {
+            return Placement::Node(i);
+        }
+    }
+    if let Some(i) = pick(&|_| true) {
+        return Placement::Node(i);
+    }
+    if nodes.iter().any(|n| n.healthy) {
+        return Placement::Full;
+    }
+    match room_node.or_else(|| (0..nodes.len()).find(|&i| nodes[i].has_room())) {
+        Some(i) => Placement::Node(i),
+        None => Placement::Full,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +342,141 @@ mod tests {
         cluster.set(view);
         assert_eq!(cluster.others(0).rooms, 5);
         assert_eq!(cluster.others(7), Others::default());
+    }
+
+    fn load(healthy: bool, sessions: usize, capacity: Option<usize>, region: &str) -> NodeLoad<'_> {
+        NodeLoad {
+            healthy,
+            sessions,
+            rooms: 0,
+            capacity,
+            region: (!region.is_empty()).then_some(region),
+        }
+    }
+
+    #[test]
+    fn node_specs_parse_with_capacity_region_and_name() {
+        let s: NodeSpec = "http://10.0.0.5:8787/".parse().unwrap();
+        assert_eq!(
+            s,
+            NodeSpec {
+                url: "http://10.0.0.5:8787".into(),
+                capacity: None,
+                region: None,
+                name: None
+            }
+        );
+        let s: NodeSpec = "https://sfu-1:8787; capacity=4 ;region=eu-west;name=sfu-1"
+            .parse()
+            .unwrap();
+        assert_eq!(s.url, "https://sfu-1:8787");
+        assert_eq!(s.capacity, Some(4));
+        assert_eq!(s.region.as_deref(), Some("eu-west"));
+        assert_eq!(s.name.as_deref(), Some("sfu-1"));
+        for bad in [
+            "",
+            "sfu-1:8787",
+            "http://",
+            "http://a;capacity=0",
+            "http://a;capacity=-1",
+            "http://a;capacity",
+            "http://a;colour=red",
+            "http://a;region=",
+            "http://a;region=eu west",
+            "http://a;name=a/b",
+        ] {
+            assert!(bad.parse::<NodeSpec>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn session_ids_name_their_node_by_tag() {
+        let tag = node_tag("sfu-a");
+        assert_ne!(tag, node_tag("sfu-b"));
+        // The SFU's own tag of the name.
+        assert_eq!(tag, satsuma_sfu::relay::bridge::node_tag("sfu-a"));
+        let sid = format!("{}{}", hex::encode(tag), "0".repeat(28));
+        assert_eq!(session_tag(&sid), Some(tag));
+        assert_eq!(session_tag("abcd"), None);
+        assert_eq!(session_tag(&"z".repeat(32)), None);
+        assert_eq!(session_tag(&format!("é{}", "0".repeat(30))), None);
+    }
+
+    #[test]
+    fn a_room_stays_on_its_node_until_it_is_full() {
+        let mut nodes = [load(true, 0, Some(2), ""), load(true, 0, Some(2), "")];
+        assert_eq!(place(&nodes, None, None), Placement::Node(0));
+        nodes[0].sessions = 1;
+        assert_eq!(place(&nodes, Some(0), None), Placement::Node(0));
+        nodes[0].sessions = 2;
+        assert_eq!(place(&nodes, Some(0), None), Placement::Node(1));
+        nodes[1].sessions = 2;
+        assert_eq!(place(&nodes, Some(0), None), Placement::Full);
+        // No capacity: the room's node, however many.
+        let nodes = [load(true, 0, None, ""), load(true, 90, None, "")];
+        assert_eq!(place(&nodes, Some(1), None), Placement::Node(1));
+    }
+
+    #[test]
+    fn overflow_goes_to_the_least_loaded_node_in_the_region() {
+        let nodes = [
+            load(true, 4, Some(4), "eu"),
+            load(true, 3, Some(4), "us"),
+            load(true, 2, Some(4), "eu"),
+            load(true, 1, Some(4), "us"),
+            load(true, 0, Some(4), "ap"),
+        ];
+        // The room's region first, least sessions in it.
+        assert_eq!(place(&nodes, Some(0), None), Placement::Node(2));
+        // The participant's hint before the room's region.
+        assert_eq!(place(&nodes, Some(0), Some("us")), Placement::Node(3));
+        // A hint no node has: the room's region.
+        assert_eq!(place(&nodes, Some(0), Some("sa")), Placement::Node(2));
+        // The region full: least loaded anywhere.
+        let mut full = nodes;
+        full[2].sessions = 4;
+        assert_eq!(place(&full, Some(0), None), Placement::Node(4));
+        // Ties: the first configured.
+        let even = [
+            load(true, 4, Some(4), ""),
+            load(true, 1, None, ""),
+            load(true, 1, None, ""),
+        ];
+        assert_eq!(place(&even, Some(0), None), Placement::Node(1));
+    }
+
+    #[test]
+    fn a_new_room_goes_to_the_hinted_region_with_fewest_rooms() {
+        let mut nodes = [
+            load(true, 0, None, "eu"),
+            load(true, 9, None, "us"),
+            load(true, 0, None, "us"),
+        ];
+        nodes[0].rooms = 0;
+        nodes[1].rooms = 1;
+        nodes[2].rooms = 3;
+        assert_eq!(place(&nodes, None, None), Placement::Node(0));
+        assert_eq!(place(&nodes, None, Some("us")), Placement::Node(1));
+    }
+
+    #[test]
+    fn unhealthy_nodes_are_skipped_and_nothing_healthy_keeps_the_old_fallback() {
+        let mut nodes = [
+            load(false, 0, Some(4), "eu"),
+            load(true, 3, Some(4), "eu"),
+            load(true, 0, Some(4), "us"),
+        ];
+        // The room's node is down: the next in its region.
+        assert_eq!(place(&nodes, Some(0), None), Placement::Node(1));
+        nodes[1].healthy = false;
+        assert_eq!(place(&nodes, Some(0), None), Placement::Node(2));
+        // Nothing known healthy: the room's node, else the first with room.
+        nodes[2].healthy = false;
+        assert_eq!(place(&nodes, Some(1), None), Placement::Node(1));
+        nodes[0].sessions = 4;
+        assert_eq!(place(&nodes, None, None), Placement::Node(1));
+        // Index out of range is ignored; no nodes at all.
+        assert_eq!(place(&nodes, Some(7), None), Placement::Node(1));
+        assert_eq!(place(&[], None, None), Placement::NoNode);
     }
 }

@@ -1,10 +1,12 @@
 //! SFU access: `/sfu/...` mirrors the SFU's `/v1/apps/{appId}/...` API for room members.
 //!
 //! A client authenticates with its participant credential (`Authorization:
-//! Bearer <resume_token>` from `welcome`). The proxy adds the app secret, picks
-//! the room's SFU node (health-checked, sticky per room), records every session
-//! the participant creates, and refuses calls on sessions that are not the
-//! caller's. Pulling tracks is allowed only from sessions owned by members of
+//! Bearer <resume_token>` from `welcome`). The proxy adds the app secret, places
+//! each new session on a node ([`crate::placement::place`]: the room's node until it is at its
+//! capacity, then the least-loaded healthy node, by region; a `Satsuma-Region` header is the
+//! participant's region hint), records every session the participant creates and the node it
+//! is on, sends every later call on a session to that node, and refuses calls on sessions that
+//! are not the caller's. Pulling tracks is allowed only from sessions owned by members of
 //! the caller's room.
 //!
 //! Sessions per participant are capped and the cap is checked **before** the SFU is asked:
@@ -28,6 +30,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 
+use crate::placement::{NodeLoad, NodeSpec, Placement};
 use crate::room::SfuReserveError;
 use satsuma_wire::realtime::{
     CloseTracksRequest, DataChannelsRequest, ErrorBody, KeyframeTracksRequest, Location,
@@ -49,6 +52,12 @@ pub(crate) const MAX_TRACKS_PER_REQUEST: usize = 64;
 pub(crate) struct SfuNode {
     pub(crate) url: String,
     pub(crate) healthy: AtomicBool,
+    /// Most sessions placed on it (none: no limit).
+    pub(crate) capacity: Option<usize>,
+    /// Its region label.
+    pub(crate) region: Option<String>,
+    /// The tag its session ids start with (known when its relay node name is configured).
+    pub(crate) tag: Option<[u8; 2]>,
 }
 
 /// The configured SFU nodes and an HTTP client for them.
@@ -58,26 +67,43 @@ pub(crate) struct SfuPool {
     /// What the other coordinator replicas say about the nodes (issue 16: placement from any
     /// replica, [`crate::placement`]).
     pub(crate) cluster: crate::placement::ClusterView,
+    /// Sessions being created, per node: counted against its capacity until bound or failed.
+    creating: parking_lot::Mutex<Vec<usize>>,
     app_id: String,
     app_secret: String,
     client: reqwest::Client,
 }
 
 impl SfuPool {
-    pub(crate) fn new(urls: &[String], app_id: &str, app_secret: &str, timeout: Duration) -> Self {
+    /// `nodes`: the `sfu_node` settings, `URL[;capacity=N][;region=LABEL][;name=NODE]`
+    /// ([`NodeSpec`], checked by the configuration; one that does not parse is taken as a bare
+    /// URL).
+    pub(crate) fn new(nodes: &[String], app_id: &str, app_secret: &str, timeout: Duration) -> Self {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
             .unwrap_or_default();
         Self {
-            nodes: urls
+            nodes: nodes
                 .iter()
-                .map(|u| SfuNode {
-                    url: u.trim_end_matches('/').to_owned(),
-                    healthy: AtomicBool::new(false),
+                .map(|s| {
+                    let spec = s.parse::<NodeSpec>().unwrap_or_else(|_| NodeSpec {
+                        url: s.trim_end_matches('/').to_owned(),
+                        capacity: None,
+                        region: None,
+                        name: None,
+                    });
+                    SfuNode {
+                        url: spec.url,
+                        healthy: AtomicBool::new(false),
+                        capacity: spec.capacity,
+                        region: spec.region,
+                        tag: spec.name.as_deref().map(crate::placement::node_tag),
+                    }
                 })
                 .collect(),
             cluster: crate::placement::ClusterView::default(),
+            creating: parking_lot::Mutex::new(vec![0; nodes.len()]),
             app_id: app_id.to_owned(),
             app_secret: app_secret.to_owned(),
             client,
@@ -101,26 +127,64 @@ impl SfuPool {
         futures_util::future::join_all(checks).await;
     }
 
-    /// The node for a room: its current node if healthy, else the healthy node
-    /// serving the fewest rooms, else (nothing known healthy) its current node or the first.
-    /// Healthy: this replica's check or another replica's passed; rooms: this replica's
-    /// (`load`) and the other replicas' ([`crate::placement`]).
-    fn choose(&self, current: Option<usize>, load: impl Fn(usize) -> usize) -> Option<usize> {
-        if self.nodes.is_empty() {
-            return None;
+    /// Places a new session of a room whose node is `current` ([`crate::placement::place`]):
+    /// the room's node until it is at its capacity, then the least-loaded node in the
+    /// participant's region (`hint`) or the room's. Healthy: this replica's check or another
+    /// replica's passed; rooms: this replica's (`rooms`) and the other replicas'
+    /// ([`crate::placement`]); sessions: this replica's (`sessions`, per node, read under the
+    /// same lock as the creations in flight so concurrent creations never overfill a node) and
+    /// those it is creating. The returned [`Placing`] counts the session on its node until
+    /// dropped (bind it first).
+    fn place(
+        &self,
+        current: Option<usize>,
+        hint: Option<&str>,
+        sessions: impl FnOnce() -> Vec<usize>,
+        rooms: impl Fn(usize) -> usize,
+    ) -> Result<Placing<'_>, ProxyError> {
+        let mut creating = self.creating.lock();
+        let sessions = sessions();
+        let loads: Vec<NodeLoad<'_>> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeLoad {
+                healthy: n.healthy.load(Ordering::Relaxed) || self.cluster.others(i).healthy,
+                sessions: sessions
+                    .get(i)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_add(creating.get(i).copied().unwrap_or(0)),
+                rooms: rooms(i).saturating_add(self.cluster.others(i).rooms),
+                capacity: n.capacity,
+                region: n.region.as_deref(),
+            })
+            .collect();
+        match crate::placement::place(&loads, current, hint) {
+            Placement::Node(node) => {
+                if let Some(c) = creating.get_mut(node) {
+                    *c += 1;
+                }
+                Ok(Placing { pool: self, node })
+            }
+            Placement::Full => Err(ProxyError::Full),
+            Placement::NoNode => Err(ProxyError::NoNode),
         }
-        let healthy = |i: usize| {
-            self.nodes[i].healthy.load(Ordering::Relaxed) || self.cluster.others(i).healthy
-        };
-        let load = |i: usize| load(i).saturating_add(self.cluster.others(i).rooms);
-        if let Some(i) = current.filter(|&i| i < self.nodes.len() && healthy(i)) {
-            return Some(i);
-        }
-        (0..self.nodes.len())
-            .filter(|&i| healthy(i))
-            .min_by_key(|&i| load(i))
-            .or(current)
-            .or(Some(0))
+    }
+
+    /// This replica's or another live replica's health check of node `i` passed.
+    pub(crate) fn healthy(&self, i: usize) -> bool {
+        self.nodes
+            .get(i)
+            .is_some_and(|n| n.healthy.load(Ordering::Relaxed))
+            || self.cluster.others(i).healthy
+    }
+
+    /// The node that made session `sid`, by the tag its id starts with (nodes whose relay
+    /// name is configured), if one matches.
+    pub(crate) fn node_of_session(&self, sid: &str) -> Option<usize> {
+        let tag = crate::placement::session_tag(sid)?;
+        self.nodes.iter().position(|n| n.tag == Some(tag))
     }
 
     async fn forward(
@@ -158,6 +222,43 @@ impl SfuPool {
     }
 }
 
+/// A session being created on `node`: counted against the node's capacity until dropped.
+struct Placing<'a> {
+    pool: &'a SfuPool,
+    node: usize,
+}
+
+impl Drop for Placing<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.pool.creating.lock().get_mut(self.node) {
+            *c = c.saturating_sub(1);
+        }
+    }
+}
+
+/// The request header with a participant's region hint for placement
+/// (`POST /sfu/sessions/new`).
+pub(crate) const REGION_HEADER: &str = "satsuma-region";
+
+/// The caller's region hint: absent, or a region label (1-63 of `[A-Za-z0-9._-]`); anything
+/// else is a 400.
+fn region_hint(headers: &HeaderMap) -> Result<Option<String>, ProxyError> {
+    let Some(v) = headers.get(REGION_HEADER) else {
+        return Ok(None);
+    };
+    let v = v.to_str().unwrap_or_default().trim();
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !ok {
+        return Err(ProxyError::BadRequest(format!(
+            "{REGION_HEADER} must be a region label (1-63 of [A-Za-z0-9._-])"
+        )));
+    }
+    Ok(Some(v.to_owned()))
+}
+
 /// Why the proxy refused or failed a call.
 #[derive(Debug)]
 enum ProxyError {
@@ -166,6 +267,8 @@ enum ProxyError {
     BadRequest(String),
     CreatesInFlight,
     NoNode,
+    /// Every healthy SFU node is at its configured capacity.
+    Full,
     Upstream(String),
 }
 
@@ -193,6 +296,11 @@ impl IntoResponse for ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 api_error_code::NO_SFU,
                 "no SFU node configured".to_owned(),
+            ),
+            Self::Full => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                api_error_code::NO_SFU,
+                "every SFU node is at its capacity".to_owned(),
             ),
             Self::Upstream(d) => (StatusCode::BAD_GATEWAY, api_error_code::SFU_UNREACHABLE, d),
         };
@@ -343,6 +451,7 @@ async fn new_session_inner(
     if !c.permissions.publish && !c.permissions.subscribe {
         return Err(ProxyError::Forbidden("no publish or subscribe permission"));
     }
+    let hint = region_hint(headers)?;
     // The cap first: reserve a place (releasing the oldest sessions beyond it).
     app.hub
         .with_room(&c.slot, |st| {
@@ -359,11 +468,21 @@ async fn new_session_inner(
         armed: true,
     };
     let current = c.slot.state.lock().sfu_node;
-    let node = app
-        .sfu
-        .choose(current, |i| app.hub.rooms_on_node(i))
-        .ok_or(ProxyError::NoNode)?;
-    c.slot.state.lock().sfu_node = Some(node);
+    let placing = app.sfu.place(
+        current,
+        hint.as_deref(),
+        || app.hub.sessions_per_node(app.sfu.nodes.len()),
+        |i| app.hub.rooms_on_node(i),
+    )?;
+    let node = placing.node;
+    // A room starts on one node (its first session's) and keeps it while it is healthy, even
+    // when full; a room whose node failed moves to where its next session went.
+    {
+        let mut st = c.slot.state.lock();
+        if !st.sfu_node.is_some_and(|n| app.sfu.healthy(n)) {
+            st.sfu_node = Some(node);
+        }
+    }
     let body = (!body.is_empty()).then_some(body);
     let (status, bytes) = app
         .sfu
@@ -382,6 +501,7 @@ async fn new_session_inner(
                 }
                 ok
             });
+            drop(placing);
             if !bound {
                 // The participant left meanwhile (or the id is unusable): no orphan.
                 app.metrics.sfu_sessions_released.inc();
@@ -402,7 +522,7 @@ async fn delete_session(
 ) -> Response {
     let r = (|| {
         let c = caller(&app, &headers)?;
-        own_session(&c, &sid)?;
+        own_session(&app, &c, &sid)?;
         app.hub.with_room(&c.slot, |st| {
             st.room.release_sfu_session(Instant::now(), c.id, &sid)
         });
@@ -411,18 +531,22 @@ async fn delete_session(
     respond(&app, "sessions/delete", r)
 }
 
-/// The caller's own session's node, or 403.
-fn own_session(c: &Caller, sid: &str) -> Result<usize, ProxyError> {
+/// The caller's own session's node, or 403. The node is the one whose relay name tags the
+/// session id if that is configured (right even in a room rebuilt from the store, whose
+/// sessions this replica maps to the room's node), else the one it was placed on.
+fn own_session(app: &App, c: &Caller, sid: &str) -> Result<usize, ProxyError> {
     let st = c.slot.state.lock();
     if st.room.sfu_session_owner(sid) != Some(c.id) {
         return Err(ProxyError::Forbidden(
             "session was not created by this participant",
         ));
     }
-    st.sfu_sessions
+    let placed = st
+        .sfu_sessions
         .get(sid)
         .copied()
-        .ok_or(ProxyError::Forbidden("unknown session"))
+        .ok_or(ProxyError::Forbidden("unknown session"))?;
+    Ok(app.sfu.node_of_session(sid).unwrap_or(placed))
 }
 
 /// Checks a tracks body: local tracks need `publish`; remote ones need
@@ -546,7 +670,7 @@ async fn forward_own_session(
 ) -> Response {
     let r = async {
         let c = caller(app, headers)?;
-        let node = own_session(&c, sid)?;
+        let node = own_session(app, &c, sid)?;
         if let Some(allow_local) = tracks {
             check_tracks(&c, &body, allow_local)?;
         }
@@ -678,7 +802,7 @@ async fn tracks_keyframe(
     let route = "tracks/keyframe";
     let r = async {
         let c = caller(&app, &headers)?;
-        let node = own_session(&c, &sid)?;
+        let node = own_session(&app, &c, &sid)?;
         check_keyframe_tracks(&c, &body)?;
         app.sfu
             .forward(
@@ -706,7 +830,7 @@ async fn datachannels_new(
     let route = "datachannels/new";
     let r = async {
         let c = caller(&app, &headers)?;
-        let node = own_session(&c, &sid)?;
+        let node = own_session(&app, &c, &sid)?;
         check_datachannels(&c, &body)?;
         app.sfu
             .forward(
@@ -765,7 +889,7 @@ async fn get_session(
 ) -> Response {
     let r = async {
         let c = caller(&app, &headers)?;
-        let node = own_session(&c, &sid)?;
+        let node = own_session(&app, &c, &sid)?;
         app.sfu
             .forward(
                 node,
@@ -788,9 +912,13 @@ pub(crate) async fn close_sessions(app: Arc<App>, mut queue: mpsc::Receiver<SfuC
         let app = app.clone();
         tokio::spawn(async move {
             let path = format!("/sessions/{}", close.session_id);
+            let node = app
+                .sfu
+                .node_of_session(&close.session_id)
+                .unwrap_or(close.node);
             let result = app
                 .sfu
-                .forward(close.node, Method::DELETE, &path, None, None)
+                .forward(node, Method::DELETE, &path, None, None)
                 .await;
             let outcome = match &result {
                 Ok((status, _)) if status.is_success() => "closed",
@@ -825,25 +953,114 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
+    fn pool(nodes: &[&str]) -> SfuPool {
+        let nodes: Vec<String> = nodes.iter().map(|s| (*s).to_owned()).collect();
+        SfuPool::new(&nodes, "app", "s", Duration::from_secs(1))
+    }
+
+    fn placed(r: Result<Placing<'_>, ProxyError>) -> Option<usize> {
+        r.ok().map(|p| p.node)
+    }
+
     #[test]
     fn node_choice_prefers_current_healthy_then_least_loaded() {
-        let pool = SfuPool::new(
-            &["http://a".into(), "http://b/".into(), "http://c".into()],
-            "app",
-            "s",
-            Duration::from_secs(1),
-        );
+        let pool = pool(&["http://a", "http://b/", "http://c"]);
         assert_eq!(pool.nodes[1].url, "http://b");
         // Nothing healthy: the current node, else the first.
-        assert_eq!(pool.choose(Some(2), |_| 0), Some(2));
-        assert_eq!(pool.choose(None, |_| 0), Some(0));
+        assert_eq!(
+            placed(pool.place(Some(2), None, || vec![0; 3], |_| 0)),
+            Some(2)
+        );
+        assert_eq!(
+            placed(pool.place(None, None, || vec![0; 3], |_| 0)),
+            Some(0)
+        );
         pool.nodes[1].healthy.store(true, Ordering::Relaxed);
         pool.nodes[2].healthy.store(true, Ordering::Relaxed);
         let load = |i: usize| [0, 5, 3][i];
-        assert_eq!(pool.choose(None, load), Some(2));
-        assert_eq!(pool.choose(Some(1), load), Some(1));
-        assert_eq!(pool.choose(Some(0), load), Some(2));
+        assert_eq!(placed(pool.place(None, None, || vec![0; 3], load)), Some(2));
+        assert_eq!(
+            placed(pool.place(Some(1), None, || vec![0; 3], load)),
+            Some(1)
+        );
+        assert_eq!(
+            placed(pool.place(Some(0), None, || vec![0; 3], load)),
+            Some(2)
+        );
         let empty = SfuPool::new(&[], "app", "s", Duration::from_secs(1));
-        assert_eq!(empty.choose(None, |_| 0), None);
+        assert!(matches!(
+            empty.place(None, None, Vec::new, |_| 0),
+            Err(ProxyError::NoNode)
+        ));
+    }
+
+    #[test]
+    fn sessions_being_created_count_against_capacity() {
+        let pool = pool(&[
+            "http://a;capacity=2;region=eu;name=sfu-a",
+            "http://b;capacity=1;region=eu",
+        ]);
+        assert_eq!(pool.nodes[0].capacity, Some(2));
+        assert_eq!(pool.nodes[1].region.as_deref(), Some("eu"));
+        for n in &pool.nodes {
+            n.healthy.store(true, Ordering::Relaxed);
+        }
+        let a1 = pool.place(None, None, || vec![0, 0], |_| 0).ok().unwrap();
+        let a2 = pool
+            .place(Some(0), None, || vec![0, 0], |_| 0)
+            .ok()
+            .unwrap();
+        let b1 = pool
+            .place(Some(0), None, || vec![0, 0], |_| 0)
+            .ok()
+            .unwrap();
+        assert_eq!((a1.node, a2.node, b1.node), (0, 0, 1));
+        assert!(matches!(
+            pool.place(Some(0), None, || vec![0, 0], |_| 0),
+            Err(ProxyError::Full)
+        ));
+        // A creation that ended frees its place; one bound counts in `sessions` instead.
+        drop(b1);
+        assert_eq!(
+            placed(pool.place(Some(0), None, || vec![0, 0], |_| 0)),
+            Some(1)
+        );
+        drop((a1, a2));
+        assert_eq!(
+            placed(pool.place(Some(0), None, || vec![1, 1], |_| 0)),
+            Some(0)
+        );
+        assert!(matches!(
+            pool.place(Some(0), None, || vec![2, 1], |_| 0),
+            Err(ProxyError::Full)
+        ));
+    }
+
+    #[test]
+    fn a_session_id_names_its_node_when_names_are_configured() {
+        let pool = pool(&["http://a;name=sfu-a", "http://b;name=sfu-b", "http://c"]);
+        let sid = |name: &str| {
+            format!(
+                "{}{}",
+                hex::encode(crate::placement::node_tag(name)),
+                "ab".repeat(14)
+            )
+        };
+        assert_eq!(pool.node_of_session(&sid("sfu-a")), Some(0));
+        assert_eq!(pool.node_of_session(&sid("sfu-b")), Some(1));
+        assert_eq!(pool.node_of_session(&sid("sfu-zz")), None);
+        assert_eq!(pool.node_of_session("not-a-session"), None);
+    }
+
+    #[test]
+    fn region_hints_are_labels() {
+        let mut h = HeaderMap::new();
+        assert_eq!(region_hint(&h).ok(), Some(None));
+        h.insert(REGION_HEADER, "eu-west".parse().unwrap());
+        assert_eq!(region_hint(&h).ok(), Some(Some("eu-west".to_owned())));
+        for bad in ["", "eu west", "a/b"] {
+            h.insert(REGION_HEADER, bad.parse().unwrap());
+            assert!(region_hint(&h).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,0 +1,397 @@
+//! Issue 15, placement: three `satsuma-sfu` nodes joined by the QUIC relay, each with a
+//! capacity of 4 sessions, and a `satsuma-coordinator` configured with the three. Ten native
+//! bots, each a room member making its SFU session through the coordinator's `/sfu` proxy,
+//! publish audio and video and pull everyone else's.
+//!
+//! Checked: the coordinator keeps the room on its first node until it holds 4 sessions, then
+//! spreads the rest over the least-loaded nodes (4, 3, 3: none over its capacity; each node's
+//! own session count agrees with the node its session ids name); every bot's later calls
+//! (publish, pulls, renegotiation) reach the node that owns its session; every bot receives
+//! every other bot's packets, byte-identical (the bot checks each payload against what the
+//! sender generates), none lost, duplicated or foreign, across the relay where the two are on
+//! different nodes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Client;
+use satsuma_bot::harness::{APP_ID, APP_SECRET, SfuProcess};
+use satsuma_bot::{Bot, BotConfig, BotStats, MediaKind, TrackSpec};
+use satsuma_coordinator::auth::{TokenKeys, unix_now};
+use satsuma_sfu::relay::tls;
+
+const NODES: [&str; 3] = ["sfu-a", "sfu-b", "sfu-c"];
+const CAPACITY: usize = 4;
+const BOTS: usize = 10;
+const CONNECT: Duration = Duration::from_secs(20);
+const ROOM: &str = "cluster";
+
+/// `satsuma-sfu` next to the coordinator binary in the same target folder; built if missing
+/// (`cargo test -p satsuma-coordinator` does not build other packages' binaries; `cargo test
+/// --workspace` has it).
+fn sfu_binary() -> PathBuf {
+    let coordinator = PathBuf::from(env!("CARGO_BIN_EXE_satsuma-coordinator"));
+    let dir = coordinator.parent().unwrap();
+    let sfu = dir.join("satsuma-sfu");
+    if !sfu.exists() {
+        let target_dir = dir.parent().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "satsuma-sfu", "--bin", "satsuma-sfu"])
+            .env("CARGO_TARGET_DIR", target_dir)
+            .status()
+            .expect("run cargo build -p satsuma-sfu");
+        assert!(status.success());
+    }
+    assert!(sfu.exists(), "{} missing", sfu.display());
+    sfu
+}
+
+fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+/// Node `i` with its relay on `ports[i]`, trusting the cluster CA in `dir`, the others as peers.
+fn node(bin: &Path, dir: &Path, i: usize, ports: &[u16]) -> SfuProcess {
+    let file = |f: String| dir.join(f).to_str().unwrap().to_string();
+    let name = NODES[i];
+    let mut args = vec![
+        "--shards".to_string(),
+        "1".into(),
+        "--log".into(),
+        "info".into(),
+        "--node-name".into(),
+        name.into(),
+        "--relay-bind".into(),
+        format!("127.0.0.1:{}", ports[i]),
+        "--relay-cert".into(),
+        file(format!("{name}.pem")),
+        "--relay-key".into(),
+        file(format!("{name}-key.pem")),
+        "--relay-ca".into(),
+        file("ca.pem".into()),
+    ];
+    for (j, peer) in NODES.iter().enumerate().filter(|(j, _)| *j != i) {
+        args.push("--relay-peer".into());
+        args.push(format!("{peer}=127.0.0.1:{}", ports[j]));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    SfuProcess::start(bin, &args).expect("start satsuma-sfu")
+}
+
+/// A `satsuma-coordinator` process (killed on drop).
+struct Coordinator {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Coordinator {
+    #[allow(clippy::zombie_processes)] // reaped in Drop
+    fn start(nodes: &[String]) -> Coordinator {
+        let log = std::fs::File::create(
+            std::env::temp_dir().join(format!("satsuma-sfu-cluster-{}.log", std::process::id())),
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_satsuma-coordinator"));
+        cmd.args([
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--web-dir",
+            "/nonexistent",
+        ])
+        .args(["--sfu-app-id", APP_ID, "--sfu-app-secret", APP_SECRET])
+        // The members below send no heartbeats: they must not be timed out meanwhile.
+        .args(["--presence-timeout-ms", "300000"]);
+        for n in nodes {
+            cmd.args(["--sfu-node", n]);
+        }
+        let mut child = cmd
+            .env_remove("SATSUMA_COORD_CONFIG")
+            .env("SATSUMA_COORD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn coordinator");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("satsuma-coordinator listening http=")
+            .unwrap_or_else(|| panic!("coordinator did not start: {line:?}"))
+            .to_owned();
+        Coordinator { child, addr }
+    }
+}
+
+fn spec(name: &str, kind: MediaKind) -> TrackSpec {
+    TrackSpec {
+        name: name.into(),
+        kind,
+        simulcast: Vec::new(),
+    }
+}
+
+/// The node (index into [`NODES`]) whose tag starts session id `sid`.
+fn node_of(sid: &str) -> usize {
+    let tag = hex::decode(&sid[..4]).unwrap();
+    NODES
+        .iter()
+        .position(|n| satsuma_sfu::relay::bridge::node_tag(n)[..] == tag[..])
+        .unwrap_or_else(|| panic!("session {sid} names no node"))
+}
+
+/// Every packet `from` sent on each of its tracks reached `to`, byte-identical (the bot checks
+/// each payload against what the sender generates), once, nothing lost; else what is missing.
+fn complete(to: &BotStats, from: &BotStats) -> Result<(), String> {
+    for sent in &from.participant.published {
+        let Some(got) =
+            to.participant.subscribed.iter().find(|s| {
+                s.remote_session_id == from.session_id && s.track_name == sent.track_name
+            })
+        else {
+            return Err(format!(
+                "no pull of {}/{}",
+                from.session_id, sent.track_name
+            ));
+        };
+        let r = &got.received;
+        if r.corrupt != 0 || r.foreign != 0 || r.duplicates != 0 {
+            return Err(format!("bad payloads on {}: {r:?}", sent.track_name));
+        }
+        if (r.first_seq, r.last_seq, r.unique, r.lost)
+            != (
+                sent.sent.first_seq,
+                sent.sent.last_seq,
+                sent.sent.packets,
+                0,
+            )
+        {
+            return Err(format!(
+                "{}: received {r:?}, sent {:?}",
+                sent.track_name, sent.sent
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_participants_spread_over_three_nodes_of_capacity_four() {
+    let started = Instant::now();
+    let bin = sfu_binary();
+    let dir = std::env::temp_dir().join(format!("satsuma-sfu-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = tls::generate_ca("test").unwrap();
+    std::fs::write(dir.join("ca.pem"), &ca.cert).unwrap();
+    for name in NODES {
+        let c = tls::generate_node_cert(&ca, name, 1).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), &c.cert).unwrap();
+        std::fs::write(dir.join(format!("{name}-key.pem")), &c.key).unwrap();
+    }
+    let ports: Vec<u16> = NODES.iter().map(|_| free_udp_port()).collect();
+    let sfus: Vec<SfuProcess> = (0..NODES.len())
+        .map(|i| node(&bin, &dir, i, &ports))
+        .collect();
+    let specs: Vec<String> = sfus
+        .iter()
+        .zip(NODES)
+        .map(|(s, name)| {
+            format!(
+                "{};capacity={CAPACITY};region=test;name={name}",
+                s.base_url()
+            )
+        })
+        .collect();
+    let coordinator = Coordinator::start(&specs);
+
+    // Ten members of one room; each makes one SFU session through the proxy, one after the
+    // other, and publishes audio and video (sending starts once everyone pulls everyone).
+    let keys = TokenKeys::new(satsuma_coordinator::Config::dev().jwt_secret.as_bytes(), 5);
+    let mut members = Vec::new();
+    let mut bots = Vec::new();
+    for i in 0..BOTS {
+        let mut claims = common::claims(ROOM, &format!("bot-{i}"), &["publish", "subscribe"]);
+        claims.exp = unix_now() + 600;
+        let url = format!("ws://{}/ws/{ROOM}", coordinator.addr);
+        let member = Client::join_url(&url, &keys.mint(&claims).unwrap()).await;
+        let mut cfg = BotConfig::new("http://unused", "unused", &member.resume_token);
+        cfg.api_base = Some(format!("http://{}/sfu", coordinator.addr));
+        cfg.participant.send_on_publish = false;
+        cfg.participant.video.fps = 15;
+        let bot = Bot::connect_with(cfg)
+            .await
+            .unwrap_or_else(|e| panic!("bot {i}: no session through the coordinator: {e}"));
+        bot.publish(&[spec("mic", MediaKind::Audio), spec("cam", MediaKind::Video)])
+            .await
+            .unwrap_or_else(|e| panic!("bot {i} on {}: publish: {e}", node_of(bot.session_id())));
+        members.push(member);
+        bots.push(bot);
+    }
+
+    // Placement: the room's first 4 sessions on its node (the first), then the least-loaded
+    // node each time: 4, 3, 3; none over the capacity. Each node counts what it was given.
+    let placed: Vec<usize> = bots.iter().map(|b| node_of(b.session_id())).collect();
+    let mut per_node = [0usize; 3];
+    for n in &placed {
+        per_node[*n] += 1;
+    }
+    println!("placement by session: {placed:?}, sessions per node {per_node:?}");
+    assert_eq!(
+        &placed[..CAPACITY],
+        &[0; CAPACITY],
+        "the room starts on one node"
+    );
+    assert!(per_node.iter().all(|n| *n <= CAPACITY), "{per_node:?}");
+    // Overflow goes to the node with the fewest sessions (ties: the first configured).
+    assert_eq!(&placed[CAPACITY..], &[1, 2, 1, 2, 1, 2], "{placed:?}");
+    assert_eq!(per_node, [4, 3, 3]);
+    for (i, sfu) in sfus.iter().enumerate() {
+        let m = sfu.metrics().await.unwrap();
+        let live = m
+            .samples
+            .get("satsuma_sfu_sessions")
+            .copied()
+            .unwrap_or(-1.0);
+        assert_eq!(live, per_node[i] as f64, "sessions on {}", NODES[i]);
+    }
+    for (i, bot) in bots.iter().enumerate() {
+        bot.wait_connected(CONNECT)
+            .await
+            .unwrap_or_else(|e| panic!("bot {i} on {}: {e}", NODES[placed[i]]));
+    }
+
+    // Everyone pulls everyone (through the relay where the publisher is on another node).
+    for (i, bot) in bots.iter().enumerate() {
+        let pulls: Vec<(String, String)> = bots
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, o)| ["mic", "cam"].map(|t| (o.session_id().to_owned(), t.to_owned())))
+            .collect();
+        let pulled = bot.subscribe_many(&pulls).await.unwrap_or_else(|e| {
+            panic!(
+                "bot {i} on {}: pulls: {e}\n--- {}:\n{}",
+                NODES[placed[i]],
+                NODES[placed[i]],
+                sfus[placed[i]].stderr()
+            )
+        });
+        assert_eq!(pulled.len(), pulls.len(), "bot {i} pulled {pulled:?}");
+    }
+    for (i, bot) in bots.iter().enumerate() {
+        bot.wait_connected(CONNECT)
+            .await
+            .unwrap_or_else(|e| panic!("bot {i} after its pulls: {e}"));
+    }
+    // The relay legs are set up when the pulls are answered; a moment for the links.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    for bot in &bots {
+        bot.set_sending(true).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for bot in &bots {
+        bot.set_sending(false).await.unwrap();
+    }
+
+    // Everything sent arrives (repairs included) within a generous wait.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (packets, pairs, sent_per_node) = loop {
+        let mut stats = Vec::new();
+        for bot in &bots {
+            stats.push(bot.stats().await.unwrap());
+        }
+        let mut missing = Vec::new();
+        let (mut packets, mut pairs, mut across) = (0, 0, 0);
+        for (i, to) in stats.iter().enumerate() {
+            for (j, from) in stats.iter().enumerate().filter(|(j, _)| *j != i) {
+                match complete(to, from) {
+                    Ok(()) => {
+                        pairs += 1;
+                        across += usize::from(placed[i] != placed[j]);
+                        packets += from
+                            .participant
+                            .published
+                            .iter()
+                            .map(|p| p.sent.packets)
+                            .sum::<u64>();
+                    }
+                    Err(e) => missing.push(format!(
+                        "bot {i} ({}) from bot {j} ({}): {e}",
+                        NODES[placed[i]], NODES[placed[j]]
+                    )),
+                }
+            }
+        }
+        if missing.is_empty() {
+            println!("{pairs} sender/receiver pairs complete, {across} of them across nodes");
+            let mut sent_per_node = [0u64; 3];
+            for (j, from) in stats.iter().enumerate() {
+                sent_per_node[placed[j]] += from
+                    .participant
+                    .published
+                    .iter()
+                    .map(|p| p.sent.packets)
+                    .sum::<u64>();
+            }
+            break (packets, pairs, sent_per_node);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not everyone received everyone:\n{}",
+            missing.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(pairs, BOTS * (BOTS - 1));
+    assert!(packets > 0);
+    let mut relayed = Vec::new();
+    for sfu in &sfus {
+        let m = sfu.metrics().await.unwrap();
+        relayed.push(
+            m.samples
+                .iter()
+                .filter(|(k, _)| {
+                    k.starts_with("satsuma_sfu_relay_packets_total{")
+                        && k.contains("direction=\"out\"")
+                })
+                .map(|(_, v)| *v)
+                .sum::<f64>(),
+        );
+    }
+    println!(
+        "{packets} packets received byte-identical; packets sent by the bots of each node \
+         {sent_per_node:?}, relay packets out per node {relayed:?}; {} s in all",
+        started.elapsed().as_secs()
+    );
+    // Each node's packets crossed each of its two links once (whatever the number of pullers
+    // behind a link), plus the few resent on the relay's own NACKs.
+    for (n, sent) in sent_per_node.iter().enumerate() {
+        let once = (*sent * (NODES.len() as u64 - 1)) as f64;
+        assert!(
+            relayed[n] >= once && relayed[n] <= once * 1.05 + 10.0,
+            "{}: {} relay packets out for {sent} packets sent by its bots",
+            NODES[n],
+            relayed[n]
+        );
+    }
+    drop(members);
+    drop(coordinator);
+}
