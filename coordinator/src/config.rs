@@ -99,7 +99,44 @@ pub struct Config {
     pub turn_ttl_s: u64,
     /// Where rooms live: memory (default) or etcd (issue 16, `docs/room-store.md`).
     pub store: crate::store::StoreConfig,
+    /// Host-controlled recording (`record` messages); `None`, the default: refused with
+    /// `recording_unavailable`. See `docs/recording.md`.
+    pub recording: Option<RecordingConfig>,
 }
+
+/// How the coordinator runs a recorder when a host starts recording.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordingConfig {
+    /// The `satsuma-record` executable.
+    pub command: PathBuf,
+    /// Each recording goes into a new subdirectory of this directory.
+    pub dir: PathBuf,
+    /// The coordinator URL the recorder joins through; `None`: this coordinator's bound
+    /// address over plain HTTP (loopback when it listens on all addresses).
+    pub coordinator_url: Option<String>,
+    /// The recorder's display name (members see "● Recording by <name>").
+    pub name: String,
+    /// A recording stops by itself after this long.
+    pub max_duration: Duration,
+}
+
+impl RecordingConfig {
+    /// A recorder run from `command` writing under `dir`, with the default name and limit.
+    pub fn new(command: PathBuf, dir: PathBuf) -> Self {
+        Self {
+            command,
+            dir,
+            coordinator_url: None,
+            name: DEFAULT_RECORDER_NAME.to_owned(),
+            max_duration: Duration::from_secs(DEFAULT_RECORDING_MAX_S),
+        }
+    }
+}
+
+/// The display name of the coordinator's recorders.
+pub const DEFAULT_RECORDER_NAME: &str = "Recorder";
+/// Longest recording by default: 4 hours.
+pub const DEFAULT_RECORDING_MAX_S: u64 = 4 * 3600;
 
 impl Default for Config {
     fn default() -> Self {
@@ -142,6 +179,7 @@ impl Default for Config {
             turn: satsuma_common::turn::TurnServers::default(),
             turn_ttl_s: DEFAULT_TURN_TTL_S,
             store: crate::store::StoreConfig::default(),
+            recording: None,
         }
     }
 }
@@ -188,6 +226,7 @@ impl Config {
             max_commit_bytes_per_participant: self.budgets.max_commit_bytes_per_participant,
             max_binary_bytes: self.max_binary_bytes,
             test_hooks: self.test_hooks,
+            recording: self.recording.is_some(),
             limits: Limits {
                 heartbeat_interval_ms: millis(self.heartbeat_interval),
                 presence_timeout_ms: millis(self.presence_timeout),
@@ -236,6 +275,25 @@ impl Config {
             .validate(self.max_text_bytes, self.max_binary_bytes)?;
         satsuma_common::turn::check_ttl(self.turn_ttl_s)
             .map_err(|e| ConfigError::Invalid(format!("turn_ttl_s: {e}")))?;
+        if let Some(r) = &self.recording {
+            if r.name.trim().is_empty() || r.name.chars().count() > 64 {
+                return Err(ConfigError::Invalid(
+                    "recorder_name must be 1-64 characters".to_owned(),
+                ));
+            }
+            if r.max_duration.is_zero() {
+                return Err(ConfigError::Invalid(
+                    "recording_max_s must be > 0".to_owned(),
+                ));
+            }
+            if let Some(url) = &r.coordinator_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(ConfigError::Invalid(
+                    "recorder_coordinator_url must be an http:// or https:// URL".to_owned(),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -611,6 +669,30 @@ pub struct Cli {
     /// Room lease TTL in ms: a dead replica's rooms are taken over after it [default: 3000].
     #[arg(long, env = "SATSUMA_COORD_STORE_LEASE_TTL_MS")]
     pub store_lease_ttl_ms: Option<u64>,
+    /// Host-controlled recording: the satsuma-record executable the coordinator starts when a
+    /// host presses Record (with --recordings-dir). It joins the room as a visible member and
+    /// stores decrypted media on this machine. Unset: hosts' record requests are refused.
+    #[arg(long, env = "SATSUMA_COORD_RECORDER_COMMAND", value_name = "PATH")]
+    pub recorder_command: Option<PathBuf>,
+    /// Directory for host-started recordings (one new subdirectory per recording, named
+    /// <room>-<unix ms>-<run>). Required with --recorder-command; created if missing.
+    #[arg(long, env = "SATSUMA_COORD_RECORDINGS_DIR", value_name = "DIR")]
+    pub recordings_dir: Option<PathBuf>,
+    /// The URL the recorder joins through [default: this coordinator's own address over plain
+    /// HTTP, 127.0.0.1 when it listens on all addresses].
+    #[arg(
+        long,
+        env = "SATSUMA_COORD_RECORDER_COORDINATOR_URL",
+        value_name = "URL"
+    )]
+    pub recorder_coordinator_url: Option<String>,
+    /// The display name of host-started recorders: everyone sees "● Recording by <name>"
+    /// [default: Recorder].
+    #[arg(long, env = "SATSUMA_COORD_RECORDER_NAME")]
+    pub recorder_name: Option<String>,
+    /// A host-started recording stops by itself after this many seconds [default: 14400].
+    #[arg(long, env = "SATSUMA_COORD_RECORDING_MAX_S")]
+    pub recording_max_s: Option<u64>,
 }
 
 impl Cli {
@@ -646,7 +728,36 @@ impl Cli {
             .collect::<Result<Vec<_>, _>>()
             .map_err(ConfigError::Invalid)?;
         let turn = turn_servers(c.turn_urls.unwrap_or_default(), c.turn_secret)?;
+        let recording = match (c.recorder_command, c.recordings_dir) {
+            (None, None) => {
+                if c.recorder_coordinator_url.is_some()
+                    || c.recorder_name.is_some()
+                    || c.recording_max_s.is_some()
+                {
+                    return Err(ConfigError::Invalid(
+                        "recorder settings without recorder_command and recordings_dir".to_owned(),
+                    ));
+                }
+                None
+            }
+            (Some(command), Some(dir)) => Some(RecordingConfig {
+                coordinator_url: c.recorder_coordinator_url,
+                name: c
+                    .recorder_name
+                    .unwrap_or_else(|| DEFAULT_RECORDER_NAME.to_owned()),
+                max_duration: Duration::from_secs(
+                    c.recording_max_s.unwrap_or(DEFAULT_RECORDING_MAX_S),
+                ),
+                ..RecordingConfig::new(command, dir)
+            }),
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "recorder_command and recordings_dir go together".to_owned(),
+                ));
+            }
+        };
         let config = Config {
+            recording,
             turn,
             turn_ttl_s: c.turn_ttl_s.unwrap_or(base.turn_ttl_s),
             store: crate::store::StoreConfig {
@@ -789,7 +900,12 @@ impl Cli {
             etcd_prefix,
             replica_id,
             replica_url,
-            store_lease_ttl_ms
+            store_lease_ttl_ms,
+            recorder_command,
+            recordings_dir,
+            recorder_coordinator_url,
+            recorder_name,
+            recording_max_s
         )
     }
 }
@@ -956,6 +1072,52 @@ mod tests {
         assert!(err(&["--turn-url", "http://t.example"]).contains("URL"));
         let e = err(&["--turn-url", "turn:t.example", "--turn-secret", "short"]);
         assert!(e.contains("16"), "{e}");
+    }
+
+    #[test]
+    fn recording_comes_from_file_and_flags_and_is_checked() {
+        let c = Cli::try_parse_from(["x", "--dev"])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(c.recording.is_none());
+        assert!(!c.room_config().recording);
+        let file: Cli = toml::from_str(
+            "recorder_command = \"/usr/bin/satsuma-record\"\nrecordings_dir = \"/srv/rec\"\n\
+             recorder_name = \"Minutes\"\n",
+        )
+        .unwrap();
+        let flags = Cli::try_parse_from(["x", "--dev", "--recording-max-s", "60"]).unwrap();
+        let c = flags.over(file).resolve().unwrap();
+        let r = c.recording.clone().unwrap();
+        assert_eq!(r.command, PathBuf::from("/usr/bin/satsuma-record"));
+        assert_eq!(r.dir, PathBuf::from("/srv/rec"));
+        assert_eq!(r.name, "Minutes");
+        assert_eq!(r.max_duration, Duration::from_secs(60));
+        assert!(c.room_config().recording);
+        let err = |args: &[&str]| {
+            let mut all = vec!["x", "--dev"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+                .unwrap()
+                .resolve()
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(&["--recorder-command", "/bin/rec"]).contains("go together"));
+        assert!(err(&["--recorder-name", "x"]).contains("recorder_command"));
+        let both = [
+            "--recorder-command",
+            "/bin/rec",
+            "--recordings-dir",
+            "/tmp/r",
+        ];
+        let mut args = both.to_vec();
+        args.extend(["--recording-max-s", "0"]);
+        assert!(err(&args).contains("recording_max_s"));
+        let mut args = both.to_vec();
+        args.extend(["--recorder-coordinator-url", "ws://x"]);
+        assert!(err(&args).contains("recorder_coordinator_url"));
     }
 
     #[test]

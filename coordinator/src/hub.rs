@@ -259,6 +259,8 @@ pub(crate) struct Hub {
     ice: IceIssuer,
     /// Where rooms live beyond this process (the local memory store: nowhere).
     store: Arc<dyn RoomStore>,
+    /// The recorder driver's queue ([`crate::recording`]), when recording is configured.
+    recorders: Option<mpsc::Sender<crate::recording::RoomCommand>>,
 }
 
 impl Hub {
@@ -276,7 +278,18 @@ impl Hub {
             per_ip: Arc::new(Mutex::new(HashMap::new())),
             ice: IceIssuer::default(),
             store: Arc::new(MemoryStore::local()),
+            recorders: None,
         }
+    }
+
+    /// Hands the rooms' recorder commands to the recorder driver's queue.
+    #[must_use]
+    pub(crate) fn with_recorders(
+        mut self,
+        tx: mpsc::Sender<crate::recording::RoomCommand>,
+    ) -> Self {
+        self.recorders = Some(tx);
+        self
     }
 
     /// Keeps rooms in `store` (default: this process's memory only).
@@ -895,6 +908,33 @@ impl Hub {
                         Some((_, after, _)) => (to, after, entry.seq),
                         None => (to, entry.seq.saturating_sub(1), entry.seq),
                     });
+                }
+                Output::Recorder(command) => {
+                    let start = match &command {
+                        crate::room::recording::RecorderCommand::Start { run, .. } => Some(*run),
+                        crate::room::recording::RecorderCommand::Stop { .. } => None,
+                    };
+                    let queued = self.recorders.as_ref().is_some_and(|tx| {
+                        tx.try_send(crate::recording::RoomCommand {
+                            room: state.room.name().to_owned(),
+                            command,
+                        })
+                        .is_ok()
+                    });
+                    if !queued {
+                        tracing::warn!(
+                            room = state.room.name(),
+                            "recorder queue unavailable or full"
+                        );
+                        if let Some(run) = start {
+                            // Its outputs (the host's error) are drained by this loop.
+                            state.room.recorder_exited(
+                                Instant::now(),
+                                run,
+                                "the recorder queue is full; try again",
+                            );
+                        }
+                    }
                 }
                 Output::SfuClose { session_id } => {
                     state.dynacast.drop_session(&session_id);

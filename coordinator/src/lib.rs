@@ -50,6 +50,7 @@ mod ice;
 pub mod metrics;
 pub mod mls_framing;
 mod placement;
+mod recording;
 pub mod protocol;
 pub mod room;
 mod server;

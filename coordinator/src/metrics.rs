@@ -108,6 +108,9 @@ pub struct Metrics {
     /// SFU sessions released while their owner stays (a newer one beyond the cap, an explicit
     /// close, or created for a participant that left meanwhile).
     pub sfu_sessions_released: IntCounter,
+    /// Host-started recorder processes, by event (`started`, `failed`: could not start,
+    /// `exited`).
+    pub recordings: IntCounterVec,
     /// `closes` resolved per reason once (no label lookup per event), in [`CloseReason::ALL`] order.
     close_counters: Vec<IntCounter>,
     /// `drops` resolved per reason once, in [`DropReason::ALL`] order.
@@ -199,6 +202,14 @@ impl Metrics {
         registry.register(Box::new(closes.clone()))?;
         registry.register(Box::new(drops.clone()))?;
         registry.register(Box::new(sfu_sessions_released.clone()))?;
+        let recordings = IntCounterVec::new(
+            Opts::new(
+                "satsuma_coord_recordings_total",
+                "Host-started recorder processes, by event (started, failed, exited)",
+            ),
+            &["event"],
+        )?;
+        registry.register(Box::new(recordings.clone()))?;
         Ok(Self {
             registry,
             rooms,
@@ -212,6 +223,7 @@ impl Metrics {
             closes,
             drops,
             sfu_sessions_released,
+            recordings,
             close_counters,
             drop_counters,
         })

@@ -66,6 +66,8 @@ pub struct RoomConfig {
     /// Test hooks: [`JoinRequest::visible_only_to`] is honoured (a hostile coordinator
     /// for the test suites). Off in production.
     pub test_hooks: bool,
+    /// The driver can run a recorder: hosts may `record` (see [`recording`]).
+    pub recording: bool,
 }
 
 impl Default for RoomConfig {
@@ -85,6 +87,7 @@ impl Default for RoomConfig {
             max_commit_bytes_per_participant: 4 << 10,
             max_binary_bytes: 1 << 20,
             test_hooks: false,
+            recording: false,
             limits: Limits {
                 heartbeat_interval_ms: 5000,
                 presence_timeout_ms: 15000,
@@ -296,6 +299,8 @@ pub enum Output {
         /// The session id.
         session_id: String,
     },
+    /// Start or stop this room's recorder process (see [`recording`]).
+    Recorder(recording::RecorderCommand),
 }
 
 /// Why an SFU session could not be reserved.
@@ -466,6 +471,8 @@ pub struct Room {
     journal: Option<journal::Journal>,
     /// End-to-end encrypted chat: rate buckets and retained entries (see [`chat`]).
     chat: chat::ChatRelay,
+    /// Host-controlled recording (see [`recording`]; driver state, not in the durable image).
+    recording: recording::Recording,
     /// Unit tests: a store inside the room; every drained round checks a rebuild from it.
     #[cfg(test)]
     shadow: Option<journal::shadow::Shadow>,
@@ -501,6 +508,7 @@ impl Room {
             notes: BTreeMap::new(),
             journal: cfg!(test).then(journal::Journal::default),
             chat: chat::ChatRelay::default(),
+            recording: recording::Recording::default(),
             #[cfg(test)]
             shadow: Some(journal::shadow::Shadow::default()),
         }
@@ -677,6 +685,7 @@ impl Room {
                 ice_expires_at: None,
             },
         });
+        self.recorder_joined(id, &req.subject, req.recorder);
         let p = Participant {
             id,
             subject: req.subject,
@@ -1039,6 +1048,7 @@ impl Room {
                 | ClientMessage::Speaking { .. }
                 | ClientMessage::Mute { .. }
                 | ClientMessage::Lock { .. }
+                | ClientMessage::Record { .. }
                 | ClientMessage::SetCap { .. } => Some(256),
                 ClientMessage::Codecs { .. } => Some(512),
                 _ => None,
@@ -1123,6 +1133,7 @@ impl Room {
             ClientMessage::Mute { target, kind } => self.mute(from, target, kind),
             ClientMessage::Remove { target } => self.remove(now, from, target),
             ClientMessage::Lock { locked } => self.lock(from, locked),
+            ClientMessage::Record { action } => self.record(now, from, action),
             ClientMessage::SetCap { max_participants } => self.set_cap(from, max_participants),
             ClientMessage::Ready { epoch, group_id } => self.ready(from, epoch, group_id),
             ClientMessage::CommitFailed { epoch } => self.commit_failed(now, from, epoch),
@@ -1516,6 +1527,7 @@ impl Room {
         let Some(p) = self.participants.remove(&id) else {
             return;
         };
+        self.recorder_left(id);
         self.old_kps.remove(&id);
         let (code, why) = match reason {
             LeaveReason::Left => (close::NORMAL, "left"),
@@ -2016,6 +2028,7 @@ fn event_subjects(event: &RoomEvent) -> Vec<u64> {
 
 pub mod chat;
 pub mod journal;
+pub mod recording;
 
 #[cfg(test)]
 mod tests;

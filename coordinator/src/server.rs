@@ -89,6 +89,16 @@ impl Server {
         })?;
         let metrics = Metrics::new()?;
         let store = config.store.open()?;
+        let (recorder_tx, recorder_rx) = tokio::sync::mpsc::channel(crate::recording::QUEUE);
+        let mut hub = Hub::new(config.room_config(), config.max_rooms, metrics.clone())
+            .with_ice(crate::ice::IceIssuer::new(
+                config.turn.clone(),
+                config.turn_ttl_s,
+            ))
+            .with_store(store);
+        if config.recording.is_some() {
+            hub = hub.with_recorders(recorder_tx);
+        }
         let app = Arc::new(App {
             keys: TokenKeys::with_names(
                 config.jwt_secret.as_bytes(),
@@ -97,12 +107,7 @@ impl Server {
                 &config.jwt_audience,
             ),
             access: Access::new(config.api_keys.clone(), config.jwt_leeway_s),
-            hub: Hub::new(config.room_config(), config.max_rooms, metrics.clone())
-                .with_ice(crate::ice::IceIssuer::new(
-                    config.turn.clone(),
-                    config.turn_ttl_s,
-                ))
-                .with_store(store),
+            hub,
             sfu: SfuPool::new(
                 &config.sfu_nodes,
                 &config.sfu_app_id,
@@ -118,6 +123,37 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(timer_loop(app.clone(), stop_rx.clone())));
+        // The recorders join through this origin: it passes the Host/Origin check.
+        let mut budgets = app.config.budgets.clone();
+        if let Some(rec) = app.config.recording.clone() {
+            let url = rec.coordinator_url.clone().unwrap_or_else(|| {
+                let ip = match addr.ip() {
+                    ip if ip.is_unspecified() && ip.is_ipv4() => {
+                        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+                    }
+                    ip if ip.is_unspecified() => {
+                        std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+                    }
+                    ip => ip,
+                };
+                format!("http://{}", SocketAddr::new(ip, addr.port()))
+            });
+            budgets.allowed_origins.push(url.clone());
+            tracing::info!(
+                command = %rec.command.display(),
+                dir = %rec.dir.display(),
+                coordinator = %url,
+                "hosts may start recording"
+            );
+            // The task holds the app weakly. A recorder's stdin is a pipe held by its
+            // watcher: when this process ends, the recorder finishes its files and exits.
+            tasks.push(tokio::spawn(crate::recording::run(
+                Arc::downgrade(&app),
+                rec,
+                url,
+                recorder_rx,
+            )));
+        }
         if let Some(closes) = app.hub.take_sfu_closes() {
             tasks.push(tokio::spawn(sfu_proxy::close_sessions(app.clone(), closes)));
         }
@@ -133,7 +169,7 @@ impl Server {
         let guard = crate::access_control::Guard {
             allow: Arc::new(crate::access_control::AllowList::new(
                 app.config.budgets.public_url.as_deref(),
-                &app.config.budgets,
+                &budgets,
                 addr,
             )),
             metrics: app.metrics.clone(),

@@ -455,6 +455,21 @@ fn embedded_coordinator(
     }
     // Dev mode only to pass the secret check here: the stack sets the real secret and mode.
     c.dev = Some(true);
+    // Host-started recording with only a directory: the satsuma-record installed next to
+    // this binary.
+    if c.recordings_dir.is_some() && c.recorder_command.is_none() {
+        let exe = std::env::current_exe()
+            .map_err(|e| anyhow::anyhow!("cannot find this executable's path: {e}"))?;
+        let sibling = exe.with_file_name("satsuma-record");
+        if !sibling.is_file() {
+            bail!(
+                "[coordinator] recordings_dir is set but there is no {}: set recorder_command \
+                 (SATSUMA_COORD_RECORDER_COMMAND) to satsuma-record's path",
+                sibling.display()
+            );
+        }
+        c.recorder_command = Some(sibling);
+    }
     c.resolve()
         .map_err(|e| anyhow::anyhow!("[coordinator]: {e}"))
 }

@@ -119,6 +119,14 @@ pub mod error_code {
     pub const MLS_FRAMING: &str = "mls_framing";
     /// `hello` sent twice.
     pub const ALREADY_JOINED: &str = "already_joined";
+    /// `record`: this coordinator is not configured to record (no recorder command).
+    pub const RECORDING_UNAVAILABLE: &str = "recording_unavailable";
+    /// `record` `start`: the room is already being recorded (or a recording is starting or
+    /// stopping); `stop`: nothing to stop.
+    pub const RECORDING_STATE: &str = "recording_state";
+    /// The recorder a host started could not start or ended before it joined the room
+    /// (sent to that host; `refused` is `record`).
+    pub const RECORDING_FAILED: &str = "recording_failed";
     /// An MLS group message (`ready`, `commit_failed`) from a participant the
     /// coordinator does not count as a group member.
     pub const NOT_MEMBER: &str = "not_member";
@@ -138,6 +146,9 @@ pub mod error_code {
         ("RATE_LIMITED", RATE_LIMITED),
         ("MLS_FRAMING", MLS_FRAMING),
         ("ALREADY_JOINED", ALREADY_JOINED),
+        ("RECORDING_UNAVAILABLE", RECORDING_UNAVAILABLE),
+        ("RECORDING_STATE", RECORDING_STATE),
+        ("RECORDING_FAILED", RECORDING_FAILED),
         ("NOT_MEMBER", NOT_MEMBER),
         ("LOG_FULL", LOG_FULL),
     ];
@@ -325,6 +336,14 @@ pub enum ClientMessage {
         /// Locked?
         locked: bool,
     },
+    /// Start or stop recording the room (host only; refused with `recording_unavailable`
+    /// when the coordinator has no recorder configured). `start` makes the coordinator run
+    /// a recorder that joins the room as a visible member (`recorder: true`); `stop` makes
+    /// it leave. At most one recorder per room.
+    Record {
+        /// What to do.
+        action: RecordAction,
+    },
     /// Set or clear the participant cap (host only).
     SetCap {
         /// New cap; `null` = the server default.
@@ -350,6 +369,16 @@ fn yes() -> bool {
     true
 }
 
+/// `record.action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordAction {
+    /// Start a recording.
+    Start,
+    /// Stop the recording.
+    Stop,
+}
+
 fn audio() -> TrackKind {
     TrackKind::Audio
 }
@@ -370,6 +399,7 @@ impl ClientMessage {
             Self::Mute { .. } => "mute",
             Self::Remove { .. } => "remove",
             Self::Lock { .. } => "lock",
+            Self::Record { .. } => "record",
             Self::SetCap { .. } => "set_cap",
             Self::Ready { .. } => "ready",
             Self::CommitFailed { .. } => "commit_failed",
@@ -390,6 +420,7 @@ impl ClientMessage {
         "mute",
         "remove",
         "lock",
+        "record",
         "set_cap",
         "ready",
         "commit_failed",

@@ -117,6 +117,18 @@ fn client_messages() {
             r#"{"type":"lock","locked":true}"#,
         ),
         (
+            ClientMessage::Record {
+                action: RecordAction::Start,
+            },
+            r#"{"type":"record","action":"start"}"#,
+        ),
+        (
+            ClientMessage::Record {
+                action: RecordAction::Stop,
+            },
+            r#"{"type":"record","action":"stop"}"#,
+        ),
+        (
             ClientMessage::SetCap {
                 max_participants: Some(8),
             },

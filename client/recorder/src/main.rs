@@ -45,6 +45,11 @@ struct Cli {
     /// Give up if the group's keys have not arrived this many seconds after joining.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     join_timeout: f64,
+    /// Also stop (and finish the files) when standard input reaches its end. The coordinator
+    /// runs the recorders hosts start this way: closing the pipe stops one, and they end
+    /// cleanly with the coordinator even if it dies.
+    #[arg(long)]
+    stop_on_stdin_close: bool,
 }
 
 fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
@@ -70,18 +75,46 @@ async fn main() -> anyhow::Result<()> {
         duration: cli.duration.map(|d| seconds(d, "--duration")).transpose()?,
         join_timeout: seconds(cli.join_timeout, "--join-timeout")?,
     };
+    let stop_on_stdin_close = cli.stop_on_stdin_close;
+    // A plain thread reads stdin: a blocking read on tokio's pool would hold up the
+    // runtime's shutdown when the recording ends for another reason.
+    let (stdin_tx, stdin_rx) = tokio::sync::oneshot::channel::<()>();
+    if stop_on_stdin_close {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin();
+            let mut buf = [0u8; 256];
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = stdin_tx.send(());
+        });
+    }
+    let stdin_closed = async move {
+        if !stop_on_stdin_close || stdin_rx.await.is_err() {
+            return std::future::pending::<()>().await;
+        }
+        tracing::info!("standard input closed: stopping");
+    };
     let stop = async {
+        tokio::pin!(stdin_closed);
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
                 Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        () = &mut stdin_closed => {}
+                    }
                     return;
                 }
             };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+            () = &mut stdin_closed => {}
         }
     };
     let manifest = record(&opts, stop).await?;

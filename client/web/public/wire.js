@@ -48,6 +48,9 @@ export const ERROR_CODE = Object.freeze({
   RATE_LIMITED: 'rate_limited',
   MLS_FRAMING: 'mls_framing',
   ALREADY_JOINED: 'already_joined',
+  RECORDING_UNAVAILABLE: 'recording_unavailable',
+  RECORDING_STATE: 'recording_state',
+  RECORDING_FAILED: 'recording_failed',
   NOT_MEMBER: 'not_member',
   LOG_FULL: 'log_full',
 });
@@ -107,6 +110,7 @@ export const CLIENT_TYPES = Object.freeze([
   'mute',
   'remove',
   'lock',
+  'record',
   'set_cap',
   'ready',
   'commit_failed',

@@ -184,7 +184,7 @@ impl Harness {
                     }
                 }
                 Output::Deliver { .. } => panic!("nobody resumed, yet an entry was replayed"),
-                Output::Gone { .. } | Output::SfuClose { .. } => {}
+                Output::Gone { .. } | Output::SfuClose { .. } | Output::Recorder(_) => {}
             }
         }
         assert_eq!(self.room.seq(), self.seq);
