@@ -18,7 +18,8 @@ import { attachDynacast } from './dynacast.js';
 import { CodecChoice, receiveCapabilities } from './codec-choice.js';
 import { TileStatus } from './tile-status.js';
 import { endpoints, fetchToken, jwtClaims, replyError } from './access.js';
-import { tileKey } from './call-model.js';
+import { isRecorded, tileKey } from './call-model.js';
+import { ERROR_CODE } from './wire.js';
 
 // After a key change: how long to wait before asking again for a keyframe that did not come.
 const KEYFRAME_RETRY_MS = 350;
@@ -136,6 +137,13 @@ export class Call {
       const msg = ev.detail;
       if (msg.type === 'error') this.note(`coordinator refused ${msg.refused ?? 'a message'}: ${msg.message}`);
       if (msg.type === 'error' && msg.refused === 'chat') this.dispatch({ type: 'chat/error', error: `Not sent: ${msg.message}` });
+      if (msg.type === 'error' && msg.refused === 'record') {
+        this.dispatch({
+          type: 'recording/error',
+          error: `Recording: ${msg.message}`,
+          unavailable: msg.code === ERROR_CODE.RECORDING_UNAVAILABLE,
+        });
+      }
       e2ee.direct(msg);
     });
     link.addEventListener('problem', (ev) => this.note(ev.detail));
@@ -618,6 +626,17 @@ export class Call {
 
   toggleHand() {
     this.link.send({ type: 'hand', raised: !this.participants.get(this.me)?.hand });
+  }
+
+  /** Host: starts recording, or stops it (also one still starting). The coordinator decides. */
+  toggleRecording() {
+    const r = this.model.state.recording;
+    const action = isRecorded(this.model.state) || r.pending === 'start' ? 'stop' : 'start';
+    if (!this.link.send({ type: 'record', action })) {
+      this.dispatch({ type: 'recording/error', error: 'Recording: not connected to the server; try again when reconnected.' });
+      return;
+    }
+    this.dispatch({ type: 'recording/request', action });
   }
 
   setLocked(locked) {

@@ -62,7 +62,17 @@ export function initialState({ room = '', name = '', receiveOnly = false } = {})
     // E2EE worker decrypted them ({seq, from, name, fingerprint, text, mine}); entries it
     // could not decrypt (sent before this page joined the group) are only counted.
     chat: { messages: [], dropped: 0, unread: 0, open: false, error: null },
+    // Host-controlled recording (docs/recording.md): whether a host's start or stop is under
+    // way ('start' | 'stop' | null, until a recorder joins or leaves), the coordinator's last
+    // refusal of this page's `record` (text), and whether it said it cannot record at all.
+    // Whether the room is being recorded is in the participants (`recorder`).
+    recording: { pending: null, error: null, unavailable: false },
   };
+}
+
+/** Whether a recorder is in the room. */
+export function isRecorded(state) {
+  return [...state.participants.values()].some((p) => p.recorder);
 }
 
 /** Messages a page keeps (the oldest go first). */
@@ -278,6 +288,18 @@ export function reduce(state, action) {
       state.chat.error = a.error ?? null;
       changed.add('chat');
       break;
+    case 'recording/request':
+      // A stop with no recorder in the room (one still starting) has nothing to wait for.
+      state.recording.pending = a.action === 'stop' && !isRecorded(state) ? null : a.action;
+      state.recording.error = null;
+      changed.add('controls').add('recording');
+      break;
+    case 'recording/error':
+      state.recording.pending = null;
+      state.recording.error = a.error ?? null;
+      if (a.unavailable) state.recording.unavailable = true;
+      changed.add('controls').add('recording');
+      break;
     case 'ended':
       state.ended = { why: a.why, detail: a.detail ?? '' };
       state.screen = 'left';
@@ -286,6 +308,12 @@ export function reduce(state, action) {
       break;
     default:
       break;
+  }
+  // A start is done once a recorder is in the room, a stop once none is.
+  const r = state.recording;
+  if (r?.pending && changed.has('people') && (r.pending === 'start') === isRecorded(state)) {
+    r.pending = null;
+    changed.add('controls').add('recording');
   }
   return changed;
 }

@@ -65,6 +65,7 @@ export class CallView {
     if (changed.has('safety')) this.safety(state.safety);
     if (changed.has('send') && state.send) this.sendState(state.send);
     if (changed.has('people') || changed.has('host')) this.renderPeople(state);
+    if (changed.has('recording')) this.recordingNote(state.recording?.error ?? null);
     if (changed.has('host')) {
       $('lock-room').checked = state.locked;
       $('invite-controls').hidden = !state.canInvite;
@@ -178,6 +179,21 @@ export class CallView {
     badge.title = names.length
       ? `${names.join(', ')} ${names.length === 1 ? 'is' : 'are'} recording this call: a recorder holds the call's keys and stores what it decrypts`
       : '';
+  }
+
+  /**
+   * Why the coordinator refused this host's Record or Stop (or why the recorder it
+   * started did not join), next to the badge until the next request. Text only.
+   */
+  recordingNote(error) {
+    let note = $('recording-note');
+    if (!note) {
+      note = el('span', { id: 'recording-note', class: 'pill warn', hidden: true });
+      note.setAttribute('role', 'alert');
+      ($('recording-badge') ?? $('room-title'))?.after(note);
+    }
+    note.hidden = !error;
+    note.textContent = error ?? '';
   }
 
   /** Renders the people list. `people`: [{id, name, host, hand, speaking, me}]. */

@@ -10,6 +10,7 @@
 // speaker view. `data-state` carries the same as a word for tests.
 
 import { setIcon } from './icons.js';
+import { isRecorded } from './call-model.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -25,6 +26,7 @@ export function controlFaces(state) {
   const camOff = !c.cam.on;
   const speaker = state.layout === 'speaker';
   return {
+    'toggle-record': recordFace(state, Boolean(me?.host)),
     'toggle-mic': !c.mic.available || c.receiveOnly
       ? { icon: 'mic-off', label: c.receiveOnly ? 'Not sending' : 'No microphone', aria: c.receiveOnly ? 'Not sending: microphone' : 'No microphone', pressed: true, state: 'none', disabled: true }
       : {
@@ -53,12 +55,54 @@ export function controlFaces(state) {
   };
 }
 
+/**
+ * The host's Record button (docs/recording.md): hidden for everyone else (the coordinator
+ * refuses their `record` anyway), disabled when the server cannot record.
+ */
+function recordFace(state, host) {
+  const r = state.recording ?? { pending: null, unavailable: false };
+  const recorded = isRecorded(state);
+  if (!host) return { icon: 'record', label: 'Record', aria: 'Record (hosts only)', pressed: recorded, state: recorded ? 'recording' : 'off', hidden: true, disabled: true };
+  if (r.unavailable && !recorded) {
+    return { icon: 'record', label: 'Record', aria: 'Record: not set up on this server', pressed: false, state: 'unavailable', disabled: true, title: 'This server is not set up to record calls' };
+  }
+  if (r.pending === 'stop') {
+    return { icon: 'record-stop', label: 'Stopping…', aria: 'Stopping… the recording', pressed: true, state: 'stopping', disabled: true, title: 'The recorder is finishing its files' };
+  }
+  if (r.pending === 'start' && !recorded) {
+    return { icon: 'record-stop', label: 'Starting…', aria: 'Starting… the recording (press to cancel)', pressed: true, state: 'starting', title: 'The recorder is joining the call; press to cancel' };
+  }
+  return recorded
+    ? { icon: 'record-stop', label: 'Stop recording', aria: 'Stop recording', pressed: true, state: 'recording', title: 'This call is being recorded: press to stop' }
+    : { icon: 'record', label: 'Record', aria: 'Record this call', pressed: false, state: 'off', title: 'Record this call: a recorder joins as a visible member and stores the media on the server' };
+}
+
+/** Makes the Record button if the page has none (index.html is stamped by the build). */
+function recordButton() {
+  if ($('toggle-record')) return;
+  const anchor = $('toggle-layout') ?? $('leave');
+  if (!anchor) return;
+  const b = document.createElement('button');
+  b.id = 'toggle-record';
+  b.type = 'button';
+  b.className = 'control';
+  b.hidden = true;
+  b.setAttribute('aria-pressed', 'false');
+  const label = document.createElement('span');
+  label.className = 'label';
+  label.textContent = 'Record';
+  b.append(label);
+  anchor.before(b);
+}
+
 export class ControlsView {
   /** @param {{intents: {toggleMic, toggleCam, toggleScreen, toggleHand, setLayout, leave}}} o */
   constructor({ intents }) {
     this.intents = intents;
     this.state = null;
+    recordButton();
     const on = (id, fn) => $(id)?.addEventListener('click', fn);
+    on('toggle-record', () => intents.toggleRecording?.());
     on('toggle-mic', () => intents.toggleMic());
     on('toggle-cam', () => intents.toggleCam());
     on('toggle-screen', () => intents.toggleScreen());
@@ -70,7 +114,7 @@ export class ControlsView {
 
   render(state, changed) {
     this.state = state;
-    if (!changed.has('controls') && !changed.has('people')) return;
+    if (!changed.has('controls') && !changed.has('people') && !changed.has('recording')) return;
     for (const [id, face] of Object.entries(controlFaces(state))) {
       const b = $(id);
       if (!b) continue;
@@ -83,6 +127,7 @@ export class ControlsView {
       b.dataset.state = face.state;
       b.title = face.title ?? face.label;
       b.disabled = Boolean(face.disabled);
+      if ('hidden' in face || b.id === 'toggle-record') b.hidden = Boolean(face.hidden);
     }
   }
 }

@@ -52,6 +52,14 @@ const ICONS = {
   pin: [
     ['path', { d: 'M4 4h6M4 4v6M20 20h-6M20 20v-6M4 4l6 6M20 20l-6-6' }],
   ],
+  record: [
+    ['circle', { cx: 12, cy: 12, r: 8 }],
+    ['circle', { cx: 12, cy: 12, r: 3.5, fill: 'currentColor' }],
+  ],
+  'record-stop': [
+    ['circle', { cx: 12, cy: 12, r: 8 }],
+    ['rect', { x: 9, y: 9, width: 6, height: 6, fill: 'currentColor' }],
+  ],
   speaking: [
     ['path', { d: 'M4 10v4M8 7v10M12 4v16M16 7v10M20 10v4' }],
   ],
