@@ -5,10 +5,17 @@
 //! of their room, some on the other replica, which serves them through the owner.
 //!
 //! `kill -9` of room 1's owner mid-call: the other replica serves room 1 within 5 s; every
-//! member resumes (no MLS rejoin: same epoch, same safety number, frames still cross); all
-//! members end with the same room entries (none lost); the bots' media loses nothing
-//! throughout; room 2, owned by the surviving replica, sees no disconnection. Skipped, saying
-//! so, without an etcd binary.
+//! member resumes (no MLS rejoin: same epoch, same safety number, frames still cross); no
+//! member was delivered an entry twice (the bot's [`satsuma_bot::log_audit`] counts an entry
+//! whose `seq` it had processed; a resume's replay starts after the member's `last_seq`, so
+//! the protocol re-sends none by design) and none is missing (every member processed the same
+//! `seq`s with the same bytes as every other member over the part of the log both were in the
+//! room for, and every entry the store holds; the `seq` jumps a rebuilt room makes are holes no
+//! member and not the store has). The bots' media loses nothing throughout. Room 2, owned by
+//! the surviving replica: its owner key (and fence) never changed, B1 (connected to the owner
+//! directly) never disconnected, B2 (piped through the killed replica) resumed at once, no
+//! member rejoined or reset MLS, none lost or was delivered twice an entry. Skipped, saying so,
+//! without an etcd binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -19,6 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use etcd_support::{Etcd, Replica};
 use satsuma_bot::room::{MemberView, RoomMember};
 use satsuma_bot::{Bot, BotConfig};
@@ -120,6 +129,116 @@ async fn same_last_seq(members: &[&RoomMember]) -> u64 {
         assert!(Instant::now() < deadline, "last seqs differ: {seqs:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The keys under `key` (a prefix when `prefix`) in etcd, through its JSON gateway:
+/// `(key, value, create_revision)`.
+async fn etcd_range(endpoint: &str, key: &str, prefix: bool) -> Vec<(String, String, i64)> {
+    let mut body = serde_json::json!({ "key": B64.encode(key) });
+    if prefix {
+        let mut end = key.as_bytes().to_vec();
+        *end.last_mut().unwrap() += 1;
+        body["range_end"] = B64.encode(end).into();
+    }
+    let v: serde_json::Value = reqwest::Client::new()
+        .post(format!("{endpoint}/v3/kv/range"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Log values are binary: lossy text is enough (only keys and the owner's JSON are read).
+    let text = |v: &serde_json::Value| {
+        String::from_utf8_lossy(&B64.decode(v.as_str().unwrap_or_default()).unwrap()).into_owned()
+    };
+    v["kvs"]
+        .as_array()
+        .map(|kvs| {
+            kvs.iter()
+                .map(|kv| {
+                    (
+                        text(&kv["key"]),
+                        text(&kv["value"]),
+                        kv["create_revision"]
+                            .as_str()
+                            .and_then(|r| r.parse().ok())
+                            .unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The room's owner key: `(replica, fencing token)`.
+async fn owner(endpoint: &str, room: &str) -> Option<(String, i64)> {
+    let kvs = etcd_range(endpoint, &format!("/satsuma/rooms/{room}/owner"), false).await;
+    kvs.into_iter().next().map(|(_, v, rev)| {
+        let held: serde_json::Value = serde_json::from_str(&v).unwrap();
+        (held["replica"].as_str().unwrap().to_owned(), rev)
+    })
+}
+
+/// The `seq`s of the room's log in the store.
+async fn stored_seqs(endpoint: &str, room: &str) -> Vec<u64> {
+    let prefix = format!("/satsuma/rooms/{room}/log/");
+    etcd_range(endpoint, &prefix, true)
+        .await
+        .iter()
+        .map(|(k, _, _)| k[prefix.len()..].parse().unwrap())
+        .collect()
+}
+
+/// No entry delivered twice or out of order, none missing: every member processed the same
+/// entries (`seq` and bytes) as every other over the log both were in the room for, and every
+/// entry the store holds for the room. Returns per member `(gaps, skipped seqs)`.
+async fn logs_complete(endpoint: &str, room: &str, members: &[&RoomMember]) -> Vec<(u64, u64)> {
+    let stored = stored_seqs(endpoint, room).await;
+    assert!(!stored.is_empty(), "room {room}: nothing in the store");
+    for m in members {
+        let v = m.view();
+        assert_eq!(
+            (v.duplicates, v.out_of_order),
+            (0, 0),
+            "{}: entries delivered twice / out of order: {v:?}",
+            v.participant_id
+        );
+        let log = m.log_audit();
+        let had: std::collections::BTreeSet<u64> =
+            log.entries(log.base()).iter().map(|e| e.0).collect();
+        let missing: Vec<u64> = stored
+            .iter()
+            .filter(|s| **s > log.base() && !had.contains(s))
+            .copied()
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{}: stored entries it never processed: {missing:?}",
+            v.participant_id
+        );
+    }
+    for x in members {
+        for y in members {
+            let (lx, ly) = (x.log_audit(), y.log_audit());
+            let from = lx.base().max(ly.base());
+            assert_eq!(
+                lx.entries(from),
+                ly.entries(from),
+                "members {} and {} processed different entries after seq {from}",
+                x.view().participant_id,
+                y.view().participant_id
+            );
+        }
+    }
+    members
+        .iter()
+        .map(|m| {
+            let v = m.view();
+            (v.gaps, v.skipped_seqs)
+        })
+        .collect()
 }
 
 const VP8_KEYFRAME: [u8; 18] = [
@@ -273,6 +392,10 @@ async fn kill_9_of_a_room_owner_with_bots_in_two_rooms() {
     for bot in &all_bots {
         at_kill.push(reception(bot).await);
     }
+    let etcd0 = etcd.endpoints()[0].clone();
+    let owner1 = owner(&etcd0, "ha-1").await.unwrap();
+    let owner2 = owner(&etcd0, "ha-2").await.unwrap();
+    assert_eq!((owner1.0.as_str(), owner2.0.as_str()), ("a", "b"));
 
     // kill -9 the owner of room 1 mid-call.
     a.kill();
@@ -329,35 +452,80 @@ async fn kill_9_of_a_room_owner_with_bots_in_two_rooms() {
         deltas.iter().all(|d| *d == deltas[0] && *d > 0),
         "entries since the kill differ: {deltas:?}"
     );
+    // b owns room 1 now, under a new fence.
+    let owner1b = owner(&etcd0, "ha-1").await.unwrap();
+    assert_eq!(owner1b.0, "b");
+    assert!(owner1b.1 > owner1.1, "{owner1:?} -> {owner1b:?}");
+    // No entry delivered twice, none missing (against each other and the store); no reset.
+    let holes1 = logs_complete(&etcd0, "ha-1", &room1_4).await;
+    for m in room1_4 {
+        assert_eq!(m.view().resets, 0, "{:?}", m.view());
+    }
 
-    // Room 2 (owned by b) was not disturbed: B1, connected to b, kept its connection; B2,
-    // whose connection the front had put through a, lost it with a and resumed at once (b
-    // owns the room: no lease to wait for), without an MLS rejoin.
+    // Room 2 (owned by b) was not disturbed:
+    // - its owner never changed: the same replica holds the same owner key (same fence);
+    assert_eq!(owner(&etcd0, "ha-2").await, Some(owner2.clone()));
+    // - B1, connected to b directly (the front preferred b when it joined), never saw a
+    //   disconnect: no resume, no close, at any point (a close would have made it resume);
     let v = b1.view();
-    assert_eq!((v.resumes, v.closed.clone()), (0, None), "{v:?}");
+    assert_eq!(
+        (v.resumes, v.closed.clone(), v.last_disconnect.clone()),
+        (0, None, None),
+        "{v:?}"
+    );
+    // - B2, whose connection the front had put through a, lost it with a and resumed at b
+    //   (b owns the room: no lease to wait for), once;
     let v = b2
         .wait_for(Duration::from_secs(5), |v| {
             v.resumes == 1 && v.closed.is_none()
         })
         .await
         .unwrap_or_else(|v| panic!("{v:?}"));
-    assert_eq!(v.resets, 0);
+    assert_eq!(v.resumes, 1);
+    let b2_cut = v.last_disconnect.clone();
+    // - no MLS rejoin or reset: the same epoch and safety number, frames cross;
+    for m in room2 {
+        assert_eq!(m.view().resets, 0, "{:?}", m.view());
+    }
     assert_eq!(converged(&room2).await, (epoch2, number2));
     frames_cross(&b2, &[&b1]).await;
+    // - no entry lost or delivered twice.
+    same_last_seq(&room2).await;
+    let holes2 = logs_complete(&etcd0, "ha-2", &room2).await;
+    println!(
+        "room logs: no entry delivered twice or missing; seq jumps (gaps, seqs skipped) per \
+         member: room 1 {holes1:?} (the rebuilt room continues after the old owner's seq \
+         ceiling), room 2 {holes2:?}"
+    );
+    println!(
+        "room 2: owner {} (fence {}) unchanged; B1 (direct to the owner) 0 disconnects; \
+         B2 (piped through the killed replica, cut with {b2_cut:?}) back in {} ms (50 ms \
+         polling); room 1 cut with {:?}",
+        owner2.0,
+        owner2.1,
+        b2_back.as_millis(),
+        room1
+            .iter()
+            .map(|m| m.view().last_disconnect)
+            .collect::<Vec<_>>()
+    );
 
     // The bots' media lost nothing throughout (two seconds more after the takeover).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (mut packets, mut tracks) = (0, 0);
-    for bot in &all_bots {
+    let (mut packets, mut tracks) = ([0, 0], [0, 0]);
+    for (i, bot) in all_bots.iter().enumerate() {
+        let room = usize::from(i >= bots1.len());
         for (track, unique, lost, dups, corrupt) in reception(bot).await {
             assert_eq!((lost, dups, corrupt), (0, 0, 0), "{track}");
-            packets += unique;
-            tracks += 1;
+            packets[room] += unique;
+            tracks[room] += 1;
         }
     }
-    assert_eq!(tracks, 3 * 4 + 2 * 2);
+    assert_eq!(tracks, [3 * 4, 2 * 2]);
     println!(
-        "media: {packets} packets over {tracks} pulled tracks, 0 lost, 0 duplicated, 0 corrupt"
+        "media: room 1 {} packets over {} pulled tracks, room 2 {} packets over {} pulled \
+         tracks; 0 lost, 0 duplicated, 0 corrupt",
+        packets[0], tracks[0], packets[1], tracks[1]
     );
     drop(etcd);
 }

@@ -47,6 +47,7 @@ pub mod api;
 mod bot;
 mod driver;
 pub mod harness;
+pub mod log_audit;
 pub mod media_e2ee;
 pub mod participant;
 pub mod payload;

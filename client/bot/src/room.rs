@@ -30,6 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::log_audit::{LogAudit, Verdict};
+
 /// How often the member's timers run (the web worker ticks at the same rate).
 const TICK: Duration = Duration::from_millis(200);
 
@@ -81,6 +83,21 @@ pub struct MemberView {
     pub last_seq: u64,
     /// Successful resumes after a lost connection.
     pub resumes: u64,
+    /// The close code and reason of the last connection that ended (kept after the resume;
+    /// 1006 when it ended without a close frame).
+    pub last_disconnect: Option<(u16, String)>,
+    /// Sequenced entries delivered again after this member had processed them (never by
+    /// design: a resume's replay starts after its `last_seq`); not processed twice.
+    /// [`crate::log_audit`].
+    pub duplicates: u64,
+    /// Sequenced entries that came below the last processed `seq` without having been
+    /// processed (out of order); not processed.
+    pub out_of_order: u64,
+    /// Jumps in `seq` (not faults by themselves: superseded KeyPackages, a rebuilt room's seq
+    /// ceiling; compare [`RoomMember::log_audit`] across members to tell a lost entry).
+    pub gaps: u64,
+    /// How many `seq` numbers the jumps skipped in total.
+    pub skipped_seqs: u64,
     /// The participant ids of the MLS group's members in this member's current epoch
     /// (itself included; empty while not a member).
     pub members: Vec<u64>,
@@ -137,6 +154,7 @@ mod shared {
 /// A joined member; dropping it closes the WebSocket.
 pub struct RoomMember {
     view: Shared<MemberView>,
+    audit: Shared<LogAudit>,
     core: Core,
     sessions: Sessions,
     media: crate::media_e2ee::MediaStatsCell,
@@ -242,13 +260,14 @@ impl RoomMember {
             .await
             .map_err(|e| RoomError::Refused(e.to_string()))?;
         let start = Instant::now();
-        let (text, id, resume_token, heartbeat_ms) = loop {
+        let (text, id, resume_token, heartbeat_ms, welcome_seq) = loop {
             match ws.next().await {
                 Some(Ok(Message::Text(t))) => match ServerText::decode(t.as_str()) {
                     Ok(ServerText::Direct(ServerMessage::Welcome {
                         participant_id,
                         resume_token,
                         limits,
+                        seq,
                         ..
                     })) => {
                         break (
@@ -256,6 +275,7 @@ impl RoomMember {
                             participant_id,
                             resume_token,
                             limits.heartbeat_interval_ms,
+                            seq,
                         );
                     }
                     Ok(ServerText::Direct(e @ ServerMessage::Error { .. })) => {
@@ -293,6 +313,7 @@ impl RoomMember {
         view.update(|w: &mut MemberView| {
             w.participant_id = id;
             w.resume_token = resume_token.clone();
+            w.last_seq = welcome_seq;
             if let Ok(ServerText::Direct(ServerMessage::Welcome { snapshot, .. })) =
                 ServerText::decode(&text)
             {
@@ -304,9 +325,13 @@ impl RoomMember {
             url: ws_url.to_owned(),
             participant_id: id,
             resume_token,
-            last_seq: 0,
+            // The snapshot is the room after entry `welcome.seq`: a resume continues after it.
+            last_seq: welcome_seq,
             heartbeat: heartbeat(heartbeat_ms),
+            audit: Shared::default(),
         };
+        link.audit.update(|a| *a = LogAudit::after(welcome_seq));
+        let audit = link.audit.clone();
         let task = tokio::spawn(run(
             ws,
             core.clone(),
@@ -318,6 +343,7 @@ impl RoomMember {
         ));
         Ok(Self {
             view,
+            audit,
             core,
             sessions,
             media: crate::media_e2ee::MediaStatsCell::default(),
@@ -330,6 +356,14 @@ impl RoomMember {
     #[must_use]
     pub fn view(&self) -> MemberView {
         self.view.get()
+    }
+
+    /// This member's copy of the room log, audited: the `seq`s it processed with a digest of
+    /// each entry (compare members: the same `seq` must carry the same bytes, and a `seq`
+    /// one member processed that another skipped is a lost entry), duplicates and gaps.
+    #[must_use]
+    pub fn log_audit(&self) -> LogAudit {
+        self.audit.get()
     }
 
     /// The frame encryption of this member's media for a [`crate::Bot`] acting for it
@@ -424,6 +458,8 @@ struct Link {
     last_seq: u64,
     /// How often to send `ping` (from the limits in `welcome`/`resumed`).
     heartbeat: Duration,
+    /// The audit of what arrived (shared with the handle).
+    audit: Shared<LogAudit>,
 }
 
 /// The ping period for the server's `heartbeat_interval_ms`: as the web client, at least 1 s
@@ -555,7 +591,10 @@ async fn run(
             End::Closed(code, reason) => (code, reason),
         };
         tracing::debug!(me = link.participant_id, last_seq = link.last_seq, code, %reason, "connection ended");
-        view.update(|w| w.closed = Some((code, reason.clone())));
+        view.update(|w| {
+            w.closed = Some((code, reason.clone()));
+            w.last_disconnect = Some((code, reason.clone()));
+        });
         if is_final(code) {
             return;
         }
@@ -579,6 +618,29 @@ async fn run(
             }
         }
     }
+}
+
+/// Audits a sequenced entry; whether to process it (above the last processed `seq`).
+fn observe(link: &Link, view: &Shared<MemberView>, seq: u64, bytes: &[u8]) -> bool {
+    let mut verdict = Verdict::Fresh;
+    let mut counts = (0, 0, 0, 0);
+    link.audit.update(|a| {
+        verdict = a.observe(seq, bytes);
+        counts = (a.duplicates(), a.out_of_order(), a.gaps(), a.skipped());
+    });
+    if verdict != Verdict::Fresh {
+        tracing::warn!(
+            me = link.participant_id,
+            seq,
+            last_seq = link.last_seq,
+            ?verdict,
+            "sequenced entry not processed"
+        );
+    }
+    view.update(|w| {
+        (w.duplicates, w.out_of_order, w.gaps, w.skipped_seqs) = counts;
+    });
+    verdict == Verdict::Fresh
 }
 
 /// Runs one connection until it closes or the member leaves.
@@ -629,8 +691,9 @@ async fn connected(
             m = ws.next() => match m {
                 Some(Ok(Message::Text(t))) => match ServerText::decode(t.as_str()) {
                     Ok(ServerText::Event(f)) => {
-                        // A replayed entry already processed before a resume is skipped.
-                        if f.seq > link.last_seq {
+                        // An entry already processed (delivered again) or out of order is
+                        // counted and skipped.
+                        if observe(link, view, f.seq, t.as_bytes()) {
                             link.last_seq = f.seq;
                             if let RoomEvent::Session { id, session_id } = &f.event
                                 && let Ok(mut map) = sessions.lock()
@@ -650,7 +713,7 @@ async fn connected(
                 },
                 Some(Ok(Message::Binary(b))) => {
                     let seq = MlsFrame::decode(&b).map(|f| f.seq);
-                    if seq.is_none_or(|s| s > link.last_seq) {
+                    if seq.is_none_or(|s| observe(link, view, s, &b)) {
                         if let Some(s) = seq {
                             link.last_seq = s;
                         }
