@@ -834,6 +834,36 @@ mod tests {
     }
 
     #[test]
+    fn recording_comes_from_the_coordinator_table() {
+        // An explicit recorder command is passed through to the embedded coordinator.
+        let file: FileSettings = toml::from_str(
+            "[coordinator]\nrecorder_command = \"/opt/satsuma/satsuma-record\"\n\
+             recordings_dir = \"/srv/recordings\"\nrecorder_name = \"Minutes\"\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(Cli::default(), file).unwrap();
+        let r = s.coordinator.recording.clone().unwrap();
+        assert_eq!(r.command, PathBuf::from("/opt/satsuma/satsuma-record"));
+        assert_eq!(r.dir, PathBuf::from("/srv/recordings"));
+        assert_eq!(r.name, "Minutes");
+        // Only a directory: the satsuma-record next to this executable, or a clear refusal
+        // (the unit test binary has none beside it).
+        let file: FileSettings =
+            toml::from_str("[coordinator]\nrecordings_dir = \"/srv/recordings\"\n").unwrap();
+        let exe = std::env::current_exe().unwrap();
+        match Settings::resolve(Cli::default(), file) {
+            Ok(s) => assert_eq!(
+                s.coordinator.recording.unwrap().command,
+                exe.with_file_name("satsuma-record")
+            ),
+            Err(e) => assert!(e.to_string().contains("recorder_command"), "{e}"),
+        }
+        // Without either, nobody may record.
+        let s = Settings::resolve(Cli::default(), FileSettings::default()).unwrap();
+        assert!(s.coordinator.recording.is_none());
+    }
+
+    #[test]
     fn announce_ips_accept_commas_and_repeats() {
         let cli = Cli::try_parse_from([
             "satsuma",
