@@ -362,18 +362,40 @@ async fn ten_participants_spread_over_three_nodes_of_capacity_four() {
     };
     assert_eq!(pairs, BOTS * (BOTS - 1));
     assert!(packets > 0);
-    let mut relayed = Vec::new();
-    for sfu in &sfus {
-        let m = sfu.metrics().await.unwrap();
-        relayed.push(
-            m.samples
-                .iter()
-                .filter(|(k, _)| {
-                    k.starts_with("satsuma_sfu_relay_packets_total{")
-                        && k.contains("direction=\"out\"")
-                })
-                .map(|(_, v)| *v)
-                .sum::<f64>(),
+    // Each node's packets crossed each of its two links once (whatever the number of pullers
+    // behind a link), plus the few resent on the relay's own NACKs. The nodes add their link
+    // counts to the metrics periodically: wait for them.
+    let once: Vec<f64> = sent_per_node
+        .iter()
+        .map(|sent| (*sent * (NODES.len() as u64 - 1)) as f64)
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let relayed = loop {
+        let mut relayed = Vec::new();
+        for sfu in &sfus {
+            let m = sfu.metrics().await.unwrap();
+            relayed.push(
+                m.samples
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.starts_with("satsuma_sfu_relay_packets_total{")
+                            && k.contains("direction=\"out\"")
+                    })
+                    .map(|(_, v)| *v)
+                    .sum::<f64>(),
+            );
+        }
+        if relayed.iter().zip(&once).all(|(r, o)| r >= o) || Instant::now() > deadline {
+            break relayed;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for (n, (r, o)) in relayed.iter().zip(&once).enumerate() {
+        assert!(
+            *r >= *o && *r <= *o * 1.05 + 10.0,
+            "{}: {r} relay packets out for {} packets sent by its bots",
+            NODES[n],
+            sent_per_node[n]
         );
     }
     println!(
@@ -381,17 +403,6 @@ async fn ten_participants_spread_over_three_nodes_of_capacity_four() {
          {sent_per_node:?}, relay packets out per node {relayed:?}; {} s in all",
         started.elapsed().as_secs()
     );
-    // Each node's packets crossed each of its two links once (whatever the number of pullers
-    // behind a link), plus the few resent on the relay's own NACKs.
-    for (n, sent) in sent_per_node.iter().enumerate() {
-        let once = (*sent * (NODES.len() as u64 - 1)) as f64;
-        assert!(
-            relayed[n] >= once && relayed[n] <= once * 1.05 + 10.0,
-            "{}: {} relay packets out for {sent} packets sent by its bots",
-            NODES[n],
-            relayed[n]
-        );
-    }
     drop(members);
     drop(coordinator);
 }
