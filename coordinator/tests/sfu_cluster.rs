@@ -9,7 +9,8 @@
 //! (publish, pulls, renegotiation) reach the node that owns its session; every bot receives
 //! every other bot's packets, byte-identical (the bot checks each payload against what the
 //! sender generates), none lost, duplicated or foreign, across the relay where the two are on
-//! different nodes.
+//! different nodes; once every node holds 4 sessions, the next participant's session is
+//! refused (503 `no_sfu`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -403,6 +404,46 @@ async fn ten_participants_spread_over_three_nodes_of_capacity_four() {
          {sent_per_node:?}, relay packets out per node {relayed:?}; {} s in all",
         started.elapsed().as_secs()
     );
+
+    // Two more participants fill the cluster (4, 4, 4); the next one is refused with 503
+    // no_sfu, before any node is asked.
+    let http = reqwest::Client::new();
+    let mut extra = Vec::new();
+    for i in BOTS..BOTS + 3 {
+        let mut claims = common::claims(ROOM, &format!("bot-{i}"), &["publish", "subscribe"]);
+        claims.exp = unix_now() + 600;
+        let url = format!("ws://{}/ws/{ROOM}", coordinator.addr);
+        let member = Client::join_url(&url, &keys.mint(&claims).unwrap()).await;
+        let r = http
+            .post(format!("http://{}/sfu/sessions/new", coordinator.addr))
+            .bearer_auth(&member.resume_token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap();
+        extra.push((status, body));
+        members.push(member);
+    }
+    let nodes: Vec<usize> = extra[..2]
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 201, "{body}");
+            node_of(body["sessionId"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(nodes, [1, 2]);
+    assert_eq!(extra[2].0, 503, "{}", extra[2].1);
+    assert_eq!(extra[2].1["errorCode"], "no_sfu");
+    for (i, sfu) in sfus.iter().enumerate() {
+        let m = sfu.metrics().await.unwrap();
+        let live = m
+            .samples
+            .get("satsuma_sfu_sessions")
+            .copied()
+            .unwrap_or(-1.0);
+        assert_eq!(live, CAPACITY as f64, "sessions on {} when full", NODES[i]);
+    }
     drop(members);
     drop(coordinator);
 }
