@@ -1561,6 +1561,7 @@ impl Room {
         } else {
             self.check_execute();
         }
+        self.stop_recording_if_alone(now);
     }
 
     fn publish(

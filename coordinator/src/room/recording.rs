@@ -159,21 +159,49 @@ impl Room {
                         "the room is not being recorded".to_owned(),
                     ));
                 }
-                // Every recorder leaves (close 1000: it finalizes its files); the run's
-                // process gets the grace to exit on its own.
-                for id in recorders {
-                    self.remove_participant(now, id, LeaveReason::Left);
-                }
-                if let Some(run) = self.recording.run() {
-                    self.outputs
-                        .push_back(Output::Recorder(RecorderCommand::Stop {
-                            run,
-                            grace: STOP_GRACE,
-                        }));
-                }
+                self.stop_recorders(now, recorders);
                 Ok(())
             }
         }
+    }
+
+    /// Every recorder in `recorders` leaves (close 1000: it finalizes its files); the run's
+    /// process gets the grace to exit on its own.
+    fn stop_recorders(&mut self, now: std::time::Instant, recorders: Vec<u64>) {
+        for id in recorders {
+            self.remove_participant(now, id, LeaveReason::Left);
+        }
+        if let Some(run) = self.recording.run() {
+            self.outputs
+                .push_back(Output::Recorder(RecorderCommand::Stop {
+                    run,
+                    grace: STOP_GRACE,
+                }));
+        }
+    }
+
+    /// After a departure: a recording the coordinator runs ends when nobody but recorders is
+    /// left in the room (it would record an empty call until its time limit).
+    pub(super) fn stop_recording_if_alone(&mut self, now: std::time::Instant) {
+        let starting = match &self.recording.phase {
+            Phase::Starting { run, .. } => Some(*run),
+            Phase::Running { .. } => None,
+            Phase::Idle | Phase::Stopping { .. } => return,
+        };
+        if self.participants.values().any(|p| !p.recorder) {
+            return;
+        }
+        if let Some(run) = starting {
+            self.recording.phase = Phase::Stopping { run };
+            self.outputs
+                .push_back(Output::Recorder(RecorderCommand::Stop {
+                    run,
+                    grace: Duration::ZERO,
+                }));
+            return;
+        }
+        let recorders = self.participants.values().map(|p| p.id).collect();
+        self.stop_recorders(now, recorders);
     }
 
     /// A participant joined: the recorder of the run that is starting, if it is that one.
@@ -422,6 +450,49 @@ mod tests {
         }
         assert_eq!(gone, Some(rec));
         assert_eq!(r.recording_run(), None);
+    }
+
+    #[test]
+    fn a_recording_ends_when_only_recorders_are_left() {
+        let t = Instant::now();
+        let mut r = room(true);
+        let host = join(&mut r, "alice", false, false);
+        let guest = join(&mut r, "bob", false, false);
+        drain(&mut r, 0);
+        record(&mut r, host, RecordAction::Start);
+        drain(&mut r, host);
+        let rec = join(&mut r, &format!("{SUBJECT_PREFIX}1"), false, true);
+        drain(&mut r, 0);
+        r.handle(t, host, Input::Message(ClientMessage::Leave {}));
+        let (cmds, _) = drain(&mut r, 0);
+        assert!(cmds.is_empty(), "bob is still there: {cmds:?}");
+        assert!(r.contains(rec));
+        r.handle(t, guest, Input::Message(ClientMessage::Leave {}));
+        let (cmds, _) = drain(&mut r, 0);
+        assert_eq!(
+            cmds,
+            vec![RecorderCommand::Stop {
+                run: 1,
+                grace: STOP_GRACE
+            }]
+        );
+        assert!(r.is_empty(), "the recorder left too");
+
+        // Still starting when the last person leaves: the process ends at once.
+        let mut r = room(true);
+        let host = join(&mut r, "alice", false, false);
+        drain(&mut r, 0);
+        record(&mut r, host, RecordAction::Start);
+        drain(&mut r, host);
+        r.handle(t, host, Input::Message(ClientMessage::Leave {}));
+        let (cmds, _) = drain(&mut r, 0);
+        assert_eq!(
+            cmds,
+            vec![RecorderCommand::Stop {
+                run: 1,
+                grace: Duration::ZERO
+            }]
+        );
     }
 
     #[test]
