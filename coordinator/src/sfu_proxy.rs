@@ -533,9 +533,10 @@ async fn delete_session(
 
 /// The caller's own session's node, or 403. The node is the one whose relay name tags the
 /// session id if that is configured (right even in a room rebuilt from the store, whose
-/// sessions this replica maps to the room's node), else the one it was placed on.
+/// sessions this replica maps to the room's node; the map is corrected then), else the one it
+/// was placed on.
 fn own_session(app: &App, c: &Caller, sid: &str) -> Result<usize, ProxyError> {
-    let st = c.slot.state.lock();
+    let mut st = c.slot.state.lock();
     if st.room.sfu_session_owner(sid) != Some(c.id) {
         return Err(ProxyError::Forbidden(
             "session was not created by this participant",
@@ -546,7 +547,14 @@ fn own_session(app: &App, c: &Caller, sid: &str) -> Result<usize, ProxyError> {
         .get(sid)
         .copied()
         .ok_or(ProxyError::Forbidden("unknown session"))?;
-    Ok(app.sfu.node_of_session(sid).unwrap_or(placed))
+    match app.sfu.node_of_session(sid) {
+        Some(node) if node != placed => {
+            // A rebuilt room's map is corrected, so the node's sessions count where they are.
+            st.sfu_sessions.insert(sid.to_owned(), node);
+            Ok(node)
+        }
+        _ => Ok(placed),
+    }
 }
 
 /// Checks a tracks body: local tracks need `publish`; remote ones need
