@@ -663,6 +663,14 @@ async fn one_etcd_member_down_is_harmless_two_refuse_writes_until_quorum_returns
         "quorum back: the rebuilt room replayed all {} entries acknowledged with one member down",
         acked.len()
     );
+    // Let the replay and the `back` entries that follow the resumes reach both peers before
+    // comparing their logs (a longer replay can still be streaming when the group settles).
+    let t = Instant::now();
+    call.run_until(Duration::from_secs(10), |c| {
+        t.elapsed() > Duration::from_millis(500)
+            && c.peers.iter().all(|p| p.last_seq == c.peers[0].last_seq)
+    })
+    .await;
     call.logs_agree();
     // Writes go through again.
     common::send_json(
