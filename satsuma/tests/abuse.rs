@@ -20,13 +20,11 @@
 //! `coordinator/tests/abuse.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::Stack;
 use futures_util::{SinkExt, StreamExt};
 use satsuma_bot::room::{MemberView, RoomMember};
 use satsuma_bot::{Bot, BotConfig};
@@ -41,75 +39,7 @@ const SLOW_CONSUMER: u16 = 4430;
 /// The bound the issue sets for the whole process through the flood.
 const RSS_LIMIT: u64 = 256 << 20;
 
-struct Stack {
-    child: Child,
-    web: SocketAddr,
-    sfu: SocketAddr,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Stack {
-    #[allow(clippy::zombie_processes)] // reaped in Drop
-    fn start() -> Stack {
-        let web_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../client/web/public");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_satsuma"))
-            .args([
-                "--dev",
-                "--listen",
-                "127.0.0.1:0",
-                "--sfu-api",
-                "127.0.0.1:0",
-                "--media",
-                "127.0.0.1:0",
-                "--detect-lan=false",
-                "--log",
-                "warn",
-            ])
-            .arg("--web-dir")
-            .arg(web_dir)
-            .env_remove("SATSUMA_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn satsuma");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keeps draining after the listening line: a closed pipe would fail the server's
-            // later prints.
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        loop {
-            let line = rx
-                .recv_timeout(PATIENCE)
-                .expect("satsuma printed no `satsuma listening` line");
-            if line.starts_with("satsuma listening ") {
-                return Stack {
-                    web: field(&line, "web"),
-                    sfu: field(&line, "sfu"),
-                    child,
-                };
-            }
-        }
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}", self.web)
-    }
-
-    fn ws(&self, room: &str) -> String {
-        format!("ws://{}/ws/{room}", self.web)
-    }
-
     fn rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("the stack is running");
@@ -164,15 +94,6 @@ impl Stack {
             .await
             .expect("bot through the proxy")
     }
-}
-
-fn field(line: &str, key: &str) -> SocketAddr {
-    let prefix = format!("{key}=");
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-        .parse()
-        .unwrap()
 }
 
 /// Both members in the group at one epoch with one safety number.

@@ -19,15 +19,13 @@
 //! sets the churn time (default 60) for longer soaks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::Stack;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use satsuma_bot::media_e2ee::MediaStats;
@@ -47,71 +45,7 @@ const MIN_PRESENT: usize = 3;
 const FRAMES_AFTER: u64 = 20;
 const ROOM: &str = "bot-churn";
 
-struct Stack {
-    child: Child,
-    web: SocketAddr,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Stack {
-    #[allow(clippy::zombie_processes)] // reaped in Drop
-    fn start() -> Stack {
-        let web_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../client/web/public");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_satsuma"))
-            .args([
-                "--dev",
-                "--listen",
-                "127.0.0.1:0",
-                "--sfu-api",
-                "127.0.0.1:0",
-                "--media",
-                "127.0.0.1:0",
-                "--detect-lan=false",
-                "--log",
-                "warn",
-            ])
-            .arg("--web-dir")
-            .arg(web_dir)
-            .env_remove("SATSUMA_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn satsuma");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keeps draining after the listening line: a closed pipe would fail later prints.
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        loop {
-            let line = rx
-                .recv_timeout(PATIENCE)
-                .expect("satsuma printed no `satsuma listening` line");
-            if line.starts_with("satsuma listening ") {
-                let web = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("web="))
-                    .expect("web= in the listening line")
-                    .parse()
-                    .unwrap();
-                return Stack { child, web };
-            }
-        }
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}", self.web)
-    }
-
     async fn member(&self, name: &str) -> RoomMember {
         let r = reqwest::Client::new()
             .post(format!("{}/token", self.base()))
@@ -122,7 +56,7 @@ impl Stack {
         assert!(r.status().is_success(), "dev token: {}", r.status());
         let v: Value = r.json().await.unwrap();
         let token = v["token"].as_str().unwrap();
-        RoomMember::join(&format!("ws://{}/ws/{ROOM}", self.web), token, name)
+        RoomMember::join(&self.ws(ROOM), token, name)
             .await
             .expect("join")
     }
