@@ -3,8 +3,11 @@
 //! Valid offers and answers come from a str0m client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::api::{APP, SECRET, Sfu};
 use reqwest::{Method, StatusCode};
 use satsuma_bot::harness::{Metrics, fetch_metrics};
 use serde_json::{Value, json};
@@ -12,71 +15,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::{Candidate, Rtc};
 
-const APP: &str = "satsuma";
-const SECRET: &str = "satsuma-secret";
-
-struct Sfu {
-    handle: satsuma_sfu::ServerHandle,
-    http: reqwest::Client,
-}
-
 impl Sfu {
-    async fn start(adjust: impl FnOnce(&mut satsuma_sfu::Config)) -> Sfu {
-        let mut config = satsuma_sfu::Config {
-            http_bind: "127.0.0.1:0".parse().unwrap(),
-            udp_bind: "127.0.0.1:0".parse().unwrap(),
-            ..Default::default()
-        };
-        config.apps.push(satsuma_sfu::App {
-            id: "other".into(),
-            secret: "other-secret".into(),
-        });
-        adjust(&mut config);
-        Sfu {
-            handle: satsuma_sfu::Server::bind(config).await.unwrap(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.handle.http_addr())
-    }
-
-    /// A request to `/v1/apps/{APP}/{path}` with the right secret, body sent as text/plain like
-    /// browsers do. Returns status and JSON body.
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        self.raw(
-            method,
-            &format!("/v1/apps/{APP}/{path}"),
-            Some(SECRET),
-            body.map(|b| b.to_string()),
-        )
-        .await
-    }
-
-    async fn raw(
-        &self,
-        method: Method,
-        path: &str,
-        secret: Option<&str>,
-        body: Option<String>,
-    ) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, self.url(path));
-        if let Some(s) = secret {
-            req = req.bearer_auth(s);
-        }
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "text/plain;charset=UTF-8")
-                .body(b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value)
-    }
-
     async fn new_session(&self) -> String {
         let (status, body) = self.call(Method::POST, "sessions/new", None).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");

@@ -9,9 +9,12 @@
 //!   forwarded; a flood is rate limited; closing the publisher closes the subscribers' channels.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use common::api::{APP, SECRET, Sfu};
 use reqwest::{Method, StatusCode};
 use satsuma_bot::harness::{Metrics, fetch_metrics};
 use serde_json::{Value, json};
@@ -20,71 +23,13 @@ use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
-const APP: &str = "satsuma";
-const SECRET: &str = "satsuma-secret";
-
-struct Sfu {
-    handle: satsuma_sfu::ServerHandle,
-    http: reqwest::Client,
+/// A server with two shards: consecutive sessions land on different ones, so messages,
+/// subscriptions and ends cross shards.
+async fn start_sfu() -> Sfu {
+    Sfu::start(|c| c.shards = 2).await
 }
 
 impl Sfu {
-    async fn start() -> Sfu {
-        let mut config = satsuma_sfu::Config {
-            http_bind: "127.0.0.1:0".parse().unwrap(),
-            udp_bind: "127.0.0.1:0".parse().unwrap(),
-            // Two shards: consecutive sessions land on different ones, so messages, subscriptions
-            // and ends cross shards.
-            shards: 2,
-            ..Default::default()
-        };
-        config.apps.push(satsuma_sfu::App {
-            id: "other".into(),
-            secret: "other-secret".into(),
-        });
-        Sfu {
-            handle: satsuma_sfu::Server::bind(config).await.unwrap(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.handle.http_addr())
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        self.raw(
-            method,
-            &format!("/v1/apps/{APP}/{path}"),
-            Some(SECRET),
-            body.map(|b| b.to_string()),
-        )
-        .await
-    }
-
-    async fn raw(
-        &self,
-        method: Method,
-        path: &str,
-        secret: Option<&str>,
-        body: Option<String>,
-    ) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, self.url(path));
-        if let Some(s) = secret {
-            req = req.bearer_auth(s);
-        }
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "text/plain;charset=UTF-8")
-                .body(b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value)
-    }
-
     /// `datachannels/new` on `sid`; asserts 200 and returns the per-channel results.
     async fn new_channels(&self, sid: &str, channels: Value) -> Vec<Value> {
         let (status, body) = self
@@ -318,7 +263,7 @@ async fn until_status(sfu: &Sfu, sid: &str, id: u64, status: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn datachannels_new_close_and_get_with_valid_and_invalid_input() {
-    let sfu = Sfu::start().await;
+    let sfu = start_sfu().await;
     let mut publisher = Client::new();
     let mut subscriber = Client::new();
     let p = publisher.join(&sfu).await;
@@ -619,7 +564,7 @@ async fn datachannels_new_close_and_get_with_valid_and_invalid_input() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_reach_every_subscriber_in_order_within_limits() {
-    let sfu = Sfu::start().await;
+    let sfu = start_sfu().await;
     let mut publisher = Client::new();
     let mut sub1 = Client::new();
     let mut sub2 = Client::new();
