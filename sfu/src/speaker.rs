@@ -201,14 +201,12 @@ impl SpeakerDetector {
         let Some((cur_id, cur)) = current.zip(cur) else {
             return best.map(|(t, _)| t);
         };
+        // Only someone speaking now takes over from a current speaker: a track that spoke a
+        // moment ago and stopped (muted) keeps a high presence for a while, and must not win it
+        // back from the one who is talking.
         let cur_presence = cur.presence_at(now);
-        if let Some((t, p)) = best
-            && p > cur_presence * SWITCH_MARGIN
-        {
-            return Some(t);
-        }
-        if let Some((t, _)) = talking
-            && !cur.spoke_within(QUIET_HANDOVER, now)
+        if let Some((t, p)) = talking
+            && (p > cur_presence * SWITCH_MARGIN || !cur.spoke_within(QUIET_HANDOVER, now))
         {
             return Some(t);
         }
@@ -418,6 +416,46 @@ mod tests {
             current = d.choose([a, b], current, t);
             t += PACKET;
         }
+    }
+
+    #[test]
+    fn one_who_just_went_quiet_does_not_win_it_back_from_the_one_talking() {
+        let mut d = SpeakerDetector::default();
+        let (a, b) = (TrackId(1), TrackId(2));
+        let mut t = Instant::now();
+        // a talks loudly for 3 s, b quietly: a is the speaker.
+        for _ in 0..150 {
+            d.observe(a, -5, None, t);
+            d.observe(b, -35, None, t);
+            t += PACKET;
+        }
+        let mut current = d.choose([a, b], None, t);
+        assert_eq!(current, Some(a));
+        // a mutes (silence packets), b keeps talking: b takes over, and a, whose presence
+        // stays high for a while after it spoke, never gets it back.
+        let muted = t;
+        let mut took_over = None;
+        while t < muted + Duration::from_secs(4) {
+            d.observe(a, -127, None, t);
+            d.observe(b, -35, None, t);
+            current = d.choose([a, b], current, t);
+            if current == Some(b) && took_over.is_none() {
+                took_over = Some(t - muted);
+            }
+            if took_over.is_some() {
+                assert_eq!(
+                    current,
+                    Some(b),
+                    "a won it back {:?} after muting",
+                    t - muted
+                );
+            }
+            t += PACKET;
+        }
+        assert!(
+            took_over.is_some_and(|d| d <= Duration::from_millis(1500)),
+            "{took_over:?}"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  assertDecodes, assertHears, binDir, browserSuite, joinPage, remoteTrack, sameSafetyNumber, startProcess, webDir,
+  assertDecodes, assertHears, binDir, browserSuite, joinPage, remoteTrack, sameSafetyNumber, startProcess, waitFor, webDir,
 } from './harness.mjs';
 
 const APP_SECRET = 'cluster-test-secret';
@@ -112,8 +112,13 @@ describe('an E2EE call over two SFU nodes', { timeout: 300000 }, () => {
     const [a, b] = suite.servers.sfus;
     assert.equal(await metric(a, 'satsuma_sfu_sessions'), 1, 'sessions on sfu-a');
     assert.equal(await metric(b, 'satsuma_sfu_sessions'), 1, 'sessions on sfu-b');
+    // The nodes add link counts to their metrics periodically: wait for them.
     for (const [addr, peer] of [[a, 'sfu-b'], [b, 'sfu-a']]) {
-      const out = await metric(addr, 'satsuma_sfu_relay_packets_total', [`peer="${peer}"`, 'direction="out"']);
+      let out = 0;
+      await waitFor(`relay packets to ${peer} > 100`, async () => {
+        out = await metric(addr, 'satsuma_sfu_relay_packets_total', [`peer="${peer}"`, 'direction="out"']);
+        return out > 100;
+      }, { timeout: 15000 }).catch(() => {});
       assert.ok(out > 100, `relay packets to ${peer}: ${out}`);
     }
     assert.equal(suite.servers.panicked().length, 0, suite.servers.panicked().join('\n'));
