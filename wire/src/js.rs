@@ -12,6 +12,7 @@ use crate::relay::{
 };
 use crate::room::{
     ClientMessage, PROTOCOL_VERSION, RoomEvent, ServerMessage, close, commit_rejected, error_code,
+    move_reason,
 };
 
 /// Where the generated module lives, relative to the workspace root.
@@ -102,6 +103,15 @@ pub fn web_module() -> String {
         "`commit_rejected.reason` values.",
         "COMMIT_REJECTED",
         &quoted(commit_rejected::ALL),
+    );
+    object(
+        &mut out,
+        "`move.reason` values.",
+        "MOVE_REASON",
+        &quoted(&[
+            ("DRAINING", move_reason::DRAINING),
+            ("DOWN", move_reason::DOWN),
+        ]),
     );
     object(
         &mut out,

@@ -58,6 +58,8 @@ pub mod api_error_code {
     pub const TURN_KEY_NOT_FOUND: &str = "turn_key_not_found";
     /// A fault of the server's.
     pub const INTERNAL_ERROR: &str = "internal_error";
+    /// The SFU node is draining: it takes no new sessions (`503`).
+    pub const DRAINING: &str = "draining";
     /// The coordinator's `/sfu` proxy: the request is not one it forwards.
     pub const BAD_REQUEST: &str = "bad_request";
     /// The coordinator's `/sfu` proxy: no SFU node is configured.
@@ -92,6 +94,7 @@ pub mod api_error_code {
         ("CLOSE_TRACK_ERROR", CLOSE_TRACK_ERROR),
         ("TURN_KEY_NOT_FOUND", TURN_KEY_NOT_FOUND),
         ("INTERNAL_ERROR", INTERNAL_ERROR),
+        ("DRAINING", DRAINING),
         ("BAD_REQUEST", BAD_REQUEST),
         ("NO_SFU", NO_SFU),
         ("SFU_UNREACHABLE", SFU_UNREACHABLE),

@@ -630,6 +630,27 @@ pub enum ServerMessage {
         /// `q`, `h` or `f`; `null`: no subscriber.
         max_rid: Option<String>,
     },
+    /// Move off an SFU node (issue 15): the node that holds `sessions` (this participant's)
+    /// is draining or down. The client makes a new SFU session (`POST /sfu/sessions/new`:
+    /// the coordinator places it on a live node), pushes its tracks there and announces
+    /// them (`unpublish` the old names, `publish` the new), pulls again what it pulled, then
+    /// deletes the old sessions (`DELETE /sfu/sessions/{id}`). Its MLS state stays as it is:
+    /// no rejoin. Sent again while the client still holds a session on that node.
+    Move {
+        /// The client's SFU sessions on the node it must leave.
+        sessions: Vec<String>,
+        /// Why: [`move_reason`].
+        reason: String,
+    },
+}
+
+/// `move.reason` values.
+pub mod move_reason {
+    /// The node is draining (`SIGTERM` or `satsuma-sfu drain`): it takes no new sessions and
+    /// exits when empty or at its deadline.
+    pub const DRAINING: &str = "draining";
+    /// The node does not answer its health checks (crashed, killed, unreachable).
+    pub const DOWN: &str = "down";
 }
 
 /// Entries of the room log (JSON ones); each goes out as `{"seq":N,"type":...}`.
@@ -832,6 +853,7 @@ impl ServerMessage {
             Self::Error { .. } => "error",
             Self::CommitRejected { .. } => "commit_rejected",
             Self::Layers { .. } => "layers",
+            Self::Move { .. } => "move",
         }
     }
 
@@ -844,6 +866,7 @@ impl ServerMessage {
         "error",
         "commit_rejected",
         "layers",
+        "move",
     ];
 }
 

@@ -280,6 +280,13 @@ fn direct_replies() {
             },
             r#"{"type":"layers","session_id":"s","track_name":"cam","max_rid":"h"}"#.into(),
         ),
+        (
+            ServerMessage::Move {
+                sessions: vec!["s".into()],
+                reason: move_reason::DRAINING.into(),
+            },
+            r#"{"type":"move","sessions":["s"],"reason":"draining"}"#.into(),
+        ),
     ];
     let mut seen = Vec::new();
     for (m, json) in cases {

@@ -65,6 +65,12 @@ export const COMMIT_REJECTED = Object.freeze({
   UNKNOWN_KEY_PACKAGE: 'unknown_key_package',
 });
 
+/** `move.reason` values. */
+export const MOVE_REASON = Object.freeze({
+  DRAINING: 'draining',
+  DOWN: 'down',
+});
+
 /** `errorCode` values of the SFU API (an error response, or a failed entry of a `tracks/*` or `datachannels/*` reply). */
 export const API_ERROR_CODE = Object.freeze({
   DECODING_ERROR: 'decoding_error',
@@ -90,6 +96,7 @@ export const API_ERROR_CODE = Object.freeze({
   CLOSE_TRACK_ERROR: 'close_track_error',
   TURN_KEY_NOT_FOUND: 'turn_key_not_found',
   INTERNAL_ERROR: 'internal_error',
+  DRAINING: 'draining',
   BAD_REQUEST: 'bad_request',
   NO_SFU: 'no_sfu',
   SFU_UNREACHABLE: 'sfu_unreachable',
@@ -124,6 +131,7 @@ export const DIRECT_TYPES = Object.freeze([
   'error',
   'commit_rejected',
   'layers',
+  'move',
 ]);
 
 /** `type`s of the room log's JSON entries. */
