@@ -40,7 +40,8 @@ pub struct Config {
     pub web_dir: PathBuf,
     /// SFU nodes: base URLs (e.g. `http://10.0.0.5:8787`; the API lives under
     /// `/v1/apps/{app_id}`), each optionally followed by `;capacity=N` (most sessions placed on
-    /// it), `;region=LABEL` and `;name=NODE` (its relay node name), e.g.
+    /// it), `;cpu=SHARE` (it is full at or above this share of its cores, measured between
+    /// health checks), `;region=LABEL` and `;name=NODE` (its relay node name), e.g.
     /// `http://10.0.0.5:8787;capacity=200;region=eu-west;name=sfu-0` (issue 15, placement).
     pub sfu_nodes: Vec<String>,
     /// SFU app id.
@@ -511,10 +512,12 @@ pub struct Cli {
     /// Directory with the web client's static files.
     #[arg(long, env = "SATSUMA_COORD_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
-    /// SFU node as URL[;capacity=N][;region=LABEL][;name=NODE] (repeat, or comma-separate in
-    /// the env variable). capacity: most sessions placed on the node (default: no limit; a
-    /// room's sessions go to its first session's node until it is full, then to the
-    /// least-loaded node in the participant's region hint or the room's region); region: its
+    /// SFU node as URL[;capacity=N][;cpu=SHARE][;region=LABEL][;name=NODE] (repeat, or
+    /// comma-separate in the env variable). capacity: most sessions placed on the node (default:
+    /// no limit; a room's sessions go to its first session's node until it is full, then to the
+    /// least-loaded node in the participant's region hint or the room's region); cpu: the node
+    /// is full as well while its process used at least this share (0-1] of its cores between
+    /// the last two health checks (default: no limit); region: its
     /// region label; name: its relay node name (--node-name of satsuma-sfu), so calls on a
     /// session reach the node that made it even after a coordinator failover.
     #[arg(

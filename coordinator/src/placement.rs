@@ -114,19 +114,22 @@ pub(crate) async fn placement_loop(app: Arc<App>, mut stop: watch::Receiver<bool
     }
 }
 
-/// One configured SFU node: `URL[;capacity=N][;region=LABEL][;name=NODE]` (the `sfu_node`
-/// setting). `capacity` is the most sessions the coordinator places on it (none: no limit);
+/// One configured SFU node: `URL[;capacity=N][;cpu=SHARE][;region=LABEL][;name=NODE]` (the
+/// `sfu_node` setting). `capacity` is the most sessions the coordinator places on it (none: no
+/// limit); `cpu` the share of its cores (0 < SHARE ≤ 1, e.g. 0.8) at or above which it takes no
+/// new sessions either (measured between health checks, see [`CpuMeter`]; none: no limit);
 /// `region` its region label; `name` its relay node name (`satsuma-sfu --node-name`; only for a
 /// node that runs the relay, whose session ids carry its tag), from which
 /// the coordinator knows which node made a session (a session id's first two bytes are the tag
 /// of its node's name, see `sfu/src/relay/bridge.rs`), so calls on a session go to its node even
 /// in a room this replica rebuilt from the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct NodeSpec {
     pub(crate) url: String,
     pub(crate) capacity: Option<usize>,
     pub(crate) region: Option<String>,
     pub(crate) name: Option<String>,
+    pub(crate) cpu: Option<f64>,
 }
 
 impl std::str::FromStr for NodeSpec {
@@ -142,7 +145,7 @@ impl std::str::FromStr for NodeSpec {
         if host.is_empty() {
             return Err(format!(
                 "SFU node {s:?}: expected http(s)://HOST[:PORT] followed by optional \
-                 ;capacity=N ;region=LABEL ;name=NODE"
+                 ;capacity=N ;cpu=SHARE ;region=LABEL ;name=NODE"
             ));
         }
         let mut spec = NodeSpec {
@@ -150,6 +153,7 @@ impl std::str::FromStr for NodeSpec {
             capacity: None,
             region: None,
             name: None,
+            cpu: None,
         };
         for part in parts.filter(|p| !p.is_empty()) {
             let (key, value) = part
@@ -173,11 +177,21 @@ impl std::str::FromStr for NodeSpec {
                         .ok_or_else(|| format!("SFU node {s:?}: capacity must be a number > 0"))?;
                     spec.capacity = Some(n);
                 }
+                "cpu" => {
+                    let share = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|c| *c > 0.0 && *c <= 1.0)
+                        .ok_or_else(|| {
+                            format!("SFU node {s:?}: cpu must be a share of its cores in (0, 1]")
+                        })?;
+                    spec.cpu = Some(share);
+                }
                 "region" => spec.region = Some(label(value)?),
                 "name" => spec.name = Some(label(value)?),
                 _ => {
                     return Err(format!(
-                        "SFU node {s:?}: unknown key {key:?} (capacity, region, name)"
+                        "SFU node {s:?}: unknown key {key:?} (capacity, cpu, region, name)"
                     ));
                 }
             }
@@ -203,8 +217,67 @@ pub(crate) fn session_tag(session_id: &str) -> Option<[u8; 2]> {
     Some([*bytes.first()?, *bytes.get(1)?])
 }
 
+/// A node's CPU share from its `/healthz` answers: each carries the process's CPU seconds so
+/// far (`satsuma-cpu-seconds`) and its cores (`satsuma-cpu-cores`); the share is the CPU used
+/// between two answers ÷ (the time between them × cores). Sans-IO: times are given.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct CpuMeter {
+    last: Option<(std::time::Instant, f64)>,
+    share: Option<f64>,
+}
+
+/// Readings closer together than this are not divided (too coarse: /proc counts 10 ms ticks).
+const CPU_MIN_INTERVAL: Duration = Duration::from_millis(500);
+/// A share older than this (no reading since) is not used: the node is judged by sessions only.
+const CPU_MAX_AGE: Duration = Duration::from_secs(60);
+
+impl CpuMeter {
+    /// Header names of the SFU's `/healthz` (`satsuma_sfu::api::routes`).
+    pub(crate) const SECONDS_HEADER: &'static str = "satsuma-cpu-seconds";
+    pub(crate) const CORES_HEADER: &'static str = "satsuma-cpu-cores";
+
+    /// A health answer at `now` with these header values (absent or malformed: no reading; a
+    /// counter that went back, e.g. a restarted node, starts over).
+    pub(crate) fn reading(
+        &mut self,
+        now: std::time::Instant,
+        seconds: Option<&str>,
+        cores: Option<&str>,
+    ) {
+        let seconds = seconds
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0);
+        let cores = cores
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|c| *c > 0);
+        let (Some(seconds), Some(cores)) = (seconds, cores) else {
+            return;
+        };
+        match self.last {
+            Some((at, before)) if seconds >= before => {
+                let wall = now.saturating_duration_since(at);
+                if wall < CPU_MIN_INTERVAL {
+                    return;
+                }
+                self.share = Some((seconds - before) / (wall.as_secs_f64() * f64::from(cores)));
+            }
+            _ => self.share = None,
+        }
+        self.last = Some((now, seconds));
+    }
+
+    /// The share of its cores the node used between its last two readings (none yet, or the
+    /// last reading older than a minute).
+    pub(crate) fn share(&self, now: std::time::Instant) -> Option<f64> {
+        let (at, _) = self.last?;
+        (now.saturating_duration_since(at) <= CPU_MAX_AGE)
+            .then_some(self.share)
+            .flatten()
+    }
+}
+
 /// What placement knows about one node when a session is to be made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct NodeLoad<'a> {
     /// This replica's or another live replica's health check passed.
     pub(crate) healthy: bool,
@@ -215,11 +288,16 @@ pub(crate) struct NodeLoad<'a> {
     /// Most sessions (none: no limit).
     pub(crate) capacity: Option<usize>,
     pub(crate) region: Option<&'a str>,
+    /// The share of its cores it used lately ([`CpuMeter`]; none: not known).
+    pub(crate) cpu: Option<f64>,
+    /// At or above this CPU share it is full (none: no limit).
+    pub(crate) cpu_capacity: Option<f64>,
 }
 
 impl NodeLoad<'_> {
     fn has_room(&self) -> bool {
-        self.capacity.is_none_or(|c| self.sessions < c)
+        let cpu_full = matches!((self.cpu, self.cpu_capacity), (Some(c), Some(max)) if c >= max);
+        self.capacity.is_none_or(|c| self.sessions < c) && !cpu_full
     }
 }
 
@@ -236,7 +314,8 @@ pub(crate) enum Placement {
 
 /// Places one new session of a room (issue 15, "Placement in the coordinator").
 ///
-/// * A node is a candidate if it is healthy and below its capacity.
+/// * A node is a candidate if it is healthy and below its capacity: fewer sessions than its
+///   `capacity` and, with a `cpu` limit, a CPU share below it.
 /// * The room's node (`room_node`, where its first session went) if it is a candidate.
 /// * Otherwise the least-loaded candidate, preferring the participant's region (`hint`), then
 ///   the region of the room's node, then any region. A room's first session goes to the
@@ -351,6 +430,8 @@ mod tests {
             rooms: 0,
             capacity,
             region: (!region.is_empty()).then_some(region),
+            cpu: None,
+            cpu_capacity: None,
         }
     }
 
@@ -363,7 +444,8 @@ mod tests {
                 url: "http://10.0.0.5:8787".into(),
                 capacity: None,
                 region: None,
-                name: None
+                name: None,
+                cpu: None,
             }
         );
         let s: NodeSpec = "https://sfu-1:8787; capacity=4 ;region=eu-west;name=sfu-1"
@@ -373,6 +455,9 @@ mod tests {
         assert_eq!(s.capacity, Some(4));
         assert_eq!(s.region.as_deref(), Some("eu-west"));
         assert_eq!(s.name.as_deref(), Some("sfu-1"));
+        assert_eq!(s.cpu, None);
+        let s: NodeSpec = "http://a;cpu=0.75;capacity=9".parse().unwrap();
+        assert_eq!((s.cpu, s.capacity), (Some(0.75), Some(9)));
         for bad in [
             "",
             "sfu-1:8787",
@@ -384,6 +469,10 @@ mod tests {
             "http://a;region=",
             "http://a;region=eu west",
             "http://a;name=a/b",
+            "http://a;cpu=0",
+            "http://a;cpu=1.5",
+            "http://a;cpu=NaN",
+            "http://a;cpu=most",
         ] {
             assert!(bad.parse::<NodeSpec>().is_err(), "{bad:?} accepted");
         }
@@ -457,6 +546,78 @@ mod tests {
         nodes[2].rooms = 3;
         assert_eq!(place(&nodes, None, None), Placement::Node(0));
         assert_eq!(place(&nodes, None, Some("us")), Placement::Node(1));
+    }
+
+    #[test]
+    fn a_node_at_its_cpu_share_counts_as_full() {
+        let mut nodes = [load(true, 1, Some(10), "eu"), load(true, 5, None, "eu")];
+        nodes[0].cpu_capacity = Some(0.8);
+        nodes[0].cpu = Some(0.5);
+        assert_eq!(place(&nodes, Some(0), None), Placement::Node(0));
+        // At the share: the room overflows as when its sessions reach capacity.
+        nodes[0].cpu = Some(0.8);
+        assert_eq!(place(&nodes, Some(0), None), Placement::Node(1));
+        nodes[0].cpu = Some(0.95);
+        assert_eq!(place(&nodes, None, None), Placement::Node(1));
+        // Both full (the other by CPU too): 503.
+        nodes[1].cpu_capacity = Some(0.5);
+        nodes[1].cpu = Some(0.6);
+        assert_eq!(place(&nodes, Some(0), None), Placement::Full);
+        // CPU not known (no reading yet): judged by sessions only.
+        nodes[0].cpu = None;
+        assert_eq!(place(&nodes, Some(0), None), Placement::Node(0));
+        // A CPU reading without a configured share changes nothing.
+        let nodes = [load(true, 0, None, ""), load(true, 0, None, "")];
+        let busy = [
+            NodeLoad {
+                cpu: Some(1.0),
+                ..nodes[0]
+            },
+            nodes[1],
+        ];
+        assert_eq!(place(&busy, Some(0), None), Placement::Node(0));
+    }
+
+    #[test]
+    fn the_cpu_meter_divides_cpu_time_by_wall_time_and_cores() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut m = CpuMeter::default();
+        assert_eq!(m.share(t0), None);
+        m.reading(at(0), Some("10.00"), Some("2"));
+        assert_eq!(m.share(at(0)), None, "one reading is no share");
+        // 3 CPU seconds in 5 s on 2 cores: 30 %.
+        m.reading(at(5_000), Some("13.00"), Some("2"));
+        assert!((m.share(at(5_000)).unwrap() - 0.3).abs() < 1e-9);
+        // Too soon after the last: ignored (the share stays).
+        m.reading(at(5_100), Some("13.09"), Some("2"));
+        assert!((m.share(at(5_100)).unwrap() - 0.3).abs() < 1e-9);
+        // Fully busy.
+        m.reading(at(10_000), Some("23.00"), Some("2"));
+        assert!((m.share(at(10_000)).unwrap() - 1.0).abs() < 1e-9);
+        // Missing or hostile headers: no reading, nothing changes.
+        for (s, c) in [
+            (None, Some("2")),
+            (Some("12"), None),
+            (Some("x"), Some("2")),
+            (Some("-1"), Some("2")),
+            (Some("inf"), Some("2")),
+            (Some("30"), Some("0")),
+            (Some("30"), Some("-2")),
+        ] {
+            m.reading(at(15_000), s, c);
+            assert!(
+                (m.share(at(15_000)).unwrap() - 1.0).abs() < 1e-9,
+                "{s:?} {c:?}"
+            );
+        }
+        // The counter went back (the node restarted): starts over.
+        m.reading(at(20_000), Some("1.00"), Some("2"));
+        assert_eq!(m.share(at(20_000)), None);
+        m.reading(at(21_000), Some("1.50"), Some("2"));
+        assert!((m.share(at(21_000)).unwrap() - 0.25).abs() < 1e-9);
+        // No reading for over a minute: no longer used.
+        assert_eq!(m.share(at(21_000 + 61_000)), None);
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub(crate) struct SfuNode {
     pub(crate) region: Option<String>,
     /// The tag its session ids start with (known when its relay node name is configured).
     pub(crate) tag: Option<[u8; 2]>,
+    /// At or above this share of its cores it takes no new sessions (none: no limit).
+    pub(crate) cpu_capacity: Option<f64>,
+    /// Its CPU share, from the health checks' answers.
+    pub(crate) cpu: parking_lot::Mutex<crate::placement::CpuMeter>,
 }
 
 /// The configured SFU nodes and an HTTP client for them.
@@ -75,7 +79,7 @@ pub(crate) struct SfuPool {
 }
 
 impl SfuPool {
-    /// `nodes`: the `sfu_node` settings, `URL[;capacity=N][;region=LABEL][;name=NODE]`
+    /// `nodes`: the `sfu_node` settings, `URL[;capacity=N][;cpu=SHARE][;region=LABEL][;name=NODE]`
     /// ([`NodeSpec`], checked by the configuration; one that does not parse is taken as a bare
     /// URL).
     pub(crate) fn new(nodes: &[String], app_id: &str, app_secret: &str, timeout: Duration) -> Self {
@@ -92,6 +96,7 @@ impl SfuPool {
                         capacity: None,
                         region: None,
                         name: None,
+                        cpu: None,
                     });
                     SfuNode {
                         url: spec.url,
@@ -99,6 +104,8 @@ impl SfuPool {
                         capacity: spec.capacity,
                         region: spec.region,
                         tag: spec.name.as_deref().map(crate::placement::node_tag),
+                        cpu_capacity: spec.cpu,
+                        cpu: parking_lot::Mutex::default(),
                     }
                 })
                 .collect(),
@@ -119,7 +126,17 @@ impl SfuPool {
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await
-                .is_ok_and(|r| r.status().is_success());
+                .ok()
+                .filter(|r| r.status().is_success());
+            if let Some(r) = &ok {
+                let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok());
+                n.cpu.lock().reading(
+                    Instant::now(),
+                    header(crate::placement::CpuMeter::SECONDS_HEADER),
+                    header(crate::placement::CpuMeter::CORES_HEADER),
+                );
+            }
+            let ok = ok.is_some();
             if ok != n.healthy.swap(ok, Ordering::Relaxed) {
                 tracing::info!(node = %n.url, healthy = ok, "SFU node health changed");
             }
@@ -158,6 +175,8 @@ impl SfuPool {
                 rooms: rooms(i).saturating_add(self.cluster.others(i).rooms),
                 capacity: n.capacity,
                 region: n.region.as_deref(),
+                cpu: n.cpu.lock().share(Instant::now()),
+                cpu_capacity: n.cpu_capacity,
             })
             .collect();
         match crate::placement::place(&loads, current, hint) {
