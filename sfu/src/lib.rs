@@ -96,6 +96,7 @@
 pub mod api;
 pub mod config;
 pub mod directory;
+pub mod drain;
 pub mod egress;
 pub mod forward;
 pub mod health;

@@ -158,6 +158,14 @@ struct Cli {
     #[command(flatten)]
     relay: RelaySettings,
 
+    /// Seconds a draining node (after SIGTERM or `satsuma-sfu drain`) waits for its sessions
+    /// to move to other nodes before it exits anyway. It exits 0 as soon as it holds no
+    /// session. Give the supervisor's grace period (Kubernetes terminationGracePeriodSeconds,
+    /// systemd TimeoutStopSec) a few seconds more. SIGINT, or a second SIGTERM, exits at once.
+    /// Default 30.
+    #[arg(long, env = "SATSUMA_SFU_DRAIN_TIMEOUT", value_name = "SECONDS")]
+    drain_timeout: Option<f64>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -165,6 +173,28 @@ struct Cli {
 /// Tools for a cluster of SFU nodes (without one, the SFU runs).
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Drain a running node: it takes no new sessions (503 draining), reports "draining" on
+    /// /healthz so the coordinator moves its participants to other nodes, and exits 0 once
+    /// it holds no session or its --drain-timeout passes. Same as sending it SIGTERM, over its
+    /// HTTP API (POST /v1/apps/ID/drain with the app's secret).
+    Drain {
+        /// The node's HTTP API, e.g. http://127.0.0.1:7880.
+        #[arg(long, default_value = "http://127.0.0.1:7880")]
+        url: String,
+        /// An app of the node, as ID:SECRET (env: SATSUMA_SFU_DRAIN_APP). Default:
+        /// satsuma:satsuma-secret.
+        #[arg(
+            long,
+            env = "SATSUMA_SFU_DRAIN_APP",
+            hide_env_values = true,
+            default_value = "satsuma:satsuma-secret"
+        )]
+        app: App,
+        /// Also wait until the node stops answering (it exited), at most this many seconds;
+        /// fails if it still answers then.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<f64>,
+    },
     /// Make a cluster CA for the relay between SFU nodes: writes ca.pem (give it to every
     /// node as --relay-ca) and ca-key.pem (keep it offline; it signs node certificates).
     ClusterCa {
@@ -216,9 +246,51 @@ fn write_new(path: &std::path::Path, text: &str, secret: bool) -> anyhow::Result
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// `satsuma-sfu drain`: asks the node at `url` to drain; with `wait`, waits until it exited.
+async fn drain_remote(url: &str, app: &App, wait: Option<f64>) -> anyhow::Result<()> {
+    let base = url.trim_end_matches('/');
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .context("making the HTTP client")?;
+    let resp = client
+        .post(format!("{base}/v1/apps/{}/drain", app.id))
+        .bearer_auth(&app.secret)
+        .send()
+        .await
+        .with_context(|| format!("asking {base} to drain"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("{base} refused to drain: {status} {body}");
+    }
+    println!("{base} is draining: {}", body.trim());
+    let Some(wait) = wait else {
+        return Ok(());
+    };
+    let deadline = std::time::Instant::now() + secs(wait, "--wait")?;
+    loop {
+        let up = client
+            .get(format!("{base}/healthz"))
+            .timeout(std::time::Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok();
+        if !up {
+            println!("{base} has exited");
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!("{base} still answers after {wait} s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 fn run_command(command: Command) -> anyhow::Result<()> {
     use satsuma_sfu::relay::tls;
     match command {
+        Command::Drain { .. } => anyhow::bail!("drain runs on the async runtime"),
         Command::ClusterCa { out, cluster } => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let ca = tls::generate_ca(&cluster)?;
@@ -344,8 +416,12 @@ fn build_config(cli: Cli) -> anyhow::Result<(Config, String)> {
 async fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
     if let Some(command) = cli.command.take() {
+        if let Command::Drain { url, app, wait } = &command {
+            return drain_remote(url, app, *wait).await;
+        }
         return run_command(command);
     }
+    let drain_timeout = secs(cli.drain_timeout.unwrap_or(30.0), "--drain-timeout")?;
     let relay = relay_settings(&cli)?.build()?;
     let (config, log) = build_config(cli)?;
     tracing_subscriber::fmt()
@@ -357,7 +433,7 @@ async fn main() -> anyhow::Result<()> {
     if config.test_hooks {
         tracing::warn!("test hooks are ON (--test-hooks): never run like this in production");
     }
-    let server = Server::bind_with_relay(config, relay).await?;
+    let mut server = Server::bind_with_relay(config, relay).await?;
     // Tests that spawn the binary read the ports from this line.
     println!(
         "satsuma-sfu listening http={} udp={} tcp={}",
@@ -373,17 +449,83 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    let drain = server.drain();
     tokio::select! {
-        () = server.wait() => {}
+        () = server.http_stopped() => return Ok(()),
         r = tokio::signal::ctrl_c() => {
             r.context("waiting for ctrl-c")?;
             tracing::info!("SIGINT: shutting down");
+            return Ok(());
         }
         _ = terminate.recv() => {
-            tracing::info!("SIGTERM: shutting down");
+            drain.start(std::time::Instant::now());
+            tracing::info!(sessions = server.session_count(), "SIGTERM: draining (no new sessions)");
         }
+        () = drain.started() => {}
+    }
+    drained(&mut server, &drain, drain_timeout, &mut terminate).await;
+    // Whatever is left is closed; the HTTP server gets a moment for replies in flight.
+    if tokio::time::timeout(std::time::Duration::from_secs(3), server.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown took more than 3 s: exiting anyway");
     }
     Ok(())
+}
+
+/// Waits while the node drains: until it holds no session, its deadline passes, or SIGINT or a
+/// second SIGTERM asks it to stop now.
+async fn drained(
+    server: &mut satsuma_sfu::server::ServerHandle,
+    drain: &satsuma_sfu::drain::Drain,
+    deadline: std::time::Duration,
+    terminate: &mut tokio::signal::unix::Signal,
+) {
+    use satsuma_sfu::drain::{DrainState, DrainStep};
+    let started = drain.since().unwrap_or_else(std::time::Instant::now);
+    let state = DrainState::new(started, deadline);
+    let at_start = server.session_count();
+    tracing::info!(
+        sessions = at_start,
+        deadline_s = deadline.as_secs_f64(),
+        "draining: waiting for the sessions to move to other nodes"
+    );
+    loop {
+        let now = std::time::Instant::now();
+        match state.poll(now, server.session_count()) {
+            DrainStep::Wait => {}
+            DrainStep::Empty => {
+                tracing::info!(
+                    sessions_moved = at_start,
+                    drain_s = state.elapsed(now).as_secs_f64(),
+                    "drained: no session left, exiting"
+                );
+                return;
+            }
+            DrainStep::Deadline(left) => {
+                tracing::warn!(
+                    sessions_left = left,
+                    sessions_moved = at_start.saturating_sub(left),
+                    drain_s = state.elapsed(now).as_secs_f64(),
+                    "drain deadline passed: exiting with sessions left"
+                );
+                return;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            _ = terminate.recv() => {
+                tracing::warn!("second SIGTERM while draining: exiting now");
+                return;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::warn!("SIGINT while draining: exiting now");
+                return;
+            }
+            () = server.http_stopped() => return,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -72,6 +72,8 @@ pub struct ServerHandle {
     tasks: Vec<JoinHandle<()>>,
     shard_stops: Vec<oneshot::Sender<()>>,
     shard_threads: Vec<std::thread::JoinHandle<()>>,
+    directory: Arc<Directory>,
+    drain: Arc<crate::drain::Drain>,
 }
 
 /// Starts one shard on a thread of its own, driven by a single-threaded tokio runtime: the
@@ -300,6 +302,8 @@ impl Server {
             tasks.push(tokio::spawn(run_listener(listener, tcp, senders.clone())));
         }
 
+        let drain = Arc::new(crate::drain::Drain::new());
+        let handle_directory = Arc::clone(&directory);
         let state = Arc::new(ApiState {
             apps: config
                 .apps
@@ -335,6 +339,7 @@ impl Server {
                 .collect(),
             turn: config.turn.clone(),
             relay: relay_api,
+            drain: Arc::clone(&drain),
         });
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let app = router(Arc::clone(&state));
@@ -377,6 +382,8 @@ impl Server {
             tasks,
             shard_stops,
             shard_threads,
+            directory: handle_directory,
+            drain,
         })
     }
 }
@@ -410,6 +417,28 @@ impl ServerHandle {
     /// The server's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The node's drain state ([`crate::drain`]): start it, or see whether it started.
+    pub fn drain(&self) -> Arc<crate::drain::Drain> {
+        Arc::clone(&self.drain)
+    }
+
+    /// Sessions this node holds now.
+    pub fn session_count(&self) -> usize {
+        self.directory.session_count()
+    }
+
+    /// Resolves if the HTTP server stops (it does not stop on its own); the handle stays
+    /// usable (e.g. for [`ServerHandle::shutdown`]).
+    pub async fn http_stopped(&mut self) {
+        match self.http.as_mut() {
+            Some(http) => {
+                let _ = http.await;
+                self.http = None;
+            }
+            None => std::future::pending().await,
+        }
     }
 
     /// Waits until the HTTP server stops (it does not stop on its own).

@@ -3,6 +3,7 @@
 //! `/healthz` and `/metrics`. Handlers authenticate, rate-limit and decode, then hand the work to
 //! the shard that owns the session and wait for its reply.
 
+pub mod drain;
 pub mod error;
 pub mod routes;
 pub mod turn;

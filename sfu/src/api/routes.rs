@@ -71,6 +71,8 @@ pub struct ApiState {
     pub turn: satsuma_common::turn::TurnServers,
     /// The relay between SFU nodes (`None`: off): pulls of sessions on other nodes.
     pub relay: Option<crate::relay::bridge::BridgeHandle>,
+    /// Draining (issue 15, [`crate::drain`]): no new sessions, `/healthz` answers `draining`.
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -115,6 +117,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/v1/turn/keys/{key_id}/credentials/generate-ice-servers",
             post(super::turn::generate_ice_servers),
         )
+        .route("/v1/apps/{app_id}/drain", post(super::drain::drain_node))
         .route("/healthz", get(healthz));
     if state.metrics_on_api {
         r = r.route("/metrics", get(metrics));
@@ -125,6 +128,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let r = r
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            super::drain::gate,
+        ))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             count_requests,
@@ -142,6 +149,10 @@ pub fn ops_router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            super::drain::gate,
+        ))
         .with_state(state)
 }
 
@@ -268,7 +279,11 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Checks `Authorization: Bearer <secret>` for `app_id`.
-fn authenticate(st: &ApiState, app_id: &str, headers: &HeaderMap) -> Result<Arc<str>, ApiError> {
+pub(super) fn authenticate(
+    st: &ApiState,
+    app_id: &str,
+    headers: &HeaderMap,
+) -> Result<Arc<str>, ApiError> {
     let unauthorized = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
