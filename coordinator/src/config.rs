@@ -155,7 +155,8 @@ impl Default for Config {
             sfu_nodes: Vec::new(),
             sfu_app_id: "satsuma".to_owned(),
             sfu_app_secret: String::new(),
-            sfu_health_interval: Duration::from_secs(5),
+            // Often enough that a dead node's participants move within ~2 s (issue 15).
+            sfu_health_interval: Duration::from_secs(1),
             sfu_timeout: Duration::from_secs(10),
             sfu_max_body_bytes: 1 << 20,
             presence_timeout: Duration::from_secs(15),

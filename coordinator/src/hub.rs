@@ -370,6 +370,11 @@ impl Hub {
         self.rooms.lock().get(name).cloned()
     }
 
+    /// Every live room (a snapshot of the list).
+    pub(crate) fn slots(&self) -> Vec<Arc<RoomSlot>> {
+        self.rooms.lock().values().cloned().collect()
+    }
+
     /// How many rooms send new SFU sessions to `node`.
     pub(crate) fn rooms_on_node(&self, node: usize) -> usize {
         let slots: Vec<Arc<RoomSlot>> = self.rooms.lock().values().cloned().collect();

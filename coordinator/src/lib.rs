@@ -54,6 +54,7 @@ pub mod protocol;
 mod recording;
 pub mod room;
 mod server;
+mod sfu_moves;
 mod sfu_proxy;
 pub mod store;
 pub mod token_cli;

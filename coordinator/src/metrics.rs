@@ -108,6 +108,11 @@ pub struct Metrics {
     /// SFU sessions released while their owner stays (a newer one beyond the cap, an explicit
     /// close, or created for a participant that left meanwhile).
     pub sfu_sessions_released: IntCounter,
+    /// SFU sessions whose owners were told to move off a node (issue 15), by why (`draining`,
+    /// `down`); each session counts once.
+    pub sfu_moves: IntCounterVec,
+    /// Seconds from a node's first move order until this replica held no session on it.
+    pub sfu_evacuation_seconds: prometheus::Histogram,
     /// Host-started recorder processes, by event (`started`, `failed`: could not start,
     /// `exited`).
     pub recordings: IntCounterVec,
@@ -210,6 +215,26 @@ impl Metrics {
             &["event"],
         )?;
         registry.register(Box::new(recordings.clone()))?;
+        let sfu_moves = IntCounterVec::new(
+            Opts::new(
+                "satsuma_coord_sfu_moves_total",
+                "SFU sessions whose owners were told to move off a draining or dead node, by reason",
+            ),
+            &["reason"],
+        )?;
+        for reason in ["draining", "down"] {
+            sfu_moves.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(sfu_moves.clone()))?;
+        let sfu_evacuation_seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "satsuma_coord_sfu_evacuation_seconds",
+                "Seconds from a node's first move order (draining or down) until none of this \
+                 replica's sessions was left on it",
+            )
+            .buckets(vec![0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0]),
+        )?;
+        registry.register(Box::new(sfu_evacuation_seconds.clone()))?;
         Ok(Self {
             registry,
             rooms,
@@ -224,6 +249,8 @@ impl Metrics {
             drops,
             sfu_sessions_released,
             recordings,
+            sfu_moves,
+            sfu_evacuation_seconds,
             close_counters,
             drop_counters,
         })

@@ -1774,6 +1774,21 @@ impl Room {
             .ok_or((error_code::NOT_FOUND, format!("no participant {id}")))
     }
 
+    /// Tells participant `to` to move its SFU sessions `sessions` off their node, which is
+    /// draining or down (`reason`, [`satsuma_wire::room::move_reason`]; issue 15). Nothing if it
+    /// is not here.
+    pub fn order_move(&mut self, to: u64, sessions: Vec<String>, reason: &str) {
+        if self.participants.contains_key(&to) {
+            self.reply(
+                to,
+                ServerMessage::Move {
+                    sessions,
+                    reason: reason.to_owned(),
+                },
+            );
+        }
+    }
+
     fn reply(&mut self, to: u64, msg: ServerMessage) {
         self.outputs.push_back(Output::Reply { to, msg });
     }

@@ -295,9 +295,13 @@ async fn timer_loop(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 }
 
 async fn health_loop(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut moves = crate::sfu_moves::Moves::new(app.sfu.nodes.len());
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(app.config.sfu_health_interval) => app.sfu.check_health().await,
+            _ = tokio::time::sleep(app.config.sfu_health_interval) => {
+                app.sfu.check_health().await;
+                moves.run(&app).await;
+            }
             _ = stop.changed() => return,
         }
     }
