@@ -78,10 +78,23 @@ async fn health_metrics_cors_and_unknown_routes() {
     let sfu = Sfu::start(|_| {}).await;
     let resp = sfu.http.get(sfu.url("/healthz")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    // The CPU readings the coordinator's placement divides (CPU seconds so far, cores).
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("/healthz without {name}"))
+            .to_owned()
+    };
+    let cpu: f64 = header("satsuma-cpu-seconds").parse().unwrap();
+    let cores: u32 = header("satsuma-cpu-cores").parse().unwrap();
+    // A fresh test process may not have used a 10 ms tick yet: a number, not negative.
+    assert!(cpu >= 0.0 && cores >= 1, "cpu {cpu} s, {cores} cores");
     let resp = sfu.http.get(sfu.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let text = resp.text().await.unwrap();
     for name in [
+        "process_cpu_seconds_total",
         "satsuma_sfu_sessions",
         "satsuma_sfu_tracks",
         "satsuma_sfu_subscriptions",

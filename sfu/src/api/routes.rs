@@ -206,18 +206,36 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// `GET /healthz`: 200 `ok` while every shard is healthy; 503 with a JSON body naming the
+/// `GET /healthz`: 200 `ok` (with the CPU headers, [`CPU_SECONDS_HEADER`]) while every shard is
+/// healthy; 503 with a JSON body naming the
 /// shards that are dead or panicked within `Config::shard_panic_hold`.
 async fn healthz(State(st): Shared) -> Response {
     let problems = st.health.problems(Instant::now(), st.shard_panic_hold);
     if problems.is_empty() {
-        return "ok\n".into_response();
+        return (cpu_headers(), "ok\n").into_response();
     }
     let body = serde_json::json!({
         "status": "unhealthy",
         "shards": problems,
     });
     (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
+/// Header of `/healthz` with the process's CPU seconds so far (user + system, all threads):
+/// the coordinator divides two readings' difference by the time between them and
+/// [`CPU_CORES_HEADER`] for the node's CPU share (placement counts a node above its configured
+/// share as full).
+pub const CPU_SECONDS_HEADER: &str = "satsuma-cpu-seconds";
+/// Header of `/healthz` with the cores this process may use.
+pub const CPU_CORES_HEADER: &str = "satsuma-cpu-cores";
+
+fn cpu_headers() -> [(&'static str, String); 2] {
+    let cpu = crate::metrics::process_cpu_seconds().map_or_else(String::new, |s| format!("{s:.2}"));
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    [
+        (CPU_SECONDS_HEADER, cpu),
+        (CPU_CORES_HEADER, cores.to_string()),
+    ]
 }
 
 /// `POST /v1/test/shards/{n}/panic` (only with `Config::test_hooks`): makes shard `n` panic.

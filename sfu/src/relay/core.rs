@@ -370,6 +370,13 @@ impl RelayCore {
             .map(|(p, l)| (p.as_str(), l.conn().is_some()))
     }
 
+    /// The relay legs of one link: tracks served to `peer` and its tracks pulled here.
+    pub fn link_legs(&self, peer: &str) -> Option<(usize, usize)> {
+        self.links
+            .get(peer)
+            .map(|l| (l.served.len(), l.remote.len()))
+    }
+
     /// The relay legs: tracks served to peers and remote tracks pulled, over all links.
     pub fn legs(&self) -> (usize, usize) {
         self.links

@@ -375,6 +375,8 @@ struct Conn {
     control: mpsc::UnboundedSender<Bytes>,
     /// QUIC packets lost so far (for the metric's delta).
     quic_lost: u64,
+    /// UDP datagrams and bytes out and in so far (for the metrics' deltas).
+    udp: [u64; 4],
 }
 
 struct Driver {
@@ -549,6 +551,7 @@ impl Driver {
                         connection,
                         control,
                         quic_lost: 0,
+                        udp: [0; 4],
                     },
                 );
                 self.core.link_up(&peer, conn, dialled, now);
@@ -654,6 +657,14 @@ impl Driver {
                 .with_label_values(&[&c.peer])
                 .inc_by(lost.saturating_sub(c.quic_lost));
             c.quic_lost = lost;
+            let udp = [
+                s.udp_tx.datagrams,
+                s.udp_tx.bytes,
+                s.udp_rx.datagrams,
+                s.udp_rx.bytes,
+            ];
+            self.metrics.count_udp(&c.peer, c.udp, udp);
+            c.udp = udp;
         }
         let peers: Vec<(String, bool)> =
             self.core.links().map(|(p, u)| (p.to_string(), u)).collect();
@@ -664,6 +675,9 @@ impl Driver {
             };
             let before = self.reported.insert(peer.clone(), now).unwrap_or_default();
             self.metrics.count_link(&peer, &before, &now);
+            if let Some((served, pulled)) = self.core.link_legs(&peer) {
+                self.metrics.set_link_legs(&peer, served, pulled);
+            }
         }
         let (served, pulled) = self.core.legs();
         self.metrics.links.set(up as i64);

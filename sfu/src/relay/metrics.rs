@@ -14,6 +14,8 @@ pub struct RelayMetrics {
     /// Relay legs by side: `origin` (a local track a peer pulls), `subscriber` (a remote track
     /// pulled here).
     pub legs: IntGaugeVec,
+    /// Relay legs per link, by peer and side (as `legs`).
+    pub link_legs: IntGaugeVec,
     /// Media datagrams by peer and direction (`out`, `in`; resends included).
     pub packets: IntCounterVec,
     /// Their bytes (relay header included, QUIC overhead not).
@@ -25,6 +27,12 @@ pub struct RelayMetrics {
     pub lost: IntCounterVec,
     /// QUIC packets the transport declared lost, by peer.
     pub quic_lost: IntCounterVec,
+    /// UDP datagrams of each link as QUIC counts them (media, control, acks, keep-alives), by
+    /// peer and direction.
+    pub udp_datagrams: IntCounterVec,
+    /// Their bytes (QUIC and UDP payload, IP/UDP headers not): against `bytes`, the transport's
+    /// overhead.
+    pub udp_bytes: IntCounterVec,
     /// Packets NACKed to the peer (`nacked`), resent on its NACKs (`resent`), or NACKed by it
     /// but gone from the resend buffer (`missed`).
     pub repairs: IntCounterVec,
@@ -87,6 +95,17 @@ impl RelayMetrics {
                 ),
             )
             .expect("valid relay metric"),
+            link_legs: register(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "relay_link_legs",
+                        "Relay legs per link by peer node and side (origin, subscriber)",
+                    ),
+                    &["peer", "side"],
+                ),
+            )
+            .expect("valid relay metric"),
             packets: cv(
                 "relay_packets_total",
                 "Relay media datagrams by peer node and direction",
@@ -114,6 +133,16 @@ impl RelayMetrics {
                 "relay_quic_lost_packets_total",
                 "QUIC packets lost on each relay link",
                 &["peer"],
+            ),
+            udp_datagrams: cv(
+                "relay_udp_datagrams_total",
+                "UDP datagrams of each relay link (QUIC: media, control, acks), by peer node and direction",
+                &["peer", "direction"],
+            ),
+            udp_bytes: cv(
+                "relay_udp_bytes_total",
+                "UDP payload bytes of each relay link (QUIC), by peer node and direction",
+                &["peer", "direction"],
             ),
             repairs: cv(
                 "relay_repairs_total",
@@ -171,6 +200,34 @@ impl RelayMetrics {
     /// Counts one refused connection.
     pub fn refused(&self, reason: &str) {
         self.refused_by.with_label_values(&[reason]).inc();
+    }
+
+    /// Sets a link's legs (`served` to the peer, `pulled` from it).
+    pub fn set_link_legs(&self, peer: &str, served: usize, pulled: usize) {
+        let g = |side: &str, n: usize| {
+            self.link_legs
+                .with_label_values(&[peer, side])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        g("origin", served);
+        g("subscriber", pulled);
+    }
+
+    /// Adds a link's QUIC datagram counters between two samples
+    /// (`[datagrams out, bytes out, datagrams in, bytes in]`).
+    pub fn count_udp(&self, peer: &str, before: [u64; 4], now: [u64; 4]) {
+        let series = [
+            (&self.udp_datagrams, "out"),
+            (&self.udp_bytes, "out"),
+            (&self.udp_datagrams, "in"),
+            (&self.udp_bytes, "in"),
+        ];
+        for ((v, direction), (a, b)) in series.into_iter().zip(before.into_iter().zip(now)) {
+            let n = b.saturating_sub(a);
+            if n > 0 {
+                v.with_label_values(&[peer, direction]).inc_by(n);
+            }
+        }
     }
 
     /// Adds what a link did between two samples of its counters.
@@ -241,6 +298,9 @@ mod tests {
         };
         m.count_link("sfu-b", &before, &now);
         m.count_link("sfu-b", &now, &now);
+        m.set_link_legs("sfu-b", 3, 1);
+        m.count_udp("sfu-b", [0; 4], [12, 1500, 4, 200]);
+        m.count_udp("sfu-b", [12, 1500, 4, 200], [13, 1600, 4, 200]);
         let mut buf = Vec::new();
         prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &r.gather(), &mut buf)
             .unwrap();
@@ -254,6 +314,17 @@ mod tests {
             )
         );
         assert!(text.contains("satsuma_sfu_relay_refused_total{reason=\"handshake\"} 0"));
+        assert!(text.contains("satsuma_sfu_relay_link_legs{peer=\"sfu-b\",side=\"origin\"} 3"));
+        assert!(
+            text.contains(
+                "satsuma_sfu_relay_udp_bytes_total{direction=\"out\",peer=\"sfu-b\"} 1600"
+            )
+        );
+        assert!(
+            text.contains(
+                "satsuma_sfu_relay_udp_datagrams_total{direction=\"in\",peer=\"sfu-b\"} 4"
+            )
+        );
         assert!(text.contains("satsuma_sfu_relay_links 0"));
     }
 }
