@@ -3,7 +3,8 @@
 # client/web/public); scripts/build-web.sh runs it after building the WASM.
 #
 # 1. index.html: rewrites the lines between `<!-- satsuma:integrity` and
-#    `<!-- /satsuma:integrity -->`: the stylesheet and the entry module with
+#    `<!-- /satsuma:integrity -->`: the stylesheet and the entry module (the
+#    bundle app.bundle.js when it was made from these modules, else app.js) with
 #    `integrity` attributes, and an import map whose "integrity" section gives
 #    the SHA-256 (SRI form) of every .js and .wasm file. The browser refuses any
 #    module whose bytes do not match; the page checks the worker and the .wasm
@@ -47,23 +48,48 @@ sri() {
   printf 'sha256-%s' "$(printf '%b' "$(sed 's/../\\x&/g' <<<"$hex")" | base64 -w0)"
 }
 
+# Bundled or not. scripts/build-web.sh bundles the page's modules into app.bundle.js and the
+# E2EE worker with its WebAssembly glue into e2ee-worker.bundle.js (esbuild), and lists in
+# .bundle-inputs the SHA-256 of every .js file here it bundled them from. The page loads the
+# bundles only when exactly those files are here: after an edit of a module without a new
+# bundle (or without esbuild) it loads its modules one by one, never stale code.
+bundle_inputs() {
+  files | grep -E '\.js$' | grep -vE '\.bundle\.js$'
+}
+bundled=0
+if [ -f app.bundle.js ] && [ -f e2ee-worker.bundle.js ] && [ -f .bundle-inputs ]; then
+  if [ "$(cut -d' ' -f3- .bundle-inputs)" = "$(bundle_inputs)" ] \
+    && sha256sum --quiet --status -c .bundle-inputs 2>/dev/null; then
+    bundled=1
+  else
+    echo "web-manifest: the bundles in $DIR were made from other modules than these (run scripts/build-web.sh): the page loads its modules unbundled" >&2
+  fi
+fi
+
 # 1. The integrity block of index.html.
 map=""
 for f in $(files | grep -E '\.(js|wasm)$'); do
   if [ -n "$map" ]; then map+=","; fi
   map+="\"./$f\":\"$(sri "$f")\""
 done
-# The page's modules (not the worker and its glue, which integrity.js fetches)
-# are preloaded at once, so the import graph loads in one round instead of one
-# round per level of imports.
 preload=""
-for f in $(files | grep -E '^[^/]+\.js$' | grep -vx 'app.js' | grep -vx 'e2ee-worker.js'); do
-  preload+="  <link rel=\"modulepreload\" href=\"$f\" integrity=\"$(sri "$f")\">"$'\n'
-done
+if [ "$bundled" = 1 ]; then
+  entry=app.bundle.js
+  worker_files="e2ee-worker.bundle.js pkg/satsuma_wasm_bg.wasm"
+else
+  entry=app.js
+  worker_files="e2ee-worker.js pkg/satsuma_wasm.js pkg/satsuma_wasm_bg.wasm"
+  # The page's modules (not the worker and its glue, which integrity.js fetches)
+  # are preloaded at once, so the import graph loads in one round instead of one
+  # round per level of imports.
+  for f in $(files | grep -E '^[^/]+\.js$' | grep -vE '\.bundle\.js$' | grep -vx 'app.js' | grep -vx 'e2ee-worker.js'); do
+    preload+="  <link rel=\"modulepreload\" href=\"$f\" integrity=\"$(sri "$f")\">"$'\n'
+  done
+fi
 # What the page fetches by itself as soon as its modules run (integrity.js:
 # the E2EE worker, its glue and the .wasm; client-config.js: the server's
 # client config) starts with the HTML instead, one round earlier.
-for f in e2ee-worker.js pkg/satsuma_wasm.js pkg/satsuma_wasm_bg.wasm; do
+for f in $worker_files; do
   if [ -f "$f" ]; then
     # (No integrity attribute: Chromium ignores it on fetch preloads; the fetch that
     # takes the preloaded bytes carries the hash and checks them.)
@@ -74,7 +100,7 @@ preload+="  <link rel=\"preload\" href=\"client-config.json\" as=\"fetch\" cross
 block="$(cat <<EOF
   <link rel="stylesheet" href="app.css" integrity="$(sri app.css)">
   <script type="importmap">{"integrity":{$map}}</script>
-${preload}  <script type="module" src="app.js" integrity="$(sri app.js)"></script>
+${preload}  <script type="module" src="$entry" integrity="$(sri "$entry")"></script>
 EOF
 )"
 tmp=$(mktemp .index.html.XXXXXX)
@@ -110,4 +136,4 @@ tmp=$(mktemp .manifest.json.XXXXXX)
 } >"$tmp"
 chmod 0644 "$tmp"
 mv "$tmp" manifest.json
-echo "web-manifest: $(files | wc -l) files in $DIR/manifest.json; index.html sha256 $(sha256sum index.html | cut -d' ' -f1)"
+echo "web-manifest: $(files | wc -l) files in $DIR/manifest.json; page entry $entry; index.html sha256 $(sha256sum index.html | cut -d' ' -f1)"

@@ -8,9 +8,9 @@
 //     model on every change and call the controller's intents. They never
 //     touch the links.
 //
-// Plain ES modules served as-is by the coordinator: no bundler, no CDN, no
-// request to any other origin. The only build step is the WebAssembly E2EE
-// core (scripts/build-web.sh writes ./pkg/).
+// Plain ES modules, no CDN, no request to any other origin. scripts/build-web.sh
+// builds the WebAssembly E2EE core (./pkg/) and bundles these modules into one
+// (app.bundle.js, what index.html loads when it is up to date; see README).
 //
 // Joining needs a join token. The URL fragment may carry one (`#token=…`, from
 // `satsuma token create` or your app's POST /api/v1/tokens) or a host's invite

@@ -17,12 +17,20 @@
 // stamp) nothing can be checked: the worker loads from its URL, with a console
 // warning.
 //
+// Bundled (what scripts/build-web.sh makes the page load when esbuild is
+// there): the page's modules are one file, app.bundle.js, and the worker with
+// its glue another, e2ee-worker.bundle.js; the bundler defines SATSUMA_BUNDLE in
+// the page's bundle, so this module then fetches (and checks) that one worker
+// file. The same checks, one file fewer.
+//
 // This module finishes loading only after the worker's files were fetched
 // (top-level await), so the worker can be started synchronously.
 
 import { fetchRetrying } from './fetch-retry.js';
 
-const WORKER = './e2ee-worker.js';
+// `typeof` of an undeclared name is 'undefined' (no error) in the unbundled modules.
+const BUNDLED = typeof SATSUMA_BUNDLE !== 'undefined' && SATSUMA_BUNDLE === true;
+const WORKER = BUNDLED ? './e2ee-worker.bundle.js' : './e2ee-worker.js';
 const GLUE = './pkg/satsuma_wasm.js';
 const WASM = './pkg/satsuma_wasm_bg.wasm';
 const FETCH_TIMEOUT_MS = 20000;
@@ -99,6 +107,12 @@ async function prepareWorker() {
   try {
     const wasmIntegrity = hashes.get(wasmUrl);
     if (!wasmIntegrity) throw new Error(`index.html has no integrity hash for ${WASM} (run scripts/build-web.sh)`);
+    if (BUNDLED) {
+      // The glue is inside the worker's bundle: nothing to point anywhere.
+      const worker = await fetchChecked(WORKER);
+      const url = URL.createObjectURL(new Blob([worker], { type: 'text/javascript' }));
+      return { url, wasm: { url: wasmUrl, integrity: wasmIntegrity }, checked: true };
+    }
     const [worker, glue] = await Promise.all([fetchChecked(WORKER), fetchChecked(GLUE)]);
     // The worker imports its glue by a relative specifier, which means nothing inside a blob:
     // worker: point it at the checked glue's blob URL instead.

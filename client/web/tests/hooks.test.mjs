@@ -9,7 +9,8 @@
 //   single CSP violation.
 // - Integrity: a module whose bytes differ from the hash in index.html is not
 //   run (the page stays at its boot note), and a tampered E2EE worker script
-//   is never started (red state, nothing sent).
+//   is never started (red state, nothing sent). Bundled (scripts/build-web.sh),
+//   the module is the page's bundle and the worker script the worker's bundle.
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -120,6 +121,20 @@ describe('test hooks on: the same parameters work', { timeout: 120000 }, () => {
 describe('integrity: files that do not match index.html are not run', { timeout: 120000 }, () => {
   const suite = browserSuite();
 
+  /**
+   * The files the served page runs: bundled (scripts/build-web.sh made app.bundle.js and
+   * e2ee-worker.bundle.js from these modules), a module is the page's bundle and the worker
+   * its bundle; unbundled, one module of the graph (call-view.js) and e2ee-worker.js.
+   */
+  async function servedFiles() {
+    const html = await (await fetch(`${suite.servers.base}/`)).text();
+    const entry = html.match(/<script type="module" src="([^"]+)"/)?.[1];
+    assert.ok(entry, 'index.html has an entry module');
+    return entry === 'app.bundle.js'
+      ? { module: 'app.bundle.js', worker: 'e2ee-worker.bundle.js' }
+      : { module: 'call-view.js', worker: 'e2ee-worker.js' };
+  }
+
   /** Opens the page with `file`'s response body altered by one appended statement. */
   async function openTampered(file, { join = false } = {}) {
     const context = await suite.browser.newContext();
@@ -138,9 +153,11 @@ describe('integrity: files that do not match index.html are not run', { timeout:
   }
 
   it('a changed module is refused: the app never starts', async () => {
-    const page = await openTampered('call-view.js');
+    const { module } = await servedFiles();
+    console.log(`# integrity: tampering with ${module}`);
+    const page = await openTampered(module);
     try {
-      await waitFor('an integrity error in the console', () => page.consoleLines.some((l) => /integrity/i.test(l) && /call-view\.js/.test(l)), { timeout: 15000 });
+      await waitFor('an integrity error in the console', () => page.consoleLines.some((l) => /integrity/i.test(l) && l.includes(module)), { timeout: 15000 });
       const state = await page.evaluate(() => ({
         app: typeof window.satsuma, tampered: globalThis.tampered === true,
         note: document.getElementById('boot-note')?.isConnected === true && !document.getElementById('boot-note').hidden,
@@ -152,7 +169,9 @@ describe('integrity: files that do not match index.html are not run', { timeout:
   });
 
   it('a changed E2EE worker script is never started: red state, nothing sent', async () => {
-    const page = await openTampered('e2ee-worker.js', { join: true });
+    const { worker } = await servedFiles();
+    console.log(`# integrity: tampering with ${worker}`);
+    const page = await openTampered(worker, { join: true });
     try {
       const s = await waitFor('the send gate to report the integrity failure', async () => {
         const st = await page.evaluate(() => window.satsuma?.stats?.());
