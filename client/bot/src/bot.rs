@@ -136,6 +136,10 @@ pub struct Bot {
     session_id: String,
     peer: Peer,
     signaling: Mutex<()>,
+    /// How it was made (for [`Bot::relocate`]).
+    config: BotConfig,
+    /// What it published, in order (for [`Bot::relocate`]).
+    published: std::sync::Mutex<Vec<TrackSpec>>,
 }
 
 impl Bot {
@@ -158,7 +162,35 @@ impl Bot {
             session_id: session.session_id,
             peer,
             signaling: Mutex::new(()),
+            config,
+            published: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// A new session for the same participant, e.g. on another SFU node when the
+    /// coordinator says this one's node is draining or down (`move`, issue 15; with the
+    /// coordinator's proxy as the API, it places the new session on a live node): a new bot
+    /// made with this one's configuration, sealing with `crypto` (the member's media crypto,
+    /// as [`Bot::set_media_crypto`]), publishing the same tracks under the same names. It
+    /// pulls nothing yet (the caller pulls what it wants, from the publishers' current
+    /// sessions), and this bot is untouched: shut it down (and delete its session) once the
+    /// new one carries the media.
+    ///
+    /// # Errors
+    /// The new session, its media task or its publication failed.
+    pub async fn relocate(
+        &self,
+        crypto: Option<Box<dyn crate::participant::MediaCrypto>>,
+    ) -> Result<Bot, BotError> {
+        let bot = Bot::connect_with(self.config.clone()).await?;
+        if crypto.is_some() {
+            bot.set_media_crypto(crypto).await?;
+        }
+        let specs = self.published.lock().map(|p| p.clone()).unwrap_or_default();
+        if !specs.is_empty() {
+            bot.publish(&specs).await?;
+        }
+        Ok(bot)
     }
 
     /// This bot's session id.
@@ -216,6 +248,9 @@ impl Bot {
         self.with(move |p, now| p.accept_answer(now, &answer))
             .await??;
         check_track_errors(&resp.tracks)?;
+        if let Ok(mut p) = self.published.lock() {
+            p.extend(tracks.iter().cloned());
+        }
         Ok(mids
             .into_iter()
             .zip(tracks)

@@ -130,6 +130,11 @@ impl SfuProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The exit status once the process has exited (`None` while it runs).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// What the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr_log

@@ -104,6 +104,21 @@ pub struct MemberView {
     /// The room's participants as the coordinator's log tells them (names, hosts,
     /// recorders, SFU sessions, published tracks); not verified by MLS.
     pub roster: crate::roster::Roster,
+    /// The coordinator's `move` orders so far (issue 15: an SFU node this member has a
+    /// session on is draining or down), oldest first. Acting on them is the media side's
+    /// job ([`crate::Bot::relocate`]); the member's MLS state stays as it is.
+    pub move_orders: Vec<MoveOrder>,
+}
+
+/// One `move` order of the coordinator ([`satsuma_wire::room::ServerMessage::Move`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveOrder {
+    /// This member's SFU sessions on the node to leave.
+    pub sessions: Vec<String>,
+    /// `draining` or `down` ([`satsuma_wire::room::move_reason`]).
+    pub reason: String,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 /// The member's E2EE core, shared between its room task and the media it encrypts
@@ -169,6 +184,8 @@ enum Control {
     Leave,
     /// Close the socket without a `leave` (a network loss); the member resumes.
     DropConnection,
+    /// Send a client message (e.g. `publish`, `unpublish`).
+    Send(ClientMessage),
     /// Encrypt one outbound frame with this member's current media key.
     Encrypt {
         mime: String,
@@ -410,6 +427,13 @@ impl RoomMember {
     pub async fn leave(mut self) {
         let _ = self.control.send(Control::Leave);
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+    }
+
+    /// Sends `msg` to the coordinator on the current connection (e.g. `publish` and
+    /// `unpublish` of the tracks a [`crate::Bot`] acting for this member pushed); dropped if
+    /// the connection is down at that moment.
+    pub fn send(&self, msg: ClientMessage) {
+        let _ = self.control.send(Control::Send(msg));
     }
 
     /// Drops the WebSocket without a `leave`, as a network loss would (close code 4999, like
@@ -674,6 +698,11 @@ async fn connected(
                     let _ = ws.close(Some(frame)).await;
                     return End::Closed(4999, "simulated network loss".into());
                 }
+                Some(Control::Send(msg)) => {
+                    if ws.send(Message::Text(json_text(&msg).into())).await.is_err() {
+                        return End::Closed(1006, "send failed".into());
+                    }
+                }
                 Some(Control::Encrypt { mime, frame, reply }) => {
                     let _ = reply.send(lock(core).encrypt(&mime, &frame));
                 }
@@ -707,6 +736,11 @@ async fn connected(
                                 w.roster.apply(&f.event);
                             });
                         }
+                    }
+                    Ok(ServerText::Direct(ServerMessage::Move { sessions, reason })) => {
+                        tracing::info!(me = link.participant_id, ?sessions, %reason, "told to move off an SFU node");
+                        let at = Instant::now();
+                        view.update(|w| w.move_orders.push(MoveOrder { sessions, reason, at }));
                     }
                     // Direct replies, and what does not parse (the core counts it as bad input).
                     _ => lock(core).on_direct(t.as_str(), ms(start)),
