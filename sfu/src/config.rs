@@ -194,6 +194,10 @@ pub struct Config {
     /// within the estimate, and the pacer would hold whatever exceeds it (hundreds of ms while a
     /// switch down waits for a keyframe). Audio and single-layer video are never paced.
     pub bwe_pace_video: bool,
+    /// Send a new subscriber leg its track's packets since the last keyframe at once (VP8; see
+    /// [`crate::keyframe_cache`]) instead of asking the publisher for a keyframe. On by default;
+    /// off, a new leg always asks.
+    pub keyframe_replay: bool,
     /// Quotas against abuse (see [`Limits`]).
     pub limits: Limits,
     /// Browser origins allowed to call the API cross-origin (CORS). Empty, the default: no CORS
@@ -492,6 +496,7 @@ impl Default for Config {
             max_tracks_per_request: 64,
             bwe_initial_kbps: DEFAULT_BWE_INITIAL_KBPS,
             bwe_pace_video: false,
+            keyframe_replay: true,
             limits: Limits::default(),
             cors_origins: Vec::new(),
             metrics_token: None,

@@ -40,6 +40,7 @@ use str0m::media::{MediaKind, Mid, Pt, Rid};
 use str0m::rtp::{ExtensionValues, Vp8Patch};
 
 use crate::ids::{SessionId, ShardId, TrackId};
+use crate::keyframe_cache::{CacheDrop, KeyframeCache};
 use crate::layer::{LAYER_STALE, LayerSelector, LegInput, RateMeter, SessionPlan, layer_cmp};
 use crate::vp8::{Vp8Packet, Vp8Rebase};
 
@@ -67,6 +68,17 @@ pub const FRESH_LEG_KEYFRAME_GAP: Duration = Duration::from_millis(350);
 /// one may not have got through, and Chromium itself asks again only after about 3 s without a
 /// decodable frame. At least [`FRESH_LEG_KEYFRAME_GAP`], so the encoder takes it.
 pub const KEYFRAME_REPEAT_AFTER: Duration = Duration::from_millis(400);
+
+/// How long a new leg waits for the replay of its track's cached keyframe before it takes live
+/// packets as usual (the answer comes from the track's home shard within microseconds; this only
+/// bounds a lost one).
+pub const REPLAY_WAIT: Duration = Duration::from_millis(500);
+
+/// A replay's RTP timestamps are compressed by this factor towards the last replayed packet's:
+/// the cached pictures reach the new leg at once, and with their real spacing the receiver would
+/// schedule them (and every live picture after them) up to the cache's age late. Compressed, they
+/// look like a burst of pictures taken a few milliseconds apart, ending now.
+pub const REPLAY_TS_COMPRESSION: i32 = 100;
 
 /// A subscriber leg: the `mid` of a session's m-line that carries a pulled track.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -142,6 +154,9 @@ pub enum DropReason {
     OtherLayer,
     /// Waiting for a keyframe before starting or switching a simulcast layer.
     AwaitingKeyframe,
+    /// A new leg waiting for the replay of its track's cached keyframe (see
+    /// [`Forwarder::await_replay`]): what it would get now is in the replay.
+    AwaitingReplay,
 }
 
 impl DropReason {
@@ -152,6 +167,7 @@ impl DropReason {
             DropReason::TooOld => "too_old",
             DropReason::OtherLayer => "other_layer",
             DropReason::AwaitingKeyframe => "awaiting_keyframe",
+            DropReason::AwaitingReplay => "awaiting_replay",
         }
     }
 }
@@ -261,6 +277,9 @@ struct Leg {
     /// When to ask once more for a keyframe of the layer an urgent switch went to (see
     /// [`KEYFRAME_REPEAT_AFTER`]).
     repeat_keyframe_at: Option<Instant>,
+    /// A new leg waiting, until this instant at most, for the replay of its track's cached
+    /// keyframe: nothing is forwarded to it meanwhile (see [`Forwarder::await_replay`]).
+    awaiting_replay: Option<Instant>,
 }
 
 impl Leg {
@@ -284,6 +303,8 @@ struct Publication {
     keyframe_requests: Vec<KeyframeThrottle>,
     /// When the publisher last asked for a keyframe of its own track (`tracks/keyframe`).
     publisher_asked: Option<Instant>,
+    /// The packets since the last keyframe of each layer (video; see [`crate::keyframe_cache`]).
+    cache: KeyframeCache,
 }
 
 /// At most this many simulcast layers are remembered per publication (a peer may send rids
@@ -362,6 +383,18 @@ pub struct SessionRemoval {
     pub legs: Vec<(LegKey, TrackId, ShardId)>,
 }
 
+/// What [`Forwarder::replay`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    /// The leg got this many cached packets, from a keyframe on.
+    Replayed(usize),
+    /// Nothing was cached: the leg needs a keyframe request.
+    Empty,
+    /// The leg cannot take them (gone, not waiting, already started, or the subscriber did not
+    /// negotiate the codec): it needs a keyframe request if it is still there.
+    Refused,
+}
+
 /// Why [`Forwarder::publisher_keyframe_request`] refused a publisher's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublisherKeyframeRefusal {
@@ -435,6 +468,7 @@ impl Forwarder {
                 layers_seen: Vec::new(),
                 keyframe_requests: Vec::new(),
                 publisher_asked: None,
+                cache: KeyframeCache::default(),
             },
         );
     }
@@ -488,6 +522,55 @@ impl Forwarder {
                 }
             }
         }
+    }
+
+    /// Keeps a packet of a local video publication in its keyframe cache (see
+    /// [`crate::keyframe_cache`]); returns why a layer's cache was emptied, if this packet did.
+    pub fn cache_packet(&mut self, track: TrackId, pkt: &Arc<MediaPacket>) -> Option<CacheDrop> {
+        let p = self.publications.get_mut(&track)?;
+        if p.kind != MediaKind::Video {
+            return None;
+        }
+        p.cache.push(pkt)
+    }
+
+    /// The cached packets to replay to a new leg on a local publication that wants layer `rid`:
+    /// those of the layer a keyframe request for `rid` would go to, or, for a leg without a
+    /// preference, of the best layer with a cached keyframe. `None`: nothing usable is cached.
+    pub fn replay_packets(
+        &self,
+        track: TrackId,
+        rid: Option<Rid>,
+        now: Instant,
+    ) -> Option<Vec<Arc<MediaPacket>>> {
+        let p = self.publications.get(&track)?;
+        if p.kind != MediaKind::Video {
+            return None;
+        }
+        let layer = if rid.is_some() {
+            p.flowing_layer_for(rid, now)
+        } else {
+            p.cache
+                .ready_layers(now)
+                .max_by(|a, b| match (a, b) {
+                    (Some(a), Some(b)) => layer_cmp(a, b),
+                    _ => a.is_some().cmp(&b.is_some()),
+                })
+                .flatten()
+        };
+        p.cache.replay(layer, now)
+    }
+
+    /// Empties the keyframe caches older than their bound; returns the payload bytes and packets
+    /// all caches still hold.
+    pub fn expire_caches(&mut self, now: Instant) -> (usize, usize) {
+        let (mut bytes, mut packets) = (0, 0);
+        for p in self.publications.values_mut() {
+            p.cache.expire(now);
+            bytes += p.cache.bytes();
+            packets += p.cache.packets();
+        }
+        (bytes, packets)
     }
 
     /// A shard gained a leg on a local publication. Returns false if the track is unknown.
@@ -695,6 +778,7 @@ impl Forwarder {
             keyframe_seen: false,
             urgent: false,
             repeat_keyframe_at: None,
+            awaiting_replay: None,
         });
     }
 
@@ -969,6 +1053,107 @@ impl Forwarder {
         }
     }
 
+    /// A new leg is to be sent its track's cached keyframe (the shard asked the track's home for
+    /// it): until [`Forwarder::replay`] brings the answer, or until `until`, nothing is forwarded
+    /// to it, so that the replay starts its numbering and no packet reaches it twice (a second
+    /// copy of an encrypted frame is refused by the receiver as a replay). Everything held back
+    /// meanwhile is in the replay: it was cached before the home shard answered. False for an
+    /// unknown leg.
+    pub fn await_replay(&mut self, leg: LegKey, until: Instant) -> bool {
+        match self.leg_mut(leg) {
+            Some(l) => {
+                l.awaiting_replay = Some(until);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a leg waits for a replay (see [`Forwarder::await_replay`]).
+    pub fn leg_awaits_replay(&self, leg: LegKey) -> bool {
+        let Some(track) = self.leg_tracks.get(&leg) else {
+            return false;
+        };
+        self.legs
+            .get(track)
+            .and_then(|legs| legs.iter().find(|l| l.key == leg))
+            .is_some_and(|l| l.awaiting_replay.is_some())
+    }
+
+    /// The answer to [`Forwarder::await_replay`] for `leg` on `track`: `packets` are one layer's
+    /// cached packets from a keyframe on, in arrival order (empty: nothing cached). A leg still waiting that has
+    /// forwarded nothing gets them all, numbered from its start like live packets (sequence
+    /// numbers and VP8 PictureID/TL0PICIDX run on into the live packets after them), with their
+    /// RTP timestamps compressed towards the last one ([`REPLAY_TS_COMPRESSION`]) and `now` as
+    /// their wall clock; payloads are the cached ones, untouched. Either way the leg stops
+    /// waiting.
+    pub fn replay(
+        &mut self,
+        track: TrackId,
+        leg: LegKey,
+        packets: &[Arc<MediaPacket>],
+        now: Instant,
+        out: &mut Vec<LegWrite>,
+    ) -> ReplayOutcome {
+        if self.leg_tracks.get(&leg) != Some(&track) {
+            return ReplayOutcome::Refused;
+        }
+        let Some(l) = self.leg_mut(leg) else {
+            return ReplayOutcome::Refused;
+        };
+        if l.awaiting_replay.take().is_none() {
+            return ReplayOutcome::Refused;
+        }
+        let (Some(first), Some(last)) = (packets.first(), packets.last()) else {
+            return ReplayOutcome::Empty;
+        };
+        if l.started || l.paused || !first.keyframe {
+            return ReplayOutcome::Refused;
+        }
+        if !l.pt_map.iter().any(|(i, _)| *i == first.pt) {
+            return ReplayOutcome::Refused;
+        }
+        if first.rid.is_some() {
+            l.current_rid = first.rid;
+        }
+        l.started = true;
+        // The live packets after the replay continue from the last one, mapped to now.
+        let top = l.ts.map(last.timestamp, now);
+        let before = out.len();
+        for pkt in packets {
+            let Some(&(_, pt)) = l.pt_map.iter().find(|(i, _)| *i == pkt.pt) else {
+                continue;
+            };
+            let Some(seq) = l.seq.map(pkt.seq) else {
+                continue;
+            };
+            let behind = last.timestamp.wrapping_sub(pkt.timestamp) as i32;
+            let timestamp = top.wrapping_sub((behind / REPLAY_TS_COMPRESSION) as u32);
+            let vp8_patch = pkt.vp8.and_then(|v| v.patch(l.vp8.map(v.numbers())));
+            out.push(LegWrite {
+                leg,
+                pt,
+                seq,
+                timestamp,
+                marker: pkt.marker,
+                nackable: pkt.nackable,
+                ext: pkt.ext.clone(),
+                payload: Arc::clone(&pkt.payload),
+                vp8_patch,
+                wallclock: now,
+            });
+        }
+        l.keyframe_seen = true;
+        ReplayOutcome::Replayed(out.len() - before)
+    }
+
+    fn leg_mut(&mut self, leg: LegKey) -> Option<&mut Leg> {
+        let track = self.leg_tracks.get(&leg)?;
+        self.legs
+            .get_mut(track)
+            .and_then(|legs| legs.iter_mut().find(|l| l.key == leg))
+    }
+
     /// Number of local legs.
     pub fn leg_count(&self) -> usize {
         self.leg_tracks.len()
@@ -1001,6 +1186,14 @@ impl Forwarder {
             meters.push((pkt.rid, m));
         }
         for leg in legs.iter_mut() {
+            if let Some(until) = leg.awaiting_replay {
+                if pkt.arrival < until {
+                    outcome.dropped.push(DropReason::AwaitingReplay);
+                    continue;
+                }
+                // No answer in time: forward live, as without a replay.
+                leg.awaiting_replay = None;
+            }
             let before = leg.current_rid;
             if pkt.rid.is_some()
                 && pkt.rid == leg.current_rid
@@ -2080,5 +2273,202 @@ mod tests {
         assert_eq!(f.leg_count(), 1);
         assert_eq!(f.end_track(TrackId(5)), vec![leg(2, "3")]);
         assert_eq!(f.leg_count(), 0);
+    }
+
+    // ---- keyframe replay ----------------------------------------------------------------------
+
+    /// Packet `seq` of a single-layer VP8 track (PictureID `seq`, TL0PICIDX `seq`), `ms` after
+    /// `t0`, as the home shard shares it.
+    fn single(seq: u64, key: bool, t0: Instant, ms: u64) -> Arc<MediaPacket> {
+        let mut p = vp8_packet(
+            "x",
+            seq,
+            seq as u16,
+            seq as u8,
+            key,
+            t0 + Duration::from_millis(ms),
+        );
+        p.rid = None;
+        Arc::new(p)
+    }
+
+    #[test]
+    fn a_new_leg_gets_the_cached_keyframe_then_the_live_packets_without_gap_or_duplicate() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        f.publish(t, sid(1), Mid::from("0"), MediaKind::Video, t0);
+        // One delta before the keyframe (not cached), the keyframe at 100, 10 deltas after it.
+        let packets: Vec<_> = (99..=110)
+            .map(|s| single(s, s == 100, t0, (s - 99) * 33))
+            .collect();
+        for p in &packets {
+            f.cache_packet(t, p);
+        }
+        let l = leg(2, "0");
+        f.subscribe(
+            t,
+            0,
+            l,
+            vec![(Pt::from(96), Pt::from(97))],
+            None,
+            1000,
+            5000,
+        );
+        let now = t0 + Duration::from_millis(400);
+        assert!(f.await_replay(l, now + REPLAY_WAIT));
+        assert!(f.leg_awaits_replay(l));
+        // A live packet fanned out before the home shard answered is held back (it is cached).
+        let mut out = Vec::new();
+        let p111 = single(111, false, t0, 390);
+        f.cache_packet(t, &p111);
+        let o = f.forward(t, &p111, &mut out);
+        assert_eq!(o.dropped, vec![DropReason::AwaitingReplay]);
+        assert!(
+            o.wants_keyframe.is_none(),
+            "a leg waiting for a replay asks for nothing"
+        );
+        assert!(out.is_empty());
+
+        let replay = f
+            .replay_packets(t, None, now)
+            .expect("a keyframe is cached");
+        assert_eq!(
+            replay.iter().map(|p| p.seq).collect::<Vec<_>>(),
+            (100..=111).collect::<Vec<_>>()
+        );
+        assert!(Arc::ptr_eq(&replay[0], &packets[1]), "shared, not copied");
+        assert_eq!(
+            f.replay(t, l, &replay, now, &mut out),
+            ReplayOutcome::Replayed(12)
+        );
+        assert!(!f.leg_awaits_replay(l));
+        assert!(f.leg_has_keyframe(l));
+        // The same answer twice is refused: nothing reaches the leg twice.
+        assert_eq!(
+            f.replay(t, l, &replay, now, &mut out),
+            ReplayOutcome::Refused
+        );
+        assert_eq!(out.len(), 12);
+        for n in 112..=113 {
+            let p = single(n, false, t0, 400 + (n - 111) * 33);
+            assert_eq!(f.forward(t, &p, &mut out).forwarded, 1);
+        }
+        // Numbered from the leg's start on, continuous into the live packets.
+        let seqs: Vec<u64> = out.iter().map(|w| w.seq).collect();
+        assert_eq!(seqs, (1000..=1013).collect::<Vec<_>>());
+        assert!(out.iter().all(|w| w.pt == Pt::from(97)));
+        // Payloads are the publisher's, the keyframe first; a fresh leg's VP8 numbers pass
+        // through unchanged.
+        assert!(Arc::ptr_eq(&out[0].payload, &packets[1].payload));
+        assert!(out.iter().all(|w| w.vp8_patch.is_none()));
+        // Timestamps: the replay compressed towards the last cached packet (mapped to the leg's
+        // start, at `now`), then the live packets at their real spacing.
+        let ts: Vec<u32> = out.iter().map(|w| w.timestamp).collect();
+        assert_eq!(ts[11], 5000);
+        assert_eq!(ts[0], 5000 - 11 * 3000 / REPLAY_TS_COMPRESSION as u32);
+        assert!(ts[..12].windows(2).all(|w| w[1] > w[0]), "{ts:?}");
+        assert_eq!(&ts[12..], &[8000, 11_000]);
+        assert!(out[..12].iter().all(|w| w.wallclock == now));
+    }
+
+    #[test]
+    fn a_leg_without_a_preference_replays_the_best_cached_layer_and_stays_on_it() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        f.publish(t, sid(1), Mid::from("0"), MediaKind::Video, t0);
+        let q = |s: u64, key| Arc::new(vp8_packet("q", s, s as u16, 0, key, t0));
+        let h = |s: u64, key| Arc::new(vp8_packet("h", s, s as u16, 0, key, t0));
+        for p in [
+            q(10, true),
+            h(50, false),
+            q(11, false),
+            h(51, true),
+            h(52, false),
+        ] {
+            f.note_media(t, p.rid, t0);
+            f.cache_packet(t, &p);
+        }
+        let l = leg(2, "0");
+        f.subscribe(t, 0, l, vec![(Pt::from(96), Pt::from(96))], None, 1, 0);
+        f.await_replay(l, t0 + REPLAY_WAIT);
+        let replay = f.replay_packets(t, None, t0).unwrap();
+        assert_eq!(replay.iter().map(|p| p.seq).collect::<Vec<_>>(), [51, 52]);
+        // Asked for q (flowing, cached): q.
+        let q_replay = f.replay_packets(t, Some(Rid::from("q")), t0).unwrap();
+        assert_eq!(q_replay.iter().map(|p| p.seq).collect::<Vec<_>>(), [10, 11]);
+        let mut out = Vec::new();
+        assert_eq!(
+            f.replay(t, l, &replay, t0, &mut out),
+            ReplayOutcome::Replayed(2)
+        );
+        assert_eq!(f.leg_layer(l), Some(Rid::from("h")));
+        assert_eq!(f.forward(t, &q(12, false), &mut out).forwarded, 0);
+        assert_eq!(f.forward(t, &h(53, false), &mut out).forwarded, 1);
+        assert_eq!(out.iter().map(|w| w.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_leg_whose_replay_is_empty_or_late_takes_live_packets_as_before() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        let (a, b) = (leg(2, "0"), leg(3, "0"));
+        let mut out = Vec::new();
+        for l in [a, b] {
+            f.subscribe(t, 0, l, vec![(Pt::from(96), Pt::from(96))], None, 1, 0);
+            f.await_replay(l, t0 + REPLAY_WAIT);
+        }
+        // Nothing cached: `a` stops waiting and takes the next live packet.
+        assert_eq!(f.replay(t, a, &[], t0, &mut out), ReplayOutcome::Empty);
+        assert!(!f.leg_has_keyframe(a));
+        let o = f.forward(t, &single(5, false, t0, 100), &mut out);
+        assert_eq!(
+            (o.forwarded, o.dropped.clone()),
+            (1, vec![DropReason::AwaitingReplay])
+        );
+        // No answer within REPLAY_WAIT: `b` takes live packets; a replay after that is refused.
+        let late = single(6, false, t0, 600);
+        assert_eq!(f.forward(t, &late, &mut out).forwarded, 2);
+        let cached = [single(4, true, t0, 0)];
+        assert_eq!(
+            f.replay(t, b, &cached, t0, &mut out),
+            ReplayOutcome::Refused
+        );
+        // And an answer for another track than the leg's is refused.
+        assert_eq!(
+            f.replay(TrackId(9), a, &cached, t0, &mut out),
+            ReplayOutcome::Refused
+        );
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn the_cache_goes_with_its_publication_and_only_video_is_cached() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let (video, audio) = (TrackId(1), TrackId(2));
+        f.publish(video, sid(1), Mid::from("0"), MediaKind::Video, t0);
+        f.publish(audio, sid(1), Mid::from("1"), MediaKind::Audio, t0);
+        for s in 1..=3 {
+            f.cache_packet(video, &single(s, s == 1, t0, 0));
+            f.cache_packet(audio, &single(s, s == 1, t0, 0));
+        }
+        let (bytes, packets) = f.expire_caches(t0);
+        assert_eq!(packets, 3, "video only");
+        assert_eq!(bytes, 3 * single(1, true, t0, 0).payload.len());
+        assert!(f.replay_packets(audio, None, t0).is_none());
+        assert!(f.replay_packets(video, None, t0).is_some());
+        // The publisher's track goes away: so does its cache.
+        f.unpublish(video);
+        assert_eq!(f.expire_caches(t0), (0, 0));
+        assert!(f.replay_packets(video, None, t0).is_none());
+        // And with the publisher's session.
+        f.publish(video, sid(1), Mid::from("0"), MediaKind::Video, t0);
+        f.cache_packet(video, &single(7, true, t0, 0));
+        assert_eq!(f.expire_caches(t0).1, 1);
+        f.remove_session(sid(1));
+        assert_eq!(f.expire_caches(t0), (0, 0));
     }
 }

@@ -102,6 +102,7 @@ pub mod forward;
 pub mod health;
 pub mod ice_tcp;
 pub mod ids;
+pub mod keyframe_cache;
 pub mod layer;
 pub mod metrics;
 pub mod relay;

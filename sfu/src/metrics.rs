@@ -50,6 +50,8 @@ pub enum PacketDrop {
     OtherLayer,
     /// Waiting for a keyframe before starting or switching a layer.
     AwaitingKeyframe,
+    /// A new leg waiting for the replay of its track's cached keyframe (the packet is in it).
+    AwaitingReplay,
     /// The socket refused a send (buffer full).
     SendFailed,
     /// An ICE-TCP frame that is empty, too long, or not STUN, DTLS, RTP or RTCP (its connection
@@ -65,7 +67,7 @@ pub enum PacketDrop {
 
 impl PacketDrop {
     /// Every variant, in label order.
-    pub const ALL: [PacketDrop; 24] = [
+    pub const ALL: [PacketDrop; 25] = [
         PacketDrop::UnknownSource,
         PacketDrop::UnknownUfrag,
         PacketDrop::MalformedStun,
@@ -85,6 +87,7 @@ impl PacketDrop {
         PacketDrop::TooOld,
         PacketDrop::OtherLayer,
         PacketDrop::AwaitingKeyframe,
+        PacketDrop::AwaitingReplay,
         PacketDrop::SendFailed,
         PacketDrop::TcpBadFrame,
         PacketDrop::TcpUnverified,
@@ -114,6 +117,7 @@ impl PacketDrop {
             PacketDrop::TooOld => "too_old",
             PacketDrop::OtherLayer => "other_layer",
             PacketDrop::AwaitingKeyframe => "awaiting_keyframe",
+            PacketDrop::AwaitingReplay => "awaiting_replay",
             PacketDrop::SendFailed => "send_failed",
             PacketDrop::TcpBadFrame => "tcp_bad_frame",
             PacketDrop::TcpUnverified => "tcp_unverified",
@@ -135,6 +139,7 @@ impl From<crate::forward::DropReason> for PacketDrop {
             DropReason::TooOld => PacketDrop::TooOld,
             DropReason::OtherLayer => PacketDrop::OtherLayer,
             DropReason::AwaitingKeyframe => PacketDrop::AwaitingKeyframe,
+            DropReason::AwaitingReplay => PacketDrop::AwaitingReplay,
         }
     }
 }
@@ -194,6 +199,17 @@ pub struct Metrics {
     /// Simulcast packets no leg took because no leg is on (or switching to) their layer, counted
     /// by every shard that has legs on the track.
     pub unused_layer_packets: IntCounter,
+    /// Replays of a track's cached keyframe to a new leg, by result (`replayed`; `empty`: nothing
+    /// cached; `refused`: the leg could not take it), see [`crate::keyframe_cache`].
+    pub keyframe_replays: IntCounterVec,
+    /// Packets sent to new legs by keyframe replays.
+    pub keyframe_replay_packets: IntCounter,
+    /// Keyframe caches emptied before their layer's next keyframe, by bound (`packets`, `bytes`,
+    /// `age`, `codec`).
+    pub keyframe_cache_drops: IntCounterVec,
+    /// Payload bytes held by the keyframe caches, by the publishers' shard (updated 4 times a
+    /// second).
+    pub keyframe_cache_bytes: IntGaugeVec,
     /// Seconds each shard spent working (not waiting), by shard index.
     pub shard_busy_seconds: CounterVec,
     /// Sessions owned by each shard.
@@ -390,6 +406,29 @@ impl Metrics {
                 "unused_layer_packets_total",
                 "Simulcast packets not forwarded because no leg takes their layer (per shard with legs on the track)",
             ),
+            keyframe_replays: counter_vec(
+                &r,
+                "keyframe_replays_total",
+                "Replays of a track's cached keyframe to a new subscriber leg, by result",
+                &["result"],
+            ),
+            keyframe_replay_packets: counter(
+                &r,
+                "keyframe_replay_packets_total",
+                "Packets sent to new subscriber legs by keyframe replays",
+            ),
+            keyframe_cache_drops: counter_vec(
+                &r,
+                "keyframe_cache_drops_total",
+                "Keyframe caches emptied before the next keyframe, by bound",
+                &["bound"],
+            ),
+            keyframe_cache_bytes: gauge_vec(
+                &r,
+                "keyframe_cache_bytes",
+                "Payload bytes held by the keyframe caches, by the publishers' shard",
+                &["shard"],
+            ),
             shard_busy_seconds: float_counter_vec(
                 &r,
                 "shard_busy_seconds_total",
@@ -473,6 +512,9 @@ impl Metrics {
         // alerts see the series before the first switch.
         for direction in ["up", "down"] {
             m.layer_switches.with_label_values(&[direction]);
+        }
+        for result in ["replayed", "empty", "refused"] {
+            m.keyframe_replays.with_label_values(&[result]);
         }
         m.dropped_by = PacketDrop::ALL
             .iter()

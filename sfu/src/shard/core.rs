@@ -89,6 +89,28 @@ pub enum PeerMsg {
         /// The leg asking has not received a keyframe yet (see [`Forwarder::keyframe_request`]).
         fresh: bool,
     },
+    /// A new leg on shard `shard` asks the receiver (the track's home) for the packets cached
+    /// since the track's last keyframe (see `keyframe_replay.rs`). Answered with [`PeerMsg::Replay`].
+    ReplayRequest {
+        /// Track.
+        track: TrackId,
+        /// The new leg.
+        leg: LegKey,
+        /// The layer it would like.
+        rid: Option<Rid>,
+        /// Its shard.
+        shard: ShardId,
+    },
+    /// The answer to [`PeerMsg::ReplayRequest`]: one layer's packets from a keyframe on (shared,
+    /// never copied), or none.
+    Replay {
+        /// Track.
+        track: TrackId,
+        /// The new leg.
+        leg: LegKey,
+        /// The packets, in arrival order.
+        packets: Vec<Arc<MediaPacket>>,
+    },
     /// A track the receiver's legs carried is gone.
     TrackEnded {
         /// Track.
@@ -356,6 +378,17 @@ impl Core {
                 kind,
                 fresh,
             } => self.keyframe_to_publisher(track, rid, kind, fresh),
+            PeerMsg::ReplayRequest {
+                track,
+                leg,
+                rid,
+                shard,
+            } => self.replay_request(track, leg, rid, shard),
+            PeerMsg::Replay {
+                track,
+                leg,
+                packets,
+            } => self.replay_answer(track, leg, packets),
             PeerMsg::TrackEnded { track } => self.end_local_legs(track),
             PeerMsg::Channel(msg) => self.handle_channel_peer(msg),
             PeerMsg::ShardReset { shard, before } => {
@@ -451,6 +484,12 @@ impl Core {
             self.unpublish(track);
         }
         self.update_speakers();
+        let (cached, _) = self.forwarder.expire_caches(now);
+        self.ctx
+            .metrics
+            .keyframe_cache_bytes
+            .with_label_values(&[&self.id.to_string()])
+            .set(cached as i64);
         self.send_owed_keyframe_requests();
         self.relay_housekeeping();
     }
@@ -557,10 +596,15 @@ impl Core {
         self.ctx.metrics.subscriptions.inc();
         let shard = self.id;
         self.send_to_shard(home, PeerMsg::Subscribe { track, shard });
-        // A new leg needs a keyframe. Before the subscriber's transport is up one would be
-        // lost, and the request would hold back the one `Connected` makes: that one asks then.
+        // A new leg needs a keyframe: the packets cached since the track's last one, at once
+        // (`keyframe_replay.rs`; the answer falls back to a request when nothing is cached), or
+        // a request. Before the subscriber's transport is up a request would be lost, and it
+        // would hold back the one `Connected` makes: that one asks then (and the replay waits
+        // for it too).
         let connected = self.sessions.get(&id).is_some_and(Session::is_connected);
-        if kind == MediaKind::Video && connected {
+        if kind == MediaKind::Video && self.ctx.config.keyframe_replay {
+            self.start_replay(leg, track, home, rid, connected);
+        } else if kind == MediaKind::Video && connected {
             self.request_pli(home, track, rid, true);
         }
     }

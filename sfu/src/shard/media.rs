@@ -12,7 +12,7 @@ use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
-use str0m::{Event, IceConnectionState, Input, Output};
+use str0m::{Event, IceConnectionState, Input, Output, PacerReason, Reason};
 
 use super::core::{Action, Core, Datagram, PeerMsg};
 use crate::config::Config;
@@ -29,6 +29,10 @@ use crate::vp8::Vp8Packet;
 pub(crate) const PACER_ROUNDS: usize = 512;
 /// A str0m timeout this close is handled at once rather than through the shard's timer.
 const PACER_SLACK: Duration = Duration::from_micros(50);
+/// How long the pacer's bookkeeping timeout after the last forwarded packet of a drain may wait
+/// (see [`defers_bookkeeping`]); below str0m's 40 ms pacer period, so the pacer still runs at
+/// least as often as it would on its own.
+pub(crate) const PACER_BOOKKEEPING_DEFER: Duration = Duration::from_millis(20);
 
 /// What draining a session produced, handled once the session is no longer borrowed.
 #[derive(Debug)]
@@ -163,6 +167,9 @@ impl Core {
                     self.select_layers(Some(id));
                 }
             }
+            SessionEvent::Connected if self.ctx.config.keyframe_replay => {
+                self.replay_on_connect(id)
+            }
             SessionEvent::Connected => self.request_keyframes_for(id),
             SessionEvent::IceReconnected => self.ice_reconnected(id),
             SessionEvent::Channel(ev) => self.channel_event(id, ev),
@@ -175,6 +182,15 @@ impl Core {
 
     pub(super) fn fanout(&mut self, track: TrackId, pkt: Arc<MediaPacket>) {
         self.note_audio_level(track, &pkt);
+        if self.ctx.config.keyframe_replay
+            && let Some(dropped) = self.forwarder.cache_packet(track, &pkt)
+        {
+            self.ctx
+                .metrics
+                .keyframe_cache_drops
+                .with_label_values(&[dropped.as_str()])
+                .inc();
+        }
         if pkt.keyframe {
             self.forwarder.note_keyframe(track, pkt.rid);
         }
@@ -289,7 +305,7 @@ impl Core {
         }
     }
 
-    fn write_leg(&mut self, w: LegWrite, paced: bool) {
+    pub(super) fn write_leg(&mut self, w: LegWrite, paced: bool) {
         let id = w.leg.session;
         let Some(session) = self.sessions.get_mut(&id) else {
             self.dropped(PacketDrop::NoSubscriberSession);
@@ -311,6 +327,7 @@ impl Core {
                 write = write.vp8_patch(patch);
             }
             tx.write_rtp(write);
+            session.writes_pending = session.writes_pending.saturating_add(1);
             true
         }));
         match written {
@@ -401,7 +418,7 @@ impl Core {
     /// A subscriber's transport came up (first time, or again after an ICE restart): ask for
     /// keyframes on all its video legs. These requests are fresh: whatever keyframe came before
     /// did not reach this transport.
-    fn request_keyframes_for(&mut self, id: SessionId) {
+    pub(super) fn request_keyframes_for(&mut self, id: SessionId) {
         let Some(session) = self.sessions.get(&id) else {
             return;
         };
@@ -476,15 +493,23 @@ struct Drain<'a> {
 fn drain_session(session: &mut Session, now: Instant, out: &mut Drain<'_>) -> Result<(), String> {
     let mut reconnected = false;
     let mut rounds = 0;
-    loop {
+    let mut rtp_sent = 0u32;
+    let result = loop {
         let output = session.rtc.poll_output().map_err(|e| e.to_string())?;
         match output {
-            Output::Timeout(t) => {
+            Output::Timeout(mut t) => {
                 // With bandwidth estimation on, str0m's pacer releases one packet per timeout
                 // and asks for the next timeout 1 µs later. Handling it here sends everything
                 // the pacer allows in one drain, instead of one packet per shard wake-up (the
                 // shard's timer has 1 ms granularity: packets would wait for it).
-                if timeout_due(t, now, rounds) {
+                let bookkeeping = defers_bookkeeping(
+                    session.rtc.last_timeout_reason(),
+                    session.writes_pending,
+                    rtp_sent,
+                );
+                if bookkeeping {
+                    t = t.max(now + PACER_BOOKKEEPING_DEFER);
+                } else if timeout_due(t, now, rounds) {
                     rounds += 1;
                     session
                         .rtc
@@ -497,9 +522,10 @@ fn drain_session(session: &mut Session, now: Instant, out: &mut Drain<'_>) -> Re
                     forget_stale_routes(session, out.actions);
                     out.events.push(SessionEvent::IceReconnected);
                 }
-                return Ok(());
+                break Ok(());
             }
             Output::Transmit(t) => {
+                rtp_sent += u32::from(is_rtp(&t.contents));
                 if t.proto != Protocol::Udp {
                     out.actions.push_back(Action::TcpTransmit {
                         destination: t.destination,
@@ -518,7 +544,28 @@ fn drain_session(session: &mut Session, now: Instant, out: &mut Drain<'_>) -> Re
             }
             Output::Event(event) => reconnected |= session_output(session, event, now, out),
         }
-    }
+    };
+    session.writes_pending = 0;
+    result
+}
+
+/// Whether a drain leaves str0m's due timeout for later (up to [`PACER_BOOKKEEPING_DEFER`])
+/// instead of handling it at once: when it is only the pacer's bookkeeping after a send
+/// (`Immediate`: with estimation on, the leaky-bucket pacer asks for a full `Rtc` timeout after
+/// every packet before it hands out the next) and every packet written since the last drain
+/// has gone out. Forwarded media is unpaced, so nothing waits for that timeout; handling it at
+/// once cost one more pass over the whole `Rtc` (ICE, DTLS, SCTP, every stream, the estimator)
+/// per forwarded packet. The next write, datagram or timer runs it.
+pub(crate) fn defers_bookkeeping(reason: Reason, writes_pending: u32, rtp_sent: u32) -> bool {
+    writes_pending > 0
+        && rtp_sent >= writes_pending
+        && reason == Reason::Pacer(PacerReason::Immediate)
+}
+
+/// Whether an outgoing datagram is (S)RTP rather than RTCP, STUN or DTLS (RFC 7983, RFC 5761:
+/// version 2, and a second byte outside RTCP's packet types 192–223).
+fn is_rtp(datagram: &[u8]) -> bool {
+    datagram.len() >= 12 && datagram[0] >> 6 == 2 && !(192..=223).contains(&datagram[1])
 }
 
 /// One of str0m's events for a session; true when its transport is connected again after an ICE
@@ -665,6 +712,38 @@ mod tests {
         config.bwe_pace_video = true;
         assert!(paced(&config, true));
         assert!(!paced(&config, false), "audio and single-layer video never");
+    }
+
+    #[test]
+    fn only_the_pacers_bookkeeping_after_every_written_packet_waits() {
+        let immediate = Reason::Pacer(PacerReason::Immediate);
+        assert!(defers_bookkeeping(immediate, 1, 1));
+        assert!(defers_bookkeeping(immediate, 3, 4), "padding or RTX counted too");
+        // Packets still waiting in str0m: the next one needs the timeout now.
+        assert!(!defers_bookkeeping(immediate, 3, 2));
+        // A drain for anything but forwarded packets (a datagram, a timer) handles it.
+        assert!(!defers_bookkeeping(immediate, 0, 0));
+        // Anything else str0m wants (feedback, the estimator, paced media, probes) runs now.
+        assert!(!defers_bookkeeping(Reason::Pacer(PacerReason::Paced), 1, 1));
+        assert!(!defers_bookkeeping(Reason::Pacer(PacerReason::Probe1), 1, 1));
+        assert!(!defers_bookkeeping(Reason::Feedback, 1, 1));
+        assert!(PACER_BOOKKEEPING_DEFER < Duration::from_millis(40));
+    }
+
+    #[test]
+    fn rtp_is_told_from_rtcp_stun_and_dtls() {
+        let mut rtp = vec![0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        assert!(is_rtp(&rtp));
+        rtp[1] = 0x80 | 111; // marker set, PT 111
+        assert!(is_rtp(&rtp));
+        let mut rtcp = rtp.clone();
+        for pt in [200u8, 201, 205, 206] {
+            rtcp[1] = pt;
+            assert!(!is_rtp(&rtcp), "RTCP {pt}");
+        }
+        assert!(!is_rtp(&[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0]), "STUN");
+        assert!(!is_rtp(&[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0]), "DTLS");
+        assert!(!is_rtp(&[0x80, 96]), "too short");
     }
 
     #[test]

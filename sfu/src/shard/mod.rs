@@ -23,6 +23,7 @@ mod channel;
 mod commands;
 mod core;
 mod driver;
+mod keyframe_replay;
 mod media;
 mod outbox;
 mod publisher_keyframe;

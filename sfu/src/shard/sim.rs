@@ -15,7 +15,7 @@ use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Simulcast};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpWrite;
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Candidate, Event, Input, Output, Rtc};
 
 use super::{Action, ApiCommand, ApiReply, Core, CoreContext, CoreError, Datagram, PeerMsg};
 use crate::api::types::{
@@ -371,40 +371,7 @@ impl Sim {
                 });
             }
             for peer in &mut self.peers {
-                loop {
-                    match peer.rtc.poll_output().unwrap() {
-                        Output::Timeout(t) => {
-                            peer.next_timeout = t;
-                            break;
-                        }
-                        Output::Transmit(t) => {
-                            if peer.online {
-                                self.to_sfu.push_back((t.source, t.contents.to_vec()));
-                            }
-                        }
-                        Output::Event(e) => match e {
-                            Event::RtpPacket(p) => {
-                                let mid = peer
-                                    .rtc
-                                    .direct_api()
-                                    .stream_rx(&p.header.ssrc)
-                                    .map(|rx| rx.mid())
-                                    .unwrap();
-                                peer.received.push(Received {
-                                    mid,
-                                    seq: *p.seq_no,
-                                    payload: p.payload.to_vec(),
-                                });
-                            }
-                            Event::KeyframeRequest(r) => {
-                                peer.keyframe_requests.push((self.now, r.mid));
-                            }
-                            Event::IceConnectionStateChange(IceConnectionState::Connected) => {}
-                            Event::Connected => peer.connected = true,
-                            _ => {}
-                        },
-                    }
-                }
+                poll_peer(peer, self.now, &mut self.to_sfu);
             }
             while let Some((shard, msg)) = self.between.pop_front() {
                 moved = true;
@@ -441,6 +408,9 @@ impl Sim {
                 );
                 if peer.rtc.is_alive() {
                     peer.rtc.handle_input(input).unwrap();
+                    // As a real client's loop does: what this datagram changed (DTLS keys, once
+                    // the handshake's last flight is in) applies to the next one.
+                    poll_peer(peer, self.now, &mut self.to_sfu);
                 }
             }
             if !moved {
@@ -508,6 +478,44 @@ impl Sim {
             self.run(Duration::from_millis(100));
         }
         panic!("peers did not connect");
+    }
+}
+
+/// Polls a peer's str0m until its next timeout: its datagrams go on the network (unless it went
+/// offline), its events are recorded.
+fn poll_peer(peer: &mut Peer, now: Instant, to_sfu: &mut VecDeque<(SocketAddr, Vec<u8>)>) {
+    loop {
+        match peer.rtc.poll_output().unwrap() {
+            Output::Timeout(t) => {
+                peer.next_timeout = t;
+                break;
+            }
+            Output::Transmit(t) => {
+                if peer.online {
+                    to_sfu.push_back((t.source, t.contents.to_vec()));
+                }
+            }
+            Output::Event(e) => match e {
+                Event::RtpPacket(p) => {
+                    let mid = peer
+                        .rtc
+                        .direct_api()
+                        .stream_rx(&p.header.ssrc)
+                        .map(|rx| rx.mid())
+                        .unwrap();
+                    peer.received.push(Received {
+                        mid,
+                        seq: *p.seq_no,
+                        payload: p.payload.to_vec(),
+                    });
+                }
+                Event::KeyframeRequest(r) => {
+                    peer.keyframe_requests.push((now, r.mid));
+                }
+                Event::Connected => peer.connected = true,
+                _ => {}
+            },
+        }
     }
 }
 
@@ -588,7 +596,12 @@ fn packets_reach_subscribers_on_this_and_other_shards_byte_identical() {
 
 #[test]
 fn keyframe_requests_are_throttled_per_track_and_a_fresh_leg_waits_only_the_short_gap() {
-    let mut sim = Sim::new(2, config());
+    // The throttle of requests, without the keyframe cache (which would answer the new legs).
+    let config = Config {
+        keyframe_replay: false,
+        ..config()
+    };
+    let mut sim = Sim::new(2, config);
     let publisher = sim.peer();
     let video = sim.publish(publisher, 0, &[(MediaKind::Video, "cam", &[])])[0];
     sim.connect_all();
@@ -778,4 +791,134 @@ fn idle_silent_and_deleted_sessions_are_freed() {
         crate::api::types::TrackStatus::Inactive
     );
     assert_eq!(sim.get(publisher).unwrap_err(), CoreError::NoSession);
+}
+
+/// A publisher sends a keyframe and 20 delta frames (33 ms apart) to an early subscriber; then two
+/// late subscribers pull the track, one on the publisher's shard and one on the other, and their
+/// transports come up. Returns the simulation, the publisher, its m-line, what it sent, the late
+/// peers with their m-lines, and the keyframe requests the publisher had before they came.
+#[allow(clippy::type_complexity)]
+fn late_subscribers(replay: bool) -> (Sim, usize, Mid, Vec<Vec<u8>>, [(usize, Mid); 2], usize) {
+    let mut sim = Sim::new(
+        2,
+        Config {
+            keyframe_replay: replay,
+            ..config()
+        },
+    );
+    let publisher = sim.peer();
+    let video = sim.publish(publisher, 0, &[(MediaKind::Video, "cam", &[])])[0];
+    let early = sim.peer();
+    sim.subscribe(early, 0, &[(publisher, "cam", None)]);
+    sim.connect_all();
+    let mut sent = Vec::new();
+    for n in 0..21u16 {
+        let v = vp8(n == 0, 9, n);
+        sim.send(publisher, video, None, u64::from(n) + 1, v.clone());
+        sent.push(v);
+        sim.run(Duration::from_millis(33));
+    }
+    let asked_before = sim.requests(publisher).len();
+    let pull = [(publisher, "cam", None)];
+    let far = sim.peer();
+    let far_mid = sim.subscribe(far, 1, &pull)[0];
+    let near = sim.peer();
+    let near_mid = sim.subscribe(near, 0, &pull)[0];
+    sim.connect_all();
+    (
+        sim,
+        publisher,
+        video,
+        sent,
+        [(far, far_mid), (near, near_mid)],
+        asked_before,
+    )
+}
+
+#[test]
+fn a_late_subscriber_gets_the_cached_keyframe_at_once_without_asking_the_publisher() {
+    let (mut sim, publisher, video, mut sent, late, asked_before) = late_subscribers(true);
+    // Before the publisher sends anything more, each late subscriber has every packet since the
+    // keyframe, byte for byte, the keyframe first: a decodable picture.
+    for (peer, mid) in late {
+        assert_eq!(payloads(&sim.peers[peer], mid), sent, "peer {peer}");
+    }
+    assert_eq!(
+        sim.requests(publisher).len(),
+        asked_before,
+        "no keyframe request reached the publisher"
+    );
+    let replays = |result: &str| {
+        sim.metrics
+            .keyframe_replays
+            .with_label_values(&[result])
+            .get()
+    };
+    assert_eq!(replays("replayed"), 2);
+    assert_eq!(sim.metrics.keyframe_replay_packets.get(), 2 * 21);
+    // The cache's memory is counted (on the publisher's shard, 0).
+    let cache_bytes = |sim: &Sim| {
+        sim.metrics
+            .keyframe_cache_bytes
+            .with_label_values(&["0"])
+            .get() as usize
+    };
+    sim.run(Duration::from_millis(300));
+    assert_eq!(cache_bytes(&sim), sent.iter().map(Vec::len).sum::<usize>());
+    // Live packets follow: no gap, no duplicate, and still no request (none owed either).
+    for n in 21..26u16 {
+        let v = vp8(false, 9, n);
+        sim.send(publisher, video, None, u64::from(n) + 1, v.clone());
+        sent.push(v);
+        sim.run(Duration::from_millis(33));
+    }
+    sim.run(Duration::from_millis(1500));
+    for (peer, mid) in late {
+        let p = &sim.peers[peer];
+        assert_eq!(payloads(p, mid), sent, "peer {peer}");
+        let seqs: Vec<u64> = p
+            .received
+            .iter()
+            .filter(|r| r.mid == mid)
+            .map(|r| r.seq)
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    }
+    assert_eq!(sim.requests(publisher).len(), asked_before);
+    // By now the cached keyframe is older than the cache keeps one.
+    assert_eq!(cache_bytes(&sim), 0);
+}
+
+#[test]
+fn without_the_replay_a_late_subscriber_has_no_keyframe_until_it_asks_the_publisher() {
+    // The same join with the cache off: what the test above rules out.
+    let (mut sim, publisher, video, _, late, asked_before) = late_subscribers(false);
+    for (peer, mid) in late {
+        assert!(payloads(&sim.peers[peer], mid).is_empty(), "peer {peer}");
+    }
+    assert!(sim.requests(publisher).len() > asked_before);
+    // The publisher's answer is what brings them a keyframe.
+    sim.send(publisher, video, None, 22, vp8(true, 9, 21));
+    for (peer, mid) in late {
+        assert_eq!(payloads(&sim.peers[peer], mid), vec![vp8(true, 9, 21)]);
+    }
+}
+
+#[test]
+fn a_closed_track_takes_its_keyframe_cache_with_it() {
+    let (mut sim, publisher, _, _, _, _) = late_subscribers(true);
+    let cached = |sim: &Sim| {
+        sim.metrics
+            .keyframe_cache_bytes
+            .with_label_values(&["0"])
+            .get()
+    };
+    sim.run(Duration::from_millis(300));
+    assert!(cached(&sim) > 0);
+    // The publisher leaves: its track and the cache go.
+    let (id, shard) = sim.session(publisher);
+    let reply = sim.api(shard, ApiCommand::Delete { id });
+    assert!(matches!(reply, Ok(ApiReply::Deleted)), "{reply:?}");
+    sim.run(Duration::from_millis(300));
+    assert_eq!(cached(&sim), 0);
 }

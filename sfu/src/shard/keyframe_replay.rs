@@ -1,0 +1,163 @@
+//! Keyframe replay between shards: a new video leg asks its track's home shard for the packets
+//! cached since the track's last keyframe ([`crate::keyframe_cache`]) and gets them at once,
+//! instead of a keyframe request to the publisher and the wait for its answer (issue 18).
+//!
+//! ```text
+//!  leg's shard                                    track's home shard
+//!  activate_leg: Forwarder::await_replay(leg)
+//!     PeerMsg::Subscribe ───────────────────────▶ (fans the track out to this shard from now)
+//!  once the subscriber's transport is up:
+//!     PeerMsg::ReplayRequest ───────────────────▶ Forwarder::replay_packets(track, rid)
+//!  Forwarder::replay(leg, packets) ◀─────────── PeerMsg::Replay { packets (Arcs, no copy) }
+//!     → LegWrites, then live packets
+//!  nothing cached / refused: a fresh keyframe request, as without the cache
+//! ```
+//!
+//! Messages between two shards arrive in order, so every live packet the leg's shard gets for the
+//! track before the `Replay` was fanned out before the home shard answered: it is in the cache,
+//! and the leg holds it back until the replay ([`crate::forward::DropReason::AwaitingReplay`]).
+
+use std::mem;
+use std::sync::Arc;
+
+use str0m::media::{MediaKind, Rid};
+
+use super::core::{Core, PeerMsg};
+use super::media::paced;
+use crate::forward::{LegKey, MediaPacket, REPLAY_WAIT, ReplayOutcome};
+use crate::ids::{SessionId, ShardId, TrackId};
+use crate::session::{LegState, Session};
+
+impl Core {
+    /// A new video leg (replay on): it waits for the replay, which it asks for now if its
+    /// transport is up, else when it comes up ([`Core::replay_on_connect`]; str0m would hold
+    /// packets written before until the next write, and live packets are in the cache anyway).
+    pub(super) fn start_replay(
+        &mut self,
+        leg: LegKey,
+        track: TrackId,
+        home: ShardId,
+        rid: Option<Rid>,
+        connected: bool,
+    ) {
+        if !connected {
+            let until = self.now + self.ctx.config.session_timeout;
+            self.forwarder.await_replay(leg, until);
+            return;
+        }
+        self.forwarder.await_replay(leg, self.now + REPLAY_WAIT);
+        let shard = self.id;
+        self.send_to_shard(
+            home,
+            PeerMsg::ReplayRequest {
+                track,
+                leg,
+                rid,
+                shard,
+            },
+        );
+    }
+
+    /// A subscriber's transport came up for the first time (replay on): legs waiting for a
+    /// replay ask for it, the other video legs for a keyframe (as
+    /// [`Core::request_keyframes_for`] does without the cache).
+    pub(super) fn replay_on_connect(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let legs: Vec<(LegKey, TrackId, ShardId)> = session
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| s.state == LegState::Active && s.kind == MediaKind::Video)
+            .map(|(mid, s)| {
+                let leg = LegKey {
+                    session: id,
+                    mid: *mid,
+                };
+                (leg, s.track, s.home)
+            })
+            .collect();
+        for (leg, track, home) in legs {
+            let Some(rid) = self.forwarder.leg_preference(leg) else {
+                continue;
+            };
+            if self.forwarder.leg_awaits_replay(leg) {
+                self.start_replay(leg, track, home, rid, true);
+            } else {
+                self.request_pli(home, track, rid, true);
+            }
+        }
+    }
+
+    /// The home shard: a new leg on `track` (on shard `shard`) asks for the cached packets of
+    /// layer `rid`. Always answers, with nothing when nothing usable is cached.
+    pub(super) fn replay_request(
+        &mut self,
+        track: TrackId,
+        leg: LegKey,
+        rid: Option<Rid>,
+        shard: ShardId,
+    ) {
+        let packets = if self.ctx.config.keyframe_replay {
+            self.forwarder
+                .replay_packets(track, rid, self.now)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        self.send_to_shard(
+            shard,
+            PeerMsg::Replay {
+                track,
+                leg,
+                packets,
+            },
+        );
+    }
+
+    /// The leg's shard: the answer to [`Core::replay_request`]. The leg gets the packets, or
+    /// (nothing cached, or it cannot take them) asks for a keyframe the way a new leg does
+    /// without a cache: a fresh request once its transport is up.
+    pub(super) fn replay_answer(
+        &mut self,
+        track: TrackId,
+        leg: LegKey,
+        packets: Vec<Arc<MediaPacket>>,
+    ) {
+        let mut writes = mem::take(&mut self.writes);
+        let outcome = self
+            .forwarder
+            .replay(track, leg, &packets, self.now, &mut writes);
+        let paced = paced(
+            &self.ctx.config,
+            packets.first().is_some_and(|p| p.rid.is_some()),
+        );
+        for w in writes.drain(..) {
+            self.write_leg(w, paced);
+        }
+        self.writes = writes;
+        let metrics = &self.ctx.metrics;
+        let result = match outcome {
+            ReplayOutcome::Replayed(n) => {
+                metrics.keyframe_replay_packets.inc_by(n as u64);
+                tracing::debug!(?leg, ?track, packets = n, "keyframe replayed to a new leg");
+                "replayed"
+            }
+            ReplayOutcome::Empty => "empty",
+            ReplayOutcome::Refused => "refused",
+        };
+        metrics.keyframe_replays.with_label_values(&[result]).inc();
+        if matches!(outcome, ReplayOutcome::Replayed(_)) || self.forwarder.leg_has_keyframe(leg) {
+            return;
+        }
+        let connected = self
+            .sessions
+            .get(&leg.session)
+            .is_some_and(Session::is_connected);
+        if let Some((track, home, rid)) = self.forwarder.leg_source(leg)
+            && connected
+        {
+            self.request_pli(home, track, rid, true);
+        }
+    }
+}
