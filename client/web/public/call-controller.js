@@ -135,6 +135,7 @@ export class Call {
     link.addEventListener('mls', (ev) => e2ee.mls(ev.detail));
     link.addEventListener('direct', (ev) => {
       const msg = ev.detail;
+      if (msg.type === 'move') this.moveMedia(msg);
       if (msg.type === 'error') this.note(`coordinator refused ${msg.refused ?? 'a message'}: ${msg.message}`);
       if (msg.type === 'error' && msg.refused === 'chat') this.dispatch({ type: 'chat/error', error: `Not sent: ${msg.message}` });
       if (msg.type === 'error' && msg.refused === 'record') {
@@ -496,6 +497,35 @@ export class Call {
       bad: ['NOT SENDING: cannot encrypt', 'bad'],
     }[state.level];
     this.updateTile('local', { e2ee: pill });
+  }
+
+  /**
+   * The coordinator's `move` (issue 15): the SFU node of this page's session is draining or
+   * down. The page makes a new session (the proxy places it on a live node), pushes its tracks
+   * there and announces them under new names (the old ones are withdrawn), pulls everything
+   * again, and deletes the old session so a draining node can exit. The E2EE state is not
+   * touched: no rejoin, same epoch and safety number. Orders for sessions this page no longer
+   * uses (the coordinator repeats them until the old session is gone) change nothing.
+   * `window.satsuma.call.moves` lists the moves made (tests read it).
+   */
+  moveMedia({ sessions = [], reason = '' } = {}) {
+    const old = this.sfu;
+    if (!old?.sessionId || !sessions.includes(old.sessionId) || this.movingFrom === old.sessionId) return;
+    this.movingFrom = old.sessionId;
+    const move = { from: old.sessionId, reason, at: Date.now(), to: null, done: null };
+    this.moves = [...(this.moves ?? []), move].slice(-20);
+    console.info(`satsuma: moving media off SFU session ${old.sessionId} (${reason})`);
+    for (const name of this.pushed.values()) this.link.send({ type: 'unpublish', track_name: name });
+    this.detachRemote();
+    const auth = this.link.resumeToken;
+    // startMedia closes the old connection and starts the new one at once.
+    this.startMedia().finally(() => {
+      move.to = this.sfu?.sessionId ?? null;
+      move.done = Date.now();
+      fetch(`${endpoints.sfu}/sessions/${encodeURIComponent(move.from)}`, {
+        method: 'DELETE', headers: { Authorization: `Bearer ${auth}` },
+      }).catch(() => {}); // the node may be gone (down): the coordinator releases it anyway
+    });
   }
 
   mediaFailed(why) {
