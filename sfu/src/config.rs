@@ -533,6 +533,8 @@ pub struct FileConfig {
     pub bwe_initial_kbps: Option<u32>,
     /// Pace simulcast video (see [`Config::bwe_pace_video`]).
     pub bwe_pace_video: Option<bool>,
+    /// Replay the cached keyframe to new legs (see [`Config::keyframe_replay`]).
+    pub keyframe_replay: Option<bool>,
     /// Log filter, like `info` or `satsuma_sfu=debug`.
     pub log: Option<String>,
     /// The quotas, at the top level of the file (`session_max_legs = 64`, …).

@@ -24,7 +24,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(name = "satsuma-sfu", version, about, long_about = None)]
 struct Cli {
     /// TOML config file. Keys: apps = [{id, secret}], http_bind, udp_bind, tcp_bind, announce_ips,
-    /// track_timeout_secs, session_timeout_secs, shards, bwe_initial_kbps, bwe_pace_video, log,
+    /// track_timeout_secs, session_timeout_secs, shards, bwe_initial_kbps, bwe_pace_video,
+    /// keyframe_replay, log,
     /// session_requests_per_second, max_tracks_per_request, app_new_sessions_per_second,
     /// app_max_sessions, session_max_publications, session_max_legs,
     /// session_max_pulls_per_track, session_max_ingress_kbps, tcp_max_connections_per_ip,
@@ -119,6 +120,12 @@ struct Cli {
     /// exceeds the estimate (hundreds of ms while a switch down waits for a keyframe).
     #[arg(long, env = "SATSUMA_SFU_BWE_PACE_VIDEO", num_args = 0..=1, default_missing_value = "true")]
     bwe_pace_video: Option<bool>,
+
+    /// Send a new subscriber leg its track's packets since the last keyframe at once (VP8, at
+    /// most 600 packets / 1 MiB / 2 s per layer, kept in memory per published track) instead of
+    /// asking the publisher for a keyframe and waiting for it. Default on; `false`: always ask.
+    #[arg(long, env = "SATSUMA_SFU_KEYFRAME_REPLAY", num_args = 0..=1, default_missing_value = "true")]
+    keyframe_replay: Option<bool>,
 
     #[command(flatten)]
     limits: LimitSettings,
@@ -384,6 +391,10 @@ fn build_config(cli: Cli) -> anyhow::Result<(Config, String)> {
         .bwe_pace_video
         .or(file.bwe_pace_video)
         .unwrap_or(config.bwe_pace_video);
+    config.keyframe_replay = cli
+        .keyframe_replay
+        .or(file.keyframe_replay)
+        .unwrap_or(config.keyframe_replay);
     cli.limits.or(file.limits).apply(&mut config);
     config.cors_origins = if cli.cors_origins.is_empty() {
         file.cors_origins.unwrap_or_default()
