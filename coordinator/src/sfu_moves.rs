@@ -9,7 +9,8 @@
 //! its client makes a new session through the proxy (placed on a live node), publishes its
 //! tracks there, pulls again what it pulled, and deletes the old session; its MLS state is
 //! untouched. The order is repeated every [`RESEND`] while the participant still holds a
-//! session there (a client that was away, or lost the first one).
+//! session there (a client that was away, or lost the first one). Nobody is told while no node
+//! is healthy: the move would land where it started (e.g. the only node, whose shard panicked).
 //!
 //! Metrics: `satsuma_coord_sfu_moves_total{reason}` (sessions ordered off a node, each once) and
 //! `satsuma_coord_sfu_evacuation_seconds` (first order until none of this replica's sessions
@@ -126,7 +127,10 @@ impl Evacuation {
         }
         let mut by_owner: BTreeMap<(usize, u64, &'static str), Vec<String>> = BTreeMap::new();
         let mut occupied = vec![false; states.len()];
-        for s in sessions {
+        // With no healthy node to go to, a move would land where it started (placement falls
+        // back to the room's node): nobody is told until one is healthy.
+        let somewhere = states.contains(&NodeState::Healthy);
+        for s in sessions.iter().filter(|_| somewhere) {
             let Some(reason) = states.get(s.node).and_then(|st| st.reason()) else {
                 continue;
             };
@@ -147,6 +151,9 @@ impl Evacuation {
                     .or_default()
                     .push(s.session_id.clone());
             }
+        }
+        if !somewhere {
+            return round;
         }
         // Forget sessions that are gone (moved, closed).
         self.told
@@ -340,14 +347,34 @@ mod tests {
     }
 
     #[test]
+    fn nobody_moves_while_no_node_is_healthy() {
+        use NodeState::*;
+        let t0 = Instant::now();
+        let mut e = Evacuation::new(2);
+        let sessions = vec![s(0, 1, "a", 0), s(0, 2, "b", 1)];
+        // A single node whose shard panicked, or every node down: nowhere to go.
+        let r = e.round(t0, &[Down, Draining], &sessions);
+        assert!(r.orders.is_empty() && r.first_orders.is_empty() && r.evacuated.is_empty());
+        assert_eq!(r.newly_unhealthy, vec![(0, "down"), (1, "draining")]);
+        // Node 0 back: node 1's participant is told.
+        let r = e.round(t0 + Duration::from_secs(1), &[Healthy, Draining], &sessions);
+        assert_eq!(r.orders.len(), 1);
+        assert_eq!(r.orders[0].owner, 2);
+    }
+
+    #[test]
     fn a_node_that_comes_back_is_evacuated_again_from_scratch() {
         use NodeState::*;
         let t0 = Instant::now();
-        let mut e = Evacuation::new(1);
+        let mut e = Evacuation::new(2);
         let sessions = vec![s(0, 1, "a", 0)];
-        assert_eq!(e.round(t0, &[Down], &sessions).orders.len(), 1);
-        assert!(e.round(t0, &[Healthy], &sessions).orders.is_empty());
-        let r = e.round(t0 + Duration::from_millis(10), &[Down], &sessions);
+        assert_eq!(e.round(t0, &[Down, Healthy], &sessions).orders.len(), 1);
+        assert!(
+            e.round(t0, &[Healthy, Healthy], &sessions)
+                .orders
+                .is_empty()
+        );
+        let r = e.round(t0 + Duration::from_millis(10), &[Down, Healthy], &sessions);
         assert_eq!(r.newly_unhealthy, vec![(0, "down")]);
         // The session was told within RESEND: not yet again.
         assert!(r.orders.is_empty());
