@@ -157,6 +157,61 @@ pub struct ScenarioResult {
     pub subscriber_details: Vec<SubscriberDetail>,
     /// Problems seen while setting up.
     pub notes: Vec<String>,
+    /// The `relay` scenario's readings (one node, or two joined by the relay).
+    #[serde(default)]
+    pub relay: Option<RelayReadings>,
+}
+
+/// What a run of the `relay` scenario measured besides the usual figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RelayReadings {
+    /// SFU nodes: 1 (everyone on one node) or 2 (publisher on A, subscribers on B).
+    pub nodes: usize,
+    /// utime + stime of each node over the window, s (node A first).
+    pub node_cpu_s: Vec<f64>,
+    /// Media datagrams/s node A sent to node B over the relay link (its
+    /// `satsuma_sfu_relay_packets_total{direction="out"}`, between two updates of it); 0 on
+    /// one node.
+    pub link_pps: f64,
+    /// Their bytes/s (relay framing included, QUIC not).
+    pub link_bytes_ps: f64,
+    /// UDP payload bytes/s of the link as QUIC counts them (acks, control, keep-alives
+    /// included).
+    pub link_udp_bytes_ps: f64,
+}
+
+/// One round of the `relay` scenario: the two-node run against the one-node run before it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RelayComparison {
+    /// Round (1-based).
+    pub round: usize,
+    /// One node: CPU, % of a core.
+    pub one_cpu_pct: f64,
+    /// Two nodes: CPU of A and of B, % of a core.
+    pub two_cpu_pct: (f64, f64),
+    /// Egress packets/s (subscribers' receipts), one node and two.
+    pub egress_pps: (f64, f64),
+    /// Relay link datagrams/s (A → B).
+    pub link_pps: f64,
+    /// Link datagrams per packet the publishers sent (about 1.0: each packet crossed once,
+    /// whatever the number of subscribers on B; all simulcast layers cross while B's legs may
+    /// take any).
+    pub link_copies: f64,
+    /// Relay CPU per relayed packet, µs: (CPU/s of both nodes − CPU/s of one node) ÷ link
+    /// datagrams/s.
+    pub relay_us_per_packet: f64,
+    /// µs CPU per forwarded packet, one node and two (both nodes' CPU).
+    pub us_per_fwd_packet: (f64, f64),
+    /// Server-added p50 / p99 ms on one node.
+    pub one_added_ms: (f64, f64),
+    /// The same on two nodes (publisher → A → relay → B → subscriber).
+    pub two_added_ms: (f64, f64),
+    /// What the relay adds, p50 / p99 ms (two nodes − one).
+    pub relay_added_ms: (f64, f64),
+    /// Loss %, one node and two.
+    pub loss_pct: (f64, f64),
+    /// Load average at the start of each window (one node, two).
+    pub loadavg: (f64, f64),
 }
 
 /// Inputs to [`ScenarioResult::build`] besides the worker reports.
@@ -230,6 +285,7 @@ impl ScenarioResult {
             counters: c,
             subscriber_details,
             notes: meta.notes,
+            relay: None,
         }
     }
 }
@@ -237,6 +293,12 @@ impl ScenarioResult {
 impl ScenarioResult {
     /// The SFU with its estimation mode, e.g. `satsuma (bwe on)`.
     pub fn sfu_label(&self) -> String {
+        if let Some(r) = &self.relay {
+            return match r.nodes {
+                1 => "satsuma, 1 node".to_owned(),
+                n => format!("satsuma, {n} nodes (relay)"),
+            };
+        }
         match self.bwe {
             Some(b) => format!("{} (bwe {})", self.sfu.name(), b.name()),
             None => self.sfu.name().to_owned(),
@@ -270,6 +332,20 @@ pub struct BweComparison {
     pub loadavg: Vec<f64>,
     /// Mean µs per packet on ÷ mean off.
     pub cpu_ratio: f64,
+}
+
+/// The median of `v` (the mean of the middle two for an even count; 0 when empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -311,6 +387,9 @@ pub struct RunReport {
     /// Estimation on against off, where both ran a scenario.
     #[serde(default)]
     pub bwe: Vec<BweComparison>,
+    /// The `relay` scenario, per round.
+    #[serde(default)]
+    pub relay: Vec<RelayComparison>,
 }
 
 impl RunReport {
@@ -344,7 +423,7 @@ impl RunReport {
         for r in self
             .results
             .iter()
-            .filter(|r| r.cpu_us_per_packet.is_some())
+            .filter(|r| r.cpu_us_per_packet.is_some() && r.relay.is_none())
         {
             let (Some(mode), Some(us)) = (r.bwe, r.cpu_us_per_packet) else {
                 continue;
@@ -387,6 +466,115 @@ impl RunReport {
             c.cpu_ratio = mean(&c.on_us) / mean(&c.off_us).max(1e-9);
         }
         self.bwe = bwe;
+        self.relay = self.relay_comparisons();
+    }
+
+    /// Pairs each two-node `relay` run with the one-node run before it.
+    fn relay_comparisons(&self) -> Vec<RelayComparison> {
+        let mut out = Vec::new();
+        let mut one: Option<&ScenarioResult> = None;
+        for r in &self.results {
+            let Some(relay) = &r.relay else { continue };
+            if r.cpu_us_per_packet.is_none() {
+                continue;
+            }
+            if relay.nodes == 1 {
+                one = Some(r);
+                continue;
+            }
+            let Some(o) = one.take() else { continue };
+            let pct = |cpu_s: f64, w: f64| cpu_s / w.max(1e-3) * 100.0;
+            let w2 = r.process.window_s;
+            let node = |i: usize| relay.node_cpu_s.get(i).copied().unwrap_or(0.0);
+            let cpu_per_s_two = r.process.cpu_s / w2.max(1e-3);
+            let cpu_per_s_one = o.process.cpu_s / o.process.window_s.max(1e-3);
+            out.push(RelayComparison {
+                round: out.len() + 1,
+                one_cpu_pct: o.sfu_cpu_pct,
+                two_cpu_pct: (pct(node(0), w2), pct(node(1), w2)),
+                egress_pps: (o.egress_pps, r.egress_pps),
+                link_pps: relay.link_pps,
+                link_copies: if r.ingress_pps > 0.0 {
+                    relay.link_pps / r.ingress_pps
+                } else {
+                    0.0
+                },
+                relay_us_per_packet: if relay.link_pps > 0.0 {
+                    (cpu_per_s_two - cpu_per_s_one) * 1e6 / relay.link_pps
+                } else {
+                    0.0
+                },
+                us_per_fwd_packet: (
+                    o.cpu_us_per_packet.unwrap_or(0.0),
+                    r.cpu_us_per_packet.unwrap_or(0.0),
+                ),
+                one_added_ms: (o.added_p50_ms, o.added_p99_ms),
+                two_added_ms: (r.added_p50_ms, r.added_p99_ms),
+                relay_added_ms: (
+                    r.added_p50_ms - o.added_p50_ms,
+                    r.added_p99_ms - o.added_p99_ms,
+                ),
+                loss_pct: (o.loss_pct, r.loss_pct),
+                loadavg: (o.process.loadavg, r.process.loadavg),
+            });
+        }
+        out
+    }
+
+    /// Markdown: the `relay` scenario, per round and the medians.
+    fn relay_markdown(&self) -> String {
+        if self.relay.is_empty() {
+            return String::new();
+        }
+        let mut s = String::from(
+            "\n| relay round | CPU % 1 node | CPU % 2 nodes (A + B) | egress pkt/s 1 / 2 nodes | \
+             link pkt/s (per publisher packet) | µs CPU / fwd pkt 1 / 2 nodes | \
+             **relay µs CPU / relayed pkt** | server-added p50 / p99 ms, 1 node | 2 nodes | \
+             **relay-added p50 / p99 ms** | loss % 1 / 2 | load avg 1 / 2 |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for c in &self.relay {
+            s.push_str(&format!(
+                "| {} | {:.1} | {:.1} + {:.1} | {:.0} / {:.0} | {:.0} ({:.2}) | {:.1} / {:.1} | {:.1} | \
+                 {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} / {:.1} |\n",
+                c.round,
+                c.one_cpu_pct,
+                c.two_cpu_pct.0,
+                c.two_cpu_pct.1,
+                c.egress_pps.0,
+                c.egress_pps.1,
+                c.link_pps,
+                c.link_copies,
+                c.us_per_fwd_packet.0,
+                c.us_per_fwd_packet.1,
+                c.relay_us_per_packet,
+                c.one_added_ms.0,
+                c.one_added_ms.1,
+                c.two_added_ms.0,
+                c.two_added_ms.1,
+                c.relay_added_ms.0,
+                c.relay_added_ms.1,
+                c.loss_pct.0,
+                c.loss_pct.1,
+                c.loadavg.0,
+                c.loadavg.1,
+            ));
+        }
+        if self.relay.len() > 1 {
+            let med =
+                |f: &dyn Fn(&RelayComparison) -> f64| median(self.relay.iter().map(f).collect());
+            s.push_str(&format!(
+                "\nMedians over {} rounds: relay CPU {:.1} µs per relayed packet; relay-added \
+                 latency p50 {:.2} ms, p99 {:.2} ms; {:.2} link datagrams per packet the publisher \
+                 sent.\n",
+                self.relay.len(),
+                med(&|c| c.relay_us_per_packet),
+                med(&|c| c.relay_added_ms.0),
+                med(&|c| c.relay_added_ms.1),
+                med(&|c| c.link_copies),
+            ));
+        }
+        s
     }
 
     /// Markdown: estimation on against off.
@@ -543,6 +731,7 @@ impl RunReport {
             }
         }
         s.push_str(&self.bwe_markdown());
+        s.push_str(&self.relay_markdown());
         s.push_str(&self.subscribers_markdown());
         let notes: Vec<String> = self
             .results
@@ -661,6 +850,7 @@ mod tests {
             results: vec![a, b],
             ratios: vec![],
             bwe: vec![],
+            relay: vec![],
         };
         run.compute_ratios();
         assert_eq!(run.ratios.len(), 1);
@@ -701,6 +891,7 @@ mod tests {
             ],
             ratios: vec![],
             bwe: vec![],
+            relay: vec![],
         };
         r.compute_ratios();
         assert_eq!(r.bwe.len(), 1);
@@ -714,6 +905,78 @@ mod tests {
         assert!(md.contains("satsuma (bwe on)"), "{md}");
         assert!(
             md.contains("| audio | 22.0, 26.0 | 20.0, 20.0 | 1.20 |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn relay_runs_pair_one_node_with_two_and_charge_the_difference_to_the_link() {
+        let run = |nodes: usize, cpu_s: Vec<f64>, added_us: u64, link_pps: f64| {
+            let mut r = ScenarioResult::build(
+                ScenarioMeta {
+                    scenario: "relay".into(),
+                    ..meta(SfuKind::Satsuma)
+                },
+                // 10 s window: the publisher sent 5,000 packets (500 pkt/s), 10 subscribers
+                // received 50,000.
+                &[WorkerReport {
+                    sfu: Counters {
+                        sent_packets: 5_000,
+                        ..report(50_000, 0, &[]).sfu
+                    },
+                    ..report(50_000, 0, &[(1000, 1000 + added_us, 2000 + 2 * added_us)])
+                }],
+                ProcessReadings {
+                    window_s: 10.0,
+                    cpu_s: cpu_s.iter().sum(),
+                    ..ProcessReadings::default()
+                },
+            );
+            r.subscribers = (10, 10);
+            r.relay = Some(RelayReadings {
+                nodes,
+                node_cpu_s: cpu_s,
+                link_pps,
+                ..RelayReadings::default()
+            });
+            r
+        };
+        let mut report = RunReport {
+            started_utc: "t".into(),
+            command: "c".into(),
+            machine: "m".into(),
+            media: "x".into(),
+            results: vec![
+                run(1, vec![1.0], 0, 0.0),
+                // One node's CPU grew by 0.5 s/10 s = 0.05 s/s for 500 relayed pkt/s: 100 µs.
+                run(2, vec![1.0, 0.5], 300, 500.0),
+                run(1, vec![1.2], 0, 0.0),
+                run(2, vec![1.0, 0.4], 500, 500.0),
+                // A two-node run without its one-node run is not paired.
+                run(2, vec![1.0, 0.4], 500, 500.0),
+            ],
+            ratios: vec![],
+            bwe: vec![],
+            relay: vec![],
+        };
+        report.compute_ratios();
+        assert!(
+            report.bwe.is_empty(),
+            "relay runs are no estimation comparison"
+        );
+        assert_eq!(report.relay.len(), 2);
+        let c = &report.relay[0];
+        assert!((c.relay_us_per_packet - 100.0).abs() < 1e-6, "{c:?}");
+        assert!((c.link_copies - 1.0).abs() < 1e-9, "{c:?}");
+        assert!((c.two_cpu_pct.0 - 10.0).abs() < 1e-9 && (c.two_cpu_pct.1 - 5.0).abs() < 1e-9);
+        assert!((c.relay_added_ms.0 - 0.3).abs() < 1e-9, "{c:?}");
+        assert!((c.relay_added_ms.1 - 0.6).abs() < 1e-9, "{c:?}");
+        assert!((report.relay[1].relay_us_per_packet - 40.0).abs() < 1e-6);
+        let md = report.markdown();
+        assert!(md.contains("relay µs CPU / relayed pkt"), "{md}");
+        assert!(md.contains("satsuma, 2 nodes (relay)"), "{md}");
+        assert!(
+            md.contains("Medians over 2 rounds: relay CPU 70.0 µs"),
             "{md}"
         );
     }

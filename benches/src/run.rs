@@ -14,7 +14,9 @@ use crate::janus::JanusClient;
 use crate::janus_server::{JanusProcess, JanusSettings};
 use crate::media::MediaProfile;
 use crate::process;
-use crate::report::{BweMode, ProcessReadings, RunReport, ScenarioMeta, ScenarioResult, SfuKind};
+use crate::report::{
+    BweMode, ProcessReadings, RelayReadings, RunReport, ScenarioMeta, ScenarioResult, SfuKind,
+};
 use crate::scenario::{Plan, ScenarioKind};
 use crate::worker::{FeedRef, SubscribeSpec, Target, WorkerCommand, WorkerReply, WorkerReport};
 
@@ -64,6 +66,8 @@ pub struct RunOptions {
     pub limited_subscribers: usize,
     /// Limited: the limited subscriber's downlink, kbit/s.
     pub limited_kbps: u32,
+    /// Relay: subscribers (on node B) of the one publisher (on node A).
+    pub relay_subscribers: usize,
     /// Satsuma's bandwidth estimation, each mode a separate run per scenario, in this order.
     pub bwe: Vec<BweMode>,
     /// Initial estimate Satsuma gets when estimation is on (`None`: its default).
@@ -167,15 +171,169 @@ enum Sfu {
         Option<u32>,
     ),
     Janus(JanusProcess, Target),
+    /// Two Satsuma nodes joined by the relay: publishers on `nodes[0]` (A), subscribers on
+    /// `nodes[1]` (B).
+    SatsumaPair {
+        nodes: [SfuProcess; 2],
+        #[allow(dead_code, reason = "held so the certificates are removed on drop")]
+        certs: CertDir,
+    },
+}
+
+/// A temporary folder with the relay's cluster CA and node certificates, removed on drop.
+struct CertDir(PathBuf);
+
+impl Drop for CertDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The relay node names of the `relay` scenario.
+const RELAY_NODES: [&str; 2] = ["sfu-a", "sfu-b"];
+
+fn satsuma_target(p: &SfuProcess) -> Target {
+    Target::Satsuma {
+        url: p.base_url(),
+        app: APP_ID.into(),
+        secret: APP_SECRET.into(),
+    }
+}
+
+fn free_udp_port() -> anyhow::Result<u16> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").context("bind a UDP port")?;
+    Ok(s.local_addr()?.port())
+}
+
+/// Runs `satsuma-sfu` once (its certificate subcommands), failing with its stderr.
+fn sfu_command(path: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new(path)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {}", path.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {}: {}",
+            path.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Starts two `satsuma-sfu` nodes on 127.0.0.1 joined by the relay: a cluster CA and one
+/// certificate per node made with `satsuma-sfu cluster-ca` / `node-cert` in a temporary folder,
+/// each node with the other as its relay peer.
+fn start_pair(path: &std::path::Path, args: &[String]) -> anyhow::Result<Sfu> {
+    static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "satsuma-load-relay-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let certs = CertDir(dir.clone());
+    let d = dir.to_str().context("temp dir path")?;
+    sfu_command(
+        path,
+        &["cluster-ca", "--out", d, "--cluster", "satsuma-load"],
+    )?;
+    let (ca, ca_key) = (format!("{d}/ca.pem"), format!("{d}/ca-key.pem"));
+    for name in RELAY_NODES {
+        sfu_command(
+            path,
+            &[
+                "node-cert",
+                "--name",
+                name,
+                "--out",
+                d,
+                "--ca",
+                &ca,
+                "--ca-key",
+                &ca_key,
+            ],
+        )?;
+    }
+    let ports = [free_udp_port()?, free_udp_port()?];
+    let start = |i: usize| -> anyhow::Result<SfuProcess> {
+        let (me, peer) = (RELAY_NODES[i], RELAY_NODES[1 - i]);
+        let mut a: Vec<String> = args.to_vec();
+        a.extend([
+            "--node-name".to_owned(),
+            me.to_owned(),
+            "--relay-bind".to_owned(),
+            format!("127.0.0.1:{}", ports[i]),
+            "--relay-cert".to_owned(),
+            format!("{d}/{me}.pem"),
+            "--relay-key".to_owned(),
+            format!("{d}/{me}-key.pem"),
+            "--relay-ca".to_owned(),
+            ca.clone(),
+            "--relay-peer".to_owned(),
+            format!("{peer}=127.0.0.1:{}", ports[1 - i]),
+        ]);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        SfuProcess::start(path, &a).with_context(|| format!("start {} as {me}", path.display()))
+    };
+    let nodes = [start(0)?, start(1)?];
+    Ok(Sfu::SatsumaPair { nodes, certs })
+}
+
+/// The relay link counters of `base`'s `/metrics` (datagrams, bytes, QUIC UDP bytes sent to
+/// peers), read just after the node updated them (it does once a second), with the time.
+async fn link_counters(base: &str) -> (Instant, [f64; 3]) {
+    let read = || async {
+        let m = satsuma_bot::harness::fetch_metrics(base).await.ok()?;
+        let out = |name: &str| {
+            m.samples
+                .iter()
+                .filter(|(k, _)| {
+                    k.strip_prefix(name).is_some_and(|r| r.starts_with('{'))
+                        && k.contains("direction=\"out\"")
+                })
+                .map(|(_, v)| v)
+                .sum::<f64>()
+        };
+        Some([
+            out("satsuma_sfu_relay_packets_total"),
+            out("satsuma_sfu_relay_bytes_total"),
+            out("satsuma_sfu_relay_udp_bytes_total"),
+        ])
+    };
+    let first = read().await.unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = Instant::now();
+        if let Some(v) = read().await
+            && v[0] != first[0]
+        {
+            return (now, v);
+        }
+    }
+    (Instant::now(), first)
 }
 
 impl Sfu {
     async fn start(
         kind: SfuKind,
         bwe: Option<BweMode>,
+        nodes: usize,
         opts: &RunOptions,
         plan: &Plan,
     ) -> anyhow::Result<Self> {
+        if nodes > 1 {
+            let SatsumaSource::Binary { path, args } = &opts.satsuma else {
+                bail!("two relay nodes: only with a satsuma-sfu binary the harness starts");
+            };
+            if kind != SfuKind::Satsuma {
+                bail!("two relay nodes: Satsuma only");
+            }
+            let mut args = args.clone();
+            args.extend(bwe_args(bwe, opts.bwe_initial_kbps));
+            return start_pair(path, &args);
+        }
         match kind {
             SfuKind::Satsuma => match &opts.satsuma {
                 SatsumaSource::Binary { path, args } => {
@@ -226,16 +384,28 @@ impl Sfu {
         }
     }
 
+    /// Where publishers (and, on one node, everyone) signal.
     fn target(&self) -> Target {
         match self {
             Sfu::Satsuma(_, t, _) | Sfu::Janus(_, t) => t.clone(),
+            Sfu::SatsumaPair { nodes, .. } => satsuma_target(&nodes[0]),
         }
     }
 
-    fn pid(&self) -> Option<u32> {
+    /// Where subscribers signal when not at [`Sfu::target`].
+    fn subscriber_target(&self) -> Option<Target> {
         match self {
-            Sfu::Satsuma(_, _, pid) => *pid,
-            Sfu::Janus(j, _) => Some(j.pid()),
+            Sfu::SatsumaPair { nodes, .. } => Some(satsuma_target(&nodes[1])),
+            _ => None,
+        }
+    }
+
+    /// The SFU processes (two relay nodes: A first); empty when unknown.
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Sfu::Satsuma(_, _, pid) => pid.iter().copied().collect(),
+            Sfu::Janus(j, _) => vec![j.pid()],
+            Sfu::SatsumaPair { nodes, .. } => nodes.iter().map(SfuProcess::pid).collect(),
         }
     }
 }
@@ -260,6 +430,7 @@ fn plan_for(kind: ScenarioKind, opts: &RunOptions) -> Plan {
         ScenarioKind::Meeting => Plan::new(kind, opts.meeting_size, 0),
         ScenarioKind::Livestream => Plan::new(kind, opts.livestream_subscribers, 0),
         ScenarioKind::Limited => Plan::limited(opts.limited_subscribers, opts.limited_kbps),
+        ScenarioKind::Relay => Plan::new(kind, opts.relay_subscribers, 0),
     }
 }
 
@@ -271,12 +442,24 @@ pub async fn run_scenario(
     bwe: Option<BweMode>,
     opts: &RunOptions,
 ) -> anyhow::Result<ScenarioResult> {
+    run_scenario_on(kind, sfu_kind, bwe, 1, opts).await
+}
+
+/// [`run_scenario`] on `nodes` SFU nodes (2: Satsuma nodes joined by the relay, publishers on
+/// the first, subscribers on the second). The `relay` scenario's results carry
+/// [`RelayReadings`].
+pub async fn run_scenario_on(
+    kind: ScenarioKind,
+    sfu_kind: SfuKind,
+    bwe: Option<BweMode>,
+    nodes: usize,
+    opts: &RunOptions,
+) -> anyhow::Result<ScenarioResult> {
     let plan = plan_for(kind, opts);
     let mut notes = Vec::new();
-    let sfu = Sfu::start(sfu_kind, bwe, opts, &plan).await?;
+    let sfu = Sfu::start(sfu_kind, bwe, nodes, opts, &plan).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = sfu.pid();
-    let rss_idle = pid.and_then(process::rss_mib).unwrap_or(0.0);
+    let rss_idle = sfu.pids().into_iter().filter_map(process::rss_mib).sum();
 
     let n_workers = opts.workers.max(1);
     let mut workers = Vec::new();
@@ -288,8 +471,8 @@ pub async fn run_scenario(
         w.stop().await;
     }
     drop(sfu);
-    let (reports, readings) = result?;
-    Ok(ScenarioResult::build(
+    let (reports, readings, relay) = result?;
+    let mut result = ScenarioResult::build(
         ScenarioMeta {
             scenario: kind.name().into(),
             sfu: sfu_kind,
@@ -302,7 +485,11 @@ pub async fn run_scenario(
         },
         &reports,
         readings,
-    ))
+    );
+    if kind == ScenarioKind::Relay {
+        result.relay = Some(relay);
+    }
+    Ok(result)
 }
 
 async fn drive(
@@ -312,7 +499,7 @@ async fn drive(
     workers: &mut [WorkerProc],
     notes: &mut Vec<String>,
     rss_idle: f64,
-) -> anyhow::Result<(Vec<WorkerReport>, ProcessReadings)> {
+) -> anyhow::Result<(Vec<WorkerReport>, ProcessReadings, RelayReadings)> {
     let n = workers.len();
     let init = (0..n)
         .map(|_| WorkerCommand::Init {
@@ -368,6 +555,7 @@ async fn drive(
     let cmds = sub_split
         .iter()
         .map(|idx| WorkerCommand::Subscribe {
+            target: sfu.subscriber_target(),
             subscribers: idx
                 .iter()
                 .map(|&i| {
@@ -415,7 +603,7 @@ async fn drive(
             bail!("mark: {r:?}");
         }
     }
-    let pid = sfu.pid();
+    let pids = sfu.pids();
     let worker_pids: Vec<u32> = workers.iter().filter_map(WorkerProc::pid).collect();
     let bots_cpu = |pids: &[u32]| -> f64 {
         pids.iter()
@@ -424,14 +612,27 @@ async fn drive(
             .sum()
     };
     let loadavg = process::loadavg();
+    // Two relay nodes: node A's link counters, read just after an update at both ends.
+    let link_node = match sfu {
+        Sfu::SatsumaPair { nodes, .. } => Some(nodes[0].base_url()),
+        _ => None,
+    };
+    let link0 = match &link_node {
+        Some(base) => Some(link_counters(base).await),
+        None => None,
+    };
     let t0 = Instant::now();
-    let cpu0 = pid.and_then(process::cpu_time);
+    let cpu0: Vec<Option<Duration>> = pids.iter().map(|&p| process::cpu_time(p)).collect();
     let bots0 = bots_cpu(&worker_pids);
     tokio::time::sleep(opts.duration).await;
-    let cpu1 = pid.and_then(process::cpu_time);
+    let cpu1: Vec<Option<Duration>> = pids.iter().map(|&p| process::cpu_time(p)).collect();
     let bots1 = bots_cpu(&worker_pids);
     let window_s = t0.elapsed().as_secs_f64();
-    let rss = pid.and_then(process::rss_mib).unwrap_or(0.0);
+    let link1 = match &link_node {
+        Some(base) => Some(link_counters(base).await),
+        None => None,
+    };
+    let rss = pids.iter().filter_map(|&p| process::rss_mib(p)).sum();
     let reports_cmd = (0..n).map(|_| WorkerCommand::Report).collect();
     let mut reports = Vec::new();
     for r in broadcast(workers, reports_cmd).await? {
@@ -440,13 +641,32 @@ async fn drive(
             other => bail!("report: {other:?}"),
         }
     }
-    let cpu_s = match (cpu0, cpu1) {
-        (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64(),
-        _ => {
-            notes.push("SFU pid unknown: no CPU or memory figures".into());
-            0.0
-        }
+    let node_cpu_s: Vec<f64> = cpu0
+        .iter()
+        .zip(&cpu1)
+        .map(|(a, b)| match (a, b) {
+            (Some(a), Some(b)) => b.saturating_sub(*a).as_secs_f64(),
+            _ => 0.0,
+        })
+        .collect();
+    if pids.is_empty() || cpu0.iter().chain(&cpu1).any(Option::is_none) {
+        notes.push("SFU pid unknown: no CPU or memory figures".into());
+    }
+    let cpu_s = node_cpu_s.iter().sum();
+    let mut relay = RelayReadings {
+        nodes: pids.len().max(1),
+        node_cpu_s,
+        ..RelayReadings::default()
     };
+    if let (Some((ta, a)), Some((tb, b))) = (link0, link1) {
+        let secs = tb.saturating_duration_since(ta).as_secs_f64().max(1e-3);
+        relay.link_pps = (b[0] - a[0]) / secs;
+        relay.link_bytes_ps = (b[1] - a[1]) / secs;
+        relay.link_udp_bytes_ps = (b[2] - a[2]) / secs;
+        if relay.link_pps <= 0.0 {
+            notes.push("the relay link counter did not move".into());
+        }
+    }
     Ok((
         reports,
         ProcessReadings {
@@ -457,6 +677,7 @@ async fn drive(
             bots_cpu_s: bots1 - bots0,
             loadavg,
         },
+        relay,
     ))
 }
 
@@ -465,6 +686,10 @@ pub async fn run_all(opts: &RunOptions) -> RunReport {
     let started_utc = utc_now();
     let mut results = Vec::new();
     for &kind in &opts.scenarios {
+        if kind == ScenarioKind::Relay {
+            run_relay(opts, &mut results).await;
+            continue;
+        }
         for round in 0..opts.repeat.max(1) {
             for &sfu in &opts.sfus {
                 for bwe in bwe_modes(sfu, opts) {
@@ -534,9 +759,51 @@ pub async fn run_all(opts: &RunOptions) -> RunReport {
         results,
         ratios: Vec::new(),
         bwe: Vec::new(),
+        relay: Vec::new(),
     };
     report.compute_ratios();
     report
+}
+
+/// The `relay` scenario: per round, one node then two nodes joined by the relay (Satsuma only,
+/// in the first estimation mode).
+async fn run_relay(opts: &RunOptions, results: &mut Vec<ScenarioResult>) {
+    let kind = ScenarioKind::Relay;
+    let bwe = bwe_modes(SfuKind::Satsuma, opts).first().copied().flatten();
+    for round in 0..opts.repeat.max(1) {
+        for nodes in [1, 2] {
+            info!(
+                "scenario relay on {nodes} satsuma node(s) (round {})",
+                round + 1
+            );
+            match run_scenario_on(kind, SfuKind::Satsuma, bwe, nodes, opts).await {
+                Ok(r) => results.push(r),
+                Err(e) => {
+                    warn!("scenario relay on {nodes} node(s) failed: {e:#}");
+                    let plan = plan_for(kind, opts);
+                    let mut r = ScenarioResult::build(
+                        ScenarioMeta {
+                            scenario: kind.name().into(),
+                            sfu: SfuKind::Satsuma,
+                            bwe,
+                            participants: plan.participants,
+                            planned_publishers: plan.publishers.len(),
+                            planned_subscribers: plan.subscribers.len(),
+                            nominal_egress_pps: plan.egress_pps(&opts.media),
+                            notes: vec![format!("FAILED: {e:#}")],
+                        },
+                        &[],
+                        ProcessReadings::default(),
+                    );
+                    r.relay = Some(RelayReadings {
+                        nodes,
+                        ..RelayReadings::default()
+                    });
+                    results.push(r);
+                }
+            }
+        }
+    }
 }
 
 /// The estimation modes an SFU runs in: Janus has none of Satsuma's; a Satsuma the harness does

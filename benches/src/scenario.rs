@@ -10,6 +10,9 @@
 //!   downlink limited (a token-bucket shaper in front of the bot, `--limited-kbps`): with
 //!   bandwidth estimation it should get a lower simulcast layer while the others keep the top
 //!   one.
+//! - **relay**: one audio + video publisher, `N` subscribers, run twice per round: on one
+//!   `satsuma-sfu` node, and on two nodes joined by the relay (publisher on node A, subscribers
+//!   on node B), so the difference is what the relay costs (CPU) and adds (latency).
 //!
 //! [`Plan`] is pure data: which publishers exist, which publishers each subscriber pulls, and how they
 //! are split over worker processes.
@@ -31,6 +34,8 @@ pub enum ScenarioKind {
     Livestream,
     /// One video publisher to a few subscribers, one of them behind a slow downlink.
     Limited,
+    /// One video publisher to many subscribers on another node (the relay), against one node.
+    Relay,
 }
 
 impl ScenarioKind {
@@ -41,6 +46,7 @@ impl ScenarioKind {
             ScenarioKind::Meeting => "meeting",
             ScenarioKind::Livestream => "livestream",
             ScenarioKind::Limited => "limited",
+            ScenarioKind::Relay => "relay",
         }
     }
 }
@@ -134,7 +140,7 @@ impl Plan {
                         .collect(),
                 }
             }
-            ScenarioKind::Livestream => Self {
+            ScenarioKind::Livestream | ScenarioKind::Relay => Self {
                 kind,
                 participants: 1 + n,
                 publishers: vec![publisher(0, true, true)],
@@ -262,6 +268,18 @@ mod tests {
         assert!(p.subscribers[0].name.contains("limited"));
         assert!(p.subscribers[1..].iter().all(|s| s.limit_kbps.is_none()));
         assert_eq!(Plan::limited(0, 300).subscribers.len(), 2);
+    }
+
+    #[test]
+    fn relay_plan_is_a_livestream() {
+        let p = Plan::new(ScenarioKind::Relay, 5, 10);
+        assert_eq!(p.kind, ScenarioKind::Relay);
+        assert_eq!(p.publishers.len(), 1);
+        assert_eq!(p.subscribers.len(), 5);
+        assert!(p.subscribers.iter().all(|s| s.publishers == [0]));
+        let m = MediaProfile::default();
+        let live = Plan::new(ScenarioKind::Livestream, 5, 10);
+        assert_eq!(p.egress_pps(&m), live.egress_pps(&m));
     }
 
     #[test]

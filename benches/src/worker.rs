@@ -96,6 +96,10 @@ pub enum WorkerCommand {
     Subscribe {
         /// Subscribers.
         subscribers: Vec<SubscribeSpec>,
+        /// Another SFU node the subscribers signal to (a Satsuma node joined to the publishers'
+        /// by the relay: it pulls their tracks across); `None`: the init target.
+        #[serde(default)]
+        target: Option<Target>,
     },
     /// Start of the measurement window: snapshot counters.
     Mark,
@@ -558,11 +562,36 @@ impl Worker {
         }
     }
 
-    async fn subscribe(&mut self, specs: Vec<SubscribeSpec>) -> WorkerReply {
+    async fn subscribe(
+        &mut self,
+        specs: Vec<SubscribeSpec>,
+        target: Option<Target>,
+    ) -> WorkerReply {
+        let signaling = match target {
+            None => self.signaling.clone(),
+            Some(Target::Satsuma { url, app, secret }) => match SfuClient::new(&url, &app, &secret)
+            {
+                Ok(c) => Arc::new(Signaling::Satsuma(c)),
+                Err(e) => {
+                    return WorkerReply::Subscribed {
+                        connected: 0,
+                        failed: specs.len(),
+                        error: Some(format!("subscriber node: {e:#}")),
+                    };
+                }
+            },
+            Some(Target::Janus { .. }) => {
+                return WorkerReply::Subscribed {
+                    connected: 0,
+                    failed: specs.len(),
+                    error: Some("subscribers on another node: Satsuma only".into()),
+                };
+            }
+        };
         let gate = Arc::new(Semaphore::new(self.concurrency));
         let mut set = JoinSet::new();
         for spec in specs {
-            let sig = self.signaling.clone();
+            let sig = signaling.clone();
             let gate = gate.clone();
             let config = self.media.participant_config();
             let spec_name = format!("subscriber {}", spec.name);
@@ -731,7 +760,10 @@ pub async fn run_worker() -> anyhow::Result<()> {
                 },
                 Some(w) => match cmd {
                     WorkerCommand::Publish { publishers } => w.publish(publishers).await,
-                    WorkerCommand::Subscribe { subscribers } => w.subscribe(subscribers).await,
+                    WorkerCommand::Subscribe {
+                        subscribers,
+                        target,
+                    } => w.subscribe(subscribers, target).await,
                     WorkerCommand::Mark => w.mark().await,
                     WorkerCommand::Report => w.report().await,
                     WorkerCommand::Init { .. } | WorkerCommand::Stop => WorkerReply::Error {

@@ -332,6 +332,38 @@ async fn a_room_split_over_two_nodes() {
         mb.get("satsuma_sfu_forwarded_packets_total")
     );
 
+    // Every relay series the Grafana dashboard queries is exported by a node with a link
+    // (the deploy test checks the others against a single SFU).
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/satsuma-sfu.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("satsuma_sfu_relay_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 8, "{queried:?}");
+    for name in &queried {
+        assert!(
+            ma.samples
+                .keys()
+                .any(|k| k == name || k.starts_with(&format!("{name}{{"))),
+            "the dashboard queries {name}, node A does not export it"
+        );
+    }
+
     // The stranger was refused in the TLS handshake and counted; both nodes are healthy.
     let refused = series(
         &mb,

@@ -101,6 +101,14 @@ struct Cli {
     #[arg(long, default_value_t = satsuma_bench::scenario::DEFAULT_LIMIT_KBPS)]
     limited_kbps: u32,
 
+    /// Relay scenario (`--scenarios relay`, Satsuma only): subscribers of the one audio + video
+    /// publisher. Each round runs it on one satsuma-sfu node, then on two nodes joined by the
+    /// relay (cluster CA and node certificates made with `satsuma-sfu cluster-ca` / `node-cert`
+    /// in a temporary folder; publisher on node A, subscribers on node B), and reports the
+    /// relay's CPU per relayed packet and the latency it adds (p50 / p99).
+    #[arg(long, default_value_t = 10)]
+    relay_subscribers: usize,
+
     /// Satsuma's bandwidth estimation: `on` (its default), `off` (--bwe-initial-kbps 0), or both
     /// (`on,off`: each scenario runs once per mode, in this order, with a fresh SFU each time).
     /// Ignored for Janus and with --sfu-url.
@@ -341,6 +349,7 @@ fn main() -> anyhow::Result<()> {
         livestream_subscribers: cli.livestream_subscribers,
         limited_subscribers: cli.limited_subscribers,
         limited_kbps: cli.limited_kbps,
+        relay_subscribers: cli.relay_subscribers,
         bwe: cli.bwe.clone(),
         bwe_initial_kbps: cli.bwe_initial_kbps,
         repeat: cli.repeat.max(1),

@@ -223,20 +223,17 @@ impl RelayMetrics {
             (&self.udp_bytes, "in"),
         ];
         for ((v, direction), (a, b)) in series.into_iter().zip(before.into_iter().zip(now)) {
-            let n = b.saturating_sub(a);
-            if n > 0 {
-                v.with_label_values(&[peer, direction]).inc_by(n);
-            }
+            v.with_label_values(&[peer, direction])
+                .inc_by(b.saturating_sub(a));
         }
     }
 
-    /// Adds what a link did between two samples of its counters.
+    /// Adds what a link did between two samples of its counters. Every series of the link is
+    /// exported from its first sample on (at 0 until something happens), so dashboards see it.
     pub fn count_link(&self, peer: &str, before: &LinkStats, now: &LinkStats) {
         let d = |a: u64, b: u64| b.saturating_sub(a);
         let add = |v: &IntCounterVec, labels: &[&str], n: u64| {
-            if n > 0 {
-                v.with_label_values(labels).inc_by(n);
-            }
+            v.with_label_values(labels).inc_by(n);
         };
         add(
             &self.packets,
@@ -326,5 +323,12 @@ mod tests {
             )
         );
         assert!(text.contains("satsuma_sfu_relay_links 0"));
+        // A link's series exist from its first sample, at 0 until something happens.
+        assert!(text.contains("satsuma_sfu_relay_repairs_total{kind=\"missed\",peer=\"sfu-b\"} 0"));
+        assert!(
+            text.contains(
+                "satsuma_sfu_relay_lost_packets_total{direction=\"out\",peer=\"sfu-b\"} 0"
+            )
+        );
     }
 }
