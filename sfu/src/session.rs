@@ -91,6 +91,9 @@ pub struct Session {
     pub last_received: Instant,
     /// When str0m next wants a timeout.
     pub next_timeout: Instant,
+    /// Forwarded packets written into this session's send streams since its last drain (see
+    /// `shard::media::drain_session`: it skips the pacer's bookkeeping timeout once they are out).
+    pub writes_pending: u32,
     /// Remote addresses we have sent to and told the UDP driver about (see [`Routes`]).
     pub routes: Routes,
     /// Of the audio tracks this session pulls, the one speaking now (see [`crate::speaker`]).
@@ -155,6 +158,7 @@ impl Session {
             transport_lost_since: Some(now),
             last_received: now,
             next_timeout: now,
+            writes_pending: 0,
             routes: Routes::default(),
             active_speaker: None,
             ingress: None,
