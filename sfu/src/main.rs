@@ -497,6 +497,11 @@ async fn drained(
     let started = drain.since().unwrap_or_else(std::time::Instant::now);
     let state = DrainState::new(started, deadline);
     let at_start = server.session_count();
+    let metrics = server.metrics().clone();
+    metrics.draining.set(1);
+    metrics
+        .drain_sessions_at_start
+        .set(i64::try_from(at_start).unwrap_or(i64::MAX));
     tracing::info!(
         sessions = at_start,
         deadline_s = deadline.as_secs_f64(),
@@ -504,6 +509,9 @@ async fn drained(
     );
     loop {
         let now = std::time::Instant::now();
+        metrics
+            .drain_ms
+            .set(i64::try_from(state.elapsed(now).as_millis()).unwrap_or(i64::MAX));
         match state.poll(now, server.session_count()) {
             DrainStep::Wait => {}
             DrainStep::Empty => {

@@ -150,6 +150,12 @@ pub struct Metrics {
     registry: Registry,
     /// Live sessions.
     pub sessions: IntGauge,
+    /// 1 while the node drains (issue 15, [`crate::drain`]), else 0.
+    pub draining: IntGauge,
+    /// Milliseconds the node has been draining (0 when not draining).
+    pub drain_ms: IntGauge,
+    /// Sessions the node held when its drain started.
+    pub drain_sessions_at_start: IntGauge,
     /// Live published tracks.
     pub tracks: IntGauge,
     /// Live subscriptions (legs).
@@ -313,6 +319,17 @@ impl Metrics {
         let r = Registry::new();
         let mut m = Metrics {
             sessions: gauge(&r, "sessions", "Live sessions"),
+            draining: gauge(
+                &r,
+                "draining",
+                "1 while the node drains (SIGTERM or satsuma-sfu drain): no new sessions",
+            ),
+            drain_ms: gauge(&r, "drain_ms", "Milliseconds the node has been draining"),
+            drain_sessions_at_start: gauge(
+                &r,
+                "drain_sessions_at_start",
+                "Sessions the node held when its drain started",
+            ),
             tracks: gauge(&r, "tracks", "Live published tracks"),
             subscriptions: gauge(&r, "subscriptions", "Live subscriptions (subscriber legs)"),
             packets_in: counter(&r, "packets_in_total", "UDP datagrams received"),

@@ -101,6 +101,14 @@ async fn drain_refuses_new_sessions_keeps_old_ones_and_exits_0_when_empty() {
     assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(sfu.is_running(), "exited with sessions left");
+    let m = sfu.metrics().await.unwrap();
+    assert_eq!(m.get("satsuma_sfu_draining"), 1.0);
+    assert_eq!(m.get("satsuma_sfu_drain_sessions_at_start"), 2.0);
+    assert!(
+        m.get("satsuma_sfu_drain_ms") >= 400.0,
+        "{:?}",
+        m.get("satsuma_sfu_drain_ms")
+    );
 
     // Once the last session is gone, it exits 0.
     let m = sfu.metrics().await.unwrap();
