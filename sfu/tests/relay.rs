@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use satsuma_sfu::Metrics;
-use satsuma_sfu::relay::driver::{Relay, RelayConfig};
+use satsuma_sfu::relay::driver::{PeerAddr, Relay, RelayConfig};
 use satsuma_sfu::relay::tls::{self, PemPair, RelayIdentity};
 use satsuma_sfu::relay::wire::RelayExt;
 use satsuma_sfu::relay::{KeyframeKind, LayerDemand, RelayEvent, RelayMedia, TrackKind, TrackRef};
@@ -449,4 +449,51 @@ async fn an_authenticated_peer_sending_garbage_is_cut_off() {
     .await;
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_named_by_dns_is_resolved_when_dialled() {
+    let ca = tls::generate_ca("test").unwrap();
+    let (a, _a_metrics) = start(identity("sfu-a", &ca));
+    let (mut b, b_metrics) = start(identity("sfu-b", &ca));
+    // As a StatefulSet's headless Service names its pods: a DNS name, resolved at each dial.
+    b.handle().add_peer(
+        "sfu-a",
+        PeerAddr::Host {
+            host: "localhost".into(),
+            port: a.local_addr().port(),
+        },
+    );
+    // A name that does not resolve fails the dial (counted), nothing else.
+    b.handle().add_peer(
+        "sfu-c",
+        PeerAddr::Host {
+            host: "sfu-c.invalid".into(),
+            port: 7882,
+        },
+    );
+    a.handle()
+        .publish(1, track("cam"), TrackKind::Video, Vec::new());
+    let bh = b.handle();
+    let cam = bh
+        .subscribe("sfu-a", track("cam"), 1, LayerDemand::All)
+        .await
+        .unwrap();
+    wait_for(&mut b, "cam ready over the resolved link", |e| match e {
+        RelayEvent::TrackReady { remote, .. } if remote == cam => Some(()),
+        _ => None,
+    })
+    .await;
+    bh.subscribe("sfu-c", track("cam"), 2, LayerDemand::All)
+        .await
+        .unwrap();
+    eventually("the unresolvable dial is counted", || {
+        b_metrics.relay.dial_failures.get() >= 1
+    })
+    .await;
+    // The links gauge is updated every second: the one link up is the resolved one.
+    eventually("one link up (to sfu-a)", || {
+        b_metrics.relay.links.get() == 1
+    })
+    .await;
 }

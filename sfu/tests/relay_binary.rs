@@ -125,7 +125,7 @@ async fn a_node_with_relay_flags_serves_peers_and_refuses_strangers() {
             RelayConfig {
                 identity,
                 bind: "127.0.0.1:0".parse().unwrap(),
-                peers: HashMap::from([("sfu-0".to_string(), relay_addr)]),
+                peers: HashMap::from([("sfu-0".to_string(), relay_addr.into())]),
             },
             Metrics::new().relay,
         )

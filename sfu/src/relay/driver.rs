@@ -58,7 +58,96 @@ pub struct RelayConfig {
     pub bind: SocketAddr,
     /// Where each peer node's relay listens (more can be added with
     /// [`RelayHandle::add_peer`]).
-    pub peers: HashMap<String, SocketAddr>,
+    pub peers: HashMap<String, PeerAddr>,
+}
+
+/// Where a peer node's relay listens: an address, or a DNS name and port resolved at each dial
+/// (a StatefulSet pod's name under its headless Service follows the pod when it moves).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PeerAddr {
+    /// A socket address.
+    Addr(SocketAddr),
+    /// A DNS name and a port.
+    Host {
+        /// The name (1-253 of `[A-Za-z0-9.-]`, labels not empty).
+        host: String,
+        /// The UDP port.
+        port: u16,
+    },
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(addr: SocketAddr) -> PeerAddr {
+        PeerAddr::Addr(addr)
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerAddr::Addr(a) => write!(f, "{a}"),
+            PeerAddr::Host { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl std::str::FromStr for PeerAddr {
+    type Err = String;
+
+    /// `IP:PORT`, `[IPv6]:PORT` or `NAME:PORT`.
+    fn from_str(s: &str) -> Result<PeerAddr, String> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(PeerAddr::Addr(a));
+        }
+        let bad = || format!("{s:?} is not IP:PORT or HOST:PORT");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(bad)?;
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .split('.')
+                .all(|l| !l.is_empty() && l.len() <= 63 && !l.starts_with('-'))
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            // Not an IP address gone wrong (e.g. 10.0.0.300).
+            && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        if !name_ok {
+            return Err(bad());
+        }
+        Ok(PeerAddr::Host {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl PeerAddr {
+    /// The address to dial: itself, or the first address `host` resolves to in the family of
+    /// `local` (the endpoint's own address).
+    async fn resolve(&self, local: Option<SocketAddr>) -> Result<SocketAddr, String> {
+        match self {
+            PeerAddr::Addr(a) => Ok(*a),
+            PeerAddr::Host { host, port } => {
+                let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
+                    .await
+                    .map_err(|e| format!("resolve {host}: {e}"))?
+                    .collect();
+                let same_family =
+                    |a: &&SocketAddr| local.is_none_or(|l| l.is_ipv4() == a.is_ipv4());
+                found
+                    .iter()
+                    .find(same_family)
+                    .or(found.first())
+                    .copied()
+                    .ok_or_else(|| format!("resolve {host}: no address"))
+            }
+        }
+    }
 }
 
 /// Why the relay could not start.
@@ -112,7 +201,7 @@ enum Command {
     },
     AddPeer {
         node: String,
-        addr: SocketAddr,
+        addr: PeerAddr,
     },
     Stats {
         peer: String,
@@ -241,10 +330,10 @@ impl RelayHandle {
     }
 
     /// Where node `node`'s relay listens.
-    pub fn add_peer(&self, node: &str, addr: SocketAddr) {
+    pub fn add_peer(&self, node: &str, addr: impl Into<PeerAddr>) {
         self.send(Command::AddPeer {
             node: node.to_string(),
-            addr,
+            addr: addr.into(),
         });
     }
 
@@ -383,7 +472,7 @@ struct Driver {
     core: RelayCore,
     identity: RelayIdentity,
     endpoint: quinn::Endpoint,
-    peers: HashMap<String, SocketAddr>,
+    peers: HashMap<String, PeerAddr>,
     conns: HashMap<ConnId, Conn>,
     next_conn: ConnId,
     internal: mpsc::UnboundedSender<Internal>,
@@ -589,11 +678,11 @@ impl Driver {
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Connect { peer } => match self.peers.get(&peer) {
-                    Some(&addr) => {
+                    Some(addr) => {
                         tokio::spawn(dial(
                             self.endpoint.clone(),
                             peer,
-                            addr,
+                            addr.clone(),
                             self.core.name().to_string(),
                             self.internal.clone(),
                             self.metrics.clone(),
@@ -812,11 +901,20 @@ fn hello(node: &str) -> Bytes {
 async fn dial(
     endpoint: quinn::Endpoint,
     peer: String,
-    addr: SocketAddr,
+    target: PeerAddr,
     me: String,
     tx: mpsc::UnboundedSender<Internal>,
     metrics: RelayMetrics,
 ) {
+    let addr = match target.resolve(endpoint.local_addr().ok()).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(peer, %target, error = e, "relay dial failed");
+            metrics.dial_failures.inc();
+            let _ = tx.send(Internal::DialFailed { peer });
+            return;
+        }
+    };
     let result = tokio::time::timeout(HELLO_TIMEOUT * 2, async {
         let connection = endpoint
             .connect(addr, &peer)

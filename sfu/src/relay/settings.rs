@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::driver::RelayConfig;
+use super::driver::{PeerAddr, RelayConfig};
 use super::tls::{self, PemPair, RelayIdentity, TlsError};
 
 /// Optional relay settings; the relay runs when `node_name` is set.
@@ -48,7 +48,8 @@ pub struct RelaySettings {
     pub relay_pins: Vec<String>,
 
     /// Where a peer node's relay listens, as NODE=ADDR (repeatable; env: comma-separated),
-    /// like sfu-1=10.0.0.2:7882.
+    /// like sfu-1=10.0.0.2:7882, or NODE=HOST:PORT with a DNS name resolved at each dial, like
+    /// sfu-1=sfu-1.sfu.satsuma.svc.cluster.local:7882 (a StatefulSet's headless Service).
     #[arg(
         long = "relay-peer",
         env = "SATSUMA_SFU_RELAY_PEERS",
@@ -163,9 +164,9 @@ impl RelaySettings {
         for p in &self.relay_peers {
             let (name, addr) = pair(p, "relay peer")?;
             tls::validate_node_name(name)?;
-            let addr: SocketAddr = addr
+            let addr: PeerAddr = addr
                 .parse()
-                .map_err(|_| SettingsError::Invalid(format!("relay peer address {addr:?}")))?;
+                .map_err(|e| SettingsError::Invalid(format!("relay peer address: {e}")))?;
             peers.insert(name.to_string(), addr);
         }
         Ok(Some(RelayConfig {
@@ -202,7 +203,10 @@ mod tests {
         let c = s.build().unwrap().unwrap();
         assert_eq!(c.identity.node(), "sfu-0");
         assert_eq!(c.bind, DEFAULT_RELAY_BIND);
-        assert_eq!(c.peers["sfu-1"], "127.0.0.1:9".parse().unwrap());
+        assert_eq!(
+            c.peers["sfu-1"],
+            PeerAddr::Addr("127.0.0.1:9".parse().unwrap())
+        );
         assert!(RelaySettings::default().build().unwrap().is_none());
         let no_name = RelaySettings {
             node_name: None,
@@ -214,11 +218,36 @@ mod tests {
             ..s.clone()
         };
         assert!(both.build().is_err());
-        let bad_peer = RelaySettings {
-            relay_peers: vec!["sfu-1".into()],
+        for bad in [
+            "sfu-1",
+            "sfu-1=sfu-1",
+            "sfu-1=sfu-1:0",
+            "sfu-1=sfu-1:99999",
+            "sfu-1=10.0.0.300:7882",
+            "sfu-1=bad_name:7882",
+            "sfu-1=a..b:7882",
+            "sfu-1=-a:7882",
+        ] {
+            let bad_peer = RelaySettings {
+                relay_peers: vec![bad.into()],
+                ..s.clone()
+            };
+            assert!(bad_peer.build().is_err(), "{bad} accepted");
+        }
+        // A DNS name (a StatefulSet pod under its headless Service), resolved at each dial.
+        let named = RelaySettings {
+            relay_peers: vec![
+                "sfu-1=satsuma-sfu-1.satsuma-sfu.satsuma.svc.cluster.local:7883".into(),
+            ],
             ..s.clone()
         };
-        assert!(bad_peer.build().is_err());
+        assert_eq!(
+            named.build().unwrap().unwrap().peers["sfu-1"],
+            PeerAddr::Host {
+                host: "satsuma-sfu-1.satsuma-sfu.satsuma.svc.cluster.local".into(),
+                port: 7883
+            }
+        );
         let pinned = RelaySettings {
             relay_ca: None,
             relay_pins: vec![format!("sfu-1={}", "ab".repeat(32))],
