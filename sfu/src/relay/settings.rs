@@ -49,7 +49,8 @@ pub struct RelaySettings {
 
     /// Where a peer node's relay listens, as NODE=ADDR (repeatable; env: comma-separated),
     /// like sfu-1=10.0.0.2:7882, or NODE=HOST:PORT with a DNS name resolved at each dial, like
-    /// sfu-1=sfu-1.sfu.satsuma.svc.cluster.local:7882 (a StatefulSet's headless Service).
+    /// sfu-1=sfu-1.sfu.satsuma.svc.cluster.local:7882 (a StatefulSet's headless Service). This
+    /// node's own entry is skipped, so all nodes can share one list.
     #[arg(
         long = "relay-peer",
         env = "SATSUMA_SFU_RELAY_PEERS",
@@ -167,6 +168,11 @@ impl RelaySettings {
             let addr: PeerAddr = addr
                 .parse()
                 .map_err(|e| SettingsError::Invalid(format!("relay peer address: {e}")))?;
+            // Every node of a cluster may get the same list (a StatefulSet's pods do): its own
+            // entry is not a peer.
+            if name == node {
+                continue;
+            }
             peers.insert(name.to_string(), addr);
         }
         Ok(Some(RelayConfig {
@@ -234,13 +240,16 @@ mod tests {
             };
             assert!(bad_peer.build().is_err(), "{bad} accepted");
         }
-        // A DNS name (a StatefulSet pod under its headless Service), resolved at each dial.
+        // A DNS name (a StatefulSet pod under its headless Service), resolved at each dial;
+        // the node's own entry in a shared list is skipped.
         let named = RelaySettings {
             relay_peers: vec![
+                "sfu-0=satsuma-sfu-0.satsuma-sfu.satsuma.svc.cluster.local:7883".into(),
                 "sfu-1=satsuma-sfu-1.satsuma-sfu.satsuma.svc.cluster.local:7883".into(),
             ],
             ..s.clone()
         };
+        assert_eq!(named.build().unwrap().unwrap().peers.len(), 1);
         assert_eq!(
             named.build().unwrap().unwrap().peers["sfu-1"],
             PeerAddr::Host {
