@@ -1919,7 +1919,8 @@ mod tests {
         assert_eq!(f.leg_layer(l), Some(Rid::from("q")), "not before the hold");
         run(&mut f, &mut ms, 8100, &mut out);
         assert_eq!(f.leg_layer(l), Some(Rid::from("h")));
-        // The estimate collapses: down at once, on q's next keyframe.
+        // The estimate collapses (with loss): down at once, on q's next keyframe.
+        f.note_peer_report(l.session, None, Some(0.05), now(ms));
         f.note_estimate(l.session, 300_000, now(ms));
         run(&mut f, &mut ms, 9100, &mut out);
         assert_eq!(f.leg_layer(l), Some(Rid::from("q")));
@@ -1965,7 +1966,8 @@ mod tests {
         }
         assert_eq!(f.leg_layer(l), Some(Rid::from("f")));
         f.note_estimate(l.session, 10_000_000, now(ms));
-        // A 300 kbit/s link: a severe shortfall, urgent.
+        // A 300 kbit/s link (losing packets): a severe shortfall, urgent.
+        f.note_peer_report(l.session, None, Some(0.05), now(ms));
         f.note_estimate(l.session, 250_000, now(ms));
         let plans = f.select_layers(now(ms), Some(l.session));
         let change = plans[0].1.changes[0];
