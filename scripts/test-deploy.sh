@@ -629,6 +629,58 @@ chart_part() {
       cat "$TMP/render.log"; not_ok "helm template -f $f"
     fi
   done
+  # SFU nodes joined by the relay (ci/relay-values.yaml): every pod is a relay node named after
+  # itself with its certificate from the Secret, the relay's UDP host port is declared, the
+  # peers are all replicas by their headless-Service names, the NetworkPolicy admits the relay
+  # only from SFU pods, and the coordinator's node list carries name/capacity/cpu per replica.
+  # With the default values the relay is off (nothing of it rendered).
+  if [ -s "$TMP/relay-values.yaml" ] && "$TOOLS/venv/bin/python" - "$TMP/relay-values.yaml" "$TMP/default.yaml" > "$TMP/relay-check.log" 2>&1 <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+get = lambda kind, name: next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+sts = get("StatefulSet", "satsuma-sfu")
+n = sts["spec"]["replicas"]
+assert n == 3, n
+pod = sts["spec"]["template"]["spec"]
+c = next(c for c in pod["containers"] if c["name"] == "sfu")
+env = {e["name"]: e for e in c["env"]}
+assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", env["POD_NAME"]
+names = list(env)
+assert names.index("POD_NAME") < names.index("SATSUMA_SFU_NODE_NAME"), "POD_NAME must come first"
+assert env["SATSUMA_SFU_NODE_NAME"]["value"] == "$(POD_NAME)"
+assert env["SATSUMA_SFU_RELAY_BIND"]["value"] == "$(POD_IP):7883"
+mount = next(m for m in c["volumeMounts"] if m["name"] == "relay-certs")
+assert mount["readOnly"] and mount["mountPath"] == "/etc/satsuma/relay", mount
+for var, file in [("CERT", "$(POD_NAME).pem"), ("KEY", "$(POD_NAME)-key.pem"), ("CA", "ca.pem")]:
+    assert env["SATSUMA_SFU_RELAY_" + var]["value"] == "/etc/satsuma/relay/" + file, var
+vol = next(v for v in pod["volumes"] if v["name"] == "relay-certs")
+assert vol["secret"]["secretName"] == "satsuma-sfu-relay", vol
+# The SFU runs as 10001: the Secret's files must be readable by its group.
+assert vol["secret"]["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"] == 10001, (vol, pod["securityContext"])
+peers = env["SATSUMA_SFU_RELAY_PEERS"]["value"].split(",")
+want = [f"satsuma-sfu-{i}=satsuma-sfu-{i}.satsuma-sfu.satsuma.svc.cluster.local:7883" for i in range(n)]
+assert peers == want, peers
+port = next(p for p in c["ports"] if p["name"] == "relay")
+assert port == {"name": "relay", "containerPort": 7883, "hostPort": 7883, "protocol": "UDP"}, port
+svc = get("Service", "satsuma-sfu")
+assert svc["spec"]["clusterIP"] == "None"
+assert {"name": "relay", "port": 7883, "targetPort": "relay", "protocol": "UDP"} in svc["spec"]["ports"], svc["spec"]["ports"]
+np = get("NetworkPolicy", "satsuma-sfu")
+rule = next(r for r in np["spec"]["ingress"] if {"port": 7883, "protocol": "UDP"} in r.get("ports", []))
+assert [f["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for f in rule["from"]] == ["sfu"], rule
+toml = get("ConfigMap", "satsuma-config")["data"]["coordinator.toml"]
+for i in range(n):
+    node = f'"http://satsuma-sfu-{i}.satsuma-sfu.satsuma.svc.cluster.local:7880;capacity=200;cpu=0.8;name=satsuma-sfu-{i}"'
+    assert node in toml, (node, toml)
+default = open(sys.argv[2]).read()
+assert "SATSUMA_SFU_RELAY" not in default and "relay-certs" not in default, "relay rendered by default"
+print(f"{n} relay nodes, peers {len(peers)}, port 7883/UDP")
+PY
+  then
+    ok "relay values: $(tail -1 "$TMP/relay-check.log"): node names, certificates from the Secret, peers by headless DNS, host port, NetworkPolicy, coordinator node list; off by default"
+  else
+    cat "$TMP/relay-check.log"; not_ok "relay values: the rendered relay configuration"
+  fi
   # Values that must be refused: no secrets at all; several coordinators with rooms in memory.
   if "$helm" template satsuma "$chart" > /dev/null 2>&1; then
     not_ok "helm template without secrets should fail"

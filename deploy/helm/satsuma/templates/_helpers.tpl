@@ -88,6 +88,17 @@ member of the chart's etcd, or store.etcd.endpoints. */}}
 {{- end }}
 {{- end }}
 
+{{/* The relay peers of every SFU pod, SATSUMA_SFU_RELAY_PEERS: NODE=HOST:PORT for every replica,
+the pod's name under the headless Service. */}}
+{{- define "satsuma.sfuRelayPeers" -}}
+{{- $name := printf "%s-sfu" (include "satsuma.fullname" .) }}
+{{- $peers := list }}
+{{- range $i := until (int .Values.sfu.replicas) }}
+{{- $peers = append $peers (printf "%s-%d=%s-%d.%s.%s.svc.cluster.local:%d" $name $i $name $i $name $.Release.Namespace (int $.Values.sfu.relay.port)) }}
+{{- end }}
+{{- join "," $peers }}
+{{- end }}
+
 {{/* The URL users open (coordinator.publicUrl, or https://<ingress host>/). */}}
 {{- define "satsuma.publicUrl" -}}
 {{- .Values.coordinator.publicUrl | default (printf "https://%s/" .Values.coordinator.ingress.host) }}
