@@ -126,6 +126,14 @@ pub const TRANSPORT_LOSS_FRESH: Duration = Duration::from_millis(2500);
 pub const UP_HOLD: Duration = Duration::from_millis(2500);
 /// A leg goes up only if the higher allocation fits in this fraction of the estimate.
 pub const UP_HEADROOM: f64 = 0.85;
+/// Transport-wide fraction lost from which a shortfall (an estimate under what the session
+/// sends, after GCC's back-off) is urgent: the bottleneck's queue is full and drops packets, so
+/// no estimate blip explains it, and waiting for the virtual queue only lets the viewer freeze.
+/// Measured on the shaped test (300 kbit/s tbf, 3 % loss): in the first second of the shaping
+/// the session reported 9.9 % lost with an estimate at 0.65 of f; the virtual queue took
+/// another 0.65 s to fill, then the q keyframe 0.3 s more; the viewer's longest freeze (1.4 s
+/// and more) was this switch.
+pub const LOSS_CONFIRMS: f64 = 0.05;
 /// Fraction lost (receiver report) of a leg from which loss caps the allocation.
 pub const HEAVY_LOSS: f64 = 0.2;
 /// How long a heavy-loss report caps the allocation.
@@ -293,6 +301,8 @@ pub struct LayerSelector {
     /// When the transport-wide loss (from transport-wide feedback) was last reported: while it is
     /// fresh, per-leg receiver reports do not count (see [`LayerSelector::note_report`]).
     transport_loss_at: Option<Instant>,
+    /// The latest transport-wide fraction lost (see [`LOSS_CONFIRMS`]).
+    transport_loss: f64,
     /// When the session was last short or lossy (see [`PROBE_CALM`]), and when the desired
     /// bitrate was last nudged (see [`PROBE_EVERY`]).
     troubled_at: Option<Instant>,
@@ -374,6 +384,7 @@ impl LayerSelector {
     /// [`LayerSelector::note_loss`]).
     pub fn note_transport_loss(&mut self, fraction: f64, now: Instant) -> bool {
         self.transport_loss_at = Some(now);
+        self.transport_loss = if fraction.is_finite() { fraction } else { 0.0 };
         if fraction.is_nan() || fraction > LOSSY {
             self.troubled_at = Some(now);
             self.lossy_at = Some(now);
@@ -557,8 +568,13 @@ impl LayerSelector {
         } else {
             MAX_QUEUE
         };
+        let confirmed = self.transport_loss >= LOSS_CONFIRMS
+            && self
+                .transport_loss_at
+                .is_some_and(|t| now.saturating_duration_since(t) < TRANSPORT_LOSS_FRESH);
         let urgent = loss_room.is_some_and(|r| sending > r)
-            || (!lossless && carried < sending as f64 * SEVERE);
+            || (!lossless && carried < sending as f64 * SEVERE)
+            || (confirmed && carried < sending as f64);
         let short = urgent || delay >= max_queue;
         let hold = if short {
             // Down to what fits the estimate (and what got through), never up here.
@@ -860,7 +876,7 @@ mod tests {
         // The link carries ~1.24M of f's 1.5M: a queue of 0.5 s builds in ~2.3 s (with some
         // loss; see `a_lossless_estimate_drop_is_trusted_once_it_lasts` for none).
         let t1 = t0 + Duration::from_millis(1250);
-        s.note_transport_loss(0.05, t1);
+        s.note_transport_loss(0.02, t1);
         s.set_estimate(1_050_000, t1);
         let changes = run(&mut s, &mut on, t1, Duration::from_secs(6));
         assert_eq!(changes.len(), 1, "{changes:?}");
@@ -998,6 +1014,50 @@ mod tests {
             "{:?}",
             t - t1
         );
+    }
+
+    #[test]
+    fn a_shortfall_with_loss_goes_down_at_once() {
+        // The shaped test's first second: f (with audio ~650k), 9.9 % lost, GCC at 345k (the
+        // link carried ~406k: 0.62 of it, not severe).
+        let t0 = Instant::now();
+        let f = [("q", 100_000), ("h", 300_000), ("f", 550_000)];
+        let legs = [
+            with_layers(input("0", Some("f"), None), &f),
+            LegInput {
+                leg: leg("z"),
+                layers: Vec::new(),
+                fixed_bps: 100_000,
+                preferred: None,
+                current: None,
+            },
+        ];
+        let mut s = LayerSelector::new();
+        s.set_estimate(2_000_000, t0);
+        assert!(s.select(&legs, t0).changes.is_empty());
+        let t1 = t0 + Duration::from_millis(1000);
+        assert!(!s.note_transport_loss(0.099, t1), "not heavy");
+        s.set_raw_estimate(345_000, t1);
+        let plan = s.select(&legs, t1);
+        assert_eq!(
+            targets(&plan),
+            vec![("0".into(), "q".into())],
+            "what fits 345k"
+        );
+        assert!(plan.changes[0].urgent);
+        // With light loss (the random 3 %), the same shortfall waits for the virtual queue.
+        let mut s = LayerSelector::new();
+        s.set_estimate(2_000_000, t0);
+        assert!(s.select(&legs, t0).changes.is_empty());
+        assert!(!s.note_transport_loss(0.03, t1));
+        s.set_raw_estimate(345_000, t1);
+        assert!(s.select(&legs, t1).changes.is_empty());
+        // And loss without a shortfall (a lossy link with room) moves nothing.
+        let mut s = LayerSelector::new();
+        s.set_estimate(2_000_000, t0);
+        assert!(s.select(&legs, t0).changes.is_empty());
+        assert!(!s.note_transport_loss(0.099, t1));
+        assert!(s.select(&legs, t1).changes.is_empty());
     }
 
     #[test]
@@ -1172,7 +1232,7 @@ mod tests {
         let mut s = LayerSelector::new();
         s.set_estimate(3_000_000, t0);
         s.select(&on_f, t0);
-        s.note_transport_loss(0.05, t1);
+        s.note_transport_loss(0.02, t1);
         s.set_estimate(1_050_000, t1);
         let mut t = t1;
         let plan = loop {
