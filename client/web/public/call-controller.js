@@ -15,7 +15,7 @@ import { E2eeLink } from './e2ee-link.js';
 import { timeline } from './join-timeline.js';
 import { LayerChoice } from './layer-choice.js';
 import { attachDynacast } from './dynacast.js';
-import { CodecChoice, receiveCapabilities } from './codec-choice.js';
+import { CodecChoice, receiveCapabilities, receiveFilter } from './codec-choice.js';
 import { TileStatus } from './tile-status.js';
 import { endpoints, fetchToken, jwtClaims, replyError } from './access.js';
 import { isRecorded, tileKey } from './call-model.js';
@@ -405,7 +405,7 @@ export class Call {
       // inactive, so the connection survives its publisher leaving: receive-only.test.mjs.)
       const pushing = this.pushLocalMany([
         ['audio', this.local.audio], ['video', this.local.video], ['screenshare', this.local.screen],
-      ], started);
+      ], started, { withPulls: true });
       pushing.catch(() => {}); // awaited below, after the session (whose failure comes first)
       await started;
       if (epoch !== this.mediaEpoch) return;
@@ -425,13 +425,30 @@ export class Call {
   /**
    * Pushes `[kind, track]` pairs (null tracks skipped) in one negotiation and announces them.
    * `session`: the SFU session id, or the promise of it (the offer is made meanwhile).
+   * `withPulls`: the same negotiation also pulls every track not pulled yet (a join: one
+   * offer/answer for everything instead of a push and then a pull).
    */
-  async pushLocalMany(pairs, session) {
+  async pushLocalMany(pairs, session, { withPulls = false } = {}) {
     const list = pairs.filter(([, track]) => track);
     if (!list.length || this.flags.receiveOnly) return;
-    const names = await this.sfu.pushMany(list.map(([kind, track]) => ({
-      track, info: { kind, codec: this.codec, participantId: this.me, simulcast: this.flags.simulcast },
-    })));
+    // (A test's receive-codec filter applies to the SFU's offers only: pull on their own then.)
+    const wanted = withPulls && !receiveFilter() ? this.newPulls() : [];
+    let names;
+    try {
+      let mids;
+      ({ names, mids } = await this.sfu.pushAndPull(list.map(([kind, track]) => ({
+        track, info: { kind, codec: this.codec, participantId: this.me, simulcast: this.flags.simulcast },
+      })), wanted));
+      this.pulledWith(wanted, mids);
+      // A refused pull's receiver had its transform from the start.
+      wanted.forEach((w, i) => { if (!mids[i]) this.e2ee.detach(w.trackName); });
+    } catch (err) {
+      for (const w of wanted) {
+        this.pulled.delete(w.trackName);
+        this.e2ee.detach(w.trackName);
+      }
+      throw err;
+    }
     const sessionId = await session;
     list.forEach(([kind], i) => this.pushed.set(kind, names[i]));
     this.applySendGate();
@@ -552,22 +569,46 @@ export class Call {
     }
   }
 
-  /** Pulls every track other participants publish that is not pulled yet; drops pulls of gone tracks. */
-  async syncPulls() {
-    const sfu = this.sfu;
-    if (!sfu?.sessionId) return;
+  /**
+   * The tracks other participants publish that are not pulled yet, each registered in
+   * `this.pulled` (without a mid) so no other pull asks for it meanwhile.
+   */
+  newPulls() {
     const wanted = [];
-    const live = new Set();
     for (const p of this.participants.values()) {
       if (p.id === this.me) continue;
       for (const t of p.tracks.values()) {
-        live.add(t.track_name);
         if (this.pulled.has(t.track_name)) continue;
         this.pulled.set(t.track_name, { mid: null, participantId: p.id, kind: t.kind });
         // Video starts on the layer its tile wants (null: the SFU's best until the tile is laid out).
         const preferredRid = t.kind === 'audio' ? null : this.layers.wanted(tileKey(p.id, t.kind));
         wanted.push({ sessionId: t.session_id, trackName: t.track_name, preferredRid, info: { participantId: p.id, kind: t.kind } });
       }
+    }
+    return wanted;
+  }
+
+  /** Records the mids the SFU gave the pulls `wanted` (a null mid: refused, retried on the next change). */
+  pulledWith(wanted, mids) {
+    wanted.forEach((w, i) => {
+      const entry = this.pulled.get(w.trackName);
+      if (!entry) return;
+      if (mids[i]) {
+        entry.mid = mids[i];
+        if (entry.kind !== 'audio') this.layers.pulledWith(tileKey(entry.participantId, entry.kind), w.preferredRid);
+      } else this.pulled.delete(w.trackName);
+    });
+  }
+
+  /** Pulls every track other participants publish that is not pulled yet; drops pulls of gone tracks. */
+  async syncPulls() {
+    const sfu = this.sfu;
+    if (!sfu?.sessionId) return;
+    const wanted = this.newPulls();
+    const live = new Set();
+    for (const p of this.participants.values()) {
+      if (p.id === this.me) continue;
+      for (const t of p.tracks.values()) live.add(t.track_name);
     }
     const gone = [...this.pulled].filter(([name]) => !live.has(name));
     for (const [name] of gone) {
@@ -578,15 +619,7 @@ export class Call {
       const goneMids = gone.map(([, v]) => v.mid).filter(Boolean);
       if (goneMids.length) await sfu.unpull(goneMids);
       if (wanted.length) {
-        const mids = await sfu.pull(wanted);
-        wanted.forEach((w, i) => {
-          const entry = this.pulled.get(w.trackName);
-          if (!entry) return;
-          if (mids[i]) {
-            entry.mid = mids[i];
-            if (entry.kind !== 'audio') this.layers.pulledWith(tileKey(entry.participantId, entry.kind), w.preferredRid);
-          } else this.pulled.delete(w.trackName); // retried on the next change
-        });
+        this.pulledWith(wanted, await sfu.pull(wanted));
       }
     } catch (err) {
       for (const w of wanted) this.pulled.delete(w.trackName);

@@ -5,7 +5,9 @@
 // participant (Authorization: Bearer <resume token>).
 //
 // Every negotiation goes through one queue: the API is offer/answer based and
-// two overlapping negotiations on one connection would glare.
+// two overlapping negotiations on one connection would glare. A join pushes its
+// tracks and pulls everyone's in one offer (pushAndPull: receiving m-lines bound
+// to remote tracks by mid); later pulls answer the SFU's offer (pull).
 //
 // ICE restarts: when the connection has been `disconnected` (or `failed`) for
 // RESTART_AFTER_MS — by Chromium's ICE state, or because media that was flowing
@@ -61,6 +63,7 @@ export class SfuLink extends EventTarget {
     this.queue = Promise.resolve();
     this.pulls = new Map(); // mid -> info
     this.pushes = new Map(); // trackName -> {transceiver, info, track, sending}
+    this.attachedEarly = new WeakSet(); // receiving transceivers of pushAndPull (transform on at creation)
     this.closed = false;
     // ICE restarts of this connection (tests read these through window.satsuma.stats()).
     this.restarts = { attempted: 0, succeeded: 0, failed: 0, restarting: false, last: null };
@@ -118,8 +121,21 @@ export class SfuLink extends EventTarget {
    * @param {{track: MediaStreamTrack, info: {kind: 'audio'|'video'|'screenshare', codec?: string}}[]} list
    */
   pushMany(list) {
+    return this.pushAndPull(list, []).then((r) => r.names);
+  }
+
+  /**
+   * Pushes local tracks and pulls remote tracks in ONE negotiation: this page's offer
+   * carries the pushed tracks' m-lines and, after them, a receiving m-line for each pulled
+   * track (the SFU binds a remote track named with the mid of a receiving transceiver of
+   * the offer). A join thus needs one offer/answer instead of a push and then a pull
+   * answering the SFU's offer (two more requests and three SDP steps on the main thread).
+   * Resolves `{names, mids}`: the pushed tracks' names, and the mid of each pulled track
+   * (null: refused, `pull-error` sent). `wanted` as for `pull`; empty: a plain push.
+   */
+  pushAndPull(list, wanted) {
     return this.#serial(async () => {
-      if (list.length === 0) return [];
+      if (list.length === 0) return { names: [], mids: [] };
       const added = list.map(({ track, info }) => {
         // By kind, not by track: nothing can be sent before the gate opens.
         // Video: simulcast layers (layer-choice.js: camera q/h/f, screen h/f).
@@ -137,17 +153,42 @@ export class SfuLink extends EventTarget {
         this.onTransceiver('send', transceiver, { ...info, trackName });
         return { track, info, transceiver, trackName };
       });
+      // Receiving m-lines after the pushed ones (this page's audio stays the BUNDLE tag). An
+      // offerer's receiver is ready to receive once its offer is set, so the E2EE transform
+      // goes on now, not in the answer's `track` event.
+      const receiving = wanted.map((w) => {
+        const transceiver = this.pc.addTransceiver(w.info.kind === 'audio' ? 'audio' : 'video', { direction: 'recvonly' });
+        this.onTransceiver('recv', transceiver, { ...w.info, trackName: w.trackName, sessionId: w.sessionId });
+        this.attachedEarly.add(transceiver);
+        return { w, transceiver };
+      });
       await this.pc.setLocalDescription(await this.pc.createOffer());
       // The offer was made while the session was being created (start()).
       if (!this.sessionId) await this.sessionReady;
       const res = await this.#api('POST', `/sessions/${this.sessionId}/tracks/new`, {
         sessionDescription: { type: 'offer', sdp: this.pc.localDescription.sdp },
-        tracks: added.map((a) => ({ location: 'local', mid: a.transceiver.mid, trackName: a.trackName })),
+        tracks: [
+          ...added.map((a) => ({ location: 'local', mid: a.transceiver.mid, trackName: a.trackName })),
+          ...receiving.map(({ w, transceiver }) => ({
+            location: 'remote', mid: transceiver.mid, sessionId: w.sessionId, trackName: w.trackName,
+            ...(w.preferredRid ? { simulcast: { preferredRid: w.preferredRid } } : {}),
+          })),
+        ],
       });
       for (const a of added) {
-        const entry = (res.tracks ?? []).find((t) => t.trackName === a.trackName);
+        const entry = (res.tracks ?? []).find((t) => t.trackName === a.trackName && !t.sessionId);
         if (!entry || entry.errorCode) throw new Error(`push refused: ${entry?.errorDescription ?? entry?.errorCode ?? 'no track in reply'}`);
       }
+      // Known before the answer is applied: its `track` events (E2EE transforms) need them.
+      const mids = receiving.map(({ w, transceiver }) => {
+        const entry = (res.tracks ?? []).find((t) => t.mid === transceiver.mid && t.sessionId);
+        if (!entry || entry.errorCode) {
+          this.dispatchEvent(new CustomEvent('pull-error', { detail: { ...w, error: entry?.errorDescription ?? entry?.errorCode ?? 'no track in reply' } }));
+          return null;
+        }
+        this.pulls.set(transceiver.mid, { ...w.info, trackName: w.trackName, sessionId: w.sessionId, mid: transceiver.mid });
+        return transceiver.mid;
+      });
       // Simulcast needs ~1.3 Mbit/s of uplink estimate before Chromium turns the f layer on;
       // from its default start (300 kbit/s) that takes it 20-40 s. Start higher.
       const answer = added.some((a) => a.track.kind === 'video')
@@ -160,7 +201,10 @@ export class SfuLink extends EventTarget {
         this.pushes.set(a.trackName, { transceiver: a.transceiver, info: a.info, track: a.track, sending: false, codec });
       }
       await this.#keepCodecs();
-      return added.map((a) => a.trackName);
+      // A refused pull's m-line carries nothing; it is closed like any other.
+      const refused = receiving.filter((r, i) => !mids[i] && r.transceiver.mid);
+      if (refused.length) await this.#closeMids(refused.map((r) => r.transceiver.mid), refused.map((r) => r.transceiver));
+      return { names: added.map((a) => a.trackName), mids };
     });
   }
 
@@ -699,8 +743,9 @@ export class SfuLink extends EventTarget {
     const mid = ev.transceiver.mid;
     const info = this.pulls.get(mid) ?? { mid };
     // Chromium answers here, so attaching the receiver transform in `track` works
-    // (see docs: attach as early as the transceiver exists).
-    this.onTransceiver('recv', ev.transceiver, info);
+    // (see docs: attach as early as the transceiver exists). A pull of this page's own
+    // offer (pushAndPull) has it already.
+    if (!this.attachedEarly.has(ev.transceiver)) this.onTransceiver('recv', ev.transceiver, info);
     this.dispatchEvent(new CustomEvent('track', { detail: { track: ev.track, transceiver: ev.transceiver, info } }));
   }
 

@@ -80,7 +80,12 @@ describe('a receive-only page while publishers come and go', { timeout: 180000 }
     pages.carol = await joinPage(browser, base, { room, name: 'Carol' });
     await assertDecodes(viewer, pages.carol.participantId);
     await assertDecodes(viewer, bob.participantId, { timeout: 15000 });
-    const carolVideo = await remoteTrack(viewer, pages.carol.participantId, 'video');
+    // (The worker reports its counts about once a second: the video may decode before the
+    // first report, so the count is waited for.)
+    const carolVideo = await waitFor('the worker to count Carol\'s decrypted frames', async () => {
+      const t = await remoteTrack(viewer, pages.carol.participantId, 'video');
+      return t?.decrypted > 0 ? t : null;
+    }, { timeout: 10000 }).catch(() => remoteTrack(viewer, pages.carol.participantId, 'video'));
     assert.ok(carolVideo.decrypted > 0, `Carol's video went through the E2EE transform: ${JSON.stringify(carolVideo)}`);
 
     // All on one connection that never went down.
