@@ -564,6 +564,7 @@ fn report(c: &Cluster, gaps: &BTreeMap<(usize, usize), Duration>) -> Duration {
         );
         longest = longest.max(*g);
     }
+    println!("  longest gap of all pairs: {} ms", longest.as_millis());
     longest
 }
 

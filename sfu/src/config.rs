@@ -527,6 +527,8 @@ pub struct FileConfig {
     pub track_timeout_secs: Option<f64>,
     /// Session transport-gone timeout in seconds (fractions allowed).
     pub session_timeout_secs: Option<f64>,
+    /// Most seconds a draining node waits for its sessions to move (`--drain-timeout`).
+    pub drain_timeout_secs: Option<f64>,
     /// Shard count.
     pub shards: Option<usize>,
     /// Initial bandwidth estimate in kbit/s (0: no bandwidth estimation).
@@ -720,13 +722,14 @@ mod tests {
     #[test]
     fn file_config_parses_and_rejects_unknown_keys() {
         let f = FileConfig::parse(
-            "http_bind = \"127.0.0.1:1\"\ntrack_timeout_secs = 2.5\nsession_max_legs = 9\n[[apps]]\nid = \"x\"\nsecret = \"y\"\n",
+            "http_bind = \"127.0.0.1:1\"\ntrack_timeout_secs = 2.5\ndrain_timeout_secs = 12\nsession_max_legs = 9\n[[apps]]\nid = \"x\"\nsecret = \"y\"\n",
             std::path::Path::new("sfu.toml"),
         )
         .unwrap();
         assert_eq!(f.limits.session_max_legs, Some(9));
         assert_eq!(f.apps.len(), 1);
         assert_eq!(f.track_timeout_secs, Some(2.5));
+        assert_eq!(f.drain_timeout_secs, Some(12.0));
         let err = FileConfig::parse("bogus = 1", std::path::Path::new("sfu.toml")).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
     }

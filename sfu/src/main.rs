@@ -24,7 +24,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(name = "satsuma-sfu", version, about, long_about = None)]
 struct Cli {
     /// TOML config file. Keys: apps = [{id, secret}], http_bind, udp_bind, tcp_bind, announce_ips,
-    /// track_timeout_secs, session_timeout_secs, shards, bwe_initial_kbps, bwe_pace_video,
+    /// track_timeout_secs, session_timeout_secs, drain_timeout_secs, shards, bwe_initial_kbps, bwe_pace_video,
     /// keyframe_replay, log,
     /// session_requests_per_second, max_tracks_per_request, app_new_sessions_per_second,
     /// app_max_sessions, session_max_publications, session_max_legs,
@@ -169,7 +169,7 @@ struct Cli {
     /// to move to other nodes before it exits anyway. It exits 0 as soon as it holds no
     /// session. Give the supervisor's grace period (Kubernetes terminationGracePeriodSeconds,
     /// systemd TimeoutStopSec) a few seconds more. SIGINT, or a second SIGTERM, exits at once.
-    /// Default 30.
+    /// TOML: drain_timeout_secs. Default 30.
     #[arg(long, env = "SATSUMA_SFU_DRAIN_TIMEOUT", value_name = "SECONDS")]
     drain_timeout: Option<f64>,
 
@@ -432,7 +432,14 @@ async fn main() -> anyhow::Result<()> {
         }
         return run_command(command);
     }
-    let drain_timeout = secs(cli.drain_timeout.unwrap_or(30.0), "--drain-timeout")?;
+    let file_drain_timeout = match &cli.config {
+        Some(path) => FileConfig::load(path)?.drain_timeout_secs,
+        None => None,
+    };
+    let drain_timeout = secs(
+        cli.drain_timeout.or(file_drain_timeout).unwrap_or(30.0),
+        "--drain-timeout",
+    )?;
     let relay = relay_settings(&cli)?.build()?;
     let (config, log) = build_config(cli)?;
     tracing_subscriber::fmt()
