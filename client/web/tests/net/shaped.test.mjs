@@ -84,8 +84,8 @@ async function videos(page) {
  * [framesDecoded, frameWidth]}}` rows in `window.__shaped` (Date.now() times:
  * the pages and this process share the clock).
  */
-async function startSampler(page, intervalMs) {
-  await page.evaluate((intervalMs) => {
+async function startSampler(page, intervalMs, deep = false) {
+  await page.evaluate(({ intervalMs, deep }) => {
     const rows = [];
     window.__shaped = rows;
     let busy = false;
@@ -94,18 +94,35 @@ async function startSampler(page, intervalMs) {
       busy = true;
       try {
         const s = await window.satsuma.stats();
+        // SHAPED_TRACE: the receiver's own view of loss and repair, per mid (inbound-rtp).
+        const byMid = new Map();
+        if (deep) {
+          const pc = window.satsuma.call?.sfu?.pc;
+          for (const x of (await pc?.getStats())?.values() ?? []) {
+            if (x.type === 'inbound-rtp' && x.kind === 'video') byMid.set(x.mid, x);
+          }
+        }
         const v = {};
         for (const r of s?.remote ?? []) {
           if (r.kind === 'video') {
             v[r.participantId] = [r.framesDecoded, r.frameWidth, r.packetsReceived, r.framesReceived, r.keyFramesDecoded, r.pliCount, r.decrypted, r.dropped];
+            const x = byMid.get(r.mid);
+            if (x) {
+              v[r.participantId].push(x.packetsLost ?? 0, x.nackCount ?? 0, x.freezeCount ?? 0,
+                Math.round((x.totalFreezesDuration ?? 0) * 1000), x.firCount ?? 0,
+                Math.round(1000 * (x.jitterBufferDelay ?? 0) / Math.max(1, x.jitterBufferEmittedCount ?? 1)), x.retransmittedPacketsReceived ?? 0);
+            }
           }
         }
-        rows.push({ t: Date.now(), v });
+        // What this page publishes: frames encoded per rid (is its f layer being sent?).
+        const o = {};
+        for (const x of s?.outbound ?? []) if (x.kind === 'video' && x.rid) o[x.rid] = x.framesEncoded;
+        rows.push({ t: Date.now(), v, o });
       } catch { /* a sample lost */ } finally {
         busy = false;
       }
     }, intervalMs);
-  }, intervalMs);
+  }, { intervalMs, deep });
 }
 
 async function stopSampler(page) {
@@ -152,6 +169,22 @@ function firstAt(s, from, w) {
   return s.find((x) => x.t >= from && x.w === w) ?? null;
 }
 
+/**
+ * Whether the page that sampled `rows` encoded frames on its `rid` layer in the `ms` before `t`
+ * (a layer the publisher does not send cannot reach its subscribers).
+ */
+function publishing(rows, rid, t, ms = 2000) {
+  let first = null;
+  let last = null;
+  for (const r of rows) {
+    if (r.t < t - ms || r.o?.[rid] === undefined) continue;
+    if (r.t > t) break;
+    first ??= r.o[rid];
+    last = r.o[rid];
+  }
+  return first !== null && last > first;
+}
+
 /** The longest gap between samples (the sampler's own stalls, for the report). */
 function samplerGap(rows) {
   let g = 0;
@@ -191,7 +224,7 @@ describe('a shaped subscriber adapts (tbf 300 kbit/s + 3 % loss)', { timeout: 30
       });
     }
 
-    for (const { page } of plan) await startSampler(page, page === shaped.page ? 100 : 200);
+    for (const { page } of plan) await startSampler(page, page === shaped.page ? 100 : 200, page === shaped.page && process.env.SHAPED_TRACE === '1');
     await new Promise((r) => setTimeout(r, 4000)); // a baseline before the shaping
     const tShape = Date.now();
     console.log(`# shaped | shaping at ${new Date(tShape).toISOString()}`);
@@ -227,7 +260,8 @@ describe('a shaped subscriber adapts (tbf 300 kbit/s + 3 % loss)', { timeout: 30
       + `(${(decodedShaped / ((tLift - tShape) / 1000)).toFixed(1)} fps); switches ${JSON.stringify(switches(c).map((s) => [s.t - tShape, s.to]))} (ms from the shaping); `
       + `sampler gap ${samplerGap(rows[2])} ms`);
     if (process.env.SHAPED_TRACE === '1') {
-      // C's large tile, every ~500 ms: [ms from the shaping, framesDecoded, width, packets, framesReceived, keyFramesDecoded, PLIs, decrypted, dropped].
+      // C's large tile, every ~500 ms: [ms from the shaping, framesDecoded, width, packets, framesReceived, keyFramesDecoded, PLIs, decrypted, dropped,
+      // then from inbound-rtp: packetsLost, nackCount, freezeCount, totalFreezesDuration ms, firCount, jitter buffer delay ms per frame, retransmitted packets].
       let lastT = -Infinity;
       for (const r of rows[2]) {
         if (r.t - lastT < 450 || !r.v[shaped.large]) continue;
@@ -248,10 +282,16 @@ describe('a shaped subscriber adapts (tbf 300 kbit/s + 3 % loss)', { timeout: 30
           afterSwitch.push({ page: page.label, which, at: sw.t - tShape, to: sw.to, freeze: f.ms });
         }
         if (i < 2 && which === 'large') {
-          const w = s.filter((x) => x.t >= tShape);
+          // Samples while the publisher of this tile sent its f layer: B's large tile is C,
+          // whose encoder may stop f (its own estimate rests on feedback that crosses C's
+          // shaped downlink); what the SFU forwards can be no better than what is published.
+          const pub = rows[plan.findIndex((p) => p.page.participantId === id)];
+          const all = s.filter((x) => x.t >= tShape);
+          const w = pub ? all.filter((x) => publishing(pub, 'f', x.t)) : all;
           const atF = w.filter((x) => x.w === WIDTH.f).length;
           others.push({
             page: page.label, samples: w.length, atF, pct: w.length ? (100 * atF) / w.length : 0,
+            allSamples: all.length, allAtF: all.filter((x) => x.w === WIDTH.f).length,
             freeze: longestFreeze(s, tShape, tEnd).ms, switches: switches(w).length, gap: samplerGap(rows[i]),
           });
         }
@@ -259,7 +299,8 @@ describe('a shaped subscriber adapts (tbf 300 kbit/s + 3 % loss)', { timeout: 30
     });
     console.log(`# shaped | after switches (ms from the shaping, longest freeze in the next ${AFTER_SWITCH_MS / 1000} s): ${JSON.stringify(afterSwitch)}`);
     for (const o of others) {
-      console.log(`# shaped | ${o.page} large tile: at f in ${o.pct.toFixed(0)} % of ${o.samples} samples, ${o.switches} switches, longest freeze ${o.freeze} ms (sampler gap ${o.gap} ms)`);
+      console.log(`# shaped | ${o.page} large tile: at f in ${o.pct.toFixed(0)} % of ${o.samples} samples while its publisher sent f `
+        + `(${o.allAtF} of all ${o.allSamples}), ${o.switches} switches, longest freeze ${o.freeze} ms (sampler gap ${o.gap} ms)`);
     }
 
     assert.ok(toQ && toQ.t - tShape <= TO_Q_MS, `C reached q ${toQ ? `${toQ.t - tShape} ms` : 'never'} after the shaping (at most ${TO_Q_MS})`);
