@@ -200,6 +200,11 @@ pub struct RelayComparison {
     /// Relay CPU per relayed packet, µs: (CPU/s of both nodes − CPU/s of one node) ÷ link
     /// datagrams/s.
     pub relay_us_per_packet: f64,
+    /// The same with the one-node CPU scaled to the two-node run's egress (when the two runs
+    /// forwarded different amounts, e.g. extra keyframes on B): (CPU/s two nodes − CPU/s one
+    /// node × egress two ÷ egress one) ÷ link datagrams/s.
+    #[serde(default)]
+    pub relay_us_per_packet_scaled: f64,
     /// µs CPU per forwarded packet, one node and two (both nodes' CPU).
     pub us_per_fwd_packet: (f64, f64),
     /// Server-added p50 / p99 ms on one node.
@@ -504,6 +509,12 @@ impl RunReport {
                 } else {
                     0.0
                 },
+                relay_us_per_packet_scaled: if relay.link_pps > 0.0 && o.egress_pps > 0.0 {
+                    (cpu_per_s_two - cpu_per_s_one * r.egress_pps / o.egress_pps) * 1e6
+                        / relay.link_pps
+                } else {
+                    0.0
+                },
                 us_per_fwd_packet: (
                     o.cpu_us_per_packet.unwrap_or(0.0),
                     r.cpu_us_per_packet.unwrap_or(0.0),
@@ -529,13 +540,13 @@ impl RunReport {
         let mut s = String::from(
             "\n| relay round | CPU % 1 node | CPU % 2 nodes (A + B) | egress pkt/s 1 / 2 nodes | \
              link pkt/s (per publisher packet) | µs CPU / fwd pkt 1 / 2 nodes | \
-             **relay µs CPU / relayed pkt** | server-added p50 / p99 ms, 1 node | 2 nodes | \
-             **relay-added p50 / p99 ms** | loss % 1 / 2 | load avg 1 / 2 |\n\
+             **relay µs CPU / relayed pkt** (at equal egress) | server-added p50 / p99 ms, 1 node | \
+             2 nodes | **relay-added p50 / p99 ms** | loss % 1 / 2 | load avg 1 / 2 |\n\
              |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for c in &self.relay {
             s.push_str(&format!(
-                "| {} | {:.1} | {:.1} + {:.1} | {:.0} / {:.0} | {:.0} ({:.2}) | {:.1} / {:.1} | {:.1} | \
+                "| {} | {:.1} | {:.1} + {:.1} | {:.0} / {:.0} | {:.0} ({:.2}) | {:.1} / {:.1} | {:.1} ({:.1}) | \
                  {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} / {:.1} |\n",
                 c.round,
                 c.one_cpu_pct,
@@ -548,6 +559,7 @@ impl RunReport {
                 c.us_per_fwd_packet.0,
                 c.us_per_fwd_packet.1,
                 c.relay_us_per_packet,
+                c.relay_us_per_packet_scaled,
                 c.one_added_ms.0,
                 c.one_added_ms.1,
                 c.two_added_ms.0,
@@ -564,11 +576,13 @@ impl RunReport {
             let med =
                 |f: &dyn Fn(&RelayComparison) -> f64| median(self.relay.iter().map(f).collect());
             s.push_str(&format!(
-                "\nMedians over {} rounds: relay CPU {:.1} µs per relayed packet; relay-added \
+                "\nMedians over {} rounds: relay CPU {:.1} µs per relayed packet ({:.1} at equal \
+                 egress); relay-added \
                  latency p50 {:.2} ms, p99 {:.2} ms; {:.2} link datagrams per packet the publisher \
                  sent.\n",
                 self.relay.len(),
                 med(&|c| c.relay_us_per_packet),
+                med(&|c| c.relay_us_per_packet_scaled),
                 med(&|c| c.relay_added_ms.0),
                 med(&|c| c.relay_added_ms.1),
                 med(&|c| c.link_copies),
@@ -967,6 +981,8 @@ mod tests {
         assert_eq!(report.relay.len(), 2);
         let c = &report.relay[0];
         assert!((c.relay_us_per_packet - 100.0).abs() < 1e-6, "{c:?}");
+        // Both runs forwarded the same: nothing to scale.
+        assert!((c.relay_us_per_packet_scaled - 100.0).abs() < 1e-6, "{c:?}");
         assert!((c.link_copies - 1.0).abs() < 1e-9, "{c:?}");
         assert!((c.two_cpu_pct.0 - 10.0).abs() < 1e-9 && (c.two_cpu_pct.1 - 5.0).abs() < 1e-9);
         assert!((c.relay_added_ms.0 - 0.3).abs() < 1e-9, "{c:?}");
@@ -978,6 +994,19 @@ mod tests {
         assert!(
             md.contains("Medians over 2 rounds: relay CPU 70.0 µs"),
             "{md}"
+        );
+        // Two nodes forwarding twice as much: the one-node CPU counts double.
+        let mut twice = report.results.clone();
+        twice[1].egress_pps *= 2.0;
+        let scaled = RunReport {
+            results: twice,
+            ..report.clone()
+        }
+        .relay_comparisons();
+        // (0.15 - 0.1 × 2) s/s is below zero: the relay cost nothing more than forwarding.
+        assert!(
+            (scaled[0].relay_us_per_packet_scaled + 100.0).abs() < 1e-6,
+            "{scaled:?}"
         );
     }
 

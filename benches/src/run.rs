@@ -563,8 +563,8 @@ async fn drive(
                     SubscribeSpec {
                         name: s.name.clone(),
                         limit_kbps: s.limit_kbps,
-                        // Subscribers differ only in the limited scenario: show each there.
-                        details: plan.kind == ScenarioKind::Limited,
+                        // Show each subscriber where they differ (limited) or are on another node (relay).
+                        details: matches!(plan.kind, ScenarioKind::Limited | ScenarioKind::Relay),
                         feeds: s
                             .publishers
                             .iter()
