@@ -19,16 +19,19 @@
 # Environment: CARGO_TARGET_DIR (default: target/), WEB_PROFILE=release|dev
 # (default release: openmls is 10-100x slower unoptimised).
 # `--tools-only`: install the target, wasm-bindgen-cli and esbuild, build nothing (scripts/setup.sh).
-# `--js-only`: only the bundles and the stamping (after a JavaScript edit; pkg/ must exist).
+# `--js-only [DIR]`: only the bundles and the stamping (after a JavaScript edit; pkg/ must
+# exist), of client/web/public or of a copy of it in DIR (absolute, or relative to the
+# repository root; scripts/bench-join-compare.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS_ONLY=0
 JS_ONLY=0
+PUBLIC=client/web/public
 case "${1:-}" in
   --tools-only) TOOLS_ONLY=1 ;;
-  --js-only) JS_ONLY=1 ;;
+  --js-only) JS_ONLY=1; PUBLIC="${2:-$PUBLIC}" ;;
   "") ;;
-  *) echo "usage: $0 [--tools-only|--js-only]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--tools-only|--js-only [DIR]]" >&2; exit 2 ;;
 esac
 
 WASM_BINDGEN_VERSION=0.2.130
@@ -38,7 +41,7 @@ OUT_DIR=client/web/public/pkg
 
 # Stamp the integrity hashes first too, so an edit of the JavaScript is loadable even when the
 # WASM build below fails (it stamps again after writing pkg/).
-if [ "$TOOLS_ONLY" -eq 0 ] && [ -f client/web/public/index.html ]; then
+if [ "$TOOLS_ONLY" -eq 0 ] && [ "$JS_ONLY" -eq 0 ] && [ -f client/web/public/index.html ]; then
   bash scripts/web-manifest.sh client/web/public
 fi
 
@@ -69,7 +72,7 @@ fi
 [ "$TOOLS_ONLY" -eq 0 ] || exit 0
 
 if [ "$JS_ONLY" -eq 1 ]; then
-  [ -f "$OUT_DIR/satsuma_wasm.js" ] || { echo "build-web: --js-only needs $OUT_DIR (run without it first)" >&2; exit 1; }
+  [ -f "$PUBLIC/pkg/satsuma_wasm.js" ] || { echo "build-web: --js-only needs $PUBLIC/pkg (run without it first)" >&2; exit 1; }
 else
   if [ "$PROFILE" = release ]; then
     cargo build -p satsuma-wasm --target wasm32-unknown-unknown --release
@@ -95,7 +98,6 @@ fi
 # The bundles (always: any module may have changed; esbuild takes ~50 ms). .bundle-inputs
 # lists the modules they were made from, hashed before bundling: web-manifest.sh makes the
 # page load the bundles only while exactly those files are there.
-PUBLIC=client/web/public
 if [ "$("$ESBUILD" --version 2>/dev/null || true)" = "$ESBUILD_VERSION" ]; then
   inputs=$(cd "$PUBLIC" && LC_ALL=C find . -type f -name '*.js' ! -name '*.bundle.js' ! -path '*/.*' \
     | sed 's|^\./||' | LC_ALL=C sort | xargs sha256sum)
@@ -115,4 +117,4 @@ else
 fi
 
 # Integrity hashes into index.html, and manifest.json (always: any file may have changed).
-bash scripts/web-manifest.sh client/web/public
+bash scripts/web-manifest.sh "$PUBLIC"
