@@ -280,6 +280,8 @@ struct Leg {
     /// A new leg waiting, until this instant at most, for the replay of its track's cached
     /// keyframe: nothing is forwarded to it meanwhile (see [`Forwarder::await_replay`]).
     awaiting_replay: Option<Instant>,
+    /// The replay was asked for (see [`Forwarder::replay_requested`]).
+    replay_requested: bool,
 }
 
 impl Leg {
@@ -779,6 +781,7 @@ impl Forwarder {
             urgent: false,
             repeat_keyframe_at: None,
             awaiting_replay: None,
+            replay_requested: false,
         });
     }
 
@@ -1063,10 +1066,40 @@ impl Forwarder {
         match self.leg_mut(leg) {
             Some(l) => {
                 l.awaiting_replay = Some(until);
+                l.replay_requested = false;
                 true
             }
             None => false,
         }
+    }
+
+    /// The shard asked for the replay a leg waits for; it waits until `until` at most now.
+    pub fn replay_requested(&mut self, leg: LegKey, until: Instant) {
+        if let Some(l) = self.leg_mut(leg) {
+            l.awaiting_replay = Some(until);
+            l.replay_requested = true;
+        }
+    }
+
+    /// Legs waiting for a replay not asked for yet (their transport was not up).
+    pub fn legs_awaiting_replay_request(&self) -> Vec<LegKey> {
+        self.legs
+            .values()
+            .flatten()
+            .filter(|l| l.awaiting_replay.is_some() && !l.replay_requested)
+            .map(|l| l.key)
+            .collect()
+    }
+
+    /// Whether the replay a leg waits for was asked for.
+    pub fn leg_replay_requested(&self, leg: LegKey) -> bool {
+        let Some(track) = self.leg_tracks.get(&leg) else {
+            return false;
+        };
+        self.legs
+            .get(track)
+            .and_then(|legs| legs.iter().find(|l| l.key == leg))
+            .is_some_and(|l| l.awaiting_replay.is_some() && l.replay_requested)
     }
 
     /// Whether a leg waits for a replay (see [`Forwarder::await_replay`]).
@@ -2472,5 +2505,27 @@ mod tests {
         assert_eq!(f.expire_caches(t0).1, 1);
         f.remove_session(sid(1));
         assert_eq!(f.expire_caches(t0), (0, 0));
+    }
+
+    #[test]
+    fn a_leg_remembers_whether_its_replay_was_asked_for() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(Duration::from_secs(1));
+        let t = TrackId(1);
+        let l = leg(2, "0");
+        f.subscribe(t, 0, l, vec![(Pt::from(96), Pt::from(96))], None, 1, 0);
+        assert!(f.legs_awaiting_replay_request().is_empty());
+        // Transport not up: waits, unasked.
+        f.await_replay(l, t0 + Duration::from_secs(30));
+        assert_eq!(f.legs_awaiting_replay_request(), vec![l]);
+        assert!(f.leg_awaits_replay(l) && !f.leg_replay_requested(l));
+        // Asked: waits REPLAY_WAIT from now at most.
+        f.replay_requested(l, t0 + REPLAY_WAIT);
+        assert!(f.legs_awaiting_replay_request().is_empty());
+        assert!(f.leg_replay_requested(l));
+        let mut out = Vec::new();
+        let late = single(3, false, t0, REPLAY_WAIT.as_millis() as u64 + 1);
+        assert_eq!(f.forward(t, &late, &mut out).forwarded, 1);
+        assert!(!f.leg_awaits_replay(l) && !f.leg_replay_requested(l));
     }
 }

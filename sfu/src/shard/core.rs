@@ -36,6 +36,9 @@ use super::relay_leg::{RelayAction, RelayedTracks};
 pub(crate) const KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
 /// How often sessions and tracks are checked for collection.
 pub(crate) const HOUSEKEEPING: Duration = Duration::from_millis(250);
+/// str0m timeouts due this soon are handled in the same wake-up of the shard (the shard's timer
+/// has 1 ms granularity: each distinct millisecond would otherwise be a wake-up of its own).
+pub(crate) const TIMER_COALESCE: Duration = Duration::from_millis(1);
 
 /// A datagram routed to a session.
 #[derive(Debug)]
@@ -263,20 +266,24 @@ impl Core {
 
     /// Runs str0m's due timeouts, and the periodic work (collection, active speakers, layer
     /// selection) when it is due.
+    ///
+    /// Timeouts due within [`TIMER_COALESCE`] are handled now too, at their own time, so that
+    /// sessions whose timers fall close together share one wake-up of the shard.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
-        let due: Vec<SessionId> = self
+        let horizon = now + TIMER_COALESCE;
+        let due: Vec<(SessionId, Instant)> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.next_timeout <= now)
-            .map(|(id, _)| *id)
+            .filter(|(_, s)| s.next_timeout <= horizon)
+            .map(|(id, s)| (*id, now.max(s.next_timeout)))
             .collect();
-        for id in due {
+        for (id, at) in due {
             let Some(session) = self.sessions.get_mut(&id) else {
                 continue;
             };
             match catch_unwind(AssertUnwindSafe(|| {
-                session.rtc.handle_input(str0m::Input::Timeout(now))
+                session.rtc.handle_input(str0m::Input::Timeout(at))
             })) {
                 Ok(Ok(())) => self.mark_dirty(id),
                 Ok(Err(e)) => {
@@ -490,6 +497,7 @@ impl Core {
             .keyframe_cache_bytes
             .with_label_values(&[&self.id.to_string()])
             .set(cached as i64);
+        self.start_pending_replays();
         self.send_owed_keyframe_requests();
         self.relay_housekeeping();
     }

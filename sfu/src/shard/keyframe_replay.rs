@@ -30,8 +30,9 @@ use crate::session::{LegState, Session};
 
 impl Core {
     /// A new video leg (replay on): it waits for the replay, which it asks for now if its
-    /// transport is up, else when it comes up ([`Core::replay_on_connect`]; str0m would hold
-    /// packets written before until the next write, and live packets are in the cache anyway).
+    /// transport is up, else when it comes up ([`Core::replay_on_connect`], or the next
+    /// housekeeping once ICE is connected again, [`Core::start_pending_replays`]; str0m would
+    /// hold packets written before until the next write, and live packets are in the cache).
     pub(super) fn start_replay(
         &mut self,
         leg: LegKey,
@@ -45,7 +46,7 @@ impl Core {
             self.forwarder.await_replay(leg, until);
             return;
         }
-        self.forwarder.await_replay(leg, self.now + REPLAY_WAIT);
+        self.forwarder.replay_requested(leg, self.now + REPLAY_WAIT);
         let shard = self.id;
         self.send_to_shard(
             home,
@@ -81,10 +82,29 @@ impl Core {
             let Some(rid) = self.forwarder.leg_preference(leg) else {
                 continue;
             };
+            if self.forwarder.leg_replay_requested(leg) {
+                continue;
+            }
             if self.forwarder.leg_awaits_replay(leg) {
                 self.start_replay(leg, track, home, rid, true);
-            } else {
+            } else if !self.forwarder.leg_has_keyframe(leg) {
                 self.request_pli(home, track, rid, true);
+            }
+        }
+    }
+
+    /// Housekeeping: legs that wait for a replay they could not ask for (their session's ICE
+    /// was not connected) ask once it is.
+    pub(super) fn start_pending_replays(&mut self) {
+        for leg in self.forwarder.legs_awaiting_replay_request() {
+            let connected = self
+                .sessions
+                .get(&leg.session)
+                .is_some_and(Session::is_connected);
+            if let Some((track, home, rid)) = self.forwarder.leg_source(leg)
+                && connected
+            {
+                self.start_replay(leg, track, home, rid, true);
             }
         }
     }
