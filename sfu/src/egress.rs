@@ -3,9 +3,13 @@
 //! destination, so that runs of same-sized datagrams to one peer (the packets of a video frame
 //! to one subscriber) leave in a single `sendmsg` with UDP GSO instead of one syscall each.
 //!
+//! Single datagrams (an audio packet to each of 80 subscribers, the last short packet of a frame)
+//! are handed over in batches ([`Egress::flush_batched`]), so that the driver sends them with one
+//! `sendmmsg` across peers instead of one `sendmsg` each.
+//!
 //! Sans-IO: [`Egress`] only queues and plans; the socket call is a closure given to
-//! [`Egress::flush`] (see `udp::Sender`). Order per destination is kept; order between
-//! destinations does not matter to anyone.
+//! [`Egress::flush`] or [`Egress::flush_batched`] (see `udp::UdpIo::flush`). Order per destination
+//! is kept; order between destinations does not matter to anyone.
 
 use std::net::SocketAddr;
 
@@ -31,6 +35,16 @@ pub struct Send<'a> {
     pub segment_size: Option<usize>,
     /// How many datagrams `contents` holds.
     pub datagrams: usize,
+}
+
+/// What [`Egress::flush_batched`] hands to its closure.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flushed<'a, 'b> {
+    /// A run of datagrams to one peer (GSO), or a datagram that could not wait for a batch.
+    Gso(Send<'a>),
+    /// Single datagrams (each `Send` has `datagrams == 1` and no segment size), to any peers:
+    /// one `sendmmsg`.
+    Singles(&'b [Send<'a>]),
 }
 
 /// See the module docs.
@@ -70,7 +84,30 @@ impl Egress {
     /// of at most `max_segments` datagrams (1 disables grouping). Clears the queue; buffers are
     /// kept for the next batch, so a steady state allocates nothing.
     pub fn flush(&mut self, max_segments: usize, mut send: impl FnMut(Send<'_>)) {
+        self.flush_batched(max_segments, 1, |f| match f {
+            Flushed::Gso(s) => send(s),
+            Flushed::Singles(batch) => {
+                for s in batch {
+                    send(Send { ..*s });
+                }
+            }
+        });
+    }
+
+    /// Like [`Egress::flush`], but single datagrams (runs of one) are collected, up to `batch`
+    /// at a time, and handed over together ([`Flushed::Singles`]); runs of several datagrams to
+    /// one peer come as [`Flushed::Gso`]. A peer's datagrams keep their order: singles already
+    /// collected for a peer go out before a run to that peer. Singles are not copied (they
+    /// point into the queue); only GSO runs are gathered into one buffer.
+    pub fn flush_batched(
+        &mut self,
+        max_segments: usize,
+        batch: usize,
+        mut send: impl for<'a, 'b> FnMut(Flushed<'a, 'b>),
+    ) {
         let max_segments = max_segments.max(1);
+        let batch = batch.max(1);
+        let mut singles: Vec<Send<'_>> = Vec::with_capacity(batch.min(self.queued.len()));
         self.order.clear();
         self.order.extend(0..self.queued.len());
         // Stable: datagrams to one destination keep their order.
@@ -99,28 +136,43 @@ impl Egress {
                 }
             }
             if end - i == 1 {
-                send(Send {
+                singles.push(Send {
                     destination: first.destination,
                     contents: &self.bytes[first.start..first.start + first.len],
                     segment_size: None,
                     datagrams: 1,
                 });
+                if singles.len() >= batch {
+                    send(Flushed::Singles(&singles));
+                    singles.clear();
+                }
             } else {
+                if singles
+                    .last()
+                    .is_some_and(|s| s.destination == first.destination)
+                {
+                    send(Flushed::Singles(&singles));
+                    singles.clear();
+                }
                 self.scratch.clear();
                 for &k in &self.order[i..end] {
                     let q = self.queued[k];
                     self.scratch
                         .extend_from_slice(&self.bytes[q.start..q.start + q.len]);
                 }
-                send(Send {
+                send(Flushed::Gso(Send {
                     destination: first.destination,
                     contents: &self.scratch,
                     segment_size: Some(first.len),
                     datagrams: end - i,
-                });
+                }));
             }
             i = end;
         }
+        if !singles.is_empty() {
+            send(Flushed::Singles(&singles));
+        }
+        drop(singles);
         self.queued.clear();
         self.bytes.clear();
     }
@@ -204,6 +256,72 @@ mod tests {
         e.push(addr(1), &[1; 3]);
         e.push(addr(1), &[2; 3]);
         assert_eq!(flush(&mut e, 1).len(), 2);
+    }
+
+    /// Flushes in batches and returns what each call carried: (ports, segment size, datagrams).
+    fn flush_in_batches(e: &mut Egress, max: usize, batch: usize) -> Vec<Vec<(u16, usize, u8)>> {
+        let mut out = Vec::new();
+        e.flush_batched(max, batch, |f| match f {
+            Flushed::Gso(s) => out.push(vec![(s.destination.port(), s.datagrams, s.contents[0])]),
+            Flushed::Singles(b) => {
+                assert!(
+                    b.iter()
+                        .all(|s| s.datagrams == 1 && s.segment_size.is_none())
+                );
+                out.push(
+                    b.iter()
+                        .map(|s| (s.destination.port(), 1, s.contents[0]))
+                        .collect(),
+                );
+            }
+        });
+        out
+    }
+
+    #[test]
+    fn single_datagrams_to_many_peers_leave_in_batches() {
+        let mut e = Egress::default();
+        for port in 1..=5u16 {
+            e.push(addr(port), &[port as u8; 100]);
+        }
+        let out = flush_in_batches(&mut e, 64, 3);
+        assert_eq!(
+            out,
+            vec![
+                vec![(1, 1, 1), (2, 1, 2), (3, 1, 3)],
+                vec![(4, 1, 4), (5, 1, 5)],
+            ]
+        );
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn a_peers_single_goes_before_its_run_and_runs_stay_whole() {
+        let mut e = Egress::default();
+        // Peer 1: a short packet, then a frame of two; peer 2: one packet; peer 3: a frame.
+        e.push(addr(1), &[1; 10]);
+        e.push(addr(2), &[2; 10]);
+        e.push(addr(1), &[3; 50]);
+        e.push(addr(1), &[4; 50]);
+        e.push(addr(3), &[5; 50]);
+        e.push(addr(3), &[6; 50]);
+        let out = flush_in_batches(&mut e, 64, 64);
+        assert_eq!(
+            out,
+            vec![
+                vec![(1, 1, 1)],
+                vec![(1, 2, 3)],
+                vec![(3, 2, 5)],
+                vec![(2, 1, 2)],
+            ],
+            "peer 1's single before its run; peer 2's single may wait for the batch"
+        );
+        // The same datagrams through the unbatched flush: identical bytes per peer, in order.
+        for (port, bytes) in [(1u16, [1u8; 10]), (2, [2; 10])] {
+            e.push(addr(port), &bytes);
+        }
+        let plain = flush(&mut e, 64);
+        assert_eq!(plain.len(), 2);
     }
 
     #[test]

@@ -8,10 +8,11 @@
 //! routes until the new path is up; then the unused ones are forgotten ([`UdpControl::Unroute`],
 //! see [`crate::routes`]).
 //! Everything else is counted as a drop. Reads are batched (`recvmmsg`); shards send directly on
-//! the shared socket, in batches grouped per destination ([`crate::egress`], UDP GSO).
+//! the shared socket, in batches grouped per destination ([`crate::egress`], UDP GSO), and single
+//! datagrams to many peers with one `sendmmsg`.
 
 use std::collections::HashMap;
-use std::io::IoSliceMut;
+use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,7 +22,9 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::egress::{Egress, Send};
+use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
+
+use crate::egress::{Egress, Flushed, Send};
 
 use crate::ids::{SessionId, ShardId};
 use crate::metrics::{Metrics, PacketDrop};
@@ -212,6 +215,8 @@ pub const SOCKET_BUFFER: usize = 8 << 20;
 pub struct UdpIo {
     socket: Arc<UdpSocket>,
     state: UdpSocketState,
+    /// Whether the socket is IPv6 (IPv4 destinations are then sent as IPv4-mapped).
+    ipv6: bool,
 }
 
 impl UdpIo {
@@ -232,7 +237,12 @@ impl UdpIo {
                 tracing::warn!("cannot size the UDP {what} buffer: {e}");
             }
         }
-        Ok(UdpIo { socket, state })
+        let ipv6 = socket.local_addr()?.is_ipv6();
+        Ok(UdpIo {
+            socket,
+            state,
+            ipv6,
+        })
     }
 
     /// Datagrams one GSO send may carry (1 without GSO).
@@ -253,24 +263,95 @@ impl UdpIo {
         self.state.try_send((&*self.socket).into(), &transmit)
     }
 
-    /// Sends every datagram `egress` holds, counting what left and what was dropped.
+    /// Sends every datagram `egress` holds, counting what left and what was dropped: runs to one
+    /// peer with GSO (`sendmsg`), single datagrams to any peers in batches of up to
+    /// [`SEND_BATCH`] with one `sendmmsg` each.
     pub fn flush(&self, egress: &mut Egress, metrics: &Metrics) {
         if egress.is_empty() {
             return;
         }
-        egress.flush(self.max_segments(), |s| match self.send(&s) {
-            Ok(()) => {
-                metrics.packets_out.inc_by(s.datagrams as u64);
-                metrics.bytes_out.inc_by(s.contents.len() as u64);
-                metrics.send_calls.inc();
-            }
-            Err(e) => {
-                tracing::trace!(destination = %s.destination, "udp send failed: {e}");
-                metrics.drop_n(PacketDrop::SendFailed, s.datagrams as u64);
-            }
+        egress.flush_batched(self.max_segments(), SEND_BATCH, |f| match f {
+            Flushed::Gso(s) => match self.send(&s) {
+                Ok(()) => {
+                    metrics.packets_out.inc_by(s.datagrams as u64);
+                    metrics.bytes_out.inc_by(s.contents.len() as u64);
+                    metrics.send_calls.inc();
+                }
+                Err(e) => {
+                    tracing::trace!(destination = %s.destination, "udp send failed: {e}");
+                    metrics.drop_n(PacketDrop::SendFailed, s.datagrams as u64);
+                }
+            },
+            Flushed::Singles(batch) => self.send_singles(batch, metrics),
         });
     }
+
+    /// Sends single datagrams to any peers with `sendmmsg`. A datagram the kernel refuses is
+    /// dropped and counted, and the rest still go; a full socket buffer drops what is left.
+    fn send_singles(&self, batch: &[Send<'_>], metrics: &Metrics) {
+        let addrs: Vec<SocketAddrAny> = batch
+            .iter()
+            .map(|s| SocketAddrAny::from(self.socket_addr(s.destination)))
+            .collect();
+        let iovs: Vec<[IoSlice<'_>; 1]> =
+            batch.iter().map(|s| [IoSlice::new(s.contents)]).collect();
+        let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = batch
+            .iter()
+            .map(|_| SendAncillaryBuffer::default())
+            .collect();
+        let mut msgs: Vec<MMsgHdr<'_>> = addrs
+            .iter()
+            .zip(&iovs)
+            .zip(controls.iter_mut())
+            .map(|((addr, iov), control)| MMsgHdr::new_with_addr(addr, iov, control))
+            .collect();
+        let mut next = 0;
+        while next < msgs.len() {
+            let rest = msgs.get_mut(next..).unwrap_or_default();
+            match rustix::net::sendmmsg(&*self.socket, rest, SendFlags::DONTWAIT) {
+                Ok(sent) if sent > 0 => {
+                    let bytes: usize = batch[next..next + sent]
+                        .iter()
+                        .map(|s| s.contents.len())
+                        .sum();
+                    metrics.packets_out.inc_by(sent as u64);
+                    metrics.bytes_out.inc_by(bytes as u64);
+                    metrics.send_calls.inc();
+                    next += sent;
+                }
+                Err(e) if e == rustix::io::Errno::AGAIN => {
+                    tracing::trace!("udp send buffer full: {e}");
+                    metrics.drop_n(PacketDrop::SendFailed, (msgs.len() - next) as u64);
+                    return;
+                }
+                Ok(_) | Err(_) => {
+                    // The first datagram of the rest was refused (an unreachable or invalid
+                    // destination): drop it alone.
+                    tracing::trace!(destination = %batch[next].destination, "udp send failed");
+                    metrics.drop(PacketDrop::SendFailed);
+                    next += 1;
+                }
+            }
+        }
+    }
+
+    /// `destination` as the socket takes it: IPv4 addresses as IPv4-mapped IPv6 on an IPv6
+    /// (dual-stack) socket.
+    fn socket_addr(&self, destination: SocketAddr) -> SocketAddr {
+        match destination {
+            SocketAddr::V4(v4) if self.ipv6 => SocketAddr::V6(std::net::SocketAddrV6::new(
+                v4.ip().to_ipv6_mapped(),
+                v4.port(),
+                0,
+                0,
+            )),
+            other => other,
+        }
+    }
 }
+
+/// Single datagrams per `sendmmsg` call at most.
+pub const SEND_BATCH: usize = 64;
 
 /// Datagrams read per `recvmmsg` call.
 const RECV_BATCH: usize = quinn_udp::BATCH_SIZE;

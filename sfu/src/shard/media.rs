@@ -718,14 +718,21 @@ mod tests {
     fn only_the_pacers_bookkeeping_after_every_written_packet_waits() {
         let immediate = Reason::Pacer(PacerReason::Immediate);
         assert!(defers_bookkeeping(immediate, 1, 1));
-        assert!(defers_bookkeeping(immediate, 3, 4), "padding or RTX counted too");
+        assert!(
+            defers_bookkeeping(immediate, 3, 4),
+            "padding or RTX counted too"
+        );
         // Packets still waiting in str0m: the next one needs the timeout now.
         assert!(!defers_bookkeeping(immediate, 3, 2));
         // A drain for anything but forwarded packets (a datagram, a timer) handles it.
         assert!(!defers_bookkeeping(immediate, 0, 0));
         // Anything else str0m wants (feedback, the estimator, paced media, probes) runs now.
         assert!(!defers_bookkeeping(Reason::Pacer(PacerReason::Paced), 1, 1));
-        assert!(!defers_bookkeeping(Reason::Pacer(PacerReason::Probe1), 1, 1));
+        assert!(!defers_bookkeeping(
+            Reason::Pacer(PacerReason::Probe1),
+            1,
+            1
+        ));
         assert!(!defers_bookkeeping(Reason::Feedback, 1, 1));
         assert!(PACER_BOOKKEEPING_DEFER < Duration::from_millis(40));
     }
@@ -741,8 +748,14 @@ mod tests {
             rtcp[1] = pt;
             assert!(!is_rtp(&rtcp), "RTCP {pt}");
         }
-        assert!(!is_rtp(&[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0]), "STUN");
-        assert!(!is_rtp(&[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0]), "DTLS");
+        assert!(
+            !is_rtp(&[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0]),
+            "STUN"
+        );
+        assert!(
+            !is_rtp(&[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            "DTLS"
+        );
         assert!(!is_rtp(&[0x80, 96]), "too short");
     }
 
