@@ -597,6 +597,7 @@ impl Core {
         if let Some(sub) = session.subscriptions.get_mut(&mid) {
             sub.state = LegState::Active;
         }
+        self.size_leg_rtx_cache(id, mid, kind);
         let leg = LegKey { session: id, mid };
         let seq_start = rand::random_range(1..16_384u64);
         self.forwarder

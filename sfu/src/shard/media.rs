@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::Codec;
-use str0m::media::{KeyframeRequestKind, MediaKind, Rid};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output, PacerReason, Reason};
@@ -340,6 +340,28 @@ impl Core {
         }
     }
 
+    /// Sizes the RTX cache of a new subscriber leg's send stream to what NACK repair needs (see
+    /// [`rtx_cache_for`]).
+    pub(super) fn size_leg_rtx_cache(&mut self, id: SessionId, mid: Mid, kind: MediaKind) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let sized = catch_unwind(AssertUnwindSafe(|| {
+            let mut api = session.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                return false;
+            };
+            let (packets, age, ratio_cap) = rtx_cache_for(kind);
+            tx.set_rtx_cache(packets, age, ratio_cap);
+            true
+        }));
+        match sized {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(session = %id, %mid, "no send stream to size yet"),
+            Err(_) => self.session_panicked(id),
+        }
+    }
+
     pub(super) fn keyframe_to_publisher(
         &mut self,
         track: TrackId,
@@ -466,6 +488,18 @@ impl Core {
 /// holding them back cannot make them fit. Unpaced media is still counted by the estimator.
 pub(crate) fn paced(config: &Config, simulcast: bool) -> bool {
     config.bwe_pace_video && simulcast
+}
+
+/// The RTX cache of a subscriber leg (str0m's `StreamTx::set_rtx_cache`: packets, age, resend
+/// ratio cap). Video: one second of packets (NACKs come within a round trip or two; 512 covers a
+/// second of a 1.5 Mbit/s layer with keyframes), resends capped at 15 % of the bytes as str0m's
+/// default. Audio is never resent (forwarded as not nackable), so it gets a one-packet cache and
+/// no resend ratio: str0m then keeps no per-packet byte history for the stream either.
+pub(crate) fn rtx_cache_for(kind: MediaKind) -> (usize, Duration, Option<f32>) {
+    match kind {
+        MediaKind::Video => (512, Duration::from_secs(1), Some(0.15)),
+        MediaKind::Audio => (1, Duration::from_millis(100), None),
+    }
 }
 
 /// Whether a drain handles str0m's timeout `t` itself rather than leaving it to the shard's
@@ -735,6 +769,23 @@ mod tests {
         ));
         assert!(!defers_bookkeeping(Reason::Feedback, 1, 1));
         assert!(PACER_BOOKKEEPING_DEFER < Duration::from_millis(40));
+    }
+
+    #[test]
+    fn rtx_caches_are_sized_for_nack_and_audio_keeps_no_resend_history() {
+        let (packets, age, cap) = rtx_cache_for(MediaKind::Video);
+        assert!(
+            packets >= 180 && age >= Duration::from_millis(500),
+            "a second of video"
+        );
+        assert!(
+            packets < 1024 && age < Duration::from_secs(3),
+            "below str0m's default"
+        );
+        assert_eq!(cap, Some(0.15));
+        let (packets, _, cap) = rtx_cache_for(MediaKind::Audio);
+        assert!(packets <= 1);
+        assert_eq!(cap, None);
     }
 
     #[test]
