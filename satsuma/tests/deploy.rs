@@ -696,6 +696,10 @@ fn kubernetes_configs_parse_with_the_real_parsers_and_point_at_each_other() {
     for probe in ["readinessProbe", "livenessProbe"] {
         assert_eq!(s(sfu_c, &format!("/{probe}/httpGet/port")), "metrics");
     }
+    // Readiness follows /healthz (503 while draining); liveness /livez, which stays 200 while
+    // the node drains, so a long drain does not get the pod killed.
+    assert_eq!(s(sfu_c, "/readinessProbe/httpGet/path"), "/healthz");
+    assert_eq!(s(sfu_c, "/livenessProbe/httpGet/path"), "/livez");
     let monitor = m.get("ServiceMonitor", "satsuma-sfu");
     assert_eq!(s(monitor, "/spec/endpoints/0/port"), "metrics");
     let policy = m.get("NetworkPolicy", "satsuma-sfu");

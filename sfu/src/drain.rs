@@ -1,10 +1,10 @@
 //! Draining a node (issue 15): `SIGTERM`, or `satsuma-sfu drain` (which calls
-//! `POST /v1/admin/drain` on a running node with an app's secret), puts the node in the
+//! `POST /v1/apps/{appId}/drain` on a running node with an app's secret), puts the node in the
 //! draining state. From then on it refuses new sessions (`POST sessions/new` answers 503
 //! `{"errorCode": "draining"}`) and `/healthz` answers 503 `{"status": "draining"}`, so the
 //! coordinator's placement skips it and tells the participants on it to move (a new session on
 //! another node, made by their clients; their E2EE state stays as it is). Calls on the sessions
-//! it already holds keep working while they move. The process exits 0 once it holds no
+//! it already holds keep working while they move, and `/livez` (liveness) stays 200. The process exits 0 once it holds no
 //! session, or when the drain deadline (`--drain-timeout`) passes.
 //!
 //! [`Drain`] is the shared flag (lock-free reads on the API path) plus a notification for the

@@ -1,20 +1,34 @@
 //! Draining a node (issue 15), on the `satsuma-sfu` binary: `satsuma-sfu drain` (the API's
 //! `POST /v1/apps/{app}/drain`) and `SIGTERM` make it refuse new sessions with 503
 //! `draining`, answer `/healthz` with 503 `{"status": "draining"}`, keep serving the sessions
-//! it holds, and exit 0 once it holds none, or when `--drain-timeout` passes.
+//! it holds, and exit 0 once it holds none, or when `--drain-timeout` passes. `/livez` (the
+//! liveness probe's) answers 200 all along, on the API and on the metrics listener.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
-use satsuma_bot::harness::{APP_ID, APP_SECRET, SfuProcess};
+use satsuma_bot::harness::{APP_ID, APP_SECRET, SfuProcess, fetch_metrics};
 use serde_json::Value;
 
-fn start(drain_timeout: &str) -> SfuProcess {
-    SfuProcess::start(
-        env!("CARGO_BIN_EXE_satsuma-sfu"),
-        &["--shards", "1", "--drain-timeout", drain_timeout],
-    )
-    .expect("start satsuma-sfu")
+fn start(drain_timeout: &str, extra: &[&str]) -> SfuProcess {
+    let mut args = vec!["--shards", "1", "--drain-timeout", drain_timeout];
+    args.extend_from_slice(extra);
+    SfuProcess::start(env!("CARGO_BIN_EXE_satsuma-sfu"), &args).expect("start satsuma-sfu")
+}
+
+/// A loopback port free a moment ago, for `--metrics-bind` (the binary does not print it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Status and body of `GET {base}{path}`.
+async fn get(http: &reqwest::Client, base: &str, path: &str) -> (u16, String) {
+    let r = http.get(format!("{base}{path}")).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
 }
 
 async fn new_session(http: &reqwest::Client, sfu: &SfuProcess) -> (u16, Value) {
@@ -45,8 +59,14 @@ async fn exited(sfu: &mut SfuProcess, within: Duration) -> (std::process::ExitSt
 
 #[tokio::test]
 async fn drain_refuses_new_sessions_keeps_old_ones_and_exits_0_when_empty() {
-    let mut sfu = start("30");
+    let ops = format!("127.0.0.1:{}", free_port());
+    let mut sfu = start("30", &["--metrics-bind", &ops]);
+    let ops = format!("http://{ops}");
     let http = reqwest::Client::new();
+    for base in [sfu.base_url(), ops.clone()] {
+        assert_eq!(get(&http, &base, "/livez").await, (200, "ok\n".into()));
+        assert_eq!(get(&http, &base, "/healthz").await.0, 200, "{base}");
+    }
     let (status, body) = new_session(&http, &sfu).await;
     assert_eq!(status, 201, "{body}");
     let sid = body["sessionId"].as_str().unwrap().to_owned();
@@ -85,6 +105,11 @@ async fn drain_refuses_new_sessions_keeps_old_ones_and_exits_0_when_empty() {
     let health: Value = r.json().await.unwrap();
     assert_eq!(health["status"], "draining", "{health}");
     assert_eq!(health["sessions"], 2, "{health}");
+    // Not ready, but alive: the liveness probe must not kill a node while it drains.
+    for base in [sfu.base_url(), ops.clone()] {
+        assert_eq!(get(&http, &base, "/healthz").await.0, 503, "{base}");
+        assert_eq!(get(&http, &base, "/livez").await, (200, "ok\n".into()));
+    }
     let (status, body) = new_session(&http, &sfu).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["errorCode"], "draining", "{body}");
@@ -101,7 +126,7 @@ async fn drain_refuses_new_sessions_keeps_old_ones_and_exits_0_when_empty() {
     assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(sfu.is_running(), "exited with sessions left");
-    let m = sfu.metrics().await.unwrap();
+    let m = fetch_metrics(&ops).await.unwrap();
     assert_eq!(m.get("satsuma_sfu_draining"), 1.0);
     assert_eq!(m.get("satsuma_sfu_drain_sessions_at_start"), 2.0);
     assert!(
@@ -111,7 +136,7 @@ async fn drain_refuses_new_sessions_keeps_old_ones_and_exits_0_when_empty() {
     );
 
     // Once the last session is gone, it exits 0.
-    let m = sfu.metrics().await.unwrap();
+    let m = fetch_metrics(&ops).await.unwrap();
     assert_eq!(m.get("satsuma_sfu_sessions"), 2.0);
     for s in [&sid, &sid2] {
         let r = http
@@ -138,7 +163,7 @@ async fn drain_refuses_new_sessions_keeps_old_ones_and_exits_0_when_empty() {
 
 #[tokio::test]
 async fn sigterm_drains_until_the_deadline_then_exits_0() {
-    let mut sfu = start("1.5");
+    let mut sfu = start("1.5", &[]);
     let http = reqwest::Client::new();
     assert_eq!(new_session(&http, &sfu).await.0, 201);
     let term = Instant::now();
@@ -158,6 +183,7 @@ async fn sigterm_drains_until_the_deadline_then_exits_0() {
         assert!(Instant::now() < deadline, "still placing sessions: {body}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(get(&http, &sfu.base_url(), "/livez").await.0, 200);
     // The session never moves: the deadline ends the drain, exit 0.
     let (status, at) = exited(&mut sfu, Duration::from_secs(15)).await;
     let took = at.saturating_duration_since(term);

@@ -2,7 +2,8 @@
 //! app's secret as bearer, like every API call; `satsuma-sfu drain` calls it), and a gate in
 //! front of the routes answers for a draining node: `POST .../sessions/new` gets 503
 //! `{"errorCode": "draining"}`, `GET /healthz` gets 503 `{"status": "draining", ...}` (so the
-//! coordinator's health check takes the node out of placement and moves its participants).
+//! coordinator's health check takes the node out of placement and moves its participants), while
+//! `GET /livez` (the liveness probe's) goes on answering 200: a draining node is alive.
 //! Every other call (on sessions the node holds) goes through while they move.
 
 use std::sync::Arc;

@@ -118,7 +118,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
             post(super::turn::generate_ice_servers),
         )
         .route("/v1/apps/{app_id}/drain", post(super::drain::drain_node))
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(healthz))
+        .route("/livez", get(livez));
     if state.metrics_on_api {
         r = r.route("/metrics", get(metrics));
     }
@@ -143,10 +144,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
     r.with_state(state)
 }
 
-/// The router of the separate metrics listener (`Config::metrics_bind`): `/metrics`, `/healthz`.
+/// The router of the separate metrics listener (`Config::metrics_bind`): `/metrics`, `/healthz`,
+/// `/livez`.
 pub fn ops_router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
@@ -217,6 +220,28 @@ async fn healthz(State(st): Shared) -> Response {
     let body = serde_json::json!({
         "status": "unhealthy",
         "shards": problems,
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
+/// `GET /livez`, for a liveness probe: 200 `ok` while the process serves, draining or not (a
+/// drain may outlast any probe's tolerance, and killing a draining node cuts the calls it is
+/// moving); 503 with a JSON body naming the dead shards once a shard thread died for good, which
+/// only a restart mends. A shard that panicked and was restarted is no liveness problem (it takes
+/// work again): readiness (`/healthz`) reports it.
+async fn livez(State(st): Shared) -> Response {
+    let dead: Vec<_> = st
+        .health
+        .problems(Instant::now(), st.shard_panic_hold)
+        .into_iter()
+        .filter(|p| p.state == "dead")
+        .collect();
+    if dead.is_empty() {
+        return "ok\n".into_response();
+    }
+    let body = serde_json::json!({
+        "status": "dead",
+        "shards": dead,
     });
     (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
