@@ -33,10 +33,11 @@ import { netSuite, shapeSupport } from './netns.mjs';
 // Not yet in the suite's default run (issue 13 stays open on it): it does not pass reliably on
 // this 2-core machine. 2026-12-06 (second session; benches/README.md, "A shaped browser
 // subscriber"): after the padding cap, the lossless-drop rule, urgent lossy shortfalls and
-// statistics every 250 ms (sfu/src/layer.rs, sfu/src/session.rs), 5 runs at load 10-21: 2 pass;
-// to q 1.1-3.0 s, longest freeze 0.50-0.84 s in 4 runs and 2.39 s in one (the q keyframe behind
-// a queue full of f at 45 % loss), back to f 7.1-17.8 s (2 runs over the 15 s bar: str0m's
-// estimate climbs additively for ~10 s after the lift), A and B at f 95-100 % of the time.
+// statistics every 250 ms (sfu/src/layer.rs, sfu/src/session.rs), 7 runs at load 10-21: 2 pass;
+// to q 1.1-3.0 s, longest freeze 0.50-0.84 s in 4 runs, 1.49-2.39 s in 3 (the switch's q keyframe
+// behind a queue full of f at 45 % loss; NACKs unanswered around the lift), back to f 6.9-17.8 s
+// (2 runs over the 15 s bar: str0m's estimate climbs additively for ~10 s after the lift), A and
+// B at f 95-100 % of the time.
 // SATSUMA_SHAPED=1 runs it (scripts/test-network.sh tests/net/shaped.test.mjs);
 // SHAPED_TRACE=1 prints the shaped page's counters every 500 ms, SATSUMA_NET_LOG=<filter> writes
 // the server's log to ARTIFACTS/net-satsuma-<pid>.log.
