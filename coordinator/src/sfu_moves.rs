@@ -4,8 +4,12 @@
 //! `sfu_health_interval`, 1 s by default), every node this replica's check found unhealthy is
 //! asked once more why: a draining node answers `/healthz` with 503 `{"status": "draining"}`
 //! (`satsuma-sfu drain` or `SIGTERM`); anything else (no answer, refused connection, another
-//! failure) is `down`. Placement already skips such a node. Then each participant that holds a
-//! session on it gets a direct `move {sessions, reason}` ([`satsuma_wire::room::ServerMessage::Move`]):
+//! failure) is `down`. A draining node is evacuated at once (it says so); a healthy node is
+//! taken as down only after [`DOWN_AFTER`] consecutive failed checks, so that one lost or slow
+//! answer (a blip) moves nobody (a node already draining or down that stops answering stays
+//! unhealthy at once). Placement skips a node from its first failed check on (new sessions go
+//! elsewhere until a check passes again: that costs little, placing on a dead node costs a
+//! join). Then each participant that holds a session on it gets a direct `move {sessions, reason}` ([`satsuma_wire::room::ServerMessage::Move`]):
 //! its client makes a new session through the proxy (placed on a live node), publishes its
 //! tracks there, pulls again what it pulled, and deletes the old session; its MLS state is
 //! untouched. The order is repeated every [`RESEND`] while the participant still holds a
@@ -31,6 +35,11 @@ use crate::server::App;
 
 /// How often an order is repeated while the participant still holds the session there.
 pub(crate) const RESEND: Duration = Duration::from_secs(3);
+
+/// Consecutive failed health checks (rounds seeing [`NodeState::Down`]) after which a healthy
+/// node is taken as down and its participants are moved. With the default 1-s health interval
+/// a node killed outright is evacuated ~2 s after it died.
+pub(crate) const DOWN_AFTER: u32 = 2;
 
 /// One node's state as the health check saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,12 +90,14 @@ pub(crate) struct Round {
     pub(crate) newly_unhealthy: Vec<(usize, &'static str)>,
 }
 
-/// The sans-IO evacuation state: per node, since when it is being evacuated; per session, when
-/// its owner was last told.
+/// The sans-IO evacuation state: per node, since when it is being evacuated and how many checks
+/// in a row failed; per session, when its owner was last told.
 #[derive(Debug)]
 pub(crate) struct Evacuation {
     since: Vec<Option<Instant>>,
     evacuated: Vec<bool>,
+    /// Consecutive rounds that saw the node `Down` (reset by any answer: healthy or draining).
+    failed: Vec<u32>,
     told: HashMap<String, Instant>,
 }
 
@@ -95,17 +106,22 @@ impl Evacuation {
         Evacuation {
             since: vec![None; nodes],
             evacuated: vec![false; nodes],
+            failed: vec![0; nodes],
             told: HashMap::new(),
         }
     }
 
-    /// One round at `now` with the nodes' `states` and every `sessions` of this replica.
+    /// One round at `now` with the nodes' `states` as this round's health check saw them and
+    /// every `sessions` of this replica. Each call is one check: a healthy node seen `Down` is
+    /// taken as down from the [`DOWN_AFTER`]th call in a row on.
     pub(crate) fn round(
         &mut self,
         now: Instant,
-        states: &[NodeState],
+        observed: &[NodeState],
         sessions: &[PlacedSession],
     ) -> Round {
+        let states = self.damp(observed);
+        let states = states.as_slice();
         let mut round = Round::default();
         for (i, state) in states.iter().enumerate() {
             let Some(since) = self.since.get_mut(i) else {
@@ -128,8 +144,9 @@ impl Evacuation {
         let mut by_owner: BTreeMap<(usize, u64, &'static str), Vec<String>> = BTreeMap::new();
         let mut occupied = vec![false; states.len()];
         // With no healthy node to go to, a move would land where it started (placement falls
-        // back to the room's node): nobody is told until one is healthy.
-        let somewhere = states.contains(&NodeState::Healthy);
+        // back to the room's node): nobody is told until one is healthy. Placement skips a node
+        // from its first failed check on, so this asks what the check saw, not the damped state.
+        let somewhere = observed.contains(&NodeState::Healthy);
         for s in sessions.iter().filter(|_| somewhere) {
             let Some(reason) = states.get(s.node).and_then(|st| st.reason()) else {
                 continue;
@@ -183,6 +200,32 @@ impl Evacuation {
             })
             .collect();
         round
+    }
+
+    /// The states the round acts on: a `Down` of a node that was healthy counts as `Healthy`
+    /// until it is the [`DOWN_AFTER`]th in a row; a node already being evacuated (draining, or
+    /// down) that stops answering is down at once.
+    fn damp(&mut self, observed: &[NodeState]) -> Vec<NodeState> {
+        observed
+            .iter()
+            .enumerate()
+            .map(|(i, state)| {
+                let Some(failed) = self.failed.get_mut(i) else {
+                    return *state;
+                };
+                if *state != NodeState::Down {
+                    *failed = 0;
+                    return *state;
+                }
+                *failed = failed.saturating_add(1);
+                let unhealthy = self.since.get(i).is_some_and(Option::is_some);
+                if unhealthy || *failed >= DOWN_AFTER {
+                    NodeState::Down
+                } else {
+                    NodeState::Healthy
+                }
+            })
+            .collect()
     }
 }
 
@@ -352,12 +395,16 @@ mod tests {
         let t0 = Instant::now();
         let mut e = Evacuation::new(2);
         let sessions = vec![s(0, 1, "a", 0), s(0, 2, "b", 1)];
-        // A single node whose shard panicked, or every node down: nowhere to go.
+        // A single node whose shard panicked, or every node down: nowhere to go (node 0's first
+        // failed check makes placement skip it, though it is not taken as down yet).
         let r = e.round(t0, &[Down, Draining], &sessions);
         assert!(r.orders.is_empty() && r.first_orders.is_empty() && r.evacuated.is_empty());
-        assert_eq!(r.newly_unhealthy, vec![(0, "down"), (1, "draining")]);
+        assert_eq!(r.newly_unhealthy, vec![(1, "draining")]);
+        let r = e.round(t0 + Duration::from_secs(1), &[Down, Draining], &sessions);
+        assert!(r.orders.is_empty() && r.first_orders.is_empty() && r.evacuated.is_empty());
+        assert_eq!(r.newly_unhealthy, vec![(0, "down")]);
         // Node 0 back: node 1's participant is told.
-        let r = e.round(t0 + Duration::from_secs(1), &[Healthy, Draining], &sessions);
+        let r = e.round(t0 + Duration::from_secs(2), &[Healthy, Draining], &sessions);
         assert_eq!(r.orders.len(), 1);
         assert_eq!(r.orders[0].owner, 2);
     }
@@ -368,15 +415,85 @@ mod tests {
         let t0 = Instant::now();
         let mut e = Evacuation::new(2);
         let sessions = vec![s(0, 1, "a", 0)];
+        assert!(e.round(t0, &[Down, Healthy], &sessions).orders.is_empty());
         assert_eq!(e.round(t0, &[Down, Healthy], &sessions).orders.len(), 1);
         assert!(
             e.round(t0, &[Healthy, Healthy], &sessions)
                 .orders
                 .is_empty()
         );
+        // Healthy again: down anew only after DOWN_AFTER failed checks.
         let r = e.round(t0 + Duration::from_millis(10), &[Down, Healthy], &sessions);
+        assert!(r.newly_unhealthy.is_empty());
+        let r = e.round(t0 + Duration::from_millis(20), &[Down, Healthy], &sessions);
         assert_eq!(r.newly_unhealthy, vec![(0, "down")]);
         // The session was told within RESEND: not yet again.
         assert!(r.orders.is_empty());
+    }
+
+    #[test]
+    fn one_failed_check_moves_nobody_two_in_a_row_do() {
+        use NodeState::*;
+        assert_eq!(DOWN_AFTER, 2);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut e = Evacuation::new(2);
+        let sessions = vec![s(0, 1, "a", 0), s(0, 2, "b", 1), s(1, 3, "c", 1)];
+        assert_eq!(
+            e.round(at(0), &[Healthy, Healthy], &sessions),
+            Round::default()
+        );
+        // A blip: node 1 missed one check. Nobody is told, nothing is logged.
+        assert_eq!(
+            e.round(at(1000), &[Healthy, Down], &sessions),
+            Round::default()
+        );
+        // It answers again: the count starts over, so the next single miss is a blip too.
+        assert_eq!(
+            e.round(at(2000), &[Healthy, Healthy], &sessions),
+            Round::default()
+        );
+        assert_eq!(
+            e.round(at(3000), &[Healthy, Down], &sessions),
+            Round::default()
+        );
+        assert_eq!(
+            e.round(at(4000), &[Healthy, Healthy], &sessions),
+            Round::default()
+        );
+        // Down twice in a row: it is down, its participants are told.
+        assert_eq!(
+            e.round(at(5000), &[Healthy, Down], &sessions),
+            Round::default()
+        );
+        let r = e.round(at(6000), &[Healthy, Down], &sessions);
+        assert_eq!(r.newly_unhealthy, vec![(1, "down")]);
+        assert_eq!(r.first_orders, vec!["down"; 2]);
+        let owners: Vec<u64> = r.orders.iter().map(|o| o.owner).collect();
+        assert_eq!(owners, vec![2, 3]);
+        // It stays down (no new log line), and the order is repeated after RESEND.
+        let r = e.round(at(6000) + RESEND, &[Healthy, Down], &sessions);
+        assert!(r.newly_unhealthy.is_empty());
+        assert_eq!(r.orders.len(), 2);
+    }
+
+    #[test]
+    fn draining_moves_at_once_and_a_drained_node_that_stops_answering_stays_unhealthy() {
+        use NodeState::*;
+        let t0 = Instant::now();
+        let mut e = Evacuation::new(2);
+        let sessions = vec![s(0, 1, "a", 1), s(0, 2, "b", 1)];
+        // The node says it drains: no second check needed.
+        let r = e.round(t0, &[Healthy, Draining], &sessions);
+        assert_eq!(r.newly_unhealthy, vec![(1, "draining")]);
+        assert_eq!(r.orders.len(), 2);
+        // Participant 1 moved; the node then exits (or is killed) before 2 did: a single failed
+        // check does not make it healthy again, 2 is still told after RESEND.
+        let left = vec![s(0, 1, "c", 0), s(0, 2, "b", 1)];
+        let r = e.round(t0 + RESEND, &[Healthy, Down], &left);
+        assert!(r.newly_unhealthy.is_empty(), "{r:?}");
+        assert_eq!(r.orders.len(), 1);
+        assert_eq!(r.orders[0].owner, 2);
+        assert_eq!(r.orders[0].reason, "down");
     }
 }
