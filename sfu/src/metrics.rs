@@ -530,6 +530,11 @@ impl Metrics {
         for direction in ["up", "down"] {
             m.layer_switches.with_label_values(&[direction]);
         }
+        // Keyframe requests: a new leg served from the keyframe cache asks for none, so a node
+        // may go a long time without one; the series exist from the start.
+        for direction in ["from_subscriber", "publisher_asked", "to_publisher"] {
+            m.keyframe_requests.with_label_values(&[direction]);
+        }
         for result in ["replayed", "empty", "refused"] {
             m.keyframe_replays.with_label_values(&[result]);
         }
@@ -767,5 +772,6 @@ mod tests {
         assert!(text.contains("satsuma_sfu_bandwidth_estimate_bps_bucket{le=\"300000\"} 0"));
         assert!(text.contains("satsuma_sfu_layer_switches_total{direction=\"down\"} 1"));
         assert!(text.contains("satsuma_sfu_unused_layer_packets_total 0"));
+        assert!(text.contains("satsuma_sfu_keyframe_requests_total{direction=\"to_publisher\"} 0"));
     }
 }
