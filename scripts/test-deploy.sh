@@ -663,7 +663,7 @@ assert peers == want, peers
 port = next(p for p in c["ports"] if p["name"] == "relay")
 assert port == {"name": "relay", "containerPort": 7883, "hostPort": 7883, "protocol": "UDP"}, port
 svc = get("Service", "satsuma-sfu")
-assert svc["spec"]["clusterIP"] == "None"
+assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True, svc["spec"]
 assert {"name": "relay", "port": 7883, "targetPort": "relay", "protocol": "UDP"} in svc["spec"]["ports"], svc["spec"]["ports"]
 np = get("NetworkPolicy", "satsuma-sfu")
 rule = next(r for r in np["spec"]["ingress"] if {"port": 7883, "protocol": "UDP"} in r.get("ports", []))
