@@ -205,8 +205,10 @@ pub struct Metrics {
     /// Simulcast packets no leg took because no leg is on (or switching to) their layer, counted
     /// by every shard that has legs on the track.
     pub unused_layer_packets: IntCounter,
-    /// Replays of a track's cached keyframe to a new leg, by result (`replayed`; `empty`: nothing
-    /// cached; `refused`: the leg could not take it), see [`crate::keyframe_cache`].
+    /// Replays of a track's cached keyframe to a new leg, by result (`replayed`;
+    /// `replayed_and_asked`: the keyframe predates the subscriber's session, so the publisher was
+    /// asked for one too; `empty`: nothing cached; `refused`: the leg could not take it), see
+    /// [`crate::keyframe_cache`].
     pub keyframe_replays: IntCounterVec,
     /// Packets sent to new legs by keyframe replays.
     pub keyframe_replay_packets: IntCounter,
@@ -535,7 +537,7 @@ impl Metrics {
         for direction in ["from_subscriber", "publisher_asked", "to_publisher"] {
             m.keyframe_requests.with_label_values(&[direction]);
         }
-        for result in ["replayed", "empty", "refused"] {
+        for result in ["replayed", "replayed_and_asked", "empty", "refused"] {
             m.keyframe_replays.with_label_values(&[result]);
         }
         m.dropped_by = PacketDrop::ALL

@@ -86,6 +86,9 @@ pub struct Session {
     pub pending: Option<SdpPendingOffer>,
     /// When the transport went away (or the session was created without one).
     pub transport_lost_since: Option<Instant>,
+    /// When the session was created (a keyframe cached before it may be under an older E2EE
+    /// epoch than its participant can read: see `shard/keyframe_replay.rs`).
+    pub created: Instant,
     /// When str0m last accepted a datagram for this session. ICE-lite only reports
     /// `Disconnected` 15 s after the last binding request, so silence is measured here too.
     pub last_received: Instant,
@@ -165,6 +168,7 @@ impl Session {
             subscriptions: HashMap::new(),
             pending: None,
             transport_lost_since: Some(now),
+            created: now,
             last_received: now,
             next_timeout: now,
             writes_pending: 0,

@@ -156,24 +156,43 @@ impl Core {
             self.write_leg(w, paced);
         }
         self.writes = writes;
+        // A keyframe the SFU had before the subscriber's session existed was sent before its
+        // participant joined, most likely under an E2EE epoch it cannot read (a joiner reads
+        // frames from the sender's key change on): it gets the replay all the same (a picture
+        // at once if it can), and the publisher is asked for a keyframe as without the cache.
+        let (created, connected) = self
+            .sessions
+            .get(&leg.session)
+            .map_or((None, false), |s| (Some(s.created), s.is_connected()));
+        let older = packets
+            .first()
+            .zip(created)
+            .is_some_and(|(p, created)| p.arrival < created);
         let metrics = &self.ctx.metrics;
         let result = match outcome {
             ReplayOutcome::Replayed(n) => {
                 metrics.keyframe_replay_packets.inc_by(n as u64);
-                tracing::debug!(?leg, ?track, packets = n, "keyframe replayed to a new leg");
-                "replayed"
+                tracing::debug!(
+                    ?leg,
+                    ?track,
+                    packets = n,
+                    older,
+                    "keyframe replayed to a new leg"
+                );
+                if older {
+                    "replayed_and_asked"
+                } else {
+                    "replayed"
+                }
             }
             ReplayOutcome::Empty => "empty",
             ReplayOutcome::Refused => "refused",
         };
         metrics.keyframe_replays.with_label_values(&[result]).inc();
-        if matches!(outcome, ReplayOutcome::Replayed(_)) || self.forwarder.leg_has_keyframe(leg) {
+        let replayed = matches!(outcome, ReplayOutcome::Replayed(_));
+        if (replayed && !older) || (!replayed && self.forwarder.leg_has_keyframe(leg)) {
             return;
         }
-        let connected = self
-            .sessions
-            .get(&leg.session)
-            .is_some_and(Session::is_connected);
         if let Some((track, home, rid)) = self.forwarder.leg_source(leg)
             && connected
         {

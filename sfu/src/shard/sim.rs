@@ -795,10 +795,14 @@ fn idle_silent_and_deleted_sessions_are_freed() {
 
 /// A publisher sends a keyframe and 20 delta frames (33 ms apart) to an early subscriber; then two
 /// late subscribers pull the track, one on the publisher's shard and one on the other, and their
-/// transports come up. Returns the simulation, the publisher, its m-line, what it sent, the late
+/// transports come up. Their sessions are made before the keyframe (as a joiner's is before the
+/// sender's key-change keyframe), or after it with `sessions_after`. Returns the simulation, the publisher, its m-line, what it sent, the late
 /// peers with their m-lines, and the keyframe requests the publisher had before they came.
 #[allow(clippy::type_complexity)]
-fn late_subscribers(replay: bool) -> (Sim, usize, Mid, Vec<Vec<u8>>, [(usize, Mid); 2], usize) {
+fn late_subscribers(
+    replay: bool,
+    sessions_after: bool,
+) -> (Sim, usize, Mid, Vec<Vec<u8>>, [(usize, Mid); 2], usize) {
     let mut sim = Sim::new(
         2,
         Config {
@@ -811,6 +815,11 @@ fn late_subscribers(replay: bool) -> (Sim, usize, Mid, Vec<Vec<u8>>, [(usize, Mi
     let early = sim.peer();
     sim.subscribe(early, 0, &[(publisher, "cam", None)]);
     sim.connect_all();
+    let (far, near) = (sim.peer(), sim.peer());
+    if !sessions_after {
+        sim.create_session(far, 1);
+        sim.create_session(near, 0);
+    }
     let mut sent = Vec::new();
     for n in 0..21u16 {
         let v = vp8(n == 0, 9, n);
@@ -820,9 +829,7 @@ fn late_subscribers(replay: bool) -> (Sim, usize, Mid, Vec<Vec<u8>>, [(usize, Mi
     }
     let asked_before = sim.requests(publisher).len();
     let pull = [(publisher, "cam", None)];
-    let far = sim.peer();
     let far_mid = sim.subscribe(far, 1, &pull)[0];
-    let near = sim.peer();
     let near_mid = sim.subscribe(near, 0, &pull)[0];
     sim.connect_all();
     (
@@ -837,7 +844,7 @@ fn late_subscribers(replay: bool) -> (Sim, usize, Mid, Vec<Vec<u8>>, [(usize, Mi
 
 #[test]
 fn a_late_subscriber_gets_the_cached_keyframe_at_once_without_asking_the_publisher() {
-    let (mut sim, publisher, video, mut sent, late, asked_before) = late_subscribers(true);
+    let (mut sim, publisher, video, mut sent, late, asked_before) = late_subscribers(true, false);
     // Before the publisher sends anything more, each late subscriber has every packet since the
     // keyframe, byte for byte, the keyframe first: a decodable picture.
     for (peer, mid) in late {
@@ -892,7 +899,7 @@ fn a_late_subscriber_gets_the_cached_keyframe_at_once_without_asking_the_publish
 #[test]
 fn without_the_replay_a_late_subscriber_has_no_keyframe_until_it_asks_the_publisher() {
     // The same join with the cache off: what the test above rules out.
-    let (mut sim, publisher, video, _, late, asked_before) = late_subscribers(false);
+    let (mut sim, publisher, video, _, late, asked_before) = late_subscribers(false, false);
     for (peer, mid) in late {
         assert!(payloads(&sim.peers[peer], mid).is_empty(), "peer {peer}");
     }
@@ -906,7 +913,7 @@ fn without_the_replay_a_late_subscriber_has_no_keyframe_until_it_asks_the_publis
 
 #[test]
 fn a_closed_track_takes_its_keyframe_cache_with_it() {
-    let (mut sim, publisher, _, _, _, _) = late_subscribers(true);
+    let (mut sim, publisher, _, _, _, _) = late_subscribers(true, false);
     let cached = |sim: &Sim| {
         sim.metrics
             .keyframe_cache_bytes
@@ -921,4 +928,22 @@ fn a_closed_track_takes_its_keyframe_cache_with_it() {
     assert!(matches!(reply, Ok(ApiReply::Deleted)), "{reply:?}");
     sim.run(Duration::from_millis(300));
     assert_eq!(cached(&sim), 0);
+}
+
+#[test]
+fn a_keyframe_older_than_the_subscribers_session_is_replayed_and_asked_for_again() {
+    // The cached keyframe predates the late sessions: possibly under an E2EE epoch their
+    // participants cannot read. They get it at once all the same, and the publisher is asked.
+    let (sim, publisher, _, sent, late, asked_before) = late_subscribers(true, true);
+    for (peer, mid) in late {
+        assert_eq!(payloads(&sim.peers[peer], mid), sent, "peer {peer}");
+    }
+    let replays = |result: &str| {
+        sim.metrics
+            .keyframe_replays
+            .with_label_values(&[result])
+            .get()
+    };
+    assert_eq!((replays("replayed"), replays("replayed_and_asked")), (0, 2));
+    assert!(sim.requests(publisher).len() > asked_before);
 }
