@@ -13,132 +13,22 @@
 //! refused (503 `no_sfu`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cluster::{Coordinator, Nodes};
 use common::Client;
-use satsuma_bot::harness::{APP_ID, APP_SECRET, SfuProcess};
 use satsuma_bot::{Bot, BotConfig, BotStats, MediaKind, TrackSpec};
 use satsuma_coordinator::auth::{TokenKeys, unix_now};
-use satsuma_sfu::relay::tls;
 
 const NODES: [&str; 3] = ["sfu-a", "sfu-b", "sfu-c"];
 const CAPACITY: usize = 4;
 const BOTS: usize = 10;
 const CONNECT: Duration = Duration::from_secs(20);
 const ROOM: &str = "cluster";
-
-/// `satsuma-sfu` next to the coordinator binary in the same target folder; built if missing
-/// (`cargo test -p satsuma-coordinator` does not build other packages' binaries; `cargo test
-/// --workspace` has it).
-fn sfu_binary() -> PathBuf {
-    let coordinator = PathBuf::from(env!("CARGO_BIN_EXE_satsuma-coordinator"));
-    let dir = coordinator.parent().unwrap();
-    let sfu = dir.join("satsuma-sfu");
-    if !sfu.exists() {
-        let target_dir = dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "satsuma-sfu", "--bin", "satsuma-sfu"])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .status()
-            .expect("run cargo build -p satsuma-sfu");
-        assert!(status.success());
-    }
-    assert!(sfu.exists(), "{} missing", sfu.display());
-    sfu
-}
-
-fn free_udp_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
-}
-
-/// Node `i` with its relay on `ports[i]`, trusting the cluster CA in `dir`, the others as peers.
-fn node(bin: &Path, dir: &Path, i: usize, ports: &[u16]) -> SfuProcess {
-    let file = |f: String| dir.join(f).to_str().unwrap().to_string();
-    let name = NODES[i];
-    let mut args = vec![
-        "--shards".to_string(),
-        "1".into(),
-        "--log".into(),
-        "info".into(),
-        "--node-name".into(),
-        name.into(),
-        "--relay-bind".into(),
-        format!("127.0.0.1:{}", ports[i]),
-        "--relay-cert".into(),
-        file(format!("{name}.pem")),
-        "--relay-key".into(),
-        file(format!("{name}-key.pem")),
-        "--relay-ca".into(),
-        file("ca.pem".into()),
-    ];
-    for (j, peer) in NODES.iter().enumerate().filter(|(j, _)| *j != i) {
-        args.push("--relay-peer".into());
-        args.push(format!("{peer}=127.0.0.1:{}", ports[j]));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    SfuProcess::start(bin, &args).expect("start satsuma-sfu")
-}
-
-/// A `satsuma-coordinator` process (killed on drop).
-struct Coordinator {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Coordinator {
-    #[allow(clippy::zombie_processes)] // reaped in Drop
-    fn start(nodes: &[String]) -> Coordinator {
-        let log = std::fs::File::create(
-            std::env::temp_dir().join(format!("satsuma-sfu-cluster-{}.log", std::process::id())),
-        )
-        .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_satsuma-coordinator"));
-        cmd.args([
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--web-dir",
-            "/nonexistent",
-        ])
-        .args(["--sfu-app-id", APP_ID, "--sfu-app-secret", APP_SECRET])
-        // The members below send no heartbeats: they must not be timed out meanwhile.
-        .args(["--presence-timeout-ms", "300000"]);
-        for n in nodes {
-            cmd.args(["--sfu-node", n]);
-        }
-        let mut child = cmd
-            .env_remove("SATSUMA_COORD_CONFIG")
-            .env("SATSUMA_COORD_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn coordinator");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("satsuma-coordinator listening http=")
-            .unwrap_or_else(|| panic!("coordinator did not start: {line:?}"))
-            .to_owned();
-        Coordinator { child, addr }
-    }
-}
 
 fn spec(name: &str, kind: MediaKind) -> TrackSpec {
     TrackSpec {
@@ -150,11 +40,7 @@ fn spec(name: &str, kind: MediaKind) -> TrackSpec {
 
 /// The node (index into [`NODES`]) whose tag starts session id `sid`.
 fn node_of(sid: &str) -> usize {
-    let tag = hex::decode(&sid[..4]).unwrap();
-    NODES
-        .iter()
-        .position(|n| satsuma_sfu::relay::bridge::node_tag(n)[..] == tag[..])
-        .unwrap_or_else(|| panic!("session {sid} names no node"))
+    cluster::node_of(&NODES, sid)
 }
 
 /// Every packet `from` sent on each of its tracks reached `to`, byte-identical (the bot checks
@@ -195,21 +81,7 @@ fn complete(to: &BotStats, from: &BotStats) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_participants_spread_over_three_nodes_of_capacity_four() {
     let started = Instant::now();
-    let bin = sfu_binary();
-    let dir = std::env::temp_dir().join(format!("satsuma-sfu-cluster-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca = tls::generate_ca("test").unwrap();
-    std::fs::write(dir.join("ca.pem"), &ca.cert).unwrap();
-    for name in NODES {
-        let c = tls::generate_node_cert(&ca, name, 1).unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), &c.cert).unwrap();
-        std::fs::write(dir.join(format!("{name}-key.pem")), &c.key).unwrap();
-    }
-    let ports: Vec<u16> = NODES.iter().map(|_| free_udp_port()).collect();
-    let sfus: Vec<SfuProcess> = (0..NODES.len())
-        .map(|i| node(&bin, &dir, i, &ports))
-        .collect();
+    let Nodes { dir: _dir, sfus } = Nodes::start("sfu-cluster", &NODES, &[]);
     let specs: Vec<String> = sfus
         .iter()
         .zip(NODES)
@@ -220,7 +92,9 @@ async fn ten_participants_spread_over_three_nodes_of_capacity_four() {
             )
         })
         .collect();
-    let coordinator = Coordinator::start(&specs);
+    // The members below send no heartbeats: they must not be timed out meanwhile.
+    let coordinator =
+        Coordinator::start("sfu-cluster", &specs, &["--presence-timeout-ms", "300000"]);
 
     // Ten members of one room; each makes one SFU session through the proxy, one after the
     // other, and publishes audio and video (sending starts once everyone pulls everyone).

@@ -24,20 +24,20 @@
 //! The two tests run one after the other (a lock): each starts three processes and four bots.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cluster::{Coordinator, Nodes, sfu_binary};
 use satsuma_bot::harness::{APP_ID, APP_SECRET, SfuProcess, fetch_metrics};
 use satsuma_bot::room::{MemberView, RoomMember};
 use satsuma_bot::{AudioSettings, Bot, BotConfig, ParticipantConfig, TrackSpec, VideoSettings};
 use satsuma_coordinator::auth::{TokenKeys, unix_now};
-use satsuma_sfu::relay::tls;
 use satsuma_wire::room::{ClientMessage, TrackKind};
 
 /// `sfu-b` is configured first: the room starts there.
@@ -51,121 +51,9 @@ const TRACKS: [(&str, TrackKind); 2] = [("mic", TrackKind::Audio), ("cam", Track
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// `satsuma-sfu` next to the coordinator binary; built if missing (`cargo test -p
-/// satsuma-coordinator` does not build other packages' binaries).
-fn sfu_binary() -> PathBuf {
-    let coordinator = PathBuf::from(env!("CARGO_BIN_EXE_satsuma-coordinator"));
-    let dir = coordinator.parent().unwrap();
-    let sfu = dir.join("satsuma-sfu");
-    if !sfu.exists() {
-        let target_dir = dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "satsuma-sfu", "--bin", "satsuma-sfu"])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .status()
-            .expect("run cargo build -p satsuma-sfu");
-        assert!(status.success());
-    }
-    sfu
-}
-
-fn free_udp_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
-}
-
-/// Node `i` with its relay on `ports[i]`, trusting the cluster CA in `dir`.
-fn node(bin: &Path, dir: &Path, i: usize, ports: &[u16]) -> SfuProcess {
-    let file = |f: String| dir.join(f).to_str().unwrap().to_string();
-    let name = NODES[i];
-    let mut args = vec![
-        "--shards".to_string(),
-        "1".into(),
-        "--log".into(),
-        "info".into(),
-        "--node-name".into(),
-        name.into(),
-        "--drain-timeout".into(),
-        "20".into(),
-        "--relay-bind".into(),
-        format!("127.0.0.1:{}", ports[i]),
-        "--relay-cert".into(),
-        file(format!("{name}.pem")),
-        "--relay-key".into(),
-        file(format!("{name}-key.pem")),
-        "--relay-ca".into(),
-        file("ca.pem".into()),
-    ];
-    for (j, peer) in NODES.iter().enumerate().filter(|(j, _)| *j != i) {
-        args.push("--relay-peer".into());
-        args.push(format!("{peer}=127.0.0.1:{}", ports[j]));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    SfuProcess::start(bin, &args).expect("start satsuma-sfu")
-}
-
-/// A `satsuma-coordinator` process (killed on drop).
-struct Coordinator {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Coordinator {
-    #[allow(clippy::zombie_processes)] // reaped in Drop
-    fn start(nodes: &[String], label: &str) -> Coordinator {
-        let log = std::fs::File::create(std::env::temp_dir().join(format!(
-            "satsuma-sfu-drain-{label}-{}.log",
-            std::process::id()
-        )))
-        .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_satsuma-coordinator"));
-        cmd.args([
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--web-dir",
-            "/nonexistent",
-        ])
-        .args(["--sfu-app-id", APP_ID, "--sfu-app-secret", APP_SECRET])
-        .args(["--sfu-health-interval-ms", "1000"]);
-        for n in nodes {
-            cmd.args(["--sfu-node", n]);
-        }
-        let mut child = cmd
-            .env_remove("SATSUMA_COORD_CONFIG")
-            .env("SATSUMA_COORD_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn coordinator");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("satsuma-coordinator listening http=")
-            .unwrap_or_else(|| panic!("coordinator did not start: {line:?}"))
-            .to_owned();
-        Coordinator { child, addr }
-    }
-}
-
 /// The node (index into [`NODES`]) whose tag starts session id `sid`.
 fn node_of(sid: &str) -> usize {
-    let tag = hex::decode(&sid[..4]).unwrap();
-    NODES
-        .iter()
-        .position(|n| satsuma_sfu::relay::bridge::node_tag(n)[..] == tag[..])
-        .unwrap_or_else(|| panic!("session {sid} names no node"))
+    cluster::node_of(&NODES, sid)
 }
 
 /// Media light enough for four bots on a loaded 2-core machine: Opus-like audio at 50
@@ -217,22 +105,8 @@ struct Cluster {
 
 impl Cluster {
     async fn start(label: &str) -> Cluster {
-        let bin = sfu_binary();
-        let dir =
-            std::env::temp_dir().join(format!("satsuma-sfu-drain-{label}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = tls::generate_ca("test").unwrap();
-        std::fs::write(dir.join("ca.pem"), &ca.cert).unwrap();
-        for name in NODES {
-            let c = tls::generate_node_cert(&ca, name, 1).unwrap();
-            std::fs::write(dir.join(format!("{name}.pem")), &c.cert).unwrap();
-            std::fs::write(dir.join(format!("{name}-key.pem")), &c.key).unwrap();
-        }
-        let ports: Vec<u16> = NODES.iter().map(|_| free_udp_port()).collect();
-        let sfus: Vec<SfuProcess> = (0..NODES.len())
-            .map(|i| node(&bin, &dir, i, &ports))
-            .collect();
+        let files = format!("sfu-drain-{label}");
+        let Nodes { dir, sfus } = Nodes::start(&files, &NODES, &["--drain-timeout", "20"]);
         // sfu-b holds 2 sessions; sfu-a room for everyone plus the moves.
         let capacity = [2, 8];
         let specs: Vec<String> = sfus
@@ -247,7 +121,7 @@ impl Cluster {
                 )
             })
             .collect();
-        let coordinator = Coordinator::start(&specs, label);
+        let coordinator = Coordinator::start(&files, &specs, &["--sfu-health-interval-ms", "1000"]);
         // Let the first health check pass so placement knows both nodes.
         tokio::time::sleep(Duration::from_millis(1500)).await;
 
