@@ -182,8 +182,10 @@ struct LocalTrack {
     track: TrackRef,
     kind: TrackKind,
     params: Vec<PayloadParams>,
-    /// The last packets, by sequence number, for resends.
-    recent: VecDeque<(u64, Bytes)>,
+    /// The last packets, by layer (an index into `rids`) and sequence number, for resends.
+    recent: VecDeque<(u8, u64, Bytes)>,
+    /// The simulcast layers seen (each layer numbers its packets on its own).
+    rids: Vec<Option<String>>,
     /// The union demand last reported in [`RelayEvent::LocalTrackWanted`].
     reported: Option<LayerDemand>,
 }
@@ -204,6 +206,18 @@ struct RemoteTrack {
     id: Option<u64>,
     kind: Option<TrackKind>,
     params: Vec<PayloadParams>,
+    /// Per simulcast layer: what arrived and what is missing (each layer of a simulcast track
+    /// is its own RTP stream, with its own sequence numbers).
+    layers: Vec<LayerSeq>,
+}
+
+/// Most simulcast layers tracked per remote track (more are dropped and counted).
+pub const MAX_LAYERS: usize = 8;
+
+/// What arrived of one layer of a remote track (see [`RemoteTrack::layers`]).
+#[derive(Debug)]
+struct LayerSeq {
+    rid: Option<String>,
     highest: Option<u64>,
     missing: BTreeMap<u64, Missing>,
 }
@@ -347,7 +361,8 @@ impl RelayCore {
                         at(link.idle_since + IDLE_CLOSE);
                     }
                     for t in link.remote.values() {
-                        if let Some(m) = t.missing.values().map(|m| m.next).min() {
+                        let missing = t.layers.iter().flat_map(|l| l.missing.values());
+                        if let Some(m) = missing.map(|m| m.next).min() {
                             at(m);
                         }
                     }
@@ -497,8 +512,7 @@ impl RelayCore {
         for t in link.remote.values_mut() {
             t.id = None;
             t.sent_demand = None;
-            t.highest = None;
-            t.missing.clear();
+            t.layers.clear();
         }
         link.idle_since = now;
         for id in served {
@@ -539,8 +553,7 @@ impl RelayCore {
                 id: None,
                 kind: None,
                 params: Vec::new(),
-                highest: None,
-                missing: BTreeMap::new(),
+                layers: Vec::new(),
             }
         });
         let handle = remote.handle;
@@ -681,10 +694,27 @@ impl RelayCore {
             link.stats.dropped_in += 1;
             return Ok(());
         };
+        let rid = media.rid.as_deref();
+        let layer = match remote.layers.iter().position(|l| l.rid.as_deref() == rid) {
+            Some(i) => &mut remote.layers[i],
+            None if remote.layers.len() < MAX_LAYERS => {
+                remote.layers.push(LayerSeq {
+                    rid: media.rid.clone(),
+                    highest: None,
+                    missing: BTreeMap::new(),
+                });
+                let last = remote.layers.len() - 1;
+                &mut remote.layers[last]
+            }
+            None => {
+                link.stats.dropped_in += 1;
+                return Ok(());
+            }
+        };
         let seq = media.seq;
-        match remote.highest {
+        match layer.highest {
             Some(h) if seq <= h => {
-                if remote.missing.remove(&seq).is_none() {
+                if layer.missing.remove(&seq).is_none() {
                     link.stats.dropped_in += 1; // a duplicate, or older than what we track
                     return Ok(());
                 }
@@ -695,27 +725,26 @@ impl RelayCore {
                     link.stats.lost_in += gap;
                     link.report_lost += gap;
                 } else {
-                    let first_nack = now;
                     for s in h + 1..seq {
-                        remote.missing.insert(
+                        layer.missing.insert(
                             s,
                             Missing {
                                 tries: 0,
-                                next: first_nack,
+                                next: now,
                             },
                         );
                     }
                 }
-                remote.highest = Some(seq);
+                layer.highest = Some(seq);
             }
-            None => remote.highest = Some(seq),
+            None => layer.highest = Some(seq),
         }
         // Give up on missing packets far behind (the buffer at the origin is gone anyway).
-        while let Some((&s, _)) = remote.missing.first_key_value() {
+        while let Some((&s, _)) = layer.missing.first_key_value() {
             if seq.saturating_sub(s) <= RESEND_BUFFER as u64 {
                 break;
             }
-            remote.missing.remove(&s);
+            layer.missing.remove(&s);
             link.stats.lost_in += 1;
             link.report_lost += 1;
         }
@@ -749,6 +778,7 @@ impl RelayCore {
                 kind,
                 params,
                 recent: VecDeque::new(),
+                rids: Vec::new(),
                 reported: None,
             },
         );
@@ -790,11 +820,25 @@ impl RelayCore {
             return;
         }
         let datagram = media.encode();
-        if media.nackable {
+        let rid = media.rid.as_deref();
+        let layer = match local.rids.iter().position(|r| r.as_deref() == rid) {
+            Some(i) => Some(i),
+            None if local.rids.len() < MAX_LAYERS => {
+                local.rids.push(media.rid.clone());
+                Some(local.rids.len() - 1)
+            }
+            None => None,
+        };
+        if media.nackable
+            && let Some(layer) = layer
+        {
             if local.recent.len() >= RESEND_BUFFER {
                 local.recent.pop_front();
             }
-            local.recent.push_back((media.seq, datagram.clone()));
+            // MAX_LAYERS fits a u8.
+            local
+                .recent
+                .push_back((layer as u8, media.seq, datagram.clone()));
         }
         for (peer, link) in &mut self.links {
             let (Some(conn), Some(demand)) = (link.conn(), link.served.get(&media.track)) else {
@@ -932,8 +976,7 @@ impl RelayCore {
                 }
                 remote.kind = Some(kind);
                 remote.params.clone_from(&params);
-                remote.highest = None;
-                remote.missing.clear();
+                remote.layers.clear();
                 let handle = remote.handle;
                 link.remote_ids.insert(id, track);
                 self.events.push_back(RelayEvent::TrackReady {
@@ -983,7 +1026,9 @@ impl RelayCore {
                     });
                 }
             }
-            ControlMsg::Nack { id, seqs } => self.resend(peer, conn, id, &seqs),
+            ControlMsg::Nack { id, rid, seqs } => {
+                self.resend(peer, conn, id, rid.as_deref(), &seqs);
+            }
             ControlMsg::Report { lost, .. } => {
                 if let Some(link) = self.links.get_mut(peer) {
                     link.stats.lost_out += lost;
@@ -993,7 +1038,7 @@ impl RelayCore {
         Ok(())
     }
 
-    fn resend(&mut self, peer: &str, conn: ConnId, id: u64, seqs: &[u64]) {
+    fn resend(&mut self, peer: &str, conn: ConnId, id: u64, rid: Option<&str>, seqs: &[u64]) {
         let Some(link) = self.links.get_mut(peer) else {
             return;
         };
@@ -1003,11 +1048,23 @@ impl RelayCore {
         let Some(local) = self.local.get(&id) else {
             return;
         };
+        // Sequence numbers are per layer: a NACK names the layer it is for.
+        let layer = local
+            .rids
+            .iter()
+            .position(|r| r.as_deref() == rid)
+            .map(|i| i as u8);
         for &seq in seqs {
             // The buffer is in arrival order, which is sequence order but for reordering.
-            let found = local.recent.iter().rev().find(|(s, _)| *s == seq);
+            let found = layer.and_then(|layer| {
+                local
+                    .recent
+                    .iter()
+                    .rev()
+                    .find(|(l, s, _)| *l == layer && *s == seq)
+            });
             match found {
-                Some((_, datagram)) => {
+                Some((_, _, datagram)) => {
                     link.stats.resent += 1;
                     link.stats.datagrams_out += 1;
                     link.stats.bytes_out += datagram.len() as u64;
@@ -1072,30 +1129,34 @@ impl RelayCore {
                     let retry = (link.rtt * 2).max(NACK_RETRY_MIN);
                     for remote in link.remote.values_mut() {
                         let Some(id) = remote.id else { continue };
-                        let mut seqs = Vec::new();
-                        let mut given_up = Vec::new();
-                        for (&seq, m) in &mut remote.missing {
-                            if m.next > now {
-                                continue;
+                        for layer in &mut remote.layers {
+                            let mut seqs = Vec::new();
+                            let mut given_up = Vec::new();
+                            for (&seq, m) in &mut layer.missing {
+                                if m.next > now {
+                                    continue;
+                                }
+                                if m.tries >= NACK_TRIES {
+                                    given_up.push(seq);
+                                    continue;
+                                }
+                                if seqs.len() < MAX_NACK_SEQS {
+                                    m.tries += 1;
+                                    m.next = now + retry;
+                                    seqs.push(seq);
+                                }
                             }
-                            if m.tries >= NACK_TRIES {
-                                given_up.push(seq);
-                                continue;
+                            for seq in given_up {
+                                layer.missing.remove(&seq);
+                                link.stats.lost_in += 1;
+                                link.report_lost += 1;
                             }
-                            if seqs.len() < MAX_NACK_SEQS {
-                                m.tries += 1;
-                                m.next = now + retry;
-                                seqs.push(seq);
+                            if !seqs.is_empty() {
+                                link.stats.nacked += seqs.len() as u64;
+                                let rid = layer.rid.clone();
+                                let msg = ControlMsg::Nack { id, rid, seqs };
+                                control.push((peer.clone(), conn, msg));
                             }
-                        }
-                        for seq in given_up {
-                            remote.missing.remove(&seq);
-                            link.stats.lost_in += 1;
-                            link.report_lost += 1;
-                        }
-                        if !seqs.is_empty() {
-                            link.stats.nacked += seqs.len() as u64;
-                            control.push((peer.clone(), conn, ControlMsg::Nack { id, seqs }));
                         }
                     }
                     if now >= link.next_report {
@@ -1431,6 +1492,65 @@ mod tests {
         p.b.handle_timeout(p.now);
         p.pump();
         assert_eq!(p.a.link_stats("b").unwrap().lost_out, 1);
+    }
+
+    /// Each simulcast layer is its own RTP stream with its own sequence numbers: the link
+    /// tracks arrival and loss per layer (tracked per track, the packets of a layer numbered
+    /// below another's were taken for duplicates and dropped, and the gaps between the layers'
+    /// numbers NACKed), and a NACK is answered with the packet of the layer it names.
+    #[test]
+    fn simulcast_layers_number_their_packets_apart_and_are_nacked_per_layer() {
+        let mut p = Pair::new();
+        p.a.publish(7, track("cam"), TrackKind::Video, Vec::new());
+        p.b.subscribe("a", track("cam"), 1, LayerDemand::All, p.now);
+        p.pump();
+        // Interleaved as a publisher sends them: q from 100, h from 5000, f from 40.
+        let starts = [("q", 100u64), ("h", 5000), ("f", 40)];
+        let mut dropped = false;
+        p.drop_ab = Box::new(move |m| {
+            let lost = m.rid.as_deref() == Some("h") && m.seq == 5003 && !dropped;
+            dropped |= lost;
+            lost
+        });
+        let mut sent = 0;
+        for i in 0..6 {
+            for (rid, start) in starts {
+                let mut m = media(7, start + i, Some(rid));
+                m.payload = Bytes::from(format!("{rid}{}", start + i).into_bytes());
+                p.a.local_media(&m);
+                sent += 1;
+            }
+        }
+        p.pump();
+        let b = p.b.link_stats("a").unwrap();
+        assert_eq!(
+            (b.datagrams_in, b.dropped_in),
+            (sent - 1, 0),
+            "every layer's packets arrive, only the lost one is missing"
+        );
+        // Only h's 5003 is NACKed, and A resends h's packet, not another layer's.
+        p.b_events.clear();
+        p.b.handle_timeout(p.now);
+        p.pump();
+        let b = p.b.link_stats("a").unwrap();
+        assert_eq!((b.nacked, b.lost_in), (1, 0));
+        let repaired: Vec<(Option<String>, u64, Bytes)> = p
+            .b_events
+            .iter()
+            .filter_map(|e| match e {
+                RelayEvent::Media { media, .. } => {
+                    Some((media.rid.clone(), media.seq, media.payload.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            repaired,
+            vec![(Some("h".into()), 5003, Bytes::from_static(b"h5003"))]
+        );
+        assert_eq!(p.a.link_stats("b").unwrap().resent, 1);
+        // Nothing more is missing.
+        assert!(p.b.poll_timeout().is_none_or(|t| t > p.now));
     }
 
     #[test]

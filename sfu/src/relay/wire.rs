@@ -544,7 +544,10 @@ pub enum ControlMsg {
     Nack {
         /// The track's id.
         id: u64,
-        /// The publisher's extended sequence numbers.
+        /// The simulcast layer the numbers are of (each layer numbers its packets on its own).
+        #[serde(default)]
+        rid: Option<String>,
+        /// The publisher's extended sequence numbers (of layer `rid`).
         seqs: Vec<u64>,
     },
     /// Subscriber → origin: what arrived over the link since the last report (loss feedback
@@ -576,7 +579,9 @@ impl ControlMsg {
             | ControlMsg::Unsubscribe { track } => {
                 track.validate()?;
             }
-            ControlMsg::Keyframe { rid: Some(r), .. } if !valid_rid(r) => {
+            ControlMsg::Keyframe { rid: Some(r), .. } | ControlMsg::Nack { rid: Some(r), .. }
+                if !valid_rid(r) =>
+            {
                 return Err(WireError::BadRid);
             }
             ControlMsg::Nack { seqs, .. } if seqs.len() > MAX_NACK_SEQS => {
@@ -824,6 +829,7 @@ mod tests {
             },
             ControlMsg::Nack {
                 id: 3,
+                rid: Some("h".into()),
                 seqs: vec![1, 2, 9],
             },
         ];
@@ -857,11 +863,21 @@ mod tests {
         assert!(matches!(d.next_msg(), Err(WireError::BadMessage(_))));
         let long = ControlMsg::Nack {
             id: 1,
+            rid: None,
             seqs: (0..1000).collect(),
         };
         let mut d = FrameDecoder::new();
         d.push(&long.encode());
         assert!(d.next_msg().is_err());
+        // A NACK from a node that does not name the layer is of the track's only stream.
+        let mut d = FrameDecoder::new();
+        let body = br#"{"t":"nack","id":1,"seqs":[4]}"#;
+        d.push(&(body.len() as u32).to_be_bytes());
+        d.push(body);
+        assert!(matches!(
+            d.next_msg(),
+            Ok(Some(ControlMsg::Nack { rid: None, .. }))
+        ));
         let unknown = br#"{"t":"hello","node":"x","version":1,"extra":true}"#;
         assert!(ControlMsg::decode(unknown).is_err());
     }
