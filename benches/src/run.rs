@@ -597,6 +597,19 @@ async fn drive(
     info!("{connected}/{} subscribers up", plan.subscribers.len());
 
     tokio::time::sleep(opts.warmup).await;
+    // Two relay nodes: node A's link counters, read just after an update at both ends. Read
+    // outside the bots' window (before the mark, after the report): waiting for an update
+    // takes up to a second, and inside the window it lengthened what the bots counted (mark
+    // to report) but not `window_s`, which overstated every bot rate of the two-node run by
+    // ~8 % (as if the publisher sent ~20 packets/s more than the link carried).
+    let link_node = match sfu {
+        Sfu::SatsumaPair { nodes, .. } => Some(nodes[0].base_url()),
+        _ => None,
+    };
+    let link0 = match &link_node {
+        Some(base) => Some(link_counters(base).await),
+        None => None,
+    };
     let marks = (0..n).map(|_| WorkerCommand::Mark).collect();
     for r in broadcast(workers, marks).await? {
         if r != WorkerReply::Marked {
@@ -612,15 +625,6 @@ async fn drive(
             .sum()
     };
     let loadavg = process::loadavg();
-    // Two relay nodes: node A's link counters, read just after an update at both ends.
-    let link_node = match sfu {
-        Sfu::SatsumaPair { nodes, .. } => Some(nodes[0].base_url()),
-        _ => None,
-    };
-    let link0 = match &link_node {
-        Some(base) => Some(link_counters(base).await),
-        None => None,
-    };
     let t0 = Instant::now();
     let cpu0: Vec<Option<Duration>> = pids.iter().map(|&p| process::cpu_time(p)).collect();
     let bots0 = bots_cpu(&worker_pids);
@@ -628,11 +632,6 @@ async fn drive(
     let cpu1: Vec<Option<Duration>> = pids.iter().map(|&p| process::cpu_time(p)).collect();
     let bots1 = bots_cpu(&worker_pids);
     let window_s = t0.elapsed().as_secs_f64();
-    let link1 = match &link_node {
-        Some(base) => Some(link_counters(base).await),
-        None => None,
-    };
-    let rss = pids.iter().filter_map(|&p| process::rss_mib(p)).sum();
     let reports_cmd = (0..n).map(|_| WorkerCommand::Report).collect();
     let mut reports = Vec::new();
     for r in broadcast(workers, reports_cmd).await? {
@@ -641,6 +640,11 @@ async fn drive(
             other => bail!("report: {other:?}"),
         }
     }
+    let link1 = match &link_node {
+        Some(base) => Some(link_counters(base).await),
+        None => None,
+    };
+    let rss = pids.iter().filter_map(|&p| process::rss_mib(p)).sum();
     let node_cpu_s: Vec<f64> = cpu0
         .iter()
         .zip(&cpu1)
