@@ -7,11 +7,13 @@
 //! tracks from the session the room's log names (pulling again when a publisher's tracks move
 //! to another session), opening them with the sender's keys.
 //!
-//! Each participant runs the client side of a move as the web client does: on the
-//! coordinator's `move` for its session it makes a new session through the proxy (placed on a
-//! live node), publishes the same tracks there, announces them (`unpublish` + `publish`), pulls
-//! what it pulled, then shuts the old bot and deletes the old session. Its MLS member is never
-//! touched.
+//! Each participant runs the client side of a move, make before break: on the coordinator's
+//! `move` for its session it makes a new session through the proxy (placed on a live node),
+//! publishes the same tracks there and announces them (`unpublish` + `publish`; the others pull
+//! from the new session while the old one still sends), pulls on the new session what it pulls
+//! and waits until it receives everyone there (not when the node is down: nothing to keep),
+//! and only then uses the new session; it shuts the old bot and deletes the old session
+//! [`OLD_SESSION_GRACE`] later. Its MLS member is never touched.
 //!
 //! - `drain_moves_participants_and_the_node_exits_0`: `satsuma-sfu drain` on `sfu-b` during the
 //!   call: its two participants move to `sfu-a`; every receiver's longest gap in packets from
@@ -48,6 +50,14 @@ const PEERS: usize = 4;
 /// Generous waits for steps that normally take well under a second (a loaded machine).
 const PATIENCE: Duration = Duration::from_secs(30);
 const TRACKS: [(&str, TrackKind); 2] = [("mic", TrackKind::Audio), ("cam", TrackKind::Video)];
+
+/// The sampler's interval (audio sends every 20 ms, so ~30-40 ms is a gap-free call's figure).
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+/// How long a moving participant's new session may take to receive everyone before it takes
+/// over anyway.
+const MAKE_BEFORE_BREAK: Duration = Duration::from_secs(3);
+/// How long a moved participant keeps its old session after announcing the new one.
+const OLD_SESSION_GRACE: Duration = Duration::from_secs(1);
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -252,12 +262,29 @@ async fn agent(peer: Arc<Peer>, proxy: String, http: reqwest::Client, stop: Arc<
                 .await
             {
                 Ok(bot) => {
+                    // Make before break: the new session publishes and is announced (the
+                    // others pull from it while the old one still sends), pulls what the old
+                    // one pulls and receives it, and only then becomes this participant's.
                     let sid = bot.session_id().to_owned();
                     announce(&peer.member, &sid, Some(()));
                     peer.moves.lock().unwrap().push((order.at, Instant::now()));
                     peer.sessions.lock().unwrap().push(sid.clone());
+                    // (A node that is down carries nothing more: no reason to wait.)
+                    let pulls = Mutex::new(BTreeMap::new());
+                    let deadline = Instant::now() + MAKE_BEFORE_BREAK;
+                    let before_break = order.reason != "down";
+                    if before_break {
+                        let _ = bot.wait_connected(MAKE_BEFORE_BREAK).await;
+                    }
+                    while before_break && Instant::now() < deadline {
+                        pull_current(&bot, peer.id, &peer.member.view(), &pulls).await;
+                        if receives_all(&bot, &pulls).await {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                     *peer.bot.lock().unwrap() = Arc::new(bot);
-                    peer.pulls.lock().unwrap().clear();
+                    *peer.pulls.lock().unwrap() = pulls.into_inner().unwrap();
                     println!(
                         "{} moved ({}) from {} to {} in {} ms",
                         peer.name,
@@ -266,12 +293,13 @@ async fn agent(peer: Arc<Peer>, proxy: String, http: reqwest::Client, stop: Arc<
                         NODES[node_of(&sid)],
                         order.at.elapsed().as_millis()
                     );
-                    // The old bot goes once the new one pulls (below), then its session.
+                    // The old bot goes once the others had time to pull from the new session
+                    // (they follow the announcement within ~0.1 s), then its session.
                     let old = current.clone();
                     let (http, proxy) = (http.clone(), proxy.clone());
                     let token = view.resume_token.clone();
                     tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        tokio::time::sleep(OLD_SESSION_GRACE).await;
                         let old_sid = old.session_id().to_owned();
                         drop(old);
                         let _ = http
@@ -289,46 +317,79 @@ async fn agent(peer: Arc<Peer>, proxy: String, http: reqwest::Client, stop: Arc<
             continue;
         }
         // Pull from where the log says each other participant publishes now.
-        let bot = peer.bot();
-        for (pid, info) in &view.roster.participants {
-            if *pid == peer.id {
-                continue;
-            }
-            let Some(sid) = info
-                .tracks
-                .iter()
-                .find(|t| t.track_name == "mic")
-                .map(|t| t.session_id.clone())
-            else {
-                continue;
-            };
-            if !info.tracks.iter().all(|t| t.session_id == sid) || info.tracks.len() < 2 {
-                continue; // its announcement is half way
-            }
-            let old = peer.pulls.lock().unwrap().get(pid).cloned();
-            if old.as_ref().is_some_and(|(s, _)| *s == sid) {
-                continue;
-            }
-            let wanted: Vec<(String, String)> = TRACKS
-                .iter()
-                .map(|(n, _)| (sid.clone(), (*n).to_owned()))
-                .collect();
-            match bot.subscribe_many(&wanted).await {
-                Ok(subs) if subs.len() == wanted.len() => {
-                    let mids = subs.iter().map(|s| s.mid.clone()).collect();
-                    peer.pulls.lock().unwrap().insert(*pid, (sid, mids));
-                    if let Some((_, mids)) = old {
-                        let _ = bot.close_tracks(&mids).await;
-                    }
-                }
-                Ok(_) | Err(_) => {} // retried on the next round
-            }
-        }
+        pull_current(&peer.bot(), peer.id, &view, &peer.pulls).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// Per receiver and sender: the longest time without a new packet (sampled every 50 ms).
+/// Pulls on `bot` every other participant's tracks from the session the room's log (`view`)
+/// names, where `pulls` has them from another session or not at all; closes the pulls replaced.
+async fn pull_current(
+    bot: &Bot,
+    me: u64,
+    view: &MemberView,
+    pulls: &Mutex<BTreeMap<u64, (String, Vec<String>)>>,
+) {
+    for (pid, info) in &view.roster.participants {
+        if *pid == me {
+            continue;
+        }
+        let Some(sid) = info
+            .tracks
+            .iter()
+            .find(|t| t.track_name == "mic")
+            .map(|t| t.session_id.clone())
+        else {
+            continue;
+        };
+        if !info.tracks.iter().all(|t| t.session_id == sid) || info.tracks.len() < 2 {
+            continue; // its announcement is half way
+        }
+        let old = pulls.lock().unwrap().get(pid).cloned();
+        if old.as_ref().is_some_and(|(s, _)| *s == sid) {
+            continue;
+        }
+        let wanted: Vec<(String, String)> = TRACKS
+            .iter()
+            .map(|(n, _)| (sid.clone(), (*n).to_owned()))
+            .collect();
+        match bot.subscribe_many(&wanted).await {
+            Ok(subs) if subs.len() == wanted.len() => {
+                let mids = subs.iter().map(|s| s.mid.clone()).collect();
+                pulls.lock().unwrap().insert(*pid, (sid, mids));
+                if let Some((_, mids)) = old {
+                    let _ = bot.close_tracks(&mids).await;
+                }
+            }
+            Ok(_) | Err(_) => {} // retried on the next round
+        }
+    }
+}
+
+/// `bot` pulls a track of every other participant and has received packets on each of them.
+async fn receives_all(bot: &Bot, pulls: &Mutex<BTreeMap<u64, (String, Vec<String>)>>) -> bool {
+    let wanted: Vec<String> = pulls
+        .lock()
+        .unwrap()
+        .values()
+        .map(|(sid, _)| sid.clone())
+        .collect();
+    if wanted.len() < PEERS - 1 {
+        return false;
+    }
+    let Ok(stats) = bot.stats().await else {
+        return false;
+    };
+    wanted.iter().all(|sid| {
+        stats
+            .participant
+            .subscribed
+            .iter()
+            .any(|t| &t.remote_session_id == sid && t.received.unique > 0)
+    })
+}
+
+/// Per receiver and sender: the longest time without a new packet (sampled every [`SAMPLE_EVERY`]).
 #[derive(Debug, Default)]
 struct Gaps {
     /// (receiver, sender) → (receiver's bot session, packets so far, last increase, longest gap).
@@ -405,13 +466,13 @@ async fn call<F: Fn() -> bool>(
         let deadline = Instant::now() + PATIENCE;
         while !until() && Instant::now() < deadline {
             sample(&c.peers, &gaps).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(SAMPLE_EVERY).await;
         }
         // Two more seconds of call after the event.
         let end = Instant::now() + Duration::from_secs(2);
         while Instant::now() < end {
             sample(&c.peers, &gaps).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(SAMPLE_EVERY).await;
         }
     };
     let ((), ()) = tokio::join!(sampler, settle);
