@@ -206,8 +206,8 @@ pub struct Metrics {
     /// by every shard that has legs on the track.
     pub unused_layer_packets: IntCounter,
     /// Replays of a track's cached keyframe to a new leg, by result (`replayed`;
-    /// `replayed_and_asked`: the keyframe predates the subscriber's session, so the publisher was
-    /// asked for one too; `empty`: nothing cached; `refused`: the leg could not take it), see
+    /// `replayed_old`: the keyframe predates the subscriber's session, likely under an E2EE epoch
+    /// a joiner cannot read; `empty`: nothing cached; `refused`: the leg could not take it), see
     /// [`crate::keyframe_cache`].
     pub keyframe_replays: IntCounterVec,
     /// Packets sent to new legs by keyframe replays.
@@ -537,7 +537,7 @@ impl Metrics {
         for direction in ["from_subscriber", "publisher_asked", "to_publisher"] {
             m.keyframe_requests.with_label_values(&[direction]);
         }
-        for result in ["replayed", "replayed_and_asked", "empty", "refused"] {
+        for result in ["replayed", "replayed_old", "empty", "refused"] {
             m.keyframe_replays.with_label_values(&[result]);
         }
         m.dropped_by = PacketDrop::ALL
