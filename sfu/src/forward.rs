@@ -316,7 +316,7 @@ const MAX_LAYERS_SEEN: usize = 8;
 impl Publication {
     /// The layer a keyframe request for `rid` should go to: `rid` itself if it is flowing (or
     /// if nothing is known to flow), otherwise the best flowing layer below it, otherwise the
-    /// lowest flowing one. A new subscriber asks for the layer it would like (its preferred
+    /// lowest flowing one; for no layer (`None`), the best flowing one, if any. A new subscriber asks for the layer it would like (its preferred
     /// rid); a publisher that does not send that layer (Chromium sends one layer from a small
     /// capture) would never answer, and the subscriber would wait for a periodic keyframe.
     fn flowing_layer_for(&self, rid: Option<Rid>, now: Instant) -> Option<Rid> {
@@ -326,7 +326,13 @@ impl Publication {
             .iter()
             .filter(|(_, at)| flowing(at))
             .map(|(r, _)| *r);
-        let wanted = rid?;
+        // A request for no layer in particular (a new leg without a preference) goes to the best
+        // flowing layer: for a simulcast track, the publisher would otherwise answer with a
+        // keyframe of whichever layer its first stream is, and the leg, which starts on the
+        // first keyframe of any layer, would start low and have to climb.
+        let Some(wanted) = rid else {
+            return live.max_by(layer_cmp);
+        };
         if self
             .layers_seen
             .iter()
@@ -1553,8 +1559,22 @@ mod tests {
             target(f.keyframe_request(t, rid("q"), false, ms(2000))),
             rid("f")
         );
-        // A request without a rid is left alone.
-        assert_eq!(target(f.keyframe_request(t, None, false, ms(2000))), None);
+        // A request for no layer in particular (a new leg without a preference) goes to the best
+        // flowing layer, not to whichever stream the publisher's m-line has first.
+        f.note_media(t, rid("q"), ms(3100));
+        f.note_media(t, rid("f"), ms(3100));
+        assert_eq!(
+            target(f.keyframe_request(t, None, false, ms(3100))),
+            rid("f")
+        );
+        // A track with no layers (not simulcast) is asked as a whole.
+        let single = TrackId(10);
+        f.publish(single, sid(1), Mid::from("w"), MediaKind::Video, now);
+        f.note_media(single, None, ms(2000));
+        assert_eq!(
+            target(f.keyframe_request(single, None, false, ms(2000))),
+            None
+        );
     }
 
     #[test]
