@@ -195,8 +195,9 @@ pub struct Config {
     /// switch down waits for a keyframe). Audio and single-layer video are never paced.
     pub bwe_pace_video: bool,
     /// Send a new subscriber leg its track's packets since the last keyframe at once (VP8; see
-    /// [`crate::keyframe_cache`]) instead of asking the publisher for a keyframe. On by default;
-    /// off, a new leg always asks.
+    /// [`crate::keyframe_cache`]) instead of asking the publisher for a keyframe. Off by default
+    /// for now: in the browser join bench every replay found its cache empty and joins waited
+    /// longer for their first keyframe than without it (benches/README.md, join time).
     pub keyframe_replay: bool,
     /// Quotas against abuse (see [`Limits`]).
     pub limits: Limits,
@@ -496,7 +497,7 @@ impl Default for Config {
             max_tracks_per_request: 64,
             bwe_initial_kbps: DEFAULT_BWE_INITIAL_KBPS,
             bwe_pace_video: false,
-            keyframe_replay: true,
+            keyframe_replay: false,
             limits: Limits::default(),
             cors_origins: Vec::new(),
             metrics_token: None,

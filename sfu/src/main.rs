@@ -123,7 +123,8 @@ struct Cli {
 
     /// Send a new subscriber leg its track's packets since the last keyframe at once (VP8, at
     /// most 600 packets / 1 MiB / 2 s per layer, kept in memory per published track) instead of
-    /// asking the publisher for a keyframe and waiting for it. Default on; `false`: always ask.
+    /// asking the publisher for a keyframe and waiting for it. Default off (see the join time in
+    /// benches/README.md); `--keyframe-replay` turns it on.
     #[arg(long, env = "SATSUMA_SFU_KEYFRAME_REPLAY", num_args = 0..=1, default_missing_value = "true")]
     keyframe_replay: Option<bool>,
 

@@ -103,7 +103,11 @@ async fn late_join(sfu: &SfuProcess) -> Join {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_subscriber_gets_the_cached_keyframe_without_a_request_to_the_publisher() {
-    let sfu = SfuProcess::start(env!("CARGO_BIN_EXE_satsuma-sfu"), &[]).expect("start the SFU");
+    let sfu = SfuProcess::start(
+        env!("CARGO_BIN_EXE_satsuma-sfu"),
+        &["--keyframe-replay=true"],
+    )
+    .expect("start the SFU");
     let join = late_join(&sfu).await;
     eprintln!("keyframe replay on: {join:?}");
     assert_eq!(

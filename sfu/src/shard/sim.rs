@@ -520,12 +520,13 @@ fn poll_peer(peer: &mut Peer, now: Instant, to_sfu: &mut VecDeque<(SocketAddr, V
 }
 
 /// A test configuration: bandwidth estimation off (layers follow the preference alone), short
-/// timeouts.
+/// timeouts, the keyframe replay on.
 fn config() -> Config {
     Config {
         bwe_initial_kbps: 0,
         session_timeout: Duration::from_secs(5),
         track_timeout: Duration::from_secs(5),
+        keyframe_replay: true,
         ..Config::default()
     }
 }
