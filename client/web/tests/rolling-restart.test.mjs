@@ -40,30 +40,41 @@ async function freePort() {
   });
 }
 
-/** A TCP front: each connection goes to the first live backend, starting with the next one. */
+/**
+ * A TCP front: each connection goes to the first live backend, starting with the next one.
+ * WebSocket upgrades and plain HTTP requests take turns separately (the front peeks at the
+ * request's first bytes), so the three pages' WebSockets land a, b, a whatever number of HTTP
+ * connections the page opened before: both replicas hold a page's connection, and stopping
+ * either one makes a page resume.
+ */
 function startFront(backends) {
-  let next = 0;
+  const next = { ws: 0, http: 0 };
   const server = net.createServer((down) => {
-    const first = next++;
-    down.pause();
-    const tryAt = (k) => {
-      if (k >= backends.length) {
-        down.destroy();
-        return;
-      }
-      const port = backends[(first + k) % backends.length];
-      const up = net.connect(port, '127.0.0.1');
-      up.once('error', () => tryAt(k + 1));
-      up.once('connect', () => {
-        up.removeAllListeners('error');
-        up.on('error', () => down.destroy());
-        down.on('error', () => up.destroy());
-        down.pipe(up);
-        up.pipe(down);
-        down.resume();
-      });
-    };
-    tryAt(0);
+    down.on('error', () => down.destroy());
+    down.once('data', (head) => {
+      down.pause();
+      const kind = /\r\nupgrade:\s*websocket/i.test(head.toString('latin1')) ? 'ws' : 'http';
+      const first = next[kind]++;
+      const tryAt = (k) => {
+        if (k >= backends.length) {
+          down.destroy();
+          return;
+        }
+        const port = backends[(first + k) % backends.length];
+        const up = net.connect(port, '127.0.0.1');
+        up.once('error', () => tryAt(k + 1));
+        up.once('connect', () => {
+          up.removeAllListeners('error');
+          up.on('error', () => down.destroy());
+          down.on('error', () => up.destroy());
+          up.write(head);
+          down.pipe(up);
+          up.pipe(down);
+          down.resume();
+        });
+      };
+      tryAt(0);
+    });
   });
   return new Promise((resolve) => {
     server.listen(0, '127.0.0.1', () => resolve({ port: server.address().port, close: () => server.close() }));
