@@ -835,14 +835,7 @@ impl Forwarder {
     /// Changes the simulcast layer a leg prefers (the cap of its target layer); the switch happens
     /// on the next keyframe. Run [`Forwarder::select_layers`] afterwards to apply it at once.
     pub fn set_preferred_rid(&mut self, leg: LegKey, rid: Option<Rid>) -> bool {
-        let Some(track) = self.leg_tracks.get(&leg) else {
-            return false;
-        };
-        let Some(l) = self
-            .legs
-            .get_mut(track)
-            .and_then(|legs| legs.iter_mut().find(|l| l.key == leg))
-        else {
+        let Some(l) = self.leg_mut(leg) else {
             return false;
         };
         l.preferred_rid = rid;
@@ -852,20 +845,13 @@ impl Forwarder {
     /// The track, its home shard and the current layer of a leg: where its keyframe requests go.
     pub fn leg_source(&self, leg: LegKey) -> Option<(TrackId, ShardId, Option<Rid>)> {
         let track = *self.leg_tracks.get(&leg)?;
-        let l = self
-            .legs
-            .get(&track)
-            .and_then(|legs| legs.iter().find(|l| l.key == leg))?;
+        let l = self.leg(leg)?;
         Some((track, l.home, l.target()))
     }
 
     /// The simulcast layer a leg prefers (its `preferredRid`; `None` for an unknown leg).
     pub fn leg_preference(&self, leg: LegKey) -> Option<Option<Rid>> {
-        let track = self.leg_tracks.get(&leg)?;
-        self.legs
-            .get(track)
-            .and_then(|legs| legs.iter().find(|l| l.key == leg))
-            .map(|l| l.preferred_rid)
+        self.leg(leg).map(|l| l.preferred_rid)
     }
 
     /// Whether a session's str0m should be told a new (minimum, desired) bitrate from its
@@ -886,22 +872,12 @@ impl Forwarder {
     /// Whether a keyframe was forwarded to `leg` yet (false for an unknown leg). Until then its
     /// keyframe requests are fresh (see [`Forwarder::keyframe_request`]).
     pub fn leg_has_keyframe(&self, leg: LegKey) -> bool {
-        let Some(track) = self.leg_tracks.get(&leg) else {
-            return false;
-        };
-        self.legs
-            .get(track)
-            .and_then(|legs| legs.iter().find(|l| l.key == leg))
-            .is_some_and(|l| l.keyframe_seen)
+        self.leg(leg).is_some_and(|l| l.keyframe_seen)
     }
 
     /// The layer a leg is on (`None` before its first packet, or without simulcast).
     pub fn leg_layer(&self, leg: LegKey) -> Option<Rid> {
-        let track = self.leg_tracks.get(&leg)?;
-        self.legs
-            .get(track)
-            .and_then(|legs| legs.iter().find(|l| l.key == leg))?
-            .current_rid
+        self.leg(leg)?.current_rid
     }
 
     /// A subscriber session's egress bandwidth estimate (from str0m's BWE). Returns whether it
@@ -1045,14 +1021,7 @@ impl Forwarder {
     /// Pauses a leg (nothing is forwarded to it) or resumes it (on a keyframe of its target
     /// layer, continuing its numbering). See "Pausing" in [`crate::layer`].
     fn set_leg_paused(&mut self, leg: LegKey, pause: bool) {
-        let Some(track) = self.leg_tracks.get(&leg) else {
-            return;
-        };
-        if let Some(l) = self
-            .legs
-            .get_mut(track)
-            .and_then(|legs| legs.iter_mut().find(|l| l.key == leg))
-        {
+        if let Some(l) = self.leg_mut(leg) {
             l.paused = pause;
             if pause {
                 l.current_rid = None;
@@ -1099,24 +1068,13 @@ impl Forwarder {
 
     /// Whether the replay a leg waits for was asked for.
     pub fn leg_replay_requested(&self, leg: LegKey) -> bool {
-        let Some(track) = self.leg_tracks.get(&leg) else {
-            return false;
-        };
-        self.legs
-            .get(track)
-            .and_then(|legs| legs.iter().find(|l| l.key == leg))
+        self.leg(leg)
             .is_some_and(|l| l.awaiting_replay.is_some() && l.replay_requested)
     }
 
     /// Whether a leg waits for a replay (see [`Forwarder::await_replay`]).
     pub fn leg_awaits_replay(&self, leg: LegKey) -> bool {
-        let Some(track) = self.leg_tracks.get(&leg) else {
-            return false;
-        };
-        self.legs
-            .get(track)
-            .and_then(|legs| legs.iter().find(|l| l.key == leg))
-            .is_some_and(|l| l.awaiting_replay.is_some())
+        self.leg(leg).is_some_and(|l| l.awaiting_replay.is_some())
     }
 
     /// The answer to [`Forwarder::await_replay`] for `leg` on `track`: `packets` are one layer's
@@ -1184,6 +1142,13 @@ impl Forwarder {
         }
         l.keyframe_seen = true;
         ReplayOutcome::Replayed(out.len() - before)
+    }
+
+    fn leg(&self, leg: LegKey) -> Option<&Leg> {
+        let track = self.leg_tracks.get(&leg)?;
+        self.legs
+            .get(track)
+            .and_then(|legs| legs.iter().find(|l| l.key == leg))
     }
 
     fn leg_mut(&mut self, leg: LegKey) -> Option<&mut Leg> {

@@ -8,90 +8,23 @@
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import dgram from 'node:dgram';
-import { mkdtempSync, rmSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import {
-  assertDecodes, assertHears, binDir, browserSuite, joinPage, remoteTrack, sameSafetyNumber, startProcess, waitFor, webDir,
+  assertDecodes, assertHears, browserSuite, joinPage, remoteTrack, sameSafetyNumber, waitFor,
 } from './harness.mjs';
+import { metric, startCluster } from './cluster-harness.mjs';
 
 const APP_SECRET = 'cluster-test-secret';
 const NODES = ['sfu-a', 'sfu-b'];
 
-async function freeUdpPort() {
-  return new Promise((resolve, reject) => {
-    const s = dgram.createSocket('udp4');
-    s.on('error', reject);
-    s.bind(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/** Sum of the samples of metric `name` (with `labels` in the series) at `http://addr/metrics`. */
-async function metric(addr, name, labels = []) {
-  const text = await (await fetch(`http://${addr}/metrics`)).text();
-  return text.split('\n')
-    .filter((l) => (l.startsWith(`${name} `) || l.startsWith(`${name}{`)) && labels.every((x) => l.includes(x)))
-    .reduce((sum, l) => sum + Number(l.split(' ').pop()), 0);
-}
-
-async function startCluster() {
-  const logs = [];
-  const children = [];
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'satsuma-cluster-'));
-  const sfuBin = path.join(binDir, 'satsuma-sfu');
-  execFileSync(sfuBin, ['cluster-ca', '--out', dir, '--cluster', 'test'], { stdio: 'ignore' });
-  for (const name of NODES) {
-    execFileSync(sfuBin, ['node-cert', '--name', name, '--out', dir, '--ca', path.join(dir, 'ca.pem'),
-      '--ca-key', path.join(dir, 'ca-key.pem')], { stdio: 'ignore' });
-  }
-  const relayPorts = [await freeUdpPort(), await freeUdpPort()];
-  const sfus = [];
-  try {
-    for (const [i, name] of NODES.entries()) {
-      const peer = NODES[1 - i];
-      const sfu = await startProcess(name, sfuBin, [
-        '--app', `satsuma:${APP_SECRET}`, '--http-bind', '127.0.0.1:0', '--udp-bind', '127.0.0.1:0', '--log', 'warn',
-        '--node-name', name, '--relay-bind', `127.0.0.1:${relayPorts[i]}`,
-        '--relay-cert', path.join(dir, `${name}.pem`), '--relay-key', path.join(dir, `${name}-key.pem`),
-        '--relay-ca', path.join(dir, 'ca.pem'), '--relay-peer', `${peer}=127.0.0.1:${relayPorts[1 - i]}`,
-      ], /satsuma-sfu listening http=(\S+) udp=(\S+)/, logs);
-      children.push(sfu.child);
-      sfus.push(sfu.match[1]);
-    }
-    const coord = await startProcess('coordinator', path.join(binDir, 'satsuma-coordinator'), [
-      '--dev', '--listen', '127.0.0.1:0', '--web-dir', webDir(), '--test-hooks=true', '--log', 'warn',
-      ...NODES.flatMap((name, i) => ['--sfu-node', `http://${sfus[i]};capacity=1;name=${name}`]),
-      '--sfu-app-id', 'satsuma', '--sfu-app-secret', APP_SECRET,
-    ], /satsuma-coordinator listening http=(\S+)/, logs);
-    children.push(coord.child);
-    return {
-      base: `http://${coord.match[1]}`,
-      sfus,
-      logs,
-      panicked: () => logs.filter((l) => /panicked/.test(l)),
-      async stop() {
-        for (const c of children) {
-          if (c.exitCode === null) c.kill('SIGTERM');
-        }
-        rmSync(dir, { recursive: true, force: true });
-      },
-    };
-  } catch (err) {
-    for (const c of children) c.kill('SIGTERM');
-    rmSync(dir, { recursive: true, force: true });
-    throw err;
-  }
+/** Both nodes with a capacity of one session. */
+function startNodes() {
+  return startCluster({ nodes: NODES, capacity: { 'sfu-a': 1, 'sfu-b': 1 }, appSecret: APP_SECRET });
 }
 
 describe('an E2EE call over two SFU nodes', { timeout: 300000 }, () => {
   const room = `cluster-${Date.now()}`;
   const pages = {};
-  const suite = browserSuite({ start: startCluster, pages });
+  const suite = browserSuite({ start: startNodes, pages });
   const { check } = suite;
 
   it('two pages on different nodes decode and hear each other through the relay', check(async () => {

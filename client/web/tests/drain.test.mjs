@@ -10,15 +10,12 @@
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
-import dgram from 'node:dgram';
-import { mkdtempSync, rmSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import {
-  assertDecodes, binDir, browserSuite, joinPage, sameSafetyNumber, startProcess, stats, waitFor, webDir,
+  assertDecodes, browserSuite, joinPage, sameSafetyNumber, stats, waitFor,
 } from './harness.mjs';
+import { metric, startCluster } from './cluster-harness.mjs';
 
 const APP_SECRET = 'drain-test-secret';
 // sfu-b first: the room starts there.
@@ -26,79 +23,12 @@ const NODES = ['sfu-b', 'sfu-a'];
 const CAPACITY = { 'sfu-b': 1, 'sfu-a': 4 };
 const FREEZE_BAR_MS = 2000;
 
-async function freeUdpPort() {
-  return new Promise((resolve, reject) => {
-    const s = dgram.createSocket('udp4');
-    s.on('error', reject);
-    s.bind(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
+/** sfu-b and sfu-a with a 20 s drain deadline, health checks every second. */
+function startNodes() {
+  return startCluster({
+    nodes: NODES, capacity: CAPACITY, appSecret: APP_SECRET, log: 'info', tmpPrefix: 'satsuma-drain-',
+    sfuArgs: ['--drain-timeout', '20'], coordArgs: ['--sfu-health-interval-ms', '1000'],
   });
-}
-
-/** Sum of the samples of metric `name` at `http://addr/metrics`. */
-async function metric(addr, name) {
-  const text = await (await fetch(`http://${addr}/metrics`)).text();
-  return text.split('\n')
-    .filter((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`))
-    .reduce((sum, l) => sum + Number(l.split(' ').pop()), 0);
-}
-
-async function startCluster() {
-  const logs = [];
-  const children = [];
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'satsuma-drain-'));
-  const sfuBin = path.join(binDir, 'satsuma-sfu');
-  execFileSync(sfuBin, ['cluster-ca', '--out', dir, '--cluster', 'test'], { stdio: 'ignore' });
-  for (const name of NODES) {
-    execFileSync(sfuBin, ['node-cert', '--name', name, '--out', dir, '--ca', path.join(dir, 'ca.pem'),
-      '--ca-key', path.join(dir, 'ca-key.pem')], { stdio: 'ignore' });
-  }
-  const relayPorts = [await freeUdpPort(), await freeUdpPort()];
-  const sfus = [];
-  const exits = [];
-  try {
-    for (const [i, name] of NODES.entries()) {
-      const peer = NODES[1 - i];
-      const sfu = await startProcess(name, sfuBin, [
-        '--app', `satsuma:${APP_SECRET}`, '--http-bind', '127.0.0.1:0', '--udp-bind', '127.0.0.1:0', '--log', 'info',
-        '--node-name', name, '--drain-timeout', '20', '--relay-bind', `127.0.0.1:${relayPorts[i]}`,
-        '--relay-cert', path.join(dir, `${name}.pem`), '--relay-key', path.join(dir, `${name}-key.pem`),
-        '--relay-ca', path.join(dir, 'ca.pem'), '--relay-peer', `${peer}=127.0.0.1:${relayPorts[1 - i]}`,
-      ], /satsuma-sfu listening http=(\S+) udp=(\S+)/, logs);
-      children.push(sfu.child);
-      sfus.push(sfu.match[1]);
-      exits.push(new Promise((resolve) => {
-        if (sfu.child.exitCode !== null) resolve(sfu.child.exitCode);
-        else sfu.child.on('exit', (code, signal) => resolve(code ?? signal));
-      }));
-    }
-    const coord = await startProcess('coordinator', path.join(binDir, 'satsuma-coordinator'), [
-      '--dev', '--listen', '127.0.0.1:0', '--web-dir', webDir(), '--test-hooks=true', '--log', 'info',
-      ...NODES.flatMap((name, i) => ['--sfu-node', `http://${sfus[i]};capacity=${CAPACITY[name]};name=${name}`]),
-      '--sfu-app-id', 'satsuma', '--sfu-app-secret', APP_SECRET, '--sfu-health-interval-ms', '1000',
-    ], /satsuma-coordinator listening http=(\S+)/, logs);
-    children.push(coord.child);
-    return {
-      base: `http://${coord.match[1]}`,
-      sfus,
-      exits,
-      sfuBin,
-      logs,
-      panicked: () => logs.filter((l) => /panicked/.test(l)),
-      async stop() {
-        for (const c of children) {
-          if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-        }
-        rmSync(dir, { recursive: true, force: true });
-      },
-    };
-  } catch (err) {
-    for (const c of children) c.kill('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-    throw err;
-  }
 }
 
 /**
@@ -161,7 +91,7 @@ async function mls(page) {
 describe('draining an SFU node during a call', { timeout: 300000 }, () => {
   const room = `drain-${Date.now()}`;
   const pages = {};
-  const suite = browserSuite({ start: startCluster, pages, logLines: 120 });
+  const suite = browserSuite({ start: startNodes, pages, logLines: 120 });
   const { check } = suite;
 
   it('the page on the draining node moves; both keep decoding; the node exits 0', check(async () => {
