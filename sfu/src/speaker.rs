@@ -51,6 +51,8 @@ struct TrackLevel {
     activity: f32,
     presence: f32,
     last_dbov: i8,
+    /// Whether its latest packet carried voice (above the floor, not marked as not voice).
+    last_voiced: bool,
     speaking: bool,
     /// When the track was last seen speaking.
     spoke: Option<Instant>,
@@ -126,6 +128,7 @@ impl SpeakerDetector {
             activity: 0.0,
             presence: 0.0,
             last_dbov: dbov,
+            last_voiced: false,
             speaking: false,
             spoke: None,
             updated: now,
@@ -140,6 +143,7 @@ impl SpeakerDetector {
         let keep = decay(elapsed, PRESENCE_SMOOTHING);
         entry.presence = entry.presence * keep + loudness * (1.0 - keep);
         entry.last_dbov = dbov;
+        entry.last_voiced = loudness > 0.0;
         entry.updated = now;
         let was = entry.speaking;
         entry.speaking = if was {
@@ -194,7 +198,9 @@ impl SpeakerDetector {
             if t.spoke_within(RECENT_SPEECH, now) && best.is_none_or(|(_, p)| presence > p) {
                 best = Some((track, presence));
             }
-            if t.speaking_at(now) && talking.is_none_or(|(_, p)| presence > p) {
+            // A taker must be voicing now: one who just muted stays "speaking" through the
+            // smoothing's tail (~0.5 s of silence packets), and must not take over meanwhile.
+            if t.speaking_at(now) && t.last_voiced && talking.is_none_or(|(_, p)| presence > p) {
                 talking = Some((track, presence));
             }
         }
@@ -456,6 +462,49 @@ mod tests {
             took_over.is_some_and(|d| d <= Duration::from_millis(1500)),
             "{took_over:?}"
         );
+    }
+
+    #[test]
+    fn one_who_just_muted_does_not_take_over_while_the_speaker_pauses() {
+        let mut d = SpeakerDetector::default();
+        let (a, b) = (TrackId(1), TrackId(2));
+        let mut t = Instant::now();
+        // b talks (softly) for 3 s, a is silent: b is the speaker.
+        for _ in 0..150 {
+            d.observe(a, -127, None, t);
+            d.observe(b, -45, None, t);
+            t += PACKET;
+        }
+        let mut current = d.choose([a, b], None, t);
+        assert_eq!(current, Some(b));
+        // b pauses; a says a word (0.3 s, from 0.3 s into the pause) and mutes: silence
+        // packets. b's pause opens the handover (QUIET_HANDOVER after b last spoke) while a's
+        // smoothed activity is still above the speaking threshold, but a is not voicing any
+        // more: b stays the speaker.
+        let paused = t;
+        while t < paused + Duration::from_secs(2) {
+            let into = t - paused;
+            let a_level = if into >= Duration::from_millis(300) && into < Duration::from_millis(600)
+            {
+                -20
+            } else {
+                -127
+            };
+            d.observe(a, a_level, None, t);
+            d.observe(b, -127, None, t);
+            current = d.choose([a, b], current, t);
+            assert_eq!(current, Some(b), "a took over {into:?} into b's pause");
+            t += PACKET;
+        }
+        // One who talks (voicing now) still takes over from a quiet speaker.
+        let quiet = t;
+        while t < quiet + Duration::from_secs(2) {
+            d.observe(a, -10, None, t);
+            d.observe(b, -127, None, t);
+            current = d.choose([a, b], current, t);
+            t += PACKET;
+        }
+        assert_eq!(current, Some(a));
     }
 
     #[test]
