@@ -817,6 +817,14 @@ impl Participant {
         self.rtc.disconnect();
     }
 
+    /// Forgets every pulled track's latency samples so far (see
+    /// [`Reception::restart_latency`]): latency percentiles then cover a window only.
+    pub fn restart_latency(&mut self) {
+        for s in self.subscribed.values_mut() {
+            s.reception.restart_latency();
+        }
+    }
+
     /// Statistics so far.
     pub fn stats(&self) -> ParticipantStats {
         ParticipantStats {

@@ -529,6 +529,16 @@ impl Reception {
         }
     }
 
+    /// Forgets the latency samples so far: the next [`Reception::stats`] summarises only what
+    /// arrives from now on (a measurement window), every other counter stays cumulative.
+    pub fn restart_latency(&mut self) {
+        self.latencies.clear();
+        self.latency_sum = 0;
+        self.latency_min = u64::MAX;
+        self.latency_max = 0;
+        self.latency_count = 0;
+    }
+
     /// Statistics so far.
     pub fn stats(&self) -> ReceptionStats {
         let mut s = self.stats.clone();
@@ -623,6 +633,29 @@ mod tests {
         assert_eq!(s.latency.max_us, 5_000 - 1_100);
         assert_eq!(s.latency.min_us, 5_000 - 1_170);
         assert!(r.has_seq(12) && !r.has_seq(15));
+    }
+
+    #[test]
+    fn restarted_latency_covers_only_what_came_after() {
+        let t0 = Instant::now();
+        let mut r = Reception::new(t0);
+        // Sent at 1,000 + 10 × seq µs: seq 0..5 arrive 9,000 µs late, 5..10 only 100 µs.
+        for seq in 0..5 {
+            r.on_payload(&pkt(seq, MediaKind::Audio, false), t0, 10_000 + seq * 10);
+        }
+        assert_eq!(r.stats().latency.p50_us, 9_000);
+        r.restart_latency();
+        assert_eq!(r.stats().latency.samples, 0, "nothing since the restart");
+        for seq in 5..10 {
+            r.on_payload(&pkt(seq, MediaKind::Audio, false), t0, 1_100 + seq * 10);
+        }
+        let s = r.stats();
+        assert_eq!(s.latency.samples, 5);
+        assert_eq!(
+            (s.latency.min_us, s.latency.p99_us, s.latency.max_us),
+            (100, 100, 100)
+        );
+        assert_eq!(s.unique, 10, "the other counters stay cumulative");
     }
 
     #[test]
