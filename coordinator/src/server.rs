@@ -453,10 +453,6 @@ impl ContentSecurityPolicy {
     }
 }
 
-/// `GET /client-config.json`: what the web client may do on this server. `test_hooks`: honour
-/// the test-only URL parameters and drills (only with `--test-hooks`); `dev`: `POST /token`
-/// hands out join tokens (only with `--dev`; otherwise the page needs a `#token=` or an
-/// `#invite=` link).
 /// Readiness: 200 while the room store is usable (always with the memory store), else 503
 /// (an etcd replica without its lease must get no new clients).
 async fn readyz(State(app): State<Arc<App>>) -> Response {
@@ -467,10 +463,19 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+/// `GET /client-config.json`: what the web client may do on this server. `test_hooks`: honour
+/// the test-only URL parameters and drills (only with `--test-hooks`); `dev`: `POST /token`
+/// hands out join tokens (only with `--dev`; otherwise the page needs a `#token=` or an
+/// `#invite=` link); `recording`: a host's `record` can start a recorder (the coordinator has
+/// a recorder command and a recordings directory), so the page offers hosts a Record button.
 async fn client_config(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(json!({"test_hooks": app.config.test_hooks, "dev": app.config.dev})),
+        axum::Json(json!({
+            "test_hooks": app.config.test_hooks,
+            "dev": app.config.dev,
+            "recording": app.config.recording.is_some(),
+        })),
     )
         .into_response()
 }

@@ -71,6 +71,19 @@ async fn record(c: &mut Client, action: RecordAction) -> Option<String> {
     }
 }
 
+/// What `GET /client-config.json` tells the page about recording (it shows hosts a usable
+/// Record button only when this is true).
+async fn page_may_record(server: &satsuma_coordinator::ServerHandle) -> serde_json::Value {
+    let config: serde_json::Value =
+        reqwest::get(format!("{}/client-config.json", server.http_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    config["recording"].clone()
+}
+
 /// Waits for the fake recorder's token file (and removes it for the next run).
 async fn token(dir: &Path) -> (String, Vec<String>) {
     let end = Instant::now() + WAIT;
@@ -105,6 +118,7 @@ async fn only_hosts_record_one_recorder_per_room_and_stop_makes_it_leave() {
     let out = dir.join("recordings");
     let script = fake_recorder(&dir, "cat > /dev/null\necho '{\"fake\":true}'");
     let server = start(config(&script, &out)).await;
+    assert_eq!(page_may_record(&server).await, true);
     let room = "rec.room";
     let mut host = Client::join(&server, room, "host").await; // first joiner is host
     let mut guest = Client::join(&server, room, "guest").await;
@@ -195,6 +209,7 @@ async fn only_hosts_record_one_recorder_per_room_and_stop_makes_it_leave() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unconfigured_servers_refuse_and_a_recorder_that_dies_is_reported() {
     let server = start(Config::dev()).await;
+    assert_eq!(page_may_record(&server).await, false);
     let mut host = Client::join(&server, "plain", "host").await;
     assert_eq!(
         record(&mut host, RecordAction::Start).await.as_deref(),

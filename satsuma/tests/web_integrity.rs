@@ -348,7 +348,7 @@ async fn every_response_carries_a_strict_csp_and_security_headers() {
         .unwrap();
     assert_eq!(
         config,
-        serde_json::json!({"test_hooks": false, "dev": false})
+        serde_json::json!({"test_hooks": false, "dev": false, "recording": false})
     );
     let hooked = start(&web, &["--test-hooks"]);
     let config: serde_json::Value = http
@@ -361,7 +361,7 @@ async fn every_response_carries_a_strict_csp_and_security_headers() {
         .unwrap();
     assert_eq!(
         config,
-        serde_json::json!({"test_hooks": true, "dev": false})
+        serde_json::json!({"test_hooks": true, "dev": false, "recording": false})
     );
 
     drop(server);

@@ -27,7 +27,7 @@
 // decrypt=0 (receive without decrypting), keyless=1 (never join the MLS
 // group), test_* parameters, window.satsuma.drill.
 
-import { devTokens, testHooks, testParam } from './client-config.js';
+import { devTokens, recordingAvailable, testHooks, testParam } from './client-config.js';
 import { LocalMedia } from './local-media.js';
 import { timeline } from './join-timeline.js';
 import { fetchToken, jwtClaims, redeemInvite, takeFragment } from './access.js';
@@ -144,7 +144,7 @@ async function lobby() {
     if (access.invite && !access.redeemed) access.redeemed = (await redeemInvite(access.invite, name)).token;
     localStorage.setItem('satsuma.name', name);
     $('preview').srcObject = null;
-    const model = new CallModel({ room, name, receiveOnly: flags.receiveOnly });
+    const model = new CallModel({ room, name, receiveOnly: flags.receiveOnly, recordingAvailable });
     const call = new Call({
       model, room, name, codec: $('codec-select').value, local, flags, getToken: tokenFor(room, name), e2ee, localReady: previewReady,
     });

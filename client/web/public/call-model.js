@@ -21,8 +21,12 @@ export function tileKey(id, kind) {
 /** Layouts of the stage. */
 export const LAYOUTS = ['grid', 'speaker'];
 
-/** A fresh state for a call in `room` as `name`. */
-export function initialState({ room = '', name = '', receiveOnly = false } = {}) {
+/**
+ * A fresh state for a call in `room` as `name`. `recordingAvailable`: whether the server
+ * said it can record (client-config.json; false: a host's Record shows as unavailable from
+ * the start; null: unknown until the server refuses a `record`).
+ */
+export function initialState({ room = '', name = '', receiveOnly = false, recordingAvailable = null } = {}) {
   return {
     screen: 'lobby', // lobby | call | left
     room,
@@ -64,9 +68,10 @@ export function initialState({ room = '', name = '', receiveOnly = false } = {})
     chat: { messages: [], dropped: 0, unread: 0, open: false, error: null },
     // Host-controlled recording (docs/recording.md): whether a host's start or stop is under
     // way ('start' | 'stop' | null, until a recorder joins or leaves), the coordinator's last
-    // refusal of this page's `record` (text), and whether it said it cannot record at all.
+    // refusal of this page's `record` (text), and whether it cannot record at all (its
+    // client-config.json said so, or it refused a `record` with `recording_unavailable`).
     // Whether the room is being recorded is in the participants (`recorder`).
-    recording: { pending: null, error: null, unavailable: false },
+    recording: { pending: null, error: null, unavailable: recordingAvailable === false },
   };
 }
 

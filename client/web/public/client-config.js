@@ -1,7 +1,11 @@
 // What this server allows the web client: `GET client-config.json` (served by
-// the coordinator, not a file) → `{"test_hooks": bool, "dev": bool}`. `dev`:
-// the server hands join tokens to anyone (POST /token, only with --dev);
-// otherwise the page needs a token or an invite in its URL fragment.
+// the coordinator, not a file) → `{"test_hooks": bool, "dev": bool,
+// "recording": bool}`. `dev`: the server hands join tokens to anyone (POST
+// /token, only with --dev); otherwise the page needs a token or an invite in
+// its URL fragment. `recording`: the server has a recorder, so a host's Record
+// can work (false: hosts see a disabled Record that says why; absent, from an
+// older server or when the fetch failed: unknown, Record is offered and the
+// server's first refusal disables it).
 //
 // Test hooks are URL parameters and page hooks that weaken or bend the client
 // for the test suites: `decrypt=0` (receive without decrypting), `keyless=1`
@@ -29,14 +33,15 @@ async function load() {
     });
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     const json = await res.json();
-    return { testHooks: json?.test_hooks === true, devTokens: json?.dev === true };
+    const recording = typeof json?.recording === 'boolean' ? json.recording : null;
+    return { testHooks: json?.test_hooks === true, devTokens: json?.dev === true, recording };
   } catch (err) {
     console.warn(`satsuma: cannot read client-config.json (${err.message}); test hooks and dev tokens are off`);
-    return { testHooks: false, devTokens: false };
+    return { testHooks: false, devTokens: false, recording: null };
   }
 }
 
-/** The server's client configuration: `{testHooks, devTokens}`. */
+/** The server's client configuration: `{testHooks, devTokens, recording}`. */
 export const clientConfig = Object.freeze(await load());
 
 /** Whether this server runs with `--test-hooks`. */
@@ -44,6 +49,9 @@ export const testHooks = clientConfig.testHooks;
 
 /** Whether this server hands out dev tokens (`--dev`: POST /token). */
 export const devTokens = clientConfig.devTokens;
+
+/** Whether this server can record (true / false; null: it did not say). */
+export const recordingAvailable = clientConfig.recording;
 
 // (No `location` outside a page: Node's unit tests import modules that import this one.)
 const params = new URLSearchParams(globalThis.location?.search ?? '');

@@ -8,6 +8,9 @@
 // start is refused (one recorder per room). After a few seconds she presses Stop: the badge
 // goes away on both pages, and the recording's directory holds one Opus and one VP8 WebM per
 // page that ffprobe/ffmpeg decode, lasting as long as the recording, and its manifest.
+//
+// A server without a recorder says so in its client-config.json: its host sees Record
+// disabled from the start, with the reason, and pressing it sends nothing.
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -44,6 +47,8 @@ function recordButton(page) {
       pressed: b.getAttribute('aria-pressed'),
       state: b.dataset.state,
       disabled: b.disabled,
+      title: b.title,
+      aria: b.getAttribute('aria-label'),
     };
   });
 }
@@ -156,5 +161,44 @@ describe('a host starts and stops recording from the page', { timeout: 120000 },
     }
     at('files checked');
     rmSync(dir, { recursive: true, force: true });
+  }));
+});
+
+describe('a host on a server without a recorder is not offered Record', { timeout: 60000 }, () => {
+  const room = `record-none-${Date.now()}`;
+  const pages = {};
+  const suite = browserSuite({ pages, start: () => startAllInOne() });
+  const { check } = suite;
+
+  it('shows Record disabled with the reason from the start, and a press sends nothing', check(async () => {
+    const { browser } = suite;
+    const { base, logs } = suite.servers;
+    const config = await (await fetch(`${base}/client-config.json`)).json();
+    assert.equal(config.recording, false, JSON.stringify(config));
+    pages.alice = await joinPage(browser, base, { room, name: 'Alice' });
+    const { alice } = pages;
+    // Joined as host (the page knows it), before any `record` was sent or refused.
+    await waitFor('Alice is the host', () => alice.evaluate(() => {
+      const s = window.satsuma.call.model.state;
+      return s.participants.get(s.me)?.host === true;
+    }));
+    const b = await recordButton(alice);
+    assert.equal(b?.visible, true, `the host sees the control: ${JSON.stringify(b)}`);
+    assert.equal(b.disabled, true, `Record is disabled: ${JSON.stringify(b)}`);
+    assert.equal(b.state, 'unavailable');
+    assert.match(b.title, /not set up to record/);
+    assert.match(b.aria, /not set up on this server/);
+    // Count what the room link sends, then press: a disabled button sends no `record`.
+    await alice.evaluate(() => {
+      const link = window.satsuma.call.link;
+      const send = link.send.bind(link);
+      window.sentTypes = [];
+      link.send = (m) => { window.sentTypes.push(m?.type); return send(m); };
+    });
+    await alice.click('#toggle-record', { force: true });
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.deepEqual(await alice.evaluate(() => window.sentTypes.filter((t) => t === 'record')), []);
+    assert.equal(await note(alice), null, 'no refusal to show');
+    assert.ok(!logs.some((l) => /recording_unavailable/.test(l)), 'the server saw no record request');
   }));
 });

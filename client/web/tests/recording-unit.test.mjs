@@ -1,14 +1,15 @@
 // The host's Record button as the model drives it (no browser): hidden for non-hosts,
 // Starting… until a recorder joins, Stop recording while one is in the room, back to Record
-// when it leaves, a refusal shown and cleared, disabled when the server cannot record.
+// when it leaves, a refusal shown and cleared, disabled when the server cannot record (from
+// the start when its client-config.json says so).
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { initialState, isRecorded, reduce } from '../public/call-model.js';
 import { controlFaces } from '../public/controls-view.js';
 
-function call({ host }) {
-  const s = initialState();
+function call({ host, recordingAvailable }) {
+  const s = initialState({ recordingAvailable });
   reduce(s, { type: 'welcome', me: 1, participants: [{ id: 1, name: 'me', host, tracks: [] }] });
   return s;
 }
@@ -63,5 +64,19 @@ describe('record button', () => {
     reduce(s, { type: 'recording/error', error: 'Recording: not set up', unavailable: true });
     const f = face(s);
     assert.deepEqual([f.state, f.disabled, Boolean(f.hidden)], ['unavailable', true, false]);
+  });
+
+  it('is disabled from the start, with the reason, when the server says it has no recorder', () => {
+    const f = face(call({ host: true, recordingAvailable: false }));
+    assert.deepEqual([f.label, f.state, f.disabled, Boolean(f.hidden)], ['Record', 'unavailable', true, false]);
+    assert.match(f.title, /not set up to record/);
+    assert.match(f.aria, /not set up/);
+    // A server that has one, or did not say (older server, config not fetched): offered.
+    for (const recordingAvailable of [true, null, undefined]) {
+      const g = face(call({ host: true, recordingAvailable }));
+      assert.deepEqual([g.state, Boolean(g.disabled)], ['off', false], `recordingAvailable ${recordingAvailable}`);
+    }
+    // Still hidden for a non-host.
+    assert.equal(face(call({ host: false, recordingAvailable: false })).hidden, true);
   });
 });
