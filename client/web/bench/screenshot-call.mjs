@@ -23,6 +23,11 @@ try {
     const s = await ann.evaluate(() => window.satsuma.stats());
     return s.remote.filter((r) => r.kind === 'video' && r.tile === 'decoding').length === 2;
   }, { timeout: 30000 });
+  // Cat spoke (the fake microphone beeps) before muting: wait until only Ben shows speaking.
+  await waitFor('Ann to show only Ben speaking', () => ann.evaluate((key) => {
+    const speaking = [...document.querySelectorAll('.tile.speaking')].map((t) => t.dataset.key);
+    return speaking.length === 1 && speaking[0] === key;
+  }, String(ben.participantId)), { timeout: 30000 });
   await ann.mouse.move(0, 0);
   await ann.screenshot({ path: out });
   console.log(`wrote ${out}`);

@@ -12,6 +12,7 @@
 // the one bound into its verified MLS credential (the worker checked it), not what the
 // coordinator says.
 
+import { setIcon } from './icons.js';
 import { MAX_CHAT_TEXT_BYTES } from './wire.js';
 
 const URL_PATTERN = /https?:\/\/[^\s<>"'`]+/gi;
@@ -43,6 +44,25 @@ export function linkify(text) {
   }
   if (last < text.length) parts.push({ text: text.slice(last) });
   return parts;
+}
+
+/**
+ * What the Chat control shows for the model's `chat` part, as the other controls do
+ * (controls-view.js): an icon, a label naming the action, a pressed state while the panel
+ * is open, `data-state`, and the unread count in its accessible name. Pure, no DOM.
+ */
+export function chatFace(chat) {
+  const open = Boolean(chat.open);
+  const label = open ? 'Hide chat' : 'Chat';
+  return {
+    icon: 'chat',
+    label,
+    aria: chat.unread ? `Chat, ${chat.unread} unread` : label,
+    pressed: open,
+    state: open ? 'open' : 'closed',
+    title: open ? 'The chat is open: press to hide it' : 'End-to-end encrypted chat with everyone in the call',
+    unread: chat.unread === 0 ? null : (chat.unread > 99 ? '99+' : String(chat.unread)),
+  };
 }
 
 /** A message as DOM (text nodes and safe links only). */
@@ -92,6 +112,7 @@ export class ChatPanel {
     this.toggleLabel = el('span', { className: 'label', textContent: 'Chat' });
     this.badge = el('span', { id: 'chat-unread', className: 'chat-unread', hidden: true });
     this.toggle.append(this.toggleLabel, this.badge);
+    this.showFace(chatFace({ open: false, unread: 0 }));
     this.toggle.onclick = () => this.intents.setChatOpen(this.toggle.getAttribute('aria-pressed') !== 'true');
     const controls = doc.querySelector('.controls');
     const leave = doc.getElementById('leave');
@@ -141,6 +162,18 @@ export class ChatPanel {
     if (sent) this.input.value = '';
   }
 
+  /** Shows `face` (chatFace) on the Chat control. */
+  showFace(face) {
+    setIcon(this.toggle, face.icon);
+    this.toggleLabel.textContent = face.label;
+    this.toggle.setAttribute('aria-pressed', String(face.pressed));
+    this.toggle.setAttribute('aria-label', face.aria);
+    this.toggle.dataset.state = face.state;
+    this.toggle.title = face.title;
+    this.badge.hidden = face.unread === null;
+    this.badge.textContent = face.unread ?? '';
+  }
+
   showError(text) {
     this.error.hidden = !text;
     this.error.textContent = text ?? '';
@@ -150,12 +183,7 @@ export class ChatPanel {
     if (!changed.has('chat')) return;
     const chat = state.chat;
     this.section.hidden = !chat.open;
-    this.toggle.setAttribute('aria-pressed', String(chat.open));
-    this.toggle.dataset.state = chat.open ? 'open' : 'closed';
-    this.toggleLabel.textContent = chat.open ? 'Hide chat' : 'Chat';
-    this.badge.hidden = chat.unread === 0;
-    this.badge.textContent = chat.unread > 99 ? '99+' : String(chat.unread);
-    this.toggle.setAttribute('aria-label', chat.unread ? `Chat, ${chat.unread} unread` : (chat.open ? 'Hide chat' : 'Chat'));
+    this.showFace(chatFace(chat));
     // The model keeps the last CHAT_KEEP messages: render what is new, drop what left.
     const msgs = chat.messages;
     const first = msgs[0]?.seq ?? null;

@@ -60,6 +60,10 @@ const ICONS = {
     ['circle', { cx: 12, cy: 12, r: 8 }],
     ['rect', { x: 9, y: 9, width: 6, height: 6, fill: 'currentColor' }],
   ],
+  chat: [
+    ['path', { d: 'M5 4h14a2 2 0 0 1 2 2v9a2 2 0 0 1-2 2h-8l-5 4v-4H5a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z' }],
+    ['path', { d: 'M7.5 9h9M7.5 12.5h6' }],
+  ],
   speaking: [
     ['path', { d: 'M4 10v4M8 7v10M12 4v16M16 7v10M20 10v4' }],
   ],

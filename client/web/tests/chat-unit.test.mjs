@@ -3,7 +3,7 @@
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { linkify } from '../public/chat-panel.js';
+import { chatFace, linkify } from '../public/chat-panel.js';
 import { CHAT_KEEP, initialState, reduce } from '../public/call-model.js';
 
 describe('chat: links', () => {
@@ -50,5 +50,18 @@ describe('chat: model', () => {
     for (let i = 1; i <= CHAT_KEEP + 3; i++) reduce(s, { type: 'chat/event', event: msg(i, 2) });
     assert.equal(s.chat.messages.length, CHAT_KEEP);
     assert.equal(s.chat.messages[0].seq, 4);
+  });
+});
+
+describe('chat control', () => {
+  it('has an icon, an action label and a pressed state like the other controls', () => {
+    let f = chatFace({ open: false, unread: 0 });
+    assert.deepEqual([f.icon, f.label, f.pressed, f.state, f.unread], ['chat', 'Chat', false, 'closed', null]);
+    assert.ok(f.aria.includes(f.label) && f.title);
+    f = chatFace({ open: true, unread: 0 });
+    assert.deepEqual([f.icon, f.label, f.pressed, f.state, f.aria], ['chat', 'Hide chat', true, 'open', 'Hide chat']);
+    f = chatFace({ open: false, unread: 3 });
+    assert.deepEqual([f.unread, f.aria], ['3', 'Chat, 3 unread']);
+    assert.equal(chatFace({ open: false, unread: 150 }).unread, '99+');
   });
 });

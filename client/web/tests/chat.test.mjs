@@ -142,8 +142,11 @@ describe('end-to-end encrypted chat', { timeout: 120000 }, () => {
     // Unread: Cy's closed panel counts the others' 3 messages; opening clears it.
     assert.equal(await pages.cy.textContent('#chat-unread'), '3');
     assert.equal(await pages.cy.getAttribute('#toggle-chat', 'aria-label'), 'Chat, 3 unread');
+    assert.equal(await pages.cy.getAttribute('#toggle-chat svg.icon', 'data-icon'), 'chat', 'the Chat control has its icon');
+    assert.equal(await pages.cy.getAttribute('#toggle-chat', 'aria-pressed'), 'false');
     await openChat(pages.cy);
     assert.equal(await pages.cy.isHidden('#chat-unread'), true);
+    assert.equal(await pages.cy.getAttribute('#toggle-chat', 'aria-pressed'), 'true');
 
     // A late joiner: told that it sees messages from its join on, and it does.
     pages.dee = await joinRecorded(browser, base, { room, name: 'Dee' });
