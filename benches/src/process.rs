@@ -30,6 +30,36 @@ pub fn loadavg() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Busy and total clock ticks of the whole machine (all cores) from `/proc/stat`'s `cpu` line:
+/// busy = everything but idle and iowait. Two readings give the machine's CPU use in between
+/// ([`machine_busy_cores`]), whoever used it.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    parse_machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// [`machine_ticks`] from a `/proc/stat` text.
+pub fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+/// Cores the whole machine kept busy between two [`machine_ticks`] readings (2.0: both cores of
+/// a 2-core machine all the time).
+pub fn machine_busy_cores(before: (u64, u64), after: (u64, u64), cores: usize) -> Option<f64> {
+    let total = after.1.checked_sub(before.1)?;
+    let busy = after.0.checked_sub(before.0)?;
+    (total > 0).then(|| busy as f64 / total as f64 * cores as f64)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -40,6 +70,18 @@ mod tests {
         let text = "Name:\tx\nVmPeak:\t  9000 kB\nVmRSS:\t    1536 kB\nThreads:\t3\n";
         assert_eq!(parse_vm_rss_kib(text), Some(1536));
         assert_eq!(parse_vm_rss_kib("Name: x\n"), None);
+    }
+
+    #[test]
+    fn machine_ticks_count_everything_but_idle_and_iowait() {
+        let stat = "cpu  100 5 50 800 40 3 2 0 0 0\ncpu0 50 2 25 400 20 1 1 0 0 0\n";
+        assert_eq!(parse_machine_ticks(stat), Some((160, 1000)));
+        assert_eq!(parse_machine_ticks("intr 1 2\n"), None);
+        // 300 of 1000 ticks busy in between: 30 % of a 2-core machine, 0.6 cores.
+        let cores = machine_busy_cores((160, 1000), (460, 2000), 2).unwrap();
+        assert!((cores - 0.6).abs() < 1e-9, "{cores}");
+        assert_eq!(machine_busy_cores((160, 1000), (160, 1000), 2), None);
+        assert!(machine_ticks().is_some());
     }
 
     #[test]

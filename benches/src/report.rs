@@ -395,6 +395,252 @@ pub struct RunReport {
     /// The `relay` scenario, per round.
     #[serde(default)]
     pub relay: Vec<RelayComparison>,
+    /// The `ramp` scenario, one per SFU (and estimation mode, round).
+    #[serde(default)]
+    pub ramps: Vec<RampResult>,
+}
+
+/// When a `ramp` step counts as sustained.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RampLimits {
+    /// A window with more loss than this (% of expected packets) breaks the step.
+    pub max_loss_pct: f64,
+    /// A window whose server-added p99 (typical track, window only) is above this (ms) breaks
+    /// the step.
+    pub max_added_p99_ms: f64,
+    /// A bot worker above this CPU (% of one core; a worker is one thread) may be what limits
+    /// the step: the step is flagged `bots_limited`, not broken.
+    pub bot_saturated_pct: f64,
+    /// Publishers sending below this share of their nominal packets/s (starved bots) also flag
+    /// the step `bots_limited`.
+    pub min_ingress_share: f64,
+}
+
+impl Default for RampLimits {
+    fn default() -> Self {
+        Self {
+            max_loss_pct: 1.0,
+            max_added_p99_ms: 10.0,
+            bot_saturated_pct: 85.0,
+            min_ingress_share: 0.95,
+        }
+    }
+}
+
+/// Why a ramp stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RampStop {
+    /// A step lost more than the limit.
+    Loss,
+    /// A step's server-added p99 was above the limit.
+    Latency,
+    /// A step delivered no media at all.
+    NoMedia,
+    /// Subscribers of a step failed to connect.
+    JoinFailed,
+    /// Every step held up to `--ramp-max`.
+    MaxReached,
+    /// The run failed (SFU, workers).
+    Error,
+}
+
+impl RampStop {
+    /// Display text.
+    pub fn text(self) -> &'static str {
+        match self {
+            RampStop::Loss => "loss",
+            RampStop::Latency => "server-added p99",
+            RampStop::NoMedia => "no media",
+            RampStop::JoinFailed => "subscribers failed to join",
+            RampStop::MaxReached => "--ramp-max reached",
+            RampStop::Error => "error",
+        }
+    }
+}
+
+/// One measuring window of a `ramp` step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RampStep {
+    /// Subscribers the step has (planned; `result.subscribers` has planned / connected).
+    pub subscribers: usize,
+    /// Window at this size (1; 2 and on: a re-measurement after a break, `--ramp-retries`).
+    pub attempt: usize,
+    /// The window's figures (latency percentiles of this window only).
+    pub result: ScenarioResult,
+    /// CPU of each bot worker process over the window, % of one core.
+    pub worker_cpu_pct: Vec<f64>,
+    /// The whole machine's CPU use over the window (every process, the other users' too), %
+    /// of one core (200: both cores of a 2-core machine busy).
+    pub machine_cpu_pct: Option<f64>,
+    /// Why the window broke (empty: it held).
+    pub breaks: Vec<(RampStop, String)>,
+    /// The bots may have limited this window (a worker near a full core, or the publisher
+    /// sending short of its nominal rate).
+    pub bots_limited: bool,
+}
+
+impl RampStep {
+    /// Judge a window against `limits`; `nominal_ingress_pps`: what the publisher should send.
+    pub fn judge(
+        subscribers: usize,
+        attempt: usize,
+        result: ScenarioResult,
+        worker_cpu_pct: Vec<f64>,
+        machine_cpu_pct: Option<f64>,
+        nominal_ingress_pps: f64,
+        limits: &RampLimits,
+    ) -> Self {
+        let mut breaks = Vec::new();
+        if result.egress_pps <= 0.0 || result.latency.tracks == 0 {
+            breaks.push((
+                RampStop::NoMedia,
+                "the subscribers received nothing".to_owned(),
+            ));
+        }
+        if result.loss_pct > limits.max_loss_pct {
+            breaks.push((
+                RampStop::Loss,
+                format!("loss {:.2} % > {} %", result.loss_pct, limits.max_loss_pct),
+            ));
+        }
+        if result.added_p99_ms > limits.max_added_p99_ms {
+            breaks.push((
+                RampStop::Latency,
+                format!(
+                    "server-added p99 {:.1} ms > {} ms",
+                    result.added_p99_ms, limits.max_added_p99_ms
+                ),
+            ));
+        }
+        let starved = result.ingress_pps < nominal_ingress_pps * limits.min_ingress_share;
+        let saturated = worker_cpu_pct
+            .iter()
+            .any(|&c| c >= limits.bot_saturated_pct);
+        Self {
+            subscribers,
+            attempt,
+            result,
+            worker_cpu_pct,
+            machine_cpu_pct,
+            breaks,
+            bots_limited: starved || saturated,
+        }
+    }
+
+    /// The window held (no break).
+    pub fn held(&self) -> bool {
+        self.breaks.is_empty()
+    }
+
+    /// All bot workers together, % of one core.
+    pub fn bots_cpu_pct(&self) -> f64 {
+        self.worker_cpu_pct.iter().sum()
+    }
+
+    /// The busiest bot worker, % of one core.
+    pub fn busiest_worker_pct(&self) -> f64 {
+        self.worker_cpu_pct.iter().copied().fold(0.0, f64::max)
+    }
+}
+
+/// The highest step of a ramp that held: the SFU's maximum sustained egress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RampMax {
+    /// Subscribers.
+    pub subscribers: usize,
+    /// Egress, RTP packets/s the subscribers received.
+    pub egress_pps: f64,
+    /// Egress, Mbit/s of RTP payload.
+    pub egress_mbps: f64,
+    /// SFU CPU, % of one core.
+    pub sfu_cpu_pct: f64,
+    /// SFU CPU per forwarded packet, µs.
+    pub cpu_us_per_packet: Option<f64>,
+    /// Loss, %.
+    pub loss_pct: f64,
+    /// Server-added p50 / p99, ms (window only).
+    pub added_ms: (f64, f64),
+    /// Bot workers' CPU together, % of one core.
+    pub bots_cpu_pct: f64,
+    /// The busiest worker, % of one core.
+    pub busiest_worker_pct: f64,
+    /// Whole-machine CPU, % of one core.
+    pub machine_cpu_pct: Option<f64>,
+    /// The bots may have limited it.
+    pub bots_limited: bool,
+    /// Load average at the start of its window.
+    pub loadavg: f64,
+}
+
+/// A whole `ramp` run against one SFU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RampResult {
+    /// SFU.
+    pub sfu: SfuKind,
+    /// Satsuma's bandwidth estimation.
+    pub bwe: Option<BweMode>,
+    /// The limits the steps were judged by.
+    pub limits: RampLimits,
+    /// Every window, in order.
+    pub steps: Vec<RampStep>,
+    /// Why it stopped.
+    pub stop: RampStop,
+    /// The stopping step's subscribers (0: before any step).
+    pub stopped_at: usize,
+    /// What broke, in words.
+    pub stop_detail: String,
+    /// The highest step that held (`None`: not even the first).
+    pub max: Option<RampMax>,
+    /// Problems seen.
+    pub notes: Vec<String>,
+}
+
+impl RampResult {
+    /// Finish a ramp: the maximum is the last window that held before the stop (the steps
+    /// grow, and the ramp stops at the first step none of whose windows held).
+    pub fn finish(
+        sfu: SfuKind,
+        bwe: Option<BweMode>,
+        limits: RampLimits,
+        steps: Vec<RampStep>,
+        stop: (RampStop, usize, String),
+        notes: Vec<String>,
+    ) -> Self {
+        let max = steps.iter().rev().find(|s| s.held()).map(|s| RampMax {
+            subscribers: s.subscribers,
+            egress_pps: s.result.egress_pps,
+            egress_mbps: s.result.egress_mbps,
+            sfu_cpu_pct: s.result.sfu_cpu_pct,
+            cpu_us_per_packet: s.result.cpu_us_per_packet,
+            loss_pct: s.result.loss_pct,
+            added_ms: (s.result.added_p50_ms, s.result.added_p99_ms),
+            bots_cpu_pct: s.bots_cpu_pct(),
+            busiest_worker_pct: s.busiest_worker_pct(),
+            machine_cpu_pct: s.machine_cpu_pct,
+            bots_limited: s.bots_limited,
+            loadavg: s.result.process.loadavg,
+        });
+        Self {
+            sfu,
+            bwe,
+            limits,
+            steps,
+            stop: stop.0,
+            stopped_at: stop.1,
+            stop_detail: stop.2,
+            max,
+            notes,
+        }
+    }
+
+    /// The SFU with its estimation mode.
+    pub fn sfu_label(&self) -> String {
+        match self.bwe {
+            Some(b) => format!("{} (bwe {})", self.sfu.name(), b.name()),
+            None => self.sfu.name().to_owned(),
+        }
+    }
 }
 
 impl RunReport {
@@ -591,6 +837,123 @@ impl RunReport {
         s
     }
 
+    /// Markdown: each ramp's steps, then the SFUs side by side.
+    fn ramp_markdown(&self) -> String {
+        let mut s = String::new();
+        let opt = |v: Option<f64>, digits: usize| {
+            v.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
+        };
+        for r in &self.ramps {
+            s.push_str(&format!(
+                "\nRamp, {}: one audio + video publisher (top video layer only), subscribers \
+                 added per step; a step holds with loss ≤ {} % and server-added p99 ≤ {} ms \
+                 (window only)\n\n",
+                r.sfu_label(),
+                r.limits.max_loss_pct,
+                r.limits.max_added_p99_ms
+            ));
+            s.push_str(if r.steps.is_empty() {
+                "No window was measured.\n"
+            } else {
+                "| subscribers | window | egress pkt/s (nominal) | egress Mbit/s | loss % | \
+                 server-added p50 / p99 ms | baseline p99 ms | SFU CPU % | µs CPU / fwd pkt | \
+                 bots CPU % (busiest worker) | machine CPU % | load avg | held |\n\
+                 |---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+            });
+            for st in &r.steps {
+                let x = &st.result;
+                let held = if st.held() {
+                    "yes".to_owned()
+                } else {
+                    format!(
+                        "**no**: {}",
+                        st.breaks
+                            .iter()
+                            .map(|(_, t)| t.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )
+                };
+                s.push_str(&format!(
+                    "| {}{} | {} | {:.0} ({:.0}) | {:.1} | {:.2} | {:.2} / {:.2} | {:.2} | {:.1} | {} | \
+                     {:.0} ({:.0}){} | {} | {:.1} | {} |\n",
+                    x.subscribers.1,
+                    if x.subscribers.1 == st.subscribers {
+                        String::new()
+                    } else {
+                        format!(" of {}", st.subscribers)
+                    },
+                    st.attempt,
+                    x.egress_pps,
+                    x.nominal_egress_pps,
+                    x.egress_mbps,
+                    x.loss_pct,
+                    x.added_p50_ms,
+                    x.added_p99_ms,
+                    x.baseline_latency.p99,
+                    x.sfu_cpu_pct,
+                    opt(x.cpu_us_per_packet, 1),
+                    st.bots_cpu_pct(),
+                    st.busiest_worker_pct(),
+                    if st.bots_limited { " ⚠ bots" } else { "" },
+                    opt(st.machine_cpu_pct, 0),
+                    x.process.loadavg,
+                    held,
+                ));
+            }
+            s.push_str(&format!(
+                "\nStopped at {} subscribers: {} ({}).\n",
+                r.stopped_at,
+                r.stop.text(),
+                r.stop_detail
+            ));
+            for n in &r.notes {
+                s.push_str(&format!("- {n}\n"));
+            }
+        }
+        if self.ramps.is_empty() {
+            return s;
+        }
+        s.push_str(
+            "\n| SFU | max subscribers held | **max sustained egress pkt/s** | **Mbit/s** (RTP payload) | \
+             SFU CPU % there | µs CPU / fwd pkt | loss % | server-added p50 / p99 ms | \
+             bots CPU % (busiest worker) | machine CPU % | load avg | stopped at | because |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for r in &self.ramps {
+            let because = &r.stop_detail;
+            match &r.max {
+                Some(m) => s.push_str(&format!(
+                    "| {} | {} | {:.0} | {:.1} | {:.1} | {} | {:.2} | {:.2} / {:.2} | {:.0} ({:.0}){} | \
+                     {} | {:.1} | {} | {} |\n",
+                    r.sfu_label(),
+                    m.subscribers,
+                    m.egress_pps,
+                    m.egress_mbps,
+                    m.sfu_cpu_pct,
+                    opt(m.cpu_us_per_packet, 2),
+                    m.loss_pct,
+                    m.added_ms.0,
+                    m.added_ms.1,
+                    m.bots_cpu_pct,
+                    m.busiest_worker_pct,
+                    if m.bots_limited { " ⚠ bots" } else { "" },
+                    opt(m.machine_cpu_pct, 0),
+                    m.loadavg,
+                    r.stopped_at,
+                    because,
+                )),
+                None => s.push_str(&format!(
+                    "| {} | none held | – | – | – | – | – | – | – | – | – | {} | {} |\n",
+                    r.sfu_label(),
+                    r.stopped_at,
+                    because
+                )),
+            }
+        }
+        s
+    }
+
     /// Markdown: estimation on against off.
     fn bwe_markdown(&self) -> String {
         if self.bwe.is_empty() {
@@ -698,12 +1061,14 @@ impl RunReport {
             "Run {} — `{}`\n\nMachine: {}. Media: {}.\n\n",
             self.started_utc, self.command, self.machine, self.media
         ));
-        s.push_str(
-            "| scenario | SFU | pubs | subs | ingress pkt/s | egress pkt/s (nominal) | egress Mbit/s | \
-             SFU CPU % | µs CPU / fwd pkt | loss % | latency p50 / p99 ms | baseline p50 / p99 ms | \
-             server-added p50 / p99 ms | RSS idle→load MiB | RSS / participant KiB | bots CPU % | load avg |\n",
-        );
-        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        if !self.results.is_empty() {
+            s.push_str(
+                "| scenario | SFU | pubs | subs | ingress pkt/s | egress pkt/s (nominal) | egress Mbit/s | \
+                 SFU CPU % | µs CPU / fwd pkt | loss % | latency p50 / p99 ms | baseline p50 / p99 ms | \
+                 server-added p50 / p99 ms | RSS idle→load MiB | RSS / participant KiB | bots CPU % | load avg |\n",
+            );
+            s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        }
         for r in &self.results {
             let w = r.process.window_s.max(1e-3);
             s.push_str(&format!(
@@ -746,6 +1111,7 @@ impl RunReport {
         }
         s.push_str(&self.bwe_markdown());
         s.push_str(&self.relay_markdown());
+        s.push_str(&self.ramp_markdown());
         s.push_str(&self.subscribers_markdown());
         let notes: Vec<String> = self
             .results
@@ -865,6 +1231,7 @@ mod tests {
             ratios: vec![],
             bwe: vec![],
             relay: vec![],
+            ramps: vec![],
         };
         run.compute_ratios();
         assert_eq!(run.ratios.len(), 1);
@@ -906,6 +1273,7 @@ mod tests {
             ratios: vec![],
             bwe: vec![],
             relay: vec![],
+            ramps: vec![],
         };
         r.compute_ratios();
         assert_eq!(r.bwe.len(), 1);
@@ -972,6 +1340,7 @@ mod tests {
             ratios: vec![],
             bwe: vec![],
             relay: vec![],
+            ramps: vec![],
         };
         report.compute_ratios();
         assert!(
@@ -1008,6 +1377,108 @@ mod tests {
             (scaled[0].relay_us_per_packet_scaled + 100.0).abs() < 1e-6,
             "{scaled:?}"
         );
+    }
+
+    #[test]
+    fn ramp_steps_break_on_loss_or_latency_and_the_maximum_is_the_last_that_held() {
+        let limits = RampLimits::default();
+        // 10 s windows; the publisher sends 250 pkt/s (2,500 packets).
+        let window = |subs: usize, recv: u64, lost: u64, p99_us: u64| {
+            let mut rep = report(recv, lost, &[(100, 1_000, p99_us)]);
+            rep.sfu.sent_packets = 2_500;
+            let mut r = ScenarioResult::build(
+                ScenarioMeta {
+                    scenario: "ramp".into(),
+                    planned_subscribers: subs,
+                    ..meta(SfuKind::Satsuma)
+                },
+                &[rep],
+                ProcessReadings {
+                    window_s: 10.0,
+                    cpu_s: 1.0,
+                    ..ProcessReadings::default()
+                },
+            );
+            r.subscribers = (subs, subs);
+            r
+        };
+        let judge = |subs, attempt, r, cpu: Vec<f64>| {
+            RampStep::judge(subs, attempt, r, cpu, Some(120.0), 250.0, &limits)
+        };
+        // Baseline p99 is 0.9 ms: server-added p99 = p99 − 0.9.
+        let s1 = judge(1, 1, window(1, 2_360, 0, 3_000), vec![5.0, 4.0]);
+        assert!(s1.held() && !s1.bots_limited, "{s1:?}");
+        let s20 = judge(20, 1, window(20, 47_200, 400, 5_000), vec![40.0, 50.0]);
+        assert!(s20.held(), "0.84 % loss holds: {s20:?}");
+        let s40a = judge(40, 1, window(40, 94_000, 0, 12_000), vec![60.0, 90.0]);
+        assert_eq!(s40a.breaks.len(), 1);
+        assert_eq!(s40a.breaks[0].0, RampStop::Latency);
+        assert!(s40a.bots_limited, "a worker at 90 % of a core");
+        let s40b = judge(40, 2, window(40, 93_000, 1_500, 9_000), vec![60.0, 70.0]);
+        assert_eq!(s40b.breaks[0].0, RampStop::Loss, "{s40b:?}");
+        assert!(s40b.breaks[0].1.contains("loss 1.59 %"), "{s40b:?}");
+        let mut starved = window(60, 0, 0, 0);
+        starved.ingress_pps = 200.0;
+        let nothing = judge(60, 1, starved, vec![]);
+        assert_eq!(nothing.breaks[0].0, RampStop::NoMedia);
+        assert!(nothing.bots_limited, "the publisher sent 200 of 250 pkt/s");
+
+        let r = RampResult::finish(
+            SfuKind::Satsuma,
+            Some(BweMode::On),
+            limits,
+            vec![s1, s20, s40a, s40b],
+            (RampStop::Loss, 40, "loss 1.59 % > 1 %".into()),
+            vec![],
+        );
+        let m = r.max.clone().unwrap();
+        assert_eq!(m.subscribers, 20);
+        assert!((m.egress_pps - 4_720.0).abs() < 1e-9, "{m:?}");
+        assert!((m.bots_cpu_pct - 90.0).abs() < 1e-9 && (m.busiest_worker_pct - 50.0).abs() < 1e-9);
+        let none = RampResult::finish(
+            SfuKind::Janus,
+            None,
+            limits,
+            vec![],
+            (
+                RampStop::JoinFailed,
+                1,
+                "1 of 1 new subscribers failed to connect".into(),
+            ),
+            vec![],
+        );
+        assert!(none.max.is_none());
+        let run = RunReport {
+            started_utc: "t".into(),
+            command: "c".into(),
+            machine: "m".into(),
+            media: "x".into(),
+            results: vec![],
+            ratios: vec![],
+            bwe: vec![],
+            relay: vec![],
+            ramps: vec![r, none],
+        };
+        let md = run.markdown();
+        assert!(
+            !md.contains("| scenario | SFU |"),
+            "no scenario table: {md}"
+        );
+        assert!(md.contains("Ramp, satsuma (bwe on)"), "{md}");
+        assert!(md.contains("| 40 | 2 | 9300 (2000) |"), "{md}");
+        assert!(
+            md.contains("**no**: server-added p99 11.1 ms > 10 ms"),
+            "{md}"
+        );
+        assert!(md.contains("Stopped at 40 subscribers: loss"), "{md}");
+        assert!(
+            md.contains("| satsuma (bwe on) | 20 | 4720 | 3.8 | 10.0 |"),
+            "side by side: {md}"
+        );
+        assert!(md.contains("| janus | none held |"), "{md}");
+        let json = serde_json::to_string(&run).unwrap();
+        assert!(json.contains("\"stop\":\"loss\""), "{json}");
+        assert!(json.contains("\"stop\":\"join_failed\""), "{json}");
     }
 
     #[test]

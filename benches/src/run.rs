@@ -15,9 +15,10 @@ use crate::janus_server::{JanusProcess, JanusSettings};
 use crate::media::MediaProfile;
 use crate::process;
 use crate::report::{
-    BweMode, ProcessReadings, RelayReadings, RunReport, ScenarioMeta, ScenarioResult, SfuKind,
+    BweMode, ProcessReadings, RampLimits, RampResult, RampStep, RampStop, RelayReadings, RunReport,
+    ScenarioMeta, ScenarioResult, SfuKind,
 };
-use crate::scenario::{Plan, ScenarioKind};
+use crate::scenario::{Plan, ScenarioKind, ramp_counts};
 use crate::worker::{FeedRef, SubscribeSpec, Target, WorkerCommand, WorkerReply, WorkerReport};
 
 /// Where Satsuma comes from.
@@ -86,6 +87,8 @@ pub struct RunOptions {
     pub duration: Duration,
     /// Media.
     pub media: MediaProfile,
+    /// The `ramp` scenario.
+    pub ramp: RampOptions,
     /// The command line, for the report.
     pub command: String,
 }
@@ -431,6 +434,7 @@ fn plan_for(kind: ScenarioKind, opts: &RunOptions) -> Plan {
         ScenarioKind::Livestream => Plan::new(kind, opts.livestream_subscribers, 0),
         ScenarioKind::Limited => Plan::limited(opts.limited_subscribers, opts.limited_kbps),
         ScenarioKind::Relay => Plan::new(kind, opts.relay_subscribers, 0),
+        ScenarioKind::Ramp => Plan::new(kind, opts.ramp.max, 0),
     }
 }
 
@@ -500,11 +504,28 @@ async fn drive(
     notes: &mut Vec<String>,
     rss_idle: f64,
 ) -> anyhow::Result<(Vec<WorkerReport>, ProcessReadings, RelayReadings)> {
-    let n = workers.len();
-    let init = (0..n)
+    init_workers(workers, sfu.target(), opts.media, opts, notes).await?;
+    let feeds = start_publishers(workers, plan, notes).await?;
+    let all: Vec<usize> = (0..plan.subscribers.len()).collect();
+    let (connected, _) = start_subscribers(workers, sfu, plan, &all, &feeds, notes).await?;
+    info!("{connected}/{} subscribers up", plan.subscribers.len());
+    tokio::time::sleep(opts.warmup).await;
+    let w = measure_window(workers, sfu, opts.duration, false, rss_idle, notes).await?;
+    Ok((w.reports, w.readings, w.relay))
+}
+
+/// Sends `Init` (SFU `target`, `media`, the baseline pairs) to every worker.
+async fn init_workers(
+    workers: &mut [WorkerProc],
+    target: Target,
+    media: MediaProfile,
+    opts: &RunOptions,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let init = (0..workers.len())
         .map(|_| WorkerCommand::Init {
-            target: sfu.target(),
-            media: opts.media,
+            target: target.clone(),
+            media,
             baseline_pairs: opts.baseline_pairs,
             concurrency: opts.concurrency,
         })
@@ -521,9 +542,17 @@ async fn drive(
             other => bail!("worker init: {other:?}"),
         }
     }
+    Ok(())
+}
 
-    // Publishers.
-    let pub_split = Plan::split(plan.publishers.len(), n);
+/// Starts `plan`'s publishers, dealt round-robin to the workers; their feeds by publisher index
+/// (`None`: failed). Fails when none connected.
+async fn start_publishers(
+    workers: &mut [WorkerProc],
+    plan: &Plan,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Vec<Option<FeedRef>>> {
+    let pub_split = Plan::split(plan.publishers.len(), workers.len());
     let cmds = pub_split
         .iter()
         .map(|idx| WorkerCommand::Publish {
@@ -549,44 +578,54 @@ async fn drive(
     if published == 0 {
         bail!("no publisher connected: {notes:?}");
     }
+    Ok(feeds)
+}
 
-    // Subscribers.
-    let sub_split = Plan::split(plan.subscribers.len(), n);
-    let cmds = sub_split
-        .iter()
-        .map(|idx| WorkerCommand::Subscribe {
+/// Starts the subscribers `indices` of `plan` (subscriber `i` on worker `i % workers`, so
+/// subscribers added in steps stay spread evenly); (connected, failed).
+async fn start_subscribers(
+    workers: &mut [WorkerProc],
+    sfu: &Sfu,
+    plan: &Plan,
+    indices: &[usize],
+    feeds: &[Option<FeedRef>],
+    notes: &mut Vec<String>,
+) -> anyhow::Result<(usize, usize)> {
+    let n = workers.len().max(1);
+    let cmds = (0..workers.len())
+        .map(|w| WorkerCommand::Subscribe {
             target: sfu.subscriber_target(),
-            subscribers: idx
+            subscribers: indices
                 .iter()
-                .map(|&i| {
-                    let s = &plan.subscribers[i];
-                    SubscribeSpec {
-                        name: s.name.clone(),
-                        limit_kbps: s.limit_kbps,
-                        // Show each subscriber where they differ (limited) or are on another node (relay).
-                        details: matches!(plan.kind, ScenarioKind::Limited | ScenarioKind::Relay),
-                        feeds: s
-                            .publishers
-                            .iter()
-                            .filter_map(|&p| feeds.get(p).cloned().flatten())
-                            .collect(),
-                    }
+                .filter(|&&i| i % n == w)
+                .filter_map(|&i| plan.subscribers.get(i))
+                .map(|s| SubscribeSpec {
+                    name: s.name.clone(),
+                    limit_kbps: s.limit_kbps,
+                    // Show each subscriber where they differ (limited) or are on another node (relay).
+                    details: matches!(plan.kind, ScenarioKind::Limited | ScenarioKind::Relay),
+                    feeds: s
+                        .publishers
+                        .iter()
+                        .filter_map(|&p| feeds.get(p).cloned().flatten())
+                        .collect(),
                 })
                 .collect(),
         })
         .collect();
-    let mut connected = 0;
+    let (mut connected, mut failed) = (0, 0);
     for r in broadcast(workers, cmds).await? {
         match r {
             WorkerReply::Subscribed {
                 connected: c,
-                failed,
+                failed: f,
                 error,
             } => {
                 connected += c;
-                if failed > 0 {
+                failed += f;
+                if f > 0 {
                     notes.push(format!(
-                        "{failed} subscribers failed: {}",
+                        "{f} subscribers failed: {}",
                         error.unwrap_or_default()
                     ));
                 }
@@ -594,9 +633,32 @@ async fn drive(
             other => bail!("subscribe: {other:?}"),
         }
     }
-    info!("{connected}/{} subscribers up", plan.subscribers.len());
+    Ok((connected, failed))
+}
 
-    tokio::time::sleep(opts.warmup).await;
+/// What one measuring window gave.
+struct Window {
+    reports: Vec<WorkerReport>,
+    readings: ProcessReadings,
+    relay: RelayReadings,
+    /// CPU of each worker process over the window, s.
+    worker_cpu_s: Vec<f64>,
+    /// Cores the whole machine kept busy over the window.
+    machine_busy_cores: Option<f64>,
+}
+
+/// One measuring window of `duration`: mark the workers (with `restart_latency`, the latency
+/// percentiles cover this window only), read the SFU's and the workers' CPU from `/proc` at both
+/// ends, collect the workers' reports.
+async fn measure_window(
+    workers: &mut [WorkerProc],
+    sfu: &Sfu,
+    duration: Duration,
+    restart_latency: bool,
+    rss_idle: f64,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Window> {
+    let n = workers.len();
     // Two relay nodes: node A's link counters, read just after an update at both ends. Read
     // outside the bots' window (before the mark, after the report): waiting for an update
     // takes up to a second, and inside the window it lengthened what the bots counted (mark
@@ -610,27 +672,33 @@ async fn drive(
         Some(base) => Some(link_counters(base).await),
         None => None,
     };
-    let marks = (0..n).map(|_| WorkerCommand::Mark).collect();
+    let marks = (0..n)
+        .map(|_| WorkerCommand::Mark { restart_latency })
+        .collect();
     for r in broadcast(workers, marks).await? {
         if r != WorkerReply::Marked {
             bail!("mark: {r:?}");
         }
     }
     let pids = sfu.pids();
-    let worker_pids: Vec<u32> = workers.iter().filter_map(WorkerProc::pid).collect();
-    let bots_cpu = |pids: &[u32]| -> f64 {
+    let worker_pids: Vec<Option<u32>> = workers.iter().map(WorkerProc::pid).collect();
+    let workers_cpu = |pids: &[Option<u32>]| -> Vec<f64> {
         pids.iter()
-            .filter_map(|&p| process::cpu_time(p))
-            .map(|d| d.as_secs_f64())
-            .sum()
+            .map(|p| {
+                p.and_then(process::cpu_time)
+                    .map_or(0.0, |d| d.as_secs_f64())
+            })
+            .collect()
     };
     let loadavg = process::loadavg();
     let t0 = Instant::now();
+    let machine0 = process::machine_ticks();
     let cpu0: Vec<Option<Duration>> = pids.iter().map(|&p| process::cpu_time(p)).collect();
-    let bots0 = bots_cpu(&worker_pids);
-    tokio::time::sleep(opts.duration).await;
+    let bots0 = workers_cpu(&worker_pids);
+    tokio::time::sleep(duration).await;
     let cpu1: Vec<Option<Duration>> = pids.iter().map(|&p| process::cpu_time(p)).collect();
-    let bots1 = bots_cpu(&worker_pids);
+    let bots1 = workers_cpu(&worker_pids);
+    let machine1 = process::machine_ticks();
     let window_s = t0.elapsed().as_secs_f64();
     let reports_cmd = (0..n).map(|_| WorkerCommand::Report).collect();
     let mut reports = Vec::new();
@@ -671,17 +739,242 @@ async fn drive(
             notes.push("the relay link counter did not move".into());
         }
     }
-    Ok((
+    let worker_cpu_s: Vec<f64> = bots1.iter().zip(&bots0).map(|(b, a)| b - a).collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(Window {
         reports,
-        ProcessReadings {
+        readings: ProcessReadings {
             window_s,
             cpu_s,
             rss_idle_mib: rss_idle,
             rss_mib: rss,
-            bots_cpu_s: bots1 - bots0,
+            bots_cpu_s: worker_cpu_s.iter().sum(),
             loadavg,
         },
         relay,
+        worker_cpu_s,
+        machine_busy_cores: machine0
+            .zip(machine1)
+            .and_then(|(a, b)| process::machine_busy_cores(a, b, cores)),
+    })
+}
+
+/// The `ramp` scenario's settings.
+#[derive(Debug, Clone)]
+pub struct RampOptions {
+    /// Subscribers of the first step.
+    pub start: usize,
+    /// Subscribers added per step (the steps are the multiples of it).
+    pub step: usize,
+    /// Subscribers at most.
+    pub max: usize,
+    /// Wait after a step's subscribers connected, before its window.
+    pub warmup: Duration,
+    /// Each step's measuring window.
+    pub window: Duration,
+    /// Windows measured again at the same size after one breaks, before the ramp stops.
+    pub retries: usize,
+    /// Bot worker processes (the ramp's own count: `--ramp-workers`).
+    pub workers: usize,
+    /// When a step holds.
+    pub limits: RampLimits,
+}
+
+impl Default for RampOptions {
+    fn default() -> Self {
+        Self {
+            start: 1,
+            step: 20,
+            max: 1000,
+            warmup: Duration::from_secs(2),
+            window: Duration::from_secs(5),
+            retries: 1,
+            workers: 4,
+            limits: RampLimits::default(),
+        }
+    }
+}
+
+/// The `ramp` scenario against every SFU (every estimation mode, every round), one after the
+/// other.
+async fn run_ramps(opts: &RunOptions, ramps: &mut Vec<RampResult>) {
+    for round in 0..opts.repeat.max(1) {
+        for &sfu in &opts.sfus {
+            for bwe in bwe_modes(sfu, opts) {
+                let label = bwe.map_or(String::new(), |b| format!(", estimation {}", b.name()));
+                info!("ramp on {}{label} (round {})", sfu.name(), round + 1);
+                ramps.push(run_ramp(sfu, bwe, opts).await);
+            }
+        }
+    }
+}
+
+/// One ramp: one audio + video publisher (the top video layer only, so that both SFUs forward
+/// the same packets), then subscribers added in steps ([`ramp_counts`]); after each step a
+/// warm-up and a measuring window (latency percentiles of that window only), judged by
+/// [`RampStep::judge`]. A step that breaks is measured again up to `retries` times; the ramp
+/// stops at the first step none of whose windows held, or when subscribers fail to join, or at
+/// the maximum.
+pub async fn run_ramp(sfu_kind: SfuKind, bwe: Option<BweMode>, opts: &RunOptions) -> RampResult {
+    let r = &opts.ramp;
+    let mut notes = vec![format!(
+        "{} bot worker processes, {} baseline pair(s) each; warm-up {:.1} s and a {:.1} s window \
+         per step, {} re-measurement(s) of a breaking step",
+        r.workers.max(1),
+        opts.baseline_pairs,
+        r.warmup.as_secs_f64(),
+        r.window.as_secs_f64(),
+        r.retries
+    )];
+    let mut steps = Vec::new();
+    let stop = match ramp_steps(sfu_kind, bwe, opts, &mut steps, &mut notes).await {
+        Ok(stop) => stop,
+        Err(e) => {
+            warn!("ramp on {} failed: {e:#}", sfu_kind.name());
+            let at = steps.last().map_or(0, |s: &RampStep| s.subscribers);
+            (RampStop::Error, at, format!("{e:#}"))
+        }
+    };
+    RampResult::finish(sfu_kind, bwe, r.limits, steps, stop, notes)
+}
+
+async fn ramp_steps(
+    sfu_kind: SfuKind,
+    bwe: Option<BweMode>,
+    opts: &RunOptions,
+    steps: &mut Vec<RampStep>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<(RampStop, usize, String)> {
+    let r = &opts.ramp;
+    let media = MediaProfile {
+        simulcast: false,
+        ..opts.media
+    };
+    let counts = ramp_counts(r.start, r.step, r.max);
+    let plan = Plan::new(ScenarioKind::Ramp, counts.last().copied().unwrap_or(1), 0);
+    let sfu = Sfu::start(sfu_kind, bwe, 1, opts, &plan).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = sfu.pids().into_iter().filter_map(process::rss_mib).sum();
+    let mut workers = Vec::new();
+    for _ in 0..r.workers.max(1) {
+        workers.push(WorkerProc::spawn()?);
+    }
+    let result = ramp_drive(
+        &plan,
+        &counts,
+        &sfu,
+        media,
+        opts,
+        &mut workers,
+        steps,
+        notes,
+        rss_idle,
+    )
+    .await;
+    for w in workers {
+        w.stop().await;
+    }
+    drop(sfu);
+    result
+}
+
+#[allow(clippy::too_many_arguments, reason = "one private step of run_ramp")]
+async fn ramp_drive(
+    plan: &Plan,
+    counts: &[usize],
+    sfu: &Sfu,
+    media: MediaProfile,
+    opts: &RunOptions,
+    workers: &mut [WorkerProc],
+    steps: &mut Vec<RampStep>,
+    notes: &mut Vec<String>,
+    rss_idle: f64,
+) -> anyhow::Result<(RampStop, usize, String)> {
+    let r = &opts.ramp;
+    init_workers(workers, sfu.target(), media, opts, notes).await?;
+    let feeds = start_publishers(workers, plan, notes).await?;
+    let nominal_ingress = plan.ingress_pps(&media);
+    let mut have = 0;
+    for &n in counts {
+        let new: Vec<usize> = (have..n).collect();
+        let (connected, failed) =
+            start_subscribers(workers, sfu, plan, &new, &feeds, notes).await?;
+        have = n;
+        info!("ramp: {n} subscribers ({connected} new connected, {failed} failed)");
+        if failed > 0 {
+            return Ok((
+                RampStop::JoinFailed,
+                n,
+                format!(
+                    "{failed} of {} new subscribers failed to connect",
+                    new.len()
+                ),
+            ));
+        }
+        tokio::time::sleep(r.warmup).await;
+        let sub_plan = Plan::new(ScenarioKind::Ramp, n, 0);
+        let mut last_breaks = Vec::new();
+        for attempt in 1..=r.retries + 1 {
+            let mut window_notes = Vec::new();
+            let w =
+                measure_window(workers, sfu, r.window, true, rss_idle, &mut window_notes).await?;
+            let secs = w.readings.window_s.max(1e-3);
+            let result = ScenarioResult::build(
+                ScenarioMeta {
+                    scenario: ScenarioKind::Ramp.name().into(),
+                    sfu: match sfu {
+                        Sfu::Janus(..) => SfuKind::Janus,
+                        _ => SfuKind::Satsuma,
+                    },
+                    bwe: None,
+                    participants: sub_plan.participants,
+                    planned_publishers: sub_plan.publishers.len(),
+                    planned_subscribers: n,
+                    nominal_egress_pps: sub_plan.egress_pps(&media),
+                    notes: window_notes,
+                },
+                &w.reports,
+                w.readings,
+            );
+            let step = RampStep::judge(
+                n,
+                attempt,
+                result,
+                w.worker_cpu_s.iter().map(|c| c / secs * 100.0).collect(),
+                w.machine_busy_cores.map(|c| c * 100.0),
+                nominal_ingress,
+                &r.limits,
+            );
+            info!(
+                "ramp: {n} subscribers, window {attempt}: egress {:.0} pkt/s, loss {:.2} %, \
+                 server-added p99 {:.2} ms, SFU CPU {:.0} %, bots {:.0} %{}",
+                step.result.egress_pps,
+                step.result.loss_pct,
+                step.result.added_p99_ms,
+                step.result.sfu_cpu_pct,
+                step.bots_cpu_pct(),
+                if step.held() { "" } else { ": breaks" }
+            );
+            last_breaks = step.breaks.clone();
+            let held = step.held();
+            steps.push(step);
+            if held {
+                break;
+            }
+        }
+        if let Some((reason, _)) = last_breaks.first() {
+            let detail = last_breaks
+                .iter()
+                .map(|(_, t)| t.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Ok((*reason, n, detail));
+        }
+    }
+    Ok((
+        RampStop::MaxReached,
+        have,
+        format!("every step held up to {have} subscribers"),
     ))
 }
 
@@ -689,9 +982,14 @@ async fn drive(
 pub async fn run_all(opts: &RunOptions) -> RunReport {
     let started_utc = utc_now();
     let mut results = Vec::new();
+    let mut ramps = Vec::new();
     for &kind in &opts.scenarios {
         if kind == ScenarioKind::Relay {
             run_relay(opts, &mut results).await;
+            continue;
+        }
+        if kind == ScenarioKind::Ramp {
+            run_ramps(opts, &mut ramps).await;
             continue;
         }
         for round in 0..opts.repeat.max(1) {
@@ -764,6 +1062,7 @@ pub async fn run_all(opts: &RunOptions) -> RunReport {
         ratios: Vec::new(),
         bwe: Vec::new(),
         relay: Vec::new(),
+        ramps,
     };
     report.compute_ratios();
     report

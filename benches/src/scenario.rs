@@ -13,6 +13,9 @@
 //! - **relay**: one audio + video publisher, `N` subscribers, run twice per round: on one
 //!   `satsuma-sfu` node, and on two nodes joined by the relay (publisher on node A, subscribers
 //!   on node B), so the difference is what the relay costs (CPU) and adds (latency).
+//! - **ramp**: one audio + video publisher (top video layer only), subscribers added in steps
+//!   ([`ramp_counts`]) until a step loses more than 1 % or adds more than 10 ms at p99: the
+//!   SFU's maximum sustained egress.
 //!
 //! [`Plan`] is pure data: which publishers exist, which publishers each subscriber pulls, and how they
 //! are split over worker processes.
@@ -36,6 +39,8 @@ pub enum ScenarioKind {
     Limited,
     /// One video publisher to many subscribers on another node (the relay), against one node.
     Relay,
+    /// One audio + video publisher, subscribers added in steps until loss or latency breaks.
+    Ramp,
 }
 
 impl ScenarioKind {
@@ -47,6 +52,7 @@ impl ScenarioKind {
             ScenarioKind::Livestream => "livestream",
             ScenarioKind::Limited => "limited",
             ScenarioKind::Relay => "relay",
+            ScenarioKind::Ramp => "ramp",
         }
     }
 }
@@ -140,7 +146,7 @@ impl Plan {
                         .collect(),
                 }
             }
-            ScenarioKind::Livestream | ScenarioKind::Relay => Self {
+            ScenarioKind::Livestream | ScenarioKind::Relay | ScenarioKind::Ramp => Self {
                 kind,
                 participants: 1 + n,
                 publishers: vec![publisher(0, true, true)],
@@ -203,6 +209,25 @@ impl Plan {
         }
         out
     }
+}
+
+/// The subscriber counts of the `ramp` scenario's steps: `start` (at least 1), then every
+/// multiple of `step` above it, then `max` itself if the multiples stop short of it. Never above
+/// `max`.
+pub fn ramp_counts(start: usize, step: usize, max: usize) -> Vec<usize> {
+    let max = max.max(1);
+    let step = step.max(1);
+    let first = start.clamp(1, max);
+    let mut out = vec![first];
+    let mut n = (first / step + 1) * step;
+    while n <= max {
+        out.push(n);
+        n += step;
+    }
+    if out.last() != Some(&max) {
+        out.push(max);
+    }
+    out
 }
 
 /// What a publisher sends: all its simulcast layers.
@@ -280,6 +305,19 @@ mod tests {
         let m = MediaProfile::default();
         let live = Plan::new(ScenarioKind::Livestream, 5, 10);
         assert_eq!(p.egress_pps(&m), live.egress_pps(&m));
+    }
+
+    #[test]
+    fn ramp_counts_start_then_step_multiples_up_to_the_max() {
+        assert_eq!(ramp_counts(1, 20, 100), vec![1, 20, 40, 60, 80, 100]);
+        assert_eq!(ramp_counts(1, 20, 50), vec![1, 20, 40, 50]);
+        assert_eq!(ramp_counts(20, 20, 60), vec![20, 40, 60]);
+        assert_eq!(ramp_counts(5, 2, 9), vec![5, 6, 8, 9]);
+        assert_eq!(ramp_counts(0, 0, 3), vec![1, 2, 3]);
+        assert_eq!(ramp_counts(10, 5, 4), vec![4]);
+        let p = Plan::new(ScenarioKind::Ramp, 7, 10);
+        assert_eq!((p.publishers.len(), p.subscribers.len()), (1, 7));
+        assert!(p.publishers[0].audio && p.publishers[0].video);
     }
 
     #[test]

@@ -102,7 +102,13 @@ pub enum WorkerCommand {
         target: Option<Target>,
     },
     /// Start of the measurement window: snapshot counters.
-    Mark,
+    Mark {
+        /// Also forget every received track's latency samples (SFU path and baseline), so the
+        /// window's report has window-only percentiles (the `ramp` scenario's steps); without
+        /// it they are cumulative since each pull.
+        #[serde(default)]
+        restart_latency: bool,
+    },
     /// End of the window: report counters since the mark.
     Report,
     /// Shut everything down and exit.
@@ -662,7 +668,14 @@ impl Worker {
         self.subscriber_meta.iter().any(|(_, _, d)| *d)
     }
 
-    async fn mark(&mut self) -> WorkerReply {
+    async fn mark(&mut self, restart_latency: bool) -> WorkerReply {
+        if restart_latency {
+            let baseline = self.baseline.iter().flat_map(|(a, b)| [a, b]);
+            for p in self.subscribers.iter().chain(baseline) {
+                // A peer that is gone has no samples to forget.
+                let _ = p.with(|p, _| p.restart_latency()).await;
+            }
+        }
         let (sfu, _, base, _) = self.snapshot().await;
         self.mark_sfu = sfu;
         self.mark_baseline = base;
@@ -764,7 +777,7 @@ pub async fn run_worker() -> anyhow::Result<()> {
                         subscribers,
                         target,
                     } => w.subscribe(subscribers, target).await,
-                    WorkerCommand::Mark => w.mark().await,
+                    WorkerCommand::Mark { restart_latency } => w.mark(restart_latency).await,
                     WorkerCommand::Report => w.report().await,
                     WorkerCommand::Init { .. } | WorkerCommand::Stop => WorkerReply::Error {
                         message: "unexpected".into(),
@@ -802,6 +815,14 @@ mod tests {
         assert_eq!(serde_json::from_str::<WorkerCommand>(&text).unwrap(), cmd);
         let r: WorkerReply = serde_json::from_str("{\"reply\":\"marked\"}").unwrap();
         assert_eq!(r, WorkerReply::Marked);
+        // A mark without the flag keeps cumulative latency.
+        let m: WorkerCommand = serde_json::from_str("{\"cmd\":\"mark\"}").unwrap();
+        assert_eq!(
+            m,
+            WorkerCommand::Mark {
+                restart_latency: false
+            }
+        );
     }
 
     #[test]

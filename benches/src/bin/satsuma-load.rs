@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use satsuma_bench::janus_server::JanusSettings;
 use satsuma_bench::media::MediaProfile;
-use satsuma_bench::report::{BweMode, SfuKind};
-use satsuma_bench::run::{RunOptions, SatsumaSource, run_all};
+use satsuma_bench::report::{BweMode, RampLimits, SfuKind};
+use satsuma_bench::run::{RampOptions, RunOptions, SatsumaSource, run_all};
 use satsuma_bench::scenario::ScenarioKind;
 use tracing_subscriber::EnvFilter;
 
@@ -108,6 +108,57 @@ struct Cli {
     /// relay's CPU per relayed packet and the latency it adds (p50 / p99).
     #[arg(long, default_value_t = 10)]
     relay_subscribers: usize,
+
+    /// Ramp scenario (`--scenarios ramp`): subscribers of the first step. The ramp starts one SFU,
+    /// one publisher of audio (50 pkt/s) and video (the top layer only, whatever --simulcast
+    /// says, so that Satsuma and Janus forward the same packets), then adds subscribers (each
+    /// pulls both tracks) step by step: --ramp-start, then every multiple of --ramp-step up to
+    /// --ramp-max. After each step: --ramp-warmup, then a --ramp-step-seconds window with its own
+    /// latency percentiles. A window breaks with loss above --ramp-max-loss or server-added p99
+    /// above --ramp-max-p99-ms; the ramp stops at the first step that breaks (after
+    /// --ramp-retries re-measurements) or whose subscribers fail to join, and reports the last
+    /// step that held: the maximum sustained egress (packets/s, Mbit/s of RTP payload), with
+    /// the SFU's CPU and the bots' CPU per worker process. With --sfus satsuma,janus each SFU
+    /// gets its own ramp, one after the other.
+    #[arg(long, default_value_t = 1)]
+    ramp_start: usize,
+
+    /// Ramp: subscribers added per step (the steps after the first are its multiples).
+    #[arg(long, default_value_t = 20)]
+    ramp_step: usize,
+
+    /// Ramp: the most subscribers (the last step; "max reached" when it holds).
+    #[arg(long, default_value_t = 1000)]
+    ramp_max: usize,
+
+    /// Ramp: seconds to wait after a step's new subscribers connected, before its window.
+    #[arg(long, default_value_t = 2.0)]
+    ramp_warmup: f64,
+
+    /// Ramp: each step's measuring window, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    ramp_step_seconds: f64,
+
+    /// Ramp: windows measured again at the same size after one breaks, before the ramp stops
+    /// there (a shared machine's passing spikes); 0 stops at the first broken window.
+    #[arg(long, default_value_t = 1)]
+    ramp_retries: usize,
+
+    /// Ramp: a window with more loss than this, % of expected packets, breaks the step.
+    #[arg(long, default_value_t = 1.0)]
+    ramp_max_loss: f64,
+
+    /// Ramp: a window whose server-added p99 (SFU path minus the direct bot-to-bot baseline,
+    /// typical track, this window only) is above this many ms breaks the step.
+    #[arg(long, default_value_t = 10.0)]
+    ramp_max_p99_ms: f64,
+
+    /// Ramp: bot worker processes (instead of --workers). Each worker runs its bots on one
+    /// thread, so it tops out at one core: more workers than cores keep a single worker from
+    /// being the limit. A window where a worker used 85 % of a core or more, or the publisher
+    /// sent under 95 % of its packets, is flagged "bots" in the table.
+    #[arg(long, default_value_t = 4)]
+    ramp_workers: usize,
 
     /// Satsuma's bandwidth estimation: `on` (its default), `off` (--bwe-initial-kbps 0), or both
     /// (`on,off`: each scenario runs once per mode, in this order, with a fresh SFU each time).
@@ -365,6 +416,20 @@ fn main() -> anyhow::Result<()> {
             keyframe_secs: cli.keyframe_secs,
             simulcast: cli.simulcast,
             ..MediaProfile::default()
+        },
+        ramp: RampOptions {
+            start: cli.ramp_start,
+            step: cli.ramp_step,
+            max: cli.ramp_max,
+            warmup: Duration::from_secs_f64(cli.ramp_warmup.max(0.0)),
+            window: Duration::from_secs_f64(cli.ramp_step_seconds.max(0.5)),
+            retries: cli.ramp_retries,
+            workers: cli.ramp_workers.max(1),
+            limits: RampLimits {
+                max_loss_pct: cli.ramp_max_loss,
+                max_added_p99_ms: cli.ramp_max_p99_ms,
+                ..RampLimits::default()
+            },
         },
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
