@@ -19,6 +19,7 @@ import { CodecChoice, receiveCapabilities, receiveFilter } from './codec-choice.
 import { TileStatus } from './tile-status.js';
 import { endpoints, fetchToken, jwtClaims, replyError } from './access.js';
 import { isRecorded, tileKey } from './call-model.js';
+import { MoveOverlap } from './media-move.js';
 import { ERROR_CODE } from './wire.js';
 
 // After a key change: how long to wait before asking again for a keyframe that did not come.
@@ -29,6 +30,10 @@ const STATS_INTERVAL_MS = 1000;
 // nobody during one; the outline should not blink with them.
 const SPEAKER_POLL_MS = 500;
 const SPEAKER_HOLD_MS = 3000;
+// During a move (make-before-break): how often both links' statistics are looked at (ms).
+const MOVE_POLL_MS = 150;
+// A tile keeps showing its current track until a new one for it has media, at most this long (ms).
+const SWAP_TIMEOUT_MS = 5000;
 
 /**
  * The E2EE link a call will use, started in the lobby: its worker instantiates
@@ -67,6 +72,10 @@ export class Call {
     this.pulled = new Map(); // trackName -> {mid, participantId, kind}
     this.pushed = new Map(); // kind -> trackName
     this.sfu = null;
+    // During a move: the link being left, with its pulls and pushes (see moveMedia).
+    this.leaving = null;
+    // Tile track slots (`key/kind`) waiting for a new track's first media (onRemoteTrack).
+    this.swaps = new Map();
     this.mediaEpoch = 0;
     this.e2ee = e2ee ?? new E2eeLink({ decrypt: flags.decrypt, mls: flags.mls, legacy: flags.legacy, displayName: name });
     this.e2ee.displayName = name;
@@ -364,13 +373,21 @@ export class Call {
 
   // ---- media ---------------------------------------------------------------
 
-  async startMedia() {
+  /**
+   * A new session on the SFU, with every local track pushed and every remote track pulled.
+   * `keep`: a move (make-before-break); the current link, with its pushes and pulls, was
+   * handed to `this.leaving` and stays up; otherwise the current link is closed first.
+   */
+  async startMedia({ keep = false } = {}) {
     const epoch = ++this.mediaEpoch;
-    this.sfu?.close();
-    this.pulled.clear();
+    if (!keep) {
+      this.finishMove();
+      this.sfu?.close();
+      for (const name of this.pushed.values()) this.e2ee.detach(name);
+    }
+    this.pulled = new Map();
     this.layers.reset();
-    for (const name of this.pushed.values()) this.e2ee.detach(name);
-    this.pushed.clear();
+    this.pushed = new Map();
     const sfu = new SfuLink({
       base: endpoints.sfu,
       auth: () => this.link.resumeToken,
@@ -384,14 +401,17 @@ export class Call {
       }),
     });
     this.sfu = sfu;
-    sfu.addEventListener('track', (ev) => this.onRemoteTrack(ev.detail));
+    // Only the link in use speaks for the page: one being left after a move (make-before-break)
+    // may fail or restart ICE (its node is going) without a word.
+    const current = (fn) => (ev) => { if (sfu === this.sfu) fn(ev); };
+    sfu.addEventListener('track', current((ev) => this.onRemoteTrack(ev.detail)));
     // Network trouble is handled by the link first (ICE restarts on the same session, the
     // E2EE state untouched); `failed` means that did not work: a new session is needed.
-    sfu.addEventListener('failed', () => this.mediaFailed('media connection failed'));
-    sfu.addEventListener('ice-restart', (ev) => this.updateTile('local', { conn: [`media reconnecting (${ev.detail.attempt})`, 'warn'] }));
-    sfu.addEventListener('problem', (ev) => this.note(ev.detail));
-    sfu.addEventListener('pull-error', (ev) => this.note(`cannot receive ${ev.detail.trackName}: ${ev.detail.error}`));
-    sfu.addEventListener('state', (ev) => this.updateTile('local', { conn: [`media ${ev.detail}`, ev.detail === 'connected' ? 'ok' : 'warn'] }));
+    sfu.addEventListener('failed', current(() => this.mediaFailed('media connection failed')));
+    sfu.addEventListener('ice-restart', current((ev) => this.updateTile('local', { conn: [`media reconnecting (${ev.detail.attempt})`, 'warn'] })));
+    sfu.addEventListener('problem', current((ev) => this.note(ev.detail)));
+    sfu.addEventListener('pull-error', current((ev) => this.note(`cannot receive ${ev.detail.trackName}: ${ev.detail.error}`)));
+    sfu.addEventListener('state', current((ev) => this.updateTile('local', { conn: [`media ${ev.detail}`, ev.detail === 'connected' ? 'ok' : 'warn'] })));
     try {
       // The session request and the push's offer run at once: the push waits for the
       // session only to send its request (SfuLink.pushMany).
@@ -465,11 +485,15 @@ export class Call {
    */
   applySendGate() {
     const state = this.e2ee.sendState();
-    const sfu = this.sfu;
-    if (sfu) {
+    // The link in use, and during a move the one being left, which sends until it goes.
+    const links = [[this.sfu, this.pushed], [this.leaving?.sfu, this.leaving?.pushed]];
+    for (const [sfu, pushed] of links) {
+      if (!sfu) continue;
       if (state.level !== 'ok') sfu.stopSending();
-      for (const trackName of this.pushed.values()) {
-        sfu.setSending(trackName, this.e2ee.canSend(trackName)).catch((err) => this.note(`sending ${trackName}: ${err.message}`));
+      for (const trackName of pushed.values()) {
+        sfu.setSending(trackName, this.e2ee.canSend(trackName)).catch((err) => {
+          if (sfu === this.sfu) this.note(`sending ${trackName}: ${err.message}`);
+        });
       }
     }
     this.publishSendState(state);
@@ -518,31 +542,79 @@ export class Call {
 
   /**
    * The coordinator's `move` (issue 15): the SFU node of this page's session is draining or
-   * down. The page makes a new session (the proxy places it on a live node), pushes its tracks
-   * there and announces them under new names (the old ones are withdrawn), pulls everything
-   * again, and deletes the old session so a draining node can exit. The E2EE state is not
-   * touched: no rejoin, same epoch and safety number. Orders for sessions this page no longer
-   * uses (the coordinator repeats them until the old session is gone) change nothing.
-   * `window.satsuma.call.moves` lists the moves made (tests read it).
+   * down. Make-before-break: the page makes a new session (the proxy places it on a live
+   * node), pushes its tracks there and announces them under new names, and pulls everything
+   * again, while the old link keeps sending and receiving; tiles switch to a new track once
+   * it has media (onRemoteTrack). Once the new link delivers (media-move.js: every track
+   * still arriving on the old link arrived on the new one, and the new pushes have sent for
+   * a moment, so the others could pull them), or after a timeout, the old names are
+   * withdrawn, the old link is closed and its session deleted so a draining node can exit.
+   * The E2EE state is not touched: no rejoin, same epoch and safety number. Orders for
+   * sessions this page no longer uses (the coordinator repeats them until the old session
+   * is gone) change nothing. `window.satsuma.call.moves` lists the moves made, each with
+   * `at` (told), `done` (new session ready), `closed` (old link gone) and `why` (tests read it).
    */
   moveMedia({ sessions = [], reason = '' } = {}) {
     const old = this.sfu;
-    if (!old?.sessionId || !sessions.includes(old.sessionId) || this.movingFrom === old.sessionId) return;
-    this.movingFrom = old.sessionId;
-    const move = { from: old.sessionId, reason, at: Date.now(), to: null, done: null };
+    if (!old?.sessionId || !sessions.includes(old.sessionId)) return;
+    this.finishMove(); // a move still overlapping (its new node drains too) ends now
+    const move = { from: old.sessionId, reason, at: Date.now(), to: null, done: null, closed: null, why: null };
     this.moves = [...(this.moves ?? []), move].slice(-20);
     console.info(`satsuma: moving media off SFU session ${old.sessionId} (${reason})`);
-    for (const name of this.pushed.values()) this.link.send({ type: 'unpublish', track_name: name });
-    this.detachRemote();
-    const auth = this.link.resumeToken;
-    // startMedia closes the old connection and starts the new one at once.
-    this.startMedia().finally(() => {
+    const leaving = { sfu: old, pulled: this.pulled, pushed: this.pushed, move, auth: this.link.resumeToken };
+    this.leaving = leaving;
+    const baseline = old.stats().catch(() => ({ tracks: {} }));
+    this.startMedia({ keep: true }).finally(() => {
       move.to = this.sfu?.sessionId ?? null;
       move.done = Date.now();
-      fetch(`${endpoints.sfu}/sessions/${encodeURIComponent(move.from)}`, {
-        method: 'DELETE', headers: { Authorization: `Bearer ${auth}` },
-      }).catch(() => {}); // the node may be gone (down): the coordinator releases it anyway
     });
+    this.watchMove(leaving, baseline);
+  }
+
+  /** Looks at both links until the old one may go (MoveOverlap), then ends the move. */
+  async watchMove(leaving, baseline) {
+    const overlap = new MoveOverlap({ now: performance.now(), oldPulls: leaving.pulled, oldTracks: (await baseline).tracks });
+    while (this.leaving === leaving) {
+      await new Promise((resolve) => setTimeout(resolve, MOVE_POLL_MS));
+      if (this.leaving !== leaving) return;
+      const sfu = this.sfu;
+      const [before, now] = await Promise.all([
+        leaving.sfu.stats().catch(() => ({ tracks: {} })),
+        sfu?.sessionId ? sfu.stats().catch(() => ({ tracks: {} })) : { tracks: {} },
+      ]);
+      const pushedMids = [...(sfu?.pushes.values() ?? [])].map((p) => p.transceiver.mid).filter(Boolean);
+      // Nothing pushed yet while this page has tracks to send: not sending yet.
+      const expecting = this.flags.receiveOnly ? 0 : [this.local.audio, this.local.video, this.local.screen].filter(Boolean).length;
+      const mids = pushedMids.length >= expecting ? pushedMids : [...pushedMids, null];
+      if (overlap.observe({ now: performance.now(), oldTracks: before.tracks, newPulls: this.pulled, newTracks: now.tracks, pushedMids: mids })) {
+        leaving.move.why = overlap.reason;
+        this.finishMove();
+      }
+    }
+  }
+
+  /**
+   * Ends the move under way, if any: withdraws the old link's names, forgets their
+   * transforms, closes the old link and deletes its session. (Its pulls' transforms share
+   * their track names with the new link's and are not forgotten: the worker holds the
+   * new ones under those names.)
+   */
+  finishMove() {
+    const leaving = this.leaving;
+    if (!leaving) return;
+    this.leaving = null;
+    for (const name of leaving.pushed.values()) {
+      this.link.send({ type: 'unpublish', track_name: name });
+      this.e2ee.detach(name);
+    }
+    const receivers = leaving.sfu.pc.getTransceivers();
+    leaving.sfu.close();
+    this.e2ee.retire([...leaving.pulled.keys()], receivers);
+    leaving.move.closed = Date.now();
+    leaving.move.why ??= 'ended';
+    fetch(`${endpoints.sfu}/sessions/${encodeURIComponent(leaving.move.from)}`, {
+      method: 'DELETE', headers: { Authorization: `Bearer ${leaving.auth}` },
+    }).catch(() => {}); // the node may be gone (down): the coordinator releases it anyway
   }
 
   mediaFailed(why) {
@@ -619,7 +691,8 @@ export class Call {
       const goneMids = gone.map(([, v]) => v.mid).filter(Boolean);
       if (goneMids.length) await sfu.unpull(goneMids);
       if (wanted.length) {
-        this.pulledWith(wanted, await sfu.pull(wanted));
+        const mids = await sfu.pull(wanted);
+        if (sfu === this.sfu) this.pulledWith(wanted, mids); // (not after a move began meanwhile)
       }
     } catch (err) {
       for (const w of wanted) this.pulled.delete(w.trackName);
@@ -649,10 +722,31 @@ export class Call {
       });
     }
     const { stream } = this.state.tiles.get(key);
-    for (const old of stream.getTracks()) if (old.kind === track.kind) stream.removeTrack(old);
-    stream.addTrack(track);
-    this.dispatch({ type: 'tile/media', key });
+    const put = () => {
+      for (const old of stream.getTracks()) if (old.kind === track.kind) stream.removeTrack(old);
+      stream.addTrack(track);
+      this.dispatch({ type: 'tile/media', key });
+    };
     track.addEventListener('ended', () => stream.removeTrack(track));
+    // A tile showing media keeps it until the new track has some (a remote track is muted
+    // until its first packet): a move's new link replaces the old one without a gap.
+    const slot = `${key}/${track.kind}`;
+    const showing = stream.getTracks().some((t) => t.kind === track.kind && t.readyState === 'live' && !t.muted);
+    if (!showing || !track.muted) {
+      this.swaps.delete(slot);
+      put();
+      return;
+    }
+    this.swaps.set(slot, track);
+    const swap = () => {
+      clearTimeout(timer);
+      track.removeEventListener('unmute', swap);
+      if (this.swaps.get(slot) !== track) return; // a newer track took the slot
+      this.swaps.delete(slot);
+      if (track.readyState === 'live' && this.state.tiles.get(key)?.stream === stream) put();
+    };
+    const timer = setTimeout(swap, SWAP_TIMEOUT_MS);
+    track.addEventListener('unmute', swap);
   }
 
   // ---- intents (from the views) --------------------------------------------
@@ -805,6 +899,7 @@ export class Call {
   resetParticipant() {
     this.note('Session expired on the server: joining again');
     this.mediaEpoch += 1;
+    this.finishMove();
     this.sfu?.close();
     this.sfu = null;
     this.detachRemote();
@@ -831,6 +926,7 @@ export class Call {
       clearTimeout(this.mediaTimer);
       clearTimeout(this.iceTimer);
       this.mediaEpoch += 1;
+      this.finishMove();
       this.sfu?.close();
       this.e2ee.stop();
     }
@@ -875,6 +971,20 @@ export class Call {
           negotiatedCodecs: pull.mid ? this.sfu?.receiveCodecs(pull.mid) ?? null : null,
         }),
       });
+    }
+    // During a move, the link being left still delivers (make-before-break): its pulls
+    // follow, marked `leaving`.
+    const leaving = this.leaving;
+    if (leaving) {
+      const old = await leaving.sfu.stats().catch(() => ({ tracks: {} }));
+      for (const [trackName, pull] of leaving.pulled) {
+        const s = (pull.mid && old.tracks[pull.mid]) || {};
+        remote.push({
+          participantId: pull.participantId, name: this.participants.get(pull.participantId)?.name, kind: pull.kind, trackName, mid: pull.mid,
+          leaving: true, packetsReceived: s.packetsReceived ?? 0, framesReceived: s.framesReceived ?? 0, framesDecoded: s.framesDecoded ?? 0,
+          framesDropped: s.framesDropped ?? 0, keyFramesDecoded: s.keyFramesDecoded ?? 0, frameWidth: s.frameWidth ?? 0, frameHeight: s.frameHeight ?? 0,
+        });
+      }
     }
     const outbound = Object.values(rtp.tracks).filter((t) => t.type === 'outbound-rtp');
     const gate = this.e2ee.sendState();

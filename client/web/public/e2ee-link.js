@@ -191,6 +191,17 @@ export class E2eeLink extends EventTarget {
     this.#attachOne(endpoint, full);
   }
 
+  /**
+   * A move's old connection is closed: the receiving transforms it had under `trackIds`
+   * are gone, and their successors on the new connection take over now (e2ee-worker.js).
+   * Its entries in `attached` go too (the new connection's, under the same ids, stay).
+   */
+  retire(trackIds, transceivers) {
+    const gone = new Set(transceivers.map((t) => t.receiver));
+    this.attached = this.attached.filter((a) => !gone.has(a.endpoint));
+    this.#post({ type: 'retire', trackIds });
+  }
+
   /** Forgets transforms of transceivers that are gone. */
   detach(trackId) {
     this.attached = this.attached.filter((a) => a.options.trackId !== trackId);

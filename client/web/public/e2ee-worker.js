@@ -18,6 +18,16 @@
 //   every MLS credential, so this profile shows the same fingerprint whenever it
 //   joins (client/e2ee/src/identity.rs). The seed never leaves this worker and
 //   WebAssembly.
+// - Moves (make-before-break): a page moving to another SFU session pulls the same
+//   tracks again on a new connection while the old one still delivers, so the same
+//   sender's frames arrive twice, and the sender key's anti-replay window lets only the
+//   first copy of a frame decrypt. A receiving transform registered under a track id
+//   that already has a live one is its successor: it drops frames undecrypted (the old
+//   one goes on) until a copy of a keyframe (audio: any frame) decrypts on it; from then
+//   on it decrypts and the old one drops everything undecrypted. A successor whose
+//   keyframe was a replay (the old copy came first) asks for another; once the old
+//   transform has ended (`retire` from the page, or its stream closed) the successor
+//   takes over at once.
 
 import * as wasm from './pkg/satsuma_wasm.js';
 
@@ -31,7 +41,9 @@ let identitySeed = null; // Uint8Array(32) from IndexedDB
 let mlsFailed = null; // why the MLS member could not start
 let loaded = false;
 const backlog = [];
-const tracks = new Map(); // trackId -> {options, inbound?, transformer?, frames, bytes}
+const tracks = new Map(); // trackId -> {options, inbound?, transformer?, frames, bytes, predecessor?}
+// A successor waiting for a keyframe asks for one at most this often (ms).
+const SUCCESSOR_KEYFRAME_MS = 500;
 const drills = { garbage: false, relayLag: 0, frameDigests: false };
 let lastStatus = '';
 let lastSendEpoch = null; // what the page was last told (`send-key`)
@@ -241,8 +253,18 @@ function handle(msg) {
         else post({ type: 'chat-sent', id: msg.id });
         break;
       }
-      case 'forget':
+      case 'forget': {
+        const t = tracks.get(msg.trackId);
+        if (t?.predecessor) t.predecessor.ended = true;
         tracks.delete(msg.trackId);
+        break;
+      }
+      case 'retire':
+        // The page closed the connection a move left: successors take over now.
+        for (const id of msg.trackIds ?? []) {
+          const t = tracks.get(id);
+          if (t?.predecessor) t.predecessor.ended = true;
+        }
         break;
       case 'drill':
         if (msg.name === 'garbage') drills.garbage = Boolean(msg.value);
@@ -296,7 +318,10 @@ function pump() {
   }
   if (member.take_receive_keys_changed()) {
     // Other members' keys changed: inbound video asks for keyframes (throttled per track).
-    for (const t of tracks.values()) t.inbound?.want_keyframe();
+    for (const t of tracks.values()) {
+      t.inbound?.want_keyframe();
+      t.predecessor?.inbound?.want_keyframe();
+    }
     pollHeld(); // frames held for these keys go out now
   }
   if (member.take_rejoin()) post({ type: 'rejoin' });
@@ -355,6 +380,7 @@ function reportStats() {
       entry.lastDrop = t.inbound.last_drop() ?? null;
       entry.epoch = t.inbound.epoch() ?? null;
       entry.held = t.inbound.held();
+      entry.standbyDrops = t.standbyDrops;
       entry.late = t.inbound.late();
     }
     list.push(entry);
@@ -374,9 +400,16 @@ function runTransform(readable, writable, options, transformer) {
   const t = {
     options, transformer, inbound: null, frames: 0, bytes: 0, lastBytes: null, encryptErrors: 0,
     controller: null, nextId: 0, waiting: new Map(),
+    predecessor: null, retired: false, ended: false, standbyDrops: 0, askedKeyframe: -Infinity,
   };
-  tracks.set(options.trackId, t);
   const encrypt = options.operation === 'encrypt';
+  const prev = tracks.get(options.trackId);
+  if (!encrypt && prev && prev.options.operation === 'decrypt' && !prev.ended && !prev.retired) {
+    // A move's new connection pulls this track again: a successor (see the top).
+    t.predecessor = prev.predecessor && !prev.predecessor.ended ? prev.predecessor : prev;
+    if (t.predecessor !== prev) prev.retired = true; // a successor that never took over
+  }
+  tracks.set(options.trackId, t);
   const stream = new TransformStream({
     transform(frame, controller) {
       if (!loaded) { // module not loaded yet: drop (not counted: nothing looked at it)
@@ -386,6 +419,16 @@ function runTransform(readable, writable, options, transformer) {
       if (encrypt) {
         encryptFrame(t, frame, controller);
         return;
+      }
+      if (t.retired) return; // a successor decrypts this track now
+      if (t.predecessor && !t.predecessor.ended && options.kind !== 'audio' && frame.type !== 'key') {
+        t.standbyDrops += 1; // the predecessor still delivers: wait for a keyframe
+        return;
+      }
+      if (t.predecessor?.ended && !t.predecessor.retired) {
+        // The old connection is gone before a keyframe decrypted here: take over, and ask.
+        takeOver(t);
+        if (options.kind !== 'audio') askKeyframe(t, performance.now());
       }
       t.frames += 1;
       if (options.kind !== 'audio' && frame.type === 'key') mark('firstKeyframe');
@@ -400,6 +443,7 @@ function runTransform(readable, writable, options, transformer) {
       }
       t.lastBytes = Array.from(data.subarray(Math.max(0, data.byteLength - 2)));
       if (!config.decrypt || !member) {
+        takeOver(t); // nothing is decrypted: no copy can be refused as a replay
         t.inbound.inspect(data);
         controller.enqueue(frame); // undecrypted: the decoder must fail on it
         return;
@@ -419,7 +463,8 @@ function runTransform(readable, writable, options, transformer) {
       }
     },
   });
-  readable.pipeThrough(stream).pipeTo(writable).catch((err) => {
+  readable.pipeThrough(stream).pipeTo(writable).then(() => { t.ended = true; }, (err) => {
+    t.ended = true;
     if (tracks.get(options.trackId) !== t) return; // forgotten: the transceiver is gone
     problem(`transform ${options.operation} ${options.kind} ended: ${err.message ?? err}`);
     post({ type: 'transform-ended', trackId: options.trackId, operation: options.operation });
@@ -430,13 +475,32 @@ function runTransform(readable, writable, options, transformer) {
 
 // Passes on, in order, the frames of `t` whose verdict is due: decrypted ones
 // with their plaintext, dropped ones not at all.
+/** Successor `t` takes over from its predecessor, which drops everything from now on. */
+function takeOver(t) {
+  if (!t.predecessor) return;
+  t.predecessor.retired = true;
+  t.predecessor = null;
+}
+
+function askKeyframe(t, now) {
+  if (now - t.askedKeyframe < SUCCESSOR_KEYFRAME_MS || !t.transformer?.sendKeyFrameRequest) return;
+  t.askedKeyframe = now;
+  t.transformer.sendKeyFrameRequest().catch(() => {});
+}
+
 function releaseFrames(t) {
   let id;
   while ((id = t.inbound.next_release()) !== undefined) {
     const frame = t.waiting.get(id);
     t.waiting.delete(id);
     const out = t.inbound.take_data();
-    if (frame === undefined || out === undefined) continue;
+    if (frame === undefined) continue;
+    if (out === undefined) {
+      // A successor's keyframe that did not decrypt here (the old copy came first): ask again.
+      if (t.predecessor && t.options.kind !== 'audio') askKeyframe(t, performance.now());
+      continue;
+    }
+    takeOver(t); // a successor's first decrypted frame: it delivers from here
     frame.data = out.buffer;
     if (t.options.kind !== 'audio') mark('firstDecrypted');
     try {
@@ -451,10 +515,12 @@ function releaseFrames(t) {
 function pollHeld() {
   if (!member || !config.decrypt) return;
   const now = performance.now();
-  for (const t of tracks.values()) {
-    if (!t.inbound || !t.controller || t.waiting.size === 0) continue;
-    member.poll_held(t.inbound, now);
-    releaseFrames(t);
+  for (const current of tracks.values()) {
+    for (const t of [current, current.predecessor]) {
+      if (!t?.inbound || !t.controller || t.waiting.size === 0) continue;
+      member.poll_held(t.inbound, now);
+      releaseFrames(t);
+    }
   }
 }
 

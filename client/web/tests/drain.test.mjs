@@ -3,10 +3,16 @@
 // session starts the room there and Bob's overflows to sfu-a. Then `satsuma-sfu drain` on
 // sfu-b: the node refuses new sessions and reports "draining" on /healthz, the coordinator
 // tells Alice to move, her page makes a new session (placed on sfu-a), pushes and announces
-// its tracks, pulls Bob again and deletes the old session; Bob pulls Alice's new tracks.
-// Checked: both pages keep decoding each other with the longest freeze (no new decoded video
-// frame, sampled from the page's own stats every 100 ms) at most 2 s; no MLS rejoin (same
-// participant ids, epoch and safety number, no reset); sfu-b exits 0 once empty.
+// its tracks and pulls Bob again while the old session still carries her media
+// (make-before-break); Bob pulls Alice's new tracks. Once the new session delivers (Bob's
+// video decoded on it, her new tracks sent for a moment), the page withdraws the old tracks,
+// closes the old connection and deletes the old session.
+// Checked: the old connection was closed because the new one delivered (not by the timeout),
+// after the new session was ready; both pages keep decoding each other with the longest
+// freeze (no new decoded video frame, from either connection, sampled from the page's own
+// stats every 100 ms) at most 2 s (break-before-make measured 0.30-0.84 s here,
+// make-before-break about 0.13 s, the sampling step); no MLS rejoin (same participant ids,
+// epoch and safety number, no reset); sfu-b exits 0 once empty.
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -116,10 +122,12 @@ describe('draining an SFU node during a call', { timeout: 300000 }, () => {
     console.log(`# ${out.stdout.trim()}`);
 
     // Alice moves to sfu-a; sfu-b exits 0 once her old session is deleted.
-    const move = await waitFor('Alice to move', async () => {
+    const move = await waitFor('Alice to move and close the old connection', async () => {
       const moves = await pages.alice.evaluate(() => window.satsuma.call.moves ?? []);
-      return moves.find((m) => m.from === aliceSession && m.done) ?? null;
+      return moves.find((m) => m.from === aliceSession && m.done && m.closed) ?? null;
     }, { timeout: 20000 });
+    assert.equal(move.why, 'delivered', `the old connection went because the new one delivered: ${JSON.stringify(move)}`);
+    assert.ok(move.closed >= move.done, `closed after the new session was ready: ${JSON.stringify(move)}`);
     const code = await Promise.race([exits[0], new Promise((r) => setTimeout(() => r('still running'), 25000))]);
     const exitedAfter = Date.now() - drainedAt;
     assert.equal(code, 0, `sfu-b exit: ${code}`);
@@ -129,7 +137,7 @@ describe('draining an SFU node during a call', { timeout: 300000 }, () => {
     await assertDecodes(pages.bob, pages.alice.participantId);
     await new Promise((r) => setTimeout(r, 3000));
     const seen = { alice: await freezes(pages.alice), bob: await freezes(pages.bob) };
-    console.log(`# move: told ${move.at - drainedAt} ms after the drain, new session ready ${move.done - move.at} ms later; sfu-b exited ${exitedAfter} ms after the drain`);
+    console.log(`# move: told ${move.at - drainedAt} ms after the drain, new session ready ${move.done - move.at} ms later, old connection closed ${move.closed - move.at} ms after the order (${move.why}); sfu-b exited ${exitedAfter} ms after the drain`);
     console.log(`# longest freeze (ms): Alice sees Bob ${seen.alice.longest[pages.bob.participantId]}, Bob sees Alice ${seen.bob.longest[pages.alice.participantId]} (samples ${seen.alice.samples}/${seen.bob.samples})`);
     for (const [who, from] of [['alice', pages.bob], ['bob', pages.alice]]) {
       const longest = seen[who].longest[from.participantId];
