@@ -49,7 +49,11 @@ pub struct LeakyBucketPacer {
     /// Last completed probe cluster (to be consumed by check_probe_complete)
     completed_probe: Option<TwccClusterId>,
     /// Gates poll_queue() until handle_timeout() is called after packet emission.
+    /// Unpaced media of the last snapshot passes the gate (see `poll_unpaced`).
     needs_timeout_before_next_poll: bool,
+    /// Set by poll_queue(), cleared by register_send(): a poll that sent nothing means the
+    /// snapshot is stale, so no more packets go out before the next handle_timeout().
+    unconfirmed_poll: bool,
 }
 
 impl Pacer for LeakyBucketPacer {
@@ -83,6 +87,7 @@ impl Pacer for LeakyBucketPacer {
     ) -> Option<PaddingRequest> {
         // Clear the gate when time advances
         self.needs_timeout_before_next_poll = false;
+        self.unconfirmed_poll = false;
 
         // Clear the poll time - it will be recalculated below if needed.
         // This is important because if we return early (e.g., next_poll_queue is already set),
@@ -123,9 +128,9 @@ impl Pacer for LeakyBucketPacer {
     }
 
     fn poll_queue(&mut self) -> Option<(MidRid, Option<TwccClusterId>)> {
-        // GATE: Block if we need timeout first
+        // GATE: Block if we need timeout first, except for unpaced media.
         if self.needs_timeout_before_next_poll {
-            return None;
+            return self.poll_unpaced();
         }
 
         let next = self.next_poll_queue.take()?;
@@ -133,6 +138,7 @@ impl Pacer for LeakyBucketPacer {
         // Mark that we need timeout before next poll
         self.needs_timeout_before_next_poll = true;
         self.request_immediate_timeout();
+        self.count_off(next);
 
         // Capture the cluster ID at poll time, before register_send() might clear it
         let cluster_id = self.active_cluster();
@@ -141,6 +147,7 @@ impl Pacer for LeakyBucketPacer {
     }
 
     fn register_send(&mut self, now: Instant, packet_size: DataSize, _from: MidRid) {
+        self.unconfirmed_poll = false;
         self.last_emitted = Some(now);
 
         self.media_debt += packet_size;
@@ -182,6 +189,44 @@ impl LeakyBucketPacer {
             probe_queue: VecDeque::new(),
             completed_probe: None,
             needs_timeout_before_next_poll: true,
+            unconfirmed_poll: false,
+        }
+    }
+
+    /// Releases the next unpaced media packet of the last snapshot without waiting for another
+    /// handle_timeout(), the way `NullPacer` releases a whole queue.
+    ///
+    /// Unpaced queues are never held back by debt or probes (see `next_poll`: they go first,
+    /// as soon as they are queued), so a timeout between their packets would only take the
+    /// snapshot again, at the price of a full `Rtc` timeout per packet. Only media and resends
+    /// that were in the snapshot go out this way (packets queued since then need the timeout
+    /// to be timestamped; padding stays paced), each still counted by `register_send`, and
+    /// the timeout requested by the poll that opened the gate still follows, so paced queues,
+    /// padding and probes are decided there as before.
+    fn poll_unpaced(&mut self) -> Option<(MidRid, Option<TwccClusterId>)> {
+        if self.unconfirmed_poll {
+            return None;
+        }
+
+        // Earliest queued first, as next_poll orders unpaced queues. A queue being drained keeps
+        // its snapshot's first_unsent, so it is drained before the next one starts.
+        let queue = self
+            .queue_states
+            .iter_mut()
+            .filter(|q| q.unpaced && q.snapshot.media_packet_count > 0)
+            .min_by_key(|q| q.snapshot.first_unsent)?;
+        queue.snapshot.media_packet_count -= 1;
+        let midrid = queue.midrid;
+
+        self.unconfirmed_poll = true;
+        Some((midrid, self.active_cluster()))
+    }
+
+    /// Counts off a packet handed out of `midrid` against the last snapshot.
+    fn count_off(&mut self, midrid: MidRid) {
+        self.unconfirmed_poll = true;
+        if let Some(queue) = self.queue_states.iter_mut().find(|q| q.midrid == midrid) {
+            queue.snapshot.media_packet_count = queue.snapshot.media_packet_count.saturating_sub(1);
         }
     }
 
@@ -920,6 +965,7 @@ mod test {
                 created_at: now,
                 byte_size: 10_usize,
                 packet_count: 1332,
+                media_packet_count: 1330,
                 total_queue_time_origin: duration_ms(1_000),
                 last_emitted: Some(now + duration_ms(500)),
                 first_unsent: None,
@@ -935,6 +981,7 @@ mod test {
                 created_at: now,
                 byte_size: 30_usize,
                 packet_count: 5,
+                media_packet_count: 3,
                 total_queue_time_origin: duration_ms(337),
                 last_emitted: None,
                 first_unsent: Some(now + duration_ms(19)),
@@ -947,6 +994,7 @@ mod test {
         assert_eq!(state.midrid.mid(), Mid::from("001"));
         assert_eq!(state.snapshot.byte_size, 40_usize);
         assert_eq!(state.snapshot.packet_count, 1337);
+        assert_eq!(state.snapshot.media_packet_count, 1333);
         assert_eq!(state.snapshot.total_queue_time_origin, duration_ms(1337));
 
         assert_eq!(state.snapshot.last_emitted, Some(now + duration_ms(500)));
@@ -1025,6 +1073,203 @@ mod test {
 
         let next_poll = pacer.poll_timeout().0.unwrap();
         (burst, next_poll - at)
+    }
+
+    /// A queue state as a stream reports it: `media` packets of media and resends, `padding`
+    /// more of padding, the first queued at `first_unsent`.
+    fn queue_state(
+        mid: &str,
+        unpaced: bool,
+        media: u32,
+        padding: u32,
+        first_unsent: Instant,
+        now: Instant,
+    ) -> QueueState {
+        QueueState {
+            midrid: MidRid(Mid::from(mid), None),
+            unpaced,
+            use_for_padding: padding > 0,
+            snapshot: QueueSnapshot {
+                created_at: now,
+                byte_size: ((media + padding) * 100) as usize,
+                packet_count: media + padding,
+                media_packet_count: media,
+                first_unsent: (media > 0).then_some(first_unsent),
+                priority: if media > 0 {
+                    QueuePriority::Media
+                } else if padding > 0 {
+                    QueuePriority::Padding
+                } else {
+                    QueuePriority::Empty
+                },
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Polls and sends (100 bytes each) until the pacer hands out nothing more at `now`,
+    /// without a `handle_timeout` in between. Returns the mids in the order they were polled.
+    fn drain_without_timeout(pacer: &mut LeakyBucketPacer, now: Instant) -> Vec<String> {
+        let mut sent = vec![];
+        while let Some((midrid, _)) = pacer.poll_queue() {
+            pacer.register_send(now, DataSize::bytes(100), midrid);
+            sent.push(midrid.mid().to_string());
+        }
+        sent
+    }
+
+    #[test]
+    fn unpaced_snapshot_drains_without_a_timeout_per_packet() {
+        let now = Instant::now();
+        let mut pacer = LeakyBucketPacer::new(Bitrate::mbps(1));
+        // Something was sent before, so this is not the FirstEver path.
+        pacer.register_send(now, DataSize::bytes(100), MidRid(Mid::from("a"), None));
+        let at = now + duration_ms(1);
+        let queues = [
+            queue_state("a", true, 3, 0, at, at),
+            queue_state("b", true, 2, 0, now, at),
+            queue_state("v", false, 4, 0, now, at),
+        ];
+        pacer.handle_timeout(at, queues.into_iter());
+
+        // Unpaced queues in the order they were queued (b's first packet is older), each
+        // drained before the next; the paced video waits for the next timeout.
+        assert_eq!(
+            drain_without_timeout(&mut pacer, at),
+            ["b", "b", "a", "a", "a"]
+        );
+
+        // Every packet counted (the one before the first handle_timeout is not: no rate yet).
+        assert_eq!(
+            pacer.media_debt,
+            DataSize::bytes(500),
+            "register_send counts unpaced packets as before"
+        );
+
+        // The timeout the first poll asked for still follows, and paced media goes out there.
+        let timeout = pacer.poll_timeout();
+        assert_eq!(timeout.0, Some(at + Duration::from_micros(1)));
+        assert_eq!(timeout.1, Reason::Pacer(PacerReason::Immediate));
+        let later = at + Duration::from_micros(1);
+        pacer.handle_timeout(
+            later,
+            [queue_state("v", false, 4, 0, now, later)].into_iter(),
+        );
+        assert_eq!(
+            pacer.poll_queue().map(|(m, _)| m.mid().to_string()),
+            Some("v".to_string())
+        );
+        pacer.register_send(later, DataSize::bytes(100), MidRid(Mid::from("v"), None));
+        assert_eq!(
+            pacer.poll_queue(),
+            None,
+            "paced media: one packet per timeout"
+        );
+    }
+
+    #[test]
+    fn unpaced_burst_leaves_padding_paced() {
+        let now = Instant::now();
+        let mut pacer = LeakyBucketPacer::new(Bitrate::kbps(100));
+        pacer.register_send(now, DataSize::bytes(100), MidRid(Mid::from("a"), None));
+        let at = now + duration_ms(1);
+        // Two media packets and three of padding in one unpaced queue.
+        pacer.handle_timeout(at, [queue_state("a", true, 2, 3, at, at)].into_iter());
+        assert_eq!(drain_without_timeout(&mut pacer, at), ["a", "a"]);
+    }
+
+    #[test]
+    fn a_poll_that_sent_nothing_stops_the_unpaced_burst() {
+        let now = Instant::now();
+        let mut pacer = LeakyBucketPacer::new(Bitrate::kbps(100));
+        pacer.register_send(now, DataSize::bytes(100), MidRid(Mid::from("a"), None));
+        let at = now + duration_ms(1);
+        pacer.handle_timeout(at, [queue_state("a", true, 3, 0, at, at)].into_iter());
+
+        // The stream had nothing to send after all: the snapshot is stale.
+        assert!(pacer.poll_queue().is_some());
+        assert_eq!(pacer.poll_queue(), None);
+        assert_eq!(pacer.poll_timeout().0, Some(at + Duration::from_micros(1)));
+
+        let later = at + Duration::from_micros(1);
+        pacer.handle_timeout(later, [queue_state("a", true, 2, 0, at, later)].into_iter());
+        assert_eq!(drain_without_timeout(&mut pacer, later), ["a", "a"]);
+    }
+
+    #[test]
+    fn unpaced_burst_carries_the_active_probe_cluster() {
+        use crate::bwe_::ProbeKind;
+
+        let now = Instant::now();
+        let mut pacer = LeakyBucketPacer::new(Bitrate::kbps(300));
+        pacer.register_send(now, DataSize::bytes(100), MidRid(Mid::from("a"), None));
+        pacer.start_probe(ProbeClusterConfig::new(
+            7.into(),
+            Bitrate::kbps(300),
+            ProbeKind::Initial,
+        ));
+        let at = now + duration_ms(1);
+        pacer.handle_timeout(at, [queue_state("a", true, 2, 0, at, at)].into_iter());
+        for _ in 0..2 {
+            let (midrid, cluster) = pacer.poll_queue().expect("unpaced packet");
+            assert_eq!(cluster, Some(7.into()));
+            pacer.register_send(at, DataSize::bytes(100), midrid);
+        }
+        assert_eq!(pacer.poll_queue(), None);
+    }
+
+    #[test]
+    fn audio_queued_together_goes_out_together() {
+        // Through the test queue: three audio packets queued at once leave in one go, the video
+        // queued beside them still one per timeout.
+        let now = Instant::now();
+        let mut queue = Queue::default();
+        let mut pacer = LeakyBucketPacer::new(Bitrate::mbps(1));
+        handle_timeout_noisy(&mut pacer, &mut queue, now);
+        let at = now + duration_ms(5);
+        for seq_no in 1..=3 {
+            let (header, payload_len, kind) = make_packet(seq_no, 100, PacketKind::Audio);
+            queue.enqueue_packet(QueuedPacket {
+                queued_at: at,
+                header,
+                payload_len,
+                kind,
+            });
+        }
+        for seq_no in 10..=11 {
+            let (header, payload_len, kind) = make_packet(seq_no, 100, PacketKind::Video);
+            queue.enqueue_packet(QueuedPacket {
+                queued_at: at,
+                header,
+                payload_len,
+                kind,
+            });
+        }
+        handle_timeout_noisy(&mut pacer, &mut queue, at);
+
+        let mut sent = vec![];
+        while let Some((midrid, _)) = pacer.poll_queue() {
+            let packet = queue.next_packet().unwrap();
+            pacer.register_send(at, DataSize::from(packet.size()), midrid);
+            queue.register_send(midrid, at);
+            sent.push((packet.kind, packet.header.sequence_number));
+        }
+        assert_eq!(
+            sent,
+            [
+                (PacketKind::Audio, 1),
+                (PacketKind::Audio, 2),
+                (PacketKind::Audio, 3)
+            ]
+        );
+
+        handle_timeout_noisy(&mut pacer, &mut queue, at);
+        let (midrid, _) = pacer.poll_queue().expect("video after the timeout");
+        let packet = queue.next_packet().unwrap();
+        assert_eq!(packet.kind, PacketKind::Video);
+        pacer.register_send(at, DataSize::from(packet.size()), midrid);
+        queue.register_send(midrid, at);
+        assert_eq!(pacer.poll_queue(), None, "one paced packet per timeout");
     }
 
     #[test]
@@ -1454,6 +1699,11 @@ mod test {
                         created_at: now,
                         byte_size: self.queue.iter().map(QueuedPacket::size).sum(),
                         packet_count: self.packet_count,
+                        media_packet_count: if self.priority == QueuePriority::Padding {
+                            0
+                        } else {
+                            self.packet_count
+                        },
                         total_queue_time_origin: self.total_time_spent_queued,
                         last_emitted: self.last_emitted,
                         first_unsent: self.queue.iter().next().map(|p| p.queued_at),

@@ -14,6 +14,9 @@ pub struct QueueSnapshot {
     /// [`usize`] isn't implement. If the queues end up with 2^32 packets something has gone very wrong
     /// in any case.
     pub packet_count: u32,
+    /// Of `packet_count`, the media packets and resends (not padding). The leaky-bucket pacer
+    /// releases this many packets of an unpaced queue without a timeout between them.
+    pub media_packet_count: u32,
     /// Accumulation of all queue time at the time point `created_at`. To use this
     /// Look at `total_queue_time(now)` which allows getting the queue time at a later Instant.
     pub total_queue_time_origin: Duration,
@@ -58,6 +61,7 @@ impl Default for QueueSnapshot {
             created_at: not_happening(),
             byte_size: Default::default(),
             packet_count: Default::default(),
+            media_packet_count: Default::default(),
             total_queue_time_origin: Default::default(),
             last_emitted: Default::default(),
             first_unsent: Default::default(),
@@ -91,6 +95,7 @@ impl QueueSnapshot {
         self.created_at = self.created_at.min(other.created_at);
         self.byte_size += other.byte_size;
         self.packet_count += other.packet_count;
+        self.media_packet_count += other.media_packet_count;
         self.total_queue_time_origin += other.total_queue_time_origin;
         self.last_emitted = self.last_emitted.max(other.last_emitted);
         self.first_unsent = match (self.first_unsent, other.first_unsent) {

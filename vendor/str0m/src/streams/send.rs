@@ -1215,6 +1215,7 @@ impl StreamTx {
                 snapshot.total_queue_time_origin += now.duration_since(r.queued_at);
                 snapshot.byte_size += r.payload_size;
                 snapshot.packet_count += 1;
+                snapshot.media_packet_count += 1;
                 snapshot.first_unsent = snapshot
                     .first_unsent
                     .map(|i| i.min(r.queued_at))

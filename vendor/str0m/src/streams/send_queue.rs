@@ -93,6 +93,7 @@ impl SendQueue {
             created_at: now,
             byte_size: self.total.unsent_size,
             packet_count: self.total.unsent_count as u32,
+            media_packet_count: self.total.unsent_count as u32,
             total_queue_time_origin: self.total.queue_time,
             last_emitted: self.last_emitted,
             first_unsent: self
@@ -270,6 +271,7 @@ mod test {
             QueueSnapshot {
                 created_at: snapshot_at,
                 packet_count: 1,
+                media_packet_count: 1,
                 byte_size: 2,
                 total_queue_time_origin: Duration::from_secs(3),
                 first_unsent: Some(start),
