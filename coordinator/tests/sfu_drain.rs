@@ -522,6 +522,52 @@ fn on_node(c: &Cluster, n: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The move check both cases share: one second into the call, `event` happens to sfu-b
+/// (`what`: "drain", "kill -9"); the call goes on until both participants on sfu-b were told
+/// to move, and 2 s more. Then everyone is on sfu-a, no receiver's longest gap in packets from
+/// any sender is above `bar`, and nobody rejoined the MLS group; the gaps and when each mover
+/// was told and publishing again are printed. Returns when `event` began.
+async fn assert_moved(
+    c: &Cluster,
+    group: &(u64, String),
+    what: &str,
+    bar: Duration,
+    event: impl std::future::Future<Output = ()>,
+) -> Instant {
+    let at = Mutex::new(None::<Instant>);
+    let settle = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        *at.lock().unwrap() = Some(Instant::now());
+        event.await;
+    };
+    let movers = &c.peers[..2];
+    let gaps = call(c, settle, || {
+        movers.iter().all(|p| !p.moves.lock().unwrap().is_empty())
+    })
+    .await;
+    println!("{what} of sfu-b:");
+    let longest = report(c, &gaps);
+    let at = at.lock().unwrap().expect("the event ran");
+    for p in movers {
+        let (told, moved) = p.moves.lock().unwrap()[0];
+        println!(
+            "  {}: told {} ms after the {what}, publishing on sfu-a {} ms later",
+            p.name,
+            told.saturating_duration_since(at).as_millis(),
+            moved.saturating_duration_since(told).as_millis()
+        );
+    }
+    assert_eq!(on_node(c, A), [0, 1, 2, 3], "everyone on sfu-a");
+    assert!(
+        longest <= bar,
+        "longest gap {} ms (at most {} ms)",
+        longest.as_millis(),
+        bar.as_millis()
+    );
+    same_group(c, group);
+    at
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_moves_participants_and_the_node_exits_0() {
     let _serial = SERIAL.lock().await;
@@ -532,52 +578,20 @@ async fn drain_moves_participants_and_the_node_exits_0() {
     let group = c.agreed().await;
 
     let b_url = c.sfus[B].base_url();
-    let drained_at = Arc::new(Mutex::new(None::<Instant>));
-    let settle = {
-        let drained_at = drained_at.clone();
-        async move {
-            // A second of call, then: satsuma-sfu drain on sfu-b.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            *drained_at.lock().unwrap() = Some(Instant::now());
-            let out = tokio::process::Command::new(sfu_binary())
-                .args(["drain", "--url", &b_url, "--app"])
-                .arg(format!("{APP_ID}:{APP_SECRET}"))
-                .output()
-                .await
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "satsuma-sfu drain: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    };
-    let peers = c.peers.clone();
-    let gaps = call(&c, settle, || {
-        peers[..2]
-            .iter()
-            .all(|p| !p.moves.lock().unwrap().is_empty())
-    })
-    .await;
-    println!("drain of sfu-b:");
-    let longest = report(&c, &gaps);
-    let drained_at = drained_at.lock().unwrap().unwrap();
-    for p in &c.peers[..2] {
-        let (told, moved) = p.moves.lock().unwrap()[0];
-        println!(
-            "  {}: told {} ms after the drain, publishing on sfu-a {} ms later",
-            p.name,
-            told.saturating_duration_since(drained_at).as_millis(),
-            moved.saturating_duration_since(told).as_millis()
+    let drain = async move {
+        let out = tokio::process::Command::new(sfu_binary())
+            .args(["drain", "--url", &b_url, "--app"])
+            .arg(format!("{APP_ID}:{APP_SECRET}"))
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "satsuma-sfu drain: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-    }
-    assert_eq!(on_node(&c, A), [0, 1, 2, 3], "everyone on sfu-a");
-    assert!(
-        longest <= Duration::from_secs(2),
-        "longest gap {} ms",
-        longest.as_millis()
-    );
-    same_group(&c, &group);
+    };
+    let drained_at = assert_moved(&c, &group, "drain", Duration::from_secs(2), drain).await;
     // Nothing corrupt or misrouted in what the bots hold now.
     for p in &c.peers {
         let stats = p.bot().stats().await.unwrap();
@@ -627,45 +641,14 @@ async fn killed_node_participants_are_back_within_5_s() {
     assert_eq!(on_node(&c, B), [0, 1], "the room starts on sfu-b");
     let group = c.agreed().await;
     let pid = c.sfus[B].pid();
-    let killed_at = Arc::new(Mutex::new(None::<Instant>));
-    let settle = {
-        let killed_at = killed_at.clone();
-        async move {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            *killed_at.lock().unwrap() = Some(Instant::now());
-            let status = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
+    let kill = async move {
+        let status = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     };
-    let peers = c.peers.clone();
-    let gaps = call(&c, settle, || {
-        peers[..2]
-            .iter()
-            .all(|p| !p.moves.lock().unwrap().is_empty())
-    })
-    .await;
-    println!("kill -9 of sfu-b:");
-    let longest = report(&c, &gaps);
-    let killed_at = killed_at.lock().unwrap().unwrap();
-    for p in &c.peers[..2] {
-        let (told, moved) = p.moves.lock().unwrap()[0];
-        println!(
-            "  {}: told {} ms after the kill, publishing on sfu-a {} ms later",
-            p.name,
-            told.saturating_duration_since(killed_at).as_millis(),
-            moved.saturating_duration_since(told).as_millis()
-        );
-    }
-    assert_eq!(on_node(&c, A), [0, 1, 2, 3], "everyone on sfu-a");
-    assert!(
-        longest <= Duration::from_secs(5),
-        "longest gap {} ms",
-        longest.as_millis()
-    );
-    same_group(&c, &group);
+    assert_moved(&c, &group, "kill -9", Duration::from_secs(5), kill).await;
     let m = fetch_metrics(&format!("http://{}", c.coordinator.addr))
         .await
         .unwrap();
