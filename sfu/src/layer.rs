@@ -38,11 +38,16 @@
 //!   bottleneck does, within a few seconds (a 20 % shortfall in about 2 s).
 //! * A **severe** shortfall goes down at once: when the link carried less than [`SEVERE`] of the
 //!   allocation (an estimate below 0.85 x 0.6 of it) no blip explains it.
-//! * **Which estimate**: str0m's estimate event is an average of its estimates over the last 3 s,
-//!   so a drop shows up only as the older values leave the window (measured: a 300 kbit/s link
-//!   under 650 kbit/s of media showed in the event 4.3 s after it began). Its stats carry the
-//!   latest estimate once a second; the selector works with the lower of the two while that one
-//!   is fresh ([`RAW_FRESH`]).
+//! * **Which estimate**: str0m's estimate event is an average of the *distinct values* its
+//!   estimate took over the last 3 s, so it lags in both directions: a drop shows up only as the
+//!   older values leave the window (measured: a 300 kbit/s link under 650 kbit/s of media showed
+//!   in the event 4.3 s after it began), and so does a rise. A fast rise is worse than it looks:
+//!   GCC's start-up probes take the estimate from 1M to 14M in ~30 small steps within 100 ms,
+//!   whose average (2.6M) stood for 3 s while the link was known to carry 14M (meeting 5 x 5 on
+//!   loopback: a session on f, 7.3M, went down to h for it and never came back within the run).
+//!   Its stats carry the latest estimate (every 250 ms); the selector works with that one while
+//!   it is fresh ([`RAW_FRESH`]), and with the event only when no fresh one is known. Its noise
+//!   is the rules' business: down needs a filled virtual queue (or loss), up a hold.
 //! * **Loss**: str0m's estimator can take seconds to notice a bottleneck whose queue is full (no
 //!   more delay growth, only loss). The SFU also watches the loss its subscribers report (RTCP
 //!   receiver reports, and the egress loss over the last second that str0m derives from
@@ -160,7 +165,7 @@ pub const MAX_QUEUE_LOSSLESS: Duration = Duration::from_secs(2);
 /// shaped link reported 10-54 % at once); a lossless one still brings the legs down once its
 /// shortfall lasts (a 50 % shortfall in about 2 s).
 pub const LOSS_QUIET: Duration = Duration::from_secs(5);
-/// How long str0m's unaveraged estimate (once a second) stays in use.
+/// How long str0m's unaveraged estimate (its stats, every 250 ms) stays in use.
 pub const RAW_FRESH: Duration = Duration::from_millis(2500);
 /// The desired bitrate handed to str0m changes only when the new one differs by this factor.
 pub const DESIRED_STEP: f64 = 1.25;
@@ -350,15 +355,16 @@ impl LayerSelector {
             .is_some_and(|(after, before)| after < before)
     }
 
-    /// The estimate the selector works with: str0m's averaged estimate, or its latest one when
-    /// that is lower and fresh (see [`RAW_FRESH`]).
+    /// The estimate the selector works with: str0m's latest estimate while it is fresh (see
+    /// [`RAW_FRESH`]), otherwise its averaged one (module docs, "Which estimate"). `None` until
+    /// the first averaged one (estimation off).
     fn current(&self, now: Instant) -> Option<u64> {
         let raw = self
             .raw
             .filter(|(_, t)| now.saturating_duration_since(*t) < RAW_FRESH)
             .map(|(b, _)| b);
         match (self.estimate_bps, raw) {
-            (Some(e), Some(r)) => Some(e.min(r)),
+            (Some(_), Some(r)) => Some(r),
             (e, None) => e,
             (None, Some(_)) => None,
         }
@@ -918,12 +924,15 @@ mod tests {
         assert!(s.set_raw_estimate(255_000, t1), "it fell");
         let plan = s.select(&[input("0", Some("f"), None)], t1);
         assert_eq!(targets(&plan), vec![("0".into(), "q".into())]);
-        // A higher latest estimate (a probe) does not raise the average ...
+        // A higher latest estimate that does not last (a probe's peak) moves nothing ...
         let mut s = LayerSelector::new();
         s.set_estimate(400_000, t0);
         assert!(!s.set_raw_estimate(20_000_000, t0));
         let mut on = "q".to_string();
-        assert!(run(&mut s, &mut on, t0, UP_HOLD * 2).is_empty());
+        assert!(run(&mut s, &mut on, t0, UP_HOLD / 2).is_empty());
+        let t1 = t0 + UP_HOLD / 2 + Duration::from_millis(250);
+        assert!(s.set_raw_estimate(400_000, t1));
+        assert!(run(&mut s, &mut on, t1, UP_HOLD * 2).is_empty());
         // ... and a stale low one no longer counts.
         let mut s = LayerSelector::new();
         s.set_estimate(3_000_000, t0);
@@ -934,6 +943,63 @@ mod tests {
                 .changes
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn the_latest_estimate_counts_over_a_lagging_average() {
+        // Meeting 5 x 5 on loopback (measured): four legs on f (7.3M with audio). str0m's
+        // start-up probes took its estimate from 1M to 14.7M in ~30 steps within 100 ms; its
+        // estimate event (the average of those distinct values) said 2.6M for the next 3 s,
+        // while its stats said 14.7M every 250 ms. On the average the session went down to h
+        // (the lossless virtual queue filled in 1.9 s) and stayed there.
+        let t0 = Instant::now();
+        let legs = |rid: &str| -> Vec<LegInput> {
+            (0..4)
+                .map(|i| {
+                    with_layers(
+                        input(&i.to_string(), Some(rid), None),
+                        &[("q", 180_000), ("h", 600_000), ("f", 1_800_000)],
+                    )
+                })
+                .collect()
+        };
+        let mut s = LayerSelector::new();
+        s.set_estimate(1_000_000, t0);
+        assert!(!s.note_transport_loss(0.0, t0));
+        let mut t = t0;
+        let mut step = 1_000_000;
+        while step < 2_600_000 {
+            step += 55_000;
+            s.set_estimate(step, t);
+        }
+        s.set_raw_estimate(14_700_000, t);
+        for _ in 0..16 {
+            t += Duration::from_millis(250);
+            s.set_raw_estimate(14_700_000, t);
+            let plan = s.select(&legs("f"), t);
+            assert!(plan.changes.is_empty(), "at {:?}: {plan:?}", t - t0);
+        }
+        // And legs below f go up after the hold, on the latest estimate, while the average
+        // still lags far below what f needs.
+        let mut s = LayerSelector::new();
+        s.set_estimate(2_600_000, t0);
+        s.set_raw_estimate(14_700_000, t0);
+        let mut up = None;
+        let mut t = t0;
+        while t <= t0 + UP_HOLD + Duration::from_secs(1) && up.is_none() {
+            s.set_raw_estimate(14_700_000, t);
+            let plan = s.select(&legs("h"), t);
+            if !plan.changes.is_empty() {
+                assert!(
+                    plan.changes.iter().all(|c| c.rid == Rid::from("f")),
+                    "{plan:?}"
+                );
+                assert_eq!(plan.changes.len(), 4);
+                up = Some(t - t0);
+            }
+            t += Duration::from_millis(250);
+        }
+        assert_eq!(up, Some(UP_HOLD));
     }
 
     #[test]

@@ -39,7 +39,114 @@ pub(crate) fn bind_socket(ip: IpAddr) -> std::io::Result<UdpSocket> {
     let _ = socket.set_send_buffer_size(4 << 20);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    let socket = UdpSocket::from_std(socket.into())?;
+    stamps::enable(&socket);
+    Ok(socket)
+}
+
+/// Kernel receive timestamps: when the kernel queued each datagram, not when this task got round
+/// to reading it.
+///
+/// str0m reports each packet's arrival time back to the sender (transport-wide feedback), whose
+/// bandwidth estimator (GCC) reads delay growth from it and measures its probes by it. Stamped
+/// when read, a batch read after the task waited for a core (the load harness runs dozens of bots
+/// on two shared cores) carried one time for packets that arrived over tens of ms: the SFU's
+/// probes came out as received in zero time (rejected) and the wait read as queueing (the
+/// estimate fell by GCC's back-off), so sessions on an idle loopback stayed below the top layer.
+#[cfg(target_os = "linux")]
+mod stamps {
+    use std::io::{self, IoSliceMut};
+    use std::net::SocketAddr;
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use nix::sys::socket::{
+        ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage, recvmsg, setsockopt, sockopt,
+    };
+    use nix::sys::time::TimeSpec;
+    use tokio::io::Interest;
+    use tokio::net::UdpSocket;
+
+    /// Asks the kernel for receive timestamps (best effort: without them the read time is used).
+    pub(super) fn enable(socket: &UdpSocket) {
+        if let Err(e) = setsockopt(socket, sockopt::ReceiveTimestampns, &true) {
+            tracing::debug!("SO_TIMESTAMPNS: {e}");
+        }
+    }
+
+    /// Reads one datagram if one is queued: its length, source and kernel receive time (wall
+    /// clock), if the kernel gave one.
+    pub(super) fn recv(
+        socket: &UdpSocket,
+        buf: &mut [u8],
+    ) -> io::Result<(usize, SocketAddr, Option<SystemTime>)> {
+        socket.try_io(Interest::READABLE, || {
+            let mut iov = [IoSliceMut::new(buf)];
+            let mut space = nix::cmsg_space!(TimeSpec);
+            let msg = recvmsg::<SockaddrStorage>(
+                socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::empty(),
+            )
+            .map_err(io::Error::from)?;
+            let stamp = msg
+                .cmsgs()
+                .ok()
+                .into_iter()
+                .flatten()
+                .find_map(|c| match c {
+                    ControlMessageOwned::ScmTimestampns(ts) => Some(
+                        UNIX_EPOCH
+                            + Duration::new(
+                                ts.tv_sec().try_into().ok()?,
+                                ts.tv_nsec().try_into().ok()?,
+                            ),
+                    ),
+                    _ => None,
+                });
+            let from = msg.address.as_ref().and_then(socket_addr).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "datagram without an IP source")
+            })?;
+            Ok((msg.bytes, from, stamp))
+        })
+    }
+
+    fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
+        let _ = a.family()?;
+        a.as_sockaddr_in()
+            .map(|v| SocketAddr::V4((*v).into()))
+            .or_else(|| a.as_sockaddr_in6().map(|v| SocketAddr::V6((*v).into())))
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod stamps {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::time::SystemTime;
+
+    use tokio::net::UdpSocket;
+
+    pub(super) fn enable(_: &UdpSocket) {}
+
+    pub(super) fn recv(
+        socket: &UdpSocket,
+        buf: &mut [u8],
+    ) -> io::Result<(usize, SocketAddr, Option<SystemTime>)> {
+        let (n, from) = socket.try_recv_from(buf)?;
+        Ok((n, from, None))
+    }
+}
+
+/// The arrival time of a datagram the kernel stamped at `stamp` (wall clock), read at `now` /
+/// `wall` (the same moment on both clocks), never before `floor` (the latest time str0m was given:
+/// its clock must not go back). Without a stamp, or with one from the future (the wall clock
+/// stepped), `now`.
+fn arrival(stamp: Option<SystemTime>, now: Instant, wall: SystemTime, floor: Instant) -> Instant {
+    let waited = stamp.and_then(|s| wall.duration_since(s).ok());
+    let at = waited.and_then(|w| now.checked_sub(w)).unwrap_or(now);
+    at.clamp(floor.min(now), now)
 }
 
 /// Run the participant until the command channel closes or a command closes the participant.
@@ -52,6 +159,8 @@ pub(crate) async fn run(
     let mut buf = vec![0u8; 2048];
     let mut shaper = (*ingress_limit.borrow_and_update()).map(|r| Shaper::new(r, Instant::now()));
     let mut limit_open = true;
+    // The latest time the participant (str0m) was given (see `arrival`).
+    let mut clock = Instant::now();
     loop {
         flush(&mut p, &socket);
         if !p.is_alive() {
@@ -63,19 +172,28 @@ pub(crate) async fn run(
         }
         let wake = tokio::time::Instant::from_std(wake);
         tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => {
+            r = socket.readable() => match r {
+                Ok(()) => {
                     let now = Instant::now();
-                    receive(&mut p, shaper.as_mut(), now, from, &buf[..n]);
-                    // Take what else is queued without going back through select.
-                    for _ in 0..64 {
-                        match socket.try_recv_from(&mut buf) {
-                            Ok((n, from)) => receive(&mut p, shaper.as_mut(), now, from, &buf[..n]),
-                            Err(_) => break,
+                    let wall = SystemTime::now();
+                    // What is queued (up to 65 datagrams) without going back through select.
+                    for _ in 0..65 {
+                        match stamps::recv(&socket, &mut buf) {
+                            Ok((n, from, stamp)) => {
+                                let at = arrival(stamp, now, wall, clock);
+                                clock = at;
+                                receive(&mut p, shaper.as_mut(), at, now, from, &buf[..n]);
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                debug!("udp recv error: {e}");
+                                break;
+                            }
                         }
                     }
                     release(&mut p, shaper.as_mut());
-                    p.handle_timeout(Instant::now());
+                    clock = Instant::now();
+                    p.handle_timeout(clock);
                 }
                 Err(e) => debug!("udp recv error: {e}"),
             },
@@ -94,6 +212,7 @@ pub(crate) async fn run(
                         }
                         (None, None) => {}
                     }
+                    clock = now;
                     p.handle_timeout(now);
                 }
                 Err(_) => limit_open = false,
@@ -101,6 +220,7 @@ pub(crate) async fn run(
             c = commands.recv() => match c {
                 Some(f) => {
                     let now = Instant::now();
+                    clock = now;
                     f(&mut p, now);
                     p.handle_timeout(now);
                 }
@@ -111,17 +231,20 @@ pub(crate) async fn run(
             },
             _ = tokio::time::sleep_until(wake) => {
                 release(&mut p, shaper.as_mut());
-                p.handle_timeout(Instant::now());
+                clock = Instant::now();
+                p.handle_timeout(clock);
             }
         }
     }
     flush(&mut p, &socket);
 }
 
-/// A datagram from the socket: straight to the participant, or into the shaper.
+/// A datagram from the socket that arrived at `at` (see `arrival`), read at `now`: straight to
+/// the participant, or into the shaper (which releases it later, at its own time).
 fn receive(
     p: &mut Participant,
     shaper: Option<&mut Shaper>,
+    at: Instant,
     now: Instant,
     from: SocketAddr,
     bytes: &[u8],
@@ -132,7 +255,7 @@ fn receive(
                 p.note_ingress_drop();
             }
         }
-        None => p.handle_datagram(now, from, bytes),
+        None => p.handle_datagram_at(at, now, from, bytes),
     }
 }
 
@@ -155,5 +278,63 @@ fn flush(p: &mut Participant, socket: &UdpSocket) {
     }
     for _ in 0..errors {
         p.note_send_error();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn arrival_is_the_kernel_time_on_the_monotonic_clock_never_before_the_floor() {
+        let now = Instant::now() + Duration::from_secs(10);
+        let wall = SystemTime::now();
+        let ms = Duration::from_millis;
+        // Queued 30 ms before it was read: 30 ms before `now`.
+        assert_eq!(
+            arrival(Some(wall - ms(30)), now, wall, now - ms(100)),
+            now - ms(30)
+        );
+        // ... but never before what str0m saw last.
+        assert_eq!(
+            arrival(Some(wall - ms(30)), now, wall, now - ms(20)),
+            now - ms(20)
+        );
+        // No stamp, or one from the future (the wall clock stepped back): `now`.
+        assert_eq!(arrival(None, now, wall, now - ms(100)), now);
+        assert_eq!(arrival(Some(wall + ms(5)), now, wall, now - ms(100)), now);
+        // A floor after `now` (it cannot be; still no panic): `now`.
+        assert_eq!(arrival(Some(wall - ms(30)), now, wall, now + ms(1)), now);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_kernel_stamps_a_datagram_when_it_arrives_not_when_it_is_read() {
+        let rx = bind_socket("127.0.0.1".parse().unwrap()).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let before = SystemTime::now();
+        tx.send_to(b"one", to).unwrap();
+        // Read 50 ms later.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        rx.readable().await.unwrap();
+        let read_at = SystemTime::now();
+        let mut buf = [0u8; 64];
+        let (n, from, stamp) = stamps::recv(&rx, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"one");
+        assert_eq!(from, tx.local_addr().unwrap());
+        let stamp = stamp.expect("SO_TIMESTAMPNS gives a stamp");
+        assert!(
+            stamp >= before - Duration::from_millis(1),
+            "{stamp:?} {before:?}"
+        );
+        assert!(
+            read_at.duration_since(stamp).unwrap() >= Duration::from_millis(45),
+            "stamped when read, not when it arrived"
+        );
+        // Nothing more: WouldBlock.
+        let e = stamps::recv(&rx, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
     }
 }

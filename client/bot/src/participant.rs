@@ -455,6 +455,21 @@ impl Participant {
 
     /// A datagram arrived from `source`.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
+        self.handle_datagram_at(now, now, source, bytes);
+    }
+
+    /// A datagram from `source` that arrived at `arrived` (the kernel's receive time) and is
+    /// handled at `now`. str0m gets `arrived`: it is the arrival time the transport-wide feedback
+    /// reports to the sender, whose bandwidth estimator reads delay growth from it; what the bot
+    /// measures itself (latency, freezes) uses `now`, as before. `arrived` must not be earlier
+    /// than any time str0m was given before (the caller keeps it monotonic).
+    pub fn handle_datagram_at(
+        &mut self,
+        arrived: Instant,
+        now: Instant,
+        source: SocketAddr,
+        bytes: &[u8],
+    ) {
         self.transport.datagrams_in += 1;
         self.transport.bytes_in += bytes.len() as u64;
         let Ok(contents) = bytes.try_into() else {
@@ -462,7 +477,7 @@ impl Participant {
             return;
         };
         let input = Input::Receive(
-            now,
+            arrived,
             Receive {
                 proto: Protocol::Udp,
                 source,
