@@ -445,20 +445,6 @@ pub enum RampStop {
     Error,
 }
 
-impl RampStop {
-    /// Display text.
-    pub fn text(self) -> &'static str {
-        match self {
-            RampStop::Loss => "loss",
-            RampStop::Latency => "server-added p99",
-            RampStop::NoMedia => "no media",
-            RampStop::JoinFailed => "subscribers failed to join",
-            RampStop::MaxReached => "--ramp-max reached",
-            RampStop::Error => "error",
-        }
-    }
-}
-
 /// One measuring window of a `ramp` step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RampStep {
@@ -902,10 +888,8 @@ impl RunReport {
                 ));
             }
             s.push_str(&format!(
-                "\nStopped at {} subscribers: {} ({}).\n",
-                r.stopped_at,
-                r.stop.text(),
-                r.stop_detail
+                "\nStopped at {} subscribers: {}.\n",
+                r.stopped_at, r.stop_detail
             ));
             for n in &r.notes {
                 s.push_str(&format!("- {n}\n"));
@@ -1470,7 +1454,10 @@ mod tests {
             md.contains("**no**: server-added p99 11.1 ms > 10 ms"),
             "{md}"
         );
-        assert!(md.contains("Stopped at 40 subscribers: loss"), "{md}");
+        assert!(
+            md.contains("Stopped at 40 subscribers: loss 1.59 % > 1 %."),
+            "{md}"
+        );
         assert!(
             md.contains("| satsuma (bwe on) | 20 | 4720 | 3.8 | 10.0 |"),
             "side by side: {md}"

@@ -1057,7 +1057,11 @@ pub async fn run_all(opts: &RunOptions) -> RunReport {
             } else {
                 "top layer only (no simulcast)"
             }
-        ),
+        ) + if opts.scenarios.contains(&ScenarioKind::Ramp) && m.simulcast {
+            "; the ramp publishes the top layer only"
+        } else {
+            ""
+        },
         results,
         ratios: Vec::new(),
         bwe: Vec::new(),
