@@ -5,12 +5,14 @@
 //! connected client it is going away (close 1001) and exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::Duration;
+
+use common::Stack;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -21,84 +23,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 /// fail the test; it is a hang detector, not a performance assertion.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-struct Running {
-    child: Child,
-    web: SocketAddr,
-    sfu: SocketAddr,
-    media: SocketAddr,
-    stdout: mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn web_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../client/web/public")
-}
-
-fn addr_field(line: &str, key: &str) -> SocketAddr {
-    let prefix = format!("{key}=");
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-        .parse()
-        .unwrap()
-}
-
-/// Starts `satsuma` on ephemeral ports and waits for its `satsuma listening` line. The child is
-/// owned by [`Running`], which kills and reaps it on drop.
-#[allow(clippy::zombie_processes)]
-fn start(extra: &[&str]) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_satsuma"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--sfu-api",
-            "127.0.0.1:0",
-            "--media",
-            "127.0.0.1:0",
-            "--detect-lan=false",
-            "--drain-secs",
-            "10",
-            "--log",
-            "warn",
-        ])
-        .arg("--web-dir")
-        .arg(web_dir())
-        .args(extra)
-        .env_remove("SATSUMA_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn satsuma");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        let line = rx
-            .recv_timeout(PATIENCE)
-            .expect("satsuma printed no `satsuma listening` line");
-        if line.starts_with("satsuma listening ") {
-            return Running {
-                web: addr_field(&line, "web"),
-                sfu: addr_field(&line, "sfu"),
-                media: addr_field(&line, "media"),
-                child,
-                stdout: rx,
-            };
-        }
-    }
+/// Starts `satsuma` on ephemeral loopback ports (10 s drain on SIGTERM) with `extra` flags.
+fn start(extra: &[&str]) -> Stack {
+    let mut args = vec!["--drain-secs", "10"];
+    args.extend_from_slice(extra);
+    Stack::spawn(&common::web_dir(), &args)
 }
 
 fn sigterm(child: &Child) {
@@ -146,7 +75,7 @@ async fn quick_start_serves_web_token_ws_and_sfu_then_stops_on_sigterm() {
     );
 
     // The web client: index.html as it is on disk.
-    let index = std::fs::read_to_string(web_dir().join("index.html")).unwrap();
+    let index = std::fs::read_to_string(common::web_dir().join("index.html")).unwrap();
     let resp = http.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), index);
@@ -543,7 +472,7 @@ async fn built_in_tls_serves_https_and_wss() {
         .unwrap();
     let response = String::from_utf8_lossy(&response);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let index = std::fs::read_to_string(web_dir().join("index.html")).unwrap();
+    let index = std::fs::read_to_string(common::web_dir().join("index.html")).unwrap();
     assert!(response.ends_with(&index), "body differs from index.html");
 
     // Plain HTTP on the TLS port gets no page.

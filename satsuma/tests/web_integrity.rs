@@ -8,15 +8,12 @@
 //! build nor a previous `scripts/build-web.sh` run, and never writes into the checkout.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-/// Hang detector for starting the server, not a performance assertion.
-const PATIENCE: Duration = Duration::from_secs(60);
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::Stack;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -65,82 +62,11 @@ fn stamped_copy(name: &str) -> PathBuf {
     dir
 }
 
-struct Running {
-    child: Child,
-    web: SocketAddr,
-    /// Kept so the server's later stdout lines have a reader (a closed pipe would make its
-    /// `println!` fail).
-    _stdout: mpsc::Receiver<String>,
-}
-
-impl Running {
-    fn base(&self) -> String {
-        format!("http://{}/", self.web)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `satsuma` on ephemeral loopback ports serving `web_dir`. Owned by [`Running`], which
-/// kills and reaps it on drop.
-#[allow(clippy::zombie_processes)]
-fn start(web_dir: &Path, extra: &[&str]) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_satsuma"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--sfu-api",
-            "127.0.0.1:0",
-            "--media",
-            "127.0.0.1:0",
-            "--detect-lan=false",
-            "--log",
-            "warn",
-            "--token-secret",
-            "web-integrity-token-secret-0123456789",
-        ])
-        .arg("--web-dir")
-        .arg(web_dir)
-        .args(extra)
-        .env_remove("SATSUMA_CONFIG")
-        .env_remove("SATSUMA_TEST_HOOKS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn satsuma");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        let line = rx
-            .recv_timeout(PATIENCE)
-            .expect("satsuma printed no `satsuma listening` line");
-        if let Some(rest) = line.strip_prefix("satsuma listening ") {
-            let web = rest
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("web="))
-                .unwrap()
-                .parse()
-                .unwrap();
-            return Running {
-                child,
-                web,
-                _stdout: rx,
-            };
-        }
-    }
+/// Starts `satsuma` (with a token secret) serving `web_dir`, with `extra` flags.
+fn start(web_dir: &Path, extra: &[&str]) -> Stack {
+    let mut args = vec!["--token-secret", "web-integrity-token-secret-0123456789"];
+    args.extend_from_slice(extra);
+    Stack::spawn(web_dir, &args)
 }
 
 fn verify_client(url: &str, web_dir: &Path) -> Output {
@@ -193,7 +119,7 @@ fn verify_client_passes_on_the_same_build_and_names_a_changed_file() {
 
     // The deployment serves exactly the local build: every file ok, exit 0.
     let server = start(&good, &[]);
-    let out = verify_client(&server.base(), &good);
+    let out = verify_client(&server.root(), &good);
     assert!(out.status.success(), "{}", text(&out));
     for f in &files {
         let line = line_for(&out, f).unwrap_or_else(|| panic!("no line for {f}\n{}", text(&out)));
@@ -206,7 +132,7 @@ fn verify_client_passes_on_the_same_build_and_names_a_changed_file() {
     copy_dir(&good, &bad);
     flip_one_byte(&bad.join("call-view.js"));
     let tampered = start(&bad, &[]);
-    let out = verify_client(&tampered.base(), &good);
+    let out = verify_client(&tampered.root(), &good);
     println!("{}", text(&out));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -225,7 +151,7 @@ fn verify_client_passes_on_the_same_build_and_names_a_changed_file() {
     // file) still fails: the changed file, index.html (its hashes) and the extra file are named.
     std::fs::write(bad.join("extra.js"), "export const x = 1;\n").unwrap();
     stamp(&bad);
-    let out = verify_client(&tampered.base(), &good);
+    let out = verify_client(&tampered.root(), &good);
     println!("{}", text(&out));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     for (path, verdict) in [
@@ -244,7 +170,7 @@ fn verify_client_passes_on_the_same_build_and_names_a_changed_file() {
     std::fs::remove_file(bad.join("extra.js")).unwrap();
     std::fs::remove_file(bad.join("local-media.js")).unwrap();
     stamp(&bad);
-    let out = verify_client(&tampered.base(), &good);
+    let out = verify_client(&tampered.root(), &good);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         line_for(&out, "local-media.js").is_some_and(|l| l.starts_with("MISSING")),
@@ -253,7 +179,7 @@ fn verify_client_passes_on_the_same_build_and_names_a_changed_file() {
     );
 
     // Nothing listening: the check cannot run (2), which is not a pass.
-    let url = server.base();
+    let url = server.root();
     drop(server);
     let out = verify_client(&url, &good);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -281,7 +207,7 @@ async fn every_response_carries_a_strict_csp_and_security_headers() {
     let map_source = import_map_source(&index);
     let server = start(&web, &[]);
     let http = reqwest::Client::new();
-    let base = server.base();
+    let base = server.root();
 
     for path in [
         "",
@@ -352,7 +278,7 @@ async fn every_response_carries_a_strict_csp_and_security_headers() {
     );
     let hooked = start(&web, &["--test-hooks"]);
     let config: serde_json::Value = http
-        .get(format!("{}client-config.json", hooked.base()))
+        .get(format!("{}client-config.json", hooked.root()))
         .send()
         .await
         .unwrap()
