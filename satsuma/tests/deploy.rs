@@ -1021,6 +1021,7 @@ fn dockerfile_builds_every_binary_it_ships() {
         text.contains("./scripts/build-web.sh"),
         "the web client is not built"
     );
+    dockerfile_bundles_the_web_client(&text);
     // Every SATSUMA_* variable it sets is an option of `satsuma`, and the exposed ports are the
     // ones those settings and the SFU API use.
     let known = satsuma_env_vars();
@@ -1054,6 +1055,62 @@ fn dockerfile_builds_every_binary_it_ships() {
     );
     let ignore = read(&deploy().join("Dockerfile.dockerignore"));
     assert!(ignore.lines().any(|l| l == "target/"));
+}
+
+/// The image ships the bundled page (app.bundle.js and e2ee-worker.bundle.js, made by esbuild
+/// from npm in scripts/build-web.sh), not the ~30 modules it falls back to without npm: the
+/// build stage installs Node.js and npm before it builds the web client, the build fails when
+/// the bundles or the page's bundle entry are missing, and the Debian release's Node.js is new
+/// enough for the esbuild that client/web/package-lock.json pins. (Checked on the text: CI does
+/// not build this Dockerfile; scripts/test-deploy.sh builds its image with buildah.)
+fn dockerfile_bundles_the_web_client(text: &str) {
+    let lines: Vec<&str> = text.lines().collect();
+    let at = |what: &str| lines.iter().position(|l| l.contains(what));
+    let npm = at("apt-get install").filter(|&i| {
+        let words: Vec<&str> = lines[i].split_whitespace().collect();
+        words.contains(&"nodejs") && words.contains(&"npm")
+    });
+    let npm =
+        npm.expect("the build stage installs nodejs and npm (apt-get install ... nodejs npm)");
+    let runtime = at(" AS runtime").unwrap();
+    let web = at("./scripts/build-web.sh").unwrap();
+    assert!(
+        npm < web && web < runtime,
+        "npm is installed in the build stage before the web build"
+    );
+    for check in [
+        "test -s client/web/public/app.bundle.js",
+        "test -s client/web/public/e2ee-worker.bundle.js",
+        "<script type=\"module\" src=\"app.bundle.js\"",
+    ] {
+        let i = at(check).unwrap_or_else(|| panic!("the build does not check {check:?}"));
+        assert!(web < i && i < runtime, "{check:?} after the web build");
+    }
+    // Node.js majors of the Debian releases the build stage may use.
+    let release = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG DEBIAN_RELEASE="))
+        .unwrap()
+        .trim();
+    let node = match release {
+        "bookworm" => 18,
+        "trixie" => 20,
+        other => panic!("Node.js of Debian {other}: add it here"),
+    };
+    let lock = json(&repo().join("client/web/package-lock.json"));
+    let esbuild = lock["packages"]["node_modules/esbuild"]["engines"]["node"]
+        .as_str()
+        .expect("esbuild's engines.node in client/web/package-lock.json");
+    let needs: u32 = esbuild
+        .trim_start_matches(">=")
+        .split('.')
+        .next()
+        .and_then(|m| m.trim().parse().ok())
+        .unwrap_or_else(|| panic!("esbuild engines.node {esbuild:?}"));
+    assert!(
+        needs <= node,
+        "esbuild needs Node.js {esbuild}; Debian {release} has {node}"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
