@@ -16,11 +16,10 @@ use std::net::SocketAddr;
 /// Upper bound of one GSO send (the kernel's limit on a UDP datagram's total size).
 pub const MAX_GSO_BYTES: usize = 65_000;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Queued {
     destination: SocketAddr,
-    start: usize,
-    len: usize,
+    datagram: Vec<u8>,
 }
 
 /// One socket call: `contents` holds one datagram, or several of `segment_size` bytes each (the
@@ -50,24 +49,24 @@ pub enum Flushed<'a, 'b> {
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct Egress {
-    bytes: Vec<u8>,
     queued: Vec<Queued>,
     order: Vec<usize>,
     scratch: Vec<u8>,
 }
 
 impl Egress {
-    /// Queues one datagram.
-    pub fn push(&mut self, destination: SocketAddr, datagram: &[u8]) {
+    /// Queues one datagram. It is taken as it is (str0m hands over each datagram it sends in a
+    /// `Vec` of its own): single datagrams leave from it uncopied, and only runs sent with GSO
+    /// are gathered into one buffer, so a datagram is copied once at most.
+    pub fn push(&mut self, destination: SocketAddr, datagram: impl Into<Vec<u8>>) {
+        let datagram = datagram.into();
         if datagram.is_empty() {
             return;
         }
         self.queued.push(Queued {
             destination,
-            start: self.bytes.len(),
-            len: datagram.len(),
+            datagram,
         });
-        self.bytes.extend_from_slice(datagram);
     }
 
     /// Datagrams waiting.
@@ -81,8 +80,8 @@ impl Egress {
     }
 
     /// Hands every queued datagram to `send`, grouping runs for one destination into GSO sends
-    /// of at most `max_segments` datagrams (1 disables grouping). Clears the queue; buffers are
-    /// kept for the next batch, so a steady state allocates nothing.
+    /// of at most `max_segments` datagrams (1 disables grouping). Clears the queue (each datagram's
+    /// own buffer is freed; the queue's buffers are kept for the next batch).
     pub fn flush(&mut self, max_segments: usize, mut send: impl FnMut(Send<'_>)) {
         self.flush_batched(max_segments, 1, |f| match f {
             Flushed::Gso(s) => send(s),
@@ -115,22 +114,24 @@ impl Egress {
         self.order.sort_by_key(|&i| queued[i].destination);
         let mut i = 0;
         while i < self.order.len() {
-            let first = self.queued[self.order[i]];
+            let first = &queued[self.order[i]];
+            let first_len = first.datagram.len();
             let mut end = i + 1;
-            let mut total = first.len;
+            let mut total = first_len;
             if max_segments > 1 {
                 while end < self.order.len() && end - i < max_segments {
-                    let next = self.queued[self.order[end]];
-                    // Same peer; every segment but the last exactly `first.len` long.
+                    let next = &queued[self.order[end]];
+                    let next_len = next.datagram.len();
+                    // Same peer; every segment but the last exactly `first_len` long.
                     if next.destination != first.destination
-                        || next.len > first.len
-                        || total + next.len > MAX_GSO_BYTES
+                        || next_len > first_len
+                        || total + next_len > MAX_GSO_BYTES
                     {
                         break;
                     }
-                    total += next.len;
+                    total += next_len;
                     end += 1;
-                    if next.len < first.len {
+                    if next_len < first_len {
                         break;
                     }
                 }
@@ -138,7 +139,7 @@ impl Egress {
             if end - i == 1 {
                 singles.push(Send {
                     destination: first.destination,
-                    contents: &self.bytes[first.start..first.start + first.len],
+                    contents: &first.datagram,
                     segment_size: None,
                     datagrams: 1,
                 });
@@ -156,14 +157,12 @@ impl Egress {
                 }
                 self.scratch.clear();
                 for &k in &self.order[i..end] {
-                    let q = self.queued[k];
-                    self.scratch
-                        .extend_from_slice(&self.bytes[q.start..q.start + q.len]);
+                    self.scratch.extend_from_slice(&queued[k].datagram);
                 }
                 send(Flushed::Gso(Send {
                     destination: first.destination,
                     contents: &self.scratch,
-                    segment_size: Some(first.len),
+                    segment_size: Some(first_len),
                     datagrams: end - i,
                 }));
             }
@@ -174,7 +173,6 @@ impl Egress {
         }
         drop(singles);
         self.queued.clear();
-        self.bytes.clear();
     }
 }
 
@@ -204,11 +202,11 @@ mod tests {
     fn runs_to_one_peer_become_one_gso_send_in_order() {
         let mut e = Egress::default();
         // Two frames' packets interleaved over two subscribers, as fan-out produces them.
-        e.push(addr(1), &[1; 4]);
-        e.push(addr(2), &[9; 4]);
-        e.push(addr(1), &[2; 4]);
-        e.push(addr(2), &[8; 4]);
-        e.push(addr(1), &[3; 2]);
+        e.push(addr(1), [1; 4]);
+        e.push(addr(2), [9; 4]);
+        e.push(addr(1), [2; 4]);
+        e.push(addr(2), [8; 4]);
+        e.push(addr(1), [3; 2]);
         let out = flush(&mut e, 64);
         assert_eq!(
             out,
@@ -224,10 +222,10 @@ mod tests {
     #[test]
     fn a_longer_datagram_or_a_short_one_in_the_middle_ends_a_run() {
         let mut e = Egress::default();
-        e.push(addr(1), &[1; 4]);
-        e.push(addr(1), &[2; 2]);
-        e.push(addr(1), &[3; 4]);
-        e.push(addr(1), &[4; 6]);
+        e.push(addr(1), [1; 4]);
+        e.push(addr(1), [2; 2]);
+        e.push(addr(1), [3; 4]);
+        e.push(addr(1), [4; 6]);
         let out = flush(&mut e, 64);
         let shape: Vec<_> = out.iter().map(|(_, s, n, c)| (*s, *n, c.len())).collect();
         assert_eq!(
@@ -243,18 +241,18 @@ mod tests {
     fn segment_and_size_limits_hold_and_one_disables_grouping() {
         let mut e = Egress::default();
         for _ in 0..10 {
-            e.push(addr(1), &[7; 1000]);
+            e.push(addr(1), [7; 1000]);
         }
         let out = flush(&mut e, 4);
         assert_eq!(out.iter().map(|o| o.2).collect::<Vec<_>>(), vec![4, 4, 2]);
         for _ in 0..100 {
-            e.push(addr(1), &[7; 1200]);
+            e.push(addr(1), [7; 1200]);
         }
         let out = flush(&mut e, 64);
         assert!(out.iter().all(|o| o.3.len() <= MAX_GSO_BYTES));
         assert_eq!(out.iter().map(|o| o.2).sum::<usize>(), 100);
-        e.push(addr(1), &[1; 3]);
-        e.push(addr(1), &[2; 3]);
+        e.push(addr(1), [1; 3]);
+        e.push(addr(1), [2; 3]);
         assert_eq!(flush(&mut e, 1).len(), 2);
     }
 
@@ -282,7 +280,7 @@ mod tests {
     fn single_datagrams_to_many_peers_leave_in_batches() {
         let mut e = Egress::default();
         for port in 1..=5u16 {
-            e.push(addr(port), &[port as u8; 100]);
+            e.push(addr(port), [port as u8; 100]);
         }
         let out = flush_in_batches(&mut e, 64, 3);
         assert_eq!(
@@ -299,12 +297,12 @@ mod tests {
     fn a_peers_single_goes_before_its_run_and_runs_stay_whole() {
         let mut e = Egress::default();
         // Peer 1: a short packet, then a frame of two; peer 2: one packet; peer 3: a frame.
-        e.push(addr(1), &[1; 10]);
-        e.push(addr(2), &[2; 10]);
-        e.push(addr(1), &[3; 50]);
-        e.push(addr(1), &[4; 50]);
-        e.push(addr(3), &[5; 50]);
-        e.push(addr(3), &[6; 50]);
+        e.push(addr(1), [1; 10]);
+        e.push(addr(2), [2; 10]);
+        e.push(addr(1), [3; 50]);
+        e.push(addr(1), [4; 50]);
+        e.push(addr(3), [5; 50]);
+        e.push(addr(3), [6; 50]);
         let out = flush_in_batches(&mut e, 64, 64);
         assert_eq!(
             out,
@@ -318,7 +316,7 @@ mod tests {
         );
         // The same datagrams through the unbatched flush: identical bytes per peer, in order.
         for (port, bytes) in [(1u16, [1u8; 10]), (2, [2; 10])] {
-            e.push(addr(port), &bytes);
+            e.push(addr(port), bytes);
         }
         let plain = flush(&mut e, 64);
         assert_eq!(plain.len(), 2);
@@ -327,7 +325,7 @@ mod tests {
     #[test]
     fn empty_datagrams_are_not_sent() {
         let mut e = Egress::default();
-        e.push(addr(1), &[]);
+        e.push(addr(1), []);
         assert!(e.is_empty());
     }
 }

@@ -36,6 +36,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use str0m::media::{MediaKind, Mid, Pt, Rid};
 use str0m::rtp::{ExtensionValues, Vp8Patch};
 
@@ -289,6 +290,31 @@ impl Leg {
     fn target(&self) -> Option<Rid> {
         self.target_rid.or(self.preferred_rid).or(self.current_rid)
     }
+
+    /// `pkt` as this leg sends it: payload type `pt`, rebased `seq` and `timestamp`, and the
+    /// leg's VP8 PictureID/TL0PICIDX rewrite (which advances the leg's VP8 numbering); the
+    /// payload is shared, marker, extensions and nackability are the packet's.
+    fn write(
+        &mut self,
+        pkt: &MediaPacket,
+        pt: Pt,
+        seq: u64,
+        timestamp: u32,
+        wallclock: Instant,
+    ) -> LegWrite {
+        LegWrite {
+            leg: self.key,
+            pt,
+            seq,
+            timestamp,
+            marker: pkt.marker,
+            nackable: pkt.nackable,
+            ext: pkt.ext.clone(),
+            payload: Arc::clone(&pkt.payload),
+            vp8_patch: pkt.vp8.and_then(|v| v.patch(self.vp8.map(v.numbers()))),
+            wallclock,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -429,14 +455,17 @@ pub struct KeyframeTarget {
 #[derive(Debug)]
 pub struct Forwarder {
     keyframe_interval: Duration,
-    publications: HashMap<TrackId, Publication>,
-    legs: HashMap<TrackId, Vec<Leg>>,
+    // Maps keyed by ids the SFU makes (track ids count up, session ids are random) use a fast
+    // hasher (Fx): the packet path looks up `publications`, `legs` and `meters` per packet. A
+    // leg's key holds the subscriber's mid, which the peer names: that map keeps SipHash.
+    publications: FxHashMap<TrackId, Publication>,
+    legs: FxHashMap<TrackId, Vec<Leg>>,
     leg_tracks: HashMap<LegKey, TrackId>,
-    meters: HashMap<TrackId, Vec<(Option<Rid>, RateMeter)>>,
-    selectors: HashMap<SessionId, LayerSelector>,
+    meters: FxHashMap<TrackId, Vec<(Option<Rid>, RateMeter)>>,
+    selectors: FxHashMap<SessionId, LayerSelector>,
     /// The (minimum, desired) bitrate each subscriber session's str0m was last told (see
     /// [`Forwarder::bitrate_changed`]).
-    bitrates_told: HashMap<SessionId, (u64, u64)>,
+    bitrates_told: FxHashMap<SessionId, (u64, u64)>,
 }
 
 impl Forwarder {
@@ -445,12 +474,12 @@ impl Forwarder {
     pub fn new(keyframe_interval: Duration) -> Forwarder {
         Forwarder {
             keyframe_interval,
-            publications: HashMap::new(),
-            legs: HashMap::new(),
+            publications: FxHashMap::default(),
+            legs: FxHashMap::default(),
             leg_tracks: HashMap::new(),
-            meters: HashMap::new(),
-            selectors: HashMap::new(),
-            bitrates_told: HashMap::new(),
+            meters: FxHashMap::default(),
+            selectors: FxHashMap::default(),
+            bitrates_told: FxHashMap::default(),
         }
     }
 
@@ -941,7 +970,7 @@ impl Forwarder {
         now: Instant,
         only: Option<SessionId>,
     ) -> Vec<(SessionId, SessionPlan)> {
-        let mut inputs: HashMap<SessionId, Vec<LegInput>> = HashMap::new();
+        let mut inputs: FxHashMap<SessionId, Vec<LegInput>> = FxHashMap::default();
         let mut tracks: Vec<TrackId> = match only {
             Some(s) => self
                 .leg_tracks
@@ -1126,19 +1155,7 @@ impl Forwarder {
             };
             let behind = last.timestamp.wrapping_sub(pkt.timestamp) as i32;
             let timestamp = top.wrapping_sub((behind / REPLAY_TS_COMPRESSION) as u32);
-            let vp8_patch = pkt.vp8.and_then(|v| v.patch(l.vp8.map(v.numbers())));
-            out.push(LegWrite {
-                leg,
-                pt,
-                seq,
-                timestamp,
-                marker: pkt.marker,
-                nackable: pkt.nackable,
-                ext: pkt.ext.clone(),
-                payload: Arc::clone(&pkt.payload),
-                vp8_patch,
-                wallclock: now,
-            });
+            out.push(l.write(pkt, pt, seq, timestamp, now));
         }
         l.keyframe_seen = true;
         ReplayOutcome::Replayed(out.len() - before)
@@ -1236,19 +1253,7 @@ impl Forwarder {
                 continue;
             };
             let timestamp = leg.ts.map(pkt.timestamp, pkt.arrival);
-            let vp8_patch = pkt.vp8.and_then(|v| v.patch(leg.vp8.map(v.numbers())));
-            out.push(LegWrite {
-                leg: leg.key,
-                pt: out_pt,
-                seq,
-                timestamp,
-                marker: pkt.marker,
-                nackable: pkt.nackable,
-                ext: pkt.ext.clone(),
-                payload: Arc::clone(&pkt.payload),
-                vp8_patch,
-                wallclock: pkt.arrival,
-            });
+            out.push(leg.write(pkt, out_pt, seq, timestamp, pkt.arrival));
             leg.keyframe_seen |= pkt.keyframe;
             outcome.forwarded += 1;
         }

@@ -34,7 +34,7 @@
 //! ```text
 //!  UDP socket ──recvmmsg──▶ udp::run_receiver ── Demux: remote addr → session (fast path)
 //!                                              └─ else STUN USERNAME ufrag → session (new flow)
-//!        │ ShardMsg::Datagram (bytes moved, not copied again)
+//!        │ ShardMsg::Datagrams: one per recvmmsg round and shard (pooled buffers, one copy)
 //!        ▼
 //!  shard of the publisher: Rtc::handle_input → drain poll_output until Timeout
 //!        │ Event::RtpPacket (SRTP decrypted, payload: Arc<[u8]>)

@@ -7,16 +7,20 @@
 //! An ICE restart replaces a session's ufrag ([`UdpControl::ReplaceUfrag`]) and keeps its
 //! routes until the new path is up; then the unused ones are forgotten ([`UdpControl::Unroute`],
 //! see [`crate::routes`]).
-//! Everything else is counted as a drop. Reads are batched (`recvmmsg`); shards send directly on
-//! the shared socket, in batches grouped per destination ([`crate::egress`], UDP GSO), and single
-//! datagrams to many peers with one `sendmmsg`.
+//! Everything else is counted as a drop. Reads are batched (`recvmmsg`), and the socket is read
+//! until it is empty at each wake-up; each round's datagrams reach a shard as one message (a
+//! [`DatagramBatch`], its buffers recycled through a [`BatchPool`]: one copy per datagram and no
+//! allocation). Shards send directly on the shared socket, in batches grouped per destination
+//! ([`crate::egress`], UDP GSO), and single datagrams to many peers with one `sendmmsg`.
 
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -358,7 +362,103 @@ const RECV_BATCH: usize = quinn_udp::BATCH_SIZE;
 /// Rounds of batched reads before the receiver looks at its control channel again.
 const RECV_ROUNDS: usize = 8;
 
-/// Receives until the task is aborted.
+/// The datagrams of one `recvmmsg` round for one shard, handed over in one channel message
+/// ([`ShardMsg::Datagrams`]): their bytes one after the other in one buffer. The buffers come
+/// from a [`BatchPool`] and go back to it when the batch is dropped (after the shard has fed
+/// every datagram to str0m, which copies what it keeps), so a steady flow allocates nothing:
+/// one copy per datagram, from the receive buffer into the batch.
+#[derive(Debug, Default)]
+pub struct DatagramBatch {
+    bytes: Vec<u8>,
+    datagrams: Vec<Datagram<Range<usize>>>,
+    pool: Option<BatchPool>,
+}
+
+impl DatagramBatch {
+    /// Appends a copy of one datagram.
+    pub fn push(&mut self, d: Datagram<&[u8]>) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(d.data);
+        self.datagrams.push(d.with_data(start..self.bytes.len()));
+    }
+
+    /// Datagrams held.
+    pub fn len(&self) -> usize {
+        self.datagrams.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.datagrams.is_empty()
+    }
+
+    /// The datagrams, in the order they were pushed.
+    pub fn iter(&self) -> impl Iterator<Item = Datagram<&[u8]>> {
+        self.datagrams
+            .iter()
+            .map(|d| d.with_data(self.bytes.get(d.data.clone()).unwrap_or_default()))
+    }
+}
+
+impl Drop for DatagramBatch {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.put(
+                std::mem::take(&mut self.bytes),
+                std::mem::take(&mut self.datagrams),
+            );
+        }
+    }
+}
+
+/// Buffers of spent [`DatagramBatch`]es, for the receiver's next ones (shared with the shards,
+/// which drop the batches). Holds at most [`BatchPool::KEEP`] of them, and none grown past
+/// [`BatchPool::MAX_BYTES`] (a burst of large GRO reads does not stay allocated).
+#[derive(Debug, Clone, Default)]
+pub struct BatchPool {
+    free: Arc<Mutex<Vec<SpareBatch>>>,
+}
+
+/// The buffers of a spent [`DatagramBatch`].
+type SpareBatch = (Vec<u8>, Vec<Datagram<Range<usize>>>);
+
+impl BatchPool {
+    /// Spare batches kept at most.
+    pub const KEEP: usize = 256;
+    /// Largest byte buffer kept.
+    pub const MAX_BYTES: usize = 1 << 20;
+
+    /// An empty batch, with recycled buffers when there are any.
+    pub fn take(&self) -> DatagramBatch {
+        let (bytes, datagrams) = self.free.lock().pop().unwrap_or_default();
+        DatagramBatch {
+            bytes,
+            datagrams,
+            pool: Some(self.clone()),
+        }
+    }
+
+    fn put(&self, mut bytes: Vec<u8>, mut datagrams: Vec<Datagram<Range<usize>>>) {
+        if bytes.capacity() > Self::MAX_BYTES {
+            return;
+        }
+        bytes.clear();
+        datagrams.clear();
+        let mut free = self.free.lock();
+        if free.len() < Self::KEEP {
+            free.push((bytes, datagrams));
+        }
+    }
+
+    /// Spare batches held (for tests).
+    pub fn spare(&self) -> usize {
+        self.free.lock().len()
+    }
+}
+
+/// Receives until the task is aborted. Each wake-up reads the socket until it is empty (in
+/// rounds of `recvmmsg`); each round's datagrams go to their shards in one [`DatagramBatch`] per
+/// shard.
 pub async fn run_receiver(
     io: Arc<UdpIo>,
     candidates: Vec<SocketAddr>,
@@ -372,6 +472,7 @@ pub async fn run_receiver(
     let slot = 2048 * io.state.gro_segments().max(1);
     let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; slot]).collect();
     let mut meta = vec![RecvMeta::default(); RECV_BATCH];
+    let mut router = Router::new(shards, BatchPool::default());
     loop {
         tokio::select! {
             biased;
@@ -403,47 +504,80 @@ pub async fn run_receiver(
                     for (m, buf) in meta.iter().zip(&bufs).take(n) {
                         let stride = if m.stride == 0 { m.len } else { m.stride };
                         for data in buf[..m.len.min(buf.len())].chunks(stride.max(1)) {
-                            route_datagram(&mut demux, &candidates, &shards, &metrics, m.addr, data, now);
+                            router.route(&demux, &candidates, &metrics, m.addr, data, now);
                         }
                     }
+                    router.hand_over(&metrics);
                 }
             }
         }
     }
 }
 
-/// Hands one received datagram to the shard owning its session, or counts why not.
-fn route_datagram(
-    demux: &mut Demux,
-    candidates: &[SocketAddr],
-    shards: &[mpsc::Sender<ShardMsg>],
-    metrics: &Metrics,
-    source: SocketAddr,
-    data: &[u8],
-    received: Instant,
-) {
-    metrics.packets_in.inc();
-    metrics.bytes_in.inc_by(data.len() as u64);
-    match demux.route(source, data) {
-        Ok((session, shard)) => {
-            let d = Datagram {
-                session,
-                source,
-                destination: local_for(candidates, source),
-                data: data.to_vec(),
-                received,
-                proto: str0m::net::Protocol::Udp,
-            };
-            match shards.get(shard) {
-                Some(tx) => {
-                    if tx.try_send(ShardMsg::Datagram(d)).is_err() {
-                        metrics.drop(PacketDrop::ShardQueueFull);
-                    }
-                }
-                None => metrics.drop(PacketDrop::UnknownShard),
+/// Sorts received datagrams into one [`DatagramBatch`] per shard and hands the batches over.
+#[derive(Debug)]
+struct Router {
+    shards: Vec<mpsc::Sender<ShardMsg>>,
+    batches: Vec<DatagramBatch>,
+    pool: BatchPool,
+}
+
+impl Router {
+    fn new(shards: Vec<mpsc::Sender<ShardMsg>>, pool: BatchPool) -> Router {
+        let batches = shards.iter().map(|_| DatagramBatch::default()).collect();
+        Router {
+            shards,
+            batches,
+            pool,
+        }
+    }
+
+    /// Adds one received datagram to the batch of the shard owning its session, or counts why
+    /// not.
+    fn route(
+        &mut self,
+        demux: &Demux,
+        candidates: &[SocketAddr],
+        metrics: &Metrics,
+        source: SocketAddr,
+        data: &[u8],
+        received: Instant,
+    ) {
+        metrics.packets_in.inc();
+        metrics.bytes_in.inc_by(data.len() as u64);
+        let (session, shard) = match demux.route(source, data) {
+            Ok(r) => r,
+            Err(reason) => return metrics.drop(reason),
+        };
+        let Some(batch) = self.batches.get_mut(shard) else {
+            return metrics.drop(PacketDrop::UnknownShard);
+        };
+        if batch.pool.is_none() {
+            *batch = self.pool.take();
+        }
+        batch.push(Datagram {
+            session,
+            source,
+            destination: local_for(candidates, source),
+            data,
+            received,
+            proto: str0m::net::Protocol::Udp,
+        });
+    }
+
+    /// Sends every non-empty batch to its shard (one message each); a full inbox drops the
+    /// batch's datagrams, counted.
+    fn hand_over(&mut self, metrics: &Metrics) {
+        for (batch, tx) in self.batches.iter_mut().zip(&self.shards) {
+            if batch.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(batch);
+            let n = batch.len() as u64;
+            if tx.try_send(ShardMsg::Datagrams(batch)).is_err() {
+                metrics.drop_n(PacketDrop::ShardQueueFull, n);
             }
         }
-        Err(reason) => metrics.drop(reason),
     }
 }
 
@@ -626,6 +760,118 @@ mod tests {
             shard: 0,
         });
         assert_eq!(d.routed_addrs(), 0);
+    }
+
+    fn datagram(session: u8, data: &[u8]) -> Datagram<&[u8]> {
+        Datagram {
+            session: SessionId([session; 16]),
+            source: "127.0.0.1:7".parse().unwrap(),
+            destination: "127.0.0.1:9".parse().unwrap(),
+            data,
+            received: Instant::now(),
+            proto: str0m::net::Protocol::Udp,
+        }
+    }
+
+    #[test]
+    fn a_batch_gives_back_each_datagram_whole_and_its_buffers_go_back_to_the_pool() {
+        let pool = BatchPool::default();
+        let mut batch = pool.take();
+        batch.push(datagram(1, &[1, 2, 3]));
+        batch.push(datagram(2, &[]));
+        batch.push(datagram(3, &[9; 1500]));
+        let got: Vec<(u8, Vec<u8>)> = batch
+            .iter()
+            .map(|d| (d.session.0[0], d.data.to_vec()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(1, vec![1, 2, 3]), (2, vec![]), (3, vec![9; 1500])]
+        );
+        assert_eq!(pool.spare(), 0);
+        drop(batch);
+        assert_eq!(pool.spare(), 1);
+        // The next batch reuses those buffers, emptied.
+        let batch = pool.take();
+        assert!(batch.is_empty() && batch.bytes.capacity() >= 1503);
+        assert_eq!(pool.spare(), 0);
+        drop(batch);
+        // A batch that grew past the limit is not kept; nor more than KEEP batches.
+        let mut big = pool.take();
+        big.push(datagram(1, &vec![0; BatchPool::MAX_BYTES + 1]));
+        drop(big);
+        assert_eq!(pool.spare(), 0);
+        let many: Vec<DatagramBatch> = (0..BatchPool::KEEP + 3).map(|_| pool.take()).collect();
+        drop(many);
+        assert_eq!(pool.spare(), BatchPool::KEEP);
+    }
+
+    #[test]
+    fn one_message_per_shard_and_round_and_a_full_inbox_drops_the_batch_counted() {
+        let (tx0, mut rx0) = mpsc::channel(1);
+        let (tx1, mut rx1) = mpsc::channel(1);
+        let pool = BatchPool::default();
+        let mut router = Router::new(vec![tx0, tx1], pool.clone());
+        let metrics = Metrics::new();
+        let mut demux = Demux::default();
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        for (ufrag, session, shard, addr) in [("a", 1u8, 0, a), ("b", 2, 1, b)] {
+            let session = SessionId([session; 16]);
+            demux.apply(UdpControl::Register {
+                ufrag: ufrag.into(),
+                session,
+                shard,
+            });
+            demux.apply(UdpControl::Route {
+                addr,
+                session,
+                shard,
+            });
+        }
+        let candidates: Vec<SocketAddr> = vec!["127.0.0.1:9".parse().unwrap()];
+        let now = Instant::now();
+        let round = |router: &mut Router, packets: &[(SocketAddr, u8)]| {
+            for (from, byte) in packets {
+                router.route(&demux, &candidates, &metrics, *from, &[0x80, *byte], now);
+            }
+            router.hand_over(&metrics);
+        };
+        // An unknown source is dropped and counted, not batched.
+        let c: SocketAddr = "127.0.0.1:3".parse().unwrap();
+        round(&mut router, &[(a, 1), (b, 2), (a, 3), (c, 4), (a, 5)]);
+        let Ok(ShardMsg::Datagrams(first)) = rx0.try_recv() else {
+            panic!("shard 0 gets one batch");
+        };
+        let data: Vec<Vec<u8>> = first.iter().map(|d| d.data.to_vec()).collect();
+        assert_eq!(data, vec![vec![0x80, 1], vec![0x80, 3], vec![0x80, 5]]);
+        assert!(
+            first
+                .iter()
+                .all(|d| d.source == a && d.destination == candidates[0])
+        );
+        let Ok(ShardMsg::Datagrams(second)) = rx1.try_recv() else {
+            panic!("shard 1 gets one batch");
+        };
+        assert_eq!(second.len(), 1);
+        assert!(rx0.try_recv().is_err() && rx1.try_recv().is_err());
+        // Shard 1's inbox is full: the next round's batch for it is dropped, each datagram
+        // counted; shard 0 still gets its own.
+        drop(first);
+        round(&mut router, &[(b, 6), (b, 7)]);
+        round(&mut router, &[(a, 8), (b, 9), (b, 10)]);
+        let text = metrics.render();
+        assert!(text.contains("satsuma_sfu_dropped_total{reason=\"shard_queue_full\"} 2"));
+        assert!(text.contains("satsuma_sfu_dropped_total{reason=\"unknown_source\"} 1"));
+        let Ok(ShardMsg::Datagrams(third)) = rx0.try_recv() else {
+            panic!("shard 0 gets its batch");
+        };
+        assert_eq!(third.iter().map(|d| d.data[1]).collect::<Vec<_>>(), vec![8]);
+        // Dropped and consumed batches went back to the pool.
+        drop((second, third));
+        assert!(pool.spare() >= 2, "spare {}", pool.spare());
     }
 
     #[test]

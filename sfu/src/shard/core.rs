@@ -9,12 +9,13 @@
 //! The packet path is in [`super::media`], the API commands in [`super::commands`], session and
 //! leg lifecycle here.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::net::Protocol;
 
@@ -40,9 +41,10 @@ pub(crate) const HOUSEKEEPING: Duration = Duration::from_millis(250);
 /// has 1 ms granularity: each distinct millisecond would otherwise be a wake-up of its own).
 pub(crate) const TIMER_COALESCE: Duration = Duration::from_millis(1);
 
-/// A datagram routed to a session.
-#[derive(Debug)]
-pub struct Datagram {
+/// A datagram routed to a session. `D` holds its bytes: its own `Vec` (ICE-TCP, tests), a
+/// slice of a [`DatagramBatch`](crate::udp::DatagramBatch)'s buffer, or where they are in it.
+#[derive(Debug, Clone)]
+pub struct Datagram<D = Vec<u8>> {
     /// Owning session.
     pub session: SessionId,
     /// Remote address.
@@ -50,11 +52,25 @@ pub struct Datagram {
     /// Our address it was sent to (one of the host candidates).
     pub destination: SocketAddr,
     /// The bytes.
-    pub data: Vec<u8>,
+    pub data: D,
     /// Arrival time.
     pub received: Instant,
     /// UDP, or TCP for a frame of an ICE-TCP connection ([`crate::tcp`]).
     pub proto: Protocol,
+}
+
+impl<D> Datagram<D> {
+    /// The same datagram with its bytes held by `data`.
+    pub fn with_data<E>(&self, data: E) -> Datagram<E> {
+        Datagram {
+            session: self.session,
+            source: self.source,
+            destination: self.destination,
+            data,
+            received: self.received,
+            proto: self.proto,
+        }
+    }
 }
 
 /// A message from one shard's core to another's.
@@ -180,7 +196,9 @@ pub struct Core {
     /// Number of shards (ids `0..shards`).
     pub(super) shards: usize,
     pub(super) ctx: Arc<CoreContext>,
-    pub(super) sessions: HashMap<SessionId, Session>,
+    /// By session id. Session ids are random and ours, so they take a fast hasher (Fx): the
+    /// packet path looks a session up twice per forwarded packet and leg.
+    pub(super) sessions: FxHashMap<SessionId, Session>,
     pub(super) forwarder: Forwarder,
     /// Tracks of other nodes relayed here whose home is this shard.
     pub(super) relayed: RelayedTracks,
@@ -189,7 +207,7 @@ pub struct Core {
     /// Messages to this shard itself, handled before the current input returns.
     local: VecDeque<PeerMsg>,
     dirty: Vec<SessionId>,
-    dirty_set: HashSet<SessionId>,
+    dirty_set: FxHashSet<SessionId>,
     pub(super) writes: Vec<LegWrite>,
     pub(super) fanout: Vec<ShardId>,
     pub(super) events: Vec<SessionEvent>,
@@ -209,13 +227,13 @@ impl Core {
             id,
             shards,
             ctx,
-            sessions: HashMap::new(),
+            sessions: FxHashMap::default(),
             forwarder: Forwarder::new(KEYFRAME_INTERVAL),
             relayed: RelayedTracks::default(),
             channels,
             local: VecDeque::new(),
             dirty: Vec::new(),
-            dirty_set: HashSet::new(),
+            dirty_set: FxHashSet::default(),
             writes: Vec::new(),
             fanout: Vec::new(),
             events: Vec::new(),
@@ -258,7 +276,7 @@ impl Core {
     }
 
     /// A datagram for one of this shard's sessions.
-    pub fn handle_datagram(&mut self, now: Instant, d: Datagram) {
+    pub fn handle_datagram<D: AsRef<[u8]>>(&mut self, now: Instant, d: Datagram<D>) {
         self.now = now;
         self.datagram(d);
         self.settle();
@@ -354,7 +372,7 @@ impl Core {
                 },
             );
         }
-        self.sessions = HashMap::new();
+        self.sessions = FxHashMap::default();
         self.relay_reset();
         self.forwarder = Forwarder::new(KEYFRAME_INTERVAL);
         self.channels = ChannelRouter::new(self.channels.limits().clone());

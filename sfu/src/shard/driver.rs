@@ -18,7 +18,7 @@ use crate::metrics::PacketDrop;
 use crate::relay::KeyframeKind;
 use crate::relay::bridge::ShardRelay;
 use crate::tcp::TcpShared;
-use crate::udp::{UdpControl, UdpIo};
+use crate::udp::{DatagramBatch, UdpControl, UdpIo};
 use str0m::media::KeyframeRequestKind;
 
 /// Messages handled before the shard looks at timeouts again.
@@ -37,8 +37,10 @@ pub enum ShardMsg {
         /// Its reply.
         reply: Reply,
     },
-    /// A datagram for one of our sessions.
+    /// A datagram for one of our sessions (ICE-TCP).
     Datagram(Datagram),
+    /// The UDP datagrams of one `recvmmsg` round for our sessions.
+    Datagrams(DatagramBatch),
     /// A message from another shard.
     Peer(PeerMsg),
     /// From the relay between SFU nodes, for a relayed track whose home is this shard.
@@ -51,7 +53,7 @@ impl ShardMsg {
     /// Whether losing this message on a full inbox is acceptable.
     pub(crate) fn is_lossy(&self) -> bool {
         match self {
-            ShardMsg::Datagram(_) => true,
+            ShardMsg::Datagram(_) | ShardMsg::Datagrams(_) => true,
             ShardMsg::Peer(m) => m.is_lossy(),
             ShardMsg::Relay(r) => r.is_lossy(),
             ShardMsg::Api { .. } | ShardMsg::InjectPanic => false,
@@ -171,6 +173,11 @@ impl Shard {
                 let _ = reply.send(self.core.handle_api(now, command));
             }
             ShardMsg::Datagram(d) => self.core.handle_datagram(now, d),
+            ShardMsg::Datagrams(batch) => {
+                for d in batch.iter() {
+                    self.core.handle_datagram(now, d);
+                }
+            }
             ShardMsg::Peer(m) => self.core.handle_peer(now, m),
             ShardMsg::Relay(r) => self.core.handle_relay(now, r),
             ShardMsg::InjectPanic => injected_panic(self.id),
