@@ -591,8 +591,7 @@ fn drain_session(session: &mut Session, now: Instant, out: &mut Drain<'_>) -> Re
 /// once cost one more pass over the whole `Rtc` (ICE, DTLS, SCTP, every stream, the estimator)
 /// per forwarded packet. The next write, datagram or timer runs it.
 pub(crate) fn defers_bookkeeping(reason: Reason, writes_pending: u32, rtp_sent: u32) -> bool {
-    std::env::var_os("H3_NO_DEFER").is_none()
-        && writes_pending > 0
+    writes_pending > 0
         && rtp_sent >= writes_pending
         && reason == Reason::Pacer(PacerReason::Immediate)
 }
