@@ -18,6 +18,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -372,6 +373,8 @@ pub struct DatagramBatch {
     bytes: Vec<u8>,
     datagrams: Vec<Datagram<Range<usize>>>,
     pool: Option<BatchPool>,
+    /// The count of its shard's datagrams in flight, which this batch is part of until dropped.
+    in_flight: Option<Arc<AtomicUsize>>,
 }
 
 impl DatagramBatch {
@@ -402,6 +405,9 @@ impl DatagramBatch {
 
 impl Drop for DatagramBatch {
     fn drop(&mut self) {
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.fetch_sub(self.datagrams.len(), Ordering::Relaxed);
+        }
         if let Some(pool) = self.pool.take() {
             pool.put(
                 std::mem::take(&mut self.bytes),
@@ -435,6 +441,7 @@ impl BatchPool {
             bytes,
             datagrams,
             pool: Some(self.clone()),
+            in_flight: None,
         }
     }
 
@@ -472,7 +479,7 @@ pub async fn run_receiver(
     let slot = 2048 * io.state.gro_segments().max(1);
     let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; slot]).collect();
     let mut meta = vec![RecvMeta::default(); RECV_BATCH];
-    let mut router = Router::new(shards, BatchPool::default());
+    let mut router = Router::new(shards, BatchPool::default(), MAX_IN_FLIGHT);
     loop {
         tokio::select! {
             biased;
@@ -514,20 +521,31 @@ pub async fn run_receiver(
     }
 }
 
+/// Received datagrams waiting in one shard's inbox (or being handled) at most; more are dropped
+/// (`shard_queue_full`). The inbox's own bound counts messages, and a batch message holds up to
+/// a `recvmmsg` round: this keeps the bound in datagrams where it was with one message each.
+const MAX_IN_FLIGHT: usize = 16_384;
+
 /// Sorts received datagrams into one [`DatagramBatch`] per shard and hands the batches over.
 #[derive(Debug)]
 struct Router {
     shards: Vec<mpsc::Sender<ShardMsg>>,
     batches: Vec<DatagramBatch>,
+    /// Per shard: its datagrams in flight (see [`MAX_IN_FLIGHT`]).
+    in_flight: Vec<Arc<AtomicUsize>>,
+    max_in_flight: usize,
     pool: BatchPool,
 }
 
 impl Router {
-    fn new(shards: Vec<mpsc::Sender<ShardMsg>>, pool: BatchPool) -> Router {
+    fn new(shards: Vec<mpsc::Sender<ShardMsg>>, pool: BatchPool, max_in_flight: usize) -> Router {
         let batches = shards.iter().map(|_| DatagramBatch::default()).collect();
+        let in_flight = shards.iter().map(|_| Arc::default()).collect();
         Router {
             shards,
             batches,
+            in_flight,
+            max_in_flight,
             pool,
         }
     }
@@ -565,17 +583,28 @@ impl Router {
         });
     }
 
-    /// Sends every non-empty batch to its shard (one message each); a full inbox drops the
-    /// batch's datagrams, counted.
+    /// Sends every non-empty batch to its shard (one message each); a full inbox, or a shard
+    /// with [`MAX_IN_FLIGHT`] datagrams not yet handled, drops the batch's datagrams, counted.
     fn hand_over(&mut self, metrics: &Metrics) {
-        for (batch, tx) in self.batches.iter_mut().zip(&self.shards) {
+        let shards = self
+            .batches
+            .iter_mut()
+            .zip(&self.shards)
+            .zip(&self.in_flight);
+        for ((batch, tx), in_flight) in shards {
             if batch.is_empty() {
                 continue;
             }
-            let batch = std::mem::take(batch);
-            let n = batch.len() as u64;
+            let mut batch = std::mem::take(batch);
+            let n = batch.len();
+            if in_flight.load(Ordering::Relaxed) + n > self.max_in_flight {
+                metrics.drop_n(PacketDrop::ShardQueueFull, n as u64);
+                continue;
+            }
+            in_flight.fetch_add(n, Ordering::Relaxed);
+            batch.in_flight = Some(Arc::clone(in_flight));
             if tx.try_send(ShardMsg::Datagrams(batch)).is_err() {
-                metrics.drop_n(PacketDrop::ShardQueueFull, n);
+                metrics.drop_n(PacketDrop::ShardQueueFull, n as u64);
             }
         }
     }
@@ -811,7 +840,7 @@ mod tests {
         let (tx0, mut rx0) = mpsc::channel(1);
         let (tx1, mut rx1) = mpsc::channel(1);
         let pool = BatchPool::default();
-        let mut router = Router::new(vec![tx0, tx1], pool.clone());
+        let mut router = Router::new(vec![tx0, tx1], pool.clone(), 4);
         let metrics = Metrics::new();
         let mut demux = Demux::default();
         let (a, b): (SocketAddr, SocketAddr) = (
@@ -872,6 +901,30 @@ mod tests {
         // Dropped and consumed batches went back to the pool.
         drop((second, third));
         assert!(pool.spare() >= 2, "spare {}", pool.spare());
+        // Shard 0 may hold 4 datagrams not yet handled: a batch beyond that is dropped even with
+        // room in its inbox, and taken again once the shard has handled the ones before.
+        round(&mut router, &[(a, 11), (a, 12), (a, 13)]);
+        round(&mut router, &[(a, 14), (a, 15)]);
+        assert!(text_has(&metrics, "shard_queue_full", 4));
+        let Ok(ShardMsg::Datagrams(held)) = rx0.try_recv() else {
+            panic!("shard 0 gets the first batch");
+        };
+        assert_eq!(held.len(), 3);
+        drop(held);
+        round(&mut router, &[(a, 16), (a, 17)]);
+        let Ok(ShardMsg::Datagrams(next)) = rx0.try_recv() else {
+            panic!("shard 0 gets the batch after");
+        };
+        assert_eq!(
+            next.iter().map(|d| d.data[1]).collect::<Vec<_>>(),
+            vec![16, 17]
+        );
+        assert!(text_has(&metrics, "shard_queue_full", 4));
+    }
+
+    fn text_has(metrics: &Metrics, reason: &str, n: u64) -> bool {
+        let series = format!("satsuma_sfu_dropped_total{{reason=\"{reason}\"}} {n}\n");
+        metrics.render().contains(&series)
     }
 
     #[test]
