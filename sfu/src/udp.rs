@@ -431,8 +431,9 @@ type SpareBatch = (Vec<u8>, Vec<Datagram<Range<usize>>>);
 impl BatchPool {
     /// Spare batches kept at most.
     pub const KEEP: usize = 256;
-    /// Largest byte buffer kept.
-    pub const MAX_BYTES: usize = 1 << 20;
+    /// Largest byte buffer kept: a round of full-sized datagrams (32 × 1,500 bytes) fits, so the
+    /// pool holds 16 MiB at most.
+    pub const MAX_BYTES: usize = 64 << 10;
 
     /// An empty batch, with recycled buffers when there are any.
     pub fn take(&self) -> DatagramBatch {
