@@ -97,6 +97,10 @@ pub struct Session {
     /// Forwarded packets written into this session's send streams since its last drain (see
     /// `shard::media::drain_session`: it skips the pacer's bookkeeping timeout once they are out).
     pub writes_pending: u32,
+    /// The layer selector wants str0m to pad this session up to more than its media (a leg
+    /// below its cap, or a paused leg): str0m's pacer then needs its timeouts on time (see
+    /// `shard::media::defers_bookkeeping`).
+    pub pads: bool,
     /// Remote addresses we have sent to and told the UDP driver about (see [`Routes`]).
     pub routes: Routes,
     /// Of the audio tracks this session pulls, the one speaking now (see [`crate::speaker`]).
@@ -172,6 +176,7 @@ impl Session {
             last_received: now,
             next_timeout: now,
             writes_pending: 0,
+            pads: false,
             routes: Routes::default(),
             active_speaker: None,
             ingress: None,
