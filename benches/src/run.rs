@@ -860,6 +860,7 @@ async fn ramp_steps(
         workers.push(WorkerProc::spawn()?);
     }
     let result = ramp_drive(
+        (sfu_kind, bwe),
         &plan,
         &counts,
         &sfu,
@@ -880,6 +881,7 @@ async fn ramp_steps(
 
 #[allow(clippy::too_many_arguments, reason = "one private step of run_ramp")]
 async fn ramp_drive(
+    (sfu_kind, bwe): (SfuKind, Option<BweMode>),
     plan: &Plan,
     counts: &[usize],
     sfu: &Sfu,
@@ -922,11 +924,8 @@ async fn ramp_drive(
             let result = ScenarioResult::build(
                 ScenarioMeta {
                     scenario: ScenarioKind::Ramp.name().into(),
-                    sfu: match sfu {
-                        Sfu::Janus(..) => SfuKind::Janus,
-                        _ => SfuKind::Satsuma,
-                    },
-                    bwe: None,
+                    sfu: sfu_kind,
+                    bwe,
                     participants: sub_plan.participants,
                     planned_publishers: sub_plan.publishers.len(),
                     planned_subscribers: n,

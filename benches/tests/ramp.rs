@@ -73,6 +73,10 @@ fn ramp_adds_subscribers_per_step_and_stops_with_a_named_reason() {
         let res = &s["result"];
         let n = s["subscribers"].as_u64().unwrap();
         assert_eq!(res["subscribers"], serde_json::json!([n, n]), "{s:#}");
+        assert_eq!(
+            (&res["sfu"], &res["bwe"]),
+            (&"satsuma".into(), &"on".into())
+        );
         assert!(s["breaks"].as_array().unwrap().is_empty(), "{s:#}");
         assert_eq!(res["corrupt"], 0, "{s:#}");
         // Audio + video per subscriber, every latency sample from this window only.
