@@ -211,6 +211,9 @@ pub struct Core {
     pub(super) writes: Vec<LegWrite>,
     pub(super) fanout: Vec<ShardId>,
     pub(super) events: Vec<SessionEvent>,
+    /// Between [`Core::begin_batch`] and [`Core::end_batch`]: datagrams and peer messages leave
+    /// the sessions their packets were written to for one drain at the batch's end.
+    batching: bool,
     next_housekeeping: Instant,
     pub(super) speakers: SpeakerDetector,
     pub(super) egress: Egress,
@@ -237,6 +240,7 @@ impl Core {
             writes: Vec::new(),
             fanout: Vec::new(),
             events: Vec::new(),
+            batching: false,
             next_housekeeping: now,
             speakers: SpeakerDetector::default(),
             egress: Egress::default(),
@@ -272,14 +276,60 @@ impl Core {
     pub fn handle_peer(&mut self, now: Instant, msg: PeerMsg) {
         self.now = now;
         self.handle_one(msg);
-        self.settle();
+        self.settle_unless_batching();
     }
 
     /// A datagram for one of this shard's sessions.
     pub fn handle_datagram<D: AsRef<[u8]>>(&mut self, now: Instant, d: Datagram<D>) {
         self.now = now;
-        self.datagram(d);
+        self.receive(d);
+        self.settle_unless_batching();
+    }
+
+    /// A batch of datagrams (one `recvmmsg` round), as [`Core::handle_datagram`] each.
+    pub fn handle_datagrams<D: AsRef<[u8]>>(
+        &mut self,
+        now: Instant,
+        batch: impl IntoIterator<Item = Datagram<D>>,
+    ) {
+        self.now = now;
+        for d in batch {
+            self.receive(d);
+        }
+        self.settle_unless_batching();
+    }
+
+    /// Starts a batch of inputs (the driver's wake-up): until [`Core::end_batch`], datagrams and
+    /// peer messages drain only the session a datagram is for (str0m wants its output polled
+    /// after every input), and the sessions the forwarded packets were written to wait for one
+    /// drain at the end. A subscriber so gets all of the batch's packets for it in one drain,
+    /// which costs one `Rtc` timeout whatever their number with the vendored str0m's pacer
+    /// (`vendor/str0m/PATCHES.md`); a drain per input cost one per packet. API commands and
+    /// timeouts still settle everything at once.
+    pub fn begin_batch(&mut self) {
+        self.batching = true;
+    }
+
+    /// Ends a batch: drains what it left (see [`Core::begin_batch`]).
+    pub fn end_batch(&mut self) {
+        self.batching = false;
         self.settle();
+    }
+
+    /// A datagram into its session's str0m, which is drained at once.
+    fn receive<D: AsRef<[u8]>>(&mut self, d: Datagram<D>) {
+        let id = d.session;
+        self.datagram(d);
+        if self.dirty_set.remove(&id) {
+            // Left in `dirty`: `settle` skips ids no longer in the set.
+            self.drain(id);
+        }
+    }
+
+    fn settle_unless_batching(&mut self) {
+        if !self.batching {
+            self.settle();
+        }
     }
 
     /// Runs str0m's due timeouts, and the periodic work (collection, active speakers, layer
@@ -338,6 +388,7 @@ impl Core {
             sessions = self.sessions.len(),
             "shard panicked: closing its sessions and restarting it"
         );
+        self.batching = false;
         self.local.clear();
         self.dirty.clear();
         self.dirty_set.clear();
@@ -429,8 +480,10 @@ impl Core {
     pub(super) fn settle(&mut self) {
         loop {
             if let Some(id) = self.dirty.pop() {
-                self.dirty_set.remove(&id);
-                self.drain(id);
+                // Not in the set: drained already (see `handle_datagrams`).
+                if self.dirty_set.remove(&id) {
+                    self.drain(id);
+                }
                 continue;
             }
             if let Some(msg) = self.local.pop_front() {

@@ -134,6 +134,7 @@ impl Shard {
             let started = Instant::now();
             let worked = catch_unwind(AssertUnwindSafe(|| {
                 if let Some(msg) = first {
+                    self.core.begin_batch();
                     self.handle(msg, started);
                     for _ in 0..BATCH {
                         match rx.try_recv() {
@@ -141,6 +142,8 @@ impl Shard {
                             Err(_) => break,
                         }
                     }
+                    self.core.end_batch();
+                    self.act();
                     self.core.handle_timeout(Instant::now());
                 } else {
                     self.core.handle_timeout(started);
@@ -173,11 +176,7 @@ impl Shard {
                 let _ = reply.send(self.core.handle_api(now, command));
             }
             ShardMsg::Datagram(d) => self.core.handle_datagram(now, d),
-            ShardMsg::Datagrams(batch) => {
-                for d in batch.iter() {
-                    self.core.handle_datagram(now, d);
-                }
-            }
+            ShardMsg::Datagrams(batch) => self.core.handle_datagrams(now, batch.iter()),
             ShardMsg::Peer(m) => self.core.handle_peer(now, m),
             ShardMsg::Relay(r) => self.core.handle_relay(now, r),
             ShardMsg::InjectPanic => injected_panic(self.id),

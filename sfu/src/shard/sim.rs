@@ -373,24 +373,37 @@ impl Sim {
             for peer in &mut self.peers {
                 poll_peer(peer, self.now, &mut self.to_sfu);
             }
+            // One batch per core, as the driver's wake-up.
+            for core in &mut self.cores {
+                core.begin_batch();
+            }
             while let Some((shard, msg)) = self.between.pop_front() {
                 moved = true;
                 self.cores[shard].handle_peer(self.now, msg);
             }
+            // Per shard in one batch, as the UDP receiver hands over a `recvmmsg` round.
+            let mut batches: Vec<Vec<Datagram>> = self.cores.iter().map(|_| Vec::new()).collect();
             while let Some((source, data)) = self.to_sfu.pop_front() {
                 moved = true;
                 let Ok((session, shard)) = self.demux.route(source, &data) else {
                     continue;
                 };
-                let d = Datagram {
+                batches[shard].push(Datagram {
                     session,
                     source,
                     destination: sfu_addr(),
                     data,
                     received: self.now,
                     proto: Protocol::Udp,
-                };
-                self.cores[shard].handle_datagram(self.now, d);
+                });
+            }
+            for (shard, batch) in batches.into_iter().enumerate() {
+                if !batch.is_empty() {
+                    self.cores[shard].handle_datagrams(self.now, batch);
+                }
+            }
+            for core in &mut self.cores {
+                core.end_batch();
             }
             while let Some((destination, data)) = self.to_peers.pop_front() {
                 moved = true;
