@@ -533,8 +533,9 @@ fn drain_session(session: &mut Session, now: Instant, out: &mut Drain<'_>) -> Re
         let output = session.rtc.poll_output().map_err(|e| e.to_string())?;
         match output {
             Output::Timeout(mut t) => {
-                // With bandwidth estimation on, str0m's pacer releases one packet per timeout
-                // and asks for the next timeout 1 µs later. Handling it here sends everything
+                // With bandwidth estimation on, str0m's pacer asks for a timeout 1 µs after
+                // it hands out packets (unpaced ones: all of its snapshot, see
+                // vendor/str0m/PATCHES.md; paced ones: one). Handling it here sends everything
                 // the pacer allows in one drain, instead of one packet per shard wake-up (the
                 // shard's timer has 1 ms granularity: packets would wait for it).
                 let bookkeeping = defers_bookkeeping(
@@ -588,10 +589,11 @@ fn drain_session(session: &mut Session, now: Instant, out: &mut Drain<'_>) -> Re
 /// Whether a drain leaves str0m's due timeout for later (up to [`PACER_BOOKKEEPING_DEFER`])
 /// instead of handling it at once: when it is only the pacer's bookkeeping after a send
 /// (`Immediate`: with estimation on, the leaky-bucket pacer asks for a full `Rtc` timeout after
-/// every packet before it hands out the next) and every packet written since the last drain
-/// has gone out. Forwarded media is unpaced, so nothing waits for that timeout; handling it at
-/// once cost one more pass over the whole `Rtc` (ICE, DTLS, SCTP, every stream, the estimator)
-/// per forwarded packet. The next write, datagram or timer runs it.
+/// it hands out packets; with the vendored str0m's patch, after the whole snapshot of unpaced
+/// packets, see `vendor/str0m/PATCHES.md`) and every packet written since the last drain has
+/// gone out. Forwarded media is unpaced, so nothing waits for that timeout; handling it at once
+/// cost one more pass over the whole `Rtc` (ICE, DTLS, SCTP, every stream, the estimator) per
+/// drain. The next write, datagram or timer runs it.
 ///
 /// Not while the session pads (`pads`: the layer selector asked str0m for more than its media,
 /// see `Session::pads`): padding and probes leave only from that timeout, and each write pushed
