@@ -33,7 +33,7 @@ describe('test hooks off: test parameters are ignored, CSP holds a call', { time
 
   it('serves test_hooks false and the security headers on the page', check(async () => {
     const config = await (await fetch(`${suite.servers.base}/client-config.json`)).json();
-    assert.deepEqual(config, { test_hooks: false, dev: true });
+    assert.deepEqual(config, { test_hooks: false, dev: true, recording: false });
     for (const path of ['/', '/app.js', '/client-config.json']) {
       const h = await headersOf(`${suite.servers.base}${path}`);
       const csp = h.get('content-security-policy') ?? '';
@@ -104,7 +104,7 @@ describe('test hooks on: the same parameters work', { timeout: 120000 }, () => {
   const suite = browserSuite();
 
   it('keyless=1 and decrypt=0 are honoured and drill exists', async () => {
-    assert.deepEqual(await (await fetch(`${suite.servers.base}/client-config.json`)).json(), { test_hooks: true, dev: true });
+    assert.deepEqual(await (await fetch(`${suite.servers.base}/client-config.json`)).json(), { test_hooks: true, dev: true, recording: false });
     const page = await joinPage(suite.browser, suite.servers.base, { room: `hooks-on-${Date.now()}`, name: 'Obs', params: { keyless: '1', decrypt: '0', send: '0' } });
     pages.push(page);
     const seen = await page.evaluate(() => ({
