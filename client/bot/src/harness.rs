@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -29,6 +29,40 @@ pub enum HarnessError {
     /// `/proc` could not be read.
     #[error("proc: {0}")]
     Proc(String),
+    /// The `satsuma-sfu` binary is missing and could not be built.
+    #[error("satsuma-sfu binary: {0}")]
+    Binary(String),
+}
+
+/// The `satsuma-sfu` binary in the same target folder as `beside` (a test's or tool's own
+/// binary), built there with `cargo build -p satsuma-sfu` if missing: `cargo test -p <crate>`
+/// builds only that package's binaries (`cargo test --workspace` has it already).
+pub fn sfu_binary_beside(beside: &Path) -> Result<PathBuf, HarnessError> {
+    let dir = beside
+        .parent()
+        .ok_or_else(|| HarnessError::Binary(format!("{} has no folder", beside.display())))?;
+    let sfu = dir.join("satsuma-sfu");
+    if !sfu.exists() {
+        let target_dir = dir
+            .parent()
+            .ok_or_else(|| HarnessError::Binary(format!("{} has no parent", dir.display())))?;
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(&cargo)
+            .args(["build", "-p", "satsuma-sfu", "--bin", "satsuma-sfu"])
+            .env("CARGO_TARGET_DIR", target_dir)
+            .status()
+            .map_err(|e| HarnessError::Spawn(cargo, e))?;
+        if !status.success() {
+            return Err(HarnessError::Binary(format!(
+                "cargo build failed: {status}"
+            )));
+        }
+    }
+    if sfu.exists() {
+        Ok(sfu)
+    } else {
+        Err(HarnessError::Binary(format!("{} missing", sfu.display())))
+    }
 }
 
 /// A running `satsuma-sfu` process.

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use satsuma_bot::harness::{APP_ID, APP_SECRET, SfuProcess};
@@ -17,21 +17,8 @@ use satsuma_sfu::relay::tls;
 /// (`cargo test -p satsuma-coordinator` does not build other packages' binaries; `cargo test
 /// --workspace` has it).
 pub fn sfu_binary() -> PathBuf {
-    let coordinator = PathBuf::from(env!("CARGO_BIN_EXE_satsuma-coordinator"));
-    let dir = coordinator.parent().unwrap();
-    let sfu = dir.join("satsuma-sfu");
-    if !sfu.exists() {
-        let target_dir = dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "satsuma-sfu", "--bin", "satsuma-sfu"])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .status()
-            .expect("run cargo build -p satsuma-sfu");
-        assert!(status.success());
-    }
-    assert!(sfu.exists(), "{} missing", sfu.display());
-    sfu
+    satsuma_bot::harness::sfu_binary_beside(Path::new(env!("CARGO_BIN_EXE_satsuma-coordinator")))
+        .unwrap()
 }
 
 fn free_udp_port() -> u16 {
