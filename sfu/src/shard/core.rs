@@ -480,7 +480,7 @@ impl Core {
     pub(super) fn settle(&mut self) {
         loop {
             if let Some(id) = self.dirty.pop() {
-                // Not in the set: drained already (see `handle_datagrams`).
+                // Not in the set: drained already (see `Core::receive`).
                 if self.dirty_set.remove(&id) {
                     self.drain(id);
                 }
