@@ -942,6 +942,12 @@ pub struct Rtc {
     // Last timeout returned by `poll_output`, reused while the readiness says
     // the timeout is still valid.
     cached_timeout: Instant,
+    // Computed with `cached_timeout`: the soonest timeout of everything but the
+    // session's send path (send queues and pacer). See `do_handle_timeout`.
+    cached_others_timeout: Option<Instant>,
+    // Timeouts handled by the send path alone (see `do_handle_timeout`).
+    #[cfg(test)]
+    send_only_timeouts: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1315,6 +1321,9 @@ impl Rtc {
             close_dtls_started: false,
             readiness: Readiness::armed(),
             cached_timeout: start,
+            cached_others_timeout: Some(start),
+            #[cfg(test)]
+            send_only_timeouts: 0,
         })
     }
 
@@ -1900,16 +1909,29 @@ impl Rtc {
     fn poll_timeout(&mut self) -> Instant {
         if self.readiness.wants_timeout() {
             let stats_timeout = self.stats.as_mut().and_then(|s| s.poll_timeout());
+            let (session_timeout, session_others) = self.session.poll_timeouts();
+            let ice_timeout = self.ice.poll_timeout();
+            let sctp_timeout = self.sctp.poll_timeout();
+            let chan_timeout = self.chan.poll_timeout(&self.sctp);
             let time_and_reason = (None, Reason::NotHappening)
                 .soonest((self.next_dtls_timeout, Reason::DTLS))
-                .soonest((self.ice.poll_timeout(), Reason::Ice))
-                .soonest(self.session.poll_timeout())
-                .soonest((self.sctp.poll_timeout(), Reason::Sctp))
-                .soonest((self.chan.poll_timeout(&self.sctp), Reason::Channel))
+                .soonest((ice_timeout, Reason::Ice))
+                .soonest(session_timeout)
+                .soonest((sctp_timeout, Reason::Sctp))
+                .soonest((chan_timeout, Reason::Channel))
                 .soonest((stats_timeout, Reason::Stats));
+            let others = [
+                self.next_dtls_timeout,
+                ice_timeout,
+                session_others,
+                sctp_timeout,
+                chan_timeout,
+                stats_timeout,
+            ];
 
             let time = time_and_reason.0.unwrap_or_else(not_happening);
             self.cached_timeout = time.max(self.last_now);
+            self.cached_others_timeout = others.into_iter().flatten().min();
             self.last_timeout_reason = time_and_reason.1;
             self.readiness.clear_timeout();
         }
@@ -2106,6 +2128,25 @@ impl Rtc {
         }
 
         self.last_now = now;
+
+        // Only the send path due: the packets written since the last timeout need their
+        // timestamps and the pacer its snapshot (with the leaky-bucket pacer, a timeout per
+        // burst of sent packets), while ICE, DTLS, SCTP, the channels, the stats and the rest
+        // of the session are due later. Their handle_timeout would do nothing now, so leave
+        // them to their own timeouts, as for an instance that writes nothing. Valid while the
+        // cached timeouts are (no mutation since the last poll_output computed them).
+        if !self.readiness.wants_timeout()
+            && self.cached_others_timeout.is_none_or(|t| now < t)
+            && self.session.send_timeout_suffices()
+        {
+            #[cfg(test)]
+            {
+                self.send_only_timeouts += 1;
+            }
+            self.session
+                .handle_send_timeout(now, &mut self.readiness.wake());
+            return Ok(());
+        }
 
         // Disjoint borrows so each subsystem gets its own armed `Wake` and
         // makes its own re-poll decision; the guards fold into `readiness`
@@ -2352,6 +2393,157 @@ mod test {
     fn event_is_reasonably_sized() {
         let n = std::mem::size_of::<Event>();
         assert!(n < 530);
+    }
+
+    mod send_only_timeout {
+        use std::time::Duration;
+
+        use super::*;
+        use crate::bwe::Bitrate;
+        use crate::crypto::dtls::{KeyingMaterial, SrtpProfile};
+        use crate::media::MediaKind;
+        use crate::rtp::RtpWrite;
+
+        /// Estimation on (the leaky-bucket pacer), SRTP keys, one send stream (SSRC 42, mid
+        /// "vid"), polled until idle.
+        fn sending_rtc(start: Instant) -> Rtc {
+            let mut rtc = Rtc::builder()
+                .enable_bwe(Some(Bitrate::kbps(300)))
+                .build(start);
+            let profile = SrtpProfile::AEAD_AES_128_GCM;
+            let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
+            rtc.session.set_keying_material(
+                mat,
+                crate::crypto::test_default_provider(),
+                profile,
+                true,
+            );
+            rtc.direct_api()
+                .declare_media("vid".into(), MediaKind::Video);
+            rtc.direct_api()
+                .declare_stream_tx(42.into(), None, "vid".into(), None);
+            rtc.handle_input(Input::Timeout(start)).unwrap();
+            idle(&mut rtc);
+            // A first packet, and the first sender report with it.
+            write(&mut rtc, 0, start);
+            idle(&mut rtc);
+            rtc.handle_input(Input::Timeout(start)).unwrap();
+            assert_eq!(sent(&mut rtc).len(), 1);
+            idle(&mut rtc);
+            rtc
+        }
+
+        fn idle(rtc: &mut Rtc) -> Instant {
+            loop {
+                if let Output::Timeout(t) = rtc.poll_output().unwrap() {
+                    return t;
+                }
+            }
+        }
+
+        fn write(rtc: &mut Rtc, seq: u64, wallclock: Instant) {
+            let pt = rtc.codec_config().params()[0].pt();
+            let mut api = rtc.direct_api();
+            let tx = api.stream_tx_by_mid("vid".into(), None).unwrap();
+            tx.set_unpaced(true);
+            let payload = vec![seq as u8; 100 + seq as usize];
+            tx.write_rtp(RtpWrite::new(
+                pt,
+                seq.into(),
+                seq as u32 * 3000,
+                wallclock,
+                payload,
+            ));
+        }
+
+        /// The RTP packets the session sends now (there is no ICE pair, so not through
+        /// poll_output; RTCP left out, as it carries each instance's random CNAME).
+        fn sent(rtc: &mut Rtc) -> Vec<Vec<u8>> {
+            let mut out = vec![];
+            while let Some(d) = rtc.session.poll_datagram(rtc.last_now) {
+                let d: Vec<u8> = d.into();
+                if !(192..=223).contains(&d[1]) {
+                    out.push(d);
+                }
+            }
+            out
+        }
+
+        #[test]
+        fn written_packets_due_alone_take_only_the_send_path() {
+            let start = Instant::now();
+            let mut rtc = sending_rtc(start);
+            let now = start + Duration::from_millis(1);
+            for seq in 1..=3 {
+                write(&mut rtc, seq, now);
+            }
+            // Told to handle a timeout at once, for the written packets, with the rest later.
+            let t = idle(&mut rtc);
+            assert!(t <= now);
+            assert_eq!(rtc.last_timeout_reason(), Reason::SendStream);
+            assert!(rtc.cached_others_timeout.is_some_and(|o| o > now));
+
+            rtc.handle_input(Input::Timeout(now)).unwrap();
+            assert_eq!(rtc.send_only_timeouts, 1);
+            assert_eq!(rtc.last_now, now);
+            assert_eq!(sent(&mut rtc).len(), 3, "the written packets leave");
+            // Afterwards the caller is asked for the timeouts as before.
+            assert!(idle(&mut rtc) > now);
+        }
+
+        #[test]
+        fn the_send_path_sends_what_a_full_timeout_sends() {
+            let start = Instant::now();
+            let mut light = sending_rtc(start);
+            let mut full = sending_rtc(start);
+            let mut seq = 1;
+            for round in 1..=5_u32 {
+                let now = start + Duration::from_millis(3) * round;
+                for rtc in [&mut light, &mut full] {
+                    for s in seq..seq + u64::from(round) {
+                        write(rtc, s, now);
+                    }
+                    idle(rtc);
+                }
+                seq += u64::from(round);
+                // Anything armed makes the timeout a full one.
+                drop(full.readiness.wake());
+                light.handle_input(Input::Timeout(now)).unwrap();
+                full.handle_input(Input::Timeout(now)).unwrap();
+                assert_eq!(sent(&mut light), sent(&mut full), "round {round}");
+                assert_eq!(idle(&mut light), idle(&mut full));
+                assert_eq!(light.last_timeout_reason(), full.last_timeout_reason());
+            }
+            assert_eq!(light.send_only_timeouts, 5);
+            assert_eq!(full.send_only_timeouts, 0);
+        }
+
+        #[test]
+        fn a_timeout_with_anything_else_due_is_a_full_one() {
+            let start = Instant::now();
+            let mut rtc = sending_rtc(start);
+            let now = start + Duration::from_millis(1);
+            write(&mut rtc, 1, now);
+            idle(&mut rtc);
+            let other = rtc
+                .cached_others_timeout
+                .expect("the estimator has timeouts");
+            rtc.handle_input(Input::Timeout(other)).unwrap();
+            assert_eq!(rtc.send_only_timeouts, 0);
+            assert_eq!(sent(&mut rtc).len(), 1);
+        }
+
+        #[test]
+        fn a_timeout_not_polled_for_since_a_change_is_a_full_one() {
+            let start = Instant::now();
+            let mut rtc = sending_rtc(start);
+            let now = start + Duration::from_millis(1);
+            write(&mut rtc, 1, now);
+            // No poll_output since the write: the cached timeouts may be stale.
+            rtc.handle_input(Input::Timeout(now)).unwrap();
+            assert_eq!(rtc.send_only_timeouts, 0);
+            assert_eq!(sent(&mut rtc).len(), 1);
+        }
     }
 }
 

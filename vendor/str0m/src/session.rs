@@ -1298,13 +1298,22 @@ impl Session {
         Some(protected.into())
     }
 
+    #[cfg(test)]
     pub fn poll_timeout(&mut self) -> (Option<Instant>, Reason) {
+        self.poll_timeouts().0
+    }
+
+    /// The next timeout (as [`Session::poll_timeout`]), and the soonest of its parts other
+    /// than the send path's (the send queues' timestamping and the pacer), which
+    /// [`Session::handle_send_timeout`] handles on its own.
+    pub(crate) fn poll_timeouts(&mut self) -> ((Option<Instant>, Reason), Option<Instant>) {
         if self.rtp_closing {
-            return if self.feedback_tx.is_empty() {
+            let closing = if self.feedback_tx.is_empty() {
                 (None, Reason::NotHappening)
             } else {
                 (Some(already_happened()), Reason::Feedback)
             };
+            return (closing, closing.0);
         }
 
         self.update_receive_recovery();
@@ -1330,7 +1339,7 @@ impl Session {
             // We should never see this reason.
             .unwrap_or((None, Reason::BweDelayControl));
 
-        (feedback_at, Reason::Feedback)
+        let all = (feedback_at, Reason::Feedback)
             .soonest((request_at, Reason::Feedback))
             .soonest((nack_at, Reason::Nack))
             .soonest((twcc_at, Reason::Twcc))
@@ -1339,7 +1348,44 @@ impl Session {
             .soonest((packetize_at, Reason::Packetize))
             .soonest((paused_at, Reason::PauseCheck))
             .soonest((send_stream_at, Reason::SendStream))
-            .soonest(bwe_at)
+            .soonest(bwe_at);
+
+        let others = [
+            feedback_at,
+            request_at,
+            nack_at,
+            twcc_at,
+            receive_at,
+            packetize_at,
+            paused_at,
+            bwe_at.0,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+
+        (all, others)
+    }
+
+    /// Whether [`Session::handle_send_timeout`] may stand in for [`Session::handle_timeout`]
+    /// while nothing but the send path is due: not while the pacer runs a probe or has one to
+    /// report as complete (ending it is the estimator's part of the full timeout), nor while
+    /// closing.
+    pub(crate) fn send_timeout_suffices(&self) -> bool {
+        !self.rtp_closing && !self.pacer.probing()
+    }
+
+    /// The send path's part of [`Session::handle_timeout`], for a `now` before every other
+    /// timeout of the session (see [`Session::poll_timeouts`]): timestamps the packets written
+    /// to the send streams and gives the pacer its timeout with a fresh snapshot of the queues,
+    /// exactly as the full timeout does (which, with no probe running, gives the pacer no probe
+    /// media either). Everything else the full timeout visits (receive and send reports, NACK,
+    /// keyframe requests, TWCC feedback, the estimator) is not due yet, so it would do nothing
+    /// there.
+    pub(crate) fn handle_send_timeout(&mut self, now: Instant, _wake: &mut Wake) {
+        self.streams
+            .handle_send_timeout(now, &self.medias, &self.codec_config);
+        self.update_queue_state(now, None);
     }
 
     pub fn has_mid(&self, mid: Mid) -> bool {
@@ -1742,6 +1788,29 @@ mod tests {
         assert!(!readiness.wants_timeout());
         assert!(matches!(session.poll_event(), Some(Event::RawPacket(_))));
         assert_eq!(session.poll_timeout(), before);
+    }
+
+    #[test]
+    fn the_send_path_alone_does_not_stand_in_while_probing() {
+        let config = RtcConfig::default().enable_bwe(Some(Bitrate::kbps(300)));
+        let mut session = Session::new(&config);
+        assert!(session.send_timeout_suffices());
+        session
+            .pacer
+            .start_probe(crate::bwe_::ProbeClusterConfig::new(
+                1.into(),
+                Bitrate::kbps(900),
+                crate::bwe_::ProbeKind::Initial,
+            ));
+        assert!(!session.send_timeout_suffices());
+    }
+
+    #[test]
+    fn the_send_path_alone_does_not_stand_in_while_closing() {
+        let mut session = keyed_session();
+        assert!(session.send_timeout_suffices());
+        session.close_rtp();
+        assert!(!session.send_timeout_suffices());
     }
 
     #[test]

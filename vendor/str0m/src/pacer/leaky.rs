@@ -245,6 +245,12 @@ impl LeakyBucketPacer {
         self.probe_queue.front().map(|p| p.config().cluster())
     }
 
+    /// Whether a probe is queued or running, or completed and not yet taken by
+    /// `check_probe_complete`.
+    pub(crate) fn probing(&self) -> bool {
+        !self.probe_queue.is_empty() || self.completed_probe.is_some()
+    }
+
     /// Check if the active probe is complete and should be finished.
     pub(crate) fn check_probe_complete(&mut self, now: Instant) -> Option<TwccClusterId> {
         // Check if we have a completed probe from a previous call

@@ -47,6 +47,15 @@ impl PacerImpl {
         }
     }
 
+    /// Whether a probe is queued or running, or has completed and not yet been reported by
+    /// [`PacerImpl::check_probe_complete`].
+    pub fn probing(&self) -> bool {
+        match self {
+            PacerImpl::Null(_) => false,
+            PacerImpl::LeakyBucket(v) => v.probing(),
+        }
+    }
+
     pub fn check_probe_complete(&mut self, now: Instant) -> Option<TwccClusterId> {
         match self {
             PacerImpl::Null(_) => None,

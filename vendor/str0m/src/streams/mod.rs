@@ -407,7 +407,9 @@ impl Streams {
     }
 
     pub(crate) fn paused_at(&self) -> Option<Instant> {
-        self.streams_rx.values().find_map(|s| s.paused_at())
+        // The soonest of them: a timeout only handled when due (see
+        // `Session::handle_send_timeout`) must not wait for a later stream's check.
+        self.streams_rx.values().filter_map(|s| s.paused_at()).min()
     }
 
     pub(crate) fn send_stream(&self) -> Option<Instant> {
@@ -423,6 +425,23 @@ impl Streams {
             Some(already_happened())
         } else {
             None
+        }
+    }
+
+    /// The send streams' part of [`Streams::handle_timeout`] without their sender reports:
+    /// timestamps the packets written since the last timeout (and sets up a stream on its
+    /// first timeout).
+    pub(crate) fn handle_send_timeout(
+        &mut self,
+        now: Instant,
+        medias: &[Media],
+        codecs: &CodecConfig,
+    ) {
+        for stream in self.streams_tx.values_mut() {
+            let mid = stream.mid();
+            // As in handle_timeout: a StreamTx always has the Media of its Mid.
+            let get_media = move || (medias.iter().find(|m| m.mid() == mid).unwrap(), codecs);
+            stream.handle_timeout(now, get_media);
         }
     }
 
@@ -780,5 +799,35 @@ impl fmt::Debug for RtpPacket {
             .field("nackable", &self.nackable)
             .field("timestamp", &self.timestamp)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtp_::Frequency;
+
+    #[test]
+    fn paused_at_is_the_soonest_check_of_any_receive_stream() {
+        let start = Instant::now();
+        let mut streams = Streams::new(false, 1200, Duration::from_millis(1500));
+        // Streams seen at different times; the map's order is not theirs.
+        for i in 0..32_u32 {
+            let ssrc: Ssrc = (1000 + (i * 7919) % 32).into();
+            let stream = streams.expect_stream_rx(ssrc, None, MidRid("a".into(), None), false);
+            let header = RtpHeader {
+                payload_type: Pt::new_with_value(96),
+                sequence_number: 1,
+                ssrc,
+                ..Default::default()
+            };
+            let seq_no = stream.extend_seq(&header, false, |_| None);
+            let seen = start + Duration::from_millis(u64::from(i));
+            stream.update_register(seen, &header, Frequency::NINETY_KHZ, false, seq_no);
+        }
+        assert_eq!(
+            streams.paused_at(),
+            Some(start + Duration::from_millis(1500))
+        );
     }
 }
