@@ -711,6 +711,17 @@ impl LayerSelector {
         } else {
             plan.allocated_bps
         };
+        tracing::trace!(
+            estimate,
+            allocated = plan.allocated_bps,
+            minimum = plan.minimum_bps,
+            desired = plan.desired_bps,
+            transport_loss = self.transport_loss,
+            lossless,
+            calm = self.calm(now),
+            paused = self.paused.len(),
+            "plan"
+        );
         plan
     }
 }

@@ -267,8 +267,8 @@ impl Core {
             self.dropped((*reason).into());
         }
         self.ctx.metrics.count_layer_outcome(&outcome);
-        if let Some((home, rid)) = outcome.wants_keyframe {
-            self.request_pli(home, track, rid, false);
+        if let Some((home, rid, fresh)) = outcome.wants_keyframe {
+            self.request_pli(home, track, rid, fresh);
         }
         if let Some((home, rid)) = outcome.repeat_keyframe {
             self.request_pli(home, track, rid, true);
@@ -284,6 +284,30 @@ impl Core {
     /// str0m what each session would like to send so that its BWE probes for it.
     pub(super) fn select_layers(&mut self, only: Option<SessionId>) {
         for (id, plan) in self.forwarder.select_layers(self.now, only) {
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            // Legs that stop their layer now (an urgent switch down, or a pause) forget what they
+            // sent: their receiver can no longer use it, and resending it on NACK would take the
+            // capacity the link lacks (see `LegWrite::restart`).
+            for mid in plan
+                .changes
+                .iter()
+                .filter(|c| c.urgent)
+                .map(|c| c.leg.mid)
+                .chain(plan.pauses.iter().filter(|(_, p)| *p).map(|(l, _)| l.mid))
+            {
+                let forgot = catch_unwind(AssertUnwindSafe(|| {
+                    if let Some(tx) = session.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                        let (packets, age, ratio) = rtx_cache_for(MediaKind::Video);
+                        tx.set_rtx_cache(packets, age, ratio);
+                    }
+                }));
+                if forgot.is_err() {
+                    self.session_panicked(id);
+                    break;
+                }
+            }
             let Some(session) = self.sessions.get_mut(&id) else {
                 continue;
             };
@@ -318,6 +342,11 @@ impl Core {
                 return false;
             };
             tx.set_unpaced(!paced);
+            if w.restart {
+                // A keyframe of the leg's new layer: nothing sent before it is worth resending.
+                let (packets, age, ratio) = rtx_cache_for(MediaKind::Video);
+                tx.set_rtx_cache(packets, age, ratio);
+            }
             let mut write = RtpWrite::new(w.pt, w.seq.into(), w.timestamp, w.wallclock, w.payload)
                 .marker(w.marker)
                 .nackable(w.nackable)
@@ -491,14 +520,26 @@ pub(crate) fn paced(config: &Config, simulcast: bool) -> bool {
     config.bwe_pace_video && simulcast
 }
 
+/// Share of a video leg's bytes over the last second above which str0m drops the resends it
+/// has queued (`rtx_ratio_cap`: resent / (resent + sent)). str0m's default, 0.15, starves a leg
+/// on a thin lossy link: a 320x180 layer sends ~12 kB a second, so two or three lost packets of
+/// one keyframe (a bottleneck's queue overflowing) put it over 0.15, and from then on its
+/// receiver's NACKs went unanswered; the picture stayed broken until the receiver's own keyframe
+/// request, about 3 s later (shaped test: 300 kbit/s with 3 % loss; NACKs sent 30 -> 52 while
+/// resends received 147 -> 159 over the 3.3 s freeze). libwebrtc's own sender bounds resends by
+/// rate (up to its target bitrate), not by such a share. Half the bytes still stops a resend
+/// storm on a link that loses most of what it gets (the layer selector moves such a leg down,
+/// and its urgent switches forget the old layer's packets, see `LegWrite::restart`).
+pub(crate) const VIDEO_RESEND_RATIO_CAP: f32 = 0.5;
+
 /// The RTX cache of a subscriber leg (str0m's `StreamTx::set_rtx_cache`: packets, age, resend
 /// ratio cap). Video: one second of packets (NACKs come within a round trip or two; 512 covers a
-/// second of a 1.5 Mbit/s layer with keyframes), resends capped at 15 % of the bytes as str0m's
-/// default. Audio is never resent (forwarded as not nackable), so it gets a one-packet cache and
+/// second of a 1.5 Mbit/s layer with keyframes), resends capped at [`VIDEO_RESEND_RATIO_CAP`] of
+/// the bytes. Audio is never resent (forwarded as not nackable), so it gets a one-packet cache and
 /// no resend ratio: str0m then keeps no per-packet byte history for the stream either.
 pub(crate) fn rtx_cache_for(kind: MediaKind) -> (usize, Duration, Option<f32>) {
     match kind {
-        MediaKind::Video => (512, Duration::from_secs(1), Some(0.15)),
+        MediaKind::Video => (512, Duration::from_secs(1), Some(VIDEO_RESEND_RATIO_CAP)),
         MediaKind::Audio => (1, Duration::from_millis(100), None),
     }
 }
@@ -807,7 +848,7 @@ mod tests {
             packets < 1024 && age < Duration::from_secs(3),
             "below str0m's default"
         );
-        assert_eq!(cap, Some(0.15));
+        assert_eq!(cap, Some(VIDEO_RESEND_RATIO_CAP));
         let (packets, _, cap) = rtx_cache_for(MediaKind::Audio);
         assert!(packets <= 1);
         assert_eq!(cap, None);

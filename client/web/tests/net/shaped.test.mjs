@@ -27,6 +27,9 @@
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { artifacts } from '../harness.mjs';
 import { joinPage, sameSafetyNumber, stats, waitFor } from '../harness.mjs';
 import { netSuite, shapeSupport } from './netns.mjs';
 
@@ -230,6 +233,11 @@ describe('a shaped subscriber adapts (tbf 300 kbit/s + 3 % loss)', { timeout: 30
     const tShape = Date.now();
     console.log(`# shaped | shaping at ${new Date(tShape).toISOString()}`);
     ns.shape({ rateKbit: RATE_KBIT, lossPercent: LOSS_PERCENT });
+    // SHAPED_TRACE: the tbf's counters every 100 ms (ms since the epoch, then `tc -s`'s
+    // "Sent ... backlog ..." lines) in ARTIFACTS/shaped-qdisc-<pid>.log.
+    const qdiscLog = process.env.SHAPED_TRACE === '1'
+      ? spawn('sh', ['-c', `while :; do date +%s%3N; tc -s qdisc show dev ${ns.hostIf} | grep -E 'Sent|backlog'; sleep 0.1; done > ${path.join(artifacts, `shaped-qdisc-${process.pid}.log`)}`], { stdio: 'ignore' })
+      : null;
     // C's large tile at q: awaited (polled), the figure comes from the in-page samples.
     await waitFor('C: large tile at q under the shaping', async () => (await videos(shaped.page))[shaped.large]?.frameWidth === WIDTH.q, { timeout: 15000, interval: 200 })
       .catch(() => {}); // judged below from the samples
@@ -238,6 +246,7 @@ describe('a shaped subscriber adapts (tbf 300 kbit/s + 3 % loss)', { timeout: 30
     const qdisc = ns.qdisc();
     const tLift = Date.now();
     ns.unshape();
+    qdiscLog?.kill();
     console.log(`# shaped | lifted at ${new Date(tLift).toISOString()}`);
     await waitFor('C: large tile back at f after the lift', async () => (await videos(shaped.page))[shaped.large]?.frameWidth === WIDTH.f, { timeout: 25000, interval: 250 })
       .catch(() => {}); // judged below from the samples
