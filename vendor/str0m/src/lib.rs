@@ -948,6 +948,15 @@ pub struct Rtc {
     // Timeouts handled by the send path alone (see `do_handle_timeout`).
     #[cfg(test)]
     send_only_timeouts: usize,
+    // Set to the readiness' change count when the event pipeline was last walked to the
+    // session's datagrams and nothing but the send path ran after it (a media datagram was
+    // returned, or a send-only timeout was handled): while nothing else changes, only the
+    // session can have output, so `do_poll_output` polls it without walking ICE, DTLS, SCTP,
+    // the session's events and the stats again for every datagram of a burst.
+    send_streak: Option<u64>,
+    // Walks of the whole event pipeline by `do_poll_output`.
+    #[cfg(test)]
+    pipeline_walks: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1324,6 +1333,9 @@ impl Rtc {
             cached_others_timeout: Some(start),
             #[cfg(test)]
             send_only_timeouts: 0,
+            send_streak: None,
+            #[cfg(test)]
+            pipeline_walks: 0,
         })
     }
 
@@ -1642,6 +1654,30 @@ impl Rtc {
             return Ok(Some(Output::Timeout(self.poll_timeout())));
         }
 
+        // Within a burst of media (see `send_streak`): the session's next datagram, or the
+        // timeout once it has none, as the walk below would find.
+        if self.send_streak.take() == Some(self.readiness.changes()) {
+            if let Some(send) = &self.send_addr {
+                if let Some(contents) = self.session.poll_datagram(self.last_now) {
+                    let t = net::Transmit {
+                        proto: send.proto,
+                        source: send.source,
+                        destination: send.destination,
+                        contents,
+                    };
+                    self.send_streak = Some(self.readiness.changes());
+                    return Ok(Some(Output::Transmit(t)));
+                }
+                self.readiness.clear_events();
+                return Ok(Some(Output::Timeout(self.poll_timeout())));
+            }
+        }
+
+        #[cfg(test)]
+        {
+            self.pipeline_walks += 1;
+        }
+
         while let Some(e) = self.ice.poll_event() {
             match e {
                 IceAgentEvent::IceRestart(_) => {
@@ -1882,11 +1918,18 @@ impl Rtc {
 
         if let Some(send) = &self.send_addr {
             // These can only be sent after we got an ICE connection.
-            let datagram = None
-                .or_else(|| self.dtls.poll_packet())
-                .or_else(|| self.session.poll_datagram(self.last_now));
+            let mut from_session = false;
+            let datagram = self.dtls.poll_packet().or_else(|| {
+                from_session = true;
+                self.session.poll_datagram(self.last_now)
+            });
 
             if let Some(contents) = datagram {
+                // Everything before the session's datagrams was found empty, and sending
+                // queues no event unless raw packets are reported.
+                if from_session && !self.session.emits_raw_packets() {
+                    self.send_streak = Some(self.readiness.changes());
+                }
                 let t = net::Transmit {
                     proto: send.proto,
                     source: send.source,
@@ -2143,8 +2186,13 @@ impl Rtc {
             {
                 self.send_only_timeouts += 1;
             }
+            // The last walk found the pipeline empty if nothing armed it since.
+            let walked = !self.readiness.wants_events();
             self.session
                 .handle_send_timeout(now, &mut self.readiness.wake());
+            if walked && !self.session.emits_raw_packets() {
+                self.send_streak = Some(self.readiness.changes());
+            }
             return Ok(());
         }
 
@@ -2407,8 +2455,13 @@ mod test {
         /// Estimation on (the leaky-bucket pacer), SRTP keys, one send stream (SSRC 42, mid
         /// "vid"), polled until idle.
         fn sending_rtc(start: Instant) -> Rtc {
+            sending_rtc_with(start, false)
+        }
+
+        fn sending_rtc_with(start: Instant, raw_packets: bool) -> Rtc {
             let mut rtc = Rtc::builder()
                 .enable_bwe(Some(Bitrate::kbps(300)))
+                .enable_raw_packets(raw_packets)
                 .build(start);
             let profile = SrtpProfile::AEAD_AES_128_GCM;
             let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
@@ -2467,6 +2520,133 @@ mod test {
                 }
             }
             out
+        }
+
+        /// A nominated pair, so that datagrams come out of poll_output.
+        fn with_pair(rtc: &mut Rtc) {
+            rtc.send_addr = Some(SendAddr {
+                proto: net::Protocol::Udp,
+                source: "127.0.0.1:1000".parse().unwrap(),
+                destination: "127.0.0.1:2000".parse().unwrap(),
+            });
+        }
+
+        /// Polls until the timeout; `walk` re-arms the readiness before every poll, as a
+        /// change by the caller would.
+        fn poll_all(rtc: &mut Rtc, walk: bool) -> (Vec<Vec<u8>>, Vec<Event>) {
+            let mut sent = vec![];
+            let mut events = vec![];
+            loop {
+                if walk {
+                    drop(rtc.readiness.wake());
+                }
+                match rtc.poll_output().unwrap() {
+                    Output::Timeout(_) => return (sent, events),
+                    Output::Transmit(t) => sent.push(t.contents.into()),
+                    Output::Event(e) => events.push(e),
+                }
+            }
+        }
+
+        /// A send-only rtc with a pair, after a first burst.
+        fn bursting_rtc(start: Instant, raw_packets: bool) -> Rtc {
+            let mut rtc = sending_rtc_with(start, raw_packets);
+            with_pair(&mut rtc);
+            poll_all(&mut rtc, false);
+            rtc
+        }
+
+        #[test]
+        fn a_burst_of_media_walks_the_event_pipeline_once() {
+            let start = Instant::now();
+            let mut rtc = bursting_rtc(start, false);
+            let now = start + Duration::from_millis(1);
+            for seq in 1..=4 {
+                write(&mut rtc, seq, now);
+            }
+            let walks = rtc.pipeline_walks;
+            assert_eq!(poll_all(&mut rtc, false).0.len(), 0);
+            rtc.handle_input(Input::Timeout(now)).unwrap();
+            assert_eq!(rtc.send_only_timeouts, 1);
+            let (sent, events) = poll_all(&mut rtc, false);
+            assert_eq!(sent.len(), 4);
+            assert!(events.is_empty());
+            assert_eq!(
+                rtc.pipeline_walks - walks,
+                1,
+                "only the poll after the writes walks"
+            );
+        }
+
+        #[test]
+        fn a_burst_sends_what_walking_for_every_datagram_sends() {
+            let start = Instant::now();
+            let mut streak = bursting_rtc(start, false);
+            let mut walking = bursting_rtc(start, false);
+            let mut seq = 1;
+            for round in 1..=4_u32 {
+                let now = start + Duration::from_millis(2) * round;
+                let mut out = vec![];
+                for (rtc, walk) in [(&mut streak, false), (&mut walking, true)] {
+                    for s in seq..seq + u64::from(round) {
+                        write(rtc, s, now);
+                    }
+                    poll_all(rtc, walk);
+                    rtc.handle_input(Input::Timeout(now)).unwrap();
+                    out.push(poll_all(rtc, walk).0);
+                }
+                seq += u64::from(round);
+                assert_eq!(out[0].len(), round as usize);
+                // RTP only: RTCP carries each instance's random CNAME.
+                let rtp = |v: &Vec<Vec<u8>>| -> Vec<Vec<u8>> {
+                    v.iter()
+                        .filter(|d| !(192..=223).contains(&d[1]))
+                        .cloned()
+                        .collect()
+                };
+                assert_eq!(rtp(&out[0]), rtp(&out[1]), "round {round}");
+            }
+        }
+
+        #[test]
+        fn a_change_during_a_burst_walks_the_pipeline_again() {
+            let start = Instant::now();
+            let mut rtc = bursting_rtc(start, false);
+            let now = start + Duration::from_millis(1);
+            for seq in 1..=3 {
+                write(&mut rtc, seq, now);
+            }
+            poll_all(&mut rtc, false);
+            rtc.handle_input(Input::Timeout(now)).unwrap();
+            assert!(matches!(rtc.poll_output().unwrap(), Output::Transmit(_)));
+            // A change that queues an event, in the middle of the burst.
+            rtc.direct_api()
+                .declare_media("aud".into(), MediaKind::Audio);
+            let (sent, events) = poll_all(&mut rtc, false);
+            assert_eq!(sent.len(), 2);
+            assert!(
+                events.iter().any(|e| matches!(e, Event::MediaAdded(_))),
+                "{events:?}"
+            );
+        }
+
+        #[test]
+        fn raw_packet_events_of_a_burst_are_all_reported() {
+            let start = Instant::now();
+            let mut rtc = bursting_rtc(start, true);
+            let now = start + Duration::from_millis(1);
+            for seq in 1..=3 {
+                write(&mut rtc, seq, now);
+            }
+            poll_all(&mut rtc, false);
+            rtc.handle_input(Input::Timeout(now)).unwrap();
+            let (sent, events) = poll_all(&mut rtc, false);
+            assert_eq!(sent.len(), 3);
+            let raw = events
+                .iter()
+                .filter(|e| matches!(e, Event::RawPacket(p) if matches!(**p, RawPacket::RtpTx(..))))
+                .count();
+            assert_eq!(raw, 3);
         }
 
         #[test]

@@ -151,6 +151,9 @@ impl Drop for Mutation<'_> {
 pub(crate) struct Readiness {
     events: bool,
     timeout: bool,
+    /// Counts the guards dropped (every mutation that re-polls), so that a caller can tell
+    /// whether anything changed since it looked (see `Rtc::send_streak`).
+    changes: u64,
 }
 
 impl Readiness {
@@ -159,7 +162,13 @@ impl Readiness {
         Readiness {
             events: true,
             timeout: true,
+            changes: 0,
         }
+    }
+
+    /// How many mutations armed this readiness so far (wrapping).
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes
     }
 
     pub(crate) fn wants_events(&self) -> bool {
@@ -219,6 +228,7 @@ impl Drop for Wake<'_> {
     fn drop(&mut self) {
         self.readiness.events |= self.events;
         self.readiness.timeout |= self.timeout;
+        self.readiness.changes = self.readiness.changes.wrapping_add(1);
     }
 }
 
@@ -228,6 +238,7 @@ impl Readiness {
         Self {
             events: false,
             timeout: false,
+            changes: 0,
         }
     }
 }
@@ -327,7 +338,11 @@ mod tests {
     fn narrowing_preserves_other_operations() {
         for events in [false, true] {
             for timeout in [false, true] {
-                let mut readiness = Readiness { events, timeout };
+                let mut readiness = Readiness {
+                    events,
+                    timeout,
+                    changes: 0,
+                };
                 {
                     let mut wake = readiness.wake();
                     wake.no_events();

@@ -1371,6 +1371,11 @@ impl Session {
     /// while nothing but the send path is due: not while the pacer runs a probe or has one to
     /// report as complete (ending it is the estimator's part of the full timeout), nor while
     /// closing.
+    /// Whether sending queues events ([`Event::RawPacket`] of each packet sent).
+    pub(crate) fn emits_raw_packets(&self) -> bool {
+        self.raw_packets.is_some()
+    }
+
     pub(crate) fn send_timeout_suffices(&self) -> bool {
         !self.rtp_closing && !self.pacer.probing()
     }
