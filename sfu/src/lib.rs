@@ -32,9 +32,10 @@
 //! # The packet path
 //!
 //! ```text
-//!  UDP socket ──recvmmsg──▶ udp::run_receiver ── Demux: remote addr → session (fast path)
-//!                                              └─ else STUN USERNAME ufrag → session (new flow)
-//!        │ ShardMsg::Datagrams: one per recvmmsg round and shard (pooled buffers, one copy)
+//!  UDP socket ──recvmmsg on shard 0──▶ udp::UdpReader ── Demux: remote addr → session (fast path)
+//!                                                   └─ else STUN USERNAME ufrag → session (new flow)
+//!        │ shard 0's own sessions: handled at once; others: ShardMsg::Datagrams, one per
+//!        │ recvmmsg round and shard (pooled buffers, one copy)
 //!        ▼
 //!  shard of the publisher: Rtc::handle_input → drain poll_output until Timeout
 //!        │ Event::RtpPacket (SRTP decrypted, payload: Arc<[u8]>)

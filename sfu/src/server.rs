@@ -10,7 +10,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use satsuma_common::TokenBucket;
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -24,7 +24,7 @@ use crate::relay::bridge::{self, Bridge, ShardRelay};
 use crate::relay::driver::{Relay, RelayConfig};
 use crate::shard::{CoreContext, Shard, ShardContext, ShardMsg};
 use crate::tcp::{TcpSettings, TcpShared, run_listener};
-use crate::udp::{UdpIo, run_receiver};
+use crate::udp::{UdpIo, UdpReader};
 
 /// Capacity of each shard's inbox.
 const SHARD_QUEUE: usize = 16_384;
@@ -127,9 +127,10 @@ impl Server {
         relay: Option<RelayConfig>,
     ) -> Result<ServerHandle, ServerError> {
         config.validate()?;
-        let udp = UdpSocket::bind(config.udp_bind)
-            .await
-            .map_err(|source| ServerError::Bind {
+        // A plain socket: it is registered with no runtime here, only with the reading shard's
+        // (see `crate::udp`), so that arriving datagrams wake no other thread.
+        let udp =
+            std::net::UdpSocket::bind(config.udp_bind).map_err(|source| ServerError::Bind {
                 what: "udp",
                 addr: config.udp_bind,
                 source,
@@ -200,7 +201,7 @@ impl Server {
         let relay_addr = relay.as_ref().map(|(r, ..)| r.local_addr());
         let health = Arc::new(ShardHealth::new(config.shards, now));
         let directory = Arc::new(Directory::default());
-        let socket = Arc::new(UdpIo::new(Arc::new(udp))?);
+        let socket = Arc::new(UdpIo::new(udp)?);
         let (control_tx, mut control_rx) = mpsc::unbounded_channel();
         let tcp = tcp_addr.map(|bound| {
             Arc::new(TcpShared::new(
@@ -221,7 +222,7 @@ impl Server {
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
         if let Some(tcp) = &tcp {
             // Shards' routing changes reach both drivers: the TCP side first (it only keeps
-            // ufrags), then the UDP receiver.
+            // ufrags), then the UDP reader (on shard 0).
             let (udp_tx, udp_rx) = mpsc::unbounded_channel();
             let tcp = Arc::clone(tcp);
             let mut from_shards = std::mem::replace(&mut control_rx, udp_rx);
@@ -260,8 +261,19 @@ impl Server {
             .unzip();
         let mut shard_threads = Vec::new();
         let mut shard_stops = Vec::new();
+        // Shard 0 reads the UDP socket (see `crate::udp`).
+        let mut reader = Some(UdpReader::new(
+            Arc::clone(&socket),
+            candidates.clone(),
+            control_rx,
+            senders.clone(),
+            0,
+        ));
         for (i, rx) in receivers.into_iter().enumerate() {
-            let shard = Shard::new(i, Arc::clone(&ctx), senders.clone());
+            let mut shard = Shard::new(i, Arc::clone(&ctx), senders.clone());
+            if let Some(reader) = reader.take() {
+                shard = shard.with_reader(reader);
+            }
             let (stop_tx, stop_rx) = oneshot::channel();
             shard_stops.push(stop_tx);
             metrics.register_shard(i);
@@ -291,13 +303,6 @@ impl Server {
             }
             None => None,
         };
-        tasks.push(tokio::spawn(run_receiver(
-            socket,
-            candidates,
-            control_rx,
-            senders.clone(),
-            metrics.clone(),
-        )));
         if let (Some(listener), Some(tcp)) = (tcp_listener, tcp) {
             tasks.push(tokio::spawn(run_listener(listener, tcp, senders.clone())));
         }

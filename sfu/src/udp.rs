@@ -1,17 +1,23 @@
 //! The UDP driver: the one socket every session shares.
 //!
-//! One task receives datagrams and routes each to the shard owning its session — by remote
-//! address for known flows (the fast path), by the ufrag in a STUN binding request for new ones.
+//! One shard (the *reading shard*, shard 0) reads the socket on its own thread, between its
+//! other work ([`UdpReader`]), and routes each datagram to the shard owning its session — by
+//! remote address for known flows (the fast path), by the ufrag in a STUN binding request for
+//! new ones. Its own sessions' datagrams it handles at once; the others' reach their shards as
+//! one message per `recvmmsg` round and shard. (Before, a receiver task on the async runtime
+//! read the socket and handed every datagram over: at the sparse input rates of real calls that
+//! cost two thread wake-ups per datagram, the receiver's and the shard's.)
 //! An address is only learnt from a shard after its session has *sent* to it, which str0m does
 //! only after checking a STUN request's integrity, so a spoofed request cannot steal a flow.
 //! An ICE restart replaces a session's ufrag ([`UdpControl::ReplaceUfrag`]) and keeps its
 //! routes until the new path is up; then the unused ones are forgotten ([`UdpControl::Unroute`],
 //! see [`crate::routes`]).
 //! Everything else is counted as a drop. Reads are batched (`recvmmsg`), and the socket is read
-//! until it is empty at each wake-up; each round's datagrams reach a shard as one message (a
-//! [`DatagramBatch`], its buffers recycled through a [`BatchPool`]: one copy per datagram and no
-//! allocation). Shards send directly on the shared socket, in batches grouped per destination
-//! ([`crate::egress`], UDP GSO), and single datagrams to many peers with one `sendmmsg`.
+//! until it is empty at each wake-up of the reading shard; each round's datagrams for another
+//! shard reach it as one message (a [`DatagramBatch`], its buffers recycled through a
+//! [`BatchPool`]: one copy per datagram and no allocation). Shards send directly on the shared
+//! socket, in batches grouped per destination ([`crate::egress`], UDP GSO), and single datagrams
+//! to many peers with one `sendmmsg`.
 
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
@@ -24,7 +30,6 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
@@ -215,27 +220,30 @@ pub fn local_for(candidates: &[SocketAddr], source: SocketAddr) -> SocketAddr {
 pub const SOCKET_BUFFER: usize = 8 << 20;
 
 /// The shared socket with batched I/O (`recvmmsg`; `sendmsg` with UDP GSO where the kernel
-/// supports it), through `quinn-udp`.
+/// supports it), through `quinn-udp`. Every shard sends on it directly (non-blocking); only the
+/// reading shard's [`UdpReader`] registers it (a duplicate of its descriptor) with a runtime, so
+/// that no other thread is woken by arriving datagrams.
 #[derive(Debug)]
 pub struct UdpIo {
-    socket: Arc<UdpSocket>,
+    socket: std::net::UdpSocket,
     state: UdpSocketState,
     /// Whether the socket is IPv6 (IPv4 destinations are then sent as IPv4-mapped).
     ipv6: bool,
 }
 
 impl UdpIo {
-    /// Wraps a bound socket and sizes its kernel buffers.
-    pub fn new(socket: Arc<UdpSocket>) -> std::io::Result<UdpIo> {
-        let state = UdpSocketState::new((&*socket).into())?;
+    /// Wraps a bound socket (made non-blocking here) and sizes its kernel buffers.
+    pub fn new(socket: std::net::UdpSocket) -> std::io::Result<UdpIo> {
+        socket.set_nonblocking(true)?;
+        let state = UdpSocketState::new((&socket).into())?;
         for (what, result) in [
             (
                 "receive",
-                state.set_recv_buffer_size((&*socket).into(), SOCKET_BUFFER),
+                state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER),
             ),
             (
                 "send",
-                state.set_send_buffer_size((&*socket).into(), SOCKET_BUFFER),
+                state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER),
             ),
         ] {
             if let Err(e) = result {
@@ -265,7 +273,7 @@ impl UdpIo {
             segment_size: s.segment_size,
             src_ip: None,
         };
-        self.state.try_send((&*self.socket).into(), &transmit)
+        self.state.try_send((&self.socket).into(), &transmit)
     }
 
     /// Sends every datagram `egress` holds, counting what left and what was dropped: runs to one
@@ -313,7 +321,7 @@ impl UdpIo {
         let mut next = 0;
         while next < msgs.len() {
             let rest = msgs.get_mut(next..).unwrap_or_default();
-            match rustix::net::sendmmsg(&*self.socket, rest, SendFlags::DONTWAIT) {
+            match rustix::net::sendmmsg(&self.socket, rest, SendFlags::DONTWAIT) {
                 Ok(sent) if sent > 0 => {
                     let bytes: usize = batch[next..next + sent]
                         .iter()
@@ -464,59 +472,107 @@ impl BatchPool {
     }
 }
 
-/// Receives until the task is aborted. Each wake-up reads the socket until it is empty (in
-/// rounds of `recvmmsg`); each round's datagrams go to their shards in one [`DatagramBatch`] per
-/// shard.
-pub async fn run_receiver(
+/// The reading side of the shared socket, run by the reading shard's driver between its other
+/// work: the routing table (kept up to date from the shards' [`UdpControl`] messages, applied
+/// before every read), the receive buffers, and a [`Router`] that hands other shards' datagrams
+/// over. See the module docs.
+#[derive(Debug)]
+pub struct UdpReader {
     io: Arc<UdpIo>,
+    /// The socket as registered with the reading shard's runtime (a duplicate descriptor of
+    /// `io`'s), after [`UdpReader::register`].
+    socket: Option<tokio::net::UdpSocket>,
+    demux: Demux,
+    control: mpsc::UnboundedReceiver<UdpControl>,
     candidates: Vec<SocketAddr>,
-    mut control: mpsc::UnboundedReceiver<UdpControl>,
-    shards: Vec<mpsc::Sender<ShardMsg>>,
-    metrics: Metrics,
-) {
-    let mut demux = Demux::default();
-    // With UDP GRO the kernel may hand over several datagrams of one peer in one buffer, up to
-    // its GRO limit of segments: size every buffer for that.
-    let slot = 2048 * io.state.gro_segments().max(1);
-    let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; slot]).collect();
-    let mut meta = vec![RecvMeta::default(); RECV_BATCH];
-    let mut router = Router::new(shards, BatchPool::default(), MAX_IN_FLIGHT);
-    loop {
-        tokio::select! {
-            biased;
-            ctl = control.recv() => match ctl {
-                Some(ctl) => demux.apply(ctl),
-                None => return,
-            },
-            ready = io.socket.readable() => {
-                if let Err(e) = ready {
-                    tracing::warn!("udp socket failed: {e}");
+    router: Router,
+    /// The shard reading (its datagrams are handled, not handed over).
+    me: ShardId,
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+}
+
+impl UdpReader {
+    /// The reader for shard `me` of `shards` (`shards[i]` reaches shard `i`).
+    pub fn new(
+        io: Arc<UdpIo>,
+        candidates: Vec<SocketAddr>,
+        control: mpsc::UnboundedReceiver<UdpControl>,
+        shards: Vec<mpsc::Sender<ShardMsg>>,
+        me: ShardId,
+    ) -> UdpReader {
+        // With UDP GRO the kernel may hand over several datagrams of one peer in one buffer, up
+        // to its GRO limit of segments: size every buffer for that.
+        let slot = 2048 * io.state.gro_segments().max(1);
+        UdpReader {
+            io,
+            socket: None,
+            demux: Demux::default(),
+            control,
+            candidates,
+            router: Router::new(shards, BatchPool::default(), MAX_IN_FLIGHT),
+            me,
+            bufs: (0..RECV_BATCH).map(|_| vec![0u8; slot]).collect(),
+            meta: vec![RecvMeta::default(); RECV_BATCH],
+        }
+    }
+
+    /// Registers the socket with the current (the reading shard's) runtime. Call on its thread,
+    /// inside the runtime, before [`UdpReader::readable`].
+    pub fn register(&mut self) -> std::io::Result<()> {
+        if self.socket.is_none() {
+            let dup = self.io.socket.try_clone()?;
+            self.socket = Some(tokio::net::UdpSocket::from_std(dup)?);
+        }
+        Ok(())
+    }
+
+    /// Resolves when the socket may have datagrams (never, before [`UdpReader::register`]).
+    pub async fn readable(&self) -> std::io::Result<()> {
+        match &self.socket {
+            Some(s) => s.readable().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Reads the socket until it is empty (at most [`RECV_ROUNDS`] rounds of `recvmmsg`). Each
+    /// round's datagrams for other shards are handed over (one message per shard), the reading
+    /// shard's own are given to `own` at once. Costs no system call when the runtime has not
+    /// seen the socket readable since the last read that found it empty.
+    pub fn read(&mut self, metrics: &Metrics, mut own: impl FnMut(&DatagramBatch)) {
+        let Some(socket) = &self.socket else {
+            return;
+        };
+        for _ in 0..RECV_ROUNDS {
+            while let Ok(ctl) = self.control.try_recv() {
+                self.demux.apply(ctl);
+            }
+            let mut slices: Vec<IoSliceMut<'_>> =
+                self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let received = socket.try_io(Interest::READABLE, || {
+                self.io
+                    .state
+                    .recv(socket.into(), &mut slices, &mut self.meta)
+            });
+            drop(slices);
+            let n = match received {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!("udp receive error: {e}");
                     return;
                 }
-                for _ in 0..RECV_ROUNDS {
-                    let mut slices: Vec<IoSliceMut<'_>> =
-                        bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-                    let received = io.socket.try_io(Interest::READABLE, || {
-                        io.state.recv((&*io.socket).into(), &mut slices, &mut meta)
-                    });
-                    drop(slices);
-                    let n = match received {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) => {
-                            tracing::debug!("udp receive error: {e}");
-                            break;
-                        }
-                    };
-                    let now = Instant::now();
-                    for (m, buf) in meta.iter().zip(&bufs).take(n) {
-                        let stride = if m.stride == 0 { m.len } else { m.stride };
-                        for data in buf[..m.len.min(buf.len())].chunks(stride.max(1)) {
-                            router.route(&demux, &candidates, &metrics, m.addr, data, now);
-                        }
-                    }
-                    router.hand_over(&metrics);
+            };
+            let now = Instant::now();
+            for (m, buf) in self.meta.iter().zip(&self.bufs).take(n) {
+                let stride = if m.stride == 0 { m.len } else { m.stride };
+                for data in buf[..m.len.min(buf.len())].chunks(stride.max(1)) {
+                    self.router
+                        .route(&self.demux, &self.candidates, metrics, m.addr, data, now);
                 }
+            }
+            if let Some(batch) = self.router.hand_over(metrics, Some(self.me)) {
+                own(&batch);
             }
         }
     }
@@ -586,17 +642,25 @@ impl Router {
 
     /// Sends every non-empty batch to its shard (one message each); a full inbox, or a shard
     /// with [`MAX_IN_FLIGHT`] datagrams not yet handled, drops the batch's datagrams, counted.
-    fn hand_over(&mut self, metrics: &Metrics) {
+    /// The batch of shard `local` (the one reading) is not sent but returned, for it to handle
+    /// at once.
+    fn hand_over(&mut self, metrics: &Metrics, local: Option<ShardId>) -> Option<DatagramBatch> {
+        let mut kept = None;
         let shards = self
             .batches
             .iter_mut()
             .zip(&self.shards)
-            .zip(&self.in_flight);
-        for ((batch, tx), in_flight) in shards {
+            .zip(&self.in_flight)
+            .enumerate();
+        for (shard, ((batch, tx), in_flight)) in shards {
             if batch.is_empty() {
                 continue;
             }
             let mut batch = std::mem::take(batch);
+            if local == Some(shard) {
+                kept = Some(batch);
+                continue;
+            }
             let n = batch.len();
             if in_flight.load(Ordering::Relaxed) + n > self.max_in_flight {
                 metrics.drop_n(PacketDrop::ShardQueueFull, n as u64);
@@ -608,6 +672,7 @@ impl Router {
                 metrics.drop_n(PacketDrop::ShardQueueFull, n as u64);
             }
         }
+        kept
     }
 }
 
@@ -867,7 +932,7 @@ mod tests {
             for (from, byte) in packets {
                 router.route(&demux, &candidates, &metrics, *from, &[0x80, *byte], now);
             }
-            router.hand_over(&metrics);
+            assert!(router.hand_over(&metrics, None).is_none());
         };
         // An unknown source is dropped and counted, not batched.
         let c: SocketAddr = "127.0.0.1:3".parse().unwrap();
@@ -920,6 +985,73 @@ mod tests {
             vec![16, 17]
         );
         assert!(text_has(&metrics, "shard_queue_full", 4));
+    }
+
+    /// The reading shard (shard 0 here) reads the socket itself: its own sessions' datagrams
+    /// come back to it at once and never pass through its inbox, other shards' reach theirs as
+    /// one batch per round, routing changes sent before a datagram are applied before it is
+    /// routed, and a datagram of no session is counted as a drop.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_reading_shard_keeps_its_own_datagrams_and_hands_over_the_others() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let server = socket.local_addr().unwrap();
+        let io = Arc::new(UdpIo::new(socket).unwrap());
+        let (tx0, mut rx0) = mpsc::channel(8);
+        let (tx1, mut rx1) = mpsc::channel(8);
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let mut reader = UdpReader::new(io, vec![server], control_rx, vec![tx0, tx1], 0);
+        reader.register().unwrap();
+        let metrics = Metrics::new();
+        let clients: Vec<std::net::UdpSocket> = (0..3)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for (i, shard) in [(0u8, 0), (1, 1)] {
+            let session = SessionId([i + 1; 16]);
+            control_tx
+                .send(UdpControl::Register {
+                    ufrag: format!("u{i}"),
+                    session,
+                    shard,
+                })
+                .unwrap();
+            control_tx
+                .send(UdpControl::Route {
+                    addr: clients[usize::from(i)].local_addr().unwrap(),
+                    session,
+                    shard,
+                })
+                .unwrap();
+        }
+        for (client, byte) in [(0, 1u8), (1, 2), (2, 3), (0, 4), (1, 5)] {
+            clients[client].send_to(&[0x80, byte], server).unwrap();
+        }
+        let mut own: Vec<(u8, u8)> = Vec::new();
+        let mut other: Vec<u8> = Vec::new();
+        while own.len() + other.len() < 4 {
+            tokio::time::timeout(std::time::Duration::from_secs(5), reader.readable())
+                .await
+                .expect("the socket becomes readable")
+                .unwrap();
+            reader.read(&metrics, |batch| {
+                own.extend(batch.iter().map(|d| (d.session.0[0], d.data[1])));
+            });
+            while let Ok(msg) = rx1.try_recv() {
+                let ShardMsg::Datagrams(batch) = msg else {
+                    panic!("shard 1 gets datagram batches only");
+                };
+                assert!(batch.iter().all(|d| d.session == SessionId([2; 16])));
+                other.extend(batch.iter().map(|d| d.data[1]));
+            }
+        }
+        assert_eq!(own, vec![(1, 1), (1, 4)]);
+        assert_eq!(other, vec![2, 5]);
+        assert!(
+            rx0.try_recv().is_err(),
+            "nothing of its own through its inbox"
+        );
+        assert!(text_has(&metrics, "unknown_source", 1));
+        // Once the socket is empty, reading costs nothing and finds nothing.
+        reader.read(&metrics, |_| panic!("nothing left to read"));
     }
 
     fn text_has(metrics: &Metrics, reason: &str, n: u64) -> bool {

@@ -1,6 +1,9 @@
 //! The shard's driver: the inbox, the timer, the socket and the channels around one [`Core`].
 //! It feeds the core what arrives (with the time), carries out what the core asks
 //! ([`Action`]s, the egress), and sleeps until the next message or the core's next timeout.
+//! The reading shard also reads the shared UDP socket ([`UdpReader`]): at every wake-up, before
+//! and after its inbox, so that a datagram arriving while the shard works costs no wake-up, and
+//! its own sessions' datagrams none of another thread.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use crate::metrics::PacketDrop;
 use crate::relay::KeyframeKind;
 use crate::relay::bridge::ShardRelay;
 use crate::tcp::TcpShared;
-use crate::udp::{DatagramBatch, UdpControl, UdpIo};
+use crate::udp::{DatagramBatch, UdpControl, UdpIo, UdpReader};
 use str0m::media::KeyframeRequestKind;
 
 /// Messages handled before the shard looks at timeouts again.
@@ -86,6 +89,16 @@ pub struct Shard {
     ctx: Arc<ShardContext>,
     peers: Vec<mpsc::Sender<ShardMsg>>,
     outboxes: Vec<PeerOutbox>,
+    /// The reading shard's side of the UDP socket (`None` on the other shards).
+    reader: Option<UdpReader>,
+}
+
+/// What woke the shard.
+enum Wake {
+    Message(ShardMsg),
+    Readable,
+    Timer,
+    Failed(std::io::Error),
 }
 
 impl Shard {
@@ -99,7 +112,14 @@ impl Shard {
             ctx,
             peers,
             outboxes,
+            reader: None,
         }
+    }
+
+    /// Makes this the reading shard: it reads the UDP socket with `reader`.
+    pub fn with_reader(mut self, reader: UdpReader) -> Shard {
+        self.reader = Some(reader);
+        self
     }
 
     /// Runs until the channel closes or `stop` fires (or its sender is dropped); then closes
@@ -120,33 +140,61 @@ impl Shard {
         let metrics = self.ctx.core.metrics.clone();
         let busy = metrics.shard_busy_seconds.with_label_values(&[&label]);
         let sessions_gauge = metrics.shard_sessions.with_label_values(&[&label]);
+        if let Some(reader) = &mut self.reader
+            && let Err(e) = reader.register()
+        {
+            tracing::error!(shard = self.id, "cannot read the udp socket: {e}");
+            self.reader = None;
+        }
         loop {
             let deadline = self.deadline();
-            let first = tokio::select! {
+            let reader = self.reader.as_ref();
+            let wake = tokio::select! {
                 biased;
                 _ = &mut *stop => break,
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
-                    Some(msg)
+                    Wake::Message(msg)
                 }
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => None,
+                ready = async {
+                    match reader {
+                        Some(r) => r.readable().await,
+                        None => std::future::pending().await,
+                    }
+                } => match ready {
+                    Ok(()) => Wake::Readable,
+                    Err(e) => Wake::Failed(e),
+                },
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => Wake::Timer,
             };
+            if let Wake::Failed(e) = &wake {
+                tracing::warn!(shard = self.id, "udp socket failed: {e}");
+                self.reader = None;
+                continue;
+            }
             let started = Instant::now();
             let worked = catch_unwind(AssertUnwindSafe(|| {
-                if let Some(msg) = first {
-                    self.core.begin_batch();
-                    self.handle(msg, started);
-                    for _ in 0..BATCH {
-                        match rx.try_recv() {
-                            Ok(msg) => self.handle(msg, Instant::now()),
-                            Err(_) => break,
+                match wake {
+                    Wake::Message(_) | Wake::Readable => {
+                        self.core.begin_batch();
+                        self.read_udp();
+                        if let Wake::Message(msg) = wake {
+                            self.handle(msg, started);
                         }
+                        for _ in 0..BATCH {
+                            match rx.try_recv() {
+                                Ok(msg) => self.handle(msg, Instant::now()),
+                                Err(_) => break,
+                            }
+                        }
+                        // What arrived meanwhile, before the batch's drains (and before other
+                        // shards' datagrams wait behind them).
+                        self.read_udp();
+                        self.core.end_batch();
+                        self.act();
+                        self.core.handle_timeout(Instant::now());
                     }
-                    self.core.end_batch();
-                    self.act();
-                    self.core.handle_timeout(Instant::now());
-                } else {
-                    self.core.handle_timeout(started);
+                    Wake::Timer | Wake::Failed(_) => self.core.handle_timeout(started),
                 }
                 self.act();
                 self.retry_deferred();
@@ -167,6 +215,19 @@ impl Shard {
         self.act();
         self.flush();
         sessions_gauge.set(0);
+    }
+
+    /// Reads the UDP socket if this is the reading shard (see [`UdpReader::read`]): other shards'
+    /// datagrams are handed over, this shard's own go to the core at once.
+    fn read_udp(&mut self) {
+        let Some(reader) = &mut self.reader else {
+            return;
+        };
+        let core = &mut self.core;
+        reader.read(&self.ctx.core.metrics, |batch| {
+            core.handle_datagrams(Instant::now(), batch.iter());
+        });
+        self.act();
     }
 
     /// Hands one message to the core and carries out what it asked.
