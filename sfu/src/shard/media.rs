@@ -11,7 +11,7 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, StreamTx};
 use str0m::{Event, IceConnectionState, Input, Output, PacerReason, Reason};
 
 use super::core::{Action, Core, Datagram, PeerMsg};
@@ -284,12 +284,9 @@ impl Core {
     /// str0m what each session would like to send so that its BWE probes for it.
     pub(super) fn select_layers(&mut self, only: Option<SessionId>) {
         for (id, plan) in self.forwarder.select_layers(self.now, only) {
-            let Some(session) = self.sessions.get_mut(&id) else {
-                continue;
-            };
             // Legs that stop their layer now (an urgent switch down, or a pause) forget what they
             // sent: their receiver can no longer use it, and resending it on NACK would take the
-            // capacity the link lacks (see `LegWrite::restart`).
+            // capacity the link lacks (see `LegWrite::restart`). A fresh RTX cache is an empty one.
             for mid in plan
                 .changes
                 .iter()
@@ -297,16 +294,7 @@ impl Core {
                 .map(|c| c.leg.mid)
                 .chain(plan.pauses.iter().filter(|(_, p)| *p).map(|(l, _)| l.mid))
             {
-                let forgot = catch_unwind(AssertUnwindSafe(|| {
-                    if let Some(tx) = session.rtc.direct_api().stream_tx_by_mid(mid, None) {
-                        let (packets, age, ratio) = rtx_cache_for(MediaKind::Video);
-                        tx.set_rtx_cache(packets, age, ratio);
-                    }
-                }));
-                if forgot.is_err() {
-                    self.session_panicked(id);
-                    break;
-                }
+                self.size_leg_rtx_cache(id, mid, MediaKind::Video);
             }
             let Some(session) = self.sessions.get_mut(&id) else {
                 continue;
@@ -344,8 +332,7 @@ impl Core {
             tx.set_unpaced(!paced);
             if w.restart {
                 // A keyframe of the leg's new layer: nothing sent before it is worth resending.
-                let (packets, age, ratio) = rtx_cache_for(MediaKind::Video);
-                tx.set_rtx_cache(packets, age, ratio);
+                set_rtx_cache(tx, MediaKind::Video);
             }
             let mut write = RtpWrite::new(w.pt, w.seq.into(), w.timestamp, w.wallclock, w.payload)
                 .marker(w.marker)
@@ -370,8 +357,9 @@ impl Core {
         }
     }
 
-    /// Sizes the RTX cache of a new subscriber leg's send stream to what NACK repair needs (see
-    /// [`rtx_cache_for`]).
+    /// Sizes the RTX cache of a subscriber leg's send stream to what NACK repair needs (see
+    /// [`rtx_cache_for`]). The cache starts empty: for an existing leg this also forgets what
+    /// it sent.
     pub(super) fn size_leg_rtx_cache(&mut self, id: SessionId, mid: Mid, kind: MediaKind) {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
@@ -381,8 +369,7 @@ impl Core {
             let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                 return false;
             };
-            let (packets, age, ratio_cap) = rtx_cache_for(kind);
-            tx.set_rtx_cache(packets, age, ratio_cap);
+            set_rtx_cache(tx, kind);
             true
         }));
         match sized {
@@ -542,6 +529,13 @@ pub(crate) fn rtx_cache_for(kind: MediaKind) -> (usize, Duration, Option<f32>) {
         MediaKind::Video => (512, Duration::from_secs(1), Some(VIDEO_RESEND_RATIO_CAP)),
         MediaKind::Audio => (1, Duration::from_millis(100), None),
     }
+}
+
+/// Gives a leg's send stream a fresh RTX cache of [`rtx_cache_for`]`(kind)` (str0m replaces the
+/// cache, so what was sent before is no longer resent).
+fn set_rtx_cache(tx: &mut StreamTx, kind: MediaKind) {
+    let (packets, age, ratio_cap) = rtx_cache_for(kind);
+    tx.set_rtx_cache(packets, age, ratio_cap);
 }
 
 /// Whether a drain handles str0m's timeout `t` itself rather than leaving it to the shard's
