@@ -72,6 +72,60 @@ struct Sim {
     to_sfu: VecDeque<(SocketAddr, Vec<u8>)>,
     to_peers: VecDeque<(SocketAddr, Vec<u8>)>,
     between: VecDeque<(ShardId, PeerMsg)>,
+    /// Shaped downlinks (SFU to peer), by the peer's address (see [`Link`]); other peers' are
+    /// lossless and without delay.
+    links: Vec<(SocketAddr, Link)>,
+    /// Datagrams a link let through, with when they arrive, in order of arrival per link.
+    arriving: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
+}
+
+/// A shaped link, as `tc` tbf plus an nftables random drop would make it: a rate, a queue of at
+/// most `queue_bytes` (a datagram that does not fit is dropped), a share of datagrams dropped at
+/// random (a deterministic xorshift, so a run is repeatable) and a propagation delay.
+#[derive(Debug, Clone)]
+struct Link {
+    rate_bps: u64,
+    queue_bytes: u64,
+    loss_per_mille: u64,
+    delay: Duration,
+    rng: u64,
+    /// When the link has sent everything it holds.
+    busy_until: Option<Instant>,
+    sent: u64,
+    dropped: u64,
+}
+
+impl Link {
+    fn new(rate_bps: u64, queue_bytes: u64, loss_per_mille: u64, delay: Duration) -> Link {
+        Link {
+            rate_bps,
+            queue_bytes,
+            loss_per_mille,
+            delay,
+            rng: 0x9e37_79b9_7f4a_7c15,
+            busy_until: None,
+            sent: 0,
+            dropped: 0,
+        }
+    }
+
+    /// When a datagram of `len` bytes offered at `now` arrives, or `None` if it is dropped.
+    fn admit(&mut self, now: Instant, len: usize) -> Option<Instant> {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let start = self.busy_until.filter(|b| *b > now).unwrap_or(now);
+        let backlog =
+            start.saturating_duration_since(now).as_secs_f64() * self.rate_bps as f64 / 8.0;
+        if self.rng % 1000 < self.loss_per_mille || backlog + len as f64 > self.queue_bytes as f64 {
+            self.dropped += 1;
+            return None;
+        }
+        let done = start + Duration::from_secs_f64(len as f64 * 8.0 / self.rate_bps as f64);
+        self.busy_until = Some(done);
+        self.sent += 1;
+        Some(done + self.delay)
+    }
 }
 
 impl Sim {
@@ -99,6 +153,18 @@ impl Sim {
             to_sfu: VecDeque::new(),
             to_peers: VecDeque::new(),
             between: VecDeque::new(),
+            links: Vec::new(),
+            arriving: VecDeque::new(),
+        }
+    }
+
+    /// Shapes the SFU's datagrams to `peer` from now on (`None`: no shaping any more; what the
+    /// link holds still arrives).
+    fn shape(&mut self, peer: usize, link: Option<Link>) {
+        let addr = self.peers[peer].addr;
+        self.links.retain(|(a, _)| *a != addr);
+        if let Some(l) = link {
+            self.links.push((addr, l));
         }
     }
 
@@ -405,7 +471,29 @@ impl Sim {
             for core in &mut self.cores {
                 core.end_batch();
             }
+            // Datagrams to a shaped peer go through its link; those whose time has come arrive.
+            let mut direct = VecDeque::new();
             while let Some((destination, data)) = self.to_peers.pop_front() {
+                match self.links.iter_mut().find(|(a, _)| *a == destination) {
+                    Some((_, link)) => {
+                        if let Some(at) = link.admit(self.now, data.len()) {
+                            let i = self.arriving.partition_point(|(t, _, _)| *t <= at);
+                            self.arriving.insert(i, (at, destination, data));
+                        }
+                    }
+                    None => direct.push_back((destination, data)),
+                }
+            }
+            while self
+                .arriving
+                .front()
+                .is_some_and(|(at, _, _)| *at <= self.now)
+            {
+                if let Some((_, destination, data)) = self.arriving.pop_front() {
+                    direct.push_back((destination, data));
+                }
+            }
+            while let Some((destination, data)) = direct.pop_front() {
                 moved = true;
                 let Some(peer) = self.peers.iter_mut().find(|p| p.addr == destination) else {
                     continue;
@@ -447,6 +535,7 @@ impl Sim {
                         .filter(|p| p.rtc.is_alive())
                         .map(|p| p.next_timeout),
                 )
+                .chain(self.arriving.iter().map(|(at, _, _)| *at).min())
                 .min()
                 .unwrap_or(end)
                 // Time always moves on (str0m's pacer asks again 1 µs later, and a stale
@@ -961,4 +1050,122 @@ fn a_keyframe_older_than_the_subscribers_session_is_replayed_and_counted_apart()
     };
     assert_eq!((replays("replayed"), replays("replayed_old")), (0, 2));
     assert_eq!(sim.requests(publisher).len(), asked_before);
+}
+
+/// A VP8 packet of `len` bytes (see [`vp8`]).
+fn vp8_sized(keyframe: bool, tag: u8, n: u16, len: usize) -> Vec<u8> {
+    let mut p = vp8(keyframe, tag, n);
+    p.resize(len, tag);
+    p
+}
+
+/// The shaped subscriber of `client/web/tests/net/shaped.test.mjs` (issue 13) without browsers
+/// and without a loaded host: a publisher sends q/h/f simulcast at 10 frames/s (100, 300 and
+/// 800 kbit/s, keyframes when asked), and a subscriber that wants f gets it over a link that is
+/// unshaped, then cut to 300 kbit/s with a 10 kB queue and 3 % random loss for 20 s; bandwidth
+/// estimation on (the SFU's defaults). As in the browser test: down to q within 3 s of the
+/// shaping, and q keeps arriving (no switch back up while the link stays shaped).
+///
+/// The climb back after the lift is not checked here: in this simulation the subscriber's
+/// estimate does not move after the lift (str0m's detector reports the session
+/// application-limited while its loss-based estimator still limits, so it neither pads nor
+/// probes), where Chromium's sessions climb back in 6-15 s; not explained yet.
+#[test]
+fn a_shaped_subscriber_goes_down_to_q_within_3_s_and_stays_there() {
+    let mut sim = Sim::new(
+        1,
+        Config {
+            session_timeout: Duration::from_secs(5),
+            track_timeout: Duration::from_secs(5),
+            ..Config::default()
+        },
+    );
+    let publisher = sim.peer();
+    let video = sim.publish(publisher, 0, &[(MediaKind::Video, "cam", &["q", "h", "f"])])[0];
+    sim.connect_all();
+    let sub = sim.peer();
+    let mid = sim.subscribe(sub, 0, &[(publisher, "cam", Some("f"))])[0];
+    sim.connect_all();
+    // Packets per frame and layer (1,200 bytes each): 100, 300 and 800 kbit/s at 10 frames/s.
+    let layers: [(&str, u8, usize); 3] = [("q", b'q', 1), ("h", b'h', 3), ("f", b'f', 8)];
+    let mut seq = [0u64; 3];
+    let mut asked = 0;
+    let mut first = true;
+    // One frame on every layer, 100 ms apart; keyframes on all layers when the SFU asked for one
+    // since the last frame.
+    let mut frame = |sim: &mut Sim| {
+        let key = first || sim.peers[publisher].keyframe_requests.len() > asked;
+        first = false;
+        asked = sim.peers[publisher].keyframe_requests.len();
+        let start = sim.now;
+        for (i, (rid, tag, packets)) in layers.iter().enumerate() {
+            for _ in 0..*packets {
+                seq[i] += 1;
+                let n = seq[i] as u16;
+                sim.send(
+                    publisher,
+                    video,
+                    Some(rid),
+                    seq[i],
+                    vp8_sized(key, *tag, n, 1200),
+                );
+            }
+        }
+        let spent = sim.now.saturating_duration_since(start);
+        sim.run(Duration::from_millis(100).saturating_sub(spent));
+    };
+    let layers_seen = |sim: &Sim| -> Vec<u8> {
+        sim.peers[sub]
+            .received
+            .iter()
+            .filter(|r| r.mid == mid)
+            .map(|r| r.payload[2])
+            .collect()
+    };
+    let t0 = sim.now;
+    while layers_seen(&sim).last() != Some(&b'f') {
+        assert!(
+            sim.now - t0 < Duration::from_secs(20),
+            "never on f before the shaping"
+        );
+        frame(&mut sim);
+    }
+    for _ in 0..30 {
+        frame(&mut sim);
+    }
+    assert_eq!(layers_seen(&sim).last(), Some(&b'f'));
+
+    sim.shape(
+        sub,
+        Some(Link::new(300_000, 10_000, 30, Duration::from_millis(5))),
+    );
+    let shaped = sim.now;
+    let before = layers_seen(&sim).len();
+    let mut to_q = None;
+    while sim.now - shaped < Duration::from_secs(20) {
+        frame(&mut sim);
+        if to_q.is_none() && layers_seen(&sim).last() == Some(&b'q') {
+            to_q = Some(sim.now - shaped);
+        }
+    }
+    let to_q = to_q.expect("went down to q");
+    assert!(to_q <= Duration::from_secs(3), "to q after {to_q:?}");
+    let (link_sent, link_dropped) = sim
+        .links
+        .first()
+        .map(|(_, l)| (l.sent, l.dropped))
+        .unwrap_or_default();
+    let got = &layers_seen(&sim)[before..];
+    let on_q = got.iter().skip_while(|t| **t != b'q').collect::<Vec<_>>();
+    assert!(
+        on_q.iter().all(|t| **t == b'q'),
+        "q from the switch to the lift, no switch back up: {:?}",
+        got.iter().map(|t| char::from(*t)).collect::<String>()
+    );
+    // 20 s of q at ~10 packets/s, less the 3 % loss (str0m's resends make up some of it).
+    assert!(on_q.len() >= 150, "q kept arriving: {} packets", on_q.len());
+    assert!(
+        link_dropped > 0 && link_sent > 0,
+        "the link shaped: {link_sent} sent, {link_dropped} dropped"
+    );
 }
