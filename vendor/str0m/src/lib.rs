@@ -854,7 +854,7 @@ mod poll;
 use crate::poll::Readiness;
 
 mod session;
-use session::Session;
+use session::{SendTimeoutParts, Session};
 
 pub mod stats;
 
@@ -945,6 +945,12 @@ pub struct Rtc {
     // Computed with `cached_timeout`: the soonest timeout of everything but the
     // session's send path (send queues and pacer). See `do_handle_timeout`.
     cached_others_timeout: Option<Instant>,
+    // Computed with `cached_timeout`: its parts around the session's send path, which stand
+    // while only send streams change (see `Readiness::wake_send`). `None` while closing.
+    cached_send_parts: Option<SendTimeoutParts>,
+    // Timeouts computed from `cached_send_parts` and the send path alone.
+    #[cfg(test)]
+    send_part_timeouts: usize,
     // Timeouts handled by the send path alone (see `do_handle_timeout`).
     #[cfg(test)]
     send_only_timeouts: usize,
@@ -1331,6 +1337,9 @@ impl Rtc {
             readiness: Readiness::armed(),
             cached_timeout: start,
             cached_others_timeout: Some(start),
+            cached_send_parts: None,
+            #[cfg(test)]
+            send_part_timeouts: 0,
             #[cfg(test)]
             send_only_timeouts: 0,
             send_streak: None,
@@ -1950,9 +1959,23 @@ impl Rtc {
 
     // Called only after the output pipeline has drained.
     fn poll_timeout(&mut self) -> Instant {
-        if self.readiness.wants_timeout() {
+        // Only a send stream changed since the timeout was computed (see
+        // `Readiness::wake_send`): the other parts stand, the send path's are computed afresh.
+        if self.readiness.wants_send_timeout() {
+            if let Some(parts) = self.cached_send_parts {
+                #[cfg(test)]
+                {
+                    self.send_part_timeouts += 1;
+                }
+                let (time, reason) = parts.combine(self.session.send_timeouts());
+                self.cached_timeout = time.unwrap_or_else(not_happening).max(self.last_now);
+                self.last_timeout_reason = reason;
+                self.readiness.clear_send_timeout();
+            }
+        }
+        if self.readiness.wants_timeout() || self.readiness.wants_send_timeout() {
             let stats_timeout = self.stats.as_mut().and_then(|s| s.poll_timeout());
-            let (session_timeout, session_others) = self.session.poll_timeouts();
+            let (session_timeout, session_others, session_parts) = self.session.poll_timeouts();
             let ice_timeout = self.ice.poll_timeout();
             let sctp_timeout = self.sctp.poll_timeout();
             let chan_timeout = self.chan.poll_timeout(&self.sctp);
@@ -1971,6 +1994,23 @@ impl Rtc {
                 chan_timeout,
                 stats_timeout,
             ];
+
+            // The same chain cut around the session's send path (see `SendTimeoutParts`).
+            self.cached_send_parts = session_parts.map(|p| SendTimeoutParts {
+                before_pacer: (None, Reason::NotHappening)
+                    .soonest((self.next_dtls_timeout, Reason::DTLS))
+                    .soonest((ice_timeout, Reason::Ice))
+                    .soonest(p.before_pacer),
+                between: p.between,
+                after: p.after
+                    .soonest((sctp_timeout, Reason::Sctp))
+                    .soonest((chan_timeout, Reason::Channel))
+                    .soonest((stats_timeout, Reason::Stats)),
+            });
+            debug_assert!(
+                self.cached_send_parts
+                    .is_none_or(|p| p.combine(self.session.send_timeouts()) == time_and_reason)
+            );
 
             let time = time_and_reason.0.unwrap_or_else(not_happening);
             self.cached_timeout = time.max(self.last_now);
@@ -2454,11 +2494,11 @@ mod test {
 
         /// Estimation on (the leaky-bucket pacer), SRTP keys, one send stream (SSRC 42, mid
         /// "vid"), polled until idle.
-        fn sending_rtc(start: Instant) -> Rtc {
+        pub(super) fn sending_rtc(start: Instant) -> Rtc {
             sending_rtc_with(start, false)
         }
 
-        fn sending_rtc_with(start: Instant, raw_packets: bool) -> Rtc {
+        pub(super) fn sending_rtc_with(start: Instant, raw_packets: bool) -> Rtc {
             let mut rtc = Rtc::builder()
                 .enable_bwe(Some(Bitrate::kbps(300)))
                 .enable_raw_packets(raw_packets)
@@ -2486,7 +2526,7 @@ mod test {
             rtc
         }
 
-        fn idle(rtc: &mut Rtc) -> Instant {
+        pub(super) fn idle(rtc: &mut Rtc) -> Instant {
             loop {
                 if let Output::Timeout(t) = rtc.poll_output().unwrap() {
                     return t;
@@ -2494,7 +2534,7 @@ mod test {
             }
         }
 
-        fn write(rtc: &mut Rtc, seq: u64, wallclock: Instant) {
+        pub(super) fn write(rtc: &mut Rtc, seq: u64, wallclock: Instant) {
             let pt = rtc.codec_config().params()[0].pt();
             let mut api = rtc.direct_api();
             let tx = api.stream_tx_by_mid("vid".into(), None).unwrap();
@@ -2511,7 +2551,7 @@ mod test {
 
         /// The RTP packets the session sends now (there is no ICE pair, so not through
         /// poll_output; RTCP left out, as it carries each instance's random CNAME).
-        fn sent(rtc: &mut Rtc) -> Vec<Vec<u8>> {
+        pub(super) fn sent(rtc: &mut Rtc) -> Vec<Vec<u8>> {
             let mut out = vec![];
             while let Some(d) = rtc.session.poll_datagram(rtc.last_now) {
                 let d: Vec<u8> = d.into();
@@ -2523,7 +2563,7 @@ mod test {
         }
 
         /// A nominated pair, so that datagrams come out of poll_output.
-        fn with_pair(rtc: &mut Rtc) {
+        pub(super) fn with_pair(rtc: &mut Rtc) {
             rtc.send_addr = Some(SendAddr {
                 proto: net::Protocol::Udp,
                 source: "127.0.0.1:1000".parse().unwrap(),
@@ -2533,7 +2573,7 @@ mod test {
 
         /// Polls until the timeout; `walk` re-arms the readiness before every poll, as a
         /// change by the caller would.
-        fn poll_all(rtc: &mut Rtc, walk: bool) -> (Vec<Vec<u8>>, Vec<Event>) {
+        pub(super) fn poll_all(rtc: &mut Rtc, walk: bool) -> (Vec<Vec<u8>>, Vec<Event>) {
             let mut sent = vec![];
             let mut events = vec![];
             loop {
@@ -2549,7 +2589,7 @@ mod test {
         }
 
         /// A send-only rtc with a pair, after a first burst.
-        fn bursting_rtc(start: Instant, raw_packets: bool) -> Rtc {
+        pub(super) fn bursting_rtc(start: Instant, raw_packets: bool) -> Rtc {
             let mut rtc = sending_rtc_with(start, raw_packets);
             with_pair(&mut rtc);
             poll_all(&mut rtc, false);
@@ -2573,8 +2613,8 @@ mod test {
             assert!(events.is_empty());
             assert_eq!(
                 rtc.pipeline_walks - walks,
-                1,
-                "only the poll after the writes walks"
+                0,
+                "writes raise no event (change 4): not even the poll after them walks"
             );
         }
 
@@ -2719,10 +2759,122 @@ mod test {
             let mut rtc = sending_rtc(start);
             let now = start + Duration::from_millis(1);
             write(&mut rtc, 1, now);
-            // No poll_output since the write: the cached timeouts may be stale.
+            // A change beside the write (a write alone changes only the send path, see
+            // `send_parts`), and no poll_output since: the cached timeouts may be stale.
+            drop(rtc.readiness.wake());
             rtc.handle_input(Input::Timeout(now)).unwrap();
             assert_eq!(rtc.send_only_timeouts, 0);
             assert_eq!(sent(&mut rtc).len(), 1);
+        }
+    }
+
+    /// Change 4 (vendor/str0m/PATCHES.md): a send stream's mutations re-time only the send
+    /// path and raise no event.
+    mod send_parts {
+        use std::time::Duration;
+
+        use super::send_only_timeout::*;
+        use super::*;
+        use crate::media::MediaKind;
+
+        #[test]
+        fn a_write_is_timed_without_a_walk_or_a_full_timeout_computation() {
+            let start = Instant::now();
+            let mut rtc = bursting_rtc(start, false);
+            let now = start + Duration::from_millis(1);
+            for seq in 1..=3 {
+                write(&mut rtc, seq, now);
+            }
+            let (walks, parts) = (rtc.pipeline_walks, rtc.send_part_timeouts);
+            let Output::Timeout(t) = rtc.poll_output().unwrap() else {
+                panic!("a write queues no output before its timeout");
+            };
+            assert!(t <= now);
+            assert_eq!(rtc.last_timeout_reason(), Reason::SendStream);
+            assert_eq!(rtc.pipeline_walks, walks, "no walk for a write");
+            assert_eq!(rtc.send_part_timeouts, parts + 1, "the send parts only");
+            // And the written packets leave from a send-only timeout, as after a walk.
+            rtc.handle_input(Input::Timeout(now)).unwrap();
+            assert_eq!(rtc.send_only_timeouts, 1);
+            let (sent, events) = poll_all(&mut rtc, false);
+            assert_eq!(sent.len(), 3);
+            assert!(events.is_empty());
+            assert_eq!(rtc.pipeline_walks, walks);
+        }
+
+        #[test]
+        fn the_send_parts_time_and_send_what_a_full_computation_does() {
+            let start = Instant::now();
+            let mut parts = bursting_rtc(start, false);
+            let mut full = bursting_rtc(start, false);
+            let mut seq = 1;
+            for round in 1..=6_u32 {
+                let now = start + Duration::from_millis(7) * round;
+                let mut out = vec![];
+                let mut timeouts = vec![];
+                for (rtc, arm) in [(&mut parts, false), (&mut full, true)] {
+                    // Past the other timeouts now and then: full timeouts in between.
+                    rtc.handle_input(Input::Timeout(now)).unwrap();
+                    poll_all(rtc, false);
+                    for s in seq..seq + u64::from(round % 3) {
+                        write(rtc, s, now);
+                    }
+                    if round % 2 == 0 {
+                        let mut api = rtc.direct_api();
+                        let tx = api.stream_tx(&42.into()).unwrap();
+                        tx.set_rtx_cache(64, Duration::from_secs(1), None);
+                    }
+                    if arm {
+                        // Recomputes the whole timeout (and walks).
+                        drop(rtc.readiness.wake());
+                    }
+                    let t = idle(rtc);
+                    timeouts.push((t, rtc.last_timeout_reason()));
+                    rtc.handle_input(Input::Timeout(now.max(t))).unwrap();
+                    out.push(poll_all(rtc, false).0);
+                    timeouts.push((idle(rtc), rtc.last_timeout_reason()));
+                }
+                seq += u64::from(round % 3);
+                assert_eq!(timeouts[0], timeouts[2], "round {round}");
+                assert_eq!(timeouts[1], timeouts[3], "round {round}");
+                let rtp = |v: &Vec<Vec<u8>>| -> Vec<Vec<u8>> {
+                    v.iter()
+                        .filter(|d| !(192..=223).contains(&d[1]))
+                        .cloned()
+                        .collect()
+                };
+                assert_eq!(rtp(&out[0]), rtp(&out[1]), "round {round}");
+            }
+            assert!(parts.send_part_timeouts > 0);
+        }
+
+        #[test]
+        fn a_write_after_another_change_still_walks_for_its_event() {
+            let start = Instant::now();
+            let mut rtc = bursting_rtc(start, false);
+            let now = start + Duration::from_millis(1);
+            rtc.direct_api()
+                .declare_media("aud".into(), MediaKind::Audio);
+            write(&mut rtc, 1, now);
+            let walks = rtc.pipeline_walks;
+            let (_, events) = poll_all(&mut rtc, false);
+            assert!(rtc.pipeline_walks > walks);
+            assert!(
+                events.iter().any(|e| matches!(e, Event::MediaAdded(_))),
+                "{events:?}"
+            );
+        }
+
+        #[test]
+        fn a_write_after_another_change_computes_the_whole_timeout() {
+            let start = Instant::now();
+            let mut rtc = bursting_rtc(start, false);
+            let now = start + Duration::from_millis(1);
+            drop(rtc.readiness.wake());
+            write(&mut rtc, 1, now);
+            let parts = rtc.send_part_timeouts;
+            idle(&mut rtc);
+            assert_eq!(rtc.send_part_timeouts, parts);
         }
     }
 }

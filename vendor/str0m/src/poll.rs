@@ -63,6 +63,14 @@ impl<'a> RtcMut<'a> {
     /// Plain `&mut *` (via [`DerefMut`]) is the shorthand for "arm both": it's
     /// what methods that don't narrow, or that return a `&mut` borrowed from
     /// the tree (which can't outlive a guard), use instead.
+    /// The `Rtc` for access to a send stream ([`crate::rtp::StreamTx`]), whose public
+    /// mutations (writing RTP, the unpaced flag, the RTX cache) raise no event and change no
+    /// timeout but the send path's: see [`Readiness::wake_send`].
+    pub(crate) fn send_stream_access(&mut self) -> &mut Rtc {
+        self.rtc.readiness.wake_send();
+        self.rtc
+    }
+
     pub(crate) fn mutate(&mut self) -> Mutation<'_> {
         Mutation {
             rtc: self.rtc,
@@ -151,6 +159,9 @@ impl Drop for Mutation<'_> {
 pub(crate) struct Readiness {
     events: bool,
     timeout: bool,
+    /// Only the send path's timeout (the send queues' and the pacer's) may have changed since
+    /// the timeout was last computed (see [`Readiness::wake_send`]).
+    send: bool,
     /// Counts the guards dropped (every mutation that re-polls), so that a caller can tell
     /// whether anything changed since it looked (see `Rtc::send_streak`).
     changes: u64,
@@ -162,6 +173,7 @@ impl Readiness {
         Readiness {
             events: true,
             timeout: true,
+            send: false,
             changes: 0,
         }
     }
@@ -185,6 +197,26 @@ impl Readiness {
 
     pub(crate) fn clear_timeout(&mut self) {
         self.timeout = false;
+        self.send = false;
+    }
+
+    /// Whether only the send path's part of the timeout needs computing again (and the
+    /// whole timeout does not, see [`Readiness::wants_timeout`]).
+    pub(crate) fn wants_send_timeout(&self) -> bool {
+        self.send && !self.timeout
+    }
+
+    pub(crate) fn clear_send_timeout(&mut self) {
+        self.send = false;
+    }
+
+    /// A mutation of a send stream through its public API: it queues packets or changes how
+    /// they are sent, which can only make the send path's timeout sooner (`SendStream`); it
+    /// raises no event, so the event pipeline needs no new walk for it. Counted as a change
+    /// (it ends a send streak, as any mutation does).
+    pub(crate) fn wake_send(&mut self) {
+        self.send = true;
+        self.changes = self.changes.wrapping_add(1);
     }
 
     /// Hand out an armed guard for a mutable descent into the tree.
@@ -238,6 +270,7 @@ impl Readiness {
         Self {
             events: false,
             timeout: false,
+            send: false,
             changes: 0,
         }
     }
@@ -341,6 +374,7 @@ mod tests {
                 let mut readiness = Readiness {
                     events,
                     timeout,
+                    send: false,
                     changes: 0,
                 };
                 {

@@ -1303,17 +1303,25 @@ impl Session {
         self.poll_timeouts().0
     }
 
-    /// The next timeout (as [`Session::poll_timeout`]), and the soonest of its parts other
+    /// The next timeout (as [`Session::poll_timeout`]), the soonest of its parts other
     /// than the send path's (the send queues' timestamping and the pacer), which
-    /// [`Session::handle_send_timeout`] handles on its own.
-    pub(crate) fn poll_timeouts(&mut self) -> ((Option<Instant>, Reason), Option<Instant>) {
+    /// [`Session::handle_send_timeout`] handles on its own, and (unless closing) the parts
+    /// around the send path's two, for [`Session::send_timeouts`] to be combined with (see
+    /// [`SendTimeoutParts`]).
+    pub(crate) fn poll_timeouts(
+        &mut self,
+    ) -> (
+        (Option<Instant>, Reason),
+        Option<Instant>,
+        Option<SendTimeoutParts>,
+    ) {
         if self.rtp_closing {
             let closing = if self.feedback_tx.is_empty() {
                 (None, Reason::NotHappening)
             } else {
                 (Some(already_happened()), Reason::Feedback)
             };
-            return (closing, closing.0);
+            return (closing, closing.0, None);
         }
 
         self.update_receive_recovery();
@@ -1364,7 +1372,29 @@ impl Session {
         .flatten()
         .min();
 
-        (all, others)
+        // The same chain, cut around its two send-path links (`soonest` is associative).
+        let parts = SendTimeoutParts {
+            before_pacer: (feedback_at, Reason::Feedback)
+                .soonest((request_at, Reason::Feedback))
+                .soonest((nack_at, Reason::Nack))
+                .soonest((twcc_at, Reason::Twcc)),
+            between: (receive_at, Reason::ReceiveReorder)
+                .soonest((packetize_at, Reason::Packetize))
+                .soonest((paused_at, Reason::PauseCheck)),
+            after: bwe_at,
+        };
+        debug_assert!(parts.combine(self.send_timeouts()) == all);
+
+        (all, others, Some(parts))
+    }
+
+    /// The send path's two parts of the next timeout, computed afresh: the pacer's and the
+    /// send queues' (packets written and not yet timestamped).
+    pub(crate) fn send_timeouts(&self) -> SendTimeouts {
+        SendTimeouts {
+            pacer: self.pacer.poll_timeout(),
+            send_stream: (self.streams.send_stream(), Reason::SendStream),
+        }
     }
 
     /// Whether [`Session::handle_send_timeout`] may stand in for [`Session::handle_timeout`]
@@ -1656,6 +1686,42 @@ fn update_max_seq(map: &mut HashMap<Ssrc, SeqNoWindow>, ssrc: Ssrc, seq_no: SeqN
     map.entry(ssrc)
         .and_modify(|window| window.update(seq_no))
         .or_insert_with(|| SeqNoWindow::new(seq_no));
+}
+
+/// A timeout of the chain in [`Session::poll_timeouts`], with its reason.
+pub(crate) type TimeoutPart = (Option<Instant>, Reason);
+
+/// The parts of a session's next timeout around the send path's two (see
+/// [`Session::send_timeouts`]), in the order the chain takes them (`soonest` keeps the later
+/// of equal times, so the order decides the reason). A mutation of a send stream changes only
+/// the send path's parts: the next timeout is then these, computed at the last full
+/// `poll_timeouts`, combined with the send path's parts computed afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SendTimeoutParts {
+    /// Feedback, pending requests, NACK, TWCC (and, in `Rtc`, DTLS and ICE before them).
+    pub before_pacer: TimeoutPart,
+    /// Receive reordering, packetizing, pause checks.
+    pub between: TimeoutPart,
+    /// The estimator (and, in `Rtc`, SCTP, the channels and the stats after it).
+    pub after: TimeoutPart,
+}
+
+/// The send path's parts of a session's next timeout (see [`SendTimeoutParts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SendTimeouts {
+    pub pacer: TimeoutPart,
+    pub send_stream: TimeoutPart,
+}
+
+impl SendTimeoutParts {
+    /// The whole chain: these parts with the send path's.
+    pub(crate) fn combine(&self, send: SendTimeouts) -> TimeoutPart {
+        self.before_pacer
+            .soonest(send.pacer)
+            .soonest(self.between)
+            .soonest(send.send_stream)
+            .soonest(self.after)
+    }
 }
 
 #[cfg(test)]
