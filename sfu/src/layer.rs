@@ -72,6 +72,16 @@
 //!   desired bitrate up by [`PROBE_NUDGE`] every [`PROBE_EVERY`], for one selection, which makes
 //!   str0m send an allocation probe: after a bottleneck is gone the estimate otherwise climbs
 //!   additively, with a probe every 5 s at best.
+//! * **A stuck estimate**: str0m's estimator can stop moving for good after a loss episode: its
+//!   loss-based part stays in its decreasing state (which refuses probes) while its detector
+//!   reads the session as application-limited (padding does not count), so neither the estimate
+//!   nor a probe ever takes it up again. Seen in the simulated shaped subscriber
+//!   (`shard/sim.rs`: one leg on q, 100 kbit/s, under an estimate of 234k, unchanged for 30 s
+//!   after the link was restored). A calm, lossless session that would like to send more than
+//!   its estimate and whose estimate has not moved (by more than [`STUCK_BAND`]) for
+//!   [`STUCK_AFTER`] has its estimator restarted at the current estimate
+//!   ([`SessionPlan::restart_estimate`]), at most once per [`RESTART_EVERY`]; a restarted
+//!   estimator probes at 3x and 6x of it at once.
 //! * **Pausing**: when the session is short and even the layers it is down to do not fit (a
 //!   300 kbit/s link cannot carry two 320x180 layers of ~130 kbit/s plus two audio tracks), the
 //!   legs that want the least (the lowest cap: a small tile's before a large one's) are paused,
@@ -139,6 +149,13 @@ pub const UP_HEADROOM: f64 = 0.85;
 /// another 0.65 s to fill, then the q keyframe 0.3 s more; the viewer's longest freeze (1.4 s
 /// and more) was this switch.
 pub const LOSS_CONFIRMS: f64 = 0.05;
+/// How long an estimate below what the session would like to send may stay unchanged before
+/// the estimator counts as stuck (see "A stuck estimate" in the module docs).
+pub const STUCK_AFTER: Duration = Duration::from_secs(4);
+/// An estimate within this factor of where it stood counts as unchanged.
+pub const STUCK_BAND: f64 = 1.02;
+/// Shortest time between two restarts of a session's estimator.
+pub const RESTART_EVERY: Duration = Duration::from_secs(15);
 /// Fraction lost (receiver report) of a leg from which loss caps the allocation.
 pub const HEAVY_LOSS: f64 = 0.2;
 /// How long a heavy-loss report caps the allocation.
@@ -293,6 +310,9 @@ pub struct SessionPlan {
     /// Legs paused (`true`: forward nothing) or resumed (`false`, on a keyframe of their target
     /// layer): see "Pausing" in the module docs.
     pub pauses: Vec<(LegKey, bool)>,
+    /// Restart str0m's estimator at this estimate (bits/s): it is stuck (see "A stuck estimate"
+    /// in the module docs).
+    pub restart_estimate: Option<u64>,
 }
 
 /// Layer selection for one subscriber session. See the module docs.
@@ -325,6 +345,10 @@ pub struct LayerSelector {
     sending_bps: u64,
     /// The desired bitrate last handed out (see [`DESIRED_STEP`]).
     desired_bps: Option<u64>,
+    /// Where the estimate stood and since when (see [`STUCK_AFTER`]), and when the estimator
+    /// was last restarted.
+    level: Option<(u64, Instant)>,
+    restarted_at: Option<Instant>,
 }
 
 impl LayerSelector {
@@ -466,6 +490,35 @@ impl LayerSelector {
             return (desired as f64 * PROBE_NUDGE).round() as u64;
         }
         desired
+    }
+
+    /// The estimate to restart str0m's estimator at, when it is stuck (see "A stuck estimate" in
+    /// the module docs).
+    fn stuck(&mut self, estimate: u64, desired: u64, lossless: bool, now: Instant) -> Option<u64> {
+        let moved = self
+            .level
+            .is_none_or(|(l, _)| estimate < l || estimate as f64 > l as f64 * STUCK_BAND);
+        if moved {
+            self.level = Some((estimate, now));
+            return None;
+        }
+        let since = self.level.map_or(now, |(_, t)| t);
+        let wants_more = (estimate as f64) < desired as f64 * UP_HEADROOM;
+        let due = self
+            .restarted_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= RESTART_EVERY);
+        if !(wants_more
+            && lossless
+            && self.calm(now)
+            && due
+            && now.saturating_duration_since(since) >= STUCK_AFTER)
+        {
+            return None;
+        }
+        tracing::debug!(estimate, desired, ?since, "estimator stuck: restarted");
+        self.restarted_at = Some(now);
+        self.level = Some((estimate, now));
+        Some(estimate)
     }
 
     /// Whether the session was neither short nor lossy for [`PROBE_CALM`].
@@ -684,6 +737,7 @@ impl LayerSelector {
             .collect();
         plan.allocated_bps = fixed + cost(&live);
         self.sending_bps = plan.allocated_bps;
+        plan.restart_estimate = self.stuck(estimate, desired_bps, lossless, now);
         plan.desired_bps = self.nudge(desired_bps, estimate, now);
         // A session with a paused leg pads towards resuming it; a troubled one (short or lossy
         // lately, see `PROBE_CALM`) does not pad at all: on a 300 kbit/s link with 3 % loss,
@@ -1141,6 +1195,70 @@ mod tests {
         assert!(s.select(&legs, t0).changes.is_empty());
         assert!(!s.note_transport_loss(0.099, t1));
         assert!(s.select(&legs, t1).changes.is_empty());
+    }
+
+    #[test]
+    fn a_stuck_estimate_restarts_the_estimator_at_most_every_15_s() {
+        // One leg on q that wants f, under an estimate that does not move (the simulated shaped
+        // subscriber after the lift: 234k for 30 s).
+        let t0 = Instant::now();
+        let layers = [("q", 100_000), ("h", 300_000), ("f", 800_000)];
+        let legs = [with_layers(input("0", Some("q"), Some("f")), &layers)];
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Selections every 250 ms from `from` to `to` (ms) with the estimate `e(ms)`; returns when
+        // (ms) the plan asked for a restart, and at which estimate.
+        let run = |s: &mut LayerSelector, from: u64, to: u64, e: &dyn Fn(u64) -> u64| {
+            let mut restarts = Vec::new();
+            for ms in (from..=to).step_by(250) {
+                s.set_raw_estimate(e(ms), at(ms));
+                if let Some(r) = s.select(&legs, at(ms)).restart_estimate {
+                    restarts.push((ms, r));
+                }
+            }
+            restarts
+        };
+        let mut s = LayerSelector::new();
+        s.set_estimate(234_000, t0);
+        assert_eq!(
+            run(&mut s, 0, 30_000, &|_| 234_000),
+            vec![(4_000, 234_000), (19_000, 234_000)],
+            "after 4 s unchanged, then not again within 15 s"
+        );
+        // Within 2 % it counts as unchanged; an estimate that climbs (GCC's additive increase,
+        // 3 % a second) or falls is not stuck.
+        let mut s = LayerSelector::new();
+        s.set_estimate(234_000, t0);
+        assert_eq!(
+            run(&mut s, 0, 4_000, &|ms| 234_000 + ms % 2 * 4_000).len(),
+            1
+        );
+        let mut s = LayerSelector::new();
+        s.set_estimate(234_000, t0);
+        let climbing = |ms: u64| (234_000.0 * 1.03f64.powf(ms as f64 / 1000.0)) as u64;
+        assert!(run(&mut s, 0, 20_000, &climbing).is_empty(), "climbing");
+        let mut s = LayerSelector::new();
+        s.set_estimate(234_000, t0);
+        let wobbling = |ms: u64| if ms % 3_000 < 250 { 200_000 } else { 234_000 };
+        assert!(
+            run(&mut s, 0, 20_000, &wobbling).is_empty(),
+            "falling now and then"
+        );
+        // Not while the session is lossy (`LOSS_QUIET`) or not calm, nor when the estimate
+        // leaves room for everything the session would like.
+        let mut s = LayerSelector::new();
+        s.set_estimate(234_000, t0);
+        s.note_transport_loss(0.03, at(1_000));
+        assert_eq!(
+            run(&mut s, 0, 8_000, &|_| 234_000),
+            vec![(6_000, 234_000)],
+            "lossless from 6 s"
+        );
+        let mut s = LayerSelector::new();
+        s.set_estimate(2_000_000, t0);
+        assert!(
+            run(&mut s, 0, 20_000, &|_| 2_000_000).is_empty(),
+            "room for f"
+        );
     }
 
     #[test]

@@ -200,6 +200,8 @@ pub struct Metrics {
     pub tracks_collected: IntCounter,
     /// Egress bandwidth estimates of subscriber sessions (str0m GCC), in bits/s.
     pub bandwidth_estimate: Histogram,
+    /// Restarts of a subscriber session's stuck bandwidth estimator (see `crate::layer`).
+    pub bwe_restarts: IntCounter,
     /// Simulcast layer switches of subscriber legs, by direction (`up`, `down`).
     pub layer_switches: IntCounterVec,
     /// Simulcast packets no leg took because no leg is on (or switching to) their layer, counted
@@ -404,6 +406,11 @@ impl Metrics {
                 &r,
                 "tracks_collected_total",
                 "Tracks collected after receiving no media",
+            ),
+            bwe_restarts: counter(
+                &r,
+                "bwe_restarts_total",
+                "Restarts of a subscriber session's bandwidth estimator that had stopped moving",
             ),
             bandwidth_estimate: histogram(
                 &r,

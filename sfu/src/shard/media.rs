@@ -300,6 +300,20 @@ impl Core {
                 continue;
             };
             session.pads = plan.minimum_bps > plan.allocated_bps;
+            if let Some(estimate) = plan.restart_estimate {
+                self.ctx.metrics.bwe_restarts.inc();
+                let restarted = catch_unwind(AssertUnwindSafe(|| {
+                    session.rtc.bwe().reset(Bitrate::bps(estimate));
+                }));
+                if restarted.is_err() {
+                    self.session_panicked(id);
+                    continue;
+                }
+                self.mark_dirty(id);
+            }
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
             if !self
                 .forwarder
                 .bitrate_changed(id, plan.minimum_bps, plan.desired_bps)
