@@ -1173,6 +1173,23 @@ impl StreamTx {
         self.stats.fill(snapshot, self.midrid, now);
     }
 
+    /// Whether the stream is idle for the pacer: nothing queued (written or timestamped),
+    /// nothing to resend, no padding asked for, and no padding source. Its queue state would
+    /// count no packet, no byte and no queue time, name no first unsent packet and offer no
+    /// padding, which every decision of the pacers filters out; so the pacer is not handed
+    /// it. An idle stream's [`StreamTx::queue_info`] is refreshed all the same (it is the
+    /// snapshot `queue_state` would take).
+    pub(crate) fn idle_at(&mut self, now: Instant) -> bool {
+        let idle = self.send_queue.is_empty()
+            && self.resends.is_empty()
+            && self.padding == 0
+            && !self.padding_enabled();
+        if idle {
+            self.queue_info = Some(self.send_queue.snapshot(now));
+        }
+        idle
+    }
+
     pub(crate) fn queue_state(&mut self, now: Instant) -> QueueState {
         // The unpaced flag is set to a default value on first handle_timeout. The
         // default is to not pace audio. We unwrap default to "true" here to not
@@ -1566,6 +1583,31 @@ mod test {
 
         stream.reset_buffers();
         assert!(stream.queue_info().is_none());
+    }
+
+    #[test]
+    fn an_idle_stream_is_what_its_queue_state_would_say() {
+        let mut stream = StreamTx::new(42.into(), None, MidRid(Mid::from("0"), None), false, 1200);
+        let now = Instant::now();
+        assert!(stream.idle_at(now));
+        let info = stream.queue_info().expect("refreshed while idle");
+        assert_eq!(info.created_at(), now);
+        let state = stream.queue_state(now);
+        assert_eq!(state.snapshot.packet_count, 0);
+        assert_eq!(state.snapshot.byte_size, 0);
+        assert_eq!(state.snapshot.first_unsent, None);
+        assert_eq!(state.snapshot.total_queue_time(now + Duration::from_secs(1)), Duration::ZERO);
+        assert!(!state.use_for_padding);
+        // Not idle: anything to resend, padding asked for.
+        stream.resends.push_back(Resend {
+            seq_no: 7.into(),
+            queued_at: now,
+            payload_size: 123,
+        });
+        assert!(!stream.idle_at(now));
+        stream.resends.clear();
+        stream.padding = 240;
+        assert!(!stream.idle_at(now));
     }
 
     #[test]
