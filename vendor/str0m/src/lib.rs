@@ -2002,7 +2002,8 @@ impl Rtc {
                     .soonest((ice_timeout, Reason::Ice))
                     .soonest(p.before_pacer),
                 between: p.between,
-                after: p.after
+                after: p
+                    .after
                     .soonest((sctp_timeout, Reason::Sctp))
                     .soonest((chan_timeout, Reason::Channel))
                     .soonest((stats_timeout, Reason::Stats)),

@@ -670,7 +670,10 @@ impl Streams {
         std::iter::from_fn(move || {
             // An idle stream gives the pacer nothing to decide on (see `StreamTx::idle_at`): it
             // is left out, as the pacer would filter it out (order of the others kept).
-            if let Some(stream) = streams.by_ref().find_map(|s| (!s.idle_at(now)).then_some(s)) {
+            if let Some(stream) = streams
+                .by_ref()
+                .find_map(|s| (!s.idle_at(now)).then_some(s))
+            {
                 let mut queue = stream.queue_state(now);
                 if probe_queue.is_some() && queue.use_for_padding {
                     // Only negotiated feedback sources can provide probe padding.

@@ -1596,7 +1596,12 @@ mod test {
         assert_eq!(state.snapshot.packet_count, 0);
         assert_eq!(state.snapshot.byte_size, 0);
         assert_eq!(state.snapshot.first_unsent, None);
-        assert_eq!(state.snapshot.total_queue_time(now + Duration::from_secs(1)), Duration::ZERO);
+        assert_eq!(
+            state
+                .snapshot
+                .total_queue_time(now + Duration::from_secs(1)),
+            Duration::ZERO
+        );
         assert!(!state.use_for_padding);
         // Not idle: anything to resend, padding asked for.
         stream.resends.push_back(Resend {
