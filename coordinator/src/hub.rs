@@ -339,6 +339,12 @@ impl Hub {
         })
     }
 
+    /// How many WebSocket connections are still being served (each holds its [`IpSlot`] until
+    /// its writer has flushed or given up).
+    pub(crate) fn open_connections(&self) -> usize {
+        self.per_ip.lock().values().sum()
+    }
+
     /// Queues the deletion of an SFU session at its node (never under a room lock's I/O).
     pub(crate) fn close_sfu_session(&self, node: usize, session_id: String) {
         if self
@@ -1225,7 +1231,9 @@ mod tests {
         let held: Vec<IpSlot> = (0..5).map(|_| hub.ip_slot(lo, 2).unwrap()).collect();
         assert_eq!(held.len(), 5);
         assert!(hub.ip_slot(a, 0).is_some());
+        assert_eq!(hub.open_connections(), 3 + 5);
         drop(held);
         assert!(!hub.per_ip.lock().contains_key(&lo));
+        assert_eq!(hub.open_connections(), 3);
     }
 }

@@ -262,6 +262,14 @@ impl ServerHandle {
         self.app.hub.close_all();
         self.app.pipes.close_all();
         let _ = self.stop.send(true);
+        // The close frames (1001) are queued; let the connections' writers put them on the wire
+        // before the process exits, or a client sees a reset instead of "resume elsewhere"
+        // (seen under load: the forwarding test's SIGTERM'd replica). Each connection gives up
+        // on a dead peer within its own grace, so this wait is bounded.
+        let flushed = tokio::time::Instant::now() + SHUTDOWN_FLUSH;
+        while self.app.hub.open_connections() > 0 && tokio::time::Instant::now() < flushed {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         for t in self.tasks.drain(..) {
             t.abort();
         }
@@ -282,6 +290,9 @@ impl ServerHandle {
         self.serve = None;
     }
 }
+
+/// How long a shutdown waits for its connections to flush their close frames.
+const SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
 
 async fn timer_loop(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(app.config.timer_tick);
