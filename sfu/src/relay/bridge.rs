@@ -39,7 +39,7 @@ use super::wire::{KeyframeKind, LayerDemand, TrackKind, TrackRef};
 use crate::api::types::{Location, TrackObject};
 use crate::directory::{Directory, PublishedTrack, TrackChange};
 use crate::ids::{SessionId, ShardId, TrackId};
-use crate::shard::{PeerMsg, RELAY_SHARD, RelayInput, ShardMsg};
+use crate::shard::{PeerMsg, RELAY_SHARD, RelayAction, RelayInput, ShardMsg};
 
 /// How long a pull waits for the origin node to announce a track.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,6 +58,37 @@ pub struct ShardRelay {
     pub handle: RelayHandle,
     /// Releases.
     pub bridge: BridgeHandle,
+}
+
+impl ShardRelay {
+    /// A subscriber shard's message to the relay: a packet of a local track some peer node pulls
+    /// goes to the relay once. (The relay learns of ended tracks from the directory.)
+    pub fn local_media(&self, msg: PeerMsg) {
+        if let PeerMsg::Media { track, packet } = msg {
+            self.handle
+                .local_media(super::media::to_relay(track.0, &packet));
+        }
+    }
+
+    /// Carries out what a shard's relayed-track legs ask of the relay.
+    pub fn act(&self, action: RelayAction) {
+        match action {
+            RelayAction::Keyframe {
+                remote,
+                rid,
+                kind,
+                fresh,
+            } => {
+                let kind = match kind {
+                    KeyframeRequestKind::Fir => KeyframeKind::Fir,
+                    _ => KeyframeKind::Pli,
+                };
+                self.handle
+                    .request_keyframe(remote, rid.map(|r| r.to_string()), kind, fresh);
+            }
+            RelayAction::Release { track } => self.bridge.release(track),
+        }
+    }
 }
 
 type RemoteKey = (Arc<str>, SessionId, String);

@@ -279,6 +279,15 @@ impl Core {
         self.settle_unless_batching();
     }
 
+    /// The messages of one wake-up of a peer shard, in order, as [`Core::handle_peer`] each.
+    pub fn handle_peers(&mut self, now: Instant, msgs: impl IntoIterator<Item = PeerMsg>) {
+        self.now = now;
+        for msg in msgs {
+            self.handle_one(msg);
+        }
+        self.settle_unless_batching();
+    }
+
     /// A datagram for one of this shard's sessions.
     pub fn handle_datagram<D: AsRef<[u8]>>(&mut self, now: Instant, d: Datagram<D>) {
         self.now = now;

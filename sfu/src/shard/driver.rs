@@ -11,58 +11,19 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::commands::{ApiCommand, ApiReply, CoreError};
-use super::core::{Action, Core, CoreContext, Datagram, PeerMsg};
+use super::core::{Action, Core, CoreContext};
+use super::inbox::ShardMsg;
 use super::outbox::{PeerOutbox, Sent};
-use super::relay_leg::{RELAY_SHARD, RelayAction, RelayInput};
+use super::relay_leg::RELAY_SHARD;
 use crate::health::ShardHealth;
 use crate::ids::ShardId;
 use crate::metrics::PacketDrop;
-use crate::relay::KeyframeKind;
 use crate::relay::bridge::ShardRelay;
 use crate::tcp::TcpShared;
-use crate::udp::{DatagramBatch, UdpControl, UdpIo, UdpReader};
-use str0m::media::KeyframeRequestKind;
+use crate::udp::{UdpControl, UdpIo, UdpReader};
 
 /// Messages handled before the shard looks at timeouts again.
 const BATCH: usize = 256;
-
-/// Reply channel of an API command.
-pub type Reply = oneshot::Sender<Result<ApiReply, CoreError>>;
-
-/// Everything a shard can be told.
-#[derive(Debug)]
-pub enum ShardMsg {
-    /// An API command and where its reply goes.
-    Api {
-        /// The command.
-        command: ApiCommand,
-        /// Its reply.
-        reply: Reply,
-    },
-    /// A datagram for one of our sessions (ICE-TCP).
-    Datagram(Datagram),
-    /// The UDP datagrams of one `recvmmsg` round for our sessions.
-    Datagrams(DatagramBatch),
-    /// A message from another shard.
-    Peer(PeerMsg),
-    /// From the relay between SFU nodes, for a relayed track whose home is this shard.
-    Relay(RelayInput),
-    /// Test hook (only routed with `Config::test_hooks`): panic on the shard's thread.
-    InjectPanic,
-}
-
-impl ShardMsg {
-    /// Whether losing this message on a full inbox is acceptable.
-    pub(crate) fn is_lossy(&self) -> bool {
-        match self {
-            ShardMsg::Datagram(_) | ShardMsg::Datagrams(_) => true,
-            ShardMsg::Peer(m) => m.is_lossy(),
-            ShardMsg::Relay(r) => r.is_lossy(),
-            ShardMsg::Api { .. } | ShardMsg::InjectPanic => false,
-        }
-    }
-}
 
 /// What the drivers of all shards share: the core's context, the socket, the routing channel of
 /// the UDP and ICE-TCP drivers, the ICE-TCP send side, and what `/healthz` reports.
@@ -207,6 +168,7 @@ impl Shard {
                 self.ctx.health.note_panic(self.id, now);
                 self.core.reset_after_panic(now);
                 self.act();
+                self.flush();
             }
             busy.inc_by(started.elapsed().as_secs_f64());
             sessions_gauge.set(i64::try_from(self.core.session_count()).unwrap_or(i64::MAX));
@@ -239,6 +201,7 @@ impl Shard {
             ShardMsg::Datagram(d) => self.core.handle_datagram(now, d),
             ShardMsg::Datagrams(batch) => self.core.handle_datagrams(now, batch.iter()),
             ShardMsg::Peer(m) => self.core.handle_peer(now, m),
+            ShardMsg::Peers(ms) => self.core.handle_peers(now, ms),
             ShardMsg::Relay(r) => self.core.handle_relay(now, r),
             ShardMsg::InjectPanic => injected_panic(self.id),
         }
@@ -249,9 +212,20 @@ impl Shard {
     fn act(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::ToShard(RELAY_SHARD, msg) => self.to_relay(msg),
-                Action::ToShard(shard, msg) => self.send_to_shard(shard, ShardMsg::Peer(msg)),
-                Action::Relay(action) => self.relay_action(action),
+                Action::ToShard(RELAY_SHARD, msg) => {
+                    if let Some(relay) = &self.ctx.relay {
+                        relay.local_media(msg);
+                    }
+                }
+                Action::ToShard(shard, msg) => match self.outboxes.get_mut(shard) {
+                    Some(outbox) => outbox.push(msg),
+                    None => self.ctx.core.metrics.drop(PacketDrop::UnknownShard),
+                },
+                Action::Relay(action) => {
+                    if let Some(relay) = &self.ctx.relay {
+                        relay.act(action);
+                    }
+                }
                 Action::Routing(ctl) => {
                     let _ = self.ctx.udp_control.send(ctl);
                 }
@@ -263,41 +237,18 @@ impl Shard {
         }
     }
 
-    /// A message to the relay as a subscriber shard: a packet of a local track some peer node
-    /// pulls goes to the relay once. (The relay learns of ended tracks from the directory.)
-    fn to_relay(&self, msg: PeerMsg) {
-        if let (PeerMsg::Media { track, packet }, Some(relay)) = (msg, &self.ctx.relay) {
-            relay
-                .handle
-                .local_media(crate::relay::media::to_relay(track.0, &packet));
-        }
-    }
-
-    fn relay_action(&self, action: RelayAction) {
-        let Some(relay) = &self.ctx.relay else {
-            return;
-        };
-        match action {
-            RelayAction::Keyframe {
-                remote,
-                rid,
-                kind,
-                fresh,
-            } => {
-                let kind = match kind {
-                    KeyframeRequestKind::Fir => KeyframeKind::Fir,
-                    _ => KeyframeKind::Pli,
-                };
-                relay
-                    .handle
-                    .request_keyframe(remote, rid.map(|r| r.to_string()), kind, fresh);
-            }
-            RelayAction::Release { track } => relay.bridge.release(track),
-        }
-    }
-
-    /// Sends what the last batch of work produced (see [`crate::egress`]).
+    /// Sends what the last batch of work produced: the messages to peer shards first (so that
+    /// they work on them meanwhile), then the datagrams (see [`crate::egress`]).
     fn flush(&mut self) {
+        let metrics = &self.ctx.core.metrics;
+        for (tx, outbox) in self.peers.iter().zip(self.outboxes.iter_mut()) {
+            match outbox.flush(tx) {
+                Some((Sent::Delivered, n)) => metrics.cross_shard_messages.inc_by(n as u64),
+                Some((Sent::Dropped, n)) => metrics.drop_n(PacketDrop::ShardQueueFull, n as u64),
+                Some((Sent::PeerGone, n)) => metrics.drop_n(PacketDrop::UnknownShard, n as u64),
+                Some((Sent::Deferred, _)) | None => {}
+            }
+        }
         self.ctx
             .udp
             .flush(self.core.egress(), &self.ctx.core.metrics);
@@ -310,20 +261,6 @@ impl Shard {
             return deadline.min(Instant::now() + Duration::from_millis(1));
         }
         deadline
-    }
-
-    fn send_to_shard(&mut self, shard: ShardId, msg: ShardMsg) {
-        let metrics = &self.ctx.core.metrics;
-        let (Some(tx), Some(outbox)) = (self.peers.get(shard), self.outboxes.get_mut(shard)) else {
-            metrics.drop(PacketDrop::UnknownShard);
-            return;
-        };
-        match outbox.send(tx, msg) {
-            Sent::Delivered => metrics.cross_shard_messages.inc(),
-            Sent::Deferred => {}
-            Sent::Dropped => metrics.drop(PacketDrop::ShardQueueFull),
-            Sent::PeerGone => metrics.drop(PacketDrop::UnknownShard),
-        }
     }
 
     /// Sends the control messages that waited for room in a peer's inbox.

@@ -5,7 +5,9 @@
 //! commands, timeouts. Shards talk to each other only by message ([`PeerMsg`]): a publisher's
 //! shard sends each packet once (as an `Arc<MediaPacket>`, payload shared, never copied) to every
 //! shard that holds legs on the track; keyframe requests and (un)subscriptions travel the other
-//! way. No lock is taken on the packet path.
+//! way. What one wake-up of a shard addresses to a peer goes as one batch, in order
+//! (`outbox.rs`), so the peer wakes and drains its subscribers once per batch, not per packet.
+//! No lock is taken on the packet path.
 //!
 //! * [`Core`] (`core.rs`, with the packet path in `media.rs` and the API commands in
 //!   `commands.rs`) takes datagrams, [`ApiCommand`]s, [`PeerMsg`]s and timeouts, each with the
@@ -13,8 +15,8 @@
 //!   routing changes, ICE-TCP datagrams), API replies ([`ApiReply`] or a typed [`CoreError`]) and
 //!   its next timeout. It reads no clock and does no I/O, so tests drive it under simulated time
 //!   (`sim.rs`).
-//! * [`Shard`] (`driver.rs`) owns the inbox, the timer and the sockets: it feeds the core and
-//!   carries out what it asks.
+//! * [`Shard`] (`driver.rs`) owns the inbox ([`ShardMsg`], `inbox.rs`), the timer, the sockets
+//!   and the queues to its peers (`outbox.rs`): it feeds the core and carries out what it asks.
 //!
 //! Every call into a session's str0m state is wrapped in `catch_unwind`: a panicking session is
 //! torn down and counted, and the shard carries on with the others.
@@ -23,6 +25,7 @@ mod channel;
 mod commands;
 mod core;
 mod driver;
+mod inbox;
 mod keyframe_replay;
 mod media;
 mod outbox;
@@ -36,5 +39,6 @@ pub use self::channel::{
 };
 pub use self::commands::{ApiCommand, ApiReply, CoreError};
 pub use self::core::{Action, Core, CoreContext, Datagram, PeerMsg};
-pub use self::driver::{Reply, Shard, ShardContext, ShardMsg};
+pub use self::driver::{Shard, ShardContext};
+pub use self::inbox::{Reply, ShardMsg};
 pub use self::relay_leg::{RELAY_SHARD, RelayAction, RelayInput};
