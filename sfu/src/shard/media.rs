@@ -373,7 +373,8 @@ impl Core {
 
     /// Sizes the RTX cache of a subscriber leg's send stream to what NACK repair needs (see
     /// [`rtx_cache_for`]). The cache starts empty: for an existing leg this also forgets what
-    /// it sent.
+    /// it sent, and its resend ratio starts afresh (the vendored str0m's change 6: the resend
+    /// storm of a layer an urgent switch left no longer holds back the new layer's resends).
     pub(super) fn size_leg_rtx_cache(&mut self, id: SessionId, mid: Mid, kind: MediaKind) {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
@@ -534,13 +535,18 @@ pub(crate) fn paced(config: &Config, simulcast: bool) -> bool {
 pub(crate) const VIDEO_RESEND_RATIO_CAP: f32 = 0.5;
 
 /// The RTX cache of a subscriber leg (str0m's `StreamTx::set_rtx_cache`: packets, age, resend
-/// ratio cap). Video: one second of packets (NACKs come within a round trip or two; 512 covers a
-/// second of a 1.5 Mbit/s layer with keyframes), resends capped at [`VIDEO_RESEND_RATIO_CAP`] of
-/// the bytes. Audio is never resent (forwarded as not nackable), so it gets a one-packet cache and
+/// ratio cap). Video: up to 512 packets (a second of a 1.5 Mbit/s layer with keyframes) and two
+/// seconds, resends capped at [`VIDEO_RESEND_RATIO_CAP`] of the bytes. A receiver asks again for
+/// a packet whose resend was lost one round trip later; behind a bottleneck's full queue a round
+/// trip is 300-400 ms, so a packet lost twice is asked for a third time about a second after it
+/// was sent. With a one-second cache that NACK found nothing, and the receiver's picture stayed
+/// broken until its own keyframe request (shaped test: a 1.0 s freeze on q, mid-shaping, after
+/// a NACK for a packet no longer cached; libwebrtc's sender keeps max(1 s, 3 RTT)). The packet
+/// bound keeps the memory where it was. Audio is never resent (forwarded as not nackable), so it gets a one-packet cache and
 /// no resend ratio: str0m then keeps no per-packet byte history for the stream either.
 pub(crate) fn rtx_cache_for(kind: MediaKind) -> (usize, Duration, Option<f32>) {
     match kind {
-        MediaKind::Video => (512, Duration::from_secs(1), Some(VIDEO_RESEND_RATIO_CAP)),
+        MediaKind::Video => (512, Duration::from_secs(2), Some(VIDEO_RESEND_RATIO_CAP)),
         MediaKind::Audio => (1, Duration::from_millis(100), None),
     }
 }
@@ -848,9 +854,10 @@ mod tests {
     #[test]
     fn rtx_caches_are_sized_for_nack_and_audio_keeps_no_resend_history() {
         let (packets, age, cap) = rtx_cache_for(MediaKind::Video);
+        assert!(packets >= 180, "a second of video");
         assert!(
-            packets >= 180 && age >= Duration::from_millis(500),
-            "a second of video"
+            age >= Duration::from_millis(1500),
+            "three NACK rounds behind a bottleneck's full queue"
         );
         assert!(
             packets < 1024 && age < Duration::from_secs(3),

@@ -463,13 +463,14 @@ impl StreamTx {
     ) {
         // Dump old cache to avoid having to deal with resizing logic inside the cache impl.
         self.rtx_cache = RtxCache::new(max_packets, max_age);
+        // Satsuma change 6 (PATCHES.md): the resend ratio of the new cache starts afresh. The
+        // bytes sent and resent before belong to packets that can no longer be resent; kept,
+        // a resend storm of the old cache would hold the new one's resends over the cap.
+        self.resends.clear();
+        self.rtx_ratio = (0.0, already_happened());
         if rtx_ratio_cap.is_some() {
-            self.stats
-                .bytes_transmitted
-                .get_or_insert_with(ValueHistory::default);
-            self.stats
-                .bytes_retransmitted
-                .get_or_insert_with(ValueHistory::default);
+            self.stats.bytes_transmitted = Some(ValueHistory::default());
+            self.stats.bytes_retransmitted = Some(ValueHistory::default());
         } else {
             self.stats.bytes_transmitted = None;
             self.stats.bytes_retransmitted = None;
@@ -1613,6 +1614,39 @@ mod test {
         stream.resends.clear();
         stream.padding = 240;
         assert!(!stream.idle_at(now));
+    }
+
+    #[test]
+    fn a_new_rtx_cache_starts_a_new_resend_ratio() {
+        let mut stream = StreamTx::new(42.into(), None, MidRid(Mid::from("0"), None), false, 1200);
+        let start = Instant::now();
+        stream.set_rtx_cache(512, Duration::from_secs(1), Some(0.5));
+        // A resend storm on the old cache: far more resent than sent within the last second.
+        let now = start + Duration::from_millis(200);
+        if let Some(h) = &mut stream.stats.bytes_transmitted {
+            h.push(now, 1_000);
+        }
+        if let Some(h) = &mut stream.stats.bytes_retransmitted {
+            h.push(now, 9_000);
+        }
+        let later = now + Duration::from_millis(100);
+        assert!(stream.rtx_ratio_downsampled(later) > 0.5);
+        stream.resends.push_back(Resend {
+            seq_no: 7.into(),
+            queued_at: later,
+            payload_size: 123,
+        });
+        // The cache is replaced: its resends and ratio start from nothing.
+        stream.set_rtx_cache(512, Duration::from_secs(1), Some(0.5));
+        assert!(stream.resends.is_empty());
+        let after = later + Duration::from_millis(10);
+        assert_eq!(stream.rtx_ratio_downsampled(after), 0.0);
+        // Turning the cap off and on again also starts afresh.
+        if let Some(h) = &mut stream.stats.bytes_retransmitted {
+            h.push(after, 9_000);
+        }
+        stream.set_rtx_cache(512, Duration::from_secs(1), None);
+        assert!(stream.stats.bytes_retransmitted.is_none());
     }
 
     #[test]
