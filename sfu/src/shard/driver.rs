@@ -151,6 +151,9 @@ impl Shard {
                         // What arrived meanwhile, before the batch's drains (and before other
                         // shards' datagrams wait behind them).
                         self.read_udp();
+                        // Peer shards get their share of the batch before this one drains its
+                        // own subscribers, so the two work at the same time.
+                        self.flush_peers();
                         self.core.end_batch();
                         self.act();
                         self.core.handle_timeout(Instant::now());
@@ -240,6 +243,15 @@ impl Shard {
     /// Sends what the last batch of work produced: the messages to peer shards first (so that
     /// they work on them meanwhile), then the datagrams (see [`crate::egress`]).
     fn flush(&mut self) {
+        self.flush_peers();
+        self.ctx
+            .udp
+            .flush(self.core.egress(), &self.ctx.core.metrics);
+    }
+
+    /// Sends each peer shard the messages gathered for it since the last flush (see
+    /// [`PeerOutbox`]).
+    fn flush_peers(&mut self) {
         let metrics = &self.ctx.core.metrics;
         for (tx, outbox) in self.peers.iter().zip(self.outboxes.iter_mut()) {
             match outbox.flush(tx) {
@@ -249,9 +261,6 @@ impl Shard {
                 Some((Sent::Deferred, _)) | None => {}
             }
         }
-        self.ctx
-            .udp
-            .flush(self.core.egress(), &self.ctx.core.metrics);
     }
 
     fn deadline(&self) -> Instant {

@@ -11,9 +11,10 @@ use super::inbox::ShardMsg;
 /// Messages this shard sends to one peer shard.
 ///
 /// **Batched per wake-up.** What the core addresses to a peer during one wake-up of the driver
-/// is gathered, in order, and goes out as one [`ShardMsg::Peers`] when the wake-up ends
-/// ([`PeerOutbox::flush`]): one channel send and at most one wake-up of the peer per batch, and
-/// the peer drains its subscribers once for the whole batch, instead of once per packet.
+/// is gathered, in order, and goes out as one [`ShardMsg::Peers`] ([`PeerOutbox::flush`]) once
+/// the wake-up's input is handled, before this shard drains its own subscribers (so that both
+/// work at the same time), and again for what the drains and timeouts added: one channel send
+/// and at most one wake-up of the peer per batch instead of one per packet.
 /// The order of the messages between two shards is kept (the keyframe replay relies on it).
 ///
 /// **Loss.** A batch of media only may be dropped when the peer's inbox is full (counted as
