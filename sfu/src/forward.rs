@@ -683,6 +683,7 @@ impl Forwarder {
                 // arriving before then reaches this leg (its transport is up) and cancels it.
                 let due = k.last_sent + FRESH_LEG_KEYFRAME_GAP;
                 k.owed_at = Some(k.owed_at.map_or(due, |t| t.min(due)));
+                tracing::trace!(?track, ?rid, ?due, "keyframe request for a fresh leg owed");
                 return None;
             }
             Some(k) if !fresh && now.saturating_duration_since(k.last_sent) < interval => {
@@ -695,6 +696,12 @@ impl Forwarder {
                     let due = k.last_sent + interval;
                     k.owed_at = Some(k.owed_at.map_or(due, |t| t.min(due)));
                 }
+                tracing::trace!(
+                    ?track,
+                    ?rid,
+                    answered = k.answered,
+                    "keyframe request throttled"
+                );
                 return None;
             }
             Some(k) => {

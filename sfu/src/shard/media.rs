@@ -284,6 +284,14 @@ impl Core {
     /// str0m what each session would like to send so that its BWE probes for it.
     pub(super) fn select_layers(&mut self, only: Option<SessionId>) {
         for (id, plan) in self.forwarder.select_layers(self.now, only) {
+            // A leg that changes layer needs a keyframe of its new layer: asked for now, not at
+            // the new layer's next packet (a frame interval later, 100 ms at 10 frames/s; the
+            // forwarder asks again from there while it waits, within the same throttle).
+            for c in &plan.changes {
+                if let Some((track, home, _)) = self.forwarder.leg_source(c.leg) {
+                    self.request_pli(home, track, Some(c.rid), c.urgent);
+                }
+            }
             // Legs that stop their layer now (an urgent switch down, or a pause) forget what they
             // sent: their receiver can no longer use it, and resending it on NACK would take the
             // capacity the link lacks (see `LegWrite::restart`). A fresh RTX cache is an empty one.
@@ -457,6 +465,7 @@ impl Core {
         }));
         match sent {
             Ok(true) => {
+                tracing::debug!(session = %target.session, mid = %target.mid, rid = ?target.rid, ?kind, "keyframe request to publisher");
                 self.ctx
                     .metrics
                     .keyframe_requests

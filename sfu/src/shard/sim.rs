@@ -836,6 +836,46 @@ fn a_simulcast_leg_switches_layer_on_the_new_layers_keyframe_without_a_gap() {
 }
 
 #[test]
+fn a_layer_change_asks_the_publisher_for_the_new_layers_keyframe_at_once() {
+    let mut sim = Sim::new(2, config());
+    let publisher = sim.peer();
+    let video = sim.publish(publisher, 0, &[(MediaKind::Video, "cam", &["q", "h"])])[0];
+    sim.connect_all();
+    let sub = sim.peer();
+    // The subscriber on the other shard: the request travels between shards.
+    let mid = sim.subscribe(sub, 1, &[(publisher, "cam", Some("h"))])[0];
+    sim.connect_all();
+    // 750 ms of both layers: long enough for them to be measured (available).
+    for seq in 1..=15u64 {
+        for rid in ["q", "h"] {
+            let tag = rid.as_bytes()[0];
+            sim.send(
+                publisher,
+                video,
+                Some(rid),
+                seq,
+                vp8(seq == 1, tag, seq as u16),
+            );
+        }
+        sim.run(Duration::from_millis(50));
+    }
+    assert!(
+        payloads(&sim.peers[sub], mid).iter().all(|p| p[2] == b'h'),
+        "on h"
+    );
+    let before = sim.requests(publisher).len();
+    // The leg is moved to q while the publisher sends nothing: the request for q's keyframe
+    // does not wait for q's next packet.
+    sim.prefer(sub, mid, publisher, "cam", "q");
+    sim.run(Duration::from_millis(20));
+    assert_eq!(
+        sim.requests(publisher).len(),
+        before + 1,
+        "one keyframe request, before any packet of q"
+    );
+}
+
+#[test]
 fn idle_silent_and_deleted_sessions_are_freed() {
     let timeout = Duration::from_secs(5);
     let mut sim = Sim::new(
