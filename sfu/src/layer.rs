@@ -156,6 +156,15 @@ pub const STUCK_AFTER: Duration = Duration::from_secs(4);
 pub const STUCK_BAND: f64 = 1.02;
 /// Shortest time between two restarts of a session's estimator.
 pub const RESTART_EVERY: Duration = Duration::from_secs(15);
+/// An urgent switch down (see "Urgent switches" in the module docs) fits the legs into this
+/// fraction of the room the estimate (and what got through) leaves. Such a link's queue is full
+/// (that is what made the switch urgent) and must drain, the new layer's keyframe comes as a
+/// burst, and the estimate is still falling (GCC's lags the link by a few hundred ms). Traced in
+/// the shaped test (300 kbit/s tbf, 3 % loss, q/h/f at ~100/300/600 kbit/s plus ~100 kbit/s of
+/// audio): 0.56 s into the shaping the estimate read 401k, which fitted h; the leg went f to h,
+/// h's keyframe burst kept the queue full, the leg went on to q 250 ms later and the viewer froze
+/// 1.2 s. With the margin the same estimate fits q.
+pub const URGENT_MARGIN: f64 = 0.75;
 /// Fraction lost (receiver report) of a leg from which loss caps the allocation.
 pub const HEAVY_LOSS: f64 = 0.2;
 /// How long a heavy-loss report caps the allocation.
@@ -640,6 +649,11 @@ impl LayerSelector {
             self.queue_bits = 0.0;
             self.troubled_at = Some(now);
             let fit_room = loss_room.map_or(room, |r| room.min(r.saturating_sub(fixed)));
+            let fit_room = if urgent {
+                (fit_room as f64 * URGENT_MARGIN) as u64
+            } else {
+                fit_room
+            };
             let fit = raise(&options, vec![0; options.len()], fit_room, None);
             fit.iter()
                 .zip(&current)
@@ -1195,6 +1209,52 @@ mod tests {
         assert!(s.select(&legs, t0).changes.is_empty());
         assert!(!s.note_transport_loss(0.099, t1));
         assert!(s.select(&legs, t1).changes.is_empty());
+    }
+
+    #[test]
+    fn an_urgent_switch_leaves_room_for_the_queue_to_drain() {
+        // The traced shaped run: f (~600k with audio), 7 % lost, GCC at 401k, which would fit
+        // h and its audio exactly.
+        let t0 = Instant::now();
+        let f = [("q", 100_000), ("h", 300_000), ("f", 500_000)];
+        let legs = [
+            with_layers(input("0", Some("f"), None), &f),
+            LegInput {
+                leg: leg("z"),
+                layers: Vec::new(),
+                fixed_bps: 100_000,
+                preferred: None,
+                current: None,
+            },
+        ];
+        let mut s = LayerSelector::new();
+        s.set_estimate(2_000_000, t0);
+        assert!(s.select(&legs, t0).changes.is_empty());
+        let t1 = t0 + Duration::from_millis(1000);
+        s.note_transport_loss(0.07, t1);
+        s.set_raw_estimate(401_000, t1);
+        let plan = s.select(&legs, t1);
+        assert_eq!(
+            targets(&plan),
+            vec![("0".into(), "q".into())],
+            "q, not h: the room the estimate leaves is 301k, h needs 300k"
+        );
+        assert!(plan.changes[0].urgent);
+        // A switch down that is not urgent (a filled virtual queue on a lossless link) fits the
+        // whole estimate: at 410k (a shortfall, not severe) it goes to h once the queue is full.
+        let mut s = LayerSelector::new();
+        s.set_estimate(2_000_000, t0);
+        assert!(s.select(&legs, t0).changes.is_empty());
+        let mut t = t0;
+        let mut got = Vec::new();
+        while got.is_empty() && t < t0 + Duration::from_secs(20) {
+            t += Duration::from_millis(250);
+            s.set_raw_estimate(410_000, t);
+            let plan = s.select(&legs, t);
+            assert!(plan.changes.iter().all(|c| !c.urgent));
+            got = targets(&plan);
+        }
+        assert_eq!(got, vec![("0".into(), "h".into())]);
     }
 
     #[test]
