@@ -66,6 +66,12 @@ struct Inner {
     /// The endpoint tried first (the last one that answered).
     endpoint: AtomicUsize,
     lease: Mutex<Option<i64>>,
+    /// One grant at a time: a caller that finds no lease while another grant is in flight waits
+    /// for it instead of granting a second lease (which would outlive this replica by its TTL).
+    granting: tokio::sync::Mutex<()>,
+    /// Set (under the `lease` lock) when the lease is handed back for good (`release_all`, at
+    /// shutdown): a grant still in flight then revokes what it got at once.
+    closing: AtomicBool,
     /// The last time the lease was confirmed alive.
     lease_ok: Mutex<Option<Instant>>,
     ready: AtomicBool,
@@ -194,14 +200,42 @@ impl Inner {
     }
 
     async fn grant(&self) -> Result<i64, StoreError> {
+        let _one = self.granting.lock().await;
+        if let Some(id) = *self.lease.lock() {
+            // Granted by the caller this one waited for.
+            return Ok(id);
+        }
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(unavailable("shutting down: the lease was handed back"));
+        }
         let ttl = self.config.lease_ttl.as_secs().max(1);
         let v = self.post("/v3/lease/grant", &json!({ "TTL": ttl })).await?;
         let id = int(&v["ID"]).ok_or_else(|| unavailable(format!("lease grant: {v}")))?;
-        *self.lease.lock() = Some(id);
-        *self.lease_ok.lock() = Some(Instant::now());
-        self.ready.store(true, Ordering::Relaxed);
-        tracing::info!(lease = id, replica = %self.config.replica, "etcd lease granted");
-        Ok(id)
+        {
+            let mut lease = self.lease.lock();
+            if !self.closing.load(Ordering::SeqCst) {
+                *lease = Some(id);
+                *self.lease_ok.lock() = Some(Instant::now());
+                self.ready.store(true, Ordering::Relaxed);
+                tracing::info!(lease = id, replica = %self.config.replica, "etcd lease granted");
+                return Ok(id);
+            }
+        }
+        // The lease was handed back while this grant was in flight (the deploy check saw such a
+        // lease outlive its replica: granted 0.26 s after the one it had, just as it stopped).
+        match self
+            .post("/v3/lease/revoke", &json!({ "ID": id.to_string() }))
+            .await
+        {
+            Ok(_) => tracing::info!(
+                lease = id,
+                "etcd lease granted while shutting down: revoked"
+            ),
+            Err(e) => {
+                tracing::warn!(lease = id, error = %e, "etcd lease granted while shutting down: revoke failed (it expires after its TTL)")
+            }
+        }
+        Err(unavailable("shutting down: the lease was handed back"))
     }
 
     async fn lease(&self) -> Result<i64, StoreError> {
@@ -481,7 +515,11 @@ impl Inner {
     }
 
     async fn revoke(&self) -> Result<(), StoreError> {
-        let id = self.lease.lock().take();
+        let id = {
+            let mut lease = self.lease.lock();
+            self.closing.store(true, Ordering::SeqCst);
+            lease.take()
+        };
         self.owned.lock().clear();
         self.ready.store(false, Ordering::Relaxed);
         if let Some(id) = id {
@@ -512,6 +550,8 @@ impl EtcdStore {
             config,
             endpoint: AtomicUsize::new(0),
             lease: Mutex::new(None),
+            granting: tokio::sync::Mutex::new(()),
+            closing: AtomicBool::new(false),
             lease_ok: Mutex::new(None),
             ready: AtomicBool::new(false),
             owned: Mutex::new(HashMap::new()),
