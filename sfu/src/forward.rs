@@ -119,6 +119,28 @@ pub struct MediaPacket {
     pub nackable: bool,
 }
 
+#[cfg(test)]
+impl MediaPacket {
+    /// A video packet for tests: one frame per packet (3,000 ticks apart at 90 kHz), marker set,
+    /// no VP8 descriptor, payload `frame`.
+    pub(crate) fn test_video(seq: u64, now: Instant) -> MediaPacket {
+        MediaPacket {
+            pt: Pt::from(96),
+            clock_rate: 90_000,
+            seq,
+            timestamp: seq as u32 * 3000,
+            marker: true,
+            rid: None,
+            keyframe: false,
+            ext: ExtensionValues::default(),
+            vp8: None,
+            payload: Arc::from(&b"frame"[..]),
+            arrival: now,
+            nackable: true,
+        }
+    }
+}
+
 /// One rewritten packet for one leg: what the shard hands to `StreamTx::write_rtp`.
 #[derive(Debug, Clone)]
 pub struct LegWrite {

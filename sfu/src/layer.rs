@@ -1167,14 +1167,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_shortfall_with_loss_goes_down_at_once() {
-        // The shaped test's first second: f (with audio ~650k), 9.9 % lost, GCC at 345k (the
-        // link carried ~406k: 0.62 of it, not severe).
-        let t0 = Instant::now();
-        let f = [("q", 100_000), ("h", 300_000), ("f", 550_000)];
-        let legs = [
-            with_layers(input("0", Some("f"), None), &f),
+    /// Leg "0" on f with `layers`, beside ~100 kbit/s of audio (leg "z", no layers): the shaped
+    /// test's subscriber.
+    fn on_f_beside_audio(layers: &[(&str, u64)]) -> [LegInput; 2] {
+        [
+            with_layers(input("0", Some("f"), None), layers),
             LegInput {
                 leg: leg("z"),
                 layers: Vec::new(),
@@ -1182,7 +1179,16 @@ mod tests {
                 preferred: None,
                 current: None,
             },
-        ];
+        ]
+    }
+
+    #[test]
+    fn a_shortfall_with_loss_goes_down_at_once() {
+        // The shaped test's first second: f (with audio ~650k), 9.9 % lost, GCC at 345k (the
+        // link carried ~406k: 0.62 of it, not severe).
+        let t0 = Instant::now();
+        let f = [("q", 100_000), ("h", 300_000), ("f", 550_000)];
+        let legs = on_f_beside_audio(&f);
         let mut s = LayerSelector::new();
         s.set_estimate(2_000_000, t0);
         assert!(s.select(&legs, t0).changes.is_empty());
@@ -1217,16 +1223,7 @@ mod tests {
         // h and its audio exactly.
         let t0 = Instant::now();
         let f = [("q", 100_000), ("h", 300_000), ("f", 500_000)];
-        let legs = [
-            with_layers(input("0", Some("f"), None), &f),
-            LegInput {
-                leg: leg("z"),
-                layers: Vec::new(),
-                fixed_bps: 100_000,
-                preferred: None,
-                current: None,
-            },
-        ];
+        let legs = on_f_beside_audio(&f);
         let mut s = LayerSelector::new();
         s.set_estimate(2_000_000, t0);
         assert!(s.select(&legs, t0).changes.is_empty());

@@ -111,9 +111,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use str0m::media::Pt;
     use str0m::net::Protocol;
-    use str0m::rtp::ExtensionValues;
 
     use super::*;
     use crate::forward::MediaPacket;
@@ -123,20 +121,7 @@ mod tests {
     fn media(seq: u64) -> PeerMsg {
         PeerMsg::Media {
             track: TrackId(1),
-            packet: Arc::new(MediaPacket {
-                pt: Pt::from(96),
-                clock_rate: 90_000,
-                seq,
-                timestamp: 0,
-                marker: true,
-                rid: None,
-                keyframe: false,
-                ext: ExtensionValues::default(),
-                vp8: None,
-                payload: Arc::from(&b"frame"[..]),
-                arrival: Instant::now(),
-                nackable: true,
-            }),
+            packet: Arc::new(MediaPacket::test_video(seq, Instant::now())),
         }
     }
 

@@ -248,8 +248,6 @@ mod tests {
     use crate::directory::Directory;
     use crate::metrics::Metrics;
     use crate::shard::core::{CoreContext, PeerMsg};
-    use str0m::media::Pt;
-    use str0m::rtp::ExtensionValues;
 
     fn core(now: Instant) -> Core {
         let ctx = Arc::new(CoreContext {
@@ -263,20 +261,7 @@ mod tests {
     }
 
     fn packet(seq: u64, now: Instant) -> Arc<MediaPacket> {
-        Arc::new(MediaPacket {
-            pt: Pt::from(96),
-            clock_rate: 90_000,
-            seq,
-            timestamp: seq as u32 * 3000,
-            marker: true,
-            rid: None,
-            keyframe: false,
-            ext: ExtensionValues::default(),
-            vp8: None,
-            payload: Arc::from(&b"frame"[..]),
-            arrival: now,
-            nackable: true,
-        })
+        Arc::new(MediaPacket::test_video(seq, now))
     }
 
     fn actions(c: &mut Core) -> Vec<Action> {
