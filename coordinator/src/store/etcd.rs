@@ -199,6 +199,12 @@ impl Inner {
         }
     }
 
+    /// Hands lease `id` back to etcd (its keys go with it).
+    async fn revoke_lease(&self, id: i64) -> Result<Value, StoreError> {
+        self.post("/v3/lease/revoke", &json!({ "ID": id.to_string() }))
+            .await
+    }
+
     async fn grant(&self) -> Result<i64, StoreError> {
         let _one = self.granting.lock().await;
         if let Some(id) = *self.lease.lock() {
@@ -223,10 +229,7 @@ impl Inner {
         }
         // The lease was handed back while this grant was in flight (the deploy check saw such a
         // lease outlive its replica: granted 0.26 s after the one it had, just as it stopped).
-        match self
-            .post("/v3/lease/revoke", &json!({ "ID": id.to_string() }))
-            .await
-        {
+        match self.revoke_lease(id).await {
             Ok(_) => tracing::info!(
                 lease = id,
                 "etcd lease granted while shutting down: revoked"
@@ -523,8 +526,7 @@ impl Inner {
         self.owned.lock().clear();
         self.ready.store(false, Ordering::Relaxed);
         if let Some(id) = id {
-            self.post("/v3/lease/revoke", &json!({ "ID": id.to_string() }))
-                .await?;
+            self.revoke_lease(id).await?;
             tracing::info!(lease = id, "etcd lease revoked: rooms handed over");
         }
         Ok(())

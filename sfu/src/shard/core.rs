@@ -274,9 +274,7 @@ impl Core {
 
     /// A message from another shard.
     pub fn handle_peer(&mut self, now: Instant, msg: PeerMsg) {
-        self.now = now;
-        self.handle_one(msg);
-        self.settle_unless_batching();
+        self.handle_peers(now, [msg]);
     }
 
     /// The messages of one wake-up of a peer shard, in order, as [`Core::handle_peer`] each.
