@@ -208,6 +208,9 @@ pub struct Core {
     local: VecDeque<PeerMsg>,
     dirty: Vec<SessionId>,
     dirty_set: FxHashSet<SessionId>,
+    /// How many times a session was drained (for the tests of what needs a drain).
+    #[cfg(test)]
+    pub(super) drains: usize,
     pub(super) writes: Vec<LegWrite>,
     pub(super) fanout: Vec<ShardId>,
     pub(super) events: Vec<SessionEvent>,
@@ -237,6 +240,8 @@ impl Core {
             local: VecDeque::new(),
             dirty: Vec::new(),
             dirty_set: FxHashSet::default(),
+            #[cfg(test)]
+            drains: 0,
             writes: Vec::new(),
             fanout: Vec::new(),
             events: Vec::new(),

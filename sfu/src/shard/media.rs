@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
-use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, StreamTx};
 use str0m::{Event, IceConnectionState, Input, Output, PacerReason, Reason};
 
@@ -20,6 +20,7 @@ use crate::egress::Egress;
 use crate::forward::{KeyframeTarget, LegKey, LegWrite, MediaPacket};
 use crate::ids::{SessionId, ShardId, TrackId};
 use crate::metrics::{Metrics, PacketDrop};
+use crate::routes::Routes;
 use crate::session::{LegState, Session, is_keyframe};
 use crate::udp::UdpControl;
 use crate::vp8::Vp8Packet;
@@ -101,6 +102,10 @@ impl Core {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
+        #[cfg(test)]
+        {
+            self.drains += 1;
+        }
         let now = self.now;
         let mut events = std::mem::take(&mut self.events);
         let mut out = Drain {
@@ -346,10 +351,12 @@ impl Core {
             self.dropped(PacketDrop::NoSubscriberSession);
             return;
         };
+        let (now, shard) = (self.now, self.id);
+        let (egress, actions) = (&mut self.egress, &mut self.actions);
         let written = catch_unwind(AssertUnwindSafe(|| {
             let mut api = session.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(w.leg.mid, None) else {
-                return false;
+                return Written::NoStream;
             };
             tx.set_unpaced(!paced);
             if w.restart {
@@ -366,15 +373,30 @@ impl Core {
                 write = write.vp8_patch(patch);
             }
             tx.write_rtp(write);
+            // Unpaced media leaves at once (the vendored str0m's change 7), without the drain's
+            // send-path timeout and pacer round: the session is drained only for its other
+            // work. Not while it pads: its padding and probes leave from the pacer's timeout,
+            // which the drain after a write handles (see `defers_bookkeeping`).
+            let mut sent = 0;
+            if !paced && !session.pads {
+                while let Some(t) = api.poll_unpaced_now(w.leg.mid, None, now) {
+                    sent += 1;
+                    queue_transmit(session.id, &mut session.routes, t, shard, egress, actions);
+                }
+            }
+            if sent > 0 {
+                return Written::Sent;
+            }
             session.writes_pending = session.writes_pending.saturating_add(1);
-            true
+            Written::Queued
         }));
         match written {
-            Ok(true) => {
+            Ok(Written::Sent) => self.ctx.metrics.forwarded.inc(),
+            Ok(Written::Queued) => {
                 self.ctx.metrics.forwarded.inc();
                 self.mark_dirty(id);
             }
-            Ok(false) => self.dropped(PacketDrop::NoSendStream),
+            Ok(Written::NoStream) => self.dropped(PacketDrop::NoSendStream),
             Err(_) => self.session_panicked(id),
         }
     }
@@ -627,27 +649,58 @@ fn drain_session(session: &mut Session, now: Instant, out: &mut Drain<'_>) -> Re
             }
             Output::Transmit(t) => {
                 rtp_sent += u32::from(is_rtp(&t.contents));
-                if t.proto != Protocol::Udp {
-                    out.actions.push_back(Action::TcpTransmit {
-                        destination: t.destination,
-                        data: t.contents.into(),
-                    });
-                    continue;
-                }
-                out.egress.push(t.destination, t.contents);
-                if session.routes.sent_to(t.destination) {
-                    out.actions.push_back(Action::Routing(UdpControl::Route {
-                        addr: t.destination,
-                        session: session.id,
-                        shard: out.shard,
-                    }));
-                }
+                queue_transmit(
+                    session.id,
+                    &mut session.routes,
+                    t,
+                    out.shard,
+                    out.egress,
+                    out.actions,
+                );
             }
             Output::Event(event) => reconnected |= session_output(session, event, now, out),
         }
     };
     session.writes_pending = 0;
     result
+}
+
+/// What [`Core::write_leg`] did with a packet.
+enum Written {
+    /// Sent at once (unpaced, see `DirectApi::poll_unpaced_now`).
+    Sent,
+    /// Queued in the leg's send stream, for the session's next drain.
+    Queued,
+    /// The leg has no send stream.
+    NoStream,
+}
+
+/// Queues one of session `id`'s datagrams for the socket: UDP ones in the egress batch (and,
+/// the first time one goes to an address, a route from it to the session for the receiver),
+/// TCP ones for the driver's ICE-TCP side.
+fn queue_transmit(
+    id: SessionId,
+    routes: &mut Routes,
+    t: Transmit,
+    shard: ShardId,
+    egress: &mut Egress,
+    actions: &mut VecDeque<Action>,
+) {
+    if t.proto != Protocol::Udp {
+        actions.push_back(Action::TcpTransmit {
+            destination: t.destination,
+            data: t.contents.into(),
+        });
+        return;
+    }
+    egress.push(t.destination, t.contents);
+    if routes.sent_to(t.destination) {
+        actions.push_back(Action::Routing(UdpControl::Route {
+            addr: t.destination,
+            session: id,
+            shard,
+        }));
+    }
 }
 
 /// Whether a drain leaves str0m's due timeout for later (up to [`PACER_BOOKKEEPING_DEFER`])

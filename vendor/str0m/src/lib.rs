@@ -2878,6 +2878,110 @@ mod test {
             assert_eq!(rtc.send_part_timeouts, parts);
         }
     }
+
+    /// Change 7 (`vendor/str0m/PATCHES.md` in Satsuma): `DirectApi::poll_unpaced_now`.
+    mod unpaced_now {
+        use std::time::Duration;
+
+        use super::send_only_timeout::*;
+        use super::*;
+        use crate::rtp::RtpWrite;
+
+        fn direct(rtc: &mut Rtc, now: Instant) -> Vec<Vec<u8>> {
+            let mut out = vec![];
+            while let Some(t) = rtc.direct_api().poll_unpaced_now("vid".into(), None, now) {
+                assert_eq!(t.destination, "127.0.0.1:2000".parse().unwrap());
+                out.push(t.contents.into());
+            }
+            out
+        }
+
+        fn rtp_only(datagrams: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+            datagrams
+                .into_iter()
+                .filter(|d| !(192..=223).contains(&d[1]))
+                .collect()
+        }
+
+        #[test]
+        fn unpaced_writes_leave_at_once_as_poll_output_would_send_them() {
+            let start = Instant::now();
+            let mut fast = bursting_rtc(start, false);
+            let mut slow = bursting_rtc(start, false);
+            let mut seq = 1;
+            for round in 1..=5u64 {
+                let now = start + Duration::from_millis(7 * round);
+                let (walks, timeouts) = (fast.pipeline_walks, fast.send_only_timeouts);
+                let mut fast_sent = vec![];
+                for _ in 0..round {
+                    write(&mut fast, seq, now);
+                    fast_sent.extend(direct(&mut fast, now));
+                    write(&mut slow, seq, now);
+                    seq += 1;
+                }
+                assert_eq!(fast.pipeline_walks, walks, "no walk of the output pipeline");
+                assert_eq!(fast.send_only_timeouts, timeouts, "no send timeout");
+                slow.handle_input(Input::Timeout(now)).unwrap();
+                let slow_sent = rtp_only(poll_all(&mut slow, false).0);
+                assert_eq!(fast_sent.len() as u64, round);
+                assert_eq!(fast_sent, slow_sent, "byte-identical SRTP, round {round}");
+                // Nothing of them is left for poll_output.
+                fast.handle_input(Input::Timeout(now)).unwrap();
+                assert!(rtp_only(poll_all(&mut fast, false).0).is_empty());
+            }
+            // The state both leave behind is the same: the next packets, sent the usual way,
+            // are identical too (TWCC sequence, RTX state, the stream's counters).
+            let now = start + Duration::from_millis(100);
+            for rtc in [&mut fast, &mut slow] {
+                write(rtc, seq, now);
+                rtc.handle_input(Input::Timeout(now)).unwrap();
+            }
+            assert_eq!(
+                rtp_only(poll_all(&mut fast, false).0),
+                rtp_only(poll_all(&mut slow, false).0)
+            );
+        }
+
+        #[test]
+        fn a_paced_stream_is_left_to_the_pacer() {
+            let start = Instant::now();
+            let mut rtc = bursting_rtc(start, false);
+            let now = start + Duration::from_millis(5);
+            let pt = rtc.codec_config().params()[0].pt();
+            let mut api = rtc.direct_api();
+            let tx = api.stream_tx_by_mid("vid".into(), None).unwrap();
+            tx.set_unpaced(false);
+            tx.write_rtp(RtpWrite::new(pt, 1.into(), 3000, now, vec![1; 100]));
+            assert!(direct(&mut rtc, now).is_empty());
+            rtc.handle_input(Input::Timeout(now)).unwrap();
+            assert_eq!(rtp_only(poll_all(&mut rtc, false).0).len(), 1);
+        }
+
+        #[test]
+        fn without_a_connected_pair_the_write_waits_for_poll_output() {
+            let start = Instant::now();
+            let mut rtc = sending_rtc(start);
+            let now = start + Duration::from_millis(5);
+            write(&mut rtc, 1, now);
+            assert!(
+                rtc.direct_api()
+                    .poll_unpaced_now("vid".into(), None, now)
+                    .is_none()
+            );
+            rtc.handle_input(Input::Timeout(now)).unwrap();
+            assert_eq!(sent(&mut rtc).len(), 1, "still queued, sent the usual way");
+        }
+
+        #[test]
+        fn a_closing_session_sends_nothing_at_once() {
+            let start = Instant::now();
+            let mut rtc = bursting_rtc(start, false);
+            let now = start + Duration::from_millis(5);
+            write(&mut rtc, 1, now);
+            rtc.session.close_rtp();
+            assert!(direct(&mut rtc, now).is_empty());
+        }
+    }
 }
 
 #[cfg(feature = "_internal_test_exports")]

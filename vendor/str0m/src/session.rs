@@ -34,7 +34,7 @@ use crate::rtp_::SeqNo;
 use crate::rtp_::SeqNoWindow;
 use crate::rtp_::{Bitrate, ExtensionMap, Goodbye, Mid, ReportList, Rtcp, RtcpFb};
 use crate::rtp_::{Dlrr, DlrrItem, ExtendedReport, ReportBlock};
-use crate::rtp_::{RtpHeader, SessionId, TwccPacketId, extend_u16};
+use crate::rtp_::{RtpHeader, SessionId, TwccClusterId, TwccPacketId, extend_u16};
 use crate::rtp_::{SrtpContext, Ssrc};
 use crate::rtp_::{TwccRecvRegister, TwccSendRegister};
 use crate::stats::StatsSnapshot;
@@ -1229,11 +1229,38 @@ impl Session {
     }
 
     fn poll_packet(&mut self, now: Instant) -> Option<DatagramSend> {
-        let srtp_tx = self.srtp_tx.as_mut()?;
+        self.srtp_tx.as_ref()?;
 
         // Figure out which, if any, queue to poll
         // The cluster_id is captured by the pacer at poll time, before register_send() might clear it
         let (midrid, cluster_id) = self.pacer.poll_queue()?;
+        self.packet_of(now, midrid, cluster_id, false)
+    }
+
+    /// The next datagram of the unpaced send stream `midrid`, made at once and outside the
+    /// pacer (see `DirectApi::poll_unpaced_now`): a resend it has queued, else the oldest
+    /// packet written to it. `None` when it has none, or is paced or not set up yet, or
+    /// there is no SRTP context, or the session closes; then the pacer sends it as usual.
+    /// The packet is accounted for as the pacer would (`register_send`: media debt, padding
+    /// debt, an active probe), carries the active probe cluster if any, and is registered
+    /// for TWCC and with the estimator like any other.
+    pub(crate) fn poll_unpaced_now(&mut self, now: Instant, midrid: MidRid) -> Option<DatagramSend> {
+        if now == already_happened() || self.rtp_closing {
+            return None;
+        }
+        self.srtp_tx.as_ref()?;
+        let cluster_id = self.pacer.active_cluster();
+        self.packet_of(now, midrid, cluster_id, true)
+    }
+
+    fn packet_of(
+        &mut self,
+        now: Instant,
+        midrid: MidRid,
+        cluster_id: Option<TwccClusterId>,
+        unpaced_now: bool,
+    ) -> Option<DatagramSend> {
+        let srtp_tx = self.srtp_tx.as_mut()?;
         let stream = self.streams.stream_tx_by_midrid(midrid)?;
         let Some(media) = self.medias.iter().find(|m| m.mid() == stream.mid()) else {
             trace!("Pacer pointed to mid {} which has no media", midrid.mid());
@@ -1250,7 +1277,11 @@ impl Session {
         let twcc_enabled = exts.id_of(Extension::TransportSequenceNumber).is_some();
         let twcc = twcc_enabled.then_some(&mut self.twcc);
 
-        let receipt = stream.poll_packet(now, exts, twcc, params, buf)?;
+        let receipt = if unpaced_now {
+            stream.poll_unpaced_now(now, exts, twcc, params, buf)?
+        } else {
+            stream.poll_packet(now, exts, twcc, params, buf)?
+        };
 
         let PacketReceipt {
             header,

@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::Candidate;
 use crate::IceCreds;
@@ -358,6 +359,40 @@ impl<'a> DirectApi<'a> {
         // A `StreamTx` only changes the send path (see `Readiness::wake_send`).
         let rtc = self.rtc.send_stream_access();
         rtc.session.streams.stream_tx(ssrc)
+    }
+
+    /// Sends what was written to an unpaced send stream at once, outside the pacer: the
+    /// stream's next datagram (a resend it has queued, else the oldest packet written to it),
+    /// ready for the socket, or `None` when it has none left.
+    ///
+    /// Call it after [`StreamTx::write_rtp`] until it returns `None`, with the same clock as
+    /// [`Rtc::handle_input`]. The datagram is made as [`Rtc::poll_output`] would make it (header
+    /// extensions, TWCC sequence, RTX cache, SRTP, stats, the estimator's and the pacer's
+    /// accounting), but without the send path's timeout, the pacer's decision and the walk of
+    /// the output pipeline that `poll_output` needs per write. Packets it does not send (the
+    /// stream is paced or has not had its first timeout, the transport is not connected or
+    /// closing) stay queued and leave through `poll_output` as usual; so does padding.
+    ///
+    /// `poll_output` must still be called (for the next timeout, feedback and events), but
+    /// not after each write.
+    pub fn poll_unpaced_now(
+        &mut self,
+        mid: Mid,
+        rid: Option<Rid>,
+        now: Instant,
+    ) -> Option<crate::net::Transmit> {
+        // Like a write, this changes only the send path (see `Readiness::wake_send`).
+        let rtc = self.rtc.send_stream_access();
+        let send = rtc.send_addr.as_ref()?;
+        let (proto, source, destination) = (send.proto, send.source, send.destination);
+        let now = now.max(rtc.last_now);
+        let contents = rtc.session.poll_unpaced_now(now, MidRid(mid, rid))?;
+        Some(crate::net::Transmit {
+            proto,
+            source,
+            destination,
+            contents,
+        })
     }
 
     /// Obtain a send stream by looking it up via mid/rid.

@@ -568,6 +568,37 @@ impl StreamTx {
         params: &[PayloadParams],
         buf: &mut Vec<u8>,
     ) -> Option<PacketReceipt> {
+        self.poll_packet_of(now, exts, twcc, params, buf, true)
+    }
+
+    /// For sending outside the pacer (`Session::poll_unpaced_now`): timestamps what is queued,
+    /// as a `handle_timeout` at `now` would, and makes the stream's next media packet (a
+    /// resend, else the oldest queued packet; never padding). `None` unless the stream is
+    /// unpaced and has had its first timeout (which sets its kind and padding PT).
+    pub(crate) fn poll_unpaced_now(
+        &mut self,
+        now: Instant,
+        exts: &ExtensionMap,
+        twcc: Option<&mut u64>,
+        params: &[PayloadParams],
+        buf: &mut Vec<u8>,
+    ) -> Option<PacketReceipt> {
+        if self.kind.is_none() || self.unpaced != Some(true) || self.ssrc.is_probe() {
+            return None;
+        }
+        self.send_queue.handle_timeout(now);
+        self.poll_packet_of(now, exts, twcc, params, buf, false)
+    }
+
+    fn poll_packet_of(
+        &mut self,
+        now: Instant,
+        exts: &ExtensionMap,
+        twcc: Option<&mut u64>,
+        params: &[PayloadParams],
+        buf: &mut Vec<u8>,
+        with_padding: bool,
+    ) -> Option<PacketReceipt> {
         let mid = self.midrid.mid();
         let rid = self.midrid.rid();
         let is_probe = self.ssrc.is_probe();
@@ -582,9 +613,11 @@ impl StreamTx {
             (next, false)
         } else if let Some(next) = self.poll_packet_regular(now) {
             (next, false)
-        } else {
+        } else if with_padding {
             let next = self.poll_packet_padding(now)?;
             (next, true)
+        } else {
+            return None;
         };
 
         let pop_send_queue = next.kind == NextPacketKind::Regular;
