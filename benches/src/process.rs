@@ -7,6 +7,11 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     satsuma_bot::harness::cpu_time_of(pid).ok()
 }
 
+/// utime and stime of `pid` (all threads), apart, or `None` if they cannot be read.
+pub fn cpu_times(pid: u32) -> Option<(Duration, Duration)> {
+    satsuma_bot::harness::cpu_times_of(pid).ok()
+}
+
 /// Resident set size of `pid` in MiB (`VmRSS` of `/proc/<pid>/status`).
 pub fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

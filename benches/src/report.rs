@@ -96,6 +96,10 @@ pub struct ProcessReadings {
     pub window_s: f64,
     /// utime + stime of the SFU over the window, s.
     pub cpu_s: f64,
+    /// Of it, stime: the kernel working for the SFU (system calls; on loopback also the
+    /// delivery into the receivers' sockets, which runs in the sender's context), s.
+    #[serde(default)]
+    pub cpu_system_s: f64,
     /// RSS before any participant joined, MiB.
     pub rss_idle_mib: f64,
     /// RSS at the end of the window, MiB.
@@ -296,6 +300,17 @@ impl ScenarioResult {
 }
 
 impl ScenarioResult {
+    /// The kernel's part of [`ScenarioResult::cpu_us_per_packet`] (the SFU's stime per
+    /// forwarded packet) and its share of the SFU's CPU, when both are known.
+    pub fn kernel_us_per_packet(&self) -> Option<(f64, f64)> {
+        let us = self.cpu_us_per_packet?;
+        let cpu = self.process.cpu_s;
+        (cpu > 0.0).then(|| {
+            let share = (self.process.cpu_system_s / cpu).clamp(0.0, 1.0);
+            (us * share, share)
+        })
+    }
+
     /// The SFU with its estimation mode, e.g. `satsuma (bwe on)`.
     pub fn sfu_label(&self) -> String {
         if let Some(r) = &self.relay {
@@ -1048,15 +1063,18 @@ impl RunReport {
         if !self.results.is_empty() {
             s.push_str(
                 "| scenario | SFU | pubs | subs | ingress pkt/s | egress pkt/s (nominal) | egress Mbit/s | \
-                 SFU CPU % | µs CPU / fwd pkt | loss % | latency p50 / p99 ms | baseline p50 / p99 ms | \
-                 server-added p50 / p99 ms | RSS idle→load MiB | RSS / participant KiB | bots CPU % | load avg |\n",
+                 SFU CPU % | µs CPU / fwd pkt | of it kernel µs (share) | loss % | latency p50 / p99 ms | \
+                 baseline p50 / p99 ms | server-added p50 / p99 ms | RSS idle→load MiB | \
+                 RSS / participant KiB | bots CPU % | load avg |\n",
             );
-            s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+            s.push_str(
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            );
         }
         for r in &self.results {
             let w = r.process.window_s.max(1e-3);
             s.push_str(&format!(
-                "| {} | {} | {}/{} | {}/{} | {:.0} | {:.0} ({:.0}) | {:.1} | {:.1} | {} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1}→{:.1} | {:.0} | {:.0} | {:.1} |\n",
+                "| {} | {} | {}/{} | {}/{} | {:.0} | {:.0} ({:.0}) | {:.1} | {:.1} | {} | {} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1}→{:.1} | {:.0} | {:.0} | {:.1} |\n",
                 r.scenario,
                 r.sfu_label(),
                 r.publishers.1,
@@ -1070,6 +1088,11 @@ impl RunReport {
                 r.sfu_cpu_pct,
                 r.cpu_us_per_packet
                     .map_or_else(|| "–".to_owned(), |v| format!("{v:.1}")),
+                r.kernel_us_per_packet()
+                    .map_or_else(|| "–".to_owned(), |(us, share)| format!(
+                        "{us:.1} ({:.0} %)",
+                        share * 100.0
+                    )),
                 r.loss_pct,
                 r.latency.p50,
                 r.latency.p99,
@@ -1168,6 +1191,7 @@ mod tests {
         let proc_ = ProcessReadings {
             window_s: 10.0,
             cpu_s: 0.5,
+            cpu_system_s: 0.2,
             rss_idle_mib: 10.0,
             rss_mib: 12.0,
             bots_cpu_s: 1.0,
@@ -1186,6 +1210,9 @@ mod tests {
         assert_eq!(r.ingress_pps, 100.0);
         assert_eq!(r.egress_pps, 2_000.0);
         assert!((r.cpu_us_per_packet.unwrap() - 25.0).abs() < 1e-9);
+        let (kernel_us, kernel_share) = r.kernel_us_per_packet().unwrap();
+        assert!((kernel_us - 10.0).abs() < 1e-9, "{kernel_us}");
+        assert!((kernel_share - 0.4).abs() < 1e-9);
         assert!((r.sfu_cpu_pct - 5.0).abs() < 1e-9);
         assert!((r.loss_pct - 100.0 * 100.0 / 20_100.0).abs() < 1e-9);
         assert_eq!(r.latency.p50, 2.0);
@@ -1201,10 +1228,15 @@ mod tests {
         let p = ProcessReadings {
             window_s: 1.0,
             cpu_s: 0.1,
+            cpu_system_s: 0.025,
             ..ProcessReadings::default()
         };
         let a = ScenarioResult::build(meta(SfuKind::Satsuma), &[report(1_000, 0, &[])], p);
-        let p2 = ProcessReadings { cpu_s: 0.4, ..p };
+        let p2 = ProcessReadings {
+            cpu_s: 0.4,
+            cpu_system_s: 0.2,
+            ..p
+        };
         let b = ScenarioResult::build(meta(SfuKind::Janus), &[report(1_000, 0, &[])], p2);
         let mut run = RunReport {
             started_utc: "t".into(),
@@ -1224,6 +1256,11 @@ mod tests {
         assert!(md.contains("| audio | satsuma |"));
         assert!(md.contains("| audio | janus |"));
         assert!(md.contains("0.250"));
+        // The kernel's part of each SFU's µs per packet, with its share.
+        let us = |r: &ScenarioResult| r.cpu_us_per_packet.unwrap();
+        let (sk, jk) = (us(&run.results[0]) * 0.25, us(&run.results[1]) * 0.5);
+        assert!(md.contains(&format!("| {sk:.1} (25 %) |")), "{md}");
+        assert!(md.contains(&format!("| {jk:.1} (50 %) |")), "{md}");
     }
 
     #[test]

@@ -693,10 +693,12 @@ async fn measure_window(
     let loadavg = process::loadavg();
     let t0 = Instant::now();
     let machine0 = process::machine_ticks();
-    let cpu0: Vec<Option<Duration>> = pids.iter().map(|&p| process::cpu_time(p)).collect();
+    let cpu0: Vec<Option<(Duration, Duration)>> =
+        pids.iter().map(|&p| process::cpu_times(p)).collect();
     let bots0 = workers_cpu(&worker_pids);
     tokio::time::sleep(duration).await;
-    let cpu1: Vec<Option<Duration>> = pids.iter().map(|&p| process::cpu_time(p)).collect();
+    let cpu1: Vec<Option<(Duration, Duration)>> =
+        pids.iter().map(|&p| process::cpu_times(p)).collect();
     let bots1 = workers_cpu(&worker_pids);
     let machine1 = process::machine_ticks();
     let window_s = t0.elapsed().as_secs_f64();
@@ -713,14 +715,20 @@ async fn measure_window(
         None => None,
     };
     let rss = pids.iter().filter_map(|&p| process::rss_mib(p)).sum();
-    let node_cpu_s: Vec<f64> = cpu0
+    // Per node: (user, system) seconds over the window.
+    let node_times: Vec<(f64, f64)> = cpu0
         .iter()
         .zip(&cpu1)
         .map(|(a, b)| match (a, b) {
-            (Some(a), Some(b)) => b.saturating_sub(*a).as_secs_f64(),
-            _ => 0.0,
+            (Some((ua, sa)), Some((ub, sb))) => (
+                ub.saturating_sub(*ua).as_secs_f64(),
+                sb.saturating_sub(*sa).as_secs_f64(),
+            ),
+            _ => (0.0, 0.0),
         })
         .collect();
+    let node_cpu_s: Vec<f64> = node_times.iter().map(|(u, s)| u + s).collect();
+    let cpu_system_s = node_times.iter().map(|(_, s)| s).sum();
     if pids.is_empty() || cpu0.iter().chain(&cpu1).any(Option::is_none) {
         notes.push("SFU pid unknown: no CPU or memory figures".into());
     }
@@ -746,6 +754,7 @@ async fn measure_window(
         readings: ProcessReadings {
             window_s,
             cpu_s,
+            cpu_system_s,
             rss_idle_mib: rss_idle,
             rss_mib: rss,
             bots_cpu_s: worker_cpu_s.iter().sum(),

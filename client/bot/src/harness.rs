@@ -197,8 +197,20 @@ impl Drop for SfuProcess {
 
 /// CPU time (utime + stime) of process `pid`.
 pub fn cpu_time_of(pid: u32) -> Result<Duration, HarnessError> {
+    let (user, system) = cpu_times_of(pid)?;
+    Ok(user + system)
+}
+
+/// utime and stime of `pid` (all threads), apart: user space, and the kernel working for it
+/// (system calls; on loopback also the receivers' delivery, which runs in the sender's context).
+pub fn cpu_times_of(pid: u32) -> Result<(Duration, Duration), HarnessError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| HarnessError::Proc(e.to_string()))?;
+    parse_cpu_times(&stat)
+}
+
+/// utime and stime from a `/proc/<pid>/stat` text.
+fn parse_cpu_times(stat: &str) -> Result<(Duration, Duration), HarnessError> {
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = stat
         .rsplit_once(')')
@@ -212,9 +224,9 @@ pub fn cpu_time_of(pid: u32) -> Result<Duration, HarnessError> {
             .ok_or_else(|| HarnessError::Proc(format!("stat field {i}")))
     };
     // rest starts at field 3 (state), so field n is at index n - 3.
-    let ticks = num(14 - 3)? + num(15 - 3)?;
-    let hz = clock_ticks_per_second();
-    Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
+    let hz = clock_ticks_per_second() as f64;
+    let secs = |ticks: u64| Duration::from_secs_f64(ticks as f64 / hz);
+    Ok((secs(num(14 - 3)?), secs(num(15 - 3)?)))
 }
 
 fn clock_ticks_per_second() -> u64 {
@@ -296,6 +308,17 @@ mod tests {
         assert_eq!(m.sum("b"), 7.0);
         assert_eq!(m.sum("a_total"), 3.0);
         assert_eq!(m.get("missing"), 0.0);
+    }
+
+    #[test]
+    fn parses_user_and_system_time_apart() {
+        // A command name with spaces and a parenthesis; utime 250 and stime 130 ticks.
+        let stat = "4177 (sfu (base) x) S 1 4177 4177 0 -1 4194560 1017 0 0 0 250 130 0 0 20 0 9 0";
+        let (user, system) = parse_cpu_times(stat).unwrap();
+        assert_eq!(user, Duration::from_millis(2500));
+        assert_eq!(system, Duration::from_millis(1300));
+        assert!(parse_cpu_times("4177 (sfu) S 1 2").is_err());
+        assert!(parse_cpu_times("no parenthesis").is_err());
     }
 
     #[test]
