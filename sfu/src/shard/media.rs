@@ -377,14 +377,14 @@ impl Core {
             // send-path timeout and pacer round: the session is drained only for its other
             // work. Not while it pads: its padding and probes leave from the pacer's timeout,
             // which the drain after a write handles (see `defers_bookkeeping`).
-            let mut sent = 0;
+            let mut sent = false;
             if !paced && !session.pads {
                 while let Some(t) = api.poll_unpaced_now(w.leg.mid, None, now) {
-                    sent += 1;
+                    sent = true;
                     queue_transmit(session.id, &mut session.routes, t, shard, egress, actions);
                 }
             }
-            if sent > 0 {
+            if sent {
                 return Written::Sent;
             }
             session.writes_pending = session.writes_pending.saturating_add(1);

@@ -1248,7 +1248,6 @@ impl Session {
         if now == already_happened() || self.rtp_closing {
             return None;
         }
-        self.srtp_tx.as_ref()?;
         let cluster_id = self.pacer.active_cluster();
         self.packet_of(now, midrid, cluster_id, true)
     }
