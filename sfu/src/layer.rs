@@ -769,15 +769,28 @@ impl LayerSelector {
         // not lossless (see `LOSS_QUIET`). A lossless one pads up to the estimate (str0m's cap):
         // that is how GCC's estimate climbs back once a bottleneck is gone (capped, the shaped
         // test's estimate stayed at 270-360k for 12 s after the lift).
-        plan.minimum_bps = if self.calm(now) {
+        //
+        // "No padding" is a minimum of zero, not of what the layers send: str0m counts media as
+        // RTP payload bytes (its padding fills `min(minimum, estimate)` minus those), while
+        // `allocated_bps` is measured with `PACKET_OVERHEAD` per packet. A minimum of
+        // `allocated_bps` therefore padded the difference, ~60 bytes a packet: traced on the
+        // shaped test (q plus two audio tracks, ~115 packets/s, a troubled session), 20 RTX
+        // padding packets a second on the 300 kbit/s link, whose queue stood at 4-9 kB, so NACK
+        // repairs waited 200-300 ms a round and the viewer froze 1.5-1.7 s on q mid-shaping.
+        let pad_to = if self.calm(now) {
             let ceiling = if lossless {
                 u64::MAX
             } else {
                 (estimate as f64 * UP_HEADROOM) as u64
             };
-            (next_step(&live) + resume_bps).min(ceiling.max(plan.allocated_bps))
+            (next_step(&live) + resume_bps).min(ceiling)
         } else {
-            plan.allocated_bps
+            0
+        };
+        plan.minimum_bps = if pad_to > plan.allocated_bps {
+            pad_to
+        } else {
+            0
         };
         tracing::trace!(
             estimate,
@@ -1583,12 +1596,13 @@ mod tests {
         s.set_estimate_at(10_000_000);
         let plan = s.select(&[input("0", Some("f"), Some("h"))], t0);
         assert_eq!(targets(&plan), vec![("0".into(), "h".into())]);
-        // The desired bitrate does not follow the preference down; the padding target does.
+        // The desired bitrate does not follow the preference down; the padding target does: at
+        // its preferred layer the leg has nothing to pad towards (zero: no padding).
         assert_eq!(
             plan.desired_bps,
             (1_500_000_f64 / UP_HEADROOM).round() as u64
         );
-        assert_eq!(plan.minimum_bps, 500_000);
+        assert_eq!((plan.allocated_bps, plan.minimum_bps), (500_000, 0));
         // A preferred layer that is not sent does not cap.
         let plan = s.select(&[input("0", Some("f"), Some("x"))], t0);
         assert!(plan.changes.is_empty());
@@ -1675,8 +1689,7 @@ mod tests {
         }
         // Right after the loss it does not pad at all; once calm again (no loss for
         // PROBE_CALM), it pads towards resuming the paused leg.
-        let (troubled, calm): (Vec<_>, Vec<_>) =
-            minimums.iter().partition(|(_, m)| *m == 70_000 + 130_000);
+        let (troubled, calm): (Vec<_>, Vec<_>) = minimums.iter().partition(|(_, m)| *m == 0);
         assert!(
             troubled.iter().all(|(at, _)| *at < calm[0].0),
             "{minimums:?}"
@@ -1752,8 +1765,9 @@ mod tests {
         s.set_estimate_at(800_000);
         let plan = s.select(&[input("0", Some("h"), None)], t0);
         assert_eq!(plan.minimum_bps, 1_500_000);
+        // On its top layer: no padding (a minimum of zero; str0m's own floor is below media).
         let plan = s.select(&[input("0", Some("f"), None)], t0);
-        assert_eq!(plan.minimum_bps, 1_500_000);
+        assert_eq!((plan.allocated_bps, plan.minimum_bps), (1_500_000, 0));
         // With some loss lately (not lossless, see LOSS_QUIET), padding stops at UP_HEADROOM of
         // the estimate: towards h (500k) at 400k, 340k.
         let t1 = t0 + PROBE_CALM;
