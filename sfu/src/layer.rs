@@ -644,16 +644,18 @@ impl LayerSelector {
             || (!lossless && carried < sending as f64 * SEVERE)
             || (confirmed && carried < sending as f64);
         let short = urgent || delay >= max_queue;
+        // What the legs must fit into when short: the estimate (and what got through), and for
+        // an urgent switch `URGENT_MARGIN` of it, for the layers and for pausing alike.
+        let fit_room = loss_room.map_or(room, |r| room.min(r.saturating_sub(fixed)));
+        let fit_room = if urgent {
+            (fit_room as f64 * URGENT_MARGIN) as u64
+        } else {
+            fit_room
+        };
         let hold = if short {
             // Down to what fits the estimate (and what got through), never up here.
             self.queue_bits = 0.0;
             self.troubled_at = Some(now);
-            let fit_room = loss_room.map_or(room, |r| room.min(r.saturating_sub(fixed)));
-            let fit_room = if urgent {
-                (fit_room as f64 * URGENT_MARGIN) as u64
-            } else {
-                fit_room
-            };
             let fit = raise(&options, vec![0; options.len()], fit_room, None);
             fit.iter()
                 .zip(&current)
@@ -676,7 +678,6 @@ impl LayerSelector {
         // Pausing: short, and even what is left does not fit what the link carries.
         let mut stopped = vec![false; options.len()];
         if short {
-            let fit_room = loss_room.map_or(room, |r| room.min(r.saturating_sub(fixed)));
             let mut need = cost(&hold);
             let mut by_priority: Vec<usize> = (0..options.len()).collect();
             // Lowest priority first: the leg that wants the least (its cap), then the later mid.
@@ -1265,6 +1266,54 @@ mod tests {
             got = targets(&plan);
         }
         assert_eq!(got, vec![("0".into(), "h".into())]);
+    }
+
+    #[test]
+    fn an_urgent_switch_pauses_within_the_same_margin() {
+        // The traced shaped run (300 kbit/s, 3 % loss): the large tile on f, the small one on q,
+        // two audio tracks; 0.83 s into the shaping 7.9 % lost and GCC at 310k. The large tile
+        // goes to q; q beside q and the audio (300k) fits the estimate but not 0.75 of the room
+        // it leaves, so the small tile pauses now, not a selection later (its ~100 kbit/s would
+        // share the draining queue with the large tile's keyframe).
+        let t0 = Instant::now();
+        let layers = [("q", 100_000), ("h", 300_000), ("f", 500_000)];
+        let legs = vec![
+            with_layers(input("a", Some("f"), Some("f")), &layers),
+            with_layers(input("b", Some("q"), Some("q")), &layers),
+            LegInput {
+                leg: leg("z"),
+                layers: Vec::new(),
+                fixed_bps: 100_000,
+                preferred: None,
+                current: None,
+            },
+        ];
+        let mut s = LayerSelector::new();
+        s.set_estimate(2_000_000, t0);
+        assert!(s.select(&legs, t0).changes.is_empty());
+        let t1 = t0 + Duration::from_secs(1);
+        s.note_transport_loss(0.079, t1);
+        s.set_raw_estimate(310_000, t1);
+        let plan = s.select(&legs, t1);
+        assert_eq!(targets(&plan), vec![("a".into(), "q".into())]);
+        assert!(plan.changes[0].urgent);
+        assert_eq!(plan.pauses, vec![(leg("b"), true)]);
+        // Not urgent (a lossless session whose virtual queue filled): the whole room, no pause.
+        let mut s = LayerSelector::new();
+        s.set_estimate(2_000_000, t0);
+        assert!(s.select(&legs, t0).changes.is_empty());
+        let mut t = t0;
+        let mut plan = SessionPlan::default();
+        while plan.changes.is_empty() && t < t0 + Duration::from_secs(20) {
+            t += Duration::from_millis(250);
+            s.set_raw_estimate(310_000, t);
+            plan = s.select(&legs, t);
+        }
+        assert_eq!(targets(&plan), vec![("a".into(), "q".into())]);
+        assert!(
+            !plan.changes[0].urgent && plan.pauses.is_empty(),
+            "{plan:?}"
+        );
     }
 
     #[test]
