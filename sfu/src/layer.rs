@@ -163,7 +163,10 @@ pub const RESTART_EVERY: Duration = Duration::from_secs(15);
 /// the shaped test (300 kbit/s tbf, 3 % loss, q/h/f at ~100/300/600 kbit/s plus ~100 kbit/s of
 /// audio): 0.56 s into the shaping the estimate read 401k, which fitted h; the leg went f to h,
 /// h's keyframe burst kept the queue full, the leg went on to q 250 ms later and the viewer froze
-/// 1.2 s. With the margin the same estimate fits q.
+/// 1.2 s. With the margin the same estimate fits q. Legs that do not fit even on their lowest
+/// layer are paused against the same margin, in the same selection (traced: the shaped test's
+/// small tile was otherwise paused 250 ms after the large tile's switch, its ~100 kbit/s
+/// sharing the draining queue with the keyframe).
 pub const URGENT_MARGIN: f64 = 0.75;
 /// Fraction lost (receiver report) of a leg from which loss caps the allocation.
 pub const HEAVY_LOSS: f64 = 0.2;

@@ -39,8 +39,10 @@ import { netSuite, shapeSupport } from './netns.mjs';
 // estimate) it passed 15 of 16 quiet runs, C's longest freeze 0.40-1.00 s, to q 0.9-1.6 s, back to
 // f 6.3-13.4 s after the lift; the one failure was A's view of C, counted then while C's own f came
 // and went (now counted only while C has sent f steadily for 4 s, see publishingSteadily). Its
-// freeze bar is close (a 0.996 s freeze in one of those runs): benches/README.md, "A shaped
-// browser subscriber". SATSUMA_SHAPED=0 leaves it out; it is skipped (with the reason) if the
+// freeze bar was close then (a 0.996 s freeze in one of those runs). Session 16 removed the
+// padding a troubled session sent without asking (it kept the tbf queue full mid-shaping) and
+// made urgent switches pause legs in the same selection: 12 of 12 quiet runs, C's longest
+// freeze 0.38-0.90 s (median ~0.49 s). benches/README.md, "A shaped browser subscriber". SATSUMA_SHAPED=0 leaves it out; it is skipped (with the reason) if the
 // machine cannot shape: no `tc`, no tbf qdisc or no nftables `numgen` (netns.mjs, shapeSupport).
 // SHAPED_TRACE=1 prints the shaped page's counters every 500 ms and writes the tbf's counters every
 // 100 ms to ARTIFACTS/shaped-qdisc-<pid>.log; SATSUMA_NET_LOG=<filter> (e.g.
