@@ -1187,16 +1187,18 @@ mod tests {
     /// Leg "0" on f with `layers`, beside ~100 kbit/s of audio (leg "z", no layers): the shaped
     /// test's subscriber.
     fn on_f_beside_audio(layers: &[(&str, u64)]) -> [LegInput; 2] {
-        [
-            with_layers(input("0", Some("f"), None), layers),
-            LegInput {
-                leg: leg("z"),
-                layers: Vec::new(),
-                fixed_bps: 100_000,
-                preferred: None,
-                current: None,
-            },
-        ]
+        [with_layers(input("0", Some("f"), None), layers), audio()]
+    }
+
+    /// ~100 kbit/s of audio (leg "z", no layers, fixed).
+    fn audio() -> LegInput {
+        LegInput {
+            leg: leg("z"),
+            layers: Vec::new(),
+            fixed_bps: 100_000,
+            preferred: None,
+            current: None,
+        }
     }
 
     #[test]
@@ -1271,6 +1273,16 @@ mod tests {
         assert_eq!(got, vec![("0".into(), "h".into())]);
     }
 
+    /// The shaped test's subscriber: a large tile on `large_on` (up to f), a small one on q (its
+    /// cap), and two audio tracks (100 kbit/s, fixed).
+    fn large_small_and_audio(large_on: &str, layers: &[(&str, u64)]) -> Vec<LegInput> {
+        vec![
+            with_layers(input("a", Some(large_on), Some("f")), layers),
+            with_layers(input("b", Some("q"), Some("q")), layers),
+            audio(),
+        ]
+    }
+
     #[test]
     fn an_urgent_switch_pauses_within_the_same_margin() {
         // The traced shaped run (300 kbit/s, 3 % loss): the large tile on f, the small one on q,
@@ -1279,18 +1291,7 @@ mod tests {
         // it leaves, so the small tile pauses now, not a selection later (its ~100 kbit/s would
         // share the draining queue with the large tile's keyframe).
         let t0 = Instant::now();
-        let layers = [("q", 100_000), ("h", 300_000), ("f", 500_000)];
-        let legs = vec![
-            with_layers(input("a", Some("f"), Some("f")), &layers),
-            with_layers(input("b", Some("q"), Some("q")), &layers),
-            LegInput {
-                leg: leg("z"),
-                layers: Vec::new(),
-                fixed_bps: 100_000,
-                preferred: None,
-                current: None,
-            },
-        ];
+        let legs = large_small_and_audio("f", &[("q", 100_000), ("h", 300_000), ("f", 500_000)]);
         let mut s = LayerSelector::new();
         s.set_estimate(2_000_000, t0);
         assert!(s.select(&legs, t0).changes.is_empty());
@@ -1834,18 +1835,7 @@ mod tests {
         // The shaped test's subscriber: a 300 kbit/s link (GCC ~230k), a large tile on q and a
         // small one paused, two audio tracks. No loss for longer than PROBE_CALM: calm.
         let t0 = Instant::now();
-        let q = [("q", 90_000), ("h", 400_000), ("f", 900_000)];
-        let legs = vec![
-            with_layers(input("a", Some("q"), Some("f")), &q),
-            with_layers(input("b", Some("q"), Some("q")), &q),
-            LegInput {
-                leg: leg("z"),
-                layers: Vec::new(),
-                fixed_bps: 100_000,
-                preferred: None,
-                current: None,
-            },
-        ];
+        let legs = large_small_and_audio("q", &[("q", 90_000), ("h", 400_000), ("f", 900_000)]);
         let mut s = LayerSelector::new();
         s.set_estimate_at(230_000);
         s.note_loss(0.4, t0);
