@@ -1240,16 +1240,9 @@ mod tests {
     fn an_urgent_switch_leaves_room_for_the_queue_to_drain() {
         // The traced shaped run: f (~600k with audio), 7 % lost, GCC at 401k, which would fit
         // h and its audio exactly.
-        let t0 = Instant::now();
         let f = [("q", 100_000), ("h", 300_000), ("f", 500_000)];
         let legs = on_f_beside_audio(&f);
-        let mut s = LayerSelector::new();
-        s.set_estimate(2_000_000, t0);
-        assert!(s.select(&legs, t0).changes.is_empty());
-        let t1 = t0 + Duration::from_millis(1000);
-        s.note_transport_loss(0.07, t1);
-        s.set_raw_estimate(401_000, t1);
-        let plan = s.select(&legs, t1);
+        let plan = first_plan_with_loss(&legs, 0.07, 401_000);
         assert_eq!(
             targets(&plan),
             vec![("0".into(), "q".into())],
@@ -1258,19 +1251,40 @@ mod tests {
         assert!(plan.changes[0].urgent);
         // A switch down that is not urgent (a filled virtual queue on a lossless link) fits the
         // whole estimate: at 410k (a shortfall, not severe) it goes to h once the queue is full.
+        let plan = first_change_without_loss(&legs, 410_000);
+        assert!(plan.changes.iter().all(|c| !c.urgent));
+        assert_eq!(targets(&plan), vec![("0".into(), "h".into())]);
+    }
+
+    /// A fresh selector with `legs` at 2 Mbit/s, then, a second later, a transport-wide
+    /// `loss` and an estimate of `estimate`: the plan of that selection.
+    fn first_plan_with_loss(legs: &[LegInput], loss: f64, estimate: u64) -> SessionPlan {
+        let t0 = Instant::now();
         let mut s = LayerSelector::new();
         s.set_estimate(2_000_000, t0);
-        assert!(s.select(&legs, t0).changes.is_empty());
+        assert!(s.select(legs, t0).changes.is_empty());
+        let t1 = t0 + Duration::from_secs(1);
+        s.note_transport_loss(loss, t1);
+        s.set_raw_estimate(estimate, t1);
+        s.select(legs, t1)
+    }
+
+    /// A fresh selector with `legs` at 2 Mbit/s, then a lossless estimate of `estimate` every
+    /// 250 ms: the first plan that changes a layer (its virtual queue filled), or the last one
+    /// after 20 s.
+    fn first_change_without_loss(legs: &[LegInput], estimate: u64) -> SessionPlan {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new();
+        s.set_estimate(2_000_000, t0);
+        assert!(s.select(legs, t0).changes.is_empty());
         let mut t = t0;
-        let mut got = Vec::new();
-        while got.is_empty() && t < t0 + Duration::from_secs(20) {
+        let mut plan = SessionPlan::default();
+        while plan.changes.is_empty() && t < t0 + Duration::from_secs(20) {
             t += Duration::from_millis(250);
-            s.set_raw_estimate(410_000, t);
-            let plan = s.select(&legs, t);
-            assert!(plan.changes.iter().all(|c| !c.urgent));
-            got = targets(&plan);
+            s.set_raw_estimate(estimate, t);
+            plan = s.select(legs, t);
         }
-        assert_eq!(got, vec![("0".into(), "h".into())]);
+        plan
     }
 
     /// The shaped test's subscriber: a large tile on `large_on` (up to f), a small one on q (its
@@ -1290,29 +1304,13 @@ mod tests {
         // goes to q; q beside q and the audio (300k) fits the estimate but not 0.75 of the room
         // it leaves, so the small tile pauses now, not a selection later (its ~100 kbit/s would
         // share the draining queue with the large tile's keyframe).
-        let t0 = Instant::now();
         let legs = large_small_and_audio("f", &[("q", 100_000), ("h", 300_000), ("f", 500_000)]);
-        let mut s = LayerSelector::new();
-        s.set_estimate(2_000_000, t0);
-        assert!(s.select(&legs, t0).changes.is_empty());
-        let t1 = t0 + Duration::from_secs(1);
-        s.note_transport_loss(0.079, t1);
-        s.set_raw_estimate(310_000, t1);
-        let plan = s.select(&legs, t1);
+        let plan = first_plan_with_loss(&legs, 0.079, 310_000);
         assert_eq!(targets(&plan), vec![("a".into(), "q".into())]);
         assert!(plan.changes[0].urgent);
         assert_eq!(plan.pauses, vec![(leg("b"), true)]);
         // Not urgent (a lossless session whose virtual queue filled): the whole room, no pause.
-        let mut s = LayerSelector::new();
-        s.set_estimate(2_000_000, t0);
-        assert!(s.select(&legs, t0).changes.is_empty());
-        let mut t = t0;
-        let mut plan = SessionPlan::default();
-        while plan.changes.is_empty() && t < t0 + Duration::from_secs(20) {
-            t += Duration::from_millis(250);
-            s.set_raw_estimate(310_000, t);
-            plan = s.select(&legs, t);
-        }
+        let plan = first_change_without_loss(&legs, 310_000);
         assert_eq!(targets(&plan), vec![("a".into(), "q".into())]);
         assert!(
             !plan.changes[0].urgent && plan.pauses.is_empty(),
@@ -1708,11 +1706,8 @@ mod tests {
                 with_layers(input("b", Some(small), Some("q")), &q),
             ];
             l.push(LegInput {
-                leg: leg("z"),
-                layers: Vec::new(),
                 fixed_bps: 70_000,
-                preferred: None,
-                current: None,
+                ..audio()
             });
             l
         };

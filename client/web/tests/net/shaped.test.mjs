@@ -43,8 +43,9 @@ import { netSuite, shapeSupport } from './netns.mjs';
 // padding a troubled session sent without asking (it kept the tbf queue full mid-shaping) and
 // made urgent switches pause legs in the same selection: 30 of 31 quiet runs, C's longest
 // freeze 0.30-1.00 s (median ~0.5 s; the failure 1,002 ms at the onset), back to f 2.8-14.2 s.
-// benches/README.md, "A shaped browser subscriber". SATSUMA_SHAPED=0 leaves it out; it is skipped (with the reason) if the
-// machine cannot shape: no `tc`, no tbf qdisc or no nftables `numgen` (netns.mjs, shapeSupport).
+// benches/README.md, "A shaped browser subscriber". SATSUMA_SHAPED=0 leaves it out; it is
+// skipped (with the reason) if the machine cannot shape: no `tc`, no tbf qdisc or no nftables
+// `numgen` (netns.mjs, shapeSupport).
 // SHAPED_TRACE=1 prints the shaped page's counters every 500 ms and writes the tbf's counters every
 // 100 ms to ARTIFACTS/shaped-qdisc-<pid>.log; SATSUMA_NET_LOG=<filter> (e.g.
 // `warn,satsuma_sfu::layer=trace,satsuma_sfu::forward=trace`) writes the server's log to
